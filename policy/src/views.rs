@@ -1,0 +1,897 @@
+//! The capo views: `show capo interfaces|ipsets|policies [verbose]|rules`, in exactly
+//! the format of the C plugin (and of the seed document), plus the stable ids they
+//! print.
+//!
+//! Ids (`ipset#`, `policy#`, `rule#`) are allocated by [`IdTable::sync`] in a fixed
+//! order and stay with an object for its life:
+//!
+//! - `ipset#0` is the set of every local workload address; Felix's sets follow from 1.
+//! - `policy#0` workloads-to-host, `policy#1` failsafe, `policy#2` allow-from-host and
+//!   `policy#3` allow-to-host are capo's internal policies; `policy#4`–`#9` are kept
+//!   free. Profiles and policies follow from 10, profiles first (as a reconcile
+//!   creates them).
+//! - `rule#0`/`#1` (allow-from-host), `#2` (workloads-to-host) and `#3`/`#4`
+//!   (allow-to-host) are internal; `#5`–`#14` are kept free. Then, per sync: profile
+//!   rules, one end-of-tier rule per tier (it counts the tier's default drops), policy
+//!   rules (inbound before outbound), failsafe rules.
+//!
+//! Where the format has no room for Calico's meaning (several tiers, a tier's default
+//! action, staged policies), extra lines in the same style say it; a single tier of
+//! enforced policies with the default action Deny prints exactly as the C plugin did.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::config::{EndpointToHostAction, FailsafePort};
+use crate::eval::{has_enforced_policies, Decider, InternalPolicy};
+use crate::ipset::IpSetId;
+use crate::model::{Action, Direction, PolicyKey, Rule, SideMatch, TierDefault, TierInfo};
+use crate::net::{Cidr, IpFamily, PortRange};
+use crate::state::State;
+
+/// The id of the internal set of every local workload address.
+pub const LOCAL_WORKLOADS_SET: u32 = 0;
+const FIRST_FELIX_SET: u32 = 1;
+const FIRST_FELIX_POLICY: u32 = 10;
+const FIRST_FELIX_RULE: u32 = 15;
+
+/// Anything that prints as `[policy#N]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyRef {
+    /// One of capo's internal policies.
+    Internal(InternalPolicyId),
+    /// A profile, by name.
+    Profile(String),
+    /// A Felix policy.
+    Policy(PolicyKey),
+}
+
+/// Internal policies with fixed ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InternalPolicyId {
+    /// `policy#0`.
+    WorkloadsToHost,
+    /// `policy#1`.
+    Failsafe,
+    /// `policy#2`.
+    AllowFromHost,
+    /// `policy#3`.
+    AllowToHost,
+}
+
+impl InternalPolicyId {
+    fn id(self) -> u32 {
+        match self {
+            InternalPolicyId::WorkloadsToHost => 0,
+            InternalPolicyId::Failsafe => 1,
+            InternalPolicyId::AllowFromHost => 2,
+            InternalPolicyId::AllowToHost => 3,
+        }
+    }
+
+    fn of(p: InternalPolicy) -> Self {
+        match p {
+            InternalPolicy::WorkloadsToHost => InternalPolicyId::WorkloadsToHost,
+            InternalPolicy::Failsafe => InternalPolicyId::Failsafe,
+            InternalPolicy::AllowFromHost => InternalPolicyId::AllowFromHost,
+            InternalPolicy::AllowToHost => InternalPolicyId::AllowToHost,
+        }
+    }
+}
+
+/// The host-facing interface's name when none is configured (CalicoVPP's host tap).
+pub const DEFAULT_HOST_INTERFACE: &str = "tap0";
+
+#[derive(Debug, Clone, Default)]
+struct RuleIds {
+    // Each list's rules with their ids, to keep the id of an unchanged rule.
+    by_list: HashMap<(PolicyRef, Direction), Vec<(Rule, u32)>>,
+}
+
+/// Stable ids for everything the views print.
+#[derive(Debug, Clone)]
+pub struct IdTable {
+    ipsets: HashMap<IpSetId, u32>,
+    policies: HashMap<PolicyRef, u32>,
+    rules: RuleIds,
+    tiers: HashMap<String, u32>,
+    failsafe_rules: Vec<(FailsafeRule, u32)>,
+    interfaces: HashMap<String, u32>,
+    next_ipset: u32,
+    next_policy: u32,
+    next_rule: u32,
+    next_interface: u32,
+    host_interface: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FailsafeRule {
+    inbound: bool,
+    port: FailsafePort,
+}
+
+impl Default for IdTable {
+    fn default() -> Self {
+        IdTable::new(DEFAULT_HOST_INTERFACE)
+    }
+}
+
+impl IdTable {
+    /// An empty table; `host_interface` names the host-facing interface.
+    pub fn new(host_interface: &str) -> Self {
+        IdTable {
+            ipsets: HashMap::new(),
+            policies: HashMap::new(),
+            rules: RuleIds::default(),
+            tiers: HashMap::new(),
+            failsafe_rules: Vec::new(),
+            interfaces: HashMap::new(),
+            next_ipset: FIRST_FELIX_SET,
+            next_policy: FIRST_FELIX_POLICY,
+            next_rule: FIRST_FELIX_RULE,
+            next_interface: 1,
+            host_interface: host_interface.to_string(),
+        }
+    }
+
+    /// Fixes an interface's index (VPP's `sw_if_index`), before or after a sync.
+    pub fn set_interface_index(&mut self, name: &str, index: u32) {
+        self.interfaces.insert(name.to_string(), index);
+        self.next_interface = self.next_interface.max(index + 1);
+    }
+
+    /// The host-facing interface's name.
+    pub fn host_interface(&self) -> &str {
+        &self.host_interface
+    }
+
+    /// Gives ids to objects new in `state` and forgets those it no longer holds.
+    pub fn sync(&mut self, state: &State) {
+        // IP sets.
+        self.ipsets.retain(|id, _| state.ipsets().contains_key(id));
+        for id in state.ipsets().keys() {
+            if !self.ipsets.contains_key(id) {
+                self.ipsets.insert(id.clone(), self.next_ipset);
+                self.next_ipset += 1;
+            }
+        }
+        // Profiles and policies, with their rules.
+        let mut live: Vec<(PolicyRef, [&[Rule]; 2])> = Vec::new();
+        for (name, p) in state.profiles() {
+            live.push((PolicyRef::Profile(name.clone()), [&p.inbound, &p.outbound]));
+        }
+        let profiles_len = live.len();
+        for (key, p) in state.policies() {
+            live.push((PolicyRef::Policy(key.clone()), [&p.inbound, &p.outbound]));
+        }
+        self.policies.retain(|r, _| {
+            matches!(r, PolicyRef::Internal(_)) || live.iter().any(|(l, _)| l == r)
+        });
+        self.rules
+            .by_list
+            .retain(|(r, _), _| live.iter().any(|(l, _)| l == r));
+        for (i, (pref, lists)) in live.iter().enumerate() {
+            if i == profiles_len {
+                self.sync_tiers(state);
+            }
+            if !self.policies.contains_key(pref) {
+                self.policies.insert(pref.clone(), self.next_policy);
+                self.next_policy += 1;
+            }
+            for (dir, rules) in Direction::BOTH.into_iter().zip(lists) {
+                self.sync_rule_list(pref.clone(), dir, rules);
+            }
+        }
+        if profiles_len == live.len() {
+            self.sync_tiers(state);
+        }
+        self.sync_failsafe(state);
+        self.sync_interfaces(state);
+    }
+
+    fn sync_tiers(&mut self, state: &State) {
+        let mut names: Vec<&str> = Vec::new();
+        for wep in state.workloads().values() {
+            names.extend(wep.tiers.iter().map(|t| t.name.as_str()));
+        }
+        for hep in state.host_endpoints().values() {
+            names.extend(hep.all_tiers().map(|t| t.name.as_str()));
+        }
+        self.tiers.retain(|t, _| names.contains(&t.as_str()));
+        for name in names {
+            if !self.tiers.contains_key(name) {
+                self.tiers.insert(name.to_string(), self.next_rule);
+                self.next_rule += 1;
+            }
+        }
+    }
+
+    fn sync_rule_list(&mut self, pref: PolicyRef, dir: Direction, rules: &[Rule]) {
+        let old = self
+            .rules
+            .by_list
+            .remove(&(pref.clone(), dir))
+            .unwrap_or_default();
+        let mut unused: Vec<Option<(Rule, u32)>> = old.into_iter().map(Some).collect();
+        let mut new = Vec::with_capacity(rules.len());
+        for rule in rules {
+            // An unchanged rule keeps its id (and its counters downstream).
+            let kept = unused
+                .iter_mut()
+                .find(|slot| slot.as_ref().is_some_and(|(r, _)| r == rule))
+                .and_then(Option::take);
+            let id = match kept {
+                Some((_, id)) => id,
+                None => {
+                    self.next_rule += 1;
+                    self.next_rule - 1
+                }
+            };
+            new.push((rule.clone(), id));
+        }
+        self.rules.by_list.insert((pref, dir), new);
+    }
+
+    fn sync_failsafe(&mut self, state: &State) {
+        let cfg = state.config();
+        let wanted: Vec<FailsafeRule> = cfg
+            .failsafe_inbound
+            .iter()
+            .map(|p| FailsafeRule {
+                inbound: true,
+                port: *p,
+            })
+            .chain(cfg.failsafe_outbound.iter().map(|p| FailsafeRule {
+                inbound: false,
+                port: *p,
+            }))
+            .collect();
+        let mut old = std::mem::take(&mut self.failsafe_rules);
+        for w in wanted {
+            let id = match old.iter().position(|(f, _)| *f == w) {
+                Some(i) => old.remove(i).1,
+                None => {
+                    self.next_rule += 1;
+                    self.next_rule - 1
+                }
+            };
+            self.failsafe_rules.push((w, id));
+        }
+    }
+
+    fn sync_interfaces(&mut self, state: &State) {
+        let mut names = vec![self.host_interface.clone()];
+        names.extend(
+            state
+                .host_endpoints()
+                .values()
+                .filter(|h| !h.name.is_empty() && h.name != "*")
+                .map(|h| h.name.clone()),
+        );
+        names.extend(state.workloads().values().map(|w| w.name.clone()));
+        for name in names {
+            if !self.interfaces.contains_key(&name) {
+                self.interfaces.insert(name, self.next_interface);
+                self.next_interface += 1;
+            }
+        }
+    }
+
+    /// `ipset#` of a Felix set.
+    pub fn ipset(&self, id: &IpSetId) -> Option<u32> {
+        self.ipsets.get(id).copied()
+    }
+
+    /// `policy#` of a policy, profile or internal policy.
+    pub fn policy(&self, r: &PolicyRef) -> Option<u32> {
+        match r {
+            PolicyRef::Internal(i) => Some(i.id()),
+            other => self.policies.get(other).copied(),
+        }
+    }
+
+    /// `rule#` of the `index`-th rule of a list.
+    pub fn rule(&self, r: &PolicyRef, dir: Direction, index: usize) -> Option<u32> {
+        self.rules
+            .by_list
+            .get(&(r.clone(), dir))
+            .and_then(|l| l.get(index))
+            .map(|(_, id)| *id)
+    }
+
+    /// `rule#` counting a tier's end-of-tier drops.
+    pub fn tier_rule(&self, tier: &str) -> Option<u32> {
+        self.tiers.get(tier).copied()
+    }
+
+    /// `sw_if_index` of an interface.
+    pub fn interface(&self, name: &str) -> Option<u32> {
+        self.interfaces.get(name).copied()
+    }
+}
+
+/// Renders views of one state with one id table.
+pub struct Views<'a> {
+    state: &'a State,
+    ids: &'a IdTable,
+}
+
+/// Rule id of an internal rule with a fixed id.
+fn internal_rule_id(p: InternalPolicyId, dir: Direction) -> Option<u32> {
+    match (p, dir) {
+        (InternalPolicyId::AllowFromHost, Direction::Ingress) => Some(0),
+        (InternalPolicyId::AllowFromHost, Direction::Egress) => Some(1),
+        (InternalPolicyId::WorkloadsToHost, Direction::Ingress) => Some(2),
+        (InternalPolicyId::AllowToHost, Direction::Ingress) => Some(3),
+        (InternalPolicyId::AllowToHost, Direction::Egress) => Some(4),
+        _ => None,
+    }
+}
+
+/// A rule together with its id, ready to print.
+struct Numbered<'r> {
+    id: u32,
+    rule: std::borrow::Cow<'r, Rule>,
+}
+
+/// A synthetic set id standing for `ipset#0` inside internal rules.
+fn local_workloads_set_id() -> IpSetId {
+    IpSetId::new("capo:local-workloads").unwrap_or_else(|| unreachable!("non-empty literal"))
+}
+
+impl<'a> Views<'a> {
+    /// Views over `state`, printing the ids of `ids` (which must have been synced
+    /// with this state).
+    pub fn new(state: &'a State, ids: &'a IdTable) -> Self {
+        Views { state, ids }
+    }
+
+    fn host_cidrs(&self) -> Vec<Cidr> {
+        self.state
+            .local_host_addrs()
+            .into_iter()
+            .map(Cidr::host)
+            .collect()
+    }
+
+    fn internal_rules(&self, p: InternalPolicyId, dir: Direction) -> Vec<Numbered<'static>> {
+        let mut rule = match (p, dir) {
+            (InternalPolicyId::AllowFromHost, Direction::Ingress) => {
+                let mut r = Rule::any(Action::Allow);
+                r.src.nets = self.host_cidrs();
+                r
+            }
+            (InternalPolicyId::AllowFromHost, Direction::Egress) => {
+                let mut r = Rule::any(Action::Allow);
+                r.dst.ip_sets = vec![local_workloads_set_id()];
+                r
+            }
+            (InternalPolicyId::WorkloadsToHost, Direction::Ingress) => {
+                let action = match self.state.config().endpoint_to_host {
+                    EndpointToHostAction::Accept => Action::Allow,
+                    EndpointToHostAction::Drop => Action::Deny,
+                    EndpointToHostAction::Return => Action::Pass,
+                };
+                let mut r = Rule::any(action);
+                r.src.ip_sets = vec![local_workloads_set_id()];
+                r
+            }
+            (InternalPolicyId::AllowToHost, Direction::Ingress) => {
+                let mut r = Rule::any(Action::Allow);
+                r.dst.nets = self.host_cidrs();
+                r
+            }
+            (InternalPolicyId::AllowToHost, Direction::Egress) => {
+                let mut r = Rule::any(Action::Allow);
+                r.src.nets = self.host_cidrs();
+                r
+            }
+            (InternalPolicyId::Failsafe, _) => {
+                let inbound = dir == Direction::Ingress;
+                return self
+                    .ids
+                    .failsafe_rules
+                    .iter()
+                    .filter(|(f, _)| f.inbound == inbound)
+                    .map(|(f, id)| {
+                        let mut r = Rule::any(Action::Allow);
+                        r.protocol = Some(f.port.protocol);
+                        r.dst.ports = vec![PortRange::single(f.port.port)];
+                        let side = if inbound { &mut r.src } else { &mut r.dst };
+                        side.nets.extend(f.port.net);
+                        Numbered {
+                            id: *id,
+                            rule: std::borrow::Cow::Owned(r),
+                        }
+                    })
+                    .collect();
+            }
+            _ => return Vec::new(),
+        };
+        rule.rule_id = String::new();
+        internal_rule_id(p, dir)
+            .map(|id| Numbered {
+                id,
+                rule: std::borrow::Cow::Owned(rule),
+            })
+            .into_iter()
+            .collect()
+    }
+
+    fn rules_of(&self, pref: &PolicyRef, dir: Direction) -> Vec<Numbered<'a>> {
+        match pref {
+            PolicyRef::Internal(i) => self.internal_rules(*i, dir),
+            other => self
+                .ids
+                .rules
+                .by_list
+                .get(&(other.clone(), dir))
+                .map(|l| {
+                    l.iter()
+                        .map(|(r, id)| Numbered {
+                            id: *id,
+                            rule: std::borrow::Cow::Borrowed(r),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    fn policy_id(&self, pref: &PolicyRef) -> String {
+        match self.ids.policy(pref) {
+            Some(id) => format!("policy#{id}"),
+            None => "deleted policy".to_string(),
+        }
+    }
+
+    fn set_view(&self, id: &IpSetId) -> String {
+        if *id == local_workloads_set_id() {
+            return self.local_workloads_set_view();
+        }
+        match (self.ids.ipset(id), self.state.ipsets().get(id)) {
+            (Some(n), Some(set)) => {
+                let mut s = format!("[ipset#{n};{};", set.kind().view_name());
+                for m in set.members() {
+                    let _ = write!(s, "{},", m.view(set.kind()));
+                }
+                s.push(']');
+                s
+            }
+            _ => "deleted ipset".to_string(),
+        }
+    }
+
+    fn local_workload_addrs(&self) -> Vec<IpAddr> {
+        self.state
+            .workloads()
+            .values()
+            .flat_map(|w| w.nets().map(|n| n.net().addr()))
+            .collect()
+    }
+
+    fn local_workloads_set_view(&self) -> String {
+        let mut s = format!("[ipset#{LOCAL_WORKLOADS_SET};ip;");
+        for a in self.local_workload_addrs() {
+            let _ = write!(s, "{a},");
+        }
+        s.push(']');
+        s
+    }
+
+    /// One rule as `[rule#N;action][criteria,…]`.
+    pub fn rule_line(&self, id: u32, rule: &Rule) -> String {
+        let mut s = format!("[rule#{id};{}][", rule.action);
+        if let Some(v) = rule.ip_version {
+            let _ = write!(s, "af==ip{},", if v == IpFamily::V4 { 4 } else { 6 });
+        }
+        if let Some(p) = rule.protocol {
+            let _ = write!(s, "proto=={p},");
+        }
+        if let Some(p) = rule.not_protocol {
+            let _ = write!(s, "proto!={p},");
+        }
+        if let Some(m) = rule.icmp {
+            let _ = write!(s, "icmp-type=={},", m.icmp_type);
+            if let Some(c) = m.code {
+                let _ = write!(s, "icmp-code=={c},");
+            }
+        }
+        if let Some(m) = rule.not_icmp {
+            match m.code {
+                None => {
+                    let _ = write!(s, "icmp-type!={},", m.icmp_type);
+                }
+                // NOT(type AND code): the C plugin's two `!=` filters would mean
+                // something else, so it prints as one pair.
+                Some(c) => {
+                    let _ = write!(s, "icmp!=[{};{c}],", m.icmp_type);
+                }
+            }
+        }
+        self.side(&mut s, "dst==", &rule.dst, true);
+        for id in &rule.dst_ip_port_sets {
+            let _ = write!(s, "svc=={},", self.set_view(id));
+        }
+        self.side(&mut s, "src==", &rule.src, true);
+        self.side(&mut s, "dst!=", &rule.dst, false);
+        self.side(&mut s, "src!=", &rule.src, false);
+        s.push(']');
+        s
+    }
+
+    fn side(&self, s: &mut String, tag: &str, side: &SideMatch, positive: bool) {
+        let (nets, ports, sets, named) = if positive {
+            (&side.nets, &side.ports, &side.ip_sets, &side.named_port_sets)
+        } else {
+            (
+                &side.not_nets,
+                &side.not_ports,
+                &side.not_ip_sets,
+                &side.not_named_port_sets,
+            )
+        };
+        for n in nets {
+            let _ = write!(s, "{tag}{n},");
+        }
+        for p in ports {
+            let _ = write!(s, "{tag}{p},");
+        }
+        for id in sets.iter().chain(named) {
+            let _ = write!(s, "{tag}{},", self.set_view(id));
+        }
+    }
+
+    /// `show capo rules`.
+    pub fn rules(&self) -> String {
+        let mut lines: Vec<(u32, String)> = Vec::new();
+        for p in [
+            InternalPolicyId::AllowFromHost,
+            InternalPolicyId::WorkloadsToHost,
+            InternalPolicyId::AllowToHost,
+            InternalPolicyId::Failsafe,
+        ] {
+            for dir in Direction::BOTH {
+                for n in self.internal_rules(p, dir) {
+                    lines.push((n.id, self.rule_line(n.id, &n.rule)));
+                }
+            }
+        }
+        for ((_, _), list) in &self.ids.rules.by_list {
+            for (rule, id) in list {
+                lines.push((*id, self.rule_line(*id, rule)));
+            }
+        }
+        for id in self.ids.tiers.values() {
+            lines.push((*id, format!("[rule#{id};deny][]")));
+        }
+        lines.sort_by_key(|(id, _)| *id);
+        lines.into_iter().map(|(_, l)| l + "\n").collect()
+    }
+
+    /// `show capo ipsets`.
+    pub fn ipsets(&self) -> String {
+        let mut out = self.local_workloads_set_view() + "\n";
+        let mut sets: Vec<(&IpSetId, u32)> = self
+            .state
+            .ipsets()
+            .keys()
+            .filter_map(|id| self.ids.ipset(id).map(|n| (id, n)))
+            .collect();
+        sets.sort_by_key(|(_, n)| *n);
+        for (id, _) in sets {
+            out += &self.set_view(id);
+            out.push('\n');
+        }
+        out
+    }
+
+    fn all_policies(&self) -> Vec<(u32, PolicyRef)> {
+        let mut v: Vec<(u32, PolicyRef)> = [
+            InternalPolicyId::WorkloadsToHost,
+            InternalPolicyId::Failsafe,
+            InternalPolicyId::AllowFromHost,
+            InternalPolicyId::AllowToHost,
+        ]
+        .into_iter()
+        .map(|i| (i.id(), PolicyRef::Internal(i)))
+        .collect();
+        v.extend(self.ids.policies.iter().map(|(r, id)| (*id, r.clone())));
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    /// `show capo policies [verbose]`.
+    pub fn policies(&self, verbose: bool) -> String {
+        let mut out = String::new();
+        for (id, pref) in self.all_policies() {
+            let tx = self.rules_of(&pref, Direction::Ingress);
+            let rx = self.rules_of(&pref, Direction::Egress);
+            if verbose {
+                let _ = writeln!(out, "[policy#{id}]");
+                self.write_rules(&mut out, "  tx:", &tx);
+                self.write_rules(&mut out, "  rx:", &rx);
+            } else {
+                let _ = writeln!(out, "[policy#{id}] rx-rules:{} tx-rules:{}", rx.len(), tx.len());
+            }
+        }
+        out
+    }
+
+    fn write_rules(&self, out: &mut String, prefix: &str, rules: &[Numbered<'_>]) {
+        for n in rules {
+            let _ = writeln!(out, "{prefix}{}", self.rule_line(n.id, &n.rule));
+        }
+    }
+
+    /// `show capo interfaces`.
+    pub fn interfaces(&self) -> String {
+        let mut blocks: Vec<(u32, String)> = Vec::new();
+        for wep in self.state.workloads().values() {
+            let idx = self.ids.interface(&wep.name).unwrap_or(u32::MAX);
+            let v4 = wep.ipv4_nets.first().map(|n| n.net().addr());
+            let v6 = wep.ipv6_nets.first().map(|n| n.net().addr());
+            let mut b = header(&wep.name, idx, false, v4, v6);
+            let mut tx = Vec::new();
+            if has_enforced_policies(&wep.tiers, Direction::Ingress) {
+                tx.push(Item::Policy(PolicyRef::Internal(InternalPolicyId::AllowFromHost)));
+            }
+            tx.extend(tier_items(&wep.tiers, Direction::Ingress));
+            let rx = tier_items(&wep.tiers, Direction::Egress);
+            self.write_dirs(&mut b, &rx, &tx, false);
+            self.write_profiles(&mut b, &wep.profile_ids);
+            blocks.push((idx, b));
+        }
+        blocks.push(self.host_interface_block());
+        for hep in self.state.host_endpoints().values() {
+            if hep.name.is_empty() || hep.name == "*" {
+                continue;
+            }
+            let idx = self.ids.interface(&hep.name).unwrap_or(u32::MAX);
+            let mut b = header(&hep.name, idx, true, None, None);
+            // Inverted: packets arriving (VPP rx) are Calico ingress.
+            let mut ingress = vec![Item::Policy(PolicyRef::Internal(InternalPolicyId::AllowToHost))];
+            ingress.extend(tier_items(&hep.pre_dnat_tiers, Direction::Ingress));
+            ingress.extend(tier_items(&hep.forward_tiers, Direction::Ingress));
+            let mut egress = vec![Item::Policy(PolicyRef::Internal(InternalPolicyId::AllowToHost))];
+            egress.extend(tier_items(&hep.forward_tiers, Direction::Egress));
+            self.write_dirs(&mut b, &ingress, &egress, true);
+            blocks.push((idx, b));
+        }
+        blocks.sort_by_key(|(i, _)| *i);
+        let mut out = String::from("Interfaces with policies configured:\n");
+        for (_, b) in blocks {
+            out += &b;
+        }
+        out
+    }
+
+    fn host_interface_block(&self) -> (u32, String) {
+        let name = self.ids.host_interface();
+        let idx = self.ids.interface(name).unwrap_or(u32::MAX);
+        let mut b = header(name, idx, false, None, None);
+        let hep = crate::eval::host_endpoint_for_host_traffic(self.state, false).map(|(_, h)| h);
+        let mut tx = vec![Item::Policy(PolicyRef::Internal(InternalPolicyId::WorkloadsToHost))];
+        let mut rx = Vec::new();
+        if let Some(hep) = hep {
+            tx.push(Item::Policy(PolicyRef::Internal(InternalPolicyId::Failsafe)));
+            tx.extend(tier_items(&hep.untracked_tiers, Direction::Ingress));
+            tx.extend(tier_items(&hep.pre_dnat_tiers, Direction::Ingress));
+            tx.extend(tier_items(&hep.tiers, Direction::Ingress));
+            rx.push(Item::Policy(PolicyRef::Internal(InternalPolicyId::AllowFromHost)));
+            rx.push(Item::Policy(PolicyRef::Internal(InternalPolicyId::Failsafe)));
+            rx.extend(tier_items(&hep.untracked_tiers, Direction::Egress));
+            rx.extend(tier_items(&hep.tiers, Direction::Egress));
+        }
+        self.write_dirs(&mut b, &rx, &tx, false);
+        if let Some(hep) = hep {
+            self.write_profiles(&mut b, &hep.profile_ids);
+        }
+        (idx, b)
+    }
+
+    /// Writes `  rx:` then `  tx:`; `rx_items` are the policies for packets VPP
+    /// receives on the interface (Calico egress for pods, ingress when inverted).
+    fn write_dirs(&self, b: &mut String, rx_items: &[Item], tx_items: &[Item], inverted: bool) {
+        // Which rule list each heading prints: pods' ingress rules are VPP tx.
+        let (rx_rules, tx_rules) = if inverted {
+            (Direction::Ingress, Direction::Egress)
+        } else {
+            (Direction::Egress, Direction::Ingress)
+        };
+        for (heading, items, dir, tag) in [
+            ("  rx:", rx_items, rx_rules, "rx:"),
+            ("  tx:", tx_items, tx_rules, "tx:"),
+        ] {
+            if items.is_empty() {
+                continue;
+            }
+            let _ = writeln!(b, "{heading}");
+            for item in items {
+                match item {
+                    Item::Tier(t, dir_of_tier) => {
+                        let _ = writeln!(b, "    {}", self.tier_line(t, *dir_of_tier));
+                    }
+                    Item::Policy(pref) => {
+                        let staged = matches!(pref, PolicyRef::Policy(k) if k.is_staged());
+                        let _ = writeln!(
+                            b,
+                            "    [{}{}]",
+                            self.policy_id(pref),
+                            if staged { " staged" } else { "" }
+                        );
+                        let rules = self.rules_of(pref, dir);
+                        self.write_rules(b, &format!("      {tag}"), &rules);
+                    }
+                }
+            }
+        }
+    }
+
+    fn tier_line(&self, t: &TierInfo, dir: Direction) -> String {
+        let enforced = t.policies(dir).iter().any(|k| !k.is_staged());
+        let end = match (t.default_action, enforced) {
+            (TierDefault::Deny, true) => match self.ids.tier_rule(&t.name) {
+                Some(id) => format!(" end-of-tier=[rule#{id};deny]"),
+                None => " end-of-tier=deny".to_string(),
+            },
+            (TierDefault::Pass, _) | (_, false) => " end-of-tier=pass".to_string(),
+        };
+        format!("[tier {}{end}]", t.name)
+    }
+
+    fn write_profiles(&self, b: &mut String, profile_ids: &[String]) {
+        if profile_ids.is_empty() {
+            return;
+        }
+        let _ = writeln!(b, "  profiles:");
+        for name in profile_ids {
+            let pref = PolicyRef::Profile(name.clone());
+            let _ = writeln!(b, "    [{}]", self.policy_id(&pref));
+            self.write_rules(b, "      tx:", &self.rules_of(&pref, Direction::Ingress));
+            self.write_rules(b, "      rx:", &self.rules_of(&pref, Direction::Egress));
+        }
+    }
+
+    /// The rule a decider points at, printed as in the views (`[rule#18;allow][…]`),
+    /// or a plain sentence for deciders that are not rules.
+    pub fn decider_line(&self, d: &Decider) -> String {
+        let numbered = |pref: PolicyRef, dir: Direction, index: usize| {
+            let rules = self.rules_of(&pref, dir);
+            match rules.get(index) {
+                Some(n) => format!("[{}] {}", self.policy_id(&pref), self.rule_line(n.id, &n.rule)),
+                None => format!("[{}] rule {index}", self.policy_id(&pref)),
+            }
+        };
+        match d {
+            Decider::PolicyRule {
+                tier,
+                policy,
+                direction,
+                index,
+            } => format!(
+                "tier {tier}: {}",
+                numbered(PolicyRef::Policy(policy.clone()), *direction, *index)
+            ),
+            Decider::EndOfTier { tier } => match self.ids.tier_rule(tier) {
+                Some(id) => format!("tier {tier}: end of tier [rule#{id};deny][]"),
+                None => format!("tier {tier}: end of tier, deny"),
+            },
+            Decider::ProfileRule {
+                profile,
+                direction,
+                index,
+            } => format!(
+                "profile {profile}: {}",
+                numbered(PolicyRef::Profile(profile.clone()), *direction, *index)
+            ),
+            Decider::NoProfileMatched => "no profile rule matched: deny".to_string(),
+            Decider::Internal { policy, index } => {
+                let id = InternalPolicyId::of(*policy);
+                let (dir, index) = match (policy, index) {
+                    (InternalPolicy::AllowFromHost, 1) => (Direction::Egress, 0),
+                    (InternalPolicy::Failsafe, i) => {
+                        let n_in = self.state.config().failsafe_inbound.len();
+                        if *i < n_in {
+                            (Direction::Ingress, *i)
+                        } else {
+                            (Direction::Egress, i - n_in)
+                        }
+                    }
+                    (_, i) => (Direction::Ingress, *i),
+                };
+                let name = match policy {
+                    InternalPolicy::WorkloadsToHost => "workloads-to-host",
+                    InternalPolicy::Failsafe => "failsafe",
+                    InternalPolicy::AllowFromHost => "allow-from-host",
+                    InternalPolicy::AllowToHost => "allow-to-host",
+                };
+                format!("{name}: {}", numbered(PolicyRef::Internal(id), dir, index))
+            }
+            Decider::NoHostEndpoint => "no host endpoint: host traffic is not policed".to_string(),
+            Decider::NoForwardPolicy => "no forward policy: allow".to_string(),
+        }
+    }
+}
+
+enum Item {
+    Tier(TierInfo, Direction),
+    Policy(PolicyRef),
+}
+
+/// The policies of `tiers` for `dir`, with tier lines where one tier with the
+/// default action Deny and only enforced policies would not say enough.
+fn tier_items(tiers: &[TierInfo], dir: Direction) -> Vec<Item> {
+    let used: Vec<&TierInfo> = tiers.iter().filter(|t| !t.policies(dir).is_empty()).collect();
+    let plain = used.len() == 1
+        && used.iter().all(|t| {
+            t.default_action == TierDefault::Deny && t.policies(dir).iter().all(|k| !k.is_staged())
+        });
+    let mut items = Vec::new();
+    for t in used {
+        if !plain {
+            items.push(Item::Tier(t.clone(), dir));
+        }
+        items.extend(
+            t.policies(dir)
+                .iter()
+                .map(|k| Item::Policy(PolicyRef::Policy(k.clone()))),
+        );
+    }
+    items
+}
+
+fn header(name: &str, idx: u32, inverted: bool, v4: Option<IpAddr>, v6: Option<IpAddr>) -> String {
+    let mut s = format!("[{name} sw_if_index={idx} ");
+    if inverted {
+        s += "inverted";
+    }
+    if let Some(a) = v4 {
+        let _ = write!(s, " addr={a}");
+    }
+    if let Some(a) = v6 {
+        let _ = write!(s, " addr6={a}");
+    }
+    s += "]\n";
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipset::{IpSetKind, Member};
+
+    #[test]
+    fn rule_line_orders_filters_then_dst_src_groups() {
+        let mut state = State::new();
+        let id = IpSetId::new("s:x").unwrap();
+        state
+            .apply(crate::state::Update::IpSetReplace {
+                id: id.clone(),
+                kind: IpSetKind::Net,
+                members: vec!["11.0.0.196/32".parse::<Member>().unwrap()],
+            })
+            .unwrap();
+        let mut ids = IdTable::default();
+        ids.sync(&state);
+        let mut r = Rule::any(Action::Allow);
+        r.protocol = Some(crate::net::Protocol::TCP);
+        r.dst.ports = vec![PortRange::single(5978)];
+        r.src.ip_sets = vec![id];
+        r.dst.not_ports = vec![PortRange::new(3050, 3060).unwrap()];
+        let v = Views::new(&state, &ids);
+        assert_eq!(
+            v.rule_line(18, &r),
+            "[rule#18;allow][proto==TCP,dst==5978,src==[ipset#1;prefix;11.0.0.196/32,],dst!=[3050-3060],]"
+        );
+        assert_eq!(v.rule_line(1, &Rule::any(Action::Allow)), "[rule#1;allow][]");
+    }
+
+    #[test]
+    fn unknown_interface_index_header_has_double_space_before_addr() {
+        let h = header("tun3", 11, false, "11.0.0.67".parse().ok(), "fd20::1".parse().ok());
+        assert_eq!(h, "[tun3 sw_if_index=11  addr=11.0.0.67 addr6=fd20::1]\n");
+        assert_eq!(header("uplink", 2, false, None, None), "[uplink sw_if_index=2 ]\n");
+    }
+}
