@@ -182,8 +182,18 @@ mod tests {
 
     #[test]
     fn felix_default_failsafe_lists_parse() {
-        assert_eq!(parse_failsafe_ports(DEFAULT_FAILSAFE_INBOUND).unwrap().len(), 9);
-        assert_eq!(parse_failsafe_ports(DEFAULT_FAILSAFE_OUTBOUND).unwrap().len(), 9);
+        assert_eq!(
+            parse_failsafe_ports(DEFAULT_FAILSAFE_INBOUND)
+                .unwrap()
+                .len(),
+            9
+        );
+        assert_eq!(
+            parse_failsafe_ports(DEFAULT_FAILSAFE_OUTBOUND)
+                .unwrap()
+                .len(),
+            9
+        );
         assert_eq!(FelixConfig::default().failsafe_inbound.len(), 9);
     }
 

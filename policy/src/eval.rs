@@ -211,7 +211,12 @@ fn side_matches(
     protocol: Protocol,
     port: Option<u16>,
 ) -> bool {
-    let set_has_addr = |id| state.ipsets().get(id).is_some_and(|s| s.contains_addr(addr));
+    let set_has_addr = |id| {
+        state
+            .ipsets()
+            .get(id)
+            .is_some_and(|s| s.contains_addr(addr))
+    };
     let set_has_endpoint = |id, port| {
         state
             .ipsets()
@@ -237,14 +242,21 @@ fn side_matches(
         let positive = !side.ports.is_empty() || !side.named_port_sets.is_empty();
         if positive
             && !side.ports.iter().any(|r| r.contains(port))
-            && !side.named_port_sets.iter().any(|id| set_has_endpoint(id, port))
+            && !side
+                .named_port_sets
+                .iter()
+                .any(|id| set_has_endpoint(id, port))
         {
             return false;
         }
         if side.not_ports.iter().any(|r| r.contains(port)) {
             return false;
         }
-        if side.not_named_port_sets.iter().any(|id| set_has_endpoint(id, port)) {
+        if side
+            .not_named_port_sets
+            .iter()
+            .any(|id| set_has_endpoint(id, port))
+        {
             return false;
         }
     }
@@ -294,8 +306,12 @@ fn walk_tiers(
                     index,
                 };
                 match rule.action {
-                    Action::Allow => return TierWalk::Decided(decided(Verdict::Allow, decider, logged)),
-                    Action::Deny => return TierWalk::Decided(decided(Verdict::Deny, decider, logged)),
+                    Action::Allow => {
+                        return TierWalk::Decided(decided(Verdict::Allow, decider, logged))
+                    }
+                    Action::Deny => {
+                        return TierWalk::Decided(decided(Verdict::Deny, decider, logged))
+                    }
                     Action::Log => logged.push(decider),
                     Action::Pass => {
                         passed = true;
@@ -370,7 +386,12 @@ fn tiers_then_profiles(
     }
 }
 
-fn internal(verdict: Verdict, policy: InternalPolicy, index: usize, logged: Vec<Decider>) -> Outcome {
+fn internal(
+    verdict: Verdict,
+    policy: InternalPolicy,
+    index: usize,
+    logged: Vec<Decider>,
+) -> Outcome {
     decided(verdict, Decider::Internal { policy, index }, logged)
 }
 
@@ -385,15 +406,25 @@ pub fn evaluate_workload(
     pkt: &Packet,
 ) -> Option<Outcome> {
     let wep = state.workloads().get(key)?;
-    // allow-from-host sits in front of the ingress policies (CalicoVPP's policy#2):
-    // the node itself (kubelet probes) always reaches its workloads.
-    if dir == Direction::Ingress
-        && has_enforced_policies(&wep.tiers, dir)
-        && state.local_host_addrs().contains(&pkt.src)
-    {
-        return Some(internal(Verdict::Allow, InternalPolicy::AllowFromHost, 0, Vec::new()));
+    // allow-from-host: Felix never polices the node's own traffic to its workloads
+    // (kubelet probes). The views print it in front of the ingress policies, where
+    // CalicoVPP's policy#2 sits; without ingress policies it is not printed.
+    if dir == Direction::Ingress && state.local_host_addrs().contains(&pkt.src) {
+        return Some(internal(
+            Verdict::Allow,
+            InternalPolicy::AllowFromHost,
+            0,
+            Vec::new(),
+        ));
     }
-    Some(tiers_then_profiles(state, &wep.tiers, &wep.profile_ids, dir, pkt, Vec::new()))
+    Some(tiers_then_profiles(
+        state,
+        &wep.tiers,
+        &wep.profile_ids,
+        dir,
+        pkt,
+        Vec::new(),
+    ))
 }
 
 /// The host endpoint that polices traffic to and from the host itself: the `*`
@@ -494,15 +525,24 @@ fn host_tiers(
 }
 
 /// Evaluates forwarded traffic crossing a host endpoint's interface: `Ingress` for
-/// packets arriving from outside, `Egress` for packets leaving. Pre-DNAT tiers apply
-/// on ingress; then the forward tiers with end-of-tier drop and no profiles; a host
-/// endpoint without forward policy for the direction lets the packet through.
-pub fn evaluate_forward(state: &State, hep: &HostEndpoint, dir: Direction, pkt: &Packet) -> Outcome {
+/// packets arriving from outside, `Egress` for packets leaving. On ingress the
+/// untracked tiers (Felix's raw PREROUTING sees forwarded packets too) and then the
+/// pre-DNAT tiers apply, both without end-of-tier drop; an allow there skips the rest.
+/// Then the forward tiers with end-of-tier drop and no profiles; a host endpoint
+/// without forward policy for the direction lets the packet through.
+pub fn evaluate_forward(
+    state: &State,
+    hep: &HostEndpoint,
+    dir: Direction,
+    pkt: &Packet,
+) -> Outcome {
     let mut logged = Vec::new();
     if dir == Direction::Ingress {
-        match walk_tiers(state, &hep.pre_dnat_tiers, dir, pkt, false, logged) {
-            TierWalk::Decided(o) => return o,
-            TierWalk::Undecided(l) => logged = l,
+        for tiers in [&hep.untracked_tiers, &hep.pre_dnat_tiers] {
+            match walk_tiers(state, tiers, dir, pkt, false, logged) {
+                TierWalk::Decided(o) => return o,
+                TierWalk::Undecided(l) => logged = l,
+            }
         }
     }
     if !has_enforced_policies(&hep.forward_tiers, dir) {

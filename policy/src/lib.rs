@@ -21,8 +21,8 @@ pub use config::{EndpointToHostAction, FailsafePort, FelixConfig, HostMetadata};
 pub use eval::{trace, Decider, Outcome, Packet, Trace, Verdict, L4};
 pub use ipset::{IpSet, IpSetId, IpSetKind, Member};
 pub use model::{
-    Action, Direction, HostEndpoint, HostEndpointKey, IcmpMatch, Policy, PolicyKey, Profile,
-    Rule, SideMatch, TierDefault, TierInfo, WorkloadEndpoint, WorkloadKey,
+    Action, Direction, HostEndpoint, HostEndpointKey, IcmpMatch, Policy, PolicyKey, Profile, Rule,
+    SideMatch, TierDefault, TierInfo, WorkloadEndpoint, WorkloadKey,
 };
 pub use net::{Cidr, IpFamily, ParseError, PortRange, Protocol};
 pub use state::{Applied, State, StateError, Update};

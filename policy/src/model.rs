@@ -312,7 +312,11 @@ pub struct WorkloadKey {
 
 impl fmt::Display for WorkloadKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.orchestrator, self.workload, self.endpoint)
+        write!(
+            f,
+            "{}/{}/{}",
+            self.orchestrator, self.workload, self.endpoint
+        )
     }
 }
 

@@ -272,7 +272,10 @@ mod tests {
     #[test]
     fn port_ranges_validate_and_print() {
         assert_eq!(PortRange::new(80, 80).unwrap().to_string(), "80");
-        assert_eq!(PortRange::new(3050, 3060).unwrap().to_string(), "[3050-3060]");
+        assert_eq!(
+            PortRange::new(3050, 3060).unwrap().to_string(),
+            "[3050-3060]"
+        );
         assert!(PortRange::new(10, 9).is_err());
         assert!(PortRange::new(0, 65536).is_err());
         assert!(PortRange::new(-1, 5).is_err());

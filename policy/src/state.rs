@@ -167,18 +167,21 @@ impl State {
                     })
             }
             Update::IpSetRemove(id) => self.check_set_unused(id),
-            Update::PolicyUpdate(key, p) => {
-                self.check_sets_known(&format!("policy {key}"), p.inbound.iter().chain(&p.outbound))
-            }
+            Update::PolicyUpdate(key, p) => self.check_sets_known(
+                &format!("policy {key}"),
+                p.inbound.iter().chain(&p.outbound),
+            ),
             Update::ProfileUpdate(name, p) => self.check_sets_known(
                 &format!("profile {name}"),
                 p.inbound.iter().chain(&p.outbound),
             ),
             Update::PolicyRemove(key) => self.check_policy_unused(key),
             Update::ProfileRemove(name) => self.check_profile_unused(name),
-            Update::WorkloadUpdate(key, wep) => {
-                self.check_endpoint_refs(&format!("workload {key}"), &wep.profile_ids, wep.tiers.iter())
-            }
+            Update::WorkloadUpdate(key, wep) => self.check_endpoint_refs(
+                &format!("workload {key}"),
+                &wep.profile_ids,
+                wep.tiers.iter(),
+            ),
             Update::HostEndpointUpdate(key, hep) => self.check_endpoint_refs(
                 &format!("host endpoint {key}"),
                 &hep.profile_ids,
@@ -236,13 +239,21 @@ impl State {
         let users = self
             .policies
             .iter()
-            .filter(|(_, p)| p.inbound.iter().chain(&p.outbound).any(|r| r.set_ids().any(|s| s == id)))
+            .filter(|(_, p)| {
+                p.inbound
+                    .iter()
+                    .chain(&p.outbound)
+                    .any(|r| r.set_ids().any(|s| s == id))
+            })
             .map(|(k, _)| format!("policy {k}"))
             .chain(
                 self.profiles
                     .iter()
                     .filter(|(_, p)| {
-                        p.inbound.iter().chain(&p.outbound).any(|r| r.set_ids().any(|s| s == id))
+                        p.inbound
+                            .iter()
+                            .chain(&p.outbound)
+                            .any(|r| r.set_ids().any(|s| s == id))
                     })
                     .map(|(k, _)| format!("profile {k}")),
             );
@@ -260,7 +271,8 @@ impl State {
             .iter()
             .flat_map(|(k, w)| w.tiers.iter().map(move |t| (format!("workload {k}"), t)))
             .chain(self.host_endpoints.iter().flat_map(|(k, h)| {
-                h.all_tiers().map(move |t| (format!("host endpoint {k}"), t))
+                h.all_tiers()
+                    .map(move |t| (format!("host endpoint {k}"), t))
             }))
     }
 
@@ -300,7 +312,11 @@ impl State {
 
     /// Applies an update that [`State::check`] accepted.
     fn commit(&mut self, update: Update) -> Applied {
-        fn put<K: std::hash::Hash + Eq, V: PartialEq>(m: &mut IndexMap<K, V>, k: K, v: V) -> Applied {
+        fn put<K: std::hash::Hash + Eq, V: PartialEq>(
+            m: &mut IndexMap<K, V>,
+            k: K,
+            v: V,
+        ) -> Applied {
             match m.get_mut(&k) {
                 Some(old) if *old == v => Applied::Unchanged,
                 Some(old) => {
@@ -482,15 +498,27 @@ mod tests {
         })
         .unwrap();
         let set = &s.ipsets()[&set_id("s:a")];
-        assert_eq!(set.members().copied().collect::<Vec<_>>(), vec![m("10.0.0.3/32")]);
+        assert_eq!(
+            set.members().copied().collect::<Vec<_>>(),
+            vec![m("10.0.0.3/32")]
+        );
     }
 
     #[test]
     fn removes_of_unknown_ids_are_tolerated() {
         let mut s = State::new();
-        assert_eq!(s.apply(Update::IpSetRemove(set_id("s:nope"))).unwrap(), Applied::Unchanged);
-        assert_eq!(s.apply(Update::PolicyRemove(key("nope"))).unwrap(), Applied::Unchanged);
-        assert_eq!(s.apply(Update::ProfileRemove("nope".into())).unwrap(), Applied::Unchanged);
+        assert_eq!(
+            s.apply(Update::IpSetRemove(set_id("s:nope"))).unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            s.apply(Update::PolicyRemove(key("nope"))).unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            s.apply(Update::ProfileRemove("nope".into())).unwrap(),
+            Applied::Unchanged
+        );
         assert_eq!(
             s.apply(Update::WorkloadRemove(WorkloadKey {
                 orchestrator: "k8s".into(),
@@ -505,7 +533,9 @@ mod tests {
     #[test]
     fn policy_with_unknown_set_and_endpoint_with_unknown_policy_are_violations() {
         let mut s = State::new();
-        let err = s.apply(Update::PolicyUpdate(key("p"), policy_using("s:missing"))).unwrap_err();
+        let err = s
+            .apply(Update::PolicyUpdate(key("p"), policy_using("s:missing")))
+            .unwrap_err();
         assert!(matches!(err, StateError::UnknownIpSet { .. }));
         assert!(s.policies().is_empty());
 
@@ -540,7 +570,8 @@ mod tests {
             members: vec![],
         })
         .unwrap();
-        s.apply(Update::PolicyUpdate(key("p"), policy_using("s:a"))).unwrap();
+        s.apply(Update::PolicyUpdate(key("p"), policy_using("s:a")))
+            .unwrap();
         assert!(matches!(
             s.apply(Update::IpSetRemove(set_id("s:a"))),
             Err(StateError::StillReferenced { .. })

@@ -12,8 +12,10 @@
 //!   creates them).
 //! - `rule#0`/`#1` (allow-from-host), `#2` (workloads-to-host) and `#3`/`#4`
 //!   (allow-to-host) are internal; `#5`–`#14` are kept free. Then, per sync: profile
-//!   rules, one end-of-tier rule per tier (it counts the tier's default drops), policy
-//!   rules (inbound before outbound), failsafe rules.
+//!   rules; per policy, its tier's end-of-tier rule when the tier is new (it counts
+//!   the tier's default drops), then the policy's rules (inbound before outbound);
+//!   then failsafe rules (only while a host endpoint exists: without one, host
+//!   traffic is not policed and failsafe has nothing to do).
 //!
 //! Where the format has no room for Calico's meaning (several tiers, a tier's default
 //! action, staged policies), extra lines in the same style say it; a single tier of
@@ -83,6 +85,9 @@ impl InternalPolicyId {
 /// The host-facing interface's name when none is configured (CalicoVPP's host tap).
 pub const DEFAULT_HOST_INTERFACE: &str = "tap0";
 
+/// A policy or profile being synced: its ref, its tier, its inbound and outbound rules.
+type LiveList<'s> = (PolicyRef, Option<&'s str>, [&'s [Rule]; 2]);
+
 #[derive(Debug, Clone, Default)]
 struct RuleIds {
     // Each list's rules with their ids, to keep the id of an unchanged rule.
@@ -138,7 +143,6 @@ impl IdTable {
     /// Fixes an interface's index (VPP's `sw_if_index`), before or after a sync.
     pub fn set_interface_index(&mut self, name: &str, index: u32) {
         self.interfaces.insert(name.to_string(), index);
-        self.next_interface = self.next_interface.max(index + 1);
     }
 
     /// The host-facing interface's name.
@@ -156,24 +160,41 @@ impl IdTable {
                 self.next_ipset += 1;
             }
         }
-        // Profiles and policies, with their rules.
-        let mut live: Vec<(PolicyRef, [&[Rule]; 2])> = Vec::new();
+        // Profiles, then policies (each preceded by its tier's end-of-tier rule the
+        // first time the tier is seen), with their rules.
+        let mut live: Vec<LiveList<'_>> = Vec::new();
         for (name, p) in state.profiles() {
-            live.push((PolicyRef::Profile(name.clone()), [&p.inbound, &p.outbound]));
+            live.push((
+                PolicyRef::Profile(name.clone()),
+                None,
+                [&p.inbound, &p.outbound],
+            ));
         }
-        let profiles_len = live.len();
         for (key, p) in state.policies() {
-            live.push((PolicyRef::Policy(key.clone()), [&p.inbound, &p.outbound]));
+            let tier = Some(p.tier.as_str()).filter(|t| !t.is_empty());
+            live.push((
+                PolicyRef::Policy(key.clone()),
+                tier,
+                [&p.inbound, &p.outbound],
+            ));
         }
         self.policies.retain(|r, _| {
-            matches!(r, PolicyRef::Internal(_)) || live.iter().any(|(l, _)| l == r)
+            matches!(r, PolicyRef::Internal(_)) || live.iter().any(|(l, _, _)| l == r)
         });
         self.rules
             .by_list
-            .retain(|(r, _), _| live.iter().any(|(l, _)| l == r));
-        for (i, (pref, lists)) in live.iter().enumerate() {
-            if i == profiles_len {
-                self.sync_tiers(state);
+            .retain(|(r, _), _| live.iter().any(|(l, _, _)| l == r));
+        let mut tier_names: Vec<&str> = live.iter().filter_map(|(_, t, _)| *t).collect();
+        for wep in state.workloads().values() {
+            tier_names.extend(wep.tiers.iter().map(|t| t.name.as_str()));
+        }
+        for hep in state.host_endpoints().values() {
+            tier_names.extend(hep.all_tiers().map(|t| t.name.as_str()));
+        }
+        self.tiers.retain(|t, _| tier_names.contains(&t.as_str()));
+        for (pref, tier, lists) in &live {
+            if let Some(t) = tier {
+                self.ensure_tier(t);
             }
             if !self.policies.contains_key(pref) {
                 self.policies.insert(pref.clone(), self.next_policy);
@@ -183,27 +204,17 @@ impl IdTable {
                 self.sync_rule_list(pref.clone(), dir, rules);
             }
         }
-        if profiles_len == live.len() {
-            self.sync_tiers(state);
+        for t in tier_names {
+            self.ensure_tier(t);
         }
         self.sync_failsafe(state);
         self.sync_interfaces(state);
     }
 
-    fn sync_tiers(&mut self, state: &State) {
-        let mut names: Vec<&str> = Vec::new();
-        for wep in state.workloads().values() {
-            names.extend(wep.tiers.iter().map(|t| t.name.as_str()));
-        }
-        for hep in state.host_endpoints().values() {
-            names.extend(hep.all_tiers().map(|t| t.name.as_str()));
-        }
-        self.tiers.retain(|t, _| names.contains(&t.as_str()));
-        for name in names {
-            if !self.tiers.contains_key(name) {
-                self.tiers.insert(name.to_string(), self.next_rule);
-                self.next_rule += 1;
-            }
+    fn ensure_tier(&mut self, name: &str) {
+        if !self.tiers.contains_key(name) {
+            self.tiers.insert(name.to_string(), self.next_rule);
+            self.next_rule += 1;
         }
     }
 
@@ -234,6 +245,12 @@ impl IdTable {
     }
 
     fn sync_failsafe(&mut self, state: &State) {
+        // Failsafe rules only take effect (and take ids) once a host endpoint exists:
+        // without one, traffic to and from the host is not policed at all.
+        if state.host_endpoints().is_empty() {
+            self.failsafe_rules.clear();
+            return;
+        }
         let cfg = state.config();
         let wanted: Vec<FailsafeRule> = cfg
             .failsafe_inbound
@@ -272,6 +289,10 @@ impl IdTable {
         names.extend(state.workloads().values().map(|w| w.name.clone()));
         for name in names {
             if !self.interfaces.contains_key(&name) {
+                // The lowest index not fixed by a preset.
+                while self.interfaces.values().any(|i| *i == self.next_interface) {
+                    self.next_interface += 1;
+                }
                 self.interfaces.insert(name, self.next_interface);
                 self.next_interface += 1;
             }
@@ -523,7 +544,12 @@ impl<'a> Views<'a> {
 
     fn side(&self, s: &mut String, tag: &str, side: &SideMatch, positive: bool) {
         let (nets, ports, sets, named) = if positive {
-            (&side.nets, &side.ports, &side.ip_sets, &side.named_port_sets)
+            (
+                &side.nets,
+                &side.ports,
+                &side.ip_sets,
+                &side.named_port_sets,
+            )
         } else {
             (
                 &side.not_nets,
@@ -613,7 +639,12 @@ impl<'a> Views<'a> {
                 self.write_rules(&mut out, "  tx:", &tx);
                 self.write_rules(&mut out, "  rx:", &rx);
             } else {
-                let _ = writeln!(out, "[policy#{id}] rx-rules:{} tx-rules:{}", rx.len(), tx.len());
+                let _ = writeln!(
+                    out,
+                    "[policy#{id}] rx-rules:{} tx-rules:{}",
+                    rx.len(),
+                    tx.len()
+                );
             }
         }
         out
@@ -635,7 +666,9 @@ impl<'a> Views<'a> {
             let mut b = header(&wep.name, idx, false, v4, v6);
             let mut tx = Vec::new();
             if has_enforced_policies(&wep.tiers, Direction::Ingress) {
-                tx.push(Item::Policy(PolicyRef::Internal(InternalPolicyId::AllowFromHost)));
+                tx.push(Item::Policy(PolicyRef::Internal(
+                    InternalPolicyId::AllowFromHost,
+                )));
             }
             tx.extend(tier_items(&wep.tiers, Direction::Ingress));
             let rx = tier_items(&wep.tiers, Direction::Egress);
@@ -651,10 +684,14 @@ impl<'a> Views<'a> {
             let idx = self.ids.interface(&hep.name).unwrap_or(u32::MAX);
             let mut b = header(&hep.name, idx, true, None, None);
             // Inverted: packets arriving (VPP rx) are Calico ingress.
-            let mut ingress = vec![Item::Policy(PolicyRef::Internal(InternalPolicyId::AllowToHost))];
+            let mut ingress = vec![Item::Policy(PolicyRef::Internal(
+                InternalPolicyId::AllowToHost,
+            ))];
             ingress.extend(tier_items(&hep.pre_dnat_tiers, Direction::Ingress));
             ingress.extend(tier_items(&hep.forward_tiers, Direction::Ingress));
-            let mut egress = vec![Item::Policy(PolicyRef::Internal(InternalPolicyId::AllowToHost))];
+            let mut egress = vec![Item::Policy(PolicyRef::Internal(
+                InternalPolicyId::AllowToHost,
+            ))];
             egress.extend(tier_items(&hep.forward_tiers, Direction::Egress));
             self.write_dirs(&mut b, &ingress, &egress, true);
             blocks.push((idx, b));
@@ -672,15 +709,23 @@ impl<'a> Views<'a> {
         let idx = self.ids.interface(name).unwrap_or(u32::MAX);
         let mut b = header(name, idx, false, None, None);
         let hep = crate::eval::host_endpoint_for_host_traffic(self.state, false).map(|(_, h)| h);
-        let mut tx = vec![Item::Policy(PolicyRef::Internal(InternalPolicyId::WorkloadsToHost))];
+        let mut tx = vec![Item::Policy(PolicyRef::Internal(
+            InternalPolicyId::WorkloadsToHost,
+        ))];
         let mut rx = Vec::new();
         if let Some(hep) = hep {
-            tx.push(Item::Policy(PolicyRef::Internal(InternalPolicyId::Failsafe)));
+            tx.push(Item::Policy(PolicyRef::Internal(
+                InternalPolicyId::Failsafe,
+            )));
             tx.extend(tier_items(&hep.untracked_tiers, Direction::Ingress));
             tx.extend(tier_items(&hep.pre_dnat_tiers, Direction::Ingress));
             tx.extend(tier_items(&hep.tiers, Direction::Ingress));
-            rx.push(Item::Policy(PolicyRef::Internal(InternalPolicyId::AllowFromHost)));
-            rx.push(Item::Policy(PolicyRef::Internal(InternalPolicyId::Failsafe)));
+            rx.push(Item::Policy(PolicyRef::Internal(
+                InternalPolicyId::AllowFromHost,
+            )));
+            rx.push(Item::Policy(PolicyRef::Internal(
+                InternalPolicyId::Failsafe,
+            )));
             rx.extend(tier_items(&hep.untracked_tiers, Direction::Egress));
             rx.extend(tier_items(&hep.tiers, Direction::Egress));
         }
@@ -760,7 +805,11 @@ impl<'a> Views<'a> {
         let numbered = |pref: PolicyRef, dir: Direction, index: usize| {
             let rules = self.rules_of(&pref, dir);
             match rules.get(index) {
-                Some(n) => format!("[{}] {}", self.policy_id(&pref), self.rule_line(n.id, &n.rule)),
+                Some(n) => format!(
+                    "[{}] {}",
+                    self.policy_id(&pref),
+                    self.rule_line(n.id, &n.rule)
+                ),
                 None => format!("[{}] rule {index}", self.policy_id(&pref)),
             }
         };
@@ -823,7 +872,10 @@ enum Item {
 /// The policies of `tiers` for `dir`, with tier lines where one tier with the
 /// default action Deny and only enforced policies would not say enough.
 fn tier_items(tiers: &[TierInfo], dir: Direction) -> Vec<Item> {
-    let used: Vec<&TierInfo> = tiers.iter().filter(|t| !t.policies(dir).is_empty()).collect();
+    let used: Vec<&TierInfo> = tiers
+        .iter()
+        .filter(|t| !t.policies(dir).is_empty())
+        .collect();
     let plain = used.len() == 1
         && used.iter().all(|t| {
             t.default_action == TierDefault::Deny && t.policies(dir).iter().all(|k| !k.is_staged())
@@ -885,13 +937,25 @@ mod tests {
             v.rule_line(18, &r),
             "[rule#18;allow][proto==TCP,dst==5978,src==[ipset#1;prefix;11.0.0.196/32,],dst!=[3050-3060],]"
         );
-        assert_eq!(v.rule_line(1, &Rule::any(Action::Allow)), "[rule#1;allow][]");
+        assert_eq!(
+            v.rule_line(1, &Rule::any(Action::Allow)),
+            "[rule#1;allow][]"
+        );
     }
 
     #[test]
     fn unknown_interface_index_header_has_double_space_before_addr() {
-        let h = header("tun3", 11, false, "11.0.0.67".parse().ok(), "fd20::1".parse().ok());
+        let h = header(
+            "tun3",
+            11,
+            false,
+            "11.0.0.67".parse().ok(),
+            "fd20::1".parse().ok(),
+        );
         assert_eq!(h, "[tun3 sw_if_index=11  addr=11.0.0.67 addr6=fd20::1]\n");
-        assert_eq!(header("uplink", 2, false, None, None), "[uplink sw_if_index=2 ]\n");
+        assert_eq!(
+            header("uplink", 2, false, None, None),
+            "[uplink sw_if_index=2 ]\n"
+        );
     }
 }

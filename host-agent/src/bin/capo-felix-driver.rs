@@ -1,0 +1,99 @@
+//! capo as Felix's dataplane driver.
+//!
+//! Felix starts its driver with no arguments and its own environment: `ToDataplane`
+//! frames arrive on fd 3, `FromDataplane` frames go to fd 4. Configuration comes
+//! from environment variables:
+//!
+//! - `CAPO_FELIX_SCHEMA`: `v3.31` or `v3.32` (default: from `CalicoVersion`);
+//! - `CAPO_MAX_FRAME_LEN`: frame length cap in bytes (default 64 MiB);
+//! - `CAPO_RECORD`: record the stream to this file, for bug reports;
+//! - `CAPO_STATUS_INTERVAL`: how often to send `ProcessStatusUpdate` (default `10s`);
+//! - `CAPO_LOG`: log filter (default `info`); `CAPO_LOG_FORMAT`: `text` or `json`.
+//!
+//! It exits 0 when Felix closes fd 3, 1 on a protocol violation (Felix then
+//! restarts and resends everything), and promptly on SIGTERM.
+
+use std::fs::{File, OpenOptions};
+use std::process::ExitCode;
+
+use capo_agent::daemon::{exit_on_signals, ConnectionEnd, Daemon, FelixOptions};
+use capo_agent::logging::{self, LogFormat};
+use capo_policy::IdTable;
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn options() -> Result<FelixOptions, String> {
+    let mut opts = FelixOptions::default();
+    if let Some(s) = env("CAPO_FELIX_SCHEMA") {
+        opts.schema = Some(s.parse().map_err(|e| format!("CAPO_FELIX_SCHEMA: {e}"))?);
+    }
+    if let Some(s) = env("CAPO_MAX_FRAME_LEN") {
+        opts.max_frame_len = s
+            .parse()
+            .map_err(|_| format!("CAPO_MAX_FRAME_LEN: {s:?} is not a number of bytes"))?;
+    }
+    opts.record = env("CAPO_RECORD").map(Into::into);
+    if let Some(s) = env("CAPO_STATUS_INTERVAL") {
+        opts.status_interval = humantime::parse_duration(&s)
+            .map_err(|e| format!("CAPO_STATUS_INTERVAL: {s:?}: {e}"))?;
+    }
+    Ok(opts)
+}
+
+fn open_fds() -> Result<(File, File), String> {
+    // Re-opening through /dev/fd gives owned files for Felix's pipes without
+    // taking ownership of raw descriptors.
+    let input = File::open("/dev/fd/3").map_err(|e| {
+        format!("fd 3 is not readable ({e}): capo-felix-driver must be started by Felix")
+    })?;
+    let output = OpenOptions::new()
+        .write(true)
+        .open("/dev/fd/4")
+        .map_err(|e| {
+            format!("fd 4 is not writable ({e}): capo-felix-driver must be started by Felix")
+        })?;
+    Ok((input, output))
+}
+
+fn main() -> ExitCode {
+    let format = match env("CAPO_LOG_FORMAT").as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    logging::init(format, "info");
+    let opts = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (input, output) = match open_fds() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = exit_on_signals(|| {}) {
+        tracing::warn!(error = %e, "cannot install signal handlers");
+    }
+    tracing::info!(schema = ?opts.schema, "capo-felix-driver started by Felix");
+    let mut daemon = Daemon::new(opts, IdTable::default());
+    match daemon.serve_connection(std::io::BufReader::new(input), Some(output)) {
+        ConnectionEnd::Eof => {
+            tracing::info!("Felix closed fd 3: exiting");
+            ExitCode::SUCCESS
+        }
+        ConnectionEnd::Resync(e) => {
+            tracing::error!(error = %e, "protocol violation: exiting so that Felix restarts and resyncs");
+            ExitCode::FAILURE
+        }
+        ConnectionEnd::RecordSetup(e) => {
+            tracing::error!(error = %e, "CAPO_RECORD: cannot create the recording file");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! capoctl: capo's command line. Offline, it reads recorded Felix streams:
+//! `replay` prints the capo views, `trace` follows a packet, `demo` runs the seed's
+//! walkthrough.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use capo_agent::cli::{packet, parse_interface_index, trace_json, trace_text, View};
+use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
+use capo_agent::replay::{replay_file, ReplayOptions, Replayed};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "capoctl", version, about = "capo's command line")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct StreamArgs {
+    /// Felix schema; by default detected from ConfigUpdate's CalicoVersion.
+    #[arg(long, value_name = "v3.31|v3.32")]
+    schema: Option<Schema>,
+    /// Largest frame accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME_LEN)]
+    max_frame_len: u64,
+    /// Fix an interface's sw_if_index (repeatable), e.g. `tun3=11`.
+    #[arg(long = "ifindex", value_name = "NAME=INDEX", value_parser = parse_interface_index)]
+    interface_indexes: Vec<(String, u32)>,
+    /// Name of the host-facing interface in the views.
+    #[arg(long, default_value = capo_policy::views::DEFAULT_HOST_INTERFACE)]
+    host_interface: String,
+}
+
+impl StreamArgs {
+    fn options(&self) -> ReplayOptions {
+        ReplayOptions {
+            schema: self.schema,
+            max_frame_len: self.max_frame_len,
+            interface_indexes: self.interface_indexes.clone(),
+            host_interface: self.host_interface.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replay a recorded Felix stream and print the capo views.
+    Replay {
+        /// File of Felix frames (8-byte little-endian length + ToDataplane).
+        file: PathBuf,
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// `show capo interfaces|ipsets|policies [verbose]|rules`; all four when omitted.
+        #[arg(trailing_var_arg = true, value_name = "VIEW")]
+        view: Vec<String>,
+    },
+    /// Follow a packet through the node's policy and print the verdict and deciders.
+    Trace {
+        /// File of Felix frames.
+        #[arg(long, value_name = "FILE")]
+        replay: PathBuf,
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// Source address.
+        #[arg(long)]
+        from: IpAddr,
+        /// Destination address.
+        #[arg(long)]
+        to: IpAddr,
+        /// tcp, udp, sctp, icmp, icmpv6 or a protocol number.
+        #[arg(long)]
+        proto: String,
+        /// Source port (default 0).
+        #[arg(long)]
+        sport: Option<u16>,
+        /// Destination port (default 0).
+        #[arg(long)]
+        dport: Option<u16>,
+        /// ICMP type (default: echo request).
+        #[arg(long)]
+        icmp_type: Option<u8>,
+        /// ICMP code (default 0).
+        #[arg(long, requires = "icmp_type")]
+        icmp_code: Option<u8>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The seed's walkthrough: two pods, a NetworkPolicy, the netcat test.
+    Demo,
+}
+
+fn load(file: &std::path::Path, stream: &StreamArgs) -> Result<Replayed, String> {
+    let r = replay_file(file, &stream.options()).map_err(|e| e.to_string())?;
+    if !r.in_sync {
+        eprintln!(
+            "warning: {}: the stream ends before InSync ({} frames): showing the partial snapshot",
+            file.display(),
+            r.stats.frames
+        );
+    }
+    Ok(r)
+}
+
+fn run(cli: Cli) -> Result<String, String> {
+    match cli.command {
+        Command::Replay { file, stream, view } => {
+            let views = if view.is_empty() {
+                View::ALL.to_vec()
+            } else {
+                vec![View::parse(&view)?]
+            };
+            let r = load(&file, &stream)?;
+            let mut out = String::new();
+            for (i, v) in views.iter().enumerate() {
+                if views.len() > 1 {
+                    if i > 0 {
+                        out.push('\n');
+                    }
+                    out += &format!("vpp# {}\n", v.command());
+                }
+                out += &v.render(&r.state, &r.ids);
+            }
+            Ok(out)
+        }
+        Command::Trace {
+            replay,
+            stream,
+            from,
+            to,
+            proto,
+            sport,
+            dport,
+            icmp_type,
+            icmp_code,
+            json,
+        } => {
+            let pkt = packet(from, to, &proto, sport, dport, icmp_type, icmp_code)?;
+            let r = load(&replay, &stream)?;
+            let t = capo_policy::trace(&r.state, &pkt);
+            if json {
+                Ok(trace_json(&t, &r.state, &r.ids).to_string() + "\n")
+            } else {
+                Ok(trace_text(&t, &r.state, &r.ids))
+            }
+        }
+        Command::Demo => capo_agent::demo::run(),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("capoctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

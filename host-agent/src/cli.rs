@@ -1,0 +1,259 @@
+//! What capoctl and the agent share: view selection, packet arguments, trace output.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use capo_policy::eval::{CheckPoint, Trace};
+use capo_policy::{IdTable, Packet, Protocol, State, Verdict, Views, L4};
+
+/// One of the capo views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// `show capo interfaces`.
+    Interfaces,
+    /// `show capo ipsets`.
+    Ipsets,
+    /// `show capo policies [verbose]`.
+    Policies {
+        /// With every rule.
+        verbose: bool,
+    },
+    /// `show capo rules`.
+    Rules,
+}
+
+impl View {
+    /// All four views, as `capoctl replay` prints them when none is named.
+    pub const ALL: [View; 4] = [
+        View::Interfaces,
+        View::Ipsets,
+        View::Policies { verbose: true },
+        View::Rules,
+    ];
+
+    /// The command that shows the view.
+    pub fn command(self) -> &'static str {
+        match self {
+            View::Interfaces => "show capo interfaces",
+            View::Ipsets => "show capo ipsets",
+            View::Policies { verbose: false } => "show capo policies",
+            View::Policies { verbose: true } => "show capo policies verbose",
+            View::Rules => "show capo rules",
+        }
+    }
+
+    /// Parses `show capo interfaces|ipsets|policies [verbose]|rules` (`sh` and
+    /// `show` both work; the words `show capo` may be left out).
+    pub fn parse(words: &[String]) -> Result<View, String> {
+        let mut w: Vec<&str> = words.iter().map(String::as_str).collect();
+        if matches!(w.first(), Some(&"show") | Some(&"sh")) {
+            w.remove(0);
+        }
+        if w.first() == Some(&"capo") {
+            w.remove(0);
+        }
+        match w.as_slice() {
+            ["interfaces"] | ["int"] => Ok(View::Interfaces),
+            ["ipsets"] => Ok(View::Ipsets),
+            ["policies"] => Ok(View::Policies { verbose: false }),
+            ["policies", "verbose"] => Ok(View::Policies { verbose: true }),
+            ["rules"] => Ok(View::Rules),
+            _ => Err(format!(
+                "unknown view {:?}: expected `show capo interfaces|ipsets|policies [verbose]|rules`",
+                words.join(" ")
+            )),
+        }
+    }
+
+    /// Renders the view.
+    pub fn render(self, state: &State, ids: &IdTable) -> String {
+        let v = Views::new(state, ids);
+        match self {
+            View::Interfaces => v.interfaces(),
+            View::Ipsets => v.ipsets(),
+            View::Policies { verbose } => v.policies(verbose),
+            View::Rules => v.rules(),
+        }
+    }
+}
+
+/// Builds a packet from trace arguments; the error names the bad argument.
+pub fn packet(
+    from: IpAddr,
+    to: IpAddr,
+    proto: &str,
+    sport: Option<u16>,
+    dport: Option<u16>,
+    icmp_type: Option<u8>,
+    icmp_code: Option<u8>,
+) -> Result<Packet, String> {
+    if from.is_ipv4() != to.is_ipv4() {
+        return Err(format!(
+            "--from {from} and --to {to} are of different IP families"
+        ));
+    }
+    let protocol = Protocol::from_name(proto).map_err(|e| format!("--proto: {e}"))?;
+    let l4 = if protocol.is_icmp() {
+        if sport.is_some() || dport.is_some() {
+            return Err("--sport/--dport do not apply to ICMP: use --icmp-type/--icmp-code".into());
+        }
+        L4::Icmp {
+            icmp_type: icmp_type.unwrap_or(if protocol == Protocol::ICMP { 8 } else { 128 }),
+            code: icmp_code.unwrap_or(0),
+        }
+    } else if protocol.has_ports() {
+        if icmp_type.is_some() || icmp_code.is_some() {
+            return Err(format!("--icmp-type/--icmp-code do not apply to {proto}"));
+        }
+        L4::Ports {
+            src: sport.unwrap_or(0),
+            dst: dport.unwrap_or(0),
+        }
+    } else {
+        if sport.is_some() || dport.is_some() || icmp_type.is_some() {
+            return Err(format!("protocol {proto} has no ports or ICMP fields"));
+        }
+        L4::None
+    };
+    Ok(Packet {
+        src: from,
+        dst: to,
+        protocol,
+        l4,
+    })
+}
+
+/// The text form of a trace: `ALLOW` or `DENY`, then one line per check.
+pub fn trace_text(t: &Trace, state: &State, ids: &IdTable) -> String {
+    let views = Views::new(state, ids);
+    let mut out = match t.verdict {
+        Verdict::Allow => "ALLOW\n".to_string(),
+        Verdict::Deny => "DENY\n".to_string(),
+    };
+    if t.steps.is_empty() {
+        out += "  no local endpoint on the path: not policed on this node\n";
+    }
+    for step in &t.steps {
+        let at = match &step.at {
+            CheckPoint::Workload {
+                key,
+                interface,
+                direction,
+            } => format!("{interface} ({key}) {direction}"),
+            CheckPoint::Host { direction } => {
+                format!("{} (host) {direction}", ids.host_interface())
+            }
+            CheckPoint::Forward {
+                key,
+                interface,
+                direction,
+            } => format!("{interface} (host endpoint {key}, forwarded) {direction}"),
+        };
+        let verdict = match step.outcome.verdict {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        };
+        let _ = writeln!(
+            out,
+            "  {at}: {verdict} by {}",
+            views.decider_line(&step.outcome.decider)
+        );
+        for l in &step.outcome.logged {
+            let _ = writeln!(out, "    logged by {}", views.decider_line(l));
+        }
+    }
+    out
+}
+
+/// The JSON form of a trace: `{"verdict": "allow"|"deny", "steps": [...]}`, each
+/// step with the decider's rule printed as in the views.
+pub fn trace_json(t: &Trace, state: &State, ids: &IdTable) -> serde_json::Value {
+    let views = Views::new(state, ids);
+    let steps: Vec<serde_json::Value> = t
+        .steps
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
+            if let serde_json::Value::Object(m) = &mut v {
+                m.insert(
+                    "rule".into(),
+                    serde_json::Value::String(views.decider_line(&s.outcome.decider)),
+                );
+                if let CheckPoint::Host { .. } = s.at {
+                    m.insert(
+                        "interface".into(),
+                        serde_json::Value::String(ids.host_interface().to_string()),
+                    );
+                }
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({
+        "verdict": t.verdict,
+        "steps": steps,
+    })
+}
+
+/// Parses `NAME=INDEX` interface index presets.
+pub fn parse_interface_index(s: &str) -> Result<(String, u32), String> {
+    let (name, idx) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=SW_IF_INDEX"))?;
+    let idx: u32 = idx
+        .parse()
+        .map_err(|_| format!("{s:?}: {idx:?} is not an interface index"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?}: empty interface name"));
+    }
+    Ok((name.to_string(), idx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn views_parse_with_or_without_show_capo() {
+        assert_eq!(
+            View::parse(&words("show capo interfaces")).unwrap(),
+            View::Interfaces
+        );
+        assert_eq!(View::parse(&words("sh capo rules")).unwrap(), View::Rules);
+        assert_eq!(
+            View::parse(&words("policies verbose")).unwrap(),
+            View::Policies { verbose: true }
+        );
+        assert!(View::parse(&words("show capo flows please")).is_err());
+    }
+
+    #[test]
+    fn packet_arguments_are_checked() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert!(packet(a, v6, "tcp", None, Some(80), None, None).is_err());
+        assert!(packet(a, b, "icmp", None, Some(80), None, None).is_err());
+        assert!(packet(a, b, "tcp", None, Some(80), Some(8), None).is_err());
+        assert!(packet(a, b, "bogus", None, None, None, None).is_err());
+        let p = packet(a, b, "udp", Some(1), Some(53), None, None).unwrap();
+        assert_eq!(p.l4, L4::Ports { src: 1, dst: 53 });
+        let p = packet(a, b, "47", None, None, None, None).unwrap();
+        assert_eq!(p.l4, L4::None);
+    }
+
+    #[test]
+    fn interface_index_presets_parse() {
+        assert_eq!(
+            parse_interface_index("tun3=11").unwrap(),
+            ("tun3".into(), 11)
+        );
+        assert!(parse_interface_index("tun3").is_err());
+        assert!(parse_interface_index("=3").is_err());
+        assert!(parse_interface_index("tun3=x").is_err());
+    }
+}

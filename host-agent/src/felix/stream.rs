@@ -1,0 +1,171 @@
+//! The I/O around a [`Session`]: reading frames from Felix, recording them, and
+//! sending `ProcessStatusUpdate` back.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use capo_proto::felix::v3_32 as pb;
+
+use super::frame::{Frame, FrameError, FrameReader, FrameWriter};
+use super::session::{Event, Session, SessionError};
+
+/// How often Felix expects a status report (felix-protocol §2.2: doc.go says 10 s).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a stream stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Framing or transport failure.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// Protocol violation or unusable content.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The recording file could not be written.
+    #[error("recording frame {frame}: {source}")]
+    Record {
+        /// Frame number.
+        frame: u64,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// Writes every received frame verbatim (length header and body), so a recording
+/// replays byte for byte like what Felix wrote to fd 3.
+pub struct Recorder {
+    out: BufWriter<File>,
+}
+
+impl Recorder {
+    /// Creates (truncates) the recording file.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        Ok(Recorder {
+            out: BufWriter::new(File::create(path)?),
+        })
+    }
+
+    /// Appends one frame and flushes, so a crash loses at most the frame being read.
+    pub fn record(&mut self, frame: &Frame) -> io::Result<()> {
+        let len = frame.bytes.len() as u64;
+        self.out.write_all(&len.to_le_bytes())?;
+        self.out.write_all(&frame.bytes)?;
+        self.out.flush()
+    }
+}
+
+/// Reads frames until a clean end of stream, handing each to `session` and then
+/// to `on_event`. Returns at the first error, with nothing of the bad frame applied.
+pub fn run<R: Read>(
+    reader: &mut FrameReader<R>,
+    session: &mut Session,
+    mut recorder: Option<&mut Recorder>,
+    mut on_event: impl FnMut(&Session, &Frame, &Event),
+) -> Result<(), StreamError> {
+    while let Some(frame) = reader.read_frame()? {
+        if let Some(r) = recorder.as_deref_mut() {
+            r.record(&frame).map_err(|source| StreamError::Record {
+                frame: frame.index,
+                source,
+            })?;
+        }
+        let event = session.on_frame(&frame)?;
+        on_event(session, &frame, &event);
+    }
+    Ok(())
+}
+
+/// Sends `ProcessStatusUpdate` every `interval` until `stop` is set or a write
+/// fails (Felix has gone). Runs on its own thread; it is the only writer.
+pub fn spawn_status_writer<W: Write + Send + 'static>(
+    out: W,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut writer = FrameWriter::new(out);
+        let tick = Duration::from_millis(100).min(interval);
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                let msg = status_message(started.elapsed(), SystemTime::now());
+                if let Err(e) = writer.write_message(&msg) {
+                    tracing::warn!(error = %e, "cannot send status to Felix; stopping status reports");
+                    return;
+                }
+                next += interval;
+            }
+            std::thread::sleep(tick);
+        }
+    })
+}
+
+/// A `FromDataplane` carrying `ProcessStatusUpdate`.
+pub fn status_message(uptime: Duration, now: SystemTime) -> pb::FromDataplane {
+    pb::FromDataplane {
+        sequence_number: 0,
+        payload: Some(pb::from_dataplane::Payload::ProcessStatusUpdate(
+            pb::ProcessStatusUpdate {
+                iso_timestamp: humantime::format_rfc3339_seconds(now).to_string(),
+                uptime: uptime.as_secs_f64(),
+            },
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn status_message_is_a_process_status_update() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let msg = status_message(Duration::from_millis(12_500), t);
+        let bytes = msg.encode_to_vec();
+        let back = pb::FromDataplane::decode(bytes.as_slice()).unwrap();
+        match back.payload {
+            Some(pb::from_dataplane::Payload::ProcessStatusUpdate(s)) => {
+                assert_eq!(s.iso_timestamp, "2023-11-14T22:13:20Z");
+                assert!((s.uptime - 12.5).abs() < 1e-9);
+            }
+            other => panic!("unexpected payload {other:?}"),
+        }
+        // Field 3 of FromDataplane, length-delimited.
+        assert_eq!(bytes[0], 0x1a);
+    }
+
+    #[test]
+    fn status_writer_sends_frames_until_stopped() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Shared::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = spawn_status_writer(buf.clone(), Duration::from_millis(20), stop.clone());
+        std::thread::sleep(Duration::from_millis(150));
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+        let bytes = buf.0.lock().unwrap().clone();
+        let mut reader = FrameReader::new(bytes.as_slice());
+        let mut n = 0;
+        while let Some(f) = reader.read_frame().unwrap() {
+            pb::FromDataplane::decode(f.bytes.as_slice()).unwrap();
+            n += 1;
+        }
+        assert!(n >= 2, "expected several status frames, got {n}");
+    }
+}

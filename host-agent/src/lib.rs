@@ -1,0 +1,15 @@
+//! capo's host agent: takes policy from Felix (its external dataplane driver
+//! protocol) and keeps the policy core's state, ids and views; `capoctl` replays,
+//! traces and demonstrates it offline.
+//!
+//! The protocol logic is sans-IO ([`felix::session`]); binaries only wire it to
+//! file descriptors, sockets and signals.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod daemon;
+pub mod demo;
+pub mod felix;
+pub mod fuzzing;
+pub mod logging;
+pub mod replay;

@@ -1,0 +1,254 @@
+//! The binaries as Felix runs them: the driver on fds 3 and 4, the agent on the
+//! felix-api-proxy socket.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use capo_agent::felix::frame::FrameReader;
+use capo_proto::felix::v3_32 as pb;
+use prost::Message;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/felix")
+        .join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("capo-proc-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts the driver the way Felix does: no arguments, frames on fd 3, status on
+/// fd 4. bash moves stdin to fd 3 and a file to fd 4.
+fn spawn_driver(status_file: &Path, env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec \"$0\" 3<&0 4>\"{}\" 0</dev/null",
+            status_file.display()
+        ))
+        .arg(env!("CARGO_BIN_EXE_capo-felix-driver"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut s).ok();
+    }
+    s
+}
+
+fn status_frames(bytes: &[u8]) -> usize {
+    FrameReader::new(bytes)
+        .map(|f| {
+            let f = f.unwrap();
+            let m = pb::FromDataplane::decode(f.bytes.as_slice()).unwrap();
+            assert!(matches!(
+                m.payload,
+                Some(pb::from_dataplane::Payload::ProcessStatusUpdate(_))
+            ));
+        })
+        .count()
+}
+
+#[test]
+fn driver_syncs_from_fd3_reports_on_fd4_and_exits_on_eof() {
+    let dir = scratch("eof");
+    let status = dir.join("status");
+    let record = dir.join("record.frames");
+    let mut child = spawn_driver(
+        &status,
+        &[
+            ("CAPO_RECORD", record.to_str().unwrap()),
+            ("CAPO_STATUS_INTERVAL", "50ms"),
+        ],
+    );
+    let frames = std::fs::read(fixture("seed.master.frames")).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&frames).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(stdin); // Felix goes away: EOF on fd 3.
+    let st =
+        wait_with_timeout(&mut child, Duration::from_secs(10)).expect("driver did not exit on EOF");
+    let log = stderr_of(&mut child);
+    assert!(st.success(), "{log}");
+    assert!(log.contains("in sync with Felix"), "{log}");
+    assert!(status_frames(&std::fs::read(&status).unwrap()) >= 1);
+    // The recording is byte for byte what Felix wrote.
+    assert_eq!(std::fs::read(&record).unwrap(), frames);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn driver_exits_nonzero_on_a_protocol_violation() {
+    let dir = scratch("violation");
+    let mut child = spawn_driver(&dir.join("status"), &[]);
+    let mut bytes = std::fs::read(fixture("seed.master.frames")).unwrap();
+    let bad = pb::ToDataplane {
+        sequence_number: 8,
+        payload: Some(pb::to_dataplane::Payload::IpsetDeltaUpdate(
+            pb::IpSetDeltaUpdate {
+                id: "s:nobody-sent-this".into(),
+                added_members: vec!["10.1.1.1/32".into()],
+                removed_members: vec![],
+            },
+        )),
+    };
+    bytes.extend(capo_agent::felix::frame::encode_frame(&bad));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&bytes).unwrap();
+    let st = wait_with_timeout(&mut child, Duration::from_secs(10)).expect("driver did not exit");
+    let log = stderr_of(&mut child);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(
+        log.contains("s:nobody-sent-this") && log.contains("frame 8"),
+        "{log}"
+    );
+    drop(stdin);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn driver_exits_within_4s_of_sigterm() {
+    let dir = scratch("sigterm");
+    let mut child = spawn_driver(&dir.join("status"), &[]);
+    let _stdin = child.stdin.take().unwrap(); // kept open: the driver blocks reading
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let rc = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(rc.success());
+    let st = wait_with_timeout(&mut child, Duration::from_secs(4))
+        .expect("still running 4 s after SIGTERM");
+    assert!(st.success(), "{}", stderr_of(&mut child));
+    assert!(start.elapsed() < Duration::from_secs(4));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn driver_without_felix_fds_says_so() {
+    // fds 3 and 4 closed explicitly: a test runner may hold others there.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("exec \"$0\" 3<&- 4>&-")
+        .arg(env!("CARGO_BIN_EXE_capo-felix-driver"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be started by Felix"), "{err}");
+}
+
+fn connect(path: &Path) -> UnixStream {
+    let start = Instant::now();
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(e) if start.elapsed() > Duration::from_secs(10) => panic!("cannot connect: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[test]
+fn agent_serves_one_felix_connection_after_another() {
+    let dir = scratch("socket");
+    let sock = dir.join("felix-dataplane.sock");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args([
+            "--felix-socket",
+            sock.to_str().unwrap(),
+            "--status-interval",
+            "50ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let frames = std::fs::read(fixture("seed.master.frames")).unwrap();
+
+    // First connection: a full sync; status frames come back on the socket.
+    let mut c = connect(&sock);
+    c.write_all(&frames).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut header = [0u8; 8];
+    c.read_exact(&mut header).unwrap();
+    let len = u64::from_le_bytes(header) as usize;
+    let mut body = vec![0; len];
+    c.read_exact(&mut body).unwrap();
+    let m = pb::FromDataplane::decode(body.as_slice()).unwrap();
+    assert!(matches!(
+        m.payload,
+        Some(pb::from_dataplane::Payload::ProcessStatusUpdate(_))
+    ));
+    drop(c);
+
+    // Second connection: a violation makes the agent drop it (resync).
+    let mut c = connect(&sock);
+    let mut bad = frames.clone();
+    bad.extend(capo_agent::felix::frame::encode_frame(&pb::ToDataplane {
+        sequence_number: 8,
+        payload: Some(pb::to_dataplane::Payload::IpsetDeltaUpdate(
+            pb::IpSetDeltaUpdate {
+                id: "s:unknown".into(),
+                ..Default::default()
+            },
+        )),
+    }));
+    c.write_all(&bad).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = Vec::new();
+    // The agent closes its side: reading reaches EOF (after any status frames).
+    let read = c.read_to_end(&mut sink);
+    assert!(read.is_ok(), "connection not closed by the agent: {read:?}");
+    drop(c);
+
+    // Third connection still works.
+    let mut c = connect(&sock);
+    c.write_all(&frames).unwrap();
+    c.read_exact(&mut header).unwrap();
+    drop(c);
+
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    let st = wait_with_timeout(&mut agent, Duration::from_secs(4)).expect("agent ignored SIGTERM");
+    let log = stderr_of(&mut agent);
+    assert!(st.success(), "{log}");
+    assert!(
+        log.contains("dropping the Felix connection to force a resync"),
+        "{log}"
+    );
+    assert!(log.matches("in sync with Felix").count() >= 2, "{log}");
+    assert!(!sock.exists(), "socket file removed on shutdown");
+    std::fs::remove_dir_all(&dir).ok();
+}

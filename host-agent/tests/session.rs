@@ -1,0 +1,245 @@
+//! The Felix state machine: start-up order, tolerated repeats, and violations that
+//! must end in a resync without touching the state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use capo_agent::felix::frame::{encode_frame, Frame, FrameReader, Schema};
+use capo_agent::felix::session::{Event, Phase, Session, SessionError};
+use capo_policy::{IpSetId, StateError};
+use capo_proto::felix::v3_32 as pb;
+use pb::to_dataplane::Payload as P;
+
+fn frames(payloads: Vec<P>) -> Vec<Frame> {
+    let bytes: Vec<u8> = payloads
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            encode_frame(&pb::ToDataplane {
+                sequence_number: i as u64,
+                payload: Some(p),
+            })
+        })
+        .collect();
+    FrameReader::new(bytes.as_slice())
+        .map(|f| f.unwrap())
+        .collect()
+}
+
+fn config(version: &str) -> P {
+    P::ConfigUpdate(pb::ConfigUpdate {
+        config: [("CalicoVersion".to_string(), version.to_string())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    })
+}
+
+fn ipset(id: &str, members: &[&str]) -> P {
+    P::IpsetUpdate(pb::IpSetUpdate {
+        id: id.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        r#type: pb::ip_set_update::IpSetType::Net as i32,
+    })
+}
+
+fn delta(id: &str, add: &[&str], del: &[&str]) -> P {
+    P::IpsetDeltaUpdate(pb::IpSetDeltaUpdate {
+        id: id.into(),
+        added_members: add.iter().map(|m| m.to_string()).collect(),
+        removed_members: del.iter().map(|m| m.to_string()).collect(),
+    })
+}
+
+fn run(session: &mut Session, frames: &[Frame]) -> Result<Vec<Event>, SessionError> {
+    frames.iter().map(|f| session.on_frame(f)).collect()
+}
+
+#[test]
+fn config_first_then_snapshot_then_in_sync() {
+    let fs = frames(vec![
+        config("v3.33.0"),
+        ipset("s:a", &["10.0.0.1/32"]),
+        P::RouteUpdate(pb::RouteUpdate::default()),
+        P::InSync(pb::InSync {}),
+        delta("s:a", &["10.0.0.2/32"], &[]),
+    ]);
+    let mut s = Session::new(None);
+    assert_eq!(s.phase(), Phase::AwaitingConfig);
+    let events = run(&mut s, &fs).unwrap();
+    assert_eq!(
+        events,
+        vec![
+            Event::Changed,
+            Event::Changed,
+            Event::Ignored("route_update"),
+            Event::Reconcile,
+            Event::Changed
+        ]
+    );
+    assert_eq!(s.phase(), Phase::InSync);
+    assert_eq!(s.schema(), Schema::V3_32);
+    assert_eq!(s.state().ipsets()[&IpSetId::new("s:a").unwrap()].len(), 2);
+}
+
+#[test]
+fn calico_version_picks_the_schema_unless_forced() {
+    let fs = frames(vec![config("v3.31.7")]);
+    let mut s = Session::new(None);
+    run(&mut s, &fs).unwrap();
+    assert_eq!(s.schema(), Schema::V3_31);
+    let mut forced = Session::new(Some(Schema::V3_32));
+    run(&mut forced, &fs).unwrap();
+    assert_eq!(forced.schema(), Schema::V3_32);
+}
+
+#[test]
+fn anything_before_config_update_is_refused() {
+    let fs = frames(vec![ipset("s:a", &[])]);
+    let mut s = Session::new(None);
+    let err = s.on_frame(&fs[0]).unwrap_err();
+    assert!(
+        matches!(err, SessionError::ConfigNotFirst { frame: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("IpsetUpdate"), "{err}");
+}
+
+#[test]
+fn repeats_and_unknown_removes_are_tolerated() {
+    let fs = frames(vec![
+        config("v3.33.0"),
+        ipset("s:a", &["10.0.0.1/32", "10.0.0.2/32"]),
+        // A known id again, without a remove in between: a full replace.
+        ipset("s:a", &["10.0.0.3/32"]),
+        P::IpsetRemove(pb::IpSetRemove {
+            id: "s:never".into(),
+        }),
+        P::ActivePolicyRemove(pb::ActivePolicyRemove {
+            id: Some(pb::PolicyId {
+                name: "gone".into(),
+                ..Default::default()
+            }),
+        }),
+        config("v3.33.1"),
+        P::InSync(pb::InSync {}),
+        P::InSync(pb::InSync {}),
+    ]);
+    let mut s = Session::new(None);
+    let events = run(&mut s, &fs).unwrap();
+    assert_eq!(events[3], Event::Unchanged);
+    assert_eq!(events[4], Event::Unchanged);
+    assert_eq!(
+        events[7],
+        Event::Unchanged,
+        "a second InSync changes nothing"
+    );
+    let set = &s.state().ipsets()[&IpSetId::new("s:a").unwrap()];
+    assert_eq!(
+        set.members()
+            .map(|m| m.view(set.kind()))
+            .collect::<Vec<_>>(),
+        vec!["10.0.0.3/32"]
+    );
+    assert_eq!(
+        s.state().config().calico_version.as_deref(),
+        Some("v3.33.1")
+    );
+}
+
+#[test]
+fn delta_for_unknown_set_is_a_violation_naming_frame_and_set() {
+    let fs = frames(vec![
+        config("v3.33.0"),
+        ipset("s:a", &["10.0.0.1/32"]),
+        P::InSync(pb::InSync {}),
+        delta("s:unknown", &["10.0.0.9/32"], &[]),
+    ]);
+    let mut s = Session::new(None);
+    run(&mut s, &fs[..3]).unwrap();
+    let err = s.on_frame(&fs[3]).unwrap_err();
+    match &err {
+        SessionError::Violation { frame, seq, source } => {
+            assert_eq!((*frame, *seq), (3, 3));
+            assert_eq!(
+                *source,
+                StateError::UnknownIpSetDelta(IpSetId::new("s:unknown").unwrap())
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains("s:unknown"));
+    assert_eq!(s.state().ipsets().len(), 1, "nothing applied");
+}
+
+#[test]
+fn endpoint_naming_unknown_policy_is_a_violation() {
+    let fs = frames(vec![
+        config("v3.33.0"),
+        P::WorkloadEndpointUpdate(pb::WorkloadEndpointUpdate {
+            id: Some(pb::WorkloadEndpointId {
+                orchestrator_id: "k8s".into(),
+                workload_id: "ns/pod".into(),
+                endpoint_id: "eth0".into(),
+            }),
+            endpoint: Some(pb::WorkloadEndpoint {
+                name: "tun0".into(),
+                tiers: vec![pb::TierInfo {
+                    name: "default".into(),
+                    ingress_policies: vec![pb::PolicyId {
+                        name: "ghost".into(),
+                        namespace: "ns".into(),
+                        kind: "NetworkPolicy".into(),
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }),
+    ]);
+    let mut s = Session::new(None);
+    s.on_frame(&fs[0]).unwrap();
+    let err = s.on_frame(&fs[1]).unwrap_err();
+    assert!(err.to_string().contains("ghost"), "{err}");
+    assert!(s.state().workloads().is_empty());
+}
+
+#[test]
+fn bad_field_values_name_the_field() {
+    let fs = frames(vec![
+        config("v3.33.0"),
+        ipset("s:a", &["10.0.0.1/32", "not-an-address"]),
+        P::ActivePolicyUpdate(pb::ActivePolicyUpdate {
+            id: Some(pb::PolicyId {
+                name: "p".into(),
+                ..Default::default()
+            }),
+            policy: Some(pb::Policy {
+                inbound_rules: vec![
+                    pb::Rule::default(),
+                    pb::Rule {
+                        dst_ports: vec![pb::PortRange {
+                            first: 90,
+                            last: 80,
+                        }],
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+        }),
+    ]);
+    let mut s = Session::new(None);
+    s.on_frame(&fs[0]).unwrap();
+    let err = s.on_frame(&fs[1]).unwrap_err().to_string();
+    assert!(
+        err.contains("frame 1") && err.contains("ipset_update.members[1]"),
+        "{err}"
+    );
+    let err = s.on_frame(&fs[2]).unwrap_err().to_string();
+    assert!(
+        err.contains("frame 2")
+            && err.contains("active_policy_update.policy.inbound_rules[1].dst_ports[0]"),
+        "{err}"
+    );
+    assert!(s.state().ipsets().is_empty() && s.state().policies().is_empty());
+}
