@@ -2040,3 +2040,23 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn allow_from_host_applies_even_without_ingress_policy() {
+    // Felix never polices the node's own traffic to its workloads: not even a
+    // profile that denies everything stops it.
+    let mut w = World::new();
+    w.node();
+    w.profile("deny-all", vec![deny()], vec![deny()]);
+    let wep = w.workload("c", &["10.65.0.3/32"], vec![], &["deny-all"]);
+    expect(
+        &w.wl(&wep, Ingress, &tcp(NODE_V4, "10.65.0.3", 1, 10250)),
+        Allow,
+        internal(InternalPolicy::AllowFromHost, 0),
+    );
+    expect(
+        &w.wl(&wep, Ingress, &tcp("10.0.0.9", "10.65.0.3", 1, 10250)),
+        Deny,
+        by_profile("deny-all", Ingress, 0),
+    );
+}

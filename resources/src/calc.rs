@@ -20,6 +20,8 @@ use crate::snapshot::{IpSet, IpSetKind, PolicyRef, Snapshot, WorkloadRef};
 /// Calico's label with an object's own name, set on `kns.`/`ksa.` profiles.
 const LABEL_NAME: &str = "projectcalico.org/name";
 const LABEL_ORCHESTRATOR: &str = "projectcalico.org/orchestrator";
+/// The label the API server puts on every namespace.
+const LABEL_K8S_NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
 /// Kubernetes limits label values to 63 characters; Calico sets the
 /// service-account label only below that.
 const MAX_SA_LABEL_LEN: usize = 63;
@@ -140,7 +142,11 @@ fn profiles(res: &Resources) -> BTreeMap<String, ProfileData> {
     for (ns, _) in res.pods.keys() {
         namespaces.entry(ns.clone()).or_default();
     }
-    for (ns, labels) in namespaces {
+    for (ns, mut labels) in namespaces {
+        // Kubernetes sets this label on every namespace itself.
+        labels
+            .entry(LABEL_K8S_NAMESPACE_NAME.to_string())
+            .or_insert_with(|| ns.clone());
         let mut l: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (format!("{NAMESPACE_LABEL_PREFIX}{k}"), v.clone()))

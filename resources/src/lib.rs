@@ -32,7 +32,8 @@
 //!
 //! Assumptions where a manifest set is less than a cluster: a pod without
 //! `serviceAccountName` uses `default`; a namespace or service account used
-//! by a pod but not given exists with no labels; the tiers `kube-admin`,
+//! by a pod but not given exists with no labels; every namespace carries
+//! `kubernetes.io/metadata.name` as the API server sets it; the tiers `kube-admin`,
 //! `default` and `kube-baseline` exist with Calico's orders unless given.
 //! A pod's interface name is its `capo.dev/interface` annotation, else
 //! Calico's `cali` + SHA-1 name.

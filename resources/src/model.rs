@@ -416,10 +416,20 @@ fn icmp(at: &At<'_>) -> FResult<Icmp> {
 fn entity(at: &At<'_>) -> FResult<Entity> {
     at.is_object()?;
     let service_accounts = match at.get("serviceAccounts") {
-        Some(sa) => Some(SaMatch {
-            names: sa.str_list("names")?,
-            selector: selector_field(&sa, "selector")?,
-        }),
+        Some(sa) => {
+            let names = sa.str_list("names")?;
+            // Names are quoted into a selector; quotes would break it.
+            if let Some(i) = names.iter().position(|n| n.contains(['\'', '"'])) {
+                return Err(sa.err_at(
+                    &format!("names[{i}]"),
+                    "is not a valid service account name",
+                ));
+            }
+            Some(SaMatch {
+                names,
+                selector: selector_field(&sa, "selector")?,
+            })
+        }
         None => None,
     };
     if let Some(svc) = at.get("services") {

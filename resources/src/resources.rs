@@ -249,6 +249,12 @@ impl Resources {
         });
         match kind {
             Kind::Namespace => {
+                if !valid_dns_label(&meta.name) {
+                    return Err(root.err_at(
+                        "metadata.name",
+                        format!("{:?} is not a valid namespace name", meta.name),
+                    ));
+                }
                 self.namespaces.insert(
                     meta.name.clone(),
                     model::Namespace {
@@ -432,8 +438,24 @@ impl Resources {
     }
 }
 
+/// Kubernetes namespace names are DNS labels; anything else could not be
+/// quoted into the selectors Calico builds from them.
+fn valid_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 fn meta(root: &At<'_>, namespace: Option<&str>) -> FResult<Meta> {
     let m = root.req("metadata")?;
+    if let Some(ns) = namespace {
+        if !valid_dns_label(ns) {
+            return Err(m.err_at("namespace", format!("{ns:?} is not a valid namespace name")));
+        }
+    }
     Ok(Meta {
         name: m.req_str("name")?.to_string(),
         namespace: namespace.unwrap_or_default().to_string(),

@@ -327,6 +327,8 @@ spec:
     let not_b = set_id("pod == 'b'");
     assert_eq!(e.not_dst_ip_set_ids, vec![not_b.clone()]);
     assert_eq!(members(&s, &not_b).len(), 3);
+    // The agent's converter and the policy core accept the whole stream.
+    common::eval::reference_state(&s);
 }
 
 #[test]
@@ -456,6 +458,8 @@ spec:
     assert_eq!(p.inbound_rules[1].src_ip_set_ids, vec![by_label.clone()]);
     // global() excludes namespaced endpoints: no pod qualifies.
     assert!(members(&s, &by_label).is_empty());
+    // The agent's converter and the policy core accept the whole stream.
+    common::eval::reference_state(&s);
 }
 
 #[test]
@@ -493,6 +497,8 @@ spec:
         members(&s, &global),
         strs(&["192.0.2.0/24", "198.51.100.7/32", "203.0.113.0/28"])
     );
+    // The agent's converter and the policy core accept the whole stream.
+    common::eval::reference_state(&s);
 }
 
 #[test]
@@ -599,6 +605,8 @@ spec:
         s.profiles()["host-profile"].inbound_rules[0].action,
         "allow"
     );
+    // The agent's converter and the policy core accept the whole stream.
+    common::eval::reference_state(&s);
 }
 
 #[test]
@@ -615,4 +623,6 @@ spec:
     let p = policy(&s, "GlobalNetworkPolicy", "", "hinted");
     assert_eq!(p.perf_hints, strs(&["AssumeNeededOnEveryNode"]));
     assert!(wep(&s, "x", "a").tiers.is_empty());
+    // The agent's converter and the policy core accept the whole stream.
+    common::eval::reference_state(&s);
 }

@@ -278,3 +278,14 @@ items:
         other => panic!("expected Io, got {other:?}"),
     }
 }
+
+#[test]
+fn namespace_names_must_be_dns_labels() {
+    let err = load_err(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: \"x'y\"}
+",
+    );
+    assert_invalid(err, "Pod x'y/p", "metadata.namespace");
+}

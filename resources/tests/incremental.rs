@@ -136,3 +136,31 @@ status: {addresses: [{type: InternalIP, address: 192.168.1.1}]}
     assert_eq!(kinds(&diff(&old, &dropped)), vec!["ConfigUpdate"]);
     assert_eq!(dropped.config()["DefaultEndpointToHostAction"], "DROP");
 }
+
+#[test]
+fn diff_applied_to_the_policy_core_reaches_the_new_state() {
+    use capo_agent::felix::convert::{convert, Converted};
+    let steps = [
+        with(&[]),
+        with(&[ALLOW_FROM_Y]),
+        with(&[ALLOW_FROM_Y, EXTRA_Y_POD]),
+        with(&[EXTRA_Y_POD]),
+        with(&[]),
+    ];
+    let mut state = common::eval::reference_state(&steps[0]);
+    for pair in steps.windows(2) {
+        for m in diff(&pair[0], &pair[1]) {
+            match convert(m, &state).expect("converts") {
+                Converted::Update(u) => {
+                    state.apply(u).expect("applies in order");
+                }
+                Converted::InSync | Converted::Ignored(_) => {}
+            }
+        }
+        let fresh = common::eval::reference_state(&pair[1]);
+        assert!(state.ipsets() == fresh.ipsets());
+        assert!(state.policies() == fresh.policies());
+        assert!(state.profiles() == fresh.profiles());
+        assert!(state.workloads() == fresh.workloads());
+    }
+}

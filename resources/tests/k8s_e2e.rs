@@ -132,6 +132,30 @@ spec:
 }
 
 #[test]
+fn implicit_namespace_name_label() {
+    let s = cluster_with(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: by-ns-name, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+    - from:
+        - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}
+",
+    );
+    let id = set_id(
+        "(pcns.kubernetes.io/metadata.name == \"z\") && (projectcalico.org/orchestrator == 'k8s')",
+    );
+    assert_eq!(members(&s, &id).len(), 3);
+    check_matrix(
+        &s,
+        &xyz_pods(),
+        &expect(TCP, 80, vec![("z/*", "x/*", true), ("*", "x/*", false)]),
+    );
+}
+
+#[test]
 fn pod_and_namespace_selectors_are_anded_within_a_peer() {
     let s = cluster_with(
         "apiVersion: networking.k8s.io/v1

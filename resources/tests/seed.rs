@@ -18,7 +18,7 @@ mod common;
 
 use capo_resources::felix::{self as pb, protocol::NumberOrName, to_dataplane::Payload};
 use capo_resources::{IpSetKind, Resources, Selector};
-use common::eval::{allowed, Pkt};
+use common::eval::{allowed, reference_allowed, reference_state, Pkt};
 use common::{kinds, strs, tiers};
 
 fn seed() -> Resources {
@@ -215,6 +215,65 @@ fn seed_probes_verdicts() {
     ));
     assert!(probe("11.0.0.67", "8.8.8.8", 17, 40000, 53));
     assert!(probe("11.0.0.67", "11.0.0.196", 6, 40000, 5978));
+}
+
+#[test]
+fn seed_fixture_probes_through_the_reference_evaluator() {
+    // Every probe of the fixture, host-traffic ones included (the node's
+    // addresses come from the HostMetadataUpdate for FelixHostname).
+    let s = common::snap(&seed(), Some("kind-worker2"));
+    let state = reference_state(&s);
+    let probes: [(&str, &str, u8, u16, u16, bool); 14] = [
+        ("11.0.0.196", "11.0.0.67", 6, 40000, 5978, true),
+        ("11.0.0.196", "11.0.0.67", 6, 40000, 5979, false),
+        ("11.0.0.196", "11.0.0.67", 17, 40000, 5978, false),
+        ("11.0.0.5", "11.0.0.67", 6, 40000, 5978, false),
+        ("11.0.0.196", "11.0.0.67", 6, 5978, 8080, false),
+        (
+            "fd20::58fd:b191:5c13:9cc3",
+            "fd20::1cc0:b1ac:ad47:e7c2",
+            6,
+            40000,
+            5978,
+            true,
+        ),
+        (
+            "fd20::58fd:b191:5c13:9cc3",
+            "fd20::1cc0:b1ac:ad47:e7c2",
+            6,
+            40000,
+            5979,
+            false,
+        ),
+        ("172.18.0.2", "11.0.0.67", 6, 40000, 8080, true),
+        (
+            "fc00:f853:ccd:e793::2",
+            "fd20::1cc0:b1ac:ad47:e7c2",
+            6,
+            40000,
+            8080,
+            true,
+        ),
+        ("172.18.0.3", "11.0.0.67", 6, 40000, 8080, false),
+        ("11.0.0.67", "8.8.8.8", 17, 40000, 53, true),
+        ("11.0.0.67", "11.0.0.196", 6, 40000, 5978, true),
+        ("11.0.0.67", "172.18.0.2", 6, 40000, 10250, true),
+        ("11.0.0.196", "11.0.0.67", 6, 40000, 5978, true),
+    ];
+    for (src, dst, proto, sport, dport, want) in probes {
+        let p = Pkt {
+            src: src.parse().expect("ip"),
+            dst: dst.parse().expect("ip"),
+            proto,
+            sport,
+            dport,
+        };
+        assert_eq!(
+            reference_allowed(&state, &p),
+            want,
+            "{src}:{sport} -> {dst}:{dport} proto {proto}"
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,6 @@
-//! Felix's external dataplane driver protocol: framing, conversion to the policy
-//! core's updates, the per-connection state machine, and the I/O around it.
+//! Felix's external dataplane driver protocol: the protocol logic lives in
+//! `capo-felix` (re-exported here); this module adds the I/O around it.
 
-pub mod convert;
-pub mod frame;
-pub mod session;
+pub use capo_felix::{convert, frame, session};
+
 pub mod stream;

@@ -1,15 +1,43 @@
-//! A deliberately small evaluator of Felix's endpoint semantics (DESIGN.md
-//! §3: tiers in order, Pass, end-of-tier drop unless Pass or staged-only,
-//! then profiles, default drop), enough to turn a snapshot into a
-//! pod-to-pod reachability matrix. It is test scaffolding, not the
-//! reference: once `capo-policy` can be fed Felix messages, the matrices in
-//! these tests should be run through it instead.
+//! Reachability checks. Every matrix is checked twice: with the reference
+//! evaluator (`capo_policy::trace`, fed with the snapshot's Felix messages
+//! through the agent's converter, exactly as Felix's stream would be), and
+//! with a deliberately small evaluator of Felix's endpoint semantics written
+//! here (DESIGN.md §3), so a disagreement points at one or the other.
 
 use std::net::IpAddr;
 
+use capo_agent::felix::convert::{convert, Converted};
 use capo_resources::felix::{self as pb, protocol::NumberOrName};
 use capo_resources::{IpSetKind, Snapshot};
 use ipnet::IpNet;
+
+/// The policy core's state after the snapshot's full message stream.
+pub fn reference_state(s: &Snapshot) -> capo_policy::State {
+    let mut state = capo_policy::State::new();
+    for m in s.to_felix_messages() {
+        match convert(m, &state).expect("the converter accepts our messages") {
+            Converted::Update(u) => {
+                state.apply(u).expect("the state accepts our messages");
+            }
+            Converted::InSync | Converted::Ignored(_) => {}
+        }
+    }
+    state
+}
+
+/// The reference evaluator's verdict for `p` on this node.
+pub fn reference_allowed(state: &capo_policy::State, p: &Pkt) -> bool {
+    let pkt = capo_policy::Packet {
+        src: p.src,
+        dst: p.dst,
+        protocol: capo_policy::Protocol(p.proto),
+        l4: capo_policy::L4::Ports {
+            src: p.sport,
+            dst: p.dport,
+        },
+    };
+    capo_policy::trace(state, &pkt).verdict == capo_policy::Verdict::Allow
+}
 
 /// A probe: a first packet from `src` to `dst`.
 #[derive(Debug, Clone, Copy)]
@@ -321,8 +349,10 @@ impl Expect {
     }
 }
 
-/// Checks every pod pair against `expect`, reporting all mismatches.
+/// Checks every pod pair against `expect` with both evaluators, reporting
+/// all mismatches.
 pub fn check_matrix(s: &Snapshot, pods: &[(String, String)], expect: &Expect) {
+    let state = reference_state(s);
     let mut wrong = Vec::new();
     for (from, fip) in pods {
         for (to, tip) in pods {
@@ -336,10 +366,18 @@ pub fn check_matrix(s: &Snapshot, pods: &[(String, String)], expect: &Expect) {
                 sport: 40000,
                 dport: expect.port,
             };
-            let got = allowed(s, &p);
             let want = expect.get(from, to);
-            if got != want {
-                wrong.push(format!("{from} -> {to}: got {got}, want {want}"));
+            let reference = reference_allowed(&state, &p);
+            if reference != want {
+                wrong.push(format!(
+                    "{from} -> {to}: reference evaluator {reference}, want {want}"
+                ));
+            }
+            let small = allowed(s, &p);
+            if small != want {
+                wrong.push(format!(
+                    "{from} -> {to}: test evaluator {small}, want {want}"
+                ));
             }
         }
     }

@@ -32,7 +32,8 @@ pub fn snap(r: &Resources, node: Option<&str>) -> Snapshot {
     r.snapshot(&Options::for_node(node))
 }
 
-/// The namespaces x, y, z (labelled `ns: <name>`) with pods a, b, c each
+/// The namespaces x, y, z (labelled `ns: <name>`; Kubernetes adds
+/// `kubernetes.io/metadata.name` itself) with pods a, b, c each
 /// (labelled `pod: <name>`), as in the Kubernetes network-policy e2e
 /// suite. Pod IPs are 10.0.<1|2|3>.<1|2|3> for x|y|z and a|b|c; every pod
 /// serves TCP and UDP 80 and 81 as named ports `serve-<port>-<proto>`.
@@ -41,7 +42,7 @@ pub fn xyz_cluster() -> String {
     let mut out = String::new();
     for (ni, ns) in ["x", "y", "z"].iter().enumerate() {
         out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    ns: {ns}\n    kubernetes.io/metadata.name: {ns}\n"
+            "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    ns: {ns}\n"
         ));
         for (pi, pod) in ["a", "b", "c"].iter().enumerate() {
             out.push_str(&format!(

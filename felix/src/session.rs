@@ -10,8 +10,8 @@
 use capo_policy::{Applied, State, StateError};
 use capo_proto::felix::v3_32 as pb;
 
-use super::convert::{convert, upgrade_v3_31, ConvertError, Converted};
-use super::frame::{
+use crate::convert::{convert, upgrade_v3_31, ConvertError, Converted};
+use crate::frame::{
     decode_to_dataplane_v3_31, decode_to_dataplane_v3_32, schema_for_calico_version, Frame,
     FrameError, Schema,
 };
