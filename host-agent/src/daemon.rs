@@ -248,3 +248,68 @@ pub fn exit_on_signals(cleanup: impl FnOnce() + Send + 'static) -> std::io::Resu
     });
     Ok(())
 }
+
+/// Serves policy from manifests instead of Felix: the initial stream, then the
+/// minimal updates for each change on disk, through the same session as Felix's
+/// messages. Returns only if the first load fails.
+pub fn serve_manifests(
+    paths: Vec<PathBuf>,
+    node: Option<String>,
+    poll: Duration,
+    daemon: &mut Daemon,
+) -> Result<(), String> {
+    let (mut watcher, initial) = crate::manifests::Watcher::start(paths, node.clone())?;
+    let mut session = Session::new(None);
+    daemon.feed(&mut session, &initial);
+    tracing::info!(paths = ?watcher.paths(), "serving policy from manifests; watching for changes");
+    loop {
+        std::thread::sleep(poll);
+        match watcher.poll() {
+            Ok(None) => {}
+            Ok(Some(msgs)) if msgs.is_empty() => {
+                tracing::info!("manifests changed; no policy change")
+            }
+            Ok(Some(msgs)) => {
+                tracing::info!(updates = msgs.len(), "manifests changed; applying updates");
+                if !daemon.feed(&mut session, &msgs) {
+                    // Cannot happen with valid manifests; start over from a full load.
+                    let (w, full) = crate::manifests::Watcher::start(watcher.paths().to_vec(), node.clone())?;
+                    watcher = w;
+                    session = Session::new(None);
+                    daemon.feed(&mut session, &full);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "manifests are invalid; keeping the current policy"),
+        }
+    }
+}
+
+impl Daemon {
+    /// Applies messages through `session` as if they came from Felix; returns false
+    /// (after logging) if one is refused, in which case the rest are not applied.
+    pub fn feed(&mut self, session: &mut Session, msgs: &[capo_proto::felix::v3_32::ToDataplane]) -> bool {
+        let bytes = crate::demo::frames(msgs);
+        let mut reader = FrameReader::new(bytes.as_slice());
+        let ids = &mut self.ids;
+        let generation = &mut self.generation;
+        let result = stream::run(&mut reader, session, None, |s, _, ev| {
+            if matches!(ev, Event::Reconcile) || (matches!(ev, Event::Changed) && s.phase() == Phase::InSync) {
+                ids.sync(s.state());
+                *generation += 1;
+            }
+        });
+        if session.phase() == Phase::InSync {
+            self.live = Some(session.state().clone());
+        }
+        match result {
+            Ok(()) => {
+                tracing::info!(generation = self.generation, "policy applied");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "update refused");
+                false
+            }
+        }
+    }
+}

@@ -1,171 +1,44 @@
-//! `capoctl demo`: the seed document's walkthrough, run through the real Felix path
-//! (messages encoded as frames, decoded, converted, applied, rendered).
+//! `capoctl demo`: the seed document's walkthrough. The seed's manifests become the
+//! messages Felix would send, which take the real path: encoded as frames, decoded,
+//! converted, applied, rendered.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use capo_policy::{trace, IdTable, State};
 use capo_proto::felix::v3_32 as pb;
-use pb::to_dataplane::Payload as P;
+use capo_resources::{Options, Resources, Snapshot};
 
 use crate::cli::{packet, trace_text, View};
 use crate::felix::frame::encode_frame;
 use crate::replay::{replay_reader, ReplayOptions};
 
-/// The seed's sender set (Felix's id for the `role == 'sender'` selector).
-pub const SENDER_SET: &str = "s:ebLtp9XAGohF9T55oU1rDi27kDSS-9O3rK5I-w";
+/// The seed's manifests (`examples/seed/`), built in so the demo runs anywhere.
+const SEED_MANIFESTS: [(&str, &str); 4] = [
+    ("examples/seed/namespace.yaml", include_str!("../../examples/seed/namespace.yaml")),
+    ("examples/seed/nodes.yaml", include_str!("../../examples/seed/nodes.yaml")),
+    ("examples/seed/pods.yaml", include_str!("../../examples/seed/pods.yaml")),
+    (
+        "examples/seed/networkpolicy.yaml",
+        include_str!("../../examples/seed/networkpolicy.yaml"),
+    ),
+];
 
-fn msg(seq: u64, p: P) -> pb::ToDataplane {
-    pb::ToDataplane {
-        sequence_number: seq,
-        payload: Some(p),
+/// The node the seed's walkthrough looks at.
+pub const SEED_NODE: &str = "kind-worker2";
+
+/// What Felix on kind-worker2 holds for the seed's manifests, with or without the
+/// NetworkPolicy.
+pub fn seed_snapshot(with_policy: bool) -> Result<Snapshot, String> {
+    let mut res = Resources::new();
+    for (file, text) in SEED_MANIFESTS {
+        if !with_policy && file.ends_with("networkpolicy.yaml") {
+            continue;
+        }
+        res.add_text(std::path::Path::new(file), text)
+            .map_err(|e| e.to_string())?;
     }
-}
-
-fn allow_all() -> pb::Rule {
-    pb::Rule {
-        action: "allow".into(),
-        ..Default::default()
-    }
-}
-
-fn ts2(with_policy: bool) -> P {
-    let tiers = if with_policy {
-        vec![pb::TierInfo {
-            name: "default".into(),
-            ingress_policies: vec![policy_id()],
-            egress_policies: vec![],
-            default_action: "Deny".into(),
-        }]
-    } else {
-        vec![]
-    };
-    P::WorkloadEndpointUpdate(pb::WorkloadEndpointUpdate {
-        id: Some(pb::WorkloadEndpointId {
-            orchestrator_id: "k8s".into(),
-            workload_id: "default/ts2".into(),
-            endpoint_id: "eth0".into(),
-        }),
-        endpoint: Some(pb::WorkloadEndpoint {
-            state: "active".into(),
-            name: "tun3".into(),
-            profile_ids: vec!["kns.default".into(), "ksa.default.default".into()],
-            ipv4_nets: vec!["11.0.0.67/32".into()],
-            ipv6_nets: vec!["fd20::1cc0:b1ac:ad47:e7c2/128".into()],
-            tiers,
-            ..Default::default()
-        }),
-    })
-}
-
-fn policy_id() -> pb::PolicyId {
-    pb::PolicyId {
-        name: "test-network-policy".into(),
-        namespace: "default".into(),
-        kind: "KubernetesNetworkPolicy".into(),
-    }
-}
-
-/// The seed's node before the NetworkPolicy: config, profiles, ts2, host metadata, InSync.
-pub fn seed_before() -> Vec<pb::ToDataplane> {
-    let config = [
-        ("CalicoVersion", "v3.33.0"),
-        ("FelixHostname", "kind-worker2"),
-        ("DefaultEndpointToHostAction", "ACCEPT"),
-        (
-            "FailsafeInboundHostPorts",
-            capo_policy::config::DEFAULT_FAILSAFE_INBOUND,
-        ),
-        (
-            "FailsafeOutboundHostPorts",
-            capo_policy::config::DEFAULT_FAILSAFE_OUTBOUND,
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    vec![
-        msg(
-            0,
-            P::ConfigUpdate(pb::ConfigUpdate {
-                config,
-                ..Default::default()
-            }),
-        ),
-        msg(
-            1,
-            P::ActiveProfileUpdate(pb::ActiveProfileUpdate {
-                id: Some(pb::ProfileId {
-                    name: "kns.default".into(),
-                }),
-                profile: Some(pb::Profile {
-                    inbound_rules: vec![allow_all()],
-                    outbound_rules: vec![allow_all()],
-                }),
-            }),
-        ),
-        msg(
-            2,
-            P::ActiveProfileUpdate(pb::ActiveProfileUpdate {
-                id: Some(pb::ProfileId {
-                    name: "ksa.default.default".into(),
-                }),
-                profile: Some(pb::Profile::default()),
-            }),
-        ),
-        msg(3, ts2(false)),
-        msg(
-            4,
-            P::HostMetadataUpdate(pb::HostMetadataUpdate {
-                hostname: "kind-worker2".into(),
-                ipv4_addr: "172.18.0.2/16".into(),
-                ipv6_addr: "fc00:f853:ccd:e793::2/64".into(),
-                ..Default::default()
-            }),
-        ),
-        msg(5, P::InSync(pb::InSync {})),
-    ]
-}
-
-/// What Felix sends when the seed's NetworkPolicy is created.
-pub fn seed_policy_added() -> Vec<pb::ToDataplane> {
-    vec![
-        msg(
-            6,
-            P::IpsetUpdate(pb::IpSetUpdate {
-                id: SENDER_SET.into(),
-                members: vec![
-                    "11.0.0.196/32".into(),
-                    "fd20::58fd:b191:5c13:9cc3/128".into(),
-                ],
-                r#type: pb::ip_set_update::IpSetType::Net as i32,
-            }),
-        ),
-        msg(
-            7,
-            P::ActivePolicyUpdate(pb::ActivePolicyUpdate {
-                id: Some(policy_id()),
-                policy: Some(pb::Policy {
-                    inbound_rules: vec![pb::Rule {
-                        action: "allow".into(),
-                        protocol: Some(pb::Protocol {
-                            number_or_name: Some(pb::protocol::NumberOrName::Name("tcp".into())),
-                        }),
-                        dst_ports: vec![pb::PortRange {
-                            first: 5978,
-                            last: 5978,
-                        }],
-                        src_ip_set_ids: vec![SENDER_SET.into()],
-                        ..Default::default()
-                    }],
-                    namespace: "default".into(),
-                    tier: "default".into(),
-                    ..Default::default()
-                }),
-            }),
-        ),
-        msg(8, ts2(true)),
-    ]
+    Ok(res.snapshot(&Options::for_node(Some(SEED_NODE))))
 }
 
 /// Encodes messages as a Felix frame stream.
@@ -238,18 +111,21 @@ pub fn probe(state: &State, ids: &IdTable, p: &Probe) -> Result<String, String> 
 /// Runs the walkthrough and returns what it prints.
 pub fn run() -> Result<String, String> {
     let opts = seed_options();
-    let before = seed_before();
-    let mut all = before.clone();
-    all.extend(seed_policy_added());
-    let r0 = replay_reader(frames(&before).as_slice(), &opts).map_err(|e| e.to_string())?;
-    let r1 = replay_reader(frames(&all).as_slice(), &opts).map_err(|e| e.to_string())?;
+    let (before, after) = (seed_snapshot(false)?, seed_snapshot(true)?);
+    let mut stream = before.to_felix_messages();
+    let r0 = replay_reader(frames(&stream).as_slice(), &opts).map_err(|e| e.to_string())?;
+    // Creating the policy: the updates Felix sends after InSync.
+    let mut added = capo_resources::diff(&before, &after);
+    capo_resources::number_from(&mut added, stream.len() as u64);
+    stream.extend(added);
+    let r1 = replay_reader(frames(&stream).as_slice(), &opts).map_err(|e| e.to_string())?;
 
     let mut out = String::new();
     out += "capo demo: the seed's walkthrough (see docs/troubleshooting.md)\n\n";
     out += "Node kind-worker2 (172.18.0.2, fc00:f853:ccd:e793::2).\n";
     out += "Pods: ts1 11.0.0.196 on kind-worker3 (role=sender), ts2 11.0.0.67 on this node\n";
-    out +=
-        "(role=receiver, interface tun3). Felix's updates go through capo's decoder and state.\n\n";
+    out += "(role=receiver, interface tun3), from examples/seed/. The manifests become the\n";
+    out += "messages Felix would send, decoded and applied like Felix's own.\n\n";
     out += "ts2 has only the usual allow profiles:\n\n";
     let _ = writeln!(out, "vpp# {}", View::Interfaces.command());
     out += &View::Interfaces.render(&r0.state, &r0.ids);

@@ -12,4 +12,5 @@ pub mod demo;
 pub mod felix;
 pub mod fuzzing;
 pub mod logging;
+pub mod manifests;
 pub mod replay;

@@ -326,6 +326,12 @@ impl IdTable {
         self.tiers.get(tier).copied()
     }
 
+    /// `rule#` of a failsafe entry: `index` counts inbound entries first, then
+    /// outbound ones, as [`Decider::Internal`] does for the failsafe policy.
+    pub fn failsafe_rule(&self, index: usize) -> Option<u32> {
+        self.failsafe_rules.get(index).map(|(_, id)| *id)
+    }
+
     /// `sw_if_index` of an interface.
     pub fn interface(&self, name: &str) -> Option<u32> {
         self.interfaces.get(name).copied()

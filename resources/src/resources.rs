@@ -117,6 +117,14 @@ impl Resources {
         Self::default()
     }
 
+    /// The addresses of pod `namespace/name` (empty for a finished pod), or
+    /// `None` when there is no such pod.
+    pub fn pod_ips(&self, namespace: &str, name: &str) -> Option<&[std::net::IpAddr]> {
+        self.pods
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|p| if p.finished { &[][..] } else { p.ips.as_slice() })
+    }
+
     /// What was skipped or assumed while loading (unknown kinds, staged
     /// deletions, ...).
     pub fn warnings(&self) -> &[Warning] {

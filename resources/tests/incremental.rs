@@ -139,7 +139,7 @@ status: {addresses: [{type: InternalIP, address: 192.168.1.1}]}
 
 #[test]
 fn diff_applied_to_the_policy_core_reaches_the_new_state() {
-    use capo_agent::felix::convert::{convert, Converted};
+    use capo_felix::convert::{convert, Converted};
     let steps = [
         with(&[]),
         with(&[ALLOW_FROM_Y]),

@@ -1,13 +1,14 @@
 //! capo-agent: takes policy from Felix over the unix socket CalicoVPP's
 //! felix-api-proxy connects to (one connection at a time, each a fresh sync), or
-//! from fds 3 and 4 when Felix starts it as its driver (`--felix-fds`).
+//! from fds 3 and 4 when Felix starts it as its driver (`--felix-fds`), or from
+//! Kubernetes/Calico manifests (`--resources DIR`, watched for changes).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use capo_agent::cli::parse_interface_index;
 use capo_agent::daemon::{
-    bind_felix_socket, exit_on_signals, serve_felix_socket, ConnectionEnd, Daemon, FelixOptions,
+    bind_felix_socket, exit_on_signals, serve_felix_socket, serve_manifests, ConnectionEnd, Daemon, FelixOptions,
     DEFAULT_FELIX_SOCKET,
 };
 use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
@@ -28,6 +29,16 @@ struct Args {
     /// Read Felix from fd 3 and report on fd 4 (as Felix's driver process).
     #[arg(long, conflicts_with = "felix_socket")]
     felix_fds: bool,
+    /// Take policy from Kubernetes/Calico manifests (files or directories, watched
+    /// for changes) instead of Felix.
+    #[arg(long, value_name = "DIR", conflicts_with = "felix_fds")]
+    resources: Vec<PathBuf>,
+    /// With --resources: the local node (default: every pod is local).
+    #[arg(long, value_name = "NAME", requires = "resources")]
+    node: Option<String>,
+    /// With --resources: how often to look for changed manifests.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    poll_interval: std::time::Duration,
     /// Felix schema; by default detected from ConfigUpdate's CalicoVersion.
     #[arg(long, value_name = "v3.31|v3.32")]
     schema: Option<Schema>,
@@ -65,6 +76,16 @@ fn main() -> ExitCode {
         ids.set_interface_index(name, *idx);
     }
     let mut daemon = Daemon::new(opts, ids);
+    if !args.resources.is_empty() {
+        if let Err(e) = exit_on_signals(|| {}) {
+            tracing::warn!(error = %e, "cannot install signal handlers");
+        }
+        let err = serve_manifests(args.resources, args.node, args.poll_interval, &mut daemon);
+        if let Err(e) = err {
+            tracing::error!(error = %e, "cannot load the manifests");
+        }
+        return ExitCode::from(2);
+    }
     if args.felix_fds {
         let input = match std::fs::File::open("/dev/fd/3") {
             Ok(f) => f,

@@ -1,12 +1,13 @@
-//! capoctl: capo's command line. Offline, it reads recorded Felix streams:
-//! `replay` prints the capo views, `trace` follows a packet, `demo` runs the seed's
-//! walkthrough.
+//! capoctl: capo's command line. Offline, it reads recorded Felix streams or
+//! Kubernetes/Calico manifests: `replay` and `show` print the capo views, `trace`
+//! follows a packet, `export-frames` writes manifests as Felix's frame stream, `demo`
+//! runs the seed's walkthrough.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use capo_agent::cli::{packet, parse_interface_index, trace_json, trace_text, View};
+use capo_agent::manifests;
 use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_agent::replay::{replay_file, ReplayOptions, Replayed};
 use clap::{Args, Parser, Subcommand};
@@ -14,6 +15,12 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "capoctl", version, about = "capo's command line")]
 struct Cli {
+    /// Read Kubernetes/Calico manifests (files or directories) instead of a Felix stream.
+    #[arg(long, global = true, value_name = "DIR")]
+    resources: Vec<PathBuf>,
+    /// With --resources: the local node (default: every pod is local).
+    #[arg(long, global = true, value_name = "NAME")]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,19 +64,27 @@ enum Command {
         #[arg(trailing_var_arg = true, value_name = "VIEW")]
         view: Vec<String>,
     },
-    /// Follow a packet through the node's policy and print the verdict and deciders.
-    Trace {
-        /// File of Felix frames.
-        #[arg(long, value_name = "FILE")]
-        replay: PathBuf,
+    /// Print a capo view of manifests (`--resources DIR show capo interfaces`).
+    Show {
         #[command(flatten)]
         stream: StreamArgs,
-        /// Source address.
+        /// `capo interfaces|ipsets|policies [verbose]|rules`.
+        #[arg(trailing_var_arg = true, required = true, value_name = "VIEW")]
+        view: Vec<String>,
+    },
+    /// Follow a packet through the node's policy and print the verdict and deciders.
+    Trace {
+        /// File of Felix frames (or use --resources).
+        #[arg(long, value_name = "FILE")]
+        replay: Option<PathBuf>,
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// Source: an IP address, or NAMESPACE/POD with --resources.
         #[arg(long)]
-        from: IpAddr,
-        /// Destination address.
+        from: String,
+        /// Destination: an IP address, or NAMESPACE/POD with --resources.
         #[arg(long)]
-        to: IpAddr,
+        to: String,
         /// tcp, udp, sctp, icmp, icmpv6 or a protocol number.
         #[arg(long)]
         proto: String,
@@ -89,6 +104,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the Felix frame stream equivalent to the manifests (`--resources`).
+    ExportFrames {
+        /// Output file.
+        out: PathBuf,
+    },
     /// The seed's walkthrough: two pods, a NetworkPolicy, the netcat test.
     Demo,
 }
@@ -105,26 +125,45 @@ fn load(file: &std::path::Path, stream: &StreamArgs) -> Result<Replayed, String>
     Ok(r)
 }
 
+fn render_views(r: &Replayed, views: &[View]) -> String {
+    let mut out = String::new();
+    for (i, v) in views.iter().enumerate() {
+        if views.len() > 1 {
+            if i > 0 {
+                out.push('\n');
+            }
+            out += &format!("vpp# {}\n", v.command());
+        }
+        out += &v.render(&r.state, &r.ids);
+    }
+    out
+}
+
 fn run(cli: Cli) -> Result<String, String> {
+    let node = cli.node.as_deref();
+    let resources = &cli.resources;
     match cli.command {
+        Command::Show { stream, view } => {
+            if resources.is_empty() {
+                return Err("show needs --resources DIR (or use `replay FILE` for a Felix stream)".into());
+            }
+            let (_, r) = manifests::replay(resources, node, &stream.options())?;
+            Ok(render_views(&r, &[View::parse(&view)?]))
+        }
+        Command::ExportFrames { out } => {
+            if resources.is_empty() {
+                return Err("export-frames needs --resources DIR".into());
+            }
+            let n = manifests::export_frames(resources, node, &out)?;
+            Ok(format!("wrote {n} Felix messages to {}\n", out.display()))
+        }
         Command::Replay { file, stream, view } => {
             let views = if view.is_empty() {
                 View::ALL.to_vec()
             } else {
                 vec![View::parse(&view)?]
             };
-            let r = load(&file, &stream)?;
-            let mut out = String::new();
-            for (i, v) in views.iter().enumerate() {
-                if views.len() > 1 {
-                    if i > 0 {
-                        out.push('\n');
-                    }
-                    out += &format!("vpp# {}\n", v.command());
-                }
-                out += &v.render(&r.state, &r.ids);
-            }
-            Ok(out)
+            Ok(render_views(&load(&file, &stream)?, &views))
         }
         Command::Trace {
             replay,
@@ -138,8 +177,16 @@ fn run(cli: Cli) -> Result<String, String> {
             icmp_code,
             json,
         } => {
+            let (res, r) = match (replay, resources.is_empty()) {
+                (Some(file), true) => (None, load(&file, &stream)?),
+                (None, false) => {
+                    let (res, r) = manifests::replay(resources, node, &stream.options())?;
+                    (Some(res), r)
+                }
+                _ => return Err("trace needs exactly one of --replay FILE and --resources DIR".into()),
+            };
+            let (from, to) = manifests::resolve_pair(res.as_ref(), &from, &to)?;
             let pkt = packet(from, to, &proto, sport, dport, icmp_type, icmp_code)?;
-            let r = load(&replay, &stream)?;
             let t = capo_policy::trace(&r.state, &pkt);
             if json {
                 Ok(trace_json(&t, &r.state, &r.ids).to_string() + "\n")

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use capo_agent::felix::convert::{convert, Converted};
+use capo_felix::convert::{convert, Converted};
 use capo_resources::felix::{self as pb, protocol::NumberOrName};
 use capo_resources::{IpSetKind, Snapshot};
 use ipnet::IpNet;

@@ -1,0 +1,239 @@
+//! Standalone input end to end: manifests → the state Felix would build, through
+//! capoctl and the agent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn seed_dir() -> PathBuf {
+    repo().join("examples/seed")
+}
+
+fn capoctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_capoctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("capo-manifests-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn seed_manifests_show_the_seed_view() {
+    let dir = seed_dir();
+    let (rc, out, err) = capoctl(&[
+        "--resources",
+        dir.to_str().unwrap(),
+        "--node",
+        "kind-worker2",
+        "show",
+        "--ifindex",
+        "tun3=11",
+        "capo",
+        "interfaces",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains(
+            "[tun3 sw_if_index=11  addr=11.0.0.67 addr6=fd20::1cc0:b1ac:ad47:e7c2]
+  tx:
+    [policy#2]
+      tx:[rule#0;allow][src==172.18.0.2/32,src==fc00:f853:ccd:e793::2/128,]
+    [policy#12]
+      tx:[rule#18;allow][proto==TCP,dst==5978,src==[ipset#1;prefix;11.0.0.196/32,fd20::58fd:b191:5c13:9cc3/128,],]
+  profiles:
+    [policy#10]
+      tx:[rule#15;allow][]
+      rx:[rule#16;allow][]
+    [policy#11]
+"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_seed_probe_gets_felix_verdict_from_manifests() {
+    let scenario: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/felix/seed.scenario.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let dir = seed_dir();
+    for p in scenario["probes"].as_array().unwrap() {
+        let mut args = vec![
+            "trace".to_string(),
+            "--resources".into(),
+            dir.to_str().unwrap().into(),
+            "--node".into(),
+            "kind-worker2".into(),
+            "--from".into(),
+            p["src_ip"].as_str().unwrap().into(),
+            "--to".into(),
+            p["dst_ip"].as_str().unwrap().into(),
+            "--proto".into(),
+            p["proto"].as_str().unwrap().into(),
+            "--json".into(),
+        ];
+        for (k, flag) in [("sport", "--sport"), ("dport", "--dport"), ("icmp_type", "--icmp-type"), ("icmp_code", "--icmp-code")] {
+            if let Some(v) = p[k].as_u64() {
+                args.push(flag.into());
+                args.push(v.to_string());
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (rc, out, err) = capoctl(&args);
+        assert_eq!(rc, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["verdict"], p["expect"], "probe {p}: {out}");
+    }
+}
+
+#[test]
+fn trace_accepts_namespace_pod_names() {
+    let dir = seed_dir();
+    let d = dir.to_str().unwrap();
+    let base = ["trace", "--resources", d, "--node", "kind-worker2", "--proto", "tcp", "--dport", "5978"];
+    let (rc, out, err) = capoctl(&[&base[..], &["--from", "default/ts1", "--to", "default/ts2"]].concat());
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.starts_with("ALLOW\n"), "{out}");
+    // IPv6 chosen by the other end.
+    let (rc, out, _) = capoctl(
+        &[&base[..], &["--from", "fd20::58fd:b191:5c13:9cc3", "--to", "default/ts2"]].concat(),
+    );
+    assert_eq!(rc, 0);
+    assert!(out.starts_with("ALLOW\n"), "{out}");
+    let (rc, _, err) = capoctl(&[&base[..], &["--from", "default/nope", "--to", "default/ts2"]].concat());
+    assert_eq!(rc, 1);
+    assert!(err.contains("no pod default/nope"), "{err}");
+    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/felix/seed.master.frames");
+    let (rc, _, err) = capoctl(&[
+        "trace", "--replay", f.to_str().unwrap(), "--from", "default/ts1", "--to", "11.0.0.67", "--proto", "tcp",
+    ]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("needs --resources"), "{err}");
+}
+
+#[test]
+fn export_frames_replays_to_the_same_views() {
+    let dir = seed_dir();
+    let d = dir.to_str().unwrap();
+    let out_dir = scratch("export");
+    let frames = out_dir.join("seed.frames");
+    let (rc, out, err) = capoctl(&["--resources", d, "--node", "kind-worker2", "export-frames", frames.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("wrote 8 Felix messages"), "{out}");
+    for view in ["interfaces", "ipsets", "rules"] {
+        let (_, from_frames, _) = capoctl(&["replay", frames.to_str().unwrap(), "show", "capo", view]);
+        let (_, from_manifests, _) =
+            capoctl(&["--resources", d, "--node", "kind-worker2", "show", "capo", view]);
+        assert_eq!(from_frames, from_manifests, "{view}");
+        assert!(!from_frames.is_empty());
+    }
+    std::fs::remove_dir_all(&out_dir).ok();
+}
+
+#[test]
+fn invalid_manifest_error_names_file_object_and_field() {
+    let dir = scratch("invalid");
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: broken
+  namespace: default
+spec:
+  podSelector: {}
+  ingress:
+    - ports:
+        - protocol: TCP
+          port: 99999
+",
+    )
+    .unwrap();
+    let (rc, _, err) = capoctl(&["--resources", dir.to_str().unwrap(), "show", "capo", "rules"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("bad.yaml"), "{err}");
+    assert!(err.contains("broken"), "{err}");
+    assert!(err.contains("spec.ingress[0].ports[0].port"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn wait_for_log(log: &Path, needle: &str, count: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= count {
+            return text;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            panic!("{needle:?} not logged {count} times:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn agent_watches_manifests_and_applies_changes() {
+    let dir = scratch("watch");
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    for f in ["namespace.yaml", "nodes.yaml", "pods.yaml"] {
+        std::fs::copy(seed_dir().join(f), manifests.join(f)).unwrap();
+    }
+    let log = dir.join("agent.log");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args([
+            "--resources",
+            manifests.to_str().unwrap(),
+            "--node",
+            "kind-worker2",
+            "--poll-interval",
+            "50ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_log(&log, "policy applied", 1);
+
+    std::fs::copy(seed_dir().join("networkpolicy.yaml"), manifests.join("networkpolicy.yaml")).unwrap();
+    let text = wait_for_log(&log, "policy applied", 2);
+    assert!(text.contains("manifests changed; applying updates"), "{text}");
+
+    std::fs::write(manifests.join("zz-bad.yaml"), "kind: [unclosed").unwrap();
+    let text = wait_for_log(&log, "keeping the current policy", 1);
+    assert!(text.contains("zz-bad.yaml"), "{text}");
+
+    Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().unwrap();
+    let start = Instant::now();
+    while agent.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(4), "agent ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rest = String::new();
+    if let Some(mut e) = agent.stderr.take() {
+        e.read_to_string(&mut rest).ok();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
