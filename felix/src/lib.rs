@@ -7,5 +7,6 @@
 #![warn(missing_docs)]
 
 pub mod convert;
+pub mod encode;
 pub mod frame;
 pub mod session;

@@ -107,6 +107,7 @@ pub struct Session {
     schema: Schema,
     state: State,
     stats: SessionStats,
+    applied: Vec<capo_policy::Update>,
 }
 
 impl Session {
@@ -118,6 +119,7 @@ impl Session {
             schema: forced_schema.unwrap_or(Schema::V3_32),
             state: State::new(),
             stats: SessionStats::default(),
+            applied: Vec::new(),
         }
     }
 
@@ -146,6 +148,12 @@ impl Session {
         self.stats
     }
 
+    /// The updates that changed the state since the last call, in order: what a
+    /// dataplane holding the previous state needs to catch up.
+    pub fn take_applied(&mut self) -> Vec<capo_policy::Update> {
+        std::mem::take(&mut self.applied)
+    }
+
     /// Handles one frame.
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Event, SessionError> {
         self.stats.frames += 1;
@@ -171,9 +179,11 @@ impl Session {
                 if let capo_policy::Update::Config(cfg) = &update {
                     self.follow_calico_version(cfg.calico_version.as_deref());
                 }
+                let copy = update.clone();
                 match self.state.apply(update) {
                     Ok(Applied::Changed) => {
                         self.stats.changed += 1;
+                        self.applied.push(copy);
                         Event::Changed
                     }
                     Ok(Applied::Unchanged) => Event::Unchanged,

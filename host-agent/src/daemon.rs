@@ -1,17 +1,21 @@
-//! The agent's long-running side: one Felix connection at a time, each a fresh
-//! sync; the last in-sync state is kept (fail-static) when a connection ends.
+//! The agent's long-running side. [`Daemon`] holds the policy (one Felix
+//! connection at a time, each a fresh sync; the last in-sync state is kept —
+//! fail-static — when a connection ends), turns every change into a generation and
+//! hands it to the dataplanes ([`PolicySink`]). The I/O loops here lock it per frame,
+//! so the gRPC API can read it between frames.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
-use capo_policy::{IdTable, State};
+use capo_policy::{IdTable, State, Update};
 
-use crate::felix::frame::{FrameReader, Schema, DEFAULT_MAX_FRAME_LEN};
-use crate::felix::session::{Event, Phase, Session};
+use crate::felix::frame::{Frame, FrameReader, Schema, DEFAULT_MAX_FRAME_LEN};
+use crate::felix::session::{Event, Phase, Session, SessionError};
 use crate::felix::stream::{self, Recorder, StreamError, STATUS_INTERVAL};
 
 /// The socket CalicoVPP's felix-api-proxy connects to.
@@ -19,6 +23,9 @@ pub const DEFAULT_FELIX_SOCKET: &str = "/var/run/calico/felix-dataplane.sock";
 
 /// How often a long snapshot logs progress, in frames.
 const PROGRESS_EVERY: u64 = 10_000;
+
+/// How many commits the history keeps.
+const HISTORY: usize = 64;
 
 /// Settings of the Felix side of the agent.
 #[derive(Debug, Clone)]
@@ -44,6 +51,269 @@ impl Default for FelixOptions {
     }
 }
 
+/// Where policy comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Nothing connected yet.
+    None,
+    /// Felix through the felix-api-proxy socket.
+    FelixSocket,
+    /// Felix's fds 3 and 4.
+    FelixFds,
+    /// Manifests on disk.
+    Manifests,
+}
+
+impl Source {
+    /// The name the API reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::None => "none",
+            Source::FelixSocket => "felix-socket",
+            Source::FelixFds => "felix-fds",
+            Source::Manifests => "manifests",
+        }
+    }
+}
+
+/// A dataplane that follows the agent's generations (the embedded classifier, the
+/// VPP plugin, the NIC).
+pub trait PolicySink: Send {
+    /// Its name in logs and in the commit history.
+    fn name(&self) -> &str;
+
+    /// Takes generation `generation`. `delta` holds the updates since the previous
+    /// generation, or is `None` when the whole state must be taken (after a
+    /// reconcile). An error keeps the sink's previous generation; the agent logs it
+    /// and records it in the history.
+    fn commit(
+        &mut self,
+        generation: u64,
+        state: &State,
+        ids: &IdTable,
+        delta: Option<&[Update]>,
+    ) -> Result<String, String>;
+}
+
+/// One commit, as the Generations API reports it.
+#[derive(Debug, Clone)]
+pub struct CommitRecord {
+    /// The generation id.
+    pub generation: u64,
+    /// When it started.
+    pub started: SystemTime,
+    /// How long it took, sinks included.
+    pub duration: Duration,
+    /// `committed`, or `partial` when a sink refused it.
+    pub outcome: &'static str,
+    /// What each sink said.
+    pub detail: String,
+}
+
+/// Policy state across connections, and the dataplanes that follow it.
+pub struct Daemon {
+    opts: FelixOptions,
+    ids: IdTable,
+    live: Option<State>,
+    session: Option<Session>,
+    source: Source,
+    generation: u64,
+    history: VecDeque<CommitRecord>,
+    sinks: Vec<Box<dyn PolicySink>>,
+    started: Instant,
+}
+
+/// The daemon shared between the policy source and the API.
+pub type SharedDaemon = Arc<Mutex<Daemon>>;
+
+/// Locks the daemon; a panic in another holder does not stop the agent.
+pub fn lock(d: &SharedDaemon) -> MutexGuard<'_, Daemon> {
+    d.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Daemon {
+    /// A daemon with no state yet; `ids` carries interface presets.
+    pub fn new(opts: FelixOptions, ids: IdTable) -> Self {
+        Daemon {
+            opts,
+            ids,
+            live: None,
+            session: None,
+            source: Source::None,
+            generation: 0,
+            history: VecDeque::new(),
+            sinks: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Adds a dataplane; it receives the current state at once if there is one.
+    pub fn add_sink(&mut self, mut sink: Box<dyn PolicySink>) {
+        if let Some(state) = self.state() {
+            if let Err(e) = sink.commit(self.generation, state, &self.ids, None) {
+                tracing::error!(sink = sink.name(), error = %e, "dataplane refused the current generation");
+            }
+        }
+        self.sinks.push(sink);
+    }
+
+    /// Felix options.
+    pub fn options(&self) -> &FelixOptions {
+        &self.opts
+    }
+
+    /// The policy in force: the current connection's once in sync, else the last
+    /// in-sync state (fail-static), else none.
+    pub fn state(&self) -> Option<&State> {
+        match &self.session {
+            Some(s) if s.phase() == Phase::InSync => Some(s.state()),
+            _ => self.live.as_ref(),
+        }
+    }
+
+    /// Ids of the policy in force.
+    pub fn ids(&self) -> &IdTable {
+        &self.ids
+    }
+
+    /// The active generation (0: none yet).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Commits, newest first.
+    pub fn history(&self) -> impl Iterator<Item = &CommitRecord> {
+        self.history.iter()
+    }
+
+    /// Where policy comes from.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    /// Whether the current source is in sync.
+    pub fn in_sync(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.phase() == Phase::InSync)
+    }
+
+    /// Updates received but not committed: the snapshot being built before InSync.
+    pub fn pending_updates(&self) -> u64 {
+        match &self.session {
+            Some(s) if s.phase() != Phase::InSync => s.stats().changed,
+            _ => 0,
+        }
+    }
+
+    /// How long the agent has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Starts a fresh sync from `source`.
+    pub fn begin(&mut self, source: Source) {
+        self.end();
+        self.source = source;
+        self.session = Some(Session::new(self.opts.schema));
+    }
+
+    /// Ends the current connection, keeping its state if it was in sync.
+    pub fn end(&mut self) {
+        if let Some(s) = self.session.take() {
+            if s.phase() == Phase::InSync {
+                self.live = Some(s.into_state());
+            }
+        }
+    }
+
+    /// Handles one frame of the current connection; commits a generation when the
+    /// policy in force changed.
+    pub fn on_frame(&mut self, frame: &Frame) -> Result<Event, SessionError> {
+        if self.session.is_none() {
+            self.begin(Source::None);
+        }
+        let session = self
+            .session
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("begin() sets the session"));
+        let event = session.on_frame(frame)?;
+        match (&event, session.phase()) {
+            (Event::Reconcile, _) => {
+                let _ = session.take_applied();
+                let st = session.state();
+                tracing::info!(
+                    frames = frame.index + 1,
+                    schema = %session.schema(),
+                    ipsets = st.ipsets().len(),
+                    policies = st.policies().len(),
+                    profiles = st.profiles().len(),
+                    workloads = st.workloads().len(),
+                    host_endpoints = st.host_endpoints().len(),
+                    "in sync with Felix: snapshot reconciled"
+                );
+                self.commit(None);
+            }
+            (Event::Changed, Phase::InSync) => {
+                let delta = session.take_applied();
+                self.commit(Some(delta));
+            }
+            (Event::Ignored(what), _) => {
+                tracing::debug!(frame = frame.index, payload = what, "ignored payload");
+            }
+            (_, Phase::Syncing) if (frame.index + 1) % PROGRESS_EVERY == 0 => {
+                let st = session.state();
+                tracing::info!(
+                    frames = frame.index + 1,
+                    ipsets = st.ipsets().len(),
+                    members = st.ipsets().values().map(|s| s.len()).sum::<usize>(),
+                    policies = st.policies().len(),
+                    workloads = st.workloads().len(),
+                    "receiving Felix snapshot"
+                );
+            }
+            _ => {}
+        }
+        Ok(event)
+    }
+
+    fn commit(&mut self, delta: Option<Vec<Update>>) {
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let Some(state) = self.session.as_ref().map(Session::state) else {
+            return;
+        };
+        self.ids.sync(state);
+        self.generation += 1;
+        let mut outcome = "committed";
+        let mut detail = Vec::new();
+        for sink in &mut self.sinks {
+            match sink.commit(self.generation, state, &self.ids, delta.as_deref()) {
+                Ok(msg) => detail.push(format!("{}: {msg}", sink.name())),
+                Err(e) => {
+                    tracing::error!(sink = sink.name(), generation = self.generation, error = %e, "dataplane refused the generation");
+                    outcome = "partial";
+                    detail.push(format!("{}: refused: {e}", sink.name()));
+                }
+            }
+        }
+        let duration = t0.elapsed();
+        tracing::debug!(
+            generation = self.generation,
+            us = duration.as_micros() as u64,
+            "generation committed"
+        );
+        self.history.push_front(CommitRecord {
+            generation: self.generation,
+            started,
+            duration,
+            outcome,
+            detail: detail.join("; "),
+        });
+        self.history.truncate(HISTORY);
+    }
+}
+
 /// How a connection ended.
 #[derive(Debug)]
 pub enum ConnectionEnd {
@@ -56,130 +326,47 @@ pub enum ConnectionEnd {
     RecordSetup(std::io::Error),
 }
 
-/// Policy state across connections.
-pub struct Daemon {
-    opts: FelixOptions,
-    ids: IdTable,
-    live: Option<State>,
-    generation: u64,
-}
-
-impl Daemon {
-    /// A daemon with no state yet; `ids` carries interface presets.
-    pub fn new(opts: FelixOptions, ids: IdTable) -> Self {
-        Daemon {
-            opts,
-            ids,
-            live: None,
-            generation: 0,
-        }
-    }
-
-    /// The state of the last in-sync connection, if any.
-    pub fn live(&self) -> Option<&State> {
-        self.live.as_ref()
-    }
-
-    /// Ids of the live state.
-    pub fn ids(&self) -> &IdTable {
-        &self.ids
-    }
-
-    /// Changes applied since start (one per reconcile or in-sync update).
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// Serves one Felix stream: `input` carries `ToDataplane` frames; status
-    /// reports go to `output` when given. Returns when the stream ends or fails.
-    pub fn serve_connection<R: Read, W: Write + Send + 'static>(
-        &mut self,
-        input: R,
-        output: Option<W>,
-    ) -> ConnectionEnd {
-        let mut recorder = match &self.opts.record {
-            Some(path) => match Recorder::create(path) {
-                Ok(r) => Some(r),
-                Err(e) => return ConnectionEnd::RecordSetup(e),
-            },
-            None => None,
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let status =
-            output.map(|w| stream::spawn_status_writer(w, self.opts.status_interval, stop.clone()));
-        let mut reader = FrameReader::with_max_frame_len(input, self.opts.max_frame_len);
-        let mut session = Session::new(self.opts.schema);
-        let started = Instant::now();
-        let ids = &mut self.ids;
-        let generation = &mut self.generation;
-        let result = stream::run(
-            &mut reader,
-            &mut session,
-            recorder.as_mut(),
-            |s, frame, ev| match (ev, s.phase()) {
-                (Event::Reconcile, _) => {
-                    ids.sync(s.state());
-                    *generation += 1;
-                    let st = s.state();
-                    tracing::info!(
-                        generation = *generation,
-                        frames = frame.index + 1,
-                        schema = %s.schema(),
-                        ipsets = st.ipsets().len(),
-                        policies = st.policies().len(),
-                        profiles = st.profiles().len(),
-                        workloads = st.workloads().len(),
-                        host_endpoints = st.host_endpoints().len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "in sync with Felix: snapshot reconciled"
-                    );
-                }
-                (Event::Changed, Phase::InSync) => {
-                    ids.sync(s.state());
-                    *generation += 1;
-                    tracing::debug!(
-                        generation = *generation,
-                        frame = frame.index,
-                        "update applied"
-                    );
-                }
-                (Event::Ignored(what), _) => {
-                    tracing::debug!(frame = frame.index, payload = what, "ignored payload");
-                }
-                (_, Phase::Syncing) if (frame.index + 1) % PROGRESS_EVERY == 0 => {
-                    let st = s.state();
-                    tracing::info!(
-                        frames = frame.index + 1,
-                        ipsets = st.ipsets().len(),
-                        members = st.ipsets().values().map(|s| s.len()).sum::<usize>(),
-                        policies = st.policies().len(),
-                        workloads = st.workloads().len(),
-                        "receiving Felix snapshot"
-                    );
-                }
-                _ => {}
-            },
-        );
-        stop.store(true, Ordering::Relaxed);
-        if let Some(h) = status {
-            let _ = h.join();
-        }
-        let in_sync = session.phase() == Phase::InSync;
-        if in_sync {
-            self.live = Some(session.into_state());
-        }
-        match result {
-            Ok(()) => ConnectionEnd::Eof,
-            Err(e) => {
-                if !in_sync {
-                    // The partial snapshot is dropped; the last in-sync state stays.
-                    if let Some(live) = &self.live {
-                        self.ids.sync(live);
-                    }
-                }
-                ConnectionEnd::Resync(e)
+/// Serves one Felix stream: `input` carries `ToDataplane` frames; status reports
+/// go to `output` when given. Returns when the stream ends or fails.
+pub fn serve_connection<R: Read, W: Write + Send + 'static>(
+    daemon: &SharedDaemon,
+    source: Source,
+    input: R,
+    output: Option<W>,
+) -> ConnectionEnd {
+    let opts = lock(daemon).options().clone();
+    let mut recorder = match &opts.record {
+        Some(path) => match Recorder::create(path) {
+            Ok(r) => Some(r),
+            Err(e) => return ConnectionEnd::RecordSetup(e),
+        },
+        None => None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = output.map(|w| stream::spawn_status_writer(w, opts.status_interval, stop.clone()));
+    let mut reader = FrameReader::with_max_frame_len(input, opts.max_frame_len);
+    lock(daemon).begin(source);
+    let result = (|| -> Result<(), StreamError> {
+        // Frames are read without the lock; each is applied under it.
+        while let Some(frame) = reader.read_frame()? {
+            if let Some(r) = recorder.as_mut() {
+                r.record(&frame).map_err(|source| StreamError::Record {
+                    frame: frame.index,
+                    source,
+                })?;
             }
+            lock(daemon).on_frame(&frame)?;
         }
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(h) = status {
+        let _ = h.join();
+    }
+    lock(daemon).end();
+    match result {
+        Ok(()) => ConnectionEnd::Eof,
+        Err(e) => ConnectionEnd::Resync(e),
     }
 }
 
@@ -200,8 +387,8 @@ pub fn bind_felix_socket(path: &Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
-/// Accepts Felix connections one after another, forever (or until accept fails).
-pub fn serve_felix_socket(listener: &UnixListener, daemon: &mut Daemon) -> std::io::Error {
+/// Accepts Felix connections one after another, until accepting fails.
+pub fn serve_felix_socket(listener: &UnixListener, daemon: &SharedDaemon) -> std::io::Error {
     loop {
         let (conn, _) = match listener.accept() {
             Ok(c) => c,
@@ -215,7 +402,7 @@ pub fn serve_felix_socket(listener: &UnixListener, daemon: &mut Daemon) -> std::
                 None
             }
         };
-        match daemon.serve_connection(&conn, output) {
+        match serve_connection(daemon, Source::FelixSocket, &conn, output) {
             ConnectionEnd::Eof => tracing::info!("Felix closed the connection"),
             ConnectionEnd::Resync(e) => {
                 tracing::error!(error = %e, "dropping the Felix connection to force a resync")
@@ -225,9 +412,10 @@ pub fn serve_felix_socket(listener: &UnixListener, daemon: &mut Daemon) -> std::
             }
         }
         let _ = conn.shutdown(std::net::Shutdown::Both);
-        if daemon.live().is_some() {
+        let d = lock(daemon);
+        if d.state().is_some() {
             tracing::info!(
-                generation = daemon.generation(),
+                generation = d.generation(),
                 "keeping the last in-sync policy until Felix reconnects"
             );
         }
@@ -249,6 +437,27 @@ pub fn exit_on_signals(cleanup: impl FnOnce() + Send + 'static) -> std::io::Resu
     Ok(())
 }
 
+/// Applies messages as if they came from Felix on the current connection; returns
+/// false (after logging) if one is refused, in which case the rest are not applied.
+pub fn feed(daemon: &SharedDaemon, msgs: &[capo_proto::felix::v3_32::ToDataplane]) -> bool {
+    let bytes = crate::demo::frames(msgs);
+    let mut reader = FrameReader::new(bytes.as_slice());
+    loop {
+        let frame = match reader.read_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::error!(error = %e, "update refused");
+                return false;
+            }
+        };
+        if let Err(e) = lock(daemon).on_frame(&frame) {
+            tracing::error!(error = %e, "update refused");
+            return false;
+        }
+    }
+}
+
 /// Serves policy from manifests instead of Felix: the initial stream, then the
 /// minimal updates for each change on disk, through the same session as Felix's
 /// messages. Returns only if the first load fails.
@@ -256,12 +465,12 @@ pub fn serve_manifests(
     paths: Vec<PathBuf>,
     node: Option<String>,
     poll: Duration,
-    daemon: &mut Daemon,
+    daemon: &SharedDaemon,
 ) -> Result<(), String> {
     let (mut watcher, initial) = crate::manifests::Watcher::start(paths, node.clone())?;
-    let mut session = Session::new(None);
-    daemon.feed(&mut session, &initial);
-    tracing::info!(paths = ?watcher.paths(), "serving policy from manifests; watching for changes");
+    lock(daemon).begin(Source::Manifests);
+    feed(daemon, &initial);
+    tracing::info!(generation = lock(daemon).generation(), paths = ?watcher.paths(), "policy applied from manifests; watching for changes");
     loop {
         std::thread::sleep(poll);
         match watcher.poll() {
@@ -271,44 +480,18 @@ pub fn serve_manifests(
             }
             Ok(Some(msgs)) => {
                 tracing::info!(updates = msgs.len(), "manifests changed; applying updates");
-                if !daemon.feed(&mut session, &msgs) {
+                if !feed(daemon, &msgs) {
                     // Cannot happen with valid manifests; start over from a full load.
-                    let (w, full) = crate::manifests::Watcher::start(watcher.paths().to_vec(), node.clone())?;
+                    let (w, full) =
+                        crate::manifests::Watcher::start(watcher.paths().to_vec(), node.clone())?;
                     watcher = w;
-                    session = Session::new(None);
-                    daemon.feed(&mut session, &full);
+                    lock(daemon).begin(Source::Manifests);
+                    feed(daemon, &full);
                 }
-            }
-            Err(e) => tracing::error!(error = %e, "manifests are invalid; keeping the current policy"),
-        }
-    }
-}
-
-impl Daemon {
-    /// Applies messages through `session` as if they came from Felix; returns false
-    /// (after logging) if one is refused, in which case the rest are not applied.
-    pub fn feed(&mut self, session: &mut Session, msgs: &[capo_proto::felix::v3_32::ToDataplane]) -> bool {
-        let bytes = crate::demo::frames(msgs);
-        let mut reader = FrameReader::new(bytes.as_slice());
-        let ids = &mut self.ids;
-        let generation = &mut self.generation;
-        let result = stream::run(&mut reader, session, None, |s, _, ev| {
-            if matches!(ev, Event::Reconcile) || (matches!(ev, Event::Changed) && s.phase() == Phase::InSync) {
-                ids.sync(s.state());
-                *generation += 1;
-            }
-        });
-        if session.phase() == Phase::InSync {
-            self.live = Some(session.state().clone());
-        }
-        match result {
-            Ok(()) => {
-                tracing::info!(generation = self.generation, "policy applied");
-                true
+                tracing::info!(generation = lock(daemon).generation(), "policy applied");
             }
             Err(e) => {
-                tracing::error!(error = %e, "update refused");
-                false
+                tracing::error!(error = %e, "manifests are invalid; keeping the current policy")
             }
         }
     }

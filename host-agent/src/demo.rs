@@ -15,9 +15,18 @@ use crate::replay::{replay_reader, ReplayOptions};
 
 /// The seed's manifests (`examples/seed/`), built in so the demo runs anywhere.
 const SEED_MANIFESTS: [(&str, &str); 4] = [
-    ("examples/seed/namespace.yaml", include_str!("../../examples/seed/namespace.yaml")),
-    ("examples/seed/nodes.yaml", include_str!("../../examples/seed/nodes.yaml")),
-    ("examples/seed/pods.yaml", include_str!("../../examples/seed/pods.yaml")),
+    (
+        "examples/seed/namespace.yaml",
+        include_str!("../../examples/seed/namespace.yaml"),
+    ),
+    (
+        "examples/seed/nodes.yaml",
+        include_str!("../../examples/seed/nodes.yaml"),
+    ),
+    (
+        "examples/seed/pods.yaml",
+        include_str!("../../examples/seed/pods.yaml"),
+    ),
     (
         "examples/seed/networkpolicy.yaml",
         include_str!("../../examples/seed/networkpolicy.yaml"),

@@ -23,7 +23,11 @@ pub fn load(paths: &[PathBuf], node: Option<&str>) -> Result<(Resources, Snapsho
 }
 
 /// Replays manifests as if Felix had sent them.
-pub fn replay(paths: &[PathBuf], node: Option<&str>, opts: &ReplayOptions) -> Result<(Resources, Replayed), String> {
+pub fn replay(
+    paths: &[PathBuf],
+    node: Option<&str>,
+    opts: &ReplayOptions,
+) -> Result<(Resources, Replayed), String> {
     let (res, snapshot) = load(paths, node)?;
     let msgs = snapshot.to_felix_messages();
     let r = replay_reader(frames(&msgs).as_slice(), opts).map_err(|e| format!("manifests: {e}"))?;
@@ -32,7 +36,11 @@ pub fn replay(paths: &[PathBuf], node: Option<&str>, opts: &ReplayOptions) -> Re
 
 /// Resolves `NS/POD` to one of the pod's addresses (of `family_v6` when given), or
 /// parses an IP address.
-pub fn resolve(res: Option<&Resources>, s: &str, family_v6: Option<bool>) -> Result<IpAddr, String> {
+pub fn resolve(
+    res: Option<&Resources>,
+    s: &str,
+    family_v6: Option<bool>,
+) -> Result<IpAddr, String> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(ip);
     }
@@ -54,7 +62,11 @@ pub fn resolve(res: Option<&Resources>, s: &str, family_v6: Option<bool>) -> Res
 }
 
 /// Resolves a trace's two ends; the first that is an IP address fixes the family.
-pub fn resolve_pair(res: Option<&Resources>, from: &str, to: &str) -> Result<(IpAddr, IpAddr), String> {
+pub fn resolve_pair(
+    res: Option<&Resources>,
+    from: &str,
+    to: &str,
+) -> Result<(IpAddr, IpAddr), String> {
     let (from_ip, to_ip) = match (from.parse::<IpAddr>(), to.parse::<IpAddr>()) {
         (Ok(f), _) => (f, resolve(res, to, Some(f.is_ipv6()))?),
         (_, Ok(t)) => (resolve(res, from, Some(t.is_ipv6()))?, t),
@@ -101,7 +113,10 @@ pub struct Watcher {
 
 impl Watcher {
     /// Loads the manifests once; returns the watcher and the full initial stream.
-    pub fn start(paths: Vec<PathBuf>, node: Option<String>) -> Result<(Self, Vec<pb::ToDataplane>), String> {
+    pub fn start(
+        paths: Vec<PathBuf>,
+        node: Option<String>,
+    ) -> Result<(Self, Vec<pb::ToDataplane>), String> {
         let seen = fingerprint(&paths);
         let (_, current) = load(&paths, node.as_deref())?;
         let msgs = current.to_felix_messages();

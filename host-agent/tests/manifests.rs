@@ -73,7 +73,8 @@ fn seed_manifests_show_the_seed_view() {
 fn every_seed_probe_gets_felix_verdict_from_manifests() {
     let scenario: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/felix/seed.scenario.json"),
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/felix/seed.scenario.json"),
         )
         .unwrap(),
     )
@@ -94,7 +95,12 @@ fn every_seed_probe_gets_felix_verdict_from_manifests() {
             p["proto"].as_str().unwrap().into(),
             "--json".into(),
         ];
-        for (k, flag) in [("sport", "--sport"), ("dport", "--dport"), ("icmp_type", "--icmp-type"), ("icmp_code", "--icmp-code")] {
+        for (k, flag) in [
+            ("sport", "--sport"),
+            ("dport", "--dport"),
+            ("icmp_type", "--icmp-type"),
+            ("icmp_code", "--icmp-code"),
+        ] {
             if let Some(v) = p[k].as_u64() {
                 args.push(flag.into());
                 args.push(v.to_string());
@@ -112,22 +118,52 @@ fn every_seed_probe_gets_felix_verdict_from_manifests() {
 fn trace_accepts_namespace_pod_names() {
     let dir = seed_dir();
     let d = dir.to_str().unwrap();
-    let base = ["trace", "--resources", d, "--node", "kind-worker2", "--proto", "tcp", "--dport", "5978"];
-    let (rc, out, err) = capoctl(&[&base[..], &["--from", "default/ts1", "--to", "default/ts2"]].concat());
+    let base = [
+        "trace",
+        "--resources",
+        d,
+        "--node",
+        "kind-worker2",
+        "--proto",
+        "tcp",
+        "--dport",
+        "5978",
+    ];
+    let (rc, out, err) =
+        capoctl(&[&base[..], &["--from", "default/ts1", "--to", "default/ts2"]].concat());
     assert_eq!(rc, 0, "{err}");
     assert!(out.starts_with("ALLOW\n"), "{out}");
     // IPv6 chosen by the other end.
     let (rc, out, _) = capoctl(
-        &[&base[..], &["--from", "fd20::58fd:b191:5c13:9cc3", "--to", "default/ts2"]].concat(),
+        &[
+            &base[..],
+            &["--from", "fd20::58fd:b191:5c13:9cc3", "--to", "default/ts2"],
+        ]
+        .concat(),
     );
     assert_eq!(rc, 0);
     assert!(out.starts_with("ALLOW\n"), "{out}");
-    let (rc, _, err) = capoctl(&[&base[..], &["--from", "default/nope", "--to", "default/ts2"]].concat());
+    let (rc, _, err) = capoctl(
+        &[
+            &base[..],
+            &["--from", "default/nope", "--to", "default/ts2"],
+        ]
+        .concat(),
+    );
     assert_eq!(rc, 1);
     assert!(err.contains("no pod default/nope"), "{err}");
-    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/felix/seed.master.frames");
+    let f =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/felix/seed.master.frames");
     let (rc, _, err) = capoctl(&[
-        "trace", "--replay", f.to_str().unwrap(), "--from", "default/ts1", "--to", "11.0.0.67", "--proto", "tcp",
+        "trace",
+        "--replay",
+        f.to_str().unwrap(),
+        "--from",
+        "default/ts1",
+        "--to",
+        "11.0.0.67",
+        "--proto",
+        "tcp",
     ]);
     assert_eq!(rc, 1);
     assert!(err.contains("needs --resources"), "{err}");
@@ -139,13 +175,28 @@ fn export_frames_replays_to_the_same_views() {
     let d = dir.to_str().unwrap();
     let out_dir = scratch("export");
     let frames = out_dir.join("seed.frames");
-    let (rc, out, err) = capoctl(&["--resources", d, "--node", "kind-worker2", "export-frames", frames.to_str().unwrap()]);
+    let (rc, out, err) = capoctl(&[
+        "--resources",
+        d,
+        "--node",
+        "kind-worker2",
+        "export-frames",
+        frames.to_str().unwrap(),
+    ]);
     assert_eq!(rc, 0, "{err}");
     assert!(out.contains("wrote 8 Felix messages"), "{out}");
     for view in ["interfaces", "ipsets", "rules"] {
-        let (_, from_frames, _) = capoctl(&["replay", frames.to_str().unwrap(), "show", "capo", view]);
-        let (_, from_manifests, _) =
-            capoctl(&["--resources", d, "--node", "kind-worker2", "show", "capo", view]);
+        let (_, from_frames, _) =
+            capoctl(&["replay", frames.to_str().unwrap(), "show", "capo", view]);
+        let (_, from_manifests, _) = capoctl(&[
+            "--resources",
+            d,
+            "--node",
+            "kind-worker2",
+            "show",
+            "capo",
+            view,
+        ]);
         assert_eq!(from_frames, from_manifests, "{view}");
         assert!(!from_frames.is_empty());
     }
@@ -171,7 +222,13 @@ spec:
 ",
     )
     .unwrap();
-    let (rc, _, err) = capoctl(&["--resources", dir.to_str().unwrap(), "show", "capo", "rules"]);
+    let (rc, _, err) = capoctl(&[
+        "--resources",
+        dir.to_str().unwrap(),
+        "show",
+        "capo",
+        "rules",
+    ]);
     assert_eq!(rc, 1);
     assert!(err.contains("bad.yaml"), "{err}");
     assert!(err.contains("broken"), "{err}");
@@ -217,18 +274,31 @@ fn agent_watches_manifests_and_applies_changes() {
         .unwrap();
     wait_for_log(&log, "policy applied", 1);
 
-    std::fs::copy(seed_dir().join("networkpolicy.yaml"), manifests.join("networkpolicy.yaml")).unwrap();
+    std::fs::copy(
+        seed_dir().join("networkpolicy.yaml"),
+        manifests.join("networkpolicy.yaml"),
+    )
+    .unwrap();
     let text = wait_for_log(&log, "policy applied", 2);
-    assert!(text.contains("manifests changed; applying updates"), "{text}");
+    assert!(
+        text.contains("manifests changed; applying updates"),
+        "{text}"
+    );
 
     std::fs::write(manifests.join("zz-bad.yaml"), "kind: [unclosed").unwrap();
     let text = wait_for_log(&log, "keeping the current policy", 1);
     assert!(text.contains("zz-bad.yaml"), "{text}");
 
-    Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
     let start = Instant::now();
     while agent.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(4), "agent ignored SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "agent ignored SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut rest = String::new();

@@ -12,6 +12,12 @@
 //!   kind}`, `TierInfo` policy lists as `PolicyID`s, host metadata only at
 //!   14/18.
 //!
+//! capo's own schemas sit beside them:
+//!
+//! - [`capo::agent::v1`]: the agent's gRPC API (services with the `grpc` feature);
+//! - [`capo::dataplane::v1`]: the channel from the agent to a software dataplane
+//!   (the VPP plugin), which carries Felix's v3.32 messages.
+//!
 //! The code is generated at build time from the `.proto` files in this crate;
 //! there is no hand-written logic here.
 
@@ -31,3 +37,28 @@ pub mod felix {
         include!(concat!(env!("OUT_DIR"), "/v3_32/felix.rs"));
     }
 }
+
+/// capo's own protocols.
+pub mod capo {
+    /// The agent's API.
+    pub mod agent {
+        /// Version 1.
+        #[allow(missing_docs, clippy::all, clippy::pedantic)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/capo.agent.v1.rs"));
+        }
+    }
+
+    /// The agent-to-dataplane channel.
+    pub mod dataplane {
+        /// Version 1.
+        #[allow(missing_docs, clippy::all, clippy::pedantic)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/capo.dataplane.v1.rs"));
+        }
+    }
+}
+
+/// The encoded `FileDescriptorSet` of capo's own schemas, for gRPC reflection.
+pub const CAPO_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/capo_descriptor.bin"));

@@ -5,11 +5,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use capo_agent::cli::parse_interface_index;
 use capo_agent::daemon::{
-    bind_felix_socket, exit_on_signals, serve_felix_socket, serve_manifests, ConnectionEnd, Daemon, FelixOptions,
-    DEFAULT_FELIX_SOCKET,
+    bind_felix_socket, exit_on_signals, serve_connection, serve_felix_socket, serve_manifests,
+    ConnectionEnd, Daemon, FelixOptions, Source, DEFAULT_FELIX_SOCKET,
 };
 use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_agent::logging::{self, LogFormat};
@@ -75,12 +76,12 @@ fn main() -> ExitCode {
     for (name, idx) in &args.interface_indexes {
         ids.set_interface_index(name, *idx);
     }
-    let mut daemon = Daemon::new(opts, ids);
+    let daemon = Arc::new(Mutex::new(Daemon::new(opts, ids)));
     if !args.resources.is_empty() {
         if let Err(e) = exit_on_signals(|| {}) {
             tracing::warn!(error = %e, "cannot install signal handlers");
         }
-        let err = serve_manifests(args.resources, args.node, args.poll_interval, &mut daemon);
+        let err = serve_manifests(args.resources, args.node, args.poll_interval, &daemon);
         if let Err(e) = err {
             tracing::error!(error = %e, "cannot load the manifests");
         }
@@ -101,7 +102,12 @@ fn main() -> ExitCode {
         if let Err(e) = exit_on_signals(|| {}) {
             tracing::warn!(error = %e, "cannot install signal handlers");
         }
-        return match daemon.serve_connection(std::io::BufReader::new(input), output) {
+        return match serve_connection(
+            &daemon,
+            Source::FelixFds,
+            std::io::BufReader::new(input),
+            output,
+        ) {
             ConnectionEnd::Eof => ExitCode::SUCCESS,
             ConnectionEnd::Resync(e) => {
                 tracing::error!(error = %e, "protocol violation: exiting so that Felix resyncs");
@@ -127,7 +133,7 @@ fn main() -> ExitCode {
         tracing::warn!(error = %e, "cannot install signal handlers");
     }
     tracing::info!(socket = %args.felix_socket.display(), "waiting for Felix");
-    let err = serve_felix_socket(&listener, &mut daemon);
+    let err = serve_felix_socket(&listener, &daemon);
     tracing::error!(error = %err, "accepting Felix connections failed");
     ExitCode::FAILURE
 }

@@ -16,7 +16,11 @@
 use std::fs::{File, OpenOptions};
 use std::process::ExitCode;
 
-use capo_agent::daemon::{exit_on_signals, ConnectionEnd, Daemon, FelixOptions};
+use std::sync::{Arc, Mutex};
+
+use capo_agent::daemon::{
+    exit_on_signals, serve_connection, ConnectionEnd, Daemon, FelixOptions, Source,
+};
 use capo_agent::logging::{self, LogFormat};
 use capo_policy::IdTable;
 
@@ -81,8 +85,13 @@ fn main() -> ExitCode {
         tracing::warn!(error = %e, "cannot install signal handlers");
     }
     tracing::info!(schema = ?opts.schema, "capo-felix-driver started by Felix");
-    let mut daemon = Daemon::new(opts, IdTable::default());
-    match daemon.serve_connection(std::io::BufReader::new(input), Some(output)) {
+    let daemon = Arc::new(Mutex::new(Daemon::new(opts, IdTable::default())));
+    match serve_connection(
+        &daemon,
+        Source::FelixFds,
+        std::io::BufReader::new(input),
+        Some(output),
+    ) {
         ConnectionEnd::Eof => {
             tracing::info!("Felix closed fd 3: exiting");
             ExitCode::SUCCESS

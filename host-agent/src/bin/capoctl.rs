@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use capo_agent::cli::{packet, parse_interface_index, trace_json, trace_text, View};
-use capo_agent::manifests;
 use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
+use capo_agent::manifests;
 use capo_agent::replay::{replay_file, ReplayOptions, Replayed};
 use clap::{Args, Parser, Subcommand};
 
@@ -145,7 +145,9 @@ fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
         Command::Show { stream, view } => {
             if resources.is_empty() {
-                return Err("show needs --resources DIR (or use `replay FILE` for a Felix stream)".into());
+                return Err(
+                    "show needs --resources DIR (or use `replay FILE` for a Felix stream)".into(),
+                );
             }
             let (_, r) = manifests::replay(resources, node, &stream.options())?;
             Ok(render_views(&r, &[View::parse(&view)?]))
@@ -183,7 +185,11 @@ fn run(cli: Cli) -> Result<String, String> {
                     let (res, r) = manifests::replay(resources, node, &stream.options())?;
                     (Some(res), r)
                 }
-                _ => return Err("trace needs exactly one of --replay FILE and --resources DIR".into()),
+                _ => {
+                    return Err(
+                        "trace needs exactly one of --replay FILE and --resources DIR".into(),
+                    )
+                }
             };
             let (from, to) = manifests::resolve_pair(res.as_ref(), &from, &to)?;
             let pkt = packet(from, to, &proto, sport, dport, icmp_type, icmp_code)?;
