@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use capo_policy::{IdTable, State, Update};
+use capo_policy::{Direction, IdTable, Packet, State, Update};
+use capo_proto::capo::agent::v1 as api;
 
 use crate::felix::frame::{Frame, FrameReader, Schema, DEFAULT_MAX_FRAME_LEN};
 use crate::felix::session::{Event, Phase, Session, SessionError};
@@ -93,6 +94,33 @@ pub trait PolicySink: Send {
         ids: &IdTable,
         delta: Option<&[Update]>,
     ) -> Result<String, String>;
+
+    /// Its counters, for the sink that classifies packets.
+    fn counters(&self, _state: &State, _ids: &IdTable) -> Option<api::CountersReply> {
+        None
+    }
+
+    /// Its offload plan, for the sink that drives a NIC.
+    fn offload_plan(&self, _state: &State, _ids: &IdTable) -> Option<api::OffloadPlanReply> {
+        None
+    }
+
+    /// Where a packet at `interface`/`dir` would be decided (`nic` or `software`),
+    /// for the sink that drives a NIC.
+    fn decided_in(&self, _interface: &str, _dir: Direction, _pkt: &Packet) -> Option<&'static str> {
+        None
+    }
+
+    /// Classifies raw frames as arriving at `interface`/`dir`, for the sink that
+    /// classifies packets (the embedded dataplane).
+    fn inject(
+        &mut self,
+        _interface: &str,
+        _dir: Direction,
+        _frames: &[Vec<u8>],
+    ) -> Option<Result<api::InjectReply, String>> {
+        None
+    }
 }
 
 /// One commit, as the Generations API reports it.
@@ -204,6 +232,55 @@ impl Daemon {
             Some(s) if s.phase() != Phase::InSync => s.stats().changed,
             _ => 0,
         }
+    }
+
+    /// Counters of the classifying dataplane, if one is attached.
+    pub fn counters(&self) -> Option<api::CountersReply> {
+        let state = self.state()?;
+        self.sinks.iter().find_map(|s| s.counters(state, &self.ids))
+    }
+
+    /// The offload plan; without a NIC every rule is in software.
+    pub fn offload_plan(&self) -> api::OffloadPlanReply {
+        let Some(state) = self.state() else {
+            return api::OffloadPlanReply::default();
+        };
+        if let Some(plan) = self
+            .sinks
+            .iter()
+            .find_map(|s| s.offload_plan(state, &self.ids))
+        {
+            return plan;
+        }
+        api::OffloadPlanReply {
+            generation: self.generation,
+            nic: "none".into(),
+            offload_available: false,
+            ..Default::default()
+        }
+    }
+
+    /// Where a packet would be decided: `nic` when a NIC sink says so, else `software`.
+    pub fn decided_in(&self, interface: &str, dir: Direction, pkt: &Packet) -> &'static str {
+        self.sinks
+            .iter()
+            .find_map(|s| s.decided_in(interface, dir, pkt))
+            .unwrap_or("software")
+    }
+
+    /// Hands raw frames to the embedded dataplane.
+    pub fn inject(
+        &mut self,
+        interface: &str,
+        dir: Direction,
+        frames: &[Vec<u8>],
+    ) -> Result<api::InjectReply, String> {
+        self.sinks
+            .iter_mut()
+            .find_map(|s| s.inject(interface, dir, frames))
+            .unwrap_or_else(|| {
+                Err("no embedded dataplane: start capo-agent with --dataplane embedded".into())
+            })
     }
 
     /// How long the agent has run.

@@ -6,7 +6,9 @@
 //! file descriptors, sockets and signals.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod demo;
 pub mod felix;

@@ -267,6 +267,8 @@ fn agent_watches_manifests_and_applies_changes() {
             "kind-worker2",
             "--poll-interval",
             "50ms",
+            "--api-socket",
+            dir.join("api.sock").to_str().unwrap(),
         ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -188,6 +188,8 @@ fn agent_serves_one_felix_connection_after_another() {
             sock.to_str().unwrap(),
             "--status-interval",
             "50ms",
+            "--api-socket",
+            dir.join("api.sock").to_str().unwrap(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+use capo_agent::api::{ApiOptions, TcpTls, DEFAULT_API_SOCKET};
 use capo_agent::cli::parse_interface_index;
 use capo_agent::daemon::{
     bind_felix_socket, exit_on_signals, serve_connection, serve_felix_socket, serve_manifests,
@@ -58,9 +59,40 @@ struct Args {
     /// How often to send Felix a ProcessStatusUpdate (e.g. `10s`).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     status_interval: std::time::Duration,
+    /// Unix socket of the gRPC API (mode 0660).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
+    /// Group owning the API socket (name or number).
+    #[arg(long, value_name = "GROUP")]
+    api_group: Option<String>,
+    /// Also serve the API on TCP with mutual TLS (needs --tls-cert, --tls-key, --tls-client-ca).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key", "tls_client_ca"])]
+    api_tcp: Option<std::net::SocketAddr>,
+    /// Server certificate (PEM) for --api-tcp.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Server key (PEM) for --api-tcp.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA for client certificates (PEM) for --api-tcp.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Accept the Inject API (tests and demos).
+    #[arg(long)]
+    enable_inject: bool,
+    /// Do not serve the gRPC API.
+    #[arg(long, conflicts_with_all = ["api_tcp", "enable_inject"])]
+    no_api: bool,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// Removes a socket file on the way out (the process exits without unwinding).
+fn remove(path: Option<PathBuf>) {
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 fn main() -> ExitCode {
@@ -77,8 +109,41 @@ fn main() -> ExitCode {
         ids.set_interface_index(name, *idx);
     }
     let daemon = Arc::new(Mutex::new(Daemon::new(opts, ids)));
+    let _api = if args.no_api {
+        None
+    } else {
+        let tcp = match (
+            args.api_tcp,
+            &args.tls_cert,
+            &args.tls_key,
+            &args.tls_client_ca,
+        ) {
+            (Some(addr), Some(cert), Some(key), Some(ca)) => Some(TcpTls {
+                addr,
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: ca.clone(),
+            }),
+            _ => None,
+        };
+        let api_opts = ApiOptions {
+            socket: args.api_socket.clone(),
+            group: args.api_group.clone(),
+            tcp,
+            inject: args.enable_inject,
+        };
+        match capo_agent::api::spawn(daemon.clone(), api_opts) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve the gRPC API");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let api_socket = (!args.no_api).then(|| args.api_socket.clone());
     if !args.resources.is_empty() {
-        if let Err(e) = exit_on_signals(|| {}) {
+        let sock = api_socket.clone();
+        if let Err(e) = exit_on_signals(move || remove(sock)) {
             tracing::warn!(error = %e, "cannot install signal handlers");
         }
         let err = serve_manifests(args.resources, args.node, args.poll_interval, &daemon);
@@ -129,6 +194,7 @@ fn main() -> ExitCode {
     let socket = args.felix_socket.clone();
     if let Err(e) = exit_on_signals(move || {
         let _ = std::fs::remove_file(&socket);
+        remove(api_socket);
     }) {
         tracing::warn!(error = %e, "cannot install signal handlers");
     }

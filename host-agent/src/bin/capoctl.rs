@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use capo_agent::cli::{packet, parse_interface_index, trace_json, trace_text, View};
 use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_agent::manifests;
+
+use capo_agent::client;
 use capo_agent::replay::{replay_file, ReplayOptions, Replayed};
 use clap::{Args, Parser, Subcommand};
 
@@ -21,6 +23,9 @@ struct Cli {
     /// With --resources: the local node (default: every pod is local).
     #[arg(long, global = true, value_name = "NAME")]
     node: Option<String>,
+    /// The agent's API socket (commands that ask a running agent).
+    #[arg(long, global = true, value_name = "PATH", default_value = capo_agent::api::DEFAULT_API_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,7 +69,7 @@ enum Command {
         #[arg(trailing_var_arg = true, value_name = "VIEW")]
         view: Vec<String>,
     },
-    /// Print a capo view of manifests (`--resources DIR show capo interfaces`).
+    /// Print a capo view: of the running agent, or of manifests with --resources.
     Show {
         #[command(flatten)]
         stream: StreamArgs,
@@ -101,6 +106,30 @@ enum Command {
         #[arg(long, requires = "icmp_type")]
         icmp_code: Option<u8>,
         /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running agent's counters: per rule, per interface and direction, totals.
+    Counters {
+        /// Print a new snapshot every --interval until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Interval for --watch.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// JSON (one object per snapshot) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running agent's generations: active id, commit history, what is pending.
+    Generations {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running agent's offload plan: where each rule lives and why.
+    Offload {
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -144,14 +173,20 @@ fn run(cli: Cli) -> Result<String, String> {
     let resources = &cli.resources;
     match cli.command {
         Command::Show { stream, view } => {
+            let v = View::parse(&view)?;
             if resources.is_empty() {
-                return Err(
-                    "show needs --resources DIR (or use `replay FILE` for a Felix stream)".into(),
-                );
+                return client::show(&cli.socket, v);
             }
             let (_, r) = manifests::replay(resources, node, &stream.options())?;
-            Ok(render_views(&r, &[View::parse(&view)?]))
+            Ok(render_views(&r, &[v]))
         }
+        Command::Counters {
+            watch,
+            interval,
+            json,
+        } => client::counters(&cli.socket, watch.then_some(interval), json),
+        Command::Generations { json } => client::generations(&cli.socket, json),
+        Command::Offload { json } => client::offload(&cli.socket, json),
         Command::ExportFrames { out } => {
             if resources.is_empty() {
                 return Err("export-frames needs --resources DIR".into());
@@ -185,9 +220,21 @@ fn run(cli: Cli) -> Result<String, String> {
                     let (res, r) = manifests::replay(resources, node, &stream.options())?;
                     (Some(res), r)
                 }
+                (None, true) => {
+                    let req = capo_proto::capo::agent::v1::TraceRequest {
+                        from,
+                        to,
+                        protocol: proto,
+                        src_port: sport.map(u32::from),
+                        dst_port: dport.map(u32::from),
+                        icmp_type: icmp_type.map(u32::from),
+                        icmp_code: icmp_code.map(u32::from),
+                    };
+                    return client::trace(&cli.socket, req, json);
+                }
                 _ => {
                     return Err(
-                        "trace needs exactly one of --replay FILE and --resources DIR".into(),
+                        "trace takes at most one of --replay FILE and --resources DIR".into(),
                     )
                 }
             };

@@ -1,0 +1,579 @@
+//! The agent's gRPC API (tonic): counters, generations, offload plan, the capo
+//! views, packet trace and (when enabled) packet injection; `grpc.health.v1` and
+//! server reflection. Served on a unix socket (mode 0660, group configurable) and
+//! optionally on TCP with mutual TLS. Runs on its own tokio runtime; it reads the
+//! daemon under its lock, between frames.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, UNIX_EPOCH};
+
+use capo_proto::capo::agent::v1 as api;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::cli::{packet, trace_json, trace_text, View};
+use crate::daemon::{lock, SharedDaemon};
+
+/// The agent's API socket when none is given.
+pub const DEFAULT_API_SOCKET: &str = "/var/run/capo/agent.sock";
+
+/// Where and how to serve the API.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Unix socket path.
+    pub socket: PathBuf,
+    /// Group owning the socket (name or number); the file mode is 0660.
+    pub group: Option<String>,
+    /// Also serve on TCP with mutual TLS.
+    pub tcp: Option<TcpTls>,
+    /// Accept Inject requests (tests and demos).
+    pub inject: bool,
+}
+
+/// TCP listener with mutual TLS.
+#[derive(Debug, Clone)]
+pub struct TcpTls {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA that client certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The socket could not be bound or set up.
+    #[error("{path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The group does not exist.
+    #[error("group {0:?} not found")]
+    UnknownGroup(String),
+    /// TLS material could not be read.
+    #[error("{path}: {source}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The tokio runtime could not start.
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The TCP server failed to start.
+    #[error("tcp: {0}")]
+    Tcp(String),
+}
+
+/// Resolves a group name (from /etc/group) or number to a gid.
+pub fn resolve_group(group: &str) -> Result<u32, ApiError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let _pw = f.next()?;
+            let gid = f.next()?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| ApiError::UnknownGroup(group.to_string()))
+}
+
+/// Binds the API socket with mode 0660 and the configured group, replacing a stale
+/// socket file.
+fn bind_socket(opts: &ApiOptions) -> Result<std::os::unix::net::UnixListener, ApiError> {
+    let path = &opts.socket;
+    let err = |source| ApiError::Socket {
+        path: path.clone(),
+        source,
+    };
+    let gid = opts.group.as_deref().map(resolve_group).transpose()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "in use by another process",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+/// A running API; dropping it stops the servers and removes the socket file.
+pub struct ApiHandle {
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    socket: PathBuf,
+}
+
+impl ApiHandle {
+    /// The unix socket served.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for ApiHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Starts the API servers on a runtime thread of their own.
+pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiError> {
+    let listener = bind_socket(&opts)?;
+    let tls = match &opts.tcp {
+        Some(t) => Some((t.addr, tls_config(t)?)),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("capo-api")
+        .enable_all()
+        .build()
+        .map_err(ApiError::Runtime)?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let socket = opts.socket.clone();
+    let inject = opts.inject;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), ApiError>>();
+    let thread = std::thread::Builder::new()
+        .name("capo-api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let uds = match tokio::net::UnixListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ApiError::Runtime(e)));
+                        return;
+                    }
+                };
+                let mut tasks = Vec::new();
+                let stop = wait_for(rx.clone());
+                let router = router(daemon.clone(), inject).await;
+                tasks.push(tokio::spawn(async move {
+                    let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+                    if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                        tracing::error!(error = %e, "API server on the unix socket failed");
+                    }
+                }));
+                if let Some((addr, tls)) = tls {
+                    let stop = wait_for(rx.clone());
+                    let builder = match tonic::transport::Server::builder().tls_config(tls) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(ApiError::Tcp(e.to_string())));
+                            return;
+                        }
+                    };
+                    let router = add_services(builder, daemon.clone(), inject).await;
+                    tasks.push(tokio::spawn(async move {
+                        if let Err(e) = router.serve_with_shutdown(addr, stop).await {
+                            tracing::error!(error = %e, "API server on TCP failed");
+                        }
+                    }));
+                }
+                let _ = ready_tx.send(Ok(()));
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        })
+        .map_err(ApiError::Runtime)?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(ApiError::Tcp("API thread ended during start-up".into())),
+    }
+    tracing::info!(socket = %socket.display(), "gRPC API listening");
+    Ok(ApiHandle {
+        shutdown: Some(tx),
+        thread: Some(thread),
+        socket,
+    })
+}
+
+async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn tls_config(t: &TcpTls) -> Result<tonic::transport::ServerTlsConfig, ApiError> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|source| ApiError::Tls {
+            path: p.clone(),
+            source,
+        })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?);
+    let ca = tonic::transport::Certificate::from_pem(read(&t.client_ca)?);
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(ca))
+}
+
+async fn router(daemon: SharedDaemon, inject: bool) -> tonic::transport::server::Router {
+    add_services(tonic::transport::Server::builder(), daemon, inject).await
+}
+
+async fn add_services(
+    mut builder: tonic::transport::Server,
+    daemon: SharedDaemon,
+    inject: bool,
+) -> tonic::transport::server::Router {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let svc = Api { daemon, inject };
+    let mut router = builder
+        .add_service(health)
+        .add_service(api::counters_server::CountersServer::new(svc.clone()))
+        .add_service(api::generations_server::GenerationsServer::new(svc.clone()))
+        .add_service(api::offload_server::OffloadServer::new(svc.clone()))
+        .add_service(api::views_server::ViewsServer::new(svc.clone()))
+        .add_service(api::trace_server::TraceServer::new(svc.clone()))
+        .add_service(api::inject_server::InjectServer::new(svc));
+    match tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(capo_proto::CAPO_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        Ok(reflection) => router = router.add_service(reflection),
+        Err(e) => tracing::warn!(error = %e, "gRPC reflection unavailable"),
+    }
+    router
+}
+
+#[derive(Clone)]
+struct Api {
+    daemon: SharedDaemon,
+    inject: bool,
+}
+
+fn no_policy() -> Status {
+    Status::failed_precondition("no policy yet: the agent has not been in sync with its source")
+}
+
+impl Api {
+    fn counters(&self) -> api::CountersReply {
+        let d = lock(&self.daemon);
+        let mut reply = api::CountersReply {
+            generation: d.generation(),
+            ..Default::default()
+        };
+        if let Some(c) = d.counters() {
+            reply = c;
+            reply.generation = d.generation();
+        }
+        reply
+    }
+}
+
+#[tonic::async_trait]
+impl api::counters_server::Counters for Api {
+    async fn get(
+        &self,
+        _req: Request<api::CountersRequest>,
+    ) -> Result<Response<api::CountersReply>, Status> {
+        Ok(Response::new(self.counters()))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<api::CountersReply, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        req: Request<api::WatchCountersRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let ms = match req.get_ref().interval_ms {
+            0 => 1000,
+            n if n < 100 => {
+                return Err(Status::invalid_argument(
+                    "interval_ms: must be at least 100 (or 0 for the default 1000)",
+                ))
+            }
+            n => n,
+        };
+        let me = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(u64::from(ms)));
+            loop {
+                tick.tick().await;
+                if tx.send(Ok(me.counters())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl api::generations_server::Generations for Api {
+    async fn get(
+        &self,
+        _req: Request<api::GenerationsRequest>,
+    ) -> Result<Response<api::GenerationsReply>, Status> {
+        let d = lock(&self.daemon);
+        let history = d
+            .history()
+            .map(|c| api::Commit {
+                generation: c.generation,
+                started_unix_ms: c
+                    .started
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                duration_us: c.duration.as_micros() as u64,
+                outcome: c.outcome.to_string(),
+                detail: c.detail.clone(),
+                nic_group: 0,
+            })
+            .collect();
+        Ok(Response::new(api::GenerationsReply {
+            active: d.generation(),
+            history,
+            pending_updates: u32::try_from(d.pending_updates()).unwrap_or(u32::MAX),
+            source: d.source().as_str().to_string(),
+            in_sync: d.in_sync(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl api::offload_server::Offload for Api {
+    async fn get_plan(
+        &self,
+        _req: Request<api::OffloadPlanRequest>,
+    ) -> Result<Response<api::OffloadPlanReply>, Status> {
+        let d = lock(&self.daemon);
+        if d.state().is_none() {
+            return Err(no_policy());
+        }
+        Ok(Response::new(d.offload_plan()))
+    }
+}
+
+#[tonic::async_trait]
+impl api::views_server::Views for Api {
+    async fn get(
+        &self,
+        req: Request<api::ViewRequest>,
+    ) -> Result<Response<api::ViewReply>, Status> {
+        let r = req.get_ref();
+        let view = match api::ViewKind::try_from(r.view) {
+            Ok(api::ViewKind::Interfaces) => View::Interfaces,
+            Ok(api::ViewKind::Ipsets) => View::Ipsets,
+            Ok(api::ViewKind::Policies) => View::Policies { verbose: r.verbose },
+            Ok(api::ViewKind::Rules) => View::Rules,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "view: one of INTERFACES, IPSETS, POLICIES, RULES",
+                ))
+            }
+        };
+        let d = lock(&self.daemon);
+        let state = d.state().ok_or_else(no_policy)?;
+        let text = view.render(state, d.ids());
+        let lines = text
+            .lines()
+            .map(|l| api::ViewLine {
+                text: l.to_string(),
+            })
+            .collect();
+        Ok(Response::new(api::ViewReply {
+            text,
+            generation: d.generation(),
+            lines,
+        }))
+    }
+}
+
+fn port(v: Option<u32>, field: &str) -> Result<Option<u16>, Status> {
+    v.map(|p| {
+        u16::try_from(p)
+            .map_err(|_| Status::invalid_argument(format!("{field}: {p} is not a port")))
+    })
+    .transpose()
+}
+
+fn byte(v: Option<u32>, field: &str) -> Result<Option<u8>, Status> {
+    v.map(|p| {
+        u8::try_from(p)
+            .map_err(|_| Status::invalid_argument(format!("{field}: {p} is not 0..=255")))
+    })
+    .transpose()
+}
+
+#[tonic::async_trait]
+impl api::trace_server::Trace for Api {
+    async fn trace(
+        &self,
+        req: Request<api::TraceRequest>,
+    ) -> Result<Response<api::TraceReply>, Status> {
+        let r = req.get_ref();
+        let from: IpAddr = r.from.parse().map_err(|_| {
+            Status::invalid_argument(format!("from: {:?} is not an IP address", r.from))
+        })?;
+        let to: IpAddr = r.to.parse().map_err(|_| {
+            Status::invalid_argument(format!("to: {:?} is not an IP address", r.to))
+        })?;
+        let pkt = packet(
+            from,
+            to,
+            &r.protocol,
+            port(r.src_port, "src_port")?,
+            port(r.dst_port, "dst_port")?,
+            byte(r.icmp_type, "icmp_type")?,
+            byte(r.icmp_code, "icmp_code")?,
+        )
+        .map_err(|e| Status::invalid_argument(e.replace("--", "")))?;
+        let d = lock(&self.daemon);
+        let state = d.state().ok_or_else(no_policy)?;
+        let t = capo_policy::trace(state, &pkt);
+        let views = capo_policy::Views::new(state, d.ids());
+        let steps = t
+            .steps
+            .iter()
+            .map(|s| {
+                let (interface, direction) = match &s.at {
+                    capo_policy::eval::CheckPoint::Workload {
+                        interface,
+                        direction,
+                        ..
+                    }
+                    | capo_policy::eval::CheckPoint::Forward {
+                        interface,
+                        direction,
+                        ..
+                    } => (interface.clone(), *direction),
+                    capo_policy::eval::CheckPoint::Host { direction } => {
+                        (d.ids().host_interface().to_string(), *direction)
+                    }
+                };
+                api::TraceStep {
+                    decided_in: d.decided_in(&interface, direction, &pkt).to_string(),
+                    interface,
+                    direction: direction.to_string(),
+                    verdict: verdict_str(s.outcome.verdict).to_string(),
+                    decider: views.decider_line(&s.outcome.decider),
+                }
+            })
+            .collect();
+        Ok(Response::new(api::TraceReply {
+            verdict: verdict_str(t.verdict).to_string(),
+            steps,
+            generation: d.generation(),
+            text: trace_text(&t, state, d.ids()),
+            json: trace_json(&t, state, d.ids()).to_string(),
+        }))
+    }
+}
+
+fn verdict_str(v: capo_policy::Verdict) -> &'static str {
+    match v {
+        capo_policy::Verdict::Allow => "allow",
+        capo_policy::Verdict::Deny => "deny",
+    }
+}
+
+#[tonic::async_trait]
+impl api::inject_server::Inject for Api {
+    async fn inject(
+        &self,
+        req: Request<api::InjectRequest>,
+    ) -> Result<Response<api::InjectReply>, Status> {
+        if !self.inject {
+            return Err(Status::permission_denied(
+                "inject is off: start capo-agent with --enable-inject",
+            ));
+        }
+        let r = req.into_inner();
+        let direction = match r.direction.as_str() {
+            "ingress" => capo_policy::Direction::Ingress,
+            "egress" => capo_policy::Direction::Egress,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "direction: {other:?} is not ingress or egress"
+                )))
+            }
+        };
+        if r.interface.is_empty() {
+            return Err(Status::invalid_argument("interface: required"));
+        }
+        let mut d = lock(&self.daemon);
+        if d.state().is_none() {
+            return Err(no_policy());
+        }
+        d.inject(&r.interface, direction, &r.frames)
+            .map(Response::new)
+            .map_err(Status::invalid_argument)
+    }
+}
+
+/// A client connected to the agent's unix socket.
+pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, String> {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://capo-agent")
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|e| format!("{}: {}", socket.display(), error_chain(&e)))
+}
+
+/// An error and its sources, `a: b: c` (tonic's transport errors hide the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s += ": ";
+            s += &msg;
+        }
+        cur = c.source();
+    }
+    s
+}

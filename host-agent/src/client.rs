@@ -1,0 +1,258 @@
+//! capoctl's commands that ask a running agent over its API socket.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use capo_proto::capo::agent::v1 as api;
+use tokio_stream::StreamExt;
+
+use crate::cli::View;
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))
+}
+
+fn status(e: tonic::Status) -> String {
+    format!("agent: {}", e.message())
+}
+
+/// `show capo …` from the agent.
+pub fn show(socket: &Path, view: View) -> Result<String, String> {
+    let (kind, verbose) = match view {
+        View::Interfaces => (api::ViewKind::Interfaces, false),
+        View::Ipsets => (api::ViewKind::Ipsets, false),
+        View::Policies { verbose } => (api::ViewKind::Policies, verbose),
+        View::Rules => (api::ViewKind::Rules, false),
+    };
+    runtime()?.block_on(async {
+        let mut c = api::views_client::ViewsClient::new(crate::api::connect(socket).await?);
+        let r = c
+            .get(api::ViewRequest {
+                view: kind as i32,
+                verbose,
+            })
+            .await
+            .map_err(status)?;
+        Ok(r.into_inner().text)
+    })
+}
+
+fn placement(p: i32) -> &'static str {
+    match api::Placement::try_from(p) {
+        Ok(api::Placement::Nic) => "nic",
+        Ok(api::Placement::Software) => "software",
+        _ => "-",
+    }
+}
+
+/// Text form of a counters snapshot.
+pub fn counters_text(c: &api::CountersReply) -> String {
+    let mut out = format!("generation {}\n", c.generation);
+    if let Some(t) = &c.totals {
+        let _ = writeln!(
+            out,
+            "totals: packets={} allowed={} denied={} nic={} software={} flow-hits={}",
+            t.packets, t.allowed, t.denied, t.nic_decided, t.software_decided, t.flow_table_hits
+        );
+    }
+    if !c.interfaces.is_empty() {
+        out += "interfaces:\n";
+        for i in &c.interfaces {
+            let _ = writeln!(
+                out,
+                "  [{} sw_if_index={}] {}: allowed={} denied={}",
+                i.interface, i.sw_if_index, i.direction, i.allowed_packets, i.denied_packets
+            );
+        }
+    }
+    if !c.rules.is_empty() {
+        out += "rules:\n";
+        for r in &c.rules {
+            let _ = writeln!(
+                out,
+                "  rule#{} {} sw={}/{}B nic={}/{}B {} {}",
+                r.rule_id,
+                placement(r.placement),
+                r.software_packets,
+                r.software_bytes,
+                r.nic_packets,
+                r.nic_bytes,
+                r.owner,
+                r.rule
+            );
+        }
+    }
+    out
+}
+
+fn counters_json(c: &api::CountersReply) -> serde_json::Value {
+    serde_json::json!({
+        "generation": c.generation,
+        "totals": c.totals.as_ref().map(|t| serde_json::json!({
+            "packets": t.packets, "allowed": t.allowed, "denied": t.denied,
+            "nic_decided": t.nic_decided, "software_decided": t.software_decided,
+            "flow_table_hits": t.flow_table_hits,
+        })),
+        "interfaces": c.interfaces.iter().map(|i| serde_json::json!({
+            "interface": i.interface, "sw_if_index": i.sw_if_index, "direction": i.direction,
+            "allowed_packets": i.allowed_packets, "denied_packets": i.denied_packets,
+            "allowed_bytes": i.allowed_bytes, "denied_bytes": i.denied_bytes,
+        })).collect::<Vec<_>>(),
+        "rules": c.rules.iter().map(|r| serde_json::json!({
+            "rule_id": r.rule_id, "rule": r.rule, "owner": r.owner,
+            "software_packets": r.software_packets, "software_bytes": r.software_bytes,
+            "nic_packets": r.nic_packets, "nic_bytes": r.nic_bytes,
+            "placement": placement(r.placement),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `capoctl counters [--watch] [--json]`.
+pub fn counters(socket: &Path, watch: Option<Duration>, json: bool) -> Result<String, String> {
+    let render = |c: &api::CountersReply| {
+        if json {
+            counters_json(c).to_string() + "\n"
+        } else {
+            counters_text(c)
+        }
+    };
+    runtime()?.block_on(async {
+        let mut client =
+            api::counters_client::CountersClient::new(crate::api::connect(socket).await?);
+        let Some(every) = watch else {
+            let r = client.get(api::CountersRequest {}).await.map_err(status)?;
+            return Ok(render(&r.into_inner()));
+        };
+        let ms = u32::try_from(every.as_millis()).unwrap_or(u32::MAX);
+        let mut stream = client
+            .watch(api::WatchCountersRequest { interval_ms: ms })
+            .await
+            .map_err(status)?
+            .into_inner();
+        while let Some(item) = stream.next().await {
+            print!("{}", render(&item.map_err(status)?));
+        }
+        Ok(String::new())
+    })
+}
+
+/// `capoctl generations [--json]`.
+pub fn generations(socket: &Path, json: bool) -> Result<String, String> {
+    runtime()?.block_on(async {
+        let mut c =
+            api::generations_client::GenerationsClient::new(crate::api::connect(socket).await?);
+        let g = c
+            .get(api::GenerationsRequest {})
+            .await
+            .map_err(status)?
+            .into_inner();
+        if json {
+            return Ok(serde_json::json!({
+                "active": g.active, "source": g.source, "in_sync": g.in_sync,
+                "pending_updates": g.pending_updates,
+                "history": g.history.iter().map(|h| serde_json::json!({
+                    "generation": h.generation, "started_unix_ms": h.started_unix_ms,
+                    "duration_us": h.duration_us, "outcome": h.outcome, "detail": h.detail,
+                    "nic_group": h.nic_group,
+                })).collect::<Vec<_>>(),
+            })
+            .to_string()
+                + "\n");
+        }
+        let mut out = format!(
+            "active generation {} (source {}, {}), {} updates pending\n",
+            g.active,
+            g.source,
+            if g.in_sync { "in sync" } else { "not in sync" },
+            g.pending_updates
+        );
+        for h in &g.history {
+            let when = humantime::format_rfc3339_millis(
+                UNIX_EPOCH + Duration::from_millis(h.started_unix_ms),
+            );
+            let _ = writeln!(
+                out,
+                "  #{} {} {} in {}us{}{}",
+                h.generation,
+                when,
+                h.outcome,
+                h.duration_us,
+                if h.nic_group > 0 {
+                    format!(" nic-group={}", h.nic_group)
+                } else {
+                    String::new()
+                },
+                if h.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", h.detail)
+                }
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// `capoctl offload [--json]`.
+pub fn offload(socket: &Path, json: bool) -> Result<String, String> {
+    runtime()?.block_on(async {
+        let mut c = api::offload_client::OffloadClient::new(crate::api::connect(socket).await?);
+        let p = c
+            .get_plan(api::OffloadPlanRequest {})
+            .await
+            .map_err(status)?
+            .into_inner();
+        if json {
+            return Ok(serde_json::json!({
+                "generation": p.generation, "nic": p.nic, "offload_available": p.offload_available,
+                "entries_used": p.entries_used, "entries_capacity": p.entries_capacity,
+                "rules": p.rules.iter().map(|r| serde_json::json!({
+                    "rule_id": r.rule_id, "rule": r.rule, "placement": placement(r.placement),
+                    "reason": r.reason, "nic_entries": r.nic_entries,
+                })).collect::<Vec<_>>(),
+            })
+            .to_string()
+                + "\n");
+        }
+        let mut out = format!(
+            "nic {} ({}), generation {}, {}/{} entries\n",
+            p.nic,
+            if p.offload_available {
+                "offload available"
+            } else {
+                "fallback-only: every rule in software"
+            },
+            p.generation,
+            p.entries_used,
+            p.entries_capacity
+        );
+        for r in &p.rules {
+            let _ = writeln!(
+                out,
+                "  rule#{} {}{} {}",
+                r.rule_id,
+                placement(r.placement),
+                if r.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.reason)
+                },
+                r.rule
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// `capoctl trace …` against the agent.
+pub fn trace(socket: &Path, req: api::TraceRequest, json: bool) -> Result<String, String> {
+    runtime()?.block_on(async {
+        let mut c = api::trace_client::TraceClient::new(crate::api::connect(socket).await?);
+        let r = c.trace(req).await.map_err(status)?.into_inner();
+        Ok(if json { r.json + "\n" } else { r.text })
+    })
+}

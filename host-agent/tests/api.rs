@@ -1,0 +1,253 @@
+//! The agent's gRPC API through a real client over its unix socket, and capoctl's
+//! commands that use it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use capo_proto::capo::agent::v1 as api;
+
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+    api: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(name: &str, extra: &[&str]) -> Agent {
+    let dir = std::env::temp_dir().join(format!("capo-api-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let api = dir.join("agent.sock");
+    let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+    let mut args = vec![
+        "--resources".to_string(),
+        seed.to_str().unwrap().into(),
+        "--node".into(),
+        "kind-worker2".into(),
+        "--api-socket".into(),
+        api.to_str().unwrap().into(),
+        "--ifindex".into(),
+        "tun3=11".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let agent = Agent { child, dir, api };
+    let start = Instant::now();
+    // Ready once the API answers with a generation.
+    loop {
+        let (rc, out, _) = capoctl(&agent.api, &["generations"]);
+        if rc == 0 && out.contains("in sync") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "agent not ready: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent
+}
+
+fn capoctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_capoctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn views_generations_trace_and_offload_through_capoctl() {
+    let a = start("capoctl", &[]);
+    let (rc, out, err) = capoctl(&a.api, &["show", "capo", "interfaces"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains("[tun3 sw_if_index=11  addr=11.0.0.67 addr6=fd20::1cc0:b1ac:ad47:e7c2]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tx:[rule#18;allow][proto==TCP,dst==5978,"),
+        "{out}"
+    );
+
+    let (rc, out, _) = capoctl(&a.api, &["generations", "--json"]);
+    assert_eq!(rc, 0);
+    let g: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(g["source"], "manifests");
+    assert_eq!(g["in_sync"], true);
+    assert!(g["active"].as_u64().unwrap() >= 1);
+    assert_eq!(g["history"][0]["outcome"], "committed");
+
+    let (rc, out, _) = capoctl(
+        &a.api,
+        &[
+            "trace",
+            "--from",
+            "11.0.0.196",
+            "--to",
+            "11.0.0.67",
+            "--proto",
+            "tcp",
+            "--dport",
+            "5978",
+        ],
+    );
+    assert_eq!(rc, 0);
+    assert!(out.starts_with("ALLOW\n"), "{out}");
+    let (rc, out, _) = capoctl(
+        &a.api,
+        &[
+            "trace",
+            "--from",
+            "11.0.0.196",
+            "--to",
+            "11.0.0.67",
+            "--proto",
+            "tcp",
+            "--dport",
+            "5979",
+            "--json",
+        ],
+    );
+    assert_eq!(rc, 0);
+    let t: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(t["verdict"], "deny");
+
+    let (rc, out, _) = capoctl(&a.api, &["offload"]);
+    assert_eq!(rc, 0);
+    assert!(out.contains("fallback-only"), "{out}");
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let a = start("bad", &[]);
+    rt().block_on(async {
+        let ch = capo_agent::api::connect(&a.api).await.unwrap();
+        let mut trace = api::trace_client::TraceClient::new(ch.clone());
+        let e = trace
+            .trace(api::TraceRequest {
+                from: "not-an-ip".into(),
+                to: "11.0.0.67".into(),
+                protocol: "tcp".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("from:"), "{}", e.message());
+        let e = trace
+            .trace(api::TraceRequest {
+                from: "11.0.0.196".into(),
+                to: "11.0.0.67".into(),
+                protocol: "tcp".into(),
+                dst_port: Some(70000),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("dst_port:"), "{}", e.message());
+
+        let mut views = api::views_client::ViewsClient::new(ch.clone());
+        let e = views
+            .get(api::ViewRequest {
+                view: 0,
+                verbose: false,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("view:"), "{}", e.message());
+
+        let mut counters = api::counters_client::CountersClient::new(ch.clone());
+        let e = counters
+            .watch(api::WatchCountersRequest { interval_ms: 5 })
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("interval_ms:"), "{}", e.message());
+
+        // Inject is off unless enabled.
+        let mut inject = api::inject_client::InjectClient::new(ch.clone());
+        let e = inject
+            .inject(api::InjectRequest {
+                interface: "tun3".into(),
+                direction: "ingress".into(),
+                frames: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+
+        // Health.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+        let h = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            h.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    });
+}
+
+#[test]
+fn socket_is_mode_0660_and_refuses_other_users() {
+    let a = start("perm", &[]);
+    let mode = std::fs::metadata(&a.api).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    // Only root can switch to another user to try the socket.
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let runuser = Path::new("/usr/sbin/runuser").exists() || Path::new("/sbin/runuser").exists();
+    if !is_root || !runuser {
+        eprintln!("SKIP socket_is_mode_0660_and_refuses_other_users: needs root and runuser to try the socket as another user");
+        return;
+    }
+    // `nobody` can reach the directory but not the socket.
+    std::fs::set_permissions(&a.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(env!("CARGO_BIN_EXE_capoctl"))
+        .arg("--socket")
+        .arg(&a.api)
+        .arg("generations")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("permission denied"), "{err}");
+}
