@@ -30,6 +30,8 @@ pub struct ApiOptions {
     pub tcp: Option<TcpTls>,
     /// Accept Inject requests (tests and demos).
     pub inject: bool,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// TCP listener with mutual TLS.
@@ -73,6 +75,9 @@ pub enum ApiError {
     /// The TCP server failed to start.
     #[error("tcp: {0}")]
     Tcp(String),
+    /// The metrics listener could not bind.
+    #[error("metrics {0}: {1}")]
+    Metrics(SocketAddr, std::io::Error),
 }
 
 /// Resolves a group name (from /etc/group) or number to a gid.
@@ -166,6 +171,7 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
     let (tx, rx) = tokio::sync::watch::channel(false);
     let socket = opts.socket.clone();
     let inject = opts.inject;
+    let metrics = opts.metrics;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), ApiError>>();
     let thread = std::thread::Builder::new()
         .name("capo-api".into())
@@ -200,6 +206,22 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
                     tasks.push(tokio::spawn(async move {
                         if let Err(e) = router.serve_with_shutdown(addr, stop).await {
                             tracing::error!(error = %e, "API server on TCP failed");
+                        }
+                    }));
+                }
+                if let Some(addr) = metrics {
+                    let stop = wait_for(rx.clone());
+                    let listener = match tokio::net::TcpListener::bind(addr).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(ApiError::Metrics(addr, e)));
+                            return;
+                        }
+                    };
+                    let d = daemon.clone();
+                    tasks.push(tokio::spawn(async move {
+                        if let Err(e) = crate::metrics::serve(d, listener, stop).await {
+                            tracing::error!(error = %e, "metrics listener failed");
                         }
                     }));
                 }

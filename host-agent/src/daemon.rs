@@ -149,6 +149,7 @@ pub struct Daemon {
     history: VecDeque<CommitRecord>,
     sinks: Vec<Box<dyn PolicySink>>,
     started: Instant,
+    commit_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// The daemon shared between the policy source and the API.
@@ -172,6 +173,7 @@ impl Daemon {
             history: VecDeque::new(),
             sinks: Vec::new(),
             started: Instant::now(),
+            commit_latency: crate::metrics::commit_latency_histogram(),
         }
     }
 
@@ -283,6 +285,11 @@ impl Daemon {
             })
     }
 
+    /// Commit latency, for metrics.
+    pub fn commit_latency(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.commit_latency
+    }
+
     /// How long the agent has run.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -375,6 +382,7 @@ impl Daemon {
             }
         }
         let duration = t0.elapsed();
+        self.commit_latency.observe(duration.as_secs_f64());
         tracing::debug!(
             generation = self.generation,
             us = duration.as_micros() as u64,

@@ -15,4 +15,5 @@ pub mod felix;
 pub mod fuzzing;
 pub mod logging;
 pub mod manifests;
+pub mod metrics;
 pub mod replay;

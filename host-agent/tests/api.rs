@@ -251,3 +251,29 @@ fn socket_is_mode_0660_and_refuses_other_users() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.to_lowercase().contains("permission denied"), "{err}");
 }
+
+#[test]
+fn prometheus_metrics_on_loopback() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let a = start("metrics", &["--metrics", &addr]);
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("capo_active_generation "), "{body}");
+    assert!(body.contains("capo_in_sync 1"), "{body}");
+    assert!(
+        body.contains("capo_commit_duration_seconds_bucket"),
+        "{body}"
+    );
+    assert!(body.contains("capo_nic_table_entries_used"), "{body}");
+    drop(a);
+}

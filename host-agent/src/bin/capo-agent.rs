@@ -80,8 +80,11 @@ struct Args {
     /// Accept the Inject API (tests and demos).
     #[arg(long)]
     enable_inject: bool,
+    /// Serve Prometheus metrics over HTTP (default address 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = capo_agent::metrics::DEFAULT_METRICS_ADDR)]
+    metrics: Option<std::net::SocketAddr>,
     /// Do not serve the gRPC API.
-    #[arg(long, conflicts_with_all = ["api_tcp", "enable_inject"])]
+    #[arg(long, conflicts_with_all = ["api_tcp", "enable_inject", "metrics"])]
     no_api: bool,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
             group: args.api_group.clone(),
             tcp,
             inject: args.enable_inject,
+            metrics: args.metrics,
         };
         match capo_agent::api::spawn(daemon.clone(), api_opts) {
             Ok(h) => Some(h),

@@ -1,0 +1,165 @@
+//! Prometheus metrics on an optional HTTP listener (loopback by default): per-rule
+//! and per-interface counters, the active generation, commit latency, NIC table
+//! occupancy. Built from the daemon at each scrape.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::daemon::{lock, SharedDaemon};
+
+/// Where the metrics listener binds when `--metrics` is given without an address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+    placement: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleDeciderLabels {
+    rule: String,
+    decided_in: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabels {
+    interface: String,
+    direction: String,
+    verdict: String,
+}
+
+/// Buckets of the commit latency histogram, in seconds (10 µs to ~10 s).
+pub fn commit_latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1e-5, 4.0, 11,
+    ))
+}
+
+/// The text exposition of every metric, now.
+pub fn render(daemon: &SharedDaemon) -> String {
+    let mut reg = Registry::with_prefix("capo");
+    let d = lock(daemon);
+
+    let generation: Gauge = Gauge::default();
+    generation.set(i64::try_from(d.generation()).unwrap_or(i64::MAX));
+    reg.register("active_generation", "The generation in force", generation);
+
+    let in_sync: Gauge = Gauge::default();
+    in_sync.set(i64::from(d.in_sync()));
+    reg.register("in_sync", "1 when the policy source is in sync", in_sync);
+
+    reg.register(
+        "commit_duration_seconds",
+        "Time to commit a generation, dataplanes included",
+        d.commit_latency().clone(),
+    );
+
+    let packets = Family::<RuleDeciderLabels, Counter>::default();
+    let bytes = Family::<RuleDeciderLabels, Counter>::default();
+    let ifaces = Family::<InterfaceLabels, Counter>::default();
+    if let Some(c) = d.counters() {
+        for r in &c.rules {
+            for (decided_in, p, b) in [
+                ("software", r.software_packets, r.software_bytes),
+                ("nic", r.nic_packets, r.nic_bytes),
+            ] {
+                let l = RuleDeciderLabels {
+                    rule: r.rule_id.to_string(),
+                    decided_in: decided_in.into(),
+                };
+                packets.get_or_create(&l).inc_by(p);
+                bytes.get_or_create(&l).inc_by(b);
+            }
+        }
+        for i in &c.interfaces {
+            for (verdict, n) in [("allow", i.allowed_packets), ("deny", i.denied_packets)] {
+                ifaces
+                    .get_or_create(&InterfaceLabels {
+                        interface: i.interface.clone(),
+                        direction: i.direction.clone(),
+                        verdict: verdict.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+    reg.register("rule_packets", "Packets decided by a rule", packets);
+    reg.register("rule_bytes", "Bytes decided by a rule", bytes);
+    reg.register(
+        "interface_packets",
+        "Packets per interface, direction and verdict",
+        ifaces,
+    );
+
+    let plan = d.offload_plan();
+    let used: Gauge = Gauge::default();
+    used.set(i64::from(plan.entries_used));
+    reg.register("nic_table_entries_used", "NIC flow entries in use", used);
+    let cap: Gauge = Gauge::default();
+    cap.set(i64::from(plan.entries_capacity));
+    reg.register(
+        "nic_table_entries_capacity",
+        "NIC flow entries available",
+        cap,
+    );
+    let placements = Family::<RuleLabels, Gauge>::default();
+    for r in &plan.rules {
+        let placement = match capo_proto::capo::agent::v1::Placement::try_from(r.placement) {
+            Ok(capo_proto::capo::agent::v1::Placement::Nic) => "nic",
+            _ => "software",
+        };
+        placements
+            .get_or_create(&RuleLabels {
+                rule: r.rule_id.to_string(),
+                placement: placement.into(),
+            })
+            .set(1);
+    }
+    reg.register(
+        "rule_placement",
+        "Where each rule is decided (1)",
+        placements,
+    );
+    drop(d);
+
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &reg) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    out
+}
+
+/// Serves `GET /metrics` until `stop` resolves.
+pub async fn serve(
+    daemon: SharedDaemon,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening");
+    }
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let d = daemon.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    render(&d),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+}
