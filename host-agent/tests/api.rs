@@ -277,3 +277,63 @@ fn prometheus_metrics_on_loopback() {
     assert!(body.contains("capo_nic_table_entries_used"), "{body}");
     drop(a);
 }
+
+#[test]
+fn config_file_settings_with_flags_overriding() {
+    let dir = std::env::temp_dir().join(format!("capo-api-{}-config", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+    let from_file = dir.join("from-file.sock");
+    let from_cli = dir.join("from-cli.sock");
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "resources = [{:?}]\nnode = \"kind-worker2\"\napi_socket = {:?}\n[ifindex]\ntun3 = 11\n",
+            seed.to_str().unwrap(),
+            from_file.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--api-socket")
+        .arg(&from_cli)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let out = loop {
+        let (rc, out, _) = capoctl(&from_cli, &["show", "capo", "interfaces"]);
+        if rc == 0 {
+            break out;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "agent not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        out.contains("[tun3 sw_if_index=11  addr=11.0.0.67"),
+        "{out}"
+    );
+    assert!(!from_file.exists(), "the flag overrides the file");
+
+    // A bad key is refused with the file and key named.
+    std::fs::write(&cfg, "no_such = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agent.toml") && err.contains("no_such"),
+        "{err}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,15 +16,19 @@ use capo_agent::daemon::{
 use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_agent::logging::{self, LogFormat};
 use capo_policy::IdTable;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "capo-agent",
     version,
-    about = "capo host agent: Calico policy from Felix"
+    about = "capo host agent: Calico policy from Felix",
+    args_override_self = true
 )]
 struct Args {
+    /// TOML file with the same settings as the flags (flags override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Unix socket to accept Felix (felix-api-proxy) connections on.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_FELIX_SOCKET)]
     felix_socket: PathBuf,
@@ -99,7 +103,18 @@ fn remove(path: Option<PathBuf>) {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let known: Vec<String> = Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    let argv = match capo_agent::config::args_with_config(std::env::args_os().collect(), &known) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("capo-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = Args::parse_from(argv);
     logging::init(args.log_format, "info");
     let opts = FelixOptions {
         schema: args.schema,

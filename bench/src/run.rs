@@ -1,0 +1,301 @@
+//! The `capo-bench classify` measurements: every engine on the same packets.
+//!
+//! - `fast`: [`capo_classifier::Generation::classify`], first packet of each flow
+//!   (no flow table), the whole packet list repeated until the time budget is spent.
+//! - `reference`: [`capo_policy::eval::evaluate_workload`], the specification.
+//! - `linear`: the C plugin's algorithm ([`crate::linear`]).
+//! - `rte_acl`: DPDK's classifier on the rules expanded ([`crate::acl`]).
+//!
+//! Slow engines are sampled: they run the packet list in order until their time
+//! budget is spent (at least 50 packets), so W-large stays practical on 2 cores.
+//! Compile time is one full [`capo_classifier::Builder::build`]; update p99 is over
+//! single-member add/remove deltas applied with [`capo_classifier::Builder::apply`]
+//! and published to a [`capo_classifier::GenerationCell`].
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use capo_classifier::{Builder, GenerationCell, IfaceKind, Scratch};
+use capo_policy::{eval, Cidr, Member, Update, Verdict};
+
+use crate::linear::Linear;
+use crate::workload::{generate, Kind, Rng, Workload};
+
+/// One engine's result: the fields of one JSON line (`None` prints as `null`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// `fast`, `reference`, `linear`, `rte_acl`.
+    pub engine: &'static str,
+    /// `w-seed`, `w-k8s`, `w-large`.
+    pub workload: &'static str,
+    /// Nanoseconds per packet (first packet of a flow).
+    pub ns_per_packet: Option<f64>,
+    /// Million packets per second on one core.
+    pub mpps: Option<f64>,
+    /// Full compile (build) time.
+    pub compile_ms: Option<f64>,
+    /// p99 of one IP-set member add/remove, microseconds.
+    pub update_p99_us: Option<f64>,
+    /// Index memory per IP-set member.
+    pub bytes_per_member: Option<f64>,
+    /// Why a field is null, or what was sampled.
+    pub note: Option<String>,
+}
+
+impl Row {
+    fn new(engine: &'static str, workload: &'static str) -> Self {
+        Row {
+            engine,
+            workload,
+            ns_per_packet: None,
+            mpps: None,
+            compile_ms: None,
+            update_p99_us: None,
+            bytes_per_member: None,
+            note: None,
+        }
+    }
+
+    fn timing(mut self, ns: f64) -> Self {
+        self.ns_per_packet = Some(ns);
+        self.mpps = Some(if ns > 0.0 { 1e3 / ns } else { 0.0 });
+        self
+    }
+
+    /// The row as one JSON object.
+    pub fn json(&self) -> String {
+        let r = |x: Option<f64>| x.map(|v| (v * 1000.0).round() / 1000.0);
+        let mut v = serde_json::json!({
+            "engine": self.engine,
+            "workload": self.workload,
+            "ns_per_packet": r(self.ns_per_packet),
+            "mpps": r(self.mpps),
+            "compile_ms": r(self.compile_ms),
+            "update_p99_us": r(self.update_p99_us),
+            "bytes_per_member": r(self.bytes_per_member),
+        });
+        if let (Some(note), Some(obj)) = (&self.note, v.as_object_mut()) {
+            obj.insert("note".into(), serde_json::Value::String(note.clone()));
+        }
+        v.to_string()
+    }
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Shorter budgets and fewer updates.
+    pub quick: bool,
+    /// Only the fast classifier (for profiling).
+    pub fast_only: bool,
+}
+
+impl Options {
+    fn budget(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_millis(2000)
+        }
+    }
+
+    fn updates(&self) -> usize {
+        if self.quick {
+            300
+        } else {
+            2000
+        }
+    }
+}
+
+/// Measures every engine on one workload. `log` receives progress lines.
+pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row> {
+    let t = Instant::now();
+    let w = generate(kind);
+    let (state, ids) = w.state();
+    log(&format!(
+        "{}: {} rules, {} members, {} packets; generated in {:.1}s",
+        kind.name(),
+        w.rules,
+        w.members,
+        w.packets.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    let name = kind.name();
+    let mut rows = Vec::new();
+
+    // Fast classifier.
+    let t = Instant::now();
+    let mut builder = Builder::new();
+    let g = builder.build(&state, &ids);
+    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    let inputs: Vec<_> = w
+        .packets
+        .iter()
+        .filter_map(|(k, d, p)| {
+            g.interface_of(&IfaceKind::Workload(k.clone()))
+                .map(|i| (i, *d, *p))
+        })
+        .collect();
+    let mut scratch = Scratch::default();
+    let fast_verdicts: Vec<Verdict> = inputs
+        .iter()
+        .filter_map(|(i, d, p)| g.classify(*i, *d, p, &mut scratch).map(|x| x.verdict))
+        .collect();
+    // Batches of 256, as VPP hands frames, through the prefetching batch path.
+    let batches: Vec<&[_]> = inputs.chunks(capo_classifier::MAX_BATCH).collect();
+    let mut out = Vec::with_capacity(capo_classifier::MAX_BATCH);
+    let per_batch = time_loop(opts.budget(), batches.len(), |k| {
+        if let Some(b) = batches.get(k) {
+            g.classify_batch(b, &mut scratch, &mut out);
+            black_box(out.len());
+        }
+    });
+    let ns = per_batch * batches.len() as f64 / inputs.len().max(1) as f64;
+    let mem = g.memory();
+    let mut fast = Row::new("fast", name).timing(ns);
+    fast.compile_ms = Some(compile_ms);
+    fast.bytes_per_member = Some(mem.index_bytes as f64 / mem.members.max(1) as f64);
+    log(&format!(
+        "fast: index {} MiB, programs {} MiB, {} members",
+        mem.index_bytes >> 20,
+        mem.program_bytes >> 20,
+        mem.members
+    ));
+    drop(g);
+    fast.update_p99_us = Some(update_p99(
+        &w,
+        state.clone(),
+        ids.clone(),
+        &mut builder,
+        opts,
+    ));
+    rows.push(fast);
+    if opts.fast_only {
+        return rows;
+    }
+
+    // Reference evaluator (sampled), with an agreement check against the fast path.
+    let mut mismatches = 0usize;
+    let mut k = 0usize;
+    let ns = time_sampled(opts.budget(), w.packets.len(), |i| {
+        if let Some((key, d, p)) = w.packets.get(i) {
+            let o = eval::evaluate_workload(&state, key, *d, p);
+            if let (Some(o), Some(f)) = (o, fast_verdicts.get(i)) {
+                if o.verdict != *f {
+                    mismatches += 1;
+                }
+            }
+            k += 1;
+        }
+    });
+    log(&format!(
+        "reference: {k} packets sampled, {mismatches} verdict mismatches against fast"
+    ));
+    let mut reference = Row::new("reference", name).timing(ns);
+    reference.note = Some(format!("sampled {k} of {} packets", w.packets.len()));
+    rows.push(reference);
+
+    // The C plugin's linear algorithm (sampled).
+    let t = Instant::now();
+    let linear = Linear::build(&state);
+    let linear_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut k = 0usize;
+    let ns = time_sampled(opts.budget(), w.packets.len(), |i| {
+        if let Some((key, d, p)) = w.packets.get(i) {
+            black_box(linear.evaluate(key, *d, p));
+            k += 1;
+        }
+    });
+    let mut lin = Row::new("linear", name).timing(ns);
+    lin.compile_ms = Some(linear_ms);
+    lin.note = Some(format!("sampled {k} of {} packets", w.packets.len()));
+    rows.push(lin);
+
+    // rte_acl.
+    rows.push(crate::acl::measure(&w, &state, opts.budget(), log));
+    rows
+}
+
+/// Runs `f(i)` over `0..n` repeatedly until `budget` is spent; ns per call, in
+/// this thread's CPU time (the benchmark machine is shared: wall time would count
+/// other tenants' time slices).
+fn time_loop(budget: Duration, n: usize, mut f: impl FnMut(usize)) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    for i in 0..n {
+        f(i);
+    }
+    let t = Instant::now();
+    let c = crate::cpu::thread_time();
+    let mut calls = 0u64;
+    while t.elapsed() < budget {
+        for i in 0..n {
+            f(i);
+        }
+        calls += n as u64;
+    }
+    (crate::cpu::thread_time() - c).as_nanos() as f64 / calls.max(1) as f64
+}
+
+/// Runs `f(i)` for `i` in order until `budget` is spent (at least 50, at most `n`).
+fn time_sampled(budget: Duration, n: usize, mut f: impl FnMut(usize)) -> f64 {
+    let t = Instant::now();
+    let c = crate::cpu::thread_time();
+    let mut i = 0;
+    while i < n && (i < 50 || t.elapsed() < budget) {
+        f(i);
+        i += 1;
+    }
+    (crate::cpu::thread_time() - c).as_nanos() as f64 / i.max(1) as f64
+}
+
+/// p99 of single-member add/remove deltas (state apply + index update + publish).
+fn update_p99(
+    w: &Workload,
+    mut state: capo_policy::State,
+    mut ids: capo_policy::IdTable,
+    builder: &mut Builder,
+    opts: Options,
+) -> f64 {
+    let Some(first) = builder.current().cloned() else {
+        return f64::NAN;
+    };
+    let cell = GenerationCell::new(first);
+    let mut rng = Rng::new(99);
+    let mut samples = Vec::with_capacity(opts.updates());
+    let mut added: Vec<(capo_policy::IpSetId, Member)> = Vec::new();
+    for i in 0..opts.updates() {
+        let update = if i % 2 == 0 || added.is_empty() {
+            let set = w
+                .selector_sets
+                .get(rng.below(w.selector_sets.len()))
+                .cloned();
+            let Some(set) = set else { break };
+            let addr = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x6400_0000u32 + i as u32));
+            let m = Member::Net(Cidr::host(addr));
+            added.push((set.clone(), m));
+            Update::IpSetDelta {
+                id: set,
+                added: vec![m],
+                removed: vec![],
+            }
+        } else {
+            let (set, m) = added.swap_remove(rng.below(added.len()));
+            Update::IpSetDelta {
+                id: set,
+                added: vec![],
+                removed: vec![m],
+            }
+        };
+        let t = Instant::now();
+        if let Ok(g) = builder.apply(&mut state, &mut ids, update) {
+            cell.publish(g);
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let idx = (samples.len() * 99 / 100).min(samples.len().saturating_sub(1));
+    samples.get(idx).copied().unwrap_or(f64::NAN)
+}

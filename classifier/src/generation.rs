@@ -1,0 +1,301 @@
+//! Generations: immutable compiled snapshots, and the cell workers read them from.
+//!
+//! A [`Generation`] is never changed once published. Parts that an update does not
+//! touch (programs of other interfaces, index leaves of other addresses) are shared
+//! with the previous generation through `Arc`s, so an update costs what it changes.
+//!
+//! [`GenerationCell`] publishes generations with `arc-swap`: readers load the
+//! current one without taking a lock (a few atomic operations, no syscalls), and a
+//! generation is freed when the last reader holding it lets go — so the old and new
+//! generations are both resident while workers move over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use capo_policy::{Direction, HostEndpointKey, Packet, WorkloadKey};
+
+use crate::index::{AddrIndex, AtomId};
+use crate::program::{Decision, Program, Scratch};
+
+/// A generation's id: strictly increasing across the life of a [`crate::Builder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GenerationId(pub u64);
+
+/// An interface within one generation (an index into its interface table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IfaceId(pub(crate) u32);
+
+impl IfaceId {
+    /// The raw index, for use as a table key within one generation.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+}
+
+/// What an interface is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IfaceKind {
+    /// A local workload's interface: ingress is towards the workload.
+    Workload(WorkloadKey),
+    /// The host-facing interface: ingress is towards the host.
+    Host,
+    /// A host endpoint's interface, for forwarded traffic: ingress is arriving.
+    Forward(HostEndpointKey),
+}
+
+/// One direction's compiled program(s).
+#[derive(Debug, Clone)]
+pub(crate) enum Entry {
+    /// One program.
+    Single(Arc<Program>),
+    /// Host ingress: a different program for packets from local workloads.
+    BySrcAtom {
+        atom: AtomId,
+        member: Arc<Program>,
+        other: Arc<Program>,
+    },
+}
+
+/// One interface's programs.
+#[derive(Debug, Clone)]
+pub(crate) struct Iface {
+    pub(crate) name: String,
+    pub(crate) kind: IfaceKind,
+    pub(crate) sw_if_index: Option<u32>,
+    /// `[ingress, egress]`.
+    pub(crate) entries: [Entry; 2],
+    /// Policies and profiles the programs were compiled from.
+    pub(crate) policies: Vec<capo_policy::PolicyKey>,
+    pub(crate) profiles: Vec<String>,
+}
+
+fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// Lookup tables from names to interfaces.
+#[derive(Debug, Default)]
+pub(crate) struct IfaceMaps {
+    pub(crate) by_name: HashMap<String, IfaceId>,
+    pub(crate) by_kind: HashMap<IfaceKind, IfaceId>,
+    pub(crate) by_sw_if_index: HashMap<u32, IfaceId>,
+}
+
+/// An immutable compiled snapshot of the whole policy state.
+pub struct Generation {
+    pub(crate) id: GenerationId,
+    pub(crate) index: AddrIndex,
+    pub(crate) ifaces: Arc<Vec<Arc<Iface>>>,
+    pub(crate) maps: Arc<IfaceMaps>,
+    pub(crate) members: usize,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("id", &self.id)
+            .field("interfaces", &self.ifaces.len())
+            .finish()
+    }
+}
+
+/// Memory used by a generation, as reported by [`Generation::memory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Bytes of the address indexes (IP-set members, prefixes, named ports).
+    pub index_bytes: usize,
+    /// Bytes of the compiled programs.
+    pub program_bytes: usize,
+    /// IP-set members (Felix sets plus capo's virtual sets) held in the indexes.
+    pub members: usize,
+}
+
+impl Generation {
+    /// The generation's id.
+    pub fn id(&self) -> GenerationId {
+        self.id
+    }
+
+    /// The interface with this name (workload interface, host-facing interface or a
+    /// host endpoint's interface).
+    pub fn interface(&self, name: &str) -> Option<IfaceId> {
+        self.maps.by_name.get(name).copied()
+    }
+
+    /// The interface of a workload, the host, or a host endpoint.
+    pub fn interface_of(&self, kind: &IfaceKind) -> Option<IfaceId> {
+        self.maps.by_kind.get(kind).copied()
+    }
+
+    /// The interface with this `sw_if_index` (as the views number them).
+    pub fn interface_by_sw_if_index(&self, sw_if_index: u32) -> Option<IfaceId> {
+        self.maps.by_sw_if_index.get(&sw_if_index).copied()
+    }
+
+    /// Name, kind and `sw_if_index` of an interface.
+    pub fn interface_info(&self, iface: IfaceId) -> Option<(&str, &IfaceKind, Option<u32>)> {
+        self.ifaces
+            .get(iface.0 as usize)
+            .map(|i| (i.name.as_str(), &i.kind, i.sw_if_index))
+    }
+
+    /// Every interface of the generation.
+    pub fn interfaces(&self) -> impl Iterator<Item = IfaceId> + '_ {
+        (0..self.ifaces.len() as u32).map(IfaceId)
+    }
+
+    /// Classifies one packet on `iface` in direction `dir` (Calico's direction
+    /// relative to the endpoint). `None` for an interface this generation lacks.
+    #[inline]
+    pub fn classify<'g>(
+        &'g self,
+        iface: IfaceId,
+        dir: Direction,
+        pkt: &Packet,
+        scratch: &mut Scratch,
+    ) -> Option<Decision<'g>> {
+        let entry = self
+            .ifaces
+            .get(iface.0 as usize)?
+            .entries
+            .get(dir_index(dir))?;
+        let prog = match entry {
+            Entry::Single(p) => p,
+            Entry::BySrcAtom {
+                atom,
+                member,
+                other,
+            } => {
+                let (host, pre) = self.index.lookup(&pkt.src);
+                if host.binary_search(atom).is_ok() || pre.binary_search(atom).is_ok() {
+                    member
+                } else {
+                    other
+                }
+            }
+        };
+        Some(prog.classify(&self.index, pkt, scratch))
+    }
+
+    /// Classifies a batch (a VPP frame: up to 256 packets), prefetching the index
+    /// slots and program masks of the packets a few places ahead. `out` receives
+    /// one decision per item (`None` for an interface the generation lacks).
+    pub fn classify_batch<'g>(
+        &'g self,
+        items: &[(IfaceId, Direction, Packet)],
+        scratch: &mut Scratch,
+        out: &mut Vec<Option<Decision<'g>>>,
+    ) {
+        const AHEAD: usize = 4;
+        out.clear();
+        for (iface, dir, pkt) in items.iter().take(AHEAD) {
+            self.prefetch_for(*iface, *dir, pkt);
+        }
+        for (i, (iface, dir, pkt)) in items.iter().enumerate() {
+            if let Some((ai, ad, ap)) = items.get(i + AHEAD) {
+                self.prefetch_for(*ai, *ad, ap);
+            }
+            out.push(self.classify(*iface, *dir, pkt, scratch));
+        }
+    }
+
+    #[inline]
+    fn prefetch_for(&self, iface: IfaceId, dir: Direction, pkt: &Packet) {
+        self.prefetch(pkt);
+        if let Some(Entry::Single(p)) = self
+            .ifaces
+            .get(iface.0 as usize)
+            .and_then(|i| i.entries.get(dir_index(dir)))
+        {
+            crate::prefetch::read(p.head_ptr());
+        }
+    }
+
+    /// Asks the CPU to start fetching what classifying `pkt` will read first (the
+    /// index leaves of both addresses). Used by the batch path a few packets ahead.
+    #[inline]
+    pub fn prefetch(&self, pkt: &Packet) {
+        for a in [&pkt.src, &pkt.dst] {
+            let p = match a {
+                std::net::IpAddr::V4(v) => self.index.v4.leaf_ptr(&u32::from(*v)),
+                std::net::IpAddr::V6(v) => self.index.v6.leaf_ptr(&u128::from(*v)),
+            };
+            crate::prefetch::read(p);
+        }
+    }
+
+    /// Memory used by the generation (shared parts counted in full).
+    pub fn memory(&self) -> Memory {
+        let mut seen = std::collections::HashSet::new();
+        let mut program_bytes = 0;
+        for i in self.ifaces.iter() {
+            for e in &i.entries {
+                let progs: Vec<&Arc<Program>> = match e {
+                    Entry::Single(p) => vec![p],
+                    Entry::BySrcAtom { member, other, .. } => vec![member, other],
+                };
+                for p in progs {
+                    if seen.insert(Arc::as_ptr(p)) {
+                        program_bytes += p.bytes();
+                    }
+                }
+            }
+        }
+        Memory {
+            index_bytes: self.index.bytes(),
+            program_bytes,
+            members: self.members,
+        }
+    }
+
+    /// Number of rules compiled for an interface and direction (all programs).
+    pub fn rule_count(&self, iface: IfaceId, dir: Direction) -> usize {
+        match self
+            .ifaces
+            .get(iface.0 as usize)
+            .and_then(|i| i.entries.get(dir_index(dir)))
+        {
+            Some(Entry::Single(p)) => p.rules.len(),
+            Some(Entry::BySrcAtom { member, other, .. }) => member.rules.len() + other.rules.len(),
+            None => 0,
+        }
+    }
+}
+
+/// Where workers find the current generation (RCU-style publication).
+#[derive(Debug)]
+pub struct GenerationCell {
+    current: ArcSwap<Generation>,
+}
+
+/// A reader's hold on a generation; the generation stays alive while it is held.
+pub type GenerationGuard = arc_swap::Guard<Arc<Generation>>;
+
+impl GenerationCell {
+    /// A cell holding `first`.
+    pub fn new(first: Arc<Generation>) -> Self {
+        GenerationCell {
+            current: ArcSwap::new(first),
+        }
+    }
+
+    /// The current generation, without taking a lock. Hold the guard for one batch.
+    #[inline]
+    pub fn load(&self) -> GenerationGuard {
+        self.current.load()
+    }
+
+    /// The current generation as an owned `Arc` (for holding across batches).
+    pub fn load_full(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Publishes `next`; readers that loaded the old one keep it until they drop it.
+    pub fn publish(&self, next: Arc<Generation>) {
+        self.current.store(next);
+    }
+}

@@ -1,0 +1,672 @@
+//! The address indexes shared by every program of a generation.
+//!
+//! An *atom* is anything a rule tests an address against: a Felix IP set, an
+//! anonymous set made of a rule's `nets` (or `not_nets`) list, or one of capo's
+//! virtual sets (local workload addresses, the host's addresses). The indexes map a
+//! packet's address to the sorted list of atoms that contain it, so a program only
+//! has to look at those atoms: the cost per packet depends on how many sets hold the
+//! address, never on how many members the sets have.
+//!
+//! - Host members (`/32`, `/128`) live in [`ShardedMap`]: a hash table split into
+//!   4096 leaves behind two levels of `Arc`s. Adding or removing one member copies
+//!   one leaf and two 64-pointer arrays (copy-on-write through `Arc::make_mut`), so
+//!   a generation that still reads the old index keeps it intact.
+//! - Shorter prefixes live in [`PrefixIndex`]: the elementary intervals of the
+//!   (laminar) prefix family, each with the union of the atoms of every prefix
+//!   covering it, found by binary search. Rebuilt per family on change; there are
+//!   few of them next to host members.
+//! - `ip,proto:port` members live in a [`ShardedMap`] keyed by [`EpKey`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Index of an atom in a generation.
+pub(crate) type AtomId = u32;
+
+/// A key of a [`ShardedMap`].
+pub(crate) trait MapKey: Copy + Eq + Default {
+    /// A well-mixed 64-bit hash.
+    fn hash64(&self) -> u64;
+}
+
+#[inline]
+fn mix(mut x: u64) -> u64 {
+    // splitmix64's finaliser: cheap and good enough for addresses.
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl MapKey for u32 {
+    #[inline]
+    fn hash64(&self) -> u64 {
+        mix(u64::from(*self))
+    }
+}
+
+impl MapKey for u128 {
+    #[inline]
+    fn hash64(&self) -> u64 {
+        mix((*self as u64) ^ mix((*self >> 64) as u64))
+    }
+}
+
+/// Key of the `ip,proto:port` index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub(crate) struct EpKey {
+    addr: u128,
+    port: u16,
+    proto: u8,
+    v6: bool,
+}
+
+impl EpKey {
+    pub(crate) fn new(addr: &IpAddr, proto: u8, port: u16) -> Self {
+        let (addr, v6) = addr_key(addr);
+        EpKey {
+            addr,
+            port,
+            proto,
+            v6,
+        }
+    }
+}
+
+impl MapKey for EpKey {
+    #[inline]
+    fn hash64(&self) -> u64 {
+        self.addr.hash64()
+            ^ mix((u64::from(self.port) << 16) | (u64::from(self.proto) << 1) | u64::from(self.v6))
+    }
+}
+
+/// An address as a 128-bit number and whether it is IPv6.
+#[inline]
+pub(crate) fn addr_key(addr: &IpAddr) -> (u128, bool) {
+    match addr {
+        IpAddr::V4(a) => (u128::from(u32::from(*a)), false),
+        IpAddr::V6(a) => (u128::from(*a), true),
+    }
+}
+
+const FANOUT_BITS: u32 = 6;
+const FANOUT: usize = 1 << FANOUT_BITS;
+
+/// Atom lists up to this long live inside the slot (one cache line per lookup).
+const INLINE: usize = 6;
+
+/// One slot of a leaf: the key, and its atoms inline or in the leaf's pool.
+#[derive(Clone, Copy, Default)]
+struct Slot<K> {
+    key: K,
+    /// Number of atoms; 0 marks an empty slot.
+    len: u32,
+    /// The atoms when `len <= INLINE`, else `data[0]` is the offset in the pool.
+    data: [AtomId; INLINE],
+}
+
+/// One leaf: open addressing (linear probing) over slots.
+#[derive(Clone, Default)]
+struct Leaf<K> {
+    slots: Vec<Slot<K>>,
+    pool: Vec<AtomId>,
+    len: usize,
+}
+
+impl<K: MapKey> Slot<K> {
+    #[inline]
+    fn atoms<'a>(&'a self, pool: &'a [AtomId]) -> &'a [AtomId] {
+        let len = self.len as usize;
+        if len <= INLINE {
+            self.data.get(..len).unwrap_or(&[])
+        } else {
+            let off = self.data[0] as usize;
+            pool.get(off..off + len).unwrap_or(&[])
+        }
+    }
+}
+
+impl<K: MapKey> Leaf<K> {
+    #[inline]
+    fn get(&self, key: &K, h: u64) -> Option<&[AtomId]> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut i = (h as usize) & mask;
+        loop {
+            let s = self.slots.get(i)?;
+            if s.len == 0 {
+                return None;
+            }
+            if s.key == *key {
+                return Some(s.atoms(&self.pool));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (K, &[AtomId])> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s.len != 0)
+            .map(|s| (s.key, s.atoms(&self.pool)))
+    }
+
+    fn fill(slot: &mut Slot<K>, pool: &mut Vec<AtomId>, key: K, atoms: &[AtomId]) {
+        slot.key = key;
+        slot.len = atoms.len() as u32;
+        if atoms.len() <= INLINE {
+            slot.data = [0; INLINE];
+            if let Some(d) = slot.data.get_mut(..atoms.len()) {
+                d.copy_from_slice(atoms);
+            }
+        } else {
+            slot.data = [0; INLINE];
+            slot.data[0] = pool.len() as u32;
+            pool.extend_from_slice(atoms);
+        }
+    }
+
+    /// A copy of the leaf with `key` mapped to `atoms` (removed when empty).
+    fn with(&self, key: K, h: u64, atoms: &[AtomId]) -> Leaf<K> {
+        let pooled: usize = self
+            .slots
+            .iter()
+            .filter(|s| s.len as usize > INLINE)
+            .map(|s| s.len as usize)
+            .sum();
+        let rebuild = atoms.is_empty()
+            || (self.len + 1) * 2 > self.slots.len()
+            || self.pool.len() > 2 * pooled + 64;
+        if rebuild {
+            let mut entries: Vec<(K, Vec<AtomId>)> = self
+                .entries()
+                .filter(|(k, _)| *k != key)
+                .map(|(k, a)| (k, a.to_vec()))
+                .collect();
+            if !atoms.is_empty() {
+                entries.push((key, atoms.to_vec()));
+            }
+            return Leaf::build(entries);
+        }
+        // Common case: one plain copy, then the slot rewritten in place.
+        let mut leaf = self.clone();
+        let mask = leaf.slots.len() - 1;
+        let mut i = (h as usize) & mask;
+        loop {
+            let Some(s) = leaf.slots.get(i) else {
+                return leaf;
+            };
+            if s.len != 0 && s.key != key {
+                i = (i + 1) & mask;
+                continue;
+            }
+            if s.len == 0 {
+                leaf.len += 1;
+            }
+            let mut slot = *s;
+            Leaf::fill(&mut slot, &mut leaf.pool, key, atoms);
+            if let Some(s) = leaf.slots.get_mut(i) {
+                *s = slot;
+            }
+            return leaf;
+        }
+    }
+
+    fn build(entries: Vec<(K, Vec<AtomId>)>) -> Leaf<K> {
+        if entries.is_empty() {
+            return Leaf::default();
+        }
+        let cap = (entries.len() * 2).next_power_of_two().max(4);
+        let mut leaf = Leaf {
+            slots: vec![Slot::default(); cap],
+            pool: Vec::new(),
+            len: entries.len(),
+        };
+        let mask = cap - 1;
+        for (k, atoms) in entries {
+            let mut i = (k.hash64() as usize) & mask;
+            while leaf.slots.get(i).is_some_and(|s| s.len != 0) {
+                i = (i + 1) & mask;
+            }
+            if let Some(slot) = leaf.slots.get_mut(i) {
+                Leaf::fill(slot, &mut leaf.pool, k, &atoms);
+            }
+        }
+        leaf
+    }
+
+    fn bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot<K>>() + self.pool.capacity() * 4
+    }
+}
+
+type Mid<K> = Vec<Arc<Leaf<K>>>;
+
+/// A persistent hash map from keys to sorted atom lists (see the module doc).
+#[derive(Clone)]
+pub(crate) struct ShardedMap<K> {
+    top: Arc<Vec<Arc<Mid<K>>>>,
+    len: usize,
+}
+
+impl<K: MapKey> Default for ShardedMap<K> {
+    fn default() -> Self {
+        let leaf = Arc::new(Leaf::default());
+        let mid = Arc::new(vec![leaf; FANOUT]);
+        ShardedMap {
+            top: Arc::new(vec![mid; FANOUT]),
+            len: 0,
+        }
+    }
+}
+
+#[inline]
+fn shard(h: u64) -> (usize, usize) {
+    let t = (h >> (64 - FANOUT_BITS)) as usize;
+    let m = ((h >> (64 - 2 * FANOUT_BITS)) as usize) & (FANOUT - 1);
+    (t, m)
+}
+
+impl<K: MapKey> ShardedMap<K> {
+    /// Atoms holding `key` (empty when none).
+    #[inline]
+    pub(crate) fn get(&self, key: &K) -> &[AtomId] {
+        let h = key.hash64();
+        let (t, m) = shard(h);
+        self.top
+            .get(t)
+            .and_then(|mid| mid.get(m))
+            .and_then(|leaf| leaf.get(key, h))
+            .unwrap_or(&[])
+    }
+
+    /// Hints the CPU to fetch the leaf `key` lives in.
+    #[inline]
+    pub(crate) fn leaf_ptr(&self, key: &K) -> *const u8 {
+        let h = key.hash64();
+        let (t, m) = shard(h);
+        match self.top.get(t).and_then(|mid| mid.get(m)) {
+            Some(leaf) => {
+                let mask = leaf.slots.len().saturating_sub(1);
+                leaf.slots
+                    .as_ptr()
+                    .wrapping_add((h as usize) & mask)
+                    .cast::<u8>()
+            }
+            None => std::ptr::null(),
+        }
+    }
+
+    fn update(&mut self, key: K, f: impl FnOnce(&mut Vec<AtomId>) -> bool) -> bool {
+        let h = key.hash64();
+        let (t, m) = shard(h);
+        let mut atoms = self.get(&key).to_vec();
+        let before = atoms.is_empty();
+        if !f(&mut atoms) {
+            return false;
+        }
+        let after = atoms.is_empty();
+        let top = Arc::make_mut(&mut self.top);
+        if let Some(mid) = top.get_mut(t) {
+            let mid = Arc::make_mut(mid);
+            if let Some(leaf) = mid.get_mut(m) {
+                *leaf = Arc::new(leaf.with(key, h, &atoms));
+            }
+        }
+        match (before, after) {
+            (true, false) => self.len += 1,
+            (false, true) => self.len -= 1,
+            _ => {}
+        }
+        true
+    }
+
+    /// Adds `atom` to `key`'s list; false when it was there already.
+    pub(crate) fn add(&mut self, key: K, atom: AtomId) -> bool {
+        self.update(key, |a| match a.binary_search(&atom) {
+            Err(pos) => {
+                a.insert(pos, atom);
+                true
+            }
+            Ok(_) => false,
+        })
+    }
+
+    /// Removes `atom` from `key`'s list; false when it was not there.
+    pub(crate) fn remove(&mut self, key: K, atom: AtomId) -> bool {
+        self.update(key, |a| match a.binary_search(&atom) {
+            Ok(pos) => {
+                a.remove(pos);
+                true
+            }
+            Err(_) => false,
+        })
+    }
+
+    /// Builds a map from a full list of (key, atom) pairs in one go (compile path).
+    pub(crate) fn from_pairs(mut pairs: Vec<(K, AtomId)>) -> Self
+    where
+        K: Ord,
+    {
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut shards: Vec<Vec<(K, Vec<AtomId>)>> = vec![Vec::new(); FANOUT * FANOUT];
+        let mut len = 0;
+        let mut i = 0;
+        while let Some((k, _)) = pairs.get(i) {
+            let k = *k;
+            let mut atoms = Vec::new();
+            while let Some((k2, a)) = pairs.get(i) {
+                if *k2 != k {
+                    break;
+                }
+                atoms.push(*a);
+                i += 1;
+            }
+            let (t, m) = shard(k.hash64());
+            if let Some(s) = shards.get_mut(t * FANOUT + m) {
+                s.push((k, atoms));
+                len += 1;
+            }
+        }
+        let empty = Arc::new(Leaf::default());
+        let mut top = Vec::with_capacity(FANOUT);
+        let mut it = shards.into_iter();
+        for _ in 0..FANOUT {
+            let mut mid = Vec::with_capacity(FANOUT);
+            for _ in 0..FANOUT {
+                let entries = it.next().unwrap_or_default();
+                mid.push(if entries.is_empty() {
+                    empty.clone()
+                } else {
+                    Arc::new(Leaf::build(entries))
+                });
+            }
+            top.push(Arc::new(mid));
+        }
+        ShardedMap {
+            top: Arc::new(top),
+            len,
+        }
+    }
+
+    /// Number of keys.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Heap bytes used.
+    pub(crate) fn bytes(&self) -> usize {
+        let mut n = FANOUT * 8;
+        for mid in self.top.iter() {
+            n += FANOUT * 8;
+            for leaf in mid.iter() {
+                n += leaf.bytes() + std::mem::size_of::<Leaf<K>>();
+            }
+        }
+        n
+    }
+
+    /// Every key holding `atom` (a full scan).
+    #[cfg(test)]
+    pub(crate) fn keys_with(&self, atom: AtomId) -> Vec<K> {
+        let mut out = Vec::new();
+        for mid in self.top.iter() {
+            for leaf in mid.iter() {
+                for (k, atoms) in leaf.entries() {
+                    if atoms.binary_search(&atom).is_ok() {
+                        out.push(k);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A prefix in one family: start address as a 128-bit number and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Prefix {
+    /// First address.
+    pub(crate) start: u128,
+    /// Prefix length.
+    pub(crate) len: u8,
+}
+
+impl Prefix {
+    fn last(&self, bits: u8) -> u128 {
+        let host = u32::from(bits.saturating_sub(self.len));
+        if host >= 128 {
+            u128::MAX
+        } else {
+            self.start | ((1u128 << host) - 1)
+        }
+    }
+}
+
+/// Non-host prefixes of one family, as elementary intervals.
+#[derive(Clone, Default)]
+pub(crate) struct PrefixIndex {
+    /// Every prefix with its atoms (the source the intervals are built from).
+    prefixes: BTreeMap<Prefix, Vec<AtomId>>,
+    starts: Vec<u128>,
+    spans: Vec<(u32, u32)>,
+    pool: Vec<AtomId>,
+    bits: u8,
+}
+
+impl PrefixIndex {
+    pub(crate) fn new(bits: u8) -> Self {
+        PrefixIndex {
+            bits,
+            ..PrefixIndex::default()
+        }
+    }
+
+    /// Atoms of every prefix covering `addr`.
+    #[inline]
+    pub(crate) fn get(&self, addr: u128) -> &[AtomId] {
+        if self.starts.len() <= 1 {
+            return match self.spans.first() {
+                Some((off, len)) => self
+                    .pool
+                    .get(*off as usize..(*off + *len) as usize)
+                    .unwrap_or(&[]),
+                None => &[],
+            };
+        }
+        let i = self
+            .starts
+            .partition_point(|s| *s <= addr)
+            .saturating_sub(1);
+        match self.spans.get(i) {
+            Some((off, len)) => self
+                .pool
+                .get(*off as usize..(*off + *len) as usize)
+                .unwrap_or(&[]),
+            None => &[],
+        }
+    }
+
+    /// Adds `atom` to `prefix` without rebuilding (call [`PrefixIndex::rebuild`]).
+    pub(crate) fn add(&mut self, prefix: Prefix, atom: AtomId) -> bool {
+        let atoms = self.prefixes.entry(prefix).or_default();
+        match atoms.binary_search(&atom) {
+            Err(pos) => {
+                atoms.insert(pos, atom);
+                true
+            }
+            Ok(_) => false,
+        }
+    }
+
+    /// Removes `atom` from `prefix` without rebuilding.
+    pub(crate) fn remove(&mut self, prefix: Prefix, atom: AtomId) -> bool {
+        let Some(atoms) = self.prefixes.get_mut(&prefix) else {
+            return false;
+        };
+        let removed = match atoms.binary_search(&atom) {
+            Ok(pos) => {
+                atoms.remove(pos);
+                true
+            }
+            Err(_) => false,
+        };
+        if atoms.is_empty() {
+            self.prefixes.remove(&prefix);
+        }
+        removed
+    }
+
+    /// Recomputes the elementary intervals.
+    pub(crate) fn rebuild(&mut self) {
+        // Prefixes form a laminar family: sorted by (start, len), a prefix's parents
+        // come before it, so a stack sweep gives each interval its covering prefixes.
+        let mut points: Vec<u128> = vec![0];
+        for p in self.prefixes.keys() {
+            points.push(p.start);
+            let last = p.last(self.bits);
+            if let Some(next) = last.checked_add(1) {
+                if self.bits == 128 || next <= u128::from(u32::MAX) {
+                    points.push(next);
+                }
+            }
+        }
+        points.sort_unstable();
+        points.dedup();
+        let mut starts = Vec::with_capacity(points.len());
+        let mut spans = Vec::with_capacity(points.len());
+        let mut pool = Vec::new();
+        let mut stack: Vec<(u128, &Vec<AtomId>)> = Vec::new();
+        let mut iter = self.prefixes.iter().peekable();
+        let mut prev: Option<Vec<AtomId>> = None;
+        for p in points {
+            stack.retain(|(last, _)| *last >= p);
+            while let Some((pre, atoms)) = iter.peek() {
+                if pre.start != p {
+                    break;
+                }
+                stack.push((pre.last(self.bits), atoms));
+                iter.next();
+            }
+            let mut atoms: Vec<AtomId> =
+                stack.iter().flat_map(|(_, a)| a.iter().copied()).collect();
+            atoms.sort_unstable();
+            atoms.dedup();
+            if prev.as_ref() == Some(&atoms) {
+                continue;
+            }
+            starts.push(p);
+            spans.push((pool.len() as u32, atoms.len() as u32));
+            pool.extend_from_slice(&atoms);
+            prev = Some(atoms);
+        }
+        self.starts = starts;
+        self.spans = spans;
+        self.pool = pool;
+    }
+
+    /// Heap bytes used by the lookup arrays and the prefix list.
+    pub(crate) fn bytes(&self) -> usize {
+        self.starts.capacity() * 16
+            + self.spans.capacity() * 8
+            + self.pool.capacity() * 4
+            + self
+                .prefixes
+                .values()
+                .map(|a| 48 + a.capacity() * 4)
+                .sum::<usize>()
+    }
+}
+
+/// Every address index of a generation.
+#[derive(Clone)]
+pub(crate) struct AddrIndex {
+    pub(crate) v4: ShardedMap<u32>,
+    pub(crate) v6: ShardedMap<u128>,
+    pub(crate) p4: Arc<PrefixIndex>,
+    pub(crate) p6: Arc<PrefixIndex>,
+    pub(crate) ep: ShardedMap<EpKey>,
+}
+
+impl Default for AddrIndex {
+    fn default() -> Self {
+        AddrIndex {
+            v4: ShardedMap::default(),
+            v6: ShardedMap::default(),
+            p4: Arc::new(PrefixIndex::new(32)),
+            p6: Arc::new(PrefixIndex::new(128)),
+            ep: ShardedMap::default(),
+        }
+    }
+}
+
+impl AddrIndex {
+    /// The atoms holding `addr`: host members, then covering prefixes.
+    #[inline]
+    pub(crate) fn lookup(&self, addr: &IpAddr) -> (&[AtomId], &[AtomId]) {
+        match addr {
+            IpAddr::V4(a) => {
+                let k = u32::from(*a);
+                (self.v4.get(&k), self.p4.get(u128::from(k)))
+            }
+            IpAddr::V6(a) => {
+                let k = u128::from(*a);
+                (self.v6.get(&k), self.p6.get(k))
+            }
+        }
+    }
+
+    /// Heap bytes used.
+    pub(crate) fn bytes(&self) -> usize {
+        self.v4.bytes() + self.v6.bytes() + self.p4.bytes() + self.p6.bytes() + self.ep.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharded_map_add_remove_and_share() {
+        let mut m: ShardedMap<u32> = ShardedMap::default();
+        m.add(1, 5);
+        m.add(1, 3);
+        m.add(2, 3);
+        let snapshot = m.clone();
+        m.remove(1, 5);
+        assert_eq!(m.get(&1), &[3]);
+        assert_eq!(snapshot.get(&1), &[3, 5]);
+        m.remove(2, 3);
+        assert_eq!(m.get(&2), &[] as &[u32]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(snapshot.len(), 2);
+        let built = ShardedMap::from_pairs(vec![(1u32, 5), (1, 3), (2, 3)]);
+        assert_eq!(built.get(&1), &[3, 5]);
+        assert_eq!(built.keys_with(3).len(), 2);
+    }
+
+    #[test]
+    fn prefix_intervals_union_nested_prefixes() {
+        let mut p = PrefixIndex::new(32);
+        let net = |a: u32, l: u8| Prefix {
+            start: u128::from(a),
+            len: l,
+        };
+        p.add(net(0x0a00_0000, 8), 1);
+        p.add(net(0x0a01_0000, 16), 2);
+        p.add(net(0, 0), 3);
+        p.rebuild();
+        assert_eq!(p.get(0x0a01_0203), &[1, 2, 3]);
+        assert_eq!(p.get(0x0a02_0000), &[1, 3]);
+        assert_eq!(p.get(0x0b00_0000), &[3]);
+        assert_eq!(p.get(u128::from(u32::MAX)), &[3]);
+        p.remove(net(0, 0), 3);
+        p.rebuild();
+        assert_eq!(p.get(0x0b00_0000), &[] as &[u32]);
+        assert_eq!(p.get(0x0a00_0001), &[1]);
+    }
+}

@@ -1,0 +1,243 @@
+//! Flow table: first packet decides, replies of allowed flows pass, timeouts, LRU
+//! eviction when full, keep vs revalidate across generations, counters.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use capo_classifier::{
+    reply_of, tcp_flags, Builder, Counters, EstablishedFlows, FlowConfig, FullPolicy, Input,
+    ParsedPacket, Timestamp, Worker,
+};
+use capo_policy::*;
+
+fn setup(allow_port: u16) -> (State, IdTable, Builder) {
+    let mut state = State::new();
+    let mut ids = IdTable::default();
+    let mut b = Builder::new();
+    let mut allow = Rule::any(Action::Allow);
+    allow.protocol = Some(Protocol::TCP);
+    allow.dst.ports = vec![PortRange::single(allow_port)];
+    for u in [
+        Update::PolicyUpdate(
+            common::pkey(0),
+            Policy {
+                inbound: vec![allow],
+                outbound: vec![],
+                untracked: false,
+                pre_dnat: false,
+                tier: "t1".into(),
+            },
+        ),
+        Update::WorkloadUpdate(
+            common::wkey(0),
+            WorkloadEndpoint {
+                name: "tun0".into(),
+                profile_ids: vec![],
+                ipv4_nets: vec!["10.0.0.1/32".parse().unwrap()],
+                ipv6_nets: vec![],
+                tiers: vec![TierInfo {
+                    name: "t1".into(),
+                    ingress: vec![common::pkey(0)],
+                    egress: vec![common::pkey(0)],
+                    default_action: TierDefault::Deny,
+                }],
+            },
+        ),
+    ] {
+        b.apply(&mut state, &mut ids, u).unwrap();
+    }
+    (state, ids, b)
+}
+
+fn syn(sport: u16, dport: u16) -> ParsedPacket {
+    ParsedPacket {
+        packet: Packet {
+            src: "10.0.0.9".parse().unwrap(),
+            dst: "10.0.0.1".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: sport,
+                dst: dport,
+            },
+        },
+        tcp_flags: tcp_flags::SYN,
+        flow_ports: (sport, dport),
+    }
+}
+
+fn input(ids: &IdTable, dir: Direction, p: ParsedPacket) -> Input {
+    Input {
+        sw_if_index: ids.interface("tun0").unwrap(),
+        dir,
+        packet: p,
+        len: 64,
+    }
+}
+
+#[test]
+fn replies_of_allowed_flows_pass_and_denied_packets_make_no_flow() {
+    let (_, ids, b) = setup(80);
+    let g = b.current().unwrap().clone();
+    let counters = Counters::new();
+    let mut w = Worker::new(FlowConfig::default(), &counters);
+    let t = Timestamp::from_secs(1);
+    let p = syn(1000, 80);
+    assert_eq!(
+        w.process_one(&g, &input(&ids, Direction::Ingress, p), t),
+        Verdict::Allow
+    );
+    // The reply leaves towards the peer: egress on the same interface. Egress policy
+    // (port 80 as destination) would deny it, the flow lets it through.
+    let r = reply_of(&p);
+    assert_eq!(
+        w.process_one(&g, &input(&ids, Direction::Egress, r), t),
+        Verdict::Allow
+    );
+    let denied = syn(1000, 81);
+    assert_eq!(
+        w.process_one(&g, &input(&ids, Direction::Ingress, denied), t),
+        Verdict::Deny
+    );
+    assert_eq!(
+        w.process_one(&g, &input(&ids, Direction::Egress, reply_of(&denied)), t),
+        Verdict::Deny
+    );
+    assert_eq!(w.flows().len(), 1);
+    let f = counters.flows();
+    assert_eq!((f.hits, f.created), (1, 1));
+    let rule = ids
+        .rule(
+            &capo_policy::views::PolicyRef::Policy(common::pkey(0)),
+            Direction::Ingress,
+            0,
+        )
+        .unwrap();
+    assert_eq!(counters.rule(rule).packets, 1);
+    assert_eq!(counters.rule(rule).bytes, 64);
+    let c = counters.interface(ids.interface("tun0").unwrap(), Direction::Ingress);
+    assert_eq!((c.allow, c.deny), (1, 1));
+}
+
+#[test]
+fn flows_expire_after_their_timeout() {
+    let (_, ids, b) = setup(80);
+    let g = b.current().unwrap().clone();
+    let counters = Counters::new();
+    let mut w = Worker::new(FlowConfig::default(), &counters);
+    let p = syn(1000, 80);
+    w.process_one(
+        &g,
+        &input(&ids, Direction::Ingress, p),
+        Timestamp::from_secs(0),
+    );
+    // Transient TCP (SYN only): 120 s.
+    assert_eq!(w.expire(Timestamp::from_secs(100), 10), 0);
+    assert_eq!(w.expire(Timestamp::from_secs(200), 10), 1);
+    assert!(w.flows().is_empty());
+    // Established TCP: 24 h.
+    w.process_one(
+        &g,
+        &input(&ids, Direction::Ingress, p),
+        Timestamp::from_secs(0),
+    );
+    let mut synack = reply_of(&p);
+    synack.tcp_flags = tcp_flags::SYN | tcp_flags::ACK;
+    w.process_one(
+        &g,
+        &input(&ids, Direction::Egress, synack),
+        Timestamp::from_secs(1),
+    );
+    let mut ack = p;
+    ack.tcp_flags = tcp_flags::ACK;
+    w.process_one(
+        &g,
+        &input(&ids, Direction::Ingress, ack),
+        Timestamp::from_secs(2),
+    );
+    assert_eq!(w.expire(Timestamp::from_secs(3600), 10), 0);
+    assert_eq!(w.expire(Timestamp::from_secs(2 + 24 * 3600 + 1), 10), 1);
+}
+
+#[test]
+fn full_table_evicts_lru_or_refuses() {
+    let (_, ids, b) = setup(80);
+    let g = b.current().unwrap().clone();
+    for (policy, evicted, refused) in [(FullPolicy::EvictLru, 2, 0), (FullPolicy::Refuse, 0, 2)] {
+        let counters = Counters::new();
+        let cfg = FlowConfig {
+            capacity: 2,
+            on_full: policy,
+            ..FlowConfig::default()
+        };
+        let mut w = Worker::new(cfg, &counters);
+        for sport in 1000..1004 {
+            let v = w.process_one(
+                &g,
+                &input(&ids, Direction::Ingress, syn(sport, 80)),
+                Timestamp::from_secs(1),
+            );
+            assert_eq!(v, Verdict::Allow);
+        }
+        assert_eq!(w.flows().len(), 2);
+        let f = counters.flows();
+        assert_eq!((f.evicted, f.refused), (evicted, refused));
+    }
+}
+
+#[test]
+fn established_flows_keep_or_revalidate_across_generations() {
+    for (mode, verdict) in [
+        (EstablishedFlows::Keep, Verdict::Allow),
+        (EstablishedFlows::Revalidate, Verdict::Deny),
+    ] {
+        let (mut state, mut ids, mut b) = setup(80);
+        let g1 = b.current().unwrap().clone();
+        let counters = Counters::new();
+        let cfg = FlowConfig {
+            established_flows: mode,
+            ..FlowConfig::default()
+        };
+        let mut w = Worker::new(cfg, &counters);
+        let p = syn(1000, 80);
+        assert_eq!(
+            w.process_one(
+                &g1,
+                &input(&ids, Direction::Ingress, p),
+                Timestamp::from_secs(1)
+            ),
+            Verdict::Allow
+        );
+        // New generation: the policy now allows port 81 only.
+        let mut allow = Rule::any(Action::Allow);
+        allow.protocol = Some(Protocol::TCP);
+        allow.dst.ports = vec![PortRange::single(81)];
+        let g2 = b
+            .apply(
+                &mut state,
+                &mut ids,
+                Update::PolicyUpdate(
+                    common::pkey(0),
+                    Policy {
+                        inbound: vec![allow],
+                        outbound: vec![],
+                        untracked: false,
+                        pre_dnat: false,
+                        tier: "t1".into(),
+                    },
+                ),
+            )
+            .unwrap();
+        assert!(g2.id() > g1.id());
+        let mut ack = p;
+        ack.tcp_flags = tcp_flags::ACK;
+        assert_eq!(
+            w.process_one(
+                &g2,
+                &input(&ids, Direction::Ingress, ack),
+                Timestamp::from_secs(2)
+            ),
+            verdict,
+            "{mode:?}"
+        );
+    }
+}
