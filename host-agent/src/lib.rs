@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod embedded;
 pub mod felix;
 pub mod fuzzing;
 pub mod logging;

@@ -337,3 +337,103 @@ fn config_file_settings_with_flags_overriding() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn frame(src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    let pkt = capo_policy::Packet {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        protocol: capo_policy::Protocol::TCP,
+        l4: capo_policy::L4::Ports {
+            src: 40000,
+            dst: dport,
+        },
+    };
+    capo_classifier::build::frame(&pkt, capo_classifier::tcp_flags::SYN)
+}
+
+#[test]
+fn injected_packets_move_the_counters() {
+    let a = start("inject", &["--enable-inject"]);
+    rt().block_on(async {
+        let ch = capo_agent::api::connect(&a.api).await.unwrap();
+        let mut inject = api::inject_client::InjectClient::new(ch.clone());
+        let allowed = vec![frame("11.0.0.196", "11.0.0.67", 5978); 3];
+        let r = inject
+            .inject(api::InjectRequest {
+                interface: "tun3".into(),
+                direction: "ingress".into(),
+                frames: allowed,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.allowed, r.denied), (3, 0));
+        let r = inject
+            .inject(api::InjectRequest {
+                interface: "tun3".into(),
+                direction: "ingress".into(),
+                frames: vec![
+                    frame("11.0.0.196", "11.0.0.67", 5979),
+                    frame("11.0.0.5", "11.0.0.67", 5978),
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.allowed, r.denied), (0, 2));
+        assert_eq!(r.verdicts, vec!["deny", "deny"]);
+
+        // Bad requests name the field.
+        let e = inject
+            .inject(api::InjectRequest {
+                interface: "tun3".into(),
+                direction: "sideways".into(),
+                frames: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("direction:"), "{}", e.message());
+        let e = inject
+            .inject(api::InjectRequest {
+                interface: "tun3".into(),
+                direction: "ingress".into(),
+                frames: vec![vec![1, 2, 3]],
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("frames[0]:"), "{}", e.message());
+
+        let mut counters = api::counters_client::CountersClient::new(ch);
+        let c = counters
+            .get(api::CountersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let rule18 = c
+            .rules
+            .iter()
+            .find(|r| r.rule_id == 18)
+            .expect("rule#18 listed");
+        // The first packet decides; the two others hit the flow table.
+        assert_eq!(rule18.software_packets, 1, "{rule18:?}");
+        let end_of_tier = c.rules.iter().find(|r| r.rule_id == 17).unwrap();
+        assert_eq!(end_of_tier.software_packets, 2);
+        let tun3_in = c
+            .interfaces
+            .iter()
+            .find(|i| i.interface == "tun3" && i.direction == "ingress")
+            .unwrap();
+        assert_eq!((tun3_in.allowed_packets, tun3_in.denied_packets), (3, 2));
+        let t = c.totals.unwrap();
+        assert_eq!(
+            (t.packets, t.allowed, t.denied, t.flow_table_hits),
+            (5, 3, 2, 2)
+        );
+    });
+    let (rc, out, _) = capoctl(&a.api, &["counters"]);
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("totals: packets=5 allowed=3 denied=2"),
+        "{out}"
+    );
+}

@@ -338,6 +338,17 @@ impl IdTable {
     }
 }
 
+/// A rule as the counters and the rules view list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberedRule {
+    /// `rule#` id.
+    pub id: u32,
+    /// `[policy#N]` and what it is (policy, profile, tier end).
+    pub owner: String,
+    /// The rule as `show capo rules` prints it.
+    pub line: String,
+}
+
 /// Renders views of one state with one id table.
 pub struct Views<'a> {
     state: &'a State,
@@ -577,29 +588,55 @@ impl<'a> Views<'a> {
 
     /// `show capo rules`.
     pub fn rules(&self) -> String {
-        let mut lines: Vec<(u32, String)> = Vec::new();
+        self.numbered_rules()
+            .into_iter()
+            .map(|r| r.line + "\n")
+            .collect()
+    }
+
+    /// Every rule with its id, owner and printed form, in id order.
+    pub fn numbered_rules(&self) -> Vec<NumberedRule> {
+        let mut out: Vec<NumberedRule> = Vec::new();
         for p in [
             InternalPolicyId::AllowFromHost,
             InternalPolicyId::WorkloadsToHost,
             InternalPolicyId::AllowToHost,
             InternalPolicyId::Failsafe,
         ] {
+            let owner = self.policy_id(&PolicyRef::Internal(p));
             for dir in Direction::BOTH {
                 for n in self.internal_rules(p, dir) {
-                    lines.push((n.id, self.rule_line(n.id, &n.rule)));
+                    out.push(NumberedRule {
+                        id: n.id,
+                        owner: owner.clone(),
+                        line: self.rule_line(n.id, &n.rule),
+                    });
                 }
             }
         }
-        for ((_, _), list) in &self.ids.rules.by_list {
+        for ((pref, _), list) in &self.ids.rules.by_list {
+            let owner = match pref {
+                PolicyRef::Profile(name) => format!("{} profile {name}", self.policy_id(pref)),
+                PolicyRef::Policy(key) => format!("{} {key}", self.policy_id(pref)),
+                PolicyRef::Internal(_) => self.policy_id(pref),
+            };
             for (rule, id) in list {
-                lines.push((*id, self.rule_line(*id, rule)));
+                out.push(NumberedRule {
+                    id: *id,
+                    owner: owner.clone(),
+                    line: self.rule_line(*id, rule),
+                });
             }
         }
-        for id in self.ids.tiers.values() {
-            lines.push((*id, format!("[rule#{id};deny][]")));
+        for (tier, id) in &self.ids.tiers {
+            out.push(NumberedRule {
+                id: *id,
+                owner: format!("tier {tier} end-of-tier"),
+                line: format!("[rule#{id};deny][]"),
+            });
         }
-        lines.sort_by_key(|(id, _)| *id);
-        lines.into_iter().map(|(_, l)| l + "\n").collect()
+        out.sort_by_key(|r| r.id);
+        out
     }
 
     /// `show capo ipsets`.

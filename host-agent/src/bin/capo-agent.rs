@@ -45,6 +45,10 @@ struct Args {
     /// With --resources: how often to look for changed manifests.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     poll_interval: std::time::Duration,
+    /// The software dataplane: `embedded` (in the agent) or `vpp:SOCKET` (the capo
+    /// VPP plugin's control socket).
+    #[arg(long, value_name = "embedded|vpp:SOCKET", default_value = "embedded")]
+    dataplane: String,
     /// Felix schema; by default detected from ConfigUpdate's CalicoVersion.
     #[arg(long, value_name = "v3.31|v3.32")]
     schema: Option<Schema>,
@@ -126,7 +130,15 @@ fn main() -> ExitCode {
     for (name, idx) in &args.interface_indexes {
         ids.set_interface_index(name, *idx);
     }
-    let daemon = Arc::new(Mutex::new(Daemon::new(opts, ids)));
+    let mut d = Daemon::new(opts, ids);
+    match args.dataplane.as_str() {
+        "embedded" => d.add_sink(Box::new(capo_agent::embedded::Embedded::new())),
+        other => {
+            tracing::error!("--dataplane {other:?}: expected `embedded` or `vpp:SOCKET`");
+            return ExitCode::from(2);
+        }
+    }
+    let daemon = Arc::new(Mutex::new(d));
     let _api = if args.no_api {
         None
     } else {
