@@ -256,3 +256,31 @@ pub fn trace(socket: &Path, req: api::TraceRequest, json: bool) -> Result<String
         Ok(if json { r.json + "\n" } else { r.text })
     })
 }
+
+/// `capoctl inject …`.
+pub fn inject(
+    socket: &Path,
+    interface: &str,
+    direction: &str,
+    frames: Vec<Vec<u8>>,
+) -> Result<String, String> {
+    runtime()?.block_on(async {
+        let mut c = api::inject_client::InjectClient::new(crate::api::connect(socket).await?);
+        let r = c
+            .inject(api::InjectRequest {
+                interface: interface.to_string(),
+                direction: direction.to_string(),
+                frames,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        Ok(format!(
+            "{} allowed, {} denied ({} by the NIC): {}\n",
+            r.allowed,
+            r.denied,
+            r.nic_decided,
+            r.verdicts.join(" ")
+        ))
+    })
+}

@@ -31,7 +31,7 @@ pub fn args_with_config(
     let mut from_file: Vec<OsString> = Vec::new();
     for (key, value) in table {
         let name = key.replace('_', "-");
-        if name == "config" || !known_flags.iter().any(|f| *f == name) {
+        if name == "config" || !known_flags.contains(&name) {
             return Err(format!("{path}: unknown setting {key:?}"));
         }
         let flag = format!("--{name}");

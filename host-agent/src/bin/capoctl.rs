@@ -121,6 +121,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hand packets to the running agent's embedded dataplane (it must run with
+    /// --enable-inject); prints the verdicts.
+    Inject {
+        /// The interface the packets arrive at.
+        #[arg(long)]
+        interface: String,
+        /// `ingress` (towards the interface's endpoint) or `egress` (from it).
+        #[arg(long)]
+        direction: String,
+        /// Source address.
+        #[arg(long)]
+        from: std::net::IpAddr,
+        /// Destination address.
+        #[arg(long)]
+        to: std::net::IpAddr,
+        /// tcp, udp, sctp, icmp, icmpv6 or a number.
+        #[arg(long)]
+        proto: String,
+        /// Source port (default 0).
+        #[arg(long)]
+        sport: Option<u16>,
+        /// Destination port (default 0).
+        #[arg(long)]
+        dport: Option<u16>,
+        /// ICMP type.
+        #[arg(long)]
+        icmp_type: Option<u8>,
+        /// ICMP code.
+        #[arg(long, requires = "icmp_type")]
+        icmp_code: Option<u8>,
+        /// How many copies (the first decides, the rest hit the flow table).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
     /// The running agent's generations: active id, commit history, what is pending.
     Generations {
         /// JSON instead of text.
@@ -186,6 +220,28 @@ fn run(cli: Cli) -> Result<String, String> {
             json,
         } => client::counters(&cli.socket, watch.then_some(interval), json),
         Command::Generations { json } => client::generations(&cli.socket, json),
+        Command::Inject {
+            interface,
+            direction,
+            from,
+            to,
+            proto,
+            sport,
+            dport,
+            icmp_type,
+            icmp_code,
+            count,
+        } => {
+            let pkt = packet(from, to, &proto, sport, dport, icmp_type, icmp_code)?;
+            let syn = if pkt.protocol == capo_policy::Protocol::TCP {
+                capo_classifier::tcp_flags::SYN
+            } else {
+                0
+            };
+            let frame = capo_classifier::build::frame(&pkt, syn);
+            let frames = vec![frame; usize::try_from(count).unwrap_or(1)];
+            client::inject(&cli.socket, &interface, &direction, frames)
+        }
         Command::Offload { json } => client::offload(&cli.socket, json),
         Command::ExportFrames { out } => {
             if resources.is_empty() {
