@@ -19,6 +19,7 @@ fn main() {
         }
         println!("{name}: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
     };
+    if std::env::args().count() > 1 { let same: Vec<_> = inputs.iter().take(64).cycle().take(10000).cloned().collect(); loop { run("64", &same, &mut scratch, &mut out); } }
     run("all", &inputs, &mut scratch, &mut out);
     let one_prog: Vec<_> = inputs.iter().map(|(_, d, p)| (inputs[0].0, *d, *p)).collect();
     run("one iface", &one_prog, &mut scratch, &mut out);

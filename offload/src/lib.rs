@@ -1,0 +1,70 @@
+//! capo's NIC offload: the hot part of the policy as DPDK `rte_flow` rules, with the
+//! software fallback always holding the whole policy (the NIC is only ever a cache of
+//! decisions software would make).
+//!
+//! Layers, from the bottom:
+//!
+//! - [`flow`]: the rte_flow rule model (attributes; items ETH/IPv4/IPv6/TCP/UDP/SCTP/
+//!   ICMP/ICMP6 with spec/mask/last; actions DROP/MARK/RSS/QUEUE/COUNT/JUMP), bounded
+//!   with `heapless`, no allocation per rule, `no_std`. With [`caps`], [`mark`],
+//!   [`error`] and the [`backend::FlowBackend`] trait it builds without `std`.
+//! - `lower` (std): a generation's policy state → per-endpoint first-match lists with
+//!   exact (disjoint prefix) matches or typed reasons; `atom`: a match → disjoint
+//!   NIC entries (port ranges as prefixes unless the NIC has native ranges).
+//! - `plan`: the split planner, a pure function (program, capabilities, hit counters)
+//!   → [`plan::OffloadPlan`], every rule kept in software with a typed reason.
+//! - `sim`: a simulated NIC with mlx5-, E810- and cnxk-like profiles and fault
+//!   injection; `dpdk` (feature `dpdk`): the backend on a real port and `acl`, a safe
+//!   rte_acl wrapper.
+//! - `commit`: generation commits (versioned groups + dispatcher, or drop-only
+//!   monotone), rollback on failure; `verdict`: how software combines the NIC's
+//!   outcome with its own classification.
+//! - `bench`, `workload`: the offload benchmark and the W-k8s workload generator.
+//!
+//! Nothing here panics on input; errors are typed.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod caps;
+pub mod error;
+pub mod flow;
+pub mod mark;
+
+#[cfg(feature = "std")]
+pub mod atom;
+#[cfg(feature = "std")]
+pub mod bench;
+#[cfg(feature = "std")]
+pub mod commit;
+#[cfg(feature = "std")]
+pub mod lower;
+#[cfg(feature = "std")]
+pub mod plan;
+#[cfg(feature = "std")]
+pub mod set;
+#[cfg(feature = "std")]
+pub mod sim;
+#[cfg(feature = "std")]
+pub mod verdict;
+#[cfg(feature = "std")]
+pub mod workload;
+
+#[cfg(feature = "dpdk")]
+pub mod acl;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
+
+pub use backend::{FlowBackend, FlowCount, FlowHandle};
+pub use caps::{NicCaps, OffloadMode};
+pub use error::{ErrorTarget, FlowError, FlowErrorKind};
+pub use flow::{Action, Attr, FlowRule, Group, Headers, Item, Priority, RuleError, Spec};
+
+#[cfg(feature = "std")]
+pub use commit::{CommitOutcome, Committer, SoftwareView};
+#[cfg(feature = "std")]
+pub use lower::{lower, OffloadProgram};
+#[cfg(feature = "std")]
+pub use plan::{plan, HitCounters, KeepReason, OffloadPlan, PlanConfig};
+#[cfg(feature = "std")]
+pub use sim::{Faults, NicOutcome, SimNic};

@@ -1,0 +1,734 @@
+//! Lowering: the policy state of one generation → per-endpoint ordered match lists.
+//!
+//! The NIC sees packets arriving on the uplink. For a packet to a local workload `D`
+//! from a non-local source, Felix's verdict (what [`capo_policy::trace`] computes) is
+//! the first decision along one **flattened** list per `D` ([`Domain`]):
+//!
+//! 1. the uplink host endpoint's forward-ingress stage, if there is a host endpoint
+//!    (untracked and pre-DNAT tiers, then forward tiers with their end-of-tier drop):
+//!    a deny decides, an allow only lets the packet on ([`ContinueReason::StageAllow`]);
+//! 2. `D`'s ingress tiers (policies in order, rules in order, each enforced tier's
+//!    end-of-tier drop as a match-all deny), then its profiles, then the final drop.
+//!
+//! `pass` and `log` rules do not decide: they become [`EntryKind::Continue`] entries,
+//! which the planner treats as conflicting with everything after them, so a later
+//! rule goes down only with a cover that punts their overlap (DESIGN.md §5). Packets
+//! from local sources (workloads, the host) are evaluated differently by Felix and are
+//! punted as a whole ([`OffloadProgram::local_sources`]).
+//!
+//! Each entry has an **exact** match when every criterion is expressible in rte_flow
+//! (IP sets, nets and their negations become disjoint prefix lists by set algebra,
+//! port ranges and their negations become port sets) or a typed reason why not, and an
+//! **over-approximation** (non-expressible criteria dropped) that covers use.
+
+use std::net::IpAddr;
+
+use capo_policy::eval::{has_enforced_policies, host_endpoint_for_host_traffic, L4};
+use capo_policy::views::PolicyRef;
+use capo_policy::{
+    Action as PolicyAction, Direction, IdTable, IpFamily, Packet, Protocol, Rule, SideMatch,
+    State, TierDefault, TierInfo, WorkloadKey,
+};
+
+use crate::set::{all_ports, ports_from_ranges, AddrSet, Intervals};
+
+/// TCP flag constraint of a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TcpFlags {
+    /// Any flags.
+    Any,
+    /// SYN set, ACK clear: a connection attempt.
+    SynOnly,
+    /// Anything but a connection attempt.
+    NotSynOnly,
+}
+
+impl TcpFlags {
+    fn overlaps(self, o: TcpFlags) -> bool {
+        !matches!(
+            (self, o),
+            (TcpFlags::SynOnly, TcpFlags::NotSynOnly) | (TcpFlags::NotSynOnly, TcpFlags::SynOnly)
+        )
+    }
+
+    fn intersect(self, o: TcpFlags) -> Option<TcpFlags> {
+        match (self, o) {
+            (a, TcpFlags::Any) => Some(a),
+            (TcpFlags::Any, b) => Some(b),
+            (a, b) if a == b => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Whether flags `f` satisfy the constraint.
+    pub fn accepts(self, f: u8) -> bool {
+        let syn_only = f & (crate::flow::TCP_SYN | crate::flow::TCP_ACK) == crate::flow::TCP_SYN;
+        match self {
+            TcpFlags::Any => true,
+            TcpFlags::SynOnly => syn_only,
+            TcpFlags::NotSynOnly => !syn_only,
+        }
+    }
+}
+
+/// A conjunction of L3/L4 constraints over disjoint sets: what one NIC-expressible
+/// (or over-approximated) rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Match {
+    /// Source addresses (an empty family never matches).
+    pub src: AddrSet,
+    /// Destination addresses.
+    pub dst: AddrSet,
+    /// IP protocol, when constrained.
+    pub proto: Option<u8>,
+    /// Source ports; `Some` also requires a port-carrying header.
+    pub sport: Option<Intervals>,
+    /// Destination ports; `Some` also requires a port-carrying header.
+    pub dport: Option<Intervals>,
+    /// ICMP type and optional code; requires an ICMP header.
+    pub icmp: Option<(u8, Option<u8>)>,
+    /// TCP flags (only meaningful with `proto == 6`).
+    pub tcp: TcpFlags,
+}
+
+impl Match {
+    /// Matches every packet.
+    pub fn any() -> Self {
+        Match {
+            src: AddrSet::any(),
+            dst: AddrSet::any(),
+            proto: None,
+            sport: None,
+            dport: None,
+            icmp: None,
+            tcp: TcpFlags::Any,
+        }
+    }
+
+    fn families(&self) -> impl Iterator<Item = IpFamily> + '_ {
+        [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .filter(|f| !self.src.family(*f).is_empty() && !self.dst.family(*f).is_empty())
+    }
+
+    /// True when no packet can match.
+    pub fn is_empty(&self) -> bool {
+        self.families().next().is_none()
+            || self.sport.as_ref().is_some_and(|p| p.is_empty())
+            || self.dport.as_ref().is_some_and(|p| p.is_empty())
+    }
+
+    /// Whether some packet matches both (may answer true for disjoint matches, never
+    /// false for overlapping ones).
+    pub fn overlaps(&self, o: &Match) -> bool {
+        if let (Some(a), Some(b)) = (self.proto, o.proto) {
+            if a != b {
+                return false;
+            }
+        }
+        let fam = [IpFamily::V4, IpFamily::V6].into_iter().any(|f| {
+            self.src.family(f).overlaps(o.src.family(f))
+                && self.dst.family(f).overlaps(o.dst.family(f))
+        });
+        if !fam {
+            return false;
+        }
+        let ports_ok = |a: &Option<Intervals>, b: &Option<Intervals>| match (a, b) {
+            (Some(a), Some(b)) => a.overlaps(b),
+            _ => true,
+        };
+        if !ports_ok(&self.sport, &o.sport) || !ports_ok(&self.dport, &o.dport) {
+            return false;
+        }
+        if let (Some((ta, ca)), Some((tb, cb))) = (self.icmp, o.icmp) {
+            if ta != tb || matches!((ca, cb), (Some(x), Some(y)) if x != y) {
+                return false;
+            }
+        }
+        let proto = self.proto.or(o.proto);
+        if proto == Some(6) || proto.is_none() {
+            return self.tcp.overlaps(o.tcp);
+        }
+        true
+    }
+
+    /// The packets matching both; `None` when provably disjoint.
+    pub fn intersect(&self, o: &Match) -> Option<Match> {
+        if !self.overlaps(o) {
+            return None;
+        }
+        let ports = |a: &Option<Intervals>, b: &Option<Intervals>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.intersect(b)),
+            (Some(a), None) | (None, Some(a)) => Some(a.clone()),
+            (None, None) => None,
+        };
+        let icmp = match (self.icmp, o.icmp) {
+            (Some((t, ca)), Some((_, cb))) => Some((t, ca.or(cb))),
+            (a, b) => a.or(b),
+        };
+        let m = Match {
+            src: self.src.intersect(&o.src),
+            dst: self.dst.intersect(&o.dst),
+            proto: self.proto.or(o.proto),
+            sport: ports(&self.sport, &o.sport),
+            dport: ports(&self.dport, &o.dport),
+            icmp,
+            tcp: self.tcp.intersect(o.tcp)?,
+        };
+        (!m.is_empty()).then_some(m)
+    }
+
+    /// Whether a packet matches (`tcp_flags` of TCP packets; `None` for others).
+    pub fn contains(&self, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
+        if !self.src.contains(&pkt.src) || !self.dst.contains(&pkt.dst) {
+            return false;
+        }
+        if self.proto.is_some_and(|p| p != pkt.protocol.0) {
+            return false;
+        }
+        let ports = match pkt.l4 {
+            L4::Ports { src, dst } => Some((src, dst)),
+            _ => None,
+        };
+        if self.sport.is_some() || self.dport.is_some() {
+            let Some((s, d)) = ports else { return false };
+            if self.sport.as_ref().is_some_and(|p| !p.contains(s.into()))
+                || self.dport.as_ref().is_some_and(|p| !p.contains(d.into()))
+            {
+                return false;
+            }
+        }
+        if let Some((t, c)) = self.icmp {
+            let L4::Icmp { icmp_type, code } = pkt.l4 else {
+                return false;
+            };
+            if icmp_type != t || c.is_some_and(|c| c != code) {
+                return false;
+            }
+        }
+        if self.tcp != TcpFlags::Any {
+            match tcp_flags {
+                Some(f) if pkt.protocol == Protocol::TCP => return self.tcp.accepts(f),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether the match needs an L4 header (ports, ICMP fields or TCP flags).
+    pub fn uses_l4(&self) -> bool {
+        self.sport.is_some() || self.dport.is_some() || self.icmp.is_some() || self.tcp != TcpFlags::Any
+    }
+
+    /// The match of the replies to flows this match describes (addresses and ports
+    /// swapped; ICMP replies are not modelled, so ICMP fields are dropped).
+    pub fn reversed(&self) -> Match {
+        Match {
+            src: self.dst.clone(),
+            dst: self.src.clone(),
+            proto: self.proto,
+            sport: self.dport.clone(),
+            dport: self.sport.clone(),
+            icmp: None,
+            tcp: TcpFlags::Any,
+        }
+    }
+}
+
+/// Why a rule has no exact rte_flow form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotExpressible {
+    /// `not_protocol`.
+    NegatedProtocol,
+    /// Named ports (IP-set members with protocol and port).
+    NamedPorts,
+    /// A service match (`dst_ip_port_set_ids`).
+    ServiceMatch,
+    /// `not_icmp`.
+    NegatedIcmp,
+    /// Ports without TCP, UDP or SCTP as the protocol.
+    PortsWithoutL4Protocol,
+    /// ICMP fields without ICMP as the protocol.
+    IcmpWithoutProtocol,
+    /// Not an allow or deny (pass, log, a stage allow).
+    NotADecision,
+}
+
+/// Why a non-deciding entry exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContinueReason {
+    /// A `pass` rule (leaves the tier or the profile).
+    Pass,
+    /// A `log` rule (software must record the match).
+    Log,
+    /// An allow in the forward-ingress stage: the endpoint's policy still applies.
+    StageAllow,
+    /// The non-SYN remainder of a TCP deny: established flows may pass.
+    StatefulRemainder,
+}
+
+/// What an entry does to the packets it matches first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    /// Accept.
+    Allow,
+    /// Drop.
+    Deny,
+    /// No decision here: software carries on.
+    Continue(ContinueReason),
+}
+
+/// Where an entry comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Origin {
+    /// A policy or profile rule.
+    Rule {
+        /// `rule#` in the capo views, when the id table knows it.
+        rule_id: Option<u32>,
+        /// `policy <key>` or `profile <name>`.
+        list: String,
+        /// Index in the list.
+        index: usize,
+        /// `true` for the forward-ingress stage of the uplink.
+        forward: bool,
+    },
+    /// A tier's end-of-tier drop.
+    EndOfTier {
+        /// Tier name.
+        tier: String,
+        /// `rule#` counting the tier's default drops.
+        rule_id: Option<u32>,
+    },
+    /// No profile matched: drop.
+    NoProfileMatched,
+}
+
+/// One entry of a flattened list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Where it comes from.
+    pub origin: Origin,
+    /// What it does.
+    pub kind: EntryKind,
+    /// The exact match, restricted to the domain, or why there is none.
+    pub exact: Result<Match, NotExpressible>,
+    /// A superset of what the entry matches (always available).
+    pub approx: Match,
+    /// The policy rule, for exact evaluation of what has no exact match.
+    pub rule: Option<Rule>,
+}
+
+/// Why a workload endpoint gets no offload at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DomainSkip {
+    /// It has no address of its own (none, or all shared with another endpoint).
+    NoOwnAddress,
+}
+
+/// One local workload's ingress policy, flattened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// The workload.
+    pub workload: WorkloadKey,
+    /// The addresses whose traffic this list decides.
+    pub dst: AddrSet,
+    /// The entries in first-match order.
+    pub entries: Vec<Entry>,
+    /// Over-approximations of the flows the workload's egress policy can allow (their
+    /// replies must not meet a hardware deny).
+    pub egress_allow: Vec<Match>,
+    /// Set when the domain cannot be offloaded at all.
+    pub skipped: Option<DomainSkip>,
+}
+
+/// What one generation's policy looks like to the offload planner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffloadProgram {
+    /// Generation id.
+    pub generation: u64,
+    /// Per local workload, ingress.
+    pub domains: Vec<Domain>,
+    /// Sources Felix evaluates differently (local workloads, the host): always punted.
+    pub local_sources: AddrSet,
+}
+
+impl OffloadProgram {
+    /// The domain that decides packets to `dst`, if any.
+    pub fn domain_of(&self, dst: &IpAddr) -> Option<usize> {
+        self.domains.iter().position(|d| d.dst.contains(dst))
+    }
+
+    /// The first entry of a domain matching the packet (software's view of the
+    /// flattened list: `tcp_flags` as for [`Match::contains`]); `state` is the state
+    /// the program was lowered from.
+    pub fn first_match(
+        &self,
+        state: &State,
+        domain: usize,
+        pkt: &Packet,
+        tcp_flags: Option<u8>,
+    ) -> Option<usize> {
+        let d = self.domains.get(domain)?;
+        d.entries.iter().position(|e| e.matches(state, pkt, tcp_flags))
+    }
+}
+
+impl Entry {
+    /// Whether the entry matches a packet exactly (the policy rule itself where the
+    /// entry has no exact match).
+    pub fn matches(&self, state: &State, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
+        match (&self.exact, &self.rule) {
+            (Ok(m), _) => m.contains(pkt, tcp_flags),
+            (Err(_), Some(rule)) => {
+                let flags_ok = self.approx.tcp == TcpFlags::Any
+                    || tcp_flags.is_some_and(|f| self.approx.tcp.accepts(f));
+                self.approx.dst.contains(&pkt.dst)
+                    && flags_ok
+                    && capo_policy::eval::rule_matches(state, rule, pkt)
+            }
+            (Err(_), None) => self.approx.contains(pkt, tcp_flags),
+        }
+    }
+}
+
+/// Builds the offload program of `state` (ids from `ids`, synced to `state`).
+pub fn lower(state: &State, ids: &IdTable, generation: u64) -> OffloadProgram {
+    let host_addrs: Vec<IpAddr> = state.local_host_addrs();
+    let host_set = AddrSet::from_cidrs(
+        &host_addrs
+            .iter()
+            .map(|a| capo_policy::Cidr::host(*a))
+            .collect::<Vec<_>>(),
+    );
+    let mut local = host_set.clone();
+    for w in state.workloads().values() {
+        local = local.union(&AddrSet::from_cidrs(w.nets()));
+    }
+    let forward = host_endpoint_for_host_traffic(state, false).map(|(_, h)| h);
+    let mut claimed = host_set.clone();
+    let mut domains = Vec::new();
+    for (key, wep) in state.workloads() {
+        let own = AddrSet::from_cidrs(wep.nets()).difference(&claimed);
+        claimed = claimed.union(&own);
+        let mut flat = Flattener {
+            state,
+            ids,
+            dst: own.clone(),
+            out: Vec::new(),
+        };
+        if let Some(hep) = forward {
+            flat.tiers(&hep.untracked_tiers, Direction::Ingress, false, true);
+            flat.tiers(&hep.pre_dnat_tiers, Direction::Ingress, false, true);
+            if has_enforced_policies(&hep.forward_tiers, Direction::Ingress) {
+                flat.tiers(&hep.forward_tiers, Direction::Ingress, true, true);
+            }
+        }
+        flat.tiers(&wep.tiers, Direction::Ingress, true, false);
+        flat.profiles(&wep.profile_ids, Direction::Ingress);
+        let entries = flat.out;
+
+        let mut egress = Flattener {
+            state,
+            ids,
+            dst: AddrSet::any(),
+            out: Vec::new(),
+        };
+        egress.tiers(&wep.tiers, Direction::Egress, true, false);
+        egress.profiles(&wep.profile_ids, Direction::Egress);
+        let own_src = AddrSet::from_cidrs(wep.nets());
+        let egress_allow = egress
+            .out
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::Allow)
+            .map(|e| {
+                let mut m = e.approx;
+                m.src = m.src.intersect(&own_src);
+                m
+            })
+            .filter(|m| !m.is_empty())
+            .collect();
+        domains.push(Domain {
+            workload: key.clone(),
+            skipped: own.is_empty().then_some(DomainSkip::NoOwnAddress),
+            dst: own,
+            entries,
+            egress_allow,
+        });
+    }
+    OffloadProgram {
+        generation,
+        domains,
+        local_sources: local,
+    }
+}
+
+struct Flattener<'a> {
+    state: &'a State,
+    ids: &'a IdTable,
+    dst: AddrSet,
+    out: Vec<Entry>,
+}
+
+impl Flattener<'_> {
+    fn tiers(&mut self, tiers: &[TierInfo], dir: Direction, end_of_tier_drop: bool, forward: bool) {
+        for tier in tiers {
+            let keys = tier.policies(dir);
+            if keys.is_empty() {
+                continue;
+            }
+            for key in keys.iter().filter(|k| !k.is_staged()) {
+                let Some(policy) = self.state.policies().get(key) else {
+                    continue;
+                };
+                let list = format!("policy {key}");
+                let pref = PolicyRef::Policy(key.clone());
+                for (index, rule) in policy.rules(dir).iter().enumerate() {
+                    let origin = Origin::Rule {
+                        rule_id: self.ids.rule(&pref, dir, index),
+                        list: list.clone(),
+                        index,
+                        forward,
+                    };
+                    let kind = match (rule.action, forward) {
+                        (PolicyAction::Allow, false) => EntryKind::Allow,
+                        (PolicyAction::Allow, true) => EntryKind::Continue(ContinueReason::StageAllow),
+                        (PolicyAction::Deny, _) => EntryKind::Deny,
+                        (PolicyAction::Log, _) => EntryKind::Continue(ContinueReason::Log),
+                        (PolicyAction::Pass, _) => EntryKind::Continue(ContinueReason::Pass),
+                    };
+                    self.push_rule(origin, kind, rule);
+                }
+            }
+            let enforced = keys.iter().any(|k| !k.is_staged());
+            if end_of_tier_drop && enforced && tier.default_action == TierDefault::Deny {
+                let origin = Origin::EndOfTier {
+                    tier: tier.name.clone(),
+                    rule_id: self.ids.tier_rule(&tier.name),
+                };
+                self.push_deny_all(origin);
+            }
+        }
+    }
+
+    fn profiles(&mut self, profile_ids: &[String], dir: Direction) {
+        for name in profile_ids {
+            let Some(profile) = self.state.profiles().get(name) else {
+                continue;
+            };
+            let pref = PolicyRef::Profile(name.clone());
+            for (index, rule) in profile.rules(dir).iter().enumerate() {
+                let origin = Origin::Rule {
+                    rule_id: self.ids.rule(&pref, dir, index),
+                    list: format!("profile {name}"),
+                    index,
+                    forward: false,
+                };
+                let kind = match rule.action {
+                    PolicyAction::Allow => EntryKind::Allow,
+                    PolicyAction::Deny => EntryKind::Deny,
+                    PolicyAction::Log => EntryKind::Continue(ContinueReason::Log),
+                    PolicyAction::Pass => EntryKind::Continue(ContinueReason::Pass),
+                };
+                self.push_rule(origin, kind, rule);
+            }
+        }
+        self.push_deny_all(Origin::NoProfileMatched);
+    }
+
+    /// A match-all drop (end of tier, no profile matched): hardware may drop TCP
+    /// connection attempts; everything else is left to software (established flows,
+    /// replies of the endpoint's own flows).
+    fn push_deny_all(&mut self, origin: Origin) {
+        let mut all = Match::any();
+        all.dst = self.dst.clone();
+        let syn = Match {
+            proto: Some(6),
+            tcp: TcpFlags::SynOnly,
+            ..all.clone()
+        };
+        self.out.push(Entry {
+            origin: origin.clone(),
+            kind: EntryKind::Deny,
+            exact: Ok(syn.clone()),
+            approx: syn,
+            rule: None,
+        });
+        self.out.push(Entry {
+            origin,
+            kind: EntryKind::Continue(ContinueReason::StatefulRemainder),
+            exact: Err(NotExpressible::NotADecision),
+            approx: all,
+            rule: None,
+        });
+    }
+
+    fn push_rule(&mut self, origin: Origin, kind: EntryKind, rule: &Rule) {
+        let (exact, mut approx) = rule_match(self.state, rule);
+        approx.dst = approx.dst.intersect(&self.dst);
+        let exact = match (kind, exact) {
+            (EntryKind::Continue(_), _) => Err(NotExpressible::NotADecision),
+            (_, Ok(mut m)) => {
+                m.dst = m.dst.intersect(&self.dst);
+                Ok(m)
+            }
+            (_, Err(e)) => Err(e),
+        };
+        if approx.is_empty() {
+            // Matches nothing in this domain: irrelevant to every packet here.
+            return;
+        }
+        if kind == EntryKind::Deny && approx.proto == Some(6) {
+            // TCP deny: the hardware may only drop connection attempts; the rest of
+            // the rule's space is left to software (established flows).
+            let syn = |m: &Match, t| Match { tcp: t, ..m.clone() };
+            self.out.push(Entry {
+                origin: origin.clone(),
+                kind: EntryKind::Deny,
+                exact: exact.as_ref().map(|m| syn(m, TcpFlags::SynOnly)).map_err(|e| *e),
+                approx: syn(&approx, TcpFlags::SynOnly),
+                rule: Some(rule.clone()),
+            });
+            self.out.push(Entry {
+                origin,
+                kind: EntryKind::Continue(ContinueReason::StatefulRemainder),
+                exact: Err(NotExpressible::NotADecision),
+                approx: syn(&approx, TcpFlags::NotSynOnly),
+                rule: Some(rule.clone()),
+            });
+            return;
+        }
+        self.out.push(Entry {
+            origin,
+            kind,
+            exact,
+            approx,
+            rule: Some(rule.clone()),
+        });
+    }
+}
+
+/// Addresses a side's positive and negative nets and sets allow (all exact).
+fn side_addrs(state: &State, side: &SideMatch) -> AddrSet {
+    let mut s = if side.nets.is_empty() {
+        AddrSet::any()
+    } else {
+        AddrSet::from_cidrs(&side.nets)
+    };
+    s = s.difference(&AddrSet::from_cidrs(&side.not_nets));
+    let set_addrs = |id| {
+        let cidrs: Vec<capo_policy::Cidr> = state
+            .ipsets()
+            .get(id)
+            .map(|set| {
+                set.members()
+                    .filter_map(|m| match m {
+                        capo_policy::Member::Net(c) => Some(*c),
+                        capo_policy::Member::IpPort { .. } => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        AddrSet::from_cidrs(&cidrs)
+    };
+    for id in &side.ip_sets {
+        s = s.intersect(&set_addrs(id));
+    }
+    for id in &side.not_ip_sets {
+        s = s.difference(&set_addrs(id));
+    }
+    s
+}
+
+/// Ports a side allows: `Ok(None)` when unconstrained.
+fn side_ports(side: &SideMatch) -> Result<Option<Intervals>, NotExpressible> {
+    if !side.uses_ports() {
+        return Ok(None);
+    }
+    if !side.named_port_sets.is_empty() || !side.not_named_port_sets.is_empty() {
+        return Err(NotExpressible::NamedPorts);
+    }
+    let pos = if side.ports.is_empty() {
+        all_ports()
+    } else {
+        ports_from_ranges(&side.ports)
+    };
+    Ok(Some(pos.difference(&ports_from_ranges(&side.not_ports))))
+}
+
+/// A rule's exact match (or why none) and its over-approximation.
+fn rule_match(state: &State, rule: &Rule) -> (Result<Match, NotExpressible>, Match) {
+    let family = rule.family();
+    let src = side_addrs(state, &rule.src).restrict(family);
+    let dst = side_addrs(state, &rule.dst).restrict(family);
+    let proto = rule.protocol.map(|p| p.0);
+    let approx_ports = |side: &SideMatch| match side_ports(side) {
+        Ok(p) if proto.is_some_and(|p| Protocol(p).has_ports()) => p,
+        _ => None,
+    };
+    let approx = Match {
+        src: src.clone(),
+        dst: dst.clone(),
+        proto,
+        sport: approx_ports(&rule.src),
+        dport: approx_ports(&rule.dst),
+        icmp: match (rule.icmp, proto) {
+            (Some(i), Some(1 | 58)) => Some((i.icmp_type, i.code)),
+            _ => None,
+        },
+        tcp: TcpFlags::Any,
+    };
+    let exact = (|| {
+        if rule.not_protocol.is_some() {
+            return Err(NotExpressible::NegatedProtocol);
+        }
+        if rule.not_icmp.is_some() {
+            return Err(NotExpressible::NegatedIcmp);
+        }
+        if !rule.dst_ip_port_sets.is_empty() {
+            return Err(NotExpressible::ServiceMatch);
+        }
+        let sport = side_ports(&rule.src)?;
+        let dport = side_ports(&rule.dst)?;
+        if (sport.is_some() || dport.is_some())
+            && !matches!(proto, Some(6 | 17 | 132))
+        {
+            return Err(NotExpressible::PortsWithoutL4Protocol);
+        }
+        let icmp = match (rule.icmp, proto) {
+            (None, _) => None,
+            (Some(i), Some(1 | 58)) => Some((i.icmp_type, i.code)),
+            (Some(_), _) => return Err(NotExpressible::IcmpWithoutProtocol),
+        };
+        Ok(Match {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            icmp,
+            tcp: TcpFlags::Any,
+        })
+    })();
+    (exact, approx)
+}
+
+/// Which (domain, entry) first matches `pkt` in software; `None` for packets from
+/// local sources or to no local workload.
+pub fn attribute(
+    state: &State,
+    program: &OffloadProgram,
+    pkt: &Packet,
+    tcp_flags: Option<u8>,
+) -> Option<(usize, usize)> {
+    if program.local_sources.contains(&pkt.src) {
+        return None;
+    }
+    let d = program.domain_of(&pkt.dst)?;
+    program.first_match(state, d, pkt, tcp_flags).map(|e| (d, e))
+}

@@ -1,0 +1,340 @@
+//! A simulated NIC: really matches packets against its installed rules (group 0 first,
+//! JUMP between groups, lowest priority number wins), counts, validates against a
+//! device profile ([`NicCaps`]: mlx5-like, E810-like, cnxk-like) and injects faults
+//! (ENOMEM after N rules, EIO, validate-passes-create-fails).
+//!
+//! Two rules of one group that match the same packet at the same priority are
+//! "undefined" in rte_flow; the simulator counts such packets
+//! ([`SimNic::same_priority_conflicts`]) so tests can require zero.
+
+use std::collections::BTreeMap;
+
+use crate::backend::{FlowBackend, FlowCount, FlowHandle};
+use crate::caps::NicCaps;
+use crate::error::{ErrorTarget, FlowError, FlowErrorKind};
+use crate::flow::{Action, FlowRule, Group, Headers, Item};
+
+/// Faults to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Faults {
+    /// `create` fails with ENOMEM once this many rules are installed (besides capacity).
+    pub enomem_after: Option<usize>,
+    /// Every operation fails with EIO after this many successful creates (device gone).
+    pub eio_after_creates: Option<u64>,
+    /// `create` of every n-th rule fails with EEXIST although `validate` passed (as
+    /// net_tap without TC flower does).
+    pub create_fails_every: Option<u64>,
+}
+
+/// What the NIC did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NicOutcome {
+    /// Dropped by a rule.
+    Dropped,
+    /// Delivered to software, with the MARK id when a rule marked it.
+    Delivered {
+        /// MARK id.
+        mark: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Installed {
+    rule: FlowRule,
+    count: FlowCount,
+}
+
+/// The simulated NIC.
+#[derive(Debug, Clone)]
+pub struct SimNic {
+    caps: NicCaps,
+    faults: Faults,
+    rules: BTreeMap<u64, Installed>,
+    next: u64,
+    creates: u64,
+    removed: bool,
+    conflicts: u64,
+}
+
+impl SimNic {
+    /// A NIC with a profile.
+    pub fn new(caps: NicCaps) -> Self {
+        SimNic {
+            caps,
+            faults: Faults::default(),
+            rules: BTreeMap::new(),
+            next: 1,
+            creates: 0,
+            removed: false,
+            conflicts: 0,
+        }
+    }
+
+    /// The same with faults.
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Changes the faults (e.g. between two commits).
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
+    }
+
+    /// Installed rules.
+    pub fn installed(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Installed rules, by handle.
+    pub fn rules(&self) -> impl Iterator<Item = (FlowHandle, &FlowRule)> {
+        self.rules.iter().map(|(h, r)| (FlowHandle(*h), &r.rule))
+    }
+
+    /// Packets that met two matching rules at the same priority of one group.
+    pub fn same_priority_conflicts(&self) -> u64 {
+        self.conflicts
+    }
+
+    /// Classifies a packet and counts it (`bytes` for COUNT).
+    pub fn receive(&mut self, h: &Headers, bytes: u64) -> NicOutcome {
+        let (outcome, hit, conflicts) = self.walk(h);
+        self.conflicts += conflicts;
+        for id in hit {
+            if let Some(r) = self.rules.get_mut(&id) {
+                if r.rule.actions().iter().any(|a| matches!(a, Action::Count(_))) {
+                    r.count.hits += 1;
+                    r.count.bytes += bytes;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Classifies a packet without counting.
+    pub fn peek(&self, h: &Headers) -> NicOutcome {
+        self.walk(h).0
+    }
+
+    fn walk(&self, h: &Headers) -> (NicOutcome, Vec<u64>, u64) {
+        let mut group = Group::ROOT;
+        let mut hit = Vec::new();
+        let mut conflicts = 0;
+        let mut mark = None;
+        for _hop in 0..8 {
+            let mut best: Option<(u32, u64)> = None;
+            let mut tie = false;
+            for (id, r) in &self.rules {
+                let a = r.rule.attr();
+                if !self.caps.groups_ignored && a.group != group {
+                    continue;
+                }
+                if !r.rule.matches(h) {
+                    continue;
+                }
+                match best {
+                    Some((p, _)) if a.priority.0 > p => {}
+                    Some((p, _)) if a.priority.0 == p => tie = true,
+                    _ => {
+                        best = Some((a.priority.0, *id));
+                        tie = false;
+                    }
+                }
+            }
+            if tie {
+                conflicts += 1;
+            }
+            let Some((_, id)) = best else {
+                return (NicOutcome::Delivered { mark }, hit, conflicts);
+            };
+            hit.push(id);
+            let Some(r) = self.rules.get(&id) else { break };
+            if let Some(m) = r.rule.mark() {
+                mark = Some(m);
+            }
+            match r.rule.fate() {
+                Some(Action::Drop) => return (NicOutcome::Dropped, hit, conflicts),
+                Some(Action::Jump(g)) => group = *g,
+                _ => return (NicOutcome::Delivered { mark }, hit, conflicts),
+            }
+        }
+        (NicOutcome::Delivered { mark }, hit, conflicts)
+    }
+
+    fn check(&self, rule: &FlowRule) -> Result<(), FlowError> {
+        let inval = |target, message| FlowError {
+            kind: FlowErrorKind::Invalid,
+            target,
+            message,
+        };
+        let notsup = |target, message| FlowError {
+            kind: FlowErrorKind::NotSup,
+            target,
+            message,
+        };
+        if !self.caps.flow_api {
+            return Err(FlowError::new(FlowErrorKind::NoSys, "Function not implemented"));
+        }
+        if self.removed {
+            return Err(FlowError::new(FlowErrorKind::Io, "device removed"));
+        }
+        let attr = rule.attr();
+        if attr.group != Group::ROOT && !self.caps.groups && !self.caps.groups_ignored {
+            return Err(inval(ErrorTarget::AttrGroup, "groups not supported"));
+        }
+        let max = if attr.group == Group::ROOT && !self.caps.groups_ignored {
+            self.caps.root_max_priority
+        } else {
+            self.caps.max_priority
+        };
+        if attr.priority.0 > max {
+            return Err(inval(ErrorTarget::AttrPriority, "priority out of range"));
+        }
+        for (i, item) in rule.pattern().iter().enumerate() {
+            let at = ErrorTarget::Item(Some(i));
+            match item {
+                Item::Ipv4(Some(s)) => {
+                    if let Some(l) = s.last {
+                        let frag_only = self.caps.ipv4_fragment_range
+                            && l.src == s.spec.src
+                            && l.dst == s.spec.dst
+                            && l.proto == s.spec.proto
+                            && s.mask.fragment_offset == 0x3fff;
+                        if !frag_only {
+                            return Err(inval(at, "range is not valid"));
+                        }
+                    }
+                    let prefix_ok = |m: [u8; 4]| {
+                        let v = u32::from_be_bytes(m);
+                        v == 0 || v == u32::MAX
+                    };
+                    if !(self.caps.ip_prefix_masks || prefix_ok(s.mask.src) && prefix_ok(s.mask.dst)) {
+                        return Err(notsup(at, "Mask for IPv4 src/dst addrs not supported"));
+                    }
+                }
+                Item::Ipv6(s) => {
+                    if !self.caps.ipv6 {
+                        return Err(notsup(at, "IPv6 not supported"));
+                    }
+                    if let Some(s) = s {
+                        if s.last.is_some() {
+                            return Err(inval(at, "range is not valid"));
+                        }
+                        let ok = |m: [u8; 16]| {
+                            let v = u128::from_be_bytes(m);
+                            v == 0 || v == u128::MAX
+                        };
+                        if !(self.caps.ip_prefix_masks || ok(s.mask.src) && ok(s.mask.dst)) {
+                            return Err(notsup(at, "Mask for IPv6 src/dst addrs not supported"));
+                        }
+                    }
+                }
+                Item::Tcp(Some(s)) => {
+                    if s.last.is_some() && !self.caps.l4_ranges {
+                        return Err(inval(at, "range is not valid"));
+                    }
+                    if s.mask.flags != 0 && !self.caps.tcp_flags {
+                        return Err(notsup(at, "TCP flags not supported"));
+                    }
+                }
+                other => {
+                    if other.has_last() && !self.caps.l4_ranges {
+                        return Err(inval(at, "range is not valid"));
+                    }
+                }
+            }
+        }
+        for (i, a) in rule.actions().iter().enumerate() {
+            let at = ErrorTarget::Action(Some(i));
+            match a {
+                Action::Jump(_) if !self.caps.groups || self.caps.groups_ignored => {
+                    return Err(notsup(at, "Action is not supported"))
+                }
+                Action::Mark(m)
+                    if u64::from(*m) >= (1u64 << self.caps.mark_bits.clamp(8, 32)) - 16 =>
+                {
+                    return Err(inval(at, "mark id out of range"))
+                }
+                Action::Count(_) if !self.caps.counters => {
+                    return Err(notsup(at, "counters not supported"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FlowBackend for SimNic {
+    fn caps(&self) -> &NicCaps {
+        &self.caps
+    }
+
+    fn validate(&mut self, rule: &FlowRule) -> Result<(), FlowError> {
+        self.check(rule)
+    }
+
+    fn create(&mut self, rule: &FlowRule) -> Result<FlowHandle, FlowError> {
+        self.check(rule)?;
+        if self.rules.len() >= self.caps.capacity as usize
+            || self.faults.enomem_after.is_some_and(|n| self.rules.len() >= n)
+        {
+            return Err(FlowError::new(FlowErrorKind::NoMem, "no free flow entries"));
+        }
+        if self.faults.create_fails_every.is_some_and(|n| n > 0 && (self.creates + 1) % n == 0) {
+            self.creates += 1;
+            return Err(FlowError {
+                kind: FlowErrorKind::Exists,
+                target: ErrorTarget::Handle,
+                message: "overlapping rules or Kernel too old for flower support",
+            });
+        }
+        if self.faults.eio_after_creates.is_some_and(|n| self.creates >= n) {
+            self.removed = true;
+            return Err(FlowError::new(FlowErrorKind::Io, "device removed"));
+        }
+        self.creates += 1;
+        let id = self.next;
+        self.next += 1;
+        self.rules.insert(
+            id,
+            Installed {
+                rule: rule.clone(),
+                count: FlowCount::default(),
+            },
+        );
+        Ok(FlowHandle(id))
+    }
+
+    fn destroy(&mut self, handle: FlowHandle) -> Result<(), FlowError> {
+        if self.removed {
+            // A removed device has no rules left; destroying is moot.
+            self.rules.remove(&handle.0);
+            return Err(FlowError::new(FlowErrorKind::Io, "device removed"));
+        }
+        match self.rules.remove(&handle.0) {
+            Some(_) => Ok(()),
+            None => Err(FlowError {
+                kind: FlowErrorKind::Invalid,
+                target: ErrorTarget::Handle,
+                message: "unknown flow handle",
+            }),
+        }
+    }
+
+    fn query_count(&mut self, handle: FlowHandle, reset: bool) -> Result<FlowCount, FlowError> {
+        if !self.caps.counters {
+            return Err(FlowError::new(FlowErrorKind::NotSup, "no counters"));
+        }
+        let r = self.rules.get_mut(&handle.0).ok_or(FlowError {
+            kind: FlowErrorKind::Invalid,
+            target: ErrorTarget::Handle,
+            message: "unknown flow handle",
+        })?;
+        let c = r.count;
+        if reset {
+            r.count = FlowCount::default();
+        }
+        Ok(c)
+    }
+}

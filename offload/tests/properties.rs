@@ -1,0 +1,485 @@
+//! Differential property tests: for random policies, traffic, capacities and device
+//! profiles, the NIC's decision where it decides and software's otherwise equals the
+//! reference verdict ([`capo_policy::trace`]); during a commit every packet gets the
+//! verdict of the old or of the new generation; the same under injected faults.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use capo_offload::commit::{Committer, SoftwareView};
+use capo_offload::plan::{plan, FlowSample, HitCounters, OffloadPlan, PlanConfig};
+use capo_offload::sim::{Faults, SimNic};
+use capo_offload::verdict::{combine, Fragment, Probe};
+use capo_offload::workload::Rng;
+use capo_offload::{lower, NicCaps};
+use capo_policy::eval::L4;
+use capo_policy::{
+    trace, Action, Cidr, FelixConfig, HostEndpoint, HostEndpointKey, HostMetadata, IcmpMatch,
+    IdTable, IpSetId, IpSetKind, Member, Packet, Policy, PolicyKey, PortRange, Profile, Protocol,
+    Rule, State, TierDefault, TierInfo, Update, Verdict, WorkloadEndpoint, WorkloadKey,
+};
+use proptest::prelude::*;
+
+const NODE: &str = "node-1";
+
+fn host() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 168, 100, 1))
+}
+
+fn pod(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 244, 0, i))
+}
+
+fn pod6() -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1))
+}
+
+fn remote(rng: &mut Rng) -> IpAddr {
+    if rng.below(10) == 0 {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, rng.below(4) as u16))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(172, 16, 0, rng.below(16) as u8))
+    }
+}
+
+fn cidr(s: &str) -> Cidr {
+    s.parse().unwrap()
+}
+
+fn random_net(rng: &mut Rng) -> Cidr {
+    match rng.below(5) {
+        0 => cidr(&format!("172.16.0.{}/32", rng.below(16))),
+        1 => cidr(&format!("172.16.0.{}/30", rng.below(4) * 4)),
+        2 => cidr(&format!("172.16.0.{}/29", rng.below(2) * 8)),
+        3 => cidr("fd00:1::/126"),
+        _ => cidr("172.16.0.0/28"),
+    }
+}
+
+fn random_rule(rng: &mut Rng, sets: &[IpSetId], named: &IpSetId) -> Rule {
+    let action = match rng.below(20) {
+        0..=7 => Action::Allow,
+        8..=14 => Action::Deny,
+        15..=16 => Action::Pass,
+        _ => Action::Log,
+    };
+    let mut r = Rule::any(action);
+    r.protocol = match rng.below(6) {
+        0 | 1 => None,
+        2 | 3 => Some(Protocol::TCP),
+        4 => Some(Protocol::UDP),
+        _ => Some(Protocol::ICMP),
+    };
+    match rng.below(6) {
+        0 => r.src.nets.push(random_net(rng)),
+        1 => r.src.ip_sets.push(sets[rng.below(sets.len() as u64) as usize].clone()),
+        2 => r.src.not_nets.push(random_net(rng)),
+        3 => r.src.not_ip_sets.push(sets[rng.below(sets.len() as u64) as usize].clone()),
+        _ => {}
+    }
+    if matches!(r.protocol, Some(Protocol::TCP) | Some(Protocol::UDP)) {
+        match rng.below(6) {
+            0 => r.dst.ports.push(PortRange::single(80 + rng.below(4) as u16)),
+            1 => r.dst.ports.push(PortRange::new(80, 82).unwrap()),
+            2 => r.dst.not_ports.push(PortRange::single(81)),
+            3 if rng.below(3) == 0 => r.dst.named_port_sets.push(named.clone()),
+            4 => r.src.ports.push(PortRange::single(1000)),
+            _ => {}
+        }
+    }
+    if r.protocol == Some(Protocol::ICMP) && rng.below(2) == 0 {
+        r.icmp = Some(IcmpMatch {
+            icmp_type: 8,
+            code: (rng.below(2) == 0).then_some(0),
+        });
+    }
+    if rng.below(20) == 0 {
+        r.not_protocol = Some(Protocol::UDP);
+    }
+    if rng.below(10) == 0 {
+        r.dst.nets.push(cidr("10.244.0.0/24"));
+    }
+    r
+}
+
+/// A small random state: two pods (one dual-stack), IP sets over a small remote space,
+/// one or two tiers, profiles, sometimes a host endpoint with forward policy.
+fn random_state(seed: u64) -> (State, IdTable) {
+    let mut rng = Rng::new(seed);
+    let mut s = State::new();
+    let cfg = FelixConfig {
+        hostname: NODE.into(),
+        ..FelixConfig::default()
+    };
+    s.apply(Update::Config(cfg)).unwrap();
+    s.apply(Update::HostMetadataUpdate(
+        NODE.into(),
+        HostMetadata {
+            ipv4: Some(host()),
+            ipv6: None,
+        },
+    ))
+    .unwrap();
+    let mut sets = Vec::new();
+    for i in 0..3 {
+        let id = IpSetId::new(format!("s:{i}")).unwrap();
+        let members: Vec<Member> = (0..1 + rng.below(4))
+            .map(|_| Member::Net(random_net(&mut rng)))
+            .collect();
+        s.apply(Update::IpSetReplace {
+            id: id.clone(),
+            kind: IpSetKind::Net,
+            members,
+        })
+        .unwrap();
+        sets.push(id);
+    }
+    let named = IpSetId::new("s:named").unwrap();
+    s.apply(Update::IpSetReplace {
+        id: named.clone(),
+        kind: IpSetKind::IpAndPort,
+        members: vec!["10.244.0.1,tcp:82".parse().unwrap()],
+    })
+    .unwrap();
+    let mut tiers = Vec::new();
+    for t in 0..1 + rng.below(2) {
+        let mut keys = Vec::new();
+        for p in 0..1 + rng.below(3) {
+            let key = PolicyKey {
+                kind: "NetworkPolicy".into(),
+                namespace: "ns".into(),
+                name: format!("t{t}p{p}"),
+            };
+            let n_in = rng.below(5) as usize;
+            let n_out = rng.below(3) as usize;
+            let policy = Policy {
+                inbound: (0..n_in).map(|_| random_rule(&mut rng, &sets, &named)).collect(),
+                outbound: (0..n_out).map(|_| random_rule(&mut rng, &sets, &named)).collect(),
+                untracked: false,
+                pre_dnat: false,
+                tier: format!("tier{t}"),
+            };
+            s.apply(Update::PolicyUpdate(key.clone(), policy)).unwrap();
+            keys.push(key);
+        }
+        tiers.push(TierInfo {
+            name: format!("tier{t}"),
+            ingress: keys.clone(),
+            egress: keys,
+            default_action: if rng.below(4) == 0 {
+                TierDefault::Pass
+            } else {
+                TierDefault::Deny
+            },
+        });
+    }
+    let profile = Profile {
+        inbound: (0..rng.below(3)).map(|_| random_rule(&mut rng, &sets, &named)).collect(),
+        outbound: vec![Rule::any(Action::Allow)],
+    };
+    s.apply(Update::ProfileUpdate("kns.ns".into(), profile)).unwrap();
+    for i in 1..=2u8 {
+        let tiers = if i == 2 && rng.below(3) == 0 {
+            Vec::new()
+        } else {
+            tiers.clone()
+        };
+        let wep = WorkloadEndpoint {
+            name: format!("cali{i}"),
+            profile_ids: vec!["kns.ns".into()],
+            ipv4_nets: vec![Cidr::host(pod(i))],
+            ipv6_nets: if i == 1 { vec![Cidr::host(pod6())] } else { vec![] },
+            tiers,
+        };
+        let key = WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: format!("ns/pod{i}"),
+            endpoint: "eth0".into(),
+        };
+        s.apply(Update::WorkloadUpdate(key, wep)).unwrap();
+    }
+    if rng.below(5) == 0 {
+        let key = PolicyKey {
+            kind: "GlobalNetworkPolicy".into(),
+            namespace: String::new(),
+            name: "fwd".into(),
+        };
+        let policy = Policy {
+            inbound: (0..1 + rng.below(3)).map(|_| random_rule(&mut rng, &sets, &named)).collect(),
+            outbound: vec![],
+            untracked: false,
+            pre_dnat: false,
+            tier: "default".into(),
+        };
+        s.apply(Update::PolicyUpdate(key.clone(), policy)).unwrap();
+        let hep = HostEndpoint {
+            name: "eth0".into(),
+            profile_ids: vec![],
+            tiers: vec![],
+            untracked_tiers: vec![],
+            pre_dnat_tiers: vec![],
+            forward_tiers: vec![TierInfo {
+                name: "default".into(),
+                ingress: vec![key],
+                egress: vec![],
+                default_action: TierDefault::Deny,
+            }],
+            expected_addrs: vec![host()],
+        };
+        s.apply(Update::HostEndpointUpdate(HostEndpointKey("eth0".into()), hep))
+            .unwrap();
+    }
+    let mut ids = IdTable::default();
+    ids.sync(&s);
+    (s, ids)
+}
+
+fn random_probes(seed: u64, n: usize) -> Vec<Probe> {
+    let mut rng = Rng::new(seed ^ 0x5555);
+    (0..n)
+        .map(|_| {
+            let src = match rng.below(12) {
+                0 => pod(1),
+                1 => host(),
+                _ => remote(&mut rng),
+            };
+            let v6 = src.is_ipv6();
+            let dst = if v6 {
+                pod6()
+            } else {
+                match rng.below(8) {
+                    0 => pod(9),
+                    1 => host(),
+                    2..=4 => pod(2),
+                    _ => pod(1),
+                }
+            };
+            let (protocol, l4) = match rng.below(7) {
+                0..=2 => (
+                    Protocol::TCP,
+                    L4::Ports {
+                        src: [1000, 40000][rng.below(2) as usize],
+                        dst: 79 + rng.below(5) as u16,
+                    },
+                ),
+                3 | 4 => (
+                    Protocol::UDP,
+                    L4::Ports {
+                        src: [1000, 53][rng.below(2) as usize],
+                        dst: 79 + rng.below(5) as u16,
+                    },
+                ),
+                5 => (
+                    if v6 { Protocol::ICMPV6 } else { Protocol::ICMP },
+                    L4::Icmp {
+                        icmp_type: [8, 0][rng.below(2) as usize],
+                        code: rng.below(2) as u8,
+                    },
+                ),
+                _ => (Protocol(47), L4::None),
+            };
+            Probe {
+                packet: Packet {
+                    src,
+                    dst,
+                    protocol,
+                    l4,
+                },
+                tcp_flags: [0x02, 0x10, 0x12, 0x00][rng.below(4) as usize],
+                fragment: match rng.below(10) {
+                    0 => Fragment::First,
+                    1 => Fragment::Later,
+                    _ => Fragment::No,
+                },
+            }
+        })
+        .collect()
+}
+
+fn hits_from(probes: &[Probe], seed: u64) -> HitCounters {
+    let mut rng = Rng::new(seed ^ 0xabcd);
+    HitCounters {
+        flows: probes
+            .iter()
+            .map(|p| FlowSample {
+                packet: p.reference_packet(),
+                tcp_flags: p.flags(),
+                hits: rng.below(1000),
+            })
+            .collect(),
+        rules: Default::default(),
+    }
+}
+
+fn caps_for(profile: u8, capacity: u32) -> NicCaps {
+    match profile {
+        0 => NicCaps::mlx5(capacity),
+        1 => NicCaps::e810(capacity),
+        2 => NicCaps::cnxk(capacity),
+        _ => {
+            // mlx5 with few priorities: exercises the priority pruning.
+            let mut c = NicCaps::mlx5(capacity);
+            c.max_priority = 4;
+            c
+        }
+    }
+}
+
+fn make_plan(state: &State, ids: &IdTable, generation: u64, caps: &NicCaps, hits: &HitCounters) -> OffloadPlan {
+    let program = lower(state, ids, generation);
+    plan(state, &program, caps, hits, &PlanConfig::default())
+}
+
+fn verdict(nic: &SimNic, sw: &SoftwareView, caps: &NicCaps, p: &Probe, refs: &dyn Fn(u64) -> Verdict) -> Verdict {
+    let out = nic.peek(&p.headers());
+    combine(out, sw, caps.mark_bits, &mut |g| refs(g)).0
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// NIC where it decides, software otherwise, equals the reference.
+    #[test]
+    fn prop_nic_plus_software_equals_reference(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..4) {
+        let (state, ids) = random_state(seed);
+        let probes = random_probes(seed, 120);
+        let caps = caps_for(profile, capacity);
+        let p = make_plan(&state, &ids, 1, &caps, &hits_from(&probes, seed));
+        prop_assert!(p.entries_used() <= capacity as usize);
+        let mut nic = SimNic::new(caps.clone());
+        let mut c = Committer::new();
+        c.commit(&mut nic, &p, &mut |_, _| {});
+        let sw = c.software().clone();
+        for pr in &probes {
+            let reference = trace(&state, &pr.reference_packet()).verdict;
+            let out = nic.receive(&pr.headers(), 64);
+            let (v, _) = combine(out, &sw, caps.mark_bits, &mut |_| reference);
+            prop_assert_eq!(v, reference, "probe {:?}\nplan rules {:#?}", pr, p.rules);
+        }
+        prop_assert_eq!(nic.same_priority_conflicts(), 0);
+    }
+
+    /// During a commit (and the retire after it) every packet gets the verdict of the
+    /// old or the new generation; afterwards exactly the new one.
+    #[test]
+    fn prop_commit_is_per_packet_consistent(seed in any::<u64>(), capacity in 4u32..120, profile in 0u8..4) {
+        check_commit(seed, capacity, profile, None)?;
+    }
+
+    /// The same with faults injected while the new generation is installed.
+    #[test]
+    fn prop_commit_under_faults(
+        seed in any::<u64>(),
+        capacity in 4u32..120,
+        profile in 0u8..4,
+        enomem in proptest::option::of(0usize..60),
+        eio in proptest::option::of(0u64..60),
+        every in proptest::option::of(1u64..6),
+    ) {
+        let faults = Faults { enomem_after: enomem, eio_after_creates: eio, create_fails_every: every };
+        check_commit(seed, capacity, profile, Some(faults))?;
+    }
+}
+
+fn check_commit(seed: u64, capacity: u32, profile: u8, faults: Option<Faults>) -> Result<(), TestCaseError> {
+    let (a, ids_a) = random_state(seed);
+    let (b, ids_b) = random_state(seed.wrapping_add(1));
+    let probes = random_probes(seed, 80);
+    let caps = caps_for(profile, capacity);
+    let hits = hits_from(&probes, seed);
+    let plan_a = make_plan(&a, &ids_a, 1, &caps, &hits);
+    let plan_b = make_plan(&b, &ids_b, 2, &caps, &hits);
+    let ref_a: Vec<Verdict> = probes.iter().map(|p| trace(&a, &p.reference_packet()).verdict).collect();
+    let ref_b: Vec<Verdict> = probes.iter().map(|p| trace(&b, &p.reference_packet()).verdict).collect();
+    let mut nic = SimNic::new(caps.clone());
+    let mut c = Committer::new();
+    c.commit(&mut nic, &plan_a, &mut |_, _| {});
+    for (i, p) in probes.iter().enumerate() {
+        let refs = |g: u64| if g == 2 { ref_b[i] } else { ref_a[i] };
+        prop_assert_eq!(verdict(&nic, c.software(), &caps, p, &refs), ref_a[i]);
+    }
+    if let Some(f) = faults {
+        nic.set_faults(f);
+    }
+    let mut failure: Option<String> = None;
+    let mut check = |nic: &SimNic, sw: &SoftwareView| {
+        for (i, p) in probes.iter().enumerate() {
+            let refs = |g: u64| if g == 2 { ref_b[i] } else { ref_a[i] };
+            let v = verdict(nic, sw, &caps, p, &refs);
+            if v != ref_a[i] && v != ref_b[i] && failure.is_none() {
+                failure = Some(format!("probe {p:?}: {v:?} is neither {:?} nor {:?} (sw {sw:?})", ref_a[i], ref_b[i]));
+            }
+        }
+    };
+    c.commit(&mut nic, &plan_b, &mut check);
+    c.retire(&mut nic, &mut check);
+    if let Some(f) = failure {
+        return Err(TestCaseError::fail(f));
+    }
+    for (i, p) in probes.iter().enumerate() {
+        let refs = |g: u64| if g == 2 { ref_b[i] } else { ref_a[i] };
+        prop_assert_eq!(verdict(&nic, c.software(), &caps, p, &refs), ref_b[i], "after commit: {:?}", p);
+    }
+    prop_assert_eq!(nic.same_priority_conflicts(), 0);
+    Ok(())
+}
+
+#[test]
+fn test_fragment_and_source_punts_precede_everything() {
+    let (state, ids) = random_state(7);
+    let probes = random_probes(7, 50);
+    let caps = NicCaps::mlx5(500);
+    let p = make_plan(&state, &ids, 3, &caps, &hits_from(&probes, 7));
+    use capo_offload::plan::Role;
+    let first_other = p
+        .rules
+        .iter()
+        .position(|r| !matches!(r.role, Role::FragmentPunt | Role::SourcePunt))
+        .unwrap_or(p.rules.len());
+    assert!(p.rules[..first_other].iter().any(|r| r.role == Role::FragmentPunt));
+    assert!(p.rules[first_other..].iter().all(|r| !matches!(r.role, Role::FragmentPunt | Role::SourcePunt)));
+    assert_eq!(p.rules.last().map(|r| r.role.clone()), Some(Role::CatchAll));
+}
+
+#[test]
+fn test_software_only_device_keeps_everything_with_a_reason() {
+    let (state, ids) = random_state(11);
+    let p = make_plan(&state, &ids, 1, &NicCaps::none("net_null"), &HitCounters::default());
+    assert!(p.rules.is_empty());
+    assert!(p
+        .kept
+        .iter()
+        .all(|k| k.reason == capo_offload::KeepReason::SoftwareOnlyDevice));
+}
+
+/// Guards the properties against vacuity: the random inputs do put decisions, covers
+/// and several priority layers on the NIC.
+#[test]
+fn test_random_inputs_exercise_hardware_decisions() {
+    use capo_offload::plan::Role;
+    use capo_offload::verdict::DecidedBy;
+    let (mut hw, mut total, mut covers, mut multi_layer, mut drops) = (0, 0, 0, 0, 0);
+    for seed in 0..200u64 {
+        let (state, ids) = random_state(seed);
+        let probes = random_probes(seed, 100);
+        for profile in [0u8, 1] {
+            let caps = caps_for(profile, 100);
+            let p = make_plan(&state, &ids, 1, &caps, &hits_from(&probes, seed));
+            covers += p.rules.iter().filter(|r| matches!(r.role, Role::Cover { .. })).count();
+            multi_layer += usize::from(p.layers > 1);
+            drops += p.rules.iter().filter(|r| matches!(r.role, Role::Decide { allow: false, .. })).count();
+            let mut nic = SimNic::new(caps.clone());
+            let mut c = Committer::new();
+            c.commit(&mut nic, &p, &mut |_, _| {});
+            for pr in &probes {
+                let reference = trace(&state, &pr.reference_packet()).verdict;
+                let (_, by) = combine(nic.peek(&pr.headers()), c.software(), caps.mark_bits, &mut |_| reference);
+                total += 1;
+                hw += usize::from(by == DecidedBy::Hardware);
+            }
+        }
+    }
+    assert!(hw * 20 > total, "only {hw} of {total} probes decided in hardware");
+    assert!(covers > 0 && multi_layer > 0 && drops > 0, "covers {covers}, multi-layer plans {multi_layer}, drops {drops}");
+}
