@@ -7,3 +7,4 @@ source scripts/setup.sh
 cargo build --locked --workspace --all-targets
 cargo test --locked --workspace
 cargo test --locked -p capo-offload -p capo-hw-tests --features capo-offload/dpdk,capo-hw-tests/dpdk
+cargo test --locked -p capo-agent --features dpdk --test api dpdk_nic

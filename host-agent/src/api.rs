@@ -490,7 +490,7 @@ impl api::trace_server::Trace for Api {
         let state = d.state().ok_or_else(no_policy)?;
         let t = capo_policy::trace(state, &pkt);
         let views = capo_policy::Views::new(state, d.ids());
-        let steps = t
+        let steps: Vec<api::TraceStep> = t
             .steps
             .iter()
             .map(|s| {
@@ -518,11 +518,26 @@ impl api::trace_server::Trace for Api {
                 }
             })
             .collect();
+        // capoctl's text, with where each step is decided.
+        let mut text = String::new();
+        let mut step_lines = steps.iter();
+        for line in trace_text(&t, state, d.ids()).lines() {
+            text += line;
+            // Step lines are indented by two; "logged by" lines by four.
+            let is_step =
+                line.starts_with("  ") && !line.starts_with("    ") && !t.steps.is_empty();
+            if is_step {
+                if let Some(step) = step_lines.next() {
+                    text += &format!(" [decided in {}]", step.decided_in);
+                }
+            }
+            text.push('\n');
+        }
         Ok(Response::new(api::TraceReply {
             verdict: verdict_str(t.verdict).to_string(),
             steps,
             generation: d.generation(),
-            text: trace_text(&t, state, d.ids()),
+            text,
             json: trace_json(&t, state, d.ids()).to_string(),
         }))
     }

@@ -252,7 +252,10 @@ impl Daemon {
             .iter()
             .find_map(|s| s.offload_plan(state, &self.ids))
         {
-            return plan;
+            return api::OffloadPlanReply {
+                generation: self.generation,
+                ..plan
+            };
         }
         api::OffloadPlanReply {
             generation: self.generation,

@@ -14,6 +14,12 @@ use capo_policy::{Direction, IdTable, Packet, State, Update, Verdict, Views};
 use capo_proto::capo::agent::v1 as api;
 
 use crate::daemon::PolicySink;
+use crate::nic::SimulatedNic;
+
+/// Locks the NIC; a panic elsewhere does not poison the dataplane.
+fn nic_lock(m: &std::sync::Mutex<SimulatedNic>) -> std::sync::MutexGuard<'_, SimulatedNic> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The classifier, its published generation, one worker and its counters.
 pub struct Embedded {
@@ -25,6 +31,9 @@ pub struct Embedded {
     worker: Worker,
     started: Instant,
     scratch: Vec<Verdict>,
+    nic: Option<std::sync::Mutex<SimulatedNic>>,
+    /// Packets the NIC decided, per (sw_if_index, direction): allowed, denied.
+    nic_verdicts: std::collections::HashMap<(u32, Direction), (u64, u64)>,
 }
 
 impl Embedded {
@@ -41,7 +50,17 @@ impl Embedded {
             worker,
             started: Instant::now(),
             scratch: Vec::new(),
+            nic: None,
+            nic_verdicts: std::collections::HashMap::new(),
         }
+    }
+
+    /// The same, with a (simulated) NIC in front: packets arriving at a workload
+    /// from the wire meet the NIC first.
+    pub fn with_nic(nic: SimulatedNic) -> Self {
+        let mut e = Embedded::new();
+        e.nic = Some(std::sync::Mutex::new(nic));
+        e
     }
 
     fn now(&self) -> Timestamp {
@@ -106,28 +125,51 @@ impl PolicySink for Embedded {
         };
         let id = g.id();
         self.publish(g);
-        Ok(format!(
+        let mut msg = format!(
             "classifier generation {id:?} in {}us",
             t0.elapsed().as_micros()
-        ))
+        );
+        if let Some(nic) = &self.nic {
+            msg += "; ";
+            msg += &nic_lock(nic).commit(state, ids);
+        }
+        Ok(msg)
     }
 
     fn counters(&self, state: &State, ids: &IdTable) -> Option<api::CountersReply> {
         let views = Views::new(state, ids);
-        let rules = views
-            .numbered_rules()
+        let numbered = views.numbered_rules();
+        let (nic_counts, placements) = match &self.nic {
+            Some(nic) => {
+                let mut n = nic_lock(nic);
+                let counts = n.rule_counts();
+                let plan = n.plan_reply(&numbered);
+                let placements: std::collections::HashMap<u32, i32> = plan
+                    .rules
+                    .iter()
+                    .map(|r| (r.rule_id, r.placement))
+                    .collect();
+                (counts, placements)
+            }
+            None => Default::default(),
+        };
+        let rules = numbered
             .into_iter()
             .map(|r| {
                 let c = self.counters.rule(r.id);
+                let (nic_packets, nic_bytes) = nic_counts.get(&r.id).copied().unwrap_or((0, 0));
                 api::RuleCounters {
                     rule_id: r.id,
                     rule: r.line,
                     owner: r.owner,
                     software_packets: c.packets,
                     software_bytes: c.bytes,
-                    nic_packets: 0,
-                    nic_bytes: 0,
-                    placement: api::Placement::Software as i32,
+                    nic_packets,
+                    nic_bytes,
+                    placement: placements
+                        .get(&r.id)
+                        .copied()
+                        .unwrap_or(api::Placement::Software as i32),
                 }
             })
             .collect();
@@ -148,19 +190,25 @@ impl PolicySink for Embedded {
             };
             for dir in Direction::BOTH {
                 let v = self.counters.interface(idx, dir);
-                allowed += v.allow;
-                denied += v.deny;
+                let (nic_allow, nic_deny) = self
+                    .nic_verdicts
+                    .get(&(idx, dir))
+                    .copied()
+                    .unwrap_or((0, 0));
+                allowed += v.allow + nic_allow;
+                denied += v.deny + nic_deny;
                 interfaces.push(api::InterfaceCounters {
                     interface: name.clone(),
                     sw_if_index: idx,
                     direction: dir_name(dir).into(),
-                    allowed_packets: v.allow,
-                    denied_packets: v.deny,
+                    allowed_packets: v.allow + nic_allow,
+                    denied_packets: v.deny + nic_deny,
                     ..Default::default()
                 });
             }
         }
         let flows = self.counters.flows();
+        let nic_decided = self.nic.as_ref().map_or(0, |n| nic_lock(n).nic_decided());
         Some(api::CountersReply {
             generation: 0,
             rules,
@@ -169,15 +217,28 @@ impl PolicySink for Embedded {
                 packets: allowed + denied,
                 allowed,
                 denied,
-                nic_decided: 0,
-                software_decided: allowed + denied,
+                nic_decided,
+                software_decided: (allowed + denied).saturating_sub(nic_decided),
                 flow_table_hits: flows.hits,
             }),
         })
     }
 
-    fn decided_in(&self, _interface: &str, _dir: Direction, _pkt: &Packet) -> Option<&'static str> {
-        None
+    fn offload_plan(&self, state: &State, ids: &IdTable) -> Option<api::OffloadPlanReply> {
+        let nic = self.nic.as_ref()?;
+        let numbered = Views::new(state, ids).numbered_rules();
+        Some(nic_lock(nic).plan_reply(&numbered))
+    }
+
+    fn decided_in(&self, interface: &str, dir: Direction, pkt: &Packet) -> Option<&'static str> {
+        let nic = self.nic.as_ref()?;
+        let on_wire = dir == Direction::Ingress
+            && self.state.workloads().values().any(|w| w.name == interface);
+        Some(if on_wire && nic_lock(nic).decides(pkt) {
+            "nic"
+        } else {
+            "software"
+        })
     }
 
     fn inject(
@@ -209,21 +270,74 @@ impl PolicySink for Embedded {
         let generation = cell.load_full();
         let now = self.now();
         let mut reply = api::InjectReply::default();
-        for chunk in batch.chunks(capo_classifier::MAX_BATCH) {
-            self.worker
-                .process(&generation, chunk, now, &mut self.scratch);
-            for v in &self.scratch {
-                match v {
-                    Verdict::Allow => reply.allowed += 1,
-                    Verdict::Deny => reply.denied += 1,
-                }
-                reply.verdicts.push(
-                    match v {
-                        Verdict::Allow => "allow",
-                        Verdict::Deny => "deny",
+        // Packets towards a workload come from the wire: the NIC sees them first.
+        let on_wire = dir == Direction::Ingress
+            && self.state.workloads().values().any(|w| w.name == interface);
+        let mut replan = false;
+        let Embedded {
+            worker,
+            scratch,
+            nic,
+            nic_verdicts,
+            ..
+        } = self;
+        match nic.as_ref().filter(|_| on_wire) {
+            Some(nic) => {
+                let mut nic = nic_lock(nic);
+                for input in &batch {
+                    let mut by_software = false;
+                    let (v, hw) = nic.receive(
+                        &input.packet.packet,
+                        input.packet.tcp_flags,
+                        u64::from(input.len),
+                        &mut || {
+                            by_software = true;
+                            worker.process_one(&generation, input, now)
+                        },
+                    );
+                    if hw {
+                        reply.nic_decided += 1;
+                        let e = nic_verdicts.entry((sw_if_index, dir)).or_default();
+                        match v {
+                            Verdict::Allow => e.0 += 1,
+                            Verdict::Deny => e.1 += 1,
+                        }
                     }
-                    .into(),
-                );
+                    if by_software {
+                        let flags = (input.packet.packet.protocol == capo_policy::Protocol::TCP)
+                            .then_some(input.packet.tcp_flags);
+                        replan |= nic.record(&input.packet.packet, flags);
+                    }
+                    scratch.push(v);
+                }
+            }
+            None => {
+                for chunk in batch.chunks(capo_classifier::MAX_BATCH) {
+                    let mut out = Vec::new();
+                    worker.process(&generation, chunk, now, &mut out);
+                    scratch.extend(out);
+                }
+            }
+        }
+        for v in scratch.drain(..) {
+            match v {
+                Verdict::Allow => reply.allowed += 1,
+                Verdict::Deny => reply.denied += 1,
+            }
+            reply.verdicts.push(
+                match v {
+                    Verdict::Allow => "allow",
+                    Verdict::Deny => "deny",
+                }
+                .into(),
+            );
+        }
+        // New flows are hit counters the planner has not seen: plan again so hot
+        // flows move to the NIC.
+        if replan {
+            if let Some(nic) = nic.as_ref() {
+                let outcome = nic_lock(nic).commit(&self.state, &self.ids);
+                tracing::info!(%outcome, "NIC plan refreshed from measured flows");
             }
         }
         Some(Ok(reply))

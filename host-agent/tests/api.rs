@@ -52,7 +52,7 @@ fn start(name: &str, extra: &[&str]) -> Agent {
     // Ready once the API answers with a generation.
     loop {
         let (rc, out, _) = capoctl(&agent.api, &["generations"]);
-        if rc == 0 && out.contains("in sync") {
+        if rc == 0 && out.contains(", in sync)") {
             break;
         }
         assert!(
@@ -436,4 +436,142 @@ fn injected_packets_move_the_counters() {
         out.contains("totals: packets=5 allowed=3 denied=2"),
         "{out}"
     );
+}
+
+fn frame_from(sport: u16, dport: u16) -> Vec<u8> {
+    let pkt = capo_policy::Packet {
+        src: "11.0.0.196".parse().unwrap(),
+        dst: "11.0.0.67".parse().unwrap(),
+        protocol: capo_policy::Protocol::TCP,
+        l4: capo_policy::L4::Ports {
+            src: sport,
+            dst: dport,
+        },
+    };
+    capo_classifier::build::frame(&pkt, capo_classifier::tcp_flags::SYN)
+}
+
+#[test]
+fn simulated_nic_takes_hot_flows_and_counters_add_up() {
+    let a = start("nic", &["--enable-inject", "--nic", "sim:mlx5"]);
+    rt().block_on(async {
+        let ch = capo_agent::api::connect(&a.api).await.unwrap();
+        let inject = api::inject_client::InjectClient::new(ch.clone());
+        let send = |frames: Vec<Vec<u8>>| {
+            let req = api::InjectRequest {
+                interface: "tun3".into(),
+                direction: "ingress".into(),
+                frames,
+            };
+            let mut c = inject.clone();
+            async move { c.inject(req).await.unwrap().into_inner() }
+        };
+        // Cold: software decides the first connection of each kind.
+        let r = send(vec![frame_from(40000, 5978), frame_from(40001, 5979)]).await;
+        assert_eq!((r.allowed, r.denied, r.nic_decided), (1, 1, 0));
+        // Hot now: new connections (new source ports) are decided by the NIC.
+        let r = send((0..10).map(|i| frame_from(41000 + i, 5978)).collect()).await;
+        assert_eq!((r.allowed, r.denied, r.nic_decided), (10, 0, 10));
+        let r = send((0..5).map(|i| frame_from(42000 + i, 5979)).collect()).await;
+        assert_eq!((r.allowed, r.denied, r.nic_decided), (0, 5, 5));
+
+        let mut counters = api::counters_client::CountersClient::new(ch.clone());
+        let c = counters
+            .get(api::CountersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let r18 = c.rules.iter().find(|r| r.rule_id == 18).unwrap();
+        let r17 = c.rules.iter().find(|r| r.rule_id == 17).unwrap();
+        // NIC and software counters add up to the packets sent for each rule.
+        assert_eq!(r18.software_packets + r18.nic_packets, 11, "{r18:?}");
+        assert_eq!(r17.software_packets + r17.nic_packets, 6, "{r17:?}");
+        assert_eq!(r18.nic_packets, 10);
+        assert_eq!(r18.placement, api::Placement::Nic as i32);
+        let t = c.totals.unwrap();
+        assert_eq!((t.packets, t.nic_decided, t.software_decided), (17, 15, 2));
+
+        let mut offload = api::offload_client::OffloadClient::new(ch.clone());
+        let p = offload
+            .get_plan(api::OffloadPlanRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(p.offload_available);
+        assert!(p.nic.starts_with("sim:mlx5"));
+        assert!(p.entries_used > 0 && p.entries_used <= p.entries_capacity);
+        let r16 = p.rules.iter().find(|r| r.rule_id == 16).unwrap();
+        assert_eq!(r16.placement, api::Placement::Software as i32);
+        assert!(!r16.reason.is_empty());
+
+        let mut trace = api::trace_client::TraceClient::new(ch);
+        let t = trace
+            .trace(api::TraceRequest {
+                from: "11.0.0.196".into(),
+                to: "11.0.0.67".into(),
+                protocol: "tcp".into(),
+                dst_port: Some(5978),
+                src_port: Some(43000),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(t.verdict, "allow");
+        assert_eq!(t.steps[0].decided_in, "nic");
+        assert!(t.text.contains("[decided in nic]"), "{}", t.text);
+    });
+}
+
+#[test]
+fn dpdk_nic_needs_dpdk_support_or_runs_fallback_only() {
+    let dir = std::env::temp_dir().join(format!("capo-api-{}-dpdk", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+    let api_sock = dir.join("agent.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args([
+            "--resources",
+            seed.to_str().unwrap(),
+            "--node",
+            "kind-worker2",
+            "--nic",
+            "dpdk:net_null0",
+        ])
+        .arg("--api-socket")
+        .arg(&api_sock)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            // Built without DPDK: a clear refusal.
+            let log = std::fs::read_to_string(dir.join("log")).unwrap();
+            assert_eq!(st.code(), Some(2), "{log}");
+            assert!(log.contains("built without DPDK support"), "{log}");
+            let dpdk_build = cfg!(feature = "dpdk");
+            assert!(!dpdk_build, "a dpdk build must run: {log}");
+            break;
+        }
+        let (rc, out, _) = capoctl(&api_sock, &["offload"]);
+        if rc == 0 {
+            let dpdk_build = cfg!(feature = "dpdk");
+            assert!(dpdk_build, "only a dpdk build can open the port");
+            assert!(out.contains("fallback-only"), "{out}");
+            let log = std::fs::read_to_string(dir.join("log")).unwrap();
+            assert!(log.contains("no usable rte_flow offload"), "{log}");
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "agent neither ran nor refused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,6 +15,7 @@ use capo_agent::daemon::{
 };
 use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_agent::logging::{self, LogFormat};
+use capo_agent::nic::{NicSpec, SimulatedNic};
 use capo_policy::IdTable;
 use clap::{CommandFactory, Parser};
 
@@ -49,6 +50,10 @@ struct Args {
     /// VPP plugin's control socket).
     #[arg(long, value_name = "embedded|vpp:SOCKET", default_value = "embedded")]
     dataplane: String,
+    /// The NIC in front of the embedded dataplane: none (fallback-only),
+    /// sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] (simulated), or dpdk:PORT.
+    #[arg(long, value_name = "SPEC", default_value = "none")]
+    nic: capo_agent::nic::NicSpec,
     /// Felix schema; by default detected from ConfigUpdate's CalicoVersion.
     #[arg(long, value_name = "v3.31|v3.32")]
     schema: Option<Schema>,
@@ -132,7 +137,26 @@ fn main() -> ExitCode {
     }
     let mut d = Daemon::new(opts, ids);
     match args.dataplane.as_str() {
-        "embedded" => d.add_sink(Box::new(capo_agent::embedded::Embedded::new())),
+        "embedded" => {
+            let embedded = match &args.nic {
+                NicSpec::None => capo_agent::embedded::Embedded::new(),
+                NicSpec::Sim { profile, capacity } => {
+                    tracing::info!(profile = %profile, capacity, "simulated NIC in front of the embedded dataplane");
+                    capo_agent::embedded::Embedded::with_nic(SimulatedNic::new(profile, *capacity))
+                }
+                NicSpec::Dpdk(port) => match capo_agent::dpdk_port::probe(port) {
+                    Ok(report) => {
+                        tracing::warn!(port = %port, %report, "running fallback-only: every rule in software");
+                        capo_agent::embedded::Embedded::new()
+                    }
+                    Err(e) => {
+                        tracing::error!(port = %port, error = %e, "cannot use the DPDK port");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            d.add_sink(Box::new(embedded));
+        }
         other => {
             tracing::error!("--dataplane {other:?}: expected `embedded` or `vpp:SOCKET`");
             return ExitCode::from(2);

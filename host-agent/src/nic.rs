@@ -1,0 +1,401 @@
+//! The NIC in front of the embedded dataplane: each generation is lowered, split by
+//! the planner and committed to the NIC; packets from the wire meet the NIC first,
+//! and software accepts its verdict only for a generation it holds (DESIGN §4).
+//!
+//! `--nic none|sim:mlx5|sim:e810|sim:cnxk[:CAPACITY]|dpdk:PORT`. The simulated NICs
+//! really match packets against their installed rules and count them.
+
+use std::collections::HashMap;
+
+use capo_offload::lower::{EntryKind, Origin};
+use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
+use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
+use capo_offload::{lower, plan, CommitOutcome, Committer, NicCaps, NicOutcome, SimNic};
+use capo_policy::{IdTable, Packet, Protocol, State, Verdict, L4};
+use capo_proto::capo::agent::v1 as api;
+
+/// Default table size of a simulated NIC.
+pub const DEFAULT_SIM_CAPACITY: u32 = 4096;
+
+/// Which NIC, from `--nic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicSpec {
+    /// No NIC: fallback-only.
+    None,
+    /// A simulated NIC with a profile and a table size.
+    Sim {
+        /// `mlx5`, `e810` or `cnxk`.
+        profile: String,
+        /// Entries.
+        capacity: u32,
+    },
+    /// A DPDK port (id or PCI address).
+    Dpdk(String),
+}
+
+impl std::str::FromStr for NicSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(NicSpec::None);
+        }
+        if let Some(rest) = s.strip_prefix("sim:") {
+            let (profile, capacity) = match rest.split_once(':') {
+                Some((p, c)) => (
+                    p,
+                    c.parse::<u32>()
+                        .map_err(|_| format!("{s:?}: {c:?} is not a table size"))?,
+                ),
+                None => (rest, DEFAULT_SIM_CAPACITY),
+            };
+            if !matches!(profile, "mlx5" | "e810" | "cnxk") {
+                return Err(format!(
+                    "{s:?}: the simulated profiles are mlx5, e810 and cnxk"
+                ));
+            }
+            return Ok(NicSpec::Sim {
+                profile: profile.to_string(),
+                capacity,
+            });
+        }
+        if let Some(port) = s.strip_prefix("dpdk:") {
+            if port.is_empty() {
+                return Err(format!("{s:?}: name a port id or PCI address"));
+            }
+            return Ok(NicSpec::Dpdk(port.to_string()));
+        }
+        Err(format!(
+            "{s:?}: expected none, sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] or dpdk:PORT"
+        ))
+    }
+}
+
+impl std::fmt::Display for NicSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NicSpec::None => f.write_str("none"),
+            NicSpec::Sim { profile, capacity } => write!(f, "sim:{profile}:{capacity}"),
+            NicSpec::Dpdk(p) => write!(f, "dpdk:{p}"),
+        }
+    }
+}
+
+/// A simulated NIC with its committer, plan and what software saw.
+pub struct SimulatedNic {
+    spec: NicSpec,
+    caps: NicCaps,
+    nic: SimNic,
+    committer: Committer,
+    plan: Option<OffloadPlan>,
+    /// The plan's rule ids by plan rule index (decide rules only).
+    plan_rule_ids: Vec<Option<u32>>,
+    /// Per `rule#`: packets and bytes counted by retired NIC generations.
+    retired_counts: HashMap<u32, (u64, u64)>,
+    /// Flows software decided, for hotness (keyed by the first packet).
+    samples: HashMap<Packet, FlowSample>,
+    /// NIC plans committed (the NIC's own generation numbers: one per plan).
+    plans: u64,
+    last_outcome: String,
+    nic_decided: u64,
+}
+
+impl SimulatedNic {
+    /// A simulated NIC of `profile` with `capacity` entries.
+    pub fn new(profile: &str, capacity: u32) -> Self {
+        let caps = match profile {
+            "e810" => NicCaps::e810(capacity),
+            "cnxk" => NicCaps::cnxk(capacity),
+            _ => NicCaps::mlx5(capacity),
+        };
+        SimulatedNic {
+            spec: NicSpec::Sim {
+                profile: profile.to_string(),
+                capacity,
+            },
+            nic: SimNic::new(caps.clone()),
+            caps,
+            committer: Committer::new(),
+            plan: None,
+            plan_rule_ids: Vec::new(),
+            retired_counts: HashMap::new(),
+            samples: HashMap::new(),
+            plans: 0,
+            last_outcome: String::new(),
+            nic_decided: 0,
+        }
+    }
+
+    /// Plans `state` with the hit counters seen so far and commits it to the NIC.
+    pub fn commit(&mut self, state: &State, ids: &IdTable) -> String {
+        self.plans += 1;
+        let program = lower(state, ids, self.plans);
+        let hits = HitCounters {
+            flows: self.samples.values().cloned().collect(),
+            rules: HashMap::new(),
+        };
+        let p = plan(state, &program, &self.caps, &hits, &PlanConfig::default());
+        let outcome = self.committer.commit(&mut self.nic, &p, &mut |_, _| {});
+        // Nothing is in flight in a simulated NIC: retire the previous generation now.
+        let old_ids = std::mem::take(&mut self.plan_rule_ids);
+        for r in self.committer.retire(&mut self.nic, &mut |_, _| {}) {
+            for (i, c) in r.counts {
+                if let Some(Some(id)) = old_ids.get(i) {
+                    let e = self.retired_counts.entry(*id).or_default();
+                    e.0 += c.hits;
+                    e.1 += c.bytes;
+                }
+            }
+        }
+        self.plan_rule_ids = p
+            .rules
+            .iter()
+            .map(|r| match &r.role {
+                Role::Decide { domain, entry, .. } => program
+                    .domains
+                    .get(*domain)
+                    .and_then(|d| d.entries.get(*entry))
+                    .and_then(|e| origin_rule_id(&e.origin)),
+                _ => None,
+            })
+            .collect();
+        self.last_outcome = match &outcome {
+            CommitOutcome::Offloaded { installed, refused } => {
+                format!("{installed} NIC rules installed, {refused} refused")
+            }
+            CommitOutcome::SoftwareOnly { error, rule, .. } => {
+                format!("NIC refused rule {rule} ({error:?}): software decides everything")
+            }
+        };
+        self.plan = Some(p);
+        self.last_outcome.clone()
+    }
+
+    /// Whether `pkt` is new to the planner's samples (a flow it has not seen).
+    pub fn record(&mut self, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
+        let mut new = false;
+        self.samples
+            .entry(*pkt)
+            .or_insert_with(|| {
+                new = true;
+                FlowSample {
+                    packet: *pkt,
+                    tcp_flags,
+                    hits: 0,
+                }
+            })
+            .hits += 1;
+        new
+    }
+
+    /// Passes a packet from the wire through the NIC; `software` classifies it when
+    /// the NIC does not decide. Returns the verdict and whether the NIC decided.
+    pub fn receive(
+        &mut self,
+        pkt: &Packet,
+        tcp_flags: u8,
+        bytes: u64,
+        software: &mut dyn FnMut() -> Verdict,
+    ) -> (Verdict, bool) {
+        let out = self.nic.receive(&headers(pkt, tcp_flags), bytes);
+        let (v, by) = combine(
+            out,
+            self.committer.software(),
+            self.caps.mark_bits,
+            &mut |_| software(),
+        );
+        let hw = by == DecidedBy::Hardware;
+        if hw {
+            self.nic_decided += 1;
+        }
+        (v, hw)
+    }
+
+    /// Whether the NIC would decide this packet (without counting it).
+    pub fn decides(&self, pkt: &Packet) -> bool {
+        let flags = if pkt.protocol == Protocol::TCP {
+            0x02
+        } else {
+            0
+        };
+        match self.nic.peek(&headers(pkt, flags)) {
+            NicOutcome::Dropped => true,
+            out @ NicOutcome::Delivered { .. } => {
+                let (_, by) = combine(
+                    out,
+                    self.committer.software(),
+                    self.caps.mark_bits,
+                    &mut |_| Verdict::Deny,
+                );
+                by == DecidedBy::Hardware
+            }
+        }
+    }
+
+    /// Packets the NIC decided.
+    pub fn nic_decided(&self) -> u64 {
+        self.nic_decided
+    }
+
+    /// NIC packets and bytes per `rule#`, live and retired generations.
+    pub fn rule_counts(&mut self) -> HashMap<u32, (u64, u64)> {
+        let mut out = self.retired_counts.clone();
+        for (i, c) in self.committer.live_counts(&mut self.nic) {
+            if let Some(Some(id)) = self.plan_rule_ids.get(i) {
+                let e = out.entry(*id).or_default();
+                e.0 += c.hits;
+                e.1 += c.bytes;
+            }
+        }
+        out
+    }
+
+    /// The plan as the API reports it; `rules` lists every rule of the views.
+    pub fn plan_reply(&self, rules: &[capo_policy::views::NumberedRule]) -> api::OffloadPlanReply {
+        let mut placement: HashMap<u32, (api::Placement, String, u32)> = HashMap::new();
+        if let Some(p) = &self.plan {
+            for (i, r) in p.rules.iter().enumerate() {
+                if let Some(Some(id)) = self.plan_rule_ids.get(i) {
+                    let e = placement
+                        .entry(*id)
+                        .or_insert((api::Placement::Nic, String::new(), 0));
+                    e.2 += 1;
+                }
+                let _ = r;
+            }
+            for k in &p.kept {
+                let Some(id) = origin_rule_id(&k.origin) else {
+                    continue;
+                };
+                let reason = keep_reason(&k.reason);
+                let e = placement
+                    .entry(id)
+                    .or_insert((api::Placement::Software, String::new(), 0));
+                if k.atoms_offloaded == 0 {
+                    e.0 = api::Placement::Software;
+                }
+                if e.1.is_empty() {
+                    e.1 = if k.atoms_offloaded > 0 {
+                        format!(
+                            "partly ({}/{} entries): {reason}",
+                            k.atoms_offloaded, k.atoms_total
+                        )
+                    } else {
+                        reason
+                    };
+                }
+            }
+        }
+        let rules = rules
+            .iter()
+            .map(|r| {
+                let (pl, reason, n) = placement.get(&r.id).cloned().unwrap_or((
+                    api::Placement::Software,
+                    "not a NIC candidate (internal or not on the wire path)".into(),
+                    0,
+                ));
+                api::RulePlacement {
+                    rule_id: r.id,
+                    rule: r.line.clone(),
+                    placement: pl as i32,
+                    reason,
+                    nic_entries: n,
+                }
+            })
+            .collect();
+        api::OffloadPlanReply {
+            generation: 0,
+            nic: self.spec.to_string(),
+            offload_available: self.caps.flow_api,
+            entries_used: self
+                .plan
+                .as_ref()
+                .map_or(0, |p| u32::try_from(p.entries_used()).unwrap_or(u32::MAX)),
+            entries_capacity: self.caps.capacity,
+            rules,
+        }
+    }
+
+    /// What the last commit did.
+    pub fn last_outcome(&self) -> &str {
+        &self.last_outcome
+    }
+}
+
+fn origin_rule_id(o: &Origin) -> Option<u32> {
+    match o {
+        Origin::Rule { rule_id, .. } | Origin::EndOfTier { rule_id, .. } => *rule_id,
+        Origin::NoProfileMatched => None,
+    }
+}
+
+fn keep_reason(r: &KeepReason) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| {
+            let name = v.get("reason")?.as_str()?.to_string();
+            let detail = v
+                .as_object()?
+                .iter()
+                .filter(|(k, _)| *k != "reason")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            Some(if detail.is_empty() {
+                name
+            } else {
+                format!("{name} ({detail})")
+            })
+        })
+        .unwrap_or_else(|| format!("{r:?}"))
+}
+
+fn headers(pkt: &Packet, tcp_flags: u8) -> capo_offload::Headers {
+    let fragment = match (pkt.l4, pkt.protocol.has_ports() || pkt.protocol.is_icmp()) {
+        (L4::None, true) => Fragment::Later,
+        _ => Fragment::No,
+    };
+    Probe {
+        packet: *pkt,
+        tcp_flags,
+        fragment,
+    }
+    .headers()
+}
+
+/// Whether a decision entry kind is a NIC candidate (allow or deny).
+pub fn is_decision(kind: &EntryKind) -> bool {
+    matches!(kind, EntryKind::Allow | EntryKind::Deny)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_specs_parse() {
+        assert_eq!("none".parse::<NicSpec>().unwrap(), NicSpec::None);
+        assert_eq!(
+            "sim:mlx5".parse::<NicSpec>().unwrap(),
+            NicSpec::Sim {
+                profile: "mlx5".into(),
+                capacity: DEFAULT_SIM_CAPACITY
+            }
+        );
+        assert_eq!(
+            "sim:e810:14000".parse::<NicSpec>().unwrap(),
+            NicSpec::Sim {
+                profile: "e810".into(),
+                capacity: 14000
+            }
+        );
+        assert_eq!(
+            "dpdk:0000:03:00.0".parse::<NicSpec>().unwrap(),
+            NicSpec::Dpdk("0000:03:00.0".into())
+        );
+        assert!("sim:bogus".parse::<NicSpec>().is_err());
+        assert!("sim:mlx5:many".parse::<NicSpec>().is_err());
+        assert!("dpdk:".parse::<NicSpec>().is_err());
+        assert!("fpga".parse::<NicSpec>().is_err());
+    }
+}
