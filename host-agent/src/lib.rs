@@ -21,3 +21,4 @@ pub mod manifests;
 pub mod metrics;
 pub mod nic;
 pub mod replay;
+pub mod vpp;

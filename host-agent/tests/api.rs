@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use capo_proto::capo::agent::v1 as api;
 
+mod common;
+use common::{capoctl_at as capoctl, seed_dir};
+
 struct Agent {
     child: Child,
     dir: PathBuf,
@@ -29,7 +32,7 @@ fn start(name: &str, extra: &[&str]) -> Agent {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let api = dir.join("agent.sock");
-    let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+    let seed = seed_dir();
     let mut args = vec![
         "--resources".to_string(),
         seed.to_str().unwrap().into(),
@@ -62,20 +65,6 @@ fn start(name: &str, extra: &[&str]) -> Agent {
         std::thread::sleep(Duration::from_millis(50));
     }
     agent
-}
-
-fn capoctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_capoctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -283,7 +272,7 @@ fn config_file_settings_with_flags_overriding() {
     let dir = std::env::temp_dir().join(format!("capo-api-{}-config", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+    let seed = seed_dir();
     let from_file = dir.join("from-file.sock");
     let from_cli = dir.join("from-cli.sock");
     let cfg = dir.join("agent.toml");
@@ -528,7 +517,7 @@ fn dpdk_nic_needs_dpdk_support_or_runs_fallback_only() {
     let dir = std::env::temp_dir().join(format!("capo-api-{}-dpdk", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+    let seed = seed_dir();
     let api_sock = dir.join("agent.sock");
     let mut child = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
         .args([

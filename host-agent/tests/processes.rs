@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,17 +13,8 @@ use capo_agent::felix::frame::FrameReader;
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/felix")
-        .join(name)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("capo-proc-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{fixture, scratch};
 
 /// Starts the driver the way Felix does: no arguments, frames on fd 3, status on
 /// fd 4. bash moves stdin to fd 3 and a file to fd 4.

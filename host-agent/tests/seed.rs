@@ -3,18 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use capo_agent::cli::{packet, View};
 use capo_agent::replay::{replay_file, ReplayOptions};
 use capo_policy::{trace, Verdict};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/felix")
-        .join(name)
-}
+mod common;
+use common::{capoctl, fixture, SEED_TUN3_AFTER};
 
 fn seed_options() -> ReplayOptions {
     ReplayOptions {
@@ -22,21 +16,6 @@ fn seed_options() -> ReplayOptions {
         ..ReplayOptions::default()
     }
 }
-
-/// The seed document's `sh capo interfaces` after the NetworkPolicy, line for line.
-const SEED_TUN3_AFTER: &str = "\
-[tun3 sw_if_index=11  addr=11.0.0.67 addr6=fd20::1cc0:b1ac:ad47:e7c2]
-  tx:
-    [policy#2]
-      tx:[rule#0;allow][src==172.18.0.2/32,src==fc00:f853:ccd:e793::2/128,]
-    [policy#12]
-      tx:[rule#18;allow][proto==TCP,dst==5978,src==[ipset#1;prefix;11.0.0.196/32,fd20::58fd:b191:5c13:9cc3/128,],]
-  profiles:
-    [policy#10]
-      tx:[rule#15;allow][]
-      rx:[rule#16;allow][]
-    [policy#11]
-";
 
 fn tun3_block(interfaces: &str) -> String {
     let mut out = String::new();
@@ -105,18 +84,6 @@ fn every_scenario_probe_gets_felix_verdict() {
             assert_eq!(t.verdict, expect, "{file}: probe {p}\ntrace: {t:?}");
         }
     }
-}
-
-fn capoctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_capoctl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -1,0 +1,168 @@
+//! The agent's VPP channel against the plugin's control logic, in process, over a real
+//! unix socket (the plugin's VPP glue is replaced by its `FakeVpp` context).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use capo_agent::vpp::{VppChannel, VppError};
+use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader};
+use capo_proto::felix::v3_32 as pb;
+use capo_vpp_plugin::cli::Show;
+use capo_vpp_plugin::control::{bind_path, serve, FakeVpp};
+use capo_vpp_plugin::{Plugin, PluginConfig};
+
+fn seed() -> Vec<pb::ToDataplane> {
+    let bytes = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/felix/seed.master.frames"),
+    )
+    .unwrap();
+    FrameReader::new(bytes.as_slice())
+        .map(|f| decode_to_dataplane_v3_32(&f.unwrap()).unwrap())
+        .collect()
+}
+
+/// A plugin serving `name` in a fresh temp dir; returns the plugin and the socket path.
+fn plugin(name: &str) -> (Arc<Plugin>, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-{name}", std::process::id()));
+    let path = dir.join("capo.sock");
+    let listener = bind_path(&path, 0o660, None).unwrap();
+    let plugin = Arc::new(Plugin::new(PluginConfig {
+        socket: path.clone(),
+        ..PluginConfig::default()
+    }));
+    let core = Arc::new(Mutex::new(
+        plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)])),
+    ));
+    std::thread::spawn(move || serve(listener, core, |_| {}));
+    (plugin, path)
+}
+
+fn ipset_delta(id: &str, add: &str) -> pb::ToDataplane {
+    pb::ToDataplane {
+        sequence_number: 0,
+        payload: Some(pb::to_dataplane::Payload::IpsetDeltaUpdate(
+            pb::IpSetDeltaUpdate {
+                id: id.to_string(),
+                added_members: vec![add.to_string()],
+                removed_members: vec![],
+            },
+        )),
+    }
+}
+
+fn seed_ipset() -> String {
+    seed()
+        .into_iter()
+        .find_map(|m| match m.payload {
+            Some(pb::to_dataplane::Payload::IpsetUpdate(u)) => Some(u.id),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn full_then_delta_then_reconnect() {
+    let (plugin, path) = plugin("sync");
+    let mut ch = VppChannel::connect(&path).unwrap();
+    assert_eq!(ch.active_generation(), 0);
+    assert!(!ch.plugin_version().is_empty());
+
+    // Full on connect; InSync is appended by the channel when missing.
+    let mut snapshot = seed();
+    snapshot.pop();
+    let a = ch.push_full(1, snapshot).unwrap();
+    assert!(a.ok, "{}", a.error);
+    assert!(a.unknown_interfaces.is_empty());
+    assert_eq!(ch.active_generation(), 1);
+    let view = plugin.show(Show::Interfaces, 0);
+    assert!(
+        view.contains("[tun3 sw_if_index=11  addr=11.0.0.67 addr6=fd20::1cc0:b1ac:ad47:e7c2]"),
+        "{view}"
+    );
+
+    // A delta on the active generation.
+    let a = ch
+        .push_delta(2, 1, vec![ipset_delta(&seed_ipset(), "11.0.0.197/32")])
+        .unwrap();
+    assert!(a.ok, "{}", a.error);
+    assert!(plugin.show(Show::Ipsets, 0).contains("11.0.0.197/32"));
+
+    // A reconnecting agent learns the active generation and sends a delta on it.
+    drop(ch);
+    let mut ch = VppChannel::connect(&path).unwrap();
+    assert_eq!(ch.active_generation(), 2);
+    let a = ch
+        .sync(
+            3,
+            2,
+            vec![ipset_delta(&seed_ipset(), "11.0.0.198/32")],
+            || panic!("no snapshot needed"),
+        )
+        .unwrap();
+    assert!(a.ok, "{}", a.error);
+    assert_eq!(plugin.cell.active_id(), 3);
+}
+
+#[test]
+fn stale_base_falls_back_to_full() {
+    let (plugin, path) = plugin("stale");
+    let mut ch = VppChannel::connect(&path).unwrap();
+    // The agent thinks the plugin holds 7; it holds nothing: full snapshot instead.
+    let a = ch
+        .sync(8, 7, vec![ipset_delta("s:x", "10.0.0.1/32")], seed)
+        .unwrap();
+    assert!(a.ok, "{}", a.error);
+    assert_eq!(plugin.cell.active_id(), 8);
+    // A refused delta (wrong base) is reported, not an error, and changes nothing.
+    let a = ch.push_delta(9, 5, vec![]).unwrap();
+    assert!(
+        !a.ok && a.error.contains("delta on generation 5"),
+        "{}",
+        a.error
+    );
+    assert_eq!(ch.active_generation(), 8);
+    assert_eq!(plugin.cell.active_id(), 8);
+}
+
+#[test]
+fn unknown_interfaces_are_reported() {
+    let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-unknown", std::process::id()));
+    let path = dir.join("capo.sock");
+    let listener = bind_path(&path, 0o660, None).unwrap();
+    let plugin = Arc::new(Plugin::new(PluginConfig::default()));
+    let core = Arc::new(Mutex::new(
+        plugin.control_core(FakeVpp::with(&[("tap0", 1)])),
+    ));
+    std::thread::spawn(move || serve(listener, core, |_| {}));
+    let mut ch = VppChannel::connect(&path).unwrap();
+    let a = ch.push_full(1, seed()).unwrap();
+    assert!(a.ok);
+    assert_eq!(a.unknown_interfaces, vec!["tun3".to_string()]);
+}
+
+#[test]
+fn fail_static_after_the_agent_leaves() {
+    let (plugin, path) = plugin("failstatic");
+    let mut ch = VppChannel::connect(&path).unwrap();
+    assert!(ch.push_full(1, seed()).unwrap().ok);
+    drop(ch);
+    // The server notices the disconnect asynchronously.
+    let mut gens = String::new();
+    for _ in 0..100 {
+        gens = plugin.show(Show::Generations, capo_vpp_plugin::control::unix_now());
+        if gens.contains("fail-static") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(gens.contains("active generation: 1"), "{gens}");
+    assert!(gens.contains("fail-static"), "{gens}");
+}
+
+#[test]
+fn connect_to_nothing_is_a_typed_error() {
+    let err = VppChannel::connect("/nonexistent/capo.sock").unwrap_err();
+    assert!(matches!(err, VppError::Connect { .. }), "{err}");
+}

@@ -1,0 +1,289 @@
+//! vppctl commands: parsing and rendering, both pure; the VPP registration (two paths,
+//! `show capo` and `clear capo`) is in `vpp_glue` and only calls these.
+//!
+//! - `show capo interfaces|ipsets|policies [verbose]|rules`: the capo views, printed by
+//!   the policy core's [`capo_policy::Views`], the same renderer capoctl uses;
+//! - `show capo generations`: the active generation, the agent connection (fail-static
+//!   when it is gone) and the recent pushes;
+//! - `show capo flows [verbose]`: flow-table sizes and the plugin's counters;
+//! - `clear capo counters`: resets the counters and forgets the flows.
+
+use std::fmt::Write as _;
+
+use crate::batch::Counters;
+use crate::control::{AgentState, Status};
+use crate::flow::FlowTables;
+use crate::generation::GenerationCell;
+
+/// A `show capo` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// `show capo interfaces`.
+    Interfaces,
+    /// `show capo ipsets`.
+    Ipsets,
+    /// `show capo policies [verbose]`.
+    Policies {
+        /// Print each policy's rules.
+        verbose: bool,
+    },
+    /// `show capo rules`.
+    Rules,
+    /// `show capo generations`.
+    Generations,
+    /// `show capo flows [verbose]`.
+    Flows {
+        /// List every flow.
+        verbose: bool,
+    },
+}
+
+/// Help for `show capo`.
+pub const SHOW_HELP: &str =
+    "show capo interfaces|ipsets|policies [verbose]|rules|generations|flows [verbose]";
+/// Help for `clear capo`.
+pub const CLEAR_HELP: &str = "clear capo counters";
+
+/// A command line that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown input {input:?}; usage: {usage}")]
+pub struct CliError {
+    input: String,
+    usage: &'static str,
+}
+
+impl Show {
+    /// Parses what follows `show capo`.
+    ///
+    /// # Errors
+    ///
+    /// [`CliError`] with the usage line.
+    pub fn parse(input: &str) -> Result<Show, CliError> {
+        let words: Vec<&str> = input.split_whitespace().collect();
+        let err = || CliError {
+            input: input.trim().to_string(),
+            usage: SHOW_HELP,
+        };
+        let verbose = |rest: &[&str]| match rest {
+            [] => Ok(false),
+            ["verbose"] => Ok(true),
+            _ => Err(err()),
+        };
+        match words.split_first() {
+            Some((&"interfaces", [])) => Ok(Show::Interfaces),
+            Some((&"ipsets", [])) => Ok(Show::Ipsets),
+            Some((&"rules", [])) => Ok(Show::Rules),
+            Some((&"generations", [])) => Ok(Show::Generations),
+            Some((&"policies", rest)) => Ok(Show::Policies {
+                verbose: verbose(rest)?,
+            }),
+            Some((&"flows", rest)) => Ok(Show::Flows {
+                verbose: verbose(rest)?,
+            }),
+            _ => Err(err()),
+        }
+    }
+}
+
+/// Parses what follows `clear capo` (only `counters`).
+///
+/// # Errors
+///
+/// [`CliError`] with the usage line.
+pub fn parse_clear(input: &str) -> Result<(), CliError> {
+    match input.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["counters"] => Ok(()),
+        _ => Err(CliError {
+            input: input.trim().to_string(),
+            usage: CLEAR_HELP,
+        }),
+    }
+}
+
+/// What the commands read.
+#[derive(Debug, Clone, Copy)]
+pub struct CliCtx<'a> {
+    /// Generations.
+    pub cell: &'a GenerationCell,
+    /// Control status.
+    pub status: &'a Status,
+    /// Flow tables.
+    pub flows: &'a FlowTables,
+    /// Counters.
+    pub counters: &'a Counters,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// Renders a `show capo` command.
+pub fn render(cmd: Show, ctx: &CliCtx<'_>) -> String {
+    let views_of = |f: &dyn Fn(capo_policy::Views<'_>) -> String| match ctx.cell.load() {
+        Some(g) => f(g.views()),
+        None => "capo: no policy generation yet (no agent has pushed one)\n".to_string(),
+    };
+    match cmd {
+        Show::Interfaces => views_of(&|v| v.interfaces()),
+        Show::Ipsets => views_of(&|v| v.ipsets()),
+        Show::Policies { verbose } => views_of(&|v| v.policies(verbose)),
+        Show::Rules => views_of(&|v| v.rules()),
+        Show::Generations => generations(ctx),
+        Show::Flows { verbose } => flows(ctx, verbose),
+    }
+}
+
+fn ago(now: u64, t: u64) -> String {
+    format!("{}s ago", now.saturating_sub(t))
+}
+
+fn generations(ctx: &CliCtx<'_>) -> String {
+    let mut out = String::new();
+    let s = ctx.status;
+    match ctx.cell.load() {
+        Some(g) => {
+            let _ = writeln!(
+                out,
+                "active generation: {} ({} interfaces policed, {} unknown)",
+                g.id(),
+                g.interfaces().len(),
+                g.unknown_interfaces().len()
+            );
+            if !g.unknown_interfaces().is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  unknown interfaces: {}",
+                    g.unknown_interfaces().join(" ")
+                );
+            }
+        }
+        None => out.push_str("active generation: none\n"),
+    }
+    if let Some(p) = ctx.cell.previous_id() {
+        let _ = writeln!(out, "previous generation: {p} (NIC marks still honoured)");
+    }
+    match &s.agent {
+        AgentState::Never => out.push_str("agent: never connected\n"),
+        AgentState::Connected { since, version } => {
+            let _ = writeln!(
+                out,
+                "agent: connected ({version}), since {}",
+                ago(ctx.now, *since)
+            );
+        }
+        AgentState::Disconnected { since } => {
+            let _ = writeln!(
+                out,
+                "agent: disconnected {}; fail-static: enforcing the last generation until an agent reconnects",
+                ago(ctx.now, *since)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "control socket: {}\ngenerations applied: {} refused: {}",
+        s.socket, s.applied, s.refused
+    );
+    for r in s.history.iter().rev() {
+        let kind = if r.full {
+            "full".to_string()
+        } else {
+            format!("delta on {}", r.base_id)
+        };
+        let result = match &r.error {
+            None => "applied".to_string(),
+            Some(e) => format!("refused: {e}"),
+        };
+        let _ = writeln!(
+            out,
+            "  [generation {} {kind}] {result}, {}",
+            r.id,
+            ago(ctx.now, r.at)
+        );
+        if !r.unknown_interfaces.is_empty() {
+            let _ = writeln!(
+                out,
+                "    unknown interfaces: {}",
+                r.unknown_interfaces.join(" ")
+            );
+        }
+    }
+    out
+}
+
+fn flows(ctx: &CliCtx<'_>, verbose: bool) -> String {
+    let mut out = String::new();
+    let mut total = 0usize;
+    let mut lines = Vec::new();
+    ctx.flows.each(|thread, t| {
+        if t.is_empty() {
+            return;
+        }
+        total += t.len();
+        lines.push(format!("thread {thread}: {} flows", t.len()));
+        if verbose {
+            for (k, e) in t.iter() {
+                let rule = e.rule_id.map_or(String::new(), |r| format!(" rule#{r}"));
+                lines.push(format!(
+                    "  [sw_if_index={} proto={} {}:{} <-> {}:{}] generation {}{rule} packets {} idle {}s",
+                    k.sw_if_index,
+                    k.protocol,
+                    k.lo.0,
+                    k.lo.1,
+                    k.hi.0,
+                    k.hi.1,
+                    e.generation,
+                    e.packets,
+                    ctx.now.saturating_sub(e.last_seen)
+                ));
+            }
+        }
+    });
+    let _ = writeln!(out, "flows: {total}");
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    let c = ctx.counters.snapshot();
+    let _ = writeln!(
+        out,
+        "allowed: {} denied: {} flow-table hits: {} NIC verdicts accepted: {} \
+         NIC marks from an unknown generation: {} malformed: {}",
+        c.allowed, c.denied, c.flow_hits, c.nic_accepted, c.nic_unknown_generation, c.malformed
+    );
+    out
+}
+
+/// `clear capo counters`: resets the plugin's counters and forgets every flow (the node
+/// error counters are VPP's: `clear errors`).
+pub fn clear_counters(flows: &FlowTables, counters: &Counters) {
+    counters.clear();
+    flows.each(|_, t| t.clear());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_show() {
+        assert_eq!(Show::parse("interfaces"), Ok(Show::Interfaces));
+        assert_eq!(Show::parse(" ipsets "), Ok(Show::Ipsets));
+        assert_eq!(Show::parse("rules"), Ok(Show::Rules));
+        assert_eq!(
+            Show::parse("policies verbose"),
+            Ok(Show::Policies { verbose: true })
+        );
+        assert_eq!(
+            Show::parse("policies"),
+            Ok(Show::Policies { verbose: false })
+        );
+        assert_eq!(Show::parse("generations"), Ok(Show::Generations));
+        assert_eq!(
+            Show::parse("flows verbose"),
+            Ok(Show::Flows { verbose: true })
+        );
+        let e = Show::parse("policies loud").unwrap_err();
+        assert!(e.to_string().contains("usage: show capo"), "{e}");
+        assert!(Show::parse("").is_err());
+        assert!(parse_clear("counters").is_ok());
+        assert!(parse_clear("everything").is_err());
+    }
+}

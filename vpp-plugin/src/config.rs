@@ -1,0 +1,190 @@
+//! The plugin's `capo { … }` section of VPP's startup.conf.
+//!
+//! ```text
+//! capo {
+//!   socket /run/vpp/capo.sock      # the control socket the agent connects to
+//!   socket-mode 0660               # its permissions (octal)
+//!   socket-gid 998                 # its group (numeric), e.g. the vpp group
+//!   host-interface tap0            # the host-facing interface's VPP name
+//!   established-flows keep         # keep | revalidate (DESIGN.md §3.7)
+//!   flow-table-size 1048576        # flows kept per worker
+//! }
+//! ```
+//!
+//! Every key is optional; [`PluginConfig::default`] gives the values above (without a
+//! group change). Parsing is pure and rejects unknown keys, so a typo does not silently
+//! fall back to a default.
+
+use std::path::PathBuf;
+
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/vpp/capo.sock";
+/// Default control socket permissions.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Default number of flows kept per worker.
+pub const DEFAULT_FLOW_TABLE_SIZE: usize = 1 << 20;
+
+/// What happens to established flows when a new generation becomes active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EstablishedFlows {
+    /// Calico's behaviour: a flow allowed once keeps flowing.
+    #[default]
+    Keep,
+    /// Each flow is re-decided on its next packet under the new generation.
+    Revalidate,
+}
+
+/// The plugin's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Control socket permissions.
+    pub socket_mode: u32,
+    /// Control socket group, if it is to be changed.
+    pub socket_gid: Option<u32>,
+    /// The host-facing interface's name (CalicoVPP's host tap).
+    pub host_interface: String,
+    /// Established flows across generations.
+    pub established_flows: EstablishedFlows,
+    /// Flows kept per worker.
+    pub flow_table_size: usize,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_mode: DEFAULT_SOCKET_MODE,
+            socket_gid: None,
+            host_interface: capo_policy::views::DEFAULT_HOST_INTERFACE.to_string(),
+            established_flows: EstablishedFlows::Keep,
+            flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
+        }
+    }
+}
+
+/// A startup.conf `capo` section that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A key capo does not know.
+    #[error("capo: unknown key {0:?}")]
+    UnknownKey(String),
+    /// A key without its value.
+    #[error("capo: {0} needs a value")]
+    MissingValue(&'static str),
+    /// A value that does not parse.
+    #[error("capo: bad value {value:?} for {key}: {reason}")]
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl PluginConfig {
+    /// Parses the body of the `capo { … }` section (VPP hands it over without the
+    /// braces); whitespace and newlines separate tokens.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first bad key or value.
+    pub fn parse(section: &str) -> Result<Self, ConfigError> {
+        let mut cfg = PluginConfig::default();
+        let mut tokens = section.split_whitespace();
+        while let Some(key) = tokens.next() {
+            let mut value = |k: &'static str| tokens.next().ok_or(ConfigError::MissingValue(k));
+            match key {
+                "socket" => cfg.socket = PathBuf::from(value("socket")?),
+                "socket-mode" => {
+                    let v = value("socket-mode")?;
+                    cfg.socket_mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777)
+                        .ok_or_else(|| ConfigError::BadValue {
+                            key: "socket-mode",
+                            value: v.to_string(),
+                            reason: "expected octal permissions such as 0660",
+                        })?;
+                }
+                "socket-gid" => {
+                    let v = value("socket-gid")?;
+                    cfg.socket_gid = Some(v.parse().map_err(|_| ConfigError::BadValue {
+                        key: "socket-gid",
+                        value: v.to_string(),
+                        reason: "expected a numeric group id",
+                    })?);
+                }
+                "host-interface" => cfg.host_interface = value("host-interface")?.to_string(),
+                "established-flows" => {
+                    let v = value("established-flows")?;
+                    cfg.established_flows = match v {
+                        "keep" => EstablishedFlows::Keep,
+                        "revalidate" => EstablishedFlows::Revalidate,
+                        _ => {
+                            return Err(ConfigError::BadValue {
+                                key: "established-flows",
+                                value: v.to_string(),
+                                reason: "expected keep or revalidate",
+                            })
+                        }
+                    };
+                }
+                "flow-table-size" => {
+                    let v = value("flow-table-size")?;
+                    cfg.flow_table_size = v.parse().map_err(|_| ConfigError::BadValue {
+                        key: "flow-table-size",
+                        value: v.to_string(),
+                        reason: "expected a number of flows",
+                    })?;
+                }
+                other => return Err(ConfigError::UnknownKey(other.to_string())),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_section_gives_defaults() {
+        assert_eq!(PluginConfig::parse("").unwrap(), PluginConfig::default());
+        assert_eq!(PluginConfig::default().host_interface, "tap0");
+    }
+
+    #[test]
+    fn every_key() {
+        let cfg = PluginConfig::parse(
+            "socket /tmp/c.sock\n socket-mode 0600 socket-gid 998\nhost-interface tap9 \
+             established-flows revalidate flow-table-size 4096",
+        )
+        .unwrap();
+        assert_eq!(cfg.socket, PathBuf::from("/tmp/c.sock"));
+        assert_eq!(cfg.socket_mode, 0o600);
+        assert_eq!(cfg.socket_gid, Some(998));
+        assert_eq!(cfg.host_interface, "tap9");
+        assert_eq!(cfg.established_flows, EstablishedFlows::Revalidate);
+        assert_eq!(cfg.flow_table_size, 4096);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(
+            PluginConfig::parse("sockt /x").unwrap_err(),
+            ConfigError::UnknownKey("sockt".into())
+        );
+        assert_eq!(
+            PluginConfig::parse("socket").unwrap_err(),
+            ConfigError::MissingValue("socket")
+        );
+        let e = PluginConfig::parse("socket-mode 0999").unwrap_err();
+        assert!(e.to_string().contains("socket-mode"), "{e}");
+        assert!(PluginConfig::parse("established-flows maybe").is_err());
+    }
+}

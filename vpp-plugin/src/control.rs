@@ -1,0 +1,535 @@
+//! The control channel: the agent pushes generations over a unix socket; the plugin
+//! validates each with the agent's own code (`capo_felix::convert` and the policy core's
+//! `State::apply`), builds it beside the active one, and flips to it whole or not at all.
+//!
+//! [`ControlCore`] is sans-IO: it turns one `ToPlugin` into one `FromPlugin`, and reaches
+//! VPP only through [`VppContext`] (resolve interface names; commit = enable features and
+//! publish under the barrier). [`serve`] is the thin I/O shell: Felix's framing
+//! (8-byte LE length + protobuf) over a `UnixStream`, one agent at a time.
+//!
+//! Fail-static: when the agent goes away, nothing is torn down; the last generation
+//! keeps enforcing and `show capo generations` says so.
+//!
+//! Invariants:
+//! - a refused generation changes nothing (the previous one stays active);
+//! - a delta applies only on top of the active generation (`base_id`);
+//! - ids strictly increase; a full generation must end with `InSync`.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::{self, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use capo_felix::convert::{convert, Converted};
+use capo_felix::frame::{FrameError, FrameReader, FrameWriter};
+use capo_policy::State;
+use capo_proto::capo::dataplane::v1::{
+    from_plugin, to_plugin, Applied, FromPlugin, Generation as PbGeneration, HelloReply, ToPlugin,
+};
+use prost::Message;
+
+use crate::classify::ClassifierBuilder;
+use crate::config::PluginConfig;
+use crate::generation::{policed_interfaces, Generation, GenerationCell, SwIfIndex};
+
+/// The plugin's version, as reported in `HelloReply`.
+pub const PLUGIN_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Generations kept in the status history.
+const HISTORY: usize = 8;
+
+/// VPP could not do what the control path asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContextError {
+    /// The main thread did not answer in time (VPP busy or shutting down).
+    #[error("VPP main thread did not answer: {0}")]
+    Unavailable(String),
+    /// Enabling or disabling a feature failed.
+    #[error("feature {arc} on sw_if_index {sw_if_index}: VPP error {code}")]
+    Feature {
+        /// The feature arc.
+        arc: &'static str,
+        /// The interface.
+        sw_if_index: u32,
+        /// VPP's `vnet_api_error` code.
+        code: i32,
+    },
+}
+
+/// One flip to a new generation.
+#[derive(Debug)]
+pub struct Commit {
+    /// Where workers read generations from.
+    pub cell: Arc<GenerationCell>,
+    /// The new generation.
+    pub next: Arc<Generation>,
+    /// Interfaces that gain the capo features.
+    pub enable: Vec<SwIfIndex>,
+    /// Interfaces that lose them.
+    pub disable: Vec<SwIfIndex>,
+}
+
+/// What the control path needs from VPP.
+pub trait VppContext: Send {
+    /// VPP's index of each interface name it has (names it lacks are left out).
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError::Unavailable`] when VPP cannot be asked.
+    fn resolve(&mut self, names: &[String]) -> Result<HashMap<String, SwIfIndex>, ContextError>;
+
+    /// Enables and disables the features and publishes `next`, all under VPP's worker
+    /// barrier, so no worker sees a half-done flip.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError`] if a feature cannot be changed; then nothing was published.
+    fn commit(&mut self, commit: Commit) -> Result<(), ContextError>;
+}
+
+/// The agent connection, as `show capo generations` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentState {
+    /// No agent has connected since the plugin started.
+    Never,
+    /// Connected (after `Hello`).
+    Connected {
+        /// Unix seconds.
+        since: u64,
+        /// The agent's version string.
+        version: String,
+    },
+    /// The agent went away; the last generation stays (fail-static).
+    Disconnected {
+        /// Unix seconds.
+        since: u64,
+    },
+}
+
+/// One generation the agent pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedRecord {
+    /// Generation id.
+    pub id: u64,
+    /// Full or delta (with its base).
+    pub full: bool,
+    /// The delta's base.
+    pub base_id: u64,
+    /// Unix seconds.
+    pub at: u64,
+    /// Why it was refused (`None`: applied).
+    pub error: Option<String>,
+    /// Endpoint interfaces VPP does not have.
+    pub unknown_interfaces: Vec<String>,
+}
+
+/// The control path's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The agent connection.
+    pub agent: AgentState,
+    /// Recent generations, newest last.
+    pub history: VecDeque<AppliedRecord>,
+    /// Generations applied since start.
+    pub applied: u64,
+    /// Generations refused since start.
+    pub refused: u64,
+    /// The control socket.
+    pub socket: String,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            agent: AgentState::Never,
+            history: VecDeque::new(),
+            applied: 0,
+            refused: 0,
+            socket: String::new(),
+        }
+    }
+}
+
+/// Shared status (read by the CLI without touching the control path).
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, Status> {
+    s.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a generation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedError {
+    /// Ids must increase.
+    #[error("generation {id} is not newer than the active generation {active}")]
+    NotNewer {
+        /// The pushed id.
+        id: u64,
+        /// The active id.
+        active: u64,
+    },
+    /// The delta's base is not the active generation.
+    #[error("delta on generation {base} but the active generation is {active} (0: none); send a full generation")]
+    WrongBase {
+        /// The delta's base.
+        base: u64,
+        /// The active id.
+        active: u64,
+    },
+    /// An update could not be converted.
+    #[error("updates[{index}]: {source}")]
+    Convert {
+        /// Index in `updates`.
+        index: usize,
+        /// What is wrong.
+        source: capo_felix::convert::ConvertError,
+    },
+    /// An update contradicts the state.
+    #[error("updates[{index}]: {source}")]
+    Violation {
+        /// Index in `updates`.
+        index: usize,
+        /// What is inconsistent.
+        source: capo_policy::StateError,
+    },
+    /// A full snapshot without `InSync`.
+    #[error("a full generation must end with InSync")]
+    NotInSync,
+    /// VPP could not apply it.
+    #[error(transparent)]
+    Vpp(#[from] ContextError),
+}
+
+/// The sans-IO control logic.
+pub struct ControlCore<C: VppContext> {
+    cell: Arc<GenerationCell>,
+    status: SharedStatus,
+    ctx: C,
+    host_interface: String,
+    build: ClassifierBuilder,
+}
+
+impl<C: VppContext> std::fmt::Debug for ControlCore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlCore")
+            .field("active", &self.cell.active_id())
+            .field("host_interface", &self.host_interface)
+            .finish()
+    }
+}
+
+impl<C: VppContext> ControlCore<C> {
+    /// A core publishing into `cell`, reporting into `status`.
+    pub fn new(
+        cell: Arc<GenerationCell>,
+        status: SharedStatus,
+        ctx: C,
+        host_interface: &str,
+        build: ClassifierBuilder,
+    ) -> Self {
+        ControlCore {
+            cell,
+            status,
+            ctx,
+            host_interface: host_interface.to_string(),
+            build,
+        }
+    }
+
+    /// The VPP context (tests inspect fakes through it).
+    pub fn context(&self) -> &C {
+        &self.ctx
+    }
+
+    /// Handles one message; `now` is unix seconds.
+    pub fn on_message(&mut self, msg: ToPlugin, now: u64) -> FromPlugin {
+        let reply = match msg.msg {
+            Some(to_plugin::Msg::Hello(h)) => {
+                lock(&self.status).agent = AgentState::Connected {
+                    since: now,
+                    version: h.agent_version,
+                };
+                from_plugin::Msg::Hello(HelloReply {
+                    plugin_version: PLUGIN_VERSION.to_string(),
+                    active_generation: self.cell.active_id(),
+                })
+            }
+            Some(to_plugin::Msg::Generation(g)) => {
+                from_plugin::Msg::Applied(self.on_generation(g, now))
+            }
+            None => from_plugin::Msg::Applied(Applied {
+                generation: 0,
+                ok: false,
+                error: "empty or unknown ToPlugin message".to_string(),
+                unknown_interfaces: Vec::new(),
+            }),
+        };
+        FromPlugin { msg: Some(reply) }
+    }
+
+    /// Records that the agent connection ended (fail-static: nothing else changes).
+    pub fn on_disconnect(&mut self, now: u64) {
+        let mut s = lock(&self.status);
+        if matches!(s.agent, AgentState::Connected { .. }) {
+            s.agent = AgentState::Disconnected { since: now };
+        }
+    }
+
+    fn on_generation(&mut self, g: PbGeneration, now: u64) -> Applied {
+        let (id, full, base_id) = (g.id, g.full, g.base_id);
+        let result = self.apply(g);
+        let mut s = lock(&self.status);
+        let (ok, error, unknown) = match result {
+            Ok(unknown) => {
+                s.applied += 1;
+                (true, None, unknown)
+            }
+            Err(e) => {
+                s.refused += 1;
+                (false, Some(e.to_string()), Vec::new())
+            }
+        };
+        s.history.push_back(AppliedRecord {
+            id,
+            full,
+            base_id,
+            at: now,
+            error: error.clone(),
+            unknown_interfaces: unknown.clone(),
+        });
+        while s.history.len() > HISTORY {
+            s.history.pop_front();
+        }
+        Applied {
+            generation: id,
+            ok,
+            error: error.unwrap_or_default(),
+            unknown_interfaces: unknown,
+        }
+    }
+
+    /// Validates, builds and commits one generation; returns its unknown interfaces.
+    fn apply(&mut self, g: PbGeneration) -> Result<Vec<String>, RefusedError> {
+        let PbGeneration {
+            id,
+            full,
+            base_id,
+            updates,
+        } = g;
+        let active = self.cell.load();
+        let active_id = active.as_ref().map_or(0, |a| a.id());
+        if id <= active_id {
+            return Err(RefusedError::NotNewer {
+                id,
+                active: active_id,
+            });
+        }
+        // 1. Build the candidate state beside the active one; nothing live changes.
+        let mut state = match (full, &active) {
+            (true, _) => State::new(),
+            (false, Some(a)) if a.id() == base_id => a.state().clone(),
+            (false, _) => {
+                return Err(RefusedError::WrongBase {
+                    base: base_id,
+                    active: active_id,
+                })
+            }
+        };
+        let mut in_sync = false;
+        for (index, msg) in updates.into_iter().enumerate() {
+            match convert(msg, &state).map_err(|source| RefusedError::Convert { index, source })? {
+                Converted::Update(u) => {
+                    state
+                        .apply(u)
+                        .map_err(|source| RefusedError::Violation { index, source })?;
+                }
+                Converted::InSync => in_sync = true,
+                Converted::Ignored(_) => {}
+            }
+        }
+        if full && !in_sync {
+            return Err(RefusedError::NotInSync);
+        }
+        // 2. Map endpoints to VPP interfaces; unknown names are reported, not fatal.
+        let names: Vec<String> = policed_interfaces(&state, &self.host_interface)
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        let resolved = self.ctx.resolve(&names)?;
+        let next = Arc::new(Generation::build(
+            id,
+            state,
+            &self.host_interface,
+            &resolved,
+            self.build,
+        ));
+        // 3. Flip: features and pointer together, under the barrier.
+        let before: BTreeSet<SwIfIndex> = active
+            .iter()
+            .flat_map(|a| a.interfaces().iter().map(|i| i.sw_if_index))
+            .collect();
+        let after: BTreeSet<SwIfIndex> = next.interfaces().iter().map(|i| i.sw_if_index).collect();
+        let unknown = next.unknown_interfaces().to_vec();
+        self.ctx.commit(Commit {
+            cell: Arc::clone(&self.cell),
+            next,
+            enable: after.difference(&before).copied().collect(),
+            disable: before.difference(&after).copied().collect(),
+        })?;
+        Ok(unknown)
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Binds the control socket: removes a stale socket file, then applies the configured
+/// permissions and group.
+///
+/// # Errors
+///
+/// The I/O error of binding, `chmod` or `chown`.
+pub fn bind(cfg: &PluginConfig) -> io::Result<UnixListener> {
+    bind_path(&cfg.socket, cfg.socket_mode, cfg.socket_gid)
+}
+
+/// [`bind`] with explicit values.
+///
+/// # Errors
+///
+/// As for [`bind`].
+pub fn bind_path(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    Ok(listener)
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Framing or I/O failed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A frame that is not a `ToPlugin`.
+    #[error("frame {frame}: not a ToPlugin message")]
+    Decode {
+        /// Frame number.
+        frame: u64,
+        /// What prost said.
+        source: prost::DecodeError,
+    },
+    /// The socket could not be duplicated for reading and writing.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Serves one agent connection until it ends.
+///
+/// # Errors
+///
+/// [`ConnectionError`] when the connection broke or the agent spoke garbage; the
+/// core is told of the disconnect either way.
+pub fn serve_connection<C: VppContext>(
+    stream: UnixStream,
+    core: &Mutex<ControlCore<C>>,
+) -> Result<(), ConnectionError> {
+    let result = (|| {
+        let mut reader = FrameReader::new(BufReader::new(stream.try_clone()?));
+        let mut writer = FrameWriter::new(stream);
+        while let Some(frame) = reader.read_frame()? {
+            let msg = ToPlugin::decode(frame.bytes.as_slice()).map_err(|source| {
+                ConnectionError::Decode {
+                    frame: frame.index,
+                    source,
+                }
+            })?;
+            let reply = core
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .on_message(msg, unix_now());
+            writer.write_message(&reply)?;
+        }
+        Ok(())
+    })();
+    core.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .on_disconnect(unix_now());
+    result
+}
+
+/// Accepts agents one at a time, forever (run it on its own thread). Connection errors
+/// are passed to `on_error` and the next agent is served.
+pub fn serve<C: VppContext>(
+    listener: UnixListener,
+    core: Arc<Mutex<ControlCore<C>>>,
+    mut on_error: impl FnMut(&dyn std::error::Error),
+) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                if let Err(e) = serve_connection(s, &core) {
+                    on_error(&e);
+                }
+            }
+            Err(e) => on_error(&e),
+        }
+    }
+}
+
+/// A VPP stand-in for tests: a fixed name → index table; commits publish directly and
+/// are logged.
+#[cfg(any(test, feature = "testutils"))]
+#[derive(Debug, Default)]
+pub struct FakeVpp {
+    /// Interfaces VPP "has".
+    pub interfaces: HashMap<String, SwIfIndex>,
+    /// `(generation, enabled, disabled)` per commit.
+    pub commits: Vec<(u64, Vec<SwIfIndex>, Vec<SwIfIndex>)>,
+}
+
+#[cfg(any(test, feature = "testutils"))]
+impl FakeVpp {
+    /// A fake with these interfaces.
+    pub fn with(interfaces: &[(&str, u32)]) -> Self {
+        FakeVpp {
+            interfaces: interfaces
+                .iter()
+                .map(|(n, i)| (n.to_string(), SwIfIndex(*i)))
+                .collect(),
+            commits: Vec::new(),
+        }
+    }
+}
+
+#[cfg(any(test, feature = "testutils"))]
+impl VppContext for FakeVpp {
+    fn resolve(&mut self, names: &[String]) -> Result<HashMap<String, SwIfIndex>, ContextError> {
+        Ok(names
+            .iter()
+            .filter_map(|n| self.interfaces.get(n).map(|i| (n.clone(), *i)))
+            .collect())
+    }
+
+    fn commit(&mut self, c: Commit) -> Result<(), ContextError> {
+        self.commits.push((c.next.id(), c.enable, c.disable));
+        c.cell.publish(c.next);
+        Ok(())
+    }
+}

@@ -1,0 +1,269 @@
+//! Registration with VPP: the plugin, the `capo { … }` startup.conf section, the CLI,
+//! and the `capo-control` process node that runs the control thread's requests on VPP's
+//! main thread under the worker barrier. Only wiring: every decision is in the safe
+//! modules.
+//!
+//! Start-up order (VPP): init functions, then config functions (our section is parsed
+//! into [`CONFIG`]), then the main loop starts process nodes: `capo-control` builds the
+//! [`Plugin`], binds the control socket and starts the control thread.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::mpsc;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use vpp_plugin::bindings::{
+    clib_error_t, unformat_input_t, vlib_cli_output, vlib_config_function_runtime_t,
+    vlib_helper_get_global_main, vlib_helper_unformat_get_input, vlib_main_t,
+};
+use vpp_plugin::vlib::process_node::{channel, Receiver, Sender};
+use vpp_plugin::vlib::{self, BarrierHeldMainRef, MainRef, ProcessNode};
+use vpp_plugin::vnet::types::SwIfIndex as VppSwIfIndex;
+use vpp_plugin::vppinfra::error::ErrorStack;
+use vpp_plugin::{
+    vlib_cli_command, vlib_plugin_register, vlib_process_node, ErrorCounters, NextNodes,
+};
+
+use crate::cli::{self, Show};
+use crate::config::PluginConfig;
+use crate::control::{self, Commit, ContextError, VppContext};
+use crate::generation::SwIfIndex;
+use crate::Plugin;
+
+vlib_plugin_register! {
+    version: "0.1.0",
+    description: "capo: Calico network policy (Rust)",
+    version_required: vpp_plugin::VPP_BUILD_VER,
+}
+
+/// The plugin, once the main loop has started.
+static PLUGIN: OnceLock<Plugin> = OnceLock::new();
+
+/// The parsed startup.conf section (default when absent).
+static CONFIG: Mutex<Option<PluginConfig>> = Mutex::new(None);
+
+/// The plugin, if started.
+pub(crate) fn plugin() -> Option<&'static Plugin> {
+    PLUGIN.get()
+}
+
+// ---- startup.conf -------------------------------------------------------------------
+
+const UNFORMAT_END_OF_INPUT: u64 = !0;
+
+/// `VLIB_CONFIG_FUNCTION (capo_config, "capo")`.
+static mut CAPO_CONFIG_REGISTRATION: vlib_config_function_runtime_t =
+    vlib_config_function_runtime_t {
+        function: Some(capo_config),
+        // SAFETY: an all-zero unformat_input_t is VPP's empty input (as in C's static
+        // initialisation of VLIB_CONFIG_FUNCTION registrations).
+        input: unsafe { std::mem::zeroed() },
+        next_registration: std::ptr::null_mut(),
+        is_early: 0,
+        name: vpp_plugin::macro_support::c_char_array::<32>("capo"),
+    };
+
+#[vpp_plugin::macro_support::ctor::ctor(crate_path = ::vpp_plugin::macro_support::ctor)]
+unsafe fn capo_config_register() {
+    // SAFETY: load-time constructor, before VPP reads the registrations; the static is
+    // only touched here and by VPP.
+    unsafe {
+        let vgm = vlib_helper_get_global_main();
+        let r = std::ptr::addr_of_mut!(CAPO_CONFIG_REGISTRATION);
+        (*r).next_registration = (*vgm).config_function_registrations;
+        (*vgm).config_function_registrations = r;
+    }
+}
+
+unsafe extern "C" fn capo_config(
+    _vm: *mut vlib_main_t,
+    input: *mut unformat_input_t,
+) -> *mut clib_error_t {
+    let mut text = Vec::new();
+    loop {
+        // SAFETY: VPP passes a valid unformat input for our section.
+        let c = unsafe { vlib_helper_unformat_get_input(input) };
+        if c == UNFORMAT_END_OF_INPUT {
+            break;
+        }
+        text.push(c as u8);
+    }
+    match PluginConfig::parse(&String::from_utf8_lossy(&text)) {
+        Ok(cfg) => {
+            *CONFIG.lock().unwrap_or_else(PoisonError::into_inner) = Some(cfg);
+            std::ptr::null_mut()
+        }
+        Err(e) => ErrorStack::msg(e.to_string()).into_raw(),
+    }
+}
+
+// ---- CLI ----------------------------------------------------------------------------
+
+fn cli_output(vm: &MainRef, text: &str) {
+    let Ok(c) = CString::new(text.replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: `vm` is the main thread's vlib_main_t (CLI handlers run there); "%s" takes
+    // one NUL-terminated string, which `c` is and outlives the call.
+    unsafe { vlib_cli_output(vm.as_ptr(), c"%s".as_ptr().cast_mut(), c.as_ptr()) };
+}
+
+#[vlib_cli_command(
+    path = "show capo",
+    short_help = "show capo interfaces|ipsets|policies [verbose]|rules|generations|flows [verbose]"
+)]
+fn show_capo(vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStack> {
+    let cmd = Show::parse(input).map_err(|e| ErrorStack::msg(e.to_string()))?;
+    let text = match plugin() {
+        Some(p) => p.show(cmd, control::unix_now()),
+        None => "capo: not started\n".to_string(),
+    };
+    cli_output(vm, &text);
+    Ok(())
+}
+
+#[vlib_cli_command(path = "clear capo", short_help = "clear capo counters")]
+fn clear_capo(_vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStack> {
+    cli::parse_clear(input).map_err(|e| ErrorStack::msg(e.to_string()))?;
+    if let Some(p) = plugin() {
+        cli::clear_counters(&p.flows, &p.counters);
+    }
+    Ok(())
+}
+
+// ---- main-thread requests -------------------------------------------------------------
+
+/// Work for the main thread, run with the worker barrier held.
+type Job = Box<dyn FnOnce(&BarrierHeldMainRef) + Send>;
+
+/// How long the control thread waits for the main thread.
+const MAIN_THREAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`VppContext`] over the `capo-control` process node.
+struct MainThread {
+    jobs: Sender<Job>,
+}
+
+impl MainThread {
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&BarrierHeldMainRef) -> T + Send + 'static,
+    ) -> Result<T, ContextError> {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .send(Box::new(move |vm| {
+                let _ = tx.send(f(vm));
+            }))
+            .map_err(|_| ContextError::Unavailable("capo-control stopped".into()))?;
+        rx.recv_timeout(MAIN_THREAD_TIMEOUT)
+            .map_err(|e| ContextError::Unavailable(e.to_string()))
+    }
+}
+
+impl VppContext for MainThread {
+    fn resolve(&mut self, names: &[String]) -> Result<HashMap<String, SwIfIndex>, ContextError> {
+        let names = names.to_vec();
+        self.run(move |vm| {
+            names
+                .into_iter()
+                .filter_map(|n| {
+                    VppSwIfIndex::parse(vm, &n)
+                        .ok()
+                        .map(|i| (n, SwIfIndex(u32::from(i))))
+                })
+                .collect()
+        })
+    }
+
+    fn commit(&mut self, c: Commit) -> Result<(), ContextError> {
+        self.run(move |vm| {
+            let mut enabled = Vec::new();
+            for idx in &c.enable {
+                if let Err(e) = crate::node::feature::set(vm, *idx, true) {
+                    for done in enabled {
+                        let _ = crate::node::feature::set(vm, done, false);
+                    }
+                    return Err(e);
+                }
+                enabled.push(*idx);
+            }
+            // Flip while workers are stopped: features and generation change together.
+            c.cell.publish(c.next);
+            for idx in &c.disable {
+                // An interface that went away in VPP cannot be disabled; not an error.
+                let _ = crate::node::feature::set(vm, *idx, false);
+            }
+            Ok(())
+        })?
+    }
+}
+
+type JobChannel = (Sender<Job>, Mutex<Option<Receiver<Job>>>);
+
+static CAPO_CONTROL: CapoControl = CapoControl {
+    channel: LazyLock::new(|| {
+        let (tx, rx) = channel();
+        (tx, Mutex::new(Some(rx)))
+    }),
+};
+
+/// `capo-control`: starts the plugin, then runs main-thread jobs.
+#[vlib_process_node(name = "capo-control", instance = CAPO_CONTROL)]
+struct CapoControl {
+    channel: LazyLock<JobChannel>,
+}
+
+#[derive(NextNodes)]
+enum ControlNext {}
+
+#[derive(ErrorCounters)]
+enum ControlError {}
+
+impl ProcessNode for CapoControl {
+    type NextNodes = ControlNext;
+    type RuntimeData = ();
+    type Errors = ControlError;
+
+    async fn function(&self, vm: &mut MainRef, _node: &mut vlib::NodeRuntimeRef<Self>) {
+        let Some(rx) = self
+            .channel
+            .1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let config = CONFIG
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
+        let plugin = PLUGIN.get_or_init(|| Plugin::new(config));
+        match control::bind(&plugin.config) {
+            Ok(listener) => {
+                let core = Arc::new(Mutex::new(plugin.control_core(MainThread {
+                    jobs: self.channel.0.clone(),
+                })));
+                let spawned = std::thread::Builder::new()
+                    .name("capo-control".into())
+                    .spawn(move || {
+                        control::serve(listener, core, |e| eprintln!("capo: control: {e}"))
+                    });
+                if let Err(e) = spawned {
+                    eprintln!("capo: cannot start the control thread: {e}");
+                }
+            }
+            Err(e) => eprintln!(
+                "capo: cannot bind {}: {e}; no agent can connect",
+                plugin.config.socket.display()
+            ),
+        }
+        while let Some(job) = rx.recv().await {
+            let guard = vm.barrier_sync();
+            job(&guard);
+        }
+    }
+}
