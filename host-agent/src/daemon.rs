@@ -95,6 +95,10 @@ pub trait PolicySink: Send {
         delta: Option<&[Update]>,
     ) -> Result<String, String>;
 
+    /// Called every few seconds with the policy in force: a sink that lost its
+    /// dataplane (a restarted VPP) catches up here.
+    fn tick(&mut self, _generation: u64, _state: &State) {}
+
     /// Its counters, for the sink that classifies packets.
     fn counters(&self, _state: &State, _ids: &IdTable) -> Option<api::CountersReply> {
         None
@@ -286,6 +290,20 @@ impl Daemon {
             .unwrap_or_else(|| {
                 Err("no embedded dataplane: start capo-agent with --dataplane embedded".into())
             })
+    }
+
+    /// Lets sinks catch up (see [`PolicySink::tick`]).
+    pub fn tick(&mut self) {
+        let generation = self.generation;
+        let Some(state) = (match &self.session {
+            Some(s) if s.phase() == Phase::InSync => Some(s.state()),
+            _ => self.live.as_ref(),
+        }) else {
+            return;
+        };
+        for sink in &mut self.sinks {
+            sink.tick(generation, state);
+        }
     }
 
     /// Commit latency, for metrics.
@@ -583,4 +601,12 @@ pub fn serve_manifests(
             }
         }
     }
+}
+
+/// Ticks the daemon's sinks every `every`, on a thread of its own.
+pub fn spawn_ticker(daemon: SharedDaemon, every: Duration) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(every);
+        lock(&daemon).tick();
+    });
 }

@@ -256,3 +256,101 @@ mod tests {
         assert_eq!(parse_dataplane_arg("embedded"), None);
     }
 }
+
+/// The VPP plugin as one of the agent's dataplanes (`--dataplane vpp:SOCKET`): each
+/// generation goes to the plugin as a delta on the one it holds, or as a full
+/// snapshot after a (re)connect. When the plugin is away it keeps its last
+/// generation (fail-static); the agent reconnects on the next generation or tick.
+pub struct VppSink {
+    path: PathBuf,
+    channel: Option<VppChannel>,
+    /// The generation the plugin was last told about and accepted.
+    pushed: u64,
+    unknown_interfaces: Vec<String>,
+}
+
+impl VppSink {
+    /// A sink for the plugin's control socket at `path` (not connected yet).
+    pub fn new(path: PathBuf) -> Self {
+        VppSink {
+            path,
+            channel: None,
+            pushed: 0,
+            unknown_interfaces: Vec::new(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        generation: u64,
+        state: &capo_policy::State,
+        delta: Option<&[capo_policy::Update]>,
+    ) -> Result<String, String> {
+        if self.channel.is_none() {
+            let ch = VppChannel::connect(&self.path).map_err(|e| e.to_string())?;
+            tracing::info!(
+                socket = %self.path.display(),
+                plugin = ch.plugin_version(),
+                holds = ch.active_generation(),
+                "connected to the VPP plugin"
+            );
+            self.channel = Some(ch);
+        }
+        let Some(ch) = self.channel.as_mut() else {
+            return Err("not connected".into());
+        };
+        let delta_msgs: Vec<pb::ToDataplane> = delta
+            .map(|d| d.iter().map(capo_felix::encode::update).collect())
+            .unwrap_or_default();
+        let base = if delta.is_some() { self.pushed } else { 0 };
+        match ch.sync(generation, base, delta_msgs, || {
+            capo_felix::encode::snapshot(state)
+        }) {
+            Ok(a) if a.ok => {
+                self.pushed = generation;
+                if a.unknown_interfaces != self.unknown_interfaces {
+                    if !a.unknown_interfaces.is_empty() {
+                        tracing::warn!(interfaces = ?a.unknown_interfaces, "VPP has no interface of these endpoints");
+                    }
+                    self.unknown_interfaces = a.unknown_interfaces.clone();
+                }
+                Ok(format!("VPP plugin holds generation {generation}"))
+            }
+            Ok(a) => Err(format!(
+                "VPP plugin refused generation {generation}: {}",
+                a.error
+            )),
+            Err(e) => {
+                // The channel broke: reconnect next time, with a full snapshot.
+                self.channel = None;
+                Err(format!("VPP plugin: {e} (it keeps its last generation)"))
+            }
+        }
+    }
+}
+
+impl crate::daemon::PolicySink for VppSink {
+    fn name(&self) -> &str {
+        "vpp"
+    }
+
+    fn commit(
+        &mut self,
+        generation: u64,
+        state: &capo_policy::State,
+        _ids: &capo_policy::IdTable,
+        delta: Option<&[capo_policy::Update]>,
+    ) -> Result<String, String> {
+        self.push(generation, state, delta)
+    }
+
+    fn tick(&mut self, generation: u64, state: &capo_policy::State) {
+        if self.pushed == generation && self.channel.is_some() {
+            return;
+        }
+        match self.push(generation, state, None) {
+            Ok(msg) => tracing::info!("{msg}"),
+            Err(e) => tracing::debug!(error = %e, "VPP plugin still unreachable"),
+        }
+    }
+}

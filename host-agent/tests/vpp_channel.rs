@@ -166,3 +166,58 @@ fn connect_to_nothing_is_a_typed_error() {
     let err = VppChannel::connect("/nonexistent/capo.sock").unwrap_err();
     assert!(matches!(err, VppError::Connect { .. }), "{err}");
 }
+
+/// The agent binary with `--dataplane vpp:SOCKET`: the plugin gets the manifests'
+/// policy, then an update as a delta, and catches up after it was away.
+#[test]
+fn agent_binary_pushes_generations_to_the_plugin() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let (plugin, path) = plugin("agent");
+    let dir = path.parent().unwrap().to_path_buf();
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let seed_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+    for f in ["namespace.yaml", "nodes.yaml", "pods.yaml"] {
+        std::fs::copy(seed_dir.join(f), manifests.join(f)).unwrap();
+    }
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args([
+            "--resources",
+            manifests.to_str().unwrap(),
+            "--node",
+            "kind-worker2",
+        ])
+        .args(["--poll-interval", "50ms", "--no-api"])
+        .arg(format!("--dataplane=vpp:{}", path.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |needle: &str| {
+        let start = Instant::now();
+        loop {
+            let view = plugin.show(Show::Interfaces, 0);
+            if view.contains(needle) {
+                return view;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{needle:?} never shown:\n{view}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Profiles only, then the NetworkPolicy arrives as updates.
+    wait_for("[tun3 sw_if_index=11  addr=11.0.0.67 addr6=fd20::1cc0:b1ac:ad47:e7c2]\n  profiles:");
+    std::fs::copy(
+        seed_dir.join("networkpolicy.yaml"),
+        manifests.join("networkpolicy.yaml"),
+    )
+    .unwrap();
+    let view = wait_for("tx:[rule#18;allow][proto==TCP,dst==5978,");
+    assert!(view.contains("[policy#2]"), "{view}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

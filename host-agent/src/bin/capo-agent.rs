@@ -157,12 +157,22 @@ fn main() -> ExitCode {
             };
             d.add_sink(Box::new(embedded));
         }
-        other => {
-            tracing::error!("--dataplane {other:?}: expected `embedded` or `vpp:SOCKET`");
-            return ExitCode::from(2);
-        }
+        other => match capo_agent::vpp::parse_dataplane_arg(other) {
+            Some(path) => {
+                if args.nic != NicSpec::None {
+                    tracing::warn!("--nic applies to the embedded dataplane; with VPP, VPP's dpdk plugin owns the port");
+                }
+                tracing::info!(socket = %path.display(), "software dataplane: the capo VPP plugin");
+                d.add_sink(Box::new(capo_agent::vpp::VppSink::new(path)));
+            }
+            None => {
+                tracing::error!("--dataplane {other:?}: expected `embedded` or `vpp:SOCKET`");
+                return ExitCode::from(2);
+            }
+        },
     }
     let daemon = Arc::new(Mutex::new(d));
+    capo_agent::daemon::spawn_ticker(daemon.clone(), std::time::Duration::from_secs(2));
     let _api = if args.no_api {
         None
     } else {
