@@ -7,4 +7,5 @@ source scripts/setup.sh
 cargo build --locked --workspace --all-targets
 cargo test --locked --workspace
 cargo test --locked -p capo-offload -p capo-hw-tests --features capo-offload/dpdk,capo-hw-tests/dpdk
-cargo test --locked -p capo-agent --features dpdk --test api dpdk_nic
+cargo test --locked -p capo-bench --features rte-acl
+cargo test --locked -p capo-agent --features dpdk --test api dpdk_port

@@ -115,6 +115,12 @@ pub trait PolicySink: Send {
         None
     }
 
+    /// Classifies frames that arrived from the wire (a DPDK port), each at the
+    /// endpoint its destination belongs to, for the embedded dataplane.
+    fn classify_wire(&mut self, _frames: &[&[u8]]) -> Option<Vec<capo_policy::Verdict>> {
+        None
+    }
+
     /// Classifies raw frames as arriving at `interface`/`dir`, for the sink that
     /// classifies packets (the embedded dataplane).
     fn inject(
@@ -275,6 +281,14 @@ impl Daemon {
             .iter()
             .find_map(|s| s.decided_in(interface, dir, pkt))
             .unwrap_or("software")
+    }
+
+    /// Classifies frames from the wire; without an embedded dataplane they pass.
+    pub fn classify_wire(&mut self, frames: &[&[u8]]) -> Vec<capo_policy::Verdict> {
+        self.sinks
+            .iter_mut()
+            .find_map(|s| s.classify_wire(frames))
+            .unwrap_or_else(|| vec![capo_policy::Verdict::Allow; frames.len()])
     }
 
     /// Hands raw frames to the embedded dataplane.

@@ -1,7 +1,10 @@
 //! `--nic dpdk:PORT`: the agent on a DPDK port. The port is opened through the
-//! EAL and probed with a canary rule (offload.md §6.5); a port whose probe finds no
-//! usable rte_flow is reported and the agent runs fallback-only (every rule in
-//! software).
+//! EAL and probed with a canary rule (offload.md §6.5); the embedded dataplane then
+//! classifies the packets the port receives. The agent drives the port fallback-only
+//! (every rule in software): a port whose probe finds no usable rte_flow is reported
+//! as such; on one that has it, the agent does not install rte_flow rules yet (the
+//! planner, commits and the DPDK backend are in `capo-offload`, tested on simulated
+//! NICs and EAL virtual devices).
 //!
 //! PORT is a PCI address (`0000:03:00.0`, probed with `-a`) or a virtual device
 //! (`net_null0`, `net_ring0`, `net_tap0,iface=capo0`: no hugepages, no PCI scan).
@@ -72,28 +75,87 @@ pub fn device_name(port: &str) -> &str {
     port.split(',').next().unwrap_or(port)
 }
 
-/// Opens and probes the port.
+/// Opens and probes the port on a thread of its own, which then polls it: each burst
+/// of packets from the wire is classified by the embedded dataplane; allowed packets
+/// are sent back out of the port (towards their endpoint), denied ones are freed.
+/// Returns once the probe is done.
 #[cfg(feature = "dpdk")]
-pub fn probe(port: &str) -> Result<ProbeSummary, String> {
+pub fn spawn(port: &str, daemon: crate::daemon::SharedDaemon) -> Result<ProbeSummary, String> {
     use capo_offload::dpdk::eal::Eal;
     use capo_offload::dpdk::ethdev::{Port, PortConfig};
     use capo_offload::dpdk::flow::DpdkFlow;
-    let args = eal_args(port);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let eal = Eal::init(&refs).map_err(|e| format!("EAL: {e}"))?;
-    let p = Port::open(eal, device_name(port), &PortConfig::default())
-        .map_err(|e| format!("port {port}: {e}"))?;
-    let (_flow, report) = DpdkFlow::probe(&p);
-    Ok(ProbeSummary {
-        driver: p.driver().to_string(),
-        offload: report.caps.flow_api && report.refusal.is_none(),
-        refusal: report.refusal.map(|r| format!("{r:?}")),
-    })
+    let (tx, rx) = std::sync::mpsc::channel::<Result<ProbeSummary, String>>();
+    let spec = port.to_string();
+    std::thread::Builder::new()
+        .name("capo-port".into())
+        .spawn(move || {
+            // The EAL, the port and its mbufs all stay on this thread.
+            let args = eal_args(&spec);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let eal = match Eal::init(&refs) {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("EAL: {e}")));
+                    return;
+                }
+            };
+            let p = match Port::open(eal, device_name(&spec), &PortConfig::default()) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("port {spec}: {e}")));
+                    return;
+                }
+            };
+            let (flow, report) = DpdkFlow::probe(&p);
+            drop(flow);
+            let _ = tx.send(Ok(ProbeSummary {
+                driver: p.driver().to_string(),
+                offload: report.caps.flow_api && report.refusal.is_none(),
+                refusal: report.refusal.map(|r| format!("{r:?}")),
+            }));
+            poll(&p, &daemon);
+        })
+        .map_err(|e| format!("port thread: {e}"))?;
+    rx.recv()
+        .map_err(|_| "the port thread ended during the probe".to_string())?
+}
+
+#[cfg(feature = "dpdk")]
+fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::daemon::SharedDaemon) {
+    const BURST: u16 = 32;
+    // Packets wait in the port's ring until there is a policy to judge them by.
+    while crate::daemon::lock(daemon).generation() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut idle: u32 = 0;
+    loop {
+        let pkts = p.rx_burst(0, BURST);
+        if pkts.is_empty() {
+            // Back off when idle: this is the fallback path, not a busy-polling worker.
+            idle = idle.saturating_add(1);
+            let pause = if idle < 1000 { 20 } else { 1000 };
+            std::thread::sleep(std::time::Duration::from_micros(pause));
+            continue;
+        }
+        idle = 0;
+        let verdicts = {
+            let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
+            crate::daemon::lock(daemon).classify_wire(&frames)
+        };
+        let allowed: Vec<_> = pkts
+            .into_iter()
+            .zip(verdicts)
+            .filter(|(_, v)| *v == capo_policy::Verdict::Allow)
+            .map(|(m, _)| m)
+            .collect();
+        // Whatever the PMD does not take is freed here.
+        drop(p.tx_burst(0, allowed));
+    }
 }
 
 /// Without DPDK support the port cannot be used.
 #[cfg(not(feature = "dpdk"))]
-pub fn probe(port: &str) -> Result<ProbeSummary, String> {
+pub fn spawn(port: &str, _daemon: crate::daemon::SharedDaemon) -> Result<ProbeSummary, String> {
     Err(format!(
         "dpdk:{port}: this capo-agent was built without DPDK support (build with --features dpdk; needs libdpdk-dev)"
     ))

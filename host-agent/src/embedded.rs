@@ -241,6 +241,40 @@ impl PolicySink for Embedded {
         })
     }
 
+    fn classify_wire(&mut self, frames: &[&[u8]]) -> Option<Vec<Verdict>> {
+        let cell = self.cell.as_ref()?;
+        let generation = cell.load_full();
+        let now = self.now();
+        let host_addrs = self.state.local_host_addrs();
+        let mut out = Vec::with_capacity(frames.len());
+        for f in frames {
+            let Ok(packet) = parse_ethernet(f) else {
+                // Not IP, or malformed: nothing policy can say about it; drop it.
+                out.push(Verdict::Deny);
+                continue;
+            };
+            let dst = packet.packet.dst;
+            let target = match self.state.workload_owning(&dst) {
+                Some((_, w)) => self.ids.interface(&w.name),
+                None if host_addrs.contains(&dst) => self.ids.interface(self.ids.host_interface()),
+                // Not for a local endpoint: not policed on this node.
+                None => None,
+            };
+            let Some(sw_if_index) = target else {
+                out.push(Verdict::Allow);
+                continue;
+            };
+            let input = Input {
+                sw_if_index,
+                dir: Direction::Ingress,
+                packet,
+                len: u32::try_from(f.len()).unwrap_or(u32::MAX),
+            };
+            out.push(self.worker.process_one(&generation, &input, now));
+        }
+        Some(out)
+    }
+
     fn inject(
         &mut self,
         interface: &str,

@@ -242,21 +242,6 @@ fn unexpected(wanted: &'static str, got: &from_plugin::Msg) -> VppError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dataplane_arg() {
-        assert_eq!(
-            parse_dataplane_arg("vpp:/run/vpp/capo.sock"),
-            Some(PathBuf::from("/run/vpp/capo.sock"))
-        );
-        assert_eq!(parse_dataplane_arg("vpp:"), None);
-        assert_eq!(parse_dataplane_arg("embedded"), None);
-    }
-}
-
 /// The VPP plugin as one of the agent's dataplanes (`--dataplane vpp:SOCKET`): each
 /// generation goes to the plugin as a delta on the one it holds, or as a full
 /// snapshot after a (re)connect. When the plugin is away it keeps its last
@@ -352,5 +337,20 @@ impl crate::daemon::PolicySink for VppSink {
             Ok(msg) => tracing::info!("{msg}"),
             Err(e) => tracing::debug!(error = %e, "VPP plugin still unreachable"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataplane_arg() {
+        assert_eq!(
+            parse_dataplane_arg("vpp:/run/vpp/capo.sock"),
+            Some(PathBuf::from("/run/vpp/capo.sock"))
+        );
+        assert_eq!(parse_dataplane_arg("vpp:"), None);
+        assert_eq!(parse_dataplane_arg("embedded"), None);
     }
 }

@@ -512,22 +512,54 @@ fn simulated_nic_takes_hot_flows_and_counters_add_up() {
     });
 }
 
+/// A pcap file holding `frames` (classic format, Ethernet link type).
+fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    // The second word above packs version 2.4 as two little-endian u16s.
+    out[4..8].copy_from_slice(&[2, 0, 4, 0]);
+    for f in frames {
+        let len = f.len() as u32;
+        for v in [0u32, 0, len, len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(f);
+    }
+    out
+}
+
 #[test]
-fn dpdk_nic_needs_dpdk_support_or_runs_fallback_only() {
+fn dpdk_port_packets_are_classified_fallback_only() {
     let dir = std::env::temp_dir().join(format!("capo-api-{}-dpdk", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let seed = seed_dir();
+    let rx = dir.join("in.pcap");
+    std::fs::write(
+        &rx,
+        pcap(&[
+            frame("11.0.0.196", "11.0.0.67", 5978),
+            frame("11.0.0.196", "11.0.0.67", 5979),
+            frame("11.0.0.5", "11.0.0.67", 5978),
+        ]),
+    )
+    .unwrap();
+    let port = format!(
+        "dpdk:net_pcap0,rx_pcap={},tx_pcap={}",
+        rx.display(),
+        dir.join("out.pcap").display()
+    );
     let api_sock = dir.join("agent.sock");
     let mut child = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
         .args([
             "--resources",
-            seed.to_str().unwrap(),
+            seed_dir().to_str().unwrap(),
             "--node",
             "kind-worker2",
-            "--nic",
-            "dpdk:net_null0",
         ])
+        .arg("--nic")
+        .arg(&port)
         .arg("--api-socket")
         .arg(&api_sock)
         .stdout(Stdio::null())
@@ -545,21 +577,39 @@ fn dpdk_nic_needs_dpdk_support_or_runs_fallback_only() {
             assert!(!dpdk_build, "a dpdk build must run: {log}");
             break;
         }
-        let (rc, out, _) = capoctl(&api_sock, &["offload"]);
+        let (rc, out, _) = capoctl(&api_sock, &["counters", "--json"]);
         if rc == 0 {
             let dpdk_build = cfg!(feature = "dpdk");
             assert!(dpdk_build, "only a dpdk build can open the port");
-            assert!(out.contains("fallback-only"), "{out}");
-            let log = std::fs::read_to_string(dir.join("log")).unwrap();
-            assert!(log.contains("no usable rte_flow offload"), "{log}");
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
+            let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let tun3 = c["interfaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["interface"] == "tun3" && i["direction"] == "ingress")
+                .cloned()
+                .unwrap();
+            if tun3["allowed_packets"].as_u64().unwrap() + tun3["denied_packets"].as_u64().unwrap()
+                == 3
+            {
+                assert_eq!(tun3["allowed_packets"], 1, "{out}");
+                assert_eq!(tun3["denied_packets"], 2, "{out}");
+                let log = std::fs::read_to_string(dir.join("log")).unwrap();
+                assert!(log.contains("fallback-only"), "{log}");
+                let (_, plan, _) = capoctl(&api_sock, &["offload"]);
+                assert!(plan.contains("fallback-only"), "{plan}");
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "agent neither ran nor refused"
-        );
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!(
+                "the port's packets were not classified: {out}\n{}",
+                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -103,6 +103,12 @@ fn full_then_delta_then_reconnect() {
         .unwrap();
     assert!(a.ok, "{}", a.error);
     assert_eq!(plugin.cell.active_id(), 3);
+    // The plugin compiled the full generation once and each delta incrementally.
+    let gens = plugin.show(Show::Generations, 0);
+    assert!(
+        gens.contains("compiled: 2 incremental, 1 from scratch"),
+        "{gens}"
+    );
 }
 
 #[test]

@@ -2,28 +2,32 @@
 //! counter per packet out. The VPP node (`node.rs`) only borrows the buffers and hands
 //! them here, so everything the node decides is tested without VPP.
 //!
-//! Per packet, in order:
+//! Per frame, the active generation is loaded once, so every packet of a frame is
+//! judged by one generation. Per packet, in order:
 //!
 //! 1. The interface (rx on the unicast arcs, tx on the output arcs) must be policed by
 //!    the active generation; otherwise the packet passes untouched.
-//! 2. A NIC allow mark from a generation software holds (active or previous) is
-//!    honoured without classification. A capo mark from any other generation is
-//!    counted and the packet classified as if unmarked (DESIGN.md §4).
-//! 3. A flow-table hit (an allowed flow, or its reply) passes.
-//! 4. Otherwise the packet is parsed and classified in Calico's direction for the
-//!    interface (`rx XOR invert_rx_tx` → egress); an allow is recorded in the flow table.
+//! 2. A NIC mark ([`crate::mark`], capo-offload's layout) from a generation software
+//!    holds (active or previous): an allow is honoured without classification, a punt
+//!    is classified in software. A mark of any other generation is counted ("NIC marks
+//!    from an unknown generation") and the packet classified as if unmarked
+//!    (DESIGN.md §4).
+//! 3. Otherwise the packet is parsed from its IP header (`capo_classifier::parse_ip`)
+//!    and joins the batch the thread's `capo_classifier::Worker` decides: flow table
+//!    first (an allowed flow, or its reply, passes), else the compiled generation, in
+//!    Calico's direction for the interface (`rx XOR invert_rx_tx` → egress); an allow
+//!    opens a flow.
 //!
-//! The generation is loaded once per frame, so every packet of a frame is judged by one
-//! generation.
+//! Traced packets are decided one at a time, in frame order, so their trace can say
+//! whether the flow table or policy decided, and which tier, policy and rule.
 
-use capo_policy::Verdict;
+use capo_classifier::{parse_ip, reply_of, FlowStats, Input, ParsedPacket, Timestamp, MAX_BATCH};
+use capo_policy::{Direction, Verdict};
 
-use crate::classify::parse_ip;
-use crate::config::EstablishedFlows;
-use crate::flow::{FlowKey, FlowTable};
 use crate::generation::{Generation, GenerationCell, SwIfIndex, VppDir};
-use crate::mark::Mark;
+use crate::mark::{MarkKind, NicMarks};
 use crate::trace::{How, TraceData};
+use crate::worker::WorkerSlot;
 
 /// One packet as the node sees it.
 #[derive(Debug, Clone, Copy)]
@@ -63,10 +67,32 @@ pub struct PacketOut {
     pub next: Next,
     /// Set when `next` is [`Next::Drop`].
     pub drop: Option<DropReason>,
-    /// How it was decided.
+    /// How it was decided. The worker's decisions are told apart only for traced
+    /// packets: for the others [`How::Classified`] covers flow-table hits too (the
+    /// frame's [`BatchCounts::flow_hits`] counts them).
     pub how: How,
     /// The trace record, for traced buffers.
     pub trace: Option<TraceData>,
+}
+
+impl PacketOut {
+    fn allow(how: How, trace: Option<TraceData>) -> Self {
+        PacketOut {
+            next: Next::NextFeature,
+            drop: None,
+            how,
+            trace,
+        }
+    }
+
+    fn drop(reason: DropReason, how: How, trace: Option<TraceData>) -> Self {
+        PacketOut {
+            next: Next::Drop,
+            drop: Some(reason),
+            how,
+            trace,
+        }
+    }
 }
 
 /// Per-frame counts; the node adds them to its error counters once per frame.
@@ -106,12 +132,12 @@ impl BatchCounts {
 pub struct BatchCtx<'a> {
     /// The generations.
     pub cell: &'a GenerationCell,
-    /// This worker's flow table.
-    pub flows: &'a mut FlowTable,
-    /// Established flows across generations.
-    pub mode: EstablishedFlows,
-    /// Now, in seconds.
-    pub now: u64,
+    /// This thread's worker (flow table, counters).
+    pub slot: &'a mut WorkerSlot,
+    /// How `flow_id`s are read.
+    pub marks: NicMarks,
+    /// Now (monotonic).
+    pub now: Timestamp,
 }
 
 /// Decides a frame's packets, in order, into `out` (cleared first); `IP6` picks the
@@ -124,24 +150,225 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
     out.clear();
     let dir = if OUTPUT { VppDir::Tx } else { VppDir::Rx };
     let mut counts = BatchCounts::default();
-    let generation = ctx.cell.load();
-    for p in pkts {
-        let o = match generation.as_deref() {
-            Some(g) => one::<IP6>(ctx, g, dir, p, &mut counts),
-            None => pass(p, dir, 0, &mut counts),
+    let Some(g) = ctx.cell.load() else {
+        out.extend(pkts.iter().map(|p| pass(p, dir, 0, &mut counts)));
+        return counts;
+    };
+    let held = ctx.cell.held_tags();
+    let slot = &mut *ctx.slot;
+    let mut frame = std::mem::take(&mut slot.frame);
+    frame.inputs.clear();
+    frame.at.clear();
+
+    // 1. Everything decided without the classifier; the rest joins the batch.
+    for (i, p) in pkts.iter().enumerate() {
+        let Some(iface) = g.interface(p.sw_if_index) else {
+            out.push(pass(p, dir, g.id(), &mut counts));
+            continue;
         };
-        out.push(o);
+        let trace = |verdict, how, line: &str| {
+            p.traced
+                .then(|| TraceData::new(p.sw_if_index.0, dir, g.id(), verdict, how, line))
+        };
+        if let Some(m) = ctx.marks.decode(p.flow_id) {
+            if held.contains(m.gen_tag) {
+                if m.kind == MarkKind::Allow {
+                    counts.allowed += 1;
+                    counts.nic_accepted += 1;
+                    let t = if p.traced {
+                        let line = format!(
+                            "NIC allow, generation tag {}, plan entry {}",
+                            m.gen_tag, m.index
+                        );
+                        trace(Verdict::Allow, How::NicAllow, &line)
+                    } else {
+                        None
+                    };
+                    out.push(PacketOut::allow(How::NicAllow, t));
+                    continue;
+                }
+                // A punt: the NIC leaves the packet to software.
+            } else {
+                counts.nic_unknown_generation += 1;
+            }
+        }
+        let parsed = match parse_family::<IP6>(p.bytes) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                counts.malformed += 1;
+                out.push(PacketOut::drop(
+                    DropReason::Malformed,
+                    How::Malformed,
+                    trace(Verdict::Deny, How::Malformed, &e),
+                ));
+                continue;
+            }
+        };
+        frame.inputs.push(Input {
+            sw_if_index: p.sw_if_index.0,
+            dir: iface.calico_dir(dir),
+            packet: parsed,
+            len: u32::try_from(p.bytes.len()).unwrap_or(u32::MAX),
+        });
+        frame.at.push(i);
+        // Placeholder, replaced below.
+        out.push(PacketOut::allow(How::Classified, None));
     }
+
+    // 2. The worker decides the batch in frame order: runs of untraced packets at
+    //    once, traced packets one by one.
+    if !frame.inputs.is_empty() {
+        let hits_before = flow_hits(&slot.counters.flows());
+        let mut start = 0;
+        while start < frame.inputs.len() {
+            let traced_at = frame
+                .at
+                .get(start)
+                .and_then(|i| pkts.get(*i))
+                .is_some_and(|p| p.traced);
+            if traced_at {
+                if let (Some(input), Some(&i)) = (frame.inputs.get(start), frame.at.get(start)) {
+                    let o = decide_traced(slot, &g, input, pkts.get(i), dir, ctx.now);
+                    tally(&o, &mut counts);
+                    if let Some(slot_out) = out.get_mut(i) {
+                        *slot_out = o;
+                    }
+                }
+                start += 1;
+                continue;
+            }
+            let mut end = start;
+            while end < frame.inputs.len()
+                && end - start < MAX_BATCH
+                && !frame
+                    .at
+                    .get(end)
+                    .and_then(|i| pkts.get(*i))
+                    .is_some_and(|p| p.traced)
+            {
+                end += 1;
+            }
+            if let Some(run) = frame.inputs.get(start..end) {
+                slot.worker
+                    .process(g.classifier(), run, ctx.now, &mut frame.verdicts);
+            }
+            for (k, v) in frame.verdicts.iter().enumerate() {
+                let o = match v {
+                    Verdict::Allow => PacketOut::allow(How::Classified, None),
+                    Verdict::Deny => PacketOut::drop(DropReason::Denied, How::Classified, None),
+                };
+                tally(&o, &mut counts);
+                if let Some(slot_out) = frame.at.get(start + k).and_then(|i| out.get_mut(*i)) {
+                    *slot_out = o;
+                }
+            }
+            start = end;
+        }
+        counts.flow_hits = flow_hits(&slot.counters.flows()).saturating_sub(hits_before);
+    }
+    slot.frame = frame;
+    slot.worker.expire(ctx.now, EXPIRE_PER_FRAME);
     counts
+}
+
+/// Expired flows removed per frame, besides those met on lookup.
+const EXPIRE_PER_FRAME: usize = 8;
+
+/// Packets the flow table let through on its own: the classifier counts a flow that
+/// `established-flows revalidate` re-decided and allowed as a hit too, but that packet
+/// was decided by policy.
+fn flow_hits(f: &FlowStats) -> u64 {
+    f.hits
+        .saturating_sub(f.revalidated.saturating_sub(f.revalidate_denied))
+}
+
+fn tally(o: &PacketOut, counts: &mut BatchCounts) {
+    match o.next {
+        Next::NextFeature => counts.allowed += 1,
+        Next::Drop => counts.denied += 1,
+    }
+}
+
+/// Parses a packet of the arc's family from its IP header.
+fn parse_family<const IP6: bool>(bytes: &[u8]) -> Result<ParsedPacket, String> {
+    let version = bytes.first().map(|b| b >> 4);
+    let want = if IP6 { 6 } else { 4 };
+    match version {
+        Some(v) if v == want => parse_ip(bytes).map_err(|e| e.to_string()),
+        Some(v) => Err(format!("IP version {v} on the IPv{want} arc")),
+        None => Err("empty packet".to_string()),
+    }
+}
+
+/// Decides one traced packet and says how: the worker's flow statistics tell a
+/// flow-table hit from a classification; classifying again names the decider.
+fn decide_traced(
+    slot: &mut WorkerSlot,
+    g: &Generation,
+    input: &Input,
+    p: Option<&PacketIn<'_>>,
+    dir: VppDir,
+    now: Timestamp,
+) -> PacketOut {
+    let before = flow_hits(&slot.counters.flows());
+    let verdict = slot.worker.process_one(g.classifier(), input, now);
+    let hit = flow_hits(&slot.counters.flows()) > before;
+    let iface = g.interface(SwIfIndex(input.sw_if_index));
+    let classify = |slot: &mut WorkerSlot, d: Direction, pkt: &capo_policy::Packet| {
+        let id = iface.and_then(|f| f.classifier_iface)?;
+        let dec = g.classifier().classify(id, d, pkt, &mut slot.scratch)?;
+        Some((dec.verdict, dec.rule_id, dec.decider))
+    };
+    let line = |d: &capo_policy::Decider| g.views().decider_line(d);
+    let (how, line) = if hit {
+        // Which direction opened the flow is not recorded; a direction policy denies
+        // cannot have opened it.
+        let this = classify(slot, input.dir, &input.packet.packet);
+        let reverse = classify(slot, opposite(input.dir), &reply_of(&input.packet).packet);
+        let rule =
+            |id: Option<u32>| id.map_or_else(|| "no rule".to_string(), |r| format!("rule#{r}"));
+        let text = match (this, reverse) {
+            (Some((Verdict::Allow, a, _)), Some((Verdict::Allow, b, _))) => format!(
+                "established flow; generation {} allows this direction ({}) and the reverse ({})",
+                g.id(),
+                rule(a),
+                rule(b)
+            ),
+            (Some((Verdict::Allow, _, d)), _) | (_, Some((Verdict::Allow, _, d))) => {
+                format!("established flow, opened by: {}", line(d))
+            }
+            _ => format!(
+                "established flow; generation {} allows neither direction",
+                g.id()
+            ),
+        };
+        (How::FlowHit, text)
+    } else {
+        let text = classify(slot, input.dir, &input.packet.packet).map_or_else(
+            || "no program for the interface".to_string(),
+            |(_, _, d)| line(d),
+        );
+        (How::Classified, text)
+    };
+    let trace = p.map(|p| TraceData::new(p.sw_if_index.0, dir, g.id(), verdict, how, &line));
+    match verdict {
+        Verdict::Allow => PacketOut::allow(how, trace),
+        Verdict::Deny => PacketOut::drop(DropReason::Denied, how, trace),
+    }
+}
+
+fn opposite(d: Direction) -> Direction {
+    match d {
+        Direction::Ingress => Direction::Egress,
+        Direction::Egress => Direction::Ingress,
+    }
 }
 
 fn pass(p: &PacketIn<'_>, dir: VppDir, generation: u64, counts: &mut BatchCounts) -> PacketOut {
     counts.not_policed += 1;
-    PacketOut {
-        next: Next::NextFeature,
-        drop: None,
-        how: How::NotPoliced,
-        trace: p.traced.then(|| {
+    PacketOut::allow(
+        How::NotPoliced,
+        p.traced.then(|| {
             TraceData::new(
                 p.sw_if_index.0,
                 dir,
@@ -151,145 +378,7 @@ fn pass(p: &PacketIn<'_>, dir: VppDir, generation: u64, counts: &mut BatchCounts
                 "",
             )
         }),
-    }
-}
-
-fn one<const IP6: bool>(
-    ctx: &mut BatchCtx<'_>,
-    g: &Generation,
-    dir: VppDir,
-    p: &PacketIn<'_>,
-    counts: &mut BatchCounts,
-) -> PacketOut {
-    let Some(iface) = g.interface(p.sw_if_index) else {
-        return pass(p, dir, g.id(), counts);
-    };
-    let trace = |verdict, how, line: &str| {
-        p.traced
-            .then(|| TraceData::new(p.sw_if_index.0, dir, g.id(), verdict, how, line))
-    };
-
-    match Mark::decode(p.flow_id) {
-        Mark::Allow { tag, class } if ctx.cell.holds_tag(tag) => {
-            counts.allowed += 1;
-            counts.nic_accepted += 1;
-            return PacketOut {
-                next: Next::NextFeature,
-                drop: None,
-                how: How::NicAllow,
-                trace: trace(
-                    Verdict::Allow,
-                    How::NicAllow,
-                    &format!("NIC allow, generation tag {tag}, rule class {class}"),
-                ),
-            };
-        }
-        Mark::Allow { tag, .. } | Mark::Punt { tag } if !ctx.cell.holds_tag(tag) => {
-            counts.nic_unknown_generation += 1;
-        }
-        _ => {}
-    }
-
-    let parsed = match parse_ip(p.bytes, IP6) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            counts.malformed += 1;
-            return PacketOut {
-                next: Next::Drop,
-                drop: Some(DropReason::Malformed),
-                how: How::Malformed,
-                trace: trace(Verdict::Deny, How::Malformed, &e.to_string()),
-            };
-        }
-    };
-    let key = FlowKey::new(p.sw_if_index, &parsed);
-    if let Some(e) = ctx.flows.hit(&key, ctx.now, g.id(), ctx.mode) {
-        counts.allowed += 1;
-        counts.flow_hits += 1;
-        return PacketOut {
-            next: Next::NextFeature,
-            drop: None,
-            how: How::FlowHit,
-            trace: trace(Verdict::Allow, How::FlowHit, &flow_line(&e)),
-        };
-    }
-
-    let outcome = g
-        .classifier()
-        .classify(&iface.kind, iface.calico_dir(dir), &parsed.packet);
-    let line = || g.views().decider_line(&outcome.decider);
-    match outcome.verdict {
-        Verdict::Allow => {
-            counts.allowed += 1;
-            ctx.flows
-                .insert(key, g.id(), rule_id(g, &outcome.decider), ctx.now);
-            PacketOut {
-                next: Next::NextFeature,
-                drop: None,
-                how: How::Classified,
-                trace: p.traced.then(|| {
-                    TraceData::new(
-                        p.sw_if_index.0,
-                        dir,
-                        g.id(),
-                        Verdict::Allow,
-                        How::Classified,
-                        &line(),
-                    )
-                }),
-            }
-        }
-        Verdict::Deny => {
-            counts.denied += 1;
-            PacketOut {
-                next: Next::Drop,
-                drop: Some(DropReason::Denied),
-                how: How::Classified,
-                trace: p.traced.then(|| {
-                    TraceData::new(
-                        p.sw_if_index.0,
-                        dir,
-                        g.id(),
-                        Verdict::Deny,
-                        How::Classified,
-                        &line(),
-                    )
-                }),
-            }
-        }
-    }
-}
-
-fn flow_line(e: &crate::flow::FlowEntry) -> String {
-    match e.rule_id {
-        Some(r) => format!("allowed flow (rule#{r}, generation {})", e.generation),
-        None => format!("allowed flow (generation {})", e.generation),
-    }
-}
-
-/// The views' `rule#` of a decider that is a policy or profile rule.
-fn rule_id(g: &Generation, d: &capo_policy::Decider) -> Option<u32> {
-    use capo_policy::views::PolicyRef;
-    use capo_policy::Decider;
-    match d {
-        Decider::PolicyRule {
-            policy,
-            direction,
-            index,
-            ..
-        } => g
-            .ids()
-            .rule(&PolicyRef::Policy(policy.clone()), *direction, *index),
-        Decider::ProfileRule {
-            profile,
-            direction,
-            index,
-        } => g
-            .ids()
-            .rule(&PolicyRef::Profile(profile.clone()), *direction, *index),
-        Decider::EndOfTier { tier } => g.ids().tier_rule(tier),
-        _ => None,
-    }
+    )
 }
 
 /// The plugin's own running totals (VPP's node error counters hold the same numbers per

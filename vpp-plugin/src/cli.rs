@@ -5,15 +5,20 @@
 //!   the policy core's [`capo_policy::Views`], the same renderer capoctl uses;
 //! - `show capo generations`: the active generation, the agent connection (fail-static
 //!   when it is gone) and the recent pushes;
-//! - `show capo flows [verbose]`: flow-table sizes and the plugin's counters;
-//! - `clear capo counters`: resets the counters and forgets the flows.
+//! - `show capo counters`: every rule of the active generation with the packets and
+//!   bytes software decided with it (`capo_classifier::Counters`, summed over worker
+//!   threads), then the node's totals;
+//! - `show capo flows [verbose]`: flow-table sizes per thread, the node's totals, and
+//!   (verbose) the flow-table statistics;
+//! - `clear capo counters`: resets every counter (rule, flow-table, node totals) and
+//!   forgets the flows.
 
 use std::fmt::Write as _;
 
 use crate::batch::Counters;
 use crate::control::{AgentState, Status};
-use crate::flow::FlowTables;
 use crate::generation::GenerationCell;
+use crate::worker::Workers;
 
 /// A `show capo` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub enum Show {
     Rules,
     /// `show capo generations`.
     Generations,
+    /// `show capo counters`.
+    Counters,
     /// `show capo flows [verbose]`.
     Flows {
         /// List every flow.
@@ -40,7 +47,7 @@ pub enum Show {
 
 /// Help for `show capo`.
 pub const SHOW_HELP: &str =
-    "show capo interfaces|ipsets|policies [verbose]|rules|generations|flows [verbose]";
+    "show capo interfaces|ipsets|policies [verbose]|rules|generations|counters|flows [verbose]";
 /// Help for `clear capo`.
 pub const CLEAR_HELP: &str = "clear capo counters";
 
@@ -74,6 +81,7 @@ impl Show {
             Some((&"ipsets", [])) => Ok(Show::Ipsets),
             Some((&"rules", [])) => Ok(Show::Rules),
             Some((&"generations", [])) => Ok(Show::Generations),
+            Some((&"counters", [])) => Ok(Show::Counters),
             Some((&"policies", rest)) => Ok(Show::Policies {
                 verbose: verbose(rest)?,
             }),
@@ -107,8 +115,8 @@ pub struct CliCtx<'a> {
     pub cell: &'a GenerationCell,
     /// Control status.
     pub status: &'a Status,
-    /// Flow tables.
-    pub flows: &'a FlowTables,
+    /// Classifier workers (flow tables, rule counters).
+    pub workers: &'a Workers,
     /// Counters.
     pub counters: &'a Counters,
     /// Unix seconds.
@@ -127,6 +135,7 @@ pub fn render(cmd: Show, ctx: &CliCtx<'_>) -> String {
         Show::Policies { verbose } => views_of(&|v| v.policies(verbose)),
         Show::Rules => views_of(&|v| v.rules()),
         Show::Generations => generations(ctx),
+        Show::Counters => counters(ctx),
         Show::Flows { verbose } => flows(ctx, verbose),
     }
 }
@@ -182,6 +191,12 @@ fn generations(ctx: &CliCtx<'_>) -> String {
         "control socket: {}\ngenerations applied: {} refused: {}",
         s.socket, s.applied, s.refused
     );
+    let c = s.compiled;
+    let _ = writeln!(
+        out,
+        "compiled: {} incremental, {} from scratch; state copies: {} (replayed instead: {})",
+        c.incremental, c.full, c.state_copies, c.replayed
+    );
     for r in s.history.iter().rev() {
         let kind = if r.full {
             "full".to_string()
@@ -209,38 +224,7 @@ fn generations(ctx: &CliCtx<'_>) -> String {
     out
 }
 
-fn flows(ctx: &CliCtx<'_>, verbose: bool) -> String {
-    let mut out = String::new();
-    let mut total = 0usize;
-    let mut lines = Vec::new();
-    ctx.flows.each(|thread, t| {
-        if t.is_empty() {
-            return;
-        }
-        total += t.len();
-        lines.push(format!("thread {thread}: {} flows", t.len()));
-        if verbose {
-            for (k, e) in t.iter() {
-                let rule = e.rule_id.map_or(String::new(), |r| format!(" rule#{r}"));
-                lines.push(format!(
-                    "  [sw_if_index={} proto={} {}:{} <-> {}:{}] generation {}{rule} packets {} idle {}s",
-                    k.sw_if_index,
-                    k.protocol,
-                    k.lo.0,
-                    k.lo.1,
-                    k.hi.0,
-                    k.hi.1,
-                    e.generation,
-                    e.packets,
-                    ctx.now.saturating_sub(e.last_seen)
-                ));
-            }
-        }
-    });
-    let _ = writeln!(out, "flows: {total}");
-    for l in lines {
-        let _ = writeln!(out, "{l}");
-    }
+fn totals(out: &mut String, ctx: &CliCtx<'_>) {
     let c = ctx.counters.snapshot();
     let _ = writeln!(
         out,
@@ -248,14 +232,63 @@ fn flows(ctx: &CliCtx<'_>, verbose: bool) -> String {
          NIC marks from an unknown generation: {} malformed: {}",
         c.allowed, c.denied, c.flow_hits, c.nic_accepted, c.nic_unknown_generation, c.malformed
     );
+}
+
+fn counters(ctx: &CliCtx<'_>) -> String {
+    let mut out = String::new();
+    match ctx.cell.load() {
+        Some(g) => {
+            let _ = writeln!(out, "rule counters (software), generation {}:", g.id());
+            for r in g.views().numbered_rules() {
+                let c = ctx.workers.rule(r.id);
+                let _ = writeln!(out, "{} packets {} bytes {}", r.line, c.packets, c.bytes);
+            }
+        }
+        None => out.push_str("capo: no policy generation yet (no agent has pushed one)\n"),
+    }
+    totals(&mut out, ctx);
     out
 }
 
-/// `clear capo counters`: resets the plugin's counters and forgets every flow (the node
-/// error counters are VPP's: `clear errors`).
-pub fn clear_counters(flows: &FlowTables, counters: &Counters) {
+fn flows(ctx: &CliCtx<'_>, verbose: bool) -> String {
+    let mut out = String::new();
+    let f = ctx.workers.flows();
+    let total: usize = f.per_thread.iter().map(|(_, n)| n).sum();
+    let _ = writeln!(out, "flows: {total}");
+    for (thread, n) in &f.per_thread {
+        let _ = writeln!(out, "thread {thread}: {n} flows");
+    }
+    if verbose {
+        let capo_classifier::FlowStats {
+            hits,
+            classified,
+            created,
+            expired,
+            evicted,
+            refused,
+            revalidated,
+            revalidate_denied,
+            no_interface,
+        } = f.stats;
+        let cfg = ctx.workers.config();
+        let _ = writeln!(
+            out,
+            "flow table: capacity {} per thread, established flows {:?}\n\
+             hits: {hits} classified: {classified} created: {created} expired: {expired} \
+             evicted: {evicted} refused: {refused} revalidated: {revalidated} \
+             revalidate-denied: {revalidate_denied} no-program: {no_interface}",
+            cfg.capacity, cfg.established_flows
+        );
+    }
+    totals(&mut out, ctx);
+    out
+}
+
+/// `clear capo counters`: resets the node's totals and every worker's counters, and
+/// forgets every flow (the node error counters are VPP's: `clear errors`).
+pub fn clear_counters(workers: &Workers, counters: &Counters) {
     counters.clear();
-    flows.each(|_, t| t.clear());
+    workers.clear();
 }
 
 #[cfg(test)]
@@ -276,6 +309,7 @@ mod tests {
             Ok(Show::Policies { verbose: false })
         );
         assert_eq!(Show::parse("generations"), Ok(Show::Generations));
+        assert_eq!(Show::parse("counters"), Ok(Show::Counters));
         assert_eq!(
             Show::parse("flows verbose"),
             Ok(Show::Flows { verbose: true })

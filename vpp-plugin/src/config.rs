@@ -8,6 +8,7 @@
 //!   host-interface tap0            # the host-facing interface's VPP name
 //!   established-flows keep         # keep | revalidate (DESIGN.md §3.7)
 //!   flow-table-size 1048576        # flows kept per worker
+//!   nic-mark-bits 24               # the NIC's MARK width (8..24; 0: ignore marks)
 //! }
 //! ```
 //!
@@ -17,6 +18,8 @@
 
 use std::path::PathBuf;
 
+use crate::mark::NicMarks;
+
 /// Default control socket path.
 pub const DEFAULT_SOCKET: &str = "/run/vpp/capo.sock";
 /// Default control socket permissions.
@@ -24,15 +27,9 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// Default number of flows kept per worker.
 pub const DEFAULT_FLOW_TABLE_SIZE: usize = 1 << 20;
 
-/// What happens to established flows when a new generation becomes active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EstablishedFlows {
-    /// Calico's behaviour: a flow allowed once keeps flowing.
-    #[default]
-    Keep,
-    /// Each flow is re-decided on its next packet under the new generation.
-    Revalidate,
-}
+/// What happens to established flows when a new generation becomes active (the
+/// classifier's flow table implements it).
+pub use capo_classifier::EstablishedFlows;
 
 /// The plugin's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +46,19 @@ pub struct PluginConfig {
     pub established_flows: EstablishedFlows,
     /// Flows kept per worker.
     pub flow_table_size: usize,
+    /// How NIC marks in `flow_id` are read.
+    pub nic_marks: NicMarks,
+}
+
+impl PluginConfig {
+    /// The classifier's flow-table configuration (VPP ACL plugin timeouts).
+    pub fn flow_config(&self) -> capo_classifier::FlowConfig {
+        capo_classifier::FlowConfig {
+            capacity: self.flow_table_size,
+            established_flows: self.established_flows,
+            ..capo_classifier::FlowConfig::default()
+        }
+    }
 }
 
 impl Default for PluginConfig {
@@ -60,6 +70,7 @@ impl Default for PluginConfig {
             host_interface: capo_policy::views::DEFAULT_HOST_INTERFACE.to_string(),
             established_flows: EstablishedFlows::Keep,
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
+            nic_marks: NicMarks::default(),
         }
     }
 }
@@ -141,6 +152,24 @@ impl PluginConfig {
                         reason: "expected a number of flows",
                     })?;
                 }
+                "nic-mark-bits" => {
+                    let v = value("nic-mark-bits")?;
+                    cfg.nic_marks = match v.parse::<u8>() {
+                        Ok(0) => NicMarks::off(),
+                        Ok(bits) => NicMarks::new(bits).ok_or_else(|| ConfigError::BadValue {
+                            key: "nic-mark-bits",
+                            value: v.to_string(),
+                            reason: "expected 0 (off) or a width from 8 to 24",
+                        })?,
+                        Err(_) => {
+                            return Err(ConfigError::BadValue {
+                                key: "nic-mark-bits",
+                                value: v.to_string(),
+                                reason: "expected 0 (off) or a width from 8 to 24",
+                            })
+                        }
+                    };
+                }
                 other => return Err(ConfigError::UnknownKey(other.to_string())),
             }
         }
@@ -162,7 +191,7 @@ mod tests {
     fn every_key() {
         let cfg = PluginConfig::parse(
             "socket /tmp/c.sock\n socket-mode 0600 socket-gid 998\nhost-interface tap9 \
-             established-flows revalidate flow-table-size 4096",
+             established-flows revalidate flow-table-size 4096 nic-mark-bits 16",
         )
         .unwrap();
         assert_eq!(cfg.socket, PathBuf::from("/tmp/c.sock"));
@@ -171,6 +200,11 @@ mod tests {
         assert_eq!(cfg.host_interface, "tap9");
         assert_eq!(cfg.established_flows, EstablishedFlows::Revalidate);
         assert_eq!(cfg.flow_table_size, 4096);
+        assert_eq!(cfg.nic_marks.bits(), 16);
+        assert_eq!(
+            PluginConfig::parse("nic-mark-bits 0").unwrap().nic_marks,
+            NicMarks::off()
+        );
     }
 
     #[test]
@@ -186,5 +220,6 @@ mod tests {
         let e = PluginConfig::parse("socket-mode 0999").unwrap_err();
         assert!(e.to_string().contains("socket-mode"), "{e}");
         assert!(PluginConfig::parse("established-flows maybe").is_err());
+        assert!(PluginConfig::parse("nic-mark-bits 32").is_err());
     }
 }

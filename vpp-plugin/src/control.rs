@@ -1,11 +1,32 @@
 //! The control channel: the agent pushes generations over a unix socket; the plugin
 //! validates each with the agent's own code (`capo_felix::convert` and the policy core's
-//! `State::apply`), builds it beside the active one, and flips to it whole or not at all.
+//! `State::apply`), compiles it beside the active one with `capo_classifier::Builder`,
+//! and flips to it whole or not at all.
 //!
 //! [`ControlCore`] is sans-IO: it turns one `ToPlugin` into one `FromPlugin`, and reaches
 //! VPP only through [`VppContext`] (resolve interface names; commit = enable features and
 //! publish under the barrier). [`serve`] is the thin I/O shell: Felix's framing
 //! (8-byte LE length + protobuf) over a `UnixStream`, one agent at a time.
+//!
+//! # Applying a delta
+//!
+//! 1. Validate: every update of the delta is converted and applied to a copy of the
+//!    active state (the views' copy of the next generation). Any error refuses the
+//!    delta here, before the compiler has seen any of it.
+//! 2. Resolve the endpoint interfaces to `sw_if_index`es.
+//! 3. Compile incrementally: the validated updates go one by one through
+//!    `Builder::apply`, on the builder's own copy of the state, which recompiles only
+//!    what each update touches (an IP-set member change touches index entries only).
+//!    Only when an already known interface changes its VPP index (the classifier's
+//!    interface table must be rebuilt) does it compile from scratch.
+//! 4. Commit under VPP's barrier. If VPP refuses, the builder is rebuilt from the
+//!    active generation, so it always mirrors what workers run.
+//!
+//! The views' copy in step 1 is not a clone of the whole state: the plugin keeps the
+//! snapshots it published, and once a retired generation's snapshot is free (no worker
+//! and no cell holds it) it is brought forward by replaying the deltas since, which
+//! costs what the deltas changed. A full clone happens only when no retired snapshot is
+//! free yet, and for full generations (counted in `show capo generations`).
 //!
 //! Fail-static: when the agent goes away, nothing is torn down; the last generation
 //! keeps enforcing and `show capo generations` says so.
@@ -23,23 +44,28 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use capo_classifier::Builder;
 use capo_felix::convert::{convert, Converted};
 use capo_felix::frame::{FrameError, FrameReader, FrameWriter};
-use capo_policy::State;
+use capo_policy::{IdTable, State, Update};
 use capo_proto::capo::dataplane::v1::{
     from_plugin, to_plugin, Applied, FromPlugin, Generation as PbGeneration, HelloReply, ToPlugin,
 };
 use prost::Message;
 
-use crate::classify::ClassifierBuilder;
 use crate::config::PluginConfig;
-use crate::generation::{policed_interfaces, Generation, GenerationCell, SwIfIndex};
+use crate::generation::{
+    policed_interfaces, Generation, GenerationCell, Snapshot, SwIfIndex, UNRESOLVED,
+};
 
 /// The plugin's version, as reported in `HelloReply`.
 pub const PLUGIN_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Generations kept in the status history.
 const HISTORY: usize = 8;
+
+/// Published snapshots kept for reuse (active, previous, and retired ones).
+const SNAPSHOTS: usize = 4;
 
 /// VPP could not do what the control path asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +165,22 @@ pub struct Status {
     pub refused: u64,
     /// The control socket.
     pub socket: String,
+    /// How generations were compiled.
+    pub compiled: CompileStats,
+}
+
+/// How generations were compiled (`show capo generations`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Generations compiled from scratch (full generations, interface renumbering,
+    /// recovery after a refused commit).
+    pub full: u64,
+    /// Deltas compiled incrementally (`Builder::apply`).
+    pub incremental: u64,
+    /// Whole-state copies made (full generations, or no retired snapshot free).
+    pub state_copies: u64,
+    /// Views' copies brought forward by replaying deltas instead.
+    pub replayed: u64,
 }
 
 impl Default for Status {
@@ -149,6 +191,7 @@ impl Default for Status {
             applied: 0,
             refused: 0,
             socket: String::new(),
+            compiled: CompileStats::default(),
         }
     }
 }
@@ -198,9 +241,96 @@ pub enum RefusedError {
     /// A full snapshot without `InSync`.
     #[error("a full generation must end with InSync")]
     NotInSync,
+    /// The compiler refused an update the validation accepted (a bug); the compiler
+    /// was rebuilt from the active generation.
+    #[error("updates[{index}]: refused by the compiler after validation: {source}")]
+    Compile {
+        /// Index among the delta's updates.
+        index: usize,
+        /// What it said.
+        source: capo_policy::StateError,
+    },
     /// VPP could not apply it.
     #[error(transparent)]
     Vpp(#[from] ContextError),
+}
+
+/// The compiler's side of the active generation: the builder and the state and ids it
+/// compiled, always equal to the active generation's (`None` before the first one).
+struct Compiled {
+    builder: Builder,
+    state: State,
+    ids: IdTable,
+}
+
+/// Published snapshots and the deltas between them, for bringing a retired snapshot
+/// forward instead of cloning the active one.
+#[derive(Default)]
+struct SnapshotPool {
+    /// `(generation id, snapshot)`, oldest first.
+    held: VecDeque<(u64, Arc<Snapshot>)>,
+    /// `(generation id, its validated updates)` of deltas since the oldest held.
+    log: VecDeque<(u64, Vec<Update>)>,
+}
+
+impl SnapshotPool {
+    fn published(&mut self, id: u64, snapshot: Arc<Snapshot>, delta: Option<Vec<Update>>) {
+        match delta {
+            Some(updates) => self.log.push_back((id, updates)),
+            None => {
+                self.held.clear();
+                self.log.clear();
+            }
+        }
+        self.held.push_back((id, snapshot));
+        while self.held.len() > SNAPSHOTS {
+            self.held.pop_front();
+        }
+        if let Some(&(oldest, _)) = self.held.front() {
+            while self.log.front().is_some_and(|(i, _)| *i <= oldest) {
+                self.log.pop_front();
+            }
+        }
+    }
+
+    /// A free retired snapshot brought forward to generation `base`, if one is free.
+    fn reclaim(&mut self, base: u64) -> Option<State> {
+        let mut i = 0;
+        while i < self.held.len() {
+            let Some((id, snap)) = self.held.remove(i) else {
+                break;
+            };
+            if id >= base {
+                self.held.insert(i, (id, snap));
+                i += 1;
+                continue;
+            }
+            match Arc::try_unwrap(snap) {
+                Ok(snap) => {
+                    if let Some(state) = self.replay(snap.state, id, base) {
+                        return Some(state);
+                    }
+                }
+                Err(snap) => {
+                    self.held.insert(i, (id, snap));
+                    i += 1;
+                }
+            }
+        }
+        None
+    }
+
+    /// Applies the logged deltas after `from` up to `to`; `None` if the log has a gap.
+    fn replay(&self, mut state: State, from: u64, to: u64) -> Option<State> {
+        let mut at = from;
+        for (id, updates) in self.log.iter().filter(|(id, _)| *id > from && *id <= to) {
+            for u in updates {
+                state.apply(u.clone()).ok()?;
+            }
+            at = *id;
+        }
+        (at == to).then_some(state)
+    }
 }
 
 /// The sans-IO control logic.
@@ -209,7 +339,8 @@ pub struct ControlCore<C: VppContext> {
     status: SharedStatus,
     ctx: C,
     host_interface: String,
-    build: ClassifierBuilder,
+    compiled: Option<Compiled>,
+    pool: SnapshotPool,
 }
 
 impl<C: VppContext> std::fmt::Debug for ControlCore<C> {
@@ -221,6 +352,14 @@ impl<C: VppContext> std::fmt::Debug for ControlCore<C> {
     }
 }
 
+/// A validated generation, before it is compiled.
+struct Validated {
+    /// The next generation's state (the views' copy).
+    state: State,
+    /// The converted updates, in order (for a delta: to compile and to replay).
+    updates: Vec<Update>,
+}
+
 impl<C: VppContext> ControlCore<C> {
     /// A core publishing into `cell`, reporting into `status`.
     pub fn new(
@@ -228,20 +367,25 @@ impl<C: VppContext> ControlCore<C> {
         status: SharedStatus,
         ctx: C,
         host_interface: &str,
-        build: ClassifierBuilder,
     ) -> Self {
         ControlCore {
             cell,
             status,
             ctx,
             host_interface: host_interface.to_string(),
-            build,
+            compiled: None,
+            pool: SnapshotPool::default(),
         }
     }
 
     /// The VPP context (tests inspect fakes through it).
     pub fn context(&self) -> &C {
         &self.ctx
+    }
+
+    /// The VPP context, mutably (tests make fakes fail through it).
+    pub fn context_mut(&mut self) -> &mut C {
+        &mut self.ctx
     }
 
     /// Handles one message; `now` is unix seconds.
@@ -311,7 +455,40 @@ impl<C: VppContext> ControlCore<C> {
         }
     }
 
-    /// Validates, builds and commits one generation; returns its unknown interfaces.
+    fn stats(&self) -> std::sync::MutexGuard<'_, Status> {
+        lock(&self.status)
+    }
+
+    /// Converts and applies every update to `state`: the validation step. Nothing but
+    /// `state` changes; on an error `state` is half-updated and must be dropped.
+    fn validate(
+        mut state: State,
+        updates: Vec<capo_proto::felix::v3_32::ToDataplane>,
+    ) -> Result<(Validated, bool), RefusedError> {
+        let mut in_sync = false;
+        let mut out = Vec::with_capacity(updates.len());
+        for (index, msg) in updates.into_iter().enumerate() {
+            match convert(msg, &state).map_err(|source| RefusedError::Convert { index, source })? {
+                Converted::Update(u) => {
+                    state
+                        .apply(u.clone())
+                        .map_err(|source| RefusedError::Violation { index, source })?;
+                    out.push(u);
+                }
+                Converted::InSync => in_sync = true,
+                Converted::Ignored(_) => {}
+            }
+        }
+        Ok((
+            Validated {
+                state,
+                updates: out,
+            },
+            in_sync,
+        ))
+    }
+
+    /// Validates, compiles and commits one generation; returns its unknown interfaces.
     fn apply(&mut self, g: PbGeneration) -> Result<Vec<String>, RefusedError> {
         let PbGeneration {
             id,
@@ -327,10 +504,21 @@ impl<C: VppContext> ControlCore<C> {
                 active: active_id,
             });
         }
-        // 1. Build the candidate state beside the active one; nothing live changes.
-        let mut state = match (full, &active) {
+        // 1. Validate into the next generation's state; nothing live changes.
+        let start = match (full, &active) {
             (true, _) => State::new(),
-            (false, Some(a)) if a.id() == base_id => a.state().clone(),
+            (false, Some(a)) if a.id() == base_id && self.compiled.is_some() => {
+                match self.pool.reclaim(base_id) {
+                    Some(state) => {
+                        self.stats().compiled.replayed += 1;
+                        state
+                    }
+                    None => {
+                        self.stats().compiled.state_copies += 1;
+                        a.state().clone()
+                    }
+                }
+            }
             (false, _) => {
                 return Err(RefusedError::WrongBase {
                     base: base_id,
@@ -338,48 +526,141 @@ impl<C: VppContext> ControlCore<C> {
                 })
             }
         };
-        let mut in_sync = false;
-        for (index, msg) in updates.into_iter().enumerate() {
-            match convert(msg, &state).map_err(|source| RefusedError::Convert { index, source })? {
-                Converted::Update(u) => {
-                    state
-                        .apply(u)
-                        .map_err(|source| RefusedError::Violation { index, source })?;
-                }
-                Converted::InSync => in_sync = true,
-                Converted::Ignored(_) => {}
-            }
-        }
+        let (validated, in_sync) = Self::validate(start, updates)?;
         if full && !in_sync {
             return Err(RefusedError::NotInSync);
         }
         // 2. Map endpoints to VPP interfaces; unknown names are reported, not fatal.
-        let names: Vec<String> = policed_interfaces(&state, &self.host_interface)
+        let names: Vec<String> = policed_interfaces(&validated.state, &self.host_interface)
             .into_iter()
             .map(|(n, _, _)| n)
             .collect();
         let resolved = self.ctx.resolve(&names)?;
+        // 3. Compile beside the active generation.
+        let (classifier, ids) = self.compile(full, &validated, &names, &resolved)?;
+        let snapshot = Arc::new(Snapshot {
+            state: validated.state,
+            ids,
+        });
         let next = Arc::new(Generation::build(
             id,
-            state,
-            &self.host_interface,
+            Arc::clone(&snapshot),
+            classifier,
             &resolved,
-            self.build,
         ));
-        // 3. Flip: features and pointer together, under the barrier.
+        // 4. Flip: features and pointer together, under the barrier.
         let before: BTreeSet<SwIfIndex> = active
             .iter()
             .flat_map(|a| a.interfaces().iter().map(|i| i.sw_if_index))
             .collect();
         let after: BTreeSet<SwIfIndex> = next.interfaces().iter().map(|i| i.sw_if_index).collect();
         let unknown = next.unknown_interfaces().to_vec();
-        self.ctx.commit(Commit {
+        let committed = self.ctx.commit(Commit {
             cell: Arc::clone(&self.cell),
             next,
             enable: after.difference(&before).copied().collect(),
             disable: before.difference(&after).copied().collect(),
-        })?;
+        });
+        if let Err(e) = committed {
+            self.recompile_active();
+            return Err(e.into());
+        }
+        self.pool
+            .published(id, snapshot, (!full).then_some(validated.updates));
         Ok(unknown)
+    }
+
+    /// Compiles a validated generation with the builder; returns the classifier
+    /// generation and the ids to publish. On an error the builder is rebuilt from the
+    /// active generation.
+    fn compile(
+        &mut self,
+        full: bool,
+        v: &Validated,
+        names: &[String],
+        resolved: &HashMap<String, SwIfIndex>,
+    ) -> Result<(Arc<capo_classifier::Generation>, IdTable), RefusedError> {
+        let mut c = match self.compiled.take() {
+            Some(c) => c,
+            None => Compiled {
+                builder: Builder::new(),
+                state: State::new(),
+                ids: IdTable::new(&self.host_interface),
+            },
+        };
+        // Every policed name gets its VPP index (or `~0`): the classifier finds
+        // interfaces by the ids' indexes. A known interface whose index changed needs
+        // the classifier's interface table rebuilt.
+        let mut renumbered = false;
+        for name in names {
+            let want = resolved.get(name).map_or(UNRESOLVED, |i| i.0);
+            renumbered |= c.ids.interface(name).is_some_and(|had| had != want);
+            c.ids.set_interface_index(name, want);
+        }
+        let generation = if full || renumbered {
+            if full {
+                c.state = v.state.clone();
+                self.stats().compiled.state_copies += 1;
+            } else {
+                for (index, u) in v.updates.iter().enumerate() {
+                    // Validated on the same state: cannot fail; if it does, refuse.
+                    if let Err(source) = c.state.apply(u.clone()) {
+                        self.compiled = Some(c);
+                        self.recompile_active();
+                        return Err(RefusedError::Compile { index, source });
+                    }
+                }
+            }
+            c.ids.sync(&c.state);
+            self.stats().compiled.full += 1;
+            c.builder.build(&c.state, &c.ids)
+        } else {
+            let mut last = c.builder.current().cloned();
+            for (index, u) in v.updates.iter().enumerate() {
+                match c.builder.apply(&mut c.state, &mut c.ids, u.clone()) {
+                    Ok(g) => last = Some(g),
+                    Err(source) => {
+                        self.compiled = Some(c);
+                        self.recompile_active();
+                        return Err(RefusedError::Compile { index, source });
+                    }
+                }
+            }
+            self.stats().compiled.incremental += 1;
+            match last {
+                Some(g) => g,
+                None => c.builder.build(&c.state, &c.ids),
+            }
+        };
+        let ids = c.ids.clone();
+        self.compiled = Some(c);
+        Ok((generation, ids))
+    }
+
+    /// Rebuilds the compiler's side from the active generation (after a refusal that
+    /// came after compiling began).
+    fn recompile_active(&mut self) {
+        let Some(active) = self.cell.load() else {
+            self.compiled = None;
+            return;
+        };
+        let mut builder = self
+            .compiled
+            .take()
+            .map_or_else(Builder::new, |c| c.builder);
+        let state = active.state().clone();
+        let ids = active.ids().clone();
+        builder.build(&state, &ids);
+        {
+            let mut s = self.stats();
+            s.compiled.state_copies += 1;
+            s.compiled.full += 1;
+        }
+        self.compiled = Some(Compiled {
+            builder,
+            state,
+            ids,
+        });
     }
 }
 
@@ -502,6 +783,8 @@ pub struct FakeVpp {
     pub interfaces: HashMap<String, SwIfIndex>,
     /// `(generation, enabled, disabled)` per commit.
     pub commits: Vec<(u64, Vec<SwIfIndex>, Vec<SwIfIndex>)>,
+    /// Refuse commits (as VPP does when a feature cannot be enabled).
+    pub fail_commits: bool,
 }
 
 #[cfg(any(test, feature = "testutils"))]
@@ -514,6 +797,7 @@ impl FakeVpp {
                 .map(|(n, i)| (n.to_string(), SwIfIndex(*i)))
                 .collect(),
             commits: Vec::new(),
+            fail_commits: false,
         }
     }
 }
@@ -528,6 +812,13 @@ impl VppContext for FakeVpp {
     }
 
     fn commit(&mut self, c: Commit) -> Result<(), ContextError> {
+        if self.fail_commits {
+            return Err(ContextError::Feature {
+                arc: "ip4-unicast",
+                sw_if_index: c.enable.first().map_or(0, |i| i.0),
+                code: -1,
+            });
+        }
         self.commits.push((c.next.id(), c.enable, c.disable));
         c.cell.publish(c.next);
         Ok(())

@@ -1,10 +1,20 @@
 //! Generations as the plugin holds them, and the cell workers read them from.
 //!
-//! A [`Generation`] is immutable once built: the validated policy state, the views' id
-//! table (with VPP's `sw_if_index`es), the policed interfaces and the classifier built
-//! for them. [`GenerationCell`] publishes it RCU-style (`arc-swap`): a worker loads the
-//! active generation once per frame without locking, and a generation is freed when its
-//! last reader lets go, so no worker ever sees a half-built state. The control path
+//! A [`Generation`] is immutable once built. It joins three things under one pointer:
+//!
+//! - the compiled `capo-classifier` generation the node classifies with (built
+//!   incrementally by the control path's `capo_classifier::Builder`, sharing every part
+//!   an update did not touch with the generation before);
+//! - the validated policy state and the views' id table ([`Snapshot`]), for
+//!   `show capo …` and the deciding rule in packet traces;
+//! - the policed interfaces as VPP numbers them (`sw_if_index`, `invert_rx_tx`).
+//!
+//! [`GenerationCell`] publishes it RCU-style (`arc-swap`, as `capo_classifier::
+//! GenerationCell` does for a bare classifier generation): a worker loads the active
+//! generation once per frame without locking, and a generation is freed when its last
+//! reader lets go, so no worker ever sees a half-built state. The plugin has its own
+//! cell because it must publish the whole [`Generation`] (classifier, views and
+//! interfaces together) and keep the previous one resident. The control path
 //! additionally publishes under VPP's worker barrier (see `control`), so the flip is
 //! also atomic with the feature enables it comes with.
 //!
@@ -15,10 +25,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use capo_policy::{Direction, HostEndpointKey, IdTable, State, WorkloadKey};
+use capo_classifier::IfaceId;
+pub use capo_classifier::IfaceKind;
+use capo_policy::{Direction, IdTable, State};
 
-use crate::classify::{Classifier, ClassifierBuilder};
-use crate::mark::tag_of;
+use crate::mark::gen_tag;
+
+/// The `sw_if_index` the views print for an endpoint interface VPP does not have
+/// (VPP's `~0`, "no interface"); never looked up by the node.
+pub const UNRESOLVED: u32 = u32::MAX;
 
 /// VPP's software interface index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,17 +54,6 @@ pub enum VppDir {
     Tx,
 }
 
-/// What an interface is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum IfaceKind {
-    /// A local workload's interface (pod tun/tap/memif).
-    Workload(WorkloadKey),
-    /// The host-facing interface (CalicoVPP's host tap).
-    Host,
-    /// A host endpoint's interface (uplink, tunnel): forwarded traffic.
-    Forward(HostEndpointKey),
-}
-
 /// One policed interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Iface {
@@ -62,6 +66,8 @@ pub struct Iface {
     /// `invert_rx_tx` (reference/capo-upstream.md §2.1): set on uplinks and tunnels,
     /// where a packet VPP receives is Calico ingress.
     pub inverted: bool,
+    /// The interface in the classifier generation (`None`: it has no program).
+    pub classifier_iface: Option<IfaceId>,
 }
 
 impl Iface {
@@ -91,78 +97,105 @@ pub fn policed_interfaces(state: &State, host_interface: &str) -> Vec<(String, I
     out
 }
 
+/// What the views render from: the validated policy state and its ids (with VPP's
+/// `sw_if_index`es).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The policy state.
+    pub state: State,
+    /// The views' ids, synced with `state`.
+    pub ids: IdTable,
+}
+
+/// Dense `sw_if_index` lookups up to this index; beyond it a hash map.
+const DENSE_MAX: u32 = 1 << 16;
+
 /// An immutable compiled snapshot.
 #[derive(Debug)]
 pub struct Generation {
     id: u64,
-    state: Arc<State>,
-    ids: IdTable,
+    snapshot: Arc<Snapshot>,
+    classifier: Arc<capo_classifier::Generation>,
     ifaces: Vec<Iface>,
-    by_sw_if_index: HashMap<SwIfIndex, usize>,
+    /// Position in `ifaces` by `sw_if_index`, for indexes below [`DENSE_MAX`].
+    dense: Vec<Option<u32>>,
+    sparse: HashMap<SwIfIndex, usize>,
     unknown: Vec<String>,
-    classifier: Arc<dyn Classifier>,
 }
 
 impl Generation {
-    /// Builds generation `id` from a validated state; `resolved` maps interface names to
-    /// VPP indexes (names without one are reported in [`Generation::unknown_interfaces`]
-    /// and not policed).
+    /// Generation `id`: `classifier` compiled from `snapshot`; `resolved` maps
+    /// interface names to VPP indexes (names without one are reported in
+    /// [`Generation::unknown_interfaces`] and not policed).
     pub fn build(
         id: u64,
-        state: State,
-        host_interface: &str,
+        snapshot: Arc<Snapshot>,
+        classifier: Arc<capo_classifier::Generation>,
         resolved: &HashMap<String, SwIfIndex>,
-        build_classifier: ClassifierBuilder,
     ) -> Generation {
-        let mut ids = IdTable::new(host_interface);
         let mut ifaces = Vec::new();
         let mut unknown = Vec::new();
-        for (name, kind, inverted) in policed_interfaces(&state, host_interface) {
+        let host = snapshot.ids.host_interface().to_string();
+        for (name, kind, inverted) in policed_interfaces(&snapshot.state, &host) {
             match resolved.get(&name) {
                 Some(idx) => {
-                    ids.set_interface_index(&name, idx.0);
+                    let classifier_iface = classifier.interface_of(&kind);
                     ifaces.push(Iface {
                         name,
                         kind,
                         sw_if_index: *idx,
                         inverted,
+                        classifier_iface,
                     });
                 }
                 None => unknown.push(name),
             }
         }
-        ids.sync(&state);
-        let by_sw_if_index = ifaces
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.sw_if_index, i))
-            .collect();
-        let state = Arc::new(state);
-        let classifier = build_classifier(&state);
+        let mut dense = Vec::new();
+        let mut sparse = HashMap::new();
+        for (i, f) in ifaces.iter().enumerate() {
+            let idx = f.sw_if_index.0;
+            if idx < DENSE_MAX {
+                let at = idx as usize;
+                if dense.len() <= at {
+                    dense.resize(at + 1, None);
+                }
+                if let Some(slot) = dense.get_mut(at) {
+                    *slot = Some(i as u32);
+                }
+            } else {
+                sparse.insert(f.sw_if_index, i);
+            }
+        }
         Generation {
             id,
-            state,
-            ids,
-            ifaces,
-            by_sw_if_index,
-            unknown,
+            snapshot,
             classifier,
+            ifaces,
+            dense,
+            sparse,
+            unknown,
         }
     }
 
-    /// The generation's id.
+    /// The generation's id (the agent's).
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// The policy state.
     pub fn state(&self) -> &State {
-        &self.state
+        &self.snapshot.state
     }
 
     /// The views' ids (synced with [`Generation::state`]).
     pub fn ids(&self) -> &IdTable {
-        &self.ids
+        &self.snapshot.ids
+    }
+
+    /// The state and ids together.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
     }
 
     /// The policed interfaces.
@@ -171,10 +204,14 @@ impl Generation {
     }
 
     /// The interface with this index, if policed.
+    #[inline]
     pub fn interface(&self, sw_if_index: SwIfIndex) -> Option<&Iface> {
-        self.by_sw_if_index
-            .get(&sw_if_index)
-            .and_then(|i| self.ifaces.get(*i))
+        let pos = if sw_if_index.0 < DENSE_MAX {
+            (*self.dense.get(sw_if_index.0 as usize)?)? as usize
+        } else {
+            *self.sparse.get(&sw_if_index)?
+        };
+        self.ifaces.get(pos)
     }
 
     /// Endpoint interfaces VPP does not have.
@@ -182,14 +219,31 @@ impl Generation {
         &self.unknown
     }
 
-    /// The classifier.
-    pub fn classifier(&self) -> &dyn Classifier {
-        &*self.classifier
+    /// The compiled classifier generation.
+    pub fn classifier(&self) -> &capo_classifier::Generation {
+        &self.classifier
+    }
+
+    /// The compiled classifier generation, shared.
+    pub fn classifier_arc(&self) -> &Arc<capo_classifier::Generation> {
+        &self.classifier
     }
 
     /// The views over this generation (`show capo …`).
     pub fn views(&self) -> capo_policy::Views<'_> {
-        capo_policy::Views::new(&self.state, &self.ids)
+        capo_policy::Views::new(&self.snapshot.state, &self.snapshot.ids)
+    }
+}
+
+/// The generation tags of the held generations (a set of 2-bit tags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeldTags(u8);
+
+impl HeldTags {
+    /// Whether a mark with this tag comes from a held generation.
+    #[inline]
+    pub fn contains(self, tag: u8) -> bool {
+        tag < 8 && self.0 & (1 << tag) != 0
     }
 }
 
@@ -225,8 +279,18 @@ impl GenerationCell {
 
     /// Whether a NIC mark's generation tag is that of a generation software holds.
     pub fn holds_tag(&self, tag: u8) -> bool {
-        let is = |g: &Option<Arc<Generation>>| g.as_ref().is_some_and(|g| tag_of(g.id) == tag);
-        is(&self.active.load()) || is(&self.previous.load())
+        self.held_tags().contains(tag)
+    }
+
+    /// The tags of the generations software holds, read once (per frame).
+    pub fn held_tags(&self) -> HeldTags {
+        let mut bits = 0u8;
+        for g in [self.active.load(), self.previous.load()] {
+            if let Some(g) = g.as_ref() {
+                bits |= 1 << gen_tag(g.id);
+            }
+        }
+        HeldTags(bits)
     }
 
     /// The previous generation's id, if one is still held.
@@ -238,7 +302,22 @@ impl GenerationCell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::Reference;
+
+    fn generation(id: u64, resolved: &HashMap<String, SwIfIndex>) -> Arc<Generation> {
+        let state = State::new();
+        let mut ids = IdTable::new("tap0");
+        for (name, idx) in resolved {
+            ids.set_interface_index(name, idx.0);
+        }
+        ids.sync(&state);
+        let classifier = capo_classifier::Builder::new().build(&state, &ids);
+        Arc::new(Generation::build(
+            id,
+            Arc::new(Snapshot { state, ids }),
+            classifier,
+            resolved,
+        ))
+    }
 
     #[test]
     fn rx_xor_invert_selects_egress() {
@@ -247,6 +326,7 @@ mod tests {
             kind: IfaceKind::Host,
             sw_if_index: SwIfIndex(11),
             inverted: false,
+            classifier_iface: None,
         };
         assert_eq!(f.calico_dir(VppDir::Rx), Direction::Egress);
         assert_eq!(f.calico_dir(VppDir::Tx), Direction::Ingress);
@@ -260,33 +340,42 @@ mod tests {
         let cell = GenerationCell::new();
         assert_eq!(cell.active_id(), 0);
         assert!(cell.load().is_none());
-        let g = |id| {
-            Arc::new(Generation::build(
-                id,
-                State::new(),
-                "tap0",
-                &HashMap::new(),
-                Reference::build,
-            ))
-        };
-        cell.publish(g(1));
-        cell.publish(g(2));
+        let none = HashMap::new();
+        cell.publish(generation(1, &none));
+        cell.publish(generation(2, &none));
         assert_eq!(cell.active_id(), 2);
         assert_eq!(cell.previous_id(), Some(1));
-        assert!(cell.holds_tag(1) && cell.holds_tag(2) && !cell.holds_tag(3));
-        cell.publish(g(3));
-        assert!(!cell.holds_tag(1));
+        assert!(cell.holds_tag(gen_tag(1)) && cell.holds_tag(gen_tag(2)));
+        assert!(!cell.holds_tag(gen_tag(3)));
+        cell.publish(generation(3, &none));
+        assert!(!cell.holds_tag(gen_tag(1)));
     }
 
     #[test]
     fn unresolved_names_are_reported_not_policed() {
         let mut resolved = HashMap::new();
         resolved.insert("tap0".to_string(), SwIfIndex(1));
-        let g = Generation::build(1, State::new(), "tap0", &resolved, Reference::build);
+        let g = generation(1, &resolved);
         assert_eq!(g.interfaces().len(), 1);
         assert!(g.unknown_interfaces().is_empty());
-        let g = Generation::build(1, State::new(), "tap0", &HashMap::new(), Reference::build);
+        let f = g.interface(SwIfIndex(1)).unwrap();
+        assert_eq!(f.kind, IfaceKind::Host);
+        // The node's lookup and the classifier's agree on the interface.
+        assert_eq!(
+            f.classifier_iface,
+            g.classifier().interface_by_sw_if_index(1)
+        );
+        let g = generation(1, &HashMap::new());
         assert_eq!(g.unknown_interfaces(), ["tap0".to_string()]);
         assert!(g.interface(SwIfIndex(1)).is_none());
+    }
+
+    #[test]
+    fn sparse_indexes_are_found() {
+        let mut resolved = HashMap::new();
+        resolved.insert("tap0".to_string(), SwIfIndex(DENSE_MAX + 5));
+        let g = generation(1, &resolved);
+        assert!(g.interface(SwIfIndex(DENSE_MAX + 5)).is_some());
+        assert!(g.interface(SwIfIndex(5)).is_none());
     }
 }

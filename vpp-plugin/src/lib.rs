@@ -7,12 +7,17 @@
 //!
 //! - [`control`]: the agent pushes generations (full or delta) over a unix socket; each
 //!   is validated with the agent's own code (`capo_felix::convert`, `State::apply`),
-//!   built beside the active one and flipped to whole or not at all. Fail-static.
-//! - [`generation`]: immutable generations, their interfaces (`sw_if_index`,
-//!   `invert_rx_tx`) and the RCU cell workers read them from.
-//! - [`batch`]: the node's logic over plain byte buffers: NIC marks, flow table,
-//!   classification, next node, counters, trace records.
-//! - [`classify`], [`flow`], [`mark`], [`trace`], [`cli`], [`config`]: the parts.
+//!   compiled beside the active one by `capo_classifier::Builder` (incrementally for
+//!   deltas) and flipped to whole or not at all. Fail-static.
+//! - [`generation`]: immutable generations (the compiled classifier generation, the
+//!   views' state, the interfaces with `sw_if_index` and `invert_rx_tx`) and the RCU
+//!   cell workers read them from.
+//! - [`batch`]: the node's logic over plain byte buffers: NIC marks, parsing
+//!   (`capo_classifier::parse_ip`), then the frame decided as a batch by the thread's
+//!   `capo_classifier::Worker` (flow table, compiled generation); next node, counters,
+//!   trace records.
+//! - [`worker`] (one classifier worker per VPP thread), [`mark`] (capo-offload's MARK
+//!   layout as VPP delivers it), [`trace`], [`cli`], [`config`]: the parts.
 //!
 //! With the `vpp` feature, the VPP glue registers the plugin: four graph nodes
 //! (`capo-ip4-in`, `capo-ip6-in` on ip4/ip6-unicast; `capo-ip4-out`, `capo-ip6-out` on
@@ -27,14 +32,13 @@
 #![warn(missing_docs)]
 
 pub mod batch;
-pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod flow;
 pub mod generation;
 pub mod mark;
 pub mod trace;
+pub mod worker;
 
 #[cfg(test)]
 mod tests;
@@ -63,8 +67,8 @@ pub struct Plugin {
     pub cell: Arc<GenerationCell>,
     /// Control status.
     pub status: control::SharedStatus,
-    /// Per-worker flow tables.
-    pub flows: flow::FlowTables,
+    /// Per-thread classifier workers (flow tables, rule counters).
+    pub workers: worker::Workers,
     /// The plugin's counters.
     pub counters: Counters,
 }
@@ -77,7 +81,7 @@ impl Plugin {
             ..control::Status::default()
         };
         Plugin {
-            flows: flow::FlowTables::new(config.flow_table_size),
+            workers: worker::Workers::new(config.flow_config()),
             config,
             cell: Arc::new(GenerationCell::new()),
             status: Arc::new(Mutex::new(status)),
@@ -97,7 +101,7 @@ impl Plugin {
             &cli::CliCtx {
                 cell: &self.cell,
                 status: &status,
-                flows: &self.flows,
+                workers: &self.workers,
                 counters: &self.counters,
                 now,
             },
@@ -111,7 +115,11 @@ impl Plugin {
             Arc::clone(&self.status),
             ctx,
             &self.config.host_interface,
-            classify::Reference::build,
         )
+    }
+
+    /// `clear capo counters`.
+    pub fn clear_counters(&self) {
+        cli::clear_counters(&self.workers, &self.counters);
     }
 }

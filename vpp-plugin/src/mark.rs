@@ -1,81 +1,81 @@
-//! NIC marks (DESIGN.md §4, reference/offload.md §6.1 item 5, §6.4).
+//! NIC marks as VPP hands them to the node (DESIGN.md §4, reference/offload.md §6).
 //!
-//! A packet the NIC has already decided carries the rte_flow `MARK` of the rule that
-//! decided it; VPP's dpdk input copies it into the buffer's `flow_id`. The 32-bit mark
-//! is laid out as
+//! A packet the NIC has already matched carries the rte_flow `MARK` of the rule that
+//! matched it; VPP's dpdk input copies it into the buffer's `flow_id`. The layout is
+//! `capo-offload`'s ([`capo_offload::mark`]), the one the offload side stamps, so NIC
+//! and plugin cannot disagree: from the top of the NIC's usable mark bits (16 or 24,
+//! the plugin's `nic-mark-bits`), 2 bits of generation tag (generation mod 4), 1 bit of
+//! kind (allow or punt), then the plan entry's index.
 //!
-//! ```text
-//!  31    28 27            20 19                      0
-//! +--------+----------------+-------------------------+
-//! |  0xC   | generation tag |  class                  |
-//! +--------+----------------+-------------------------+
-//! ```
+//! What is VPP-specific lives here:
 //!
-//! - the top nibble `0xC` says the mark is capo's (any other value, including the
-//!   `flow_id` 0 of unmarked packets, is "no mark");
-//! - the generation tag is the low 8 bits of the generation id whose NIC rules stamped it;
-//! - class 0 is `PUNT` (the NIC did not decide: classify in software), any other class
-//!   is a hardware allow (class − 1 is the rule class, for counters).
+//! - `flow_id` 0 means "no mark" in VPP. It is also the encoding of an allow from plan
+//!   entry 0 of a generation whose tag is 0; such a packet is classified in software,
+//!   which is always safe (the NIC is only a cache of software decisions).
+//! - A `flow_id` with bits above `nic-mark-bits`, or in the 16 values mlx5 reserves at
+//!   the top of the range, is not capo's (another user of VPP's flow offload): no mark.
+//! - `nic-mark-bits 0` turns marks off: every packet is classified in software.
 //!
-//! Software accepts a hardware allow only when the tag is that of a generation it holds
-//! (the active one, or the previous one while it is retired); otherwise the packet is
-//! classified as if unmarked. With at most two generations resident, 8 bits cannot alias.
-//!
-//! The offload side must stamp exactly this layout; [`Mark::encode`] is the one encoder.
+//! Whether a mark's generation is one software holds is the cell's business
+//! ([`crate::generation::GenerationCell::holds_tag`]).
 
-/// Top nibble of every capo mark.
-const MAGIC: u32 = 0xC;
-const MAGIC_SHIFT: u32 = 28;
-const TAG_SHIFT: u32 = 20;
-const TAG_MASK: u32 = 0xff;
-const CLASS_MASK: u32 = 0xf_ffff;
+pub use capo_offload::mark::{gen_tag, Mark, MarkKind};
 
-/// A decoded capo mark.
+/// The widest mark a NIC stamps (mlx5 full mode).
+pub const MAX_MARK_BITS: u8 = 24;
+/// The narrowest mark width that can carry a capo mark.
+pub const MIN_MARK_BITS: u8 = 8;
+/// Values mlx5 reserves at the top of the mark range.
+const RESERVED_TOP: u32 = 16;
+
+/// How the node reads `flow_id`s: the NIC's mark width, or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mark {
-    /// Not a capo mark (unmarked packet, or another user's flow id).
-    None,
-    /// The NIC sent the packet to software without a verdict.
-    Punt {
-        /// Low 8 bits of the stamping generation's id.
-        tag: u8,
-    },
-    /// The NIC allowed the packet.
-    Allow {
-        /// Low 8 bits of the stamping generation's id.
-        tag: u8,
-        /// The NIC rule class (for counters).
-        class: u32,
-    },
+pub struct NicMarks {
+    bits: u8,
 }
 
-/// The generation tag of a generation id.
-pub fn tag_of(generation: u64) -> u8 {
-    (generation & u64::from(TAG_MASK)) as u8
-}
-
-impl Mark {
-    /// Decodes a buffer's `flow_id`.
-    pub fn decode(flow_id: u32) -> Mark {
-        if flow_id >> MAGIC_SHIFT != MAGIC {
-            return Mark::None;
-        }
-        let tag = ((flow_id >> TAG_SHIFT) & TAG_MASK) as u8;
-        match flow_id & CLASS_MASK {
-            0 => Mark::Punt { tag },
-            c => Mark::Allow { tag, class: c - 1 },
+impl Default for NicMarks {
+    fn default() -> Self {
+        NicMarks {
+            bits: MAX_MARK_BITS,
         }
     }
+}
 
-    /// Encodes a mark (the offload side's half of the contract). Classes above
-    /// 2^20 − 2 are clamped to the largest.
-    pub fn encode(self) -> u32 {
-        let head = |tag: u8| (MAGIC << MAGIC_SHIFT) | (u32::from(tag) << TAG_SHIFT);
-        match self {
-            Mark::None => 0,
-            Mark::Punt { tag } => head(tag),
-            Mark::Allow { tag, class } => head(tag) | (class.min(CLASS_MASK - 1) + 1),
+impl NicMarks {
+    /// Marks `bits` wide (8..=24), or `None` for a width capo marks cannot use.
+    pub fn new(bits: u8) -> Option<NicMarks> {
+        (MIN_MARK_BITS..=MAX_MARK_BITS)
+            .contains(&bits)
+            .then_some(NicMarks { bits })
+    }
+
+    /// Marks ignored: every packet is classified in software.
+    pub fn off() -> NicMarks {
+        NicMarks { bits: 0 }
+    }
+
+    /// The mark width (0: off).
+    pub fn bits(self) -> u8 {
+        self.bits
+    }
+
+    /// The capo mark a buffer's `flow_id` carries, if any.
+    #[inline]
+    pub fn decode(self, flow_id: u32) -> Option<Mark> {
+        if self.bits == 0 || flow_id == 0 {
+            return None;
         }
+        let limit = (1u32 << self.bits) - RESERVED_TOP;
+        (flow_id < limit).then(|| Mark::decode(flow_id, self.bits))
+    }
+
+    /// The `flow_id` a NIC stamps for `mark` (tests, and the offload side's encoder).
+    pub fn encode(self, mark: Mark) -> Option<u32> {
+        if self.bits == 0 {
+            return None;
+        }
+        mark.encode(self.bits)
     }
 }
 
@@ -84,32 +84,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip() {
-        for m in [
-            Mark::Punt { tag: 0 },
-            Mark::Punt { tag: 255 },
-            Mark::Allow { tag: 7, class: 0 },
-            Mark::Allow {
-                tag: 200,
-                class: 12345,
-            },
-        ] {
-            assert_eq!(Mark::decode(m.encode()), m);
+    fn flow_id_zero_and_foreign_ids_are_no_mark() {
+        let m = NicMarks::default();
+        assert_eq!(m.decode(0), None);
+        assert_eq!(m.decode(1 << 24), None);
+        assert_eq!(m.decode((1 << 24) - 1), None);
+        assert_eq!(NicMarks::off().decode(5), None);
+        assert_eq!(NicMarks::new(7), None);
+        assert_eq!(NicMarks::new(25), None);
+    }
+
+    #[test]
+    fn round_trips_the_offload_layout() {
+        for bits in [16u8, 24] {
+            let m = NicMarks::new(bits).unwrap();
+            for generation in 1..9u64 {
+                for kind in [MarkKind::Allow, MarkKind::Punt] {
+                    let mark = Mark {
+                        gen_tag: gen_tag(generation),
+                        kind,
+                        index: 7,
+                    };
+                    let raw = m.encode(mark).unwrap();
+                    // The offload crate's own decoder agrees.
+                    assert_eq!(Mark::decode(raw, bits), mark);
+                    assert_eq!(m.decode(raw), Some(mark));
+                }
+            }
         }
-        assert_eq!(Mark::encode(Mark::None), 0);
-    }
-
-    #[test]
-    fn foreign_flow_ids_are_no_mark() {
-        assert_eq!(Mark::decode(0), Mark::None);
-        assert_eq!(Mark::decode(1), Mark::None);
-        assert_eq!(Mark::decode(0xffff_ffff), Mark::None);
-        assert_eq!(Mark::decode(0x1000_0001), Mark::None);
-    }
-
-    #[test]
-    fn tags_are_low_byte() {
-        assert_eq!(tag_of(0x1_05), 5);
-        assert_eq!(tag_of(256), 0);
     }
 }

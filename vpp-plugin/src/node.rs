@@ -15,15 +15,25 @@
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
+use std::sync::LazyLock;
+use std::time::Instant;
 
 use arrayvec::ArrayVec;
 use vpp_plugin::vlib::node::{FrameRef, Node, NodeRuntimeRef, FRAME_SIZE};
 use vpp_plugin::vlib::{self, BufferIndex, BufferRef, MainRef};
 use vpp_plugin::{vlib_node, vnet_feature_init, ErrorCounters, NextNodes};
 
+use capo_classifier::Timestamp;
+
 use crate::batch::{classify_batch, BatchCtx, DropReason, Next, PacketIn, PacketOut};
-use crate::flow::FlowTable;
 use crate::trace::TraceData;
+
+/// The flow tables' clock: monotonic nanoseconds since the plugin's first frame.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now() -> Timestamp {
+    Timestamp(u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
 
 #[path = "feature.rs"]
 pub(crate) mod feature;
@@ -127,20 +137,17 @@ where
                     }
                 })
                 .collect();
-            let mut scratch;
-            let mut table = plugin.flows.for_thread(vm.thread_index());
-            let flows: &mut FlowTable = match table.as_deref_mut() {
-                Some(t) => t,
-                None => {
-                    scratch = FlowTable::new(0);
-                    &mut scratch
-                }
+            let mut guard = plugin.workers.for_thread(vm.thread_index());
+            let Some(slot) = guard.as_mut().and_then(|g| g.slot()) else {
+                // Unreachable (a slot is created on first use); pass the frame.
+                out.clear();
+                return;
             };
             let mut ctx = BatchCtx {
                 cell: &plugin.cell,
-                flows,
-                mode: plugin.config.established_flows,
-                now: crate::control::unix_now(),
+                slot,
+                marks: plugin.config.nic_marks,
+                now: now(),
             };
             let counts = classify_batch::<IP6, OUTPUT>(&mut ctx, &views, out);
             plugin.counters.add(&counts);

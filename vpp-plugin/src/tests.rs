@@ -1,11 +1,13 @@
 //! End-to-end tests of the plugin's logic without VPP: the seed's Felix frames pushed as
-//! generations, the views, the node's batch logic over plain byte buffers, the control
-//! channel over a real unix socket.
+//! generations, the views, the node's batch logic over plain byte buffers (against the
+//! policy core's reference evaluator too), incremental compilation and its atomicity,
+//! the control channel over a real unix socket.
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
+use capo_classifier::{tcp_flags, FlowConfig, Timestamp};
 use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader, FrameWriter};
 use capo_policy::{Packet, Protocol, L4};
 use capo_proto::capo::dataplane::v1::{
@@ -14,16 +16,40 @@ use capo_proto::capo::dataplane::v1::{
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
 
-use crate::batch::{classify_batch, BatchCtx, DropReason, Next, PacketIn};
-use crate::classify::build::ip_bytes;
+use crate::batch::{classify_batch, BatchCtx, DropReason, Next, PacketIn, PacketOut};
 use crate::cli::Show;
 use crate::config::{EstablishedFlows, PluginConfig};
 use crate::control::{serve, ControlCore, FakeVpp};
-use crate::flow::FlowTable;
 use crate::generation::SwIfIndex;
-use crate::mark::{tag_of, Mark};
+use crate::mark::{gen_tag, Mark, MarkKind, NicMarks};
 use crate::trace::How;
+use crate::worker::WorkerSlot;
 use crate::Plugin;
+
+/// `pkt` from its IP header on, as VPP's ip arcs hand it over (TCP gets `flags`).
+fn ip_bytes_with(pkt: &Packet, flags: u8) -> Vec<u8> {
+    capo_classifier::build::frame(pkt, flags)[14..].to_vec()
+}
+
+fn ip_bytes(pkt: &Packet) -> Vec<u8> {
+    ip_bytes_with(pkt, tcp_flags::SYN)
+}
+
+fn new_slot(mode: EstablishedFlows) -> WorkerSlot {
+    WorkerSlot::new(FlowConfig {
+        established_flows: mode,
+        ..PluginConfig::default().flow_config()
+    })
+}
+
+fn ctx<'a>(plugin: &'a Plugin, slot: &'a mut WorkerSlot, secs: u64) -> BatchCtx<'a> {
+    BatchCtx {
+        cell: &plugin.cell,
+        slot,
+        marks: NicMarks::default(),
+        now: Timestamp::from_secs(secs),
+    }
+}
 
 const SEED_FRAMES: &[u8] = include_bytes!("../tests/fixtures/seed.master.frames");
 
@@ -201,13 +227,8 @@ fn deltas_apply_on_the_active_generation() {
 #[test]
 fn node_batch_over_byte_buffers() {
     let (plugin, _core) = seeded();
-    let mut flows = FlowTable::new(1024);
-    let mut ctx = BatchCtx {
-        cell: &plugin.cell,
-        flows: &mut flows,
-        mode: EstablishedFlows::Keep,
-        now: 10,
-    };
+    let mut slot = new_slot(EstablishedFlows::Keep);
+    let mut ctx = ctx(&plugin, &mut slot, 10);
     let allowed = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5978));
     let denied = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5979));
     let malformed = allowed[..22].to_vec();
@@ -249,7 +270,10 @@ fn node_batch_over_byte_buffers() {
     );
 
     // The pod's reply (VPP rx on tun3, Calico egress) hits the flow the request made.
-    let reply = ip_bytes(&tcp("11.0.0.67", "11.0.0.196", 5978, 40000));
+    let reply = ip_bytes_with(
+        &tcp("11.0.0.67", "11.0.0.196", 5978, 40000),
+        tcp_flags::SYN | tcp_flags::ACK,
+    );
     let c = classify_batch::<false, false>(&mut ctx, &[p(&reply, 11, true)], &mut out);
     assert_eq!((c.allowed, c.flow_hits), (1, 1));
     assert_eq!(out[0].how, How::FlowHit);
@@ -257,35 +281,78 @@ fn node_batch_over_byte_buffers() {
 
     // NIC marks: an allow from a held generation skips classification even for a
     // packet policy denies; one from an unknown generation is counted and classified.
-    let held = Mark::Allow {
-        tag: tag_of(1),
-        class: 0,
-    }
-    .encode();
-    let unknown = Mark::Allow { tag: 9, class: 0 }.encode();
+    // capo-offload's layout, as the NIC stamps it.
+    let mark = |generation: u64, kind| {
+        NicMarks::default()
+            .encode(Mark {
+                gen_tag: gen_tag(generation),
+                kind,
+                index: 3,
+            })
+            .unwrap()
+    };
     let frame = [
         PacketIn {
-            flow_id: held,
-            ..p(&denied, 11, false)
+            flow_id: mark(1, MarkKind::Allow),
+            ..p(&denied, 11, true)
         },
         PacketIn {
-            flow_id: unknown,
+            flow_id: mark(3, MarkKind::Allow),
+            ..p(&denied, 11, false)
+        },
+        // A punt from the held generation: software classifies it.
+        PacketIn {
+            flow_id: mark(1, MarkKind::Punt),
             ..p(&denied, 11, false)
         },
     ];
     let c = classify_batch::<false, true>(&mut ctx, &frame, &mut out);
     assert_eq!(out[0].next, Next::NextFeature);
+    assert_eq!(out[0].how, How::NicAllow);
+    assert!(out[0]
+        .trace
+        .unwrap()
+        .to_string()
+        .contains("NIC allow, generation tag 1, plan entry 3"));
     assert_eq!(out[1].next, Next::Drop);
+    assert_eq!(out[2].next, Next::Drop);
     assert_eq!(
         (c.nic_accepted, c.nic_unknown_generation, c.denied),
-        (1, 1, 1)
+        (1, 1, 2)
     );
+
+    // With marks off, a mark is just a flow id: classified.
+    ctx.marks = NicMarks::off();
+    let c = classify_batch::<false, true>(&mut ctx, &frame[..1], &mut out);
+    assert_eq!((c.nic_accepted, c.denied), (0, 1));
+}
+
+fn seed_ipset_id() -> String {
+    seed_updates()
+        .into_iter()
+        .find_map(|m| match m.payload {
+            Some(pb::to_dataplane::Payload::IpsetUpdate(u)) => Some(u.id),
+            _ => None,
+        })
+        .unwrap()
+}
+
+fn member_delta(added: &[&str], removed: &[&str]) -> pb::ToDataplane {
+    pb::ToDataplane {
+        sequence_number: 0,
+        payload: Some(pb::to_dataplane::Payload::IpsetDeltaUpdate(
+            pb::IpSetDeltaUpdate {
+                id: seed_ipset_id(),
+                added_members: added.iter().map(|m| m.to_string()).collect(),
+                removed_members: removed.iter().map(|m| m.to_string()).collect(),
+            },
+        )),
+    }
 }
 
 #[test]
 fn revalidate_redecides_established_flows_on_a_new_generation() {
     let (plugin, mut core) = seeded();
-    let mut flows = FlowTable::new(16);
     let req = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5978));
     let pkt = [PacketIn {
         bytes: &req,
@@ -294,40 +361,56 @@ fn revalidate_redecides_established_flows_on_a_new_generation() {
         traced: false,
     }];
     let mut out = Vec::new();
-    for mode in [EstablishedFlows::Keep, EstablishedFlows::Revalidate] {
-        flows.clear();
-        let mut ctx = BatchCtx {
-            cell: &plugin.cell,
-            flows: &mut flows,
-            mode,
-            now: 0,
-        };
-        classify_batch::<false, true>(&mut ctx, &pkt, &mut out);
+    for (mode, new_member) in [
+        (EstablishedFlows::Keep, "11.0.0.198/32"),
+        (EstablishedFlows::Revalidate, "11.0.0.199/32"),
+    ] {
+        let mut slot = new_slot(mode);
+        let c = classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &pkt, &mut out);
+        assert_eq!((c.allowed, c.flow_hits), (1, 0));
+        let c = classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &pkt, &mut out);
+        assert_eq!(
+            (c.allowed, c.flow_hits),
+            (1, 1),
+            "{mode:?}: same generation"
+        );
+        // A new generation that still allows the flow.
         let id = plugin.cell.active_id();
-        // A new generation without the policy: the tier is gone, profiles allow.
-        let remove = pb::ToDataplane {
-            sequence_number: 0,
-            payload: Some(pb::to_dataplane::Payload::ActivePolicyRemove(
-                pb::ActivePolicyRemove {
-                    id: seed_updates().into_iter().find_map(|m| match m.payload {
-                        Some(pb::to_dataplane::Payload::ActivePolicyUpdate(u)) => u.id,
-                        _ => None,
-                    }),
-                },
-            )),
-        };
-        let a = applied(core.on_message(generation(id + 1, false, id, vec![remove]), 0));
-        // Removing a policy still referenced by the endpoint's tier is a violation in
-        // the policy core; either way the flow table's behaviour is what is tested.
-        let mut ctx = BatchCtx {
-            cell: &plugin.cell,
-            flows: &mut flows,
-            mode,
-            now: 1,
-        };
-        let c = classify_batch::<false, true>(&mut ctx, &pkt, &mut out);
-        let expect_hit = mode == EstablishedFlows::Keep || !a.ok;
-        assert_eq!(c.flow_hits == 1, expect_hit, "{mode:?} {a:?}");
+        let a = applied(core.on_message(
+            generation(id + 1, false, id, vec![member_delta(&[new_member], &[])]),
+            0,
+        ));
+        assert!(a.ok, "{}", a.error);
+        let c = classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 1), &pkt, &mut out);
+        assert_eq!(c.allowed, 1);
+        let expect_hit = mode == EstablishedFlows::Keep;
+        assert_eq!(c.flow_hits == 1, expect_hit, "{mode:?}");
+        // One that denies it: kept flows keep flowing, revalidated ones are dropped.
+        let id = plugin.cell.active_id();
+        let a = applied(core.on_message(
+            generation(
+                id + 1,
+                false,
+                id,
+                vec![member_delta(&[], &["11.0.0.196/32"])],
+            ),
+            0,
+        ));
+        assert!(a.ok, "{}", a.error);
+        let c = classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 2), &pkt, &mut out);
+        assert_eq!(c.allowed == 1, expect_hit, "{mode:?}");
+        // Put the member back for the next mode.
+        let id = plugin.cell.active_id();
+        let a = applied(core.on_message(
+            generation(
+                id + 1,
+                false,
+                id,
+                vec![member_delta(&["11.0.0.196/32"], &[])],
+            ),
+            0,
+        ));
+        assert!(a.ok, "{}", a.error);
     }
 }
 
@@ -413,4 +496,392 @@ fn seed_full_interfaces_view() {
          tx:[rule#2;allow][src==[ipset#0;ip;11.0.0.67,fd20::1cc0:b1ac:ad47:e7c2,],]\n{SEED_TUN3}"
     );
     assert_eq!(plugin.show(Show::Interfaces, 0), expected);
+}
+
+/// The verdict the node gives one packet on tun3 going `OUTPUT` (tx: towards the pod),
+/// in a frame of its own with a fresh flow table.
+fn verdict_alone(plugin: &Plugin, bytes: &[u8]) -> Next {
+    let mut slot = new_slot(EstablishedFlows::Keep);
+    let mut out = Vec::new();
+    let pkt = [PacketIn {
+        bytes,
+        sw_if_index: SwIfIndex(11),
+        flow_id: 0,
+        traced: false,
+    }];
+    classify_batch::<false, true>(&mut ctx(plugin, &mut slot, 0), &pkt, &mut out);
+    out[0].next
+}
+
+#[test]
+fn deltas_compile_incrementally_and_reuse_retired_snapshots() {
+    let (plugin, mut core) = seeded();
+    let from = |a: &str| ip_bytes(&tcp(a, "11.0.0.67", 40000, 5978));
+    assert_eq!(verdict_alone(&plugin, &from("11.0.0.201")), Next::Drop);
+    for (i, id) in (2..=7u64).enumerate() {
+        let member = format!("11.0.0.{}/32", 200 + i);
+        let a = applied(core.on_message(
+            generation(id, false, id - 1, vec![member_delta(&[&member], &[])]),
+            0,
+        ));
+        assert!(a.ok, "{}", a.error);
+        // The new member is allowed at once: the compiled generation has it.
+        assert_eq!(
+            verdict_alone(&plugin, &from(&format!("11.0.0.{}", 200 + i))),
+            Next::NextFeature
+        );
+    }
+    let s = plugin.status.lock().unwrap().compiled;
+    assert_eq!((s.full, s.incremental), (1, 6), "{s:?}");
+    // The full generation copies once; the first two deltas find no free retired
+    // snapshot (the cell still holds it as previous); every later one is replayed.
+    assert_eq!((s.state_copies, s.replayed), (3, 4), "{s:?}");
+    let ipsets = plugin.show(Show::Ipsets, 0);
+    for i in 0..6 {
+        assert!(
+            ipsets.contains(&format!("11.0.0.{}/32,", 200 + i)),
+            "{ipsets}"
+        );
+    }
+    let gens = plugin.show(Show::Generations, 0);
+    assert!(
+        gens.contains(
+            "compiled: 6 incremental, 1 from scratch; state copies: 3 (replayed instead: 4)"
+        ),
+        "{gens}"
+    );
+}
+
+#[test]
+fn a_refused_delta_leaves_views_and_classifier_untouched() {
+    let (plugin, mut core) = seeded();
+    let before = plugin.show(Show::Ipsets, 0);
+    let from = ip_bytes(&tcp("11.0.0.250", "11.0.0.67", 40000, 5978));
+    // The first update is valid, the second is not: nothing of the delta applies.
+    let bad = pb::ToDataplane {
+        sequence_number: 0,
+        payload: Some(pb::to_dataplane::Payload::IpsetDeltaUpdate(
+            pb::IpSetDeltaUpdate {
+                id: "s:nope".into(),
+                added_members: vec!["10.0.0.1/32".into()],
+                removed_members: vec![],
+            },
+        )),
+    };
+    let a = applied(core.on_message(
+        generation(
+            2,
+            false,
+            1,
+            vec![member_delta(&["11.0.0.250/32"], &[]), bad],
+        ),
+        0,
+    ));
+    assert!(!a.ok && a.error.starts_with("updates[1]"), "{}", a.error);
+    assert_eq!(plugin.cell.active_id(), 1);
+    assert_eq!(plugin.show(Show::Ipsets, 0), before);
+    assert_eq!(verdict_alone(&plugin, &from), Next::Drop);
+
+    // VPP refuses the commit: the compiler is rebuilt from the active generation.
+    core.context_mut().fail_commits = true;
+    let a = applied(core.on_message(
+        generation(3, false, 1, vec![member_delta(&["11.0.0.250/32"], &[])]),
+        0,
+    ));
+    assert!(!a.ok && a.error.contains("VPP error"), "{}", a.error);
+    assert_eq!(plugin.cell.active_id(), 1);
+    assert_eq!(verdict_alone(&plugin, &from), Next::Drop);
+
+    // The next delta builds on generation 1, without either refused delta's member.
+    core.context_mut().fail_commits = false;
+    let a = applied(core.on_message(
+        generation(4, false, 1, vec![member_delta(&["11.0.0.251/32"], &[])]),
+        0,
+    ));
+    assert!(a.ok, "{}", a.error);
+    assert_eq!(verdict_alone(&plugin, &from), Next::Drop);
+    let other = ip_bytes(&tcp("11.0.0.251", "11.0.0.67", 40000, 5978));
+    assert_eq!(verdict_alone(&plugin, &other), Next::NextFeature);
+    let ipsets = plugin.show(Show::Ipsets, 0);
+    assert!(!ipsets.contains("11.0.0.250/32"), "{ipsets}");
+}
+
+#[test]
+fn previous_generation_marks_are_honoured_after_a_flip() {
+    let (plugin, mut core) = seeded();
+    let a = applied(core.on_message(
+        generation(2, false, 1, vec![member_delta(&["11.0.0.199/32"], &[])]),
+        0,
+    ));
+    assert!(a.ok, "{}", a.error);
+    let denied = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5979));
+    let marked = |generation: u64| PacketIn {
+        bytes: &denied,
+        sw_if_index: SwIfIndex(11),
+        flow_id: NicMarks::default()
+            .encode(Mark {
+                gen_tag: gen_tag(generation),
+                kind: MarkKind::Allow,
+                index: 0,
+            })
+            .unwrap(),
+        traced: false,
+    };
+    let mut slot = new_slot(EstablishedFlows::Keep);
+    let mut out = Vec::new();
+    let frame = [marked(1), marked(2), marked(3)];
+    let c = classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &frame, &mut out);
+    assert_eq!(
+        out.iter().map(|o| o.next).collect::<Vec<_>>(),
+        [Next::NextFeature, Next::NextFeature, Next::Drop]
+    );
+    assert_eq!((c.nic_accepted, c.nic_unknown_generation), (2, 1));
+}
+
+#[test]
+fn rule_counters_are_shown_and_cleared() {
+    let (plugin, _core) = seeded();
+    let req = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5978));
+    let frame = [PacketIn {
+        bytes: &req,
+        sw_if_index: SwIfIndex(11),
+        flow_id: 0,
+        traced: false,
+    }];
+    let mut out = Vec::new();
+    {
+        let mut guard = plugin.workers.for_thread(0).unwrap();
+        let slot = guard.slot().unwrap();
+        let c = classify_batch::<false, true>(&mut ctx(&plugin, slot, 0), &frame, &mut out);
+        plugin.counters.add(&c);
+    }
+    let shown = plugin.show(Show::Counters, 0);
+    let len = req.len();
+    assert!(
+        shown.contains(&format!("[rule#18;allow][proto==TCP,dst==5978,src==[ipset#1;prefix;11.0.0.196/32,fd20::58fd:b191:5c13:9cc3/128,],] packets 1 bytes {len}\n")),
+        "{shown}"
+    );
+    assert!(shown.contains("allowed: 1 denied: 0"), "{shown}");
+    assert!(plugin
+        .show(Show::Flows { verbose: false }, 0)
+        .starts_with("flows: 1\nthread 0: 1 flows\n"));
+    plugin.clear_counters();
+    let shown = plugin.show(Show::Counters, 0);
+    assert!(shown.contains("] packets 0 bytes 0\n"), "{shown}");
+    assert!(!shown.contains("packets 1 "), "{shown}");
+    assert!(shown.contains("allowed: 0 denied: 0"), "{shown}");
+    assert!(plugin
+        .show(Show::Flows { verbose: true }, 0)
+        .starts_with("flows: 0\n"));
+}
+
+mod reference {
+    //! The node's batch verdicts equal the policy core's reference evaluator
+    //! (`evaluate_workload` for the pod's interface, `evaluate_host` for the
+    //! host-facing one) on the seed, for random frames, once the flow table's own
+    //! allows (an earlier allowed packet of the same flow, or its reply) are modelled.
+
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+
+    use capo_classifier::parse_ip;
+    use capo_policy::eval::{evaluate_host, evaluate_workload};
+    use capo_policy::{Direction, Verdict};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ADDRS: &[&str] = &[
+        "11.0.0.196",
+        "11.0.0.67",
+        "11.0.0.5",
+        "172.18.0.2",
+        "10.1.2.3",
+        "fd20::58fd:b191:5c13:9cc3",
+        "fd20::1cc0:b1ac:ad47:e7c2",
+        "fc00:f853:ccd:e793::2",
+        "2001:db8::1",
+    ];
+    const PORTS: &[u16] = &[0, 53, 5978, 5979, 40000];
+    const PROTOS: &[u8] = &[6, 17, 132, 1, 58, 47];
+
+    /// A packet: addresses of one family, a protocol, L4 fields (sometimes none: a
+    /// later fragment).
+    fn packet() -> impl Strategy<Value = Packet> {
+        (
+            0..ADDRS.len(),
+            0..ADDRS.len(),
+            0..PROTOS.len(),
+            0..PORTS.len(),
+            0..PORTS.len(),
+            any::<u8>(),
+            0u8..4,
+        )
+            .prop_map(|(s, d, pr, sp, dp, ty, frag)| {
+                let src: IpAddr = ADDRS[s].parse().unwrap();
+                let mut dst: IpAddr = ADDRS[d].parse().unwrap();
+                if src.is_ipv4() != dst.is_ipv4() {
+                    dst = src;
+                }
+                let protocol = Protocol(PROTOS[pr]);
+                let l4 = if frag == 0 {
+                    L4::None
+                } else if protocol.has_ports() {
+                    L4::Ports {
+                        src: PORTS[sp],
+                        dst: PORTS[dp],
+                    }
+                } else if protocol.is_icmp() {
+                    L4::Icmp {
+                        icmp_type: [0, 8, 3, 128, 129, ty][usize::from(ty % 6)],
+                        code: ty % 3,
+                    }
+                } else {
+                    L4::None
+                };
+                Packet {
+                    src,
+                    dst,
+                    protocol,
+                    l4,
+                }
+            })
+    }
+
+    /// The flow table's model: a flow is opened by an allowed classification; a packet
+    /// belongs to it when it is on the same interface and either goes the same way or
+    /// is the reverse going the other way.
+    type FlowKey = (u32, u8, (IpAddr, u16), (IpAddr, u16));
+
+    fn flow_key(sw: u32, p: &capo_classifier::ParsedPacket) -> (FlowKey, bool) {
+        let s = (p.packet.src, p.flow_ports.0);
+        let d = (p.packet.dst, p.flow_ports.1);
+        let a_is_src = s <= d;
+        let (a, b) = if a_is_src { (s, d) } else { (d, s) };
+        ((sw, p.packet.protocol.0, a, b), a_is_src)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn batch_verdicts_equal_the_reference_evaluator(
+            frame in prop::collection::vec(
+                (packet(), 0usize..3, any::<bool>(), any::<bool>()),
+                1..48,
+            ),
+        ) {
+            let (plugin, _core) = seeded();
+            let g = plugin.cell.load().unwrap();
+            let state = g.state();
+            let tun3 = state
+                .workloads()
+                .iter()
+                .find(|(_, w)| w.name == "tun3")
+                .map(|(k, _)| k.clone())
+                .unwrap();
+            // (bytes, sw_if_index, output arc, traced)
+            let pkts: Vec<(Vec<u8>, u32, bool, bool, Packet)> = frame
+                .iter()
+                .map(|(p, iface, output, traced)| {
+                    let sw = [11u32, 1, 7][*iface];
+                    (ip_bytes(p), sw, *output, *traced, *p)
+                })
+                .collect();
+
+            let mut slot = new_slot(EstablishedFlows::Keep);
+            let mut flows: HashMap<FlowKey, (bool, Direction)> = HashMap::new();
+            let mut out: Vec<PacketOut> = Vec::new();
+            for (bytes, sw, output, traced, p) in &pkts {
+                // Each packet in a frame of its own family and arc, in order; frames
+                // of several packets are checked below against these verdicts.
+                let parsed = parse_ip(bytes).unwrap();
+                prop_assert_eq!(parsed.packet, *p);
+                let dir_vpp_tx = *output;
+                // tun3 and tap0 are not inverted: tx is Calico ingress.
+                let dir = if dir_vpp_tx { Direction::Ingress } else { Direction::Egress };
+                let reference = match sw {
+                    11 => Some(evaluate_workload(state, &tun3, dir, p).unwrap().verdict),
+                    1 => Some(evaluate_host(state, dir, p).verdict),
+                    _ => None,
+                };
+                let (key, a_is_src) = flow_key(*sw, &parsed);
+                let in_flow = flows.get(&key).is_some_and(|(init_a, d)| {
+                    (a_is_src == *init_a && dir == *d) || (a_is_src != *init_a && dir != *d)
+                });
+                let expected = match reference {
+                    None => Verdict::Allow,
+                    Some(_) if in_flow => Verdict::Allow,
+                    Some(v) => {
+                        if v == Verdict::Allow {
+                            flows.insert(key, (a_is_src, dir));
+                        }
+                        v
+                    }
+                };
+                let one = [PacketIn {
+                    bytes,
+                    sw_if_index: SwIfIndex(*sw),
+                    flow_id: 0,
+                    traced: *traced,
+                }];
+                let mut c = ctx(&plugin, &mut slot, 0);
+                let v6 = p.src.is_ipv6();
+                match (v6, *output) {
+                    (false, false) => classify_batch::<false, false>(&mut c, &one, &mut out),
+                    (false, true) => classify_batch::<false, true>(&mut c, &one, &mut out),
+                    (true, false) => classify_batch::<true, false>(&mut c, &one, &mut out),
+                    (true, true) => classify_batch::<true, true>(&mut c, &one, &mut out),
+                };
+                let got = match out[0].next {
+                    Next::NextFeature => Verdict::Allow,
+                    Next::Drop => Verdict::Deny,
+                };
+                prop_assert_eq!(got, expected, "{:?} on {} {:?} flow {}", p, sw, dir, in_flow);
+                if *traced && reference.is_some() {
+                    let t = out[0].trace.unwrap().to_string();
+                    prop_assert!(t.contains(if got == Verdict::Allow { " allow (" } else { " deny (" }), "{}", t);
+                }
+            }
+
+            // The same packets as whole frames (one per family and arc, in order)
+            // give the same verdicts as one at a time.
+            let mut singles = new_slot(EstablishedFlows::Keep);
+            let mut batched = new_slot(EstablishedFlows::Keep);
+            for (v6, output) in [(false, false), (false, true), (true, false), (true, true)] {
+                let sel: Vec<&(Vec<u8>, u32, bool, bool, Packet)> = pkts
+                    .iter()
+                    .filter(|(_, _, o, _, p)| p.src.is_ipv6() == v6 && *o == output)
+                    .collect();
+                let frame: Vec<PacketIn<'_>> = sel
+                    .iter()
+                    .map(|(b, sw, _, t, _)| PacketIn {
+                        bytes: b,
+                        sw_if_index: SwIfIndex(*sw),
+                        flow_id: 0,
+                        traced: *t,
+                    })
+                    .collect();
+                let run = |slot: &mut WorkerSlot, pkts: &[PacketIn<'_>], out: &mut Vec<PacketOut>| {
+                    let mut c = ctx(&plugin, slot, 0);
+                    match (v6, output) {
+                        (false, false) => classify_batch::<false, false>(&mut c, pkts, out),
+                        (false, true) => classify_batch::<false, true>(&mut c, pkts, out),
+                        (true, false) => classify_batch::<true, false>(&mut c, pkts, out),
+                        (true, true) => classify_batch::<true, true>(&mut c, pkts, out),
+                    }
+                };
+                let mut one_by_one = Vec::new();
+                let mut counts = crate::batch::BatchCounts::default();
+                for p in &frame {
+                    let c = run(&mut singles, std::slice::from_ref(p), &mut out);
+                    counts.add(&c);
+                    one_by_one.push(out[0].next);
+                }
+                let c = run(&mut batched, &frame, &mut out);
+                prop_assert_eq!(out.iter().map(|o| o.next).collect::<Vec<_>>(), one_by_one);
+                prop_assert_eq!(c, counts);
+            }
+        }
+    }
 }

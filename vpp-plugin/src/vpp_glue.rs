@@ -112,7 +112,7 @@ fn cli_output(vm: &MainRef, text: &str) {
 
 #[vlib_cli_command(
     path = "show capo",
-    short_help = "show capo interfaces|ipsets|policies [verbose]|rules|generations|flows [verbose]"
+    short_help = "show capo interfaces|ipsets|policies [verbose]|rules|generations|counters|flows [verbose]"
 )]
 fn show_capo(vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStack> {
     let cmd = Show::parse(input).map_err(|e| ErrorStack::msg(e.to_string()))?;
@@ -128,7 +128,7 @@ fn show_capo(vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStack>
 fn clear_capo(_vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStack> {
     cli::parse_clear(input).map_err(|e| ErrorStack::msg(e.to_string()))?;
     if let Some(p) = plugin() {
-        cli::clear_counters(&p.flows, &p.counters);
+        p.clear_counters();
     }
     Ok(())
 }

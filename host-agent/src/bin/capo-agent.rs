@@ -144,16 +144,7 @@ fn main() -> ExitCode {
                     tracing::info!(profile = %profile, capacity, "simulated NIC in front of the embedded dataplane");
                     capo_agent::embedded::Embedded::with_nic(SimulatedNic::new(profile, *capacity))
                 }
-                NicSpec::Dpdk(port) => match capo_agent::dpdk_port::probe(port) {
-                    Ok(report) => {
-                        tracing::warn!(port = %port, %report, "running fallback-only: every rule in software");
-                        capo_agent::embedded::Embedded::new()
-                    }
-                    Err(e) => {
-                        tracing::error!(port = %port, error = %e, "cannot use the DPDK port");
-                        return ExitCode::from(2);
-                    }
-                },
+                NicSpec::Dpdk(_) => capo_agent::embedded::Embedded::new(),
             };
             d.add_sink(Box::new(embedded));
         }
@@ -172,6 +163,17 @@ fn main() -> ExitCode {
         },
     }
     let daemon = Arc::new(Mutex::new(d));
+    if let (NicSpec::Dpdk(port), "embedded") = (&args.nic, args.dataplane.as_str()) {
+        match capo_agent::dpdk_port::spawn(port, daemon.clone()) {
+            Ok(report) => {
+                tracing::warn!(port = %port, %report, "classifying the port's packets fallback-only: every rule in software")
+            }
+            Err(e) => {
+                tracing::error!(port = %port, error = %e, "cannot use the DPDK port");
+                return ExitCode::from(2);
+            }
+        }
+    }
     capo_agent::daemon::spawn_ticker(daemon.clone(), std::time::Duration::from_secs(2));
     let _api = if args.no_api {
         None
