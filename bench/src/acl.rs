@@ -1,17 +1,39 @@
-//! DPDK `rte_acl` as a peer engine.
+//! DPDK `rte_acl` as a peer engine (feature `rte-acl`, through the safe wrapper
+//! `capo_offload::acl` over `dpdk-sys`).
 //!
-//! Not built yet in this tree: the safe rte_acl wrapper (`capo_offload::acl`) is being
-//! written alongside; until it lands, this engine prints a JSON line that says so
-//! (never skipped silently). The expansion it will measure: per interface program,
-//! each rule × its source members × destination members × port ranges, as 5-tuple
-//! entries with first-match priorities.
+//! The fair comparison is one ACL context per interface program, as a VPP-style
+//! dataplane would hold one per interface and direction. Each program's rules are
+//! expanded to IPv4 5-tuple entries (every rule × its source members × destination
+//! members × port ranges, named ports as `/32` + port entries), first match by
+//! priority. Calico's control flow maps onto rte_acl's categories: one category per
+//! segment of the program (the allow-from-host rule, each tier with policies for
+//! the direction, each profile), so one classify call returns the best match of
+//! every segment; the packet then walks the segments in order: allow/deny decide,
+//! `pass` (or no match in a tier without an end-of-tier drop, or in a profile)
+//! moves to the next segment, a tier's end-of-tier drop is a lowest-priority
+//! catch-all entry of its category, and after the last profile the packet is
+//! dropped. `log` rules are left out (they do not change the verdict).
+//!
+//! Criteria rte_acl cannot express without a complement expansion of IP sets
+//! (negated IP sets, negated ports or protocols, service sets, several IP sets that
+//! must all hold, ICMP negations) make a program unsupported: it is counted and
+//! skipped, never silently approximated. The generated workloads use none of them.
+//!
+//! Building is expensive (a context of a few thousand entries takes tens of
+//! milliseconds), so contexts are built program by program until a build budget is
+//! spent, and the packets of the built programs are measured; the note says how
+//! many. W-large is not built at all: its rules expand to millions of entries and
+//! rte_acl has no incremental update (a member change is a rebuild).
 
+#[cfg(not(feature = "rte-acl"))]
 use std::time::Duration;
 
 use capo_policy::State;
 
 use crate::run::Row;
-use crate::workload::{Kind, Workload};
+#[cfg(not(feature = "rte-acl"))]
+use crate::workload::Kind;
+use crate::workload::Workload;
 
 /// Number of rte_acl entries the workload's rules expand to (every program's rules
 /// × source members × destination members × port ranges), without building.
@@ -48,11 +70,8 @@ pub fn expanded_entries(w: &Workload, state: &State) -> u64 {
     total
 }
 
-/// Measures rte_acl on the workload, or says why it could not.
-pub fn measure(w: &Workload, state: &State, _budget: Duration, log: &mut dyn FnMut(&str)) -> Row {
-    let entries = expanded_entries(w, state);
-    log(&format!("rte_acl: rules expand to {entries} entries"));
-    let mut row = Row {
+fn row(w: &Workload) -> Row {
+    Row {
         engine: "rte_acl",
         workload: w.kind.name(),
         ns_per_packet: None,
@@ -61,14 +80,583 @@ pub fn measure(w: &Workload, state: &State, _budget: Duration, log: &mut dyn FnM
         update_p99_us: None,
         bytes_per_member: None,
         note: None,
-    };
-    row.note = Some(match w.kind {
-        Kind::Large => format!(
-            "not built: the rules expand to {entries} rte_acl entries (DPDK measured 3.8 s and ~1 GB for 50,000 here); no incremental update"
-        ),
+    }
+}
+
+/// Measures rte_acl on the workload, or says why it could not. `fast` holds the
+/// fast classifier's verdict of every packet, to check rte_acl's against;
+/// `fast_on(packets)` times the fast classifier on those packets only (ns/packet),
+/// for the comparison on the programs rte_acl could build.
+#[cfg(not(feature = "rte-acl"))]
+pub fn measure(
+    w: &Workload,
+    state: &State,
+    _budget: Duration,
+    _fast: &[Option<capo_policy::Verdict>],
+    _fast_on: &mut dyn FnMut(&[usize]) -> f64,
+    log: &mut dyn FnMut(&str),
+) -> Row {
+    let entries = expanded_entries(w, state);
+    log(&format!("rte_acl: rules expand to {entries} entries"));
+    let mut r = row(w);
+    r.note = Some(match w.kind {
+        Kind::Large => large_note(entries),
         _ => format!(
-            "not measured: rte_acl engine not available in this build (needs the safe rte_acl wrapper over dpdk-sys); rules expand to {entries} entries"
+            "not measured: capo-bench built without the rte-acl feature (needs libdpdk-dev: cargo run -p capo-bench --features rte-acl); rules expand to {entries} entries"
         ),
     });
-    row
+    r
+}
+
+fn large_note(entries: u64) -> String {
+    format!(
+        "not built: the rules expand to {entries} rte_acl entries (one context per program would hold thousands to hundreds of thousands each; DPDK measured 3.8 s and ~1 GB for 50,000 here) and rte_acl has no incremental update, so every member add/remove is a rebuild"
+    )
+}
+
+#[cfg(feature = "rte-acl")]
+pub use with_dpdk::measure;
+
+#[cfg(feature = "rte-acl")]
+mod with_dpdk {
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    use capo_offload::acl::{
+        ipv4_5tuple_rule, AclBuilder, AclContext, AclRule, Ipv4Key, IPV4_5TUPLE,
+    };
+    use capo_offload::dpdk::eal::Eal;
+    use capo_policy::{
+        Action, Cidr, Direction, IpFamily, Member, Packet, Rule, SideMatch, State, TierDefault,
+        Verdict, WorkloadKey, L4,
+    };
+
+    use super::{expanded_entries, large_note, row};
+    use crate::run::Row;
+    use crate::workload::{Kind, Workload};
+
+    /// What an entry's userdata stands for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Act {
+        Allow,
+        Deny,
+        Pass,
+    }
+
+    /// One interface program as rte_acl runs it.
+    struct AclProgram {
+        ctx: AclContext<5>,
+        /// Categories classified (1 or a multiple of 4).
+        categories: u32,
+        /// Number of segments (categories in use), in evaluation order.
+        segments: usize,
+        /// Userdata - 1 → action.
+        acts: Vec<Act>,
+        entries: usize,
+    }
+
+    /// An IPv4 prefix as (address, length).
+    type P4 = (u32, u8);
+
+    const ANY: P4 = (0, 0);
+
+    /// One 5-tuple entry: protocol, source, destination, source and destination
+    /// port ranges (ICMP: type and code ranges).
+    type Entry = (Option<u8>, P4, P4, (u16, u16), (u16, u16));
+
+    fn v4(c: &Cidr) -> Option<P4> {
+        match c.net().addr() {
+            IpAddr::V4(a) => Some((u32::from(a), c.prefix_len())),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    fn range_of(p: P4) -> (u64, u64) {
+        let host = 32 - u32::from(p.1);
+        let size = 1u64 << host;
+        let start = u64::from(p.0) & !(size - 1);
+        (start, start + size - 1)
+    }
+
+    /// The prefixes covering [lo, hi].
+    fn range_to_prefixes(mut lo: u64, hi: u64, out: &mut Vec<P4>) {
+        while lo <= hi {
+            let mut len = 32u32;
+            while len > 0 {
+                let size = 1u64 << (32 - (len - 1));
+                if lo % size != 0 || lo + size - 1 > hi {
+                    break;
+                }
+                len -= 1;
+            }
+            out.push((lo as u32, len as u8));
+            lo += 1u64 << (32 - len);
+        }
+    }
+
+    /// Addresses of one side: `None` when rte_acl cannot express it.
+    fn side_addrs(state: &State, side: &SideMatch) -> Option<Vec<P4>> {
+        if !side.not_ip_sets.is_empty() || side.ip_sets.len() > 1 {
+            return None;
+        }
+        let mut pos: Vec<P4> = Vec::new();
+        let has_pos = !side.nets.is_empty() || !side.ip_sets.is_empty();
+        if !side.nets.is_empty() && !side.ip_sets.is_empty() {
+            return None;
+        }
+        pos.extend(side.nets.iter().filter_map(v4));
+        if let Some(id) = side.ip_sets.first() {
+            let set = state.ipsets().get(id)?;
+            for m in set.members() {
+                if let Member::Net(c) = m {
+                    pos.extend(v4(c));
+                }
+            }
+        }
+        if has_pos && pos.is_empty() {
+            return Some(Vec::new()); // never matches IPv4
+        }
+        let neg: Vec<P4> = side.not_nets.iter().filter_map(v4).collect();
+        if neg.is_empty() {
+            if !has_pos {
+                pos.push(ANY);
+            }
+            return Some(pos);
+        }
+        // Complement of the negated prefixes (within `pos` when there is one).
+        let mut gaps: Vec<(u64, u64)> = neg.iter().map(|p| range_of(*p)).collect();
+        gaps.sort_unstable();
+        let mut allowed = Vec::new();
+        let mut next = 0u64;
+        for (a, b) in gaps {
+            if a > next {
+                range_to_prefixes(next, a - 1, &mut allowed);
+            }
+            next = next.max(b + 1);
+        }
+        if next <= u64::from(u32::MAX) {
+            range_to_prefixes(next, u64::from(u32::MAX), &mut allowed);
+        }
+        if !has_pos {
+            return Some(allowed);
+        }
+        // Keep positive prefixes wholly outside every negated one; a partial
+        // overlap would need splitting, which no workload needs.
+        let mut kept = Vec::new();
+        for p in pos {
+            let (a, b) = range_of(p);
+            let inside = neg.iter().any(|n| {
+                let (x, y) = range_of(*n);
+                a >= x && b <= y
+            });
+            let overlaps = neg.iter().any(|n| {
+                let (x, y) = range_of(*n);
+                a <= y && x <= b
+            });
+            if overlaps && !inside {
+                return None;
+            }
+            if !overlaps {
+                kept.push(p);
+            }
+        }
+        Some(kept)
+    }
+
+    /// Port alternatives of one side as ranges; `None` when inexpressible.
+    fn ports(side: &SideMatch) -> Option<Vec<(u16, u16)>> {
+        if !side.not_ports.is_empty() || !side.not_named_port_sets.is_empty() {
+            return None;
+        }
+        if side.ports.is_empty() {
+            return Some(if side.named_port_sets.is_empty() {
+                vec![(0, u16::MAX)]
+            } else {
+                Vec::new()
+            });
+        }
+        Some(side.ports.iter().map(|r| (r.first(), r.last())).collect())
+    }
+
+    /// Expands one rule into 5-tuple entries (priority and userdata set later).
+    fn expand(state: &State, rule: &Rule, out: &mut Vec<Entry>) -> bool {
+        if rule.not_protocol.is_some()
+            || rule.not_icmp.is_some()
+            || !rule.dst_ip_port_sets.is_empty()
+            || !rule.src.named_port_sets.is_empty()
+        {
+            return false;
+        }
+        if rule.family() == Some(IpFamily::V6) {
+            return true; // never matches IPv4: no entries
+        }
+        let proto = rule.protocol.map(|p| p.0);
+        let (Some(src), Some(dst)) = (side_addrs(state, &rule.src), side_addrs(state, &rule.dst))
+        else {
+            return false;
+        };
+        let (Some(sports), Some(dports)) = (ports(&rule.src), ports(&rule.dst)) else {
+            return false;
+        };
+        let uses_ports = rule.src.uses_ports() || rule.dst.uses_ports();
+        if uses_ports && proto.is_none() {
+            return false; // ports would be compared with ICMP type/code
+        }
+        let (sports, dports) = match rule.icmp {
+            Some(m) if uses_ports => {
+                let _ = m;
+                return false;
+            }
+            Some(m) => (
+                vec![(u16::from(m.icmp_type), u16::from(m.icmp_type))],
+                vec![m.code.map_or((0, 255), |c| (u16::from(c), u16::from(c)))],
+            ),
+            None => (sports, dports),
+        };
+        for s in &src {
+            for d in &dst {
+                for sp in &sports {
+                    for dp in &dports {
+                        out.push((proto, *s, *d, *sp, *dp));
+                    }
+                }
+            }
+        }
+        // Named ports: each member's address and port, OR-ed with the ranges.
+        if !rule.dst.named_port_sets.is_empty() {
+            let dst_any = rule.dst.nets.is_empty()
+                && rule.dst.ip_sets.is_empty()
+                && rule.dst.not_nets.is_empty();
+            if !dst_any {
+                return false;
+            }
+            for id in &rule.dst.named_port_sets {
+                let Some(set) = state.ipsets().get(id) else {
+                    continue;
+                };
+                for m in set.members() {
+                    if let Member::IpPort {
+                        addr: IpAddr::V4(a),
+                        protocol,
+                        port,
+                    } = m
+                    {
+                        if proto.is_some_and(|p| p != protocol.0) {
+                            continue;
+                        }
+                        for s in &src {
+                            for sp in &sports {
+                                out.push((
+                                    Some(protocol.0),
+                                    *s,
+                                    (u32::from(*a), 32),
+                                    *sp,
+                                    (*port, *port),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Builds one program's context; `Err` names what could not be expressed.
+    fn build_program(
+        eal: &Eal,
+        state: &State,
+        key: &WorkloadKey,
+        dir: Direction,
+    ) -> Result<AclProgram, String> {
+        let wep = state.workloads().get(key).ok_or("no workload")?;
+        // Segments: (entries, whether no-match drops).
+        // Segments in order, each its rules' actions and entries.
+        let mut segs: Vec<Vec<(Act, Vec<Entry>)>> = Vec::new();
+        if dir == Direction::Ingress {
+            let hosts: Vec<_> = state
+                .local_host_addrs()
+                .into_iter()
+                .filter_map(|a| match a {
+                    IpAddr::V4(a) => {
+                        Some((None, (u32::from(a), 32), ANY, (0, u16::MAX), (0, u16::MAX)))
+                    }
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            segs.push(vec![(Act::Allow, hosts)]);
+        }
+        for tier in &wep.tiers {
+            let keys = tier.policies(dir);
+            if keys.is_empty() {
+                continue;
+            }
+            let mut rules = Vec::new();
+            for k in keys.iter().filter(|k| !k.is_staged()) {
+                let Some(p) = state.policies().get(k) else {
+                    continue;
+                };
+                for r in p.rules(dir) {
+                    let act = match r.action {
+                        Action::Allow => Act::Allow,
+                        Action::Deny => Act::Deny,
+                        Action::Pass => Act::Pass,
+                        Action::Log => continue,
+                    };
+                    let mut e = Vec::new();
+                    if !expand(state, r, &mut e) {
+                        return Err(format!(
+                            "a rule of {} uses criteria rte_acl cannot express",
+                            k.name
+                        ));
+                    }
+                    rules.push((act, e));
+                }
+            }
+            let enforced = keys.iter().any(|k| !k.is_staged());
+            let end_drop = enforced && tier.default_action == TierDefault::Deny;
+            if end_drop {
+                rules.push((
+                    Act::Deny,
+                    vec![(None, ANY, ANY, (0, u16::MAX), (0, u16::MAX))],
+                ));
+            }
+            segs.push(rules);
+        }
+        for name in &wep.profile_ids {
+            let Some(p) = state.profiles().get(name) else {
+                continue;
+            };
+            let mut rules = Vec::new();
+            for r in p.rules(dir) {
+                let act = match r.action {
+                    Action::Allow => Act::Allow,
+                    Action::Deny => Act::Deny,
+                    Action::Pass => Act::Pass,
+                    Action::Log => continue,
+                };
+                let mut e = Vec::new();
+                if !expand(state, r, &mut e) {
+                    return Err(format!(
+                        "a rule of profile {name} uses criteria rte_acl cannot express"
+                    ));
+                }
+                rules.push((act, e));
+            }
+            segs.push(rules);
+        }
+        let nseg = segs.len().max(1);
+        if nseg > 16 {
+            return Err(format!("{nseg} segments, rte_acl has 16 categories"));
+        }
+        let categories = if nseg == 1 {
+            1
+        } else {
+            nseg.div_ceil(4) as u32 * 4
+        };
+        let mut acts = Vec::new();
+        let mut rules: Vec<AclRule<5>> = Vec::new();
+        let mut seq = 0i32;
+        for (c, seg) in segs.iter().enumerate() {
+            for (act, entries) in seg {
+                acts.push(*act);
+                let userdata = acts.len() as u32;
+                for (proto, s, d, sp, dp) in entries {
+                    seq += 1;
+                    let mut r = ipv4_5tuple_rule(
+                        (1 << 28) - seq,
+                        userdata,
+                        *proto,
+                        (s.0.to_be_bytes(), s.1),
+                        (d.0.to_be_bytes(), d.1),
+                        *sp,
+                        *dp,
+                    );
+                    r.category_mask = 1 << c;
+                    rules.push(r);
+                }
+            }
+        }
+        if rules.is_empty() {
+            // rte_acl refuses to build an empty context: one entry no packet matches
+            // (protocol 255 from 255.255.255.255/32).
+            acts.push(Act::Pass);
+            rules.push(ipv4_5tuple_rule(
+                1,
+                acts.len() as u32,
+                Some(255),
+                ([255; 4], 32),
+                ([255; 4], 32),
+                (0, 0),
+                (0, 0),
+            ));
+        }
+        let n = u32::try_from(rules.len()).map_err(|_| "too many entries")?;
+        let mut b =
+            AclBuilder::new(eal, "capo-bench", IPV4_5TUPLE, n).map_err(|e| e.to_string())?;
+        b.add(&rules).map_err(|e| e.to_string())?;
+        let ctx = b.build(categories).map_err(|e| e.to_string())?;
+        Ok(AclProgram {
+            ctx,
+            categories,
+            segments: segs.len(),
+            acts,
+            entries: rules.len(),
+        })
+    }
+
+    fn key_of(pkt: &Packet) -> Option<Ipv4Key> {
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (pkt.src, pkt.dst) else {
+            return None;
+        };
+        let (sp, dp) = match pkt.l4 {
+            L4::Ports { src, dst } => (src, dst),
+            L4::Icmp { icmp_type, code } => (u16::from(icmp_type), u16::from(code)),
+            L4::None => (0, 0),
+        };
+        Some(Ipv4Key::new(pkt.protocol.0, s.octets(), d.octets(), sp, dp))
+    }
+
+    impl AclProgram {
+        fn verdict(&self, key: &Ipv4Key, results: &mut [u32; 16]) -> Option<Verdict> {
+            self.ctx
+                .classify(&[key.as_bytes()], &mut results[..], self.categories)
+                .ok()?;
+            // No match in a segment: a tier without end-of-tier drop (a tier with one
+            // has a catch-all entry), the internal rule or a profile: carry on.
+            for c in 0..self.segments {
+                match results.get(c).copied().unwrap_or(0) {
+                    0 => {}
+                    u => match self.acts.get(u as usize - 1) {
+                        Some(Act::Allow) => return Some(Verdict::Allow),
+                        Some(Act::Deny) => return Some(Verdict::Deny),
+                        Some(Act::Pass) | None => {}
+                    },
+                }
+            }
+            Some(Verdict::Deny)
+        }
+    }
+
+    /// Measures rte_acl on the workload, or says why it could not. `fast` holds the
+    /// fast classifier's verdict of every packet, to check rte_acl's against.
+    pub fn measure(
+        w: &Workload,
+        state: &State,
+        budget: Duration,
+        fast: &[Option<Verdict>],
+        fast_on: &mut dyn FnMut(&[usize]) -> f64,
+        log: &mut dyn FnMut(&str),
+    ) -> Row {
+        let entries = expanded_entries(w, state);
+        log(&format!("rte_acl: rules expand to {entries} entries"));
+        let mut r = row(w);
+        if w.kind == Kind::Large {
+            r.note = Some(large_note(entries));
+            return r;
+        }
+        // The EAL as tests and CI run it (no hugepages, no PCI), with room for the
+        // contexts in its heap.
+        let mut args = Eal::test_args(&format!("capo-bench-{}", std::process::id()), &[]);
+        if let Some(i) = args.iter().position(|a| a == "-m") {
+            if let Some(m) = args.get_mut(i + 1) {
+                *m = "1024".into();
+            }
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let eal = match Eal::init(&argv) {
+            Ok(e) => e,
+            Err(e) => {
+                r.note = Some(format!("not measured: EAL init failed: {e}"));
+                return r;
+            }
+        };
+        // Build contexts program by program, in packet order, until the budget
+        // (5× the timing budget) is spent.
+        let build_budget = budget * 5;
+        let t = Instant::now();
+        let mut progs: HashMap<(WorkloadKey, Direction), Option<AclProgram>> = HashMap::new();
+        let mut unsupported = 0usize;
+        let mut first_err = None;
+        let mut build_time = Duration::ZERO;
+        let mut built = 0usize;
+        let mut built_entries = 0usize;
+        let programs: std::collections::HashSet<(&WorkloadKey, Direction)> =
+            w.packets.iter().map(|(k, d, _)| (k, *d)).collect();
+        for (k, d, _) in &w.packets {
+            if t.elapsed() > build_budget {
+                break;
+            }
+            let id = (k.clone(), *d);
+            if progs.contains_key(&id) {
+                continue;
+            }
+            let b = Instant::now();
+            let p = match build_program(eal, state, k, *d) {
+                Ok(p) => {
+                    build_time += b.elapsed();
+                    built += 1;
+                    built_entries += p.entries;
+                    Some(p)
+                }
+                Err(e) => {
+                    unsupported += 1;
+                    first_err.get_or_insert(e);
+                    None
+                }
+            };
+            progs.insert(id, p);
+        }
+        // The packets of the built programs, with the fast path's verdicts.
+        let mut items = Vec::new();
+        let mut idx = Vec::new();
+        for (i, ((k, d, p), f)) in w.packets.iter().zip(fast).enumerate() {
+            if let (Some(Some(prog)), Some(key)) = (progs.get(&(k.clone(), *d)), key_of(p)) {
+                items.push((prog, key, *f));
+                idx.push(i);
+            }
+        }
+        if items.is_empty() {
+            r.note = Some(format!(
+                "not measured: no context built ({unsupported} programs unsupported: {})",
+                first_err.unwrap_or_default()
+            ));
+            return r;
+        }
+        let mut results = [0u32; 16];
+        let mut mismatches = 0usize;
+        for (prog, key, f) in &items {
+            let v = prog.verdict(key, &mut results);
+            if v != *f {
+                mismatches += 1;
+            }
+        }
+        let ns = crate::run::time_loop(budget, items.len(), |i| {
+            if let Some((prog, key, _)) = items.get(i) {
+                std::hint::black_box(prog.verdict(key, &mut results));
+            }
+        });
+        let fast_same = fast_on(&idx);
+        log(&format!(
+            "rte_acl: {built} contexts built ({built_entries} entries) in {:.0} ms, {} packets, {mismatches} verdict mismatches against fast",
+            build_time.as_secs_f64() * 1e3,
+            items.len()
+        ));
+        let per_ctx_ms = build_time.as_secs_f64() * 1e3 / built.max(1) as f64;
+        r = r.timing(ns);
+        r.compile_ms = Some(per_ctx_ms * programs.len() as f64);
+        r.note = Some(format!(
+            "one context per interface program; {built} of {} contexts built within the build budget ({built_entries} entries, {per_ctx_ms:.1} ms each; compile_ms extrapolates to all), {} of {} packets measured, one rte_acl_classify call per packet (the wrapper allocates its pointer array per call); fast on the same packets: {fast_same:.1} ns/packet; {mismatches} verdict mismatches against fast{}",
+            programs.len(),
+            items.len(),
+            w.packets.len(),
+            if unsupported > 0 {
+                format!("; {unsupported} programs unsupported: {}", first_err.unwrap_or_default())
+            } else {
+                String::new()
+            }
+        ));
+        r
+    }
 }

@@ -56,7 +56,7 @@ impl Row {
         }
     }
 
-    fn timing(mut self, ns: f64) -> Self {
+    pub(crate) fn timing(mut self, ns: f64) -> Self {
         self.ns_per_packet = Some(ns);
         self.mpps = Some(if ns > 0.0 { 1e3 / ns } else { 0.0 });
         self
@@ -138,13 +138,34 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
         })
         .collect();
     let mut scratch = Scratch::default();
-    let fast_verdicts: Vec<Verdict> = inputs
-        .iter()
-        .filter_map(|(i, d, p)| g.classify(*i, *d, p, &mut scratch).map(|x| x.verdict))
-        .collect();
-    // Batches of 256, as VPP hands frames, through the prefetching batch path.
+    // Verdicts of the batch path (the one timed), per packet of the workload, and a
+    // check that it agrees with the one-packet path.
     let batches: Vec<&[_]> = inputs.chunks(capo_classifier::MAX_BATCH).collect();
     let mut out = Vec::with_capacity(capo_classifier::MAX_BATCH);
+    let mut batch_verdicts = Vec::with_capacity(inputs.len());
+    for b in &batches {
+        g.classify_batch(b, &mut scratch, &mut out);
+        batch_verdicts.extend(out.iter().map(|d| d.map(|d| d.verdict)));
+    }
+    let single_disagree = inputs
+        .iter()
+        .zip(&batch_verdicts)
+        .filter(|((i, d, p), v)| g.classify(*i, *d, p, &mut scratch).map(|x| x.verdict) != **v)
+        .count();
+    if single_disagree > 0 {
+        log(&format!(
+            "fast: {single_disagree} packets where the batch and one-packet paths disagree"
+        ));
+    }
+    let mut bv = batch_verdicts.into_iter();
+    let fast_verdicts: Vec<Option<Verdict>> = w
+        .packets
+        .iter()
+        .map(|(k, _, _)| {
+            g.interface_of(&IfaceKind::Workload(k.clone()))
+                .and_then(|_| bv.next().flatten())
+        })
+        .collect();
     let per_batch = time_loop(opts.budget(), batches.len(), |k| {
         if let Some(b) = batches.get(k) {
             g.classify_batch(b, &mut scratch, &mut out);
@@ -162,6 +183,40 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
         mem.program_bytes >> 20,
         mem.members
     ));
+    // rte_acl now, while the generation is held: it is compared with the fast path
+    // on the same packets (it may only build some programs' contexts).
+    let acl_row = (!opts.fast_only).then(|| {
+        let by_packet: Vec<
+            Option<(
+                capo_classifier::IfaceId,
+                capo_policy::Direction,
+                capo_policy::Packet,
+            )>,
+        > = w
+            .packets
+            .iter()
+            .map(|(k, d, p)| {
+                g.interface_of(&IfaceKind::Workload(k.clone()))
+                    .map(|i| (i, *d, *p))
+            })
+            .collect();
+        let mut fast_on = |idx: &[usize]| -> f64 {
+            let items: Vec<_> = idx
+                .iter()
+                .filter_map(|i| by_packet.get(*i).copied().flatten())
+                .collect();
+            let batches: Vec<&[_]> = items.chunks(capo_classifier::MAX_BATCH).collect();
+            let mut out = Vec::with_capacity(capo_classifier::MAX_BATCH);
+            let per_batch = time_loop(opts.budget(), batches.len(), |k| {
+                if let Some(b) = batches.get(k) {
+                    g.classify_batch(b, &mut scratch, &mut out);
+                    black_box(out.len());
+                }
+            });
+            per_batch * batches.len() as f64 / items.len().max(1) as f64
+        };
+        crate::acl::measure(&w, &state, opts.budget(), &fast_verdicts, &mut fast_on, log)
+    });
     drop(g);
     fast.update_p99_us = Some(update_p99(
         &w,
@@ -181,7 +236,7 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
     let ns = time_sampled(opts.budget(), w.packets.len(), |i| {
         if let Some((key, d, p)) = w.packets.get(i) {
             let o = eval::evaluate_workload(&state, key, *d, p);
-            if let (Some(o), Some(f)) = (o, fast_verdicts.get(i)) {
+            if let (Some(o), Some(Some(f))) = (o, fast_verdicts.get(i)) {
                 if o.verdict != *f {
                     mismatches += 1;
                 }
@@ -213,14 +268,14 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
     rows.push(lin);
 
     // rte_acl.
-    rows.push(crate::acl::measure(&w, &state, opts.budget(), log));
+    rows.extend(acl_row);
     rows
 }
 
 /// Runs `f(i)` over `0..n` repeatedly until `budget` is spent; ns per call, in
 /// this thread's CPU time (the benchmark machine is shared: wall time would count
 /// other tenants' time slices).
-fn time_loop(budget: Duration, n: usize, mut f: impl FnMut(usize)) -> f64 {
+pub(crate) fn time_loop(budget: Duration, n: usize, mut f: impl FnMut(usize)) -> f64 {
     if n == 0 {
         return 0.0;
     }

@@ -29,8 +29,9 @@ use crate::bits;
 use crate::generation::{Entry, Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps};
 use crate::index::{addr_key, AddrIndex, AtomId, EpKey, Prefix, PrefixIndex, ShardedMap};
 use crate::program::{
-    Act, CRule, PortTable, Program, SegKind, Segment, Verify, KINDS, K_DST_NEG, K_DST_NNP,
-    K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO,
+    atom_table, port_table, Act, CRule, Layout, Program, SegKind, Segment, Verify, F_DST_NP,
+    F_ICMP, F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG,
+    K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO,
 };
 
 /// Atoms of capo's virtual sets, fixed.
@@ -53,11 +54,15 @@ pub struct Builder {
     virtual_members: [Vec<Cidr>; 2],
     ifaces: BTreeMap<IfaceKind, Arc<Iface>>,
     list: Arc<Vec<Arc<Iface>>>,
+    direct: Arc<Vec<[Option<Arc<Program>>; 2]>>,
     maps: Arc<IfaceMaps>,
     next_id: u64,
     members: usize,
     prefixes_dirty: [bool; 2],
     current: Option<Arc<Generation>>,
+    /// Tests: pad every program's bitmaps to at least this many words, so the
+    /// wider code paths run on small random policies.
+    min_words: usize,
 }
 
 impl std::fmt::Debug for Builder {
@@ -201,11 +206,24 @@ impl Builder {
             virtual_members: [Vec::new(), Vec::new()],
             ifaces: BTreeMap::new(),
             list: Arc::new(Vec::new()),
+            direct: Arc::new(Vec::new()),
             maps: Arc::new(IfaceMaps::default()),
             next_id: 1,
             members: 0,
             prefixes_dirty: [false; 2],
             current: None,
+            min_words: 1,
+        }
+    }
+
+    /// Tests only: a builder whose programs use bitmaps of at least `words` 64-bit
+    /// words, whatever their rule count (exercises the multi-word and the
+    /// scratch-buffer code paths with small policies). Verdicts are unchanged.
+    #[doc(hidden)]
+    pub fn with_min_words(words: usize) -> Self {
+        Builder {
+            min_words: words.max(1),
+            ..Builder::new()
         }
     }
 
@@ -217,13 +235,15 @@ impl Builder {
     /// Compiles the whole state from scratch (the builder's previous contents are
     /// dropped, generation ids keep increasing).
     pub fn build(&mut self, state: &State, ids: &IdTable) -> Arc<Generation> {
-        let next_id = self.next_id;
+        let (next_id, min_words) = (self.next_id, self.min_words);
         *self = Builder::new();
         self.next_id = next_id;
+        self.min_words = min_words;
         // Bulk-load every set's members.
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         let mut ep = Vec::new();
+        let mut ep_marks = Vec::new();
         let mut p4 = PrefixIndex::new(32);
         let mut p6 = PrefixIndex::new(128);
         for (id, set) in state.ipsets() {
@@ -239,7 +259,17 @@ impl Builder {
                     Key::P6(p) => {
                         p6.add(p, atom);
                     }
-                    Key::Ep(k) => ep.push((k, atom)),
+                    Key::Ep(k) => {
+                        ep.push((k, atom));
+                        if let Member::IpPort {
+                            addr,
+                            protocol,
+                            port,
+                        } = m
+                        {
+                            ep_marks.push((*addr, protocol.0, *port));
+                        }
+                    }
                 }
             }
         }
@@ -251,7 +281,11 @@ impl Builder {
             p4: Arc::new(p4),
             p6: Arc::new(p6),
             ep: ShardedMap::from_pairs(ep),
+            ep_filter: AddrIndex::default().ep_filter,
         };
+        for (addr, proto, port) in ep_marks {
+            self.index.ep_mark(&addr, proto, port);
+        }
         self.sync_virtual(state);
         let kinds = all_kinds(state);
         for kind in kinds {
@@ -408,6 +442,7 @@ impl Builder {
             id: GenerationId(self.next_id),
             index: self.index.clone(),
             ifaces: self.list.clone(),
+            direct: self.direct.clone(),
             maps: self.maps.clone(),
             members: self.members,
         });
@@ -429,6 +464,15 @@ impl Builder {
                 maps.by_sw_if_index.insert(sw, id);
             }
         }
+        let single = |e: &Entry| match e {
+            Entry::Single(p) => Some(p.clone()),
+            Entry::BySrcAtom { .. } => None,
+        };
+        self.direct = Arc::new(
+            list.iter()
+                .map(|i| [single(&i.entries[0]), single(&i.entries[1])])
+                .collect(),
+        );
         self.list = Arc::new(list);
         self.maps = Arc::new(maps);
     }
@@ -472,6 +516,7 @@ impl Builder {
             } => {
                 let k = EpKey::new(addr, protocol.0, *port);
                 if add {
+                    self.index.ep_mark(addr, protocol.0, *port);
                     self.index.ep.add(k, atom)
                 } else {
                     self.index.ep.remove(k, atom)
@@ -599,7 +644,7 @@ impl Builder {
             }
             self.tiers_into(&mut spec, state, ids, &wep.tiers, dir, true, &mut deps);
             self.profiles_into(&mut spec, state, ids, &wep.profile_ids, dir, &mut deps);
-            entries.push(Entry::Single(Arc::new(finish(spec))));
+            entries.push(Entry::Single(Arc::new(finish(spec, self.min_words))));
         }
         Some(Iface {
             name: wep.name.clone(),
@@ -622,14 +667,17 @@ impl Builder {
                 } else {
                     Verdict::Deny
                 };
-                finish(ProgSpec::with_fallback(
-                    verdict,
-                    Decider::Internal {
-                        policy: InternalPolicy::WorkloadsToHost,
-                        index: 0,
-                    },
-                    Some(RULE_WORKLOADS_TO_HOST),
-                ))
+                finish(
+                    ProgSpec::with_fallback(
+                        verdict,
+                        Decider::Internal {
+                            policy: InternalPolicy::WorkloadsToHost,
+                            index: 0,
+                        },
+                        Some(RULE_WORKLOADS_TO_HOST),
+                    ),
+                    self.min_words,
+                )
             }
             EndpointToHostAction::Return => {
                 let hep = host_endpoint_for_host_traffic(state, true).map(|(_, h)| h.clone());
@@ -666,11 +714,10 @@ impl Builder {
         deps: &mut Deps,
     ) -> Program {
         let Some(hep) = hep else {
-            return finish(ProgSpec::with_fallback(
-                Verdict::Allow,
-                Decider::NoHostEndpoint,
-                None,
-            ));
+            return finish(
+                ProgSpec::with_fallback(Verdict::Allow, Decider::NoHostEndpoint, None),
+                self.min_words,
+            );
         };
         let cfg = state.config();
         let mut spec = ProgSpec::new();
@@ -724,7 +771,7 @@ impl Builder {
         }
         self.tiers_into(&mut spec, state, ids, &hep.tiers, dir, true, deps);
         self.profiles_into(&mut spec, state, ids, &hep.profile_ids, dir, deps);
-        finish(spec)
+        finish(spec, self.min_words)
     }
 
     fn forward_iface(
@@ -769,7 +816,7 @@ impl Builder {
                     &mut deps,
                 );
             }
-            entries.push(Entry::Single(Arc::new(finish(spec))));
+            entries.push(Entry::Single(Arc::new(finish(spec, self.min_words))));
         }
         let [a, b] = match two(entries) {
             Some(e) => e,
@@ -971,9 +1018,9 @@ fn all_kinds(state: &State) -> Vec<IfaceKind> {
 }
 
 /// Turns a spec into bitmaps.
-fn finish(spec: ProgSpec) -> Program {
+fn finish(spec: ProgSpec, min_words: usize) -> Program {
     let n = spec.rules.len();
-    let w = bits::words_for(n);
+    let w = bits::words_for(n).max(min_words);
     let zero = || vec![0u64; w];
     let mut deciders = Vec::with_capacity(n + 4);
     let mut rules = Vec::with_capacity(n);
@@ -999,7 +1046,7 @@ fn finish(spec: ProgSpec) -> Program {
         .collect();
     named.sort_unstable();
     named.dedup();
-    let mut proto_class = Box::new([0u8; 256]);
+    let mut proto_class = [0u8; 256];
     let mut reps: Vec<u8> = Vec::new();
     if named.len() >= 255 {
         for p in 0..=255u8 {
@@ -1164,36 +1211,82 @@ fn finish(spec: ProgSpec) -> Program {
     }
     let has_svc = svc_req.iter().any(|x| *x != 0);
     let [fam4, fam6] = family;
-    let mut arena = Vec::with_capacity((M_PROTO * w) + proto_bits.len() + atom_bits.len());
+    let (sports, sports_n) = port_table(w, &sp_pos, &sp_neg);
+    let (dports, dports_n) = port_table(w, &dp_pos, &dp_neg);
+    // Compact the atom slots: a kind mask, then only the kinds in use.
+    let mut compact: Vec<u64> = Vec::with_capacity(atom_bits.len() / 2);
+    let slots: Vec<(AtomId, u32)> = slots
+        .iter()
+        .map(|(a, o)| {
+            let at = compact.len();
+            let full = atom_bits
+                .get(*o as usize..*o as usize + KINDS * w)
+                .unwrap_or(&[]);
+            let mut mask = 0u64;
+            for (k, b) in full.chunks(w).enumerate() {
+                if b.iter().any(|x| *x != 0) {
+                    mask |= 1 << k;
+                }
+            }
+            compact.push(mask);
+            for b in full.chunks(w) {
+                if b.iter().any(|x| *x != 0) {
+                    compact.extend_from_slice(b);
+                }
+            }
+            (*a, at as u32)
+        })
+        .collect();
+    let atom_bits = compact;
+    let atab_len = (slots.len() * 2).next_power_of_two().max(2);
+    let head = M_PROTO * w + proto_bits.len();
+    let atom_base = head + atab_len + sports.len() + dports.len();
+    // Atom slots in the arena, in order of first use (rules in evaluation order).
+    let slots: Vec<(AtomId, u32)> = slots
+        .iter()
+        .map(|(a, o)| (*a, (atom_base + *o as usize) as u32))
+        .collect();
+    let mut arena = Vec::with_capacity(atom_base + atom_bits.len());
     for m in [
         fam4, fam6, need_ports, need_icmp, src_req, dst_req, sport_req, dport_req, svc_req,
     ] {
         arena.extend_from_slice(&m);
     }
     arena.extend_from_slice(&proto_bits);
-    let atom_base = arena.len();
+    let lay = Layout {
+        atab: arena.len() as u32,
+        atab_mask: (atab_len - 1) as u32,
+        sports: (arena.len() + atab_len) as u32,
+        sports_n: sports_n as u32,
+        dports: (arena.len() + atab_len + sports.len()) as u32,
+        dports_n: dports_n as u32,
+    };
+    arena.extend_from_slice(&atom_table(&slots));
+    arena.extend_from_slice(&sports);
+    arena.extend_from_slice(&dports);
     arena.extend_from_slice(&atom_bits);
+    let mut flags = 0;
+    for (on, f) in [
+        (uses_src_np, F_SRC_NP),
+        (uses_dst_np, F_DST_NP),
+        (has_svc, F_SVC),
+        (!icmp_rules.is_empty(), F_ICMP),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
     Program {
-        words: w,
+        arena: arena.into_boxed_slice(),
+        words: w as u32,
+        flags,
+        lay,
+        bloom,
+        proto_class,
         rules,
         segments,
         deciders,
         fallback,
-        arena,
-        atom_base,
-        proto_class,
         icmp_rules,
-        has_svc,
-        bloom,
-        sports: PortTable::build(w, &sp_pos, &sp_neg),
-        dports: PortTable::build(w, &dp_pos, &dp_neg),
-        uses_src_np,
-        uses_dst_np,
-        atom_dense: Program::build_atom_dense(&slots, w),
-        atom_table: if slots.len() >= usize::from(u16::MAX) {
-            Program::build_atom_table(&slots)
-        } else {
-            Vec::new()
-        },
     }
 }

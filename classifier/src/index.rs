@@ -108,12 +108,24 @@ struct Slot<K> {
     data: [AtomId; INLINE],
 }
 
-/// One leaf: open addressing (linear probing) over slots.
-#[derive(Clone, Default)]
+/// One leaf: open addressing (linear probing) over slots. Stored by value in its
+/// mid-level array, so a lookup goes mid entry → slot line (two loads past the hot
+/// top level); the slots and the pool are shared, immutable `Arc` slices.
+#[derive(Clone)]
 struct Leaf<K> {
-    slots: Vec<Slot<K>>,
-    pool: Vec<AtomId>,
-    len: usize,
+    slots: Arc<[Slot<K>]>,
+    pool: Arc<[AtomId]>,
+    len: u32,
+}
+
+impl<K> Default for Leaf<K> {
+    fn default() -> Self {
+        Leaf {
+            slots: Arc::from(Vec::new()),
+            pool: Arc::from(Vec::new()),
+            len: 0,
+        }
+    }
 }
 
 impl<K: MapKey> Slot<K> {
@@ -146,6 +158,16 @@ impl<K: MapKey> Leaf<K> {
         }
     }
 
+    /// Address of the slot `h` hashes to (for prefetching; never dereferenced).
+    #[inline]
+    fn slot_ptr(&self, h: u64) -> *const u8 {
+        let mask = self.slots.len().saturating_sub(1);
+        self.slots
+            .as_ptr()
+            .wrapping_add((h as usize) & mask)
+            .cast::<u8>()
+    }
+
     fn entries(&self) -> impl Iterator<Item = (K, &[AtomId])> + '_ {
         self.slots
             .iter()
@@ -156,13 +178,12 @@ impl<K: MapKey> Leaf<K> {
     fn fill(slot: &mut Slot<K>, pool: &mut Vec<AtomId>, key: K, atoms: &[AtomId]) {
         slot.key = key;
         slot.len = atoms.len() as u32;
+        slot.data = [0; INLINE];
         if atoms.len() <= INLINE {
-            slot.data = [0; INLINE];
             if let Some(d) = slot.data.get_mut(..atoms.len()) {
                 d.copy_from_slice(atoms);
             }
         } else {
-            slot.data = [0; INLINE];
             slot.data[0] = pool.len() as u32;
             pool.extend_from_slice(atoms);
         }
@@ -177,7 +198,7 @@ impl<K: MapKey> Leaf<K> {
             .map(|s| s.len as usize)
             .sum();
         let rebuild = atoms.is_empty()
-            || (self.len + 1) * 2 > self.slots.len()
+            || (self.len as usize + 1) * 2 > self.slots.len()
             || self.pool.len() > 2 * pooled + 64;
         if rebuild {
             let mut entries: Vec<(K, Vec<AtomId>)> = self
@@ -190,27 +211,38 @@ impl<K: MapKey> Leaf<K> {
             }
             return Leaf::build(entries);
         }
-        // Common case: one plain copy, then the slot rewritten in place.
-        let mut leaf = self.clone();
-        let mask = leaf.slots.len() - 1;
+        // Common case: one plain copy, then the slot rewritten in place (the pool
+        // is copied only when the new list does not fit inline).
+        let mut slots: Vec<Slot<K>> = self.slots.to_vec();
+        let mut len = self.len;
+        let mut pool: Option<Vec<AtomId>> = None;
+        let mask = slots.len() - 1;
         let mut i = (h as usize) & mask;
-        loop {
-            let Some(s) = leaf.slots.get(i) else {
-                return leaf;
-            };
+        while let Some(s) = slots.get_mut(i) {
             if s.len != 0 && s.key != key {
                 i = (i + 1) & mask;
                 continue;
             }
             if s.len == 0 {
-                leaf.len += 1;
+                len += 1;
             }
-            let mut slot = *s;
-            Leaf::fill(&mut slot, &mut leaf.pool, key, atoms);
-            if let Some(s) = leaf.slots.get_mut(i) {
-                *s = slot;
-            }
-            return leaf;
+            let p = pool.get_or_insert_with(|| {
+                if atoms.len() > INLINE {
+                    self.pool.to_vec()
+                } else {
+                    Vec::new()
+                }
+            });
+            Leaf::fill(s, p, key, atoms);
+            break;
+        }
+        Leaf {
+            slots: Arc::from(slots),
+            pool: match pool {
+                Some(p) if atoms.len() > INLINE => Arc::from(p),
+                _ => self.pool.clone(),
+            },
+            len,
         }
     }
 
@@ -219,44 +251,45 @@ impl<K: MapKey> Leaf<K> {
             return Leaf::default();
         }
         let cap = (entries.len() * 2).next_power_of_two().max(4);
-        let mut leaf = Leaf {
-            slots: vec![Slot::default(); cap],
-            pool: Vec::new(),
-            len: entries.len(),
-        };
+        let mut slots = vec![Slot::default(); cap];
+        let mut pool = Vec::new();
+        let len = entries.len() as u32;
         let mask = cap - 1;
         for (k, atoms) in entries {
             let mut i = (k.hash64() as usize) & mask;
-            while leaf.slots.get(i).is_some_and(|s| s.len != 0) {
+            while slots.get(i).is_some_and(|s| s.len != 0) {
                 i = (i + 1) & mask;
             }
-            if let Some(slot) = leaf.slots.get_mut(i) {
-                Leaf::fill(slot, &mut leaf.pool, k, &atoms);
+            if let Some(slot) = slots.get_mut(i) {
+                Leaf::fill(slot, &mut pool, k, &atoms);
             }
         }
-        leaf
+        Leaf {
+            slots: Arc::from(slots),
+            pool: Arc::from(pool),
+            len,
+        }
     }
 
     fn bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot<K>>() + self.pool.capacity() * 4
+        self.slots.len() * std::mem::size_of::<Slot<K>>() + self.pool.len() * 4
     }
 }
 
-type Mid<K> = Vec<Arc<Leaf<K>>>;
+type Mid<K> = Arc<[Leaf<K>]>;
 
 /// A persistent hash map from keys to sorted atom lists (see the module doc).
 #[derive(Clone)]
 pub(crate) struct ShardedMap<K> {
-    top: Arc<Vec<Arc<Mid<K>>>>,
+    top: Arc<[Mid<K>]>,
     len: usize,
 }
 
 impl<K: MapKey> Default for ShardedMap<K> {
     fn default() -> Self {
-        let leaf = Arc::new(Leaf::default());
-        let mid = Arc::new(vec![leaf; FANOUT]);
+        let mid: Mid<K> = Arc::from(vec![Leaf::default(); FANOUT]);
         ShardedMap {
-            top: Arc::new(vec![mid; FANOUT]),
+            top: Arc::from(vec![mid; FANOUT]),
             len: 0,
         }
     }
@@ -270,31 +303,41 @@ fn shard(h: u64) -> (usize, usize) {
 }
 
 impl<K: MapKey> ShardedMap<K> {
+    #[inline]
+    fn leaf(&self, h: u64) -> Option<&Leaf<K>> {
+        let (t, m) = shard(h);
+        self.top.get(t).and_then(|mid| mid.get(m))
+    }
+
     /// Atoms holding `key` (empty when none).
     #[inline]
     pub(crate) fn get(&self, key: &K) -> &[AtomId] {
-        let h = key.hash64();
-        let (t, m) = shard(h);
-        self.top
-            .get(t)
-            .and_then(|mid| mid.get(m))
-            .and_then(|leaf| leaf.get(key, h))
-            .unwrap_or(&[])
+        self.get_hashed(key, key.hash64())
     }
 
-    /// Hints the CPU to fetch the leaf `key` lives in.
+    /// [`ShardedMap::get`] with the key's hash already computed.
     #[inline]
-    pub(crate) fn leaf_ptr(&self, key: &K) -> *const u8 {
-        let h = key.hash64();
+    pub(crate) fn get_hashed(&self, key: &K, h: u64) -> &[AtomId] {
+        self.leaf(h).and_then(|l| l.get(key, h)).unwrap_or(&[])
+    }
+
+    /// Address of the mid-level entry (the leaf header) a hash lives under, for a
+    /// first prefetch stage: computing it touches only the hot top level.
+    #[inline]
+    pub(crate) fn leaf_head_ptr(&self, h: u64) -> *const u8 {
         let (t, m) = shard(h);
-        match self.top.get(t).and_then(|mid| mid.get(m)) {
-            Some(leaf) => {
-                let mask = leaf.slots.len().saturating_sub(1);
-                leaf.slots
-                    .as_ptr()
-                    .wrapping_add((h as usize) & mask)
-                    .cast::<u8>()
-            }
+        match self.top.get(t) {
+            Some(mid) => mid.as_ptr().wrapping_add(m).cast::<u8>(),
+            None => std::ptr::null(),
+        }
+    }
+
+    /// Address of the slot a hash probes first, for a second prefetch stage (reads
+    /// the leaf header).
+    #[inline]
+    pub(crate) fn slot_ptr(&self, h: u64) -> *const u8 {
+        match self.leaf(h) {
+            Some(leaf) => leaf.slot_ptr(h),
             None => std::ptr::null(),
         }
     }
@@ -312,7 +355,7 @@ impl<K: MapKey> ShardedMap<K> {
         if let Some(mid) = top.get_mut(t) {
             let mid = Arc::make_mut(mid);
             if let Some(leaf) = mid.get_mut(m) {
-                *leaf = Arc::new(leaf.with(key, h, &atoms));
+                *leaf = leaf.with(key, h, &atoms);
             }
         }
         match (before, after) {
@@ -371,7 +414,7 @@ impl<K: MapKey> ShardedMap<K> {
                 len += 1;
             }
         }
-        let empty = Arc::new(Leaf::default());
+        let empty = Leaf::default();
         let mut top = Vec::with_capacity(FANOUT);
         let mut it = shards.into_iter();
         for _ in 0..FANOUT {
@@ -381,13 +424,13 @@ impl<K: MapKey> ShardedMap<K> {
                 mid.push(if entries.is_empty() {
                     empty.clone()
                 } else {
-                    Arc::new(Leaf::build(entries))
+                    Leaf::build(entries)
                 });
             }
-            top.push(Arc::new(mid));
+            top.push(Arc::from(mid));
         }
         ShardedMap {
-            top: Arc::new(top),
+            top: Arc::from(top),
             len,
         }
     }
@@ -400,11 +443,11 @@ impl<K: MapKey> ShardedMap<K> {
 
     /// Heap bytes used.
     pub(crate) fn bytes(&self) -> usize {
-        let mut n = FANOUT * 8;
+        let mut n = FANOUT * 16;
         for mid in self.top.iter() {
-            n += FANOUT * 8;
+            n += FANOUT * std::mem::size_of::<Leaf<K>>();
             for leaf in mid.iter() {
-                n += leaf.bytes() + std::mem::size_of::<Leaf<K>>();
+                n += leaf.bytes();
             }
         }
         n
@@ -447,12 +490,22 @@ impl Prefix {
     }
 }
 
+/// Address bits of the IPv4 interval directory ([`PrefixIndex`]).
+const DIR_BITS: u32 = 12;
+
 /// Non-host prefixes of one family, as elementary intervals.
 #[derive(Clone, Default)]
 pub(crate) struct PrefixIndex {
     /// Every prefix with its atoms (the source the intervals are built from).
     prefixes: BTreeMap<Prefix, Vec<AtomId>>,
+    /// Interval starts (IPv6), or empty for IPv4, which uses `starts4`.
     starts: Vec<u128>,
+    /// Interval starts of an IPv4 index: half the bytes to search.
+    starts4: Vec<u32>,
+    /// IPv4: for each block of the top [`DIR_BITS`] address bits, the index of its
+    /// first interval start (one more entry at the end), so a lookup searches only
+    /// the intervals starting inside its block (a handful) instead of all of them.
+    dir4: Vec<u32>,
     spans: Vec<(u32, u32)>,
     pool: Vec<AtomId>,
     bits: u8,
@@ -469,19 +522,24 @@ impl PrefixIndex {
     /// Atoms of every prefix covering `addr`.
     #[inline]
     pub(crate) fn get(&self, addr: u128) -> &[AtomId] {
-        if self.starts.len() <= 1 {
-            return match self.spans.first() {
-                Some((off, len)) => self
-                    .pool
-                    .get(*off as usize..(*off + *len) as usize)
-                    .unwrap_or(&[]),
-                None => &[],
-            };
+        let i = if self.bits == 32 {
+            let a = addr as u32;
+            let b = (a >> (32 - DIR_BITS)) as usize;
+            match (self.dir4.get(b), self.dir4.get(b + 1)) {
+                (Some(lo), Some(hi)) => {
+                    let (lo, hi) = (*lo as usize, *hi as usize);
+                    lo + self
+                        .starts4
+                        .get(lo..hi)
+                        .unwrap_or(&[])
+                        .partition_point(|s| *s <= a)
+                }
+                _ => self.starts4.partition_point(|s| *s <= a),
+            }
+        } else {
+            self.starts.partition_point(|s| *s <= addr)
         }
-        let i = self
-            .starts
-            .partition_point(|s| *s <= addr)
-            .saturating_sub(1);
+        .saturating_sub(1);
         match self.spans.get(i) {
             Some((off, len)) => self
                 .pool
@@ -564,7 +622,26 @@ impl PrefixIndex {
             pool.extend_from_slice(&atoms);
             prev = Some(atoms);
         }
-        self.starts = starts;
+        if self.bits == 32 {
+            self.starts4 = starts.iter().map(|s| *s as u32).collect();
+            self.starts = Vec::new();
+            let mut dir = Vec::with_capacity((1 << DIR_BITS) + 1);
+            let mut k = 0usize;
+            for b in 0..=(1u64 << DIR_BITS) {
+                let block_start = b << (32 - DIR_BITS);
+                while self
+                    .starts4
+                    .get(k)
+                    .is_some_and(|s| u64::from(*s) < block_start)
+                {
+                    k += 1;
+                }
+                dir.push(k as u32);
+            }
+            self.dir4 = dir;
+        } else {
+            self.starts = starts;
+        }
         self.spans = spans;
         self.pool = pool;
     }
@@ -572,6 +649,8 @@ impl PrefixIndex {
     /// Heap bytes used by the lookup arrays and the prefix list.
     pub(crate) fn bytes(&self) -> usize {
         self.starts.capacity() * 16
+            + self.starts4.capacity() * 4
+            + self.dir4.capacity() * 4
             + self.spans.capacity() * 8
             + self.pool.capacity() * 4
             + self
@@ -590,6 +669,11 @@ pub(crate) struct AddrIndex {
     pub(crate) p4: Arc<PrefixIndex>,
     pub(crate) p6: Arc<PrefixIndex>,
     pub(crate) ep: ShardedMap<EpKey>,
+    /// A 64 Ki-bit filter over the `ip,proto:port` keys of `ep`: most packets'
+    /// (address, port) pairs are no named-port member, and are dismissed here
+    /// without hashing into `ep`. Bits are set on add and only cleared by a full
+    /// build (a stale bit costs one lookup, never a wrong answer).
+    pub(crate) ep_filter: Arc<[u64]>,
 }
 
 impl Default for AddrIndex {
@@ -600,29 +684,117 @@ impl Default for AddrIndex {
             p4: Arc::new(PrefixIndex::new(32)),
             p6: Arc::new(PrefixIndex::new(128)),
             ep: ShardedMap::default(),
+            ep_filter: Arc::from(vec![0u64; EP_FILTER_WORDS]),
+        }
+    }
+}
+
+const EP_FILTER_WORDS: usize = 1024;
+
+/// The bit of `ep_filter` for (address, protocol, port): one multiply.
+#[inline]
+fn ep_bit(addr: &IpAddr, proto: u8, port: u16) -> (usize, u64) {
+    let a = match addr {
+        IpAddr::V4(a) => u64::from(u32::from(*a)),
+        IpAddr::V6(a) => {
+            let x = u128::from(*a);
+            (x as u64) ^ ((x >> 64) as u64)
+        }
+    };
+    let h = (a ^ (u64::from(port) << 32) ^ (u64::from(proto) << 48))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        >> 48;
+    let h = h as usize;
+    (h / 64, 1u64 << (h % 64))
+}
+
+impl AddrIndex {
+    /// Whether `ep` may hold (address, protocol, port).
+    #[inline]
+    pub(crate) fn ep_maybe(&self, addr: &IpAddr, proto: u8, port: u16) -> bool {
+        let (w, b) = ep_bit(addr, proto, port);
+        self.ep_filter.get(w).is_some_and(|x| x & b != 0)
+    }
+
+    /// Atoms holding (address, protocol, port) as a named-port member.
+    #[inline]
+    pub(crate) fn ep_get(&self, addr: &IpAddr, proto: u8, port: u16) -> &[AtomId] {
+        if !self.ep_maybe(addr, proto, port) {
+            return &[];
+        }
+        self.ep.get(&EpKey::new(addr, proto, port))
+    }
+
+    /// Marks (address, protocol, port) in the filter.
+    pub(crate) fn ep_mark(&mut self, addr: &IpAddr, proto: u8, port: u16) {
+        let (w, b) = ep_bit(addr, proto, port);
+        if self.ep_filter.get(w).is_some_and(|x| x & b == 0) {
+            if let Some(x) = Arc::make_mut(&mut self.ep_filter).get_mut(w) {
+                *x |= b;
+            }
+        }
+    }
+}
+
+/// A packet address as the indexes key it, with its hash computed once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AddrKey {
+    V4(u32, u64),
+    V6(u128, u64),
+}
+
+impl AddrKey {
+    #[inline]
+    pub(crate) fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(a) => {
+                let k = u32::from(*a);
+                AddrKey::V4(k, k.hash64())
+            }
+            IpAddr::V6(a) => {
+                let k = u128::from(*a);
+                AddrKey::V6(k, k.hash64())
+            }
         }
     }
 }
 
 impl AddrIndex {
-    /// The atoms holding `addr`: host members, then covering prefixes.
+    /// The atoms holding an address: host members, then covering prefixes.
     #[inline]
-    pub(crate) fn lookup(&self, addr: &IpAddr) -> (&[AtomId], &[AtomId]) {
-        match addr {
-            IpAddr::V4(a) => {
-                let k = u32::from(*a);
-                (self.v4.get(&k), self.p4.get(u128::from(k)))
-            }
-            IpAddr::V6(a) => {
-                let k = u128::from(*a);
-                (self.v6.get(&k), self.p6.get(k))
-            }
+    pub(crate) fn lookup_key(&self, k: &AddrKey) -> (&[AtomId], &[AtomId]) {
+        match *k {
+            AddrKey::V4(a, h) => (self.v4.get_hashed(&a, h), self.p4.get(u128::from(a))),
+            AddrKey::V6(a, h) => (self.v6.get_hashed(&a, h), self.p6.get(a)),
+        }
+    }
+
+    /// First prefetch stage for an address: its leaf header.
+    #[inline]
+    pub(crate) fn head_ptr(&self, k: &AddrKey) -> *const u8 {
+        match *k {
+            AddrKey::V4(_, h) => self.v4.leaf_head_ptr(h),
+            AddrKey::V6(_, h) => self.v6.leaf_head_ptr(h),
+        }
+    }
+
+    /// Second prefetch stage for an address: its first slot.
+    #[inline]
+    pub(crate) fn slot_ptr(&self, k: &AddrKey) -> *const u8 {
+        match *k {
+            AddrKey::V4(_, h) => self.v4.slot_ptr(h),
+            AddrKey::V6(_, h) => self.v6.slot_ptr(h),
         }
     }
 
     /// Heap bytes used.
     pub(crate) fn bytes(&self) -> usize {
-        self.v4.bytes() + self.v6.bytes() + self.p4.bytes() + self.p6.bytes() + self.ep.bytes()
+        self.v4.bytes()
+            + self.v6.bytes()
+            + self.p4.bytes()
+            + self.p6.bytes()
+            + self.ep.bytes()
+            + self.ep_filter.len() * 8
     }
 }
 

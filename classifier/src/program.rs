@@ -22,7 +22,7 @@
 use capo_policy::{Decider, IcmpMatch, IpFamily, Packet, PortRange, Verdict, L4};
 
 use crate::bits;
-use crate::index::{AddrIndex, AtomId, EpKey};
+use crate::index::{AddrIndex, AddrKey, AtomId};
 
 /// What a rule does when it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,14 +74,6 @@ pub(crate) enum SegKind {
     Profile,
 }
 
-/// Bitmaps for one atom as a program uses it.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct AtomSlot {
-    atom: AtomId,
-    /// Offset (in words) of this slot's bitmaps in [`Program::atom_bits`].
-    off: u32,
-}
-
 /// Kinds of per-atom bitmaps, in storage order.
 pub(crate) const K_SRC_POS: usize = 0;
 pub(crate) const K_SRC_NEG: usize = 1;
@@ -94,98 +86,87 @@ pub(crate) const K_DST_NNP: usize = 7;
 pub(crate) const K_SVC: usize = 8;
 pub(crate) const KINDS: usize = 9;
 
-/// Interval table over one side's port ranges.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PortTable {
-    starts: Vec<u16>,
-    /// Per interval: positive-range bitmap then negated-range bitmap.
-    bits: Vec<u64>,
-}
-
-impl PortTable {
-    pub(crate) fn build(
-        words: usize,
-        pos: &[(usize, PortRange)],
-        neg: &[(usize, PortRange)],
-    ) -> Self {
-        let mut starts: Vec<u16> = vec![0];
-        for (_, r) in pos.iter().chain(neg) {
-            starts.push(r.first());
-            if let Some(n) = r.last().checked_add(1) {
-                starts.push(n);
-            }
+/// An interval table over one side's port ranges, as it is laid out in the
+/// program's arena: `n` interval starts (one `u64` each), then per interval the
+/// positive-range bitmap and the negated-range bitmap.
+pub(crate) fn port_table(
+    words: usize,
+    pos: &[(usize, PortRange)],
+    neg: &[(usize, PortRange)],
+) -> (Vec<u64>, usize) {
+    let mut starts: Vec<u16> = vec![0];
+    for (_, r) in pos.iter().chain(neg) {
+        starts.push(r.first());
+        if let Some(n) = r.last().checked_add(1) {
+            starts.push(n);
         }
-        starts.sort_unstable();
-        starts.dedup();
-        let mut bitsv = vec![0u64; starts.len() * 2 * words];
-        for (iv, s) in starts.iter().enumerate() {
-            let base = iv * 2 * words;
-            for (rule, r) in pos {
+    }
+    starts.sort_unstable();
+    starts.dedup();
+    let n = starts.len();
+    let mut out: Vec<u64> = starts.iter().map(|s| u64::from(*s)).collect();
+    out.resize(n + n * 2 * words, 0);
+    for (iv, s) in starts.iter().enumerate() {
+        let base = n + iv * 2 * words;
+        for (rules, off) in [(pos, base), (neg, base + words)] {
+            for (rule, r) in rules {
                 if r.contains(*s) {
-                    if let Some(b) = bitsv.get_mut(base..base + words) {
-                        bits::set(b, *rule);
-                    }
-                }
-            }
-            for (rule, r) in neg {
-                if r.contains(*s) {
-                    if let Some(b) = bitsv.get_mut(base + words..base + 2 * words) {
+                    if let Some(b) = out.get_mut(off..off + words) {
                         bits::set(b, *rule);
                     }
                 }
             }
         }
-        PortTable {
-            starts,
-            bits: bitsv,
-        }
     }
-
-    #[inline]
-    fn lookup(&self, words: usize, port: u16) -> (&[u64], &[u64]) {
-        let iv = self
-            .starts
-            .partition_point(|s| *s <= port)
-            .saturating_sub(1);
-        let base = iv * 2 * words;
-        (
-            self.bits.get(base..base + words).unwrap_or(&[]),
-            self.bits.get(base + words..base + 2 * words).unwrap_or(&[]),
-        )
-    }
+    (out, n)
 }
 
-/// A compiled program.
+/// Flags of a program.
+pub(crate) const F_SRC_NP: u8 = 1;
+pub(crate) const F_DST_NP: u8 = 2;
+pub(crate) const F_SVC: u8 = 4;
+pub(crate) const F_ICMP: u8 = 8;
+
+/// A compiled program. The fields every packet reads come first and sit next to
+/// each other in the program's allocation (`repr(C)`): the batch path prefetches
+/// them a few packets ahead, then the arena lines they point to.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub(crate) struct Program {
-    pub(crate) words: usize,
+    /// Every bitmap and table of the program in one allocation (see [`Layout`]).
+    pub(crate) arena: Box<[u64]>,
+    pub(crate) words: u32,
+    pub(crate) flags: u8,
+    pub(crate) lay: Layout,
+    /// A 512-bit filter of the atoms the program uses: most atoms holding an
+    /// address belong to other programs, and are dismissed here without touching
+    /// the atom table.
+    pub(crate) bloom: [u64; 8],
+    /// Protocol → class.
+    pub(crate) proto_class: [u8; 256],
     pub(crate) rules: Vec<CRule>,
     pub(crate) segments: Vec<Segment>,
     pub(crate) deciders: Vec<Decider>,
     /// Verdict, decider and rule id when nothing decided.
     pub(crate) fallback: (Verdict, u32, Option<u32>),
-    /// Every bitmap of the program in one allocation, so the masks every packet
-    /// reads share a few cache lines: the `M_*` masks, then one per protocol class,
-    /// then [`KINDS`] per atom slot (from `atom_base`).
-    pub(crate) arena: Vec<u64>,
-    pub(crate) atom_base: usize,
-    /// Protocol → class.
-    pub(crate) proto_class: Box<[u8; 256]>,
     pub(crate) icmp_rules: Vec<(u32, Option<IcmpMatch>, Option<IcmpMatch>)>,
-    pub(crate) has_svc: bool,
-    /// A 512-bit filter of the atoms the program uses: most atoms holding an
-    /// address belong to other programs, and are dismissed here without touching
-    /// the slot table.
-    pub(crate) bloom: [u64; 8],
-    pub(crate) sports: PortTable,
-    pub(crate) dports: PortTable,
-    pub(crate) uses_src_np: bool,
-    pub(crate) uses_dst_np: bool,
-    /// Open-addressing table atom → slot (power-of-two size, `u32::MAX` empty).
-    pub(crate) atom_table: Vec<AtomSlot>,
-    /// Atom id → slot number + 1 (0: not used), when the program has fewer than
-    /// 65,535 atom slots: one load per atom instead of a probe sequence.
-    pub(crate) atom_dense: Vec<u16>,
+}
+
+/// Where things are in [`Program::arena`] (offsets in words). In order: the `M_*`
+/// masks, one bitmap per protocol class, the atom table (open addressing, linear
+/// probing, `atom << 32 | offset` per entry, `u64::MAX` empty), the source and
+/// destination port tables ([`port_table`]), then the atom slots: each a mask of
+/// the kinds (`K_*`) the program uses the atom for, then one bitmap per such kind
+/// (most atoms have one or two of the [`KINDS`]).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct Layout {
+    pub(crate) atab: u32,
+    pub(crate) atab_mask: u32,
+    pub(crate) sports: u32,
+    pub(crate) sports_n: u32,
+    pub(crate) dports: u32,
+    pub(crate) dports_n: u32,
 }
 
 /// Masks at the start of [`Program::arena`], `words` each.
@@ -204,13 +185,19 @@ pub(crate) const M_SVC_REQ: usize = 8;
 /// First protocol-class bitmap.
 pub(crate) const M_PROTO: usize = 9;
 
-/// Scratch bitmaps a worker reuses across packets (no allocation per packet).
+/// Scratch bitmaps a worker reuses across packets (no allocation per packet), and
+/// the batch path's per-packet state.
 #[derive(Debug, Default, Clone)]
 pub struct Scratch {
     buf: Vec<u64>,
+    pub(crate) keys: Vec<[AddrKey; 2]>,
 }
 
 const NSCRATCH: usize = 6;
+
+/// Programs up to this many words (64 rules each) run with their bitmaps on the
+/// stack, specialised per width; wider ones use the scratch buffer.
+const STACK_WORDS: usize = 4;
 
 /// The result of classifying one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,116 +210,109 @@ pub struct Decision<'g> {
     pub decider: &'g Decider,
 }
 
-pub(crate) const EMPTY_ATOM: AtomId = u32::MAX;
+const EMPTY_ENTRY: u64 = u64::MAX;
+
+#[inline]
+fn atom_hash(atom: AtomId) -> u32 {
+    atom.wrapping_mul(0x9e37_79b9)
+}
+
+/// The atom table's entries for `slots` (atom, arena offset), `cap` a power of two.
+pub(crate) fn atom_table(slots: &[(AtomId, u32)]) -> Vec<u64> {
+    let cap = (slots.len() * 2).next_power_of_two().max(2);
+    let mut t = vec![EMPTY_ENTRY; cap];
+    let mask = cap - 1;
+    for (atom, off) in slots {
+        let mut i = (atom_hash(*atom) as usize) & mask;
+        while t.get(i).is_some_and(|e| *e != EMPTY_ENTRY) {
+            i = (i + 1) & mask;
+        }
+        if let Some(e) = t.get_mut(i) {
+            *e = (u64::from(*atom) << 32) | u64::from(*off);
+        }
+    }
+    t
+}
 
 impl Program {
+    /// Arena offset of `atom`'s bitmaps, if the program uses it.
     #[inline]
     fn slot(&self, atom: AtomId) -> Option<usize> {
-        if self.atom_table.is_empty() || !self.atom_dense.is_empty() {
-            let s = usize::from(*self.atom_dense.get(atom as usize)?);
-            return s
-                .checked_sub(1)
-                .map(|k| self.atom_base + k * KINDS * self.words);
+        let (word, bit) = Program::bloom_bit(atom);
+        if self.bloom.get(word).is_none_or(|b| b & bit == 0) {
+            return None;
         }
-        let mask = self.atom_table.len().checked_sub(1)?;
-        let mut i = (atom.wrapping_mul(0x9e37_79b9) as usize) & mask;
+        let base = self.lay.atab as usize;
+        let mask = self.lay.atab_mask as usize;
+        let mut i = (atom_hash(atom) as usize) & mask;
         loop {
-            let s = self.atom_table.get(i)?;
-            if s.atom == atom {
-                return Some(self.atom_base + s.off as usize);
-            }
-            if s.atom == EMPTY_ATOM {
+            let e = *self.arena.get(base + i)?;
+            if e == EMPTY_ENTRY {
                 return None;
+            }
+            if (e >> 32) as u32 == atom {
+                return Some(e as u32 as usize);
             }
             i = (i + 1) & mask;
         }
     }
 
-    pub(crate) fn build_atom_dense(slots: &[(AtomId, u32)], words: usize) -> Vec<u16> {
-        let Some(max) = slots.iter().map(|(a, _)| *a).max() else {
-            return Vec::new();
-        };
-        if slots.len() >= usize::from(u16::MAX) {
-            return Vec::new();
-        }
-        let mut d = vec![0u16; max as usize + 1];
-        for (a, off) in slots {
-            let k = *off as usize / (KINDS * words);
-            if let Some(x) = d.get_mut(*a as usize) {
-                *x = (k + 1) as u16;
-            }
-        }
-        d
-    }
-
-    pub(crate) fn build_atom_table(slots: &[(AtomId, u32)]) -> Vec<AtomSlot> {
-        if slots.is_empty() {
-            return Vec::new();
-        }
-        let cap = (slots.len() * 2).next_power_of_two();
-        let mut t = vec![
-            AtomSlot {
-                atom: EMPTY_ATOM,
-                off: 0
-            };
-            cap
-        ];
-        let mask = cap - 1;
-        for (atom, off) in slots {
-            let mut i = (atom.wrapping_mul(0x9e37_79b9) as usize) & mask;
-            while t.get(i).is_some_and(|s| s.atom != EMPTY_ATOM) {
-                i = (i + 1) & mask;
-            }
-            if let Some(s) = t.get_mut(i) {
-                *s = AtomSlot {
-                    atom: *atom,
-                    off: *off,
-                };
-            }
-        }
-        t
-    }
-
+    /// Hints the CPU to fetch what every packet reads in the arena: the masks and
+    /// the port tables' starts (second stage of the batch prefetch).
     #[inline]
-    fn mask(&self, m: usize) -> &[u64] {
-        self.arena
-            .get(m * self.words..(m + 1) * self.words)
-            .unwrap_or(&[])
+    pub(crate) fn prefetch_arena(&self, proto: u8) {
+        let p = self.arena.as_ptr();
+        let w = self.words as usize;
+        crate::prefetch::read(p.cast::<u8>());
+        crate::prefetch::read(p.wrapping_add(M_SVC_REQ * w).cast::<u8>());
+        let pc = usize::from(self.proto_class[usize::from(proto)]);
+        crate::prefetch::read(p.wrapping_add((M_PROTO + pc) * w).cast::<u8>());
+        crate::prefetch::read(p.wrapping_add(self.lay.sports as usize).cast::<u8>());
+        crate::prefetch::read(p.wrapping_add(self.lay.dports as usize).cast::<u8>());
     }
 
-    /// Address of the program's first masks, for prefetching.
+    /// Address of the program's header, for the first prefetch stage.
+    #[inline]
     pub(crate) fn head_ptr(&self) -> *const u8 {
-        self.arena.as_ptr().cast::<u8>()
+        (self as *const Program).cast::<u8>()
+    }
+
+    pub(crate) fn uses_ep(&self) -> bool {
+        self.flags & (F_DST_NP | F_SVC) != 0
     }
 
     pub(crate) fn bloom_bit(atom: AtomId) -> (usize, u64) {
-        let h = (atom.wrapping_mul(0x9e37_79b9) >> 23) as usize;
+        let h = (atom_hash(atom) >> 23) as usize;
         (h / 64 % 8, 1u64 << (h % 64))
     }
 
-    #[inline]
+    #[inline(always)]
+    fn bm(&self, off: usize, w: usize) -> &[u64] {
+        self.arena.get(off..off + w).unwrap_or(&[])
+    }
+
+    #[inline(always)]
     fn or_atoms(
         &self,
+        w: usize,
         atoms: &[AtomId],
         kpos: usize,
         kneg: usize,
         pos: &mut [u64],
         neg: &mut [u64],
     ) {
-        let w = self.words;
         for a in atoms {
-            let (word, bit) = Program::bloom_bit(*a);
-            if self.bloom.get(word).is_none_or(|b| b & bit == 0) {
-                continue;
-            }
             if let Some(off) = self.slot(*a) {
-                let b = off + kpos * w;
-                let n = off + kneg * w;
-                if let (Some(bp), Some(bn)) = (self.arena.get(b..b + w), self.arena.get(n..n + w)) {
-                    for ((p, q), (x, y)) in
-                        pos.iter_mut().zip(neg.iter_mut()).zip(bp.iter().zip(bn))
-                    {
+                // A slot is its kind mask, then the bitmaps of the kinds it has.
+                let mask = self.arena.get(off).copied().unwrap_or(0);
+                let at = |k: usize| off + 1 + (mask & ((1u64 << k) - 1)).count_ones() as usize * w;
+                if mask & (1 << kpos) != 0 {
+                    for (p, x) in pos.iter_mut().zip(self.bm(at(kpos), w)) {
                         *p |= *x;
+                    }
+                }
+                if mask & (1 << kneg) != 0 {
+                    for (q, y) in neg.iter_mut().zip(self.bm(at(kneg), w)) {
                         *q |= *y;
                     }
                 }
@@ -340,50 +320,107 @@ impl Program {
         }
     }
 
-    /// Classifies `pkt` with the generation's indexes.
-    pub(crate) fn classify<'g>(
+    #[inline(always)]
+    fn port_lookup(&self, w: usize, off: u32, n: u32, port: u16) -> (&[u64], &[u64]) {
+        let (off, n) = (off as usize, n as usize);
+        let starts = self.arena.get(off..off + n).unwrap_or(&[]);
+        let p = u64::from(port);
+        // A few dozen starts at most in practice: a branch-free count (vectorised)
+        // beats a binary search's dependent, unpredictable steps.
+        let iv = if n <= 64 {
+            starts.iter().map(|s| usize::from(*s <= p)).sum::<usize>()
+        } else {
+            starts.partition_point(|s| *s <= p)
+        }
+        .saturating_sub(1);
+        let base = off + n + iv * 2 * w;
+        (self.bm(base, w), self.bm(base + w, w))
+    }
+
+    /// Classifies `pkt` with the generation's indexes, its addresses keyed and
+    /// hashed ([`AddrKey`]).
+    #[inline]
+    pub(crate) fn classify_keyed<'g>(
         &'g self,
         idx: &AddrIndex,
         pkt: &Packet,
+        keys: &[AddrKey; 2],
         scratch: &mut Scratch,
     ) -> Decision<'g> {
-        let w = self.words;
-        if scratch.buf.len() < NSCRATCH * w {
-            scratch.buf.resize(NSCRATCH * w, 0);
+        match self.words {
+            1 => self.on_stack::<{ NSCRATCH }>(1, idx, pkt, keys),
+            2 => self.on_stack::<{ 2 * NSCRATCH }>(2, idx, pkt, keys),
+            3 => self.on_stack::<{ 3 * NSCRATCH }>(3, idx, pkt, keys),
+            4 => self.on_stack::<{ STACK_WORDS * NSCRATCH }>(4, idx, pkt, keys),
+            w => {
+                let w = w as usize;
+                if scratch.buf.len() < NSCRATCH * w {
+                    scratch.buf.resize(NSCRATCH * w, 0);
+                }
+                let buf = scratch.buf.get_mut(..NSCRATCH * w).unwrap_or(&mut []);
+                self.core(w, buf, idx, pkt, keys)
+            }
         }
-        let (cand, rest) = scratch.buf.split_at_mut(w);
+    }
+
+    #[inline(always)]
+    fn on_stack<'g, const N: usize>(
+        &'g self,
+        w: usize,
+        idx: &AddrIndex,
+        pkt: &Packet,
+        keys: &[AddrKey; 2],
+    ) -> Decision<'g> {
+        let mut buf = [0u64; N];
+        self.core(w, &mut buf, idx, pkt, keys)
+    }
+
+    /// The classification proper, over `w`-word bitmaps in `buf` (`NSCRATCH * w`
+    /// words). Inlined into each width's caller so the loops have constant bounds.
+    #[inline(always)]
+    fn core<'g>(
+        &'g self,
+        w: usize,
+        buf: &mut [u64],
+        idx: &AddrIndex,
+        pkt: &Packet,
+        keys: &[AddrKey; 2],
+    ) -> Decision<'g> {
+        if buf.len() < NSCRATCH * w || self.arena.len() < M_PROTO * w {
+            let (v, d, r) = self.fallback;
+            return self.decision(v, d, r);
+        }
+        let (cand, rest) = buf.split_at_mut(w);
         let (pos, rest) = rest.split_at_mut(w);
         let (neg, rest) = rest.split_at_mut(w);
         let (pos2, rest) = rest.split_at_mut(w);
         let (neg2, _) = rest.split_at_mut(w);
+        let m = |k: usize| self.bm(k * w, w);
 
         // Family, protocol, L4 presence.
         let fam = match pkt.family() {
-            IpFamily::V4 => self.mask(M_FAM4),
-            IpFamily::V6 => self.mask(M_FAM6),
+            IpFamily::V4 => m(M_FAM4),
+            IpFamily::V6 => m(M_FAM6),
         };
         let pc = usize::from(self.proto_class[usize::from(pkt.protocol.0)]);
-        let pb = self.mask(M_PROTO + pc);
-        let need_ports = self.mask(M_NEED_PORTS);
-        let need_icmp = self.mask(M_NEED_ICMP);
+        let pb = m(M_PROTO + pc);
         let (has_ports, icmp) = match pkt.l4 {
             L4::Ports { .. } => (true, None),
             L4::Icmp { icmp_type, code } => (false, Some((icmp_type, code))),
             L4::None => (false, None),
         };
-        for (i, c) in cand.iter_mut().enumerate() {
-            let mut v = fam.get(i).copied().unwrap_or(0) & pb.get(i).copied().unwrap_or(0);
-            if !has_ports {
-                v &= !need_ports.get(i).copied().unwrap_or(0);
+        let drop_ports = if has_ports { 0 } else { !0 };
+        let drop_icmp = if icmp.is_some() { 0 } else { !0 };
+        let (need_ports, need_icmp) = (m(M_NEED_PORTS), m(M_NEED_ICMP));
+        for i in 0..w {
+            let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
+            if let Some(c) = cand.get_mut(i) {
+                *c = g(fam) & g(pb) & !(g(need_ports) & drop_ports) & !(g(need_icmp) & drop_icmp);
             }
-            if icmp.is_none() {
-                v &= !need_icmp.get(i).copied().unwrap_or(0);
-            }
-            *c = v;
         }
         if let Some((t, c)) = icmp {
-            for (r, m, nm) in &self.icmp_rules {
-                let ok = m.is_none_or(|m| m.matches(t, c)) && !nm.is_some_and(|m| m.matches(t, c));
+            for (r, mt, nm) in &self.icmp_rules {
+                let ok = mt.is_none_or(|m| m.matches(t, c)) && !nm.is_some_and(|m| m.matches(t, c));
                 if !ok {
                     if let Some(word) = cand.get_mut(*r as usize / 64) {
                         *word &= !(1u64 << (*r % 64));
@@ -393,25 +430,22 @@ impl Program {
         }
 
         // Addresses.
-        let (s_host, s_pre) = idx.lookup(&pkt.src);
-        let (d_host, d_pre) = idx.lookup(&pkt.dst);
+        let (s_host, s_pre) = idx.lookup_key(&keys[0]);
+        let (d_host, d_pre) = idx.lookup_key(&keys[1]);
         pos.fill(0);
         neg.fill(0);
-        self.or_atoms(s_host, K_SRC_POS, K_SRC_NEG, pos, neg);
-        self.or_atoms(s_pre, K_SRC_POS, K_SRC_NEG, pos, neg);
+        self.or_atoms(w, s_host, K_SRC_POS, K_SRC_NEG, pos, neg);
+        self.or_atoms(w, s_pre, K_SRC_POS, K_SRC_NEG, pos, neg);
         pos2.fill(0);
         neg2.fill(0);
-        self.or_atoms(d_host, K_DST_POS, K_DST_NEG, pos2, neg2);
-        self.or_atoms(d_pre, K_DST_POS, K_DST_NEG, pos2, neg2);
-        let (src_req, dst_req) = (self.mask(M_SRC_REQ), self.mask(M_DST_REQ));
-        for (i, c) in cand.iter_mut().enumerate() {
-            let sreq = src_req.get(i).copied().unwrap_or(0);
-            let dreq = dst_req.get(i).copied().unwrap_or(0);
-            let sp = pos.get(i).copied().unwrap_or(0);
-            let sn = neg.get(i).copied().unwrap_or(0);
-            let dp = pos2.get(i).copied().unwrap_or(0);
-            let dn = neg2.get(i).copied().unwrap_or(0);
-            *c &= !(sreq & !sp) & !sn & !(dreq & !dp) & !dn;
+        self.or_atoms(w, d_host, K_DST_POS, K_DST_NEG, pos2, neg2);
+        self.or_atoms(w, d_pre, K_DST_POS, K_DST_NEG, pos2, neg2);
+        let (src_req, dst_req) = (m(M_SRC_REQ), m(M_DST_REQ));
+        for i in 0..w {
+            let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
+            if let Some(c) = cand.get_mut(i) {
+                *c &= !(g(src_req) & !g(pos)) & !g(neg) & !(g(dst_req) & !g(pos2)) & !g(neg2);
+            }
         }
 
         // Ports (only packets with ports reach rules with port criteria).
@@ -421,50 +455,50 @@ impl Program {
             dst: dport,
         } = pkt.l4
         {
-            let (spos, sneg) = self.sports.lookup(w, sport);
-            let (dpos, dneg) = self.dports.lookup(w, dport);
-            pos.fill(0);
-            for (p, x) in pos.iter_mut().zip(spos) {
-                *p = *x;
+            let (spos, sneg) = self.port_lookup(w, self.lay.sports, self.lay.sports_n, sport);
+            let (dpos, dneg) = self.port_lookup(w, self.lay.dports, self.lay.dports_n, dport);
+            for i in 0..w {
+                let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
+                if let (Some(p), Some(q), Some(p2), Some(q2)) = (
+                    pos.get_mut(i),
+                    neg.get_mut(i),
+                    pos2.get_mut(i),
+                    neg2.get_mut(i),
+                ) {
+                    *p = g(spos);
+                    *q = g(sneg);
+                    *p2 = g(dpos);
+                    *q2 = g(dneg);
+                }
             }
-            neg.fill(0);
-            if self.uses_src_np {
-                let atoms = idx.ep.get(&EpKey::new(&pkt.src, pkt.protocol.0, sport));
-                self.or_atoms(atoms, K_SRC_NP, K_SRC_NNP, pos, neg);
+            if self.flags & F_SRC_NP != 0 {
+                let atoms = idx.ep_get(&pkt.src, pkt.protocol.0, sport);
+                self.or_atoms(w, atoms, K_SRC_NP, K_SRC_NNP, pos, neg);
             }
-            pos2.fill(0);
-            neg2.fill(0);
-            for (p, x) in pos2.iter_mut().zip(dpos) {
-                *p = *x;
+            if self.uses_ep() {
+                svc_atoms = idx.ep_get(&pkt.dst, pkt.protocol.0, dport);
             }
-            let datoms = if self.uses_dst_np || self.has_svc {
-                idx.ep.get(&EpKey::new(&pkt.dst, pkt.protocol.0, dport))
-            } else {
-                &[]
-            };
-            if self.uses_dst_np {
-                self.or_atoms(datoms, K_DST_NP, K_DST_NNP, pos2, neg2);
+            if self.flags & F_DST_NP != 0 {
+                self.or_atoms(w, svc_atoms, K_DST_NP, K_DST_NNP, pos2, neg2);
             }
-            svc_atoms = datoms;
-            let (sport_req, dport_req) = (self.mask(M_SPORT_REQ), self.mask(M_DPORT_REQ));
-            for (i, c) in cand.iter_mut().enumerate() {
-                let sreq = sport_req.get(i).copied().unwrap_or(0);
-                let dreq = dport_req.get(i).copied().unwrap_or(0);
-                let sn = sneg.get(i).copied().unwrap_or(0) | neg.get(i).copied().unwrap_or(0);
-                let dn = dneg.get(i).copied().unwrap_or(0) | neg2.get(i).copied().unwrap_or(0);
-                *c &= !(sreq & !pos.get(i).copied().unwrap_or(0))
-                    & !sn
-                    & !(dreq & !pos2.get(i).copied().unwrap_or(0))
-                    & !dn;
+            let (sport_req, dport_req) = (m(M_SPORT_REQ), m(M_DPORT_REQ));
+            for i in 0..w {
+                let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
+                if let Some(c) = cand.get_mut(i) {
+                    *c &=
+                        !(g(sport_req) & !g(pos)) & !g(neg) & !(g(dport_req) & !g(pos2)) & !g(neg2);
+                }
             }
-            if self.has_svc {
-                let svc_req = self.mask(M_SVC_REQ);
+            if self.flags & F_SVC != 0 {
+                let svc_req = m(M_SVC_REQ);
                 pos.fill(0);
                 neg.fill(0);
-                self.or_atoms(svc_atoms, K_SVC, K_SVC, pos, neg);
-                for (i, c) in cand.iter_mut().enumerate() {
-                    *c &=
-                        !(svc_req.get(i).copied().unwrap_or(0) & !pos.get(i).copied().unwrap_or(0));
+                self.or_atoms(w, svc_atoms, K_SVC, K_SVC, pos, neg);
+                for i in 0..w {
+                    let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
+                    if let Some(c) = cand.get_mut(i) {
+                        *c &= !(g(svc_req) & !g(pos));
+                    }
                 }
             }
         }
@@ -527,18 +561,16 @@ impl Program {
         }
     }
 
-    /// Heap bytes used.
+    /// Heap bytes used (the program's own allocation included).
     pub(crate) fn bytes(&self) -> usize {
-        let w8 = |v: &Vec<u64>| v.capacity() * 8;
-        self.rules.capacity() * std::mem::size_of::<CRule>()
+        std::mem::size_of::<Program>()
+            + self.rules.capacity() * std::mem::size_of::<CRule>()
+            + self.rules.iter().filter(|r| r.verify.is_some()).count()
+                * std::mem::size_of::<Verify>()
+            + self.segments.capacity() * std::mem::size_of::<Segment>()
             + self.deciders.capacity() * std::mem::size_of::<Decider>()
-            + w8(&self.arena)
-            + self.atom_table.capacity() * 8
-            + self.atom_dense.capacity() * 2
-            + self.sports.bits.capacity() * 8
-            + self.dports.bits.capacity() * 8
-            + 256
-            + 12 * self.words * 8
+            + self.icmp_rules.capacity() * 16
+            + self.arena.len() * 8
     }
 }
 

@@ -24,6 +24,19 @@ proptest! {
         check(&state, &g, &pkts)?;
     }
 
+    /// The same programs padded to 3 words (the stack paths wider than one word)
+    /// and to 6 words (the scratch-buffer path of programs over 256 rules).
+    #[test]
+    fn wide_programs_equal_reference(
+        updates in scenario(),
+        pkts in prop::collection::vec(packet(), 1..16),
+        words in prop_oneof![Just(3usize), Just(6usize)],
+    ) {
+        let (state, ids) = build_state(&updates);
+        let g = Builder::with_min_words(words).build(&state, &ids);
+        check(&state, &g, &pkts)?;
+    }
+
     #[test]
     fn incremental_updates_equal_reference_and_old_generation_stays_valid(
         updates in scenario(),

@@ -433,6 +433,8 @@ pub fn kinds(state: &State) -> Vec<IfaceKind> {
 /// Checks every interface and direction of `g` against the reference on `pkts`.
 pub fn check(state: &State, g: &Generation, pkts: &[Packet]) -> Result<(), TestCaseError> {
     let mut scratch = Scratch::default();
+    let mut batch = Vec::new();
+    let mut wants = Vec::new();
     for kind in kinds(state) {
         let iface = g.interface_of(&kind);
         prop_assert!(iface.is_some(), "no interface for {kind:?}");
@@ -443,8 +445,19 @@ pub fn check(state: &State, g: &Generation, pkts: &[Packet]) -> Result<(), TestC
                 let got = g.classify(iface, dir, pkt, &mut scratch).expect("classify");
                 prop_assert_eq!(got.verdict, want.verdict, "{:?} {:?} {:?}", kind, dir, pkt);
                 prop_assert_eq!(got.decider, &want.decider, "{:?} {:?} {:?}", kind, dir, pkt);
+                batch.push((iface, dir, *pkt));
+                wants.push(want);
             }
         }
+    }
+    // The batch path (software-pipelined prefetching) gives the same decisions.
+    let mut out = Vec::new();
+    g.classify_batch(&batch, &mut scratch, &mut out);
+    prop_assert_eq!(out.len(), wants.len());
+    for ((got, want), item) in out.iter().zip(&wants).zip(&batch) {
+        let got = got.expect("classify_batch");
+        prop_assert_eq!(got.verdict, want.verdict, "batch {:?}", item);
+        prop_assert_eq!(got.decider, &want.decider, "batch {:?}", item);
     }
     Ok(())
 }

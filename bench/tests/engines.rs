@@ -1,0 +1,79 @@
+//! The benchmark's engines agree with the reference evaluator on the generated
+//! workloads (multi-word programs, the batch path), and `capo-bench classify` reports
+//! every engine, rte_acl included (measured with the `rte-acl` feature, a reason
+//! without it).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use capo_bench::run::{classify, Options};
+use capo_bench::workload::{generate, Kind};
+use capo_classifier::{Builder, IfaceKind, Scratch, MAX_BATCH};
+use capo_policy::eval;
+
+#[test]
+fn fast_batch_path_equals_reference_on_w_k8s() {
+    let w = generate(Kind::K8s);
+    let (state, ids) = w.state();
+    let g = Builder::new().build(&state, &ids);
+    let items: Vec<_> = w
+        .packets
+        .iter()
+        .map(|(k, d, p)| {
+            let i = g
+                .interface_of(&IfaceKind::Workload(k.clone()))
+                .expect("interface");
+            (i, *d, *p)
+        })
+        .collect();
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
+    let mut checked = 0;
+    // Every 5th packet against the reference (debug builds evaluate slowly).
+    for (b, chunk) in items.chunks(MAX_BATCH).enumerate() {
+        g.classify_batch(chunk, &mut scratch, &mut out);
+        for (j, d) in out.iter().enumerate() {
+            let n = b * MAX_BATCH + j;
+            if n % 5 != 0 {
+                continue;
+            }
+            let (key, dir, pkt) = &w.packets[n];
+            let want = eval::evaluate_workload(&state, key, *dir, pkt).expect("reference");
+            let got = d.expect("decision");
+            assert_eq!(got.verdict, want.verdict, "packet {n}: {pkt:?}");
+            assert_eq!(got.decider, &want.decider, "packet {n}: {pkt:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2000);
+}
+
+#[test]
+fn classify_reports_every_engine_on_w_seed() {
+    let mut logs = Vec::new();
+    let rows = classify(
+        Kind::Seed,
+        Options {
+            quick: true,
+            fast_only: false,
+        },
+        &mut |l| logs.push(l.to_string()),
+    );
+    let engines: Vec<_> = rows.iter().map(|r| r.engine).collect();
+    assert_eq!(engines, ["fast", "reference", "linear", "rte_acl"]);
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("reference:") && l.contains(" 0 verdict mismatches")),
+        "{logs:?}"
+    );
+    let acl = rows.last().unwrap();
+    let note = acl.note.clone().unwrap_or_default();
+    if cfg!(feature = "rte-acl") {
+        assert!(acl.ns_per_packet.is_some(), "{note}");
+        assert!(
+            note.contains("; 0 verdict mismatches against fast"),
+            "{note}"
+        );
+    } else {
+        assert!(acl.ns_per_packet.is_none());
+        assert!(note.starts_with("not measured"), "{note}");
+    }
+}
