@@ -119,7 +119,10 @@ mod with_dpdk {
             cc.include(p);
         }
         // `capo_dpdk.h` includes rte_config.h itself; pass the machine and define flags.
-        for f in cflags.iter().filter(|f| f.starts_with("-m") || f.starts_with("-D")) {
+        for f in cflags
+            .iter()
+            .filter(|f| f.starts_with("-m") || f.starts_with("-D"))
+        {
             cc.flag_if_supported(f);
         }
         cc.compile("capo_dpdk_shim");
@@ -128,7 +131,11 @@ mod with_dpdk {
             .header("csrc/capo_dpdk.h")
             .clang_arg("-Icsrc")
             .clang_args(cflags.iter().filter(|f| !f.starts_with("-march")))
-            .clang_args(lib.include_paths.iter().map(|p| format!("-I{}", p.display())))
+            .clang_args(
+                lib.include_paths
+                    .iter()
+                    .map(|p| format!("-I{}", p.display())),
+            )
             .default_enum_style(bindgen::EnumVariation::ModuleConsts)
             .layout_tests(false)
             .derive_default(true)
@@ -157,7 +164,10 @@ mod with_dpdk {
         };
         let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("bindings.rs");
         if let Err(e) = bindings.write_to_file(&out) {
-            println!("cargo:warning=dpdk-sys: cannot write {}: {e}", out.display());
+            println!(
+                "cargo:warning=dpdk-sys: cannot write {}: {e}",
+                out.display()
+            );
             std::process::exit(1);
         }
         if let Ok(copy) = std::env::var("CAPO_DPDK_SYS_REGENERATE") {

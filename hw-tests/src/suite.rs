@@ -31,7 +31,13 @@ pub fn run(report: &mut Report) {
 fn small_plan(caps: &NicCaps, seed: u64) -> capo_offload::OffloadPlan {
     let w = generate(&WorkloadSpec::small(1.1, seed));
     let program = lower(&w.state, &w.ids, seed);
-    plan(&w.state, &program, caps, &hit_counters(&w), &PlanConfig::default())
+    plan(
+        &w.state,
+        &program,
+        caps,
+        &hit_counters(&w),
+        &PlanConfig::default(),
+    )
 }
 
 fn drop_rule() -> Option<FlowRule> {
@@ -44,7 +50,10 @@ fn drop_rule() -> Option<FlowRule> {
 }
 
 fn run_vdev(report: &mut Report) {
-    let args = Eal::test_args(&format!("capo-hw-{}", std::process::id()), &["net_null0", "net_ring0"]);
+    let args = Eal::test_args(
+        &format!("capo-hw-{}", std::process::id()),
+        &["net_null0", "net_ring0"],
+    );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let eal = match Eal::init(&argv) {
         Ok(e) => {
@@ -73,7 +82,9 @@ fn run_vdev(report: &mut Report) {
             Ok(()) => port_cases(report, eal, "net_tap0", false),
             Err(e) => report.record(
                 "net_tap0/*",
-                Outcome::Skip(format!("cannot create net_tap0 here (no CAP_NET_ADMIN?): {e}")),
+                Outcome::Skip(format!(
+                    "cannot create net_tap0 here (no CAP_NET_ADMIN?): {e}"
+                )),
             ),
         }
     }
@@ -87,7 +98,10 @@ fn port_cases(report: &mut Report, eal: &'static Eal, name: &str, expect_enosys:
             p
         }
         Err(e) => {
-            report.record(&format!("{name}/open configure+start"), Outcome::Fail(e.to_string()));
+            report.record(
+                &format!("{name}/open configure+start"),
+                Outcome::Fail(e.to_string()),
+            );
             return;
         }
     };
@@ -124,7 +138,11 @@ fn port_cases(report: &mut Report, eal: &'static Eal, name: &str, expect_enosys:
         check(
             !expect_enosys
                 || (p.mode == OffloadMode::SoftwareOnly
-                    && out == CommitOutcome::Offloaded { installed: 0, refused: 0 }
+                    && out
+                        == CommitOutcome::Offloaded {
+                            installed: 0,
+                            refused: 0,
+                        }
                     && c.software().active == Some(1)),
             || format!("plan mode {:?}, outcome {out:?}", p.mode),
         ),
@@ -135,13 +153,17 @@ fn port_cases(report: &mut Report, eal: &'static Eal, name: &str, expect_enosys:
     let out = c.commit(&mut flow, &forced, &mut |_, _| {});
     let ok = match &out {
         CommitOutcome::SoftwareOnly { error, .. } => {
-            flow.installed() == 0 && c.software().active == Some(2) && (!expect_enosys || error.kind == FlowErrorKind::NoSys)
+            flow.installed() == 0
+                && c.software().active == Some(2)
+                && (!expect_enosys || error.kind == FlowErrorKind::NoSys)
         }
         CommitOutcome::Offloaded { .. } => !expect_enosys,
     };
     report.record(
         &format!("{name}/refused commit rolls back to software"),
-        check(ok, || format!("outcome {out:?}, {} rules left", flow.installed())),
+        check(ok, || {
+            format!("outcome {out:?}, {} rules left", flow.installed())
+        }),
     );
     let _ = c.retire(&mut flow, &mut |_, _| {});
     // Rx/Tx through the shim: bursts, mbuf data, flow mark.
@@ -154,7 +176,10 @@ fn port_cases(report: &mut Report, eal: &'static Eal, name: &str, expect_enosys:
     report.record(
         &format!("{name}/rx/tx burst and mark metadata"),
         check(marked == 0 && allocated == 4, || {
-            format!("{marked} marked packets, {allocated} mbufs allocated, {} not sent", left.len())
+            format!(
+                "{marked} marked packets, {allocated} mbufs allocated, {} not sent",
+                left.len()
+            )
         }),
     );
     drop(flow);
@@ -195,7 +220,9 @@ fn acl_cases(report: &mut Report, eal: &'static Eal) {
         .map(|k| {
             let r = &rules[rng.below(u64::from(n)) as usize];
             let src = if k % 2 == 0 {
-                (r.fields[1].value as u32 | (rng.next_u64() as u32 >> r.fields[1].mask_range.min(31))).to_be_bytes()
+                (r.fields[1].value as u32
+                    | (rng.next_u64() as u32 >> r.fields[1].mask_range.min(31)))
+                .to_be_bytes()
             } else {
                 (rng.next_u64() as u32).to_be_bytes()
             };
@@ -221,7 +248,9 @@ fn acl_cases(report: &mut Report, eal: &'static Eal) {
         let dst = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
         let sport = u16::from_be_bytes([b[12], b[13]]);
         let dport = u16::from_be_bytes([b[14], b[15]]);
-        let pfx = |v: u32, want: u64, len: u64| len == 0 || (v >> (32 - len)) == (want as u32 >> (32 - len));
+        let pfx = |v: u32, want: u64, len: u64| {
+            len == 0 || (v >> (32 - len)) == (want as u32 >> (32 - len))
+        };
         rules
             .iter()
             .filter(|r| {
@@ -235,19 +264,29 @@ fn acl_cases(report: &mut Report, eal: &'static Eal) {
             .max_by_key(|r| r.priority)
             .map_or(0, |r| r.userdata)
     };
-    let mismatches = keys.iter().zip(&results).filter(|(k, r)| linear(k) != **r).count();
+    let mismatches = keys
+        .iter()
+        .zip(&results)
+        .filter(|(k, r)| linear(k) != **r)
+        .count();
     let matched = results.iter().filter(|r| **r != 0).count();
     report.record(
         "rte_acl/classify equals a linear first-match reference",
         check(mismatches == 0 && matched > 0, || {
-            format!("{mismatches} of {} keys differ ({matched} matched)", keys.len())
+            format!(
+                "{mismatches} of {} keys differ ({matched} matched)",
+                keys.len()
+            )
         }),
     );
 }
 
 fn run_pci(report: &mut Report, pci: &str) {
     if !is_root() {
-        report.record(&format!("{pci}/*"), Outcome::Skip("a real NIC needs root".into()));
+        report.record(
+            &format!("{pci}/*"),
+            Outcome::Skip("a real NIC needs root".into()),
+        );
         return;
     }
     if free_hugepages() == 0 {
@@ -258,7 +297,15 @@ fn run_pci(report: &mut Report, pci: &str) {
         return;
     }
     let prefix = format!("--file-prefix=capo-hw-{}", std::process::id());
-    let argv = ["capo-hw", "-a", pci, "--in-memory", "-l", "0", prefix.as_str()];
+    let argv = [
+        "capo-hw",
+        "-a",
+        pci,
+        "--in-memory",
+        "-l",
+        "0",
+        prefix.as_str(),
+    ];
     let eal = match Eal::init(&argv) {
         Ok(e) => e,
         Err(e) => {
@@ -287,16 +334,26 @@ fn run_pci(report: &mut Report, pci: &str) {
     for generation in 1..=3u64 {
         let p = small_plan(&probe.caps, generation);
         let out = c.commit(&mut flow, &p, &mut |_, _| {});
-        println!("     generation {generation}: mode {:?}, {} rules, outcome {out:?}", p.mode, p.rules.len());
+        println!(
+            "     generation {generation}: mode {:?}, {} rules, outcome {out:?}",
+            p.mode,
+            p.rules.len()
+        );
         let counts = c.live_counts(&mut flow);
         let retired = c.retire(&mut flow, &mut |_, _| {});
         report.record(
             &format!("{pci}/commit generation {generation}, COUNT queries, retire"),
             check(c.software().active == Some(generation), || {
-                format!("software active {:?}; counts {counts:?}; retired {retired:?}", c.software().active)
+                format!(
+                    "software active {:?}; counts {counts:?}; retired {retired:?}",
+                    c.software().active
+                )
             }),
         );
     }
     drop(flow);
-    report.record(&format!("{pci}/own rules destroyed on drop (no flush)"), Outcome::Pass);
+    report.record(
+        &format!("{pci}/own rules destroyed on drop (no flush)"),
+        Outcome::Pass,
+    );
 }

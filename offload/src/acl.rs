@@ -97,11 +97,41 @@ pub struct FieldDef {
 
 /// The IPv4 5-tuple layout of [`Ipv4Key`].
 pub const IPV4_5TUPLE: [FieldDef; 5] = [
-    FieldDef { kind: FieldType::Bitmask, size: 1, field_index: 0, input_index: 0, offset: 0 },
-    FieldDef { kind: FieldType::Mask, size: 4, field_index: 1, input_index: 1, offset: 4 },
-    FieldDef { kind: FieldType::Mask, size: 4, field_index: 2, input_index: 2, offset: 8 },
-    FieldDef { kind: FieldType::Range, size: 2, field_index: 3, input_index: 3, offset: 12 },
-    FieldDef { kind: FieldType::Range, size: 2, field_index: 4, input_index: 3, offset: 14 },
+    FieldDef {
+        kind: FieldType::Bitmask,
+        size: 1,
+        field_index: 0,
+        input_index: 0,
+        offset: 0,
+    },
+    FieldDef {
+        kind: FieldType::Mask,
+        size: 4,
+        field_index: 1,
+        input_index: 1,
+        offset: 4,
+    },
+    FieldDef {
+        kind: FieldType::Mask,
+        size: 4,
+        field_index: 2,
+        input_index: 2,
+        offset: 8,
+    },
+    FieldDef {
+        kind: FieldType::Range,
+        size: 2,
+        field_index: 3,
+        input_index: 3,
+        offset: 12,
+    },
+    FieldDef {
+        kind: FieldType::Range,
+        size: 2,
+        field_index: 4,
+        input_index: 3,
+        offset: 14,
+    },
 ];
 
 /// One field of a rule: `value` and `mask_range` (prefix length, high end, or mask),
@@ -148,10 +178,22 @@ pub fn ipv4_5tuple_rule(
                 value: u64::from(proto.unwrap_or(0)),
                 mask_range: if proto.is_some() { 0xff } else { 0 },
             },
-            AclField { value: u64::from(u32::from_be_bytes(src.0)), mask_range: u64::from(src.1) },
-            AclField { value: u64::from(u32::from_be_bytes(dst.0)), mask_range: u64::from(dst.1) },
-            AclField { value: u64::from(sport.0), mask_range: u64::from(sport.1) },
-            AclField { value: u64::from(dport.0), mask_range: u64::from(dport.1) },
+            AclField {
+                value: u64::from(u32::from_be_bytes(src.0)),
+                mask_range: u64::from(src.1),
+            },
+            AclField {
+                value: u64::from(u32::from_be_bytes(dst.0)),
+                mask_range: u64::from(dst.1),
+            },
+            AclField {
+                value: u64::from(sport.0),
+                mask_range: u64::from(sport.1),
+            },
+            AclField {
+                value: u64::from(dport.0),
+                mask_range: u64::from(dport.1),
+            },
         ],
     }
 }
@@ -213,7 +255,12 @@ impl<const N: usize> AclBuilder<N> {
     /// # Errors
     ///
     /// [`AclError`].
-    pub fn new(_eal: &Eal, name: &str, defs: [FieldDef; N], max_rules: u32) -> Result<Self, AclError> {
+    pub fn new(
+        _eal: &Eal,
+        name: &str,
+        defs: [FieldDef; N],
+        max_rules: u32,
+    ) -> Result<Self, AclError> {
         if N == 0 || N > dpdk_sys::RTE_ACL_MAX_FIELDS as usize {
             return Err(AclError::Invalid("field count"));
         }
@@ -271,7 +318,11 @@ impl<const N: usize> AclBuilder<N> {
         // SAFETY: `raw` holds `n` rules laid out as RTE_ACL_RULE_DEF(…, N), the size the
         // context was created with; DPDK copies them.
         let rc = unsafe {
-            dpdk_sys::rte_acl_add_rules(self.ctx.as_ptr(), raw.as_ptr().cast::<dpdk_sys::rte_acl_rule>(), n)
+            dpdk_sys::rte_acl_add_rules(
+                self.ctx.as_ptr(),
+                raw.as_ptr().cast::<dpdk_sys::rte_acl_rule>(),
+                n,
+            )
         };
         if rc != 0 {
             return Err(call_err("rte_acl_add_rules", rc));
@@ -354,8 +405,16 @@ impl<const N: usize> AclContext<N> {
     /// # Errors
     ///
     /// [`AclError`] when the buffers do not fit or DPDK refuses.
-    pub fn classify(&self, inputs: &[&[u8]], results: &mut [u32], categories: u32) -> Result<(), AclError> {
-        if categories == 0 || categories > self.categories || (categories != 1 && categories % 4 != 0) {
+    pub fn classify(
+        &self,
+        inputs: &[&[u8]],
+        results: &mut [u32],
+        categories: u32,
+    ) -> Result<(), AclError> {
+        if categories == 0
+            || categories > self.categories
+            || (categories != 1 && categories % 4 != 0)
+        {
             return Err(AclError::Invalid("categories"));
         }
         if results.len() < inputs.len() * categories as usize {
@@ -370,7 +429,13 @@ impl<const N: usize> AclContext<N> {
         // offset (the caller's layout, checked by the field definitions it built with);
         // `results` has room for n * categories values.
         let rc = unsafe {
-            dpdk_sys::rte_acl_classify(self.ctx.as_ptr(), ptrs.as_mut_ptr(), results.as_mut_ptr(), n, categories)
+            dpdk_sys::rte_acl_classify(
+                self.ctx.as_ptr(),
+                ptrs.as_mut_ptr(),
+                results.as_mut_ptr(),
+                n,
+                categories,
+            )
         };
         if rc != 0 {
             return Err(call_err("rte_acl_classify", rc));
@@ -395,7 +460,9 @@ fn min_input_len(defs: &[FieldDef]) -> usize {
         } else {
             usize::from(d.size).max(4)
         };
-        end = end.max(group_start + width).max(d.offset as usize + usize::from(d.size));
+        end = end
+            .max(group_start + width)
+            .max(d.offset as usize + usize::from(d.size));
     }
     end
 }

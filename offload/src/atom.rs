@@ -404,7 +404,10 @@ impl Atom {
 
     /// Whether the atom looks at L4 fields.
     pub fn uses_l4(&self) -> bool {
-        self.sport.is_some() || self.dport.is_some() || self.icmp.is_some() || self.flags != FlagClass::Any
+        self.sport.is_some()
+            || self.dport.is_some()
+            || self.icmp.is_some()
+            || self.flags != FlagClass::Any
     }
 
     /// The rte_flow pattern: ETH (EtherType), IPv4/IPv6 (prefixes, protocol on IPv4),

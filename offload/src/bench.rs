@@ -221,13 +221,21 @@ pub fn run_on(w: &Workload, caps: &NicCaps) -> OffloadBenchReport {
     }
     let dispatcher = usize::from(p.mode == crate::caps::OffloadMode::VersionedGroups);
     OffloadBenchReport {
-        hw_fraction: if total == 0 { 0.0 } else { hw as f64 / total as f64 },
+        hw_fraction: if total == 0 {
+            0.0
+        } else {
+            hw as f64 / total as f64
+        },
         mismatches: bad,
         plan_ms,
         rules_offloaded: p.rules_offloaded,
         entries_used: p.entries_used() + dispatcher,
         decided_entries: p.decided_atoms,
-        cover_entries: p.rules.iter().filter(|r| matches!(r.role, Role::Cover { .. })).count(),
+        cover_entries: p
+            .rules
+            .iter()
+            .filter(|r| matches!(r.role, Role::Cover { .. }))
+            .count(),
         layers: p.layers,
         packets: total,
         flows: w.flows.len(),
@@ -266,7 +274,8 @@ pub fn oracle_compare(seed: u64, capacity: u32) -> OracleReport {
 
     // Group samples by flow (SYN and ACK samples together); search over every subset
     // of the hottest 14 flows, each planned with unlimited room.
-    let mut groups: BTreeMap<(std::net::IpAddr, std::net::IpAddr, u8, u16), Vec<FlowSample>> = BTreeMap::new();
+    let mut groups: BTreeMap<(std::net::IpAddr, std::net::IpAddr, u8, u16), Vec<FlowSample>> =
+        BTreeMap::new();
     for s in &hits.flows {
         let dport = match s.packet.l4 {
             capo_policy::L4::Ports { dst, .. } => dst,
@@ -305,8 +314,16 @@ pub fn oracle_compare(seed: u64, capacity: u32) -> OracleReport {
     OracleReport {
         capacity,
         candidates: keys.len(),
-        planner_hw_fraction: if total == 0 { 0.0 } else { hw as f64 / total as f64 },
-        oracle_hw_fraction: if total == 0 { 0.0 } else { best.0 as f64 / total as f64 },
+        planner_hw_fraction: if total == 0 {
+            0.0
+        } else {
+            hw as f64 / total as f64
+        },
+        oracle_hw_fraction: if total == 0 {
+            0.0
+        } else {
+            best.0 as f64 / total as f64
+        },
         planner_mismatches: bad,
         oracle_mismatches: best.1,
     }

@@ -535,31 +535,45 @@ fn item_matches(item: &Item, h: &Headers) -> bool {
             )
         }),
         (Item::Ipv4(s), L3Header::V4(p), _) => s.is_none_or(|s| {
-            field(v4(p.src), v4(s.spec.src), v4(s.mask.src), s.last.map(|l| v4(l.src)))
-                && field(v4(p.dst), v4(s.spec.dst), v4(s.mask.dst), s.last.map(|l| v4(l.dst)))
-                && field(
-                    p.proto.into(),
-                    s.spec.proto.into(),
-                    s.mask.proto.into(),
-                    s.last.map(|l| l.proto.into()),
-                )
-                && field(
-                    p.fragment_offset.into(),
-                    s.spec.fragment_offset.into(),
-                    s.mask.fragment_offset.into(),
-                    s.last.map(|l| l.fragment_offset.into()),
-                )
+            field(
+                v4(p.src),
+                v4(s.spec.src),
+                v4(s.mask.src),
+                s.last.map(|l| v4(l.src)),
+            ) && field(
+                v4(p.dst),
+                v4(s.spec.dst),
+                v4(s.mask.dst),
+                s.last.map(|l| v4(l.dst)),
+            ) && field(
+                p.proto.into(),
+                s.spec.proto.into(),
+                s.mask.proto.into(),
+                s.last.map(|l| l.proto.into()),
+            ) && field(
+                p.fragment_offset.into(),
+                s.spec.fragment_offset.into(),
+                s.mask.fragment_offset.into(),
+                s.last.map(|l| l.fragment_offset.into()),
+            )
         }),
         (Item::Ipv6(s), L3Header::V6(p), _) => s.is_none_or(|s| {
-            field(v6(p.src), v6(s.spec.src), v6(s.mask.src), s.last.map(|l| v6(l.src)))
-                && field(v6(p.dst), v6(s.spec.dst), v6(s.mask.dst), s.last.map(|l| v6(l.dst)))
-                && field(
-                    p.proto.into(),
-                    s.spec.proto.into(),
-                    s.mask.proto.into(),
-                    s.last.map(|l| l.proto.into()),
-                )
-                && (!s.mask.has_frag_ext || p.has_frag_ext == s.spec.has_frag_ext)
+            field(
+                v6(p.src),
+                v6(s.spec.src),
+                v6(s.mask.src),
+                s.last.map(|l| v6(l.src)),
+            ) && field(
+                v6(p.dst),
+                v6(s.spec.dst),
+                v6(s.mask.dst),
+                s.last.map(|l| v6(l.dst)),
+            ) && field(
+                p.proto.into(),
+                s.spec.proto.into(),
+                s.mask.proto.into(),
+                s.last.map(|l| l.proto.into()),
+            ) && (!s.mask.has_frag_ext || p.has_frag_ext == s.spec.has_frag_ext)
         }),
         (Item::Tcp(s), _, L4Header::Tcp(p)) => s.is_none_or(|s| {
             ports_match(

@@ -26,8 +26,8 @@ use std::net::IpAddr;
 use capo_policy::eval::{has_enforced_policies, host_endpoint_for_host_traffic, L4};
 use capo_policy::views::PolicyRef;
 use capo_policy::{
-    Action as PolicyAction, Direction, IdTable, IpFamily, Packet, Protocol, Rule, SideMatch,
-    State, TierDefault, TierInfo, WorkloadKey,
+    Action as PolicyAction, Direction, IdTable, IpFamily, Packet, Protocol, Rule, SideMatch, State,
+    TierDefault, TierInfo, WorkloadKey,
 };
 
 use crate::set::{all_ports, ports_from_ranges, AddrSet, Intervals};
@@ -218,7 +218,10 @@ impl Match {
 
     /// Whether the match needs an L4 header (ports, ICMP fields or TCP flags).
     pub fn uses_l4(&self) -> bool {
-        self.sport.is_some() || self.dport.is_some() || self.icmp.is_some() || self.tcp != TcpFlags::Any
+        self.sport.is_some()
+            || self.dport.is_some()
+            || self.icmp.is_some()
+            || self.tcp != TcpFlags::Any
     }
 
     /// The match of the replies to flows this match describes (addresses and ports
@@ -375,7 +378,9 @@ impl OffloadProgram {
         tcp_flags: Option<u8>,
     ) -> Option<usize> {
         let d = self.domains.get(domain)?;
-        d.entries.iter().position(|e| e.matches(state, pkt, tcp_flags))
+        d.entries
+            .iter()
+            .position(|e| e.matches(state, pkt, tcp_flags))
     }
 }
 
@@ -497,7 +502,9 @@ impl Flattener<'_> {
                     };
                     let kind = match (rule.action, forward) {
                         (PolicyAction::Allow, false) => EntryKind::Allow,
-                        (PolicyAction::Allow, true) => EntryKind::Continue(ContinueReason::StageAllow),
+                        (PolicyAction::Allow, true) => {
+                            EntryKind::Continue(ContinueReason::StageAllow)
+                        }
                         (PolicyAction::Deny, _) => EntryKind::Deny,
                         (PolicyAction::Log, _) => EntryKind::Continue(ContinueReason::Log),
                         (PolicyAction::Pass, _) => EntryKind::Continue(ContinueReason::Pass),
@@ -586,11 +593,17 @@ impl Flattener<'_> {
         if kind == EntryKind::Deny && approx.proto == Some(6) {
             // TCP deny: the hardware may only drop connection attempts; the rest of
             // the rule's space is left to software (established flows).
-            let syn = |m: &Match, t| Match { tcp: t, ..m.clone() };
+            let syn = |m: &Match, t| Match {
+                tcp: t,
+                ..m.clone()
+            };
             self.out.push(Entry {
                 origin: origin.clone(),
                 kind: EntryKind::Deny,
-                exact: exact.as_ref().map(|m| syn(m, TcpFlags::SynOnly)).map_err(|e| *e),
+                exact: exact
+                    .as_ref()
+                    .map(|m| syn(m, TcpFlags::SynOnly))
+                    .map_err(|e| *e),
                 approx: syn(&approx, TcpFlags::SynOnly),
                 rule: Some(rule.clone()),
             });
@@ -695,9 +708,7 @@ fn rule_match(state: &State, rule: &Rule) -> (Result<Match, NotExpressible>, Mat
         }
         let sport = side_ports(&rule.src)?;
         let dport = side_ports(&rule.dst)?;
-        if (sport.is_some() || dport.is_some())
-            && !matches!(proto, Some(6 | 17 | 132))
-        {
+        if (sport.is_some() || dport.is_some()) && !matches!(proto, Some(6 | 17 | 132)) {
             return Err(NotExpressible::PortsWithoutL4Protocol);
         }
         let icmp = match (rule.icmp, proto) {
@@ -730,5 +741,7 @@ pub fn attribute(
         return None;
     }
     let d = program.domain_of(&pkt.dst)?;
-    program.first_match(state, d, pkt, tcp_flags).map(|e| (d, e))
+    program
+        .first_match(state, d, pkt, tcp_flags)
+        .map(|e| (d, e))
 }

@@ -23,7 +23,9 @@ use capo_policy::{Packet, State, WorkloadKey};
 
 use crate::atom::{atom_match, expand, Atom, ExpandError};
 use crate::caps::{NicCaps, OffloadMode};
-use crate::flow::{Action, Attr, FlowRule, Group, Item, Ipv4Fields, Ipv6Fields, Priority, Rss, Spec};
+use crate::flow::{
+    Action, Attr, FlowRule, Group, Ipv4Fields, Ipv6Fields, Item, Priority, Rss, Spec,
+};
 use crate::lower::{EntryKind, Match, NotExpressible, OffloadProgram, Origin};
 use crate::mark::{gen_tag, max_index, Mark, MarkKind};
 
@@ -197,8 +199,17 @@ struct Cand {
 
 #[derive(Debug, Clone)]
 enum Node {
-    Decide { domain: usize, entry: usize, atom: usize, allow: bool },
-    Cover { domain: usize, entry: usize, atom: Atom },
+    Decide {
+        domain: usize,
+        entry: usize,
+        atom: usize,
+        allow: bool,
+    },
+    Cover {
+        domain: usize,
+        entry: usize,
+        atom: Atom,
+    },
 }
 
 impl Node {
@@ -302,7 +313,11 @@ pub fn plan(
                 Origin::Rule { rule_id, .. } | Origin::EndOfTier { rule_id, .. } => *rule_id,
                 Origin::NoProfileMatched => None,
             };
-            if rid.is_some_and(|r| hits.rules.get(&(dom.workload.clone(), r)).is_some_and(|h| *h > 0)) {
+            if rid.is_some_and(|r| {
+                hits.rules
+                    .get(&(dom.workload.clone(), r))
+                    .is_some_and(|h| *h > 0)
+            }) {
                 hot.insert((d, e));
             }
         }
@@ -333,7 +348,8 @@ pub fn plan(
             }
             if entry.kind == EntryKind::Deny && m.proto != Some(6) {
                 let unsafe_reply = dom.egress_allow.iter().any(|a| a.reversed().overlaps(m))
-                    || (matches!(m.proto, None | Some(1) | Some(58)) && !dom.egress_allow.is_empty());
+                    || (matches!(m.proto, None | Some(1) | Some(58))
+                        && !dom.egress_allow.is_empty());
                 if unsafe_reply {
                     entry_reason.insert((d, e), KeepReason::StatefulUnsafe);
                     continue;
@@ -376,7 +392,9 @@ pub fn plan(
         let Some((d, e)) = *at else {
             continue;
         };
-        let Some(list) = atoms.get(&(d, e)) else { continue };
+        let Some(list) = atoms.get(&(d, e)) else {
+            continue;
+        };
         if let Some(a) = list.iter().position(|a| a.contains(&s.packet, s.tcp_flags)) {
             *atom_hits.entry((d, e, a)).or_insert(0) += s.hits;
             sampled.insert((d, e));
@@ -387,7 +405,9 @@ pub fn plan(
             if sampled.contains(&(d, e)) {
                 continue;
             }
-            let Some(list) = atoms.get(&(d, e)) else { continue };
+            let Some(list) = atoms.get(&(d, e)) else {
+                continue;
+            };
             let rid = match &entry.origin {
                 Origin::Rule { rule_id, .. } | Origin::EndOfTier { rule_id, .. } => *rule_id,
                 Origin::NoProfileMatched => None,
@@ -415,7 +435,10 @@ pub fn plan(
     for c in &cands {
         let dom = &program.domains[c.domain];
         let entry = &dom.entries[c.entry];
-        let (Ok(m), Some(a)) = (&entry.exact, atoms.get(&(c.domain, c.entry)).and_then(|v| v.get(c.atom))) else {
+        let (Ok(m), Some(a)) = (
+            &entry.exact,
+            atoms.get(&(c.domain, c.entry)).and_then(|v| v.get(c.atom)),
+        ) else {
             continue;
         };
         let am = atom_match(a);
@@ -456,12 +479,18 @@ pub fn plan(
     for c in &cands {
         let dom = &program.domains[c.domain];
         let entry = &dom.entries[c.entry];
-        let Some(a) = atoms.get(&(c.domain, c.entry)).and_then(|v| v.get(c.atom)).copied() else {
+        let Some(a) = atoms
+            .get(&(c.domain, c.entry))
+            .and_then(|v| v.get(c.atom))
+            .copied()
+        else {
             continue;
         };
         let am = atom_match(&a);
         let deps = deps_of.entry((c.domain, c.entry)).or_insert_with(|| {
-            let Ok(m) = &entry.exact else { return Vec::new() };
+            let Ok(m) = &entry.exact else {
+                return Vec::new();
+            };
             (0..c.entry)
                 .filter(|&j| {
                     let ej = &dom.entries[j];
@@ -481,7 +510,9 @@ pub fn plan(
             // Dependent set: every atom of j overlapping this one is installed.
             if let Some(jatoms) = atoms.get(&(c.domain, j)) {
                 let inst = installed.get(&(c.domain, j));
-                let overl: Vec<usize> = (0..jatoms.len()).filter(|&k| jatoms[k].overlaps(&a)).collect();
+                let overl: Vec<usize> = (0..jatoms.len())
+                    .filter(|&k| jatoms[k].overlaps(&a))
+                    .collect();
                 if !overl.is_empty() && overl.iter().all(|k| inst.is_some_and(|s| s.contains(k))) {
                     rely_entries.push(j);
                     continue;
@@ -491,7 +522,9 @@ pub fn plan(
                 ok = false;
                 break;
             }
-            let Some(cm) = ej.approx.intersect(&am) else { continue };
+            let Some(cm) = ej.approx.intersect(&am) else {
+                continue;
+            };
             if cm == am {
                 // The cover would punt everything the atom decides.
                 ok = false;
@@ -521,12 +554,16 @@ pub fn plan(
             }
         }
         if !ok {
-            atom_reason.entry((c.domain, c.entry)).or_insert(KeepReason::Dependency);
+            atom_reason
+                .entry((c.domain, c.entry))
+                .or_insert(KeepReason::Dependency);
             continue;
         }
         let cost = 1 + new_covers.len() as u64;
         if used + cost > budget {
-            atom_reason.entry((c.domain, c.entry)).or_insert(KeepReason::TableFull);
+            atom_reason
+                .entry((c.domain, c.entry))
+                .or_insert(KeepReason::TableFull);
             continue;
         }
         used += cost;
@@ -540,7 +577,10 @@ pub fn plan(
             });
         }
         relies.insert(nodes.len(), (cover_ids, rely_entries));
-        installed.entry((c.domain, c.entry)).or_default().insert(c.atom);
+        installed
+            .entry((c.domain, c.entry))
+            .or_default()
+            .insert(c.atom);
         nodes.push(Node::Decide {
             domain: c.domain,
             entry: c.entry,
@@ -557,9 +597,15 @@ pub fn plan(
     };
     let atom_of = |n: &Node| -> Option<Atom> {
         match n {
-            Node::Decide { domain, entry, atom, .. } => {
-                atoms.get(&(*domain, *entry)).and_then(|v| v.get(*atom)).copied()
-            }
+            Node::Decide {
+                domain,
+                entry,
+                atom,
+                ..
+            } => atoms
+                .get(&(*domain, *entry))
+                .and_then(|v| v.get(*atom))
+                .copied(),
             Node::Cover { atom, .. } => Some(*atom),
         }
     };
@@ -572,8 +618,16 @@ pub fn plan(
             if alive[i] && layer[i] >= max_layers {
                 alive[i] = false;
                 changed = true;
-                if let Node::Decide { domain, entry, atom, .. } = nodes[i] {
-                    atom_reason.entry((domain, entry)).or_insert(KeepReason::PriorityLimit);
+                if let Node::Decide {
+                    domain,
+                    entry,
+                    atom,
+                    ..
+                } = nodes[i]
+                {
+                    atom_reason
+                        .entry((domain, entry))
+                        .or_insert(KeepReason::PriorityLimit);
                     if let Some(s) = installed.get_mut(&(domain, entry)) {
                         s.remove(&atom);
                     }
@@ -585,9 +639,21 @@ pub fn plan(
             if !alive[i] {
                 continue;
             }
-            let Node::Decide { domain, entry, atom, .. } = nodes[i] else { continue };
-            let Some((covers, ents)) = relies.get(&i) else { continue };
-            let Some(a) = atom_of(&nodes[i]) else { continue };
+            let Node::Decide {
+                domain,
+                entry,
+                atom,
+                ..
+            } = nodes[i]
+            else {
+                continue;
+            };
+            let Some((covers, ents)) = relies.get(&i) else {
+                continue;
+            };
+            let Some(a) = atom_of(&nodes[i]) else {
+                continue;
+            };
             let covers_ok = covers.iter().all(|&c| alive[c]);
             let ents_ok = ents.iter().all(|&j| {
                 atoms.get(&(domain, j)).is_some_and(|jatoms| {
@@ -600,7 +666,9 @@ pub fn plan(
             if !(covers_ok && ents_ok) {
                 alive[i] = false;
                 changed = true;
-                atom_reason.entry((domain, entry)).or_insert(KeepReason::PriorityLimit);
+                atom_reason
+                    .entry((domain, entry))
+                    .or_insert(KeepReason::PriorityLimit);
                 if let Some(s) = installed.get_mut(&(domain, entry)) {
                     s.remove(&atom);
                 }
@@ -631,8 +699,13 @@ pub fn plan(
         v.push(Action::Rss(Rss::default()));
         v
     };
-    let push = |rules: &mut Vec<PlannedRule>, role: Role, prio: u32, pattern: &[Item], actions: Vec<Action>| {
-        if let Ok(flow) = FlowRule::new(Attr::ingress(Group(0), Priority(prio)), pattern, &actions) {
+    let push = |rules: &mut Vec<PlannedRule>,
+                role: Role,
+                prio: u32,
+                pattern: &[Item],
+                actions: Vec<Action>| {
+        if let Ok(flow) = FlowRule::new(Attr::ingress(Group(0), Priority(prio)), pattern, &actions)
+        {
             rules.push(PlannedRule { role, flow });
         }
     };
@@ -648,12 +721,19 @@ pub fn plan(
     let mut offloaded: HashSet<(usize, usize)> = HashSet::new();
     let mut decided_atoms = 0;
     for &i in &order {
-        let Some(a) = atom_of(&nodes[i]) else { continue };
+        let Some(a) = atom_of(&nodes[i]) else {
+            continue;
+        };
         layers_used = layers_used.max(layer[i] + 1);
         let idx = rules.len();
         let prio = base + layer[i];
         match &nodes[i] {
-            Node::Decide { domain, entry, allow, .. } => {
+            Node::Decide {
+                domain,
+                entry,
+                allow,
+                ..
+            } => {
                 let actions = if *allow {
                     let mut v = Vec::new();
                     if let Some(m) = (Mark {
@@ -708,7 +788,13 @@ pub fn plan(
     }
     if groups {
         let idx = rules.len();
-        push(&mut rules, Role::CatchAll, caps.max_priority, &[Item::Eth(None)], punt_actions(idx));
+        push(
+            &mut rules,
+            Role::CatchAll,
+            caps.max_priority,
+            &[Item::Eth(None)],
+            punt_actions(idx),
+        );
     }
 
     // Reasons for everything not wholly offloaded.

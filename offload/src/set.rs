@@ -305,11 +305,7 @@ fn cidr_range(c: &Cidr) -> (u128, u128, bool) {
             u32::from(n.broadcast()).into(),
             true,
         ),
-        ipnet::IpNet::V6(n) => (
-            u128::from(n.network()),
-            u128::from(n.broadcast()),
-            false,
-        ),
+        ipnet::IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast()), false),
     }
 }
 

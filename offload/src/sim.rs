@@ -102,7 +102,11 @@ impl SimNic {
         self.conflicts += conflicts;
         for id in hit {
             if let Some(r) = self.rules.get_mut(&id) {
-                if r.rule.actions().iter().any(|a| matches!(a, Action::Count(_))) {
+                if r.rule
+                    .actions()
+                    .iter()
+                    .any(|a| matches!(a, Action::Count(_)))
+                {
                     r.count.hits += 1;
                     r.count.bytes += bytes;
                 }
@@ -173,7 +177,10 @@ impl SimNic {
             message,
         };
         if !self.caps.flow_api {
-            return Err(FlowError::new(FlowErrorKind::NoSys, "Function not implemented"));
+            return Err(FlowError::new(
+                FlowErrorKind::NoSys,
+                "Function not implemented",
+            ));
         }
         if self.removed {
             return Err(FlowError::new(FlowErrorKind::Io, "device removed"));
@@ -208,7 +215,9 @@ impl SimNic {
                         let v = u32::from_be_bytes(m);
                         v == 0 || v == u32::MAX
                     };
-                    if !(self.caps.ip_prefix_masks || prefix_ok(s.mask.src) && prefix_ok(s.mask.dst)) {
+                    if !(self.caps.ip_prefix_masks
+                        || prefix_ok(s.mask.src) && prefix_ok(s.mask.dst))
+                    {
                         return Err(notsup(at, "Mask for IPv4 src/dst addrs not supported"));
                     }
                 }
@@ -277,11 +286,18 @@ impl FlowBackend for SimNic {
     fn create(&mut self, rule: &FlowRule) -> Result<FlowHandle, FlowError> {
         self.check(rule)?;
         if self.rules.len() >= self.caps.capacity as usize
-            || self.faults.enomem_after.is_some_and(|n| self.rules.len() >= n)
+            || self
+                .faults
+                .enomem_after
+                .is_some_and(|n| self.rules.len() >= n)
         {
             return Err(FlowError::new(FlowErrorKind::NoMem, "no free flow entries"));
         }
-        if self.faults.create_fails_every.is_some_and(|n| n > 0 && (self.creates + 1) % n == 0) {
+        if self
+            .faults
+            .create_fails_every
+            .is_some_and(|n| n > 0 && (self.creates + 1) % n == 0)
+        {
             self.creates += 1;
             return Err(FlowError {
                 kind: FlowErrorKind::Exists,
@@ -289,7 +305,11 @@ impl FlowBackend for SimNic {
                 message: "overlapping rules or Kernel too old for flower support",
             });
         }
-        if self.faults.eio_after_creates.is_some_and(|n| self.creates >= n) {
+        if self
+            .faults
+            .eio_after_creates
+            .is_some_and(|n| self.creates >= n)
+        {
             self.removed = true;
             return Err(FlowError::new(FlowErrorKind::Io, "device removed"));
         }

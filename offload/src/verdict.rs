@@ -12,7 +12,9 @@ use capo_policy::{Packet, Protocol, Verdict};
 
 use crate::atom::{ETHER_TYPE_IPV4, ETHER_TYPE_IPV6};
 use crate::commit::SoftwareView;
-use crate::flow::{Headers, IcmpFields, Ipv4Fields, Ipv6Fields, L3Header, L4Header, PortFields, TcpFields};
+use crate::flow::{
+    Headers, IcmpFields, Ipv4Fields, Ipv6Fields, L3Header, L4Header, PortFields, TcpFields,
+};
 use crate::mark::{gen_tag, Mark, MarkKind};
 use crate::sim::NicOutcome;
 
@@ -134,7 +136,11 @@ pub fn combine(
         NicOutcome::Dropped => (Verdict::Deny, DecidedBy::Hardware),
         NicOutcome::Delivered { mark: Some(raw) } => {
             let m = Mark::decode(raw, mark_bits);
-            let generation = sw.resident.iter().copied().find(|g| gen_tag(*g) == m.gen_tag);
+            let generation = sw
+                .resident
+                .iter()
+                .copied()
+                .find(|g| gen_tag(*g) == m.gen_tag);
             match (generation, m.kind) {
                 (Some(_), MarkKind::Allow) => (Verdict::Allow, DecidedBy::Hardware),
                 (Some(g), MarkKind::Punt) => (reference(g), DecidedBy::Software(g)),

@@ -83,7 +83,11 @@ impl Zipf {
     /// The weight of rank `k` (normalised).
     pub fn weight(&self, k: usize) -> f64 {
         let total = self.cdf.last().copied().unwrap_or(1.0);
-        let prev = if k == 0 { 0.0 } else { self.cdf.get(k - 1).copied().unwrap_or(0.0) };
+        let prev = if k == 0 {
+            0.0
+        } else {
+            self.cdf.get(k - 1).copied().unwrap_or(0.0)
+        };
         (self.cdf.get(k).copied().unwrap_or(prev) - prev) / total
     }
 
@@ -91,7 +95,9 @@ impl Zipf {
     pub fn sample(&self, rng: &mut Rng) -> usize {
         let total = self.cdf.last().copied().unwrap_or(0.0);
         let x = rng.unit() * total;
-        self.cdf.partition_point(|c| *c < x).min(self.cdf.len().saturating_sub(1))
+        self.cdf
+            .partition_point(|c| *c < x)
+            .min(self.cdf.len().saturating_sub(1))
     }
 }
 
@@ -214,7 +220,9 @@ pub fn generate(spec: &WorkloadSpec) -> Workload {
     // IP sets.
     let mut sets: Vec<(IpSetId, Vec<Member>)> = Vec::new();
     for s in 0..spec.ipsets {
-        let Some(id) = IpSetId::new(format!("s:set{s}")) else { continue };
+        let Some(id) = IpSetId::new(format!("s:set{s}")) else {
+            continue;
+        };
         let nets = s % 10 == 9;
         let members: Vec<Member> = (0..spec.members_per_set)
             .map(|_| {
@@ -258,7 +266,9 @@ pub fn generate(spec: &WorkloadSpec) -> Workload {
         };
         let mut inbound = Vec::new();
         for _ in 0..spec.ingress_rules {
-            let set = sets.get(rng.below(sets.len() as u64) as usize).map(|s| s.0.clone());
+            let set = sets
+                .get(rng.below(sets.len() as u64) as usize)
+                .map(|s| s.0.clone());
             let roll = rng.below(100);
             let mut r = Rule::any(Action::Allow);
             match roll {
@@ -401,10 +411,20 @@ pub fn generate(spec: &WorkloadSpec) -> Workload {
         let Some((pod, key, ri)) = services.get(svc_zipf.sample(&mut rng)).cloned() else {
             break;
         };
-        let Some(rule) = state.policies().get(&key).and_then(|p| p.inbound.get(ri)).cloned() else {
+        let Some(rule) = state
+            .policies()
+            .get(&key)
+            .and_then(|p| p.inbound.get(ri))
+            .cloned()
+        else {
             continue;
         };
-        let src = match rule.src.ip_sets.first().and_then(|id| state.ipsets().get(id)) {
+        let src = match rule
+            .src
+            .ip_sets
+            .first()
+            .and_then(|id| state.ipsets().get(id))
+        {
             Some(set) => set
                 .members()
                 .nth(rng.below(set.len() as u64) as usize)
@@ -420,7 +440,11 @@ pub fn generate(spec: &WorkloadSpec) -> Workload {
                         IpAddr::V6(_) => 0,
                     };
                     let host = 32 - u32::from(c.prefix_len());
-                    let off = if host >= 32 { 0 } else { rng.below(1 << host) as u32 };
+                    let off = if host >= 32 {
+                        0
+                    } else {
+                        rng.below(1 << host) as u32
+                    };
                     IpAddr::V4(Ipv4Addr::from(base | off))
                 }
                 None => IpAddr::V4(remote_ip(&mut rng)),
@@ -437,7 +461,10 @@ pub fn generate(spec: &WorkloadSpec) -> Workload {
             src,
             dst: IpAddr::V4(pod_ip(pod)),
             protocol: proto,
-            l4: L4::Ports { src: sport, dst: dport },
+            l4: L4::Ports {
+                src: sport,
+                dst: dport,
+            },
         };
         let first = Probe {
             packet,

@@ -5,13 +5,15 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use capo_offload::flow::{Item, TCP_ACK, TCP_SYN};
-use capo_offload::plan::{plan, FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
+use capo_offload::plan::{
+    plan, FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role,
+};
 use capo_offload::verdict::{Fragment, Probe};
 use capo_offload::{lower, NicCaps, OffloadMode};
 use capo_policy::eval::L4;
 use capo_policy::{
-    Action, Cidr, FelixConfig, HostMetadata, IdTable, Packet, Policy, PolicyKey, PortRange, Protocol, Rule,
-    State, TierDefault, TierInfo, Update, WorkloadEndpoint, WorkloadKey,
+    Action, Cidr, FelixConfig, HostMetadata, IdTable, Packet, Policy, PolicyKey, PortRange,
+    Protocol, Rule, State, TierDefault, TierInfo, Update, WorkloadEndpoint, WorkloadKey,
 };
 
 fn state_with(rules: Vec<Rule>) -> (State, IdTable) {
@@ -76,7 +78,10 @@ fn tcp(src: [u8; 4], dport: u16, flags: u8) -> Probe {
             src: IpAddr::V4(Ipv4Addr::from(src)),
             dst: "10.244.0.1".parse().unwrap(),
             protocol: Protocol::TCP,
-            l4: L4::Ports { src: 40000, dst: dport },
+            l4: L4::Ports {
+                src: 40000,
+                dst: dport,
+            },
         },
         tcp_flags: flags,
         fragment: Fragment::No,
@@ -112,7 +117,11 @@ fn test_tcp_deny_goes_down_syn_only() {
     let mut deny = Rule::any(Action::Deny);
     deny.protocol = Some(Protocol::TCP);
     deny.src.nets.push(net("172.16.0.0/24"));
-    let p = planned(vec![deny], &NicCaps::mlx5(64), &[tcp([172, 16, 0, 5], 80, TCP_SYN)]);
+    let p = planned(
+        vec![deny],
+        &NicCaps::mlx5(64),
+        &[tcp([172, 16, 0, 5], 80, TCP_SYN)],
+    );
     let drops: Vec<_> = p
         .rules
         .iter()
@@ -132,7 +141,11 @@ fn test_drop_only_mode_keeps_allows_with_a_reason() {
     let mut allow = Rule::any(Action::Allow);
     allow.protocol = Some(Protocol::TCP);
     allow.dst.ports.push(PortRange::single(80));
-    let p = planned(vec![allow], &NicCaps::e810(100), &[tcp([172, 16, 0, 5], 80, TCP_ACK)]);
+    let p = planned(
+        vec![allow],
+        &NicCaps::e810(100),
+        &[tcp([172, 16, 0, 5], 80, TCP_ACK)],
+    );
     assert_eq!(p.mode, OffloadMode::DropOnly);
     assert!(p.rules.is_empty());
     assert!(p.kept.iter().any(|k| k.reason == KeepReason::ModeForbids));
@@ -151,8 +164,14 @@ fn test_earlier_pass_rule_is_covered_by_a_punt() {
         &NicCaps::mlx5(64),
         &[tcp([172, 16, 0, 1], 80, TCP_ACK)],
     );
-    let cover = p.rules.iter().position(|r| matches!(r.role, Role::Cover { .. }));
-    let decide = p.rules.iter().position(|r| matches!(r.role, Role::Decide { allow: true, .. }));
+    let cover = p
+        .rules
+        .iter()
+        .position(|r| matches!(r.role, Role::Cover { .. }));
+    let decide = p
+        .rules
+        .iter()
+        .position(|r| matches!(r.role, Role::Decide { allow: true, .. }));
     let (c, d) = (cover.expect("a cover"), decide.expect("an allow"));
     // The cover sits at a higher priority (lower number) than what it protects.
     assert!(p.rules[c].flow.attr().priority < p.rules[d].flow.attr().priority);
@@ -163,7 +182,10 @@ fn test_earlier_pass_rule_is_covered_by_a_punt() {
 fn test_rules_that_need_named_ports_stay_in_software() {
     let mut allow = Rule::any(Action::Allow);
     allow.protocol = Some(Protocol::TCP);
-    allow.dst.named_port_sets.push(capo_policy::IpSetId::new("s:x").unwrap());
+    allow
+        .dst
+        .named_port_sets
+        .push(capo_policy::IpSetId::new("s:x").unwrap());
     let (mut s, _) = state_with(vec![]);
     s.apply(Update::IpSetReplace {
         id: capo_policy::IpSetId::new("s:x").unwrap(),
@@ -190,6 +212,15 @@ fn test_rules_that_need_named_ports_stay_in_software() {
     let mut ids = IdTable::default();
     ids.sync(&s);
     let program = lower(&s, &ids, 1);
-    let p = plan(&s, &program, &NicCaps::mlx5(64), &HitCounters::default(), &PlanConfig::default());
-    assert!(p.kept.iter().any(|k| matches!(k.reason, KeepReason::NotExpressible { .. })));
+    let p = plan(
+        &s,
+        &program,
+        &NicCaps::mlx5(64),
+        &HitCounters::default(),
+        &PlanConfig::default(),
+    );
+    assert!(p
+        .kept
+        .iter()
+        .any(|k| matches!(k.reason, KeepReason::NotExpressible { .. })));
 }

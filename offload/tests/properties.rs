@@ -73,14 +73,23 @@ fn random_rule(rng: &mut Rng, sets: &[IpSetId], named: &IpSetId) -> Rule {
     };
     match rng.below(6) {
         0 => r.src.nets.push(random_net(rng)),
-        1 => r.src.ip_sets.push(sets[rng.below(sets.len() as u64) as usize].clone()),
+        1 => r
+            .src
+            .ip_sets
+            .push(sets[rng.below(sets.len() as u64) as usize].clone()),
         2 => r.src.not_nets.push(random_net(rng)),
-        3 => r.src.not_ip_sets.push(sets[rng.below(sets.len() as u64) as usize].clone()),
+        3 => r
+            .src
+            .not_ip_sets
+            .push(sets[rng.below(sets.len() as u64) as usize].clone()),
         _ => {}
     }
     if matches!(r.protocol, Some(Protocol::TCP) | Some(Protocol::UDP)) {
         match rng.below(6) {
-            0 => r.dst.ports.push(PortRange::single(80 + rng.below(4) as u16)),
+            0 => r
+                .dst
+                .ports
+                .push(PortRange::single(80 + rng.below(4) as u16)),
             1 => r.dst.ports.push(PortRange::new(80, 82).unwrap()),
             2 => r.dst.not_ports.push(PortRange::single(81)),
             3 if rng.below(3) == 0 => r.dst.named_port_sets.push(named.clone()),
@@ -154,8 +163,12 @@ fn random_state(seed: u64) -> (State, IdTable) {
             let n_in = rng.below(5) as usize;
             let n_out = rng.below(3) as usize;
             let policy = Policy {
-                inbound: (0..n_in).map(|_| random_rule(&mut rng, &sets, &named)).collect(),
-                outbound: (0..n_out).map(|_| random_rule(&mut rng, &sets, &named)).collect(),
+                inbound: (0..n_in)
+                    .map(|_| random_rule(&mut rng, &sets, &named))
+                    .collect(),
+                outbound: (0..n_out)
+                    .map(|_| random_rule(&mut rng, &sets, &named))
+                    .collect(),
                 untracked: false,
                 pre_dnat: false,
                 tier: format!("tier{t}"),
@@ -175,10 +188,13 @@ fn random_state(seed: u64) -> (State, IdTable) {
         });
     }
     let profile = Profile {
-        inbound: (0..rng.below(3)).map(|_| random_rule(&mut rng, &sets, &named)).collect(),
+        inbound: (0..rng.below(3))
+            .map(|_| random_rule(&mut rng, &sets, &named))
+            .collect(),
         outbound: vec![Rule::any(Action::Allow)],
     };
-    s.apply(Update::ProfileUpdate("kns.ns".into(), profile)).unwrap();
+    s.apply(Update::ProfileUpdate("kns.ns".into(), profile))
+        .unwrap();
     for i in 1..=2u8 {
         let tiers = if i == 2 && rng.below(3) == 0 {
             Vec::new()
@@ -189,7 +205,11 @@ fn random_state(seed: u64) -> (State, IdTable) {
             name: format!("cali{i}"),
             profile_ids: vec!["kns.ns".into()],
             ipv4_nets: vec![Cidr::host(pod(i))],
-            ipv6_nets: if i == 1 { vec![Cidr::host(pod6())] } else { vec![] },
+            ipv6_nets: if i == 1 {
+                vec![Cidr::host(pod6())]
+            } else {
+                vec![]
+            },
             tiers,
         };
         let key = WorkloadKey {
@@ -206,7 +226,9 @@ fn random_state(seed: u64) -> (State, IdTable) {
             name: "fwd".into(),
         };
         let policy = Policy {
-            inbound: (0..1 + rng.below(3)).map(|_| random_rule(&mut rng, &sets, &named)).collect(),
+            inbound: (0..1 + rng.below(3))
+                .map(|_| random_rule(&mut rng, &sets, &named))
+                .collect(),
             outbound: vec![],
             untracked: false,
             pre_dnat: false,
@@ -227,8 +249,11 @@ fn random_state(seed: u64) -> (State, IdTable) {
             }],
             expected_addrs: vec![host()],
         };
-        s.apply(Update::HostEndpointUpdate(HostEndpointKey("eth0".into()), hep))
-            .unwrap();
+        s.apply(Update::HostEndpointUpdate(
+            HostEndpointKey("eth0".into()),
+            hep,
+        ))
+        .unwrap();
     }
     let mut ids = IdTable::default();
     ids.sync(&s);
@@ -326,12 +351,24 @@ fn caps_for(profile: u8, capacity: u32) -> NicCaps {
     }
 }
 
-fn make_plan(state: &State, ids: &IdTable, generation: u64, caps: &NicCaps, hits: &HitCounters) -> OffloadPlan {
+fn make_plan(
+    state: &State,
+    ids: &IdTable,
+    generation: u64,
+    caps: &NicCaps,
+    hits: &HitCounters,
+) -> OffloadPlan {
     let program = lower(state, ids, generation);
     plan(state, &program, caps, hits, &PlanConfig::default())
 }
 
-fn verdict(nic: &SimNic, sw: &SoftwareView, caps: &NicCaps, p: &Probe, refs: &dyn Fn(u64) -> Verdict) -> Verdict {
+fn verdict(
+    nic: &SimNic,
+    sw: &SoftwareView,
+    caps: &NicCaps,
+    p: &Probe,
+    refs: &dyn Fn(u64) -> Verdict,
+) -> Verdict {
     let out = nic.peek(&p.headers());
     combine(out, sw, caps.mark_bits, &mut |g| refs(g)).0
 }
@@ -382,7 +419,12 @@ proptest! {
     }
 }
 
-fn check_commit(seed: u64, capacity: u32, profile: u8, faults: Option<Faults>) -> Result<(), TestCaseError> {
+fn check_commit(
+    seed: u64,
+    capacity: u32,
+    profile: u8,
+    faults: Option<Faults>,
+) -> Result<(), TestCaseError> {
     let (a, ids_a) = random_state(seed);
     let (b, ids_b) = random_state(seed.wrapping_add(1));
     let probes = random_probes(seed, 80);
@@ -390,8 +432,14 @@ fn check_commit(seed: u64, capacity: u32, profile: u8, faults: Option<Faults>) -
     let hits = hits_from(&probes, seed);
     let plan_a = make_plan(&a, &ids_a, 1, &caps, &hits);
     let plan_b = make_plan(&b, &ids_b, 2, &caps, &hits);
-    let ref_a: Vec<Verdict> = probes.iter().map(|p| trace(&a, &p.reference_packet()).verdict).collect();
-    let ref_b: Vec<Verdict> = probes.iter().map(|p| trace(&b, &p.reference_packet()).verdict).collect();
+    let ref_a: Vec<Verdict> = probes
+        .iter()
+        .map(|p| trace(&a, &p.reference_packet()).verdict)
+        .collect();
+    let ref_b: Vec<Verdict> = probes
+        .iter()
+        .map(|p| trace(&b, &p.reference_packet()).verdict)
+        .collect();
     let mut nic = SimNic::new(caps.clone());
     let mut c = Committer::new();
     c.commit(&mut nic, &plan_a, &mut |_, _| {});
@@ -408,7 +456,10 @@ fn check_commit(seed: u64, capacity: u32, profile: u8, faults: Option<Faults>) -
             let refs = |g: u64| if g == 2 { ref_b[i] } else { ref_a[i] };
             let v = verdict(nic, sw, &caps, p, &refs);
             if v != ref_a[i] && v != ref_b[i] && failure.is_none() {
-                failure = Some(format!("probe {p:?}: {v:?} is neither {:?} nor {:?} (sw {sw:?})", ref_a[i], ref_b[i]));
+                failure = Some(format!(
+                    "probe {p:?}: {v:?} is neither {:?} nor {:?} (sw {sw:?})",
+                    ref_a[i], ref_b[i]
+                ));
             }
         }
     };
@@ -419,7 +470,12 @@ fn check_commit(seed: u64, capacity: u32, profile: u8, faults: Option<Faults>) -
     }
     for (i, p) in probes.iter().enumerate() {
         let refs = |g: u64| if g == 2 { ref_b[i] } else { ref_a[i] };
-        prop_assert_eq!(verdict(&nic, c.software(), &caps, p, &refs), ref_b[i], "after commit: {:?}", p);
+        prop_assert_eq!(
+            verdict(&nic, c.software(), &caps, p, &refs),
+            ref_b[i],
+            "after commit: {:?}",
+            p
+        );
     }
     prop_assert_eq!(nic.same_priority_conflicts(), 0);
     Ok(())
@@ -437,15 +493,25 @@ fn test_fragment_and_source_punts_precede_everything() {
         .iter()
         .position(|r| !matches!(r.role, Role::FragmentPunt | Role::SourcePunt))
         .unwrap_or(p.rules.len());
-    assert!(p.rules[..first_other].iter().any(|r| r.role == Role::FragmentPunt));
-    assert!(p.rules[first_other..].iter().all(|r| !matches!(r.role, Role::FragmentPunt | Role::SourcePunt)));
+    assert!(p.rules[..first_other]
+        .iter()
+        .any(|r| r.role == Role::FragmentPunt));
+    assert!(p.rules[first_other..]
+        .iter()
+        .all(|r| !matches!(r.role, Role::FragmentPunt | Role::SourcePunt)));
     assert_eq!(p.rules.last().map(|r| r.role.clone()), Some(Role::CatchAll));
 }
 
 #[test]
 fn test_software_only_device_keeps_everything_with_a_reason() {
     let (state, ids) = random_state(11);
-    let p = make_plan(&state, &ids, 1, &NicCaps::none("net_null"), &HitCounters::default());
+    let p = make_plan(
+        &state,
+        &ids,
+        1,
+        &NicCaps::none("net_null"),
+        &HitCounters::default(),
+    );
     assert!(p.rules.is_empty());
     assert!(p
         .kept
@@ -466,20 +532,39 @@ fn test_random_inputs_exercise_hardware_decisions() {
         for profile in [0u8, 1] {
             let caps = caps_for(profile, 100);
             let p = make_plan(&state, &ids, 1, &caps, &hits_from(&probes, seed));
-            covers += p.rules.iter().filter(|r| matches!(r.role, Role::Cover { .. })).count();
+            covers += p
+                .rules
+                .iter()
+                .filter(|r| matches!(r.role, Role::Cover { .. }))
+                .count();
             multi_layer += usize::from(p.layers > 1);
-            drops += p.rules.iter().filter(|r| matches!(r.role, Role::Decide { allow: false, .. })).count();
+            drops += p
+                .rules
+                .iter()
+                .filter(|r| matches!(r.role, Role::Decide { allow: false, .. }))
+                .count();
             let mut nic = SimNic::new(caps.clone());
             let mut c = Committer::new();
             c.commit(&mut nic, &p, &mut |_, _| {});
             for pr in &probes {
                 let reference = trace(&state, &pr.reference_packet()).verdict;
-                let (_, by) = combine(nic.peek(&pr.headers()), c.software(), caps.mark_bits, &mut |_| reference);
+                let (_, by) = combine(
+                    nic.peek(&pr.headers()),
+                    c.software(),
+                    caps.mark_bits,
+                    &mut |_| reference,
+                );
                 total += 1;
                 hw += usize::from(by == DecidedBy::Hardware);
             }
         }
     }
-    assert!(hw * 20 > total, "only {hw} of {total} probes decided in hardware");
-    assert!(covers > 0 && multi_layer > 0 && drops > 0, "covers {covers}, multi-layer plans {multi_layer}, drops {drops}");
+    assert!(
+        hw * 20 > total,
+        "only {hw} of {total} probes decided in hardware"
+    );
+    assert!(
+        covers > 0 && multi_layer > 0 && drops > 0,
+        "covers {covers}, multi-layer plans {multi_layer}, drops {drops}"
+    );
 }

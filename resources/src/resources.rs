@@ -122,7 +122,13 @@ impl Resources {
     pub fn pod_ips(&self, namespace: &str, name: &str) -> Option<&[std::net::IpAddr]> {
         self.pods
             .get(&(namespace.to_string(), name.to_string()))
-            .map(|p| if p.finished { &[][..] } else { p.ips.as_slice() })
+            .map(|p| {
+                if p.finished {
+                    &[][..]
+                } else {
+                    p.ips.as_slice()
+                }
+            })
     }
 
     /// What was skipped or assumed while loading (unknown kinds, staged

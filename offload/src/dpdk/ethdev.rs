@@ -125,7 +125,8 @@ impl Port {
         // SAFETY: an all-zero rte_eth_conf is DPDK's default configuration.
         let conf: dpdk_sys::rte_eth_conf = unsafe { std::mem::zeroed() };
         // SAFETY: valid port, queue counts and configuration pointer.
-        let rc = unsafe { dpdk_sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) };
+        let rc =
+            unsafe { dpdk_sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) };
         if rc != 0 {
             return Err(eth_err("rte_eth_dev_configure", rc));
         }
@@ -175,7 +176,13 @@ impl Port {
         for q in 0..cfg.tx_queues {
             // SAFETY: as above, for Tx.
             let rc = unsafe {
-                dpdk_sys::rte_eth_tx_queue_setup(id, q, cfg.ring_size, socket as u32, std::ptr::null())
+                dpdk_sys::rte_eth_tx_queue_setup(
+                    id,
+                    q,
+                    cfg.ring_size,
+                    socket as u32,
+                    std::ptr::null(),
+                )
             };
             if rc != 0 {
                 return Err(eth_err("rte_eth_tx_queue_setup", rc));
@@ -222,7 +229,9 @@ impl Port {
         // SAFETY: the port is started, `queue` was set up, `raw` has room for `max`.
         let n = unsafe { dpdk_sys::capo_rte_eth_rx_burst(self.id, queue, raw.as_mut_ptr(), max) };
         raw.truncate(usize::from(n));
-        raw.into_iter().filter_map(|p| NonNull::new(p).map(Mbuf)).collect()
+        raw.into_iter()
+            .filter_map(|p| NonNull::new(p).map(Mbuf))
+            .collect()
     }
 
     /// Builds an mbuf holding `data` from the port's pool.
@@ -250,7 +259,9 @@ impl Port {
         // the PMD takes ownership of the first `sent`.
         let sent = unsafe { dpdk_sys::capo_rte_eth_tx_burst(self.id, queue, raw.as_mut_ptr(), n) };
         raw.drain(..usize::from(sent));
-        raw.into_iter().filter_map(|p| NonNull::new(p).map(Mbuf)).collect()
+        raw.into_iter()
+            .filter_map(|p| NonNull::new(p).map(Mbuf))
+            .collect()
     }
 }
 
@@ -270,14 +281,17 @@ fn configure_flow_queues(id: u16, queues: u32) -> bool {
     let qattr = dpdk_sys::rte_flow_queue_attr {
         size: qinfo.max_size.clamp(1, 64),
     };
-    let qptrs: Vec<*const dpdk_sys::rte_flow_queue_attr> = (0..n).map(|_| &qattr as *const _).collect();
+    let qptrs: Vec<*const dpdk_sys::rte_flow_queue_attr> =
+        (0..n).map(|_| &qattr as *const _).collect();
     let pattr = dpdk_sys::rte_flow_port_attr {
         nb_counters: pinfo.max_nb_counters.min(1 << 16),
         ..Default::default()
     };
     // SAFETY: `qptrs` holds `n` pointers to a live queue attribute; the port is
     // configured and not started, as rte_flow_configure requires.
-    let rc = unsafe { dpdk_sys::rte_flow_configure(id, &pattr, n as u16, qptrs.as_ptr().cast_mut(), &mut err) };
+    let rc = unsafe {
+        dpdk_sys::rte_flow_configure(id, &pattr, n as u16, qptrs.as_ptr().cast_mut(), &mut err)
+    };
     rc == 0
 }
 
@@ -314,7 +328,8 @@ impl Mbuf {
     pub fn flow_mark(&self) -> Option<u32> {
         let (mut mark, mut flag) = (0u32, 0i32);
         // SAFETY: `self.0` is a live mbuf; valid out-pointers.
-        let has = unsafe { dpdk_sys::capo_rte_mbuf_flow_mark(self.0.as_ptr(), &mut mark, &mut flag) };
+        let has =
+            unsafe { dpdk_sys::capo_rte_mbuf_flow_mark(self.0.as_ptr(), &mut mark, &mut flag) };
         (has != 0).then_some(mark)
     }
 }

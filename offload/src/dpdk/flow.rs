@@ -11,7 +11,9 @@ use super::ethdev::Port;
 use crate::backend::{FlowBackend, FlowCount, FlowHandle};
 use crate::caps::NicCaps;
 use crate::error::{ErrorTarget, FlowError, FlowErrorKind};
-use crate::flow::{Action, Attr, FlowDirection, FlowRule, Group, Item, Priority, Spec, MAX_ACTIONS, MAX_ITEMS};
+use crate::flow::{
+    Action, Attr, FlowDirection, FlowRule, Group, Item, Priority, Spec, MAX_ACTIONS, MAX_ITEMS,
+};
 
 /// Storage the C arrays point into: one slot per item type (a valid pattern has at most
 /// one item of each layer) and per action type. Boxed, so its address is stable.
@@ -41,15 +43,30 @@ pub(crate) struct Lowered {
     _storage: Box<Storage>,
 }
 
-fn ptrs<T>(slot: &[T; 3], last: bool) -> (*const std::ffi::c_void, *const std::ffi::c_void, *const std::ffi::c_void) {
+fn ptrs<T>(
+    slot: &[T; 3],
+    last: bool,
+) -> (
+    *const std::ffi::c_void,
+    *const std::ffi::c_void,
+    *const std::ffi::c_void,
+) {
     (
         (&slot[0] as *const T).cast(),
-        if last { (&slot[2] as *const T).cast() } else { null() },
+        if last {
+            (&slot[2] as *const T).cast()
+        } else {
+            null()
+        },
         (&slot[1] as *const T).cast(),
     )
 }
 
-fn fill<F: Copy, C: Default>(s: &Option<Spec<F>>, slot: &mut [C; 3], f: impl Fn(&F, &mut C)) -> bool {
+fn fill<F: Copy, C: Default>(
+    s: &Option<Spec<F>>,
+    slot: &mut [C; 3],
+    f: impl Fn(&F, &mut C),
+) -> bool {
     match s {
         None => false,
         Some(s) => {
@@ -91,7 +108,10 @@ pub(crate) fn lower(rule: &FlowRule, rss_queues: u16) -> Lowered {
                 let set = fill(s, &mut st.eth, |f, c| {
                     c.__bindgen_anon_1.hdr.ether_type = f.ether_type.to_be();
                 });
-                (it::RTE_FLOW_ITEM_TYPE_ETH, set.then(|| ptrs(&st.eth, s.is_some_and(|s| s.last.is_some()))))
+                (
+                    it::RTE_FLOW_ITEM_TYPE_ETH,
+                    set.then(|| ptrs(&st.eth, s.is_some_and(|s| s.last.is_some()))),
+                )
             }
             Item::Ipv4(s) => {
                 let set = fill(s, &mut st.ipv4, |f, c| {
@@ -100,20 +120,34 @@ pub(crate) fn lower(rule: &FlowRule, rss_queues: u16) -> Lowered {
                     c.hdr.next_proto_id = f.proto;
                     c.hdr.fragment_offset = f.fragment_offset.to_be();
                 });
-                (it::RTE_FLOW_ITEM_TYPE_IPV4, set.then(|| ptrs(&st.ipv4, s.is_some_and(|s| s.last.is_some()))))
+                (
+                    it::RTE_FLOW_ITEM_TYPE_IPV4,
+                    set.then(|| ptrs(&st.ipv4, s.is_some_and(|s| s.last.is_some()))),
+                )
             }
             Item::Ipv6(s) => {
                 let set = fill(s, &mut st.ipv6, |f, c| {
                     // SAFETY: the address fields are 16 bytes in every DPDK version
                     // (`uint8_t[16]` in 22.11, `struct rte_ipv6_addr` later).
                     unsafe {
-                        std::ptr::copy_nonoverlapping(f.src.as_ptr(), addr_of_mut!(c.hdr.src_addr).cast::<u8>(), 16);
-                        std::ptr::copy_nonoverlapping(f.dst.as_ptr(), addr_of_mut!(c.hdr.dst_addr).cast::<u8>(), 16);
+                        std::ptr::copy_nonoverlapping(
+                            f.src.as_ptr(),
+                            addr_of_mut!(c.hdr.src_addr).cast::<u8>(),
+                            16,
+                        );
+                        std::ptr::copy_nonoverlapping(
+                            f.dst.as_ptr(),
+                            addr_of_mut!(c.hdr.dst_addr).cast::<u8>(),
+                            16,
+                        );
                     }
                     c.hdr.proto = f.proto;
                     c.set_has_frag_ext(u32::from(f.has_frag_ext));
                 });
-                (it::RTE_FLOW_ITEM_TYPE_IPV6, set.then(|| ptrs(&st.ipv6, s.is_some_and(|s| s.last.is_some()))))
+                (
+                    it::RTE_FLOW_ITEM_TYPE_IPV6,
+                    set.then(|| ptrs(&st.ipv6, s.is_some_and(|s| s.last.is_some()))),
+                )
             }
             Item::Tcp(s) => {
                 let set = fill(s, &mut st.tcp, |f, c| {
@@ -121,35 +155,50 @@ pub(crate) fn lower(rule: &FlowRule, rss_queues: u16) -> Lowered {
                     c.hdr.dst_port = f.dst_port.to_be();
                     c.hdr.tcp_flags = f.flags;
                 });
-                (it::RTE_FLOW_ITEM_TYPE_TCP, set.then(|| ptrs(&st.tcp, s.is_some_and(|s| s.last.is_some()))))
+                (
+                    it::RTE_FLOW_ITEM_TYPE_TCP,
+                    set.then(|| ptrs(&st.tcp, s.is_some_and(|s| s.last.is_some()))),
+                )
             }
             Item::Udp(s) => {
                 let set = fill(s, &mut st.udp, |f, c| {
                     c.hdr.src_port = f.src_port.to_be();
                     c.hdr.dst_port = f.dst_port.to_be();
                 });
-                (it::RTE_FLOW_ITEM_TYPE_UDP, set.then(|| ptrs(&st.udp, s.is_some_and(|s| s.last.is_some()))))
+                (
+                    it::RTE_FLOW_ITEM_TYPE_UDP,
+                    set.then(|| ptrs(&st.udp, s.is_some_and(|s| s.last.is_some()))),
+                )
             }
             Item::Sctp(s) => {
                 let set = fill(s, &mut st.sctp, |f, c| {
                     c.hdr.src_port = f.src_port.to_be();
                     c.hdr.dst_port = f.dst_port.to_be();
                 });
-                (it::RTE_FLOW_ITEM_TYPE_SCTP, set.then(|| ptrs(&st.sctp, s.is_some_and(|s| s.last.is_some()))))
+                (
+                    it::RTE_FLOW_ITEM_TYPE_SCTP,
+                    set.then(|| ptrs(&st.sctp, s.is_some_and(|s| s.last.is_some()))),
+                )
             }
             Item::Icmp(s) => {
                 let set = fill(s, &mut st.icmp, |f, c| {
                     c.hdr.icmp_type = f.icmp_type;
                     c.hdr.icmp_code = f.code;
                 });
-                (it::RTE_FLOW_ITEM_TYPE_ICMP, set.then(|| ptrs(&st.icmp, s.is_some_and(|s| s.last.is_some()))))
+                (
+                    it::RTE_FLOW_ITEM_TYPE_ICMP,
+                    set.then(|| ptrs(&st.icmp, s.is_some_and(|s| s.last.is_some()))),
+                )
             }
             Item::Icmp6(s) => {
                 let set = fill(s, &mut st.icmp6, |f, c| {
                     c.type_ = f.icmp_type;
                     c.code = f.code;
                 });
-                (it::RTE_FLOW_ITEM_TYPE_ICMP6, set.then(|| ptrs(&st.icmp6, s.is_some_and(|s| s.last.is_some()))))
+                (
+                    it::RTE_FLOW_ITEM_TYPE_ICMP6,
+                    set.then(|| ptrs(&st.icmp6, s.is_some_and(|s| s.last.is_some()))),
+                )
             }
         };
         items[i].type_ = ty;
@@ -166,19 +215,31 @@ pub(crate) fn lower(rule: &FlowRule, rss_queues: u16) -> Lowered {
             Action::Drop => (act::RTE_FLOW_ACTION_TYPE_DROP, null()),
             Action::Mark(id) => {
                 st.mark.id = *id;
-                (act::RTE_FLOW_ACTION_TYPE_MARK, (&st.mark as *const dpdk_sys::rte_flow_action_mark).cast())
+                (
+                    act::RTE_FLOW_ACTION_TYPE_MARK,
+                    (&st.mark as *const dpdk_sys::rte_flow_action_mark).cast(),
+                )
             }
             Action::Count(id) => {
                 st.count.id = *id;
-                (act::RTE_FLOW_ACTION_TYPE_COUNT, (&st.count as *const dpdk_sys::rte_flow_action_count).cast())
+                (
+                    act::RTE_FLOW_ACTION_TYPE_COUNT,
+                    (&st.count as *const dpdk_sys::rte_flow_action_count).cast(),
+                )
             }
             Action::Queue(q) => {
                 st.queue.index = *q;
-                (act::RTE_FLOW_ACTION_TYPE_QUEUE, (&st.queue as *const dpdk_sys::rte_flow_action_queue).cast())
+                (
+                    act::RTE_FLOW_ACTION_TYPE_QUEUE,
+                    (&st.queue as *const dpdk_sys::rte_flow_action_queue).cast(),
+                )
             }
             Action::Jump(g) => {
                 st.jump.group = g.0;
-                (act::RTE_FLOW_ACTION_TYPE_JUMP, (&st.jump as *const dpdk_sys::rte_flow_action_jump).cast())
+                (
+                    act::RTE_FLOW_ACTION_TYPE_JUMP,
+                    (&st.jump as *const dpdk_sys::rte_flow_action_jump).cast(),
+                )
             }
             Action::Rss(rss) => {
                 let n = if rss.queues.is_empty() {
@@ -196,7 +257,10 @@ pub(crate) fn lower(rule: &FlowRule, rss_queues: u16) -> Lowered {
                 st.rss.types = rss.types;
                 st.rss.queue_num = u32::from(n);
                 st.rss.queue = st.rss_queues.as_ptr();
-                (act::RTE_FLOW_ACTION_TYPE_RSS, (&st.rss as *const dpdk_sys::rte_flow_action_rss).cast())
+                (
+                    act::RTE_FLOW_ACTION_TYPE_RSS,
+                    (&st.rss as *const dpdk_sys::rte_flow_action_rss).cast(),
+                )
             }
         };
         actions[i].type_ = ty;
@@ -238,7 +302,9 @@ fn flow_error(errno: i32, e: &dpdk_sys::rte_flow_error) -> FlowError {
     } else {
         // SAFETY: rte_flow.h: `message` is a static string valid while the port is
         // configured; capo interns a copy rather than keep the pointer.
-        let s = unsafe { CStr::from_ptr(e.message) }.to_string_lossy().into_owned();
+        let s = unsafe { CStr::from_ptr(e.message) }
+            .to_string_lossy()
+            .into_owned();
         intern(s)
     };
     FlowError {
@@ -308,7 +374,10 @@ impl<'p> DpdkFlow<'p> {
             &[Action::Jump(Group(1))],
         );
         let mut refusal = None;
-        let try_rule = |me: &mut DpdkFlow<'p>, r: &FlowRule, refusal: &mut Option<FlowError>| -> Option<FlowHandle> {
+        let try_rule = |me: &mut DpdkFlow<'p>,
+                        r: &FlowRule,
+                        refusal: &mut Option<FlowError>|
+         -> Option<FlowHandle> {
             match me.validate(r).and_then(|()| me.create(r)) {
                 Ok(h) => Some(h),
                 Err(e) => {
@@ -349,7 +418,11 @@ impl<'p> DpdkFlow<'p> {
             c.ip_prefix_masks = false;
             c
         };
-        caps.name = if basic.is_none() { "no-offload" } else { caps.name };
+        caps.name = if basic.is_none() {
+            "no-offload"
+        } else {
+            caps.name
+        };
         me.caps = caps.clone();
         (
             me,
@@ -378,7 +451,13 @@ impl FlowBackend for DpdkFlow<'_> {
         let mut err: dpdk_sys::rte_flow_error = unsafe { std::mem::zeroed() };
         // SAFETY: `l`'s arrays are END-terminated and point into its live storage.
         let rc = unsafe {
-            dpdk_sys::rte_flow_validate(self.port.id(), &l.attr, l.items.as_ptr(), l.actions.as_ptr(), &mut err)
+            dpdk_sys::rte_flow_validate(
+                self.port.id(),
+                &l.attr,
+                l.items.as_ptr(),
+                l.actions.as_ptr(),
+                &mut err,
+            )
         };
         if rc == 0 {
             Ok(())
@@ -393,7 +472,13 @@ impl FlowBackend for DpdkFlow<'_> {
         let mut err: dpdk_sys::rte_flow_error = unsafe { std::mem::zeroed() };
         // SAFETY: as for validate; DPDK copies what it needs before returning.
         let f = unsafe {
-            dpdk_sys::rte_flow_create(self.port.id(), &l.attr, l.items.as_ptr(), l.actions.as_ptr(), &mut err)
+            dpdk_sys::rte_flow_create(
+                self.port.id(),
+                &l.attr,
+                l.items.as_ptr(),
+                l.actions.as_ptr(),
+                &mut err,
+            )
         };
         match std::ptr::NonNull::new(f) {
             Some(f) => {
@@ -435,7 +520,10 @@ impl FlowBackend for DpdkFlow<'_> {
             });
         };
         if !counted {
-            return Err(FlowError::new(FlowErrorKind::NotSup, "rule has no COUNT action"));
+            return Err(FlowError::new(
+                FlowErrorKind::NotSup,
+                "rule has no COUNT action",
+            ));
         }
         let count_action = [
             dpdk_sys::rte_flow_action {
