@@ -6,5 +6,6 @@
 pub mod acl;
 pub mod cpu;
 pub mod linear;
+pub mod offload;
 pub mod run;
 pub mod workload;
