@@ -363,6 +363,11 @@ pub fn encode_frame<M: Message>(msg: &M) -> Vec<u8> {
     buf
 }
 
+/// Encodes messages as one frame stream (what Felix writes to fd 3).
+pub fn encode_frames<M: Message>(msgs: &[M]) -> Vec<u8> {
+    msgs.iter().flat_map(encode_frame).collect()
+}
+
 /// Writes length-prefixed frames to a byte stream.
 ///
 /// Used for `FromDataplane` messages to Felix, and for `ToDataplane` streams

@@ -560,7 +560,7 @@ pub fn exit_on_signals(cleanup: impl FnOnce() + Send + 'static) -> std::io::Resu
 /// Applies messages as if they came from Felix on the current connection; returns
 /// false (after logging) if one is refused, in which case the rest are not applied.
 pub fn feed(daemon: &SharedDaemon, msgs: &[capo_proto::felix::v3_32::ToDataplane]) -> bool {
-    let bytes = crate::demo::frames(msgs);
+    let bytes = crate::felix::frame::encode_frames(msgs);
     let mut reader = FrameReader::new(bytes.as_slice());
     loop {
         let frame = match reader.read_frame() {

@@ -6,11 +6,10 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use capo_policy::{trace, IdTable, State};
-use capo_proto::felix::v3_32 as pb;
 use capo_resources::{Options, Resources, Snapshot};
 
 use crate::cli::{packet, trace_text, View};
-use crate::felix::frame::encode_frame;
+use crate::felix::frame::encode_frames;
 use crate::replay::{replay_reader, ReplayOptions};
 
 /// The seed's manifests (`examples/seed/`), built in so the demo runs anywhere.
@@ -48,11 +47,6 @@ pub fn seed_snapshot(with_policy: bool) -> Result<Snapshot, String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(res.snapshot(&Options::for_node(Some(SEED_NODE))))
-}
-
-/// Encodes messages as a Felix frame stream.
-pub fn frames(msgs: &[pb::ToDataplane]) -> Vec<u8> {
-    msgs.iter().flat_map(encode_frame).collect()
 }
 
 /// The demo's replay options: the seed's `tun3` is `sw_if_index=11`.
@@ -122,12 +116,12 @@ pub fn run() -> Result<String, String> {
     let opts = seed_options();
     let (before, after) = (seed_snapshot(false)?, seed_snapshot(true)?);
     let mut stream = before.to_felix_messages();
-    let r0 = replay_reader(frames(&stream).as_slice(), &opts).map_err(|e| e.to_string())?;
+    let r0 = replay_reader(encode_frames(&stream).as_slice(), &opts).map_err(|e| e.to_string())?;
     // Creating the policy: the updates Felix sends after InSync.
     let mut added = capo_resources::diff(&before, &after);
     capo_resources::number_from(&mut added, stream.len() as u64);
     stream.extend(added);
-    let r1 = replay_reader(frames(&stream).as_slice(), &opts).map_err(|e| e.to_string())?;
+    let r1 = replay_reader(encode_frames(&stream).as_slice(), &opts).map_err(|e| e.to_string())?;
 
     let mut out = String::new();
     out += "capo demo: the seed's walkthrough (see docs/troubleshooting.md)\n\n";

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use capo_proto::felix::v3_32 as pb;
 use capo_resources::{manifest_files, Options, Resources, Snapshot};
 
-use crate::demo::frames;
+use crate::felix::frame::encode_frames;
 use crate::replay::{replay_reader, ReplayOptions, Replayed};
 
 /// Loads manifests (files or directories) and computes what Felix on `node` would
@@ -30,7 +30,8 @@ pub fn replay(
 ) -> Result<(Resources, Replayed), String> {
     let (res, snapshot) = load(paths, node)?;
     let msgs = snapshot.to_felix_messages();
-    let r = replay_reader(frames(&msgs).as_slice(), opts).map_err(|e| format!("manifests: {e}"))?;
+    let r = replay_reader(encode_frames(&msgs).as_slice(), opts)
+        .map_err(|e| format!("manifests: {e}"))?;
     Ok((res, r))
 }
 
@@ -156,6 +157,6 @@ impl Watcher {
 pub fn export_frames(paths: &[PathBuf], node: Option<&str>, out: &Path) -> Result<usize, String> {
     let (_, snapshot) = load(paths, node)?;
     let msgs = snapshot.to_felix_messages();
-    std::fs::write(out, frames(&msgs)).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out, encode_frames(&msgs)).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(msgs.len())
 }
