@@ -3,7 +3,9 @@
 //!
 //! The workload's ingress packets from remote sources (what arrives from the wire)
 //! become flows with Zipf-distributed packet counts (rank `k` gets weight
-//! `1/(k+1)^s`); TCP flows are a SYN then ACK-flagged packets. The planner ranks by
+//! `1/(k+1)^s`); an allowed TCP flow is a SYN then ACK-flagged packets, a refused one
+//! only SYNs (its handshake never completes: the initiator retries its SYN, as in the
+//! offload crate's own generator). The planner ranks by
 //! those counts (synthetic hit counters), the plan is committed to a simulated NIC of
 //! the chosen profile, and every packet's NIC-plus-software verdict is checked
 //! against the reference evaluator (`capo_offload::bench::run_on`).
@@ -11,7 +13,7 @@
 use capo_offload::bench::{run_on, NicProfile, OffloadBenchReport};
 use capo_offload::verdict::{Fragment, Probe};
 use capo_offload::workload::{Flow, Workload as OffloadWorkload, Zipf};
-use capo_policy::{Direction, Protocol};
+use capo_policy::{trace, Direction, Protocol, Verdict};
 
 use crate::workload::{generate, Kind};
 
@@ -58,9 +60,12 @@ pub fn wire_flows(kind: Kind, zipf: f64) -> OffloadWorkload {
                 fragment: Fragment::No,
             };
             let tcp = p.protocol == Protocol::TCP;
+            // A TCP connection the policy refuses never completes its handshake: the
+            // initiator only retries its SYN, it never sends ACK-flagged segments.
+            let established = !tcp || trace(&state, p).verdict == Verdict::Allow;
             Flow {
                 first: probe(if tcp { 0x02 } else { 0 }),
-                rest: (n > 1).then(|| probe(if tcp { 0x10 } else { 0 })),
+                rest: (n > 1 && established).then(|| probe(if tcp { 0x10 } else { 0 })),
                 packets: n,
             }
         })

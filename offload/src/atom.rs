@@ -278,6 +278,57 @@ pub fn cost(m: &Match, caps: &NicCaps) -> Result<u64, ExpandError> {
     Ok(total)
 }
 
+/// The atom matching exactly one flow's packets: host addresses, protocol, both ports
+/// (TCP, UDP, SCTP) or ICMP type and code, and the flag class `flags` (TCP only).
+/// `None` when the device cannot express it or the packet carries no L4 fields a
+/// policy could look at (other protocols, later fragments): those are left to
+/// software.
+pub fn exact_atom(pkt: &Packet, flags: FlagClass, caps: &NicCaps) -> Option<Atom> {
+    let (family, src, dst) = match (pkt.src, pkt.dst) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => (
+            IpFamily::V4,
+            (u128::from(u32::from(s)), 32),
+            (u128::from(u32::from(d)), 32),
+        ),
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+            (IpFamily::V6, (u128::from(s), 128), (u128::from(d), 128))
+        }
+        _ => return None,
+    };
+    if family == IpFamily::V6 && !caps.ipv6 {
+        return None;
+    }
+    let proto = pkt.protocol.0;
+    let exact = |p: u16| {
+        Some(PortMatch::Prefix {
+            value: p,
+            mask: u16::MAX,
+        })
+    };
+    let (sport, dport, icmp) = match (proto, pkt.l4, family) {
+        (6 | 17 | 132, L4::Ports { src, dst }, _) => (exact(src), exact(dst), None),
+        (1, L4::Icmp { icmp_type, code }, IpFamily::V4)
+        | (58, L4::Icmp { icmp_type, code }, IpFamily::V6) => {
+            (None, None, Some((icmp_type, Some(code))))
+        }
+        _ => return None,
+    };
+    let flags = if proto == 6 { flags } else { FlagClass::Any };
+    if flags != FlagClass::Any && !caps.tcp_flags {
+        return None;
+    }
+    Some(Atom {
+        family,
+        src,
+        dst,
+        proto: Some(proto),
+        sport,
+        dport,
+        icmp,
+        flags,
+    })
+}
+
 /// Expands `m` into pairwise disjoint atoms, at most `cap` of them.
 ///
 /// # Errors

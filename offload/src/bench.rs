@@ -15,14 +15,14 @@
 //! --nic-capacity 4096 [--zipf 1.1] [--seed N] --json` →
 //! `serde_json::to_string(&run_offload_bench(&cfg))`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use capo_policy::{trace, Verdict};
 
 use crate::caps::NicCaps;
 use crate::commit::Committer;
-use crate::lower::lower;
+use crate::lower::{lower, EntryKind, OffloadProgram};
 use crate::plan::{plan, FlowSample, HitCounters, OffloadPlan, PlanConfig, Role};
 use crate::sim::SimNic;
 use crate::verdict::{combine, DecidedBy};
@@ -124,6 +124,8 @@ pub struct OffloadBenchReport {
     pub decided_entries: usize,
     /// Cover entries.
     pub cover_entries: usize,
+    /// Exact-flow entries (one flow's 5-tuple, decided with the policy's verdict).
+    pub exact_flow_entries: usize,
     /// Priority layers used.
     pub layers: u32,
     /// Packets replayed.
@@ -134,6 +136,9 @@ pub struct OffloadBenchReport {
     pub kept_by_reason: BTreeMap<String, usize>,
     /// Two matching rules at one priority (must be 0).
     pub same_priority_conflicts: u64,
+    /// Share of packets per outcome ([`breakdown`]): `hw/<role>` for packets the NIC
+    /// decided, `sw/<NIC role>/<first entry>/<its kept reason>` for the others.
+    pub packet_share: BTreeMap<String, f64>,
 }
 
 /// Synthetic hit counters from a workload's flows.
@@ -236,12 +241,101 @@ pub fn run_on(w: &Workload, caps: &NicCaps) -> OffloadBenchReport {
             .iter()
             .filter(|r| matches!(r.role, Role::Cover { .. }))
             .count(),
+        exact_flow_entries: p.exact_flows,
         layers: p.layers,
         packets: total,
         flows: w.flows.len(),
         kept_by_reason,
         same_priority_conflicts: conflicts,
+        packet_share: breakdown(w, &program, &p),
     }
+}
+
+fn kebab<T: serde::Serialize>(v: &T, field: &str) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(v) => v
+            .get(field)
+            .and_then(|r| r.as_str())
+            .map(str::to_string)
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Where a workload's packets are decided under `plan`, by packet weight: the NIC rule
+/// that takes each packet (the plan's rules matched directly, lowest priority number
+/// first) and, for packets software decides, the first entry of the flattened list
+/// that matches (its kind) and why that entry is not in hardware.
+pub fn breakdown(
+    w: &Workload,
+    program: &OffloadProgram,
+    plan: &OffloadPlan,
+) -> BTreeMap<String, f64> {
+    let reasons: HashMap<(usize, usize), String> = plan
+        .kept
+        .iter()
+        .map(|k| ((k.domain, k.entry), kebab(&k.reason, "reason")))
+        .collect();
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    let mut total = 0u64;
+    for f in &w.flows {
+        let probes = [
+            Some((f.first, if f.rest.is_some() { 1 } else { f.packets })),
+            f.rest.map(|r| (r, f.packets.saturating_sub(1))),
+        ];
+        for (p, n) in probes.into_iter().flatten() {
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            let h = p.headers();
+            let rule = plan
+                .rules
+                .iter()
+                .filter(|r| r.flow.matches(&h))
+                .min_by_key(|r| r.flow.attr().priority.0);
+            let role = rule.map_or_else(|| "none".to_string(), |r| kebab(&r.role, "role"));
+            let key = if matches!(
+                rule.map(|r| &r.role),
+                Some(Role::Decide { .. } | Role::ExactFlow { .. })
+            ) {
+                let allow = rule.is_some_and(|r| r.flow.fate() != Some(&crate::flow::Action::Drop));
+                format!("hw/{role}/{}", if allow { "allow" } else { "deny" })
+            } else {
+                let pkt = p.reference_packet();
+                let first = crate::lower::attribute(&w.state, program, &pkt, p.flags());
+                let what = match first {
+                    None => "no-domain".to_string(),
+                    Some((d, e)) => {
+                        let entry = &program.domains[d].entries[e];
+                        let kind = match entry.kind {
+                            EntryKind::Allow => "allow".to_string(),
+                            EntryKind::Deny => "deny".to_string(),
+                            EntryKind::Continue(c) => format!("continue-{}", kebab(&c, "")),
+                        };
+                        let why = reasons.get(&(d, e)).cloned().unwrap_or_else(|| "-".into());
+                        format!("{kind}/{why}")
+                    }
+                };
+                let v = match trace(&w.state, &pkt).verdict {
+                    Verdict::Allow => "allow",
+                    _ => "deny",
+                };
+                let syn = match p.flags() {
+                    Some(f) if f & 0x12 == 0x02 => "syn",
+                    Some(_) => "ack",
+                    None => "-",
+                };
+                format!("sw/{role}/{what}/verdict-{v}/{syn}")
+            };
+            *out.entry(key).or_insert(0.0) += n as f64;
+        }
+    }
+    for v in out.values_mut() {
+        *v /= total.max(1) as f64;
+    }
+    out
 }
 
 /// Planner versus exhaustive selection on a small workload.

@@ -438,21 +438,10 @@ pub fn lower(state: &State, ids: &IdTable, generation: u64) -> OffloadProgram {
         flat.profiles(&wep.profile_ids, Direction::Ingress);
         let entries = flat.out;
 
-        let mut egress = Flattener {
-            state,
-            ids,
-            dst: AddrSet::any(),
-            out: Vec::new(),
-        };
-        egress.tiers(&wep.tiers, Direction::Egress, true, false);
-        egress.profiles(&wep.profile_ids, Direction::Egress);
         let own_src = AddrSet::from_cidrs(wep.nets());
-        let egress_allow = egress
-            .out
+        let egress_allow = egress_allows(state, &wep.tiers, &wep.profile_ids)
             .into_iter()
-            .filter(|e| e.kind == EntryKind::Allow)
-            .map(|e| {
-                let mut m = e.approx;
+            .map(|mut m| {
                 m.src = m.src.intersect(&own_src);
                 m
             })
@@ -471,6 +460,48 @@ pub fn lower(state: &State, ids: &IdTable, generation: u64) -> OffloadProgram {
         domains,
         local_sources: local,
     }
+}
+
+/// Over-approximations of the allow rules of an endpoint's egress policy that a
+/// packet can reach: every allow rule of the tiers and profiles, up to the first tier
+/// whose end-of-tier drop nothing can get past (an enforced tier with a `Deny`
+/// default and no `pass` rule: every packet leaving it without a decision is
+/// dropped, so later tiers and the profiles never allow a flow).
+fn egress_allows(state: &State, tiers: &[TierInfo], profile_ids: &[String]) -> Vec<Match> {
+    let dir = Direction::Egress;
+    let mut out = Vec::new();
+    for tier in tiers {
+        let keys = tier.policies(dir);
+        let mut enforced = false;
+        let mut passes = false;
+        for key in keys.iter().filter(|k| !k.is_staged()) {
+            enforced = true;
+            let Some(policy) = state.policies().get(key) else {
+                continue;
+            };
+            for rule in policy.rules(dir) {
+                match rule.action {
+                    PolicyAction::Allow => out.push(rule_match(state, rule).1),
+                    PolicyAction::Pass => passes = true,
+                    PolicyAction::Deny | PolicyAction::Log => {}
+                }
+            }
+        }
+        if enforced && tier.default_action == TierDefault::Deny && !passes {
+            return out;
+        }
+    }
+    for name in profile_ids {
+        let Some(profile) = state.profiles().get(name) else {
+            continue;
+        };
+        for rule in profile.rules(dir) {
+            if rule.action == PolicyAction::Allow {
+                out.push(rule_match(state, rule).1);
+            }
+        }
+    }
+    out
 }
 
 struct Flattener<'a> {

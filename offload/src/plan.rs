@@ -108,6 +108,18 @@ pub enum Role {
         /// Allow or deny.
         allow: bool,
     },
+    /// One flow's exact 5-tuple (TCP: any flags for an allow, SYN-only for a deny),
+    /// decided with the full policy's verdict for that tuple: an exact tuple cannot be
+    /// decided differently by any earlier rule, so it needs no covers.
+    ExactFlow {
+        /// Domain index.
+        domain: usize,
+        /// Allow or deny.
+        allow: bool,
+        /// The flow's first packet (to credit the rule that decides it).
+        #[serde(skip)]
+        packet: Packet,
+    },
     /// Punts the overlap of an earlier conflicting entry with a decided atom.
     Cover {
         /// Domain index.
@@ -160,6 +172,8 @@ pub struct OffloadPlan {
     pub decided_atoms: usize,
     /// Distinct policy entries with at least one atom in hardware.
     pub rules_offloaded: usize,
+    /// Exact-flow entries ([`Role::ExactFlow`]).
+    pub exact_flows: usize,
     /// Priority layers used by decided atoms and covers.
     pub layers: u32,
 }
@@ -178,6 +192,9 @@ pub struct PlanConfig {
     pub rule_cap: u64,
     /// Entries kept free (the dispatcher, spare room for a swap).
     pub reserve: u32,
+    /// Offer exact-flow entries ([`Role::ExactFlow`]) for sampled flows, ranked with
+    /// the rules' atoms by hits per entry.
+    pub exact_flows: bool,
 }
 
 impl Default for PlanConfig {
@@ -185,7 +202,56 @@ impl Default for PlanConfig {
         PlanConfig {
             rule_cap: DEFAULT_RULE_CAP,
             reserve: 1,
+            exact_flows: true,
         }
+    }
+}
+
+/// A candidate exact-flow entry.
+#[derive(Debug, Clone)]
+struct FlowCand {
+    domain: usize,
+    packet: Packet,
+    atom: Atom,
+    allow: bool,
+    /// Flow samples the entry decides.
+    samples: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    Atom(usize),
+    Flow(usize),
+}
+
+/// A queued candidate of the lazy greedy selection.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    density: f64,
+    hits: u64,
+    rank: usize,
+    pick: Pick,
+    /// Queued after every candidate with traffic of its own (see the selection).
+    late: bool,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.density
+            .total_cmp(&o.density)
+            .then(self.hits.cmp(&o.hits))
+            .then(o.rank.cmp(&self.rank))
     }
 }
 
@@ -265,6 +331,7 @@ pub fn plan(
         kept,
         decided_atoms: 0,
         rules_offloaded: 0,
+        exact_flows: 0,
         layers: 0,
     };
     if mode == OffloadMode::SoftwareOnly {
@@ -387,8 +454,9 @@ pub fn plan(
 
     // Hits per atom: flow samples first-matched in software, then rule counters.
     let mut atom_hits: HashMap<(usize, usize, usize), u64> = HashMap::new();
+    let mut atom_samples: HashMap<(usize, usize, usize), Vec<usize>> = HashMap::new();
     let mut sampled: HashSet<(usize, usize)> = HashSet::new();
-    for (s, at) in hits.flows.iter().zip(&attributed) {
+    for (i, (s, at)) in hits.flows.iter().zip(&attributed).enumerate() {
         let Some((d, e)) = *at else {
             continue;
         };
@@ -397,6 +465,7 @@ pub fn plan(
         };
         if let Some(a) = list.iter().position(|a| a.contains(&s.packet, s.tcp_flags)) {
             *atom_hits.entry((d, e, a)).or_insert(0) += s.hits;
+            atom_samples.entry((d, e, a)).or_default().push(i);
             sampled.insert((d, e));
         }
     }
@@ -464,6 +533,60 @@ pub fn plan(
             .then(a.entry.cmp(&b.entry))
             .then(a.atom.cmp(&b.atom))
     });
+    let flow_cands = if cfg.exact_flows {
+        exact_flow_candidates(state, program, caps, hits, groups)
+    } else {
+        Vec::new()
+    };
+
+    // Lazy greedy over atoms and exact flows by hits per entry: a candidate whose
+    // samples were meanwhile decided by another is re-queued with what is left.
+    let mut served = vec![false; hits.flows.len()];
+    let unserved = |samples: &[usize], served: &[bool]| -> u64 {
+        samples
+            .iter()
+            .filter(|&&i| !served[i])
+            .map(|&i| hits.flows[i].hits)
+            .sum()
+    };
+    let cur_hits = |pick: Pick, served: &[bool]| -> u64 {
+        match pick {
+            Pick::Atom(i) => {
+                let c = &cands[i];
+                match atom_samples.get(&(c.domain, c.entry, c.atom)) {
+                    Some(v) => unserved(v, served),
+                    None => c.hits,
+                }
+            }
+            Pick::Flow(i) => unserved(&flow_cands[i].samples, served),
+        }
+    };
+    let est_cost = |pick: Pick| -> f64 {
+        match pick {
+            Pick::Atom(i) => {
+                let c = &cands[i];
+                est.get(&(c.domain, c.entry, c.atom)).copied().unwrap_or(1) as f64
+            }
+            Pick::Flow(_) => 1.0,
+        }
+    };
+    let mut queue: std::collections::BinaryHeap<Queued> = std::collections::BinaryHeap::new();
+    let picks = (0..cands.len())
+        .map(Pick::Atom)
+        .chain((0..flow_cands.len()).map(Pick::Flow));
+    for (rank, pick) in picks.enumerate() {
+        let h = cur_hits(pick, &served);
+        if h > 0 {
+            queue.push(Queued {
+                density: h as f64 / est_cost(pick),
+                hits: h,
+                rank,
+                pick,
+                late: false,
+            });
+        }
+    }
+    let mut flow_nodes: Vec<usize> = Vec::new();
 
     // Earlier conflicting entries per candidate entry.
     let mut deps_of: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
@@ -476,7 +599,49 @@ pub fn plan(
     let mut relies: HashMap<usize, (Vec<usize>, Vec<usize>)> = HashMap::new();
     let mut atom_reason: HashMap<(usize, usize), KeepReason> = HashMap::new();
     let mut used = 0u64;
-    for c in &cands {
+    while let Some(q) = queue.pop() {
+        let h = if q.late {
+            q.hits
+        } else {
+            cur_hits(q.pick, &served)
+        };
+        if h == 0 {
+            // An atom whose samples exact flows took still decides the rule's future
+            // flows (new tuples): it gets what room is left after every candidate
+            // with measured traffic of its own, best first.
+            if let Pick::Atom(i) = q.pick {
+                let c = &cands[i];
+                let density = c.hits as f64 / est_cost(q.pick);
+                queue.push(Queued {
+                    density: -1.0 / (1.0 + density),
+                    hits: c.hits,
+                    late: true,
+                    ..q
+                });
+            }
+            continue;
+        }
+        if h < q.hits && !q.late {
+            queue.push(Queued {
+                density: h as f64 / est_cost(q.pick),
+                hits: h,
+                ..q
+            });
+            continue;
+        }
+        let c = match q.pick {
+            Pick::Flow(i) => {
+                if used < budget {
+                    used += 1;
+                    for &k in &flow_cands[i].samples {
+                        served[k] = true;
+                    }
+                    flow_nodes.push(i);
+                }
+                continue;
+            }
+            Pick::Atom(i) => &cands[i],
+        };
         let dom = &program.domains[c.domain];
         let entry = &dom.entries[c.entry];
         let Some(a) = atoms
@@ -581,6 +746,11 @@ pub fn plan(
             .entry((c.domain, c.entry))
             .or_default()
             .insert(c.atom);
+        if let Some(v) = atom_samples.get(&(c.domain, c.entry, c.atom)) {
+            for &k in v {
+                served[k] = true;
+            }
+        }
         nodes.push(Node::Decide {
             domain: c.domain,
             entry: c.entry,
@@ -699,6 +869,31 @@ pub fn plan(
         v.push(Action::Rss(Rss::default()));
         v
     };
+    let allow_actions = |idx: usize| -> Vec<Action> {
+        let mut v = Vec::new();
+        if let Some(m) = (Mark {
+            gen_tag: tag,
+            kind: MarkKind::Allow,
+            index: idx as u32,
+        })
+        .encode(caps.mark_bits)
+        {
+            v.push(Action::Mark(m));
+        }
+        if caps.counters {
+            v.push(Action::Count(idx as u32));
+        }
+        v.push(Action::Rss(Rss::default()));
+        v
+    };
+    let drop_actions = |idx: usize| -> Vec<Action> {
+        let mut v = Vec::new();
+        if caps.counters {
+            v.push(Action::Count(idx as u32));
+        }
+        v.push(Action::Drop);
+        v
+    };
     let push = |rules: &mut Vec<PlannedRule>,
                 role: Role,
                 prio: u32,
@@ -713,6 +908,41 @@ pub fn plan(
         let prio = if *role == Role::FragmentPunt { 0 } else { 1 };
         let idx = rules.len();
         push(&mut rules, role.clone(), prio, pat, punt_actions(idx));
+    }
+    // Exact flows: pairwise disjoint, disjoint from the source punts (their sources
+    // are not local), so they share priority 1 under the fragment punt; without
+    // groups (drop-only) they take priority 0 and give way to any decided atom they
+    // overlap (both drop: the flow entry is redundant).
+    let mut exact_flows = 0;
+    for &f in &flow_nodes {
+        let fc = &flow_cands[f];
+        if !groups
+            && (0..nodes.len()).any(|i| {
+                alive[i]
+                    && matches!(nodes[i], Node::Decide { domain, .. } if domain == fc.domain)
+                    && atom_of(&nodes[i]).is_some_and(|a| a.overlaps(&fc.atom))
+            })
+        {
+            continue;
+        }
+        let idx = rules.len();
+        let actions = if fc.allow {
+            allow_actions(idx)
+        } else {
+            drop_actions(idx)
+        };
+        exact_flows += 1;
+        push(
+            &mut rules,
+            Role::ExactFlow {
+                domain: fc.domain,
+                allow: fc.allow,
+                packet: fc.packet,
+            },
+            u32::from(groups),
+            &fc.atom.pattern(),
+            actions,
+        );
     }
     let base = if groups { 2 } else { 0 };
     let mut order: Vec<usize> = (0..nodes.len()).filter(|&i| alive[i]).collect();
@@ -735,28 +965,9 @@ pub fn plan(
                 ..
             } => {
                 let actions = if *allow {
-                    let mut v = Vec::new();
-                    if let Some(m) = (Mark {
-                        gen_tag: tag,
-                        kind: MarkKind::Allow,
-                        index: idx as u32,
-                    })
-                    .encode(caps.mark_bits)
-                    {
-                        v.push(Action::Mark(m));
-                    }
-                    if caps.counters {
-                        v.push(Action::Count(idx as u32));
-                    }
-                    v.push(Action::Rss(Rss::default()));
-                    v
+                    allow_actions(idx)
                 } else {
-                    let mut v = Vec::new();
-                    if caps.counters {
-                        v.push(Action::Count(idx as u32));
-                    }
-                    v.push(Action::Drop);
-                    v
+                    drop_actions(idx)
                 };
                 offloaded.insert((*domain, *entry));
                 decided_atoms += 1;
@@ -830,8 +1041,112 @@ pub fn plan(
         kept,
         decided_atoms,
         rules_offloaded: offloaded.len(),
+        exact_flows,
         layers: layers_used,
     }
+}
+
+/// Exact-flow candidates: per distinct sampled flow (addresses, protocol, L4 fields)
+/// from a non-local source to a workload of the program, the full policy's verdict
+/// for that exact tuple ([`capo_policy::trace`]). Nothing earlier in the policy can
+/// decide differently for the packets of one exact tuple, so such an entry needs no
+/// covers; what remains are the statefulness rules (DESIGN.md §5):
+///
+/// - allow: every packet of the tuple (software would allow them too: by policy, or
+///   as part of a flow);
+/// - TCP deny: connection attempts only (SYN without ACK);
+/// - other denies: only when no flow the workload's egress policy may allow can have
+///   a reply with this tuple (replies of allowed flows pass in software);
+/// - no entry when a `log` rule matches the tuple (software must record it), when
+///   the device cannot express it, or (drop-only mode) for allows.
+fn exact_flow_candidates(
+    state: &State,
+    program: &OffloadProgram,
+    caps: &NicCaps,
+    hits: &HitCounters,
+    groups: bool,
+) -> Vec<FlowCand> {
+    use crate::atom::{exact_atom, FlagClass};
+    use crate::lower::{ContinueReason, TcpFlags};
+    let mut by_tuple: HashMap<Packet, Vec<usize>> = HashMap::new();
+    let mut order: Vec<Packet> = Vec::new();
+    for (i, s) in hits.flows.iter().enumerate() {
+        if s.hits == 0 {
+            continue;
+        }
+        let v = by_tuple.entry(s.packet).or_default();
+        if v.is_empty() {
+            order.push(s.packet);
+        }
+        v.push(i);
+    }
+    let mut out = Vec::new();
+    for pkt in order {
+        let Some(samples) = by_tuple.get(&pkt) else {
+            continue;
+        };
+        if program.local_sources.contains(&pkt.src) {
+            continue;
+        }
+        let Some(d) = program.domain_of(&pkt.dst) else {
+            continue;
+        };
+        let dom = &program.domains[d];
+        if dom.skipped.is_some() {
+            continue;
+        }
+        let logged = dom.entries.iter().any(|e| {
+            e.kind == EntryKind::Continue(ContinueReason::Log)
+                && samples
+                    .iter()
+                    .any(|&i| e.matches(state, &pkt, hits.flows[i].tcp_flags))
+        });
+        if logged {
+            continue;
+        }
+        let allow = capo_policy::trace(state, &pkt).verdict == capo_policy::Verdict::Allow;
+        let tcp = pkt.protocol.0 == 6;
+        let (flags, samples): (FlagClass, Vec<usize>) = if allow {
+            if !groups {
+                continue;
+            }
+            (FlagClass::Any, samples.clone())
+        } else if tcp {
+            let syn: Vec<usize> = samples
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    hits.flows[i]
+                        .tcp_flags
+                        .is_some_and(|f| TcpFlags::SynOnly.accepts(f))
+                })
+                .collect();
+            (FlagClass::SynOnly, syn)
+        } else {
+            if dom
+                .egress_allow
+                .iter()
+                .any(|a| a.reversed().contains(&pkt, None))
+            {
+                continue;
+            }
+            (FlagClass::Any, samples.clone())
+        };
+        if samples.is_empty() {
+            continue;
+        }
+        let Some(atom) = exact_atom(&pkt, flags, caps) else {
+            continue;
+        };
+        out.push(FlowCand {
+            domain: d,
+            packet: pkt,
+            atom,
+            allow,
+            samples,
+        });
+    }
+    out
 }
 
 /// Longest chain of overlapping earlier rules, per domain, in list order.

@@ -1,5 +1,7 @@
 //! Named planner cases: TCP denies go down SYN-only, allows stay in software without
-//! groups, an earlier `pass` rule is covered by a punt, priorities are layered.
+//! groups, an earlier `pass` rule is covered by a punt, priorities are layered; exact
+//! flows take one entry without covers, TCP ones deny SYN-only, other denies only when
+//! reply-safe (egress reachability), never for a logged tuple.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -17,6 +19,16 @@ use capo_policy::{
 };
 
 fn state_with(rules: Vec<Rule>) -> (State, IdTable) {
+    state_with_egress(rules, vec![], None)
+}
+
+/// One workload `10.244.0.1` with one policy (`inbound`, `outbound`) in the default
+/// tier (default deny) and, when given, a profile with these egress rules.
+fn state_with_egress(
+    rules: Vec<Rule>,
+    outbound: Vec<Rule>,
+    profile_egress: Option<Vec<Rule>>,
+) -> (State, IdTable) {
     let mut s = State::new();
     s.apply(Update::Config(FelixConfig {
         hostname: "n".into(),
@@ -40,13 +52,27 @@ fn state_with(rules: Vec<Rule>) -> (State, IdTable) {
         key.clone(),
         Policy {
             inbound: rules,
-            outbound: vec![],
+            outbound,
             untracked: false,
             pre_dnat: false,
             tier: "default".into(),
         },
     ))
     .unwrap();
+    let profile_ids = match profile_egress {
+        Some(outbound) => {
+            s.apply(Update::ProfileUpdate(
+                "kns.ns".into(),
+                capo_policy::Profile {
+                    inbound: vec![],
+                    outbound,
+                },
+            ))
+            .unwrap();
+            vec!["kns.ns".to_string()]
+        }
+        None => vec![],
+    };
     s.apply(Update::WorkloadUpdate(
         WorkloadKey {
             orchestrator: "k8s".into(),
@@ -55,7 +81,7 @@ fn state_with(rules: Vec<Rule>) -> (State, IdTable) {
         },
         WorkloadEndpoint {
             name: "cali1".into(),
-            profile_ids: vec![],
+            profile_ids,
             ipv4_nets: vec!["10.244.0.1/32".parse().unwrap()],
             ipv6_nets: vec![],
             tiers: vec![TierInfo {
@@ -102,10 +128,236 @@ fn hits(probes: &[Probe]) -> HitCounters {
     }
 }
 
+/// Plans with rule atoms only (no exact flows): the rule-lowering cases.
 fn planned(rules: Vec<Rule>, caps: &NicCaps, probes: &[Probe]) -> OffloadPlan {
     let (s, ids) = state_with(rules);
     let program = lower(&s, &ids, 1);
-    plan(&s, &program, caps, &hits(probes), &PlanConfig::default())
+    let cfg = PlanConfig {
+        exact_flows: false,
+        ..PlanConfig::default()
+    };
+    plan(&s, &program, caps, &hits(probes), &cfg)
+}
+
+/// Plans with the default configuration (exact flows offered).
+fn planned_in(s: &State, ids: &IdTable, caps: &NicCaps, probes: &[Probe]) -> OffloadPlan {
+    let program = lower(s, ids, 1);
+    plan(s, &program, caps, &hits(probes), &PlanConfig::default())
+}
+
+/// What a NIC holding `p` does with `probe`, and the reference verdict.
+fn on_nic(
+    s: &State,
+    p: &OffloadPlan,
+    caps: &NicCaps,
+    probe: &Probe,
+) -> (capo_offload::NicOutcome, capo_policy::Verdict) {
+    let mut nic = capo_offload::SimNic::new(caps.clone());
+    let mut c = capo_offload::Committer::new();
+    c.commit(&mut nic, p, &mut |_, _| {});
+    (
+        nic.peek(&probe.headers()),
+        capo_policy::trace(s, &probe.reference_packet()).verdict,
+    )
+}
+
+fn udp(src: [u8; 4], sport: u16, dport: u16) -> Probe {
+    Probe {
+        packet: Packet {
+            src: IpAddr::V4(Ipv4Addr::from(src)),
+            dst: "10.244.0.1".parse().unwrap(),
+            protocol: Protocol::UDP,
+            l4: L4::Ports {
+                src: sport,
+                dst: dport,
+            },
+        },
+        tcp_flags: 0,
+        fragment: Fragment::No,
+    }
+}
+
+fn exact_flows(p: &OffloadPlan) -> Vec<&capo_offload::plan::PlannedRule> {
+    p.rules
+        .iter()
+        .filter(|r| matches!(r.role, Role::ExactFlow { .. }))
+        .collect()
+}
+
+#[test]
+fn test_exact_flow_takes_one_entry_without_covers() {
+    // The allow atom would need a cover for the earlier pass rule; the flow's exact
+    // tuple is decided by one entry.
+    let mut pass = Rule::any(Action::Pass);
+    pass.src.nets.push(net("172.16.0.4/30"));
+    let mut allow = Rule::any(Action::Allow);
+    allow.protocol = Some(Protocol::TCP);
+    allow.src.nets.push(net("172.16.0.0/29"));
+    allow.dst.ports.push(PortRange::single(80));
+    let (s, ids) = state_with(vec![pass, allow]);
+    // Room for one entry besides the fixed ones (two fragment punts, two source
+    // punts, the catch-all, the reserve).
+    let caps = NicCaps::mlx5(7);
+    let probe = tcp([172, 16, 0, 1], 80, TCP_ACK);
+    let p = planned_in(&s, &ids, &caps, &[probe]);
+    assert_eq!(p.exact_flows, 1);
+    assert!(!p.rules.iter().any(|r| matches!(r.role, Role::Cover { .. })));
+    let e = exact_flows(&p)[0];
+    assert!(
+        matches!(
+            e.role,
+            Role::ExactFlow {
+                domain: 0,
+                allow: true,
+                ..
+            }
+        ),
+        "{:?}",
+        e.role
+    );
+    let tcp_item = e.flow.pattern().iter().find_map(|i| match i {
+        Item::Tcp(Some(s)) => Some(*s),
+        _ => None,
+    });
+    let t = tcp_item.expect("a TCP item");
+    assert_eq!(
+        (t.mask.src_port, t.mask.dst_port, t.mask.flags),
+        (0xffff, 0xffff, 0)
+    );
+    // Its SYN and ACK packets are allowed in hardware; another port is not decided.
+    for f in [TCP_SYN, TCP_ACK] {
+        let (out, v) = on_nic(&s, &p, &caps, &tcp([172, 16, 0, 1], 80, f));
+        assert!(matches!(
+            out,
+            capo_offload::NicOutcome::Delivered { mark: Some(_) }
+        ));
+        assert_eq!(v, capo_policy::Verdict::Allow);
+    }
+}
+
+#[test]
+fn test_exact_tcp_deny_drops_only_the_connection_attempt() {
+    // The end-of-tier drop's atom would need a cover for the allow above it.
+    let mut allow = Rule::any(Action::Allow);
+    allow.protocol = Some(Protocol::TCP);
+    allow.src.nets.push(net("172.16.0.0/24"));
+    allow.dst.ports.push(PortRange::single(80));
+    let (s, ids) = state_with(vec![allow]);
+    let caps = NicCaps::mlx5(64);
+    let p = planned_in(&s, &ids, &caps, &[tcp([172, 16, 0, 9], 443, TCP_SYN)]);
+    let e = exact_flows(&p);
+    assert_eq!(e.len(), 1);
+    assert!(
+        matches!(
+            e[0].role,
+            Role::ExactFlow {
+                domain: 0,
+                allow: false,
+                ..
+            }
+        ),
+        "{:?}",
+        e[0].role
+    );
+    let (out, v) = on_nic(&s, &p, &caps, &tcp([172, 16, 0, 9], 443, TCP_SYN));
+    assert_eq!(
+        (out, v),
+        (
+            capo_offload::NicOutcome::Dropped,
+            capo_policy::Verdict::Deny
+        )
+    );
+    // An ACK of the same tuple may belong to a flow software knows: not dropped here.
+    let (out, _) = on_nic(&s, &p, &caps, &tcp([172, 16, 0, 9], 443, TCP_ACK));
+    assert_ne!(out, capo_offload::NicOutcome::Dropped);
+}
+
+#[test]
+fn test_exact_udp_deny_only_where_no_reply_can_match() {
+    let caps = NicCaps::mlx5(64);
+    let probe = udp([172, 16, 0, 9], 53, 40000);
+    // The workload may send UDP anywhere: the packet could be a reply (sport 53).
+    let mut out_udp = Rule::any(Action::Allow);
+    out_udp.protocol = Some(Protocol::UDP);
+    out_udp.dst.ports.push(PortRange::single(53));
+    let (s, ids) = state_with_egress(vec![], vec![out_udp.clone()], None);
+    let p = planned_in(&s, &ids, &caps, &[probe]);
+    assert_eq!(p.exact_flows, 0, "{:#?}", p.rules);
+    // From another source port it cannot be a reply of that egress rule.
+    let other = udp([172, 16, 0, 9], 5353, 40000);
+    let p = planned_in(&s, &ids, &caps, &[other]);
+    assert_eq!(p.exact_flows, 1);
+    let (out, v) = on_nic(&s, &p, &caps, &other);
+    assert_eq!(
+        (out, v),
+        (
+            capo_offload::NicOutcome::Dropped,
+            capo_policy::Verdict::Deny
+        )
+    );
+}
+
+#[test]
+fn test_egress_end_of_tier_drop_hides_later_allows_from_the_reply_check() {
+    let caps = NicCaps::mlx5(64);
+    let probe = udp([172, 16, 0, 9], 5353, 40000);
+    // A profile allowing every egress flow, behind an enforced default-deny tier with
+    // no pass rule: no egress flow is ever allowed, so the UDP deny is reply-safe.
+    let mut out_tcp = Rule::any(Action::Allow);
+    out_tcp.protocol = Some(Protocol::TCP);
+    let any = vec![Rule::any(Action::Allow)];
+    let (s, ids) = state_with_egress(vec![], vec![out_tcp.clone()], Some(any.clone()));
+    assert_eq!(planned_in(&s, &ids, &caps, &[probe]).exact_flows, 1);
+    // A pass rule in that tier reaches the profile: not reply-safe any more.
+    let pass = Rule::any(Action::Pass);
+    let (s, ids) = state_with_egress(vec![], vec![pass, out_tcp], Some(any));
+    assert_eq!(planned_in(&s, &ids, &caps, &[probe]).exact_flows, 0);
+}
+
+#[test]
+fn test_logged_tuple_stays_in_software() {
+    let mut log = Rule::any(Action::Log);
+    log.src.nets.push(net("172.16.0.0/24"));
+    let allow = Rule::any(Action::Allow);
+    let (s, ids) = state_with(vec![log, allow]);
+    let caps = NicCaps::mlx5(64);
+    let p = planned_in(&s, &ids, &caps, &[tcp([172, 16, 0, 1], 80, TCP_ACK)]);
+    assert_eq!(p.exact_flows, 0);
+    // A source the log rule does not match goes down.
+    let p = planned_in(&s, &ids, &caps, &[tcp([172, 16, 1, 1], 80, TCP_ACK)]);
+    assert_eq!(p.exact_flows, 1);
+}
+
+#[test]
+fn test_drop_only_mode_offers_exact_denies_not_allows() {
+    let mut allow = Rule::any(Action::Allow);
+    allow.protocol = Some(Protocol::TCP);
+    allow.dst.ports.push(PortRange::single(80));
+    let (s, ids) = state_with(vec![allow]);
+    let caps = NicCaps::e810(64);
+    let p = planned_in(
+        &s,
+        &ids,
+        &caps,
+        &[
+            tcp([172, 16, 0, 1], 80, TCP_ACK),
+            tcp([172, 16, 0, 1], 81, TCP_SYN),
+        ],
+    );
+    let e = exact_flows(&p);
+    assert_eq!(e.len(), 1);
+    assert!(
+        matches!(
+            e[0].role,
+            Role::ExactFlow {
+                domain: 0,
+                allow: false,
+                ..
+            }
+        ),
+        "{:?}",
+        e[0].role
+    );
 }
 
 fn net(s: &str) -> Cidr {
@@ -223,4 +475,45 @@ fn test_rules_that_need_named_ports_stay_in_software() {
         .kept
         .iter()
         .any(|k| matches!(k.reason, KeepReason::NotExpressible { .. })));
+}
+
+#[test]
+fn test_spare_room_goes_to_atoms_that_catch_new_flows() {
+    // The flow's SYN is taken by an exact entry first (one entry against an atom and
+    // its cover); with room left, the end-of-tier drop's atom goes down too, so a new
+    // connection attempt (another source port) is dropped in hardware as well.
+    let mut allow = Rule::any(Action::Allow);
+    allow.protocol = Some(Protocol::TCP);
+    allow.src.nets.push(net("172.16.0.0/24"));
+    allow.dst.ports.push(PortRange::single(80));
+    let (s, ids) = state_with(vec![allow]);
+    let probe = tcp([172, 16, 0, 9], 443, TCP_SYN);
+    let mut again = probe;
+    again.packet.l4 = L4::Ports {
+        src: 40001,
+        dst: 443,
+    };
+    let roomy = NicCaps::mlx5(64);
+    let p = planned_in(&s, &ids, &roomy, &[probe]);
+    assert_eq!(p.exact_flows, 1);
+    assert!(p
+        .rules
+        .iter()
+        .any(|r| matches!(r.role, Role::Decide { allow: false, .. })));
+    let (out, v) = on_nic(&s, &p, &roomy, &again);
+    assert_eq!(
+        (out, v),
+        (
+            capo_offload::NicOutcome::Dropped,
+            capo_policy::Verdict::Deny
+        )
+    );
+    // With room for one entry, the exact entry alone.
+    let tight = NicCaps::mlx5(7);
+    let p = planned_in(&s, &ids, &tight, &[probe]);
+    assert_eq!(p.exact_flows, 1);
+    assert!(!p
+        .rules
+        .iter()
+        .any(|r| matches!(r.role, Role::Decide { .. })));
 }

@@ -1,5 +1,6 @@
 //! Differential property tests: for random policies, traffic, capacities and device
-//! profiles, the NIC's decision where it decides and software's otherwise equals the
+//! profiles, with and without exact-flow entries (rule atoms and covers only), the
+//! NIC's decision where it decides and software's otherwise equals the
 //! reference verdict ([`capo_policy::trace`]); during a commit every packet gets the
 //! verdict of the old or of the new generation; the same under injected faults.
 
@@ -351,15 +352,22 @@ fn caps_for(profile: u8, capacity: u32) -> NicCaps {
     }
 }
 
+/// `exact`: offer exact-flow entries besides rule atoms (the default), or plan with
+/// rule atoms and covers only.
 fn make_plan(
     state: &State,
     ids: &IdTable,
     generation: u64,
     caps: &NicCaps,
     hits: &HitCounters,
+    exact: bool,
 ) -> OffloadPlan {
     let program = lower(state, ids, generation);
-    plan(state, &program, caps, hits, &PlanConfig::default())
+    let cfg = PlanConfig {
+        exact_flows: exact,
+        ..PlanConfig::default()
+    };
+    plan(state, &program, caps, hits, &cfg)
 }
 
 fn verdict(
@@ -378,11 +386,11 @@ proptest! {
 
     /// NIC where it decides, software otherwise, equals the reference.
     #[test]
-    fn prop_nic_plus_software_equals_reference(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..4) {
+    fn prop_nic_plus_software_equals_reference(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..4, exact in any::<bool>()) {
         let (state, ids) = random_state(seed);
         let probes = random_probes(seed, 120);
         let caps = caps_for(profile, capacity);
-        let p = make_plan(&state, &ids, 1, &caps, &hits_from(&probes, seed));
+        let p = make_plan(&state, &ids, 1, &caps, &hits_from(&probes, seed), exact);
         prop_assert!(p.entries_used() <= capacity as usize);
         let mut nic = SimNic::new(caps.clone());
         let mut c = Committer::new();
@@ -400,8 +408,8 @@ proptest! {
     /// During a commit (and the retire after it) every packet gets the verdict of the
     /// old or the new generation; afterwards exactly the new one.
     #[test]
-    fn prop_commit_is_per_packet_consistent(seed in any::<u64>(), capacity in 4u32..120, profile in 0u8..4) {
-        check_commit(seed, capacity, profile, None)?;
+    fn prop_commit_is_per_packet_consistent(seed in any::<u64>(), capacity in 4u32..120, profile in 0u8..4, exact in any::<bool>()) {
+        check_commit(seed, capacity, profile, exact, None)?;
     }
 
     /// The same with faults injected while the new generation is installed.
@@ -413,9 +421,10 @@ proptest! {
         enomem in proptest::option::of(0usize..60),
         eio in proptest::option::of(0u64..60),
         every in proptest::option::of(1u64..6),
+        exact in any::<bool>(),
     ) {
         let faults = Faults { enomem_after: enomem, eio_after_creates: eio, create_fails_every: every };
-        check_commit(seed, capacity, profile, Some(faults))?;
+        check_commit(seed, capacity, profile, exact, Some(faults))?;
     }
 }
 
@@ -423,6 +432,7 @@ fn check_commit(
     seed: u64,
     capacity: u32,
     profile: u8,
+    exact: bool,
     faults: Option<Faults>,
 ) -> Result<(), TestCaseError> {
     let (a, ids_a) = random_state(seed);
@@ -430,8 +440,8 @@ fn check_commit(
     let probes = random_probes(seed, 80);
     let caps = caps_for(profile, capacity);
     let hits = hits_from(&probes, seed);
-    let plan_a = make_plan(&a, &ids_a, 1, &caps, &hits);
-    let plan_b = make_plan(&b, &ids_b, 2, &caps, &hits);
+    let plan_a = make_plan(&a, &ids_a, 1, &caps, &hits, exact);
+    let plan_b = make_plan(&b, &ids_b, 2, &caps, &hits, exact);
     let ref_a: Vec<Verdict> = probes
         .iter()
         .map(|p| trace(&a, &p.reference_packet()).verdict)
@@ -486,7 +496,7 @@ fn test_fragment_and_source_punts_precede_everything() {
     let (state, ids) = random_state(7);
     let probes = random_probes(7, 50);
     let caps = NicCaps::mlx5(500);
-    let p = make_plan(&state, &ids, 3, &caps, &hits_from(&probes, 7));
+    let p = make_plan(&state, &ids, 3, &caps, &hits_from(&probes, 7), true);
     use capo_offload::plan::Role;
     let first_other = p
         .rules
@@ -511,6 +521,7 @@ fn test_software_only_device_keeps_everything_with_a_reason() {
         1,
         &NicCaps::none("net_null"),
         &HitCounters::default(),
+        true,
     );
     assert!(p.rules.is_empty());
     assert!(p
@@ -520,51 +531,81 @@ fn test_software_only_device_keeps_everything_with_a_reason() {
 }
 
 /// Guards the properties against vacuity: the random inputs do put decisions, covers
-/// and several priority layers on the NIC.
+/// and several priority layers on the NIC (rule atoms only), and exact-flow allows and
+/// denies that decide probes (default planning).
 #[test]
 fn test_random_inputs_exercise_hardware_decisions() {
     use capo_offload::plan::Role;
     use capo_offload::verdict::DecidedBy;
-    let (mut hw, mut total, mut covers, mut multi_layer, mut drops) = (0, 0, 0, 0, 0);
-    for seed in 0..200u64 {
-        let (state, ids) = random_state(seed);
-        let probes = random_probes(seed, 100);
-        for profile in [0u8, 1] {
-            let caps = caps_for(profile, 100);
-            let p = make_plan(&state, &ids, 1, &caps, &hits_from(&probes, seed));
-            covers += p
-                .rules
-                .iter()
-                .filter(|r| matches!(r.role, Role::Cover { .. }))
-                .count();
-            multi_layer += usize::from(p.layers > 1);
-            drops += p
-                .rules
-                .iter()
-                .filter(|r| matches!(r.role, Role::Decide { allow: false, .. }))
-                .count();
-            let mut nic = SimNic::new(caps.clone());
-            let mut c = Committer::new();
-            c.commit(&mut nic, &p, &mut |_, _| {});
-            for pr in &probes {
-                let reference = trace(&state, &pr.reference_packet()).verdict;
-                let (_, by) = combine(
-                    nic.peek(&pr.headers()),
-                    c.software(),
-                    caps.mark_bits,
-                    &mut |_| reference,
-                );
-                total += 1;
-                hw += usize::from(by == DecidedBy::Hardware);
+    for exact in [false, true] {
+        let (mut hw, mut total, mut covers, mut multi_layer, mut drops) = (0, 0, 0, 0, 0);
+        let (mut exact_allows, mut exact_drops, mut hw_by_exact) = (0, 0, 0);
+        for seed in 0..200u64 {
+            let (state, ids) = random_state(seed);
+            let probes = random_probes(seed, 100);
+            for profile in [0u8, 1] {
+                let caps = caps_for(profile, 100);
+                let p = make_plan(&state, &ids, 1, &caps, &hits_from(&probes, seed), exact);
+                covers += p
+                    .rules
+                    .iter()
+                    .filter(|r| matches!(r.role, Role::Cover { .. }))
+                    .count();
+                multi_layer += usize::from(p.layers > 1);
+                drops += p
+                    .rules
+                    .iter()
+                    .filter(|r| matches!(r.role, Role::Decide { allow: false, .. }))
+                    .count();
+                exact_allows += p
+                    .rules
+                    .iter()
+                    .filter(|r| matches!(r.role, Role::ExactFlow { allow: true, .. }))
+                    .count();
+                exact_drops += p
+                    .rules
+                    .iter()
+                    .filter(|r| matches!(r.role, Role::ExactFlow { allow: false, .. }))
+                    .count();
+                let mut nic = SimNic::new(caps.clone());
+                let mut c = Committer::new();
+                c.commit(&mut nic, &p, &mut |_, _| {});
+                for pr in &probes {
+                    let reference = trace(&state, &pr.reference_packet()).verdict;
+                    let (_, by) = combine(
+                        nic.peek(&pr.headers()),
+                        c.software(),
+                        caps.mark_bits,
+                        &mut |_| reference,
+                    );
+                    total += 1;
+                    let decided = by == DecidedBy::Hardware;
+                    hw += usize::from(decided);
+                    let h = pr.headers();
+                    let by_exact = p
+                        .rules
+                        .iter()
+                        .filter(|r| r.flow.matches(&h))
+                        .min_by_key(|r| r.flow.attr().priority.0)
+                        .is_some_and(|r| matches!(r.role, Role::ExactFlow { .. }));
+                    hw_by_exact += usize::from(decided && by_exact);
+                }
             }
         }
+        assert!(
+            hw * 20 > total,
+            "exact {exact}: only {hw} of {total} probes decided in hardware"
+        );
+        if exact {
+            assert!(
+                exact_allows > 0 && exact_drops > 0 && hw_by_exact * 40 > total,
+                "exact allows {exact_allows}, drops {exact_drops}, probes {hw_by_exact}"
+            );
+        } else {
+            assert!(
+                covers > 0 && multi_layer > 0 && drops > 0,
+                "covers {covers}, multi-layer plans {multi_layer}, drops {drops}"
+            );
+        }
     }
-    assert!(
-        hw * 20 > total,
-        "only {hw} of {total} probes decided in hardware"
-    );
-    assert!(
-        covers > 0 && multi_layer > 0 && drops > 0,
-        "covers {covers}, multi-layer plans {multi_layer}, drops {drops}"
-    );
 }
