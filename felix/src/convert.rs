@@ -43,9 +43,28 @@ pub enum Converted {
     Ignored(&'static str),
 }
 
-/// Converts one v3.32+ message. `state` is read for host metadata that arrives in
-/// parts (v3.31) and for nothing else.
+/// How to read messages whose meaning depends on the Felix release.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// Host metadata arrives in three families (v3.32.x: field 14 carries only the
+    /// IPv4 address, 35-38 the rest), so a field-14 update keeps the IPv6 address
+    /// already held. On master, field 14 carries both and replaces the entry.
+    pub split_host_metadata: bool,
+}
+
+/// Converts one v3.32+ message (master's reading of host metadata).
 pub fn convert(msg: pb::ToDataplane, state: &State) -> Result<Converted, ConvertError> {
+    convert_with(msg, state, ConvertOptions::default())
+}
+
+/// Converts one v3.32+ message. `state` is read for host metadata that arrives in
+/// parts (v3.31, v3.32.x) and for nothing else.
+pub fn convert_with(
+    msg: pb::ToDataplane,
+    state: &State,
+    opts: ConvertOptions,
+) -> Result<Converted, ConvertError> {
+    let host = |name: &str| state.hosts().get(name).cloned().unwrap_or_default();
     use pb::to_dataplane::Payload as P;
     let Some(payload) = msg.payload else {
         return Ok(Converted::Ignored("unknown payload"));
@@ -172,7 +191,26 @@ pub fn convert(msg: pb::ToDataplane, state: &State) -> Result<Converted, Convert
         }
         P::HostMetadataUpdate(u) => {
             let f = "host_metadata_update";
-            let _ = state;
+            let ipv4 = opt_addr(&u.ipv4_addr, &format!("{f}.ipv4_addr"))?;
+            let ipv6 = opt_addr(&u.ipv6_addr, &format!("{f}.ipv6_addr"))?;
+            let ipv6 = match (ipv6, opts.split_host_metadata) {
+                (None, true) => host(&u.hostname).ipv6,
+                (v6, _) => v6,
+            };
+            Update::HostMetadataUpdate(u.hostname, HostMetadata { ipv4, ipv6 })
+        }
+        P::HostMetadataV6Update(u) => {
+            let mut h = host(&u.hostname);
+            h.ipv6 = opt_addr(&u.ipv6_addr, "host_metadata_v6_update.ipv6_addr")?;
+            Update::HostMetadataUpdate(u.hostname, h)
+        }
+        P::HostMetadataV6Remove(u) => {
+            let mut h = host(&u.hostname);
+            h.ipv6 = None;
+            Update::HostMetadataUpdate(u.hostname, h)
+        }
+        P::HostMetadataV4v6Update(u) => {
+            let f = "host_metadata_v4v6_update";
             Update::HostMetadataUpdate(
                 u.hostname,
                 HostMetadata {
@@ -181,6 +219,7 @@ pub fn convert(msg: pb::ToDataplane, state: &State) -> Result<Converted, Convert
                 },
             )
         }
+        P::HostMetadataV4v6Remove(u) => Update::HostMetadataRemove(u.hostname),
         P::HostMetadataRemove(u) => Update::HostMetadataRemove(u.hostname),
         P::IpamPoolUpdate(_) => return Ok(Converted::Ignored("ipam_pool_update")),
         P::IpamPoolRemove(_) => return Ok(Converted::Ignored("ipam_pool_remove")),

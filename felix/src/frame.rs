@@ -163,7 +163,7 @@ pub enum FrameError {
         max: u64,
     },
     /// Reading or writing the underlying stream failed.
-    #[error("frame {frame}: I/O error")]
+    #[error("frame {frame}: I/O error: {source}")]
     Io {
         /// The frame being read or written.
         frame: u64,
@@ -171,7 +171,7 @@ pub enum FrameError {
         source: io::Error,
     },
     /// The frame's bytes are not a valid message of the expected schema.
-    #[error("frame {frame}: not a valid {schema} ToDataplane message")]
+    #[error("frame {frame}: not a valid {schema} ToDataplane message: {source}")]
     DecodeError {
         /// The frame being decoded.
         frame: u64,
@@ -675,9 +675,10 @@ mod tests {
             ),
             "{err:?}"
         );
+        // The message names the frame and what prost could not read.
         assert_eq!(
             err.to_string(),
-            "frame 7: not a valid v3.32 ToDataplane message"
+            "frame 7: not a valid v3.32 ToDataplane message: failed to decode Protobuf message: ToDataplane.payload: buffer underflow"
         );
         assert_eq!(err.frame(), 7);
         assert!(std::error::Error::source(&err).is_some());
@@ -711,8 +712,9 @@ mod tests {
     }
 
     #[test]
-    fn v3_31_only_payload_is_none_under_v3_32() {
-        // Field 37 (v3.31 HostMetadataV4V6Update) is reserved on v3.32+.
+    fn v3_32_x_host_metadata_decodes_under_v3_32() {
+        // Field 37 (HostMetadataV4V6Update) is reserved on master but sent by v3.32.x:
+        // the v3.32 schema reads it with the same layout.
         use capo_proto::felix::v3_31;
         let old = v3_31::ToDataplane {
             sequence_number: 3,
@@ -729,7 +731,12 @@ mod tests {
         };
         let msg = decode_to_dataplane_v3_32(&frame).unwrap();
         assert_eq!(msg.sequence_number, 3);
-        assert!(msg.payload.is_none());
+        match msg.payload {
+            Some(to_dataplane::Payload::HostMetadataV4v6Update(u)) => {
+                assert_eq!(u.hostname, "node-a")
+            }
+            other => panic!("field 37 not read: {other:?}"),
+        }
         assert_eq!(decode_to_dataplane_v3_31(&frame).unwrap(), old);
     }
 
@@ -817,7 +824,7 @@ mod tests {
             .write_message(&in_sync(0))
             .unwrap_err();
         assert!(matches!(err, FrameError::Io { frame: 0, .. }), "{err:?}");
-        assert_eq!(err.to_string(), "frame 0: I/O error");
+        assert_eq!(err.to_string(), "frame 0: I/O error: broken pipe");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use capo_policy::{Applied, State, StateError};
 use capo_proto::felix::v3_32 as pb;
 
-use crate::convert::{convert, upgrade_v3_31, ConvertError, Converted};
+use crate::convert::{convert_with, upgrade_v3_31, ConvertError, ConvertOptions, Converted};
 use crate::frame::{
     decode_to_dataplane_v3_31, decode_to_dataplane_v3_32, schema_for_calico_version, Frame,
     FrameError, Schema,
@@ -108,6 +108,7 @@ pub struct Session {
     state: State,
     stats: SessionStats,
     applied: Vec<capo_policy::Update>,
+    convert: ConvertOptions,
 }
 
 impl Session {
@@ -120,6 +121,7 @@ impl Session {
             state: State::new(),
             stats: SessionStats::default(),
             applied: Vec::new(),
+            convert: ConvertOptions::default(),
         }
     }
 
@@ -176,14 +178,12 @@ impl Session {
                 }
             }
             Converted::Update(update) => {
-                if let capo_policy::Update::Config(cfg) = &update {
-                    self.follow_calico_version(cfg.calico_version.as_deref());
-                }
-                let copy = update.clone();
+                // Only updates after InSync are deltas a dataplane needs.
+                let copy = (self.phase == Phase::InSync).then(|| update.clone());
                 match self.state.apply(update) {
                     Ok(Applied::Changed) => {
                         self.stats.changed += 1;
-                        self.applied.push(copy);
+                        self.applied.extend(copy);
                         Event::Changed
                     }
                     Ok(Applied::Unchanged) => Event::Unchanged,
@@ -215,29 +215,49 @@ impl Session {
                 got,
             });
         };
-        self.follow_calico_version(cfg.config.get("CalicoVersion").map(String::as_str));
-        self.phase = Phase::Syncing;
-        let converted = convert(msg, &self.state).map_err(|source| SessionError::Convert {
-            frame: frame.index,
-            seq,
-            source,
+        // The schema is fixed for the session: Felix's wire format cannot change
+        // without a restart, whatever a later ConfigUpdate's CalicoVersion says.
+        let version = cfg.config.get("CalicoVersion").cloned();
+        if let Some(v) = version.as_deref() {
+            if self.forced_schema.is_none() {
+                if let Some(s) = schema_for_calico_version(v) {
+                    self.schema = s;
+                }
+            }
+            self.convert.split_host_metadata = is_v3_32_x(v);
+        }
+        let converted = convert_with(msg, &self.state, self.convert).map_err(|source| {
+            SessionError::Convert {
+                frame: frame.index,
+                seq,
+                source,
+            }
         })?;
+        self.phase = Phase::Syncing;
         Ok((seq, converted))
     }
 
-    fn follow_calico_version(&mut self, version: Option<&str>) {
-        if self.forced_schema.is_none() {
-            if let Some(s) = version.and_then(schema_for_calico_version) {
-                self.schema = s;
-            }
-        }
-    }
-
-    fn decode(&self, frame: &Frame) -> Result<(u64, Converted), SessionError> {
+    fn decode(&mut self, frame: &Frame) -> Result<(u64, Converted), SessionError> {
         let (seq, converted) = match self.schema {
             Schema::V3_32 => {
                 let msg = decode_to_dataplane_v3_32(frame)?;
-                (msg.sequence_number, convert(msg, &self.state))
+                use pb::to_dataplane::Payload as P;
+                if matches!(
+                    msg.payload,
+                    Some(
+                        P::HostMetadataV6Update(_)
+                            | P::HostMetadataV6Remove(_)
+                            | P::HostMetadataV4v6Update(_)
+                            | P::HostMetadataV4v6Remove(_)
+                    )
+                ) {
+                    // Only v3.32.x sends these: its field 14 carries IPv4 only.
+                    self.convert.split_host_metadata = true;
+                }
+                (
+                    msg.sequence_number,
+                    convert_with(msg, &self.state, self.convert),
+                )
             }
             Schema::V3_31 => {
                 let msg = decode_to_dataplane_v3_31(frame)?;
@@ -253,7 +273,31 @@ impl Session {
     }
 }
 
+/// Whether a Felix version is a v3.32.x release (host metadata in three families).
+fn is_v3_32_x(version: &str) -> bool {
+    let v = version.trim_start_matches('v');
+    v == "3.32" || v.starts_with("3.32.") || v.starts_with("3.32-")
+}
+
+/// The payload's variant name, without formatting its (possibly huge) contents.
 fn payload_name(p: &pb::to_dataplane::Payload) -> String {
-    let dbg = format!("{p:?}");
-    dbg.split('(').next().unwrap_or("payload").to_string()
+    /// Stops writing at the first `(`: only the variant name is wanted.
+    struct UpToParen(String);
+    impl std::fmt::Write for UpToParen {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            match s.find('(') {
+                Some(i) => {
+                    self.0.push_str(&s[..i]);
+                    Err(std::fmt::Error)
+                }
+                None => {
+                    self.0.push_str(s);
+                    Ok(())
+                }
+            }
+        }
+    }
+    let mut w = UpToParen(String::new());
+    let _ = std::fmt::write(&mut w, format_args!("{p:?}"));
+    w.0
 }

@@ -107,24 +107,7 @@ fn bind_socket(opts: &ApiOptions) -> Result<std::os::unix::net::UnixListener, Ap
         source,
     };
     let gid = opts.group.as_deref().map(resolve_group).transpose()?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "in use by another process",
-            )));
-        }
-        std::fs::remove_file(path).map_err(err)?;
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
-    }
+    let listener = crate::daemon::bind_unix_socket(path, 0o660, gid).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     Ok(listener)
 }
@@ -311,8 +294,15 @@ fn no_policy() -> Status {
 }
 
 impl Api {
+    /// Locks the daemon from an async handler: waiting for the lock (held by the
+    /// policy source between frames, or by a slow dataplane) must not stall this
+    /// runtime's other requests.
+    fn locked(&self) -> std::sync::MutexGuard<'_, crate::daemon::Daemon> {
+        tokio::task::block_in_place(|| lock(&self.daemon))
+    }
+
     fn counters(&self) -> api::CountersReply {
-        let d = lock(&self.daemon);
+        let d = self.locked();
         let mut reply = api::CountersReply {
             generation: d.generation(),
             ..Default::default()
@@ -372,7 +362,7 @@ impl api::generations_server::Generations for Api {
         &self,
         _req: Request<api::GenerationsRequest>,
     ) -> Result<Response<api::GenerationsReply>, Status> {
-        let d = lock(&self.daemon);
+        let d = self.locked();
         let history = d
             .history()
             .map(|c| api::Commit {
@@ -404,7 +394,7 @@ impl api::offload_server::Offload for Api {
         &self,
         _req: Request<api::OffloadPlanRequest>,
     ) -> Result<Response<api::OffloadPlanReply>, Status> {
-        let d = lock(&self.daemon);
+        let d = self.locked();
         if d.state().is_none() {
             return Err(no_policy());
         }
@@ -430,7 +420,7 @@ impl api::views_server::Views for Api {
                 ))
             }
         };
-        let d = lock(&self.daemon);
+        let d = self.locked();
         let state = d.state().ok_or_else(no_policy)?;
         let text = view.render(state, d.ids());
         let lines = text
@@ -485,8 +475,8 @@ impl api::trace_server::Trace for Api {
             byte(r.icmp_type, "icmp_type")?,
             byte(r.icmp_code, "icmp_code")?,
         )
-        .map_err(|e| Status::invalid_argument(e.replace("--", "")))?;
-        let d = lock(&self.daemon);
+        .map_err(|e| Status::invalid_argument(api_field_names(&e)))?;
+        let d = self.locked();
         let state = d.state().ok_or_else(no_policy)?;
         let t = capo_policy::trace(state, &pkt);
         let views = capo_policy::Views::new(state, d.ids());
@@ -543,6 +533,21 @@ impl api::trace_server::Trace for Api {
     }
 }
 
+/// capoctl's argument names in a message, as the request's field names.
+fn api_field_names(msg: &str) -> String {
+    [
+        ("--proto", "protocol"),
+        ("--sport", "src_port"),
+        ("--dport", "dst_port"),
+        ("--icmp-type", "icmp_type"),
+        ("--icmp-code", "icmp_code"),
+        ("--from", "from"),
+        ("--to", "to"),
+    ]
+    .iter()
+    .fold(msg.to_string(), |m, (flag, field)| m.replace(flag, field))
+}
+
 fn verdict_str(v: capo_policy::Verdict) -> &'static str {
     match v {
         capo_policy::Verdict::Allow => "allow",
@@ -574,7 +579,7 @@ impl api::inject_server::Inject for Api {
         if r.interface.is_empty() {
             return Err(Status::invalid_argument("interface: required"));
         }
-        let mut d = lock(&self.daemon);
+        let mut d = self.locked();
         if d.state().is_none() {
             return Err(no_policy());
         }

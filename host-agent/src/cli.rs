@@ -110,7 +110,7 @@ pub fn packet(
             dst: dport.unwrap_or(0),
         }
     } else {
-        if sport.is_some() || dport.is_some() || icmp_type.is_some() {
+        if sport.is_some() || dport.is_some() || icmp_type.is_some() || icmp_code.is_some() {
             return Err(format!("protocol {proto} has no ports or ICMP fields"));
         }
         L4::None

@@ -402,7 +402,13 @@ impl Daemon {
         let Some(state) = self.session.as_ref().map(Session::state) else {
             return;
         };
-        self.ids.sync(state);
+        // A member change gives no object a new id: skip the sync on the hot path.
+        let members_only = delta
+            .as_deref()
+            .is_some_and(|d| d.iter().all(|u| matches!(u, Update::IpSetDelta { .. })));
+        if !members_only {
+            self.ids.sync(state);
+        }
         self.generation += 1;
         let mut outcome = "committed";
         let mut detail = Vec::new();
@@ -490,9 +496,24 @@ pub fn serve_connection<R: Read, W: Write + Send + 'static>(
     }
 }
 
-/// Binds the Felix socket, replacing a stale socket file left by a previous run.
-pub fn bind_felix_socket(path: &Path) -> std::io::Result<UnixListener> {
-    if path.exists() {
+/// Binds a unix socket at `path` with `mode` (and group `gid`) set before anyone can
+/// connect: the socket is made in a private directory beside `path`, given its mode
+/// and group, then moved into place. A stale socket left by a previous run is
+/// replaced; a socket in use, or anything that is not a socket, is an error.
+pub fn bind_unix_socket(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
@@ -501,10 +522,27 @@ pub fn bind_felix_socket(path: &Path) -> std::io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    UnixListener::bind(path)
+    let private = dir.join(format!(".capo-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("sock");
+    let result = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&staged, None, Some(gid))?;
+        }
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+/// Binds the Felix socket (mode 0660), replacing a stale socket file left by a
+/// previous run.
+pub fn bind_felix_socket(path: &Path) -> std::io::Result<UnixListener> {
+    bind_unix_socket(path, 0o660, None)
 }
 
 /// Accepts Felix connections one after another, until accepting fails.

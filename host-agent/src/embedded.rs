@@ -101,22 +101,38 @@ impl PolicySink for Embedded {
         delta: Option<&[Update]>,
     ) -> Result<String, String> {
         let t0 = Instant::now();
-        let g = match delta {
+        let incremental = match delta {
             Some(updates) if self.cell.is_some() => {
                 let mut last = None;
+                let mut failed = None;
                 for u in updates {
-                    last = Some(
-                        self.builder
-                            .apply(&mut self.state, &mut self.ids, u.clone())
-                            .map_err(|e| e.to_string())?,
-                    );
+                    match self
+                        .builder
+                        .apply(&mut self.state, &mut self.ids, u.clone())
+                    {
+                        Ok(g) => last = Some(g),
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break;
+                        }
+                    }
                 }
-                match last {
-                    Some(g) => g,
-                    None => return Ok("unchanged".into()),
+                match (failed, last) {
+                    (None, Some(g)) => Some(g),
+                    (None, None) => return Ok("unchanged".into()),
+                    // Part of the delta applied: rebuild from the daemon's state rather
+                    // than stay out of step with it.
+                    (Some(e), _) => {
+                        tracing::warn!(error = %e, "incremental update refused; rebuilding the classifier");
+                        None
+                    }
                 }
             }
-            _ => {
+            _ => None,
+        };
+        let g = match incremental {
+            Some(g) => g,
+            None => {
                 self.state = state.clone();
                 self.ids = ids.clone();
                 self.builder = Builder::new();
@@ -137,7 +153,7 @@ impl PolicySink for Embedded {
     }
 
     fn counters(&self, state: &State, ids: &IdTable) -> Option<api::CountersReply> {
-        let views = Views::new(state, ids);
+        let views = Views::new(state, ids).with_compact_sets();
         let numbered = views.numbered_rules();
         let (nic_counts, placements) = match &self.nic {
             Some(nic) => {
@@ -226,7 +242,7 @@ impl PolicySink for Embedded {
 
     fn offload_plan(&self, state: &State, ids: &IdTable) -> Option<api::OffloadPlanReply> {
         let nic = self.nic.as_ref()?;
-        let numbered = Views::new(state, ids).numbered_rules();
+        let numbered = Views::new(state, ids).with_compact_sets().numbered_rules();
         Some(nic_lock(nic).plan_reply(&numbered))
     }
 
@@ -248,10 +264,18 @@ impl PolicySink for Embedded {
         let host_addrs = self.state.local_host_addrs();
         let mut out = Vec::with_capacity(frames.len());
         for f in frames {
-            let Ok(packet) = parse_ethernet(f) else {
-                // Not IP, or malformed: nothing policy can say about it; drop it.
-                out.push(Verdict::Deny);
-                continue;
+            let packet = match parse_ethernet(f) {
+                Ok(p) => p,
+                // Not IP (ARP, LLDP, …): Calico policy does not police it.
+                Err(capo_classifier::ParseError::NotIp(_)) => {
+                    out.push(Verdict::Allow);
+                    continue;
+                }
+                // Malformed IP: it cannot be classified, so it does not pass.
+                Err(_) => {
+                    out.push(Verdict::Deny);
+                    continue;
+                }
             };
             let dst = packet.packet.dst;
             let target = match self.state.workload_owning(&dst) {

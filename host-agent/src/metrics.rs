@@ -154,7 +154,8 @@ pub async fn serve(
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    render(&d),
+                    // The daemon's lock may be held a while: do not stall the runtime.
+                    tokio::task::block_in_place(|| render(&d)),
                 )
             }
         }),

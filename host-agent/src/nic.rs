@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use capo_offload::lower::{EntryKind, Origin};
+use capo_offload::lower::Origin;
 use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
 use capo_offload::{lower, plan, CommitOutcome, Committer, NicCaps, NicOutcome, SimNic};
@@ -96,7 +96,6 @@ pub struct SimulatedNic {
     samples: HashMap<Packet, FlowSample>,
     /// NIC plans committed (the NIC's own generation numbers: one per plan).
     plans: u64,
-    last_outcome: String,
     nic_decided: u64,
 }
 
@@ -121,7 +120,6 @@ impl SimulatedNic {
             retired_counts: HashMap::new(),
             samples: HashMap::new(),
             plans: 0,
-            last_outcome: String::new(),
             nic_decided: 0,
         }
     }
@@ -156,10 +154,13 @@ impl SimulatedNic {
                     .get(*domain)
                     .and_then(|d| d.entries.get(*entry))
                     .and_then(|e| origin_rule_id(&e.origin)),
+                // An exact-flow entry decides as the full policy does: credit the rule
+                // that decides its flow.
+                Role::ExactFlow { packet, .. } => decider_rule_id(state, ids, packet),
                 _ => None,
             })
             .collect();
-        self.last_outcome = match &outcome {
+        let summary = match &outcome {
             CommitOutcome::Offloaded { installed, refused } => {
                 format!("{installed} NIC rules installed, {refused} refused")
             }
@@ -168,7 +169,7 @@ impl SimulatedNic {
             }
         };
         self.plan = Some(p);
-        self.last_outcome.clone()
+        summary
     }
 
     /// Whether `pkt` is new to the planner's samples (a flow it has not seen).
@@ -254,14 +255,11 @@ impl SimulatedNic {
     pub fn plan_reply(&self, rules: &[capo_policy::views::NumberedRule]) -> api::OffloadPlanReply {
         let mut placement: HashMap<u32, (api::Placement, String, u32)> = HashMap::new();
         if let Some(p) = &self.plan {
-            for (i, r) in p.rules.iter().enumerate() {
-                if let Some(Some(id)) = self.plan_rule_ids.get(i) {
-                    let e = placement
-                        .entry(*id)
-                        .or_insert((api::Placement::Nic, String::new(), 0));
-                    e.2 += 1;
-                }
-                let _ = r;
+            for id in self.plan_rule_ids.iter().flatten() {
+                let e = placement
+                    .entry(*id)
+                    .or_insert((api::Placement::Nic, String::new(), 0));
+                e.2 += 1;
             }
             for k in &p.kept {
                 let Some(id) = origin_rule_id(&k.origin) else {
@@ -315,10 +313,27 @@ impl SimulatedNic {
             rules,
         }
     }
+}
 
-    /// What the last commit did.
-    pub fn last_outcome(&self) -> &str {
-        &self.last_outcome
+/// The `rule#` deciding `pkt` on this node (the last check of its trace).
+fn decider_rule_id(state: &State, ids: &IdTable, pkt: &Packet) -> Option<u32> {
+    use capo_policy::eval::Decider;
+    use capo_policy::views::PolicyRef;
+    let t = capo_policy::trace(state, pkt);
+    match &t.steps.last()?.outcome.decider {
+        Decider::PolicyRule {
+            policy,
+            direction,
+            index,
+            ..
+        } => ids.rule(&PolicyRef::Policy(policy.clone()), *direction, *index),
+        Decider::ProfileRule {
+            profile,
+            direction,
+            index,
+        } => ids.rule(&PolicyRef::Profile(profile.clone()), *direction, *index),
+        Decider::EndOfTier { tier } => ids.tier_rule(tier),
+        _ => None,
     }
 }
 
@@ -361,11 +376,6 @@ fn headers(pkt: &Packet, tcp_flags: u8) -> capo_offload::Headers {
         fragment,
     }
     .headers()
-}
-
-/// Whether a decision entry kind is a NIC candidate (allow or deny).
-pub fn is_decision(kind: &EntryKind) -> bool {
-    matches!(kind, EntryKind::Allow | EntryKind::Deny)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use prost::Message;
 pub const AGENT_VERSION: &str = concat!("capo-agent ", env!("CARGO_PKG_VERSION"));
 
 /// How long a push may wait for its `Applied` (a large full generation takes a while).
-pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What went wrong on the channel.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,9 @@ impl VppChannel {
             source,
         })?;
         stream.set_read_timeout(Some(DEFAULT_REPLY_TIMEOUT))?;
+        // A plugin that stops reading must not hang the agent (it writes under the
+        // daemon's lock).
+        stream.set_write_timeout(Some(DEFAULT_REPLY_TIMEOUT))?;
         let mut ch = VppChannel {
             reader: FrameReader::new(BufReader::new(stream.try_clone()?)),
             writer: FrameWriter::new(stream),
@@ -117,6 +120,24 @@ impl VppChannel {
             }
             other => Err(unexpected("HelloReply", &other)),
         }
+    }
+
+    /// Whether the plugin is still there: a closed or failed socket is not. Checked
+    /// without blocking. The plugin never sends unasked, so any pending byte is a
+    /// protocol error too and counts as gone (the caller reconnects).
+    pub fn is_alive(&self) -> bool {
+        use std::io::Read;
+        let mut stream = self.writer.get_ref();
+        if stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let alive = match stream.read(&mut byte) {
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        };
+        let _ = stream.set_nonblocking(false);
+        alive
     }
 
     /// The plugin's version string.
@@ -330,6 +351,11 @@ impl crate::daemon::PolicySink for VppSink {
     }
 
     fn tick(&mut self, generation: u64, state: &capo_policy::State) {
+        if self.channel.as_ref().is_some_and(|c| !c.is_alive()) {
+            tracing::warn!(socket = %self.path.display(), "the VPP plugin went away; reconnecting");
+            self.channel = None;
+            self.pushed = 0;
+        }
         if self.pushed == generation && self.channel.is_some() {
             return;
         }
@@ -352,5 +378,47 @@ mod tests {
         );
         assert_eq!(parse_dataplane_arg("vpp:"), None);
         assert_eq!(parse_dataplane_arg("embedded"), None);
+    }
+
+    /// A plugin stand-in that answers `Hello`, then closes the connection when told.
+    fn plugin_that_leaves(
+        path: &Path,
+        leave: std::sync::mpsc::Receiver<()>,
+    ) -> std::thread::JoinHandle<()> {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut reader = FrameReader::new(conn.try_clone().unwrap());
+            let mut writer = FrameWriter::new(conn);
+            let _hello = reader.read_frame().unwrap();
+            writer
+                .write_message(&FromPlugin {
+                    msg: Some(from_plugin::Msg::Hello(
+                        capo_proto::capo::dataplane::v1::HelloReply {
+                            plugin_version: "test".into(),
+                            active_generation: 0,
+                        },
+                    )),
+                })
+                .unwrap();
+            let _ = leave.recv();
+        })
+    }
+
+    #[test]
+    fn a_plugin_that_went_away_is_noticed() {
+        let dir = std::env::temp_dir().join(format!("capo-vpp-alive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("capo.sock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let plugin = plugin_that_leaves(&path, rx);
+        let ch = VppChannel::connect(&path).unwrap();
+        assert!(ch.is_alive());
+        assert!(ch.is_alive(), "checking twice changes nothing");
+        tx.send(()).unwrap();
+        plugin.join().unwrap();
+        assert!(!ch.is_alive());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

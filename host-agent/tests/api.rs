@@ -164,6 +164,16 @@ fn bad_requests_name_the_field() {
             .await
             .unwrap_err();
         assert!(e.message().starts_with("dst_port:"), "{}", e.message());
+        let e = trace
+            .trace(api::TraceRequest {
+                from: "11.0.0.196".into(),
+                to: "11.0.0.67".into(),
+                protocol: "carrier-pigeon".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("protocol:"), "{}", e.message());
 
         let mut views = api::views_client::ViewsClient::new(ch.clone());
         let e = views
@@ -463,6 +473,9 @@ fn simulated_nic_takes_hot_flows_and_counters_add_up() {
         assert_eq!((r.allowed, r.denied, r.nic_decided), (10, 0, 10));
         let r = send((0..5).map(|i| frame_from(42000 + i, 5979)).collect()).await;
         assert_eq!((r.allowed, r.denied, r.nic_decided), (0, 5, 5));
+        // The first flow again: an exact-flow entry in the NIC, credited to its rule.
+        let r = send(vec![frame_from(40000, 5978); 5]).await;
+        assert_eq!((r.allowed, r.denied, r.nic_decided), (5, 0, 5));
 
         let mut counters = api::counters_client::CountersClient::new(ch.clone());
         let c = counters
@@ -473,12 +486,12 @@ fn simulated_nic_takes_hot_flows_and_counters_add_up() {
         let r18 = c.rules.iter().find(|r| r.rule_id == 18).unwrap();
         let r17 = c.rules.iter().find(|r| r.rule_id == 17).unwrap();
         // NIC and software counters add up to the packets sent for each rule.
-        assert_eq!(r18.software_packets + r18.nic_packets, 11, "{r18:?}");
+        assert_eq!(r18.software_packets + r18.nic_packets, 16, "{r18:?}");
         assert_eq!(r17.software_packets + r17.nic_packets, 6, "{r17:?}");
-        assert_eq!(r18.nic_packets, 10);
+        assert_eq!(r18.nic_packets, 15);
         assert_eq!(r18.placement, api::Placement::Nic as i32);
         let t = c.totals.unwrap();
-        assert_eq!((t.packets, t.nic_decided, t.software_decided), (17, 15, 2));
+        assert_eq!((t.packets, t.nic_decided, t.software_decided), (22, 20, 2));
 
         let mut offload = api::offload_client::OffloadClient::new(ch.clone());
         let p = offload
@@ -612,5 +625,70 @@ fn dpdk_port_packets_are_classified_fallback_only() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn api_socket_group_and_refusal_to_replace_a_regular_file() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::env::temp_dir().join(format!("capo-api-{}-group", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A regular file where the socket should go is not removed.
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args(["--resources", seed_dir().to_str().unwrap()])
+        .arg("--api-socket")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+    // The group owns the socket (changing it needs root: the `daemon` group exists on
+    // Debian).
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let gid = std::fs::read_to_string("/etc/group").ok().and_then(|g| {
+        g.lines()
+            .find(|l| l.starts_with("daemon:"))
+            .and_then(|l| l.split(':').nth(2))
+            .and_then(|n| n.parse::<u32>().ok())
+    });
+    let (true, Some(gid)) = (is_root, gid) else {
+        eprintln!("SKIP api socket group: needs root and a `daemon` group");
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
+    let sock = dir.join("agent.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args([
+            "--resources",
+            seed_dir().to_str().unwrap(),
+            "--api-group",
+            "daemon",
+        ])
+        .arg("--api-socket")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.gid(), gid);
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    let _ = child.kill();
+    let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -243,3 +243,79 @@ fn bad_field_values_name_the_field() {
     );
     assert!(s.state().ipsets().is_empty() && s.state().policies().is_empty());
 }
+
+fn host_meta(name: &str, v4: &str, v6: &str) -> P {
+    P::HostMetadataUpdate(pb::HostMetadataUpdate {
+        hostname: name.into(),
+        ipv4_addr: v4.into(),
+        ipv6_addr: v6.into(),
+        ..Default::default()
+    })
+}
+
+fn host_of(s: &Session, name: &str) -> (Option<String>, Option<String>) {
+    let h = &s.state().hosts()[name];
+    (h.ipv4.map(|a| a.to_string()), h.ipv6.map(|a| a.to_string()))
+}
+
+#[test]
+fn the_schema_is_fixed_by_the_first_config_update() {
+    let fs = frames(vec![config("v3.31.7"), config("v3.33.0")]);
+    let mut s = Session::new(None);
+    run(&mut s, &fs).unwrap();
+    assert_eq!(
+        s.schema(),
+        Schema::V3_31,
+        "a later CalicoVersion does not switch the wire format"
+    );
+}
+
+#[test]
+fn v3_32_x_host_metadata_in_three_families_keeps_both_addresses() {
+    // v3.32.x: field 14 carries the bare IPv4 address, 37 both families; any order.
+    for v4v6_first in [false, true] {
+        let v4v6 = P::HostMetadataV4v6Update(pb::HostMetadataV4v6Update {
+            hostname: "node-a".into(),
+            ipv4_addr: "10.0.0.1/24".into(),
+            ipv6_addr: "fd00::1/64".into(),
+            ..Default::default()
+        });
+        let v4 = host_meta("node-a", "10.0.0.1", "");
+        let (a, b) = if v4v6_first { (v4v6, v4) } else { (v4, v4v6) };
+        let fs = frames(vec![config("v3.32.1"), a, b]);
+        let mut s = Session::new(None);
+        run(&mut s, &fs).unwrap();
+        assert_eq!(
+            host_of(&s, "node-a"),
+            (Some("10.0.0.1".into()), Some("fd00::1".into())),
+            "v4v6 first: {v4v6_first}"
+        );
+    }
+    // A separate IPv6 message (35) fills in the IPv6 address.
+    let fs = frames(vec![
+        config("v3.32.1"),
+        host_meta("node-b", "10.0.0.2", ""),
+        P::HostMetadataV6Update(pb::HostMetadataV6Update {
+            hostname: "node-b".into(),
+            ipv6_addr: "fd00::2".into(),
+        }),
+    ]);
+    let mut s = Session::new(None);
+    run(&mut s, &fs).unwrap();
+    assert_eq!(
+        host_of(&s, "node-b"),
+        (Some("10.0.0.2".into()), Some("fd00::2".into()))
+    );
+}
+
+#[test]
+fn master_host_metadata_replaces_the_entry() {
+    let fs = frames(vec![
+        config("v3.33.0"),
+        host_meta("node-a", "10.0.0.1/24", "fd00::1/64"),
+        host_meta("node-a", "10.0.0.1/24", ""),
+    ]);
+    let mut s = Session::new(None);
+    run(&mut s, &fs).unwrap();
+    assert_eq!(host_of(&s, "node-a"), (Some("10.0.0.1".into()), None));
+}

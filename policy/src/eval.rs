@@ -614,8 +614,13 @@ pub fn trace(state: &State, pkt: &Packet) -> Trace {
     let dst_host = host_addrs.contains(&pkt.dst);
     let src_wep = state.workload_owning(&pkt.src);
     let dst_wep = state.workload_owning(&pkt.dst);
-    let uplink = host_endpoint_for_host_traffic(state, false).filter(|(_, h)| h.name != "*");
-    let uplink = uplink.or_else(|| host_endpoint_for_host_traffic(state, false));
+    // Forwarded traffic crosses the uplink: its own (named) host endpoint polices it,
+    // the `*` endpoint only where there is none.
+    let uplink = state
+        .host_endpoints()
+        .iter()
+        .find(|(_, h)| !h.name.is_empty() && h.name != "*")
+        .or_else(|| host_endpoint_for_host_traffic(state, false));
 
     let mut checks: Vec<(CheckPoint, Box<dyn Fn() -> Outcome + '_>)> = Vec::new();
     if let Some((key, wep)) = src_wep {

@@ -178,12 +178,12 @@ impl IdTable {
                 [&p.inbound, &p.outbound],
             ));
         }
-        self.policies.retain(|r, _| {
-            matches!(r, PolicyRef::Internal(_)) || live.iter().any(|(l, _, _)| l == r)
-        });
-        self.rules
-            .by_list
-            .retain(|(r, _), _| live.iter().any(|(l, _, _)| l == r));
+        // Hash sets keep a sync linear in the number of objects.
+        let live_refs: std::collections::HashSet<&PolicyRef> =
+            live.iter().map(|(l, _, _)| l).collect();
+        self.policies
+            .retain(|r, _| matches!(r, PolicyRef::Internal(_)) || live_refs.contains(r));
+        self.rules.by_list.retain(|(r, _), _| live_refs.contains(r));
         let mut tier_names: Vec<&str> = live.iter().filter_map(|(_, t, _)| *t).collect();
         for wep in state.workloads().values() {
             tier_names.extend(wep.tiers.iter().map(|t| t.name.as_str()));
@@ -191,7 +191,8 @@ impl IdTable {
         for hep in state.host_endpoints().values() {
             tier_names.extend(hep.all_tiers().map(|t| t.name.as_str()));
         }
-        self.tiers.retain(|t, _| tier_names.contains(&t.as_str()));
+        let tier_set: std::collections::HashSet<&str> = tier_names.iter().copied().collect();
+        self.tiers.retain(|t, _| tier_set.contains(t.as_str()));
         for (pref, tier, lists) in &live {
             if let Some(t) = tier {
                 self.ensure_tier(t);
@@ -219,6 +220,13 @@ impl IdTable {
     }
 
     fn sync_rule_list(&mut self, pref: PolicyRef, dir: Direction, rules: &[Rule]) {
+        let key = (pref, dir);
+        if let Some(held) = self.rules.by_list.get(&key) {
+            if held.len() == rules.len() && held.iter().zip(rules).all(|((h, _), r)| h == r) {
+                return;
+            }
+        }
+        let (pref, dir) = key;
         let old = self
             .rules
             .by_list
@@ -353,6 +361,7 @@ pub struct NumberedRule {
 pub struct Views<'a> {
     state: &'a State,
     ids: &'a IdTable,
+    compact_sets: bool,
 }
 
 /// Rule id of an internal rule with a fixed id.
@@ -382,7 +391,18 @@ impl<'a> Views<'a> {
     /// Views over `state`, printing the ids of `ids` (which must have been synced
     /// with this state).
     pub fn new(state: &'a State, ids: &'a IdTable) -> Self {
-        Views { state, ids }
+        Views {
+            state,
+            ids,
+            compact_sets: false,
+        }
+    }
+
+    /// The same views, with IP sets referenced as `[ipset#N;kind;M members]` instead of
+    /// printed in full: for counters and plans, where a million members would not fit.
+    pub fn with_compact_sets(mut self) -> Self {
+        self.compact_sets = true;
+        self
     }
 
     fn host_cidrs(&self) -> Vec<Cidr> {
@@ -486,9 +506,20 @@ impl<'a> Views<'a> {
 
     fn set_view(&self, id: &IpSetId) -> String {
         if *id == local_workloads_set_id() {
+            if self.compact_sets {
+                let n = self.local_workload_addrs().len();
+                return format!("[ipset#{LOCAL_WORKLOADS_SET};ip;{n} members]");
+            }
             return self.local_workloads_set_view();
         }
         match (self.ids.ipset(id), self.state.ipsets().get(id)) {
+            (Some(n), Some(set)) if self.compact_sets => {
+                format!(
+                    "[ipset#{n};{};{} members]",
+                    set.kind().view_name(),
+                    set.len()
+                )
+            }
             (Some(n), Some(set)) => {
                 let mut s = format!("[ipset#{n};{};", set.kind().view_name());
                 for m in set.members() {
@@ -1000,5 +1031,72 @@ mod tests {
             header("uplink", 2, false, None, None),
             "[uplink sw_if_index=2 ]\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+    use crate::model::{Policy, PolicyKey};
+    use crate::state::Update;
+
+    fn key(n: &str) -> PolicyKey {
+        PolicyKey {
+            kind: "NetworkPolicy".into(),
+            namespace: "ns".into(),
+            name: n.into(),
+        }
+    }
+
+    fn policy(ports: &[u16]) -> Policy {
+        Policy {
+            inbound: ports
+                .iter()
+                .map(|p| {
+                    let mut r = Rule::any(Action::Allow);
+                    r.dst.ports = vec![PortRange::single(*p)];
+                    r
+                })
+                .collect(),
+            outbound: vec![],
+            untracked: false,
+            pre_dnat: false,
+            tier: "default".into(),
+        }
+    }
+
+    #[test]
+    fn unchanged_rules_keep_their_ids_and_removed_objects_free_theirs() {
+        let mut s = State::new();
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80, 443])))
+            .unwrap();
+        let mut ids = IdTable::default();
+        ids.sync(&s);
+        let pa = PolicyRef::Policy(key("a"));
+        let (r80, r443) = (
+            ids.rule(&pa, Direction::Ingress, 0).unwrap(),
+            ids.rule(&pa, Direction::Ingress, 1).unwrap(),
+        );
+        // Syncing again changes nothing.
+        ids.sync(&s);
+        assert_eq!(ids.rule(&pa, Direction::Ingress, 0), Some(r80));
+        // A new rule in front: the old ones keep their ids at their new positions.
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[22, 80, 443])))
+            .unwrap();
+        ids.sync(&s);
+        assert_eq!(ids.rule(&pa, Direction::Ingress, 1), Some(r80));
+        assert_eq!(ids.rule(&pa, Direction::Ingress, 2), Some(r443));
+        let r22 = ids.rule(&pa, Direction::Ingress, 0).unwrap();
+        assert!(r22 > r443, "new ids are fresh, never reused");
+        let policy_id = ids.policy(&pa).unwrap();
+        s.apply(Update::PolicyRemove(key("a"))).unwrap();
+        ids.sync(&s);
+        assert_eq!(ids.policy(&pa), None);
+        assert_eq!(ids.rule(&pa, Direction::Ingress, 0), None);
+        // The same policy back is a new object with new ids.
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80])))
+            .unwrap();
+        ids.sync(&s);
+        assert!(ids.policy(&pa).unwrap() > policy_id);
     }
 }

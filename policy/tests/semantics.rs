@@ -2060,3 +2060,29 @@ fn allow_from_host_applies_even_without_ingress_policy() {
         by_profile("deny-all", Ingress, 0),
     );
 }
+
+#[test]
+fn forwarded_traffic_is_policed_by_the_uplinks_named_host_endpoint_before_the_wildcard() {
+    let mut w = World::new();
+    w.node();
+    let f = gnp("fwd-named");
+    w.policy(&f, "fwd", vec![allow().tcp_dport(443)], vec![]);
+    let g = gnp("fwd-any");
+    w.policy(&g, "fwd", vec![deny()], vec![]);
+    w.profile("kns.ns", vec![allow()], vec![allow()]);
+    let mut any = hep("*");
+    any.forward_tiers = vec![tier("fwd", &[&g], &[])];
+    let any = w.host_endpoint("all", any);
+    let mut eth0 = hep("eth0");
+    eth0.forward_tiers = vec![tier("fwd", &[&f], &[])];
+    let eth0 = w.host_endpoint("eth0", eth0);
+    w.workload("b", &["10.65.0.2/32"], vec![], &["kns.ns"]);
+
+    let t = trace(&w.state, &tcp(OUTSIDE, B, 1, 443));
+    assert_eq!(t.verdict, Allow, "{t:?}");
+    assert!(
+        matches!(&t.steps[0].at, CheckPoint::Forward { key, .. } if *key == eth0),
+        "{t:?}"
+    );
+    assert_ne!(eth0, any);
+}

@@ -124,6 +124,10 @@ fn main() -> ExitCode {
         }
     };
     let args = Args::parse_from(argv);
+    if args.status_interval.is_zero() {
+        eprintln!("capo-agent: --status-interval must be more than zero");
+        return ExitCode::from(2);
+    }
     logging::init(args.log_format, "info");
     let opts = FelixOptions {
         schema: args.schema,

@@ -42,6 +42,9 @@ fn options() -> Result<FelixOptions, String> {
     if let Some(s) = env("CAPO_STATUS_INTERVAL") {
         opts.status_interval = humantime::parse_duration(&s)
             .map_err(|e| format!("CAPO_STATUS_INTERVAL: {s:?}: {e}"))?;
+        if opts.status_interval.is_zero() {
+            return Err("CAPO_STATUS_INTERVAL: must be more than zero".into());
+        }
     }
     Ok(opts)
 }

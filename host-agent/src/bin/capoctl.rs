@@ -239,7 +239,11 @@ fn run(cli: Cli) -> Result<String, String> {
                 0
             };
             let frame = capo_classifier::build::frame(&pkt, syn);
-            let frames = vec![frame; usize::try_from(count).unwrap_or(1)];
+            const MAX_COUNT: u32 = 65_536;
+            if count == 0 || count > MAX_COUNT {
+                return Err(format!("--count: {count} is not within 1..={MAX_COUNT}"));
+            }
+            let frames = vec![frame; count as usize];
             client::inject(&cli.socket, &interface, &direction, frames)
         }
         Command::Offload { json } => client::offload(&cli.socket, json),
