@@ -485,10 +485,11 @@ pub fn serve_connection<R: Read, W: Write + Send + 'static>(
         }
         Ok(())
     })();
+    // The status writer stops at its next tick, or when its write fails once the
+    // caller closes the connection; it is not joined, so a peer that stopped reading
+    // cannot hold the agent here.
     stop.store(true, Ordering::Relaxed);
-    if let Some(h) = status {
-        let _ = h.join();
-    }
+    drop(status);
     lock(daemon).end();
     match result {
         Ok(()) => ConnectionEnd::Eof,

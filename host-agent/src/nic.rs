@@ -14,6 +14,9 @@ use capo_offload::{lower, plan, CommitOutcome, Committer, NicCaps, NicOutcome, S
 use capo_policy::{IdTable, Packet, Protocol, State, Verdict, L4};
 use capo_proto::capo::agent::v1 as api;
 
+/// Flows kept for planning; the planner only needs the hot ones.
+const MAX_SAMPLES: usize = 16_384;
+
 /// Default table size of a simulated NIC.
 pub const DEFAULT_SIM_CAPACITY: u32 = 4096;
 
@@ -174,6 +177,17 @@ impl SimulatedNic {
 
     /// Whether `pkt` is new to the planner's samples (a flow it has not seen).
     pub fn record(&mut self, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
+        // Bounded: past the limit a new flow replaces the coldest one.
+        if self.samples.len() >= MAX_SAMPLES && !self.samples.contains_key(pkt) {
+            if let Some(coldest) = self
+                .samples
+                .iter()
+                .min_by_key(|(_, s)| s.hits)
+                .map(|(k, _)| *k)
+            {
+                self.samples.remove(&coldest);
+            }
+        }
         let mut new = false;
         self.samples
             .entry(*pkt)

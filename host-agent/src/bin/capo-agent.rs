@@ -231,11 +231,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let output = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/fd/4")
-            .ok();
-        if let Err(e) = exit_on_signals(|| {}) {
+        let output = match std::fs::OpenOptions::new().write(true).open("/dev/fd/4") {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "--felix-fds: fd 4 is not writable; no status reports to Felix");
+                None
+            }
+        };
+        let sock = api_socket.clone();
+        if let Err(e) = exit_on_signals(move || remove(sock)) {
             tracing::warn!(error = %e, "cannot install signal handlers");
         }
         return match serve_connection(
