@@ -57,6 +57,44 @@ impl StreamArgs {
     }
 }
 
+/// A packet's protocol and L4 fields, as `trace` and `inject` take them.
+#[derive(Args, Debug, Clone)]
+struct L4Args {
+    /// tcp, udp, sctp, icmp, icmpv6 or a protocol number.
+    #[arg(long)]
+    proto: String,
+    /// Source port (default 0).
+    #[arg(long)]
+    sport: Option<u16>,
+    /// Destination port (default 0).
+    #[arg(long)]
+    dport: Option<u16>,
+    /// ICMP type (default: echo request).
+    #[arg(long)]
+    icmp_type: Option<u8>,
+    /// ICMP code (default 0).
+    #[arg(long, requires = "icmp_type")]
+    icmp_code: Option<u8>,
+}
+
+impl L4Args {
+    fn packet(
+        &self,
+        from: std::net::IpAddr,
+        to: std::net::IpAddr,
+    ) -> Result<capo_policy::Packet, String> {
+        packet(
+            from,
+            to,
+            &self.proto,
+            self.sport,
+            self.dport,
+            self.icmp_type,
+            self.icmp_code,
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Replay a recorded Felix stream and print the capo views.
@@ -90,21 +128,8 @@ enum Command {
         /// Destination: an IP address, or NAMESPACE/POD with --resources.
         #[arg(long)]
         to: String,
-        /// tcp, udp, sctp, icmp, icmpv6 or a protocol number.
-        #[arg(long)]
-        proto: String,
-        /// Source port (default 0).
-        #[arg(long)]
-        sport: Option<u16>,
-        /// Destination port (default 0).
-        #[arg(long)]
-        dport: Option<u16>,
-        /// ICMP type (default: echo request).
-        #[arg(long)]
-        icmp_type: Option<u8>,
-        /// ICMP code (default 0).
-        #[arg(long, requires = "icmp_type")]
-        icmp_code: Option<u8>,
+        #[command(flatten)]
+        l4: L4Args,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -136,21 +161,8 @@ enum Command {
         /// Destination address.
         #[arg(long)]
         to: std::net::IpAddr,
-        /// tcp, udp, sctp, icmp, icmpv6 or a number.
-        #[arg(long)]
-        proto: String,
-        /// Source port (default 0).
-        #[arg(long)]
-        sport: Option<u16>,
-        /// Destination port (default 0).
-        #[arg(long)]
-        dport: Option<u16>,
-        /// ICMP type.
-        #[arg(long)]
-        icmp_type: Option<u8>,
-        /// ICMP code.
-        #[arg(long, requires = "icmp_type")]
-        icmp_code: Option<u8>,
+        #[command(flatten)]
+        l4: L4Args,
         /// How many copies (the first decides, the rest hit the flow table).
         #[arg(long, default_value_t = 1)]
         count: u32,
@@ -225,14 +237,10 @@ fn run(cli: Cli) -> Result<String, String> {
             direction,
             from,
             to,
-            proto,
-            sport,
-            dport,
-            icmp_type,
-            icmp_code,
+            l4,
             count,
         } => {
-            let pkt = packet(from, to, &proto, sport, dport, icmp_type, icmp_code)?;
+            let pkt = l4.packet(from, to)?;
             let syn = if pkt.protocol == capo_policy::Protocol::TCP {
                 capo_classifier::tcp_flags::SYN
             } else {
@@ -267,11 +275,7 @@ fn run(cli: Cli) -> Result<String, String> {
             stream,
             from,
             to,
-            proto,
-            sport,
-            dport,
-            icmp_type,
-            icmp_code,
+            l4,
             json,
         } => {
             let (res, r) = match (replay, resources.is_empty()) {
@@ -284,11 +288,11 @@ fn run(cli: Cli) -> Result<String, String> {
                     let req = capo_proto::capo::agent::v1::TraceRequest {
                         from,
                         to,
-                        protocol: proto,
-                        src_port: sport.map(u32::from),
-                        dst_port: dport.map(u32::from),
-                        icmp_type: icmp_type.map(u32::from),
-                        icmp_code: icmp_code.map(u32::from),
+                        protocol: l4.proto,
+                        src_port: l4.sport.map(u32::from),
+                        dst_port: l4.dport.map(u32::from),
+                        icmp_type: l4.icmp_type.map(u32::from),
+                        icmp_code: l4.icmp_code.map(u32::from),
                     };
                     return client::trace(&cli.socket, req, json);
                 }
@@ -299,7 +303,7 @@ fn run(cli: Cli) -> Result<String, String> {
                 }
             };
             let (from, to) = manifests::resolve_pair(res.as_ref(), &from, &to)?;
-            let pkt = packet(from, to, &proto, sport, dport, icmp_type, icmp_code)?;
+            let pkt = l4.packet(from, to)?;
             let t = capo_policy::trace(&r.state, &pkt);
             if json {
                 Ok(trace_json(&t, &r.state, &r.ids).to_string() + "\n")
