@@ -20,7 +20,7 @@ pub(crate) fn get(bits: &[u64], i: usize) -> bool {
 }
 
 /// The first set bit in `from..end`, if any.
-#[inline]
+#[cfg(test)]
 pub(crate) fn next_set(bits: &[u64], from: usize, end: usize) -> Option<usize> {
     if from >= end {
         return None;
@@ -40,6 +40,26 @@ pub(crate) fn next_set(bits: &[u64], from: usize, end: usize) -> Option<usize> {
     }
 }
 
+/// The first set bit at or after `from`, or `usize::MAX` when there is none.
+#[inline]
+pub(crate) fn first_set_from(bits: &[u64], from: usize) -> usize {
+    let mut wi = from / 64;
+    let Some(first) = bits.get(wi) else {
+        return usize::MAX;
+    };
+    let mut w = first & (!0u64 << (from % 64));
+    loop {
+        if w != 0 {
+            return wi * 64 + w.trailing_zeros() as usize;
+        }
+        wi += 1;
+        match bits.get(wi) {
+            Some(x) => w = *x,
+            None => return usize::MAX,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +76,9 @@ mod tests {
         assert_eq!(next_set(&b, 65, 131), Some(130));
         assert_eq!(next_set(&b, 131, 192), None);
         assert!(get(&b, 64) && !get(&b, 65));
+        assert_eq!(first_set_from(&b, 0), 3);
+        assert_eq!(first_set_from(&b, 4), 64);
+        assert_eq!(first_set_from(&b, 131), usize::MAX);
+        assert_eq!(first_set_from(&b, 192), usize::MAX);
     }
 }

@@ -276,20 +276,20 @@ impl<K: MapKey> Leaf<K> {
     }
 }
 
-type Mid<K> = Arc<[Leaf<K>]>;
+type Mid<K> = Arc<[Leaf<K>; FANOUT]>;
 
 /// A persistent hash map from keys to sorted atom lists (see the module doc).
 #[derive(Clone)]
 pub(crate) struct ShardedMap<K> {
-    top: Arc<[Mid<K>]>,
+    top: Arc<[Mid<K>; FANOUT]>,
     len: usize,
 }
 
 impl<K: MapKey> Default for ShardedMap<K> {
     fn default() -> Self {
-        let mid: Mid<K> = Arc::from(vec![Leaf::default(); FANOUT]);
+        let mid: Mid<K> = Arc::new(std::array::from_fn(|_| Leaf::default()));
         ShardedMap {
-            top: Arc::from(vec![mid; FANOUT]),
+            top: Arc::new(std::array::from_fn(|_| mid.clone())),
             len: 0,
         }
     }
@@ -415,22 +415,20 @@ impl<K: MapKey> ShardedMap<K> {
             }
         }
         let empty = Leaf::default();
-        let mut top = Vec::with_capacity(FANOUT);
         let mut it = shards.into_iter();
-        for _ in 0..FANOUT {
-            let mut mid = Vec::with_capacity(FANOUT);
-            for _ in 0..FANOUT {
+        // Fixed-size levels: a shard index (6 bits of the hash) needs no bounds check.
+        let top: [Mid<K>; FANOUT] = std::array::from_fn(|_| {
+            Arc::new(std::array::from_fn(|_| {
                 let entries = it.next().unwrap_or_default();
-                mid.push(if entries.is_empty() {
+                if entries.is_empty() {
                     empty.clone()
                 } else {
                     Leaf::build(entries)
-                });
-            }
-            top.push(Arc::from(mid));
-        }
+                }
+            }))
+        });
         ShardedMap {
-            top: Arc::from(top),
+            top: Arc::new(top),
             len,
         }
     }
@@ -492,6 +490,7 @@ impl Prefix {
 
 /// Address bits of the IPv4 interval directory ([`PrefixIndex`]).
 const DIR_BITS: u32 = 12;
+const DIR_LEN: usize = (1 << DIR_BITS) + 1;
 
 /// Non-host prefixes of one family, as elementary intervals.
 #[derive(Clone, Default)]
@@ -505,7 +504,8 @@ pub(crate) struct PrefixIndex {
     /// IPv4: for each block of the top [`DIR_BITS`] address bits, the index of its
     /// first interval start (one more entry at the end), so a lookup searches only
     /// the intervals starting inside its block (a handful) instead of all of them.
-    dir4: Vec<u32>,
+    /// Fixed-size, so indexing it by the top bits needs no bounds check.
+    dir4: Option<Box<[u32; DIR_LEN]>>,
     spans: Vec<(u32, u32)>,
     pool: Vec<AtomId>,
     bits: u8,
@@ -520,13 +520,13 @@ impl PrefixIndex {
     }
 
     /// Atoms of every prefix covering `addr`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, addr: u128) -> &[AtomId] {
         let i = if self.bits == 32 {
             let a = addr as u32;
             let b = (a >> (32 - DIR_BITS)) as usize;
-            match (self.dir4.get(b), self.dir4.get(b + 1)) {
-                (Some(lo), Some(hi)) => {
+            match self.dir4.as_deref().map(|d| (d.get(b), d.get(b + 1))) {
+                Some((Some(lo), Some(hi))) => {
                     let (lo, hi) = (*lo as usize, *hi as usize);
                     lo + self
                         .starts4
@@ -638,7 +638,7 @@ impl PrefixIndex {
                 }
                 dir.push(k as u32);
             }
-            self.dir4 = dir;
+            self.dir4 = dir.into_boxed_slice().try_into().ok();
         } else {
             self.starts = starts;
         }
@@ -650,7 +650,7 @@ impl PrefixIndex {
     pub(crate) fn bytes(&self) -> usize {
         self.starts.capacity() * 16
             + self.starts4.capacity() * 4
-            + self.dir4.capacity() * 4
+            + self.dir4.as_ref().map_or(0, |_| DIR_LEN * 4)
             + self.spans.capacity() * 8
             + self.pool.capacity() * 4
             + self
@@ -710,18 +710,24 @@ fn ep_bit(addr: &IpAddr, proto: u8, port: u16) -> (usize, u64) {
 
 impl AddrIndex {
     /// Whether `ep` may hold (address, protocol, port).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn ep_maybe(&self, addr: &IpAddr, proto: u8, port: u16) -> bool {
         let (w, b) = ep_bit(addr, proto, port);
         self.ep_filter.get(w).is_some_and(|x| x & b != 0)
     }
 
-    /// Atoms holding (address, protocol, port) as a named-port member.
-    #[inline]
+    /// Atoms holding (address, protocol, port) as a named-port member. The filter
+    /// test is inlined into the caller; the map lookup (rare) is not.
+    #[inline(always)]
     pub(crate) fn ep_get(&self, addr: &IpAddr, proto: u8, port: u16) -> &[AtomId] {
         if !self.ep_maybe(addr, proto, port) {
             return &[];
         }
+        self.ep_lookup(addr, proto, port)
+    }
+
+    #[inline(never)]
+    fn ep_lookup(&self, addr: &IpAddr, proto: u8, port: u16) -> &[AtomId] {
         self.ep.get(&EpKey::new(addr, proto, port))
     }
 
@@ -761,7 +767,7 @@ impl AddrKey {
 
 impl AddrIndex {
     /// The atoms holding an address: host members, then covering prefixes.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lookup_key(&self, k: &AddrKey) -> (&[AtomId], &[AtomId]) {
         match *k {
             AddrKey::V4(a, h) => (self.v4.get_hashed(&a, h), self.p4.get(u128::from(a))),
