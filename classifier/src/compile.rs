@@ -1202,7 +1202,7 @@ fn finish(spec: ProgSpec, min_words: usize) -> Program {
     deciders.push(fd);
     let fallback = (fv, (deciders.len() - 1) as u32, fr);
     let slots: Vec<(AtomId, u32)> = atom_slots.iter().map(|(a, o)| (*a, *o as u32)).collect();
-    let mut bloom = [0u64; 8];
+    let mut bloom = [0u64; crate::program::BLOOM_WORDS];
     for (a, _) in &slots {
         let (word, bit) = Program::bloom_bit(*a);
         if let Some(b) = bloom.get_mut(word) {

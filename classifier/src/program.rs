@@ -155,6 +155,9 @@ fn port_interval(packed: &[u64], n: usize, port: u16) -> usize {
     .saturating_sub(1)
 }
 
+/// Words of a program's atom filter.
+pub(crate) const BLOOM_WORDS: usize = 64;
+
 /// Flags of a program.
 pub(crate) const F_SRC_NP: u8 = 1;
 pub(crate) const F_DST_NP: u8 = 2;
@@ -172,10 +175,12 @@ pub(crate) struct Program {
     pub(crate) words: u32,
     pub(crate) flags: u8,
     pub(crate) lay: Layout,
-    /// A 512-bit filter of the atoms the program uses: most atoms holding an
+    /// A 4,096-bit filter of the atoms the program uses: most atoms holding an
     /// address belong to other programs, and are dismissed here without touching
-    /// the atom table.
-    pub(crate) bloom: [u64; 8],
+    /// the atom table. (At 512 bits, W-large's programs, 135 atoms each on
+    /// average, set about a quarter of the bits, and a false positive costs a probe
+    /// into a cold line of the table.)
+    pub(crate) bloom: [u64; BLOOM_WORDS],
     /// Protocol → class.
     pub(crate) proto_class: [u8; 256],
     pub(crate) rules: Vec<CRule>,
@@ -320,8 +325,8 @@ impl Program {
         // Atom ids are handed out sequentially and never reused: the id itself
         // spreads evenly over the filter's bits (no mixing needed here; the atom
         // table mixes, as runs of consecutive ids would cluster its probes).
-        let h = (atom % 512) as usize;
-        (h / 64 % 8, 1u64 << (h % 64))
+        let h = (atom as usize) % (BLOOM_WORDS * 64);
+        (h / 64 % BLOOM_WORDS, 1u64 << (h % 64))
     }
 
     #[inline(always)]
@@ -649,6 +654,44 @@ impl PacketAtoms<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An atom passing the filter (same bit as a used atom) but absent from the
+    /// atom table is not found: the false-positive path, which the equivalence
+    /// tests' small atom ids no longer reach with a 4,096-bit filter.
+    #[test]
+    fn filter_false_positive_misses_the_atom_table() {
+        let stride = (BLOOM_WORDS * 64) as AtomId;
+        let used: Vec<(AtomId, u32)> = (0..40).map(|i| (i * 7 + 3, 1000 + i)).collect();
+        let mut bloom = [0u64; BLOOM_WORDS];
+        for (a, _) in &used {
+            let (word, bit) = Program::bloom_bit(*a);
+            bloom[word] |= bit;
+        }
+        let table = atom_table(&used);
+        let p = Program {
+            lay: Layout {
+                atab: 0,
+                atab_mask: (table.len() - 1) as u32,
+                ..Layout::default()
+            },
+            arena: table.into_boxed_slice(),
+            words: 1,
+            flags: 0,
+            bloom,
+            proto_class: [0; 256],
+            rules: Vec::new(),
+            segments: Vec::new(),
+            deciders: Vec::new(),
+            fallback: (Verdict::Deny, 0, None),
+            icmp_rules: Vec::new(),
+        };
+        for (a, off) in &used {
+            assert_eq!(p.slot(*a), Some(*off as usize));
+            assert_eq!(p.slot(a + stride), None, "false positive of atom {a}");
+            assert_eq!(p.slot(a + 3 * stride), None);
+        }
+        assert_eq!(p.slot(4), None);
+    }
 
     /// The packed interval table agrees with a direct evaluation of the ranges, for
     /// small tables (branch-free count) and large ones (binary search), at the
