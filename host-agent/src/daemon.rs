@@ -205,10 +205,7 @@ impl Daemon {
     /// The policy in force: the current connection's once in sync, else the last
     /// in-sync state (fail-static), else none.
     pub fn state(&self) -> Option<&State> {
-        match &self.session {
-            Some(s) if s.phase() == Phase::InSync => Some(s.state()),
-            _ => self.live.as_ref(),
-        }
+        in_force(self.session.as_ref(), self.live.as_ref())
     }
 
     /// Ids of the policy in force.
@@ -309,10 +306,7 @@ impl Daemon {
     /// Lets sinks catch up (see [`PolicySink::tick`]).
     pub fn tick(&mut self) {
         let generation = self.generation;
-        let Some(state) = (match &self.session {
-            Some(s) if s.phase() == Phase::InSync => Some(s.state()),
-            _ => self.live.as_ref(),
-        }) else {
+        let Some(state) = in_force(self.session.as_ref(), self.live.as_ref()) else {
             return;
         };
         for sink in &mut self.sinks {
@@ -440,6 +434,15 @@ impl Daemon {
     }
 }
 
+/// The policy in force: the connection's once it is in sync, else the last
+/// in-sync state (a free function so callers can borrow the sinks beside it).
+fn in_force<'a>(session: Option<&'a Session>, live: Option<&'a State>) -> Option<&'a State> {
+    match session {
+        Some(s) if s.phase() == Phase::InSync => Some(s.state()),
+        _ => live,
+    }
+}
+
 /// How a connection ended.
 #[derive(Debug)]
 pub enum ConnectionEnd {
@@ -472,19 +475,10 @@ pub fn serve_connection<R: Read, W: Write + Send + 'static>(
     let status = output.map(|w| stream::spawn_status_writer(w, opts.status_interval, stop.clone()));
     let mut reader = FrameReader::with_max_frame_len(input, opts.max_frame_len);
     lock(daemon).begin(source);
-    let result = (|| -> Result<(), StreamError> {
-        // Frames are read without the lock; each is applied under it.
-        while let Some(frame) = reader.read_frame()? {
-            if let Some(r) = recorder.as_mut() {
-                r.record(&frame).map_err(|source| StreamError::Record {
-                    frame: frame.index,
-                    source,
-                })?;
-            }
-            lock(daemon).on_frame(&frame)?;
-        }
-        Ok(())
-    })();
+    // Frames are read without the lock; each is applied under it.
+    let result = stream::run(&mut reader, recorder.as_mut(), |frame| {
+        lock(daemon).on_frame(frame).map(|_| ())
+    });
     // The status writer stops at its next tick, or when its write fails once the
     // caller closes the connection; it is not joined, so a peer that stopped reading
     // cannot hold the agent here.
@@ -494,6 +488,52 @@ pub fn serve_connection<R: Read, W: Write + Send + 'static>(
     match result {
         Ok(()) => ConnectionEnd::Eof,
         Err(e) => ConnectionEnd::Resync(e),
+    }
+}
+
+/// Serves Felix on fds 3 and 4, as Felix's driver process. Returns the exit code:
+/// 0 when Felix closes fd 3, 1 on a protocol violation (Felix then restarts and
+/// resyncs) or a recording that cannot be created, 2 when fd 3 (or, with
+/// `require_fd4`, fd 4) cannot be opened.
+pub fn serve_felix_fds(daemon: &SharedDaemon, require_fd4: bool) -> u8 {
+    // Re-opening through /dev/fd gives owned files for Felix's pipes without taking
+    // ownership of raw descriptors.
+    let input = match std::fs::File::open("/dev/fd/3") {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("fd 3 is not readable ({e}): the driver must be started by Felix");
+            return 2;
+        }
+    };
+    let output = match std::fs::OpenOptions::new().write(true).open("/dev/fd/4") {
+        Ok(f) => Some(f),
+        Err(e) if require_fd4 => {
+            tracing::error!("fd 4 is not writable ({e}): the driver must be started by Felix");
+            return 2;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "fd 4 is not writable; no status reports to Felix");
+            None
+        }
+    };
+    match serve_connection(
+        daemon,
+        Source::FelixFds,
+        std::io::BufReader::new(input),
+        output,
+    ) {
+        ConnectionEnd::Eof => {
+            tracing::info!("Felix closed fd 3: exiting");
+            0
+        }
+        ConnectionEnd::Resync(e) => {
+            tracing::error!(error = %e, "protocol violation: exiting so that Felix restarts and resyncs");
+            1
+        }
+        ConnectionEnd::RecordSetup(e) => {
+            tracing::error!(error = %e, "cannot create the recording file");
+            1
+        }
     }
 }
 
@@ -601,18 +641,13 @@ pub fn exit_on_signals(cleanup: impl FnOnce() + Send + 'static) -> std::io::Resu
 pub fn feed(daemon: &SharedDaemon, msgs: &[capo_proto::felix::v3_32::ToDataplane]) -> bool {
     let bytes = crate::felix::frame::encode_frames(msgs);
     let mut reader = FrameReader::new(bytes.as_slice());
-    loop {
-        let frame = match reader.read_frame() {
-            Ok(Some(f)) => f,
-            Ok(None) => return true,
-            Err(e) => {
-                tracing::error!(error = %e, "update refused");
-                return false;
-            }
-        };
-        if let Err(e) = lock(daemon).on_frame(&frame) {
+    match stream::run(&mut reader, None, |frame| {
+        lock(daemon).on_frame(frame).map(|_| ())
+    }) {
+        Ok(()) => true,
+        Err(e) => {
             tracing::error!(error = %e, "update refused");
-            return false;
+            false
         }
     }
 }

@@ -86,10 +86,13 @@ pub fn replay_reader<R: Read>(input: R, opts: &ReplayOptions) -> Result<Replayed
     let mut reader = FrameReader::with_max_frame_len(input, opts.max_frame_len);
     let mut session = Session::new(opts.schema);
     let mut ids = opts.id_table();
-    stream::run(&mut reader, &mut session, None, |s, _, ev| match ev {
-        Event::Reconcile => ids.sync(s.state()),
-        Event::Changed if s.phase() == Phase::InSync => ids.sync(s.state()),
-        _ => {}
+    stream::run(&mut reader, None, |frame| {
+        match session.on_frame(frame)? {
+            Event::Reconcile => ids.sync(session.state()),
+            Event::Changed if session.phase() == Phase::InSync => ids.sync(session.state()),
+            _ => {}
+        }
+        Ok(())
     })?;
     let in_sync = session.phase() == Phase::InSync;
     if !in_sync {

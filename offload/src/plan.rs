@@ -852,11 +852,12 @@ pub fn plan(
     // Emit: fixed top rules, then nodes by layer, then the catch-all.
     let tag = gen_tag(program.generation);
     let mut rules: Vec<PlannedRule> = Vec::new();
-    let punt_actions = |idx: usize| -> Vec<Action> {
+    // Punts and allows differ only in the mark's kind.
+    let mark_actions = |kind: MarkKind, idx: usize| -> Vec<Action> {
         let mut v = Vec::new();
         if let Some(m) = (Mark {
             gen_tag: tag,
-            kind: MarkKind::Punt,
+            kind,
             index: idx as u32,
         })
         .encode(caps.mark_bits)
@@ -869,23 +870,8 @@ pub fn plan(
         v.push(Action::Rss(Rss::default()));
         v
     };
-    let allow_actions = |idx: usize| -> Vec<Action> {
-        let mut v = Vec::new();
-        if let Some(m) = (Mark {
-            gen_tag: tag,
-            kind: MarkKind::Allow,
-            index: idx as u32,
-        })
-        .encode(caps.mark_bits)
-        {
-            v.push(Action::Mark(m));
-        }
-        if caps.counters {
-            v.push(Action::Count(idx as u32));
-        }
-        v.push(Action::Rss(Rss::default()));
-        v
-    };
+    let punt_actions = |idx: usize| mark_actions(MarkKind::Punt, idx);
+    let allow_actions = |idx: usize| mark_actions(MarkKind::Allow, idx);
     let drop_actions = |idx: usize| -> Vec<Action> {
         let mut v = Vec::new();
         if caps.counters {

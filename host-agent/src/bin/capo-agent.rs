@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use capo_agent::api::{ApiOptions, TcpTls, DEFAULT_API_SOCKET};
 use capo_agent::cli::parse_interface_index;
 use capo_agent::daemon::{
-    bind_felix_socket, exit_on_signals, serve_connection, serve_felix_socket, serve_manifests,
-    ConnectionEnd, Daemon, FelixOptions, Source, DEFAULT_FELIX_SOCKET,
+    bind_felix_socket, exit_on_signals, serve_felix_fds, serve_felix_socket, serve_manifests,
+    Daemon, FelixOptions, DEFAULT_FELIX_SOCKET,
 };
 use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_agent::logging::{self, LogFormat};
@@ -224,40 +224,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if args.felix_fds {
-        let input = match std::fs::File::open("/dev/fd/3") {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "--felix-fds: fd 3 is not readable");
-                return ExitCode::from(2);
-            }
-        };
-        let output = match std::fs::OpenOptions::new().write(true).open("/dev/fd/4") {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!(error = %e, "--felix-fds: fd 4 is not writable; no status reports to Felix");
-                None
-            }
-        };
         let sock = api_socket.clone();
         if let Err(e) = exit_on_signals(move || remove(sock)) {
             tracing::warn!(error = %e, "cannot install signal handlers");
         }
-        return match serve_connection(
-            &daemon,
-            Source::FelixFds,
-            std::io::BufReader::new(input),
-            output,
-        ) {
-            ConnectionEnd::Eof => ExitCode::SUCCESS,
-            ConnectionEnd::Resync(e) => {
-                tracing::error!(error = %e, "protocol violation: exiting so that Felix resyncs");
-                ExitCode::FAILURE
-            }
-            ConnectionEnd::RecordSetup(e) => {
-                tracing::error!(error = %e, "--record: cannot create the recording file");
-                ExitCode::FAILURE
-            }
-        };
+        return ExitCode::from(serve_felix_fds(&daemon, false));
     }
     let listener = match bind_felix_socket(&args.felix_socket) {
         Ok(l) => l,

@@ -13,14 +13,11 @@
 //! It exits 0 when Felix closes fd 3, 1 on a protocol violation (Felix then
 //! restarts and resends everything), and promptly on SIGTERM.
 
-use std::fs::{File, OpenOptions};
 use std::process::ExitCode;
 
 use std::sync::{Arc, Mutex};
 
-use capo_agent::daemon::{
-    exit_on_signals, serve_connection, ConnectionEnd, Daemon, FelixOptions, Source,
-};
+use capo_agent::daemon::{exit_on_signals, serve_felix_fds, Daemon, FelixOptions};
 use capo_agent::logging::{self, LogFormat};
 use capo_policy::IdTable;
 
@@ -49,21 +46,6 @@ fn options() -> Result<FelixOptions, String> {
     Ok(opts)
 }
 
-fn open_fds() -> Result<(File, File), String> {
-    // Re-opening through /dev/fd gives owned files for Felix's pipes without
-    // taking ownership of raw descriptors.
-    let input = File::open("/dev/fd/3").map_err(|e| {
-        format!("fd 3 is not readable ({e}): capo-felix-driver must be started by Felix")
-    })?;
-    let output = OpenOptions::new()
-        .write(true)
-        .open("/dev/fd/4")
-        .map_err(|e| {
-            format!("fd 4 is not writable ({e}): capo-felix-driver must be started by Felix")
-        })?;
-    Ok((input, output))
-}
-
 fn main() -> ExitCode {
     let format = match env("CAPO_LOG_FORMAT").as_deref() {
         Some("json") => LogFormat::Json,
@@ -77,35 +59,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (input, output) = match open_fds() {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     if let Err(e) = exit_on_signals(|| {}) {
         tracing::warn!(error = %e, "cannot install signal handlers");
     }
     tracing::info!(schema = ?opts.schema, "capo-felix-driver started by Felix");
     let daemon = Arc::new(Mutex::new(Daemon::new(opts, IdTable::default())));
-    match serve_connection(
-        &daemon,
-        Source::FelixFds,
-        std::io::BufReader::new(input),
-        Some(output),
-    ) {
-        ConnectionEnd::Eof => {
-            tracing::info!("Felix closed fd 3: exiting");
-            ExitCode::SUCCESS
-        }
-        ConnectionEnd::Resync(e) => {
-            tracing::error!(error = %e, "protocol violation: exiting so that Felix restarts and resyncs");
-            ExitCode::FAILURE
-        }
-        ConnectionEnd::RecordSetup(e) => {
-            tracing::error!(error = %e, "CAPO_RECORD: cannot create the recording file");
-            ExitCode::FAILURE
-        }
-    }
+    ExitCode::from(serve_felix_fds(&daemon, true))
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use capo_proto::felix::v3_32 as pb;
 
 use super::frame::{Frame, FrameError, FrameReader, FrameWriter};
-use super::session::{Event, Session, SessionError};
+use super::session::SessionError;
 
 /// How often Felix expects a status report (felix-protocol §2.2: doc.go says 10 s).
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -58,13 +58,13 @@ impl Recorder {
     }
 }
 
-/// Reads frames until a clean end of stream, handing each to `session` and then
-/// to `on_event`. Returns at the first error, with nothing of the bad frame applied.
+/// Reads frames until a clean end of stream, recording each (when asked) and
+/// handing it to `apply`. Returns at the first error, with nothing of the bad frame
+/// applied.
 pub fn run<R: Read>(
     reader: &mut FrameReader<R>,
-    session: &mut Session,
     mut recorder: Option<&mut Recorder>,
-    mut on_event: impl FnMut(&Session, &Frame, &Event),
+    mut apply: impl FnMut(&Frame) -> Result<(), SessionError>,
 ) -> Result<(), StreamError> {
     while let Some(frame) = reader.read_frame()? {
         if let Some(r) = recorder.as_deref_mut() {
@@ -73,8 +73,7 @@ pub fn run<R: Read>(
                 source,
             })?;
         }
-        let event = session.on_frame(&frame)?;
-        on_event(session, &frame, &event);
+        apply(&frame)?;
     }
     Ok(())
 }
