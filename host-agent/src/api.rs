@@ -301,7 +301,13 @@ impl Api {
         tokio::task::block_in_place(|| lock(&self.daemon))
     }
 
-    fn counters(&self) -> api::CountersReply {
+    fn counters(&self) -> Result<api::CountersReply, Status> {
+        // With VPP the counters are VPP's, read over the control channel (outside the
+        // daemon's lock).
+        let vpp = self.locked().vpp();
+        if let Some(h) = vpp {
+            return tokio::task::block_in_place(|| h.counters()).map_err(Status::unavailable);
+        }
         let d = self.locked();
         let mut reply = api::CountersReply {
             generation: d.generation(),
@@ -311,7 +317,7 @@ impl Api {
             reply = c;
             reply.generation = d.generation();
         }
-        reply
+        Ok(reply)
     }
 }
 
@@ -321,7 +327,7 @@ impl api::counters_server::Counters for Api {
         &self,
         _req: Request<api::CountersRequest>,
     ) -> Result<Response<api::CountersReply>, Status> {
-        Ok(Response::new(self.counters()))
+        Ok(Response::new(self.counters()?))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<api::CountersReply, Status>> + Send>>;
@@ -345,7 +351,7 @@ impl api::counters_server::Counters for Api {
             let mut tick = tokio::time::interval(Duration::from_millis(u64::from(ms)));
             loop {
                 tick.tick().await;
-                if tx.send(Ok(me.counters())).await.is_err() {
+                if tx.send(me.counters()).await.is_err() {
                     return;
                 }
             }
@@ -363,6 +369,7 @@ impl api::generations_server::Generations for Api {
         _req: Request<api::GenerationsRequest>,
     ) -> Result<Response<api::GenerationsReply>, Status> {
         let d = self.locked();
+        let vpp = d.vpp().map(|h| h.status());
         let history = d
             .history()
             .map(|c| api::Commit {
@@ -373,8 +380,23 @@ impl api::generations_server::Generations for Api {
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
                 duration_us: c.duration.as_micros() as u64,
-                outcome: c.outcome.to_string(),
-                detail: c.detail.clone(),
+                outcome: match &vpp {
+                    // Committed only once the plugin acknowledged it.
+                    Some(v) if v.confirmed >= c.generation => "committed".to_string(),
+                    Some(v)
+                        if v.last_error
+                            .as_ref()
+                            .is_some_and(|(g, _)| *g >= c.generation) =>
+                    {
+                        "refused".to_string()
+                    }
+                    Some(_) => "pending".to_string(),
+                    None => c.outcome.to_string(),
+                },
+                detail: match &vpp {
+                    Some(v) => format!("vpp: {}", v.outcome(c.generation)),
+                    None => c.detail.clone(),
+                },
                 nic_group: 0,
             })
             .collect();
@@ -420,6 +442,30 @@ impl api::views_server::Views for Api {
                 ))
             }
         };
+        let vpp = self.locked().vpp();
+        if let Some(h) = vpp {
+            // With VPP the views are VPP's (its interface names and sw_if_index).
+            let (name, verbose) = match view {
+                View::Interfaces => ("interfaces", false),
+                View::Ipsets => ("ipsets", false),
+                View::Policies { verbose } => ("policies", verbose),
+                View::Rules => ("rules", false),
+            };
+            let reply = tokio::task::block_in_place(|| h.show(name, verbose))
+                .map_err(Status::unavailable)?;
+            let lines = reply
+                .text
+                .lines()
+                .map(|l| api::ViewLine {
+                    text: l.to_string(),
+                })
+                .collect();
+            return Ok(Response::new(api::ViewReply {
+                text: reply.text,
+                generation: reply.generation,
+                lines,
+            }));
+        }
         let d = self.locked();
         let state = d.state().ok_or_else(no_policy)?;
         let text = view.render(state, d.ids());

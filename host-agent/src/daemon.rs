@@ -115,6 +115,12 @@ pub trait PolicySink: Send {
         None
     }
 
+    /// The VPP plugin's handle, for the sink that is the VPP plugin: views, counters
+    /// and acknowledgements come from VPP.
+    fn vpp(&self) -> Option<crate::vpp::VppHandle> {
+        None
+    }
+
     /// Classifies frames that arrived from the wire (a DPDK port), each at the
     /// endpoint its destination belongs to, for the embedded dataplane.
     fn classify_wire(&mut self, _frames: &[&[u8]]) -> Option<Vec<capo_policy::Verdict>> {
@@ -241,6 +247,11 @@ impl Daemon {
             Some(s) if s.phase() != Phase::InSync => s.stats().changed,
             _ => 0,
         }
+    }
+
+    /// The VPP plugin's handle, when the software dataplane is VPP.
+    pub fn vpp(&self) -> Option<crate::vpp::VppHandle> {
+        self.sinks.iter().find_map(|s| s.vpp())
     }
 
     /// Counters of the classifying dataplane, if one is attached.

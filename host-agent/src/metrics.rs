@@ -44,6 +44,9 @@ pub fn commit_latency_histogram() -> Histogram {
 /// The text exposition of every metric, now.
 pub fn render(daemon: &SharedDaemon) -> String {
     let mut reg = Registry::with_prefix("capo");
+    // With VPP the counters are VPP's, read outside the daemon's lock.
+    let vpp = lock(daemon).vpp();
+    let vpp_counters = vpp.map(|h| h.counters());
     let d = lock(daemon);
 
     let generation: Gauge = Gauge::default();
@@ -63,7 +66,15 @@ pub fn render(daemon: &SharedDaemon) -> String {
     let packets = Family::<RuleDeciderLabels, Counter>::default();
     let bytes = Family::<RuleDeciderLabels, Counter>::default();
     let ifaces = Family::<InterfaceLabels, Counter>::default();
-    if let Some(c) = d.counters() {
+    let counters = match vpp_counters {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "no counters from the VPP plugin for this scrape");
+            None
+        }
+        None => d.counters(),
+    };
+    if let Some(c) = counters {
         for r in &c.rules {
             for (decided_in, p, b) in [
                 ("software", r.software_packets, r.software_bytes),

@@ -15,11 +15,14 @@
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use capo_felix::frame::{FrameError, FrameReader, FrameWriter};
+use capo_proto::capo::agent::v1 as api;
 use capo_proto::capo::dataplane::v1::{
-    from_plugin, to_plugin, Applied, FromPlugin, Generation, Hello, ToPlugin,
+    from_plugin, to_plugin, Applied, BoundInterface, FromPlugin, Generation, Hello,
+    InterfaceBinding, ShowReply, ShowRequest, ToPlugin,
 };
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
@@ -88,20 +91,33 @@ pub fn parse_dataplane_arg(arg: &str) -> Option<PathBuf> {
 }
 
 impl VppChannel {
-    /// Connects, says `Hello` and reads the plugin's `HelloReply`.
+    /// Connects, says `Hello` (epoch 0, no bindings) and reads the plugin's
+    /// `HelloReply`.
     ///
     /// # Errors
     ///
     /// [`VppError`] if the socket cannot be opened or the plugin does not answer `Hello`.
     pub fn connect(path: impl AsRef<Path>) -> Result<Self, VppError> {
+        Self::connect_with(path, 0, &[])
+    }
+
+    /// Connects as agent run `epoch` with the operator's `bindings`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`VppChannel::connect`].
+    pub fn connect_with(
+        path: impl AsRef<Path>,
+        epoch: u64,
+        bindings: &[InterfaceBinding],
+    ) -> Result<Self, VppError> {
         let path = path.as_ref();
         let stream = UnixStream::connect(path).map_err(|source| VppError::Connect {
             path: path.to_path_buf(),
             source,
         })?;
         stream.set_read_timeout(Some(DEFAULT_REPLY_TIMEOUT))?;
-        // A plugin that stops reading must not hang the agent (it writes under the
-        // daemon's lock).
+        // A plugin that stops reading must not hang the sink's thread for good.
         stream.set_write_timeout(Some(DEFAULT_REPLY_TIMEOUT))?;
         let mut ch = VppChannel {
             reader: FrameReader::new(BufReader::new(stream.try_clone()?)),
@@ -111,6 +127,8 @@ impl VppChannel {
         };
         let reply = ch.ask(to_plugin::Msg::Hello(Hello {
             agent_version: AGENT_VERSION.to_string(),
+            epoch,
+            bindings: bindings.to_vec(),
         }))?;
         match reply {
             from_plugin::Msg::Hello(h) => {
@@ -222,6 +240,30 @@ impl VppChannel {
         self.push_full(id, snapshot())
     }
 
+    /// Asks the plugin to render a view.
+    ///
+    /// # Errors
+    ///
+    /// [`VppError`] if the channel broke or the answer is not a `ShowReply`.
+    pub fn show(&mut self, req: ShowRequest) -> Result<ShowReply, VppError> {
+        match self.ask(to_plugin::Msg::Show(req))? {
+            from_plugin::Msg::Show(r) => Ok(r),
+            other => Err(unexpected("ShowReply", &other)),
+        }
+    }
+
+    /// Reads the plugin's counters.
+    ///
+    /// # Errors
+    ///
+    /// [`VppError`] if the channel broke or the answer is not a `CountersReply`.
+    pub fn counters(&mut self) -> Result<api::CountersReply, VppError> {
+        match self.ask(to_plugin::Msg::Counters(api::CountersRequest {}))? {
+            from_plugin::Msg::Counters(r) => Ok(r),
+            other => Err(unexpected("CountersReply", &other)),
+        }
+    }
+
     fn push(&mut self, g: Generation) -> Result<Applied, VppError> {
         let id = g.id;
         match self.ask(to_plugin::Msg::Generation(g))? {
@@ -256,6 +298,8 @@ fn unexpected(wanted: &'static str, got: &from_plugin::Msg) -> VppError {
     let got = match got {
         from_plugin::Msg::Hello(_) => "HelloReply",
         from_plugin::Msg::Applied(_) => "Applied",
+        from_plugin::Msg::Show(_) => "ShowReply",
+        from_plugin::Msg::Counters(_) => "CountersReply",
     };
     VppError::Unexpected {
         wanted,
@@ -263,75 +307,198 @@ fn unexpected(wanted: &'static str, got: &from_plugin::Msg) -> VppError {
     }
 }
 
-/// The VPP plugin as one of the agent's dataplanes (`--dataplane vpp:SOCKET`): each
-/// generation goes to the plugin as a delta on the one it holds, or as a full
-/// snapshot after a (re)connect. When the plugin is away it keeps its last
-/// generation (fail-static); the agent reconnects on the next generation or tick.
-pub struct VppSink {
-    path: PathBuf,
-    channel: Option<VppChannel>,
-    /// The generation the plugin was last told about and accepted.
-    pushed: u64,
-    unknown_interfaces: Vec<String>,
+/// This run's agent epoch: the start time in nanoseconds since the Unix epoch. A
+/// restarted agent has a larger one, so its generations replace the old run's in the
+/// plugin whatever their ids (the plugin orders generations by `(epoch, id)`).
+pub fn agent_epoch() -> u64 {
+    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    })
 }
 
-impl VppSink {
-    /// A sink for the plugin's control socket at `path` (not connected yet).
-    pub fn new(path: PathBuf) -> Self {
-        VppSink {
-            path,
-            channel: None,
-            pushed: 0,
-            unknown_interfaces: Vec::new(),
+/// Parses `--bind ENDPOINT=VPP_INTERFACE`.
+///
+/// # Errors
+///
+/// A message naming what is missing.
+pub fn parse_binding(arg: &str) -> Result<InterfaceBinding, String> {
+    match arg.split_once('=') {
+        Some((e, v)) if !e.is_empty() && !v.is_empty() => Ok(InterfaceBinding {
+            endpoint: e.to_string(),
+            vpp_interface: v.to_string(),
+        }),
+        _ => Err(format!(
+            "{arg:?}: expected ENDPOINT=VPP_INTERFACE, e.g. default/ts2=host-veth-ts2"
+        )),
+    }
+}
+
+/// What the VPP sink has got the plugin to confirm (read by the API without I/O).
+#[derive(Debug, Clone, Default)]
+pub struct VppStatus {
+    /// Connected to the plugin now.
+    pub connected: bool,
+    /// The newest generation the agent handed to the sink.
+    pub wanted: u64,
+    /// The newest generation the plugin acknowledged as applied (0: none).
+    pub confirmed: u64,
+    /// The last refusal or channel error, with the generation it concerned.
+    pub last_error: Option<(u64, String)>,
+    /// Endpoints the plugin has no interface for.
+    pub unknown_interfaces: Vec<String>,
+    /// Where the plugin polices each endpoint.
+    pub interfaces: Vec<BoundInterface>,
+}
+
+impl VppStatus {
+    /// What the sink says of `generation`: `applied`, `refused: …`, or `pending`.
+    pub fn outcome(&self, generation: u64) -> String {
+        if self.confirmed >= generation && self.confirmed != 0 {
+            return "applied (acknowledged by the VPP plugin)".into();
+        }
+        match &self.last_error {
+            Some((g, e)) if *g >= generation => format!("not applied: {e}; retrying"),
+            _ => "pending: not yet acknowledged by the VPP plugin".into(),
+        }
+    }
+}
+
+/// Work for the sink's thread.
+enum Job {
+    /// A new generation: the updates since the previous one, or the whole state.
+    Commit {
+        generation: u64,
+        change: Change,
+    },
+    Show(ShowRequest, mpsc::Sender<Result<ShowReply, String>>),
+    Counters(mpsc::Sender<Result<api::CountersReply, String>>),
+}
+
+enum Change {
+    Delta(Vec<capo_policy::Update>),
+    Full(Box<capo_policy::State>),
+}
+
+/// How long an API request waits for the plugin (it may be applying a generation).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the sink checks the plugin when nothing happens (liveness, retries).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// A handle on the VPP sink for the API: views and counters from the plugin, and
+/// what it confirmed. Cheap to clone; never holds the daemon.
+#[derive(Clone)]
+pub struct VppHandle {
+    jobs: mpsc::Sender<Job>,
+    status: Arc<Mutex<VppStatus>>,
+}
+
+impl std::fmt::Debug for VppHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VppHandle").finish_non_exhaustive()
+    }
+}
+
+impl VppHandle {
+    /// What the plugin confirmed.
+    pub fn status(&self) -> VppStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn ask<T>(
+        &self,
+        job: impl FnOnce(mpsc::Sender<Result<T, String>>) -> Job,
+    ) -> Result<T, String> {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .send(job(tx))
+            .map_err(|_| "the VPP sink stopped".to_string())?;
+        rx.recv_timeout(REQUEST_TIMEOUT).map_err(|_| {
+            format!(
+                "the VPP plugin did not answer within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            )
+        })?
+    }
+
+    /// A `show capo …` view, rendered by the plugin (`vppctl`'s text).
+    ///
+    /// # Errors
+    ///
+    /// The plugin is unreachable, did not answer in time, or refused the view.
+    pub fn show(&self, view: &str, verbose: bool) -> Result<ShowReply, String> {
+        let req = ShowRequest {
+            view: view.to_string(),
+            verbose,
+        };
+        let reply = self.ask(|tx| Job::Show(req, tx))?;
+        if reply.error.is_empty() {
+            Ok(reply)
+        } else {
+            Err(reply.error)
         }
     }
 
-    fn push(
-        &mut self,
-        generation: u64,
-        state: &capo_policy::State,
-        delta: Option<&[capo_policy::Update]>,
-    ) -> Result<String, String> {
-        if self.channel.is_none() {
-            let ch = VppChannel::connect(&self.path).map_err(|e| e.to_string())?;
-            tracing::info!(
-                socket = %self.path.display(),
-                plugin = ch.plugin_version(),
-                holds = ch.active_generation(),
-                "connected to the VPP plugin"
-            );
-            self.channel = Some(ch);
-        }
-        let Some(ch) = self.channel.as_mut() else {
-            return Err("not connected".into());
+    /// The plugin's counters.
+    ///
+    /// # Errors
+    ///
+    /// The plugin is unreachable or did not answer in time.
+    pub fn counters(&self) -> Result<api::CountersReply, String> {
+        self.ask(Job::Counters)
+    }
+}
+
+/// The VPP plugin as one of the agent's dataplanes (`--dataplane vpp:SOCKET`).
+///
+/// The daemon hands it generations without waiting: they go over a channel to the
+/// sink's own thread, which keeps its own copy of the policy (so that a full snapshot
+/// can be sent at any time), talks to the plugin, and records what the plugin
+/// acknowledged. A plugin that is slow or gone delays only this thread: Felix, the
+/// API and other dataplanes go on. Generations that arrive while a push is in flight
+/// are merged into one delta. Each is reported applied only once the plugin said so;
+/// a refused or unacknowledged one is retried (as a full snapshot) every second.
+pub struct VppSink {
+    handle: VppHandle,
+}
+
+impl VppSink {
+    /// A sink for the plugin's control socket at `path`, binding endpoints with
+    /// `bindings` first; starts its thread (it connects on the first generation).
+    pub fn new(path: PathBuf, bindings: Vec<InterfaceBinding>) -> Self {
+        let (jobs, rx) = mpsc::channel();
+        let status = Arc::new(Mutex::new(VppStatus::default()));
+        let worker = SinkThread {
+            path,
+            bindings,
+            channel: None,
+            state: None,
+            generation: 0,
+            pushed: 0,
+            pending: Some(Vec::new()),
+            status: Arc::clone(&status),
+            last_failure: None,
         };
-        let delta_msgs: Vec<pb::ToDataplane> = delta
-            .map(|d| d.iter().map(capo_felix::encode::update).collect())
-            .unwrap_or_default();
-        let base = if delta.is_some() { self.pushed } else { 0 };
-        match ch.sync(generation, base, delta_msgs, || {
-            capo_felix::encode::snapshot(state)
-        }) {
-            Ok(a) if a.ok => {
-                self.pushed = generation;
-                if a.unknown_interfaces != self.unknown_interfaces {
-                    if !a.unknown_interfaces.is_empty() {
-                        tracing::warn!(interfaces = ?a.unknown_interfaces, "VPP has no interface of these endpoints");
-                    }
-                    self.unknown_interfaces = a.unknown_interfaces.clone();
-                }
-                Ok(format!("VPP plugin holds generation {generation}"))
-            }
-            Ok(a) => Err(format!(
-                "VPP plugin refused generation {generation}: {}",
-                a.error
-            )),
-            Err(e) => {
-                // The channel broke: reconnect next time, with a full snapshot.
-                self.channel = None;
-                Err(format!("VPP plugin: {e} (it keeps its last generation)"))
-            }
+        let spawned = std::thread::Builder::new()
+            .name("capo-vpp-sink".into())
+            .spawn(move || worker.run(&rx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the VPP sink's thread");
         }
+        VppSink {
+            handle: VppHandle { jobs, status },
+        }
+    }
+
+    /// A handle for the API.
+    pub fn handle(&self) -> VppHandle {
+        self.handle.clone()
     }
 }
 
@@ -347,22 +514,218 @@ impl crate::daemon::PolicySink for VppSink {
         _ids: &capo_policy::IdTable,
         delta: Option<&[capo_policy::Update]>,
     ) -> Result<String, String> {
-        self.push(generation, state, delta)
+        let change = match delta {
+            Some(d) => Change::Delta(d.to_vec()),
+            None => Change::Full(Box::new(state.clone())),
+        };
+        self.handle
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .wanted = generation;
+        self.handle
+            .jobs
+            .send(Job::Commit { generation, change })
+            .map_err(|_| "the VPP sink stopped".to_string())?;
+        Ok("handed to the VPP sink; pending the plugin's acknowledgement".into())
     }
 
-    fn tick(&mut self, generation: u64, state: &capo_policy::State) {
-        if self.channel.as_ref().is_some_and(|c| !c.is_alive()) {
-            tracing::warn!(socket = %self.path.display(), "the VPP plugin went away; reconnecting");
-            self.channel = None;
-            self.pushed = 0;
+    fn vpp(&self) -> Option<VppHandle> {
+        Some(self.handle())
+    }
+}
+
+/// The sink's thread: owns the channel and its copy of the policy.
+struct SinkThread {
+    path: PathBuf,
+    bindings: Vec<InterfaceBinding>,
+    channel: Option<VppChannel>,
+    /// The policy as of `generation` (None before the first).
+    state: Option<capo_policy::State>,
+    generation: u64,
+    /// The generation the plugin holds from this sink (0: none).
+    pushed: u64,
+    /// The updates since `pushed` (None: a full snapshot is needed).
+    pending: Option<Vec<capo_policy::Update>>,
+    status: Arc<Mutex<VppStatus>>,
+    /// The last failure logged, so a plugin that stays away is logged once.
+    last_failure: Option<String>,
+}
+
+impl SinkThread {
+    fn run(mut self, jobs: &mpsc::Receiver<Job>) {
+        loop {
+            match jobs.recv_timeout(IDLE_CHECK) {
+                Ok(job) => {
+                    self.take(job);
+                    // Merge whatever else is queued before talking to the plugin.
+                    while let Ok(job) = jobs.try_recv() {
+                        self.take(job);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.channel.as_ref().is_some_and(|c| !c.is_alive()) {
+                        tracing::warn!(socket = %self.path.display(), "the VPP plugin went away; reconnecting");
+                        self.disconnected();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if self.state.is_some() && (self.pushed != self.generation || self.channel.is_none()) {
+                self.sync();
+            }
         }
-        if self.pushed == generation && self.channel.is_some() {
-            return;
+    }
+
+    fn take(&mut self, job: Job) {
+        match job {
+            Job::Commit { generation, change } => {
+                match change {
+                    Change::Full(state) => {
+                        self.state = Some(*state);
+                        self.pending = None;
+                    }
+                    Change::Delta(updates) => {
+                        if let Some(state) = self.state.as_mut() {
+                            for u in &updates {
+                                if let Err(e) = state.apply(u.clone()) {
+                                    // Cannot happen (the daemon validated it): resync whole.
+                                    tracing::error!(error = %e, "VPP sink's copy of the policy refused an update");
+                                    self.pending = None;
+                                }
+                            }
+                            if let Some(p) = self.pending.as_mut() {
+                                p.extend(updates);
+                            }
+                        }
+                    }
+                }
+                self.generation = generation;
+            }
+            Job::Show(req, reply) => {
+                let r = self
+                    .connected()
+                    .and_then(|ch| ch.show(req).map_err(|e| e.to_string()));
+                if r.is_err() {
+                    self.disconnected();
+                }
+                let _ = reply.send(r);
+            }
+            Job::Counters(reply) => {
+                let r = self
+                    .connected()
+                    .and_then(|ch| ch.counters().map_err(|e| e.to_string()));
+                if r.is_err() {
+                    self.disconnected();
+                }
+                let _ = reply.send(r);
+            }
         }
-        match self.push(generation, state, None) {
-            Ok(msg) => tracing::info!("{msg}"),
-            Err(e) => tracing::debug!(error = %e, "VPP plugin still unreachable"),
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, VppStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn disconnected(&mut self) {
+        self.channel = None;
+        self.pushed = 0;
+        self.pending = None;
+        self.status().connected = false;
+    }
+
+    fn connected(&mut self) -> Result<&mut VppChannel, String> {
+        if self.channel.is_none() {
+            let ch = VppChannel::connect_with(&self.path, agent_epoch(), &self.bindings)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                socket = %self.path.display(),
+                plugin = ch.plugin_version(),
+                holds = ch.active_generation(),
+                "connected to the VPP plugin"
+            );
+            self.pushed = ch.active_generation();
+            if self.pushed == 0 || self.pushed != self.generation {
+                // It holds nothing of this run, or not what the pending delta is on.
+                self.pending = None;
+            }
+            self.channel = Some(ch);
+            self.status().connected = true;
         }
+        self.channel
+            .as_mut()
+            .ok_or_else(|| "not connected".to_string())
+    }
+
+    /// Pushes the generation in force: the pending delta when the plugin holds its
+    /// base, else the whole state.
+    fn sync(&mut self) {
+        let generation = self.generation;
+        let result = self.push();
+        match result {
+            Ok(a) if a.ok => {
+                self.pushed = generation;
+                self.pending = Some(Vec::new());
+                self.last_failure = None;
+                if !a.unknown_interfaces.is_empty() {
+                    tracing::warn!(interfaces = ?a.unknown_interfaces, "VPP has no interface of these endpoints (yet): they are policed once VPP has them");
+                }
+                tracing::info!(generation, "the VPP plugin applied the generation");
+                let mut s = self.status();
+                s.confirmed = generation;
+                s.unknown_interfaces = a.unknown_interfaces;
+                s.interfaces = a.interfaces;
+            }
+            Ok(a) => {
+                // Refused: the plugin keeps its previous generation; retry whole.
+                self.pending = None;
+                self.pushed = u64::MAX;
+                self.failed(
+                    generation,
+                    format!("refused by the VPP plugin: {}", a.error),
+                );
+            }
+            Err(e) => {
+                self.disconnected();
+                self.failed(
+                    generation,
+                    format!("VPP plugin unreachable ({e}); it keeps its last generation"),
+                );
+            }
+        }
+    }
+
+    fn failed(&mut self, generation: u64, msg: String) {
+        if self.last_failure.as_deref() != Some(msg.as_str()) {
+            tracing::error!(generation, error = %msg, "generation not applied by the VPP plugin; retrying");
+            self.last_failure = Some(msg.clone());
+        }
+        self.status().last_error = Some((generation, msg));
+    }
+
+    fn push(&mut self) -> Result<Applied, String> {
+        let generation = self.generation;
+        let pushed = self.pushed;
+        let delta = self.pending.take();
+        let state = self.state.take().ok_or("no policy yet")?;
+        let result = (|| {
+            let ch = self.connected()?;
+            let holds_base = ch.active_generation() == pushed && pushed != 0 && pushed != u64::MAX;
+            match delta {
+                Some(d) if holds_base => {
+                    let msgs = d.iter().map(capo_felix::encode::update).collect();
+                    ch.sync(generation, pushed, msgs, || {
+                        capo_felix::encode::snapshot(&state)
+                    })
+                }
+                _ => ch.push_full(generation, capo_felix::encode::snapshot(&state)),
+            }
+            .map_err(|e| e.to_string())
+        })();
+        self.state = Some(state);
+        result
     }
 }
 
@@ -397,6 +760,7 @@ mod tests {
                         capo_proto::capo::dataplane::v1::HelloReply {
                             plugin_version: "test".into(),
                             active_generation: 0,
+                            active_epoch: 0,
                         },
                     )),
                 })

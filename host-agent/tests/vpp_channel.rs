@@ -35,7 +35,8 @@ fn plugin(name: &str) -> (Arc<Plugin>, PathBuf) {
     let core = Arc::new(Mutex::new(
         plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)])),
     ));
-    std::thread::spawn(move || serve(listener, core, |_| {}));
+    let reader = Arc::clone(&plugin);
+    std::thread::spawn(move || serve(listener, core, reader, |_| {}));
     (plugin, path)
 }
 
@@ -141,7 +142,8 @@ fn unknown_interfaces_are_reported() {
     let core = Arc::new(Mutex::new(
         plugin.control_core(FakeVpp::with(&[("tap0", 1)])),
     ));
-    std::thread::spawn(move || serve(listener, core, |_| {}));
+    let reader = Arc::clone(&plugin);
+    std::thread::spawn(move || serve(listener, core, reader, |_| {}));
     let mut ch = VppChannel::connect(&path).unwrap();
     let a = ch.push_full(1, seed()).unwrap();
     assert!(a.ok);
@@ -225,5 +227,68 @@ fn agent_binary_pushes_generations_to_the_plugin() {
     assert!(view.contains("[policy#2]"), "{view}");
     let _ = agent.kill();
     let _ = agent.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A plugin that accepts the connection and never answers must delay only the VPP
+/// sink: Felix's updates go on being applied, the daemon's lock stays free, the
+/// embedded dataplane beside it follows every generation, and the generation is
+/// reported pending, not applied.
+#[test]
+fn a_plugin_that_never_answers_stalls_nothing_else() {
+    use capo_agent::daemon::{Daemon, FelixOptions};
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-mute", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("capo.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // Accepts, reads nothing, answers nothing.
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = listener.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(20));
+        drop(conns);
+    });
+    drop(held);
+    let vpp = capo_agent::vpp::VppSink::new(path.clone(), Vec::new());
+    let handle = vpp.handle();
+    let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
+    d.add_sink(Box::new(vpp));
+    d.add_sink(Box::new(capo_agent::embedded::Embedded::new()));
+    let daemon = Arc::new(Mutex::new(d));
+    let started = Instant::now();
+    assert!(capo_agent::daemon::feed(&daemon, &seed()));
+    let ipset = seed_ipset();
+    for i in 0..50u32 {
+        let member = format!("10.9.{}.{}/32", i / 250, i % 250 + 1);
+        assert!(capo_agent::daemon::feed(
+            &daemon,
+            &[ipset_delta(&ipset, &member)]
+        ));
+        // The daemon is never held across the plugin's silence.
+        assert!(daemon.try_lock().is_ok(), "daemon locked after update {i}");
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "51 generations took {elapsed:?} with a silent plugin"
+    );
+    let d = daemon.lock().unwrap();
+    assert_eq!(d.generation(), 51);
+    // The embedded dataplane beside it answers (its counters), unhindered.
+    assert!(d.counters().is_some());
+    let status = handle.status();
+    assert_eq!(status.wanted, 51);
+    assert_eq!(status.confirmed, 0, "nothing was acknowledged");
+    assert!(
+        status.outcome(51).starts_with("pending"),
+        "{}",
+        status.outcome(51)
+    );
+    drop(d);
+    // An API read of VPP's views fails in bounded time instead of hanging.
+    let t = Instant::now();
+    assert!(handle.show("interfaces", false).is_err());
+    assert!(t.elapsed() < capo_agent::vpp::REQUEST_TIMEOUT + Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
 }

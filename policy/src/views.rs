@@ -103,6 +103,9 @@ pub struct IdTable {
     tiers: HashMap<String, u32>,
     failsafe_rules: Vec<(FailsafeRule, u32)>,
     interfaces: HashMap<String, u32>,
+    /// The name a dataplane knows an interface by, where it differs from the
+    /// endpoint's (a VPP interface bound to the endpoint).
+    shown_names: HashMap<String, String>,
     next_ipset: u32,
     next_policy: u32,
     next_rule: u32,
@@ -132,6 +135,7 @@ impl IdTable {
             tiers: HashMap::new(),
             failsafe_rules: Vec::new(),
             interfaces: HashMap::new(),
+            shown_names: HashMap::new(),
             next_ipset: FIRST_FELIX_SET,
             next_policy: FIRST_FELIX_POLICY,
             next_rule: FIRST_FELIX_RULE,
@@ -143,6 +147,21 @@ impl IdTable {
     /// Fixes an interface's index (VPP's `sw_if_index`), before or after a sync.
     pub fn set_interface_index(&mut self, name: &str, index: u32) {
         self.interfaces.insert(name.to_string(), index);
+    }
+
+    /// Prints interface `name` as `shown` (the dataplane's name of the interface
+    /// bound to the endpoint); `shown == name` undoes it.
+    pub fn set_interface_shown_name(&mut self, name: &str, shown: &str) {
+        if name == shown {
+            self.shown_names.remove(name);
+        } else {
+            self.shown_names.insert(name.to_string(), shown.to_string());
+        }
+    }
+
+    /// The name the views print for interface `name`.
+    pub fn shown_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.shown_names.get(name).map_or(name, String::as_str)
     }
 
     /// The host-facing interface's name.
@@ -737,7 +756,7 @@ impl<'a> Views<'a> {
             let idx = self.ids.interface(&wep.name).unwrap_or(u32::MAX);
             let v4 = wep.ipv4_nets.first().map(|n| n.net().addr());
             let v6 = wep.ipv6_nets.first().map(|n| n.net().addr());
-            let mut b = header(&wep.name, idx, false, v4, v6);
+            let mut b = header(self.ids.shown_name(&wep.name), idx, false, v4, v6);
             let mut tx = Vec::new();
             if has_enforced_policies(&wep.tiers, Direction::Ingress) {
                 tx.push(Item::Policy(PolicyRef::Internal(
@@ -756,7 +775,7 @@ impl<'a> Views<'a> {
                 continue;
             }
             let idx = self.ids.interface(&hep.name).unwrap_or(u32::MAX);
-            let mut b = header(&hep.name, idx, true, None, None);
+            let mut b = header(self.ids.shown_name(&hep.name), idx, true, None, None);
             // Inverted: packets arriving (VPP rx) are Calico ingress.
             let mut ingress = vec![Item::Policy(PolicyRef::Internal(
                 InternalPolicyId::AllowToHost,
@@ -781,7 +800,7 @@ impl<'a> Views<'a> {
     fn host_interface_block(&self) -> (u32, String) {
         let name = self.ids.host_interface();
         let idx = self.ids.interface(name).unwrap_or(u32::MAX);
-        let mut b = header(name, idx, false, None, None);
+        let mut b = header(self.ids.shown_name(name), idx, false, None, None);
         let hep = crate::eval::host_endpoint_for_host_traffic(self.state, false).map(|(_, h)| h);
         let mut tx = vec![Item::Policy(PolicyRef::Internal(
             InternalPolicyId::WorkloadsToHost,

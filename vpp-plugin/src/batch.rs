@@ -58,6 +58,9 @@ pub enum DropReason {
     Denied,
     /// Could not be parsed.
     Malformed,
+    /// On a policed interface with no generation to classify it (startup.conf
+    /// `capo { unclassified drop }`, the default).
+    Unclassified,
 }
 
 /// The decision for one packet.
@@ -112,6 +115,8 @@ pub struct BatchCounts {
     pub malformed: u64,
     /// Packets on interfaces the active generation does not police (passed).
     pub not_policed: u64,
+    /// Packets that met no generation (dropped, or passed with `unclassified pass`).
+    pub unclassified: u64,
 }
 
 impl BatchCounts {
@@ -124,6 +129,7 @@ impl BatchCounts {
         self.nic_unknown_generation += other.nic_unknown_generation;
         self.malformed += other.malformed;
         self.not_policed += other.not_policed;
+        self.unclassified += other.unclassified;
     }
 }
 
@@ -138,6 +144,52 @@ pub struct BatchCtx<'a> {
     pub marks: NicMarks,
     /// Now (monotonic).
     pub now: Timestamp,
+    /// What happens to packets when there is no generation.
+    pub unclassified: Unclassified,
+}
+
+/// What the node does with a packet it cannot classify: no generation yet, or (in the
+/// node) no worker slot. startup.conf `capo { unclassified drop|pass }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unclassified {
+    /// Drop and count it (fail closed; the default).
+    #[default]
+    Drop,
+    /// Pass it on unpoliced (fail open).
+    Pass,
+}
+
+/// The decision for a packet that cannot be classified.
+pub fn unclassified(
+    p: &PacketIn<'_>,
+    dir: VppDir,
+    policy: Unclassified,
+    counts: &mut BatchCounts,
+) -> PacketOut {
+    counts.unclassified += 1;
+    let trace = |verdict| {
+        p.traced.then(|| {
+            TraceData::new(
+                p.sw_if_index.0,
+                dir,
+                0,
+                verdict,
+                How::Unclassified,
+                "no generation",
+            )
+        })
+    };
+    match policy {
+        Unclassified::Drop => PacketOut::drop(
+            DropReason::Unclassified,
+            How::Unclassified,
+            trace(Verdict::Deny),
+        ),
+        Unclassified::Pass => {
+            counts.allowed += 1;
+            PacketOut::allow(How::Unclassified, trace(Verdict::Allow))
+        }
+    }
 }
 
 /// Decides a frame's packets, in order, into `out` (cleared first); `IP6` picks the
@@ -151,7 +203,11 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
     let dir = if OUTPUT { VppDir::Tx } else { VppDir::Rx };
     let mut counts = BatchCounts::default();
     let Some(g) = ctx.cell.load() else {
-        out.extend(pkts.iter().map(|p| pass(p, dir, 0, &mut counts)));
+        let policy = ctx.unclassified;
+        out.extend(
+            pkts.iter()
+                .map(|p| unclassified(p, dir, policy, &mut counts)),
+        );
         return counts;
     };
     let held = ctx.cell.held_tags();
@@ -417,6 +473,7 @@ impl Counters {
             nic_unknown_generation: self.nic_unknown_generation.load(Relaxed),
             malformed: self.malformed.load(Relaxed),
             not_policed: 0,
+            unclassified: 0,
         }
     }
 

@@ -163,8 +163,35 @@ fn generations(ctx: &CliCtx<'_>) -> String {
                     g.unknown_interfaces().join(" ")
                 );
             }
+            let _ = writeln!(out, "  pushed by agent epoch {}", s.active_epoch);
+            for i in g.interfaces() {
+                let _ = writeln!(
+                    out,
+                    "  {} on {} sw_if_index={} (bound by {})",
+                    i.name,
+                    i.vpp_name,
+                    i.sw_if_index,
+                    i.how.as_str()
+                );
+            }
         }
         None => out.push_str("active generation: none\n"),
+    }
+    if let Some(r) = &s.last_rebind {
+        match &r.error {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "bound again {}: {} (times: {})",
+                    ago(ctx.now, r.at),
+                    r.changes.join("; "),
+                    s.rebinds
+                );
+            }
+            Some(e) => {
+                let _ = writeln!(out, "binding again failed {}: {e}", ago(ctx.now, r.at));
+            }
+        }
     }
     if let Some(p) = ctx.cell.previous_id() {
         let _ = writeln!(out, "previous generation: {p} (NIC marks still honoured)");

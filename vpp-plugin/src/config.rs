@@ -9,6 +9,8 @@
 //!   established-flows keep         # keep | revalidate (DESIGN.md §3.7)
 //!   flow-table-size 1048576        # flows kept per worker
 //!   nic-mark-bits 24               # the NIC's MARK width (8..24; 0: ignore marks)
+//!   unclassified drop              # drop | pass: packets on a policed interface that
+//!                                  # cannot be classified (no generation, no worker)
 //! }
 //! ```
 //!
@@ -48,6 +50,8 @@ pub struct PluginConfig {
     pub flow_table_size: usize,
     /// How NIC marks in `flow_id` are read.
     pub nic_marks: NicMarks,
+    /// What happens to packets that cannot be classified.
+    pub unclassified: crate::batch::Unclassified,
 }
 
 impl PluginConfig {
@@ -71,6 +75,7 @@ impl Default for PluginConfig {
             established_flows: EstablishedFlows::Keep,
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             nic_marks: NicMarks::default(),
+            unclassified: crate::batch::Unclassified::Drop,
         }
     }
 }
@@ -170,6 +175,20 @@ impl PluginConfig {
                         }
                     };
                 }
+                "unclassified" => {
+                    let v = value("unclassified")?;
+                    cfg.unclassified = match v {
+                        "drop" => crate::batch::Unclassified::Drop,
+                        "pass" => crate::batch::Unclassified::Pass,
+                        _ => {
+                            return Err(ConfigError::BadValue {
+                                key: "unclassified",
+                                value: v.to_string(),
+                                reason: "expected drop or pass",
+                            })
+                        }
+                    };
+                }
                 other => return Err(ConfigError::UnknownKey(other.to_string())),
             }
         }
@@ -191,7 +210,8 @@ mod tests {
     fn every_key() {
         let cfg = PluginConfig::parse(
             "socket /tmp/c.sock\n socket-mode 0600 socket-gid 998\nhost-interface tap9 \
-             established-flows revalidate flow-table-size 4096 nic-mark-bits 16",
+             established-flows revalidate flow-table-size 4096 nic-mark-bits 16 \
+             unclassified pass",
         )
         .unwrap();
         assert_eq!(cfg.socket, PathBuf::from("/tmp/c.sock"));
@@ -201,6 +221,11 @@ mod tests {
         assert_eq!(cfg.established_flows, EstablishedFlows::Revalidate);
         assert_eq!(cfg.flow_table_size, 4096);
         assert_eq!(cfg.nic_marks.bits(), 16);
+        assert_eq!(cfg.unclassified, crate::batch::Unclassified::Pass);
+        assert_eq!(
+            PluginConfig::default().unclassified,
+            crate::batch::Unclassified::Drop
+        );
         assert_eq!(
             PluginConfig::parse("nic-mark-bits 0").unwrap().nic_marks,
             NicMarks::off()
@@ -221,5 +246,6 @@ mod tests {
         assert!(e.to_string().contains("socket-mode"), "{e}");
         assert!(PluginConfig::parse("established-flows maybe").is_err());
         assert!(PluginConfig::parse("nic-mark-bits 32").is_err());
+        assert!(PluginConfig::parse("unclassified maybe").is_err());
     }
 }

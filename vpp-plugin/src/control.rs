@@ -31,10 +31,27 @@
 //! Fail-static: when the agent goes away, nothing is torn down; the last generation
 //! keeps enforcing and `show capo generations` says so.
 //!
+//! # Agent epochs
+//!
+//! Each run of the agent says its epoch in `Hello` (its start time): generations are
+//! ordered by `(epoch, id)`. A restarted agent numbers from 1 again, and its first full
+//! generation still replaces what an older run pushed; an older run that reconnects
+//! can never replace a newer run's policy.
+//!
+//! # Binding again
+//!
+//! Endpoints are bound to VPP interfaces by [`crate::binding::bind`]. VPP's interfaces
+//! come and go under the plugin (pods created after a push, a pod interface deleted
+//! and created again, VPP clearing its features with it): [`ControlCore::rebind`],
+//! run whenever VPP adds or deletes an interface and periodically, binds the active
+//! generation again, re-enables features VPP dropped, and republishes the same
+//! generation id with the new bindings.
+//!
 //! Invariants:
 //! - a refused generation changes nothing (the previous one stays active);
-//! - a delta applies only on top of the active generation (`base_id`);
-//! - ids strictly increase; a full generation must end with `InSync`.
+//! - a delta applies only on top of the active generation (`base_id`) of the same
+//!   agent epoch;
+//! - `(epoch, id)` strictly increases; a full generation must end with `InSync`.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, BufReader};
@@ -53,10 +70,13 @@ use capo_proto::capo::dataplane::v1::{
 };
 use prost::Message;
 
+use crate::binding::{self, Bindings, ExplicitBinding, VppInterface};
 use crate::config::PluginConfig;
 use crate::generation::{
     policed_interfaces, Generation, GenerationCell, Snapshot, SwIfIndex, UNRESOLVED,
 };
+use capo_proto::capo::agent::v1::CountersReply;
+use capo_proto::capo::dataplane::v1::{BoundInterface, ShowReply, ShowRequest};
 
 /// The plugin's version, as reported in `HelloReply`.
 pub const PLUGIN_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -73,6 +93,9 @@ pub enum ContextError {
     /// The main thread did not answer in time (VPP busy or shutting down).
     #[error("VPP main thread did not answer: {0}")]
     Unavailable(String),
+    /// VPP has no interface of this index (any more).
+    #[error("VPP has no interface {0}")]
+    NoInterface(u32),
     /// Enabling or disabling a feature failed.
     #[error("feature {arc} on sw_if_index {sw_if_index}: VPP error {code}")]
     Feature {
@@ -100,12 +123,20 @@ pub struct Commit {
 
 /// What the control path needs from VPP.
 pub trait VppContext: Send {
-    /// VPP's index of each interface name it has (names it lacks are left out).
+    /// Every software interface VPP has.
     ///
     /// # Errors
     ///
     /// [`ContextError::Unavailable`] when VPP cannot be asked.
-    fn resolve(&mut self, names: &[String]) -> Result<HashMap<String, SwIfIndex>, ContextError>;
+    fn interfaces(&mut self) -> Result<Vec<VppInterface>, ContextError>;
+
+    /// Those of `policed` on which the capo features are not enabled (VPP clears an
+    /// interface's features when it deletes it).
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError::Unavailable`] when VPP cannot be asked.
+    fn without_features(&mut self, policed: &[SwIfIndex]) -> Result<Vec<SwIfIndex>, ContextError>;
 
     /// Enables and disables the features and publishes `next`, all under VPP's worker
     /// barrier, so no worker sees a half-done flip.
@@ -152,6 +183,17 @@ pub struct AppliedRecord {
     pub unknown_interfaces: Vec<String>,
 }
 
+/// The last time the plugin bound the active generation again on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebindRecord {
+    /// Unix seconds.
+    pub at: u64,
+    /// What changed (`tun3 -> sw_if_index 5`, `tun3 unbound`, `features restored on 5`).
+    pub changes: Vec<String>,
+    /// Why it failed, if it did (the previous bindings stay).
+    pub error: Option<String>,
+}
+
 /// The control path's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -167,6 +209,12 @@ pub struct Status {
     pub socket: String,
     /// How generations were compiled.
     pub compiled: CompileStats,
+    /// The agent epoch of the active generation (0: none).
+    pub active_epoch: u64,
+    /// Times the active generation was bound again (VPP's interfaces changed).
+    pub rebinds: u64,
+    /// The last of them.
+    pub last_rebind: Option<RebindRecord>,
 }
 
 /// How generations were compiled (`show capo generations`).
@@ -192,6 +240,9 @@ impl Default for Status {
             refused: 0,
             socket: String::new(),
             compiled: CompileStats::default(),
+            active_epoch: 0,
+            rebinds: 0,
+            last_rebind: None,
         }
     }
 }
@@ -206,16 +257,20 @@ fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, Status> {
 /// Why a generation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefusedError {
-    /// Ids must increase.
-    #[error("generation {id} is not newer than the active generation {active}")]
+    /// `(epoch, id)` must increase.
+    #[error("generation {id} of agent epoch {epoch} is not newer than the active generation {active} of epoch {active_epoch}")]
     NotNewer {
         /// The pushed id.
         id: u64,
+        /// The pushing agent's epoch.
+        epoch: u64,
         /// The active id.
         active: u64,
+        /// The active generation's epoch.
+        active_epoch: u64,
     },
-    /// The delta's base is not the active generation.
-    #[error("delta on generation {base} but the active generation is {active} (0: none); send a full generation")]
+    /// The delta's base is not the active generation (of this agent epoch).
+    #[error("delta on generation {base} but the active generation is {active} (0: none, or another agent epoch's); send a full generation")]
     WrongBase {
         /// The delta's base.
         base: u64,
@@ -341,6 +396,12 @@ pub struct ControlCore<C: VppContext> {
     host_interface: String,
     compiled: Option<Compiled>,
     pool: SnapshotPool,
+    /// The operator's bindings (from the agent's `Hello`; kept when it goes away).
+    explicit: Vec<ExplicitBinding>,
+    /// The epoch of the connected agent.
+    conn_epoch: u64,
+    /// The epoch of the agent that pushed the active generation.
+    active_epoch: u64,
 }
 
 impl<C: VppContext> std::fmt::Debug for ControlCore<C> {
@@ -375,6 +436,9 @@ impl<C: VppContext> ControlCore<C> {
             host_interface: host_interface.to_string(),
             compiled: None,
             pool: SnapshotPool::default(),
+            explicit: Vec::new(),
+            conn_epoch: 0,
+            active_epoch: 0,
         }
     }
 
@@ -396,20 +460,37 @@ impl<C: VppContext> ControlCore<C> {
                     since: now,
                     version: h.agent_version,
                 };
+                self.conn_epoch = h.epoch;
+                self.explicit = h
+                    .bindings
+                    .into_iter()
+                    .map(|b| ExplicitBinding {
+                        endpoint: b.endpoint,
+                        vpp_interface: b.vpp_interface,
+                    })
+                    .collect();
+                // The same generation id from another agent run is another
+                // generation: the agent must not send a delta on it.
+                let same_run = self.conn_epoch == self.active_epoch;
                 from_plugin::Msg::Hello(HelloReply {
                     plugin_version: PLUGIN_VERSION.to_string(),
-                    active_generation: self.cell.active_id(),
+                    active_generation: if same_run { self.cell.active_id() } else { 0 },
+                    active_epoch: self.active_epoch,
                 })
             }
             Some(to_plugin::Msg::Generation(g)) => {
                 from_plugin::Msg::Applied(self.on_generation(g, now))
             }
-            None => from_plugin::Msg::Applied(Applied {
-                generation: 0,
-                ok: false,
-                error: "empty or unknown ToPlugin message".to_string(),
-                unknown_interfaces: Vec::new(),
-            }),
+            Some(to_plugin::Msg::Show(_) | to_plugin::Msg::Counters(_)) | None => {
+                // Read-only requests are answered by `serve_connection` without the
+                // core; reaching here means an empty or unknown message.
+                from_plugin::Msg::Applied(Applied {
+                    generation: 0,
+                    ok: false,
+                    error: "empty or unknown ToPlugin message".to_string(),
+                    ..Applied::default()
+                })
+            }
         };
         FromPlugin { msg: Some(reply) }
     }
@@ -425,10 +506,12 @@ impl<C: VppContext> ControlCore<C> {
     fn on_generation(&mut self, g: PbGeneration, now: u64) -> Applied {
         let (id, full, base_id) = (g.id, g.full, g.base_id);
         let result = self.apply(g);
+        let interfaces = self.bound_interfaces();
         let mut s = lock(&self.status);
         let (ok, error, unknown) = match result {
             Ok(unknown) => {
                 s.applied += 1;
+                s.active_epoch = self.active_epoch;
                 (true, None, unknown)
             }
             Err(e) => {
@@ -452,7 +535,23 @@ impl<C: VppContext> ControlCore<C> {
             ok,
             error: error.unwrap_or_default(),
             unknown_interfaces: unknown,
+            interfaces,
         }
+    }
+
+    /// Where the active generation polices each endpoint.
+    fn bound_interfaces(&self) -> Vec<BoundInterface> {
+        self.cell.load().map_or_else(Vec::new, |g| {
+            g.interfaces()
+                .iter()
+                .map(|i| BoundInterface {
+                    endpoint: i.name.clone(),
+                    vpp_interface: i.vpp_name.clone(),
+                    sw_if_index: i.sw_if_index.0,
+                    how: i.how.as_str().to_string(),
+                })
+                .collect()
+        })
     }
 
     fn stats(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -498,16 +597,20 @@ impl<C: VppContext> ControlCore<C> {
         } = g;
         let active = self.cell.load();
         let active_id = active.as_ref().map_or(0, |a| a.id());
-        if id <= active_id {
+        let epoch = self.conn_epoch;
+        if active.is_some() && (epoch, id) <= (self.active_epoch, active_id) {
             return Err(RefusedError::NotNewer {
                 id,
+                epoch,
                 active: active_id,
+                active_epoch: self.active_epoch,
             });
         }
         // 1. Validate into the next generation's state; nothing live changes.
+        let same_run = epoch == self.active_epoch;
         let start = match (full, &active) {
             (true, _) => State::new(),
-            (false, Some(a)) if a.id() == base_id && self.compiled.is_some() => {
+            (false, Some(a)) if same_run && a.id() == base_id && self.compiled.is_some() => {
                 match self.pool.reclaim(base_id) {
                     Some(state) => {
                         self.stats().compiled.replayed += 1;
@@ -531,11 +634,7 @@ impl<C: VppContext> ControlCore<C> {
             return Err(RefusedError::NotInSync);
         }
         // 2. Map endpoints to VPP interfaces; unknown names are reported, not fatal.
-        let names: Vec<String> = policed_interfaces(&validated.state, &self.host_interface)
-            .into_iter()
-            .map(|(n, _, _)| n)
-            .collect();
-        let resolved = self.ctx.resolve(&names)?;
+        let (names, resolved) = self.bind(&validated.state)?;
         // 3. Compile beside the active generation.
         let (classifier, ids) = self.compile(full, &validated, &names, &resolved)?;
         let snapshot = Arc::new(Snapshot {
@@ -549,25 +648,152 @@ impl<C: VppContext> ControlCore<C> {
             &resolved,
         ));
         // 4. Flip: features and pointer together, under the barrier.
-        let before: BTreeSet<SwIfIndex> = active
+        let unknown = next.unknown_interfaces().to_vec();
+        if let Err(e) = self.flip(active.as_deref(), next, &[]) {
+            self.recompile_active();
+            return Err(e.into());
+        }
+        self.active_epoch = epoch;
+        self.pool
+            .published(id, snapshot, (!full).then_some(validated.updates));
+        Ok(unknown)
+    }
+
+    /// The policed endpoint names of `state` and where VPP has them.
+    fn bind(&mut self, state: &State) -> Result<(Vec<String>, Bindings), ContextError> {
+        let policed = policed_interfaces(state, &self.host_interface);
+        let vpp = self.ctx.interfaces()?;
+        let resolved = binding::bind(
+            policed.iter().map(|(n, k, _)| (n.as_str(), k)),
+            &self.explicit,
+            &vpp,
+        );
+        Ok((policed.into_iter().map(|(n, _, _)| n).collect(), resolved))
+    }
+
+    /// Publishes `next` with the features it needs: enabled on its interfaces that
+    /// `before` did not police and on `restore`, disabled on those it no longer polices.
+    fn flip(
+        &mut self,
+        before: Option<&Generation>,
+        next: Arc<Generation>,
+        restore: &[SwIfIndex],
+    ) -> Result<(), ContextError> {
+        let before: BTreeSet<SwIfIndex> = before
             .iter()
             .flat_map(|a| a.interfaces().iter().map(|i| i.sw_if_index))
             .collect();
         let after: BTreeSet<SwIfIndex> = next.interfaces().iter().map(|i| i.sw_if_index).collect();
-        let unknown = next.unknown_interfaces().to_vec();
-        let committed = self.ctx.commit(Commit {
+        let mut enable: BTreeSet<SwIfIndex> = after.difference(&before).copied().collect();
+        enable.extend(restore.iter().filter(|i| after.contains(i)));
+        self.ctx.commit(Commit {
             cell: Arc::clone(&self.cell),
             next,
-            enable: after.difference(&before).copied().collect(),
+            enable: enable.into_iter().collect(),
             disable: before.difference(&after).copied().collect(),
-        });
-        if let Err(e) = committed {
-            self.recompile_active();
-            return Err(e.into());
+        })
+    }
+
+    /// Binds the active generation again: endpoints VPP now has (or no longer has, or
+    /// has under another index) and interfaces whose features VPP dropped (deleted
+    /// and created again). Republishes the same generation id when anything changed;
+    /// returns what changed (empty: nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError`] when VPP cannot be asked or refuses a feature; the active
+    /// generation stays as it was.
+    pub fn rebind(&mut self, now: u64) -> Result<Vec<String>, ContextError> {
+        let Some(active) = self.cell.load() else {
+            return Ok(Vec::new());
+        };
+        let result = self.rebind_active(&active);
+        match &result {
+            Ok(changes) if changes.is_empty() => {}
+            Ok(changes) => {
+                let mut s = self.stats();
+                s.rebinds += 1;
+                s.last_rebind = Some(RebindRecord {
+                    at: now,
+                    changes: changes.clone(),
+                    error: None,
+                });
+            }
+            Err(e) => {
+                self.stats().last_rebind = Some(RebindRecord {
+                    at: now,
+                    changes: Vec::new(),
+                    error: Some(e.to_string()),
+                });
+            }
         }
-        self.pool
-            .published(id, snapshot, (!full).then_some(validated.updates));
-        Ok(unknown)
+        result
+    }
+
+    fn rebind_active(&mut self, active: &Arc<Generation>) -> Result<Vec<String>, ContextError> {
+        let (names, resolved) = self.bind(active.state())?;
+        let mut changes = Vec::new();
+        let was: HashMap<&str, SwIfIndex> = active
+            .interfaces()
+            .iter()
+            .map(|i| (i.name.as_str(), i.sw_if_index))
+            .collect();
+        for name in &names {
+            match (was.get(name.as_str()), resolved.get(name)) {
+                (Some(a), Some(b)) if *a == b.sw_if_index => {}
+                (_, Some(b)) => changes.push(format!(
+                    "{name} -> {} sw_if_index {}",
+                    b.vpp_name, b.sw_if_index
+                )),
+                (Some(_), None) => changes.push(format!("{name} unbound")),
+                (None, None) => {}
+            }
+        }
+        let kept: Vec<SwIfIndex> = active
+            .interfaces()
+            .iter()
+            .filter(|i| {
+                resolved
+                    .get(&i.name)
+                    .is_some_and(|b| b.sw_if_index == i.sw_if_index)
+            })
+            .map(|i| i.sw_if_index)
+            .collect();
+        let restore = self.ctx.without_features(&kept)?;
+        changes.extend(
+            restore
+                .iter()
+                .map(|i| format!("features restored on sw_if_index {i}")),
+        );
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let validated = Validated {
+            state: active.state().clone(),
+            updates: Vec::new(),
+        };
+        self.stats().compiled.state_copies += 1;
+        let (classifier, ids) = match self.compile(false, &validated, &names, &resolved) {
+            Ok(c) => c,
+            Err(RefusedError::Vpp(e)) => return Err(e),
+            Err(e) => return Err(ContextError::Unavailable(e.to_string())),
+        };
+        let snapshot = Arc::new(Snapshot {
+            state: validated.state,
+            ids,
+        });
+        let next = Arc::new(Generation::build(
+            active.id(),
+            Arc::clone(&snapshot),
+            classifier,
+            &resolved,
+        ));
+        if let Err(e) = self.flip(Some(active), next, &restore) {
+            self.recompile_active();
+            return Err(e);
+        }
+        self.pool.published(active.id(), snapshot, None);
+        Ok(changes)
     }
 
     /// Compiles a validated generation with the builder; returns the classifier
@@ -578,7 +804,7 @@ impl<C: VppContext> ControlCore<C> {
         full: bool,
         v: &Validated,
         names: &[String],
-        resolved: &HashMap<String, SwIfIndex>,
+        resolved: &Bindings,
     ) -> Result<(Arc<capo_classifier::Generation>, IdTable), RefusedError> {
         let mut c = match self.compiled.take() {
             Some(c) => c,
@@ -593,9 +819,12 @@ impl<C: VppContext> ControlCore<C> {
         // the classifier's interface table rebuilt.
         let mut renumbered = false;
         for name in names {
-            let want = resolved.get(name).map_or(UNRESOLVED, |i| i.0);
+            let bound = resolved.get(name);
+            let want = bound.map_or(UNRESOLVED, |b| b.sw_if_index.0);
             renumbered |= c.ids.interface(name).is_some_and(|had| had != want);
             c.ids.set_interface_index(name, want);
+            c.ids
+                .set_interface_shown_name(name, bound.map_or(name, |b| b.vpp_name.as_str()));
         }
         let generation = if full || renumbered {
             if full {
@@ -721,6 +950,33 @@ pub enum ConnectionError {
     Io(#[from] io::Error),
 }
 
+/// What the agent may read from the plugin (views and counters), answered without
+/// the control core's lock.
+pub trait Reader: Send + Sync {
+    /// A `show capo …` view.
+    fn show(&self, req: &ShowRequest) -> ShowReply;
+    /// The counters, summed over VPP's threads.
+    fn counters(&self) -> CountersReply;
+}
+
+impl<T: Reader + ?Sized> Reader for &T {
+    fn show(&self, req: &ShowRequest) -> ShowReply {
+        (**self).show(req)
+    }
+    fn counters(&self) -> CountersReply {
+        (**self).counters()
+    }
+}
+
+impl<T: Reader + ?Sized> Reader for Arc<T> {
+    fn show(&self, req: &ShowRequest) -> ShowReply {
+        (**self).show(req)
+    }
+    fn counters(&self) -> CountersReply {
+        (**self).counters()
+    }
+}
+
 /// Serves one agent connection until it ends.
 ///
 /// # Errors
@@ -730,6 +986,7 @@ pub enum ConnectionError {
 pub fn serve_connection<C: VppContext>(
     stream: UnixStream,
     core: &Mutex<ControlCore<C>>,
+    plugin: &dyn Reader,
 ) -> Result<(), ConnectionError> {
     let result = (|| {
         let mut reader = FrameReader::new(BufReader::new(stream.try_clone()?));
@@ -741,10 +998,18 @@ pub fn serve_connection<C: VppContext>(
                     source,
                 }
             })?;
-            let reply = core
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .on_message(msg, unix_now());
+            let reply = match msg.msg {
+                Some(to_plugin::Msg::Show(req)) => FromPlugin {
+                    msg: Some(from_plugin::Msg::Show(plugin.show(&req))),
+                },
+                Some(to_plugin::Msg::Counters(_)) => FromPlugin {
+                    msg: Some(from_plugin::Msg::Counters(plugin.counters())),
+                },
+                _ => core
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .on_message(msg, unix_now()),
+            };
             writer.write_message(&reply)?;
         }
         Ok(())
@@ -760,12 +1025,13 @@ pub fn serve_connection<C: VppContext>(
 pub fn serve<C: VppContext>(
     listener: UnixListener,
     core: Arc<Mutex<ControlCore<C>>>,
+    reader: impl Reader,
     mut on_error: impl FnMut(&dyn std::error::Error),
 ) {
     for stream in listener.incoming() {
         match stream {
             Ok(s) => {
-                if let Err(e) = serve_connection(s, &core) {
+                if let Err(e) = serve_connection(s, &core, &reader) {
                     on_error(&e);
                 }
             }
@@ -774,13 +1040,68 @@ pub fn serve<C: VppContext>(
     }
 }
 
-/// A VPP stand-in for tests: a fixed name → index table; commits publish directly and
-/// are logged.
+/// Wakes the rebinder: VPP added or deleted an interface.
+#[derive(Debug, Default)]
+pub struct RebindSignal {
+    pending: Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl RebindSignal {
+    /// A signal with nothing pending.
+    pub fn new() -> Self {
+        RebindSignal::default()
+    }
+
+    /// Asks for a rebind (cheap; callable from VPP's interface callbacks).
+    pub fn notify(&self) {
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits until notified or `timeout` passed; true when notified.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let guard = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut pending, _) = self
+            .wake
+            .wait_timeout_while(guard, timeout, |p| !*p)
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *pending)
+    }
+}
+
+/// Binds the active generation again whenever `signal` fires, and every `period`
+/// (tags and names can change without an add or delete), forever (run it on its own
+/// thread). Changes and errors go to `log`.
+pub fn run_rebinder<C: VppContext>(
+    core: &Mutex<ControlCore<C>>,
+    signal: &RebindSignal,
+    period: std::time::Duration,
+    mut log: impl FnMut(&str),
+) {
+    loop {
+        signal.wait(period);
+        let result = core
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rebind(unix_now());
+        match result {
+            Ok(changes) if changes.is_empty() => {}
+            Ok(changes) => log(&format!("bound again: {}", changes.join("; "))),
+            Err(e) => log(&format!("binding again failed: {e}")),
+        }
+    }
+}
+
+/// A VPP stand-in for tests: a name → index table; commits publish directly and
+/// are logged; features are tracked per interface.
 #[cfg(any(test, feature = "testutils"))]
 #[derive(Debug, Default)]
 pub struct FakeVpp {
     /// Interfaces VPP "has".
     pub interfaces: HashMap<String, SwIfIndex>,
+    /// Interfaces with the capo features enabled.
+    pub enabled: BTreeSet<SwIfIndex>,
     /// `(generation, enabled, disabled)` per commit.
     pub commits: Vec<(u64, Vec<SwIfIndex>, Vec<SwIfIndex>)>,
     /// Refuse commits (as VPP does when a feature cannot be enabled).
@@ -796,18 +1117,44 @@ impl FakeVpp {
                 .iter()
                 .map(|(n, i)| (n.to_string(), SwIfIndex(*i)))
                 .collect(),
+            enabled: BTreeSet::new(),
             commits: Vec::new(),
             fail_commits: false,
         }
+    }
+
+    /// VPP deletes an interface (and with it its features).
+    pub fn delete(&mut self, name: &str) {
+        if let Some(i) = self.interfaces.remove(name) {
+            self.enabled.remove(&i);
+        }
+    }
+
+    /// VPP creates an interface.
+    pub fn create(&mut self, name: &str, sw_if_index: u32) {
+        self.interfaces
+            .insert(name.to_string(), SwIfIndex(sw_if_index));
     }
 }
 
 #[cfg(any(test, feature = "testutils"))]
 impl VppContext for FakeVpp {
-    fn resolve(&mut self, names: &[String]) -> Result<HashMap<String, SwIfIndex>, ContextError> {
-        Ok(names
+    fn interfaces(&mut self) -> Result<Vec<VppInterface>, ContextError> {
+        Ok(self
+            .interfaces
             .iter()
-            .filter_map(|n| self.interfaces.get(n).map(|i| (n.clone(), *i)))
+            .map(|(n, i)| VppInterface {
+                sw_if_index: *i,
+                name: n.clone(),
+            })
+            .collect())
+    }
+
+    fn without_features(&mut self, policed: &[SwIfIndex]) -> Result<Vec<SwIfIndex>, ContextError> {
+        Ok(policed
+            .iter()
+            .filter(|i| !self.enabled.contains(i))
+            .copied()
             .collect())
     }
 
@@ -818,6 +1165,10 @@ impl VppContext for FakeVpp {
                 sw_if_index: c.enable.first().map_or(0, |i| i.0),
                 code: -1,
             });
+        }
+        self.enabled.extend(c.enable.iter().copied());
+        for i in &c.disable {
+            self.enabled.remove(i);
         }
         self.commits.push((c.next.id(), c.enable, c.disable));
         c.cell.publish(c.next);

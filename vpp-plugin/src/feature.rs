@@ -8,6 +8,14 @@ use super::{CAPO_IP4_IN_FEAT, CAPO_IP4_OUT_FEAT, CAPO_IP6_IN_FEAT, CAPO_IP6_OUT_
 use crate::control::ContextError;
 use crate::generation::SwIfIndex;
 
+/// The capo features: `(arc, node)`.
+pub(crate) const ARCS: [(&str, &str); 4] = [
+    ("ip4-unicast", "capo-ip4-in"),
+    ("ip6-unicast", "capo-ip6-in"),
+    ("ip4-output", "capo-ip4-out"),
+    ("ip6-output", "capo-ip6-out"),
+];
+
 /// Enables (or disables) the four capo features on `sw_if_index`. On a failure while
 /// enabling, the arcs already enabled are disabled again.
 ///

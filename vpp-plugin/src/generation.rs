@@ -29,6 +29,7 @@ use capo_classifier::IfaceId;
 pub use capo_classifier::IfaceKind;
 use capo_policy::{Direction, IdTable, State};
 
+use crate::binding::{Bindings, How};
 use crate::mark::gen_tag;
 
 /// The `sw_if_index` the views print for an endpoint interface VPP does not have
@@ -57,8 +58,12 @@ pub enum VppDir {
 /// One policed interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Iface {
-    /// The interface's VPP name.
+    /// The endpoint's interface name (as Felix gave it).
     pub name: String,
+    /// VPP's name of the interface that polices it.
+    pub vpp_name: String,
+    /// How the endpoint was bound to it.
+    pub how: How,
     /// What it is.
     pub kind: IfaceKind,
     /// VPP's index.
@@ -124,26 +129,28 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Generation `id`: `classifier` compiled from `snapshot`; `resolved` maps
-    /// interface names to VPP indexes (names without one are reported in
+    /// Generation `id`: `classifier` compiled from `snapshot`; `resolved` binds
+    /// endpoint interface names to VPP interfaces (names without one are reported in
     /// [`Generation::unknown_interfaces`] and not policed).
     pub fn build(
         id: u64,
         snapshot: Arc<Snapshot>,
         classifier: Arc<capo_classifier::Generation>,
-        resolved: &HashMap<String, SwIfIndex>,
+        resolved: &Bindings,
     ) -> Generation {
         let mut ifaces = Vec::new();
         let mut unknown = Vec::new();
         let host = snapshot.ids.host_interface().to_string();
         for (name, kind, inverted) in policed_interfaces(&snapshot.state, &host) {
             match resolved.get(&name) {
-                Some(idx) => {
+                Some(bound) => {
                     let classifier_iface = classifier.interface_of(&kind);
                     ifaces.push(Iface {
                         name,
+                        vpp_name: bound.vpp_name.clone(),
+                        how: bound.how,
                         kind,
-                        sw_if_index: *idx,
+                        sw_if_index: bound.sw_if_index,
                         inverted,
                         classifier_iface,
                     });
@@ -309,13 +316,24 @@ mod tests {
         for (name, idx) in resolved {
             ids.set_interface_index(name, idx.0);
         }
+        let resolved: Bindings = resolved
+            .iter()
+            .map(|(n, i)| {
+                let bound = crate::binding::Bound {
+                    sw_if_index: *i,
+                    vpp_name: n.clone(),
+                    how: How::Name,
+                };
+                (n.clone(), bound)
+            })
+            .collect();
         ids.sync(&state);
         let classifier = capo_classifier::Builder::new().build(&state, &ids);
         Arc::new(Generation::build(
             id,
             Arc::new(Snapshot { state, ids }),
             classifier,
-            resolved,
+            &resolved,
         ))
     }
 
@@ -323,6 +341,8 @@ mod tests {
     fn rx_xor_invert_selects_egress() {
         let mut f = Iface {
             name: "tun3".into(),
+            vpp_name: "tun3".into(),
+            how: How::Name,
             kind: IfaceKind::Host,
             sw_if_index: SwIfIndex(11),
             inverted: false,

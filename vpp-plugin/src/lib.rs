@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod binding;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -48,9 +49,15 @@ mod buffer;
 #[cfg(all(feature = "vpp", not(test)))]
 mod node;
 #[cfg(all(feature = "vpp", not(test)))]
+mod vnet_ifaces;
+#[cfg(all(feature = "vpp", not(test)))]
 mod vpp_glue;
 
 use std::sync::{Arc, Mutex};
+
+use capo_policy::Direction;
+use capo_proto::capo::agent::v1 as api;
+use capo_proto::capo::dataplane::v1::{ShowReply, ShowRequest};
 
 pub use batch::{classify_batch, BatchCounts, BatchCtx, Counters, Next, PacketIn, PacketOut};
 pub use config::PluginConfig;
@@ -121,5 +128,81 @@ impl Plugin {
     /// `clear capo counters`.
     pub fn clear_counters(&self) {
         cli::clear_counters(&self.workers, &self.counters);
+    }
+}
+
+impl control::Reader for Plugin {
+    fn show(&self, req: &ShowRequest) -> ShowReply {
+        let line = if req.verbose {
+            format!("{} verbose", req.view)
+        } else {
+            req.view.clone()
+        };
+        match cli::Show::parse(&line) {
+            Ok(cmd) => ShowReply {
+                text: self.show(cmd, control::unix_now()),
+                generation: self.cell.active_id(),
+                error: String::new(),
+            },
+            Err(e) => ShowReply {
+                error: e.to_string(),
+                ..ShowReply::default()
+            },
+        }
+    }
+
+    fn counters(&self) -> api::CountersReply {
+        let Some(g) = self.cell.load() else {
+            return api::CountersReply::default();
+        };
+        let views = g.views().with_compact_sets();
+        let rules = views
+            .numbered_rules()
+            .into_iter()
+            .map(|r| {
+                let c = self.workers.rule(r.id);
+                api::RuleCounters {
+                    rule_id: r.id,
+                    rule: r.line,
+                    owner: r.owner,
+                    software_packets: c.packets,
+                    software_bytes: c.bytes,
+                    placement: api::Placement::Software as i32,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let mut interfaces = Vec::new();
+        for iface in g.interfaces() {
+            for dir in Direction::BOTH {
+                let v = self.workers.interface(iface.sw_if_index.0, dir);
+                interfaces.push(api::InterfaceCounters {
+                    interface: iface.vpp_name.clone(),
+                    sw_if_index: iface.sw_if_index.0,
+                    direction: match dir {
+                        Direction::Ingress => "ingress",
+                        Direction::Egress => "egress",
+                    }
+                    .to_string(),
+                    allowed_packets: v.allow,
+                    denied_packets: v.deny,
+                    ..Default::default()
+                });
+            }
+        }
+        let t = self.counters.snapshot();
+        api::CountersReply {
+            generation: g.id(),
+            rules,
+            interfaces,
+            totals: Some(api::Totals {
+                packets: t.allowed + t.denied,
+                allowed: t.allowed,
+                denied: t.denied,
+                nic_decided: t.nic_accepted,
+                software_decided: (t.allowed + t.denied).saturating_sub(t.nic_accepted),
+                flow_table_hits: t.flow_hits,
+            }),
+        }
     }
 }

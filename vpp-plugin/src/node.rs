@@ -25,7 +25,11 @@ use vpp_plugin::{vlib_node, vnet_feature_init, ErrorCounters, NextNodes};
 
 use capo_classifier::Timestamp;
 
-use crate::batch::{classify_batch, BatchCtx, DropReason, Next, PacketIn, PacketOut};
+use crate::batch::{
+    classify_batch, unclassified, BatchCounts, BatchCtx, DropReason, Next, PacketIn, PacketOut,
+    Unclassified,
+};
+use crate::generation::VppDir;
 use crate::trace::TraceData;
 
 /// The flow tables' clock: monotonic nanoseconds since the plugin's first frame.
@@ -71,6 +75,13 @@ pub(crate) enum CapoError {
     /// Not parseable (counted by the drop node).
     #[error_counter(name = "malformed", description = "malformed packets", severity = ERROR)]
     Malformed,
+    /// No generation or worker to classify with (dropped unless `unclassified pass`).
+    #[error_counter(
+        name = "unclassified",
+        description = "packets that could not be classified",
+        severity = ERROR
+    )]
+    Unclassified,
 }
 
 thread_local! {
@@ -115,8 +126,12 @@ where
     }
 
     let Some(plugin) = crate::vpp_glue::plugin() else {
-        // Not started yet: nothing is policed.
-        // SAFETY: `from` and `nexts` have one entry per buffer; the next features take
+        // Not started (features are only enabled by a started plugin): fail closed.
+        for (b, next) in bufs.iter_mut().zip(nexts.iter_mut()) {
+            b.set_error(node, CapoError::Unclassified);
+            *next = CapoNext::Drop as u16;
+        }
+        // SAFETY: `from` and `nexts` have one entry per buffer; the drop node takes
         // buffer indices with their current data unchanged.
         unsafe { vm.buffer_enqueue_to_next(node, from, &nexts) };
         return from.len() as u16;
@@ -138,18 +153,30 @@ where
                 })
                 .collect();
             let mut guard = plugin.workers.for_thread(vm.thread_index());
-            let Some(slot) = guard.as_mut().and_then(|g| g.slot()) else {
-                // Unreachable (a slot is created on first use); pass the frame.
-                out.clear();
-                return;
-            };
-            let mut ctx = BatchCtx {
-                cell: &plugin.cell,
-                slot,
-                marks: plugin.config.nic_marks,
-                now: now(),
-            };
-            let counts = classify_batch::<IP6, OUTPUT>(&mut ctx, &views, out);
+            let dir = if OUTPUT { VppDir::Tx } else { VppDir::Rx };
+            let mut counts = BatchCounts::default();
+            match guard.as_mut().and_then(|g| g.slot()) {
+                Some(slot) => {
+                    let mut ctx = BatchCtx {
+                        cell: &plugin.cell,
+                        slot,
+                        marks: plugin.config.nic_marks,
+                        now: now(),
+                        unclassified: plugin.config.unclassified,
+                    };
+                    counts = classify_batch::<IP6, OUTPUT>(&mut ctx, &views, out);
+                }
+                None => {
+                    // No worker for this thread: as configured (default: drop).
+                    out.clear();
+                    let policy = plugin.config.unclassified;
+                    out.extend(
+                        views
+                            .iter()
+                            .map(|p| unclassified(p, dir, policy, &mut counts)),
+                    );
+                }
+            }
             plugin.counters.add(&counts);
             for (counter, n) in [
                 (CapoError::Allowed, counts.allowed),
@@ -164,6 +191,20 @@ where
                     node.increment_error_counter(vm, counter, n);
                 }
             }
+            // Unclassified packets that pass are counted here; dropped ones by the
+            // drop node from the error set below.
+            for (counter, n) in [(
+                CapoError::Unclassified,
+                if plugin.config.unclassified == Unclassified::Pass {
+                    counts.unclassified
+                } else {
+                    0
+                },
+            )] {
+                if n > 0 {
+                    node.increment_error_counter(vm, counter, n);
+                }
+            }
         }
         for ((b, o), next) in bufs.iter_mut().zip(out.iter()).zip(nexts.iter_mut()) {
             if o.next == Next::Drop {
@@ -171,6 +212,7 @@ where
                     node,
                     match o.drop {
                         Some(DropReason::Malformed) => CapoError::Malformed,
+                        Some(DropReason::Unclassified) => CapoError::Unclassified,
                         _ => CapoError::Denied,
                     },
                 );

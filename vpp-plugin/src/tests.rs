@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use capo_classifier::{tcp_flags, FlowConfig, Timestamp};
 use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader, FrameWriter};
 use capo_policy::{Packet, Protocol, L4};
+use capo_proto::capo::agent::v1::CountersRequest;
 use capo_proto::capo::dataplane::v1::{
-    from_plugin, to_plugin, Applied, FromPlugin, Generation as PbGeneration, Hello, ToPlugin,
+    from_plugin, to_plugin, Applied, FromPlugin, Generation as PbGeneration, Hello,
+    InterfaceBinding, ShowRequest, ToPlugin,
 };
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
@@ -48,6 +50,7 @@ fn ctx<'a>(plugin: &'a Plugin, slot: &'a mut WorkerSlot, secs: u64) -> BatchCtx<
         slot,
         marks: NicMarks::default(),
         now: Timestamp::from_secs(secs),
+        unclassified: plugin.config.unclassified,
     }
 }
 
@@ -420,6 +423,7 @@ fn fail_static_when_the_agent_leaves() {
     let hello = ToPlugin {
         msg: Some(to_plugin::Msg::Hello(Hello {
             agent_version: "capo-agent 0.1.0".into(),
+            ..Hello::default()
         })),
     };
     match core.on_message(hello, 50).msg {
@@ -447,12 +451,13 @@ fn control_channel_over_a_unix_socket() {
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
         0o600
     );
-    let plugin = Plugin::new(PluginConfig::default());
+    let plugin = Arc::new(Plugin::new(PluginConfig::default()));
     let core = Arc::new(Mutex::new(
         plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)])),
     ));
     let server_core = Arc::clone(&core);
-    std::thread::spawn(move || serve(listener, server_core, |_| {}));
+    let reader = Arc::clone(&plugin);
+    std::thread::spawn(move || serve(listener, server_core, reader, |_| {}));
 
     {
         let stream = UnixStream::connect(&path).unwrap();
@@ -465,6 +470,7 @@ fn control_channel_over_a_unix_socket() {
         let hello = ask(ToPlugin {
             msg: Some(to_plugin::Msg::Hello(Hello {
                 agent_version: "test".into(),
+                ..Hello::default()
             })),
         });
         assert!(matches!(
@@ -474,6 +480,47 @@ fn control_channel_over_a_unix_socket() {
         let a = applied(ask(generation(5, true, 0, seed_updates())));
         assert!(a.ok && a.generation == 5, "{a:?}");
         assert_eq!(plugin.cell.active_id(), 5);
+        // Where each endpoint is policed comes back with the acknowledgement.
+        let tun3 = a.interfaces.iter().find(|i| i.endpoint == "tun3").unwrap();
+        assert_eq!((tun3.sw_if_index, tun3.how.as_str()), (11, "name"));
+        // Views and counters are read over the channel, as vppctl prints them.
+        let show = ask(ToPlugin {
+            msg: Some(to_plugin::Msg::Show(ShowRequest {
+                view: "interfaces".into(),
+                verbose: false,
+            })),
+        });
+        match show.msg {
+            Some(from_plugin::Msg::Show(r)) => {
+                assert_eq!(r.text, plugin.show(Show::Interfaces, 0));
+                assert_eq!(r.generation, 5);
+                assert!(r.error.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = ask(ToPlugin {
+            msg: Some(to_plugin::Msg::Show(ShowRequest {
+                view: "everything".into(),
+                verbose: false,
+            })),
+        });
+        assert!(
+            matches!(bad.msg, Some(from_plugin::Msg::Show(ref r)) if r.error.contains("usage"))
+        );
+        let counters = ask(ToPlugin {
+            msg: Some(to_plugin::Msg::Counters(CountersRequest {})),
+        });
+        match counters.msg {
+            Some(from_plugin::Msg::Counters(c)) => {
+                assert_eq!(c.generation, 5);
+                assert!(c.rules.iter().any(|r| r.rule_id == 18));
+                assert!(c
+                    .interfaces
+                    .iter()
+                    .any(|i| i.interface == "tun3" && i.sw_if_index == 11));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     // Garbage ends the connection, not the server; the generation stays.
@@ -882,6 +929,213 @@ mod reference {
                 prop_assert_eq!(out.iter().map(|o| o.next).collect::<Vec<_>>(), one_by_one);
                 prop_assert_eq!(c, counts);
             }
+        }
+    }
+}
+
+fn hello(epoch: u64, bindings: &[(&str, &str)]) -> ToPlugin {
+    ToPlugin {
+        msg: Some(to_plugin::Msg::Hello(Hello {
+            agent_version: "test".into(),
+            epoch,
+            bindings: bindings
+                .iter()
+                .map(|(e, v)| InterfaceBinding {
+                    endpoint: e.to_string(),
+                    vpp_interface: v.to_string(),
+                })
+                .collect(),
+        })),
+    }
+}
+
+fn hello_reply(reply: FromPlugin) -> capo_proto::capo::dataplane::v1::HelloReply {
+    match reply.msg {
+        Some(from_plugin::Msg::Hello(h)) => h,
+        other => panic!("expected HelloReply, got {other:?}"),
+    }
+}
+
+/// A policy that denies everything towards ts2 except TCP 5978 from ts1 (the seed),
+/// then the same with 5979 instead: the two generations tell which one is in force.
+fn seed_with_port(port: u16) -> Vec<pb::ToDataplane> {
+    let mut msgs = seed_updates();
+    for m in &mut msgs {
+        if let Some(pb::to_dataplane::Payload::ActivePolicyUpdate(u)) = &mut m.payload {
+            for r in u.policy.iter_mut().flat_map(|p| p.inbound_rules.iter_mut()) {
+                for p in &mut r.dst_ports {
+                    if p.first == 5978 {
+                        p.first = i32::from(port);
+                        p.last = i32::from(port);
+                    }
+                }
+            }
+        }
+    }
+    msgs
+}
+
+#[test]
+fn a_restarted_agent_replaces_the_policy_whatever_its_ids() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)]));
+    // First run (epoch 100) pushes generations 1..3.
+    assert_eq!(
+        hello_reply(core.on_message(hello(100, &[]), 0)).active_generation,
+        0
+    );
+    assert!(applied(core.on_message(generation(1, true, 0, seed_with_port(5978)), 0)).ok);
+    assert!(applied(core.on_message(generation(2, false, 1, vec![]), 0)).ok);
+    assert!(applied(core.on_message(generation(3, false, 2, vec![]), 0)).ok);
+    core.on_disconnect(1);
+    // Second run (epoch 200) numbers from 1 again: the plugin says it holds nothing
+    // of this run, so the agent sends a full generation, which replaces.
+    let h = hello_reply(core.on_message(hello(200, &[]), 2));
+    assert_eq!((h.active_generation, h.active_epoch), (0, 100));
+    let a = applied(core.on_message(generation(1, true, 0, seed_with_port(5979)), 2));
+    assert!(a.ok, "{}", a.error);
+    assert_eq!(plugin.cell.active_id(), 1);
+    let rules = plugin.show(Show::Rules, 2);
+    assert!(
+        rules.contains("dst==5979") && !rules.contains("dst==5978"),
+        "{rules}"
+    );
+    // A delta across runs is refused; one of this run applies.
+    core.on_disconnect(3);
+    let h = hello_reply(core.on_message(hello(200, &[]), 3));
+    assert_eq!((h.active_generation, h.active_epoch), (1, 200));
+    assert!(applied(core.on_message(generation(2, false, 1, vec![]), 3)).ok);
+    // The old run coming back can never win, even with a larger id.
+    core.on_disconnect(4);
+    assert_eq!(
+        hello_reply(core.on_message(hello(100, &[]), 4)).active_generation,
+        0
+    );
+    let a = applied(core.on_message(generation(99, true, 0, seed_with_port(5978)), 4));
+    assert!(!a.ok && a.error.contains("not newer"), "{}", a.error);
+    let rules = plugin.show(Show::Rules, 4);
+    assert!(rules.contains("dst==5979"), "{rules}");
+    let gens = plugin.show(Show::Generations, 4);
+    assert!(gens.contains("pushed by agent epoch 200"), "{gens}");
+}
+
+#[test]
+fn interfaces_that_appear_later_are_bound_and_policed() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[("tap0", 1)]));
+    let a = applied(core.on_message(generation(1, true, 0, seed_updates()), 0));
+    assert_eq!(a.unknown_interfaces, vec!["tun3".to_string()]);
+    // Nothing changed in VPP: nothing to do.
+    assert!(core.rebind(1).unwrap().is_empty());
+    // The pod's interface appears.
+    core.context_mut().create("tun3", 7);
+    let changes = core.rebind(2).unwrap();
+    assert_eq!(changes, vec!["tun3 -> tun3 sw_if_index 7".to_string()]);
+    let g = plugin.cell.load().unwrap();
+    assert_eq!(g.id(), 1, "the same generation, bound again");
+    assert!(g.interface(SwIfIndex(7)).is_some());
+    assert!(g.unknown_interfaces().is_empty());
+    assert!(core.context().enabled.contains(&SwIfIndex(7)));
+    // Policed for real: 5979 from ts1 is denied on its new index.
+    let bytes = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5979));
+    let mut slot = new_slot(EstablishedFlows::Keep);
+    let mut out = Vec::new();
+    let pkt = [PacketIn {
+        bytes: &bytes,
+        sw_if_index: SwIfIndex(7),
+        flow_id: 0,
+        traced: false,
+    }];
+    classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &pkt, &mut out);
+    assert_eq!(out[0].next, Next::Drop);
+    // The views print the new index.
+    assert!(plugin
+        .show(Show::Interfaces, 2)
+        .contains("[tun3 sw_if_index=7  addr=11.0.0.67"));
+    let gens = plugin.show(Show::Generations, 3);
+    assert!(
+        gens.contains("bound again 1s ago: tun3 -> tun3 sw_if_index 7"),
+        "{gens}"
+    );
+}
+
+#[test]
+fn a_recreated_interface_gets_its_features_back() {
+    let (plugin, mut core) = seeded();
+    assert!(core.context().enabled.contains(&SwIfIndex(11)));
+    // VPP deletes the pod interface (clearing its features) and creates it again
+    // with the same index.
+    core.context_mut().delete("tun3");
+    core.context_mut().create("tun3", 11);
+    assert!(!core.context().enabled.contains(&SwIfIndex(11)));
+    let changes = core.rebind(5).unwrap();
+    assert_eq!(
+        changes,
+        vec!["features restored on sw_if_index 11".to_string()]
+    );
+    assert!(core.context().enabled.contains(&SwIfIndex(11)));
+    assert_eq!(plugin.cell.active_id(), 1);
+    // Deleted for good: unbound, its index no longer policed.
+    core.context_mut().delete("tun3");
+    let changes = core.rebind(6).unwrap();
+    assert_eq!(changes, vec!["tun3 unbound".to_string()]);
+    let g = plugin.cell.load().unwrap();
+    assert!(g.interface(SwIfIndex(11)).is_none());
+    assert_eq!(g.unknown_interfaces(), ["tun3".to_string()]);
+}
+
+#[test]
+fn explicit_bindings_from_the_agent_are_used_and_shown() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[
+        ("host-veth-ts2", 4),
+        ("tap0", 1),
+        ("tun3", 11),
+    ]));
+    core.on_message(hello(1, &[("default/ts2", "host-veth-ts2")]), 0);
+    let a = applied(core.on_message(generation(1, true, 0, seed_updates()), 0));
+    let tun3 = a.interfaces.iter().find(|i| i.endpoint == "tun3").unwrap();
+    assert_eq!(
+        (
+            tun3.vpp_interface.as_str(),
+            tun3.sw_if_index,
+            tun3.how.as_str()
+        ),
+        ("host-veth-ts2", 4, "explicit")
+    );
+    let view = plugin.show(Show::Interfaces, 0);
+    assert!(
+        view.contains("[host-veth-ts2 sw_if_index=4  addr=11.0.0.67"),
+        "{view}"
+    );
+    assert!(!view.contains("sw_if_index=11"), "{view}");
+}
+
+#[test]
+fn no_generation_means_dropped_unless_configured_to_pass() {
+    let bytes = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5978));
+    let pkt = [PacketIn {
+        bytes: &bytes,
+        sw_if_index: SwIfIndex(11),
+        flow_id: 0,
+        traced: true,
+    }];
+    for (mode, want) in [
+        (crate::batch::Unclassified::Drop, Next::Drop),
+        (crate::batch::Unclassified::Pass, Next::NextFeature),
+    ] {
+        let plugin = Plugin::new(PluginConfig {
+            unclassified: mode,
+            ..PluginConfig::default()
+        });
+        let mut slot = new_slot(EstablishedFlows::Keep);
+        let mut out = Vec::new();
+        let counts = classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &pkt, &mut out);
+        assert_eq!(out[0].next, want, "{mode:?}");
+        assert_eq!(counts.unclassified, 1);
+        assert_eq!(out[0].how, How::Unclassified);
+        if want == Next::Drop {
+            assert_eq!(out[0].drop, Some(DropReason::Unclassified));
         }
     }
 }

@@ -27,6 +27,8 @@ pub enum How {
     Malformed,
     /// The interface is not policed by the active generation; passed.
     NotPoliced,
+    /// No generation to classify with (`capo { unclassified … }` decides).
+    Unclassified,
 }
 
 impl How {
@@ -37,6 +39,7 @@ impl How {
             How::NicAllow => "NIC verdict",
             How::Malformed => "malformed",
             How::NotPoliced => "not policed",
+            How::Unclassified => "unclassified",
         }
     }
 }

@@ -8,7 +8,6 @@
 //! [`Plugin`], binds the control socket and starts the control thread.
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::mpsc;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
@@ -20,15 +19,15 @@ use vpp_plugin::bindings::{
 };
 use vpp_plugin::vlib::process_node::{channel, Receiver, Sender};
 use vpp_plugin::vlib::{self, BarrierHeldMainRef, MainRef, ProcessNode};
-use vpp_plugin::vnet::types::SwIfIndex as VppSwIfIndex;
 use vpp_plugin::vppinfra::error::ErrorStack;
 use vpp_plugin::{
     vlib_cli_command, vlib_plugin_register, vlib_process_node, ErrorCounters, NextNodes,
 };
 
+use crate::binding::VppInterface;
 use crate::cli::{self, Show};
 use crate::config::PluginConfig;
-use crate::control::{self, Commit, ContextError, VppContext};
+use crate::control::{self, Commit, ContextError, RebindSignal, VppContext};
 use crate::generation::SwIfIndex;
 use crate::Plugin;
 
@@ -141,6 +140,13 @@ type Job = Box<dyn FnOnce(&BarrierHeldMainRef) + Send>;
 /// How long the control thread waits for the main thread.
 const MAIN_THREAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often the active generation is bound again without VPP saying an interface
+/// came or went (names can change without an add or delete).
+const REBIND_PERIOD: Duration = Duration::from_secs(2);
+
+/// Woken by VPP's interface add/del callback.
+static REBIND: LazyLock<RebindSignal> = LazyLock::new(RebindSignal::new);
+
 /// [`VppContext`] over the `capo-control` process node.
 struct MainThread {
     jobs: Sender<Job>,
@@ -163,15 +169,19 @@ impl MainThread {
 }
 
 impl VppContext for MainThread {
-    fn resolve(&mut self, names: &[String]) -> Result<HashMap<String, SwIfIndex>, ContextError> {
-        let names = names.to_vec();
+    fn interfaces(&mut self) -> Result<Vec<VppInterface>, ContextError> {
+        self.run(|vm| crate::vnet_ifaces::list(vm))
+    }
+
+    fn without_features(&mut self, policed: &[SwIfIndex]) -> Result<Vec<SwIfIndex>, ContextError> {
+        let policed = policed.to_vec();
         self.run(move |vm| {
-            names
+            policed
                 .into_iter()
-                .filter_map(|n| {
-                    VppSwIfIndex::parse(vm, &n)
-                        .ok()
-                        .map(|i| (n, SwIfIndex(u32::from(i))))
+                .filter(|i| {
+                    !crate::node::feature::ARCS
+                        .iter()
+                        .all(|(arc, node)| crate::vnet_ifaces::feature_enabled(vm, arc, node, i.0))
                 })
                 .collect()
         })
@@ -247,13 +257,26 @@ impl ProcessNode for CapoControl {
                 let core = Arc::new(Mutex::new(plugin.control_core(MainThread {
                     jobs: self.channel.0.clone(),
                 })));
+                let rebinder_core = Arc::clone(&core);
                 let spawned = std::thread::Builder::new()
                     .name("capo-control".into())
                     .spawn(move || {
-                        control::serve(listener, core, |e| eprintln!("capo: control: {e}"))
+                        control::serve(listener, core, plugin, |e| eprintln!("capo: control: {e}"))
                     });
                 if let Err(e) = spawned {
                     eprintln!("capo: cannot start the control thread: {e}");
+                }
+                let signal: &'static RebindSignal = &REBIND;
+                crate::vnet_ifaces::notify_changes_to(signal);
+                let spawned = std::thread::Builder::new()
+                    .name("capo-rebind".into())
+                    .spawn(move || {
+                        control::run_rebinder(&rebinder_core, signal, REBIND_PERIOD, |m| {
+                            eprintln!("capo: {m}")
+                        })
+                    });
+                if let Err(e) = spawned {
+                    eprintln!("capo: cannot start the rebind thread: {e}");
                 }
             }
             Err(e) => eprintln!(

@@ -118,6 +118,21 @@ impl Workers {
         out
     }
 
+    /// An interface's verdicts in one (Calico) direction, summed over threads.
+    pub fn interface(
+        &self,
+        sw_if_index: u32,
+        dir: capo_policy::Direction,
+    ) -> capo_classifier::VerdictCount {
+        let mut out = capo_classifier::VerdictCount::default();
+        self.each(|_, s| {
+            let c = s.counters.interface(sw_if_index, dir);
+            out.allow += c.allow;
+            out.deny += c.deny;
+        });
+        out
+    }
+
     /// Flow tables and their statistics.
     pub fn flows(&self) -> FlowSummary {
         let mut out = FlowSummary::default();

@@ -69,6 +69,12 @@ struct Args {
     /// Fix an interface's sw_if_index (repeatable), e.g. `tun3=11`.
     #[arg(long = "ifindex", value_name = "NAME=INDEX", value_parser = parse_interface_index)]
     interface_indexes: Vec<(String, u32)>,
+    /// With --dataplane vpp: police an endpoint on a VPP interface (repeatable). The
+    /// endpoint is a workload id (`default/ts2`), `workload/endpoint`
+    /// (`default/ts2/eth0`), a host endpoint id, or an interface name; tried before
+    /// the name and CalicoVPP (`vpp-tun-N`) bindings.
+    #[arg(long = "bind", value_name = "ENDPOINT=VPP_INTERFACE", value_parser = capo_agent::vpp::parse_binding)]
+    bindings: Vec<capo_proto::capo::dataplane::v1::InterfaceBinding>,
     /// How often to send Felix a ProcessStatusUpdate (e.g. `10s`).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     status_interval: std::time::Duration,
@@ -158,13 +164,19 @@ fn main() -> ExitCode {
                     tracing::warn!("--nic applies to the embedded dataplane; with VPP, VPP's dpdk plugin owns the port");
                 }
                 tracing::info!(socket = %path.display(), "software dataplane: the capo VPP plugin");
-                d.add_sink(Box::new(capo_agent::vpp::VppSink::new(path)));
+                d.add_sink(Box::new(capo_agent::vpp::VppSink::new(
+                    path,
+                    args.bindings.clone(),
+                )));
             }
             None => {
                 tracing::error!("--dataplane {other:?}: expected `embedded` or `vpp:SOCKET`");
                 return ExitCode::from(2);
             }
         },
+    }
+    if !args.bindings.is_empty() && args.dataplane == "embedded" {
+        tracing::warn!("--bind applies to --dataplane vpp:SOCKET; ignored");
     }
     let daemon = Arc::new(Mutex::new(d));
     if let (NicSpec::Dpdk(port), "embedded") = (&args.nic, args.dataplane.as_str()) {

@@ -60,3 +60,4 @@ pub const SEED_TUN3_AFTER: &str = "\
       rx:[rule#16;allow][]
     [policy#11]
 ";
+pub mod vpp_rig;

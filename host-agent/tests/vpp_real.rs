@@ -1,0 +1,342 @@
+//! capo inside a real VPP 26.06 (see `common/vpp_rig.rs`): the seed's netcat test over
+//! IPv4 and IPv6, the views and counters read back through the agent, the three ways
+//! of binding endpoints to VPP's interfaces, and the plugin's lifecycle (agent killed
+//! and restarted with another policy, interfaces that appear late or are re-created,
+//! VPP restarted, fail-static), with one VPP thread and with two workers.
+//!
+//! Skipped, with the reason, where there is no VPP (CAPO_VPP), no root or no netns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::vpp_rig::{
+    seed_manifests, seed_pods, send, wait_for, write_seed, Agent, Listener, Pod, Vpp,
+};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The seed's interface block after the NetworkPolicy, for VPP's interface `name`.
+fn seed_block(name: &str, sw_if_index: u32) -> String {
+    common::SEED_TUN3_AFTER.replacen(
+        "[tun3 sw_if_index=11 ",
+        &format!("[{name} sw_if_index={sw_if_index} "),
+        1,
+    )
+}
+
+/// The block of interface `name` in a `show capo interfaces` output.
+fn block(view: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in view.lines() {
+        if line.starts_with('[') {
+            inside = line.starts_with(&format!("[{name} "));
+        }
+        if inside {
+            out += line;
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Software packets of rule `id` in `capoctl counters` output (`rule#ID … sw=N/…`).
+fn capoctl_rule_packets(counters: &str, id: u32) -> u64 {
+    counters
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("rule#{id} ")))
+        .and_then(|l| l.split("sw=").nth(1))
+        .and_then(|r| r.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rule#{id} in:\n{counters}"))
+}
+
+/// Whether `from` can open a TCP connection to `to`'s `port` and deliver a line,
+/// with a listener up on `to` (so a failure is the policy's).
+fn netcat(from: &Pod, to: &Pod, port: u16, v6: bool, dir: &std::path::Path) -> bool {
+    let out = dir.join(format!("recv-{}-{port}-{v6}", to.ns));
+    let listener = Listener::start(to, port, v6, out);
+    let dst = if v6 { &to.ip6 } else { &to.ip4 };
+    let word = format!("hello-{port}-{}", if v6 { 6 } else { 4 });
+    let connected = send(from, dst, port, &word);
+    std::thread::sleep(Duration::from_millis(200));
+    let got = listener.received().contains(&word);
+    assert_eq!(
+        connected,
+        got,
+        "nc said {connected} but the listener got {:?}",
+        listener.received()
+    );
+    got
+}
+
+/// 5978 connects and delivers, 5979 does not (IPv4 and IPv6 when `v6`).
+fn assert_seed_enforced(ts1: &Pod, ts2: &Pod, dir: &std::path::Path, v6: bool) {
+    for v6 in [false, v6]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        assert!(
+            netcat(ts1, ts2, 5978, v6, dir),
+            "5978 (v6={v6}) must connect"
+        );
+        assert!(
+            !netcat(ts1, ts2, 5979, v6, dir),
+            "5979 (v6={v6}) must be dropped"
+        );
+    }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    common::scratch(&format!("vpp-{name}-{}", common::vpp_rig::unique()))
+}
+
+fn seed_rig(name: &str, workers: u32) -> (std::path::PathBuf, Vpp, Pod, Pod) {
+    let dir = scratch(name);
+    let vpp = Vpp::start(&dir.join("vpp"), workers);
+    let (ts1, ts2) = seed_pods();
+    ts1.attach(&vpp);
+    ts2.attach(&vpp);
+    (dir, vpp, ts1, ts2)
+}
+
+#[test]
+fn seed_netcat_test_views_and_counters_on_vpp() {
+    require_vpp!();
+    let (dir, vpp, ts1, ts2) = seed_rig("seed", 0);
+    // Name binding: the endpoint's interface name is VPP's own name of the interface.
+    let manifests = seed_manifests(&dir, &ts2.vpp_if, 5978);
+    let agent = Agent::start(&vpp, &manifests, &dir, &[]);
+    let idx = ts2.sw_if_index(&vpp);
+    wait_for(WAIT, "the plugin to police ts2", || {
+        vpp.ctl("show capo interfaces").contains(&ts2.vpp_if)
+    });
+    assert_seed_enforced(&ts1, &ts2, &dir, true);
+
+    // The seed's block, byte for byte, with VPP's name and index.
+    let vppctl = vpp.ctl("show capo interfaces");
+    assert_eq!(
+        block(&vppctl, &ts2.vpp_if),
+        seed_block(&ts2.vpp_if, idx),
+        "{vppctl}"
+    );
+    // capoctl over the agent's API prints exactly what vppctl prints.
+    for view in ["interfaces", "ipsets", "policies", "rules"] {
+        let (rc, out, err) = agent.capoctl(&["show", "capo", view]);
+        assert_eq!(rc, 0, "{err}");
+        assert_eq!(
+            out.trim_end(),
+            vpp.ctl(&format!("show capo {view}")).trim_end(),
+            "{view}"
+        );
+    }
+    // Counters are VPP's: rule#18 allowed the 5978 connections, the tier's end
+    // denied 5979, per interface too.
+    let (rc, counters, err) = agent.capoctl(&["counters"]);
+    assert_eq!(rc, 0, "{err}");
+    let vpp_counters = vpp.ctl("show capo counters");
+    let packets = |text: &str, rule: &str| -> u64 {
+        text.lines()
+            .find(|l| l.contains(&format!("[{rule};")))
+            .and_then(|l| l.split("packets").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+            .unwrap_or_else(|| panic!("no {rule} in:\n{text}"))
+    };
+    assert!(packets(&vpp_counters, "rule#18") >= 2, "{vpp_counters}");
+    assert!(packets(&vpp_counters, "rule#17") >= 2, "{vpp_counters}");
+    assert_eq!(
+        capoctl_rule_packets(&counters, 18),
+        packets(&vpp_counters, "rule#18"),
+        "{counters}"
+    );
+    assert_eq!(
+        capoctl_rule_packets(&counters, 17),
+        packets(&vpp_counters, "rule#17"),
+        "{counters}"
+    );
+    let ingress = counters
+        .lines()
+        .find(|l| l.contains(&format!("[{} sw_if_index={idx}] ingress:", ts2.vpp_if)))
+        .unwrap_or_else(|| panic!("{counters}"));
+    let denied: u64 = ingress
+        .split("denied=")
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{ingress}"));
+    assert!(denied >= 2, "{ingress}");
+    let errors = vpp.ctl("show errors");
+    assert!(errors.contains("packets denied by policy"), "{errors}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn explicit_and_calicovpp_bindings_on_vpp() {
+    require_vpp!();
+    let (dir, vpp, ts1, ts2) = seed_rig("bind", 0);
+    // Explicit: the manifests keep the seed's `tun3`; the operator binds the workload
+    // to VPP's interface.
+    let manifests = seed_manifests(&dir, "tun3", 5978);
+    let bind = format!("default/ts2={}", ts2.vpp_if);
+    let agent = Agent::start(&vpp, &manifests, &dir, &["--bind", &bind]);
+    wait_for(WAIT, "explicit binding", || {
+        vpp.ctl("show capo generations").contains(&format!(
+            "tun3 on {} sw_if_index={} (bound by explicit)",
+            ts2.vpp_if,
+            ts2.sw_if_index(&vpp)
+        ))
+    });
+    assert_seed_enforced(&ts1, &ts2, &dir, false);
+    drop(agent);
+
+    // CalicoVPP: the endpoint is named `vpp-tun-<sw_if_index>` as CalicoVPP's CNI
+    // server names it; VPP's interface keeps its own name.
+    let idx = ts2.sw_if_index(&vpp);
+    write_seed(&manifests, &format!("vpp-tun-{idx}"), 5978);
+    let agent = Agent::start(&vpp, &manifests, &dir, &[]);
+    wait_for(WAIT, "CalicoVPP binding", || {
+        vpp.ctl("show capo generations").contains(&format!(
+            "vpp-tun-{idx} on {} sw_if_index={idx} (bound by calicovpp)",
+            ts2.vpp_if
+        ))
+    });
+    assert_seed_enforced(&ts1, &ts2, &dir, false);
+    let view = vpp.ctl("show capo interfaces");
+    assert_eq!(
+        block(&view, &ts2.vpp_if),
+        seed_block(&ts2.vpp_if, idx),
+        "{view}"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn lifecycle_on_vpp() {
+    require_vpp!();
+    let dir = scratch("life");
+    let mut vpp = Vpp::start(&dir.join("vpp"), 0);
+    let (ts1, ts2) = seed_pods();
+    ts1.attach(&vpp);
+    // The agent pushes before ts2's interface exists: unknown, then policed as soon
+    // as VPP has it.
+    let manifests = seed_manifests(&dir, &ts2.vpp_if, 5978);
+    let mut agent = Agent::start(&vpp, &manifests, &dir, &[]);
+    wait_for(WAIT, "the first generation", || {
+        vpp.ctl("show capo generations")
+            .lines()
+            .any(|l| l.contains("unknown interfaces:") && l.contains(&ts2.vpp_if))
+    });
+    ts2.attach(&vpp);
+    wait_for(WAIT, "ts2 bound once it appears", || {
+        block(&vpp.ctl("show capo interfaces"), &ts2.vpp_if)
+            .contains(&format!("sw_if_index={} ", ts2.sw_if_index(&vpp)))
+    });
+    assert_seed_enforced(&ts1, &ts2, &dir, false);
+    // capoctl shows VPP's index, and the generation as acknowledged.
+    let (_, view, _) = agent.capoctl(&["show", "capo", "interfaces"]);
+    assert!(
+        view.contains(&format!(
+            "[{} sw_if_index={} ",
+            ts2.vpp_if,
+            ts2.sw_if_index(&vpp)
+        )),
+        "{view}"
+    );
+    let (_, gens, _) = agent.capoctl(&["generations"]);
+    assert!(
+        gens.contains("applied (acknowledged by the VPP plugin)"),
+        "{gens}"
+    );
+
+    // Deleted and created again (VPP clears its features): policed again.
+    ts2.detach(&vpp);
+    ts2.attach(&vpp);
+    wait_for(WAIT, "features restored", || {
+        vpp.ctl(&format!("show interface features {}", ts2.vpp_if))
+            .contains("capo-ip4-out")
+    });
+    assert!(
+        !netcat(&ts1, &ts2, 5979, false, &dir),
+        "re-created interface must be policed"
+    );
+    assert!(netcat(&ts1, &ts2, 5978, false, &dir));
+
+    // Agent killed and restarted with a changed policy (5979 instead of 5978): the new
+    // policy is in force within seconds, although the new run numbers from 1.
+    agent.kill9();
+    wait_for(WAIT, "fail-static after the agent died", || {
+        vpp.ctl("show capo generations").contains("fail-static")
+    });
+    assert!(
+        !netcat(&ts1, &ts2, 5979, false, &dir),
+        "the last generation keeps enforcing"
+    );
+    write_seed(&manifests, &ts2.vpp_if, 5979);
+    agent.restart();
+    wait_for(WAIT, "the restarted agent's policy", || {
+        vpp.ctl("show capo rules").contains("dst==5979")
+    });
+    assert!(
+        netcat(&ts1, &ts2, 5979, false, &dir),
+        "new policy: 5979 allowed"
+    );
+    assert!(
+        !netcat(&ts1, &ts2, 5978, false, &dir),
+        "new policy: 5978 denied"
+    );
+
+    // VPP restarted: the agent reconnects and pushes its policy again.
+    vpp.restart();
+    ts1.attach(&vpp);
+    ts2.attach(&vpp);
+    wait_for(WAIT, "resync after VPP's restart", || {
+        vpp.ctl("show capo rules").contains("dst==5979")
+            && block(&vpp.ctl("show capo interfaces"), &ts2.vpp_if).contains("sw_if_index=")
+    });
+    assert!(netcat(&ts1, &ts2, 5979, false, &dir));
+    assert!(!netcat(&ts1, &ts2, 5978, false, &dir));
+    assert!(
+        agent
+            .log()
+            .contains("the VPP plugin applied the generation"),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn worker_threads_same_results_counters_summed() {
+    require_vpp!();
+    // VPP pins each worker to a CPU of its own besides the main thread's: two
+    // workers where the machine has three CPUs, else one (2-core CI machines).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = u32::try_from(cpus.saturating_sub(1).clamp(1, 2)).unwrap();
+    eprintln!("{cpus} CPUs: VPP with {workers} worker thread(s)");
+    let (dir, vpp, ts1, ts2) = seed_rig("workers", workers);
+    let manifests = seed_manifests(&dir, &ts2.vpp_if, 5978);
+    let agent = Agent::start(&vpp, &manifests, &dir, &[]);
+    wait_for(WAIT, "the plugin to police ts2", || {
+        vpp.ctl("show capo interfaces").contains(&ts2.vpp_if)
+    });
+    let threads = vpp.ctl("show threads");
+    assert!(
+        threads.contains(&format!("vpp_wk_{}", workers - 1)),
+        "{threads}"
+    );
+    assert_seed_enforced(&ts1, &ts2, &dir, true);
+    let (rc, counters, err) = agent.capoctl(&["counters"]);
+    assert_eq!(rc, 0, "{err}");
+    // Two 5978 connections (v4, v6) allowed by rule#18, two 5979 ones denied by the
+    // tier's end, summed over the worker threads.
+    assert!(capoctl_rule_packets(&counters, 18) >= 2, "{counters}");
+    assert!(capoctl_rule_packets(&counters, 17) >= 2, "{counters}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

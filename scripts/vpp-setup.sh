@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Prepares a real VPP 26.06 for capo's VPP tests: unpacks the build in shared/vpp/
+# into DIR/vpp, installs its runtime packages, and builds capo's plugin against its
+# headers into DIR/capo/libcapo_vpp_plugin.so. Then `CAPO_VPP=DIR cargo test -p
+# capo-agent --test vpp_real` (as root) runs the tests on it.
+#
+#   scripts/vpp-setup.sh DIR [TARBALL]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:?usage: scripts/vpp-setup.sh DIR [TARBALL]}
+tarball=${2:-../shared/vpp/vpp-26.06-x86_64-debian12.tar.gz}
+if [ ! -f "$tarball" ]; then
+    echo "vpp-setup: $tarball not found: VPP 26.06's build (shared/vpp/) is needed" >&2
+    exit 1
+fi
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+
+need=()
+for p in libunwind8 libssl3 iproute2 netcat-openbsd; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "vpp-setup: installing ${need[*]}" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
+fi
+
+if [ ! -x "$dir/vpp/bin/vpp" ]; then
+    echo "vpp-setup: unpacking $(basename "$tarball") into $dir" >&2
+    tar -C "$dir" -xzf "$tarball"
+fi
+
+inc="$dir/vpp/include"
+lib="$dir/vpp/lib/x86_64-linux-gnu"
+echo "vpp-setup: building the plugin against $inc" >&2
+CFLAGS="-I$inc" BINDGEN_EXTRA_CLANG_ARGS="-I$inc" LIBRARY_PATH="$lib" \
+    cargo build --locked -p capo-vpp-plugin --features vpp
+mkdir -p "$dir/capo"
+cp target/debug/libcapo_vpp_plugin.so "$dir/capo/"
+echo "vpp-setup: ready; CAPO_VPP=$dir" >&2

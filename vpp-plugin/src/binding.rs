@@ -1,0 +1,253 @@
+//! Which VPP interface polices which endpoint. Pure: the control path lists VPP's
+//! interfaces (index and name) and asks [`bind`].
+//!
+//! An endpoint is found, in this order:
+//!
+//! 1. **explicit**: an operator-given binding (`capo-agent --bind ENDPOINT=VPP_IF`)
+//!    naming the endpoint by its workload id (`default/ts2`), workload and endpoint id
+//!    (`default/ts2/eth0`), host endpoint id, or interface name. It is authoritative:
+//!    while its VPP interface is missing, the endpoint is unknown;
+//! 2. **name**: VPP has an interface of the endpoint's interface name (standalone VPP,
+//!    or interfaces renamed to the names Felix gives);
+//! 3. **calicovpp**: the endpoint's interface name is `vpp-tun-<N>`, the name a
+//!    CalicoVPP node's CNI server hands back to Calico's CNI plugin for a pod
+//!    interface whose `sw_if_index` is N (Calico stores it in the WorkloadEndpoint's
+//!    `interfaceName`, and Felix sends it as the endpoint's name). Accepted only when
+//!    VPP has interface N.
+//!
+//! An endpoint none of these finds is reported as unknown and not policed until one
+//! does (the plugin binds again whenever VPP adds or deletes an interface).
+
+use std::collections::HashMap;
+
+use capo_classifier::IfaceKind;
+
+use crate::generation::SwIfIndex;
+
+/// The prefix of CalicoVPP's pod interface names (`vpp-tun-<sw_if_index>`).
+pub const CALICOVPP_PREFIX: &str = "vpp-tun-";
+
+/// One VPP software interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VppInterface {
+    /// VPP's index.
+    pub sw_if_index: SwIfIndex,
+    /// VPP's name (`show interface`).
+    pub name: String,
+}
+
+/// An operator-given binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExplicitBinding {
+    /// The endpoint: workload id, workload/endpoint id, host endpoint id or interface
+    /// name.
+    pub endpoint: String,
+    /// VPP's name of the interface.
+    pub vpp_interface: String,
+}
+
+/// How an endpoint was bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// An operator-given binding.
+    Explicit,
+    /// VPP has an interface of the endpoint's name.
+    Name,
+    /// CalicoVPP's `vpp-tun-<sw_if_index>` name.
+    CalicoVpp,
+}
+
+impl How {
+    /// The name reported to the agent and in `show capo generations`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Explicit => "explicit",
+            How::Name => "name",
+            How::CalicoVpp => "calicovpp",
+        }
+    }
+}
+
+/// Where an endpoint is policed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    /// VPP's index.
+    pub sw_if_index: SwIfIndex,
+    /// VPP's name.
+    pub vpp_name: String,
+    /// How it was found.
+    pub how: How,
+}
+
+/// The bindings of one generation: endpoint interface name → where it is policed.
+pub type Bindings = HashMap<String, Bound>;
+
+/// Whether an explicit binding's endpoint names this policed endpoint.
+fn names_endpoint(binding: &str, name: &str, kind: &IfaceKind) -> bool {
+    if binding == name {
+        return true;
+    }
+    match kind {
+        IfaceKind::Workload(key) => {
+            binding == key.workload
+                || binding
+                    .strip_prefix(key.workload.as_str())
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .is_some_and(|ep| ep == key.endpoint)
+        }
+        IfaceKind::Forward(key) => binding == key.0,
+        IfaceKind::Host => false,
+    }
+}
+
+/// Binds each policed endpoint (`(interface name, kind)`) to a VPP interface.
+/// Endpoints left out of the result are unknown to VPP.
+pub fn bind<'a>(
+    policed: impl IntoIterator<Item = (&'a str, &'a IfaceKind)>,
+    explicit: &[ExplicitBinding],
+    vpp: &[VppInterface],
+) -> Bindings {
+    let by_name: HashMap<&str, SwIfIndex> = vpp
+        .iter()
+        .map(|i| (i.name.as_str(), i.sw_if_index))
+        .collect();
+    let by_index: HashMap<SwIfIndex, &str> = vpp
+        .iter()
+        .map(|i| (i.sw_if_index, i.name.as_str()))
+        .collect();
+    let mut out = Bindings::new();
+    for (name, kind) in policed {
+        // An explicit binding is authoritative: its interface or none.
+        if let Some(b) = explicit
+            .iter()
+            .find(|b| names_endpoint(&b.endpoint, name, kind))
+        {
+            if let Some(i) = by_name.get(b.vpp_interface.as_str()) {
+                out.insert(
+                    name.to_string(),
+                    Bound {
+                        sw_if_index: *i,
+                        vpp_name: b.vpp_interface.clone(),
+                        how: How::Explicit,
+                    },
+                );
+            }
+            continue;
+        }
+        let by_own_name = || by_name.get(name).map(|i| (*i, name.to_string(), How::Name));
+        let calicovpp = || {
+            let idx: u32 = name.strip_prefix(CALICOVPP_PREFIX)?.parse().ok()?;
+            let vpp_name = by_index.get(&SwIfIndex(idx))?;
+            Some((SwIfIndex(idx), (*vpp_name).to_string(), How::CalicoVpp))
+        };
+        if let Some((sw_if_index, vpp_name, how)) = by_own_name().or_else(calicovpp) {
+            out.insert(
+                name.to_string(),
+                Bound {
+                    sw_if_index,
+                    vpp_name,
+                    how,
+                },
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capo_policy::{HostEndpointKey, WorkloadKey};
+
+    fn vpp() -> Vec<VppInterface> {
+        [(0, "local0"), (1, "host-veth-a"), (2, "tap0"), (11, "tun3")]
+            .into_iter()
+            .map(|(i, n)| VppInterface {
+                sw_if_index: SwIfIndex(i),
+                name: n.to_string(),
+            })
+            .collect()
+    }
+
+    fn pod(workload: &str) -> IfaceKind {
+        IfaceKind::Workload(WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: workload.into(),
+            endpoint: "eth0".into(),
+        })
+    }
+
+    #[test]
+    fn by_name_then_calicovpp() {
+        let (ts2, ts3, host) = (pod("default/ts2"), pod("default/ts3"), IfaceKind::Host);
+        let b = bind(
+            [
+                ("tun3", &ts2),
+                ("vpp-tun-1", &ts3),
+                ("tap0", &host),
+                ("vpp-tun-9", &ts3),
+            ],
+            &[],
+            &vpp(),
+        );
+        assert_eq!(b["tun3"].sw_if_index, SwIfIndex(11));
+        assert_eq!(b["tun3"].how, How::Name);
+        assert_eq!(b["vpp-tun-1"].sw_if_index, SwIfIndex(1));
+        assert_eq!(b["vpp-tun-1"].vpp_name, "host-veth-a");
+        assert_eq!(b["vpp-tun-1"].how, How::CalicoVpp);
+        assert_eq!(b["tap0"].how, How::Name);
+        assert!(!b.contains_key("vpp-tun-9"), "VPP has no interface 9");
+    }
+
+    #[test]
+    fn explicit_wins_and_names_endpoints_every_way() {
+        let ts2 = pod("default/ts2");
+        let hep = IfaceKind::Forward(HostEndpointKey("node1-eth0".into()));
+        for endpoint in ["default/ts2", "default/ts2/eth0", "tun3"] {
+            let b = bind(
+                [("tun3", &ts2)],
+                &[ExplicitBinding {
+                    endpoint: endpoint.into(),
+                    vpp_interface: "host-veth-a".into(),
+                }],
+                &vpp(),
+            );
+            assert_eq!(b["tun3"].sw_if_index, SwIfIndex(1), "{endpoint}");
+            assert_eq!(b["tun3"].how, How::Explicit);
+        }
+        // Not this endpoint: the name binding applies.
+        let b = bind(
+            [("tun3", &ts2)],
+            &[ExplicitBinding {
+                endpoint: "default/ts2/eth1".into(),
+                vpp_interface: "host-veth-a".into(),
+            }],
+            &vpp(),
+        );
+        assert_eq!(b["tun3"].how, How::Name);
+        let b = bind(
+            [("eth0", &hep)],
+            &[ExplicitBinding {
+                endpoint: "node1-eth0".into(),
+                vpp_interface: "host-veth-a".into(),
+            }],
+            &vpp(),
+        );
+        assert_eq!(b["eth0"].sw_if_index, SwIfIndex(1));
+    }
+
+    #[test]
+    fn explicit_binding_to_a_missing_interface_binds_nothing() {
+        // Not the interface of the same name: the operator said where it is.
+        let ts2 = pod("default/ts2");
+        let b = bind(
+            [("tun3", &ts2)],
+            &[ExplicitBinding {
+                endpoint: "default/ts2".into(),
+                vpp_interface: "host-gone".into(),
+            }],
+            &vpp(),
+        );
+        assert!(b.is_empty());
+    }
+}
