@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test of the workspace, then the DPDK-backed
-# tests (EAL on virtual devices) with the system's DPDK.
+# tests (EAL on virtual devices) with the system's DPDK, then the real-VPP tests:
+# VPP 26.06 from shared/vpp/ unpacked into a private directory, capo's plugin built
+# against it, pods as network namespaces (needs root). Set CAPO_VPP=DIR to reuse an
+# unpacked VPP; without shared/vpp/ (or root) the VPP tests skip and say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -9,3 +12,18 @@ cargo test --locked --workspace
 cargo test --locked -p capo-offload -p capo-hw-tests --features capo-offload/dpdk,capo-hw-tests/dpdk
 cargo test --locked -p capo-bench --features rte-acl
 cargo test --locked -p capo-agent --features dpdk --test api dpdk_port
+
+vpp_tarball=../shared/vpp/vpp-26.06-x86_64-debian12.tar.gz
+if [ -z "${CAPO_VPP:-}" ] && [ -f "$vpp_tarball" ] && [ "$(id -u)" -eq 0 ]; then
+    CAPO_VPP=$(mktemp -d "${TMPDIR:-/tmp}/capo-vpp.XXXXXX")
+    trap 'rm -rf "$CAPO_VPP"' EXIT
+fi
+if [ -n "${CAPO_VPP:-}" ]; then
+    bash scripts/vpp-setup.sh "$CAPO_VPP" "$vpp_tarball"
+    export CAPO_VPP
+fi
+# In CI the real-VPP tests must run, not skip.
+if [ "${CI:-}" = "true" ]; then
+    export CAPO_VPP_REQUIRED=1
+fi
+cargo test --locked -p capo-agent --test vpp_real -- --test-threads 1

@@ -170,6 +170,19 @@ fn seed_netcat_test_views_and_counters_on_vpp() {
     assert!(denied >= 2, "{ingress}");
     let errors = vpp.ctl("show errors");
     assert!(errors.contains("packets denied by policy"), "{errors}");
+
+    // `show trace` names the capo node and the deciding rule.
+    vpp.ctl("clear trace");
+    vpp.ctl("trace add af-packet-input 20");
+    assert!(!netcat(&ts1, &ts2, 5979, false, &dir));
+    let trace = vpp.ctl("show trace");
+    assert!(trace.contains("capo-ip4-out"), "{trace}");
+    let decided = trace
+        .lines()
+        .find(|l| l.contains("capo:") && l.contains(" deny "))
+        .unwrap_or_else(|| panic!("no capo deny line in:\n{trace}"));
+    assert!(decided.contains("rule#17"), "{decided}");
+    eprintln!("--- show errors ---\n{errors}\n--- show trace (5979) ---\n{trace}");
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -191,6 +204,7 @@ fn explicit_and_calicovpp_bindings_on_vpp() {
         ))
     });
     assert_seed_enforced(&ts1, &ts2, &dir, false);
+    eprintln!("--- show capo generations ---\n{}", vpp.ctl("show capo generations"));
     drop(agent);
 
     // CalicoVPP: the endpoint is named `vpp-tun-<sw_if_index>` as CalicoVPP's CNI
