@@ -625,13 +625,24 @@ impl api::inject_server::Inject for Api {
         if r.interface.is_empty() {
             return Err(Status::invalid_argument("interface: required"));
         }
-        let mut d = self.locked();
-        if d.state().is_none() {
-            return Err(no_policy());
-        }
-        d.inject(&r.interface, direction, &r.frames)
-            .map(Response::new)
-            .map_err(Status::invalid_argument)
+        let embedded = {
+            let d = self.locked();
+            if d.state().is_none() {
+                return Err(no_policy());
+            }
+            d.embedded()
+        };
+        let result = match embedded {
+            // The packets wait for the embedded dataplane only, not the daemon.
+            Some(e) => tokio::task::block_in_place(|| {
+                use crate::daemon::PolicySink;
+                crate::embedded::lock_embedded(&e)
+                    .inject(&r.interface, direction, &r.frames)
+                    .unwrap_or_else(|| Err("the embedded dataplane does not inject".into()))
+            }),
+            None => self.locked().inject(&r.interface, direction, &r.frames),
+        };
+        result.map(Response::new).map_err(Status::invalid_argument)
     }
 }
 

@@ -121,6 +121,12 @@ pub trait PolicySink: Send {
         None
     }
 
+    /// The shared embedded dataplane, for the sink that is one: packet sources
+    /// classify through it without the daemon's lock.
+    fn embedded(&self) -> Option<crate::embedded::SharedEmbedded> {
+        None
+    }
+
     /// Classifies frames that arrived from the wire (a DPDK port), each at the
     /// endpoint its destination belongs to, for the embedded dataplane.
     fn classify_wire(&mut self, _frames: &[&[u8]]) -> Option<Vec<capo_policy::Verdict>> {
@@ -254,6 +260,11 @@ impl Daemon {
         self.sinks.iter().find_map(|s| s.vpp())
     }
 
+    /// The embedded dataplane, when it is shared with packet sources.
+    pub fn embedded(&self) -> Option<crate::embedded::SharedEmbedded> {
+        self.sinks.iter().find_map(|s| s.embedded())
+    }
+
     /// Counters of the classifying dataplane, if one is attached.
     pub fn counters(&self) -> Option<api::CountersReply> {
         let state = self.state()?;
@@ -291,12 +302,13 @@ impl Daemon {
             .unwrap_or("software")
     }
 
-    /// Classifies frames from the wire; without an embedded dataplane they pass.
+    /// Classifies frames from the wire; without a classifying dataplane they are
+    /// denied (fail closed).
     pub fn classify_wire(&mut self, frames: &[&[u8]]) -> Vec<capo_policy::Verdict> {
         self.sinks
             .iter_mut()
             .find_map(|s| s.classify_wire(frames))
-            .unwrap_or_else(|| vec![capo_policy::Verdict::Allow; frames.len()])
+            .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()])
     }
 
     /// Hands raw frames to the embedded dataplane.

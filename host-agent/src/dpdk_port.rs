@@ -127,6 +127,9 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::daemon::SharedDaem
     while crate::daemon::lock(daemon).generation() == 0 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // Bursts are classified by the embedded dataplane under its own lock, never the
+    // daemon's (Felix's updates and the API go on meanwhile).
+    let embedded = crate::daemon::lock(daemon).embedded();
     let mut idle: u32 = 0;
     loop {
         let pkts = p.rx_burst(0, BURST);
@@ -140,7 +143,15 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::daemon::SharedDaem
         idle = 0;
         let verdicts = {
             let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
-            crate::daemon::lock(daemon).classify_wire(&frames)
+            match &embedded {
+                Some(e) => {
+                    use crate::daemon::PolicySink;
+                    crate::embedded::lock_embedded(e)
+                        .classify_wire(&frames)
+                        .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()])
+                }
+                None => crate::daemon::lock(daemon).classify_wire(&frames),
+            }
         };
         let allowed: Vec<_> = pkts
             .into_iter()

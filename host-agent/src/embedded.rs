@@ -4,7 +4,7 @@
 //! policy so that IP-set and policy changes apply incrementally
 //! ([`capo_classifier::Builder::apply`]) rather than by a full rebuild.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use capo_classifier::{
@@ -399,5 +399,58 @@ impl PolicySink for Embedded {
             }
         }
         Some(Ok(reply))
+    }
+}
+
+/// The embedded dataplane shared between the daemon (which hands it generations) and
+/// its packet sources (a DPDK port's poller, the Inject API), so that packets never
+/// wait for the daemon's lock: they wait only for a generation being compiled into
+/// this dataplane.
+pub type SharedEmbedded = Arc<Mutex<Embedded>>;
+
+/// Locks the embedded dataplane; a panic elsewhere does not stop it.
+pub fn lock_embedded(e: &SharedEmbedded) -> MutexGuard<'_, Embedded> {
+    e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`Embedded`] as the daemon's sink, shared with the packet sources.
+pub struct EmbeddedSink(SharedEmbedded);
+
+impl EmbeddedSink {
+    /// A sink over `embedded`.
+    pub fn new(embedded: SharedEmbedded) -> Self {
+        EmbeddedSink(embedded)
+    }
+}
+
+impl PolicySink for EmbeddedSink {
+    fn name(&self) -> &str {
+        "embedded"
+    }
+
+    fn commit(
+        &mut self,
+        generation: u64,
+        state: &State,
+        ids: &IdTable,
+        delta: Option<&[Update]>,
+    ) -> Result<String, String> {
+        lock_embedded(&self.0).commit(generation, state, ids, delta)
+    }
+
+    fn counters(&self, state: &State, ids: &IdTable) -> Option<api::CountersReply> {
+        lock_embedded(&self.0).counters(state, ids)
+    }
+
+    fn offload_plan(&self, state: &State, ids: &IdTable) -> Option<api::OffloadPlanReply> {
+        lock_embedded(&self.0).offload_plan(state, ids)
+    }
+
+    fn decided_in(&self, interface: &str, dir: Direction, pkt: &Packet) -> Option<&'static str> {
+        lock_embedded(&self.0).decided_in(interface, dir, pkt)
+    }
+
+    fn embedded(&self) -> Option<SharedEmbedded> {
+        Some(Arc::clone(&self.0))
     }
 }

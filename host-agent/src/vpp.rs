@@ -388,6 +388,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the sink checks the plugin when nothing happens (liveness, retries).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+/// The longest wait between two tries of a generation the plugin refused or could
+/// not take (the wait doubles from [`IDLE_CHECK`] after each failure; a new
+/// generation is tried at once).
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
 /// A handle on the VPP sink for the API: views and counters from the plugin, and
 /// what it confirmed. Cheap to clone; never holds the daemon.
 #[derive(Clone)]
@@ -463,7 +468,9 @@ impl VppHandle {
 /// acknowledged. A plugin that is slow or gone delays only this thread: Felix, the
 /// API and other dataplanes go on. Generations that arrive while a push is in flight
 /// are merged into one delta. Each is reported applied only once the plugin said so;
-/// a refused or unacknowledged one is retried (as a full snapshot) every second.
+/// a refused or unacknowledged one is retried as a full snapshot, after 1 s, then
+/// waiting twice as long after each failure (at most 30 s), and at once when a new
+/// generation arrives.
 pub struct VppSink {
     handle: VppHandle,
 }
@@ -484,6 +491,7 @@ impl VppSink {
             pending: Some(Vec::new()),
             status: Arc::clone(&status),
             last_failure: None,
+            retry: None,
         };
         let spawned = std::thread::Builder::new()
             .name("capo-vpp-sink".into())
@@ -550,12 +558,18 @@ struct SinkThread {
     status: Arc<Mutex<VppStatus>>,
     /// The last failure logged, so a plugin that stays away is logged once.
     last_failure: Option<String>,
+    /// After a failure: when to try again and the wait that led there.
+    retry: Option<(std::time::Instant, Duration)>,
 }
 
 impl SinkThread {
     fn run(mut self, jobs: &mpsc::Receiver<Job>) {
         loop {
-            match jobs.recv_timeout(IDLE_CHECK) {
+            let wait = self.retry.map_or(IDLE_CHECK, |(at, _)| {
+                at.saturating_duration_since(std::time::Instant::now())
+                    .min(IDLE_CHECK)
+            });
+            match jobs.recv_timeout(wait) {
                 Ok(job) => {
                     self.take(job);
                     // Merge whatever else is queued before talking to the plugin.
@@ -571,7 +585,13 @@ impl SinkThread {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            if self.state.is_some() && (self.pushed != self.generation || self.channel.is_none()) {
+            let due = self
+                .retry
+                .is_none_or(|(at, _)| std::time::Instant::now() >= at);
+            if due
+                && self.state.is_some()
+                && (self.pushed != self.generation || self.channel.is_none())
+            {
                 self.sync();
             }
         }
@@ -601,6 +621,8 @@ impl SinkThread {
                     }
                 }
                 self.generation = generation;
+                // A new generation may be what the plugin accepts: try it at once.
+                self.retry = None;
             }
             Job::Show(req, reply) => {
                 let r = self
@@ -669,6 +691,7 @@ impl SinkThread {
                 self.pushed = generation;
                 self.pending = Some(Vec::new());
                 self.last_failure = None;
+                self.retry = None;
                 if !a.unknown_interfaces.is_empty() {
                     tracing::warn!(interfaces = ?a.unknown_interfaces, "VPP has no interface of these endpoints (yet): they are policed once VPP has them");
                 }
@@ -698,6 +721,10 @@ impl SinkThread {
     }
 
     fn failed(&mut self, generation: u64, msg: String) {
+        let wait = self
+            .retry
+            .map_or(IDLE_CHECK, |(_, w)| (w * 2).min(MAX_RETRY_WAIT));
+        self.retry = Some((std::time::Instant::now() + wait, wait));
         if self.last_failure.as_deref() != Some(msg.as_str()) {
             tracing::error!(generation, error = %msg, "generation not applied by the VPP plugin; retrying");
             self.last_failure = Some(msg.clone());

@@ -292,3 +292,49 @@ fn a_plugin_that_never_answers_stalls_nothing_else() {
     assert!(t.elapsed() < capo_agent::vpp::REQUEST_TIMEOUT + Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A generation the plugin refuses is reported refused (never applied) and retried
+/// until the plugin takes it; then it is reported applied.
+#[test]
+fn a_refused_generation_is_reported_and_retried() {
+    use capo_agent::daemon::{Daemon, FelixOptions};
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-retry", std::process::id()));
+    let path = dir.join("capo.sock");
+    let listener = bind_path(&path, 0o660, None).unwrap();
+    let plugin = Arc::new(Plugin::new(PluginConfig::default()));
+    let mut fake = FakeVpp::with(&[("tun3", 11), ("tap0", 1)]);
+    fake.fail_commits = true;
+    let core = Arc::new(Mutex::new(plugin.control_core(fake)));
+    let (server_core, reader) = (Arc::clone(&core), Arc::clone(&plugin));
+    std::thread::spawn(move || serve(listener, server_core, reader, |_| {}));
+
+    let vpp = capo_agent::vpp::VppSink::new(path.clone(), Vec::new());
+    let handle = vpp.handle();
+    let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
+    d.add_sink(Box::new(vpp));
+    let daemon = Arc::new(Mutex::new(d));
+    assert!(capo_agent::daemon::feed(&daemon, &seed()));
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("the refusal", &|| handle.status().last_error.is_some());
+    let status = handle.status();
+    assert_eq!(status.confirmed, 0);
+    let outcome = status.outcome(1);
+    assert!(
+        outcome.contains("refused by the VPP plugin") && outcome.contains("retrying"),
+        "{outcome}"
+    );
+    assert_eq!(plugin.cell.active_id(), 0, "nothing applied");
+    // VPP takes it now: the retry (after 1 s, then 2 s, …) applies it.
+    core.lock().unwrap().context_mut().fail_commits = false;
+    wait("the retry", &|| handle.status().confirmed == 1);
+    assert_eq!(plugin.cell.active_id(), 1);
+    assert!(handle.status().outcome(1).starts_with("applied"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

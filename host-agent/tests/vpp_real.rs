@@ -109,7 +109,15 @@ fn seed_netcat_test_views_and_counters_on_vpp() {
     let (dir, vpp, ts1, ts2) = seed_rig("seed", 0);
     // Name binding: the endpoint's interface name is VPP's own name of the interface.
     let manifests = seed_manifests(&dir, &ts2.vpp_if, 5978);
-    let agent = Agent::start(&vpp, &manifests, &dir, &[]);
+    let metrics = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("127.0.0.1:{port}")
+    };
+    let agent = Agent::start(&vpp, &manifests, &dir, &["--metrics", &metrics]);
     let idx = ts2.sw_if_index(&vpp);
     wait_for(WAIT, "the plugin to police ts2", || {
         vpp.ctl("show capo interfaces").contains(&ts2.vpp_if)
@@ -168,6 +176,32 @@ fn seed_netcat_test_views_and_counters_on_vpp() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("{ingress}"));
     assert!(denied >= 2, "{ingress}");
+    // Prometheus too: rule#18's packets are VPP's.
+    let body = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&metrics).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let rule18 = body
+        .lines()
+        .find(|l| {
+            l.starts_with("capo_rule_packets_total{")
+                && l.contains("rule=\"18\"")
+                && l.contains("decided_in=\"software\"")
+        })
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(
+        rule18
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok()),
+        Some(packets(&vpp_counters, "rule#18")),
+        "{rule18}"
+    );
     let errors = vpp.ctl("show errors");
     assert!(errors.contains("packets denied by policy"), "{errors}");
 
@@ -204,7 +238,10 @@ fn explicit_and_calicovpp_bindings_on_vpp() {
         ))
     });
     assert_seed_enforced(&ts1, &ts2, &dir, false);
-    eprintln!("--- show capo generations ---\n{}", vpp.ctl("show capo generations"));
+    eprintln!(
+        "--- show capo generations ---\n{}",
+        vpp.ctl("show capo generations")
+    );
     drop(agent);
 
     // CalicoVPP: the endpoint is named `vpp-tun-<sw_if_index>` as CalicoVPP's CNI

@@ -156,7 +156,8 @@ fn main() -> ExitCode {
                 }
                 NicSpec::Dpdk(_) => capo_agent::embedded::Embedded::new(),
             };
-            d.add_sink(Box::new(embedded));
+            let shared = Arc::new(Mutex::new(embedded));
+            d.add_sink(Box::new(capo_agent::embedded::EmbeddedSink::new(shared)));
         }
         other => match capo_agent::vpp::parse_dataplane_arg(other) {
             Some(path) => {
