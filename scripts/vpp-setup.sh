@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a real VPP 26.06 for capo's VPP tests: unpacks the build in shared/vpp/
-# into DIR/vpp, installs its runtime packages, and builds capo's plugin against its
+# into DIR/vpp, installs its runtime packages and the test tools, and builds capo's plugin against its
 # headers into DIR/capo/libcapo_vpp_plugin.so. Then `CAPO_VPP=DIR cargo test -p
 # capo-agent --test vpp_real` (as root) runs the tests on it.
 #
@@ -17,7 +17,7 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
 need=()
-for p in libunwind8 libssl3 iproute2 netcat-openbsd; do
+for p in libunwind8 libssl3 iproute2 netcat-openbsd iputils-ping; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -632,6 +632,23 @@ impl Builder {
         let mut entries = Vec::new();
         for dir in Direction::BOTH {
             let mut spec = ProgSpec::new();
+            // Neighbour discovery on the workload's link never meets policy.
+            let nd = capo_policy::eval::NEIGHBOUR_DISCOVERY_ICMPV6_TYPES
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut r =
+                        self.internal_rule(Act::Allow, InternalPolicy::NeighbourDiscovery, i, None);
+                    r.family = Some(IpFamily::V6);
+                    r.protocol = Some(capo_policy::Protocol::ICMPV6.0);
+                    r.icmp = Some(IcmpMatch {
+                        icmp_type: *t,
+                        code: None,
+                    });
+                    r
+                })
+                .collect();
+            spec.segment(nd, SegSpec::Plain);
             if dir == Direction::Ingress {
                 let mut r = self.internal_rule(
                     Act::Allow,

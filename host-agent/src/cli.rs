@@ -153,11 +153,13 @@ pub fn trace_text(t: &Trace, state: &State, ids: &IdTable) -> String {
             Verdict::Allow => "allow",
             Verdict::Deny => "deny",
         };
-        let _ = writeln!(
-            out,
-            "  {at}: {verdict} by {}",
-            views.decider_line(&step.outcome.decider)
-        );
+        let line = views.decider_line(&step.outcome.decider);
+        // "allowed before policy: …" reads as it is.
+        if line.starts_with("allowed before policy") {
+            let _ = writeln!(out, "  {at}: {line}");
+        } else {
+            let _ = writeln!(out, "  {at}: {verdict} by {line}");
+        }
         for l in &step.outcome.logged {
             let _ = writeln!(out, "    logged by {}", views.decider_line(l));
         }

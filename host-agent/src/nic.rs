@@ -354,7 +354,7 @@ fn decider_rule_id(state: &State, ids: &IdTable, pkt: &Packet) -> Option<u32> {
 fn origin_rule_id(o: &Origin) -> Option<u32> {
     match o {
         Origin::Rule { rule_id, .. } | Origin::EndOfTier { rule_id, .. } => *rule_id,
-        Origin::NoProfileMatched => None,
+        Origin::NoProfileMatched | Origin::NeighbourDiscovery { .. } => None,
     }
 }
 

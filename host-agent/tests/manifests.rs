@@ -285,3 +285,39 @@ fn agent_watches_manifests_and_applies_changes() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `capoctl trace` says when neighbour discovery is allowed before policy.
+#[test]
+fn trace_names_neighbour_discovery() {
+    let seed = seed_dir();
+    let args = |t: &'static str| {
+        vec![
+            "trace".to_string(),
+            "--resources".into(),
+            seed.display().to_string(),
+            "--node".into(),
+            "kind-worker2".into(),
+            "--from".into(),
+            "fd20::58fd:b191:5c13:9cc3".into(),
+            "--to".into(),
+            "fd20::1cc0:b1ac:ad47:e7c2".into(),
+            "--proto".into(),
+            "icmpv6".into(),
+            "--icmp-type".into(),
+            t.into(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        capoctl(&a)
+    };
+    let (rc, out, err) = run(args("135"));
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.starts_with("ALLOW"), "{out}");
+    assert!(
+        out.contains("ingress: allowed before policy: neighbour discovery (ICMPv6 type 135)"),
+        "{out}"
+    );
+    let (_, out, _) = run(args("128"));
+    assert!(out.starts_with("DENY"), "{out}");
+}

@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::vpp_rig::{
-    seed_manifests, seed_pods, send, wait_for, write_seed, Agent, Listener, Pod, Vpp,
+    ping, seed_manifests, seed_pods, send, wait_for, write_seed, Agent, Listener, Pod, Vpp,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -388,6 +388,84 @@ fn worker_threads_same_results_counters_summed() {
     // tier's end, summed over the worker threads.
     assert!(capoctl_rule_packets(&counters, 18) >= 2, "{counters}");
     assert!(capoctl_rule_packets(&counters, 17) >= 2, "{counters}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pod on an L2 link (host-interface) with a deny-all ingress policy still resolves
+/// over IPv6 from a fresh start (dynamic neighbours only): VPP's neighbour
+/// solicitations to it and its advertisements pass capo before policy, while an
+/// ICMPv6 echo to it is denied.
+#[test]
+fn ipv6_neighbour_discovery_passes_a_deny_all_policy() {
+    require_vpp!();
+    let (dir, vpp, ts1, ts2) = seed_rig("nd", 0);
+    let manifests = seed_manifests(&dir, &ts2.vpp_if, 5978);
+    // Deny all ingress to ts2: a NetworkPolicy without ingress rules.
+    std::fs::write(
+        manifests.join("networkpolicy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-all\n  \
+         namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      role: receiver\n  \
+         policyTypes:\n    - Ingress\n",
+    )
+    .unwrap();
+    let agent = Agent::start(&vpp, &manifests, &dir, &[]);
+    wait_for(WAIT, "the plugin to police ts2", || {
+        vpp.ctl("show capo interfaces").contains(&ts2.vpp_if)
+    });
+    let rules = vpp.ctl("show capo rules");
+    assert!(!rules.contains("dst==5978"), "deny-all in force:\n{rules}");
+    assert!(
+        !vpp.ctl("show ip neighbors").contains(&ts2.ip6),
+        "fresh start: VPP must not know ts2 yet"
+    );
+    // An echo to ts2 makes VPP resolve it: the solicitation passes, the echo does not.
+    assert!(
+        !ping(&ts1, &ts2.ip6, 2),
+        "ICMPv6 echo to ts2 must be denied"
+    );
+    wait_for(WAIT, "VPP to learn ts2's address", || {
+        vpp.ctl("show ip neighbors").contains(&ts2.ip6)
+    });
+    let errors = vpp.ctl("show errors");
+    assert!(
+        errors
+            .lines()
+            .any(|l| l.contains("capo-ip6-out") && l.contains("denied by policy")),
+        "{errors}"
+    );
+    // ts2 resolves VPP's address too, and its own echo (egress allowed) is answered.
+    assert!(
+        ping(&ts2, &ts2.gw6, 2),
+        "ts2 must reach its gateway over IPv6"
+    );
+    let neigh = String::from_utf8_lossy(
+        &ts2.exec(&["ip", "-6", "neigh", "show", &ts2.gw6])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        neigh.contains("lladdr") && !neigh.contains("FAILED"),
+        "{neigh}"
+    );
+    // capoctl's trace names the decision.
+    let (_, trace, _) = agent.capoctl(&[
+        "trace",
+        "--from",
+        &ts1.ip6,
+        "--to",
+        &ts2.ip6,
+        "--proto",
+        "icmpv6",
+        "--icmp-type",
+        "135",
+    ]);
+    assert!(
+        trace.contains("allowed before policy: neighbour discovery"),
+        "{trace}"
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -309,6 +309,13 @@ pub enum Origin {
     },
     /// No profile matched: drop.
     NoProfileMatched,
+    /// IPv6 neighbour discovery, accepted before the workload's policy
+    /// ([`capo_policy::eval::NEIGHBOUR_DISCOVERY_ICMPV6_TYPES`]); the index is the
+    /// type's position there.
+    NeighbourDiscovery {
+        /// Position in the type list.
+        index: usize,
+    },
 }
 
 /// One entry of a flattened list.
@@ -434,6 +441,9 @@ pub fn lower(state: &State, ids: &IdTable, generation: u64) -> OffloadProgram {
                 flat.tiers(&hep.forward_tiers, Direction::Ingress, true, true);
             }
         }
+        // After the uplink's stage (host endpoint policy sees neighbour discovery),
+        // before the workload's: no NIC rule of the workload's may drop it.
+        flat.neighbour_discovery();
         flat.tiers(&wep.tiers, Direction::Ingress, true, false);
         flat.profiles(&wep.profile_ids, Direction::Ingress);
         let entries = flat.out;
@@ -577,6 +587,37 @@ impl Flattener<'_> {
             }
         }
         self.push_deny_all(Origin::NoProfileMatched);
+    }
+
+    /// Neighbour discovery to the workload: allowed before its policy.
+    fn neighbour_discovery(&mut self) {
+        let Ok(all_v6) = "::/0".parse::<capo_policy::Cidr>() else {
+            return;
+        };
+        let v6 = AddrSet::from_cidrs(&[all_v6]);
+        let dst = self.dst.intersect(&v6);
+        for (index, t) in capo_policy::eval::NEIGHBOUR_DISCOVERY_ICMPV6_TYPES
+            .iter()
+            .enumerate()
+        {
+            let m = Match {
+                src: v6.clone(),
+                dst: dst.clone(),
+                proto: Some(capo_policy::Protocol::ICMPV6.0),
+                icmp: Some((*t, None)),
+                ..Match::any()
+            };
+            if m.is_empty() {
+                return;
+            }
+            self.out.push(Entry {
+                origin: Origin::NeighbourDiscovery { index },
+                kind: EntryKind::Allow,
+                exact: Ok(m.clone()),
+                approx: m,
+                rule: None,
+            });
+        }
     }
 
     /// A match-all drop (end of tier, no profile matched): hardware may drop TCP

@@ -378,7 +378,7 @@ pub fn plan(
         for (e, entry) in dom.entries.iter().enumerate() {
             let rid = match &entry.origin {
                 Origin::Rule { rule_id, .. } | Origin::EndOfTier { rule_id, .. } => *rule_id,
-                Origin::NoProfileMatched => None,
+                Origin::NoProfileMatched | Origin::NeighbourDiscovery { .. } => None,
             };
             if rid.is_some_and(|r| {
                 hits.rules
@@ -479,7 +479,7 @@ pub fn plan(
             };
             let rid = match &entry.origin {
                 Origin::Rule { rule_id, .. } | Origin::EndOfTier { rule_id, .. } => *rule_id,
-                Origin::NoProfileMatched => None,
+                Origin::NoProfileMatched | Origin::NeighbourDiscovery { .. } => None,
             };
             if let Some(h) = rid.and_then(|r| hits.rules.get(&(dom.workload.clone(), r))) {
                 let per = (*h / list.len().max(1) as u64).max(u64::from(*h > 0));

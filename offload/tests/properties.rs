@@ -299,7 +299,9 @@ fn random_probes(seed: u64, n: usize) -> Vec<Probe> {
                 5 => (
                     if v6 { Protocol::ICMPV6 } else { Protocol::ICMP },
                     L4::Icmp {
-                        icmp_type: [8, 0][rng.below(2) as usize],
+                        // Echo, echo reply, and (over IPv6) neighbour discovery,
+                        // which no NIC rule of a workload's may drop.
+                        icmp_type: [8, 0, 135, 136][rng.below(4) as usize],
                         code: rng.below(2) as u8,
                     },
                 ),

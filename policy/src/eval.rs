@@ -100,6 +100,36 @@ pub enum InternalPolicy {
     AllowFromHost,
     /// On uplinks, traffic to the host is left to the host-facing interface.
     AllowToHost,
+    /// IPv6 neighbour discovery and MLD on a workload's link, accepted before any
+    /// policy ([`NEIGHBOUR_DISCOVERY_ICMPV6_TYPES`]; the index is the type's position).
+    NeighbourDiscovery,
+}
+
+/// The ICMPv6 types Felix accepts before policy: MLD query, report and done (130–132),
+/// router solicitation (133), neighbour solicitation and advertisement (135, 136).
+/// Router advertisements (134), redirects (137) and MLDv2 reports (143) meet policy.
+///
+/// Felix's iptables/nftables rules accept them first in `cali-wl-to-host`
+/// (`DefaultRuleRenderer.ICMPv6Filter`, IPv6 only), before the workload's egress
+/// policy and `DefaultEndpointToHostAction`, while host → workload traffic is not
+/// policed at all; its eBPF programs skip policy for them in both directions
+/// (`tc.c`, `do_policy`). So on a workload's link these never meet policy, whether
+/// the workload has policies or not. capo applies that on workload interfaces, both
+/// directions; host endpoints' policy still sees them (as in the iptables dataplane).
+pub const NEIGHBOUR_DISCOVERY_ICMPV6_TYPES: [u8; 6] = [130, 131, 132, 133, 135, 136];
+
+/// The position in [`NEIGHBOUR_DISCOVERY_ICMPV6_TYPES`] of the packet's ICMPv6 type,
+/// if it is one of them.
+pub fn neighbour_discovery(pkt: &Packet) -> Option<usize> {
+    if pkt.protocol != Protocol::ICMPV6 || pkt.family() != IpFamily::V6 {
+        return None;
+    }
+    match pkt.l4 {
+        L4::Icmp { icmp_type, .. } => NEIGHBOUR_DISCOVERY_ICMPV6_TYPES
+            .iter()
+            .position(|t| *t == icmp_type),
+        _ => None,
+    }
 }
 
 /// What decided a verdict.
@@ -406,6 +436,14 @@ pub fn evaluate_workload(
     pkt: &Packet,
 ) -> Option<Outcome> {
     let wep = state.workloads().get(key)?;
+    if let Some(i) = neighbour_discovery(pkt) {
+        return Some(internal(
+            Verdict::Allow,
+            InternalPolicy::NeighbourDiscovery,
+            i,
+            Vec::new(),
+        ));
+    }
     // allow-from-host: Felix never polices the node's own traffic to its workloads
     // (kubelet probes). The views print it in front of the ingress policies, where
     // CalicoVPP's policy#2 sits; without ingress policies it is not printed.

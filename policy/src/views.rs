@@ -72,12 +72,14 @@ impl InternalPolicyId {
         }
     }
 
-    fn of(p: InternalPolicy) -> Self {
+    /// The printed policy of an internal decider (`None`: not a printed policy).
+    fn of(p: InternalPolicy) -> Option<Self> {
         match p {
-            InternalPolicy::WorkloadsToHost => InternalPolicyId::WorkloadsToHost,
-            InternalPolicy::Failsafe => InternalPolicyId::Failsafe,
-            InternalPolicy::AllowFromHost => InternalPolicyId::AllowFromHost,
-            InternalPolicy::AllowToHost => InternalPolicyId::AllowToHost,
+            InternalPolicy::WorkloadsToHost => Some(InternalPolicyId::WorkloadsToHost),
+            InternalPolicy::Failsafe => Some(InternalPolicyId::Failsafe),
+            InternalPolicy::AllowFromHost => Some(InternalPolicyId::AllowFromHost),
+            InternalPolicy::AllowToHost => Some(InternalPolicyId::AllowToHost),
+            InternalPolicy::NeighbourDiscovery => None,
         }
     }
 }
@@ -929,8 +931,19 @@ impl<'a> Views<'a> {
                 numbered(PolicyRef::Profile(profile.clone()), *direction, *index)
             ),
             Decider::NoProfileMatched => "no profile rule matched: deny".to_string(),
+            Decider::Internal {
+                policy: InternalPolicy::NeighbourDiscovery,
+                index,
+            } => format!(
+                "allowed before policy: neighbour discovery (ICMPv6 type {})",
+                crate::eval::NEIGHBOUR_DISCOVERY_ICMPV6_TYPES
+                    .get(*index)
+                    .map_or_else(|| "?".to_string(), u8::to_string)
+            ),
             Decider::Internal { policy, index } => {
-                let id = InternalPolicyId::of(*policy);
+                let Some(id) = InternalPolicyId::of(*policy) else {
+                    return format!("internal {policy:?}");
+                };
                 let (dir, index) = match (policy, index) {
                     (InternalPolicy::AllowFromHost, 1) => (Direction::Egress, 0),
                     (InternalPolicy::Failsafe, i) => {
@@ -948,6 +961,7 @@ impl<'a> Views<'a> {
                     InternalPolicy::Failsafe => "failsafe",
                     InternalPolicy::AllowFromHost => "allow-from-host",
                     InternalPolicy::AllowToHost => "allow-to-host",
+                    InternalPolicy::NeighbourDiscovery => "neighbour-discovery",
                 };
                 format!("{name}: {}", numbered(PolicyRef::Internal(id), dir, index))
             }

@@ -2086,3 +2086,48 @@ fn forwarded_traffic_is_policed_by_the_uplinks_named_host_endpoint_before_the_wi
     );
     assert_ne!(eth0, any);
 }
+
+/// IPv6 neighbour discovery and MLD (ICMPv6 130–133, 135, 136) on a workload's link
+/// are accepted before its policy, in both directions, as Felix does
+/// (`cali-wl-to-host`'s ICMPv6 filter; the eBPF programs' policy skip). Router
+/// advertisements, redirects, MLDv2 reports and echo still meet policy, and so does
+/// ICMP (v4) with the same type numbers.
+#[test]
+fn neighbour_discovery_is_allowed_before_workload_policy() {
+    let mut w = World::new();
+    let p = gnp("deny-all");
+    w.policy(&p, "t1", vec![deny()], vec![deny()]);
+    let wep = w.workload(
+        "b",
+        &["10.65.0.2/32", "fd00::2/128"],
+        vec![tier("t1", &[&p], &[&p])],
+        &[],
+    );
+    let (peer, own) = ("fe80::1", "fd00::2");
+    for (i, t) in [130u8, 131, 132, 133, 135, 136].into_iter().enumerate() {
+        for (dir, src, dst) in [(Ingress, peer, own), (Egress, own, peer)] {
+            expect(
+                &w.wl(&wep, dir, &icmp(src, dst, t, 0)),
+                Allow,
+                internal(InternalPolicy::NeighbourDiscovery, i),
+            );
+        }
+    }
+    for t in [128u8, 129, 134, 137, 143] {
+        let o = w.wl(&wep, Ingress, &icmp(peer, own, t, 0));
+        assert_eq!(o.verdict, Deny, "ICMPv6 type {t}: {o:?}");
+    }
+    let o = w.wl(&wep, Ingress, &icmp("10.65.0.9", "10.65.0.2", 135, 0));
+    assert_eq!(o.verdict, Deny, "ICMP (v4) type 135 is not ND: {o:?}");
+    // Also without any policy or profile (where everything else is dropped).
+    let bare = w.workload("c", &["fd00::3/128"], vec![], &[]);
+    expect(
+        &w.wl(&bare, Ingress, &icmp(peer, "fd00::3", 135, 0)),
+        Allow,
+        internal(InternalPolicy::NeighbourDiscovery, 4),
+    );
+    assert_eq!(
+        w.wl(&bare, Ingress, &icmp(peer, "fd00::3", 128, 0)).verdict,
+        Deny
+    );
+}

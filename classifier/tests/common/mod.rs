@@ -358,7 +358,15 @@ pub fn packet() -> impl Strategy<Value = Packet> {
         0..PORTS.len(),
         0..PORTS.len(),
         0..4usize,
-        prop_oneof![Just(0u8), Just(8), Just(128)],
+        prop_oneof![
+            Just(0u8),
+            Just(8),
+            Just(128),
+            Just(133),
+            Just(134),
+            Just(135),
+            Just(136)
+        ],
         0u8..2,
     )
         .prop_map(|(s, d, p, sp, dp, kind, t, c)| {

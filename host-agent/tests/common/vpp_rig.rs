@@ -62,7 +62,7 @@ pub fn missing() -> Option<String> {
     if !ok {
         return Some("`ip netns add` failed: no network namespaces here".into());
     }
-    for tool in ["nc", "ip"] {
+    for tool in ["nc", "ip", "ping"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -70,7 +70,7 @@ pub fn missing() -> Option<String> {
             .map_or(true, |s| !s.success())
         {
             return Some(format!(
-                "{tool} is not installed (apt-get install netcat-openbsd iproute2)"
+                "{tool} is not installed (apt-get install netcat-openbsd iproute2 iputils-ping)"
             ));
         }
     }
@@ -289,25 +289,12 @@ impl Pod {
             "nodad",
         ]);
         inside(&["-6", "route", "add", "default", "via", gw6]);
-        // VPP's IPv6 neighbour solicitations towards a pod meet the pod's ingress
-        // policy (capo issue "IPv6 neighbour discovery"); static entries keep this
-        // test about the policy, not about ND.
-        inside(&[
-            "-6",
-            "neigh",
-            "add",
-            gw6,
-            "lladdr",
-            &pod.vpp_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
+        // No static neighbours: IPv6 neighbour discovery crosses capo's nodes, and
+        // must pass whatever the pod's policy (Felix accepts it before policy).
         pod
     }
 
-    /// Attaches the pod to VPP: host-interface, addresses, static IPv6 neighbour.
+    /// Attaches the pod to VPP: host-interface and addresses.
     pub fn attach(&self, vpp: &Vpp) {
         vpp.ctl(&format!(
             "create host-interface name {} hw-addr {}",
@@ -321,10 +308,6 @@ impl Pod {
         vpp.ctl(&format!(
             "set interface ip address {} {}/112",
             self.vpp_if, self.gw6
-        ));
-        vpp.ctl(&format!(
-            "set ip neighbor {} {} {} static",
-            self.vpp_if, self.ip6, self.mac
         ));
     }
 
@@ -443,6 +426,15 @@ pub fn send(pod: &Pod, dst: &str, port: u16, data: &str) -> bool {
         let _ = writeln!(stdin, "{data}");
     }
     child.wait().unwrap().success()
+}
+
+/// `ping -c COUNT -W 1 DST` from `pod`: whether any reply came back.
+pub fn ping(pod: &Pod, dst: &str, count: u32) -> bool {
+    pod.exec(&["ping", "-n", "-c", &count.to_string(), "-W", "1", dst])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A running capo-agent.
