@@ -5,7 +5,8 @@
 //! - tier `default`, order 1000, kind `KubernetesNetworkPolicy`;
 //! - selectors gain `projectcalico.org/orchestrator == 'k8s'`; an empty
 //!   namespace selector becomes `all()`;
-//! - `policyTypes` empty means Ingress; rules of a direction not listed are
+//! - `policyTypes` empty means Ingress, plus Egress when `egress` has rules (the
+//!   API server's defaulting); rules of a direction not listed are
 //!   still converted (Felix sends them, but no tier lists the policy for that
 //!   direction);
 //! - one rule per protocol (protocols sorted) × peer, each carrying all that
@@ -371,7 +372,10 @@ pub(crate) fn network_policy(
         }
     }
     if !ingress && !egress {
+        // The API server's defaulting (SetDefaults_NetworkPolicySpec), which Calico
+        // sees: Ingress, plus Egress when the policy has egress rules.
         ingress = true;
+        egress = !spec.items("egress")?.is_empty();
     }
     Ok(Policy {
         kind,

@@ -589,3 +589,67 @@ spec:
     assert!(s3.ip_sets().is_empty());
     assert_eq!(s3.config()["FelixHostname"], "node-3");
 }
+
+/// Without `policyTypes` the API server defaults to Ingress, plus Egress when the
+/// policy has egress rules: a policy with only egress rules isolates egress (it must
+/// not fail open), and one with both lists isolates both.
+#[test]
+fn omitted_policy_types_default_as_the_api_server_does() {
+    let s = cluster_with(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-only, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  egress:
+    - to:
+        - podSelector: {matchLabels: {pod: b}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: both, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+    - from:
+        - podSelector: {matchLabels: {pod: a}}
+  egress:
+    - to:
+        - podSelector: {matchLabels: {pod: a}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: ingress-only, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  egress: []
+",
+    );
+    let t = |pod: &str| tiers(&wep(&s, "x", pod).tiers);
+    let names = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    // egress-only: Ingress (always) and Egress (it has egress rules).
+    assert_eq!(t("a")[0].1, names(&["egress-only"]));
+    assert_eq!(t("a")[0].2, names(&["egress-only"]));
+    assert_eq!(t("b")[0].1, names(&["both"]));
+    assert_eq!(t("b")[0].2, names(&["both"]));
+    // An empty egress list is no egress rule: Ingress only.
+    assert_eq!(t("c")[0].1, names(&["ingress-only"]));
+    assert!(t("c")[0].2.is_empty(), "{:?}", t("c"));
+    // Egress from x/a is isolated: only x/b is reachable.
+    check_matrix(
+        &s,
+        &xyz_pods(),
+        &expect(
+            TCP,
+            80,
+            vec![
+                ("x/a", "x/b", true),
+                ("x/a", "*", false),
+                ("*", "x/a", false),
+                ("x/b", "*", false),
+                ("*", "x/b", false),
+                ("*", "x/c", false),
+            ],
+        ),
+    );
+}
