@@ -561,47 +561,8 @@ pub fn serve_felix_fds(daemon: &SharedDaemon, require_fd4: bool) -> u8 {
 }
 
 /// Binds a unix socket at `path` with `mode` (and group `gid`) set before anyone can
-/// connect: the socket is made in a private directory beside `path`, given its mode
-/// and group, then moved into place. A stale socket left by a previous run is
-/// replaced; a socket in use, or anything that is not a socket, is an error.
-pub fn bind_unix_socket(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by another process", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let private = dir.join(format!(".capo-bind-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&private);
-    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
-    let staged = private.join("sock");
-    let result = (|| {
-        let listener = UnixListener::bind(&staged)?;
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
-        if let Some(gid) = gid {
-            std::os::unix::fs::chown(&staged, None, Some(gid))?;
-        }
-        std::fs::rename(&staged, path)?;
-        Ok(listener)
-    })();
-    let _ = std::fs::remove_dir_all(&private);
-    result
-}
+/// connect; see [`capo_socket::bind`].
+pub use capo_socket::bind as bind_unix_socket;
 
 /// Binds the Felix socket (mode 0660), replacing a stale socket file left by a
 /// previous run.

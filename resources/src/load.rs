@@ -80,8 +80,7 @@ pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, Error> {
         if !meta.is_file() {
             return Err(refused(
                 path,
-                "not a regular file or directory (a FIFO, socket or device is never read)"
-                    .into(),
+                "not a regular file or directory (a FIFO, socket or device is never read)".into(),
             ));
         }
         return Ok(vec![path.to_path_buf()]);

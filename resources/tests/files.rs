@@ -25,11 +25,21 @@ fn scratch(name: &str) -> PathBuf {
 fn configmap(dir: &Path) {
     let stamp = dir.join("..2026_12_03_08_00_00.123456789");
     std::fs::create_dir_all(&stamp).unwrap();
-    for f in ["namespace.yaml", "nodes.yaml", "pods.yaml", "networkpolicy.yaml"] {
+    for f in [
+        "namespace.yaml",
+        "nodes.yaml",
+        "pods.yaml",
+        "networkpolicy.yaml",
+    ] {
         std::fs::copy(seed().join(f), stamp.join(f)).unwrap();
     }
     symlink("..2026_12_03_08_00_00.123456789", dir.join("..data")).unwrap();
-    for f in ["namespace.yaml", "nodes.yaml", "pods.yaml", "networkpolicy.yaml"] {
+    for f in [
+        "namespace.yaml",
+        "nodes.yaml",
+        "pods.yaml",
+        "networkpolicy.yaml",
+    ] {
         symlink(format!("..data/{f}"), dir.join(f)).unwrap();
     }
 }
@@ -40,7 +50,10 @@ fn a_configmap_volume_loads_each_file_once() {
     configmap(&dir);
     let files = manifest_files(&dir).unwrap();
     assert_eq!(files.len(), 4, "{files:?}");
-    assert!(files.iter().all(|f| !f.to_string_lossy().contains("..")), "{files:?}");
+    assert!(
+        files.iter().all(|f| !f.to_string_lossy().contains("..")),
+        "{files:?}"
+    );
     let res = Resources::load(&[&dir]).unwrap();
     let direct = Resources::load(&[seed()]).unwrap();
     let (a, b) = (
@@ -77,14 +90,22 @@ fn fifos_and_devices_are_refused_not_read() {
         .unwrap();
     assert!(status.success());
     let err = Resources::load(&[&dir]).unwrap_err().to_string();
-    assert!(err.contains("stuck.yaml") && err.contains("not a regular file"), "{err}");
+    assert!(
+        err.contains("stuck.yaml") && err.contains("not a regular file"),
+        "{err}"
+    );
     std::fs::remove_file(dir.join("stuck.yaml")).unwrap();
 
     symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
     let err = Resources::load(&[&dir]).unwrap_err().to_string();
-    assert!(err.contains("zero.yaml") && err.contains("not a regular file"), "{err}");
+    assert!(
+        err.contains("zero.yaml") && err.contains("not a regular file"),
+        "{err}"
+    );
     // Named directly, too.
-    let err = Resources::load(&[Path::new("/dev/zero")]).unwrap_err().to_string();
+    let err = Resources::load(&[Path::new("/dev/zero")])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a regular file"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

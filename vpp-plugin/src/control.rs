@@ -55,7 +55,6 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -900,12 +899,13 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Binds the control socket: removes a stale socket file, then applies the configured
-/// permissions and group.
+/// Binds the control socket with its configured permissions and group, through
+/// capo's one hardened binder ([`capo_socket::bind`]): only a stale socket is ever
+/// replaced, and nobody can connect before the permissions hold.
 ///
 /// # Errors
 ///
-/// The I/O error of binding, `chmod` or `chown`.
+/// As for [`capo_socket::bind`].
 pub fn bind(cfg: &PluginConfig) -> io::Result<UnixListener> {
     bind_path(&cfg.socket, cfg.socket_mode, cfg.socket_gid)
 }
@@ -914,21 +914,9 @@ pub fn bind(cfg: &PluginConfig) -> io::Result<UnixListener> {
 ///
 /// # Errors
 ///
-/// As for [`bind`].
+/// As for [`capo_socket::bind`].
 pub fn bind_path(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(path, None, Some(gid))?;
-    }
-    Ok(listener)
+    capo_socket::bind(path, mode, gid)
 }
 
 /// Why a connection ended.

@@ -1139,3 +1139,25 @@ fn no_generation_means_dropped_unless_configured_to_pass() {
         }
     }
 }
+
+#[test]
+fn the_control_socket_never_replaces_what_is_not_a_stale_socket() {
+    let dir = std::env::temp_dir().join(format!("capo-vpp-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("capo.sock");
+    std::fs::write(&path, b"not a socket").unwrap();
+    let cfg = PluginConfig {
+        socket: path.clone(),
+        ..PluginConfig::default()
+    };
+    assert!(crate::control::bind(&cfg).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+    std::fs::remove_file(&path).unwrap();
+    // Another instance's live socket is not taken over either.
+    let live = crate::control::bind(&cfg).unwrap();
+    let err = crate::control::bind(&cfg).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    drop(live);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,6 @@
 //! The I/O around a [`Session`]: reading frames from Felix, recording them, and
 //! sending `ProcessStatusUpdate` back.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,14 +37,45 @@ pub enum StreamError {
 /// Writes every received frame verbatim (length header and body), so a recording
 /// replays byte for byte like what Felix wrote to fd 3.
 pub struct Recorder {
-    out: BufWriter<File>,
+    out: BufWriter<std::fs::File>,
 }
 
 impl Recorder {
     /// Creates (truncates) the recording file.
+    ///
+    /// The recording holds the whole policy: it is created owner-only (0600, and an
+    /// existing file is made so), never through a symlink (`O_NOFOLLOW`), and only a
+    /// regular file is truncated and written (a FIFO or device is refused without
+    /// blocking).
     pub fn create(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is a symlink: not followed for a recording",
+                        path.display()
+                    ),
+                ),
+                _ => e,
+            })?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.set_len(0)?;
         Ok(Recorder {
-            out: BufWriter::new(File::create(path)?),
+            out: BufWriter::new(file),
         })
     }
 
@@ -166,5 +196,54 @@ mod tests {
             n += 1;
         }
         assert!(n >= 2, "expected several status frames, got {n}");
+    }
+}
+
+#[cfg(test)]
+mod recorder_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::Recorder;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("capo-rec-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn recordings_are_owner_only_and_never_follow_symlinks() {
+        let d = dir("perm");
+        let rec = d.join("felix.frames");
+        drop(Recorder::create(&rec).unwrap());
+        assert_eq!(mode(&rec), 0o600);
+        // An existing, world-readable file is truncated and made owner-only.
+        std::fs::write(&rec, b"old").unwrap();
+        std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Recorder::create(&rec).unwrap());
+        assert_eq!(mode(&rec), 0o600);
+        assert_eq!(std::fs::metadata(&rec).unwrap().len(), 0);
+        // A symlink planted at the path is refused; its target is untouched.
+        let target = d.join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = d.join("link.frames");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = Recorder::create(&link).err().unwrap();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        // A FIFO is refused without blocking.
+        let fifo = d.join("fifo.frames");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        assert!(Recorder::create(&fifo).is_err());
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
