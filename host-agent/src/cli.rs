@@ -77,6 +77,89 @@ impl View {
     }
 }
 
+/// IANA protocol keywords (as `/etc/protocols` and iptables take them) beyond the
+/// names Calico's rules use, for `capoctl trace|inject --proto`.
+const IANA_PROTOCOLS: &[(&str, u8)] = &[
+    ("hopopt", 0),
+    ("igmp", 2),
+    ("ggp", 3),
+    ("ipip", 4),
+    ("ipencap", 4),
+    ("ipv4", 4),
+    ("st", 5),
+    ("egp", 8),
+    ("igp", 9),
+    ("pup", 12),
+    ("hmp", 20),
+    ("xns-idp", 22),
+    ("rdp", 27),
+    ("iso-tp4", 29),
+    ("dccp", 33),
+    ("xtp", 36),
+    ("ddp", 37),
+    ("idpr-cmtp", 38),
+    ("ipv6", 41),
+    ("ipv6-route", 43),
+    ("ipv6-frag", 44),
+    ("idrp", 45),
+    ("rsvp", 46),
+    ("gre", 47),
+    ("esp", 50),
+    ("ipsec-esp", 50),
+    ("ah", 51),
+    ("ipsec-ah", 51),
+    ("skip", 57),
+    ("ipv6-icmp", 58),
+    ("ipv6-nonxt", 59),
+    ("ipv6-opts", 60),
+    ("rspf", 73),
+    ("vmtp", 81),
+    ("eigrp", 88),
+    ("ospf", 89),
+    ("ospfigp", 89),
+    ("ax.25", 93),
+    ("ipip-ax", 94),
+    ("etherip", 97),
+    ("encap", 98),
+    ("pim", 103),
+    ("ipcomp", 108),
+    ("vrrp", 112),
+    ("l2tp", 115),
+    ("isis", 124),
+    ("fc", 133),
+    ("mobility-header", 135),
+    ("mpls-in-ip", 137),
+    ("manet", 138),
+    ("hip", 139),
+    ("shim6", 140),
+    ("wesp", 141),
+    ("rohc", 142),
+    ("ethernet", 143),
+];
+
+/// `--proto`: Calico's names (`tcp`, `udp`, `sctp`, `icmp`, `icmpv6`, `udplite`), an
+/// IANA keyword (`gre`, `esp`, `ah`, `ipip`, …) or a number 0–255.
+///
+/// # Errors
+///
+/// A message naming the value and what is accepted.
+pub fn protocol_arg(name: &str) -> Result<Protocol, String> {
+    if let Ok(p) = Protocol::from_name(name) {
+        return Ok(p);
+    }
+    let lower = name.to_ascii_lowercase();
+    IANA_PROTOCOLS
+        .iter()
+        .find(|(n, _)| *n == lower)
+        .map(|(_, n)| Protocol(*n))
+        .ok_or_else(|| {
+            format!(
+                "--proto: {name:?} is not a protocol: use tcp, udp, sctp, icmp, icmpv6, \
+                 udplite, an IANA name (gre, esp, ah, ipip, ospf, …) or a number 0-255"
+            )
+        })
+}
+
 /// Builds a packet from trace arguments; the error names the bad argument.
 pub fn packet(
     from: IpAddr,
@@ -92,7 +175,7 @@ pub fn packet(
             "--from {from} and --to {to} are of different IP families"
         ));
     }
-    let protocol = Protocol::from_name(proto).map_err(|e| format!("--proto: {e}"))?;
+    let protocol = protocol_arg(proto)?;
     let l4 = if protocol.is_icmp() {
         if sport.is_some() || dport.is_some() {
             return Err("--sport/--dport do not apply to ICMP: use --icmp-type/--icmp-code".into());
@@ -257,5 +340,30 @@ mod tests {
         assert!(parse_interface_index("tun3").is_err());
         assert!(parse_interface_index("=3").is_err());
         assert!(parse_interface_index("tun3=x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use super::*;
+
+    #[test]
+    fn protocols_by_calico_name_iana_keyword_or_number() {
+        for (name, n) in [
+            ("tcp", 6),
+            ("icmpv6", 58),
+            ("ipv6-icmp", 58),
+            ("gre", 47),
+            ("ESP", 50),
+            ("ah", 51),
+            ("ipip", 4),
+            ("ospf", 89),
+            ("vrrp", 112),
+            ("255", 255),
+        ] {
+            assert_eq!(protocol_arg(name).unwrap(), Protocol(n), "{name}");
+        }
+        assert!(protocol_arg("256").is_err());
+        assert!(protocol_arg("bogus").unwrap_err().contains("IANA"));
     }
 }

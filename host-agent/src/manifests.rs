@@ -62,20 +62,35 @@ pub fn resolve(
         })
 }
 
-/// Resolves a trace's two ends; the first that is an IP address fixes the family.
+/// Resolves a trace's two ends. `family_v6` (`--family 4|6`) picks the family of
+/// pods' addresses; without it, the first end that is an IP address fixes the family,
+/// else IPv4 is preferred.
 pub fn resolve_pair(
     res: Option<&Resources>,
     from: &str,
     to: &str,
+    family_v6: Option<bool>,
 ) -> Result<(IpAddr, IpAddr), String> {
-    let (from_ip, to_ip) = match (from.parse::<IpAddr>(), to.parse::<IpAddr>()) {
-        (Ok(f), _) => (f, resolve(res, to, Some(f.is_ipv6()))?),
-        (_, Ok(t)) => (resolve(res, from, Some(t.is_ipv6()))?, t),
+    let (from_ip, to_ip) = match (family_v6, from.parse::<IpAddr>(), to.parse::<IpAddr>()) {
+        (Some(v6), _, _) => (resolve(res, from, Some(v6))?, resolve(res, to, Some(v6))?),
+        (None, Ok(f), _) => (f, resolve(res, to, Some(f.is_ipv6()))?),
+        (None, _, Ok(t)) => (resolve(res, from, Some(t.is_ipv6()))?, t),
         _ => {
             let f = resolve(res, from, Some(false)).or_else(|_| resolve(res, from, None))?;
             (f, resolve(res, to, Some(f.is_ipv6()))?)
         }
     };
+    if let Some(v6) = family_v6 {
+        for ip in [from_ip, to_ip] {
+            if ip.is_ipv6() != v6 {
+                return Err(format!(
+                    "{ip} is not an IPv{} address (--family {})",
+                    if v6 { 6 } else { 4 },
+                    if v6 { 6 } else { 4 }
+                ));
+            }
+        }
+    }
     Ok((from_ip, to_ip))
 }
 

@@ -321,3 +321,85 @@ fn trace_names_neighbour_discovery() {
     let (_, out, _) = run(args("128"));
     assert!(out.starts_with("DENY"), "{out}");
 }
+
+/// `trace --proto` takes IANA names as iptables does, and `--family 6` picks pods'
+/// IPv6 addresses.
+#[test]
+fn trace_takes_iana_protocol_names_and_a_family() {
+    let seed = seed_dir();
+    let seed = seed.to_str().unwrap();
+    let base = [
+        "--resources",
+        seed,
+        "--node",
+        "kind-worker2",
+        "trace",
+        "--from",
+        "default/ts1",
+        "--to",
+        "default/ts2",
+    ];
+    for name in ["gre", "esp", "ah", "ipip", "GRE", "47"] {
+        let mut a = base.to_vec();
+        a.extend(["--proto", name]);
+        let (rc, out, err) = capoctl(&a);
+        assert_eq!(rc, 0, "{name}: {err}");
+        assert!(out.starts_with("DENY"), "{name}: {out}");
+    }
+    let mut a = base.to_vec();
+    a.extend(["--proto", "nosuch"]);
+    let (rc, _, err) = capoctl(&a);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("\"nosuch\" is not a protocol") && err.contains("IANA"),
+        "{err}"
+    );
+    let mut a = base.to_vec();
+    a.extend(["--proto", "tcp", "--dport", "5978", "--family", "6"]);
+    let (rc, out, err) = capoctl(&a);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.starts_with("ALLOW"), "{out}");
+    // The family holds for both ends: an IPv4 address does not mix with --family 6.
+    let (rc, _, err) = capoctl(&[
+        "--resources",
+        seed,
+        "--node",
+        "kind-worker2",
+        "trace",
+        "--from",
+        "default/ts1",
+        "--to",
+        "11.0.0.67",
+        "--proto",
+        "tcp",
+        "--family",
+        "6",
+    ]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("11.0.0.67 is not an IPv6 address"), "{err}");
+}
+
+/// Without --node the node has no address: allow-from-host matches nothing and is not
+/// printed (bare, `[rule#0;allow][]` would read as allow-all).
+#[test]
+fn without_a_node_allow_from_host_is_not_printed_as_allow_all() {
+    let seed = seed_dir();
+    let seed = seed.to_str().unwrap();
+    let (rc, view, err) = capoctl(&["--resources", seed, "show", "capo", "interfaces"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!view.contains("[policy#2]"), "{view}");
+    assert!(!view.contains("[rule#0;allow][]"), "{view}");
+    let (_, rules, _) = capoctl(&["--resources", seed, "show", "capo", "rules"]);
+    assert!(!rules.contains("[rule#0;allow][]"), "{rules}");
+    // With the node, the seed's policy#2 is there as before.
+    let (_, view, _) = capoctl(&[
+        "--resources",
+        seed,
+        "--node",
+        "kind-worker2",
+        "show",
+        "capo",
+        "interfaces",
+    ]);
+    assert!(view.contains("[policy#2]"), "{view}");
+}

@@ -435,6 +435,17 @@ impl<'a> Views<'a> {
     }
 
     fn internal_rules(&self, p: InternalPolicyId, dir: Direction) -> Vec<Numbered<'static>> {
+        // Without a node address (manifests without --node) the rules on the host's
+        // addresses match nothing: they are not listed (printed bare they would read
+        // as allow-all).
+        let on_host_addrs = matches!(
+            (p, dir),
+            (InternalPolicyId::AllowFromHost, Direction::Ingress)
+                | (InternalPolicyId::AllowToHost, _)
+        );
+        if on_host_addrs && self.state.local_host_addrs().is_empty() {
+            return Vec::new();
+        }
         let mut rule = match (p, dir) {
             (InternalPolicyId::AllowFromHost, Direction::Ingress) => {
                 let mut r = Rule::any(Action::Allow);
@@ -760,7 +771,10 @@ impl<'a> Views<'a> {
             let v6 = wep.ipv6_nets.first().map(|n| n.net().addr());
             let mut b = header(self.ids.shown_name(&wep.name), idx, false, v4, v6);
             let mut tx = Vec::new();
-            if has_enforced_policies(&wep.tiers, Direction::Ingress) {
+            // allow-from-host, when the node has an address it could match.
+            if has_enforced_policies(&wep.tiers, Direction::Ingress)
+                && !self.state.local_host_addrs().is_empty()
+            {
                 tx.push(Item::Policy(PolicyRef::Internal(
                     InternalPolicyId::AllowFromHost,
                 )));

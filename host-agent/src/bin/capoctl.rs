@@ -130,6 +130,10 @@ enum Command {
         to: String,
         #[command(flatten)]
         l4: L4Args,
+        /// The address family of NAMESPACE/POD ends: 4 or 6 (default: the family of an
+        /// end given as an address, else 4).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["4", "6"]))]
+        family: Option<String>,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -276,6 +280,7 @@ fn run(cli: Cli) -> Result<String, String> {
             from,
             to,
             l4,
+            family,
             json,
         } => {
             let (res, r) = match (replay, resources.is_empty()) {
@@ -302,7 +307,8 @@ fn run(cli: Cli) -> Result<String, String> {
                     )
                 }
             };
-            let (from, to) = manifests::resolve_pair(res.as_ref(), &from, &to)?;
+            let family_v6 = family.as_deref().map(|f| f == "6");
+            let (from, to) = manifests::resolve_pair(res.as_ref(), &from, &to, family_v6)?;
             let pkt = l4.packet(from, to)?;
             let t = capo_policy::trace(&r.state, &pkt);
             if json {
