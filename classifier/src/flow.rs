@@ -480,6 +480,28 @@ impl Worker {
         }
     }
 
+    /// Records a packet that was allowed without this worker classifying it (a NIC
+    /// allow verdict of a generation software holds), so that the flow table holds
+    /// what Calico's conntrack would: the flow's later packets and its replies are
+    /// flow-table hits, whichever path decides them. A packet of a known flow
+    /// refreshes it; otherwise the flow is created.
+    pub fn admit(&mut self, generation: &Generation, input: &Input, now: Timestamp) {
+        let c = &*self.counters;
+        let now = now.0;
+        let Input {
+            sw_if_index,
+            dir,
+            packet,
+            ..
+        } = *input;
+        match self.flows.lookup(sw_if_index, dir, &packet, now, c) {
+            Lookup::Hit(slot, reply) => self.flows.touch(slot, reply, packet.tcp_flags, now),
+            Lookup::Miss => self
+                .flows
+                .insert(sw_if_index, dir, &packet, generation.id(), now, c),
+        }
+    }
+
     /// Decides one packet.
     pub fn process_one(
         &mut self,

@@ -241,3 +241,31 @@ fn established_flows_keep_or_revalidate_across_generations() {
         );
     }
 }
+
+/// A first packet the NIC allowed (software never classified it) leaves the same
+/// flow as one software allowed: its reply, which egress policy alone would deny,
+/// passes, and its later packets are hits.
+#[test]
+fn flows_the_nic_allowed_pass_their_replies() {
+    let (_, ids, b) = setup(80);
+    let g = b.current().unwrap().clone();
+    let counters = Counters::new();
+    let mut w = Worker::new(FlowConfig::default(), &counters);
+    let t = Timestamp::from_secs(1);
+    let p = syn(2000, 80);
+    // Without admitting it, the reply meets egress policy and is denied.
+    assert_eq!(
+        w.process_one(&g, &input(&ids, Direction::Egress, reply_of(&p)), t),
+        Verdict::Deny
+    );
+    w.admit(&g, &input(&ids, Direction::Ingress, p), t);
+    assert_eq!(w.flows().len(), 1);
+    assert_eq!(
+        w.process_one(&g, &input(&ids, Direction::Egress, reply_of(&p)), t),
+        Verdict::Allow
+    );
+    // Admitting a packet of a known flow refreshes it; no second flow.
+    w.admit(&g, &input(&ids, Direction::Ingress, p), t);
+    assert_eq!(w.flows().len(), 1);
+    assert_eq!(counters.flows().created, 1);
+}

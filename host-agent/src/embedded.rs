@@ -353,6 +353,11 @@ impl PolicySink for Embedded {
                             worker.process_one(&generation, input, now)
                         },
                     );
+                    if hw && v == Verdict::Allow {
+                        // What the NIC allowed leaves a flow, as software's allows do:
+                        // its replies and later packets pass statefully.
+                        worker.admit(&generation, input, now);
+                    }
                     if hw {
                         reply.nic_decided += 1;
                         let e = nic_verdicts.entry((sw_if_index, dir)).or_default();

@@ -28,11 +28,15 @@ impl Drop for Agent {
 }
 
 fn start(name: &str, extra: &[&str]) -> Agent {
+    start_with(name, &seed_dir(), extra)
+}
+
+/// [`start`] on other manifests.
+fn start_with(name: &str, seed: &std::path::Path, extra: &[&str]) -> Agent {
     let dir = std::env::temp_dir().join(format!("capo-api-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let api = dir.join("agent.sock");
-    let seed = seed_dir();
     let mut args = vec![
         "--resources".to_string(),
         seed.to_str().unwrap().into(),
@@ -695,4 +699,74 @@ fn api_socket_group_and_refusal_to_replace_a_regular_file() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The seed with `policyTypes: [Ingress, Egress]` and `--nic sim:mlx5`: once the NIC
+/// allows new connections itself, their replies (which ts2's egress policy denies)
+/// still pass, because a NIC allow leaves a flow as a software allow does.
+#[test]
+fn replies_of_nic_allowed_connections_pass() {
+    let manifests = std::env::temp_dir().join(format!("capo-api-{}-egress-m", std::process::id()));
+    let _ = std::fs::remove_dir_all(&manifests);
+    std::fs::create_dir_all(&manifests).unwrap();
+    for f in ["namespace.yaml", "nodes.yaml", "pods.yaml"] {
+        std::fs::copy(seed_dir().join(f), manifests.join(f)).unwrap();
+    }
+    let np = std::fs::read_to_string(seed_dir().join("networkpolicy.yaml"))
+        .unwrap()
+        .replace("    - Ingress\n", "    - Ingress\n    - Egress\n");
+    assert!(np.contains("- Egress"), "{np}");
+    std::fs::write(manifests.join("networkpolicy.yaml"), np).unwrap();
+    let a = start_with(
+        "egress",
+        &manifests,
+        &["--enable-inject", "--nic", "sim:mlx5"],
+    );
+    let reply_to = |sport: u16| {
+        let pkt = capo_policy::Packet {
+            src: "11.0.0.67".parse().unwrap(),
+            dst: "11.0.0.196".parse().unwrap(),
+            protocol: capo_policy::Protocol::TCP,
+            l4: capo_policy::L4::Ports {
+                src: 5978,
+                dst: sport,
+            },
+        };
+        capo_classifier::build::frame(
+            &pkt,
+            capo_classifier::tcp_flags::SYN | capo_classifier::tcp_flags::ACK,
+        )
+    };
+    rt().block_on(async {
+        let ch = capo_agent::api::connect(&a.api).await.unwrap();
+        let inject = api::inject_client::InjectClient::new(ch);
+        let send = |dir: &str, frames: Vec<Vec<u8>>| {
+            let req = api::InjectRequest {
+                interface: "tun3".into(),
+                direction: dir.into(),
+                frames,
+            };
+            let mut c = inject.clone();
+            async move { c.inject(req).await.unwrap().into_inner() }
+        };
+        // ts2 may not open connections (egress isolated, no egress rule).
+        let r = send("egress", vec![reply_to(39999)]).await;
+        assert_eq!((r.allowed, r.denied), (0, 1));
+        // The first connection: software decides, and the NIC is planned from it.
+        let r = send("ingress", vec![frame_from(40000, 5978)]).await;
+        assert_eq!((r.allowed, r.nic_decided), (1, 0));
+        let r = send("egress", vec![reply_to(40000)]).await;
+        assert_eq!((r.allowed, r.denied), (1, 0), "software's flow");
+        // A second connection: the NIC decides it; its reply passes too.
+        let r = send("ingress", vec![frame_from(41000, 5978)]).await;
+        assert_eq!((r.allowed, r.nic_decided), (1, 1));
+        let r = send("egress", vec![reply_to(41000)]).await;
+        assert_eq!(
+            (r.allowed, r.denied),
+            (1, 0),
+            "the NIC-allowed connection's reply"
+        );
+    });
+    drop(a);
+    let _ = std::fs::remove_dir_all(&manifests);
 }

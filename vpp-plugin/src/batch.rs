@@ -231,6 +231,17 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                 if m.kind == MarkKind::Allow {
                     counts.allowed += 1;
                     counts.nic_accepted += 1;
+                    // The flow the NIC allowed is what Calico's conntrack would keep:
+                    // its replies and later packets pass statefully in software.
+                    if let Ok(parsed) = parse_family::<IP6>(p.bytes) {
+                        let input = Input {
+                            sw_if_index: p.sw_if_index.0,
+                            dir: iface.calico_dir(dir),
+                            packet: parsed,
+                            len: u32::try_from(p.bytes.len()).unwrap_or(u32::MAX),
+                        };
+                        slot.worker.admit(g.classifier(), &input, ctx.now);
+                    }
                     let t = if p.traced {
                         let line = format!(
                             "NIC allow, generation tag {}, plan entry {}",

@@ -1161,3 +1161,63 @@ fn the_control_socket_never_replaces_what_is_not_a_stale_socket() {
     drop(live);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The seed with its policy applied to ts2's egress too (`policyTypes: [Ingress,
+/// Egress]`, no egress rule): ts2 may send nothing but replies of allowed flows.
+fn seed_isolating_egress() -> Vec<pb::ToDataplane> {
+    let mut msgs = seed_updates();
+    for m in &mut msgs {
+        if let Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) = &mut m.payload {
+            for t in u.endpoint.iter_mut().flat_map(|e| e.tiers.iter_mut()) {
+                t.egress_policies = t.ingress_policies.clone();
+            }
+        }
+    }
+    msgs
+}
+
+/// A connection the NIC allowed (its SYN never met software) leaves a flow as one
+/// software allowed: the pod's reply, which its egress policy denies, passes.
+#[test]
+fn replies_of_connections_the_nic_allowed_pass() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)]));
+    let a = applied(core.on_message(generation(1, true, 0, seed_isolating_egress()), 0));
+    assert!(a.ok, "{}", a.error);
+    let mut slot = new_slot(EstablishedFlows::Keep);
+    let mut out = Vec::new();
+    let syn = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 41000, 5978));
+    let reply = ip_bytes_with(
+        &tcp("11.0.0.67", "11.0.0.196", 5978, 41000),
+        tcp_flags::SYN | tcp_flags::ACK,
+    );
+    let rx = |bytes| PacketIn {
+        bytes,
+        sw_if_index: SwIfIndex(11),
+        flow_id: 0,
+        traced: false,
+    };
+    // Without a flow, ts2's reply meets its egress policy: denied.
+    classify_batch::<false, false>(&mut ctx(&plugin, &mut slot, 0), &[rx(&reply)], &mut out);
+    assert_eq!(out[0].next, Next::Drop);
+    // The NIC allows the SYN (a mark of the active generation) ...
+    let marked = PacketIn {
+        bytes: &syn,
+        sw_if_index: SwIfIndex(11),
+        flow_id: NicMarks::default()
+            .encode(Mark {
+                gen_tag: gen_tag(1),
+                kind: MarkKind::Allow,
+                index: 0,
+            })
+            .unwrap(),
+        traced: false,
+    };
+    let c = classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &[marked], &mut out);
+    assert_eq!((c.nic_accepted, out[0].next), (1, Next::NextFeature));
+    // ... and the reply is a flow-table hit.
+    let c =
+        classify_batch::<false, false>(&mut ctx(&plugin, &mut slot, 0), &[rx(&reply)], &mut out);
+    assert_eq!(out[0].next, Next::NextFeature);
+    assert_eq!(c.flow_hits, 1);
+}
