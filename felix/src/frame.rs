@@ -162,6 +162,19 @@ pub enum FrameError {
         /// The reader's cap.
         max: u64,
     },
+    /// The stream's read timeout passed inside a frame: the peer stopped mid-frame.
+    /// (At a frame boundary a timeout is only idleness and reading goes on.)
+    #[error("frame {frame}: the peer stalled after {got} of {wanted} {} bytes", part_name(*.in_header))]
+    Stalled {
+        /// The frame being read.
+        frame: u64,
+        /// Bytes the header or body should have had.
+        wanted: u64,
+        /// Bytes that arrived before the timeout.
+        got: u64,
+        /// Whether it stalled in the 8-byte header rather than the body.
+        in_header: bool,
+    },
     /// Reading or writing the underlying stream failed.
     #[error("frame {frame}: I/O error: {source}")]
     Io {
@@ -187,6 +200,7 @@ impl FrameError {
     pub fn frame(&self) -> u64 {
         match self {
             FrameError::Truncated { frame, .. }
+            | FrameError::Stalled { frame, .. }
             | FrameError::Oversize { frame, .. }
             | FrameError::Io { frame, .. }
             | FrameError::DecodeError { frame, .. } => *frame,
@@ -213,6 +227,8 @@ pub struct FrameReader<R: Read> {
     next_index: u64,
     /// Set once the iterator has yielded an error or end of stream.
     fused: bool,
+    /// A read timeout between frames is idleness, not an error.
+    idle_between_frames: bool,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -228,7 +244,17 @@ impl<R: Read> FrameReader<R> {
             max_len,
             next_index: 0,
             fused: false,
+            idle_between_frames: false,
         }
+    }
+
+    /// Makes the stream's read timeout bound only the time inside a frame: a timeout
+    /// before a frame's first byte is idleness and reading goes on, one after it is
+    /// [`FrameError::Stalled`]. For a peer that may be silent for long between
+    /// messages but must not stop mid-message (Felix).
+    pub fn idle_between_frames(mut self) -> Self {
+        self.idle_between_frames = true;
+        self
     }
 
     /// The cap on a frame's body length.
@@ -255,8 +281,18 @@ impl<R: Read> FrameReader<R> {
     pub fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         let frame = self.next_index;
         let mut header = [0u8; HEADER_LEN];
-        let got = read_full(&mut self.inner, &mut header)
-            .map_err(|source| FrameError::Io { frame, source })?;
+        let got = match read_header(&mut self.inner, &mut header, self.idle_between_frames) {
+            Ok(n) => n,
+            Err((got, source)) if is_timeout(&source) => {
+                return Err(FrameError::Stalled {
+                    frame,
+                    wanted: HEADER_LEN as u64,
+                    got: got as u64,
+                    in_header: true,
+                })
+            }
+            Err((_, source)) => return Err(FrameError::Io { frame, source }),
+        };
         match got {
             0 => return Ok(None),
             HEADER_LEN => {}
@@ -283,10 +319,18 @@ impl<R: Read> FrameReader<R> {
         // `len`, and `read_to_end` extends the buffer only as bytes arrive.
         let initial = usize::try_from(len.min(INITIAL_BODY_CAPACITY)).unwrap_or(0);
         let mut bytes = Vec::with_capacity(initial);
-        (&mut self.inner)
-            .take(len)
-            .read_to_end(&mut bytes)
-            .map_err(|source| FrameError::Io { frame, source })?;
+        if let Err(source) = (&mut self.inner).take(len).read_to_end(&mut bytes) {
+            return Err(if is_timeout(&source) {
+                FrameError::Stalled {
+                    frame,
+                    wanted: len,
+                    got: bytes.len() as u64,
+                    in_header: false,
+                }
+            } else {
+                FrameError::Io { frame, source }
+            });
+        }
         let got = bytes.len() as u64;
         if got < len {
             return Err(FrameError::Truncated {
@@ -340,14 +384,26 @@ impl<R: Read> Iterator for FrameReader<R> {
 /// Fills `buf` from `r` until it is full or the stream ends; returns how many
 /// bytes were read. Unlike `read_exact`, this tells a clean end of stream
 /// (0 bytes) from a short read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// A read timeout (`WouldBlock` or `TimedOut`, as a socket's read timeout reports it).
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads a frame header. With `idle`, a read timeout before its first byte is
+/// idleness between frames and reading goes on. Errors come with the bytes read so
+/// far.
+fn read_header(r: &mut impl Read, buf: &mut [u8], idle: bool) -> Result<usize, (usize, io::Error)> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) if idle && filled == 0 && is_timeout(&e) => {}
+            Err(e) => return Err((filled, e)),
         }
     }
     Ok(filled)
@@ -909,5 +965,84 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(schema_for_calico_version(input), want, "{input:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// Reads from a script: bytes, or a read timeout.
+    struct Script(VecDeque<Option<Vec<u8>>>);
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(None) => Err(io::Error::new(io::ErrorKind::WouldBlock, "timeout")),
+                Some(Some(mut b)) => {
+                    let n = b.len().min(buf.len());
+                    buf[..n].copy_from_slice(&b[..n]);
+                    if n < b.len() {
+                        self.0.push_front(Some(b.split_off(n)));
+                    }
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn timeouts_between_frames_are_idleness_inside_a_frame_a_stall() {
+        let f = frame(b"abc");
+        // Idle twice, then a whole frame: read.
+        let script = Script(VecDeque::from([None, None, Some(f.clone())]));
+        let mut r = FrameReader::new(script).idle_between_frames();
+        assert_eq!(r.read_frame().unwrap().unwrap().bytes, b"abc");
+        // Stalled in the header.
+        let script = Script(VecDeque::from([Some(f[..3].to_vec()), None]));
+        let mut r = FrameReader::new(script).idle_between_frames();
+        match r.read_frame() {
+            Err(FrameError::Stalled {
+                got: 3,
+                in_header: true,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Stalled in the body.
+        let script = Script(VecDeque::from([Some(f[..9].to_vec()), None]));
+        let mut r = FrameReader::new(script).idle_between_frames();
+        let e = r.read_frame().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FrameError::Stalled {
+                    got: 1,
+                    wanted: 3,
+                    in_header: false,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("stalled after 1 of 3 body bytes"),
+            "{e}"
+        );
+        // Without the option, a timeout at a boundary is an error too.
+        let script = Script(VecDeque::from([None, Some(f)]));
+        let mut r = FrameReader::new(script);
+        assert!(matches!(
+            r.read_frame(),
+            Err(FrameError::Stalled { got: 0, .. })
+        ));
     }
 }

@@ -39,7 +39,13 @@ pub struct FelixOptions {
     pub record: Option<PathBuf>,
     /// Interval of `ProcessStatusUpdate` reports.
     pub status_interval: Duration,
+    /// On the Felix socket: how long a frame may take once its first byte arrived
+    /// (a peer silent between frames is fine; one that stops mid-frame is dropped).
+    pub stall_timeout: Duration,
 }
+
+/// Default [`FelixOptions::stall_timeout`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for FelixOptions {
     fn default() -> Self {
@@ -48,6 +54,7 @@ impl Default for FelixOptions {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             record: None,
             status_interval: STATUS_INTERVAL,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -496,7 +503,10 @@ pub fn serve_connection<R: Read, W: Write + Send + 'static>(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let status = output.map(|w| stream::spawn_status_writer(w, opts.status_interval, stop.clone()));
-    let mut reader = FrameReader::with_max_frame_len(input, opts.max_frame_len);
+    // A read timeout on the stream (the Felix socket's) bounds only the time inside a
+    // frame; between frames Felix may be silent for as long as it likes.
+    let mut reader =
+        FrameReader::with_max_frame_len(input, opts.max_frame_len).idle_between_frames();
     lock(daemon).begin(source);
     // Frames are read without the lock; each is applied under it.
     let result = stream::run(&mut reader, recorder.as_mut(), |frame| {
@@ -570,38 +580,87 @@ pub fn bind_felix_socket(path: &Path) -> std::io::Result<UnixListener> {
     bind_unix_socket(path, 0o660, None)
 }
 
-/// Accepts Felix connections one after another, until accepting fails.
+/// Accepts Felix connections, until accepting fails. One is served at a time, and a
+/// new connection replaces the one being served (a Felix that restarted, while the
+/// old connection still looks open, must not wait behind it). A connection whose
+/// peer stops mid-frame for longer than the stall timeout is dropped.
 pub fn serve_felix_socket(listener: &UnixListener, daemon: &SharedDaemon) -> std::io::Error {
-    loop {
+    let stall = lock(daemon).options().stall_timeout;
+    type Conn = (u64, std::os::unix::net::UnixStream);
+    let (tx, rx) = std::sync::mpsc::channel::<Conn>();
+    // The connection being served (numbered), so that a newer one can end it.
+    let current: Arc<Mutex<Option<Conn>>> = Arc::new(Mutex::new(None));
+    let serving = {
+        let daemon = Arc::clone(daemon);
+        let current = Arc::clone(&current);
+        std::thread::Builder::new()
+            .name("capo-felix".into())
+            .spawn(move || {
+                for (n, conn) in rx {
+                    serve_felix_connection(&daemon, conn, stall);
+                    let mut cur = current.lock().unwrap_or_else(|p| p.into_inner());
+                    if cur.as_ref().is_some_and(|(c, _)| *c == n) {
+                        *cur = None;
+                    }
+                }
+            })
+    };
+    if let Err(e) = serving {
+        return e;
+    }
+    for n in 0u64.. {
         let (conn, _) = match listener.accept() {
             Ok(c) => c,
             Err(e) => return e,
         };
-        tracing::info!("Felix connected: starting a fresh sync");
-        let output = match conn.try_clone() {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot clone the connection for status reports");
-                None
+        {
+            let mut cur = current.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, old)) = cur.take() {
+                tracing::warn!("a new Felix connection replaces the current one");
+                let _ = old.shutdown(std::net::Shutdown::Both);
             }
-        };
-        match serve_connection(daemon, Source::FelixSocket, &conn, output) {
-            ConnectionEnd::Eof => tracing::info!("Felix closed the connection"),
-            ConnectionEnd::Resync(e) => {
-                tracing::error!(error = %e, "dropping the Felix connection to force a resync")
-            }
-            ConnectionEnd::RecordSetup(e) => {
-                tracing::error!(error = %e, "cannot create the recording file; closing the connection")
-            }
+            *cur = conn.try_clone().ok().map(|c| (n, c));
         }
-        let _ = conn.shutdown(std::net::Shutdown::Both);
-        let d = lock(daemon);
-        if d.state().is_some() {
-            tracing::info!(
-                generation = d.generation(),
-                "keeping the last in-sync policy until Felix reconnects"
-            );
+        if tx.send((n, conn)).is_err() {
+            return std::io::Error::other("the Felix connection thread ended");
         }
+    }
+    std::io::Error::other("connection counter exhausted")
+}
+
+/// Serves one Felix socket connection to its end.
+fn serve_felix_connection(
+    daemon: &SharedDaemon,
+    conn: std::os::unix::net::UnixStream,
+    stall: Duration,
+) {
+    tracing::info!("Felix connected: starting a fresh sync");
+    if let Err(e) = conn.set_read_timeout(Some(stall)) {
+        tracing::warn!(error = %e, "cannot set the connection's stall timeout");
+    }
+    let output = match conn.try_clone() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot clone the connection for status reports");
+            None
+        }
+    };
+    match serve_connection(daemon, Source::FelixSocket, &conn, output) {
+        ConnectionEnd::Eof => tracing::info!("Felix closed the connection"),
+        ConnectionEnd::Resync(e) => {
+            tracing::error!(error = %e, "dropping the Felix connection to force a resync")
+        }
+        ConnectionEnd::RecordSetup(e) => {
+            tracing::error!(error = %e, "cannot create the recording file; closing the connection")
+        }
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    let d = lock(daemon);
+    if d.state().is_some() {
+        tracing::info!(
+            generation = d.generation(),
+            "keeping the last in-sync policy until Felix reconnects"
+        );
     }
 }
 

@@ -245,3 +245,90 @@ fn agent_serves_one_felix_connection_after_another() {
     assert!(!sock.exists(), "socket file removed on shutdown");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A Felix connection that stops mid-frame is dropped after the stall timeout; one
+/// that is merely idle between frames is kept; and a new connection replaces the one
+/// being served, so a dead peer never holds the socket.
+#[test]
+fn stalled_felix_connections_are_dropped_and_new_ones_replace_old() {
+    let dir = scratch("stall");
+    let sock = dir.join("felix-dataplane.sock");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args([
+            "--felix-socket",
+            sock.to_str().unwrap(),
+            "--felix-stall-timeout",
+            "1s",
+            "--status-interval",
+            "10s",
+            "--no-api",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let frames = std::fs::read(fixture("seed.master.frames")).unwrap();
+
+    // Idle between frames (a whole sync, then silence past the stall timeout): kept.
+    let mut idle = connect(&sock);
+    idle.write_all(&frames).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    idle.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match idle.read(&mut buf) {
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+        Ok(n) => assert!(n > 0, "an idle connection was closed"),
+    }
+
+    // A new connection replaces it (the old one is closed by the agent) ...
+    let mut stuck = connect(&sock);
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    assert!(
+        idle.read_to_end(&mut rest).is_ok(),
+        "old connection not closed"
+    );
+    // ... and stops mid-frame: half a header, then nothing. Dropped within ~1 s.
+    stuck.write_all(&frames[..4]).unwrap();
+    let t = Instant::now();
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert!(
+        stuck.read_to_end(&mut rest).is_ok(),
+        "stalled connection not dropped"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // The next Felix is served.
+    let mut c = connect(&sock);
+    c.write_all(&frames).unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    let st = wait_with_timeout(&mut agent, Duration::from_secs(4)).expect("agent ignored SIGTERM");
+    let log = stderr_of(&mut agent);
+    assert!(st.success(), "{log}");
+    assert!(
+        log.contains("a new Felix connection replaces the current one"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the peer stalled after 4 of 8 header bytes"),
+        "{log}"
+    );
+    assert!(log.matches("in sync with Felix").count() >= 2, "{log}");
+    std::fs::remove_dir_all(&dir).ok();
+}

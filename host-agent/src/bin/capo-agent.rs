@@ -75,6 +75,10 @@ struct Args {
     /// the name and CalicoVPP (`vpp-tun-N`) bindings.
     #[arg(long = "bind", value_name = "ENDPOINT=VPP_INTERFACE", value_parser = capo_agent::vpp::parse_binding)]
     bindings: Vec<capo_proto::capo::dataplane::v1::InterfaceBinding>,
+    /// On the Felix socket: how long a frame may take once it started (a Felix that
+    /// stops mid-frame is disconnected; silence between frames is fine).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    felix_stall_timeout: std::time::Duration,
     /// How often to send Felix a ProcessStatusUpdate (e.g. `10s`).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     status_interval: std::time::Duration,
@@ -130,6 +134,10 @@ fn main() -> ExitCode {
         }
     };
     let args = Args::parse_from(argv);
+    if args.felix_stall_timeout.is_zero() {
+        eprintln!("capo-agent: --felix-stall-timeout must be more than zero");
+        return ExitCode::from(2);
+    }
     if args.status_interval.is_zero() {
         eprintln!("capo-agent: --status-interval must be more than zero");
         return ExitCode::from(2);
@@ -140,6 +148,7 @@ fn main() -> ExitCode {
         max_frame_len: args.max_frame_len,
         record: args.record.clone(),
         status_interval: args.status_interval,
+        stall_timeout: args.felix_stall_timeout,
     };
     let mut ids = IdTable::new(&args.host_interface);
     for (name, idx) in &args.interface_indexes {
