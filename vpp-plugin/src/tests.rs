@@ -294,6 +294,9 @@ fn node_batch_over_byte_buffers() {
             })
             .unwrap()
     };
+    // Three connections (a NIC allow leaves a flow, so each its own tuple).
+    let denied_b = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40001, 5979));
+    let denied_c = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40002, 5979));
     let frame = [
         PacketIn {
             flow_id: mark(1, MarkKind::Allow),
@@ -301,12 +304,12 @@ fn node_batch_over_byte_buffers() {
         },
         PacketIn {
             flow_id: mark(3, MarkKind::Allow),
-            ..p(&denied, 11, false)
+            ..p(&denied_b, 11, false)
         },
         // A punt from the held generation: software classifies it.
         PacketIn {
             flow_id: mark(1, MarkKind::Punt),
-            ..p(&denied, 11, false)
+            ..p(&denied_c, 11, false)
         },
     ];
     let c = classify_batch::<false, true>(&mut ctx, &frame, &mut out);
@@ -324,10 +327,18 @@ fn node_batch_over_byte_buffers() {
         (1, 1, 2)
     );
 
-    // With marks off, a mark is just a flow id: classified.
+    // With marks off, a mark is just a flow id: classified (a new connection; the
+    // NIC-allowed one above is a flow now, and its packets are flow-table hits).
     ctx.marks = NicMarks::off();
-    let c = classify_batch::<false, true>(&mut ctx, &frame[..1], &mut out);
+    let denied_d = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40003, 5979));
+    let fresh = [PacketIn {
+        flow_id: mark(1, MarkKind::Allow),
+        ..p(&denied_d, 11, false)
+    }];
+    let c = classify_batch::<false, true>(&mut ctx, &fresh, &mut out);
     assert_eq!((c.nic_accepted, c.denied), (0, 1));
+    let c = classify_batch::<false, true>(&mut ctx, &frame[..1], &mut out);
+    assert_eq!((c.nic_accepted, c.denied, c.flow_hits), (0, 0, 1));
 }
 
 fn seed_ipset_id() -> String {
@@ -661,9 +672,12 @@ fn previous_generation_marks_are_honoured_after_a_flip() {
         0,
     ));
     assert!(a.ok, "{}", a.error);
-    let denied = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5979));
+    // One connection per generation tag (a NIC allow leaves a flow).
+    let denied: Vec<Vec<u8>> = (0..4)
+        .map(|i| ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000 + i, 5979)))
+        .collect();
     let marked = |generation: u64| PacketIn {
-        bytes: &denied,
+        bytes: &denied[generation as usize],
         sw_if_index: SwIfIndex(11),
         flow_id: NicMarks::default()
             .encode(Mark {
