@@ -185,7 +185,9 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
                             return;
                         }
                     };
-                    let router = add_services(builder, daemon.clone(), inject).await;
+                    let router =
+                        add_services(builder.layer(decode_errors_layer()), daemon.clone(), inject)
+                            .await;
                     tasks.push(tokio::spawn(async move {
                         if let Err(e) = router.serve_with_shutdown(addr, stop).await {
                             tracing::error!(error = %e, "API server on TCP failed");
@@ -250,15 +252,55 @@ fn tls_config(t: &TcpTls) -> Result<tonic::transport::ServerTlsConfig, ApiError>
         .client_ca_root(ca))
 }
 
-async fn router(daemon: SharedDaemon, inject: bool) -> tonic::transport::server::Router {
-    add_services(tonic::transport::Server::builder(), daemon, inject).await
+/// Maps a response whose status is tonic's answer to an undecodable request body
+/// (`INTERNAL`, "failed to decode Protobuf message") to `INVALID_ARGUMENT`: the
+/// caller sent a bad message, the agent did not fail.
+fn invalid_argument_for_decode_errors<B>(
+    mut res: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let h = res.headers_mut();
+    let internal = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
+    let decode = h
+        .get("grpc-message")
+        .is_some_and(|m| String::from_utf8_lossy(m.as_bytes()).contains("decode"));
+    if internal && decode {
+        h.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("3"),
+        );
+    }
+    res
 }
 
-async fn add_services(
-    mut builder: tonic::transport::Server,
+type DecodeErrorsLayer = tower::util::MapResponseLayer<
+    fn(
+        tonic::codegen::http::Response<tonic::body::Body>,
+    ) -> tonic::codegen::http::Response<tonic::body::Body>,
+>;
+
+fn decode_errors_layer() -> DecodeErrorsLayer {
+    tower::util::MapResponseLayer::new(invalid_argument_for_decode_errors)
+}
+
+async fn router(
     daemon: SharedDaemon,
     inject: bool,
-) -> tonic::transport::server::Router {
+) -> tonic::transport::server::Router<
+    tower::layer::util::Stack<DecodeErrorsLayer, tower::layer::util::Identity>,
+> {
+    add_services(
+        tonic::transport::Server::builder().layer(decode_errors_layer()),
+        daemon,
+        inject,
+    )
+    .await
+}
+
+async fn add_services<L: Clone>(
+    mut builder: tonic::transport::Server<L>,
+    daemon: SharedDaemon,
+    inject: bool,
+) -> tonic::transport::server::Router<L> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)

@@ -770,3 +770,36 @@ fn replies_of_nic_allowed_connections_pass() {
     drop(a);
     let _ = std::fs::remove_dir_all(&manifests);
 }
+
+/// A request body that is not the method's message is the caller's error:
+/// `INVALID_ARGUMENT`, as docs/operations.md says, not `INTERNAL`.
+#[test]
+fn undecodable_requests_are_invalid_argument() {
+    /// `TraceRequest` has a string at tag 1; a varint there does not decode.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NotATraceRequest {
+        #[prost(uint64, tag = "1")]
+        from: u64,
+    }
+    let a = start("badbody", &[]);
+    rt().block_on(async {
+        let ch = capo_agent::api::connect(&a.api).await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(ch);
+        grpc.ready().await.unwrap();
+        let codec: tonic_prost::ProstCodec<NotATraceRequest, api::TraceReply> =
+            tonic_prost::ProstCodec::default();
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/capo.agent.v1.Trace/Trace");
+        let err = grpc
+            .unary(
+                tonic::Request::new(NotATraceRequest { from: 7 }),
+                path,
+                codec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("decode"), "{err:?}");
+    });
+    drop(a);
+}
