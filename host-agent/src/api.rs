@@ -495,13 +495,7 @@ impl api::views_server::Views for Api {
             };
             let reply = tokio::task::block_in_place(|| h.show(name, verbose))
                 .map_err(Status::unavailable)?;
-            let lines = reply
-                .text
-                .lines()
-                .map(|l| api::ViewLine {
-                    text: l.to_string(),
-                })
-                .collect();
+            let lines = view_lines(&reply.text, r.with_lines);
             return Ok(Response::new(api::ViewReply {
                 text: reply.text,
                 generation: reply.generation,
@@ -511,18 +505,25 @@ impl api::views_server::Views for Api {
         let d = self.locked();
         let state = d.state().ok_or_else(no_policy)?;
         let text = view.render(state, d.ids());
-        let lines = text
-            .lines()
-            .map(|l| api::ViewLine {
-                text: l.to_string(),
-            })
-            .collect();
+        let lines = view_lines(&text, r.with_lines);
         Ok(Response::new(api::ViewReply {
             text,
             generation: d.generation(),
             lines,
         }))
     }
+}
+
+/// The view as lines, when the caller asked for them (the text is sent either way).
+fn view_lines(text: &str, wanted: bool) -> Vec<api::ViewLine> {
+    if !wanted {
+        return Vec::new();
+    }
+    text.lines()
+        .map(|l| api::ViewLine {
+            text: l.to_string(),
+        })
+        .collect()
 }
 
 fn port(v: Option<u32>, field: &str) -> Result<Option<u16>, Status> {

@@ -9,6 +9,10 @@ use tokio_stream::StreamExt;
 
 use crate::cli::View;
 
+/// The largest reply capoctl takes (a large node's views and counters run to many
+/// MiB; tonic's default is 4 MiB).
+pub const MAX_REPLY: usize = 1 << 30;
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -29,11 +33,13 @@ pub fn show(socket: &Path, view: View) -> Result<String, String> {
         View::Rules => (api::ViewKind::Rules, false),
     };
     runtime()?.block_on(async {
-        let mut c = api::views_client::ViewsClient::new(crate::api::connect(socket).await?);
+        let mut c = api::views_client::ViewsClient::new(crate::api::connect(socket).await?)
+            .max_decoding_message_size(MAX_REPLY);
         let r = c
             .get(api::ViewRequest {
                 view: kind as i32,
                 verbose,
+                with_lines: false,
             })
             .await
             .map_err(status)?;
@@ -122,7 +128,8 @@ pub fn counters(socket: &Path, watch: Option<Duration>, json: bool) -> Result<St
     };
     runtime()?.block_on(async {
         let mut client =
-            api::counters_client::CountersClient::new(crate::api::connect(socket).await?);
+            api::counters_client::CountersClient::new(crate::api::connect(socket).await?)
+                .max_decoding_message_size(MAX_REPLY);
         let Some(every) = watch else {
             let r = client.get(api::CountersRequest {}).await.map_err(status)?;
             return Ok(render(&r.into_inner()));
@@ -144,7 +151,8 @@ pub fn counters(socket: &Path, watch: Option<Duration>, json: bool) -> Result<St
 pub fn generations(socket: &Path, json: bool) -> Result<String, String> {
     runtime()?.block_on(async {
         let mut c =
-            api::generations_client::GenerationsClient::new(crate::api::connect(socket).await?);
+            api::generations_client::GenerationsClient::new(crate::api::connect(socket).await?)
+                .max_decoding_message_size(MAX_REPLY);
         let g = c
             .get(api::GenerationsRequest {})
             .await
@@ -200,7 +208,8 @@ pub fn generations(socket: &Path, json: bool) -> Result<String, String> {
 /// `capoctl offload [--json]`.
 pub fn offload(socket: &Path, json: bool) -> Result<String, String> {
     runtime()?.block_on(async {
-        let mut c = api::offload_client::OffloadClient::new(crate::api::connect(socket).await?);
+        let mut c = api::offload_client::OffloadClient::new(crate::api::connect(socket).await?)
+            .max_decoding_message_size(MAX_REPLY);
         let p = c
             .get_plan(api::OffloadPlanRequest {})
             .await
@@ -251,7 +260,8 @@ pub fn offload(socket: &Path, json: bool) -> Result<String, String> {
 /// `capoctl trace …` against the agent.
 pub fn trace(socket: &Path, req: api::TraceRequest, json: bool) -> Result<String, String> {
     runtime()?.block_on(async {
-        let mut c = api::trace_client::TraceClient::new(crate::api::connect(socket).await?);
+        let mut c = api::trace_client::TraceClient::new(crate::api::connect(socket).await?)
+            .max_decoding_message_size(MAX_REPLY);
         let r = c.trace(req).await.map_err(status)?.into_inner();
         Ok(if json { r.json + "\n" } else { r.text })
     })
@@ -265,7 +275,8 @@ pub fn inject(
     frames: Vec<Vec<u8>>,
 ) -> Result<String, String> {
     runtime()?.block_on(async {
-        let mut c = api::inject_client::InjectClient::new(crate::api::connect(socket).await?);
+        let mut c = api::inject_client::InjectClient::new(crate::api::connect(socket).await?)
+            .max_decoding_message_size(MAX_REPLY);
         let r = c
             .inject(api::InjectRequest {
                 interface: interface.to_string(),

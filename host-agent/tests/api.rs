@@ -184,6 +184,7 @@ fn bad_requests_name_the_field() {
             .get(api::ViewRequest {
                 view: 0,
                 verbose: false,
+                with_lines: false,
             })
             .await
             .unwrap_err();

@@ -332,3 +332,76 @@ fn stalled_felix_connections_are_dropped_and_new_ones_replace_old() {
     assert!(log.matches("in sync with Felix").count() >= 2, "{log}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A large node: a view of more than tonic's default 4 MiB reaches capoctl whole
+/// (the reply carries the text once; capoctl accepts large replies).
+#[test]
+fn views_larger_than_four_mib_reach_capoctl() {
+    let dir = scratch("bigview");
+    let sock = dir.join("felix-dataplane.sock");
+    let api_sock = dir.join("api.sock");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args([
+            "--felix-socket",
+            sock.to_str().unwrap(),
+            "--api-socket",
+            api_sock.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seed = std::fs::read(fixture("seed.master.frames")).unwrap();
+    let ipset = FrameReader::new(seed.as_slice())
+        .map(|f| pb::ToDataplane::decode(f.unwrap().bytes.as_slice()).unwrap())
+        .find_map(|m| match m.payload {
+            Some(pb::to_dataplane::Payload::IpsetUpdate(u)) => Some(u.id),
+            _ => None,
+        })
+        .unwrap();
+    // 300,000 members: `show capo ipsets` prints each, about 4.5 MB in all.
+    let members: Vec<String> = (0..300_000u32)
+        .map(|i| format!("10.{}.{}.{}/32", (i >> 16) & 255, (i >> 8) & 255, i & 255))
+        .collect();
+    let mut frames = seed.clone();
+    frames.extend(capo_agent::felix::frame::encode_frame(&pb::ToDataplane {
+        sequence_number: 100,
+        payload: Some(pb::to_dataplane::Payload::IpsetDeltaUpdate(
+            pb::IpSetDeltaUpdate {
+                id: ipset,
+                added_members: members,
+                removed_members: vec![],
+            },
+        )),
+    }));
+    let mut c = connect(&sock);
+    c.write_all(&frames).unwrap();
+    let start = Instant::now();
+    let out = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_capoctl"))
+            .args([
+                "--socket",
+                api_sock.to_str().unwrap(),
+                "show",
+                "capo",
+                "ipsets",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("10.4.147.223/32") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no full view: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(out.len() > 4 << 20, "{} bytes", out.len());
+    drop(c);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    std::fs::remove_dir_all(&dir).ok();
+}
