@@ -403,3 +403,69 @@ fn without_a_node_allow_from_host_is_not_printed_as_allow_all() {
     ]);
     assert!(view.contains("[policy#2]"), "{view}");
 }
+
+/// A FelixConfiguration value Felix would refuse is an error at load naming the file,
+/// object and field; the agent applies nothing, keeps running, and applies the
+/// manifests as soon as they are fixed, without a restart.
+#[test]
+fn an_invalid_felix_configuration_waits_for_a_fix() {
+    let dir = scratch("felixcfg");
+    let manifests = dir.join("m");
+    std::fs::create_dir_all(&manifests).unwrap();
+    for f in [
+        "namespace.yaml",
+        "nodes.yaml",
+        "pods.yaml",
+        "networkpolicy.yaml",
+    ] {
+        std::fs::copy(seed_dir().join(f), manifests.join(f)).unwrap();
+    }
+    let felix = |proto: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: default}}\n\
+             spec:\n  failsafeInboundHostPorts:\n    - {{protocol: \"{proto}\", port: 22}}\n"
+        )
+    };
+    std::fs::write(manifests.join("felix.yaml"), felix("TCP x")).unwrap();
+    let log = dir.join("agent.log");
+    let api = dir.join("api.sock");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_capo-agent"))
+        .args([
+            "--resources",
+            manifests.to_str().unwrap(),
+            "--node",
+            "kind-worker2",
+            "--poll-interval",
+            "50ms",
+            "--api-socket",
+            api.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = wait_for_log(&log, "manifests are invalid: no policy applied", 1);
+    assert!(
+        text.contains("felix.yaml") && text.contains("failsafeInboundHostPorts[0]"),
+        "{text}"
+    );
+    assert!(!text.contains("policy applied from manifests"), "{text}");
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent must keep running"
+    );
+    std::fs::write(manifests.join("felix.yaml"), felix("TCP")).unwrap();
+    wait_for_log(&log, "policy applied from manifests", 1);
+    let (rc, view, err) = common::capoctl(&[
+        "--socket",
+        api.to_str().unwrap(),
+        "show",
+        "capo",
+        "interfaces",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(view.contains("rule#18"), "{view}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -433,10 +433,16 @@ impl Resources {
                     for p in spec.items(key)? {
                         let proto = p.opt_str("protocol")?.unwrap_or("TCP").to_ascii_lowercase();
                         let port = p.req("port")?.int(0, 65535)?;
-                        parts.push(match p.opt_str("net")? {
+                        let part = match p.opt_str("net")? {
                             Some(net) if !net.is_empty() => format!("{proto}:{net}:{port}"),
                             _ => format!("{proto}:{port}"),
-                        });
+                        };
+                        // Validated here, as Felix will read it: a value Felix would
+                        // refuse is this file's error, not a dropped sync later.
+                        if let Err(e) = capo_policy::config::parse_failsafe_ports(&part) {
+                            return Err(p.err(e.to_string()));
+                        }
+                        parts.push(part);
                     }
                     self.felix_config
                         .insert(felix_key.to_string(), parts.join(","));

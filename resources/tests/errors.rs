@@ -289,3 +289,36 @@ metadata: {name: p, namespace: \"x'y\"}
     );
     assert_invalid(err, "Pod x'y/p", "metadata.namespace");
 }
+
+#[test]
+fn felix_configuration_values_felix_would_refuse_are_errors_at_load() {
+    let err = load_err(
+        "apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: default}
+spec:
+  failsafeInboundHostPorts:
+    - {protocol: TCP, port: 22}
+    - {protocol: \"TCP x\", port: 22}
+",
+    );
+    assert_invalid(
+        err,
+        "FelixConfiguration default",
+        "spec.failsafeInboundHostPorts[1]",
+    );
+    let err = load_err(
+        "apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: default}
+spec:
+  failsafeOutboundHostPorts:
+    - {protocol: UDP, net: not-a-net, port: 53}
+",
+    );
+    assert_invalid(
+        err,
+        "FelixConfiguration default",
+        "spec.failsafeOutboundHostPorts[0]",
+    );
+}
