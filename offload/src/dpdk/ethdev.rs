@@ -224,22 +224,22 @@ impl Port {
     }
 
     /// `rte_eth_rx_burst` into `out` (at most `max` mbufs).
-    pub fn rx_burst(&self, queue: u16, max: u16) -> Vec<Mbuf> {
+    pub fn rx_burst(&self, queue: u16, max: u16) -> Vec<Mbuf<'_>> {
         let mut raw: Vec<*mut dpdk_sys::rte_mbuf> = vec![std::ptr::null_mut(); usize::from(max)];
         // SAFETY: the port is started, `queue` was set up, `raw` has room for `max`.
         let n = unsafe { dpdk_sys::capo_rte_eth_rx_burst(self.id, queue, raw.as_mut_ptr(), max) };
         raw.truncate(usize::from(n));
         raw.into_iter()
-            .filter_map(|p| NonNull::new(p).map(Mbuf))
+            .filter_map(|p| NonNull::new(p).map(Mbuf::owned))
             .collect()
     }
 
     /// Builds an mbuf holding `data` from the port's pool.
-    pub fn alloc(&self, data: &[u8]) -> Option<Mbuf> {
+    pub fn alloc(&self, data: &[u8]) -> Option<Mbuf<'_>> {
         let len = u16::try_from(data.len()).ok()?;
         // SAFETY: the pool is live.
         let m = NonNull::new(unsafe { dpdk_sys::capo_rte_pktmbuf_alloc(self.pool.as_ptr()) })?;
-        let m = Mbuf(m);
+        let m = Mbuf::owned(m);
         // SAFETY: `m` is a fresh mbuf; append returns room for `len` bytes or NULL.
         let dst = unsafe { dpdk_sys::capo_rte_pktmbuf_append(m.0.as_ptr(), len) };
         if dst.is_null() {
@@ -251,7 +251,7 @@ impl Port {
     }
 
     /// `rte_eth_tx_burst`; returns the mbufs the PMD did not take.
-    pub fn tx_burst(&self, queue: u16, pkts: Vec<Mbuf>) -> Vec<Mbuf> {
+    pub fn tx_burst<'p>(&'p self, queue: u16, pkts: Vec<Mbuf<'p>>) -> Vec<Mbuf<'p>> {
         let mut raw: Vec<*mut dpdk_sys::rte_mbuf> = pkts.iter().map(|m| m.0.as_ptr()).collect();
         let n = u16::try_from(raw.len()).unwrap_or(u16::MAX);
         std::mem::forget(pkts);
@@ -260,7 +260,7 @@ impl Port {
         let sent = unsafe { dpdk_sys::capo_rte_eth_tx_burst(self.id, queue, raw.as_mut_ptr(), n) };
         raw.drain(..usize::from(sent));
         raw.into_iter()
-            .filter_map(|p| NonNull::new(p).map(Mbuf))
+            .filter_map(|p| NonNull::new(p).map(Mbuf::owned))
             .collect()
     }
 }
@@ -307,11 +307,27 @@ impl Drop for Port {
     }
 }
 
-/// An owned mbuf, freed on drop.
+/// An owned mbuf, freed on drop. It borrows the [`Port`] whose mempool holds it, so
+/// it cannot outlive the pool `Port::drop` frees:
+///
+/// ```compile_fail
+/// fn use_after_close(port: capo_offload::dpdk::ethdev::Port) {
+///     let m = port.alloc(b"frame");
+///     drop(port); // error: `port` is still borrowed by `m`
+///     drop(m);
+/// }
+/// ```
 #[derive(Debug)]
-pub struct Mbuf(NonNull<dpdk_sys::rte_mbuf>);
+pub struct Mbuf<'port>(
+    NonNull<dpdk_sys::rte_mbuf>,
+    std::marker::PhantomData<&'port Port>,
+);
 
-impl Mbuf {
+impl Mbuf<'_> {
+    fn owned(m: NonNull<dpdk_sys::rte_mbuf>) -> Self {
+        Mbuf(m, std::marker::PhantomData)
+    }
+
     /// The packet data of the first segment.
     pub fn data(&self) -> &[u8] {
         let mut len: u16 = 0;
@@ -334,7 +350,7 @@ impl Mbuf {
     }
 }
 
-impl Drop for Mbuf {
+impl Drop for Mbuf<'_> {
     fn drop(&mut self) {
         // SAFETY: we own the mbuf and free it once.
         unsafe { dpdk_sys::capo_rte_pktmbuf_free(self.0.as_ptr()) };
