@@ -394,8 +394,13 @@ impl Listener {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Listening before the first connect.
-        std::thread::sleep(Duration::from_millis(300));
+        // Listening before the first connect (so a failed connect is the policy's).
+        let listening = || {
+            pod.exec(&["ss", "-Hltn", &format!("sport = :{port}")])
+                .output()
+                .is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+        };
+        wait_for(Duration::from_secs(10), "the listener", listening);
         Listener { child, out }
     }
 
