@@ -101,6 +101,23 @@ impl<'a> At<'a> {
         }
     }
 
+    /// Strict decoding, as `kubectl apply --validate=strict` and calicoctl do: every
+    /// field of this object must be one of `known`. A misspelled field is an error
+    /// naming it, never silently dropped (dropped, `notNet` or `sourc` would leave a
+    /// rule matching everything).
+    pub(crate) fn only(&self, known: &[&str]) -> FResult<()> {
+        let Some(map) = self.v.as_object() else {
+            return self.is_object();
+        };
+        match map.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(self.err_at(
+                k,
+                format!("unknown field; expected one of: {}", known.join(", ")),
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn is_object(&self) -> FResult<()> {
         if self.v.is_object() {
             Ok(())

@@ -68,9 +68,10 @@ enum Peer {
 }
 
 fn label_selector(at: &At<'_>) -> FResult<LabelSelector> {
-    at.is_object()?;
+    at.only(&["matchLabels", "matchExpressions"])?;
     let mut exprs = Vec::new();
     for e in at.items("matchExpressions")? {
+        e.only(&["key", "operator", "values"])?;
         let key = e.req_str("key")?.to_string();
         let op_at = e.req("operator")?;
         let op = match op_at.str()? {
@@ -148,7 +149,7 @@ fn cidr(at: &At<'_>) -> FResult<IpNet> {
 }
 
 fn peer(at: &At<'_>) -> FResult<Peer> {
-    at.is_object()?;
+    at.only(&["podSelector", "namespaceSelector", "ipBlock"])?;
     let pod = at
         .get("podSelector")
         .map(|p| label_selector(&p))
@@ -166,6 +167,7 @@ fn peer(at: &At<'_>) -> FResult<Peer> {
     if pod.is_some() || namespace.is_some() {
         return Err(block.err("may not be combined with podSelector or namespaceSelector"));
     }
+    block.only(&["cidr", "except"])?;
     let cidr_v = cidr(&block.req("cidr")?)?;
     let mut except = Vec::new();
     for e in block.items("except")? {
@@ -183,7 +185,7 @@ fn peer(at: &At<'_>) -> FResult<Peer> {
 }
 
 fn k8s_port(at: &At<'_>) -> FResult<K8sPort> {
-    at.is_object()?;
+    at.only(&["protocol", "port", "endPort"])?;
     let protocol = match at.get("protocol") {
         Some(p) => match p.str()? {
             s @ ("TCP" | "UDP" | "SCTP") => s.to_string(),
@@ -334,7 +336,7 @@ fn rules_to_calico(peers: &[Peer], ports: &[K8sPort], ingress: bool) -> Vec<Rule
 fn direction(spec: &At<'_>, key: &str, peer_key: &str, ingress: bool) -> FResult<Vec<Rule>> {
     let mut out = Vec::new();
     for r in spec.items(key)? {
-        r.is_object()?;
+        r.only(&[peer_key, "ports"])?;
         let peers = r
             .items(peer_key)?
             .iter()
@@ -358,7 +360,17 @@ pub(crate) fn network_policy(
     name: &str,
     kind: PolicyKind,
 ) -> FResult<Policy> {
-    spec.is_object()?;
+    if kind == PolicyKind::StagedKubernetesNetworkPolicy {
+        spec.only(&[
+            "podSelector",
+            "policyTypes",
+            "ingress",
+            "egress",
+            "stagedAction",
+        ])?;
+    } else {
+        spec.only(&["podSelector", "policyTypes", "ingress", "egress"])?;
+    }
     let pod_selector = spec
         .get("podSelector")
         .map(|p| label_selector(&p))

@@ -397,7 +397,7 @@ fn protocol(at: &At<'_>) -> FResult<Protocol> {
 }
 
 fn icmp(at: &At<'_>) -> FResult<Icmp> {
-    at.is_object()?;
+    at.only(&["type", "code"])?;
     let typ = match at.get("type") {
         Some(t) => Some(u8::try_from(t.int(0, 254)?).map_err(|_| t.err("out of range"))?),
         None => None,
@@ -414,9 +414,20 @@ fn icmp(at: &At<'_>) -> FResult<Icmp> {
 }
 
 fn entity(at: &At<'_>) -> FResult<Entity> {
-    at.is_object()?;
+    at.only(&[
+        "nets",
+        "notNets",
+        "selector",
+        "notSelector",
+        "namespaceSelector",
+        "ports",
+        "notPorts",
+        "serviceAccounts",
+        "services",
+    ])?;
     let service_accounts = match at.get("serviceAccounts") {
         Some(sa) => {
+            sa.only(&["names", "selector"])?;
             let names = sa.str_list("names")?;
             // Names are quoted into a selector; quotes would break it.
             if let Some(i) = names.iter().position(|n| n.contains(['\'', '"'])) {
@@ -458,8 +469,10 @@ fn entity(at: &At<'_>) -> FResult<Entity> {
 }
 
 fn http(at: &At<'_>) -> FResult<Http> {
+    at.only(&["methods", "paths"])?;
     let mut paths = Vec::new();
     for p in at.items("paths")? {
+        p.only(&["exact", "prefix"])?;
         match (p.opt_str("exact")?, p.opt_str("prefix")?) {
             (Some(e), None) => paths.push(HttpPath::Exact(e.to_string())),
             (None, Some(x)) => paths.push(HttpPath::Prefix(x.to_string())),
@@ -475,7 +488,18 @@ fn http(at: &At<'_>) -> FResult<Http> {
 /// A Calico v3 rule, validated as Calico's API validator does for the
 /// fields that change what Felix receives.
 pub(crate) fn rule(at: &At<'_>) -> FResult<Rule> {
-    at.is_object()?;
+    at.only(&[
+        "action",
+        "ipVersion",
+        "protocol",
+        "notProtocol",
+        "icmp",
+        "notICMP",
+        "source",
+        "destination",
+        "http",
+        "metadata",
+    ])?;
     let action_at = at.req("action")?;
     let action = match action_at.str()? {
         "Allow" | "allow" => Action::Allow,
@@ -551,7 +575,10 @@ pub(crate) fn rule(at: &At<'_>) -> FResult<Rule> {
         dst,
         http: at.get("http").map(|h| http(&h)).transpose()?,
         metadata: match at.get("metadata") {
-            Some(m) => m.str_map("annotations")?,
+            Some(m) => {
+                m.only(&["annotations"])?;
+                m.str_map("annotations")?
+            }
             None => BTreeMap::new(),
         },
     })
@@ -621,6 +648,7 @@ pub(crate) fn container_ports(pod_spec: &At<'_>) -> FResult<Vec<NamedPort>> {
 pub(crate) fn endpoint_ports(spec: &At<'_>) -> FResult<Vec<NamedPort>> {
     let mut out = Vec::new();
     for p in spec.items("ports")? {
+        p.only(&["name", "port", "protocol"])?;
         let name = p.req_str("name")?.to_string();
         let port = u16::try_from(p.req("port")?.int(0, 65535)?)
             .map_err(|_| p.err_at("port", "out of range"))?;

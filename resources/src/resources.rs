@@ -347,6 +347,7 @@ impl Resources {
                 self.insert_policy(p);
             }
             Kind::Tier => {
+                spec.only(&["order", "defaultAction"])?;
                 let order = spec.get("order").map(|o| o.float()).transpose()?;
                 let pass = match spec.get("defaultAction") {
                     None => false,
@@ -366,6 +367,13 @@ impl Resources {
                 );
             }
             Kind::NetworkSet | Kind::GlobalNetworkSet => {
+                if let Some(d) = spec.get("allowedEgressDomains") {
+                    return Err(d.err(
+                        "domain-based sets are not supported by capo (it would match nothing): \
+                         use nets",
+                    ));
+                }
+                spec.only(&["nets"])?;
                 let ns = (kind == Kind::NetworkSet).then(|| meta.namespace.clone());
                 let nets = spec
                     .items("nets")?
@@ -383,6 +391,7 @@ impl Resources {
                 );
             }
             Kind::HostEndpoint => {
+                spec.only(&["node", "interfaceName", "expectedIPs", "profiles", "ports"])?;
                 let node = spec.req_str("node")?.to_string();
                 let interface = spec.str_or_empty("interfaceName")?;
                 let expected_ips = model::ip_list(&spec, "expectedIPs")?;
@@ -401,6 +410,7 @@ impl Resources {
                 self.host_endpoints.insert(meta.name, hep);
             }
             Kind::Profile => {
+                spec.only(&["labelsToApply", "ingress", "egress"])?;
                 let p = Profile {
                     name: meta.name.clone(),
                     labels_to_apply: spec.str_map("labelsToApply")?,
@@ -502,6 +512,45 @@ fn calico_policy(spec: &At<'_>, kind: PolicyKind, meta: &Meta) -> FResult<Policy
         kind,
         PolicyKind::GlobalNetworkPolicy | PolicyKind::StagedGlobalNetworkPolicy
     );
+    // Calico's validator: these apply only to GlobalNetworkPolicy.
+    if !global {
+        for k in [
+            "namespaceSelector",
+            "doNotTrack",
+            "preDNAT",
+            "applyOnForward",
+        ] {
+            if spec.get(k).is_some() {
+                return Err(spec.err_at(k, "is only valid in a GlobalNetworkPolicy"));
+            }
+        }
+    }
+    let staged = matches!(
+        kind,
+        PolicyKind::StagedNetworkPolicy | PolicyKind::StagedGlobalNetworkPolicy
+    );
+    let mut known = vec![
+        "order",
+        "tier",
+        "selector",
+        "types",
+        "ingress",
+        "egress",
+        "serviceAccountSelector",
+        "performanceHints",
+    ];
+    if global {
+        known.extend([
+            "namespaceSelector",
+            "doNotTrack",
+            "preDNAT",
+            "applyOnForward",
+        ]);
+    }
+    if staged {
+        known.push("stagedAction");
+    }
+    spec.only(&known)?;
     let ingress_rules = model::rules(spec, "ingress")?;
     let egress_rules = model::rules(spec, "egress")?;
     let (ingress, egress) = model::policy_types(spec, &ingress_rules, &egress_rules)?;

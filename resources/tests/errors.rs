@@ -322,3 +322,111 @@ spec:
         "spec.failsafeOutboundHostPorts[0]",
     );
 }
+
+/// Misspelled fields are errors naming the field (decoded strictly, as `kubectl
+/// apply --validate=strict` and calicoctl do): dropped silently, each of these would
+/// leave a rule or selector matching everything.
+#[test]
+fn unknown_fields_are_errors_not_allow_all() {
+    let cases = [
+        (
+            "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: p}
+spec:
+  selector: all()
+  ingress:
+    - action: Allow
+      source: {notNet: [10.0.0.0/8]}
+",
+            "GlobalNetworkPolicy p",
+            "spec.ingress[0].source.notNet",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: p}
+spec:
+  selector: all()
+  ingress:
+    - action: Allow
+      sourc: {nets: [10.0.0.0/8]}
+",
+            "GlobalNetworkPolicy p",
+            "spec.ingress[0].sourc",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: np, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+    - frm:
+        - podSelector: {matchLabels: {app: a}}
+",
+            "NetworkPolicy x/np",
+            "spec.ingress[0].frm",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: np, namespace: x}
+spec:
+  podSelector:
+    matchLabel: {app: a}
+",
+            "NetworkPolicy x/np",
+            "spec.podSelector.matchLabel",
+        ),
+    ];
+    for (yaml, object, field) in cases {
+        let err = load_err(yaml);
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        assert_invalid(err, object, field);
+    }
+}
+
+/// Calico's validator: fields of GlobalNetworkPolicy only are refused on a
+/// namespaced NetworkPolicy; domain-based network sets are refused (capo would match
+/// nothing, silently).
+#[test]
+fn global_only_fields_and_domain_sets_are_refused() {
+    for field in [
+        "applyOnForward",
+        "preDNAT",
+        "doNotTrack",
+        "namespaceSelector",
+    ] {
+        let value = if field == "namespaceSelector" {
+            "all()"
+        } else {
+            "true"
+        };
+        let err = load_err(&format!(
+            "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: p, namespace: x}}
+spec:
+  selector: all()
+  {field}: {value}
+"
+        ));
+        assert!(
+            err.to_string()
+                .contains("only valid in a GlobalNetworkPolicy"),
+            "{err}"
+        );
+        assert_invalid(err, "NetworkPolicy x/p", &format!("spec.{field}"));
+    }
+    let err = load_err(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata: {name: s}
+spec:
+  allowedEgressDomains: [example.com]
+",
+    );
+    assert!(err.to_string().contains("not supported"), "{err}");
+    assert_invalid(err, "GlobalNetworkSet s", "spec.allowedEgressDomains");
+}
