@@ -561,6 +561,24 @@ fn calico_policy(spec: &At<'_>, kind: PolicyKind, meta: &Meta) -> FResult<Policy
     if pre_dnat && !apply_on_forward {
         return Err(spec.err_at("applyOnForward", "must be true when preDNAT is"));
     }
+    // Calico's validator, as calicoctl applies it.
+    let do_not_track = flags("doNotTrack")?;
+    if do_not_track && !apply_on_forward {
+        return Err(spec.err_at("applyOnForward", "must be true when doNotTrack is"));
+    }
+    if pre_dnat && do_not_track {
+        return Err(spec.err_at("doNotTrack", "cannot be true when preDNAT is"));
+    }
+    if pre_dnat && (egress || !egress_rules.is_empty()) {
+        return Err(spec.err_at(
+            if egress_rules.is_empty() {
+                "types"
+            } else {
+                "egress"
+            },
+            "a preDNAT policy applies to ingress only: no Egress type or egress rules",
+        ));
+    }
     let namespace_selector = if global {
         model::selector_field(spec, "namespaceSelector")?
     } else {
@@ -583,7 +601,7 @@ fn calico_policy(spec: &At<'_>, kind: PolicyKind, meta: &Meta) -> FResult<Policy
         egress,
         ingress_rules,
         egress_rules,
-        do_not_track: flags("doNotTrack")?,
+        do_not_track,
         pre_dnat,
         apply_on_forward,
         perf_hints: spec.str_list("performanceHints")?,

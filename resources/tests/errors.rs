@@ -430,3 +430,53 @@ spec:
     assert!(err.to_string().contains("not supported"), "{err}");
     assert_invalid(err, "GlobalNetworkSet s", "spec.allowedEgressDomains");
 }
+
+/// Calico's validator on the untracked and pre-DNAT flags.
+#[test]
+fn pre_dnat_and_do_not_track_combinations_are_refused() {
+    let gnp = |spec: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: p}}
+spec:
+  selector: all()
+{spec}"
+        )
+    };
+    for (spec, field, words) in [
+        (
+            "  doNotTrack: true\n",
+            "spec.applyOnForward",
+            "must be true when doNotTrack is",
+        ),
+        (
+            "  preDNAT: true\n  applyOnForward: true\n  doNotTrack: true\n",
+            "spec.doNotTrack",
+            "cannot be true when preDNAT is",
+        ),
+        (
+            "  preDNAT: true\n  applyOnForward: true\n  egress:\n    - action: Allow\n",
+            "spec.egress",
+            "ingress only",
+        ),
+        (
+            "  preDNAT: true\n  applyOnForward: true\n  types: [Ingress, Egress]\n",
+            "spec.types",
+            "ingress only",
+        ),
+    ] {
+        let err = load_err(&gnp(spec));
+        assert!(err.to_string().contains(words), "{spec}: {err}");
+        assert_invalid(err, "GlobalNetworkPolicy p", field);
+    }
+    // The valid forms still load.
+    for spec in [
+        "  doNotTrack: true\n  applyOnForward: true\n",
+        "  preDNAT: true\n  applyOnForward: true\n  ingress:\n    - action: Deny\n",
+    ] {
+        capo_resources::Resources::new()
+            .add_text(std::path::Path::new("ok.yaml"), &gnp(spec))
+            .unwrap();
+    }
+}
