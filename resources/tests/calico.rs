@@ -542,7 +542,7 @@ spec: {selector: has(hep), doNotTrack: true, applyOnForward: true, ingress: [{ac
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
 metadata: {name: prednat}
-spec: {selector: has(hep), preDNAT: true, applyOnForward: true, ingress: [{action: Deny}], egress: [{action: Deny}]}
+spec: {selector: has(hep), preDNAT: true, applyOnForward: true, ingress: [{action: Deny}]}
 ---
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
