@@ -102,10 +102,6 @@ pub trait PolicySink: Send {
         delta: Option<&[Update]>,
     ) -> Result<String, String>;
 
-    /// Called every few seconds with the policy in force: a sink that lost its
-    /// dataplane (a restarted VPP) catches up here.
-    fn tick(&mut self, _generation: u64, _state: &State) {}
-
     /// Its counters, for the sink that classifies packets.
     fn counters(&self, _state: &State, _ids: &IdTable) -> Option<api::CountersReply> {
         None
@@ -331,17 +327,6 @@ impl Daemon {
             .unwrap_or_else(|| {
                 Err("no embedded dataplane: start capo-agent with --dataplane embedded".into())
             })
-    }
-
-    /// Lets sinks catch up (see [`PolicySink::tick`]).
-    pub fn tick(&mut self) {
-        let generation = self.generation;
-        let Some(state) = in_force(self.session.as_ref(), self.live.as_ref()) else {
-            return;
-        };
-        for sink in &mut self.sinks {
-            sink.tick(generation, state);
-        }
     }
 
     /// Commit latency, for metrics.
@@ -761,12 +746,4 @@ pub fn serve_manifests(
             }
         }
     }
-}
-
-/// Ticks the daemon's sinks every `every`, on a thread of its own.
-pub fn spawn_ticker(daemon: SharedDaemon, every: Duration) {
-    std::thread::spawn(move || loop {
-        std::thread::sleep(every);
-        lock(&daemon).tick();
-    });
 }

@@ -200,7 +200,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    capo_agent::daemon::spawn_ticker(daemon.clone(), std::time::Duration::from_secs(2));
     let _api = if args.no_api {
         None
     } else {
