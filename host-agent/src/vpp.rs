@@ -625,24 +625,27 @@ impl SinkThread {
                 self.retry = None;
             }
             Job::Show(req, reply) => {
-                let r = self
-                    .connected()
-                    .and_then(|ch| ch.show(req).map_err(|e| e.to_string()));
-                if r.is_err() {
-                    self.disconnected();
-                }
-                let _ = reply.send(r);
+                let _ = reply.send(self.ask(|ch| ch.show(req)));
             }
             Job::Counters(reply) => {
-                let r = self
-                    .connected()
-                    .and_then(|ch| ch.counters().map_err(|e| e.to_string()));
-                if r.is_err() {
-                    self.disconnected();
-                }
-                let _ = reply.send(r);
+                let _ = reply.send(self.ask(VppChannel::counters));
             }
         }
+    }
+
+    /// A read-only request to the plugin; a failed one drops the connection (the
+    /// next push reconnects).
+    fn ask<T>(
+        &mut self,
+        f: impl FnOnce(&mut VppChannel) -> Result<T, VppError>,
+    ) -> Result<T, String> {
+        let r = self
+            .connected()
+            .and_then(|ch| f(ch).map_err(|e| e.to_string()));
+        if r.is_err() {
+            self.disconnected();
+        }
+        r
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, VppStatus> {

@@ -48,7 +48,7 @@ pub fn missing() -> Option<String> {
             ));
         }
     }
-    // SAFETY-free check: root is needed for namespaces and af_packet.
+    // Root is needed for namespaces and af_packet.
     let uid = Command::new("id").arg("-u").output().ok()?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some("not root: network namespaces and af_packet need root".into());
