@@ -9,6 +9,9 @@
 //! `capo.dataplane.v1`; policy travels as Felix's own v3.32 messages, so the plugin
 //! validates it with exactly the agent's code.
 //!
+//! A generation larger than the plugin's frame cap goes in chunks (see
+//! [`split_into_chunks`]), when the plugin says in its `HelloReply` that it takes them.
+//!
 //! The channel is blocking and owns its socket; a broken connection is an error and the
 //! caller reconnects (the plugin keeps enforcing its last generation meanwhile).
 
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use capo_felix::frame::DEFAULT_MAX_FRAME_LEN;
 use capo_felix::frame::{FrameError, FrameReader, FrameWriter};
 use capo_proto::capo::agent::v1 as api;
 use capo_proto::capo::dataplane::v1::{
@@ -32,6 +36,10 @@ pub const AGENT_VERSION: &str = concat!("capo-agent ", env!("CARGO_PKG_VERSION")
 
 /// How long a push may wait for its `Applied` (a large full generation takes a while).
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The chunk size the agent aims for when a generation is chunked (smaller than the
+/// plugin's cap, so neither side holds a frame of tens of MB at once).
+pub const DEFAULT_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What went wrong on the channel.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +80,18 @@ pub enum VppError {
         /// The one answered.
         got: u64,
     },
+    /// A generation the plugin cannot take (nothing was sent).
+    #[error("generation {id} is {bytes} bytes encoded; the VPP plugin takes at most {cap} bytes ({why})")]
+    TooLarge {
+        /// The generation.
+        id: u64,
+        /// Its encoded size.
+        bytes: u64,
+        /// The plugin's cap.
+        cap: u64,
+        /// Which cap, and where it is set.
+        why: &'static str,
+    },
 }
 
 /// A connection to the plugin.
@@ -81,6 +101,12 @@ pub struct VppChannel {
     writer: FrameWriter<UnixStream>,
     plugin_version: String,
     active: u64,
+    /// The plugin's largest chunk (0: it takes no chunks).
+    max_chunk_bytes: u64,
+    /// The plugin's largest generation (0: not said).
+    max_generation_bytes: u64,
+    /// The chunk size aimed for.
+    chunk_bytes: u64,
 }
 
 /// Parses `--dataplane vpp:SOCKET` into the socket path.
@@ -124,6 +150,9 @@ impl VppChannel {
             writer: FrameWriter::new(stream),
             plugin_version: String::new(),
             active: 0,
+            max_chunk_bytes: 0,
+            max_generation_bytes: 0,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
         };
         let reply = ch.ask(to_plugin::Msg::Hello(Hello {
             agent_version: AGENT_VERSION.to_string(),
@@ -134,6 +163,8 @@ impl VppChannel {
             from_plugin::Msg::Hello(h) => {
                 ch.plugin_version = h.plugin_version;
                 ch.active = h.active_generation;
+                ch.max_chunk_bytes = h.max_chunk_bytes;
+                ch.max_generation_bytes = h.max_generation_bytes;
                 Ok(ch)
             }
             other => Err(unexpected("HelloReply", &other)),
@@ -161,6 +192,11 @@ impl VppChannel {
     /// The plugin's version string.
     pub fn plugin_version(&self) -> &str {
         &self.plugin_version
+    }
+
+    /// Sets the chunk size aimed for (bounded by what the plugin takes).
+    pub fn set_chunk_bytes(&mut self, bytes: u64) {
+        self.chunk_bytes = bytes.max(1);
     }
 
     /// The generation the plugin holds, as far as this channel knows (0: none).
@@ -195,6 +231,7 @@ impl VppChannel {
             full: true,
             base_id: 0,
             updates: msgs,
+            more: false,
         })
     }
 
@@ -214,6 +251,7 @@ impl VppChannel {
             full: false,
             base_id: base,
             updates: msgs,
+            more: false,
         })
     }
 
@@ -266,7 +304,48 @@ impl VppChannel {
 
     fn push(&mut self, g: Generation) -> Result<Applied, VppError> {
         let id = g.id;
-        match self.ask(to_plugin::Msg::Generation(g))? {
+        let bytes = g.encoded_len() as u64;
+        if self.max_generation_bytes != 0 && bytes > self.max_generation_bytes {
+            return Err(VppError::TooLarge {
+                id,
+                bytes,
+                cap: self.max_generation_bytes,
+                why: "startup.conf capo { max-generation-mb }",
+            });
+        }
+        let reply = if self.max_chunk_bytes == 0 {
+            // A plugin without chunks reads one frame of at most Felix's cap.
+            if bytes > DEFAULT_MAX_FRAME_LEN {
+                return Err(VppError::TooLarge {
+                    id,
+                    bytes,
+                    cap: DEFAULT_MAX_FRAME_LEN,
+                    why: "the plugin's frame cap; this plugin version takes no chunks",
+                });
+            }
+            self.ask(to_plugin::Msg::Generation(g))?
+        } else {
+            let limit = self.chunk_bytes.min(self.max_chunk_bytes);
+            let chunks = split_into_chunks(g, limit);
+            let last = chunks.len().saturating_sub(1);
+            let mut reply = None;
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let answer = self.ask(to_plugin::Msg::Generation(chunk))?;
+                match answer {
+                    from_plugin::Msg::Chunk(c) if i < last && c.generation == id => {}
+                    // A refusal ends the generation whatever chunk it answers.
+                    other => {
+                        reply = Some(other);
+                        break;
+                    }
+                }
+            }
+            reply.ok_or(VppError::Unexpected {
+                wanted: "Applied",
+                got: "ChunkReceived for the last chunk".to_string(),
+            })?
+        };
+        match reply {
             from_plugin::Msg::Applied(a) => {
                 if a.generation != id {
                     return Err(VppError::WrongGeneration {
@@ -294,12 +373,137 @@ impl VppChannel {
     }
 }
 
+/// Splits `g` into chunks of at most about `limit` encoded bytes each, in order: all
+/// but the last have `more` set. An IP-set update larger than `limit` is split by
+/// members into the set's update (the first members) and deltas adding the rest;
+/// a delta into deltas (removals first, as a delta applies them). Any other single
+/// update larger than `limit` travels alone, for the plugin's frame cap to judge.
+pub fn split_into_chunks(g: Generation, limit: u64) -> Vec<Generation> {
+    use prost::encoding::encoded_len_varint;
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
+    let in_list = |m: &pb::ToDataplane| {
+        let len = m.encoded_len();
+        1 + encoded_len_varint(len as u64) + len
+    };
+    let Generation {
+        id,
+        full,
+        base_id,
+        updates,
+        more: _,
+    } = g;
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut current_bytes = 0usize;
+    for update in updates.into_iter().flat_map(|u| split_update(u, limit)) {
+        let bytes = in_list(&update);
+        if !current.is_empty() && current_bytes + bytes > limit {
+            chunks.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+        current_bytes += bytes;
+        current.push(update);
+    }
+    chunks.push(current);
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, updates)| Generation {
+            id,
+            full,
+            base_id,
+            updates,
+            more: i < last,
+        })
+        .collect()
+}
+
+/// One update as pieces of at most about `limit` bytes (IP-set updates only; others
+/// whole).
+fn split_update(update: pb::ToDataplane, limit: usize) -> Vec<pb::ToDataplane> {
+    use pb::to_dataplane::Payload as P;
+    // Room for the id, type, tags and lengths around the members.
+    const OVERHEAD: usize = 1024;
+    if update.encoded_len() + 16 <= limit {
+        return vec![update];
+    }
+    let seq = update.sequence_number;
+    let wrap = |payload| pb::ToDataplane {
+        sequence_number: seq,
+        payload: Some(payload),
+    };
+    let budget = limit.saturating_sub(OVERHEAD).max(1);
+    match update.payload {
+        Some(P::IpsetUpdate(mut u)) => {
+            let mut pieces = member_pieces(std::mem::take(&mut u.members), budget).into_iter();
+            let first = pieces.next().unwrap_or_default();
+            let mut out = vec![wrap(P::IpsetUpdate(pb::IpSetUpdate {
+                members: first,
+                ..u.clone()
+            }))];
+            out.extend(pieces.map(|added| {
+                wrap(P::IpsetDeltaUpdate(pb::IpSetDeltaUpdate {
+                    id: u.id.clone(),
+                    added_members: added,
+                    removed_members: Vec::new(),
+                }))
+            }));
+            out
+        }
+        Some(P::IpsetDeltaUpdate(d)) => {
+            let removed = member_pieces(d.removed_members, budget)
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(|removed| (Vec::new(), removed));
+            let added = member_pieces(d.added_members, budget)
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(|added| (added, Vec::new()));
+            removed
+                .chain(added)
+                .map(|(added_members, removed_members)| {
+                    wrap(P::IpsetDeltaUpdate(pb::IpSetDeltaUpdate {
+                        id: d.id.clone(),
+                        added_members,
+                        removed_members,
+                    }))
+                })
+                .collect()
+        }
+        payload => vec![pb::ToDataplane {
+            sequence_number: seq,
+            payload,
+        }],
+    }
+}
+
+/// `members` in consecutive runs of at most `budget` encoded bytes (at least one
+/// member each; one empty run for no members).
+fn member_pieces(members: Vec<String>, budget: usize) -> Vec<Vec<String>> {
+    let mut pieces = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for m in members {
+        let len = 1 + prost::encoding::encoded_len_varint(m.len() as u64) + m.len();
+        if bytes + len > budget && pieces.last().is_some_and(|p| !p.is_empty()) {
+            pieces.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += len;
+        if let Some(p) = pieces.last_mut() {
+            p.push(m);
+        }
+    }
+    pieces
+}
+
 fn unexpected(wanted: &'static str, got: &from_plugin::Msg) -> VppError {
     let got = match got {
         from_plugin::Msg::Hello(_) => "HelloReply",
         from_plugin::Msg::Applied(_) => "Applied",
         from_plugin::Msg::Show(_) => "ShowReply",
         from_plugin::Msg::Counters(_) => "CountersReply",
+        from_plugin::Msg::Chunk(_) => "ChunkReceived",
     };
     VppError::Unexpected {
         wanted,
@@ -763,6 +967,104 @@ impl SinkThread {
 mod tests {
     use super::*;
 
+    fn ipset_update(id: &str, members: Vec<String>) -> pb::ToDataplane {
+        pb::ToDataplane {
+            sequence_number: 7,
+            payload: Some(pb::to_dataplane::Payload::IpsetUpdate(pb::IpSetUpdate {
+                id: id.into(),
+                members,
+                r#type: pb::ip_set_update::IpSetType::Ip as i32,
+            })),
+        }
+    }
+
+    fn addrs(range: std::ops::Range<u32>) -> Vec<String> {
+        range
+            .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
+            .collect()
+    }
+
+    /// Applies `updates` as the plugin would (convert, then the policy core).
+    fn state_of(updates: &[pb::ToDataplane]) -> capo_policy::State {
+        let mut state = capo_policy::State::new();
+        for u in updates {
+            if let capo_felix::convert::Converted::Update(u) =
+                capo_felix::convert::convert(u.clone(), &state).unwrap()
+            {
+                state.apply(u).unwrap();
+            }
+        }
+        state
+    }
+
+    #[test]
+    fn chunks_are_bounded_ordered_and_apply_as_the_whole() {
+        let updates = vec![
+            ipset_update("s:small", addrs(0..3)),
+            ipset_update("s:big", addrs(0..50_000)),
+            pb::ToDataplane {
+                sequence_number: 8,
+                payload: Some(pb::to_dataplane::Payload::IpsetDeltaUpdate(
+                    pb::IpSetDeltaUpdate {
+                        id: "s:big".into(),
+                        added_members: addrs(60_000..90_000),
+                        // Removed first, as one delta would: 40,000..49,999 go, and
+                        // none of the added come back out.
+                        removed_members: addrs(40_000..70_000),
+                    },
+                )),
+            },
+            ipset_update("s:after", addrs(5..9)),
+        ];
+        let whole = Generation {
+            id: 9,
+            full: false,
+            base_id: 8,
+            updates: updates.clone(),
+            more: false,
+        };
+        let limit = 64 * 1024;
+        let chunks = split_into_chunks(whole, limit);
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!((c.id, c.full, c.base_id), (9, false, 8));
+            assert_eq!(c.more, i + 1 < chunks.len());
+            assert!(c.encoded_len() as u64 <= limit + 64, "{}", c.encoded_len());
+            assert!(!c.updates.is_empty());
+        }
+        let joined: Vec<pb::ToDataplane> = chunks.into_iter().flat_map(|c| c.updates).collect();
+        assert!(joined
+            .iter()
+            .all(|u| u.sequence_number == 7 || u.sequence_number == 8));
+        let (a, b) = (state_of(&updates), state_of(&joined));
+        let sets = |s: &capo_policy::State| {
+            s.ipsets()
+                .iter()
+                .map(|(id, set)| {
+                    let mut m: Vec<_> = set.members().copied().collect();
+                    m.sort();
+                    (id.clone(), m)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sets(&a), sets(&b));
+        let big = capo_policy::IpSetId::new("s:big").unwrap();
+        assert_eq!(b.ipsets().get(&big).map(|s| s.len()), Some(70_000));
+    }
+
+    #[test]
+    fn a_small_generation_is_one_chunk() {
+        let g = Generation {
+            id: 1,
+            full: true,
+            base_id: 0,
+            updates: vec![ipset_update("s:a", addrs(0..10))],
+            more: false,
+        };
+        let chunks = split_into_chunks(g.clone(), DEFAULT_CHUNK_BYTES);
+        assert_eq!(chunks, vec![g]);
+    }
+
     #[test]
     fn dataplane_arg() {
         assert_eq!(
@@ -791,6 +1093,7 @@ mod tests {
                             plugin_version: "test".into(),
                             active_generation: 0,
                             active_epoch: 0,
+                            ..Default::default()
                         },
                     )),
                 })

@@ -338,3 +338,103 @@ fn a_refused_generation_is_reported_and_retried() {
     assert!(handle.status().outcome(1).starts_with("applied"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn ipset_update(id: &str, members: Vec<String>) -> pb::ToDataplane {
+    pb::ToDataplane {
+        sequence_number: 0,
+        payload: Some(pb::to_dataplane::Payload::IpsetUpdate(pb::IpSetUpdate {
+            id: id.to_string(),
+            members,
+            r#type: pb::ip_set_update::IpSetType::Ip as i32,
+        })),
+    }
+}
+
+/// `n` distinct /32 members, different for each `set`.
+fn members(set: u32, n: u32) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{}/32", std::net::Ipv4Addr::from(((set + 1) << 24) | i)))
+        .collect()
+}
+
+/// Felix's ceiling reaches the plugin: five IP sets of `MaxIpsetSize` (1,048,576)
+/// members, one of them the seed's (so the policy uses it), are one ~80 MB generation,
+/// more than a frame; it goes in chunks and is applied whole.
+#[test]
+fn felix_sized_ip_sets_reach_the_plugin_in_chunks() {
+    const MAX_IPSET_SIZE: u32 = 1 << 20;
+    let (plugin, path) = plugin("felixsize");
+    let mut ch = VppChannel::connect(&path).unwrap();
+    let seed_set = seed_ipset();
+    let mut updates = Vec::new();
+    for m in seed() {
+        match m.payload {
+            Some(pb::to_dataplane::Payload::IpsetUpdate(u)) if u.id == seed_set => {
+                let mut all = u.members.clone();
+                all.extend(members(0, MAX_IPSET_SIZE - u.members.len() as u32));
+                updates.push(ipset_update(&u.id, all));
+                for set in 1..5 {
+                    updates.push(ipset_update(
+                        &format!("s:big{set}"),
+                        members(set, MAX_IPSET_SIZE),
+                    ));
+                }
+            }
+            _ => updates.push(m),
+        }
+    }
+    let bytes: usize = updates.iter().map(prost::Message::encoded_len).sum();
+    assert!(
+        bytes as u64 > capo_felix::frame::DEFAULT_MAX_FRAME_LEN,
+        "{bytes} bytes"
+    );
+    let a = ch.push_full(1, updates).unwrap();
+    assert!(a.ok, "{}", a.error);
+    let active = plugin.cell.load().unwrap();
+    let sets = active.state().ipsets();
+    assert_eq!(sets.len(), 5);
+    assert!(sets.values().all(|s| s.len() == MAX_IPSET_SIZE as usize));
+    let view = plugin.show(Show::Interfaces, 0);
+    assert!(view.contains("[tun3 sw_if_index=11"), "{view}");
+    // A delta on it still goes as a delta.
+    let a = ch
+        .push_delta(2, 1, vec![ipset_delta(&seed_set, "11.0.0.197/32")])
+        .unwrap();
+    assert!(a.ok, "{}", a.error);
+    assert_eq!(plugin.cell.active_id(), 2);
+}
+
+/// A plugin with small caps: chunks follow its frame cap, and a generation over its
+/// generation cap is refused by the agent before sending, naming the cap.
+#[test]
+fn chunks_follow_the_plugins_caps() {
+    let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-caps", std::process::id()));
+    let path = dir.join("capo.sock");
+    let listener = bind_path(&path, 0o660, None).unwrap();
+    let plugin = Arc::new(Plugin::new(PluginConfig {
+        max_frame_bytes: 1 << 20,
+        max_generation_bytes: 8 << 20,
+        ..PluginConfig::default()
+    }));
+    let core = Arc::new(Mutex::new(
+        plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)])),
+    ));
+    let reader = Arc::clone(&plugin);
+    std::thread::spawn(move || serve(listener, core, reader, |_| {}));
+    let mut ch = VppChannel::connect(&path).unwrap();
+    let mut updates = seed();
+    // ~2.8 MB: three times the frame cap.
+    updates.insert(0, ipset_update("s:extra", members(1, 200_000)));
+    let a = ch.push_full(1, updates.clone()).unwrap();
+    assert!(a.ok, "{}", a.error);
+    assert_eq!(plugin.cell.active_id(), 1);
+    // ~14 MB: over the 8 MiB generation cap.
+    updates[0] = ipset_update("s:extra", members(1, 1_000_000));
+    let err = ch.push_full(2, updates).unwrap_err();
+    assert!(
+        matches!(err, VppError::TooLarge { cap: 8388608, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("max-generation-mb"), "{err}");
+    assert_eq!(plugin.cell.active_id(), 1);
+}

@@ -11,6 +11,8 @@
 //!   nic-mark-bits 24               # the NIC's MARK width (8..24; 0: ignore marks)
 //!   unclassified drop              # drop | pass: packets on a policed interface that
 //!                                  # cannot be classified (no generation, no worker)
+//!   max-frame-mb 64                # largest frame read from the agent (one chunk)
+//!   max-generation-mb 1024         # largest generation held (all its chunks)
 //! }
 //! ```
 //!
@@ -28,6 +30,11 @@ pub const DEFAULT_SOCKET: &str = "/run/vpp/capo.sock";
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// Default number of flows kept per worker.
 pub const DEFAULT_FLOW_TABLE_SIZE: usize = 1 << 20;
+/// Default cap on one frame from the agent: Felix's own frame cap.
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = capo_felix::frame::DEFAULT_MAX_FRAME_LEN;
+/// Default cap on one generation over all its chunks. Felix's largest IP set
+/// (`MaxIpsetSize`, 1,048,576 members) is 15-45 MB encoded, so this holds dozens.
+pub const DEFAULT_MAX_GENERATION_BYTES: u64 = 1 << 30;
 
 /// What happens to established flows when a new generation becomes active (the
 /// classifier's flow table implements it).
@@ -52,6 +59,10 @@ pub struct PluginConfig {
     pub nic_marks: NicMarks,
     /// What happens to packets that cannot be classified.
     pub unclassified: crate::batch::Unclassified,
+    /// The largest frame read from the agent.
+    pub max_frame_bytes: u64,
+    /// The largest generation held, over all its chunks.
+    pub max_generation_bytes: u64,
 }
 
 impl PluginConfig {
@@ -76,6 +87,8 @@ impl Default for PluginConfig {
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             nic_marks: NicMarks::default(),
             unclassified: crate::batch::Unclassified::Drop,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_generation_bytes: DEFAULT_MAX_GENERATION_BYTES,
         }
     }
 }
@@ -189,11 +202,38 @@ impl PluginConfig {
                         }
                     };
                 }
+                "max-frame-mb" => {
+                    cfg.max_frame_bytes = mebibytes("max-frame-mb", value("max-frame-mb")?)?
+                }
+                "max-generation-mb" => {
+                    cfg.max_generation_bytes =
+                        mebibytes("max-generation-mb", value("max-generation-mb")?)?;
+                }
                 other => return Err(ConfigError::UnknownKey(other.to_string())),
             }
         }
+        if cfg.max_generation_bytes < cfg.max_frame_bytes {
+            return Err(ConfigError::BadValue {
+                key: "max-generation-mb",
+                value: (cfg.max_generation_bytes >> 20).to_string(),
+                reason: "must be at least max-frame-mb",
+            });
+        }
         Ok(cfg)
     }
+}
+
+/// A size in MiB, from 1 MiB to 1 TiB, as bytes.
+fn mebibytes(key: &'static str, v: &str) -> Result<u64, ConfigError> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|mb| (1..=1 << 20).contains(mb))
+        .map(|mb| mb << 20)
+        .ok_or_else(|| ConfigError::BadValue {
+            key,
+            value: v.to_string(),
+            reason: "expected a size in MiB from 1 to 1048576",
+        })
 }
 
 #[cfg(test)]
@@ -211,7 +251,7 @@ mod tests {
         let cfg = PluginConfig::parse(
             "socket /tmp/c.sock\n socket-mode 0600 socket-gid 998\nhost-interface tap9 \
              established-flows revalidate flow-table-size 4096 nic-mark-bits 16 \
-             unclassified pass",
+             unclassified pass max-frame-mb 8 max-generation-mb 100",
         )
         .unwrap();
         assert_eq!(cfg.socket, PathBuf::from("/tmp/c.sock"));
@@ -222,6 +262,8 @@ mod tests {
         assert_eq!(cfg.flow_table_size, 4096);
         assert_eq!(cfg.nic_marks.bits(), 16);
         assert_eq!(cfg.unclassified, crate::batch::Unclassified::Pass);
+        assert_eq!(cfg.max_frame_bytes, 8 << 20);
+        assert_eq!(cfg.max_generation_bytes, 100 << 20);
         assert_eq!(
             PluginConfig::default().unclassified,
             crate::batch::Unclassified::Drop
@@ -247,5 +289,9 @@ mod tests {
         assert!(PluginConfig::parse("established-flows maybe").is_err());
         assert!(PluginConfig::parse("nic-mark-bits 32").is_err());
         assert!(PluginConfig::parse("unclassified maybe").is_err());
+        assert!(PluginConfig::parse("max-frame-mb 0").is_err());
+        assert!(PluginConfig::parse("max-generation-mb lots").is_err());
+        let e = PluginConfig::parse("max-frame-mb 64 max-generation-mb 32").unwrap_err();
+        assert!(e.to_string().contains("at least max-frame-mb"), "{e}");
     }
 }

@@ -47,6 +47,14 @@
 //! generation again, re-enables features VPP dropped, and republishes the same
 //! generation id with the new bindings.
 //!
+//! # Chunks
+//!
+//! A generation larger than a frame (five IP sets of a million members are ~80 MB)
+//! arrives in chunks of the same id (`more` set on all but the last). They are held,
+//! counted against `max-generation-mb`, and applied together when the last arrives: a
+//! chunked generation is applied whole or not at all, like any other. A new `Hello`, a
+//! disconnect, or a chunk of another generation drops what is held.
+//!
 //! Invariants:
 //! - a refused generation changes nothing (the previous one stays active);
 //! - a delta applies only on top of the active generation (`base_id`) of the same
@@ -65,7 +73,8 @@ use capo_felix::convert::{convert, Converted};
 use capo_felix::frame::{FrameError, FrameReader, FrameWriter};
 use capo_policy::{IdTable, State, Update};
 use capo_proto::capo::dataplane::v1::{
-    from_plugin, to_plugin, Applied, FromPlugin, Generation as PbGeneration, HelloReply, ToPlugin,
+    from_plugin, to_plugin, Applied, ChunkReceived, FromPlugin, Generation as PbGeneration,
+    HelloReply, ToPlugin,
 };
 use prost::Message;
 
@@ -85,6 +94,46 @@ const HISTORY: usize = 8;
 
 /// Published snapshots kept for reuse (active, previous, and retired ones).
 const SNAPSHOTS: usize = 4;
+
+/// Room left in a frame for the envelope around a chunk's updates (ids, flags, tags).
+const CHUNK_ENVELOPE_BYTES: u64 = 64 * 1024;
+
+/// Caps on what the agent sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLimits {
+    /// The largest frame read (one message, one chunk).
+    pub max_frame_bytes: u64,
+    /// The largest generation held, over all its chunks (encoded bytes).
+    pub max_generation_bytes: u64,
+}
+
+impl Default for ChannelLimits {
+    fn default() -> Self {
+        ChannelLimits {
+            max_frame_bytes: crate::config::DEFAULT_MAX_FRAME_BYTES,
+            max_generation_bytes: crate::config::DEFAULT_MAX_GENERATION_BYTES,
+        }
+    }
+}
+
+impl ChannelLimits {
+    /// The largest chunk the agent may send (told in `HelloReply`).
+    pub fn max_chunk_bytes(&self) -> u64 {
+        self.max_frame_bytes
+            .saturating_sub(CHUNK_ENVELOPE_BYTES)
+            .max(1)
+    }
+}
+
+/// The chunks of one generation received so far.
+struct Assembly {
+    id: u64,
+    full: bool,
+    base_id: u64,
+    updates: Vec<capo_proto::felix::v3_32::ToDataplane>,
+    chunks: u64,
+    bytes: u64,
+}
 
 /// VPP could not do what the control path asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -295,6 +344,16 @@ pub enum RefusedError {
     /// A full snapshot without `InSync`.
     #[error("a full generation must end with InSync")]
     NotInSync,
+    /// More bytes than `max-generation-mb` allows (nothing of it was applied).
+    #[error("generation {id} is larger than this plugin holds: {bytes} bytes received, the cap is {cap} bytes (startup.conf capo {{ max-generation-mb }})")]
+    TooLarge {
+        /// The generation.
+        id: u64,
+        /// Bytes received when the cap was passed.
+        bytes: u64,
+        /// The cap.
+        cap: u64,
+    },
     /// The compiler refused an update the validation accepted (a bug); the compiler
     /// was rebuilt from the active generation.
     #[error("updates[{index}]: refused by the compiler after validation: {source}")]
@@ -401,6 +460,9 @@ pub struct ControlCore<C: VppContext> {
     conn_epoch: u64,
     /// The epoch of the agent that pushed the active generation.
     active_epoch: u64,
+    limits: ChannelLimits,
+    /// Chunks of a generation not complete yet.
+    assembly: Option<Assembly>,
 }
 
 impl<C: VppContext> std::fmt::Debug for ControlCore<C> {
@@ -438,7 +500,21 @@ impl<C: VppContext> ControlCore<C> {
             explicit: Vec::new(),
             conn_epoch: 0,
             active_epoch: 0,
+            limits: ChannelLimits::default(),
+            assembly: None,
         }
+    }
+
+    /// The same core with other channel caps.
+    #[must_use]
+    pub fn with_limits(mut self, limits: ChannelLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The channel caps.
+    pub fn limits(&self) -> ChannelLimits {
+        self.limits
     }
 
     /// The VPP context (tests inspect fakes through it).
@@ -460,6 +536,7 @@ impl<C: VppContext> ControlCore<C> {
                     version: h.agent_version,
                 };
                 self.conn_epoch = h.epoch;
+                self.assembly = None;
                 self.explicit = h
                     .bindings
                     .into_iter()
@@ -475,11 +552,22 @@ impl<C: VppContext> ControlCore<C> {
                     plugin_version: PLUGIN_VERSION.to_string(),
                     active_generation: if same_run { self.cell.active_id() } else { 0 },
                     active_epoch: self.active_epoch,
+                    max_chunk_bytes: self.limits.max_chunk_bytes(),
+                    max_generation_bytes: self.limits.max_generation_bytes,
                 })
             }
-            Some(to_plugin::Msg::Generation(g)) => {
-                from_plugin::Msg::Applied(self.on_generation(g, now))
-            }
+            Some(to_plugin::Msg::Generation(g)) => match self.on_chunk(g) {
+                Ok(Some(whole)) => from_plugin::Msg::Applied(self.on_generation(whole, now)),
+                Ok(None) => {
+                    let held = self.assembly.as_ref();
+                    from_plugin::Msg::Chunk(ChunkReceived {
+                        generation: held.map_or(0, |a| a.id),
+                        chunks: held.map_or(0, |a| a.chunks),
+                        bytes: held.map_or(0, |a| a.bytes),
+                    })
+                }
+                Err((id, e)) => from_plugin::Msg::Applied(self.refused(id, false, 0, e, now)),
+            },
             Some(to_plugin::Msg::Show(_) | to_plugin::Msg::Counters(_)) | None => {
                 // Read-only requests are answered by `serve_connection` without the
                 // core; reaching here means an empty or unknown message.
@@ -496,45 +584,129 @@ impl<C: VppContext> ControlCore<C> {
 
     /// Records that the agent connection ended (fail-static: nothing else changes).
     pub fn on_disconnect(&mut self, now: u64) {
+        self.assembly = None;
         let mut s = lock(&self.status);
         if matches!(s.agent, AgentState::Connected { .. }) {
             s.agent = AgentState::Disconnected { since: now };
         }
     }
 
+    /// Takes one `Generation` message: the whole generation once it is complete
+    /// (`None` while chunks are held), or why it was dropped (its id and the error).
+    fn on_chunk(&mut self, g: PbGeneration) -> Result<Option<PbGeneration>, (u64, RefusedError)> {
+        let bytes = g.encoded_len() as u64;
+        let continues = self
+            .assembly
+            .as_ref()
+            .is_some_and(|a| (a.id, a.full, a.base_id) == (g.id, g.full, g.base_id));
+        // A chunk of another generation means the agent gave the held one up.
+        let mut held = if continues {
+            self.assembly.take()
+        } else {
+            self.assembly = None;
+            None
+        }
+        .unwrap_or(Assembly {
+            id: g.id,
+            full: g.full,
+            base_id: g.base_id,
+            updates: Vec::new(),
+            chunks: 0,
+            bytes: 0,
+        });
+        held.bytes = held.bytes.saturating_add(bytes);
+        held.chunks += 1;
+        if held.bytes > self.limits.max_generation_bytes {
+            return Err((
+                g.id,
+                RefusedError::TooLarge {
+                    id: g.id,
+                    bytes: held.bytes,
+                    cap: self.limits.max_generation_bytes,
+                },
+            ));
+        }
+        if held.chunks == 1 && !g.more {
+            return Ok(Some(g));
+        }
+        held.updates.extend(g.updates);
+        if g.more {
+            self.assembly = Some(held);
+            return Ok(None);
+        }
+        Ok(Some(PbGeneration {
+            id: held.id,
+            full: held.full,
+            base_id: held.base_id,
+            updates: held.updates,
+            more: false,
+        }))
+    }
+
     fn on_generation(&mut self, g: PbGeneration, now: u64) -> Applied {
         let (id, full, base_id) = (g.id, g.full, g.base_id);
-        let result = self.apply(g);
-        let interfaces = self.bound_interfaces();
-        let mut s = lock(&self.status);
-        let (ok, error, unknown) = match result {
+        match self.apply(g) {
             Ok(unknown) => {
+                let interfaces = self.bound_interfaces();
+                let mut s = lock(&self.status);
                 s.applied += 1;
                 s.active_epoch = self.active_epoch;
-                (true, None, unknown)
+                Self::record(&mut s, id, full, base_id, now, None, unknown.clone());
+                Applied {
+                    generation: id,
+                    ok: true,
+                    error: String::new(),
+                    unknown_interfaces: unknown,
+                    interfaces,
+                }
             }
-            Err(e) => {
-                s.refused += 1;
-                (false, Some(e.to_string()), Vec::new())
-            }
-        };
+            Err(e) => self.refused(id, full, base_id, e, now),
+        }
+    }
+
+    /// Records and answers a refusal (the active generation stays).
+    fn refused(&mut self, id: u64, full: bool, base_id: u64, e: RefusedError, now: u64) -> Applied {
+        let interfaces = self.bound_interfaces();
+        let mut s = lock(&self.status);
+        s.refused += 1;
+        let error = e.to_string();
+        Self::record(
+            &mut s,
+            id,
+            full,
+            base_id,
+            now,
+            Some(error.clone()),
+            Vec::new(),
+        );
+        Applied {
+            generation: id,
+            ok: false,
+            error,
+            unknown_interfaces: Vec::new(),
+            interfaces,
+        }
+    }
+
+    fn record(
+        s: &mut Status,
+        id: u64,
+        full: bool,
+        base_id: u64,
+        at: u64,
+        error: Option<String>,
+        unknown_interfaces: Vec<String>,
+    ) {
         s.history.push_back(AppliedRecord {
             id,
             full,
             base_id,
-            at: now,
-            error: error.clone(),
-            unknown_interfaces: unknown.clone(),
+            at,
+            error,
+            unknown_interfaces,
         });
         while s.history.len() > HISTORY {
             s.history.pop_front();
-        }
-        Applied {
-            generation: id,
-            ok,
-            error: error.unwrap_or_default(),
-            unknown_interfaces: unknown,
-            interfaces,
         }
     }
 
@@ -593,6 +765,7 @@ impl<C: VppContext> ControlCore<C> {
             full,
             base_id,
             updates,
+            more: _,
         } = g;
         let active = self.cell.load();
         let active_id = active.as_ref().map_or(0, |a| a.id());
@@ -976,8 +1149,14 @@ pub fn serve_connection<C: VppContext>(
     core: &Mutex<ControlCore<C>>,
     plugin: &dyn Reader,
 ) -> Result<(), ConnectionError> {
+    let max_frame = core
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .limits()
+        .max_frame_bytes;
     let result = (|| {
-        let mut reader = FrameReader::new(BufReader::new(stream.try_clone()?));
+        let mut reader =
+            FrameReader::with_max_frame_len(BufReader::new(stream.try_clone()?), max_frame);
         let mut writer = FrameWriter::new(stream);
         while let Some(frame) = reader.read_frame()? {
             let msg = ToPlugin::decode(frame.bytes.as_slice()).map_err(|source| {

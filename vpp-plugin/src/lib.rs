@@ -123,6 +123,10 @@ impl Plugin {
             ctx,
             &self.config.host_interface,
         )
+        .with_limits(control::ChannelLimits {
+            max_frame_bytes: self.config.max_frame_bytes,
+            max_generation_bytes: self.config.max_generation_bytes,
+        })
     }
 
     /// `clear capo counters`.

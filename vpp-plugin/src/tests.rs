@@ -84,8 +84,34 @@ fn generation(id: u64, full: bool, base_id: u64, updates: Vec<pb::ToDataplane>) 
             full,
             base_id,
             updates,
+            more: false,
         })),
     }
+}
+
+/// `updates` as generation `id` in chunks of `per_chunk` updates each.
+fn chunked(
+    id: u64,
+    full: bool,
+    base_id: u64,
+    updates: Vec<pb::ToDataplane>,
+    per_chunk: usize,
+) -> Vec<ToPlugin> {
+    let pieces: Vec<Vec<pb::ToDataplane>> = updates.chunks(per_chunk).map(<[_]>::to_vec).collect();
+    let last = pieces.len() - 1;
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, updates)| ToPlugin {
+            msg: Some(to_plugin::Msg::Generation(PbGeneration {
+                id,
+                full,
+                base_id,
+                updates,
+                more: i < last,
+            })),
+        })
+        .collect()
 }
 
 fn applied(reply: FromPlugin) -> Applied {
@@ -1234,4 +1260,104 @@ fn replies_of_connections_the_nic_allowed_pass() {
         classify_batch::<false, false>(&mut ctx(&plugin, &mut slot, 0), &[rx(&reply)], &mut out);
     assert_eq!(out[0].next, Next::NextFeature);
     assert_eq!(c.flow_hits, 1);
+}
+
+#[test]
+fn chunks_of_a_generation_apply_together_when_the_last_arrives() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)]));
+    let h = hello_reply(core.on_message(hello(1, &[]), 0));
+    assert_eq!(h.max_chunk_bytes, (64 << 20) - (64 << 10));
+    assert_eq!(h.max_generation_bytes, 1 << 30);
+    let updates = seed_updates();
+    let n = updates.len();
+    let mut chunks = chunked(1, true, 0, updates, 3);
+    assert!(chunks.len() >= 3, "{n} updates");
+    let last = chunks.pop().unwrap();
+    for (i, c) in chunks.into_iter().enumerate() {
+        match core.on_message(c, 0).msg {
+            Some(from_plugin::Msg::Chunk(r)) => {
+                assert_eq!((r.generation, r.chunks), (1, i as u64 + 1));
+                assert!(r.bytes > 0);
+            }
+            other => panic!("expected ChunkReceived, got {other:?}"),
+        }
+        // Nothing applies before the last chunk.
+        assert_eq!(plugin.cell.active_id(), 0);
+        assert!(core.context().commits.is_empty());
+    }
+    let a = applied(core.on_message(last, 0));
+    assert!(a.ok, "{}", a.error);
+    assert_eq!(plugin.cell.active_id(), 1);
+    assert_eq!(block(&plugin.show(Show::Interfaces, 0), "tun3"), SEED_TUN3);
+}
+
+#[test]
+fn an_unfinished_chunked_generation_is_dropped_and_changes_nothing() {
+    let (plugin, mut core) = seeded();
+    let before = plugin.show(Show::Interfaces, 0);
+    let mut chunks = chunked(2, true, 0, seed_with_port(5979), 4);
+    // The agent reconnects midway: what was held is dropped, so the last chunk alone
+    // is an incomplete full generation.
+    let last = chunks.pop().unwrap();
+    let first = chunks.remove(0);
+    assert!(matches!(
+        core.on_message(first, 0).msg,
+        Some(from_plugin::Msg::Chunk(_))
+    ));
+    core.on_disconnect(0);
+    let a = applied(core.on_message(last, 0));
+    assert!(!a.ok, "the tail of a dropped generation must not apply");
+    assert_eq!(plugin.cell.active_id(), 1);
+    assert_eq!(plugin.show(Show::Interfaces, 0), before);
+
+    // A chunk of another generation also drops what is held.
+    let mut chunks = chunked(3, true, 0, seed_with_port(5979), 4);
+    let last3 = chunks.pop().unwrap();
+    assert!(matches!(
+        core.on_message(chunks.remove(0), 0).msg,
+        Some(from_plugin::Msg::Chunk(_))
+    ));
+    let a = applied(core.on_message(generation(4, true, 0, seed_with_port(5979)), 0));
+    assert!(a.ok, "{}", a.error);
+    let a = applied(core.on_message(last3, 0));
+    assert!(!a.ok);
+    assert_eq!(plugin.cell.active_id(), 4);
+}
+
+#[test]
+fn a_generation_over_the_cap_is_refused_naming_it() {
+    let plugin = Plugin::new(PluginConfig {
+        max_frame_bytes: 1 << 20,
+        max_generation_bytes: 1 << 20,
+        ..PluginConfig::default()
+    });
+    let mut core = plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)]));
+    let a = applied(core.on_message(generation(1, true, 0, seed_updates()), 0));
+    assert!(a.ok, "{}", a.error);
+    let before = plugin.show(Show::Ipsets, 0);
+    // 2 MiB of members in 4 chunks: the third passes the cap.
+    let members: Vec<String> = (0..160_000u32)
+        .map(|i| format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255))
+        .collect();
+    let deltas: Vec<pb::ToDataplane> = members
+        .chunks(40_000)
+        .map(|m| member_delta(&m.iter().map(String::as_str).collect::<Vec<_>>(), &[]))
+        .collect();
+    let msgs = chunked(2, false, 1, deltas, 1);
+    let mut refusal = None;
+    for m in msgs {
+        if let Some(from_plugin::Msg::Applied(a)) = core.on_message(m, 0).msg {
+            refusal = Some(a);
+            break;
+        }
+    }
+    let a = refusal.expect("an answer");
+    assert!(!a.ok);
+    assert!(a.error.contains("the cap is 1048576 bytes"), "{}", a.error);
+    assert!(a.error.contains("max-generation-mb"), "{}", a.error);
+    assert_eq!(plugin.cell.active_id(), 1);
+    assert_eq!(plugin.show(Show::Ipsets, 0), before);
+    let gens = plugin.show(Show::Generations, 0);
+    assert!(gens.contains("the cap is"), "{gens}");
 }
