@@ -2,7 +2,8 @@
 //! views, packet trace and (when enabled) packet injection; `grpc.health.v1` and
 //! server reflection. Served on a unix socket (mode 0660, group configurable) and
 //! optionally on TCP with mutual TLS. Runs on its own tokio runtime; it reads the
-//! daemon under its lock, between frames.
+//! policy through [`crate::readers`], which holds the daemon's lock only to pick up
+//! a snapshot, so no reader delays policy updates.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cli::{packet, trace_json, trace_text, View};
 use crate::daemon::{lock, SharedDaemon};
+use crate::readers::Readers;
 
 /// The agent's API socket when none is given.
 pub const DEFAULT_API_SOCKET: &str = "/var/run/capo/agent.sock";
@@ -203,9 +205,9 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
                             return;
                         }
                     };
-                    let d = daemon.clone();
+                    let r = Readers::new(daemon.clone());
                     tasks.push(tokio::spawn(async move {
-                        if let Err(e) = crate::metrics::serve(d, listener, stop).await {
+                        if let Err(e) = crate::metrics::serve(r, listener, stop).await {
                             tracing::error!(error = %e, "metrics listener failed");
                         }
                     }));
@@ -305,7 +307,11 @@ async fn add_services<L: Clone>(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let svc = Api { daemon, inject };
+    let svc = Api {
+        readers: Readers::new(daemon.clone()),
+        daemon,
+        inject,
+    };
     let mut router = builder
         .add_service(health)
         .add_service(api::counters_server::CountersServer::new(svc.clone()))
@@ -328,6 +334,7 @@ async fn add_services<L: Clone>(
 #[derive(Clone)]
 struct Api {
     daemon: SharedDaemon,
+    readers: Readers,
     inject: bool,
 }
 
@@ -343,23 +350,20 @@ impl Api {
         tokio::task::block_in_place(|| lock(&self.daemon))
     }
 
-    fn counters(&self) -> Result<api::CountersReply, Status> {
+    async fn counters(&self) -> Result<api::CountersReply, Status> {
         // With VPP the counters are VPP's, read over the control channel (outside the
         // daemon's lock).
         let vpp = self.locked().vpp();
         if let Some(h) = vpp {
             return tokio::task::block_in_place(|| h.counters()).map_err(Status::unavailable);
         }
-        let d = self.locked();
-        let mut reply = api::CountersReply {
-            generation: d.generation(),
-            ..Default::default()
-        };
-        if let Some(c) = d.counters() {
-            reply = c;
-            reply.generation = d.generation();
+        match self.readers.embedded_counters().await {
+            Some(c) => Ok(c),
+            None => Ok(api::CountersReply {
+                generation: self.locked().generation(),
+                ..Default::default()
+            }),
         }
-        Ok(reply)
     }
 }
 
@@ -369,7 +373,7 @@ impl api::counters_server::Counters for Api {
         &self,
         _req: Request<api::CountersRequest>,
     ) -> Result<Response<api::CountersReply>, Status> {
-        Ok(Response::new(self.counters()?))
+        Ok(Response::new(self.counters().await?))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<api::CountersReply, Status>> + Send>>;
@@ -393,7 +397,7 @@ impl api::counters_server::Counters for Api {
             let mut tick = tokio::time::interval(Duration::from_millis(u64::from(ms)));
             loop {
                 tick.tick().await;
-                if tx.send(me.counters()).await.is_err() {
+                if tx.send(me.counters().await).await.is_err() {
                     return;
                 }
             }
@@ -458,11 +462,8 @@ impl api::offload_server::Offload for Api {
         &self,
         _req: Request<api::OffloadPlanRequest>,
     ) -> Result<Response<api::OffloadPlanReply>, Status> {
-        let d = self.locked();
-        if d.state().is_none() {
-            return Err(no_policy());
-        }
-        Ok(Response::new(d.offload_plan()))
+        let plan = self.readers.offload_plan().await.ok_or_else(no_policy)?;
+        Ok(Response::new(plan))
     }
 }
 
@@ -502,13 +503,12 @@ impl api::views_server::Views for Api {
                 lines,
             }));
         }
-        let d = self.locked();
-        let state = d.state().ok_or_else(no_policy)?;
-        let text = view.render(state, d.ids());
+        let snapshot = self.readers.snapshot().ok_or_else(no_policy)?;
+        let text = self.readers.view(&snapshot, view).await;
         let lines = view_lines(&text, r.with_lines);
         Ok(Response::new(api::ViewReply {
-            text,
-            generation: d.generation(),
+            text: text.as_ref().clone(),
+            generation: snapshot.generation,
             lines,
         }))
     }
@@ -565,10 +565,17 @@ impl api::trace_server::Trace for Api {
             byte(r.icmp_code, "icmp_code")?,
         )
         .map_err(|e| Status::invalid_argument(api_field_names(&e)))?;
-        let d = self.locked();
-        let state = d.state().ok_or_else(no_policy)?;
+        let snapshot = self.readers.snapshot().ok_or_else(no_policy)?;
+        let embedded = self.locked().embedded();
+        let decided_in = |interface: &str, dir, pkt: &capo_policy::Packet| {
+            embedded
+                .as_ref()
+                .and_then(|e| crate::embedded::lock_embedded(e).decided_where(interface, dir, pkt))
+                .unwrap_or("software")
+        };
+        let (state, ids) = (snapshot.state.as_ref(), snapshot.ids.as_ref());
         let t = capo_policy::trace(state, &pkt);
-        let views = capo_policy::Views::new(state, d.ids());
+        let views = capo_policy::Views::new(state, ids);
         let steps: Vec<api::TraceStep> = t
             .steps
             .iter()
@@ -585,11 +592,11 @@ impl api::trace_server::Trace for Api {
                         ..
                     } => (interface.clone(), *direction),
                     capo_policy::eval::CheckPoint::Host { direction } => {
-                        (d.ids().host_interface().to_string(), *direction)
+                        (ids.host_interface().to_string(), *direction)
                     }
                 };
                 api::TraceStep {
-                    decided_in: d.decided_in(&interface, direction, &pkt).to_string(),
+                    decided_in: decided_in(&interface, direction, &pkt).to_string(),
                     interface,
                     direction: direction.to_string(),
                     verdict: verdict_str(s.outcome.verdict).to_string(),
@@ -600,7 +607,7 @@ impl api::trace_server::Trace for Api {
         // capoctl's text, with where each step is decided.
         let mut text = String::new();
         let mut step_lines = steps.iter();
-        for line in trace_text(&t, state, d.ids()).lines() {
+        for line in trace_text(&t, state, ids).lines() {
             text += line;
             // Step lines are indented by two; "logged by" lines by four.
             let is_step =
@@ -615,9 +622,9 @@ impl api::trace_server::Trace for Api {
         Ok(Response::new(api::TraceReply {
             verdict: verdict_str(t.verdict).to_string(),
             steps,
-            generation: d.generation(),
+            generation: snapshot.generation,
             text,
-            json: trace_json(&t, state, d.ids()).to_string(),
+            json: trace_json(&t, state, ids).to_string(),
         }))
     }
 }

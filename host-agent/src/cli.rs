@@ -7,7 +7,7 @@ use capo_policy::eval::{CheckPoint, Trace};
 use capo_policy::{IdTable, Packet, Protocol, State, Verdict, Views, L4};
 
 /// One of the capo views.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum View {
     /// `show capo interfaces`.
     Interfaces,

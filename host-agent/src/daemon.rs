@@ -175,6 +175,21 @@ pub struct Daemon {
     sinks: Vec<Box<dyn PolicySink>>,
     started: Instant,
     commit_latency: prometheus_client::metrics::histogram::Histogram,
+    /// The policy in force as readers last asked for it, while one still holds it
+    /// (see [`Daemon::snapshot`]).
+    snapshot: Option<(u64, std::sync::Weak<State>, std::sync::Weak<IdTable>)>,
+}
+
+/// The policy in force at one generation, shared with readers (API, metrics) that
+/// render it without holding the daemon's lock.
+#[derive(Debug, Clone)]
+pub struct PolicySnapshot {
+    /// The generation.
+    pub generation: u64,
+    /// Its state.
+    pub state: Arc<State>,
+    /// Its ids.
+    pub ids: Arc<IdTable>,
 }
 
 /// The daemon shared between the policy source and the API.
@@ -199,6 +214,7 @@ impl Daemon {
             sinks: Vec::new(),
             started: Instant::now(),
             commit_latency: crate::metrics::commit_latency_histogram(),
+            snapshot: None,
         }
     }
 
@@ -221,6 +237,34 @@ impl Daemon {
     /// in-sync state (fail-static), else none.
     pub fn state(&self) -> Option<&State> {
         in_force(self.session.as_ref(), self.live.as_ref())
+    }
+
+    /// The policy in force as a snapshot readers can keep: copied at most once per
+    /// generation, and only when a reader asks, so the update path never copies.
+    /// The copy is not kept once no reader holds it.
+    pub fn snapshot(&mut self) -> Option<PolicySnapshot> {
+        if let Some((generation, state, ids)) = &self.snapshot {
+            if *generation == self.generation {
+                if let (Some(state), Some(ids)) = (state.upgrade(), ids.upgrade()) {
+                    return Some(PolicySnapshot {
+                        generation: *generation,
+                        state,
+                        ids,
+                    });
+                }
+            }
+        }
+        let snapshot = PolicySnapshot {
+            generation: self.generation,
+            state: Arc::new(self.state()?.clone()),
+            ids: Arc::new(self.ids.clone()),
+        };
+        self.snapshot = Some((
+            snapshot.generation,
+            Arc::downgrade(&snapshot.state),
+            Arc::downgrade(&snapshot.ids),
+        ));
+        Some(snapshot)
     }
 
     /// Ids of the policy in force.

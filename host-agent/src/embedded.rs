@@ -10,6 +10,7 @@ use std::time::Instant;
 use capo_classifier::{
     parse_ethernet, Builder, Counters, FlowConfig, GenerationCell, Input, Timestamp, Worker,
 };
+use capo_policy::views::NumberedRule;
 use capo_policy::{Direction, IdTable, Packet, State, Update, Verdict, Views};
 use capo_proto::capo::agent::v1 as api;
 
@@ -71,6 +72,149 @@ impl Embedded {
         match &self.cell {
             Some(cell) => cell.publish(g),
             None => self.cell = Some(GenerationCell::new(g)),
+        }
+    }
+}
+
+impl Embedded {
+    /// What a counters reply is read from: taken under the dataplane's lock, cheap
+    /// (the per-worker counters are shared atomics, read later by
+    /// [`CounterSources::reply`] outside it).
+    pub fn counter_sources(&self, numbered: &[NumberedRule]) -> CounterSources {
+        let (nic_counts, placements, nic_decided) = match &self.nic {
+            Some(nic) => {
+                let mut n = nic_lock(nic);
+                let counts = n.rule_counts();
+                let placements = n
+                    .plan_reply(numbered)
+                    .rules
+                    .iter()
+                    .map(|r| (r.rule_id, r.placement))
+                    .collect();
+                (counts, placements, n.nic_decided())
+            }
+            None => Default::default(),
+        };
+        CounterSources {
+            counters: Arc::clone(&self.counters),
+            nic_counts,
+            placements,
+            nic_verdicts: self.nic_verdicts.clone(),
+            nic_decided,
+        }
+    }
+
+    /// The offload plan over `numbered` (the rules of the policy in force), if a NIC
+    /// is in front.
+    pub fn plan_for(&self, numbered: &[NumberedRule]) -> Option<api::OffloadPlanReply> {
+        Some(nic_lock(self.nic.as_ref()?).plan_reply(numbered))
+    }
+
+    /// Whether `pkt` would be decided by the NIC (`Some("nic")`) or software;
+    /// `None` without a NIC.
+    pub fn decided_where(
+        &self,
+        interface: &str,
+        dir: Direction,
+        pkt: &Packet,
+    ) -> Option<&'static str> {
+        let nic = self.nic.as_ref()?;
+        let on_wire = dir == Direction::Ingress
+            && self.state.workloads().values().any(|w| w.name == interface);
+        Some(if on_wire && nic_lock(nic).decides(pkt) {
+            "nic"
+        } else {
+            "software"
+        })
+    }
+}
+
+/// The embedded dataplane's counters, detached from its lock.
+pub struct CounterSources {
+    counters: Arc<Counters>,
+    nic_counts: std::collections::HashMap<u32, (u64, u64)>,
+    placements: std::collections::HashMap<u32, i32>,
+    nic_verdicts: std::collections::HashMap<(u32, Direction), (u64, u64)>,
+    nic_decided: u64,
+}
+
+impl CounterSources {
+    /// The counters reply for the policy `state`/`ids` whose rules are `numbered`.
+    pub fn reply(
+        &self,
+        numbered: &[NumberedRule],
+        state: &State,
+        ids: &IdTable,
+    ) -> api::CountersReply {
+        let rules = numbered
+            .iter()
+            .map(|r| {
+                let c = self.counters.rule(r.id);
+                let (nic_packets, nic_bytes) =
+                    self.nic_counts.get(&r.id).copied().unwrap_or((0, 0));
+                api::RuleCounters {
+                    rule_id: r.id,
+                    rule: r.line.clone(),
+                    owner: r.owner.clone(),
+                    software_packets: c.packets,
+                    software_bytes: c.bytes,
+                    nic_packets,
+                    nic_bytes,
+                    placement: self
+                        .placements
+                        .get(&r.id)
+                        .copied()
+                        .unwrap_or(api::Placement::Software as i32),
+                }
+            })
+            .collect();
+        let mut interfaces = Vec::new();
+        let mut names: Vec<String> = vec![ids.host_interface().to_string()];
+        names.extend(state.workloads().values().map(|w| w.name.clone()));
+        names.extend(
+            state
+                .host_endpoints()
+                .values()
+                .filter(|h| !h.name.is_empty() && h.name != "*")
+                .map(|h| h.name.clone()),
+        );
+        let (mut allowed, mut denied) = (0, 0);
+        for name in names {
+            let Some(idx) = ids.interface(&name) else {
+                continue;
+            };
+            for dir in Direction::BOTH {
+                let v = self.counters.interface(idx, dir);
+                let (nic_allow, nic_deny) = self
+                    .nic_verdicts
+                    .get(&(idx, dir))
+                    .copied()
+                    .unwrap_or((0, 0));
+                allowed += v.allow + nic_allow;
+                denied += v.deny + nic_deny;
+                interfaces.push(api::InterfaceCounters {
+                    interface: name.clone(),
+                    sw_if_index: idx,
+                    direction: dir_name(dir).into(),
+                    allowed_packets: v.allow + nic_allow,
+                    denied_packets: v.deny + nic_deny,
+                    ..Default::default()
+                });
+            }
+        }
+        let flows = self.counters.flows();
+        api::CountersReply {
+            generation: 0,
+            rules,
+            interfaces,
+            totals: Some(api::Totals {
+                packets: allowed + denied,
+                allowed,
+                denied,
+                nic_decided: self.nic_decided,
+                software_decided: (allowed + denied).saturating_sub(self.nic_decided),
+                flow_table_hits: flows.hits,
+            }),
         }
     }
 }
@@ -153,108 +297,17 @@ impl PolicySink for Embedded {
     }
 
     fn counters(&self, state: &State, ids: &IdTable) -> Option<api::CountersReply> {
-        let views = Views::new(state, ids).with_compact_sets();
-        let numbered = views.numbered_rules();
-        let (nic_counts, placements) = match &self.nic {
-            Some(nic) => {
-                let mut n = nic_lock(nic);
-                let counts = n.rule_counts();
-                let plan = n.plan_reply(&numbered);
-                let placements: std::collections::HashMap<u32, i32> = plan
-                    .rules
-                    .iter()
-                    .map(|r| (r.rule_id, r.placement))
-                    .collect();
-                (counts, placements)
-            }
-            None => Default::default(),
-        };
-        let rules = numbered
-            .into_iter()
-            .map(|r| {
-                let c = self.counters.rule(r.id);
-                let (nic_packets, nic_bytes) = nic_counts.get(&r.id).copied().unwrap_or((0, 0));
-                api::RuleCounters {
-                    rule_id: r.id,
-                    rule: r.line,
-                    owner: r.owner,
-                    software_packets: c.packets,
-                    software_bytes: c.bytes,
-                    nic_packets,
-                    nic_bytes,
-                    placement: placements
-                        .get(&r.id)
-                        .copied()
-                        .unwrap_or(api::Placement::Software as i32),
-                }
-            })
-            .collect();
-        let mut interfaces = Vec::new();
-        let mut names: Vec<String> = vec![ids.host_interface().to_string()];
-        names.extend(state.workloads().values().map(|w| w.name.clone()));
-        names.extend(
-            state
-                .host_endpoints()
-                .values()
-                .filter(|h| !h.name.is_empty() && h.name != "*")
-                .map(|h| h.name.clone()),
-        );
-        let (mut allowed, mut denied) = (0, 0);
-        for name in names {
-            let Some(idx) = ids.interface(&name) else {
-                continue;
-            };
-            for dir in Direction::BOTH {
-                let v = self.counters.interface(idx, dir);
-                let (nic_allow, nic_deny) = self
-                    .nic_verdicts
-                    .get(&(idx, dir))
-                    .copied()
-                    .unwrap_or((0, 0));
-                allowed += v.allow + nic_allow;
-                denied += v.deny + nic_deny;
-                interfaces.push(api::InterfaceCounters {
-                    interface: name.clone(),
-                    sw_if_index: idx,
-                    direction: dir_name(dir).into(),
-                    allowed_packets: v.allow + nic_allow,
-                    denied_packets: v.deny + nic_deny,
-                    ..Default::default()
-                });
-            }
-        }
-        let flows = self.counters.flows();
-        let nic_decided = self.nic.as_ref().map_or(0, |n| nic_lock(n).nic_decided());
-        Some(api::CountersReply {
-            generation: 0,
-            rules,
-            interfaces,
-            totals: Some(api::Totals {
-                packets: allowed + denied,
-                allowed,
-                denied,
-                nic_decided,
-                software_decided: (allowed + denied).saturating_sub(nic_decided),
-                flow_table_hits: flows.hits,
-            }),
-        })
+        let numbered = Views::new(state, ids).with_compact_sets().numbered_rules();
+        Some(self.counter_sources(&numbered).reply(&numbered, state, ids))
     }
 
     fn offload_plan(&self, state: &State, ids: &IdTable) -> Option<api::OffloadPlanReply> {
-        let nic = self.nic.as_ref()?;
-        let numbered = Views::new(state, ids).with_compact_sets().numbered_rules();
-        Some(nic_lock(nic).plan_reply(&numbered))
+        self.nic.as_ref()?;
+        self.plan_for(&Views::new(state, ids).with_compact_sets().numbered_rules())
     }
 
     fn decided_in(&self, interface: &str, dir: Direction, pkt: &Packet) -> Option<&'static str> {
-        let nic = self.nic.as_ref()?;
-        let on_wire = dir == Direction::Ingress
-            && self.state.workloads().values().any(|w| w.name == interface);
-        Some(if on_wire && nic_lock(nic).decides(pkt) {
-            "nic"
-        } else {
-            "software"
-        })
+        self.decided_where(interface, dir, pkt)
     }
 
     fn classify_wire(&mut self, frames: &[&[u8]]) -> Option<Vec<Verdict>> {
@@ -444,7 +497,10 @@ impl PolicySink for EmbeddedSink {
     }
 
     fn counters(&self, state: &State, ids: &IdTable) -> Option<api::CountersReply> {
-        lock_embedded(&self.0).counters(state, ids)
+        // Rules are numbered outside the dataplane's lock: packets and commits need it.
+        let numbered = Views::new(state, ids).with_compact_sets().numbered_rules();
+        let sources = lock_embedded(&self.0).counter_sources(&numbered);
+        Some(sources.reply(&numbered, state, ids))
     }
 
     fn offload_plan(&self, state: &State, ids: &IdTable) -> Option<api::OffloadPlanReply> {

@@ -20,5 +20,6 @@ pub mod logging;
 pub mod manifests;
 pub mod metrics;
 pub mod nic;
+pub mod readers;
 pub mod replay;
 pub mod vpp;

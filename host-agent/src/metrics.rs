@@ -10,7 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::daemon::{lock, SharedDaemon};
+use crate::daemon::lock;
+use crate::readers::Readers;
 
 /// Where the metrics listener binds when `--metrics` is given without an address.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
@@ -41,39 +42,46 @@ pub fn commit_latency_histogram() -> Histogram {
     ))
 }
 
-/// The text exposition of every metric, now.
-pub fn render(daemon: &SharedDaemon) -> String {
+/// The text exposition of every metric, now. The daemon's lock is held only for its
+/// own few numbers; counters and the plan are read as the API reads them.
+pub async fn render(readers: &Readers) -> String {
     let mut reg = Registry::with_prefix("capo");
+    let daemon = readers.daemon();
     // With VPP the counters are VPP's, read outside the daemon's lock.
-    let vpp = lock(daemon).vpp();
-    let vpp_counters = vpp.map(|h| h.counters());
-    let d = lock(daemon);
+    let vpp = tokio::task::block_in_place(|| lock(daemon).vpp());
+    let counters = match vpp {
+        Some(h) => match tokio::task::block_in_place(|| h.counters()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no counters from the VPP plugin for this scrape");
+                None
+            }
+        },
+        None => readers.embedded_counters().await,
+    };
+    let plan = readers.offload_plan().await.unwrap_or_default();
+    let (active, synced, commit_latency) = {
+        let d = tokio::task::block_in_place(|| lock(daemon));
+        (d.generation(), d.in_sync(), d.commit_latency().clone())
+    };
 
     let generation: Gauge = Gauge::default();
-    generation.set(i64::try_from(d.generation()).unwrap_or(i64::MAX));
+    generation.set(i64::try_from(active).unwrap_or(i64::MAX));
     reg.register("active_generation", "The generation in force", generation);
 
     let in_sync: Gauge = Gauge::default();
-    in_sync.set(i64::from(d.in_sync()));
+    in_sync.set(i64::from(synced));
     reg.register("in_sync", "1 when the policy source is in sync", in_sync);
 
     reg.register(
         "commit_duration_seconds",
         "Time to commit a generation, dataplanes included",
-        d.commit_latency().clone(),
+        commit_latency,
     );
 
     let packets = Family::<RuleDeciderLabels, Counter>::default();
     let bytes = Family::<RuleDeciderLabels, Counter>::default();
     let ifaces = Family::<InterfaceLabels, Counter>::default();
-    let counters = match vpp_counters {
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "no counters from the VPP plugin for this scrape");
-            None
-        }
-        None => d.counters(),
-    };
     if let Some(c) = counters {
         for r in &c.rules {
             for (decided_in, p, b) in [
@@ -108,7 +116,6 @@ pub fn render(daemon: &SharedDaemon) -> String {
         ifaces,
     );
 
-    let plan = d.offload_plan();
     let used: Gauge = Gauge::default();
     used.set(i64::from(plan.entries_used));
     reg.register("nic_table_entries_used", "NIC flow entries in use", used);
@@ -137,7 +144,6 @@ pub fn render(daemon: &SharedDaemon) -> String {
         "Where each rule is decided (1)",
         placements,
     );
-    drop(d);
 
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &reg) {
@@ -148,7 +154,7 @@ pub fn render(daemon: &SharedDaemon) -> String {
 
 /// Serves `GET /metrics` until `stop` resolves.
 pub async fn serve(
-    daemon: SharedDaemon,
+    readers: Readers,
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -158,15 +164,14 @@ pub async fn serve(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let d = daemon.clone();
+            let r = readers.clone();
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    // The daemon's lock may be held a while: do not stall the runtime.
-                    tokio::task::block_in_place(|| render(&d)),
+                    render(&r).await,
                 )
             }
         }),
