@@ -109,6 +109,11 @@ pub struct Session {
     stats: SessionStats,
     applied: Vec<capo_policy::Update>,
     convert: ConvertOptions,
+    /// Per policy, what it asks for that capo does not enforce.
+    unenforced: std::collections::BTreeMap<String, Vec<String>>,
+    /// Policies whose entry in `unenforced` is new since the last
+    /// [`Session::take_new_warnings`].
+    fresh: Vec<String>,
 }
 
 impl Session {
@@ -122,6 +127,8 @@ impl Session {
             stats: SessionStats::default(),
             applied: Vec::new(),
             convert: ConvertOptions::default(),
+            unenforced: std::collections::BTreeMap::new(),
+            fresh: Vec::new(),
         }
     }
 
@@ -154,6 +161,44 @@ impl Session {
     /// dataplane holding the previous state needs to catch up.
     pub fn take_applied(&mut self) -> Vec<capo_policy::Update> {
         std::mem::take(&mut self.applied)
+    }
+
+    /// What the current policies ask for that capo does not enforce: one line per
+    /// rule, naming the policy and the rule.
+    pub fn warnings(&self) -> impl Iterator<Item = &String> {
+        self.unenforced.values().flatten()
+    }
+
+    /// The warnings of policies that gained or changed them since the last call
+    /// (to log each once).
+    pub fn take_new_warnings(&mut self) -> Vec<String> {
+        let fresh = std::mem::take(&mut self.fresh);
+        fresh
+            .iter()
+            .filter_map(|p| self.unenforced.get(p))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Notes what a policy update asks for that capo does not enforce: HTTP matches
+    /// (Calico's application layer policy) are not looked at.
+    fn note_unenforced(&mut self, policy: String, http_rules: Vec<String>) {
+        let lines: Vec<String> = http_rules
+            .into_iter()
+            .map(|rule| {
+                format!(
+                    "policy {policy}: {rule} has an HTTP match, which capo does not enforce \
+                     (application layer policy); the rule is enforced on its other fields"
+                )
+            })
+            .collect();
+        if lines.is_empty() {
+            self.unenforced.remove(&policy);
+        } else if self.unenforced.get(&policy) != Some(&lines) {
+            self.unenforced.insert(policy.clone(), lines);
+            self.fresh.push(policy);
+        }
     }
 
     /// Handles one frame.
@@ -254,6 +299,27 @@ impl Session {
                     // Only v3.32.x sends these: its field 14 carries IPv4 only.
                     self.convert.split_host_metadata = true;
                 }
+                match &msg.payload {
+                    Some(P::ActivePolicyUpdate(u)) => {
+                        let id =
+                            u.id.as_ref()
+                                .map_or_else(String::new, |i| policy_label(&i.namespace, &i.name));
+                        let rules = u.policy.as_ref().map_or_else(Vec::new, |p| {
+                            http_rules(
+                                p.inbound_rules.iter().map(|r| r.http_match.is_some()),
+                                p.outbound_rules.iter().map(|r| r.http_match.is_some()),
+                            )
+                        });
+                        self.note_unenforced(id, rules);
+                    }
+                    Some(P::ActivePolicyRemove(r)) => {
+                        let id =
+                            r.id.as_ref()
+                                .map_or_else(String::new, |i| policy_label(&i.namespace, &i.name));
+                        self.note_unenforced(id, Vec::new());
+                    }
+                    _ => {}
+                }
                 (
                     msg.sequence_number,
                     convert_with(msg, &self.state, self.convert),
@@ -261,6 +327,24 @@ impl Session {
             }
             Schema::V3_31 => {
                 let msg = decode_to_dataplane_v3_31(frame)?;
+                use capo_proto::felix::v3_31::to_dataplane::Payload as P31;
+                match &msg.payload {
+                    Some(P31::ActivePolicyUpdate(u)) => {
+                        let id = u.id.as_ref().map_or_else(String::new, |i| i.name.clone());
+                        let rules = u.policy.as_ref().map_or_else(Vec::new, |p| {
+                            http_rules(
+                                p.inbound_rules.iter().map(|r| r.http_match.is_some()),
+                                p.outbound_rules.iter().map(|r| r.http_match.is_some()),
+                            )
+                        });
+                        self.note_unenforced(id, rules);
+                    }
+                    Some(P31::ActivePolicyRemove(r)) => {
+                        let id = r.id.as_ref().map_or_else(String::new, |i| i.name.clone());
+                        self.note_unenforced(id, Vec::new());
+                    }
+                    _ => {}
+                }
                 (msg.sequence_number, upgrade_v3_31(msg, &self.state))
             }
         };
@@ -271,6 +355,33 @@ impl Session {
         })?;
         Ok((seq, converted))
     }
+}
+
+/// A policy as warnings name it: `namespace/name`, or `name` when global.
+fn policy_label(namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// `inbound rule N` / `outbound rule N` for the rules (given as "has an HTTP match")
+/// that have one.
+fn http_rules(
+    inbound: impl Iterator<Item = bool>,
+    outbound: impl Iterator<Item = bool>,
+) -> Vec<String> {
+    let named = |dir: &'static str, rules: Vec<bool>| {
+        rules
+            .into_iter()
+            .enumerate()
+            .filter(|(_, http)| *http)
+            .map(move |(i, _)| format!("{dir} rule {i}"))
+    };
+    named("inbound", inbound.collect())
+        .chain(named("outbound", outbound.collect()))
+        .collect()
 }
 
 /// Whether a Felix version is a v3.32.x release (host metadata in three families).

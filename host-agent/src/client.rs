@@ -161,7 +161,7 @@ pub fn generations(socket: &Path, json: bool) -> Result<String, String> {
         if json {
             return Ok(serde_json::json!({
                 "active": g.active, "source": g.source, "in_sync": g.in_sync,
-                "pending_updates": g.pending_updates,
+                "pending_updates": g.pending_updates, "warnings": g.warnings,
                 "history": g.history.iter().map(|h| serde_json::json!({
                     "generation": h.generation, "started_unix_ms": h.started_unix_ms,
                     "duration_us": h.duration_us, "outcome": h.outcome, "detail": h.detail,
@@ -178,6 +178,9 @@ pub fn generations(socket: &Path, json: bool) -> Result<String, String> {
             if g.in_sync { "in sync" } else { "not in sync" },
             g.pending_updates
         );
+        for w in &g.warnings {
+            let _ = writeln!(out, "  warning: {w}");
+        }
         for h in &g.history {
             let when = humantime::format_rfc3339_millis(
                 UNIX_EPOCH + Duration::from_millis(h.started_unix_ms),

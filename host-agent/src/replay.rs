@@ -87,7 +87,11 @@ pub fn replay_reader<R: Read>(input: R, opts: &ReplayOptions) -> Result<Replayed
     let mut session = Session::new(opts.schema);
     let mut ids = opts.id_table();
     stream::run(&mut reader, None, |frame| {
-        match session.on_frame(frame)? {
+        let event = session.on_frame(frame)?;
+        for w in session.take_new_warnings() {
+            tracing::warn!("{w}");
+        }
+        match event {
             Event::Reconcile => ids.sync(session.state()),
             Event::Changed if session.phase() == Phase::InSync => ids.sync(session.state()),
             _ => {}

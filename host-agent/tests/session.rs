@@ -319,3 +319,50 @@ fn master_host_metadata_replaces_the_entry() {
     run(&mut s, &fs).unwrap();
     assert_eq!(host_of(&s, "node-a"), (Some("10.0.0.1".into()), None));
 }
+
+fn web_policy(http: bool) -> P {
+    P::ActivePolicyUpdate(pb::ActivePolicyUpdate {
+        id: Some(pb::PolicyId {
+            name: "web".into(),
+            namespace: "shop".into(),
+            kind: "NetworkPolicy".into(),
+        }),
+        policy: Some(pb::Policy {
+            inbound_rules: vec![
+                pb::Rule {
+                    action: "allow".into(),
+                    ..Default::default()
+                },
+                pb::Rule {
+                    action: "allow".into(),
+                    http_match: http.then(|| pb::HttpMatch {
+                        methods: vec!["GET".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }),
+    })
+}
+
+#[test]
+fn http_matches_are_warned_about_once_per_change_and_cleared() {
+    let mut s = Session::new(None);
+    run(&mut s, &frames(vec![config("v3.32.0"), web_policy(true)])).unwrap();
+    let w: Vec<&String> = s.warnings().collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("policy shop/web: inbound rule 1 has an HTTP match"),
+        "{w:?}"
+    );
+    assert_eq!(s.take_new_warnings().len(), 1);
+    // The same policy again: still in force, not logged again.
+    run(&mut s, &frames(vec![web_policy(true)])).unwrap();
+    assert_eq!(s.warnings().count(), 1);
+    assert!(s.take_new_warnings().is_empty());
+    // Updated without it: gone.
+    run(&mut s, &frames(vec![web_policy(false)])).unwrap();
+    assert_eq!(s.warnings().count(), 0);
+}

@@ -170,6 +170,24 @@ impl<'a> At<'a> {
             .collect()
     }
 
+    /// `metadata.labels`: keys and values as Kubernetes accepts them.
+    pub(crate) fn label_map(&self, key: &str) -> FResult<BTreeMap<String, String>> {
+        let labels = self.str_map(key)?;
+        for (k, v) in &labels {
+            let err = |reason: &str| FieldError {
+                field: format!("{}.{k}", self.child_path(key)),
+                reason: reason.to_string(),
+            };
+            if let Some(why) = crate::names::label_key_error(k) {
+                return Err(err(&format!("{k:?} is not a valid label key: {why}")));
+            }
+            if let Some(why) = crate::names::label_value_error(v) {
+                return Err(err(&format!("{v:?} is not a valid label value: {why}")));
+            }
+        }
+        Ok(labels)
+    }
+
     /// An integer within `[min, max]`.
     pub(crate) fn int(&self, min: i64, max: i64) -> FResult<i64> {
         let n = self

@@ -47,6 +47,7 @@ mod hash;
 mod k8s;
 mod load;
 mod model;
+mod names;
 mod resources;
 mod rules;
 mod selector;

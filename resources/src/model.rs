@@ -621,6 +621,12 @@ pub(crate) fn container_ports(pod_spec: &At<'_>) -> FResult<Vec<NamedPort>> {
                 let port = u16::try_from(p.req("containerPort")?.int(0, 65535)?)
                     .map_err(|_| p.err_at("containerPort", "out of range"))?;
                 let name = p.str_or_empty("name")?;
+                if let Some(why) = crate::names::port_name_error(&name).filter(|_| !name.is_empty())
+                {
+                    return Err(
+                        p.err_at("name", format!("{name:?} is not a valid port name: {why}"))
+                    );
+                }
                 let host_port = match p.get("hostPort") {
                     Some(h) => h.int(0, 65535)?,
                     None => 0,

@@ -40,6 +40,8 @@ pub struct Resources {
     pub(crate) felix_config: BTreeMap<String, String>,
     origins: BTreeMap<ObjectRef, PathBuf>,
     warnings: Vec<Warning>,
+    /// Fields of the object being added that capo cannot enforce (become warnings).
+    unenforced: Vec<String>,
 }
 
 /// The kinds this crate understands, by (apiVersion group, kind).
@@ -62,6 +64,36 @@ enum Kind {
 }
 
 impl Kind {
+    /// The kind of `apiVersion`/`kind`: `Ok(None)` for a kind capo does not know
+    /// (skipped with a warning), `Err` for a kind it knows under a version or group
+    /// that cannot be applied (skipping it would drop policy silently).
+    fn resolve(api_version: &str, kind: &str) -> Result<Option<Kind>, String> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let served = |g: &str| match g {
+            "" | "networking.k8s.io" => "v1",
+            _ => "v3",
+        };
+        if group == "crd.projectcalico.org" {
+            return match Kind::from(&format!("projectcalico.org/{version}"), kind) {
+                Some(_) => Err(format!(
+                    "{api_version}: this is how Calico stores a {kind} in its CRDs, not an API \
+                     to apply; write it as projectcalico.org/v3 (as calicoctl get -o yaml prints it)"
+                )),
+                None => Ok(None),
+            };
+        }
+        match Kind::from(api_version, kind) {
+            Some(k) if version == served(group) => Ok(Some(k)),
+            Some(_) => Err(format!(
+                "{api_version:?}: {kind} is served as {}{}{}, not version {version:?}",
+                group,
+                if group.is_empty() { "" } else { "/" },
+                served(group)
+            )),
+            None => Ok(None),
+        }
+    }
+
     fn from(api_version: &str, kind: &str) -> Option<Kind> {
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         Some(match (group, kind) {
@@ -210,7 +242,17 @@ impl Resources {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("?");
-        let Some(kind) = Kind::from(api_version, kind_name) else {
+        let resolved = Kind::resolve(api_version, kind_name).map_err(|reason| Error::Invalid {
+            file: file.to_path_buf(),
+            object: Box::new(ObjectRef {
+                kind: kind_name.to_string(),
+                namespace: None,
+                name: raw_name.to_string(),
+            }),
+            field: "apiVersion".to_string(),
+            reason,
+        })?;
+        let Some(kind) = resolved else {
             self.warnings.push(Warning {
                 file: file.to_path_buf(),
                 object: Some(ObjectRef {
@@ -251,6 +293,16 @@ impl Resources {
         }
         self.origins.insert(object.clone(), file.to_path_buf());
         self.parse_kind(kind, &root, meta).map_err(wrap)?;
+        for field in std::mem::take(&mut self.unenforced) {
+            self.warnings.push(Warning {
+                file: file.to_path_buf(),
+                object: Some(object.clone()),
+                message: format!(
+                    "{field}: HTTP matches need Calico's application layer policy, which capo \
+                     does not provide; this rule is enforced on its other fields only"
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -463,6 +515,18 @@ impl Resources {
     }
 
     fn insert_policy(&mut self, p: Policy) {
+        // HTTP matches need Calico's application layer policy (an Envoy sidecar),
+        // which capo is not: such a rule is enforced on its L3/L4 fields only.
+        let http_rules = [("ingress", &p.ingress_rules), ("egress", &p.egress_rules)]
+            .into_iter()
+            .flat_map(|(dir, rules)| {
+                rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.http.is_some())
+                    .map(move |(i, _)| format!("spec.{dir}[{i}].http"))
+            });
+        self.unenforced.extend(http_rules);
         self.policies
             .insert((p.kind, p.namespace.clone(), p.name.clone()), p);
     }
@@ -489,7 +553,7 @@ fn meta(root: &At<'_>, namespace: Option<&str>) -> FResult<Meta> {
     Ok(Meta {
         name: m.req_str("name")?.to_string(),
         namespace: namespace.unwrap_or_default().to_string(),
-        labels: m.str_map("labels")?,
+        labels: m.label_map("labels")?,
         annotations: m.str_map("annotations")?,
     })
 }

@@ -480,3 +480,119 @@ spec:
             .unwrap();
     }
 }
+
+#[test]
+fn known_kinds_under_unknown_versions_are_errors() {
+    let err = load_err(
+        "apiVersion: projectcalico.org/v4
+kind: GlobalNetworkPolicy
+metadata: {name: p}
+spec: {selector: all()}
+",
+    );
+    assert_invalid(err, "GlobalNetworkPolicy p", "apiVersion");
+    let err = load_err(
+        "apiVersion: networking.k8s.io/v1beta1
+kind: NetworkPolicy
+metadata: {name: np, namespace: x}
+spec: {podSelector: {}}
+",
+    );
+    assert!(
+        err.to_string()
+            .contains("networking.k8s.io/v1, not version \"v1beta1\""),
+        "{err}"
+    );
+    let err = load_err("apiVersion: v2\nkind: Pod\nmetadata: {name: p}\n");
+    assert!(err.to_string().contains("served as v1"), "{err}");
+}
+
+#[test]
+fn calico_crd_storage_form_is_refused_with_the_form_to_use() {
+    let err = load_err(
+        "apiVersion: crd.projectcalico.org/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec: {selector: all()}
+",
+    );
+    let text = err.to_string();
+    assert!(text.contains("crd.projectcalico.org/v1"), "{text}");
+    assert!(text.contains("projectcalico.org/v3"), "{text}");
+    // A CRD-only kind capo does not use is skipped with a warning, as any unknown kind.
+    let r = common::load(
+        "apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {name: b}
+",
+    );
+    assert_eq!(r.warnings().len(), 1);
+}
+
+#[test]
+fn label_keys_and_values_are_checked() {
+    let err = load_err(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: x, labels: {\"bad key!\": a}}
+spec: {nodeName: n}
+",
+    );
+    assert_invalid(err, "Pod x/p", "metadata.labels.bad key!");
+    let err = load_err(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata: {name: s, labels: {Example.com/role: a}}
+spec: {nets: [10.0.0.0/8]}
+",
+    );
+    assert!(err.to_string().contains("prefix before '/'"), "{err}");
+    let err = load_err(
+        "apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {role: \"has space\"}}
+",
+    );
+    assert_invalid(err, "Namespace x", "metadata.labels.role");
+}
+
+#[test]
+fn container_port_names_are_checked() {
+    let err = load_err(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: x}
+spec:
+  nodeName: n
+  containers: [{name: c, ports: [{containerPort: 80, name: Web_Port}]}]
+",
+    );
+    assert_invalid(err, "Pod x/p", "spec.containers[0].ports[0].name");
+}
+
+#[test]
+fn http_matches_are_warned_about_per_rule() {
+    let r = common::load(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: web}
+spec:
+  selector: all()
+  ingress:
+    - action: Allow
+    - action: Allow
+      http: {methods: [GET]}
+  egress:
+    - action: Allow
+      http: {paths: [{prefix: /api}]}
+",
+    );
+    let w: Vec<String> = r.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("GlobalNetworkPolicy web: spec.ingress[1].http"),
+        "{w:?}"
+    );
+    assert!(w[1].contains("spec.egress[0].http"), "{w:?}");
+    assert!(w[0].contains("enforced on its other fields only"), "{w:?}");
+}
