@@ -4,7 +4,9 @@
 //! is lowering plus planning), commits the plan to a simulated NIC of the chosen
 //! profile, then replays every flow: the NIC's outcome combined with software
 //! ([`crate::verdict::combine`]) must equal the reference verdict
-//! ([`capo_policy::trace`]) for every packet (`mismatches`), and `hw_fraction` is the
+//! ([`capo_policy::trace`]) for every packet (`mismatches`), and per flow with
+//! conntrack semantics (`flow_mismatches`: a flow whose first packet the policy allows
+//! must carry every later packet, whatever the NIC holds), and `hw_fraction` is the
 //! share of packets decided in hardware. The hit counters the planner ranks by are the
 //! workload's own flow counts (synthetic counters; the fast classifier's come later).
 //!
@@ -114,6 +116,8 @@ pub struct OffloadBenchReport {
     pub hw_fraction: f64,
     /// Packets whose final verdict differs from the reference.
     pub mismatches: u64,
+    /// Flows whose packets break conntrack semantics (see [`Replay`]).
+    pub flow_mismatches: u64,
     /// Lowering plus planning, milliseconds.
     pub plan_ms: f64,
     /// Policy rules with at least one entry in hardware.
@@ -165,36 +169,75 @@ pub fn hit_counters(w: &Workload) -> HitCounters {
     }
 }
 
-/// Replays `w` through a NIC holding `plan` (committed by a fresh committer);
-/// returns (hardware packets, total packets, mismatches, conflicts).
-pub fn replay(w: &Workload, plan: &OffloadPlan, caps: &NicCaps) -> (u64, u64, u64, u64) {
+/// What one replay saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Packets decided in hardware.
+    pub hardware: u64,
+    /// Packets replayed.
+    pub total: u64,
+    /// Packets whose verdict differs from the reference.
+    pub mismatches: u64,
+    /// Flows that break conntrack semantics: an allowed first packet whose later
+    /// packets do not all pass, or a first packet with the wrong verdict.
+    pub flow_mismatches: u64,
+    /// Same-priority overlaps the NIC saw.
+    pub conflicts: u64,
+}
+
+/// Replays `w` through a NIC holding `plan` (committed by a fresh committer). Later
+/// packets of a flow meet software's flow table (allowed once the first packet was),
+/// as in the dataplanes.
+pub fn replay(w: &Workload, plan: &OffloadPlan, caps: &NicCaps) -> Replay {
     let mut nic = SimNic::new(caps.clone());
     let mut c = Committer::new();
     c.commit(&mut nic, plan, &mut |_, _| {});
     let sw = c.software().clone();
-    let (mut hw, mut total, mut bad) = (0u64, 0u64, 0u64);
+    let mut r = Replay::default();
     for f in &w.flows {
-        let probes = [
-            Some((f.first, if f.rest.is_some() { 1 } else { f.packets })),
-            f.rest.map(|r| (r, f.packets.saturating_sub(1))),
-        ];
-        for (p, n) in probes.into_iter().flatten() {
+        let first_count = if f.rest.is_some() { 1 } else { f.packets };
+        let reference = trace(&w.state, &f.first.reference_packet()).verdict;
+        let out = nic.receive(&f.first.headers(), 64);
+        let (first, by) = combine(out, &sw, caps.mark_bits, &mut |_| reference);
+        r.total += first_count;
+        if by == DecidedBy::Hardware {
+            r.hardware += first_count;
+        }
+        let mut flow_ok = first == reference;
+        if !flow_ok {
+            r.mismatches += first_count;
+        }
+        if let Some(rest) = f.rest {
+            let n = f.packets.saturating_sub(1);
             if n == 0 {
                 continue;
             }
-            let out = nic.receive(&p.headers(), 64);
-            let reference = trace(&w.state, &p.reference_packet()).verdict;
-            let (v, by) = combine(out, &sw, caps.mark_bits, &mut |_| reference);
-            total += n;
+            let policy = trace(&w.state, &rest.reference_packet()).verdict;
+            // Software: a flow-table hit once the first packet was allowed.
+            let software = if first == Verdict::Allow {
+                Verdict::Allow
+            } else {
+                policy
+            };
+            let out = nic.receive(&rest.headers(), 64);
+            let (v, by) = combine(out, &sw, caps.mark_bits, &mut |_| software);
+            r.total += n;
             if by == DecidedBy::Hardware {
-                hw += n;
+                r.hardware += n;
             }
-            if v != reference {
-                bad += n;
+            if v != policy {
+                r.mismatches += n;
+            }
+            if reference == Verdict::Allow && v != Verdict::Allow {
+                flow_ok = false;
             }
         }
+        if !flow_ok {
+            r.flow_mismatches += 1;
+        }
     }
-    (hw, total, bad, nic.same_priority_conflicts())
+    r.conflicts = nic.same_priority_conflicts();
+    r
 }
 
 /// Runs the benchmark.
@@ -215,7 +258,13 @@ pub fn run_on(w: &Workload, caps: &NicCaps) -> OffloadBenchReport {
     let program = lower(&w.state, &w.ids, 1);
     let p = plan(&w.state, &program, caps, &hits, &PlanConfig::default());
     let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let (hw, total, bad, conflicts) = replay(w, &p, caps);
+    let Replay {
+        hardware: hw,
+        total,
+        mismatches: bad,
+        flow_mismatches,
+        conflicts,
+    } = replay(w, &p, caps);
     let mut kept_by_reason = BTreeMap::new();
     for k in &p.kept {
         let name = serde_json::to_value(k.reason)
@@ -232,6 +281,7 @@ pub fn run_on(w: &Workload, caps: &NicCaps) -> OffloadBenchReport {
             hw as f64 / total as f64
         },
         mismatches: bad,
+        flow_mismatches,
         plan_ms,
         rules_offloaded: p.rules_offloaded,
         entries_used: p.entries_used() + dispatcher,
@@ -364,7 +414,12 @@ pub fn oracle_compare(seed: u64, capacity: u32) -> OracleReport {
     let program = lower(&w.state, &w.ids, 1);
     let hits = hit_counters(&w);
     let p = plan(&w.state, &program, &caps, &hits, &PlanConfig::default());
-    let (hw, total, bad, _) = replay(&w, &p, &caps);
+    let Replay {
+        hardware: hw,
+        total,
+        mismatches: bad,
+        ..
+    } = replay(&w, &p, &caps);
 
     // Group samples by flow (SYN and ACK samples together); search over every subset
     // of the hottest 14 flows, each planned with unlimited room.
@@ -400,7 +455,11 @@ pub fn oracle_compare(seed: u64, capacity: u32) -> OracleReport {
         if q.entries_used() + 1 > capacity as usize {
             continue;
         }
-        let (qhw, _, qbad, _) = replay(&w, &q, &roomy);
+        let Replay {
+            hardware: qhw,
+            mismatches: qbad,
+            ..
+        } = replay(&w, &q, &roomy);
         if qhw > best.0 {
             best = (qhw, qbad);
         }

@@ -662,6 +662,34 @@ impl Flattener<'_> {
             // Matches nothing in this domain: irrelevant to every packet here.
             return;
         }
+        if kind == EntryKind::Deny && approx.proto != Some(6) {
+            // A NIC has no connection state: a drop would also cut connections the
+            // previous generation allowed, which Calico's conntrack keeps. Of a
+            // non-TCP deny only its TCP connection attempts (any protocol) may go
+            // down; the rest is software's.
+            if approx.proto.is_none() {
+                let tcp_syn = |m: &Match| Match {
+                    proto: Some(6),
+                    tcp: TcpFlags::SynOnly,
+                    ..m.clone()
+                };
+                self.out.push(Entry {
+                    origin: origin.clone(),
+                    kind: EntryKind::Deny,
+                    exact: exact.as_ref().map(tcp_syn).map_err(|e| *e),
+                    approx: tcp_syn(&approx),
+                    rule: Some(rule.clone()),
+                });
+            }
+            self.out.push(Entry {
+                origin,
+                kind: EntryKind::Continue(ContinueReason::StatefulRemainder),
+                exact: Err(NotExpressible::NotADecision),
+                approx,
+                rule: Some(rule.clone()),
+            });
+            return;
+        }
         if kind == EntryKind::Deny && approx.proto == Some(6) {
             // TCP deny: the hardware may only drop connection attempts; the rest of
             // the rule's space is left to software (established flows).

@@ -1041,8 +1041,8 @@ pub fn plan(
 /// - allow: every packet of the tuple (software would allow them too: by policy, or
 ///   as part of a flow);
 /// - TCP deny: connection attempts only (SYN without ACK);
-/// - other denies: only when no flow the workload's egress policy may allow can have
-///   a reply with this tuple (replies of allowed flows pass in software);
+/// - other denies: none (the NIC has no connection state; software keeps flows an
+///   earlier generation allowed, as Calico's conntrack does);
 /// - no entry when a `log` rule matches the tuple (software must record it), when
 ///   the device cannot express it, or (drop-only mode) for allows.
 fn exact_flow_candidates(
@@ -1109,14 +1109,9 @@ fn exact_flow_candidates(
                 .collect();
             (FlagClass::SynOnly, syn)
         } else {
-            if dom
-                .egress_allow
-                .iter()
-                .any(|a| a.reversed().contains(&pkt, None))
-            {
-                continue;
-            }
-            (FlagClass::Any, samples.clone())
+            // Non-TCP denies stay in software: without connection state a drop
+            // would cut flows an earlier generation allowed (conntrack keeps them).
+            continue;
         };
         if samples.is_empty() {
             continue;

@@ -273,21 +273,32 @@ fn test_exact_tcp_deny_drops_only_the_connection_attempt() {
 }
 
 #[test]
-fn test_exact_udp_deny_only_where_no_reply_can_match() {
+fn test_non_tcp_denies_stay_in_software() {
     let caps = NicCaps::mlx5(64);
-    let probe = udp([172, 16, 0, 9], 53, 40000);
-    // The workload may send UDP anywhere: the packet could be a reply (sport 53).
-    let mut out_udp = Rule::any(Action::Allow);
-    out_udp.protocol = Some(Protocol::UDP);
-    out_udp.dst.ports.push(PortRange::single(53));
-    let (s, ids) = state_with_egress(vec![], vec![out_udp.clone()], None);
-    let p = planned_in(&s, &ids, &caps, &[probe]);
+    // Denied UDP and ICMP: the NIC has no connection state, and a drop there would
+    // also cut a connection an earlier generation allowed (conntrack keeps it).
+    let mut deny_udp = Rule::any(Action::Deny);
+    deny_udp.protocol = Some(Protocol::UDP);
+    let probes = [
+        udp([172, 16, 0, 9], 5353, 40000),
+        udp([172, 16, 0, 9], 53, 40000),
+    ];
+    let (s, ids) = state_with(vec![deny_udp]);
+    let p = planned_in(&s, &ids, &caps, &probes);
     assert_eq!(p.exact_flows, 0, "{:#?}", p.rules);
-    // From another source port it cannot be a reply of that egress rule.
-    let other = udp([172, 16, 0, 9], 5353, 40000);
-    let p = planned_in(&s, &ids, &caps, &[other]);
-    assert_eq!(p.exact_flows, 1);
-    let (out, v) = on_nic(&s, &p, &caps, &other);
+    for probe in &probes {
+        let (out, v) = on_nic(&s, &p, &caps, probe);
+        assert_ne!(out, capo_offload::NicOutcome::Dropped, "{probe:?}");
+        assert_eq!(v, capo_policy::Verdict::Deny);
+    }
+    // A deny of every protocol goes down for TCP connection attempts only.
+    let syn = tcp([172, 16, 0, 9], 443, TCP_SYN);
+    let (s, ids) = state_with(vec![Rule::any(Action::Deny)]);
+    let p = planned_in(&s, &ids, &caps, &[probes[0], probes[1], syn]);
+    let (out, v) = on_nic(&s, &p, &caps, &probes[0]);
+    assert_ne!(out, capo_offload::NicOutcome::Dropped);
+    assert_eq!(v, capo_policy::Verdict::Deny);
+    let (out, v) = on_nic(&s, &p, &caps, &syn);
     assert_eq!(
         (out, v),
         (
@@ -295,23 +306,6 @@ fn test_exact_udp_deny_only_where_no_reply_can_match() {
             capo_policy::Verdict::Deny
         )
     );
-}
-
-#[test]
-fn test_egress_end_of_tier_drop_hides_later_allows_from_the_reply_check() {
-    let caps = NicCaps::mlx5(64);
-    let probe = udp([172, 16, 0, 9], 5353, 40000);
-    // A profile allowing every egress flow, behind an enforced default-deny tier with
-    // no pass rule: no egress flow is ever allowed, so the UDP deny is reply-safe.
-    let mut out_tcp = Rule::any(Action::Allow);
-    out_tcp.protocol = Some(Protocol::TCP);
-    let any = vec![Rule::any(Action::Allow)];
-    let (s, ids) = state_with_egress(vec![], vec![out_tcp.clone()], Some(any.clone()));
-    assert_eq!(planned_in(&s, &ids, &caps, &[probe]).exact_flows, 1);
-    // A pass rule in that tier reaches the profile: not reply-safe any more.
-    let pass = Rule::any(Action::Pass);
-    let (s, ids) = state_with_egress(vec![], vec![pass, out_tcp], Some(any));
-    assert_eq!(planned_in(&s, &ids, &caps, &[probe]).exact_flows, 0);
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! profiles, with and without exact-flow entries (rule atoms and covers only), the
 //! NIC's decision where it decides and software's otherwise equals the
 //! reference verdict ([`capo_policy::trace`]); during a commit every packet gets the
-//! verdict of the old or of the new generation; the same under injected faults.
+//! verdict of the old or of the new generation; the same under injected faults; per
+//! flow, with conntrack semantics, a connection the policy allows carries its replies
+//! and later packets whatever the NIC holds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
@@ -407,6 +409,13 @@ proptest! {
         prop_assert_eq!(nic.same_priority_conflicts(), 0);
     }
 
+    /// Per flow: first packets get the reference verdict; an allowed connection's
+    /// replies and later packets pass (conntrack), NIC or not.
+    #[test]
+    fn prop_flows_keep_conntrack_semantics(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..4, exact in any::<bool>()) {
+        check_flows(seed, capacity, profile, exact)?;
+    }
+
     /// During a commit (and the retire after it) every packet gets the verdict of the
     /// old or the new generation; afterwards exactly the new one.
     #[test]
@@ -428,6 +437,139 @@ proptest! {
         let faults = Faults { enomem_after: enomem, eio_after_creates: eio, create_fails_every: every };
         check_commit(seed, capacity, profile, exact, Some(faults))?;
     }
+}
+
+/// Addresses of this node: its workloads and the host.
+fn is_local(a: IpAddr) -> bool {
+    a == pod(1) || a == pod(2) || a == pod6() || a == host()
+}
+
+/// The reply to `p`: addresses and ports swapped, SYN-ACK for TCP, echo reply for
+/// an echo request; `None` where conntrack would not relate one.
+fn reply_to(p: &Probe) -> Option<Probe> {
+    let q = p.packet;
+    let l4 = match q.l4 {
+        L4::Ports { src, dst } => L4::Ports { src: dst, dst: src },
+        L4::Icmp { icmp_type: 8, code } => L4::Icmp { icmp_type: 0, code },
+        L4::Icmp { .. } => return None,
+        L4::None => L4::None,
+    };
+    Some(Probe {
+        packet: Packet {
+            src: q.dst,
+            dst: q.src,
+            protocol: q.protocol,
+            l4,
+        },
+        tcp_flags: 0x12,
+        fragment: Fragment::No,
+    })
+}
+
+/// Connections: each probe as a first packet (SYN for TCP, whole datagrams), from
+/// where its source is, and the same connection opened the other way.
+fn random_flows(seed: u64, n: usize) -> Vec<Probe> {
+    random_probes(seed, n)
+        .into_iter()
+        .flat_map(|mut p| {
+            p.fragment = Fragment::No;
+            p.tcp_flags = 0x02;
+            let back = reply_to(&p).map(|mut r| {
+                r.tcp_flags = 0x02;
+                if let L4::Icmp { icmp_type, .. } = &mut r.packet.l4 {
+                    *icmp_type = 8;
+                }
+                r
+            });
+            std::iter::once(p).chain(back)
+        })
+        .collect()
+}
+
+/// Capo's verdict for `p` when it arrives from the wire (NIC, then software) or from
+/// a local source (software only); `software` is software's verdict (a flow-table
+/// hit for packets of a known connection, else the policy).
+fn capo_verdict(
+    nic: &mut SimNic,
+    sw: &SoftwareView,
+    caps: &NicCaps,
+    p: &Probe,
+    software: Verdict,
+) -> Verdict {
+    if is_local(p.packet.src) {
+        return software;
+    }
+    let out = nic.receive(&p.headers(), 64);
+    combine(out, sw, caps.mark_bits, &mut |_| software).0
+}
+
+fn check_flows(seed: u64, capacity: u32, profile: u8, exact: bool) -> Result<(), TestCaseError> {
+    let (state, ids) = random_state(seed);
+    let flows = random_flows(seed, 60);
+    let caps = caps_for(profile, capacity);
+    let hits = hits_from(&flows, seed);
+    let p = make_plan(&state, &ids, 1, &caps, &hits, exact);
+    let mut nic = SimNic::new(caps.clone());
+    let mut c = Committer::new();
+    c.commit(&mut nic, &p, &mut |_, _| {});
+    let sw = c.software().clone();
+    for first in &flows {
+        let reference = trace(&state, &first.reference_packet()).verdict;
+        let got = capo_verdict(&mut nic, &sw, &caps, first, reference);
+        prop_assert_eq!(got, reference, "first packet {:?}", first);
+        if reference != Verdict::Allow {
+            continue;
+        }
+        // Conntrack: the connection is established; its replies and later packets
+        // pass whatever the policy says of them.
+        if let Some(reply) = reply_to(first) {
+            let got = capo_verdict(&mut nic, &sw, &caps, &reply, Verdict::Allow);
+            prop_assert_eq!(
+                got,
+                Verdict::Allow,
+                "reply {:?} of {:?}\nplan {:#?}",
+                reply,
+                first,
+                p.rules
+            );
+        }
+        let mut later = *first;
+        later.tcp_flags = 0x10;
+        let got = capo_verdict(&mut nic, &sw, &caps, &later, Verdict::Allow);
+        prop_assert_eq!(got, Verdict::Allow, "later packet {:?}", later);
+    }
+    // A new generation: connections established under the old one keep passing
+    // (Calico's conntrack accepts established traffic before policy).
+    let (next, next_ids) = random_state(seed.wrapping_add(1));
+    let p2 = make_plan(&next, &next_ids, 2, &caps, &hits, exact);
+    c.commit(&mut nic, &p2, &mut |_, _| {});
+    c.retire(&mut nic, &mut |_, _| {});
+    let sw = c.software().clone();
+    for first in &flows {
+        if trace(&state, &first.reference_packet()).verdict != Verdict::Allow {
+            continue;
+        }
+        let mut later = *first;
+        later.tcp_flags = 0x10;
+        let got = capo_verdict(&mut nic, &sw, &caps, &later, Verdict::Allow);
+        prop_assert_eq!(
+            got,
+            Verdict::Allow,
+            "established {:?} after a new generation\nplan {:#?}",
+            later,
+            p2.rules
+        );
+        if let Some(reply) = reply_to(first) {
+            let got = capo_verdict(&mut nic, &sw, &caps, &reply, Verdict::Allow);
+            prop_assert_eq!(
+                got,
+                Verdict::Allow,
+                "reply {:?} after a new generation",
+                reply
+            );
+        }
+    }
+    Ok(())
 }
 
 fn check_commit(

@@ -67,8 +67,8 @@ fn offload(args: &[String]) -> ExitCode {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
         println!(
-            "hw_fraction {:.3} mismatches {} plan_ms {:.1} rules_offloaded {} entries_used {} kept {:?}",
-            r.hw_fraction, r.mismatches, r.plan_ms, r.rules_offloaded, r.entries_used, r.kept_by_reason
+            "hw_fraction {:.3} mismatches {} flow_mismatches {} plan_ms {:.1} rules_offloaded {} entries_used {} kept {:?}",
+            r.hw_fraction, r.mismatches, r.flow_mismatches, r.plan_ms, r.rules_offloaded, r.entries_used, r.kept_by_reason
         );
     }
     if oracle {
