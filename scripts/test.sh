@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test of the workspace, then the DPDK-backed
-# tests (EAL on virtual devices) with the system's DPDK, then the real-VPP tests:
+# tests (EAL on virtual devices) with the system's DPDK, then the fuzz targets for
+# CAPO_FUZZ_SECONDS each (default 30; 0 skips them), then the real-VPP tests:
 # VPP 26.06 from shared/vpp/ unpacked into a private directory, capo's plugin built
 # against it, pods as network namespaces (needs root). Set CAPO_VPP=DIR to reuse an
 # unpacked VPP; without shared/vpp/ (or root) the VPP tests skip and say why.
@@ -12,6 +13,9 @@ cargo test --locked --workspace
 cargo test --locked -p capo-offload -p capo-hw-tests --features capo-offload/dpdk,capo-hw-tests/dpdk
 cargo test --locked -p capo-bench --features rte-acl
 cargo test --locked -p capo-agent --features dpdk --test api dpdk_port
+if [ "${CAPO_FUZZ_SECONDS:-30}" != 0 ]; then
+    bash scripts/fuzz.sh "${CAPO_FUZZ_SECONDS:-30}"
+fi
 
 vpp_tarball=../shared/vpp/vpp-26.06-x86_64-debian12.tar.gz
 if [ -z "${CAPO_VPP:-}" ] && [ -f "$vpp_tarball" ] && [ "$(id -u)" -eq 0 ]; then

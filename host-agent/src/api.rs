@@ -452,6 +452,7 @@ impl api::generations_server::Generations for Api {
             pending_updates: u32::try_from(d.pending_updates()).unwrap_or(u32::MAX),
             source: d.source().as_str().to_string(),
             in_sync: d.in_sync(),
+            warnings: d.warnings(),
         }))
     }
 }

@@ -287,6 +287,14 @@ impl Daemon {
         self.source
     }
 
+    /// What the policy in force asks for that capo does not enforce.
+    pub fn warnings(&self) -> Vec<String> {
+        self.session
+            .as_ref()
+            .map(|s| s.warnings().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether the current source is in sync.
     pub fn in_sync(&self) -> bool {
         self.session
@@ -410,6 +418,9 @@ impl Daemon {
             .as_mut()
             .unwrap_or_else(|| unreachable!("begin() sets the session"));
         let event = session.on_frame(frame)?;
+        for w in session.take_new_warnings() {
+            tracing::warn!("{w}");
+        }
         match (&event, session.phase()) {
             (Event::Reconcile, _) => {
                 let _ = session.take_applied();

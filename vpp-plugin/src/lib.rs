@@ -41,6 +41,8 @@ pub mod mark;
 pub mod trace;
 pub mod worker;
 
+#[cfg(any(test, feature = "testutils"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod tests;
 

@@ -1361,3 +1361,21 @@ fn a_generation_over_the_cap_is_refused_naming_it() {
     let gens = plugin.show(Show::Generations, 0);
     assert!(gens.contains("the cap is"), "{gens}");
 }
+
+#[test]
+fn saved_control_fuzz_corpus_changes_nothing_it_does_not_apply() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../host-agent/fuzz/corpus/plugin_control");
+    let mut files = 0;
+    let mut applied = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        applied += crate::fuzzing::control_core(&data)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        files += 1;
+    }
+    assert!(files >= 10, "{files} inputs");
+    // Some inputs are valid generations: the check covers applying too.
+    assert!(applied >= 4, "{applied} applied");
+}
