@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test of the workspace, then the DPDK-backed
 # tests (EAL on virtual devices) with the system's DPDK, then the fuzz targets for
-# CAPO_FUZZ_SECONDS each (default 30; 0 skips them), then the real-VPP tests:
+# CAPO_FUZZ_SECONDS each (default 30; 0 skips them), the lints (scripts/lint.sh), then
+# the real-VPP tests:
 # VPP 26.06 from shared/vpp/ unpacked into a private directory, capo's plugin built
 # against it, pods as network namespaces (needs root). Set CAPO_VPP=DIR to reuse an
 # unpacked VPP; without shared/vpp/ (or root) the VPP tests skip and say why.
@@ -26,6 +27,8 @@ if [ -n "${CAPO_VPP:-}" ]; then
     bash scripts/vpp-setup.sh "$CAPO_VPP" "$vpp_tarball"
     export CAPO_VPP
 fi
+# Formatting, clippy on every feature set (the VPP glue with CAPO_VPP's headers), docs.
+bash scripts/lint.sh
 # In CI the real-VPP tests must run, not skip.
 if [ "${CI:-}" = "true" ]; then
     export CAPO_VPP_REQUIRED=1

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use capo_policy::State;
 
-use crate::run::Row;
+use crate::measure::Row;
 #[cfg(not(feature = "rte-acl"))]
 use crate::workload::Kind;
 use crate::workload::Workload;
@@ -133,7 +133,7 @@ mod with_dpdk {
     };
 
     use super::{expanded_entries, large_note, row};
-    use crate::run::Row;
+    use crate::measure::Row;
     use crate::workload::{Kind, Workload};
 
     /// What an entry's userdata stands for.
@@ -632,7 +632,7 @@ mod with_dpdk {
                 mismatches += 1;
             }
         }
-        let ns = crate::run::time_loop(budget, items.len(), |i| {
+        let ns = crate::measure::time_loop(budget, items.len(), |i| {
             if let Some((prog, key, _)) = items.get(i) {
                 std::hint::black_box(prog.verdict(key, &mut results));
             }

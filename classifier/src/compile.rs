@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use capo_policy::config::EndpointToHostAction;
 use capo_policy::eval::{has_enforced_policies, host_endpoint_for_host_traffic, InternalPolicy};
-use capo_policy::views::PolicyRef;
+use capo_policy::ids::PolicyRef;
 use capo_policy::{
     Action, Applied, Cidr, Decider, Direction, HostEndpoint, IcmpMatch, IdTable, IpFamily, IpSetId,
     Member, PortRange, Rule, SideMatch, State, StateError, TierDefault, TierInfo, Update, Verdict,

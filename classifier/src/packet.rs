@@ -136,6 +136,24 @@ const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 const MAX_VLAN_TAGS: usize = 2;
 
+/// IPv6 extension headers (IANA "IPv6 Extension Header Types").
+mod ext {
+    pub(super) const HOP_BY_HOP: u8 = 0;
+    pub(super) const ROUTING: u8 = 43;
+    pub(super) const FRAGMENT: u8 = 44;
+    pub(super) const AUTHENTICATION: u8 = 51;
+    pub(super) const DESTINATION_OPTIONS: u8 = 60;
+    pub(super) const MOBILITY: u8 = 135;
+    pub(super) const HIP: u8 = 139;
+    pub(super) const SHIM6: u8 = 140;
+}
+
+/// ICMP echo request and reply types (RFC 792, RFC 4443).
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
 /// TCP flag bits as found in the header's flags byte.
 pub mod tcp_flags {
     /// FIN.
@@ -228,8 +246,12 @@ fn parse_ipv6(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
     let mut next = ip.next_header;
     for _ in 0..MAX_EXTENSION_HEADERS {
         match next {
-            // Hop-by-hop, routing, destination options, mobility, HIP, shim6.
-            0 | 43 | 60 | 135 | 139 | 140 => {
+            ext::HOP_BY_HOP
+            | ext::ROUTING
+            | ext::DESTINATION_OPTIONS
+            | ext::MOBILITY
+            | ext::HIP
+            | ext::SHIM6 => {
                 let (ext, _) = ExtensionHeader::ref_from_prefix(rest)
                     .map_err(|_| ParseError::Truncated("IPv6 extension"))?;
                 let len = (usize::from(ext.len) + 1) * 8;
@@ -238,15 +260,15 @@ fn parse_ipv6(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
                     .get(len..)
                     .ok_or(ParseError::Truncated("IPv6 extension"))?;
             }
-            // Authentication header: length in 4-octet units, minus 2.
-            51 => {
+            // Length in 4-octet units, minus 2.
+            ext::AUTHENTICATION => {
                 let (ext, _) = ExtensionHeader::ref_from_prefix(rest)
                     .map_err(|_| ParseError::Truncated("IPv6 AH"))?;
                 let len = (usize::from(ext.len) + 2) * 4;
                 next = ext.next_header;
                 rest = rest.get(len..).ok_or(ParseError::Truncated("IPv6 AH"))?;
             }
-            44 => {
+            ext::FRAGMENT => {
                 let (frag, r) = FragmentHeader::ref_from_prefix(rest)
                     .map_err(|_| ParseError::Truncated("IPv6 fragment"))?;
                 next = frag.next_header;
@@ -309,7 +331,8 @@ fn l4(
             };
             let echo = matches!(
                 (proto, icmp.icmp_type),
-                (Protocol::ICMP, 0 | 8) | (Protocol::ICMPV6, 128 | 129)
+                (Protocol::ICMP, ICMP_ECHO_REPLY | ICMP_ECHO_REQUEST)
+                    | (Protocol::ICMPV6, ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY)
             );
             out.flow_ports = if echo {
                 (icmp.id.get(), icmp.id.get())
@@ -397,6 +420,107 @@ pub mod build {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Golden frames, written out byte by byte from the header layouts (RFC 791,
+    // 8200, 793, 768, 792), independent of the `build` module.
+    const MACS: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+
+    fn eth(ethertype: [u8; 2], rest: &[u8]) -> Vec<u8> {
+        let mut f = MACS.to_vec();
+        f.extend_from_slice(&ethertype);
+        f.extend_from_slice(rest);
+        f
+    }
+
+    #[test]
+    fn golden_ipv4_tcp_syn() {
+        let f = eth(
+            [0x08, 0x00],
+            &[
+                0x45, 0x00, 0x00, 0x28, 0x00, 0x01, 0x40, 0x00, 0x40, 0x06, 0x00,
+                0x00, // IPv4
+                10, 0, 0, 1, 10, 0, 0, 2, //
+                0x04, 0xd2, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, // TCP 1234 -> 80
+                0x50, 0x02, 0x72, 0x10, 0, 0, 0, 0, // offset 5, SYN
+            ],
+        );
+        let p = parse_ethernet(&f).unwrap();
+        assert_eq!(p.packet.src, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(p.packet.dst, "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(p.packet.protocol, Protocol::TCP);
+        assert_eq!(p.packet.l4, L4::Ports { src: 1234, dst: 80 });
+        assert_eq!(p.tcp_flags, tcp_flags::SYN);
+        assert_eq!(p.flow_ports, (1234, 80));
+    }
+
+    #[test]
+    fn golden_vlan_ipv6_udp() {
+        let mut ip = vec![0x60, 0, 0, 0, 0x00, 0x08, 17, 64];
+        ip.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        ip.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        ip.extend_from_slice(&[0x00, 0x35, 0xc3, 0x50, 0x00, 0x08, 0, 0]); // UDP 53 -> 50000
+        let mut tagged = vec![0x00, 0x64, 0x86, 0xdd]; // VLAN 100, then IPv6
+        tagged.extend_from_slice(&ip);
+        let p = parse_ethernet(&eth([0x81, 0x00], &tagged)).unwrap();
+        assert_eq!(p.packet.src, "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(p.packet.protocol, Protocol::UDP);
+        assert_eq!(
+            p.packet.l4,
+            L4::Ports {
+                src: 53,
+                dst: 50000
+            }
+        );
+    }
+
+    #[test]
+    fn golden_ipv6_hop_by_hop_then_later_fragment_has_no_ports() {
+        let mut ip = vec![0x60, 0, 0, 0, 0x00, 0x18, ext::HOP_BY_HOP, 64];
+        ip.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        ip.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        ip.extend_from_slice(&[ext::FRAGMENT, 0, 1, 4, 0, 0, 0, 0]); // HBH, PadN
+        ip.extend_from_slice(&[6, 0, 0x00, 0x08, 0, 0, 0, 7]); // fragment at offset 8
+        ip.extend_from_slice(&[0x04, 0xd2, 0x00, 0x50, 0, 0, 0, 0]);
+        let p = parse_ip(&ip).unwrap();
+        assert_eq!(p.packet.protocol, Protocol::TCP);
+        assert_eq!(p.packet.l4, L4::None);
+    }
+
+    #[test]
+    fn golden_ipv4_options_then_icmp_echo() {
+        let f = eth(
+            [0x08, 0x00],
+            &[
+                0x46, 0x00, 0x00, 0x20, 0, 0, 0, 0, 64, 1, 0, 0, // IHL 6, ICMP
+                10, 0, 0, 1, 10, 0, 0, 2, //
+                0x01, 0x01, 0x01, 0x00, // NOP NOP NOP EOL
+                8, 0, 0, 0, 0x12, 0x34, 0, 1, // echo request, id 0x1234
+            ],
+        );
+        let p = parse_ethernet(&f).unwrap();
+        assert_eq!(
+            p.packet.l4,
+            L4::Icmp {
+                icmp_type: 8,
+                code: 0
+            }
+        );
+        assert_eq!(p.flow_ports, (0x1234, 0x1234));
+    }
+
+    #[test]
+    fn golden_ipv4_later_fragment_and_truncated_tcp() {
+        let later = [
+            0x45, 0x00, 0x00, 0x1c, 0, 0, 0x00, 0x10, 64, 17, 0, 0, // offset 16 bytes
+            10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2, 0, 8, 0, 0,
+        ];
+        assert_eq!(parse_ip(&later).unwrap().packet.l4, L4::None);
+        let short_tcp = [
+            0x45, 0x00, 0x00, 0x1e, 0, 0, 0, 0, 64, 6, 0, 0, //
+            10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(parse_ip(&short_tcp), Err(ParseError::Truncated("TCP")));
+    }
 
     fn pkt(src: &str, dst: &str, proto: Protocol, l4: L4) -> Packet {
         Packet {

@@ -158,7 +158,7 @@ fn member_add_changes_verdict_without_recompiling_programs() {
     assert_eq!(
         d.rule_id,
         ids.rule(
-            &capo_policy::views::PolicyRef::Policy(common::pkey(0)),
+            &capo_policy::ids::PolicyRef::Policy(common::pkey(0)),
             Direction::Ingress,
             0
         )

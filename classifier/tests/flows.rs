@@ -107,7 +107,7 @@ fn replies_of_allowed_flows_pass_and_denied_packets_make_no_flow() {
     assert_eq!((f.hits, f.created), (1, 1));
     let rule = ids
         .rule(
-            &capo_policy::views::PolicyRef::Policy(common::pkey(0)),
+            &capo_policy::ids::PolicyRef::Policy(common::pkey(0)),
             Direction::Ingress,
             0,
         )

@@ -15,6 +15,13 @@
 //!
 //! [`consts`] pins values DPDK defines through function-like macros that bindgen cannot
 //! evaluate.
+//!
+//! ```
+//! // Whether this build links DPDK; without the `dpdk` feature nothing may be called.
+//! if !dpdk_sys::LINKED {
+//!     println!("built without DPDK");
+//! }
+//! ```
 #![allow(
     // bindgen's output: C names, unions and zero-initialising `Default` impls.
     non_camel_case_types,

@@ -192,6 +192,13 @@ pub struct PolicySnapshot {
     pub ids: Arc<IdTable>,
 }
 
+/// Buckets of the commit latency histogram, in seconds (10 µs to ~10 s).
+fn commit_latency_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(1e-5, 4.0, 11),
+    )
+}
+
 /// The daemon shared between the policy source and the API.
 pub type SharedDaemon = Arc<Mutex<Daemon>>;
 
@@ -213,7 +220,7 @@ impl Daemon {
             history: VecDeque::new(),
             sinks: Vec::new(),
             started: Instant::now(),
-            commit_latency: crate::metrics::commit_latency_histogram(),
+            commit_latency: commit_latency_histogram(),
             snapshot: None,
         }
     }

@@ -67,7 +67,7 @@ fn probe_packets() -> [Packet; 3] {
 }
 
 /// Bytes at the end of a `felix_classifier` input that choose the probe packets.
-const PACKET_SPEC_BYTES: usize = 64;
+pub const PACKET_SPEC_BYTES: usize = 64;
 
 /// A Felix stream (all but the last [`PACKET_SPEC_BYTES`]) into a state, compiled
 /// by the fast classifier and checked against the reference evaluator on packets

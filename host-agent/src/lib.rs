@@ -4,6 +4,18 @@
 //!
 //! The protocol logic is sans-IO ([`felix::session`]); binaries only wire it to
 //! file descriptors, sockets and signals.
+//!
+//! ```
+//! use capo_agent::cli::View;
+//! use capo_agent::replay::{replay_reader, ReplayOptions};
+//!
+//! // A recorded Felix stream (here the seed's) replayed offline, as `capoctl replay`.
+//! let frames = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/felix/seed.master.frames")).unwrap();
+//! let r = replay_reader(frames.as_slice(), &ReplayOptions::default()).unwrap();
+//! assert!(r.in_sync);
+//! let view = View::Interfaces.render(&r.state, &r.ids);
+//! assert!(view.starts_with("Interfaces with policies configured:"));
+//! ```
 #![warn(missing_docs)]
 
 pub mod api;

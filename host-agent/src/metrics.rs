@@ -7,7 +7,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::daemon::lock;
@@ -33,13 +32,6 @@ struct InterfaceLabels {
     interface: String,
     direction: String,
     verdict: String,
-}
-
-/// Buckets of the commit latency histogram, in seconds (10 µs to ~10 s).
-pub fn commit_latency_histogram() -> Histogram {
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        1e-5, 4.0, 11,
-    ))
 }
 
 /// The text exposition of every metric, now. The daemon's lock is held only for its

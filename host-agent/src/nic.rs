@@ -332,7 +332,7 @@ impl SimulatedNic {
 /// The `rule#` deciding `pkt` on this node (the last check of its trace).
 fn decider_rule_id(state: &State, ids: &IdTable, pkt: &Packet) -> Option<u32> {
     use capo_policy::eval::Decider;
-    use capo_policy::views::PolicyRef;
+    use capo_policy::ids::PolicyRef;
     let t = capo_policy::trace(state, pkt);
     match &t.steps.last()?.outcome.decider {
         Decider::PolicyRule {

@@ -29,7 +29,7 @@ impl Default for ReplayOptions {
             schema: None,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             interface_indexes: Vec::new(),
-            host_interface: capo_policy::views::DEFAULT_HOST_INTERFACE.to_string(),
+            host_interface: capo_policy::ids::DEFAULT_HOST_INTERFACE.to_string(),
         }
     }
 }

@@ -6,6 +6,14 @@
 //! test target (`harness = false`). Each case prints `PASS`, `FAIL` or `SKIP <why>`;
 //! a resource that is absent (no DPDK build, no root, no `/dev/net/tun`, no
 //! hugepages for a real NIC) is a printed SKIP, never a silent pass.
+//!
+//! ```
+//! use capo_hw_tests::Outcome;
+//!
+//! // A case that cannot run says why; it never counts as a pass.
+//! let skipped = Outcome::Skip("no /dev/net/tun".into());
+//! assert_ne!(skipped, Outcome::Pass);
+//! ```
 #![warn(missing_docs)]
 
 /// The result of one case.

@@ -22,6 +22,40 @@
 //! - `bench`, `workload`: the offload benchmark and the W-k8s workload generator.
 //!
 //! Nothing here panics on input; errors are typed.
+//!
+//! ```
+//! use capo_policy::*;
+//!
+//! // The seed: ts2 admits TCP 5978 and nothing else.
+//! let key = PolicyKey { kind: "NetworkPolicy".into(), namespace: "default".into(), name: "web".into() };
+//! let mut allow = Rule::any(Action::Allow);
+//! allow.protocol = Some(Protocol::TCP);
+//! allow.dst.ports = vec![PortRange::single(5978)];
+//! let policy = Policy { inbound: vec![allow], outbound: vec![], untracked: false, pre_dnat: false, tier: "default".into() };
+//! let ts2 = WorkloadKey { orchestrator: "k8s".into(), workload: "default/ts2".into(), endpoint: "eth0".into() };
+//! let mut state = State::new();
+//! state.apply(Update::PolicyUpdate(key.clone(), policy)).unwrap();
+//! state.apply(Update::WorkloadUpdate(ts2.clone(), WorkloadEndpoint {
+//!     name: "tun3".into(),
+//!     profile_ids: vec![],
+//!     ipv4_nets: vec!["11.0.0.67/32".parse().unwrap()],
+//!     ipv6_nets: vec![],
+//!     tiers: vec![TierInfo { name: "default".into(), ingress: vec![key], egress: vec![], default_action: TierDefault::Deny }],
+//! })).unwrap();
+//! let mut ids = IdTable::default();
+//! ids.sync(&state);
+//!
+//! // Lower generation 1 and split it for a ConnectX-like NIC of 4,096 entries.
+//! let program = capo_offload::lower(&state, &ids, 1);
+//! let caps = capo_offload::NicCaps::mlx5(4096);
+//! let hits = capo_offload::plan::HitCounters::default();
+//! let plan = capo_offload::plan::plan(&state, &program, &caps, &hits, &Default::default());
+//! assert!(plan.entries_used() <= 4096);
+//! // Whatever stays in software says why.
+//! for kept in &plan.kept {
+//!     println!("{:?}: {:?}", kept.origin, kept.reason);
+//! }
+//! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 

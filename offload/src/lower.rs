@@ -24,7 +24,7 @@
 use std::net::IpAddr;
 
 use capo_policy::eval::{has_enforced_policies, host_endpoint_for_host_traffic, L4};
-use capo_policy::views::PolicyRef;
+use capo_policy::ids::PolicyRef;
 use capo_policy::{
     Action as PolicyAction, Direction, IdTable, IpFamily, Packet, Protocol, Rule, SideMatch, State,
     TierDefault, TierInfo, WorkloadKey,

@@ -7,10 +7,42 @@
 //!
 //! Nothing in this crate panics on input: bad values are rejected by the validating
 //! constructors at the edge ([`Cidr`], [`PortRange`], [`Protocol`], [`Member`]).
+//!
+//! ```
+//! use capo_policy::*;
+//!
+//! // A pod whose only policy admits TCP 5978.
+//! let key = PolicyKey { kind: "NetworkPolicy".into(), namespace: "default".into(), name: "web".into() };
+//! let mut allow = Rule::any(Action::Allow);
+//! allow.protocol = Some(Protocol::TCP);
+//! allow.dst.ports = vec![PortRange::single(5978)];
+//! let policy = Policy { inbound: vec![allow], outbound: vec![], untracked: false, pre_dnat: false, tier: "default".into() };
+//! let pod = WorkloadEndpoint {
+//!     name: "tun3".into(),
+//!     profile_ids: vec![],
+//!     ipv4_nets: vec!["11.0.0.67/32".parse().unwrap()],
+//!     ipv6_nets: vec![],
+//!     tiers: vec![TierInfo { name: "default".into(), ingress: vec![key.clone()], egress: vec![], default_action: TierDefault::Deny }],
+//! };
+//! let id = WorkloadKey { orchestrator: "k8s".into(), workload: "default/ts2".into(), endpoint: "eth0".into() };
+//! let mut state = State::new();
+//! state.apply(Update::PolicyUpdate(key, policy)).unwrap();
+//! state.apply(Update::WorkloadUpdate(id, pod)).unwrap();
+//!
+//! let to = |port| Packet {
+//!     src: "11.0.0.196".parse().unwrap(),
+//!     dst: "11.0.0.67".parse().unwrap(),
+//!     protocol: Protocol::TCP,
+//!     l4: L4::Ports { src: 40000, dst: port },
+//! };
+//! assert_eq!(trace(&state, &to(5978)).verdict, Verdict::Allow);
+//! assert_eq!(trace(&state, &to(5979)).verdict, Verdict::Deny);
+//! ```
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod eval;
+pub mod ids;
 pub mod ipset;
 pub mod model;
 pub mod net;
@@ -19,6 +51,7 @@ pub mod views;
 
 pub use config::{EndpointToHostAction, FailsafePort, FelixConfig, HostMetadata};
 pub use eval::{trace, Decider, Outcome, Packet, Trace, Verdict, L4};
+pub use ids::IdTable;
 pub use ipset::{IpSet, IpSetId, IpSetKind, Member};
 pub use model::{
     Action, Direction, HostEndpoint, HostEndpointKey, IcmpMatch, Policy, PolicyKey, Profile, Rule,
@@ -26,4 +59,4 @@ pub use model::{
 };
 pub use net::{Cidr, IpFamily, ParseError, PortRange, Protocol};
 pub use state::{Applied, State, StateError, Update};
-pub use views::{IdTable, Views};
+pub use views::Views;

@@ -20,6 +20,18 @@
 //!
 //! The code is generated at build time from the `.proto` files in this crate;
 //! there is no hand-written logic here.
+//!
+//! ```
+//! use capo_proto::felix::v3_32 as pb;
+//! use prost::Message;
+//!
+//! let msg = pb::ToDataplane {
+//!     sequence_number: 5,
+//!     payload: Some(pb::to_dataplane::Payload::InSync(pb::InSync {})),
+//! };
+//! let bytes = msg.encode_to_vec();
+//! assert_eq!(pb::ToDataplane::decode(bytes.as_slice()).unwrap(), msg);
+//! ```
 
 #![warn(missing_docs)]
 

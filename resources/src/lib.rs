@@ -37,6 +37,25 @@
 //! `default` and `kube-baseline` exist with Calico's orders unless given.
 //! A pod's interface name is its `capo.dev/interface` annotation, else
 //! Calico's `cali` + SHA-1 name.
+//!
+//! ```
+//! use capo_resources::Resources;
+//! use capo_resources::felix::to_dataplane::Payload;
+//!
+//! let mut r = Resources::new();
+//! r.add_text(std::path::Path::new("pod.yaml"), "
+//! apiVersion: v1
+//! kind: Pod
+//! metadata: {name: ts2, namespace: default, labels: {role: receiver}}
+//! spec: {nodeName: kind-worker2}
+//! status: {podIP: 11.0.0.67}
+//! ").unwrap();
+//! let msgs = r.to_felix_messages(Some("kind-worker2"));
+//! // Felix's stream: config first, the pod's endpoint, InSync last.
+//! assert!(matches!(msgs[0].payload, Some(Payload::ConfigUpdate(_))));
+//! assert!(msgs.iter().any(|m| matches!(m.payload, Some(Payload::WorkloadEndpointUpdate(_)))));
+//! assert!(matches!(msgs.last().unwrap().payload, Some(Payload::InSync(_))));
+//! ```
 
 #![warn(missing_docs)]
 

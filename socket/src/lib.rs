@@ -7,6 +7,17 @@
 //! - what is at the path is replaced only if it is a stale socket (no one accepts on
 //!   it). A live socket (another instance), a regular file, a directory or a symlink is
 //!   an error naming it, and is left as it was.
+//!
+//! ```
+//! let dir = std::env::temp_dir().join(format!("capo-socket-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("api.sock");
+//! let listener = capo_socket::bind(&path, 0o660, None).unwrap();
+//! // A second bind while the first is served is refused and changes nothing.
+//! assert!(capo_socket::bind(&path, 0o660, None).is_err());
+//! drop(listener);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};

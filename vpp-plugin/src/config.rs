@@ -82,7 +82,7 @@ impl Default for PluginConfig {
             socket: PathBuf::from(DEFAULT_SOCKET),
             socket_mode: DEFAULT_SOCKET_MODE,
             socket_gid: None,
-            host_interface: capo_policy::views::DEFAULT_HOST_INTERFACE.to_string(),
+            host_interface: capo_policy::ids::DEFAULT_HOST_INTERFACE.to_string(),
             established_flows: EstablishedFlows::Keep,
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             nic_marks: NicMarks::default(),

@@ -29,6 +29,15 @@
 //!
 //! Nothing here panics on input: bad frames and bad policy are typed errors, refused
 //! generations change nothing.
+//!
+//! ```
+//! use capo_vpp_plugin::PluginConfig;
+//!
+//! // The body of startup.conf's `capo { … }` section.
+//! let cfg = PluginConfig::parse("socket /run/vpp/capo.sock unclassified drop max-generation-mb 2048").unwrap();
+//! assert_eq!(cfg.max_generation_bytes, 2048 << 20);
+//! assert!(PluginConfig::parse("sockt /x").is_err()); // a typo is an error, not a default
+//! ```
 #![warn(missing_docs)]
 
 pub mod batch;

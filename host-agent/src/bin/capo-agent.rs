@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
     /// Name of the host-facing interface in the views.
-    #[arg(long, default_value = capo_policy::views::DEFAULT_HOST_INTERFACE)]
+    #[arg(long, default_value = capo_policy::ids::DEFAULT_HOST_INTERFACE)]
     host_interface: String,
     /// Fix an interface's sw_if_index (repeatable), e.g. `tun3=11`.
     #[arg(long = "ifindex", value_name = "NAME=INDEX", value_parser = parse_interface_index)]

@@ -42,7 +42,7 @@ struct StreamArgs {
     #[arg(long = "ifindex", value_name = "NAME=INDEX", value_parser = parse_interface_index)]
     interface_indexes: Vec<(String, u32)>,
     /// Name of the host-facing interface in the views.
-    #[arg(long, default_value = capo_policy::views::DEFAULT_HOST_INTERFACE)]
+    #[arg(long, default_value = capo_policy::ids::DEFAULT_HOST_INTERFACE)]
     host_interface: String,
 }
 

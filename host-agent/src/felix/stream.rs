@@ -1,4 +1,4 @@
-//! The I/O around a [`Session`]: reading frames from Felix, recording them, and
+//! The I/O around a [`Session`](super::session::Session): reading frames from Felix, recording them, and
 //! sending `ProcessStatusUpdate` back.
 
 use std::io::{self, BufWriter, Read, Write};

@@ -1,0 +1,463 @@
+//! Stable ids for what the views print: `ipset#`, `policy#`, `rule#`, and
+//! interfaces' `sw_if_index`.
+//!
+//! They are allocated by [`IdTable::sync`] in a fixed
+//! order and stay with an object for its life:
+//!
+//! - `ipset#0` is the set of every local workload address; Felix's sets follow from 1.
+//! - `policy#0` workloads-to-host, `policy#1` failsafe, `policy#2` allow-from-host and
+//!   `policy#3` allow-to-host are capo's internal policies; `policy#4`–`#9` are kept
+//!   free. Profiles and policies follow from 10, profiles first (as a reconcile
+//!   creates them).
+//! - `rule#0`/`#1` (allow-from-host), `#2` (workloads-to-host) and `#3`/`#4`
+//!   (allow-to-host) are internal; `#5`–`#14` are kept free. Then, per sync: profile
+//!   rules; per policy, its tier's end-of-tier rule when the tier is new (it counts
+//!   the tier's default drops), then the policy's rules (inbound before outbound);
+//!   then failsafe rules (only while a host endpoint exists: without one, host
+//!   traffic is not policed and failsafe has nothing to do).
+//!
+
+use std::collections::HashMap;
+
+use crate::config::FailsafePort;
+use crate::eval::InternalPolicy;
+use crate::ipset::IpSetId;
+use crate::model::{Direction, PolicyKey, Rule};
+use crate::state::State;
+
+/// The id of the internal set of every local workload address.
+pub const LOCAL_WORKLOADS_SET: u32 = 0;
+const FIRST_FELIX_SET: u32 = 1;
+const FIRST_FELIX_POLICY: u32 = 10;
+const FIRST_FELIX_RULE: u32 = 15;
+
+/// Anything that prints as `[policy#N]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyRef {
+    /// One of capo's internal policies.
+    Internal(InternalPolicyId),
+    /// A profile, by name.
+    Profile(String),
+    /// A Felix policy.
+    Policy(PolicyKey),
+}
+
+/// Internal policies with fixed ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InternalPolicyId {
+    /// `policy#0`.
+    WorkloadsToHost,
+    /// `policy#1`.
+    Failsafe,
+    /// `policy#2`.
+    AllowFromHost,
+    /// `policy#3`.
+    AllowToHost,
+}
+
+impl InternalPolicyId {
+    pub(crate) fn id(self) -> u32 {
+        match self {
+            InternalPolicyId::WorkloadsToHost => 0,
+            InternalPolicyId::Failsafe => 1,
+            InternalPolicyId::AllowFromHost => 2,
+            InternalPolicyId::AllowToHost => 3,
+        }
+    }
+
+    /// The printed policy of an internal decider (`None`: not a printed policy).
+    pub(crate) fn of(p: InternalPolicy) -> Option<Self> {
+        match p {
+            InternalPolicy::WorkloadsToHost => Some(InternalPolicyId::WorkloadsToHost),
+            InternalPolicy::Failsafe => Some(InternalPolicyId::Failsafe),
+            InternalPolicy::AllowFromHost => Some(InternalPolicyId::AllowFromHost),
+            InternalPolicy::AllowToHost => Some(InternalPolicyId::AllowToHost),
+            InternalPolicy::NeighbourDiscovery => None,
+        }
+    }
+}
+
+/// The host-facing interface's name when none is configured (CalicoVPP's host tap).
+pub const DEFAULT_HOST_INTERFACE: &str = "tap0";
+
+/// A policy or profile being synced: its ref, its tier, its inbound and outbound rules.
+type LiveList<'s> = (PolicyRef, Option<&'s str>, [&'s [Rule]; 2]);
+
+#[derive(Debug, Clone, Default)]
+struct RuleIds {
+    // Each list's rules with their ids, to keep the id of an unchanged rule.
+    by_list: HashMap<(PolicyRef, Direction), Vec<(Rule, u32)>>,
+}
+
+/// Stable ids for everything the views print.
+#[derive(Debug, Clone)]
+pub struct IdTable {
+    ipsets: HashMap<IpSetId, u32>,
+    policies: HashMap<PolicyRef, u32>,
+    rules: RuleIds,
+    tiers: HashMap<String, u32>,
+    failsafe_rules: Vec<(FailsafeRule, u32)>,
+    interfaces: HashMap<String, u32>,
+    /// The name a dataplane knows an interface by, where it differs from the
+    /// endpoint's (a VPP interface bound to the endpoint).
+    shown_names: HashMap<String, String>,
+    next_ipset: u32,
+    next_policy: u32,
+    next_rule: u32,
+    next_interface: u32,
+    host_interface: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FailsafeRule {
+    inbound: bool,
+    port: FailsafePort,
+}
+
+impl Default for IdTable {
+    fn default() -> Self {
+        IdTable::new(DEFAULT_HOST_INTERFACE)
+    }
+}
+
+impl IdTable {
+    /// An empty table; `host_interface` names the host-facing interface.
+    pub fn new(host_interface: &str) -> Self {
+        IdTable {
+            ipsets: HashMap::new(),
+            policies: HashMap::new(),
+            rules: RuleIds::default(),
+            tiers: HashMap::new(),
+            failsafe_rules: Vec::new(),
+            interfaces: HashMap::new(),
+            shown_names: HashMap::new(),
+            next_ipset: FIRST_FELIX_SET,
+            next_policy: FIRST_FELIX_POLICY,
+            next_rule: FIRST_FELIX_RULE,
+            next_interface: 1,
+            host_interface: host_interface.to_string(),
+        }
+    }
+
+    /// Fixes an interface's index (VPP's `sw_if_index`), before or after a sync.
+    pub fn set_interface_index(&mut self, name: &str, index: u32) {
+        self.interfaces.insert(name.to_string(), index);
+    }
+
+    /// Prints interface `name` as `shown` (the dataplane's name of the interface
+    /// bound to the endpoint); `shown == name` undoes it.
+    pub fn set_interface_shown_name(&mut self, name: &str, shown: &str) {
+        if name == shown {
+            self.shown_names.remove(name);
+        } else {
+            self.shown_names.insert(name.to_string(), shown.to_string());
+        }
+    }
+
+    /// The name the views print for interface `name`.
+    pub fn shown_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.shown_names.get(name).map_or(name, String::as_str)
+    }
+
+    /// The host-facing interface's name.
+    pub fn host_interface(&self) -> &str {
+        &self.host_interface
+    }
+
+    /// Gives ids to objects new in `state` and forgets those it no longer holds.
+    pub fn sync(&mut self, state: &State) {
+        // IP sets.
+        self.ipsets.retain(|id, _| state.ipsets().contains_key(id));
+        for id in state.ipsets().keys() {
+            if !self.ipsets.contains_key(id) {
+                self.ipsets.insert(id.clone(), self.next_ipset);
+                self.next_ipset += 1;
+            }
+        }
+        // Profiles, then policies (each preceded by its tier's end-of-tier rule the
+        // first time the tier is seen), with their rules.
+        let mut live: Vec<LiveList<'_>> = Vec::new();
+        for (name, p) in state.profiles() {
+            live.push((
+                PolicyRef::Profile(name.clone()),
+                None,
+                [&p.inbound, &p.outbound],
+            ));
+        }
+        for (key, p) in state.policies() {
+            let tier = Some(p.tier.as_str()).filter(|t| !t.is_empty());
+            live.push((
+                PolicyRef::Policy(key.clone()),
+                tier,
+                [&p.inbound, &p.outbound],
+            ));
+        }
+        // Hash sets keep a sync linear in the number of objects.
+        let live_refs: std::collections::HashSet<&PolicyRef> =
+            live.iter().map(|(l, _, _)| l).collect();
+        self.policies
+            .retain(|r, _| matches!(r, PolicyRef::Internal(_)) || live_refs.contains(r));
+        self.rules.by_list.retain(|(r, _), _| live_refs.contains(r));
+        let mut tier_names: Vec<&str> = live.iter().filter_map(|(_, t, _)| *t).collect();
+        for wep in state.workloads().values() {
+            tier_names.extend(wep.tiers.iter().map(|t| t.name.as_str()));
+        }
+        for hep in state.host_endpoints().values() {
+            tier_names.extend(hep.all_tiers().map(|t| t.name.as_str()));
+        }
+        let tier_set: std::collections::HashSet<&str> = tier_names.iter().copied().collect();
+        self.tiers.retain(|t, _| tier_set.contains(t.as_str()));
+        for (pref, tier, lists) in &live {
+            if let Some(t) = tier {
+                self.ensure_tier(t);
+            }
+            if !self.policies.contains_key(pref) {
+                self.policies.insert(pref.clone(), self.next_policy);
+                self.next_policy += 1;
+            }
+            for (dir, rules) in Direction::BOTH.into_iter().zip(lists) {
+                self.sync_rule_list(pref.clone(), dir, rules);
+            }
+        }
+        for t in tier_names {
+            self.ensure_tier(t);
+        }
+        self.sync_failsafe(state);
+        self.sync_interfaces(state);
+    }
+
+    fn ensure_tier(&mut self, name: &str) {
+        if !self.tiers.contains_key(name) {
+            self.tiers.insert(name.to_string(), self.next_rule);
+            self.next_rule += 1;
+        }
+    }
+
+    fn sync_rule_list(&mut self, pref: PolicyRef, dir: Direction, rules: &[Rule]) {
+        let key = (pref, dir);
+        if let Some(held) = self.rules.by_list.get(&key) {
+            if held.len() == rules.len() && held.iter().zip(rules).all(|((h, _), r)| h == r) {
+                return;
+            }
+        }
+        let (pref, dir) = key;
+        let old = self
+            .rules
+            .by_list
+            .remove(&(pref.clone(), dir))
+            .unwrap_or_default();
+        let mut unused: Vec<Option<(Rule, u32)>> = old.into_iter().map(Some).collect();
+        let mut new = Vec::with_capacity(rules.len());
+        for rule in rules {
+            // An unchanged rule keeps its id (and its counters downstream).
+            let kept = unused
+                .iter_mut()
+                .find(|slot| slot.as_ref().is_some_and(|(r, _)| r == rule))
+                .and_then(Option::take);
+            let id = match kept {
+                Some((_, id)) => id,
+                None => {
+                    self.next_rule += 1;
+                    self.next_rule - 1
+                }
+            };
+            new.push((rule.clone(), id));
+        }
+        self.rules.by_list.insert((pref, dir), new);
+    }
+
+    fn sync_failsafe(&mut self, state: &State) {
+        // Failsafe rules only take effect (and take ids) once a host endpoint exists:
+        // without one, traffic to and from the host is not policed at all.
+        if state.host_endpoints().is_empty() {
+            self.failsafe_rules.clear();
+            return;
+        }
+        let cfg = state.config();
+        let wanted: Vec<FailsafeRule> = cfg
+            .failsafe_inbound
+            .iter()
+            .map(|p| FailsafeRule {
+                inbound: true,
+                port: *p,
+            })
+            .chain(cfg.failsafe_outbound.iter().map(|p| FailsafeRule {
+                inbound: false,
+                port: *p,
+            }))
+            .collect();
+        let mut old = std::mem::take(&mut self.failsafe_rules);
+        for w in wanted {
+            let id = match old.iter().position(|(f, _)| *f == w) {
+                Some(i) => old.remove(i).1,
+                None => {
+                    self.next_rule += 1;
+                    self.next_rule - 1
+                }
+            };
+            self.failsafe_rules.push((w, id));
+        }
+    }
+
+    fn sync_interfaces(&mut self, state: &State) {
+        let mut names = vec![self.host_interface.clone()];
+        names.extend(
+            state
+                .host_endpoints()
+                .values()
+                .filter(|h| !h.name.is_empty() && h.name != "*")
+                .map(|h| h.name.clone()),
+        );
+        names.extend(state.workloads().values().map(|w| w.name.clone()));
+        for name in names {
+            if !self.interfaces.contains_key(&name) {
+                // The lowest index not fixed by a preset.
+                while self.interfaces.values().any(|i| *i == self.next_interface) {
+                    self.next_interface += 1;
+                }
+                self.interfaces.insert(name, self.next_interface);
+                self.next_interface += 1;
+            }
+        }
+    }
+
+    /// `ipset#` of a Felix set.
+    pub fn ipset(&self, id: &IpSetId) -> Option<u32> {
+        self.ipsets.get(id).copied()
+    }
+
+    /// `policy#` of a policy, profile or internal policy.
+    pub fn policy(&self, r: &PolicyRef) -> Option<u32> {
+        match r {
+            PolicyRef::Internal(i) => Some(i.id()),
+            other => self.policies.get(other).copied(),
+        }
+    }
+
+    /// `rule#` of the `index`-th rule of a list.
+    pub fn rule(&self, r: &PolicyRef, dir: Direction, index: usize) -> Option<u32> {
+        self.rules
+            .by_list
+            .get(&(r.clone(), dir))
+            .and_then(|l| l.get(index))
+            .map(|(_, id)| *id)
+    }
+
+    /// `rule#` counting a tier's end-of-tier drops.
+    pub fn tier_rule(&self, tier: &str) -> Option<u32> {
+        self.tiers.get(tier).copied()
+    }
+
+    /// `rule#` of a failsafe entry: `index` counts inbound entries first, then
+    /// outbound ones, as [`Decider::Internal`](crate::eval::Decider::Internal) does for the failsafe policy.
+    pub fn failsafe_rule(&self, index: usize) -> Option<u32> {
+        self.failsafe_rules.get(index).map(|(_, id)| *id)
+    }
+
+    /// Failsafe rules and their ids: (inbound, the port, `rule#`).
+    pub(crate) fn failsafe_rule_ids(&self) -> impl Iterator<Item = (bool, &FailsafePort, u32)> {
+        self.failsafe_rules
+            .iter()
+            .map(|(f, id)| (f.inbound, &f.port, *id))
+    }
+
+    /// The rules of a policy or profile in one direction, with their ids.
+    pub(crate) fn rule_list(&self, pref: &PolicyRef, dir: Direction) -> Option<&[(Rule, u32)]> {
+        self.rules
+            .by_list
+            .get(&(pref.clone(), dir))
+            .map(Vec::as_slice)
+    }
+
+    /// Every numbered rule list: its owner and its rules with their ids.
+    pub(crate) fn rule_lists(&self) -> impl Iterator<Item = (&PolicyRef, &[(Rule, u32)])> {
+        self.rules
+            .by_list
+            .iter()
+            .map(|((pref, _), list)| (pref, list.as_slice()))
+    }
+
+    /// Each tier's end-of-tier rule id.
+    pub(crate) fn tier_rules(&self) -> impl Iterator<Item = (&String, u32)> {
+        self.tiers.iter().map(|(t, id)| (t, *id))
+    }
+
+    /// Every Felix policy and profile with its `policy#`.
+    pub(crate) fn policy_ids(&self) -> impl Iterator<Item = (&PolicyRef, u32)> {
+        self.policies.iter().map(|(r, id)| (r, *id))
+    }
+
+    /// `sw_if_index` of an interface.
+    pub fn interface(&self, name: &str) -> Option<u32> {
+        self.interfaces.get(name).copied()
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+    use crate::model::Action;
+    use crate::model::{Policy, PolicyKey};
+    use crate::net::PortRange;
+    use crate::state::Update;
+
+    fn key(n: &str) -> PolicyKey {
+        PolicyKey {
+            kind: "NetworkPolicy".into(),
+            namespace: "ns".into(),
+            name: n.into(),
+        }
+    }
+
+    fn policy(ports: &[u16]) -> Policy {
+        Policy {
+            inbound: ports
+                .iter()
+                .map(|p| {
+                    let mut r = Rule::any(Action::Allow);
+                    r.dst.ports = vec![PortRange::single(*p)];
+                    r
+                })
+                .collect(),
+            outbound: vec![],
+            untracked: false,
+            pre_dnat: false,
+            tier: "default".into(),
+        }
+    }
+
+    #[test]
+    fn unchanged_rules_keep_their_ids_and_removed_objects_free_theirs() {
+        let mut s = State::new();
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80, 443])))
+            .unwrap();
+        let mut ids = IdTable::default();
+        ids.sync(&s);
+        let pa = PolicyRef::Policy(key("a"));
+        let (r80, r443) = (
+            ids.rule(&pa, Direction::Ingress, 0).unwrap(),
+            ids.rule(&pa, Direction::Ingress, 1).unwrap(),
+        );
+        // Syncing again changes nothing.
+        ids.sync(&s);
+        assert_eq!(ids.rule(&pa, Direction::Ingress, 0), Some(r80));
+        // A new rule in front: the old ones keep their ids at their new positions.
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[22, 80, 443])))
+            .unwrap();
+        ids.sync(&s);
+        assert_eq!(ids.rule(&pa, Direction::Ingress, 1), Some(r80));
+        assert_eq!(ids.rule(&pa, Direction::Ingress, 2), Some(r443));
+        let r22 = ids.rule(&pa, Direction::Ingress, 0).unwrap();
+        assert!(r22 > r443, "new ids are fresh, never reused");
+        let policy_id = ids.policy(&pa).unwrap();
+        s.apply(Update::PolicyRemove(key("a"))).unwrap();
+        ids.sync(&s);
+        assert_eq!(ids.policy(&pa), None);
+        assert_eq!(ids.rule(&pa, Direction::Ingress, 0), None);
+        // The same policy back is a new object with new ids.
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80])))
+            .unwrap();
+        ids.sync(&s);
+        assert!(ids.policy(&pa).unwrap() > policy_id);
+    }
+}
