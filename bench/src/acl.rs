@@ -128,8 +128,8 @@ mod with_dpdk {
     };
     use capo_offload::dpdk::eal::Eal;
     use capo_policy::{
-        Action, Cidr, Direction, IpFamily, Member, Packet, Rule, SideMatch, State, TierDefault,
-        Verdict, WorkloadKey, L4,
+        Action, Cidr, Direction, IpFamily, Member, Packet, Rule, SideMatch, State, Verdict,
+        WorkloadKey, L4,
     };
 
     use super::{expanded_entries, large_note, row};
@@ -414,8 +414,7 @@ mod with_dpdk {
                     rules.push((act, e));
                 }
             }
-            let enforced = keys.iter().any(|k| !k.is_staged());
-            let end_drop = enforced && tier.default_action == TierDefault::Deny;
+            let end_drop = tier.drops_at_end(dir);
             if end_drop {
                 rules.push((
                     Act::Deny,

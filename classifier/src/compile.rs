@@ -21,8 +21,7 @@ use capo_policy::eval::{has_enforced_policies, host_endpoint_for_host_traffic, I
 use capo_policy::ids::PolicyRef;
 use capo_policy::{
     Action, Applied, Cidr, Decider, Direction, HostEndpoint, IcmpMatch, IdTable, IpFamily, IpSetId,
-    Member, PortRange, Rule, SideMatch, State, StateError, TierDefault, TierInfo, Update, Verdict,
-    WorkloadKey,
+    Member, PortRange, Rule, SideMatch, State, StateError, TierInfo, Update, Verdict, WorkloadKey,
 };
 
 use crate::bits;
@@ -904,18 +903,14 @@ impl Builder {
                     rules.push(self.lower(rule, decider, ids.rule(&pref, dir, index)));
                 }
             }
-            let enforced = keys.iter().any(|k| !k.is_staged());
-            let end_drop = (end_of_tier_drop
-                && enforced
-                && tier.default_action == TierDefault::Deny)
-                .then(|| {
-                    (
-                        Decider::EndOfTier {
-                            tier: tier.name.clone(),
-                        },
-                        ids.tier_rule(&tier.name),
-                    )
-                });
+            let end_drop = (end_of_tier_drop && tier.drops_at_end(dir)).then(|| {
+                (
+                    Decider::EndOfTier {
+                        tier: tier.name.clone(),
+                    },
+                    ids.tier_rule(&tier.name),
+                )
+            });
             spec.segment(rules, SegSpec::Tier(end_drop));
         }
     }

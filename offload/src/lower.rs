@@ -27,7 +27,7 @@ use capo_policy::eval::{has_enforced_policies, host_endpoint_for_host_traffic, L
 use capo_policy::ids::PolicyRef;
 use capo_policy::{
     Action as PolicyAction, Direction, IdTable, IpFamily, Packet, Protocol, Rule, SideMatch, State,
-    TierDefault, TierInfo, WorkloadKey,
+    TierInfo, WorkloadKey,
 };
 
 use crate::set::{all_ports, ports_from_ranges, AddrSet, Intervals};
@@ -482,10 +482,8 @@ fn egress_allows(state: &State, tiers: &[TierInfo], profile_ids: &[String]) -> V
     let mut out = Vec::new();
     for tier in tiers {
         let keys = tier.policies(dir);
-        let mut enforced = false;
         let mut passes = false;
         for key in keys.iter().filter(|k| !k.is_staged()) {
-            enforced = true;
             let Some(policy) = state.policies().get(key) else {
                 continue;
             };
@@ -497,7 +495,7 @@ fn egress_allows(state: &State, tiers: &[TierInfo], profile_ids: &[String]) -> V
                 }
             }
         }
-        if enforced && tier.default_action == TierDefault::Deny && !passes {
+        if tier.drops_at_end(dir) && !passes {
             return out;
         }
     }
@@ -553,8 +551,7 @@ impl Flattener<'_> {
                     self.push_rule(origin, kind, rule);
                 }
             }
-            let enforced = keys.iter().any(|k| !k.is_staged());
-            if end_of_tier_drop && enforced && tier.default_action == TierDefault::Deny {
+            if end_of_tier_drop && tier.drops_at_end(dir) {
                 let origin = Origin::EndOfTier {
                     tier: tier.name.clone(),
                     rule_id: self.ids.tier_rule(&tier.name),

@@ -24,8 +24,8 @@ use std::net::IpAddr;
 
 use crate::config::EndpointToHostAction;
 use crate::model::{
-    Action, Direction, HostEndpoint, HostEndpointKey, PolicyKey, Rule, SideMatch, TierDefault,
-    TierInfo, WorkloadKey,
+    Action, Direction, HostEndpoint, HostEndpointKey, PolicyKey, Rule, SideMatch, TierInfo,
+    WorkloadKey,
 };
 use crate::net::{IpFamily, Protocol};
 use crate::state::State;
@@ -350,8 +350,7 @@ fn walk_tiers(
                 }
             }
         }
-        let enforced = keys.iter().any(|k| !k.is_staged());
-        if !passed && end_of_tier_drop && enforced && tier.default_action == TierDefault::Deny {
+        if !passed && end_of_tier_drop && tier.drops_at_end(dir) {
             let decider = Decider::EndOfTier {
                 tier: tier.name.clone(),
             };

@@ -297,6 +297,15 @@ impl TierInfo {
             Direction::Egress => &self.egress,
         }
     }
+
+    /// Whether the tier drops, in `dir`, what none of its policies decided (Felix's
+    /// end-of-tier drop): its default action is `Deny` and at least one of its
+    /// policies for `dir` is enforced (staged policies alone never drop). Stages
+    /// without end-of-tier drops (untracked, pre-DNAT) do not ask.
+    pub fn drops_at_end(&self, dir: Direction) -> bool {
+        self.default_action == TierDefault::Deny
+            && self.policies(dir).iter().any(|k| !k.is_staged())
+    }
 }
 
 /// `WorkloadEndpointID`.

@@ -534,13 +534,10 @@ impl<'a> Views<'a> {
     }
 
     fn tier_line(&self, t: &TierInfo, dir: Direction) -> String {
-        let enforced = t.policies(dir).iter().any(|k| !k.is_staged());
-        let end = match (t.default_action, enforced) {
-            (TierDefault::Deny, true) => match self.ids.tier_rule(&t.name) {
-                Some(id) => format!(" end-of-tier=[rule#{id};deny]"),
-                None => " end-of-tier=deny".to_string(),
-            },
-            (TierDefault::Pass, _) | (_, false) => " end-of-tier=pass".to_string(),
+        let end = match (t.drops_at_end(dir), self.ids.tier_rule(&t.name)) {
+            (true, Some(id)) => format!(" end-of-tier=[rule#{id};deny]"),
+            (true, None) => " end-of-tier=deny".to_string(),
+            (false, _) => " end-of-tier=pass".to_string(),
         };
         format!("[tier {}{end}]", t.name)
     }
