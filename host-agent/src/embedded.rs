@@ -169,15 +169,12 @@ impl CounterSources {
             })
             .collect();
         let mut interfaces = Vec::new();
-        let mut names: Vec<String> = vec![ids.host_interface().to_string()];
-        names.extend(state.workloads().values().map(|w| w.name.clone()));
-        names.extend(
-            state
-                .host_endpoints()
-                .values()
-                .filter(|h| !h.name.is_empty() && h.name != "*")
-                .map(|h| h.name.clone()),
-        );
+        // In the views' order.
+        let names: Vec<String> = Views::new(state, ids)
+            .node_interfaces()
+            .iter()
+            .map(|i| i.name.to_string())
+            .collect();
         let (mut allowed, mut denied) = (0, 0);
         for name in names {
             let Some(idx) = ids.interface(&name) else {

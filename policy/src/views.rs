@@ -14,11 +14,35 @@ use std::net::IpAddr;
 use crate::config::EndpointToHostAction;
 use crate::eval::{has_enforced_policies, Decider, InternalPolicy};
 use crate::ipset::IpSetId;
-use crate::model::{Action, Direction, Rule, SideMatch, TierDefault, TierInfo};
+use crate::model::{
+    Action, Direction, HostEndpoint, Rule, SideMatch, TierDefault, TierInfo, WorkloadEndpoint,
+};
 use crate::net::{Cidr, IpFamily, PortRange};
 use crate::state::State;
 
 use crate::ids::{IdTable, InternalPolicyId, PolicyRef, LOCAL_WORKLOADS_SET};
+
+/// One of the node's policed interfaces, as the views list them.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeInterface<'a> {
+    /// Its `sw_if_index` (`u32::MAX` when not known).
+    pub sw_if_index: u32,
+    /// The endpoint's interface name (the host-facing interface's for the host).
+    pub name: &'a str,
+    /// What it is.
+    pub kind: NodeInterfaceKind<'a>,
+}
+
+/// What a policed interface is.
+#[derive(Debug, Clone, Copy)]
+pub enum NodeInterfaceKind<'a> {
+    /// A local workload's.
+    Workload(&'a WorkloadEndpoint),
+    /// The host-facing interface.
+    Host,
+    /// A named host endpoint's.
+    HostEndpoint(&'a HostEndpoint),
+}
 
 /// A rule as the counters and the rules view list it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,55 +436,88 @@ impl<'a> Views<'a> {
         }
     }
 
-    /// `show capo interfaces`.
-    pub fn interfaces(&self) -> String {
-        let mut blocks: Vec<(u32, String)> = Vec::new();
+    /// The node's policed interfaces in the order the views print them (by
+    /// `sw_if_index`; unknown indices last): each local workload, the host-facing
+    /// interface, each named host endpoint.
+    pub fn node_interfaces(&self) -> Vec<NodeInterface<'a>> {
+        let index = |name: &str| self.ids.interface(name).unwrap_or(u32::MAX);
+        let mut out: Vec<NodeInterface<'a>> = Vec::new();
         for wep in self.state.workloads().values() {
-            let idx = self.ids.interface(&wep.name).unwrap_or(u32::MAX);
-            let v4 = wep.ipv4_nets.first().map(|n| n.net().addr());
-            let v6 = wep.ipv6_nets.first().map(|n| n.net().addr());
-            let mut b = header(self.ids.shown_name(&wep.name), idx, false, v4, v6);
-            let mut tx = Vec::new();
-            // allow-from-host, when the node has an address it could match.
-            if has_enforced_policies(&wep.tiers, Direction::Ingress)
-                && !self.state.local_host_addrs().is_empty()
-            {
-                tx.push(Item::Policy(PolicyRef::Internal(
-                    InternalPolicyId::AllowFromHost,
-                )));
-            }
-            tx.extend(tier_items(&wep.tiers, Direction::Ingress));
-            let rx = tier_items(&wep.tiers, Direction::Egress);
-            self.write_dirs(&mut b, &rx, &tx, false);
-            self.write_profiles(&mut b, &wep.profile_ids);
-            blocks.push((idx, b));
+            out.push(NodeInterface {
+                sw_if_index: index(&wep.name),
+                name: &wep.name,
+                kind: NodeInterfaceKind::Workload(wep),
+            });
         }
-        blocks.push(self.host_interface_block());
+        let host = self.ids.host_interface();
+        out.push(NodeInterface {
+            sw_if_index: index(host),
+            name: host,
+            kind: NodeInterfaceKind::Host,
+        });
         for hep in self.state.host_endpoints().values() {
             if hep.name.is_empty() || hep.name == "*" {
                 continue;
             }
-            let idx = self.ids.interface(&hep.name).unwrap_or(u32::MAX);
-            let mut b = header(self.ids.shown_name(&hep.name), idx, true, None, None);
-            // Inverted: packets arriving (VPP rx) are Calico ingress.
-            let mut ingress = vec![Item::Policy(PolicyRef::Internal(
-                InternalPolicyId::AllowToHost,
-            ))];
-            ingress.extend(tier_items(&hep.pre_dnat_tiers, Direction::Ingress));
-            ingress.extend(tier_items(&hep.forward_tiers, Direction::Ingress));
-            let mut egress = vec![Item::Policy(PolicyRef::Internal(
-                InternalPolicyId::AllowToHost,
-            ))];
-            egress.extend(tier_items(&hep.forward_tiers, Direction::Egress));
-            self.write_dirs(&mut b, &ingress, &egress, true);
-            blocks.push((idx, b));
+            out.push(NodeInterface {
+                sw_if_index: index(&hep.name),
+                name: &hep.name,
+                kind: NodeInterfaceKind::HostEndpoint(hep),
+            });
         }
-        blocks.sort_by_key(|(i, _)| *i);
+        out.sort_by_key(|i| i.sw_if_index);
+        out
+    }
+
+    /// `show capo interfaces`.
+    pub fn interfaces(&self) -> String {
         let mut out = String::from("Interfaces with policies configured:\n");
-        for (_, b) in blocks {
-            out += &b;
+        for iface in self.node_interfaces() {
+            out += &match iface.kind {
+                NodeInterfaceKind::Workload(wep) => self.workload_block(iface.sw_if_index, wep),
+                NodeInterfaceKind::Host => self.host_interface_block().1,
+                NodeInterfaceKind::HostEndpoint(hep) => {
+                    self.host_endpoint_block(iface.sw_if_index, hep)
+                }
+            };
         }
         out
+    }
+
+    fn workload_block(&self, idx: u32, wep: &WorkloadEndpoint) -> String {
+        let v4 = wep.ipv4_nets.first().map(|n| n.net().addr());
+        let v6 = wep.ipv6_nets.first().map(|n| n.net().addr());
+        let mut b = header(self.ids.shown_name(&wep.name), idx, false, v4, v6);
+        let mut tx = Vec::new();
+        // allow-from-host, when the node has an address it could match.
+        if has_enforced_policies(&wep.tiers, Direction::Ingress)
+            && !self.state.local_host_addrs().is_empty()
+        {
+            tx.push(Item::Policy(PolicyRef::Internal(
+                InternalPolicyId::AllowFromHost,
+            )));
+        }
+        tx.extend(tier_items(&wep.tiers, Direction::Ingress));
+        let rx = tier_items(&wep.tiers, Direction::Egress);
+        self.write_dirs(&mut b, &rx, &tx, false);
+        self.write_profiles(&mut b, &wep.profile_ids);
+        b
+    }
+
+    fn host_endpoint_block(&self, idx: u32, hep: &HostEndpoint) -> String {
+        let mut b = header(self.ids.shown_name(&hep.name), idx, true, None, None);
+        // Inverted: packets arriving (VPP rx) are Calico ingress.
+        let mut ingress = vec![Item::Policy(PolicyRef::Internal(
+            InternalPolicyId::AllowToHost,
+        ))];
+        ingress.extend(tier_items(&hep.pre_dnat_tiers, Direction::Ingress));
+        ingress.extend(tier_items(&hep.forward_tiers, Direction::Ingress));
+        let mut egress = vec![Item::Policy(PolicyRef::Internal(
+            InternalPolicyId::AllowToHost,
+        ))];
+        egress.extend(tier_items(&hep.forward_tiers, Direction::Egress));
+        self.write_dirs(&mut b, &ingress, &egress, true);
+        b
     }
 
     fn host_interface_block(&self) -> (u32, String) {
