@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use capo_policy::{Direction, IdTable, Packet, State, Update};
 use capo_proto::capo::agent::v1 as api;
 
-use crate::felix::frame::{Frame, FrameReader, Schema, DEFAULT_MAX_FRAME_LEN};
-use crate::felix::session::{Event, Phase, Session, SessionError};
-use crate::felix::stream::{self, Recorder, StreamError, STATUS_INTERVAL};
+use crate::felix_stream::{self, Recorder, StreamError, STATUS_INTERVAL};
+use capo_felix::frame::{Frame, FrameReader, Schema, DEFAULT_MAX_FRAME_LEN};
+use capo_felix::session::{Event, Phase, Session, SessionError};
 
 /// The socket CalicoVPP's felix-api-proxy connects to.
 pub const DEFAULT_FELIX_SOCKET: &str = "/var/run/calico/felix-dataplane.sock";
@@ -549,14 +549,15 @@ pub fn serve_connection<R: Read, W: Write + Send + 'static>(
         None => None,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let status = output.map(|w| stream::spawn_status_writer(w, opts.status_interval, stop.clone()));
+    let status =
+        output.map(|w| felix_stream::spawn_status_writer(w, opts.status_interval, stop.clone()));
     // A read timeout on the stream (the Felix socket's) bounds only the time inside a
     // frame; between frames Felix may be silent for as long as it likes.
     let mut reader =
         FrameReader::with_max_frame_len(input, opts.max_frame_len).idle_between_frames();
     lock(daemon).begin(source);
     // Frames are read without the lock; each is applied under it.
-    let result = stream::run(&mut reader, recorder.as_mut(), |frame| {
+    let result = felix_stream::run(&mut reader, recorder.as_mut(), |frame| {
         lock(daemon).on_frame(frame).map(|_| ())
     });
     // The status writer stops at its next tick, or when its write fails once the
@@ -729,9 +730,9 @@ pub fn exit_on_signals(cleanup: impl FnOnce() + Send + 'static) -> std::io::Resu
 /// Applies messages as if they came from Felix on the current connection; returns
 /// false (after logging) if one is refused, in which case the rest are not applied.
 pub fn feed(daemon: &SharedDaemon, msgs: &[capo_proto::felix::v3_32::ToDataplane]) -> bool {
-    let bytes = crate::felix::frame::encode_frames(msgs);
+    let bytes = capo_felix::frame::encode_frames(msgs);
     let mut reader = FrameReader::new(bytes.as_slice());
-    match stream::run(&mut reader, None, |frame| {
+    match felix_stream::run(&mut reader, None, |frame| {
         lock(daemon).on_frame(frame).map(|_| ())
     }) {
         Ok(()) => true,

@@ -9,8 +9,8 @@ use capo_policy::{trace, IdTable, State};
 use capo_resources::{Options, Resources, Snapshot};
 
 use crate::cli::{packet, trace_text, View};
-use crate::felix::frame::encode_frames;
 use crate::replay::{replay_reader, ReplayOptions};
+use capo_felix::frame::encode_frames;
 
 /// The seed's manifests (`examples/seed/`), built in so the demo runs anywhere.
 const SEED_MANIFESTS: [(&str, &str); 4] = [

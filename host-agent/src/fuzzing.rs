@@ -9,8 +9,8 @@ use capo_policy::eval::{evaluate_forward, evaluate_host, evaluate_workload};
 use capo_policy::{trace, Direction, Member, Packet, Protocol, State, L4};
 
 use crate::cli::View;
-use crate::felix::frame::Schema;
 use crate::replay::{replay_reader, ReplayOptions};
+use capo_felix::frame::Schema;
 
 /// Feeds arbitrary bytes through the frame decoder and the Felix state machine with
 /// both schemas; whatever state results must render and evaluate. Any panic is a

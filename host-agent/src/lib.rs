@@ -2,7 +2,7 @@
 //! protocol) and keeps the policy core's state, ids and views; `capoctl` replays,
 //! traces and demonstrates it offline.
 //!
-//! The protocol logic is sans-IO ([`felix::session`]); binaries only wire it to
+//! The protocol logic is sans-IO (`capo_felix::session`); binaries only wire it to
 //! file descriptors, sockets and signals.
 //!
 //! ```
@@ -26,7 +26,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dpdk_port;
 pub mod embedded;
-pub mod felix;
+pub mod felix_stream;
 pub mod fuzzing;
 pub mod logging;
 pub mod manifests;

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use capo_proto::felix::v3_32 as pb;
 use capo_resources::{manifest_files, Options, Resources, Snapshot};
 
-use crate::felix::frame::encode_frames;
 use crate::replay::{replay_reader, ReplayOptions, Replayed};
+use capo_felix::frame::encode_frames;
 
 /// Loads manifests (files or directories) and computes what Felix on `node` would
 /// hold (`None`: every pod is local).

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use capo_policy::{IdTable, State};
 
-use crate::felix::frame::{FrameReader, Schema, DEFAULT_MAX_FRAME_LEN};
-use crate::felix::session::{Event, Phase, Session, SessionStats};
-use crate::felix::stream::{self, StreamError};
+use crate::felix_stream::{self, StreamError};
+use capo_felix::frame::{FrameReader, Schema, DEFAULT_MAX_FRAME_LEN};
+use capo_felix::session::{Event, Phase, Session, SessionStats};
 
 /// How to replay.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub fn replay_reader<R: Read>(input: R, opts: &ReplayOptions) -> Result<Replayed
     let mut reader = FrameReader::with_max_frame_len(input, opts.max_frame_len);
     let mut session = Session::new(opts.schema);
     let mut ids = opts.id_table();
-    stream::run(&mut reader, None, |frame| {
+    felix_stream::run(&mut reader, None, |frame| {
         let event = session.on_frame(frame)?;
         for w in session.take_new_warnings() {
             tracing::warn!("{w}");

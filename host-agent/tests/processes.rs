@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use capo_agent::felix::frame::FrameReader;
+use capo_felix::frame::FrameReader;
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
 
@@ -110,7 +110,7 @@ fn driver_exits_nonzero_on_a_protocol_violation() {
             },
         )),
     };
-    bytes.extend(capo_agent::felix::frame::encode_frame(&bad));
+    bytes.extend(capo_felix::frame::encode_frame(&bad));
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&bytes).unwrap();
     let st = wait_with_timeout(&mut child, Duration::from_secs(10)).expect("driver did not exit");
@@ -207,7 +207,7 @@ fn agent_serves_one_felix_connection_after_another() {
     // Second connection: a violation makes the agent drop it (resync).
     let mut c = connect(&sock);
     let mut bad = frames.clone();
-    bad.extend(capo_agent::felix::frame::encode_frame(&pb::ToDataplane {
+    bad.extend(capo_felix::frame::encode_frame(&pb::ToDataplane {
         sequence_number: 8,
         payload: Some(pb::to_dataplane::Payload::IpsetDeltaUpdate(
             pb::IpSetDeltaUpdate {
@@ -364,7 +364,7 @@ fn views_larger_than_four_mib_reach_capoctl() {
         .map(|i| format!("10.{}.{}.{}/32", (i >> 16) & 255, (i >> 8) & 255, i & 255))
         .collect();
     let mut frames = seed.clone();
-    frames.extend(capo_agent::felix::frame::encode_frame(&pb::ToDataplane {
+    frames.extend(capo_felix::frame::encode_frame(&pb::ToDataplane {
         sequence_number: 100,
         payload: Some(pb::to_dataplane::Payload::IpsetDeltaUpdate(
             pb::IpSetDeltaUpdate {

@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use capo_agent::felix::frame::{encode_frame, Frame, FrameReader, Schema};
-use capo_agent::felix::session::{Event, Phase, Session, SessionError};
+use capo_felix::frame::{encode_frame, Frame, FrameReader, Schema};
+use capo_felix::session::{Event, Phase, Session, SessionError};
 use capo_policy::{IpSetId, StateError};
 use capo_proto::felix::v3_32 as pb;
 use pb::to_dataplane::Payload as P;

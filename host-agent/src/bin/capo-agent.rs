@@ -13,9 +13,9 @@ use capo_agent::daemon::{
     bind_felix_socket, exit_on_signals, serve_felix_fds, serve_felix_socket, serve_manifests,
     Daemon, FelixOptions, DEFAULT_FELIX_SOCKET,
 };
-use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_agent::logging::{self, LogFormat};
 use capo_agent::nic::{NicSpec, SimulatedNic};
+use capo_felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_policy::IdTable;
 use clap::{CommandFactory, Parser};
 

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use capo_agent::cli::{packet, parse_interface_index, trace_json, trace_text, View};
-use capo_agent::felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_agent::manifests;
+use capo_felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 
 use capo_agent::client;
 use capo_agent::replay::{replay_file, ReplayOptions, Replayed};

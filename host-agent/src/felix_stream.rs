@@ -1,4 +1,4 @@
-//! The I/O around a [`Session`](super::session::Session): reading frames from Felix, recording them, and
+//! The I/O around a [`Session`](capo_felix::session::Session): reading frames from Felix, recording them, and
 //! sending `ProcessStatusUpdate` back.
 
 use std::io::{self, BufWriter, Read, Write};
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use capo_proto::felix::v3_32 as pb;
 
-use super::frame::{Frame, FrameError, FrameReader, FrameWriter};
-use super::session::SessionError;
+use capo_felix::frame::{Frame, FrameError, FrameReader, FrameWriter};
+use capo_felix::session::SessionError;
 
 /// How often Felix expects a status report (felix-protocol §2.2: doc.go says 10 s).
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
