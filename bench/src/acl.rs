@@ -71,16 +71,7 @@ pub fn expanded_entries(w: &Workload, state: &State) -> u64 {
 }
 
 fn row(w: &Workload) -> Row {
-    Row {
-        engine: "rte_acl",
-        workload: w.kind.name(),
-        ns_per_packet: None,
-        mpps: None,
-        compile_ms: None,
-        update_p99_us: None,
-        bytes_per_member: None,
-        note: None,
-    }
+    Row::new("rte_acl", w.kind.name())
 }
 
 /// Measures rte_acl on the workload, or says why it could not. `fast` holds the

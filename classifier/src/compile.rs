@@ -286,7 +286,7 @@ impl Builder {
             self.index.ep_mark(&addr, proto, port);
         }
         self.sync_virtual(state);
-        let kinds = all_kinds(state);
+        let kinds = IfaceKind::all(state);
         for kind in kinds {
             self.compile_iface(state, ids, kind);
         }
@@ -408,7 +408,7 @@ impl Builder {
                 ids.sync(state);
                 self.ifaces
                     .retain(|k, _| !matches!(k, IfaceKind::Forward(_)));
-                for kind in all_kinds(state) {
+                for kind in IfaceKind::all(state) {
                     if matches!(kind, IfaceKind::Host | IfaceKind::Forward(_)) {
                         self.compile_iface(state, ids, kind);
                     }
@@ -1011,22 +1011,6 @@ struct Deps {
 
 fn two<T>(v: Vec<T>) -> Option<[T; 2]> {
     <[T; 2]>::try_from(v).ok()
-}
-
-fn all_kinds(state: &State) -> Vec<IfaceKind> {
-    let mut kinds: Vec<IfaceKind> = state
-        .workloads()
-        .keys()
-        .map(|k| IfaceKind::Workload(k.clone()))
-        .collect();
-    kinds.push(IfaceKind::Host);
-    kinds.extend(
-        state
-            .host_endpoints()
-            .keys()
-            .map(|k| IfaceKind::Forward(k.clone())),
-    );
-    kinds
 }
 
 /// Turns a spec into bitmaps.

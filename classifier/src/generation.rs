@@ -44,6 +44,44 @@ pub enum IfaceKind {
     Forward(HostEndpointKey),
 }
 
+impl IfaceKind {
+    /// Every interface `state` defines: each workload, the host, each host endpoint.
+    pub fn all(state: &capo_policy::State) -> Vec<IfaceKind> {
+        let mut kinds: Vec<IfaceKind> = state
+            .workloads()
+            .keys()
+            .map(|k| IfaceKind::Workload(k.clone()))
+            .collect();
+        kinds.push(IfaceKind::Host);
+        kinds.extend(
+            state
+                .host_endpoints()
+                .keys()
+                .map(|k| IfaceKind::Forward(k.clone())),
+        );
+        kinds
+    }
+
+    /// The reference evaluator's outcome for `pkt` here (the specification every
+    /// compiled program is checked against); `None` for an interface `state` lacks.
+    pub fn reference(
+        &self,
+        state: &capo_policy::State,
+        dir: Direction,
+        pkt: &Packet,
+    ) -> Option<capo_policy::Outcome> {
+        use capo_policy::eval::{evaluate_forward, evaluate_host, evaluate_workload};
+        match self {
+            IfaceKind::Workload(k) => evaluate_workload(state, k, dir, pkt),
+            IfaceKind::Host => Some(evaluate_host(state, dir, pkt)),
+            IfaceKind::Forward(k) => state
+                .host_endpoints()
+                .get(k)
+                .map(|h| evaluate_forward(state, h, dir, pkt)),
+        }
+    }
+}
+
 /// One direction's compiled program(s).
 #[derive(Debug, Clone)]
 pub(crate) enum Entry {

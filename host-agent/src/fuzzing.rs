@@ -5,7 +5,6 @@
 use std::net::IpAddr;
 
 use capo_classifier::{Builder, IfaceKind, Scratch};
-use capo_policy::eval::{evaluate_forward, evaluate_host, evaluate_workload};
 use capo_policy::{trace, Direction, Member, Packet, Protocol, State, L4};
 
 use crate::cli::View;
@@ -92,34 +91,14 @@ pub fn felix_classifier(data: &[u8]) -> Result<u64, String> {
     let generation = Builder::new().build(&r.state, &r.ids);
     let mut scratch = Scratch::default();
     let mut agreed = 0;
-    let mut kinds: Vec<IfaceKind> = r
-        .state
-        .workloads()
-        .keys()
-        .map(|k| IfaceKind::Workload(k.clone()))
-        .collect();
-    kinds.push(IfaceKind::Host);
-    kinds.extend(
-        r.state
-            .host_endpoints()
-            .keys()
-            .map(|k| IfaceKind::Forward(k.clone())),
-    );
+    let kinds = IfaceKind::all(&r.state);
     for kind in &kinds {
         let Some(iface) = generation.interface_of(kind) else {
             return Err(format!("the classifier has no interface for {kind:?}"));
         };
         for dir in Direction::BOTH {
             for pkt in &packets {
-                let want = match kind {
-                    IfaceKind::Workload(k) => evaluate_workload(&r.state, k, dir, pkt),
-                    IfaceKind::Host => Some(evaluate_host(&r.state, dir, pkt)),
-                    IfaceKind::Forward(k) => r
-                        .state
-                        .host_endpoints()
-                        .get(k)
-                        .map(|h| evaluate_forward(&r.state, h, dir, pkt)),
-                };
+                let want = kind.reference(&r.state, dir, pkt);
                 let got = generation.classify(iface, dir, pkt, &mut scratch);
                 match (want, got) {
                     (Some(w), Some(g)) if w.verdict == g.verdict && &w.decider == g.decider => {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use capo_classifier::{Generation, IfaceKind, Scratch};
 use capo_policy::config::{EndpointToHostAction, FailsafePort};
-use capo_policy::eval::{evaluate_forward, evaluate_host, evaluate_workload, Outcome};
+use capo_policy::eval::Outcome;
 use capo_policy::{
     Action, Cidr, Direction, FelixConfig, HostEndpoint, HostEndpointKey, HostMetadata, IcmpMatch,
     IdTable, IpFamily, IpSetId, IpSetKind, Member, Packet, Policy, PolicyKey, PortRange, Profile,
@@ -411,31 +411,12 @@ pub fn build_state(updates: &[Update]) -> (State, IdTable) {
 
 /// The reference outcome for an interface kind.
 pub fn reference(state: &State, kind: &IfaceKind, dir: Direction, pkt: &Packet) -> Option<Outcome> {
-    match kind {
-        IfaceKind::Workload(k) => evaluate_workload(state, k, dir, pkt),
-        IfaceKind::Host => Some(evaluate_host(state, dir, pkt)),
-        IfaceKind::Forward(k) => state
-            .host_endpoints()
-            .get(k)
-            .map(|h| evaluate_forward(state, h, dir, pkt)),
-    }
+    kind.reference(state, dir, pkt)
 }
 
 /// Every interface kind the state defines.
 pub fn kinds(state: &State) -> Vec<IfaceKind> {
-    let mut v: Vec<IfaceKind> = state
-        .workloads()
-        .keys()
-        .map(|k| IfaceKind::Workload(k.clone()))
-        .collect();
-    v.push(IfaceKind::Host);
-    v.extend(
-        state
-            .host_endpoints()
-            .keys()
-            .map(|k| IfaceKind::Forward(k.clone())),
-    );
-    v
+    IfaceKind::all(state)
 }
 
 /// Checks every interface and direction of `g` against the reference on `pkts`.
