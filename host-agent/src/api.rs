@@ -171,7 +171,10 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
                 };
                 let mut tasks = Vec::new();
                 let stop = wait_for(rx.clone());
-                let router = router(daemon.clone(), inject).await;
+                // One set of readers for every listener: a view rendered for one
+                // client serves the others and the metrics scrape.
+                let readers = Readers::new(daemon.clone());
+                let router = router(readers.clone(), inject).await;
                 tasks.push(tokio::spawn(async move {
                     let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
                     if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
@@ -187,9 +190,12 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
                             return;
                         }
                     };
-                    let router =
-                        add_services(builder.layer(decode_errors_layer()), daemon.clone(), inject)
-                            .await;
+                    let router = add_services(
+                        builder.layer(decode_errors_layer()),
+                        readers.clone(),
+                        inject,
+                    )
+                    .await;
                     tasks.push(tokio::spawn(async move {
                         if let Err(e) = router.serve_with_shutdown(addr, stop).await {
                             tracing::error!(error = %e, "API server on TCP failed");
@@ -205,7 +211,7 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
                             return;
                         }
                     };
-                    let r = Readers::new(daemon.clone());
+                    let r = readers.clone();
                     tasks.push(tokio::spawn(async move {
                         if let Err(e) = crate::metrics::serve(r, listener, stop).await {
                             tracing::error!(error = %e, "metrics listener failed");
@@ -285,14 +291,14 @@ fn decode_errors_layer() -> DecodeErrorsLayer {
 }
 
 async fn router(
-    daemon: SharedDaemon,
+    readers: Readers,
     inject: bool,
 ) -> tonic::transport::server::Router<
     tower::layer::util::Stack<DecodeErrorsLayer, tower::layer::util::Identity>,
 > {
     add_services(
         tonic::transport::Server::builder().layer(decode_errors_layer()),
-        daemon,
+        readers,
         inject,
     )
     .await
@@ -300,7 +306,7 @@ async fn router(
 
 async fn add_services<L: Clone>(
     mut builder: tonic::transport::Server<L>,
-    daemon: SharedDaemon,
+    readers: Readers,
     inject: bool,
 ) -> tonic::transport::server::Router<L> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -308,8 +314,8 @@ async fn add_services<L: Clone>(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let svc = Api {
-        readers: Readers::new(daemon.clone()),
-        daemon,
+        daemon: readers.daemon().clone(),
+        readers,
         inject,
     };
     let mut router = builder
