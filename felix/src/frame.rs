@@ -134,6 +134,17 @@ pub struct Frame {
     pub bytes: Vec<u8>,
 }
 
+impl Frame {
+    /// The frame as it was on the wire: length header, then body (to pass it on
+    /// unchanged).
+    pub fn wire_bytes(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(HEADER_LEN + self.bytes.len());
+        buf.extend_from_slice(&(self.bytes.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&self.bytes);
+        buf
+    }
+}
+
 /// Why a frame could not be read, written or decoded.
 ///
 /// After any error other than [`FrameError::DecodeError`] the stream's

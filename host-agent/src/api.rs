@@ -34,7 +34,15 @@ pub struct ApiOptions {
     pub inject: bool,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<SocketAddr>,
+    /// Serve `grpc.health.v1` alone, in plaintext, on this address: the target of
+    /// Kubernetes' gRPC probes, which cannot reach a unix socket nor present a
+    /// client certificate. Nothing but health is served there.
+    pub health: Option<SocketAddr>,
 }
+
+/// The health service name whose status is `SERVING` once a generation is in force
+/// and every dataplane took it (readiness); the empty name is the agent's liveness.
+pub const READY_SERVICE: &str = "capo.ready";
 
 /// TCP listener with mutual TLS.
 #[derive(Debug, Clone)]
@@ -80,6 +88,9 @@ pub enum ApiError {
     /// The metrics listener could not bind.
     #[error("metrics {0}: {1}")]
     Metrics(SocketAddr, std::io::Error),
+    /// The health listener could not bind.
+    #[error("health {0}: {1}")]
+    Health(SocketAddr, std::io::Error),
 }
 
 /// Resolves a group name (from /etc/group) or number to a gid.
@@ -119,12 +130,18 @@ pub struct ApiHandle {
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
     socket: PathBuf,
+    health_addr: Option<SocketAddr>,
 }
 
 impl ApiHandle {
     /// The unix socket served.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Where the plaintext health listener is bound, when there is one.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 }
 
@@ -157,6 +174,18 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
     let socket = opts.socket.clone();
     let inject = opts.inject;
     let metrics = opts.metrics;
+    // Bound here so that a busy port fails the start and the bound address (port 0
+    // picks one) is known to the caller.
+    let (health_listener, health_addr) = match opts.health {
+        Some(addr) => {
+            let bound = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(|l| l.local_addr().map(|a| (l, a)))
+                .map_err(|e| ApiError::Health(addr, e))?;
+            (Some(bound.0), Some(bound.1))
+        }
+        None => (None, None),
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), ApiError>>();
     let thread = std::thread::Builder::new()
         .name("capo-api".into())
@@ -218,6 +247,16 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
                         }
                     }));
                 }
+                if let Some(listener) = health_listener {
+                    let stop = wait_for(rx.clone());
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => tasks.push(tokio::spawn(serve_health(daemon.clone(), l, stop))),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(ApiError::Runtime(e)));
+                            return;
+                        }
+                    }
+                }
                 let _ = ready_tx.send(Ok(()));
                 for t in tasks {
                     let _ = t.await;
@@ -231,11 +270,62 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
         Err(_) => return Err(ApiError::Tcp("API thread ended during start-up".into())),
     }
     tracing::info!(socket = %socket.display(), "gRPC API listening");
+    if let Some(addr) = health_addr {
+        tracing::info!(%addr, "gRPC health (plaintext, health only) listening");
+    }
     Ok(ApiHandle {
         shutdown: Some(tx),
         thread: Some(thread),
         socket,
+        health_addr,
     })
+}
+
+/// Serves `grpc.health.v1` alone on `listener`: the empty service is `SERVING`
+/// while the agent runs, [`READY_SERVICE`] follows [`crate::daemon::Daemon::ready`],
+/// looked at every second.
+async fn serve_health(
+    daemon: SharedDaemon,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let watch = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut was_ready = None;
+        loop {
+            tick.tick().await;
+            let d = daemon.clone();
+            let ready = tokio::task::spawn_blocking(move || lock(&d).ready())
+                .await
+                .unwrap_or(false);
+            if was_ready != Some(ready) {
+                let status = if ready {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter.set_service_status(READY_SERVICE, status).await;
+                was_ready = Some(ready);
+            }
+        }
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming(incoming);
+    // Probes are short and stateless: at shutdown their connections are cut rather
+    // than waited for, so a stuck prober cannot hold the agent up.
+    tokio::select! {
+        r = server => if let Err(e) = r {
+            tracing::error!(error = %e, "health listener failed");
+        },
+        () = stop => {}
+    }
+    watch.abort();
 }
 
 async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {

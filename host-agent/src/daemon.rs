@@ -302,6 +302,16 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// Ready to enforce: a generation is in force and every dataplane took the
+    /// newest commit (a refused commit keeps the agent not ready until one succeeds).
+    pub fn ready(&self) -> bool {
+        self.generation > 0
+            && self
+                .history
+                .front()
+                .is_some_and(|c| c.outcome == "committed")
+    }
+
     /// Whether the current source is in sync.
     pub fn in_sync(&self) -> bool {
         self.session

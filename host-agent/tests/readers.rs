@@ -141,6 +141,7 @@ fn readers_do_not_delay_policy_updates() {
             tcp: None,
             inject: false,
             metrics: None,
+            health: None,
         },
     )
     .unwrap();

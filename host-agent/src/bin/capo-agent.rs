@@ -106,8 +106,13 @@ struct Args {
     /// Serve Prometheus metrics over HTTP (default address 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = capo_agent::metrics::DEFAULT_METRICS_ADDR)]
     metrics: Option<std::net::SocketAddr>,
+    /// Serve gRPC health alone, in plaintext, on ADDR (Kubernetes gRPC probes): the
+    /// empty service is liveness, `capo.ready` is readiness (a generation in force,
+    /// taken by every dataplane).
+    #[arg(long, value_name = "ADDR")]
+    health: Option<std::net::SocketAddr>,
     /// Do not serve the gRPC API.
-    #[arg(long, conflicts_with_all = ["api_tcp", "enable_inject", "metrics"])]
+    #[arg(long, conflicts_with_all = ["api_tcp", "enable_inject", "metrics", "health"])]
     no_api: bool,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -223,6 +228,7 @@ fn main() -> ExitCode {
             tcp,
             inject: args.enable_inject,
             metrics: args.metrics,
+            health: args.health,
         };
         match capo_agent::api::spawn(daemon.clone(), api_opts) {
             Ok(h) => Some(h),

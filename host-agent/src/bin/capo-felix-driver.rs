@@ -12,6 +12,12 @@
 //!
 //! It exits 0 when Felix closes fd 3, 1 on a protocol violation (Felix then
 //! restarts and resends everything), and promptly on SIGTERM.
+//!
+//! In a CalicoVPP cluster it is a tee instead (see [`capo_agent::felix_tee`]): with
+//! `CAPO_FORWARD_SOCKET` (CalicoVPP's Felix socket,
+//! `/var/run/calico/felix-dataplane.sock`) and `CAPO_AGENT_SOCKET` (capo-agent's
+//! `--felix-socket`), Felix's stream goes unchanged to CalicoVPP, whose answers go
+//! back to Felix, and capo-agent is fed the policy beside it.
 
 use std::process::ExitCode;
 
@@ -47,6 +53,11 @@ fn options() -> Result<FelixOptions, String> {
 }
 
 fn main() -> ExitCode {
+    // Felix passes no arguments; `--version` is for people and image checks.
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("capo-felix-driver {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let format = match env("CAPO_LOG_FORMAT").as_deref() {
         Some("json") => LogFormat::Json,
         _ => LogFormat::Text,
@@ -62,7 +73,63 @@ fn main() -> ExitCode {
     if let Err(e) = exit_on_signals(|| {}) {
         tracing::warn!(error = %e, "cannot install signal handlers");
     }
+    match (env("CAPO_FORWARD_SOCKET"), env("CAPO_AGENT_SOCKET")) {
+        (Some(primary), Some(capo)) => return tee(opts, primary.into(), capo.into()),
+        (None, None) => {}
+        _ => {
+            tracing::error!(
+                "CAPO_FORWARD_SOCKET and CAPO_AGENT_SOCKET go together (the tee needs both)"
+            );
+            return ExitCode::from(2);
+        }
+    }
     tracing::info!(schema = ?opts.schema, "capo-felix-driver started by Felix");
     let daemon = Arc::new(Mutex::new(Daemon::new(opts, IdTable::default())));
     ExitCode::from(serve_felix_fds(&daemon, true))
+}
+
+/// Felix → CalicoVPP unchanged, and capo-agent fed beside it.
+fn tee(opts: FelixOptions, primary: std::path::PathBuf, capo: std::path::PathBuf) -> ExitCode {
+    use capo_agent::felix_tee::{self, TeeOptions};
+    let input = match std::fs::File::open("/dev/fd/3") {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("fd 3 is not readable ({e}): the driver must be started by Felix");
+            return ExitCode::from(2);
+        }
+    };
+    let output = match std::fs::OpenOptions::new().write(true).open("/dev/fd/4") {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("fd 4 is not writable ({e}): the driver must be started by Felix");
+            return ExitCode::from(2);
+        }
+    };
+    // As felix-api-proxy: ten tries a second apart, then Felix restarts us.
+    let stream = match felix_tee::connect_with_retries(&primary, 10) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting: Felix restarts the driver");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(calicovpp = %primary.display(), capo = %capo.display(), "capo-felix-driver started by Felix: teeing to CalicoVPP and capo-agent");
+    let tee_opts = TeeOptions {
+        primary,
+        capo,
+        schema: opts.schema,
+        max_frame_len: opts.max_frame_len,
+        capo_retry: std::time::Duration::from_secs(1),
+        capo_queue: 4096,
+    };
+    match felix_tee::run(std::io::BufReader::new(input), output, stream, tee_opts) {
+        Ok(()) => {
+            tracing::info!("Felix closed fd 3: exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "exiting so that Felix restarts and resyncs");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -190,6 +190,27 @@ enum Command {
     },
     /// The seed's walkthrough: two pods, a NetworkPolicy, the netcat test.
     Demo,
+    /// Copy files into a directory atomically (each written beside its destination
+    /// and renamed over it): how an init container without a shell puts the VPP
+    /// plugin or Felix's driver where VPP or Felix finds it.
+    Install {
+        /// Destination directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// File mode (octal).
+        #[arg(long, default_value = "0755", value_parser = parse_mode)]
+        mode: u32,
+        /// Files to install.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0755"))
 }
 
 fn load(file: &std::path::Path, stream: &StreamArgs) -> Result<Replayed, String> {
@@ -318,6 +339,14 @@ fn run(cli: Cli) -> Result<String, String> {
             }
         }
         Command::Demo => capo_agent::demo::run(),
+        Command::Install { to, mode, files } => {
+            let written =
+                capo_agent::install::install(&files, &to, mode).map_err(|e| e.to_string())?;
+            Ok(written
+                .iter()
+                .map(|p| format!("installed {}\n", p.display()))
+                .collect())
+        }
     }
 }
 

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Builds capo's OCI image with buildah, from Debian packages, without a registry:
+#
+#   scripts/image.sh [OUT]        (default: target/image/capo-VERSION.oci.tar)
+#
+# The image holds capo-agent, capoctl, capo-felix-driver (/usr/bin) and the VPP plugin
+# built against VPP 26.06's headers (/usr/lib/capo/vpp_plugins/libcapo_vpp_plugin.so),
+# on a root filesystem made only of the Debian 12 packages those binaries link
+# against (unpacked with dpkg -x: no shell, no package manager). It is reproducible:
+# SOURCE_DATE_EPOCH (default: the last commit's time) fixes every timestamp, paths
+# are remapped out of the binaries, and the layer is written in a fixed order.
+#
+# Needs root (buildah with the vfs driver and chroot isolation), and VPP's headers:
+# CAPO_VPP=DIR from scripts/vpp-setup.sh, or ../shared/vpp/'s tarball. After the
+# build, every binary in the committed image is run with --version.
+#
+# Load it with `podman load -i OUT` or `skopeo copy oci-archive:OUT docker-daemon:…`;
+# on a node: `ctr -n k8s.io images import OUT`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+source scripts/setup.sh
+
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+out=${1:-target/image/capo-$version.oci.tar}
+tag="localhost/capo:$version"
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+
+need=()
+for p in buildah; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "image: installing ${need[*]}" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/capo-image.XXXXXX")
+storage="$work/storage"
+bah() { buildah --storage-driver vfs --root "$storage" --runroot "$work/run" "$@"; }
+containers=()
+cleanup() {
+    for c in "${containers[@]}"; do bah rm "$c" >/dev/null 2>&1 || true; done
+    bah rmi -a -f >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# VPP's headers for the plugin.
+vpp=${CAPO_VPP:-}
+if [ -z "$vpp" ]; then
+    tarball=../shared/vpp/vpp-26.06-x86_64-debian12.tar.gz
+    [ -f "$tarball" ] || { echo "image: set CAPO_VPP or provide $tarball" >&2; exit 1; }
+    vpp="$work/vpp"
+    mkdir -p "$vpp"
+    tar -C "$vpp" -xzf "$tarball"
+fi
+inc="$vpp/vpp/include"
+lib="$vpp/vpp/lib/x86_64-linux-gnu"
+
+# Release binaries in a target directory of their own, with nothing of this machine
+# (paths) in them.
+echo "image: building the release binaries (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)" >&2
+target="$root/target/image-build"
+export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
+export RUSTFLAGS="--remap-path-prefix=$root=/capo --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+cargo build --locked --release --target-dir "$target" -p capo-agent --bins
+CFLAGS="-I$inc" BINDGEN_EXTRA_CLANG_ARGS="-I$inc" LIBRARY_PATH="$lib" \
+    cargo build --locked --release --target-dir "$target" -p capo-vpp-plugin --features vpp
+
+rootfs="$work/rootfs"
+mkdir -p "$rootfs/usr/bin" "$rootfs/usr/lib/capo/vpp_plugins" "$rootfs/etc" "$rootfs/tmp" \
+    "$rootfs/var/run/capo"
+bins=(capo-agent capoctl capo-felix-driver)
+for b in "${bins[@]}"; do
+    install -m 0755 "$target/release/$b" "$rootfs/usr/bin/$b"
+done
+install -m 0644 "$target/release/libcapo_vpp_plugin.so" "$rootfs/usr/lib/capo/vpp_plugins/"
+
+# The Debian packages the binaries link against, at the versions installed here.
+libs=$(for b in "${bins[@]}"; do ldd "$rootfs/usr/bin/$b"; done |
+    awk '/=>/ { print $3 } /^\t\/lib/ { print $1 }' | sort -u)
+packages=$(for l in $libs; do dpkg -S "$(readlink -f "$l")" 2>/dev/null || dpkg -S "$l"; done |
+    cut -d: -f1 | sort -u)
+echo "image: Debian packages: $(echo $packages)" >&2
+mkdir -p "$work/debs"
+(cd "$work/debs" && for p in $packages; do
+    apt-get download -qq "$p=$(dpkg-query -W -f='${Version}' "$p")"
+done)
+for deb in "$work"/debs/*.deb; do
+    dpkg -x "$deb" "$rootfs"
+done
+# Debian 12 is merged-/usr: the loader path /lib64 must resolve.
+for d in bin lib lib64 sbin; do
+    [ -e "$rootfs/$d" ] || ln -s "usr/$d" "$rootfs/$d"
+done
+# Only what runs is kept: documentation and locales of the packages are dropped.
+rm -rf "$rootfs/usr/share/doc" "$rootfs/usr/share/locale" "$rootfs/usr/share/man" \
+    "$rootfs/usr/share/lintian"
+printf 'root:x:0:0:root:/:/usr/sbin/nologin\ncapo:x:10001:10001:capo:/:/usr/sbin/nologin\n' >"$rootfs/etc/passwd"
+printf 'root:x:0:\ncapo:x:10001:\n' >"$rootfs/etc/group"
+chmod 1777 "$rootfs/tmp"
+# One fixed order and timestamp for every file.
+find "$rootfs" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+tar -C "$rootfs" --sort=name --owner=0 --group=0 --numeric-owner \
+    --mtime="@$SOURCE_DATE_EPOCH" -cf "$work/rootfs.tar" .
+
+echo "image: assembling $tag" >&2
+ctr=$(bah from scratch)
+containers+=("$ctr")
+bah add "$ctr" "$work/rootfs.tar" /
+git_rev=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+bah config \
+    --entrypoint '["/usr/bin/capo-agent"]' --cmd '[]' \
+    --env CAPO_LOG=info \
+    --label org.opencontainers.image.title=capo \
+    --label org.opencontainers.image.version="$version" \
+    --label org.opencontainers.image.revision="$git_rev" \
+    --label org.opencontainers.image.licenses=Apache-2.0 \
+    --label org.opencontainers.image.base.name=debian:12-packages \
+    "$ctr"
+bah commit --quiet --format oci --timestamp "$SOURCE_DATE_EPOCH" "$ctr" "$tag" >/dev/null
+
+# The committed image runs its binaries (chroot isolation: no runtime needed).
+check=$(bah from "$tag")
+containers+=("$check")
+for b in "${bins[@]}"; do
+    v=$(bah run --isolation chroot "$check" -- "/usr/bin/$b" --version)
+    echo "image: $b in the image: $v" >&2
+    case "$v" in *"$version"*) ;; *) echo "image: $b --version said '$v'" >&2; exit 1 ;; esac
+done
+if bah run --isolation chroot "$check" -- /bin/sh -c true >/dev/null 2>&1; then
+    echo "image: a shell is present in the image; it must not be" >&2
+    exit 1
+fi
+
+mkdir -p "$(dirname "$out")"
+rm -f "$out"
+bah push --quiet "$tag" "oci-archive:$out:$tag"
+digest=$(bah inspect --format '{{.FromImageDigest}}' "$check")
+echo "image: wrote $out ($tag, $(du -h "$out" | cut -f1), image digest $digest)" >&2
