@@ -5,8 +5,8 @@
 #
 # The image holds capo-agent, capoctl, capo-felix-driver (/usr/bin) and the VPP plugin
 # built against VPP 26.06's headers (/usr/lib/capo/vpp_plugins/libcapo_vpp_plugin.so),
-# on a root filesystem made only of the Debian 12 packages those binaries link
-# against (unpacked with dpkg -x: no shell, no package manager). It is reproducible:
+# static, on a root filesystem of Debian 12 packages (base-files by default,
+# CAPO_IMAGE_PACKAGES to add) unpacked with dpkg -x: no shell, no package manager. It is reproducible:
 # SOURCE_DATE_EPOCH (default: the last commit's time) fixes every timestamp, paths
 # are remapped out of the binaries, and the layer is written in a fixed order.
 #
@@ -62,13 +62,17 @@ inc="$vpp/vpp/include"
 lib="$vpp/vpp/lib/x86_64-linux-gnu"
 
 # Release binaries in a target directory of their own, with nothing of this machine
-# (paths) in them.
+# (paths) in them. The three programs are static (glibc's crt-static): capo-felix-driver
+# runs inside calico-node's image, whatever its C library; the plugin is a shared
+# object that VPP loads.
 echo "image: building the release binaries (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)" >&2
 target="$root/target/image-build"
+host=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
-export RUSTFLAGS="--remap-path-prefix=$root=/capo --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
-cargo build --locked --release --target-dir "$target" -p capo-agent --bins
-CFLAGS="-I$inc" BINDGEN_EXTRA_CLANG_ARGS="-I$inc" LIBRARY_PATH="$lib" \
+remap="--remap-path-prefix=$root=/capo --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+RUSTFLAGS="$remap -C target-feature=+crt-static" \
+    cargo build --locked --release --target "$host" --target-dir "$target" -p capo-agent --bins
+RUSTFLAGS="$remap" CFLAGS="-I$inc" BINDGEN_EXTRA_CLANG_ARGS="-I$inc" LIBRARY_PATH="$lib" \
     cargo build --locked --release --target-dir "$target" -p capo-vpp-plugin --features vpp
 
 rootfs="$work/rootfs"
@@ -76,17 +80,21 @@ mkdir -p "$rootfs/usr/bin" "$rootfs/usr/lib/capo/vpp_plugins" "$rootfs/etc" "$ro
     "$rootfs/var/run/capo"
 bins=(capo-agent capoctl capo-felix-driver)
 for b in "${bins[@]}"; do
-    install -m 0755 "$target/release/$b" "$rootfs/usr/bin/$b"
+    install -m 0755 "$target/$host/release/$b" "$rootfs/usr/bin/$b"
+    if ldd "$rootfs/usr/bin/$b" >/dev/null 2>&1; then
+        echo "image: $b is not static" >&2
+        exit 1
+    fi
 done
 install -m 0644 "$target/release/libcapo_vpp_plugin.so" "$rootfs/usr/lib/capo/vpp_plugins/"
 
-# The Debian packages the binaries link against, at the versions installed here.
-libs=$(for b in "${bins[@]}"; do ldd "$rootfs/usr/bin/$b"; done |
-    awk '/=>/ { print $3 } /^\t\/lib/ { print $1 }' | sort -u)
-packages=$(for l in $libs; do dpkg -S "$(readlink -f "$l")" 2>/dev/null || dpkg -S "$l"; done |
-    cut -d: -f1 | sort -u)
-echo "image: Debian packages: $(echo $packages)" >&2
+# The Debian base: the packages listed (base-files: /etc/os-release and the FHS
+# layout) at the versions installed here, unpacked with dpkg -x (no maintainer
+# scripts, no shell, no package manager).
+packages=${CAPO_IMAGE_PACKAGES:-base-files}
+echo "image: Debian packages: $packages" >&2
 mkdir -p "$work/debs"
+chmod 0777 "$work/debs"
 (cd "$work/debs" && for p in $packages; do
     apt-get download -qq "$p=$(dpkg-query -W -f='${Version}' "$p")"
 done)

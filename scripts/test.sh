@@ -2,7 +2,8 @@
 # Builds everything and runs every test of the workspace, then the DPDK-backed
 # tests (EAL on virtual devices) with the system's DPDK, then the fuzz targets for
 # CAPO_FUZZ_SECONDS each (default 30; 0 skips them), the lints (scripts/lint.sh), then
-# the real-VPP tests:
+# the real-VPP tests, then the Kubernetes manifests (scripts/deploy-check.sh) and the
+# OCI image (scripts/image.sh, as root):
 # VPP 26.06 from shared/vpp/ unpacked into a private directory, capo's plugin built
 # against it, pods as network namespaces (needs root). Set CAPO_VPP=DIR to reuse an
 # unpacked VPP; without shared/vpp/ (or root) the VPP tests skip and say why.
@@ -34,3 +35,17 @@ if [ "${CI:-}" = "true" ]; then
     export CAPO_VPP_REQUIRED=1
 fi
 cargo test --locked -p capo-agent --test vpp_real -- --test-threads 1
+
+# Kubernetes: every manifest rendered and validated offline, against the binaries.
+bash scripts/deploy-check.sh target/debug
+# The OCI image: buildah as root, the plugin against CAPO_VPP's headers.
+if [ "$(id -u)" -eq 0 ] && [ -n "${CAPO_VPP:-}" ]; then
+    image_dir=$(mktemp -d "${TMPDIR:-/tmp}/capo-image-out.XXXXXX")
+    bash scripts/image.sh "$image_dir/capo.oci.tar"
+    rm -rf "$image_dir"
+elif [ "${CI:-}" = "true" ]; then
+    echo "test: the OCI image needs root and VPP's headers (shared/vpp/)" >&2
+    exit 1
+else
+    echo "test: OCI image skipped: it needs root (buildah) and VPP's headers (CAPO_VPP)" >&2
+fi

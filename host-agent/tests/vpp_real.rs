@@ -469,3 +469,140 @@ fn ipv6_neighbour_discovery_passes_a_deny_all_policy() {
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One frame of `msg` with an unknown field (number 100, varint 1) appended: what a
+/// newer peer that added a field sends.
+fn frame_with_unknown_field<M: prost::Message>(msg: &M) -> Vec<u8> {
+    let mut body = msg.encode_to_vec();
+    body.extend_from_slice(&[0xa0, 0x06, 0x01]);
+    let mut out = (body.len() as u64).to_le_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+fn read_reply(
+    stream: &mut std::os::unix::net::UnixStream,
+) -> capo_proto::capo::dataplane::v1::FromPlugin {
+    use std::io::Read;
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).unwrap();
+    let mut body = vec![0u8; u64::from_le_bytes(header) as usize];
+    stream.read_exact(&mut body).unwrap();
+    prost::Message::decode(body.as_slice()).unwrap()
+}
+
+/// Version skew and removal, as a rolling update and an uninstall go: a newer agent
+/// whose messages carry fields this plugin does not know is understood (protobuf
+/// skips them) and its generation enforced; `capoctl vpp-release` hands every
+/// interface back (no capo feature left, traffic flows as without capo); a new agent
+/// takes over again.
+#[test]
+fn version_skew_release_and_takeover_on_vpp() {
+    use capo_proto::capo::dataplane::v1::{from_plugin, to_plugin, Generation, Hello, ToPlugin};
+    use std::io::Write;
+    require_vpp!();
+    let (dir, vpp, ts1, ts2) = seed_rig("skew", 0);
+    let manifests = seed_manifests(&dir, &ts2.vpp_if, 5978);
+    let mut agent = Agent::start(&vpp, &manifests, &dir, &[]);
+    wait_for(WAIT, "the agent's generation", || {
+        block(&vpp.ctl("show capo interfaces"), &ts2.vpp_if).contains("sw_if_index=")
+    });
+    assert_seed_enforced(&ts1, &ts2, &dir, false);
+    // Rolling update: the old agent goes, the plugin keeps enforcing.
+    agent.kill9();
+
+    // The newer agent: its Hello and Generation carry a field this plugin lacks.
+    let other = dir.join("other-port");
+    std::fs::create_dir_all(&other).unwrap();
+    write_seed(&other, &ts2.vpp_if, 5979);
+    let frames = dir.join("skew.frames");
+    let (rc, _, err) = common::capoctl(&[
+        "--resources",
+        other.to_str().unwrap(),
+        "--node",
+        "kind-worker2",
+        "export-frames",
+        frames.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let updates: Vec<capo_proto::felix::v3_32::ToDataplane> =
+        capo_felix::frame::FrameReader::new(std::fs::read(&frames).unwrap().as_slice())
+            .map(|f| capo_felix::frame::decode_to_dataplane_v3_32(&f.unwrap()).unwrap())
+            .collect();
+    let mut s = std::os::unix::net::UnixStream::connect(&vpp.capo_socket).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    s.write_all(&frame_with_unknown_field(&ToPlugin {
+        msg: Some(to_plugin::Msg::Hello(Hello {
+            agent_version: "capo-agent 0.2.0".into(),
+            epoch,
+            bindings: Vec::new(),
+        })),
+    }))
+    .unwrap();
+    match read_reply(&mut s).msg {
+        Some(from_plugin::Msg::Hello(h)) => assert!(!h.plugin_version.is_empty()),
+        other => panic!("expected HelloReply, got {other:?}"),
+    }
+    s.write_all(&frame_with_unknown_field(&ToPlugin {
+        msg: Some(to_plugin::Msg::Generation(Generation {
+            id: 1,
+            full: true,
+            base_id: 0,
+            updates,
+            more: false,
+        })),
+    }))
+    .unwrap();
+    match read_reply(&mut s).msg {
+        Some(from_plugin::Msg::Applied(a)) => assert!(a.ok, "{a:?}"),
+        other => panic!("expected Applied, got {other:?}"),
+    }
+    assert!(
+        netcat(&ts1, &ts2, 5979, false, &dir),
+        "the newer agent's policy: 5979 allowed"
+    );
+    assert!(
+        !netcat(&ts1, &ts2, 5978, false, &dir),
+        "the newer agent's policy: 5978 denied"
+    );
+    drop(s);
+
+    // Uninstall: capo hands the interfaces back; nothing of capo stays on them.
+    let (rc, out, err) = common::capoctl(&[
+        "vpp-release",
+        "--plugin-socket",
+        vpp.capo_socket.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains("released ") && !out.contains("released 0 "),
+        "{out}"
+    );
+    for pod in [&ts1, &ts2] {
+        let features = vpp.ctl(&format!("show interface features {}", pod.vpp_if));
+        assert!(!features.contains("capo-"), "{features}");
+    }
+    assert!(
+        netcat(&ts1, &ts2, 5978, false, &dir),
+        "released: 5978 flows"
+    );
+    assert!(
+        netcat(&ts1, &ts2, 5979, false, &dir),
+        "released: 5979 flows"
+    );
+
+    // A new agent takes over again.
+    let agent = Agent::start(&vpp, &manifests, &dir, &[]);
+    wait_for(WAIT, "the new agent's generation", || {
+        vpp.ctl(&format!("show interface features {}", ts2.vpp_if))
+            .contains("capo-ip4-out")
+    });
+    assert_seed_enforced(&ts1, &ts2, &dir, false);
+    drop(agent);
+    drop(vpp);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -190,6 +190,14 @@ enum Command {
     },
     /// The seed's walkthrough: two pods, a NetworkPolicy, the netcat test.
     Demo,
+    /// Hand every interface back to VPP: push an empty policy to capo's VPP plugin
+    /// as a new agent run, so that capo polices nothing (removing capo without
+    /// restarting VPP). Stop capo-agent first: a running agent takes over again.
+    VppRelease {
+        /// The plugin's control socket (startup.conf `capo { socket … }`).
+        #[arg(long, value_name = "PATH", default_value = "/var/run/vpp/capo.sock")]
+        plugin_socket: PathBuf,
+    },
     /// Copy files into a directory atomically (each written beside its destination
     /// and renamed over it): how an init container without a shell puts the VPP
     /// plugin or Felix's driver where VPP or Felix finds it.
@@ -339,6 +347,14 @@ fn run(cli: Cli) -> Result<String, String> {
             }
         }
         Command::Demo => capo_agent::demo::run(),
+        Command::VppRelease { plugin_socket } => {
+            let (version, before) =
+                capo_agent::vpp::release(&plugin_socket).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "capo's VPP plugin {version} at {}: released {before} interface(s); capo polices nothing until an agent connects\n",
+                plugin_socket.display()
+            ))
+        }
         Command::Install { to, mode, files } => {
             let written =
                 capo_agent::install::install(&files, &to, mode).map_err(|e| e.to_string())?;
