@@ -5,7 +5,7 @@ set -euo pipefail
 
 # Debian packages the workspace builds against (none are needed for the policy
 # core; later crates add theirs here).
-CAPO_APT_PACKAGES=(pkg-config libdpdk-dev clang libclang-dev)
+CAPO_APT_PACKAGES=(pkg-config libdpdk-dev dpdk-dev clang libclang-dev)
 
 missing=()
 for p in "${CAPO_APT_PACKAGES[@]}"; do

@@ -557,9 +557,21 @@ impl api::generations_server::Generations for Api {
 impl api::offload_server::Offload for Api {
     async fn get_plan(
         &self,
-        _req: Request<api::OffloadPlanRequest>,
+        req: Request<api::OffloadPlanRequest>,
     ) -> Result<Response<api::OffloadPlanReply>, Status> {
-        let plan = self.readers.offload_plan().await.ok_or_else(no_policy)?;
+        let mut plan = self.readers.offload_plan().await.ok_or_else(no_policy)?;
+        let r = req.get_ref();
+        if r.testpmd {
+            let port = u16::try_from(r.port)
+                .map_err(|_| Status::invalid_argument("port: a DPDK port id (0..=65535)"))?;
+            let embedded = self.locked().embedded();
+            if let Some(e) = embedded {
+                let script = tokio::task::block_in_place(|| {
+                    crate::embedded::lock_embedded(&e).testpmd_script(port)
+                });
+                plan.testpmd_commands = script.unwrap_or_default();
+            }
+        }
         Ok(Response::new(plan))
     }
 }

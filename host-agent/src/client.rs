@@ -209,15 +209,21 @@ pub fn generations(socket: &Path, json: bool) -> Result<String, String> {
 }
 
 /// `capoctl offload [--json]`.
-pub fn offload(socket: &Path, json: bool) -> Result<String, String> {
+pub fn offload(socket: &Path, json: bool, testpmd_port: Option<u16>) -> Result<String, String> {
     runtime()?.block_on(async {
         let mut c = api::offload_client::OffloadClient::new(crate::api::connect(socket).await?)
             .max_decoding_message_size(MAX_REPLY);
         let p = c
-            .get_plan(api::OffloadPlanRequest {})
+            .get_plan(api::OffloadPlanRequest {
+                testpmd: testpmd_port.is_some(),
+                port: testpmd_port.map_or(0, u32::from),
+            })
             .await
             .map_err(status)?
             .into_inner();
+        if testpmd_port.is_some() {
+            return Ok(testpmd_text(&p.nic, p.generation, &p.testpmd_commands));
+        }
         if json {
             return Ok(serde_json::json!({
                 "generation": p.generation, "nic": p.nic, "offload_available": p.offload_available,
@@ -258,6 +264,23 @@ pub fn offload(socket: &Path, json: bool) -> Result<String, String> {
         }
         Ok(out)
     })
+}
+
+/// testpmd commands with a header saying what they are (testpmd skips `#` lines).
+pub fn testpmd_text(nic: &str, generation: u64, commands: &[String]) -> String {
+    let mut out = format!(
+        "# capo's offload plan for {nic}, generation {generation}: {} testpmd commands\n\
+         # (what installing it on a port that holds no capo rule issues)\n",
+        commands.len()
+    );
+    if commands.is_empty() {
+        out.push_str("# no NIC plan: every rule is in software\n");
+    }
+    for c in commands {
+        out.push_str(c);
+        out.push('\n');
+    }
+    out
 }
 
 /// `capoctl trace …` against the agent.

@@ -110,6 +110,11 @@ impl Embedded {
         Some(nic_lock(self.nic.as_ref()?).plan_reply(numbered))
     }
 
+    /// The NIC's plan as testpmd commands for `port`; `None` without a NIC.
+    pub fn testpmd_script(&self, port: u16) -> Option<Vec<String>> {
+        Some(nic_lock(self.nic.as_ref()?).testpmd_script(port))
+    }
+
     /// Whether `pkt` would be decided by the NIC (`Some("nic")`) or software;
     /// `None` without a NIC.
     pub fn decided_where(

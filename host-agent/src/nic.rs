@@ -265,6 +265,15 @@ impl SimulatedNic {
         out
     }
 
+    /// The current plan as the testpmd commands that install it on `port` of an
+    /// empty NIC (empty before the first plan).
+    pub fn testpmd_script(&self, port: u16) -> Vec<String> {
+        self.plan
+            .as_ref()
+            .map(|p| capo_offload::testpmd::script(p, &self.caps, port))
+            .unwrap_or_default()
+    }
+
     /// The plan as the API reports it; `rules` lists every rule of the views.
     pub fn plan_reply(&self, rules: &[capo_policy::views::NumberedRule]) -> api::OffloadPlanReply {
         let mut placement: HashMap<u32, (api::Placement, String, u32)> = HashMap::new();
@@ -325,6 +334,7 @@ impl SimulatedNic {
                 .map_or(0, |p| u32::try_from(p.entries_used()).unwrap_or(u32::MAX)),
             entries_capacity: self.caps.capacity,
             rules,
+            testpmd_commands: Vec::new(),
         }
     }
 }

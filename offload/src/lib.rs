@@ -80,6 +80,8 @@ pub mod set;
 #[cfg(feature = "std")]
 pub mod sim;
 #[cfg(feature = "std")]
+pub mod testpmd;
+#[cfg(feature = "std")]
 pub mod verdict;
 #[cfg(feature = "std")]
 pub mod workload;

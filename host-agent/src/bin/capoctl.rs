@@ -180,8 +180,22 @@ enum Command {
     /// The running agent's offload plan: where each rule lives and why.
     Offload {
         /// JSON instead of text.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "testpmd")]
         json: bool,
+        /// Print the plan as DPDK testpmd `flow create` commands (to replay by hand on
+        /// a NIC): the running agent's plan, or with --resources the plan of the
+        /// manifests for the --nic profile.
+        #[arg(long)]
+        testpmd: bool,
+        /// The DPDK port the testpmd commands name.
+        #[arg(long, default_value_t = 0, requires = "testpmd")]
+        port: u16,
+        /// With --resources: the NIC profile to plan for, PROFILE[:ENTRIES]
+        /// (mlx5, e810, cnxk).
+        #[arg(long, value_name = "PROFILE[:ENTRIES]", default_value = "mlx5:4096")]
+        nic: String,
+        #[command(flatten)]
+        stream: StreamArgs,
     },
     /// Write the Felix frame stream equivalent to the manifests (`--resources`).
     ExportFrames {
@@ -287,7 +301,39 @@ fn run(cli: Cli) -> Result<String, String> {
             let frames = vec![frame; count as usize];
             client::inject(&cli.socket, &interface, &direction, frames)
         }
-        Command::Offload { json } => client::offload(&cli.socket, json),
+        Command::Offload {
+            json,
+            testpmd,
+            port,
+            nic,
+            stream,
+        } => {
+            if resources.is_empty() {
+                return client::offload(&cli.socket, json, testpmd.then_some(port));
+            }
+            if !testpmd {
+                return Err("offload with --resources prints --testpmd commands; the running agent's plan: without --resources".into());
+            }
+            let (profile, capacity) = match nic.split_once(':') {
+                Some((p, c)) => (
+                    p,
+                    c.parse::<u32>()
+                        .map_err(|_| format!("--nic {nic}: ENTRIES is not a number"))?,
+                ),
+                None => (nic.as_str(), 4096),
+            };
+            if !["mlx5", "e810", "cnxk"].contains(&profile) {
+                return Err(format!("--nic {nic}: expected mlx5, e810 or cnxk"));
+            }
+            let (_, r) = manifests::replay(resources, node, &stream.options())?;
+            let mut sim = capo_agent::nic::SimulatedNic::new(profile, capacity);
+            let _ = sim.commit(&r.state, &r.ids);
+            Ok(client::testpmd_text(
+                &format!("{profile} ({capacity} entries, manifests, no traffic seen)"),
+                1,
+                &sim.testpmd_script(port),
+            ))
+        }
         Command::ExportFrames { out } => {
             if resources.is_empty() {
                 return Err("export-frames needs --resources DIR".into());
