@@ -500,7 +500,7 @@ fn simulated_nic_takes_hot_flows_and_counters_add_up() {
 
         let mut offload = api::offload_client::OffloadClient::new(ch.clone());
         let p = offload
-            .get_plan(api::OffloadPlanRequest {})
+            .get_plan(api::OffloadPlanRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -803,4 +803,29 @@ fn undecodable_requests_are_invalid_argument() {
         assert!(err.message().contains("decode"), "{err:?}");
     });
     drop(a);
+}
+
+#[test]
+fn running_agents_plan_as_testpmd_commands() {
+    let agent = start("testpmd", &["--nic", "sim:mlx5:4096"]);
+    let (rc, out, err) = capoctl(&agent.api, &["offload", "--testpmd", "--port", "3"]);
+    assert_eq!(rc, 0, "{err}");
+    let commands: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(!commands.is_empty(), "{out}");
+    assert!(
+        commands.iter().all(|c| c.starts_with("flow create 3 ")),
+        "{out}"
+    );
+    // The plan's rules in a generation group, then the dispatcher into it.
+    assert!(
+        commands
+            .last()
+            .is_some_and(|c| c.contains("group 0 ") && c.contains("actions jump group 1 / end")),
+        "{out}"
+    );
+    // Without a NIC there is no plan to print.
+    let plain = start("testpmd-none", &[]);
+    let (rc, out, err) = capoctl(&plain.api, &["offload", "--testpmd"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("no NIC plan"), "{out}");
 }
