@@ -966,6 +966,33 @@ impl SinkThread {
     }
 }
 
+/// Hands every interface back to VPP: pushes an empty policy to the plugin at
+/// `socket` as a new agent run, so that capo polices nothing and the node forwards as
+/// it would without capo (the last step of removing capo without restarting VPP). A
+/// capo-agent that connects later takes over again. Returns the plugin's version and
+/// how many interfaces it policed before.
+///
+/// # Errors
+///
+/// The plugin cannot be reached, or it refused the empty generation (it then keeps
+/// the previous one, and says why).
+pub fn release(socket: &Path) -> Result<(String, usize), VppError> {
+    let mut ch = VppChannel::connect_with(socket, agent_epoch(), &[])?;
+    let before = ch
+        .show(ShowRequest {
+            view: "interfaces".into(),
+            verbose: false,
+        })
+        .map(|r| r.text.lines().filter(|l| l.starts_with('[')).count())
+        .unwrap_or(0);
+    let empty = capo_felix::encode::snapshot(&capo_policy::State::new());
+    let applied = ch.push_full(1, empty)?;
+    if !applied.ok {
+        return Err(VppError::Refused(applied.error));
+    }
+    Ok((ch.plugin_version().to_string(), before))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1121,31 +1148,4 @@ mod tests {
         assert!(!ch.is_alive());
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-/// Hands every interface back to VPP: pushes an empty policy to the plugin at
-/// `socket` as a new agent run, so that capo polices nothing and the node forwards as
-/// it would without capo (the last step of removing capo without restarting VPP). A
-/// capo-agent that connects later takes over again. Returns the plugin's version and
-/// how many interfaces it policed before.
-///
-/// # Errors
-///
-/// The plugin cannot be reached, or it refused the empty generation (it then keeps
-/// the previous one, and says why).
-pub fn release(socket: &Path) -> Result<(String, usize), VppError> {
-    let mut ch = VppChannel::connect_with(socket, agent_epoch(), &[])?;
-    let before = ch
-        .show(ShowRequest {
-            view: "interfaces".into(),
-            verbose: false,
-        })
-        .map(|r| r.text.lines().filter(|l| l.starts_with('[')).count())
-        .unwrap_or(0);
-    let empty = capo_felix::encode::snapshot(&capo_policy::State::new());
-    let applied = ch.push_full(1, empty)?;
-    if !applied.ok {
-        return Err(VppError::Refused(applied.error));
-    }
-    Ok((ch.plugin_version().to_string(), before))
 }
