@@ -15,6 +15,8 @@ cargo test --locked --workspace
 cargo test --locked -p capo-offload -p capo-hw-tests --features capo-offload/dpdk,capo-hw-tests/dpdk
 cargo test --locked -p capo-bench --features rte-acl
 cargo test --locked -p capo-agent --features dpdk --test api dpdk_port
+# TRex profiles and the NDR/PDR runner, replayed through the dpdk build just made.
+bash scripts/trex-check.sh target/debug
 if [ "${CAPO_FUZZ_SECONDS:-30}" != 0 ]; then
     bash scripts/fuzz.sh "${CAPO_FUZZ_SECONDS:-30}"
 fi

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# capo's TRex tooling (bench/trex/) without a TRex server: installs TRex's STL client
+# library from PyPI (lbr-trex-client, which packages TRex's trex.stl.api), scapy,
+# matplotlib and grpcio in a private virtualenv, then runs bench/trex/tests: the
+# profiles load and build their streams, their packets go to pcap and through capo
+# (capo-agent built with the dpdk feature, on a net_pcap port), the NDR/PDR search
+# runs against a simulated DUT.
+#
+#   scripts/trex-check.sh [CAPO_BIN_DIR]     (default: target/debug)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=$(cd "${1:-target/debug}" && pwd)
+
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "trex-check: installing python3-venv" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/capo-trex.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install -q lbr-trex-client==3.4.0 scapy matplotlib grpcio grpcio-tools pytest
+CAPO_BIN="$bin" "$work/venv/bin/python" -m pytest -q -rs -p no:cacheprovider bench/trex/tests
