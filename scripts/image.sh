@@ -3,11 +3,11 @@
 #
 #   scripts/image.sh [OUT]        (default: target/image/capo-VERSION.oci.tar)
 #
-# The image holds capo-agent, capoctl, capo-felix-driver (/usr/bin) and the VPP plugin
-# built against VPP 26.06's headers (/usr/lib/capo/vpp_plugins/libcapo_vpp_plugin.so),
-# static, on a root filesystem of Debian 12 packages (base-files by default,
-# CAPO_IMAGE_PACKAGES to add) unpacked with dpkg -x: no shell, no package manager. It is reproducible:
-# SOURCE_DATE_EPOCH (default: the last commit's time) fixes every timestamp, paths
+# The image holds capo-agent, capoctl and capo-felix-driver (/usr/bin, static) and the
+# VPP plugin built against VPP 26.06's headers
+# (/usr/lib/capo/vpp_plugins/libcapo_vpp_plugin.so), on a root filesystem of Debian 12
+# packages (base-files by default, CAPO_IMAGE_PACKAGES to add) unpacked with dpkg -x:
+# no shell, no package manager. It is reproducible: SOURCE_DATE_EPOCH (default: the last commit's time) fixes every timestamp, paths
 # are remapped out of the binaries, and the layer is written in a fixed order.
 #
 # Needs root (buildah with the vfs driver and chroot isolation), and VPP's headers:
@@ -81,8 +81,8 @@ mkdir -p "$rootfs/usr/bin" "$rootfs/usr/lib/capo/vpp_plugins" "$rootfs/etc" "$ro
 bins=(capo-agent capoctl capo-felix-driver)
 for b in "${bins[@]}"; do
     install -m 0755 "$target/$host/release/$b" "$rootfs/usr/bin/$b"
-    if ldd "$rootfs/usr/bin/$b" >/dev/null 2>&1; then
-        echo "image: $b is not static" >&2
+    if ! ldd "$rootfs/usr/bin/$b" 2>&1 | grep -qE "statically linked|not a dynamic executable"; then
+        echo "image: $b is not static: $(ldd "$rootfs/usr/bin/$b" 2>&1 | head -3)" >&2
         exit 1
     fi
 done
