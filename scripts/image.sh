@@ -89,15 +89,14 @@ done
 install -m 0644 "$target/release/libcapo_vpp_plugin.so" "$rootfs/usr/lib/capo/vpp_plugins/"
 
 # The Debian base: the packages listed (base-files: /etc/os-release and the FHS
-# layout) at the versions installed here, unpacked with dpkg -x (no maintainer
-# scripts, no shell, no package manager).
+# layout) at the versions Debian 12's mirror serves (recorded in the image's labels),
+# unpacked with dpkg -x (no maintainer scripts, no shell, no package manager).
 packages=${CAPO_IMAGE_PACKAGES:-base-files}
 echo "image: Debian packages: $packages" >&2
 mkdir -p "$work/debs"
 chmod 0777 "$work/debs"
-(cd "$work/debs" && for p in $packages; do
-    apt-get download -qq "$p=$(dpkg-query -W -f='${Version}' "$p")"
-done)
+(cd "$work/debs" && for p in $packages; do apt-get download -qq "$p"; done)
+debs=$(for deb in "$work"/debs/*.deb; do dpkg-deb -f "$deb" Package Version | paste -sd=; done | paste -sd,)
 for deb in "$work"/debs/*.deb; do
     dpkg -x "$deb" "$rootfs"
 done
@@ -129,6 +128,7 @@ bah config \
     --label org.opencontainers.image.revision="$git_rev" \
     --label org.opencontainers.image.licenses=Apache-2.0 \
     --label org.opencontainers.image.base.name=debian:12-packages \
+    --label dev.capo.debian-packages="$debs" \
     "$ctr"
 bah commit --quiet --format oci --timestamp "$SOURCE_DATE_EPOCH" "$ctr" "$tag" >/dev/null
 
