@@ -96,7 +96,9 @@ echo "image: Debian packages: $packages" >&2
 mkdir -p "$work/debs"
 chmod 0777 "$work/debs"
 (cd "$work/debs" && for p in $packages; do apt-get download -qq "$p"; done)
-debs=$(for deb in "$work"/debs/*.deb; do dpkg-deb -f "$deb" Package Version | paste -sd=; done | paste -sd,)
+debs=$(for deb in "$work"/debs/*.deb; do
+    echo "$(dpkg-deb -f "$deb" Package)=$(dpkg-deb -f "$deb" Version)"
+done | paste -sd,)
 for deb in "$work"/debs/*.deb; do
     dpkg -x "$deb" "$rootfs"
 done
