@@ -109,7 +109,7 @@ fn bind_socket(opts: &ApiOptions) -> Result<std::os::unix::net::UnixListener, Ap
         source,
     };
     let gid = opts.group.as_deref().map(resolve_group).transpose()?;
-    let listener = crate::daemon::bind_unix_socket(path, 0o660, gid).map_err(err)?;
+    let listener = capo_socket::bind(path, 0o660, gid).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     Ok(listener)
 }

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capo_agent::api::{self, ApiOptions};
-use capo_agent::daemon::{feed, Daemon, FelixOptions, SharedDaemon};
+use capo_agent::daemon::{Daemon, FelixOptions, SharedDaemon};
+use capo_agent::felix_stream::feed;
 use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader};
 use capo_proto::capo::agent::v1 as pb_api;
 use capo_proto::felix::v3_32 as pb;

@@ -257,11 +257,11 @@ fn a_plugin_that_never_answers_stalls_nothing_else() {
     d.add_sink(Box::new(capo_agent::embedded::Embedded::new()));
     let daemon = Arc::new(Mutex::new(d));
     let started = Instant::now();
-    assert!(capo_agent::daemon::feed(&daemon, &seed()));
+    assert!(capo_agent::felix_stream::feed(&daemon, &seed()));
     let ipset = seed_ipset();
     for i in 0..50u32 {
         let member = format!("10.9.{}.{}/32", i / 250, i % 250 + 1);
-        assert!(capo_agent::daemon::feed(
+        assert!(capo_agent::felix_stream::feed(
             &daemon,
             &[ipset_delta(&ipset, &member)]
         ));
@@ -314,7 +314,7 @@ fn a_refused_generation_is_reported_and_retried() {
     let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
     d.add_sink(Box::new(vpp));
     let daemon = Arc::new(Mutex::new(d));
-    assert!(capo_agent::daemon::feed(&daemon, &seed()));
+    assert!(capo_agent::felix_stream::feed(&daemon, &seed()));
     let wait = |what: &str, f: &dyn Fn() -> bool| {
         let t = Instant::now();
         while !f() {

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use capo_agent::api::{ApiOptions, TcpTls, DEFAULT_API_SOCKET};
 use capo_agent::cli::parse_interface_index;
-use capo_agent::daemon::{
-    bind_felix_socket, exit_on_signals, serve_felix_fds, serve_felix_socket, serve_manifests,
-    Daemon, FelixOptions, DEFAULT_FELIX_SOCKET,
-};
+use capo_agent::daemon::{Daemon, FelixOptions};
+use capo_agent::felix_fds::serve_felix_fds;
+use capo_agent::felix_socket::{bind_felix_socket, serve_felix_socket, DEFAULT_FELIX_SOCKET};
 use capo_agent::logging::{self, LogFormat};
+use capo_agent::manifest_poll::serve_manifests;
 use capo_agent::nic::{NicSpec, SimulatedNic};
+use capo_agent::signals::exit_on_signals;
 use capo_felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_policy::IdTable;
 use clap::{CommandFactory, Parser};

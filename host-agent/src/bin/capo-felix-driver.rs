@@ -17,8 +17,10 @@ use std::process::ExitCode;
 
 use std::sync::{Arc, Mutex};
 
-use capo_agent::daemon::{exit_on_signals, serve_felix_fds, Daemon, FelixOptions};
+use capo_agent::daemon::{Daemon, FelixOptions};
+use capo_agent::felix_fds::serve_felix_fds;
 use capo_agent::logging::{self, LogFormat};
+use capo_agent::signals::exit_on_signals;
 use capo_policy::IdTable;
 
 fn env(name: &str) -> Option<String> {
