@@ -17,10 +17,10 @@ use std::process::ExitCode;
 
 use std::sync::{Arc, Mutex};
 
-use capo_agent::daemon::{Daemon, FelixOptions};
-use capo_agent::felix_fds::serve_felix_fds;
-use capo_agent::logging::{self, LogFormat};
-use capo_agent::signals::exit_on_signals;
+use capo_agent::core::daemon::{Daemon, FelixOptions};
+use capo_agent::inputs::felix_fds::serve_felix_fds;
+use capo_agent::process::logging::{self, LogFormat};
+use capo_agent::process::signals::exit_on_signals;
 use capo_policy::IdTable;
 
 fn env(name: &str) -> Option<String> {

@@ -6,12 +6,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use capo_agent::cli::{packet, parse_interface_index, trace_json, trace_text, View};
-use capo_agent::manifests;
+use capo_agent::inputs::manifests;
+use capo_agent::views::{packet, parse_interface_index, trace_json, trace_text, View};
 use capo_felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 
-use capo_agent::client;
-use capo_agent::replay::{replay_file, ReplayOptions, Replayed};
+use capo_agent::api::client;
+use capo_agent::inputs::replay::{replay_file, ReplayOptions, Replayed};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -317,7 +317,7 @@ fn run(cli: Cli) -> Result<String, String> {
                 Ok(trace_text(&t, &r.state, &r.ids))
             }
         }
-        Command::Demo => capo_agent::demo::run(),
+        Command::Demo => capo_agent::capoctl::demo::run(),
     }
 }
 

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::daemon::{lock, SharedDaemon, Source};
-use crate::felix_stream::{serve_connection, ConnectionEnd};
+use crate::core::daemon::{lock, SharedDaemon, Source};
+use crate::inputs::felix_stream::{serve_connection, ConnectionEnd};
 
 /// The socket CalicoVPP's felix-api-proxy connects to.
 pub const DEFAULT_FELIX_SOCKET: &str = "/var/run/calico/felix-dataplane.sock";

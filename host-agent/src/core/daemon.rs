@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 use capo_policy::{Direction, IdTable, Packet, State, Update};
 use capo_proto::capo::agent::v1 as api;
 
-use crate::felix_stream::STATUS_INTERVAL;
 use capo_felix::frame::{Frame, Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_felix::session::{Event, Phase, Session, SessionError};
 
@@ -38,6 +37,9 @@ pub struct FelixOptions {
     /// (a peer silent between frames is fine; one that stops mid-frame is dropped).
     pub stall_timeout: Duration,
 }
+
+/// How often Felix expects a status report (felix-protocol §2.2: doc.go says 10 s).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Default [`FelixOptions::stall_timeout`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -115,13 +117,13 @@ pub trait PolicySink: Send {
 
     /// The VPP plugin's handle, for the sink that is the VPP plugin: views, counters
     /// and acknowledgements come from VPP.
-    fn vpp(&self) -> Option<crate::vpp::VppHandle> {
+    fn vpp(&self) -> Option<crate::sinks::vpp::VppHandle> {
         None
     }
 
     /// The shared embedded dataplane, for the sink that is one: packet sources
     /// classify through it without the daemon's lock.
-    fn embedded(&self) -> Option<crate::embedded::SharedEmbedded> {
+    fn embedded(&self) -> Option<crate::sinks::embedded::SharedEmbedded> {
         None
     }
 
@@ -313,12 +315,12 @@ impl Daemon {
     }
 
     /// The VPP plugin's handle, when the software dataplane is VPP.
-    pub fn vpp(&self) -> Option<crate::vpp::VppHandle> {
+    pub fn vpp(&self) -> Option<crate::sinks::vpp::VppHandle> {
         self.sinks.iter().find_map(|s| s.vpp())
     }
 
     /// The embedded dataplane, when it is shared with packet sources.
-    pub fn embedded(&self) -> Option<crate::embedded::SharedEmbedded> {
+    pub fn embedded(&self) -> Option<crate::sinks::embedded::SharedEmbedded> {
         self.sinks.iter().find_map(|s| s.embedded())
     }
 

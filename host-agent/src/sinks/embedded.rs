@@ -14,8 +14,8 @@ use capo_policy::views::NumberedRule;
 use capo_policy::{Direction, IdTable, Packet, State, Update, Verdict, Views};
 use capo_proto::capo::agent::v1 as api;
 
-use crate::daemon::PolicySink;
-use crate::nic::SimulatedNic;
+use crate::core::daemon::PolicySink;
+use crate::sinks::nic::SimulatedNic;
 
 /// Locks the NIC; a panic elsewhere does not poison the dataplane.
 fn nic_lock(m: &std::sync::Mutex<SimulatedNic>) -> std::sync::MutexGuard<'_, SimulatedNic> {

@@ -714,7 +714,7 @@ impl VppSink {
     }
 }
 
-impl crate::daemon::PolicySink for VppSink {
+impl crate::core::daemon::PolicySink for VppSink {
     fn name(&self) -> &str {
         "vpp"
     }

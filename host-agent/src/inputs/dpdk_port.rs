@@ -80,7 +80,10 @@ pub fn device_name(port: &str) -> &str {
 /// are sent back out of the port (towards their endpoint), denied ones are freed.
 /// Returns once the probe is done.
 #[cfg(feature = "dpdk")]
-pub fn spawn(port: &str, daemon: crate::daemon::SharedDaemon) -> Result<ProbeSummary, String> {
+pub fn spawn(
+    port: &str,
+    daemon: crate::core::daemon::SharedDaemon,
+) -> Result<ProbeSummary, String> {
     use capo_offload::dpdk::eal::Eal;
     use capo_offload::dpdk::ethdev::{Port, PortConfig};
     use capo_offload::dpdk::flow::DpdkFlow;
@@ -121,15 +124,15 @@ pub fn spawn(port: &str, daemon: crate::daemon::SharedDaemon) -> Result<ProbeSum
 }
 
 #[cfg(feature = "dpdk")]
-fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::daemon::SharedDaemon) {
+fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::core::daemon::SharedDaemon) {
     const BURST: u16 = 32;
     // Packets wait in the port's ring until there is a policy to judge them by.
-    while crate::daemon::lock(daemon).generation() == 0 {
+    while crate::core::daemon::lock(daemon).generation() == 0 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     // Bursts are classified by the embedded dataplane under its own lock, never the
     // daemon's (Felix's updates and the API go on meanwhile).
-    let embedded = crate::daemon::lock(daemon).embedded();
+    let embedded = crate::core::daemon::lock(daemon).embedded();
     let mut idle: u32 = 0;
     loop {
         let pkts = p.rx_burst(0, BURST);
@@ -145,12 +148,12 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::daemon::SharedDaem
             let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
             match &embedded {
                 Some(e) => {
-                    use crate::daemon::PolicySink;
-                    crate::embedded::lock_embedded(e)
+                    use crate::core::daemon::PolicySink;
+                    crate::sinks::embedded::lock_embedded(e)
                         .classify_wire(&frames)
                         .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()])
                 }
-                None => crate::daemon::lock(daemon).classify_wire(&frames),
+                None => crate::core::daemon::lock(daemon).classify_wire(&frames),
             }
         };
         let allowed: Vec<_> = pkts
@@ -166,7 +169,10 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::daemon::SharedDaem
 
 /// Without DPDK support the port cannot be used.
 #[cfg(not(feature = "dpdk"))]
-pub fn spawn(port: &str, _daemon: crate::daemon::SharedDaemon) -> Result<ProbeSummary, String> {
+pub fn spawn(
+    port: &str,
+    _daemon: crate::core::daemon::SharedDaemon,
+) -> Result<ProbeSummary, String> {
     Err(format!(
         "dpdk:{port}: this capo-agent was built without DPDK support (build with --features dpdk; needs libdpdk-dev)"
     ))

@@ -13,10 +13,7 @@ use capo_proto::felix::v3_32 as pb;
 use capo_felix::frame::{Frame, FrameError, FrameReader, FrameWriter};
 use capo_felix::session::SessionError;
 
-use crate::daemon::{lock, SharedDaemon, Source};
-
-/// How often Felix expects a status report (felix-protocol §2.2: doc.go says 10 s).
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+use crate::core::daemon::{lock, SharedDaemon, Source};
 
 /// Why a stream stopped before its end.
 #[derive(Debug, thiserror::Error)]

@@ -15,9 +15,9 @@ use capo_policy::views::NumberedRule;
 use capo_policy::Views;
 use capo_proto::capo::agent::v1 as api;
 
-use crate::cli::View;
-use crate::daemon::{lock, PolicySnapshot, SharedDaemon};
-use crate::embedded::lock_embedded;
+use crate::core::daemon::{lock, PolicySnapshot, SharedDaemon};
+use crate::sinks::embedded::lock_embedded;
+use crate::views::View;
 
 /// Readers' shared access to one daemon.
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use capo_proto::felix::v3_32 as pb;
 use capo_resources::{manifest_files, Options, Resources, Snapshot};
 
-use crate::replay::{replay_reader, ReplayOptions, Replayed};
+use crate::inputs::replay::{replay_reader, ReplayOptions, Replayed};
 use capo_felix::frame::encode_frames;
 
 /// Loads manifests (files or directories) and computes what Felix on `node` would

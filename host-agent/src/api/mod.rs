@@ -2,8 +2,12 @@
 //! views, packet trace and (when enabled) packet injection; `grpc.health.v1` and
 //! server reflection. Served on a unix socket (mode 0660, group configurable) and
 //! optionally on TCP with mutual TLS. Runs on its own tokio runtime; it reads the
-//! policy through [`crate::readers`], which holds the daemon's lock only to pick up
+//! policy through [`crate::api::readers`], which holds the daemon's lock only to pick up
 //! a snapshot, so no reader delays policy updates.
+
+pub mod client;
+pub mod metrics;
+pub mod readers;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -14,9 +18,9 @@ use capo_proto::capo::agent::v1 as api;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::cli::{packet, trace_json, trace_text, View};
-use crate::daemon::{lock, SharedDaemon};
-use crate::readers::Readers;
+use crate::api::readers::Readers;
+use crate::core::daemon::{lock, SharedDaemon};
+use crate::views::{packet, trace_json, trace_text, View};
 
 /// The agent's API socket when none is given.
 pub const DEFAULT_API_SOCKET: &str = "/var/run/capo/agent.sock";
@@ -213,7 +217,7 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
                     };
                     let r = readers.clone();
                     tasks.push(tokio::spawn(async move {
-                        if let Err(e) = crate::metrics::serve(r, listener, stop).await {
+                        if let Err(e) = crate::api::metrics::serve(r, listener, stop).await {
                             tracing::error!(error = %e, "metrics listener failed");
                         }
                     }));
@@ -352,7 +356,7 @@ impl Api {
     /// Locks the daemon from an async handler: waiting for the lock (held by the
     /// policy source between frames, or by a slow dataplane) must not stall this
     /// runtime's other requests.
-    fn locked(&self) -> std::sync::MutexGuard<'_, crate::daemon::Daemon> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, crate::core::daemon::Daemon> {
         tokio::task::block_in_place(|| lock(&self.daemon))
     }
 
@@ -577,7 +581,9 @@ impl api::trace_server::Trace for Api {
         let decided_in = |interface: &str, dir, pkt: &capo_policy::Packet| {
             embedded
                 .as_ref()
-                .and_then(|e| crate::embedded::lock_embedded(e).decided_where(interface, dir, pkt))
+                .and_then(|e| {
+                    crate::sinks::embedded::lock_embedded(e).decided_where(interface, dir, pkt)
+                })
                 .unwrap_or("software")
         };
         let (state, ids) = (snapshot.state.as_ref(), snapshot.ids.as_ref());
@@ -692,8 +698,8 @@ impl api::inject_server::Inject for Api {
         let result = match embedded {
             // The packets wait for the embedded dataplane only, not the daemon.
             Some(e) => tokio::task::block_in_place(|| {
-                use crate::daemon::PolicySink;
-                crate::embedded::lock_embedded(&e)
+                use crate::core::daemon::PolicySink;
+                crate::sinks::embedded::lock_embedded(&e)
                     .inject(&r.interface, direction, &r.frames)
                     .unwrap_or_else(|| Err("the embedded dataplane does not inject".into()))
             }),

@@ -1,8 +1,8 @@
 //! Felix's driver process: the stream on fds 3 and 4.
 
-use crate::daemon::SharedDaemon;
-use crate::daemon::Source;
-use crate::felix_stream::{serve_connection, ConnectionEnd};
+use crate::core::daemon::SharedDaemon;
+use crate::core::daemon::Source;
+use crate::inputs::felix_stream::{serve_connection, ConnectionEnd};
 
 /// Serves Felix on fds 3 and 4, as Felix's driver process. Returns the exit code:
 /// 0 when Felix closes fd 3, 1 on a protocol violation (Felix then restarts and

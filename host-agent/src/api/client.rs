@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use capo_proto::capo::agent::v1 as api;
 use tokio_stream::StreamExt;
 
-use crate::cli::View;
+use crate::views::View;
 
 /// The largest reply capoctl takes (a large node's views and counters run to many
 /// MiB; tonic's default is 4 MiB).

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::daemon::{lock, SharedDaemon, Source};
-use crate::felix_stream::feed;
+use crate::core::daemon::{lock, SharedDaemon, Source};
+use crate::inputs::felix_stream::feed;
 
 /// Serves policy from manifests instead of Felix: the initial stream, then the
 /// minimal updates for each change on disk, through the same session as Felix's
@@ -20,7 +20,7 @@ pub fn serve_manifests(
 ) -> Result<(), String> {
     let mut last_error = None;
     let mut watcher = loop {
-        match crate::manifests::Watcher::start(paths.clone(), node.clone()) {
+        match crate::inputs::manifests::Watcher::start(paths.clone(), node.clone()) {
             Ok((w, initial)) => {
                 lock(daemon).begin(Source::Manifests);
                 if feed(daemon, &initial) {
@@ -50,7 +50,10 @@ pub fn serve_manifests(
                 tracing::info!(updates = msgs.len(), "manifests changed; applying updates");
                 if !feed(daemon, &msgs) {
                     // Cannot happen with valid manifests; start over from a full load.
-                    match crate::manifests::Watcher::start(watcher.paths().to_vec(), node.clone()) {
+                    match crate::inputs::manifests::Watcher::start(
+                        watcher.paths().to_vec(),
+                        node.clone(),
+                    ) {
                         Ok((w, full)) => {
                             watcher = w;
                             lock(daemon).begin(Source::Manifests);

@@ -8,27 +8,27 @@ use std::net::IpAddr;
 use capo_policy::{trace, IdTable, State};
 use capo_resources::{Options, Resources, Snapshot};
 
-use crate::cli::{packet, trace_text, View};
-use crate::replay::{replay_reader, ReplayOptions};
+use crate::inputs::replay::{replay_reader, ReplayOptions};
+use crate::views::{packet, trace_text, View};
 use capo_felix::frame::encode_frames;
 
 /// The seed's manifests (`examples/seed/`), built in so the demo runs anywhere.
 const SEED_MANIFESTS: [(&str, &str); 4] = [
     (
         "examples/seed/namespace.yaml",
-        include_str!("../../examples/seed/namespace.yaml"),
+        include_str!("../../../examples/seed/namespace.yaml"),
     ),
     (
         "examples/seed/nodes.yaml",
-        include_str!("../../examples/seed/nodes.yaml"),
+        include_str!("../../../examples/seed/nodes.yaml"),
     ),
     (
         "examples/seed/pods.yaml",
-        include_str!("../../examples/seed/pods.yaml"),
+        include_str!("../../../examples/seed/pods.yaml"),
     ),
     (
         "examples/seed/networkpolicy.yaml",
-        include_str!("../../examples/seed/networkpolicy.yaml"),
+        include_str!("../../../examples/seed/networkpolicy.yaml"),
     ),
 ];
 

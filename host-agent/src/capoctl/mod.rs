@@ -1,0 +1,3 @@
+//! capoctl's offline side: the seed demonstration.
+
+pub mod demo;
