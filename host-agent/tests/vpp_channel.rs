@@ -254,7 +254,9 @@ fn a_plugin_that_never_answers_stalls_nothing_else() {
     let handle = vpp.handle();
     let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
     d.add_sink(Box::new(vpp));
-    d.add_sink(Box::new(capo_agent::sinks::embedded::Embedded::new()));
+    d.add_sink(Box::new(capo_agent::sinks::embedded::EmbeddedSink::new(
+        Arc::new(Mutex::new(capo_agent::sinks::embedded::Embedded::new())),
+    )));
     let daemon = Arc::new(Mutex::new(d));
     let started = Instant::now();
     assert!(capo_agent::inputs::felix_stream::feed(&daemon, &seed()));

@@ -698,14 +698,13 @@ impl api::inject_server::Inject for Api {
         let result = match embedded {
             // The packets wait for the embedded dataplane only, not the daemon.
             Some(e) => tokio::task::block_in_place(|| {
-                use crate::core::daemon::PolicySink;
-                crate::sinks::embedded::lock_embedded(&e)
-                    .inject(&r.interface, direction, &r.frames)
-                    .unwrap_or_else(|| Err("the embedded dataplane does not inject".into()))
+                crate::sinks::embedded::lock_embedded(&e).inject(&r.interface, direction, &r.frames)
             }),
             None => self.locked().inject(&r.interface, direction, &r.frames),
         };
-        result.map(Response::new).map_err(Status::invalid_argument)
+        result
+            .map(Response::new)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 

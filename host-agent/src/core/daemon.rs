@@ -1,7 +1,7 @@
 //! The agent's long-running side. [`Daemon`] holds the policy (one Felix
 //! connection at a time, each a fresh sync; the last in-sync state is kept —
 //! fail-static — when a connection ends), turns every change into a generation and
-//! hands it to the dataplanes ([`PolicySink`]). It does no I/O: the inputs
+//! hands it to the dataplanes ([`PolicySink`](crate::sinks::PolicySink)). It does no I/O: the inputs
 //! (`felix_stream`, `felix_fds`, `felix_socket`, `manifest_poll`) lock it per frame,
 //! so the gRPC API can read it between frames.
 
@@ -14,6 +14,10 @@ use capo_policy::{Direction, IdTable, Packet, State, Update};
 use capo_proto::capo::agent::v1 as api;
 
 use capo_felix::frame::{Frame, Schema, DEFAULT_MAX_FRAME_LEN};
+
+use crate::sinks::embedded::{InjectError, SharedEmbedded};
+use crate::sinks::vpp::VppHandle;
+use crate::sinks::{Dataplane, PolicySink};
 use capo_felix::session::{Event, Phase, Session, SessionError};
 
 /// How often a long snapshot logs progress, in frames.
@@ -78,70 +82,6 @@ impl Source {
             Source::FelixFds => "felix-fds",
             Source::Manifests => "manifests",
         }
-    }
-}
-
-/// A dataplane that follows the agent's generations (the embedded classifier, the
-/// VPP plugin, the NIC).
-pub trait PolicySink: Send {
-    /// Its name in logs and in the commit history.
-    fn name(&self) -> &str;
-
-    /// Takes generation `generation`. `delta` holds the updates since the previous
-    /// generation, or is `None` when the whole state must be taken (after a
-    /// reconcile). An error keeps the sink's previous generation; the agent logs it
-    /// and records it in the history.
-    fn commit(
-        &mut self,
-        generation: u64,
-        state: &State,
-        ids: &IdTable,
-        delta: Option<&[Update]>,
-    ) -> Result<String, String>;
-
-    /// Its counters, for the sink that classifies packets.
-    fn counters(&self, _state: &State, _ids: &IdTable) -> Option<api::CountersReply> {
-        None
-    }
-
-    /// Its offload plan, for the sink that drives a NIC.
-    fn offload_plan(&self, _state: &State, _ids: &IdTable) -> Option<api::OffloadPlanReply> {
-        None
-    }
-
-    /// Where a packet at `interface`/`dir` would be decided (`nic` or `software`),
-    /// for the sink that drives a NIC.
-    fn decided_in(&self, _interface: &str, _dir: Direction, _pkt: &Packet) -> Option<&'static str> {
-        None
-    }
-
-    /// The VPP plugin's handle, for the sink that is the VPP plugin: views, counters
-    /// and acknowledgements come from VPP.
-    fn vpp(&self) -> Option<crate::sinks::vpp::VppHandle> {
-        None
-    }
-
-    /// The shared embedded dataplane, for the sink that is one: packet sources
-    /// classify through it without the daemon's lock.
-    fn embedded(&self) -> Option<crate::sinks::embedded::SharedEmbedded> {
-        None
-    }
-
-    /// Classifies frames that arrived from the wire (a DPDK port), each at the
-    /// endpoint its destination belongs to, for the embedded dataplane.
-    fn classify_wire(&mut self, _frames: &[&[u8]]) -> Option<Vec<capo_policy::Verdict>> {
-        None
-    }
-
-    /// Classifies raw frames as arriving at `interface`/`dir`, for the sink that
-    /// classifies packets (the embedded dataplane).
-    fn inject(
-        &mut self,
-        _interface: &str,
-        _dir: Direction,
-        _frames: &[Vec<u8>],
-    ) -> Option<Result<api::InjectReply, String>> {
-        None
     }
 }
 
@@ -314,20 +254,31 @@ impl Daemon {
         }
     }
 
+    /// The dataplanes behind the sinks.
+    fn dataplanes(&self) -> impl Iterator<Item = Dataplane> + '_ {
+        self.sinks.iter().map(|s| s.dataplane())
+    }
+
     /// The VPP plugin's handle, when the software dataplane is VPP.
-    pub fn vpp(&self) -> Option<crate::sinks::vpp::VppHandle> {
-        self.sinks.iter().find_map(|s| s.vpp())
+    pub fn vpp(&self) -> Option<VppHandle> {
+        self.dataplanes().find_map(|d| match d {
+            Dataplane::Vpp(h) => Some(h),
+            Dataplane::Embedded(_) => None,
+        })
     }
 
     /// The embedded dataplane, when it is shared with packet sources.
-    pub fn embedded(&self) -> Option<crate::sinks::embedded::SharedEmbedded> {
-        self.sinks.iter().find_map(|s| s.embedded())
+    pub fn embedded(&self) -> Option<SharedEmbedded> {
+        self.dataplanes().find_map(|d| match d {
+            Dataplane::Embedded(e) => Some(e),
+            Dataplane::Vpp(_) => None,
+        })
     }
 
     /// Counters of the classifying dataplane, if one is attached.
     pub fn counters(&self) -> Option<api::CountersReply> {
         let state = self.state()?;
-        self.sinks.iter().find_map(|s| s.counters(state, &self.ids))
+        self.dataplanes().find_map(|d| d.counters(state, &self.ids))
     }
 
     /// The offload plan; without a NIC every rule is in software.
@@ -336,9 +287,8 @@ impl Daemon {
             return api::OffloadPlanReply::default();
         };
         if let Some(plan) = self
-            .sinks
-            .iter()
-            .find_map(|s| s.offload_plan(state, &self.ids))
+            .dataplanes()
+            .find_map(|d| d.offload_plan(state, &self.ids))
         {
             return api::OffloadPlanReply {
                 generation: self.generation,
@@ -353,36 +303,31 @@ impl Daemon {
         }
     }
 
-    /// Where a packet would be decided: `nic` when a NIC sink says so, else `software`.
+    /// Where a packet would be decided: `nic` when a NIC says so, else `software`.
     pub fn decided_in(&self, interface: &str, dir: Direction, pkt: &Packet) -> &'static str {
-        self.sinks
-            .iter()
-            .find_map(|s| s.decided_in(interface, dir, pkt))
+        self.dataplanes()
+            .find_map(|d| d.decided_in(interface, dir, pkt))
             .unwrap_or("software")
     }
 
     /// Classifies frames from the wire; without a classifying dataplane they are
     /// denied (fail closed).
-    pub fn classify_wire(&mut self, frames: &[&[u8]]) -> Vec<capo_policy::Verdict> {
-        self.sinks
-            .iter_mut()
-            .find_map(|s| s.classify_wire(frames))
+    pub fn classify_wire(&self, frames: &[&[u8]]) -> Vec<capo_policy::Verdict> {
+        self.dataplanes()
+            .find_map(|d| d.classify_wire(frames))
             .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()])
     }
 
     /// Hands raw frames to the embedded dataplane.
     pub fn inject(
-        &mut self,
+        &self,
         interface: &str,
         dir: Direction,
         frames: &[Vec<u8>],
-    ) -> Result<api::InjectReply, String> {
-        self.sinks
-            .iter_mut()
-            .find_map(|s| s.inject(interface, dir, frames))
-            .unwrap_or_else(|| {
-                Err("no embedded dataplane: start capo-agent with --dataplane embedded".into())
-            })
+    ) -> Result<api::InjectReply, InjectError> {
+        self.dataplanes()
+            .find_map(|d| d.inject(interface, dir, frames))
+            .unwrap_or(Err(InjectError::NoEmbeddedDataplane))
     }
 
     /// Commit latency, for metrics.
@@ -482,7 +427,7 @@ impl Daemon {
         let mut detail = Vec::new();
         for sink in &mut self.sinks {
             match sink.commit(self.generation, state, &self.ids, delta.as_deref()) {
-                Ok(msg) => detail.push(format!("{}: {msg}", sink.name())),
+                Ok(done) => detail.push(format!("{}: {}", sink.name(), done.detail)),
                 Err(e) => {
                     tracing::error!(sink = sink.name(), generation = self.generation, error = %e, "dataplane refused the generation");
                     outcome = "partial";

@@ -147,12 +147,9 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::core::daemon::Shar
         let verdicts = {
             let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
             match &embedded {
-                Some(e) => {
-                    use crate::core::daemon::PolicySink;
-                    crate::sinks::embedded::lock_embedded(e)
-                        .classify_wire(&frames)
-                        .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()])
-                }
+                Some(e) => crate::sinks::embedded::lock_embedded(e)
+                    .classify_wire(&frames)
+                    .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()]),
                 None => crate::core::daemon::lock(daemon).classify_wire(&frames),
             }
         };

@@ -31,6 +31,8 @@ use capo_proto::capo::dataplane::v1::{
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
 
+use crate::sinks::{Committed, Dataplane, PolicySink, SinkError};
+
 /// The agent's version, as sent in `Hello`.
 pub const AGENT_VERSION: &str = concat!("capo-agent ", env!("CARGO_PKG_VERSION"));
 
@@ -714,7 +716,7 @@ impl VppSink {
     }
 }
 
-impl crate::core::daemon::PolicySink for VppSink {
+impl PolicySink for VppSink {
     fn name(&self) -> &str {
         "vpp"
     }
@@ -725,7 +727,7 @@ impl crate::core::daemon::PolicySink for VppSink {
         state: &capo_policy::State,
         _ids: &capo_policy::IdTable,
         delta: Option<&[capo_policy::Update]>,
-    ) -> Result<String, String> {
+    ) -> Result<Committed, SinkError> {
         let change = match delta {
             Some(d) => Change::Delta(d.to_vec()),
             None => Change::Full(Box::new(state.clone())),
@@ -738,12 +740,14 @@ impl crate::core::daemon::PolicySink for VppSink {
         self.handle
             .jobs
             .send(Job::Commit { generation, change })
-            .map_err(|_| "the VPP sink stopped".to_string())?;
-        Ok("handed to the VPP sink; pending the plugin's acknowledgement".into())
+            .map_err(|_| SinkError::Stopped("VPP"))?;
+        Ok(Committed::new(
+            "handed to the VPP sink; pending the plugin's acknowledgement",
+        ))
     }
 
-    fn vpp(&self) -> Option<VppHandle> {
-        Some(self.handle())
+    fn dataplane(&self) -> Dataplane {
+        Dataplane::Vpp(self.handle())
     }
 }
 
