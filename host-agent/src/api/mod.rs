@@ -365,7 +365,8 @@ impl Api {
         // daemon's lock).
         let vpp = self.locked().vpp();
         if let Some(h) = vpp {
-            return tokio::task::block_in_place(|| h.counters()).map_err(Status::unavailable);
+            return tokio::task::block_in_place(|| h.counters())
+                .map_err(|e| Status::unavailable(e.to_string()));
         }
         match self.readers.embedded_counters().await {
             Some(c) => Ok(c),
@@ -506,7 +507,7 @@ impl api::views_server::Views for Api {
                 View::Rules => ("rules", false),
             };
             let reply = tokio::task::block_in_place(|| h.show(name, verbose))
-                .map_err(Status::unavailable)?;
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             let lines = view_lines(&reply.text, r.with_lines);
             return Ok(Response::new(api::ViewReply {
                 text: reply.text,
@@ -708,11 +709,27 @@ impl api::inject_server::Inject for Api {
     }
 }
 
+/// Why a client could not connect to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The endpoint could not be built.
+    #[error("{0}")]
+    Endpoint(tonic::transport::Error),
+    /// The socket did not answer.
+    #[error("{}: {chain}", .socket.display())]
+    Socket {
+        /// The agent's socket.
+        socket: PathBuf,
+        /// The error and its sources.
+        chain: String,
+    },
+}
+
 /// A client connected to the agent's unix socket.
-pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, String> {
+pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, ConnectError> {
     let path = socket.to_path_buf();
     tonic::transport::Endpoint::try_from("http://capo-agent")
-        .map_err(|e| e.to_string())?
+        .map_err(ConnectError::Endpoint)?
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
@@ -721,7 +738,10 @@ pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, String>
             }
         }))
         .await
-        .map_err(|e| format!("{}: {}", socket.display(), error_chain(&e)))
+        .map_err(|e| ConnectError::Socket {
+            socket: socket.to_path_buf(),
+            chain: error_chain(&e),
+        })
 }
 
 /// An error and its sources, `a: b: c` (tonic's transport errors hide the cause).

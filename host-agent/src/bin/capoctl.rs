@@ -218,14 +218,14 @@ fn render_views(r: &Replayed, views: &[View]) -> String {
     out
 }
 
-fn run(cli: Cli) -> Result<String, String> {
+fn run(cli: Cli) -> Result<String, Box<dyn std::error::Error>> {
     let node = cli.node.as_deref();
     let resources = &cli.resources;
     match cli.command {
         Command::Show { stream, view } => {
             let v = View::parse(&view)?;
             if resources.is_empty() {
-                return client::show(&cli.socket, v);
+                return Ok(client::show(&cli.socket, v)?);
             }
             let (_, r) = manifests::replay(resources, node, &stream.options())?;
             Ok(render_views(&r, &[v]))
@@ -234,8 +234,12 @@ fn run(cli: Cli) -> Result<String, String> {
             watch,
             interval,
             json,
-        } => client::counters(&cli.socket, watch.then_some(interval), json),
-        Command::Generations { json } => client::generations(&cli.socket, json),
+        } => Ok(client::counters(
+            &cli.socket,
+            watch.then_some(interval),
+            json,
+        )?),
+        Command::Generations { json } => Ok(client::generations(&cli.socket, json)?),
         Command::Inject {
             interface,
             direction,
@@ -253,12 +257,12 @@ fn run(cli: Cli) -> Result<String, String> {
             let frame = capo_classifier::build::frame(&pkt, syn);
             const MAX_COUNT: u32 = 65_536;
             if count == 0 || count > MAX_COUNT {
-                return Err(format!("--count: {count} is not within 1..={MAX_COUNT}"));
+                return Err(format!("--count: {count} is not within 1..={MAX_COUNT}").into());
             }
             let frames = vec![frame; count as usize];
-            client::inject(&cli.socket, &interface, &direction, frames)
+            Ok(client::inject(&cli.socket, &interface, &direction, frames)?)
         }
-        Command::Offload { json } => client::offload(&cli.socket, json),
+        Command::Offload { json } => Ok(client::offload(&cli.socket, json)?),
         Command::ExportFrames { out } => {
             if resources.is_empty() {
                 return Err("export-frames needs --resources DIR".into());
@@ -299,7 +303,7 @@ fn run(cli: Cli) -> Result<String, String> {
                         icmp_type: l4.icmp_type.map(u32::from),
                         icmp_code: l4.icmp_code.map(u32::from),
                     };
-                    return client::trace(&cli.socket, req, json);
+                    return Ok(client::trace(&cli.socket, req, json)?);
                 }
                 _ => {
                     return Err(
@@ -317,7 +321,7 @@ fn run(cli: Cli) -> Result<String, String> {
                 Ok(trace_text(&t, &r.state, &r.ids))
             }
         }
-        Command::Demo => capo_agent::capoctl::demo::run(),
+        Command::Demo => Ok(capo_agent::capoctl::demo::run()?),
     }
 }
 

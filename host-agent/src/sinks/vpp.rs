@@ -579,8 +579,8 @@ enum Job {
         generation: u64,
         change: Change,
     },
-    Show(ShowRequest, mpsc::Sender<Result<ShowReply, String>>),
-    Counters(mpsc::Sender<Result<api::CountersReply, String>>),
+    Show(ShowRequest, mpsc::Sender<Result<ShowReply, RequestError>>),
+    Counters(mpsc::Sender<Result<api::CountersReply, RequestError>>),
 }
 
 enum Change {
@@ -598,6 +598,24 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// not take (the wait doubles from [`IDLE_CHECK`] after each failure; a new
 /// generation is tried at once).
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a request of the API to the VPP plugin failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The sink's thread has ended.
+    #[error("the VPP sink stopped")]
+    SinkStopped,
+    /// The plugin did not answer in time (it may be applying a generation).
+    #[error("the VPP plugin did not answer within {}s", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
+    /// The plugin could not be reached, or failed the request (its error's text:
+    /// it crosses from the sink's thread).
+    #[error("{0}")]
+    Channel(String),
+    /// The plugin refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
 
 /// A handle on the VPP sink for the API: views and counters from the plugin, and
 /// what it confirmed. Cheap to clone; never holds the daemon.
@@ -624,18 +642,14 @@ impl VppHandle {
 
     fn ask<T>(
         &self,
-        job: impl FnOnce(mpsc::Sender<Result<T, String>>) -> Job,
-    ) -> Result<T, String> {
+        job: impl FnOnce(mpsc::Sender<Result<T, RequestError>>) -> Job,
+    ) -> Result<T, RequestError> {
         let (tx, rx) = mpsc::channel();
         self.jobs
             .send(job(tx))
-            .map_err(|_| "the VPP sink stopped".to_string())?;
-        rx.recv_timeout(REQUEST_TIMEOUT).map_err(|_| {
-            format!(
-                "the VPP plugin did not answer within {}s",
-                REQUEST_TIMEOUT.as_secs()
-            )
-        })?
+            .map_err(|_| RequestError::SinkStopped)?;
+        rx.recv_timeout(REQUEST_TIMEOUT)
+            .map_err(|_| RequestError::Timeout)?
     }
 
     /// A `show capo …` view, rendered by the plugin (`vppctl`'s text).
@@ -643,7 +657,7 @@ impl VppHandle {
     /// # Errors
     ///
     /// The plugin is unreachable, did not answer in time, or refused the view.
-    pub fn show(&self, view: &str, verbose: bool) -> Result<ShowReply, String> {
+    pub fn show(&self, view: &str, verbose: bool) -> Result<ShowReply, RequestError> {
         let req = ShowRequest {
             view: view.to_string(),
             verbose,
@@ -652,7 +666,7 @@ impl VppHandle {
         if reply.error.is_empty() {
             Ok(reply)
         } else {
-            Err(reply.error)
+            Err(RequestError::Refused(reply.error))
         }
     }
 
@@ -661,7 +675,7 @@ impl VppHandle {
     /// # Errors
     ///
     /// The plugin is unreachable or did not answer in time.
-    pub fn counters(&self) -> Result<api::CountersReply, String> {
+    pub fn counters(&self) -> Result<api::CountersReply, RequestError> {
         self.ask(Job::Counters)
     }
 }
@@ -846,10 +860,11 @@ impl SinkThread {
     fn ask<T>(
         &mut self,
         f: impl FnOnce(&mut VppChannel) -> Result<T, VppError>,
-    ) -> Result<T, String> {
+    ) -> Result<T, RequestError> {
         let r = self
             .connected()
-            .and_then(|ch| f(ch).map_err(|e| e.to_string()));
+            .map_err(RequestError::Channel)
+            .and_then(|ch| f(ch).map_err(|e| RequestError::Channel(e.to_string())));
         if r.is_err() {
             self.disconnected();
         }
