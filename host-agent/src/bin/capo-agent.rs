@@ -246,11 +246,7 @@ fn main() -> ExitCode {
         if let Err(e) = exit_on_signals(move || remove(sock)) {
             tracing::warn!(error = %e, "cannot install signal handlers");
         }
-        let err = serve_manifests(args.resources, args.node, args.poll_interval, &daemon);
-        if let Err(e) = err {
-            tracing::error!(error = %e, "cannot load the manifests");
-        }
-        return ExitCode::from(2);
+        serve_manifests(args.resources, args.node, args.poll_interval, &daemon);
     }
     if args.felix_fds {
         let sock = api_socket.clone();

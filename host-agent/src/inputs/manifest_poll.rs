@@ -17,8 +17,8 @@ pub fn serve_manifests(
     node: Option<String>,
     poll: Duration,
     daemon: &SharedDaemon,
-) -> Result<(), String> {
-    let mut last_error = None;
+) -> ! {
+    let mut last_error: Option<String> = None;
     let mut watcher = loop {
         match crate::inputs::manifests::Watcher::start(paths.clone(), node.clone()) {
             Ok((w, initial)) => {
@@ -31,9 +31,11 @@ pub fn serve_manifests(
                 break w;
             }
             Err(e) => {
-                if last_error.as_ref() != Some(&e) {
+                // The same error is logged once, not at every poll.
+                let text = e.to_string();
+                if last_error.as_ref() != Some(&text) {
                     tracing::error!(error = %e, "manifests are invalid: no policy applied; waiting for them to be fixed");
-                    last_error = Some(e);
+                    last_error = Some(text);
                 }
                 std::thread::sleep(poll);
             }
