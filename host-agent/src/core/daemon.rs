@@ -1,7 +1,7 @@
 //! The agent's long-running side. [`Daemon`] holds the policy (one Felix
 //! connection at a time, each a fresh sync; the last in-sync state is kept —
 //! fail-static — when a connection ends), turns every change into a generation and
-//! hands it to the dataplanes ([`PolicySink`](crate::sinks::PolicySink)). It does no I/O: the inputs
+//! hands it to the dataplanes ([`PolicySink`]). It does no I/O: the inputs
 //! (`felix_stream`, `felix_fds`, `felix_socket`, `manifest_poll`) lock it per frame,
 //! so the gRPC API can read it between frames.
 
@@ -173,20 +173,20 @@ impl Daemon {
     }
 
     /// Felix options.
-    pub fn options(&self) -> &FelixOptions {
+    pub(crate) fn options(&self) -> &FelixOptions {
         &self.opts
     }
 
     /// The policy in force: the current connection's once in sync, else the last
     /// in-sync state (fail-static), else none.
-    pub fn state(&self) -> Option<&State> {
+    pub(crate) fn state(&self) -> Option<&State> {
         in_force(self.session.as_ref(), self.live.as_ref())
     }
 
     /// The policy in force as a snapshot readers can keep: copied at most once per
     /// generation, and only when a reader asks, so the update path never copies.
     /// The copy is not kept once no reader holds it.
-    pub fn snapshot(&mut self) -> Option<PolicySnapshot> {
+    pub(crate) fn snapshot(&mut self) -> Option<PolicySnapshot> {
         if let Some((generation, state, ids)) = &self.snapshot {
             if *generation == self.generation {
                 if let (Some(state), Some(ids)) = (state.upgrade(), ids.upgrade()) {
@@ -222,17 +222,17 @@ impl Daemon {
     }
 
     /// Commits, newest first.
-    pub fn history(&self) -> impl Iterator<Item = &CommitRecord> {
+    pub(crate) fn history(&self) -> impl Iterator<Item = &CommitRecord> {
         self.history.iter()
     }
 
     /// Where policy comes from.
-    pub fn source(&self) -> Source {
+    pub(crate) fn source(&self) -> Source {
         self.source
     }
 
     /// What the policy in force asks for that capo does not enforce.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         self.session
             .as_ref()
             .map(|s| s.warnings().cloned().collect())
@@ -240,14 +240,14 @@ impl Daemon {
     }
 
     /// Whether the current source is in sync.
-    pub fn in_sync(&self) -> bool {
+    pub(crate) fn in_sync(&self) -> bool {
         self.session
             .as_ref()
             .is_some_and(|s| s.phase() == Phase::InSync)
     }
 
     /// Updates received but not committed: the snapshot being built before InSync.
-    pub fn pending_updates(&self) -> u64 {
+    pub(crate) fn pending_updates(&self) -> u64 {
         match &self.session {
             Some(s) if s.phase() != Phase::InSync => s.stats().changed,
             _ => 0,
@@ -260,7 +260,7 @@ impl Daemon {
     }
 
     /// The VPP plugin's handle, when the software dataplane is VPP.
-    pub fn vpp(&self) -> Option<VppHandle> {
+    pub(crate) fn vpp(&self) -> Option<VppHandle> {
         self.dataplanes().find_map(|d| match d {
             Dataplane::Vpp(h) => Some(h),
             Dataplane::Embedded(_) => None,
@@ -268,7 +268,7 @@ impl Daemon {
     }
 
     /// The embedded dataplane, when it is shared with packet sources.
-    pub fn embedded(&self) -> Option<SharedEmbedded> {
+    pub(crate) fn embedded(&self) -> Option<SharedEmbedded> {
         self.dataplanes().find_map(|d| match d {
             Dataplane::Embedded(e) => Some(e),
             Dataplane::Vpp(_) => None,
@@ -319,7 +319,7 @@ impl Daemon {
     }
 
     /// Hands raw frames to the embedded dataplane.
-    pub fn inject(
+    pub(crate) fn inject(
         &self,
         interface: &str,
         dir: Direction,
@@ -331,7 +331,7 @@ impl Daemon {
     }
 
     /// Commit latency, for metrics.
-    pub fn commit_latency(&self) -> &prometheus_client::metrics::histogram::Histogram {
+    pub(crate) fn commit_latency(&self) -> &prometheus_client::metrics::histogram::Histogram {
         &self.commit_latency
     }
 
@@ -341,14 +341,14 @@ impl Daemon {
     }
 
     /// Starts a fresh sync from `source`.
-    pub fn begin(&mut self, source: Source) {
+    pub(crate) fn begin(&mut self, source: Source) {
         self.end();
         self.source = source;
         self.session = Some(Session::new(self.opts.schema));
     }
 
     /// Ends the current connection, keeping its state if it was in sync.
-    pub fn end(&mut self) {
+    pub(crate) fn end(&mut self) {
         if let Some(s) = self.session.take() {
             if s.phase() == Phase::InSync {
                 self.live = Some(s.into_state());
@@ -358,7 +358,7 @@ impl Daemon {
 
     /// Handles one frame of the current connection; commits a generation when the
     /// policy in force changed.
-    pub fn on_frame(&mut self, frame: &Frame) -> Result<Event, SessionError> {
+    pub(crate) fn on_frame(&mut self, frame: &Frame) -> Result<Event, SessionError> {
         if self.session.is_none() {
             self.begin(Source::None);
         }

@@ -80,7 +80,7 @@ impl Recorder {
     }
 
     /// Appends one frame and flushes, so a crash loses at most the frame being read.
-    pub fn record(&mut self, frame: &Frame) -> io::Result<()> {
+    pub(crate) fn record(&mut self, frame: &Frame) -> io::Result<()> {
         let len = frame.bytes.len() as u64;
         self.out.write_all(&len.to_le_bytes())?;
         self.out.write_all(&frame.bytes)?;

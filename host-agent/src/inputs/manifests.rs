@@ -199,14 +199,14 @@ impl Watcher {
     }
 
     /// The watched paths.
-    pub fn paths(&self) -> &[PathBuf] {
+    pub(crate) fn paths(&self) -> &[PathBuf] {
         &self.paths
     }
 
     /// Checks for changes. `Ok(None)`: nothing changed on disk. `Ok(Some(msgs))`:
     /// the updates that take the state to the new manifests (possibly none).
     /// `Err`: the new manifests are invalid; the current state is kept.
-    pub fn poll(&mut self) -> Result<Option<Vec<pb::ToDataplane>>, ManifestError> {
+    pub(crate) fn poll(&mut self) -> Result<Option<Vec<pb::ToDataplane>>, ManifestError> {
         let now = fingerprint(&self.paths);
         if now == self.seen {
             return Ok(None);

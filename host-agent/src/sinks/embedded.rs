@@ -106,13 +106,13 @@ impl Embedded {
 
     /// The offload plan over `numbered` (the rules of the policy in force), if a NIC
     /// is in front.
-    pub fn plan_for(&self, numbered: &[NumberedRule]) -> Option<api::OffloadPlanReply> {
+    pub(crate) fn plan_for(&self, numbered: &[NumberedRule]) -> Option<api::OffloadPlanReply> {
         Some(nic_lock(self.nic.as_ref()?).plan_reply(numbered))
     }
 
     /// Whether `pkt` would be decided by the NIC (`Some("nic")`) or software;
     /// `None` without a NIC.
-    pub fn decided_where(
+    pub(crate) fn decided_where(
         &self,
         interface: &str,
         dir: Direction,
@@ -358,7 +358,7 @@ impl Embedded {
     }
 
     /// Classifies raw frames as arriving at `interface`/`dir`.
-    pub fn inject(
+    pub(crate) fn inject(
         &mut self,
         interface: &str,
         dir: Direction,

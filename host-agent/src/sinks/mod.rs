@@ -111,7 +111,7 @@ impl Dataplane {
 
     /// Classifies raw frames as arriving at `interface`/`dir` in the embedded
     /// dataplane.
-    pub fn inject(
+    pub(crate) fn inject(
         &self,
         interface: &str,
         dir: Direction,

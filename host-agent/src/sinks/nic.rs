@@ -128,7 +128,7 @@ impl SimulatedNic {
     }
 
     /// Plans `state` with the hit counters seen so far and commits it to the NIC.
-    pub fn commit(&mut self, state: &State, ids: &IdTable) -> String {
+    pub(crate) fn commit(&mut self, state: &State, ids: &IdTable) -> String {
         self.plans += 1;
         let program = lower(state, ids, self.plans);
         let hits = HitCounters {
@@ -176,7 +176,7 @@ impl SimulatedNic {
     }
 
     /// Whether `pkt` is new to the planner's samples (a flow it has not seen).
-    pub fn record(&mut self, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
+    pub(crate) fn record(&mut self, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
         // Bounded: past the limit a new flow replaces the coldest one.
         if self.samples.len() >= MAX_SAMPLES && !self.samples.contains_key(pkt) {
             if let Some(coldest) = self
@@ -205,7 +205,7 @@ impl SimulatedNic {
 
     /// Passes a packet from the wire through the NIC; `software` classifies it when
     /// the NIC does not decide. Returns the verdict and whether the NIC decided.
-    pub fn receive(
+    pub(crate) fn receive(
         &mut self,
         pkt: &Packet,
         tcp_flags: u8,
@@ -227,7 +227,7 @@ impl SimulatedNic {
     }
 
     /// Whether the NIC would decide this packet (without counting it).
-    pub fn decides(&self, pkt: &Packet) -> bool {
+    pub(crate) fn decides(&self, pkt: &Packet) -> bool {
         let flags = if pkt.protocol == Protocol::TCP {
             0x02
         } else {
@@ -248,12 +248,12 @@ impl SimulatedNic {
     }
 
     /// Packets the NIC decided.
-    pub fn nic_decided(&self) -> u64 {
+    pub(crate) fn nic_decided(&self) -> u64 {
         self.nic_decided
     }
 
     /// NIC packets and bytes per `rule#`, live and retired generations.
-    pub fn rule_counts(&mut self) -> HashMap<u32, (u64, u64)> {
+    pub(crate) fn rule_counts(&mut self) -> HashMap<u32, (u64, u64)> {
         let mut out = self.retired_counts.clone();
         for (i, c) in self.committer.live_counts(&mut self.nic) {
             if let Some(Some(id)) = self.plan_rule_ids.get(i) {
@@ -266,7 +266,10 @@ impl SimulatedNic {
     }
 
     /// The plan as the API reports it; `rules` lists every rule of the views.
-    pub fn plan_reply(&self, rules: &[capo_policy::views::NumberedRule]) -> api::OffloadPlanReply {
+    pub(crate) fn plan_reply(
+        &self,
+        rules: &[capo_policy::views::NumberedRule],
+    ) -> api::OffloadPlanReply {
         let mut placement: HashMap<u32, (api::Placement, String, u32)> = HashMap::new();
         if let Some(p) = &self.plan {
             for id in self.plan_rule_ids.iter().flatten() {

@@ -134,7 +134,7 @@ impl VppChannel {
     /// # Errors
     ///
     /// As for [`VppChannel::connect`].
-    pub fn connect_with(
+    pub(crate) fn connect_with(
         path: impl AsRef<Path>,
         epoch: u64,
         bindings: &[InterfaceBinding],
@@ -176,7 +176,7 @@ impl VppChannel {
     /// Whether the plugin is still there: a closed or failed socket is not. Checked
     /// without blocking. The plugin never sends unasked, so any pending byte is a
     /// protocol error too and counts as gone (the caller reconnects).
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         use std::io::Read;
         let mut stream = self.writer.get_ref();
         if stream.set_nonblocking(true).is_err() {
@@ -285,7 +285,7 @@ impl VppChannel {
     /// # Errors
     ///
     /// [`VppError`] if the channel broke or the answer is not a `ShowReply`.
-    pub fn show(&mut self, req: ShowRequest) -> Result<ShowReply, VppError> {
+    pub(crate) fn show(&mut self, req: ShowRequest) -> Result<ShowReply, VppError> {
         match self.ask(to_plugin::Msg::Show(req))? {
             from_plugin::Msg::Show(r) => Ok(r),
             other => Err(unexpected("ShowReply", &other)),
@@ -297,7 +297,7 @@ impl VppChannel {
     /// # Errors
     ///
     /// [`VppError`] if the channel broke or the answer is not a `CountersReply`.
-    pub fn counters(&mut self) -> Result<api::CountersReply, VppError> {
+    pub(crate) fn counters(&mut self) -> Result<api::CountersReply, VppError> {
         match self.ask(to_plugin::Msg::Counters(api::CountersRequest {}))? {
             from_plugin::Msg::Counters(r) => Ok(r),
             other => Err(unexpected("CountersReply", &other)),
@@ -675,7 +675,7 @@ impl VppHandle {
     /// # Errors
     ///
     /// The plugin is unreachable or did not answer in time.
-    pub fn counters(&self) -> Result<api::CountersReply, RequestError> {
+    pub(crate) fn counters(&self) -> Result<api::CountersReply, RequestError> {
         self.ask(Job::Counters)
     }
 }
