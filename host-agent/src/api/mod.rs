@@ -576,7 +576,7 @@ impl api::trace_server::Trace for Api {
             byte(r.icmp_type, "icmp_type")?,
             byte(r.icmp_code, "icmp_code")?,
         )
-        .map_err(|e| Status::invalid_argument(api_field_names(&e)))?;
+        .map_err(|e| Status::invalid_argument(api_field_names(&e.to_string())))?;
         let snapshot = self.readers.snapshot().ok_or_else(no_policy)?;
         let embedded = self.locked().embedded();
         let decided_in = |interface: &str, dir, pkt: &capo_policy::Packet| {

@@ -82,7 +82,7 @@ impl L4Args {
         &self,
         from: std::net::IpAddr,
         to: std::net::IpAddr,
-    ) -> Result<capo_policy::Packet, String> {
+    ) -> Result<capo_policy::Packet, capo_agent::views::ArgError> {
         packet(
             from,
             to,

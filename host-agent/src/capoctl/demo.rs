@@ -107,7 +107,8 @@ pub const NETCAT: [Probe; 4] = [
 pub fn probe(state: &State, ids: &IdTable, p: &Probe) -> Result<String, String> {
     let from: IpAddr = p.from.parse().map_err(|e| format!("{}: {e}", p.from))?;
     let to: IpAddr = p.to.parse().map_err(|e| format!("{}: {e}", p.to))?;
-    let pkt = packet(from, to, p.proto, Some(40000), Some(p.dport), None, None)?;
+    let pkt = packet(from, to, p.proto, Some(40000), Some(p.dport), None, None)
+        .map_err(|e| e.to_string())?;
     Ok(trace_text(&trace(state, &pkt), state, ids))
 }
 
