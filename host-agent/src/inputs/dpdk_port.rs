@@ -11,6 +11,31 @@
 //! `CAPO_EAL_ARGS` adds EAL arguments (space-separated). Built only with the agent's
 //! `dpdk` feature.
 
+/// Why the port could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// DPDK's environment did not start.
+    #[error("EAL: {0}")]
+    Eal(String),
+    /// The port did not open.
+    #[error("port {port}: {error}")]
+    Port {
+        /// The port.
+        port: String,
+        /// DPDK's error.
+        error: String,
+    },
+    /// The port's thread did not start.
+    #[error("port thread: {0}")]
+    Thread(std::io::Error),
+    /// The port's thread ended before reporting.
+    #[error("the port thread ended during the probe")]
+    ThreadEnded,
+    /// The agent was built without DPDK.
+    #[error("dpdk:{0}: this capo-agent was built without DPDK support (build with --features dpdk; needs libdpdk-dev)")]
+    NoDpdk(String),
+}
+
 /// What the probe found, for the log.
 #[derive(Debug, Clone)]
 pub struct ProbeSummary {
@@ -83,11 +108,11 @@ pub fn device_name(port: &str) -> &str {
 pub fn spawn(
     port: &str,
     daemon: crate::core::daemon::SharedDaemon,
-) -> Result<ProbeSummary, String> {
+) -> Result<ProbeSummary, PortError> {
     use capo_offload::dpdk::eal::Eal;
     use capo_offload::dpdk::ethdev::{Port, PortConfig};
     use capo_offload::dpdk::flow::DpdkFlow;
-    let (tx, rx) = std::sync::mpsc::channel::<Result<ProbeSummary, String>>();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<ProbeSummary, PortError>>();
     let spec = port.to_string();
     std::thread::Builder::new()
         .name("capo-port".into())
@@ -98,14 +123,17 @@ pub fn spawn(
             let eal = match Eal::init(&refs) {
                 Ok(e) => e,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("EAL: {e}")));
+                    let _ = tx.send(Err(PortError::Eal(e.to_string())));
                     return;
                 }
             };
             let p = match Port::open(eal, device_name(&spec), &PortConfig::default()) {
                 Ok(p) => p,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("port {spec}: {e}")));
+                    let _ = tx.send(Err(PortError::Port {
+                        port: spec.clone(),
+                        error: e.to_string(),
+                    }));
                     return;
                 }
             };
@@ -118,9 +146,8 @@ pub fn spawn(
             }));
             poll(&p, &daemon);
         })
-        .map_err(|e| format!("port thread: {e}"))?;
-    rx.recv()
-        .map_err(|_| "the port thread ended during the probe".to_string())?
+        .map_err(PortError::Thread)?;
+    rx.recv().map_err(|_| PortError::ThreadEnded)?
 }
 
 #[cfg(feature = "dpdk")]
@@ -169,10 +196,8 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::core::daemon::Shar
 pub fn spawn(
     port: &str,
     _daemon: crate::core::daemon::SharedDaemon,
-) -> Result<ProbeSummary, String> {
-    Err(format!(
-        "dpdk:{port}: this capo-agent was built without DPDK support (build with --features dpdk; needs libdpdk-dev)"
-    ))
+) -> Result<ProbeSummary, PortError> {
+    Err(PortError::NoDpdk(port.to_string()))
 }
 
 #[cfg(test)]

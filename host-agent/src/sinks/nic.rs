@@ -36,10 +36,32 @@ pub enum NicSpec {
     Dpdk(String),
 }
 
-impl std::str::FromStr for NicSpec {
-    type Err = String;
+/// Why a `--nic` value was rejected (the value is quoted first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NicSpecError {
+    /// The simulated table size is not a number.
+    #[error("{spec:?}: {size:?} is not a table size")]
+    BadCapacity {
+        /// The value.
+        spec: String,
+        /// Its size part.
+        size: String,
+    },
+    /// Not one of the simulated profiles.
+    #[error("{0:?}: the simulated profiles are mlx5, e810 and cnxk")]
+    UnknownProfile(String),
+    /// `dpdk:` without a port.
+    #[error("{0:?}: name a port id or PCI address")]
+    NoPort(String),
+    /// None of the forms.
+    #[error("{0:?}: expected none, sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] or dpdk:PORT")]
+    Unknown(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for NicSpec {
+    type Err = NicSpecError;
+
+    fn from_str(s: &str) -> Result<Self, NicSpecError> {
         if s == "none" {
             return Ok(NicSpec::None);
         }
@@ -47,15 +69,15 @@ impl std::str::FromStr for NicSpec {
             let (profile, capacity) = match rest.split_once(':') {
                 Some((p, c)) => (
                     p,
-                    c.parse::<u32>()
-                        .map_err(|_| format!("{s:?}: {c:?} is not a table size"))?,
+                    c.parse::<u32>().map_err(|_| NicSpecError::BadCapacity {
+                        spec: s.to_string(),
+                        size: c.to_string(),
+                    })?,
                 ),
                 None => (rest, DEFAULT_SIM_CAPACITY),
             };
             if !matches!(profile, "mlx5" | "e810" | "cnxk") {
-                return Err(format!(
-                    "{s:?}: the simulated profiles are mlx5, e810 and cnxk"
-                ));
+                return Err(NicSpecError::UnknownProfile(s.to_string()));
             }
             return Ok(NicSpec::Sim {
                 profile: profile.to_string(),
@@ -64,13 +86,11 @@ impl std::str::FromStr for NicSpec {
         }
         if let Some(port) = s.strip_prefix("dpdk:") {
             if port.is_empty() {
-                return Err(format!("{s:?}: name a port id or PCI address"));
+                return Err(NicSpecError::NoPort(s.to_string()));
             }
             return Ok(NicSpec::Dpdk(port.to_string()));
         }
-        Err(format!(
-            "{s:?}: expected none, sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] or dpdk:PORT"
-        ))
+        Err(NicSpecError::Unknown(s.to_string()))
     }
 }
 

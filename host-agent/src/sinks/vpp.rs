@@ -525,20 +525,23 @@ pub fn agent_epoch() -> u64 {
     })
 }
 
+/// A `--bind` value that is not `ENDPOINT=VPP_INTERFACE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected ENDPOINT=VPP_INTERFACE, e.g. default/ts2=host-veth-ts2")]
+pub struct BindingError(String);
+
 /// Parses `--bind ENDPOINT=VPP_INTERFACE`.
 ///
 /// # Errors
 ///
-/// A message naming what is missing.
-pub fn parse_binding(arg: &str) -> Result<InterfaceBinding, String> {
+/// [`BindingError`] when either side is missing.
+pub fn parse_binding(arg: &str) -> Result<InterfaceBinding, BindingError> {
     match arg.split_once('=') {
         Some((e, v)) if !e.is_empty() && !v.is_empty() => Ok(InterfaceBinding {
             endpoint: e.to_string(),
             vpp_interface: v.to_string(),
         }),
-        _ => Err(format!(
-            "{arg:?}: expected ENDPOINT=VPP_INTERFACE, e.g. default/ts2=host-veth-ts2"
-        )),
+        _ => Err(BindingError(arg.to_string())),
     }
 }
 
