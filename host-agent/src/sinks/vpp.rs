@@ -768,6 +768,17 @@ impl PolicySink for VppSink {
     }
 }
 
+/// Why the sink could not push a generation to the plugin.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    /// Nothing to push yet.
+    #[error("no policy yet")]
+    NoPolicy,
+    /// The plugin could not be reached or did not answer.
+    #[error(transparent)]
+    Channel(#[from] VppError),
+}
+
 /// The sink's thread: owns the channel and its copy of the policy.
 struct SinkThread {
     path: PathBuf,
@@ -866,8 +877,8 @@ impl SinkThread {
     ) -> Result<T, RequestError> {
         let r = self
             .connected()
-            .map_err(RequestError::Channel)
-            .and_then(|ch| f(ch).map_err(|e| RequestError::Channel(e.to_string())));
+            .and_then(f)
+            .map_err(|e| RequestError::Channel(e.to_string()));
         if r.is_err() {
             self.disconnected();
         }
@@ -887,10 +898,9 @@ impl SinkThread {
         self.status().connected = false;
     }
 
-    fn connected(&mut self) -> Result<&mut VppChannel, String> {
+    fn connected(&mut self) -> Result<&mut VppChannel, VppError> {
         if self.channel.is_none() {
-            let ch = VppChannel::connect_with(&self.path, agent_epoch(), &self.bindings)
-                .map_err(|e| e.to_string())?;
+            let ch = VppChannel::connect_with(&self.path, agent_epoch(), &self.bindings)?;
             tracing::info!(
                 socket = %self.path.display(),
                 plugin = ch.plugin_version(),
@@ -905,9 +915,10 @@ impl SinkThread {
             self.channel = Some(ch);
             self.status().connected = true;
         }
-        self.channel
-            .as_mut()
-            .ok_or_else(|| "not connected".to_string())
+        match self.channel.as_mut() {
+            Some(ch) => Ok(ch),
+            None => unreachable!("the channel was just set"),
+        }
     }
 
     /// Pushes the generation in force: the pending delta when the plugin holds its
@@ -961,11 +972,11 @@ impl SinkThread {
         self.status().last_error = Some((generation, msg));
     }
 
-    fn push(&mut self) -> Result<Applied, String> {
+    fn push(&mut self) -> Result<Applied, PushError> {
         let generation = self.generation;
         let pushed = self.pushed;
         let delta = self.pending.take();
-        let state = self.state.take().ok_or("no policy yet")?;
+        let state = self.state.take().ok_or(PushError::NoPolicy)?;
         let result = (|| {
             let ch = self.connected()?;
             let holds_base = ch.active_generation() == pushed && pushed != 0 && pushed != u64::MAX;
@@ -978,7 +989,7 @@ impl SinkThread {
                 }
                 _ => ch.push_full(generation, capo_felix::encode::snapshot(&state)),
             }
-            .map_err(|e| e.to_string())
+            .map_err(PushError::Channel)
         })();
         self.state = Some(state);
         result
