@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use capo_classifier::{Builder, IfaceKind, Scratch};
 use capo_policy::{trace, Direction, Member, Packet, Protocol, State, L4};
 
-use crate::cli::View;
-use crate::replay::{replay_reader, ReplayOptions};
+use crate::inputs::replay::{replay_reader, ReplayOptions};
+use crate::views::View;
 use capo_felix::frame::Schema;
 
 /// Feeds arbitrary bytes through the frame decoder and the Felix state machine with

@@ -6,8 +6,8 @@
 //! file descriptors, sockets and signals.
 //!
 //! ```
-//! use capo_agent::cli::View;
-//! use capo_agent::replay::{replay_reader, ReplayOptions};
+//! use capo_agent::views::View;
+//! use capo_agent::inputs::replay::{replay_reader, ReplayOptions};
 //!
 //! // A recorded Felix stream (here the seed's) replayed offline, as `capoctl replay`.
 //! let frames = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/felix/seed.master.frames")).unwrap();
@@ -17,23 +17,25 @@
 //! assert!(view.starts_with("Interfaces with policies configured:"));
 //! ```
 #![warn(missing_docs)]
+//!
+//! By role:
+//!
+//! - [`core`]: the daemon core (policy across connections, generations, commits to
+//!   the dataplanes; no I/O) and the agent's configuration file;
+//! - [`inputs`]: where policy and packets come from (Felix's stream, fds and
+//!   socket; manifests; recordings; a DPDK port);
+//! - [`sinks`]: the dataplanes that follow the generations (embedded, VPP, NIC);
+//! - [`api`]: the gRPC server, its readers and client, and the metrics scrape;
+//! - [`views`]: the views, packet arguments and trace output the API and capoctl
+//!   share;
+//! - [`capoctl`]: capoctl's offline demonstration;
+//! - [`process`]: logging and signals.
 
 pub mod api;
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod daemon;
-pub mod demo;
-pub mod dpdk_port;
-pub mod embedded;
-pub mod felix_stream;
-pub mod felix_tee;
+pub mod capoctl;
+pub mod core;
 pub mod fuzzing;
-pub mod install;
-pub mod logging;
-pub mod manifests;
-pub mod metrics;
-pub mod nic;
-pub mod readers;
-pub mod replay;
-pub mod vpp;
+pub mod inputs;
+pub mod process;
+pub mod sinks;
+pub mod views;

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capo_agent::api::{self, ApiOptions, READY_SERVICE};
-use capo_agent::daemon::{feed, Daemon, FelixOptions, SharedDaemon};
+use capo_agent::core::daemon::{Daemon, FelixOptions, SharedDaemon};
+use capo_agent::inputs::felix_stream::feed;
 use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader};
 use capo_proto::felix::v3_32 as pb;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -43,8 +44,10 @@ async fn status(addr: std::net::SocketAddr, service: &str) -> Result<i32, tonic:
 fn liveness_at_once_readiness_after_the_first_generation() {
     let dir = common::scratch("health");
     let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
-    let embedded = Arc::new(Mutex::new(capo_agent::embedded::Embedded::new()));
-    d.add_sink(Box::new(capo_agent::embedded::EmbeddedSink::new(embedded)));
+    let embedded = Arc::new(Mutex::new(capo_agent::sinks::embedded::Embedded::new()));
+    d.add_sink(Box::new(capo_agent::sinks::embedded::EmbeddedSink::new(
+        embedded,
+    )));
     let daemon: SharedDaemon = Arc::new(Mutex::new(d));
     let handle = api::spawn(
         Arc::clone(&daemon),

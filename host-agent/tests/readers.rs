@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capo_agent::api::{self, ApiOptions};
-use capo_agent::daemon::{feed, Daemon, FelixOptions, SharedDaemon};
+use capo_agent::core::daemon::{Daemon, FelixOptions, SharedDaemon};
+use capo_agent::inputs::felix_stream::feed;
 use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader};
 use capo_proto::capo::agent::v1 as pb_api;
 use capo_proto::felix::v3_32 as pb;
@@ -121,8 +122,10 @@ fn readers_do_not_delay_policy_updates() {
     let socket: PathBuf = dir.join("agent.sock");
     let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
     // As capo-agent runs it: the embedded dataplane shared with packet sources.
-    let embedded = Arc::new(Mutex::new(capo_agent::embedded::Embedded::new()));
-    d.add_sink(Box::new(capo_agent::embedded::EmbeddedSink::new(embedded)));
+    let embedded = Arc::new(Mutex::new(capo_agent::sinks::embedded::Embedded::new()));
+    d.add_sink(Box::new(capo_agent::sinks::embedded::EmbeddedSink::new(
+        embedded,
+    )));
     let daemon: SharedDaemon = Arc::new(Mutex::new(d));
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     assert!(feed(&daemon, &large_node(400)));

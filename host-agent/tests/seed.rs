@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use capo_agent::cli::{packet, View};
-use capo_agent::replay::{replay_file, ReplayOptions};
+use capo_agent::inputs::replay::{replay_file, ReplayOptions};
+use capo_agent::views::{packet, View};
 use capo_policy::{trace, Verdict};
 
 mod common;

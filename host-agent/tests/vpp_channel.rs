@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use capo_agent::vpp::{VppChannel, VppError};
+use capo_agent::sinks::vpp::{VppChannel, VppError};
 use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader};
 use capo_proto::felix::v3_32 as pb;
 use capo_vpp_plugin::cli::Show;
@@ -236,7 +236,7 @@ fn agent_binary_pushes_generations_to_the_plugin() {
 /// reported pending, not applied.
 #[test]
 fn a_plugin_that_never_answers_stalls_nothing_else() {
-    use capo_agent::daemon::{Daemon, FelixOptions};
+    use capo_agent::core::daemon::{Daemon, FelixOptions};
     use std::time::{Duration, Instant};
     let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-mute", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -250,18 +250,20 @@ fn a_plugin_that_never_answers_stalls_nothing_else() {
         drop(conns);
     });
     drop(held);
-    let vpp = capo_agent::vpp::VppSink::new(path.clone(), Vec::new());
+    let vpp = capo_agent::sinks::vpp::VppSink::new(path.clone(), Vec::new());
     let handle = vpp.handle();
     let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
     d.add_sink(Box::new(vpp));
-    d.add_sink(Box::new(capo_agent::embedded::Embedded::new()));
+    d.add_sink(Box::new(capo_agent::sinks::embedded::EmbeddedSink::new(
+        Arc::new(Mutex::new(capo_agent::sinks::embedded::Embedded::new())),
+    )));
     let daemon = Arc::new(Mutex::new(d));
     let started = Instant::now();
-    assert!(capo_agent::daemon::feed(&daemon, &seed()));
+    assert!(capo_agent::inputs::felix_stream::feed(&daemon, &seed()));
     let ipset = seed_ipset();
     for i in 0..50u32 {
         let member = format!("10.9.{}.{}/32", i / 250, i % 250 + 1);
-        assert!(capo_agent::daemon::feed(
+        assert!(capo_agent::inputs::felix_stream::feed(
             &daemon,
             &[ipset_delta(&ipset, &member)]
         ));
@@ -289,7 +291,7 @@ fn a_plugin_that_never_answers_stalls_nothing_else() {
     // An API read of VPP's views fails in bounded time instead of hanging.
     let t = Instant::now();
     assert!(handle.show("interfaces", false).is_err());
-    assert!(t.elapsed() < capo_agent::vpp::REQUEST_TIMEOUT + Duration::from_secs(5));
+    assert!(t.elapsed() < capo_agent::sinks::vpp::REQUEST_TIMEOUT + Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -297,7 +299,7 @@ fn a_plugin_that_never_answers_stalls_nothing_else() {
 /// until the plugin takes it; then it is reported applied.
 #[test]
 fn a_refused_generation_is_reported_and_retried() {
-    use capo_agent::daemon::{Daemon, FelixOptions};
+    use capo_agent::core::daemon::{Daemon, FelixOptions};
     use std::time::{Duration, Instant};
     let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-retry", std::process::id()));
     let path = dir.join("capo.sock");
@@ -309,12 +311,12 @@ fn a_refused_generation_is_reported_and_retried() {
     let (server_core, reader) = (Arc::clone(&core), Arc::clone(&plugin));
     std::thread::spawn(move || serve(listener, server_core, reader, |_| {}));
 
-    let vpp = capo_agent::vpp::VppSink::new(path.clone(), Vec::new());
+    let vpp = capo_agent::sinks::vpp::VppSink::new(path.clone(), Vec::new());
     let handle = vpp.handle();
     let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
     d.add_sink(Box::new(vpp));
     let daemon = Arc::new(Mutex::new(d));
-    assert!(capo_agent::daemon::feed(&daemon, &seed()));
+    assert!(capo_agent::inputs::felix_stream::feed(&daemon, &seed()));
     let wait = |what: &str, f: &dyn Fn() -> bool| {
         let t = Instant::now();
         while !f() {

@@ -8,13 +8,16 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use capo_agent::api::{ApiOptions, TcpTls, DEFAULT_API_SOCKET};
-use capo_agent::cli::parse_interface_index;
-use capo_agent::daemon::{
-    bind_felix_socket, exit_on_signals, serve_felix_fds, serve_felix_socket, serve_manifests,
-    Daemon, FelixOptions, DEFAULT_FELIX_SOCKET,
+use capo_agent::core::daemon::{Daemon, FelixOptions};
+use capo_agent::inputs::felix_fds::serve_felix_fds;
+use capo_agent::inputs::felix_socket::{
+    bind_felix_socket, serve_felix_socket, DEFAULT_FELIX_SOCKET,
 };
-use capo_agent::logging::{self, LogFormat};
-use capo_agent::nic::{NicSpec, SimulatedNic};
+use capo_agent::inputs::manifest_poll::serve_manifests;
+use capo_agent::process::logging::{self, LogFormat};
+use capo_agent::process::signals::exit_on_signals;
+use capo_agent::sinks::nic::{NicSpec, SimulatedNic};
+use capo_agent::views::parse_interface_index;
 use capo_felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_policy::IdTable;
 use clap::{CommandFactory, Parser};
@@ -53,7 +56,7 @@ struct Args {
     /// The NIC in front of the embedded dataplane: none (fallback-only),
     /// sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] (simulated), or dpdk:PORT.
     #[arg(long, value_name = "SPEC", default_value = "none")]
-    nic: capo_agent::nic::NicSpec,
+    nic: capo_agent::sinks::nic::NicSpec,
     /// Felix schema; by default detected from ConfigUpdate's CalicoVersion.
     #[arg(long, value_name = "v3.31|v3.32")]
     schema: Option<Schema>,
@@ -73,7 +76,7 @@ struct Args {
     /// endpoint is a workload id (`default/ts2`), `workload/endpoint`
     /// (`default/ts2/eth0`), a host endpoint id, or an interface name; tried before
     /// the name and CalicoVPP (`vpp-tun-N`) bindings.
-    #[arg(long = "bind", value_name = "ENDPOINT=VPP_INTERFACE", value_parser = capo_agent::vpp::parse_binding)]
+    #[arg(long = "bind", value_name = "ENDPOINT=VPP_INTERFACE", value_parser = capo_agent::sinks::vpp::parse_binding)]
     bindings: Vec<capo_proto::capo::dataplane::v1::InterfaceBinding>,
     /// On the Felix socket: how long a frame may take once it started (a Felix that
     /// stops mid-frame is disconnected; silence between frames is fine).
@@ -104,7 +107,7 @@ struct Args {
     #[arg(long)]
     enable_inject: bool,
     /// Serve Prometheus metrics over HTTP (default address 127.0.0.1:9464).
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = capo_agent::metrics::DEFAULT_METRICS_ADDR)]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = capo_agent::api::metrics::DEFAULT_METRICS_ADDR)]
     metrics: Option<std::net::SocketAddr>,
     /// Serve gRPC health alone, in plaintext, on ADDR (Kubernetes gRPC probes): the
     /// empty service is liveness, `capo.ready` is readiness (a generation in force,
@@ -131,13 +134,14 @@ fn main() -> ExitCode {
         .get_arguments()
         .filter_map(|a| a.get_long().map(str::to_string))
         .collect();
-    let argv = match capo_agent::config::args_with_config(std::env::args_os().collect(), &known) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("capo-agent: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let argv =
+        match capo_agent::core::config::args_with_config(std::env::args_os().collect(), &known) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("capo-agent: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let args = Args::parse_from(argv);
     if args.felix_stall_timeout.is_zero() {
         eprintln!("capo-agent: --felix-stall-timeout must be more than zero");
@@ -163,23 +167,27 @@ fn main() -> ExitCode {
     match args.dataplane.as_str() {
         "embedded" => {
             let embedded = match &args.nic {
-                NicSpec::None => capo_agent::embedded::Embedded::new(),
+                NicSpec::None => capo_agent::sinks::embedded::Embedded::new(),
                 NicSpec::Sim { profile, capacity } => {
                     tracing::info!(profile = %profile, capacity, "simulated NIC in front of the embedded dataplane");
-                    capo_agent::embedded::Embedded::with_nic(SimulatedNic::new(profile, *capacity))
+                    capo_agent::sinks::embedded::Embedded::with_nic(SimulatedNic::new(
+                        profile, *capacity,
+                    ))
                 }
-                NicSpec::Dpdk(_) => capo_agent::embedded::Embedded::new(),
+                NicSpec::Dpdk(_) => capo_agent::sinks::embedded::Embedded::new(),
             };
             let shared = Arc::new(Mutex::new(embedded));
-            d.add_sink(Box::new(capo_agent::embedded::EmbeddedSink::new(shared)));
+            d.add_sink(Box::new(capo_agent::sinks::embedded::EmbeddedSink::new(
+                shared,
+            )));
         }
-        other => match capo_agent::vpp::parse_dataplane_arg(other) {
+        other => match capo_agent::sinks::vpp::parse_dataplane_arg(other) {
             Some(path) => {
                 if args.nic != NicSpec::None {
                     tracing::warn!("--nic applies to the embedded dataplane; with VPP, VPP's dpdk plugin owns the port");
                 }
                 tracing::info!(socket = %path.display(), "software dataplane: the capo VPP plugin");
-                d.add_sink(Box::new(capo_agent::vpp::VppSink::new(
+                d.add_sink(Box::new(capo_agent::sinks::vpp::VppSink::new(
                     path,
                     args.bindings.clone(),
                 )));
@@ -195,7 +203,7 @@ fn main() -> ExitCode {
     }
     let daemon = Arc::new(Mutex::new(d));
     if let (NicSpec::Dpdk(port), "embedded") = (&args.nic, args.dataplane.as_str()) {
-        match capo_agent::dpdk_port::spawn(port, daemon.clone()) {
+        match capo_agent::inputs::dpdk_port::spawn(port, daemon.clone()) {
             Ok(report) => {
                 tracing::warn!(port = %port, %report, "classifying the port's packets fallback-only: every rule in software")
             }
@@ -244,11 +252,7 @@ fn main() -> ExitCode {
         if let Err(e) = exit_on_signals(move || remove(sock)) {
             tracing::warn!(error = %e, "cannot install signal handlers");
         }
-        let err = serve_manifests(args.resources, args.node, args.poll_interval, &daemon);
-        if let Err(e) = err {
-            tracing::error!(error = %e, "cannot load the manifests");
-        }
-        return ExitCode::from(2);
+        serve_manifests(args.resources, args.node, args.poll_interval, &daemon);
     }
     if args.felix_fds {
         let sock = api_socket.clone();

@@ -13,7 +13,7 @@
 //! It exits 0 when Felix closes fd 3, 1 on a protocol violation (Felix then
 //! restarts and resends everything), and promptly on SIGTERM.
 //!
-//! In a CalicoVPP cluster it is a tee instead (see [`capo_agent::felix_tee`]): with
+//! In a CalicoVPP cluster it is a tee instead (see [`capo_agent::inputs::felix_tee`]): with
 //! `CAPO_FORWARD_SOCKET` (CalicoVPP's Felix socket,
 //! `/var/run/calico/felix-dataplane.sock`) and `CAPO_AGENT_SOCKET` (capo-agent's
 //! `--felix-socket`), Felix's stream goes unchanged to CalicoVPP, whose answers go
@@ -23,8 +23,10 @@ use std::process::ExitCode;
 
 use std::sync::{Arc, Mutex};
 
-use capo_agent::daemon::{exit_on_signals, serve_felix_fds, Daemon, FelixOptions};
-use capo_agent::logging::{self, LogFormat};
+use capo_agent::core::daemon::{Daemon, FelixOptions};
+use capo_agent::inputs::felix_fds::serve_felix_fds;
+use capo_agent::process::logging::{self, LogFormat};
+use capo_agent::process::signals::exit_on_signals;
 use capo_policy::IdTable;
 
 fn env(name: &str) -> Option<String> {
@@ -90,7 +92,7 @@ fn main() -> ExitCode {
 
 /// Felix → CalicoVPP unchanged, and capo-agent fed beside it.
 fn tee(opts: FelixOptions, primary: std::path::PathBuf, capo: std::path::PathBuf) -> ExitCode {
-    use capo_agent::felix_tee::{self, TeeOptions};
+    use capo_agent::inputs::felix_tee::{self, TeeOptions};
     let input = match std::fs::File::open("/dev/fd/3") {
         Ok(f) => f,
         Err(e) => {

@@ -6,12 +6,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use capo_agent::cli::{packet, parse_interface_index, trace_json, trace_text, View};
-use capo_agent::manifests;
+use capo_agent::inputs::manifests;
+use capo_agent::views::{packet, parse_interface_index, trace_json, trace_text, View};
 use capo_felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 
-use capo_agent::client;
-use capo_agent::replay::{replay_file, ReplayOptions, Replayed};
+use capo_agent::api::client;
+use capo_agent::inputs::replay::{replay_file, ReplayOptions, Replayed};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -82,7 +82,7 @@ impl L4Args {
         &self,
         from: std::net::IpAddr,
         to: std::net::IpAddr,
-    ) -> Result<capo_policy::Packet, String> {
+    ) -> Result<capo_policy::Packet, capo_agent::views::ArgError> {
         packet(
             from,
             to,
@@ -261,14 +261,14 @@ fn render_views(r: &Replayed, views: &[View]) -> String {
     out
 }
 
-fn run(cli: Cli) -> Result<String, String> {
+fn run(cli: Cli) -> Result<String, Box<dyn std::error::Error>> {
     let node = cli.node.as_deref();
     let resources = &cli.resources;
     match cli.command {
         Command::Show { stream, view } => {
             let v = View::parse(&view)?;
             if resources.is_empty() {
-                return client::show(&cli.socket, v);
+                return Ok(client::show(&cli.socket, v)?);
             }
             let (_, r) = manifests::replay(resources, node, &stream.options())?;
             Ok(render_views(&r, &[v]))
@@ -277,8 +277,12 @@ fn run(cli: Cli) -> Result<String, String> {
             watch,
             interval,
             json,
-        } => client::counters(&cli.socket, watch.then_some(interval), json),
-        Command::Generations { json } => client::generations(&cli.socket, json),
+        } => Ok(client::counters(
+            &cli.socket,
+            watch.then_some(interval),
+            json,
+        )?),
+        Command::Generations { json } => Ok(client::generations(&cli.socket, json)?),
         Command::Inject {
             interface,
             direction,
@@ -296,10 +300,10 @@ fn run(cli: Cli) -> Result<String, String> {
             let frame = capo_classifier::build::frame(&pkt, syn);
             const MAX_COUNT: u32 = 65_536;
             if count == 0 || count > MAX_COUNT {
-                return Err(format!("--count: {count} is not within 1..={MAX_COUNT}"));
+                return Err(format!("--count: {count} is not within 1..={MAX_COUNT}").into());
             }
             let frames = vec![frame; count as usize];
-            client::inject(&cli.socket, &interface, &direction, frames)
+            Ok(client::inject(&cli.socket, &interface, &direction, frames)?)
         }
         Command::Offload {
             json,
@@ -309,7 +313,7 @@ fn run(cli: Cli) -> Result<String, String> {
             stream,
         } => {
             if resources.is_empty() {
-                return client::offload(&cli.socket, json, testpmd.then_some(port));
+                return Ok(client::offload(&cli.socket, json, testpmd.then_some(port))?);
             }
             if !testpmd {
                 return Err("offload with --resources prints --testpmd commands; the running agent's plan: without --resources".into());
@@ -323,10 +327,10 @@ fn run(cli: Cli) -> Result<String, String> {
                 None => (nic.as_str(), 4096),
             };
             if !["mlx5", "e810", "cnxk"].contains(&profile) {
-                return Err(format!("--nic {nic}: expected mlx5, e810 or cnxk"));
+                return Err(format!("--nic {nic}: expected mlx5, e810 or cnxk").into());
             }
             let (_, r) = manifests::replay(resources, node, &stream.options())?;
-            let mut sim = capo_agent::nic::SimulatedNic::new(profile, capacity);
+            let mut sim = capo_agent::sinks::nic::SimulatedNic::new(profile, capacity);
             let _ = sim.commit(&r.state, &r.ids);
             Ok(client::testpmd_text(
                 &format!("{profile} ({capacity} entries, manifests, no traffic seen)"),
@@ -374,7 +378,7 @@ fn run(cli: Cli) -> Result<String, String> {
                         icmp_type: l4.icmp_type.map(u32::from),
                         icmp_code: l4.icmp_code.map(u32::from),
                     };
-                    return client::trace(&cli.socket, req, json);
+                    return Ok(client::trace(&cli.socket, req, json)?);
                 }
                 _ => {
                     return Err(
@@ -392,18 +396,16 @@ fn run(cli: Cli) -> Result<String, String> {
                 Ok(trace_text(&t, &r.state, &r.ids))
             }
         }
-        Command::Demo => capo_agent::demo::run(),
+        Command::Demo => Ok(capo_agent::capoctl::demo::run()?),
         Command::VppRelease { plugin_socket } => {
-            let (version, before) =
-                capo_agent::vpp::release(&plugin_socket).map_err(|e| e.to_string())?;
+            let (version, before) = capo_agent::sinks::vpp::release(&plugin_socket)?;
             Ok(format!(
                 "capo's VPP plugin {version} at {}: released {before} interface(s); capo polices nothing until an agent connects\n",
                 plugin_socket.display()
             ))
         }
         Command::Install { to, mode, files } => {
-            let written =
-                capo_agent::install::install(&files, &to, mode).map_err(|e| e.to_string())?;
+            let written = capo_agent::capoctl::install::install(&files, &to, mode)?;
             Ok(written
                 .iter()
                 .map(|p| format!("installed {}\n", p.display()))

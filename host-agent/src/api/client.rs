@@ -7,25 +7,36 @@ use std::time::{Duration, UNIX_EPOCH};
 use capo_proto::capo::agent::v1 as api;
 use tokio_stream::StreamExt;
 
-use crate::cli::View;
+use crate::api::ConnectError;
+use crate::views::View;
 
 /// The largest reply capoctl takes (a large node's views and counters run to many
 /// MiB; tonic's default is 4 MiB).
 pub const MAX_REPLY: usize = 1 << 30;
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+/// Why a command could not get its answer from the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client's runtime could not start.
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The agent could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The agent refused the request.
+    #[error("agent: {}", .0.message())]
+    Agent(#[from] tonic::Status),
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("runtime: {e}"))
-}
-
-fn status(e: tonic::Status) -> String {
-    format!("agent: {}", e.message())
+        .map_err(ClientError::Runtime)
 }
 
 /// `show capo …` from the agent.
-pub fn show(socket: &Path, view: View) -> Result<String, String> {
+pub fn show(socket: &Path, view: View) -> Result<String, ClientError> {
     let (kind, verbose) = match view {
         View::Interfaces => (api::ViewKind::Interfaces, false),
         View::Ipsets => (api::ViewKind::Ipsets, false),
@@ -41,8 +52,7 @@ pub fn show(socket: &Path, view: View) -> Result<String, String> {
                 verbose,
                 with_lines: false,
             })
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(r.into_inner().text)
     })
 }
@@ -118,7 +128,7 @@ fn counters_json(c: &api::CountersReply) -> serde_json::Value {
 }
 
 /// `capoctl counters [--watch] [--json]`.
-pub fn counters(socket: &Path, watch: Option<Duration>, json: bool) -> Result<String, String> {
+pub fn counters(socket: &Path, watch: Option<Duration>, json: bool) -> Result<String, ClientError> {
     let render = |c: &api::CountersReply| {
         if json {
             counters_json(c).to_string() + "\n"
@@ -131,33 +141,28 @@ pub fn counters(socket: &Path, watch: Option<Duration>, json: bool) -> Result<St
             api::counters_client::CountersClient::new(crate::api::connect(socket).await?)
                 .max_decoding_message_size(MAX_REPLY);
         let Some(every) = watch else {
-            let r = client.get(api::CountersRequest {}).await.map_err(status)?;
+            let r = client.get(api::CountersRequest {}).await?;
             return Ok(render(&r.into_inner()));
         };
         let ms = u32::try_from(every.as_millis()).unwrap_or(u32::MAX);
         let mut stream = client
             .watch(api::WatchCountersRequest { interval_ms: ms })
-            .await
-            .map_err(status)?
+            .await?
             .into_inner();
         while let Some(item) = stream.next().await {
-            print!("{}", render(&item.map_err(status)?));
+            print!("{}", render(&item?));
         }
         Ok(String::new())
     })
 }
 
 /// `capoctl generations [--json]`.
-pub fn generations(socket: &Path, json: bool) -> Result<String, String> {
+pub fn generations(socket: &Path, json: bool) -> Result<String, ClientError> {
     runtime()?.block_on(async {
         let mut c =
             api::generations_client::GenerationsClient::new(crate::api::connect(socket).await?)
                 .max_decoding_message_size(MAX_REPLY);
-        let g = c
-            .get(api::GenerationsRequest {})
-            .await
-            .map_err(status)?
-            .into_inner();
+        let g = c.get(api::GenerationsRequest {}).await?.into_inner();
         if json {
             return Ok(serde_json::json!({
                 "active": g.active, "source": g.source, "in_sync": g.in_sync,
@@ -209,7 +214,11 @@ pub fn generations(socket: &Path, json: bool) -> Result<String, String> {
 }
 
 /// `capoctl offload [--json]`.
-pub fn offload(socket: &Path, json: bool, testpmd_port: Option<u16>) -> Result<String, String> {
+pub fn offload(
+    socket: &Path,
+    json: bool,
+    testpmd_port: Option<u16>,
+) -> Result<String, ClientError> {
     runtime()?.block_on(async {
         let mut c = api::offload_client::OffloadClient::new(crate::api::connect(socket).await?)
             .max_decoding_message_size(MAX_REPLY);
@@ -218,8 +227,7 @@ pub fn offload(socket: &Path, json: bool, testpmd_port: Option<u16>) -> Result<S
                 testpmd: testpmd_port.is_some(),
                 port: testpmd_port.map_or(0, u32::from),
             })
-            .await
-            .map_err(status)?
+            .await?
             .into_inner();
         if testpmd_port.is_some() {
             return Ok(testpmd_text(&p.nic, p.generation, &p.testpmd_commands));
@@ -284,11 +292,11 @@ pub fn testpmd_text(nic: &str, generation: u64, commands: &[String]) -> String {
 }
 
 /// `capoctl trace …` against the agent.
-pub fn trace(socket: &Path, req: api::TraceRequest, json: bool) -> Result<String, String> {
+pub fn trace(socket: &Path, req: api::TraceRequest, json: bool) -> Result<String, ClientError> {
     runtime()?.block_on(async {
         let mut c = api::trace_client::TraceClient::new(crate::api::connect(socket).await?)
             .max_decoding_message_size(MAX_REPLY);
-        let r = c.trace(req).await.map_err(status)?.into_inner();
+        let r = c.trace(req).await?.into_inner();
         Ok(if json { r.json + "\n" } else { r.text })
     })
 }
@@ -299,7 +307,7 @@ pub fn inject(
     interface: &str,
     direction: &str,
     frames: Vec<Vec<u8>>,
-) -> Result<String, String> {
+) -> Result<String, ClientError> {
     runtime()?.block_on(async {
         let mut c = api::inject_client::InjectClient::new(crate::api::connect(socket).await?)
             .max_decoding_message_size(MAX_REPLY);
@@ -309,8 +317,7 @@ pub fn inject(
                 direction: direction.to_string(),
                 frames,
             })
-            .await
-            .map_err(status)?
+            .await?
             .into_inner();
         Ok(format!(
             "{} allowed, {} denied ({} by the NIC): {}\n",

@@ -14,6 +14,45 @@
 
 use std::ffi::OsString;
 
+/// Why the config file could not be used (each message names the file).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It cannot be read.
+    #[error("--config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// It is not TOML.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's error.
+        source: toml::de::Error,
+    },
+    /// A key that names no flag.
+    #[error("{path}: unknown setting {key:?}")]
+    UnknownSetting {
+        /// The file.
+        path: String,
+        /// The key.
+        key: String,
+    },
+    /// A value that is not a string, number, boolean, list or (for `ifindex`) table.
+    #[error("{path}: {key}: {value} is not a string or number")]
+    NotScalar {
+        /// The file.
+        path: String,
+        /// The key.
+        key: String,
+        /// The value, as TOML.
+        value: String,
+    },
+}
+
 /// Builds the argument list: the config file's settings first, then the command
 /// line's, so flags win (single-valued flags override; lists add up).
 ///
@@ -22,25 +61,38 @@ use std::ffi::OsString;
 pub fn args_with_config(
     argv: Vec<OsString>,
     known_flags: &[String],
-) -> Result<Vec<OsString>, String> {
+) -> Result<Vec<OsString>, ConfigError> {
     let Some(path) = config_path(&argv) else {
         return Ok(argv);
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("--config {path}: {e}"))?;
-    let table: toml::Table = text.parse().map_err(|e| format!("{path}: {e}"))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|source| ConfigError::Parse {
+        path: path.clone(),
+        source,
+    })?;
     let mut from_file: Vec<OsString> = Vec::new();
     for (key, value) in table {
         let name = key.replace('_', "-");
         if name == "config" || !known_flags.contains(&name) {
-            return Err(format!("{path}: unknown setting {key:?}"));
+            return Err(ConfigError::UnknownSetting {
+                path: path.clone(),
+                key,
+            });
         }
         let flag = format!("--{name}");
-        let scalar = |v: &toml::Value| -> Result<String, String> {
+        let scalar = |v: &toml::Value| -> Result<String, ConfigError> {
             match v {
                 toml::Value::String(s) => Ok(s.clone()),
                 toml::Value::Integer(i) => Ok(i.to_string()),
                 toml::Value::Float(f) => Ok(f.to_string()),
-                other => Err(format!("{path}: {key}: {other} is not a string or number")),
+                other => Err(ConfigError::NotScalar {
+                    path: path.clone(),
+                    key: key.clone(),
+                    value: other.to_string(),
+                }),
             }
         };
         match &value {
@@ -123,6 +175,7 @@ mod tests {
                 .map(|s| s.to_string_lossy().into_owned())
                 .collect()
         })
+        .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use capo_policy::{IdTable, State};
 
-use crate::felix_stream::{self, StreamError};
+use crate::inputs::felix_stream::{self, StreamError};
 use capo_felix::frame::{FrameReader, Schema, DEFAULT_MAX_FRAME_LEN};
 use capo_felix::session::{Event, Phase, Session, SessionStats};
 

@@ -36,10 +36,32 @@ pub enum NicSpec {
     Dpdk(String),
 }
 
-impl std::str::FromStr for NicSpec {
-    type Err = String;
+/// Why a `--nic` value was rejected (the value is quoted first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NicSpecError {
+    /// The simulated table size is not a number.
+    #[error("{spec:?}: {size:?} is not a table size")]
+    BadCapacity {
+        /// The value.
+        spec: String,
+        /// Its size part.
+        size: String,
+    },
+    /// Not one of the simulated profiles.
+    #[error("{0:?}: the simulated profiles are mlx5, e810 and cnxk")]
+    UnknownProfile(String),
+    /// `dpdk:` without a port.
+    #[error("{0:?}: name a port id or PCI address")]
+    NoPort(String),
+    /// None of the forms.
+    #[error("{0:?}: expected none, sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] or dpdk:PORT")]
+    Unknown(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for NicSpec {
+    type Err = NicSpecError;
+
+    fn from_str(s: &str) -> Result<Self, NicSpecError> {
         if s == "none" {
             return Ok(NicSpec::None);
         }
@@ -47,15 +69,15 @@ impl std::str::FromStr for NicSpec {
             let (profile, capacity) = match rest.split_once(':') {
                 Some((p, c)) => (
                     p,
-                    c.parse::<u32>()
-                        .map_err(|_| format!("{s:?}: {c:?} is not a table size"))?,
+                    c.parse::<u32>().map_err(|_| NicSpecError::BadCapacity {
+                        spec: s.to_string(),
+                        size: c.to_string(),
+                    })?,
                 ),
                 None => (rest, DEFAULT_SIM_CAPACITY),
             };
             if !matches!(profile, "mlx5" | "e810" | "cnxk") {
-                return Err(format!(
-                    "{s:?}: the simulated profiles are mlx5, e810 and cnxk"
-                ));
+                return Err(NicSpecError::UnknownProfile(s.to_string()));
             }
             return Ok(NicSpec::Sim {
                 profile: profile.to_string(),
@@ -64,13 +86,11 @@ impl std::str::FromStr for NicSpec {
         }
         if let Some(port) = s.strip_prefix("dpdk:") {
             if port.is_empty() {
-                return Err(format!("{s:?}: name a port id or PCI address"));
+                return Err(NicSpecError::NoPort(s.to_string()));
             }
             return Ok(NicSpec::Dpdk(port.to_string()));
         }
-        Err(format!(
-            "{s:?}: expected none, sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] or dpdk:PORT"
-        ))
+        Err(NicSpecError::Unknown(s.to_string()))
     }
 }
 
@@ -176,7 +196,7 @@ impl SimulatedNic {
     }
 
     /// Whether `pkt` is new to the planner's samples (a flow it has not seen).
-    pub fn record(&mut self, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
+    pub(crate) fn record(&mut self, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
         // Bounded: past the limit a new flow replaces the coldest one.
         if self.samples.len() >= MAX_SAMPLES && !self.samples.contains_key(pkt) {
             if let Some(coldest) = self
@@ -205,7 +225,7 @@ impl SimulatedNic {
 
     /// Passes a packet from the wire through the NIC; `software` classifies it when
     /// the NIC does not decide. Returns the verdict and whether the NIC decided.
-    pub fn receive(
+    pub(crate) fn receive(
         &mut self,
         pkt: &Packet,
         tcp_flags: u8,
@@ -227,7 +247,7 @@ impl SimulatedNic {
     }
 
     /// Whether the NIC would decide this packet (without counting it).
-    pub fn decides(&self, pkt: &Packet) -> bool {
+    pub(crate) fn decides(&self, pkt: &Packet) -> bool {
         let flags = if pkt.protocol == Protocol::TCP {
             0x02
         } else {
@@ -248,12 +268,12 @@ impl SimulatedNic {
     }
 
     /// Packets the NIC decided.
-    pub fn nic_decided(&self) -> u64 {
+    pub(crate) fn nic_decided(&self) -> u64 {
         self.nic_decided
     }
 
     /// NIC packets and bytes per `rule#`, live and retired generations.
-    pub fn rule_counts(&mut self) -> HashMap<u32, (u64, u64)> {
+    pub(crate) fn rule_counts(&mut self) -> HashMap<u32, (u64, u64)> {
         let mut out = self.retired_counts.clone();
         for (i, c) in self.committer.live_counts(&mut self.nic) {
             if let Some(Some(id)) = self.plan_rule_ids.get(i) {
@@ -275,7 +295,10 @@ impl SimulatedNic {
     }
 
     /// The plan as the API reports it; `rules` lists every rule of the views.
-    pub fn plan_reply(&self, rules: &[capo_policy::views::NumberedRule]) -> api::OffloadPlanReply {
+    pub(crate) fn plan_reply(
+        &self,
+        rules: &[capo_policy::views::NumberedRule],
+    ) -> api::OffloadPlanReply {
         let mut placement: HashMap<u32, (api::Placement, String, u32)> = HashMap::new();
         if let Some(p) = &self.plan {
             for id in self.plan_rule_ids.iter().flatten() {

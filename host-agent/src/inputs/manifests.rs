@@ -8,13 +8,63 @@ use std::time::SystemTime;
 use capo_proto::felix::v3_32 as pb;
 use capo_resources::{manifest_files, Options, Resources, Snapshot};
 
-use crate::replay::{replay_reader, ReplayOptions, Replayed};
+use crate::inputs::felix_stream::StreamError;
+use crate::inputs::replay::{replay_reader, ReplayOptions, Replayed};
 use capo_felix::frame::encode_frames;
+
+/// Why manifests could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// They do not load (a file, an object or a field is invalid).
+    #[error(transparent)]
+    Load(#[from] capo_resources::Error),
+    /// Their Felix stream was refused.
+    #[error("manifests: {0}")]
+    Replay(StreamError),
+    /// The frames could not be written.
+    #[error("{}: {source}", .path.display())]
+    Write {
+        /// The output file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Why a trace's end could not be resolved to an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// Neither form.
+    #[error("{0:?} is neither an IP address nor NAMESPACE/POD")]
+    NotAnEndpoint(String),
+    /// A pod named without manifests to find it in.
+    #[error("{0:?}: NAMESPACE/POD needs --resources")]
+    NeedsResources(String),
+    /// No such pod (`NAMESPACE/POD`).
+    #[error("no pod {0} in the manifests")]
+    NoPod(String),
+    /// The pod has no address (of the family, `IPv4 ` or `IPv6 `, when given).
+    #[error("pod {pod} has no {family}address")]
+    NoAddress {
+        /// `NAMESPACE/POD`.
+        pod: String,
+        /// The family asked for, with a trailing space, or empty.
+        family: &'static str,
+    },
+    /// An address of the other family than `--family`.
+    #[error("{ip} is not an IPv{version} address (--family {version})")]
+    WrongFamily {
+        /// The address.
+        ip: IpAddr,
+        /// 4 or 6.
+        version: u8,
+    },
+}
 
 /// Loads manifests (files or directories) and computes what Felix on `node` would
 /// hold (`None`: every pod is local).
-pub fn load(paths: &[PathBuf], node: Option<&str>) -> Result<(Resources, Snapshot), String> {
-    let res = Resources::load(paths).map_err(|e| e.to_string())?;
+pub fn load(paths: &[PathBuf], node: Option<&str>) -> Result<(Resources, Snapshot), ManifestError> {
+    let res = Resources::load(paths)?;
     for w in res.warnings() {
         tracing::warn!("{w}");
     }
@@ -27,11 +77,10 @@ pub fn replay(
     paths: &[PathBuf],
     node: Option<&str>,
     opts: &ReplayOptions,
-) -> Result<(Resources, Replayed), String> {
+) -> Result<(Resources, Replayed), ManifestError> {
     let (res, snapshot) = load(paths, node)?;
     let msgs = snapshot.to_felix_messages();
-    let r = replay_reader(encode_frames(&msgs).as_slice(), opts)
-        .map_err(|e| format!("manifests: {e}"))?;
+    let r = replay_reader(encode_frames(&msgs).as_slice(), opts).map_err(ManifestError::Replay)?;
     Ok((res, r))
 }
 
@@ -41,24 +90,27 @@ pub fn resolve(
     res: Option<&Resources>,
     s: &str,
     family_v6: Option<bool>,
-) -> Result<IpAddr, String> {
+) -> Result<IpAddr, ResolveError> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(ip);
     }
     let Some((ns, pod)) = s.split_once('/') else {
-        return Err(format!("{s:?} is neither an IP address nor NAMESPACE/POD"));
+        return Err(ResolveError::NotAnEndpoint(s.to_string()));
     };
-    let res = res.ok_or_else(|| format!("{s:?}: NAMESPACE/POD needs --resources"))?;
+    let res = res.ok_or_else(|| ResolveError::NeedsResources(s.to_string()))?;
     let ips = res
         .pod_ips(ns, pod)
-        .ok_or_else(|| format!("no pod {ns}/{pod} in the manifests"))?;
+        .ok_or_else(|| ResolveError::NoPod(format!("{ns}/{pod}")))?;
     ips.iter()
         .find(|ip| family_v6.is_none_or(|v6| ip.is_ipv6() == v6))
         .copied()
-        .ok_or_else(|| match family_v6 {
-            Some(true) => format!("pod {ns}/{pod} has no IPv6 address"),
-            Some(false) => format!("pod {ns}/{pod} has no IPv4 address"),
-            None => format!("pod {ns}/{pod} has no address"),
+        .ok_or_else(|| ResolveError::NoAddress {
+            pod: format!("{ns}/{pod}"),
+            family: match family_v6 {
+                Some(true) => "IPv6 ",
+                Some(false) => "IPv4 ",
+                None => "",
+            },
         })
 }
 
@@ -70,7 +122,7 @@ pub fn resolve_pair(
     from: &str,
     to: &str,
     family_v6: Option<bool>,
-) -> Result<(IpAddr, IpAddr), String> {
+) -> Result<(IpAddr, IpAddr), ResolveError> {
     let (from_ip, to_ip) = match (family_v6, from.parse::<IpAddr>(), to.parse::<IpAddr>()) {
         (Some(v6), _, _) => (resolve(res, from, Some(v6))?, resolve(res, to, Some(v6))?),
         (None, Ok(f), _) => (f, resolve(res, to, Some(f.is_ipv6()))?),
@@ -83,11 +135,10 @@ pub fn resolve_pair(
     if let Some(v6) = family_v6 {
         for ip in [from_ip, to_ip] {
             if ip.is_ipv6() != v6 {
-                return Err(format!(
-                    "{ip} is not an IPv{} address (--family {})",
-                    if v6 { 6 } else { 4 },
-                    if v6 { 6 } else { 4 }
-                ));
+                return Err(ResolveError::WrongFamily {
+                    ip,
+                    version: if v6 { 6 } else { 4 },
+                });
             }
         }
     }
@@ -132,7 +183,7 @@ impl Watcher {
     pub fn start(
         paths: Vec<PathBuf>,
         node: Option<String>,
-    ) -> Result<(Self, Vec<pb::ToDataplane>), String> {
+    ) -> Result<(Self, Vec<pb::ToDataplane>), ManifestError> {
         let seen = fingerprint(&paths);
         let (_, current) = load(&paths, node.as_deref())?;
         let msgs = current.to_felix_messages();
@@ -148,14 +199,14 @@ impl Watcher {
     }
 
     /// The watched paths.
-    pub fn paths(&self) -> &[PathBuf] {
+    pub(crate) fn paths(&self) -> &[PathBuf] {
         &self.paths
     }
 
     /// Checks for changes. `Ok(None)`: nothing changed on disk. `Ok(Some(msgs))`:
     /// the updates that take the state to the new manifests (possibly none).
     /// `Err`: the new manifests are invalid; the current state is kept.
-    pub fn poll(&mut self) -> Result<Option<Vec<pb::ToDataplane>>, String> {
+    pub(crate) fn poll(&mut self) -> Result<Option<Vec<pb::ToDataplane>>, ManifestError> {
         let now = fingerprint(&self.paths);
         if now == self.seen {
             return Ok(None);
@@ -169,9 +220,16 @@ impl Watcher {
 }
 
 /// Writes Felix's frame stream for the manifests to `out`.
-pub fn export_frames(paths: &[PathBuf], node: Option<&str>, out: &Path) -> Result<usize, String> {
+pub fn export_frames(
+    paths: &[PathBuf],
+    node: Option<&str>,
+    out: &Path,
+) -> Result<usize, ManifestError> {
     let (_, snapshot) = load(paths, node)?;
     let msgs = snapshot.to_felix_messages();
-    std::fs::write(out, encode_frames(&msgs)).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out, encode_frames(&msgs)).map_err(|source| ManifestError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
     Ok(msgs.len())
 }

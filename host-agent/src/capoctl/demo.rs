@@ -8,43 +8,65 @@ use std::net::IpAddr;
 use capo_policy::{trace, IdTable, State};
 use capo_resources::{Options, Resources, Snapshot};
 
-use crate::cli::{packet, trace_text, View};
-use crate::replay::{replay_reader, ReplayOptions};
+use crate::inputs::felix_stream::StreamError;
+use crate::inputs::replay::{replay_reader, ReplayOptions};
+use crate::views::{packet, trace_text, ArgError, View};
 use capo_felix::frame::encode_frames;
 
 /// The seed's manifests (`examples/seed/`), built in so the demo runs anywhere.
 const SEED_MANIFESTS: [(&str, &str); 4] = [
     (
         "examples/seed/namespace.yaml",
-        include_str!("../../examples/seed/namespace.yaml"),
+        include_str!("../../../examples/seed/namespace.yaml"),
     ),
     (
         "examples/seed/nodes.yaml",
-        include_str!("../../examples/seed/nodes.yaml"),
+        include_str!("../../../examples/seed/nodes.yaml"),
     ),
     (
         "examples/seed/pods.yaml",
-        include_str!("../../examples/seed/pods.yaml"),
+        include_str!("../../../examples/seed/pods.yaml"),
     ),
     (
         "examples/seed/networkpolicy.yaml",
-        include_str!("../../examples/seed/networkpolicy.yaml"),
+        include_str!("../../../examples/seed/networkpolicy.yaml"),
     ),
 ];
 
 /// The node the seed's walkthrough looks at.
 pub const SEED_NODE: &str = "kind-worker2";
 
+/// Why the walkthrough could not run (the seed is built in, so this means a bug).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A seed manifest did not load.
+    #[error("{0}")]
+    Manifest(#[from] capo_resources::Error),
+    /// The seed's Felix stream was refused.
+    #[error("{0}")]
+    Stream(#[from] StreamError),
+    /// A probe's address did not parse.
+    #[error("{addr}: {error}")]
+    Address {
+        /// The text.
+        addr: &'static str,
+        /// Why.
+        error: std::net::AddrParseError,
+    },
+    /// A probe's packet was rejected.
+    #[error(transparent)]
+    Packet(#[from] ArgError),
+}
+
 /// What Felix on kind-worker2 holds for the seed's manifests, with or without the
 /// NetworkPolicy.
-pub fn seed_snapshot(with_policy: bool) -> Result<Snapshot, String> {
+pub fn seed_snapshot(with_policy: bool) -> Result<Snapshot, DemoError> {
     let mut res = Resources::new();
     for (file, text) in SEED_MANIFESTS {
         if !with_policy && file.ends_with("networkpolicy.yaml") {
             continue;
         }
-        res.add_text(std::path::Path::new(file), text)
-            .map_err(|e| e.to_string())?;
+        res.add_text(std::path::Path::new(file), text)?;
     }
     Ok(res.snapshot(&Options::for_node(Some(SEED_NODE))))
 }
@@ -104,24 +126,27 @@ pub const NETCAT: [Probe; 4] = [
 ];
 
 /// Traces one probe.
-pub fn probe(state: &State, ids: &IdTable, p: &Probe) -> Result<String, String> {
-    let from: IpAddr = p.from.parse().map_err(|e| format!("{}: {e}", p.from))?;
-    let to: IpAddr = p.to.parse().map_err(|e| format!("{}: {e}", p.to))?;
+pub fn probe(state: &State, ids: &IdTable, p: &Probe) -> Result<String, DemoError> {
+    let address = |addr: &'static str| {
+        addr.parse::<IpAddr>()
+            .map_err(|error| DemoError::Address { addr, error })
+    };
+    let (from, to) = (address(p.from)?, address(p.to)?);
     let pkt = packet(from, to, p.proto, Some(40000), Some(p.dport), None, None)?;
     Ok(trace_text(&trace(state, &pkt), state, ids))
 }
 
 /// Runs the walkthrough and returns what it prints.
-pub fn run() -> Result<String, String> {
+pub fn run() -> Result<String, DemoError> {
     let opts = seed_options();
     let (before, after) = (seed_snapshot(false)?, seed_snapshot(true)?);
     let mut stream = before.to_felix_messages();
-    let r0 = replay_reader(encode_frames(&stream).as_slice(), &opts).map_err(|e| e.to_string())?;
+    let r0 = replay_reader(encode_frames(&stream).as_slice(), &opts)?;
     // Creating the policy: the updates Felix sends after InSync.
     let mut added = capo_resources::diff(&before, &after);
     capo_resources::number_from(&mut added, stream.len() as u64);
     stream.extend(added);
-    let r1 = replay_reader(encode_frames(&stream).as_slice(), &opts).map_err(|e| e.to_string())?;
+    let r1 = replay_reader(encode_frames(&stream).as_slice(), &opts)?;
 
     let mut out = String::new();
     out += "capo demo: the seed's walkthrough (see docs/troubleshooting.md)\n\n";

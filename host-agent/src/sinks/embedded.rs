@@ -14,8 +14,8 @@ use capo_policy::views::NumberedRule;
 use capo_policy::{Direction, IdTable, Packet, State, Update, Verdict, Views};
 use capo_proto::capo::agent::v1 as api;
 
-use crate::daemon::PolicySink;
-use crate::nic::SimulatedNic;
+use crate::sinks::nic::SimulatedNic;
+use crate::sinks::{Committed, Dataplane, PolicySink, SinkError};
 
 /// Locks the NIC; a panic elsewhere does not poison the dataplane.
 fn nic_lock(m: &std::sync::Mutex<SimulatedNic>) -> std::sync::MutexGuard<'_, SimulatedNic> {
@@ -106,7 +106,7 @@ impl Embedded {
 
     /// The offload plan over `numbered` (the rules of the policy in force), if a NIC
     /// is in front.
-    pub fn plan_for(&self, numbered: &[NumberedRule]) -> Option<api::OffloadPlanReply> {
+    pub(crate) fn plan_for(&self, numbered: &[NumberedRule]) -> Option<api::OffloadPlanReply> {
         Some(nic_lock(self.nic.as_ref()?).plan_reply(numbered))
     }
 
@@ -117,7 +117,7 @@ impl Embedded {
 
     /// Whether `pkt` would be decided by the NIC (`Some("nic")`) or software;
     /// `None` without a NIC.
-    pub fn decided_where(
+    pub(crate) fn decided_where(
         &self,
         interface: &str,
         dir: Direction,
@@ -234,18 +234,32 @@ fn dir_name(d: Direction) -> &'static str {
     }
 }
 
-impl PolicySink for Embedded {
-    fn name(&self) -> &str {
-        "embedded"
-    }
+/// Why injected frames were not classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// No policy has reached the dataplane yet.
+    #[error("the embedded dataplane has no generation yet")]
+    NoGeneration,
+    /// The interface is not one of the policy's.
+    #[error("interface: {0:?} is not a known interface")]
+    UnknownInterface(String),
+    /// A frame does not parse.
+    #[error("frames[{index}]: {error}")]
+    Frame {
+        /// Its position.
+        index: usize,
+        /// Why.
+        error: capo_classifier::ParseError,
+    },
+    /// The agent runs another dataplane.
+    #[error("no embedded dataplane: start capo-agent with --dataplane embedded")]
+    NoEmbeddedDataplane,
+}
 
-    fn commit(
-        &mut self,
-        _generation: u64,
-        state: &State,
-        ids: &IdTable,
-        delta: Option<&[Update]>,
-    ) -> Result<String, String> {
+impl Embedded {
+    /// Takes the daemon's generation: `delta` applied incrementally when it can be,
+    /// else the whole state rebuilt.
+    pub fn commit(&mut self, state: &State, ids: &IdTable, delta: Option<&[Update]>) -> Committed {
         let t0 = Instant::now();
         let incremental = match delta {
             Some(updates) if self.cell.is_some() => {
@@ -265,7 +279,7 @@ impl PolicySink for Embedded {
                 }
                 match (failed, last) {
                     (None, Some(g)) => Some(g),
-                    (None, None) => return Ok("unchanged".into()),
+                    (None, None) => return Committed::new("unchanged"),
                     // Part of the delta applied: rebuild from the daemon's state rather
                     // than stay out of step with it.
                     (Some(e), _) => {
@@ -295,24 +309,18 @@ impl PolicySink for Embedded {
             msg += "; ";
             msg += &nic_lock(nic).commit(state, ids);
         }
-        Ok(msg)
+        Committed::new(msg)
     }
 
-    fn counters(&self, state: &State, ids: &IdTable) -> Option<api::CountersReply> {
-        let numbered = Views::new(state, ids).with_compact_sets().numbered_rules();
-        Some(self.counter_sources(&numbered).reply(&numbered, state, ids))
-    }
-
-    fn offload_plan(&self, state: &State, ids: &IdTable) -> Option<api::OffloadPlanReply> {
+    /// The NIC's plan, when there is a NIC.
+    pub fn offload_plan(&self, state: &State, ids: &IdTable) -> Option<api::OffloadPlanReply> {
         self.nic.as_ref()?;
         self.plan_for(&Views::new(state, ids).with_compact_sets().numbered_rules())
     }
 
-    fn decided_in(&self, interface: &str, dir: Direction, pkt: &Packet) -> Option<&'static str> {
-        self.decided_where(interface, dir, pkt)
-    }
-
-    fn classify_wire(&mut self, frames: &[&[u8]]) -> Option<Vec<Verdict>> {
+    /// Classifies frames that arrived from the wire (a DPDK port), each at the
+    /// endpoint its destination belongs to; `None` before the first generation.
+    pub fn classify_wire(&mut self, frames: &[&[u8]]) -> Option<Vec<Verdict>> {
         let cell = self.cell.as_ref()?;
         let generation = cell.load_full();
         let now = self.now();
@@ -354,19 +362,18 @@ impl PolicySink for Embedded {
         Some(out)
     }
 
-    fn inject(
+    /// Classifies raw frames as arriving at `interface`/`dir`.
+    pub(crate) fn inject(
         &mut self,
         interface: &str,
         dir: Direction,
         frames: &[Vec<u8>],
-    ) -> Option<Result<api::InjectReply, String>> {
+    ) -> Result<api::InjectReply, InjectError> {
         let Some(cell) = &self.cell else {
-            return Some(Err("the embedded dataplane has no generation yet".into()));
+            return Err(InjectError::NoGeneration);
         };
         let Some(sw_if_index) = self.ids.interface(interface) else {
-            return Some(Err(format!(
-                "interface: {interface:?} is not a known interface"
-            )));
+            return Err(InjectError::UnknownInterface(interface.to_string()));
         };
         let mut batch = Vec::with_capacity(frames.len());
         for (i, f) in frames.iter().enumerate() {
@@ -377,7 +384,7 @@ impl PolicySink for Embedded {
                     packet,
                     len: u32::try_from(f.len()).unwrap_or(u32::MAX),
                 }),
-                Err(e) => return Some(Err(format!("frames[{i}]: {e}"))),
+                Err(error) => return Err(InjectError::Frame { index: i, error }),
             }
         }
         let generation = cell.load_full();
@@ -458,7 +465,7 @@ impl PolicySink for Embedded {
                 tracing::info!(%outcome, "NIC plan refreshed from measured flows");
             }
         }
-        Some(Ok(reply))
+        Ok(reply)
     }
 }
 
@@ -490,30 +497,23 @@ impl PolicySink for EmbeddedSink {
 
     fn commit(
         &mut self,
-        generation: u64,
+        _generation: u64,
         state: &State,
         ids: &IdTable,
         delta: Option<&[Update]>,
-    ) -> Result<String, String> {
-        lock_embedded(&self.0).commit(generation, state, ids, delta)
+    ) -> Result<Committed, SinkError> {
+        Ok(lock_embedded(&self.0).commit(state, ids, delta))
     }
 
-    fn counters(&self, state: &State, ids: &IdTable) -> Option<api::CountersReply> {
-        // Rules are numbered outside the dataplane's lock: packets and commits need it.
-        let numbered = Views::new(state, ids).with_compact_sets().numbered_rules();
-        let sources = lock_embedded(&self.0).counter_sources(&numbered);
-        Some(sources.reply(&numbered, state, ids))
+    fn dataplane(&self) -> Dataplane {
+        Dataplane::Embedded(Arc::clone(&self.0))
     }
+}
 
-    fn offload_plan(&self, state: &State, ids: &IdTable) -> Option<api::OffloadPlanReply> {
-        lock_embedded(&self.0).offload_plan(state, ids)
-    }
-
-    fn decided_in(&self, interface: &str, dir: Direction, pkt: &Packet) -> Option<&'static str> {
-        lock_embedded(&self.0).decided_in(interface, dir, pkt)
-    }
-
-    fn embedded(&self) -> Option<SharedEmbedded> {
-        Some(Arc::clone(&self.0))
-    }
+/// The counters of a shared embedded dataplane; rules are numbered outside its lock
+/// (packets and commits need it).
+pub fn counters(e: &SharedEmbedded, state: &State, ids: &IdTable) -> api::CountersReply {
+    let numbered = Views::new(state, ids).with_compact_sets().numbered_rules();
+    let sources = lock_embedded(e).counter_sources(&numbered);
+    sources.reply(&numbered, state, ids)
 }

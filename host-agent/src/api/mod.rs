@@ -2,8 +2,12 @@
 //! views, packet trace and (when enabled) packet injection; `grpc.health.v1` and
 //! server reflection. Served on a unix socket (mode 0660, group configurable) and
 //! optionally on TCP with mutual TLS. Runs on its own tokio runtime; it reads the
-//! policy through [`crate::readers`], which holds the daemon's lock only to pick up
+//! policy through [`crate::api::readers`], which holds the daemon's lock only to pick up
 //! a snapshot, so no reader delays policy updates.
+
+pub mod client;
+pub mod metrics;
+pub mod readers;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -14,9 +18,9 @@ use capo_proto::capo::agent::v1 as api;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::cli::{packet, trace_json, trace_text, View};
-use crate::daemon::{lock, SharedDaemon};
-use crate::readers::Readers;
+use crate::api::readers::Readers;
+use crate::core::daemon::{lock, SharedDaemon};
+use crate::views::{packet, trace_json, trace_text, View};
 
 /// The agent's API socket when none is given.
 pub const DEFAULT_API_SOCKET: &str = "/var/run/capo/agent.sock";
@@ -120,7 +124,7 @@ fn bind_socket(opts: &ApiOptions) -> Result<std::os::unix::net::UnixListener, Ap
         source,
     };
     let gid = opts.group.as_deref().map(resolve_group).transpose()?;
-    let listener = crate::daemon::bind_unix_socket(path, 0o660, gid).map_err(err)?;
+    let listener = capo_socket::bind(path, 0o660, gid).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     Ok(listener)
 }
@@ -242,7 +246,7 @@ pub fn spawn(daemon: SharedDaemon, opts: ApiOptions) -> Result<ApiHandle, ApiErr
                     };
                     let r = readers.clone();
                     tasks.push(tokio::spawn(async move {
-                        if let Err(e) = crate::metrics::serve(r, listener, stop).await {
+                        if let Err(e) = crate::api::metrics::serve(r, listener, stop).await {
                             tracing::error!(error = %e, "metrics listener failed");
                         }
                     }));
@@ -442,7 +446,7 @@ impl Api {
     /// Locks the daemon from an async handler: waiting for the lock (held by the
     /// policy source between frames, or by a slow dataplane) must not stall this
     /// runtime's other requests.
-    fn locked(&self) -> std::sync::MutexGuard<'_, crate::daemon::Daemon> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, crate::core::daemon::Daemon> {
         tokio::task::block_in_place(|| lock(&self.daemon))
     }
 
@@ -451,7 +455,8 @@ impl Api {
         // daemon's lock).
         let vpp = self.locked().vpp();
         if let Some(h) = vpp {
-            return tokio::task::block_in_place(|| h.counters()).map_err(Status::unavailable);
+            return tokio::task::block_in_place(|| h.counters())
+                .map_err(|e| Status::unavailable(e.to_string()));
         }
         match self.readers.embedded_counters().await {
             Some(c) => Ok(c),
@@ -567,7 +572,7 @@ impl api::offload_server::Offload for Api {
             let embedded = self.locked().embedded();
             if let Some(e) = embedded {
                 let script = tokio::task::block_in_place(|| {
-                    crate::embedded::lock_embedded(&e).testpmd_script(port)
+                    crate::sinks::embedded::lock_embedded(&e).testpmd_script(port)
                 });
                 plan.testpmd_commands = script.unwrap_or_default();
             }
@@ -604,7 +609,7 @@ impl api::views_server::Views for Api {
                 View::Rules => ("rules", false),
             };
             let reply = tokio::task::block_in_place(|| h.show(name, verbose))
-                .map_err(Status::unavailable)?;
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             let lines = view_lines(&reply.text, r.with_lines);
             return Ok(Response::new(api::ViewReply {
                 text: reply.text,
@@ -673,13 +678,15 @@ impl api::trace_server::Trace for Api {
             byte(r.icmp_type, "icmp_type")?,
             byte(r.icmp_code, "icmp_code")?,
         )
-        .map_err(|e| Status::invalid_argument(api_field_names(&e)))?;
+        .map_err(|e| Status::invalid_argument(api_field_names(&e.to_string())))?;
         let snapshot = self.readers.snapshot().ok_or_else(no_policy)?;
         let embedded = self.locked().embedded();
         let decided_in = |interface: &str, dir, pkt: &capo_policy::Packet| {
             embedded
                 .as_ref()
-                .and_then(|e| crate::embedded::lock_embedded(e).decided_where(interface, dir, pkt))
+                .and_then(|e| {
+                    crate::sinks::embedded::lock_embedded(e).decided_where(interface, dir, pkt)
+                })
                 .unwrap_or("software")
         };
         let (state, ids) = (snapshot.state.as_ref(), snapshot.ids.as_ref());
@@ -794,22 +801,37 @@ impl api::inject_server::Inject for Api {
         let result = match embedded {
             // The packets wait for the embedded dataplane only, not the daemon.
             Some(e) => tokio::task::block_in_place(|| {
-                use crate::daemon::PolicySink;
-                crate::embedded::lock_embedded(&e)
-                    .inject(&r.interface, direction, &r.frames)
-                    .unwrap_or_else(|| Err("the embedded dataplane does not inject".into()))
+                crate::sinks::embedded::lock_embedded(&e).inject(&r.interface, direction, &r.frames)
             }),
             None => self.locked().inject(&r.interface, direction, &r.frames),
         };
-        result.map(Response::new).map_err(Status::invalid_argument)
+        result
+            .map(Response::new)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 
+/// Why a client could not connect to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The endpoint could not be built.
+    #[error("{0}")]
+    Endpoint(tonic::transport::Error),
+    /// The socket did not answer.
+    #[error("{}: {chain}", .socket.display())]
+    Socket {
+        /// The agent's socket.
+        socket: PathBuf,
+        /// The error and its sources.
+        chain: String,
+    },
+}
+
 /// A client connected to the agent's unix socket.
-pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, String> {
+pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, ConnectError> {
     let path = socket.to_path_buf();
     tonic::transport::Endpoint::try_from("http://capo-agent")
-        .map_err(|e| e.to_string())?
+        .map_err(ConnectError::Endpoint)?
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
@@ -818,7 +840,10 @@ pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, String>
             }
         }))
         .await
-        .map_err(|e| format!("{}: {}", socket.display(), error_chain(&e)))
+        .map_err(|e| ConnectError::Socket {
+            socket: socket.to_path_buf(),
+            chain: error_chain(&e),
+        })
 }
 
 /// An error and its sources, `a: b: c` (tonic's transport errors hide the cause).

@@ -1,5 +1,6 @@
 //! The I/O around a [`Session`](capo_felix::session::Session): reading frames from Felix, recording them, and
-//! sending `ProcessStatusUpdate` back.
+//! sending `ProcessStatusUpdate` back; one Felix stream served into the daemon
+//! ([`serve_connection`]), and messages fed to it as if from Felix ([`feed`]).
 
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
@@ -12,8 +13,7 @@ use capo_proto::felix::v3_32 as pb;
 use capo_felix::frame::{Frame, FrameError, FrameReader, FrameWriter};
 use capo_felix::session::SessionError;
 
-/// How often Felix expects a status report (felix-protocol §2.2: doc.go says 10 s).
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+use crate::core::daemon::{lock, SharedDaemon, Source};
 
 /// Why a stream stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ impl Recorder {
     }
 
     /// Appends one frame and flushes, so a crash loses at most the frame being read.
-    pub fn record(&mut self, frame: &Frame) -> io::Result<()> {
+    pub(crate) fn record(&mut self, frame: &Frame) -> io::Result<()> {
         let len = frame.bytes.len() as u64;
         self.out.write_all(&len.to_le_bytes())?;
         self.out.write_all(&frame.bytes)?;
@@ -144,6 +144,73 @@ pub fn status_message(uptime: Duration, now: SystemTime) -> pb::FromDataplane {
                 uptime: uptime.as_secs_f64(),
             },
         )),
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum ConnectionEnd {
+    /// Felix closed the stream.
+    Eof,
+    /// A protocol violation or bad input: the connection is dropped so that Felix
+    /// starts over with a fresh snapshot.
+    Resync(StreamError),
+    /// The recording file could not be created.
+    RecordSetup(std::io::Error),
+}
+
+/// Serves one Felix stream: `input` carries `ToDataplane` frames; status reports
+/// go to `output` when given. Returns when the stream ends or fails.
+pub fn serve_connection<R: Read, W: Write + Send + 'static>(
+    daemon: &SharedDaemon,
+    source: Source,
+    input: R,
+    output: Option<W>,
+) -> ConnectionEnd {
+    let opts = lock(daemon).options().clone();
+    let mut recorder = match &opts.record {
+        Some(path) => match Recorder::create(path) {
+            Ok(r) => Some(r),
+            Err(e) => return ConnectionEnd::RecordSetup(e),
+        },
+        None => None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = output.map(|w| spawn_status_writer(w, opts.status_interval, stop.clone()));
+    // A read timeout on the stream (the Felix socket's) bounds only the time inside a
+    // frame; between frames Felix may be silent for as long as it likes.
+    let mut reader =
+        FrameReader::with_max_frame_len(input, opts.max_frame_len).idle_between_frames();
+    lock(daemon).begin(source);
+    // Frames are read without the lock; each is applied under it.
+    let result = run(&mut reader, recorder.as_mut(), |frame| {
+        lock(daemon).on_frame(frame).map(|_| ())
+    });
+    // The status writer stops at its next tick, or when its write fails once the
+    // caller closes the connection; it is not joined, so a peer that stopped reading
+    // cannot hold the agent here.
+    stop.store(true, Ordering::Relaxed);
+    drop(status);
+    lock(daemon).end();
+    match result {
+        Ok(()) => ConnectionEnd::Eof,
+        Err(e) => ConnectionEnd::Resync(e),
+    }
+}
+
+/// Applies messages as if they came from Felix on the current connection; returns
+/// false (after logging) if one is refused, in which case the rest are not applied.
+pub fn feed(daemon: &SharedDaemon, msgs: &[capo_proto::felix::v3_32::ToDataplane]) -> bool {
+    let bytes = capo_felix::frame::encode_frames(msgs);
+    let mut reader = FrameReader::new(bytes.as_slice());
+    match run(&mut reader, None, |frame| {
+        lock(daemon).on_frame(frame).map(|_| ())
+    }) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "update refused");
+            false
+        }
     }
 }
 

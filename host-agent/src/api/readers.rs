@@ -15,9 +15,9 @@ use capo_policy::views::NumberedRule;
 use capo_policy::Views;
 use capo_proto::capo::agent::v1 as api;
 
-use crate::cli::View;
-use crate::daemon::{lock, PolicySnapshot, SharedDaemon};
-use crate::embedded::lock_embedded;
+use crate::core::daemon::{lock, PolicySnapshot, SharedDaemon};
+use crate::sinks::embedded::lock_embedded;
+use crate::views::View;
 
 /// Readers' shared access to one daemon.
 #[derive(Clone)]
@@ -47,7 +47,7 @@ impl Readers {
     }
 
     /// The daemon (for the few calls that are cheap under its lock).
-    pub fn daemon(&self) -> &SharedDaemon {
+    pub(crate) fn daemon(&self) -> &SharedDaemon {
         &self.daemon
     }
 
@@ -57,7 +57,7 @@ impl Readers {
 
     /// The policy in force (`None` before the first sync). Takes the daemon's lock
     /// briefly; the copy is made once per generation.
-    pub fn snapshot(&self) -> Option<PolicySnapshot> {
+    pub(crate) fn snapshot(&self) -> Option<PolicySnapshot> {
         let snapshot = tokio::task::block_in_place(|| lock(&self.daemon).snapshot())?;
         let mut cache = self.cache();
         let current = cache
@@ -74,7 +74,7 @@ impl Readers {
     }
 
     /// `view` of `snapshot`, rendered once per generation.
-    pub async fn view(&self, snapshot: &PolicySnapshot, view: View) -> Arc<String> {
+    pub(crate) async fn view(&self, snapshot: &PolicySnapshot, view: View) -> Arc<String> {
         self.shared(
             snapshot,
             |c| c.views.get(&view).cloned(),
@@ -88,7 +88,7 @@ impl Readers {
 
     /// The numbered rules of `snapshot` (behind counters and the offload plan),
     /// computed once per generation.
-    pub async fn numbered_rules(&self, snapshot: &PolicySnapshot) -> Arc<Vec<NumberedRule>> {
+    pub(crate) async fn numbered_rules(&self, snapshot: &PolicySnapshot) -> Arc<Vec<NumberedRule>> {
         self.shared(
             snapshot,
             |c| c.numbered.clone(),
@@ -151,7 +151,7 @@ impl Readers {
     /// The counters of the embedded dataplane, computed outside the daemon's lock
     /// and holding the dataplane's only to read its atomics. `None` without a
     /// classifying dataplane or a policy.
-    pub async fn embedded_counters(&self) -> Option<api::CountersReply> {
+    pub(crate) async fn embedded_counters(&self) -> Option<api::CountersReply> {
         let Some(embedded) = tokio::task::block_in_place(|| lock(&self.daemon).embedded()) else {
             // A dataplane the daemon owns alone (not shared with packet sources) can
             // only be read under the daemon's lock.
@@ -180,7 +180,7 @@ impl Readers {
 
     /// The offload plan of the policy in force; without a NIC every rule is in
     /// software.
-    pub async fn offload_plan(&self) -> Option<api::OffloadPlanReply> {
+    pub(crate) async fn offload_plan(&self) -> Option<api::OffloadPlanReply> {
         let snapshot = self.snapshot()?;
         let embedded = tokio::task::block_in_place(|| lock(&self.daemon).embedded());
         let mut plan = match embedded {

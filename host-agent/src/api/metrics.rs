@@ -9,8 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::daemon::lock;
-use crate::readers::Readers;
+use crate::api::readers::Readers;
+use crate::core::daemon::lock;
 
 /// Where the metrics listener binds when `--metrics` is given without an address.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";

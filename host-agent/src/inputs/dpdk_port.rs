@@ -11,6 +11,31 @@
 //! `CAPO_EAL_ARGS` adds EAL arguments (space-separated). Built only with the agent's
 //! `dpdk` feature.
 
+/// Why the port could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// DPDK's environment did not start.
+    #[error("EAL: {0}")]
+    Eal(String),
+    /// The port did not open.
+    #[error("port {port}: {error}")]
+    Port {
+        /// The port.
+        port: String,
+        /// DPDK's error.
+        error: String,
+    },
+    /// The port's thread did not start.
+    #[error("port thread: {0}")]
+    Thread(std::io::Error),
+    /// The port's thread ended before reporting.
+    #[error("the port thread ended during the probe")]
+    ThreadEnded,
+    /// The agent was built without DPDK.
+    #[error("dpdk:{0}: this capo-agent was built without DPDK support (build with --features dpdk; needs libdpdk-dev)")]
+    NoDpdk(String),
+}
+
 /// What the probe found, for the log.
 #[derive(Debug, Clone)]
 pub struct ProbeSummary {
@@ -80,11 +105,14 @@ pub fn device_name(port: &str) -> &str {
 /// are sent back out of the port (towards their endpoint), denied ones are freed.
 /// Returns once the probe is done.
 #[cfg(feature = "dpdk")]
-pub fn spawn(port: &str, daemon: crate::daemon::SharedDaemon) -> Result<ProbeSummary, String> {
+pub fn spawn(
+    port: &str,
+    daemon: crate::core::daemon::SharedDaemon,
+) -> Result<ProbeSummary, PortError> {
     use capo_offload::dpdk::eal::Eal;
     use capo_offload::dpdk::ethdev::{Port, PortConfig};
     use capo_offload::dpdk::flow::DpdkFlow;
-    let (tx, rx) = std::sync::mpsc::channel::<Result<ProbeSummary, String>>();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<ProbeSummary, PortError>>();
     let spec = port.to_string();
     std::thread::Builder::new()
         .name("capo-port".into())
@@ -95,14 +123,17 @@ pub fn spawn(port: &str, daemon: crate::daemon::SharedDaemon) -> Result<ProbeSum
             let eal = match Eal::init(&refs) {
                 Ok(e) => e,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("EAL: {e}")));
+                    let _ = tx.send(Err(PortError::Eal(e.to_string())));
                     return;
                 }
             };
             let p = match Port::open(eal, device_name(&spec), &PortConfig::default()) {
                 Ok(p) => p,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("port {spec}: {e}")));
+                    let _ = tx.send(Err(PortError::Port {
+                        port: spec.clone(),
+                        error: e.to_string(),
+                    }));
                     return;
                 }
             };
@@ -115,21 +146,20 @@ pub fn spawn(port: &str, daemon: crate::daemon::SharedDaemon) -> Result<ProbeSum
             }));
             poll(&p, &daemon);
         })
-        .map_err(|e| format!("port thread: {e}"))?;
-    rx.recv()
-        .map_err(|_| "the port thread ended during the probe".to_string())?
+        .map_err(PortError::Thread)?;
+    rx.recv().map_err(|_| PortError::ThreadEnded)?
 }
 
 #[cfg(feature = "dpdk")]
-fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::daemon::SharedDaemon) {
+fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::core::daemon::SharedDaemon) {
     const BURST: u16 = 32;
     // Packets wait in the port's ring until there is a policy to judge them by.
-    while crate::daemon::lock(daemon).generation() == 0 {
+    while crate::core::daemon::lock(daemon).generation() == 0 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     // Bursts are classified by the embedded dataplane under its own lock, never the
     // daemon's (Felix's updates and the API go on meanwhile).
-    let embedded = crate::daemon::lock(daemon).embedded();
+    let embedded = crate::core::daemon::lock(daemon).embedded();
     let mut idle: u32 = 0;
     loop {
         let pkts = p.rx_burst(0, BURST);
@@ -144,13 +174,10 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::daemon::SharedDaem
         let verdicts = {
             let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
             match &embedded {
-                Some(e) => {
-                    use crate::daemon::PolicySink;
-                    crate::embedded::lock_embedded(e)
-                        .classify_wire(&frames)
-                        .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()])
-                }
-                None => crate::daemon::lock(daemon).classify_wire(&frames),
+                Some(e) => crate::sinks::embedded::lock_embedded(e)
+                    .classify_wire(&frames)
+                    .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()]),
+                None => crate::core::daemon::lock(daemon).classify_wire(&frames),
             }
         };
         let allowed: Vec<_> = pkts
@@ -166,10 +193,11 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::daemon::SharedDaem
 
 /// Without DPDK support the port cannot be used.
 #[cfg(not(feature = "dpdk"))]
-pub fn spawn(port: &str, _daemon: crate::daemon::SharedDaemon) -> Result<ProbeSummary, String> {
-    Err(format!(
-        "dpdk:{port}: this capo-agent was built without DPDK support (build with --features dpdk; needs libdpdk-dev)"
-    ))
+pub fn spawn(
+    port: &str,
+    _daemon: crate::core::daemon::SharedDaemon,
+) -> Result<ProbeSummary, PortError> {
+    Err(PortError::NoDpdk(port.to_string()))
 }
 
 #[cfg(test)]

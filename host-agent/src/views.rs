@@ -6,6 +6,49 @@ use std::net::IpAddr;
 use capo_policy::eval::{CheckPoint, Trace};
 use capo_policy::{IdTable, Packet, Protocol, State, Verdict, Views, L4};
 
+/// Why an argument naming a view, a packet's fields or an interface index was
+/// rejected; the message names the argument.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// Not one of the views.
+    #[error("unknown view {0:?}: expected `show capo interfaces|ipsets|policies [verbose]|rules`")]
+    UnknownView(String),
+    /// Not a protocol name or number.
+    #[error("--proto: {0:?} is not a protocol: use tcp, udp, sctp, icmp, icmpv6, udplite, an IANA name (gre, esp, ah, ipip, ospf, …) or a number 0-255")]
+    UnknownProtocol(String),
+    /// The two ends are of different families.
+    #[error("--from {from} and --to {to} are of different IP families")]
+    MixedFamilies {
+        /// The source.
+        from: IpAddr,
+        /// The destination.
+        to: IpAddr,
+    },
+    /// Ports given for ICMP.
+    #[error("--sport/--dport do not apply to ICMP: use --icmp-type/--icmp-code")]
+    PortsForIcmp,
+    /// ICMP fields given for a protocol with ports.
+    #[error("--icmp-type/--icmp-code do not apply to {0}")]
+    IcmpForPorts(String),
+    /// Ports or ICMP fields given for a protocol with neither.
+    #[error("protocol {0} has no ports or ICMP fields")]
+    NoL4Fields(String),
+    /// Not `NAME=INDEX`.
+    #[error("{0:?}: expected NAME=SW_IF_INDEX")]
+    NotNameIndex(String),
+    /// The index is not a number.
+    #[error("{arg:?}: {index:?} is not an interface index")]
+    BadIndex {
+        /// The whole argument.
+        arg: String,
+        /// Its index part.
+        index: String,
+    },
+    /// No name before `=`.
+    #[error("{0:?}: empty interface name")]
+    EmptyName(String),
+}
+
 /// One of the capo views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum View {
@@ -44,7 +87,7 @@ impl View {
 
     /// Parses `show capo interfaces|ipsets|policies [verbose]|rules` (`sh` and
     /// `show` both work; the words `show capo` may be left out).
-    pub fn parse(words: &[String]) -> Result<View, String> {
+    pub fn parse(words: &[String]) -> Result<View, ArgError> {
         let mut w: Vec<&str> = words.iter().map(String::as_str).collect();
         if matches!(w.first(), Some(&"show") | Some(&"sh")) {
             w.remove(0);
@@ -58,10 +101,7 @@ impl View {
             ["policies"] => Ok(View::Policies { verbose: false }),
             ["policies", "verbose"] => Ok(View::Policies { verbose: true }),
             ["rules"] => Ok(View::Rules),
-            _ => Err(format!(
-                "unknown view {:?}: expected `show capo interfaces|ipsets|policies [verbose]|rules`",
-                words.join(" ")
-            )),
+            _ => Err(ArgError::UnknownView(words.join(" "))),
         }
     }
 
@@ -143,7 +183,7 @@ const IANA_PROTOCOLS: &[(&str, u8)] = &[
 /// # Errors
 ///
 /// A message naming the value and what is accepted.
-pub fn protocol_arg(name: &str) -> Result<Protocol, String> {
+pub fn protocol_arg(name: &str) -> Result<Protocol, ArgError> {
     if let Ok(p) = Protocol::from_name(name) {
         return Ok(p);
     }
@@ -152,12 +192,7 @@ pub fn protocol_arg(name: &str) -> Result<Protocol, String> {
         .iter()
         .find(|(n, _)| *n == lower)
         .map(|(_, n)| Protocol(*n))
-        .ok_or_else(|| {
-            format!(
-                "--proto: {name:?} is not a protocol: use tcp, udp, sctp, icmp, icmpv6, \
-                 udplite, an IANA name (gre, esp, ah, ipip, ospf, …) or a number 0-255"
-            )
-        })
+        .ok_or_else(|| ArgError::UnknownProtocol(name.to_string()))
 }
 
 /// Builds a packet from trace arguments; the error names the bad argument.
@@ -169,16 +204,14 @@ pub fn packet(
     dport: Option<u16>,
     icmp_type: Option<u8>,
     icmp_code: Option<u8>,
-) -> Result<Packet, String> {
+) -> Result<Packet, ArgError> {
     if from.is_ipv4() != to.is_ipv4() {
-        return Err(format!(
-            "--from {from} and --to {to} are of different IP families"
-        ));
+        return Err(ArgError::MixedFamilies { from, to });
     }
     let protocol = protocol_arg(proto)?;
     let l4 = if protocol.is_icmp() {
         if sport.is_some() || dport.is_some() {
-            return Err("--sport/--dport do not apply to ICMP: use --icmp-type/--icmp-code".into());
+            return Err(ArgError::PortsForIcmp);
         }
         L4::Icmp {
             icmp_type: icmp_type.unwrap_or(if protocol == Protocol::ICMP { 8 } else { 128 }),
@@ -186,7 +219,7 @@ pub fn packet(
         }
     } else if protocol.has_ports() {
         if icmp_type.is_some() || icmp_code.is_some() {
-            return Err(format!("--icmp-type/--icmp-code do not apply to {proto}"));
+            return Err(ArgError::IcmpForPorts(proto.to_string()));
         }
         L4::Ports {
             src: sport.unwrap_or(0),
@@ -194,7 +227,7 @@ pub fn packet(
         }
     } else {
         if sport.is_some() || dport.is_some() || icmp_type.is_some() || icmp_code.is_some() {
-            return Err(format!("protocol {proto} has no ports or ICMP fields"));
+            return Err(ArgError::NoL4Fields(proto.to_string()));
         }
         L4::None
     };
@@ -281,15 +314,16 @@ pub fn trace_json(t: &Trace, state: &State, ids: &IdTable) -> serde_json::Value 
 }
 
 /// Parses `NAME=INDEX` interface index presets.
-pub fn parse_interface_index(s: &str) -> Result<(String, u32), String> {
+pub fn parse_interface_index(s: &str) -> Result<(String, u32), ArgError> {
     let (name, idx) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected NAME=SW_IF_INDEX"))?;
-    let idx: u32 = idx
-        .parse()
-        .map_err(|_| format!("{s:?}: {idx:?} is not an interface index"))?;
+        .ok_or_else(|| ArgError::NotNameIndex(s.to_string()))?;
+    let idx: u32 = idx.parse().map_err(|_| ArgError::BadIndex {
+        arg: s.to_string(),
+        index: idx.to_string(),
+    })?;
     if name.is_empty() {
-        return Err(format!("{s:?}: empty interface name"));
+        return Err(ArgError::EmptyName(s.to_string()));
     }
     Ok((name.to_string(), idx))
 }
@@ -364,6 +398,9 @@ mod protocol_tests {
             assert_eq!(protocol_arg(name).unwrap(), Protocol(n), "{name}");
         }
         assert!(protocol_arg("256").is_err());
-        assert!(protocol_arg("bogus").unwrap_err().contains("IANA"));
+        assert!(protocol_arg("bogus")
+            .unwrap_err()
+            .to_string()
+            .contains("IANA"));
     }
 }

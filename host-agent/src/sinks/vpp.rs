@@ -31,6 +31,8 @@ use capo_proto::capo::dataplane::v1::{
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
 
+use crate::sinks::{Committed, Dataplane, PolicySink, SinkError};
+
 /// The agent's version, as sent in `Hello`.
 pub const AGENT_VERSION: &str = concat!("capo-agent ", env!("CARGO_PKG_VERSION"));
 
@@ -135,7 +137,7 @@ impl VppChannel {
     /// # Errors
     ///
     /// As for [`VppChannel::connect`].
-    pub fn connect_with(
+    pub(crate) fn connect_with(
         path: impl AsRef<Path>,
         epoch: u64,
         bindings: &[InterfaceBinding],
@@ -177,7 +179,7 @@ impl VppChannel {
     /// Whether the plugin is still there: a closed or failed socket is not. Checked
     /// without blocking. The plugin never sends unasked, so any pending byte is a
     /// protocol error too and counts as gone (the caller reconnects).
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         use std::io::Read;
         let mut stream = self.writer.get_ref();
         if stream.set_nonblocking(true).is_err() {
@@ -286,7 +288,7 @@ impl VppChannel {
     /// # Errors
     ///
     /// [`VppError`] if the channel broke or the answer is not a `ShowReply`.
-    pub fn show(&mut self, req: ShowRequest) -> Result<ShowReply, VppError> {
+    pub(crate) fn show(&mut self, req: ShowRequest) -> Result<ShowReply, VppError> {
         match self.ask(to_plugin::Msg::Show(req))? {
             from_plugin::Msg::Show(r) => Ok(r),
             other => Err(unexpected("ShowReply", &other)),
@@ -298,7 +300,7 @@ impl VppChannel {
     /// # Errors
     ///
     /// [`VppError`] if the channel broke or the answer is not a `CountersReply`.
-    pub fn counters(&mut self) -> Result<api::CountersReply, VppError> {
+    pub(crate) fn counters(&mut self) -> Result<api::CountersReply, VppError> {
         match self.ask(to_plugin::Msg::Counters(api::CountersRequest {}))? {
             from_plugin::Msg::Counters(r) => Ok(r),
             other => Err(unexpected("CountersReply", &other)),
@@ -526,20 +528,23 @@ pub fn agent_epoch() -> u64 {
     })
 }
 
+/// A `--bind` value that is not `ENDPOINT=VPP_INTERFACE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected ENDPOINT=VPP_INTERFACE, e.g. default/ts2=host-veth-ts2")]
+pub struct BindingError(String);
+
 /// Parses `--bind ENDPOINT=VPP_INTERFACE`.
 ///
 /// # Errors
 ///
-/// A message naming what is missing.
-pub fn parse_binding(arg: &str) -> Result<InterfaceBinding, String> {
+/// [`BindingError`] when either side is missing.
+pub fn parse_binding(arg: &str) -> Result<InterfaceBinding, BindingError> {
     match arg.split_once('=') {
         Some((e, v)) if !e.is_empty() && !v.is_empty() => Ok(InterfaceBinding {
             endpoint: e.to_string(),
             vpp_interface: v.to_string(),
         }),
-        _ => Err(format!(
-            "{arg:?}: expected ENDPOINT=VPP_INTERFACE, e.g. default/ts2=host-veth-ts2"
-        )),
+        _ => Err(BindingError(arg.to_string())),
     }
 }
 
@@ -580,8 +585,8 @@ enum Job {
         generation: u64,
         change: Change,
     },
-    Show(ShowRequest, mpsc::Sender<Result<ShowReply, String>>),
-    Counters(mpsc::Sender<Result<api::CountersReply, String>>),
+    Show(ShowRequest, mpsc::Sender<Result<ShowReply, RequestError>>),
+    Counters(mpsc::Sender<Result<api::CountersReply, RequestError>>),
 }
 
 enum Change {
@@ -599,6 +604,24 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// not take (the wait doubles from [`IDLE_CHECK`] after each failure; a new
 /// generation is tried at once).
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a request of the API to the VPP plugin failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The sink's thread has ended.
+    #[error("the VPP sink stopped")]
+    SinkStopped,
+    /// The plugin did not answer in time (it may be applying a generation).
+    #[error("the VPP plugin did not answer within {}s", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
+    /// The plugin could not be reached, or failed the request (its error's text:
+    /// it crosses from the sink's thread).
+    #[error("{0}")]
+    Channel(String),
+    /// The plugin refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
 
 /// A handle on the VPP sink for the API: views and counters from the plugin, and
 /// what it confirmed. Cheap to clone; never holds the daemon.
@@ -625,18 +648,14 @@ impl VppHandle {
 
     fn ask<T>(
         &self,
-        job: impl FnOnce(mpsc::Sender<Result<T, String>>) -> Job,
-    ) -> Result<T, String> {
+        job: impl FnOnce(mpsc::Sender<Result<T, RequestError>>) -> Job,
+    ) -> Result<T, RequestError> {
         let (tx, rx) = mpsc::channel();
         self.jobs
             .send(job(tx))
-            .map_err(|_| "the VPP sink stopped".to_string())?;
-        rx.recv_timeout(REQUEST_TIMEOUT).map_err(|_| {
-            format!(
-                "the VPP plugin did not answer within {}s",
-                REQUEST_TIMEOUT.as_secs()
-            )
-        })?
+            .map_err(|_| RequestError::SinkStopped)?;
+        rx.recv_timeout(REQUEST_TIMEOUT)
+            .map_err(|_| RequestError::Timeout)?
     }
 
     /// A `show capo …` view, rendered by the plugin (`vppctl`'s text).
@@ -644,7 +663,7 @@ impl VppHandle {
     /// # Errors
     ///
     /// The plugin is unreachable, did not answer in time, or refused the view.
-    pub fn show(&self, view: &str, verbose: bool) -> Result<ShowReply, String> {
+    pub fn show(&self, view: &str, verbose: bool) -> Result<ShowReply, RequestError> {
         let req = ShowRequest {
             view: view.to_string(),
             verbose,
@@ -653,7 +672,7 @@ impl VppHandle {
         if reply.error.is_empty() {
             Ok(reply)
         } else {
-            Err(reply.error)
+            Err(RequestError::Refused(reply.error))
         }
     }
 
@@ -662,7 +681,7 @@ impl VppHandle {
     /// # Errors
     ///
     /// The plugin is unreachable or did not answer in time.
-    pub fn counters(&self) -> Result<api::CountersReply, String> {
+    pub(crate) fn counters(&self) -> Result<api::CountersReply, RequestError> {
         self.ask(Job::Counters)
     }
 }
@@ -717,7 +736,7 @@ impl VppSink {
     }
 }
 
-impl crate::daemon::PolicySink for VppSink {
+impl PolicySink for VppSink {
     fn name(&self) -> &str {
         "vpp"
     }
@@ -728,7 +747,7 @@ impl crate::daemon::PolicySink for VppSink {
         state: &capo_policy::State,
         _ids: &capo_policy::IdTable,
         delta: Option<&[capo_policy::Update]>,
-    ) -> Result<String, String> {
+    ) -> Result<Committed, SinkError> {
         let change = match delta {
             Some(d) => Change::Delta(d.to_vec()),
             None => Change::Full(Box::new(state.clone())),
@@ -741,13 +760,26 @@ impl crate::daemon::PolicySink for VppSink {
         self.handle
             .jobs
             .send(Job::Commit { generation, change })
-            .map_err(|_| "the VPP sink stopped".to_string())?;
-        Ok("handed to the VPP sink; pending the plugin's acknowledgement".into())
+            .map_err(|_| SinkError::Stopped("VPP"))?;
+        Ok(Committed::new(
+            "handed to the VPP sink; pending the plugin's acknowledgement",
+        ))
     }
 
-    fn vpp(&self) -> Option<VppHandle> {
-        Some(self.handle())
+    fn dataplane(&self) -> Dataplane {
+        Dataplane::Vpp(self.handle())
     }
+}
+
+/// Why the sink could not push a generation to the plugin.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    /// Nothing to push yet.
+    #[error("no policy yet")]
+    NoPolicy,
+    /// The plugin could not be reached or did not answer.
+    #[error(transparent)]
+    Channel(#[from] VppError),
 }
 
 /// The sink's thread: owns the channel and its copy of the policy.
@@ -845,10 +877,11 @@ impl SinkThread {
     fn ask<T>(
         &mut self,
         f: impl FnOnce(&mut VppChannel) -> Result<T, VppError>,
-    ) -> Result<T, String> {
+    ) -> Result<T, RequestError> {
         let r = self
             .connected()
-            .and_then(|ch| f(ch).map_err(|e| e.to_string()));
+            .and_then(f)
+            .map_err(|e| RequestError::Channel(e.to_string()));
         if r.is_err() {
             self.disconnected();
         }
@@ -868,10 +901,9 @@ impl SinkThread {
         self.status().connected = false;
     }
 
-    fn connected(&mut self) -> Result<&mut VppChannel, String> {
+    fn connected(&mut self) -> Result<&mut VppChannel, VppError> {
         if self.channel.is_none() {
-            let ch = VppChannel::connect_with(&self.path, agent_epoch(), &self.bindings)
-                .map_err(|e| e.to_string())?;
+            let ch = VppChannel::connect_with(&self.path, agent_epoch(), &self.bindings)?;
             tracing::info!(
                 socket = %self.path.display(),
                 plugin = ch.plugin_version(),
@@ -886,9 +918,10 @@ impl SinkThread {
             self.channel = Some(ch);
             self.status().connected = true;
         }
-        self.channel
-            .as_mut()
-            .ok_or_else(|| "not connected".to_string())
+        match self.channel.as_mut() {
+            Some(ch) => Ok(ch),
+            None => unreachable!("the channel was just set"),
+        }
     }
 
     /// Pushes the generation in force: the pending delta when the plugin holds its
@@ -942,11 +975,11 @@ impl SinkThread {
         self.status().last_error = Some((generation, msg));
     }
 
-    fn push(&mut self) -> Result<Applied, String> {
+    fn push(&mut self) -> Result<Applied, PushError> {
         let generation = self.generation;
         let pushed = self.pushed;
         let delta = self.pending.take();
-        let state = self.state.take().ok_or("no policy yet")?;
+        let state = self.state.take().ok_or(PushError::NoPolicy)?;
         let result = (|| {
             let ch = self.connected()?;
             let holds_base = ch.active_generation() == pushed && pushed != 0 && pushed != u64::MAX;
@@ -959,7 +992,7 @@ impl SinkThread {
                 }
                 _ => ch.push_full(generation, capo_felix::encode::snapshot(&state)),
             }
-            .map_err(|e| e.to_string())
+            .map_err(PushError::Channel)
         })();
         self.state = Some(state);
         result

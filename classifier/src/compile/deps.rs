@@ -1,0 +1,56 @@
+//! Dependency tracking: each interface remembers the policies and profiles its
+//! programs were built from, so a change to one recompiles only the interfaces that
+//! use it.
+
+use std::collections::HashSet;
+
+use capo_policy::{IdTable, PolicyKey, State};
+
+use super::Builder;
+use crate::generation::{Iface, IfaceKind};
+
+/// The policies and profiles an interface's programs read (named ones included even
+/// when absent from the state: their arrival must recompile the interface).
+#[derive(Default)]
+pub(super) struct Deps {
+    policies: HashSet<PolicyKey>,
+    profiles: HashSet<String>,
+}
+
+impl Deps {
+    pub(super) fn uses_policy(&mut self, key: &PolicyKey) {
+        self.policies.insert(key.clone());
+    }
+
+    pub(super) fn uses_profile(&mut self, name: &str) {
+        self.profiles.insert(name.to_string());
+    }
+
+    /// The interface's `policies` and `profiles`.
+    pub(super) fn into_lists(self) -> (Vec<PolicyKey>, Vec<String>) {
+        (
+            self.policies.into_iter().collect(),
+            self.profiles.into_iter().collect(),
+        )
+    }
+}
+
+impl Builder {
+    /// Recompiles the interfaces whose programs `uses`.
+    pub(super) fn recompile_dependents(
+        &mut self,
+        state: &State,
+        ids: &IdTable,
+        uses: impl Fn(&Iface) -> bool,
+    ) {
+        let affected: Vec<IfaceKind> = self
+            .ifaces
+            .iter()
+            .filter(|(_, i)| uses(i))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in affected {
+            self.compile_iface(state, ids, k);
+        }
+    }
+}

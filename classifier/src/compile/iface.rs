@@ -1,0 +1,273 @@
+//! Per-interface compilation: the programs of a workload, of the host (ingress
+//! split by source: from a local workload or not) and of a host endpoint's forwarded
+//! traffic, each with the policies and profiles it was built from.
+
+use std::sync::Arc;
+
+use capo_policy::config::EndpointToHostAction;
+use capo_policy::eval::{has_enforced_policies, host_endpoint_for_host_traffic, InternalPolicy};
+use capo_policy::{
+    Decider, Direction, HostEndpoint, IcmpMatch, IdTable, IpFamily, PortRange, State, Verdict,
+    WorkloadKey,
+};
+
+use super::deps::Deps;
+use super::layout::finish;
+use super::lower::{ProgSpec, SegSpec};
+use super::{
+    Builder, HOST_ADDRS, LOCAL_WORKLOADS, RULE_ALLOW_FROM_HOST_IN, RULE_ALLOW_FROM_HOST_OUT,
+    RULE_WORKLOADS_TO_HOST,
+};
+use crate::generation::{Entry, Iface, IfaceKind};
+use crate::program::{Act, Program};
+
+impl Builder {
+    pub(super) fn compile_iface(&mut self, state: &State, ids: &IdTable, kind: IfaceKind) {
+        let built = match &kind {
+            IfaceKind::Workload(key) => self.workload_iface(state, ids, key),
+            IfaceKind::Host => Some(self.host_iface(state, ids)),
+            IfaceKind::Forward(key) => state
+                .host_endpoints()
+                .get(key)
+                .map(|hep| self.forward_iface(state, ids, key.clone(), hep)),
+        };
+        match built {
+            Some(i) => {
+                self.ifaces.insert(kind, Arc::new(i));
+            }
+            None => {
+                self.ifaces.remove(&kind);
+            }
+        }
+    }
+
+    fn workload_iface(&mut self, state: &State, ids: &IdTable, key: &WorkloadKey) -> Option<Iface> {
+        let wep = state.workloads().get(key)?;
+        let mut deps = Deps::default();
+        let mut entries = Vec::new();
+        for dir in Direction::BOTH {
+            let mut spec = ProgSpec::new();
+            // Neighbour discovery on the workload's link never meets policy.
+            let nd = capo_policy::eval::NEIGHBOUR_DISCOVERY_ICMPV6_TYPES
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut r =
+                        self.internal_rule(Act::Allow, InternalPolicy::NeighbourDiscovery, i, None);
+                    r.family = Some(IpFamily::V6);
+                    r.protocol = Some(capo_policy::Protocol::ICMPV6.0);
+                    r.icmp = Some(IcmpMatch {
+                        icmp_type: *t,
+                        code: None,
+                    });
+                    r
+                })
+                .collect();
+            spec.segment(nd, SegSpec::Plain);
+            if dir == Direction::Ingress {
+                let mut r = self.internal_rule(
+                    Act::Allow,
+                    InternalPolicy::AllowFromHost,
+                    0,
+                    Some(RULE_ALLOW_FROM_HOST_IN),
+                );
+                r.src.pos.push(HOST_ADDRS);
+                spec.segment(vec![r], SegSpec::Plain);
+            }
+            self.tiers_into(&mut spec, state, ids, &wep.tiers, dir, true, &mut deps);
+            self.profiles_into(&mut spec, state, ids, &wep.profile_ids, dir, &mut deps);
+            entries.push(Entry::Single(Arc::new(finish(spec, self.min_words))));
+        }
+        let (policies, profiles) = deps.into_lists();
+        Some(Iface {
+            name: wep.name.clone(),
+            kind: IfaceKind::Workload(key.clone()),
+            sw_if_index: ids.interface(&wep.name),
+            entries: two(entries)?,
+            policies,
+            profiles,
+        })
+    }
+
+    fn host_iface(&mut self, state: &State, ids: &IdTable) -> Iface {
+        let mut deps = Deps::default();
+        let cfg = state.config().clone();
+        // Ingress: packets from local workloads first meet DefaultEndpointToHostAction.
+        let from_wl = match cfg.endpoint_to_host {
+            EndpointToHostAction::Accept | EndpointToHostAction::Drop => {
+                let verdict = if cfg.endpoint_to_host == EndpointToHostAction::Accept {
+                    Verdict::Allow
+                } else {
+                    Verdict::Deny
+                };
+                finish(
+                    ProgSpec::with_fallback(
+                        verdict,
+                        Decider::Internal {
+                            policy: InternalPolicy::WorkloadsToHost,
+                            index: 0,
+                        },
+                        Some(RULE_WORKLOADS_TO_HOST),
+                    ),
+                    self.min_words,
+                )
+            }
+            EndpointToHostAction::Return => {
+                let hep = host_endpoint_for_host_traffic(state, true).map(|(_, h)| h.clone());
+                self.host_program(state, ids, hep.as_ref(), Direction::Ingress, &mut deps)
+            }
+        };
+        let hep = host_endpoint_for_host_traffic(state, false).map(|(_, h)| h.clone());
+        let other = self.host_program(state, ids, hep.as_ref(), Direction::Ingress, &mut deps);
+        let egress = self.host_program(state, ids, hep.as_ref(), Direction::Egress, &mut deps);
+        let name = ids.host_interface().to_string();
+        let (policies, profiles) = deps.into_lists();
+        Iface {
+            sw_if_index: ids.interface(&name),
+            name,
+            kind: IfaceKind::Host,
+            entries: [
+                Entry::BySrcAtom {
+                    atom: LOCAL_WORKLOADS,
+                    member: Arc::new(from_wl),
+                    other: Arc::new(other),
+                },
+                Entry::Single(Arc::new(egress)),
+            ],
+            policies,
+            profiles,
+        }
+    }
+
+    fn host_program(
+        &mut self,
+        state: &State,
+        ids: &IdTable,
+        hep: Option<&HostEndpoint>,
+        dir: Direction,
+        deps: &mut Deps,
+    ) -> Program {
+        let Some(hep) = hep else {
+            return finish(
+                ProgSpec::with_fallback(Verdict::Allow, Decider::NoHostEndpoint, None),
+                self.min_words,
+            );
+        };
+        let cfg = state.config();
+        let mut spec = ProgSpec::new();
+        let mut internal = Vec::new();
+        let n_in = cfg.failsafe_inbound.len();
+        let (list, base) = match dir {
+            Direction::Ingress => (&cfg.failsafe_inbound, 0),
+            Direction::Egress => {
+                let mut r = self.internal_rule(
+                    Act::Allow,
+                    InternalPolicy::AllowFromHost,
+                    1,
+                    Some(RULE_ALLOW_FROM_HOST_OUT),
+                );
+                r.dst.pos.push(LOCAL_WORKLOADS);
+                internal.push(r);
+                (&cfg.failsafe_outbound, n_in)
+            }
+        };
+        for (i, f) in list.iter().enumerate() {
+            let mut r = self.internal_rule(
+                Act::Allow,
+                InternalPolicy::Failsafe,
+                base + i,
+                ids.failsafe_rule(base + i),
+            );
+            r.protocol = Some(f.protocol.0);
+            r.dst.ports.push(PortRange::single(f.port));
+            r.dst.uses_ports = true;
+            if let Some(net) = f.net {
+                let atom = self.anon_atom(&[net]);
+                match dir {
+                    Direction::Ingress => r.src.pos.push(atom),
+                    Direction::Egress => r.dst.pos.push(atom),
+                }
+            }
+            internal.push(r);
+        }
+        spec.segment(internal, SegSpec::Plain);
+        self.tiers_into(
+            &mut spec,
+            state,
+            ids,
+            &hep.untracked_tiers,
+            dir,
+            false,
+            deps,
+        );
+        if dir == Direction::Ingress {
+            self.tiers_into(&mut spec, state, ids, &hep.pre_dnat_tiers, dir, false, deps);
+        }
+        self.tiers_into(&mut spec, state, ids, &hep.tiers, dir, true, deps);
+        self.profiles_into(&mut spec, state, ids, &hep.profile_ids, dir, deps);
+        finish(spec, self.min_words)
+    }
+
+    fn forward_iface(
+        &mut self,
+        state: &State,
+        ids: &IdTable,
+        key: capo_policy::HostEndpointKey,
+        hep: &HostEndpoint,
+    ) -> Iface {
+        let mut deps = Deps::default();
+        let mut entries = Vec::new();
+        for dir in Direction::BOTH {
+            let mut spec = ProgSpec::with_fallback(Verdict::Allow, Decider::NoForwardPolicy, None);
+            if dir == Direction::Ingress {
+                self.tiers_into(
+                    &mut spec,
+                    state,
+                    ids,
+                    &hep.untracked_tiers,
+                    dir,
+                    false,
+                    &mut deps,
+                );
+                self.tiers_into(
+                    &mut spec,
+                    state,
+                    ids,
+                    &hep.pre_dnat_tiers,
+                    dir,
+                    false,
+                    &mut deps,
+                );
+            }
+            if has_enforced_policies(&hep.forward_tiers, dir) {
+                self.tiers_into(
+                    &mut spec,
+                    state,
+                    ids,
+                    &hep.forward_tiers,
+                    dir,
+                    true,
+                    &mut deps,
+                );
+            }
+            entries.push(Entry::Single(Arc::new(finish(spec, self.min_words))));
+        }
+        let [a, b] = match two(entries) {
+            Some(e) => e,
+            None => unreachable!("two directions were pushed"),
+        };
+        let (policies, profiles) = deps.into_lists();
+        Iface {
+            sw_if_index: ids.interface(&hep.name),
+            name: hep.name.clone(),
+            kind: IfaceKind::Forward(key),
+            entries: [a, b],
+            policies,
+            profiles,
+        }
+    }
+}
+
+fn two<T>(v: Vec<T>) -> Option<[T; 2]> {
+    <[T; 2]>::try_from(v).ok()
+}

@@ -1,0 +1,492 @@
+//! Arena layout: a lowered program's rules become per-rule bitmaps (masks, protocol
+//! classes, port tables, atom slots) in one arena (see [`Layout`]).
+
+use std::collections::HashMap;
+
+use capo_policy::{IpFamily, PortRange};
+
+use super::lower::{LRule, LSide, ProgSpec, SegSpec};
+use crate::bits;
+use crate::index::AtomId;
+use crate::program::{
+    atom_table, port_table, CRule, Layout, Program, SegKind, Segment, Verify, BLOOM_WORDS,
+    F_DST_NP, F_ICMP, F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG,
+    K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO,
+};
+
+/// Turns a spec into a program.
+pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
+    let n = spec.rules.len();
+    let w = bits::words_for(n).max(min_words);
+    let protos = ProtoClasses::of(&spec.rules);
+    let mut masks = RuleMasks::new(w, protos.reps.len());
+    let mut slots = AtomSlots::new(w);
+    let mut deciders = Vec::with_capacity(n + 4);
+    let mut rules = Vec::with_capacity(n);
+    for (i, r) in spec.rules.into_iter().enumerate() {
+        masks.add(i, &r, &protos.reps, &mut slots);
+        let verify = verify(&r);
+        deciders.push(r.decider);
+        rules.push(CRule {
+            act: r.act,
+            decider: (deciders.len() - 1) as u32,
+            rule_id: r.rule_id,
+            verify,
+        });
+    }
+    let segments = segments(spec.segments, &mut deciders);
+    let (fv, fd, fr) = spec.fallback;
+    deciders.push(fd);
+    let fallback = (fv, (deciders.len() - 1) as u32, fr);
+    let flags = masks.flags();
+    let (slots, atom_bits) = slots.compact();
+    let bloom = bloom(&slots);
+    let (arena, lay) = masks.arena(&slots, &atom_bits);
+    Program {
+        arena: arena.into_boxed_slice(),
+        words: w as u32,
+        flags,
+        lay,
+        bloom,
+        proto_class: protos.class,
+        rules,
+        segments,
+        deciders,
+        fallback,
+        icmp_rules: masks.icmp_rules,
+    }
+}
+
+/// Protocol classes: each protocol a rule names, plus one for all others (every
+/// protocol its own class when rules name 255 or more).
+struct ProtoClasses {
+    /// Protocol → class.
+    class: [u8; 256],
+    /// A representative protocol per class.
+    reps: Vec<u8>,
+}
+
+impl ProtoClasses {
+    fn of(rules: &[LRule]) -> Self {
+        let mut named: Vec<u8> = rules
+            .iter()
+            .flat_map(|r| r.protocol.into_iter().chain(r.not_protocol))
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        let mut class = [0u8; 256];
+        let mut reps: Vec<u8> = Vec::new();
+        if named.len() >= 255 {
+            for p in 0..=255u8 {
+                if let Some(c) = class.get_mut(usize::from(p)) {
+                    *c = p;
+                }
+                reps.push(p);
+            }
+        } else {
+            let other = (0..=255u8)
+                .find(|p| named.binary_search(p).is_err())
+                .unwrap_or(0);
+            reps.push(other);
+            for (i, p) in named.iter().enumerate() {
+                if let Some(c) = class.get_mut(usize::from(*p)) {
+                    *c = (i + 1) as u8;
+                }
+                reps.push(*p);
+            }
+        }
+        ProtoClasses { class, reps }
+    }
+}
+
+/// The atom kinds (`K_*`) of one side of a rule.
+struct SideKinds {
+    pos: usize,
+    neg: usize,
+    np: usize,
+    nnp: usize,
+}
+
+const SRC_KINDS: SideKinds = SideKinds {
+    pos: K_SRC_POS,
+    neg: K_SRC_NEG,
+    np: K_SRC_NP,
+    nnp: K_SRC_NNP,
+};
+const DST_KINDS: SideKinds = SideKinds {
+    pos: K_DST_POS,
+    neg: K_DST_NEG,
+    np: K_DST_NP,
+    nnp: K_DST_NNP,
+};
+
+/// One side's masks and port lists.
+struct SideMasks {
+    /// Rules with a positive address criterion.
+    req: Vec<u64>,
+    /// Rules with a positive port criterion.
+    port_req: Vec<u64>,
+    ports: Vec<(usize, PortRange)>,
+    not_ports: Vec<(usize, PortRange)>,
+    /// Some rule uses named ports on this side.
+    named_ports: bool,
+}
+
+impl SideMasks {
+    fn new(w: usize) -> Self {
+        SideMasks {
+            req: vec![0; w],
+            port_req: vec![0; w],
+            ports: Vec::new(),
+            not_ports: Vec::new(),
+            named_ports: false,
+        }
+    }
+
+    fn add(&mut self, i: usize, side: &LSide, kinds: &SideKinds, slots: &mut AtomSlots) {
+        if !side.pos.is_empty() {
+            bits::set(&mut self.req, i);
+        }
+        for a in &side.pos {
+            slots.set(*a, kinds.pos, i);
+        }
+        for a in &side.neg {
+            slots.set(*a, kinds.neg, i);
+        }
+        if !side.ports.is_empty() || !side.np.is_empty() {
+            bits::set(&mut self.port_req, i);
+        }
+        self.ports.extend(side.ports.iter().map(|p| (i, *p)));
+        self.not_ports
+            .extend(side.not_ports.iter().map(|p| (i, *p)));
+        for a in &side.np {
+            self.named_ports = true;
+            slots.set(*a, kinds.np, i);
+        }
+        for a in &side.nnp {
+            self.named_ports = true;
+            slots.set(*a, kinds.nnp, i);
+        }
+    }
+}
+
+/// The per-rule bitmaps of a program, `w` words each.
+struct RuleMasks {
+    w: usize,
+    family: [Vec<u64>; 2],
+    need_ports: Vec<u64>,
+    need_icmp: Vec<u64>,
+    src: SideMasks,
+    dst: SideMasks,
+    svc_req: Vec<u64>,
+    /// One bitmap per protocol class.
+    proto: Vec<u64>,
+    icmp_rules: Vec<(
+        u32,
+        Option<capo_policy::IcmpMatch>,
+        Option<capo_policy::IcmpMatch>,
+    )>,
+}
+
+impl RuleMasks {
+    fn new(w: usize, proto_classes: usize) -> Self {
+        RuleMasks {
+            w,
+            family: [vec![0; w], vec![0; w]],
+            need_ports: vec![0; w],
+            need_icmp: vec![0; w],
+            src: SideMasks::new(w),
+            dst: SideMasks::new(w),
+            svc_req: vec![0; w],
+            proto: vec![0; proto_classes * w],
+            icmp_rules: Vec::new(),
+        }
+    }
+
+    /// Sets rule `i`'s bits (`reps`: a protocol per class); its atoms go to `slots`.
+    fn add(&mut self, i: usize, r: &LRule, reps: &[u8], slots: &mut AtomSlots) {
+        let w = self.w;
+        for (f, fam) in [IpFamily::V4, IpFamily::V6].iter().enumerate() {
+            if r.family.is_none_or(|x| x == *fam) {
+                if let Some(b) = self.family.get_mut(f) {
+                    bits::set(b, i);
+                }
+            }
+        }
+        for (c, p) in reps.iter().enumerate() {
+            if r.protocol.is_none_or(|x| x == *p) && r.not_protocol.is_none_or(|x| x != *p) {
+                if let Some(b) = self.proto.get_mut(c * w..(c + 1) * w) {
+                    bits::set(b, i);
+                }
+            }
+        }
+        if r.src.uses_ports || r.dst.uses_ports || !r.svc.is_empty() {
+            bits::set(&mut self.need_ports, i);
+        }
+        if r.icmp.is_some() || r.not_icmp.is_some() {
+            bits::set(&mut self.need_icmp, i);
+            self.icmp_rules.push((i as u32, r.icmp, r.not_icmp));
+        }
+        self.src.add(i, &r.src, &SRC_KINDS, slots);
+        self.dst.add(i, &r.dst, &DST_KINDS, slots);
+        if !r.svc.is_empty() {
+            bits::set(&mut self.svc_req, i);
+        }
+        for a in &r.svc {
+            slots.set(*a, K_SVC, i);
+        }
+    }
+
+    /// The program's `F_*` flags.
+    fn flags(&self) -> u8 {
+        let has_svc = self.svc_req.iter().any(|x| *x != 0);
+        let mut flags = 0;
+        for (on, f) in [
+            (self.src.named_ports, F_SRC_NP),
+            (self.dst.named_ports, F_DST_NP),
+            (has_svc, F_SVC),
+            (!self.icmp_rules.is_empty(), F_ICMP),
+        ] {
+            if on {
+                flags |= f;
+            }
+        }
+        flags
+    }
+
+    /// The arena: the masks (in `M_*` order), the protocol classes, the atom table,
+    /// the port tables, then the compacted atom slots (`slots` offsets relative to
+    /// `atom_bits`).
+    fn arena(&self, slots: &[(AtomId, u32)], atom_bits: &[u64]) -> (Vec<u64>, Layout) {
+        let w = self.w;
+        let (sports, sports_n) = port_table(w, &self.src.ports, &self.src.not_ports);
+        let (dports, dports_n) = port_table(w, &self.dst.ports, &self.dst.not_ports);
+        let atab_len = (slots.len() * 2).next_power_of_two().max(2);
+        let head = M_PROTO * w + self.proto.len();
+        let atom_base = head + atab_len + sports.len() + dports.len();
+        let slots: Vec<(AtomId, u32)> = slots
+            .iter()
+            .map(|(a, o)| (*a, (atom_base + *o as usize) as u32))
+            .collect();
+        let mut arena = Vec::with_capacity(atom_base + atom_bits.len());
+        for m in [
+            &self.family[0],
+            &self.family[1],
+            &self.need_ports,
+            &self.need_icmp,
+            &self.src.req,
+            &self.dst.req,
+            &self.src.port_req,
+            &self.dst.port_req,
+            &self.svc_req,
+        ] {
+            arena.extend_from_slice(m);
+        }
+        arena.extend_from_slice(&self.proto);
+        let lay = Layout {
+            atab: arena.len() as u32,
+            atab_mask: (atab_len - 1) as u32,
+            sports: (arena.len() + atab_len) as u32,
+            sports_n: sports_n as u32,
+            dports: (arena.len() + atab_len + sports.len()) as u32,
+            dports_n: dports_n as u32,
+        };
+        arena.extend_from_slice(&atom_table(&slots));
+        arena.extend_from_slice(&sports);
+        arena.extend_from_slice(&dports);
+        arena.extend_from_slice(atom_bits);
+        (arena, lay)
+    }
+}
+
+/// Per atom the program uses: one bitmap per kind (`K_*`), `w` words each.
+struct AtomSlots {
+    w: usize,
+    offsets: HashMap<AtomId, usize>,
+    bits: Vec<u64>,
+}
+
+impl AtomSlots {
+    fn new(w: usize) -> Self {
+        AtomSlots {
+            w,
+            offsets: HashMap::new(),
+            bits: Vec::new(),
+        }
+    }
+
+    /// Marks rule `i` as using `atom` as `kind`.
+    fn set(&mut self, atom: AtomId, kind: usize, i: usize) {
+        let w = self.w;
+        let store = &mut self.bits;
+        let off = *self.offsets.entry(atom).or_insert_with(|| {
+            let off = store.len();
+            store.resize(off + KINDS * w, 0);
+            off
+        });
+        if let Some(b) = self.bits.get_mut(off + kind * w..off + (kind + 1) * w) {
+            bits::set(b, i);
+        }
+    }
+
+    /// Each slot as a mask of the kinds in use followed by only their bitmaps: the
+    /// atoms with their offsets into the compacted bits, and the bits.
+    fn compact(self) -> (Vec<(AtomId, u32)>, Vec<u64>) {
+        let w = self.w;
+        let mut compact: Vec<u64> = Vec::with_capacity(self.bits.len() / 2);
+        let slots = self
+            .offsets
+            .iter()
+            .map(|(a, o)| {
+                let at = compact.len();
+                let full = self.bits.get(*o..*o + KINDS * w).unwrap_or(&[]);
+                let mut mask = 0u64;
+                for (k, b) in full.chunks(w).enumerate() {
+                    if b.iter().any(|x| *x != 0) {
+                        mask |= 1 << k;
+                    }
+                }
+                compact.push(mask);
+                for b in full.chunks(w) {
+                    if b.iter().any(|x| *x != 0) {
+                        compact.extend_from_slice(b);
+                    }
+                }
+                (*a, at as u32)
+            })
+            .collect();
+        (slots, compact)
+    }
+}
+
+/// The filter of the atoms a program uses ([`Program::bloom_bit`]).
+fn bloom(slots: &[(AtomId, u32)]) -> [u64; BLOOM_WORDS] {
+    let mut bloom = [0u64; BLOOM_WORDS];
+    for (a, _) in slots {
+        let (word, bit) = Program::bloom_bit(*a);
+        if let Some(b) = bloom.get_mut(word) {
+            *b |= bit;
+        }
+    }
+    bloom
+}
+
+/// Rules with more than one positive atom on a side (or service) need every one of
+/// them checked, not only the one a bitmap says matched.
+fn verify(r: &LRule) -> Option<Box<Verify>> {
+    (r.src.pos.len() > 1 || r.dst.pos.len() > 1 || r.svc.len() > 1).then(|| {
+        Box::new(Verify {
+            src_all: r.src.pos.clone(),
+            dst_all: r.dst.pos.clone(),
+            svc_all: r.svc.clone(),
+        })
+    })
+}
+
+/// The program's segments; end-of-tier drops get their deciders after the rules'.
+fn segments(
+    specs: Vec<(usize, usize, SegSpec)>,
+    deciders: &mut Vec<capo_policy::Decider>,
+) -> Vec<Segment> {
+    let mut segments = Vec::with_capacity(specs.len());
+    for (start, end, kind) in specs {
+        let kind = match kind {
+            SegSpec::Plain => SegKind::Plain,
+            SegSpec::Profile => SegKind::Profile,
+            SegSpec::Tier(None) => SegKind::Tier { end_drop: None },
+            SegSpec::Tier(Some((d, rule_id))) => {
+                deciders.push(d);
+                SegKind::Tier {
+                    end_drop: Some(((deciders.len() - 1) as u32, rule_id)),
+                }
+            }
+        };
+        segments.push(Segment {
+            start: start as u32,
+            end: end as u32,
+            kind,
+        });
+    }
+    segments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Builder;
+    use super::*;
+    use crate::program::Act;
+    use capo_policy::eval::InternalPolicy;
+    use capo_policy::{Decider, Verdict};
+
+    fn rule(protocol: Option<u8>, not_protocol: Option<u8>) -> LRule {
+        let mut r = Builder::new().internal_rule(Act::Allow, InternalPolicy::Failsafe, 0, None);
+        r.protocol = protocol;
+        r.not_protocol = not_protocol;
+        r
+    }
+
+    #[test]
+    fn test_named_protocols_get_classes_and_the_rest_share_one() {
+        let p = ProtoClasses::of(&[
+            rule(Some(6), None),
+            rule(None, Some(17)),
+            rule(Some(6), None),
+        ]);
+        // Class 0 is every other protocol, represented by the first one unnamed.
+        assert_eq!(p.reps, vec![0, 6, 17]);
+        assert_eq!(
+            (p.class[6], p.class[17], p.class[1], p.class[0]),
+            (1, 2, 0, 0)
+        );
+    }
+
+    #[test]
+    fn test_compact_slots_keep_only_the_kinds_in_use() {
+        let mut slots = AtomSlots::new(2);
+        slots.set(7, K_SRC_POS, 3);
+        slots.set(7, K_DST_NEG, 70);
+        let (atoms, bits) = slots.compact();
+        assert_eq!(atoms, vec![(7, 0)]);
+        // The kind mask, then two bitmaps of two words.
+        assert_eq!(bits.len(), 1 + 2 * 2);
+        assert_eq!(bits[0], (1 << K_SRC_POS) | (1 << K_DST_NEG));
+        assert_eq!(&bits[1..], &[1 << 3, 0, 0, 1 << 6]);
+    }
+
+    #[test]
+    fn test_end_of_tier_drops_get_deciders_after_the_rules() {
+        let mut deciders = vec![Decider::NoProfileMatched];
+        let segs = segments(
+            vec![
+                (0, 1, SegSpec::Plain),
+                (
+                    1,
+                    1,
+                    SegSpec::Tier(Some((Decider::NoHostEndpoint, Some(9)))),
+                ),
+            ],
+            &mut deciders,
+        );
+        assert_eq!(deciders.len(), 2);
+        assert!(matches!(segs[0].kind, SegKind::Plain));
+        assert!(matches!(
+            segs[1].kind,
+            SegKind::Tier {
+                end_drop: Some((1, Some(9)))
+            }
+        ));
+    }
+
+    #[test]
+    fn test_arena_puts_masks_then_protocols_then_tables() {
+        let mut spec = ProgSpec::with_fallback(Verdict::Allow, Decider::NoHostEndpoint, None);
+        spec.segment(vec![rule(Some(6), None)], SegSpec::Plain);
+        let p = finish(spec, 1);
+        // Nine masks and two protocol classes of one word, then the atom table.
+        assert_eq!(p.lay.atab as usize, M_PROTO + 2);
+        assert_eq!(p.arena[0], 1, "IPv4 mask");
+        assert_eq!(p.arena[M_PROTO], 0, "other protocols");
+        assert_eq!(p.arena[M_PROTO + 1], 1, "TCP");
+        assert_eq!(p.fallback, (Verdict::Allow, 1, None));
+    }
+}

@@ -1,0 +1,112 @@
+//! One workload (`10.244.0.1`, host `192.168.100.1`) with one policy in the default
+//! tier (default deny), lowered: the stages' test input.
+#![allow(clippy::unwrap_used)] // test helpers
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use capo_policy::eval::L4;
+use capo_policy::{
+    Action, Cidr, FelixConfig, HostMetadata, IdTable, Packet, Policy, PolicyKey, PortRange,
+    Protocol, Rule, State, TierDefault, TierInfo, Update, WorkloadEndpoint, WorkloadKey,
+};
+
+use super::FlowSample;
+use crate::flow::TCP_SYN;
+use crate::lower::{lower, OffloadProgram};
+
+pub(super) fn net(s: &str) -> Cidr {
+    s.parse().unwrap()
+}
+
+/// Allows TCP to port `port` from `src`.
+pub(super) fn allow_tcp(src: &str, port: u16) -> Rule {
+    let mut r = Rule::any(Action::Allow);
+    r.protocol = Some(Protocol::TCP);
+    r.src.nets.push(net(src));
+    r.dst.ports.push(PortRange::single(port));
+    r
+}
+
+/// The state with these ingress and egress rules, and its program (generation 1).
+pub(super) fn program(inbound: Vec<Rule>, outbound: Vec<Rule>) -> (State, OffloadProgram) {
+    let mut s = State::new();
+    s.apply(Update::Config(FelixConfig {
+        hostname: "n".into(),
+        ..FelixConfig::default()
+    }))
+    .unwrap();
+    s.apply(Update::HostMetadataUpdate(
+        "n".into(),
+        HostMetadata {
+            ipv4: Some("192.168.100.1".parse().unwrap()),
+            ipv6: None,
+        },
+    ))
+    .unwrap();
+    let key = PolicyKey {
+        kind: "NetworkPolicy".into(),
+        namespace: "ns".into(),
+        name: "p".into(),
+    };
+    s.apply(Update::PolicyUpdate(
+        key.clone(),
+        Policy {
+            inbound,
+            outbound,
+            untracked: false,
+            pre_dnat: false,
+            tier: "default".into(),
+        },
+    ))
+    .unwrap();
+    s.apply(Update::WorkloadUpdate(
+        WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: "ns/a".into(),
+            endpoint: "eth0".into(),
+        },
+        WorkloadEndpoint {
+            name: "cali1".into(),
+            profile_ids: vec![],
+            ipv4_nets: vec!["10.244.0.1/32".parse().unwrap()],
+            ipv6_nets: vec![],
+            tiers: vec![TierInfo {
+                name: "default".into(),
+                ingress: vec![key.clone()],
+                egress: vec![key],
+                default_action: TierDefault::Deny,
+            }],
+        },
+    ))
+    .unwrap();
+    let mut ids = IdTable::default();
+    ids.sync(&s);
+    let program = lower(&s, &ids, 1);
+    (s, program)
+}
+
+fn sample(src: [u8; 4], protocol: Protocol, dport: u16, hits: u64) -> FlowSample {
+    FlowSample {
+        packet: Packet {
+            src: IpAddr::V4(Ipv4Addr::from(src)),
+            dst: "10.244.0.1".parse().unwrap(),
+            protocol,
+            l4: L4::Ports {
+                src: 40000,
+                dst: dport,
+            },
+        },
+        tcp_flags: (protocol == Protocol::TCP).then_some(TCP_SYN),
+        hits,
+    }
+}
+
+/// A TCP connection attempt to the workload.
+pub(super) fn tcp_sample(src: [u8; 4], dport: u16, hits: u64) -> FlowSample {
+    sample(src, Protocol::TCP, dport, hits)
+}
+
+/// A UDP flow to the workload.
+pub(super) fn udp_sample(src: [u8; 4], dport: u16, hits: u64) -> FlowSample {
+    sample(src, Protocol::UDP, dport, hits)
+}
