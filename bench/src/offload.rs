@@ -24,8 +24,9 @@ use std::time::Instant;
 
 use capo_offload::caps::{NicCaps, OffloadMode};
 use capo_offload::commit::Committer;
-use capo_offload::flow::{Action, FlowRule};
+use capo_offload::flow::{Action, Attr, FlowRule, Item};
 use capo_offload::lower::{attribute, lower, EntryKind, OffloadProgram};
+use capo_offload::mark::{Mark, MarkKind};
 use capo_offload::plan::{plan, FlowSample, HitCounters, OffloadPlan, PlanConfig, Role};
 use capo_offload::sim::SimNic;
 use capo_offload::verdict::{combine, DecidedBy, Probe};
@@ -231,15 +232,29 @@ pub fn measure(plan: &OffloadPlan, caps: &NicCaps, w: &Window) -> Measured {
     m
 }
 
-/// NIC rules in one plan and not the other (as multisets): what an incremental
-/// commit would insert plus what it would destroy.
-pub fn rules_changed(a: &OffloadPlan, b: &OffloadPlan) -> usize {
-    let mut count: HashMap<&FlowRule, i64> = HashMap::new();
+/// A NIC rule as an incremental commit would compare it: its attributes, pattern,
+/// fate and mark kind. The mark's entry index is left out: it is the rule's position
+/// in the plan, which an incremental commit would keep stable.
+type RuleKey<'a> = (&'a Attr, &'a [Item], Option<&'a Action>, Option<MarkKind>);
+
+fn rule_key(r: &FlowRule, mark_bits: u8) -> RuleKey<'_> {
+    (
+        r.attr(),
+        r.pattern(),
+        r.fate(),
+        r.mark().map(|m| Mark::decode(m, mark_bits).kind),
+    )
+}
+
+/// NIC rules in one plan and not the other (as multisets, see [`RuleKey`]): what an
+/// incremental commit would insert plus what it would destroy.
+pub fn rules_changed(a: &OffloadPlan, b: &OffloadPlan, mark_bits: u8) -> usize {
+    let mut count: HashMap<RuleKey<'_>, i64> = HashMap::new();
     for r in &a.rules {
-        *count.entry(&r.flow).or_insert(0) += 1;
+        *count.entry(rule_key(&r.flow, mark_bits)).or_insert(0) += 1;
     }
     for r in &b.rules {
-        *count.entry(&r.flow).or_insert(0) -= 1;
+        *count.entry(rule_key(&r.flow, mark_bits)).or_insert(0) -= 1;
     }
     count.values().map(|c| c.unsigned_abs() as usize).sum()
 }
@@ -350,8 +365,12 @@ pub struct OffloadReport {
     pub replan_ms: f64,
     /// `full`: the planner plans from scratch (it has no incremental mode).
     pub replan_mode: String,
-    /// NIC rules inserted plus destroyed between consecutive plans (mean).
+    /// NIC rules inserted plus destroyed between consecutive plans by an incremental
+    /// commit (mean; [`rules_changed`]).
     pub rules_changed: f64,
+    /// Entries today's commit installs per re-plan (the whole plan, into a new group;
+    /// mean).
+    pub entries_per_commit: f64,
     /// Time to install `rules_changed` at 1,000 rules/s.
     pub install_s_at_1k_per_s: f64,
     /// Time to install `rules_changed` at 50,000 rules/s.
@@ -395,11 +414,12 @@ pub fn run(o: &OffloadOptions) -> OffloadReport {
     let e = evaluate(&t, &caps, &mut |hits| {
         plan(&t.state, &program, &caps, hits, &cfg)
     });
-    report(o, &t, &program, &e, lower_ms)
+    report(o, &caps, &t, &program, &e, lower_ms)
 }
 
 fn report(
     o: &OffloadOptions,
+    caps: &NicCaps,
     t: &Traffic,
     program: &OffloadProgram,
     e: &Evaluation,
@@ -416,7 +436,7 @@ fn report(
         .plans
         .windows(2)
         .filter_map(|w| match w {
-            [a, b] => Some(rules_changed(&a.plan, &b.plan)),
+            [a, b] => Some(rules_changed(&a.plan, &b.plan, caps.mark_bits)),
             _ => None,
         })
         .collect();
@@ -456,6 +476,13 @@ fn report(
         replan_ms: mean(&later),
         replan_mode: "full".to_string(),
         rules_changed: changed,
+        entries_per_commit: mean(
+            &e.plans
+                .iter()
+                .skip(1)
+                .map(|p| p.plan.entries_used() as f64)
+                .collect::<Vec<_>>(),
+        ),
         install_s_at_1k_per_s: changed / slow,
         install_s_at_50k_per_s: changed / fast,
         classifications_avoided: held.hardware,

@@ -161,6 +161,7 @@ fn json_row_has_every_field_and_no_mismatches() {
             "replan_ms",
             "replan_mode",
             "rules_changed",
+            "entries_per_commit",
             "install_s_at_1k_per_s",
             "install_s_at_50k_per_s",
             "classifications_avoided",
