@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use capo_bench::offload::{evaluate, run, window_hits, NicProfile, OffloadOptions};
+use capo_bench::offload::{evaluate, rules_changed, run, window_hits, NicProfile, OffloadOptions};
 use capo_bench::traffic::{generate_traffic, Opener, Traffic, TrafficOptions, MAX_SYN_TRIES};
 use capo_bench::workload::Kind;
 use capo_offload::plan::{plan, HitCounters, PlanConfig};
@@ -129,6 +129,10 @@ fn held_out_plans_never_see_the_window_they_are_measured_on() {
     for p in &e.oracle {
         assert_eq!(p.planned_on, p.measured_on);
     }
+    // Re-planning on new counters changes NIC rules; the same plan changes none.
+    let (first, second) = (&e.plans[0].plan, &e.plans[1].plan);
+    assert_eq!(rules_changed(first, first, caps.mark_bits), 0);
+    assert!(rules_changed(first, second, caps.mark_bits) > 0);
     for p in e.held_out.iter().chain(&e.oracle).chain(&e.same_window) {
         assert_eq!(p.measured.mismatches, 0, "{p:?}");
         assert_eq!(p.measured.flow_mismatches, 0, "{p:?}");
