@@ -1,6 +1,7 @@
 //! capo's benchmark support: deterministic workload generators (DESIGN.md §7), the
-//! peer engines (the C plugin's linear algorithm, DPDK rte_acl) and the measurements
-//! behind `capo-bench classify`.
+//! peer engines (the C plugin's linear algorithm, DPDK rte_acl), the measurements
+//! behind `capo-bench classify`, and the offload benchmark (`capo-bench offload`) with
+//! its traffic over time windows.
 //!
 //! ```
 //! use capo_bench::workload::{generate, Kind};
@@ -22,4 +23,5 @@ pub mod linear;
 pub mod measure;
 pub mod offload;
 pub mod run;
+pub mod traffic;
 pub mod workload;

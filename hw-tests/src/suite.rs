@@ -1,14 +1,19 @@
 //! The cases (feature `dpdk`).
 
 use capo_offload::acl::{ipv4_5tuple_rule, AclBuilder, AclRule, Ipv4Key, IPV4_5TUPLE};
-use capo_offload::bench::hit_counters;
 use capo_offload::commit::{CommitOutcome, Committer};
 use capo_offload::dpdk::eal::Eal;
 use capo_offload::dpdk::ethdev::{Port, PortConfig};
 use capo_offload::dpdk::flow::DpdkFlow;
 use capo_offload::flow::{Action, Attr, FlowRule, Group, Item, Priority};
-use capo_offload::workload::{generate, Rng, WorkloadSpec};
-use capo_offload::{lower, plan, FlowBackend, FlowErrorKind, NicCaps, OffloadMode, PlanConfig};
+use capo_offload::plan::FlowSample;
+use capo_offload::{
+    lower, plan, FlowBackend, FlowErrorKind, HitCounters, NicCaps, OffloadMode, PlanConfig,
+};
+use capo_policy::{
+    Action as RuleAction, Cidr, FelixConfig, IdTable, Packet, Policy, PolicyKey, PortRange,
+    Protocol, Rule, State, TierDefault, TierInfo, Update, WorkloadEndpoint, WorkloadKey, L4,
+};
 
 use crate::{free_hugepages, is_root, Outcome, Report};
 
@@ -28,16 +33,117 @@ pub fn run(report: &mut Report) {
     }
 }
 
-fn small_plan(caps: &NicCaps, seed: u64) -> capo_offload::OffloadPlan {
-    let w = generate(&WorkloadSpec::small(1.1, seed));
-    let program = lower(&w.state, &w.ids, seed);
-    plan(
-        &w.state,
-        &program,
-        caps,
-        &hit_counters(&w),
-        &PlanConfig::default(),
-    )
+/// A deterministic xorshift64* generator (random rte_acl rules).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+}
+
+/// A small policy state: one pod, `10.244.0.1`, admitting TCP 80 from `10.1.0.0/16`
+/// and refusing TCP from `10.2.0.0/16`; default deny.
+fn small_state() -> (State, IdTable) {
+    let mut state = State::new();
+    let key = PolicyKey {
+        kind: "NetworkPolicy".into(),
+        namespace: "ns".into(),
+        name: "p".into(),
+    };
+    let mut allow = Rule::any(RuleAction::Allow);
+    allow.protocol = Some(Protocol::TCP);
+    allow.src.nets = "10.1.0.0/16".parse::<Cidr>().into_iter().collect();
+    allow.dst.ports = vec![PortRange::single(80)];
+    let mut deny = Rule::any(RuleAction::Deny);
+    deny.protocol = Some(Protocol::TCP);
+    deny.src.nets = "10.2.0.0/16".parse::<Cidr>().into_iter().collect();
+    let updates = [
+        Update::Config(FelixConfig {
+            hostname: "node-1".into(),
+            ..FelixConfig::default()
+        }),
+        Update::PolicyUpdate(
+            key.clone(),
+            Policy {
+                inbound: vec![allow, deny],
+                outbound: vec![],
+                untracked: false,
+                pre_dnat: false,
+                tier: "default".into(),
+            },
+        ),
+        Update::WorkloadUpdate(
+            WorkloadKey {
+                orchestrator: "k8s".into(),
+                workload: "ns/a".into(),
+                endpoint: "eth0".into(),
+            },
+            WorkloadEndpoint {
+                name: "cali1".into(),
+                profile_ids: vec![],
+                ipv4_nets: "10.244.0.1/32".parse::<Cidr>().into_iter().collect(),
+                ipv6_nets: vec![],
+                tiers: vec![TierInfo {
+                    name: "default".into(),
+                    ingress: vec![key],
+                    egress: vec![],
+                    default_action: TierDefault::Deny,
+                }],
+            },
+        ),
+    ];
+    for u in updates {
+        // A rejected update leaves a smaller state: the plan is then smaller too.
+        let _ = state.apply(u);
+    }
+    let mut ids = IdTable::default();
+    ids.sync(&state);
+    (state, ids)
+}
+
+/// A plan of [`small_state`] as generation `generation`, with traffic on both rules.
+fn small_plan(caps: &NicCaps, generation: u64) -> capo_offload::OffloadPlan {
+    let (state, ids) = small_state();
+    let program = lower(&state, &ids, generation);
+    let sample = |src: [u8; 4], flags: u8, hits: u64| FlowSample {
+        packet: Packet {
+            src: std::net::IpAddr::from(src),
+            dst: std::net::IpAddr::from([10, 244, 0, 1]),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: 40000,
+                dst: 80,
+            },
+        },
+        tcp_flags: Some(flags),
+        hits,
+    };
+    let hits = HitCounters {
+        flows: vec![
+            sample([10, 1, 0, 7], 0x10, 1000),
+            sample([10, 2, 0, 9], 0x02, 500),
+        ],
+        rules: Default::default(),
+    };
+    plan(&state, &program, caps, &hits, &PlanConfig::default())
 }
 
 fn drop_rule() -> Option<FlowRule> {

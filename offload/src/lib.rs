@@ -19,7 +19,9 @@
 //! - `commit`: generation commits (versioned groups + dispatcher, or drop-only
 //!   monotone), rollback on failure; `verdict`: how software combines the NIC's
 //!   outcome with its own classification.
-//! - `bench`, `workload`: the offload benchmark and the W-k8s workload generator.
+//!
+//! The offload benchmark (traffic over time windows, held-out measurement) is
+//! `capo-bench offload`, in the `bench` crate.
 //!
 //! Nothing here panics on input; errors are typed.
 //!
@@ -68,8 +70,6 @@ pub mod mark;
 #[cfg(feature = "std")]
 pub mod atom;
 #[cfg(feature = "std")]
-pub mod bench;
-#[cfg(feature = "std")]
 pub mod commit;
 #[cfg(feature = "std")]
 pub mod lower;
@@ -83,8 +83,6 @@ pub mod sim;
 pub mod testpmd;
 #[cfg(feature = "std")]
 pub mod verdict;
-#[cfg(feature = "std")]
-pub mod workload;
 
 #[cfg(feature = "dpdk")]
 pub mod acl;

@@ -14,7 +14,6 @@ use capo_offload::commit::{Committer, SoftwareView};
 use capo_offload::plan::{plan, FlowSample, HitCounters, OffloadPlan, PlanConfig};
 use capo_offload::sim::{Faults, SimNic};
 use capo_offload::verdict::{combine, Fragment, Probe};
-use capo_offload::workload::Rng;
 use capo_offload::{lower, NicCaps};
 use capo_policy::eval::L4;
 use capo_policy::{
@@ -25,6 +24,34 @@ use capo_policy::{
 use proptest::prelude::*;
 
 const NODE: &str = "node-1";
+
+/// A deterministic xorshift64* generator (the tests' random policies and traffic).
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (0 when `n == 0`).
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+}
 
 fn host() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(192, 168, 100, 1))

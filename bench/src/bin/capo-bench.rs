@@ -1,34 +1,32 @@
 //! `capo-bench classify --workload w-seed|w-k8s|w-large [--quick] [--json]`
-//! `capo-bench offload --workload w-k8s --nic mlx5|e810|cnxk --nic-capacity N [--zipf S] [--json]`
+//! `capo-bench offload --workload w-k8s --nic mlx5|e810|cnxk --nic-capacity N [--zipf S] [--seed N] [--windows N] [--json]`
 //!
 //! Prints one JSON object per engine and line with `--json`, a table otherwise;
 //! progress goes to stderr.
 
 use std::process::ExitCode;
 
+use capo_bench::offload::{NicProfile, OffloadOptions};
 use capo_bench::run::{classify, Options};
+use capo_bench::traffic::TrafficOptions;
 use capo_bench::workload::Kind;
 
 const USAGE: &str = "usage: capo-bench classify --workload w-seed|w-k8s|w-large [--quick] [--json]
-       capo-bench offload --workload w-k8s|w-large --nic mlx5|e810|cnxk --nic-capacity N [--zipf S] [--json] [--oracle]";
+       capo-bench offload --workload w-k8s|w-large --nic mlx5|e810|cnxk --nic-capacity N [--zipf S] [--seed N] [--windows N] [--json]";
 
 fn offload(args: &[String]) -> ExitCode {
-    let mut o = capo_bench::offload::OffloadOptions {
+    let mut o = OffloadOptions {
         kind: Kind::K8s,
-        nic: capo_offload::bench::NicProfile::Mlx5,
+        nic: NicProfile::Mlx5,
         capacity: 4096,
-        zipf: 1.1,
+        traffic: TrafficOptions::standard(1.1, 1),
     };
-    let (mut json, mut oracle) = (false, false);
+    let mut json = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let ok = match a.as_str() {
             "--json" => {
                 json = true;
-                true
-            }
-            "--oracle" => {
-                oracle = true;
                 true
             }
             "--workload" => it
@@ -38,7 +36,7 @@ fn offload(args: &[String]) -> ExitCode {
                 .is_some(),
             "--nic" => it
                 .next()
-                .and_then(|n| capo_offload::bench::NicProfile::parse(n))
+                .and_then(|n| NicProfile::parse(n))
                 .map(|n| o.nic = n)
                 .is_some(),
             "--nic-capacity" => it
@@ -49,7 +47,18 @@ fn offload(args: &[String]) -> ExitCode {
             "--zipf" => it
                 .next()
                 .and_then(|z| z.parse().ok())
-                .map(|z| o.zipf = z)
+                .map(|z| o.traffic.zipf = z)
+                .is_some(),
+            "--seed" => it
+                .next()
+                .and_then(|s| s.parse().ok())
+                .map(|s| o.traffic.seed = s)
+                .is_some(),
+            "--windows" => it
+                .next()
+                .and_then(|w| w.parse().ok())
+                .filter(|w| *w >= 2)
+                .map(|w| o.traffic.windows = w)
                 .is_some(),
             _ => false,
         };
@@ -59,30 +68,22 @@ fn offload(args: &[String]) -> ExitCode {
         }
     }
     eprintln!(
-        "offload: {:?} on {:?} with {} entries, zipf {}",
-        o.kind, o.nic, o.capacity, o.zipf
+        "offload: {} on {} with {} entries, zipf {}, seed {}, {} windows",
+        o.kind.name(),
+        o.nic.name(),
+        o.capacity,
+        o.traffic.zipf,
+        o.traffic.seed,
+        o.traffic.windows
     );
     let r = capo_bench::offload::run(&o);
     if json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
         println!(
-            "hw_fraction {:.3} mismatches {} flow_mismatches {} plan_ms {:.1} rules_offloaded {} entries_used {} kept {:?}",
-            r.hw_fraction, r.mismatches, r.flow_mismatches, r.plan_ms, r.rules_offloaded, r.entries_used, r.kept_by_reason
+            "held_out {:.3} oracle {:.3} same_window {:.3} deny_drop {:.3} mismatches {} flow_mismatches {} plan_ms {:.1} replan_ms {:.1} ({}) rules_changed {:.0} entries_used {}",
+            r.held_out_fraction, r.oracle_fraction, r.hw_fraction, r.deny_drop_fraction, r.mismatches, r.flow_mismatches, r.plan_ms, r.replan_ms, r.replan_mode, r.rules_changed, r.entries_used
         );
-    }
-    if oracle {
-        // The planner against an exhaustive search on a small workload.
-        for (seed, capacity) in [(1, 8), (1, 12), (1, 16), (2, 12), (3, 12)] {
-            let r = capo_offload::bench::oracle_compare(seed, capacity);
-            let line = serde_json::json!({
-                "oracle": true, "seed": seed, "capacity": capacity,
-                "planner_hw_fraction": r.planner_hw_fraction, "oracle_hw_fraction": r.oracle_hw_fraction,
-                "planner_mismatches": r.planner_mismatches, "oracle_mismatches": r.oracle_mismatches,
-                "candidates": r.candidates,
-            });
-            println!("{line}");
-        }
     }
     ExitCode::SUCCESS
 }
