@@ -120,7 +120,7 @@ tar -C "$rootfs" --sort=name --owner=0 --group=0 --numeric-owner \
 echo "image: assembling $tag" >&2
 ctr=$(bah from scratch)
 containers+=("$ctr")
-bah add "$ctr" "$work/rootfs.tar" /
+bah add --quiet "$ctr" "$work/rootfs.tar" / >/dev/null
 git_rev=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 bah config \
     --entrypoint '["/usr/bin/capo-agent"]' --cmd '[]' \
