@@ -62,25 +62,27 @@ inc="$vpp/vpp/include"
 lib="$vpp/vpp/lib/x86_64-linux-gnu"
 
 # Release binaries in a target directory of their own, with nothing of this machine
-# (paths) in them. The three programs are static (glibc's crt-static): capo-felix-driver
-# runs inside calico-node's image, whatever its C library; the plugin is a shared
-# object that VPP loads.
+# (paths) in them. The three programs are linked static (glibc's crt-static, on the
+# final link only, so they share every dependency with the plugin's build):
+# capo-felix-driver runs inside calico-node's image, whatever its C library. The
+# plugin is a shared object that VPP loads.
 echo "image: building the release binaries (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)" >&2
 target="$root/target/image-build"
-host=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
-remap="--remap-path-prefix=$root=/capo --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
-RUSTFLAGS="$remap -C target-feature=+crt-static" \
-    cargo build --locked --release --target "$host" --target-dir "$target" -p capo-agent --bins
-RUSTFLAGS="$remap" CFLAGS="-I$inc" BINDGEN_EXTRA_CLANG_ARGS="-I$inc" LIBRARY_PATH="$lib" \
-    cargo build --locked --release --target-dir "$target" -p capo-vpp-plugin --features vpp
+export RUSTFLAGS="--remap-path-prefix=$root=/capo --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+export CFLAGS="-I$inc" BINDGEN_EXTRA_CLANG_ARGS="-I$inc" LIBRARY_PATH="$lib"
+cargo build --locked --release --target-dir "$target" -p capo-vpp-plugin --features vpp
+bins=(capo-agent capoctl capo-felix-driver)
+for b in "${bins[@]}"; do
+    cargo rustc --locked --release --target-dir "$target" -p capo-agent --bin "$b" \
+        -- -C target-feature=+crt-static
+done
 
 rootfs="$work/rootfs"
 mkdir -p "$rootfs/usr/bin" "$rootfs/usr/lib/capo/vpp_plugins" "$rootfs/etc" "$rootfs/tmp" \
     "$rootfs/var/run/capo"
-bins=(capo-agent capoctl capo-felix-driver)
 for b in "${bins[@]}"; do
-    install -m 0755 "$target/$host/release/$b" "$rootfs/usr/bin/$b"
+    install -m 0755 "$target/release/$b" "$rootfs/usr/bin/$b"
     if ! ldd "$rootfs/usr/bin/$b" 2>&1 | grep -qE "statically linked|not a dynamic executable"; then
         echo "image: $b is not static: $(ldd "$rootfs/usr/bin/$b" 2>&1 | head -3)" >&2
         exit 1

@@ -246,7 +246,7 @@ fn rule_key(r: &FlowRule, mark_bits: u8) -> RuleKey<'_> {
     )
 }
 
-/// NIC rules in one plan and not the other (as multisets, see [`RuleKey`]): what an
+/// NIC rules in one plan and not the other (as multisets, see `RuleKey`): what an
 /// incremental commit would insert plus what it would destroy.
 pub fn rules_changed(a: &OffloadPlan, b: &OffloadPlan, mark_bits: u8) -> usize {
     let mut count: HashMap<RuleKey<'_>, i64> = HashMap::new();

@@ -190,7 +190,7 @@ enum Command {
         /// The DPDK port the testpmd commands name.
         #[arg(long, default_value_t = 0, requires = "testpmd")]
         port: u16,
-        /// With --resources: the NIC profile to plan for, PROFILE[:ENTRIES]
+        /// With --resources: the NIC profile to plan for, `PROFILE[:ENTRIES]`
         /// (mlx5, e810, cnxk).
         #[arg(long, value_name = "PROFILE[:ENTRIES]", default_value = "mlx5:4096")]
         nic: String,
