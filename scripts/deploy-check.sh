@@ -13,16 +13,9 @@ cd "$(dirname "$0")/.."
 bin=${1:-target/debug}
 k8s_version=${CAPO_K8S_VERSION:-1.30}
 
-apt_need=()
-command -v kubectl >/dev/null 2>&1 || apt_need+=(kubernetes-client)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_need+=(python3-venv)
-if [ "${#apt_need[@]}" -gt 0 ]; then
-    echo "deploy-check: installing ${apt_need[*]}" >&2
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_need[@]}"
-fi
+source scripts/apt.sh
+command -v kubectl >/dev/null 2>&1 || capo_apt_install deploy-check kubernetes-client
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || capo_apt_install deploy-check python3-venv
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/capo-deploy.XXXXXX")
 trap 'rm -rf "$work"' EXIT

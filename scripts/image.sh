@@ -26,17 +26,7 @@ out=${1:-target/image/capo-$version.oci.tar}
 tag="localhost/capo:$version"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 
-need=()
-for p in buildah; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-    echo "image: installing ${need[*]}" >&2
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
-fi
+capo_apt_install image buildah
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/capo-image.XXXXXX")
 storage="$work/storage"

@@ -11,13 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(cd "${1:-target/debug}" && pwd)
 
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    echo "trex-check: installing python3-venv" >&2
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv
-fi
+source scripts/apt.sh
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || capo_apt_install trex-check python3-venv
 work=$(mktemp -d "${TMPDIR:-/tmp}/capo-trex.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"

@@ -16,17 +16,8 @@ fi
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
-need=()
-for p in libunwind8 libssl3 iproute2 netcat-openbsd iputils-ping; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-    echo "vpp-setup: installing ${need[*]}" >&2
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
-fi
+source scripts/apt.sh
+capo_apt_install vpp-setup libunwind8 libssl3 iproute2 netcat-openbsd iputils-ping
 
 if [ ! -x "$dir/vpp/bin/vpp" ]; then
     echo "vpp-setup: unpacking $(basename "$tarball") into $dir" >&2

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use capo_agent::api::{self, ApiOptions, READY_SERVICE};
 use capo_agent::core::daemon::{Daemon, FelixOptions, SharedDaemon};
 use capo_agent::inputs::felix_stream::feed;
-use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader};
 use capo_proto::felix::v3_32 as pb;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -19,10 +18,7 @@ use tonic_health::pb::HealthCheckRequest;
 mod common;
 
 fn seed() -> Vec<pb::ToDataplane> {
-    let bytes = std::fs::read(common::fixture("seed.master.frames")).unwrap();
-    FrameReader::new(bytes.as_slice())
-        .map(|f| decode_to_dataplane_v3_32(&f.unwrap()).unwrap())
-        .collect()
+    common::seed_messages()
 }
 
 async fn status(addr: std::net::SocketAddr, service: &str) -> Result<i32, tonic::Status> {

@@ -12,17 +12,13 @@ use std::time::{Duration, Instant};
 use capo_agent::api::{self, ApiOptions};
 use capo_agent::core::daemon::{Daemon, FelixOptions, SharedDaemon};
 use capo_agent::inputs::felix_stream::feed;
-use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader};
 use capo_proto::capo::agent::v1 as pb_api;
 use capo_proto::felix::v3_32 as pb;
 
 mod common;
 
 fn seed() -> Vec<pb::ToDataplane> {
-    let bytes = std::fs::read(common::fixture("seed.master.frames")).unwrap();
-    FrameReader::new(bytes.as_slice())
-        .map(|f| decode_to_dataplane_v3_32(&f.unwrap()).unwrap())
-        .collect()
+    common::seed_messages()
 }
 
 /// The seed with `copies` more copies of each of its policies, all in the tiers of

@@ -7,20 +7,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use capo_agent::sinks::vpp::{VppChannel, VppError};
-use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader};
 use capo_proto::felix::v3_32 as pb;
 use capo_vpp_plugin::cli::Show;
 use capo_vpp_plugin::control::{bind_path, serve, FakeVpp};
 use capo_vpp_plugin::{Plugin, PluginConfig};
 
+mod common;
+
 fn seed() -> Vec<pb::ToDataplane> {
-    let bytes = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/felix/seed.master.frames"),
-    )
-    .unwrap();
-    FrameReader::new(bytes.as_slice())
-        .map(|f| decode_to_dataplane_v3_32(&f.unwrap()).unwrap())
-        .collect()
+    common::seed_messages()
 }
 
 /// A plugin serving `name` in a fresh temp dir; returns the plugin and the socket path.

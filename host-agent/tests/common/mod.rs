@@ -12,6 +12,14 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The seed's Felix stream (`seed.master.frames`), decoded.
+pub fn seed_messages() -> Vec<capo_proto::felix::v3_32::ToDataplane> {
+    let bytes = std::fs::read(fixture("seed.master.frames")).unwrap();
+    capo_felix::frame::FrameReader::new(bytes.as_slice())
+        .map(|f| capo_felix::frame::decode_to_dataplane_v3_32(&f.unwrap()).unwrap())
+        .collect()
+}
+
 /// `examples/seed`: the seed's manifests.
 pub fn seed_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed")
