@@ -92,15 +92,16 @@ fn main() -> ExitCode {
 
 /// Felix → CalicoVPP unchanged, and capo-agent fed beside it.
 fn tee(opts: FelixOptions, primary: std::path::PathBuf, capo: std::path::PathBuf) -> ExitCode {
+    use capo_agent::inputs::felix_fds::{open_felix_input, open_felix_output};
     use capo_agent::inputs::felix_tee::{self, TeeOptions};
-    let input = match std::fs::File::open("/dev/fd/3") {
+    let input = match open_felix_input() {
         Ok(f) => f,
         Err(e) => {
             tracing::error!("fd 3 is not readable ({e}): the driver must be started by Felix");
             return ExitCode::from(2);
         }
     };
-    let output = match std::fs::OpenOptions::new().write(true).open("/dev/fd/4") {
+    let output = match open_felix_output() {
         Ok(f) => f,
         Err(e) => {
             tracing::error!("fd 4 is not writable ({e}): the driver must be started by Felix");

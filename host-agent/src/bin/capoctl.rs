@@ -318,19 +318,13 @@ fn run(cli: Cli) -> Result<String, Box<dyn std::error::Error>> {
             if !testpmd {
                 return Err("offload with --resources prints --testpmd commands; the running agent's plan: without --resources".into());
             }
-            let (profile, capacity) = match nic.split_once(':') {
-                Some((p, c)) => (
-                    p,
-                    c.parse::<u32>()
-                        .map_err(|_| format!("--nic {nic}: ENTRIES is not a number"))?,
-                ),
-                None => (nic.as_str(), 4096),
+            // The agent's own `--nic sim:…` grammar, so profiles and defaults agree.
+            let (profile, capacity) = match format!("sim:{nic}").parse()? {
+                capo_agent::sinks::nic::NicSpec::Sim { profile, capacity } => (profile, capacity),
+                other => return Err(format!("--nic {nic}: {other} is not a NIC profile").into()),
             };
-            if !["mlx5", "e810", "cnxk"].contains(&profile) {
-                return Err(format!("--nic {nic}: expected mlx5, e810 or cnxk").into());
-            }
             let (_, r) = manifests::replay(resources, node, &stream.options())?;
-            let mut sim = capo_agent::sinks::nic::SimulatedNic::new(profile, capacity);
+            let mut sim = capo_agent::sinks::nic::SimulatedNic::new(&profile, capacity);
             let _ = sim.commit(&r.state, &r.ids);
             Ok(client::testpmd_text(
                 &format!("{profile} ({capacity} entries, manifests, no traffic seen)"),
