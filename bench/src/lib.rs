@@ -19,6 +19,7 @@
 
 pub mod acl;
 pub mod cpu;
+pub mod export;
 pub mod linear;
 pub mod measure;
 pub mod offload;

@@ -86,16 +86,18 @@ def packets(profile_path, direction=0, seconds=1.0, tunables=None):
             raise ValueError(f"stream {i}: only continuous streams at a pps rate are written")
         pps = float(mode["rate"]["value"])
         base = base64.b64decode(j["packet"]["binary"])
-        engines.append((FieldEngine(j.get("vm"), seed=i), base, 1.0 / pps))
-        heapq.heappush(heap, (0.0, i))
+        engines.append((FieldEngine(j.get("vm"), seed=i), base, pps))
+        heapq.heappush(heap, (0.0, 0, i))
     out = []
     while heap:
-        t, i = heapq.heappop(heap)
+        t, k, i = heapq.heappop(heap)
         if t >= seconds:
             continue
-        fe, base, gap = engines[i]
+        fe, base, pps = engines[i]
         out.append((t, fe.apply(base)))
-        heapq.heappush(heap, (t + gap, i))
+        # The k-th packet at k/pps, not a running sum: a stream of n pps sends exactly
+        # n packets a second.
+        heapq.heappush(heap, ((k + 1) / pps, k + 1, i))
     return out
 
 

@@ -1,5 +1,6 @@
 //! `capo-bench classify --workload w-seed|w-k8s|w-large [--quick] [--json]`
 //! `capo-bench offload --workload w-k8s --nic mlx5|e810|cnxk --nic-capacity N [--zipf S] [--seed N] [--windows N] [--json]`
+//! `capo-bench traffic --workload w-k8s|w-large --export DIR [--small] [--zipf S] [--seed N] [--windows N]`
 //!
 //! Prints one JSON object per engine and line with `--json`, a table otherwise;
 //! progress goes to stderr.
@@ -12,7 +13,91 @@ use capo_bench::traffic::TrafficOptions;
 use capo_bench::workload::Kind;
 
 const USAGE: &str = "usage: capo-bench classify --workload w-seed|w-k8s|w-large [--quick] [--json]
-       capo-bench offload --workload w-k8s|w-large --nic mlx5|e810|cnxk --nic-capacity N [--zipf S] [--seed N] [--windows N] [--json]";
+       capo-bench offload --workload w-k8s|w-large --nic mlx5|e810|cnxk --nic-capacity N [--zipf S] [--seed N] [--windows N] [--json]
+       capo-bench traffic --workload w-k8s|w-large --export DIR [--small] [--zipf S] [--seed N] [--windows N]";
+
+/// `capo-bench traffic`: the offload benchmark's traffic written out for TRex and
+/// VPP's packet generator (`capo_bench::export`).
+fn traffic(args: &[String]) -> ExitCode {
+    let mut kind = Kind::K8s;
+    let mut small = false;
+    let (mut zipf, mut seed, mut windows) = (1.1, 1, None);
+    let mut dir = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let ok = match a.as_str() {
+            "--small" => {
+                small = true;
+                true
+            }
+            "--workload" => it
+                .next()
+                .and_then(|w| Kind::parse(w))
+                .filter(|k| *k != Kind::Seed)
+                .map(|k| kind = k)
+                .is_some(),
+            "--export" => it.next().map(|d| dir = Some(d.clone())).is_some(),
+            "--zipf" => it
+                .next()
+                .and_then(|z| z.parse().ok())
+                .map(|z| zipf = z)
+                .is_some(),
+            "--seed" => it
+                .next()
+                .and_then(|s| s.parse().ok())
+                .map(|s| seed = s)
+                .is_some(),
+            "--windows" => it
+                .next()
+                .and_then(|w| w.parse().ok())
+                .filter(|w| *w >= 1)
+                .map(|w| windows = Some(w))
+                .is_some(),
+            _ => false,
+        };
+        if !ok {
+            eprintln!("capo-bench traffic: bad argument {a:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let Some(dir) = dir else {
+        eprintln!("capo-bench traffic: --export DIR is required\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    let mut o = if small {
+        TrafficOptions::small(zipf, seed)
+    } else {
+        TrafficOptions::standard(zipf, seed)
+    };
+    if let Some(w) = windows {
+        o.windows = w;
+    }
+    eprintln!(
+        "traffic: {} with zipf {}, seed {}, {} windows of {} connections",
+        kind.name(),
+        o.zipf,
+        o.seed,
+        o.windows,
+        o.connections_per_window
+    );
+    let t = capo_bench::traffic::generate_traffic(kind, &o);
+    match capo_bench::export::export(kind, &o, &t, std::path::Path::new(&dir)) {
+        Ok(meta) => {
+            for (i, w) in meta.windows.iter().enumerate() {
+                eprintln!(
+                    "window {i}: {} connections, {} packets from the wire ({} allowed, {} denied), {} sent by local endpoints",
+                    w.connections, w.wire_packets, w.wire_allowed, w.wire_denied, w.local_packets
+                );
+            }
+            eprintln!("traffic: wrote {dir}/flows.csv, felix.frames, meta.json");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("capo-bench traffic: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn offload(args: &[String]) -> ExitCode {
     let mut o = OffloadOptions {
@@ -92,6 +177,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("offload") {
         return offload(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("traffic") {
+        return traffic(&args[1..]);
     }
     if args.first().map(String::as_str) != Some("classify") {
         eprintln!("{USAGE}");

@@ -17,27 +17,17 @@ import time
 
 import pytest
 
-HERE = pathlib.Path(__file__).resolve().parent
-TREX = HERE.parent
-REPO = TREX.parents[1]
-sys.path.insert(0, str(TREX))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import lbr_trex_client  # noqa: E402,F401
 import ndr  # noqa: E402
 import to_pcap  # noqa: E402
 from scapy.all import IP, TCP, IPv6, Ether, rdpcap  # noqa: E402
 from trex.stl.api import STLProfile  # noqa: E402
+from rig import REPO, TREX, agent_exited, capo_bin, free_port, start_agent, wait_for_packets  # noqa: E402
 
 W_SEED = str(TREX / "w_seed.py")
-
-
-def capo_bin(name):
-    d = os.environ.get("CAPO_BIN")
-    if not d:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CAPO_BIN is not set (scripts/trex-check.sh sets it)")
-        pytest.skip("CAPO_BIN is not set: no capo binaries to run")
-    return str(pathlib.Path(d) / name)
 
 
 @pytest.mark.parametrize("direction", [0, 1])
@@ -153,12 +143,6 @@ def test_report_and_plot(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_trex_calls_reach_the_connection():
     """The runner drives TRex's client as a real run would, up to connecting: with no
     server listening, connect fails with TRex's own error."""
@@ -170,16 +154,6 @@ def test_trex_calls_reach_the_connection():
     trials.client = STLClient(server="127.0.0.1", sync_port=free_port(), async_port=free_port())
     with pytest.raises(TRexError):
         trials.connect()
-
-
-def start_agent(tmp, extra):
-    api = tmp / "agent.sock"
-    log = open(tmp / "agent.log", "w")
-    child = subprocess.Popen(
-        [capo_bin("capo-agent"), "--resources", str(REPO / "examples/seed"), "--node", "kind-worker2",
-         "--api-socket", str(api), *extra],
-        stdout=subprocess.DEVNULL, stderr=log)
-    return child, api
 
 
 def test_capo_counters_over_grpc(tmp_path):
@@ -227,27 +201,10 @@ def test_w_seed_replayed_through_capo_on_a_dpdk_pcap_port(tmp_path):
     port = f"dpdk:net_pcap0,rx_pcap={pcap},tx_pcap={tmp_path / 'out.pcap'}"
     child, api = start_agent(tmp_path, ["--nic", port])
     try:
-        deadline = time.time() + 60
-        while True:
-            if child.poll() is not None:
-                log = (tmp_path / "agent.log").read_text()
-                if "built without DPDK support" in log:
-                    if os.environ.get("CI") == "true":
-                        pytest.fail("CAPO_BIN's capo-agent was built without the dpdk feature")
-                    pytest.skip("capo-agent was built without the dpdk feature")
-                pytest.fail(log)
-            out = subprocess.run([capo_bin("capoctl"), "--socket", str(api), "counters", "--json"],
-                                 capture_output=True, text=True)
-            if out.returncode == 0:
-                c = json.loads(out.stdout)
-                tun3 = next((i for i in c.get("interfaces", [])
-                             if i["interface"] == "tun3" and i["direction"] == "ingress"), None)
-                if tun3 and tun3["allowed_packets"] + tun3["denied_packets"] >= len(frames):
-                    assert tun3["allowed_packets"] == want_allowed, c
-                    assert tun3["denied_packets"] == want_denied, c
-                    break
-            assert time.time() < deadline, (tmp_path / "agent.log").read_text()
-            time.sleep(0.2)
+        allowed, denied, c = wait_for_packets(
+            child, tmp_path, api, len(frames),
+            lambda i: i["interface"] == "tun3" and i["direction"] == "ingress")
+        assert (allowed, denied) == (want_allowed, want_denied), c
     finally:
         child.kill()
         child.wait()
