@@ -2,8 +2,8 @@
 # Builds everything and runs every test of the workspace, then the DPDK-backed
 # tests (EAL on virtual devices) with the system's DPDK, then the fuzz targets for
 # CAPO_FUZZ_SECONDS each (default 30; 0 skips them), the lints (scripts/lint.sh), then
-# the real-VPP tests, then the Kubernetes manifests (scripts/deploy-check.sh) and the
-# OCI image (scripts/image.sh, as root):
+# the real-VPP tests, the TRex tooling (scripts/trex-check.sh), then the Kubernetes
+# manifests (scripts/deploy-check.sh) and the OCI image (scripts/image.sh, as root):
 # VPP 26.06 from shared/vpp/ unpacked into a private directory, capo's plugin built
 # against it, pods as network namespaces (needs root). Set CAPO_VPP=DIR to reuse an
 # unpacked VPP; without shared/vpp/ (or root) the VPP tests skip and say why.
@@ -15,8 +15,6 @@ cargo test --locked --workspace
 cargo test --locked -p capo-offload -p capo-hw-tests --features capo-offload/dpdk,capo-hw-tests/dpdk
 cargo test --locked -p capo-bench --features rte-acl
 cargo test --locked -p capo-agent --features dpdk --test api dpdk_port
-# TRex profiles and the NDR/PDR runner, replayed through the dpdk build just made.
-bash scripts/trex-check.sh target/debug
 if [ "${CAPO_FUZZ_SECONDS:-30}" != 0 ]; then
     bash scripts/fuzz.sh "${CAPO_FUZZ_SECONDS:-30}"
 fi
@@ -37,6 +35,10 @@ if [ "${CI:-}" = "true" ]; then
     export CAPO_VPP_REQUIRED=1
 fi
 cargo test --locked -p capo-agent --test vpp_real -- --test-threads 1
+# TRex profiles and the NDR/PDR runner; their packets replayed through capo-agent
+# built with dpdk (a net_pcap port) and through VPP's packet generator (CAPO_VPP).
+cargo build --locked -p capo-agent --features dpdk --bins
+bash scripts/trex-check.sh target/debug
 
 # Kubernetes: every manifest rendered and validated offline, against the binaries.
 bash scripts/deploy-check.sh target/debug

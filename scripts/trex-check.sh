@@ -2,9 +2,11 @@
 # capo's TRex tooling (bench/trex/) without a TRex server: installs TRex's STL client
 # library from PyPI (lbr-trex-client, which packages TRex's trex.stl.api), scapy,
 # matplotlib and grpcio in a private virtualenv, then runs bench/trex/tests: the
-# profiles load and build their streams, their packets go to pcap and through capo
-# (capo-agent built with the dpdk feature, on a net_pcap port), the NDR/PDR search
-# runs against a simulated DUT.
+# profiles load and build their streams (W-k8s and W-large from `capo-bench traffic
+# --export`), their packets go to pcap, equal the export's, and are replayed through
+# capo (capo-agent built with the dpdk feature on a net_pcap port; VPP's packet
+# generator with capo's plugin when CAPO_VPP names an unpacked VPP), the NDR/PDR
+# search runs against a simulated DUT.
 #
 #   scripts/trex-check.sh [CAPO_BIN_DIR]     (default: target/debug)
 set -euo pipefail

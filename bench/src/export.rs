@@ -13,6 +13,8 @@
 //! - `felix.frames`: the cluster's policy as the frame stream Felix writes to a
 //!   dataplane driver (ConfigUpdate, the snapshot, InSync), for capo-agent's
 //!   `--felix-socket`.
+//! - `endpoints.csv`: the node's workload endpoints (`workload,interface,addresses`,
+//!   addresses space-separated), to bind each to a dataplane interface.
 //! - `meta.json`: the options it came from and, per window, the packets from the wire
 //!   and how many of them the reference allows and denies.
 
@@ -148,6 +150,17 @@ pub fn flows_csv(traffic: &Traffic) -> (String, Vec<WindowTotals>) {
     (csv, totals)
 }
 
+/// `endpoints.csv` of `traffic`'s node.
+pub fn endpoints_csv(traffic: &Traffic) -> String {
+    let mut csv = String::from("workload,interface,addresses\n");
+    for (key, w) in traffic.state.workloads() {
+        let addresses: Vec<String> = w.nets().map(ToString::to_string).collect();
+        // Writing to a String cannot fail.
+        let _ = writeln!(csv, "{},{},{}", key.workload, w.name, addresses.join(" "));
+    }
+    csv
+}
+
 fn addr(a: IpAddr) -> String {
     a.to_string()
 }
@@ -174,6 +187,7 @@ pub fn export(
     })?;
     let (csv, windows) = flows_csv(traffic);
     write(&dir.join("flows.csv"), csv.as_bytes())?;
+    write(&dir.join("endpoints.csv"), endpoints_csv(traffic).as_bytes())?;
     let frames = capo_felix::frame::encode_frames(&capo_felix::encode::snapshot(&traffic.state));
     write(&dir.join("felix.frames"), &frames)?;
     let meta = ExportMeta {
@@ -227,6 +241,17 @@ mod tests {
             );
             // Both verdicts occur: the replay's counts can tell them apart.
             assert!(meta.windows[w].wire_allowed > 0 && meta.windows[w].wire_denied > 0);
+        }
+        // Every wire packet is for an endpoint of the node.
+        let endpoints = std::fs::read_to_string(dir.join("endpoints.csv")).unwrap();
+        let local: Vec<&str> = endpoints
+            .lines()
+            .skip(1)
+            .flat_map(|l| l.split(',').nth(2).unwrap().split(' '))
+            .collect();
+        for line in csv.lines().skip(1).filter(|l| l.split(',').nth(14) == Some("1")) {
+            let dst = line.split(',').nth(7).unwrap();
+            assert!(local.contains(&format!("{dst}/32").as_str()), "{line}");
         }
         // The policy stream reads back into the same state.
         let frames = std::fs::read(dir.join("felix.frames")).unwrap();

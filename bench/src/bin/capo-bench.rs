@@ -89,7 +89,7 @@ fn traffic(args: &[String]) -> ExitCode {
                     w.connections, w.wire_packets, w.wire_allowed, w.wire_denied, w.local_packets
                 );
             }
-            eprintln!("traffic: wrote {dir}/flows.csv, felix.frames, meta.json");
+            eprintln!("traffic: wrote {dir}/flows.csv, endpoints.csv, felix.frames, meta.json");
             ExitCode::SUCCESS
         }
         Err(e) => {

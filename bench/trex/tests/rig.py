@@ -78,3 +78,30 @@ def wait_for_packets(child, tmp, api, packets, select, limit=60):
                 return allowed, denied, c
         assert time.time() < deadline, (tmp / "agent.log").read_text()
         time.sleep(0.2)
+
+
+def reference_verdict(dport):
+    """capoctl trace's verdict for ts1 -> ts2 on TCP `dport` under the seed's policy."""
+    out = subprocess.run(
+        [capo_bin("capoctl"), "--resources", str(REPO / "examples/seed"), "--node", "kind-worker2",
+         "trace", "--from", "11.0.0.196", "--to", "11.0.0.67", "--proto", "tcp", "--dport", str(dport),
+         "--json"],
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["verdict"]
+
+
+def feed_felix(path, frames, limit=20):
+    """Connects to the agent's Felix socket as Felix's driver would and writes the
+    stream; the connection stays open (closing it is a Felix restart)."""
+    deadline = time.time() + limit
+    while True:
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path))
+            break
+        except OSError:
+            s.close()
+            assert time.time() < deadline, f"no Felix socket at {path}"
+            time.sleep(0.1)
+    s.sendall(frames)
+    return s

@@ -7,10 +7,7 @@ import collections
 import csv
 import json
 import pathlib
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 
@@ -19,29 +16,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import lbr_trex_client  # noqa: E402,F401
 import to_pcap  # noqa: E402
-from rig import TREX, capo_bin, start_agent, wait_for_packets  # noqa: E402
+from rig import TREX, feed_felix, start_agent, wait_for_packets  # noqa: E402
 from scapy.all import ICMP, IP, TCP, UDP, Ether, rdpcap  # noqa: E402
 from trex.stl.api import STLProfile  # noqa: E402
 
 W_K8S = str(TREX / "w_k8s.py")
 W_LARGE = str(TREX / "w_large.py")
-
-
-def export(tmp_path_factory, workload):
-    d = tmp_path_factory.mktemp(workload)
-    subprocess.run([capo_bin("capo-bench"), "traffic", "--workload", workload, "--small",
-                    "--export", str(d)], check=True, capture_output=True)
-    return d
-
-
-@pytest.fixture(scope="module")
-def k8s(tmp_path_factory):
-    return export(tmp_path_factory, "w-k8s")
-
-
-@pytest.fixture(scope="module")
-def large(tmp_path_factory):
-    return export(tmp_path_factory, "w-large")
 
 
 def export_packets(d, window, from_wire):
@@ -121,23 +101,6 @@ def test_pcap_equals_the_export(k8s, tmp_path, direction, window, size):
         assert abs(sizes[64] / n - 7 / 12) < 0.01 and abs(sizes[1518] / n - 1 / 12) < 0.01, sizes
     else:
         assert set(sizes) == {64}
-
-
-def feed_felix(path, frames, limit=20):
-    """Connects to the agent's Felix socket as Felix's driver would and writes the
-    stream; the connection stays open (closing it is a Felix restart)."""
-    deadline = time.time() + limit
-    while True:
-        try:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(str(path))
-            break
-        except OSError:
-            s.close()
-            assert time.time() < deadline, f"no Felix socket at {path}"
-            time.sleep(0.1)
-    s.sendall(frames)
-    return s
 
 
 def test_w_k8s_replayed_through_capo_on_a_dpdk_pcap_port(k8s, tmp_path):

@@ -25,7 +25,7 @@ import ndr  # noqa: E402
 import to_pcap  # noqa: E402
 from scapy.all import IP, TCP, IPv6, Ether, rdpcap  # noqa: E402
 from trex.stl.api import STLProfile  # noqa: E402
-from rig import REPO, TREX, agent_exited, capo_bin, free_port, start_agent, wait_for_packets  # noqa: E402
+from rig import REPO, TREX, capo_bin, free_port, reference_verdict, start_agent, wait_for_packets  # noqa: E402
 
 W_SEED = str(TREX / "w_seed.py")
 
@@ -176,15 +176,6 @@ def test_capo_counters_over_grpc(tmp_path):
     finally:
         child.kill()
         child.wait()
-
-
-def reference_verdict(dport):
-    out = subprocess.run(
-        [capo_bin("capoctl"), "--resources", str(REPO / "examples/seed"), "--node", "kind-worker2",
-         "trace", "--from", "11.0.0.196", "--to", "11.0.0.67", "--proto", "tcp", "--dport", str(dport),
-         "--json"],
-        check=True, capture_output=True, text=True).stdout
-    return json.loads(out)["verdict"]
 
 
 def test_w_seed_replayed_through_capo_on_a_dpdk_pcap_port(tmp_path):
