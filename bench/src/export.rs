@@ -187,7 +187,10 @@ pub fn export(
     })?;
     let (csv, windows) = flows_csv(traffic);
     write(&dir.join("flows.csv"), csv.as_bytes())?;
-    write(&dir.join("endpoints.csv"), endpoints_csv(traffic).as_bytes())?;
+    write(
+        &dir.join("endpoints.csv"),
+        endpoints_csv(traffic).as_bytes(),
+    )?;
     let frames = capo_felix::frame::encode_frames(&capo_felix::encode::snapshot(&traffic.state));
     write(&dir.join("felix.frames"), &frames)?;
     let meta = ExportMeta {
@@ -249,7 +252,11 @@ mod tests {
             .skip(1)
             .flat_map(|l| l.split(',').nth(2).unwrap().split(' '))
             .collect();
-        for line in csv.lines().skip(1).filter(|l| l.split(',').nth(14) == Some("1")) {
+        for line in csv
+            .lines()
+            .skip(1)
+            .filter(|l| l.split(',').nth(14) == Some("1"))
+        {
             let dst = line.split(',').nth(7).unwrap();
             assert!(local.contains(&format!("{dst}/32").as_str()), "{line}");
         }

@@ -1,4 +1,5 @@
-//! Counters: per rule (packets, bytes), per interface and direction (allow, deny),
+//! Counters: per rule (packets, bytes), per interface and direction (packets and bytes
+//! allowed and denied),
 //! and flow-table statistics.
 //!
 //! Each worker owns one [`WorkerCounters`] and is its only writer, so increments
@@ -14,18 +15,18 @@ use capo_policy::{Direction, Verdict};
 const CHUNK: usize = 4096;
 const CHUNKS: usize = 4096;
 
-/// One chunk of counter pairs, allocated on first use.
-type Chunk = OnceLock<Box<[[AtomicU64; 2]]>>;
+/// One chunk of `N`-counter entries, allocated on first use.
+type Chunk<const N: usize> = OnceLock<Box<[[AtomicU64; N]]>>;
 
-/// A lazily allocated array of counter pairs indexed by a small integer.
+/// A lazily allocated array of `N`-counter entries indexed by a small integer.
 #[derive(Debug)]
-struct Table {
-    chunks: Box<[Chunk]>,
+struct Table<const N: usize> {
+    chunks: Box<[Chunk<N>]>,
     /// Increments whose key was beyond the table.
     overflow: AtomicU64,
 }
 
-impl Table {
+impl<const N: usize> Table<N> {
     fn new() -> Self {
         Table {
             chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
@@ -34,29 +35,30 @@ impl Table {
     }
 
     #[inline]
-    fn bump(&self, key: usize, a: u64, b: u64) {
+    fn bump(&self, key: usize, by: [u64; N]) {
         let Some(chunk) = self.chunks.get(key / CHUNK) else {
             add(&self.overflow, 1);
             return;
         };
         let chunk = chunk.get_or_init(|| {
             (0..CHUNK)
-                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect()
         });
-        if let Some([x, y]) = chunk.get(key % CHUNK) {
-            add(x, a);
-            add(y, b);
+        if let Some(entry) = chunk.get(key % CHUNK) {
+            for (c, n) in entry.iter().zip(by) {
+                add(c, n);
+            }
         }
     }
 
-    fn read(&self, key: usize) -> [u64; 2] {
+    fn read(&self, key: usize) -> [u64; N] {
         self.chunks
             .get(key / CHUNK)
             .and_then(|c| c.get())
             .and_then(|c| c.get(key % CHUNK))
-            .map(|[x, y]| [x.load(Ordering::Relaxed), y.load(Ordering::Relaxed)])
-            .unwrap_or([0, 0])
+            .map(|e| std::array::from_fn(|i| e[i].load(Ordering::Relaxed)))
+            .unwrap_or([0; N])
     }
 }
 
@@ -97,8 +99,10 @@ const F_FIELDS: usize = 9;
 /// One worker's counters (single writer: the worker).
 #[derive(Debug)]
 pub struct WorkerCounters {
-    rules: Table,
-    ifaces: Table,
+    /// Packets and bytes per rule.
+    rules: Table<2>,
+    /// Packets allowed and denied, then their bytes, per interface and direction.
+    ifaces: Table<4>,
     flows: [AtomicU64; F_FIELDS],
 }
 
@@ -128,16 +132,16 @@ impl WorkerCounters {
     /// Counts one packet of `bytes` decided by `rule_id`.
     #[inline]
     pub fn rule_hit(&self, rule_id: u32, bytes: u64) {
-        self.rules.bump(rule_id as usize, 1, bytes);
+        self.rules.bump(rule_id as usize, [1, bytes]);
     }
 
-    /// Counts one verdict on an interface and direction.
+    /// Counts one verdict on a packet of `bytes` on an interface and direction.
     #[inline]
-    pub fn verdict(&self, sw_if_index: u32, dir: Direction, verdict: Verdict) {
+    pub fn verdict(&self, sw_if_index: u32, dir: Direction, verdict: Verdict, bytes: u64) {
         let key = sw_if_index as usize * 2 + usize::from(dir == Direction::Egress);
         match verdict {
-            Verdict::Allow => self.ifaces.bump(key, 1, 0),
-            Verdict::Deny => self.ifaces.bump(key, 0, 1),
+            Verdict::Allow => self.ifaces.bump(key, [1, 0, bytes, 0]),
+            Verdict::Deny => self.ifaces.bump(key, [0, 1, 0, bytes]),
         }
     }
 
@@ -171,6 +175,10 @@ pub struct VerdictCount {
     pub allow: u64,
     /// Packets denied.
     pub deny: u64,
+    /// Bytes of the packets allowed.
+    pub allow_bytes: u64,
+    /// Bytes of the packets denied.
+    pub deny_bytes: u64,
 }
 
 impl Counters {
@@ -210,9 +218,11 @@ impl Counters {
         let key = sw_if_index as usize * 2 + usize::from(dir == Direction::Egress);
         let mut out = VerdictCount::default();
         self.each(|w| {
-            let [a, d] = w.ifaces.read(key);
+            let [a, d, ab, db] = w.ifaces.read(key);
             out.allow += a;
             out.deny += d;
+            out.allow_bytes += ab;
+            out.deny_bytes += db;
         });
         out
     }

@@ -538,7 +538,7 @@ impl Worker {
                 if verdict == Verdict::Deny {
                     self.flows.remove_slot(slot);
                     c.flow(FlowEvent::RevalidateDenied, 1);
-                    c.verdict(sw_if_index, dir, Verdict::Deny);
+                    c.verdict(sw_if_index, dir, Verdict::Deny, u64::from(len));
                     return Verdict::Deny;
                 }
                 if let Some(f) = self.flows.flow_mut(slot) {
@@ -547,7 +547,7 @@ impl Worker {
             }
             self.flows.touch(slot, reply, packet.tcp_flags, now);
             c.flow(FlowEvent::Hit, 1);
-            c.verdict(sw_if_index, dir, Verdict::Allow);
+            c.verdict(sw_if_index, dir, Verdict::Allow, u64::from(len));
             return Verdict::Allow;
         }
         c.flow(FlowEvent::Classified, 1);
@@ -562,7 +562,7 @@ impl Worker {
         if let Some(id) = d.rule_id {
             c.rule_hit(id, u64::from(len));
         }
-        c.verdict(sw_if_index, dir, d.verdict);
+        c.verdict(sw_if_index, dir, d.verdict, u64::from(len));
         if d.verdict == Verdict::Allow {
             self.flows
                 .insert(sw_if_index, dir, &packet, generation.id(), now, c);

@@ -116,6 +116,13 @@ fn replies_of_allowed_flows_pass_and_denied_packets_make_no_flow() {
     assert_eq!(counters.rule(rule).bytes, 64);
     let c = counters.interface(ids.interface("tun0").unwrap(), Direction::Ingress);
     assert_eq!((c.allow, c.deny), (1, 1));
+    assert_eq!((c.allow_bytes, c.deny_bytes), (64, 64));
+    // The reply's egress verdicts: one allowed by the flow, one denied by policy.
+    let e = counters.interface(ids.interface("tun0").unwrap(), Direction::Egress);
+    assert_eq!(
+        (e.allow, e.deny, e.allow_bytes, e.deny_bytes),
+        (1, 1, 64, 64)
+    );
 }
 
 #[test]

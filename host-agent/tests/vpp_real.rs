@@ -202,6 +202,22 @@ fn seed_netcat_test_views_and_counters_on_vpp() {
         Some(packets(&vpp_counters, "rule#18")),
         "{rule18}"
     );
+    // ts2's denied SYNs in bytes: at least 60 each (IPv4 and TCP headers with options).
+    let denied_bytes = body
+        .lines()
+        .find(|l| {
+            l.starts_with("capo_interface_bytes_total{")
+                && l.contains(&format!("interface=\"{}\"", ts2.vpp_if))
+                && l.contains("direction=\"ingress\"")
+                && l.contains("verdict=\"deny\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        denied_bytes >= 60 * denied,
+        "{denied_bytes} bytes for {denied} packets"
+    );
     let errors = vpp.ctl("show errors");
     assert!(errors.contains("packets denied by policy"), "{errors}");
 

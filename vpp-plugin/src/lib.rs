@@ -201,7 +201,8 @@ impl control::Reader for Plugin {
                     .to_string(),
                     allowed_packets: v.allow,
                     denied_packets: v.deny,
-                    ..Default::default()
+                    allowed_bytes: v.allow_bytes,
+                    denied_bytes: v.deny_bytes,
                 });
             }
         }

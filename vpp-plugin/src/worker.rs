@@ -129,6 +129,8 @@ impl Workers {
             let c = s.counters.interface(sw_if_index, dir);
             out.allow += c.allow;
             out.deny += c.deny;
+            out.allow_bytes += c.allow_bytes;
+            out.deny_bytes += c.deny_bytes;
         });
         out
     }

@@ -63,6 +63,12 @@ def counters(api):
     return json.loads(out.stdout) if out.returncode == 0 else None
 
 
+def bytes_judged(c, select):
+    """(allowed bytes, denied bytes) of the interfaces `select` picks."""
+    rows = [i for i in c.get("interfaces", []) if select(i)]
+    return sum(i["allowed_bytes"] for i in rows), sum(i["denied_bytes"] for i in rows)
+
+
 def wait_for_packets(child, tmp, api, packets, select, limit=60):
     """Polls the agent's counters until the interfaces `select` picks have judged
     `packets` packets; returns (allowed, denied, counters)."""

@@ -25,7 +25,7 @@ import ndr  # noqa: E402
 import to_pcap  # noqa: E402
 from scapy.all import IP, TCP, IPv6, Ether, rdpcap  # noqa: E402
 from trex.stl.api import STLProfile  # noqa: E402
-from rig import REPO, TREX, capo_bin, free_port, reference_verdict, start_agent, wait_for_packets  # noqa: E402
+from rig import REPO, TREX, bytes_judged, capo_bin, free_port, reference_verdict, start_agent, wait_for_packets  # noqa: E402
 
 W_SEED = str(TREX / "w_seed.py")
 
@@ -192,10 +192,13 @@ def test_w_seed_replayed_through_capo_on_a_dpdk_pcap_port(tmp_path):
     port = f"dpdk:net_pcap0,rx_pcap={pcap},tx_pcap={tmp_path / 'out.pcap'}"
     child, api = start_agent(tmp_path, ["--nic", port])
     try:
-        allowed, denied, c = wait_for_packets(
-            child, tmp_path, api, len(frames),
-            lambda i: i["interface"] == "tun3" and i["direction"] == "ingress")
+        tun3 = lambda i: i["interface"] == "tun3" and i["direction"] == "ingress"  # noqa: E731
+        allowed, denied, c = wait_for_packets(child, tmp_path, api, len(frames), tun3)
         assert (allowed, denied) == (want_allowed, want_denied), c
+        # Bytes as the port received them: whole frames.
+        allowed_bytes = sum(len(f) for _, f in frames if verdicts[Ether(f)[TCP].dport] == "allow")
+        total = sum(len(f) for _, f in frames)
+        assert bytes_judged(c, tun3) == (allowed_bytes, total - allowed_bytes), c
     finally:
         child.kill()
         child.wait()

@@ -18,12 +18,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import lbr_trex_client  # noqa: E402,F401
 import to_pcap  # noqa: E402
-from rig import TREX, feed_felix, reference_verdict, start_agent, wait_for_packets  # noqa: E402
+from rig import TREX, bytes_judged, feed_felix, reference_verdict, start_agent, wait_for_packets  # noqa: E402
 from scapy.all import TCP, Ether  # noqa: E402
 from vpp import PG0_MAC, Vpp, vpp_root  # noqa: E402
 
 W_SEED = str(TREX / "w_seed.py")
 W_K8S = str(TREX / "w_k8s.py")
+ETHERNET = 14
 
 
 def to_pg0(frames):
@@ -70,10 +71,14 @@ def test_w_seed_replayed_through_vpp_with_capo(tmp_path):
                                             "--bind", f"tun3={ts2}"])
         wait_policed(vpp, [ts2])
         vpp.replay(pcap, len(frames))
-        allowed, denied, c = wait_for_packets(
-            child, tmp_path, api, len(frames),
-            lambda i: i["interface"] == ts2 and i["direction"] == "ingress")
+        on_ts2 = lambda i: i["interface"] == ts2 and i["direction"] == "ingress"  # noqa: E731
+        allowed, denied, c = wait_for_packets(child, tmp_path, api, len(frames), on_ts2)
         assert (allowed, denied) == (want_allowed, want_denied), c
+        # Bytes as VPP's IP output arc holds the packets: from the IP header on.
+        ip_bytes = [(len(f) - ETHERNET, verdicts[Ether(f)[TCP].dport]) for _, f in frames]
+        allowed_bytes = sum(n for n, v in ip_bytes if v == "allow")
+        denied_bytes = sum(n for n, v in ip_bytes if v != "allow")
+        assert bytes_judged(c, on_ts2) == (allowed_bytes, denied_bytes), c
         assert tx_packets(vpp, ts2) == want_allowed
     finally:
         if child is not None:

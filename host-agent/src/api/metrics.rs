@@ -74,6 +74,7 @@ pub async fn render(readers: &Readers) -> String {
     let packets = Family::<RuleDeciderLabels, Counter>::default();
     let bytes = Family::<RuleDeciderLabels, Counter>::default();
     let ifaces = Family::<InterfaceLabels, Counter>::default();
+    let iface_bytes = Family::<InterfaceLabels, Counter>::default();
     if let Some(c) = counters {
         for r in &c.rules {
             for (decided_in, p, b) in [
@@ -89,14 +90,17 @@ pub async fn render(readers: &Readers) -> String {
             }
         }
         for i in &c.interfaces {
-            for (verdict, n) in [("allow", i.allowed_packets), ("deny", i.denied_packets)] {
-                ifaces
-                    .get_or_create(&InterfaceLabels {
-                        interface: i.interface.clone(),
-                        direction: i.direction.clone(),
-                        verdict: verdict.into(),
-                    })
-                    .inc_by(n);
+            for (verdict, n, b) in [
+                ("allow", i.allowed_packets, i.allowed_bytes),
+                ("deny", i.denied_packets, i.denied_bytes),
+            ] {
+                let l = InterfaceLabels {
+                    interface: i.interface.clone(),
+                    direction: i.direction.clone(),
+                    verdict: verdict.into(),
+                };
+                ifaces.get_or_create(&l).inc_by(n);
+                iface_bytes.get_or_create(&l).inc_by(b);
             }
         }
     }
@@ -106,6 +110,11 @@ pub async fn render(readers: &Readers) -> String {
         "interface_packets",
         "Packets per interface, direction and verdict",
         ifaces,
+    );
+    reg.register(
+        "interface_bytes",
+        "Bytes per interface, direction and verdict",
+        iface_bytes,
     );
 
     let used: Gauge = Gauge::default();

@@ -34,7 +34,7 @@ pub struct Embedded {
     scratch: Vec<Verdict>,
     nic: Option<std::sync::Mutex<SimulatedNic>>,
     /// Packets the NIC decided, per (sw_if_index, direction): allowed, denied.
-    nic_verdicts: std::collections::HashMap<(u32, Direction), (u64, u64)>,
+    nic_verdicts: std::collections::HashMap<(u32, Direction), capo_classifier::VerdictCount>,
 }
 
 impl Embedded {
@@ -139,7 +139,7 @@ pub struct CounterSources {
     counters: Arc<Counters>,
     nic_counts: std::collections::HashMap<u32, (u64, u64)>,
     placements: std::collections::HashMap<u32, i32>,
-    nic_verdicts: std::collections::HashMap<(u32, Direction), (u64, u64)>,
+    nic_verdicts: std::collections::HashMap<(u32, Direction), capo_classifier::VerdictCount>,
     nic_decided: u64,
 }
 
@@ -187,20 +187,21 @@ impl CounterSources {
             };
             for dir in Direction::BOTH {
                 let v = self.counters.interface(idx, dir);
-                let (nic_allow, nic_deny) = self
+                let nic = self
                     .nic_verdicts
                     .get(&(idx, dir))
                     .copied()
-                    .unwrap_or((0, 0));
-                allowed += v.allow + nic_allow;
-                denied += v.deny + nic_deny;
+                    .unwrap_or_default();
+                allowed += v.allow + nic.allow;
+                denied += v.deny + nic.deny;
                 interfaces.push(api::InterfaceCounters {
                     interface: name.clone(),
                     sw_if_index: idx,
                     direction: dir_name(dir).into(),
-                    allowed_packets: v.allow + nic_allow,
-                    denied_packets: v.deny + nic_deny,
-                    ..Default::default()
+                    allowed_packets: v.allow + nic.allow,
+                    denied_packets: v.deny + nic.deny,
+                    allowed_bytes: v.allow_bytes + nic.allow_bytes,
+                    denied_bytes: v.deny_bytes + nic.deny_bytes,
                 });
             }
         }
@@ -424,8 +425,14 @@ impl Embedded {
                         reply.nic_decided += 1;
                         let e = nic_verdicts.entry((sw_if_index, dir)).or_default();
                         match v {
-                            Verdict::Allow => e.0 += 1,
-                            Verdict::Deny => e.1 += 1,
+                            Verdict::Allow => {
+                                e.allow += 1;
+                                e.allow_bytes += u64::from(input.len);
+                            }
+                            Verdict::Deny => {
+                                e.deny += 1;
+                                e.deny_bytes += u64::from(input.len);
+                            }
                         }
                     }
                     if by_software {
