@@ -1,5 +1,7 @@
 //! The cases (feature `dpdk`).
 
+use rand::{Rng as _, RngExt as _, SeedableRng as _};
+use rand_xoshiro::SplitMix64;
 use capo_offload::acl::{ipv4_5tuple_rule, AclBuilder, AclRule, Ipv4Key, IPV4_5TUPLE};
 use capo_offload::commit::{CommitOutcome, Committer};
 use capo_offload::dpdk::eal::Eal;
@@ -33,28 +35,21 @@ pub fn run(report: &mut Report) {
     }
 }
 
-/// A deterministic xorshift64* generator (random rte_acl rules).
-struct Rng(u64);
+/// Random inputs from a seed: splitmix64 from `rand_xoshiro`, one reproducible run
+/// per seed.
+type Rng = SplitMix64;
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
+/// Uniform draws below a bound (0 when the bound is 0).
+trait Below {
+    fn below(&mut self, n: u64) -> u64;
+}
 
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
+impl Below for SplitMix64 {
     fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            self.next_u64() % n
+            self.random_range(0..n)
         }
     }
 }
@@ -341,7 +336,7 @@ fn port_cases(report: &mut Report, eal: &'static Eal, name: &str, expect: Expect
 }
 
 fn acl_cases(report: &mut Report, eal: &'static Eal) {
-    let mut rng = Rng::new(7);
+    let mut rng = Rng::seed_from_u64(7);
     let n = 300u32;
     let rules: Vec<AclRule<5>> = (0..n)
         .map(|i| {

@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
+use rand::{RngExt as _, SeedableRng as _};
+use rand_xoshiro::SplitMix64;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use capo_offload::commit::{Committer, SoftwareView};
@@ -25,30 +27,21 @@ use proptest::prelude::*;
 
 const NODE: &str = "node-1";
 
-/// A deterministic xorshift64* generator (the tests' random policies and traffic).
-#[derive(Debug, Clone)]
-struct Rng(u64);
+/// Random inputs from a seed: splitmix64 from `rand_xoshiro`, one reproducible run
+/// per seed.
+type Rng = SplitMix64;
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
+/// Uniform draws below a bound (0 when the bound is 0).
+trait Below {
+    fn below(&mut self, n: u64) -> u64;
+}
 
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (0 when `n == 0`).
+impl Below for SplitMix64 {
     fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            self.next_u64() % n
+            self.random_range(0..n)
         }
     }
 }
@@ -145,7 +138,7 @@ fn random_rule(rng: &mut Rng, sets: &[IpSetId], named: &IpSetId) -> Rule {
 /// A small random state: two pods (one dual-stack), IP sets over a small remote space,
 /// one or two tiers, profiles, sometimes a host endpoint with forward policy.
 fn random_state(seed: u64) -> (State, IdTable) {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::seed_from_u64(seed);
     let mut s = State::new();
     let cfg = FelixConfig {
         hostname: NODE.into(),
@@ -291,7 +284,7 @@ fn random_state(seed: u64) -> (State, IdTable) {
 }
 
 fn random_probes(seed: u64, n: usize) -> Vec<Probe> {
-    let mut rng = Rng::new(seed ^ 0x5555);
+    let mut rng = Rng::seed_from_u64(seed ^ 0x5555);
     (0..n)
         .map(|_| {
             let src = match rng.below(12) {
@@ -355,7 +348,7 @@ fn random_probes(seed: u64, n: usize) -> Vec<Probe> {
 }
 
 fn hits_from(probes: &[Probe], seed: u64) -> HitCounters {
-    let mut rng = Rng::new(seed ^ 0xabcd);
+    let mut rng = Rng::seed_from_u64(seed ^ 0xabcd);
     HitCounters {
         flows: probes
             .iter()
