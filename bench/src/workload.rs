@@ -661,7 +661,11 @@ mod rng_tests {
         let got: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
         assert_eq!(
             got,
-            [0x910a_2dec_8902_5cc1, 0xbeeb_8da1_658e_ec67, 0xf893_a2ee_fb32_555e]
+            [
+                0x910a_2dec_8902_5cc1,
+                0xbeeb_8da1_658e_ec67,
+                0xf893_a2ee_fb32_555e
+            ]
         );
     }
 }

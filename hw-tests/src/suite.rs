@@ -1,7 +1,5 @@
 //! The cases (feature `dpdk`).
 
-use rand::{Rng as _, RngExt as _, SeedableRng as _};
-use rand_xoshiro::SplitMix64;
 use capo_offload::acl::{ipv4_5tuple_rule, AclBuilder, AclRule, Ipv4Key, IPV4_5TUPLE};
 use capo_offload::commit::{CommitOutcome, Committer};
 use capo_offload::dpdk::eal::Eal;
@@ -9,13 +7,13 @@ use capo_offload::dpdk::ethdev::{Port, PortConfig};
 use capo_offload::dpdk::flow::DpdkFlow;
 use capo_offload::flow::{Action, Attr, FlowRule, Group, Item, Priority};
 use capo_offload::plan::FlowSample;
+use capo_offload::testutils;
 use capo_offload::{
     lower, plan, FlowBackend, FlowErrorKind, HitCounters, NicCaps, OffloadMode, PlanConfig,
 };
-use capo_policy::{
-    Action as RuleAction, Cidr, FelixConfig, IdTable, Packet, Policy, PolicyKey, PortRange,
-    Protocol, Rule, State, TierDefault, TierInfo, Update, WorkloadEndpoint, WorkloadKey, L4,
-};
+use capo_policy::{Action as RuleAction, IdTable, Packet, PortRange, Protocol, Rule, State, L4};
+use rand::{Rng as _, RngExt as _, SeedableRng as _};
+use rand_xoshiro::SplitMix64;
 
 use crate::{free_hugepages, is_root, Outcome, Report};
 
@@ -54,64 +52,17 @@ impl Below for SplitMix64 {
     }
 }
 
-/// A small policy state: one pod, `10.244.0.1`, admitting TCP 80 from `10.1.0.0/16`
-/// and refusing TCP from `10.2.0.0/16`; default deny.
+/// A small policy state: the shared fixture's pod, `10.244.0.1`, admitting TCP 80 from
+/// `10.1.0.0/16` and refusing TCP from `10.2.0.0/16`; default deny.
 fn small_state() -> (State, IdTable) {
-    let mut state = State::new();
-    let key = PolicyKey {
-        kind: "NetworkPolicy".into(),
-        namespace: "ns".into(),
-        name: "p".into(),
-    };
     let mut allow = Rule::any(RuleAction::Allow);
     allow.protocol = Some(Protocol::TCP);
-    allow.src.nets = "10.1.0.0/16".parse::<Cidr>().into_iter().collect();
+    allow.src.nets.push(testutils::net("10.1.0.0/16"));
     allow.dst.ports = vec![PortRange::single(80)];
     let mut deny = Rule::any(RuleAction::Deny);
     deny.protocol = Some(Protocol::TCP);
-    deny.src.nets = "10.2.0.0/16".parse::<Cidr>().into_iter().collect();
-    let updates = [
-        Update::Config(FelixConfig {
-            hostname: "node-1".into(),
-            ..FelixConfig::default()
-        }),
-        Update::PolicyUpdate(
-            key.clone(),
-            Policy {
-                inbound: vec![allow, deny],
-                outbound: vec![],
-                untracked: false,
-                pre_dnat: false,
-                tier: "default".into(),
-            },
-        ),
-        Update::WorkloadUpdate(
-            WorkloadKey {
-                orchestrator: "k8s".into(),
-                workload: "ns/a".into(),
-                endpoint: "eth0".into(),
-            },
-            WorkloadEndpoint {
-                name: "cali1".into(),
-                profile_ids: vec![],
-                ipv4_nets: "10.244.0.1/32".parse::<Cidr>().into_iter().collect(),
-                ipv6_nets: vec![],
-                tiers: vec![TierInfo {
-                    name: "default".into(),
-                    ingress: vec![key],
-                    egress: vec![],
-                    default_action: TierDefault::Deny,
-                }],
-            },
-        ),
-    ];
-    for u in updates {
-        // A rejected update leaves a smaller state: the plan is then smaller too.
-        let _ = state.apply(u);
-    }
-    let mut ids = IdTable::default();
-    ids.sync(&state);
-    (state, ids)
+    deny.src.nets.push(testutils::net("10.2.0.0/16"));
+    testutils::one_workload(vec![allow, deny], vec![], None)
 }
 
 /// A plan of [`small_state`] as generation `generation`, with traffic on both rules.

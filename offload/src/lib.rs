@@ -81,6 +81,8 @@ pub mod set;
 pub mod sim;
 #[cfg(feature = "std")]
 pub mod testpmd;
+#[cfg(all(feature = "std", any(test, feature = "testutils")))]
+pub mod testutils;
 #[cfg(feature = "std")]
 pub mod verdict;
 

@@ -10,92 +10,16 @@ use capo_offload::flow::{Item, TCP_ACK, TCP_SYN};
 use capo_offload::plan::{
     plan, FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role,
 };
+use capo_offload::testutils::{net, one_workload};
 use capo_offload::verdict::{Fragment, Probe};
 use capo_offload::{lower, NicCaps, OffloadMode};
 use capo_policy::eval::L4;
 use capo_policy::{
-    Action, Cidr, FelixConfig, HostMetadata, IdTable, Packet, Policy, PolicyKey, PortRange,
-    Protocol, Rule, State, TierDefault, TierInfo, Update, WorkloadEndpoint, WorkloadKey,
+    Action, IdTable, Packet, Policy, PolicyKey, PortRange, Protocol, Rule, State, Update,
 };
 
 fn state_with(rules: Vec<Rule>) -> (State, IdTable) {
-    state_with_egress(rules, vec![], None)
-}
-
-/// One workload `10.244.0.1` with one policy (`inbound`, `outbound`) in the default
-/// tier (default deny) and, when given, a profile with these egress rules.
-fn state_with_egress(
-    rules: Vec<Rule>,
-    outbound: Vec<Rule>,
-    profile_egress: Option<Vec<Rule>>,
-) -> (State, IdTable) {
-    let mut s = State::new();
-    s.apply(Update::Config(FelixConfig {
-        hostname: "n".into(),
-        ..FelixConfig::default()
-    }))
-    .unwrap();
-    s.apply(Update::HostMetadataUpdate(
-        "n".into(),
-        HostMetadata {
-            ipv4: Some("192.168.100.1".parse().unwrap()),
-            ipv6: None,
-        },
-    ))
-    .unwrap();
-    let key = PolicyKey {
-        kind: "NetworkPolicy".into(),
-        namespace: "ns".into(),
-        name: "p".into(),
-    };
-    s.apply(Update::PolicyUpdate(
-        key.clone(),
-        Policy {
-            inbound: rules,
-            outbound,
-            untracked: false,
-            pre_dnat: false,
-            tier: "default".into(),
-        },
-    ))
-    .unwrap();
-    let profile_ids = match profile_egress {
-        Some(outbound) => {
-            s.apply(Update::ProfileUpdate(
-                "kns.ns".into(),
-                capo_policy::Profile {
-                    inbound: vec![],
-                    outbound,
-                },
-            ))
-            .unwrap();
-            vec!["kns.ns".to_string()]
-        }
-        None => vec![],
-    };
-    s.apply(Update::WorkloadUpdate(
-        WorkloadKey {
-            orchestrator: "k8s".into(),
-            workload: "ns/a".into(),
-            endpoint: "eth0".into(),
-        },
-        WorkloadEndpoint {
-            name: "cali1".into(),
-            profile_ids,
-            ipv4_nets: vec!["10.244.0.1/32".parse().unwrap()],
-            ipv6_nets: vec![],
-            tiers: vec![TierInfo {
-                name: "default".into(),
-                ingress: vec![key.clone()],
-                egress: vec![key],
-                default_action: TierDefault::Deny,
-            }],
-        },
-    ))
-    .unwrap();
-    let mut ids = IdTable::default();
-    ids.sync(&s);
-    (s, ids)
+    one_workload(rules, vec![], None)
 }
 
 fn tcp(src: [u8; 4], dport: u16, flags: u8) -> Probe {
@@ -352,10 +276,6 @@ fn test_drop_only_mode_offers_exact_denies_not_allows() {
         "{:?}",
         e[0].role
     );
-}
-
-fn net(s: &str) -> Cidr {
-    s.parse().unwrap()
 }
 
 #[test]

@@ -295,9 +295,9 @@ fn estimated_cost(dom: &Domain, entry: usize, a: &Atom, caps: &NicCaps) -> Optio
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture::{self, tcp_sample};
     use super::*;
     use crate::lower::NotExpressible;
+    use crate::testutils::{self as fixture, tcp_sample};
     use capo_policy::{Action, Rule};
 
     fn hot_all(program: &OffloadProgram) -> HashSet<EntryId> {

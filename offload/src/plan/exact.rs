@@ -120,9 +120,9 @@ pub(super) fn exact_flow_candidates(
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture::{self, tcp_sample, udp_sample};
     use super::*;
     use crate::flow::{TCP_ACK, TCP_SYN};
+    use crate::testutils::{self as fixture, tcp_sample, udp_sample};
     use capo_policy::{Action, Rule};
 
     fn with_flags(mut s: super::super::FlowSample, flags: u8) -> super::super::FlowSample {

@@ -95,8 +95,8 @@ pub(super) fn fragment_patterns(caps: &NicCaps) -> Vec<Vec<Item>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
     use super::*;
+    use crate::testutils as fixture;
 
     #[test]
     fn test_groups_mode_punts_fragments_then_local_sources() {

@@ -138,9 +138,9 @@ pub(super) fn compute_layers(
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
     use super::super::select::Reliance;
     use super::*;
+    use crate::testutils as fixture;
     use std::collections::{HashMap, HashSet};
 
     /// An allow atom (entry 0) and the overlapping end-of-tier drop's atom (entry 1).

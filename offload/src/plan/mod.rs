@@ -46,9 +46,6 @@ mod fixed;
 mod layers;
 mod select;
 
-#[cfg(test)]
-mod fixture;
-
 /// Most NIC entries one policy rule may expand into (offload.md §6.1 item 2); only its
 /// hot entries are installed, so the cap bounds planning work, not the table.
 pub const DEFAULT_RULE_CAP: u64 = 4096;
@@ -452,6 +449,7 @@ fn kept_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutils as fixture;
 
     // The fixture's allow program: 0 the allow, 1 and 3 the end-of-tier and no-profile
     // drops of TCP connection attempts, 2 and 4 their stateful remainders.

@@ -372,9 +372,9 @@ mod tests {
         atom_hits, attribute_samples, expand_entries, hot_entries, rank,
     };
     use super::super::exact::exact_flow_candidates;
-    use super::super::fixture::{self, tcp_sample};
     use super::super::{HitCounters, PlanConfig};
     use super::*;
+    use crate::testutils::{self as fixture, tcp_sample};
     use capo_policy::{Action, Rule, State};
 
     /// Runs the stages before the selection and the selection itself.

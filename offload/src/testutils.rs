@@ -1,25 +1,27 @@
-//! One workload (`10.244.0.1`, host `192.168.100.1`) with one policy in the default
-//! tier (default deny), lowered: the stages' test input.
-#![allow(clippy::unwrap_used)] // test helpers
+//! Test fixtures shared by the planner's stages, capo-offload's integration tests and
+//! the hardware tests (feature `testutils`): one workload with one policy, lowered, and
+//! flow samples towards it.
+#![allow(clippy::unwrap_used)] // fixtures: a failure is a broken fixture
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use capo_policy::eval::L4;
 use capo_policy::{
     Action, Cidr, FelixConfig, HostMetadata, IdTable, Packet, Policy, PolicyKey, PortRange,
-    Protocol, Rule, State, TierDefault, TierInfo, Update, WorkloadEndpoint, WorkloadKey,
+    Profile, Protocol, Rule, State, TierDefault, TierInfo, Update, WorkloadEndpoint, WorkloadKey,
 };
 
-use super::FlowSample;
 use crate::flow::TCP_SYN;
 use crate::lower::{lower, OffloadProgram};
+use crate::plan::FlowSample;
 
-pub(super) fn net(s: &str) -> Cidr {
+/// `s` as a CIDR.
+pub fn net(s: &str) -> Cidr {
     s.parse().unwrap()
 }
 
 /// Allows TCP to port `port` from `src`.
-pub(super) fn allow_tcp(src: &str, port: u16) -> Rule {
+pub fn allow_tcp(src: &str, port: u16) -> Rule {
     let mut r = Rule::any(Action::Allow);
     r.protocol = Some(Protocol::TCP);
     r.src.nets.push(net(src));
@@ -27,8 +29,14 @@ pub(super) fn allow_tcp(src: &str, port: u16) -> Rule {
     r
 }
 
-/// The state with these ingress and egress rules, and its program (generation 1).
-pub(super) fn program(inbound: Vec<Rule>, outbound: Vec<Rule>) -> (State, OffloadProgram) {
+/// One workload `ns/a` (`cali1`, `10.244.0.1`) on node `n` (host `192.168.100.1`), with
+/// one policy (`inbound`, `outbound`) in the default tier (default deny) and, when
+/// given, a profile with these egress rules.
+pub fn one_workload(
+    inbound: Vec<Rule>,
+    outbound: Vec<Rule>,
+    profile_egress: Option<Vec<Rule>>,
+) -> (State, IdTable) {
     let mut s = State::new();
     s.apply(Update::Config(FelixConfig {
         hostname: "n".into(),
@@ -59,6 +67,20 @@ pub(super) fn program(inbound: Vec<Rule>, outbound: Vec<Rule>) -> (State, Offloa
         },
     ))
     .unwrap();
+    let profile_ids = match profile_egress {
+        Some(outbound) => {
+            s.apply(Update::ProfileUpdate(
+                "kns.ns".into(),
+                Profile {
+                    inbound: vec![],
+                    outbound,
+                },
+            ))
+            .unwrap();
+            vec!["kns.ns".to_string()]
+        }
+        None => vec![],
+    };
     s.apply(Update::WorkloadUpdate(
         WorkloadKey {
             orchestrator: "k8s".into(),
@@ -67,7 +89,7 @@ pub(super) fn program(inbound: Vec<Rule>, outbound: Vec<Rule>) -> (State, Offloa
         },
         WorkloadEndpoint {
             name: "cali1".into(),
-            profile_ids: vec![],
+            profile_ids,
             ipv4_nets: vec!["10.244.0.1/32".parse().unwrap()],
             ipv6_nets: vec![],
             tiers: vec![TierInfo {
@@ -81,6 +103,12 @@ pub(super) fn program(inbound: Vec<Rule>, outbound: Vec<Rule>) -> (State, Offloa
     .unwrap();
     let mut ids = IdTable::default();
     ids.sync(&s);
+    (s, ids)
+}
+
+/// [`one_workload`] with these ingress and egress rules, and its program (generation 1).
+pub fn program(inbound: Vec<Rule>, outbound: Vec<Rule>) -> (State, OffloadProgram) {
+    let (s, ids) = one_workload(inbound, outbound, None);
     let program = lower(&s, &ids, 1);
     (s, program)
 }
@@ -102,11 +130,11 @@ fn sample(src: [u8; 4], protocol: Protocol, dport: u16, hits: u64) -> FlowSample
 }
 
 /// A TCP connection attempt to the workload.
-pub(super) fn tcp_sample(src: [u8; 4], dport: u16, hits: u64) -> FlowSample {
+pub fn tcp_sample(src: [u8; 4], dport: u16, hits: u64) -> FlowSample {
     sample(src, Protocol::TCP, dport, hits)
 }
 
 /// A UDP flow to the workload.
-pub(super) fn udp_sample(src: [u8; 4], dport: u16, hits: u64) -> FlowSample {
+pub fn udp_sample(src: [u8; 4], dport: u16, hits: u64) -> FlowSample {
     sample(src, Protocol::UDP, dport, hits)
 }
