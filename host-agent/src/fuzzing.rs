@@ -11,6 +11,12 @@ use crate::inputs::replay::{replay_reader, ReplayOptions};
 use crate::views::View;
 use capo_felix::frame::Schema;
 
+/// A differential check found two paths that disagree: what was compared, and how
+/// they differ.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Divergence(pub String);
+
 /// Feeds arbitrary bytes through the frame decoder and the Felix state machine with
 /// both schemas; whatever state results must render and evaluate. Any panic is a
 /// bug. Returns how many frames were accepted, for corpus statistics.
@@ -76,7 +82,7 @@ pub const PACKET_SPEC_BYTES: usize = 64;
 /// # Errors
 ///
 /// The first divergence (verdict or decider), named.
-pub fn felix_classifier(data: &[u8]) -> Result<u64, String> {
+pub fn felix_classifier(data: &[u8]) -> Result<u64, Divergence> {
     let (stream, spec) = data.split_at(data.len().saturating_sub(PACKET_SPEC_BYTES));
     let opts = ReplayOptions {
         // The schema the stream's CalicoVersion names.
@@ -94,7 +100,9 @@ pub fn felix_classifier(data: &[u8]) -> Result<u64, String> {
     let kinds = IfaceKind::all(&r.state);
     for kind in &kinds {
         let Some(iface) = generation.interface_of(kind) else {
-            return Err(format!("the classifier has no interface for {kind:?}"));
+            return Err(Divergence(format!(
+                "the classifier has no interface for {kind:?}"
+            )));
         };
         for dir in Direction::BOTH {
             for pkt in &packets {
@@ -105,10 +113,10 @@ pub fn felix_classifier(data: &[u8]) -> Result<u64, String> {
                         agreed += 1;
                     }
                     (w, g) => {
-                        return Err(format!(
+                        return Err(Divergence(format!(
                             "{kind:?} {dir:?} {pkt:?}: reference {w:?}, classifier {:?}",
                             g.map(|g| (g.verdict, g.decider.clone()))
-                        ))
+                        )))
                     }
                 }
             }
@@ -184,7 +192,7 @@ pub const MANIFESTS_SEPARATOR: &str = "\n#capo-fuzz-next\n";
 /// # Errors
 ///
 /// A diff that does not apply, or reaches another state.
-pub fn manifests_diff(data: &[u8]) -> Result<bool, String> {
+pub fn manifests_diff(data: &[u8]) -> Result<bool, Divergence> {
     use capo_felix::convert::{convert, Converted};
     use capo_resources::{diff, Options, Resources};
     let Ok(text) = std::str::from_utf8(data) else {
@@ -216,8 +224,9 @@ pub fn manifests_diff(data: &[u8]) -> Result<bool, String> {
         return Ok(false);
     };
     let fresh = state_of(new.to_felix_messages(), State::new())
-        .map_err(|e| format!("fresh load of the second set: {e}"))?;
-    let stepped = state_of(diff(&old, &new), before).map_err(|e| format!("diff: {e}"))?;
+        .map_err(|e| Divergence(format!("fresh load of the second set: {e}")))?;
+    let stepped =
+        state_of(diff(&old, &new), before).map_err(|e| Divergence(format!("diff: {e}")))?;
     let same = stepped.ipsets() == fresh.ipsets()
         && stepped.policies() == fresh.policies()
         && stepped.profiles() == fresh.profiles()
@@ -227,6 +236,8 @@ pub fn manifests_diff(data: &[u8]) -> Result<bool, String> {
     if same {
         Ok(true)
     } else {
-        Err("the diff reached another state than a fresh load".into())
+        Err(Divergence(
+            "the diff reached another state than a fresh load".into(),
+        ))
     }
 }

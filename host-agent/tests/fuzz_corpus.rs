@@ -110,7 +110,7 @@ proptest! {
         }
         data.extend(spec);
         if let Err(e) = felix_classifier(&data) {
-            return Err(TestCaseError::fail(e));
+            return Err(TestCaseError::fail(e.to_string()));
         }
     }
 

@@ -9,6 +9,11 @@ use crate::cli::Show;
 use crate::control::FakeVpp;
 use crate::{Plugin, PluginConfig};
 
+/// The control core broke an invariant: after which message, and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Divergence(pub String);
+
 /// Messages taken from one input.
 const MAX_MESSAGES: usize = 16;
 
@@ -38,7 +43,7 @@ fn observed(plugin: &Plugin) -> (u64, Vec<String>) {
 /// # Errors
 ///
 /// The first message after which that does not hold, named.
-pub fn control_core(data: &[u8]) -> Result<u64, String> {
+pub fn control_core(data: &[u8]) -> Result<u64, Divergence> {
     let plugin = Plugin::new(PluginConfig {
         max_frame_bytes: 1 << 20,
         max_generation_bytes: 4 << 20,
@@ -63,7 +68,9 @@ pub fn control_core(data: &[u8]) -> Result<u64, String> {
         0,
     );
     if !matches!(first.msg, Some(from_plugin::Msg::Applied(ref a)) if a.ok) {
-        return Err(format!("the seed generation was not applied: {first:?}"));
+        return Err(Divergence(format!(
+            "the seed generation was not applied: {first:?}"
+        )));
     }
     let mut applied = 0;
     for (i, frame) in FrameReader::with_max_frame_len(data, 1 << 20)
@@ -81,22 +88,22 @@ pub fn control_core(data: &[u8]) -> Result<u64, String> {
             Some(from_plugin::Msg::Applied(a)) if a.ok => {
                 applied += 1;
                 if plugin.cell.active_id() != a.generation {
-                    return Err(format!(
+                    return Err(Divergence(format!(
                         "message {i}: generation {} applied but {} is active",
                         a.generation,
                         plugin.cell.active_id()
-                    ));
+                    )));
                 }
                 let _ = observed(&plugin);
             }
             other => {
                 if observed(&plugin) != before {
-                    return Err(format!("message {i}: not applied ({other:?}) but the views or active generation changed"));
+                    return Err(Divergence(format!("message {i}: not applied ({other:?}) but the views or active generation changed")));
                 }
                 if core.context().enabled != features {
-                    return Err(format!(
+                    return Err(Divergence(format!(
                         "message {i}: not applied but VPP's features changed"
-                    ));
+                    )));
                 }
             }
         }
