@@ -92,7 +92,7 @@ mod with_dpdk {
         "rte_l2tpv2_.*",
     ];
 
-    pub fn run() {
+    pub(super) fn run() {
         let lib = match pkg_config::Config::new()
             .atleast_version("22.11")
             .probe("libdpdk")

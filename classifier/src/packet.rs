@@ -40,7 +40,7 @@ pub enum ParseError {
 }
 
 /// The most IPv6 extension headers walked before giving up.
-pub const MAX_EXTENSION_HEADERS: usize = 8;
+pub(crate) const MAX_EXTENSION_HEADERS: usize = 8;
 
 #[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]

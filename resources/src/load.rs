@@ -16,7 +16,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 /// The largest manifest file read (a bigger one is an error, not a stall).
-pub const MAX_FILE_LEN: u64 = 64 << 20;
+pub(crate) const MAX_FILE_LEN: u64 = 64 << 20;
 
 fn refused(path: &Path, why: String) -> Error {
     Error::Io {
@@ -105,7 +105,7 @@ pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, Error> {
 /// # Errors
 /// [`Error::Io`] naming the file when it cannot be read, is not a regular file, is
 /// too large or is not UTF-8.
-pub fn read_manifest(file: &Path) -> Result<String, Error> {
+pub(crate) fn read_manifest(file: &Path) -> Result<String, Error> {
     use std::io::Read;
     let f = std::fs::File::open(file).map_err(io(file))?;
     let meta = f.metadata().map_err(io(file))?;

@@ -14,7 +14,7 @@ use capo_policy::{
 };
 use proptest::prelude::*;
 
-pub const ADDRS: &[&str] = &[
+pub(crate) const ADDRS: &[&str] = &[
     "10.0.0.1",
     "10.0.0.2",
     "10.0.0.3",
@@ -27,7 +27,7 @@ pub const ADDRS: &[&str] = &[
     "fd00:1::1",
     "2001:db8::7",
 ];
-pub const NETS: &[&str] = &[
+pub(crate) const NETS: &[&str] = &[
     "10.0.0.0/24",
     "10.0.0.0/8",
     "10.0.0.2/31",
@@ -39,19 +39,19 @@ pub const NETS: &[&str] = &[
     "10.0.1.1/32",
     "fd00::2/128",
 ];
-pub const PORTS: &[u16] = &[0, 22, 53, 80, 443, 8080, 65535];
-pub const PROTOS: &[u8] = &[6, 17, 1, 58, 132, 47];
+pub(crate) const PORTS: &[u16] = &[0, 22, 53, 80, 443, 8080, 65535];
+pub(crate) const PROTOS: &[u8] = &[6, 17, 1, 58, 132, 47];
 
-pub fn ip(i: usize) -> IpAddr {
+pub(crate) fn ip(i: usize) -> IpAddr {
     ADDRS[i % ADDRS.len()].parse().unwrap()
 }
-pub fn net(i: usize) -> Cidr {
+pub(crate) fn net(i: usize) -> Cidr {
     NETS[i % NETS.len()].parse().unwrap()
 }
-pub fn set_id(i: usize) -> IpSetId {
+pub(crate) fn set_id(i: usize) -> IpSetId {
     IpSetId::new(format!("s:{i}")).unwrap()
 }
-pub fn pkey(i: usize) -> PolicyKey {
+pub(crate) fn pkey(i: usize) -> PolicyKey {
     PolicyKey {
         kind: if i % 5 == 4 {
             "StagedGlobalNetworkPolicy".into()
@@ -62,7 +62,7 @@ pub fn pkey(i: usize) -> PolicyKey {
         name: format!("p{i}"),
     }
 }
-pub fn wkey(i: usize) -> WorkloadKey {
+pub(crate) fn wkey(i: usize) -> WorkloadKey {
     WorkloadKey {
         orchestrator: "k8s".into(),
         workload: format!("ns/pod{i}"),
@@ -70,10 +70,10 @@ pub fn wkey(i: usize) -> WorkloadKey {
     }
 }
 
-pub const NSETS: usize = 5;
-pub const NPOL: usize = 6;
+pub(crate) const NSETS: usize = 5;
+pub(crate) const NPOL: usize = 6;
 
-pub fn member() -> impl Strategy<Value = Member> {
+pub(crate) fn member() -> impl Strategy<Value = Member> {
     prop_oneof![
         (0..ADDRS.len()).prop_map(|i| Member::Net(Cidr::host(ip(i)))),
         (0..NETS.len()).prop_map(|i| Member::Net(net(i))),
@@ -85,7 +85,7 @@ pub fn member() -> impl Strategy<Value = Member> {
     ]
 }
 
-pub fn set_update(i: usize) -> impl Strategy<Value = Update> {
+pub(crate) fn set_update(i: usize) -> impl Strategy<Value = Update> {
     (prop::collection::vec(member(), 0..5), any::<bool>()).prop_map(move |(ms, ipport)| {
         let kind = if ipport {
             IpSetKind::IpAndPort
@@ -151,7 +151,7 @@ fn icmp() -> impl Strategy<Value = Option<IcmpMatch>> {
     ]
 }
 
-pub fn rule() -> impl Strategy<Value = Rule> {
+pub(crate) fn rule() -> impl Strategy<Value = Rule> {
     (
         prop_oneof![4 => Just(Action::Allow), 3 => Just(Action::Deny), 1 => Just(Action::Log), 1 => Just(Action::Pass)],
         prop_oneof![4 => Just(None), 1 => Just(Some(IpFamily::V4)), 1 => Just(Some(IpFamily::V6))],
@@ -177,7 +177,7 @@ pub fn rule() -> impl Strategy<Value = Rule> {
         })
 }
 
-pub fn policy() -> impl Strategy<Value = Policy> {
+pub(crate) fn policy() -> impl Strategy<Value = Policy> {
     (
         prop::collection::vec(rule(), 0..4),
         prop::collection::vec(rule(), 0..4),
@@ -192,7 +192,7 @@ pub fn policy() -> impl Strategy<Value = Policy> {
         })
 }
 
-pub fn profile() -> impl Strategy<Value = Profile> {
+pub(crate) fn profile() -> impl Strategy<Value = Profile> {
     (
         prop::collection::vec(rule(), 0..3),
         prop::collection::vec(rule(), 0..3),
@@ -200,7 +200,7 @@ pub fn profile() -> impl Strategy<Value = Profile> {
         .prop_map(|(inbound, outbound)| Profile { inbound, outbound })
 }
 
-pub fn tiers() -> impl Strategy<Value = Vec<TierInfo>> {
+pub(crate) fn tiers() -> impl Strategy<Value = Vec<TierInfo>> {
     let keys = || prop::collection::vec((0..NPOL).prop_map(pkey), 0..3);
     prop::collection::vec(
         (
@@ -223,7 +223,7 @@ pub fn tiers() -> impl Strategy<Value = Vec<TierInfo>> {
     )
 }
 
-pub fn workload(i: usize) -> impl Strategy<Value = Update> {
+pub(crate) fn workload(i: usize) -> impl Strategy<Value = Update> {
     (
         tiers(),
         prop::collection::vec(prop::sample::select(vec!["prof0", "prof1"]), 0..2),
@@ -254,7 +254,7 @@ pub fn workload(i: usize) -> impl Strategy<Value = Update> {
         })
 }
 
-pub fn hep(i: usize) -> impl Strategy<Value = Update> {
+pub(crate) fn hep(i: usize) -> impl Strategy<Value = Update> {
     (
         tiers(),
         tiers(),
@@ -282,7 +282,7 @@ pub fn hep(i: usize) -> impl Strategy<Value = Update> {
         )
 }
 
-pub fn config() -> impl Strategy<Value = Update> {
+pub(crate) fn config() -> impl Strategy<Value = Update> {
     let fs = || {
         prop::collection::vec(
             (0..3usize, 0..PORTS.len(), prop::option::of(0..NETS.len())).prop_map(|(p, q, n)| {
@@ -311,7 +311,7 @@ pub fn config() -> impl Strategy<Value = Update> {
 }
 
 /// Updates that build a whole state, in an order the state accepts.
-pub fn scenario() -> impl Strategy<Value = Vec<Update>> {
+pub(crate) fn scenario() -> impl Strategy<Value = Vec<Update>> {
     (
         config(),
         prop::option::of(0..ADDRS.len()),
@@ -350,7 +350,7 @@ pub fn scenario() -> impl Strategy<Value = Vec<Update>> {
         })
 }
 
-pub fn packet() -> impl Strategy<Value = Packet> {
+pub(crate) fn packet() -> impl Strategy<Value = Packet> {
     (
         0..ADDRS.len(),
         0..ADDRS.len(),
@@ -399,7 +399,7 @@ pub fn packet() -> impl Strategy<Value = Packet> {
 }
 
 /// Applies updates to a fresh state, skipping those the state rejects.
-pub fn build_state(updates: &[Update]) -> (State, IdTable) {
+pub(crate) fn build_state(updates: &[Update]) -> (State, IdTable) {
     let mut state = State::new();
     for u in updates {
         let _ = state.apply(u.clone());
@@ -410,17 +410,22 @@ pub fn build_state(updates: &[Update]) -> (State, IdTable) {
 }
 
 /// The reference outcome for an interface kind.
-pub fn reference(state: &State, kind: &IfaceKind, dir: Direction, pkt: &Packet) -> Option<Outcome> {
+pub(crate) fn reference(
+    state: &State,
+    kind: &IfaceKind,
+    dir: Direction,
+    pkt: &Packet,
+) -> Option<Outcome> {
     kind.reference(state, dir, pkt)
 }
 
 /// Every interface kind the state defines.
-pub fn kinds(state: &State) -> Vec<IfaceKind> {
+pub(crate) fn kinds(state: &State) -> Vec<IfaceKind> {
     IfaceKind::all(state)
 }
 
 /// Checks every interface and direction of `g` against the reference on `pkts`.
-pub fn check(state: &State, g: &Generation, pkts: &[Packet]) -> Result<(), TestCaseError> {
+pub(crate) fn check(state: &State, g: &Generation, pkts: &[Packet]) -> Result<(), TestCaseError> {
     let mut scratch = Scratch::default();
     let mut batch = Vec::new();
     let mut wants = Vec::new();

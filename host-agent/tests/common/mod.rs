@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A Felix fixture (frames and scenario) copied from the seed's streams.
-pub fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/felix")
         .join(name)
 }
 
 /// The seed's Felix stream (`seed.master.frames`), decoded.
-pub fn seed_messages() -> Vec<capo_proto::felix::v3_32::ToDataplane> {
+pub(crate) fn seed_messages() -> Vec<capo_proto::felix::v3_32::ToDataplane> {
     let bytes = std::fs::read(fixture("seed.master.frames")).unwrap();
     capo_felix::frame::FrameReader::new(bytes.as_slice())
         .map(|f| capo_felix::frame::decode_to_dataplane_v3_32(&f.unwrap()).unwrap())
@@ -21,12 +21,12 @@ pub fn seed_messages() -> Vec<capo_proto::felix::v3_32::ToDataplane> {
 }
 
 /// `examples/seed`: the seed's manifests.
-pub fn seed_dir() -> PathBuf {
+pub(crate) fn seed_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed")
 }
 
 /// A fresh scratch directory for one test.
-pub fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("capo-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -34,7 +34,7 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// Runs capoctl: exit code, stdout, stderr.
-pub fn capoctl(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn capoctl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_capoctl"))
         .args(args)
         .output()
@@ -47,7 +47,7 @@ pub fn capoctl(args: &[&str]) -> (i32, String, String) {
 }
 
 /// Runs capoctl against a running agent's socket.
-pub fn capoctl_at(socket: &Path, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn capoctl_at(socket: &Path, args: &[&str]) -> (i32, String, String) {
     let mut all = vec!["--socket", socket.to_str().unwrap()];
     all.extend_from_slice(args);
     capoctl(&all)
@@ -55,7 +55,7 @@ pub fn capoctl_at(socket: &Path, args: &[&str]) -> (i32, String, String) {
 
 /// The seed document's `sh capo interfaces` block for tun3 after the NetworkPolicy,
 /// line for line.
-pub const SEED_TUN3_AFTER: &str = "\
+pub(crate) const SEED_TUN3_AFTER: &str = "\
 [tun3 sw_if_index=11  addr=11.0.0.67 addr6=fd20::1cc0:b1ac:ad47:e7c2]
   tx:
     [policy#2]
@@ -68,4 +68,4 @@ pub const SEED_TUN3_AFTER: &str = "\
       rx:[rule#16;allow][]
     [policy#11]
 ";
-pub mod vpp_rig;
+pub(crate) mod vpp_rig;

@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call (`[a-z0-9]`, ≤ 8 characters).
-pub fn unique() -> String {
+pub(crate) fn unique() -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{:05x}{:x}", std::process::id() & 0xfffff, n)
 }
 
 /// Why the rig cannot run here, if it cannot.
-pub fn missing() -> Option<String> {
+pub(crate) fn missing() -> Option<String> {
     let Some(dir) = std::env::var_os("CAPO_VPP").map(PathBuf::from) else {
         return Some(
             "CAPO_VPP is not set: run `scripts/vpp-setup.sh DIR` (unpacks VPP 26.06 from \
@@ -104,7 +104,7 @@ fn run(cmd: &str, args: &[&str]) -> String {
 }
 
 /// Waits until `f` is true, polling every 100 ms; panics with `what` after `limit`.
-pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
@@ -113,7 +113,7 @@ pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// One VPP process.
-pub struct Vpp {
+pub(crate) struct Vpp {
     pub root: PathBuf,
     pub run_dir: PathBuf,
     pub capo_socket: PathBuf,
@@ -124,7 +124,7 @@ pub struct Vpp {
 
 impl Vpp {
     /// Starts VPP with capo's plugin (`capo { socket … }` in `run_dir`).
-    pub fn start(run_dir: &Path, workers: u32) -> Vpp {
+    pub(crate) fn start(run_dir: &Path, workers: u32) -> Vpp {
         let root = PathBuf::from(std::env::var_os("CAPO_VPP").unwrap());
         std::fs::create_dir_all(run_dir).unwrap();
         let mut vpp = Vpp {
@@ -185,7 +185,7 @@ impl Vpp {
     }
 
     /// Kills VPP (as a crash would) and starts it again with the same configuration.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         self.launch();
     }
@@ -211,13 +211,13 @@ impl Vpp {
     }
 
     /// Runs a vppctl command; its output.
-    pub fn ctl(&self, cmd: &str) -> String {
+    pub(crate) fn ctl(&self, cmd: &str) -> String {
         self.try_ctl(cmd)
             .unwrap_or_else(|| panic!("vppctl {cmd} failed; log: {}", self.log()))
     }
 
     /// VPP's stdout/stderr so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.run_dir.join("vpp.out")).unwrap_or_default()
     }
 }
@@ -230,7 +230,7 @@ impl Drop for Vpp {
 
 /// A pod: a network namespace whose `eth0` is a veth to the root namespace, attached
 /// to VPP with `create host-interface`.
-pub struct Pod {
+pub(crate) struct Pod {
     pub ns: String,
     /// The root-namespace end of the veth.
     pub veth: String,
@@ -247,7 +247,7 @@ pub struct Pod {
 
 impl Pod {
     /// The namespace and veth, not yet attached to VPP.
-    pub fn new(tag: &str, ip4: &str, gw4: &str, ip6: &str, gw6: &str, n: u8) -> Pod {
+    pub(crate) fn new(tag: &str, ip4: &str, gw4: &str, ip6: &str, gw6: &str, n: u8) -> Pod {
         let id = unique();
         let pod = Pod {
             ns: format!("capo-{id}-{tag}"),
@@ -295,7 +295,7 @@ impl Pod {
     }
 
     /// Attaches the pod to VPP: host-interface and addresses.
-    pub fn attach(&self, vpp: &Vpp) {
+    pub(crate) fn attach(&self, vpp: &Vpp) {
         vpp.ctl(&format!(
             "create host-interface name {} hw-addr {}",
             self.veth, self.vpp_mac
@@ -312,12 +312,12 @@ impl Pod {
     }
 
     /// Removes the pod's interface from VPP.
-    pub fn detach(&self, vpp: &Vpp) {
+    pub(crate) fn detach(&self, vpp: &Vpp) {
         vpp.ctl(&format!("delete host-interface name {}", self.veth));
     }
 
     /// VPP's sw_if_index of the pod's interface.
-    pub fn sw_if_index(&self, vpp: &Vpp) -> u32 {
+    pub(crate) fn sw_if_index(&self, vpp: &Vpp) -> u32 {
         let out = vpp.ctl("show interface");
         out.lines()
             .find_map(|l| {
@@ -330,7 +330,7 @@ impl Pod {
     }
 
     /// Runs a command in the pod.
-    pub fn exec(&self, args: &[&str]) -> Command {
+    pub(crate) fn exec(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns]).args(args);
         c
@@ -355,7 +355,7 @@ impl Drop for Pod {
 }
 
 /// The seed's two pods: ts1 (sender) and ts2 (receiver), with the seed's addresses.
-pub fn seed_pods() -> (Pod, Pod) {
+pub(crate) fn seed_pods() -> (Pod, Pod) {
     let ts1 = Pod::new(
         "ts1",
         "11.0.0.196",
@@ -376,13 +376,13 @@ pub fn seed_pods() -> (Pod, Pod) {
 }
 
 /// A listener on `port` in `pod` that writes what it receives to `out`.
-pub struct Listener {
+pub(crate) struct Listener {
     child: Child,
     pub out: PathBuf,
 }
 
 impl Listener {
-    pub fn start(pod: &Pod, port: u16, v6: bool, out: PathBuf) -> Listener {
+    pub(crate) fn start(pod: &Pod, port: u16, v6: bool, out: PathBuf) -> Listener {
         let file = std::fs::File::create(&out).unwrap();
         let mut cmd = pod.exec(&["nc", "-k", "-l"]);
         if v6 {
@@ -404,7 +404,7 @@ impl Listener {
         Listener { child, out }
     }
 
-    pub fn received(&self) -> String {
+    pub(crate) fn received(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 }
@@ -417,7 +417,7 @@ impl Drop for Listener {
 }
 
 /// `echo DATA | nc -N -w 3 DST PORT` from `pod`: whether it connected and sent.
-pub fn send(pod: &Pod, dst: &str, port: u16, data: &str) -> bool {
+pub(crate) fn send(pod: &Pod, dst: &str, port: u16, data: &str) -> bool {
     let mut child = pod
         .exec(&["nc", "-N", "-w", "3", dst, &port.to_string()])
         .stdin(Stdio::piped())
@@ -434,7 +434,7 @@ pub fn send(pod: &Pod, dst: &str, port: u16, data: &str) -> bool {
 }
 
 /// `ping -c COUNT -W 1 DST` from `pod`: whether any reply came back.
-pub fn ping(pod: &Pod, dst: &str, count: u32) -> bool {
+pub(crate) fn ping(pod: &Pod, dst: &str, count: u32) -> bool {
     pod.exec(&["ping", "-n", "-c", &count.to_string(), "-W", "1", dst])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -443,7 +443,7 @@ pub fn ping(pod: &Pod, dst: &str, count: u32) -> bool {
 }
 
 /// A running capo-agent.
-pub struct Agent {
+pub(crate) struct Agent {
     child: Option<Child>,
     pub api: PathBuf,
     pub log: PathBuf,
@@ -453,7 +453,7 @@ pub struct Agent {
 impl Agent {
     /// Starts `capo-agent --dataplane vpp:SOCKET --resources DIR --node kind-worker2`
     /// plus `extra`.
-    pub fn start(vpp: &Vpp, manifests: &Path, dir: &Path, extra: &[&str]) -> Agent {
+    pub(crate) fn start(vpp: &Vpp, manifests: &Path, dir: &Path, extra: &[&str]) -> Agent {
         let api = dir.join(format!("agent-{}.sock", unique()));
         let mut args = vec![
             "--resources".to_string(),
@@ -493,7 +493,7 @@ impl Agent {
     }
 
     /// `kill -9`.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -502,17 +502,17 @@ impl Agent {
     }
 
     /// Starts it again with the same arguments.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill9();
         self.spawn();
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// capoctl against this agent: (exit code, stdout, stderr).
-    pub fn capoctl(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn capoctl(&self, args: &[&str]) -> (i32, String, String) {
         super::capoctl_at(&self.api, args)
     }
 }
@@ -526,7 +526,7 @@ impl Drop for Agent {
 /// The seed's manifests in `dir`, ts2 bound by the annotation `capo.dev/interface`
 /// to `interface` (the endpoint's interface name), and the NetworkPolicy allowing
 /// `port`.
-pub fn seed_manifests(dir: &Path, interface: &str, port: u16) -> PathBuf {
+pub(crate) fn seed_manifests(dir: &Path, interface: &str, port: u16) -> PathBuf {
     let m = dir.join(format!("manifests-{}", unique()));
     std::fs::create_dir_all(&m).unwrap();
     write_seed(&m, interface, port);
@@ -534,7 +534,7 @@ pub fn seed_manifests(dir: &Path, interface: &str, port: u16) -> PathBuf {
 }
 
 /// Rewrites the manifests in place (the agent polls them).
-pub fn write_seed(m: &Path, interface: &str, port: u16) {
+pub(crate) fn write_seed(m: &Path, interface: &str, port: u16) {
     let seed = super::seed_dir();
     for f in ["namespace.yaml", "nodes.yaml"] {
         std::fs::copy(seed.join(f), m.join(f)).unwrap();

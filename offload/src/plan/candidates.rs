@@ -216,7 +216,7 @@ pub(super) struct Cand {
 }
 
 impl Cand {
-    pub fn id(&self) -> AtomId {
+    pub(super) fn id(&self) -> AtomId {
         (self.domain, self.entry, self.atom)
     }
 }
@@ -233,7 +233,7 @@ pub(super) struct Ranked {
 
 impl Ranked {
     /// The candidate's estimated entry cost.
-    pub fn cost(&self, c: &Cand) -> u64 {
+    pub(super) fn cost(&self, c: &Cand) -> u64 {
         self.est.get(&c.id()).copied().unwrap_or(1)
     }
 }

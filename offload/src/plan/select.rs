@@ -81,7 +81,7 @@ pub(super) struct Selection {
 
 impl Selection {
     /// Records why an atom of `id` stays in software, unless a reason is known.
-    pub fn keep(&mut self, id: EntryId, reason: KeepReason) {
+    pub(super) fn keep(&mut self, id: EntryId, reason: KeepReason) {
         self.reasons.entry(id).or_insert(reason);
     }
 }

@@ -12,7 +12,7 @@ use capo_resources::{IpSetKind, Snapshot};
 use ipnet::IpNet;
 
 /// The policy core's state after the snapshot's full message stream.
-pub fn reference_state(s: &Snapshot) -> capo_policy::State {
+pub(crate) fn reference_state(s: &Snapshot) -> capo_policy::State {
     let mut state = capo_policy::State::new();
     for m in s.to_felix_messages() {
         match convert(m, &state).expect("the converter accepts our messages") {
@@ -26,7 +26,7 @@ pub fn reference_state(s: &Snapshot) -> capo_policy::State {
 }
 
 /// The reference evaluator's verdict for `p` on this node.
-pub fn reference_allowed(state: &capo_policy::State, p: &Pkt) -> bool {
+pub(crate) fn reference_allowed(state: &capo_policy::State, p: &Pkt) -> bool {
     let pkt = capo_policy::Packet {
         src: p.src,
         dst: p.dst,
@@ -41,7 +41,7 @@ pub fn reference_allowed(state: &capo_policy::State, p: &Pkt) -> bool {
 
 /// A probe: a first packet from `src` to `dst`.
 #[derive(Debug, Clone, Copy)]
-pub struct Pkt {
+pub(crate) struct Pkt {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub proto: u8,
@@ -114,7 +114,7 @@ fn ports_match(
         || named.iter().any(|id| in_set(s, id, ip, proto, port))
 }
 
-pub fn rule_matches(s: &Snapshot, r: &pb::Rule, p: &Pkt) -> bool {
+pub(crate) fn rule_matches(s: &Snapshot, r: &pb::Rule, p: &Pkt) -> bool {
     let v4 = p.src.is_ipv4();
     match r.ip_version {
         4 if !v4 => return false,
@@ -229,7 +229,7 @@ fn run_rules(s: &Snapshot, rules: &[pb::Rule], p: &Pkt) -> RulesOutcome {
 }
 
 /// The verdict of one endpoint's policy for one direction.
-pub fn endpoint_allows(
+pub(crate) fn endpoint_allows(
     s: &Snapshot,
     tiers: &[pb::TierInfo],
     profile_ids: &[String],
@@ -306,7 +306,7 @@ fn local_endpoint(s: &Snapshot, ip: IpAddr) -> Option<&pb::WorkloadEndpoint> {
 
 /// Whether `p` is allowed: egress policy of the source (if local) and
 /// ingress policy of the destination (if local).
-pub fn allowed(s: &Snapshot, p: &Pkt) -> bool {
+pub(crate) fn allowed(s: &Snapshot, p: &Pkt) -> bool {
     if let Some(src) = local_endpoint(s, p.src) {
         if !endpoint_allows(s, &src.tiers, &src.profile_ids, false, p) {
             return false;
@@ -324,7 +324,7 @@ pub fn allowed(s: &Snapshot, p: &Pkt) -> bool {
 /// patterns match (`"*"`, `"x/*"`, `"*/a"` or `"x/a"`) gives the answer,
 /// else `default`. Self-traffic is not probed (it never leaves the pod).
 #[derive(Debug, Clone)]
-pub struct Expect {
+pub(crate) struct Expect {
     pub proto: u8,
     pub port: u16,
     pub default: bool,
@@ -341,7 +341,7 @@ fn pat(p: &str, name: &str) -> bool {
 }
 
 impl Expect {
-    pub fn get(&self, from: &str, to: &str) -> bool {
+    pub(crate) fn get(&self, from: &str, to: &str) -> bool {
         self.rules
             .iter()
             .find(|(f, t, _)| pat(f, from) && pat(t, to))
@@ -351,7 +351,7 @@ impl Expect {
 
 /// Checks every pod pair against `expect` with both evaluators, reporting
 /// all mismatches.
-pub fn check_matrix(s: &Snapshot, pods: &[(String, String)], expect: &Expect) {
+pub(crate) fn check_matrix(s: &Snapshot, pods: &[(String, String)], expect: &Expect) {
     let state = reference_state(s);
     let mut wrong = Vec::new();
     for (from, fip) in pods {

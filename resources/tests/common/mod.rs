@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod eval;
+pub(crate) mod eval;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +14,7 @@ use capo_resources::felix::{self as pb, to_dataplane::Payload};
 use capo_resources::{Options, PolicyRef, Resources, Snapshot, WorkloadRef};
 
 /// Loads inline YAML as if it were the file `test.yaml`.
-pub fn load(yaml: &str) -> Resources {
+pub(crate) fn load(yaml: &str) -> Resources {
     let mut r = Resources::new();
     r.add_text(Path::new("test.yaml"), yaml)
         .expect("valid test manifests");
@@ -22,13 +22,13 @@ pub fn load(yaml: &str) -> Resources {
 }
 
 /// Loads inline YAML, expecting failure.
-pub fn load_err(yaml: &str) -> capo_resources::Error {
+pub(crate) fn load_err(yaml: &str) -> capo_resources::Error {
     let mut r = Resources::new();
     r.add_text(Path::new("bad.yaml"), yaml)
         .expect_err("manifest should be rejected")
 }
 
-pub fn snap(r: &Resources, node: Option<&str>) -> Snapshot {
+pub(crate) fn snap(r: &Resources, node: Option<&str>) -> Snapshot {
     r.snapshot(&Options::for_node(node))
 }
 
@@ -38,7 +38,7 @@ pub fn snap(r: &Resources, node: Option<&str>) -> Snapshot {
 /// suite. Pod IPs are 10.0.<1|2|3>.<1|2|3> for x|y|z and a|b|c; every pod
 /// serves TCP and UDP 80 and 81 as named ports `serve-<port>-<proto>`.
 /// x's pods run on node-1, y's on node-2, z's on node-3.
-pub fn xyz_cluster() -> String {
+pub(crate) fn xyz_cluster() -> String {
     let mut out = String::new();
     for (ni, ns) in ["x", "y", "z"].iter().enumerate() {
         out.push_str(&format!(
@@ -78,7 +78,7 @@ status:
 }
 
 /// Pod name (`x/a`) to IP for the xyz cluster.
-pub fn xyz_pods() -> Vec<(String, String)> {
+pub(crate) fn xyz_pods() -> Vec<(String, String)> {
     let mut v = Vec::new();
     for (ni, ns) in ["x", "y", "z"].iter().enumerate() {
         for (pi, pod) in ["a", "b", "c"].iter().enumerate() {
@@ -88,7 +88,7 @@ pub fn xyz_pods() -> Vec<(String, String)> {
     v
 }
 
-pub fn policy<'a>(s: &'a Snapshot, kind: &str, ns: &str, name: &str) -> &'a pb::Policy {
+pub(crate) fn policy<'a>(s: &'a Snapshot, kind: &str, ns: &str, name: &str) -> &'a pb::Policy {
     s.policies()
         .get(&PolicyRef {
             kind: kind.into(),
@@ -103,11 +103,11 @@ pub fn policy<'a>(s: &'a Snapshot, kind: &str, ns: &str, name: &str) -> &'a pb::
         })
 }
 
-pub fn knp<'a>(s: &'a Snapshot, ns: &str, name: &str) -> &'a pb::Policy {
+pub(crate) fn knp<'a>(s: &'a Snapshot, ns: &str, name: &str) -> &'a pb::Policy {
     policy(s, "KubernetesNetworkPolicy", ns, name)
 }
 
-pub fn wep<'a>(s: &'a Snapshot, ns: &str, pod: &str) -> &'a pb::WorkloadEndpoint {
+pub(crate) fn wep<'a>(s: &'a Snapshot, ns: &str, pod: &str) -> &'a pb::WorkloadEndpoint {
     s.workload_endpoints()
         .get(&WorkloadRef {
             namespace: ns.into(),
@@ -117,7 +117,7 @@ pub fn wep<'a>(s: &'a Snapshot, ns: &str, pod: &str) -> &'a pb::WorkloadEndpoint
 }
 
 /// Members of an IP set, sorted.
-pub fn members(s: &Snapshot, id: &str) -> Vec<String> {
+pub(crate) fn members(s: &Snapshot, id: &str) -> Vec<String> {
     s.ip_sets()
         .get(id)
         .unwrap_or_else(|| panic!("no ip set {id}"))
@@ -127,12 +127,12 @@ pub fn members(s: &Snapshot, id: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn strs(v: &[&str]) -> Vec<String> {
+pub(crate) fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
 /// `(tier, ingress names, egress names, default action)` for an endpoint.
-pub fn tiers(t: &[pb::TierInfo]) -> Vec<(String, Vec<String>, Vec<String>, String)> {
+pub(crate) fn tiers(t: &[pb::TierInfo]) -> Vec<(String, Vec<String>, Vec<String>, String)> {
     t.iter()
         .map(|ti| {
             (
@@ -146,7 +146,7 @@ pub fn tiers(t: &[pb::TierInfo]) -> Vec<(String, Vec<String>, Vec<String>, Strin
 }
 
 /// The name of each message's payload, in order.
-pub fn kinds(msgs: &[pb::ToDataplane]) -> Vec<&'static str> {
+pub(crate) fn kinds(msgs: &[pb::ToDataplane]) -> Vec<&'static str> {
     msgs.iter()
         .map(|m| match &m.payload {
             Some(Payload::ConfigUpdate(_)) => "ConfigUpdate",
@@ -170,7 +170,7 @@ pub fn kinds(msgs: &[pb::ToDataplane]) -> Vec<&'static str> {
 }
 
 /// A short readable form of a rule for assertions.
-pub fn rule_summary(r: &pb::Rule) -> BTreeMap<&'static str, String> {
+pub(crate) fn rule_summary(r: &pb::Rule) -> BTreeMap<&'static str, String> {
     let mut m = BTreeMap::new();
     m.insert("action", r.action.clone());
     if let Some(p) = &r.protocol {
