@@ -354,14 +354,32 @@ mod with_dpdk {
         true
     }
 
+    /// Why a program has no rte_acl context.
+    #[derive(Debug, thiserror::Error)]
+    enum Unexpressible {
+        #[error("no such workload")]
+        NoWorkload,
+        #[error("a rule of {0} uses criteria rte_acl cannot express")]
+        Criteria(String),
+        #[error("{0} segments, rte_acl has 16 categories")]
+        Segments(usize),
+        #[error("more entries than rte_acl counts")]
+        TooManyEntries,
+        #[error(transparent)]
+        Acl(#[from] capo_offload::acl::AclError),
+    }
+
     /// Builds one program's context; `Err` names what could not be expressed.
     fn build_program(
         eal: &Eal,
         state: &State,
         key: &WorkloadKey,
         dir: Direction,
-    ) -> Result<AclProgram, String> {
-        let wep = state.workloads().get(key).ok_or("no workload")?;
+    ) -> Result<AclProgram, Unexpressible> {
+        let wep = state
+            .workloads()
+            .get(key)
+            .ok_or(Unexpressible::NoWorkload)?;
         // Segments: (entries, whether no-match drops).
         // Segments in order, each its rules' actions and entries.
         let mut segs: Vec<Vec<(Act, Vec<Entry>)>> = Vec::new();
@@ -397,10 +415,7 @@ mod with_dpdk {
                     };
                     let mut e = Vec::new();
                     if !expand(state, r, &mut e) {
-                        return Err(format!(
-                            "a rule of {} uses criteria rte_acl cannot express",
-                            k.name
-                        ));
+                        return Err(Unexpressible::Criteria(format!("policy {}", k.name)));
                     }
                     rules.push((act, e));
                 }
@@ -428,9 +443,7 @@ mod with_dpdk {
                 };
                 let mut e = Vec::new();
                 if !expand(state, r, &mut e) {
-                    return Err(format!(
-                        "a rule of profile {name} uses criteria rte_acl cannot express"
-                    ));
+                    return Err(Unexpressible::Criteria(format!("profile {name}")));
                 }
                 rules.push((act, e));
             }
@@ -438,7 +451,7 @@ mod with_dpdk {
         }
         let nseg = segs.len().max(1);
         if nseg > 16 {
-            return Err(format!("{nseg} segments, rte_acl has 16 categories"));
+            return Err(Unexpressible::Segments(nseg));
         }
         let categories = if nseg == 1 {
             1
@@ -482,11 +495,10 @@ mod with_dpdk {
                 (0, 0),
             ));
         }
-        let n = u32::try_from(rules.len()).map_err(|_| "too many entries")?;
-        let mut b =
-            AclBuilder::new(eal, "capo-bench", IPV4_5TUPLE, n).map_err(|e| e.to_string())?;
-        b.add(&rules).map_err(|e| e.to_string())?;
-        let ctx = b.build(categories).map_err(|e| e.to_string())?;
+        let n = u32::try_from(rules.len()).map_err(|_| Unexpressible::TooManyEntries)?;
+        let mut b = AclBuilder::new(eal, "capo-bench", IPV4_5TUPLE, n)?;
+        b.add(&rules)?;
+        let ctx = b.build(categories)?;
         Ok(AclProgram {
             ctx,
             categories,
@@ -610,7 +622,7 @@ mod with_dpdk {
         if items.is_empty() {
             r.note = Some(format!(
                 "not measured: no context built ({unsupported} programs unsupported: {})",
-                first_err.unwrap_or_default()
+                first_err.map(|e| e.to_string()).unwrap_or_default()
             ));
             return r;
         }
@@ -642,7 +654,7 @@ mod with_dpdk {
             items.len(),
             w.packets.len(),
             if unsupported > 0 {
-                format!("; {unsupported} programs unsupported: {}", first_err.unwrap_or_default())
+                format!("; {unsupported} programs unsupported: {}", first_err.map(|e| e.to_string()).unwrap_or_default())
             } else {
                 String::new()
             }

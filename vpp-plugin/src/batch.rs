@@ -266,7 +266,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                 out.push(PacketOut::drop(
                     DropReason::Malformed,
                     How::Malformed,
-                    trace(Verdict::Deny, How::Malformed, &e),
+                    trace(Verdict::Deny, How::Malformed, &e.to_string()),
                 ));
                 continue;
             }
@@ -356,14 +356,24 @@ fn tally(o: &PacketOut, counts: &mut BatchCounts) {
     }
 }
 
+/// Why a packet on an IP arc could not be parsed.
+#[derive(Debug, thiserror::Error)]
+enum ArcPacketError {
+    #[error("empty packet")]
+    Empty,
+    #[error("IP version {got} on the IPv{arc} arc")]
+    OtherFamily { got: u8, arc: u8 },
+    #[error(transparent)]
+    Malformed(#[from] capo_classifier::ParseError),
+}
+
 /// Parses a packet of the arc's family from its IP header.
-fn parse_family<const IP6: bool>(bytes: &[u8]) -> Result<ParsedPacket, String> {
-    let version = bytes.first().map(|b| b >> 4);
-    let want = if IP6 { 6 } else { 4 };
-    match version {
-        Some(v) if v == want => parse_ip(bytes).map_err(|e| e.to_string()),
-        Some(v) => Err(format!("IP version {v} on the IPv{want} arc")),
-        None => Err("empty packet".to_string()),
+fn parse_family<const IP6: bool>(bytes: &[u8]) -> Result<ParsedPacket, ArcPacketError> {
+    let arc = if IP6 { 6 } else { 4 };
+    match bytes.first().map(|b| b >> 4) {
+        Some(v) if v == arc => Ok(parse_ip(bytes)?),
+        Some(got) => Err(ArcPacketError::OtherFamily { got, arc }),
+        None => Err(ArcPacketError::Empty),
     }
 }
 

@@ -33,22 +33,36 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn options() -> Result<FelixOptions, String> {
+/// An environment variable the driver cannot use.
+#[derive(Debug, thiserror::Error)]
+enum EnvError {
+    #[error("CAPO_FELIX_SCHEMA: {0}")]
+    Schema(String),
+    #[error("CAPO_MAX_FRAME_LEN: {0:?} is not a number of bytes")]
+    MaxFrameLen(String),
+    #[error("CAPO_STATUS_INTERVAL: {value:?}: {error}")]
+    StatusInterval {
+        value: String,
+        error: humantime::DurationError,
+    },
+    #[error("CAPO_STATUS_INTERVAL: must be more than zero")]
+    ZeroStatusInterval,
+}
+
+fn options() -> Result<FelixOptions, EnvError> {
     let mut opts = FelixOptions::default();
     if let Some(s) = env("CAPO_FELIX_SCHEMA") {
-        opts.schema = Some(s.parse().map_err(|e| format!("CAPO_FELIX_SCHEMA: {e}"))?);
+        opts.schema = Some(s.parse().map_err(|e| EnvError::Schema(format!("{e}")))?);
     }
     if let Some(s) = env("CAPO_MAX_FRAME_LEN") {
-        opts.max_frame_len = s
-            .parse()
-            .map_err(|_| format!("CAPO_MAX_FRAME_LEN: {s:?} is not a number of bytes"))?;
+        opts.max_frame_len = s.parse().map_err(|_| EnvError::MaxFrameLen(s))?;
     }
     opts.record = env("CAPO_RECORD").map(Into::into);
     if let Some(s) = env("CAPO_STATUS_INTERVAL") {
         opts.status_interval = humantime::parse_duration(&s)
-            .map_err(|e| format!("CAPO_STATUS_INTERVAL: {s:?}: {e}"))?;
+            .map_err(|error| EnvError::StatusInterval { value: s, error })?;
         if opts.status_interval.is_zero() {
-            return Err("CAPO_STATUS_INTERVAL: must be more than zero".into());
+            return Err(EnvError::ZeroStatusInterval);
         }
     }
     Ok(opts)

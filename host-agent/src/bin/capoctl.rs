@@ -11,7 +11,7 @@ use capo_agent::views::{packet, parse_interface_index, trace_json, trace_text, V
 use capo_felix::frame::{Schema, DEFAULT_MAX_FRAME_LEN};
 
 use capo_agent::api::client;
-use capo_agent::inputs::replay::{replay_file, ReplayOptions, Replayed};
+use capo_agent::inputs::replay::{replay_file, ReplayError, ReplayOptions, Replayed};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -228,15 +228,20 @@ enum Command {
     },
 }
 
-fn parse_mode(s: &str) -> Result<u32, String> {
+/// A `--mode` that is not an octal file mode.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not an octal file mode such as 0755")]
+struct ModeError(String);
+
+fn parse_mode(s: &str) -> Result<u32, ModeError> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0755"))
+        .ok_or_else(|| ModeError(s.to_string()))
 }
 
-fn load(file: &std::path::Path, stream: &StreamArgs) -> Result<Replayed, String> {
-    let r = replay_file(file, &stream.options()).map_err(|e| e.to_string())?;
+fn load(file: &std::path::Path, stream: &StreamArgs) -> Result<Replayed, ReplayError> {
+    let r = replay_file(file, &stream.options())?;
     if !r.in_sync {
         eprintln!(
             "warning: {}: the stream ends before InSync ({} frames): showing the partial snapshot",
