@@ -25,4 +25,5 @@ pub mod measure;
 pub mod offload;
 pub mod run;
 pub mod traffic;
+pub mod vpp;
 pub mod workload;

@@ -1,6 +1,7 @@
 //! `capo-bench classify --workload w-seed|w-k8s|w-large [--quick] [--json]`
 //! `capo-bench offload --workload w-k8s --nic mlx5|e810|cnxk --nic-capacity N [--zipf S] [--seed N] [--windows N] [--json]`
 //! `capo-bench traffic --workload w-k8s|w-large --export DIR [--small] [--zipf S] [--seed N] [--windows N]`
+//! `capo-bench vpp --workload w-k8s|w-large [--window N] [--seed N] [--runs N] [--vpp DIR] [--agent PATH] [--json]`
 //!
 //! Prints one JSON object per engine and line with `--json`, a table otherwise;
 //! progress goes to stderr.
@@ -14,7 +15,110 @@ use capo_bench::workload::Kind;
 
 const USAGE: &str = "usage: capo-bench classify --workload w-seed|w-k8s|w-large [--quick] [--json]
        capo-bench offload --workload w-k8s|w-large --nic mlx5|e810|cnxk --nic-capacity N [--zipf S] [--seed N] [--windows N] [--json]
-       capo-bench traffic --workload w-k8s|w-large --export DIR [--small] [--zipf S] [--seed N] [--windows N]";
+       capo-bench traffic --workload w-k8s|w-large --export DIR [--small] [--zipf S] [--seed N] [--windows N]
+       capo-bench vpp --workload w-k8s|w-large [--window N] [--seed N] [--runs N] [--vpp DIR] [--agent PATH] [--json]";
+
+/// `capo-bench vpp`: capo's node and VPP forwarding, clocks per packet inside VPP
+/// (`capo_bench::vpp`). `--vpp` defaults to `$CAPO_VPP`, `--agent` to the capo-agent
+/// beside this binary.
+fn vpp(args: &[String]) -> ExitCode {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(std::path::Path::to_path_buf))
+        .unwrap_or_default();
+    let mut o = capo_bench::vpp::VppBenchOptions {
+        kind: Kind::K8s,
+        window: 1,
+        seed: 1,
+        vpp_root: std::env::var_os("CAPO_VPP")
+            .map(Into::into)
+            .unwrap_or_default(),
+        agent: exe_dir.join("capo-agent"),
+        runs: 5,
+    };
+    let mut json = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let ok = match a.as_str() {
+            "--json" => {
+                json = true;
+                true
+            }
+            "--workload" => it
+                .next()
+                .and_then(|w| Kind::parse(w))
+                .filter(|k| *k != Kind::Seed)
+                .map(|k| o.kind = k)
+                .is_some(),
+            "--window" => it
+                .next()
+                .and_then(|w| w.parse().ok())
+                .map(|w| o.window = w)
+                .is_some(),
+            "--seed" => it
+                .next()
+                .and_then(|s| s.parse().ok())
+                .map(|s| o.seed = s)
+                .is_some(),
+            "--runs" => it
+                .next()
+                .and_then(|r| r.parse().ok())
+                .filter(|r| *r >= 1)
+                .map(|r| o.runs = r)
+                .is_some(),
+            "--vpp" => it.next().map(|d| o.vpp_root = d.into()).is_some(),
+            "--agent" => it.next().map(|p| o.agent = p.into()).is_some(),
+            _ => false,
+        };
+        if !ok {
+            eprintln!("capo-bench vpp: bad argument {a:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    for (what, path) in [
+        (
+            "VPP (set CAPO_VPP or --vpp: scripts/vpp-setup.sh DIR)",
+            o.vpp_root.join("vpp/bin/vpp"),
+        ),
+        (
+            "capo's plugin (scripts/vpp-setup.sh DIR builds it)",
+            o.vpp_root.join("capo/libcapo_vpp_plugin.so"),
+        ),
+        ("capo-agent (--agent PATH)", o.agent.clone()),
+    ] {
+        if !path.exists() {
+            eprintln!("capo-bench vpp: {what}: {} not found", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    match capo_bench::vpp::run(&o, &mut |l| eprintln!("{l}")) {
+        Ok(rows) => {
+            for r in rows {
+                if json {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                } else {
+                    println!(
+                        "{:<8} {:<12} clocks/packet {:>8.0} (capo's nodes {:>6.0} at {:>5.1} a call, runs {:.0}..{:.0}) packets {:>6} memory {}",
+                        r.engine,
+                        r.phase,
+                        r.clocks_per_packet,
+                        r.capo_node_clocks_per_packet,
+                        r.capo_vectors_per_call,
+                        r.clocks_min,
+                        r.clocks_max,
+                        r.packets,
+                        r.memory_bytes.map_or("-".to_string(), |m| format!("{} KiB", m / 1024))
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("capo-bench vpp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// `capo-bench traffic`: the offload benchmark's traffic written out for TRex and
 /// VPP's packet generator (`capo_bench::export`).
@@ -180,6 +284,9 @@ fn main() -> ExitCode {
     }
     if args.first().map(String::as_str) == Some("traffic") {
         return traffic(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("vpp") {
+        return vpp(&args[1..]);
     }
     if args.first().map(String::as_str) != Some("classify") {
         eprintln!("{USAGE}");
