@@ -27,23 +27,12 @@ from trex.stl.api import (
     Ether,
 )
 
+from flows import frame_sizes
+
 TS1 = {"v4": "11.0.0.196", "v6": "fd20::58fd:b191:5c13:9cc3"}
 TS2 = {"v4": "11.0.0.67", "v6": "fd20::1cc0:b1ac:ad47:e7c2"}
 ALLOWED_PORT = 5978
 REFUSED_PORT = 5979
-
-# IMIX: 64, 594 and 1518 byte frames, 7:4:1 (the usual simple IMIX).
-IMIX = [(64, 7), (594, 4), (1518, 1)]
-
-
-def frame_sizes(size: str):
-    """[(frame bytes, weight)] for `size`: a number of bytes, or `imix`."""
-    if size == "imix":
-        return IMIX
-    n = int(size)
-    if not 64 <= n <= 9000:
-        raise ValueError(f"size {n}: frames are 64..9000 bytes")
-    return [(n, 1)]
 
 
 def ip_layer(src, dst, v6):
