@@ -96,11 +96,12 @@ def reference_verdict(dport):
     return json.loads(out)["verdict"]
 
 
-def feed_felix(path, frames, limit=20):
+def feed_felix(child, tmp, path, frames, limit=20):
     """Connects to the agent's Felix socket as Felix's driver would and writes the
     stream; the connection stays open (closing it is a Felix restart)."""
     deadline = time.time() + limit
     while True:
+        agent_exited(child, tmp)
         try:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(str(path))
@@ -111,3 +112,20 @@ def feed_felix(path, frames, limit=20):
             time.sleep(0.1)
     s.sendall(frames)
     return s
+
+
+def w_seed_replay(tmp, rewrite=lambda frames: frames):
+    """W-seed's direction 0 for one second (20 connections, 300 pps) written to
+    `tmp/in.pcap` (after `rewrite`), with the reference's verdict of each frame by
+    destination port: (pcap, frames, {port: verdict}, allowed, denied)."""
+    import to_pcap
+    from scapy.all import TCP, Ether
+
+    frames = rewrite(to_pcap.packets(str(TREX / "w_seed.py"), 0, 1.0,
+                                     {"connections": "20", "pps": "300"}))
+    pcap = tmp / "in.pcap"
+    to_pcap.write_pcap(pcap, frames)
+    verdicts = {p: reference_verdict(p) for p in (5978, 5979)}
+    allowed = sum(verdicts[Ether(f)[TCP].dport] == "allow" for _, f in frames)
+    assert allowed and len(frames) - allowed, "both verdicts occur"
+    return pcap, frames, verdicts, allowed, len(frames) - allowed

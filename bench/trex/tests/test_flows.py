@@ -119,7 +119,7 @@ def test_w_k8s_replayed_through_capo_on_a_dpdk_pcap_port(k8s, tmp_path):
     child, api = start_agent(tmp_path, ["--nic", port], source=["--felix-socket", str(felix)])
     conn = None
     try:
-        conn = feed_felix(felix, (k8s / "felix.frames").read_bytes())
+        conn = feed_felix(child, tmp_path, felix, (k8s / "felix.frames").read_bytes())
         allowed, denied, c = wait_for_packets(child, tmp_path, api, len(frames),
                                               lambda i: i["direction"] == "ingress", limit=120)
         assert (allowed, denied) == (window["wire_allowed"], window["wire_denied"]), c

@@ -25,7 +25,7 @@ import ndr  # noqa: E402
 import to_pcap  # noqa: E402
 from scapy.all import IP, TCP, IPv6, Ether, rdpcap  # noqa: E402
 from trex.stl.api import STLProfile  # noqa: E402
-from rig import REPO, TREX, bytes_judged, capo_bin, free_port, reference_verdict, start_agent, wait_for_packets  # noqa: E402
+from rig import REPO, TREX, bytes_judged, capo_bin, free_port, start_agent, w_seed_replay, wait_for_packets  # noqa: E402
 
 W_SEED = str(TREX / "w_seed.py")
 
@@ -182,13 +182,7 @@ def test_w_seed_replayed_through_capo_on_a_dpdk_pcap_port(tmp_path):
     """The profile's packets (direction 0: ts1 -> ts2, arriving at ts2's interface) on
     a DPDK net_pcap port of capo-agent's embedded dataplane: the counts capo reports
     equal the reference evaluator's verdicts for the same packets."""
-    frames = to_pcap.packets(W_SEED, 0, 1.0, {"connections": "20", "pps": "300"})
-    pcap = tmp_path / "in.pcap"
-    to_pcap.write_pcap(pcap, frames)
-    verdicts = {p: reference_verdict(p) for p in (5978, 5979)}
-    want_allowed = sum(verdicts[Ether(f)[TCP].dport] == "allow" for _, f in frames)
-    want_denied = len(frames) - want_allowed
-    assert want_allowed and want_denied
+    pcap, frames, verdicts, want_allowed, want_denied = w_seed_replay(tmp_path)
     port = f"dpdk:net_pcap0,rx_pcap={pcap},tx_pcap={tmp_path / 'out.pcap'}"
     child, api = start_agent(tmp_path, ["--nic", port])
     try:

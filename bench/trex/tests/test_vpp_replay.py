@@ -18,11 +18,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import lbr_trex_client  # noqa: E402,F401
 import to_pcap  # noqa: E402
-from rig import TREX, bytes_judged, feed_felix, reference_verdict, start_agent, wait_for_packets  # noqa: E402
+from rig import TREX, bytes_judged, feed_felix, start_agent, w_seed_replay, wait_for_packets  # noqa: E402
 from scapy.all import TCP, Ether  # noqa: E402
 from vpp import PG0_MAC, Vpp, vpp_root  # noqa: E402
 
-W_SEED = str(TREX / "w_seed.py")
 W_K8S = str(TREX / "w_k8s.py")
 ETHERNET = 14
 
@@ -54,13 +53,7 @@ def tx_packets(vpp, interface):
 
 def test_w_seed_replayed_through_vpp_with_capo(tmp_path):
     vpp_root()
-    frames = to_pg0(to_pcap.packets(W_SEED, 0, 1.0, {"connections": "20", "pps": "300"}))
-    pcap = tmp_path / "in.pcap"
-    to_pcap.write_pcap(pcap, frames)
-    verdicts = {p: reference_verdict(p) for p in (5978, 5979)}
-    want_allowed = sum(verdicts[Ether(f)[TCP].dport] == "allow" for _, f in frames)
-    want_denied = len(frames) - want_allowed
-    assert want_allowed and want_denied
+    pcap, frames, verdicts, want_allowed, want_denied = w_seed_replay(tmp_path, to_pg0)
     vpp = Vpp(tmp_path / "vpp")
     child = None
     try:
@@ -110,7 +103,7 @@ def test_w_k8s_replayed_through_vpp_with_capo(k8s, tmp_path):
         felix = tmp_path / "felix.sock"
         child, api = start_agent(tmp_path, [f"--dataplane=vpp:{vpp.capo_socket}", *binds],
                                  source=["--felix-socket", str(felix)])
-        conn = feed_felix(felix, (k8s / "felix.frames").read_bytes())
+        conn = feed_felix(child, tmp_path, felix, (k8s / "felix.frames").read_bytes())
         wait_policed(vpp, names)
         vpp.replay(pcap, len(frames))
         allowed, denied, c = wait_for_packets(child, tmp_path, api, len(frames),
