@@ -22,6 +22,10 @@ pub struct Row {
     pub bytes_per_member: Option<f64>,
     /// Why a field is null, or what was sampled.
     pub note: Option<String>,
+    /// `production` for the frame pipeline the dataplanes run.
+    pub path: Option<&'static str>,
+    /// `first` or `established` (production rows).
+    pub phase: Option<&'static str>,
 }
 
 impl Row {
@@ -35,6 +39,8 @@ impl Row {
             update_p99_us: None,
             bytes_per_member: None,
             note: None,
+            path: None,
+            phase: None,
         }
     }
 
@@ -56,8 +62,16 @@ impl Row {
             "update_p99_us": r(self.update_p99_us),
             "bytes_per_member": r(self.bytes_per_member),
         });
-        if let (Some(note), Some(obj)) = (&self.note, v.as_object_mut()) {
-            obj.insert("note".into(), serde_json::Value::String(note.clone()));
+        if let Some(obj) = v.as_object_mut() {
+            for (field, value) in [
+                ("note", self.note.clone()),
+                ("path", self.path.map(str::to_string)),
+                ("phase", self.phase.map(str::to_string)),
+            ] {
+                if let Some(value) = value {
+                    obj.insert(field.into(), serde_json::Value::String(value));
+                }
+            }
         }
         v.to_string()
     }

@@ -2,6 +2,12 @@
 //!
 //! - `fast`: [`capo_classifier::Generation::classify`], first packet of each flow
 //!   (no flow table), the whole packet list repeated until the time budget is spent.
+//! - `production`: what the dataplanes run per frame of 256 wire-format packets —
+//!   parse, flow lookup, classification of misses, flow insert, counters
+//!   ([`capo_classifier::Worker::process`]) — for first packets (a fresh flow table
+//!   each pass over the list) and for established flows (the table warm: allowed
+//!   packets hit their flow, denied ones are classified again). Row `path`:
+//!   `production`.
 //! - `reference`: [`capo_policy::eval::evaluate_workload`], the specification.
 //! - `linear`: the C plugin's algorithm ([`crate::linear`]).
 //! - `rte_acl`: DPDK's classifier on the rules expanded ([`crate::acl`]).
@@ -48,6 +54,99 @@ impl Options {
             2000
         }
     }
+}
+
+/// The frame pipeline on the workload's packets as wire frames: ns per packet for
+/// first packets and for established flows, and how many verdicts differ from the
+/// fast path's one-packet classification.
+fn production(
+    w: &Workload,
+    state: &capo_policy::State,
+    ids: &capo_policy::IdTable,
+    g: &capo_classifier::Generation,
+    opts: Options,
+) -> Option<(f64, f64, usize)> {
+    use capo_classifier::{
+        build, parse_ethernet, tcp_flags, Counters, FlowConfig, Input, Timestamp, Worker,
+    };
+    // (sw_if_index, direction, frame) of every packet on a policed interface.
+    let frames: Vec<(u32, capo_policy::Direction, Vec<u8>)> = w
+        .packets
+        .iter()
+        .filter_map(|(k, d, p)| {
+            let wep = state.workloads().get(k)?;
+            let idx = ids.interface(&wep.name)?;
+            let syn = if p.protocol == capo_policy::Protocol::TCP {
+                tcp_flags::SYN
+            } else {
+                0
+            };
+            Some((idx, *d, build::frame(p, syn)))
+        })
+        .collect();
+    if frames.is_empty() {
+        return None;
+    }
+    let batches: Vec<&[(u32, capo_policy::Direction, Vec<u8>)]> =
+        frames.chunks(capo_classifier::MAX_BATCH).collect();
+    let counters = Counters::new();
+    let now = Timestamp::from_secs(1);
+    let mut inputs: Vec<Input> = Vec::with_capacity(capo_classifier::MAX_BATCH);
+    let mut verdicts = Vec::with_capacity(capo_classifier::MAX_BATCH);
+    let mut run = |worker: &mut Worker,
+                   batch: &[(u32, capo_policy::Direction, Vec<u8>)],
+                   out: &mut Vec<Verdict>| {
+        inputs.clear();
+        for (idx, dir, f) in batch {
+            if let Ok(packet) = parse_ethernet(f) {
+                inputs.push(Input {
+                    sw_if_index: *idx,
+                    dir: *dir,
+                    packet,
+                    len: u32::try_from(f.len()).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        worker.process(g, &inputs, now, out);
+    };
+    // Verdicts of one pass against the fast path, packet by packet.
+    let mut scratch = Scratch::default();
+    let mut worker = Worker::new(FlowConfig::default(), &counters);
+    let mut disagree = 0;
+    for b in &batches {
+        run(&mut worker, b, &mut verdicts);
+        for ((idx, dir, f), v) in b.iter().zip(&verdicts) {
+            let fast = parse_ethernet(f).ok().and_then(|p| {
+                g.interface_by_sw_if_index(*idx)
+                    .and_then(|i| g.classify(i, *dir, &p.packet, &mut scratch))
+            });
+            if fast.map(|d| d.verdict) != Some(*v) {
+                disagree += 1;
+            }
+        }
+    }
+    // First packets: a fresh table at the start of every pass.
+    let first = time_loop(opts.budget(), batches.len(), |k| {
+        if k == 0 {
+            worker = Worker::new(FlowConfig::default(), &counters);
+        }
+        if let Some(b) = batches.get(k) {
+            run(&mut worker, b, &mut verdicts);
+            black_box(verdicts.len());
+        }
+    });
+    // Established: the table holds every allowed flow.
+    for b in &batches {
+        run(&mut worker, b, &mut verdicts);
+    }
+    let established = time_loop(opts.budget(), batches.len(), |k| {
+        if let Some(b) = batches.get(k) {
+            run(&mut worker, b, &mut verdicts);
+            black_box(verdicts.len());
+        }
+    });
+    let per_packet = |per_batch: f64| per_batch * batches.len() as f64 / frames.len() as f64;
+    Some((per_packet(first), per_packet(established), disagree))
 }
 
 /// Measures every engine on one workload. `log` receives progress lines.
@@ -125,6 +224,24 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
         mem.program_bytes >> 20,
         mem.members
     ));
+    let mut production_rows = Vec::new();
+    if let Some((first, established, disagree)) = production(&w, &state, &ids, &g, opts) {
+        if disagree > 0 {
+            log(&format!(
+                "production: {disagree} packets where the frame pipeline and the fast path disagree"
+            ));
+        }
+        for (phase, ns) in [("first", first), ("established", established)] {
+            let mut row = Row::new("production", name).timing(ns);
+            row.path = Some("production");
+            row.note = Some(format!(
+                "{phase} packets; frames of {}; {disagree} verdicts differ from fast",
+                capo_classifier::MAX_BATCH
+            ));
+            row.phase = Some(phase);
+            production_rows.push(row);
+        }
+    }
     // rte_acl now, while the generation is held: it is compared with the fast path
     // on the same packets (it may only build some programs' contexts).
     let acl_row = (!opts.fast_only).then(|| {
@@ -168,6 +285,7 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
         opts,
     ));
     rows.push(fast);
+    rows.extend(production_rows);
     if opts.fast_only {
         return rows;
     }

@@ -58,7 +58,24 @@ fn classify_reports_every_engine_on_w_seed() {
         &mut |l| logs.push(l.to_string()),
     );
     let engines: Vec<_> = rows.iter().map(|r| r.engine).collect();
-    assert_eq!(engines, ["fast", "reference", "linear", "rte_acl"]);
+    assert_eq!(
+        engines,
+        [
+            "fast",
+            "production",
+            "production",
+            "reference",
+            "linear",
+            "rte_acl"
+        ]
+    );
+    // The frame pipeline: first packets and established flows, the fast path's verdicts.
+    for (row, phase) in rows[1..3].iter().zip(["first", "established"]) {
+        assert_eq!((row.path, row.phase), (Some("production"), Some(phase)));
+        assert!(row.ns_per_packet.is_some_and(|ns| ns > 0.0));
+        let note = row.note.clone().unwrap_or_default();
+        assert!(note.contains("; 0 verdicts differ from fast"), "{note}");
+    }
     assert!(
         logs.iter()
             .any(|l| l.contains("reference:") && l.contains(" 0 verdict mismatches")),
