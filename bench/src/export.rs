@@ -20,7 +20,6 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use capo_policy::{trace, Verdict, L4};
@@ -125,8 +124,8 @@ pub fn flows_csv(traffic: &Traffic) -> (String, Vec<WindowTotals>) {
                     conv.rank,
                     opener_word(conv.opener),
                     verdict_word(conn.allowed),
-                    addr(p.src),
-                    addr(p.dst),
+                    p.src,
+                    p.dst,
                     p.protocol.0,
                     s.probe.tcp_flags,
                     u8::from(s.from_wire),
@@ -159,10 +158,6 @@ pub fn endpoints_csv(traffic: &Traffic) -> String {
         let _ = writeln!(csv, "{},{},{}", key.workload, w.name, addresses.join(" "));
     }
     csv
-}
-
-fn addr(a: IpAddr) -> String {
-    a.to_string()
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {

@@ -109,7 +109,7 @@ fn first_packets(
     seed: u64,
 ) -> (Vec<(capo_policy::Packet, u8)>, crate::traffic::Traffic) {
     let t = generate_traffic(kind, &TrafficOptions::standard(1.1, seed));
-    let mut seen = BTreeSet::new();
+    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     if let Some(w) = t.windows.get(window) {
         for conn in &w.connections {
@@ -117,7 +117,7 @@ fn first_packets(
                 continue;
             };
             let p = s.probe.reference_packet();
-            if seen.insert((p.src, p.dst, p.protocol, format!("{:?}", p.l4))) {
+            if seen.insert((p.src, p.dst, p.protocol, p.l4)) {
                 out.push((p, s.probe.flags().unwrap_or(0)));
             }
         }
@@ -172,25 +172,29 @@ fn wire_frame(p: &capo_policy::Packet, tcp_flags: u8) -> Vec<u8> {
     f
 }
 
-/// Writes frames as a pcap (microsecond timestamps, Ethernet).
+/// Writes frames as a little-endian pcap (microsecond timestamps, Ethernet), one a
+/// microsecond apart (VPP's pcap reader takes only its own byte order).
 pub fn write_pcap(path: &Path, frames: &[&[u8]]) -> Result<(), VppBenchError> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&65535u32.to_le_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes());
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    use pcap_file::Endianness;
+    let what = || format!("writing {}", path.display());
+    let file = std::fs::File::create(path).map_err(io(what()))?;
+    let header = PcapHeader {
+        endianness: Endianness::Little,
+        ..PcapHeader::default()
+    };
+    let pcap_err = |e: pcap_file::PcapError| VppBenchError::Io {
+        what: what(),
+        source: std::io::Error::other(e),
+    };
+    let mut w = PcapWriter::with_header(std::io::BufWriter::new(file), header).map_err(pcap_err)?;
     for (i, f) in frames.iter().enumerate() {
         let len = u32::try_from(f.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&u32::try_from(i).unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(f);
+        let at = Duration::from_micros(u64::try_from(i).unwrap_or(u64::MAX));
+        w.write_packet(&PcapPacket::new(at, len, f))
+            .map_err(pcap_err)?;
     }
-    std::fs::write(path, out).map_err(io(format!("writing {}", path.display())))
+    w.into_writer().flush().map_err(io(what()))
 }
 
 /// A node's line of `show runtime`.

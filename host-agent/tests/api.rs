@@ -532,20 +532,13 @@ fn simulated_nic_takes_hot_flows_and_counters_add_up() {
 
 /// A pcap file holding `frames` (classic format, Ethernet link type).
 fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    // The second word above packs version 2.4 as two little-endian u16s.
-    out[4..8].copy_from_slice(&[2, 0, 4, 0]);
+    use pcap_file::pcap::{PcapPacket, PcapWriter};
+    let mut w = PcapWriter::new(Vec::new()).unwrap();
     for f in frames {
-        let len = f.len() as u32;
-        for v in [0u32, 0, len, len] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(f);
+        w.write_packet(&PcapPacket::new(Duration::ZERO, f.len() as u32, f))
+            .unwrap();
     }
-    out
+    w.into_writer()
 }
 
 #[test]

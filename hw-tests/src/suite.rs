@@ -7,13 +7,12 @@ use capo_offload::dpdk::ethdev::{Port, PortConfig};
 use capo_offload::dpdk::flow::DpdkFlow;
 use capo_offload::flow::{Action, Attr, FlowRule, Group, Item, Priority};
 use capo_offload::plan::FlowSample;
-use capo_offload::testutils;
+use capo_offload::testutils::{self, Below as _, Rng};
 use capo_offload::{
     lower, plan, FlowBackend, FlowErrorKind, HitCounters, NicCaps, OffloadMode, PlanConfig,
 };
 use capo_policy::{Action as RuleAction, IdTable, Packet, PortRange, Protocol, Rule, State, L4};
-use rand::{Rng as _, RngExt as _, SeedableRng as _};
-use rand_xoshiro::SplitMix64;
+use rand::{Rng as _, SeedableRng as _};
 
 use crate::{free_hugepages, is_root, Outcome, Report};
 
@@ -30,25 +29,6 @@ pub fn run(report: &mut Report) {
     match std::env::var("CAPO_HW_PCI") {
         Ok(pci) if !pci.is_empty() => run_pci(report, &pci),
         _ => run_vdev(report),
-    }
-}
-
-/// Random inputs from a seed: splitmix64 from `rand_xoshiro`, one reproducible run
-/// per seed.
-type Rng = SplitMix64;
-
-/// Uniform draws below a bound (0 when the bound is 0).
-trait Below {
-    fn below(&mut self, n: u64) -> u64;
-}
-
-impl Below for SplitMix64 {
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.random_range(0..n)
-        }
     }
 }
 

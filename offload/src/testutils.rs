@@ -15,6 +15,27 @@ use crate::flow::TCP_SYN;
 use crate::lower::{lower, OffloadProgram};
 use crate::plan::FlowSample;
 
+/// Random test inputs from a seed: splitmix64 (`rand_xoshiro`), one reproducible run
+/// per seed (`Rng::seed_from_u64`).
+pub type Rng = rand_xoshiro::SplitMix64;
+
+/// Uniform draws below a bound (0 when the bound is 0).
+pub trait Below {
+    /// A draw in `0..n`, or 0 when `n` is 0.
+    fn below(&mut self, n: u64) -> u64;
+}
+
+impl Below for Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        use rand::RngExt as _;
+        if n == 0 {
+            0
+        } else {
+            self.random_range(0..n)
+        }
+    }
+}
+
 /// `s` as a CIDR.
 pub fn net(s: &str) -> Cidr {
     s.parse().unwrap()

@@ -8,13 +8,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
-use rand::{RngExt as _, SeedableRng as _};
-use rand_xoshiro::SplitMix64;
+use rand::SeedableRng as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use capo_offload::commit::{Committer, SoftwareView};
 use capo_offload::plan::{plan, FlowSample, HitCounters, OffloadPlan, PlanConfig};
 use capo_offload::sim::{Faults, SimNic};
+use capo_offload::testutils::{Below as _, Rng};
 use capo_offload::verdict::{combine, Fragment, Probe};
 use capo_offload::{lower, NicCaps};
 use capo_policy::eval::L4;
@@ -26,25 +26,6 @@ use capo_policy::{
 use proptest::prelude::*;
 
 const NODE: &str = "node-1";
-
-/// Random inputs from a seed: splitmix64 from `rand_xoshiro`, one reproducible run
-/// per seed.
-type Rng = SplitMix64;
-
-/// Uniform draws below a bound (0 when the bound is 0).
-trait Below {
-    fn below(&mut self, n: u64) -> u64;
-}
-
-impl Below for SplitMix64 {
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.random_range(0..n)
-        }
-    }
-}
 
 fn host() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(192, 168, 100, 1))
