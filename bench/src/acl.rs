@@ -2,22 +2,13 @@
 //! `capo_offload::acl` over `dpdk-sys`).
 //!
 //! The fair comparison is one ACL context per interface program, as a VPP-style
-//! dataplane would hold one per interface and direction. Each program's rules are
-//! expanded to IPv4 5-tuple entries (every rule × its source members × destination
-//! members × port ranges, named ports as `/32` + port entries), first match by
+//! dataplane would hold one per interface and direction. Each program is expanded
+//! into segments of IPv4 5-tuple entries by [`crate::expand`], first match by
 //! priority. Calico's control flow maps onto rte_acl's categories: one category per
-//! segment of the program (the allow-from-host rule, each tier with policies for
-//! the direction, each profile), so one classify call returns the best match of
-//! every segment; the packet then walks the segments in order: allow/deny decide,
-//! `pass` (or no match in a tier without an end-of-tier drop, or in a profile)
-//! moves to the next segment, a tier's end-of-tier drop is a lowest-priority
-//! catch-all entry of its category, and after the last profile the packet is
-//! dropped. `log` rules are left out (they do not change the verdict).
-//!
-//! Criteria rte_acl cannot express without a complement expansion of IP sets
-//! (negated IP sets, negated ports or protocols, service sets, several IP sets that
-//! must all hold, ICMP negations) make a program unsupported: it is counted and
-//! skipped, never silently approximated. The generated workloads use none of them.
+//! segment, so one classify call returns the best match of every segment; the packet
+//! then walks the segments in order (allow/deny decide, `pass` or no match moves on,
+//! after the last segment the packet is dropped). A program `expand` cannot express
+//! is counted and skipped, never approximated.
 //!
 //! Building is expensive (a context of a few thousand entries takes tens of
 //! milliseconds), so contexts are built program by program until a build budget is
@@ -118,22 +109,12 @@ mod with_dpdk {
         ipv4_5tuple_rule, AclBuilder, AclContext, AclRule, Ipv4Key, IPV4_5TUPLE,
     };
     use capo_offload::dpdk::eal::Eal;
-    use capo_policy::{
-        Action, Cidr, Direction, IpFamily, Member, Packet, Rule, SideMatch, State, Verdict,
-        WorkloadKey, L4,
-    };
+    use capo_policy::{Direction, Packet, State, Verdict, WorkloadKey, L4};
 
     use super::{expanded_entries, large_note, row};
+    use crate::expand::Act;
     use crate::measure::Row;
     use crate::workload::{Kind, Workload};
-
-    /// What an entry's userdata stands for.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Act {
-        Allow,
-        Deny,
-        Pass,
-    }
 
     /// One interface program as rte_acl runs it.
     struct AclProgram {
@@ -147,220 +128,11 @@ mod with_dpdk {
         entries: usize,
     }
 
-    /// An IPv4 prefix as (address, length).
-    type P4 = (u32, u8);
-
-    const ANY: P4 = (0, 0);
-
-    /// One 5-tuple entry: protocol, source, destination, source and destination
-    /// port ranges (ICMP: type and code ranges).
-    type Entry = (Option<u8>, P4, P4, (u16, u16), (u16, u16));
-
-    fn v4(c: &Cidr) -> Option<P4> {
-        match c.net().addr() {
-            IpAddr::V4(a) => Some((u32::from(a), c.prefix_len())),
-            IpAddr::V6(_) => None,
-        }
-    }
-
-    fn range_of(p: P4) -> (u64, u64) {
-        let host = 32 - u32::from(p.1);
-        let size = 1u64 << host;
-        let start = u64::from(p.0) & !(size - 1);
-        (start, start + size - 1)
-    }
-
-    /// The prefixes covering [lo, hi].
-    fn range_to_prefixes(mut lo: u64, hi: u64, out: &mut Vec<P4>) {
-        while lo <= hi {
-            let mut len = 32u32;
-            while len > 0 {
-                let size = 1u64 << (32 - (len - 1));
-                if lo % size != 0 || lo + size - 1 > hi {
-                    break;
-                }
-                len -= 1;
-            }
-            out.push((lo as u32, len as u8));
-            lo += 1u64 << (32 - len);
-        }
-    }
-
-    /// Addresses of one side: `None` when rte_acl cannot express it.
-    fn side_addrs(state: &State, side: &SideMatch) -> Option<Vec<P4>> {
-        if !side.not_ip_sets.is_empty() || side.ip_sets.len() > 1 {
-            return None;
-        }
-        let mut pos: Vec<P4> = Vec::new();
-        let has_pos = !side.nets.is_empty() || !side.ip_sets.is_empty();
-        if !side.nets.is_empty() && !side.ip_sets.is_empty() {
-            return None;
-        }
-        pos.extend(side.nets.iter().filter_map(v4));
-        if let Some(id) = side.ip_sets.first() {
-            let set = state.ipsets().get(id)?;
-            for m in set.members() {
-                if let Member::Net(c) = m {
-                    pos.extend(v4(c));
-                }
-            }
-        }
-        if has_pos && pos.is_empty() {
-            return Some(Vec::new()); // never matches IPv4
-        }
-        let neg: Vec<P4> = side.not_nets.iter().filter_map(v4).collect();
-        if neg.is_empty() {
-            if !has_pos {
-                pos.push(ANY);
-            }
-            return Some(pos);
-        }
-        // Complement of the negated prefixes (within `pos` when there is one).
-        let mut gaps: Vec<(u64, u64)> = neg.iter().map(|p| range_of(*p)).collect();
-        gaps.sort_unstable();
-        let mut allowed = Vec::new();
-        let mut next = 0u64;
-        for (a, b) in gaps {
-            if a > next {
-                range_to_prefixes(next, a - 1, &mut allowed);
-            }
-            next = next.max(b + 1);
-        }
-        if next <= u64::from(u32::MAX) {
-            range_to_prefixes(next, u64::from(u32::MAX), &mut allowed);
-        }
-        if !has_pos {
-            return Some(allowed);
-        }
-        // Keep positive prefixes wholly outside every negated one; a partial
-        // overlap would need splitting, which no workload needs.
-        let mut kept = Vec::new();
-        for p in pos {
-            let (a, b) = range_of(p);
-            let inside = neg.iter().any(|n| {
-                let (x, y) = range_of(*n);
-                a >= x && b <= y
-            });
-            let overlaps = neg.iter().any(|n| {
-                let (x, y) = range_of(*n);
-                a <= y && x <= b
-            });
-            if overlaps && !inside {
-                return None;
-            }
-            if !overlaps {
-                kept.push(p);
-            }
-        }
-        Some(kept)
-    }
-
-    /// Port alternatives of one side as ranges; `None` when inexpressible.
-    fn ports(side: &SideMatch) -> Option<Vec<(u16, u16)>> {
-        if !side.not_ports.is_empty() || !side.not_named_port_sets.is_empty() {
-            return None;
-        }
-        if side.ports.is_empty() {
-            return Some(if side.named_port_sets.is_empty() {
-                vec![(0, u16::MAX)]
-            } else {
-                Vec::new()
-            });
-        }
-        Some(side.ports.iter().map(|r| (r.first(), r.last())).collect())
-    }
-
-    /// Expands one rule into 5-tuple entries (priority and userdata set later).
-    fn expand(state: &State, rule: &Rule, out: &mut Vec<Entry>) -> bool {
-        if rule.not_protocol.is_some()
-            || rule.not_icmp.is_some()
-            || !rule.dst_ip_port_sets.is_empty()
-            || !rule.src.named_port_sets.is_empty()
-        {
-            return false;
-        }
-        if rule.family() == Some(IpFamily::V6) {
-            return true; // never matches IPv4: no entries
-        }
-        let proto = rule.protocol.map(|p| p.0);
-        let (Some(src), Some(dst)) = (side_addrs(state, &rule.src), side_addrs(state, &rule.dst))
-        else {
-            return false;
-        };
-        let (Some(sports), Some(dports)) = (ports(&rule.src), ports(&rule.dst)) else {
-            return false;
-        };
-        let uses_ports = rule.src.uses_ports() || rule.dst.uses_ports();
-        if uses_ports && proto.is_none() {
-            return false; // ports would be compared with ICMP type/code
-        }
-        let (sports, dports) = match rule.icmp {
-            Some(m) if uses_ports => {
-                let _ = m;
-                return false;
-            }
-            Some(m) => (
-                vec![(u16::from(m.icmp_type), u16::from(m.icmp_type))],
-                vec![m.code.map_or((0, 255), |c| (u16::from(c), u16::from(c)))],
-            ),
-            None => (sports, dports),
-        };
-        for s in &src {
-            for d in &dst {
-                for sp in &sports {
-                    for dp in &dports {
-                        out.push((proto, *s, *d, *sp, *dp));
-                    }
-                }
-            }
-        }
-        // Named ports: each member's address and port, OR-ed with the ranges.
-        if !rule.dst.named_port_sets.is_empty() {
-            let dst_any = rule.dst.nets.is_empty()
-                && rule.dst.ip_sets.is_empty()
-                && rule.dst.not_nets.is_empty();
-            if !dst_any {
-                return false;
-            }
-            for id in &rule.dst.named_port_sets {
-                let Some(set) = state.ipsets().get(id) else {
-                    continue;
-                };
-                for m in set.members() {
-                    if let Member::IpPort {
-                        addr: IpAddr::V4(a),
-                        protocol,
-                        port,
-                    } = m
-                    {
-                        if proto.is_some_and(|p| p != protocol.0) {
-                            continue;
-                        }
-                        for s in &src {
-                            for sp in &sports {
-                                out.push((
-                                    Some(protocol.0),
-                                    *s,
-                                    (u32::from(*a), 32),
-                                    *sp,
-                                    (*port, *port),
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        true
-    }
-
     /// Why a program has no rte_acl context.
     #[derive(Debug, thiserror::Error)]
     enum Unexpressible {
-        #[error("no such workload")]
-        NoWorkload,
-        #[error("a rule of {0} uses criteria rte_acl cannot express")]
-        Criteria(String),
+        #[error(transparent)]
+        Expand(#[from] crate::expand::Unexpressible),
         #[error("{0} segments, rte_acl has 16 categories")]
         Segments(usize),
         #[error("more entries than rte_acl counts")]
@@ -376,79 +148,7 @@ mod with_dpdk {
         key: &WorkloadKey,
         dir: Direction,
     ) -> Result<AclProgram, Unexpressible> {
-        let wep = state
-            .workloads()
-            .get(key)
-            .ok_or(Unexpressible::NoWorkload)?;
-        // Segments: (entries, whether no-match drops).
-        // Segments in order, each its rules' actions and entries.
-        let mut segs: Vec<Vec<(Act, Vec<Entry>)>> = Vec::new();
-        if dir == Direction::Ingress {
-            let hosts: Vec<_> = state
-                .local_host_addrs()
-                .into_iter()
-                .filter_map(|a| match a {
-                    IpAddr::V4(a) => {
-                        Some((None, (u32::from(a), 32), ANY, (0, u16::MAX), (0, u16::MAX)))
-                    }
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
-            segs.push(vec![(Act::Allow, hosts)]);
-        }
-        for tier in &wep.tiers {
-            let keys = tier.policies(dir);
-            if keys.is_empty() {
-                continue;
-            }
-            let mut rules = Vec::new();
-            for k in keys.iter().filter(|k| !k.is_staged()) {
-                let Some(p) = state.policies().get(k) else {
-                    continue;
-                };
-                for r in p.rules(dir) {
-                    let act = match r.action {
-                        Action::Allow => Act::Allow,
-                        Action::Deny => Act::Deny,
-                        Action::Pass => Act::Pass,
-                        Action::Log => continue,
-                    };
-                    let mut e = Vec::new();
-                    if !expand(state, r, &mut e) {
-                        return Err(Unexpressible::Criteria(format!("policy {}", k.name)));
-                    }
-                    rules.push((act, e));
-                }
-            }
-            let end_drop = tier.drops_at_end(dir);
-            if end_drop {
-                rules.push((
-                    Act::Deny,
-                    vec![(None, ANY, ANY, (0, u16::MAX), (0, u16::MAX))],
-                ));
-            }
-            segs.push(rules);
-        }
-        for name in &wep.profile_ids {
-            let Some(p) = state.profiles().get(name) else {
-                continue;
-            };
-            let mut rules = Vec::new();
-            for r in p.rules(dir) {
-                let act = match r.action {
-                    Action::Allow => Act::Allow,
-                    Action::Deny => Act::Deny,
-                    Action::Pass => Act::Pass,
-                    Action::Log => continue,
-                };
-                let mut e = Vec::new();
-                if !expand(state, r, &mut e) {
-                    return Err(Unexpressible::Criteria(format!("profile {name}")));
-                }
-                rules.push((act, e));
-            }
-            segs.push(rules);
-        }
+        let segs = crate::expand::segments(state, key, dir)?;
         let nseg = segs.len().max(1);
         if nseg > 16 {
             return Err(Unexpressible::Segments(nseg));

@@ -18,12 +18,16 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod acl_plugin;
 pub mod cpu;
+pub mod expand;
 pub mod export;
 pub mod linear;
 pub mod measure;
+pub mod npol;
 pub mod offload;
 pub mod run;
 pub mod traffic;
 pub mod vpp;
+pub mod vppapi;
 pub mod workload;

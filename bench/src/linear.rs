@@ -18,17 +18,17 @@ use capo_policy::{
     WorkloadKey, L4,
 };
 
-/// One capo rule: filters and the 16 entry lists.
+/// One capo rule: filters and the 16 entry lists (also what [`crate::npol`] loads).
 #[derive(Debug, Clone)]
-struct CRule {
-    action: Action,
-    proto: Option<u8>,
-    not_proto: Option<u8>,
+pub(crate) struct CRule {
+    pub(crate) action: Action,
+    pub(crate) proto: Option<u8>,
+    pub(crate) not_proto: Option<u8>,
     /// Indexed by category: DST = 0, SRC = 1, NOT_DST = 2, NOT_SRC = 3.
-    prefixes: [Vec<Cidr>; 4],
-    ip_ipsets: [Vec<usize>; 4],
-    port_ranges: [Vec<PortRange>; 4],
-    ipport_ipsets: [Vec<usize>; 4],
+    pub(crate) prefixes: [Vec<Cidr>; 4],
+    pub(crate) ip_ipsets: [Vec<usize>; 4],
+    pub(crate) port_ranges: [Vec<PortRange>; 4],
+    pub(crate) ipport_ipsets: [Vec<usize>; 4],
 }
 
 /// One interface direction: policies (rule lists) then profiles.
@@ -43,7 +43,23 @@ struct Config {
 pub struct Linear {
     sets: Vec<Vec<Member>>,
     rules: Vec<CRule>,
-    ifaces: HashMap<(WorkloadKey, Direction), Config>,
+    /// Per interface, the ingress and egress configurations (the plugin's vector
+    /// indexed by `sw_if_index`).
+    ifaces: Vec<[Config; 2]>,
+    /// Endpoint → interface index, resolved once (as the agent resolves the
+    /// interface), never per packet.
+    index: HashMap<WorkloadKey, LinearIface>,
+}
+
+/// An interface of the linear engine (its `sw_if_index`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearIface(usize);
+
+fn dir_slot(dir: Direction) -> usize {
+    match dir {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
 }
 
 const DST: usize = 0;
@@ -82,6 +98,7 @@ impl Linear {
             }
         }
         for (key, wep) in state.workloads() {
+            let mut configs: [Config; 2] = Default::default();
             for dir in Direction::BOTH {
                 let policies = wep
                     .tiers
@@ -95,16 +112,26 @@ impl Linear {
                     .iter()
                     .filter_map(|n| lists.get(&(format!("r:{n}"), dir)).cloned())
                     .collect();
-                l.ifaces
-                    .insert((key.clone(), dir), Config { policies, profiles });
+                configs[dir_slot(dir)] = Config { policies, profiles };
             }
+            l.index.insert(key.clone(), LinearIface(l.ifaces.len()));
+            l.ifaces.push(configs);
         }
         l
     }
 
-    /// Evaluates a packet on a workload interface.
-    pub fn evaluate(&self, key: &WorkloadKey, dir: Direction, pkt: &Packet) -> Verdict {
-        let Some(cfg) = self.ifaces.get(&(key.clone(), dir)) else {
+    /// The interface of a workload endpoint, if the state has it.
+    pub fn interface(&self, key: &WorkloadKey) -> Option<LinearIface> {
+        self.index.get(key).copied()
+    }
+
+    /// Evaluates a packet on a workload interface (`None`: an endpoint the state
+    /// lacks, which the plugin would not police: allow).
+    pub fn evaluate(&self, iface: Option<LinearIface>, dir: Direction, pkt: &Packet) -> Verdict {
+        let Some(cfg) = iface
+            .and_then(|i| self.ifaces.get(i.0))
+            .map(|c| &c[dir_slot(dir)])
+        else {
             return Verdict::Allow;
         };
         let mut to_profiles = false;
@@ -224,7 +251,9 @@ impl Linear {
     }
 }
 
-fn convert(r: &Rule, set_ids: &HashMap<IpSetId, usize>) -> CRule {
+/// The Go agent's rule conversion (capo-upstream.md §6): `set_ids` maps each IP set to
+/// its index in the engine's set pool.
+pub(crate) fn convert(r: &Rule, set_ids: &HashMap<IpSetId, usize>) -> CRule {
     let ids = |v: &[IpSetId]| -> Vec<usize> {
         v.iter().filter_map(|s| set_ids.get(s).copied()).collect()
     };

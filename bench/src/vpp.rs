@@ -83,10 +83,10 @@ pub struct VppRow {
     /// VPP clocks per packet over every node the packets cross (the generator's
     /// input node excluded), median of the runs.
     pub clocks_per_packet: f64,
-    /// Of those, capo's nodes.
-    pub capo_node_clocks_per_packet: f64,
-    /// Packets per call of capo's nodes (0 without policy).
-    pub capo_vectors_per_call: f64,
+    /// Of those, the policy engine's nodes (capo's, or the ACL plugin's).
+    pub policy_node_clocks_per_packet: f64,
+    /// Packets per call of the policy engine's nodes (0 without policy).
+    pub policy_vectors_per_call: f64,
     /// Smallest and largest of the runs.
     pub clocks_min: f64,
     /// Largest of the runs.
@@ -95,10 +95,24 @@ pub struct VppRow {
     pub packets: u64,
     /// Runs.
     pub runs: usize,
-    /// Growth of VPP's resident memory with the policy in force (capo rows).
+    /// Growth of VPP's resident memory with the policy in force (policy rows).
     pub memory_bytes: Option<u64>,
+    /// Growth of VPP's main heap in use (`show memory main-heap`) with the policy in
+    /// force: what the engine holds there (capo's Rust allocations included: VPP
+    /// takes over malloc), as resident growth misses memory VPP had already touched
+    /// and freed. Memory outside the heap (the ACL plugin's hash tables and counters)
+    /// shows only in `memory_bytes`.
+    pub heap_bytes: Option<u64>,
     /// The workload.
     pub workload: &'static str,
+    /// npol rows: capo's classifier on the same tuples, inside the same VPP
+    /// (`capo bench npol`), TSC clocks per tuple.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capo_classify_clocks_per_packet: Option<f64>,
+    /// npol rows: tuples where npol's verdict differs from Calico's (its semantics:
+    /// no tiers, `pass` to the profiles; capo's differ on none, or the run fails).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdicts_differing_from_calico: Option<u64>,
 }
 
 /// The first packet from the wire of each connection in `window` (with its TCP
@@ -269,11 +283,16 @@ pub fn capo_verdicts(errors: &str) -> CapoVerdicts {
     v
 }
 
-/// Packets per call of capo's nodes (how full the frames they get are).
-pub fn capo_vectors_per_call(nodes: &[NodeRuntime]) -> f64 {
+/// Whether a graph node is a policy engine's: capo's or the ACL plugin's.
+fn is_policy_node(name: &str) -> bool {
+    name.starts_with("capo-") || name.starts_with("acl-plugin-")
+}
+
+/// Packets per call of the policy nodes (how full the frames they get are).
+pub fn policy_vectors_per_call(nodes: &[NodeRuntime]) -> f64 {
     let (calls, vectors) = nodes
         .iter()
-        .filter(|n| n.name.starts_with("capo-") && n.state == "active")
+        .filter(|n| is_policy_node(&n.name) && n.state == "active")
         .fold((0, 0), |(c, v), n| (c + n.calls, v + n.vectors));
     if calls == 0 {
         0.0
@@ -282,7 +301,7 @@ pub fn capo_vectors_per_call(nodes: &[NodeRuntime]) -> f64 {
     }
 }
 
-/// (clocks per packet over the active nodes, of which capo's nodes) for `packets`.
+/// (clocks per packet over the active nodes, of which the policy nodes) for `packets`.
 pub fn clocks_per_packet(nodes: &[NodeRuntime], packets: u64) -> (f64, f64) {
     let packets = packets.max(1) as f64;
     let mut total = 0.0;
@@ -293,7 +312,7 @@ pub fn clocks_per_packet(nodes: &[NodeRuntime], packets: u64) -> (f64, f64) {
     {
         let c = n.clocks * n.vectors as f64;
         total += c;
-        if n.name.starts_with("capo-") {
+        if is_policy_node(&n.name) {
             capo += c;
         }
     }
@@ -314,7 +333,7 @@ impl Vpp {
             "unix {{ nodaemon cli-listen {rt}/cli.sock log {rt}/vpp.log runtime-dir {rt} poll-sleep-usec 100 }}\n\
              api-segment {{ prefix capobench{pid} }}\n\
              socksvr {{ socket-name {rt}/api.sock }}\n\
-             statseg {{ socket-name {rt}/stats.sock page-size 4k size 32m }}\n\
+             statseg {{ socket-name {rt}/stats.sock page-size 4k size 1g }}\n\
              memory {{ main-heap-size 2G main-heap-page-size 4k }}\n\
              buffers {{ buffers-per-numa 65536 page-size 4k }}\n\
              plugins {{ path {plugins}:{capo} plugin dpdk_plugin.so {{ disable }} }}\n\
@@ -378,6 +397,14 @@ impl Vpp {
         Ok(String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"))
     }
 
+    /// Bytes in use in VPP's main heap.
+    fn heap_used(&self) -> Result<u64, VppBenchError> {
+        let out = self.ctl("show memory main-heap")?;
+        heap_used_bytes(&out).ok_or_else(|| {
+            VppBenchError::Stuck(format!("show memory main-heap: no `used:` in {out}"))
+        })
+    }
+
     fn rss_bytes(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
@@ -390,14 +417,14 @@ impl Vpp {
             .map_or(0, |kb| kb * 1024)
     }
 
-    /// Sends the pcap's frames into pg0 once; VPP's runtime counters of that send, and
-    /// what capo's nodes allowed and denied in it.
+    /// Sends the pcap's frames into pg0 once; VPP's runtime counters and error counters
+    /// (`show errors`) of that send.
     fn send(
         &self,
         pcap: &Path,
         packets: usize,
         name: &str,
-    ) -> Result<(Vec<NodeRuntime>, CapoVerdicts), VppBenchError> {
+    ) -> Result<(Vec<NodeRuntime>, String), VppBenchError> {
         self.ctl("clear runtime")?;
         self.ctl("clear errors")?;
         self.ctl(&format!(
@@ -414,7 +441,7 @@ impl Vpp {
         let runtime = self.ctl("show runtime")?;
         let errors = self.ctl("show errors")?;
         self.ctl(&format!("packet-generator delete {name}"))?;
-        Ok((parse_runtime(&runtime), capo_verdicts(&errors)))
+        Ok((parse_runtime(&runtime), errors))
     }
 }
 
@@ -440,7 +467,9 @@ pub fn run(o: &VppBenchOptions, log: &mut dyn FnMut(&str)) -> Result<Vec<VppRow>
     let run_dir = std::env::temp_dir().join(format!("capo-bench-vpp-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
     let result = run_in(o, &run_dir, log);
-    let _ = std::fs::remove_dir_all(&run_dir);
+    if std::env::var_os("CAPO_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
     result
 }
 
@@ -489,39 +518,52 @@ fn run_in(
         pcaps[0].0 .1, pcaps[0].1 .1
     ));
 
-    let vpp = Vpp::start(&o.vpp_root, dir)?;
-    vpp.ctl("create packet-generator interface pg0")?;
-    vpp.ctl("set interface mac address pg0 02:00:00:00:00:02")?;
-    vpp.ctl("set interface ip address pg0 192.0.2.1/24")?;
-    vpp.ctl("set interface state pg0 up")?;
-    // One interface per destination endpoint, routed.
-    let destinations: BTreeSet<IpAddr> = packets.iter().map(|(p, _)| p.dst).collect();
-    let mut binds = Vec::new();
-    let mut names = Vec::new();
-    for (k, dst) in destinations.iter().enumerate() {
-        let k = k + 1;
-        let Some((_, wep)) = traffic.state.workload_owning(dst) else {
-            continue;
-        };
-        let name = format!("pg{k}");
-        vpp.ctl(&format!("create packet-generator interface {name}"))?;
-        vpp.ctl(&format!("set interface unnumbered {name} use pg0"))?;
-        vpp.ctl(&format!("set interface state {name} up"))?;
-        vpp.ctl(&format!("ip route add {dst}/32 via {name}"))?;
-        vpp.ctl(&format!(
-            "set ip neighbor {name} {dst} 02:00:00:00:{:02x}:{:02x}",
-            k >> 8,
-            k & 0xff
-        ))?;
-        binds.push(format!("--bind={}={name}", wep.name));
-        names.push(name);
-    }
-    log(&format!("vpp: {} endpoint interfaces", names.len()));
+    // A fresh VPP per engine pair, so each memory figure is its own: pg0 in, one
+    // routed pgN per destination endpoint.
+    type Route = (IpAddr, capo_policy::WorkloadKey, String);
+    let rig = |name: &str,
+               log: &mut dyn FnMut(&str)|
+     -> Result<(Vpp, Vec<Route>, Vec<String>, Vec<String>), VppBenchError> {
+        let run = dir.join(name);
+        std::fs::create_dir_all(&run).map_err(io(format!("creating {}", run.display())))?;
+        let vpp = Vpp::start(&o.vpp_root, &run)?;
+        vpp.ctl("create packet-generator interface pg0")?;
+        vpp.ctl("set interface mac address pg0 02:00:00:00:00:02")?;
+        vpp.ctl("set interface ip address pg0 192.0.2.1/24")?;
+        vpp.ctl("set interface state pg0 up")?;
+        // One interface per destination endpoint, routed.
+        let destinations: BTreeSet<IpAddr> = packets.iter().map(|(p, _)| p.dst).collect();
+        let mut binds = Vec::new();
+        let mut names = Vec::new();
+        let mut routes = Vec::new();
+        for (k, dst) in destinations.iter().enumerate() {
+            let k = k + 1;
+            let Some((key, wep)) = traffic.state.workload_owning(dst) else {
+                continue;
+            };
+            routes.push((*dst, key.clone(), format!("pg{k}")));
+            let name = format!("pg{k}");
+            vpp.ctl(&format!("create packet-generator interface {name}"))?;
+            vpp.ctl(&format!("set interface unnumbered {name} use pg0"))?;
+            vpp.ctl(&format!("set interface state {name} up"))?;
+            vpp.ctl(&format!("ip route add {dst}/32 via {name}"))?;
+            vpp.ctl(&format!(
+                "set ip neighbor {name} {dst} 02:00:00:00:{:02x}:{:02x}",
+                k >> 8,
+                k & 0xff
+            ))?;
+            binds.push(format!("--bind={}={name}", wep.name));
+            names.push(name);
+        }
+        log(&format!("vpp: {} endpoint interfaces", names.len()));
+        Ok((vpp, routes, names, binds))
+    };
 
     let mut rows = Vec::new();
     // Each run sends its own first packets, then its allowed ones again.
-    let mut measure = |engine: &'static str,
-                       memory: Option<u64>,
+    let mut measure = |vpp: &Vpp,
+                       engine: &'static str,
+                       memory: Option<(u64, u64)>,
                        log: &mut dyn FnMut(&str)|
      -> Result<(), VppBenchError> {
         for (phase, established) in [("first", false), ("established", true)] {
@@ -535,9 +577,13 @@ fn run_in(
                 if established {
                     vpp.send(&first.0, first.1, &format!("w{r}"))?;
                 }
-                let (nodes, verdicts) = vpp.send(pcap, *n, &format!("{}{r}", &phase[..1]))?;
-                // The measurement is of capo judging every packet as the reference
-                // does (or, without policy, of capo not being on the path).
+                let (nodes, errors) = vpp.send(pcap, *n, &format!("{}{r}", &phase[..1]))?;
+                let verdicts = match engine {
+                    "acl" => acl_verdicts(&errors),
+                    _ => capo_verdicts(&errors),
+                };
+                // The measurement is of the engine judging every packet as the
+                // reference does (or, without policy, of no engine on the path).
                 let want = match (engine, established) {
                     ("forward", _) => CapoVerdicts::default(),
                     (_, false) => CapoVerdicts {
@@ -551,43 +597,64 @@ fn run_in(
                 };
                 if verdicts != want {
                     return Err(VppBenchError::Stuck(format!(
-                        "{engine} {phase} run {r}: capo's nodes counted {verdicts:?}, the reference {want:?}"
+                        "{engine} {phase} run {r}: the policy nodes counted {verdicts:?}, the reference {want:?}"
                     )));
                 }
                 let (t, c) = clocks_per_packet(&nodes, *n as u64);
                 totals.push(t);
                 capo.push(c);
-                per_call.push(capo_vectors_per_call(&nodes));
+                per_call.push(policy_vectors_per_call(&nodes));
                 packets = *n as u64;
             }
             let (mid, lo, hi) = median(totals);
             let (capo_mid, _, _) = median(capo);
             let (per_call, _, _) = median(per_call);
             log(&format!(
-                "vpp: {engine} {phase}: {mid:.0} clocks/packet (capo's nodes {capo_mid:.0}), {lo:.0}..{hi:.0} over {runs} runs"
+                "vpp: {engine} {phase}: {mid:.0} clocks/packet (policy nodes {capo_mid:.0}), {lo:.0}..{hi:.0} over {runs} runs"
             ));
             rows.push(VppRow {
                 engine,
                 phase,
                 clocks_per_packet: mid,
-                capo_node_clocks_per_packet: capo_mid,
-                capo_vectors_per_call: per_call,
+                policy_node_clocks_per_packet: capo_mid,
+                policy_vectors_per_call: per_call,
                 clocks_min: lo,
                 clocks_max: hi,
                 packets,
                 runs,
-                memory_bytes: memory,
+                memory_bytes: memory.map(|m| m.0),
+                heap_bytes: memory.map(|m| m.1),
                 workload: o.kind.name(),
+                capo_classify_clocks_per_packet: None,
+                verdicts_differing_from_calico: None,
             });
         }
         Ok(())
     };
 
-    // Without policy: nothing is bound, capo's nodes are not on the path.
-    measure("forward", None, log)?;
+    // VPP 1: without policy (nothing bound, no policy node on the path), then VPP's
+    // ACL plugin with the same policy expanded into ACLs.
+    {
+        let (vpp, routes, _, _) = rig("vpp-acl", log)?;
+        measure(&vpp, "forward", None, log)?;
+        let mut api =
+            crate::vppapi::ApiClient::connect(&dir.join("vpp-acl/api.sock"), "capo-bench")
+                .map_err(|e| VppBenchError::Stuck(e.to_string()))?;
+        let before = (vpp.rss_bytes(), vpp.heap_used()?);
+        acl_peer(&vpp, &mut api, &traffic.state, &routes, log)?;
+        let memory = (
+            vpp.rss_bytes().saturating_sub(before.0),
+            vpp.heap_used()?.saturating_sub(before.1),
+        );
+        measure(&vpp, "acl", Some(memory), log)?;
+    }
+
+    // VPP 2: capo, then npol beside it.
+    let (vpp, routes, names, binds) = rig("vpp-capo", log)?;
+    let dir = &dir.join("vpp-capo");
 
     // The policy, as production commits it.
-    let before = vpp.rss_bytes();
+    let before = (vpp.rss_bytes(), vpp.heap_used()?);
     let felix = dir.join("felix.sock");
     let agent_log = std::fs::File::create(dir.join("agent.log")).map_err(io("agent.log"))?;
     let mut agent = Command::new(&o.agent)
@@ -634,13 +701,262 @@ fn run_in(
         Ok(conn)
     })();
     let result = policy.and_then(|_conn| {
-        let memory = vpp.rss_bytes().saturating_sub(before);
-        measure("capo", Some(memory), log)
+        let memory = (
+            vpp.rss_bytes().saturating_sub(before.0),
+            vpp.heap_used()?.saturating_sub(before.1),
+        );
+        measure(&vpp, "capo", Some(memory), log)?;
+        // npol on the same VPP, same interfaces, same first packets (run 0's).
+        let tuples = run_packets(&packets, 0);
+        npol_peer(&vpp, o, dir, &traffic.state, &tuples, &routes, log)
     });
     let _ = agent.kill();
     let _ = agent.wait();
-    result?;
+    rows.push(result?);
     Ok(rows)
+}
+
+/// What the ACL plugin's output nodes allowed (sessions added by `permit+reflect`,
+/// packets of existing sessions) and denied, from `show errors`.
+pub fn acl_verdicts(errors: &str) -> CapoVerdicts {
+    let mut v = CapoVerdicts::default();
+    for line in errors.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (Some(count), Some(node)) = (words.first(), words.get(1)) else {
+            continue;
+        };
+        let (Ok(n), true) = (count.parse::<u64>(), node.starts_with("acl-plugin-out-")) else {
+            continue;
+        };
+        if line.contains("new sessions added") || line.contains("existing session packets") {
+            v.allowed += n;
+        } else if line.contains("ACL deny packets") {
+            v.denied += n;
+        }
+    }
+    v
+}
+
+/// Loads the policy into VPP's ACL plugin: per endpoint interface, its ingress
+/// program as the output ACL and its egress program as the input ACL, each flattened
+/// into one first-match list ([`crate::expand::flatten`]); allow is `permit+reflect`
+/// (a session, as capo's flow table).
+fn acl_peer(
+    vpp: &Vpp,
+    api: &mut crate::vppapi::ApiClient,
+    state: &capo_policy::State,
+    routes: &[(IpAddr, capo_policy::WorkloadKey, String)],
+    log: &mut dyn FnMut(&str),
+) -> Result<(), VppBenchError> {
+    let index = sw_if_indexes(&vpp.ctl("show interface")?);
+    let t = Instant::now();
+    let mut entries = 0usize;
+    let mut done = Vec::new();
+    for (_, key, name) in routes {
+        let Some(sw) = index.get(name) else {
+            return Err(VppBenchError::Stuck(format!("VPP has no interface {name}")));
+        };
+        let mut acls = [0u32; 2];
+        for (slot, dir) in [
+            capo_policy::Direction::Egress,
+            capo_policy::Direction::Ingress,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let segs = crate::expand::segments(state, key, dir)
+                .map_err(|e| VppBenchError::Stuck(format!("ACL plugin: {key:?} {dir:?}: {e}")))?;
+            let aces = crate::expand::flatten(&segs);
+            entries += aces.len();
+            acls[slot] = crate::acl_plugin::add_acl(api, &aces)
+                .map_err(|e| VppBenchError::Stuck(format!("ACL plugin: {e}")))?;
+        }
+        crate::acl_plugin::set_interface(api, *sw, acls[0], acls[1])
+            .map_err(|e| VppBenchError::Stuck(format!("ACL plugin: {e}")))?;
+        done.push(*sw);
+    }
+    log(&format!(
+        "acl: {} interfaces, {entries} ACL rules (both directions), loaded in {:.1} s",
+        done.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// The `used:` figure of `show memory main-heap` (`used: 188.27M,`) in bytes.
+fn heap_used_bytes(show: &str) -> Option<u64> {
+    let word = show
+        .split("used:")
+        .nth(1)?
+        .split([',', '\n'])
+        .next()?
+        .trim();
+    let (num, unit) = word.split_at(
+        word.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(word.len()),
+    );
+    let scale: f64 = match unit {
+        "" => 1.0,
+        "k" | "K" => 1024.0,
+        "m" | "M" => 1024.0 * 1024.0,
+        "g" | "G" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((num.parse::<f64>().ok()? * scale) as u64)
+}
+
+/// Each name's `sw_if_index`, from `show interface`.
+fn sw_if_indexes(show: &str) -> std::collections::HashMap<String, u32> {
+    show.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// npol, loaded with the same policy through its API, times `npol_match_func` on the
+/// first packets' 5-tuples inside VPP (`capo bench npol`, which also times capo's
+/// classifier on them); the verdicts are checked: npol's against the linear model of
+/// its semantics, capo's against the reference.
+fn npol_peer(
+    vpp: &Vpp,
+    o: &VppBenchOptions,
+    dir: &Path,
+    state: &capo_policy::State,
+    tuples: &[(capo_policy::Packet, u8)],
+    routes: &[(IpAddr, capo_policy::WorkloadKey, String)],
+    log: &mut dyn FnMut(&str),
+) -> Result<VppRow, VppBenchError> {
+    let index = sw_if_indexes(&vpp.ctl("show interface")?);
+    let mut by_dst = std::collections::HashMap::new();
+    let mut keyed = Vec::new();
+    for (dst, key, name) in routes {
+        let Some(sw) = index.get(name) else {
+            return Err(VppBenchError::Stuck(format!("VPP has no interface {name}")));
+        };
+        by_dst.insert(*dst, *sw);
+        keyed.push((key.clone(), *sw));
+    }
+    let mut client = crate::vppapi::ApiClient::connect(&dir.join("api.sock"), "capo-bench-npol")
+        .map_err(|e| VppBenchError::Stuck(e.to_string()))?;
+    let before = (vpp.rss_bytes(), vpp.heap_used()?);
+    let t = Instant::now();
+    let loaded = crate::npol::load(&mut client, state, &keyed, log)
+        .map_err(|e| VppBenchError::Stuck(format!("loading npol: {e}")))?;
+    let memory = (
+        vpp.rss_bytes().saturating_sub(before.0),
+        vpp.heap_used()?.saturating_sub(before.1),
+    );
+    log(&format!(
+        "npol: loaded in {:.1} s, VPP's main heap grew {} KiB",
+        t.elapsed().as_secs_f64(),
+        memory.1 / 1024
+    ));
+    if loaded.interfaces != keyed.len() {
+        return Err(VppBenchError::Stuck(format!(
+            "npol: {} of {} interfaces configured",
+            loaded.interfaces,
+            keyed.len()
+        )));
+    }
+    // The tuples: each first packet on its endpoint's interface, VPP tx (ingress).
+    let mut text = String::new();
+    let mut judged = Vec::new();
+    for (p, _) in tuples {
+        let Some(sw) = by_dst.get(&p.dst) else {
+            continue;
+        };
+        let (sport, dport) = match p.l4 {
+            L4::Ports { src, dst } => (src, dst),
+            L4::Icmp { icmp_type, code } => (u16::from(icmp_type), u16::from(code)),
+            L4::None => (0, 0),
+        };
+        text.push_str(&format!(
+            "{sw} tx {} {} {sport} {} {dport}\n",
+            p.protocol.0, p.src, p.dst
+        ));
+        judged.push(*p);
+    }
+    let tuple_file = dir.join("tuples.txt");
+    let verdict_file = dir.join("verdicts.txt");
+    std::fs::write(&tuple_file, text).map_err(io("writing the tuple file"))?;
+    let out = vpp.ctl(&format!(
+        "capo bench npol {} repeat {} verdicts {}",
+        tuple_file.display(),
+        o.runs.max(1),
+        verdict_file.display()
+    ))?;
+    let report = parse_npol_bench(&out)
+        .ok_or_else(|| VppBenchError::Stuck(format!("capo bench npol said: {out}")))?;
+    let verdicts = std::fs::read_to_string(&verdict_file).map_err(io("reading the verdicts"))?;
+    let linear = crate::linear::Linear::build(state);
+    let (mut npol_vs_model, mut capo_vs_reference, mut npol_vs_calico) = (0u64, 0u64, 0u64);
+    let word = |v: Verdict| if v == Verdict::Allow { "allow" } else { "deny" };
+    let mut lines = verdicts.lines();
+    for p in &judged {
+        let Some(line) = lines.next() else {
+            return Err(VppBenchError::Stuck(
+                "capo bench npol wrote too few verdicts".into(),
+            ));
+        };
+        let (npol, capo) = line.split_once(' ').unwrap_or((line, ""));
+        let key = state.workload_owning(&p.dst).map(|(k, _)| k.clone());
+        let model = linear.evaluate(
+            key.as_ref().and_then(|k| linear.interface(k)),
+            capo_policy::Direction::Ingress,
+            p,
+        );
+        let calico = trace(state, p).verdict;
+        npol_vs_model += u64::from(npol != word(model));
+        capo_vs_reference += u64::from(capo != word(calico));
+        npol_vs_calico += u64::from(npol != word(calico));
+    }
+    if npol_vs_model != 0 || capo_vs_reference != 0 {
+        return Err(VppBenchError::Stuck(format!(
+            "capo bench npol: npol differs from the model of its semantics on {npol_vs_model} tuples, capo from the reference on {capo_vs_reference}"
+        )));
+    }
+    log(&format!(
+        "vpp: npol_match_func {:.0} clocks/tuple ({:.0}..{:.0}), capo's classifier {:.0}, on {} tuples; npol's verdict differs from Calico's on {npol_vs_calico}",
+        report.0[0], report.0[1], report.0[2], report.1, judged.len()
+    ));
+    Ok(VppRow {
+        engine: "npol",
+        phase: "first",
+        clocks_per_packet: report.0[0],
+        policy_node_clocks_per_packet: report.0[0],
+        policy_vectors_per_call: 0.0,
+        clocks_min: report.0[1],
+        clocks_max: report.0[2],
+        packets: judged.len() as u64,
+        runs: o.runs.max(1),
+        memory_bytes: Some(memory.0),
+        heap_bytes: Some(memory.1),
+        workload: o.kind.name(),
+        capo_classify_clocks_per_packet: Some(report.1),
+        verdicts_differing_from_calico: Some(npol_vs_calico),
+    })
+}
+
+/// From `capo bench npol`'s output: npol's clocks per tuple (median, min, max) and
+/// capo's (median).
+fn parse_npol_bench(out: &str) -> Option<([f64; 3], f64)> {
+    let field = |engine: &str, name: &str| -> Option<f64> {
+        let line = out.lines().find(|l| l.starts_with(engine))?;
+        let mut w = line.split_whitespace();
+        w.find(|x| *x == name)?;
+        w.next()?.parse().ok()
+    };
+    let npol = "npol_match_func:";
+    Some((
+        [
+            field(npol, "clocks-per-tuple")?,
+            field(npol, "min")?,
+            field(npol, "max")?,
+        ],
+        field("capo-classify:", "clocks-per-tuple")?,
+    ))
 }
 
 #[cfg(test)]
@@ -663,7 +979,31 @@ pg-input                        polling               20            3528        
         let (total, capo) = clocks_per_packet(&nodes, 3528);
         assert!((total - 190.0).abs() < 1e-9, "{total}");
         assert!((capo - 150.0).abs() < 1e-9, "{capo}");
-        assert!((capo_vectors_per_call(&nodes) - 252.0).abs() < 1e-9);
+        assert!((policy_vectors_per_call(&nodes) - 252.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn npol_bench_output_and_interface_indexes_parse() {
+        let out = "npol_match_func: tuples 7 passes 5 clocks-per-tuple 1234.5 min 1200.0 max 1300.5 allowed 3 denied 4\n\
+                   capo-classify: tuples 7 passes 5 clocks-per-tuple 88.0 min 80.0 max 90.0 allowed 3 denied 4\n";
+        assert_eq!(
+            parse_npol_bench(out),
+            Some(([1234.5, 1200.0, 1300.5], 88.0))
+        );
+        assert_eq!(parse_npol_bench("capo: not started"), None);
+        let show = "              Name               Idx    State  MTU (L3/IP4/IP6/MPLS)\n\
+                    local0                            0     down          0/0/0/0\n\
+                    pg1                               3      up          9000/0/0/0\n";
+        let heap = "    total: 1.00G, used: 32.77M, free: 991.23M, trimmable: 991.15M\n";
+        assert_eq!(
+            heap_used_bytes(heap),
+            Some((32.77 * 1024.0 * 1024.0) as u64)
+        );
+        assert_eq!(heap_used_bytes("used: 12k,"), Some(12 * 1024));
+        assert_eq!(heap_used_bytes("nothing"), None);
+        let idx = sw_if_indexes(show);
+        assert_eq!(idx.get("pg1"), Some(&3));
+        assert_eq!(idx.get("local0"), Some(&0));
     }
 
     #[test]

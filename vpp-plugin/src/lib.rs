@@ -47,6 +47,7 @@ pub mod config;
 pub mod control;
 pub mod generation;
 pub mod mark;
+pub mod peer;
 pub mod trace;
 pub mod worker;
 

@@ -8,14 +8,17 @@
 //! [`Plugin`], binds the control socket and starts the control thread.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
+use std::ffi::{c_int, CString};
+
+use capo_policy::Verdict;
 use std::sync::mpsc;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use vpp_plugin::bindings::{
     clib_error_t, unformat_input_t, vlib_cli_output, vlib_config_function_runtime_t,
-    vlib_helper_get_global_main, vlib_helper_unformat_get_input, vlib_main_t,
+    vlib_get_plugin_symbol, vlib_helper_get_global_main, vlib_helper_unformat_get_input,
+    vlib_main_t,
 };
 use vpp_plugin::vlib::process_node::{channel, Receiver, Sender};
 use vpp_plugin::vlib::{self, BarrierHeldMainRef, MainRef, ProcessNode};
@@ -28,7 +31,8 @@ use crate::binding::VppInterface;
 use crate::cli::{self, Show};
 use crate::config::PluginConfig;
 use crate::control::{self, Commit, ContextError, RebindSignal, VppContext};
-use crate::generation::SwIfIndex;
+use crate::generation::{SwIfIndex, VppDir};
+use crate::peer;
 use crate::Plugin;
 
 vlib_plugin_register! {
@@ -130,6 +134,140 @@ fn clear_capo(_vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStac
         p.clear_counters();
     }
     Ok(())
+}
+
+#[vlib_cli_command(
+    path = "capo bench",
+    short_help = "capo bench npol TUPLE-FILE [repeat N] [verdicts FILE] (holds the worker barrier while it runs)"
+)]
+fn capo_bench(vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStack> {
+    let err = |e: &dyn std::fmt::Display| ErrorStack::msg(e.to_string());
+    let args = peer::BenchArgs::parse(input).map_err(|e| err(&e))?;
+    let text = std::fs::read_to_string(&args.tuples)
+        .map_err(|e| err(&format!("{}: {e}", args.tuples.display())))?;
+    let tuples = peer::parse_tuples(&text).map_err(|e| err(&e))?;
+    let npol_match = resolve_npol_match().map_err(|e| err(&e))?;
+    let clock = || {
+        // SAFETY: RDTSC reads the time-stamp counter; it has no memory effects.
+        #[allow(unused_unsafe)]
+        unsafe {
+            std::arch::x86_64::_rdtsc()
+        }
+    };
+    let fa: Vec<peer::FaFiveTuple> = tuples
+        .iter()
+        .map(|t| peer::FaFiveTuple::of(&t.packet))
+        .collect();
+    let items: Vec<(&peer::Tuple, peer::FaFiveTuple)> = tuples.iter().zip(fa).collect();
+    let (npol, npol_verdicts) = peer::time_engine(&items, args.repeat, &clock, |(t, fa)| {
+        let mut tuple = *fa;
+        let mut action = 0u8;
+        // SAFETY: `npol_match` is npol_match_func in the loaded npol plugin (resolved
+        // and checked by resolve_npol_match); it reads the tuple and writes one byte
+        // through the two pointers, both valid for the call. The caller configured npol
+        // on every interface the tuple file names (npol indexes its vector unchecked).
+        unsafe {
+            npol_match(
+                t.sw_if_index.0,
+                u32::from(t.dir == VppDir::Rx),
+                &mut tuple,
+                c_int::from(t.packet.src.is_ipv6()),
+                &mut action,
+            )
+        };
+        // NPOL_ACTION_ALLOW is 2 (npol.h: DENY 0, UNKNOWN 1); anything else drops.
+        if action == 2 {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    });
+    let generation = plugin().and_then(|p| p.cell.load());
+    let capo = generation.as_ref().map(|g| {
+        let mut scratch = capo_classifier::Scratch::default();
+        peer::time_engine(&tuples, args.repeat, &clock, |t| {
+            g.interface(t.sw_if_index)
+                .and_then(|i| {
+                    let dir = i.calico_dir(t.dir);
+                    g.classifier()
+                        .classify(i.classifier_iface?, dir, &t.packet, &mut scratch)
+                        .map(|d| d.verdict)
+                })
+                .unwrap_or(Verdict::Allow)
+        })
+    });
+    let differ = capo.as_ref().map_or(0, |(_, cv)| {
+        cv.iter()
+            .zip(&npol_verdicts)
+            .filter(|(a, b)| a != b)
+            .count() as u64
+    });
+    if let Some(path) = &args.verdicts {
+        let mut out = String::with_capacity(tuples.len() * 12);
+        for (i, n) in npol_verdicts.iter().enumerate() {
+            let c = capo.as_ref().and_then(|(_, cv)| cv.get(i));
+            out.push_str(peer::verdict_word(*n));
+            out.push(' ');
+            out.push_str(c.map_or("-", |c| peer::verdict_word(*c)));
+            out.push('\n');
+        }
+        std::fs::write(path, out).map_err(|e| err(&format!("{}: {e}", path.display())))?;
+    }
+    let report = peer::BenchReport {
+        tuples: tuples.len(),
+        passes: args.repeat,
+        npol,
+        capo: capo.map(|(run, _)| run),
+        differ,
+    };
+    cli_output(vm, &report.render());
+    Ok(())
+}
+
+/// `npol_match_func`'s C signature (npol_match.h, v26.06).
+type NpolMatchFn = unsafe extern "C" fn(u32, u32, *mut peer::FaFiveTuple, c_int, *mut u8) -> c_int;
+
+/// Finds `npol_match_func` in the loaded npol plugin: the exported registration gives
+/// the file and its load base (`dladdr`), the file's symbol table the offset.
+fn resolve_npol_match() -> Result<NpolMatchFn, String> {
+    // SAFETY: both arguments are NUL-terminated strings; VPP returns null when the
+    // plugin is not loaded or lacks the symbol, and only reads them.
+    let reg = unsafe {
+        vlib_get_plugin_symbol(
+            c"npol_plugin.so".as_ptr(),
+            c"vlib_plugin_registration".as_ptr(),
+        )
+    };
+    if reg.is_null() {
+        return Err(
+            "the npol plugin is not loaded (plugins { plugin npol_plugin.so { enable } })".into(),
+        );
+    }
+    // SAFETY: Dl_info is plain data; all-zero is a valid value for dladdr to fill.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the loader's tables and writes `info`.
+    if unsafe { libc::dladdr(reg, &mut info) } == 0 || info.dli_fname.is_null() {
+        return Err("dladdr does not know npol's registration".into());
+    }
+    // SAFETY: dli_fname is a NUL-terminated string owned by the loader, alive while
+    // the object is loaded (VPP never unloads plugins).
+    let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    let path = std::path::PathBuf::from(path.to_string_lossy().into_owned());
+    let reg_off =
+        peer::symbol_offset(&path, "vlib_plugin_registration").map_err(|e| e.to_string())?;
+    let fn_off = peer::symbol_offset(&path, "npol_match_func").map_err(|e| e.to_string())?;
+    let base = info.dli_fbase as usize;
+    if (reg as usize).wrapping_sub(reg_off as usize) != base {
+        return Err(format!(
+            "{} does not match the loaded npol plugin",
+            path.display()
+        ));
+    }
+    let addr = base.wrapping_add(fn_off as usize);
+    // SAFETY: `addr` is the entry of npol_match_func in the loaded plugin: the same
+    // file's symbol table, at the load base the registration confirmed. Its C
+    // signature is NpolMatchFn's.
+    Ok(unsafe { std::mem::transmute::<usize, NpolMatchFn>(addr) })
 }
 
 // ---- main-thread requests -------------------------------------------------------------

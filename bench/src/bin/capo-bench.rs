@@ -305,17 +305,24 @@ fn run_vpp(o: &capo_bench::vpp::VppBenchOptions, json: bool) -> ExitCode {
                     println!("{}", serde_json::to_string(&r).unwrap_or_default());
                 } else {
                     println!(
-                        "{:<8} {:<12} clocks/packet {:>8.0} (capo's nodes {:>6.0} at {:>5.1} a call, runs {:.0}..{:.0}) packets {:>6} memory {}",
+                        "{:<8} {:<12} clocks/packet {:>8.0} (policy nodes {:>6.0} at {:>5.1} a call, runs {:.0}..{:.0}) packets {:>6} memory {}{}",
                         r.engine,
                         r.phase,
                         r.clocks_per_packet,
-                        r.capo_node_clocks_per_packet,
-                        r.capo_vectors_per_call,
+                        r.policy_node_clocks_per_packet,
+                        r.policy_vectors_per_call,
                         r.clocks_min,
                         r.clocks_max,
                         r.packets,
-                        r.memory_bytes
-                            .map_or("-".to_string(), |m| format!("{} KiB", m / 1024))
+                        r.memory_bytes.zip(r.heap_bytes).map_or("-".to_string(), |(m, h)| format!(
+                            "{} KiB resident, {} KiB heap",
+                            m / 1024,
+                            h / 1024
+                        )),
+                        r.capo_classify_clocks_per_packet.map_or(String::new(), |c| format!(
+                            " (capo's classifier on the same tuples {c:.0}; {} verdicts differ from Calico's)",
+                            r.verdicts_differing_from_calico.unwrap_or(0)
+                        ))
                     );
                 }
             }
