@@ -319,6 +319,18 @@ pub fn clocks_per_packet(nodes: &[NodeRuntime], packets: u64) -> (f64, f64) {
     (total / packets, capo / packets)
 }
 
+/// An endpoint's routed address, its key and the `pgN` standing for it.
+type Route = (IpAddr, capo_policy::WorkloadKey, String);
+
+/// A VPP with pg0 and one routed interface per destination endpoint.
+struct Rig {
+    vpp: Vpp,
+    routes: Vec<Route>,
+    names: Vec<String>,
+    /// The agent's `--bind` arguments for the interfaces.
+    binds: Vec<String>,
+}
+
 struct Vpp {
     root: PathBuf,
     run: PathBuf,
@@ -520,10 +532,7 @@ fn run_in(
 
     // A fresh VPP per engine pair, so each memory figure is its own: pg0 in, one
     // routed pgN per destination endpoint.
-    type Route = (IpAddr, capo_policy::WorkloadKey, String);
-    let rig = |name: &str,
-               log: &mut dyn FnMut(&str)|
-     -> Result<(Vpp, Vec<Route>, Vec<String>, Vec<String>), VppBenchError> {
+    let rig = |name: &str, log: &mut dyn FnMut(&str)| -> Result<Rig, VppBenchError> {
         let run = dir.join(name);
         std::fs::create_dir_all(&run).map_err(io(format!("creating {}", run.display())))?;
         let vpp = Vpp::start(&o.vpp_root, &run)?;
@@ -556,7 +565,12 @@ fn run_in(
             names.push(name);
         }
         log(&format!("vpp: {} endpoint interfaces", names.len()));
-        Ok((vpp, routes, names, binds))
+        Ok(Rig {
+            vpp,
+            routes,
+            names,
+            binds,
+        })
     };
 
     let mut rows = Vec::new();
@@ -635,7 +649,7 @@ fn run_in(
     // VPP 1: without policy (nothing bound, no policy node on the path), then VPP's
     // ACL plugin with the same policy expanded into ACLs.
     {
-        let (vpp, routes, _, _) = rig("vpp-acl", log)?;
+        let Rig { vpp, routes, .. } = rig("vpp-acl", log)?;
         measure(&vpp, "forward", None, log)?;
         let mut api =
             crate::vppapi::ApiClient::connect(&dir.join("vpp-acl/api.sock"), "capo-bench")
@@ -650,7 +664,12 @@ fn run_in(
     }
 
     // VPP 2: capo, then npol beside it.
-    let (vpp, routes, names, binds) = rig("vpp-capo", log)?;
+    let Rig {
+        vpp,
+        routes,
+        names,
+        binds,
+    } = rig("vpp-capo", log)?;
     let dir = &dir.join("vpp-capo");
 
     // The policy, as production commits it.
@@ -745,7 +764,7 @@ fn acl_peer(
     vpp: &Vpp,
     api: &mut crate::vppapi::ApiClient,
     state: &capo_policy::State,
-    routes: &[(IpAddr, capo_policy::WorkloadKey, String)],
+    routes: &[Route],
     log: &mut dyn FnMut(&str),
 ) -> Result<(), VppBenchError> {
     let index = sw_if_indexes(&vpp.ctl("show interface")?);
@@ -825,7 +844,7 @@ fn npol_peer(
     dir: &Path,
     state: &capo_policy::State,
     tuples: &[(capo_policy::Packet, u8)],
-    routes: &[(IpAddr, capo_policy::WorkloadKey, String)],
+    routes: &[Route],
     log: &mut dyn FnMut(&str),
 ) -> Result<VppRow, VppBenchError> {
     let index = sw_if_indexes(&vpp.ctl("show interface")?);
