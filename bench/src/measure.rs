@@ -77,6 +77,19 @@ impl Row {
     }
 }
 
+/// This process's resident memory (`VmRSS`), 0 when unreadable.
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// Runs `f(i)` over `0..n` repeatedly until `budget` is spent; ns per call, in
 /// this thread's CPU time (the benchmark machine is shared: wall time would count
 /// other tenants' time slices).

@@ -334,7 +334,7 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
     rows.push(lin);
 
     // rte_acl.
-    rows.extend(acl_row);
+    rows.extend(acl_row.into_iter().flatten());
     rows
 }
 

@@ -397,6 +397,9 @@ unsafe impl<const N: usize> Send for AclContext<N> {}
 // SAFETY: see above: classify takes `&self` and does not mutate the context.
 unsafe impl<const N: usize> Sync for AclContext<N> {}
 
+/// Inputs per `rte_acl_classify` call (DPDK's own examples classify in bursts of 64).
+pub const CLASSIFY_BURST: usize = 64;
+
 impl<const N: usize> AclContext<N> {
     /// `rte_acl_classify`: for each input, `categories` results (userdata of the best
     /// rule per category, 0 for none). `categories` is 1 or a multiple of 4, at most
@@ -423,22 +426,34 @@ impl<const N: usize> AclContext<N> {
         if inputs.iter().any(|i| i.len() < self.min_input) {
             return Err(AclError::Invalid("input shorter than the field layout"));
         }
-        let mut ptrs: Vec<*const u8> = inputs.iter().map(|i| i.as_ptr()).collect();
-        let n = u32::try_from(ptrs.len()).map_err(|_| AclError::Invalid("too many inputs"))?;
-        // SAFETY: `ptrs` holds `n` pointers to live buffers that cover every field
-        // offset (the caller's layout, checked by the field definitions it built with);
-        // `results` has room for n * categories values.
-        let rc = unsafe {
-            dpdk_sys::rte_acl_classify(
-                self.ctx.as_ptr(),
-                ptrs.as_mut_ptr(),
-                results.as_mut_ptr(),
-                n,
-                categories,
-            )
-        };
-        if rc != 0 {
-            return Err(call_err("rte_acl_classify", rc));
+        // Bursts of up to CLASSIFY_BURST inputs through a pointer array on the
+        // stack: no allocation per call.
+        let mut ptrs = [std::ptr::null::<u8>(); CLASSIFY_BURST];
+        let per_input = categories as usize;
+        for (chunk, out) in inputs
+            .chunks(CLASSIFY_BURST)
+            .zip(results.chunks_mut(CLASSIFY_BURST * per_input))
+        {
+            for (p, i) in ptrs.iter_mut().zip(chunk) {
+                *p = i.as_ptr();
+            }
+            // SAFETY: the first `chunk.len()` entries of `ptrs` point to live buffers
+            // that cover every field offset (the caller's layout, checked above
+            // against the field definitions); `out` has room for chunk.len() *
+            // categories values (results was checked to hold inputs * categories,
+            // and chunks_mut splits it in step with `inputs`).
+            let rc = unsafe {
+                dpdk_sys::rte_acl_classify(
+                    self.ctx.as_ptr(),
+                    ptrs.as_mut_ptr(),
+                    out.as_mut_ptr(),
+                    chunk.len() as u32,
+                    categories,
+                )
+            };
+            if rc != 0 {
+                return Err(call_err("rte_acl_classify", rc));
+            }
         }
         Ok(())
     }
