@@ -28,6 +28,7 @@ pub mod npol;
 pub mod offload;
 pub mod run;
 pub mod traffic;
+pub mod updates;
 pub mod vpp;
 pub mod vppapi;
 pub mod workload;

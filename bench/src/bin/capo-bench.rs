@@ -1,4 +1,4 @@
-//! `capo-bench classify|offload|traffic|vpp`: capo's benchmarks (`--help` for each).
+//! `capo-bench classify|offload|traffic|updates|vpp`: capo's benchmarks (`--help` for each).
 //!
 //! Prints one JSON object per engine and line with `--json`, a table otherwise;
 //! progress goes to stderr.
@@ -97,7 +97,18 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         windows: Option<u32>,
     },
-    /// capo's node and VPP forwarding, clocks per packet inside VPP.
+    /// Every kind of policy update, timed while another thread classifies.
+    Updates {
+        #[arg(long, value_parser = cluster_workload, default_value = "w-k8s")]
+        workload: Kind,
+        /// Updates of each kind.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// capo's node, VPP's ACL plugin, upstream npol and plain forwarding, clocks per
+    /// packet inside VPP.
     Vpp {
         #[arg(long, value_parser = cluster_workload, default_value = "w-k8s")]
         workload: Kind,
@@ -167,6 +178,35 @@ fn main() -> ExitCode {
                 t.windows = w as usize;
             }
             run_traffic(workload, &t, &export)
+        }
+        Command::Updates {
+            workload,
+            count,
+            json,
+        } => {
+            let rows =
+                capo_bench::updates::run(workload, count as usize, &mut |l| eprintln!("{l}"));
+            for r in &rows {
+                if json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else {
+                    let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+                    println!(
+                        "{:<18} applied {:>6} failed {:>6} p50 {:>8} µs p99 {:>8} µs max {:>8} µs",
+                        r.update,
+                        r.applied,
+                        r.failed,
+                        us(r.p50_us),
+                        us(r.p99_us),
+                        us(r.max_us)
+                    );
+                }
+            }
+            if rows.iter().any(|r| r.update != "rejected" && r.failed > 0) {
+                eprintln!("capo-bench updates: some of the benchmark's own updates were refused");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
         }
         Command::Vpp {
             workload,

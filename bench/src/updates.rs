@@ -1,0 +1,299 @@
+//! `capo-bench updates`: every kind of policy update, timed while another thread
+//! classifies the workload's packets against whatever generation is current.
+//!
+//! Each update is what the agent does with one Felix message: `Builder::apply` (state
+//! validation and apply, incremental recompile, a new generation) and
+//! `GenerationCell::publish`. Kinds, each alternating a change and its undo so the
+//! state stays the workload's:
+//!
+//! - `member-host`: a `/32` into or out of a selector set;
+//! - `member-cidr`: a `/24` into or out of a CIDR set;
+//! - `member-named-port`: an `ip,tcp:port` member into or out of a named-port set;
+//! - `policy`: a policy's rules changed (one port moved) and restored;
+//! - `endpoint`: a local endpoint removed and re-added;
+//! - `rejected`: a delta naming an IP set the state lacks, which must fail.
+//!
+//! A failed apply is counted in `failed` and kept out of the timings; a kind other
+//! than `rejected` with a failure means the benchmark's own updates are wrong. The
+//! classifying thread's packet count during each kind shows the load was there.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use capo_classifier::{Builder, GenerationCell, IfaceKind, Scratch};
+use capo_policy::{Cidr, IpSetId, IpSetKind, Member, Protocol, State, Update};
+use serde::Serialize;
+
+use crate::workload::{generate, Kind, Rng};
+
+/// One kind's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpdateRow {
+    /// Always `fast` (capo's classifier and builder).
+    pub engine: &'static str,
+    /// The workload.
+    pub workload: &'static str,
+    /// The update kind.
+    pub update: &'static str,
+    /// Updates applied and published.
+    pub applied: usize,
+    /// Updates refused (kept out of the timings).
+    pub failed: usize,
+    /// Microseconds per applied update: median, 99th percentile, largest.
+    pub p50_us: Option<f64>,
+    /// 99th percentile.
+    pub p99_us: Option<f64>,
+    /// Largest.
+    pub max_us: Option<f64>,
+    /// Packets the other thread classified while this kind ran.
+    pub classified_meanwhile: u64,
+}
+
+fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len() - 1))
+        .copied()
+}
+
+/// The update kinds, in the order they run.
+pub const KINDS: [&str; 6] = [
+    "member-host",
+    "member-cidr",
+    "member-named-port",
+    "policy",
+    "endpoint",
+    "rejected",
+];
+
+/// The sets of one kind: selector sets of host members, CIDR sets, named-port sets.
+fn sets_of(state: &State, want: fn(&capo_policy::IpSet) -> bool) -> Vec<IpSetId> {
+    state
+        .ipsets()
+        .iter()
+        .filter(|(_, s)| want(s))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// The `i`-th update of `kind` (even: a change; odd: its undo, from `undo`).
+fn next_update(
+    kind: &str,
+    i: usize,
+    state: &State,
+    rng: &mut Rng,
+    undo: &mut Vec<Update>,
+    sets: &[IpSetId],
+) -> Option<Update> {
+    if i % 2 == 1 {
+        if let Some(u) = undo.pop() {
+            return Some(u);
+        }
+    }
+    let pick_set = |rng: &mut Rng| sets.get(rng.below(sets.len().max(1))).cloned();
+    let delta = |id: IpSetId, m: Member, undo: &mut Vec<Update>| {
+        undo.push(Update::IpSetDelta {
+            id: id.clone(),
+            added: vec![],
+            removed: vec![m],
+        });
+        Update::IpSetDelta {
+            id,
+            added: vec![m],
+            removed: vec![],
+        }
+    };
+    match kind {
+        "member-host" => {
+            let id = pick_set(rng)?;
+            let addr = IpAddr::V4(Ipv4Addr::from(0x6400_0000u32 + i as u32));
+            Some(delta(id, Member::Net(Cidr::host(addr)), undo))
+        }
+        "member-cidr" => {
+            let id = pick_set(rng)?;
+            let net = format!("{}/24", Ipv4Addr::from(0x6500_0000u32 + ((i as u32) << 8)))
+                .parse::<Cidr>()
+                .ok()?;
+            Some(delta(id, Member::Net(net), undo))
+        }
+        "member-named-port" => {
+            let id = pick_set(rng)?;
+            let m = Member::IpPort {
+                addr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + rng.below(1 << 16) as u32)),
+                protocol: Protocol::TCP,
+                port: 20_000 + (i % 10_000) as u16,
+            };
+            Some(delta(id, m, undo))
+        }
+        "policy" => {
+            let n = state.policies().len();
+            let (key, p) = state.policies().get_index(rng.below(n.max(1)))?;
+            let mut changed = p.clone();
+            let rule = changed
+                .inbound
+                .iter_mut()
+                .chain(changed.outbound.iter_mut())
+                .find(|r| !r.dst.ports.is_empty())?;
+            let port = 40_000 + (i % 20_000) as u16;
+            rule.dst.ports = vec![capo_policy::PortRange::single(port)];
+            undo.push(Update::PolicyUpdate(key.clone(), p.clone()));
+            Some(Update::PolicyUpdate(key.clone(), changed))
+        }
+        "endpoint" => {
+            let n = state.workloads().len();
+            let (key, wep) = state.workloads().get_index(rng.below(n.max(1)))?;
+            undo.push(Update::WorkloadUpdate(key.clone(), wep.clone()));
+            Some(Update::WorkloadRemove(key.clone()))
+        }
+        "rejected" => Some(Update::IpSetDelta {
+            id: IpSetId::new(format!("s:no-such-set-{i}"))?,
+            added: vec![Member::Net(Cidr::host(IpAddr::V4(Ipv4Addr::LOCALHOST)))],
+            removed: vec![],
+        }),
+        _ => None,
+    }
+}
+
+/// Runs `count` updates of every kind on `kind`'s workload while a second thread
+/// classifies; `log` gets progress lines.
+pub fn run(kind: Kind, count: usize, log: &mut dyn FnMut(&str)) -> Vec<UpdateRow> {
+    let w = generate(kind);
+    let (mut state, mut ids) = w.state();
+    let mut builder = Builder::new();
+    let first = builder.build(&state, &ids);
+    let cell = Arc::new(GenerationCell::new(first));
+    let stop = Arc::new(AtomicBool::new(false));
+    let classified = Arc::new(AtomicU64::new(0));
+    log(&format!(
+        "updates: {}: {} members, {} rules; a second thread classifies {} packets in a loop",
+        kind.name(),
+        w.members,
+        w.rules,
+        w.packets.len()
+    ));
+    let load = {
+        let (cell, stop, classified) = (cell.clone(), stop.clone(), classified.clone());
+        let packets = w.packets.clone();
+        std::thread::spawn(move || {
+            let mut scratch = Scratch::default();
+            let mut batch = Vec::with_capacity(capo_classifier::MAX_BATCH);
+            while !stop.load(Ordering::Relaxed) {
+                for chunk in packets.chunks(capo_classifier::MAX_BATCH) {
+                    let g = cell.load();
+                    batch.clear();
+                    batch.extend(chunk.iter().filter_map(|(k, d, p)| {
+                        Some((g.interface_of(&IfaceKind::Workload(k.clone()))?, *d, *p))
+                    }));
+                    // Decisions borrow the generation: a vector per batch (this thread
+                    // is the load, not the measurement).
+                    let mut out = Vec::with_capacity(batch.len());
+                    g.classify_batch(&batch, &mut scratch, &mut out);
+                    classified.fetch_add(out.len() as u64, Ordering::Relaxed);
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    let selector = w.selector_sets.clone();
+    let cidr = sets_of(&state, |s| {
+        s.kind() != IpSetKind::IpAndPort
+            && s.members()
+                .any(|m| matches!(m, Member::Net(c) if c.prefix_len() < 32))
+    });
+    let named = sets_of(&state, |s| s.kind() == IpSetKind::IpAndPort);
+    let mut rows = Vec::new();
+    let mut rng = Rng::new(99);
+    for name in KINDS {
+        let sets: &[IpSetId] = match name {
+            "member-host" => &selector,
+            "member-cidr" => &cidr,
+            "member-named-port" => &named,
+            _ => &[],
+        };
+        let before = classified.load(Ordering::Relaxed);
+        let mut samples = Vec::with_capacity(count);
+        let mut failed = 0usize;
+        let mut undo = Vec::new();
+        for i in 0..count {
+            let Some(update) = next_update(name, i, &state, &mut rng, &mut undo, sets) else {
+                break;
+            };
+            let t = Instant::now();
+            match builder.apply(&mut state, &mut ids, update) {
+                Ok(g) => {
+                    cell.publish(g);
+                    samples.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        // Leave the state as the workload's for the next kind.
+        while let Some(u) = undo.pop() {
+            if let Ok(g) = builder.apply(&mut state, &mut ids, u) {
+                cell.publish(g);
+            }
+        }
+        samples.sort_by(f64::total_cmp);
+        let row = UpdateRow {
+            engine: "fast",
+            workload: kind.name(),
+            update: name,
+            applied: samples.len(),
+            failed,
+            p50_us: percentile(&samples, 50),
+            p99_us: percentile(&samples, 99),
+            max_us: samples.last().copied(),
+            classified_meanwhile: classified.load(Ordering::Relaxed) - before,
+        };
+        log(&format!(
+            "updates: {name}: {} applied, {failed} failed, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; {} packets classified meanwhile",
+            row.applied,
+            row.p50_us.unwrap_or(f64::NAN),
+            row.p99_us.unwrap_or(f64::NAN),
+            row.max_us.unwrap_or(f64::NAN),
+            row.classified_meanwhile
+        ));
+        rows.push(row);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind applies (or, for `rejected`, fails) every time, and the other thread
+    /// classified while it ran.
+    #[test]
+    fn every_kind_runs_under_load() {
+        let rows = run(Kind::K8s, 20, &mut |_| {});
+        assert_eq!(rows.len(), KINDS.len());
+        for r in &rows {
+            if r.update == "rejected" {
+                assert_eq!((r.applied, r.failed), (0, 20), "{r:?}");
+                assert_eq!(r.p99_us, None);
+            } else {
+                assert_eq!((r.applied, r.failed), (20, 0), "{r:?}");
+                let (p50, p99, max) = (r.p50_us.unwrap(), r.p99_us.unwrap(), r.max_us.unwrap());
+                assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r:?}");
+            }
+        }
+        assert!(rows.iter().map(|r| r.classified_meanwhile).sum::<u64>() > 0);
+    }
+
+    #[test]
+    fn percentiles() {
+        let xs: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&xs, 50), Some(51.0));
+        assert_eq!(percentile(&xs, 99), Some(100.0));
+        assert_eq!(percentile(&[], 99), None);
+    }
+}
