@@ -4,8 +4,8 @@
 set -euo pipefail
 
 # Debian packages the workspace builds against (none are needed for the policy
-# core; later crates add theirs here).
-CAPO_APT_PACKAGES=(pkg-config libdpdk-dev dpdk-dev clang libclang-dev)
+# core; later crates add theirs here), and python3 for the benchmark gate's tests.
+CAPO_APT_PACKAGES=(pkg-config libdpdk-dev dpdk-dev clang libclang-dev python3)
 
 source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 capo_apt_install setup "${CAPO_APT_PACKAGES[@]}"

@@ -14,6 +14,8 @@ cargo build --locked --workspace --all-targets
 cargo test --locked --workspace
 cargo test --locked -p capo-offload -p capo-hw-tests --features capo-offload/dpdk,capo-hw-tests/dpdk
 cargo test --locked -p capo-bench --features rte-acl
+# The benchmark gate's logic (bench/gate/gate.py) on synthetic rows.
+python3 -m unittest discover -s bench/gate/tests
 cargo test --locked -p capo-agent --features dpdk --test api dpdk_port
 if [ "${CAPO_FUZZ_SECONDS:-30}" != 0 ]; then
     bash scripts/fuzz.sh "${CAPO_FUZZ_SECONDS:-30}"

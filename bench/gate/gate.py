@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""capo's benchmark gate: runs capo-bench, summarises its JSON rows, checks them
+against the targets and the previous results, and writes the results section of
+docs/benchmarks.md.
+
+    bench/gate/gate.py run --bin target/release --vpp DIR [--runs 5] --out RESULTS.json
+    bench/gate/gate.py check RESULTS.json [--previous OLD.json] [--tolerance 0.15]
+                             [--require-targets]
+    bench/gate/gate.py markdown RESULTS.json [--previous OLD.json] --doc docs/benchmarks.md
+
+`check` exits 1 when a figure regressed beyond the tolerance against the previous
+file (and, with --require-targets, when a target is missed); it prints every target
+with its measured value either way. Figures are medians over the runs with their
+min and max; the file records the machine, its load and the date.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+BEGIN = "<!-- gate:begin -->"
+END = "<!-- gate:end -->"
+
+
+# ---- collecting ---------------------------------------------------------------------
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "load": list(os.getloadavg()),
+    }
+
+
+def json_lines(text):
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            rows.append(json.loads(line))
+    return rows
+
+
+def capo_bench(binary, args):
+    print("gate: capo-bench " + " ".join(args), file=sys.stderr, flush=True)
+    out = subprocess.run([binary] + args, check=True, capture_output=True, text=True)
+    return json_lines(out.stdout)
+
+
+def run(opts):
+    binary = os.path.join(opts.bin, "capo-bench")
+    doc = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "runs": opts.runs,
+        "rows": [],
+    }
+    for k in range(opts.runs):
+        for workload in ("w-k8s", "w-large"):
+            for r in capo_bench(binary, ["classify", "--workload", workload, "--fast-only", "--json"]):
+                r["source"], r["run"] = "classify", k
+                doc["rows"].append(r)
+    if opts.vpp:
+        for r in capo_bench(binary, ["vpp", "--workload", "w-k8s", "--runs", str(opts.runs),
+                                     "--vpp", opts.vpp, "--json"]):
+            r["source"] = "vpp"
+            doc["rows"].append(r)
+    for r in capo_bench(binary, ["updates", "--workload", "w-large", "--count",
+                                 str(opts.update_count), "--json"]):
+        r["source"] = "updates"
+        doc["rows"].append(r)
+    doc["machine"]["load_after"] = list(os.getloadavg())
+    with open(opts.out, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print("gate: wrote " + opts.out, file=sys.stderr)
+
+
+# ---- summarising --------------------------------------------------------------------
+
+def spread(values):
+    """(median, min, max) of the values, or None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return (statistics.median(values), min(values), max(values))
+
+
+def pick(rows, **want):
+    return [r for r in rows if all(r.get(k) == v for k, v in want.items())]
+
+
+def figures(doc):
+    """Named figures: name -> (median, min, max, unit, lower_is_better); min and max
+    are None for a figure measured once (or reported as a median only)."""
+    rows = doc["rows"]
+    out = {}
+
+    def put(name, s, unit, lower=True):
+        if s is not None:
+            out[name] = (s[0], s[1], s[2], unit, lower)
+
+    for w in ("w-k8s", "w-large"):
+        cls = pick(rows, source="classify", workload=w)
+        put(f"{w} fast ns/packet", spread(r["ns_per_packet"] for r in pick(cls, engine="fast")), "ns")
+        for phase in ("first", "established"):
+            put(f"{w} production {phase} ns/packet",
+                spread(r["ns_per_packet"] for r in pick(cls, engine="production", phase=phase)), "ns")
+    vpp = pick(rows, source="vpp")
+    for r in vpp:
+        name = f"vpp {r['engine']} {r['phase']}"
+        put(name + " clocks/packet", (r["clocks_per_packet"], r["clocks_min"], r["clocks_max"]), "clocks")
+        if r["engine"] in ("capo", "acl"):
+            node = r["policy_node_clocks_per_packet"]
+            put(name + " policy-node clocks/packet", (node, None, None), "clocks")
+        if r.get("memory_bytes") is not None and r["phase"] == "first":
+            m = r["memory_bytes"] / 2**20
+            put(f"vpp {r['engine']} resident MiB", (m, None, None), "MiB")
+        if r.get("capo_classify_clocks_per_packet") is not None:
+            c = r["capo_classify_clocks_per_packet"]
+            put("vpp capo classifier clocks/tuple", (c, None, None), "clocks")
+    for r in pick(rows, source="updates"):
+        if r.get("p99_us") is not None:
+            p = r["p99_us"]
+            put(f"{r['workload']} update {r['update']} p99 µs", (p, None, None), "µs")
+    return out
+
+
+def targets(fig):
+    """(target, measured text, met: True/False/None when not measured)."""
+    def get(name):
+        return fig.get(name, (None,))[0]
+
+    res = []
+
+    def at_most(label, value, limit, unit):
+        if value is None:
+            res.append((label, "not measured", None))
+        else:
+            res.append((label, f"{value:,.1f} {unit}", value <= limit))
+
+    at_most("W-k8s first packet, production path, frame of 256: ≤ 50 ns",
+            get("w-k8s production first ns/packet"), 50, "ns")
+    at_most("W-large first packet, production path: ≤ 100 ns",
+            get("w-large production first ns/packet"), 100, "ns")
+    res.append(("1,400 rules per program vs 70: ≤ 2×", "not measured (no rules-per-program sweep yet)", None))
+    npol, node = get("vpp npol first clocks/packet"), get("vpp capo first policy-node clocks/packet")
+    if npol is None or node is None:
+        res.append(("capo node vs npol_match_func: ≥ 20× fewer cycles", "not measured", None))
+    else:
+        res.append(("capo node vs npol_match_func: ≥ 20× fewer cycles",
+                    f"{npol / node:.1f}× (npol {npol:,.0f}, capo node {node:,.0f} clocks)", npol / node >= 20))
+    for phase in ("first", "established"):
+        acl = get(f"vpp acl {phase} policy-node clocks/packet")
+        capo = get(f"vpp capo {phase} policy-node clocks/packet")
+        if acl is None or capo is None:
+            res.append((f"capo node vs ACL plugin, {phase}: ≤ 1×", "not measured", None))
+        else:
+            res.append((f"capo node vs ACL plugin, {phase}: ≤ 1×",
+                        f"{capo / acl:.2f}× (capo {capo:,.0f}, ACL {acl:,.0f} clocks)", capo / acl <= 1))
+    acl_m, capo_m = get("vpp acl resident MiB"), get("vpp capo resident MiB")
+    if acl_m is None or capo_m is None:
+        res.append(("capo memory vs ACL plugin: ≤ 1/10", "not measured", None))
+    else:
+        res.append(("capo memory vs ACL plugin: ≤ 1/10",
+                    f"1/{acl_m / max(capo_m, 1e-9):.0f} ({capo_m:,.0f} vs {acl_m:,.0f} MiB)", capo_m * 10 <= acl_m))
+    est, fwd = get("vpp capo established clocks/packet"), get("vpp forward established clocks/packet")
+    if est is None or fwd is None:
+        res.append(("established flows through capo ≤ 1.3× forwarding", "not measured", None))
+    else:
+        res.append(("established flows through capo ≤ 1.3× forwarding",
+                    f"{est / fwd:.1f}× ({est:,.0f} vs {fwd:,.0f} clocks)", est / fwd <= 1.3))
+    updates = {k: v for k, v in fig.items() if k.startswith("w-large update ")}
+    if not updates:
+        res.append(("any single update on W-large: p99 ≤ 50 µs", "not measured", None))
+    else:
+        worst = max(updates, key=lambda k: updates[k][0])
+        res.append(("any single update on W-large: p99 ≤ 50 µs",
+                    f"worst: {worst[len('w-large update '):-len(' p99 µs')]} {updates[worst][0]:,.1f} µs",
+                    updates[worst][0] <= 50))
+    return res
+
+
+def regressions(fig, previous, tolerance):
+    """Figures worse than the previous file's by more than `tolerance` (a fraction)."""
+    out = []
+    for name, (med, _, _, unit, lower) in fig.items():
+        if name not in previous:
+            continue
+        old = previous[name][0]
+        if old <= 0:
+            continue
+        change = (med - old) / old
+        if (lower and change > tolerance) or (not lower and change < -tolerance):
+            out.append((name, old, med, unit, change))
+    return out
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def check(opts):
+    doc = load(opts.results)
+    fig = figures(doc)
+    ok = True
+    print("targets:")
+    for label, measured, met in targets(fig):
+        mark = {True: "met", False: "MISSED", None: "n/a"}[met]
+        print(f"  [{mark:>6}] {label}: {measured}")
+        if met is False and opts.require_targets:
+            ok = False
+    if opts.previous:
+        prev = figures(load(opts.previous))
+        bad = regressions(fig, prev, opts.tolerance)
+        print(f"against {opts.previous} (tolerance {opts.tolerance:.0%}): "
+              f"{len(bad)} regressions")
+        for name, old, new, unit, change in bad:
+            print(f"  REGRESSED {name}: {old:,.1f} -> {new:,.1f} {unit} ({change:+.0%})")
+        ok = ok and not bad
+    return 0 if ok else 1
+
+
+# ---- docs ---------------------------------------------------------------------------
+
+def render(doc, previous=None):
+    fig = figures(doc)
+    prev = figures(previous) if previous else {}
+    m = doc["machine"]
+    lines = [
+        BEGIN,
+        "",
+        f"Generated by `bench/gate/gate.py markdown` from the results of {doc['date']}: "
+        f"{m['cpu']}, {m['cpus']} CPUs, kernel {m['kernel']}, load average "
+        f"{m['load'][0]:.2f} before and {m.get('load_after', m['load'])[0]:.2f} after; "
+        f"{doc['runs']} runs; medians with min–max.",
+        "",
+        "| target | measured | status |",
+        "| --- | --- | --- |",
+    ]
+    for label, measured, met in targets(fig):
+        lines.append(f"| {label} | {measured} | {dict([(True, 'met'), (False, '**missed**'), (None, 'not measured')])[met]} |")
+    lines += ["", "| figure | median | min–max | previous |", "| --- | ---: | ---: | ---: |"]
+    for name in sorted(fig):
+        med, lo, hi, unit, _ = fig[name]
+        old = prev.get(name)
+        span = "—" if lo is None else f"{lo:,.1f}–{hi:,.1f}"
+        lines.append(f"| {name} | {med:,.1f} {unit} | {span} | "
+                     f"{'—' if old is None else f'{old[0]:,.1f}'} |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def markdown(opts):
+    doc = load(opts.results)
+    previous = load(opts.previous) if opts.previous else None
+    with open(opts.doc) as f:
+        text = f.read()
+    section = render(doc, previous)
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Gate\n\n" + section + "\n"
+    with open(opts.doc, "w") as f:
+        f.write(text)
+    print("gate: wrote " + opts.doc, file=sys.stderr)
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--bin", default="target/release")
+    r.add_argument("--vpp", default=os.environ.get("CAPO_VPP"))
+    r.add_argument("--runs", type=int, default=5)
+    r.add_argument("--update-count", type=int, default=500)
+    r.add_argument("--out", required=True)
+    c = sub.add_parser("check")
+    c.add_argument("results")
+    c.add_argument("--previous")
+    c.add_argument("--tolerance", type=float, default=0.15)
+    c.add_argument("--require-targets", action="store_true")
+    d = sub.add_parser("markdown")
+    d.add_argument("results")
+    d.add_argument("--previous")
+    d.add_argument("--doc", default="docs/benchmarks.md")
+    opts = p.parse_args(argv)
+    if opts.cmd == "run":
+        if opts.runs < 5:
+            print("gate: warning: fewer than 5 runs; the docs ask for medians of at least 5",
+                  file=sys.stderr)
+        run(opts)
+        return 0
+    if opts.cmd == "check":
+        return check(opts)
+    return markdown(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

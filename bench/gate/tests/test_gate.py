@@ -1,0 +1,130 @@
+"""The gate's logic on synthetic capo-bench rows (stdlib unittest)."""
+
+import copy
+import json
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import gate  # noqa: E402
+
+
+def doc(production_first=400.0, npol=8000.0, node=1800.0, acl_first=5000.0,
+        acl_est=250.0, capo_est_node=900.0, update_p99=600.0):
+    rows = []
+    for run, jitter in enumerate((0.9, 1.0, 1.1, 1.0, 1.0)):
+        for w in ("w-k8s", "w-large"):
+            rows.append({"source": "classify", "run": run, "workload": w, "engine": "fast",
+                         "ns_per_packet": 100.0 * jitter})
+            rows.append({"source": "classify", "run": run, "workload": w, "engine": "production",
+                         "path": "production", "phase": "first",
+                         "ns_per_packet": production_first * jitter})
+    def vpp(engine, phase, total, node_clocks, mem=None, classify=None):
+        r = {"source": "vpp", "engine": engine, "phase": phase, "clocks_per_packet": total,
+             "clocks_min": total * 0.9, "clocks_max": total * 1.1,
+             "policy_node_clocks_per_packet": node_clocks, "memory_bytes": mem}
+        if classify is not None:
+            r["capo_classify_clocks_per_packet"] = classify
+        return r
+    rows += [
+        vpp("forward", "first", 400, 0),
+        vpp("forward", "established", 250, 0),
+        vpp("acl", "first", acl_first + 400, acl_first, 1400 * 2**20),
+        vpp("acl", "established", acl_est + 250, acl_est, 1400 * 2**20),
+        vpp("capo", "first", node + 400, node, 50 * 2**20),
+        vpp("capo", "established", capo_est_node + 250, capo_est_node, 50 * 2**20),
+        vpp("npol", "first", npol, npol, 6 * 2**20, classify=300),
+    ]
+    for kind, p99 in (("member-host", 40.0), ("member-cidr", update_p99), ("rejected", None)):
+        rows.append({"source": "updates", "workload": "w-large", "update": kind, "p99_us": p99})
+    return {"date": "2026-12-03", "runs": 5, "rows": rows,
+            "machine": {"cpu": "Test CPU", "cpus": 2, "kernel": "6.1", "load": [0.5, 0.5, 0.5],
+                        "load_after": [0.7, 0.6, 0.5]}}
+
+
+class Figures(unittest.TestCase):
+    def test_medians_and_spread(self):
+        fig = gate.figures(doc())
+        med, lo, hi, unit, lower = fig["w-k8s production first ns/packet"]
+        self.assertAlmostEqual(med, 400.0)
+        self.assertAlmostEqual(lo, 360.0)
+        self.assertAlmostEqual(hi, 440.0)
+        self.assertEqual((unit, lower), ("ns", True))
+        self.assertIn("vpp capo classifier clocks/tuple", fig)
+        self.assertNotIn("w-large update rejected p99 µs", fig)
+
+    def test_targets_met_and_missed(self):
+        t = {label: met for label, _, met in gate.targets(gate.figures(doc()))}
+        self.assertFalse(t["W-k8s first packet, production path, frame of 256: ≤ 50 ns"])
+        self.assertFalse(t["capo node vs npol_match_func: ≥ 20× fewer cycles"])  # 8000/1800
+        self.assertTrue(t["capo node vs ACL plugin, first: ≤ 1×"])
+        self.assertFalse(t["capo node vs ACL plugin, established: ≤ 1×"])
+        self.assertTrue(t["capo memory vs ACL plugin: ≤ 1/10"])
+        self.assertIsNone(t["1,400 rules per program vs 70: ≤ 2×"])
+        t = {label: met for label, _, met in gate.targets(gate.figures(doc(
+            production_first=40.0, npol=40000.0, acl_est=1000.0, update_p99=30.0)))}
+        self.assertTrue(t["W-k8s first packet, production path, frame of 256: ≤ 50 ns"])
+        self.assertTrue(t["capo node vs npol_match_func: ≥ 20× fewer cycles"])
+        self.assertTrue(t["capo node vs ACL plugin, established: ≤ 1×"])
+        self.assertTrue(t["any single update on W-large: p99 ≤ 50 µs"])
+
+    def test_missing_sources_are_not_measured(self):
+        d = doc()
+        d["rows"] = [r for r in d["rows"] if r["source"] != "vpp"]
+        t = {label: met for label, _, met in gate.targets(gate.figures(d))}
+        self.assertIsNone(t["capo node vs npol_match_func: ≥ 20× fewer cycles"])
+        self.assertIsNone(t["established flows through capo ≤ 1.3× forwarding"])
+
+
+class Regressions(unittest.TestCase):
+    def test_only_changes_beyond_the_tolerance_count(self):
+        old = gate.figures(doc())
+        self.assertEqual(gate.regressions(gate.figures(doc()), old, 0.15), [])
+        slower = gate.figures(doc(production_first=500.0))  # +25%
+        names = [r[0] for r in gate.regressions(slower, old, 0.15)]
+        self.assertIn("w-k8s production first ns/packet", names)
+        faster = gate.figures(doc(production_first=300.0))
+        self.assertEqual([r for r in gate.regressions(faster, old, 0.15)
+                          if r[0].startswith("w-k8s production")], [])
+
+    def test_check_exit_codes(self):
+        with tempfile.TemporaryDirectory() as d:
+            new, old = os.path.join(d, "new.json"), os.path.join(d, "old.json")
+            with open(old, "w") as f:
+                json.dump(doc(), f)
+            with open(new, "w") as f:
+                json.dump(doc(production_first=600.0), f)
+            self.assertEqual(gate.main(["check", old, "--previous", old]), 0)
+            self.assertEqual(gate.main(["check", new, "--previous", old]), 1)
+            self.assertEqual(gate.main(["check", old]), 0)
+            self.assertEqual(gate.main(["check", old, "--require-targets"]), 1)
+
+
+class Markdown(unittest.TestCase):
+    def test_section_is_replaced_in_place(self):
+        with tempfile.TemporaryDirectory() as d:
+            results, md = os.path.join(d, "r.json"), os.path.join(d, "b.md")
+            with open(results, "w") as f:
+                json.dump(doc(), f)
+            with open(md, "w") as f:
+                f.write("# Bench\n\nintro\n\n" + gate.BEGIN + "\nold\n" + gate.END + "\n\nafter\n")
+            gate.main(["markdown", results, "--doc", md])
+            with open(md) as f:
+                text = f.read()
+            self.assertNotIn("\nold\n", text)
+            self.assertTrue(text.startswith("# Bench\n\nintro\n\n" + gate.BEGIN))
+            self.assertTrue(text.endswith(gate.END + "\n\nafter\n"))
+            self.assertIn("Test CPU, 2 CPUs", text)
+            self.assertIn("| w-k8s production first ns/packet | 400.0 ns | 360.0–440.0 | — |", text)
+            once = text
+            gate.main(["markdown", results, "--doc", md, "--previous", results])
+            with open(md) as f:
+                twice = f.read()
+            self.assertEqual(twice.count(gate.BEGIN), 1)
+            self.assertNotEqual(once, twice)  # the previous column is filled
+
+
+if __name__ == "__main__":
+    unittest.main()
