@@ -26,6 +26,8 @@ pub struct Row {
     pub path: Option<&'static str>,
     /// `first` or `established` (production rows).
     pub phase: Option<&'static str>,
+    /// Mean rules per interface program (rows of the rules-per-program sweep).
+    pub rules_per_program: Option<f64>,
 }
 
 impl Row {
@@ -41,6 +43,7 @@ impl Row {
             note: None,
             path: None,
             phase: None,
+            rules_per_program: None,
         }
     }
 
@@ -62,6 +65,9 @@ impl Row {
             "update_p99_us": r(self.update_p99_us),
             "bytes_per_member": r(self.bytes_per_member),
         });
+        if let (Some(obj), Some(rpp)) = (v.as_object_mut(), self.rules_per_program) {
+            obj.insert("rules_per_program".into(), serde_json::json!(r(Some(rpp))));
+        }
         if let Some(obj) = v.as_object_mut() {
             for (field, value) in [
                 ("note", self.note.clone()),

@@ -99,7 +99,7 @@ pub struct Shape {
     pub endpoints: usize,
     /// Namespaces.
     pub namespaces: usize,
-    /// Policies (10 rules each).
+    /// Policies (`2 × rules_per_direction` rules each).
     pub policies: usize,
     /// IP sets.
     pub sets: usize,
@@ -113,6 +113,9 @@ pub struct Shape {
     pub security_one_in: usize,
     /// Flows (one packet each).
     pub flows: usize,
+    /// Rules per policy and direction (5: W-k8s's 67 rules per interface program;
+    /// the rules-per-program sweep raises it).
+    pub rules_per_direction: usize,
 }
 
 impl Shape {
@@ -130,6 +133,7 @@ impl Shape {
                 select_one_in: 2,
                 security_one_in: 10,
                 flows: 10_000,
+                rules_per_direction: 5,
             }),
             Kind::Large => Some(Shape {
                 endpoints: 500,
@@ -141,6 +145,7 @@ impl Shape {
                 select_one_in: 8,
                 security_one_in: 50,
                 flows: 10_000,
+                rules_per_direction: 5,
             }),
         }
     }
@@ -209,6 +214,39 @@ pub fn generate(kind: Kind) -> Workload {
     match Shape::of(kind) {
         None => seed(),
         Some(shape) => cluster(kind, shape),
+    }
+}
+
+/// Generates a cluster workload of `kind` with another shape (the sweeps).
+pub fn generate_shaped(kind: Kind, shape: Shape) -> Workload {
+    cluster(kind, shape)
+}
+
+impl Workload {
+    /// Mean rules per interface program: per local endpoint and direction, the rules
+    /// of its tiers' policies and of its profiles.
+    pub fn rules_per_program(&self, state: &State) -> f64 {
+        let mut programs = 0usize;
+        let mut rules = 0usize;
+        for wep in state.workloads().values() {
+            for dir in Direction::BOTH {
+                programs += 1;
+                rules += wep
+                    .tiers
+                    .iter()
+                    .flat_map(|t| t.policies(dir))
+                    .filter_map(|k| state.policies().get(k))
+                    .map(|p| p.rules(dir).len())
+                    .sum::<usize>();
+                rules += wep
+                    .profile_ids
+                    .iter()
+                    .filter_map(|n| state.profiles().get(n))
+                    .map(|p| p.rules(dir).len())
+                    .sum::<usize>();
+            }
+        }
+        rules as f64 / programs.max(1) as f64
     }
 }
 
@@ -488,8 +526,10 @@ fn cluster(kind: Kind, s: Shape) -> Workload {
             }
             r
         };
-        let inbound: Vec<Rule> = (0..5).map(|j| mk(&mut rng, j)).collect();
-        let outbound: Vec<Rule> = (0..5)
+        let inbound: Vec<Rule> = (0..s.rules_per_direction)
+            .map(|j| mk(&mut rng, j))
+            .collect();
+        let outbound: Vec<Rule> = (0..s.rules_per_direction)
             .map(|j| {
                 let mut r = mk(&mut rng, j + 3);
                 // Egress rules match destinations.

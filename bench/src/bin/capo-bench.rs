@@ -63,6 +63,11 @@ enum Command {
         /// Only the fast classifier.
         #[arg(long)]
         fast_only: bool,
+        /// Instead of the engines: regenerate each workload with about these many
+        /// rules per interface program (e.g. 70,1400) and measure the fast path and
+        /// the production pipeline on each.
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rules_per_program: Vec<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -138,8 +143,14 @@ fn main() -> ExitCode {
             workloads,
             quick,
             fast_only,
+            rules_per_program,
             json,
-        } => run_classify(workloads, Options { quick, fast_only }, json),
+        } => run_classify(
+            workloads,
+            Options { quick, fast_only },
+            &rules_per_program,
+            json,
+        ),
         Command::Offload {
             workload,
             nic,
@@ -238,21 +249,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_classify(mut kinds: Vec<Kind>, options: Options, json: bool) -> ExitCode {
+fn run_classify(mut kinds: Vec<Kind>, options: Options, sweep: &[u32], json: bool) -> ExitCode {
     if kinds.is_empty() {
-        kinds = vec![Kind::Seed, Kind::K8s, Kind::Large];
+        kinds = if sweep.is_empty() {
+            vec![Kind::Seed, Kind::K8s, Kind::Large]
+        } else {
+            vec![Kind::K8s]
+        };
     }
+    if !sweep.is_empty() && kinds.contains(&Kind::Seed) {
+        eprintln!("capo-bench classify: --rules-per-program needs w-k8s or w-large (W-seed is hand-written)");
+        return ExitCode::from(2);
+    }
+    let targets: Vec<usize> = sweep.iter().map(|&n| n as usize).collect();
     for kind in kinds {
-        let rows = classify(kind, options, &mut |l| eprintln!("{l}"));
+        let rows = if targets.is_empty() {
+            classify(kind, options, &mut |l| eprintln!("{l}"))
+        } else {
+            capo_bench::run::sweep(kind, &targets, options, &mut |l| eprintln!("{l}"))
+        };
         for r in rows {
             if json {
                 println!("{}", r.json());
             } else {
                 let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
                 println!(
-                    "{:<10} {:<8} ns/pkt {:>10} Mpps {:>8} compile_ms {:>9} update_p99_us {:>8} B/member {:>6} {}",
+                    "{:<10} {:<8} {}ns/pkt {:>10} Mpps {:>8} compile_ms {:>9} update_p99_us {:>8} B/member {:>6} {}",
                     r.engine,
                     r.workload,
+                    r.rules_per_program
+                        .map_or(String::new(), |n| format!("rules/program {n:>7.0} ")),
                     f(r.ns_per_packet),
                     f(r.mpps),
                     f(r.compile_ms),
