@@ -45,9 +45,12 @@ proptest! {
             (0..NSETS, prop::collection::vec(member(), 0..3), prop::collection::vec(member(), 0..3))
                 .prop_map(|(i, added, removed)| Update::IpSetDelta { id: set_id(i), added, removed }),
             (0..NPOL, policy()).prop_map(|(i, p)| Update::PolicyUpdate(pkey(i), p)),
+            (0..NPOL).prop_map(|i| Update::PolicyRemove(pkey(i))),
             profile().prop_map(|p| Update::ProfileUpdate("prof1".into(), p)),
+            Just(Update::ProfileRemove("prof1".into())),
             workload(1),
             workload(2),
+            Just(Update::WorkloadRemove(wkey(2))),
             hep(1),
             config(),
         ], 1..6),
@@ -71,6 +74,10 @@ proptest! {
                 }
                 Err(_) => prop_assert_eq!(b.current().map(|c| c.id()), Some(g.id())),
             }
+            // The ids the update's targeted sync gave are the full sync's.
+            let mut full = ids.clone();
+            full.sync(&state);
+            prop_assert_eq!(&full, &ids);
             // Two generations resident: the new one matches the new state, the old
             // one still matches the old state.
             check(&state, &g, &pkts)?;

@@ -80,17 +80,28 @@ impl InternalPolicyId {
 /// The host-facing interface's name when none is configured (CalicoVPP's host tap).
 pub const DEFAULT_HOST_INTERFACE: &str = "tap0";
 
+/// What one update can have changed, for [`IdTable::sync_after`].
+#[derive(Debug, Clone, Copy)]
+pub enum Changed<'a> {
+    /// A policy was updated or removed.
+    Policy(&'a PolicyKey),
+    /// A profile was updated or removed.
+    Profile(&'a str),
+    /// Workload endpoints changed (their tiers, profiles and interfaces).
+    Workloads,
+}
+
 /// A policy or profile being synced: its ref, its tier, its inbound and outbound rules.
 type LiveList<'s> = (PolicyRef, Option<&'s str>, [&'s [Rule]; 2]);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct RuleIds {
     // Each list's rules with their ids, to keep the id of an unchanged rule.
     by_list: HashMap<(PolicyRef, Direction), Vec<(Rule, u32)>>,
 }
 
 /// Stable ids for everything the views print.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdTable {
     ipsets: HashMap<IpSetId, u32>,
     policies: HashMap<PolicyRef, u32>,
@@ -166,39 +177,81 @@ impl IdTable {
 
     /// Gives ids to objects new in `state` and forgets those it no longer holds.
     pub fn sync(&mut self, state: &State) {
-        // IP sets.
-        self.ipsets.retain(|id, _| state.ipsets().contains_key(id));
-        for id in state.ipsets().keys() {
-            if !self.ipsets.contains_key(id) {
-                self.ipsets.insert(id.clone(), self.next_ipset);
-                self.next_ipset += 1;
+        self.sync_inner(state, None);
+    }
+
+    /// [`IdTable::sync`] after an update that can only have changed `changed`: the
+    /// same ids (a property test in the classifier checks it against the full sync
+    /// after every update), without walking every rule list of the state, which the
+    /// full sync compares one by one.
+    pub fn sync_after(&mut self, state: &State, changed: Changed<'_>) {
+        self.sync_inner(state, Some(changed));
+    }
+
+    fn sync_inner(&mut self, state: &State, only: Option<Changed<'_>>) {
+        if only.is_none() {
+            // IP sets.
+            self.ipsets.retain(|id, _| state.ipsets().contains_key(id));
+            for id in state.ipsets().keys() {
+                if !self.ipsets.contains_key(id) {
+                    self.ipsets.insert(id.clone(), self.next_ipset);
+                    self.next_ipset += 1;
+                }
             }
         }
         // Profiles, then policies (each preceded by its tier's end-of-tier rule the
-        // first time the tier is seen), with their rules.
+        // first time the tier is seen), with their rules: all of them, or the one
+        // that changed.
         let mut live: Vec<LiveList<'_>> = Vec::new();
-        for (name, p) in state.profiles() {
-            live.push((
-                PolicyRef::Profile(name.clone()),
-                None,
-                [&p.inbound, &p.outbound],
-            ));
+        match only {
+            None => {
+                for (name, p) in state.profiles() {
+                    live.push((
+                        PolicyRef::Profile(name.clone()),
+                        None,
+                        [&p.inbound, &p.outbound],
+                    ));
+                }
+                for (key, p) in state.policies() {
+                    let tier = Some(p.tier.as_str()).filter(|t| !t.is_empty());
+                    live.push((
+                        PolicyRef::Policy(key.clone()),
+                        tier,
+                        [&p.inbound, &p.outbound],
+                    ));
+                }
+                // Hash sets keep a sync linear in the number of objects.
+                let live_refs: std::collections::HashSet<&PolicyRef> =
+                    live.iter().map(|(l, _, _)| l).collect();
+                self.policies
+                    .retain(|r, _| matches!(r, PolicyRef::Internal(_)) || live_refs.contains(r));
+                self.rules.by_list.retain(|(r, _), _| live_refs.contains(r));
+            }
+            Some(Changed::Policy(key)) => {
+                let r = PolicyRef::Policy(key.clone());
+                match state.policies().get(key) {
+                    Some(p) => live.push((
+                        r,
+                        Some(p.tier.as_str()).filter(|t| !t.is_empty()),
+                        [&p.inbound, &p.outbound],
+                    )),
+                    None => self.forget(&r),
+                }
+            }
+            Some(Changed::Profile(name)) => {
+                let r = PolicyRef::Profile(name.to_string());
+                match state.profiles().get(name) {
+                    Some(p) => live.push((r, None, [&p.inbound, &p.outbound])),
+                    None => self.forget(&r),
+                }
+            }
+            Some(Changed::Workloads) => {}
         }
-        for (key, p) in state.policies() {
-            let tier = Some(p.tier.as_str()).filter(|t| !t.is_empty());
-            live.push((
-                PolicyRef::Policy(key.clone()),
-                tier,
-                [&p.inbound, &p.outbound],
-            ));
-        }
-        // Hash sets keep a sync linear in the number of objects.
-        let live_refs: std::collections::HashSet<&PolicyRef> =
-            live.iter().map(|(l, _, _)| l).collect();
-        self.policies
-            .retain(|r, _| matches!(r, PolicyRef::Internal(_)) || live_refs.contains(r));
-        self.rules.by_list.retain(|(r, _), _| live_refs.contains(r));
-        let mut tier_names: Vec<&str> = live.iter().filter_map(|(_, t, _)| *t).collect();
+        let mut tier_names: Vec<&str> = state
+            .policies()
+            .values()
+            .filter_map(|p| Some(p.tier.as_str()).filter(|t| !t.is_empty()))
+            .collect();
         for wep in state.workloads().values() {
             tier_names.extend(wep.tiers.iter().map(|t| t.name.as_str()));
         }
@@ -222,8 +275,22 @@ impl IdTable {
         for t in tier_names {
             self.ensure_tier(t);
         }
-        self.sync_failsafe(state);
-        self.sync_interfaces(state);
+        // Failsafe rules follow the host endpoints and the config, interfaces the
+        // endpoints: neither changes with a policy or profile.
+        if only.is_none() {
+            self.sync_failsafe(state);
+        }
+        if matches!(only, None | Some(Changed::Workloads)) {
+            self.sync_interfaces(state);
+        }
+    }
+
+    /// Forgets a policy or profile the state no longer holds.
+    fn forget(&mut self, r: &PolicyRef) {
+        self.policies.remove(r);
+        for dir in Direction::BOTH {
+            self.rules.by_list.remove(&(r.clone(), dir));
+        }
     }
 
     fn ensure_tier(&mut self, name: &str) {

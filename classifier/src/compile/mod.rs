@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use capo_policy::ids::Changed;
 use capo_policy::{Applied, Cidr, IdTable, IpSetId, State, StateError, Update};
 
 use crate::generation::{Entry, Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps};
@@ -175,7 +176,7 @@ impl Builder {
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
-                ids.sync(state);
+                ids.sync_after(state, Changed::Policy(&key));
                 self.recompile_dependents(state, ids, |i| i.policies.contains(&key));
             }
             Update::ProfileUpdate(name, _) | Update::ProfileRemove(name) => {
@@ -183,7 +184,7 @@ impl Builder {
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
-                ids.sync(state);
+                ids.sync_after(state, Changed::Profile(&name));
                 self.recompile_dependents(state, ids, |i| i.profiles.contains(&name));
             }
             Update::WorkloadUpdate(key, _) | Update::WorkloadRemove(key) => {
@@ -191,7 +192,7 @@ impl Builder {
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
-                ids.sync(state);
+                ids.sync_after(state, Changed::Workloads);
                 self.ifaces.remove(&kind);
                 self.compile_iface(state, ids, kind);
                 self.sync_virtual(state);
