@@ -245,6 +245,25 @@ pub(crate) enum Unexpressible {
 /// One segment: its rules in order, each an action and its entries.
 pub(crate) type Segment = Vec<(Act, Vec<Entry>)>;
 
+/// Appends each rule's action and entries (`log` rules left out); `None` when a rule
+/// cannot be expressed.
+fn expand_rules(state: &State, rules: &[Rule], out: &mut Segment) -> Option<()> {
+    for r in rules {
+        let act = match r.action {
+            Action::Allow => Act::Allow,
+            Action::Deny => Act::Deny,
+            Action::Pass => Act::Pass,
+            Action::Log => continue,
+        };
+        let mut e = Vec::new();
+        if !expand(state, r, &mut e) {
+            return None;
+        }
+        out.push((act, e));
+    }
+    Some(())
+}
+
 /// The segments of an endpoint's program in direction `dir`.
 pub(crate) fn segments(
     state: &State,
@@ -280,19 +299,8 @@ pub(crate) fn segments(
             let Some(p) = state.policies().get(k) else {
                 continue;
             };
-            for r in p.rules(dir) {
-                let act = match r.action {
-                    Action::Allow => Act::Allow,
-                    Action::Deny => Act::Deny,
-                    Action::Pass => Act::Pass,
-                    Action::Log => continue,
-                };
-                let mut e = Vec::new();
-                if !expand(state, r, &mut e) {
-                    return Err(Unexpressible::Criteria(format!("policy {}", k.name)));
-                }
-                rules.push((act, e));
-            }
+            expand_rules(state, p.rules(dir), &mut rules)
+                .ok_or_else(|| Unexpressible::Criteria(format!("policy {}", k.name)))?;
         }
         let end_drop = tier.drops_at_end(dir);
         if end_drop {
@@ -308,19 +316,8 @@ pub(crate) fn segments(
             continue;
         };
         let mut rules = Vec::new();
-        for r in p.rules(dir) {
-            let act = match r.action {
-                Action::Allow => Act::Allow,
-                Action::Deny => Act::Deny,
-                Action::Pass => Act::Pass,
-                Action::Log => continue,
-            };
-            let mut e = Vec::new();
-            if !expand(state, r, &mut e) {
-                return Err(Unexpressible::Criteria(format!("profile {name}")));
-            }
-            rules.push((act, e));
-        }
+        expand_rules(state, p.rules(dir), &mut rules)
+            .ok_or_else(|| Unexpressible::Criteria(format!("profile {name}")))?;
         segs.push(rules);
     }
     Ok(segs)

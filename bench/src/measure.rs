@@ -85,7 +85,13 @@ impl Row {
 
 /// This process's resident memory (`VmRSS`), 0 when unreadable.
 pub fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    resident_bytes_of("self")
+}
+
+/// A process's resident memory (`VmRSS` of `/proc/PID/status`; `self` for this
+/// one), 0 when unreadable.
+pub fn resident_bytes_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

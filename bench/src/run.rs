@@ -149,6 +149,24 @@ fn production(
     Some((per_packet(first), per_packet(established), disagree))
 }
 
+/// The workload's packets on the interfaces `g` has, as the batch path takes them.
+fn resolved(
+    w: &Workload,
+    g: &capo_classifier::Generation,
+) -> Vec<(
+    capo_classifier::IfaceId,
+    capo_policy::Direction,
+    capo_policy::Packet,
+)> {
+    w.packets
+        .iter()
+        .filter_map(|(k, d, p)| {
+            g.interface_of(&IfaceKind::Workload(k.clone()))
+                .map(|i| (i, *d, *p))
+        })
+        .collect()
+}
+
 /// The rules-per-program sweep: `kind`'s cluster regenerated with more rules per
 /// policy until its interface programs hold about each of `targets` rules on
 /// average, and on each the fast path (batches of 256) and the production pipeline
@@ -179,14 +197,7 @@ pub fn sweep(kind: Kind, targets: &[usize], opts: Options, log: &mut dyn FnMut(&
         let g = builder.build(&state, &ids);
         let compile_ms = t.elapsed().as_secs_f64() * 1e3;
         let mem = g.memory();
-        let inputs: Vec<_> = w
-            .packets
-            .iter()
-            .filter_map(|(k, d, p)| {
-                g.interface_of(&IfaceKind::Workload(k.clone()))
-                    .map(|i| (i, *d, *p))
-            })
-            .collect();
+        let inputs = resolved(&w, &g);
         let batches: Vec<&[_]> = inputs.chunks(capo_classifier::MAX_BATCH).collect();
         let mut scratch = Scratch::default();
         let mut out = Vec::with_capacity(capo_classifier::MAX_BATCH);
@@ -247,14 +258,7 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
     let mut builder = Builder::new();
     let g = builder.build(&state, &ids);
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
-    let inputs: Vec<_> = w
-        .packets
-        .iter()
-        .filter_map(|(k, d, p)| {
-            g.interface_of(&IfaceKind::Workload(k.clone()))
-                .map(|i| (i, *d, *p))
-        })
-        .collect();
+    let inputs = resolved(&w, &g);
     let mut scratch = Scratch::default();
     // Verdicts of the batch path (the one timed), per packet of the workload, and a
     // check that it agrees with the one-packet path.

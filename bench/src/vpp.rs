@@ -265,18 +265,34 @@ pub struct CapoVerdicts {
 
 /// Sums capo's nodes' `packets allowed` and `packets denied by policy` counters.
 pub fn capo_verdicts(errors: &str) -> CapoVerdicts {
+    node_verdicts(
+        errors,
+        "capo-",
+        &["packets allowed"],
+        &["packets denied by policy"],
+    )
+}
+
+/// The allowed and denied packet counts of `show errors` lines whose node starts
+/// with `node_prefix`, by the reasons that mean each.
+fn node_verdicts(
+    errors: &str,
+    node_prefix: &str,
+    allowed: &[&str],
+    denied: &[&str],
+) -> CapoVerdicts {
     let mut v = CapoVerdicts::default();
     for line in errors.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         let (Some(count), Some(node)) = (words.first(), words.get(1)) else {
             continue;
         };
-        let (Ok(n), true) = (count.parse::<u64>(), node.starts_with("capo-")) else {
+        let (Ok(n), true) = (count.parse::<u64>(), node.starts_with(node_prefix)) else {
             continue;
         };
-        if line.contains("packets allowed") {
+        if allowed.iter().any(|r| line.contains(r)) {
             v.allowed += n;
-        } else if line.contains("packets denied by policy") {
+        } else if denied.iter().any(|r| line.contains(r)) {
             v.denied += n;
         }
     }
@@ -418,15 +434,7 @@ impl Vpp {
     }
 
     fn rss_bytes(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb * 1024)
+        crate::measure::resident_bytes_of(&self.child.id().to_string())
     }
 
     /// Sends the pcap's frames into pg0 once; VPP's runtime counters and error counters
@@ -738,22 +746,12 @@ fn run_in(
 /// What the ACL plugin's output nodes allowed (sessions added by `permit+reflect`,
 /// packets of existing sessions) and denied, from `show errors`.
 pub fn acl_verdicts(errors: &str) -> CapoVerdicts {
-    let mut v = CapoVerdicts::default();
-    for line in errors.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let (Some(count), Some(node)) = (words.first(), words.get(1)) else {
-            continue;
-        };
-        let (Ok(n), true) = (count.parse::<u64>(), node.starts_with("acl-plugin-out-")) else {
-            continue;
-        };
-        if line.contains("new sessions added") || line.contains("existing session packets") {
-            v.allowed += n;
-        } else if line.contains("ACL deny packets") {
-            v.denied += n;
-        }
-    }
-    v
+    node_verdicts(
+        errors,
+        "acl-plugin-out-",
+        &["new sessions added", "existing session packets"],
+        &["ACL deny packets"],
+    )
 }
 
 /// Loads the policy into VPP's ACL plugin: per endpoint interface, its ingress
