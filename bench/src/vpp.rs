@@ -487,9 +487,7 @@ pub fn run(o: &VppBenchOptions, log: &mut dyn FnMut(&str)) -> Result<Vec<VppRow>
     let run_dir = std::env::temp_dir().join(format!("capo-bench-vpp-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
     let result = run_in(o, &run_dir, log);
-    if std::env::var_os("CAPO_BENCH_KEEP").is_none() {
-        let _ = std::fs::remove_dir_all(&run_dir);
-    }
+    let _ = std::fs::remove_dir_all(&run_dir);
     result
 }
 
