@@ -153,6 +153,8 @@ pub struct Memory {
     pub program_bytes: usize,
     /// IP-set members (Felix sets plus capo's virtual sets) held in the indexes.
     pub members: usize,
+    /// Programs compiled with the sparse layout of wide programs (over 256 rules).
+    pub sparse_programs: usize,
 }
 
 impl Generation {
@@ -335,6 +337,7 @@ impl Generation {
     pub fn memory(&self) -> Memory {
         let mut seen = std::collections::HashSet::new();
         let mut program_bytes = 0;
+        let mut sparse_programs = 0;
         for i in self.ifaces.iter() {
             for e in &i.entries {
                 let progs: Vec<&Arc<Program>> = match e {
@@ -344,6 +347,7 @@ impl Generation {
                 for p in progs {
                     if seen.insert(Arc::as_ptr(p)) {
                         program_bytes += p.bytes();
+                        sparse_programs += usize::from(p.flags & crate::program::F_SPARSE != 0);
                     }
                 }
             }
@@ -352,6 +356,7 @@ impl Generation {
             index_bytes: self.index.bytes(),
             program_bytes,
             members: self.members,
+            sparse_programs,
         }
     }
 

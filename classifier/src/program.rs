@@ -163,6 +163,14 @@ pub(crate) const F_SRC_NP: u8 = 1;
 pub(crate) const F_DST_NP: u8 = 2;
 pub(crate) const F_SVC: u8 = 4;
 pub(crate) const F_ICMP: u8 = 8;
+/// Programs wider than the stack paths take ([`SPARSE_MIN_WORDS`] words and
+/// more) store their atoms' bitmaps as sparse lists: an atom is named by a few
+/// rules, so a dense bitmap per atom would grow every program by its width times
+/// its atoms (memory per rule growing with the rules).
+pub(crate) const F_SPARSE: u8 = 16;
+
+/// The narrowest program with sparse atom slots.
+pub(crate) const SPARSE_MIN_WORDS: usize = STACK_WORDS + 1;
 
 /// A compiled program. The fields every packet reads come first and sit next to
 /// each other in the program's allocation (`repr(C)`): the batch path prefetches
@@ -196,7 +204,8 @@ pub(crate) struct Program {
 /// probing, `atom << 32 | offset` per entry, `u64::MAX` empty), the source and
 /// destination port tables ([`port_table`]), then the atom slots: each a mask of
 /// the kinds (`K_*`) the program uses the atom for, then one bitmap per such kind
-/// (most atoms have one or two of the [`KINDS`]).
+/// (most atoms have one or two of the [`KINDS`]); with [`F_SPARSE`], one sparse
+/// list per such kind instead (its length, then (word index, word) pairs).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub(crate) struct Layout {
@@ -236,7 +245,7 @@ const NSCRATCH: usize = 6;
 
 /// Programs up to this many words (64 rules each) run with their bitmaps on the
 /// stack, specialised per width; wider ones use the scratch buffer.
-const STACK_WORDS: usize = 4;
+pub(crate) const STACK_WORDS: usize = 4;
 
 /// The result of classifying one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +353,10 @@ impl Program {
         pos: &mut [u64],
         neg: &mut [u64],
     ) {
+        if self.flags & F_SPARSE != 0 {
+            self.or_atoms_sparse(atoms, kpos, kneg, pos, neg);
+            return;
+        }
         for a in atoms {
             if let Some(off) = self.slot(*a) {
                 // A slot is its kind mask, then the bitmaps of the kinds it has.
@@ -370,6 +383,53 @@ impl Program {
         let iv = port_interval(self.arena.get(off..off + sw).unwrap_or(&[]), n, port);
         let base = off + sw + iv * 2 * w;
         (self.bm(base, w), self.bm(base + w, w))
+    }
+
+    /// ORs a sparse list at `off` (its length, then `(word index, bits)` pairs)
+    /// into `dst`.
+    #[inline(always)]
+    fn or_list(&self, off: usize, dst: &mut [u64]) {
+        let n = self.arena.get(off).copied().unwrap_or(0) as usize;
+        let pairs = self.arena.get(off + 1..off + 1 + 2 * n).unwrap_or(&[]);
+        for pair in pairs.chunks_exact(2) {
+            if let (Some(word), Some(bits)) = (pair.first(), pair.get(1)) {
+                if let Some(d) = dst.get_mut(*word as usize) {
+                    *d |= *bits;
+                }
+            }
+        }
+    }
+
+    /// [`Program::or_atoms`] on the sparse layout: a slot is its kind mask, then a
+    /// sparse list per kind it has, in kind order.
+    #[inline(always)]
+    fn or_atoms_sparse(
+        &self,
+        atoms: &[AtomId],
+        kpos: usize,
+        kneg: usize,
+        pos: &mut [u64],
+        neg: &mut [u64],
+    ) {
+        let wanted = (1u64 << kpos) | (1u64 << kneg);
+        for a in atoms {
+            let Some(off) = self.slot(*a) else {
+                continue;
+            };
+            let mut mask = self.arena.get(off).copied().unwrap_or(0);
+            let mut at = off + 1;
+            while mask & wanted != 0 {
+                let k = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if k == kpos {
+                    self.or_list(at, pos);
+                }
+                if k == kneg {
+                    self.or_list(at, neg);
+                }
+                at += 1 + 2 * self.arena.get(at).copied().unwrap_or(0) as usize;
+            }
+        }
     }
 
     /// Classifies `pkt` with the generation's indexes, its addresses keyed and

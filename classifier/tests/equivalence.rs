@@ -323,3 +323,47 @@ fn unknown_interface_kind_has_no_program() {
         Verdict::Allow
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Policies of 260 to 300 random rules per direction: every program holding a
+    /// policy (staged ones are not enforced) has over 256 rules and takes the sparse layout, its candidates
+    /// spread over many words.
+    #[test]
+    fn many_rule_programs_equal_reference(
+        updates in scenario(),
+        extra in prop::collection::vec(
+            (prop::collection::vec(rule(), 260..300), prop::collection::vec(rule(), 260..300)),
+            NPOL,
+        ),
+        pkts in prop::collection::vec(packet(), 1..16),
+    ) {
+        let mut extra = extra.into_iter();
+        let updates: Vec<Update> = updates
+            .into_iter()
+            .map(|u| match u {
+                Update::PolicyUpdate(key, mut p) => {
+                    if let Some((inbound, outbound)) = extra.next() {
+                        // The random rules first, then the policy's own.
+                        p.inbound.splice(0..0, inbound);
+                        p.outbound.splice(0..0, outbound);
+                    }
+                    Update::PolicyUpdate(key, p)
+                }
+                u => u,
+            })
+            .collect();
+        let (state, ids) = build_state(&updates);
+        let g = Builder::new().build(&state, &ids);
+        let sparse = g.memory().sparse_programs;
+        let wide = state
+            .workloads()
+            .values()
+            .flat_map(|w| &w.tiers)
+            .flat_map(|t| t.ingress.iter().chain(&t.egress))
+            .any(|key| !key.kind.starts_with("Staged"));
+        prop_assert!(!wide || sparse > 0, "no program took the sparse layout");
+        check(&state, &g, &pkts)?;
+    }
+}

@@ -10,14 +10,15 @@ use crate::bits;
 use crate::index::AtomId;
 use crate::program::{
     atom_table, port_table, CRule, Layout, Program, SegKind, Segment, Verify, BLOOM_WORDS,
-    F_DST_NP, F_ICMP, F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG,
-    K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO,
+    F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS,
+    K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO, SPARSE_MIN_WORDS,
 };
 
 /// Turns a spec into a program.
 pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
     let n = spec.rules.len();
     let w = bits::words_for(n).max(min_words);
+    let sparse = w >= SPARSE_MIN_WORDS;
     let protos = ProtoClasses::of(&spec.rules);
     let mut masks = RuleMasks::new(w, protos.reps.len());
     let mut slots = AtomSlots::new(w);
@@ -38,8 +39,8 @@ pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
     let (fv, fd, fr) = spec.fallback;
     deciders.push(fd);
     let fallback = (fv, (deciders.len() - 1) as u32, fr);
-    let flags = masks.flags();
-    let (slots, atom_bits) = slots.compact();
+    let flags = masks.flags() | if sparse { F_SPARSE } else { 0 };
+    let (slots, atom_bits) = slots.compact(sparse);
     let bloom = bloom(&slots);
     let (arena, lay) = masks.arena(&slots, &atom_bits);
     Program {
@@ -329,9 +330,10 @@ impl AtomSlots {
         }
     }
 
-    /// Each slot as a mask of the kinds in use followed by only their bitmaps: the
-    /// atoms with their offsets into the compacted bits, and the bits.
-    fn compact(self) -> (Vec<(AtomId, u32)>, Vec<u64>) {
+    /// Each slot as a mask of the kinds in use followed by only their bitmaps
+    /// (`sparse`: their sparse lists): the atoms with their offsets into the
+    /// compacted bits, and the bits.
+    fn compact(self, sparse: bool) -> (Vec<(AtomId, u32)>, Vec<u64>) {
         let w = self.w;
         let mut compact: Vec<u64> = Vec::with_capacity(self.bits.len() / 2);
         let slots = self
@@ -349,13 +351,33 @@ impl AtomSlots {
                 compact.push(mask);
                 for b in full.chunks(w) {
                     if b.iter().any(|x| *x != 0) {
-                        compact.extend_from_slice(b);
+                        if sparse {
+                            push_sparse(&mut compact, b);
+                        } else {
+                            compact.extend_from_slice(b);
+                        }
                     }
                 }
                 (*a, at as u32)
             })
             .collect();
         (slots, compact)
+    }
+}
+
+/// Appends `bitmap` as a sparse list: the count of its non-zero words, then each
+/// as (word index, word).
+fn push_sparse(out: &mut Vec<u64>, bitmap: &[u64]) {
+    let at = out.len();
+    out.push(0);
+    for (i, word) in bitmap.iter().enumerate() {
+        if *word != 0 {
+            out.extend([i as u64, *word]);
+        }
+    }
+    let count = ((out.len() - at - 1) / 2) as u64;
+    if let Some(n) = out.get_mut(at) {
+        *n = count;
     }
 }
 
@@ -445,12 +467,25 @@ mod tests {
         let mut slots = AtomSlots::new(2);
         slots.set(7, K_SRC_POS, 3);
         slots.set(7, K_DST_NEG, 70);
-        let (atoms, bits) = slots.compact();
+        let (atoms, bits) = slots.compact(false);
         assert_eq!(atoms, vec![(7, 0)]);
         // The kind mask, then two bitmaps of two words.
         assert_eq!(bits.len(), 1 + 2 * 2);
         assert_eq!(bits[0], (1 << K_SRC_POS) | (1 << K_DST_NEG));
         assert_eq!(&bits[1..], &[1 << 3, 0, 0, 1 << 6]);
+    }
+
+    #[test]
+    fn test_sparse_slots_list_only_the_non_zero_words() {
+        let mut slots = AtomSlots::new(6);
+        slots.set(7, K_SRC_POS, 3);
+        slots.set(7, K_SRC_POS, 300);
+        slots.set(7, K_DST_NEG, 70);
+        let (atoms, bits) = slots.compact(true);
+        assert_eq!(atoms, vec![(7, 0)]);
+        assert_eq!(bits[0], (1 << K_SRC_POS) | (1 << K_DST_NEG));
+        // Source: two words (0 and 4); destination negated: one word (1).
+        assert_eq!(&bits[1..], &[2, 0, 1 << 3, 4, 1 << 44, 1, 1, 1 << 6]);
     }
 
     #[test]
