@@ -119,6 +119,12 @@ pub enum ExpandError {
     Ipv6ProtocolWithoutItem,
     /// TCP flags on a device without them.
     TcpFlagsUnsupported,
+    /// A protocol whose item (SCTP, ICMP, ICMP6) or field (the IPv4 protocol on
+    /// its own) the device does not match.
+    ProtocolUnsupported {
+        /// The IP protocol number.
+        proto: u8,
+    },
     /// More entries than the cap.
     OverCap {
         /// Entries the match needs (saturating).
@@ -191,7 +197,22 @@ fn port_count(p: &Option<Intervals>, caps: &NicCaps) -> u64 {
     match p {
         None => 1,
         Some(s) if caps.l4_ranges => s.ranges().len() as u64,
-        Some(s) => s.prefix_count(16),
+        Some(s) if caps.port_prefix_masks => s.prefix_count(16),
+        Some(s) => s
+            .prefixes(16)
+            .iter()
+            .map(|(_, len)| exact_ports(*len))
+            .sum(),
+    }
+}
+
+/// Entries a port prefix of length `len` takes on a device with exact port masks
+/// only (mask 0 still matches any port).
+fn exact_ports(len: u8) -> u64 {
+    if len == 0 {
+        1
+    } else {
+        1u64 << (16 - u32::from(len.min(16)))
     }
 }
 
@@ -208,7 +229,7 @@ fn port_matches(p: &Option<Intervals>, caps: &NicCaps) -> Vec<Option<PortMatch>>
                 })
             })
             .collect(),
-        Some(s) => s
+        Some(s) if caps.port_prefix_masks => s
             .prefixes(16)
             .into_iter()
             .map(|(v, len)| {
@@ -220,6 +241,24 @@ fn port_matches(p: &Option<Intervals>, caps: &NicCaps) -> Vec<Option<PortMatch>>
                 Some(PortMatch::Prefix {
                     value: v as u16,
                     mask,
+                })
+            })
+            .collect(),
+        // Exact ports only: each prefix becomes its ports.
+        Some(s) => s
+            .prefixes(16)
+            .into_iter()
+            .flat_map(|(v, len)| {
+                let (first, n) = if len == 0 {
+                    (0, 1)
+                } else {
+                    (v as u16, exact_ports(len))
+                };
+                (0..n).map(move |i| {
+                    Some(PortMatch::Prefix {
+                        value: first.wrapping_add(i as u16),
+                        mask: if len == 0 { 0 } else { u16::MAX },
+                    })
                 })
             })
             .collect(),
@@ -246,7 +285,26 @@ fn check(m: &Match, f: IpFamily, caps: &NicCaps) -> Result<(), ExpandError> {
     if m.tcp != TcpFlags::Any && m.proto == Some(6) && !caps.tcp_flags {
         return Err(ExpandError::TcpFlagsUnsupported);
     }
+    if let Some(proto) = m.proto {
+        if !protocol_expressible(proto, f, caps) {
+            return Err(ExpandError::ProtocolUnsupported { proto });
+        }
+    }
     Ok(())
+}
+
+/// Whether the device matches protocol `proto` of family `f`: through its L4 item
+/// (TCP and UDP always; SCTP, ICMP, ICMP6 per profile), or, on IPv4, through the
+/// protocol field.
+fn protocol_expressible(proto: u8, f: IpFamily, caps: &NicCaps) -> bool {
+    match (proto, f) {
+        (6 | 17, _) => true,
+        (132, _) => caps.sctp,
+        (1, IpFamily::V4) => caps.icmp,
+        (58, IpFamily::V6) => caps.icmp6,
+        (_, IpFamily::V4) => caps.ipv4_proto,
+        (_, IpFamily::V6) => false,
+    }
 }
 
 /// The entries `m` needs on a device (saturating).
@@ -314,7 +372,7 @@ pub fn exact_atom(pkt: &Packet, flags: FlagClass, caps: &NicCaps) -> Option<Atom
         _ => return None,
     };
     let flags = if proto == 6 { flags } else { FlagClass::Any };
-    if flags != FlagClass::Any && !caps.tcp_flags {
+    if flags != FlagClass::Any && !caps.tcp_flags || !protocol_expressible(proto, family, caps) {
         return None;
     }
     Some(Atom {
@@ -484,9 +542,12 @@ impl Atom {
         ))));
         match self.family {
             IpFamily::V4 => {
+                // The L4 item names the protocol (rte_flow: an item implies its
+                // layer); the field is matched only for protocols without one (the
+                // ice switch and cnxk's default key profile refuse it beside one).
                 let (proto, proto_mask) = match self.proto {
+                    Some(6 | 17 | 132 | 1) | None => (0, 0),
                     Some(p) => (p, 0xff),
-                    None => (0, 0),
                 };
                 let _ = p.push(Item::Ipv4(Some(Spec::masked(
                     Ipv4Fields {

@@ -165,6 +165,24 @@ impl SimNic {
         (NicOutcome::Delivered { mark }, hit, conflicts)
     }
 
+    /// Port masks the device takes: any, or only "any port" and exact ports.
+    fn port_masks_ok(&self, src: u16, dst: u16) -> bool {
+        self.caps.port_prefix_masks || [src, dst].iter().all(|m| matches!(m, 0 | 0xffff))
+    }
+
+    /// Rules installed with a COUNT action.
+    fn counted(&self) -> usize {
+        self.rules
+            .values()
+            .filter(|r| {
+                r.rule
+                    .actions()
+                    .iter()
+                    .any(|a| matches!(a, Action::Count(_)))
+            })
+            .count()
+    }
+
     fn check(&self, rule: &FlowRule) -> Result<(), FlowError> {
         let inval = |target, message| FlowError {
             kind: FlowErrorKind::Invalid,
@@ -202,14 +220,24 @@ impl SimNic {
             match item {
                 Item::Ipv4(Some(s)) => {
                     if let Some(l) = s.last {
+                        // The one range form: any fragment.
                         let frag_only = self.caps.ipv4_fragment_range
                             && l.src == s.spec.src
                             && l.dst == s.spec.dst
                             && l.proto == s.spec.proto
-                            && s.mask.fragment_offset == 0x3fff;
+                            && s.mask.fragment_offset == 0x3fff
+                            && s.spec.fragment_offset == 1
+                            && l.fragment_offset == 0x3fff;
                         if !frag_only {
                             return Err(inval(at, "range is not valid"));
                         }
+                    }
+                    if s.mask.proto != 0 && !self.caps.ipv4_proto {
+                        return Err(notsup(at, "IPv4 protocol field not extracted"));
+                    }
+                    let frag = s.spec.fragment_offset & s.mask.fragment_offset;
+                    if s.last.is_none() && frag != 0 {
+                        return Err(notsup(at, "specified value not supported"));
                     }
                     let prefix_ok = |m: [u8; 4]| {
                         let v = u32::from_be_bytes(m);
@@ -245,6 +273,23 @@ impl SimNic {
                     if s.mask.flags != 0 && !self.caps.tcp_flags {
                         return Err(notsup(at, "TCP flags not supported"));
                     }
+                    if !self.port_masks_ok(s.mask.src_port, s.mask.dst_port) {
+                        return Err(inval(at, "partial port mask not supported"));
+                    }
+                }
+                Item::Sctp(_) if !self.caps.sctp => {
+                    return Err(notsup(at, "item not supported"));
+                }
+                Item::Icmp(_) if !self.caps.icmp => {
+                    return Err(notsup(at, "item not supported"));
+                }
+                Item::Icmp6(_) if !self.caps.icmp6 => {
+                    return Err(notsup(at, "item not supported"));
+                }
+                Item::Udp(Some(s)) | Item::Sctp(Some(s))
+                    if !self.port_masks_ok(s.mask.src_port, s.mask.dst_port) =>
+                {
+                    return Err(inval(at, "partial port mask not supported"));
                 }
                 other => {
                     if other.has_last() && !self.caps.l4_ranges {
@@ -258,6 +303,17 @@ impl SimNic {
             match a {
                 Action::Jump(_) if !self.caps.groups || self.caps.groups_ignored => {
                     return Err(notsup(at, "Action is not supported"))
+                }
+                Action::Jump(g) if *g == Group::ROOT || *g == attr.group => {
+                    return Err(inval(
+                        at,
+                        "target group must be other than the current flow group",
+                    ))
+                }
+                // mlx5 (`mlx5_flow_dv.c:8098-8113`) and cnxk (`roc_npc.c:615-621`)
+                // refuse it; ice's FDIR takes it, but capo never sends it.
+                Action::Drop if rule.actions().iter().any(|a| matches!(a, Action::Mark(_))) => {
+                    return Err(inval(at, "drop action is mutually-exclusive with mark"))
                 }
                 Action::Mark(m)
                     if u64::from(*m) >= (1u64 << self.caps.mark_bits.clamp(8, 32)) - 16 =>
@@ -313,6 +369,17 @@ impl FlowBackend for SimNic {
             self.removed = true;
             return Err(FlowError::new(FlowErrorKind::Io, "device removed"));
         }
+        if self.caps.counter_limit != u32::MAX
+            && rule.actions().iter().any(|a| matches!(a, Action::Count(_)))
+            && self.counted() >= self.caps.counter_limit as usize
+        {
+            // The driver's counter pool is empty (ice: 256 per PF); validate
+            // cannot see it.
+            return Err(FlowError::new(
+                FlowErrorKind::Invalid,
+                "failed to allocate a counter",
+            ));
+        }
         self.creates += 1;
         let id = self.next;
         self.next += 1;
@@ -351,7 +418,10 @@ impl FlowBackend for SimNic {
             target: ErrorTarget::Handle,
             message: "unknown flow handle",
         })?;
-        let c = r.count;
+        let mut c = r.count;
+        if !self.caps.counter_bytes {
+            c.bytes = 0;
+        }
         if reset {
             r.count = FlowCount::default();
         }

@@ -413,10 +413,8 @@ impl<'p> DpdkFlow<'p> {
         } else if driver.contains("cnxk") {
             NicCaps::cnxk(4096)
         } else {
-            // Unknown PMD that takes rules: drop-only, small, no groups.
-            let mut c = NicCaps::e810(1024);
-            c.ip_prefix_masks = false;
-            c
+            // Unknown PMD that takes rules: drop-only, small, nothing untested.
+            NicCaps::unknown("unknown", 1024)
         };
         caps.name = if basic.is_none() {
             "no-offload"

@@ -41,6 +41,9 @@ struct Emitter<'a> {
     caps: &'a NicCaps,
     tag: u8,
     out: Emitted,
+    /// Rules emitted with a COUNT action (the device may have fewer counters than
+    /// entries: ice has 256).
+    counted: u32,
 }
 
 impl Emitter<'_> {
@@ -61,7 +64,7 @@ impl Emitter<'_> {
         if let Some(m) = mark.encode(self.caps.mark_bits) {
             v.push(Action::Mark(m));
         }
-        if self.caps.counters {
+        if self.counter_left() {
             v.push(Action::Count(idx as u32));
         }
         v.push(Action::Rss(Rss::default()));
@@ -77,18 +80,25 @@ impl Emitter<'_> {
             return self.marked(MarkKind::Allow);
         }
         let mut v = Vec::new();
-        if self.caps.counters {
+        if self.counter_left() {
             v.push(Action::Count(self.next_index() as u32));
         }
         v.push(Action::Drop);
         v
     }
 
+    /// Whether the next rule can still carry a counter.
+    fn counter_left(&self) -> bool {
+        self.caps.counters && self.counted < self.caps.counter_limit
+    }
+
     /// Appends a rule in group 0 (the commit sets the group); one the model rejects
     /// is left out.
     fn push(&mut self, role: Role, prio: u32, pattern: &[Item], actions: Vec<Action>) {
+        let counted = actions.iter().any(|a| matches!(a, Action::Count(_)));
         if let Ok(flow) = FlowRule::new(Attr::ingress(Group(0), Priority(prio)), pattern, &actions)
         {
+            self.counted += u32::from(counted);
             self.out.rules.push(PlannedRule { role, flow });
         }
     }
@@ -100,6 +110,7 @@ pub(super) fn emit(inp: &Inputs<'_>) -> Emitted {
         caps: inp.caps,
         tag: gen_tag(inp.generation),
         out: Emitted::default(),
+        counted: 0,
     };
     for (role, pattern) in inp.fixed {
         let prio = if *role == Role::FragmentPunt { 0 } else { 1 };
@@ -202,6 +213,7 @@ mod tests {
             caps,
             tag: gen_tag(6),
             out: Emitted::default(),
+            counted: 0,
         }
     }
 
