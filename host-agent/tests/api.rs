@@ -613,6 +613,23 @@ fn dpdk_port_packets_are_classified_fallback_only() {
                 assert!(log.contains("fallback-only"), "{log}");
                 let (_, plan, _) = capoctl(&api_sock, &["offload"]);
                 assert!(plan.contains("fallback-only"), "{plan}");
+                // The port and its probe, not "none": net_pcap has no rte_flow, so
+                // the DROP canary is refused and nothing else is tried.
+                assert!(plan.contains("nic dpdk:net_pcap0"), "{plan}");
+                assert!(
+                    plan.contains("the port's probe found no usable rte_flow"),
+                    "{plan}"
+                );
+                let (_, json, _) = capoctl(&api_sock, &["offload", "--json"]);
+                let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+                let probe = j["probe"].as_array().unwrap();
+                assert_eq!(probe[0]["capability"], "drop", "{json}");
+                assert_eq!(probe[0]["result"], "refused", "{json}");
+                assert!(
+                    probe[1..].iter().all(|f| f["result"] == "skipped"),
+                    "{json}"
+                );
+                assert_eq!(j["offload_available"], false, "{json}");
                 let _ = child.kill();
                 let _ = child.wait();
                 break;

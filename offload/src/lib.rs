@@ -76,6 +76,8 @@ pub mod lower;
 #[cfg(feature = "std")]
 pub mod plan;
 #[cfg(feature = "std")]
+pub mod probe;
+#[cfg(feature = "std")]
 pub mod set;
 #[cfg(feature = "std")]
 pub mod sim;

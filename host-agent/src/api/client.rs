@@ -240,6 +240,10 @@ pub fn offload(
                     "rule_id": r.rule_id, "rule": r.rule, "placement": placement(r.placement),
                     "reason": r.reason, "nic_entries": r.nic_entries,
                 })).collect::<Vec<_>>(),
+                "probe": p.probe.iter().map(|f| serde_json::json!({
+                    "capability": f.capability, "result": f.result, "detail": f.detail,
+                })).collect::<Vec<_>>(),
+                "software_only_reason": p.software_only_reason,
             })
             .to_string()
                 + "\n");
@@ -256,6 +260,20 @@ pub fn offload(
             p.entries_used,
             p.entries_capacity
         );
+        if !p.software_only_reason.is_empty() {
+            let _ = writeln!(out, "  {}", p.software_only_reason);
+        }
+        if !p.probe.is_empty() {
+            out.push_str("  probe:\n");
+            for f in &p.probe {
+                let detail = if f.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", f.detail)
+                };
+                let _ = writeln!(out, "    {:<18} {}{detail}", f.capability, f.result);
+            }
+        }
         for r in &p.rules {
             let _ = writeln!(
                 out,

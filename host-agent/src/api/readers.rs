@@ -182,7 +182,13 @@ impl Readers {
     /// software.
     pub(crate) async fn offload_plan(&self) -> Option<api::OffloadPlanReply> {
         let snapshot = self.snapshot()?;
-        let embedded = tokio::task::block_in_place(|| lock(&self.daemon).embedded());
+        let (embedded, port) = tokio::task::block_in_place(|| {
+            let d = lock(&self.daemon);
+            (d.embedded(), d.port_report())
+        });
+        if let Some(port) = port {
+            return Some(port.reply(snapshot.generation));
+        }
         let mut plan = match embedded {
             Some(e) => {
                 let numbered = self.numbered_rules(&snapshot).await;

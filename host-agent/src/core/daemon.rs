@@ -115,6 +115,33 @@ pub struct Daemon {
     /// The policy in force as readers last asked for it, while one still holds it
     /// (see [`Daemon::snapshot`]).
     snapshot: Option<(u64, std::sync::Weak<State>, std::sync::Weak<IdTable>)>,
+    /// The DPDK port's probe (`--nic dpdk:PORT`), for the offload view.
+    port: Option<PortReport>,
+}
+
+/// What the offload view says of the agent's DPDK port.
+#[derive(Debug, Clone, Default)]
+pub struct PortReport {
+    /// `dpdk:PORT (driver D)`.
+    pub nic: String,
+    /// The capability probe's findings.
+    pub probe: Vec<api::ProbeFinding>,
+    /// Why every rule is in software.
+    pub software_only_reason: String,
+}
+
+impl PortReport {
+    /// The offload reply for this port: every rule in software, and why.
+    pub fn reply(&self, generation: u64) -> api::OffloadPlanReply {
+        api::OffloadPlanReply {
+            generation,
+            nic: self.nic.clone(),
+            offload_available: false,
+            probe: self.probe.clone(),
+            software_only_reason: self.software_only_reason.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// The policy in force at one generation, shared with readers (API, metrics) that
@@ -159,6 +186,7 @@ impl Daemon {
             started: Instant::now(),
             commit_latency: commit_latency_histogram(),
             snapshot: None,
+            port: None,
         }
     }
 
@@ -214,6 +242,16 @@ impl Daemon {
     /// Ids of the policy in force.
     pub fn ids(&self) -> &IdTable {
         &self.ids
+    }
+
+    /// Records the DPDK port's probe for the offload view.
+    pub fn set_port_report(&mut self, report: PortReport) {
+        self.port = Some(report);
+    }
+
+    /// The DPDK port's probe, when the agent has a port.
+    pub fn port_report(&self) -> Option<PortReport> {
+        self.port.clone()
     }
 
     /// The active generation (0: none yet).
@@ -305,11 +343,14 @@ impl Daemon {
                 ..plan
             };
         }
-        api::OffloadPlanReply {
-            generation: self.generation,
-            nic: "none".into(),
-            offload_available: false,
-            ..Default::default()
+        match &self.port {
+            Some(port) => port.reply(self.generation),
+            None => api::OffloadPlanReply {
+                generation: self.generation,
+                nic: "none".into(),
+                offload_available: false,
+                ..Default::default()
+            },
         }
     }
 

@@ -1,10 +1,11 @@
 //! `--nic dpdk:PORT`: the agent on a DPDK port. The port is opened through the
-//! EAL and probed with a canary rule (offload.md §6.5); the embedded dataplane then
-//! classifies the packets the port receives. The agent drives the port fallback-only
-//! (every rule in software): a port whose probe finds no usable rte_flow is reported
-//! as such; on one that has it, the agent does not install rte_flow rules yet (the
+//! EAL and probed with one canary rule per capability the planner may use
+//! (`capo_offload::probe`, offload.md §6.5); the embedded dataplane then classifies
+//! the packets the port receives. The agent drives the port fallback-only (every
+//! rule in software): a port whose probe finds no usable rte_flow is reported as
+//! such; on one that has it, the agent does not install rte_flow rules yet (the
 //! planner, commits and the DPDK backend are in `capo-offload`, tested on simulated
-//! NICs and EAL virtual devices).
+//! NICs and EAL virtual devices). `capoctl offload` shows the probe's findings.
 //!
 //! PORT is a PCI address (`0000:03:00.0`, probed with `-a`) or a virtual device
 //! (`net_null0`, `net_ring0`, `net_tap0,iface=capo0`: no hugepages, no PCI scan).
@@ -45,6 +46,47 @@ pub struct ProbeSummary {
     pub offload: bool,
     /// The refusal that ruled it out, if any.
     pub refusal: Option<String>,
+}
+
+/// The offload view's report of a probed port: its findings, and why its packets
+/// are all classified in software.
+pub fn port_report(
+    port: &str,
+    summary: &ProbeSummary,
+    findings: &[capo_offload::probe::Finding],
+) -> crate::core::daemon::PortReport {
+    use capo_offload::probe::Outcome;
+    let probe = findings
+        .iter()
+        .map(|f| {
+            let (result, detail) = match &f.outcome {
+                Outcome::Supported => ("supported", String::new()),
+                Outcome::Refused(e) => ("refused", e.to_string()),
+                Outcome::NotClaimed => ("not claimed", String::new()),
+                Outcome::Skipped => ("skipped", String::new()),
+            };
+            capo_proto::capo::agent::v1::ProbeFinding {
+                capability: f.capability.name().to_string(),
+                result: result.to_string(),
+                detail,
+            }
+        })
+        .collect();
+    let software_only_reason = if summary.offload {
+        "the agent classifies this port's packets in software; it does not install \
+         rte_flow rules on its own port yet"
+            .to_string()
+    } else {
+        format!(
+            "the port's probe found no usable rte_flow ({})",
+            summary.refusal.as_deref().unwrap_or("no refusal recorded")
+        )
+    };
+    crate::core::daemon::PortReport {
+        nic: format!("dpdk:{port} (driver {})", summary.driver),
+        probe,
+        software_only_reason,
+    }
 }
 
 impl std::fmt::Display for ProbeSummary {
@@ -139,11 +181,17 @@ pub fn spawn(
             };
             let (flow, report) = DpdkFlow::probe(&p);
             drop(flow);
-            let _ = tx.send(Ok(ProbeSummary {
+            let summary = ProbeSummary {
                 driver: p.driver().to_string(),
-                offload: report.caps.flow_api && report.refusal.is_none(),
-                refusal: report.refusal.map(|r| format!("{r:?}")),
-            }));
+                offload: report.caps.flow_api,
+                refusal: report.refusal.as_ref().map(ToString::to_string),
+            };
+            crate::core::daemon::lock(&daemon).set_port_report(port_report(
+                &spec,
+                &summary,
+                &report.findings,
+            ));
+            let _ = tx.send(Ok(summary));
             poll(&p, &daemon);
         })
         .map_err(PortError::Thread)?;

@@ -357,7 +357,7 @@ impl SimulatedNic {
                 .map_or(0, |p| u32::try_from(p.entries_used()).unwrap_or(u32::MAX)),
             entries_capacity: self.caps.capacity,
             rules,
-            testpmd_commands: Vec::new(),
+            ..Default::default()
         }
     }
 }

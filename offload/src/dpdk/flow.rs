@@ -11,9 +11,7 @@ use super::ethdev::Port;
 use crate::backend::{FlowBackend, FlowCount, FlowHandle};
 use crate::caps::NicCaps;
 use crate::error::{ErrorTarget, FlowError, FlowErrorKind};
-use crate::flow::{
-    Action, Attr, FlowDirection, FlowRule, Group, Item, Priority, Spec, MAX_ACTIONS, MAX_ITEMS,
-};
+use crate::flow::{Action, Attr, FlowDirection, FlowRule, Item, Spec, MAX_ACTIONS, MAX_ITEMS};
 
 /// Storage the C arrays point into: one slot per item type (a valid pattern has at most
 /// one item of each layer) and per action type. Boxed, so its address is stable.
@@ -345,89 +343,44 @@ pub struct ProbeReport {
     pub refusal: Option<FlowError>,
     /// Whether the template/async API was set up (`rte_flow_configure` succeeded).
     pub template_api: bool,
+    /// What each capability's canary met.
+    pub findings: Vec<crate::probe::Finding>,
 }
 
 impl<'p> DpdkFlow<'p> {
-    /// Probes the port (offload.md §6.5): a canary DROP in group 0 (any rte_flow at
-    /// all?), then a `JUMP` dispatcher in group 0 plus a DROP in group 1 (groups judged
-    /// by whether JUMP works, since cnxk accepts and ignores group numbers), each
-    /// validated, created and destroyed again — which also catches PMDs whose validate
-    /// passes and create fails (net_tap). Known drivers then get their profile's
-    /// limits; anything unknown is used drop-only, or not at all.
+    /// Probes the port ([`crate::probe`]): the driver's profile (mlx5, ice, cnxk;
+    /// any other PMD gets [`NicCaps::unknown`]), less every capability whose canary
+    /// rule the port refuses. A port that refuses the DROP canary is not used.
     pub fn probe(port: &'p Port) -> (DpdkFlow<'p>, ProbeReport) {
-        let mut me = DpdkFlow {
-            port,
-            caps: NicCaps::mlx5(0),
-            handles: BTreeMap::new(),
-            next: 1,
-        };
-        let drop_in = |g: u32, p: u32| {
-            FlowRule::new(
-                Attr::ingress(Group(g), Priority(p)),
-                &[Item::Eth(None), Item::Ipv4(None), Item::Udp(None)],
-                &[Action::Drop],
-            )
-        };
-        let jump = FlowRule::new(
-            Attr::ingress(Group::ROOT, Priority(0)),
-            &[Item::Eth(None)],
-            &[Action::Jump(Group(1))],
-        );
-        let mut refusal = None;
-        let try_rule = |me: &mut DpdkFlow<'p>,
-                        r: &FlowRule,
-                        refusal: &mut Option<FlowError>|
-         -> Option<FlowHandle> {
-            match me.validate(r).and_then(|()| me.create(r)) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    refusal.get_or_insert(e);
-                    None
-                }
-            }
-        };
-        let basic = match drop_in(0, 0) {
-            Ok(r) => try_rule(&mut me, &r, &mut refusal),
-            Err(_) => None,
-        };
-        let mut groups = false;
-        if let Some(h) = basic {
-            let _ = me.destroy(h);
-            if let (Ok(d), Ok(j)) = (drop_in(1, 1), jump) {
-                if let Some(hd) = try_rule(&mut me, &d, &mut refusal) {
-                    if let Some(hj) = try_rule(&mut me, &j, &mut refusal) {
-                        groups = true;
-                        let _ = me.destroy(hj);
-                    }
-                    let _ = me.destroy(hd);
-                }
-            }
-        }
         let driver = port.driver();
-        let mut caps = if basic.is_none() {
-            NicCaps::none("no-offload")
-        } else if driver.contains("mlx5") && groups {
+        let profile = if driver.contains("mlx5") {
             NicCaps::mlx5(1 << 16)
         } else if driver.contains("ice") {
             NicCaps::e810(14_000)
         } else if driver.contains("cnxk") {
             NicCaps::cnxk(4096)
         } else {
-            // Unknown PMD that takes rules: drop-only, small, nothing untested.
             NicCaps::unknown("unknown", 1024)
         };
-        caps.name = if basic.is_none() {
-            "no-offload"
-        } else {
-            caps.name
+        let mut me = DpdkFlow {
+            port,
+            caps: profile.clone(),
+            handles: BTreeMap::new(),
+            next: 1,
         };
+        let probed = crate::probe::probe(&mut me, profile);
+        let mut caps = probed.caps.clone();
+        if !caps.flow_api {
+            caps.name = "no-offload";
+        }
         me.caps = caps.clone();
         (
             me,
             ProbeReport {
                 caps,
-                refusal,
+                refusal: probed.first_refusal().cloned(),
                 template_api: port.flow_template_ready(),
+                findings: probed.findings,
             },
         )
     }
