@@ -126,20 +126,26 @@ pub struct PortReport {
     pub nic: String,
     /// The capability probe's findings.
     pub probe: Vec<api::ProbeFinding>,
-    /// Why every rule is in software.
+    /// Why every rule is in software (empty once a plan is committed).
     pub software_only_reason: String,
+    /// The plan committed to the port, once there is one.
+    pub plan: Option<api::OffloadPlanReply>,
 }
 
 impl PortReport {
-    /// The offload reply for this port: every rule in software, and why.
+    /// The offload reply for this port: its plan, or every rule in software and
+    /// why.
     pub fn reply(&self, generation: u64) -> api::OffloadPlanReply {
+        let base = self.plan.clone().unwrap_or(api::OffloadPlanReply {
+            offload_available: false,
+            ..Default::default()
+        });
         api::OffloadPlanReply {
             generation,
             nic: self.nic.clone(),
-            offload_available: false,
             probe: self.probe.clone(),
             software_only_reason: self.software_only_reason.clone(),
-            ..Default::default()
+            ..base
         }
     }
 }

@@ -1,16 +1,26 @@
 //! `--nic dpdk:PORT`: the agent on a DPDK port. The port is opened through the
 //! EAL and probed with one canary rule per capability the planner may use
 //! (`capo_offload::probe`, offload.md §6.5); the embedded dataplane then classifies
-//! the packets the port receives. The agent drives the port fallback-only (every
-//! rule in software): a port whose probe finds no usable rte_flow is reported as
-//! such; on one that has it, the agent does not install rte_flow rules yet (the
-//! planner, commits and the DPDK backend are in `capo-offload`, tested on simulated
-//! NICs and EAL virtual devices). `capoctl offload` shows the probe's findings.
+//! the packets the port receives. On a port whose probe finds rte_flow, the port's
+//! thread plans each generation with the probed capabilities and the flows
+//! software decided, commits it through the port's own rte_flow backend, takes a
+//! packet's verdict from its MARK only when the mark names a generation software
+//! holds, and retires the previous generation after a grace period. A port without
+//! usable rte_flow runs fallback-only (every rule in software) and says why.
+//! `capoctl offload` shows the probe's findings and the committed plan.
+//!
+//! What ran here: the fallback-only path on `net_pcap`, `net_ring`, `net_null` and
+//! `net_tap` (no TC flower on this kernel). No rte_flow-capable port was reachable,
+//! so commits to a real NIC and marks from one have not run; the same planner,
+//! committer and mark decoding run on the simulated NICs.
 //!
 //! PORT is a PCI address (`0000:03:00.0`, probed with `-a`) or a virtual device
 //! (`net_null0`, `net_ring0`, `net_tap0,iface=capo0`: no hugepages, no PCI scan).
 //! `CAPO_EAL_ARGS` adds EAL arguments (space-separated). Built only with the agent's
 //! `dpdk` feature.
+
+#[cfg(feature = "dpdk")]
+use crate::sinks::nic::NicFront;
 
 /// Why the port could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -73,9 +83,7 @@ pub fn port_report(
         })
         .collect();
     let software_only_reason = if summary.offload {
-        "the agent classifies this port's packets in software; it does not install \
-         rte_flow rules on its own port yet"
-            .to_string()
+        "no plan committed to the port yet (the first one follows the first policy)".to_string()
     } else {
         format!(
             "the port's probe found no usable rte_flow ({})",
@@ -86,6 +94,7 @@ pub fn port_report(
         nic: format!("dpdk:{port} (driver {})", summary.driver),
         probe,
         software_only_reason,
+        plan: None,
     }
 }
 
@@ -180,26 +189,151 @@ pub fn spawn(
                 }
             };
             let (flow, report) = DpdkFlow::probe(&p);
-            drop(flow);
             let summary = ProbeSummary {
                 driver: p.driver().to_string(),
                 offload: report.caps.flow_api,
                 refusal: report.refusal.as_ref().map(ToString::to_string),
             };
-            crate::core::daemon::lock(&daemon).set_port_report(port_report(
-                &spec,
-                &summary,
-                &report.findings,
-            ));
+            let port_report = port_report(&spec, &summary, &report.findings);
+            crate::core::daemon::lock(&daemon).set_port_report(port_report.clone());
             let _ = tx.send(Ok(summary));
-            poll(&p, &daemon);
+            let mut nic = NicFront::with_backend(format!("dpdk:{spec}"), flow);
+            poll(&p, &daemon, &mut nic, port_report);
         })
         .map_err(PortError::Thread)?;
     rx.recv().map_err(|_| PortError::ThreadEnded)?
 }
 
+/// How long a generation the NIC no longer uses stays installed: packets it
+/// marked may still wait in the receive ring.
 #[cfg(feature = "dpdk")]
-fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::core::daemon::SharedDaemon) {
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Software-decided flows wait at least this long before they re-plan the NIC.
+#[cfg(feature = "dpdk")]
+const REPLAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The NIC side of the port thread: commits each generation (and re-plans when
+/// software sees new flows), retires the previous one after [`RETIRE_GRACE`], and
+/// keeps the offload view's report current.
+#[cfg(feature = "dpdk")]
+struct PortNic<'n, 'p> {
+    nic: &'n mut NicFront<capo_offload::dpdk::flow::DpdkFlow<'p>>,
+    report: crate::core::daemon::PortReport,
+    committed: u64,
+    retire_at: Option<std::time::Instant>,
+    replan_at: Option<std::time::Instant>,
+    /// When the NIC's rule counters were last read.
+    counted_at: std::time::Instant,
+}
+
+/// How often the port NIC's COUNT actions are queried for `capoctl counters`.
+#[cfg(feature = "dpdk")]
+const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(feature = "dpdk")]
+impl PortNic<'_, '_> {
+    fn offloads(&self) -> bool {
+        self.nic.caps().mode() != capo_offload::OffloadMode::SoftwareOnly
+    }
+
+    /// Reads the NIC's rule counters into the embedded dataplane's counters, at
+    /// most once per [`COUNT_INTERVAL`].
+    fn publish_counts(&mut self, embedded: Option<&crate::sinks::embedded::SharedEmbedded>) {
+        let now = std::time::Instant::now();
+        if now < self.counted_at + COUNT_INTERVAL {
+            return;
+        }
+        self.counted_at = now;
+        let Some(e) = embedded else {
+            return;
+        };
+        let counts = self.nic.rule_counts();
+        let placements = self
+            .report
+            .plan
+            .as_ref()
+            .map(|p| p.rules.iter().map(|r| (r.rule_id, r.placement)).collect())
+            .unwrap_or_default();
+        crate::sinks::embedded::lock_embedded(e).set_port_nic_rules(counts, placements);
+    }
+
+    /// Commits when the policy changed or new flows are due, retires when the
+    /// grace period is over.
+    fn maintain(&mut self, daemon: &crate::core::daemon::SharedDaemon) {
+        let now = std::time::Instant::now();
+        if self.retire_at.is_some_and(|t| now >= t) {
+            self.nic.retire_previous();
+            self.retire_at = None;
+        }
+        let generation = crate::core::daemon::lock(daemon).generation();
+        let replan = self.replan_at.is_some_and(|t| now >= t);
+        if generation == self.committed && !replan {
+            return;
+        }
+        let Some(snapshot) = crate::core::daemon::lock(daemon).snapshot() else {
+            return;
+        };
+        let t0 = std::time::Instant::now();
+        let summary = self.nic.commit_plan(&snapshot.state, &snapshot.ids);
+        tracing::info!(
+            generation = snapshot.generation,
+            ms = t0.elapsed().as_millis() as u64,
+            "port NIC plan committed: {summary}"
+        );
+        self.committed = snapshot.generation;
+        self.replan_at = None;
+        self.retire_at = Some(std::time::Instant::now() + RETIRE_GRACE);
+        let numbered = capo_policy::Views::new(&snapshot.state, &snapshot.ids)
+            .with_compact_sets()
+            .numbered_rules();
+        self.report.plan = Some(self.nic.plan_reply(&numbered));
+        self.report.software_only_reason.clear();
+        crate::core::daemon::lock(daemon).set_port_report(self.report.clone());
+    }
+
+    /// The NIC's verdicts for a burst: `Some` where a mark from a generation
+    /// software holds decides, `None` where software must classify.
+    fn decide(&mut self, marks: &[Option<u32>]) -> Vec<Option<capo_policy::Verdict>> {
+        marks
+            .iter()
+            .map(|mark| {
+                let mut by_software = false;
+                let (v, _) = self.nic.decide(
+                    capo_offload::NicOutcome::Delivered { mark: *mark },
+                    &mut || {
+                        by_software = true;
+                        capo_policy::Verdict::Deny
+                    },
+                );
+                (!by_software).then_some(v)
+            })
+            .collect()
+    }
+
+    /// Records software-decided frames as flows for the next plan.
+    fn record(&mut self, frames: &[&[u8]]) {
+        let mut new = false;
+        for f in frames {
+            if let Ok(p) = capo_classifier::parse_ethernet(f) {
+                let flags =
+                    (p.packet.protocol == capo_policy::Protocol::TCP).then_some(p.tcp_flags);
+                new |= self.nic.record(&p.packet, flags);
+            }
+        }
+        if new && self.replan_at.is_none() {
+            self.replan_at = Some(std::time::Instant::now() + REPLAN_INTERVAL);
+        }
+    }
+}
+
+#[cfg(feature = "dpdk")]
+fn poll(
+    p: &capo_offload::dpdk::ethdev::Port,
+    daemon: &crate::core::daemon::SharedDaemon,
+    nic: &mut NicFront<capo_offload::dpdk::flow::DpdkFlow<'_>>,
+    report: crate::core::daemon::PortReport,
+) {
     const BURST: u16 = 32;
     // Packets wait in the port's ring until there is a policy to judge them by.
     while crate::core::daemon::lock(daemon).generation() == 0 {
@@ -208,8 +342,29 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::core::daemon::Shar
     // Bursts are classified by the embedded dataplane under its own lock, never the
     // daemon's (Felix's updates and the API go on meanwhile).
     let embedded = crate::core::daemon::lock(daemon).embedded();
+    let software = |frames: &[&[u8]]| match &embedded {
+        Some(e) => crate::sinks::embedded::lock_embedded(e)
+            .classify_wire(frames)
+            .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()]),
+        None => crate::core::daemon::lock(daemon).classify_wire(frames),
+    };
+    let mut port_nic = PortNic {
+        nic,
+        report,
+        committed: 0,
+        retire_at: None,
+        replan_at: None,
+        counted_at: std::time::Instant::now(),
+    };
+    let offloads = port_nic.offloads();
     let mut idle: u32 = 0;
     loop {
+        if offloads {
+            // Plans run on this thread, which owns the port's flows: the ring holds
+            // the packets meanwhile.
+            port_nic.maintain(daemon);
+            port_nic.publish_counts(embedded.as_ref());
+        }
         let pkts = p.rx_burst(0, BURST);
         if pkts.is_empty() {
             // Back off when idle: this is the fallback path, not a busy-polling worker.
@@ -219,15 +374,38 @@ fn poll(p: &capo_offload::dpdk::ethdev::Port, daemon: &crate::core::daemon::Shar
             continue;
         }
         idle = 0;
-        let verdicts = {
-            let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
-            match &embedded {
-                Some(e) => crate::sinks::embedded::lock_embedded(e)
-                    .classify_wire(&frames)
-                    .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()]),
-                None => crate::core::daemon::lock(daemon).classify_wire(&frames),
+        let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
+        let verdicts = if offloads {
+            let marks: Vec<Option<u32>> = pkts.iter().map(|m| m.flow_mark()).collect();
+            let mut decided = port_nic.decide(&marks);
+            let rest: Vec<&[u8]> = frames
+                .iter()
+                .zip(&decided)
+                .filter(|(_, d)| d.is_none())
+                .map(|(f, _)| *f)
+                .collect();
+            port_nic.record(&rest);
+            if let Some(e) = &embedded {
+                let (hw_frames, hw_verdicts): (Vec<&[u8]>, Vec<capo_policy::Verdict>) = frames
+                    .iter()
+                    .zip(&decided)
+                    .filter_map(|(f, d)| d.map(|v| (*f, v)))
+                    .unzip();
+                crate::sinks::embedded::lock_embedded(e).count_nic_wire(&hw_frames, &hw_verdicts);
             }
+            let mut by_software = software(&rest).into_iter();
+            decided
+                .iter_mut()
+                .map(|d| {
+                    d.take()
+                        .or_else(|| by_software.next())
+                        .unwrap_or(capo_policy::Verdict::Deny)
+                })
+                .collect()
+        } else {
+            software(&frames)
         };
+        drop(frames);
         let allowed: Vec<_> = pkts
             .into_iter()
             .zip(verdicts)

@@ -35,6 +35,19 @@ pub struct Embedded {
     nic: Option<std::sync::Mutex<SimulatedNic>>,
     /// Packets the NIC decided, per (sw_if_index, direction): allowed, denied.
     nic_verdicts: std::collections::HashMap<(u32, Direction), capo_classifier::VerdictCount>,
+    /// The agent's DPDK port's NIC, as its thread reports it.
+    port_nic: PortNicCounts,
+}
+
+/// What the DPDK port's thread reports of its NIC.
+#[derive(Debug, Clone, Default)]
+struct PortNicCounts {
+    /// Per `rule#`: NIC packets and bytes.
+    rules: std::collections::HashMap<u32, (u64, u64)>,
+    /// Per `rule#`: its placement.
+    placements: std::collections::HashMap<u32, i32>,
+    /// Packets the NIC decided.
+    decided: u64,
 }
 
 impl Embedded {
@@ -53,6 +66,7 @@ impl Embedded {
             scratch: Vec::new(),
             nic: None,
             nic_verdicts: std::collections::HashMap::new(),
+            port_nic: PortNicCounts::default(),
         }
     }
 
@@ -93,7 +107,11 @@ impl Embedded {
                     .collect();
                 (counts, placements, n.nic_decided())
             }
-            None => Default::default(),
+            None => (
+                self.port_nic.rules.clone(),
+                self.port_nic.placements.clone(),
+                self.port_nic.decided,
+            ),
         };
         CounterSources {
             counters: Arc::clone(&self.counters),
@@ -319,6 +337,58 @@ impl Embedded {
         self.plan_for(&Views::new(state, ids).with_compact_sets().numbered_rules())
     }
 
+    /// Counts frames from the wire that the port's NIC decided (`verdicts`), at the
+    /// endpoint each is for, as [`Embedded::classify_wire`] would have.
+    pub(crate) fn count_nic_wire(&mut self, frames: &[&[u8]], verdicts: &[Verdict]) {
+        let host_addrs = self.state.local_host_addrs();
+        for (f, v) in frames.iter().zip(verdicts) {
+            let Ok(packet) = parse_ethernet(f) else {
+                continue;
+            };
+            // Frames for no local endpoint are policed nowhere, by NIC or software.
+            let Some(sw_if_index) = self.wire_target(&packet.packet.dst, &host_addrs) else {
+                continue;
+            };
+            self.port_nic.decided += 1;
+            let e = self
+                .nic_verdicts
+                .entry((sw_if_index, Direction::Ingress))
+                .or_default();
+            let len = f.len() as u64;
+            match v {
+                Verdict::Allow => {
+                    e.allow += 1;
+                    e.allow_bytes += len;
+                }
+                Verdict::Deny => {
+                    e.deny += 1;
+                    e.deny_bytes += len;
+                }
+            }
+        }
+    }
+
+    /// The port NIC's per-rule counts and placements, as its thread last read them.
+    pub(crate) fn set_port_nic_rules(
+        &mut self,
+        rules: std::collections::HashMap<u32, (u64, u64)>,
+        placements: std::collections::HashMap<u32, i32>,
+    ) {
+        self.port_nic.rules = rules;
+        self.port_nic.placements = placements;
+    }
+
+    /// The interface a packet from the wire to `dst` arrives at: a local workload's,
+    /// or the host's; `None` when it is for neither (not policed here).
+    fn wire_target(&self, dst: &std::net::IpAddr, host_addrs: &[std::net::IpAddr]) -> Option<u32> {
+        match self.state.workload_owning(dst) {
+            Some((_, w)) => self.ids.interface(&w.name),
+            None if host_addrs.contains(dst) => self.ids.interface(self.ids.host_interface()),
+            // Not for a local endpoint: not policed on this node.
+            None => None,
+        }
+    }
+
     /// Classifies frames that arrived from the wire (a DPDK port), each at the
     /// endpoint its destination belongs to; `None` before the first generation.
     pub fn classify_wire(&mut self, frames: &[&[u8]]) -> Option<Vec<Verdict>> {
@@ -341,14 +411,7 @@ impl Embedded {
                     continue;
                 }
             };
-            let dst = packet.packet.dst;
-            let target = match self.state.workload_owning(&dst) {
-                Some((_, w)) => self.ids.interface(&w.name),
-                None if host_addrs.contains(&dst) => self.ids.interface(self.ids.host_interface()),
-                // Not for a local endpoint: not policed on this node.
-                None => None,
-            };
-            let Some(sw_if_index) = target else {
+            let Some(sw_if_index) = self.wire_target(&packet.packet.dst, &host_addrs) else {
                 out.push(Verdict::Allow);
                 continue;
             };
@@ -523,4 +586,68 @@ pub fn counters(e: &SharedEmbedded, state: &State, ids: &IdTable) -> api::Counte
     let numbered = Views::new(state, ids).with_compact_sets().numbered_rules();
     let sources = lock_embedded(e).counter_sources(&numbered);
     sources.reply(&numbered, state, ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::fixtures::web;
+    use capo_policy::{Protocol, L4};
+
+    /// Packets the port's NIC decided count at their endpoint and in the totals as
+    /// NIC-decided, and the rules carry the NIC's counts.
+    #[test]
+    fn port_nic_decisions_are_counted_at_their_endpoint() {
+        let (state, ids) = web();
+        let mut e = Embedded::new();
+        e.commit(&state, &ids, None);
+        let frame = |dport: u16, dst: &str| {
+            capo_classifier::build::frame(
+                &Packet {
+                    src: "11.0.0.196".parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                    protocol: Protocol::TCP,
+                    l4: L4::Ports {
+                        src: 40000,
+                        dst: dport,
+                    },
+                },
+                0x10,
+            )
+        };
+        let (a, d, elsewhere) = (
+            frame(80, "11.0.0.67"),
+            frame(81, "11.0.0.67"),
+            frame(80, "10.9.9.9"),
+        );
+        e.count_nic_wire(
+            &[&a, &d, &elsewhere],
+            &[Verdict::Allow, Verdict::Deny, Verdict::Allow],
+        );
+        let numbered = Views::new(&state, &ids)
+            .with_compact_sets()
+            .numbered_rules();
+        let rule = numbered.first().map(|r| r.id).unwrap();
+        e.set_port_nic_rules(
+            [(rule, (7, 700))].into_iter().collect(),
+            [(rule, api::Placement::Nic as i32)].into_iter().collect(),
+        );
+        let reply = e.counter_sources(&numbered).reply(&numbered, &state, &ids);
+        let tun3 = reply
+            .interfaces
+            .iter()
+            .find(|i| i.interface == "tun3" && i.direction == "ingress")
+            .unwrap();
+        assert_eq!((tun3.allowed_packets, tun3.denied_packets), (1, 1));
+        assert_eq!(tun3.allowed_bytes, a.len() as u64);
+        let totals = reply.totals.unwrap();
+        // The frame for no local endpoint is policed nowhere: not counted.
+        assert_eq!(
+            (totals.nic_decided, totals.packets, totals.software_decided),
+            (2, 2, 0)
+        );
+        let r = reply.rules.iter().find(|r| r.rule_id == rule).unwrap();
+        assert_eq!((r.nic_packets, r.nic_bytes), (7, 700));
+        assert_eq!(r.placement, api::Placement::Nic as i32);
+    }
 }

@@ -9,6 +9,8 @@ use capo_policy::{Direction, IdTable, Packet, State, Update, Verdict};
 use capo_proto::capo::agent::v1 as api;
 
 pub mod embedded;
+#[cfg(test)]
+mod fixtures;
 pub mod nic;
 pub mod vpp;
 

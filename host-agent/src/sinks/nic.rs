@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use capo_offload::lower::Origin;
 use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
-use capo_offload::{lower, plan, CommitOutcome, Committer, NicCaps, NicOutcome, SimNic};
+use capo_offload::{
+    lower, plan, CommitOutcome, Committer, FlowBackend, NicCaps, NicOutcome, SimNic,
+};
 use capo_policy::{IdTable, Packet, Protocol, State, Verdict, L4};
 use capo_proto::capo::agent::v1 as api;
 
@@ -104,15 +106,19 @@ impl std::fmt::Display for NicSpec {
     }
 }
 
-/// A simulated NIC with its committer, plan and what software saw.
-pub struct SimulatedNic {
-    spec: NicSpec,
+/// A NIC in front of software: its rte_flow backend (a simulated NIC, or the
+/// agent's DPDK port), the committer, the plan and what software saw.
+pub struct NicFront<B: FlowBackend> {
+    /// What the offload view calls it (`sim:mlx5:4096`, `dpdk:PORT`).
+    name: String,
     caps: NicCaps,
-    nic: SimNic,
+    nic: B,
     committer: Committer,
     plan: Option<OffloadPlan>,
     /// The plan's rule ids by plan rule index (decide rules only).
     plan_rule_ids: Vec<Option<u32>>,
+    /// The previous plan's rule ids, until its generation is retired.
+    retiring_rule_ids: Vec<Option<u32>>,
     /// Per `rule#`: packets and bytes counted by retired NIC generations.
     retired_counts: HashMap<u32, (u64, u64)>,
     /// Flows software decided, for hotness (keyed by the first packet).
@@ -122,6 +128,9 @@ pub struct SimulatedNic {
     nic_decided: u64,
 }
 
+/// A simulated NIC in front of the embedded dataplane.
+pub type SimulatedNic = NicFront<SimNic>;
+
 impl SimulatedNic {
     /// A simulated NIC of `profile` with `capacity` entries.
     pub fn new(profile: &str, capacity: u32) -> Self {
@@ -130,16 +139,68 @@ impl SimulatedNic {
             "cnxk" => NicCaps::cnxk(capacity),
             _ => NicCaps::mlx5(capacity),
         };
-        SimulatedNic {
-            spec: NicSpec::Sim {
-                profile: profile.to_string(),
-                capacity,
-            },
-            nic: SimNic::new(caps.clone()),
-            caps,
+        let spec = NicSpec::Sim {
+            profile: profile.to_string(),
+            capacity,
+        };
+        NicFront::with_backend(spec.to_string(), SimNic::new(caps))
+    }
+
+    /// Plans `state` with the hit counters seen so far and commits it to the NIC;
+    /// nothing is in flight in a simulated NIC, so the previous generation is
+    /// retired at once.
+    pub fn commit(&mut self, state: &State, ids: &IdTable) -> String {
+        let summary = self.commit_plan(state, ids);
+        self.retire_previous();
+        summary
+    }
+
+    /// Passes a packet from the wire through the NIC; `software` classifies it when
+    /// the NIC does not decide. Returns the verdict and whether the NIC decided.
+    pub(crate) fn receive(
+        &mut self,
+        pkt: &Packet,
+        tcp_flags: u8,
+        bytes: u64,
+        software: &mut dyn FnMut() -> Verdict,
+    ) -> (Verdict, bool) {
+        let out = self.nic.receive(&headers(pkt, tcp_flags), bytes);
+        self.decide(out, software)
+    }
+
+    /// Whether the NIC would decide this packet (without counting it).
+    pub(crate) fn decides(&self, pkt: &Packet) -> bool {
+        let flags = if pkt.protocol == Protocol::TCP {
+            0x02
+        } else {
+            0
+        };
+        match self.nic.peek(&headers(pkt, flags)) {
+            NicOutcome::Dropped => true,
+            out @ NicOutcome::Delivered { .. } => {
+                let (_, by) = combine(
+                    out,
+                    self.committer.software(),
+                    self.caps.mark_bits,
+                    &mut |_| Verdict::Deny,
+                );
+                by == DecidedBy::Hardware
+            }
+        }
+    }
+}
+
+impl<B: FlowBackend> NicFront<B> {
+    /// A NIC front over `nic`, planning with its capabilities.
+    pub fn with_backend(name: String, nic: B) -> Self {
+        NicFront {
+            name,
+            caps: nic.caps().clone(),
+            nic,
             committer: Committer::new(),
             plan: None,
             plan_rule_ids: Vec::new(),
+            retiring_rule_ids: Vec::new(),
             retired_counts: HashMap::new(),
             samples: HashMap::new(),
             plans: 0,
@@ -147,8 +208,24 @@ impl SimulatedNic {
         }
     }
 
-    /// Plans `state` with the hit counters seen so far and commits it to the NIC.
-    pub fn commit(&mut self, state: &State, ids: &IdTable) -> String {
+    /// The capabilities it plans with.
+    pub fn caps(&self) -> &NicCaps {
+        &self.caps
+    }
+
+    /// Whether a generation other than the newest is still installed.
+    pub fn retiring(&self) -> bool {
+        self.committer.software().resident.len() > 1
+    }
+
+    /// Plans `state` with the hit counters seen so far and commits it; the
+    /// previous generation stays installed until [`NicFront::retire_previous`]
+    /// (packets it marked may still be in the receive rings). A previous one still
+    /// waiting is retired first: at most two are resident.
+    pub fn commit_plan(&mut self, state: &State, ids: &IdTable) -> String {
+        if self.retiring() {
+            self.retire_previous();
+        }
         self.plans += 1;
         let program = lower(state, ids, self.plans);
         let hits = HitCounters {
@@ -157,17 +234,7 @@ impl SimulatedNic {
         };
         let p = plan(state, &program, &self.caps, &hits, &PlanConfig::default());
         let outcome = self.committer.commit(&mut self.nic, &p, &mut |_, _| {});
-        // Nothing is in flight in a simulated NIC: retire the previous generation now.
-        let old_ids = std::mem::take(&mut self.plan_rule_ids);
-        for r in self.committer.retire(&mut self.nic, &mut |_, _| {}) {
-            for (i, c) in r.counts {
-                if let Some(Some(id)) = old_ids.get(i) {
-                    let e = self.retired_counts.entry(*id).or_default();
-                    e.0 += c.hits;
-                    e.1 += c.bytes;
-                }
-            }
-        }
+        self.retiring_rule_ids = std::mem::take(&mut self.plan_rule_ids);
         self.plan_rule_ids = p
             .rules
             .iter()
@@ -193,6 +260,42 @@ impl SimulatedNic {
         };
         self.plan = Some(p);
         summary
+    }
+
+    /// Retires the previous generation: its rules' final counts are kept, its
+    /// rules destroyed.
+    pub fn retire_previous(&mut self) {
+        let old_ids = std::mem::take(&mut self.retiring_rule_ids);
+        for r in self.committer.retire(&mut self.nic, &mut |_, _| {}) {
+            for (i, c) in r.counts {
+                if let Some(Some(id)) = old_ids.get(i) {
+                    let e = self.retired_counts.entry(*id).or_default();
+                    e.0 += c.hits;
+                    e.1 += c.bytes;
+                }
+            }
+        }
+    }
+
+    /// Decides a packet the NIC delivered (`out`), or classifies it with
+    /// `software`: the NIC's verdict counts only when its mark names a generation
+    /// software holds (DESIGN §4). Returns the verdict and whether the NIC decided.
+    pub fn decide(
+        &mut self,
+        out: NicOutcome,
+        software: &mut dyn FnMut() -> Verdict,
+    ) -> (Verdict, bool) {
+        let (v, by) = combine(
+            out,
+            self.committer.software(),
+            self.caps.mark_bits,
+            &mut |_| software(),
+        );
+        let hw = by == DecidedBy::Hardware;
+        if hw {
+            self.nic_decided += 1;
+        }
+        (v, hw)
     }
 
     /// Whether `pkt` is new to the planner's samples (a flow it has not seen).
@@ -221,50 +324,6 @@ impl SimulatedNic {
             })
             .hits += 1;
         new
-    }
-
-    /// Passes a packet from the wire through the NIC; `software` classifies it when
-    /// the NIC does not decide. Returns the verdict and whether the NIC decided.
-    pub(crate) fn receive(
-        &mut self,
-        pkt: &Packet,
-        tcp_flags: u8,
-        bytes: u64,
-        software: &mut dyn FnMut() -> Verdict,
-    ) -> (Verdict, bool) {
-        let out = self.nic.receive(&headers(pkt, tcp_flags), bytes);
-        let (v, by) = combine(
-            out,
-            self.committer.software(),
-            self.caps.mark_bits,
-            &mut |_| software(),
-        );
-        let hw = by == DecidedBy::Hardware;
-        if hw {
-            self.nic_decided += 1;
-        }
-        (v, hw)
-    }
-
-    /// Whether the NIC would decide this packet (without counting it).
-    pub(crate) fn decides(&self, pkt: &Packet) -> bool {
-        let flags = if pkt.protocol == Protocol::TCP {
-            0x02
-        } else {
-            0
-        };
-        match self.nic.peek(&headers(pkt, flags)) {
-            NicOutcome::Dropped => true,
-            out @ NicOutcome::Delivered { .. } => {
-                let (_, by) = combine(
-                    out,
-                    self.committer.software(),
-                    self.caps.mark_bits,
-                    &mut |_| Verdict::Deny,
-                );
-                by == DecidedBy::Hardware
-            }
-        }
     }
 
     /// Packets the NIC decided.
@@ -349,7 +408,7 @@ impl SimulatedNic {
             .collect();
         api::OffloadPlanReply {
             generation: 0,
-            nic: self.spec.to_string(),
+            nic: self.name.clone(),
             offload_available: self.caps.flow_api,
             entries_used: self
                 .plan
@@ -428,6 +487,65 @@ fn headers(pkt: &Packet, tcp_flags: u8) -> capo_offload::Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::fixtures::web;
+
+    /// The port's path: a delivered packet's mark decides only while its generation
+    /// is resident (both during a commit, until the previous one is retired); an
+    /// unmarked packet or one from a generation never committed goes to software.
+    #[test]
+    fn marks_decide_only_for_resident_generations() {
+        let (state, ids) = web();
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        let pkt = Packet {
+            src: "11.0.0.196".parse().unwrap(),
+            dst: "11.0.0.67".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: 40000,
+                dst: 80,
+            },
+        };
+        // Software saw the flow: the plan places its rule on the NIC.
+        assert!(nic.record(&pkt, Some(0x10)));
+        nic.commit_plan(&state, &ids);
+        let out = nic.nic.peek(&headers(&pkt, 0x10));
+        let NicOutcome::Delivered { mark: Some(mark) } = out else {
+            panic!("the allow rule did not mark the packet: {out:?}");
+        };
+        let software = |sw: &mut u32| {
+            *sw += 1;
+            Verdict::Deny
+        };
+        let mut sw = 0;
+        let delivered = |m| NicOutcome::Delivered { mark: Some(m) };
+        assert_eq!(
+            nic.decide(delivered(mark), &mut || software(&mut sw)),
+            (Verdict::Allow, true)
+        );
+        // A second plan: the first stays resident until retired.
+        nic.commit_plan(&state, &ids);
+        assert!(nic.retiring());
+        assert_eq!(
+            nic.decide(delivered(mark), &mut || software(&mut sw)),
+            (Verdict::Allow, true)
+        );
+        assert_eq!(sw, 0);
+        nic.retire_previous();
+        assert!(!nic.retiring());
+        // Generation 1's tag is no longer held (generation 2's is 2): software.
+        assert_eq!(
+            nic.decide(delivered(mark), &mut || software(&mut sw)),
+            (Verdict::Deny, false)
+        );
+        assert_eq!(
+            nic.decide(NicOutcome::Delivered { mark: None }, &mut || software(
+                &mut sw
+            )),
+            (Verdict::Deny, false)
+        );
+        assert_eq!(sw, 2);
+        assert_eq!(nic.nic_decided(), 2);
+    }
 
     #[test]
     fn nic_specs_parse() {
