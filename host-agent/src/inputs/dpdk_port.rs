@@ -227,6 +227,10 @@ struct PortNic<'n, 'p> {
     counted_at: std::time::Instant,
 }
 
+/// How long after EIO the port's NIC is committed to again.
+#[cfg(feature = "dpdk")]
+const RECOMMIT_AFTER_EIO: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often the port NIC's COUNT actions are queried for `capoctl counters`.
 #[cfg(feature = "dpdk")]
 const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -284,6 +288,12 @@ impl PortNic<'_, '_> {
         self.committed = snapshot.generation;
         self.replan_at = None;
         self.retire_at = Some(std::time::Instant::now() + RETIRE_GRACE);
+        if self.nic.device_gone() {
+            // EIO: the port was reset or removed, and its rules with it; software
+            // decides everything until a commit goes in again.
+            tracing::warn!("the port's NIC is gone (EIO): committing again in 5 s");
+            self.replan_at = Some(std::time::Instant::now() + RECOMMIT_AFTER_EIO);
+        }
         let numbered = capo_policy::Views::new(&snapshot.state, &snapshot.ids)
             .with_compact_sets()
             .numbered_rules();

@@ -339,6 +339,7 @@ impl Embedded {
 
     /// Counts frames from the wire that the port's NIC decided (`verdicts`), at the
     /// endpoint each is for, as [`Embedded::classify_wire`] would have.
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
     pub(crate) fn count_nic_wire(&mut self, frames: &[&[u8]], verdicts: &[Verdict]) {
         let host_addrs = self.state.local_host_addrs();
         for (f, v) in frames.iter().zip(verdicts) {
@@ -369,6 +370,7 @@ impl Embedded {
     }
 
     /// The port NIC's per-rule counts and placements, as its thread last read them.
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
     pub(crate) fn set_port_nic_rules(
         &mut self,
         rules: std::collections::HashMap<u32, (u64, u64)>,

@@ -11,7 +11,7 @@ use capo_offload::lower::Origin;
 use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
 use capo_offload::{
-    lower, plan, CommitOutcome, Committer, FlowBackend, NicCaps, NicOutcome, SimNic,
+    lower, plan, CommitOutcome, Committer, FlowBackend, FlowErrorKind, NicCaps, NicOutcome, SimNic,
 };
 use capo_policy::{IdTable, Packet, Protocol, State, Verdict, L4};
 use capo_proto::capo::agent::v1 as api;
@@ -126,7 +126,12 @@ pub struct NicFront<B: FlowBackend> {
     /// NIC plans committed (the NIC's own generation numbers: one per plan).
     plans: u64,
     nic_decided: u64,
+    /// The last commit met EIO.
+    device_gone: bool,
 }
+
+/// Plans made again for a smaller table after ENOMEM, per commit.
+const MAX_SHRINKS: usize = 3;
 
 /// A simulated NIC in front of the embedded dataplane.
 pub type SimulatedNic = NicFront<SimNic>;
@@ -205,6 +210,7 @@ impl<B: FlowBackend> NicFront<B> {
             samples: HashMap::new(),
             plans: 0,
             nic_decided: 0,
+            device_gone: false,
         }
     }
 
@@ -226,14 +232,35 @@ impl<B: FlowBackend> NicFront<B> {
         if self.retiring() {
             self.retire_previous();
         }
-        self.plans += 1;
-        let program = lower(state, ids, self.plans);
         let hits = HitCounters {
             flows: self.samples.values().cloned().collect(),
             rules: HashMap::new(),
         };
-        let p = plan(state, &program, &self.caps, &hits, &PlanConfig::default());
-        let outcome = self.committer.commit(&mut self.nic, &p, &mut |_, _| {});
+        let mut shrunk = Vec::new();
+        let (program, p, outcome) = loop {
+            self.plans += 1;
+            let program = lower(state, ids, self.plans);
+            let p = plan(state, &program, &self.caps, &hits, &PlanConfig::default());
+            let outcome = self.committer.commit(&mut self.nic, &p, &mut |_, _| {});
+            match &outcome {
+                // The table is smaller than its profile says (other users, another
+                // generation resident): plan for what fit, a few times at most.
+                CommitOutcome::SoftwareOnly { error, rule, .. }
+                    if error.kind == FlowErrorKind::NoMem
+                        && *rule > 0
+                        && (*rule as u32) < self.caps.capacity
+                        && shrunk.len() < MAX_SHRINKS =>
+                {
+                    shrunk.push(self.caps.capacity);
+                    self.caps.capacity = *rule as u32;
+                }
+                _ => break (program, p, outcome),
+            }
+        };
+        self.device_gone = matches!(
+            &outcome,
+            CommitOutcome::SoftwareOnly { error, .. } if error.kind == FlowErrorKind::Io
+        );
         self.retiring_rule_ids = std::mem::take(&mut self.plan_rule_ids);
         self.plan_rule_ids = p
             .rules
@@ -250,7 +277,7 @@ impl<B: FlowBackend> NicFront<B> {
                 _ => None,
             })
             .collect();
-        let summary = match &outcome {
+        let mut summary = match &outcome {
             CommitOutcome::Offloaded { installed, refused } => {
                 format!("{installed} NIC rules installed, {refused} refused")
             }
@@ -258,8 +285,21 @@ impl<B: FlowBackend> NicFront<B> {
                 format!("NIC refused rule {rule} ({error:?}): software decides everything")
             }
         };
+        if !shrunk.is_empty() {
+            summary += &format!(
+                " (the NIC ran out of entries: planned again for {} of {})",
+                self.caps.capacity,
+                shrunk.first().copied().unwrap_or_default()
+            );
+        }
         self.plan = Some(p);
         summary
+    }
+
+    /// Whether the last commit met EIO (the device is gone or was reset): it is
+    /// worth committing again later.
+    pub fn device_gone(&self) -> bool {
+        self.device_gone
     }
 
     /// Retires the previous generation: its rules' final counts are kept, its
@@ -488,6 +528,59 @@ fn headers(pkt: &Packet, tcp_flags: u8) -> capo_offload::Headers {
 mod tests {
     use super::*;
     use crate::sinks::fixtures::web;
+
+    /// A table smaller than the profile says: ENOMEM part-way makes the NIC plan
+    /// again for what fit, and the second plan goes in.
+    #[test]
+    fn enomem_plans_again_for_a_smaller_table() {
+        let (state, ids) = web();
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        for port in 0..40u16 {
+            nic.record(
+                &Packet {
+                    src: "11.0.0.196".parse().unwrap(),
+                    dst: "11.0.0.67".parse().unwrap(),
+                    protocol: Protocol::TCP,
+                    l4: L4::Ports {
+                        src: 40000 + port,
+                        dst: 81,
+                    },
+                },
+                Some(0x02),
+            );
+        }
+        let full = {
+            let mut probe = SimulatedNic::new("mlx5", 64);
+            probe.samples = nic.samples.clone();
+            probe.commit_plan(&state, &ids);
+            probe.plan.as_ref().map(|p| p.rules.len()).unwrap()
+        };
+        assert!(full > 3, "the plan is too small to shrink: {full}");
+        nic.nic.set_faults(capo_offload::Faults {
+            enomem_after: Some(3),
+            ..Default::default()
+        });
+        let summary = nic.commit_plan(&state, &ids);
+        assert!(summary.contains("ran out of entries"), "{summary}");
+        assert!(summary.contains("NIC rules installed"), "{summary}");
+        assert!(nic.caps().capacity <= 3, "{}", nic.caps().capacity);
+        assert!(nic.nic.installed() <= 3);
+        assert!(!nic.device_gone());
+    }
+
+    /// EIO: software decides everything, and the NIC says it is worth trying again.
+    #[test]
+    fn eio_is_reported_for_a_later_commit() {
+        let (state, ids) = web();
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        nic.nic.set_faults(capo_offload::Faults {
+            eio_after_creates: Some(0),
+            ..Default::default()
+        });
+        let summary = nic.commit_plan(&state, &ids);
+        assert!(summary.contains("software decides everything"), "{summary}");
+        assert!(nic.device_gone());
+    }
 
     /// The port's path: a delivered packet's mark decides only while its generation
     /// is resident (both during a commit, until the previous one is retired); an
