@@ -124,6 +124,22 @@ fn seed_netcat_test_views_and_counters_on_vpp() {
     });
     assert_seed_enforced(&ts1, &ts2, &dir, true);
 
+    // The rig's af_packet interfaces have no flow offload: VPP's flow layer refuses
+    // the canary flow, and capo says the interface runs fallback-only.
+    let offload = vpp.ctl("show capo offload");
+    let line = offload
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with(&format!("{} (sw_if_index {idx},", ts2.vpp_if))
+        })
+        .unwrap_or_else(|| panic!("no line for {}: {offload}", ts2.vpp_if));
+    assert!(
+        line.contains("driver af-packet")
+            && line.contains("fallback-only: the flow layer refused the canary (not supported)"),
+        "{offload}"
+    );
+
     // The seed's block, byte for byte, with VPP's name and index.
     let vppctl = vpp.ctl("show capo interfaces");
     assert_eq!(

@@ -47,7 +47,59 @@ pub enum Show {
 
 /// Help for `show capo`.
 pub const SHOW_HELP: &str =
-    "show capo interfaces|ipsets|policies [verbose]|rules|generations|counters|flows [verbose]";
+    "show capo interfaces|ipsets|policies [verbose]|rules|generations|counters|flows [verbose]|offload";
+
+/// One interface with capo's feature, as VPP's flow layer answered for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffloadRow {
+    /// VPP's name of the interface.
+    pub name: String,
+    /// Its index.
+    pub sw_if_index: u32,
+    /// The driver (device class) under it.
+    pub driver: String,
+    /// What enabling a canary MARK flow on it returned: 0, or a `VNET_FLOW_ERROR_*`.
+    pub flow_layer: i32,
+}
+
+/// VPP's flow errors (`foreach_flow_error` in `vnet/flow/flow.h`).
+pub fn flow_error_name(code: i32) -> &'static str {
+    match code {
+        -1 => "not supported",
+        -2 => "already done",
+        -3 => "already exists",
+        -4 => "no such entry",
+        -5 => "no such interface",
+        -6 => "internal error",
+        _ => "unknown flow error",
+    }
+}
+
+/// Renders `show capo offload`.
+pub fn render_offload(rows: &[OffloadRow]) -> String {
+    if rows.is_empty() {
+        return "capo offload: no interface has capo's feature enabled\n".to_string();
+    }
+    let mut out = String::from(
+        "capo offload through VPP's flow layer (a canary MARK flow per interface, added and removed again):\n",
+    );
+    for r in rows {
+        let verdict = if r.flow_layer == 0 {
+            "the driver takes flows; capo does not install its NIC share through the flow layer yet: every rule in software".to_string()
+        } else {
+            format!(
+                "fallback-only: the flow layer refused the canary ({}): every rule in software",
+                flow_error_name(r.flow_layer)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  {} (sw_if_index {}, driver {}): {verdict}",
+            r.name, r.sw_if_index, r.driver
+        );
+    }
+    out
+}
 /// Help for `clear capo`.
 pub const CLEAR_HELP: &str = "clear capo counters";
 
@@ -321,6 +373,36 @@ pub fn clear_counters(workers: &Workers, counters: &Counters) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offload_view_says_why_each_interface_is_fallback_only() {
+        assert_eq!(
+            render_offload(&[]),
+            "capo offload: no interface has capo's feature enabled\n"
+        );
+        let rows = [
+            OffloadRow {
+                name: "pg1".into(),
+                sw_if_index: 2,
+                driver: "pg".into(),
+                flow_layer: -1,
+            },
+            OffloadRow {
+                name: "HundredGigabitEthernet3/0/0".into(),
+                sw_if_index: 3,
+                driver: "dpdk".into(),
+                flow_layer: 0,
+            },
+        ];
+        let text = render_offload(&rows);
+        assert!(text.contains("pg1 (sw_if_index 2, driver pg): fallback-only: the flow layer refused the canary (not supported)"), "{text}");
+        assert!(
+            text.contains("driver dpdk): the driver takes flows"),
+            "{text}"
+        );
+        assert_eq!(flow_error_name(-6), "internal error");
+        assert_eq!(flow_error_name(-99), "unknown flow error");
+    }
 
     #[test]
     fn parse_show() {

@@ -21,6 +21,13 @@ extern "C" {
         node: *const std::ffi::c_char,
         sw_if_index: u32,
     ) -> i32;
+    fn capo_vnet_flow_probe(
+        sw_if_index: u32,
+        mark: u32,
+        driver: *mut u8,
+        cap: u32,
+        driver_len: *mut u32,
+    ) -> i32;
 }
 
 /// VPP interface names are short; longer ones are cut here.
@@ -57,6 +64,28 @@ pub(crate) fn feature_enabled(_vm: &MainRef, arc: &str, node: &str, sw_if_index:
     // SAFETY: main thread; both strings are NUL-terminated and outlive the call; the C
     // side checks the index.
     unsafe { capo_vnet_feature_enabled(arc.as_ptr(), node.as_ptr(), sw_if_index) == 1 }
+}
+
+/// Tries VPP's flow layer on the interface's hardware (a canary MARK flow, added,
+/// enabled, disabled and deleted again): the driver's name, and 0 or VPP's flow
+/// error code.
+pub(crate) fn flow_probe(_vm: &MainRef, sw_if_index: u32, mark: u32) -> (String, i32) {
+    let mut buf = [0u8; NAME_CAP];
+    let mut len: u32 = 0;
+    // SAFETY: main thread (flows are added there, under the CLI's barrier); `buf` is
+    // valid for `NAME_CAP` bytes and `len` is a valid out-pointer; the C side checks
+    // the index and writes at most `NAME_CAP` bytes.
+    let rv = unsafe {
+        capo_vnet_flow_probe(
+            sw_if_index,
+            mark,
+            buf.as_mut_ptr(),
+            NAME_CAP as u32,
+            &mut len,
+        )
+    };
+    let driver = buf.get(..len as usize).unwrap_or_default();
+    (String::from_utf8_lossy(driver).into_owned(), rv)
 }
 
 /// Who hears of interfaces VPP adds or deletes.
