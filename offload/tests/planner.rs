@@ -144,19 +144,73 @@ fn test_exact_flow_takes_one_entry_without_covers() {
         _ => None,
     });
     let t = tcp_item.expect("a TCP item");
+    // No rule looks at source ports: the entry is the conversation's (any source
+    // port), so the next connection, from a new source port, is decided too.
     assert_eq!(
         (t.mask.src_port, t.mask.dst_port, t.mask.flags),
-        (0xffff, 0xffff, 0)
+        (0, 0xffff, 0)
     );
-    // Its SYN and ACK packets are allowed in hardware; another port is not decided.
-    for f in [TCP_SYN, TCP_ACK] {
-        let (out, v) = on_nic(&s, &p, &caps, &tcp([172, 16, 0, 1], 80, f));
+    let mut next_connection = tcp([172, 16, 0, 1], 80, TCP_SYN);
+    next_connection.packet.l4 = L4::Ports {
+        src: 51000,
+        dst: 80,
+    };
+    // Its SYN and ACK packets are allowed in hardware.
+    for probe in [
+        tcp([172, 16, 0, 1], 80, TCP_SYN),
+        tcp([172, 16, 0, 1], 80, TCP_ACK),
+        next_connection,
+    ] {
+        let (out, v) = on_nic(&s, &p, &caps, &probe);
         assert!(matches!(
             out,
             capo_offload::NicOutcome::Delivered { mark: Some(_) }
         ));
         assert_eq!(v, capo_policy::Verdict::Allow);
     }
+}
+
+/// A rule that looks at source ports makes every entry an exact 5-tuple: a
+/// conversation's packets may then get different verdicts.
+#[test]
+fn test_source_port_rules_keep_exact_tuples() {
+    let mut deny = Rule::any(Action::Deny);
+    deny.protocol = Some(Protocol::TCP);
+    deny.src.ports.push(PortRange::single(51000));
+    let mut allow = Rule::any(Action::Allow);
+    allow.protocol = Some(Protocol::TCP);
+    allow.dst.ports.push(PortRange::single(80));
+    let (s, ids) = state_with(vec![deny, allow]);
+    let caps = NicCaps::mlx5(64);
+    let p = planned_in(&s, &ids, &caps, &[tcp([172, 16, 0, 1], 80, TCP_ACK)]);
+    let e = exact_flows(&p);
+    assert_eq!(e.len(), 1);
+    let t = e[0]
+        .flow
+        .pattern()
+        .iter()
+        .find_map(|i| match i {
+            Item::Tcp(Some(s)) => Some(*s),
+            _ => None,
+        })
+        .expect("a TCP item");
+    assert_eq!((t.spec.src_port, t.mask.src_port), (40000, 0xffff));
+    // The denied source port is not allowed by the allowed tuple's entry.
+    let mut other = tcp([172, 16, 0, 1], 80, TCP_SYN);
+    other.packet.l4 = L4::Ports {
+        src: 51000,
+        dst: 80,
+    };
+    let (out, v) = on_nic(&s, &p, &caps, &other);
+    assert_eq!(v, capo_policy::Verdict::Deny);
+    let allowed_by_nic = match out {
+        capo_offload::NicOutcome::Delivered { mark: Some(raw) } => {
+            capo_offload::mark::Mark::decode(raw, caps.mark_bits).kind
+                == capo_offload::mark::MarkKind::Allow
+        }
+        _ => false,
+    };
+    assert!(!allowed_by_nic, "{out:?}");
 }
 
 #[test]

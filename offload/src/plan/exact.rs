@@ -1,5 +1,7 @@
 //! Exact-flow entries: one NIC entry per sampled 5-tuple, decided with the full
-//! policy's verdict for that tuple.
+//! policy's verdict for that tuple; when no rule looks at source ports, one per
+//! conversation (the source port wildcarded), which carries over to the
+//! conversation's next connections.
 
 use std::collections::HashMap;
 
@@ -42,21 +44,31 @@ pub(super) fn exact_flow_candidates(
     hits: &HitCounters,
     groups: bool,
 ) -> Vec<FlowCand> {
+    let conversations = source_port_blind(state);
     let mut by_tuple: HashMap<Packet, Vec<usize>> = HashMap::new();
     let mut order: Vec<Packet> = Vec::new();
     for (i, s) in hits.flows.iter().enumerate() {
         if s.hits == 0 {
             continue;
         }
-        let v = by_tuple.entry(s.packet).or_default();
+        let key = if conversations {
+            conversation(&s.packet)
+        } else {
+            s.packet
+        };
+        let v = by_tuple.entry(key).or_default();
         if v.is_empty() {
-            order.push(s.packet);
+            order.push(key);
         }
         v.push(i);
     }
     let mut out = Vec::new();
-    for pkt in order {
-        let Some(samples) = by_tuple.get(&pkt) else {
+    for key in order {
+        let Some(samples) = by_tuple.get(&key) else {
+            continue;
+        };
+        // The first sampled packet stands for its conversation.
+        let Some(pkt) = samples.first().map(|&i| hits.flows[i].packet) else {
             continue;
         };
         if program.local_sources.contains(&pkt.src) {
@@ -71,9 +83,10 @@ pub(super) fn exact_flow_candidates(
         }
         let logged = dom.entries.iter().any(|e| {
             e.kind == EntryKind::Continue(ContinueReason::Log)
-                && samples
-                    .iter()
-                    .any(|&i| e.matches(state, &pkt, hits.flows[i].tcp_flags))
+                && samples.iter().any(|&i| {
+                    let f = &hits.flows[i];
+                    e.matches(state, &f.packet, f.tcp_flags)
+                })
         });
         if logged {
             continue;
@@ -104,9 +117,12 @@ pub(super) fn exact_flow_candidates(
         if samples.is_empty() {
             continue;
         }
-        let Some(atom) = exact_atom(&pkt, flags, caps) else {
+        let Some(mut atom) = exact_atom(&pkt, flags, caps) else {
             continue;
         };
+        if conversations {
+            atom.sport = None;
+        }
         out.push(FlowCand {
             domain: d,
             packet: pkt,
@@ -116,6 +132,38 @@ pub(super) fn exact_flow_candidates(
         });
     }
     out
+}
+
+/// Whether no rule of the policy looks at source ports. Then every packet of a
+/// conversation (addresses, protocol, destination port) gets the same verdict
+/// whatever its source port, and one entry with the source port wildcarded decides
+/// the conversation's next connections too, which take new source ports.
+fn source_port_blind(state: &State) -> bool {
+    let blind = |r: &capo_policy::Rule| {
+        r.src.ports.is_empty()
+            && r.src.not_ports.is_empty()
+            && r.src.named_port_sets.is_empty()
+            && r.src.not_named_port_sets.is_empty()
+    };
+    state
+        .policies()
+        .values()
+        .all(|p| p.inbound.iter().chain(&p.outbound).all(blind))
+        && state
+            .profiles()
+            .values()
+            .all(|p| p.inbound.iter().chain(&p.outbound).all(blind))
+}
+
+/// A packet's conversation: the same with source port 0.
+fn conversation(pkt: &Packet) -> Packet {
+    match pkt.l4 {
+        capo_policy::L4::Ports { dst, .. } => Packet {
+            l4: capo_policy::L4::Ports { src: 0, dst },
+            ..*pkt
+        },
+        _ => *pkt,
+    }
 }
 
 #[cfg(test)]
