@@ -91,6 +91,22 @@ impl<T> Spec<T> {
     }
 }
 
+impl Spec<Ipv4Fields> {
+    /// Any fragment, first or later: `fragment_offset` (MF flag and offset) from 1
+    /// to 0x3fff under mask 0x3fff, the one range form mlx5 takes for it.
+    pub fn any_fragment() -> Self {
+        let frag = |fragment_offset| Ipv4Fields {
+            fragment_offset,
+            ..Default::default()
+        };
+        Spec {
+            spec: frag(1),
+            mask: frag(0x3fff),
+            last: Some(frag(0x3fff)),
+        }
+    }
+}
+
 /// Ethernet fields capo matches on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct EthFields {
@@ -726,20 +742,7 @@ mod tests {
 
     #[test]
     fn test_fragment_range_matches_any_fragment() {
-        let frag = Spec {
-            spec: Ipv4Fields {
-                fragment_offset: 1,
-                ..Default::default()
-            },
-            mask: Ipv4Fields {
-                fragment_offset: 0x3fff,
-                ..Default::default()
-            },
-            last: Some(Ipv4Fields {
-                fragment_offset: 0x3fff,
-                ..Default::default()
-            }),
-        };
+        let frag = Spec::any_fragment();
         let rule = drop_rule(&[Item::Eth(None), Item::Ipv4(Some(frag))]);
         let mut p = tcp_pkt([1, 2, 3, 4], 80, 0);
         assert!(!rule.matches(&p));

@@ -128,34 +128,21 @@ fn eth(ether_type: u16) -> Item {
 }
 
 fn canary_v4(src_mask: [u8; 4], proto: Option<u8>, fragment: bool) -> Item {
-    let (spec_frag, mask_frag, last) = if fragment {
-        (
-            1,
-            0x3fff,
-            Some(Ipv4Fields {
-                src: CANARY_SRC,
-                fragment_offset: 0x3fff,
-                ..Default::default()
-            }),
-        )
+    let mut s = if fragment {
+        Spec::any_fragment()
     } else {
-        (0, 0, None)
+        Spec::masked(Ipv4Fields::default(), Ipv4Fields::default())
     };
-    Item::Ipv4(Some(Spec {
-        spec: Ipv4Fields {
-            src: CANARY_SRC,
-            proto: proto.unwrap_or(0),
-            fragment_offset: spec_frag,
-            ..Default::default()
-        },
-        mask: Ipv4Fields {
-            src: src_mask,
-            proto: if proto.is_some() { 0xff } else { 0 },
-            fragment_offset: mask_frag,
-            ..Default::default()
-        },
-        last,
-    }))
+    s.spec.src = CANARY_SRC;
+    s.mask.src = src_mask;
+    if let Some(last) = &mut s.last {
+        last.src = CANARY_SRC;
+    }
+    if let Some(p) = proto {
+        s.spec.proto = p;
+        s.mask.proto = 0xff;
+    }
+    Item::Ipv4(Some(s))
 }
 
 fn udp_ports(mask: u16, last: Option<u16>) -> Spec<PortFields> {

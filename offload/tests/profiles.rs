@@ -114,22 +114,9 @@ fn icmp(v6: bool) -> Item {
     }
 }
 
-/// capo's any-fragment punt: spec 1, last 0x3fff, mask 0x3fff.
+/// capo's any-fragment punt.
 fn fragment_range() -> Item {
-    Item::Ipv4(Some(Spec {
-        spec: Ipv4Fields {
-            fragment_offset: 1,
-            ..Default::default()
-        },
-        mask: Ipv4Fields {
-            fragment_offset: 0x3fff,
-            ..Default::default()
-        },
-        last: Some(Ipv4Fields {
-            fragment_offset: 0x3fff,
-            ..Default::default()
-        }),
-    }))
+    Item::Ipv4(Some(Spec::any_fragment()))
 }
 
 fn rule(prio: u32, pattern: &[Item], actions: &[Action]) -> FlowRule {

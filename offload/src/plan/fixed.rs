@@ -3,7 +3,7 @@
 
 use crate::atom::{expand, ETHER_TYPE_IPV4, ETHER_TYPE_IPV6};
 use crate::caps::NicCaps;
-use crate::flow::{EthFields, Ipv4Fields, Ipv6Fields, Item, Spec};
+use crate::flow::{EthFields, Ipv6Fields, Item, Spec};
 use crate::lower::{Match, OffloadProgram};
 use crate::mark::max_index;
 
@@ -59,20 +59,7 @@ pub(super) fn fragment_patterns(caps: &NicCaps) -> Vec<Vec<Item>> {
     if caps.ipv4_fragment_range {
         out.push(vec![
             eth(ETHER_TYPE_IPV4),
-            Item::Ipv4(Some(Spec {
-                spec: Ipv4Fields {
-                    fragment_offset: 1,
-                    ..Default::default()
-                },
-                mask: Ipv4Fields {
-                    fragment_offset: 0x3fff,
-                    ..Default::default()
-                },
-                last: Some(Ipv4Fields {
-                    fragment_offset: 0x3fff,
-                    ..Default::default()
-                }),
-            })),
+            Item::Ipv4(Some(Spec::any_fragment())),
         ]);
     }
     if caps.ipv6 {
