@@ -181,6 +181,22 @@ pub struct VerdictCount {
     pub deny_bytes: u64,
 }
 
+impl VerdictCount {
+    /// Counts one packet of `bytes` with its verdict.
+    pub fn add(&mut self, verdict: Verdict, bytes: u64) {
+        match verdict {
+            Verdict::Allow => {
+                self.allow += 1;
+                self.allow_bytes += bytes;
+            }
+            Verdict::Deny => {
+                self.deny += 1;
+                self.deny_bytes += bytes;
+            }
+        }
+    }
+}
+
 impl Counters {
     /// No workers yet.
     pub fn new() -> Self {

@@ -340,7 +340,7 @@ impl Committer {
         for old in std::mem::take(&mut self.retiring) {
             let mut counts = Vec::new();
             for (i, h, r) in old.handles.iter().rev() {
-                if r.actions().iter().any(|a| matches!(a, Action::Count(_))) {
+                if r.counts() {
                     if let Ok(c) = nic.query_count(*h, false) {
                         counts.push((*i, c));
                     }

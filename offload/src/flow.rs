@@ -379,6 +379,11 @@ impl FlowRule {
         self.actions.iter().find(|a| a.is_fate())
     }
 
+    /// Whether the rule carries a COUNT action.
+    pub fn counts(&self) -> bool {
+        self.actions.iter().any(|a| matches!(a, Action::Count(_)))
+    }
+
     /// The MARK id, if any.
     pub fn mark(&self) -> Option<u32> {
         self.actions.iter().find_map(|a| match a {

@@ -306,44 +306,46 @@ fn try_rule(backend: &mut impl FlowBackend, rule: &FlowRule) -> Result<(), FlowE
     backend.destroy(h)
 }
 
-/// Whether `profile` claims `cap`, and how refusing it changes the capabilities.
+/// The capability's on/off field in `c`, for those that are one.
+fn switch(cap: Capability, c: &mut NicCaps) -> Option<&mut bool> {
+    match cap {
+        Capability::Drop | Capability::Groups | Capability::Priorities | Capability::Mark => None,
+        Capability::Counters => Some(&mut c.counters),
+        Capability::TcpFlags => Some(&mut c.tcp_flags),
+        Capability::PortRanges => Some(&mut c.l4_ranges),
+        Capability::PortPrefixMasks => Some(&mut c.port_prefix_masks),
+        Capability::IpPrefixMasks => Some(&mut c.ip_prefix_masks),
+        Capability::Ipv6 => Some(&mut c.ipv6),
+        Capability::Sctp => Some(&mut c.sctp),
+        Capability::Icmp => Some(&mut c.icmp),
+        Capability::Icmp6 => Some(&mut c.icmp6),
+        Capability::FragmentRange => Some(&mut c.ipv4_fragment_range),
+        Capability::Ipv4Proto => Some(&mut c.ipv4_proto),
+    }
+}
+
+/// Whether `profile` claims `cap`.
 fn claimed(cap: Capability, c: &NicCaps) -> bool {
     match cap {
         Capability::Drop => c.flow_api,
         Capability::Groups => c.groups && !c.groups_ignored,
         Capability::Priorities => c.max_priority > 0,
-        Capability::Counters => c.counters,
         Capability::Mark => c.mark_bits >= 8,
-        Capability::TcpFlags => c.tcp_flags,
-        Capability::PortRanges => c.l4_ranges,
-        Capability::PortPrefixMasks => c.port_prefix_masks,
-        Capability::IpPrefixMasks => c.ip_prefix_masks,
-        Capability::Ipv6 => c.ipv6,
-        Capability::Sctp => c.sctp,
-        Capability::Icmp => c.icmp,
-        Capability::Icmp6 => c.icmp6,
-        Capability::FragmentRange => c.ipv4_fragment_range,
-        Capability::Ipv4Proto => c.ipv4_proto,
+        _ => switch(cap, &mut c.clone()).is_some_and(|on| *on),
     }
 }
 
+/// What refusing `cap` takes away (a refused DROP drops everything, a refused
+/// priority keeps the highest one found: both are the caller's).
 fn withdraw(cap: Capability, c: &mut NicCaps) {
     match cap {
-        Capability::Drop => {}
         Capability::Groups => c.groups = false,
-        Capability::Priorities => {}
-        Capability::Counters => c.counters = false,
         Capability::Mark => c.mark_bits = 0,
-        Capability::TcpFlags => c.tcp_flags = false,
-        Capability::PortRanges => c.l4_ranges = false,
-        Capability::PortPrefixMasks => c.port_prefix_masks = false,
-        Capability::IpPrefixMasks => c.ip_prefix_masks = false,
-        Capability::Ipv6 => c.ipv6 = false,
-        Capability::Sctp => c.sctp = false,
-        Capability::Icmp => c.icmp = false,
-        Capability::Icmp6 => c.icmp6 = false,
-        Capability::FragmentRange => c.ipv4_fragment_range = false,
-        Capability::Ipv4Proto => c.ipv4_proto = false,
+        _ => {
+            if let Some(on) = switch(cap, c) {
+                *on = false;
+            }
+        }
     }
 }
 

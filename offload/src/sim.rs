@@ -102,11 +102,7 @@ impl SimNic {
         self.conflicts += conflicts;
         for id in hit {
             if let Some(r) = self.rules.get_mut(&id) {
-                if r.rule
-                    .actions()
-                    .iter()
-                    .any(|a| matches!(a, Action::Count(_)))
-                {
+                if r.rule.counts() {
                     r.count.hits += 1;
                     r.count.bytes += bytes;
                 }
@@ -172,15 +168,7 @@ impl SimNic {
 
     /// Rules installed with a COUNT action.
     fn counted(&self) -> usize {
-        self.rules
-            .values()
-            .filter(|r| {
-                r.rule
-                    .actions()
-                    .iter()
-                    .any(|a| matches!(a, Action::Count(_)))
-            })
-            .count()
+        self.rules.values().filter(|r| r.rule.counts()).count()
     }
 
     fn check(&self, rule: &FlowRule) -> Result<(), FlowError> {
@@ -370,7 +358,7 @@ impl FlowBackend for SimNic {
             return Err(FlowError::new(FlowErrorKind::Io, "device removed"));
         }
         if self.caps.counter_limit != u32::MAX
-            && rule.actions().iter().any(|a| matches!(a, Action::Count(_)))
+            && rule.counts()
             && self.counted() >= self.caps.counter_limit as usize
         {
             // The driver's counter pool is empty (ice: 256 per PF); validate

@@ -229,7 +229,7 @@ fn cases() -> Vec<Case> {
             "mlx5",
             "root priority 2",
             "net/mlx5/mlx5_flow.c:1355-1356 (0..1 on 8-priority devices)",
-            drop_rule(&[eth(V4)]).with_priority(2),
+            drop_rule(&[eth(V4)]).with_attr(Attr::ingress(Group::ROOT, Priority(2))),
             false,
         ),
         c(
@@ -344,14 +344,15 @@ fn cases() -> Vec<Case> {
             "e810",
             "priority 1 with COUNT",
             "net/ice/ice_fdir_filter.c:2470; net/ice/ice_switch_filter.c:1811-1849",
-            drop_rule(&[eth(V4), ipv4(u32::MAX, None)]).with_priority(1),
+            drop_rule(&[eth(V4), ipv4(u32::MAX, None)])
+                .with_attr(Attr::ingress(Group::ROOT, Priority(1))),
             false,
         ),
         c(
             "e810",
             "a group",
             "net/ice/ice_generic_flow.c:2052-2057",
-            drop_rule(&[eth(V4)]).with_group(1),
+            drop_rule(&[eth(V4)]).with_attr(Attr::ingress(Group(1), Priority(0))),
             false,
         ),
         c(
@@ -415,14 +416,14 @@ fn cases() -> Vec<Case> {
             "cnxk",
             "priority 2",
             "common/cnxk/roc_npc.c:745-762 (three levels by default)",
-            drop_rule(&[eth(V4)]).with_priority(2),
+            drop_rule(&[eth(V4)]).with_attr(Attr::ingress(Group::ROOT, Priority(2))),
             true,
         ),
         c(
             "cnxk",
             "priority 3",
             "common/cnxk/roc_npc.c:745-762",
-            drop_rule(&[eth(V4)]).with_priority(3),
+            drop_rule(&[eth(V4)]).with_attr(Attr::ingress(Group::ROOT, Priority(3))),
             false,
         ),
         c(
@@ -481,32 +482,6 @@ fn cases() -> Vec<Case> {
             false,
         ),
     ]
-}
-
-trait Attrs {
-    fn with_priority(self, p: u32) -> FlowRule;
-    fn with_group(self, g: u32) -> FlowRule;
-}
-
-impl Attrs for FlowRule {
-    fn with_priority(self, p: u32) -> FlowRule {
-        let a = self.attr();
-        FlowRule::new(
-            Attr::ingress(a.group, Priority(p)),
-            self.pattern(),
-            self.actions(),
-        )
-        .expect("same rule")
-    }
-    fn with_group(self, g: u32) -> FlowRule {
-        let a = self.attr();
-        FlowRule::new(
-            Attr::ingress(Group(g), a.priority),
-            self.pattern(),
-            self.actions(),
-        )
-        .expect("same rule")
-    }
 }
 
 #[test]

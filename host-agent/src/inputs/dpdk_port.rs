@@ -302,34 +302,12 @@ impl PortNic<'_, '_> {
         crate::core::daemon::lock(daemon).set_port_report(self.report.clone());
     }
 
-    /// The NIC's verdicts for a burst: `Some` where a mark from a generation
-    /// software holds decides, `None` where software must classify.
-    fn decide(&mut self, marks: &[Option<u32>]) -> Vec<Option<capo_policy::Verdict>> {
-        marks
-            .iter()
-            .map(|mark| {
-                let mut by_software = false;
-                let (v, _) = self.nic.decide(
-                    capo_offload::NicOutcome::Delivered { mark: *mark },
-                    &mut || {
-                        by_software = true;
-                        capo_policy::Verdict::Deny
-                    },
-                );
-                (!by_software).then_some(v)
-            })
-            .collect()
-    }
-
-    /// Records software-decided frames as flows for the next plan.
-    fn record(&mut self, frames: &[&[u8]]) {
+    /// Records the packets software decided as flows for the next plan.
+    fn record(&mut self, seen: &[capo_classifier::ParsedPacket]) {
         let mut new = false;
-        for f in frames {
-            if let Ok(p) = capo_classifier::parse_ethernet(f) {
-                let flags =
-                    (p.packet.protocol == capo_policy::Protocol::TCP).then_some(p.tcp_flags);
-                new |= self.nic.record(&p.packet, flags);
-            }
+        for p in seen {
+            let flags = (p.packet.protocol == capo_policy::Protocol::TCP).then_some(p.tcp_flags);
+            new |= self.nic.record(&p.packet, flags);
         }
         if new && self.replan_at.is_none() {
             self.replan_at = Some(std::time::Instant::now() + REPLAN_INTERVAL);
@@ -385,35 +363,28 @@ fn poll(
         }
         idle = 0;
         let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
-        let verdicts = if offloads {
-            let marks: Vec<Option<u32>> = pkts.iter().map(|m| m.flow_mark()).collect();
-            let mut decided = port_nic.decide(&marks);
-            let rest: Vec<&[u8]> = frames
-                .iter()
-                .zip(&decided)
-                .filter(|(_, d)| d.is_none())
-                .map(|(f, _)| *f)
-                .collect();
-            port_nic.record(&rest);
-            if let Some(e) = &embedded {
-                let (hw_frames, hw_verdicts): (Vec<&[u8]>, Vec<capo_policy::Verdict>) = frames
+        let verdicts = match (&embedded, offloads) {
+            (Some(e), true) => {
+                // The NIC's verdict where a mark of a generation software holds
+                // gives one; software classifies the rest in the same pass.
+                let nic: Vec<Option<capo_policy::Verdict>> = pkts
                     .iter()
-                    .zip(&decided)
-                    .filter_map(|(f, d)| d.map(|v| (*f, v)))
-                    .unzip();
-                crate::sinks::embedded::lock_embedded(e).count_nic_wire(&hw_frames, &hw_verdicts);
+                    .map(|m| {
+                        port_nic
+                            .nic
+                            .nic_verdict(capo_offload::NicOutcome::Delivered {
+                                mark: m.flow_mark(),
+                            })
+                    })
+                    .collect();
+                let mut seen = Vec::new();
+                let v = crate::sinks::embedded::lock_embedded(e)
+                    .classify_wire_behind_nic(&frames, &nic, &mut seen)
+                    .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()]);
+                port_nic.record(&seen);
+                v
             }
-            let mut by_software = software(&rest).into_iter();
-            decided
-                .iter_mut()
-                .map(|d| {
-                    d.take()
-                        .or_else(|| by_software.next())
-                        .unwrap_or(capo_policy::Verdict::Deny)
-                })
-                .collect()
-        } else {
-            software(&frames)
+            _ => software(&frames),
         };
         drop(frames);
         let allowed: Vec<_> = pkts

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use capo_classifier::{
-    parse_ethernet, Builder, Counters, FlowConfig, GenerationCell, Input, Timestamp, Worker,
+    parse_ethernet, Builder, Counters, FlowConfig, GenerationCell, Input, ParsedPacket, Timestamp,
+    Worker,
 };
 use capo_policy::views::NumberedRule;
 use capo_policy::{Direction, IdTable, Packet, State, Update, Verdict, Views};
@@ -337,38 +338,6 @@ impl Embedded {
         self.plan_for(&Views::new(state, ids).with_compact_sets().numbered_rules())
     }
 
-    /// Counts frames from the wire that the port's NIC decided (`verdicts`), at the
-    /// endpoint each is for, as [`Embedded::classify_wire`] would have.
-    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
-    pub(crate) fn count_nic_wire(&mut self, frames: &[&[u8]], verdicts: &[Verdict]) {
-        let host_addrs = self.state.local_host_addrs();
-        for (f, v) in frames.iter().zip(verdicts) {
-            let Ok(packet) = parse_ethernet(f) else {
-                continue;
-            };
-            // Frames for no local endpoint are policed nowhere, by NIC or software.
-            let Some(sw_if_index) = self.wire_target(&packet.packet.dst, &host_addrs) else {
-                continue;
-            };
-            self.port_nic.decided += 1;
-            let e = self
-                .nic_verdicts
-                .entry((sw_if_index, Direction::Ingress))
-                .or_default();
-            let len = f.len() as u64;
-            match v {
-                Verdict::Allow => {
-                    e.allow += 1;
-                    e.allow_bytes += len;
-                }
-                Verdict::Deny => {
-                    e.deny += 1;
-                    e.deny_bytes += len;
-                }
-            }
-        }
-    }
-
     /// The port NIC's per-rule counts and placements, as its thread last read them.
     #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
     pub(crate) fn set_port_nic_rules(
@@ -394,27 +363,44 @@ impl Embedded {
     /// Classifies frames that arrived from the wire (a DPDK port), each at the
     /// endpoint its destination belongs to; `None` before the first generation.
     pub fn classify_wire(&mut self, frames: &[&[u8]]) -> Option<Vec<Verdict>> {
+        self.classify_wire_behind_nic(frames, &[], &mut Vec::new())
+    }
+
+    /// [`Embedded::classify_wire`] behind the port's NIC: a frame whose `nic`
+    /// verdict is `Some` keeps it, is counted at its endpoint as NIC-decided and,
+    /// when allowed, leaves a flow as software's allows do (its later packets pass
+    /// statefully); the others are classified, and their packets go to `seen` (the
+    /// flows for the NIC's next plan). Frames past the end of `nic` are the
+    /// software's.
+    pub(crate) fn classify_wire_behind_nic(
+        &mut self,
+        frames: &[&[u8]],
+        nic: &[Option<Verdict>],
+        seen: &mut Vec<ParsedPacket>,
+    ) -> Option<Vec<Verdict>> {
         let cell = self.cell.as_ref()?;
         let generation = cell.load_full();
         let now = self.now();
         let host_addrs = self.state.local_host_addrs();
         let mut out = Vec::with_capacity(frames.len());
-        for f in frames {
+        for (i, f) in frames.iter().enumerate() {
+            let by_nic = nic.get(i).copied().flatten();
             let packet = match parse_ethernet(f) {
                 Ok(p) => p,
                 // Not IP (ARP, LLDP, …): Calico policy does not police it.
                 Err(capo_classifier::ParseError::NotIp(_)) => {
-                    out.push(Verdict::Allow);
+                    out.push(by_nic.unwrap_or(Verdict::Allow));
                     continue;
                 }
                 // Malformed IP: it cannot be classified, so it does not pass.
                 Err(_) => {
-                    out.push(Verdict::Deny);
+                    out.push(by_nic.unwrap_or(Verdict::Deny));
                     continue;
                 }
             };
+            // Frames for no local endpoint are policed nowhere, by NIC or software.
             let Some(sw_if_index) = self.wire_target(&packet.packet.dst, &host_addrs) else {
-                out.push(Verdict::Allow);
+                out.push(by_nic.unwrap_or(Verdict::Allow));
                 continue;
             };
             let input = Input {
@@ -423,7 +409,23 @@ impl Embedded {
                 packet,
                 len: u32::try_from(f.len()).unwrap_or(u32::MAX),
             };
-            out.push(self.worker.process_one(&generation, &input, now));
+            out.push(match by_nic {
+                Some(v) => {
+                    self.port_nic.decided += 1;
+                    self.nic_verdicts
+                        .entry((sw_if_index, Direction::Ingress))
+                        .or_default()
+                        .add(v, f.len() as u64);
+                    if v == Verdict::Allow {
+                        self.worker.admit(&generation, &input, now);
+                    }
+                    v
+                }
+                None => {
+                    seen.push(packet);
+                    self.worker.process_one(&generation, &input, now)
+                }
+            });
         }
         Some(out)
     }
@@ -488,17 +490,10 @@ impl Embedded {
                     }
                     if hw {
                         reply.nic_decided += 1;
-                        let e = nic_verdicts.entry((sw_if_index, dir)).or_default();
-                        match v {
-                            Verdict::Allow => {
-                                e.allow += 1;
-                                e.allow_bytes += u64::from(input.len);
-                            }
-                            Verdict::Deny => {
-                                e.deny += 1;
-                                e.deny_bytes += u64::from(input.len);
-                            }
-                        }
+                        nic_verdicts
+                            .entry((sw_if_index, dir))
+                            .or_default()
+                            .add(v, u64::from(input.len));
                     }
                     if by_software {
                         let flags = (input.packet.packet.protocol == capo_policy::Protocol::TCP)
@@ -622,9 +617,14 @@ mod tests {
             frame(81, "11.0.0.67"),
             frame(80, "10.9.9.9"),
         );
-        e.count_nic_wire(
+        e.classify_wire_behind_nic(
             &[&a, &d, &elsewhere],
-            &[Verdict::Allow, Verdict::Deny, Verdict::Allow],
+            &[
+                Some(Verdict::Allow),
+                Some(Verdict::Deny),
+                Some(Verdict::Allow),
+            ],
+            &mut Vec::new(),
         );
         let numbered = Views::new(&state, &ids)
             .with_compact_sets()
@@ -651,5 +651,36 @@ mod tests {
         let r = reply.rules.iter().find(|r| r.rule_id == rule).unwrap();
         assert_eq!((r.nic_packets, r.nic_bytes), (7, 700));
         assert_eq!(r.placement, api::Placement::Nic as i32);
+    }
+
+    /// What the port's NIC allowed leaves a flow, as in the inject path: the
+    /// flow's next packet that the NIC leaves to software passes statefully, though
+    /// the policy alone would deny it (TCP 81 is not allowed).
+    #[test]
+    fn port_nic_allows_leave_a_flow() {
+        let (state, ids) = web();
+        let mut e = Embedded::new();
+        e.commit(&state, &ids, None);
+        let frame = capo_classifier::build::frame(
+            &Packet {
+                src: "11.0.0.196".parse().unwrap(),
+                dst: "11.0.0.67".parse().unwrap(),
+                protocol: Protocol::TCP,
+                l4: L4::Ports {
+                    src: 40000,
+                    dst: 81,
+                },
+            },
+            0x10,
+        );
+        assert_eq!(e.classify_wire(&[&frame]), Some(vec![Verdict::Deny]));
+        let mut seen = Vec::new();
+        let nic = [Some(Verdict::Allow)];
+        assert_eq!(
+            e.classify_wire_behind_nic(&[&frame], &nic, &mut seen),
+            Some(vec![Verdict::Allow])
+        );
+        assert!(seen.is_empty());
+        assert_eq!(e.classify_wire(&[&frame]), Some(vec![Verdict::Allow]));
     }
 }

@@ -180,18 +180,8 @@ impl SimulatedNic {
         } else {
             0
         };
-        match self.nic.peek(&headers(pkt, flags)) {
-            NicOutcome::Dropped => true,
-            out @ NicOutcome::Delivered { .. } => {
-                let (_, by) = combine(
-                    out,
-                    self.committer.software(),
-                    self.caps.mark_bits,
-                    &mut |_| Verdict::Deny,
-                );
-                by == DecidedBy::Hardware
-            }
-        }
+        self.hardware_verdict(self.nic.peek(&headers(pkt, flags)))
+            .is_some()
     }
 }
 
@@ -236,7 +226,8 @@ impl<B: FlowBackend> NicFront<B> {
             flows: self.samples.values().cloned().collect(),
             rules: HashMap::new(),
         };
-        let mut shrunk = Vec::new();
+        let table = self.caps.capacity;
+        let mut shrinks = 0;
         let (program, p, outcome) = loop {
             self.plans += 1;
             let program = lower(state, ids, self.plans);
@@ -249,9 +240,9 @@ impl<B: FlowBackend> NicFront<B> {
                     if error.kind == FlowErrorKind::NoMem
                         && *rule > 0
                         && (*rule as u32) < self.caps.capacity
-                        && shrunk.len() < MAX_SHRINKS =>
+                        && shrinks < MAX_SHRINKS =>
                 {
-                    shrunk.push(self.caps.capacity);
+                    shrinks += 1;
                     self.caps.capacity = *rule as u32;
                 }
                 _ => break (program, p, outcome),
@@ -285,11 +276,10 @@ impl<B: FlowBackend> NicFront<B> {
                 format!("NIC refused rule {rule} ({error:?}): software decides everything")
             }
         };
-        if !shrunk.is_empty() {
+        if shrinks > 0 {
             summary += &format!(
-                " (the NIC ran out of entries: planned again for {} of {})",
-                self.caps.capacity,
-                shrunk.first().copied().unwrap_or_default()
+                " (the NIC ran out of entries: planned again for {} of {table})",
+                self.caps.capacity
             );
         }
         self.plan = Some(p);
@@ -317,25 +307,38 @@ impl<B: FlowBackend> NicFront<B> {
         }
     }
 
+    /// The NIC's verdict on a packet (`out`), if it has one: a drop, or an allow
+    /// mark naming a generation software holds (DESIGN §4); `None` leaves the
+    /// packet to software.
+    pub fn nic_verdict(&mut self, out: NicOutcome) -> Option<Verdict> {
+        let v = self.hardware_verdict(out);
+        self.nic_decided += u64::from(v.is_some());
+        v
+    }
+
+    /// [`NicFront::nic_verdict`] without counting it.
+    fn hardware_verdict(&self, out: NicOutcome) -> Option<Verdict> {
+        let (v, by) = combine(
+            out,
+            self.committer.software(),
+            self.caps.mark_bits,
+            &mut |_| Verdict::Deny,
+        );
+        (by == DecidedBy::Hardware).then_some(v)
+    }
+
     /// Decides a packet the NIC delivered (`out`), or classifies it with
-    /// `software`: the NIC's verdict counts only when its mark names a generation
-    /// software holds (DESIGN §4). Returns the verdict and whether the NIC decided.
+    /// `software` ([`NicFront::nic_verdict`]). Returns the verdict and whether the
+    /// NIC decided.
     pub fn decide(
         &mut self,
         out: NicOutcome,
         software: &mut dyn FnMut() -> Verdict,
     ) -> (Verdict, bool) {
-        let (v, by) = combine(
-            out,
-            self.committer.software(),
-            self.caps.mark_bits,
-            &mut |_| software(),
-        );
-        let hw = by == DecidedBy::Hardware;
-        if hw {
-            self.nic_decided += 1;
+        match self.nic_verdict(out) {
+            Some(v) => (v, true),
+            None => (software(), false),
         }
-        (v, hw)
     }
 
     /// Whether `pkt` is new to the planner's samples (a flow it has not seen).

@@ -435,7 +435,7 @@ impl FlowBackend for DpdkFlow<'_> {
             Some(f) => {
                 let id = self.next;
                 self.next += 1;
-                let counted = rule.actions().iter().any(|a| matches!(a, Action::Count(_)));
+                let counted = rule.counts();
                 self.handles.insert(id, (f, counted));
                 Ok(FlowHandle(id))
             }

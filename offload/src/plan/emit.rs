@@ -95,10 +95,9 @@ impl Emitter<'_> {
     /// Appends a rule in group 0 (the commit sets the group); one the model rejects
     /// is left out.
     fn push(&mut self, role: Role, prio: u32, pattern: &[Item], actions: Vec<Action>) {
-        let counted = actions.iter().any(|a| matches!(a, Action::Count(_)));
         if let Ok(flow) = FlowRule::new(Attr::ingress(Group(0), Priority(prio)), pattern, &actions)
         {
-            self.counted += u32::from(counted);
+            self.counted += u32::from(flow.counts());
             self.out.rules.push(PlannedRule { role, flow });
         }
     }
