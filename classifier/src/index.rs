@@ -11,15 +11,16 @@
 //!   4096 leaves behind two levels of `Arc`s. Adding or removing one member copies
 //!   one leaf and two 64-pointer arrays (copy-on-write through `Arc::make_mut`), so
 //!   a generation that still reads the old index keeps it intact.
-//! - Shorter prefixes live in [`PrefixIndex`]: the elementary intervals of the
+//! - Shorter prefixes live in a [`PrefixTable`]: the elementary intervals of the
 //!   (laminar) prefix family, each with the union of the atoms of every prefix
-//!   covering it, found by binary search. Rebuilt per family on change; there are
-//!   few of them next to host members.
+//!   covering it, found by binary search; a change recomputes only the changed
+//!   prefixes' ranges (`crate::prefix`).
 //! - `ip,proto:port` members live in a [`ShardedMap`] keyed by [`EpKey`].
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use crate::prefix::PrefixTable;
 
 /// Index of an atom in a generation.
 pub(crate) type AtomId = u32;
@@ -468,206 +469,13 @@ impl<K: MapKey> ShardedMap<K> {
     }
 }
 
-/// A prefix in one family: start address as a 128-bit number and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Prefix {
-    /// First address.
-    pub(crate) start: u128,
-    /// Prefix length.
-    pub(crate) len: u8,
-}
-
-impl Prefix {
-    fn last(&self, bits: u8) -> u128 {
-        let host = u32::from(bits.saturating_sub(self.len));
-        if host >= 128 {
-            u128::MAX
-        } else {
-            self.start | ((1u128 << host) - 1)
-        }
-    }
-}
-
-/// Address bits of the IPv4 interval directory ([`PrefixIndex`]).
-const DIR_BITS: u32 = 12;
-const DIR_LEN: usize = (1 << DIR_BITS) + 1;
-
-/// Non-host prefixes of one family, as elementary intervals.
-#[derive(Clone, Default)]
-pub(crate) struct PrefixIndex {
-    /// Every prefix with its atoms (the source the intervals are built from).
-    prefixes: BTreeMap<Prefix, Vec<AtomId>>,
-    /// Interval starts (IPv6), or empty for IPv4, which uses `starts4`.
-    starts: Vec<u128>,
-    /// Interval starts of an IPv4 index: half the bytes to search.
-    starts4: Vec<u32>,
-    /// IPv4: for each block of the top [`DIR_BITS`] address bits, the index of its
-    /// first interval start (one more entry at the end), so a lookup searches only
-    /// the intervals starting inside its block (a handful) instead of all of them.
-    /// Fixed-size, so indexing it by the top bits needs no bounds check.
-    dir4: Option<Box<[u32; DIR_LEN]>>,
-    spans: Vec<(u32, u32)>,
-    pool: Vec<AtomId>,
-    bits: u8,
-}
-
-impl PrefixIndex {
-    pub(crate) fn new(bits: u8) -> Self {
-        PrefixIndex {
-            bits,
-            ..PrefixIndex::default()
-        }
-    }
-
-    /// Atoms of every prefix covering `addr`.
-    #[inline(always)]
-    pub(crate) fn get(&self, addr: u128) -> &[AtomId] {
-        let i = if self.bits == 32 {
-            let a = addr as u32;
-            let b = (a >> (32 - DIR_BITS)) as usize;
-            match self.dir4.as_deref().map(|d| (d.get(b), d.get(b + 1))) {
-                Some((Some(lo), Some(hi))) => {
-                    let (lo, hi) = (*lo as usize, *hi as usize);
-                    lo + self
-                        .starts4
-                        .get(lo..hi)
-                        .unwrap_or(&[])
-                        .partition_point(|s| *s <= a)
-                }
-                _ => self.starts4.partition_point(|s| *s <= a),
-            }
-        } else {
-            self.starts.partition_point(|s| *s <= addr)
-        }
-        .saturating_sub(1);
-        match self.spans.get(i) {
-            Some((off, len)) => self
-                .pool
-                .get(*off as usize..(*off + *len) as usize)
-                .unwrap_or(&[]),
-            None => &[],
-        }
-    }
-
-    /// Adds `atom` to `prefix` without rebuilding (call [`PrefixIndex::rebuild`]).
-    pub(crate) fn add(&mut self, prefix: Prefix, atom: AtomId) -> bool {
-        let atoms = self.prefixes.entry(prefix).or_default();
-        match atoms.binary_search(&atom) {
-            Err(pos) => {
-                atoms.insert(pos, atom);
-                true
-            }
-            Ok(_) => false,
-        }
-    }
-
-    /// Removes `atom` from `prefix` without rebuilding.
-    pub(crate) fn remove(&mut self, prefix: Prefix, atom: AtomId) -> bool {
-        let Some(atoms) = self.prefixes.get_mut(&prefix) else {
-            return false;
-        };
-        let removed = match atoms.binary_search(&atom) {
-            Ok(pos) => {
-                atoms.remove(pos);
-                true
-            }
-            Err(_) => false,
-        };
-        if atoms.is_empty() {
-            self.prefixes.remove(&prefix);
-        }
-        removed
-    }
-
-    /// Recomputes the elementary intervals.
-    pub(crate) fn rebuild(&mut self) {
-        // Prefixes form a laminar family: sorted by (start, len), a prefix's parents
-        // come before it, so a stack sweep gives each interval its covering prefixes.
-        let mut points: Vec<u128> = vec![0];
-        for p in self.prefixes.keys() {
-            points.push(p.start);
-            let last = p.last(self.bits);
-            if let Some(next) = last.checked_add(1) {
-                if self.bits == 128 || next <= u128::from(u32::MAX) {
-                    points.push(next);
-                }
-            }
-        }
-        points.sort_unstable();
-        points.dedup();
-        let mut starts = Vec::with_capacity(points.len());
-        let mut spans = Vec::with_capacity(points.len());
-        let mut pool = Vec::new();
-        let mut stack: Vec<(u128, &Vec<AtomId>)> = Vec::new();
-        let mut iter = self.prefixes.iter().peekable();
-        let mut prev: Option<Vec<AtomId>> = None;
-        for p in points {
-            stack.retain(|(last, _)| *last >= p);
-            while let Some((pre, atoms)) = iter.peek() {
-                if pre.start != p {
-                    break;
-                }
-                stack.push((pre.last(self.bits), atoms));
-                iter.next();
-            }
-            let mut atoms: Vec<AtomId> =
-                stack.iter().flat_map(|(_, a)| a.iter().copied()).collect();
-            atoms.sort_unstable();
-            atoms.dedup();
-            if prev.as_ref() == Some(&atoms) {
-                continue;
-            }
-            starts.push(p);
-            spans.push((pool.len() as u32, atoms.len() as u32));
-            pool.extend_from_slice(&atoms);
-            prev = Some(atoms);
-        }
-        if self.bits == 32 {
-            self.starts4 = starts.iter().map(|s| *s as u32).collect();
-            self.starts = Vec::new();
-            let mut dir = Vec::with_capacity((1 << DIR_BITS) + 1);
-            let mut k = 0usize;
-            for b in 0..=(1u64 << DIR_BITS) {
-                let block_start = b << (32 - DIR_BITS);
-                while self
-                    .starts4
-                    .get(k)
-                    .is_some_and(|s| u64::from(*s) < block_start)
-                {
-                    k += 1;
-                }
-                dir.push(k as u32);
-            }
-            self.dir4 = dir.into_boxed_slice().try_into().ok();
-        } else {
-            self.starts = starts;
-        }
-        self.spans = spans;
-        self.pool = pool;
-    }
-
-    /// Heap bytes used by the lookup arrays and the prefix list.
-    pub(crate) fn bytes(&self) -> usize {
-        self.starts.capacity() * 16
-            + self.starts4.capacity() * 4
-            + self.dir4.as_ref().map_or(0, |_| DIR_LEN * 4)
-            + self.spans.capacity() * 8
-            + self.pool.capacity() * 4
-            + self
-                .prefixes
-                .values()
-                .map(|a| 48 + a.capacity() * 4)
-                .sum::<usize>()
-    }
-}
-
 /// Every address index of a generation.
 #[derive(Clone)]
 pub(crate) struct AddrIndex {
     pub(crate) v4: ShardedMap<u32>,
     pub(crate) v6: ShardedMap<u128>,
-    pub(crate) p4: Arc<PrefixIndex>,
-    pub(crate) p6: Arc<PrefixIndex>,
+    pub(crate) p4: Arc<PrefixTable>,
+    pub(crate) p6: Arc<PrefixTable>,
     pub(crate) ep: ShardedMap<EpKey>,
     /// A 64 Ki-bit filter over the `ip,proto:port` keys of `ep`: most packets'
     /// (address, port) pairs are no named-port member, and are dismissed here
@@ -681,8 +489,8 @@ impl Default for AddrIndex {
         AddrIndex {
             v4: ShardedMap::default(),
             v6: ShardedMap::default(),
-            p4: Arc::new(PrefixIndex::new(32)),
-            p6: Arc::new(PrefixIndex::new(128)),
+            p4: Arc::new(PrefixTable::empty(32)),
+            p6: Arc::new(PrefixTable::empty(128)),
             ep: ShardedMap::default(),
             ep_filter: Arc::from(vec![0u64; EP_FILTER_WORDS]),
         }
@@ -825,26 +633,5 @@ mod tests {
         let built = ShardedMap::from_pairs(vec![(1u32, 5), (1, 3), (2, 3)]);
         assert_eq!(built.get(&1), &[3, 5]);
         assert_eq!(built.keys_with(3).len(), 2);
-    }
-
-    #[test]
-    fn prefix_intervals_union_nested_prefixes() {
-        let mut p = PrefixIndex::new(32);
-        let net = |a: u32, l: u8| Prefix {
-            start: u128::from(a),
-            len: l,
-        };
-        p.add(net(0x0a00_0000, 8), 1);
-        p.add(net(0x0a01_0000, 16), 2);
-        p.add(net(0, 0), 3);
-        p.rebuild();
-        assert_eq!(p.get(0x0a01_0203), &[1, 2, 3]);
-        assert_eq!(p.get(0x0a02_0000), &[1, 3]);
-        assert_eq!(p.get(0x0b00_0000), &[3]);
-        assert_eq!(p.get(u128::from(u32::MAX)), &[3]);
-        p.remove(net(0, 0), 3);
-        p.rebuild();
-        assert_eq!(p.get(0x0b00_0000), &[] as &[u32]);
-        assert_eq!(p.get(0x0a00_0001), &[1]);
     }
 }

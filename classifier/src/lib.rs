@@ -65,6 +65,7 @@ mod generation;
 mod index;
 mod packet;
 mod prefetch;
+mod prefix;
 mod program;
 
 pub use compile::Builder;

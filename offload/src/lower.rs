@@ -21,6 +21,7 @@
 //! port ranges and their negations become port sets) or a typed reason why not, and an
 //! **over-approximation** (non-expressible criteria dropped) that covers use.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use capo_policy::eval::{has_enforced_policies, host_endpoint_for_host_traffic, L4};
@@ -366,12 +367,59 @@ pub struct OffloadProgram {
     pub domains: Vec<Domain>,
     /// Sources Felix evaluates differently (local workloads, the host): always punted.
     pub local_sources: AddrSet,
+    /// Which domain decides an address ([`OffloadProgram::domain_of`]).
+    by_dst: DomainIndex,
+}
+
+/// The domains by destination: single addresses (a workload's own, nearly every
+/// domain) hashed, the domains owning wider ranges scanned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct DomainIndex {
+    /// Per single address (IPv4 as its number, flagged): the first domain owning it.
+    hosts: HashMap<(bool, u128), usize>,
+    /// Domains owning a range wider than one address, in order.
+    wide: Vec<usize>,
+}
+
+impl DomainIndex {
+    fn new(domains: &[Domain]) -> Self {
+        let mut index = DomainIndex::default();
+        for (d, dom) in domains.iter().enumerate() {
+            let mut wide = false;
+            for (v6, set) in [(false, &dom.dst.v4), (true, &dom.dst.v6)] {
+                for &(lo, hi) in set.ranges() {
+                    if lo == hi {
+                        index.hosts.entry((v6, lo)).or_insert(d);
+                    } else {
+                        wide = true;
+                    }
+                }
+            }
+            if wide {
+                index.wide.push(d);
+            }
+        }
+        index
+    }
 }
 
 impl OffloadProgram {
     /// The domain that decides packets to `dst`, if any.
     pub fn domain_of(&self, dst: &IpAddr) -> Option<usize> {
-        self.domains.iter().position(|d| d.dst.contains(dst))
+        let key = match dst {
+            IpAddr::V4(a) => (false, u128::from(u32::from(*a))),
+            IpAddr::V6(a) => (true, u128::from(*a)),
+        };
+        let host = self.by_dst.hosts.get(&key).copied();
+        // A wider range of an earlier domain comes first, as in the domains' order.
+        let wide = self
+            .by_dst
+            .wide
+            .iter()
+            .copied()
+            .take_while(|&d| host.is_none_or(|h| d < h))
+            .find(|&d| self.domains.get(d).is_some_and(|dom| dom.dst.contains(dst)));
+        wide.or(host)
     }
 
     /// The first entry of a domain matching the packet (software's view of the
@@ -467,6 +515,7 @@ pub fn lower(state: &State, ids: &IdTable, generation: u64) -> OffloadProgram {
     }
     OffloadProgram {
         generation,
+        by_dst: DomainIndex::new(&domains),
         domains,
         local_sources: local,
     }

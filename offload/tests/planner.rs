@@ -487,3 +487,43 @@ fn test_spare_room_goes_to_atoms_that_catch_new_flows() {
         .iter()
         .any(|r| matches!(r.role, Role::Decide { .. })));
 }
+
+/// A workload owning a range overlapping another's address: the domain the
+/// program names for an address is the first owning it, as a scan in order finds.
+#[test]
+fn test_domain_of_follows_domain_order_with_overlapping_ranges() {
+    use capo_policy::{WorkloadEndpoint, WorkloadKey};
+    let (mut s, _) = state_with(vec![]);
+    let key = |w: &str| WorkloadKey {
+        orchestrator: "k8s".into(),
+        workload: w.into(),
+        endpoint: "eth0".into(),
+    };
+    let a = s.workloads().get(&key("ns/a")).cloned().unwrap();
+    let wide = WorkloadEndpoint {
+        name: "cali2".into(),
+        ipv4_nets: vec![net("10.244.0.0/30")],
+        ..a.clone()
+    };
+    s.apply(Update::WorkloadUpdate(key("ns/b"), wide)).unwrap();
+    let host: IpAddr = "10.244.0.1".parse().unwrap();
+    let other: IpAddr = "10.244.0.2".parse().unwrap();
+    let outside: IpAddr = "10.244.0.9".parse().unwrap();
+    let domain_named = |s: &State, addr: &IpAddr| {
+        let mut ids = IdTable::default();
+        ids.sync(s);
+        let program = lower(s, &ids, 1);
+        let scan = program.domains.iter().position(|d| d.dst.contains(addr));
+        let found = program.domain_of(addr);
+        assert_eq!(found, scan, "{addr}");
+        found.map(|d| program.domains[d].workload.workload.clone())
+    };
+    // The host's domain first, then the wide one.
+    assert_eq!(domain_named(&s, &host).as_deref(), Some("ns/a"));
+    assert_eq!(domain_named(&s, &other).as_deref(), Some("ns/b"));
+    assert_eq!(domain_named(&s, &outside), None);
+    // The wide domain first: it owns the host's address too.
+    s.apply(Update::WorkloadRemove(key("ns/a"))).unwrap();
+    s.apply(Update::WorkloadUpdate(key("ns/a"), a)).unwrap();
+    assert_eq!(domain_named(&s, &host).as_deref(), Some("ns/b"));
+}

@@ -410,6 +410,29 @@ proptest! {
         prop_assert_eq!(nic.same_priority_conflicts(), 0);
     }
 
+    /// The domain index answers as a scan of the domains in order does.
+    #[test]
+    fn prop_domain_index_equals_a_scan(seed in any::<u64>()) {
+        let (state, ids) = random_state(seed);
+        let program = lower(&state, &ids, 1);
+        let mut addrs: Vec<IpAddr> = random_probes(seed, 60).iter().map(|p| p.reference_packet().dst).collect();
+        for d in &program.domains {
+            for (lo, hi) in d.dst.v4.ranges() {
+                for a in [*lo, *hi, hi.saturating_add(1)] {
+                    addrs.push(IpAddr::V4(Ipv4Addr::from(a.min(u128::from(u32::MAX)) as u32)));
+                }
+            }
+            for (lo, hi) in d.dst.v6.ranges() {
+                addrs.push(IpAddr::V6(Ipv6Addr::from(*lo)));
+                addrs.push(IpAddr::V6(Ipv6Addr::from(*hi)));
+            }
+        }
+        for a in addrs {
+            let scan = program.domains.iter().position(|d| d.dst.contains(&a));
+            prop_assert_eq!(program.domain_of(&a), scan, "{}", a);
+        }
+    }
+
     /// Per flow: first packets get the reference verdict; an allowed connection's
     /// replies and later packets pass (conntrack), NIC or not.
     #[test]

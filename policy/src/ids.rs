@@ -80,6 +80,30 @@ impl InternalPolicyId {
 /// The host-facing interface's name when none is configured (CalicoVPP's host tap).
 pub const DEFAULT_HOST_INTERFACE: &str = "tap0";
 
+/// Every tier name the state references, in numbering order (policies' tiers, then
+/// the workloads', then the host endpoints'), repeats included.
+fn referenced_tiers(state: &State) -> impl Iterator<Item = &str> {
+    state
+        .policies()
+        .values()
+        .filter_map(|p| Some(p.tier.as_str()).filter(|t| !t.is_empty()))
+        .chain(endpoint_tiers(state))
+}
+
+/// The tier names the workloads and host endpoints reference, in numbering order.
+fn endpoint_tiers(state: &State) -> impl Iterator<Item = &str> {
+    state
+        .workloads()
+        .values()
+        .flat_map(|w| w.tiers.iter().map(|t| t.name.as_str()))
+        .chain(
+            state
+                .host_endpoints()
+                .values()
+                .flat_map(|h| h.all_tiers().map(|t| t.name.as_str())),
+        )
+}
+
 /// What one update can have changed, for [`IdTable::sync_after`].
 #[derive(Debug, Clone, Copy)]
 pub enum Changed<'a> {
@@ -247,19 +271,26 @@ impl IdTable {
             }
             Some(Changed::Workloads) => {}
         }
-        let mut tier_names: Vec<&str> = state
-            .policies()
-            .values()
-            .filter_map(|p| Some(p.tier.as_str()).filter(|t| !t.is_empty()))
-            .collect();
-        for wep in state.workloads().values() {
-            tier_names.extend(wep.tiers.iter().map(|t| t.name.as_str()));
-        }
-        for hep in state.host_endpoints().values() {
-            tier_names.extend(hep.all_tiers().map(|t| t.name.as_str()));
-        }
-        let tier_set: std::collections::HashSet<&str> = tier_names.iter().copied().collect();
-        self.tiers.retain(|t, _| tier_set.contains(t.as_str()));
+        // A policy or profile change can add only its own tier (numbered below) and
+        // can only drop the last reference to a tier: the other tiers stay as they are.
+        let tier_names: Vec<&str> = match only {
+            Some(Changed::Policy(_) | Changed::Profile(_)) => {
+                self.drop_unreferenced_tiers(state);
+                Vec::new()
+            }
+            Some(Changed::Workloads) => {
+                // Every policy's tier is numbered already: only endpoints' tiers can be
+                // new, numbered in the order a full sync would meet them.
+                self.drop_unreferenced_tiers(state);
+                endpoint_tiers(state).collect()
+            }
+            None => {
+                let names: Vec<&str> = referenced_tiers(state).collect();
+                let tier_set: std::collections::HashSet<&str> = names.iter().copied().collect();
+                self.tiers.retain(|t, _| tier_set.contains(t.as_str()));
+                names
+            }
+        };
         for (pref, tier, lists) in &live {
             if let Some(t) = tier {
                 self.ensure_tier(t);
@@ -290,6 +321,21 @@ impl IdTable {
         self.policies.remove(r);
         for dir in Direction::BOTH {
             self.rules.by_list.remove(&(r.clone(), dir));
+        }
+    }
+
+    /// Forgets the tiers nothing references any more, scanning only until every
+    /// numbered tier has been seen.
+    fn drop_unreferenced_tiers(&mut self, state: &State) {
+        let mut unseen: std::collections::HashSet<String> = self.tiers.keys().cloned().collect();
+        for name in referenced_tiers(state) {
+            if unseen.is_empty() {
+                return;
+            }
+            unseen.remove(name);
+        }
+        for name in unseen {
+            self.tiers.remove(&name);
         }
     }
 
@@ -367,22 +413,24 @@ impl IdTable {
     }
 
     fn sync_interfaces(&mut self, state: &State) {
-        let mut names = vec![self.host_interface.clone()];
-        names.extend(
-            state
-                .host_endpoints()
-                .values()
-                .filter(|h| !h.name.is_empty() && h.name != "*")
-                .map(|h| h.name.clone()),
-        );
-        names.extend(state.workloads().values().map(|w| w.name.clone()));
+        let host = self.host_interface.clone();
+        let names = std::iter::once(host.as_str())
+            .chain(
+                state
+                    .host_endpoints()
+                    .values()
+                    .filter(|h| !h.name.is_empty() && h.name != "*")
+                    .map(|h| h.name.as_str()),
+            )
+            .chain(state.workloads().values().map(|w| w.name.as_str()));
         for name in names {
-            if !self.interfaces.contains_key(&name) {
+            if !self.interfaces.contains_key(name) {
                 // The lowest index not fixed by a preset.
                 while self.interfaces.values().any(|i| *i == self.next_interface) {
                     self.next_interface += 1;
                 }
-                self.interfaces.insert(name, self.next_interface);
+                self.interfaces
+                    .insert(name.to_string(), self.next_interface);
                 self.next_interface += 1;
             }
         }

@@ -141,6 +141,13 @@ fn is_full_length(cidr: &Cidr) -> bool {
 pub struct IpSet {
     kind: IpSetKind,
     members: IndexSet<Member>,
+    /// Members shorter than one address: only they need a scan to test an address.
+    prefixes: usize,
+}
+
+/// 1 for a member shorter than one address, else 0.
+fn prefix_count(m: &Member) -> usize {
+    usize::from(matches!(m, Member::Net(c) if !is_full_length(c)))
 }
 
 /// A member that the set's type cannot hold.
@@ -164,10 +171,13 @@ impl IpSet {
         let mut set = IpSet {
             kind,
             members: IndexSet::new(),
+            prefixes: 0,
         };
         for m in members {
             set.check(&m)?;
-            set.members.insert(m);
+            if set.members.insert(m) {
+                set.prefixes += prefix_count(&m);
+            }
         }
         Ok(set)
     }
@@ -192,13 +202,19 @@ impl IpSet {
 
     /// Adds members (already checked with [`IpSet::check_all`]); existing ones stay.
     pub fn add(&mut self, members: impl IntoIterator<Item = Member>) {
-        self.members.extend(members);
+        for m in members {
+            if self.members.insert(m) {
+                self.prefixes += prefix_count(&m);
+            }
+        }
     }
 
     /// Removes members; absent ones are ignored.
     pub fn remove<'a>(&mut self, members: impl IntoIterator<Item = &'a Member>) {
         for m in members {
-            self.members.shift_remove(m);
+            if self.members.shift_remove(m) {
+                self.prefixes -= prefix_count(m);
+            }
         }
     }
 
@@ -222,22 +238,69 @@ impl IpSet {
         self.members.is_empty()
     }
 
-    /// Whether some prefix member covers `addr` (linear: this is the specification).
+    /// Whether some member covers `addr`: the host member equal to it (a hash
+    /// look-up), else a scan of the members when the set holds prefixes.
     pub fn contains_addr(&self, addr: &IpAddr) -> bool {
-        self.members.iter().any(|m| m.covers_addr(addr))
+        self.members.contains(&Member::Net(Cidr::host(*addr)))
+            || (self.prefixes > 0 && self.members.iter().any(|m| m.covers_addr(addr)))
     }
 
-    /// Whether an `ip,proto:port` member equals the triple (linear).
+    /// Whether an `ip,proto:port` member equals the triple (a hash look-up).
     pub fn contains_endpoint(&self, addr: &IpAddr, protocol: Protocol, port: u16) -> bool {
-        self.members
-            .iter()
-            .any(|m| m.is_endpoint(addr, protocol, port))
+        self.members.contains(&Member::IpPort {
+            addr: *addr,
+            protocol,
+            port,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn member(host: bool, a: u8, len: u8, port: Option<u16>) -> Member {
+        let addr = IpAddr::from([10, 0, a >> 4, a]);
+        match port {
+            Some(port) => Member::IpPort {
+                addr,
+                protocol: Protocol::TCP,
+                port,
+            },
+            None if host => Member::Net(Cidr::host(addr)),
+            None => format!("10.0.{}.0/{len}", a >> 4).parse().unwrap(),
+        }
+    }
+
+    proptest! {
+        /// The look-ups equal a scan of every member, through adds and removes.
+        #[test]
+        fn lookups_equal_a_scan_of_the_members(
+            ops in prop::collection::vec(
+                (any::<bool>(), any::<bool>(), any::<u8>(), 20u8..32, prop::option::weighted(0.2, 1u16..4)),
+                1..60,
+            ),
+            probes in prop::collection::vec((any::<u8>(), 1u16..4), 40),
+        ) {
+            let mut set = IpSet::new(IpSetKind::IpAndPort, []).unwrap();
+            for (add, host, a, len, port) in ops {
+                let m = member(host, a, len, port);
+                if add {
+                    set.add([m]);
+                } else {
+                    set.remove([&m]);
+                }
+                for (b, port) in &probes {
+                    let addr = IpAddr::from([10, 0, b >> 4, *b]);
+                    let scan = set.members().any(|m| m.covers_addr(&addr));
+                    prop_assert_eq!(set.contains_addr(&addr), scan);
+                    let scan = set.members().any(|m| m.is_endpoint(&addr, Protocol::TCP, *port));
+                    prop_assert_eq!(set.contains_endpoint(&addr, Protocol::TCP, *port), scan);
+                }
+            }
+        }
+    }
 
     #[test]
     fn members_parse_in_all_felix_forms() {

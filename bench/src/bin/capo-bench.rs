@@ -29,6 +29,18 @@ fn cluster_workload(s: &str) -> Result<Kind, UnknownName> {
         .ok_or_else(|| UnknownName(s.into(), "w-k8s, w-large"))
 }
 
+fn update_kind(s: &str) -> Result<&'static str, UnknownName> {
+    capo_bench::updates::KINDS
+        .into_iter()
+        .find(|k| *k == s)
+        .ok_or_else(|| {
+            UnknownName(
+                s.into(),
+                "member-host, member-cidr, member-named-port, policy, endpoint, rejected",
+            )
+        })
+}
+
 fn nic(s: &str) -> Result<NicProfile, UnknownName> {
     NicProfile::parse(s).ok_or_else(|| UnknownName(s.into(), "mlx5, e810, cnxk"))
 }
@@ -109,6 +121,9 @@ enum Command {
         /// Updates of each kind.
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
+        /// Which kinds of update, comma-separated (default: all of them).
+        #[arg(long, value_delimiter = ',', value_parser = update_kind)]
+        kinds: Vec<&'static str>,
         #[arg(long)]
         json: bool,
     },
@@ -193,10 +208,17 @@ fn main() -> ExitCode {
         Command::Updates {
             workload,
             count,
+            kinds,
             json,
         } => {
-            let rows =
-                capo_bench::updates::run(workload, count as usize, &mut |l| eprintln!("{l}"));
+            let kinds = if kinds.is_empty() {
+                capo_bench::updates::KINDS.to_vec()
+            } else {
+                kinds
+            };
+            let rows = capo_bench::updates::run(workload, count as usize, &kinds, &mut |l| {
+                eprintln!("{l}")
+            });
             for r in &rows {
                 if json {
                     println!("{}", serde_json::to_string(r).unwrap_or_default());

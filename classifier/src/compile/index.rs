@@ -7,7 +7,8 @@ use std::sync::Arc;
 use capo_policy::{Cidr, IpSetId, Member, State};
 
 use super::{Builder, HOST_ADDRS, LOCAL_WORKLOADS};
-use crate::index::{addr_key, AddrIndex, AtomId, EpKey, Prefix, PrefixIndex, ShardedMap};
+use crate::index::{addr_key, AddrIndex, AtomId, EpKey, ShardedMap};
+use crate::prefix::{Prefix, PrefixSource};
 
 fn prefix_of(c: &Cidr) -> (Prefix, bool, bool) {
     let net = c.net();
@@ -69,8 +70,8 @@ impl Builder {
         let mut v6 = Vec::new();
         let mut ep = Vec::new();
         let mut ep_marks = Vec::new();
-        let mut p4 = PrefixIndex::new(32);
-        let mut p6 = PrefixIndex::new(128);
+        let mut p4 = PrefixSource::new(32);
+        let mut p6 = PrefixSource::new(128);
         for (id, set) in state.ipsets() {
             let atom = self.set_atom(id);
             for m in set.members() {
@@ -98,16 +99,15 @@ impl Builder {
                 }
             }
         }
-        p4.rebuild();
-        p6.rebuild();
         self.index = AddrIndex {
             v4: ShardedMap::from_pairs(v4),
             v6: ShardedMap::from_pairs(v6),
-            p4: Arc::new(p4),
-            p6: Arc::new(p6),
+            p4: Arc::new(p4.build()),
+            p6: Arc::new(p6.build()),
             ep: ShardedMap::from_pairs(ep),
             ep_filter: AddrIndex::default().ep_filter,
         };
+        self.prefixes = [p4, p6];
         for (addr, proto, port) in ep_marks {
             self.index.ep_mark(&addr, proto, port);
         }
@@ -198,35 +198,23 @@ impl Builder {
             (Key::V4(k), false) => self.index.v4.remove(k, atom),
             (Key::V6(k), true) => self.index.v6.add(k, atom),
             (Key::V6(k), false) => self.index.v6.remove(k, atom),
-            (Key::P4(p), add) => {
-                self.prefixes_dirty[0] = true;
-                let p4 = Arc::make_mut(&mut self.index.p4);
-                if add {
-                    p4.add(p, atom)
-                } else {
-                    p4.remove(p, atom)
-                }
-            }
-            (Key::P6(p), add) => {
-                self.prefixes_dirty[1] = true;
-                let p6 = Arc::make_mut(&mut self.index.p6);
-                if add {
-                    p6.add(p, atom)
-                } else {
-                    p6.remove(p, atom)
-                }
-            }
+            (Key::P4(p), true) => self.prefixes[0].add(p, atom),
+            (Key::P4(p), false) => self.prefixes[0].remove(p, atom),
+            (Key::P6(p), true) => self.prefixes[1].add(p, atom),
+            (Key::P6(p), false) => self.prefixes[1].remove(p, atom),
             (Key::Ep(_), _) => false,
         }
     }
 
-    /// Rebuilds the interval tables of the prefix indexes that changed.
-    pub(super) fn rebuild_prefixes(&mut self) {
-        if std::mem::take(&mut self.prefixes_dirty[0]) {
-            Arc::make_mut(&mut self.index.p4).rebuild();
+    /// New interval tables for the prefix families that changed (the old ones stay
+    /// with the generations that read them).
+    pub(super) fn update_prefix_tables(&mut self) {
+        let [p4, p6] = &mut self.prefixes;
+        if p4.is_dirty() {
+            self.index.p4 = Arc::new(p4.update(&self.index.p4));
         }
-        if std::mem::take(&mut self.prefixes_dirty[1]) {
-            Arc::make_mut(&mut self.index.p6).rebuild();
+        if p6.is_dirty() {
+            self.index.p6 = Arc::new(p6.update(&self.index.p6));
         }
     }
 

@@ -27,6 +27,7 @@ use capo_policy::{Applied, Cidr, IdTable, IpSetId, State, StateError, Update};
 
 use crate::generation::{Entry, Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps};
 use crate::index::{AddrIndex, AtomId};
+use crate::prefix::PrefixSource;
 use crate::program::Program;
 
 mod deps;
@@ -59,7 +60,9 @@ pub struct Builder {
     maps: Arc<IfaceMaps>,
     next_id: u64,
     members: usize,
-    prefixes_dirty: [bool; 2],
+    /// The non-host prefixes of each family (IPv4, IPv6) the index's tables are
+    /// made from.
+    prefixes: [PrefixSource; 2],
     current: Option<Arc<Generation>>,
     /// Tests: pad every program's bitmaps to at least this many words, so the
     /// wider code paths run on small random policies.
@@ -96,7 +99,7 @@ impl Builder {
             maps: Arc::new(IfaceMaps::default()),
             next_id: 1,
             members: 0,
-            prefixes_dirty: [false; 2],
+            prefixes: [PrefixSource::new(32), PrefixSource::new(128)],
             current: None,
             min_words: 1,
         }
@@ -242,7 +245,7 @@ impl Builder {
     }
 
     fn publish(&mut self) -> Arc<Generation> {
-        self.rebuild_prefixes();
+        self.update_prefix_tables();
         let g = Arc::new(Generation {
             id: GenerationId(self.next_id),
             index: self.index.clone(),

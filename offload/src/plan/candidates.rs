@@ -10,7 +10,9 @@ use crate::atom::{atom_match, expand, Atom, ExpandError};
 use crate::caps::NicCaps;
 use crate::lower::{Domain, Entry, EntryKind, Match, OffloadProgram, Origin};
 
-use super::{conflicting_earlier, AtomId, EntryId, HitCounters, KeepReason, PlanConfig};
+use super::{
+    conflicting_earlier, AtomId, EntryId, FlowResults, HitCounters, KeepReason, PlanConfig,
+};
 
 /// The atoms of every entry that may go down.
 pub(super) type AtomsByEntry = HashMap<EntryId, Vec<Atom>>;
@@ -18,13 +20,14 @@ pub(super) type AtomsByEntry = HashMap<EntryId, Vec<Atom>>;
 /// The software entry each flow sample first matches (`None`: from a local source, or
 /// to no local workload).
 pub(super) fn attribute_samples(
+    results: &mut FlowResults,
     state: &State,
     program: &OffloadProgram,
     hits: &HitCounters,
 ) -> Vec<Option<EntryId>> {
     hits.flows
         .iter()
-        .map(|s| crate::lower::attribute(state, program, &s.packet, s.tcp_flags))
+        .map(|s| results.first_entry(state, program, &s.packet, s.tcp_flags))
         .collect()
 }
 
@@ -313,7 +316,7 @@ mod tests {
             flows: vec![tcp_sample([172, 16, 0, 1], 80, 100)],
             ..HitCounters::default()
         };
-        let attributed = attribute_samples(&s, &program, &hits);
+        let attributed = attribute_samples(&mut FlowResults::default(), &s, &program, &hits);
         assert_eq!(attributed, vec![Some((0, 0))]);
         assert_eq!(
             hot_entries(&program, &hits, &attributed),
@@ -408,7 +411,7 @@ mod tests {
             ],
             ..HitCounters::default()
         };
-        let attributed = attribute_samples(&s, &program, &hits);
+        let attributed = attribute_samples(&mut FlowResults::default(), &s, &program, &hits);
         let x = expand_entries(
             &program,
             &NicCaps::mlx5(64),

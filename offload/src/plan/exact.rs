@@ -9,9 +9,9 @@ use capo_policy::{Packet, State};
 
 use crate::atom::{exact_atom, Atom, FlagClass};
 use crate::caps::NicCaps;
-use crate::lower::{ContinueReason, EntryKind, OffloadProgram, TcpFlags};
+use crate::lower::{OffloadProgram, TcpFlags};
 
-use super::HitCounters;
+use super::{FastHash, FlowResults, HitCounters};
 
 /// A candidate exact-flow entry.
 #[derive(Debug, Clone)]
@@ -38,14 +38,15 @@ pub(super) struct FlowCand {
 /// - no entry when a `log` rule matches the tuple (software must record it), when
 ///   the device cannot express it, or (drop-only mode) for allows.
 pub(super) fn exact_flow_candidates(
+    results: &mut FlowResults,
     state: &State,
     program: &OffloadProgram,
     caps: &NicCaps,
     hits: &HitCounters,
     groups: bool,
 ) -> Vec<FlowCand> {
-    let conversations = source_port_blind(state);
-    let mut by_tuple: HashMap<Packet, Vec<usize>> = HashMap::new();
+    let conversations = results.blind(state);
+    let mut by_tuple: HashMap<Packet, Vec<usize>, FastHash> = HashMap::default();
     let mut order: Vec<Packet> = Vec::new();
     for (i, s) in hits.flows.iter().enumerate() {
         if s.hits == 0 {
@@ -81,17 +82,14 @@ pub(super) fn exact_flow_candidates(
         if dom.skipped.is_some() {
             continue;
         }
-        let logged = dom.entries.iter().any(|e| {
-            e.kind == EntryKind::Continue(ContinueReason::Log)
-                && samples.iter().any(|&i| {
-                    let f = &hits.flows[i];
-                    e.matches(state, &f.packet, f.tcp_flags)
-                })
+        let logged = samples.iter().any(|&i| {
+            let f = &hits.flows[i];
+            results.logged(state, dom, &f.packet, f.tcp_flags)
         });
         if logged {
             continue;
         }
-        let allow = capo_policy::trace(state, &pkt).verdict == capo_policy::Verdict::Allow;
+        let allow = results.allowed(state, &pkt);
         let tcp = pkt.protocol.0 == 6;
         let (flags, samples): (FlagClass, Vec<usize>) = if allow {
             if !groups {
@@ -138,7 +136,7 @@ pub(super) fn exact_flow_candidates(
 /// conversation (addresses, protocol, destination port) gets the same verdict
 /// whatever its source port, and one entry with the source port wildcarded decides
 /// the conversation's next connections too, which take new source ports.
-fn source_port_blind(state: &State) -> bool {
+pub(super) fn source_port_blind(state: &State) -> bool {
     let blind = |r: &capo_policy::Rule| {
         r.src.ports.is_empty()
             && r.src.not_ports.is_empty()
@@ -156,7 +154,7 @@ fn source_port_blind(state: &State) -> bool {
 }
 
 /// A packet's conversation: the same with source port 0.
-fn conversation(pkt: &Packet) -> Packet {
+pub(super) fn conversation(pkt: &Packet) -> Packet {
     match pkt.l4 {
         capo_policy::L4::Ports { dst, .. } => Packet {
             l4: capo_policy::L4::Ports { src: 0, dst },
@@ -188,13 +186,28 @@ mod tests {
             ],
             ..HitCounters::default()
         };
-        let c = exact_flow_candidates(&s, &program, &NicCaps::mlx5(64), &hits, true);
+        let c = exact_flow_candidates(
+            &mut FlowResults::default(),
+            &s,
+            &program,
+            &NicCaps::mlx5(64),
+            &hits,
+            true,
+        );
         assert_eq!(c.len(), 1);
         assert!(c[0].allow);
         assert_eq!((c[0].domain, c[0].samples.clone()), (0, vec![0, 1]));
         assert_eq!(c[0].atom.flags, FlagClass::Any);
         // Drop-only mode offers no allows.
-        assert!(exact_flow_candidates(&s, &program, &NicCaps::mlx5(64), &hits, false).is_empty());
+        assert!(exact_flow_candidates(
+            &mut FlowResults::default(),
+            &s,
+            &program,
+            &NicCaps::mlx5(64),
+            &hits,
+            false
+        )
+        .is_empty());
     }
 
     #[test]
@@ -207,7 +220,14 @@ mod tests {
             ],
             ..HitCounters::default()
         };
-        let c = exact_flow_candidates(&s, &program, &NicCaps::mlx5(64), &hits, true);
+        let c = exact_flow_candidates(
+            &mut FlowResults::default(),
+            &s,
+            &program,
+            &NicCaps::mlx5(64),
+            &hits,
+            true,
+        );
         assert_eq!(c.len(), 1);
         assert!(!c[0].allow);
         assert_eq!(c[0].samples, vec![0]);
@@ -222,13 +242,29 @@ mod tests {
             flows: vec![udp_sample([172, 16, 0, 1], 53, 10)],
             ..HitCounters::default()
         };
-        assert!(exact_flow_candidates(&s, &program, &caps, &udp, true).is_empty());
+        assert!(exact_flow_candidates(
+            &mut FlowResults::default(),
+            &s,
+            &program,
+            &caps,
+            &udp,
+            true
+        )
+        .is_empty());
         let (s, program) = fixture::program(vec![fixture::allow_tcp("0.0.0.0/0", 80)], vec![]);
         let from_host = HitCounters {
             flows: vec![tcp_sample([192, 168, 100, 1], 80, 10)],
             ..HitCounters::default()
         };
-        assert!(exact_flow_candidates(&s, &program, &caps, &from_host, true).is_empty());
+        assert!(exact_flow_candidates(
+            &mut FlowResults::default(),
+            &s,
+            &program,
+            &caps,
+            &from_host,
+            true
+        )
+        .is_empty());
         let (s, program) = fixture::program(
             vec![Rule::any(Action::Log), fixture::allow_tcp("0.0.0.0/0", 80)],
             vec![],
@@ -237,6 +273,14 @@ mod tests {
             flows: vec![tcp_sample([172, 16, 0, 1], 80, 10)],
             ..HitCounters::default()
         };
-        assert!(exact_flow_candidates(&s, &program, &caps, &logged, true).is_empty());
+        assert!(exact_flow_candidates(
+            &mut FlowResults::default(),
+            &s,
+            &program,
+            &caps,
+            &logged,
+            true
+        )
+        .is_empty());
     }
 }

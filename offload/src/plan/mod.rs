@@ -309,6 +309,83 @@ fn all_installed(atoms: &[Atom], installed: Option<&HashSet<usize>>, a: &Atom) -
     overlapping(atoms, a).all(|k| installed.is_some_and(|s| s.contains(&k)))
 }
 
+/// The hasher of the planner's hot maps (keys are atoms and packet tuples): seeded
+/// per process, much cheaper than SipHash on these wide keys.
+type FastHash = foldhash::fast::RandomState;
+
+/// Per-flow policy results within one plan: the samples of one conversation share
+/// them (with the source port left out when no rule looks at source ports).
+#[derive(Debug, Default)]
+struct FlowResults {
+    /// Whether no rule looks at source ports.
+    source_port_blind: Option<bool>,
+    /// Per flow key and TCP flags: its domain and first entry.
+    first_entry: HashMap<(Packet, Option<u8>), Option<EntryId>, FastHash>,
+    /// Per flow key: whether the full policy allows it.
+    allowed: HashMap<Packet, bool, FastHash>,
+    /// Per flow key and TCP flags: whether a `log` rule of its domain matches it.
+    logged: HashMap<(Packet, Option<u8>), bool, FastHash>,
+}
+
+impl FlowResults {
+    fn blind(&mut self, state: &State) -> bool {
+        *self
+            .source_port_blind
+            .get_or_insert_with(|| exact::source_port_blind(state))
+    }
+
+    /// The key a flow's policy results are kept under.
+    fn key(&mut self, state: &State, pkt: &Packet) -> Packet {
+        if self.blind(state) {
+            exact::conversation(pkt)
+        } else {
+            *pkt
+        }
+    }
+
+    /// The domain and first entry of `pkt` ([`crate::lower::attribute`]).
+    fn first_entry(
+        &mut self,
+        state: &State,
+        program: &OffloadProgram,
+        pkt: &Packet,
+        tcp_flags: Option<u8>,
+    ) -> Option<EntryId> {
+        let key = (self.key(state, pkt), tcp_flags);
+        if let Some(e) = self.first_entry.get(&key) {
+            return *e;
+        }
+        let e = crate::lower::attribute(state, program, pkt, tcp_flags);
+        self.first_entry.insert(key, e);
+        e
+    }
+
+    /// Whether a `log` entry of domain `dom` matches `pkt` (software must record it).
+    fn logged(&mut self, state: &State, dom: &Domain, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
+        let key = (self.key(state, pkt), tcp_flags);
+        if let Some(l) = self.logged.get(&key) {
+            return *l;
+        }
+        let l = dom.entries.iter().any(|e| {
+            e.kind == EntryKind::Continue(crate::lower::ContinueReason::Log)
+                && e.matches(state, pkt, tcp_flags)
+        });
+        self.logged.insert(key, l);
+        l
+    }
+
+    /// Whether the full policy allows `pkt` ([`capo_policy::trace`]).
+    fn allowed(&mut self, state: &State, pkt: &Packet) -> bool {
+        let key = self.key(state, pkt);
+        if let Some(a) = self.allowed.get(&key) {
+            return *a;
+        }
+        let a = capo_policy::trace(state, pkt).verdict == capo_policy::Verdict::Allow;
+        self.allowed.insert(key, a);
+        a
+    }
+}
+
 /// Plans the split of `program` (lowered from `state`) on a device with `caps`, ranked
 /// by `hits`.
 pub fn plan(
@@ -318,6 +395,7 @@ pub fn plan(
     hits: &HitCounters,
     cfg: &PlanConfig,
 ) -> OffloadPlan {
+    let mut results = FlowResults::default();
     let mode = caps.mode();
     if mode == OffloadMode::SoftwareOnly {
         return software_plan(program, mode, KeepReason::SoftwareOnlyDevice);
@@ -330,13 +408,13 @@ pub fn plan(
         return software_plan(program, OffloadMode::SoftwareOnly, KeepReason::TableFull);
     };
 
-    let attributed = candidates::attribute_samples(state, program, hits);
+    let attributed = candidates::attribute_samples(&mut results, state, program, hits);
     let hot = candidates::hot_entries(program, hits, &attributed);
     let expansion = candidates::expand_entries(program, caps, cfg, groups, &hot);
     let atom_hits = candidates::atom_hits(program, hits, &attributed, &expansion.atoms);
     let ranked = candidates::rank(program, caps, &expansion.atoms, &atom_hits.hits);
     let flow_cands = if cfg.exact_flows {
-        exact::exact_flow_candidates(state, program, caps, hits, groups)
+        exact::exact_flow_candidates(&mut results, state, program, caps, hits, groups)
     } else {
         Vec::new()
     };
@@ -506,6 +584,57 @@ mod tests {
             .kept
             .iter()
             .all(|k| k.reason == KeepReason::SoftwareOnlyDevice));
+    }
+
+    /// Shared per-flow results equal each flow's own, for flows differing in source
+    /// port and TCP flags, with and without a rule that looks at source ports.
+    #[test]
+    fn test_flow_results_equal_each_flows_own() {
+        use crate::flow::{TCP_ACK, TCP_SYN};
+        use capo_policy::{Action, PortRange, Rule};
+        let mut by_source_port = Rule::any(Action::Deny);
+        by_source_port.src.ports = vec![PortRange::single(40001)];
+        let mut logged = fixture::allow_tcp("172.16.0.0/24", 443);
+        logged.action = Action::Log;
+        for inbound in [
+            vec![logged.clone(), fixture::allow_tcp("172.16.0.0/24", 80)],
+            vec![
+                logged,
+                by_source_port,
+                fixture::allow_tcp("172.16.0.0/24", 80),
+            ],
+        ] {
+            let (state, program) = fixture::program(inbound, vec![]);
+            let mut results = FlowResults::default();
+            for sport in [40000, 40001, 40002] {
+                for dport in [80, 443, 8080] {
+                    for flags in [Some(TCP_SYN), Some(TCP_ACK), None] {
+                        let mut f = fixture::tcp_sample([172, 16, 0, 9], dport, 1);
+                        f.packet.l4 = capo_policy::L4::Ports {
+                            src: sport,
+                            dst: dport,
+                        };
+                        let pkt = f.packet;
+                        assert_eq!(
+                            results.first_entry(&state, &program, &pkt, flags),
+                            crate::lower::attribute(&state, &program, &pkt, flags),
+                            "{pkt:?} {flags:?}"
+                        );
+                        assert_eq!(
+                            results.allowed(&state, &pkt),
+                            capo_policy::trace(&state, &pkt).verdict == capo_policy::Verdict::Allow,
+                            "{pkt:?}"
+                        );
+                        let dom = &program.domains[0];
+                        let log_matches = dom.entries.iter().any(|e| {
+                            e.kind == EntryKind::Continue(crate::lower::ContinueReason::Log)
+                                && e.matches(&state, &pkt, flags)
+                        });
+                        assert_eq!(results.logged(&state, dom, &pkt, flags), log_matches);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::lower::{EntryKind, OffloadProgram};
 use super::candidates::{AtomsByEntry, Cand, Ranked};
 use super::exact::FlowCand;
 use super::{
-    all_installed, conflicting_earlier, overlapping, AtomId, EntryId, FlowSample, KeepReason, Node,
+    all_installed, conflicting_earlier, overlapping, AtomId, EntryId, FastHash, FlowSample,
+    KeepReason, Node,
 };
 
 /// A candidate of either kind.
@@ -132,7 +133,7 @@ struct Selector<'a> {
     /// Earlier conflicting entries per entry.
     deps_of: HashMap<EntryId, Vec<usize>>,
     /// Placed covers by (domain, earlier entry, atom).
-    cover_keys: HashMap<(usize, usize, Atom), usize>,
+    cover_keys: HashMap<(usize, usize, Atom), usize, FastHash>,
     out: Selection,
 }
 
@@ -145,7 +146,7 @@ pub(super) fn select(inp: Inputs<'_>) -> Selection {
         inp,
         used: 0,
         deps_of: HashMap::new(),
-        cover_keys: HashMap::new(),
+        cover_keys: HashMap::default(),
         out: Selection::default(),
     };
     let mut queue = s.initial_queue();
@@ -271,6 +272,10 @@ impl<'a> Selector<'a> {
         let Some(a) = self.inp.atoms.get(&id).and_then(|v| v.get(c.atom)).copied() else {
             return;
         };
+        if self.used >= self.inp.budget {
+            // Not even the atom fits: no need to work out its covers.
+            return self.out.keep(id, KeepReason::TableFull);
+        }
         let needs = match self.needs(c, &a) {
             Ok(n) => n,
             Err(reason) => return self.out.keep(id, reason),
@@ -347,18 +352,12 @@ impl<'a> Selector<'a> {
             }
             let cover_atoms = expand(&cm, self.inp.caps, self.inp.rule_cap)
                 .map_err(|_| KeepReason::Dependency)?;
+            // An expansion's atoms are disjoint, and each (entry, atom) names one
+            // cover: no cover is listed twice.
             for ca in cover_atoms {
                 match self.cover_keys.get(&(c.domain, j, ca)) {
-                    Some(&id) => {
-                        if !needs.covers.contains(&id) {
-                            needs.covers.push(id);
-                        }
-                    }
-                    None => {
-                        if !needs.new_covers.contains(&(j, ca)) {
-                            needs.new_covers.push((j, ca));
-                        }
-                    }
+                    Some(&id) => needs.covers.push(id),
+                    None => needs.new_covers.push((j, ca)),
                 }
             }
         }
@@ -372,7 +371,7 @@ mod tests {
         atom_hits, attribute_samples, expand_entries, hot_entries, rank,
     };
     use super::super::exact::exact_flow_candidates;
-    use super::super::{HitCounters, PlanConfig};
+    use super::super::{FlowResults, HitCounters, PlanConfig};
     use super::*;
     use crate::testutils::{self as fixture, tcp_sample};
     use capo_policy::{Action, Rule, State};
@@ -387,13 +386,13 @@ mod tests {
         exact_flows: bool,
     ) -> Selection {
         let groups = caps.mode() == crate::caps::OffloadMode::VersionedGroups;
-        let attributed = attribute_samples(s, program, hits);
+        let attributed = attribute_samples(&mut FlowResults::default(), s, program, hits);
         let hot = hot_entries(program, hits, &attributed);
         let x = expand_entries(program, caps, &PlanConfig::default(), groups, &hot);
         let ah = atom_hits(program, hits, &attributed, &x.atoms);
         let ranked = rank(program, caps, &x.atoms, &ah.hits);
         let flow_cands = if exact_flows {
-            exact_flow_candidates(s, program, caps, hits, groups)
+            exact_flow_candidates(&mut FlowResults::default(), s, program, caps, hits, groups)
         } else {
             Vec::new()
         };
