@@ -103,9 +103,10 @@ pub(crate) struct Iface {
     pub(crate) sw_if_index: Option<u32>,
     /// `[ingress, egress]`.
     pub(crate) entries: [Entry; 2],
-    /// Policies and profiles the programs were compiled from.
-    pub(crate) policies: Vec<capo_policy::PolicyKey>,
-    pub(crate) profiles: Vec<String>,
+    /// Policies and profiles the programs were compiled from (sets: an update asks
+    /// every interface whether it uses the changed one).
+    pub(crate) policies: std::collections::HashSet<capo_policy::PolicyKey>,
+    pub(crate) profiles: std::collections::HashSet<String>,
 }
 
 fn dir_index(dir: Direction) -> usize {

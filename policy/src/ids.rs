@@ -458,6 +458,16 @@ impl IdTable {
             .map(|(_, id)| *id)
     }
 
+    /// `rule#` of each rule of a policy's or profile's list, by index (one look-up
+    /// for the whole list).
+    pub fn rule_ids(&self, r: &PolicyRef, dir: Direction) -> Vec<u32> {
+        self.rules
+            .by_list
+            .get(&(r.clone(), dir))
+            .map(|l| l.iter().map(|(_, id)| *id).collect())
+            .unwrap_or_default()
+    }
+
     /// `rule#` counting a tier's end-of-tier drops.
     pub fn tier_rule(&self, tier: &str) -> Option<u32> {
         self.tiers.get(tier).copied()

@@ -27,11 +27,8 @@ impl Deps {
     }
 
     /// The interface's `policies` and `profiles`.
-    pub(super) fn into_lists(self) -> (Vec<PolicyKey>, Vec<String>) {
-        (
-            self.policies.into_iter().collect(),
-            self.profiles.into_iter().collect(),
-        )
+    pub(super) fn into_sets(self) -> (HashSet<PolicyKey>, HashSet<String>) {
+        (self.policies, self.profiles)
     }
 }
 

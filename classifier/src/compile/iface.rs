@@ -78,7 +78,7 @@ impl Builder {
             self.profiles_into(&mut spec, state, ids, &wep.profile_ids, dir, &mut deps);
             entries.push(Entry::Single(Arc::new(finish(spec, self.min_words))));
         }
-        let (policies, profiles) = deps.into_lists();
+        let (policies, profiles) = deps.into_sets();
         Some(Iface {
             name: wep.name.clone(),
             kind: IfaceKind::Workload(key.clone()),
@@ -121,7 +121,7 @@ impl Builder {
         let other = self.host_program(state, ids, hep.as_ref(), Direction::Ingress, &mut deps);
         let egress = self.host_program(state, ids, hep.as_ref(), Direction::Egress, &mut deps);
         let name = ids.host_interface().to_string();
-        let (policies, profiles) = deps.into_lists();
+        let (policies, profiles) = deps.into_sets();
         Iface {
             sw_if_index: ids.interface(&name),
             name,
@@ -256,7 +256,7 @@ impl Builder {
             Some(e) => e,
             None => unreachable!("two directions were pushed"),
         };
-        let (policies, profiles) = deps.into_lists();
+        let (policies, profiles) = deps.into_sets();
         Iface {
             sw_if_index: ids.interface(&hep.name),
             name: hep.name.clone(),

@@ -130,7 +130,7 @@ impl Builder {
                 let Some(policy) = state.policies().get(key) else {
                     continue;
                 };
-                let pref = PolicyRef::Policy(key.clone());
+                let rule_ids = ids.rule_ids(&PolicyRef::Policy(key.clone()), dir);
                 for (index, rule) in policy.rules(dir).iter().enumerate() {
                     let decider = Decider::PolicyRule {
                         tier: tier.name.clone(),
@@ -138,7 +138,7 @@ impl Builder {
                         direction: dir,
                         index,
                     };
-                    rules.push(self.lower(rule, decider, ids.rule(&pref, dir, index)));
+                    rules.push(self.lower(rule, decider, rule_ids.get(index).copied()));
                 }
             }
             let end_drop = (end_of_tier_drop && tier.drops_at_end(dir)).then(|| {
@@ -167,7 +167,7 @@ impl Builder {
             let Some(profile) = state.profiles().get(name) else {
                 continue;
             };
-            let pref = PolicyRef::Profile(name.clone());
+            let rule_ids = ids.rule_ids(&PolicyRef::Profile(name.clone()), dir);
             let rules = profile
                 .rules(dir)
                 .iter()
@@ -178,7 +178,7 @@ impl Builder {
                         direction: dir,
                         index,
                     };
-                    self.lower(rule, decider, ids.rule(&pref, dir, index))
+                    self.lower(rule, decider, rule_ids.get(index).copied())
                 })
                 .collect();
             spec.segment(rules, SegSpec::Profile);
