@@ -86,6 +86,73 @@ proptest! {
     }
 }
 
+/// A policy update recompiles programs but moves no interface: the interface maps
+/// carry over; an index fixed since (`set_interface_index`) is found after the next
+/// update that recompiles an interface.
+#[test]
+fn interface_maps_follow_policy_updates_and_new_indexes() {
+    use capo_policy::*;
+    let mut state = State::new();
+    let mut ids = IdTable::default();
+    let mut b = Builder::new();
+    let policy = |port: u16| {
+        let mut rule = Rule::any(Action::Allow);
+        rule.dst.ports = vec![PortRange::single(port)];
+        Policy {
+            inbound: vec![rule],
+            outbound: vec![],
+            untracked: false,
+            pre_dnat: false,
+            tier: "t1".into(),
+        }
+    };
+    let workload = |name: &str, addr: &str| WorkloadEndpoint {
+        name: name.into(),
+        profile_ids: vec![],
+        ipv4_nets: vec![addr.parse().unwrap()],
+        ipv6_nets: vec![],
+        tiers: vec![TierInfo {
+            name: "t1".into(),
+            ingress: vec![common::pkey(0)],
+            egress: vec![],
+            default_action: TierDefault::Deny,
+        }],
+    };
+    for u in [
+        Update::PolicyUpdate(common::pkey(0), policy(80)),
+        Update::WorkloadUpdate(common::wkey(0), workload("tun0", "10.0.0.1/32")),
+        Update::WorkloadUpdate(common::wkey(1), workload("tun1", "10.0.0.2/32")),
+    ] {
+        b.apply(&mut state, &mut ids, u).unwrap();
+    }
+    let g1 = b.current().unwrap().clone();
+    let sw0 = ids.interface("tun0").unwrap();
+    let sw1 = ids.interface("tun1").unwrap();
+    let g2 = b
+        .apply(
+            &mut state,
+            &mut ids,
+            Update::PolicyUpdate(common::pkey(0), policy(81)),
+        )
+        .unwrap();
+    for g in [&g1, &g2] {
+        assert_eq!(g.interface_by_sw_if_index(sw0), g.interface("tun0"));
+        assert_eq!(g.interface_by_sw_if_index(sw1), g.interface("tun1"));
+        assert!(g.interface("tun0").is_some() && g.interface("tun0") != g.interface("tun1"));
+    }
+    // The dataplane fixes tun1's index; the next policy update finds it there.
+    ids.set_interface_index("tun1", 77);
+    let g3 = b
+        .apply(
+            &mut state,
+            &mut ids,
+            Update::PolicyUpdate(common::pkey(0), policy(82)),
+        )
+        .unwrap();
+    assert_eq!(g3.interface_by_sw_if_index(77), g3.interface("tun1"));
+    assert_eq!(g3.interface_by_sw_if_index(sw0), g3.interface("tun0"));
+}
+
 #[test]
 fn member_add_changes_verdict_without_recompiling_programs() {
     use capo_policy::*;

@@ -261,16 +261,23 @@ impl Builder {
 
     fn relist(&mut self, ids: &IdTable) {
         let list: Vec<Arc<Iface>> = self.ifaces.values().cloned().collect();
-        let mut maps = IfaceMaps::default();
-        for (i, iface) in list.iter().enumerate() {
-            let id = IfaceId(i as u32);
-            if !iface.name.is_empty() && iface.name != "*" {
-                maps.by_name.insert(iface.name.clone(), id);
-            }
-            maps.by_kind.insert(iface.kind.clone(), id);
-            if let Some(sw) = ids.interface(&iface.name) {
-                maps.by_sw_if_index.insert(sw, id);
-            }
+        // The maps name positions: when every position holds the same interface
+        // with the index the maps have for it (only programs changed, as after a
+        // policy update), they stand.
+        let same_positions = list.len() == self.list.len()
+            && list
+                .iter()
+                .zip(self.list.iter())
+                .enumerate()
+                .all(|(i, (a, b))| {
+                    a.kind == b.kind
+                        && a.name == b.name
+                        && ids.interface(&a.name).is_none_or(|sw| {
+                            self.maps.by_sw_if_index.get(&sw) == Some(&IfaceId(i as u32))
+                        })
+                });
+        if !same_positions {
+            self.maps = Arc::new(Self::maps_of(&list, ids));
         }
         let single = |e: &Entry| match e {
             Entry::Single(p) => Some(p.clone()),
@@ -282,6 +289,21 @@ impl Builder {
                 .collect(),
         );
         self.list = Arc::new(list);
-        self.maps = Arc::new(maps);
+    }
+
+    /// Interface ids by name, kind and VPP `sw_if_index`.
+    fn maps_of(list: &[Arc<Iface>], ids: &IdTable) -> IfaceMaps {
+        let mut maps = IfaceMaps::default();
+        for (i, iface) in list.iter().enumerate() {
+            let id = IfaceId(i as u32);
+            if !iface.name.is_empty() && iface.name != "*" {
+                maps.by_name.insert(iface.name.clone(), id);
+            }
+            maps.by_kind.insert(iface.kind.clone(), id);
+            if let Some(sw) = ids.interface(&iface.name) {
+                maps.by_sw_if_index.insert(sw, id);
+            }
+        }
+        maps
     }
 }
