@@ -98,26 +98,9 @@ fn interface_maps_follow_policy_updates_and_new_indexes() {
     let policy = |port: u16| {
         let mut rule = Rule::any(Action::Allow);
         rule.dst.ports = vec![PortRange::single(port)];
-        Policy {
-            inbound: vec![rule],
-            outbound: vec![],
-            untracked: false,
-            pre_dnat: false,
-            tier: "t1".into(),
-        }
+        common::t1_policy(vec![rule])
     };
-    let workload = |name: &str, addr: &str| WorkloadEndpoint {
-        name: name.into(),
-        profile_ids: vec![],
-        ipv4_nets: vec![addr.parse().unwrap()],
-        ipv6_nets: vec![],
-        tiers: vec![TierInfo {
-            name: "t1".into(),
-            ingress: vec![common::pkey(0)],
-            egress: vec![],
-            default_action: TierDefault::Deny,
-        }],
-    };
+    let workload = common::t1_workload;
     for u in [
         Update::PolicyUpdate(common::pkey(0), policy(80)),
         Update::WorkloadUpdate(common::wkey(0), workload("tun0", "10.0.0.1/32")),
@@ -128,13 +111,15 @@ fn interface_maps_follow_policy_updates_and_new_indexes() {
     let g1 = b.current().unwrap().clone();
     let sw0 = ids.interface("tun0").unwrap();
     let sw1 = ids.interface("tun1").unwrap();
-    let g2 = b
-        .apply(
+    let mut port_update = |ids: &mut IdTable, port: u16| {
+        b.apply(
             &mut state,
-            &mut ids,
-            Update::PolicyUpdate(common::pkey(0), policy(81)),
+            ids,
+            Update::PolicyUpdate(common::pkey(0), policy(port)),
         )
-        .unwrap();
+        .unwrap()
+    };
+    let g2 = port_update(&mut ids, 81);
     for g in [&g1, &g2] {
         assert_eq!(g.interface_by_sw_if_index(sw0), g.interface("tun0"));
         assert_eq!(g.interface_by_sw_if_index(sw1), g.interface("tun1"));
@@ -142,13 +127,7 @@ fn interface_maps_follow_policy_updates_and_new_indexes() {
     }
     // The dataplane fixes tun1's index; the next policy update finds it there.
     ids.set_interface_index("tun1", 77);
-    let g3 = b
-        .apply(
-            &mut state,
-            &mut ids,
-            Update::PolicyUpdate(common::pkey(0), policy(82)),
-        )
-        .unwrap();
+    let g3 = port_update(&mut ids, 82);
     assert_eq!(g3.interface_by_sw_if_index(77), g3.interface("tun1"));
     assert_eq!(g3.interface_by_sw_if_index(sw0), g3.interface("tun0"));
 }
@@ -169,31 +148,8 @@ fn member_add_changes_verdict_without_recompiling_programs() {
             kind: IpSetKind::Net,
             members: vec![],
         },
-        Update::PolicyUpdate(
-            common::pkey(0),
-            Policy {
-                inbound: vec![rule],
-                outbound: vec![],
-                untracked: false,
-                pre_dnat: false,
-                tier: "t1".into(),
-            },
-        ),
-        Update::WorkloadUpdate(
-            key.clone(),
-            WorkloadEndpoint {
-                name: "tun0".into(),
-                profile_ids: vec![],
-                ipv4_nets: vec!["10.0.0.1/32".parse().unwrap()],
-                ipv6_nets: vec![],
-                tiers: vec![TierInfo {
-                    name: "t1".into(),
-                    ingress: vec![common::pkey(0)],
-                    egress: vec![],
-                    default_action: TierDefault::Deny,
-                }],
-            },
-        ),
+        Update::PolicyUpdate(common::pkey(0), common::t1_policy(vec![rule])),
+        Update::WorkloadUpdate(key.clone(), common::t1_workload("tun0", "10.0.0.1/32")),
     ];
     for u in ups {
         b.apply(&mut state, &mut ids, u).unwrap();

@@ -62,6 +62,34 @@ pub(crate) fn pkey(i: usize) -> PolicyKey {
         name: format!("p{i}"),
     }
 }
+/// A policy in tier `t1` with these inbound rules.
+pub(crate) fn t1_policy(inbound: Vec<Rule>) -> Policy {
+    Policy {
+        inbound,
+        outbound: vec![],
+        untracked: false,
+        pre_dnat: false,
+        tier: "t1".into(),
+    }
+}
+
+/// A workload `name` owning `addr`, its ingress policed by policy 0 in tier `t1`
+/// (default deny).
+pub(crate) fn t1_workload(name: &str, addr: &str) -> WorkloadEndpoint {
+    WorkloadEndpoint {
+        name: name.into(),
+        profile_ids: vec![],
+        ipv4_nets: addr.parse().into_iter().collect(),
+        ipv6_nets: vec![],
+        tiers: vec![TierInfo {
+            name: "t1".into(),
+            ingress: vec![pkey(0)],
+            egress: vec![],
+            default_action: TierDefault::Deny,
+        }],
+    }
+}
+
 pub(crate) fn wkey(i: usize) -> WorkloadKey {
     WorkloadKey {
         orchestrator: "k8s".into(),

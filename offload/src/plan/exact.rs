@@ -171,6 +171,17 @@ mod tests {
     use crate::testutils::{self as fixture, tcp_sample, udp_sample};
     use capo_policy::{Action, Rule};
 
+    /// The candidates of one plan (fresh per-flow results).
+    fn candidates(
+        s: &State,
+        program: &OffloadProgram,
+        caps: &NicCaps,
+        hits: &HitCounters,
+        groups: bool,
+    ) -> Vec<FlowCand> {
+        exact_flow_candidates(&mut FlowResults::default(), s, program, caps, hits, groups)
+    }
+
     fn with_flags(mut s: super::super::FlowSample, flags: u8) -> super::super::FlowSample {
         s.tcp_flags = Some(flags);
         s
@@ -186,28 +197,13 @@ mod tests {
             ],
             ..HitCounters::default()
         };
-        let c = exact_flow_candidates(
-            &mut FlowResults::default(),
-            &s,
-            &program,
-            &NicCaps::mlx5(64),
-            &hits,
-            true,
-        );
+        let c = candidates(&s, &program, &NicCaps::mlx5(64), &hits, true);
         assert_eq!(c.len(), 1);
         assert!(c[0].allow);
         assert_eq!((c[0].domain, c[0].samples.clone()), (0, vec![0, 1]));
         assert_eq!(c[0].atom.flags, FlagClass::Any);
         // Drop-only mode offers no allows.
-        assert!(exact_flow_candidates(
-            &mut FlowResults::default(),
-            &s,
-            &program,
-            &NicCaps::mlx5(64),
-            &hits,
-            false
-        )
-        .is_empty());
+        assert!(candidates(&s, &program, &NicCaps::mlx5(64), &hits, false).is_empty());
     }
 
     #[test]
@@ -220,14 +216,7 @@ mod tests {
             ],
             ..HitCounters::default()
         };
-        let c = exact_flow_candidates(
-            &mut FlowResults::default(),
-            &s,
-            &program,
-            &NicCaps::mlx5(64),
-            &hits,
-            true,
-        );
+        let c = candidates(&s, &program, &NicCaps::mlx5(64), &hits, true);
         assert_eq!(c.len(), 1);
         assert!(!c[0].allow);
         assert_eq!(c[0].samples, vec![0]);
@@ -242,29 +231,13 @@ mod tests {
             flows: vec![udp_sample([172, 16, 0, 1], 53, 10)],
             ..HitCounters::default()
         };
-        assert!(exact_flow_candidates(
-            &mut FlowResults::default(),
-            &s,
-            &program,
-            &caps,
-            &udp,
-            true
-        )
-        .is_empty());
+        assert!(candidates(&s, &program, &caps, &udp, true).is_empty());
         let (s, program) = fixture::program(vec![fixture::allow_tcp("0.0.0.0/0", 80)], vec![]);
         let from_host = HitCounters {
             flows: vec![tcp_sample([192, 168, 100, 1], 80, 10)],
             ..HitCounters::default()
         };
-        assert!(exact_flow_candidates(
-            &mut FlowResults::default(),
-            &s,
-            &program,
-            &caps,
-            &from_host,
-            true
-        )
-        .is_empty());
+        assert!(candidates(&s, &program, &caps, &from_host, true).is_empty());
         let (s, program) = fixture::program(
             vec![Rule::any(Action::Log), fixture::allow_tcp("0.0.0.0/0", 80)],
             vec![],
@@ -273,14 +246,6 @@ mod tests {
             flows: vec![tcp_sample([172, 16, 0, 1], 80, 10)],
             ..HitCounters::default()
         };
-        assert!(exact_flow_candidates(
-            &mut FlowResults::default(),
-            &s,
-            &program,
-            &caps,
-            &logged,
-            true
-        )
-        .is_empty());
+        assert!(candidates(&s, &program, &caps, &logged, true).is_empty());
     }
 }
