@@ -71,13 +71,26 @@ fn classify_reports_every_engine_on_w_seed() {
         want.push("rte_acl");
     }
     assert_eq!(engines, want);
-    // The frame pipeline: first packets and established flows, the fast path's verdicts.
+    // The frame pipeline: first packets with the fast path's verdicts, then the
+    // allowed ones again, every one a flow-table hit.
     for (row, phase) in rows[1..3].iter().zip(["first", "established"]) {
         assert_eq!((row.path, row.phase), (Some("production"), Some(phase)));
         assert!(row.ns_per_packet.is_some_and(|ns| ns > 0.0));
-        let note = row.note.clone().unwrap_or_default();
-        assert!(note.contains("; 0 verdicts differ from fast"), "{note}");
     }
+    let first = rows[1].note.clone().unwrap_or_default();
+    assert!(first.contains("; 0 verdicts differ from fast"), "{first}");
+    let established = rows[2].note.clone().unwrap_or_default();
+    let counts: Vec<u64> = established
+        .rsplit("; ")
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        matches!(counts[..], [hits, packets] if hits == packets && packets > 0),
+        "{established}"
+    );
     assert!(
         logs.iter()
             .any(|l| l.contains("reference:") && l.contains(" 0 verdict mismatches")),
