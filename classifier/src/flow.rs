@@ -240,31 +240,27 @@ impl FlowIndex {
     /// with `len` entries.
     fn insert(&mut self, hash: u32, slot: u32, len: usize) {
         if len.saturating_mul(2) > self.entries.len() {
-            self.grow(len.saturating_mul(2).next_power_of_two().max(16));
+            let old = std::mem::replace(
+                &mut self.entries,
+                vec![0; len.saturating_mul(2).next_power_of_two().max(16)],
+            );
+            for e in old.into_iter().filter(|&e| e != 0) {
+                self.place(e);
+            }
         }
+        self.place(Self::entry(hash, slot));
+    }
+
+    /// Puts entry `e` in the first empty place of its probe run.
+    fn place(&mut self, e: u64) {
         let mask = self.mask();
-        let mut i = self.home(hash);
-        while let Some(e) = self.entries.get_mut(i) {
-            if *e == 0 {
-                *e = Self::entry(hash, slot);
+        let mut i = self.home((e >> 32) as u32);
+        while let Some(at) = self.entries.get_mut(i) {
+            if *at == 0 {
+                *at = e;
                 return;
             }
             i = (i + 1) & mask;
-        }
-    }
-
-    fn grow(&mut self, size: usize) {
-        let old = std::mem::replace(&mut self.entries, vec![0; size]);
-        let mask = self.mask();
-        for e in old.into_iter().filter(|&e| e != 0) {
-            let mut i = self.home((e >> 32) as u32);
-            while let Some(slot) = self.entries.get_mut(i) {
-                if *slot == 0 {
-                    *slot = e;
-                    break;
-                }
-                i = (i + 1) & mask;
-            }
         }
     }
 
@@ -315,7 +311,6 @@ pub struct FlowTable {
     index: FlowIndex,
     flows: Vec<Flow>,
     free: Vec<u32>,
-    len: usize,
     head: u32,
     tail: u32,
 }
@@ -324,7 +319,9 @@ pub struct FlowTable {
 enum Lookup {
     /// Part of a known allowed flow (slot), forward or reply.
     Hit(u32, bool),
-    Miss,
+    /// No flow for it; the slot of a flow with the same key the packet cannot use
+    /// (opened in the other direction), which a new flow replaces.
+    Miss(Option<u32>),
 }
 
 impl FlowTable {
@@ -336,7 +333,6 @@ impl FlowTable {
             index: FlowIndex::default(),
             flows: Vec::new(),
             free: Vec::new(),
-            len: 0,
             head: NIL,
             tail: NIL,
         }
@@ -344,12 +340,13 @@ impl FlowTable {
 
     /// Number of flows held.
     pub fn len(&self) -> usize {
-        self.len
+        // Every slot ever used is live or on the free list.
+        self.flows.len() - self.free.len()
     }
 
     /// True when no flow is held.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The configuration.
@@ -357,15 +354,18 @@ impl FlowTable {
         &self.cfg
     }
 
+    /// The 32 bits of `key`'s hash the index keeps: the high ones (foldhash mixes
+    /// them best).
+    fn hash(&self, key: &FlowKey) -> u32 {
+        (self.hasher.hash_one(key) >> 32) as u32
+    }
+
     fn keyed(&self, sw_if_index: u32, p: &ParsedPacket) -> Keyed {
         let (key, src_is_a) = key_of(sw_if_index, p);
-        // The index keeps 32 bits of the hash: take the high ones (foldhash mixes
-        // them best).
-        let hash = (self.hasher.hash_one(key) >> 32) as u32;
         Keyed {
             key,
             src_is_a,
-            hash,
+            hash: self.hash(&key),
         }
     }
 
@@ -442,24 +442,23 @@ impl FlowTable {
 
     fn remove_slot(&mut self, slot: u32) {
         let Some(f) = self.flow(slot) else { return };
-        let hash = (self.hasher.hash_one(f.key) >> 32) as u32;
+        let hash = self.hash(&f.key);
         self.unlink(slot);
         self.index.remove(hash, slot);
-        self.len = self.len.saturating_sub(1);
         self.free.push(slot);
     }
 
     fn lookup(&mut self, k: &Keyed, dir: Direction, now: u64, c: &WorkerCounters) -> Lookup {
         let Some(slot) = self.find(k) else {
-            return Lookup::Miss;
+            return Lookup::Miss(None);
         };
         let Some(f) = self.flow(slot) else {
-            return Lookup::Miss;
+            return Lookup::Miss(None);
         };
         if self.expired(f, now) {
             self.remove_slot(slot);
             c.flow(FlowEvent::Expired, 1);
-            return Lookup::Miss;
+            return Lookup::Miss(None);
         }
         let same_side = k.src_is_a == f.has(state::INIT_IS_A);
         let same_dir = dir == f.first_dir();
@@ -467,7 +466,7 @@ impl FlowTable {
             // Both equal: the flow's own direction; both different: its reply.
             Lookup::Hit(slot, !same_side)
         } else {
-            Lookup::Miss
+            Lookup::Miss(Some(slot))
         }
     }
 
@@ -508,54 +507,47 @@ impl FlowTable {
         self.tail
     }
 
+    /// Creates the flow of a packet [`Self::lookup`] missed; `stale` is the flow
+    /// of the same key it reported, which the new flow replaces.
     fn insert(
         &mut self,
         k: &Keyed,
-        dir: Direction,
-        p: &ParsedPacket,
+        stale: Option<u32>,
+        first: &Input,
         generation: GenerationId,
         now: u64,
         c: &WorkerCounters,
     ) {
-        if let Some(slot) = self.find(k) {
-            // A stale flow with the same tuple (other direction, or expired): replace.
+        if let Some(slot) = stale {
             self.remove_slot(slot);
         }
-        if self.len >= self.cfg.capacity {
-            let tail_expired = self.flow(self.tail).is_some_and(|f| self.expired(f, now));
-            if tail_expired {
-                self.remove_slot(self.tail);
-                c.flow(FlowEvent::Expired, 1);
+        if self.len() >= self.cfg.capacity {
+            // An expired tail makes room under either policy; eviction looks past
+            // referenced flows first.
+            let evict = self.cfg.on_full == FullPolicy::EvictLru;
+            let victim = if evict { self.victim(now) } else { self.tail };
+            let expired = self.flow(victim).is_some_and(|f| self.expired(f, now));
+            if expired || (evict && victim != NIL) {
+                self.remove_slot(victim);
+                let event = if expired {
+                    FlowEvent::Expired
+                } else {
+                    FlowEvent::Evicted
+                };
+                c.flow(event, 1);
             } else {
-                match self.cfg.on_full {
-                    FullPolicy::EvictLru if self.tail != NIL => {
-                        let victim = self.victim(now);
-                        let expired = self.flow(victim).is_some_and(|f| self.expired(f, now));
-                        self.remove_slot(victim);
-                        c.flow(
-                            if expired {
-                                FlowEvent::Expired
-                            } else {
-                                FlowEvent::Evicted
-                            },
-                            1,
-                        );
-                    }
-                    _ => {
-                        c.flow(FlowEvent::Refused, 1);
-                        return;
-                    }
-                }
+                c.flow(FlowEvent::Refused, 1);
+                return;
             }
         }
         let mut bits = 0;
         if k.src_is_a {
             bits |= state::INIT_IS_A;
         }
-        if dir == Direction::Egress {
+        if first.dir == Direction::Egress {
             bits |= state::FIRST_EGRESS;
         }
-        if p.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+        if first.packet.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
             bits |= state::CLOSING;
         }
         let flow = Flow {
@@ -563,7 +555,7 @@ impl FlowTable {
             last_seen: now,
             state: bits,
             generation,
-            first: p.packet,
+            first: first.packet.packet,
             prev: NIL,
             next: NIL,
         };
@@ -579,8 +571,7 @@ impl FlowTable {
                 (self.flows.len() - 1) as u32
             }
         };
-        self.len += 1;
-        self.index.insert(k.hash, slot, self.len);
+        self.index.insert(k.hash, slot, self.len());
         self.push_front(slot);
         c.flow(FlowEvent::Created, 1);
     }
@@ -703,10 +694,7 @@ impl Worker {
         let k = self.flows.keyed(input.sw_if_index, &input.packet);
         match self.flows.lookup(&k, input.dir, now, c) {
             Lookup::Hit(slot, reply) => self.flows.touch(slot, reply, input.packet.tcp_flags, now),
-            Lookup::Miss => {
-                self.flows
-                    .insert(&k, input.dir, &input.packet, generation.id(), now, c)
-            }
+            Lookup::Miss(stale) => self.flows.insert(&k, stale, input, generation.id(), now, c),
         }
     }
 
@@ -729,24 +717,27 @@ impl Worker {
             packet,
             len,
         } = *input;
-        if let Lookup::Hit(slot, reply) = self.flows.lookup(k, dir, now, c) {
-            if self.flows.cfg.established_flows == EstablishedFlows::Revalidate {
-                if let Some(v) = revalidate(
-                    &mut self.flows,
-                    &mut self.scratch,
-                    c,
-                    generation,
-                    input,
-                    slot,
-                ) {
-                    return v;
+        let stale = match self.flows.lookup(k, dir, now, c) {
+            Lookup::Miss(stale) => stale,
+            Lookup::Hit(slot, reply) => {
+                if self.flows.cfg.established_flows == EstablishedFlows::Revalidate {
+                    if let Some(v) = revalidate(
+                        &mut self.flows,
+                        &mut self.scratch,
+                        c,
+                        generation,
+                        input,
+                        slot,
+                    ) {
+                        return v;
+                    }
                 }
+                self.flows.touch(slot, reply, packet.tcp_flags, now);
+                c.flow(FlowEvent::Hit, 1);
+                c.verdict(sw_if_index, dir, Verdict::Allow, u64::from(len));
+                return Verdict::Allow;
             }
-            self.flows.touch(slot, reply, packet.tcp_flags, now);
-            c.flow(FlowEvent::Hit, 1);
-            c.verdict(sw_if_index, dir, Verdict::Allow, u64::from(len));
-            return Verdict::Allow;
-        }
+        };
         c.flow(FlowEvent::Classified, 1);
         let Some(iface) = generation.interface_by_sw_if_index(sw_if_index) else {
             c.flow(FlowEvent::NoInterface, 1);
@@ -761,7 +752,7 @@ impl Worker {
         }
         c.verdict(sw_if_index, dir, d.verdict, u64::from(len));
         if d.verdict == Verdict::Allow {
-            self.flows.insert(k, dir, &packet, generation.id(), now, c);
+            self.flows.insert(k, stale, input, generation.id(), now, c);
         }
         d.verdict
     }
@@ -1055,6 +1046,15 @@ mod tests {
         }
     }
 
+    fn input_of(sw_if_index: u32, dir: Direction, packet: &ParsedPacket) -> Input {
+        Input {
+            sw_if_index,
+            dir,
+            packet: *packet,
+            len: 0,
+        }
+    }
+
     fn udp_or_tcp(tcp: bool, src_port: u16) -> ParsedPacket {
         ParsedPacket {
             packet: Packet {
@@ -1093,8 +1093,15 @@ mod tests {
                     table.touch(slot, reply, p.tcp_flags, now);
                     true
                 }
-                Lookup::Miss => {
-                    table.insert(&k, Direction::Ingress, p, GenerationId(1), now, &c);
+                Lookup::Miss(stale) => {
+                    table.insert(
+                        &k,
+                        stale,
+                        &input_of(7, Direction::Ingress, p),
+                        GenerationId(1),
+                        now,
+                        &c,
+                    );
                     false
                 }
             }
@@ -1200,9 +1207,9 @@ mod tests {
                                 table.touch(slot, reply, packet.tcp_flags, now);
                                 Some(reply)
                             }
-                            Lookup::Miss => {
+                            Lookup::Miss(stale) => {
                                 if allowed {
-                                    table.insert(&k, dir, &packet, GenerationId(1), now, &c);
+                                    table.insert(&k, stale, &input_of(sw_if_index, dir, &packet), GenerationId(1), now, &c);
                                 }
                                 None
                             }
