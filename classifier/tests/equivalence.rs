@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use capo_classifier::{Builder, GenerationCell, IfaceKind, Scratch};
@@ -257,9 +257,13 @@ fn updates_racing_classification_see_one_generation_or_the_other() {
         protocol: Protocol::TCP,
         l4: L4::Ports { src: 1000, dst: 80 },
     };
+    // The reader counts its classifications so the writer can wait for it: on a
+    // loaded machine the reader thread may otherwise not run until the writer is done.
+    let classified = Arc::new(AtomicU64::new(0));
     let reader = {
         let cell = cell.clone();
         let stop = stop.clone();
+        let classified = classified.clone();
         std::thread::spawn(move || {
             let mut s = Scratch::default();
             let mut seen = [0u64; 2];
@@ -276,9 +280,18 @@ fn updates_racing_classification_see_one_generation_or_the_other() {
                     (Verdict::Deny, eval::Decider::EndOfTier { .. }) => seen[1] += 1,
                     other => panic!("mixed verdict {other:?}"),
                 }
+                classified.fetch_add(1, Ordering::Release);
             }
             seen
         })
+    };
+    // Two more classifications than counted now: at least one loaded the generation
+    // published before this call.
+    let wait_for_reader = || {
+        let target = classified.load(Ordering::Acquire) + 2;
+        while classified.load(Ordering::Acquire) < target {
+            std::thread::yield_now();
+        }
     };
     let member: Member = "10.0.0.9".parse().unwrap();
     let mut expected = Vec::new();
@@ -308,10 +321,15 @@ fn updates_racing_classification_see_one_generation_or_the_other() {
             },
         ));
         cell.publish(g);
+        // Checkpoints every 101 updates alternate between an allowing and a denying
+        // generation, so the reader is known to have classified under both.
+        if i % 101 == 0 {
+            wait_for_reader();
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let seen = reader.join().unwrap();
-    assert!(seen[0] + seen[1] > 0);
+    assert!(seen[0] > 0 && seen[1] > 0, "reader saw {seen:?}");
     // Each published generation gives its own verdict.
     let mut s = Scratch::default();
     let g = cell.load();
