@@ -121,7 +121,45 @@ fn dir_index(dir: Direction) -> usize {
 pub(crate) struct IfaceMaps {
     pub(crate) by_name: HashMap<String, IfaceId>,
     pub(crate) by_kind: HashMap<IfaceKind, IfaceId>,
-    pub(crate) by_sw_if_index: HashMap<u32, IfaceId>,
+    pub(crate) by_sw_if_index: SwIfIndexMap,
+}
+
+/// `sw_if_index` → interface. VPP numbers its interfaces densely from 0, so a flat
+/// table answers a packet's lookup with one load; an index past
+/// [`SwIfIndexMap::DENSE`] (none in practice) goes to a map.
+#[derive(Debug, Default)]
+pub(crate) struct SwIfIndexMap {
+    /// Per `sw_if_index`, the interface's index plus one; 0: none.
+    dense: Vec<u32>,
+    sparse: HashMap<u32, IfaceId>,
+}
+
+impl SwIfIndexMap {
+    /// Indexes below this live in the flat table (at most 256 KiB).
+    const DENSE: u32 = 1 << 16;
+
+    #[inline]
+    pub(crate) fn get(&self, sw_if_index: u32) -> Option<IfaceId> {
+        match self.dense.get(sw_if_index as usize) {
+            Some(&e) => e.checked_sub(1).map(IfaceId),
+            None if sw_if_index < Self::DENSE => None,
+            None => self.sparse.get(&sw_if_index).copied(),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, sw_if_index: u32, id: IfaceId) {
+        if sw_if_index < Self::DENSE {
+            let at = sw_if_index as usize;
+            if self.dense.len() <= at {
+                self.dense.resize(at + 1, 0);
+            }
+            if let Some(e) = self.dense.get_mut(at) {
+                *e = id.0.saturating_add(1);
+            }
+        } else {
+            self.sparse.insert(sw_if_index, id);
+        }
+    }
 }
 
 /// An immutable compiled snapshot of the whole policy state.
@@ -177,7 +215,7 @@ impl Generation {
 
     /// The interface with this `sw_if_index` (as the views number them).
     pub fn interface_by_sw_if_index(&self, sw_if_index: u32) -> Option<IfaceId> {
-        self.maps.by_sw_if_index.get(&sw_if_index).copied()
+        self.maps.by_sw_if_index.get(sw_if_index)
     }
 
     /// Name, kind and `sw_if_index` of an interface.
@@ -406,5 +444,25 @@ impl GenerationCell {
     /// Publishes `next`; readers that loaded the old one keep it until they drop it.
     pub fn publish(&self, next: Arc<Generation>) {
         self.current.store(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dense indexes, an index past the flat table, absent ones on either side and
+    /// a rebinding all answer as a map would.
+    #[test]
+    fn sw_if_index_map_answers_as_a_map() {
+        let mut m = SwIfIndexMap::default();
+        let mut model = HashMap::new();
+        for (sw, id) in [(3, 0), (0, 1), (70_000, 2), (3, 4), (u32::MAX, 5)] {
+            m.insert(sw, IfaceId(id));
+            model.insert(sw, IfaceId(id));
+        }
+        for sw in [0, 1, 2, 3, 4, 65_535, 65_536, 70_000, 70_001, u32::MAX] {
+            assert_eq!(m.get(sw), model.get(&sw).copied(), "sw_if_index {sw}");
+        }
     }
 }

@@ -276,3 +276,138 @@ fn flows_the_nic_allowed_pass_their_replies() {
     assert_eq!(w.flows().len(), 1);
     assert_eq!(counters.flows().created, 1);
 }
+
+/// One packet of the frame test: source and destination from a small pool (so frames
+/// repeat flows and carry their replies), protocol, ports, flags, direction, and
+/// whether it arrives on the policed interface or one the generation lacks.
+fn frame_packet() -> impl proptest::strategy::Strategy<Value = (ParsedPacket, Direction, bool)> {
+    use proptest::prelude::*;
+    let addr = prop::sample::select(vec!["10.0.0.1", "10.0.0.8", "10.0.0.9"]);
+    let port = prop::sample::select(vec![80u16, 81, 1000, 1001]);
+    let flags = prop::sample::select(vec![
+        tcp_flags::SYN,
+        tcp_flags::SYN | tcp_flags::ACK,
+        tcp_flags::ACK,
+        tcp_flags::FIN | tcp_flags::ACK,
+    ]);
+    (
+        addr.clone(),
+        addr,
+        any::<bool>(),
+        port.clone(),
+        port,
+        flags,
+        any::<bool>(),
+        prop::bool::weighted(0.9),
+    )
+        .prop_map(|(src, dst, tcp, sport, dport, flags, ingress, known)| {
+            let protocol = if tcp { Protocol::TCP } else { Protocol::UDP };
+            let p = ParsedPacket {
+                packet: Packet {
+                    src: src.parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                    protocol,
+                    l4: L4::Ports {
+                        src: sport,
+                        dst: dport,
+                    },
+                },
+                tcp_flags: if tcp { flags } else { 0 },
+                flow_ports: (sport, dport),
+            };
+            let dir = if ingress {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
+            (p, dir, known)
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// `Worker::process` on a frame (keys hashed and prefetched ahead of the
+    /// packets' turns) decides every packet as `Worker::process_one` does packet by
+    /// packet: same verdicts, same table, same counters. Frames repeat flows and
+    /// carry their replies, so a packet that no flow held when the frame came can
+    /// be a hit by its turn; small tables evict or refuse; time jumps past
+    /// timeouts; two generations alternate (revalidation re-decides flows).
+    #[test]
+    fn a_frame_decides_as_its_packets_one_by_one(
+        frames in proptest::collection::vec(
+            (proptest::collection::vec(frame_packet(), 1..40), proptest::prelude::any::<bool>(), 0u64..3),
+            1..8,
+        ),
+        capacity in 1usize..12,
+        evict in proptest::prelude::any::<bool>(),
+        revalidate in proptest::prelude::any::<bool>(),
+    ) {
+        let (mut state, mut ids, mut b) = setup(80);
+        let g1 = b.current().unwrap().clone();
+        let mut allow = Rule::any(Action::Allow);
+        allow.dst.ports = vec![PortRange::single(81)];
+        let g2 = b
+            .apply(
+                &mut state,
+                &mut ids,
+                Update::PolicyUpdate(
+                    common::pkey(0),
+                    Policy {
+                        inbound: vec![allow.clone()],
+                        outbound: vec![allow],
+                        untracked: false,
+                        pre_dnat: false,
+                        tier: "t1".into(),
+                    },
+                ),
+            )
+            .unwrap();
+        let cfg = FlowConfig {
+            capacity,
+            on_full: if evict { FullPolicy::EvictLru } else { FullPolicy::Refuse },
+            established_flows: if revalidate {
+                EstablishedFlows::Revalidate
+            } else {
+                EstablishedFlows::Keep
+            },
+            ..FlowConfig::default()
+        };
+        let (framed_counters, single_counters) = (Counters::new(), Counters::new());
+        let mut framed = Worker::new(cfg, &framed_counters);
+        let mut single = Worker::new(cfg, &single_counters);
+        let tun0 = ids.interface("tun0").unwrap();
+        let mut now = 1u64;
+        let mut out = Vec::new();
+        for (packets, second, jump) in frames {
+            // 0: same second; 1: past TCP's transient timeout; 2: past UDP's.
+            now += [0, 121, 601][jump as usize];
+            let t = Timestamp::from_secs(now);
+            let g = if second { &g2 } else { &g1 };
+            let inputs: Vec<Input> = packets
+                .iter()
+                .map(|(p, dir, known)| Input {
+                    sw_if_index: if *known { tun0 } else { tun0 + 1000 },
+                    dir: *dir,
+                    packet: *p,
+                    len: 64,
+                })
+                .collect();
+            framed.process(g, &inputs, t, &mut out);
+            let one_by_one: Vec<Verdict> =
+                inputs.iter().map(|i| single.process_one(g, i, t)).collect();
+            proptest::prop_assert_eq!(&out, &one_by_one);
+            proptest::prop_assert_eq!(framed.flows().len(), single.flows().len());
+        }
+        proptest::prop_assert_eq!(framed_counters.flows(), single_counters.flows());
+        for dir in [Direction::Ingress, Direction::Egress] {
+            proptest::prop_assert_eq!(
+                framed_counters.interface(tun0, dir),
+                single_counters.interface(tun0, dir)
+            );
+        }
+        for rule in 0..16 {
+            proptest::prop_assert_eq!(framed_counters.rule(rule), single_counters.rule(rule));
+        }
+    }
+}

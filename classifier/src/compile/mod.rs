@@ -273,7 +273,7 @@ impl Builder {
                     a.kind == b.kind
                         && a.name == b.name
                         && ids.interface(&a.name).is_none_or(|sw| {
-                            self.maps.by_sw_if_index.get(&sw) == Some(&IfaceId(i as u32))
+                            self.maps.by_sw_if_index.get(sw) == Some(IfaceId(i as u32))
                         })
                 });
         if !same_positions {
