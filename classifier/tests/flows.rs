@@ -49,6 +49,31 @@ fn setup(allow_port: u16) -> (State, IdTable, Builder) {
     (state, ids, b)
 }
 
+/// Replaces the policy `setup` made with these rules; the new generation.
+fn replace_policy(
+    state: &mut State,
+    ids: &mut IdTable,
+    b: &mut Builder,
+    inbound: Vec<Rule>,
+    outbound: Vec<Rule>,
+) -> std::sync::Arc<capo_classifier::Generation> {
+    b.apply(
+        state,
+        ids,
+        Update::PolicyUpdate(
+            common::pkey(0),
+            Policy {
+                inbound,
+                outbound,
+                untracked: false,
+                pre_dnat: false,
+                tier: "t1".into(),
+            },
+        ),
+    )
+    .unwrap()
+}
+
 fn syn(sport: u16, dport: u16) -> ParsedPacket {
     ParsedPacket {
         packet: Packet {
@@ -218,22 +243,7 @@ fn established_flows_keep_or_revalidate_across_generations() {
         let mut allow = Rule::any(Action::Allow);
         allow.protocol = Some(Protocol::TCP);
         allow.dst.ports = vec![PortRange::single(81)];
-        let g2 = b
-            .apply(
-                &mut state,
-                &mut ids,
-                Update::PolicyUpdate(
-                    common::pkey(0),
-                    Policy {
-                        inbound: vec![allow],
-                        outbound: vec![],
-                        untracked: false,
-                        pre_dnat: false,
-                        tier: "t1".into(),
-                    },
-                ),
-            )
-            .unwrap();
+        let g2 = replace_policy(&mut state, &mut ids, &mut b, vec![allow], vec![]);
         assert!(g2.id() > g1.id());
         let mut ack = p;
         ack.tcp_flags = tcp_flags::ACK;
@@ -347,22 +357,7 @@ proptest::proptest! {
         let g1 = b.current().unwrap().clone();
         let mut allow = Rule::any(Action::Allow);
         allow.dst.ports = vec![PortRange::single(81)];
-        let g2 = b
-            .apply(
-                &mut state,
-                &mut ids,
-                Update::PolicyUpdate(
-                    common::pkey(0),
-                    Policy {
-                        inbound: vec![allow.clone()],
-                        outbound: vec![allow],
-                        untracked: false,
-                        pre_dnat: false,
-                        tier: "t1".into(),
-                    },
-                ),
-            )
-            .unwrap();
+        let g2 = replace_policy(&mut state, &mut ids, &mut b, vec![allow.clone()], vec![allow]);
         let cfg = FlowConfig {
             capacity,
             on_full: if evict { FullPolicy::EvictLru } else { FullPolicy::Refuse },
