@@ -121,43 +121,53 @@ fn dir_index(dir: Direction) -> usize {
 pub(crate) struct IfaceMaps {
     pub(crate) by_name: HashMap<String, IfaceId>,
     pub(crate) by_kind: HashMap<IfaceKind, IfaceId>,
-    pub(crate) by_sw_if_index: SwIfIndexMap,
+    pub(crate) by_sw_if_index: SwIfIndexMap<IfaceId>,
 }
 
-/// `sw_if_index` → interface. VPP numbers its interfaces densely from 0, so a flat
-/// table answers a packet's lookup with one load; an index past
-/// [`SwIfIndexMap::DENSE`] (none in practice) goes to a map.
-#[derive(Debug, Default)]
-pub(crate) struct SwIfIndexMap {
-    /// Per `sw_if_index`, the interface's index plus one; 0: none.
-    dense: Vec<u32>,
-    sparse: HashMap<u32, IfaceId>,
+/// A map keyed by VPP `sw_if_index`. VPP numbers its interfaces densely from 0, so
+/// indexes below [`SwIfIndexMap::DENSE`] live in a flat table (one load per packet);
+/// a larger one (none in practice) goes to a hash map.
+#[derive(Debug, Clone)]
+pub struct SwIfIndexMap<V> {
+    dense: Vec<Option<V>>,
+    sparse: HashMap<u32, V>,
 }
 
-impl SwIfIndexMap {
-    /// Indexes below this live in the flat table (at most 256 KiB).
-    const DENSE: u32 = 1 << 16;
+impl<V> Default for SwIfIndexMap<V> {
+    fn default() -> Self {
+        SwIfIndexMap {
+            dense: Vec::new(),
+            sparse: HashMap::new(),
+        }
+    }
+}
 
+impl<V: Copy> SwIfIndexMap<V> {
+    /// Indexes below this live in the flat table.
+    pub const DENSE: u32 = 1 << 16;
+
+    /// The value filed under `sw_if_index`.
     #[inline]
-    pub(crate) fn get(&self, sw_if_index: u32) -> Option<IfaceId> {
-        match self.dense.get(sw_if_index as usize) {
-            Some(&e) => e.checked_sub(1).map(IfaceId),
-            None if sw_if_index < Self::DENSE => None,
-            None => self.sparse.get(&sw_if_index).copied(),
+    pub fn get(&self, sw_if_index: u32) -> Option<V> {
+        if sw_if_index < Self::DENSE {
+            self.dense.get(sw_if_index as usize).copied().flatten()
+        } else {
+            self.sparse.get(&sw_if_index).copied()
         }
     }
 
-    pub(crate) fn insert(&mut self, sw_if_index: u32, id: IfaceId) {
+    /// Files `value` under `sw_if_index`, replacing what was there.
+    pub fn insert(&mut self, sw_if_index: u32, value: V) {
         if sw_if_index < Self::DENSE {
             let at = sw_if_index as usize;
             if self.dense.len() <= at {
-                self.dense.resize(at + 1, 0);
+                self.dense.resize(at + 1, None);
             }
             if let Some(e) = self.dense.get_mut(at) {
-                *e = id.0.saturating_add(1);
+                *e = Some(value);
             }
         } else {
-            self.sparse.insert(sw_if_index, id);
+            self.sparse.insert(sw_if_index, value);
         }
     }
 }

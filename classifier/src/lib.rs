@@ -76,6 +76,7 @@ pub use flow::{
 };
 pub use generation::{
     Generation, GenerationCell, GenerationGuard, GenerationId, IfaceId, IfaceKind, Memory,
+    SwIfIndexMap,
 };
 pub use packet::{build, parse_ethernet, parse_ip, tcp_flags, ParseError, ParsedPacket};
 pub use program::{Decision, Scratch};

@@ -21,12 +21,11 @@
 //! The cell keeps the previous generation while the next one settles: a NIC mark from
 //! either is honoured (DESIGN.md §4).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use capo_classifier::IfaceId;
 pub use capo_classifier::IfaceKind;
+use capo_classifier::{IfaceId, SwIfIndexMap};
 use capo_policy::{Direction, IdTable, State};
 
 use crate::binding::{Bindings, How};
@@ -112,9 +111,6 @@ pub struct Snapshot {
     pub ids: IdTable,
 }
 
-/// Dense `sw_if_index` lookups up to this index; beyond it a hash map.
-const DENSE_MAX: u32 = 1 << 16;
-
 /// An immutable compiled snapshot.
 #[derive(Debug)]
 pub struct Generation {
@@ -122,9 +118,8 @@ pub struct Generation {
     snapshot: Arc<Snapshot>,
     classifier: Arc<capo_classifier::Generation>,
     ifaces: Vec<Iface>,
-    /// Position in `ifaces` by `sw_if_index`, for indexes below [`DENSE_MAX`].
-    dense: Vec<Option<u32>>,
-    sparse: HashMap<SwIfIndex, usize>,
+    /// Position in `ifaces` by `sw_if_index`.
+    by_sw_if_index: SwIfIndexMap<u32>,
     unknown: Vec<String>,
 }
 
@@ -158,29 +153,16 @@ impl Generation {
                 None => unknown.push(name),
             }
         }
-        let mut dense = Vec::new();
-        let mut sparse = HashMap::new();
+        let mut by_sw_if_index = SwIfIndexMap::default();
         for (i, f) in ifaces.iter().enumerate() {
-            let idx = f.sw_if_index.0;
-            if idx < DENSE_MAX {
-                let at = idx as usize;
-                if dense.len() <= at {
-                    dense.resize(at + 1, None);
-                }
-                if let Some(slot) = dense.get_mut(at) {
-                    *slot = Some(i as u32);
-                }
-            } else {
-                sparse.insert(f.sw_if_index, i);
-            }
+            by_sw_if_index.insert(f.sw_if_index.0, i as u32);
         }
         Generation {
             id,
             snapshot,
             classifier,
             ifaces,
-            dense,
-            sparse,
+            by_sw_if_index,
             unknown,
         }
     }
@@ -213,12 +195,8 @@ impl Generation {
     /// The interface with this index, if policed.
     #[inline]
     pub fn interface(&self, sw_if_index: SwIfIndex) -> Option<&Iface> {
-        let pos = if sw_if_index.0 < DENSE_MAX {
-            (*self.dense.get(sw_if_index.0 as usize)?)? as usize
-        } else {
-            *self.sparse.get(&sw_if_index)?
-        };
-        self.ifaces.get(pos)
+        let pos = self.by_sw_if_index.get(sw_if_index.0)?;
+        self.ifaces.get(pos as usize)
     }
 
     /// Endpoint interfaces VPP does not have.
@@ -308,6 +286,8 @@ impl GenerationCell {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn generation(id: u64, resolved: &HashMap<String, SwIfIndex>) -> Arc<Generation> {
@@ -393,9 +373,14 @@ mod tests {
     #[test]
     fn sparse_indexes_are_found() {
         let mut resolved = HashMap::new();
-        resolved.insert("tap0".to_string(), SwIfIndex(DENSE_MAX + 5));
+        resolved.insert(
+            "tap0".to_string(),
+            SwIfIndex(SwIfIndexMap::<u32>::DENSE + 5),
+        );
         let g = generation(1, &resolved);
-        assert!(g.interface(SwIfIndex(DENSE_MAX + 5)).is_some());
+        assert!(g
+            .interface(SwIfIndex(SwIfIndexMap::<u32>::DENSE + 5))
+            .is_some());
         assert!(g.interface(SwIfIndex(5)).is_none());
     }
 }
