@@ -131,6 +131,9 @@ def figures(doc):
         for phase in ("first", "established"):
             put(f"{w} production {phase} ns/packet",
                 spread(r["ns_per_packet"] for r in pick(cls, engine="production", phase=phase)), "ns")
+            # The VPP node's own logic on the same packets (capo_vpp_plugin::classify_batch).
+            put(f"{w} node {phase} ns/packet",
+                spread(r["ns_per_packet"] for r in pick(cls, engine="node", phase=phase)), "ns")
     for n in SWEEP:
         # Each sweep row carries the rules per program it measured; it belongs to the
         # nearest requested size.

@@ -24,6 +24,7 @@ pub mod expand;
 pub mod export;
 pub mod linear;
 pub mod measure;
+pub mod node;
 pub mod npol;
 pub mod offload;
 pub mod run;

@@ -39,7 +39,7 @@ pub struct Options {
 }
 
 impl Options {
-    fn budget(&self) -> Duration {
+    pub(crate) fn budget(&self) -> Duration {
         if self.quick {
             Duration::from_millis(300)
         } else {
@@ -371,6 +371,25 @@ pub fn classify(kind: Kind, opts: Options, log: &mut dyn FnMut(&str)) -> Vec<Row
             row.path = Some("production");
             row.note = Some(note);
             row.phase = Some(phase);
+            production_rows.push(row);
+        }
+    }
+    if let Some(n) = crate::node::node_logic(&w, &state, &ids, &g, opts) {
+        log(&format!(
+            "node: the plugin's node logic: first {:.1} ns/packet, established {:.1} ns/packet ({} of {} allowed; {} verdicts differ from fast)",
+            n.first, n.established, n.allowed, n.packets, n.disagree
+        ));
+        for (phase, ns) in [("first", n.first), ("established", n.established)] {
+            let mut row = Row::new("node", name).timing(ns);
+            row.path = Some("production");
+            row.phase = Some(phase);
+            row.note = Some(format!(
+                "capo_vpp_plugin::classify_batch per arc and frame of {}, IP-header buffers; {} of {} packets allowed; {} verdicts differ from fast",
+                capo_classifier::MAX_BATCH,
+                n.allowed,
+                n.packets,
+                n.disagree
+            ));
             production_rows.push(row);
         }
     }

@@ -47,6 +47,9 @@ pub struct VppBenchOptions {
     pub agent: PathBuf,
     /// Times each phase is sent (the median is reported).
     pub runs: usize,
+    /// Passes over the allowed packets in each run of the established phase (1: once,
+    /// right after their first packets).
+    pub repeat_established: usize,
 }
 
 /// Why the benchmark could not run.
@@ -95,6 +98,9 @@ pub struct VppRow {
     pub packets: u64,
     /// Runs.
     pub runs: usize,
+    /// Passes over the packets per run (the established phase's `--repeat-established`;
+    /// 1 otherwise).
+    pub repeat: usize,
     /// Growth of VPP's resident memory with the policy in force (policy rows).
     pub memory_bytes: Option<u64>,
     /// Growth of VPP's main heap in use (`show memory main-heap`) with the policy in
@@ -317,6 +323,40 @@ pub fn policy_vectors_per_call(nodes: &[NodeRuntime]) -> f64 {
     }
 }
 
+/// Each active node's clocks per sent packet, the costliest first (`name clocks, ...`).
+pub fn node_breakdown(nodes: &[NodeRuntime], packets: u64) -> String {
+    let packets = packets.max(1) as f64;
+    let mut per: Vec<(&str, f64)> = nodes
+        .iter()
+        .filter(|n| n.state == "active" && n.vectors > 0)
+        .map(|n| (n.name.as_str(), n.clocks * n.vectors as f64 / packets))
+        .collect();
+    per.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // The per-interface output and tx nodes (one pair per endpoint) summed.
+    let (interfaces, mut named): (Vec<_>, Vec<_>) = per
+        .into_iter()
+        .partition(|(name, _)| is_per_interface_node(name));
+    if !interfaces.is_empty() {
+        named.push(("pgN-output+pgN-tx", interfaces.iter().map(|(_, c)| c).sum()));
+    }
+    named
+        .iter()
+        .map(|(name, c)| format!("{name} {c:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A packet-generator interface's own output or tx node (`pg12-output`, `pg3-tx`).
+fn is_per_interface_node(name: &str) -> bool {
+    name.strip_prefix("pg")
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(n, node)| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && matches!(node, "output" | "tx")
+        })
+}
+
 /// (clocks per packet over the active nodes, of which the policy nodes) for `packets`.
 pub fn clocks_per_packet(nodes: &[NodeRuntime], packets: u64) -> (f64, f64) {
     let packets = packets.max(1) as f64;
@@ -506,6 +546,7 @@ fn run_in(
         return Err(VppBenchError::NoTraffic(o.window));
     }
     let runs = o.runs.max(1);
+    let repeat = o.repeat_established.max(1);
     // Per run: the first packets (new flows), and the allowed ones again (flow hits).
     let mut pcaps = Vec::with_capacity(runs);
     for r in 0..runs {
@@ -597,7 +638,12 @@ fn run_in(
                 if established {
                     vpp.send(&first.0, first.1, &format!("w{r}"))?;
                 }
-                let (nodes, errors) = vpp.send(pcap, *n, &format!("{}{r}", &phase[..1]))?;
+                // The established phase may send its packets several times over in one
+                // stream: every pass hits the same flows, the caches warm as in a busy
+                // dataplane (the first phase cannot repeat: its packets would be hits).
+                let rep = if established { repeat } else { 1 };
+                let sent = *n * rep;
+                let (nodes, errors) = vpp.send(pcap, sent, &format!("{}{r}", &phase[..1]))?;
                 let verdicts = match engine {
                     "acl" => acl_verdicts(&errors),
                     _ => capo_verdicts(&errors),
@@ -611,7 +657,7 @@ fn run_in(
                         denied: (first.1 - again.1) as u64,
                     },
                     (_, true) => CapoVerdicts {
-                        allowed: again.1 as u64,
+                        allowed: sent as u64,
                         denied: 0,
                     },
                 };
@@ -620,17 +666,28 @@ fn run_in(
                         "{engine} {phase} run {r}: the policy nodes counted {verdicts:?}, the reference {want:?}"
                     )));
                 }
-                let (t, c) = clocks_per_packet(&nodes, *n as u64);
+                let (t, c) = clocks_per_packet(&nodes, sent as u64);
+                if r + 1 == pcaps.len() {
+                    log(&format!(
+                        "vpp: {engine} {phase} run {r} by node: {}",
+                        node_breakdown(&nodes, sent as u64)
+                    ));
+                }
                 totals.push(t);
                 capo.push(c);
                 per_call.push(policy_vectors_per_call(&nodes));
-                packets = *n as u64;
+                packets = sent as u64;
             }
             let (mid, lo, hi) = median(totals);
             let (capo_mid, _, _) = median(capo);
             let (per_call, _, _) = median(per_call);
             log(&format!(
-                "vpp: {engine} {phase}: {mid:.0} clocks/packet (policy nodes {capo_mid:.0}), {lo:.0}..{hi:.0} over {runs} runs"
+                "vpp: {engine} {phase}: {mid:.0} clocks/packet (policy nodes {capo_mid:.0}), {lo:.0}..{hi:.0} over {runs} runs{}",
+                if established && repeat > 1 {
+                    format!(", {repeat} passes over the allowed packets per run")
+                } else {
+                    String::new()
+                }
             ));
             rows.push(VppRow {
                 engine,
@@ -642,6 +699,7 @@ fn run_in(
                 clocks_max: hi,
                 packets,
                 runs,
+                repeat: if established { repeat } else { 1 },
                 memory_bytes: memory.map(|m| m.0),
                 heap_bytes: memory.map(|m| m.1),
                 workload: o.kind.name(),
@@ -946,6 +1004,7 @@ fn npol_peer(
         clocks_max: report.0[2],
         packets: judged.len() as u64,
         runs: o.runs.max(1),
+        repeat: 1,
         memory_bytes: Some(memory.0),
         heap_bytes: Some(memory.1),
         workload: o.kind.name(),
@@ -995,6 +1054,19 @@ pg-input                        polling               20            3528        
         assert!((total - 190.0).abs() < 1e-9, "{total}");
         assert!((capo - 150.0).abs() < 1e-9, "{capo}");
         assert!((policy_vectors_per_call(&nodes) - 252.0).abs() < 1e-9);
+        assert_eq!(
+            node_breakdown(&nodes, 3528),
+            "capo-ip4-out 150, ip4-lookup 40"
+        );
+        let per_interface = parse_runtime(
+            "pg12-output active 2 100 0 3.00e1 50.00\npg12-tx active 2 100 0 1.00e1 50.00\n\
+             pg3-tx active 1 50 0 2.00e1 50.00\npg-input polling 2 150 0 5.00e1 0.00\n\
+             ip4-rewrite active 3 150 0 4.00e1 50.00\n",
+        );
+        assert_eq!(
+            node_breakdown(&per_interface, 150),
+            "ip4-rewrite 40, pgN-output+pgN-tx 33"
+        );
     }
 
     #[test]

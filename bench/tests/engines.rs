@@ -62,6 +62,8 @@ fn classify_reports_every_engine_on_w_seed() {
         "fast",
         "production",
         "production",
+        "node",
+        "node",
         "reference",
         "linear",
         "rte_acl",
@@ -91,15 +93,22 @@ fn classify_reports_every_engine_on_w_seed() {
         matches!(counts[..], [hits, packets] if hits == packets && packets > 0),
         "{established}"
     );
+    // The VPP node's logic on the same packets, checked the same way.
+    for (row, phase) in rows[3..5].iter().zip(["first", "established"]) {
+        assert_eq!((row.path, row.phase), (Some("production"), Some(phase)));
+        assert!(row.ns_per_packet.is_some_and(|ns| ns > 0.0));
+        let note = row.note.clone().unwrap_or_default();
+        assert!(note.ends_with("; 0 verdicts differ from fast"), "{note}");
+    }
     assert!(
         logs.iter()
             .any(|l| l.contains("reference:") && l.contains(" 0 verdict mismatches")),
         "{logs:?}"
     );
-    let acl = &rows[5];
+    let acl = &rows[7];
     let note = acl.note.clone().unwrap_or_default();
     if cfg!(feature = "rte-acl") {
-        for (row, path) in rows[5..].iter().zip([None, Some("burst")]) {
+        for (row, path) in rows[7..].iter().zip([None, Some("burst")]) {
             let note = row.note.clone().unwrap_or_default();
             assert_eq!(row.path, path, "{note}");
             assert!(row.ns_per_packet.is_some_and(|ns| ns > 0.0), "{note}");

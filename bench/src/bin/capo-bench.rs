@@ -141,6 +141,11 @@ enum Command {
         /// Runs of each phase (the median is reported).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
+        /// Passes over the allowed packets in each established run (more than 1: the
+        /// steady state of a busy dataplane, caches warm, rather than one pass right
+        /// after the first packets).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        repeat_established: u32,
         /// An unpacked VPP with capo's plugin (scripts/vpp-setup.sh DIR).
         #[arg(long, env = "CAPO_VPP")]
         vpp: PathBuf,
@@ -246,6 +251,7 @@ fn main() -> ExitCode {
             window,
             seed,
             runs,
+            repeat_established,
             vpp,
             agent,
             json,
@@ -264,6 +270,7 @@ fn main() -> ExitCode {
                     vpp_root: vpp,
                     agent,
                     runs: runs as usize,
+                    repeat_established: repeat_established as usize,
                 },
                 json,
             )
