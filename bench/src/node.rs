@@ -84,23 +84,26 @@ fn calls(packets: &[NodePacket]) -> Vec<Call> {
     out
 }
 
-/// Runs one node call; returns the packets it let through.
-fn run_call(ctx: &mut BatchCtx<'_>, call: &Call, out: &mut Vec<PacketOut>) -> usize {
-    let views: Vec<PacketIn<'_>> = call
-        .packets
-        .iter()
-        .map(|p| PacketIn {
-            bytes: &p.bytes,
-            sw_if_index: SwIfIndex(p.sw_if_index),
-            flow_id: 0,
-            traced: false,
-        })
-        .collect();
+/// Runs one node call; returns the packets it let through. `views` is reused from
+/// call to call, as the node's per-frame array is (no allocation per call).
+fn run_call<'a>(
+    ctx: &mut BatchCtx<'_>,
+    call: &'a Call,
+    views: &mut Vec<PacketIn<'a>>,
+    out: &mut Vec<PacketOut>,
+) -> usize {
+    views.clear();
+    views.extend(call.packets.iter().map(|p| PacketIn {
+        bytes: &p.bytes,
+        sw_if_index: SwIfIndex(p.sw_if_index),
+        flow_id: 0,
+        traced: false,
+    }));
     match (call.ip6, call.output) {
-        (false, false) => classify_batch::<false, false>(ctx, &views, out),
-        (false, true) => classify_batch::<false, true>(ctx, &views, out),
-        (true, false) => classify_batch::<true, false>(ctx, &views, out),
-        (true, true) => classify_batch::<true, true>(ctx, &views, out),
+        (false, false) => classify_batch::<false, false>(ctx, views, out),
+        (false, true) => classify_batch::<false, true>(ctx, views, out),
+        (true, false) => classify_batch::<true, false>(ctx, views, out),
+        (true, true) => classify_batch::<true, true>(ctx, views, out),
     };
     out.iter().filter(|o| o.next == Next::NextFeature).count()
 }
@@ -179,6 +182,7 @@ pub fn node_logic(
     let long_after = Timestamp::from_secs(1_000_000_000);
     let first_calls = calls(&packets);
     let mut out = Vec::with_capacity(MAX_BATCH);
+    let mut views = Vec::with_capacity(MAX_BATCH);
     let mut allowed = Vec::new();
     let mut disagree = 0;
     let mut ctx = BatchCtx {
@@ -189,7 +193,7 @@ pub fn node_logic(
         unclassified: Unclassified::Drop,
     };
     for call in &first_calls {
-        run_call(&mut ctx, call, &mut out);
+        run_call(&mut ctx, call, &mut views, &mut out);
         disagree += call
             .packets
             .iter()
@@ -213,19 +217,19 @@ pub fn node_logic(
     let established_calls = calls(&allowed);
     let established_allowed = established_calls
         .iter()
-        .map(|c| run_call(&mut ctx, c, &mut out))
+        .map(|c| run_call(&mut ctx, c, &mut views, &mut out))
         .sum();
     let first = time_loop(opts.budget(), first_calls.len(), |k| {
         if k == 0 {
             ctx.slot.worker.expire(long_after, usize::MAX);
         }
         if let Some(c) = first_calls.get(k) {
-            black_box(run_call(&mut ctx, c, &mut out));
+            black_box(run_call(&mut ctx, c, &mut views, &mut out));
         }
     });
     let established = time_loop(opts.budget(), established_calls.len().max(1), |k| {
         if let Some(c) = established_calls.get(k) {
-            black_box(run_call(&mut ctx, c, &mut out));
+            black_box(run_call(&mut ctx, c, &mut views, &mut out));
         }
     });
     Some(NodeLogic {

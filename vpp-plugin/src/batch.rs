@@ -286,13 +286,19 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
     //    once, traced packets one by one.
     if !frame.inputs.is_empty() {
         let hits_before = flow_hits(&slot.counters.flows());
+        // Tracing is rare: a frame without traced packets skips the per-packet check.
+        let any_traced = pkts.iter().any(|p| p.traced);
+        let traced = |k: usize| {
+            any_traced
+                && frame
+                    .at
+                    .get(k)
+                    .and_then(|i| pkts.get(*i))
+                    .is_some_and(|p| p.traced)
+        };
         let mut start = 0;
         while start < frame.inputs.len() {
-            let traced_at = frame
-                .at
-                .get(start)
-                .and_then(|i| pkts.get(*i))
-                .is_some_and(|p| p.traced);
+            let traced_at = traced(start);
             if traced_at {
                 if let (Some(input), Some(&i)) = (frame.inputs.get(start), frame.at.get(start)) {
                     let o = decide_traced(slot, &g, input, pkts.get(i), dir, ctx.now);
@@ -305,14 +311,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                 continue;
             }
             let mut end = start;
-            while end < frame.inputs.len()
-                && end - start < MAX_BATCH
-                && !frame
-                    .at
-                    .get(end)
-                    .and_then(|i| pkts.get(*i))
-                    .is_some_and(|p| p.traced)
-            {
+            while end < frame.inputs.len() && end - start < MAX_BATCH && !traced(end) {
                 end += 1;
             }
             if let Some(run) = frame.inputs.get(start..end) {

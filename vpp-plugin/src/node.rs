@@ -118,18 +118,15 @@ where
     // (VPP's frame contract); feature data is `()`.
     let from = unsafe { frame.get_buffers::<FRAME_SIZE>(vm, &mut bufs) };
     let mut nexts: ArrayVec<u16, FRAME_SIZE> = ArrayVec::new();
-    for b in bufs.iter_mut() {
-        // SAFETY: the node runs on a feature arc (contract above), so the buffer's config
-        // index is valid; this advances it exactly once per buffer.
-        let (next, ()) = unsafe { b.vnet_feature_next() };
-        nexts.push(next as u16);
-    }
 
     let Some(plugin) = crate::vpp_glue::plugin() else {
         // Not started (features are only enabled by a started plugin): fail closed.
-        for (b, next) in bufs.iter_mut().zip(nexts.iter_mut()) {
+        for b in bufs.iter_mut() {
+            // SAFETY: the node runs on a feature arc (contract above), so the buffer's
+            // config index is valid; this advances it exactly once per buffer.
+            let (_next, ()) = unsafe { b.vnet_feature_next() };
             b.set_error(node, CapoError::Unclassified);
-            *next = CapoNext::Drop as u16;
+            nexts.push(CapoNext::Drop as u16);
         }
         // SAFETY: `from` and `nexts` have one entry per buffer; the drop node takes
         // buffer indices with their current data unchanged.
@@ -139,9 +136,15 @@ where
 
     OUT.with_borrow_mut(|out| {
         {
+            // One pass over the buffers' metadata: the next feature and the view.
             let views: ArrayVec<PacketIn<'_>, FRAME_SIZE> = bufs
                 .iter_mut()
                 .map(|b| {
+                    // SAFETY: the node runs on a feature arc (contract above), so the
+                    // buffer's config index is valid; this advances it exactly once per
+                    // buffer.
+                    let (next, ()) = unsafe { b.vnet_feature_next() };
+                    nexts.push(next as u16);
                     // SAFETY: contract above: buffers on this arc, owned for the frame.
                     let v = unsafe { crate::buffer::view::<OUTPUT, ()>(b) };
                     PacketIn {
