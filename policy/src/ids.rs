@@ -104,6 +104,10 @@ fn endpoint_tiers(state: &State) -> impl Iterator<Item = &str> {
         )
 }
 
+/// Tier names remembered while numbering an endpoint sync's tiers (clusters have a
+/// handful; more are simply looked up each time).
+const FEW_TIERS: usize = 16;
+
 /// What one update can have changed, for [`IdTable::sync_after`].
 #[derive(Debug, Clone, Copy)]
 pub enum Changed<'a> {
@@ -303,7 +307,16 @@ impl IdTable {
                 self.sync_rule_list(pref.clone(), dir, rules);
             }
         }
+        // Endpoints repeat the same few tier names: those met already are skipped
+        // without hashing them again (numbering follows first occurrences anyway).
+        let mut met: Vec<&str> = Vec::with_capacity(FEW_TIERS);
         for t in tier_names {
+            if met.contains(&t) {
+                continue;
+            }
+            if met.len() < FEW_TIERS {
+                met.push(t);
+            }
             self.ensure_tier(t);
         }
         // Failsafe rules follow the host endpoints and the config, interfaces the
@@ -325,16 +338,25 @@ impl IdTable {
     }
 
     /// Forgets the tiers nothing references any more, scanning only until every
-    /// numbered tier has been seen.
+    /// numbered tier has been seen: the endpoints first (each lists every tier with
+    /// policies for it, so the first few usually name them all), then the policies.
     fn drop_unreferenced_tiers(&mut self, state: &State) {
-        let mut unseen: std::collections::HashSet<String> = self.tiers.keys().cloned().collect();
-        for name in referenced_tiers(state) {
+        let mut unseen: std::collections::HashSet<&str> =
+            self.tiers.keys().map(String::as_str).collect();
+        let by_endpoints_first = endpoint_tiers(state).chain(
+            state
+                .policies()
+                .values()
+                .filter_map(|p| Some(p.tier.as_str()).filter(|t| !t.is_empty())),
+        );
+        for name in by_endpoints_first {
             if unseen.is_empty() {
                 return;
             }
             unseen.remove(name);
         }
-        for name in unseen {
+        let gone: Vec<String> = unseen.into_iter().map(str::to_string).collect();
+        for name in gone {
             self.tiers.remove(&name);
         }
     }
@@ -584,5 +606,83 @@ mod id_tests {
             .unwrap();
         ids.sync(&s);
         assert!(ids.policy(&pa).unwrap() > policy_id);
+    }
+
+    fn endpoint(
+        n: usize,
+        tiers: &[&str],
+    ) -> (crate::model::WorkloadKey, crate::model::WorkloadEndpoint) {
+        (
+            crate::model::WorkloadKey {
+                orchestrator: "k8s".into(),
+                workload: format!("ns/pod{n}"),
+                endpoint: "eth0".into(),
+            },
+            crate::model::WorkloadEndpoint {
+                name: format!("tun{n}"),
+                profile_ids: vec![],
+                ipv4_nets: vec![],
+                ipv6_nets: vec![],
+                tiers: tiers
+                    .iter()
+                    .map(|t| crate::model::TierInfo {
+                        name: (*t).into(),
+                        ingress: vec![key("a")],
+                        egress: vec![],
+                        default_action: crate::model::TierDefault::Deny,
+                    })
+                    .collect(),
+            },
+        )
+    }
+
+    /// An endpoint sync numbers the endpoints' new tiers and forgets the ones no longer
+    /// referenced exactly as a full sync does, whichever objects reference them.
+    #[test]
+    fn endpoint_syncs_number_and_forget_tiers_as_a_full_sync() {
+        let mut s = State::new();
+        // Many policies in one tier ahead of the one that names the other: the scan for
+        // unreferenced tiers must not stop before it has seen every numbered tier.
+        for n in 0..40 {
+            s.apply(Update::PolicyUpdate(
+                key(&format!("p{n:02}")),
+                policy(&[80]),
+            ))
+            .unwrap();
+        }
+        let mut late = policy(&[81]);
+        late.tier = "late".into();
+        s.apply(Update::PolicyUpdate(key("zz"), late)).unwrap();
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[22])))
+            .unwrap();
+        let (k0, e0) = endpoint(0, &["default"]);
+        s.apply(Update::WorkloadUpdate(k0, e0)).unwrap();
+        let mut ids = IdTable::default();
+        ids.sync(&s);
+        let check = |s: &State, ids: &IdTable| {
+            let mut full = ids.clone();
+            full.sync(s);
+            assert_eq!(&full, ids);
+        };
+        // Several new tiers at once, repeated across endpoints, numbered in order.
+        let (k1, e1) = endpoint(1, &["t1", "t2", "default", "t3"]);
+        let (k2, e2) = endpoint(2, &["t2", "t1", "t4"]);
+        s.apply(Update::WorkloadUpdate(k1.clone(), e1)).unwrap();
+        s.apply(Update::WorkloadUpdate(k2.clone(), e2)).unwrap();
+        ids.sync_after(&s, Changed::Workloads);
+        check(&s, &ids);
+        let t = |ids: &IdTable, name: &str| ids.tier_rule(name);
+        assert!(t(&ids, "t1") < t(&ids, "t2") && t(&ids, "t2") < t(&ids, "t3"));
+        assert!(t(&ids, "t3") < t(&ids, "t4"));
+        // t3 loses its only reference; t1 and t2 keep one; "late" (a policy's) stays.
+        s.apply(Update::WorkloadRemove(k1)).unwrap();
+        ids.sync_after(&s, Changed::Workloads);
+        check(&s, &ids);
+        assert_eq!(t(&ids, "t3"), None);
+        assert!(t(&ids, "t1").is_some() && t(&ids, "late").is_some());
+        s.apply(Update::WorkloadRemove(k2)).unwrap();
+        ids.sync_after(&s, Changed::Workloads);
+        check(&s, &ids);
+        assert_eq!((t(&ids, "t1"), t(&ids, "t4")), (None, None));
     }
 }
