@@ -9,8 +9,8 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use capo_classifier::{build, tcp_flags, IfaceKind, Scratch, Timestamp, MAX_BATCH};
-use capo_policy::{Direction, IdTable, Protocol, State, Verdict};
+use capo_classifier::{IfaceKind, Scratch, Timestamp, MAX_BATCH};
+use capo_policy::{IdTable, State, Verdict};
 use capo_vpp_plugin::batch::Unclassified;
 use capo_vpp_plugin::binding::{Bindings, Bound, How};
 use capo_vpp_plugin::generation::{policed_interfaces, Snapshot};
@@ -18,11 +18,11 @@ use capo_vpp_plugin::mark::NicMarks;
 use capo_vpp_plugin::worker::WorkerSlot;
 use capo_vpp_plugin::{
     classify_batch, BatchCtx, Generation, GenerationCell, Next, PacketIn, PacketOut, PluginConfig,
-    SwIfIndex,
+    SwIfIndex, VppDir,
 };
 
 use crate::measure::time_loop;
-use crate::run::Options;
+use crate::run::{first_frame, Options};
 use crate::workload::Workload;
 
 /// One packet as a node receives it: its interface, its arc and its IP-header bytes.
@@ -118,33 +118,30 @@ pub fn node_logic(
     opts: Options,
 ) -> Option<NodeLogic> {
     let host = ids.host_interface().to_string();
-    let mut bindings = Bindings::new();
-    let mut inverted_of = std::collections::HashMap::new();
-    for (name, _, inverted) in policed_interfaces(state, &host) {
-        let Some(idx) = ids.interface(&name) else {
-            continue;
-        };
-        inverted_of.insert(idx, inverted);
-        bindings.insert(
-            name.clone(),
-            Bound {
+    let bindings: Bindings = policed_interfaces(state, &host)
+        .into_iter()
+        .filter_map(|(name, _, _)| {
+            let idx = ids.interface(&name)?;
+            let bound = Bound {
                 sw_if_index: SwIfIndex(idx),
-                vpp_name: name,
+                vpp_name: name.clone(),
                 how: How::Explicit,
-            },
-        );
-    }
+            };
+            Some((name, bound))
+        })
+        .collect();
     let snapshot = Arc::new(Snapshot {
         state: state.clone(),
         ids: ids.clone(),
     });
-    let cell = GenerationCell::new();
-    cell.publish(Arc::new(Generation::build(
+    let g = Arc::new(Generation::build(
         1,
         snapshot,
         classifier.clone(),
         &bindings,
-    )));
+    ));
+    let cell = GenerationCell::new();
+    cell.publish(g.clone());
     let mut scratch = Scratch::default();
     let packets: Vec<NodePacket> = w
         .packets
@@ -152,13 +149,7 @@ pub fn node_logic(
         .filter_map(|(k, d, p)| {
             let wep = state.workloads().get(k)?;
             let idx = ids.interface(&wep.name)?;
-            let inverted = *inverted_of.get(&idx)?;
-            let syn = if p.protocol == Protocol::TCP {
-                tcp_flags::SYN
-            } else {
-                0
-            };
-            let frame = build::frame(p, syn);
+            let iface = g.interface(SwIfIndex(idx))?;
             let want = classifier
                 .interface_of(&IfaceKind::Workload(k.clone()))
                 .and_then(|i| classifier.classify(i, *d, p, &mut scratch))
@@ -166,9 +157,9 @@ pub fn node_logic(
             Some(NodePacket {
                 sw_if_index: idx,
                 ip6: p.dst.is_ipv6(),
-                // The output arc (tx) applies the endpoint's ingress policy.
-                output: (*d == Direction::Ingress) != inverted,
-                bytes: frame.get(14..)?.to_vec(),
+                // The arc whose VPP direction is the packet's Calico direction there.
+                output: iface.calico_dir(VppDir::Tx) == *d,
+                bytes: first_frame(p).get(14..)?.to_vec(),
                 want,
             })
         })

@@ -5,9 +5,11 @@
 //! - `production`: what the dataplanes run per frame of 256 wire-format packets —
 //!   parse, flow lookup, classification of misses, flow insert, counters
 //!   ([`capo_classifier::Worker::process`]) — for first packets (the flow table
-//!   emptied at the start of each pass over the list) and for established flows (the allowed packets again,
-//!   each a hit of the flow its first packet opened, as `capo-bench vpp` defines the
-//!   phase). Row `path`: `production`.
+//!   emptied at the start of each pass over the list) and for established flows
+//!   (the allowed packets again, each a hit of the flow its first packet opened, as
+//!   `capo-bench vpp` defines the phase). Row `path`: `production`.
+//! - `node` (path `production`): the VPP plugin's node logic on the same packets
+//!   ([`crate::node`]).
 //! - `reference`: [`capo_policy::eval::evaluate_workload`], the specification.
 //! - `linear`: the C plugin's algorithm ([`crate::linear`]).
 //! - `rte_acl`: DPDK's classifier on the rules expanded ([`crate::acl`]).
@@ -81,9 +83,7 @@ fn production(
     g: &capo_classifier::Generation,
     opts: Options,
 ) -> Option<Production> {
-    use capo_classifier::{
-        build, parse_ethernet, tcp_flags, Counters, FlowConfig, Input, Timestamp, Worker,
-    };
+    use capo_classifier::{parse_ethernet, Counters, FlowConfig, Input, Timestamp, Worker};
     // (sw_if_index, direction, frame) of every packet on a policed interface.
     let frames: Vec<(u32, capo_policy::Direction, Vec<u8>)> = w
         .packets
@@ -91,12 +91,7 @@ fn production(
         .filter_map(|(k, d, p)| {
             let wep = state.workloads().get(k)?;
             let idx = ids.interface(&wep.name)?;
-            let syn = if p.protocol == capo_policy::Protocol::TCP {
-                tcp_flags::SYN
-            } else {
-                0
-            };
-            Some((idx, *d, build::frame(p, syn)))
+            Some((idx, *d, first_frame(p)))
         })
         .collect();
     if frames.is_empty() {
@@ -182,6 +177,16 @@ fn production(
         established_packets: allowed.len(),
         established_hits,
     })
+}
+
+/// A flow's first packet as an Ethernet frame (TCP's carries SYN).
+pub(crate) fn first_frame(p: &capo_policy::Packet) -> Vec<u8> {
+    let flags = if p.protocol == capo_policy::Protocol::TCP {
+        capo_classifier::tcp_flags::SYN
+    } else {
+        0
+    };
+    capo_classifier::build::frame(p, flags)
 }
 
 /// The workload's packets on the interfaces `g` has, as the batch path takes them.

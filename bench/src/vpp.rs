@@ -632,16 +632,16 @@ fn run_in(
             let mut capo = Vec::new();
             let mut per_call = Vec::new();
             let mut packets = 0;
+            // The established phase may send its packets several times over in one
+            // stream: every pass hits the same flows, the caches warm as in a busy
+            // dataplane (the first phase cannot repeat: its packets would be hits).
+            let rep = if established { repeat } else { 1 };
             for (r, (first, again)) in pcaps.iter().enumerate() {
                 // The first packets make the flows the established phase hits.
                 let (pcap, n) = if established { again } else { first };
                 if established {
                     vpp.send(&first.0, first.1, &format!("w{r}"))?;
                 }
-                // The established phase may send its packets several times over in one
-                // stream: every pass hits the same flows, the caches warm as in a busy
-                // dataplane (the first phase cannot repeat: its packets would be hits).
-                let rep = if established { repeat } else { 1 };
                 let sent = *n * rep;
                 let (nodes, errors) = vpp.send(pcap, sent, &format!("{}{r}", &phase[..1]))?;
                 let verdicts = match engine {
@@ -683,8 +683,8 @@ fn run_in(
             let (per_call, _, _) = median(per_call);
             log(&format!(
                 "vpp: {engine} {phase}: {mid:.0} clocks/packet (policy nodes {capo_mid:.0}), {lo:.0}..{hi:.0} over {runs} runs{}",
-                if established && repeat > 1 {
-                    format!(", {repeat} passes over the allowed packets per run")
+                if rep > 1 {
+                    format!(", {rep} passes over the allowed packets per run")
                 } else {
                     String::new()
                 }
@@ -699,7 +699,7 @@ fn run_in(
                 clocks_max: hi,
                 packets,
                 runs,
-                repeat: if established { repeat } else { 1 },
+                repeat: rep,
                 memory_bytes: memory.map(|m| m.0),
                 heap_bytes: memory.map(|m| m.1),
                 workload: o.kind.name(),

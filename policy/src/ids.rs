@@ -83,11 +83,15 @@ pub const DEFAULT_HOST_INTERFACE: &str = "tap0";
 /// Every tier name the state references, in numbering order (policies' tiers, then
 /// the workloads', then the host endpoints'), repeats included.
 fn referenced_tiers(state: &State) -> impl Iterator<Item = &str> {
+    policy_tiers(state).chain(endpoint_tiers(state))
+}
+
+/// The policies' tier names (policies without a tier name none), repeats included.
+fn policy_tiers(state: &State) -> impl Iterator<Item = &str> {
     state
         .policies()
         .values()
         .filter_map(|p| Some(p.tier.as_str()).filter(|t| !t.is_empty()))
-        .chain(endpoint_tiers(state))
 }
 
 /// The tier names the workloads and host endpoints reference, in numbering order.
@@ -343,13 +347,7 @@ impl IdTable {
     fn drop_unreferenced_tiers(&mut self, state: &State) {
         let mut unseen: std::collections::HashSet<&str> =
             self.tiers.keys().map(String::as_str).collect();
-        let by_endpoints_first = endpoint_tiers(state).chain(
-            state
-                .policies()
-                .values()
-                .filter_map(|p| Some(p.tier.as_str()).filter(|t| !t.is_empty())),
-        );
-        for name in by_endpoints_first {
+        for name in endpoint_tiers(state).chain(policy_tiers(state)) {
             if unseen.is_empty() {
                 return;
             }
