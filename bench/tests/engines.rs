@@ -39,7 +39,7 @@ fn fast_batch_path_equals_reference_on_w_k8s() {
             let want = eval::evaluate_workload(&state, key, *dir, pkt).expect("reference");
             let got = d.expect("decision");
             assert_eq!(got.verdict, want.verdict, "packet {n}: {pkt:?}");
-            assert_eq!(got.decider, &want.decider, "packet {n}: {pkt:?}");
+            assert_eq!(got.decider(), &want.decider, "packet {n}: {pkt:?}");
             checked += 1;
         }
     }

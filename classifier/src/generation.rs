@@ -105,8 +105,8 @@ pub(crate) struct Iface {
     pub(crate) entries: [Entry; 2],
     /// Policies and profiles the programs were compiled from (sets: an update asks
     /// every interface whether it uses the changed one).
-    pub(crate) policies: std::collections::HashSet<capo_policy::PolicyKey>,
-    pub(crate) profiles: std::collections::HashSet<String>,
+    pub(crate) policies: crate::compile::FastSet<capo_policy::PolicyKey>,
+    pub(crate) profiles: crate::compile::FastSet<String>,
 }
 
 fn dir_index(dir: Direction) -> usize {
@@ -116,18 +116,23 @@ fn dir_index(dir: Direction) -> usize {
     }
 }
 
-/// Lookup tables from names to interfaces.
-#[derive(Debug, Default)]
+/// Lookups from names to interfaces. By kind needs no table: the interface list is
+/// in kind order (the builder keeps it in a map by kind). The tables hold ids only,
+/// so rebuilding them after an endpoint comes or goes copies no names.
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct IfaceMaps {
-    pub(crate) by_name: HashMap<String, IfaceId>,
-    pub(crate) by_kind: HashMap<IfaceKind, IfaceId>,
+    /// Named interfaces, sorted by name.
+    pub(crate) by_name: Vec<IfaceId>,
+    /// No two interfaces share a name (so one added or removed updates `by_name`
+    /// in place).
+    pub(crate) names_unique: bool,
     pub(crate) by_sw_if_index: SwIfIndexMap<IfaceId>,
 }
 
 /// A map keyed by VPP `sw_if_index`. VPP numbers its interfaces densely from 0, so
 /// indexes below [`SwIfIndexMap::DENSE`] live in a flat table (one load per packet);
 /// a larger one (none in practice) goes to a hash map.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SwIfIndexMap<V> {
     dense: Vec<Option<V>>,
     sparse: HashMap<u32, V>,
@@ -215,12 +220,19 @@ impl Generation {
     /// The interface with this name (workload interface, host-facing interface or a
     /// host endpoint's interface).
     pub fn interface(&self, name: &str) -> Option<IfaceId> {
-        self.maps.by_name.get(name).copied()
+        let name_of = |id: &IfaceId| self.ifaces.get(id.0 as usize).map(|i| i.name.as_str());
+        let at = self
+            .maps
+            .by_name
+            .binary_search_by(|id| name_of(id).cmp(&Some(name)))
+            .ok()?;
+        self.maps.by_name.get(at).copied()
     }
 
     /// The interface of a workload, the host, or a host endpoint.
     pub fn interface_of(&self, kind: &IfaceKind) -> Option<IfaceId> {
-        self.maps.by_kind.get(kind).copied()
+        let at = self.ifaces.binary_search_by(|i| i.kind.cmp(kind)).ok()?;
+        Some(IfaceId(at as u32))
     }
 
     /// The interface with this `sw_if_index` (as the views number them).

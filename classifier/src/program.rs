@@ -19,6 +19,8 @@
 //! must *all* hold the address, several service sets) are marked and verified on
 //! their own against the packet's atom lists.
 
+use std::sync::Arc;
+
 use capo_policy::{Decider, IcmpMatch, IpFamily, Packet, PortRange, Verdict, L4};
 
 use zerocopy::{FromBytes, IntoBytes};
@@ -39,7 +41,7 @@ pub(crate) enum Act {
 #[derive(Debug, Clone)]
 pub(crate) struct CRule {
     pub(crate) act: Act,
-    /// Index into [`Program::deciders`].
+    /// Index into [`Program::deciders`] (a rule's own index).
     pub(crate) decider: u32,
     /// The views' `rule#`, for counters.
     pub(crate) rule_id: Option<u32>,
@@ -122,14 +124,16 @@ pub(crate) fn port_table(
         })
         .collect();
     out.resize(sw + n * 2 * words, 0);
-    for (iv, s) in starts.iter().enumerate() {
-        let base = sw + iv * 2 * words;
-        for (rules, off) in [(pos, base), (neg, base + words)] {
-            for (rule, r) in rules {
-                if r.contains(*s) {
-                    if let Some(b) = out.get_mut(off..off + words) {
-                        bits::set(b, *rule);
-                    }
+    // Each range covers a run of whole intervals: from the one it starts to the one
+    // holding its last port (every bound is an interval start).
+    for (rules, half) in [(pos, 0), (neg, words)] {
+        for (rule, r) in rules {
+            let first = starts.partition_point(|s| *s < r.first());
+            let end = starts.partition_point(|s| *s <= r.last());
+            for iv in first..end {
+                let off = sw + iv * 2 * words + half;
+                if let Some(b) = out.get_mut(off..off + words) {
+                    bits::set(b, *rule);
                 }
             }
         }
@@ -193,7 +197,7 @@ pub(crate) struct Program {
     pub(crate) proto_class: [u8; 256],
     pub(crate) rules: Vec<CRule>,
     pub(crate) segments: Vec<Segment>,
-    pub(crate) deciders: Vec<Decider>,
+    pub(crate) deciders: DeciderTable,
     /// Verdict, decider and rule id when nothing decided.
     pub(crate) fallback: (Verdict, u32, Option<u32>),
     pub(crate) icmp_rules: Vec<(u32, Option<IcmpMatch>, Option<IcmpMatch>)>,
@@ -247,15 +251,93 @@ const NSCRATCH: usize = 6;
 /// stack, specialised per width; wider ones use the scratch buffer.
 pub(crate) const STACK_WORDS: usize = 4;
 
+/// What decided each rule of a program, then its end-of-tier drops and its
+/// fallback. A policy's or profile's deciders are shared, one allocation for every
+/// program that includes it (see the compiler's fragments); rule `i` has decider
+/// `i`, so the table only has to find the chunk holding it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DeciderTable {
+    /// Chunks in rule order: the index of the chunk's first decider, the chunk.
+    chunks: Vec<(u32, Arc<[Decider]>)>,
+    /// Deciders after the rules' (end-of-tier drops, the fallback).
+    tail: Vec<Decider>,
+    /// Number of rules (the first index in `tail`).
+    rules: u32,
+}
+
+impl DeciderTable {
+    /// Appends a chunk of rule deciders.
+    pub(crate) fn push_rules(&mut self, chunk: Arc<[Decider]>) {
+        if !chunk.is_empty() {
+            self.chunks.push((self.rules, chunk.clone()));
+            self.rules += chunk.len() as u32;
+        }
+    }
+
+    /// Appends a decider after the rules'; its index.
+    pub(crate) fn push_tail(&mut self, d: Decider) -> u32 {
+        self.tail.push(d);
+        self.rules + self.tail.len() as u32 - 1
+    }
+
+    /// Decider `i`.
+    pub(crate) fn get(&self, i: u32) -> Option<&Decider> {
+        if let Some(t) = i.checked_sub(self.rules) {
+            return self.tail.get(t as usize);
+        }
+        let c = self.chunks.partition_point(|(start, _)| *start <= i);
+        let (start, chunk) = self.chunks.get(c.checked_sub(1)?)?;
+        chunk.get((i - start) as usize)
+    }
+
+    /// Bytes, counting shared chunks in full (as if the program held them alone).
+    fn bytes(&self) -> usize {
+        let n = self.rules as usize + self.tail.capacity();
+        self.chunks.capacity() * std::mem::size_of::<(u32, Arc<[Decider]>)>()
+            + n * std::mem::size_of::<Decider>()
+    }
+}
+
 /// The result of classifying one packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Decision<'g> {
     /// Allow or deny.
     pub verdict: Verdict,
     /// The views' `rule#` that decided, when the decider is a rule.
     pub rule_id: Option<u32>,
-    /// What decided, as the reference evaluator names it.
-    pub decider: &'g Decider,
+    program: &'g Program,
+    decider: u32,
+}
+
+impl<'g> Decision<'g> {
+    /// What decided, as the reference evaluator names it (looked up only when asked:
+    /// the packet path needs the verdict alone).
+    pub fn decider(&self) -> &'g Decider {
+        self.program
+            .deciders
+            .get(self.decider)
+            .unwrap_or(&FALLBACK_DECIDER)
+    }
+}
+
+impl PartialEq for Decision<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.verdict == other.verdict
+            && self.rule_id == other.rule_id
+            && self.decider() == other.decider()
+    }
+}
+
+impl Eq for Decision<'_> {}
+
+impl std::fmt::Debug for Decision<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decision")
+            .field("verdict", &self.verdict)
+            .field("rule_id", &self.rule_id)
+            .field("decider", self.decider())
+            .finish()
+    }
 }
 
 const EMPTY_ENTRY: u64 = u64::MAX;
@@ -669,10 +751,8 @@ impl Program {
         Decision {
             verdict,
             rule_id,
-            decider: self
-                .deciders
-                .get(decider as usize)
-                .unwrap_or(&FALLBACK_DECIDER),
+            program: self,
+            decider,
         }
     }
 
@@ -683,7 +763,7 @@ impl Program {
             + self.rules.iter().filter(|r| r.verify.is_some()).count()
                 * std::mem::size_of::<Verify>()
             + self.segments.capacity() * std::mem::size_of::<Segment>()
-            + self.deciders.capacity() * std::mem::size_of::<Decider>()
+            + self.deciders.bytes()
             + self.icmp_rules.capacity() * 16
             + self.arena.len() * 8
     }
@@ -741,7 +821,7 @@ mod tests {
             proto_class: [0; 256],
             rules: Vec::new(),
             segments: Vec::new(),
-            deciders: Vec::new(),
+            deciders: DeciderTable::default(),
             fallback: (Verdict::Deny, 0, None),
             icmp_rules: Vec::new(),
         };

@@ -275,7 +275,7 @@ fn updates_racing_classification_see_one_generation_or_the_other() {
                 let d = g.classify(iface, Direction::Ingress, &pkt, &mut s).unwrap();
                 // Odd generations (after an add) allow, even ones deny: check the
                 // verdict against the generation actually read.
-                match (d.verdict, d.decider) {
+                match (d.verdict, d.decider()) {
                     (Verdict::Allow, eval::Decider::PolicyRule { .. }) => seen[0] += 1,
                     (Verdict::Deny, eval::Decider::EndOfTier { .. }) => seen[1] += 1,
                     other => panic!("mixed verdict {other:?}"),

@@ -109,13 +109,13 @@ pub fn felix_classifier(data: &[u8]) -> Result<u64, Divergence> {
                 let want = kind.reference(&r.state, dir, pkt);
                 let got = generation.classify(iface, dir, pkt, &mut scratch);
                 match (want, got) {
-                    (Some(w), Some(g)) if w.verdict == g.verdict && &w.decider == g.decider => {
+                    (Some(w), Some(g)) if w.verdict == g.verdict && &w.decider == g.decider() => {
                         agreed += 1;
                     }
                     (w, g) => {
                         return Err(Divergence(format!(
                             "{kind:?} {dir:?} {pkt:?}: reference {w:?}, classifier {:?}",
-                            g.map(|g| (g.verdict, g.decider.clone()))
+                            g.map(|g| (g.verdict, g.decider().clone()))
                         )))
                     }
                 }

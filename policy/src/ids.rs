@@ -17,7 +17,14 @@
 //!   traffic is not policed and failsafe has nothing to do).
 //!
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+
+/// The table's maps: keyed by names Felix chose, hashed often on every update, so
+/// with a faster hash than SipHash (`foldhash`, seeded per map).
+type HashMap<K, V> = StdHashMap<K, V, foldhash::quality::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
+
+use indexmap::IndexMap;
 
 use crate::config::FailsafePort;
 use crate::eval::InternalPolicy;
@@ -129,7 +136,64 @@ type LiveList<'s> = (PolicyRef, Option<&'s str>, [&'s [Rule]; 2]);
 #[derive(Debug, Clone, Default, PartialEq)]
 struct RuleIds {
     // Each list's rules with their ids, to keep the id of an unchanged rule.
-    by_list: HashMap<(PolicyRef, Direction), Vec<(Rule, u32)>>,
+    by_list: IndexMap<ListKey, Vec<(Rule, u32)>, foldhash::quality::RandomState>,
+}
+
+/// A rule list: whose, which direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ListKey {
+    pref: PolicyRef,
+    dir: Direction,
+}
+
+impl ListKey {
+    fn query(&self) -> ListQuery<'_> {
+        ListQuery::new(&self.pref, self.dir)
+    }
+}
+
+/// A [`ListKey`] borrowed, so that looking a list up clones no name.
+#[derive(Hash)]
+enum RefQuery<'a> {
+    Internal(InternalPolicyId),
+    Profile(&'a str),
+    Policy(&'a PolicyKey),
+}
+
+#[derive(Hash)]
+struct ListQuery<'a> {
+    pref: RefQuery<'a>,
+    dir: Direction,
+}
+
+impl<'a> ListQuery<'a> {
+    fn new(pref: &'a PolicyRef, dir: Direction) -> Self {
+        let pref = match pref {
+            PolicyRef::Internal(i) => RefQuery::Internal(*i),
+            PolicyRef::Profile(name) => RefQuery::Profile(name),
+            PolicyRef::Policy(key) => RefQuery::Policy(key),
+        };
+        ListQuery { pref, dir }
+    }
+}
+
+// A key hashes as its borrowed form, so either finds the other's entries.
+impl std::hash::Hash for ListKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.query().hash(state);
+    }
+}
+
+impl indexmap::Equivalent<ListKey> for ListQuery<'_> {
+    fn equivalent(&self, key: &ListKey) -> bool {
+        self.dir == key.dir
+            && match (&self.pref, &key.pref) {
+                (RefQuery::Internal(a), PolicyRef::Internal(b)) => a == b,
+                (RefQuery::Profile(a), PolicyRef::Profile(b)) => *a == b.as_str(),
+                (RefQuery::Policy(a), PolicyRef::Policy(b)) => *a == b,
+                _ => false,
+            }
+    }
 }
 
 /// Stable ids for everything the views print.
@@ -167,13 +231,13 @@ impl IdTable {
     /// An empty table; `host_interface` names the host-facing interface.
     pub fn new(host_interface: &str) -> Self {
         IdTable {
-            ipsets: HashMap::new(),
-            policies: HashMap::new(),
+            ipsets: HashMap::default(),
+            policies: HashMap::default(),
             rules: RuleIds::default(),
-            tiers: HashMap::new(),
+            tiers: HashMap::default(),
             failsafe_rules: Vec::new(),
-            interfaces: HashMap::new(),
-            shown_names: HashMap::new(),
+            interfaces: HashMap::default(),
+            shown_names: HashMap::default(),
             next_ipset: FIRST_FELIX_SET,
             next_policy: FIRST_FELIX_POLICY,
             next_rule: FIRST_FELIX_RULE,
@@ -253,11 +317,12 @@ impl IdTable {
                     ));
                 }
                 // Hash sets keep a sync linear in the number of objects.
-                let live_refs: std::collections::HashSet<&PolicyRef> =
-                    live.iter().map(|(l, _, _)| l).collect();
+                let live_refs: HashSet<&PolicyRef> = live.iter().map(|(l, _, _)| l).collect();
                 self.policies
                     .retain(|r, _| matches!(r, PolicyRef::Internal(_)) || live_refs.contains(r));
-                self.rules.by_list.retain(|(r, _), _| live_refs.contains(r));
+                self.rules
+                    .by_list
+                    .retain(|k, _| live_refs.contains(&k.pref));
             }
             Some(Changed::Policy(key)) => {
                 let r = PolicyRef::Policy(key.clone());
@@ -294,7 +359,7 @@ impl IdTable {
             }
             None => {
                 let names: Vec<&str> = referenced_tiers(state).collect();
-                let tier_set: std::collections::HashSet<&str> = names.iter().copied().collect();
+                let tier_set: HashSet<&str> = names.iter().copied().collect();
                 self.tiers.retain(|t, _| tier_set.contains(t.as_str()));
                 names
             }
@@ -337,7 +402,7 @@ impl IdTable {
     fn forget(&mut self, r: &PolicyRef) {
         self.policies.remove(r);
         for dir in Direction::BOTH {
-            self.rules.by_list.remove(&(r.clone(), dir));
+            self.rules.by_list.swap_remove(&ListQuery::new(r, dir));
         }
     }
 
@@ -345,8 +410,7 @@ impl IdTable {
     /// numbered tier has been seen: the endpoints first (each lists every tier with
     /// policies for it, so the first few usually name them all), then the policies.
     fn drop_unreferenced_tiers(&mut self, state: &State) {
-        let mut unseen: std::collections::HashSet<&str> =
-            self.tiers.keys().map(String::as_str).collect();
+        let mut unseen: HashSet<&str> = self.tiers.keys().map(String::as_str).collect();
         for name in endpoint_tiers(state).chain(policy_tiers(state)) {
             if unseen.is_empty() {
                 return;
@@ -367,17 +431,15 @@ impl IdTable {
     }
 
     fn sync_rule_list(&mut self, pref: PolicyRef, dir: Direction, rules: &[Rule]) {
-        let key = (pref, dir);
-        if let Some(held) = self.rules.by_list.get(&key) {
+        if let Some(held) = self.rules.by_list.get(&ListQuery::new(&pref, dir)) {
             if held.len() == rules.len() && held.iter().zip(rules).all(|((h, _), r)| h == r) {
                 return;
             }
         }
-        let (pref, dir) = key;
         let old = self
             .rules
             .by_list
-            .remove(&(pref.clone(), dir))
+            .swap_remove(&ListQuery::new(&pref, dir))
             .unwrap_or_default();
         let mut unused: Vec<Option<(Rule, u32)>> = old.into_iter().map(Some).collect();
         let mut new = Vec::with_capacity(rules.len());
@@ -396,7 +458,7 @@ impl IdTable {
             };
             new.push((rule.clone(), id));
         }
-        self.rules.by_list.insert((pref, dir), new);
+        self.rules.by_list.insert(ListKey { pref, dir }, new);
     }
 
     fn sync_failsafe(&mut self, state: &State) {
@@ -473,19 +535,38 @@ impl IdTable {
     pub fn rule(&self, r: &PolicyRef, dir: Direction, index: usize) -> Option<u32> {
         self.rules
             .by_list
-            .get(&(r.clone(), dir))
+            .get(&ListQuery::new(r, dir))
             .and_then(|l| l.get(index))
             .map(|(_, id)| *id)
     }
 
-    /// `rule#` of each rule of a policy's or profile's list, by index (one look-up
-    /// for the whole list).
-    pub fn rule_ids(&self, r: &PolicyRef, dir: Direction) -> Vec<u32> {
+    /// `rule#` of each rule of a policy's list, by index (one look-up for the whole
+    /// list, cloning no name).
+    pub fn policy_rule_ids(
+        &self,
+        key: &PolicyKey,
+        dir: Direction,
+    ) -> impl Iterator<Item = u32> + '_ {
+        self.ids_of_list(ListQuery {
+            pref: RefQuery::Policy(key),
+            dir,
+        })
+    }
+
+    /// `rule#` of each rule of a profile's list, by index.
+    pub fn profile_rule_ids(&self, name: &str, dir: Direction) -> impl Iterator<Item = u32> + '_ {
+        self.ids_of_list(ListQuery {
+            pref: RefQuery::Profile(name),
+            dir,
+        })
+    }
+
+    fn ids_of_list(&self, q: ListQuery<'_>) -> impl Iterator<Item = u32> + '_ {
         self.rules
             .by_list
-            .get(&(r.clone(), dir))
-            .map(|l| l.iter().map(|(_, id)| *id).collect())
-            .unwrap_or_default()
+            .get(&q)
+            .into_iter()
+            .flat_map(|l| l.iter().map(|(_, id)| *id))
     }
 
     /// `rule#` counting a tier's end-of-tier drops.
@@ -510,7 +591,7 @@ impl IdTable {
     pub(crate) fn rule_list(&self, pref: &PolicyRef, dir: Direction) -> Option<&[(Rule, u32)]> {
         self.rules
             .by_list
-            .get(&(pref.clone(), dir))
+            .get(&ListQuery::new(pref, dir))
             .map(Vec::as_slice)
     }
 
@@ -519,7 +600,7 @@ impl IdTable {
         self.rules
             .by_list
             .iter()
-            .map(|((pref, _), list)| (pref, list.as_slice()))
+            .map(|(k, list)| (&k.pref, list.as_slice()))
     }
 
     /// Each tier's end-of-tier rule id.
@@ -569,6 +650,43 @@ mod id_tests {
             pre_dnat: false,
             tier: "default".into(),
         }
+    }
+
+    /// Lists are found by their borrowed keys, and a profile and a policy of the same
+    /// name, or the two directions of one list, never stand for each other.
+    #[test]
+    fn rule_lists_are_found_by_borrowed_keys() {
+        let mut ids = IdTable::default();
+        let refs = [
+            PolicyRef::Internal(InternalPolicyId::Failsafe),
+            PolicyRef::Profile("p".into()),
+            PolicyRef::Policy(PolicyKey {
+                kind: String::new(),
+                namespace: String::new(),
+                name: "p".into(),
+            }),
+        ];
+        let len = |i: usize, dir: Direction| 2 * i + usize::from(dir == Direction::Egress) + 1;
+        for (i, r) in refs.iter().enumerate() {
+            for dir in Direction::BOTH {
+                ids.sync_rule_list(r.clone(), dir, &vec![Rule::any(Action::Allow); len(i, dir)]);
+            }
+        }
+        for (i, r) in refs.iter().enumerate() {
+            for dir in Direction::BOTH {
+                assert_eq!(ids.rule_list(r, dir).map(<[_]>::len), Some(len(i, dir)));
+            }
+        }
+        for dir in Direction::BOTH {
+            assert_eq!(ids.profile_rule_ids("p", dir).count(), len(1, dir));
+            if let PolicyRef::Policy(k) = &refs[2] {
+                assert_eq!(ids.policy_rule_ids(k, dir).count(), len(2, dir));
+            }
+        }
+        assert_eq!(ids.profile_rule_ids("q", Direction::Ingress).count(), 0);
+        ids.forget(&refs[1]);
+        assert_eq!(ids.profile_rule_ids("p", Direction::Egress).count(), 0);
+        assert_eq!(ids.rule_lists().count(), 4);
     }
 
     #[test]

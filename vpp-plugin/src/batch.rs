@@ -393,7 +393,7 @@ fn decide_traced(
     let classify = |slot: &mut WorkerSlot, d: Direction, pkt: &capo_policy::Packet| {
         let id = iface.and_then(|f| f.classifier_iface)?;
         let dec = g.classifier().classify(id, d, pkt, &mut slot.scratch)?;
-        Some((dec.verdict, dec.rule_id, dec.decider))
+        Some((dec.verdict, dec.rule_id, dec.decider()))
     };
     let line = |d: &capo_policy::Decider| g.views().decider_line(d);
     let (how, line) = if hit {

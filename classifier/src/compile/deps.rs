@@ -2,19 +2,17 @@
 //! programs were built from, so a change to one recompiles only the interfaces that
 //! use it.
 
-use std::collections::HashSet;
-
 use capo_policy::{IdTable, PolicyKey, State};
 
-use super::Builder;
+use super::{Builder, FastSet};
 use crate::generation::{Iface, IfaceKind};
 
 /// The policies and profiles an interface's programs read (named ones included even
 /// when absent from the state: their arrival must recompile the interface).
 #[derive(Default)]
 pub(super) struct Deps {
-    policies: HashSet<PolicyKey>,
-    profiles: HashSet<String>,
+    policies: FastSet<PolicyKey>,
+    profiles: FastSet<String>,
 }
 
 impl Deps {
@@ -27,7 +25,7 @@ impl Deps {
     }
 
     /// The interface's `policies` and `profiles`.
-    pub(super) fn into_sets(self) -> (HashSet<PolicyKey>, HashSet<String>) {
+    pub(super) fn into_sets(self) -> (FastSet<PolicyKey>, FastSet<String>) {
         (self.policies, self.profiles)
     }
 }

@@ -54,9 +54,9 @@ impl Builder {
                 .map(|(i, t)| {
                     let mut r =
                         self.internal_rule(Act::Allow, InternalPolicy::NeighbourDiscovery, i, None);
-                    r.family = Some(IpFamily::V6);
-                    r.protocol = Some(capo_policy::Protocol::ICMPV6.0);
-                    r.icmp = Some(IcmpMatch {
+                    r.rule.family = Some(IpFamily::V6);
+                    r.rule.protocol = Some(capo_policy::Protocol::ICMPV6.0);
+                    r.rule.icmp = Some(IcmpMatch {
                         icmp_type: *t,
                         code: None,
                     });
@@ -71,7 +71,7 @@ impl Builder {
                     0,
                     Some(RULE_ALLOW_FROM_HOST_IN),
                 );
-                r.src.pos.push(HOST_ADDRS);
+                r.rule.src.pos.push(HOST_ADDRS);
                 spec.segment(vec![r], SegSpec::Plain);
             }
             self.tiers_into(&mut spec, state, ids, &wep.tiers, dir, true, &mut deps);
@@ -166,7 +166,7 @@ impl Builder {
                     1,
                     Some(RULE_ALLOW_FROM_HOST_OUT),
                 );
-                r.dst.pos.push(LOCAL_WORKLOADS);
+                r.rule.dst.pos.push(LOCAL_WORKLOADS);
                 internal.push(r);
                 (&cfg.failsafe_outbound, n_in)
             }
@@ -178,14 +178,14 @@ impl Builder {
                 base + i,
                 ids.failsafe_rule(base + i),
             );
-            r.protocol = Some(f.protocol.0);
-            r.dst.ports.push(PortRange::single(f.port));
-            r.dst.uses_ports = true;
+            r.rule.protocol = Some(f.protocol.0);
+            r.rule.dst.ports.push(PortRange::single(f.port));
+            r.rule.dst.uses_ports = true;
             if let Some(net) = f.net {
                 let atom = self.anon_atom(&[net]);
                 match dir {
-                    Direction::Ingress => r.src.pos.push(atom),
-                    Direction::Egress => r.dst.pos.push(atom),
+                    Direction::Ingress => r.rule.src.pos.push(atom),
+                    Direction::Egress => r.rule.dst.pos.push(atom),
                 }
             }
             internal.push(r);

@@ -1,12 +1,11 @@
 //! Atom and index upkeep: every IP set, anonymous prefix list and virtual set has an
 //! atom; the address indexes map each member to the atoms holding it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use capo_policy::{Cidr, IpSetId, Member, State};
 
-use super::{Builder, HOST_ADDRS, LOCAL_WORKLOADS};
+use super::{Builder, FastSet, HOST_ADDRS, LOCAL_WORKLOADS};
 use crate::index::{addr_key, AddrIndex, AtomId, EpKey, ShardedMap};
 use crate::prefix::{Prefix, PrefixSource};
 
@@ -116,7 +115,7 @@ impl Builder {
     /// Indexes a set's delta (a member both added and removed stays).
     pub(super) fn index_delta(&mut self, id: &IpSetId, added: &[Member], removed: &[Member]) {
         let atom = self.set_atom(id);
-        let added_set: HashSet<&Member> = added.iter().collect();
+        let added_set: FastSet<&Member> = added.iter().collect();
         for m in removed.iter().filter(|m| !added_set.contains(m)) {
             self.index_member(m, atom, false);
         }
@@ -128,8 +127,8 @@ impl Builder {
     /// Indexes a set's change from members `old` to `new`.
     pub(super) fn index_replace(&mut self, id: &IpSetId, old: &[Member], new: &[Member]) {
         let atom = self.set_atom(id);
-        let new_set: HashSet<&Member> = new.iter().collect();
-        let old_set: HashSet<&Member> = old.iter().collect();
+        let new_set: FastSet<&Member> = new.iter().collect();
+        let old_set: FastSet<&Member> = old.iter().collect();
         for m in old.iter().filter(|m| !new_set.contains(m)) {
             self.index_member(m, atom, false);
         }
@@ -218,37 +217,80 @@ impl Builder {
         }
     }
 
+    /// Brings capo's virtual sets (local workloads' and the host's addresses) in line
+    /// with the whole state. The workloads' list keeps one entry per workload
+    /// holding a prefix, so one workload's change can be applied on its own
+    /// ([`Builder::sync_workload_addrs`]).
     pub(super) fn sync_virtual(&mut self, state: &State) {
-        let workloads: Vec<Cidr> = state
+        let mut workloads: Vec<Cidr> = state
             .workloads()
             .values()
             .flat_map(|w| w.nets().copied())
             .collect();
-        let host: Vec<Cidr> = state
+        workloads.sort_unstable();
+        let mut host: Vec<Cidr> = state
             .local_host_addrs()
             .into_iter()
             .map(Cidr::host)
             .collect();
+        host.sort_unstable();
+        host.dedup();
         for (slot, atom, wanted) in [(0usize, LOCAL_WORKLOADS, workloads), (1, HOST_ADDRS, host)] {
-            let mut wanted = wanted;
-            wanted.sort_unstable();
-            wanted.dedup();
             let old = self.virtual_members.get(slot).cloned().unwrap_or_default();
             if old == wanted {
                 continue;
             }
-            for c in old.iter().filter(|c| wanted.binary_search(c).is_err()) {
-                if self.index_cidr(c, atom, false) {
-                    self.members = self.members.saturating_sub(1);
-                }
+            let mut gone = old.clone();
+            gone.dedup();
+            for c in gone.iter().filter(|c| wanted.binary_search(c).is_err()) {
+                self.index_virtual(c, atom, false);
             }
-            for c in wanted.iter().filter(|c| old.binary_search(c).is_err()) {
-                if self.index_cidr(c, atom, true) {
-                    self.members += 1;
-                }
+            let mut came = wanted.clone();
+            came.dedup();
+            for c in came.iter().filter(|c| old.binary_search(c).is_err()) {
+                self.index_virtual(c, atom, true);
             }
             if let Some(v) = self.virtual_members.get_mut(slot) {
                 *v = wanted;
+            }
+        }
+    }
+
+    /// One workload's addresses went from `old` to `new`: a prefix joins the local
+    /// workloads' set with its first workload and leaves it with its last.
+    pub(super) fn sync_workload_addrs(&mut self, old: &[Cidr], new: &[Cidr]) {
+        for c in old {
+            let Some(list) = self.virtual_members.get_mut(0) else {
+                return;
+            };
+            if let Ok(at) = list.binary_search(c) {
+                list.remove(at);
+                if list.binary_search(c).is_err() {
+                    self.index_virtual(c, LOCAL_WORKLOADS, false);
+                }
+            }
+        }
+        for c in new {
+            let Some(list) = self.virtual_members.get_mut(0) else {
+                return;
+            };
+            let (at, held) = match list.binary_search(c) {
+                Ok(at) => (at, true),
+                Err(at) => (at, false),
+            };
+            list.insert(at, *c);
+            if !held {
+                self.index_virtual(c, LOCAL_WORKLOADS, true);
+            }
+        }
+    }
+
+    fn index_virtual(&mut self, c: &Cidr, atom: AtomId, add: bool) {
+        if self.index_cidr(c, atom, add) {
+            if add {
+                self.members += 1;
+            } else {
+                self.members = self.members.saturating_sub(1);
             }
         }
     }

@@ -1,44 +1,50 @@
 //! Arena layout: a lowered program's rules become per-rule bitmaps (masks, protocol
 //! classes, port tables, atom slots) in one arena (see [`Layout`]).
 
-use std::collections::HashMap;
-
 use capo_policy::{IpFamily, PortRange};
 
 use super::lower::{LRule, LSide, ProgSpec, SegSpec};
+use super::FastMap;
 use crate::bits;
 use crate::index::AtomId;
 use crate::program::{
-    atom_table, port_table, CRule, Layout, Program, SegKind, Segment, Verify, BLOOM_WORDS,
-    F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS,
-    K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO, SPARSE_MIN_WORDS,
+    atom_table, port_table, CRule, DeciderTable, Layout, Program, SegKind, Segment, Verify,
+    BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP,
+    K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO,
+    SPARSE_MIN_WORDS,
 };
 
 /// Turns a spec into a program.
 pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
-    let n = spec.rules.len();
+    let n = spec.rule_count();
     let w = bits::words_for(n).max(min_words);
     let sparse = w >= SPARSE_MIN_WORDS;
-    let protos = ProtoClasses::of(&spec.rules);
+    let protos = ProtoClasses::of(spec.rules());
     let mut masks = RuleMasks::new(w, protos.reps.len());
     let mut slots = AtomSlots::new(w);
-    let mut deciders = Vec::with_capacity(n + 4);
+    let mut deciders = DeciderTable::default();
     let mut rules = Vec::with_capacity(n);
-    for (i, r) in spec.rules.into_iter().enumerate() {
-        masks.add(i, &r, &protos.reps, &mut slots);
-        let verify = verify(&r);
-        deciders.push(r.decider);
-        rules.push(CRule {
-            act: r.act,
-            decider: (deciders.len() - 1) as u32,
-            rule_id: r.rule_id,
-            verify,
-        });
+    let mut bounds = Vec::with_capacity(spec.segments.len());
+    for (pieces, kind) in spec.segments {
+        let start = rules.len();
+        for piece in &pieces {
+            deciders.push_rules(piece.fragment.deciders.clone());
+            for (j, r) in piece.fragment.rules.iter().enumerate() {
+                let i = rules.len();
+                masks.add(i, r, &protos.reps, &mut slots);
+                rules.push(CRule {
+                    act: r.act,
+                    decider: i as u32,
+                    rule_id: piece.rule_ids.get(j).copied().flatten(),
+                    verify: verify(r),
+                });
+            }
+        }
+        bounds.push((start, rules.len(), kind));
     }
-    let segments = segments(spec.segments, &mut deciders);
+    let segments = segments(bounds, &mut deciders);
     let (fv, fd, fr) = spec.fallback;
-    deciders.push(fd);
-    let fallback = (fv, (deciders.len() - 1) as u32, fr);
+    let fallback = (fv, deciders.push_tail(fd), fr);
     let flags = masks.flags() | if sparse { F_SPARSE } else { 0 };
     let (slots, atom_bits) = slots.compact(sparse);
     let bloom = bloom(&slots);
@@ -68,9 +74,8 @@ struct ProtoClasses {
 }
 
 impl ProtoClasses {
-    fn of(rules: &[LRule]) -> Self {
+    fn of<'a>(rules: impl Iterator<Item = &'a LRule>) -> Self {
         let mut named: Vec<u8> = rules
-            .iter()
             .flat_map(|r| r.protocol.into_iter().chain(r.not_protocol))
             .collect();
         named.sort_unstable();
@@ -303,7 +308,7 @@ impl RuleMasks {
 /// Per atom the program uses: one bitmap per kind (`K_*`), `w` words each.
 struct AtomSlots {
     w: usize,
-    offsets: HashMap<AtomId, usize>,
+    offsets: FastMap<AtomId, usize>,
     bits: Vec<u64>,
 }
 
@@ -311,7 +316,7 @@ impl AtomSlots {
     fn new(w: usize) -> Self {
         AtomSlots {
             w,
-            offsets: HashMap::new(),
+            offsets: FastMap::default(),
             bits: Vec::new(),
         }
     }
@@ -406,22 +411,16 @@ fn verify(r: &LRule) -> Option<Box<Verify>> {
 }
 
 /// The program's segments; end-of-tier drops get their deciders after the rules'.
-fn segments(
-    specs: Vec<(usize, usize, SegSpec)>,
-    deciders: &mut Vec<capo_policy::Decider>,
-) -> Vec<Segment> {
+fn segments(specs: Vec<(usize, usize, SegSpec)>, deciders: &mut DeciderTable) -> Vec<Segment> {
     let mut segments = Vec::with_capacity(specs.len());
     for (start, end, kind) in specs {
         let kind = match kind {
             SegSpec::Plain => SegKind::Plain,
             SegSpec::Profile => SegKind::Profile,
             SegSpec::Tier(None) => SegKind::Tier { end_drop: None },
-            SegSpec::Tier(Some((d, rule_id))) => {
-                deciders.push(d);
-                SegKind::Tier {
-                    end_drop: Some(((deciders.len() - 1) as u32, rule_id)),
-                }
-            }
+            SegSpec::Tier(Some((d, rule_id))) => SegKind::Tier {
+                end_drop: Some((deciders.push_tail(d), rule_id)),
+            },
         };
         segments.push(Segment {
             start: start as u32,
@@ -434,26 +433,34 @@ fn segments(
 
 #[cfg(test)]
 mod tests {
+    use super::super::lower::OwnRule;
     use super::super::Builder;
     use super::*;
     use crate::program::Act;
     use capo_policy::eval::InternalPolicy;
     use capo_policy::{Decider, Verdict};
 
-    fn rule(protocol: Option<u8>, not_protocol: Option<u8>) -> LRule {
+    fn own_rule(protocol: Option<u8>, not_protocol: Option<u8>) -> OwnRule {
         let mut r = Builder::new().internal_rule(Act::Allow, InternalPolicy::Failsafe, 0, None);
-        r.protocol = protocol;
-        r.not_protocol = not_protocol;
+        r.rule.protocol = protocol;
+        r.rule.not_protocol = not_protocol;
         r
+    }
+
+    fn rule(protocol: Option<u8>, not_protocol: Option<u8>) -> LRule {
+        own_rule(protocol, not_protocol).rule
     }
 
     #[test]
     fn test_named_protocols_get_classes_and_the_rest_share_one() {
-        let p = ProtoClasses::of(&[
-            rule(Some(6), None),
-            rule(None, Some(17)),
-            rule(Some(6), None),
-        ]);
+        let p = ProtoClasses::of(
+            [
+                rule(Some(6), None),
+                rule(None, Some(17)),
+                rule(Some(6), None),
+            ]
+            .iter(),
+        );
         // Class 0 is every other protocol, represented by the first one unnamed.
         assert_eq!(p.reps, vec![0, 6, 17]);
         assert_eq!(
@@ -490,7 +497,8 @@ mod tests {
 
     #[test]
     fn test_end_of_tier_drops_get_deciders_after_the_rules() {
-        let mut deciders = vec![Decider::NoProfileMatched];
+        let mut deciders = DeciderTable::default();
+        deciders.push_rules(vec![Decider::NoProfileMatched].into());
         let segs = segments(
             vec![
                 (0, 1, SegSpec::Plain),
@@ -502,7 +510,8 @@ mod tests {
             ],
             &mut deciders,
         );
-        assert_eq!(deciders.len(), 2);
+        assert_eq!(deciders.get(1), Some(&Decider::NoHostEndpoint));
+        assert_eq!(deciders.get(2), None);
         assert!(matches!(segs[0].kind, SegKind::Plain));
         assert!(matches!(
             segs[1].kind,
@@ -515,7 +524,7 @@ mod tests {
     #[test]
     fn test_arena_puts_masks_then_protocols_then_tables() {
         let mut spec = ProgSpec::with_fallback(Verdict::Allow, Decider::NoHostEndpoint, None);
-        spec.segment(vec![rule(Some(6), None)], SegSpec::Plain);
+        spec.segment(vec![own_rule(Some(6), None)], SegSpec::Plain);
         let p = finish(spec, 1);
         // Nine masks and two protocol classes of one word, then the atom table.
         assert_eq!(p.lay.atab as usize, M_PROTO + 2);

@@ -2,23 +2,22 @@
 //! atoms ([`LRule`]), collected into a program spec ([`ProgSpec`]) in evaluation
 //! order.
 
+use std::sync::Arc;
+
 use capo_policy::eval::InternalPolicy;
-use capo_policy::ids::PolicyRef;
 use capo_policy::{
-    Action, Decider, Direction, IcmpMatch, IdTable, IpFamily, PortRange, Rule, SideMatch, State,
-    TierInfo, Verdict,
+    Action, Decider, Direction, IcmpMatch, IdTable, IpFamily, PolicyKey, PortRange, Rule,
+    SideMatch, State, TierInfo, Verdict,
 };
 
 use super::deps::Deps;
-use super::Builder;
+use super::{Builder, FastMap};
 use crate::index::AtomId;
 use crate::program::Act;
 
-/// A rule lowered to atoms.
+/// A rule lowered to atoms: what it matches and what it does.
 pub(super) struct LRule {
     pub(super) act: Act,
-    pub(super) decider: Decider,
-    pub(super) rule_id: Option<u32>,
     pub(super) family: Option<IpFamily>,
     pub(super) protocol: Option<u8>,
     pub(super) not_protocol: Option<u8>,
@@ -40,10 +39,51 @@ pub(super) struct LSide {
     pub(super) uses_ports: bool,
 }
 
-/// A program being assembled: rules in order, segments, fallback.
-pub(super) struct ProgSpec {
+/// Rules lowered together, with what decides by each: one policy's or profile's
+/// list for one direction, or a program's own internal rules.
+pub(super) struct Fragment {
     pub(super) rules: Vec<LRule>,
-    pub(super) segments: Vec<(usize, usize, SegSpec)>,
+    pub(super) deciders: Arc<[Decider]>,
+}
+
+/// A fragment in a program, with each of its rules' `rule#`.
+pub(super) struct Piece {
+    pub(super) fragment: Arc<Fragment>,
+    pub(super) rule_ids: Vec<Option<u32>>,
+}
+
+/// An internal rule before it joins a program: the rule, what names it, its `rule#`.
+pub(super) struct OwnRule {
+    pub(super) rule: LRule,
+    pub(super) decider: Decider,
+    pub(super) rule_id: Option<u32>,
+}
+
+/// Policies' and profiles' rule lists as lowered, shared by every program that
+/// includes them. Atoms never change meaning within a builder, so an entry stands
+/// until its policy or profile changes.
+#[derive(Clone, Default)]
+pub(super) struct Fragments {
+    /// Per policy: (tier, direction, fragment); the tier names the deciders.
+    policies: FastMap<PolicyKey, Vec<(String, Direction, Arc<Fragment>)>>,
+    profiles: FastMap<String, Vec<(Direction, Arc<Fragment>)>>,
+}
+
+impl Fragments {
+    /// Forgets a changed policy's fragments.
+    pub(super) fn forget_policy(&mut self, key: &PolicyKey) {
+        self.policies.remove(key);
+    }
+
+    /// Forgets a changed profile's fragments.
+    pub(super) fn forget_profile(&mut self, name: &str) {
+        self.profiles.remove(name);
+    }
+}
+
+/// A program being assembled: segments of pieces in evaluation order, fallback.
+pub(super) struct ProgSpec {
+    pub(super) segments: Vec<(Vec<Piece>, SegSpec)>,
     pub(super) fallback: (Verdict, Decider, Option<u32>),
 }
 
@@ -56,7 +96,6 @@ pub(super) enum SegSpec {
 impl ProgSpec {
     pub(super) fn new() -> Self {
         ProgSpec {
-            rules: Vec::new(),
             segments: Vec::new(),
             fallback: (Verdict::Deny, Decider::NoProfileMatched, None),
         }
@@ -69,10 +108,38 @@ impl ProgSpec {
         }
     }
 
-    pub(super) fn segment(&mut self, rules: Vec<LRule>, kind: SegSpec) {
-        let start = self.rules.len();
-        self.rules.extend(rules);
-        self.segments.push((start, self.rules.len(), kind));
+    /// A segment of internal rules.
+    pub(super) fn segment(&mut self, rules: Vec<OwnRule>, kind: SegSpec) {
+        let mut lowered = Vec::with_capacity(rules.len());
+        let mut deciders = Vec::with_capacity(rules.len());
+        let mut rule_ids = Vec::with_capacity(rules.len());
+        for r in rules {
+            lowered.push(r.rule);
+            deciders.push(r.decider);
+            rule_ids.push(r.rule_id);
+        }
+        let fragment = Arc::new(Fragment {
+            rules: lowered,
+            deciders: deciders.into(),
+        });
+        self.segments
+            .push((vec![Piece { fragment, rule_ids }], kind));
+    }
+
+    /// The rules in evaluation order.
+    pub(super) fn rules(&self) -> impl Iterator<Item = &LRule> {
+        self.segments
+            .iter()
+            .flat_map(|(pieces, _)| pieces.iter())
+            .flat_map(|p| p.fragment.rules.iter())
+    }
+
+    pub(super) fn rule_count(&self) -> usize {
+        self.segments
+            .iter()
+            .flat_map(|(pieces, _)| pieces.iter())
+            .map(|p| p.fragment.rules.len())
+            .sum()
     }
 }
 
@@ -92,19 +159,21 @@ impl Builder {
         policy: InternalPolicy,
         index: usize,
         rule_id: Option<u32>,
-    ) -> LRule {
-        LRule {
-            act,
+    ) -> OwnRule {
+        OwnRule {
+            rule: LRule {
+                act,
+                family: None,
+                protocol: None,
+                not_protocol: None,
+                icmp: None,
+                not_icmp: None,
+                src: LSide::default(),
+                dst: LSide::default(),
+                svc: Vec::new(),
+            },
             decider: Decider::Internal { policy, index },
             rule_id,
-            family: None,
-            protocol: None,
-            not_protocol: None,
-            icmp: None,
-            not_icmp: None,
-            src: LSide::default(),
-            dst: LSide::default(),
-            svc: Vec::new(),
         }
     }
 
@@ -124,22 +193,13 @@ impl Builder {
             if keys.is_empty() {
                 continue;
             }
-            let mut rules = Vec::new();
+            let mut pieces = Vec::new();
             for key in keys.iter().filter(|k| !k.is_staged()) {
                 deps.uses_policy(key);
-                let Some(policy) = state.policies().get(key) else {
+                let Some(fragment) = self.policy_fragment(state, key, &tier.name, dir) else {
                     continue;
                 };
-                let rule_ids = ids.rule_ids(&PolicyRef::Policy(key.clone()), dir);
-                for (index, rule) in policy.rules(dir).iter().enumerate() {
-                    let decider = Decider::PolicyRule {
-                        tier: tier.name.clone(),
-                        policy: key.clone(),
-                        direction: dir,
-                        index,
-                    };
-                    rules.push(self.lower(rule, decider, rule_ids.get(index).copied()));
-                }
+                pieces.push(piece(fragment, ids.policy_rule_ids(key, dir)));
             }
             let end_drop = (end_of_tier_drop && tier.drops_at_end(dir)).then(|| {
                 (
@@ -149,7 +209,7 @@ impl Builder {
                     ids.tier_rule(&tier.name),
                 )
             });
-            spec.segment(rules, SegSpec::Tier(end_drop));
+            spec.segments.push((pieces, SegSpec::Tier(end_drop)));
         }
     }
 
@@ -164,28 +224,90 @@ impl Builder {
     ) {
         for name in profile_ids {
             deps.uses_profile(name);
-            let Some(profile) = state.profiles().get(name) else {
+            let Some(fragment) = self.profile_fragment(state, name, dir) else {
                 continue;
             };
-            let rule_ids = ids.rule_ids(&PolicyRef::Profile(name.clone()), dir);
-            let rules = profile
-                .rules(dir)
-                .iter()
-                .enumerate()
-                .map(|(index, rule)| {
-                    let decider = Decider::ProfileRule {
-                        profile: name.clone(),
-                        direction: dir,
-                        index,
-                    };
-                    self.lower(rule, decider, rule_ids.get(index).copied())
-                })
-                .collect();
-            spec.segment(rules, SegSpec::Profile);
+            let rule_ids = ids.profile_rule_ids(name, dir);
+            spec.segments
+                .push((vec![piece(fragment, rule_ids)], SegSpec::Profile));
         }
     }
 
-    fn lower(&mut self, rule: &Rule, decider: Decider, rule_id: Option<u32>) -> LRule {
+    /// Policy `key`'s rules for `dir` in `tier`, lowered once (none when the policy
+    /// does not exist).
+    fn policy_fragment(
+        &mut self,
+        state: &State,
+        key: &PolicyKey,
+        tier: &str,
+        dir: Direction,
+    ) -> Option<Arc<Fragment>> {
+        let held = self.fragments.policies.get(key).and_then(|list| {
+            list.iter()
+                .find(|(t, d, _)| *d == dir && t == tier)
+                .map(|(_, _, f)| f.clone())
+        });
+        if held.is_some() {
+            return held;
+        }
+        let rules = state.policies().get(key)?.rules(dir);
+        let deciders = (0..rules.len())
+            .map(|index| Decider::PolicyRule {
+                tier: tier.to_string(),
+                policy: key.clone(),
+                direction: dir,
+                index,
+            })
+            .collect();
+        let fragment = self.fragment(rules, deciders);
+        self.fragments
+            .policies
+            .entry(key.clone())
+            .or_default()
+            .push((tier.to_string(), dir, fragment.clone()));
+        Some(fragment)
+    }
+
+    /// Profile `name`'s rules for `dir`, lowered once (none when it does not exist).
+    fn profile_fragment(
+        &mut self,
+        state: &State,
+        name: &str,
+        dir: Direction,
+    ) -> Option<Arc<Fragment>> {
+        let held = self
+            .fragments
+            .profiles
+            .get(name)
+            .and_then(|list| list.iter().find(|(d, _)| *d == dir).map(|(_, f)| f.clone()));
+        if held.is_some() {
+            return held;
+        }
+        let rules = state.profiles().get(name)?.rules(dir);
+        let deciders = (0..rules.len())
+            .map(|index| Decider::ProfileRule {
+                profile: name.to_string(),
+                direction: dir,
+                index,
+            })
+            .collect();
+        let fragment = self.fragment(rules, deciders);
+        self.fragments
+            .profiles
+            .entry(name.to_string())
+            .or_default()
+            .push((dir, fragment.clone()));
+        Some(fragment)
+    }
+
+    fn fragment(&mut self, rules: &[Rule], deciders: Arc<[Decider]>) -> Arc<Fragment> {
+        Arc::new(Fragment {
+            rules: rules.iter().map(|r| self.lower(r)).collect(),
+            deciders,
+        })
+    }
+
+    fn lower(&mut self, rule: &Rule) -> LRule {
         let src = self.lower_side(&rule.src);
         let dst = self.lower_side(&rule.dst);
         let svc = rule
@@ -195,8 +317,6 @@ impl Builder {
             .collect();
         LRule {
             act: act(rule.action),
-            decider,
-            rule_id,
             family: rule.family(),
             protocol: rule.protocol.map(|p| p.0),
             not_protocol: rule.not_protocol.map(|p| p.0),
@@ -238,5 +358,13 @@ impl Builder {
                 .collect(),
             uses_ports: side.uses_ports(),
         }
+    }
+}
+
+/// A shared fragment with the `rule#` of each of its rules.
+fn piece(fragment: Arc<Fragment>, rule_ids: impl Iterator<Item = u32>) -> Piece {
+    Piece {
+        fragment,
+        rule_ids: rule_ids.map(Some).collect(),
     }
 }

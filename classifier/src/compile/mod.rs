@@ -8,7 +8,9 @@
 //!
 //! - IP-set changes touch the index entries of the changed members and nothing else
 //!   (programs refer to sets by atom, never to their members);
-//! - a policy or profile change recompiles the interfaces that use it;
+//! - a policy or profile change recompiles the interfaces that use it; every other
+//!   policy's rules come lowered from the builder's fragments, one per policy (or
+//!   profile), tier and direction, whose deciders the programs share;
 //! - an endpoint change recompiles that endpoint's interface (host endpoints and
 //!   configuration: the host-facing and host-endpoint interfaces), and updates the
 //!   virtual sets of local workload and host addresses.
@@ -19,13 +21,15 @@
 //! interface's programs, and `layout` lays a program's bitmaps and tables out in
 //! one arena.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use capo_policy::ids::Changed;
 use capo_policy::{Applied, Cidr, IdTable, IpSetId, State, StateError, Update};
 
-use crate::generation::{Entry, Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps};
+use crate::generation::{
+    Entry, Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps, SwIfIndexMap,
+};
 use crate::index::{AddrIndex, AtomId};
 use crate::prefix::PrefixSource;
 use crate::program::Program;
@@ -35,6 +39,12 @@ mod iface;
 mod index;
 mod layout;
 mod lower;
+
+/// Maps and sets the compiler hashes names into on every update: `foldhash` (seeded
+/// per map) is several times faster than SipHash on these short keys, which come
+/// from Felix, not from traffic.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
+pub(crate) type FastSet<K> = HashSet<K, foldhash::quality::RandomState>;
 
 /// Atoms of capo's virtual sets, fixed.
 const LOCAL_WORKLOADS: AtomId = 0;
@@ -49,15 +59,19 @@ const RULE_WORKLOADS_TO_HOST: u32 = 2;
 /// Builds generations from the policy state.
 #[derive(Clone)]
 pub struct Builder {
-    sets: HashMap<IpSetId, AtomId>,
-    anon: HashMap<Vec<Cidr>, AtomId>,
+    sets: FastMap<IpSetId, AtomId>,
+    anon: FastMap<Vec<Cidr>, AtomId>,
     next_atom: AtomId,
     index: AddrIndex,
     virtual_members: [Vec<Cidr>; 2],
+    /// Policies' and profiles' rules as lowered, shared between programs.
+    fragments: lower::Fragments,
     ifaces: BTreeMap<IfaceKind, Arc<Iface>>,
     list: Arc<Vec<Arc<Iface>>>,
     direct: Arc<Vec<[Option<Arc<Program>>; 2]>>,
     maps: Arc<IfaceMaps>,
+    /// Each listed interface's index when the maps were made.
+    list_sw: Vec<Option<u32>>,
     next_id: u64,
     members: usize,
     /// The non-host prefixes of each family (IPv4, IPv6) the index's tables are
@@ -88,15 +102,17 @@ impl Builder {
     /// An empty builder.
     pub fn new() -> Self {
         Builder {
-            sets: HashMap::new(),
-            anon: HashMap::new(),
+            sets: FastMap::default(),
+            anon: FastMap::default(),
             next_atom: FIRST_ATOM,
             index: AddrIndex::default(),
             virtual_members: [Vec::new(), Vec::new()],
+            fragments: lower::Fragments::default(),
             ifaces: BTreeMap::new(),
             list: Arc::new(Vec::new()),
             direct: Arc::new(Vec::new()),
             maps: Arc::new(IfaceMaps::default()),
+            list_sw: Vec::new(),
             next_id: 1,
             members: 0,
             prefixes: [PrefixSource::new(32), PrefixSource::new(128)],
@@ -179,6 +195,7 @@ impl Builder {
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
+                self.fragments.forget_policy(&key);
                 ids.sync_after(state, Changed::Policy(&key));
                 self.recompile_dependents(state, ids, |i| i.policies.contains(&key));
             }
@@ -187,18 +204,28 @@ impl Builder {
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
+                self.fragments.forget_profile(&name);
                 ids.sync_after(state, Changed::Profile(&name));
                 self.recompile_dependents(state, ids, |i| i.profiles.contains(&name));
             }
             Update::WorkloadUpdate(key, _) | Update::WorkloadRemove(key) => {
-                let kind = IfaceKind::Workload(key.clone());
+                let key = key.clone();
+                let nets = |state: &State| -> Vec<Cidr> {
+                    state
+                        .workloads()
+                        .get(&key)
+                        .map(|w| w.nets().copied().collect())
+                        .unwrap_or_default()
+                };
+                let old_nets = nets(state);
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
                 ids.sync_after(state, Changed::Workloads);
+                let kind = IfaceKind::Workload(key.clone());
                 self.ifaces.remove(&kind);
                 self.compile_iface(state, ids, kind);
-                self.sync_virtual(state);
+                self.sync_workload_addrs(&old_nets, &nets(state));
                 // Host programs choose between "from a workload" and not by atom, so
                 // they need no recompile; the views' interface numbering may change.
             }
@@ -261,24 +288,39 @@ impl Builder {
 
     fn relist(&mut self, ids: &IdTable) {
         let list: Vec<Arc<Iface>> = self.ifaces.values().cloned().collect();
-        // The maps name positions: when every position holds the same interface
-        // with the index the maps have for it (only programs changed, as after a
-        // policy update), they stand.
-        let same_positions = list.len() == self.list.len()
+        // Each position's index as the ids have it now: an index fixed since the last
+        // relist (`set_interface_index`) moves its interface in the maps.
+        let sw: Vec<Option<u32>> = list.iter().map(|i| ids.interface(&i.name)).collect();
+        let same_names = list.len() == self.list.len()
             && list
                 .iter()
                 .zip(self.list.iter())
-                .enumerate()
-                .all(|(i, (a, b))| {
-                    a.kind == b.kind
-                        && a.name == b.name
-                        && ids.interface(&a.name).is_none_or(|sw| {
-                            self.maps.by_sw_if_index.get(sw) == Some(IfaceId(i as u32))
-                        })
-                });
-        if !same_positions {
-            self.maps = Arc::new(Self::maps_of(&list, ids));
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
+        // The maps name positions: they stand when only programs changed (a policy
+        // update). Otherwise the index table is rebuilt from `sw` (integers only) and
+        // the names follow one interface added or removed without a sort.
+        if !(same_names && sw == self.list_sw) {
+            let (by_name, names_unique) = if same_names {
+                (self.maps.by_name.clone(), self.maps.names_unique)
+            } else {
+                match self.names_after_one_change(&list) {
+                    Some(by_name) => (by_name, true),
+                    None => Self::names_of(&list),
+                }
+            };
+            let mut by_sw_if_index = SwIfIndexMap::default();
+            for (i, sw) in sw.iter().enumerate() {
+                if let Some(sw) = sw {
+                    by_sw_if_index.insert(*sw, IfaceId(i as u32));
+                }
+            }
+            self.maps = Arc::new(IfaceMaps {
+                by_name,
+                names_unique,
+                by_sw_if_index,
+            });
         }
+        self.list_sw = sw;
         let single = |e: &Entry| match e {
             Entry::Single(p) => Some(p.clone()),
             Entry::BySrcAtom { .. } => None,
@@ -291,19 +333,165 @@ impl Builder {
         self.list = Arc::new(list);
     }
 
-    /// Interface ids by name, kind and VPP `sw_if_index`.
-    fn maps_of(list: &[Arc<Iface>], ids: &IdTable) -> IfaceMaps {
-        let mut maps = IfaceMaps::default();
-        for (i, iface) in list.iter().enumerate() {
-            let id = IfaceId(i as u32);
-            if !iface.name.is_empty() && iface.name != "*" {
-                maps.by_name.insert(iface.name.clone(), id);
+    /// The maps' names for `list` when it is the published list with one interface
+    /// added or removed (or renamed in place: none), and every name is unique.
+    fn names_after_one_change(&self, list: &[Arc<Iface>]) -> Option<Vec<IfaceId>> {
+        let old = self.list.as_slice();
+        if !self.maps.names_unique {
+            return None;
+        }
+        let same = |a: &Arc<Iface>, b: &Arc<Iface>| Arc::ptr_eq(a, b) || a.name == b.name;
+        let name = |id: &IfaceId| list.get(id.0 as usize).map(|i| i.name.as_str());
+        let (short, long) = if list.len() > old.len() {
+            (old, list)
+        } else {
+            (list, old)
+        };
+        if long.len() != short.len() + 1 {
+            return None;
+        }
+        let p = short
+            .iter()
+            .zip(long)
+            .position(|(a, b)| !same(a, b))
+            .unwrap_or(short.len());
+        let rest_same = short
+            .get(p..)?
+            .iter()
+            .zip(long.get(p + 1..)?)
+            .all(|(a, b)| same(a, b));
+        if !rest_same {
+            return None;
+        }
+        let mut by_name = self.maps.by_name.clone();
+        if list.len() > old.len() {
+            for id in &mut by_name {
+                if id.0 as usize >= p {
+                    id.0 += 1;
+                }
             }
-            maps.by_kind.insert(iface.kind.clone(), id);
-            if let Some(sw) = ids.interface(&iface.name) {
-                maps.by_sw_if_index.insert(sw, id);
+            let added = list.get(p)?;
+            if is_named(added) {
+                let at = by_name
+                    .binary_search_by(|id| name(id).cmp(&Some(added.name.as_str())))
+                    .err()?;
+                by_name.insert(at, IfaceId(p as u32));
+            }
+        } else {
+            by_name.retain(|id| id.0 as usize != p);
+            for id in &mut by_name {
+                if id.0 as usize > p {
+                    id.0 -= 1;
+                }
             }
         }
-        maps
+        Some(by_name)
+    }
+
+    /// Named interfaces sorted by name, and whether every name is unique (of two
+    /// interfaces of one name, the later in list order is kept, as the later of two
+    /// insertions into a map by name won).
+    fn names_of(list: &[Arc<Iface>]) -> (Vec<IfaceId>, bool) {
+        let mut by_name: Vec<IfaceId> = (0..list.len() as u32)
+            .map(IfaceId)
+            .filter(|id| list.get(id.0 as usize).is_some_and(|i| is_named(i)))
+            .collect();
+        let name = |id: &IfaceId| list.get(id.0 as usize).map(|i| i.name.as_str());
+        by_name.sort_unstable_by(|a, b| name(a).cmp(&name(b)).then(b.0.cmp(&a.0)));
+        let named = by_name.len();
+        by_name.dedup_by(|later, kept| name(later) == name(kept));
+        let unique = by_name.len() == named;
+        (by_name, unique)
+    }
+}
+
+/// Whether the maps list an interface by name (`*` names every interface).
+fn is_named(i: &Iface) -> bool {
+    !i.name.is_empty() && i.name != "*"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capo_policy::{WorkloadEndpoint, WorkloadKey};
+
+    /// The maps as a full rebuild makes them from the published list.
+    fn rebuilt(b: &Builder, ids: &IdTable) -> IfaceMaps {
+        let (by_name, names_unique) = Builder::names_of(&b.list);
+        let mut by_sw_if_index = SwIfIndexMap::default();
+        for (i, iface) in b.list.iter().enumerate() {
+            if let Some(sw) = ids.interface(&iface.name) {
+                by_sw_if_index.insert(sw, IfaceId(i as u32));
+            }
+        }
+        IfaceMaps {
+            by_name,
+            names_unique,
+            by_sw_if_index,
+        }
+    }
+
+    /// Endpoints come, go, move address, share a name now and then, and get their
+    /// indexes fixed: after every update the maps are what a full rebuild gives, and
+    /// every uniquely named interface is found by its name.
+    #[test]
+    fn interface_maps_follow_endpoint_churn_as_a_full_rebuild() {
+        let mut state = State::new();
+        let mut ids = IdTable::default();
+        let mut b = Builder::new();
+        let mut present = std::collections::BTreeSet::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut incremental = 0;
+        for step in 0..600u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % 40) as u32;
+            let key = WorkloadKey {
+                orchestrator: "k8s".into(),
+                workload: format!("ns/pod{n}"),
+                endpoint: "eth0".into(),
+            };
+            let update = if present.contains(&n) && (x >> 20) % 3 == 0 {
+                present.remove(&n);
+                Update::WorkloadRemove(key)
+            } else {
+                present.insert(n);
+                let name = if (x >> 30) % 64 == 0 {
+                    "shared".to_string()
+                } else {
+                    format!("tun{n}")
+                };
+                let addr = std::net::IpAddr::from([10, 0, (step >> 8) as u8, step as u8]);
+                Update::WorkloadUpdate(
+                    key,
+                    WorkloadEndpoint {
+                        name,
+                        profile_ids: vec![],
+                        ipv4_nets: vec![Cidr::host(addr)],
+                        ipv6_nets: vec![],
+                        tiers: vec![],
+                    },
+                )
+            };
+            let unique_before = b.maps.names_unique;
+            let g = b.apply(&mut state, &mut ids, update).unwrap();
+            assert_eq!(*b.maps, rebuilt(&b, &ids), "step {step}");
+            incremental += usize::from(unique_before && b.maps.names_unique);
+            for (i, iface) in b.list.iter().enumerate() {
+                if b.maps.names_unique {
+                    assert_eq!(g.interface(&iface.name), Some(IfaceId(i as u32)));
+                }
+                assert_eq!(g.interface_of(&iface.kind), Some(IfaceId(i as u32)));
+            }
+            if step % 37 == 0 {
+                ids.set_interface_index(&format!("tun{n}"), 1_000 + step);
+            }
+        }
+        // Most updates meet unique names, where the names are updated in place.
+        assert!(
+            incremental > 300,
+            "names unique around {incremental} updates of 600"
+        );
     }
 }

@@ -466,7 +466,14 @@ pub(crate) fn check(state: &State, g: &Generation, pkts: &[Packet]) -> Result<()
                 let want = reference(state, &kind, dir, pkt).expect("reference");
                 let got = g.classify(iface, dir, pkt, &mut scratch).expect("classify");
                 prop_assert_eq!(got.verdict, want.verdict, "{:?} {:?} {:?}", kind, dir, pkt);
-                prop_assert_eq!(got.decider, &want.decider, "{:?} {:?} {:?}", kind, dir, pkt);
+                prop_assert_eq!(
+                    got.decider(),
+                    &want.decider,
+                    "{:?} {:?} {:?}",
+                    kind,
+                    dir,
+                    pkt
+                );
                 batch.push((iface, dir, *pkt));
                 wants.push(want);
             }
@@ -479,7 +486,7 @@ pub(crate) fn check(state: &State, g: &Generation, pkts: &[Packet]) -> Result<()
     for ((got, want), item) in out.iter().zip(&wants).zip(&batch) {
         let got = got.expect("classify_batch");
         prop_assert_eq!(got.verdict, want.verdict, "batch {:?}", item);
-        prop_assert_eq!(got.decider, &want.decider, "batch {:?}", item);
+        prop_assert_eq!(got.decider(), &want.decider, "batch {:?}", item);
     }
     Ok(())
 }
