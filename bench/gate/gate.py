@@ -88,10 +88,11 @@ def run(opts):
             r["source"] = "vpp"
             doc["rows"].append(r)
     # p99s of a few hundred updates under load spread widely from run to run: the
-    # median of the runs' p99s is the figure.
+    # median of the runs' p99s is the figure. Both paths: the builder's (embedded
+    # dataplane) and the VPP plugin's control path.
     for k in range(opts.runs):
         for r in capo_bench(binary, ["updates", "--workload", "w-large", "--count",
-                                     str(opts.update_count), "--json"]):
+                                     str(opts.update_count), "--path", "both", "--json"]):
             r["source"], r["run"] = "updates", k
             doc["rows"].append(r)
     doc["machine"]["load_after"] = list(os.getloadavg())
@@ -155,12 +156,16 @@ def figures(doc):
             c = r["capo_classify_clocks_per_packet"]
             put("vpp capo classifier clocks/tuple", (c, None, None), "clocks")
     for kind in sorted({r["update"] for r in pick(rows, source="updates")}):
-        p99 = [r.get("p99_us") for r in pick(rows, source="updates", update=kind)]
-        workload = next(r["workload"] for r in pick(rows, source="updates", update=kind))
-        s = spread(p99)
-        if s is not None and len([v for v in p99 if v is not None]) == 1:
-            s = (s[0], None, None)
-        put(f"{workload} update {kind} p99 µs", s, "µs")
+        for engine, label in (("fast", "update"), ("plugin", "plugin update")):
+            picked = [r for r in pick(rows, source="updates", update=kind)
+                      if r.get("engine", "fast") == engine]
+            if not picked:
+                continue
+            p99 = [r.get("p99_us") for r in picked]
+            s = spread(p99)
+            if s is not None and len([v for v in p99 if v is not None]) == 1:
+                s = (s[0], None, None)
+            put(f"{picked[0]['workload']} {label} {kind} p99 µs", s, "µs")
     return out
 
 
@@ -215,13 +220,16 @@ def targets(fig):
     else:
         res.append(("established flows through capo ≤ 1.3× forwarding",
                     f"{est / fwd:.1f}× ({est:,.0f} vs {fwd:,.0f} clocks)", est / fwd <= 1.3))
-    updates = {k: v for k, v in fig.items() if k.startswith("w-large update ")}
-    if not updates:
-        res.append(("any single update on W-large: p99 ≤ 50 µs", "not measured", None))
-    else:
+    for prefix, label in (("w-large update ", "any single update on W-large: p99 ≤ 50 µs"),
+                          ("w-large plugin update ",
+                           "any single update on W-large, VPP plugin path: p99 ≤ 50 µs")):
+        updates = {k: v for k, v in fig.items() if k.startswith(prefix)}
+        if not updates:
+            res.append((label, "not measured", None))
+            continue
         worst = max(updates, key=lambda k: updates[k][0])
-        res.append(("any single update on W-large: p99 ≤ 50 µs",
-                    f"worst: {worst[len('w-large update '):-len(' p99 µs')]} {updates[worst][0]:,.1f} µs",
+        res.append((label,
+                    f"worst: {worst[len(prefix):-len(' p99 µs')]} {updates[worst][0]:,.1f} µs",
                     updates[worst][0] <= 50))
     return res
 

@@ -1,10 +1,18 @@
 //! `capo-bench updates`: every kind of policy update, timed while another thread
 //! classifies the workload's packets against whatever generation is current.
 //!
-//! Each update is what the agent does with one Felix message: `Builder::apply` (state
-//! validation and apply, incremental recompile, a new generation) and
-//! `GenerationCell::publish`. Kinds, each alternating a change and its undo so the
-//! state stays the workload's:
+//! Two paths ([`UpdatePath`]):
+//!
+//! - `builder` (engine `fast`): what the embedded dataplane does with one Felix
+//!   message: `Builder::apply` (state validation and apply, incremental recompile, a
+//!   new generation) and `GenerationCell::publish`;
+//! - `plugin` (engine `plugin`): what the VPP plugin does with one generation of one
+//!   update from the agent: `ControlCore::on_message` on the encoded generation
+//!   (decode and validate on the views' copy of the state, bind endpoints to VPP
+//!   interfaces, compile, snapshot state and ids for the views, flip), with a
+//!   stand-in for VPP's interface table and feature commits (`FakeVpp`).
+//!
+//! Kinds, each alternating a change and its undo so the state stays the workload's:
 //!
 //! - `member-host`: a `/32` into or out of a selector set;
 //! - `member-cidr`: a `/24` into or out of a CIDR set;
@@ -24,14 +32,41 @@ use std::time::Instant;
 
 use capo_classifier::{Builder, GenerationCell, IfaceKind, Scratch};
 use capo_policy::{Cidr, IpSetId, IpSetKind, Member, Protocol, State, Update};
+use capo_proto::capo::dataplane::v1::{
+    from_plugin, to_plugin, FromPlugin, Generation as PbGeneration, Hello, ToPlugin,
+};
+use capo_proto::felix::v3_32 as pb;
+use capo_vpp_plugin::config::PluginConfig;
+use capo_vpp_plugin::control::{ChannelLimits, ControlCore, FakeVpp};
+use capo_vpp_plugin::generation::policed_interfaces;
+use capo_vpp_plugin::Plugin;
 use serde::Serialize;
 
 use crate::workload::{generate, Kind, Rng};
 
+/// Which code applies the updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdatePath {
+    /// The classifier's builder, as the embedded dataplane runs it.
+    Builder,
+    /// The VPP plugin's control core, fed encoded generations as the agent sends them.
+    Plugin,
+}
+
+impl UpdatePath {
+    /// The rows' engine name.
+    pub fn engine(self) -> &'static str {
+        match self {
+            UpdatePath::Builder => "fast",
+            UpdatePath::Plugin => "plugin",
+        }
+    }
+}
+
 /// One kind's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpdateRow {
-    /// Always `fast` (capo's classifier and builder).
+    /// `fast` (capo's builder) or `plugin` (the VPP plugin's control path).
     pub engine: &'static str,
     /// The workload.
     pub workload: &'static str,
@@ -158,32 +193,140 @@ fn next_update(
     }
 }
 
-/// Runs `count` updates of each kind in `kinds` (of [`KINDS`], in that order) on
-/// `kind`'s workload while a second thread classifies; `log` gets progress lines.
-pub fn run(kind: Kind, count: usize, kinds: &[&str], log: &mut dyn FnMut(&str)) -> Vec<UpdateRow> {
-    let w = generate(kind);
-    let (mut state, mut ids) = w.state();
-    let mut builder = Builder::new();
-    let first = builder.build(&state, &ids);
-    let cell = Arc::new(GenerationCell::new(first));
-    let stop = Arc::new(AtomicBool::new(false));
-    let classified = Arc::new(AtomicU64::new(0));
-    log(&format!(
-        "updates: {}: {} members, {} rules; a second thread classifies {} packets in a loop",
-        kind.name(),
-        w.members,
-        w.rules,
-        w.packets.len()
-    ));
-    let load = {
-        let (cell, stop, classified) = (cell.clone(), stop.clone(), classified.clone());
-        let packets = w.packets.clone();
+/// Applies updates along one [`UpdatePath`] and classifies on another thread
+/// against what it publishes.
+enum Target {
+    Builder {
+        builder: Box<Builder>,
+        ids: Box<capo_policy::IdTable>,
+        cell: Arc<GenerationCell>,
+    },
+    Plugin {
+        plugin: Arc<Plugin>,
+        core: Box<ControlCore<FakeVpp>>,
+        /// The id of the plugin's active generation.
+        generation: u64,
+    },
+}
+
+impl Target {
+    fn new(path: UpdatePath, state: &State, ids: capo_policy::IdTable) -> Result<Self, String> {
+        match path {
+            UpdatePath::Builder => {
+                let mut builder = Box::new(Builder::new());
+                let first = builder.build(state, &ids);
+                Ok(Target::Builder {
+                    builder,
+                    ids: Box::new(ids),
+                    cell: Arc::new(GenerationCell::new(first)),
+                })
+            }
+            UpdatePath::Plugin => {
+                let plugin = Arc::new(Plugin::new(PluginConfig::default()));
+                // VPP has an interface for every endpoint and the host.
+                let names: Vec<String> = policed_interfaces(state, &plugin.config.host_interface)
+                    .into_iter()
+                    .map(|(name, _, _)| name)
+                    .collect();
+                let table: Vec<(&str, u32)> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.as_str(), 10 + i as u32))
+                    .collect();
+                let mut core = Box::new(plugin.control_core(FakeVpp::with(&table)).with_limits(
+                    ChannelLimits {
+                        max_frame_bytes: 1 << 30,
+                        max_generation_bytes: 1 << 36,
+                    },
+                ));
+                core.on_message(
+                    ToPlugin {
+                        msg: Some(to_plugin::Msg::Hello(Hello {
+                            agent_version: "capo-bench".into(),
+                            epoch: 1,
+                            bindings: vec![],
+                        })),
+                    },
+                    0,
+                );
+                let snapshot = capo_felix::encode::snapshot(state);
+                let chunks: Vec<&[pb::ToDataplane]> = snapshot.chunks(4_096).collect();
+                for (i, chunk) in chunks.iter().enumerate() {
+                    let more = i + 1 < chunks.len();
+                    let reply =
+                        core.on_message(generation_msg(1, true, 0, chunk.to_vec(), more), 0);
+                    if !more {
+                        applied(reply)?;
+                    }
+                }
+                Ok(Target::Plugin {
+                    plugin,
+                    core,
+                    generation: 1,
+                })
+            }
+        }
+    }
+
+    /// Applies one update (the caller times it); the error says why it was refused.
+    fn apply(&mut self, state: &mut State, update: Update) -> Result<(), String> {
+        match self {
+            Target::Builder { builder, ids, cell } => {
+                let g = builder
+                    .apply(state, ids, update)
+                    .map_err(|e| e.to_string())?;
+                cell.publish(g);
+                Ok(())
+            }
+            Target::Plugin {
+                core, generation, ..
+            } => {
+                let msg = capo_felix::encode::update(&update);
+                let next = *generation + 1;
+                applied(core.on_message(
+                    generation_msg(next, false, *generation, vec![msg], false),
+                    0,
+                ))?;
+                *generation = next;
+                // The bench's own copy follows, to draw the next updates from (untimed
+                // by the caller: it times only the plugin's reply).
+                state.apply(update).map_err(|e| e.to_string())?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts the classifying thread: batches of `packets` against the current
+    /// generation, counted into `classified`, until `stop`.
+    fn load(
+        &self,
+        packets: Vec<(
+            capo_policy::WorkloadKey,
+            capo_policy::Direction,
+            capo_policy::Packet,
+        )>,
+        stop: Arc<AtomicBool>,
+        classified: Arc<AtomicU64>,
+    ) -> std::thread::JoinHandle<()> {
+        let current: Box<dyn Fn() -> Option<Held> + Send> = match self {
+            Target::Builder { cell, .. } => {
+                let cell = cell.clone();
+                Box::new(move || Some(Held::Builder(cell.load_full())))
+            }
+            Target::Plugin { plugin, .. } => {
+                let plugin = plugin.clone();
+                Box::new(move || plugin.cell.load().map(Held::Plugin))
+            }
+        };
         std::thread::spawn(move || {
             let mut scratch = Scratch::default();
             let mut batch = Vec::with_capacity(capo_classifier::MAX_BATCH);
             while !stop.load(Ordering::Relaxed) {
                 for chunk in packets.chunks(capo_classifier::MAX_BATCH) {
-                    let g = cell.load();
+                    let Some(held) = current() else {
+                        break;
+                    };
+                    let g = held.classifier();
                     batch.clear();
                     batch.extend(chunk.iter().filter_map(|(k, d, p)| {
                         Some((g.interface_of(&IfaceKind::Workload(k.clone()))?, *d, *p))
@@ -199,7 +342,79 @@ pub fn run(kind: Kind, count: usize, kinds: &[&str], log: &mut dyn FnMut(&str)) 
                 }
             }
         })
-    };
+    }
+}
+
+/// The generation the classifying thread holds for one batch.
+enum Held {
+    Builder(Arc<capo_classifier::Generation>),
+    Plugin(Arc<capo_vpp_plugin::generation::Generation>),
+}
+
+impl Held {
+    fn classifier(&self) -> &capo_classifier::Generation {
+        match self {
+            Held::Builder(g) => g,
+            Held::Plugin(g) => g.classifier(),
+        }
+    }
+}
+
+fn generation_msg(
+    id: u64,
+    full: bool,
+    base_id: u64,
+    updates: Vec<pb::ToDataplane>,
+    more: bool,
+) -> ToPlugin {
+    ToPlugin {
+        msg: Some(to_plugin::Msg::Generation(PbGeneration {
+            id,
+            full,
+            base_id,
+            updates,
+            more,
+        })),
+    }
+}
+
+/// The plugin's answer to a whole generation: applied, or why not.
+fn applied(reply: FromPlugin) -> Result<(), String> {
+    match reply.msg {
+        Some(from_plugin::Msg::Applied(a)) if a.ok => Ok(()),
+        Some(from_plugin::Msg::Applied(a)) => Err(a.error),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// Runs `count` updates of each kind in `kinds` (of [`KINDS`], in that order) on
+/// `kind`'s workload along `path` while a second thread classifies; `log` gets
+/// progress lines.
+///
+/// # Errors
+///
+/// When the plugin refuses the workload's first, full generation.
+pub fn run(
+    kind: Kind,
+    count: usize,
+    kinds: &[&str],
+    path: UpdatePath,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<UpdateRow>, String> {
+    let w = generate(kind);
+    let (mut state, ids) = w.state();
+    let mut target = Target::new(path, &state, ids)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let classified = Arc::new(AtomicU64::new(0));
+    log(&format!(
+        "updates ({}): {}: {} members, {} rules; a second thread classifies {} packets in a loop",
+        path.engine(),
+        kind.name(),
+        w.members,
+        w.rules,
+        w.packets.len()
+    ));
+    let load = target.load(w.packets.clone(), stop.clone(), classified.clone());
     let selector = w.selector_sets.clone();
     let cidr = sets_of(&state, |s| {
         s.kind() != IpSetKind::IpAndPort
@@ -225,23 +440,18 @@ pub fn run(kind: Kind, count: usize, kinds: &[&str], log: &mut dyn FnMut(&str)) 
                 break;
             };
             let t = Instant::now();
-            match builder.apply(&mut state, &mut ids, update) {
-                Ok(g) => {
-                    cell.publish(g);
-                    samples.push(t.elapsed().as_secs_f64() * 1e6);
-                }
+            match target.apply(&mut state, update) {
+                Ok(()) => samples.push(t.elapsed().as_secs_f64() * 1e6),
                 Err(_) => failed += 1,
             }
         }
         // Leave the state as the workload's for the next kind.
         while let Some(u) = undo.pop() {
-            if let Ok(g) = builder.apply(&mut state, &mut ids, u) {
-                cell.publish(g);
-            }
+            let _ = target.apply(&mut state, u);
         }
         samples.sort_by(f64::total_cmp);
         let row = UpdateRow {
-            engine: "fast",
+            engine: path.engine(),
             workload: kind.name(),
             update: name,
             applied: samples.len(),
@@ -252,7 +462,8 @@ pub fn run(kind: Kind, count: usize, kinds: &[&str], log: &mut dyn FnMut(&str)) 
             classified_meanwhile: classified.load(Ordering::Relaxed) - before,
         };
         log(&format!(
-            "updates: {name}: {} applied, {failed} failed, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; {} packets classified meanwhile",
+            "updates ({}): {name}: {} applied, {failed} failed, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; {} packets classified meanwhile",
+            path.engine(),
             row.applied,
             row.p50_us.unwrap_or(f64::NAN),
             row.p99_us.unwrap_or(f64::NAN),
@@ -263,7 +474,7 @@ pub fn run(kind: Kind, count: usize, kinds: &[&str], log: &mut dyn FnMut(&str)) 
     }
     stop.store(true, Ordering::Relaxed);
     let _ = load.join();
-    rows
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -274,7 +485,7 @@ mod tests {
     /// classified while it ran.
     #[test]
     fn every_kind_runs_under_load() {
-        let rows = run(Kind::K8s, 20, &KINDS, &mut |_| {});
+        let rows = run(Kind::K8s, 20, &KINDS, UpdatePath::Builder, &mut |_| {}).unwrap();
         assert_eq!(rows.len(), KINDS.len());
         for r in &rows {
             if r.update == "rejected" {
@@ -289,10 +500,35 @@ mod tests {
         assert!(rows.iter().map(|r| r.classified_meanwhile).sum::<u64>() > 0);
     }
 
+    /// The VPP plugin's path applies (or refuses) every update as the builder's does,
+    /// with the plugin's generations classified meanwhile.
+    #[test]
+    fn every_kind_runs_through_the_plugin() {
+        let rows = run(Kind::K8s, 10, &KINDS, UpdatePath::Plugin, &mut |_| {}).unwrap();
+        assert_eq!(rows.len(), KINDS.len());
+        for r in &rows {
+            assert_eq!(r.engine, "plugin");
+            let want = if r.update == "rejected" {
+                (0, 10)
+            } else {
+                (10, 0)
+            };
+            assert_eq!((r.applied, r.failed), want, "{r:?}");
+        }
+        assert!(rows.iter().map(|r| r.classified_meanwhile).sum::<u64>() > 0);
+    }
+
     /// `--kinds` runs only the kinds named, in the benchmark's order.
     #[test]
     fn kinds_filter_runs_only_those_named() {
-        let rows = run(Kind::K8s, 3, &["policy", "member-cidr"], &mut |_| {});
+        let rows = run(
+            Kind::K8s,
+            3,
+            &["policy", "member-cidr"],
+            UpdatePath::Builder,
+            &mut |_| {},
+        )
+        .unwrap();
         let names: Vec<&str> = rows.iter().map(|r| r.update).collect();
         assert_eq!(names, ["member-cidr", "policy"]);
     }

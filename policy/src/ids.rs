@@ -18,6 +18,7 @@
 //!
 
 use std::collections::HashMap as StdHashMap;
+use std::sync::Arc;
 
 /// The table's maps: keyed by names Felix chose, hashed often on every update, so
 /// with a faster hash than SipHash (`foldhash`, seeded per map).
@@ -136,19 +137,22 @@ type LiveList<'s> = (PolicyRef, Option<&'s str>, [&'s [Rule]; 2]);
 #[derive(Debug, Clone, Default, PartialEq)]
 struct RuleIds {
     // Each list's rules with their ids, to keep the id of an unchanged rule.
-    by_list: IndexMap<ListKey, Vec<(Rule, u32)>, foldhash::quality::RandomState>,
+    by_list: Arc<IndexMap<ListKey, Arc<NumberedRules>, foldhash::quality::RandomState>>,
 }
+
+/// A rule list's rules with their ids.
+type NumberedRules = Vec<(Rule, u32)>;
 
 /// A rule list: whose, which direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ListKey {
-    pref: PolicyRef,
+    pref: Arc<PolicyRef>,
     dir: Direction,
 }
 
 impl ListKey {
     fn query(&self) -> ListQuery<'_> {
-        ListQuery::new(&self.pref, self.dir)
+        ListQuery::new(self.pref.as_ref(), self.dir)
     }
 }
 
@@ -187,7 +191,7 @@ impl std::hash::Hash for ListKey {
 impl indexmap::Equivalent<ListKey> for ListQuery<'_> {
     fn equivalent(&self, key: &ListKey) -> bool {
         self.dir == key.dir
-            && match (&self.pref, &key.pref) {
+            && match (&self.pref, key.pref.as_ref()) {
                 (RefQuery::Internal(a), PolicyRef::Internal(b)) => a == b,
                 (RefQuery::Profile(a), PolicyRef::Profile(b)) => *a == b.as_str(),
                 (RefQuery::Policy(a), PolicyRef::Policy(b)) => *a == b,
@@ -199,15 +203,18 @@ impl indexmap::Equivalent<ListKey> for ListQuery<'_> {
 /// Stable ids for everything the views print.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdTable {
-    ipsets: HashMap<IpSetId, u32>,
-    policies: HashMap<PolicyRef, u32>,
+    // The maps are shared between copies until one copy changes them (a dataplane
+    // keeps a copy per generation for its views): a copy costs a few reference
+    // counts, and an update copies only the maps it changes.
+    ipsets: Arc<HashMap<IpSetId, u32>>,
+    policies: Arc<HashMap<PolicyRef, u32>>,
     rules: RuleIds,
-    tiers: HashMap<String, u32>,
+    tiers: Arc<HashMap<String, u32>>,
     failsafe_rules: Vec<(FailsafeRule, u32)>,
-    interfaces: HashMap<String, u32>,
+    interfaces: Arc<HashMap<String, u32>>,
     /// The name a dataplane knows an interface by, where it differs from the
     /// endpoint's (a VPP interface bound to the endpoint).
-    shown_names: HashMap<String, String>,
+    shown_names: Arc<HashMap<String, String>>,
     next_ipset: u32,
     next_policy: u32,
     next_rule: u32,
@@ -231,13 +238,13 @@ impl IdTable {
     /// An empty table; `host_interface` names the host-facing interface.
     pub fn new(host_interface: &str) -> Self {
         IdTable {
-            ipsets: HashMap::default(),
-            policies: HashMap::default(),
+            ipsets: Arc::default(),
+            policies: Arc::default(),
             rules: RuleIds::default(),
-            tiers: HashMap::default(),
+            tiers: Arc::default(),
             failsafe_rules: Vec::new(),
-            interfaces: HashMap::default(),
-            shown_names: HashMap::default(),
+            interfaces: Arc::default(),
+            shown_names: Arc::default(),
             next_ipset: FIRST_FELIX_SET,
             next_policy: FIRST_FELIX_POLICY,
             next_rule: FIRST_FELIX_RULE,
@@ -248,16 +255,20 @@ impl IdTable {
 
     /// Fixes an interface's index (VPP's `sw_if_index`), before or after a sync.
     pub fn set_interface_index(&mut self, name: &str, index: u32) {
-        self.interfaces.insert(name.to_string(), index);
+        if self.interfaces.get(name) != Some(&index) {
+            Arc::make_mut(&mut self.interfaces).insert(name.to_string(), index);
+        }
     }
 
     /// Prints interface `name` as `shown` (the dataplane's name of the interface
     /// bound to the endpoint); `shown == name` undoes it.
     pub fn set_interface_shown_name(&mut self, name: &str, shown: &str) {
         if name == shown {
-            self.shown_names.remove(name);
-        } else {
-            self.shown_names.insert(name.to_string(), shown.to_string());
+            if self.shown_names.contains_key(name) {
+                Arc::make_mut(&mut self.shown_names).remove(name);
+            }
+        } else if self.shown_names.get(name).map(String::as_str) != Some(shown) {
+            Arc::make_mut(&mut self.shown_names).insert(name.to_string(), shown.to_string());
         }
     }
 
@@ -287,10 +298,11 @@ impl IdTable {
     fn sync_inner(&mut self, state: &State, only: Option<Changed<'_>>) {
         if only.is_none() {
             // IP sets.
-            self.ipsets.retain(|id, _| state.ipsets().contains_key(id));
+            let ipsets = Arc::make_mut(&mut self.ipsets);
+            ipsets.retain(|id, _| state.ipsets().contains_key(id));
             for id in state.ipsets().keys() {
-                if !self.ipsets.contains_key(id) {
-                    self.ipsets.insert(id.clone(), self.next_ipset);
+                if !ipsets.contains_key(id) {
+                    ipsets.insert(id.clone(), self.next_ipset);
                     self.next_ipset += 1;
                 }
             }
@@ -318,11 +330,10 @@ impl IdTable {
                 }
                 // Hash sets keep a sync linear in the number of objects.
                 let live_refs: HashSet<&PolicyRef> = live.iter().map(|(l, _, _)| l).collect();
-                self.policies
+                Arc::make_mut(&mut self.policies)
                     .retain(|r, _| matches!(r, PolicyRef::Internal(_)) || live_refs.contains(r));
-                self.rules
-                    .by_list
-                    .retain(|k, _| live_refs.contains(&k.pref));
+                Arc::make_mut(&mut self.rules.by_list)
+                    .retain(|k, _| live_refs.contains(k.pref.as_ref()));
             }
             Some(Changed::Policy(key)) => {
                 let r = PolicyRef::Policy(key.clone());
@@ -360,7 +371,7 @@ impl IdTable {
             None => {
                 let names: Vec<&str> = referenced_tiers(state).collect();
                 let tier_set: HashSet<&str> = names.iter().copied().collect();
-                self.tiers.retain(|t, _| tier_set.contains(t.as_str()));
+                Arc::make_mut(&mut self.tiers).retain(|t, _| tier_set.contains(t.as_str()));
                 names
             }
         };
@@ -369,7 +380,7 @@ impl IdTable {
                 self.ensure_tier(t);
             }
             if !self.policies.contains_key(pref) {
-                self.policies.insert(pref.clone(), self.next_policy);
+                Arc::make_mut(&mut self.policies).insert(pref.clone(), self.next_policy);
                 self.next_policy += 1;
             }
             for (dir, rules) in Direction::BOTH.into_iter().zip(lists) {
@@ -400,9 +411,13 @@ impl IdTable {
 
     /// Forgets a policy or profile the state no longer holds.
     fn forget(&mut self, r: &PolicyRef) {
-        self.policies.remove(r);
+        if self.policies.contains_key(r) {
+            Arc::make_mut(&mut self.policies).remove(r);
+        }
         for dir in Direction::BOTH {
-            self.rules.by_list.swap_remove(&ListQuery::new(r, dir));
+            if self.rules.by_list.contains_key(&ListQuery::new(r, dir)) {
+                Arc::make_mut(&mut self.rules.by_list).swap_remove(&ListQuery::new(r, dir));
+            }
         }
     }
 
@@ -419,13 +434,13 @@ impl IdTable {
         }
         let gone: Vec<String> = unseen.into_iter().map(str::to_string).collect();
         for name in gone {
-            self.tiers.remove(&name);
+            Arc::make_mut(&mut self.tiers).remove(&name);
         }
     }
 
     fn ensure_tier(&mut self, name: &str) {
         if !self.tiers.contains_key(name) {
-            self.tiers.insert(name.to_string(), self.next_rule);
+            Arc::make_mut(&mut self.tiers).insert(name.to_string(), self.next_rule);
             self.next_rule += 1;
         }
     }
@@ -436,10 +451,10 @@ impl IdTable {
                 return;
             }
         }
-        let old = self
-            .rules
-            .by_list
+        let lists = Arc::make_mut(&mut self.rules.by_list);
+        let old = lists
             .swap_remove(&ListQuery::new(&pref, dir))
+            .map(Arc::unwrap_or_clone)
             .unwrap_or_default();
         let mut unused: Vec<Option<(Rule, u32)>> = old.into_iter().map(Some).collect();
         let mut new = Vec::with_capacity(rules.len());
@@ -458,7 +473,13 @@ impl IdTable {
             };
             new.push((rule.clone(), id));
         }
-        self.rules.by_list.insert(ListKey { pref, dir }, new);
+        lists.insert(
+            ListKey {
+                pref: Arc::new(pref),
+                dir,
+            },
+            Arc::new(new),
+        );
     }
 
     fn sync_failsafe(&mut self, state: &State) {
@@ -511,8 +532,7 @@ impl IdTable {
                 while self.interfaces.values().any(|i| *i == self.next_interface) {
                     self.next_interface += 1;
                 }
-                self.interfaces
-                    .insert(name.to_string(), self.next_interface);
+                Arc::make_mut(&mut self.interfaces).insert(name.to_string(), self.next_interface);
                 self.next_interface += 1;
             }
         }
@@ -592,7 +612,7 @@ impl IdTable {
         self.rules
             .by_list
             .get(&ListQuery::new(pref, dir))
-            .map(Vec::as_slice)
+            .map(|l| l.as_slice())
     }
 
     /// Every numbered rule list: its owner and its rules with their ids.
@@ -600,7 +620,7 @@ impl IdTable {
         self.rules
             .by_list
             .iter()
-            .map(|(k, list)| (&k.pref, list.as_slice()))
+            .map(|(k, list)| (k.pref.as_ref(), list.as_slice()))
     }
 
     /// Each tier's end-of-tier rule id.
@@ -687,6 +707,36 @@ mod id_tests {
         ids.forget(&refs[1]);
         assert_eq!(ids.profile_rule_ids("p", Direction::Egress).count(), 0);
         assert_eq!(ids.rule_lists().count(), 4);
+    }
+
+    /// A copy shares every map with the original; a policy update then copies the
+    /// rule lists' map alone, an interface fixed to the index it has copies nothing.
+    #[test]
+    fn copies_share_maps_until_one_changes() {
+        let mut s = State::new();
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80])))
+            .unwrap();
+        let mut ids = IdTable::default();
+        ids.sync(&s);
+        ids.set_interface_index("tun1", 5);
+        let copy = ids.clone();
+        ids.set_interface_index("tun1", 5);
+        ids.set_interface_shown_name("tun1", "tun1");
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[81])))
+            .unwrap();
+        ids.sync_after(&s, Changed::Policy(&key("a")));
+        assert!(!Arc::ptr_eq(&ids.rules.by_list, &copy.rules.by_list));
+        assert!(Arc::ptr_eq(&ids.policies, &copy.policies));
+        assert!(Arc::ptr_eq(&ids.tiers, &copy.tiers));
+        assert!(Arc::ptr_eq(&ids.ipsets, &copy.ipsets));
+        assert!(Arc::ptr_eq(&ids.interfaces, &copy.interfaces));
+        assert!(Arc::ptr_eq(&ids.shown_names, &copy.shown_names));
+        // The copy still has the old rule's id; the original a new one.
+        let pa = PolicyRef::Policy(key("a"));
+        assert_ne!(
+            ids.rule(&pa, Direction::Ingress, 0),
+            copy.rule(&pa, Direction::Ingress, 0)
+        );
     }
 
     #[test]

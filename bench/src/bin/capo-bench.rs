@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use capo_bench::offload::{NicProfile, OffloadOptions};
 use capo_bench::run::{classify, Options};
 use capo_bench::traffic::TrafficOptions;
+use capo_bench::updates::UpdatePath;
 use capo_bench::workload::Kind;
 
 /// A name that is not one of the choices.
@@ -39,6 +40,31 @@ fn update_kind(s: &str) -> Result<&'static str, UnknownName> {
                 "member-host, member-cidr, member-named-port, policy, endpoint, rejected",
             )
         })
+}
+
+/// `--path`: the update paths to time.
+#[derive(Debug, Clone, Copy)]
+enum UpdatePaths {
+    One(UpdatePath),
+    Both,
+}
+
+impl UpdatePaths {
+    fn list(self) -> Vec<UpdatePath> {
+        match self {
+            UpdatePaths::One(p) => vec![p],
+            UpdatePaths::Both => vec![UpdatePath::Builder, UpdatePath::Plugin],
+        }
+    }
+}
+
+fn update_paths(s: &str) -> Result<UpdatePaths, UnknownName> {
+    match s {
+        "builder" => Ok(UpdatePaths::One(UpdatePath::Builder)),
+        "plugin" => Ok(UpdatePaths::One(UpdatePath::Plugin)),
+        "both" => Ok(UpdatePaths::Both),
+        _ => Err(UnknownName(s.into(), "builder, plugin, both")),
+    }
 }
 
 fn nic(s: &str) -> Result<NicProfile, UnknownName> {
@@ -124,6 +150,10 @@ enum Command {
         /// Which kinds of update, comma-separated (default: all of them).
         #[arg(long, value_delimiter = ',', value_parser = update_kind)]
         kinds: Vec<&'static str>,
+        /// Through the classifier's builder (the embedded dataplane), the VPP
+        /// plugin's control path (encoded generations, VPP stood in for), or both.
+        #[arg(long, value_parser = update_paths, default_value = "builder")]
+        path: UpdatePaths,
         #[arg(long)]
         json: bool,
     },
@@ -214,6 +244,7 @@ fn main() -> ExitCode {
             workload,
             count,
             kinds,
+            path,
             json,
         } => {
             let kinds = if kinds.is_empty() {
@@ -221,16 +252,26 @@ fn main() -> ExitCode {
             } else {
                 kinds
             };
-            let rows = capo_bench::updates::run(workload, count as usize, &kinds, &mut |l| {
-                eprintln!("{l}")
-            });
+            let mut rows = Vec::new();
+            for p in path.list() {
+                match capo_bench::updates::run(workload, count as usize, &kinds, p, &mut |l| {
+                    eprintln!("{l}")
+                }) {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => {
+                        eprintln!("capo-bench updates: the workload was refused: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             for r in &rows {
                 if json {
                     println!("{}", serde_json::to_string(r).unwrap_or_default());
                 } else {
                     let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
                     println!(
-                        "{:<18} applied {:>6} failed {:>6} p50 {:>8} µs p99 {:>8} µs max {:>8} µs",
+                        "{:<7} {:<18} applied {:>6} failed {:>6} p50 {:>8} µs p99 {:>8} µs max {:>8} µs",
+                        r.engine,
                         r.update,
                         r.applied,
                         r.failed,
