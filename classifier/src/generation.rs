@@ -235,6 +235,13 @@ impl Generation {
         Some(IfaceId(at as u32))
     }
 
+    /// Whether `other` numbers its interfaces as this one does (same ids for the same
+    /// names, kinds and indexes): true when a generation was compiled from the other
+    /// without an interface added, removed or renumbered.
+    pub fn same_interface_ids(&self, other: &Generation) -> bool {
+        Arc::ptr_eq(&self.maps, &other.maps)
+    }
+
     /// The interface with this `sw_if_index` (as the views number them).
     pub fn interface_by_sw_if_index(&self, sw_if_index: u32) -> Option<IfaceId> {
         self.maps.by_sw_if_index.get(sw_if_index)

@@ -806,19 +806,49 @@ impl<C: VppContext> ControlCore<C> {
             return Err(RefusedError::NotInSync);
         }
         // 2. Map endpoints to VPP interfaces; unknown names are reported, not fatal.
-        let (names, resolved) = self.bind(&validated.state)?;
+        // A delta that changes no endpoint keeps the active generation's binding (the
+        // rebinder keeps that in step with VPP's interfaces).
+        let keep_binding =
+            !full && active.is_some() && !validated.updates.iter().any(changes_endpoints);
+        let bound = if keep_binding {
+            None
+        } else {
+            Some(self.bind(&validated.state)?)
+        };
         // 3. Compile beside the active generation.
-        let (classifier, ids) = self.compile(full, &validated, &names, &resolved)?;
+        let (classifier, ids) = self.compile(
+            full,
+            &validated,
+            bound.as_ref().map(|(n, r)| (n.as_slice(), r)),
+        )?;
         let snapshot = Arc::new(Snapshot {
             state: validated.state,
             ids,
         });
-        let next = Arc::new(Generation::build(
-            id,
-            Arc::clone(&snapshot),
-            classifier,
-            &resolved,
-        ));
+        let kept = match (&active, &bound) {
+            (Some(a), None) => Generation::with_interfaces_of(
+                id,
+                Arc::clone(&snapshot),
+                Arc::clone(&classifier),
+                a,
+            ),
+            _ => None,
+        };
+        let next = match kept {
+            Some(g) => Arc::new(g),
+            None => {
+                let resolved = match bound {
+                    Some((_, resolved)) => resolved,
+                    None => self.bind(&snapshot.state)?.1,
+                };
+                Arc::new(Generation::build(
+                    id,
+                    Arc::clone(&snapshot),
+                    classifier,
+                    &resolved,
+                ))
+            }
+        };
         // 4. Flip: features and pointer together, under the barrier.
         let unknown = next.unknown_interfaces().to_vec();
         if let Err(e) = self.flip(active.as_deref(), next, &[]) {
@@ -851,6 +881,15 @@ impl<C: VppContext> ControlCore<C> {
         next: Arc<Generation>,
         restore: &[SwIfIndex],
     ) -> Result<(), ContextError> {
+        if before.is_some_and(|b| b.shares_interfaces_with(&next)) && restore.is_empty() {
+            // The same interfaces: no feature to enable or disable.
+            return self.ctx.commit(Commit {
+                cell: Arc::clone(&self.cell),
+                next,
+                enable: Vec::new(),
+                disable: Vec::new(),
+            });
+        }
         let before: BTreeSet<SwIfIndex> = before
             .iter()
             .flat_map(|a| a.interfaces().iter().map(|i| i.sw_if_index))
@@ -945,7 +984,7 @@ impl<C: VppContext> ControlCore<C> {
             updates: Vec::new(),
         };
         self.stats().compiled.state_copies += 1;
-        let (classifier, ids) = match self.compile(false, &validated, &names, &resolved) {
+        let (classifier, ids) = match self.compile(false, &validated, Some((&names, &resolved))) {
             Ok(c) => c,
             Err(RefusedError::Vpp(e)) => return Err(e),
             Err(e) => return Err(ContextError::Unavailable(e.to_string())),
@@ -971,12 +1010,13 @@ impl<C: VppContext> ControlCore<C> {
     /// Compiles a validated generation with the builder; returns the classifier
     /// generation and the ids to publish. On an error the builder is rebuilt from the
     /// active generation.
+    /// `bound`: the policed names and their VPP interfaces, when they were bound
+    /// again (`None`: the compiler's ids hold the active generation's indexes).
     fn compile(
         &mut self,
         full: bool,
         v: &Validated,
-        names: &[String],
-        resolved: &Bindings,
+        bound: Option<(&[String], &Bindings)>,
     ) -> Result<(Arc<capo_classifier::Generation>, IdTable), RefusedError> {
         let mut c = match self.compiled.take() {
             Some(c) => c,
@@ -990,8 +1030,12 @@ impl<C: VppContext> ControlCore<C> {
         // interfaces by the ids' indexes. A known interface whose index changed needs
         // the classifier's interface table rebuilt.
         let mut renumbered = false;
+        let (names, resolved): (&[String], _) = match bound {
+            Some((names, resolved)) => (names, Some(resolved)),
+            None => (&[], None),
+        };
         for name in names {
-            let bound = resolved.get(name);
+            let bound = resolved.and_then(|r| r.get(name));
             let want = bound.map_or(UNRESOLVED, |b| b.sw_if_index.0);
             renumbered |= c.ids.interface(name).is_some_and(|had| had != want);
             c.ids.set_interface_index(name, want);
@@ -1070,6 +1114,17 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Whether an update can change which interfaces are policed, or how.
+fn changes_endpoints(u: &Update) -> bool {
+    matches!(
+        u,
+        Update::WorkloadUpdate(..)
+            | Update::WorkloadRemove(_)
+            | Update::HostEndpointUpdate(..)
+            | Update::HostEndpointRemove(_)
+    )
 }
 
 /// Binds the control socket with its configured permissions and group, through

@@ -117,6 +117,13 @@ pub struct Generation {
     id: u64,
     snapshot: Arc<Snapshot>,
     classifier: Arc<capo_classifier::Generation>,
+    policed: Arc<Policed>,
+}
+
+/// A generation's policed interfaces, shared with the next generation when that one
+/// changes no endpoint and numbers the classifier's interfaces the same way.
+#[derive(Debug)]
+struct Policed {
     ifaces: Vec<Iface>,
     /// Position in `ifaces` by `sw_if_index`.
     by_sw_if_index: SwIfIndexMap<u32>,
@@ -161,10 +168,37 @@ impl Generation {
             id,
             snapshot,
             classifier,
-            ifaces,
-            by_sw_if_index,
-            unknown,
+            policed: Arc::new(Policed {
+                ifaces,
+                by_sw_if_index,
+                unknown,
+            }),
         }
+    }
+
+    /// Generation `id` with `prev`'s policed interfaces, for a delta that changed no
+    /// endpoint (so binds them as `prev` does); `None` when `classifier` numbers its
+    /// interfaces otherwise than `prev`'s (then [`Generation::build`] binds again).
+    pub fn with_interfaces_of(
+        id: u64,
+        snapshot: Arc<Snapshot>,
+        classifier: Arc<capo_classifier::Generation>,
+        prev: &Generation,
+    ) -> Option<Generation> {
+        classifier
+            .same_interface_ids(&prev.classifier)
+            .then(|| Generation {
+                id,
+                snapshot,
+                classifier,
+                policed: Arc::clone(&prev.policed),
+            })
+    }
+
+    /// Whether this generation polices the very interfaces of `other` (one took
+    /// them from the other).
+    pub fn shares_interfaces_with(&self, other: &Generation) -> bool {
+        Arc::ptr_eq(&self.policed, &other.policed)
     }
 
     /// The generation's id (the agent's).
@@ -189,19 +223,19 @@ impl Generation {
 
     /// The policed interfaces.
     pub fn interfaces(&self) -> &[Iface] {
-        &self.ifaces
+        &self.policed.ifaces
     }
 
     /// The interface with this index, if policed.
     #[inline]
     pub fn interface(&self, sw_if_index: SwIfIndex) -> Option<&Iface> {
-        let pos = self.by_sw_if_index.get(sw_if_index.0)?;
-        self.ifaces.get(pos as usize)
+        let pos = self.policed.by_sw_if_index.get(sw_if_index.0)?;
+        self.policed.ifaces.get(pos as usize)
     }
 
     /// Endpoint interfaces VPP does not have.
     pub fn unknown_interfaces(&self) -> &[String] {
-        &self.unknown
+        &self.policed.unknown
     }
 
     /// The compiled classifier generation.

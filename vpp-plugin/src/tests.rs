@@ -1379,3 +1379,55 @@ fn saved_control_fuzz_corpus_changes_nothing_it_does_not_apply() {
     // Some inputs are valid generations: the check covers applying too.
     assert!(applied >= 4, "{applied} applied");
 }
+
+/// A delta that changes no endpoint keeps the active generation's interface table:
+/// VPP is not asked again (the rebinder keeps that table in step with VPP), so a
+/// change the rebinder has not seen yet waits for it. A delta that updates an
+/// endpoint binds again.
+#[test]
+fn deltas_without_endpoint_changes_keep_the_interface_table() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[("tap0", 1), ("tun3", 7)]));
+    let a = applied(core.on_message(generation(1, true, 0, seed_updates()), 0));
+    assert!(a.ok, "{}", a.error);
+    let first = plugin.cell.load().unwrap();
+    // VPP recreates tun3 under another index; the rebinder has not run yet.
+    core.context_mut().delete("tun3");
+    core.context_mut().create("tun3", 9);
+    let a = applied(core.on_message(
+        generation(2, false, 1, vec![member_delta(&["11.0.0.200/32"], &[])]),
+        0,
+    ));
+    assert!(a.ok, "{}", a.error);
+    let g = plugin.cell.load().unwrap();
+    assert_eq!(g.id(), 2);
+    assert!(g.shares_interfaces_with(&first));
+    assert!(g.interface(SwIfIndex(7)).is_some() && g.interface(SwIfIndex(9)).is_none());
+    // The delta is in force on the kept table: the new member reaches tun3's port.
+    let bytes = ip_bytes(&tcp("11.0.0.200", "11.0.0.67", 40000, 5978));
+    let mut slot = new_slot(EstablishedFlows::Keep);
+    let mut out = Vec::new();
+    let pkt = [PacketIn {
+        bytes: &bytes,
+        sw_if_index: SwIfIndex(7),
+        flow_id: 0,
+        traced: false,
+    }];
+    classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &pkt, &mut out);
+    assert_eq!(out[0].next, Next::NextFeature);
+    // An endpoint update in a delta binds again and finds the new index.
+    let workload = seed_updates()
+        .into_iter()
+        .find(|u| {
+            matches!(
+                u.payload,
+                Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(_))
+            )
+        })
+        .unwrap();
+    let a = applied(core.on_message(generation(3, false, 2, vec![workload]), 0));
+    assert!(a.ok, "{}", a.error);
+    let g = plugin.cell.load().unwrap();
+    assert!(!g.shares_interfaces_with(&first));
+    assert!(g.interface(SwIfIndex(9)).is_some() && g.interface(SwIfIndex(7)).is_none());
+}
