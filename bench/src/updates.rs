@@ -245,6 +245,8 @@ impl Target {
                             agent_version: "capo-bench".into(),
                             epoch: 1,
                             bindings: vec![],
+                            // As capo-agent asks.
+                            interfaces_when_changed: true,
                         })),
                     },
                     0,

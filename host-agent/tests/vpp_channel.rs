@@ -435,3 +435,46 @@ fn chunks_follow_the_plugins_caps() {
     assert!(err.to_string().contains("max-generation-mb"), "{err}");
     assert_eq!(plugin.cell.active_id(), 1);
 }
+
+/// The agent asks to be sent the policed interfaces only when they change: after a
+/// delta that leaves them (the plugin says "unchanged"), its status still lists them.
+#[test]
+fn the_agent_keeps_the_interfaces_across_deltas() {
+    use capo_agent::core::daemon::{Daemon, FelixOptions};
+    use std::time::{Duration, Instant};
+    let (plugin, path) = plugin("keeps-interfaces");
+    let vpp = capo_agent::sinks::vpp::VppSink::new(path.clone(), Vec::new());
+    let handle = vpp.handle();
+    let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
+    d.add_sink(Box::new(vpp));
+    let daemon = Arc::new(Mutex::new(d));
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let policed = || {
+        let mut names: Vec<String> = handle
+            .status()
+            .interfaces
+            .iter()
+            .map(|i| format!("{}={}", i.endpoint, i.sw_if_index))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(capo_agent::inputs::felix_stream::feed(&daemon, &seed()));
+    wait("the full generation", &|| handle.status().confirmed >= 1);
+    let first = policed();
+    assert_eq!(first, ["tap0=1", "tun3=11"]);
+    let confirmed = handle.status().confirmed;
+    assert!(capo_agent::inputs::felix_stream::feed(
+        &daemon,
+        &[ipset_delta(&seed_ipset(), "11.0.0.199/32")]
+    ));
+    wait("the delta", &|| handle.status().confirmed > confirmed);
+    assert!(plugin.show(Show::Ipsets, 0).contains("11.0.0.199/32"));
+    assert_eq!(policed(), first);
+}

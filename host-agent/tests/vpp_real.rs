@@ -571,7 +571,7 @@ fn version_skew_release_and_takeover_on_vpp() {
         msg: Some(to_plugin::Msg::Hello(Hello {
             agent_version: "capo-agent 0.2.0".into(),
             epoch,
-            bindings: Vec::new(),
+            ..Hello::default()
         })),
     }))
     .unwrap();

@@ -81,7 +81,7 @@ use prost::Message;
 use crate::binding::{self, Bindings, ExplicitBinding, VppInterface};
 use crate::config::PluginConfig;
 use crate::generation::{
-    policed_interfaces, Generation, GenerationCell, Snapshot, SwIfIndex, UNRESOLVED,
+    policed_interfaces, Generation, GenerationCell, InterfacesSeen, Snapshot, SwIfIndex, UNRESOLVED,
 };
 use capo_proto::capo::agent::v1::CountersReply;
 use capo_proto::capo::dataplane::v1::{BoundInterface, ShowReply, ShowRequest};
@@ -463,6 +463,11 @@ pub struct ControlCore<C: VppContext> {
     limits: ChannelLimits,
     /// Chunks of a generation not complete yet.
     assembly: Option<Assembly>,
+    /// The connected agent keeps the interfaces it was last sent
+    /// (`Hello.interfaces_when_changed`).
+    interfaces_when_changed: bool,
+    /// The interface table the connected agent was last sent.
+    interfaces_sent: InterfacesSeen,
 }
 
 impl<C: VppContext> std::fmt::Debug for ControlCore<C> {
@@ -502,6 +507,8 @@ impl<C: VppContext> ControlCore<C> {
             active_epoch: 0,
             limits: ChannelLimits::default(),
             assembly: None,
+            interfaces_when_changed: false,
+            interfaces_sent: InterfacesSeen::default(),
         }
     }
 
@@ -537,6 +544,8 @@ impl<C: VppContext> ControlCore<C> {
                 };
                 self.conn_epoch = h.epoch;
                 self.assembly = None;
+                self.interfaces_when_changed = h.interfaces_when_changed;
+                self.interfaces_sent = InterfacesSeen::default();
                 self.explicit = h
                     .bindings
                     .into_iter()
@@ -585,6 +594,7 @@ impl<C: VppContext> ControlCore<C> {
     /// Records that the agent connection ended (fail-static: nothing else changes).
     pub fn on_disconnect(&mut self, now: u64) {
         self.assembly = None;
+        self.interfaces_sent = InterfacesSeen::default();
         let mut s = lock(&self.status);
         if matches!(s.agent, AgentState::Connected { .. }) {
             s.agent = AgentState::Disconnected { since: now };
@@ -647,7 +657,7 @@ impl<C: VppContext> ControlCore<C> {
         let (id, full, base_id) = (g.id, g.full, g.base_id);
         match self.apply(g) {
             Ok(unknown) => {
-                let interfaces = self.bound_interfaces();
+                let (interfaces, interfaces_unchanged) = self.interfaces_reply();
                 let mut s = lock(&self.status);
                 s.applied += 1;
                 s.active_epoch = self.active_epoch;
@@ -658,6 +668,7 @@ impl<C: VppContext> ControlCore<C> {
                     error: String::new(),
                     unknown_interfaces: unknown,
                     interfaces,
+                    interfaces_unchanged,
                 }
             }
             Err(e) => self.refused(id, full, base_id, e, now),
@@ -666,7 +677,7 @@ impl<C: VppContext> ControlCore<C> {
 
     /// Records and answers a refusal (the active generation stays).
     fn refused(&mut self, id: u64, full: bool, base_id: u64, e: RefusedError, now: u64) -> Applied {
-        let interfaces = self.bound_interfaces();
+        let (interfaces, interfaces_unchanged) = self.interfaces_reply();
         let mut s = lock(&self.status);
         s.refused += 1;
         let error = e.to_string();
@@ -685,6 +696,7 @@ impl<C: VppContext> ControlCore<C> {
             error,
             unknown_interfaces: Vec::new(),
             interfaces,
+            interfaces_unchanged,
         }
     }
 
@@ -708,6 +720,18 @@ impl<C: VppContext> ControlCore<C> {
         while s.history.len() > HISTORY {
             s.history.pop_front();
         }
+    }
+
+    /// Where the active generation polices each endpoint, for an `Applied`; to an agent
+    /// that keeps them, nothing while they are what it was last sent (then `true`).
+    fn interfaces_reply(&mut self) -> (Vec<BoundInterface>, bool) {
+        if let Some(active) = self.cell.load() {
+            if self.interfaces_when_changed && self.interfaces_sent.still(&active) {
+                return (Vec::new(), true);
+            }
+            self.interfaces_sent = InterfacesSeen::of(&active);
+        }
+        (self.bound_interfaces(), false)
     }
 
     /// Where the active generation polices each endpoint.

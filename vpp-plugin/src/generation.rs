@@ -21,7 +21,7 @@
 //! The cell keeps the previous generation while the next one settles: a NIC mark from
 //! either is honoured (DESIGN.md §4).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwapOption;
 pub use capo_classifier::IfaceKind;
@@ -118,6 +118,23 @@ pub struct Generation {
     snapshot: Arc<Snapshot>,
     classifier: Arc<capo_classifier::Generation>,
     policed: Arc<Policed>,
+}
+
+/// Which interface table a generation polices, remembered without keeping it alive
+/// (the table's allocation is, so no later table can be mistaken for it).
+#[derive(Debug, Clone, Default)]
+pub struct InterfacesSeen(Weak<Policed>);
+
+impl InterfacesSeen {
+    /// `g`'s table.
+    pub fn of(g: &Generation) -> Self {
+        InterfacesSeen(Arc::downgrade(&g.policed))
+    }
+
+    /// Whether `g` polices that very table.
+    pub fn still(&self, g: &Generation) -> bool {
+        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(&g.policed))
+    }
 }
 
 /// A generation's policed interfaces, shared with the next generation when that one

@@ -978,6 +978,7 @@ fn hello(epoch: u64, bindings: &[(&str, &str)]) -> ToPlugin {
         msg: Some(to_plugin::Msg::Hello(Hello {
             agent_version: "test".into(),
             epoch,
+            interfaces_when_changed: false,
             bindings: bindings
                 .iter()
                 .map(|(e, v)| InterfaceBinding {
@@ -1430,4 +1431,65 @@ fn deltas_without_endpoint_changes_keep_the_interface_table() {
     let g = plugin.cell.load().unwrap();
     assert!(!g.shares_interfaces_with(&first));
     assert!(g.interface(SwIfIndex(9)).is_some() && g.interface(SwIfIndex(7)).is_none());
+}
+
+/// An agent that keeps the interfaces it was sent gets them once per table: left out
+/// (and said unchanged) while deltas keep the table, sent again when a rebinding
+/// changes it and on a new connection. An agent that does not ask gets them always.
+#[test]
+fn interfaces_are_sent_when_changed_to_agents_that_keep_them() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[("tap0", 1), ("tun3", 7)]));
+    let keeping = |epoch| ToPlugin {
+        msg: Some(to_plugin::Msg::Hello(Hello {
+            agent_version: "test".into(),
+            epoch,
+            interfaces_when_changed: true,
+            ..Hello::default()
+        })),
+    };
+    core.on_message(keeping(1), 0);
+    let a = applied(core.on_message(generation(1, true, 0, seed_updates()), 0));
+    assert!(
+        a.ok && !a.interfaces_unchanged && a.interfaces.len() == 2,
+        "{a:?}"
+    );
+    let delta = |id| {
+        generation(
+            id,
+            false,
+            id - 1,
+            vec![member_delta(&["11.0.0.200/32"], &[])],
+        )
+    };
+    let a = applied(core.on_message(delta(2), 0));
+    assert!(
+        a.ok && a.interfaces_unchanged && a.interfaces.is_empty(),
+        "{a:?}"
+    );
+    // VPP moves tun3; the rebinder republishes; the next reply carries the move.
+    core.context_mut().delete("tun3");
+    core.context_mut().create("tun3", 9);
+    assert!(!core.rebind(1).unwrap().is_empty());
+    let a = applied(core.on_message(delta(3), 0));
+    assert!(!a.interfaces_unchanged, "{a:?}");
+    assert!(
+        a.interfaces
+            .iter()
+            .any(|i| i.endpoint == "tun3" && i.sw_if_index == 9),
+        "{a:?}"
+    );
+    let a = applied(core.on_message(delta(4), 0));
+    assert!(a.interfaces_unchanged, "{a:?}");
+    // A new connection starts over.
+    core.on_disconnect(5);
+    core.on_message(keeping(1), 5);
+    let a = applied(core.on_message(delta(5), 5));
+    assert!(!a.interfaces_unchanged && a.interfaces.len() == 2, "{a:?}");
+    // An agent that does not keep them gets them every time.
+    core.on_message(hello(1, &[]), 6);
+    for id in 6..8 {
+        let a = applied(core.on_message(delta(id), 6));
+        assert!(!a.interfaces_unchanged && a.interfaces.len() == 2, "{a:?}");
+    }
 }

@@ -163,6 +163,7 @@ impl VppChannel {
             agent_version: AGENT_VERSION.to_string(),
             epoch,
             bindings: bindings.to_vec(),
+            interfaces_when_changed: true,
         }))?;
         match reply {
             from_plugin::Msg::Hello(h) => {
@@ -942,7 +943,10 @@ impl SinkThread {
                 let mut s = self.status();
                 s.confirmed = generation;
                 s.unknown_interfaces = a.unknown_interfaces;
-                s.interfaces = a.interfaces;
+                // Left out while they stay as last sent on this connection.
+                if !a.interfaces_unchanged {
+                    s.interfaces = a.interfaces;
+                }
             }
             Ok(a) => {
                 // Refused: the plugin keeps its previous generation; retry whole.
