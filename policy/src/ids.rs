@@ -134,10 +134,71 @@ pub enum Changed<'a> {
 /// A policy or profile being synced: its ref, its tier, its inbound and outbound rules.
 type LiveList<'s> = (PolicyRef, Option<&'s str>, [&'s [Rule]; 2]);
 
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Each list's rules with their ids, to keep the id of an unchanged rule. The lists
+/// are spread over shards by a fixed hash of their key, so that a copy of the table
+/// that then changes one list copies one shard.
+#[derive(Debug, Clone, PartialEq)]
 struct RuleIds {
-    // Each list's rules with their ids, to keep the id of an unchanged rule.
-    by_list: Arc<IndexMap<ListKey, Arc<NumberedRules>, foldhash::quality::RandomState>>,
+    shards: Vec<Arc<ListShard>>,
+}
+
+type ListShard = IndexMap<ListKey, Arc<NumberedRules>, foldhash::quality::RandomState>;
+
+/// Shards of [`RuleIds`] (W-large's 20,000 lists: about 300 per shard).
+const RULE_SHARDS: usize = 64;
+
+impl Default for RuleIds {
+    fn default() -> Self {
+        RuleIds {
+            shards: (0..RULE_SHARDS).map(|_| Arc::default()).collect(),
+        }
+    }
+}
+
+impl RuleIds {
+    fn shard_of(q: &ListQuery<'_>) -> usize {
+        use std::hash::BuildHasher;
+        // Fixed, so that equal tables shard alike (and compare shard by shard).
+        foldhash::quality::FixedState::with_seed(0x6361_706f).hash_one(q) as usize % RULE_SHARDS
+    }
+
+    fn get(&self, q: &ListQuery<'_>) -> Option<&NumberedRules> {
+        self.shards
+            .get(Self::shard_of(q))
+            .and_then(|s| s.get(q))
+            .map(|l| l.as_ref())
+    }
+
+    /// The shard holding `q`'s list, for changing (copied if shared).
+    fn shard_mut(&mut self, q: &ListQuery<'_>) -> Option<&mut ListShard> {
+        self.shards.get_mut(Self::shard_of(q)).map(Arc::make_mut)
+    }
+
+    fn remove(&mut self, q: &ListQuery<'_>) -> Option<NumberedRules> {
+        // Absent: no shard copied.
+        self.get(q)?;
+        self.shard_mut(q)?.swap_remove(q).map(Arc::unwrap_or_clone)
+    }
+
+    fn insert(&mut self, key: ListKey, rules: NumberedRules) {
+        if let Some(shard) = self.shard_mut(&key.query()) {
+            shard.insert(key, Arc::new(rules));
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&ListKey) -> bool) {
+        for shard in &mut self.shards {
+            if shard.keys().any(|k| !keep(k)) {
+                Arc::make_mut(shard).retain(|k, _| keep(k));
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&ListKey, &NumberedRules)> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, l)| (k, l.as_ref())))
+    }
 }
 
 /// A rule list's rules with their ids.
@@ -332,8 +393,7 @@ impl IdTable {
                 let live_refs: HashSet<&PolicyRef> = live.iter().map(|(l, _, _)| l).collect();
                 Arc::make_mut(&mut self.policies)
                     .retain(|r, _| matches!(r, PolicyRef::Internal(_)) || live_refs.contains(r));
-                Arc::make_mut(&mut self.rules.by_list)
-                    .retain(|k, _| live_refs.contains(k.pref.as_ref()));
+                self.rules.retain(|k| live_refs.contains(k.pref.as_ref()));
             }
             Some(Changed::Policy(key)) => {
                 let r = PolicyRef::Policy(key.clone());
@@ -415,9 +475,7 @@ impl IdTable {
             Arc::make_mut(&mut self.policies).remove(r);
         }
         for dir in Direction::BOTH {
-            if self.rules.by_list.contains_key(&ListQuery::new(r, dir)) {
-                Arc::make_mut(&mut self.rules.by_list).swap_remove(&ListQuery::new(r, dir));
-            }
+            self.rules.remove(&ListQuery::new(r, dir));
         }
     }
 
@@ -446,15 +504,14 @@ impl IdTable {
     }
 
     fn sync_rule_list(&mut self, pref: PolicyRef, dir: Direction, rules: &[Rule]) {
-        if let Some(held) = self.rules.by_list.get(&ListQuery::new(&pref, dir)) {
+        if let Some(held) = self.rules.get(&ListQuery::new(&pref, dir)) {
             if held.len() == rules.len() && held.iter().zip(rules).all(|((h, _), r)| h == r) {
                 return;
             }
         }
-        let lists = Arc::make_mut(&mut self.rules.by_list);
-        let old = lists
-            .swap_remove(&ListQuery::new(&pref, dir))
-            .map(Arc::unwrap_or_clone)
+        let old = self
+            .rules
+            .remove(&ListQuery::new(&pref, dir))
             .unwrap_or_default();
         let mut unused: Vec<Option<(Rule, u32)>> = old.into_iter().map(Some).collect();
         let mut new = Vec::with_capacity(rules.len());
@@ -473,12 +530,12 @@ impl IdTable {
             };
             new.push((rule.clone(), id));
         }
-        lists.insert(
+        self.rules.insert(
             ListKey {
                 pref: Arc::new(pref),
                 dir,
             },
-            Arc::new(new),
+            new,
         );
     }
 
@@ -554,7 +611,6 @@ impl IdTable {
     /// `rule#` of the `index`-th rule of a list.
     pub fn rule(&self, r: &PolicyRef, dir: Direction, index: usize) -> Option<u32> {
         self.rules
-            .by_list
             .get(&ListQuery::new(r, dir))
             .and_then(|l| l.get(index))
             .map(|(_, id)| *id)
@@ -583,7 +639,6 @@ impl IdTable {
 
     fn ids_of_list(&self, q: ListQuery<'_>) -> impl Iterator<Item = u32> + '_ {
         self.rules
-            .by_list
             .get(&q)
             .into_iter()
             .flat_map(|l| l.iter().map(|(_, id)| *id))
@@ -610,15 +665,13 @@ impl IdTable {
     /// The rules of a policy or profile in one direction, with their ids.
     pub(crate) fn rule_list(&self, pref: &PolicyRef, dir: Direction) -> Option<&[(Rule, u32)]> {
         self.rules
-            .by_list
             .get(&ListQuery::new(pref, dir))
-            .map(|l| l.as_slice())
+            .map(Vec::as_slice)
     }
 
     /// Every numbered rule list: its owner and its rules with their ids.
     pub(crate) fn rule_lists(&self) -> impl Iterator<Item = (&PolicyRef, &[(Rule, u32)])> {
         self.rules
-            .by_list
             .iter()
             .map(|(k, list)| (k.pref.as_ref(), list.as_slice()))
     }
@@ -725,7 +778,15 @@ mod id_tests {
         s.apply(Update::PolicyUpdate(key("a"), policy(&[81])))
             .unwrap();
         ids.sync_after(&s, Changed::Policy(&key("a")));
-        assert!(!Arc::ptr_eq(&ids.rules.by_list, &copy.rules.by_list));
+        // One shard of rule lists copied, the others shared.
+        let copied = ids
+            .rules
+            .shards
+            .iter()
+            .zip(&copy.rules.shards)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(copied, 1);
         assert!(Arc::ptr_eq(&ids.policies, &copy.policies));
         assert!(Arc::ptr_eq(&ids.tiers, &copy.tiers));
         assert!(Arc::ptr_eq(&ids.ipsets, &copy.ipsets));
