@@ -585,11 +585,16 @@ fn seed_full_interfaces_view() {
 /// The verdict the node gives one packet on tun3 going `OUTPUT` (tx: towards the pod),
 /// in a frame of its own with a fresh flow table.
 fn verdict_alone(plugin: &Plugin, bytes: &[u8]) -> Next {
+    verdict_at(plugin, bytes, SwIfIndex(11))
+}
+
+/// The node's decision for `bytes` arriving alone on `sw_if_index` (a fresh flow table).
+fn verdict_at(plugin: &Plugin, bytes: &[u8], sw_if_index: SwIfIndex) -> Next {
     let mut slot = new_slot(EstablishedFlows::Keep);
     let mut out = Vec::new();
     let pkt = [PacketIn {
         bytes,
-        sw_if_index: SwIfIndex(11),
+        sw_if_index,
         flow_id: 0,
         traced: false,
     }];
@@ -1079,16 +1084,7 @@ fn interfaces_that_appear_later_are_bound_and_policed() {
     assert!(core.context().enabled.contains(&SwIfIndex(7)));
     // Policed for real: 5979 from ts1 is denied on its new index.
     let bytes = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5979));
-    let mut slot = new_slot(EstablishedFlows::Keep);
-    let mut out = Vec::new();
-    let pkt = [PacketIn {
-        bytes: &bytes,
-        sw_if_index: SwIfIndex(7),
-        flow_id: 0,
-        traced: false,
-    }];
-    classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &pkt, &mut out);
-    assert_eq!(out[0].next, Next::Drop);
+    assert_eq!(verdict_at(&plugin, &bytes, SwIfIndex(7)), Next::Drop);
     // The views print the new index.
     assert!(plugin
         .show(Show::Interfaces, 2)
@@ -1406,16 +1402,7 @@ fn deltas_without_endpoint_changes_keep_the_interface_table() {
     assert!(g.interface(SwIfIndex(7)).is_some() && g.interface(SwIfIndex(9)).is_none());
     // The delta is in force on the kept table: the new member reaches tun3's port.
     let bytes = ip_bytes(&tcp("11.0.0.200", "11.0.0.67", 40000, 5978));
-    let mut slot = new_slot(EstablishedFlows::Keep);
-    let mut out = Vec::new();
-    let pkt = [PacketIn {
-        bytes: &bytes,
-        sw_if_index: SwIfIndex(7),
-        flow_id: 0,
-        traced: false,
-    }];
-    classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &pkt, &mut out);
-    assert_eq!(out[0].next, Next::NextFeature);
+    assert_eq!(verdict_at(&plugin, &bytes, SwIfIndex(7)), Next::NextFeature);
     // An endpoint update in a delta binds again and finds the new index.
     let workload = seed_updates()
         .into_iter()
