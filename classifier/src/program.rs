@@ -41,8 +41,6 @@ pub(crate) enum Act {
 #[derive(Debug, Clone)]
 pub(crate) struct CRule {
     pub(crate) act: Act,
-    /// Index into [`Program::deciders`] (a rule's own index).
-    pub(crate) decider: u32,
     /// The views' `rule#`, for counters.
     pub(crate) rule_id: Option<u32>,
     /// Atoms that must *all* hold (source, destination, service) when the rule is
@@ -268,9 +266,10 @@ pub(crate) struct DeciderTable {
 impl DeciderTable {
     /// Appends a chunk of rule deciders.
     pub(crate) fn push_rules(&mut self, chunk: Arc<[Decider]>) {
-        if !chunk.is_empty() {
-            self.chunks.push((self.rules, chunk.clone()));
-            self.rules += chunk.len() as u32;
+        let len = chunk.len() as u32;
+        if len > 0 {
+            self.chunks.push((self.rules, chunk));
+            self.rules += len;
         }
     }
 
@@ -735,8 +734,9 @@ impl Program {
                 }
             }
             match rule.act {
-                Act::Allow => return self.decision(Verdict::Allow, rule.decider, rule.rule_id),
-                Act::Deny => return self.decision(Verdict::Deny, rule.decider, rule.rule_id),
+                // Rule `i`'s decider is decider `i`.
+                Act::Allow => return self.decision(Verdict::Allow, i as u32, rule.rule_id),
+                Act::Deny => return self.decision(Verdict::Deny, i as u32, rule.rule_id),
                 Act::Log => {}
                 Act::Pass => {
                     // Leaves the tier (or profile) without its end-of-tier drop.

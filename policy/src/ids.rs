@@ -17,13 +17,7 @@
 //!   traffic is not policed and failsafe has nothing to do).
 //!
 
-use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
-
-/// The table's maps: keyed by names Felix chose, hashed often on every update, so
-/// with a faster hash than SipHash (`foldhash`, seeded per map).
-type HashMap<K, V> = StdHashMap<K, V, foldhash::quality::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 
 use indexmap::IndexMap;
 
@@ -38,6 +32,11 @@ pub const LOCAL_WORKLOADS_SET: u32 = 0;
 const FIRST_FELIX_SET: u32 = 1;
 const FIRST_FELIX_POLICY: u32 = 10;
 const FIRST_FELIX_RULE: u32 = 15;
+
+/// The table's maps: keyed by names Felix chose, hashed often on every update, so
+/// with a faster hash than SipHash (`foldhash`, seeded per map).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 
 /// Anything that prints as `[policy#N]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

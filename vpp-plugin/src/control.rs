@@ -832,47 +832,46 @@ impl<C: VppContext> ControlCore<C> {
         // 2. Map endpoints to VPP interfaces; unknown names are reported, not fatal.
         // A delta that changes no endpoint keeps the active generation's binding (the
         // rebinder keeps that in step with VPP's interfaces).
-        let keep_binding =
-            !full && active.is_some() && !validated.updates.iter().any(changes_endpoints);
-        let bound = if keep_binding {
-            None
-        } else {
-            Some(self.bind(&validated.state)?)
+        let binding = match active
+            .as_deref()
+            .filter(|_| !full && !validated.updates.iter().any(changes_endpoints))
+        {
+            Some(a) => Binding::Kept(a),
+            None => {
+                let (names, resolved) = self.bind(&validated.state)?;
+                Binding::New(names, resolved)
+            }
         };
         // 3. Compile beside the active generation.
         let (classifier, ids) = self.compile(
             full,
             &validated,
-            bound.as_ref().map(|(n, r)| (n.as_slice(), r)),
+            match &binding {
+                Binding::New(names, resolved) => Some((names.as_slice(), resolved)),
+                Binding::Kept(_) => None,
+            },
         )?;
         let snapshot = Arc::new(Snapshot {
             state: validated.state,
             ids,
         });
-        let kept = match (&active, &bound) {
-            (Some(a), None) => Generation::with_interfaces_of(
+        let next = Arc::new(match binding {
+            Binding::New(_, resolved) => {
+                Generation::build(id, Arc::clone(&snapshot), classifier, &resolved)
+            }
+            // The same interfaces when the classifier numbers them alike; otherwise the
+            // table is built again from the active generation's binding, which the
+            // compiler's ids hold.
+            Binding::Kept(a) => Generation::with_interfaces_of(
                 id,
                 Arc::clone(&snapshot),
                 Arc::clone(&classifier),
                 a,
-            ),
-            _ => None,
-        };
-        let next = match kept {
-            Some(g) => Arc::new(g),
-            None => {
-                let resolved = match bound {
-                    Some((_, resolved)) => resolved,
-                    None => self.bind(&snapshot.state)?.1,
-                };
-                Arc::new(Generation::build(
-                    id,
-                    Arc::clone(&snapshot),
-                    classifier,
-                    &resolved,
-                ))
-            }
-        };
+            )
+            .unwrap_or_else(|| {
+                Generation::build(id, Arc::clone(&snapshot), classifier, &a.bindings())
+            }),
+        });
         // 4. Flip: features and pointer together, under the barrier.
         let unknown = next.unknown_interfaces().to_vec();
         if let Err(e) = self.flip(active.as_deref(), next, &[]) {
@@ -1140,6 +1139,14 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Where a generation's endpoints are bound.
+enum Binding<'a> {
+    /// As the active generation has them.
+    Kept(&'a Generation),
+    /// Bound again now: the policed names, and where VPP has them.
+    New(Vec<String>, Bindings),
+}
+
 /// Whether an update can change which interfaces are policed, or how.
 fn changes_endpoints(u: &Update) -> bool {
     matches!(
@@ -1337,6 +1344,52 @@ pub fn run_rebinder<C: VppContext>(
             Err(e) => log(&format!("binding again failed: {e}")),
         }
     }
+}
+
+/// Generation `id` as one message of the agent's (`more`: chunks follow), for tests
+/// and benchmarks.
+#[cfg(any(test, feature = "testutils"))]
+pub fn generation_message(
+    id: u64,
+    full: bool,
+    base_id: u64,
+    updates: Vec<capo_proto::felix::v3_32::ToDataplane>,
+    more: bool,
+) -> ToPlugin {
+    ToPlugin {
+        msg: Some(to_plugin::Msg::Generation(PbGeneration {
+            id,
+            full,
+            base_id,
+            updates,
+            more,
+        })),
+    }
+}
+
+/// Generation `id` in chunks of at most `per_chunk` updates, as the agent sends a
+/// large one (tests and benchmarks).
+#[cfg(any(test, feature = "testutils"))]
+pub fn generation_chunks(
+    id: u64,
+    full: bool,
+    base_id: u64,
+    updates: Vec<capo_proto::felix::v3_32::ToDataplane>,
+    per_chunk: usize,
+) -> Vec<ToPlugin> {
+    let mut pieces: Vec<_> = updates
+        .chunks(per_chunk.max(1))
+        .map(<[_]>::to_vec)
+        .collect();
+    if pieces.is_empty() {
+        pieces.push(Vec::new());
+    }
+    let last = pieces.len() - 1;
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, updates)| generation_message(id, full, base_id, updates, i < last))
+        .collect()
 }
 
 /// A VPP stand-in for tests: a name → index table; commits publish directly and

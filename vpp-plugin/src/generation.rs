@@ -28,7 +28,7 @@ pub use capo_classifier::IfaceKind;
 use capo_classifier::{IfaceId, SwIfIndexMap};
 use capo_policy::{Direction, IdTable, State};
 
-use crate::binding::{Bindings, How};
+use crate::binding::{Bindings, Bound, How};
 use crate::mark::gen_tag;
 
 /// The `sw_if_index` the views print for an endpoint interface VPP does not have
@@ -210,6 +210,23 @@ impl Generation {
                 classifier,
                 policed: Arc::clone(&prev.policed),
             })
+    }
+
+    /// Where this generation polices each bound endpoint, as a binding pass found it.
+    pub fn bindings(&self) -> Bindings {
+        self.interfaces()
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    Bound {
+                        sw_if_index: i.sw_if_index,
+                        vpp_name: i.vpp_name.clone(),
+                        how: i.how,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Whether this generation polices the very interfaces of `other` (one took

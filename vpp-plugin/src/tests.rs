@@ -12,8 +12,7 @@ use capo_felix::frame::{decode_to_dataplane_v3_32, FrameReader, FrameWriter};
 use capo_policy::{Packet, Protocol, L4};
 use capo_proto::capo::agent::v1::CountersRequest;
 use capo_proto::capo::dataplane::v1::{
-    from_plugin, to_plugin, Applied, FromPlugin, Generation as PbGeneration, Hello,
-    InterfaceBinding, ShowRequest, ToPlugin,
+    from_plugin, to_plugin, Applied, FromPlugin, Hello, InterfaceBinding, ShowRequest, ToPlugin,
 };
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
@@ -21,7 +20,9 @@ use prost::Message;
 use crate::batch::{classify_batch, BatchCtx, DropReason, Next, PacketIn, PacketOut};
 use crate::cli::Show;
 use crate::config::{EstablishedFlows, PluginConfig};
-use crate::control::{serve, ControlCore, FakeVpp};
+use crate::control::{
+    generation_chunks as chunked, generation_message, serve, ControlCore, FakeVpp,
+};
 use crate::generation::SwIfIndex;
 use crate::mark::{gen_tag, Mark, MarkKind, NicMarks};
 use crate::trace::How;
@@ -78,40 +79,7 @@ fn seed_updates() -> Vec<pb::ToDataplane> {
 }
 
 fn generation(id: u64, full: bool, base_id: u64, updates: Vec<pb::ToDataplane>) -> ToPlugin {
-    ToPlugin {
-        msg: Some(to_plugin::Msg::Generation(PbGeneration {
-            id,
-            full,
-            base_id,
-            updates,
-            more: false,
-        })),
-    }
-}
-
-/// `updates` as generation `id` in chunks of `per_chunk` updates each.
-fn chunked(
-    id: u64,
-    full: bool,
-    base_id: u64,
-    updates: Vec<pb::ToDataplane>,
-    per_chunk: usize,
-) -> Vec<ToPlugin> {
-    let pieces: Vec<Vec<pb::ToDataplane>> = updates.chunks(per_chunk).map(<[_]>::to_vec).collect();
-    let last = pieces.len() - 1;
-    pieces
-        .into_iter()
-        .enumerate()
-        .map(|(i, updates)| ToPlugin {
-            msg: Some(to_plugin::Msg::Generation(PbGeneration {
-                id,
-                full,
-                base_id,
-                updates,
-                more: i < last,
-            })),
-        })
-        .collect()
+    generation_message(id, full, base_id, updates, false)
 }
 
 fn applied(reply: FromPlugin) -> Applied {
@@ -1479,4 +1447,36 @@ fn interfaces_are_sent_when_changed_to_agents_that_keep_them() {
         let a = applied(core.on_message(delta(id), 6));
         assert!(!a.interfaces_unchanged && a.interfaces.len() == 2, "{a:?}");
     }
+}
+
+/// A generation's bindings build its interface table again as it is (what a delta
+/// without endpoint changes falls back to when the classifier numbers otherwise).
+#[test]
+fn a_generations_bindings_build_its_interface_table_again() {
+    let (plugin, _core) = seeded();
+    let g = plugin.cell.load().unwrap();
+    let again = crate::generation::Generation::build(
+        g.id(),
+        Arc::clone(g.snapshot()),
+        Arc::clone(g.classifier_arc()),
+        &g.bindings(),
+    );
+    let table = |g: &crate::generation::Generation| {
+        g.interfaces()
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    i.vpp_name.clone(),
+                    i.sw_if_index,
+                    i.classifier_iface,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(table(&again), table(&g));
+    assert_eq!(again.unknown_interfaces(), g.unknown_interfaces());
+    assert!(table(&g)
+        .iter()
+        .any(|(n, _, sw, _)| n == "tun3" && *sw == SwIfIndex(11)));
 }

@@ -34,7 +34,6 @@ pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
                 masks.add(i, r, &protos.reps, &mut slots);
                 rules.push(CRule {
                     act: r.act,
-                    decider: i as u32,
                     rule_id: piece.rule_ids.get(j).copied().flatten(),
                     verify: verify(r),
                 });

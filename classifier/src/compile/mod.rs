@@ -308,16 +308,10 @@ impl Builder {
                     None => Self::names_of(&list),
                 }
             };
-            let mut by_sw_if_index = SwIfIndexMap::default();
-            for (i, sw) in sw.iter().enumerate() {
-                if let Some(sw) = sw {
-                    by_sw_if_index.insert(*sw, IfaceId(i as u32));
-                }
-            }
             self.maps = Arc::new(IfaceMaps {
                 by_name,
                 names_unique,
-                by_sw_if_index,
+                by_sw_if_index: by_index(&sw),
             });
         }
         self.list_sw = sw;
@@ -405,6 +399,17 @@ impl Builder {
     }
 }
 
+/// Each position by its index (of two positions with one index, the later).
+fn by_index(sw: &[Option<u32>]) -> SwIfIndexMap<IfaceId> {
+    let mut map = SwIfIndexMap::default();
+    for (i, sw) in sw.iter().enumerate() {
+        if let Some(sw) = sw {
+            map.insert(*sw, IfaceId(i as u32));
+        }
+    }
+    map
+}
+
 /// Whether the maps list an interface by name (`*` names every interface).
 fn is_named(i: &Iface) -> bool {
     !i.name.is_empty() && i.name != "*"
@@ -418,16 +423,11 @@ mod tests {
     /// The maps as a full rebuild makes them from the published list.
     fn rebuilt(b: &Builder, ids: &IdTable) -> IfaceMaps {
         let (by_name, names_unique) = Builder::names_of(&b.list);
-        let mut by_sw_if_index = SwIfIndexMap::default();
-        for (i, iface) in b.list.iter().enumerate() {
-            if let Some(sw) = ids.interface(&iface.name) {
-                by_sw_if_index.insert(sw, IfaceId(i as u32));
-            }
-        }
+        let sw: Vec<Option<u32>> = b.list.iter().map(|i| ids.interface(&i.name)).collect();
         IfaceMaps {
             by_name,
             names_unique,
-            by_sw_if_index,
+            by_sw_if_index: by_index(&sw),
         }
     }
 
