@@ -28,16 +28,15 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use capo_classifier::{Builder, GenerationCell, IfaceKind, Scratch};
 use capo_policy::{Cidr, IpSetId, IpSetKind, Member, Protocol, State, Update};
-use capo_proto::capo::dataplane::v1::{
-    from_plugin, to_plugin, FromPlugin, Generation as PbGeneration, Hello, ToPlugin,
-};
-use capo_proto::felix::v3_32 as pb;
+use capo_proto::capo::dataplane::v1::{from_plugin, to_plugin, FromPlugin, Hello, ToPlugin};
 use capo_vpp_plugin::config::PluginConfig;
-use capo_vpp_plugin::control::{ChannelLimits, ControlCore, FakeVpp};
+use capo_vpp_plugin::control::{
+    generation_chunks, generation_message, ChannelLimits, ControlCore, FakeVpp,
+};
 use capo_vpp_plugin::generation::policed_interfaces;
 use capo_vpp_plugin::Plugin;
 use serde::Serialize;
@@ -252,15 +251,11 @@ impl Target {
                     0,
                 );
                 let snapshot = capo_felix::encode::snapshot(state);
-                let chunks: Vec<&[pb::ToDataplane]> = snapshot.chunks(4_096).collect();
-                for (i, chunk) in chunks.iter().enumerate() {
-                    let more = i + 1 < chunks.len();
-                    let reply =
-                        core.on_message(generation_msg(1, true, 0, chunk.to_vec(), more), 0);
-                    if !more {
-                        applied(reply)?;
-                    }
+                let mut reply = None;
+                for chunk in generation_chunks(1, true, 0, snapshot, 4_096) {
+                    reply = Some(core.on_message(chunk, 0));
                 }
+                applied(reply.unwrap_or_default())?;
                 Ok(Target::Plugin {
                     plugin,
                     core,
@@ -270,30 +265,37 @@ impl Target {
         }
     }
 
-    /// Applies one update (the caller times it); the error says why it was refused.
-    fn apply(&mut self, state: &mut State, update: Update) -> Result<(), String> {
+    /// Applies one update; how long the path took (the plugin's: from the encoded
+    /// generation to its reply), or why it was refused.
+    fn apply(&mut self, state: &mut State, update: Update) -> Result<Duration, String> {
         match self {
             Target::Builder { builder, ids, cell } => {
+                let t = Instant::now();
                 let g = builder
                     .apply(state, ids, update)
                     .map_err(|e| e.to_string())?;
                 cell.publish(g);
-                Ok(())
+                Ok(t.elapsed())
             }
             Target::Plugin {
                 core, generation, ..
             } => {
-                let msg = capo_felix::encode::update(&update);
                 let next = *generation + 1;
-                applied(core.on_message(
-                    generation_msg(next, false, *generation, vec![msg], false),
-                    0,
-                ))?;
+                let msg = generation_message(
+                    next,
+                    false,
+                    *generation,
+                    vec![capo_felix::encode::update(&update)],
+                    false,
+                );
+                let t = Instant::now();
+                let reply = core.on_message(msg, 0);
+                let took = t.elapsed();
+                applied(reply)?;
                 *generation = next;
-                // The bench's own copy follows, to draw the next updates from (untimed
-                // by the caller: it times only the plugin's reply).
+                // The bench's own copy follows, to draw the next updates from.
                 state.apply(update).map_err(|e| e.to_string())?;
-                Ok(())
+                Ok(took)
             }
         }
     }
@@ -362,24 +364,6 @@ impl Held {
     }
 }
 
-fn generation_msg(
-    id: u64,
-    full: bool,
-    base_id: u64,
-    updates: Vec<pb::ToDataplane>,
-    more: bool,
-) -> ToPlugin {
-    ToPlugin {
-        msg: Some(to_plugin::Msg::Generation(PbGeneration {
-            id,
-            full,
-            base_id,
-            updates,
-            more,
-        })),
-    }
-}
-
 /// The plugin's answer to a whole generation: applied, or why not.
 fn applied(reply: FromPlugin) -> Result<(), String> {
     match reply.msg {
@@ -441,9 +425,8 @@ pub fn run(
             let Some(update) = next_update(name, i, &state, &mut rng, &mut undo, sets) else {
                 break;
             };
-            let t = Instant::now();
             match target.apply(&mut state, update) {
-                Ok(()) => samples.push(t.elapsed().as_secs_f64() * 1e6),
+                Ok(took) => samples.push(took.as_secs_f64() * 1e6),
                 Err(_) => failed += 1,
             }
         }
