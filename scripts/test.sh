@@ -10,8 +10,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+# Disk is what a CI machine may lack: a fresh clone gains nothing from incremental
+# artefacts, and full debug info is most of target/'s size (line tables keep
+# backtraces). Each stage's footprint is printed so a full disk says where it filled.
+if [ "${CI:-}" = "true" ]; then
+    export CARGO_INCREMENTAL=0
+    export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+fi
+disk_report() {
+    echo "test: disk after $1: $(du -sh target 2>/dev/null | cut -f1) in target/," \
+        "$(df -h --output=avail . | tail -1 | tr -d ' ') free" >&2
+}
+disk_report "set-up"
 cargo build --locked --workspace --all-targets
+disk_report "the workspace build"
 cargo test --locked --workspace
+disk_report "the workspace tests"
 cargo test --locked -p capo-offload -p capo-hw-tests --features capo-offload/dpdk,capo-hw-tests/dpdk
 cargo test --locked -p capo-bench --features rte-acl
 # The benchmark gate's logic (bench/gate/gate.py) on synthetic rows.
@@ -19,6 +33,11 @@ python3 -m unittest discover -s bench/gate/tests
 cargo test --locked -p capo-agent --features dpdk --test api dpdk_port
 if [ "${CAPO_FUZZ_SECONDS:-30}" != 0 ]; then
     bash scripts/fuzz.sh "${CAPO_FUZZ_SECONDS:-30}"
+    disk_report "the fuzz targets"
+    # The sanitized builds serve nothing after this; a CI disk wants the room back.
+    if [ "${CI:-}" = "true" ]; then
+        rm -rf host-agent/fuzz/target
+    fi
 fi
 
 vpp_tarball=../shared/vpp/vpp-26.06-x86_64-debian12.tar.gz
@@ -36,6 +55,7 @@ bash scripts/lint.sh
 if [ "${CI:-}" = "true" ]; then
     export CAPO_VPP_REQUIRED=1
 fi
+disk_report "the lints"
 cargo test --locked -p capo-agent --test vpp_real -- --test-threads 1
 # The in-VPP benchmark once: it runs, and capo's verdicts inside VPP equal the
 # reference's on every packet (it fails otherwise), the established packets sent twice
@@ -61,3 +81,4 @@ elif [ "${CI:-}" = "true" ]; then
 else
     echo "test: OCI image skipped: it needs root (buildah) and VPP's headers (CAPO_VPP)" >&2
 fi
+disk_report "every stage"
