@@ -182,9 +182,7 @@ impl Match {
 
     /// Whether a packet matches (`tcp_flags` of TCP packets; `None` for others).
     pub fn contains(&self, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
-        if !self.src.contains(&pkt.src) || !self.dst.contains(&pkt.dst) {
-            return false;
-        }
+        // The constant-time fields first: address sets can hold thousands of ranges.
         if self.proto.is_some_and(|p| p != pkt.protocol.0) {
             return false;
         }
@@ -209,12 +207,15 @@ impl Match {
             }
         }
         if self.tcp != TcpFlags::Any {
-            match tcp_flags {
-                Some(f) if pkt.protocol == Protocol::TCP => return self.tcp.accepts(f),
-                _ => return false,
+            let accepted = match tcp_flags {
+                Some(f) if pkt.protocol == Protocol::TCP => self.tcp.accepts(f),
+                _ => false,
+            };
+            if !accepted {
+                return false;
             }
         }
-        true
+        self.dst.contains(&pkt.dst) && self.src.contains(&pkt.src)
     }
 
     /// Whether the match needs an L4 header (ports, ICMP fields or TCP flags).
@@ -445,11 +446,10 @@ impl Entry {
     pub fn matches(&self, state: &State, pkt: &Packet, tcp_flags: Option<u8>) -> bool {
         match (&self.exact, &self.rule) {
             (Ok(m), _) => m.contains(pkt, tcp_flags),
+            // The over-approximation rejects most packets for a fraction of the
+            // rule's own evaluation (IP-set look-ups per member set).
             (Err(_), Some(rule)) => {
-                let flags_ok = self.approx.tcp == TcpFlags::Any
-                    || tcp_flags.is_some_and(|f| self.approx.tcp.accepts(f));
-                self.approx.dst.contains(&pkt.dst)
-                    && flags_ok
+                self.approx.contains(pkt, tcp_flags)
                     && capo_policy::eval::rule_matches(state, rule, pkt)
             }
             (Err(_), None) => self.approx.contains(pkt, tcp_flags),

@@ -12,6 +12,7 @@ use rand::SeedableRng as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use capo_offload::commit::{Committer, SoftwareView};
+use capo_offload::lower::{ContinueReason, EntryKind};
 use capo_offload::plan::{plan, FlowSample, HitCounters, OffloadPlan, PlanConfig};
 use capo_offload::sim::{Faults, SimNic};
 use capo_offload::testutils::{Below as _, Rng};
@@ -431,6 +432,38 @@ proptest! {
             let scan = program.domains.iter().position(|d| d.dst.contains(&a));
             prop_assert_eq!(program.domain_of(&a), scan, "{}", a);
         }
+    }
+
+    /// The lowering's contract, on which the planner's verdicts rest: for a packet from
+    /// a non-local source to a local workload (TCP with its flags), the first entry of
+    /// the workload's list that matches it, when it is an allow or a deny, is the
+    /// reference's verdict; when it is a deny's stateful remainder (the deny's rule
+    /// matched, not as a connection attempt), the verdict is deny.
+    #[test]
+    fn prop_a_deciding_first_entry_is_the_reference_verdict(seed in any::<u64>()) {
+        let (state, ids) = random_state(seed);
+        let program = lower(&state, &ids, 1);
+        let mut decided = 0usize;
+        for pr in random_probes(seed, 200) {
+            let pkt = pr.reference_packet();
+            if pkt.protocol == Protocol::TCP && pr.flags().is_none() {
+                continue;
+            }
+            let Some((d, e)) = capo_offload::lower::attribute(&state, &program, &pkt, pr.flags()) else {
+                continue;
+            };
+            let expected = match program.domains[d].entries[e].kind {
+                EntryKind::Allow => Verdict::Allow,
+                EntryKind::Deny | EntryKind::Continue(ContinueReason::StatefulRemainder) => {
+                    Verdict::Deny
+                }
+                EntryKind::Continue(_) => continue,
+            };
+            decided += 1;
+            prop_assert_eq!(trace(&state, &pkt).verdict, expected, "{:?} entry {} of domain {}", pr, e, d);
+        }
+        // The probes reach deciding entries at all (else the property says nothing).
+        prop_assume!(decided > 0);
     }
 
     /// Per flow: first packets get the reference verdict; an allowed connection's

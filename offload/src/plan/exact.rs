@@ -89,7 +89,8 @@ pub(super) fn exact_flow_candidates(
         if logged {
             continue;
         }
-        let allow = results.allowed(state, &pkt);
+        let first_flags = samples.first().and_then(|&i| hits.flows[i].tcp_flags);
+        let allow = results.allowed(state, program, &pkt, first_flags);
         let tcp = pkt.protocol.0 == 6;
         let (flags, samples): (FlagClass, Vec<usize>) = if allow {
             if !groups {

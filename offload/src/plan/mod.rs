@@ -37,7 +37,7 @@ use capo_policy::{Packet, State, WorkloadKey};
 use crate::atom::{Atom, ExpandError};
 use crate::caps::{NicCaps, OffloadMode};
 use crate::flow::FlowRule;
-use crate::lower::{Domain, EntryKind, NotExpressible, OffloadProgram, Origin};
+use crate::lower::{ContinueReason, Domain, EntryKind, NotExpressible, OffloadProgram, Origin};
 
 mod candidates;
 mod emit;
@@ -374,13 +374,35 @@ impl FlowResults {
         l
     }
 
-    /// Whether the full policy allows `pkt` ([`capo_policy::trace`]).
-    fn allowed(&mut self, state: &State, pkt: &Packet) -> bool {
+    /// Whether the full policy allows `pkt` ([`capo_policy::trace`]). The first entry
+    /// `pkt` (with `tcp_flags`) matches in its domain gives the verdict when it is an
+    /// allow, a deny, or the stateful remainder of a deny (the deny's rule matched,
+    /// only not as a connection attempt): the flattened list's contract
+    /// ([`crate::lower`]). A packet whose first match is a `pass`, a `log` or a
+    /// stage allow walks the whole policy, and so does TCP without flags (a later
+    /// fragment), which the list's SYN/non-SYN split cannot place.
+    fn allowed(
+        &mut self,
+        state: &State,
+        program: &OffloadProgram,
+        pkt: &Packet,
+        tcp_flags: Option<u8>,
+    ) -> bool {
         let key = self.key(state, pkt);
         if let Some(a) = self.allowed.get(&key) {
             return *a;
         }
-        let a = capo_policy::trace(state, pkt).verdict == capo_policy::Verdict::Allow;
+        let placeable = pkt.protocol != capo_policy::Protocol::TCP || tcp_flags.is_some();
+        let first = placeable
+            .then(|| self.first_entry(state, program, pkt, tcp_flags))
+            .flatten()
+            .and_then(|(d, e)| program.domains.get(d)?.entries.get(e))
+            .map(|entry| entry.kind);
+        let a = match first {
+            Some(EntryKind::Allow) => true,
+            Some(EntryKind::Deny | EntryKind::Continue(ContinueReason::StatefulRemainder)) => false,
+            _ => capo_policy::trace(state, pkt).verdict == capo_policy::Verdict::Allow,
+        };
         self.allowed.insert(key, a);
         a
     }
@@ -621,7 +643,7 @@ mod tests {
                             "{pkt:?} {flags:?}"
                         );
                         assert_eq!(
-                            results.allowed(&state, &pkt),
+                            results.allowed(&state, &program, &pkt, flags),
                             capo_policy::trace(&state, &pkt).verdict == capo_policy::Verdict::Allow,
                             "{pkt:?}"
                         );
