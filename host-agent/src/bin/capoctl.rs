@@ -330,7 +330,7 @@ fn run(cli: Cli) -> Result<String, Box<dyn std::error::Error>> {
             };
             let (_, r) = manifests::replay(resources, node, &stream.options())?;
             let mut sim = capo_agent::sinks::nic::SimulatedNic::new(&profile, capacity);
-            let _ = sim.commit(&r.state, &r.ids);
+            let _ = sim.commit(&r.state, &r.ids, 1);
             Ok(client::testpmd_text(
                 &format!("{profile} ({capacity} entries, manifests, no traffic seen)"),
                 1,

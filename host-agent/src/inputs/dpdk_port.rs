@@ -279,7 +279,9 @@ impl PortNic<'_, '_> {
             return;
         };
         let t0 = std::time::Instant::now();
-        let summary = self.nic.commit_plan(&snapshot.state, &snapshot.ids);
+        let summary = self
+            .nic
+            .commit_plan(&snapshot.state, &snapshot.ids, snapshot.generation);
         tracing::info!(
             generation = snapshot.generation,
             ms = t0.elapsed().as_millis() as u64,

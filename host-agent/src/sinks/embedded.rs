@@ -34,6 +34,8 @@ pub struct Embedded {
     started: Instant,
     scratch: Vec<Verdict>,
     nic: Option<std::sync::Mutex<SimulatedNic>>,
+    /// Counts the policies committed: the NIC keeps its lowering while it stays.
+    policy_version: u64,
     /// Packets the NIC decided, per (sw_if_index, direction): allowed, denied.
     nic_verdicts: std::collections::HashMap<(u32, Direction), capo_classifier::VerdictCount>,
     /// The agent's DPDK port's NIC, as its thread reports it.
@@ -66,6 +68,7 @@ impl Embedded {
             started: Instant::now(),
             scratch: Vec::new(),
             nic: None,
+            policy_version: 0,
             nic_verdicts: std::collections::HashMap::new(),
             port_nic: PortNicCounts::default(),
         }
@@ -321,13 +324,14 @@ impl Embedded {
         };
         let id = g.id();
         self.publish(g);
+        self.policy_version += 1;
         let mut msg = format!(
             "classifier generation {id:?} in {}us",
             t0.elapsed().as_micros()
         );
         if let Some(nic) = &self.nic {
             msg += "; ";
-            msg += &nic_lock(nic).commit(state, ids);
+            msg += &nic_lock(nic).commit(state, ids, self.policy_version);
         }
         Committed::new(msg)
     }
@@ -528,7 +532,7 @@ impl Embedded {
         // flows move to the NIC.
         if replan {
             if let Some(nic) = nic.as_ref() {
-                let outcome = nic_lock(nic).commit(&self.state, &self.ids);
+                let outcome = nic_lock(nic).commit(&self.state, &self.ids, self.policy_version);
                 tracing::info!(%outcome, "NIC plan refreshed from measured flows");
             }
         }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use capo_offload::lower::Origin;
+use capo_offload::lower::{OffloadProgram, Origin};
 use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
 use capo_offload::{
@@ -125,6 +125,9 @@ pub struct NicFront<B: FlowBackend> {
     samples: HashMap<Packet, FlowSample>,
     /// NIC plans committed (the NIC's own generation numbers: one per plan).
     plans: u64,
+    /// The last lowering and the policy version it is of: a re-plan of the same
+    /// policy on new counters plans it again without lowering it again.
+    lowered: Option<(u64, OffloadProgram)>,
     nic_decided: u64,
     /// The last commit met EIO.
     device_gone: bool,
@@ -151,11 +154,11 @@ impl SimulatedNic {
         NicFront::with_backend(spec.to_string(), SimNic::new(caps))
     }
 
-    /// Plans `state` with the hit counters seen so far and commits it to the NIC;
-    /// nothing is in flight in a simulated NIC, so the previous generation is
-    /// retired at once.
-    pub fn commit(&mut self, state: &State, ids: &IdTable) -> String {
-        let summary = self.commit_plan(state, ids);
+    /// Plans `state` (policy version `policy`) with the hit counters seen so far and
+    /// commits it to the NIC; nothing is in flight in a simulated NIC, so the previous
+    /// generation is retired at once.
+    pub fn commit(&mut self, state: &State, ids: &IdTable, policy: u64) -> String {
+        let summary = self.commit_plan(state, ids, policy);
         self.retire_previous();
         summary
     }
@@ -199,6 +202,7 @@ impl<B: FlowBackend> NicFront<B> {
             retired_counts: HashMap::new(),
             samples: HashMap::new(),
             plans: 0,
+            lowered: None,
             nic_decided: 0,
             device_gone: false,
         }
@@ -218,7 +222,11 @@ impl<B: FlowBackend> NicFront<B> {
     /// previous generation stays installed until [`NicFront::retire_previous`]
     /// (packets it marked may still be in the receive rings). A previous one still
     /// waiting is retired first: at most two are resident.
-    pub fn commit_plan(&mut self, state: &State, ids: &IdTable) -> String {
+    ///
+    /// `policy` names the version of `state` and `ids` (a number that changes
+    /// whenever either does): while it stays the same, the lowering is kept and only
+    /// the planning runs again.
+    pub fn commit_plan(&mut self, state: &State, ids: &IdTable, policy: u64) -> String {
         if self.retiring() {
             self.retire_previous();
         }
@@ -228,9 +236,14 @@ impl<B: FlowBackend> NicFront<B> {
         };
         let table = self.caps.capacity;
         let mut shrinks = 0;
-        let (program, p, outcome) = loop {
+        let mut program = match self.lowered.take() {
+            Some((version, program)) if version == policy => program,
+            _ => lower(state, ids, self.plans + 1),
+        };
+        let (p, outcome) = loop {
             self.plans += 1;
-            let program = lower(state, ids, self.plans);
+            // The marks name the NIC generation, not the policy's.
+            program.generation = self.plans;
             let p = plan(state, &program, &self.caps, &hits, &PlanConfig::default());
             let outcome = self.committer.commit(&mut self.nic, &p, &mut |_, _| {});
             match &outcome {
@@ -245,7 +258,7 @@ impl<B: FlowBackend> NicFront<B> {
                     shrinks += 1;
                     self.caps.capacity = *rule as u32;
                 }
-                _ => break (program, p, outcome),
+                _ => break (p, outcome),
             }
         };
         self.device_gone = matches!(
@@ -283,6 +296,7 @@ impl<B: FlowBackend> NicFront<B> {
             );
         }
         self.plan = Some(p);
+        self.lowered = Some((policy, program));
         summary
     }
 
@@ -555,7 +569,7 @@ mod tests {
         let full = {
             let mut probe = SimulatedNic::new("mlx5", 64);
             probe.samples = nic.samples.clone();
-            probe.commit_plan(&state, &ids);
+            probe.commit_plan(&state, &ids, 1);
             probe.plan.as_ref().map(|p| p.rules.len()).unwrap()
         };
         assert!(full > 3, "the plan is too small to shrink: {full}");
@@ -563,12 +577,63 @@ mod tests {
             enomem_after: Some(3),
             ..Default::default()
         });
-        let summary = nic.commit_plan(&state, &ids);
+        let summary = nic.commit_plan(&state, &ids, 1);
         assert!(summary.contains("ran out of entries"), "{summary}");
         assert!(summary.contains("NIC rules installed"), "{summary}");
         assert!(nic.caps().capacity <= 3, "{}", nic.caps().capacity);
         assert!(nic.nic.installed() <= 3);
         assert!(!nic.device_gone());
+    }
+
+    /// A re-plan of the same policy version plans the kept lowering (the plan equals
+    /// one from a fresh lowering); a new version lowers the new policy.
+    #[test]
+    fn replans_keep_the_lowering_until_the_policy_changes() {
+        let (state, ids) = web();
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        let to_port = |port: u16| Packet {
+            src: "11.0.0.196".parse().unwrap(),
+            dst: "11.0.0.67".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: 40000,
+                dst: port,
+            },
+        };
+        nic.record(&to_port(80), Some(0x10));
+        let fresh = |nic: &SimulatedNic, state: &State, ids: &IdTable| {
+            let hits = HitCounters {
+                flows: nic.samples.values().cloned().collect(),
+                rules: HashMap::new(),
+            };
+            let generation = nic.plan.as_ref().map_or(0, |p| p.generation);
+            let program = lower(state, ids, generation);
+            plan(state, &program, &nic.caps, &hits, &PlanConfig::default())
+        };
+        nic.commit(&state, &ids, 1);
+        assert_eq!(nic.plan, Some(fresh(&nic, &state, &ids)));
+        // New counters, the same policy: planned again on the kept lowering.
+        nic.record(&to_port(443), Some(0x02));
+        nic.commit(&state, &ids, 1);
+        let replanned = nic.plan.clone().unwrap();
+        assert_eq!(replanned.generation, 2, "the NIC generation moves on");
+        assert_eq!(replanned, fresh(&nic, &state, &ids));
+        // The policy changes (443 open instead of 80): version 2 is lowered again.
+        let (mut closed, mut closed_ids) = web();
+        let (key, policy) = closed.policies().iter().next().unwrap();
+        let (key, mut policy) = (key.clone(), policy.clone());
+        policy.inbound[0].dst.ports = vec![capo_policy::PortRange::single(443)];
+        closed
+            .apply(capo_policy::Update::PolicyUpdate(key, policy))
+            .unwrap();
+        closed_ids.sync(&closed);
+        nic.commit(&closed, &closed_ids, 2);
+        let after = nic.plan.clone().unwrap();
+        assert_eq!(after, fresh(&nic, &closed, &closed_ids));
+        assert_ne!(
+            after.rules, replanned.rules,
+            "closing the port changes the plan"
+        );
     }
 
     /// EIO: software decides everything, and the NIC says it is worth trying again.
@@ -580,7 +645,7 @@ mod tests {
             eio_after_creates: Some(0),
             ..Default::default()
         });
-        let summary = nic.commit_plan(&state, &ids);
+        let summary = nic.commit_plan(&state, &ids, 1);
         assert!(summary.contains("software decides everything"), "{summary}");
         assert!(nic.device_gone());
     }
@@ -603,7 +668,7 @@ mod tests {
         };
         // Software saw the flow: the plan places its rule on the NIC.
         assert!(nic.record(&pkt, Some(0x10)));
-        nic.commit_plan(&state, &ids);
+        nic.commit_plan(&state, &ids, 1);
         let out = nic.nic.peek(&headers(&pkt, 0x10));
         let NicOutcome::Delivered { mark: Some(mark) } = out else {
             panic!("the allow rule did not mark the packet: {out:?}");
@@ -619,7 +684,7 @@ mod tests {
             (Verdict::Allow, true)
         );
         // A second plan: the first stays resident until retired.
-        nic.commit_plan(&state, &ids);
+        nic.commit_plan(&state, &ids, 1);
         assert!(nic.retiring());
         assert_eq!(
             nic.decide(delivered(mark), &mut || software(&mut sw)),
