@@ -473,12 +473,14 @@ pub fn lower(state: &State, ids: &IdTable, generation: u64) -> OffloadProgram {
     let forward = host_endpoint_for_host_traffic(state, false).map(|(_, h)| h);
     let mut claimed = host_set.clone();
     let mut domains = Vec::new();
+    let mut matches = RuleMatches::default();
     for (key, wep) in state.workloads() {
         let own = AddrSet::from_cidrs(wep.nets()).difference(&claimed);
         claimed = claimed.union(&own);
         let mut flat = Flattener {
             state,
             ids,
+            matches: &mut matches,
             dst: own.clone(),
             out: Vec::new(),
         };
@@ -497,7 +499,7 @@ pub fn lower(state: &State, ids: &IdTable, generation: u64) -> OffloadProgram {
         let entries = flat.out;
 
         let own_src = AddrSet::from_cidrs(wep.nets());
-        let egress_allow = egress_allows(state, &wep.tiers, &wep.profile_ids)
+        let egress_allow = egress_allows(state, &mut matches, &wep.tiers, &wep.profile_ids)
             .into_iter()
             .map(|mut m| {
                 m.src = m.src.intersect(&own_src);
@@ -526,7 +528,12 @@ pub fn lower(state: &State, ids: &IdTable, generation: u64) -> OffloadProgram {
 /// whose end-of-tier drop nothing can get past (an enforced tier with a `Deny`
 /// default and no `pass` rule: every packet leaving it without a decision is
 /// dropped, so later tiers and the profiles never allow a flow).
-fn egress_allows(state: &State, tiers: &[TierInfo], profile_ids: &[String]) -> Vec<Match> {
+fn egress_allows<'s>(
+    state: &'s State,
+    matches: &mut RuleMatches<'s>,
+    tiers: &[TierInfo],
+    profile_ids: &[String],
+) -> Vec<Match> {
     let dir = Direction::Egress;
     let mut out = Vec::new();
     for tier in tiers {
@@ -538,7 +545,7 @@ fn egress_allows(state: &State, tiers: &[TierInfo], profile_ids: &[String]) -> V
             };
             for rule in policy.rules(dir) {
                 match rule.action {
-                    PolicyAction::Allow => out.push(rule_match(state, rule).1),
+                    PolicyAction::Allow => out.push(matches.of(state, rule).1.clone()),
                     PolicyAction::Pass => passes = true,
                     PolicyAction::Deny | PolicyAction::Log => {}
                 }
@@ -554,21 +561,22 @@ fn egress_allows(state: &State, tiers: &[TierInfo], profile_ids: &[String]) -> V
         };
         for rule in profile.rules(dir) {
             if rule.action == PolicyAction::Allow {
-                out.push(rule_match(state, rule).1);
+                out.push(matches.of(state, rule).1.clone());
             }
         }
     }
     out
 }
 
-struct Flattener<'a> {
+struct Flattener<'a, 'm> {
     state: &'a State,
     ids: &'a IdTable,
+    matches: &'m mut RuleMatches<'a>,
     dst: AddrSet,
     out: Vec<Entry>,
 }
 
-impl Flattener<'_> {
+impl<'a> Flattener<'a, '_> {
     fn tiers(&mut self, tiers: &[TierInfo], dir: Direction, end_of_tier_drop: bool, forward: bool) {
         for tier in tiers {
             let keys = tier.policies(dir);
@@ -693,8 +701,8 @@ impl Flattener<'_> {
         });
     }
 
-    fn push_rule(&mut self, origin: Origin, kind: EntryKind, rule: &Rule) {
-        let (exact, mut approx) = rule_match(self.state, rule);
+    fn push_rule(&mut self, origin: Origin, kind: EntryKind, rule: &'a Rule) {
+        let (exact, mut approx) = self.matches.of(self.state, rule).clone();
         approx.dst = approx.dst.intersect(&self.dst);
         let exact = match (kind, exact) {
             (EntryKind::Continue(_), _) => Err(NotExpressible::NotADecision),
@@ -821,7 +829,27 @@ fn side_ports(side: &SideMatch) -> Result<Option<Intervals>, NotExpressible> {
 }
 
 /// A rule's exact match (or why none) and its over-approximation.
-fn rule_match(state: &State, rule: &Rule) -> (Result<Match, NotExpressible>, Match) {
+type RuleMatch = (Result<Match, NotExpressible>, Match);
+
+/// Each distinct rule's [`rule_match`], computed once per lowering: a policy's rules
+/// recur in the list of every workload that includes the policy, and their IP sets'
+/// address algebra is most of the lowering's work. Keyed by the rule's content, so
+/// equal rules of different policies share one entry too.
+#[derive(Default)]
+struct RuleMatches<'s> {
+    by_rule: HashMap<&'s Rule, RuleMatch, foldhash::fast::RandomState>,
+}
+
+impl<'s> RuleMatches<'s> {
+    fn of(&mut self, state: &'s State, rule: &'s Rule) -> &RuleMatch {
+        self.by_rule
+            .entry(rule)
+            .or_insert_with(|| rule_match(state, rule))
+    }
+}
+
+/// A rule's exact match (or why none) and its over-approximation.
+fn rule_match(state: &State, rule: &Rule) -> RuleMatch {
     let family = rule.family();
     let src = side_addrs(state, &rule.src).restrict(family);
     let dst = side_addrs(state, &rule.dst).restrict(family);
