@@ -19,6 +19,7 @@
 
 pub mod acl;
 pub mod acl_plugin;
+pub mod children;
 pub mod cpu;
 pub mod expand;
 pub mod export;

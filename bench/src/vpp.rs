@@ -19,12 +19,13 @@ use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use capo_policy::{trace, Verdict, L4};
 use serde::Serialize;
 
+use crate::children::{OwnedChild, ScratchDir};
 use crate::traffic::{generate_traffic, TrafficOptions};
 use crate::workload::Kind;
 
@@ -390,7 +391,8 @@ struct Rig {
 struct Vpp {
     root: PathBuf,
     run: PathBuf,
-    child: Child,
+    /// Ended when the rig is dropped.
+    child: OwnedChild,
 }
 
 impl Vpp {
@@ -413,16 +415,17 @@ impl Vpp {
         std::fs::write(run.join("startup.conf"), conf).map_err(io("writing startup.conf"))?;
         let out = std::fs::File::create(run.join("vpp.out")).map_err(io("vpp.out"))?;
         let err = out.try_clone().map_err(io("vpp.out"))?;
-        let child = Command::new(root.join("vpp/bin/vpp"))
-            .arg("-c")
-            .arg(run.join("startup.conf"))
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(io(format!(
-                "starting {}",
-                root.join("vpp/bin/vpp").display()
-            )))?;
+        let child = OwnedChild::spawn(
+            Command::new(root.join("vpp/bin/vpp"))
+                .arg("-c")
+                .arg(run.join("startup.conf"))
+                .stdout(out)
+                .stderr(err),
+        )
+        .map_err(io(format!(
+            "starting {}",
+            root.join("vpp/bin/vpp").display()
+        )))?;
         let vpp = Vpp {
             root: root.to_path_buf(),
             run: run.to_path_buf(),
@@ -505,13 +508,6 @@ impl Vpp {
     }
 }
 
-impl Drop for Vpp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     let mid = v.get(v.len() / 2).copied().unwrap_or(0.0);
@@ -525,10 +521,9 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 /// Runs the benchmark; `log` gets progress lines.
 pub fn run(o: &VppBenchOptions, log: &mut dyn FnMut(&str)) -> Result<Vec<VppRow>, VppBenchError> {
     let run_dir = std::env::temp_dir().join(format!("capo-bench-vpp-{}", std::process::id()));
-    std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
-    let result = run_in(o, &run_dir, log);
-    let _ = std::fs::remove_dir_all(&run_dir);
-    result
+    let scratch = ScratchDir::create(run_dir.clone())
+        .map_err(io(format!("creating {}", run_dir.display())))?;
+    run_in(o, scratch.path(), log)
 }
 
 fn run_in(
@@ -740,20 +735,21 @@ fn run_in(
     let before = (vpp.rss_bytes(), vpp.heap_used()?);
     let felix = dir.join("felix.sock");
     let agent_log = std::fs::File::create(dir.join("agent.log")).map_err(io("agent.log"))?;
-    let mut agent = Command::new(&o.agent)
-        .arg("--felix-socket")
-        .arg(&felix)
-        .arg(format!(
-            "--dataplane=vpp:{}",
-            dir.join("capo.sock").display()
-        ))
-        .arg("--api-socket")
-        .arg(dir.join("agent.sock"))
-        .args(&binds)
-        .stdout(Stdio::null())
-        .stderr(agent_log)
-        .spawn()
-        .map_err(io(format!("starting {}", o.agent.display())))?;
+    let agent = OwnedChild::spawn(
+        Command::new(&o.agent)
+            .arg("--felix-socket")
+            .arg(&felix)
+            .arg(format!(
+                "--dataplane=vpp:{}",
+                dir.join("capo.sock").display()
+            ))
+            .arg("--api-socket")
+            .arg(dir.join("agent.sock"))
+            .args(&binds)
+            .stdout(Stdio::null())
+            .stderr(agent_log),
+    )
+    .map_err(io(format!("starting {}", o.agent.display())))?;
     let policy = (|| {
         let start = Instant::now();
         let mut conn = loop {
@@ -793,8 +789,7 @@ fn run_in(
         let tuples = run_packets(&packets, 0);
         npol_peer(&vpp, o, dir, &traffic.state, &tuples, &routes, log)
     });
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     rows.push(result?);
     Ok(rows)
 }

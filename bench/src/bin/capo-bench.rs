@@ -434,6 +434,10 @@ fn run_vpp(o: &capo_bench::vpp::VppBenchOptions, json: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // Interrupted, the run would leave its VPP and capo-agent running.
+    if let Err(e) = capo_bench::children::end_on_signals() {
+        eprintln!("capo-bench vpp: cannot watch for signals ({e}): an interrupted run leaves VPP and capo-agent running");
+    }
     match capo_bench::vpp::run(o, &mut |l| eprintln!("{l}")) {
         Ok(rows) => {
             for r in rows {
