@@ -689,8 +689,8 @@ pub fn atom_match(a: &Atom) -> Match {
         })
     };
     Match {
-        src: fam(a.src),
-        dst: fam(a.dst),
+        src: std::sync::Arc::new(fam(a.src)),
+        dst: std::sync::Arc::new(fam(a.dst)),
         proto: a.proto,
         sport: ports(a.sport),
         dport: ports(a.dport),

@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use capo_policy::eval::{has_enforced_policies, host_endpoint_for_host_traffic, L4};
 use capo_policy::ids::PolicyRef;
@@ -77,10 +78,11 @@ impl TcpFlags {
 /// (or over-approximated) rule matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Match {
-    /// Source addresses (an empty family never matches).
-    pub src: AddrSet,
+    /// Source addresses (an empty family never matches). Shared: a rule's sets recur
+    /// in every workload list that includes its policy, and an IP set's can be large.
+    pub src: Arc<AddrSet>,
     /// Destination addresses.
-    pub dst: AddrSet,
+    pub dst: Arc<AddrSet>,
     /// IP protocol, when constrained.
     pub proto: Option<u8>,
     /// Source ports; `Some` also requires a port-carrying header.
@@ -97,8 +99,8 @@ impl Match {
     /// Matches every packet.
     pub fn any() -> Self {
         Match {
-            src: AddrSet::any(),
-            dst: AddrSet::any(),
+            src: Arc::new(AddrSet::any()),
+            dst: Arc::new(AddrSet::any()),
             proto: None,
             sport: None,
             dport: None,
@@ -169,8 +171,8 @@ impl Match {
             (a, b) => a.or(b),
         };
         let m = Match {
-            src: self.src.intersect(&o.src),
-            dst: self.dst.intersect(&o.dst),
+            src: Arc::new(self.src.intersect(&o.src)),
+            dst: Arc::new(self.dst.intersect(&o.dst)),
             proto: self.proto.or(o.proto),
             sport: ports(&self.sport, &o.sport),
             dport: ports(&self.dport, &o.dport),
@@ -502,7 +504,7 @@ pub fn lower(state: &State, ids: &IdTable, generation: u64) -> OffloadProgram {
         let egress_allow = egress_allows(state, &mut matches, &wep.tiers, &wep.profile_ids)
             .into_iter()
             .map(|mut m| {
-                m.src = m.src.intersect(&own_src);
+                m.src = Arc::new(m.src.intersect(&own_src));
                 m
             })
             .filter(|m| !m.is_empty())
@@ -648,15 +650,15 @@ impl<'a> Flattener<'a, '_> {
         let Ok(all_v6) = "::/0".parse::<capo_policy::Cidr>() else {
             return;
         };
-        let v6 = AddrSet::from_cidrs(&[all_v6]);
-        let dst = self.dst.intersect(&v6);
+        let v6 = Arc::new(AddrSet::from_cidrs(&[all_v6]));
+        let dst = Arc::new(self.dst.intersect(&v6));
         for (index, t) in capo_policy::eval::NEIGHBOUR_DISCOVERY_ICMPV6_TYPES
             .iter()
             .enumerate()
         {
             let m = Match {
-                src: v6.clone(),
-                dst: dst.clone(),
+                src: Arc::clone(&v6),
+                dst: Arc::clone(&dst),
                 proto: Some(capo_policy::Protocol::ICMPV6.0),
                 icmp: Some((*t, None)),
                 ..Match::any()
@@ -679,7 +681,7 @@ impl<'a> Flattener<'a, '_> {
     /// replies of the endpoint's own flows).
     fn push_deny_all(&mut self, origin: Origin) {
         let mut all = Match::any();
-        all.dst = self.dst.clone();
+        all.dst = Arc::new(self.dst.clone());
         let syn = Match {
             proto: Some(6),
             tcp: TcpFlags::SynOnly,
@@ -703,11 +705,11 @@ impl<'a> Flattener<'a, '_> {
 
     fn push_rule(&mut self, origin: Origin, kind: EntryKind, rule: &'a Rule) {
         let (exact, mut approx) = self.matches.of(self.state, rule).clone();
-        approx.dst = approx.dst.intersect(&self.dst);
+        approx.dst = Arc::new(approx.dst.intersect(&self.dst));
         let exact = match (kind, exact) {
             (EntryKind::Continue(_), _) => Err(NotExpressible::NotADecision),
             (_, Ok(mut m)) => {
-                m.dst = m.dst.intersect(&self.dst);
+                m.dst = Arc::new(m.dst.intersect(&self.dst));
                 Ok(m)
             }
             (_, Err(e)) => Err(e),
@@ -851,16 +853,16 @@ impl<'s> RuleMatches<'s> {
 /// A rule's exact match (or why none) and its over-approximation.
 fn rule_match(state: &State, rule: &Rule) -> RuleMatch {
     let family = rule.family();
-    let src = side_addrs(state, &rule.src).restrict(family);
-    let dst = side_addrs(state, &rule.dst).restrict(family);
+    let src = Arc::new(side_addrs(state, &rule.src).restrict(family));
+    let dst = Arc::new(side_addrs(state, &rule.dst).restrict(family));
     let proto = rule.protocol.map(|p| p.0);
     let approx_ports = |side: &SideMatch| match side_ports(side) {
         Ok(p) if proto.is_some_and(|p| Protocol(p).has_ports()) => p,
         _ => None,
     };
     let approx = Match {
-        src: src.clone(),
-        dst: dst.clone(),
+        src: Arc::clone(&src),
+        dst: Arc::clone(&dst),
         proto,
         sport: approx_ports(&rule.src),
         dport: approx_ports(&rule.dst),

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use capo_policy::State;
 
@@ -140,7 +141,7 @@ fn offloadable_match<'a>(
     // Without a source punt (drop-only mode) the hardware share of a rule leaves out
     // local sources, which Felix evaluates differently.
     Ok(Cow::Owned(Match {
-        src: m.src.difference(&program.local_sources),
+        src: Arc::new(m.src.difference(&program.local_sources)),
         ..m.clone()
     }))
 }

@@ -1,6 +1,8 @@
 //! The rules every groups-mode plan starts with (fragment and source punts; the
 //! catch-all comes last) and the entries left for decisions once they are placed.
 
+use std::sync::Arc;
+
 use crate::atom::{expand, ETHER_TYPE_IPV4, ETHER_TYPE_IPV6};
 use crate::caps::NicCaps;
 use crate::flow::{EthFields, Ipv6Fields, Item, Spec};
@@ -25,7 +27,7 @@ pub(super) fn fixed_rules(
         fixed.push((Role::FragmentPunt, pattern));
     }
     let mut from_local = Match::any();
-    from_local.src = program.local_sources.clone();
+    from_local.src = Arc::new(program.local_sources.clone());
     if let Ok(atoms) = expand(&from_local, caps, u64::from(caps.capacity)) {
         for a in atoms {
             fixed.push((Role::SourcePunt, a.pattern().to_vec()));
