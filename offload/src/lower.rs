@@ -334,7 +334,7 @@ pub struct Entry {
     /// A superset of what the entry matches (always available).
     pub approx: Match,
     /// The policy rule, for exact evaluation of what has no exact match.
-    pub rule: Option<Rule>,
+    pub rule: Option<Arc<Rule>>,
 }
 
 /// Why a workload endpoint gets no offload at all.
@@ -547,7 +547,10 @@ fn egress_allows<'s>(
             };
             for rule in policy.rules(dir) {
                 match rule.action {
-                    PolicyAction::Allow => out.push(matches.of(state, rule).1.clone()),
+                    PolicyAction::Allow => {
+                        let (_, (_, approx)) = matches.of(state, rule);
+                        out.push(approx.clone());
+                    }
                     PolicyAction::Pass => passes = true,
                     PolicyAction::Deny | PolicyAction::Log => {}
                 }
@@ -563,7 +566,8 @@ fn egress_allows<'s>(
         };
         for rule in profile.rules(dir) {
             if rule.action == PolicyAction::Allow {
-                out.push(matches.of(state, rule).1.clone());
+                let (_, (_, approx)) = matches.of(state, rule);
+                out.push(approx.clone());
             }
         }
     }
@@ -704,7 +708,8 @@ impl<'a> Flattener<'a, '_> {
     }
 
     fn push_rule(&mut self, origin: Origin, kind: EntryKind, rule: &'a Rule) {
-        let (exact, mut approx) = self.matches.of(self.state, rule).clone();
+        let (shared, (exact, approx)) = self.matches.of(self.state, rule);
+        let (rule, exact, mut approx) = (Arc::clone(shared), exact.clone(), approx.clone());
         approx.dst = Arc::new(approx.dst.intersect(&self.dst));
         let exact = match (kind, exact) {
             (EntryKind::Continue(_), _) => Err(NotExpressible::NotADecision),
@@ -734,7 +739,7 @@ impl<'a> Flattener<'a, '_> {
                     kind: EntryKind::Deny,
                     exact: exact.as_ref().map(tcp_syn).map_err(|e| *e),
                     approx: tcp_syn(&approx),
-                    rule: Some(rule.clone()),
+                    rule: Some(Arc::clone(&rule)),
                 });
             }
             self.out.push(Entry {
@@ -742,7 +747,7 @@ impl<'a> Flattener<'a, '_> {
                 kind: EntryKind::Continue(ContinueReason::StatefulRemainder),
                 exact: Err(NotExpressible::NotADecision),
                 approx,
-                rule: Some(rule.clone()),
+                rule: Some(Arc::clone(&rule)),
             });
             return;
         }
@@ -761,14 +766,14 @@ impl<'a> Flattener<'a, '_> {
                     .map(|m| syn(m, TcpFlags::SynOnly))
                     .map_err(|e| *e),
                 approx: syn(&approx, TcpFlags::SynOnly),
-                rule: Some(rule.clone()),
+                rule: Some(Arc::clone(&rule)),
             });
             self.out.push(Entry {
                 origin,
                 kind: EntryKind::Continue(ContinueReason::StatefulRemainder),
                 exact: Err(NotExpressible::NotADecision),
                 approx: syn(&approx, TcpFlags::NotSynOnly),
-                rule: Some(rule.clone()),
+                rule: Some(Arc::clone(&rule)),
             });
             return;
         }
@@ -777,7 +782,7 @@ impl<'a> Flattener<'a, '_> {
             kind,
             exact,
             approx,
-            rule: Some(rule.clone()),
+            rule: Some(Arc::clone(&rule)),
         });
     }
 }
@@ -836,17 +841,18 @@ type RuleMatch = (Result<Match, NotExpressible>, Match);
 /// Each distinct rule's [`rule_match`], computed once per lowering: a policy's rules
 /// recur in the list of every workload that includes the policy, and their IP sets'
 /// address algebra is most of the lowering's work. Keyed by the rule's content, so
-/// equal rules of different policies share one entry too.
+/// equal rules of different policies share one entry too. The entries lowered from
+/// a rule also share one copy of it.
 #[derive(Default)]
 struct RuleMatches<'s> {
-    by_rule: HashMap<&'s Rule, RuleMatch, foldhash::fast::RandomState>,
+    by_rule: HashMap<&'s Rule, (Arc<Rule>, RuleMatch), foldhash::fast::RandomState>,
 }
 
 impl<'s> RuleMatches<'s> {
-    fn of(&mut self, state: &'s State, rule: &'s Rule) -> &RuleMatch {
+    fn of(&mut self, state: &'s State, rule: &'s Rule) -> &(Arc<Rule>, RuleMatch) {
         self.by_rule
             .entry(rule)
-            .or_insert_with(|| rule_match(state, rule))
+            .or_insert_with(|| (Arc::new(rule.clone()), rule_match(state, rule)))
     }
 }
 
