@@ -43,11 +43,6 @@ impl OwnedChild {
     pub fn id(&self) -> u32 {
         lock(&self.0).id()
     }
-
-    /// Whether it is still running.
-    pub fn running(&self) -> bool {
-        matches!(lock(&self.0).try_wait(), Ok(None))
-    }
 }
 
 impl Drop for OwnedChild {
@@ -118,6 +113,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn running(c: &OwnedChild) -> bool {
+        matches!(lock(&c.0).try_wait(), Ok(None))
+    }
+
     fn sleeper() -> OwnedChild {
         OwnedChild::spawn(Command::new("sleep").arg("600")).unwrap()
     }
@@ -132,13 +131,13 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("f"), "x").unwrap();
-        assert!(a.running() && b.running());
+        assert!(running(&a) && running(&b));
         assert!(end_all() >= 2);
-        assert!(!a.running() && !b.running());
+        assert!(!running(&a) && !running(&b));
         assert!(!dir.path().exists());
         let c = sleeper();
         let id = c.id();
-        assert!(c.running());
+        assert!(running(&c));
         drop(c);
         assert!(!lock(&LIVE).iter().any(|l| lock(l).id() == id));
         // Reaped, not a zombie: its pid names no sleep of ours any more.

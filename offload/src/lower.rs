@@ -856,7 +856,7 @@ impl<'s> RuleMatches<'s> {
     }
 }
 
-/// A rule's exact match (or why none) and its over-approximation.
+/// Works a rule's [`RuleMatch`] out from its criteria and the IP sets they name.
 fn rule_match(state: &State, rule: &Rule) -> RuleMatch {
     let family = rule.family();
     let src = Arc::new(side_addrs(state, &rule.src).restrict(family));
