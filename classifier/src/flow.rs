@@ -377,10 +377,26 @@ impl FlowTable {
         self.flows.get_mut(slot as usize)
     }
 
+    /// The slot of `k`'s flow. The probe loop is written out (not
+    /// [`FlowIndex::candidates`]): it runs for every packet.
     fn find(&self, k: &Keyed) -> Option<u32> {
-        self.index
-            .candidates(k.hash)
-            .find(|&slot| self.flow(slot).is_some_and(|f| f.key == k.key))
+        let entries = &self.index.entries;
+        let mask = self.index.mask();
+        let mut i = self.index.home(k.hash);
+        // The index is at most half full, so the probe meets an empty entry.
+        loop {
+            let e = *entries.get(i)?;
+            if e == 0 {
+                return None;
+            }
+            if (e >> 32) as u32 == k.hash {
+                let slot = (e as u32).wrapping_sub(1);
+                if self.flow(slot).is_some_and(|f| f.key == k.key) {
+                    return Some(slot);
+                }
+            }
+            i = (i + 1) & mask;
+        }
     }
 
     /// Hints the CPU to fetch the flow looking up `k` will compare with. Returns

@@ -78,5 +78,7 @@ pub use generation::{
     Generation, GenerationCell, GenerationGuard, GenerationId, IfaceId, IfaceKind, Memory,
     SwIfIndexMap,
 };
-pub use packet::{build, parse_ethernet, parse_ip, tcp_flags, ParseError, ParsedPacket};
+pub use packet::{
+    build, parse_ethernet, parse_ip, parse_ipv4, parse_ipv6, tcp_flags, ParseError, ParsedPacket,
+};
 pub use program::{Decision, Scratch};

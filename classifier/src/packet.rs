@@ -179,6 +179,7 @@ pub struct ParsedPacket {
 }
 
 /// Parses an Ethernet frame (optionally VLAN-tagged) down to L4.
+#[inline]
 pub fn parse_ethernet(frame: &[u8]) -> Result<ParsedPacket, ParseError> {
     let (eth, mut rest) =
         EthernetHeader::ref_from_prefix(frame).map_err(|_| ParseError::Truncated("Ethernet"))?;
@@ -200,6 +201,7 @@ pub fn parse_ethernet(frame: &[u8]) -> Result<ParsedPacket, ParseError> {
 }
 
 /// Parses a packet starting at its IP header (VPP's ip4/ip6 arcs hand these).
+#[inline]
 pub fn parse_ip(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
     match bytes.first().map(|b| b >> 4) {
         Some(4) => parse_ipv4(bytes),
@@ -209,7 +211,9 @@ pub fn parse_ip(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
     }
 }
 
-fn parse_ipv4(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
+/// Parses a packet starting at its IPv4 header (VPP's ip4 arcs hand these).
+#[inline(always)]
+pub fn parse_ipv4(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
     let (ip, _) = Ipv4Header::ref_from_prefix(bytes).map_err(|_| ParseError::Truncated("IPv4"))?;
     let version = ip.version_ihl >> 4;
     if version != 4 {
@@ -230,7 +234,9 @@ fn parse_ipv4(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
     l4(src, dst, ip.protocol, payload, non_first_fragment)
 }
 
-fn parse_ipv6(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
+/// Parses a packet starting at its IPv6 header (VPP's ip6 arcs hand these).
+#[inline(always)]
+pub fn parse_ipv6(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
     let (ip, mut rest) =
         Ipv6Header::ref_from_prefix(bytes).map_err(|_| ParseError::Truncated("IPv6"))?;
     let version = (ip.version_class_flow.get() >> 28) as u8;
@@ -283,6 +289,7 @@ fn parse_ipv6(bytes: &[u8]) -> Result<ParsedPacket, ParseError> {
     Err(ParseError::TooManyExtensions(MAX_EXTENSION_HEADERS))
 }
 
+#[inline(always)]
 fn l4(
     src: IpAddr,
     dst: IpAddr,

@@ -21,7 +21,9 @@
 //! Traced packets are decided one at a time, in frame order, so their trace can say
 //! whether the flow table or policy decided, and which tier, policy and rule.
 
-use capo_classifier::{parse_ip, reply_of, FlowStats, Input, ParsedPacket, Timestamp, MAX_BATCH};
+use capo_classifier::{
+    parse_ipv4, parse_ipv6, reply_of, FlowStats, Input, ParsedPacket, Timestamp, MAX_BATCH,
+};
 use capo_policy::{Direction, Verdict};
 
 use crate::generation::{Generation, GenerationCell, SwIfIndex, VppDir};
@@ -366,11 +368,17 @@ enum ArcPacketError {
     Malformed(#[from] capo_classifier::ParseError),
 }
 
-/// Parses a packet of the arc's family from its IP header.
+/// Parses a packet of the arc's family from its IP header. Inlined into the frame
+/// loop: the parsed packet is then built where it is used rather than copied out.
+#[inline(always)]
 fn parse_family<const IP6: bool>(bytes: &[u8]) -> Result<ParsedPacket, ArcPacketError> {
     let arc = if IP6 { 6 } else { 4 };
     match bytes.first().map(|b| b >> 4) {
-        Some(v) if v == arc => Ok(parse_ip(bytes)?),
+        Some(v) if v == arc => Ok(if IP6 {
+            parse_ipv6(bytes)?
+        } else {
+            parse_ipv4(bytes)?
+        }),
         Some(got) => Err(ArcPacketError::OtherFamily { got, arc }),
         None => Err(ArcPacketError::Empty),
     }
