@@ -1,9 +1,10 @@
 //! `--nic dpdk:PORT`: the agent on a DPDK port. The port is opened through the
 //! EAL and probed with one canary rule per capability the planner may use
 //! (`capo_offload::probe`, offload.md §6.5); the embedded dataplane then classifies
-//! the packets the port receives. On a port whose probe finds rte_flow, the port's
+//! the packets the port receives. On a port whose probe finds rte_flow, a planner
 //! thread plans each generation with the probed capabilities and the flows
-//! software decided, commits it through the port's own rte_flow backend, takes a
+//! software decided (the port's thread goes on receiving meanwhile); the port's
+//! thread commits the plan through the port's own rte_flow backend, takes a
 //! packet's verdict from its MARK only when the mark names a generation software
 //! holds, and retires the previous generation after a grace period. A port without
 //! usable rte_flow runs fallback-only (every rule in software) and says why.
@@ -20,7 +21,9 @@
 //! `dpdk` feature.
 
 #[cfg(feature = "dpdk")]
-use crate::sinks::nic::NicFront;
+use crate::sinks::nic::{
+    BackgroundPlanner, Committed, NicFront, PlanOutcome, PlanResult, PolicyVersion,
+};
 
 /// Why the port could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -213,16 +216,22 @@ const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 #[cfg(feature = "dpdk")]
 const REPLAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The NIC side of the port thread: commits each generation (and re-plans when
-/// software sees new flows), retires the previous one after [`RETIRE_GRACE`], and
-/// keeps the offload view's report current.
+/// The NIC side of the port thread: has each generation planned (and a re-plan
+/// when software sees new flows) on the planner thread, commits what it plans,
+/// retires the previous generation after [`RETIRE_GRACE`], and keeps the offload
+/// view's report current.
 #[cfg(feature = "dpdk")]
 struct PortNic<'n, 'p> {
     nic: &'n mut NicFront<capo_offload::dpdk::flow::DpdkFlow<'p>>,
+    /// Plans away from the port thread; `None` once it failed (the port thread
+    /// then plans itself).
+    planner: Option<BackgroundPlanner>,
     report: crate::core::daemon::PortReport,
     committed: u64,
     retire_at: Option<std::time::Instant>,
     replan_at: Option<std::time::Instant>,
+    /// The last commit ran out of NIC entries: plan again for what fit.
+    shrink: bool,
     /// When the NIC's rule counters were last read.
     counted_at: std::time::Instant,
 }
@@ -262,33 +271,78 @@ impl PortNic<'_, '_> {
         crate::sinks::embedded::lock_embedded(e).set_port_nic_rules(counts, placements);
     }
 
-    /// Commits when the policy changed or new flows are due, retires when the
-    /// grace period is over.
+    /// Commits a finished plan; starts one when the policy changed, new flows are
+    /// due or the last commit shrank; retires when the grace period is over. Only
+    /// the commit (the rte_flow calls) runs on the port thread.
     fn maintain(&mut self, daemon: &crate::core::daemon::SharedDaemon) {
         let now = std::time::Instant::now();
         if self.retire_at.is_some_and(|t| now >= t) {
             self.nic.retire_previous();
             self.retire_at = None;
         }
+        if let Some(planner) = &mut self.planner {
+            match planner.finished() {
+                Ok(Some(PlanOutcome::Planned(result))) => self.commit(*result, daemon),
+                Ok(Some(PlanOutcome::NoPolicy) | None) => {}
+                Err(e) => {
+                    tracing::error!("port NIC planner: {e}; planning on the port thread");
+                    self.planner = None;
+                }
+            }
+            if self.planner.as_ref().is_some_and(BackgroundPlanner::busy) {
+                return;
+            }
+        }
         let generation = crate::core::daemon::lock(daemon).generation();
         let replan = self.replan_at.is_some_and(|t| now >= t);
-        if generation == self.committed && !replan {
+        if generation == self.committed && !replan && !self.shrink {
+            return;
+        }
+        self.replan_at = None;
+        let job = self.nic.plan_job();
+        if let Some(planner) = &mut self.planner {
+            if let Err(e) = planner.start(job) {
+                tracing::error!("port NIC planner: {e}; planning on the port thread");
+                self.planner = None;
+            }
             return;
         }
         let Some(snapshot) = crate::core::daemon::lock(daemon).snapshot() else {
             return;
         };
         let t0 = std::time::Instant::now();
-        let summary = self
-            .nic
-            .commit_plan(&snapshot.state, &snapshot.ids, snapshot.generation);
+        let planned = job.run(&snapshot.state, &snapshot.ids, snapshot.generation);
+        let rules = capo_policy::Views::new(&snapshot.state, &snapshot.ids)
+            .with_compact_sets()
+            .numbered_rules();
+        let result = PlanResult {
+            version: snapshot.generation,
+            planned,
+            rules,
+            took: t0.elapsed(),
+        };
+        self.commit(result, daemon);
+    }
+
+    /// Commits a plan: the NIC's new generation, the previous one retired after the
+    /// grace period.
+    fn commit(&mut self, result: PlanResult, daemon: &crate::core::daemon::SharedDaemon) {
+        let t0 = std::time::Instant::now();
+        let summary = match self.nic.commit_planned(result.planned) {
+            Committed::Done(summary) => summary,
+            Committed::Shrink => {
+                self.shrink = true;
+                return;
+            }
+        };
         tracing::info!(
-            generation = snapshot.generation,
-            ms = t0.elapsed().as_millis() as u64,
+            generation = result.version,
+            plan_ms = result.took.as_millis() as u64,
+            commit_ms = t0.elapsed().as_millis() as u64,
             "port NIC plan committed: {summary}"
         );
-        self.committed = snapshot.generation;
-        self.replan_at = None;
+        self.shrink = false;
+        self.committed = result.version;
         self.retire_at = Some(std::time::Instant::now() + RETIRE_GRACE);
         if self.nic.device_gone() {
             // EIO: the port was reset or removed, and its rules with it; software
@@ -296,10 +350,7 @@ impl PortNic<'_, '_> {
             tracing::warn!("the port's NIC is gone (EIO): committing again in 5 s");
             self.replan_at = Some(std::time::Instant::now() + RECOMMIT_AFTER_EIO);
         }
-        let numbered = capo_policy::Views::new(&snapshot.state, &snapshot.ids)
-            .with_compact_sets()
-            .numbered_rules();
-        self.report.plan = Some(self.nic.plan_reply(&numbered));
+        self.report.plan = Some(self.nic.plan_reply(&result.rules));
         self.report.software_only_reason.clear();
         crate::core::daemon::lock(daemon).set_port_report(self.report.clone());
     }
@@ -338,20 +389,37 @@ fn poll(
             .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()]),
         None => crate::core::daemon::lock(daemon).classify_wire(frames),
     };
+    let planner = {
+        let daemon = daemon.clone();
+        BackgroundPlanner::spawn("capo-port-plan", move || {
+            crate::core::daemon::lock(&daemon)
+                .snapshot()
+                .map(|s| PolicyVersion {
+                    version: s.generation,
+                    state: s.state,
+                    ids: s.ids,
+                })
+        })
+    };
+    let planner = planner
+        .map_err(|e| tracing::error!("port NIC planner thread: {e}; planning on the port thread"))
+        .ok();
     let mut port_nic = PortNic {
         nic,
+        planner,
         report,
         committed: 0,
         retire_at: None,
         replan_at: None,
+        shrink: false,
         counted_at: std::time::Instant::now(),
     };
     let offloads = port_nic.offloads();
     let mut idle: u32 = 0;
     loop {
         if offloads {
-            // Plans run on this thread, which owns the port's flows: the ring holds
-            // the packets meanwhile.
+            // Plans are made on the planner thread; commits run here, on the thread
+            // that owns the port's flows.
             port_nic.maintain(daemon);
             port_nic.publish_counts(embedded.as_ref());
         }

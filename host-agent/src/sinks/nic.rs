@@ -6,6 +6,7 @@
 //! really match packets against their installed rules and count them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use capo_offload::lower::{OffloadProgram, Origin};
 use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
@@ -131,6 +132,81 @@ pub struct NicFront<B: FlowBackend> {
     nic_decided: u64,
     /// The last commit met EIO.
     device_gone: bool,
+    /// Plans made again after ENOMEM for the commit under way.
+    shrinks: usize,
+    /// The capacity the commit under way started from, once it shrank.
+    shrunk_from: Option<u32>,
+}
+
+/// What a plan is made from, taken from a [`NicFront`] by [`NicFront::plan_job`]:
+/// it owns everything it needs, so [`PlanJob::run`] can run on any thread.
+#[derive(Debug)]
+pub struct PlanJob {
+    /// The NIC generation the plan will be.
+    generation: u64,
+    caps: NicCaps,
+    hits: HitCounters,
+    /// The front's last lowering and the policy version it is of.
+    lowered: Option<(u64, OffloadProgram)>,
+}
+
+/// A plan made by [`PlanJob::run`], for [`NicFront::commit_planned`].
+#[derive(Debug)]
+pub struct Planned {
+    policy: u64,
+    program: OffloadProgram,
+    plan: OffloadPlan,
+    /// `rule#` per plan rule (decide rules only).
+    rule_ids: Vec<Option<u32>>,
+}
+
+/// What [`NicFront::commit_planned`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Committed (or refused in a way another plan would not mend): the summary.
+    Done(String),
+    /// The NIC ran out of entries part-way: plan again for the capacity that fit.
+    Shrink,
+}
+
+impl PlanJob {
+    /// Lowers `state` (policy version `policy`) unless the job holds its lowering
+    /// already, and plans it: the work a commit does before it touches the NIC.
+    pub fn run(self, state: &State, ids: &IdTable, policy: u64) -> Planned {
+        let mut program = match self.lowered {
+            Some((version, program)) if version == policy => program,
+            _ => lower(state, ids, self.generation),
+        };
+        program.generation = self.generation;
+        let p = plan(
+            state,
+            &program,
+            &self.caps,
+            &self.hits,
+            &PlanConfig::default(),
+        );
+        let rule_ids = p
+            .rules
+            .iter()
+            .map(|r| match &r.role {
+                Role::Decide { domain, entry, .. } => program
+                    .domains
+                    .get(*domain)
+                    .and_then(|d| d.entries.get(*entry))
+                    .and_then(|e| origin_rule_id(&e.origin)),
+                // An exact-flow entry decides as the full policy does: credit the rule
+                // that decides its flow.
+                Role::ExactFlow { packet, .. } => decider_rule_id(state, ids, packet),
+                _ => None,
+            })
+            .collect();
+        Planned {
+            policy,
+            program,
+            plan: p,
+            rule_ids,
+        }
+    }
 }
 
 /// Plans made again for a smaller table after ENOMEM, per commit.
@@ -205,6 +281,8 @@ impl<B: FlowBackend> NicFront<B> {
             lowered: None,
             nic_decided: 0,
             device_gone: false,
+            shrinks: 0,
+            shrunk_from: None,
         }
     }
 
@@ -226,61 +304,73 @@ impl<B: FlowBackend> NicFront<B> {
     /// `policy` names the version of `state` and `ids` (a number that changes
     /// whenever either does): while it stays the same, the lowering is kept and only
     /// the planning runs again.
+    ///
+    /// The same as [`NicFront::plan_job`], [`PlanJob::run`] and
+    /// [`NicFront::commit_planned`] in turn, which a packet path uses to plan on
+    /// another thread.
     pub fn commit_plan(&mut self, state: &State, ids: &IdTable, policy: u64) -> String {
+        loop {
+            let planned = self.plan_job().run(state, ids, policy);
+            if let Committed::Done(summary) = self.commit_planned(planned) {
+                return summary;
+            }
+        }
+    }
+
+    /// What the next plan is made from: the hit counters seen so far, the
+    /// capabilities and the kept lowering (handed over until the plan comes back).
+    pub fn plan_job(&mut self) -> PlanJob {
+        PlanJob {
+            generation: self.plans + 1,
+            caps: self.caps.clone(),
+            hits: HitCounters {
+                flows: self.samples.values().cloned().collect(),
+                rules: HashMap::new(),
+            },
+            lowered: self.lowered.take(),
+        }
+    }
+
+    /// Commits a plan made from [`NicFront::plan_job`] (see
+    /// [`NicFront::commit_plan`]). When the NIC runs out of entries part-way, the
+    /// front's capacity becomes what fit and [`Committed::Shrink`] asks for another
+    /// plan, a few times at most.
+    pub fn commit_planned(&mut self, planned: Planned) -> Committed {
         if self.retiring() {
             self.retire_previous();
         }
-        let hits = HitCounters {
-            flows: self.samples.values().cloned().collect(),
-            rules: HashMap::new(),
-        };
-        let table = self.caps.capacity;
-        let mut shrinks = 0;
-        let mut program = match self.lowered.take() {
-            Some((version, program)) if version == policy => program,
-            _ => lower(state, ids, self.plans + 1),
-        };
-        let (p, outcome) = loop {
-            self.plans += 1;
-            // The marks name the NIC generation, not the policy's.
-            program.generation = self.plans;
-            let p = plan(state, &program, &self.caps, &hits, &PlanConfig::default());
-            let outcome = self.committer.commit(&mut self.nic, &p, &mut |_, _| {});
-            match &outcome {
-                // The table is smaller than its profile says (other users, another
-                // generation resident): plan for what fit, a few times at most.
-                CommitOutcome::SoftwareOnly { error, rule, .. }
-                    if error.kind == FlowErrorKind::NoMem
-                        && *rule > 0
-                        && (*rule as u32) < self.caps.capacity
-                        && shrinks < MAX_SHRINKS =>
-                {
-                    shrinks += 1;
-                    self.caps.capacity = *rule as u32;
-                }
-                _ => break (p, outcome),
+        let Planned {
+            policy,
+            program,
+            plan: p,
+            rule_ids,
+        } = planned;
+        // The marks name the NIC generation, not the policy's.
+        self.plans = self.plans.max(program.generation);
+        let outcome = self.committer.commit(&mut self.nic, &p, &mut |_, _| {});
+        self.lowered = Some((policy, program));
+        let table = self.shrunk_from.unwrap_or(self.caps.capacity);
+        match &outcome {
+            // The table is smaller than its profile says (other users, another
+            // generation resident): plan for what fit, a few times at most.
+            CommitOutcome::SoftwareOnly { error, rule, .. }
+                if error.kind == FlowErrorKind::NoMem
+                    && *rule > 0
+                    && (*rule as u32) < self.caps.capacity
+                    && self.shrinks < MAX_SHRINKS =>
+            {
+                self.shrinks += 1;
+                self.shrunk_from = Some(table);
+                self.caps.capacity = *rule as u32;
+                return Committed::Shrink;
             }
-        };
+            _ => {}
+        }
         self.device_gone = matches!(
             &outcome,
             CommitOutcome::SoftwareOnly { error, .. } if error.kind == FlowErrorKind::Io
         );
-        self.retiring_rule_ids = std::mem::take(&mut self.plan_rule_ids);
-        self.plan_rule_ids = p
-            .rules
-            .iter()
-            .map(|r| match &r.role {
-                Role::Decide { domain, entry, .. } => program
-                    .domains
-                    .get(*domain)
-                    .and_then(|d| d.entries.get(*entry))
-                    .and_then(|e| origin_rule_id(&e.origin)),
-                // An exact-flow entry decides as the full policy does: credit the rule
-                // that decides its flow.
-                Role::ExactFlow { packet, .. } => decider_rule_id(state, ids, packet),
-                _ => None,
-            })
-            .collect();
+        self.retiring_rule_ids = std::mem::replace(&mut self.plan_rule_ids, rule_ids);
         let mut summary = match &outcome {
             CommitOutcome::Offloaded { installed, refused } => {
                 format!("{installed} NIC rules installed, {refused} refused")
@@ -289,15 +379,16 @@ impl<B: FlowBackend> NicFront<B> {
                 format!("NIC refused rule {rule} ({error:?}): software decides everything")
             }
         };
-        if shrinks > 0 {
+        if self.shrinks > 0 {
             summary += &format!(
                 " (the NIC ran out of entries: planned again for {} of {table})",
                 self.caps.capacity
             );
         }
+        self.shrinks = 0;
+        self.shrunk_from = None;
         self.plan = Some(p);
-        self.lowered = Some((policy, program));
-        summary
+        Committed::Done(summary)
     }
 
     /// Whether the last commit met EIO (the device is gone or was reset): it is
@@ -528,6 +619,150 @@ fn keep_reason(r: &KeepReason) -> String {
         .unwrap_or_else(|| format!("{r:?}"))
 }
 
+/// A policy version a [`BackgroundPlanner`] plans: the version number (see
+/// [`NicFront::commit_plan`]) with its state and ids.
+#[derive(Debug, Clone)]
+pub struct PolicyVersion {
+    /// Changes whenever the state or the ids do.
+    pub version: u64,
+    /// The policy.
+    pub state: Arc<State>,
+    /// Its ids.
+    pub ids: Arc<IdTable>,
+}
+
+/// A plan a [`BackgroundPlanner`] made.
+#[derive(Debug)]
+pub struct PlanResult {
+    /// The policy version planned.
+    pub version: u64,
+    /// The plan, for [`NicFront::commit_planned`].
+    pub planned: Planned,
+    /// Every rule of the version's views, for [`NicFront::plan_reply`].
+    pub rules: Vec<capo_policy::views::NumberedRule>,
+    /// How long the planner took (snapshot, lowering, plan, views).
+    pub took: std::time::Duration,
+}
+
+/// What a [`BackgroundPlanner`] job came to.
+#[derive(Debug)]
+pub enum PlanOutcome {
+    /// A plan to commit.
+    Planned(Box<PlanResult>),
+    /// There was no policy to plan.
+    NoPolicy,
+}
+
+/// Plans on a thread of its own, one job at a time, so that the thread that owns
+/// a NIC and polls its port only commits: planning a policy (72–96 ms on W-k8s)
+/// no longer holds received packets in the ring. Each job plans the policy
+/// version `source` gives when the job starts.
+pub struct BackgroundPlanner {
+    jobs: Option<std::sync::mpsc::Sender<PlanJob>>,
+    done: std::sync::mpsc::Receiver<PlanOutcome>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    in_flight: bool,
+}
+
+/// Why a [`BackgroundPlanner`] cannot take a job.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlannerError {
+    /// A job is under way.
+    #[error("a plan is under way")]
+    Busy,
+    /// The planner thread ended (it panicked).
+    #[error("the planner thread ended")]
+    Gone,
+}
+
+impl BackgroundPlanner {
+    /// Starts the planner thread, named `name`.
+    pub fn spawn<F>(name: &str, mut source: F) -> std::io::Result<Self>
+    where
+        F: FnMut() -> Option<PolicyVersion> + Send + 'static,
+    {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<PlanJob>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                for job in job_rx {
+                    let t0 = std::time::Instant::now();
+                    let outcome = match source() {
+                        Some(p) => {
+                            let planned = job.run(&p.state, &p.ids, p.version);
+                            let rules = capo_policy::Views::new(&p.state, &p.ids)
+                                .with_compact_sets()
+                                .numbered_rules();
+                            PlanOutcome::Planned(Box::new(PlanResult {
+                                version: p.version,
+                                planned,
+                                rules,
+                                took: t0.elapsed(),
+                            }))
+                        }
+                        None => PlanOutcome::NoPolicy,
+                    };
+                    if done_tx.send(outcome).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(BackgroundPlanner {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            in_flight: false,
+        })
+    }
+
+    /// Whether a job is under way.
+    pub fn busy(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Hands `job` to the planner thread.
+    pub fn start(&mut self, job: PlanJob) -> Result<(), PlannerError> {
+        if self.in_flight {
+            return Err(PlannerError::Busy);
+        }
+        let jobs = self.jobs.as_ref().ok_or(PlannerError::Gone)?;
+        jobs.send(job).map_err(|_| PlannerError::Gone)?;
+        self.in_flight = true;
+        Ok(())
+    }
+
+    /// The job's outcome once it is done (without waiting); `Err` when the planner
+    /// thread ended without one.
+    pub fn finished(&mut self) -> Result<Option<PlanOutcome>, PlannerError> {
+        if !self.in_flight {
+            return Ok(None);
+        }
+        match self.done.try_recv() {
+            Ok(outcome) => {
+                self.in_flight = false;
+                Ok(Some(outcome))
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => Ok(None),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                self.in_flight = false;
+                self.jobs = None;
+                Err(PlannerError::Gone)
+            }
+        }
+    }
+}
+
+impl Drop for BackgroundPlanner {
+    fn drop(&mut self) {
+        // Closing the job channel ends the thread once its job (if any) is done.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn headers(pkt: &Packet, tcp_flags: u8) -> capo_offload::Headers {
     let fragment = match (pkt.l4, pkt.protocol.has_ports() || pkt.protocol.is_icmp()) {
         (L4::None, true) => Fragment::Later,
@@ -706,6 +941,167 @@ mod tests {
         );
         assert_eq!(sw, 2);
         assert_eq!(nic.nic_decided(), 2);
+    }
+
+    /// Waits for the planner's job, failing after 30 s.
+    fn wait_for(planner: &mut BackgroundPlanner) -> PlanOutcome {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(outcome) = planner.finished().expect("planner thread alive") {
+                return outcome;
+            }
+            assert!(std::time::Instant::now() < until, "the plan never came");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// The port's path: a plan is made on the planner thread while the NIC goes on
+    /// deciding by the generation it holds, and committing it gives what the
+    /// synchronous path gives.
+    #[test]
+    fn the_background_planner_plans_while_the_nic_keeps_deciding() {
+        let (state, ids) = web();
+        let (state, ids) = (Arc::new(state), Arc::new(ids));
+        let flow = |port: u16, sport: u16| Packet {
+            src: "11.0.0.196".parse().unwrap(),
+            dst: "11.0.0.67".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: sport,
+                dst: port,
+            },
+        };
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        let mut twin = SimulatedNic::new("mlx5", 64);
+        for n in [&mut nic, &mut twin] {
+            n.record(&flow(80, 40000), Some(0x10));
+            n.commit_plan(&state, &ids, 1);
+        }
+        let NicOutcome::Delivered { mark: Some(mark) } =
+            nic.nic.peek(&headers(&flow(80, 40000), 0x10))
+        else {
+            panic!("the allow rule did not mark the packet");
+        };
+        // The planner's source waits for the gate, as a slow plan would.
+        let (gate, gate_rx) = std::sync::mpsc::channel::<()>();
+        let planner_thread = Arc::new(std::sync::Mutex::new(None));
+        let source = {
+            let (state, ids, seen) = (state.clone(), ids.clone(), planner_thread.clone());
+            move || {
+                gate_rx.recv().ok()?;
+                *seen.lock().unwrap() = Some(std::thread::current().id());
+                Some(PolicyVersion {
+                    version: 2,
+                    state: state.clone(),
+                    ids: ids.clone(),
+                })
+            }
+        };
+        let mut planner = BackgroundPlanner::spawn("test-plan", source).unwrap();
+        for n in [&mut nic, &mut twin] {
+            n.record(&flow(80, 40001), Some(0x02));
+        }
+        planner.start(nic.plan_job()).unwrap();
+        assert!(planner.busy());
+        assert_eq!(
+            planner.start(nic.plan_job()).err(),
+            Some(PlannerError::Busy)
+        );
+        assert!(matches!(planner.finished(), Ok(None)));
+        let delivered = NicOutcome::Delivered { mark: Some(mark) };
+        assert_eq!(
+            nic.decide(delivered, &mut || Verdict::Deny),
+            (Verdict::Allow, true),
+            "generation 1 decides while generation 2 is planned"
+        );
+        gate.send(()).unwrap();
+        let PlanOutcome::Planned(result) = wait_for(&mut planner) else {
+            panic!("no plan");
+        };
+        assert!(!planner.busy());
+        assert_ne!(
+            *planner_thread.lock().unwrap(),
+            Some(std::thread::current().id())
+        );
+        assert_eq!(result.version, 2);
+        assert!(!result.rules.is_empty());
+        let Committed::Done(summary) = nic.commit_planned(result.planned) else {
+            panic!("a shrink without ENOMEM");
+        };
+        let twin_summary = twin.commit_plan(&state, &ids, 2);
+        assert_eq!(summary, twin_summary);
+        assert!(nic.plan.is_some());
+        assert_eq!(nic.plan, twin.plan);
+        assert_eq!(nic.plan_rule_ids, twin.plan_rule_ids);
+        // The new generation's mark names the plan rule, credited to the policy rule
+        // that decides the flow.
+        let NicOutcome::Delivered { mark: Some(raw) } =
+            nic.nic.peek(&headers(&flow(80, 40002), 0x10))
+        else {
+            panic!("the allow rule did not mark the packet");
+        };
+        let m = capo_offload::mark::Mark::decode(raw, nic.caps().mark_bits);
+        let want = decider_rule_id(&state, &ids, &flow(80, 40002));
+        assert!(want.is_some());
+        assert_eq!(nic.plan_rule_ids.get(m.index as usize).copied(), Some(want));
+    }
+
+    /// No policy yet: the job ends without a plan. ENOMEM part-way: the commit
+    /// asks for a plan for what fit, and the planner's second plan goes in.
+    #[test]
+    fn the_background_planner_waits_for_a_policy_and_plans_again_after_enomem() {
+        let (state, ids) = web();
+        let (state, ids) = (Arc::new(state), Arc::new(ids));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let source = {
+            let (state, ids, calls) = (state.clone(), ids.clone(), calls.clone());
+            move || {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (n > 0).then(|| PolicyVersion {
+                    version: 1,
+                    state: state.clone(),
+                    ids: ids.clone(),
+                })
+            }
+        };
+        let mut planner = BackgroundPlanner::spawn("test-plan", source).unwrap();
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        for port in 0..40u16 {
+            nic.record(
+                &Packet {
+                    src: "11.0.0.196".parse().unwrap(),
+                    dst: "11.0.0.67".parse().unwrap(),
+                    protocol: Protocol::TCP,
+                    l4: L4::Ports {
+                        src: 40000 + port,
+                        dst: 81,
+                    },
+                },
+                Some(0x02),
+            );
+        }
+        planner.start(nic.plan_job()).unwrap();
+        assert!(matches!(wait_for(&mut planner), PlanOutcome::NoPolicy));
+        nic.nic.set_faults(capo_offload::Faults {
+            enomem_after: Some(3),
+            ..Default::default()
+        });
+        planner.start(nic.plan_job()).unwrap();
+        let PlanOutcome::Planned(first) = wait_for(&mut planner) else {
+            panic!("no plan");
+        };
+        assert_eq!(nic.commit_planned(first.planned), Committed::Shrink);
+        assert!(nic.caps().capacity <= 3, "{}", nic.caps().capacity);
+        planner.start(nic.plan_job()).unwrap();
+        let PlanOutcome::Planned(second) = wait_for(&mut planner) else {
+            panic!("no plan");
+        };
+        let Committed::Done(summary) = nic.commit_planned(second.planned) else {
+            panic!("a second shrink");
+        };
+        assert!(summary.contains("ran out of entries"), "{summary}");
+        assert!(summary.contains("of 64"), "{summary}");
+        assert!(nic.nic.installed() <= 3);
     }
 
     #[test]
