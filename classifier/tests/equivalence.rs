@@ -81,6 +81,7 @@ proptest! {
             // Two generations resident: the new one matches the new state, the old
             // one still matches the old state.
             check(&state, &g, &pkts)?;
+            same_rule_ids(&state, &ids, &g, &pkts)?;
             check(&before_state, &before, &pkts)?;
         }
     }

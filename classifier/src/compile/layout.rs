@@ -34,7 +34,7 @@ pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
                 masks.add(i, r, &protos.reps, &mut slots);
                 rules.push(CRule {
                     act: r.act,
-                    rule_id: piece.rule_ids.get(j).copied().flatten(),
+                    rule_id: piece.fragment.rule_ids.get(j).copied().flatten(),
                     verify: verify(r),
                 });
             }

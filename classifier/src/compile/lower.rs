@@ -39,17 +39,17 @@ pub(super) struct LSide {
     pub(super) uses_ports: bool,
 }
 
-/// Rules lowered together, with what decides by each: one policy's or profile's
-/// list for one direction, or a program's own internal rules.
+/// Rules lowered together, with what decides by each and each one's `rule#`: one
+/// policy's or profile's list for one direction, or a program's own internal rules.
 pub(super) struct Fragment {
     pub(super) rules: Vec<LRule>,
     pub(super) deciders: Arc<[Decider]>,
+    pub(super) rule_ids: Vec<Option<u32>>,
 }
 
-/// A fragment in a program, with each of its rules' `rule#`.
+/// A fragment in a program.
 pub(super) struct Piece {
     pub(super) fragment: Arc<Fragment>,
-    pub(super) rule_ids: Vec<Option<u32>>,
 }
 
 /// An internal rule before it joins a program: the rule, what names it, its `rule#`.
@@ -60,8 +60,9 @@ pub(super) struct OwnRule {
 }
 
 /// Policies' and profiles' rule lists as lowered, shared by every program that
-/// includes them. Atoms never change meaning within a builder, so an entry stands
-/// until its policy or profile changes.
+/// includes them. Atoms never change meaning within a builder, and a list's
+/// `rule#`s change only with the list (`IdTable::sync` keeps an unchanged list's
+/// ids), so an entry stands until its policy or profile changes.
 #[derive(Clone, Default)]
 pub(super) struct Fragments {
     /// Per policy: (tier, direction, fragment); the tier names the deciders.
@@ -121,9 +122,9 @@ impl ProgSpec {
         let fragment = Arc::new(Fragment {
             rules: lowered,
             deciders: deciders.into(),
+            rule_ids,
         });
-        self.segments
-            .push((vec![Piece { fragment, rule_ids }], kind));
+        self.segments.push((vec![Piece { fragment }], kind));
     }
 
     /// The rules in evaluation order.
@@ -196,10 +197,10 @@ impl Builder {
             let mut pieces = Vec::new();
             for key in keys.iter().filter(|k| !k.is_staged()) {
                 deps.uses_policy(key);
-                let Some(fragment) = self.policy_fragment(state, key, &tier.name, dir) else {
+                let Some(fragment) = self.policy_fragment(state, ids, key, &tier.name, dir) else {
                     continue;
                 };
-                pieces.push(piece(fragment, ids.policy_rule_ids(key, dir)));
+                pieces.push(Piece { fragment });
             }
             let end_drop = (end_of_tier_drop && tier.drops_at_end(dir)).then(|| {
                 (
@@ -224,12 +225,11 @@ impl Builder {
     ) {
         for name in profile_ids {
             deps.uses_profile(name);
-            let Some(fragment) = self.profile_fragment(state, name, dir) else {
+            let Some(fragment) = self.profile_fragment(state, ids, name, dir) else {
                 continue;
             };
-            let rule_ids = ids.profile_rule_ids(name, dir);
             spec.segments
-                .push((vec![piece(fragment, rule_ids)], SegSpec::Profile));
+                .push((vec![Piece { fragment }], SegSpec::Profile));
         }
     }
 
@@ -238,6 +238,7 @@ impl Builder {
     fn policy_fragment(
         &mut self,
         state: &State,
+        ids: &IdTable,
         key: &PolicyKey,
         tier: &str,
         dir: Direction,
@@ -259,7 +260,7 @@ impl Builder {
                 index,
             })
             .collect();
-        let fragment = self.fragment(rules, deciders);
+        let fragment = self.fragment(rules, deciders, ids.policy_rule_ids(key, dir));
         self.fragments
             .policies
             .entry(key.clone())
@@ -272,6 +273,7 @@ impl Builder {
     fn profile_fragment(
         &mut self,
         state: &State,
+        ids: &IdTable,
         name: &str,
         dir: Direction,
     ) -> Option<Arc<Fragment>> {
@@ -291,7 +293,7 @@ impl Builder {
                 index,
             })
             .collect();
-        let fragment = self.fragment(rules, deciders);
+        let fragment = self.fragment(rules, deciders, ids.profile_rule_ids(name, dir));
         self.fragments
             .profiles
             .entry(name.to_string())
@@ -300,10 +302,16 @@ impl Builder {
         Some(fragment)
     }
 
-    fn fragment(&mut self, rules: &[Rule], deciders: Arc<[Decider]>) -> Arc<Fragment> {
+    fn fragment(
+        &mut self,
+        rules: &[Rule],
+        deciders: Arc<[Decider]>,
+        rule_ids: impl Iterator<Item = u32>,
+    ) -> Arc<Fragment> {
         Arc::new(Fragment {
             rules: rules.iter().map(|r| self.lower(r)).collect(),
             deciders,
+            rule_ids: rule_ids.map(Some).collect(),
         })
     }
 
@@ -358,13 +366,5 @@ impl Builder {
                 .collect(),
             uses_ports: side.uses_ports(),
         }
-    }
-}
-
-/// A shared fragment with the `rule#` of each of its rules.
-fn piece(fragment: Arc<Fragment>, rule_ids: impl Iterator<Item = u32>) -> Piece {
-    Piece {
-        fragment,
-        rule_ids: rule_ids.map(Some).collect(),
     }
 }

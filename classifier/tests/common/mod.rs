@@ -490,3 +490,30 @@ pub(crate) fn check(state: &State, g: &Generation, pkts: &[Packet]) -> Result<()
     }
     Ok(())
 }
+
+/// Checks that every decision of `g` names the `rule#` a fresh build of `state`
+/// with `ids` names: an incrementally built generation counts its packets under
+/// the same rules.
+pub(crate) fn same_rule_ids(
+    state: &State,
+    ids: &IdTable,
+    g: &Generation,
+    pkts: &[Packet],
+) -> Result<(), TestCaseError> {
+    let fresh = capo_classifier::Builder::new().build(state, ids);
+    let mut scratch = Scratch::default();
+    for kind in kinds(state) {
+        let (Some(a), Some(b)) = (g.interface_of(&kind), fresh.interface_of(&kind)) else {
+            prop_assert!(false, "no interface for {kind:?}");
+            continue;
+        };
+        for dir in Direction::BOTH {
+            for pkt in pkts {
+                let got = g.classify(a, dir, pkt, &mut scratch).map(|d| d.rule_id);
+                let want = fresh.classify(b, dir, pkt, &mut scratch).map(|d| d.rule_id);
+                prop_assert_eq!(got, want, "{:?} {:?} {:?}", kind, dir, pkt);
+            }
+        }
+    }
+    Ok(())
+}
