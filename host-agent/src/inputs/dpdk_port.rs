@@ -274,15 +274,20 @@ impl PortNic<'_, '_> {
     /// Commits a finished plan; starts one when the policy changed, new flows are
     /// due or the last commit shrank; retires when the grace period is over. Only
     /// the commit (the rte_flow calls) runs on the port thread.
-    fn maintain(&mut self, daemon: &crate::core::daemon::SharedDaemon) {
+    fn maintain(&mut self, path: &PortPath<'_>) {
+        let daemon = path.daemon;
         let now = std::time::Instant::now();
         if self.retire_at.is_some_and(|t| now >= t) {
-            self.nic.retire_previous();
+            let mut seen = Vec::new();
+            self.nic.retire_previous_serving(SERVE_EVERY, &mut |v| {
+                path.serve(&mut |o| v.verdict(o), &mut seen);
+            });
+            self.record(&seen);
             self.retire_at = None;
         }
         if let Some(planner) = &mut self.planner {
             match planner.finished() {
-                Ok(Some(PlanOutcome::Planned(result))) => self.commit(*result, daemon),
+                Ok(Some(PlanOutcome::Planned(result))) => self.commit(*result, path),
                 Ok(Some(PlanOutcome::NoPolicy) | None) => {}
                 Err(e) => {
                     tracing::error!("port NIC planner: {e}; planning on the port thread");
@@ -321,14 +326,21 @@ impl PortNic<'_, '_> {
             rules,
             took: t0.elapsed(),
         };
-        self.commit(result, daemon);
+        self.commit(result, path);
     }
 
     /// Commits a plan: the NIC's new generation, the previous one retired after the
-    /// grace period.
-    fn commit(&mut self, result: PlanResult, daemon: &crate::core::daemon::SharedDaemon) {
+    /// grace period. Bursts are served between the commit's NIC calls.
+    fn commit(&mut self, result: PlanResult, path: &PortPath<'_>) {
         let t0 = std::time::Instant::now();
-        let summary = match self.nic.commit_planned(result.planned) {
+        let mut seen = Vec::new();
+        let committed = self
+            .nic
+            .commit_planned_serving(result.planned, SERVE_EVERY, &mut |v| {
+                path.serve(&mut |o| v.verdict(o), &mut seen);
+            });
+        self.record(&seen);
+        let summary = match committed {
             Committed::Done(summary) => summary,
             Committed::Shrink => {
                 self.shrink = true;
@@ -352,7 +364,7 @@ impl PortNic<'_, '_> {
         }
         self.report.plan = Some(self.nic.plan_reply(&result.rules));
         self.report.software_only_reason.clear();
-        crate::core::daemon::lock(daemon).set_port_report(self.report.clone());
+        crate::core::daemon::lock(path.daemon).set_port_report(self.report.clone());
     }
 
     /// Records the packets software decided as flows for the next plan.
@@ -368,6 +380,73 @@ impl PortNic<'_, '_> {
     }
 }
 
+/// What a burst of the port is decided with: the port, the embedded dataplane (or
+/// the daemon when there is none), whether the NIC offloads.
+#[cfg(feature = "dpdk")]
+struct PortPath<'a> {
+    port: &'a capo_offload::dpdk::ethdev::Port,
+    daemon: &'a crate::core::daemon::SharedDaemon,
+    embedded: Option<crate::sinks::embedded::SharedEmbedded>,
+    offloads: bool,
+}
+
+/// Packets received per burst.
+#[cfg(feature = "dpdk")]
+const BURST: u16 = 32;
+
+/// How often a long commit or retirement lets the port's packets in.
+#[cfg(feature = "dpdk")]
+const SERVE_EVERY: std::time::Duration = std::time::Duration::from_micros(200);
+
+#[cfg(feature = "dpdk")]
+impl PortPath<'_> {
+    /// Receives one burst and decides it: the NIC's verdict (`nic`) where a mark of
+    /// a generation software holds gives one, the embedded dataplane's otherwise;
+    /// allowed packets go back out of the port. The flows software decided are
+    /// added to `seen`. Returns whether packets came.
+    fn serve(
+        &self,
+        nic: &mut dyn FnMut(capo_offload::NicOutcome) -> Option<capo_policy::Verdict>,
+        seen: &mut Vec<capo_classifier::ParsedPacket>,
+    ) -> bool {
+        let pkts = self.port.rx_burst(0, BURST);
+        if pkts.is_empty() {
+            return false;
+        }
+        let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
+        let deny_all = || vec![capo_policy::Verdict::Deny; frames.len()];
+        let verdicts = match (&self.embedded, self.offloads) {
+            (Some(e), true) => {
+                let from_nic: Vec<Option<capo_policy::Verdict>> = pkts
+                    .iter()
+                    .map(|m| {
+                        nic(capo_offload::NicOutcome::Delivered {
+                            mark: m.flow_mark(),
+                        })
+                    })
+                    .collect();
+                crate::sinks::embedded::lock_embedded(e)
+                    .classify_wire_behind_nic(&frames, &from_nic, seen)
+                    .unwrap_or_else(deny_all)
+            }
+            (Some(e), false) => crate::sinks::embedded::lock_embedded(e)
+                .classify_wire(&frames)
+                .unwrap_or_else(deny_all),
+            (None, _) => crate::core::daemon::lock(self.daemon).classify_wire(&frames),
+        };
+        drop(frames);
+        let allowed: Vec<_> = pkts
+            .into_iter()
+            .zip(verdicts)
+            .filter(|(_, v)| *v == capo_policy::Verdict::Allow)
+            .map(|(m, _)| m)
+            .collect();
+        // Whatever the PMD does not take is freed here.
+        drop(self.port.tx_burst(0, allowed));
+        true
+    }
+}
+
 #[cfg(feature = "dpdk")]
 fn poll(
     p: &capo_offload::dpdk::ethdev::Port,
@@ -375,20 +454,10 @@ fn poll(
     nic: &mut NicFront<capo_offload::dpdk::flow::DpdkFlow<'_>>,
     report: crate::core::daemon::PortReport,
 ) {
-    const BURST: u16 = 32;
     // Packets wait in the port's ring until there is a policy to judge them by.
     while crate::core::daemon::lock(daemon).generation() == 0 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    // Bursts are classified by the embedded dataplane under its own lock, never the
-    // daemon's (Felix's updates and the API go on meanwhile).
-    let embedded = crate::core::daemon::lock(daemon).embedded();
-    let software = |frames: &[&[u8]]| match &embedded {
-        Some(e) => crate::sinks::embedded::lock_embedded(e)
-            .classify_wire(frames)
-            .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()]),
-        None => crate::core::daemon::lock(daemon).classify_wire(frames),
-    };
     let planner = {
         let daemon = daemon.clone();
         BackgroundPlanner::spawn("capo-port-plan", move || {
@@ -414,17 +483,25 @@ fn poll(
         shrink: false,
         counted_at: std::time::Instant::now(),
     };
-    let offloads = port_nic.offloads();
+    // Bursts are classified by the embedded dataplane under its own lock, never the
+    // daemon's (Felix's updates and the API go on meanwhile).
+    let path = PortPath {
+        port: p,
+        daemon,
+        embedded: crate::core::daemon::lock(daemon).embedded(),
+        offloads: port_nic.offloads(),
+    };
     let mut idle: u32 = 0;
+    let mut seen = Vec::new();
     loop {
-        if offloads {
+        if path.offloads {
             // Plans are made on the planner thread; commits run here, on the thread
-            // that owns the port's flows.
-            port_nic.maintain(daemon);
-            port_nic.publish_counts(embedded.as_ref());
+            // that owns the port's flows, with bursts served between their NIC calls.
+            port_nic.maintain(&path);
+            port_nic.publish_counts(path.embedded.as_ref());
         }
-        let pkts = p.rx_burst(0, BURST);
-        if pkts.is_empty() {
+        seen.clear();
+        if !path.serve(&mut |o| port_nic.nic.nic_verdict(o), &mut seen) {
             // Back off when idle: this is the fallback path, not a busy-polling worker.
             idle = idle.saturating_add(1);
             let pause = if idle < 1000 { 20 } else { 1000 };
@@ -432,39 +509,7 @@ fn poll(
             continue;
         }
         idle = 0;
-        let frames: Vec<&[u8]> = pkts.iter().map(|m| m.data()).collect();
-        let verdicts = match (&embedded, offloads) {
-            (Some(e), true) => {
-                // The NIC's verdict where a mark of a generation software holds
-                // gives one; software classifies the rest in the same pass.
-                let nic: Vec<Option<capo_policy::Verdict>> = pkts
-                    .iter()
-                    .map(|m| {
-                        port_nic
-                            .nic
-                            .nic_verdict(capo_offload::NicOutcome::Delivered {
-                                mark: m.flow_mark(),
-                            })
-                    })
-                    .collect();
-                let mut seen = Vec::new();
-                let v = crate::sinks::embedded::lock_embedded(e)
-                    .classify_wire_behind_nic(&frames, &nic, &mut seen)
-                    .unwrap_or_else(|| vec![capo_policy::Verdict::Deny; frames.len()]);
-                port_nic.record(&seen);
-                v
-            }
-            _ => software(&frames),
-        };
-        drop(frames);
-        let allowed: Vec<_> = pkts
-            .into_iter()
-            .zip(verdicts)
-            .filter(|(_, v)| *v == capo_policy::Verdict::Allow)
-            .map(|(m, _)| m)
-            .collect();
-        // Whatever the PMD does not take is freed here.
-        drop(p.tx_burst(0, allowed));
+        port_nic.record(&seen);
     }
 }
 

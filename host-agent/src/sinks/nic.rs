@@ -5,14 +5,18 @@
 //! `--nic none|sim:mlx5|sim:e810|sim:cnxk[:CAPACITY]|dpdk:PORT`. The simulated NICs
 //! really match packets against their installed rules and count them.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use capo_offload::commit::Retired;
 use capo_offload::lower::{OffloadProgram, Origin};
 use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
 use capo_offload::{
     lower, plan, CommitOutcome, Committer, FlowBackend, FlowErrorKind, NicCaps, NicOutcome, SimNic,
+    SoftwareView,
 };
 use capo_policy::{IdTable, Packet, Protocol, State, Verdict, L4};
 use capo_proto::capo::agent::v1 as api;
@@ -336,8 +340,50 @@ impl<B: FlowBackend> NicFront<B> {
     /// front's capacity becomes what fit and [`Committed::Shrink`] asks for another
     /// plan, a few times at most.
     pub fn commit_planned(&mut self, planned: Planned) -> Committed {
+        self.commit_planned_serving(planned, Duration::MAX, &mut |_| {})
+    }
+
+    /// [`NicFront::commit_planned`] for a thread that also receives packets: a
+    /// commit's NIC calls (validate, create, destroy, and a retirement's queries)
+    /// run at 1–50k a second on a real NIC, so between them, at most every `every`,
+    /// `serve` is handed the NIC's verdicts as software holds them at that step
+    /// (marks of a generation being committed or retired are judged as the
+    /// invariant of DESIGN §4 allows) and can decide a burst.
+    pub fn commit_planned_serving(
+        &mut self,
+        planned: Planned,
+        every: Duration,
+        serve: &mut dyn FnMut(&NicVerdicts<'_>),
+    ) -> Committed {
+        let decided = Cell::new(0u64);
+        let mark_bits = self.caps.mark_bits;
+        let mut last = Instant::now();
+        let mut between = |view: &SoftwareView| {
+            if last.elapsed() >= every {
+                serve(&NicVerdicts {
+                    view,
+                    mark_bits,
+                    decided: &decided,
+                });
+                last = Instant::now();
+            }
+        };
+        let committed = self.commit_steps(planned, &mut between);
+        self.nic_decided += decided.get();
+        committed
+    }
+
+    fn commit_steps(
+        &mut self,
+        planned: Planned,
+        between: &mut dyn FnMut(&SoftwareView),
+    ) -> Committed {
         if self.retiring() {
-            self.retire_previous();
+            let old_ids = std::mem::take(&mut self.retiring_rule_ids);
+            let retired = self
+                .committer
+                .retire(&mut self.nic, &mut |_, view| between(view));
+            self.keep_retired_counts(retired, &old_ids);
         }
         let Planned {
             policy,
@@ -347,7 +393,9 @@ impl<B: FlowBackend> NicFront<B> {
         } = planned;
         // The marks name the NIC generation, not the policy's.
         self.plans = self.plans.max(program.generation);
-        let outcome = self.committer.commit(&mut self.nic, &p, &mut |_, _| {});
+        let outcome = self
+            .committer
+            .commit(&mut self.nic, &p, &mut |_, view| between(view));
         self.lowered = Some((policy, program));
         let table = self.shrunk_from.unwrap_or(self.caps.capacity);
         match &outcome {
@@ -400,8 +448,38 @@ impl<B: FlowBackend> NicFront<B> {
     /// Retires the previous generation: its rules' final counts are kept, its
     /// rules destroyed.
     pub fn retire_previous(&mut self) {
+        self.retire_previous_serving(Duration::MAX, &mut |_| {});
+    }
+
+    /// [`NicFront::retire_previous`], serving packets between its NIC calls as
+    /// [`NicFront::commit_planned_serving`] does.
+    pub fn retire_previous_serving(
+        &mut self,
+        every: Duration,
+        serve: &mut dyn FnMut(&NicVerdicts<'_>),
+    ) {
+        let decided = Cell::new(0u64);
+        let mark_bits = self.caps.mark_bits;
+        let mut last = Instant::now();
         let old_ids = std::mem::take(&mut self.retiring_rule_ids);
-        for r in self.committer.retire(&mut self.nic, &mut |_, _| {}) {
+        let retired = self.committer.retire(&mut self.nic, &mut |_, view| {
+            if last.elapsed() >= every {
+                serve(&NicVerdicts {
+                    view,
+                    mark_bits,
+                    decided: &decided,
+                });
+                last = Instant::now();
+            }
+        });
+        self.keep_retired_counts(retired, &old_ids);
+        self.nic_decided += decided.get();
+    }
+
+    /// Keeps retired rules' final counts under their `rule#`s (`old_ids`, by plan
+    /// rule index).
+    fn keep_retired_counts(&mut self, retired: Vec<Retired>, old_ids: &[Option<u32>]) {
+        for r in retired {
             for (i, c) in r.counts {
                 if let Some(Some(id)) = old_ids.get(i) {
                     let e = self.retired_counts.entry(*id).or_default();
@@ -423,13 +501,7 @@ impl<B: FlowBackend> NicFront<B> {
 
     /// [`NicFront::nic_verdict`] without counting it.
     fn hardware_verdict(&self, out: NicOutcome) -> Option<Verdict> {
-        let (v, by) = combine(
-            out,
-            self.committer.software(),
-            self.caps.mark_bits,
-            &mut |_| Verdict::Deny,
-        );
-        (by == DecidedBy::Hardware).then_some(v)
+        hardware_verdict(out, self.committer.software(), self.caps.mark_bits)
     }
 
     /// Decides a packet the NIC delivered (`out`), or classifies it with
@@ -763,6 +835,32 @@ impl Drop for BackgroundPlanner {
     }
 }
 
+/// The NIC's verdict on a packet (`out`) under `view`: a drop, or an allow mark
+/// naming a generation the view holds; `None` leaves the packet to software.
+fn hardware_verdict(out: NicOutcome, view: &SoftwareView, mark_bits: u8) -> Option<Verdict> {
+    let (v, by) = combine(out, view, mark_bits, &mut |_| Verdict::Deny);
+    (by == DecidedBy::Hardware).then_some(v)
+}
+
+/// The NIC's verdicts as software holds them at one step of a commit or
+/// retirement, for a packet path served in between
+/// ([`NicFront::commit_planned_serving`]); counted with the front's.
+pub struct NicVerdicts<'a> {
+    view: &'a SoftwareView,
+    mark_bits: u8,
+    decided: &'a Cell<u64>,
+}
+
+impl NicVerdicts<'_> {
+    /// The NIC's verdict on a packet, if it has one (see [`NicFront::nic_verdict`]).
+    pub fn verdict(&self, out: NicOutcome) -> Option<Verdict> {
+        let v = hardware_verdict(out, self.view, self.mark_bits);
+        self.decided
+            .set(self.decided.get() + u64::from(v.is_some()));
+        v
+    }
+}
+
 fn headers(pkt: &Packet, tcp_flags: u8) -> capo_offload::Headers {
     let fragment = match (pkt.l4, pkt.protocol.has_ports() || pkt.protocol.is_icmp()) {
         (L4::None, true) => Fragment::Later,
@@ -1044,6 +1142,75 @@ mod tests {
         let want = decider_rule_id(&state, &ids, &flow(80, 40002));
         assert!(want.is_some());
         assert_eq!(nic.plan_rule_ids.get(m.index as usize).copied(), Some(want));
+    }
+
+    /// A commit and a retirement serve packets between their NIC calls: a packet
+    /// the live generation marked is the NIC's allow at every step of the next
+    /// commit, and at every step of its own retirement until software lets the
+    /// generation go, then software's; the served verdicts count as the NIC's.
+    #[test]
+    fn commits_and_retirements_serve_packets_between_nic_calls() {
+        let (state, ids) = web();
+        let flow = |sport: u16| Packet {
+            src: "11.0.0.196".parse().unwrap(),
+            dst: "11.0.0.67".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: sport,
+                dst: 80,
+            },
+        };
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        nic.record(&flow(40000), Some(0x10));
+        nic.commit_plan(&state, &ids, 1);
+        let NicOutcome::Delivered { mark: Some(mark) } = nic.nic.peek(&headers(&flow(40000), 0x10))
+        else {
+            panic!("the allow rule did not mark the packet");
+        };
+        let marked = NicOutcome::Delivered { mark: Some(mark) };
+        let unmarked = NicOutcome::Delivered { mark: None };
+        let decided_before = nic.nic_decided();
+        nic.record(&flow(40001), Some(0x02));
+        let planned = nic.plan_job().run(&state, &ids, 1);
+        let rules = planned.plan.rules.len();
+        let mut during_commit = Vec::new();
+        let committed = nic.commit_planned_serving(planned, Duration::ZERO, &mut |v| {
+            during_commit.push((v.verdict(marked), v.verdict(unmarked)));
+        });
+        assert!(matches!(committed, Committed::Done(_)), "{committed:?}");
+        assert!(
+            during_commit.len() >= rules,
+            "{} serves for {rules} rules",
+            during_commit.len()
+        );
+        assert!(during_commit
+            .iter()
+            .all(|v| *v == (Some(Verdict::Allow), None)));
+        assert!(nic.retiring());
+        let mut during_retire = Vec::new();
+        nic.retire_previous_serving(Duration::ZERO, &mut |v| {
+            during_retire.push(v.verdict(marked));
+        });
+        assert!(!nic.retiring());
+        let held = during_retire
+            .iter()
+            .take_while(|v| **v == Some(Verdict::Allow))
+            .count();
+        assert!(held > 0, "{during_retire:?}");
+        assert!(
+            during_retire[held..].iter().all(Option::is_none),
+            "{during_retire:?}"
+        );
+        assert_eq!(
+            nic.nic_decided() - decided_before,
+            (during_commit.len() + held) as u64
+        );
+        // Without a period, nothing is served.
+        nic.record(&flow(40002), Some(0x02));
+        let planned = nic.plan_job().run(&state, &ids, 1);
+        let mut served = 0;
+        nic.commit_planned_serving(planned, Duration::MAX, &mut |_| served += 1);
+        assert_eq!(served, 0);
     }
 
     /// No policy yet: the job ends without a plan. ENOMEM part-way: the commit
