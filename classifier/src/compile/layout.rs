@@ -4,7 +4,6 @@
 use capo_policy::{IpFamily, PortRange};
 
 use super::lower::{LRule, LSide, ProgSpec, SegSpec};
-use super::FastMap;
 use crate::bits;
 use crate::index::AtomId;
 use crate::program::{
@@ -304,67 +303,62 @@ impl RuleMasks {
     }
 }
 
-/// Per atom the program uses: one bitmap per kind (`K_*`), `w` words each.
+// A slot's kinds are a mask of one word.
+const _: () = assert!(KINDS <= 64);
+
+/// Which rules use which atom as which kind (`K_*`), gathered as plain triples and
+/// laid out once by [`AtomSlots::compact`]: a program with many atoms never holds a
+/// zeroed bitmap per atom and kind.
 struct AtomSlots {
     w: usize,
-    offsets: FastMap<AtomId, usize>,
-    bits: Vec<u64>,
+    /// (atom, kind, rule).
+    uses: Vec<(AtomId, u8, u32)>,
 }
 
 impl AtomSlots {
     fn new(w: usize) -> Self {
         AtomSlots {
             w,
-            offsets: FastMap::default(),
-            bits: Vec::new(),
+            uses: Vec::new(),
         }
     }
 
     /// Marks rule `i` as using `atom` as `kind`.
     fn set(&mut self, atom: AtomId, kind: usize, i: usize) {
-        let w = self.w;
-        let store = &mut self.bits;
-        let off = *self.offsets.entry(atom).or_insert_with(|| {
-            let off = store.len();
-            store.resize(off + KINDS * w, 0);
-            off
-        });
-        if let Some(b) = self.bits.get_mut(off + kind * w..off + (kind + 1) * w) {
-            bits::set(b, i);
-        }
+        self.uses.push((atom, kind as u8, i as u32));
     }
 
     /// Each slot as a mask of the kinds in use followed by only their bitmaps
-    /// (`sparse`: their sparse lists): the atoms with their offsets into the
-    /// compacted bits, and the bits.
-    fn compact(self, sparse: bool) -> (Vec<(AtomId, u32)>, Vec<u64>) {
+    /// (`sparse`: their sparse lists), atoms in ascending order: the atoms with
+    /// their offsets into the compacted bits, and the bits.
+    fn compact(mut self, sparse: bool) -> (Vec<(AtomId, u32)>, Vec<u64>) {
         let w = self.w;
-        let mut compact: Vec<u64> = Vec::with_capacity(self.bits.len() / 2);
-        let slots = self
-            .offsets
-            .iter()
-            .map(|(a, o)| {
-                let at = compact.len();
-                let full = self.bits.get(*o..*o + KINDS * w).unwrap_or(&[]);
-                let mut mask = 0u64;
-                for (k, b) in full.chunks(w).enumerate() {
-                    if b.iter().any(|x| *x != 0) {
-                        mask |= 1 << k;
-                    }
+        self.uses.sort_unstable();
+        self.uses.dedup();
+        let mut slots = Vec::new();
+        let mut compact: Vec<u64> = Vec::new();
+        let mut bitmap = vec![0u64; w];
+        // Atoms laid out in the order of their first use by a rule.
+        let mut groups: Vec<&[(AtomId, u8, u32)]> = self.uses.chunk_by(|a, b| a.0 == b.0).collect();
+        groups.sort_by_key(|g| g.iter().map(|u| u.2).min());
+        for atom_uses in groups {
+            let Some(&(atom, _, _)) = atom_uses.first() else {
+                continue;
+            };
+            slots.push((atom, compact.len() as u32));
+            compact.push(atom_uses.iter().fold(0u64, |m, u| m | 1 << u.1));
+            for kind_uses in atom_uses.chunk_by(|a, b| a.1 == b.1) {
+                bitmap.fill(0);
+                for (_, _, i) in kind_uses {
+                    bits::set(&mut bitmap, *i as usize);
                 }
-                compact.push(mask);
-                for b in full.chunks(w) {
-                    if b.iter().any(|x| *x != 0) {
-                        if sparse {
-                            push_sparse(&mut compact, b);
-                        } else {
-                            compact.extend_from_slice(b);
-                        }
-                    }
+                if sparse {
+                    push_sparse(&mut compact, &bitmap);
+                } else {
+                    compact.extend_from_slice(&bitmap);
                 }
-                (*a, at as u32)
-            })
-            .collect();
+            }
+        }
         (slots, compact)
     }
 }
