@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capo_offload::commit::Retired;
 use capo_offload::lower::{OffloadProgram, Origin};
 use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
@@ -355,6 +354,20 @@ impl<B: FlowBackend> NicFront<B> {
         every: Duration,
         serve: &mut dyn FnMut(&NicVerdicts<'_>),
     ) -> Committed {
+        self.serving(every, serve, |front, between| {
+            front.commit_steps(planned, between)
+        })
+    }
+
+    /// Runs `steps` (a commit's or a retirement's NIC calls), handing `serve` the
+    /// NIC's verdicts between them at most every `every`; the verdicts served count
+    /// as the NIC's.
+    fn serving<R>(
+        &mut self,
+        every: Duration,
+        serve: &mut dyn FnMut(&NicVerdicts<'_>),
+        steps: impl FnOnce(&mut Self, &mut dyn FnMut(&SoftwareView)) -> R,
+    ) -> R {
         let decided = Cell::new(0u64);
         let mark_bits = self.caps.mark_bits;
         let mut last = Instant::now();
@@ -368,9 +381,9 @@ impl<B: FlowBackend> NicFront<B> {
                 last = Instant::now();
             }
         };
-        let committed = self.commit_steps(planned, &mut between);
+        let out = steps(self, &mut between);
         self.nic_decided += decided.get();
-        committed
+        out
     }
 
     fn commit_steps(
@@ -379,11 +392,7 @@ impl<B: FlowBackend> NicFront<B> {
         between: &mut dyn FnMut(&SoftwareView),
     ) -> Committed {
         if self.retiring() {
-            let old_ids = std::mem::take(&mut self.retiring_rule_ids);
-            let retired = self
-                .committer
-                .retire(&mut self.nic, &mut |_, view| between(view));
-            self.keep_retired_counts(retired, &old_ids);
+            self.retire_steps(between);
         }
         let Planned {
             policy,
@@ -458,27 +467,16 @@ impl<B: FlowBackend> NicFront<B> {
         every: Duration,
         serve: &mut dyn FnMut(&NicVerdicts<'_>),
     ) {
-        let decided = Cell::new(0u64);
-        let mark_bits = self.caps.mark_bits;
-        let mut last = Instant::now();
-        let old_ids = std::mem::take(&mut self.retiring_rule_ids);
-        let retired = self.committer.retire(&mut self.nic, &mut |_, view| {
-            if last.elapsed() >= every {
-                serve(&NicVerdicts {
-                    view,
-                    mark_bits,
-                    decided: &decided,
-                });
-                last = Instant::now();
-            }
-        });
-        self.keep_retired_counts(retired, &old_ids);
-        self.nic_decided += decided.get();
+        self.serving(every, serve, |front, between| front.retire_steps(between));
     }
 
-    /// Keeps retired rules' final counts under their `rule#`s (`old_ids`, by plan
-    /// rule index).
-    fn keep_retired_counts(&mut self, retired: Vec<Retired>, old_ids: &[Option<u32>]) {
+    /// Destroys the previous generation's rules, keeping their final counts under
+    /// their `rule#`s.
+    fn retire_steps(&mut self, between: &mut dyn FnMut(&SoftwareView)) {
+        let old_ids = std::mem::take(&mut self.retiring_rule_ids);
+        let retired = self
+            .committer
+            .retire(&mut self.nic, &mut |_, view| between(view));
         for r in retired {
             for (i, c) in r.counts {
                 if let Some(Some(id)) = old_ids.get(i) {
