@@ -877,13 +877,10 @@ mod tests {
     use super::*;
     use crate::sinks::fixtures::web;
 
-    /// A table smaller than the profile says: ENOMEM part-way makes the NIC plan
-    /// again for what fit, and the second plan goes in.
-    #[test]
-    fn enomem_plans_again_for_a_smaller_table() {
-        let (state, ids) = web();
-        let mut nic = SimulatedNic::new("mlx5", 64);
-        for port in 0..40u16 {
+    /// Records `count` connection attempts (SYN) from one client to port 81, each
+    /// from its own source port.
+    fn record_syns_to_81(nic: &mut SimulatedNic, count: u16) {
+        for port in 0..count {
             nic.record(
                 &Packet {
                     src: "11.0.0.196".parse().unwrap(),
@@ -897,6 +894,15 @@ mod tests {
                 Some(0x02),
             );
         }
+    }
+
+    /// A table smaller than the profile says: ENOMEM part-way makes the NIC plan
+    /// again for what fit, and the second plan goes in.
+    #[test]
+    fn enomem_plans_again_for_a_smaller_table() {
+        let (state, ids) = web();
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        record_syns_to_81(&mut nic, 40);
         let full = {
             let mut probe = SimulatedNic::new("mlx5", 64);
             probe.samples = nic.samples.clone();
@@ -1231,20 +1237,7 @@ mod tests {
         };
         let mut planner = BackgroundPlanner::spawn("test-plan", source).unwrap();
         let mut nic = SimulatedNic::new("mlx5", 64);
-        for port in 0..40u16 {
-            nic.record(
-                &Packet {
-                    src: "11.0.0.196".parse().unwrap(),
-                    dst: "11.0.0.67".parse().unwrap(),
-                    protocol: Protocol::TCP,
-                    l4: L4::Ports {
-                        src: 40000 + port,
-                        dst: 81,
-                    },
-                },
-                Some(0x02),
-            );
-        }
+        record_syns_to_81(&mut nic, 40);
         planner.start(nic.plan_job()).unwrap();
         assert!(matches!(wait_for(&mut planner), PlanOutcome::NoPolicy));
         nic.nic.set_faults(capo_offload::Faults {
