@@ -708,7 +708,7 @@ pub struct PlanResult {
     pub version: u64,
     /// The plan, for [`NicFront::commit_planned`].
     pub planned: Planned,
-    /// Every rule of the version's views, for [`NicFront::plan_reply`].
+    /// Every rule of the version's views, for the offload report.
     pub rules: Vec<capo_policy::views::NumberedRule>,
     /// How long the planner took (snapshot, lowering, plan, views).
     pub took: std::time::Duration,
