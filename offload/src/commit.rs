@@ -362,12 +362,27 @@ impl Committer {
 
     /// Counters of the live generation's rules, by plan index.
     pub fn live_counts<B: FlowBackend>(&self, nic: &mut B) -> Vec<(usize, FlowCount)> {
+        self.live_counts_observed(nic, &mut |_, _| {})
+    }
+
+    /// [`Committer::live_counts`], calling `observe` after each query (a query is a
+    /// call into the device: a thread that also receives packets can serve them
+    /// in between). Only rules with a COUNT action are queried.
+    pub fn live_counts_observed<B: FlowBackend>(
+        &self,
+        nic: &mut B,
+        observe: &mut dyn FnMut(&B, &SoftwareView),
+    ) -> Vec<(usize, FlowCount)> {
         let mut out = Vec::new();
         if let Some(l) = &self.live {
-            for (i, h, _) in &l.handles {
+            for (i, h, r) in &l.handles {
+                if !r.counts() {
+                    continue;
+                }
                 if let Ok(c) = nic.query_count(*h, false) {
                     out.push((*i, c));
                 }
+                observe(nic, &self.sw);
             }
         }
         out

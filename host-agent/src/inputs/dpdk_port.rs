@@ -251,17 +251,21 @@ impl PortNic<'_, '_> {
     }
 
     /// Reads the NIC's rule counters into the embedded dataplane's counters, at
-    /// most once per [`COUNT_INTERVAL`].
-    fn publish_counts(&mut self, embedded: Option<&crate::sinks::embedded::SharedEmbedded>) {
+    /// most once per [`COUNT_INTERVAL`], serving bursts between the queries.
+    fn publish_counts(&mut self, path: &PortPath<'_>) {
         let now = std::time::Instant::now();
         if now < self.counted_at + COUNT_INTERVAL {
             return;
         }
         self.counted_at = now;
-        let Some(e) = embedded else {
+        let Some(e) = path.embedded.as_ref() else {
             return;
         };
-        let counts = self.nic.rule_counts();
+        let mut seen = Vec::new();
+        let counts = self.nic.rule_counts_serving(SERVE_EVERY, &mut |v| {
+            path.serve(&mut |o| v.verdict(o), &mut seen);
+        });
+        self.record(&seen);
         let placements = self
             .report
             .plan
@@ -498,7 +502,7 @@ fn poll(
             // Plans are made on the planner thread; commits run here, on the thread
             // that owns the port's flows, with bursts served between their NIC calls.
             port_nic.maintain(&path);
-            port_nic.publish_counts(path.embedded.as_ref());
+            port_nic.publish_counts(&path);
         }
         seen.clear();
         if !path.serve(&mut |o| port_nic.nic.nic_verdict(o), &mut seen) {

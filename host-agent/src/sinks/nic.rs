@@ -551,8 +551,24 @@ impl<B: FlowBackend> NicFront<B> {
 
     /// NIC packets and bytes per `rule#`, live and retired generations.
     pub(crate) fn rule_counts(&mut self) -> HashMap<u32, (u64, u64)> {
+        self.rule_counts_serving(Duration::MAX, &mut |_| {})
+    }
+
+    /// [`NicFront::rule_counts`], serving packets between its queries (one per
+    /// live rule with a COUNT action) as [`NicFront::commit_planned_serving`]
+    /// does.
+    pub(crate) fn rule_counts_serving(
+        &mut self,
+        every: Duration,
+        serve: &mut dyn FnMut(&NicVerdicts<'_>),
+    ) -> HashMap<u32, (u64, u64)> {
+        let live = self.serving(every, serve, |front, between| {
+            front
+                .committer
+                .live_counts_observed(&mut front.nic, &mut |_, view| between(view))
+        });
         let mut out = self.retired_counts.clone();
-        for (i, c) in self.committer.live_counts(&mut self.nic) {
+        for (i, c) in live {
             if let Some(Some(id)) = self.plan_rule_ids.get(i) {
                 let e = out.entry(*id).or_default();
                 e.0 += c.hits;
@@ -1215,6 +1231,43 @@ mod tests {
         let mut served = 0;
         nic.commit_planned_serving(planned, Duration::MAX, &mut |_| served += 1);
         assert_eq!(served, 0);
+    }
+
+    /// Reading the NIC's counters serves packets between the queries and reads
+    /// what reading without serving reads.
+    #[test]
+    fn rule_counts_serve_packets_between_queries() {
+        let (state, ids) = web();
+        let pkt = Packet {
+            src: "11.0.0.196".parse().unwrap(),
+            dst: "11.0.0.67".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: 40000,
+                dst: 80,
+            },
+        };
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        nic.record(&pkt, Some(0x10));
+        nic.commit(&state, &ids, 1);
+        for _ in 0..3 {
+            assert_eq!(
+                nic.receive(&pkt, 0x10, 100, &mut || Verdict::Deny),
+                (Verdict::Allow, true)
+            );
+        }
+        let NicOutcome::Delivered { mark: Some(mark) } = nic.nic.peek(&headers(&pkt, 0x10)) else {
+            panic!("the allow rule did not mark the packet");
+        };
+        let plain = nic.rule_counts();
+        assert!(plain.values().any(|c| *c == (3, 300)), "{plain:?}");
+        let mut served = Vec::new();
+        let counted = nic.rule_counts_serving(Duration::ZERO, &mut |v| {
+            served.push(v.verdict(NicOutcome::Delivered { mark: Some(mark) }));
+        });
+        assert_eq!(counted, plain);
+        assert!(!served.is_empty());
+        assert!(served.iter().all(|v| *v == Some(Verdict::Allow)));
     }
 
     /// No policy yet: the job ends without a plan. ENOMEM part-way: the commit
