@@ -893,22 +893,24 @@ mod tests {
     use super::*;
     use crate::sinks::fixtures::web;
 
+    /// A TCP packet of the `web` fixture's client to its server.
+    fn web_packet(sport: u16, dport: u16) -> Packet {
+        Packet {
+            src: "11.0.0.196".parse().unwrap(),
+            dst: "11.0.0.67".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: sport,
+                dst: dport,
+            },
+        }
+    }
+
     /// Records `count` connection attempts (SYN) from one client to port 81, each
     /// from its own source port.
     fn record_syns_to_81(nic: &mut SimulatedNic, count: u16) {
         for port in 0..count {
-            nic.record(
-                &Packet {
-                    src: "11.0.0.196".parse().unwrap(),
-                    dst: "11.0.0.67".parse().unwrap(),
-                    protocol: Protocol::TCP,
-                    l4: L4::Ports {
-                        src: 40000 + port,
-                        dst: 81,
-                    },
-                },
-                Some(0x02),
-            );
+            nic.record(&web_packet(40000 + port, 81), Some(0x02));
         }
     }
 
@@ -944,15 +946,7 @@ mod tests {
     fn replans_keep_the_lowering_until_the_policy_changes() {
         let (state, ids) = web();
         let mut nic = SimulatedNic::new("mlx5", 64);
-        let to_port = |port: u16| Packet {
-            src: "11.0.0.196".parse().unwrap(),
-            dst: "11.0.0.67".parse().unwrap(),
-            protocol: Protocol::TCP,
-            l4: L4::Ports {
-                src: 40000,
-                dst: port,
-            },
-        };
+        let to_port = |port: u16| web_packet(40000, port);
         nic.record(&to_port(80), Some(0x10));
         let fresh = |nic: &SimulatedNic, state: &State, ids: &IdTable| {
             let hits = HitCounters {
@@ -1010,15 +1004,7 @@ mod tests {
     fn marks_decide_only_for_resident_generations() {
         let (state, ids) = web();
         let mut nic = SimulatedNic::new("mlx5", 64);
-        let pkt = Packet {
-            src: "11.0.0.196".parse().unwrap(),
-            dst: "11.0.0.67".parse().unwrap(),
-            protocol: Protocol::TCP,
-            l4: L4::Ports {
-                src: 40000,
-                dst: 80,
-            },
-        };
+        let pkt = web_packet(40000, 80);
         // Software saw the flow: the plan places its rule on the NIC.
         assert!(nic.record(&pkt, Some(0x10)));
         nic.commit_plan(&state, &ids, 1);
@@ -1080,15 +1066,7 @@ mod tests {
     fn the_background_planner_plans_while_the_nic_keeps_deciding() {
         let (state, ids) = web();
         let (state, ids) = (Arc::new(state), Arc::new(ids));
-        let flow = |port: u16, sport: u16| Packet {
-            src: "11.0.0.196".parse().unwrap(),
-            dst: "11.0.0.67".parse().unwrap(),
-            protocol: Protocol::TCP,
-            l4: L4::Ports {
-                src: sport,
-                dst: port,
-            },
-        };
+        let flow = |port: u16, sport: u16| web_packet(sport, port);
         let mut nic = SimulatedNic::new("mlx5", 64);
         let mut twin = SimulatedNic::new("mlx5", 64);
         for n in [&mut nic, &mut twin] {
@@ -1171,15 +1149,7 @@ mod tests {
     #[test]
     fn commits_and_retirements_serve_packets_between_nic_calls() {
         let (state, ids) = web();
-        let flow = |sport: u16| Packet {
-            src: "11.0.0.196".parse().unwrap(),
-            dst: "11.0.0.67".parse().unwrap(),
-            protocol: Protocol::TCP,
-            l4: L4::Ports {
-                src: sport,
-                dst: 80,
-            },
-        };
+        let flow = |sport: u16| web_packet(sport, 80);
         let mut nic = SimulatedNic::new("mlx5", 64);
         nic.record(&flow(40000), Some(0x10));
         nic.commit_plan(&state, &ids, 1);
@@ -1238,15 +1208,7 @@ mod tests {
     #[test]
     fn rule_counts_serve_packets_between_queries() {
         let (state, ids) = web();
-        let pkt = Packet {
-            src: "11.0.0.196".parse().unwrap(),
-            dst: "11.0.0.67".parse().unwrap(),
-            protocol: Protocol::TCP,
-            l4: L4::Ports {
-                src: 40000,
-                dst: 80,
-            },
-        };
+        let pkt = web_packet(40000, 80);
         let mut nic = SimulatedNic::new("mlx5", 64);
         nic.record(&pkt, Some(0x10));
         nic.commit(&state, &ids, 1);
