@@ -24,16 +24,16 @@ pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
     let mut deciders = DeciderTable::default();
     let mut rules = Vec::with_capacity(n);
     let mut bounds = Vec::with_capacity(spec.segments.len());
-    for (pieces, kind) in spec.segments {
+    for (fragments, kind) in spec.segments {
         let start = rules.len();
-        for piece in &pieces {
-            deciders.push_rules(piece.fragment.deciders.clone());
-            for (j, r) in piece.fragment.rules.iter().enumerate() {
+        for fragment in &fragments {
+            deciders.push_rules(fragment.deciders.clone());
+            for (j, r) in fragment.rules.iter().enumerate() {
                 let i = rules.len();
                 masks.add(i, r, &protos.reps, &mut slots);
                 rules.push(CRule {
                     act: r.act,
-                    rule_id: piece.fragment.rule_ids.get(j).copied().flatten(),
+                    rule_id: fragment.rule_ids.get(j).copied().flatten(),
                     verify: verify(r),
                 });
             }
@@ -329,8 +329,8 @@ impl AtomSlots {
     }
 
     /// Each slot as a mask of the kinds in use followed by only their bitmaps
-    /// (`sparse`: their sparse lists), atoms in ascending order: the atoms with
-    /// their offsets into the compacted bits, and the bits.
+    /// (`sparse`: their sparse lists), atoms in the order of their first use by a
+    /// rule: the atoms with their offsets into the compacted bits, and the bits.
     fn compact(mut self, sparse: bool) -> (Vec<(AtomId, u32)>, Vec<u64>) {
         let w = self.w;
         self.uses.sort_unstable();
@@ -338,7 +338,6 @@ impl AtomSlots {
         let mut slots = Vec::new();
         let mut compact: Vec<u64> = Vec::new();
         let mut bitmap = vec![0u64; w];
-        // Atoms laid out in the order of their first use by a rule.
         let mut groups: Vec<&[(AtomId, u8, u32)]> = self.uses.chunk_by(|a, b| a.0 == b.0).collect();
         groups.sort_by_key(|g| g.iter().map(|u| u.2).min());
         for atom_uses in groups {

@@ -47,11 +47,6 @@ pub(super) struct Fragment {
     pub(super) rule_ids: Vec<Option<u32>>,
 }
 
-/// A fragment in a program.
-pub(super) struct Piece {
-    pub(super) fragment: Arc<Fragment>,
-}
-
 /// An internal rule before it joins a program: the rule, what names it, its `rule#`.
 pub(super) struct OwnRule {
     pub(super) rule: LRule,
@@ -82,9 +77,10 @@ impl Fragments {
     }
 }
 
-/// A program being assembled: segments of pieces in evaluation order, fallback.
+/// A program being assembled: segments of shared fragments in evaluation order,
+/// fallback.
 pub(super) struct ProgSpec {
-    pub(super) segments: Vec<(Vec<Piece>, SegSpec)>,
+    pub(super) segments: Vec<(Vec<Arc<Fragment>>, SegSpec)>,
     pub(super) fallback: (Verdict, Decider, Option<u32>),
 }
 
@@ -124,22 +120,22 @@ impl ProgSpec {
             deciders: deciders.into(),
             rule_ids,
         });
-        self.segments.push((vec![Piece { fragment }], kind));
+        self.segments.push((vec![fragment], kind));
     }
 
     /// The rules in evaluation order.
     pub(super) fn rules(&self) -> impl Iterator<Item = &LRule> {
         self.segments
             .iter()
-            .flat_map(|(pieces, _)| pieces.iter())
-            .flat_map(|p| p.fragment.rules.iter())
+            .flat_map(|(fragments, _)| fragments.iter())
+            .flat_map(|f| f.rules.iter())
     }
 
     pub(super) fn rule_count(&self) -> usize {
         self.segments
             .iter()
-            .flat_map(|(pieces, _)| pieces.iter())
-            .map(|p| p.fragment.rules.len())
+            .flat_map(|(fragments, _)| fragments.iter())
+            .map(|f| f.rules.len())
             .sum()
     }
 }
@@ -194,13 +190,13 @@ impl Builder {
             if keys.is_empty() {
                 continue;
             }
-            let mut pieces = Vec::new();
+            let mut fragments = Vec::new();
             for key in keys.iter().filter(|k| !k.is_staged()) {
                 deps.uses_policy(key);
                 let Some(fragment) = self.policy_fragment(state, ids, key, &tier.name, dir) else {
                     continue;
                 };
-                pieces.push(Piece { fragment });
+                fragments.push(fragment);
             }
             let end_drop = (end_of_tier_drop && tier.drops_at_end(dir)).then(|| {
                 (
@@ -210,7 +206,7 @@ impl Builder {
                     ids.tier_rule(&tier.name),
                 )
             });
-            spec.segments.push((pieces, SegSpec::Tier(end_drop)));
+            spec.segments.push((fragments, SegSpec::Tier(end_drop)));
         }
     }
 
@@ -228,8 +224,7 @@ impl Builder {
             let Some(fragment) = self.profile_fragment(state, ids, name, dir) else {
                 continue;
             };
-            spec.segments
-                .push((vec![Piece { fragment }], SegSpec::Profile));
+            spec.segments.push((vec![fragment], SegSpec::Profile));
         }
     }
 

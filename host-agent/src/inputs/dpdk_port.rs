@@ -22,7 +22,7 @@
 
 #[cfg(feature = "dpdk")]
 use crate::sinks::nic::{
-    BackgroundPlanner, Committed, NicFront, PlanOutcome, PlanResult, PolicyVersion,
+    BackgroundPlanner, Committed, NicFront, NicVerdicts, PlanOutcome, PlanResult, PolicyVersion,
 };
 
 /// Why the port could not be used.
@@ -262,9 +262,9 @@ impl PortNic<'_, '_> {
             return;
         };
         let mut seen = Vec::new();
-        let counts = self.nic.rule_counts_serving(SERVE_EVERY, &mut |v| {
-            path.serve(&mut |o| v.verdict(o), &mut seen);
-        });
+        let counts = self
+            .nic
+            .rule_counts_serving(SERVE_EVERY, &mut path.serving(&mut seen));
         self.record(&seen);
         let placements = self
             .report
@@ -283,9 +283,8 @@ impl PortNic<'_, '_> {
         let now = std::time::Instant::now();
         if self.retire_at.is_some_and(|t| now >= t) {
             let mut seen = Vec::new();
-            self.nic.retire_previous_serving(SERVE_EVERY, &mut |v| {
-                path.serve(&mut |o| v.verdict(o), &mut seen);
-            });
+            self.nic
+                .retire_previous_serving(SERVE_EVERY, &mut path.serving(&mut seen));
             self.record(&seen);
             self.retire_at = None;
         }
@@ -316,21 +315,10 @@ impl PortNic<'_, '_> {
             }
             return;
         }
-        let Some(snapshot) = crate::core::daemon::lock(daemon).snapshot() else {
-            return;
-        };
         let t0 = std::time::Instant::now();
-        let planned = job.run(&snapshot.state, &snapshot.ids, snapshot.generation);
-        let rules = capo_policy::Views::new(&snapshot.state, &snapshot.ids)
-            .with_compact_sets()
-            .numbered_rules();
-        let result = PlanResult {
-            version: snapshot.generation,
-            planned,
-            rules,
-            took: t0.elapsed(),
-        };
-        self.commit(result, path);
+        if let Some(version) = policy_version(daemon) {
+            self.commit(job.run_for(&version, t0), path);
+        }
     }
 
     /// Commits a plan: the NIC's new generation, the previous one retired after the
@@ -338,11 +326,11 @@ impl PortNic<'_, '_> {
     fn commit(&mut self, result: PlanResult, path: &PortPath<'_>) {
         let t0 = std::time::Instant::now();
         let mut seen = Vec::new();
-        let committed = self
-            .nic
-            .commit_planned_serving(result.planned, SERVE_EVERY, &mut |v| {
-                path.serve(&mut |o| v.verdict(o), &mut seen);
-            });
+        let committed = self.nic.commit_planned_serving(
+            result.planned,
+            SERVE_EVERY,
+            &mut path.serving(&mut seen),
+        );
         self.record(&seen);
         let summary = match committed {
             Committed::Done(summary) => summary,
@@ -449,6 +437,29 @@ impl PortPath<'_> {
         drop(self.port.tx_burst(0, allowed));
         true
     }
+
+    /// What a commit, a retirement or a counter read hands its NIC verdicts to
+    /// between NIC calls: one burst served with them, its flows added to `seen`.
+    fn serving<'s>(
+        &'s self,
+        seen: &'s mut Vec<capo_classifier::ParsedPacket>,
+    ) -> impl FnMut(&NicVerdicts<'_>) + 's {
+        move |v| {
+            self.serve(&mut |o| v.verdict(o), seen);
+        }
+    }
+}
+
+/// The policy in force as the NIC planner takes it.
+#[cfg(feature = "dpdk")]
+fn policy_version(daemon: &crate::core::daemon::SharedDaemon) -> Option<PolicyVersion> {
+    crate::core::daemon::lock(daemon)
+        .snapshot()
+        .map(|s| PolicyVersion {
+            version: s.generation,
+            state: s.state,
+            ids: s.ids,
+        })
 }
 
 #[cfg(feature = "dpdk")]
@@ -464,15 +475,7 @@ fn poll(
     }
     let planner = {
         let daemon = daemon.clone();
-        BackgroundPlanner::spawn("capo-port-plan", move || {
-            crate::core::daemon::lock(&daemon)
-                .snapshot()
-                .map(|s| PolicyVersion {
-                    version: s.generation,
-                    state: s.state,
-                    ids: s.ids,
-                })
-        })
+        BackgroundPlanner::spawn("capo-port-plan", move || policy_version(&daemon))
     };
     let planner = planner
         .map_err(|e| tracing::error!("port NIC planner thread: {e}; planning on the port thread"))

@@ -35,6 +35,7 @@ pub struct Embedded {
     scratch: Vec<Verdict>,
     nic: Option<std::sync::Mutex<SimulatedNic>>,
     /// Counts the policies committed: the NIC keeps its lowering while it stays.
+    /// Not the classifier generation's id, which starts again with a new builder.
     policy_version: u64,
     /// Packets the NIC decided, per (sw_if_index, direction): allowed, denied.
     nic_verdicts: std::collections::HashMap<(u32, Direction), capo_classifier::VerdictCount>,

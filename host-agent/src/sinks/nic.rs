@@ -210,6 +210,21 @@ impl PlanJob {
             rule_ids,
         }
     }
+
+    /// [`PlanJob::run`] on `version`, with the views' rules the offload report
+    /// lists; `took` counts from `since`.
+    pub fn run_for(self, version: &PolicyVersion, since: Instant) -> PlanResult {
+        let planned = self.run(&version.state, &version.ids, version.version);
+        let rules = capo_policy::Views::new(&version.state, &version.ids)
+            .with_compact_sets()
+            .numbered_rules();
+        PlanResult {
+            version: version.version,
+            planned,
+            rules,
+            took: since.elapsed(),
+        }
+    }
 }
 
 /// Plans made again for a smaller table after ENOMEM, per commit.
@@ -727,7 +742,7 @@ pub struct PlanResult {
     /// Every rule of the version's views, for the offload report.
     pub rules: Vec<capo_policy::views::NumberedRule>,
     /// How long the planner took (snapshot, lowering, plan, views).
-    pub took: std::time::Duration,
+    pub took: Duration,
 }
 
 /// What a [`BackgroundPlanner`] job came to.
@@ -773,20 +788,9 @@ impl BackgroundPlanner {
             .name(name.to_string())
             .spawn(move || {
                 for job in job_rx {
-                    let t0 = std::time::Instant::now();
+                    let t0 = Instant::now();
                     let outcome = match source() {
-                        Some(p) => {
-                            let planned = job.run(&p.state, &p.ids, p.version);
-                            let rules = capo_policy::Views::new(&p.state, &p.ids)
-                                .with_compact_sets()
-                                .numbered_rules();
-                            PlanOutcome::Planned(Box::new(PlanResult {
-                                version: p.version,
-                                planned,
-                                rules,
-                                took: t0.elapsed(),
-                            }))
-                        }
+                        Some(p) => PlanOutcome::Planned(Box::new(job.run_for(&p, t0))),
                         None => PlanOutcome::NoPolicy,
                     };
                     if done_tx.send(outcome).is_err() {
