@@ -478,3 +478,122 @@ fn the_agent_keeps_the_interfaces_across_deltas() {
     assert!(plugin.show(Show::Ipsets, 0).contains("11.0.0.199/32"));
     assert_eq!(policed(), first);
 }
+
+/// With a NIC share (`--nic vpp-flow`): each generation's share follows the
+/// generation, and before a new generation is pushed the old generation's marks
+/// leave the NIC (a share of the generation the plugin still holds, without them).
+#[test]
+fn the_nic_share_follows_each_generation_old_marks_out_first() {
+    use capo_agent::core::daemon::{Daemon, FelixOptions};
+    use capo_agent::sinks::vpp::{NicShareConfig, VppSink};
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-share", std::process::id()));
+    let path = dir.join("capo.sock");
+    let listener = bind_path(&path, 0o660, None).unwrap();
+    let plugin = Arc::new(Plugin::new(PluginConfig::default()));
+    let core = Arc::new(Mutex::new(plugin.control_core(FakeVpp::with(&[
+        ("tun3", 11),
+        ("tap0", 1),
+        ("uplink0", 3),
+    ]))));
+    let (server_core, reader) = (Arc::clone(&core), Arc::clone(&plugin));
+    std::thread::spawn(move || serve(listener, server_core, reader, |_| {}));
+
+    let share = NicShareConfig {
+        capacity: 64,
+        uplinks: vec!["uplink0".into(), "eth9".into()],
+    };
+    let vpp = VppSink::with_nic_share(path.clone(), Vec::new(), Some(share));
+    let handle = vpp.handle();
+    let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
+    d.add_sink(Box::new(vpp));
+    let daemon = Arc::new(Mutex::new(d));
+    let shares = || core.lock().unwrap().context().shares.clone();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{what}: {:?}",
+                shares()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let seed = seed();
+    assert!(capo_agent::inputs::felix_stream::feed(&daemon, &seed));
+    wait("generation 1's share", &|| {
+        shares().iter().any(|s| s.generation == 1)
+    });
+    let first = shares().into_iter().find(|s| s.generation == 1).unwrap();
+    // The seed's allow of TCP 5978 from ts1 (IPv4 and IPv6): two marks, after the
+    // generation was published, to the policed interface and the known uplink.
+    assert_eq!(first.rules.len(), 2, "{first:?}");
+    assert_eq!(first.after_commits, 1);
+    assert_eq!(first.targets.uplinks, vec!["uplink0", "eth9"]);
+    assert!(first
+        .targets
+        .policed
+        .contains(&capo_vpp_plugin::SwIfIndex(11)));
+    let marks: Vec<u32> = first
+        .rules
+        .iter()
+        .map(|r| match r.action {
+            capo_vpp_plugin::share::FlowAction::Mark(m) => m,
+            capo_vpp_plugin::share::FlowAction::Drop => panic!("a drop: {r:?}"),
+        })
+        .collect();
+    for m in &marks {
+        let mark = capo_vpp_plugin::mark::NicMarks::default()
+            .decode(*m)
+            .unwrap();
+        assert_eq!(mark.gen_tag, capo_vpp_plugin::mark::gen_tag(1));
+    }
+    wait("the status", &|| handle.status().share_generation == 1);
+    let status = handle.status();
+    assert_eq!(status.share_rules, 2);
+    // Every policed interface and the known uplink report; `eth9` is unknown.
+    assert!(
+        status.flow_layer.iter().any(|i| i.interface == "uplink0"),
+        "{status:?}"
+    );
+
+    // The allowed port changes: generation 2.
+    let mut update = seed
+        .iter()
+        .find(|m| {
+            matches!(
+                m.payload,
+                Some(pb::to_dataplane::Payload::ActivePolicyUpdate(_))
+            )
+        })
+        .unwrap()
+        .clone();
+    if let Some(pb::to_dataplane::Payload::ActivePolicyUpdate(u)) = update.payload.as_mut() {
+        for r in &mut u.policy.as_mut().unwrap().inbound_rules {
+            for p in &mut r.dst_ports {
+                if p.first == 5978 {
+                    (p.first, p.last) = (5980, 5980);
+                }
+            }
+        }
+    }
+    assert!(capo_agent::inputs::felix_stream::feed(&daemon, &[update]));
+    wait("generation 2's share", &|| {
+        shares().iter().any(|s| s.generation == 2)
+    });
+    let all = shares();
+    let second = all.iter().position(|s| s.generation == 2).unwrap();
+    // Just before it: generation 1's share without its marks, while the plugin still
+    // held generation 1 (one commit so far).
+    let withdrawal = all[..second]
+        .iter()
+        .rev()
+        .find(|s| s.rules.is_empty())
+        .unwrap_or_else(|| panic!("no withdrawal before generation 2: {all:?}"));
+    assert_eq!((withdrawal.generation, withdrawal.after_commits), (1, 1));
+    assert_eq!(all[second].after_commits, 2);
+    assert_eq!(all[second].rules.len(), 2);
+    assert!(all[second].rules.iter().all(|r| !first.rules.contains(r)));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -253,6 +253,144 @@ fn seed_netcat_test_views_and_counters_on_vpp() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `emulated NIC …: F flows, D packets dropped, M marked` for `iface` in `show capo
+/// offload`: (F, M).
+fn emulated(offload: &str, iface: &str) -> (u64, u64) {
+    let mut lines = offload.lines();
+    lines
+        .by_ref()
+        .find(|l| l.contains(&format!(" {iface} (sw_if_index")))
+        .unwrap_or_else(|| panic!("no line for {iface}: {offload}"));
+    let line = lines
+        .next()
+        .filter(|l| l.contains("emulated NIC"))
+        .unwrap_or_else(|| panic!("{iface} is not emulated: {offload}"));
+    let number_before = |word: &str| -> u64 {
+        line.split(',')
+            .find(|part| part.contains(word))
+            .and_then(|part| part.split_whitespace().rev().nth(1))
+            .or_else(|| {
+                line.split(',')
+                    .find(|part| part.contains(word))
+                    .and_then(|part| part.split_whitespace().nth_back(1))
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {word} in {line:?}"))
+    };
+    let flows = line
+        .split(':')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no flows in {line:?}"));
+    (flows, number_before("marked"))
+}
+
+/// The NIC share through VPP's flow layer (`--nic vpp-flow`), with real packets. The
+/// rig's af_packet driver takes no flows, so ts1's interface (where ts1's traffic
+/// enters: ts1 is on another node, so this is the uplink) runs under `capo test
+/// flow-emulation`, which gives its driver VPP flow operations and applies the
+/// flows to each received frame as a NIC would, stamping a MARK into the buffer's
+/// flow_id. ts2's interface (af_packet, policed) stays fallback-only.
+#[test]
+fn nic_share_through_vpps_flow_layer_on_vpp() {
+    require_vpp!();
+    let (dir, vpp, ts1, ts2) = seed_rig("flow-layer", 0);
+    let emulate = vpp.ctl(&format!("capo test flow-emulation {}", ts1.vpp_if));
+    assert!(!emulate.contains("error"), "{emulate}");
+    let manifests = seed_manifests(&dir, &ts2.vpp_if, 5978);
+    let agent = Agent::start(
+        &vpp,
+        &manifests,
+        &dir,
+        &["--nic", "vpp-flow:64", "--vpp-uplink", &ts1.vpp_if],
+    );
+    // The seed's allow (TCP 5978 from ts1, IPv4 and IPv6) has no earlier rule that
+    // decides otherwise: two MARK flows, on the uplink's (emulated) hardware.
+    let uplink = format!("uplink {} (sw_if_index", ts1.vpp_if);
+    wait_for(WAIT, "the share on the uplink", || {
+        vpp.ctl("show capo offload").lines().any(|l| {
+            l.contains(&uplink)
+                && l.contains("the driver takes flows: 2 of 2 share rules installed")
+        })
+    });
+    let offload = vpp.ctl("show capo offload");
+    let ts2_line = offload
+        .lines()
+        .find(|l| l.contains(&format!(" {} (sw_if_index", ts2.vpp_if)))
+        .unwrap_or_else(|| panic!("no line for ts2: {offload}"));
+    assert!(ts2_line.contains("fallback-only"), "{offload}");
+    assert_eq!(emulated(&offload, &ts1.vpp_if), (2, 0), "{offload}");
+
+    // Real packets: 5978 is allowed by the NIC's mark, 5979 is denied in software.
+    assert_seed_enforced(&ts1, &ts2, &dir, true);
+    let offload = vpp.ctl("show capo offload");
+    let (_, marked) = emulated(&offload, &ts1.vpp_if);
+    assert!(marked >= 4, "{offload}");
+    let counters = vpp.ctl("show capo counters");
+    let accepted: u64 = counters
+        .split("NIC verdicts accepted: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{counters}"));
+    assert!(accepted >= marked.min(4), "{counters}\n{offload}");
+    assert!(
+        counters.contains("NIC marks from an unknown generation: 0"),
+        "{counters}"
+    );
+    // capoctl offload says the same over the agent's API.
+    let (rc, text, err) = agent.capoctl(&["offload"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        text.starts_with("nic vpp-flow:64 (offload available)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{} (sw_if_index {}, driver af-packet): 2 rules installed, 0 refused",
+            ts1.vpp_if,
+            ts1.sw_if_index(&vpp)
+        )),
+        "{text}"
+    );
+
+    // A new policy: the old generation's marks leave the NIC before it is pushed,
+    // the new generation's go in after.
+    let before = vpp.ctl("show capo offload");
+    write_seed(&manifests, &ts2.vpp_if, 5980);
+    wait_for(WAIT, "the new share", || {
+        let now = vpp.ctl("show capo offload");
+        now != before
+            && now.contains("2 of 2 share rules installed")
+            && !now
+                .lines()
+                .any(|l| l.contains("NIC share:") && before.contains(l))
+    });
+    let offload = vpp.ctl("show capo offload");
+    let (flows, marked_before) = emulated(&offload, &ts1.vpp_if);
+    assert_eq!(flows, 2, "{offload}");
+    assert!(netcat(&ts1, &ts2, 5980, false, &dir), "5980 must connect");
+    assert!(
+        !netcat(&ts1, &ts2, 5978, false, &dir),
+        "5978 must be dropped now"
+    );
+    let (_, marked_after) = emulated(&vpp.ctl("show capo offload"), &ts1.vpp_if);
+    assert!(marked_after > marked_before, "{offload}");
+    let counters = vpp.ctl("show capo counters");
+    assert!(
+        counters.contains("NIC marks from an unknown generation: 0"),
+        "{counters}"
+    );
+    assert!(
+        !agent.log().contains("refused the NIC share"),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn explicit_and_calicovpp_bindings_on_vpp() {
     require_vpp!();

@@ -15,6 +15,11 @@ pub enum OffloadMode {
     VersionedGroups,
     /// Only DROP rules with no conflicting earlier rule, updated monotonically.
     DropOnly,
+    /// One flat table without priorities (VPP's flow layer): drops and MARKed
+    /// decisions, each with no overlapping earlier rule that decides otherwise, so
+    /// that no two rules' order matters; the marks name the generation, and a new
+    /// generation's rules go in only after the old ones are out.
+    FlatMarks,
     /// No offload: software decides everything.
     SoftwareOnly,
 }
@@ -64,6 +69,10 @@ pub struct NicCaps {
     pub port_prefix_masks: bool,
     /// The IPv4 protocol field matched on its own (a protocol without an L4 item).
     pub ipv4_proto: bool,
+    /// Without groups, MARKed decisions may still go down, in one table without
+    /// priorities ([`OffloadMode::FlatMarks`]): the table takes two rules of the same
+    /// pattern with different marks, and software holds every generation a mark names.
+    pub flat_marks: bool,
 }
 
 impl NicCaps {
@@ -105,6 +114,7 @@ impl NicCaps {
             icmp6: true,
             port_prefix_masks: true,
             ipv4_proto: true,
+            flat_marks: false,
         }
     }
 
@@ -151,6 +161,7 @@ impl NicCaps {
             icmp6: false,
             port_prefix_masks: false,
             ipv4_proto: false,
+            flat_marks: false,
         }
     }
 
@@ -192,6 +203,31 @@ impl NicCaps {
             icmp6: false,
             port_prefix_masks: true,
             ipv4_proto: false,
+            flat_marks: false,
+        }
+    }
+
+    /// VPP's flow layer (`vnet/flow`, VPP 26.06), through which the capo VPP plugin
+    /// installs the NIC share on the NIC VPP's driver owns
+    /// (`src/vnet/flow/flow.h`): `ipv4-n-tuple` and `ipv6-n-tuple` flows (addresses
+    /// with masks, protocol exact or any, TCP/UDP ports with masks) with a DROP or
+    /// MARK action; no groups and no priority field (dpdk's backend puts every flow
+    /// in group 0 at priority 0), so flat-marks mode; no TCP flags, ranges, ICMP or
+    /// SCTP fields. Marks are 32 bits in the layer (the buffer's `flow_id`); 24 are
+    /// used, as on mlx5. What the driver underneath refuses stays in software, rule
+    /// by rule.
+    pub fn vpp_flow_layer(capacity: u32) -> Self {
+        NicCaps {
+            name: "vpp-flow",
+            flow_api: true,
+            capacity,
+            ip_prefix_masks: true,
+            ipv6: true,
+            mark_bits: 24,
+            port_prefix_masks: true,
+            ipv4_proto: true,
+            flat_marks: true,
+            ..NicCaps::none("vpp-flow")
         }
     }
 
@@ -231,6 +267,7 @@ impl NicCaps {
             icmp6: false,
             port_prefix_masks: false,
             ipv4_proto: false,
+            flat_marks: false,
         }
     }
 
@@ -240,6 +277,8 @@ impl NicCaps {
             OffloadMode::SoftwareOnly
         } else if self.groups && !self.groups_ignored && self.mark_bits >= 8 {
             OffloadMode::VersionedGroups
+        } else if self.flat_marks && self.mark_bits >= 8 {
+            OffloadMode::FlatMarks
         } else {
             OffloadMode::DropOnly
         }

@@ -113,7 +113,12 @@ impl Committer {
     ) -> CommitOutcome {
         match plan.mode {
             OffloadMode::VersionedGroups => self.commit_groups(nic, plan, observe),
-            OffloadMode::DropOnly => self.commit_drop_only(nic, plan, observe),
+            // Flat marks commit as drops do: a mark names its generation, so the old
+            // generation's marked rules differ from the new ones and leave before
+            // software switches (break before make); then the new ones go in.
+            OffloadMode::DropOnly | OffloadMode::FlatMarks => {
+                self.commit_drop_only(nic, plan, observe)
+            }
             OffloadMode::SoftwareOnly => {
                 self.sw.resident.insert(plan.generation);
                 observe(nic, &self.sw);

@@ -49,9 +49,12 @@ pub enum Show {
 pub const SHOW_HELP: &str =
     "show capo interfaces|ipsets|policies [verbose]|rules|generations|counters|flows [verbose]|offload";
 
-/// One interface with capo's feature, as VPP's flow layer answered for it.
+/// One interface with capo's feature (or an uplink the NIC share goes on), as VPP's
+/// flow layer answered for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffloadRow {
+    /// An uplink of the share without capo's feature.
+    pub uplink: bool,
     /// VPP's name of the interface.
     pub name: String,
     /// Its index.
@@ -60,46 +63,80 @@ pub struct OffloadRow {
     pub driver: String,
     /// What enabling a canary MARK flow on it returned: 0, or a `VNET_FLOW_ERROR_*`.
     pub flow_layer: i32,
+    /// Under `capo test flow-emulation`: flows enabled, packets dropped and marked.
+    pub emulated: Option<(u32, u64, u64)>,
 }
 
-/// VPP's flow errors (`foreach_flow_error` in `vnet/flow/flow.h`).
-pub fn flow_error_name(code: i32) -> &'static str {
-    match code {
-        -1 => "not supported",
-        -2 => "already done",
-        -3 => "already exists",
-        -4 => "no such entry",
-        -5 => "no such interface",
-        -6 => "internal error",
-        _ => "unknown flow error",
-    }
+/// The NIC share the plugin holds, for `show capo offload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShareSummary {
+    /// The generation it was planned on (0: none yet).
+    pub generation: u64,
+    /// Its rules (drops and marks).
+    pub rules: usize,
+    /// What each hardware interface took.
+    pub interfaces: Vec<capo_proto::capo::agent::v1::FlowLayerInterface>,
 }
 
 /// Renders `show capo offload`.
-pub fn render_offload(rows: &[OffloadRow]) -> String {
+pub fn render_offload(rows: &[OffloadRow], share: &ShareSummary) -> String {
     if rows.is_empty() {
-        return "capo offload: no interface has capo's feature enabled\n".to_string();
+        return "capo offload: no interface has capo's feature enabled and no uplink has the NIC share\n".to_string();
     }
     let mut out = String::from(
         "capo offload through VPP's flow layer (a canary MARK flow per interface, added and removed again):\n",
     );
+    if share.generation == 0 && share.rules == 0 {
+        out.push_str("  NIC share: none (the agent installs one with --nic vpp-flow)\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "  NIC share: {} rules planned on generation {}",
+            share.rules, share.generation
+        );
+    }
     for r in rows {
-        let verdict = if r.flow_layer == 0 {
-            "the driver takes flows; capo does not install its NIC share through the flow layer yet: every rule in software".to_string()
-        } else {
-            format!(
+        let on_hw = share
+            .interfaces
+            .iter()
+            .find(|i| i.sw_if_index == r.sw_if_index);
+        let verdict = match on_hw {
+            _ if r.flow_layer != 0 => format!(
                 "fallback-only: the flow layer refused the canary ({}): every rule in software",
-                flow_error_name(r.flow_layer)
-            )
+                crate::share::flow_error_name(r.flow_layer)
+            ),
+            Some(i) if i.refused > 0 => format!(
+                "the driver takes flows: {} of {} share rules installed, {} refused ({}); those stay in software",
+                i.installed, share.rules, i.refused, i.detail
+            ),
+            Some(i) => format!(
+                "the driver takes flows: {} of {} share rules installed",
+                i.installed, share.rules
+            ),
+            None if share.rules == 0 => {
+                "the driver takes flows; no share rules: every rule in software".to_string()
+            }
+            // Another policed interface on the same hardware carries the share.
+            None => "the driver takes flows; the share is on its hardware's first policed interface".to_string(),
         };
         let _ = writeln!(
             out,
-            "  {} (sw_if_index {}, driver {}): {verdict}",
-            r.name, r.sw_if_index, r.driver
+            "  {}{} (sw_if_index {}, driver {}): {verdict}",
+            if r.uplink { "uplink " } else { "" },
+            r.name,
+            r.sw_if_index,
+            r.driver
         );
+        if let Some((flows, dropped, marked)) = r.emulated {
+            let _ = writeln!(
+                out,
+                "    emulated NIC (capo test flow-emulation): {flows} flows, {dropped} packets dropped, {marked} marked"
+            );
+        }
     }
     out
 }
+
 /// Help for `clear capo`.
 pub const CLEAR_HELP: &str = "clear capo counters";
 
@@ -377,31 +414,64 @@ mod tests {
     #[test]
     fn offload_view_says_why_each_interface_is_fallback_only() {
         assert_eq!(
-            render_offload(&[]),
-            "capo offload: no interface has capo's feature enabled\n"
+            render_offload(&[], &ShareSummary::default()),
+            "capo offload: no interface has capo's feature enabled and no uplink has the NIC share\n"
         );
         let rows = [
             OffloadRow {
                 name: "pg1".into(),
                 sw_if_index: 2,
+                uplink: false,
                 driver: "pg".into(),
                 flow_layer: -1,
+                emulated: None,
             },
             OffloadRow {
                 name: "HundredGigabitEthernet3/0/0".into(),
                 sw_if_index: 3,
+                uplink: true,
                 driver: "dpdk".into(),
                 flow_layer: 0,
+                emulated: Some((2, 40, 0)),
             },
         ];
-        let text = render_offload(&rows);
+        let text = render_offload(&rows, &ShareSummary::default());
         assert!(text.contains("pg1 (sw_if_index 2, driver pg): fallback-only: the flow layer refused the canary (not supported)"), "{text}");
+        assert!(text.contains("NIC share: none"), "{text}");
         assert!(
-            text.contains("driver dpdk): the driver takes flows"),
+            text.contains("driver dpdk): the driver takes flows; no share rules"),
             "{text}"
         );
-        assert_eq!(flow_error_name(-6), "internal error");
-        assert_eq!(flow_error_name(-99), "unknown flow error");
+        let share = ShareSummary {
+            generation: 7,
+            rules: 3,
+            interfaces: vec![capo_proto::capo::agent::v1::FlowLayerInterface {
+                interface: "HundredGigabitEthernet3/0/0".into(),
+                sw_if_index: 3,
+                driver: "dpdk".into(),
+                takes_flows: true,
+                installed: 2,
+                refused: 1,
+                detail: "refused: internal error".into(),
+            }],
+        };
+        let text = render_offload(&rows, &share);
+        assert!(
+            text.contains("NIC share: 3 rules planned on generation 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  uplink HundredGigabitEthernet3/0/0 (sw_if_index 3, driver dpdk)"),
+            "{text}"
+        );
+        assert!(text.contains("driver dpdk): the driver takes flows: 2 of 3 share rules installed, 1 refused (refused: internal error)"), "{text}");
+        assert!(
+            text.contains("pg1 (sw_if_index 2, driver pg): fallback-only"),
+            "{text}"
+        );
+        assert!(text.contains("    emulated NIC (capo test flow-emulation): 2 flows, 40 packets dropped, 0 marked"), "{text}");
+        assert_eq!(crate::share::flow_error_name(-6), "internal error");
+        assert_eq!(crate::share::flow_error_name(-99), "unknown flow error");
     }
 
     #[test]

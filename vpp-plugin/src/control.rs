@@ -74,7 +74,7 @@ use capo_felix::frame::{FrameError, FrameReader, FrameWriter};
 use capo_policy::{IdTable, State, Update};
 use capo_proto::capo::dataplane::v1::{
     from_plugin, to_plugin, Applied, ChunkReceived, FromPlugin, Generation as PbGeneration,
-    HelloReply, ToPlugin,
+    HelloReply, NicShare, NicShareApplied, ToPlugin,
 };
 use prost::Message;
 
@@ -83,6 +83,8 @@ use crate::config::PluginConfig;
 use crate::generation::{
     policed_interfaces, Generation, GenerationCell, InterfacesSeen, Snapshot, SwIfIndex, UNRESOLVED,
 };
+use crate::share::FlowLayerRule;
+use capo_proto::capo::agent::v1 as api;
 use capo_proto::capo::agent::v1::CountersReply;
 use capo_proto::capo::dataplane::v1::{BoundInterface, ShowReply, ShowRequest};
 
@@ -193,6 +195,39 @@ pub trait VppContext: Send {
     ///
     /// [`ContextError`] if a feature cannot be changed; then nothing was published.
     fn commit(&mut self, commit: Commit) -> Result<(), ContextError>;
+
+    /// Installs a NIC share (planned on `generation`) through VPP's flow layer on the
+    /// hardware under the `policed` interfaces, under VPP's worker barrier, replacing
+    /// the last share ([`crate::share::ShareState::apply`]); what each hardware
+    /// interface took.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError::Unavailable`] when VPP cannot be asked.
+    fn install_share(
+        &mut self,
+        generation: u64,
+        rules: Vec<FlowLayerRule>,
+        targets: ShareTargets,
+    ) -> Result<ShareOutcome, ContextError>;
+}
+
+/// Where a NIC share goes: the hardware under these interfaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShareTargets {
+    /// The interfaces the active generation polices.
+    pub policed: Vec<SwIfIndex>,
+    /// Uplinks, by VPP's name.
+    pub uplinks: Vec<String>,
+}
+
+/// What installing a NIC share did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShareOutcome {
+    /// Per hardware interface.
+    pub interfaces: Vec<api::FlowLayerInterface>,
+    /// Uplinks VPP has no interface of.
+    pub unknown_uplinks: Vec<String>,
 }
 
 /// The agent connection, as `show capo generations` reports it.
@@ -577,6 +612,9 @@ impl<C: VppContext> ControlCore<C> {
                 }
                 Err((id, e)) => from_plugin::Msg::Applied(self.refused(id, false, 0, e, now)),
             },
+            Some(to_plugin::Msg::NicShare(share)) => {
+                from_plugin::Msg::NicShare(self.on_nic_share(&share))
+            }
             Some(to_plugin::Msg::Show(_) | to_plugin::Msg::Counters(_)) | None => {
                 // Read-only requests are answered by `serve_connection` without the
                 // core; reaching here means an empty or unknown message.
@@ -589,6 +627,40 @@ impl<C: VppContext> ControlCore<C> {
             }
         };
         FromPlugin { msg: Some(reply) }
+    }
+
+    /// Installs a NIC share on the hardware under the interfaces the active
+    /// generation polices; a share planned on another generation is refused whole.
+    fn on_nic_share(&mut self, share: &NicShare) -> NicShareApplied {
+        let active = self.cell.active_id();
+        let refused = |error: String| NicShareApplied {
+            generation: share.generation,
+            error,
+            ..NicShareApplied::default()
+        };
+        let rules = match crate::share::validate_share(share, active) {
+            Ok(rules) => rules,
+            Err(e) => return refused(e.to_string()),
+        };
+        let targets = ShareTargets {
+            policed: self
+                .cell
+                .load()
+                .map(|g| g.interfaces().iter().map(|i| i.sw_if_index).collect())
+                .unwrap_or_default(),
+            uplinks: share.uplinks.clone(),
+        };
+        let count = rules.len() as u32;
+        match self.ctx.install_share(share.generation, rules, targets) {
+            Ok(outcome) => NicShareApplied {
+                generation: share.generation,
+                error: String::new(),
+                rules: count,
+                interfaces: outcome.interfaces,
+                unknown_uplinks: outcome.unknown_uplinks,
+            },
+            Err(e) => refused(e.to_string()),
+        }
     }
 
     /// Records that the agent connection ended (fail-static: nothing else changes).
@@ -1405,6 +1477,22 @@ pub struct FakeVpp {
     pub commits: Vec<(u64, Vec<SwIfIndex>, Vec<SwIfIndex>)>,
     /// Refuse commits (as VPP does when a feature cannot be enabled).
     pub fail_commits: bool,
+    /// Every NIC share, in order.
+    pub shares: Vec<FakeShare>,
+}
+
+/// A NIC share [`FakeVpp`] was handed.
+#[cfg(any(test, feature = "testutils"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeShare {
+    /// The generation it was planned on.
+    pub generation: u64,
+    /// Its rules.
+    pub rules: Vec<FlowLayerRule>,
+    /// Where it goes.
+    pub targets: ShareTargets,
+    /// Commits (generations published) before it.
+    pub after_commits: usize,
 }
 
 #[cfg(any(test, feature = "testutils"))]
@@ -1419,6 +1507,7 @@ impl FakeVpp {
             enabled: BTreeSet::new(),
             commits: Vec::new(),
             fail_commits: false,
+            shares: Vec::new(),
         }
     }
 
@@ -1472,5 +1561,45 @@ impl VppContext for FakeVpp {
         self.commits.push((c.next.id(), c.enable, c.disable));
         c.cell.publish(c.next);
         Ok(())
+    }
+
+    /// Records the share; every policed interface and known uplink "takes" every
+    /// rule.
+    fn install_share(
+        &mut self,
+        generation: u64,
+        rules: Vec<FlowLayerRule>,
+        targets: ShareTargets,
+    ) -> Result<ShareOutcome, ContextError> {
+        let mut out = ShareOutcome::default();
+        let mut on: Vec<(String, SwIfIndex)> = targets
+            .policed
+            .iter()
+            .map(|i| (format!("fake{}", i.0), *i))
+            .collect();
+        for name in &targets.uplinks {
+            match self.interfaces.get(name) {
+                Some(i) => on.push((name.clone(), *i)),
+                None => out.unknown_uplinks.push(name.clone()),
+            }
+        }
+        out.interfaces = on
+            .into_iter()
+            .map(|(interface, i)| api::FlowLayerInterface {
+                interface,
+                sw_if_index: i.0,
+                driver: "fake".into(),
+                takes_flows: true,
+                installed: rules.len() as u32,
+                ..Default::default()
+            })
+            .collect();
+        self.shares.push(FakeShare {
+            generation,
+            rules,
+            targets,
+            after_commits: self.commits.len(),
+        });
+        Ok(out)
     }
 }

@@ -48,6 +48,7 @@ pub mod control;
 pub mod generation;
 pub mod mark;
 pub mod peer;
+pub mod share;
 pub mod trace;
 pub mod worker;
 

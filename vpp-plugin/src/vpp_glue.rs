@@ -30,9 +30,12 @@ use vpp_plugin::{
 use crate::binding::VppInterface;
 use crate::cli::{self, Show};
 use crate::config::PluginConfig;
-use crate::control::{self, Commit, ContextError, RebindSignal, VppContext};
+use crate::control::{
+    self, Commit, ContextError, RebindSignal, ShareOutcome, ShareTargets, VppContext,
+};
 use crate::generation::{SwIfIndex, VppDir};
 use crate::peer;
+use crate::share::{FlowLayerRule, ShareState};
 use crate::Plugin;
 
 vlib_plugin_register! {
@@ -132,28 +135,69 @@ fn show_capo(vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStack>
     short_help = "show capo offload (tries VPP's flow layer on each interface with capo's feature)"
 )]
 fn show_capo_offload(vm: &mut BarrierHeldMainRef, _input: &str) -> Result<(), ErrorStack> {
+    let (generation, rules, interfaces) = share_state().summary();
     let rows: Vec<cli::OffloadRow> = crate::vnet_ifaces::list(vm)
         .into_iter()
-        .filter(|i| {
-            crate::node::feature::ARCS.iter().any(|(arc, node)| {
+        .filter_map(|i| {
+            let policed = crate::node::feature::ARCS.iter().any(|(arc, node)| {
                 crate::vnet_ifaces::feature_enabled(vm, arc, node, i.sw_if_index.0)
-            })
+            });
+            let uplink = interfaces.iter().any(|s| s.sw_if_index == i.sw_if_index.0);
+            (policed || uplink).then_some((i, !policed))
         })
-        .map(|i| {
+        .map(|(i, uplink)| {
             // The canary's mark: a punt of generation tag 3 at index 0, which no
             // generation of capo's ever installs through this interface.
             let (driver, flow_layer) =
                 crate::vnet_ifaces::flow_probe(vm, i.sw_if_index.0, 0xe0_0000);
             cli::OffloadRow {
+                uplink,
                 name: i.name,
                 sw_if_index: i.sw_if_index.0,
                 driver,
                 flow_layer,
+                emulated: crate::vnet_ifaces::flow_emulation_stats(vm, i.sw_if_index.0),
             }
         })
         .collect();
-    cli_output(vm, &cli::render_offload(&rows));
+    let share = cli::ShareSummary {
+        generation,
+        rules,
+        interfaces,
+    };
+    cli_output(vm, &cli::render_offload(&rows, &share));
     Ok(())
+}
+
+/// The NIC share installed through VPP's flow layer.
+static SHARE: LazyLock<Mutex<ShareState>> = LazyLock::new(Mutex::default);
+
+fn share_state() -> std::sync::MutexGuard<'static, ShareState> {
+    SHARE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[vlib_cli_command(
+    path = "capo test flow-emulation",
+    short_help = "capo test flow-emulation INTERFACE [off] (a test double: an emulated NIC takes VPP flows on an interface whose driver has none)"
+)]
+fn capo_test_flow_emulation(vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStack> {
+    let mut words = input.split_whitespace();
+    let usage = || ErrorStack::msg("usage: capo test flow-emulation INTERFACE [off]");
+    let name = words.next().ok_or_else(usage)?;
+    let on = match words.next() {
+        None => true,
+        Some("off") => false,
+        Some(_) => return Err(usage()),
+    };
+    if words.next().is_some() {
+        return Err(usage());
+    }
+    let iface = crate::vnet_ifaces::list(vm)
+        .into_iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| ErrorStack::msg(format!("no interface {name}")))?;
+    crate::vnet_ifaces::flow_emulation(vm, iface.sw_if_index.0, on)
+        .map_err(|e| ErrorStack::msg(format!("{name}: {e}")))
 }
 
 #[vlib_cli_command(path = "clear capo", short_help = "clear capo counters")]
@@ -374,6 +418,31 @@ impl VppContext for MainThread {
             }
             Ok(())
         })?
+    }
+
+    fn install_share(
+        &mut self,
+        generation: u64,
+        rules: Vec<FlowLayerRule>,
+        targets: ShareTargets,
+    ) -> Result<ShareOutcome, ContextError> {
+        self.run(move |vm| {
+            let known = crate::vnet_ifaces::list(vm);
+            let mut on = targets.policed;
+            let mut unknown_uplinks = Vec::new();
+            for name in targets.uplinks {
+                match known.iter().find(|i| i.name == name) {
+                    Some(i) => on.push(i.sw_if_index),
+                    None => unknown_uplinks.push(name),
+                }
+            }
+            let targets = crate::vnet_ifaces::share_targets(vm, &on);
+            let mut layer = crate::vnet_ifaces::VnetFlows::new(vm);
+            ShareOutcome {
+                interfaces: share_state().apply(&mut layer, generation, &rules, &targets),
+                unknown_uplinks,
+            }
+        })
     }
 }
 

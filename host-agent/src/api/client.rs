@@ -244,6 +244,11 @@ pub fn offload(
                     "capability": f.capability, "result": f.result, "detail": f.detail,
                 })).collect::<Vec<_>>(),
                 "software_only_reason": p.software_only_reason,
+                "flow_layer": p.flow_layer.iter().map(|i| serde_json::json!({
+                    "interface": i.interface, "sw_if_index": i.sw_if_index, "driver": i.driver,
+                    "takes_flows": i.takes_flows, "installed": i.installed, "refused": i.refused,
+                    "detail": i.detail,
+                })).collect::<Vec<_>>(),
             })
             .to_string()
                 + "\n");
@@ -262,6 +267,32 @@ pub fn offload(
         );
         if !p.software_only_reason.is_empty() {
             let _ = writeln!(out, "  {}", p.software_only_reason);
+        }
+        if !p.flow_layer.is_empty() {
+            out.push_str("  VPP's flow layer, per hardware interface:\n");
+            for i in &p.flow_layer {
+                let (took, detail) = if i.takes_flows {
+                    let took = format!("{} rules installed, {} refused", i.installed, i.refused);
+                    let detail = if i.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", i.detail)
+                    };
+                    (took, detail)
+                } else if i.detail.is_empty() {
+                    (
+                        "fallback-only: the driver takes no flows".to_string(),
+                        String::new(),
+                    )
+                } else {
+                    (i.detail.clone(), String::new())
+                };
+                let _ = writeln!(
+                    out,
+                    "    {} (sw_if_index {}, driver {}): {took}{detail}",
+                    i.interface, i.sw_if_index, i.driver
+                );
+            }
         }
         if !p.probe.is_empty() {
             out.push_str("  probe:\n");

@@ -182,12 +182,21 @@ impl Readers {
     /// software.
     pub(crate) async fn offload_plan(&self) -> Option<api::OffloadPlanReply> {
         let snapshot = self.snapshot()?;
-        let (embedded, port) = tokio::task::block_in_place(|| {
+        let (embedded, port, vpp) = tokio::task::block_in_place(|| {
             let d = lock(&self.daemon);
-            (d.embedded(), d.port_report())
+            (d.embedded(), d.port_report(), d.vpp())
         });
         if let Some(port) = port {
             return Some(port.reply(snapshot.generation));
+        }
+        if let Some(status) = vpp.map(|h| h.status()) {
+            if let Some(capacity) = status.share_capacity {
+                return Some(crate::sinks::vpp_share::plan_reply(
+                    &status,
+                    capacity,
+                    snapshot.generation,
+                ));
+            }
         }
         let mut plan = match embedded {
             Some(e) => {

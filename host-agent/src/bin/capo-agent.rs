@@ -54,9 +54,16 @@ struct Args {
     #[arg(long, value_name = "embedded|vpp:SOCKET", default_value = "embedded")]
     dataplane: String,
     /// The NIC in front of the embedded dataplane: none (fallback-only),
-    /// sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] (simulated), or dpdk:PORT.
+    /// sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] (simulated), or dpdk:PORT; with
+    /// --dataplane vpp:SOCKET, vpp-flow[:CAPACITY] (the NIC share, drop-only, through
+    /// VPP's flow layer).
     #[arg(long, value_name = "SPEC", default_value = "none")]
     nic: capo_agent::sinks::nic::NicSpec,
+    /// With --nic vpp-flow: a VPP interface where traffic from outside the node
+    /// arrives (an uplink); the NIC share goes on its hardware as well as on that of
+    /// every policed interface (repeatable).
+    #[arg(long = "vpp-uplink", value_name = "VPP-INTERFACE")]
+    vpp_uplinks: Vec<String>,
     /// Felix schema; by default detected from ConfigUpdate's CalicoVersion.
     #[arg(long, value_name = "v3.31|v3.32")]
     schema: Option<Schema>,
@@ -175,6 +182,10 @@ fn main() -> ExitCode {
                     ))
                 }
                 NicSpec::Dpdk(_) => capo_agent::sinks::embedded::Embedded::new(),
+                NicSpec::VppFlow { .. } => {
+                    tracing::error!("--nic vpp-flow needs --dataplane vpp:SOCKET (VPP's flow layer programs the NIC)");
+                    return ExitCode::from(2);
+                }
             };
             let shared = Arc::new(Mutex::new(embedded));
             d.add_sink(Box::new(capo_agent::sinks::embedded::EmbeddedSink::new(
@@ -183,13 +194,25 @@ fn main() -> ExitCode {
         }
         other => match capo_agent::sinks::vpp::parse_dataplane_arg(other) {
             Some(path) => {
-                if args.nic != NicSpec::None {
-                    tracing::warn!("--nic applies to the embedded dataplane; with VPP, VPP's dpdk plugin owns the port");
-                }
+                let share = match args.nic {
+                    NicSpec::VppFlow { capacity } => {
+                        tracing::info!(capacity, uplinks = ?args.vpp_uplinks, "NIC share through VPP's flow layer");
+                        Some(capo_agent::sinks::vpp::NicShareConfig {
+                            capacity,
+                            uplinks: args.vpp_uplinks.clone(),
+                        })
+                    }
+                    NicSpec::None => None,
+                    _ => {
+                        tracing::warn!("--nic {}: with VPP, VPP's driver owns the NIC; use --nic vpp-flow to install the NIC share through VPP's flow layer", args.nic);
+                        None
+                    }
+                };
                 tracing::info!(socket = %path.display(), "software dataplane: the capo VPP plugin");
-                d.add_sink(Box::new(capo_agent::sinks::vpp::VppSink::new(
+                d.add_sink(Box::new(capo_agent::sinks::vpp::VppSink::with_nic_share(
                     path,
                     args.bindings.clone(),
+                    share,
                 )));
             }
             None => {

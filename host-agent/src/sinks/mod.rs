@@ -13,6 +13,7 @@ pub mod embedded;
 mod fixtures;
 pub mod nic;
 pub mod vpp;
+pub mod vpp_share;
 
 use embedded::{lock_embedded, InjectError, SharedEmbedded};
 use vpp::VppHandle;

@@ -40,6 +40,13 @@ pub enum NicSpec {
     },
     /// A DPDK port (id or PCI address).
     Dpdk(String),
+    /// With `--dataplane vpp:SOCKET`: the NIC VPP's driver owns, programmed by the
+    /// capo plugin through VPP's flow layer (drop-only), with at most this many
+    /// entries.
+    VppFlow {
+        /// Entries.
+        capacity: u32,
+    },
 }
 
 /// Why a `--nic` value was rejected (the value is quoted first).
@@ -60,7 +67,7 @@ pub enum NicSpecError {
     #[error("{0:?}: name a port id or PCI address")]
     NoPort(String),
     /// None of the forms.
-    #[error("{0:?}: expected none, sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] or dpdk:PORT")]
+    #[error("{0:?}: expected none, sim:mlx5|sim:e810|sim:cnxk[:CAPACITY], dpdk:PORT or vpp-flow[:CAPACITY]")]
     Unknown(String),
 }
 
@@ -90,6 +97,17 @@ impl std::str::FromStr for NicSpec {
                 capacity,
             });
         }
+        if let Some(rest) = s.strip_prefix("vpp-flow") {
+            let capacity = match rest.strip_prefix(':') {
+                Some(c) => c.parse::<u32>().map_err(|_| NicSpecError::BadCapacity {
+                    spec: s.to_string(),
+                    size: c.to_string(),
+                })?,
+                None if rest.is_empty() => crate::sinks::vpp_share::DEFAULT_FLOW_LAYER_CAPACITY,
+                None => return Err(NicSpecError::Unknown(s.to_string())),
+            };
+            return Ok(NicSpec::VppFlow { capacity });
+        }
         if let Some(port) = s.strip_prefix("dpdk:") {
             if port.is_empty() {
                 return Err(NicSpecError::NoPort(s.to_string()));
@@ -106,6 +124,7 @@ impl std::fmt::Display for NicSpec {
             NicSpec::None => f.write_str("none"),
             NicSpec::Sim { profile, capacity } => write!(f, "sim:{profile}:{capacity}"),
             NicSpec::Dpdk(p) => write!(f, "dpdk:{p}"),
+            NicSpec::VppFlow { capacity } => write!(f, "vpp-flow:{capacity}"),
         }
     }
 }
@@ -1306,5 +1325,17 @@ mod tests {
         assert!("sim:mlx5:many".parse::<NicSpec>().is_err());
         assert!("dpdk:".parse::<NicSpec>().is_err());
         assert!("fpga".parse::<NicSpec>().is_err());
+        assert_eq!(
+            "vpp-flow".parse::<NicSpec>().unwrap(),
+            NicSpec::VppFlow {
+                capacity: crate::sinks::vpp_share::DEFAULT_FLOW_LAYER_CAPACITY
+            }
+        );
+        assert_eq!(
+            "vpp-flow:256".parse::<NicSpec>().unwrap().to_string(),
+            "vpp-flow:256"
+        );
+        assert!("vpp-flow:lots".parse::<NicSpec>().is_err());
+        assert!("vpp-flowers".parse::<NicSpec>().is_err());
     }
 }

@@ -26,11 +26,12 @@ use capo_felix::frame::{FrameError, FrameReader, FrameWriter};
 use capo_proto::capo::agent::v1 as api;
 use capo_proto::capo::dataplane::v1::{
     from_plugin, to_plugin, Applied, BoundInterface, FromPlugin, Generation, Hello,
-    InterfaceBinding, ShowReply, ShowRequest, ToPlugin,
+    InterfaceBinding, NicShare, NicShareApplied, ShowReply, ShowRequest, ToPlugin,
 };
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
 
+use crate::sinks::vpp_share::{plan_share, SharePlan};
 use crate::sinks::{Committed, Dataplane, PolicySink, SinkError};
 
 /// The agent's version, as sent in `Hello`.
@@ -308,6 +309,18 @@ impl VppChannel {
         }
     }
 
+    /// Hands the plugin a NIC share to install through VPP's flow layer.
+    ///
+    /// # Errors
+    ///
+    /// [`VppError`] if the channel broke or the answer is not a `NicShareApplied`.
+    pub fn nic_share(&mut self, share: NicShare) -> Result<NicShareApplied, VppError> {
+        match self.ask(to_plugin::Msg::NicShare(share))? {
+            from_plugin::Msg::NicShare(r) => Ok(r),
+            other => Err(unexpected("NicShareApplied", &other)),
+        }
+    }
+
     fn push(&mut self, g: Generation) -> Result<Applied, VppError> {
         let id = g.id;
         let bytes = g.encoded_len() as u64;
@@ -510,6 +523,7 @@ fn unexpected(wanted: &'static str, got: &from_plugin::Msg) -> VppError {
         from_plugin::Msg::Show(_) => "ShowReply",
         from_plugin::Msg::Counters(_) => "CountersReply",
         from_plugin::Msg::Chunk(_) => "ChunkReceived",
+        from_plugin::Msg::NicShare(_) => "NicShareApplied",
     };
     VppError::Unexpected {
         wanted,
@@ -564,6 +578,18 @@ pub struct VppStatus {
     pub unknown_interfaces: Vec<String>,
     /// Where the plugin polices each endpoint.
     pub interfaces: Vec<BoundInterface>,
+    /// `--nic vpp-flow`: the flow-layer entries the NIC share may use (None: no
+    /// share is planned).
+    pub share_capacity: Option<u32>,
+    /// The share's rules the plugin last acknowledged, and the generation they were
+    /// planned on.
+    pub share_rules: usize,
+    /// The generation of the last acknowledged share.
+    pub share_generation: u64,
+    /// What each hardware interface took of it.
+    pub flow_layer: Vec<api::FlowLayerInterface>,
+    /// The last share the plugin refused, and why.
+    pub share_error: Option<String>,
 }
 
 impl VppStatus {
@@ -600,6 +626,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the sink checks the plugin when nothing happens (liveness, retries).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How often the NIC share is sent again while nothing changes (interfaces VPP
+/// added get it then).
+const SHARE_REFRESH: Duration = Duration::from_secs(5);
 
 /// The longest wait between two tries of a generation the plugin refused or could
 /// not take (the wait doubles from [`IDLE_CHECK`] after each failure; a new
@@ -687,6 +717,17 @@ impl VppHandle {
     }
 }
 
+/// The NIC share through VPP's flow layer (`--nic vpp-flow[:CAPACITY]`,
+/// `--vpp-uplink NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicShareConfig {
+    /// Flow-layer entries the share may use.
+    pub capacity: u32,
+    /// VPP interfaces where traffic from outside the node arrives: the share goes on
+    /// their hardware besides that of every policed interface.
+    pub uplinks: Vec<String>,
+}
+
 /// The VPP plugin as one of the agent's dataplanes (`--dataplane vpp:SOCKET`).
 ///
 /// The daemon hands it generations without waiting: they go over a channel to the
@@ -706,8 +747,22 @@ impl VppSink {
     /// A sink for the plugin's control socket at `path`, binding endpoints with
     /// `bindings` first; starts its thread (it connects on the first generation).
     pub fn new(path: PathBuf, bindings: Vec<InterfaceBinding>) -> Self {
+        VppSink::with_nic_share(path, bindings, None)
+    }
+
+    /// [`VppSink::new`], and with `share` each generation's NIC share is planned for
+    /// VPP's flow layer and sent to the plugin to install (`--nic vpp-flow`; see
+    /// [`crate::sinks::vpp_share`]).
+    pub fn with_nic_share(
+        path: PathBuf,
+        bindings: Vec<InterfaceBinding>,
+        share: Option<NicShareConfig>,
+    ) -> Self {
         let (jobs, rx) = mpsc::channel();
-        let status = Arc::new(Mutex::new(VppStatus::default()));
+        let status = Arc::new(Mutex::new(VppStatus {
+            share_capacity: share.as_ref().map(|s| s.capacity),
+            ..VppStatus::default()
+        }));
         let worker = SinkThread {
             path,
             bindings,
@@ -719,6 +774,10 @@ impl VppSink {
             status: Arc::clone(&status),
             last_failure: None,
             retry: None,
+            share,
+            share_held: Vec::new(),
+            share_plan: None,
+            share_sent: None,
         };
         let spawned = std::thread::Builder::new()
             .name("capo-vpp-sink".into())
@@ -800,6 +859,14 @@ struct SinkThread {
     last_failure: Option<String>,
     /// After a failure: when to try again and the wait that led there.
     retry: Option<(std::time::Instant, Duration)>,
+    /// `--nic vpp-flow`: the NIC share's size and uplinks (None: no share).
+    share: Option<NicShareConfig>,
+    /// The share the plugin last acknowledged.
+    share_held: Vec<capo_proto::capo::dataplane::v1::FlowLayerRule>,
+    /// The share planned for a generation.
+    share_plan: Option<(u64, SharePlan)>,
+    /// When a share was last acknowledged.
+    share_sent: Option<std::time::Instant>,
 }
 
 impl SinkThread {
@@ -833,6 +900,9 @@ impl SinkThread {
                 && (self.pushed != self.generation || self.channel.is_none())
             {
                 self.sync();
+            } else if self.share_due() {
+                // Interfaces VPP added since get the share too.
+                self.send_planned_share();
             }
         }
     }
@@ -926,9 +996,11 @@ impl SinkThread {
     }
 
     /// Pushes the generation in force: the pending delta when the plugin holds its
-    /// base, else the whole state.
+    /// base, else the whole state. With a NIC share, the drops the new generation does
+    /// not make leave the NIC first, and the new share follows the generation.
     fn sync(&mut self) {
         let generation = self.generation;
+        self.withdraw_stale_share();
         let result = self.push();
         match result {
             Ok(a) if a.ok => {
@@ -947,6 +1019,8 @@ impl SinkThread {
                 if !a.interfaces_unchanged {
                     s.interfaces = a.interfaces;
                 }
+                drop(s);
+                self.send_planned_share();
             }
             Ok(a) => {
                 // Refused: the plugin keeps its previous generation; retry whole.
@@ -963,6 +1037,124 @@ impl SinkThread {
                     generation,
                     format!("VPP plugin unreachable ({e}); it keeps its last generation"),
                 );
+            }
+        }
+    }
+
+    /// The share planned on the generation in force (planned once per generation).
+    fn planned_share(&mut self) -> Option<&SharePlan> {
+        let capacity = self.share.as_ref()?.capacity;
+        let generation = self.generation;
+        if self
+            .share_plan
+            .as_ref()
+            .is_none_or(|(g, _)| *g != generation)
+        {
+            let state = self.state.as_ref()?;
+            let started = std::time::Instant::now();
+            let plan = plan_share(state, generation, capacity);
+            tracing::info!(
+                generation,
+                rules = plan.rules.len(),
+                not_expressible = plan.not_expressible,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "NIC share planned for VPP's flow layer"
+            );
+            self.share_plan = Some((generation, plan));
+        }
+        self.share_plan.as_ref().map(|(_, p)| p)
+    }
+
+    /// Before a generation is pushed: the held drops the new generation's share does
+    /// not have are removed (a share of the generation the plugin still holds, with
+    /// only the drops both make), so the NIC never drops for a generation software
+    /// no longer holds.
+    fn withdraw_stale_share(&mut self) {
+        if self.share_held.is_empty() || self.channel.is_none() {
+            return;
+        }
+        let Some(wanted) = self.planned_share().map(|p| p.rules.clone()) else {
+            return;
+        };
+        let keep: Vec<_> = self
+            .share_held
+            .iter()
+            .filter(|r| wanted.contains(r))
+            .cloned()
+            .collect();
+        if keep.len() < self.share_held.len() {
+            let share = NicShare {
+                generation: self.pushed,
+                rules: keep,
+                uplinks: self.uplinks(),
+            };
+            self.send_share(share);
+        }
+    }
+
+    /// Sends the share of the generation the plugin now holds.
+    fn send_planned_share(&mut self) {
+        let generation = self.generation;
+        let Some(rules) = self.planned_share().map(|p| p.rules.clone()) else {
+            return;
+        };
+        let uplinks = self.uplinks();
+        self.send_share(NicShare {
+            generation,
+            rules,
+            uplinks,
+        });
+    }
+
+    fn uplinks(&self) -> Vec<String> {
+        self.share
+            .as_ref()
+            .map(|s| s.uplinks.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the share is due again: it is re-sent every [`SHARE_REFRESH`] so that
+    /// interfaces VPP added since get it.
+    fn share_due(&self) -> bool {
+        self.share.is_some()
+            && self.channel.is_some()
+            && self.pushed == self.generation
+            && self
+                .share_sent
+                .is_none_or(|at| at.elapsed() >= SHARE_REFRESH)
+    }
+
+    fn send_share(&mut self, share: NicShare) {
+        let generation = share.generation;
+        let rules = share.rules.clone();
+        // Tried once per refresh period, acknowledged or not.
+        self.share_sent = Some(std::time::Instant::now());
+        match self.connected().and_then(|ch| ch.nic_share(share)) {
+            Ok(a) if a.error.is_empty() => {
+                if !a.unknown_uplinks.is_empty() {
+                    tracing::warn!(uplinks = ?a.unknown_uplinks, "VPP has no interface of these uplinks (--vpp-uplink)");
+                }
+                let installed: u32 = a.interfaces.iter().map(|i| i.installed).sum();
+                tracing::debug!(
+                    generation,
+                    rules = rules.len(),
+                    installed,
+                    "the VPP plugin took the NIC share"
+                );
+                self.share_held = rules;
+                let mut s = self.status();
+                s.share_rules = self.share_held.len();
+                s.share_generation = generation;
+                s.flow_layer = a.interfaces;
+                s.share_error = None;
+            }
+            Ok(a) => {
+                tracing::warn!(generation, error = %a.error, "the VPP plugin refused the NIC share");
+                self.status().share_error = Some(a.error);
+            }
+            Err(e) => {
+                tracing::warn!(generation, error = %e, "NIC share not sent to the VPP plugin");
+                self.disconnected();
             }
         }
     }

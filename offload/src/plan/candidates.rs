@@ -82,12 +82,15 @@ pub(super) fn expand_entries(
     hot: &HashSet<EntryId>,
 ) -> Expansion {
     let mut out = Expansion::default();
+    // Allows need a mark (groups, or one flat table that takes marks).
+    let marks = groups || caps.mode() == crate::caps::OffloadMode::FlatMarks;
     for (d, dom) in program.domains.iter().enumerate() {
         for (e, entry) in dom.entries.iter().enumerate() {
             if !matches!(entry.kind, EntryKind::Allow | EntryKind::Deny) {
                 continue;
             }
-            let m = match offloadable_match(program, dom, entry, groups, hot.contains(&(d, e))) {
+            let hot = hot.contains(&(d, e));
+            let m = match offloadable_match(program, dom, entry, groups, marks, hot) {
                 Ok(m) => m,
                 Err(reason) => {
                     out.reasons.insert((d, e), reason);
@@ -117,6 +120,7 @@ fn offloadable_match<'a>(
     dom: &Domain,
     entry: &'a Entry,
     groups: bool,
+    marks: bool,
     hot: bool,
 ) -> Result<Cow<'a, Match>, KeepReason> {
     if dom.skipped.is_some() {
@@ -126,7 +130,7 @@ fn offloadable_match<'a>(
         .exact
         .as_ref()
         .map_err(|why| KeepReason::NotExpressible { why: *why })?;
-    if !groups && entry.kind == EntryKind::Allow {
+    if !marks && entry.kind == EntryKind::Allow {
         return Err(KeepReason::ModeForbids);
     }
     if entry.kind == EntryKind::Deny && m.proto != Some(6) && drops_replies(dom, m) {
@@ -138,7 +142,7 @@ fn offloadable_match<'a>(
     if groups {
         return Ok(Cow::Borrowed(m));
     }
-    // Without a source punt (drop-only mode) the hardware share of a rule leaves out
+    // Without a source punt (drop-only and flat-marks modes) the hardware share of a rule leaves out
     // local sources, which Felix evaluates differently.
     Ok(Cow::Owned(Match {
         src: Arc::new(m.src.difference(&program.local_sources)),

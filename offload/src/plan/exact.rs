@@ -93,7 +93,7 @@ pub(super) fn exact_flow_candidates(
         let allow = results.allowed(state, program, &pkt, first_flags);
         let tcp = pkt.protocol.0 == 6;
         let (flags, samples): (FlagClass, Vec<usize>) = if allow {
-            if !groups {
+            if !groups && caps.mode() != crate::caps::OffloadMode::FlatMarks {
                 continue;
             }
             (FlagClass::Any, samples.clone())

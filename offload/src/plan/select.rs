@@ -328,10 +328,15 @@ impl<'a> Selector<'a> {
             .entry((c.domain, c.entry))
             .or_insert_with(|| conflicting_earlier(dom, c.entry).unwrap_or_default());
         let mut needs = Needs::default();
+        // One flat table has no order: nothing that decides otherwise may overlap.
+        let flat = self.inp.caps.mode() == crate::caps::OffloadMode::FlatMarks;
         for &j in deps.iter() {
             let ej = &dom.entries[j];
             if !ej.approx.overlaps(&am) {
                 continue;
+            }
+            if flat {
+                return Err(KeepReason::Dependency);
             }
             if let Some(jatoms) = self.inp.atoms.get(&(c.domain, j)) {
                 let inst = self.out.installed.get(&(c.domain, j));
