@@ -349,10 +349,19 @@ fn caps_for(profile: u8, capacity: u32) -> NicCaps {
         0 => NicCaps::mlx5(capacity),
         1 => NicCaps::e810(capacity),
         2 => NicCaps::cnxk(capacity),
-        _ => {
+        3 => {
             // mlx5 with few priorities: exercises the priority pruning.
             let mut c = NicCaps::mlx5(capacity);
             c.max_priority = 4;
+            c
+        }
+        // VPP's flow layer: one flat table of drops and marks.
+        4 => NicCaps::vpp_flow_layer(capacity),
+        _ => {
+            // A flat table that also matches TCP flags: SYN drops go down beside
+            // the marks, so an allow that overlaps one must stay in software.
+            let mut c = NicCaps::vpp_flow_layer(capacity);
+            c.tcp_flags = true;
             c
         }
     }
@@ -392,7 +401,7 @@ proptest! {
 
     /// NIC where it decides, software otherwise, equals the reference.
     #[test]
-    fn prop_nic_plus_software_equals_reference(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..4, exact in any::<bool>()) {
+    fn prop_nic_plus_software_equals_reference(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..6, exact in any::<bool>()) {
         let (state, ids) = random_state(seed);
         let probes = random_probes(seed, 120);
         let caps = caps_for(profile, capacity);
@@ -469,14 +478,14 @@ proptest! {
     /// Per flow: first packets get the reference verdict; an allowed connection's
     /// replies and later packets pass (conntrack), NIC or not.
     #[test]
-    fn prop_flows_keep_conntrack_semantics(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..4, exact in any::<bool>()) {
+    fn prop_flows_keep_conntrack_semantics(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..6, exact in any::<bool>()) {
         check_flows(seed, capacity, profile, exact)?;
     }
 
     /// During a commit (and the retire after it) every packet gets the verdict of the
     /// old or the new generation; afterwards exactly the new one.
     #[test]
-    fn prop_commit_is_per_packet_consistent(seed in any::<u64>(), capacity in 4u32..120, profile in 0u8..4, exact in any::<bool>()) {
+    fn prop_commit_is_per_packet_consistent(seed in any::<u64>(), capacity in 4u32..120, profile in 0u8..6, exact in any::<bool>()) {
         check_commit(seed, capacity, profile, exact, None)?;
     }
 
@@ -485,7 +494,7 @@ proptest! {
     fn prop_commit_under_faults(
         seed in any::<u64>(),
         capacity in 4u32..120,
-        profile in 0u8..4,
+        profile in 0u8..6,
         enomem in proptest::option::of(0usize..60),
         eio in proptest::option::of(0u64..60),
         every in proptest::option::of(1u64..6),
@@ -814,5 +823,47 @@ fn test_random_inputs_exercise_hardware_decisions() {
                 "covers {covers}, multi-layer plans {multi_layer}, drops {drops}"
             );
         }
+    }
+}
+
+/// The flat-table profiles (VPP's flow layer, and the same matching TCP flags) plan
+/// one table at priority 0 in group 0, and decide some random probes in hardware, so
+/// the properties above exercise them.
+#[test]
+fn test_flat_tables_decide_in_hardware() {
+    use capo_offload::verdict::DecidedBy;
+    use capo_offload::OffloadMode;
+    for profile in [4u8, 5] {
+        let (mut hw, mut marks) = (0, 0);
+        for seed in 0..100u64 {
+            let (state, ids) = random_state(seed);
+            let probes = random_probes(seed, 100);
+            let caps = caps_for(profile, 100);
+            let p = make_plan(&state, &ids, 1, &caps, &hits_from(&probes, seed), true);
+            assert_eq!(p.mode, OffloadMode::FlatMarks);
+            assert!(p
+                .rules
+                .iter()
+                .all(|r| r.flow.attr().priority.0 == 0 && r.flow.attr().group.0 == 0));
+            marks += p.rules.iter().filter(|r| r.flow.mark().is_some()).count();
+            let mut nic = SimNic::new(caps.clone());
+            let mut c = Committer::new();
+            c.commit(&mut nic, &p, &mut |_, _| {});
+            for pr in &probes {
+                let reference = trace(&state, &pr.reference_packet()).verdict;
+                let (verdict, by) = combine(
+                    nic.peek(&pr.headers()),
+                    c.software(),
+                    caps.mark_bits,
+                    &mut |_| reference,
+                );
+                assert_eq!(verdict, reference, "profile {profile}, seed {seed}");
+                hw += usize::from(by == DecidedBy::Hardware);
+            }
+        }
+        assert!(
+            hw > 0 && marks > 0,
+            "profile {profile}: {hw} decided in hardware, {marks} marks"
+        );
     }
 }

@@ -592,6 +592,17 @@ impl<C: VppContext> ControlCore<C> {
                 // The same generation id from another agent run is another
                 // generation: the agent must not send a delta on it.
                 let same_run = self.conn_epoch == self.active_epoch;
+                if !same_run && self.active_epoch != 0 {
+                    // Another run numbers its generations again, so its tags could
+                    // name the NIC share's marks: the share leaves the NIC until the
+                    // new run sends its own (software decides meanwhile). With no
+                    // generation ever taken there is no share.
+                    // (The context fails only when VPP's main thread does not answer;
+                    // the new run's first share replaces everything then.)
+                    let _ = self
+                        .ctx
+                        .install_share(0, Vec::new(), ShareTargets::default());
+                }
                 from_plugin::Msg::Hello(HelloReply {
                     plugin_version: PLUGIN_VERSION.to_string(),
                     active_generation: if same_run { self.cell.active_id() } else { 0 },

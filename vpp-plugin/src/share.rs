@@ -267,7 +267,7 @@ pub struct ShareState {
 }
 
 impl ShareState {
-    /// Installs `rules` (planned on `generation`) on `targets`, in drop-only order
+    /// Installs `rules` (planned on `generation`) on `targets`, removals first
     /// (see the module doc); what each interface took.
     pub fn apply<L: FlowLayer>(
         &mut self,

@@ -1033,6 +1033,86 @@ fn a_restarted_agent_replaces_the_policy_whatever_its_ids() {
     assert!(gens.contains("pushed by agent epoch 200"), "{gens}");
 }
 
+fn nic_share(
+    generation: u64,
+    rules: Vec<capo_proto::capo::dataplane::v1::FlowLayerRule>,
+) -> ToPlugin {
+    ToPlugin {
+        msg: Some(to_plugin::Msg::NicShare(
+            capo_proto::capo::dataplane::v1::NicShare {
+                generation,
+                rules,
+                uplinks: vec!["tap0".into()],
+            },
+        )),
+    }
+}
+
+fn share_applied(reply: FromPlugin) -> capo_proto::capo::dataplane::v1::NicShareApplied {
+    match reply.msg {
+        Some(from_plugin::Msg::NicShare(a)) => a,
+        other => panic!("not NicShareApplied: {other:?}"),
+    }
+}
+
+fn mark_rule(mark: u32) -> capo_proto::capo::dataplane::v1::FlowLayerRule {
+    capo_proto::capo::dataplane::v1::FlowLayerRule {
+        src_addr: vec![11, 0, 0, 196],
+        src_mask: vec![255; 4],
+        dst_addr: vec![11, 0, 0, 67],
+        dst_mask: vec![255; 4],
+        protocol: 6,
+        protocol_exact: true,
+        dst_port: 5978,
+        dst_port_mask: 0xffff,
+        action: capo_proto::capo::dataplane::v1::FlowLayerAction::Mark as i32,
+        mark,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_nic_share_is_taken_for_the_held_generation_and_cleared_for_a_new_agent_run() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)]));
+    hello_reply(core.on_message(hello(100, &[]), 0));
+    // Before any generation: a share with rules is refused, an empty one is taken.
+    let a = share_applied(core.on_message(nic_share(1, vec![mark_rule(0x40_0000)]), 0));
+    assert_eq!(
+        a.error,
+        "the share was planned on generation 1, the plugin holds 0"
+    );
+    assert!(share_applied(core.on_message(nic_share(0, vec![]), 0))
+        .error
+        .is_empty());
+    assert!(applied(core.on_message(generation(1, true, 0, seed_with_port(5978)), 0)).ok);
+    let a = share_applied(core.on_message(nic_share(1, vec![mark_rule(0x40_0000)]), 0));
+    assert!(a.error.is_empty(), "{}", a.error);
+    assert_eq!(a.rules, 1);
+    // The policed interface and the uplink.
+    assert!(a.interfaces.iter().any(|i| i.sw_if_index == 11), "{a:?}");
+    assert!(a.interfaces.iter().any(|i| i.interface == "tap0"), "{a:?}");
+    // A bad rule refuses the whole share and changes nothing.
+    let a = share_applied(core.on_message(nic_share(1, vec![mark_rule(0)]), 0));
+    assert!(
+        a.error.contains("rule 0: the action must be"),
+        "{}",
+        a.error
+    );
+    let shares = &core.context().shares;
+    assert_eq!(shares.len(), 2, "{shares:?}");
+    assert_eq!(shares[1].rules.len(), 1);
+    // The same run reconnecting keeps the share; another run clears it first.
+    core.on_disconnect(1);
+    hello_reply(core.on_message(hello(100, &[]), 1));
+    assert_eq!(core.context().shares.len(), 2);
+    core.on_disconnect(2);
+    hello_reply(core.on_message(hello(200, &[]), 2));
+    let shares = &core.context().shares;
+    assert_eq!(shares.len(), 3);
+    assert!(shares[2].rules.is_empty() && shares[2].targets.uplinks.is_empty());
+}
+
 #[test]
 fn interfaces_that_appear_later_are_bound_and_policed() {
     let plugin = Plugin::new(PluginConfig::default());

@@ -55,7 +55,7 @@ struct Args {
     dataplane: String,
     /// The NIC in front of the embedded dataplane: none (fallback-only),
     /// sim:mlx5|sim:e810|sim:cnxk[:CAPACITY] (simulated), or dpdk:PORT; with
-    /// --dataplane vpp:SOCKET, vpp-flow[:CAPACITY] (the NIC share, drop-only, through
+    /// --dataplane vpp:SOCKET, vpp-flow[:CAPACITY] (the NIC share, flat marks, through
     /// VPP's flow layer).
     #[arg(long, value_name = "SPEC", default_value = "none")]
     nic: capo_agent::sinks::nic::NicSpec,

@@ -41,7 +41,7 @@ pub enum NicSpec {
     /// A DPDK port (id or PCI address).
     Dpdk(String),
     /// With `--dataplane vpp:SOCKET`: the NIC VPP's driver owns, programmed by the
-    /// capo plugin through VPP's flow layer (drop-only), with at most this many
+    /// capo plugin through VPP's flow layer (flat marks), with at most this many
     /// entries.
     VppFlow {
         /// Entries.

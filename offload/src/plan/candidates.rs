@@ -295,7 +295,8 @@ fn estimated_cost(dom: &Domain, entry: usize, a: &Atom, caps: &NicCaps) -> Optio
     let mut n = 1u64;
     for j in conflicting_earlier(dom, entry)? {
         if let Some(cm) = dom.entries[j].approx.intersect(&am) {
-            n += crate::atom::cost(&cm, caps).unwrap_or(u64::MAX / 4).max(1);
+            // Saturating: several inexpressible overlaps each count as "too many".
+            n = n.saturating_add(crate::atom::cost(&cm, caps).unwrap_or(u64::MAX / 4).max(1));
         }
     }
     Some(n)
