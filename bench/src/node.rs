@@ -182,6 +182,7 @@ pub fn node_logic(
         marks: NicMarks::default(),
         now,
         unclassified: Unclassified::Drop,
+        sample: false,
     };
     for call in &first_calls {
         run_call(&mut ctx, call, &mut views, &mut out);

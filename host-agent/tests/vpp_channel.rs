@@ -480,10 +480,10 @@ fn the_agent_keeps_the_interfaces_across_deltas() {
 }
 
 /// With a NIC share (`--nic vpp-flow`): each generation's share follows the
-/// generation, and before a new generation is pushed the old generation's marks
-/// leave the NIC (a share of the generation the plugin still holds, without them).
+/// generation, and before a new generation is pushed the old share leaves the NIC
+/// (an empty share, while the plugin still holds the old generation).
 #[test]
-fn the_nic_share_follows_each_generation_old_marks_out_first() {
+fn the_nic_share_follows_each_generation_the_old_one_out_first() {
     use capo_agent::core::daemon::{Daemon, FelixOptions};
     use capo_agent::sinks::vpp::{NicShareConfig, VppSink};
     use std::time::{Duration, Instant};
@@ -584,8 +584,8 @@ fn the_nic_share_follows_each_generation_old_marks_out_first() {
     });
     let all = shares();
     let second = all.iter().position(|s| s.generation == 2).unwrap();
-    // Just before it: generation 1's share without its marks, while the plugin still
-    // held generation 1 (one commit so far).
+    // Before it: an empty share of generation 1, while the plugin still held
+    // generation 1 (one commit so far).
     let withdrawal = all[..second]
         .iter()
         .rev()

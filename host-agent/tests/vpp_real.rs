@@ -355,8 +355,8 @@ fn nic_share_through_vpps_flow_layer_on_vpp() {
         "{text}"
     );
 
-    // A new policy: the old generation's marks leave the NIC before it is pushed,
-    // the new generation's go in after.
+    // A new policy: the old share leaves the NIC before it is pushed,
+    // the new generation's share goes in after.
     let before = vpp.ctl("show capo offload");
     write_seed(&manifests, &ts2.vpp_if, 5980);
     wait_for(WAIT, "the new share", || {
@@ -387,6 +387,18 @@ fn nic_share_through_vpps_flow_layer_on_vpp() {
         "{}",
         agent.log()
     );
+    // The plugin samples what software decided (the replies, the refused 5978 and
+    // 5979 attempts); new sampled flows make the agent plan the share again.
+    wait_for(WAIT, "a share planned from sampled flows", || {
+        agent.log().lines().any(|l| {
+            l.contains("NIC share planned")
+                && l.split("sampled_flows=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+        })
+    });
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -148,6 +148,8 @@ pub struct BatchCtx<'a> {
     pub now: Timestamp,
     /// What happens to packets when there is no generation.
     pub unclassified: Unclassified,
+    /// Sample the flows software decides ([`crate::worker::Workers::sampling`]).
+    pub sample: bool,
 }
 
 /// What the node does with a packet it cannot classify: no generation yet, or (in the
@@ -319,6 +321,12 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
             if let Some(run) = frame.inputs.get(start..end) {
                 slot.worker
                     .process(g.classifier(), run, ctx.now, &mut frame.verdicts);
+                if ctx.sample {
+                    for input in run {
+                        slot.samples
+                            .record(&input.packet.packet, input.packet.tcp_flags);
+                    }
+                }
             }
             for (k, v) in frame.verdicts.iter().enumerate() {
                 let o = match v {

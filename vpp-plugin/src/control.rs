@@ -73,8 +73,8 @@ use capo_felix::convert::{convert, Converted};
 use capo_felix::frame::{FrameError, FrameReader, FrameWriter};
 use capo_policy::{IdTable, State, Update};
 use capo_proto::capo::dataplane::v1::{
-    from_plugin, to_plugin, Applied, ChunkReceived, FromPlugin, Generation as PbGeneration,
-    HelloReply, NicShare, NicShareApplied, ToPlugin,
+    from_plugin, to_plugin, Applied, ChunkReceived, FlowSamples, FromPlugin,
+    Generation as PbGeneration, HelloReply, NicShare, NicShareApplied, ToPlugin,
 };
 use prost::Message;
 
@@ -626,7 +626,12 @@ impl<C: VppContext> ControlCore<C> {
             Some(to_plugin::Msg::NicShare(share)) => {
                 from_plugin::Msg::NicShare(self.on_nic_share(&share))
             }
-            Some(to_plugin::Msg::Show(_) | to_plugin::Msg::Counters(_)) | None => {
+            Some(
+                to_plugin::Msg::Show(_)
+                | to_plugin::Msg::Counters(_)
+                | to_plugin::Msg::FlowSamples(_),
+            )
+            | None => {
                 // Read-only requests are answered by `serve_connection` without the
                 // core; reaching here means an empty or unknown message.
                 from_plugin::Msg::Applied(Applied {
@@ -1280,13 +1285,17 @@ pub enum ConnectionError {
     Io(#[from] io::Error),
 }
 
-/// What the agent may read from the plugin (views and counters), answered without
-/// the control core's lock.
+/// What the agent may read from the plugin (views, counters, sampled flows),
+/// answered without the control core's lock.
 pub trait Reader: Send + Sync {
     /// A `show capo …` view.
     fn show(&self, req: &ShowRequest) -> ShowReply;
     /// The counters, summed over VPP's threads.
     fn counters(&self) -> CountersReply;
+    /// The flows sampled since the last call; the first call turns sampling on.
+    fn flow_samples(&self) -> FlowSamples;
+    /// The agent's connection ended (sampling stops).
+    fn connection_closed(&self);
 }
 
 impl<T: Reader + ?Sized> Reader for &T {
@@ -1296,6 +1305,12 @@ impl<T: Reader + ?Sized> Reader for &T {
     fn counters(&self) -> CountersReply {
         (**self).counters()
     }
+    fn flow_samples(&self) -> FlowSamples {
+        (**self).flow_samples()
+    }
+    fn connection_closed(&self) {
+        (**self).connection_closed()
+    }
 }
 
 impl<T: Reader + ?Sized> Reader for Arc<T> {
@@ -1304,6 +1319,12 @@ impl<T: Reader + ?Sized> Reader for Arc<T> {
     }
     fn counters(&self) -> CountersReply {
         (**self).counters()
+    }
+    fn flow_samples(&self) -> FlowSamples {
+        (**self).flow_samples()
+    }
+    fn connection_closed(&self) {
+        (**self).connection_closed()
     }
 }
 
@@ -1341,6 +1362,9 @@ pub fn serve_connection<C: VppContext>(
                 Some(to_plugin::Msg::Counters(_)) => FromPlugin {
                     msg: Some(from_plugin::Msg::Counters(plugin.counters())),
                 },
+                Some(to_plugin::Msg::FlowSamples(_)) => FromPlugin {
+                    msg: Some(from_plugin::Msg::FlowSamples(plugin.flow_samples())),
+                },
                 _ => core
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -1353,6 +1377,7 @@ pub fn serve_connection<C: VppContext>(
     core.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .on_disconnect(unix_now());
+    plugin.connection_closed();
     result
 }
 

@@ -168,6 +168,27 @@ impl control::Reader for Plugin {
         }
     }
 
+    fn flow_samples(&self) -> capo_proto::capo::dataplane::v1::FlowSamples {
+        let flows = if self.workers.sampling() {
+            self.workers.take_samples()
+        } else {
+            // From now on; this first answer has nothing yet.
+            self.workers.set_sampling(true);
+            Vec::new()
+        };
+        capo_proto::capo::dataplane::v1::FlowSamples {
+            flows: flows
+                .iter()
+                .map(|(p, flags, n)| share::sample_to_proto(p, *flags, *n))
+                .collect(),
+            sample_every: worker::SAMPLE_EVERY,
+        }
+    }
+
+    fn connection_closed(&self) {
+        self.workers.set_sampling(false);
+    }
+
     fn counters(&self) -> api::CountersReply {
         let Some(g) = self.cell.load() else {
             return api::CountersReply::default();

@@ -166,6 +166,7 @@ where
                         marks: plugin.config.nic_marks,
                         now: now(),
                         unclassified: plugin.config.unclassified,
+                        sample: plugin.workers.sampling(),
                     };
                     counts = classify_batch::<IP6, OUTPUT>(&mut ctx, &views, out);
                 }

@@ -195,6 +195,37 @@ impl FlowLayerRule {
     }
 }
 
+/// A sampled flow as the agent reads it ([`pb::FlowSample`]).
+pub fn sample_to_proto(p: &capo_policy::Packet, tcp_flags: u8, packets: u64) -> pb::FlowSample {
+    let bytes = |a: IpAddr| match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let mut out = pb::FlowSample {
+        src: bytes(p.src),
+        dst: bytes(p.dst),
+        protocol: u32::from(p.protocol.0),
+        packets,
+        ..Default::default()
+    };
+    match p.l4 {
+        capo_policy::eval::L4::Ports { src, dst } => {
+            out.src_port = u32::from(src);
+            out.dst_port = u32::from(dst);
+        }
+        capo_policy::eval::L4::Icmp { icmp_type, code } => {
+            out.icmp = true;
+            out.src_port = u32::from(icmp_type);
+            out.dst_port = u32::from(code);
+        }
+        capo_policy::eval::L4::None => out.no_l4 = true,
+    }
+    if p.protocol == capo_policy::Protocol::TCP {
+        out.tcp_flags = u32::from(tcp_flags);
+    }
+    out
+}
+
 fn array<const N: usize>(b: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(b.get(..N).unwrap_or(&[0; N][..]));

@@ -52,6 +52,7 @@ fn ctx<'a>(plugin: &'a Plugin, slot: &'a mut WorkerSlot, secs: u64) -> BatchCtx<
         marks: NicMarks::default(),
         now: Timestamp::from_secs(secs),
         unclassified: plugin.config.unclassified,
+        sample: plugin.workers.sampling(),
     }
 }
 
@@ -333,6 +334,53 @@ fn node_batch_over_byte_buffers() {
     assert_eq!((c.nic_accepted, c.denied), (0, 1));
     let c = classify_batch::<false, true>(&mut ctx, &frame[..1], &mut out);
     assert_eq!((c.nic_accepted, c.denied, c.flow_hits), (0, 0, 1));
+}
+
+#[test]
+fn flows_software_decides_are_sampled_while_the_agent_asks() {
+    use crate::control::Reader;
+    let (plugin, _core) = seeded();
+    let allowed = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40000, 5978));
+    let denied = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 40001, 5979));
+    let run = |plugin: &Plugin| {
+        let mut guard = plugin.workers.for_thread(0).unwrap();
+        let mut ctx = ctx(plugin, guard.slot().unwrap(), 10);
+        let p = |bytes| PacketIn {
+            bytes,
+            sw_if_index: SwIfIndex(11),
+            flow_id: 0,
+            traced: false,
+        };
+        let mut frame: Vec<PacketIn<'_>> = (0..16).map(|_| p(&allowed)).collect();
+        frame.extend((0..16).map(|_| p(&denied)));
+        let mut out = Vec::new();
+        classify_batch::<false, true>(&mut ctx, &frame, &mut out);
+    };
+    // Nobody asked: nothing is sampled, and the first request only turns it on.
+    run(&plugin);
+    assert!(!plugin.workers.sampling());
+    assert!(plugin.flow_samples().flows.is_empty());
+    assert!(plugin.workers.sampling());
+    // One packet in eight of those software decided (flow-table hits included).
+    run(&plugin);
+    let s = plugin.flow_samples();
+    assert_eq!(s.sample_every, crate::worker::SAMPLE_EVERY);
+    let mut got: Vec<(u32, u64, u32)> = s
+        .flows
+        .iter()
+        .map(|f| (f.dst_port, f.packets, f.tcp_flags))
+        .collect();
+    got.sort();
+    let syn = u32::from(capo_offload::flow::TCP_SYN);
+    assert_eq!(got, [(5978, 2, syn), (5979, 2, syn)], "{s:?}");
+    assert_eq!(s.flows[0].src, vec![11, 0, 0, 196]);
+    // Taken: nothing until more packets.
+    assert!(plugin.flow_samples().flows.is_empty());
+    // The agent goes away: sampling stops.
+    plugin.connection_closed();
+    assert!(!plugin.workers.sampling());
+    run(&plugin);
+    assert!(plugin.flow_samples().flows.is_empty());
 }
 
 fn seed_ipset_id() -> String {

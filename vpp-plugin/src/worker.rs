@@ -11,10 +11,12 @@
 //! `clear capo counters` replaces every worker with a fresh one, which also forgets
 //! the flows (as VPP's ACL plugin does on `clear acl-plugin sessions`).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use capo_classifier::{Counters, FlowConfig, FlowStats, Input, RuleCount, Scratch, Worker};
-use capo_policy::Verdict;
+use capo_policy::{Packet, Verdict};
 
 /// Most worker slots (VPP thread indexes beyond this share slots).
 pub const MAX_THREADS: usize = 64;
@@ -30,6 +32,38 @@ pub struct WorkerSlot {
     pub scratch: Scratch,
     /// Per-frame buffers, reused (no allocation per frame once warm).
     pub(crate) frame: FrameBufs,
+    /// Flows sampled for the NIC share's planning (while the agent asks for them).
+    pub(crate) samples: Samples,
+}
+
+/// One packet in this many of those software decides is sampled.
+pub const SAMPLE_EVERY: u32 = 8;
+
+/// Most flows one thread holds between two requests; later new flows are not
+/// sampled until the agent has taken these.
+pub const MAX_SAMPLED_FLOWS: usize = 4096;
+
+/// A thread's sampled flows: packets per flow, and the first sampled packet's TCP
+/// flags.
+#[derive(Debug, Default)]
+pub(crate) struct Samples {
+    flows: HashMap<Packet, (u64, u8)>,
+    tick: u32,
+}
+
+impl Samples {
+    /// Counts one packet software decided (one in [`SAMPLE_EVERY`] is kept).
+    pub(crate) fn record(&mut self, packet: &Packet, tcp_flags: u8) {
+        self.tick = self.tick.wrapping_add(1);
+        if self.tick % SAMPLE_EVERY != 0 {
+            return;
+        }
+        if let Some(e) = self.flows.get_mut(packet) {
+            e.0 += 1;
+        } else if self.flows.len() < MAX_SAMPLED_FLOWS {
+            self.flows.insert(*packet, (1, tcp_flags));
+        }
+    }
 }
 
 /// Per-frame buffers of the batch logic.
@@ -52,6 +86,7 @@ impl WorkerSlot {
             counters,
             scratch: Scratch::default(),
             frame: FrameBufs::default(),
+            samples: Samples::default(),
         }
     }
 }
@@ -61,6 +96,8 @@ impl WorkerSlot {
 pub struct Workers {
     cfg: FlowConfig,
     slots: Vec<Mutex<Option<WorkerSlot>>>,
+    /// Whether the node samples flows (an agent asks for them).
+    sampling: AtomicBool,
 }
 
 /// Flow-table sizes and statistics, summed over threads.
@@ -78,7 +115,34 @@ impl Workers {
         Workers {
             cfg,
             slots: (0..MAX_THREADS).map(|_| Mutex::new(None)).collect(),
+            sampling: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the node samples the flows software decides (read once per frame).
+    #[inline]
+    pub fn sampling(&self) -> bool {
+        self.sampling.load(Ordering::Relaxed)
+    }
+
+    /// Turns sampling on or off; off forgets what was sampled.
+    pub fn set_sampling(&self, on: bool) {
+        self.sampling.store(on, Ordering::Relaxed);
+        if !on {
+            self.each(|_, s| s.samples = Samples::default());
+        }
+    }
+
+    /// Every thread's sampled flows since the last call, merged: `(packet, TCP flags
+    /// of its first sampled packet, sampled packets)`.
+    pub fn take_samples(&self) -> Vec<(Packet, u8, u64)> {
+        let mut merged: HashMap<Packet, (u64, u8)> = HashMap::new();
+        self.each(|_, s| {
+            for (p, (n, flags)) in std::mem::take(&mut s.samples.flows) {
+                merged.entry(p).or_insert((0, flags)).0 += n;
+            }
+        });
+        merged.into_iter().map(|(p, (n, f))| (p, f, n)).collect()
     }
 
     /// The flow-table configuration.

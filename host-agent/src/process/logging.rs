@@ -17,8 +17,10 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, filter: &str) {
     let filter = std::env::var("CAPO_LOG").unwrap_or_else(|_| filter.to_string());
     let env = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -15,6 +15,7 @@
 //! The channel is blocking and owns its socket; a broken connection is an error and the
 //! caller reconnects (the plugin keeps enforcing its last generation meanwhile).
 
+use std::collections::HashMap;
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -25,13 +26,14 @@ use capo_felix::frame::DEFAULT_MAX_FRAME_LEN;
 use capo_felix::frame::{FrameError, FrameReader, FrameWriter};
 use capo_proto::capo::agent::v1 as api;
 use capo_proto::capo::dataplane::v1::{
-    from_plugin, to_plugin, Applied, BoundInterface, FromPlugin, Generation, Hello,
-    InterfaceBinding, NicShare, NicShareApplied, ShowReply, ShowRequest, ToPlugin,
+    from_plugin, to_plugin, Applied, BoundInterface, FlowSamples, FlowSamplesRequest, FromPlugin,
+    Generation, Hello, InterfaceBinding, NicShare, NicShareApplied, ShowReply, ShowRequest,
+    ToPlugin,
 };
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
 
-use crate::sinks::vpp_share::{plan_share, SharePlan};
+use crate::sinks::vpp_share::{plan_share, sample_from_proto, SharePlan};
 use crate::sinks::{Committed, Dataplane, PolicySink, SinkError};
 
 /// The agent's version, as sent in `Hello`.
@@ -321,6 +323,19 @@ impl VppChannel {
         }
     }
 
+    /// The flows the plugin sampled since the last call (the first call turns its
+    /// sampling on).
+    ///
+    /// # Errors
+    ///
+    /// [`VppError`] if the channel broke or the answer is not `FlowSamples`.
+    pub fn flow_samples(&mut self) -> Result<FlowSamples, VppError> {
+        match self.ask(to_plugin::Msg::FlowSamples(FlowSamplesRequest {}))? {
+            from_plugin::Msg::FlowSamples(r) => Ok(r),
+            other => Err(unexpected("FlowSamples", &other)),
+        }
+    }
+
     fn push(&mut self, g: Generation) -> Result<Applied, VppError> {
         let id = g.id;
         let bytes = g.encoded_len() as u64;
@@ -524,6 +539,7 @@ fn unexpected(wanted: &'static str, got: &from_plugin::Msg) -> VppError {
         from_plugin::Msg::Counters(_) => "CountersReply",
         from_plugin::Msg::Chunk(_) => "ChunkReceived",
         from_plugin::Msg::NicShare(_) => "NicShareApplied",
+        from_plugin::Msg::FlowSamples(_) => "FlowSamples",
     };
     VppError::Unexpected {
         wanted,
@@ -581,8 +597,7 @@ pub struct VppStatus {
     /// `--nic vpp-flow`: the flow-layer entries the NIC share may use (None: no
     /// share is planned).
     pub share_capacity: Option<u32>,
-    /// The share's rules the plugin last acknowledged, and the generation they were
-    /// planned on.
+    /// The share's rules the plugin last acknowledged.
     pub share_rules: usize,
     /// The generation of the last acknowledged share.
     pub share_generation: u64,
@@ -630,6 +645,13 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How often the NIC share is sent again while nothing changes (interfaces VPP
 /// added get it then).
 const SHARE_REFRESH: Duration = Duration::from_secs(5);
+
+/// How often the plugin's sampled flows are read (and the share planned again when
+/// new flows came).
+const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Most sampled flows the sink keeps (the hottest).
+const MAX_SAMPLES: usize = 16_384;
 
 /// The longest wait between two tries of a generation the plugin refused or could
 /// not take (the wait doubles from [`IDLE_CHECK`] after each failure; a new
@@ -778,6 +800,8 @@ impl VppSink {
             share_held: Vec::new(),
             share_plan: None,
             share_sent: None,
+            samples: HashMap::new(),
+            samples_read: None,
         };
         let spawned = std::thread::Builder::new()
             .name("capo-vpp-sink".into())
@@ -867,6 +891,10 @@ struct SinkThread {
     share_plan: Option<(u64, SharePlan)>,
     /// When a share was last acknowledged.
     share_sent: Option<std::time::Instant>,
+    /// The plugin's sampled flows, decayed by half at each plan.
+    samples: HashMap<capo_policy::Packet, capo_offload::plan::FlowSample>,
+    /// When they were last read.
+    samples_read: Option<std::time::Instant>,
 }
 
 impl SinkThread {
@@ -900,9 +928,18 @@ impl SinkThread {
                 && (self.pushed != self.generation || self.channel.is_none())
             {
                 self.sync();
-            } else if self.share_due() {
-                // Interfaces VPP added since get the share too.
-                self.send_planned_share();
+            } else if self.share.is_some()
+                && self.channel.is_some()
+                && self.pushed == self.generation
+            {
+                if self.read_samples() {
+                    // New flows: plan this generation's share again.
+                    self.share_plan = None;
+                    self.send_planned_share();
+                } else if self.share_due() {
+                    // Interfaces VPP added since get the share too.
+                    self.send_planned_share();
+                }
             }
         }
     }
@@ -996,11 +1033,11 @@ impl SinkThread {
     }
 
     /// Pushes the generation in force: the pending delta when the plugin holds its
-    /// base, else the whole state. With a NIC share, the drops the new generation does
-    /// not make leave the NIC first, and the new share follows the generation.
+    /// base, else the whole state. With a NIC share, the share leaves the NIC first,
+    /// and the new generation's share follows the generation.
     fn sync(&mut self) {
         let generation = self.generation;
-        self.withdraw_stale_share();
+        self.withdraw_share();
         let result = self.push();
         match result {
             Ok(a) if a.ok => {
@@ -1052,44 +1089,40 @@ impl SinkThread {
         {
             let state = self.state.as_ref()?;
             let started = std::time::Instant::now();
-            let plan = plan_share(state, generation, capacity);
+            let flows: Vec<_> = self.samples.values().cloned().collect();
+            let plan = plan_share(state, generation, capacity, &flows);
             tracing::info!(
                 generation,
                 rules = plan.rules.len(),
                 not_expressible = plan.not_expressible,
+                sampled_flows = flows.len(),
                 ms = started.elapsed().as_secs_f64() * 1e3,
                 "NIC share planned for VPP's flow layer"
             );
             self.share_plan = Some((generation, plan));
+            // Older traffic counts half at the next plan.
+            self.samples.retain(|_, s| {
+                s.hits /= 2;
+                s.hits > 0
+            });
         }
         self.share_plan.as_ref().map(|(_, p)| p)
     }
 
-    /// Before a generation is pushed: the held drops the new generation's share does
-    /// not have are removed (a share of the generation the plugin still holds, with
-    /// only the drops both make), so the NIC never drops for a generation software
-    /// no longer holds.
-    fn withdraw_stale_share(&mut self) {
+    /// Before a generation is pushed, the held share leaves the NIC (an empty share),
+    /// so the NIC never decides for a generation software no longer holds. Its marks
+    /// name the old generation, so none of them could stay anyway; a drop could, but
+    /// knowing which needs the next plan, which would delay the push by a planning.
+    fn withdraw_share(&mut self) {
         if self.share_held.is_empty() || self.channel.is_none() {
             return;
         }
-        let Some(wanted) = self.planned_share().map(|p| p.rules.clone()) else {
-            return;
+        let share = NicShare {
+            generation: self.pushed,
+            rules: Vec::new(),
+            uplinks: self.uplinks(),
         };
-        let keep: Vec<_> = self
-            .share_held
-            .iter()
-            .filter(|r| wanted.contains(r))
-            .cloned()
-            .collect();
-        if keep.len() < self.share_held.len() {
-            let share = NicShare {
-                generation: self.pushed,
-                rules: keep,
-                uplinks: self.uplinks(),
-            };
-            self.send_share(share);
-        }
+        self.send_share(share);
     }
 
     /// Sends the share of the generation the plugin now holds.
@@ -1104,6 +1137,43 @@ impl SinkThread {
             rules,
             uplinks,
         });
+    }
+
+    /// Reads the plugin's sampled flows when [`SAMPLE_PERIOD`] has passed; whether
+    /// any flow is new.
+    fn read_samples(&mut self) -> bool {
+        if self
+            .samples_read
+            .is_some_and(|at| at.elapsed() < SAMPLE_PERIOD)
+        {
+            return false;
+        }
+        self.samples_read = Some(std::time::Instant::now());
+        let reply = match self.connected().and_then(VppChannel::flow_samples) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the VPP plugin's sampled flows");
+                self.disconnected();
+                return false;
+            }
+        };
+        let mut new = false;
+        for s in reply.flows.iter().filter_map(sample_from_proto) {
+            match self.samples.get_mut(&s.packet) {
+                Some(known) => known.hits += s.hits,
+                None => {
+                    new = true;
+                    self.samples.insert(s.packet, s);
+                }
+            }
+        }
+        if self.samples.len() > MAX_SAMPLES {
+            let mut hits: Vec<u64> = self.samples.values().map(|s| s.hits).collect();
+            hits.sort_unstable_by(|a, b| b.cmp(a));
+            let floor = hits.get(MAX_SAMPLES).copied().unwrap_or(0);
+            self.samples.retain(|_, s| s.hits > floor);
+        }
+        new
     }
 
     fn uplinks(&self) -> Vec<String> {

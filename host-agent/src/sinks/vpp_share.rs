@@ -10,19 +10,25 @@
 //! just stays in software.
 //!
 //! Generations switch break-before-make: before a generation is pushed, the held
-//! rules its share does not have leave the NIC (every MARK, since marks name their
-//! generation); once the plugin holds the generation, its share goes in. Between the
-//! two, software decides those packets, which it always may.
+//! share leaves the NIC (its marks name the old generation); once the plugin holds
+//! the new generation, its share goes in. Between the two, software decides those
+//! packets, which it always may.
 //!
-//! The plugin reports no per-flow samples and numbers its rules itself, so the plan
-//! is not ranked by traffic: every rule counts as hot and the table size bounds the
-//! share (the planner's order decides what fits).
+//! The plan is ranked by the flows the plugin samples (one packet in eight of those
+//! software decides, [`pb::FlowSample`]): they make rules hot and, where no rule looks
+//! at source ports, give conversation entries (a MARK for an allowed conversation's
+//! next connections too). The plugin numbers its rules itself, so its rule counters
+//! cannot be matched to the agent's; instead every rule counts as a little hot, so a
+//! rule without samples still goes down when there is room.
 
 use capo_offload::flow::{EthFields, Ipv4Fields, Ipv6Fields, PortFields, Spec, TcpFields};
 use capo_offload::lower::Origin;
+use capo_offload::plan::FlowSample;
 use capo_offload::{Action, FlowRule, Group, HitCounters, Item, NicCaps, PlanConfig, Priority};
-use capo_policy::{IdTable, State};
+use capo_policy::eval::L4;
+use capo_policy::{IdTable, Packet, Protocol, State};
 use capo_proto::capo::dataplane::v1 as pb;
+use std::net::IpAddr;
 
 /// Flow-layer entries the share may use unless `--nic vpp-flow:N` says otherwise.
 pub const DEFAULT_FLOW_LAYER_CAPACITY: u32 = 1024;
@@ -228,14 +234,63 @@ pub struct SharePlan {
     pub not_expressible: usize,
 }
 
+/// A flow the plugin sampled, as the planner takes it (`None` when malformed).
+pub fn sample_from_proto(s: &pb::FlowSample) -> Option<FlowSample> {
+    let addr = |b: &[u8]| -> Option<IpAddr> {
+        match b.len() {
+            4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+            16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+            _ => None,
+        }
+    };
+    let (src, dst) = (addr(&s.src)?, addr(&s.dst)?);
+    if src.is_ipv4() != dst.is_ipv4() {
+        return None;
+    }
+    let protocol = Protocol(u8::try_from(s.protocol).ok()?);
+    let l4 = if s.no_l4 {
+        L4::None
+    } else if s.icmp {
+        L4::Icmp {
+            icmp_type: u8::try_from(s.src_port).ok()?,
+            code: u8::try_from(s.dst_port).ok()?,
+        }
+    } else {
+        L4::Ports {
+            src: u16::try_from(s.src_port).ok()?,
+            dst: u16::try_from(s.dst_port).ok()?,
+        }
+    };
+    Some(FlowSample {
+        packet: Packet {
+            src,
+            dst,
+            protocol,
+            l4,
+        },
+        tcp_flags: (protocol == Protocol::TCP)
+            .then(|| u8::try_from(s.tcp_flags).ok())
+            .flatten(),
+        hits: s.packets,
+    })
+}
+
 /// Plans the share of `state` (generation `generation`) for a flow layer of
-/// `capacity` entries.
-pub fn plan_share(state: &State, generation: u64, capacity: u32) -> SharePlan {
+/// `capacity` entries, ranked by the sampled `flows`.
+pub fn plan_share(
+    state: &State,
+    generation: u64,
+    capacity: u32,
+    flows: &[FlowSample],
+) -> SharePlan {
     let mut ids = IdTable::default();
     ids.sync(state);
     let program = capo_offload::lower(state, &ids, generation);
-    // Every rule counts as hot (see the module doc).
-    let mut hits = HitCounters::default();
+    // Every rule counts as a little hot (see the module doc).
+    let mut hits = HitCounters {
+        flows: flows.to_vec(),
+        ..HitCounters::default()
+    };
     for dom in &program.domains {
         for entry in &dom.entries {
             if let Origin::Rule {
@@ -571,7 +626,7 @@ mod tests {
             vec![],
             None,
         );
-        let share = plan_share(&state, 3, 64);
+        let share = plan_share(&state, 3, 64, &[]);
         let find = |src: [u8; 4], mask: [u8; 4]| {
             share
                 .rules
@@ -602,15 +657,118 @@ mod tests {
             .iter()
             .all(|r| r.action == pb::FlowLayerAction::Mark as i32));
         // No capacity: no share.
-        assert!(plan_share(&state, 3, 0).rules.is_empty());
+        assert!(plan_share(&state, 3, 0, &[]).rules.is_empty());
         // Another generation's marks differ (they name it): a switch replaces them.
-        let next = plan_share(&state, 5, 64);
+        let next = plan_share(&state, 5, 64, &[]);
         assert_eq!(next.rules.len(), share.rules.len());
         assert!(next.rules.iter().all(|r| !share.rules.contains(r)));
         // Generation 4's tag is 0: its first allow would be mark 0, which is VPP's
         // "no mark", so that rule stays in software.
-        let tag0 = plan_share(&state, 4, 64);
+        let tag0 = plan_share(&state, 4, 64, &[]);
         assert_eq!(tag0.rules.len() + 1, share.rules.len());
         assert_eq!(tag0.not_expressible, 1);
+    }
+
+    #[test]
+    fn sampled_flows_cross_the_channel_unchanged() {
+        use capo_vpp_plugin::share::sample_to_proto;
+        let packets = [
+            (
+                Packet {
+                    src: "172.16.5.5".parse().unwrap(),
+                    dst: "10.244.0.1".parse().unwrap(),
+                    protocol: Protocol::TCP,
+                    l4: L4::Ports {
+                        src: 40000,
+                        dst: 80,
+                    },
+                },
+                Some(0x02),
+            ),
+            (
+                Packet {
+                    src: "fd00::5".parse().unwrap(),
+                    dst: "fd00::1".parse().unwrap(),
+                    protocol: Protocol::UDP,
+                    l4: L4::Ports { src: 5353, dst: 53 },
+                },
+                None,
+            ),
+            (
+                Packet {
+                    src: "172.16.5.5".parse().unwrap(),
+                    dst: "10.244.0.1".parse().unwrap(),
+                    protocol: Protocol::ICMP,
+                    l4: L4::Icmp {
+                        icmp_type: 8,
+                        code: 0,
+                    },
+                },
+                None,
+            ),
+            (
+                Packet {
+                    src: "172.16.5.5".parse().unwrap(),
+                    dst: "10.244.0.1".parse().unwrap(),
+                    protocol: Protocol(47),
+                    l4: L4::None,
+                },
+                None,
+            ),
+        ];
+        for (p, flags) in packets {
+            let wire = sample_to_proto(&p, flags.unwrap_or(0x10), 7);
+            let back = sample_from_proto(&wire).unwrap();
+            assert_eq!((back.packet, back.tcp_flags, back.hits), (p, flags, 7));
+        }
+        let mut bad = sample_to_proto(&packets[0].0, 0x02, 1);
+        bad.dst = vec![0; 16];
+        assert_eq!(sample_from_proto(&bad), None);
+        bad.dst = vec![1, 2, 3];
+        assert_eq!(sample_from_proto(&bad), None);
+        let mut bad = sample_to_proto(&packets[0].0, 0x02, 1);
+        bad.dst_port = 70_000;
+        assert_eq!(sample_from_proto(&bad), None);
+    }
+
+    #[test]
+    fn a_sampled_allowed_conversation_becomes_a_mark_where_its_rule_cannot() {
+        // The allow overlaps an earlier deny, so the rule cannot go down in one flat
+        // table; a conversation the plugin sampled, outside the deny, can.
+        let mut tcp_deny = Rule::any(PolicyAction::Deny);
+        tcp_deny.protocol = Some(Protocol::TCP);
+        tcp_deny.src.nets.push(net("172.16.9.0/24"));
+        let (state, _) = one_workload(
+            vec![tcp_deny, allow_from("172.16.0.0/16", Protocol::TCP, 80)],
+            vec![],
+            None,
+        );
+        assert!(plan_share(&state, 3, 64, &[]).rules.is_empty());
+        let sample = FlowSample {
+            packet: Packet {
+                src: "172.16.5.5".parse().unwrap(),
+                dst: "10.244.0.1".parse().unwrap(),
+                protocol: Protocol::TCP,
+                l4: L4::Ports {
+                    src: 40000,
+                    dst: 80,
+                },
+            },
+            tcp_flags: Some(0x10),
+            hits: 50,
+        };
+        let share = plan_share(&state, 3, 64, &[sample]);
+        assert_eq!(share.rules.len(), 1, "{share:?}");
+        let r = &share.rules[0];
+        assert_eq!(
+            (r.src_addr.clone(), r.src_mask.clone()),
+            (vec![172, 16, 5, 5], vec![255; 4])
+        );
+        // The conversation: any source port (no rule looks at them), port 80.
+        assert_eq!(
+            (r.src_port_mask, r.dst_port, r.dst_port_mask),
+            (0, 80, 0xffff)
+        );
+        assert_eq!(r.action, pb::FlowLayerAction::Mark as i32);
     }
 }
