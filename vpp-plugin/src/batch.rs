@@ -322,10 +322,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                 slot.worker
                     .process(g.classifier(), run, ctx.now, &mut frame.verdicts);
                 if ctx.sample {
-                    for input in run {
-                        slot.samples
-                            .record(&input.packet.packet, input.packet.tcp_flags);
-                    }
+                    slot.samples.record_run(run);
                 }
             }
             for (k, v) in frame.verdicts.iter().enumerate() {

@@ -361,7 +361,8 @@ fn flows_software_decides_are_sampled_while_the_agent_asks() {
     assert!(!plugin.workers.sampling());
     assert!(plugin.flow_samples().flows.is_empty());
     assert!(plugin.workers.sampling());
-    // One packet in eight of those software decided (flow-table hits included).
+    // One packet in sixteen of those software decided (flow-table hits included):
+    // the 16th and the 32nd.
     run(&plugin);
     let s = plugin.flow_samples();
     assert_eq!(s.sample_every, crate::worker::SAMPLE_EVERY);
@@ -372,7 +373,12 @@ fn flows_software_decides_are_sampled_while_the_agent_asks() {
         .collect();
     got.sort();
     let syn = u32::from(capo_offload::flow::TCP_SYN);
-    assert_eq!(got, [(5978, 2, syn), (5979, 2, syn)], "{s:?}");
+    assert_eq!(got, [(5978, 1, syn), (5979, 1, syn)], "{s:?}");
+    // The count runs on across frames: two more frames, four more samples.
+    run(&plugin);
+    run(&plugin);
+    let again: u64 = plugin.flow_samples().flows.iter().map(|f| f.packets).sum();
+    assert_eq!(again, 4);
     assert_eq!(s.flows[0].src, vec![11, 0, 0, 196]);
     // Taken: nothing until more packets.
     assert!(plugin.flow_samples().flows.is_empty());

@@ -37,7 +37,7 @@ pub struct WorkerSlot {
 }
 
 /// One packet in this many of those software decides is sampled.
-pub const SAMPLE_EVERY: u32 = 8;
+pub const SAMPLE_EVERY: u32 = 16;
 
 /// Most flows one thread holds between two requests; later new flows are not
 /// sampled until the agent has taken these.
@@ -52,17 +52,21 @@ pub(crate) struct Samples {
 }
 
 impl Samples {
-    /// Counts one packet software decided (one in [`SAMPLE_EVERY`] is kept).
-    pub(crate) fn record(&mut self, packet: &Packet, tcp_flags: u8) {
-        self.tick = self.tick.wrapping_add(1);
-        if self.tick % SAMPLE_EVERY != 0 {
-            return;
+    /// Counts a run of packets software decided: every [`SAMPLE_EVERY`]th packet
+    /// the thread has seen is kept, and only those are touched.
+    pub(crate) fn record_run(&mut self, run: &[Input]) {
+        let every = SAMPLE_EVERY as usize;
+        // The k-th packet (counting from 1) is kept when k is a multiple of `every`.
+        let first = every - 1 - (self.tick % SAMPLE_EVERY) as usize;
+        for input in run.iter().skip(first).step_by(every) {
+            let packet = &input.packet.packet;
+            if let Some(e) = self.flows.get_mut(packet) {
+                e.0 += 1;
+            } else if self.flows.len() < MAX_SAMPLED_FLOWS {
+                self.flows.insert(*packet, (1, input.packet.tcp_flags));
+            }
         }
-        if let Some(e) = self.flows.get_mut(packet) {
-            e.0 += 1;
-        } else if self.flows.len() < MAX_SAMPLED_FLOWS {
-            self.flows.insert(*packet, (1, tcp_flags));
-        }
+        self.tick = self.tick.wrapping_add(run.len() as u32);
     }
 }
 

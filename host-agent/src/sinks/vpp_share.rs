@@ -14,7 +14,7 @@
 //! the new generation, its share goes in. Between the two, software decides those
 //! packets, which it always may.
 //!
-//! The plan is ranked by the flows the plugin samples (one packet in eight of those
+//! The plan is ranked by the flows the plugin samples (one packet in sixteen of those
 //! software decides, [`pb::FlowSample`]): they make rules hot and, where no rule looks
 //! at source ports, give conversation entries (a MARK for an allowed conversation's
 //! next connections too). The plugin numbers its rules itself, so its rule counters
