@@ -146,7 +146,7 @@ def figures(doc):
     for r in vpp:
         name = f"vpp {r['engine']} {r['phase']}"
         put(name + " clocks/packet", (r["clocks_per_packet"], r["clocks_min"], r["clocks_max"]), "clocks")
-        if r["engine"] in ("capo", "acl"):
+        if r["engine"] in ("capo", "capo-nic", "acl"):
             node = r["policy_node_clocks_per_packet"]
             put(name + " policy-node clocks/packet", (node, None, None), "clocks")
         if r.get("memory_bytes") is not None and r["phase"] == "first":

@@ -306,9 +306,76 @@ fn node_verdicts(
     v
 }
 
-/// Whether a graph node is a policy engine's: capo's or the ACL plugin's.
+/// Whether a graph node is a policy engine's: capo's or the ACL plugin's. The
+/// emulated NIC of `capo test flow-emulation` stands for hardware: not counted.
 fn is_policy_node(name: &str) -> bool {
-    name.starts_with("capo-") || name.starts_with("acl-plugin-")
+    (name.starts_with("capo-") && name != FLOW_EMULATOR) || name.starts_with("acl-plugin-")
+}
+
+/// The node of `capo test flow-emulation`.
+const FLOW_EMULATOR: &str = "capo-flow-emulator";
+
+/// NIC-share entries for the `capo-nic` engine (`--nic vpp-flow:N`).
+const NIC_SHARE_CAPACITY: u32 = 4096;
+
+/// Starts capo-agent on the plugin in `dir` with its own Felix socket, sends it
+/// `state` as Felix would and waits until the plugin polices every interface of
+/// `names`. Returns the agent and the Felix connection (kept open: closing it is a
+/// Felix restart).
+fn start_agent(
+    o: &VppBenchOptions,
+    vpp: &Vpp,
+    dir: &Path,
+    tag: &str,
+    args: &[String],
+    state: &capo_policy::State,
+    names: &[String],
+    log: &mut dyn FnMut(&str),
+) -> Result<(OwnedChild, std::os::unix::net::UnixStream), VppBenchError> {
+    let felix = dir.join(format!("felix-{tag}.sock"));
+    let log_name = format!("agent-{tag}.log");
+    let agent_log = std::fs::File::create(dir.join(&log_name)).map_err(io(log_name))?;
+    let agent = OwnedChild::spawn(
+        Command::new(&o.agent)
+            .arg("--felix-socket")
+            .arg(&felix)
+            .arg(format!(
+                "--dataplane=vpp:{}",
+                dir.join("capo.sock").display()
+            ))
+            .arg("--api-socket")
+            .arg(dir.join(format!("agent-{tag}.sock")))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(agent_log),
+    )
+    .map_err(io(format!("starting {}", o.agent.display())))?;
+    let start = Instant::now();
+    let mut conn = loop {
+        match std::os::unix::net::UnixStream::connect(&felix) {
+            Ok(c) => break c,
+            Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(io("connecting to the agent's Felix socket")(e)),
+        }
+    };
+    let frames = capo_felix::frame::encode_frames(&capo_felix::encode::snapshot(state));
+    conn.write_all(&frames)
+        .map_err(io("writing the Felix stream"))?;
+    log("vpp: policy sent to capo-agent; waiting for the plugin to police every endpoint");
+    vpp.wait(
+        Duration::from_secs(300),
+        "capo to police every endpoint",
+        || {
+            vpp.ctl("show capo generations").is_ok_and(|g| {
+                names
+                    .iter()
+                    .all(|n| g.contains(&format!(" on {n} sw_if_index=")))
+            })
+        },
+    )?;
+    Ok((agent, conn))
 }
 
 /// Packets per call of the policy nodes (how full the frames they get are).
@@ -733,64 +800,100 @@ fn run_in(
 
     // The policy, as production commits it.
     let before = (vpp.rss_bytes(), vpp.heap_used()?);
-    let felix = dir.join("felix.sock");
-    let agent_log = std::fs::File::create(dir.join("agent.log")).map_err(io("agent.log"))?;
-    let agent = OwnedChild::spawn(
-        Command::new(&o.agent)
-            .arg("--felix-socket")
-            .arg(&felix)
-            .arg(format!(
-                "--dataplane=vpp:{}",
-                dir.join("capo.sock").display()
-            ))
-            .arg("--api-socket")
-            .arg(dir.join("agent.sock"))
-            .args(&binds)
-            .stdout(Stdio::null())
-            .stderr(agent_log),
-    )
-    .map_err(io(format!("starting {}", o.agent.display())))?;
-    let policy = (|| {
-        let start = Instant::now();
-        let mut conn = loop {
-            match std::os::unix::net::UnixStream::connect(&felix) {
-                Ok(c) => break c,
-                Err(_) if start.elapsed() < Duration::from_secs(20) => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => return Err(io("connecting to the agent's Felix socket")(e)),
-            }
-        };
-        let frames =
-            capo_felix::frame::encode_frames(&capo_felix::encode::snapshot(&traffic.state));
-        conn.write_all(&frames)
-            .map_err(io("writing the Felix stream"))?;
-        log("vpp: policy sent to capo-agent; waiting for the plugin to police every endpoint");
+    let (agent, conn) = start_agent(o, &vpp, dir, "sw", &binds, &traffic.state, &names, log)?;
+    let memory = (
+        vpp.rss_bytes().saturating_sub(before.0),
+        vpp.heap_used()?.saturating_sub(before.1),
+    );
+    measure(&vpp, "capo", Some(memory), log)?;
+    drop((agent, conn));
+
+    // capo with its NIC share through VPP's flow layer: pg has no flow support, so
+    // pg0 (where every packet enters) runs under `capo test flow-emulation`, which
+    // marks and drops as a NIC would before VPP sees the frame. Its node stands for
+    // hardware and is not counted as policy.
+    vpp.ctl("capo test flow-emulation pg0")?;
+    let mut args = binds.clone();
+    args.extend([
+        format!("--nic=vpp-flow:{NIC_SHARE_CAPACITY}"),
+        "--vpp-uplink=pg0".into(),
+    ]);
+    let (agent, conn) = start_agent(o, &vpp, dir, "nic", &args, &traffic.state, &names, log)?;
+    vpp.wait(Duration::from_secs(120), "the NIC share on pg0", || {
+        vpp.ctl("show capo offload").is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.contains("uplink pg0 ") && l.contains("share rules installed"))
+        })
+    })?;
+    // The share is planned from sampled traffic: train it on the next window's first
+    // packets (other connections of the same conversations), never on the measured
+    // window's.
+    let (train, _) = first_packets(o.kind, o.window + 1, o.seed);
+    if train.is_empty() {
+        log("vpp: no training window: the NIC share is planned without samples");
+    } else {
+        // The agent's first read of the samples turns the plugin's sampling on.
+        vpp.wait(Duration::from_secs(30), "capo's flow sampling", || {
+            vpp.ctl("show capo flows")
+                .is_ok_and(|t| t.contains("flow sampling for the NIC share: on"))
+        })?;
+        let frames: Vec<Vec<u8>> = train.iter().map(|(p, f)| wire_frame(p, *f)).collect();
+        let pcap = dir.join("train.pcap");
+        write_pcap(&pcap, &frames.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+        vpp.send(&pcap, frames.len(), "train")?;
+        let agent_log = dir.join("agent-nic.log");
         vpp.wait(
-            Duration::from_secs(300),
-            "capo to police every endpoint",
+            Duration::from_secs(60),
+            "a NIC share planned from the training window's samples",
             || {
-                vpp.ctl("show capo generations").is_ok_and(|g| {
-                    names
-                        .iter()
-                        .all(|n| g.contains(&format!(" on {n} sw_if_index=")))
+                std::fs::read_to_string(&agent_log).is_ok_and(|t| {
+                    t.lines().any(|l| {
+                        l.contains("NIC share planned")
+                            && l.split("sampled_flows=")
+                                .nth(1)
+                                .and_then(|r| r.split_whitespace().next())
+                                .and_then(|n| n.parse::<u64>().ok())
+                                .is_some_and(|n| n > 0)
+                    })
                 })
             },
         )?;
-        Ok(conn)
-    })();
-    let result = policy.and_then(|_conn| {
-        let memory = (
-            vpp.rss_bytes().saturating_sub(before.0),
-            vpp.heap_used()?.saturating_sub(before.1),
-        );
-        measure(&vpp, "capo", Some(memory), log)?;
-        // npol on the same VPP, same interfaces, same first packets (run 0's).
-        let tuples = run_packets(&packets, 0);
-        npol_peer(&vpp, o, dir, &traffic.state, &tuples, &routes, log)
-    });
-    drop(agent);
-    rows.push(result?);
+        // The plan is logged before its share is sent.
+        std::thread::sleep(Duration::from_secs(2));
+        log(&format!(
+            "vpp: trained the NIC share on window {} ({} first packets)",
+            o.window + 1,
+            frames.len()
+        ));
+    }
+    let offload = vpp.ctl("show capo offload")?;
+    log(&format!(
+        "vpp: NIC share: {}",
+        offload
+            .lines()
+            .filter(|l| l.contains("NIC share:")
+                || l.contains("uplink pg0 ")
+                || l.contains("emulated NIC"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    measure(&vpp, "capo-nic", None, log)?;
+    let totals = vpp.ctl("show capo counters")?;
+    log(&format!(
+        "vpp: capo-nic totals: {}",
+        totals
+            .lines()
+            .find(|l| l.contains("NIC verdicts accepted"))
+            .unwrap_or("none")
+            .trim()
+    ));
+    drop((agent, conn));
+
+    // npol on the same VPP, same interfaces, same first packets (run 0's).
+    let tuples = run_packets(&packets, 0);
+    let npol = npol_peer(&vpp, o, dir, &traffic.state, &tuples, &routes, log)?;
+    rows.push(npol);
     Ok(rows)
 }
 

@@ -705,12 +705,37 @@ impl Worker {
     /// flow-table hits, whichever path decides them. A packet of a known flow
     /// refreshes it; otherwise the flow is created.
     pub fn admit(&mut self, generation: &Generation, input: &Input, now: Timestamp) {
-        let c = &*self.counters;
-        let now = now.0;
         let k = self.flows.keyed(input.sw_if_index, &input.packet);
-        match self.flows.lookup(&k, input.dir, now, c) {
+        self.admit_keyed(generation, input, &k, now.0);
+    }
+
+    /// [`Worker::admit`] for a batch (at most [`MAX_BATCH`] packets are taken), with
+    /// [`Worker::process`]'s prefetching: the NIC allows a conversation's packets
+    /// with a mark, and refreshing their flows one at a time would miss the cache on
+    /// every one.
+    pub fn admit_batch(&mut self, generation: &Generation, batch: &[Input], now: Timestamp) {
+        let batch = batch.get(..batch.len().min(MAX_BATCH)).unwrap_or(batch);
+        let mut keyed = std::mem::take(&mut self.keyed);
+        keyed.clear();
+        for input in batch {
+            let k = self.flows.keyed(input.sw_if_index, &input.packet);
+            self.flows.index.prefetch(k.hash);
+            keyed.push(k);
+        }
+        for (i, (input, k)) in batch.iter().zip(&keyed).enumerate() {
+            if let Some(ka) = keyed.get(i + PREFETCH_AHEAD) {
+                self.flows.prefetch_flow(ka);
+            }
+            self.admit_keyed(generation, input, k, now.0);
+        }
+        self.keyed = keyed;
+    }
+
+    fn admit_keyed(&mut self, generation: &Generation, input: &Input, k: &Keyed, now: u64) {
+        let c = &*self.counters;
+        match self.flows.lookup(k, input.dir, now, c) {
             Lookup::Hit(slot, reply) => self.flows.touch(slot, reply, input.packet.tcp_flags, now),
-            Lookup::Miss(stale) => self.flows.insert(&k, stale, input, generation.id(), now, c),
+            Lookup::Miss(stale) => self.flows.insert(k, stale, input, generation.id(), now, c),
         }
     }
 

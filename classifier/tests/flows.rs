@@ -285,6 +285,26 @@ fn flows_the_nic_allowed_pass_their_replies() {
     w.admit(&g, &input(&ids, Direction::Ingress, p), t);
     assert_eq!(w.flows().len(), 1);
     assert_eq!(counters.flows().created, 1);
+
+    // A batch admits as its packets one by one: the same flows, the same replies
+    // passing.
+    let batch: Vec<Input> = (0..40u16)
+        .map(|i| input(&ids, Direction::Ingress, syn(3000 + i % 25, 80)))
+        .collect();
+    let (one, all) = (Counters::new(), Counters::new());
+    let mut by_one = Worker::new(FlowConfig::default(), &one);
+    let mut at_once = Worker::new(FlowConfig::default(), &all);
+    for i in &batch {
+        by_one.admit(&g, i, t);
+    }
+    at_once.admit_batch(&g, &batch, t);
+    assert_eq!(at_once.flows().len(), 25);
+    assert_eq!(by_one.flows().len(), at_once.flows().len());
+    assert_eq!(one.flows().created, all.flows().created);
+    for i in 0..25u16 {
+        let reply = input(&ids, Direction::Egress, reply_of(&syn(3000 + i, 80)));
+        assert_eq!(at_once.process_one(&g, &reply, t), Verdict::Allow);
+    }
 }
 
 /// One packet of the frame test: source and destination from a small pool (so frames

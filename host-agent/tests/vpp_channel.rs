@@ -479,6 +479,43 @@ fn the_agent_keeps_the_interfaces_across_deltas() {
     assert_eq!(policed(), first);
 }
 
+/// `n` packets of the flow 11.0.0.196:40000 → 11.0.0.67:`dport` (TCP), towards the
+/// seed's pod on tun3, through the plugin's node logic (sampled when the agent asks).
+fn traffic_to_ts2(plugin: &Plugin, dport: u16, n: usize) {
+    use capo_vpp_plugin::{classify_batch, BatchCtx, PacketIn, SwIfIndex};
+    let pkt = capo_policy::Packet {
+        src: "11.0.0.196".parse().unwrap(),
+        dst: "11.0.0.67".parse().unwrap(),
+        protocol: capo_policy::Protocol::TCP,
+        l4: capo_policy::eval::L4::Ports {
+            src: 40000,
+            dst: dport,
+        },
+    };
+    let bytes = capo_classifier::build::frame(&pkt, 0x10)[14..].to_vec();
+    let mut guard = plugin.workers.for_thread(0).unwrap();
+    let mut ctx = BatchCtx {
+        cell: &plugin.cell,
+        slot: guard.slot().unwrap(),
+        marks: capo_vpp_plugin::mark::NicMarks::default(),
+        now: capo_classifier::Timestamp::from_secs(1),
+        unclassified: capo_vpp_plugin::batch::Unclassified::Drop,
+        sample: plugin.workers.sampling(),
+    };
+    let frame: Vec<PacketIn<'_>> = (0..n)
+        .map(|_| PacketIn {
+            bytes: &bytes,
+            sw_if_index: SwIfIndex(11),
+            flow_id: 0,
+            traced: false,
+        })
+        .collect();
+    for chunk in frame.chunks(64) {
+        let mut out = Vec::new();
+        classify_batch::<false, true>(&mut ctx, chunk, &mut out);
+    }
+}
+
 /// With a NIC share (`--nic vpp-flow`): each generation's share follows the
 /// generation, and before a new generation is pushed the old share leaves the NIC
 /// (an empty share, while the plugin still holds the old generation).
@@ -522,13 +559,29 @@ fn the_nic_share_follows_each_generation_the_old_one_out_first() {
     };
     let seed = seed();
     assert!(capo_agent::inputs::felix_stream::feed(&daemon, &seed));
-    wait("generation 1's share", &|| {
+    // Before any traffic: an empty share; the agent's first read turns sampling on.
+    wait("generation 1's first share", &|| {
         shares().iter().any(|s| s.generation == 1)
     });
-    let first = shares().into_iter().find(|s| s.generation == 1).unwrap();
-    // The seed's allow of TCP 5978 from ts1 (IPv4 and IPv6): two marks, after the
-    // generation was published, to the policed interface and the known uplink.
-    assert_eq!(first.rules.len(), 2, "{first:?}");
+    assert!(shares().iter().all(|s| s.rules.is_empty()));
+    wait("sampling", &|| plugin.workers.sampling());
+    // Traffic to 5978 (allowed) and 5980 (denied now, allowed by generation 2).
+    traffic_to_ts2(&plugin, 5978, 320);
+    traffic_to_ts2(&plugin, 5980, 320);
+    wait("generation 1's share from the samples", &|| {
+        shares()
+            .iter()
+            .any(|s| s.generation == 1 && !s.rules.is_empty())
+    });
+    let first = shares()
+        .into_iter()
+        .find(|s| s.generation == 1 && !s.rules.is_empty())
+        .unwrap();
+    // The sampled flow makes the seed's allow of TCP 5978 from ts1 hot, its IPv4
+    // member (the IPv6 one saw no traffic): one mark, after the generation was
+    // published, to the policed interface and the known uplink.
+    assert_eq!(first.rules.len(), 1, "{first:?}");
+    assert_eq!(first.rules[0].dst_port, (5978, 0xffff));
     assert_eq!(first.after_commits, 1);
     assert_eq!(first.targets.uplinks, vec!["uplink0", "eth9"]);
     assert!(first
@@ -551,7 +604,7 @@ fn the_nic_share_follows_each_generation_the_old_one_out_first() {
     }
     wait("the status", &|| handle.status().share_generation == 1);
     let status = handle.status();
-    assert_eq!(status.share_rules, 2);
+    assert_eq!(status.share_rules, 1);
     // Every policed interface and the known uplink report; `eth9` is unknown.
     assert!(
         status.flow_layer.iter().any(|i| i.interface == "uplink0"),
@@ -584,16 +637,18 @@ fn the_nic_share_follows_each_generation_the_old_one_out_first() {
     });
     let all = shares();
     let second = all.iter().position(|s| s.generation == 2).unwrap();
-    // Before it: an empty share of generation 1, while the plugin still held
-    // generation 1 (one commit so far).
-    let withdrawal = all[..second]
+    let held = all.iter().position(|s| !s.rules.is_empty()).unwrap();
+    // Between the last share with marks and generation 2's: an empty share of
+    // generation 1, while the plugin still held generation 1 (one commit so far).
+    let withdrawal = all[held..second]
         .iter()
         .rev()
         .find(|s| s.rules.is_empty())
         .unwrap_or_else(|| panic!("no withdrawal before generation 2: {all:?}"));
     assert_eq!((withdrawal.generation, withdrawal.after_commits), (1, 1));
     assert_eq!(all[second].after_commits, 2);
-    assert_eq!(all[second].rules.len(), 2);
+    assert_eq!(all[second].rules.len(), 1, "{all:?}");
+    assert_eq!(all[second].rules[0].dst_port, (5980, 0xffff));
     assert!(all[second].rules.iter().all(|r| !first.rules.contains(r)));
     let _ = std::fs::remove_dir_all(&dir);
 }

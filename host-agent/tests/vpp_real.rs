@@ -286,6 +286,63 @@ fn emulated(offload: &str, iface: &str) -> (u64, u64) {
     (flows, number_before("marked"))
 }
 
+/// `N` of `the driver takes flows: N of M share rules installed` on `iface`'s line of
+/// `show capo offload`, with the share's generation (`NIC share: M rules planned on
+/// generation G`).
+fn installed(offload: &str, iface: &str) -> (u64, u64) {
+    let generation = offload
+        .split("planned on generation ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let rules = offload
+        .lines()
+        .find(|l| l.contains(&format!(" {iface} (sw_if_index")))
+        .and_then(|l| l.split("the driver takes flows: ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (rules, generation)
+}
+
+/// `NIC verdicts accepted` in `show capo counters`.
+fn nic_accepted(vpp: &Vpp) -> u64 {
+    let counters = vpp.ctl("show capo counters");
+    counters
+        .split("NIC verdicts accepted: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{counters}"))
+}
+
+/// Connections from ts1 to ts2's `port` (IPv4 and IPv6 in turn, each as the policy
+/// says) until the plugin holds a share of generation `generation` with at least one
+/// rule on the uplink: the agent plans from the flows the plugin samples.
+fn traffic_until_shared(
+    vpp: &Vpp,
+    ts1: &Pod,
+    ts2: &Pod,
+    port: u16,
+    allowed: bool,
+    generation: u64,
+    dir: &std::path::Path,
+) {
+    for i in 0..60 {
+        let v6 = i % 2 == 1;
+        assert_eq!(netcat(ts1, ts2, port, v6, dir), allowed, "{port} (v6={v6})");
+        let (rules, g) = installed(&vpp.ctl("show capo offload"), &ts1.vpp_if);
+        if rules > 0 && g == generation {
+            return;
+        }
+    }
+    panic!(
+        "no share on the uplink after 60 connections: {}",
+        vpp.ctl("show capo offload")
+    );
+}
+
 /// The NIC share through VPP's flow layer (`--nic vpp-flow`), with real packets. The
 /// rig's af_packet driver takes no flows, so ts1's interface (where ts1's traffic
 /// enters: ts1 is on another node, so this is the uplink) runs under `capo test
@@ -305,36 +362,40 @@ fn nic_share_through_vpps_flow_layer_on_vpp() {
         &dir,
         &["--nic", "vpp-flow:64", "--vpp-uplink", &ts1.vpp_if],
     );
-    // The seed's allow (TCP 5978 from ts1, IPv4 and IPv6) has no earlier rule that
-    // decides otherwise: two MARK flows, on the uplink's (emulated) hardware.
-    let uplink = format!("uplink {} (sw_if_index", ts1.vpp_if);
-    wait_for(WAIT, "the share on the uplink", || {
-        vpp.ctl("show capo offload").lines().any(|l| {
-            l.contains(&uplink)
-                && l.contains("the driver takes flows: 2 of 2 share rules installed")
-        })
+    wait_for(WAIT, "the plugin to police ts2", || {
+        vpp.ctl("show capo interfaces").contains(&ts2.vpp_if)
     });
+    // Nothing sampled yet: an empty share.
+    wait_for(WAIT, "the first (empty) share", || {
+        vpp.ctl("show capo offload")
+            .contains("NIC share: 0 rules planned on generation 1")
+    });
+    // Traffic the seed allows (TCP 5978 from ts1), decided in software and sampled:
+    // the agent plans the allow's MARK flows, on the uplink's (emulated) hardware.
+    traffic_until_shared(&vpp, &ts1, &ts2, 5978, true, 1, &dir);
     let offload = vpp.ctl("show capo offload");
+    let (rules, _) = installed(&offload, &ts1.vpp_if);
     let ts2_line = offload
         .lines()
         .find(|l| l.contains(&format!(" {} (sw_if_index", ts2.vpp_if)))
         .unwrap_or_else(|| panic!("no line for ts2: {offload}"));
     assert!(ts2_line.contains("fallback-only"), "{offload}");
-    assert_eq!(emulated(&offload, &ts1.vpp_if), (2, 0), "{offload}");
+    let (flows, marked_before) = emulated(&offload, &ts1.vpp_if);
+    assert_eq!(flows, rules, "{offload}");
+    let accepted_before = nic_accepted(&vpp);
 
-    // Real packets: 5978 is allowed by the NIC's mark, 5979 is denied in software.
+    // Real packets: 5978 is allowed (by the NIC's mark where the family's flow is
+    // installed), 5979 is denied in software.
     assert_seed_enforced(&ts1, &ts2, &dir, true);
     let offload = vpp.ctl("show capo offload");
     let (_, marked) = emulated(&offload, &ts1.vpp_if);
-    assert!(marked >= 4, "{offload}");
+    assert!(marked >= marked_before + 2, "{offload}");
+    let accepted = nic_accepted(&vpp);
+    assert!(
+        accepted >= accepted_before + 2,
+        "{accepted} after {accepted_before}"
+    );
     let counters = vpp.ctl("show capo counters");
-    let accepted: u64 = counters
-        .split("NIC verdicts accepted: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{counters}"));
-    assert!(accepted >= marked.min(4), "{counters}\n{offload}");
     assert!(
         counters.contains("NIC marks from an unknown generation: 0"),
         "{counters}"
@@ -348,35 +409,39 @@ fn nic_share_through_vpps_flow_layer_on_vpp() {
     );
     assert!(
         text.contains(&format!(
-            "{} (sw_if_index {}, driver af-packet): 2 rules installed, 0 refused",
+            "{} (sw_if_index {}, driver af-packet): {rules} rules installed, 0 refused",
             ts1.vpp_if,
             ts1.sw_if_index(&vpp)
         )),
         "{text}"
     );
 
-    // A new policy: the old share leaves the NIC before it is pushed,
-    // the new generation's share goes in after.
-    let before = vpp.ctl("show capo offload");
+    // A new policy: the old share leaves the NIC before the generation is pushed, and
+    // the new generation's share is planned from what is sampled under it.
     write_seed(&manifests, &ts2.vpp_if, 5980);
-    wait_for(WAIT, "the new share", || {
-        let now = vpp.ctl("show capo offload");
-        now != before
-            && now.contains("2 of 2 share rules installed")
-            && !now
-                .lines()
-                .any(|l| l.contains("NIC share:") && before.contains(l))
+    wait_for(WAIT, "generation 2", || {
+        vpp.ctl("show capo generations")
+            .contains("active generation: 2 ")
+            || installed(&vpp.ctl("show capo offload"), &ts1.vpp_if).1 == 2
     });
+    traffic_until_shared(&vpp, &ts1, &ts2, 5980, true, 2, &dir);
     let offload = vpp.ctl("show capo offload");
     let (flows, marked_before) = emulated(&offload, &ts1.vpp_if);
-    assert_eq!(flows, 2, "{offload}");
-    assert!(netcat(&ts1, &ts2, 5980, false, &dir), "5980 must connect");
-    assert!(
-        !netcat(&ts1, &ts2, 5978, false, &dir),
-        "5978 must be dropped now"
-    );
+    assert_eq!(flows, installed(&offload, &ts1.vpp_if).0, "{offload}");
+    let accepted_before = nic_accepted(&vpp);
+    for v6 in [false, true] {
+        assert!(
+            netcat(&ts1, &ts2, 5980, v6, &dir),
+            "5980 (v6={v6}) must connect"
+        );
+        assert!(
+            !netcat(&ts1, &ts2, 5978, v6, &dir),
+            "5978 (v6={v6}) must be dropped now"
+        );
+    }
     let (_, marked_after) = emulated(&vpp.ctl("show capo offload"), &ts1.vpp_if);
-    assert!(marked_after > marked_before, "{offload}");
+    assert!(marked_after >= marked_before + 2, "{offload}");
+    assert!(nic_accepted(&vpp) >= accepted_before + 2);
     let counters = vpp.ctl("show capo counters");
     assert!(
         counters.contains("NIC marks from an unknown generation: 0"),
@@ -387,18 +452,6 @@ fn nic_share_through_vpps_flow_layer_on_vpp() {
         "{}",
         agent.log()
     );
-    // The plugin samples what software decided (the replies, the refused 5978 and
-    // 5979 attempts); new sampled flows make the agent plan the share again.
-    wait_for(WAIT, "a share planned from sampled flows", || {
-        agent.log().lines().any(|l| {
-            l.contains("NIC share planned")
-                && l.split("sampled_flows=")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .is_some_and(|n| n > 0)
-        })
-    });
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -219,6 +219,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
     let mut frame = std::mem::take(&mut slot.frame);
     frame.inputs.clear();
     frame.at.clear();
+    frame.admitted.clear();
 
     // 1. Everything decided without the classifier; the rest joins the batch.
     for (i, p) in pkts.iter().enumerate() {
@@ -236,15 +237,15 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                     counts.allowed += 1;
                     counts.nic_accepted += 1;
                     // The flow the NIC allowed is what Calico's conntrack would keep:
-                    // its replies and later packets pass statefully in software.
+                    // its replies and later packets pass statefully in software
+                    // (admitted below, as a batch, before anything is classified).
                     if let Ok(parsed) = parse_family::<IP6>(p.bytes) {
-                        let input = Input {
+                        frame.admitted.push(Input {
                             sw_if_index: p.sw_if_index.0,
                             dir: iface.calico_dir(dir),
                             packet: parsed,
                             len: u32::try_from(p.bytes.len()).unwrap_or(u32::MAX),
-                        };
-                        slot.worker.admit(g.classifier(), &input, ctx.now);
+                        });
                     }
                     let t = if p.traced {
                         let line = format!(
@@ -284,6 +285,15 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
         frame.at.push(i);
         // Placeholder, replaced below.
         out.push(PacketOut::allow(How::Classified, None));
+    }
+
+    // The flows of what the NIC allowed; sampled too, so that what the share decides
+    // stays in it.
+    for run in frame.admitted.chunks(MAX_BATCH) {
+        slot.worker.admit_batch(g.classifier(), run, ctx.now);
+        if ctx.sample {
+            slot.samples.record_run(run);
+        }
     }
 
     // 2. The worker decides the batch in frame order: runs of untraced packets at

@@ -396,6 +396,15 @@ fn flows(ctx: &CliCtx<'_>, verbose: bool) -> String {
             cfg.capacity, cfg.established_flows
         );
     }
+    let _ = writeln!(
+        out,
+        "flow sampling for the NIC share: {}",
+        if ctx.workers.sampling() {
+            "on (an agent with --nic vpp-flow reads it)"
+        } else {
+            "off"
+        }
+    );
     totals(&mut out, ctx);
     out
 }

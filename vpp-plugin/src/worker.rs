@@ -44,29 +44,55 @@ pub const SAMPLE_EVERY: u32 = 16;
 pub const MAX_SAMPLED_FLOWS: usize = 4096;
 
 /// A thread's sampled flows: packets per flow, and the first sampled packet's TCP
-/// flags.
-#[derive(Debug, Default)]
+/// flags. The gap between two sampled packets is random (1 to `2 ×`
+/// [`SAMPLE_EVERY`]` - 1`, mean [`SAMPLE_EVERY`]): a fixed stride would keep picking
+/// the same packet of connections that all look alike (it did: only the server's
+/// FIN of every connection).
+#[derive(Debug)]
 pub(crate) struct Samples {
     flows: HashMap<Packet, (u64, u8)>,
-    tick: u32,
+    /// Packets to pass before the next sampled one (1: the next).
+    next: u32,
+    /// xorshift32 state.
+    rng: u32,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Samples {
+            flows: HashMap::new(),
+            next: SAMPLE_EVERY,
+            rng: 0x9e37_79b9,
+        }
+    }
 }
 
 impl Samples {
-    /// Counts a run of packets software decided: every [`SAMPLE_EVERY`]th packet
-    /// the thread has seen is kept, and only those are touched.
+    fn gap(&mut self) -> u32 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng = x;
+        1 + x % (2 * SAMPLE_EVERY - 1)
+    }
+
+    /// Counts a run of packets software decided; only the sampled ones are touched.
     pub(crate) fn record_run(&mut self, run: &[Input]) {
-        let every = SAMPLE_EVERY as usize;
-        // The k-th packet (counting from 1) is kept when k is a multiple of `every`.
-        let first = every - 1 - (self.tick % SAMPLE_EVERY) as usize;
-        for input in run.iter().skip(first).step_by(every) {
-            let packet = &input.packet.packet;
-            if let Some(e) = self.flows.get_mut(packet) {
-                e.0 += 1;
-            } else if self.flows.len() < MAX_SAMPLED_FLOWS {
-                self.flows.insert(*packet, (1, input.packet.tcp_flags));
-            }
+        let mut at = self.next as usize - 1;
+        while let Some(input) = run.get(at) {
+            self.keep(&input.packet.packet, input.packet.tcp_flags);
+            at += self.gap() as usize;
         }
-        self.tick = self.tick.wrapping_add(run.len() as u32);
+        self.next = u32::try_from(at - run.len() + 1).unwrap_or(1);
+    }
+
+    fn keep(&mut self, packet: &Packet, tcp_flags: u8) {
+        if let Some(e) = self.flows.get_mut(packet) {
+            e.0 += 1;
+        } else if self.flows.len() < MAX_SAMPLED_FLOWS {
+            self.flows.insert(*packet, (1, tcp_flags));
+        }
     }
 }
 
@@ -77,6 +103,8 @@ pub(crate) struct FrameBufs {
     pub(crate) inputs: Vec<Input>,
     /// For each input: its position in the frame.
     pub(crate) at: Vec<usize>,
+    /// Packets the NIC allowed (their flows are admitted as a batch).
+    pub(crate) admitted: Vec<Input>,
     /// The classifier's verdicts.
     pub(crate) verdicts: Vec<Verdict>,
 }

@@ -653,6 +653,9 @@ const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 /// Most sampled flows the sink keeps (the hottest).
 const MAX_SAMPLES: usize = 16_384;
 
+/// A sampled flow counts in plans for this long after it was last sampled.
+const SAMPLE_WINDOW: Duration = Duration::from_secs(30);
+
 /// The longest wait between two tries of a generation the plugin refused or could
 /// not take (the wait doubles from [`IDLE_CHECK`] after each failure; a new
 /// generation is tried at once).
@@ -891,8 +894,8 @@ struct SinkThread {
     share_plan: Option<(u64, SharePlan)>,
     /// When a share was last acknowledged.
     share_sent: Option<std::time::Instant>,
-    /// The plugin's sampled flows, decayed by half at each plan.
-    samples: HashMap<capo_policy::Packet, capo_offload::plan::FlowSample>,
+    /// The plugin's sampled flows, with when each was last sampled.
+    samples: HashMap<capo_policy::Packet, (capo_offload::plan::FlowSample, std::time::Instant)>,
     /// When they were last read.
     samples_read: Option<std::time::Instant>,
 }
@@ -1089,7 +1092,10 @@ impl SinkThread {
         {
             let state = self.state.as_ref()?;
             let started = std::time::Instant::now();
-            let flows: Vec<_> = self.samples.values().cloned().collect();
+            // Flows not sampled for a while no longer count.
+            self.samples
+                .retain(|_, (_, seen)| seen.elapsed() < SAMPLE_WINDOW);
+            let flows: Vec<_> = self.samples.values().map(|(s, _)| s.clone()).collect();
             let plan = plan_share(state, generation, capacity, &flows);
             tracing::info!(
                 generation,
@@ -1100,11 +1106,6 @@ impl SinkThread {
                 "NIC share planned for VPP's flow layer"
             );
             self.share_plan = Some((generation, plan));
-            // Older traffic counts half at the next plan.
-            self.samples.retain(|_, s| {
-                s.hits /= 2;
-                s.hits > 0
-            });
         }
         self.share_plan.as_ref().map(|(_, p)| p)
     }
@@ -1157,21 +1158,26 @@ impl SinkThread {
                 return false;
             }
         };
+        let now = std::time::Instant::now();
         let mut new = false;
         for s in reply.flows.iter().filter_map(sample_from_proto) {
             match self.samples.get_mut(&s.packet) {
-                Some(known) => known.hits += s.hits,
+                Some((known, seen)) => {
+                    known.hits += s.hits;
+                    *seen = now;
+                }
                 None => {
                     new = true;
-                    self.samples.insert(s.packet, s);
+                    tracing::debug!(packet = ?s.packet, flags = ?s.tcp_flags, hits = s.hits, "new sampled flow");
+                    self.samples.insert(s.packet, (s, now));
                 }
             }
         }
         if self.samples.len() > MAX_SAMPLES {
-            let mut hits: Vec<u64> = self.samples.values().map(|s| s.hits).collect();
+            let mut hits: Vec<u64> = self.samples.values().map(|(s, _)| s.hits).collect();
             hits.sort_unstable_by(|a, b| b.cmp(a));
             let floor = hits.get(MAX_SAMPLES).copied().unwrap_or(0);
-            self.samples.retain(|_, s| s.hits > floor);
+            self.samples.retain(|_, (s, _)| s.hits > floor);
         }
         new
     }
