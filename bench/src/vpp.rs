@@ -318,20 +318,25 @@ const FLOW_EMULATOR: &str = "capo-flow-emulator";
 /// NIC-share entries for the `capo-nic` engine (`--nic vpp-flow:N`).
 const NIC_SHARE_CAPACITY: u32 = 4096;
 
-/// Starts capo-agent on the plugin in `dir` with its own Felix socket, sends it
-/// `state` as Felix would and waits until the plugin polices every interface of
-/// `names`. Returns the agent and the Felix connection (kept open: closing it is a
-/// Felix restart).
+/// The policy a capo-agent is fed, and the VPP interfaces it must police.
+struct Policed<'a> {
+    state: &'a capo_policy::State,
+    names: &'a [String],
+}
+
+/// Starts capo-agent on the plugin in `dir` with its own Felix socket (`tag` names
+/// its files), sends it the policy as Felix would and waits until the plugin polices
+/// every interface. Returns the agent and the Felix connection (kept open: closing
+/// it is a Felix restart).
 fn start_agent(
     o: &VppBenchOptions,
     vpp: &Vpp,
     dir: &Path,
-    tag: &str,
-    args: &[String],
-    state: &capo_policy::State,
-    names: &[String],
+    (tag, args): (&str, &[String]),
+    policy: &Policed<'_>,
     log: &mut dyn FnMut(&str),
 ) -> Result<(OwnedChild, std::os::unix::net::UnixStream), VppBenchError> {
+    let Policed { state, names } = *policy;
     let felix = dir.join(format!("felix-{tag}.sock"));
     let log_name = format!("agent-{tag}.log");
     let agent_log = std::fs::File::create(dir.join(&log_name)).map_err(io(log_name))?;
@@ -800,7 +805,11 @@ fn run_in(
 
     // The policy, as production commits it.
     let before = (vpp.rss_bytes(), vpp.heap_used()?);
-    let (agent, conn) = start_agent(o, &vpp, dir, "sw", &binds, &traffic.state, &names, log)?;
+    let policed = Policed {
+        state: &traffic.state,
+        names: &names,
+    };
+    let (agent, conn) = start_agent(o, &vpp, dir, ("sw", &binds), &policed, log)?;
     let memory = (
         vpp.rss_bytes().saturating_sub(before.0),
         vpp.heap_used()?.saturating_sub(before.1),
@@ -818,7 +827,7 @@ fn run_in(
         format!("--nic=vpp-flow:{NIC_SHARE_CAPACITY}"),
         "--vpp-uplink=pg0".into(),
     ]);
-    let (agent, conn) = start_agent(o, &vpp, dir, "nic", &args, &traffic.state, &names, log)?;
+    let (agent, conn) = start_agent(o, &vpp, dir, ("nic", &args), &policed, log)?;
     vpp.wait(Duration::from_secs(120), "the NIC share on pg0", || {
         vpp.ctl("show capo offload").is_ok_and(|t| {
             t.lines()
