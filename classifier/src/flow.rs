@@ -679,13 +679,7 @@ impl Worker {
     ) {
         let batch = batch.get(..batch.len().min(MAX_BATCH)).unwrap_or(batch);
         out.clear();
-        let mut keyed = std::mem::take(&mut self.keyed);
-        keyed.clear();
-        for input in batch {
-            let k = self.flows.keyed(input.sw_if_index, &input.packet);
-            self.flows.index.prefetch(k.hash);
-            keyed.push(k);
-        }
+        let keyed = self.key_batch(batch);
         for (i, (input, k)) in batch.iter().zip(&keyed).enumerate() {
             if let (Some(ahead), Some(ka)) =
                 (batch.get(i + PREFETCH_AHEAD), keyed.get(i + PREFETCH_AHEAD))
@@ -715,13 +709,7 @@ impl Worker {
     /// every one.
     pub fn admit_batch(&mut self, generation: &Generation, batch: &[Input], now: Timestamp) {
         let batch = batch.get(..batch.len().min(MAX_BATCH)).unwrap_or(batch);
-        let mut keyed = std::mem::take(&mut self.keyed);
-        keyed.clear();
-        for input in batch {
-            let k = self.flows.keyed(input.sw_if_index, &input.packet);
-            self.flows.index.prefetch(k.hash);
-            keyed.push(k);
-        }
+        let keyed = self.key_batch(batch);
         for (i, (input, k)) in batch.iter().zip(&keyed).enumerate() {
             if let Some(ka) = keyed.get(i + PREFETCH_AHEAD) {
                 self.flows.prefetch_flow(ka);
@@ -729,6 +717,19 @@ impl Worker {
             self.admit_keyed(generation, input, k, now.0);
         }
         self.keyed = keyed;
+    }
+
+    /// Every packet's flow key, its index entry prefetched (in the worker's reused
+    /// buffer: give it back with `self.keyed = keyed`).
+    fn key_batch(&mut self, batch: &[Input]) -> Vec<Keyed> {
+        let mut keyed = std::mem::take(&mut self.keyed);
+        keyed.clear();
+        for input in batch {
+            let k = self.flows.keyed(input.sw_if_index, &input.packet);
+            self.flows.index.prefetch(k.hash);
+            keyed.push(k);
+        }
+        keyed
     }
 
     fn admit_keyed(&mut self, generation: &Generation, input: &Input, k: &Keyed, now: u64) {

@@ -128,6 +128,25 @@ typedef struct
   u16 dst_port_mask;
 } capo_flow_rule_t;
 
+/* Copies the rule's `n`-byte addresses and masks, protocol and ports into an
+ * n-tuple flow's fields. */
+static void
+capo_flow_fields (const capo_flow_rule_t *r, u32 n, void *src, void *src_mask,
+		  void *dst, void *dst_mask, ip_prot_and_mask_t *protocol,
+		  ip_port_and_mask_t *src_port, ip_port_and_mask_t *dst_port)
+{
+  clib_memcpy (src, r->src, n);
+  clib_memcpy (src_mask, r->src_mask, n);
+  clib_memcpy (dst, r->dst, n);
+  clib_memcpy (dst_mask, r->dst_mask, n);
+  protocol->prot = r->protocol;
+  protocol->mask = r->protocol_mask;
+  src_port->port = r->src_port;
+  src_port->mask = r->src_port_mask;
+  dst_port->port = r->dst_port;
+  dst_port->mask = r->dst_port_mask;
+}
+
 /* Adds a DROP or MARK flow of type ipv4-n-tuple or ipv6-n-tuple (not yet enabled
  * anywhere); returns 0 and its index, or VPP's flow error. */
 int
@@ -141,31 +160,17 @@ capo_vnet_flow_add (const capo_flow_rule_t *r, u32 *flow_index)
     {
       vnet_flow_ip6_n_tuple_t *t = &flow.ip6_n_tuple;
       flow.type = VNET_FLOW_TYPE_IP6_N_TUPLE;
-      clib_memcpy (&t->src_addr.addr, r->src, 16);
-      clib_memcpy (&t->src_addr.mask, r->src_mask, 16);
-      clib_memcpy (&t->dst_addr.addr, r->dst, 16);
-      clib_memcpy (&t->dst_addr.mask, r->dst_mask, 16);
-      t->protocol.prot = r->protocol;
-      t->protocol.mask = r->protocol_mask;
-      t->src_port.port = r->src_port;
-      t->src_port.mask = r->src_port_mask;
-      t->dst_port.port = r->dst_port;
-      t->dst_port.mask = r->dst_port_mask;
+      capo_flow_fields (r, 16, &t->src_addr.addr, &t->src_addr.mask,
+			&t->dst_addr.addr, &t->dst_addr.mask, &t->protocol,
+			&t->src_port, &t->dst_port);
     }
   else
     {
       vnet_flow_ip4_n_tuple_t *t = &flow.ip4_n_tuple;
       flow.type = VNET_FLOW_TYPE_IP4_N_TUPLE;
-      clib_memcpy (&t->src_addr.addr, r->src, 4);
-      clib_memcpy (&t->src_addr.mask, r->src_mask, 4);
-      clib_memcpy (&t->dst_addr.addr, r->dst, 4);
-      clib_memcpy (&t->dst_addr.mask, r->dst_mask, 4);
-      t->protocol.prot = r->protocol;
-      t->protocol.mask = r->protocol_mask;
-      t->src_port.port = r->src_port;
-      t->src_port.mask = r->src_port_mask;
-      t->dst_port.port = r->dst_port;
-      t->dst_port.mask = r->dst_port_mask;
+      capo_flow_fields (r, 4, &t->src_addr.addr, &t->src_addr.mask,
+			&t->dst_addr.addr, &t->dst_addr.mask, &t->protocol,
+			&t->src_port, &t->dst_port);
     }
   return vnet_flow_add (vnet_get_main (), &flow, flow_index);
 }
