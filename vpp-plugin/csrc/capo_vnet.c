@@ -43,49 +43,6 @@ capo_vnet_feature_enabled (const char *arc, const char *node, u32 sw_if_index)
   return vnet_feature_is_enabled (arc, node, sw_if_index);
 }
 
-/* Tries VPP's flow layer on the hardware interface under `sw_if_index`: a flow
- * marking UDP from 192.0.2.1 (TEST-NET-1, never a real peer) with `mark` is added,
- * enabled on the interface, then disabled and deleted again. Returns 0 when the
- * interface's driver took it, else VPP's flow error (VNET_FLOW_ERROR_*). Writes the
- * driver's device class name (at most `cap` bytes, no NUL) to `driver` and its
- * length to `*driver_len`. */
-int
-capo_vnet_flow_probe (u32 sw_if_index, u32 mark, u8 *driver, u32 cap, u32 *driver_len)
-{
-  vnet_main_t *vnm = vnet_get_main ();
-  *driver_len = 0;
-  if (pool_is_free_index (vnm->interface_main.sw_interfaces, sw_if_index))
-    return VNET_FLOW_ERROR_NO_SUCH_INTERFACE;
-  vnet_hw_interface_t *hi = vnet_get_sup_hw_interface (vnm, sw_if_index);
-  vnet_device_class_t *dc = vnet_get_device_class (vnm, hi->dev_class_index);
-  if (dc && dc->name)
-    {
-      u32 n = strlen (dc->name);
-      if (n > cap)
-	n = cap;
-      clib_memcpy (driver, dc->name, n);
-      *driver_len = n;
-    }
-  vnet_flow_t flow = {
-    .type = VNET_FLOW_TYPE_IP4_N_TUPLE,
-    .actions = VNET_FLOW_ACTION_MARK,
-    .mark_flow_id = mark,
-  };
-  flow.ip4_n_tuple.src_addr.addr.as_u32 = clib_host_to_net_u32 (0xc0000201);
-  flow.ip4_n_tuple.src_addr.mask.as_u32 = ~0;
-  flow.ip4_n_tuple.protocol.prot = IP_PROTOCOL_UDP;
-  flow.ip4_n_tuple.protocol.mask = 0xff;
-  u32 flow_index;
-  int rv = vnet_flow_add (vnm, &flow, &flow_index);
-  if (rv)
-    return rv;
-  rv = vnet_flow_enable (vnm, flow_index, hi->hw_if_index);
-  if (rv == 0)
-    vnet_flow_disable (vnm, flow_index, hi->hw_if_index);
-  vnet_flow_del (vnm, flow_index);
-  return rv;
-}
-
 /* Writes the hardware interface under `sw_if_index` to `*hw_if_index` and its
  * driver's device class name (at most `cap` bytes, no NUL) to `driver`, its length to
  * `*driver_len`. Returns 0, or -1 when VPP has no such interface. */
@@ -108,6 +65,39 @@ capo_vnet_hw_of (u32 sw_if_index, u32 *hw_if_index, u8 *driver, u32 cap, u32 *dr
       *driver_len = n;
     }
   return 0;
+}
+
+/* Tries VPP's flow layer on the hardware interface under `sw_if_index`: a flow
+ * marking UDP from 192.0.2.1 (TEST-NET-1, never a real peer) with `mark` is added,
+ * enabled on the interface, then disabled and deleted again. Returns 0 when the
+ * interface's driver took it, else VPP's flow error (VNET_FLOW_ERROR_*). Writes the
+ * driver's device class name (at most `cap` bytes, no NUL) to `driver` and its
+ * length to `*driver_len`. */
+int
+capo_vnet_flow_probe (u32 sw_if_index, u32 mark, u8 *driver, u32 cap, u32 *driver_len)
+{
+  vnet_main_t *vnm = vnet_get_main ();
+  u32 hw_if_index;
+  if (capo_vnet_hw_of (sw_if_index, &hw_if_index, driver, cap, driver_len))
+    return VNET_FLOW_ERROR_NO_SUCH_INTERFACE;
+  vnet_flow_t flow = {
+    .type = VNET_FLOW_TYPE_IP4_N_TUPLE,
+    .actions = VNET_FLOW_ACTION_MARK,
+    .mark_flow_id = mark,
+  };
+  flow.ip4_n_tuple.src_addr.addr.as_u32 = clib_host_to_net_u32 (0xc0000201);
+  flow.ip4_n_tuple.src_addr.mask.as_u32 = ~0;
+  flow.ip4_n_tuple.protocol.prot = IP_PROTOCOL_UDP;
+  flow.ip4_n_tuple.protocol.mask = 0xff;
+  u32 flow_index;
+  int rv = vnet_flow_add (vnm, &flow, &flow_index);
+  if (rv)
+    return rv;
+  rv = vnet_flow_enable (vnm, flow_index, hw_if_index);
+  if (rv == 0)
+    vnet_flow_disable (vnm, flow_index, hw_if_index);
+  vnet_flow_del (vnm, flow_index);
+  return rv;
 }
 
 /* One rule of capo's NIC share (src/share.rs, FlowLayerRule): addresses in network
