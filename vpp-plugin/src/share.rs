@@ -171,28 +171,6 @@ impl FlowLayerRule {
             dst_port,
         })
     }
-
-    /// Whether the rule matches a packet with these fields (the flow layer's match:
-    /// every field under its mask; the emulated NIC of the tests matches the same).
-    pub fn matches(&self, src: IpAddr, dst: IpAddr, protocol: u8, ports: (u16, u16)) -> bool {
-        fn masked<const N: usize>(a: [u8; N], (v, m): ([u8; N], [u8; N])) -> bool {
-            a.iter().zip(v).zip(m).all(|((a, v), m)| a & m == v & m)
-        }
-        let addrs = match (self.addrs, src, dst) {
-            (FlowAddrs::V4 { src: s, dst: d }, IpAddr::V4(a), IpAddr::V4(b)) => {
-                masked(a.octets(), s) && masked(b.octets(), d)
-            }
-            (FlowAddrs::V6 { src: s, dst: d }, IpAddr::V6(a), IpAddr::V6(b)) => {
-                masked(a.octets(), s) && masked(b.octets(), d)
-            }
-            _ => false,
-        };
-        let port = |p: u16, (v, m): (u16, u16)| p & m == v & m;
-        addrs
-            && self.protocol.is_none_or(|p| p == protocol)
-            && port(ports.0, self.src_port)
-            && port(ports.1, self.dst_port)
-    }
 }
 
 /// A sampled flow as the agent reads it ([`pb::FlowSample`]).
@@ -435,6 +413,30 @@ pub fn flow_error_name(code: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl FlowLayerRule {
+        /// Whether the rule matches a packet with these fields (the flow layer's match:
+        /// every field under its mask, as `capo test flow-emulation` matches in C).
+        fn matches(&self, src: IpAddr, dst: IpAddr, protocol: u8, ports: (u16, u16)) -> bool {
+            fn masked<const N: usize>(a: [u8; N], (v, m): ([u8; N], [u8; N])) -> bool {
+                a.iter().zip(v).zip(m).all(|((a, v), m)| a & m == v & m)
+            }
+            let addrs = match (self.addrs, src, dst) {
+                (FlowAddrs::V4 { src: s, dst: d }, IpAddr::V4(a), IpAddr::V4(b)) => {
+                    masked(a.octets(), s) && masked(b.octets(), d)
+                }
+                (FlowAddrs::V6 { src: s, dst: d }, IpAddr::V6(a), IpAddr::V6(b)) => {
+                    masked(a.octets(), s) && masked(b.octets(), d)
+                }
+                _ => false,
+            };
+            let port = |p: u16, (v, m): (u16, u16)| p & m == v & m;
+            addrs
+                && self.protocol.is_none_or(|p| p == protocol)
+                && port(ports.0, self.src_port)
+                && port(ports.1, self.dst_port)
+        }
+    }
 
     /// A flow layer that records what it was asked, with drivers per hardware index.
     #[derive(Default)]

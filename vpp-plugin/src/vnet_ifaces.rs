@@ -157,11 +157,16 @@ pub(crate) fn flow_probe(_vm: &MainRef, sw_if_index: u32, mark: u32) -> (String,
 }
 
 /// The hardware interfaces under `policed`, each with its first policed interface's
-/// name and its driver (interfaces VPP no longer has are left out).
-pub(crate) fn share_targets(vm: &MainRef, policed: &[SwIfIndex]) -> Vec<Target> {
-    let names: std::collections::HashMap<u32, String> = list(vm)
-        .into_iter()
-        .map(|i| (i.sw_if_index.0, i.name))
+/// name (from `known`, [`list`]'s answer) and its driver (interfaces VPP no longer
+/// has are left out).
+pub(crate) fn share_targets(
+    _vm: &MainRef,
+    known: &[VppInterface],
+    policed: &[SwIfIndex],
+) -> Vec<Target> {
+    let names: std::collections::HashMap<u32, &str> = known
+        .iter()
+        .map(|i| (i.sw_if_index.0, i.name.as_str()))
         .collect();
     let mut out = Vec::new();
     for sw in policed {
@@ -178,7 +183,7 @@ pub(crate) fn share_targets(vm: &MainRef, policed: &[SwIfIndex]) -> Vec<Target> 
         out.push(Target {
             hw_if_index: hw,
             sw_if_index: sw.0,
-            name: names.get(&sw.0).cloned().unwrap_or_default(),
+            name: names.get(&sw.0).copied().unwrap_or_default().to_string(),
             driver: String::from_utf8_lossy(driver).into_owned(),
         });
     }

@@ -436,7 +436,7 @@ impl VppContext for MainThread {
                     None => unknown_uplinks.push(name),
                 }
             }
-            let targets = crate::vnet_ifaces::share_targets(vm, &on);
+            let targets = crate::vnet_ifaces::share_targets(vm, &known, &on);
             let mut layer = crate::vnet_ifaces::VnetFlows::new(vm);
             ShareOutcome {
                 interfaces: share_state().apply(&mut layer, generation, &rules, &targets),

@@ -33,7 +33,7 @@ use capo_proto::capo::dataplane::v1::{
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
 
-use crate::sinks::vpp_share::{plan_share, sample_from_proto, SharePlan};
+use crate::sinks::vpp_share::{lower_share, plan_share_on, sample_from_proto, SharePlan};
 use crate::sinks::{Committed, Dataplane, PolicySink, SinkError};
 
 /// The agent's version, as sent in `Hello`.
@@ -802,6 +802,7 @@ impl VppSink {
             share,
             share_held: Vec::new(),
             share_plan: None,
+            share_lowered: None,
             share_sent: None,
             samples: HashMap::new(),
             samples_read: None,
@@ -892,6 +893,9 @@ struct SinkThread {
     share_held: Vec<capo_proto::capo::dataplane::v1::FlowLayerRule>,
     /// The share planned for a generation.
     share_plan: Option<(u64, SharePlan)>,
+    /// The lowering the generation's shares are planned on (new samples plan again
+    /// on it).
+    share_lowered: Option<(u64, capo_offload::OffloadProgram)>,
     /// When a share was last acknowledged.
     share_sent: Option<std::time::Instant>,
     /// The plugin's sampled flows, with when each was last sampled.
@@ -1096,7 +1100,15 @@ impl SinkThread {
             self.samples
                 .retain(|_, (_, seen)| seen.elapsed() < SAMPLE_WINDOW);
             let flows: Vec<_> = self.samples.values().map(|(s, _)| s.clone()).collect();
-            let plan = plan_share(state, generation, capacity, &flows);
+            if self
+                .share_lowered
+                .as_ref()
+                .is_none_or(|(g, _)| *g != generation)
+            {
+                self.share_lowered = Some((generation, lower_share(state, generation)));
+            }
+            let program = &self.share_lowered.as_ref()?.1;
+            let plan = plan_share_on(state, program, capacity, &flows);
             tracing::info!(
                 generation,
                 rules = plan.rules.len(),

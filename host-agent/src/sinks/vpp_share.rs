@@ -24,7 +24,9 @@
 
 use capo_offload::flow::{EthFields, Ipv4Fields, Ipv6Fields, PortFields, Spec, TcpFields};
 use capo_offload::plan::FlowSample;
-use capo_offload::{Action, FlowRule, Group, HitCounters, Item, NicCaps, PlanConfig, Priority};
+use capo_offload::{
+    Action, FlowRule, Group, HitCounters, Item, NicCaps, OffloadProgram, PlanConfig, Priority,
+};
 use capo_policy::eval::L4;
 use capo_policy::{IdTable, Packet, Protocol, State};
 use capo_proto::capo::dataplane::v1 as pb;
@@ -174,16 +176,28 @@ fn masked(addr: &[u8], mask: &[u8]) -> Vec<u8> {
     addr.iter().zip(mask).map(|(a, m)| a & m).collect()
 }
 
+/// Addresses (spec and mask, source then destination) and the protocol byte, of
+/// either family.
+fn addresses(
+    (src, src_mask): (&[u8], &[u8]),
+    (dst, dst_mask): (&[u8], &[u8]),
+    (proto, proto_mask): (u8, u8),
+    out: &mut pb::FlowLayerRule,
+) -> Result<(), NotFlowLayer> {
+    out.src_addr = masked(src, src_mask);
+    out.src_mask = src_mask.to_vec();
+    out.dst_addr = masked(dst, dst_mask);
+    out.dst_mask = dst_mask.to_vec();
+    protocol(proto, proto_mask, out)
+}
+
 fn ipv4(s: &Spec<Ipv4Fields>, out: &mut pb::FlowLayerRule) -> Result<(), NotFlowLayer> {
     no_range(s)?;
     if s.mask.fragment_offset != 0 {
         return Err(NotFlowLayer::Mask("fragment offset"));
     }
-    out.src_addr = masked(&s.spec.src, &s.mask.src);
-    out.src_mask = s.mask.src.to_vec();
-    out.dst_addr = masked(&s.spec.dst, &s.mask.dst);
-    out.dst_mask = s.mask.dst.to_vec();
-    protocol(s.spec.proto, s.mask.proto, out)
+    let (v, m) = (&s.spec, &s.mask);
+    addresses((&v.src, &m.src), (&v.dst, &m.dst), (v.proto, m.proto), out)
 }
 
 fn ipv6(s: &Spec<Ipv6Fields>, out: &mut pb::FlowLayerRule) -> Result<(), NotFlowLayer> {
@@ -191,11 +205,8 @@ fn ipv6(s: &Spec<Ipv6Fields>, out: &mut pb::FlowLayerRule) -> Result<(), NotFlow
     if s.mask.has_frag_ext {
         return Err(NotFlowLayer::Mask("fragment header"));
     }
-    out.src_addr = masked(&s.spec.src, &s.mask.src);
-    out.src_mask = s.mask.src.to_vec();
-    out.dst_addr = masked(&s.spec.dst, &s.mask.dst);
-    out.dst_mask = s.mask.dst.to_vec();
-    protocol(s.spec.proto, s.mask.proto, out)
+    let (v, m) = (&s.spec, &s.mask);
+    addresses((&v.src, &m.src), (&v.dst, &m.dst), (v.proto, m.proto), out)
 }
 
 fn ports(s: &Spec<PortFields>, out: &mut pb::FlowLayerRule) -> Result<(), NotFlowLayer> {
@@ -283,15 +294,30 @@ pub fn plan_share(
     capacity: u32,
     flows: &[FlowSample],
 ) -> SharePlan {
+    plan_share_on(state, &lower_share(state, generation), capacity, flows)
+}
+
+/// The lowering a generation's share is planned on: made once per generation, while
+/// new samples only plan again ([`plan_share_on`]), as the embedded NIC keeps its.
+pub fn lower_share(state: &State, generation: u64) -> OffloadProgram {
     let mut ids = IdTable::default();
     ids.sync(state);
-    let program = capo_offload::lower(state, &ids, generation);
+    capo_offload::lower(state, &ids, generation)
+}
+
+/// [`plan_share`] on a kept lowering of `state` ([`lower_share`]).
+pub fn plan_share_on(
+    state: &State,
+    program: &OffloadProgram,
+    capacity: u32,
+    flows: &[FlowSample],
+) -> SharePlan {
     let hits = HitCounters {
         flows: flows.to_vec(),
         ..HitCounters::default()
     };
     let caps = NicCaps::vpp_flow_layer(capacity);
-    let plan = capo_offload::plan(state, &program, &caps, &hits, &PlanConfig::default());
+    let plan = capo_offload::plan(state, program, &caps, &hits, &PlanConfig::default());
     let mut rules: Vec<pb::FlowLayerRule> = Vec::new();
     let mut not_expressible = 0;
     for planned in &plan.rules {
