@@ -51,6 +51,17 @@ pub struct VppBenchOptions {
     /// Passes over the allowed packets in each run of the established phase (1: once,
     /// right after their first packets).
     pub repeat_established: usize,
+    /// The engines to measure (all of [`ENGINES`] when empty).
+    pub engines: Vec<String>,
+}
+
+/// Every engine `capo-bench vpp` measures, in the order it measures them.
+pub const ENGINES: [&str; 5] = ["forward", "acl", "capo", "capo-nic", "npol"];
+
+impl VppBenchOptions {
+    fn wants(&self, engine: &str) -> bool {
+        self.engines.is_empty() || self.engines.iter().any(|e| e == engine)
+    }
 }
 
 /// Why the benchmark could not run.
@@ -779,19 +790,26 @@ fn run_in(
 
     // VPP 1: without policy (nothing bound, no policy node on the path), then VPP's
     // ACL plugin with the same policy expanded into ACLs.
-    {
+    if o.wants("forward") || o.wants("acl") {
         let Rig { vpp, routes, .. } = rig("vpp-acl", log)?;
-        measure(&vpp, "forward", None, log)?;
-        let mut api =
-            crate::vppapi::ApiClient::connect(&dir.join("vpp-acl/api.sock"), "capo-bench")
-                .map_err(|e| VppBenchError::Stuck(e.to_string()))?;
-        let before = (vpp.rss_bytes(), vpp.heap_used()?);
-        acl_peer(&vpp, &mut api, &traffic.state, &routes, log)?;
-        let memory = (
-            vpp.rss_bytes().saturating_sub(before.0),
-            vpp.heap_used()?.saturating_sub(before.1),
-        );
-        measure(&vpp, "acl", Some(memory), log)?;
+        if o.wants("forward") {
+            measure(&vpp, "forward", None, log)?;
+        }
+        if o.wants("acl") {
+            let mut api =
+                crate::vppapi::ApiClient::connect(&dir.join("vpp-acl/api.sock"), "capo-bench")
+                    .map_err(|e| VppBenchError::Stuck(e.to_string()))?;
+            let before = (vpp.rss_bytes(), vpp.heap_used()?);
+            acl_peer(&vpp, &mut api, &traffic.state, &routes, log)?;
+            let memory = (
+                vpp.rss_bytes().saturating_sub(before.0),
+                vpp.heap_used()?.saturating_sub(before.1),
+            );
+            measure(&vpp, "acl", Some(memory), log)?;
+        }
+    }
+    if !(o.wants("capo") || o.wants("capo-nic") || o.wants("npol")) {
+        return Ok(rows);
     }
 
     // VPP 2: capo, then npol beside it.
@@ -804,30 +822,58 @@ fn run_in(
     let dir = &dir.join("vpp-capo");
 
     // The policy, as production commits it.
-    let before = (vpp.rss_bytes(), vpp.heap_used()?);
     let policed = Policed {
         state: &traffic.state,
         names: &names,
     };
-    let (agent, conn) = start_agent(o, &vpp, dir, ("sw", &binds), &policed, log)?;
-    let memory = (
-        vpp.rss_bytes().saturating_sub(before.0),
-        vpp.heap_used()?.saturating_sub(before.1),
-    );
-    measure(&vpp, "capo", Some(memory), log)?;
-    drop((agent, conn));
+    if o.wants("capo") {
+        let before = (vpp.rss_bytes(), vpp.heap_used()?);
+        let (agent, conn) = start_agent(o, &vpp, dir, ("sw", &binds), &policed, log)?;
+        let memory = (
+            vpp.rss_bytes().saturating_sub(before.0),
+            vpp.heap_used()?.saturating_sub(before.1),
+        );
+        measure(&vpp, "capo", Some(memory), log)?;
+        drop((agent, conn));
+    }
+    if o.wants("capo-nic") {
+        capo_nic(o, &vpp, dir, &binds, &policed, &mut measure, log)?;
+    }
 
+    // npol on the same VPP, same interfaces, same first packets (run 0's).
+    if o.wants("npol") {
+        let tuples = run_packets(&packets, 0);
+        let npol = npol_peer(&vpp, o, dir, &traffic.state, &tuples, &routes, log)?;
+        rows.push(npol);
+    }
+    Ok(rows)
+}
+
+/// Measures one engine's phases on a VPP (the closure `run_in` builds).
+type Measure<'a> = dyn FnMut(&Vpp, &'static str, Option<(u64, u64)>, &mut dyn FnMut(&str)) -> Result<(), VppBenchError>
+    + 'a;
+
+/// capo with its NIC share through VPP's flow layer (the `capo-nic` engine).
+fn capo_nic(
+    o: &VppBenchOptions,
+    vpp: &Vpp,
+    dir: &Path,
+    binds: &[String],
+    policed: &Policed<'_>,
+    measure: &mut Measure<'_>,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), VppBenchError> {
     // capo with its NIC share through VPP's flow layer: pg has no flow support, so
     // pg0 (where every packet enters) runs under `capo test flow-emulation`, which
     // marks and drops as a NIC would before VPP sees the frame. Its node stands for
     // hardware and is not counted as policy.
     vpp.ctl("capo test flow-emulation pg0")?;
-    let mut args = binds.clone();
+    let mut args = binds.to_vec();
     args.extend([
         format!("--nic=vpp-flow:{NIC_SHARE_CAPACITY}"),
         "--vpp-uplink=pg0".into(),
     ]);
-    let (agent, conn) = start_agent(o, &vpp, dir, ("nic", &args), &policed, log)?;
+    let (agent, conn) = start_agent(o, vpp, dir, ("nic", &args), policed, log)?;
     vpp.wait(Duration::from_secs(120), "the NIC share on pg0", || {
         vpp.ctl("show capo offload").is_ok_and(|t| {
             t.lines()
@@ -887,7 +933,7 @@ fn run_in(
             .collect::<Vec<_>>()
             .join("; ")
     ));
-    measure(&vpp, "capo-nic", None, log)?;
+    measure(vpp, "capo-nic", None, log)?;
     let totals = vpp.ctl("show capo counters")?;
     log(&format!(
         "vpp: capo-nic totals: {}",
@@ -899,11 +945,7 @@ fn run_in(
     ));
     drop((agent, conn));
 
-    // npol on the same VPP, same interfaces, same first packets (run 0's).
-    let tuples = run_packets(&packets, 0);
-    let npol = npol_peer(&vpp, o, dir, &traffic.state, &tuples, &routes, log)?;
-    rows.push(npol);
-    Ok(rows)
+    Ok(())
 }
 
 /// What the ACL plugin's output nodes allowed (sessions added by `permit+reflect`,

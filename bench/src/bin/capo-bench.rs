@@ -42,6 +42,15 @@ fn update_kind(s: &str) -> Result<&'static str, UnknownName> {
         })
 }
 
+/// `--engines`: which of `capo-bench vpp`'s engines to measure.
+fn vpp_engine(s: &str) -> Result<String, UnknownName> {
+    capo_bench::vpp::ENGINES
+        .into_iter()
+        .find(|e| *e == s)
+        .map(String::from)
+        .ok_or_else(|| UnknownName(s.into(), "forward, acl, capo, capo-nic, npol"))
+}
+
 /// `--path`: the update paths to time.
 #[derive(Debug, Clone, Copy)]
 enum UpdatePaths {
@@ -176,6 +185,10 @@ enum Command {
         /// after the first packets).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
         repeat_established: u32,
+        /// Only these engines, comma-separated (default: all of them; e.g. `capo` to
+        /// compare two builds of the plugin quickly).
+        #[arg(long, value_delimiter = ',', value_parser = vpp_engine)]
+        engines: Vec<String>,
         /// An unpacked VPP with capo's plugin (scripts/vpp-setup.sh DIR).
         #[arg(long, env = "CAPO_VPP")]
         vpp: PathBuf,
@@ -293,6 +306,7 @@ fn main() -> ExitCode {
             seed,
             runs,
             repeat_established,
+            engines,
             vpp,
             agent,
             json,
@@ -312,6 +326,7 @@ fn main() -> ExitCode {
                     agent,
                     runs: runs as usize,
                     repeat_established: repeat_established as usize,
+                    engines,
                 },
                 json,
             )
