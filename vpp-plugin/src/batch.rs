@@ -414,7 +414,7 @@ fn decide_traced(
     let hit = flow_hits(&slot.counters.flows()) > before;
     let iface = g.interface(SwIfIndex(input.sw_if_index));
     let classify = |slot: &mut WorkerSlot, d: Direction, pkt: &capo_policy::Packet| {
-        let id = iface.and_then(|f| f.classifier_iface)?;
+        let id = iface.and_then(|f| g.classifier_iface(f))?;
         let dec = g.classifier().classify(id, d, pkt, &mut slot.scratch)?;
         Some((dec.verdict, dec.rule_id, dec.decider()))
     };

@@ -21,6 +21,7 @@
 //! The cell keeps the previous generation while the next one settles: a NIC mark from
 //! either is honoured (DESIGN.md §4).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwapOption;
@@ -70,11 +71,20 @@ pub struct Iface {
     /// `invert_rx_tx` (reference/capo-upstream.md §2.1): set on uplinks and tunnels,
     /// where a packet VPP receives is Calico ingress.
     pub inverted: bool,
-    /// The interface in the classifier generation (`None`: it has no program).
-    pub classifier_iface: Option<IfaceId>,
 }
 
 impl Iface {
+    fn new(p: PolicedRef<'_>, bound: &Bound) -> Iface {
+        Iface {
+            name: p.name.to_string(),
+            vpp_name: bound.vpp_name.clone(),
+            how: bound.how,
+            kind: p.kind.to_owned(),
+            sw_if_index: bound.sw_if_index,
+            inverted: p.inverted,
+        }
+    }
+
     /// Calico's direction (relative to the interface's endpoint) of a packet going
     /// `dir` in VPP: `rx XOR invert` selects egress (the rx policies).
     pub fn calico_dir(&self, dir: VppDir) -> Direction {
@@ -89,16 +99,80 @@ impl Iface {
 /// The interfaces a state polices, by name: workloads, the host-facing interface, and
 /// named host endpoints (`*` has no interface of its own).
 pub fn policed_interfaces(state: &State, host_interface: &str) -> Vec<(String, IfaceKind, bool)> {
-    let mut out = vec![(host_interface.to_string(), IfaceKind::Host, false)];
-    for (key, wep) in state.workloads() {
-        out.push((wep.name.clone(), IfaceKind::Workload(key.clone()), false));
-    }
-    for (key, hep) in state.host_endpoints() {
-        if !hep.name.is_empty() && hep.name != "*" {
-            out.push((hep.name.clone(), IfaceKind::Forward(key.clone()), true));
+    policed(state, host_interface)
+        .map(|p| (p.name.to_string(), p.kind.to_owned(), p.inverted))
+        .collect()
+}
+
+/// An endpoint interface of a state, borrowed from it (see [`policed_interfaces`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PolicedRef<'a> {
+    /// The endpoint's interface name.
+    pub name: &'a str,
+    /// What it is.
+    pub kind: KindRef<'a>,
+    /// `invert_rx_tx`.
+    pub inverted: bool,
+}
+
+/// An [`IfaceKind`] borrowed from the state.
+#[derive(Debug, Clone, Copy)]
+pub enum KindRef<'a> {
+    /// The host's own interface.
+    Host,
+    /// A workload endpoint.
+    Workload(&'a capo_policy::WorkloadKey),
+    /// A host endpoint's interface (forwarded traffic).
+    Forward(&'a capo_policy::HostEndpointKey),
+}
+
+impl KindRef<'_> {
+    /// The owned kind.
+    pub fn to_owned(self) -> IfaceKind {
+        match self {
+            KindRef::Host => IfaceKind::Host,
+            KindRef::Workload(k) => IfaceKind::Workload(k.clone()),
+            KindRef::Forward(k) => IfaceKind::Forward(k.clone()),
         }
     }
-    out
+
+    /// Whether `kind` is this one.
+    pub fn is(self, kind: &IfaceKind) -> bool {
+        match (self, kind) {
+            (KindRef::Host, IfaceKind::Host) => true,
+            (KindRef::Workload(a), IfaceKind::Workload(b)) => a == b,
+            (KindRef::Forward(a), IfaceKind::Forward(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// [`policed_interfaces`] without copying: the host interface, then every workload
+/// endpoint, then every named host endpoint, in the state's order.
+pub fn policed<'a>(
+    state: &'a State,
+    host_interface: &'a str,
+) -> impl Iterator<Item = PolicedRef<'a>> + 'a {
+    let host = PolicedRef {
+        name: host_interface,
+        kind: KindRef::Host,
+        inverted: false,
+    };
+    let workloads = state.workloads().iter().map(|(key, wep)| PolicedRef {
+        name: &wep.name,
+        kind: KindRef::Workload(key),
+        inverted: false,
+    });
+    let hosts = state
+        .host_endpoints()
+        .iter()
+        .filter(|(_, hep)| !hep.name.is_empty() && hep.name != "*")
+        .map(|(key, hep)| PolicedRef {
+            name: &hep.name,
+            kind: KindRef::Forward(key),
+            inverted: true,
+        });
+    std::iter::once(host).chain(workloads).chain(hosts)
 }
 
 /// What the views render from: the validated policy state and its ids (with VPP's
@@ -138,14 +212,33 @@ impl InterfacesSeen {
 }
 
 /// A generation's policed interfaces, shared with the next generation when that one
-/// changes no endpoint and numbers the classifier's interfaces the same way.
+/// changes no endpoint; one that changes some shares the other endpoints' entries.
 #[derive(Debug)]
 struct Policed {
-    ifaces: Vec<Iface>,
+    ifaces: Vec<Arc<Iface>>,
     /// Position in `ifaces` by `sw_if_index`.
     by_sw_if_index: SwIfIndexMap<u32>,
     unknown: Vec<String>,
 }
+
+impl Policed {
+    fn new(ifaces: Vec<Arc<Iface>>, unknown: Vec<String>) -> Policed {
+        let mut by_sw_if_index = SwIfIndexMap::default();
+        for (i, f) in ifaces.iter().enumerate() {
+            by_sw_if_index.insert(f.sw_if_index.0, i as u32);
+        }
+        Policed {
+            ifaces,
+            by_sw_if_index,
+            unknown,
+        }
+    }
+}
+
+/// A generation's policed interfaces after an endpoint delta, built before the
+/// generation they go into ([`Generation::interfaces_after`]).
+#[derive(Debug)]
+pub struct ChangedInterfaces(Policed);
 
 impl Generation {
     /// Generation `id`: `classifier` compiled from `snapshot`; `resolved` binds
@@ -159,57 +252,93 @@ impl Generation {
     ) -> Generation {
         let mut ifaces = Vec::new();
         let mut unknown = Vec::new();
-        let host = snapshot.ids.host_interface().to_string();
-        for (name, kind, inverted) in policed_interfaces(&snapshot.state, &host) {
-            match resolved.get(&name) {
-                Some(bound) => {
-                    let classifier_iface = classifier.interface_of(&kind);
-                    ifaces.push(Iface {
-                        name,
-                        vpp_name: bound.vpp_name.clone(),
-                        how: bound.how,
-                        kind,
-                        sw_if_index: bound.sw_if_index,
-                        inverted,
-                        classifier_iface,
-                    });
-                }
-                None => unknown.push(name),
+        for p in policed(&snapshot.state, snapshot.ids.host_interface()) {
+            match resolved.get(p.name) {
+                Some(bound) => ifaces.push(Arc::new(Iface::new(p, bound))),
+                None => unknown.push(p.name.to_string()),
             }
-        }
-        let mut by_sw_if_index = SwIfIndexMap::default();
-        for (i, f) in ifaces.iter().enumerate() {
-            by_sw_if_index.insert(f.sw_if_index.0, i as u32);
         }
         Generation {
             id,
             snapshot,
             classifier,
-            policed: Arc::new(Policed {
-                ifaces,
-                by_sw_if_index,
-                unknown,
-            }),
+            policed: Arc::new(Policed::new(ifaces, unknown)),
         }
     }
 
     /// Generation `id` with `prev`'s policed interfaces, for a delta that changed no
-    /// endpoint (so binds them as `prev` does); `None` when `classifier` numbers its
-    /// interfaces otherwise than `prev`'s (then [`Generation::build`] binds again).
+    /// endpoint (so binds them as `prev` does).
     pub fn with_interfaces_of(
         id: u64,
         snapshot: Arc<Snapshot>,
         classifier: Arc<capo_classifier::Generation>,
         prev: &Generation,
-    ) -> Option<Generation> {
-        classifier
-            .same_interface_ids(&prev.classifier)
-            .then(|| Generation {
-                id,
-                snapshot,
-                classifier,
-                policed: Arc::clone(&prev.policed),
-            })
+    ) -> Generation {
+        Generation {
+            id,
+            snapshot,
+            classifier,
+            policed: Arc::clone(&prev.policed),
+        }
+    }
+
+    /// `prev`'s policed interfaces after a delta that changed the endpoints named in
+    /// `changed` (their names before and after it) into `state`: those are bound as
+    /// `bound` says (a name it lacks is unknown to VPP); every other endpoint keeps
+    /// `prev`'s entry, as [`Generation::with_interfaces_of`] keeps them all. A pod's
+    /// churn thus costs a pass over pointers, not binding and copying every
+    /// endpoint. `None` when an endpoint's entry in `prev` does not fit it (then
+    /// every endpoint is bound again).
+    pub fn interfaces_after(
+        prev: &Generation,
+        state: &State,
+        host_interface: &str,
+        changed: &HashSet<String>,
+        bound: &Bindings,
+    ) -> Option<ChangedInterfaces> {
+        let before: HashMap<&str, &Arc<Iface>> = prev
+            .policed
+            .ifaces
+            .iter()
+            .map(|f| (f.name.as_str(), f))
+            .collect();
+        let unknown_before: HashSet<&str> =
+            prev.policed.unknown.iter().map(String::as_str).collect();
+        let mut ifaces = Vec::with_capacity(prev.policed.ifaces.len() + changed.len());
+        let mut unknown = Vec::new();
+        for p in policed(state, host_interface) {
+            if changed.contains(p.name) {
+                match bound.get(p.name) {
+                    Some(b) => ifaces.push(Arc::new(Iface::new(p, b))),
+                    None => unknown.push(p.name.to_string()),
+                }
+            } else if let Some(f) = before.get(p.name) {
+                if !p.kind.is(&f.kind) || p.inverted != f.inverted {
+                    return None;
+                }
+                ifaces.push(Arc::clone(f));
+            } else if unknown_before.contains(p.name) {
+                unknown.push(p.name.to_string());
+            } else {
+                return None;
+            }
+        }
+        Some(ChangedInterfaces(Policed::new(ifaces, unknown)))
+    }
+
+    /// Generation `id` policing `interfaces` ([`Generation::interfaces_after`]).
+    pub fn with_changed_interfaces(
+        id: u64,
+        snapshot: Arc<Snapshot>,
+        classifier: Arc<capo_classifier::Generation>,
+        interfaces: ChangedInterfaces,
+    ) -> Generation {
+        Generation {
+            id,
+            snapshot,
+            classifier,
+            policed: Arc::new(interfaces.0),
+        }
     }
 
     /// Where this generation polices each bound endpoint, as a binding pass found it.
@@ -256,7 +385,7 @@ impl Generation {
     }
 
     /// The policed interfaces.
-    pub fn interfaces(&self) -> &[Iface] {
+    pub fn interfaces(&self) -> &[Arc<Iface>] {
         &self.policed.ifaces
     }
 
@@ -264,7 +393,15 @@ impl Generation {
     #[inline]
     pub fn interface(&self, sw_if_index: SwIfIndex) -> Option<&Iface> {
         let pos = self.policed.by_sw_if_index.get(sw_if_index.0)?;
-        self.policed.ifaces.get(pos as usize)
+        self.policed.ifaces.get(pos as usize).map(|f| &**f)
+    }
+
+    /// `iface`'s interface in the classifier generation (`None`: it has no
+    /// program). Looked up on demand (traces and `capo bench` ask): kept in [`Iface`]
+    /// it would tie the interface table to the classifier's numbering, which an
+    /// added or removed endpoint shifts.
+    pub fn classifier_iface(&self, iface: &Iface) -> Option<IfaceId> {
+        self.classifier.interface_of(&iface.kind)
     }
 
     /// Endpoint interfaces VPP does not have.
@@ -394,7 +531,6 @@ mod tests {
             kind: IfaceKind::Host,
             sw_if_index: SwIfIndex(11),
             inverted: false,
-            classifier_iface: None,
         };
         assert_eq!(f.calico_dir(VppDir::Rx), Direction::Egress);
         assert_eq!(f.calico_dir(VppDir::Tx), Direction::Ingress);
@@ -430,7 +566,7 @@ mod tests {
         assert_eq!(f.kind, IfaceKind::Host);
         // The node's lookup and the classifier's agree on the interface.
         assert_eq!(
-            f.classifier_iface,
+            g.classifier_iface(f),
             g.classifier().interface_by_sw_if_index(1)
         );
         let g = generation(1, &HashMap::new());

@@ -679,9 +679,14 @@ fn deltas_compile_incrementally_and_reuse_retired_snapshots() {
     }
     let s = plugin.status.lock().unwrap().compiled;
     assert_eq!((s.full, s.incremental), (1, 6), "{s:?}");
-    // The full generation copies once; the first two deltas find no free retired
-    // snapshot (the cell still holds it as previous); every later one is replayed.
-    assert_eq!((s.state_copies, s.replayed), (3, 4), "{s:?}");
+    // The full generation copies once for the compiler; the first two deltas find
+    // no free retired snapshot (the cell still holds them) and take the copies made
+    // in the background; every later one brings a retired snapshot forward.
+    assert_eq!(
+        (s.state_copies, s.replayed, s.background_copies),
+        (1, 6, 2),
+        "{s:?}"
+    );
     let ipsets = plugin.show(Show::Ipsets, 0);
     for i in 0..6 {
         assert!(
@@ -692,7 +697,8 @@ fn deltas_compile_incrementally_and_reuse_retired_snapshots() {
     let gens = plugin.show(Show::Generations, 0);
     assert!(
         gens.contains(
-            "compiled: 6 incremental, 1 from scratch; state copies: 3 (replayed instead: 4)"
+            "compiled: 6 incremental, 1 from scratch; state copies: 1 (replayed instead: 6, \
+             2 of them from copies made in the background)"
         ),
         "{gens}"
     );
@@ -1627,8 +1633,7 @@ fn interfaces_are_sent_when_changed_to_agents_that_keep_them() {
     }
 }
 
-/// A generation's bindings build its interface table again as it is (what a delta
-/// without endpoint changes falls back to when the classifier numbers otherwise).
+/// A generation's bindings build its interface table again as it is.
 #[test]
 fn a_generations_bindings_build_its_interface_table_again() {
     let (plugin, _core) = seeded();
@@ -1647,7 +1652,7 @@ fn a_generations_bindings_build_its_interface_table_again() {
                     i.name.clone(),
                     i.vpp_name.clone(),
                     i.sw_if_index,
-                    i.classifier_iface,
+                    g.classifier_iface(i),
                 )
             })
             .collect::<Vec<_>>()
@@ -1657,4 +1662,123 @@ fn a_generations_bindings_build_its_interface_table_again() {
     assert!(table(&g)
         .iter()
         .any(|(n, _, sw, _)| n == "tun3" && *sw == SwIfIndex(11)));
+}
+
+/// A seed workload endpoint, renamed `name` (a new endpoint when `workload` differs
+/// from the seed's).
+fn seed_workload(workload: &str, name: &str) -> pb::ToDataplane {
+    let mut m = seed_updates()
+        .into_iter()
+        .find(|m| {
+            matches!(
+                m.payload,
+                Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(_))
+            )
+        })
+        .unwrap();
+    if let Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) = &mut m.payload {
+        if let Some(id) = &mut u.id {
+            id.workload_id = workload.to_string();
+        }
+        if let Some(e) = &mut u.endpoint {
+            e.name = name.to_string();
+        }
+    }
+    m
+}
+
+/// A delta that adds, renames or removes endpoints binds only those: every other
+/// endpoint keeps the very entry the generation before had, and the table is the
+/// one binding every endpoint again gives.
+#[test]
+fn endpoint_deltas_bind_only_the_endpoints_they_change() {
+    let (plugin, mut core) = seeded();
+    core.context_mut()
+        .interfaces
+        .insert("tun9".into(), SwIfIndex(19));
+    let table = |g: &crate::generation::Generation| {
+        let rows = g
+            .interfaces()
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    i.vpp_name.clone(),
+                    i.sw_if_index,
+                    i.kind.clone(),
+                    g.classifier_iface(i),
+                )
+            })
+            .collect::<Vec<_>>();
+        (rows, g.unknown_interfaces().to_vec())
+    };
+    // What binding every endpoint of `g`'s state gives.
+    let bound_again = |core: &mut ControlCore<FakeVpp>, g: &crate::generation::Generation| {
+        let policed = crate::generation::policed_interfaces(g.state(), "tap0");
+        let vpp = crate::control::VppContext::interfaces(core.context_mut()).unwrap();
+        let resolved =
+            crate::binding::bind(policed.iter().map(|(n, k, _)| (n.as_str(), k)), &[], &vpp);
+        crate::generation::Generation::build(
+            g.id(),
+            Arc::clone(g.snapshot()),
+            Arc::clone(g.classifier_arc()),
+            &resolved,
+        )
+    };
+    let shared =
+        |a: &crate::generation::Generation, b: &crate::generation::Generation, name: &str| {
+            let find = |g: &crate::generation::Generation| {
+                g.interfaces()
+                    .iter()
+                    .find(|i| i.name == name)
+                    .cloned()
+                    .unwrap()
+            };
+            Arc::ptr_eq(&find(a), &find(b))
+        };
+    let g1 = plugin.cell.load().unwrap();
+    let steps = [
+        // Two new endpoints: one VPP has, one it does not.
+        vec![
+            seed_workload("default/ts9", "tun9"),
+            seed_workload("default/ts8", "tun8"),
+        ],
+        // One removed.
+        vec![pb::ToDataplane {
+            sequence_number: 0,
+            payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
+                pb::WorkloadEndpointRemove {
+                    id: match seed_workload("default/ts9", "tun9").payload {
+                        Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => u.id,
+                        _ => None,
+                    },
+                },
+            )),
+        }],
+        // The unknown one renamed to the interface VPP has.
+        vec![seed_workload("default/ts8", "tun9")],
+    ];
+    let mut before = g1;
+    for (k, updates) in steps.into_iter().enumerate() {
+        let id = k as u64 + 2;
+        let a = applied(core.on_message(generation(id, false, id - 1, updates), 0));
+        assert!(a.ok, "{}", a.error);
+        let g = plugin.cell.load().unwrap();
+        assert_eq!(table(&g), table(&bound_again(&mut core, &g)), "step {id}");
+        // tun3's endpoint did not change: its entry is the one before.
+        assert!(shared(&before, &g, "tun3"), "step {id}");
+        before = g;
+    }
+    let g = plugin.cell.load().unwrap();
+    assert_eq!(
+        g.interface(SwIfIndex(19)).map(|i| i.name.as_str()),
+        Some("tun9")
+    );
+    assert!(
+        g.unknown_interfaces().is_empty(),
+        "{:?}",
+        g.unknown_interfaces()
+    );
+    let s = plugin.status.lock().unwrap().compiled;
+    assert_eq!((s.full, s.incremental), (1, 3), "{s:?}");
 }

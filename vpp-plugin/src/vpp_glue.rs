@@ -263,7 +263,7 @@ fn capo_bench(vm: &mut BarrierHeldMainRef, input: &str) -> Result<(), ErrorStack
                 .and_then(|i| {
                     let dir = i.calico_dir(t.dir);
                     g.classifier()
-                        .classify(i.classifier_iface?, dir, &t.packet, &mut scratch)
+                        .classify(g.classifier_iface(i)?, dir, &t.packet, &mut scratch)
                         .map(|d| d.verdict)
                 })
                 .unwrap_or(Verdict::Allow)
