@@ -397,11 +397,13 @@ impl Generation {
     }
 
     /// `iface`'s interface in the classifier generation (`None`: it has no
-    /// program). Looked up on demand (traces and `capo bench` ask): kept in [`Iface`]
-    /// it would tie the interface table to the classifier's numbering, which an
-    /// added or removed endpoint shifts.
+    /// program), found by its `sw_if_index` as the node's worker finds it. Looked up
+    /// on demand (traces and `capo bench` ask): kept in [`Iface`] it would tie the
+    /// interface table to the classifier's numbering, which an added or removed
+    /// endpoint shifts.
+    #[inline]
     pub fn classifier_iface(&self, iface: &Iface) -> Option<IfaceId> {
-        self.classifier.interface_of(&iface.kind)
+        self.classifier.interface_by_sw_if_index(iface.sw_if_index.0)
     }
 
     /// Endpoint interfaces VPP does not have.
