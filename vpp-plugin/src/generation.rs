@@ -403,7 +403,8 @@ impl Generation {
     /// endpoint shifts.
     #[inline]
     pub fn classifier_iface(&self, iface: &Iface) -> Option<IfaceId> {
-        self.classifier.interface_by_sw_if_index(iface.sw_if_index.0)
+        self.classifier
+            .interface_by_sw_if_index(iface.sw_if_index.0)
     }
 
     /// Endpoint interfaces VPP does not have.
