@@ -18,8 +18,19 @@ fn seed() -> Vec<pb::ToDataplane> {
     common::seed_messages()
 }
 
-/// A plugin serving `name` in a fresh temp dir; returns the plugin and the socket path.
-fn plugin(name: &str) -> (Arc<Plugin>, PathBuf) {
+/// Removes a test's socket directory when the test ends (the thread serving the
+/// socket ends with the test process).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A plugin serving `name` in a fresh temp dir; returns the plugin, the socket path
+/// and the directory's cleanup.
+fn plugin(name: &str) -> (Arc<Plugin>, PathBuf, Cleanup) {
     let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-{name}", std::process::id()));
     let path = dir.join("capo.sock");
     let listener = bind_path(&path, 0o660, None).unwrap();
@@ -32,7 +43,7 @@ fn plugin(name: &str) -> (Arc<Plugin>, PathBuf) {
     ));
     let reader = Arc::clone(&plugin);
     std::thread::spawn(move || serve(listener, core, reader, |_| {}));
-    (plugin, path)
+    (plugin, path, Cleanup(dir))
 }
 
 fn ipset_delta(id: &str, add: &str) -> pb::ToDataplane {
@@ -60,7 +71,7 @@ fn seed_ipset() -> String {
 
 #[test]
 fn full_then_delta_then_reconnect() {
-    let (plugin, path) = plugin("sync");
+    let (plugin, path, _dir) = plugin("sync");
     let mut ch = VppChannel::connect(&path).unwrap();
     assert_eq!(ch.active_generation(), 0);
     assert!(!ch.plugin_version().is_empty());
@@ -109,7 +120,7 @@ fn full_then_delta_then_reconnect() {
 
 #[test]
 fn stale_base_falls_back_to_full() {
-    let (plugin, path) = plugin("stale");
+    let (plugin, path, _dir) = plugin("stale");
     let mut ch = VppChannel::connect(&path).unwrap();
     // The agent thinks the plugin holds 7; it holds nothing: full snapshot instead.
     let a = ch
@@ -131,6 +142,7 @@ fn stale_base_falls_back_to_full() {
 #[test]
 fn unknown_interfaces_are_reported() {
     let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-unknown", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
     let path = dir.join("capo.sock");
     let listener = bind_path(&path, 0o660, None).unwrap();
     let plugin = Arc::new(Plugin::new(PluginConfig::default()));
@@ -147,7 +159,7 @@ fn unknown_interfaces_are_reported() {
 
 #[test]
 fn fail_static_after_the_agent_leaves() {
-    let (plugin, path) = plugin("failstatic");
+    let (plugin, path, _dir) = plugin("failstatic");
     let mut ch = VppChannel::connect(&path).unwrap();
     assert!(ch.push_full(1, seed()).unwrap().ok);
     drop(ch);
@@ -176,7 +188,7 @@ fn connect_to_nothing_is_a_typed_error() {
 fn agent_binary_pushes_generations_to_the_plugin() {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
-    let (plugin, path) = plugin("agent");
+    let (plugin, path, _dir) = plugin("agent");
     let dir = path.parent().unwrap().to_path_buf();
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
@@ -360,7 +372,7 @@ fn members(set: u32, n: u32) -> Vec<String> {
 #[test]
 fn felix_sized_ip_sets_reach_the_plugin_in_chunks() {
     const MAX_IPSET_SIZE: u32 = 1 << 20;
-    let (plugin, path) = plugin("felixsize");
+    let (plugin, path, _dir) = plugin("felixsize");
     let mut ch = VppChannel::connect(&path).unwrap();
     let seed_set = seed_ipset();
     let mut updates = Vec::new();
@@ -406,6 +418,7 @@ fn felix_sized_ip_sets_reach_the_plugin_in_chunks() {
 #[test]
 fn chunks_follow_the_plugins_caps() {
     let dir = std::env::temp_dir().join(format!("capo-agent-vpp-{}-caps", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
     let path = dir.join("capo.sock");
     let listener = bind_path(&path, 0o660, None).unwrap();
     let plugin = Arc::new(Plugin::new(PluginConfig {
@@ -442,7 +455,7 @@ fn chunks_follow_the_plugins_caps() {
 fn the_agent_keeps_the_interfaces_across_deltas() {
     use capo_agent::core::daemon::{Daemon, FelixOptions};
     use std::time::{Duration, Instant};
-    let (plugin, path) = plugin("keeps-interfaces");
+    let (plugin, path, _dir) = plugin("keeps-interfaces");
     let vpp = capo_agent::sinks::vpp::VppSink::new(path.clone(), Vec::new());
     let handle = vpp.handle();
     let mut d = Daemon::new(FelixOptions::default(), capo_policy::IdTable::new("tap0"));
