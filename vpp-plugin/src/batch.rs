@@ -223,7 +223,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
 
     // 1. Everything decided without the classifier; the rest joins the batch.
     for (i, p) in pkts.iter().enumerate() {
-        let Some(iface) = g.interface(p.sw_if_index) else {
+        let Some(calico_dir) = g.calico_dir(p.sw_if_index, dir) else {
             out.push(pass(p, dir, g.id(), &mut counts));
             continue;
         };
@@ -242,7 +242,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                     if let Ok(parsed) = parse_family::<IP6>(p.bytes) {
                         frame.admitted.push(Input {
                             sw_if_index: p.sw_if_index.0,
-                            dir: iface.calico_dir(dir),
+                            dir: calico_dir,
                             packet: parsed,
                             len: u32::try_from(p.bytes.len()).unwrap_or(u32::MAX),
                         });
@@ -278,7 +278,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
         };
         frame.inputs.push(Input {
             sw_if_index: p.sw_if_index.0,
-            dir: iface.calico_dir(dir),
+            dir: calico_dir,
             packet: parsed,
             len: u32::try_from(p.bytes.len()).unwrap_or(u32::MAX),
         });

@@ -81,8 +81,8 @@ use prost::Message;
 use crate::binding::{self, Bindings, ExplicitBinding, VppInterface};
 use crate::config::PluginConfig;
 use crate::generation::{
-    policed_interfaces, ChangedInterfaces, Generation, GenerationCell, IfaceKind, InterfacesSeen,
-    Snapshot, SwIfIndex, UNRESOLVED,
+    ChangedInterfaces, Generation, GenerationCell, IfaceKind, InterfacesSeen, Snapshot, SwIfIndex,
+    UNRESOLVED,
 };
 use crate::share::FlowLayerRule;
 use capo_proto::capo::agent::v1 as api;
@@ -1051,15 +1051,28 @@ impl<C: VppContext> ControlCore<C> {
         Ok(unknown)
     }
 
-    /// The names of `state`'s policed endpoints in `only` and where VPP has them.
+    /// The policed endpoint names of `state` and where VPP has them.
+    fn bind(&mut self, state: &State) -> Result<(Vec<String>, Bindings), ContextError> {
+        self.bind_where(state, |_| true)
+    }
+
+    /// [`Self::bind`] for the names in `only`.
     fn bind_only(
         &mut self,
         state: &State,
         only: &HashSet<String>,
     ) -> Result<(Vec<String>, Bindings), ContextError> {
+        self.bind_where(state, |name| only.contains(name))
+    }
+
+    fn bind_where(
+        &mut self,
+        state: &State,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<String>, Bindings), ContextError> {
         let policed: Vec<(&str, IfaceKind)> =
             crate::generation::policed(state, &self.host_interface)
-                .filter(|p| only.contains(p.name))
+                .filter(|p| keep(p.name))
                 .map(|p| (p.name, p.kind.to_owned()))
                 .collect();
         let vpp = self.ctx.interfaces()?;
@@ -1068,18 +1081,6 @@ impl<C: VppContext> ControlCore<C> {
             policed.into_iter().map(|(n, _)| n.to_string()).collect(),
             resolved,
         ))
-    }
-
-    /// The policed endpoint names of `state` and where VPP has them.
-    fn bind(&mut self, state: &State) -> Result<(Vec<String>, Bindings), ContextError> {
-        let policed = policed_interfaces(state, &self.host_interface);
-        let vpp = self.ctx.interfaces()?;
-        let resolved = binding::bind(
-            policed.iter().map(|(n, k, _)| (n.as_str(), k)),
-            &self.explicit,
-            &vpp,
-        );
-        Ok((policed.into_iter().map(|(n, _, _)| n).collect(), resolved))
     }
 
     /// Publishes `next` with the features it needs: enabled on its interfaces that

@@ -88,11 +88,17 @@ impl Iface {
     /// Calico's direction (relative to the interface's endpoint) of a packet going
     /// `dir` in VPP: `rx XOR invert` selects egress (the rx policies).
     pub fn calico_dir(&self, dir: VppDir) -> Direction {
-        if (dir == VppDir::Rx) != self.inverted {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        }
+        calico_dir(dir, self.inverted)
+    }
+}
+
+/// `rx XOR invert` selects egress (see [`Iface::calico_dir`]).
+#[inline]
+fn calico_dir(dir: VppDir, inverted: bool) -> Direction {
+    if (dir == VppDir::Rx) != inverted {
+        Direction::Egress
+    } else {
+        Direction::Ingress
     }
 }
 
@@ -216,16 +222,27 @@ impl InterfacesSeen {
 #[derive(Debug)]
 struct Policed {
     ifaces: Vec<Arc<Iface>>,
-    /// Position in `ifaces` by `sw_if_index`.
-    by_sw_if_index: SwIfIndexMap<u32>,
+    /// Position in `ifaces` and `invert_rx_tx` by `sw_if_index`: what the node needs
+    /// of an interface per packet, without a load from the shared entry.
+    by_sw_if_index: SwIfIndexMap<PolicedAt>,
     unknown: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PolicedAt {
+    pos: u32,
+    inverted: bool,
 }
 
 impl Policed {
     fn new(ifaces: Vec<Arc<Iface>>, unknown: Vec<String>) -> Policed {
         let mut by_sw_if_index = SwIfIndexMap::default();
         for (i, f) in ifaces.iter().enumerate() {
-            by_sw_if_index.insert(f.sw_if_index.0, i as u32);
+            let at = PolicedAt {
+                pos: i as u32,
+                inverted: f.inverted,
+            };
+            by_sw_if_index.insert(f.sw_if_index.0, at);
         }
         Policed {
             ifaces,
@@ -392,8 +409,16 @@ impl Generation {
     /// The interface with this index, if policed.
     #[inline]
     pub fn interface(&self, sw_if_index: SwIfIndex) -> Option<&Iface> {
-        let pos = self.policed.by_sw_if_index.get(sw_if_index.0)?;
-        self.policed.ifaces.get(pos as usize).map(|f| &**f)
+        let at = self.policed.by_sw_if_index.get(sw_if_index.0)?;
+        self.policed.ifaces.get(at.pos as usize).map(|f| &**f)
+    }
+
+    /// Calico's direction of a packet going `dir` on the interface with this index
+    /// ([`Iface::calico_dir`]), if policed: the node's per-packet look-up.
+    #[inline]
+    pub fn calico_dir(&self, sw_if_index: SwIfIndex, dir: VppDir) -> Option<Direction> {
+        let at = self.policed.by_sw_if_index.get(sw_if_index.0)?;
+        Some(calico_dir(dir, at.inverted))
     }
 
     /// `iface`'s interface in the classifier generation (`None`: it has no
