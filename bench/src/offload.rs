@@ -23,11 +23,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use capo_offload::caps::{NicCaps, OffloadMode};
-use capo_offload::commit::Committer;
-use capo_offload::flow::{Action, Attr, FlowRule, Item};
+use capo_offload::commit::{Committer, RefreshOutcome};
+use capo_offload::flow::Action;
 use capo_offload::lower::{attribute, lower, EntryKind, OffloadProgram};
-use capo_offload::mark::{Mark, MarkKind};
-use capo_offload::plan::{plan, FlowSample, HitCounters, OffloadPlan, PlanConfig, Role};
+pub use capo_offload::plan::rules_changed;
+use capo_offload::plan::{plan, replan, FlowSample, HitCounters, OffloadPlan, PlanConfig, Role};
 use capo_offload::sim::SimNic;
 use capo_offload::verdict::{combine, DecidedBy, Probe};
 use capo_policy::{Packet, State, Verdict};
@@ -80,6 +80,37 @@ impl NicProfile {
     }
 }
 
+/// How windows after the first are planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replan {
+    /// As the agent re-plans an unchanged policy: from the installed plan
+    /// ([`capo_offload::plan::replan`]: installed entries preferred, shared rules kept
+    /// for a commit in place).
+    #[default]
+    Incremental,
+    /// From scratch, each plan a new generation.
+    Full,
+}
+
+impl Replan {
+    /// Parses `incremental`, `full`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "incremental" => Some(Replan::Incremental),
+            "full" => Some(Replan::Full),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Replan::Incremental => "incremental",
+            Replan::Full => "full",
+        }
+    }
+}
+
 /// The benchmark's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct OffloadOptions {
@@ -91,6 +122,8 @@ pub struct OffloadOptions {
     pub capacity: u32,
     /// Traffic windows, size, skew and seed.
     pub traffic: TrafficOptions,
+    /// How windows after the first are planned.
+    pub replan: Replan,
 }
 
 /// What one plan did on one window's packets (wire packets only).
@@ -232,33 +265,6 @@ pub fn measure(plan: &OffloadPlan, caps: &NicCaps, w: &Window) -> Measured {
     m
 }
 
-/// A NIC rule as an incremental commit would compare it: its attributes, pattern,
-/// fate and mark kind. The mark's entry index is left out: it is the rule's position
-/// in the plan, which an incremental commit would keep stable.
-type RuleKey<'a> = (&'a Attr, &'a [Item], Option<&'a Action>, Option<MarkKind>);
-
-fn rule_key(r: &FlowRule, mark_bits: u8) -> RuleKey<'_> {
-    (
-        r.attr(),
-        r.pattern(),
-        r.fate(),
-        r.mark().map(|m| Mark::decode(m, mark_bits).kind),
-    )
-}
-
-/// NIC rules in one plan and not the other (as multisets, see `RuleKey`): what an
-/// incremental commit would insert plus what it would destroy.
-pub fn rules_changed(a: &OffloadPlan, b: &OffloadPlan, mark_bits: u8) -> usize {
-    let mut count: HashMap<RuleKey<'_>, i64> = HashMap::new();
-    for r in &a.rules {
-        *count.entry(rule_key(&r.flow, mark_bits)).or_insert(0) += 1;
-    }
-    for r in &b.rules {
-        *count.entry(rule_key(&r.flow, mark_bits)).or_insert(0) -= 1;
-    }
-    count.values().map(|c| c.unsigned_abs() as usize).sum()
-}
-
 /// A plan and how long it took.
 #[derive(Debug, Clone)]
 pub struct TimedPlan {
@@ -363,14 +369,22 @@ pub struct OffloadReport {
     /// Planning again for the next window (the policy unchanged, the lowering kept),
     /// mean over the windows after the first, milliseconds.
     pub replan_ms: f64,
-    /// `full`: the planner plans from scratch (it has no incremental mode).
+    /// `incremental`: each window after the first is planned from the installed plan
+    /// and committed in place (what the agent does while the policy is unchanged);
+    /// `full`: planned from scratch and committed as a new generation.
     pub replan_mode: String,
-    /// NIC rules inserted plus destroyed between consecutive plans by an incremental
-    /// commit (mean; [`rules_changed`]).
+    /// Re-plans that could be committed in place (incremental mode).
+    pub replans_in_place: usize,
+    /// NIC rules inserted plus destroyed between consecutive plans (mean;
+    /// [`rules_changed`]).
     pub rules_changed: f64,
-    /// Entries today's commit installs per re-plan (the whole plan, into a new group;
-    /// mean).
+    /// Rules a re-plan's commit creates (mean): in place, the new plan's rules the
+    /// installed one lacks; as a new generation, the whole plan.
     pub entries_per_commit: f64,
+    /// Most NIC entries held at once during any re-plan's commit, the dispatcher
+    /// included, replayed on a simulated NIC ([`commit_cost`]): a table smaller than
+    /// this refuses the commit.
+    pub commit_peak_entries: usize,
     /// Time to install `rules_changed` at 1,000 rules/s.
     pub install_s_at_1k_per_s: f64,
     /// Time to install `rules_changed` at 50,000 rules/s.
@@ -411,10 +425,23 @@ pub fn run(o: &OffloadOptions) -> OffloadReport {
     let program = lower(&t.state, &t.ids, 1);
     let lower_ms = t0.elapsed().as_secs_f64() * 1e3;
     let cfg = PlanConfig::default();
+    let mut installed: Option<OffloadPlan> = None;
+    let mut in_place = 0usize;
     let e = evaluate(&t, &caps, &mut |hits| {
-        plan(&t.state, &program, &caps, hits, &cfg)
+        let again = match (&installed, o.replan) {
+            (Some(before), Replan::Incremental) => {
+                replan(&t.state, &program, &caps, hits, &cfg, before)
+            }
+            _ => None,
+        };
+        in_place += usize::from(again.is_some());
+        let p = again.unwrap_or_else(|| plan(&t.state, &program, &caps, hits, &cfg));
+        installed = Some(p.clone());
+        p
     });
-    report(o, &caps, &t, &program, &e, lower_ms)
+    let mut r = report(o, &caps, &t, &program, &e, lower_ms);
+    r.replans_in_place = in_place;
+    r
 }
 
 fn report(
@@ -448,6 +475,22 @@ fn report(
         }
     };
     let changed = mean(&changes.iter().map(|c| *c as f64).collect::<Vec<_>>());
+    // Each re-plan's commit, replayed on a simulated NIC with room to spare: what
+    // it creates and the most entries it holds at once.
+    let commits: Vec<CommitCost> = e
+        .plans
+        .windows(2)
+        .filter_map(|w| match w {
+            [a, b] => Some(commit_cost(
+                caps,
+                &a.plan,
+                &b.plan,
+                o.replan == Replan::Incremental,
+            )),
+            _ => None,
+        })
+        .collect();
+    let created: Vec<f64> = commits.iter().map(|c| c.created as f64).collect();
     let [slow, fast] = NIC_INSERT_RATES;
     let last = e.held_out.last();
     let last_plan = last.and_then(|p| e.plans.get(p.planned_on));
@@ -474,15 +517,11 @@ fn report(
         flow_mismatches: all.flow_mismatches,
         plan_ms: lower_ms + e.plans.first().map_or(0.0, |p| p.ms),
         replan_ms: mean(&later),
-        replan_mode: "full".to_string(),
+        replan_mode: o.replan.name().to_string(),
+        replans_in_place: 0,
         rules_changed: changed,
-        entries_per_commit: mean(
-            &e.plans
-                .iter()
-                .skip(1)
-                .map(|p| p.plan.entries_used() as f64)
-                .collect::<Vec<_>>(),
-        ),
+        entries_per_commit: mean(&created),
+        commit_peak_entries: commits.iter().map(|c| c.peak).max().unwrap_or(0),
         install_s_at_1k_per_s: changed / slow,
         install_s_at_50k_per_s: changed / fast,
         classifications_avoided: held.hardware,
@@ -523,6 +562,44 @@ fn report(
         }
     }
     r
+}
+
+/// What one re-plan's commit costs on the NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitCost {
+    /// Rules created.
+    pub created: usize,
+    /// Most entries installed at once (the dispatcher included).
+    pub peak: usize,
+}
+
+/// Commits `a`, then `b` (in place when `in_place` and `b` is a re-plan of `a`'s
+/// generation, else as a new generation), on a simulated NIC of `caps` with room for
+/// both, and measures the second commit.
+pub fn commit_cost(caps: &NicCaps, a: &OffloadPlan, b: &OffloadPlan, in_place: bool) -> CommitCost {
+    let mut roomy = caps.clone();
+    roomy.capacity = u32::MAX;
+    let mut nic = SimNic::new(roomy);
+    let mut c = Committer::new();
+    c.commit(&mut nic, a, &mut |_, _| {});
+    let before = nic.installed();
+    let mut peak = before;
+    let mut track = |nic: &SimNic, _: &capo_offload::commit::SoftwareView| {
+        peak = peak.max(nic.installed());
+    };
+    let refreshed = if in_place {
+        c.refresh(&mut nic, b, &mut track)
+    } else {
+        RefreshOutcome::NotLive
+    };
+    let created = match refreshed {
+        RefreshOutcome::Refreshed { inserted, .. } => inserted,
+        _ => {
+            c.commit(&mut nic, b, &mut track);
+            b.rules.len()
+        }
+    };
+    CommitCost { created, peak }
 }
 
 fn kebab<T: serde::Serialize>(v: &T, field: &str) -> String {

@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use capo_bench::offload::{evaluate, rules_changed, run, window_hits, NicProfile, OffloadOptions};
+use capo_bench::offload::{
+    evaluate, rules_changed, run, window_hits, NicProfile, OffloadOptions, Replan,
+};
 use capo_bench::traffic::{generate_traffic, Opener, Traffic, TrafficOptions, MAX_SYN_TRIES};
 use capo_bench::workload::Kind;
 use capo_offload::plan::{plan, HitCounters, PlanConfig};
@@ -148,6 +150,7 @@ fn json_row_has_every_field_and_no_mismatches() {
             nic,
             capacity: 256,
             traffic: TrafficOptions::small(1.1, 1),
+            replan: Replan::Full,
         });
         assert_eq!(r.mismatches, 0);
         assert_eq!(r.flow_mismatches, 0);
@@ -164,8 +167,10 @@ fn json_row_has_every_field_and_no_mismatches() {
             "plan_ms",
             "replan_ms",
             "replan_mode",
+            "replans_in_place",
             "rules_changed",
             "entries_per_commit",
+            "commit_peak_entries",
             "install_s_at_1k_per_s",
             "install_s_at_50k_per_s",
             "classifications_avoided",
@@ -191,4 +196,39 @@ fn json_row_has_every_field_and_no_mismatches() {
         assert!(f("classifications_avoided") <= f("packets"));
         assert_eq!(row["replan_mode"], "full");
     }
+}
+
+/// Incremental re-plans (the default) commit in place where the device has groups:
+/// the same plans as from scratch, renumbered, so the same fractions; a commit
+/// creates only the rules new to the table instead of the whole plan, and the
+/// held-out checks still find no mismatch.
+#[test]
+fn incremental_replans_commit_in_place_and_create_less() {
+    let opts = |nic, replan| OffloadOptions {
+        kind: Kind::K8s,
+        nic,
+        capacity: 256,
+        traffic: TrafficOptions::small(1.1, 1),
+        replan,
+    };
+    let full = run(&opts(NicProfile::Mlx5, Replan::Full));
+    let inc = run(&opts(NicProfile::Mlx5, Replan::Incremental));
+    assert_eq!(inc.replan_mode, "incremental");
+    assert_eq!(full.replans_in_place, 0);
+    assert_eq!(inc.replans_in_place, inc.windows - 1);
+    assert_eq!((inc.mismatches, inc.flow_mismatches), (0, 0));
+    assert_eq!(inc.same_priority_conflicts, 0);
+    assert_eq!(inc.held_out_fraction, full.held_out_fraction);
+    assert_eq!(inc.rules_changed, full.rules_changed);
+    assert!(inc.rules_changed > 0.0);
+    assert!(
+        inc.entries_per_commit < full.entries_per_commit,
+        "{} rules created in place, {} as a new generation",
+        inc.entries_per_commit,
+        full.entries_per_commit
+    );
+    assert!(inc.commit_peak_entries < full.commit_peak_entries);
+    // Without groups every commit already changes only the difference.
+    let e810 = run(&opts(NicProfile::E810, Replan::Incremental));
+    assert_eq!(e810.replans_in_place, 0);
 }

@@ -19,7 +19,7 @@
 //! is called after every NIC operation, so tests can send packets at every
 //! intermediate state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::backend::{FlowBackend, FlowCount, FlowHandle};
 use crate::caps::OffloadMode;
@@ -58,6 +58,37 @@ pub enum CommitOutcome {
     },
 }
 
+/// How a commit in place ([`Committer::refresh`]) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The live group holds the new plan.
+    Refreshed {
+        /// Rules created.
+        inserted: usize,
+        /// Rules left in place.
+        kept: usize,
+        /// Counts of the rules destroyed, by their index in the plan they came from.
+        destroyed: Vec<(usize, Option<FlowCount>)>,
+    },
+    /// The device refused a new rule, or the rules would not fit: the rules created
+    /// for the new plan are removed again, and the installed plan stays live, less
+    /// the rules step 1 removed (nothing left relies on them; none when the
+    /// plans would not fit).
+    Refused {
+        /// The refusal.
+        error: FlowError,
+        /// Index of the refused rule in the new plan.
+        rule: usize,
+        /// Its role.
+        role: Role,
+        /// Counts of the installed rules removed, by their index in its plan.
+        destroyed: Vec<(usize, Option<FlowCount>)>,
+    },
+    /// No group of the plan's generation is live (or the device has no groups):
+    /// commit the plan as a new generation.
+    NotLive,
+}
+
 /// Counters folded from a retired generation's rules.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Retired {
@@ -73,6 +104,9 @@ struct LiveGen {
     group: Group,
     /// Created rules, in creation order, with their plan index.
     handles: Vec<(usize, FlowHandle, FlowRule)>,
+    /// Per plan index, the plan indices of the rules it relies on
+    /// ([`crate::plan::PlannedRule::relies_on`]).
+    relies: Vec<Vec<usize>>,
 }
 
 /// Drives generation commits on one port.
@@ -82,6 +116,18 @@ pub struct Committer {
     live: Option<LiveGen>,
     retiring: Vec<LiveGen>,
     dispatcher: Option<(FlowHandle, Priority)>,
+}
+
+/// Reads a rule's final count (rules with a COUNT action) and destroys it.
+fn final_count<B: FlowBackend>(nic: &mut B, h: FlowHandle, r: &FlowRule) -> Option<FlowCount> {
+    let count = if r.counts() {
+        nic.query_count(h, false).ok()
+    } else {
+        None
+    };
+    // A failure leaves nothing to do: the device refuses or is gone.
+    let _ = nic.destroy(h);
+    count
 }
 
 /// Root priorities the dispatcher alternates between.
@@ -238,6 +284,7 @@ impl Committer {
             generation: plan.generation,
             group,
             handles: created,
+            relies: plan.rules.iter().map(|r| r.relies_on.clone()).collect(),
         }) {
             self.retiring.push(old);
         }
@@ -330,8 +377,163 @@ impl Committer {
             generation: plan.generation,
             group: Group::ROOT,
             handles,
+            relies: Vec::new(),
         });
         CommitOutcome::Offloaded { installed, refused }
+    }
+
+    /// Commits `plan`, a re-plan of the live generation (the same policy, new hit
+    /// counters, renumbered by [`crate::plan::carry_over`]), into the live group: the
+    /// rules both plans hold stay in place. In three steps, each rule's final count
+    /// read before it goes:
+    ///
+    /// 1. the installed plan's other rules that no staying rule relies on (directly
+    ///    or through others) are destroyed, lowest priority first, so the table
+    ///    needs little more room than the larger plan;
+    /// 2. the new plan's other rules are created in its order (highest priority
+    ///    first: a decision after what it relies on);
+    /// 3. the installed plan's remaining rules (what staying decisions relied on
+    ///    until the new plan's covers were in) are destroyed, lowest priority first.
+    ///
+    /// Every state in between is safe: both plans decide with the same generation's
+    /// policy, and every decision installed has what it relies on above it, from its
+    /// own plan. So for any packet, the highest-priority rule it matches is a punt, an
+    /// exact flow (decided as the policy decides it), or a decision none of whose
+    /// protections matches it, which is a right decision. Software's view does not
+    /// change.
+    pub fn refresh<B: FlowBackend>(
+        &mut self,
+        nic: &mut B,
+        plan: &OffloadPlan,
+        observe: &mut dyn FnMut(&B, &SoftwareView),
+    ) -> RefreshOutcome {
+        let dispatcher = usize::from(self.dispatcher.is_some());
+        let Some(live) = self.live.as_mut().filter(|l| {
+            l.generation == plan.generation && plan.mode == OffloadMode::VersionedGroups
+        }) else {
+            return RefreshOutcome::NotLive;
+        };
+        let group = live.group;
+        let in_group = |pr: &crate::plan::PlannedRule| {
+            let a = *pr.flow.attr();
+            pr.flow.with_attr(Attr { group, ..a })
+        };
+        // Which installed rule each new one is, if any.
+        let mut installed: HashMap<FlowRule, Vec<usize>> = HashMap::new();
+        for (k, (_, _, r)) in live.handles.iter().enumerate().rev() {
+            installed.entry(r.clone()).or_default().push(k);
+        }
+        let mut claims: Vec<Option<usize>> = Vec::with_capacity(plan.rules.len());
+        let mut claimed = vec![false; live.handles.len()];
+        for pr in &plan.rules {
+            let k = installed.get_mut(&in_group(pr)).and_then(Vec::pop);
+            if let Some(k) = k {
+                claimed[k] = true;
+            }
+            claims.push(k);
+        }
+        let new_only = claims.iter().filter(|c| c.is_none()).count();
+        // What staying rules rely on, directly or through others, stays until step 3.
+        let by_index: HashMap<usize, usize> = live
+            .handles
+            .iter()
+            .enumerate()
+            .map(|(k, (i, _, _))| (*i, k))
+            .collect();
+        let mut needed = claimed.clone();
+        let mut stack: Vec<usize> = (0..needed.len()).filter(|&k| needed[k]).collect();
+        while let Some(k) = stack.pop() {
+            let i = live.handles[k].0;
+            for dep in live.relies.get(i).into_iter().flatten() {
+                if let Some(&d) = by_index.get(dep) {
+                    if !needed[d] {
+                        needed[d] = true;
+                        stack.push(d);
+                    }
+                }
+            }
+        }
+        let early: Vec<usize> = (0..needed.len()).filter(|&k| !needed[k]).collect();
+        // Refuse up front what cannot fit at the peak, rather than create hundreds of
+        // rules to remove them again.
+        let room = nic.caps().capacity as usize;
+        if new_only > 0 && live.handles.len() - early.len() + dispatcher + new_only > room {
+            let first = claims.iter().position(Option::is_none).unwrap_or(0);
+            return RefreshOutcome::Refused {
+                error: FlowError::new(
+                    crate::error::FlowErrorKind::NoMem,
+                    "the staying and the new rules do not fit the table together",
+                ),
+                rule: first,
+                role: plan.rules[first].role.clone(),
+                destroyed: Vec::new(),
+            };
+        }
+        let mut destroyed = Vec::new();
+        let mut gone = vec![false; live.handles.len()];
+        // Step 1.
+        for &k in early.iter().rev() {
+            let (i, h, r) = &live.handles[k];
+            destroyed.push((*i, final_count(nic, *h, r)));
+            gone[k] = true;
+            observe(nic, &self.sw);
+        }
+        // Step 2.
+        let mut next: Vec<(usize, FlowHandle, FlowRule)> = Vec::with_capacity(plan.rules.len());
+        let mut inserted = 0;
+        for (i, (pr, claim)) in plan.rules.iter().zip(&claims).enumerate() {
+            if let Some(k) = claim {
+                let (_, h, r) = &live.handles[*k];
+                next.push((i, *h, r.clone()));
+                continue;
+            }
+            let rule = in_group(pr);
+            match nic.validate(&rule).and_then(|()| nic.create(&rule)) {
+                Ok(h) => {
+                    inserted += 1;
+                    next.push((i, h, rule));
+                    observe(nic, &self.sw);
+                }
+                Err(error) => {
+                    // Back to the installed plan's rules that are left: everything
+                    // they rely on is among them.
+                    for (j, h, _) in next.into_iter().rev() {
+                        if claims[j].is_none() {
+                            let _ = nic.destroy(h);
+                            observe(nic, &self.sw);
+                        }
+                    }
+                    let left = std::mem::take(&mut live.handles);
+                    live.handles = left
+                        .into_iter()
+                        .zip(&gone)
+                        .filter(|(_, g)| !**g)
+                        .map(|(x, _)| x)
+                        .collect();
+                    return RefreshOutcome::Refused {
+                        error,
+                        rule: i,
+                        role: pr.role.clone(),
+                        destroyed,
+                    };
+                }
+            }
+        }
+        // Step 3.
+        for k in (0..live.handles.len()).rev() {
+            if !claimed[k] && !gone[k] {
+                let (i, h, r) = &live.handles[k];
+                destroyed.push((*i, final_count(nic, *h, r)));
+                observe(nic, &self.sw);
+            }
+        }
+        live.handles = next;
+        live.relies = plan.rules.iter().map(|r| r.relies_on.clone()).collect();
+        RefreshOutcome::Refreshed {
+            inserted,
+            kept: plan.rules.len() - inserted,
+            destroyed,
+        }
     }
 
     /// Retires generations no longer live (call once no packet can carry their marks):
@@ -391,5 +593,101 @@ impl Committer {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{identity, plan, replan, FlowSample, HitCounters, PlanConfig};
+    use crate::sim::SimNic;
+    use crate::testutils as fixture;
+    use crate::verdict::{combine, Fragment, Probe};
+    use capo_policy::{Action as PolicyAction, Verdict};
+
+    /// An allow that relied on an earlier deny's hardware entry, which the re-plan
+    /// drops (the deny went cold) and replaces with a cover: the deny's entry must
+    /// stay until the cover is in, and every step gives the policy's verdicts.
+    #[test]
+    fn refresh_keeps_what_staying_decisions_rely_on_until_their_new_covers_are_in() {
+        let mut deny = fixture::allow_tcp("172.16.0.0/24", 80);
+        deny.action = PolicyAction::Deny;
+        let allow = fixture::allow_tcp("172.16.0.0/16", 80);
+        let (state, program) = fixture::program(vec![deny, allow], vec![]);
+        let caps = crate::caps::NicCaps::mlx5(64);
+        let cfg = PlanConfig {
+            exact_flows: false,
+            ..PlanConfig::default()
+        };
+        let hits = |samples: Vec<FlowSample>| HitCounters {
+            flows: samples,
+            rules: Default::default(),
+        };
+        let denied = fixture::tcp_sample([172, 16, 0, 9], 80, 100);
+        let allowed = fixture::tcp_sample([172, 16, 5, 9], 80, 100);
+        let before = plan(
+            &state,
+            &program,
+            &caps,
+            &hits(vec![denied.clone(), allowed.clone()]),
+            &cfg,
+        );
+        let after = replan(&state, &program, &caps, &hits(vec![allowed]), &cfg, &before)
+            .expect("same generation");
+        let probes: Vec<Probe> = [[172, 16, 0, 9], [172, 16, 5, 9], [172, 16, 0, 200]]
+            .into_iter()
+            .flat_map(|src| {
+                [crate::flow::TCP_SYN, crate::flow::TCP_ACK].map(|flags| Probe {
+                    packet: fixture::tcp_sample(src, 80, 1).packet,
+                    tcp_flags: flags,
+                    fragment: Fragment::No,
+                })
+            })
+            .collect();
+        let refs: Vec<Verdict> = probes
+            .iter()
+            .map(|p| capo_policy::trace(&state, &p.reference_packet()).verdict)
+            .collect();
+        assert!(refs.contains(&Verdict::Deny) && refs.contains(&Verdict::Allow));
+        let mut nic = SimNic::new(caps.clone());
+        let mut c = Committer::new();
+        c.commit(&mut nic, &before, &mut |_, _| {});
+        let mut steps = 0;
+        let outcome = c.refresh(&mut nic, &after, &mut |nic, sw| {
+            steps += 1;
+            for (p, want) in probes.iter().zip(&refs) {
+                let out = nic.peek(&p.headers());
+                let got = combine(out, sw, caps.mark_bits, &mut |_| *want).0;
+                assert_eq!(got, *want, "step {steps}: {p:?}");
+            }
+        });
+        let RefreshOutcome::Refreshed {
+            inserted,
+            kept,
+            destroyed,
+        } = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert!(inserted > 0 && kept > 0 && !destroyed.is_empty());
+        // The test is about a staying decision that relied on a removed one.
+        let bits = caps.mark_bits;
+        let in_after = |r: &FlowRule| {
+            after
+                .rules
+                .iter()
+                .any(|n| identity(&n.flow, bits) == identity(r, bits))
+        };
+        let staying_decision_relied_on_a_removed_rule = before.rules.iter().any(|r| {
+            matches!(r.role, Role::Decide { .. })
+                && in_after(&r.flow)
+                && r.relies_on
+                    .iter()
+                    .any(|&d| !in_after(&before.rules[d].flow))
+        });
+        assert!(
+            staying_decision_relied_on_a_removed_rule,
+            "{before:#?}\n{after:#?}"
+        );
     }
 }

@@ -392,6 +392,39 @@ impl FlowRule {
         })
     }
 
+    /// The index its MARK carries (else its COUNT id): the plan entry it stands for.
+    pub fn slot(&self, mark_bits: u8) -> Option<u32> {
+        self.actions.iter().find_map(|a| match a {
+            Action::Mark(m) => Some(crate::mark::Mark::decode(*m, mark_bits).index),
+            Action::Count(id) => Some(*id),
+            _ => None,
+        })
+    }
+
+    /// The same rule standing for plan entry `slot`: its MARK's index and its COUNT id
+    /// rewritten. `None` when the index does not fit the MARK.
+    pub fn with_slot(&self, slot: u32, mark_bits: u8) -> Option<Self> {
+        let mut actions = self.actions.clone();
+        for a in &mut actions {
+            match a {
+                Action::Mark(m) => {
+                    let mark = crate::mark::Mark {
+                        index: slot,
+                        ..crate::mark::Mark::decode(*m, mark_bits)
+                    };
+                    *m = mark.encode(mark_bits)?;
+                }
+                Action::Count(id) => *id = slot,
+                _ => {}
+            }
+        }
+        Some(FlowRule {
+            attr: self.attr,
+            pattern: self.pattern.clone(),
+            actions,
+        })
+    }
+
     /// The same rule with another attribute.
     pub fn with_attr(&self, attr: Attr) -> Self {
         FlowRule {

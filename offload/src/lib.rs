@@ -99,10 +99,10 @@ pub use error::{ErrorTarget, FlowError, FlowErrorKind};
 pub use flow::{Action, Attr, FlowRule, Group, Headers, Item, Priority, RuleError, Spec};
 
 #[cfg(feature = "std")]
-pub use commit::{CommitOutcome, Committer, SoftwareView};
+pub use commit::{CommitOutcome, Committer, RefreshOutcome, SoftwareView};
 #[cfg(feature = "std")]
 pub use lower::{lower, OffloadProgram};
 #[cfg(feature = "std")]
-pub use plan::{plan, HitCounters, KeepReason, OffloadPlan, PlanConfig};
+pub use plan::{plan, replan, HitCounters, KeepReason, OffloadPlan, PlanConfig};
 #[cfg(feature = "std")]
 pub use sim::{Faults, NicOutcome, SimNic};

@@ -2,7 +2,10 @@
 //! profiles, with and without exact-flow entries (rule atoms and covers only), the
 //! NIC's decision where it decides and software's otherwise equals the
 //! reference verdict ([`capo_policy::trace`]); during a commit every packet gets the
-//! verdict of the old or of the new generation; the same under injected faults; per
+//! verdict of the old or of the new generation; during a re-plan committed in place
+//! (the same generation, new counters) every packet gets the generation's verdict
+//! and a refused re-plan leaves the installed plan whole; the same under injected
+//! faults; per
 //! flow, with conntrack semantics, a connection the policy allows carries its replies
 //! and later packets whatever the NIC holds.
 
@@ -11,9 +14,9 @@
 use rand::SeedableRng as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use capo_offload::commit::{Committer, SoftwareView};
+use capo_offload::commit::{Committer, RefreshOutcome, SoftwareView};
 use capo_offload::lower::{ContinueReason, EntryKind};
-use capo_offload::plan::{plan, FlowSample, HitCounters, OffloadPlan, PlanConfig};
+use capo_offload::plan::{plan, replan, FlowSample, HitCounters, OffloadPlan, PlanConfig};
 use capo_offload::sim::{Faults, SimNic};
 use capo_offload::testutils::{Below as _, Rng};
 use capo_offload::verdict::{combine, Fragment, Probe};
@@ -491,6 +494,16 @@ proptest! {
 
     /// The same with faults injected while the new generation is installed.
     #[test]
+    fn prop_replans_commit_in_place(seed in any::<u64>(), capacity in 4u32..160, profile in 0u8..6) {
+        check_refresh(seed, capacity, profile, None)?;
+    }
+
+    #[test]
+    fn prop_refused_replans_leave_the_installed_plan(seed in any::<u64>(), capacity in 4u32..120, enomem in 0usize..60) {
+        check_refresh(seed, capacity, 0, Some(enomem))?;
+    }
+
+    #[test]
     fn prop_commit_under_faults(
         seed in any::<u64>(),
         capacity in 4u32..120,
@@ -636,6 +649,156 @@ fn check_flows(seed: u64, capacity: u32, profile: u8, exact: bool) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// A re-plan on other counters, committed in place: the generation's verdict for
+/// every probe at every step; afterwards the NIC holds exactly the new plan (beside
+/// the dispatcher), or, when the device refused a rule, exactly the old one.
+fn check_refresh(
+    seed: u64,
+    capacity: u32,
+    profile: u8,
+    enomem_after: Option<usize>,
+) -> Result<Option<RefreshOutcome>, TestCaseError> {
+    let (state, ids) = random_state(seed);
+    let probes = random_probes(seed, 80);
+    let caps = caps_for(profile, capacity);
+    let program = lower(&state, &ids, 1);
+    let cfg = PlanConfig::default();
+    // Overlapping samples: some flows go cold, others come.
+    let before = plan(
+        &state,
+        &program,
+        &caps,
+        &hits_from(&probes[..60], seed),
+        &cfg,
+    );
+    let Some(after) = replan(
+        &state,
+        &program,
+        &caps,
+        &hits_from(&probes[20..], seed.wrapping_add(7)),
+        &cfg,
+        &before,
+    ) else {
+        // Only a plan with versioned groups is committed in place.
+        prop_assert!(before.mode != capo_offload::OffloadMode::VersionedGroups);
+        return Ok(None);
+    };
+    let refs: Vec<Verdict> = probes
+        .iter()
+        .map(|p| trace(&state, &p.reference_packet()).verdict)
+        .collect();
+    let mut nic = SimNic::new(caps.clone());
+    let mut c = Committer::new();
+    c.commit(&mut nic, &before, &mut |_, _| {});
+    let rules_of = |nic: &SimNic| {
+        let mut v: Vec<_> = nic
+            .rules()
+            .filter(|(_, r)| r.attr().group.0 != 0)
+            .map(|(_, r)| {
+                r.with_attr(capo_offload::Attr {
+                    group: capo_offload::Group(0),
+                    ..*r.attr()
+                })
+            })
+            .collect();
+        v.sort_by_key(|r| format!("{r:?}"));
+        v
+    };
+    let sorted = |p: &OffloadPlan| {
+        let mut v: Vec<_> = p.rules.iter().map(|r| r.flow.clone()).collect();
+        v.sort_by_key(|r| format!("{r:?}"));
+        v
+    };
+    prop_assert_eq!(rules_of(&nic), sorted(&before));
+    if let Some(n) = enomem_after {
+        nic.set_faults(Faults {
+            enomem_after: Some(n),
+            ..Faults::default()
+        });
+    }
+    let mut failure: Option<String> = None;
+    let mut steps = 0usize;
+    let mut check = |nic: &SimNic, sw: &SoftwareView| {
+        steps += 1;
+        for (i, p) in probes.iter().enumerate() {
+            let v = verdict(nic, sw, &caps, p, &|_| refs[i]);
+            if v != refs[i] && failure.is_none() {
+                failure = Some(format!(
+                    "step {steps}, probe {p:?}: {v:?}, not {:?}",
+                    refs[i]
+                ));
+            }
+        }
+    };
+    let outcome = c.refresh(&mut nic, &after, &mut check);
+    if let Some(f) = failure {
+        return Err(TestCaseError::fail(f));
+    }
+    match outcome.clone() {
+        RefreshOutcome::Refreshed {
+            inserted,
+            destroyed,
+            ..
+        } => {
+            prop_assert_eq!(rules_of(&nic), sorted(&after));
+            prop_assert_eq!(
+                inserted + destroyed.len(),
+                capo_offload::plan::rules_changed(&before, &after, caps.mark_bits)
+            );
+        }
+        RefreshOutcome::Refused { .. } => {
+            let changed = capo_offload::plan::rules_changed(&before, &after, caps.mark_bits);
+            let new_only = (changed + after.rules.len() - before.rules.len()) / 2;
+            prop_assert!(
+                enomem_after.is_some() || before.rules.len() + 1 + new_only > capacity as usize,
+                "refused without a fault, with room for both plans"
+            );
+            // What is left is the installed plan, or part of it.
+            let left = rules_of(&nic);
+            let whole = sorted(&before);
+            prop_assert!(left.iter().all(|r| whole.contains(r)), "{left:?}");
+        }
+        RefreshOutcome::NotLive => prop_assert!(false, "the plan's generation is live"),
+    }
+    for (i, p) in probes.iter().enumerate() {
+        prop_assert_eq!(verdict(&nic, c.software(), &caps, p, &|_| refs[i]), refs[i]);
+    }
+    Ok(Some(outcome))
+}
+
+/// The property above meets re-plans that insert, keep and destroy rules, and
+/// refusals: it is not passing on plans that never differ.
+#[test]
+fn test_replans_in_place_change_part_of_the_table() {
+    let (mut changed, mut refused) = (0, 0);
+    for seed in 0..40u64 {
+        match check_refresh(seed, 100 + (seed as u32 % 4) * 20, 0, None).unwrap() {
+            Some(RefreshOutcome::Refreshed {
+                inserted,
+                kept,
+                destroyed,
+            }) => {
+                changed += usize::from(inserted > 0 && kept > 0 && !destroyed.is_empty());
+            }
+            Some(RefreshOutcome::Refused { .. }) => refused += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        changed >= 10,
+        "{changed} of 40 re-plans changed part of the table"
+    );
+    let refusals = (0..20u64)
+        .filter(|&seed| {
+            matches!(
+                check_refresh(seed, 80, 0, Some(5)).unwrap(),
+                Some(RefreshOutcome::Refused { .. })
+            )
+        })
+        .count();
+    assert!(refusals + refused >= 5, "{refusals} refusals under faults");
 }
 
 fn check_commit(

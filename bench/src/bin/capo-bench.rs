@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use capo_bench::offload::{NicProfile, OffloadOptions};
+use capo_bench::offload::{NicProfile, OffloadOptions, Replan};
 use capo_bench::run::{classify, Options};
 use capo_bench::traffic::TrafficOptions;
 use capo_bench::updates::UpdatePath;
@@ -80,6 +80,10 @@ fn nic(s: &str) -> Result<NicProfile, UnknownName> {
     NicProfile::parse(s).ok_or_else(|| UnknownName(s.into(), "mlx5, e810, cnxk"))
 }
 
+fn replan_mode(s: &str) -> Result<Replan, UnknownName> {
+    Replan::parse(s).ok_or_else(|| UnknownName(s.into(), "incremental, full"))
+}
+
 #[derive(Parser)]
 #[command(name = "capo-bench", version, about = "capo's benchmarks")]
 struct Cli {
@@ -131,6 +135,11 @@ enum Command {
         /// Time windows (at least 2: plan on one, measure on the next).
         #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
         windows: Option<u32>,
+        /// Windows after the first: `incremental` (from the installed plan, committed
+        /// in place, as the agent re-plans an unchanged policy) or `full` (from
+        /// scratch, a new generation each).
+        #[arg(long, value_parser = replan_mode, default_value = "incremental")]
+        replan: Replan,
         #[arg(long)]
         json: bool,
     },
@@ -220,6 +229,7 @@ fn main() -> ExitCode {
             nic_capacity,
             traffic,
             windows,
+            replan,
             json,
         } => {
             let mut t = TrafficOptions::standard(traffic.zipf, traffic.seed);
@@ -232,6 +242,7 @@ fn main() -> ExitCode {
                     nic,
                     capacity: nic_capacity,
                     traffic: t,
+                    replan,
                 },
                 json,
             )

@@ -334,7 +334,8 @@ impl PortNic<'_, '_> {
         self.record(&seen);
         let summary = match committed {
             Committed::Done(summary) => summary,
-            Committed::Shrink => {
+            // Plan again: for the capacity that fit, or as a new generation.
+            Committed::Shrink | Committed::Again => {
                 self.shrink = true;
                 return;
             }

@@ -14,8 +14,8 @@ use capo_offload::lower::{OffloadProgram, Origin};
 use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
 use capo_offload::{
-    lower, plan, CommitOutcome, Committer, FlowBackend, FlowErrorKind, NicCaps, NicOutcome, SimNic,
-    SoftwareView,
+    lower, plan, CommitOutcome, Committer, FlowBackend, FlowErrorKind, NicCaps, NicOutcome,
+    RefreshOutcome, SimNic, SoftwareView,
 };
 use capo_policy::{IdTable, Packet, Protocol, State, Verdict, L4};
 use capo_proto::capo::agent::v1 as api;
@@ -151,6 +151,9 @@ pub struct NicFront<B: FlowBackend> {
     /// The last lowering and the policy version it is of: a re-plan of the same
     /// policy on new counters plans it again without lowering it again.
     lowered: Option<(u64, OffloadProgram)>,
+    /// The policy version the live plan was made from: a re-plan of it is
+    /// committed in place.
+    plan_policy: Option<u64>,
     nic_decided: u64,
     /// The last commit met EIO.
     device_gone: bool,
@@ -170,6 +173,9 @@ pub struct PlanJob {
     hits: HitCounters,
     /// The front's last lowering and the policy version it is of.
     lowered: Option<(u64, OffloadProgram)>,
+    /// The live plan (on a device with groups) and the policy version it is of: a
+    /// plan of the same version is made for a commit in place.
+    installed: Option<(u64, OffloadPlan)>,
 }
 
 /// A plan made by [`PlanJob::run`], for [`NicFront::commit_planned`].
@@ -180,6 +186,8 @@ pub struct Planned {
     plan: OffloadPlan,
     /// `rule#` per plan rule (decide rules only).
     rule_ids: Vec<Option<u32>>,
+    /// A re-plan of the live generation, to be committed in place.
+    in_place: bool,
 }
 
 /// What [`NicFront::commit_planned`] came to.
@@ -189,6 +197,9 @@ pub enum Committed {
     Done(String),
     /// The NIC ran out of entries part-way: plan again for the capacity that fit.
     Shrink,
+    /// The plan was made for a commit in place, and its generation is no longer
+    /// live: plan again.
+    Again,
 }
 
 impl PlanJob {
@@ -199,14 +210,22 @@ impl PlanJob {
             Some((version, program)) if version == policy => program,
             _ => lower(state, ids, self.generation),
         };
-        program.generation = self.generation;
-        let p = plan(
-            state,
-            &program,
-            &self.caps,
-            &self.hits,
-            &PlanConfig::default(),
-        );
+        let cfg = PlanConfig::default();
+        // The same policy as the live plan: plan it again for the live generation,
+        // committed in place (only the rules that differ change).
+        let again = self
+            .installed
+            .as_ref()
+            .filter(|(version, _)| *version == policy)
+            .and_then(|(_, live)| {
+                program.generation = live.generation;
+                capo_offload::replan(state, &program, &self.caps, &self.hits, &cfg, live)
+            });
+        let in_place = again.is_some();
+        let p = again.unwrap_or_else(|| {
+            program.generation = self.generation;
+            plan(state, &program, &self.caps, &self.hits, &cfg)
+        });
         let rule_ids = p
             .rules
             .iter()
@@ -227,6 +246,7 @@ impl PlanJob {
             program,
             plan: p,
             rule_ids,
+            in_place,
         }
     }
 
@@ -316,6 +336,7 @@ impl<B: FlowBackend> NicFront<B> {
             samples: HashMap::new(),
             plans: 0,
             lowered: None,
+            plan_policy: None,
             nic_decided: 0,
             device_gone: false,
             shrinks: 0,
@@ -365,7 +386,18 @@ impl<B: FlowBackend> NicFront<B> {
                 rules: HashMap::new(),
             },
             lowered: self.lowered.take(),
+            installed: self.live_plan(),
         }
+    }
+
+    /// The live plan and its policy version, when a re-plan can go in place: a
+    /// device with groups holds it as the newest generation.
+    fn live_plan(&self) -> Option<(u64, OffloadPlan)> {
+        let p = self.plan.as_ref()?;
+        let live = p.mode == capo_offload::OffloadMode::VersionedGroups
+            && self.committer.nic_generation() == Some(p.generation)
+            && !self.device_gone;
+        live.then(|| Some((self.plan_policy?, p.clone()))).flatten()
     }
 
     /// Commits a plan made from [`NicFront::plan_job`] (see
@@ -433,7 +465,11 @@ impl<B: FlowBackend> NicFront<B> {
             program,
             plan: p,
             rule_ids,
+            in_place,
         } = planned;
+        if in_place {
+            return self.refresh_steps(policy, program, p, rule_ids, between);
+        }
         // The marks name the NIC generation, not the policy's.
         self.plans = self.plans.max(program.generation);
         let outcome = self
@@ -479,7 +515,73 @@ impl<B: FlowBackend> NicFront<B> {
         self.shrinks = 0;
         self.shrunk_from = None;
         self.plan = Some(p);
+        self.plan_policy = Some(policy);
         Committed::Done(summary)
+    }
+
+    /// Keeps the final counts of live rules removed (by plan index) under their
+    /// `rule#`s.
+    fn fold_counts(&mut self, destroyed: Vec<(usize, Option<capo_offload::FlowCount>)>) {
+        for (i, count) in destroyed {
+            if let (Some(Some(id)), Some(c)) = (self.plan_rule_ids.get(i), count) {
+                let e = self.retired_counts.entry(*id).or_default();
+                e.0 += c.hits;
+                e.1 += c.bytes;
+            }
+        }
+    }
+
+    /// Commits a re-plan of the live generation in place: the live rules' final
+    /// counts of the rules it removes are kept under their `rule#`s; a refusal
+    /// leaves the installed plan.
+    fn refresh_steps(
+        &mut self,
+        policy: u64,
+        program: OffloadProgram,
+        p: OffloadPlan,
+        rule_ids: Vec<Option<u32>>,
+        between: &mut dyn FnMut(&SoftwareView),
+    ) -> Committed {
+        let outcome = self
+            .committer
+            .refresh(&mut self.nic, &p, &mut |_, view| between(view));
+        self.lowered = Some((policy, program));
+        match outcome {
+            RefreshOutcome::Refreshed {
+                inserted,
+                kept,
+                destroyed,
+            } => {
+                self.fold_counts(destroyed);
+                let removed = self.plan.as_ref().map_or(0, |old| old.rules.len()) - kept;
+                self.plan_rule_ids = rule_ids;
+                self.plan = Some(p);
+                self.plan_policy = Some(policy);
+                Committed::Done(format!(
+                    "NIC plan refreshed in place: {inserted} rules installed, {kept} kept, \
+                     {removed} removed"
+                ))
+            }
+            RefreshOutcome::Refused {
+                error,
+                rule,
+                destroyed,
+                ..
+            } => {
+                self.fold_counts(destroyed);
+                // The next plan goes in as a new generation (which plans again for
+                // the room there is, if the table is smaller than its profile).
+                self.plan_policy = None;
+                Committed::Done(format!(
+                    "NIC refused rule {rule} of the refreshed plan ({error:?}): the \
+                     installed plan stays"
+                ))
+            }
+            RefreshOutcome::NotLive => {
+                self.plan_policy = None;
+                Committed::Again
+            }
+        }
     }
 
     /// Whether the last commit met EIO (the device is gone or was reset): it is
@@ -986,8 +1088,16 @@ mod tests {
         nic.record(&to_port(443), Some(0x02));
         nic.commit(&state, &ids, 1);
         let replanned = nic.plan.clone().unwrap();
-        assert_eq!(replanned.generation, 2, "the NIC generation moves on");
-        assert_eq!(replanned, fresh(&nic, &state, &ids));
+        assert_eq!(
+            replanned.generation, 1,
+            "in place: the NIC generation stays"
+        );
+        // The same rules as a fresh plan's, numbered to keep the installed ones'.
+        let bits = nic.caps.mark_bits;
+        assert_eq!(
+            capo_offload::plan::rules_changed(&replanned, &fresh(&nic, &state, &ids), bits),
+            0
+        );
         // The policy changes (443 open instead of 80): version 2 is lowered again.
         let (mut closed, mut closed_ids) = web();
         let (key, policy) = closed.policies().iter().next().unwrap();
@@ -1004,6 +1114,67 @@ mod tests {
             after.rules, replanned.rules,
             "closing the port changes the plan"
         );
+    }
+
+    /// A re-plan of the live policy goes in place: the rules both plans hold stay
+    /// (the same NIC entries), the NIC keeps deciding without a new generation, and
+    /// the counts of the rules it removes stay with their `rule#`s.
+    #[test]
+    fn replans_of_the_live_policy_go_in_place_and_keep_counts() {
+        let (state, ids) = web();
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        let http = web_packet(40000, 80);
+        nic.record(&http, Some(0x10));
+        nic.commit(&state, &ids, 1);
+        for _ in 0..3 {
+            assert_eq!(
+                nic.receive(&http, 0x10, 100, &mut || Verdict::Deny),
+                (Verdict::Allow, true)
+            );
+        }
+        let counted = nic.rule_counts();
+        assert!(counted.values().any(|c| c.0 == 3), "{counted:?}");
+        let entries_before: Vec<_> = nic.nic.rules().map(|(h, r)| (h, r.clone())).collect();
+        // New flows, the same policy version: planned again, committed in place.
+        record_syns_to_81(&mut nic, 20);
+        let planned = nic.plan_job().run(&state, &ids, 1);
+        assert!(planned.in_place);
+        let Committed::Done(summary) = nic.commit_planned(planned) else {
+            panic!("not committed");
+        };
+        assert!(summary.contains("refreshed in place"), "{summary}");
+        assert!(!nic.retiring(), "no second generation");
+        assert_eq!(nic.committer.nic_generation(), Some(1));
+        let entries_after: Vec<_> = nic.nic.rules().map(|(h, r)| (h, r.clone())).collect();
+        let kept = entries_before
+            .iter()
+            .filter(|e| entries_after.contains(e))
+            .count();
+        assert!(kept > 0, "no entry stayed in place");
+        assert!(entries_after.len() > kept, "no entry was added");
+        // The counts carry over, and the NIC still decides the flow.
+        let carried = nic.rule_counts();
+        for (id, c) in &counted {
+            assert_eq!(carried.get(id), Some(c), "{carried:?}");
+        }
+        assert_eq!(
+            nic.receive(&http, 0x10, 100, &mut || Verdict::Deny),
+            (Verdict::Allow, true)
+        );
+        // The refused SYNs to port 81 are now dropped by the NIC.
+        assert_eq!(
+            nic.receive(&web_packet(41000, 81), 0x02, 60, &mut || Verdict::Allow),
+            (Verdict::Deny, true)
+        );
+        let before_removal = nic.rule_counts();
+        let entries = nic.nic.installed();
+        // Going back to the first counters removes the drop: its count stays.
+        nic.samples.retain(|p, _| *p == http);
+        let planned = nic.plan_job().run(&state, &ids, 1);
+        assert!(planned.in_place);
+        nic.commit_planned(planned);
+        assert!(nic.nic.installed() < entries, "nothing was removed");
+        assert_eq!(nic.rule_counts(), before_removal);
     }
 
     /// EIO: software decides everything, and the NIC says it is worth trying again.
@@ -1045,8 +1216,9 @@ mod tests {
             nic.decide(delivered(mark), &mut || software(&mut sw)),
             (Verdict::Allow, true)
         );
-        // A second plan: the first stays resident until retired.
-        nic.commit_plan(&state, &ids, 1);
+        // A second plan (a new policy version): the first stays resident until
+        // retired.
+        nic.commit_plan(&state, &ids, 2);
         assert!(nic.retiring());
         assert_eq!(
             nic.decide(delivered(mark), &mut || software(&mut sw)),
@@ -1184,7 +1356,9 @@ mod tests {
         let unmarked = NicOutcome::Delivered { mark: None };
         let decided_before = nic.nic_decided();
         nic.record(&flow(40001), Some(0x02));
-        let planned = nic.plan_job().run(&state, &ids, 1);
+        // A new policy version: a new generation (the same one would go in place).
+        let planned = nic.plan_job().run(&state, &ids, 2);
+        assert!(!planned.in_place);
         let rules = planned.plan.rules.len();
         let mut during_commit = Vec::new();
         let committed = nic.commit_planned_serving(planned, Duration::ZERO, &mut |v| {
@@ -1220,7 +1394,7 @@ mod tests {
         );
         // Without a period, nothing is served.
         nic.record(&flow(40002), Some(0x02));
-        let planned = nic.plan_job().run(&state, &ids, 1);
+        let planned = nic.plan_job().run(&state, &ids, 3);
         let mut served = 0;
         nic.commit_planned_serving(planned, Duration::MAX, &mut |_| served += 1);
         assert_eq!(served, 0);

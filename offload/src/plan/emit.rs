@@ -1,7 +1,7 @@
 //! Rule emission: the fixed punts, exact flows, the surviving decisions and covers by
 //! layer, then the catch-all, each with its mark, counter and queue actions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::caps::NicCaps;
 use crate::flow::{Action, Attr, FlowRule, Group, Item, Priority, Rss};
@@ -92,14 +92,24 @@ impl Emitter<'_> {
         self.caps.counters && self.counted < self.caps.counter_limit
     }
 
-    /// Appends a rule in group 0 (the commit sets the group); one the model rejects
-    /// is left out.
-    fn push(&mut self, role: Role, prio: u32, pattern: &[Item], actions: Vec<Action>) {
-        if let Ok(flow) = FlowRule::new(Attr::ingress(Group(0), Priority(prio)), pattern, &actions)
-        {
-            self.counted += u32::from(flow.counts());
-            self.out.rules.push(PlannedRule { role, flow });
-        }
+    /// Appends a rule in group 0 (the commit sets the group) and returns its
+    /// position; one the model rejects is left out.
+    fn push(
+        &mut self,
+        role: Role,
+        prio: u32,
+        pattern: &[Item],
+        actions: Vec<Action>,
+    ) -> Option<usize> {
+        let flow =
+            FlowRule::new(Attr::ingress(Group(0), Priority(prio)), pattern, &actions).ok()?;
+        self.counted += u32::from(flow.counts());
+        self.out.rules.push(PlannedRule {
+            role,
+            flow,
+            relies_on: Vec::new(),
+        });
+        Some(self.out.rules.len() - 1)
     }
 }
 
@@ -173,6 +183,10 @@ fn emit_nodes(em: &mut Emitter<'_>, inp: &Inputs<'_>) {
     let mut order: Vec<usize> = (0..nodes.len()).filter(|&i| alive[i]).collect();
     order.sort_by_key(|&i| (layer[i], nodes[i].domain(), nodes[i].key(), i));
     let mut offloaded: HashSet<(usize, usize)> = HashSet::new();
+    // Emitted positions per node, and the emitted decisions per entry: what a
+    // decision relies on sits in lower layers, so it is emitted before it.
+    let mut position: HashMap<usize, usize> = HashMap::new();
+    let mut decided: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
     for &i in &order {
         let Some(a) = nodes[i].atom(inp.atoms) else {
             continue;
@@ -193,14 +207,54 @@ fn emit_nodes(em: &mut Emitter<'_>, inp: &Inputs<'_>) {
                     entry,
                     allow,
                 };
-                em.push(role, prio, &a.pattern(), em.decide(allow));
+                let relies_on = reliance(inp, i, &a, &position, &decided);
+                if let Some(at) = em.push(role, prio, &a.pattern(), em.decide(allow)) {
+                    em.out.rules[at].relies_on = relies_on;
+                    position.insert(i, at);
+                    decided.entry((domain, entry)).or_default().push(i);
+                }
             }
             Node::Cover { domain, entry, .. } => {
-                em.push(Role::Cover { domain, entry }, prio, &a.pattern(), em.punt());
+                let role = Role::Cover { domain, entry };
+                if let Some(at) = em.push(role, prio, &a.pattern(), em.punt()) {
+                    position.insert(i, at);
+                }
             }
         }
     }
     em.out.rules_offloaded = offloaded.len();
+}
+
+/// Positions of the emitted rules decision `i` (atom `a`) relies on: its covers,
+/// and the emitted decisions of the earlier entries it depends on that overlap it.
+fn reliance(
+    inp: &Inputs<'_>,
+    i: usize,
+    a: &crate::atom::Atom,
+    position: &HashMap<usize, usize>,
+    decided: &HashMap<(usize, usize), Vec<usize>>,
+) -> Vec<usize> {
+    let nodes = &inp.selection.nodes;
+    let Some(r) = inp.selection.relies.get(&i) else {
+        return Vec::new();
+    };
+    let domain = nodes[i].domain();
+    let mut out: Vec<usize> = r
+        .covers
+        .iter()
+        .filter_map(|c| position.get(c))
+        .copied()
+        .collect();
+    for j in &r.entries {
+        for &n in decided.get(&(domain, *j)).into_iter().flatten() {
+            if nodes[n].atom(inp.atoms).is_some_and(|b| b.overlaps(a)) {
+                out.extend(position.get(&n));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]

@@ -40,11 +40,14 @@ use crate::flow::FlowRule;
 use crate::lower::{ContinueReason, Domain, EntryKind, NotExpressible, OffloadProgram, Origin};
 
 mod candidates;
+mod carry;
 mod emit;
 mod exact;
 mod fixed;
 mod layers;
 mod select;
+
+pub use carry::{carry_over, identity, rules_changed, RuleIdentity};
 
 /// Most NIC entries one policy rule may expand into (offload.md §6.1 item 2); only its
 /// hot entries are installed, so the cap bounds planning work, not the table.
@@ -155,6 +158,10 @@ pub struct PlannedRule {
     pub role: Role,
     /// The rule, in group 0 until committed.
     pub flow: FlowRule,
+    /// Positions in the plan of the rules that must sit above this one for its
+    /// decisions to be right: a decision's covers, and the decided atoms of earlier
+    /// entries it overlaps (always higher in the plan). Empty for other roles.
+    pub relies_on: Vec<usize>,
 }
 
 /// A rule kept (wholly or partly) in software.
@@ -478,6 +485,35 @@ pub fn plan(
         exact_flows: emitted.exact_flows,
         layers: emitted.layers,
     }
+}
+
+/// Plans `program` again, on new counters, for the generation `installed` holds (the
+/// policy and its lowering unchanged), for a commit in place
+/// ([`crate::commit::Committer::refresh`]): the rules the new plan shares with
+/// `installed` keep their MARK index and counter ([`carry_over`]). `None` when the
+/// plan cannot be committed in place (another generation, a device without groups,
+/// or MARK indices run out): plan it as a new generation.
+pub fn replan(
+    state: &State,
+    program: &OffloadProgram,
+    caps: &NicCaps,
+    hits: &HitCounters,
+    cfg: &PlanConfig,
+    installed: &OffloadPlan,
+) -> Option<OffloadPlan> {
+    // Without groups a commit already changes only the difference (drops and marks
+    // in one flat table, break before make).
+    if program.generation != installed.generation
+        || installed.mode != OffloadMode::VersionedGroups
+        || caps.mode() != installed.mode
+    {
+        return None;
+    }
+    carry_over(
+        installed,
+        plan(state, program, caps, hits, cfg),
+        caps.mark_bits,
+    )
 }
 
 /// A plan that leaves every decision entry to software, for `reason`.
