@@ -1,7 +1,7 @@
 //! The cases (feature `dpdk`).
 
 use capo_offload::acl::{ipv4_5tuple_rule, AclBuilder, AclRule, Ipv4Key, IPV4_5TUPLE};
-use capo_offload::commit::{CommitOutcome, Committer};
+use capo_offload::commit::{CommitOutcome, Committer, RefreshOutcome};
 use capo_offload::dpdk::eal::Eal;
 use capo_offload::dpdk::ethdev::{Port, PortConfig};
 use capo_offload::dpdk::flow::DpdkFlow;
@@ -49,6 +49,36 @@ fn small_state() -> (State, IdTable) {
 fn small_plan(caps: &NicCaps, generation: u64) -> capo_offload::OffloadPlan {
     let (state, ids) = small_state();
     let program = lower(&state, &ids, generation);
+    plan(
+        &state,
+        &program,
+        caps,
+        &small_hits(true),
+        &PlanConfig::default(),
+    )
+}
+
+/// A re-plan of `installed` (a plan of [`small_state`]) for a commit in place, with
+/// traffic on the allow rule only; `None` where the device has no groups.
+fn small_replan(
+    caps: &NicCaps,
+    installed: &capo_offload::OffloadPlan,
+) -> Option<capo_offload::OffloadPlan> {
+    let (state, ids) = small_state();
+    let program = lower(&state, &ids, installed.generation);
+    capo_offload::replan(
+        &state,
+        &program,
+        caps,
+        &small_hits(false),
+        &PlanConfig::default(),
+        installed,
+    )
+}
+
+/// Hit counters of [`small_state`]'s allowed flow, and of its denied one when
+/// `denied`.
+fn small_hits(denied: bool) -> HitCounters {
     let sample = |src: [u8; 4], flags: u8, hits: u64| FlowSample {
         packet: Packet {
             src: std::net::IpAddr::from(src),
@@ -62,14 +92,14 @@ fn small_plan(caps: &NicCaps, generation: u64) -> capo_offload::OffloadPlan {
         tcp_flags: Some(flags),
         hits,
     };
-    let hits = HitCounters {
-        flows: vec![
-            sample([10, 1, 0, 7], 0x10, 1000),
-            sample([10, 2, 0, 9], 0x02, 500),
-        ],
+    let mut flows = vec![sample([10, 1, 0, 7], 0x10, 1000)];
+    if denied {
+        flows.push(sample([10, 2, 0, 9], 0x02, 500));
+    }
+    HitCounters {
+        flows,
         rules: Default::default(),
-    };
-    plan(&state, &program, caps, &hits, &PlanConfig::default())
+    }
 }
 
 fn drop_rule() -> Option<FlowRule> {
@@ -431,6 +461,42 @@ fn run_pci(report: &mut Report, pci: &str) {
             }),
         );
     }
+    // A re-plan of the live generation on new counters, committed in place (what
+    // the agent does when new flows come and the policy is unchanged).
+    let p = small_plan(&probe.caps, 4);
+    let out = c.commit(&mut flow, &p, &mut |_, _| {});
+    let _ = c.retire(&mut flow, &mut |_, _| {});
+    let name = format!("{pci}/re-plan committed in place");
+    match small_replan(&probe.caps, &p) {
+        Some(next) if matches!(out, CommitOutcome::Offloaded { .. }) => {
+            let out = c.refresh(&mut flow, &next, &mut |_, _| {});
+            let ok = matches!(out, RefreshOutcome::Refreshed { .. })
+                && flow.installed() == next.rules.len() + 1
+                && c.nic_generation() == Some(4);
+            report.record(
+                &name,
+                check(ok, || {
+                    format!(
+                        "outcome {out:?}, {} rules installed for a plan of {}",
+                        flow.installed(),
+                        next.rules.len()
+                    )
+                }),
+            );
+        }
+        _ if p.mode == OffloadMode::SoftwareOnly => report.record(
+            &name,
+            Outcome::Skip("the probe found no usable rte_flow: nothing to re-plan".into()),
+        ),
+        _ => report.record(
+            &name,
+            Outcome::Skip(format!(
+                "no versioned groups (mode {:?}, commit {out:?}): such commits already change only the difference",
+                p.mode
+            )),
+        ),
+    }
+    let _ = c.retire(&mut flow, &mut |_, _| {});
     drop(flow);
     report.record(
         &format!("{pci}/own rules destroyed on drop (no flush)"),
