@@ -264,7 +264,7 @@ fn prometheus_metrics_on_loopback() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let a = start("metrics", &["--metrics", &addr]);
+    let a = start("metrics", &["--metrics", &addr, "--nic", "sim:mlx5"]);
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -279,6 +279,10 @@ fn prometheus_metrics_on_loopback() {
         "{body}"
     );
     assert!(body.contains("capo_nic_table_entries_used"), "{body}");
+    assert!(
+        body.contains("capo_nic_commits_total{kind=\"new-generation\"} 1"),
+        "{body}"
+    );
     drop(a);
 }
 
@@ -510,6 +514,19 @@ fn simulated_nic_takes_hot_flows_and_counters_add_up() {
         let r16 = p.rules.iter().find(|r| r.rule_id == 16).unwrap();
         assert_eq!(r16.placement, api::Placement::Software as i32);
         assert!(!r16.reason.is_empty());
+        // The first plan went in as a generation; the re-plans on new flows (the
+        // policy unchanged) in place, and the NIC kept deciding across them.
+        let last = p.last_commit.clone().unwrap();
+        assert_eq!(last.kind, "in-place", "{last:?}");
+        assert_eq!(last.new_generation_total, 1, "{last:?}");
+        assert!(last.in_place_total >= 1, "{last:?}");
+        assert!(last.kept > 0 && last.refusal.is_empty(), "{last:?}");
+        let (rc, text, _) = capoctl(&a.api, &["offload"]);
+        assert_eq!(rc, 0);
+        assert!(
+            text.contains("last commit: in place (NIC generation 1)"),
+            "{text}"
+        );
 
         let mut trace = api::trace_client::TraceClient::new(ch);
         let t = trace

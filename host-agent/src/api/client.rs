@@ -244,6 +244,12 @@ pub fn offload(
                     "capability": f.capability, "result": f.result, "detail": f.detail,
                 })).collect::<Vec<_>>(),
                 "software_only_reason": p.software_only_reason,
+                "last_commit": p.last_commit.as_ref().map(|c| serde_json::json!({
+                    "kind": c.kind, "nic_generation": c.nic_generation, "created": c.created,
+                    "kept": c.kept, "removed": c.removed, "refusal": c.refusal,
+                    "in_place_total": c.in_place_total,
+                    "new_generation_total": c.new_generation_total,
+                })),
                 "flow_layer": p.flow_layer.iter().map(|i| serde_json::json!({
                     "interface": i.interface, "sw_if_index": i.sw_if_index, "driver": i.driver,
                     "takes_flows": i.takes_flows, "installed": i.installed, "refused": i.refused,
@@ -267,6 +273,9 @@ pub fn offload(
         );
         if !p.software_only_reason.is_empty() {
             let _ = writeln!(out, "  {}", p.software_only_reason);
+        }
+        if let Some(c) = &p.last_commit {
+            let _ = writeln!(out, "  {}", last_commit_line(c));
         }
         if !p.flow_layer.is_empty() {
             out.push_str("  VPP's flow layer, per hardware interface:\n");
@@ -321,6 +330,24 @@ pub fn offload(
         }
         Ok(out)
     })
+}
+
+/// The offload view's line on the NIC's last commit.
+fn last_commit_line(c: &api::NicCommit) -> String {
+    let how = if c.kind == "in-place" {
+        "in place"
+    } else {
+        "as a new generation"
+    };
+    let mut line = format!(
+        "last commit: {how} (NIC generation {}): {} rules created, {} kept, {} removed; \
+         {} in place and {} as new generations so far",
+        c.nic_generation, c.created, c.kept, c.removed, c.in_place_total, c.new_generation_total
+    );
+    if !c.refusal.is_empty() {
+        line += &format!("; {}", c.refusal);
+    }
+    line
 }
 
 /// testpmd commands with a header saying what they are (testpmd skips `#` lines).

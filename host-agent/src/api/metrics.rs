@@ -22,6 +22,11 @@ struct RuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommitLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleDeciderLabels {
     rule: String,
     decided_in: String,
@@ -126,6 +131,22 @@ pub async fn render(readers: &Readers) -> String {
         "nic_table_entries_capacity",
         "NIC flow entries available",
         cap,
+    );
+    let commits = Family::<CommitLabels, Counter>::default();
+    if let Some(c) = &plan.last_commit {
+        for (kind, n) in [
+            ("in-place", c.in_place_total),
+            ("new-generation", c.new_generation_total),
+        ] {
+            commits
+                .get_or_create(&CommitLabels { kind: kind.into() })
+                .inc_by(n);
+        }
+    }
+    reg.register(
+        "nic_commits",
+        "NIC plan commits: in place (a re-plan of the policy in force) or as a new generation",
+        commits,
     );
     let placements = Family::<RuleLabels, Gauge>::default();
     for r in &plan.rules {

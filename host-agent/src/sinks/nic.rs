@@ -154,6 +154,8 @@ pub struct NicFront<B: FlowBackend> {
     /// The policy version the live plan was made from: a re-plan of it is
     /// committed in place.
     plan_policy: Option<u64>,
+    /// The last commit, as the offload view reports it (its totals included).
+    last_commit: Option<api::NicCommit>,
     nic_decided: u64,
     /// The last commit met EIO.
     device_gone: bool,
@@ -337,6 +339,7 @@ impl<B: FlowBackend> NicFront<B> {
             plans: 0,
             lowered: None,
             plan_policy: None,
+            last_commit: None,
             nic_decided: 0,
             device_gone: false,
             shrinks: 0,
@@ -514,9 +517,54 @@ impl<B: FlowBackend> NicFront<B> {
         }
         self.shrinks = 0;
         self.shrunk_from = None;
+        let (created, refusal) = match &outcome {
+            CommitOutcome::Offloaded { installed, refused } => (
+                *installed,
+                (*refused > 0).then(|| format!("{refused} rules refused: software decides them")),
+            ),
+            CommitOutcome::SoftwareOnly { error, rule, .. } => (
+                0,
+                Some(format!(
+                    "rule {rule} refused ({error:?}): software decides everything"
+                )),
+            ),
+        };
+        self.record_commit("new-generation", p.generation, created, 0, 0, refusal);
         self.plan = Some(p);
         self.plan_policy = Some(policy);
         Committed::Done(summary)
+    }
+
+    /// Keeps what the offload view says about the last commit.
+    fn record_commit(
+        &mut self,
+        kind: &str,
+        nic_generation: u64,
+        created: usize,
+        kept: usize,
+        removed: usize,
+        refusal: Option<String>,
+    ) {
+        let (mut in_place, mut new_generation) = self
+            .last_commit
+            .as_ref()
+            .map_or((0, 0), |c| (c.in_place_total, c.new_generation_total));
+        if kind == "in-place" {
+            in_place += 1;
+        } else {
+            new_generation += 1;
+        }
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        self.last_commit = Some(api::NicCommit {
+            kind: kind.to_string(),
+            nic_generation,
+            created: n(created),
+            kept: n(kept),
+            removed: n(removed),
+            refusal: refusal.unwrap_or_default(),
+            in_place_total: in_place,
+            new_generation_total: new_generation,
+        });
     }
 
     /// Keeps the final counts of live rules removed (by plan index) under their
@@ -552,8 +600,9 @@ impl<B: FlowBackend> NicFront<B> {
                 kept,
                 destroyed,
             } => {
+                let removed = destroyed.len();
                 self.fold_counts(destroyed);
-                let removed = self.plan.as_ref().map_or(0, |old| old.rules.len()) - kept;
+                self.record_commit("in-place", p.generation, inserted, kept, removed, None);
                 self.plan_rule_ids = rule_ids;
                 self.plan = Some(p);
                 self.plan_policy = Some(policy);
@@ -568,10 +617,17 @@ impl<B: FlowBackend> NicFront<B> {
                 destroyed,
                 ..
             } => {
+                let removed = destroyed.len();
                 self.fold_counts(destroyed);
                 // The next plan goes in as a new generation (which plans again for
                 // the room there is, if the table is smaller than its profile).
                 self.plan_policy = None;
+                let generation = self.plan.as_ref().map_or(0, |p| p.generation);
+                let refusal = format!(
+                    "rule {rule} refused ({error:?}): the installed plan stays; the next \
+                     plan goes in as a new generation"
+                );
+                self.record_commit("in-place", generation, 0, 0, removed, Some(refusal));
                 Committed::Done(format!(
                     "NIC refused rule {rule} of the refreshed plan ({error:?}): the \
                      installed plan stays"
@@ -786,6 +842,7 @@ impl<B: FlowBackend> NicFront<B> {
                 .map_or(0, |p| u32::try_from(p.entries_used()).unwrap_or(u32::MAX)),
             entries_capacity: self.caps.capacity,
             rules,
+            last_commit: self.last_commit.clone(),
             ..Default::default()
         }
     }
@@ -1144,6 +1201,13 @@ mod tests {
         };
         assert!(summary.contains("refreshed in place"), "{summary}");
         assert!(!nic.retiring(), "no second generation");
+        let last = nic.plan_reply(&[]).last_commit.unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.nic_generation, last.in_place_total),
+            ("in-place", 1, 1)
+        );
+        assert_eq!(last.new_generation_total, 1);
+        assert!(last.created > 0 && last.kept > 0, "{last:?}");
         assert_eq!(nic.committer.nic_generation(), Some(1));
         let entries_after: Vec<_> = nic.nic.rules().map(|(h, r)| (h, r.clone())).collect();
         let kept = entries_before
