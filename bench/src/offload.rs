@@ -83,9 +83,9 @@ impl NicProfile {
 /// How windows after the first are planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Replan {
-    /// As the agent re-plans an unchanged policy: from the installed plan
-    /// ([`capo_offload::plan::replan`]: installed entries preferred, shared rules kept
-    /// for a commit in place).
+    /// As the agent re-plans an unchanged policy: for the installed plan's generation,
+    /// the rules it shares with the installed plan keeping their MARK index and
+    /// counter ([`capo_offload::plan::replan`]), committed in place.
     #[default]
     Incremental,
     /// From scratch, each plan a new generation.
@@ -426,7 +426,8 @@ pub fn run(o: &OffloadOptions) -> OffloadReport {
     let lower_ms = t0.elapsed().as_secs_f64() * 1e3;
     let cfg = PlanConfig::default();
     let mut installed: Option<OffloadPlan> = None;
-    let mut in_place = 0usize;
+    // Per plan: whether it is a re-plan of the one before, to be committed in place.
+    let mut in_place: Vec<bool> = Vec::new();
     let e = evaluate(&t, &caps, &mut |hits| {
         let again = match (&installed, o.replan) {
             (Some(before), Replan::Incremental) => {
@@ -434,14 +435,12 @@ pub fn run(o: &OffloadOptions) -> OffloadReport {
             }
             _ => None,
         };
-        in_place += usize::from(again.is_some());
+        in_place.push(again.is_some());
         let p = again.unwrap_or_else(|| plan(&t.state, &program, &caps, hits, &cfg));
         installed = Some(p.clone());
         p
     });
-    let mut r = report(o, &caps, &t, &program, &e, lower_ms);
-    r.replans_in_place = in_place;
-    r
+    report(o, &caps, &t, &program, &e, lower_ms, &in_place)
 }
 
 fn report(
@@ -451,6 +450,7 @@ fn report(
     program: &OffloadProgram,
     e: &Evaluation,
     lower_ms: f64,
+    in_place: &[bool],
 ) -> OffloadReport {
     let held = pooled(&e.held_out);
     let oracle = pooled(&e.oracle);
@@ -480,13 +480,9 @@ fn report(
     let commits: Vec<CommitCost> = e
         .plans
         .windows(2)
-        .filter_map(|w| match w {
-            [a, b] => Some(commit_cost(
-                caps,
-                &a.plan,
-                &b.plan,
-                o.replan == Replan::Incremental,
-            )),
+        .zip(in_place.iter().skip(1))
+        .filter_map(|(w, &in_place)| match w {
+            [a, b] => Some(commit_cost(caps, &a.plan, &b.plan, in_place)),
             _ => None,
         })
         .collect();
@@ -518,7 +514,7 @@ fn report(
         plan_ms: lower_ms + e.plans.first().map_or(0.0, |p| p.ms),
         replan_ms: mean(&later),
         replan_mode: o.replan.name().to_string(),
-        replans_in_place: 0,
+        replans_in_place: in_place.iter().filter(|x| **x).count(),
         rules_changed: changed,
         entries_per_commit: mean(&created),
         commit_peak_entries: commits.iter().map(|c| c.peak).max().unwrap_or(0),
@@ -573,8 +569,8 @@ pub struct CommitCost {
     pub peak: usize,
 }
 
-/// Commits `a`, then `b` (in place when `in_place` and `b` is a re-plan of `a`'s
-/// generation, else as a new generation), on a simulated NIC of `caps` with room for
+/// Commits `a`, then `b` (in place when `in_place`: `b` is a re-plan of `a` for its
+/// generation; else as a new generation), on a simulated NIC of `caps` with room for
 /// both, and measures the second commit.
 pub fn commit_cost(caps: &NicCaps, a: &OffloadPlan, b: &OffloadPlan, in_place: bool) -> CommitCost {
     let mut roomy = caps.clone();
@@ -588,7 +584,7 @@ pub fn commit_cost(caps: &NicCaps, a: &OffloadPlan, b: &OffloadPlan, in_place: b
         peak = peak.max(nic.installed());
     };
     let refreshed = if in_place {
-        c.refresh(&mut nic, b, &mut track)
+        c.refresh(&mut nic, b, u32::MAX, &mut track)
     } else {
         RefreshOutcome::NotLive
     };

@@ -469,7 +469,7 @@ fn run_pci(report: &mut Report, pci: &str) {
     let name = format!("{pci}/re-plan committed in place");
     match small_replan(&probe.caps, &p) {
         Some(next) if matches!(out, CommitOutcome::Offloaded { .. }) => {
-            let out = c.refresh(&mut flow, &next, &mut |_, _| {});
+            let out = c.refresh(&mut flow, &next, u32::MAX, &mut |_, _| {});
             let ok = matches!(out, RefreshOutcome::Refreshed { .. })
                 && flow.installed() == next.rules.len() + 1
                 && c.nic_generation() == Some(4);
@@ -487,6 +487,11 @@ fn run_pci(report: &mut Report, pci: &str) {
         _ if p.mode == OffloadMode::SoftwareOnly => report.record(
             &name,
             Outcome::Skip("the probe found no usable rte_flow: nothing to re-plan".into()),
+        ),
+        // The device has groups but refused the plan the re-plan would start from.
+        _ if p.mode == OffloadMode::VersionedGroups => report.record(
+            &name,
+            Outcome::Fail(format!("the plan to re-plan was refused: {out:?}")),
         ),
         _ => report.record(
             &name,

@@ -70,10 +70,9 @@ pub enum RefreshOutcome {
         /// Counts of the rules destroyed, by their index in the plan they came from.
         destroyed: Vec<(usize, Option<FlowCount>)>,
     },
-    /// The device refused a new rule, or the rules would not fit: the rules created
-    /// for the new plan are removed again, and the installed plan stays live, less
-    /// the rules step 1 removed (nothing left relies on them; none when the
-    /// plans would not fit).
+    /// The rules would not fit (nothing changed), or the device refused a new rule:
+    /// the rules created for the new plan are removed again, and the installed plan
+    /// stays live, less the rules step 1 removed (nothing left relies on them).
     Refused {
         /// The refusal.
         error: FlowError,
@@ -82,6 +81,26 @@ pub enum RefreshOutcome {
         /// Its role.
         role: Role,
         /// Counts of the installed rules removed, by their index in its plan.
+        destroyed: Vec<(usize, Option<FlowCount>)>,
+        /// Entries the commit needed at its peak, and entries the table held when
+        /// it refused (a smaller plan may fit: the difference).
+        needed: usize,
+        /// See `needed`.
+        held: usize,
+    },
+    /// The device failed to destroy a rule, or failed fatally (gone, EIO). The refresh
+    /// stops where it is, which is a safe state, and takes the NIC out of the
+    /// decision: the dispatcher is removed (if the device refuses that too, it stays
+    /// until the next commit replaces it, and the rules it leads to are safe as they
+    /// are), software decides everything with the same generation, and what is left
+    /// of the group is retired with [`Committer::retire`].
+    Failed {
+        /// The failure.
+        error: FlowError,
+        /// Whether the dispatcher was removed (else the rules left still decide).
+        dispatcher_removed: bool,
+        /// Counts of the installed rules removed before it, by their index in its
+        /// plan.
         destroyed: Vec<(usize, Option<FlowCount>)>,
     },
     /// No group of the plan's generation is live (or the device has no groups):
@@ -107,6 +126,31 @@ struct LiveGen {
     /// Per plan index, the plan indices of the rules it relies on
     /// ([`crate::plan::PlannedRule::relies_on`]).
     relies: Vec<Vec<usize>>,
+    /// Per plan index, whether every decision relies on it (the fragment and source
+    /// punts, the catch-all): a commit in place removes it only once its
+    /// replacement is in.
+    pinned: Vec<bool>,
+}
+
+impl LiveGen {
+    fn of(plan: &OffloadPlan, group: Group, handles: Vec<(usize, FlowHandle, FlowRule)>) -> Self {
+        LiveGen {
+            generation: plan.generation,
+            group,
+            handles,
+            relies: plan.rules.iter().map(|r| r.relies_on.clone()).collect(),
+            pinned: plan
+                .rules
+                .iter()
+                .map(|r| {
+                    matches!(
+                        r.role,
+                        Role::FragmentPunt | Role::SourcePunt | Role::CatchAll
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Drives generation commits on one port.
@@ -119,15 +163,18 @@ pub struct Committer {
 }
 
 /// Reads a rule's final count (rules with a COUNT action) and destroys it.
-fn final_count<B: FlowBackend>(nic: &mut B, h: FlowHandle, r: &FlowRule) -> Option<FlowCount> {
+fn final_count<B: FlowBackend>(
+    nic: &mut B,
+    h: FlowHandle,
+    r: &FlowRule,
+) -> Result<Option<FlowCount>, FlowError> {
     let count = if r.counts() {
         nic.query_count(h, false).ok()
     } else {
         None
     };
-    // A failure leaves nothing to do: the device refuses or is gone.
-    let _ = nic.destroy(h);
-    count
+    nic.destroy(h)?;
+    Ok(count)
 }
 
 /// Root priorities the dispatcher alternates between.
@@ -142,6 +189,12 @@ impl Committer {
     /// Software's view.
     pub fn software(&self) -> &SoftwareView {
         &self.sw
+    }
+
+    /// Whether rules of a generation no longer live (or left by a failed commit in
+    /// place) wait for [`Committer::retire`].
+    pub fn has_retiring(&self) -> bool {
+        !self.retiring.is_empty()
     }
 
     /// The generation whose rules the NIC applies, if any.
@@ -197,9 +250,14 @@ impl Committer {
         nic: &mut B,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) {
-        if let Some((h, _)) = self.dispatcher.take() {
-            // A failure leaves nothing to do: the device refuses or is gone.
-            let _ = nic.destroy(h);
+        if let Some((h, p)) = self.dispatcher.take() {
+            // A device that is gone took it along; one that refuses keeps it, and
+            // the next commit replaces it.
+            if let Err(e) = nic.destroy(h) {
+                if e.kind != crate::error::FlowErrorKind::Io {
+                    self.dispatcher = Some((h, p));
+                }
+            }
             observe(nic, &self.sw);
         }
     }
@@ -280,12 +338,7 @@ impl Committer {
         }
         self.activate(plan.generation, observe, nic);
         let installed = created.len();
-        if let Some(old) = self.live.replace(LiveGen {
-            generation: plan.generation,
-            group,
-            handles: created,
-            relies: plan.rules.iter().map(|r| r.relies_on.clone()).collect(),
-        }) {
+        if let Some(old) = self.live.replace(LiveGen::of(plan, group, created)) {
             self.retiring.push(old);
         }
         CommitOutcome::Offloaded {
@@ -378,6 +431,7 @@ impl Committer {
             group: Group::ROOT,
             handles,
             relies: Vec::new(),
+            pinned: Vec::new(),
         });
         CommitOutcome::Offloaded { installed, refused }
     }
@@ -389,28 +443,33 @@ impl Committer {
     ///
     /// 1. the installed plan's other rules that no staying rule relies on (directly
     ///    or through others) are destroyed, lowest priority first, so the table
-    ///    needs little more room than the larger plan;
+    ///    needs little more room than the larger plan (the punts and the catch-all
+    ///    every decision relies on stay until step 3);
     /// 2. the new plan's other rules are created in its order (highest priority
     ///    first: a decision after what it relies on);
     /// 3. the installed plan's remaining rules (what staying decisions relied on
     ///    until the new plan's covers were in) are destroyed, lowest priority first.
     ///
     /// Every state in between is safe: both plans decide with the same generation's
-    /// policy, and every decision installed has what it relies on above it, from its
-    /// own plan. So for any packet, the highest-priority rule it matches is a punt, an
-    /// exact flow (decided as the policy decides it), or a decision none of whose
-    /// protections matches it, which is a right decision. Software's view does not
-    /// change.
+    /// policy, and every installed decision has what it relies on in one of the two
+    /// plans above it. So for any packet, the highest-priority rule it matches is a
+    /// punt, an exact flow (decided as the policy decides it), or a decision none of
+    /// whose protections matches it, which is a right decision. Software's view does
+    /// not change. The commit is refused up front when its peak would not fit
+    /// `capacity` entries (or the device's); a failed destroy or a fatal error takes
+    /// the NIC out of the decision ([`RefreshOutcome::Failed`]).
     pub fn refresh<B: FlowBackend>(
         &mut self,
         nic: &mut B,
         plan: &OffloadPlan,
+        capacity: u32,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> RefreshOutcome {
         let dispatcher = usize::from(self.dispatcher.is_some());
-        let Some(live) = self.live.as_mut().filter(|l| {
+        let live_here = self.live.as_ref().is_some_and(|l| {
             l.generation == plan.generation && plan.mode == OffloadMode::VersionedGroups
-        }) else {
+        });
+        let Some(mut live) = self.live.take().filter(|_| live_here) else {
             return RefreshOutcome::NotLive;
         };
         let group = live.group;
@@ -418,13 +477,14 @@ impl Committer {
             let a = *pr.flow.attr();
             pr.flow.with_attr(Attr { group, ..a })
         };
+        let n = live.handles.len();
         // Which installed rule each new one is, if any.
         let mut installed: HashMap<FlowRule, Vec<usize>> = HashMap::new();
         for (k, (_, _, r)) in live.handles.iter().enumerate().rev() {
             installed.entry(r.clone()).or_default().push(k);
         }
         let mut claims: Vec<Option<usize>> = Vec::with_capacity(plan.rules.len());
-        let mut claimed = vec![false; live.handles.len()];
+        let mut claimed = vec![false; n];
         for pr in &plan.rules {
             let k = installed.get_mut(&in_group(pr)).and_then(Vec::pop);
             if let Some(k) = k {
@@ -433,15 +493,18 @@ impl Committer {
             claims.push(k);
         }
         let new_only = claims.iter().filter(|c| c.is_none()).count();
-        // What staying rules rely on, directly or through others, stays until step 3.
+        // What staying rules rely on, directly or through others, and what every
+        // decision relies on, stays until step 3.
         let by_index: HashMap<usize, usize> = live
             .handles
             .iter()
             .enumerate()
             .map(|(k, (i, _, _))| (*i, k))
             .collect();
-        let mut needed = claimed.clone();
-        let mut stack: Vec<usize> = (0..needed.len()).filter(|&k| needed[k]).collect();
+        let mut needed: Vec<bool> = (0..n)
+            .map(|k| claimed[k] || live.pinned.get(live.handles[k].0) == Some(&true))
+            .collect();
+        let mut stack: Vec<usize> = (0..n).filter(|&k| needed[k]).collect();
         while let Some(k) = stack.pop() {
             let i = live.handles[k].0;
             for dep in live.relies.get(i).into_iter().flatten() {
@@ -453,12 +516,14 @@ impl Committer {
                 }
             }
         }
-        let early: Vec<usize> = (0..needed.len()).filter(|&k| !needed[k]).collect();
+        let early: Vec<usize> = (0..n).filter(|&k| !needed[k]).collect();
         // Refuse up front what cannot fit at the peak, rather than create hundreds of
         // rules to remove them again.
-        let room = nic.caps().capacity as usize;
-        if new_only > 0 && live.handles.len() - early.len() + dispatcher + new_only > room {
+        let room = nic.caps().capacity.min(capacity) as usize;
+        let peak = n - early.len() + dispatcher + new_only;
+        if new_only > 0 && peak > room {
             let first = claims.iter().position(Option::is_none).unwrap_or(0);
+            self.live = Some(live);
             return RefreshOutcome::Refused {
                 error: FlowError::new(
                     crate::error::FlowErrorKind::NoMem,
@@ -467,20 +532,27 @@ impl Committer {
                 rule: first,
                 role: plan.rules[first].role.clone(),
                 destroyed: Vec::new(),
+                needed: peak,
+                held: room,
             };
         }
         let mut destroyed = Vec::new();
-        let mut gone = vec![false; live.handles.len()];
+        let mut gone = vec![false; n];
         // Step 1.
         for &k in early.iter().rev() {
             let (i, h, r) = &live.handles[k];
-            destroyed.push((*i, final_count(nic, *h, r)));
+            match final_count(nic, *h, r) {
+                Ok(count) => destroyed.push((*i, count)),
+                Err(error) => {
+                    return self.fail_safe(nic, live, &gone, Vec::new(), error, destroyed, observe)
+                }
+            }
             gone[k] = true;
             observe(nic, &self.sw);
         }
         // Step 2.
         let mut next: Vec<(usize, FlowHandle, FlowRule)> = Vec::with_capacity(plan.rules.len());
-        let mut inserted = 0;
+        let mut created: Vec<(usize, FlowHandle, FlowRule)> = Vec::new();
         for (i, (pr, claim)) in plan.rules.iter().zip(&claims).enumerate() {
             if let Some(k) = claim {
                 let (_, h, r) = &live.handles[*k];
@@ -490,48 +562,108 @@ impl Committer {
             let rule = in_group(pr);
             match nic.validate(&rule).and_then(|()| nic.create(&rule)) {
                 Ok(h) => {
-                    inserted += 1;
-                    next.push((i, h, rule));
+                    next.push((i, h, rule.clone()));
+                    created.push((i, h, rule));
                     observe(nic, &self.sw);
                 }
+                Err(error) if error.kind.is_fatal() => {
+                    return self.fail_safe(nic, live, &gone, created, error, destroyed, observe)
+                }
                 Err(error) => {
+                    let held = n - early.len() + dispatcher + created.len();
                     // Back to the installed plan's rules that are left: everything
                     // they rely on is among them.
-                    for (j, h, _) in next.into_iter().rev() {
-                        if claims[j].is_none() {
-                            let _ = nic.destroy(h);
-                            observe(nic, &self.sw);
+                    while let Some((j, h, r)) = created.pop() {
+                        if let Err(e) = nic.destroy(h) {
+                            created.push((j, h, r));
+                            return self
+                                .fail_safe(nic, live, &gone, created, e, destroyed, observe);
                         }
+                        observe(nic, &self.sw);
                     }
-                    let left = std::mem::take(&mut live.handles);
-                    live.handles = left
+                    live.handles = std::mem::take(&mut live.handles)
                         .into_iter()
                         .zip(&gone)
                         .filter(|(_, g)| !**g)
                         .map(|(x, _)| x)
                         .collect();
+                    self.live = Some(live);
                     return RefreshOutcome::Refused {
                         error,
                         rule: i,
                         role: pr.role.clone(),
                         destroyed,
+                        needed: peak,
+                        held,
                     };
                 }
             }
         }
         // Step 3.
-        for k in (0..live.handles.len()).rev() {
-            if !claimed[k] && !gone[k] {
-                let (i, h, r) = &live.handles[k];
-                destroyed.push((*i, final_count(nic, *h, r)));
-                observe(nic, &self.sw);
+        for k in (0..n).rev() {
+            if claimed[k] || gone[k] {
+                continue;
             }
+            let (i, h, r) = &live.handles[k];
+            match final_count(nic, *h, r) {
+                Ok(count) => destroyed.push((*i, count)),
+                Err(error) => {
+                    return self.fail_safe(nic, live, &gone, created, error, destroyed, observe)
+                }
+            }
+            gone[k] = true;
+            observe(nic, &self.sw);
         }
-        live.handles = next;
-        live.relies = plan.rules.iter().map(|r| r.relies_on.clone()).collect();
+        let inserted = created.len();
+        self.live = Some(LiveGen::of(plan, group, next));
         RefreshOutcome::Refreshed {
             inserted,
             kept: plan.rules.len() - inserted,
+            destroyed,
+        }
+    }
+
+    /// Takes the NIC out of the decision after a refresh failed part-way (the state
+    /// it stopped in is safe: the failed call changed nothing): the dispatcher goes
+    /// if the device lets it, and the group's rules left (the installed plan's not
+    /// yet destroyed, and those created, which count for no plan entry) are retired
+    /// later.
+    #[allow(clippy::too_many_arguments)]
+    fn fail_safe<B: FlowBackend>(
+        &mut self,
+        nic: &mut B,
+        live: LiveGen,
+        gone: &[bool],
+        created: Vec<(usize, FlowHandle, FlowRule)>,
+        error: FlowError,
+        destroyed: Vec<(usize, Option<FlowCount>)>,
+        observe: &mut dyn FnMut(&B, &SoftwareView),
+    ) -> RefreshOutcome {
+        self.remove_dispatcher(nic, observe);
+        let LiveGen {
+            generation,
+            group,
+            handles,
+            relies,
+            pinned,
+        } = live;
+        let mut left: Vec<(usize, FlowHandle, FlowRule)> = handles
+            .into_iter()
+            .zip(gone)
+            .filter(|(_, g)| !**g)
+            .map(|(x, _)| x)
+            .collect();
+        left.extend(created.into_iter().map(|(_, h, r)| (usize::MAX, h, r)));
+        self.retiring.push(LiveGen {
+            generation,
+            group,
+            handles: left,
+            relies,
+            pinned,
+        });
+        RefreshOutcome::Failed {
+            error,
+            dispatcher_removed: self.dispatcher.is_none(),
             destroyed,
         }
     }
@@ -605,6 +737,93 @@ mod tests {
     use crate::verdict::{combine, Fragment, Probe};
     use capo_policy::{Action as PolicyAction, Verdict};
 
+    /// Hand-made plans with a chain: a staying decision relied on a decision that
+    /// relied on a cover. Both stay until the new plan's cover is in (the cover
+    /// only through the decision: the reliance is followed through), then go, the
+    /// decision before its cover; every step leaves each installed decision with
+    /// what it relies on.
+    #[test]
+    fn refresh_follows_reliance_through_and_removes_top_down() {
+        use crate::flow::{Ipv4Fields, Item, Priority, Rss, Spec};
+        use crate::plan::PlannedRule;
+        let rule = |src: [u8; 4], prio: u32, fate: Action| {
+            let net = Spec::masked(
+                Ipv4Fields {
+                    src,
+                    ..Default::default()
+                },
+                Ipv4Fields {
+                    src: [255, 255, 255, 0],
+                    ..Default::default()
+                },
+            );
+            FlowRule::new(
+                Attr::ingress(Group(0), Priority(prio)),
+                &[Item::Eth(None), Item::Ipv4(Some(net))],
+                &[fate],
+            )
+            .unwrap()
+        };
+        let punt = || Action::Rss(Rss::default());
+        let cover = |entry| Role::Cover { domain: 0, entry };
+        let decide = |entry, allow| Role::Decide {
+            domain: 0,
+            entry,
+            allow,
+        };
+        let pr = |role, flow, relies_on: Vec<usize>| PlannedRule {
+            role,
+            flow,
+            relies_on,
+        };
+        let staying = rule([10, 0, 0, 0], 5, punt());
+        let plan_of = |rules: Vec<PlannedRule>| OffloadPlan {
+            generation: 1,
+            mode: OffloadMode::VersionedGroups,
+            rules,
+            kept: Vec::new(),
+            decided_atoms: 0,
+            rules_offloaded: 0,
+            exact_flows: 0,
+            layers: 0,
+        };
+        let before = plan_of(vec![
+            pr(cover(0), rule([10, 0, 1, 0], 2, punt()), vec![]),
+            pr(
+                decide(1, false),
+                rule([10, 0, 2, 0], 3, Action::Drop),
+                vec![0],
+            ),
+            pr(decide(2, true), staying.clone(), vec![1]),
+        ]);
+        let after = plan_of(vec![
+            pr(cover(1), rule([10, 0, 3, 0], 2, punt()), vec![]),
+            pr(decide(2, true), staying, vec![0]),
+        ]);
+        let mut nic = SimNic::new(crate::caps::NicCaps::mlx5(64));
+        let mut c = Committer::new();
+        c.commit(&mut nic, &before, &mut |_, _| {});
+        let mut steps = Vec::new();
+        let outcome = c.refresh(&mut nic, &after, u32::MAX, &mut |nic, _| {
+            steps.push(fixture::decisions_protected(nic, &[&before, &after]));
+        });
+        assert!(steps.iter().all(Result::is_ok), "{steps:?}");
+        let RefreshOutcome::Refreshed {
+            inserted,
+            kept,
+            destroyed,
+        } = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!((inserted, kept), (1, 1));
+        // The decision (index 1) went before its cover (index 0), both after the
+        // new cover was created.
+        let order: Vec<usize> = destroyed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(order, vec![1, 0]);
+        assert_eq!(steps.len(), 3);
+    }
+
     /// An allow that relied on an earlier deny's hardware entry, which the re-plan
     /// drops (the deny went cold) and replaces with a cover: the deny's entry must
     /// stay until the cover is in, and every step gives the policy's verdicts.
@@ -653,7 +872,7 @@ mod tests {
         let mut c = Committer::new();
         c.commit(&mut nic, &before, &mut |_, _| {});
         let mut steps = 0;
-        let outcome = c.refresh(&mut nic, &after, &mut |nic, sw| {
+        let outcome = c.refresh(&mut nic, &after, u32::MAX, &mut |nic, sw| {
             steps += 1;
             for (p, want) in probes.iter().zip(&refs) {
                 let out = nic.peek(&p.headers());
@@ -672,18 +891,16 @@ mod tests {
         assert!(inserted > 0 && kept > 0 && !destroyed.is_empty());
         // The test is about a staying decision that relied on a removed one.
         let bits = caps.mark_bits;
-        let in_after = |r: &FlowRule| {
+        let in_after = |r: &crate::plan::PlannedRule| {
             after
                 .rules
                 .iter()
-                .any(|n| identity(&n.flow, bits) == identity(r, bits))
+                .any(|n| identity(n, bits) == identity(r, bits))
         };
         let staying_decision_relied_on_a_removed_rule = before.rules.iter().any(|r| {
             matches!(r.role, Role::Decide { .. })
-                && in_after(&r.flow)
-                && r.relies_on
-                    .iter()
-                    .any(|&d| !in_after(&before.rules[d].flow))
+                && in_after(r)
+                && r.relies_on.iter().any(|&d| !in_after(&before.rules[d]))
         });
         assert!(
             staying_decision_relied_on_a_removed_rule,

@@ -3,8 +3,9 @@
 //! Layout, from the top of the usable bits (16 or 24): 2 bits of generation tag
 //! (generation mod 4: at most two generations are resident at once), 1 bit kind (0 =
 //! allowed by an offloaded rule, 1 = punt: software must classify), then the index of
-//! the plan entry that marked the packet. The 16 highest values are reserved by mlx5,
-//! so the index never reaches them.
+//! the plan entry that marked the packet (its position in the plan that created it;
+//! kept when a re-plan is committed in place). The 16 highest values are reserved by
+//! mlx5, so the index never reaches them.
 
 /// What a marked packet means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,7 +23,8 @@ pub struct Mark {
     pub gen_tag: u8,
     /// Allow or punt.
     pub kind: MarkKind,
-    /// Plan entry index.
+    /// The plan entry's index: its position in the plan that created it (a re-plan
+    /// committed in place keeps the index of every entry it keeps).
     pub index: u32,
 }
 

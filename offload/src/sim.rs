@@ -24,6 +24,9 @@ pub struct Faults {
     /// `create` of every n-th rule fails with EEXIST although `validate` passed (as
     /// net_tap without TC flower does).
     pub create_fails_every: Option<u64>,
+    /// `destroy` fails with EBUSY (the rule stays) after this many successful
+    /// destroys, counted from when the faults are set.
+    pub destroy_fails_after: Option<u64>,
 }
 
 /// What the NIC did with a packet.
@@ -52,6 +55,7 @@ pub struct SimNic {
     rules: BTreeMap<u64, Installed>,
     next: u64,
     creates: u64,
+    destroys: u64,
     removed: bool,
     conflicts: u64,
 }
@@ -65,6 +69,7 @@ impl SimNic {
             rules: BTreeMap::new(),
             next: 1,
             creates: 0,
+            destroys: 0,
             removed: false,
             conflicts: 0,
         }
@@ -79,6 +84,7 @@ impl SimNic {
     /// Changes the faults (e.g. between two commits).
     pub fn set_faults(&mut self, faults: Faults) {
         self.faults = faults;
+        self.destroys = 0;
     }
 
     /// Installed rules.
@@ -387,8 +393,23 @@ impl FlowBackend for SimNic {
             self.rules.remove(&handle.0);
             return Err(FlowError::new(FlowErrorKind::Io, "device removed"));
         }
+        if self
+            .faults
+            .destroy_fails_after
+            .is_some_and(|n| self.destroys >= n)
+            && self.rules.contains_key(&handle.0)
+        {
+            return Err(FlowError {
+                kind: FlowErrorKind::Busy,
+                target: ErrorTarget::Handle,
+                message: "device busy",
+            });
+        }
         match self.rules.remove(&handle.0) {
-            Some(_) => Ok(()),
+            Some(_) => {
+                self.destroys += 1;
+                Ok(())
+            }
             None => Err(FlowError {
                 kind: FlowErrorKind::Invalid,
                 target: ErrorTarget::Handle,

@@ -159,3 +159,59 @@ pub fn tcp_sample(src: [u8; 4], dport: u16, hits: u64) -> FlowSample {
 pub fn udp_sample(src: [u8; 4], dport: u16, hits: u64) -> FlowSample {
     sample(src, Protocol::UDP, dport, hits)
 }
+
+/// Whether every decision installed on `nic` (outside the root group) has, in one of
+/// `plans` that holds it, the fixed punts and every rule it relies on installed at a
+/// higher priority: what makes any state of a commit in place safe, whatever packets
+/// arrive. The error names the first decision that has not.
+pub fn decisions_protected(
+    nic: &crate::sim::SimNic,
+    plans: &[&crate::plan::OffloadPlan],
+) -> Result<(), String> {
+    use crate::flow::{Attr, FlowRule, Group};
+    use crate::plan::{PlannedRule, Role};
+    let installed: Vec<FlowRule> = nic
+        .rules()
+        .filter(|(_, r)| r.attr().group != Group::ROOT)
+        .map(|(_, r)| {
+            r.with_attr(Attr {
+                group: Group(0),
+                ..*r.attr()
+            })
+        })
+        .collect();
+    let has = |r: &FlowRule| installed.contains(r);
+    for rule in &installed {
+        let holders: Vec<(&crate::plan::OffloadPlan, &PlannedRule)> = plans
+            .iter()
+            .flat_map(|p| {
+                p.rules
+                    .iter()
+                    .filter(|pr| &pr.flow == rule)
+                    .map(move |pr| (*p, pr))
+            })
+            .collect();
+        if !holders
+            .iter()
+            .any(|(_, pr)| matches!(pr.role, Role::Decide { .. }))
+        {
+            continue;
+        }
+        let protected = holders.iter().any(|(p, pr)| {
+            let punts_in = p
+                .rules
+                .iter()
+                .all(|x| !matches!(x.role, Role::FragmentPunt | Role::SourcePunt) || has(&x.flow));
+            punts_in
+                && pr.relies_on.iter().all(|&d| {
+                    p.rules.get(d).is_some_and(|dep| {
+                        has(&dep.flow) && dep.flow.attr().priority < pr.flow.attr().priority
+                    })
+                })
+        });
+        if !protected {
+            return Err(format!("{rule:?} is installed without what it relies on"));
+        }
+    }
+    Ok(())
+}

@@ -492,17 +492,34 @@ proptest! {
         check_commit(seed, capacity, profile, exact, None)?;
     }
 
+    /// A re-plan committed in place (devices with groups: mlx5, and mlx5 with few
+    /// priorities), with and without exact-flow entries.
+    #[test]
+    fn prop_replans_commit_in_place(seed in any::<u64>(), capacity in 4u32..160, profile in prop_oneof![Just(0u8), Just(3u8)], exact in any::<bool>()) {
+        check_refresh(seed, capacity, profile, exact, None)?;
+    }
+
+    /// The same when the device runs out of room, refuses destroys, or goes away
+    /// part-way.
+    #[test]
+    fn prop_replans_in_place_under_faults(
+        seed in any::<u64>(),
+        capacity in 4u32..160,
+        exact in any::<bool>(),
+        enomem in proptest::option::of(0usize..60),
+        destroys in proptest::option::of(0u64..20),
+        eio in proptest::option::of(0u64..80),
+    ) {
+        let faults = Faults {
+            enomem_after: enomem,
+            destroy_fails_after: destroys,
+            eio_after_creates: eio,
+            ..Faults::default()
+        };
+        check_refresh(seed, capacity, 0, exact, Some(faults))?;
+    }
+
     /// The same with faults injected while the new generation is installed.
-    #[test]
-    fn prop_replans_commit_in_place(seed in any::<u64>(), capacity in 4u32..160, profile in 0u8..6) {
-        check_refresh(seed, capacity, profile, None)?;
-    }
-
-    #[test]
-    fn prop_refused_replans_leave_the_installed_plan(seed in any::<u64>(), capacity in 4u32..120, enomem in 0usize..60) {
-        check_refresh(seed, capacity, 0, Some(enomem))?;
-    }
-
     #[test]
     fn prop_commit_under_faults(
         seed in any::<u64>(),
@@ -513,7 +530,7 @@ proptest! {
         every in proptest::option::of(1u64..6),
         exact in any::<bool>(),
     ) {
-        let faults = Faults { enomem_after: enomem, eio_after_creates: eio, create_fails_every: every };
+        let faults = Faults { enomem_after: enomem, eio_after_creates: eio, create_fails_every: every, destroy_fails_after: None };
         check_commit(seed, capacity, profile, exact, Some(faults))?;
     }
 }
@@ -652,20 +669,28 @@ fn check_flows(seed: u64, capacity: u32, profile: u8, exact: bool) -> Result<(),
 }
 
 /// A re-plan on other counters, committed in place: the generation's verdict for
-/// every probe at every step; afterwards the NIC holds exactly the new plan (beside
-/// the dispatcher), or, when the device refused a rule, exactly the old one.
+/// every probe at every step, and every installed decision protected
+/// ([`capo_offload::testutils::decisions_protected`]); afterwards the NIC holds exactly the new plan (beside
+/// the dispatcher), exactly the old one when the commit was refused up front, part
+/// of the old one when the device refused a rule part-way, and decides nothing after
+/// a failure.
 fn check_refresh(
     seed: u64,
     capacity: u32,
     profile: u8,
-    enomem_after: Option<usize>,
+    exact: bool,
+    faults: Option<Faults>,
 ) -> Result<Option<RefreshOutcome>, TestCaseError> {
     let (state, ids) = random_state(seed);
     let probes = random_probes(seed, 80);
     let caps = caps_for(profile, capacity);
     let program = lower(&state, &ids, 1);
-    let cfg = PlanConfig::default();
-    // Overlapping samples: some flows go cold, others come.
+    let cfg = PlanConfig {
+        exact_flows: exact,
+        ..PlanConfig::default()
+    };
+    // Overlapping samples: some flows go cold (an earlier entry a staying decision
+    // relied on may lose its atoms and need covers instead), others come.
     let before = plan(
         &state,
         &program,
@@ -712,16 +737,19 @@ fn check_refresh(
         v
     };
     prop_assert_eq!(rules_of(&nic), sorted(&before));
-    if let Some(n) = enomem_after {
-        nic.set_faults(Faults {
-            enomem_after: Some(n),
-            ..Faults::default()
-        });
+    if let Some(f) = faults {
+        nic.set_faults(f);
     }
     let mut failure: Option<String> = None;
     let mut steps = 0usize;
     let mut check = |nic: &SimNic, sw: &SoftwareView| {
         steps += 1;
+        if failure.is_some() {
+            return;
+        }
+        if let Err(e) = capo_offload::testutils::decisions_protected(nic, &[&before, &after]) {
+            failure = Some(format!("step {steps}: {e}"));
+        }
         for (i, p) in probes.iter().enumerate() {
             let v = verdict(nic, sw, &caps, p, &|_| refs[i]);
             if v != refs[i] && failure.is_none() {
@@ -732,7 +760,7 @@ fn check_refresh(
             }
         }
     };
-    let outcome = c.refresh(&mut nic, &after, &mut check);
+    let outcome = c.refresh(&mut nic, &after, u32::MAX, &mut check);
     if let Some(f) = failure {
         return Err(TestCaseError::fail(f));
     }
@@ -748,17 +776,32 @@ fn check_refresh(
                 capo_offload::plan::rules_changed(&before, &after, caps.mark_bits)
             );
         }
-        RefreshOutcome::Refused { .. } => {
-            let changed = capo_offload::plan::rules_changed(&before, &after, caps.mark_bits);
-            let new_only = (changed + after.rules.len() - before.rules.len()) / 2;
-            prop_assert!(
-                enomem_after.is_some() || before.rules.len() + 1 + new_only > capacity as usize,
-                "refused without a fault, with room for both plans"
-            );
-            // What is left is the installed plan, or part of it.
+        RefreshOutcome::Refused {
+            destroyed, needed, ..
+        } => {
             let left = rules_of(&nic);
             let whole = sorted(&before);
-            prop_assert!(left.iter().all(|r| whole.contains(r)), "{left:?}");
+            if destroyed.is_empty() {
+                prop_assert_eq!(left, whole, "refused up front: nothing changes");
+                prop_assert!(needed > capacity as usize || faults.is_some());
+            } else {
+                prop_assert!(faults.is_some(), "refused part-way without a fault");
+                prop_assert!(left.iter().all(|r| whole.contains(r)), "{left:?}");
+                prop_assert_eq!(left.len() + destroyed.len(), whole.len());
+            }
+            prop_assert!(capo_offload::testutils::decisions_protected(&nic, &[&before]).is_ok());
+        }
+        RefreshOutcome::Failed { .. } => {
+            prop_assert!(faults.is_some(), "failed without a fault");
+            prop_assert_eq!(c.nic_generation(), None, "no plan is live");
+            prop_assert!(c.has_retiring());
+            for (i, p) in probes.iter().enumerate() {
+                prop_assert_eq!(verdict(&nic, c.software(), &caps, p, &|_| refs[i]), refs[i]);
+            }
+            // Every rule left, of either plan, is retired once the device lets go.
+            nic.set_faults(Faults::default());
+            c.retire(&mut nic, &mut |_, _| {});
+            prop_assert!(rules_of(&nic).is_empty(), "{:?}", rules_of(&nic));
         }
         RefreshOutcome::NotLive => prop_assert!(false, "the plan's generation is live"),
     }
@@ -768,37 +811,53 @@ fn check_refresh(
     Ok(Some(outcome))
 }
 
-/// The property above meets re-plans that insert, keep and destroy rules, and
-/// refusals: it is not passing on plans that never differ.
+/// The properties above meet re-plans that insert, keep and destroy decisions,
+/// refusals up front and part-way, and failures: they do not pass on plans that
+/// never differ or faults that never fire.
 #[test]
 fn test_replans_in_place_change_part_of_the_table() {
-    let (mut changed, mut refused) = (0, 0);
+    let (mut changed, mut up_front, mut part_way, mut failed) = (0, 0, 0, 0);
+    let faults = |enomem, destroys| Faults {
+        enomem_after: enomem,
+        destroy_fails_after: destroys,
+        ..Faults::default()
+    };
     for seed in 0..40u64 {
-        match check_refresh(seed, 100 + (seed as u32 % 4) * 20, 0, None).unwrap() {
+        let capacity = 100 + (seed as u32 % 4) * 20;
+        let exact = seed % 2 == 0;
+        match check_refresh(seed, capacity, 0, exact, None).unwrap() {
             Some(RefreshOutcome::Refreshed {
                 inserted,
                 kept,
                 destroyed,
             }) => {
-                changed += usize::from(inserted > 0 && kept > 0 && !destroyed.is_empty());
+                // More kept than the punts and the catch-all, which always stay.
+                changed += usize::from(inserted > 0 && kept > 5 && !destroyed.is_empty());
             }
-            Some(RefreshOutcome::Refused { .. }) => refused += 1,
+            other => assert!(other.is_none(), "{other:?}"),
+        }
+        match check_refresh(seed, capacity, 0, exact, Some(faults(Some(8), None))).unwrap() {
+            Some(RefreshOutcome::Refused { destroyed, .. }) if destroyed.is_empty() => {
+                up_front += 1
+            }
+            Some(RefreshOutcome::Refused { .. }) => part_way += 1,
             _ => {}
+        }
+        if let Some(RefreshOutcome::Failed { .. }) =
+            check_refresh(seed, capacity, 0, exact, Some(faults(None, Some(1)))).unwrap()
+        {
+            failed += 1;
         }
     }
     assert!(
         changed >= 10,
         "{changed} of 40 re-plans changed part of the table"
     );
-    let refusals = (0..20u64)
-        .filter(|&seed| {
-            matches!(
-                check_refresh(seed, 80, 0, Some(5)).unwrap(),
-                Some(RefreshOutcome::Refused { .. })
-            )
-        })
-        .count();
-    assert!(refusals + refused >= 5, "{refusals} refusals under faults");
+    assert!(
+        part_way + up_front >= 5,
+        "{part_way} refused part-way, {up_front} up front"
+    );
+    assert!(failed >= 5, "{failed} failed");
 }
 
 fn check_commit(

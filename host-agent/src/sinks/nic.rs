@@ -156,6 +156,9 @@ pub struct NicFront<B: FlowBackend> {
     plan_policy: Option<u64>,
     /// The last commit, as the offload view reports it (its totals included).
     last_commit: Option<api::NicCommit>,
+    /// The table size the next plan is made for, after a commit in place that did
+    /// not fit (until a commit goes in).
+    refresh_budget: Option<u32>,
     nic_decided: u64,
     /// The last commit met EIO.
     device_gone: bool,
@@ -340,6 +343,7 @@ impl<B: FlowBackend> NicFront<B> {
             lowered: None,
             plan_policy: None,
             last_commit: None,
+            refresh_budget: None,
             nic_decided: 0,
             device_gone: false,
             shrinks: 0,
@@ -352,9 +356,10 @@ impl<B: FlowBackend> NicFront<B> {
         &self.caps
     }
 
-    /// Whether a generation other than the newest is still installed.
+    /// Whether a generation other than the newest, or what a failed commit left,
+    /// is still installed.
     pub fn retiring(&self) -> bool {
-        self.committer.software().resident.len() > 1
+        self.committer.software().resident.len() > 1 || self.committer.has_retiring()
     }
 
     /// Plans `state` with the hit counters seen so far and commits it; the
@@ -381,9 +386,13 @@ impl<B: FlowBackend> NicFront<B> {
     /// What the next plan is made from: the hit counters seen so far, the
     /// capabilities and the kept lowering (handed over until the plan comes back).
     pub fn plan_job(&mut self) -> PlanJob {
+        let mut caps = self.caps.clone();
+        if let Some(budget) = self.refresh_budget {
+            caps.capacity = caps.capacity.min(budget);
+        }
         PlanJob {
             generation: self.plans + 1,
-            caps: self.caps.clone(),
+            caps,
             hits: HitCounters {
                 flows: self.samples.values().cloned().collect(),
                 rules: HashMap::new(),
@@ -517,6 +526,7 @@ impl<B: FlowBackend> NicFront<B> {
         }
         self.shrinks = 0;
         self.shrunk_from = None;
+        self.refresh_budget = None;
         let (created, refusal) = match &outcome {
             CommitOutcome::Offloaded { installed, refused } => (
                 *installed,
@@ -579,9 +589,11 @@ impl<B: FlowBackend> NicFront<B> {
         }
     }
 
-    /// Commits a re-plan of the live generation in place: the live rules' final
-    /// counts of the rules it removes are kept under their `rule#`s; a refusal
-    /// leaves the installed plan.
+    /// Commits a re-plan of the live generation in place: the final counts of the
+    /// rules it removes are kept under their `rule#`s. When the two plans' rules do
+    /// not fit the table together, it asks for a smaller plan (a few times at most);
+    /// another refusal leaves the installed plan; a failure part-way takes the NIC
+    /// out of the decision until the next plan goes in as a new generation.
     fn refresh_steps(
         &mut self,
         policy: u64,
@@ -590,10 +602,12 @@ impl<B: FlowBackend> NicFront<B> {
         rule_ids: Vec<Option<u32>>,
         between: &mut dyn FnMut(&SoftwareView),
     ) -> Committed {
+        let capacity = self.refresh_budget.unwrap_or(self.caps.capacity);
         let outcome = self
             .committer
-            .refresh(&mut self.nic, &p, &mut |_, view| between(view));
+            .refresh(&mut self.nic, &p, capacity, &mut |_, view| between(view));
         self.lowered = Some((policy, program));
+        let installed_generation = self.plan.as_ref().map_or(0, |p| p.generation);
         match outcome {
             RefreshOutcome::Refreshed {
                 inserted,
@@ -606,6 +620,8 @@ impl<B: FlowBackend> NicFront<B> {
                 self.plan_rule_ids = rule_ids;
                 self.plan = Some(p);
                 self.plan_policy = Some(policy);
+                self.shrinks = 0;
+                self.refresh_budget = None;
                 Committed::Done(format!(
                     "NIC plan refreshed in place: {inserted} rules installed, {kept} kept, \
                      {removed} removed"
@@ -615,23 +631,68 @@ impl<B: FlowBackend> NicFront<B> {
                 error,
                 rule,
                 destroyed,
+                needed,
+                held,
                 ..
             } => {
                 let removed = destroyed.len();
                 self.fold_counts(destroyed);
-                // The next plan goes in as a new generation (which plans again for
-                // the room there is, if the table is smaller than its profile).
-                self.plan_policy = None;
-                let generation = self.plan.as_ref().map_or(0, |p| p.generation);
-                let refusal = format!(
-                    "rule {rule} refused ({error:?}): the installed plan stays; the next \
-                     plan goes in as a new generation"
+                if error.kind == FlowErrorKind::NoMem && needed > held && self.shrinks < MAX_SHRINKS
+                {
+                    // Plan in place again for a table smaller by what did not fit.
+                    self.shrinks += 1;
+                    self.refresh_budget = Some(capacity.saturating_sub((needed - held) as u32));
+                    return Committed::Shrink;
+                }
+                self.shrinks = 0;
+                self.refresh_budget = None;
+                let refusal = format!("rule {rule} refused ({error:?}): the installed plan stays");
+                self.record_commit(
+                    "in-place",
+                    installed_generation,
+                    0,
+                    0,
+                    removed,
+                    Some(refusal.clone()),
                 );
-                self.record_commit("in-place", generation, 0, 0, removed, Some(refusal));
-                Committed::Done(format!(
-                    "NIC refused rule {rule} of the refreshed plan ({error:?}): the \
-                     installed plan stays"
-                ))
+                Committed::Done(format!("NIC refused the refreshed plan: {refusal}"))
+            }
+            RefreshOutcome::Failed {
+                error,
+                dispatcher_removed,
+                destroyed,
+            } => {
+                let removed = destroyed.len();
+                self.fold_counts(destroyed);
+                self.device_gone = error.kind == FlowErrorKind::Io;
+                // What is left of the group is retired with the plan's rule ids.
+                self.retiring_rule_ids = std::mem::take(&mut self.plan_rule_ids);
+                self.plan = None;
+                self.plan_policy = None;
+                self.shrinks = 0;
+                self.refresh_budget = None;
+                let refusal = if dispatcher_removed {
+                    format!(
+                        "the NIC failed part-way ({error:?}): it decides nothing now, \
+                         software decides everything until the next plan goes in as a new \
+                         generation"
+                    )
+                } else {
+                    format!(
+                        "the NIC failed part-way ({error:?}) and kept its dispatcher: the \
+                         rules left decide (each with what it relies on) until the next \
+                         plan goes in as a new generation"
+                    )
+                };
+                self.record_commit(
+                    "in-place",
+                    installed_generation,
+                    0,
+                    0,
+                    removed,
+                    Some(refusal.clone()),
+                );
+                Committed::Done(refusal)
             }
             RefreshOutcome::NotLive => {
                 self.plan_policy = None;
@@ -1191,6 +1252,23 @@ mod tests {
         }
         let counted = nic.rule_counts();
         assert!(counted.values().any(|c| c.0 == 3), "{counted:?}");
+        // The NIC entry that allows the flow: it must stay, the same entry.
+        let bits = nic.caps.mark_bits;
+        let allows = |nic: &SimulatedNic| -> Vec<_> {
+            nic.nic
+                .rules()
+                .filter(|(_, r)| {
+                    r.matches(&headers(&http, 0x10))
+                        && r.mark().is_some_and(|m| {
+                            capo_offload::mark::Mark::decode(m, bits).kind
+                                == capo_offload::mark::MarkKind::Allow
+                        })
+                })
+                .map(|(h, r)| (h, r.clone()))
+                .collect()
+        };
+        let allow_entry = allows(&nic);
+        assert_eq!(allow_entry.len(), 1, "{allow_entry:?}");
         let entries_before: Vec<_> = nic.nic.rules().map(|(h, r)| (h, r.clone())).collect();
         // New flows, the same policy version: planned again, committed in place.
         record_syns_to_81(&mut nic, 20);
@@ -1216,6 +1294,7 @@ mod tests {
             .count();
         assert!(kept > 0, "no entry stayed in place");
         assert!(entries_after.len() > kept, "no entry was added");
+        assert_eq!(allows(&nic), allow_entry, "the allow entry was replaced");
         // The counts carry over, and the NIC still decides the flow.
         let carried = nic.rule_counts();
         for (id, c) in &counted {
@@ -1236,9 +1315,76 @@ mod tests {
         nic.samples.retain(|p, _| *p == http);
         let planned = nic.plan_job().run(&state, &ids, 1);
         assert!(planned.in_place);
-        nic.commit_planned(planned);
+        let Committed::Done(summary) = nic.commit_planned(planned) else {
+            panic!("not committed");
+        };
+        assert!(summary.contains("refreshed in place"), "{summary}");
         assert!(nic.nic.installed() < entries, "nothing was removed");
+        assert_eq!(allows(&nic), allow_entry, "the allow entry was replaced");
         assert_eq!(nic.rule_counts(), before_removal);
+    }
+
+    /// A re-plan whose rules do not fit beside the installed ones is planned again in
+    /// place for less room; a device that fails part-way is taken out of the
+    /// decision, and the next plan goes in as a new generation.
+    #[test]
+    fn refreshes_that_do_not_fit_or_fail_are_handled_in_place_or_as_a_generation() {
+        let (state, ids) = web();
+        let http = web_packet(40000, 80);
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        nic.record(&http, Some(0x10));
+        nic.commit(&state, &ids, 1);
+        let installed = nic.nic.installed();
+        // The front plans for less than its profile says (another user of the
+        // table): the second plan does not fit beside the first.
+        nic.caps.capacity = installed as u32 + 1;
+        record_syns_to_81(&mut nic, 20);
+        let summary = nic.commit_plan(&state, &ids, 1);
+        assert!(summary.contains("refreshed in place"), "{summary}");
+        assert_eq!(nic.committer.nic_generation(), Some(1), "{summary}");
+        assert!(nic.nic.installed() <= installed + 1);
+        assert_eq!(nic.refresh_budget, None, "the budget lasts one commit");
+        // Destroys fail from now on: the refresh stops where it is safe, and the NIC
+        // decides nothing; the next plan goes in as a new generation.
+        nic.caps.capacity = 64;
+        nic.samples.retain(|p, _| *p == http);
+        nic.nic.set_faults(capo_offload::Faults {
+            destroy_fails_after: Some(0),
+            ..Default::default()
+        });
+        let summary = nic.commit_plan(&state, &ids, 1);
+        assert!(summary.contains("failed part-way"), "{summary}");
+        assert!(summary.contains("kept its dispatcher"), "{summary}");
+        assert_eq!(nic.committer.nic_generation(), None);
+        assert_eq!(
+            nic.receive(&http, 0x10, 100, &mut || Verdict::Deny).0,
+            Verdict::Allow
+        );
+        assert!(nic.retiring());
+        nic.nic.set_faults(capo_offload::Faults::default());
+        let planned = nic.plan_job().run(&state, &ids, 1);
+        assert!(!planned.in_place);
+        let Committed::Done(summary) = nic.commit_planned(planned) else {
+            panic!("not committed");
+        };
+        assert!(summary.contains("NIC rules installed"), "{summary}");
+        assert_eq!(nic.committer.nic_generation(), Some(2));
+        assert_eq!(
+            nic.receive(&http, 0x10, 100, &mut || Verdict::Deny),
+            (Verdict::Allow, true)
+        );
+        let last = nic.plan_reply(&[]).last_commit.unwrap();
+        assert_eq!((last.in_place_total, last.new_generation_total), (2, 2));
+        // The device goes away during a refresh: it is reported gone (the port
+        // commits again later).
+        record_syns_to_81(&mut nic, 20);
+        nic.nic.set_faults(capo_offload::Faults {
+            eio_after_creates: Some(0),
+            ..Default::default()
+        });
+        let summary = nic.commit_plan(&state, &ids, 1);
+        assert!(summary.contains("failed part-way"), "{summary}");
+        assert!(nic.device_gone());
     }
 
     /// EIO: software decides everything, and the NIC says it is worth trying again.
@@ -1398,6 +1544,7 @@ mod tests {
         let m = capo_offload::mark::Mark::decode(raw, nic.caps().mark_bits);
         let want = decider_rule_id(&state, &ids, &flow(80, 40002));
         assert!(want.is_some());
+        // A new generation's marks index its plan's positions.
         assert_eq!(nic.plan_rule_ids.get(m.index as usize).copied(), Some(want));
     }
 

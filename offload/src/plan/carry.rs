@@ -5,15 +5,17 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::flow::{Action, Attr, FlowRule, Item};
+use crate::flow::{Action, Attr, Item};
 use crate::mark::{Mark, MarkKind};
 
-use super::{FastHash, OffloadPlan};
+use super::{FastHash, OffloadPlan, PlannedRule, Role};
 
-/// What makes two NIC rules the same entry: everything but the index their MARK and
-/// COUNT carry.
+/// What makes two NIC rules the same entry: what it is for (a decision's entry: its
+/// counter is credited to that entry's rule) and everything but the index its MARK
+/// and COUNT carry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RuleIdentity<'a> {
+    role: RoleKey,
     attr: Attr,
     pattern: &'a [Item],
     fate: Option<&'a Action>,
@@ -21,9 +23,41 @@ pub struct RuleIdentity<'a> {
     counts: bool,
 }
 
-/// The identity of `flow` on a device with `mark_bits` MARK bits.
-pub fn identity(flow: &FlowRule, mark_bits: u8) -> RuleIdentity<'_> {
+/// What a rule is for, as far as its counter goes: an exact flow by its domain and
+/// verdict (its first packet is only the sample that stood for it: the next plan's
+/// entry for the same conversation may come from another connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RoleKey {
+    FragmentPunt,
+    SourcePunt,
+    Decide(usize, usize, bool),
+    ExactFlow(usize, bool),
+    Cover(usize, usize),
+    CatchAll,
+}
+
+impl RoleKey {
+    fn of(role: &Role) -> Self {
+        match *role {
+            Role::FragmentPunt => RoleKey::FragmentPunt,
+            Role::SourcePunt => RoleKey::SourcePunt,
+            Role::Decide {
+                domain,
+                entry,
+                allow,
+            } => RoleKey::Decide(domain, entry, allow),
+            Role::ExactFlow { domain, allow, .. } => RoleKey::ExactFlow(domain, allow),
+            Role::Cover { domain, entry } => RoleKey::Cover(domain, entry),
+            Role::CatchAll => RoleKey::CatchAll,
+        }
+    }
+}
+
+/// The identity of `rule` on a device with `mark_bits` MARK bits.
+pub fn identity(rule: &PlannedRule, mark_bits: u8) -> RuleIdentity<'_> {
+    let flow = &rule.flow;
     RuleIdentity {
+        role: RoleKey::of(&rule.role),
         attr: *flow.attr(),
         pattern: flow.pattern(),
         fate: flow.fate(),
@@ -50,7 +84,7 @@ pub fn carry_over(
     for r in installed.rules.iter().rev() {
         if let Some(slot) = r.flow.slot(mark_bits) {
             by_identity
-                .entry(identity(&r.flow, mark_bits))
+                .entry(identity(r, mark_bits))
                 .or_default()
                 .push(slot);
             taken.insert(slot);
@@ -64,7 +98,7 @@ pub fn carry_over(
             continue;
         };
         let kept = by_identity
-            .get_mut(&identity(&r.flow, mark_bits))
+            .get_mut(&identity(r, mark_bits))
             .and_then(Vec::pop);
         let slot = match kept {
             Some(slot) => slot,
@@ -91,10 +125,10 @@ pub fn carry_over(
 pub fn rules_changed(a: &OffloadPlan, b: &OffloadPlan, mark_bits: u8) -> usize {
     let mut count: HashMap<RuleIdentity<'_>, i64, FastHash> = HashMap::default();
     for r in &a.rules {
-        *count.entry(identity(&r.flow, mark_bits)).or_insert(0) += 1;
+        *count.entry(identity(r, mark_bits)).or_insert(0) += 1;
     }
     for r in &b.rules {
-        *count.entry(identity(&r.flow, mark_bits)).or_insert(0) -= 1;
+        *count.entry(identity(r, mark_bits)).or_insert(0) -= 1;
     }
     count.values().map(|c| c.unsigned_abs() as usize).sum()
 }
@@ -146,17 +180,17 @@ mod tests {
         let slots_a: HashMap<RuleIdentity<'_>, u32> = a
             .rules
             .iter()
-            .filter_map(|r| Some((identity(&r.flow, bits), r.flow.slot(bits)?)))
+            .filter_map(|r| Some((identity(r, bits), r.flow.slot(bits)?)))
             .collect();
         let b2 = carry_over(&a, b.clone(), bits).expect("same generation");
         assert_eq!(b2.rules.len(), b.rules.len());
         let mut seen = HashSet::new();
         let mut shared = 0;
         for (r, orig) in b2.rules.iter().zip(&b.rules) {
-            assert_eq!(identity(&r.flow, bits), identity(&orig.flow, bits));
+            assert_eq!(identity(r, bits), identity(orig, bits));
             let slot = r.flow.slot(bits).unwrap();
             assert!(seen.insert(slot), "index {slot} given twice");
-            match slots_a.get(&identity(&r.flow, bits)) {
+            match slots_a.get(&identity(r, bits)) {
                 Some(&old) => {
                     shared += 1;
                     assert_eq!(slot, old, "a shared rule keeps its index");

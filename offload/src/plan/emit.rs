@@ -36,7 +36,7 @@ pub(super) struct Emitted {
 }
 
 /// Builds rules in installation order; a rule's index (its mark and counter) is its
-/// position.
+/// position (a re-plan committed in place renumbers: `carry_over`).
 struct Emitter<'a> {
     caps: &'a NicCaps,
     tag: u8,
@@ -187,6 +187,9 @@ fn emit_nodes(em: &mut Emitter<'_>, inp: &Inputs<'_>) {
     // decision relies on sits in lower layers, so it is emitted before it.
     let mut position: HashMap<usize, usize> = HashMap::new();
     let mut decided: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
+    // Entries with a decision left out (the model rejected its rule): whatever
+    // relies on them is left out too.
+    let mut incomplete: HashSet<(usize, usize)> = HashSet::new();
     for &i in &order {
         let Some(a) = nodes[i].atom(inp.atoms) else {
             continue;
@@ -200,18 +203,27 @@ fn emit_nodes(em: &mut Emitter<'_>, inp: &Inputs<'_>) {
                 allow,
                 ..
             } => {
-                offloaded.insert((domain, entry));
-                em.out.decided_atoms += 1;
                 let role = Role::Decide {
                     domain,
                     entry,
                     allow,
                 };
-                let relies_on = reliance(inp, i, &a, &position, &decided);
-                if let Some(at) = em.push(role, prio, &a.pattern(), em.decide(allow)) {
-                    em.out.rules[at].relies_on = relies_on;
-                    position.insert(i, at);
-                    decided.entry((domain, entry)).or_default().push(i);
+                let pushed =
+                    reliance(inp, i, &a, &position, &decided, &incomplete).and_then(|relies_on| {
+                        let at = em.push(role, prio, &a.pattern(), em.decide(allow))?;
+                        em.out.rules[at].relies_on = relies_on;
+                        Some(at)
+                    });
+                match pushed {
+                    Some(at) => {
+                        offloaded.insert((domain, entry));
+                        em.out.decided_atoms += 1;
+                        position.insert(i, at);
+                        decided.entry((domain, entry)).or_default().push(i);
+                    }
+                    None => {
+                        incomplete.insert((domain, entry));
+                    }
                 }
             }
             Node::Cover { domain, entry, .. } => {
@@ -227,24 +239,28 @@ fn emit_nodes(em: &mut Emitter<'_>, inp: &Inputs<'_>) {
 
 /// Positions of the emitted rules decision `i` (atom `a`) relies on: its covers,
 /// and the emitted decisions of the earlier entries it depends on that overlap it.
+/// `None` when one of them was left out: the decision cannot go down either.
 fn reliance(
     inp: &Inputs<'_>,
     i: usize,
     a: &crate::atom::Atom,
     position: &HashMap<usize, usize>,
     decided: &HashMap<(usize, usize), Vec<usize>>,
-) -> Vec<usize> {
+    incomplete: &HashSet<(usize, usize)>,
+) -> Option<Vec<usize>> {
     let nodes = &inp.selection.nodes;
     let Some(r) = inp.selection.relies.get(&i) else {
-        return Vec::new();
+        return Some(Vec::new());
     };
     let domain = nodes[i].domain();
     let mut out: Vec<usize> = r
         .covers
         .iter()
-        .filter_map(|c| position.get(c))
-        .copied()
-        .collect();
+        .map(|c| position.get(c).copied())
+        .collect::<Option<_>>()?;
+    if r.entries.iter().any(|j| incomplete.contains(&(domain, *j))) {
+        return None;
+    }
     for j in &r.entries {
         for &n in decided.get(&(domain, *j)).into_iter().flatten() {
             if nodes[n].atom(inp.atoms).is_some_and(|b| b.overlaps(a)) {
@@ -254,7 +270,7 @@ fn reliance(
     }
     out.sort_unstable();
     out.dedup();
-    out
+    Some(out)
 }
 
 #[cfg(test)]
