@@ -12,7 +12,8 @@ import gate  # noqa: E402
 
 
 def doc(production_first=400.0, npol=8000.0, node=1800.0, acl_first=5000.0,
-        acl_est=250.0, capo_est_node=900.0, update_p99=600.0, sweep_large=1800.0):
+        acl_est=250.0, capo_est_node=900.0, update_p99=600.0, sweep_large=1800.0,
+        deny_drop=0.777, replan_mode="incremental"):
     rows = []
     for run, jitter in enumerate((0.9, 1.0, 1.1, 1.0, 1.0)):
         for w in ("w-k8s", "w-large"):
@@ -51,6 +52,13 @@ def doc(production_first=400.0, npol=8000.0, node=1800.0, acl_first=5000.0,
             rows.append({"source": "updates", "run": run, "workload": "w-large", "update": kind,
                          "engine": "plugin",
                          "p99_us": None if p99 is None else 20 * p99 * jitter})
+    for run, ms in enumerate((48.0, 52.0, 61.0)):
+        rows.append({"source": "offload", "run": run, "workload": "w-k8s", "nic": "mlx5",
+                     "held_out_fraction": 0.683, "oracle_fraction": 0.694,
+                     "held_out_vs_oracle": 0.984, "deny_drop_fraction": deny_drop,
+                     "flow_mismatches": 0, "replan_ms": ms, "replan_mode": replan_mode,
+                     "replans_in_place": 3 if replan_mode == "incremental" else 0,
+                     "windows": 4, "entries_per_commit": 1489.0, "commit_peak_entries": 4079})
     return {"date": "2026-12-03", "runs": 5, "rows": rows,
             "machine": {"cpu": "Test CPU", "cpus": 2, "kernel": "6.1", "load": [0.5, 0.5, 0.5],
                         "load_after": [0.7, 0.6, 0.5]}}
@@ -94,11 +102,29 @@ class Figures(unittest.TestCase):
         # 20 times the builder's: the plugin's path misses where the builder's meets.
         self.assertFalse(t["any single update on W-large, VPP plugin path: p99 ≤ 50 µs"])
 
+    def test_offload_targets(self):
+        fig = gate.figures(doc())
+        self.assertEqual(fig["w-k8s offload mlx5 re-plan ms"][:3], (52.0, 48.0, 61.0))
+        self.assertFalse(fig["w-k8s offload mlx5 held-out NIC share"][4], "higher is better")
+        t = {label: met for label, _, met in gate.targets(fig)}
+        self.assertTrue(t["offload: held-out NIC share ≥ 90% of the held-out oracle's"])
+        self.assertFalse(t["offload: ≥ 95% of denied packets dropped in hardware"])
+        self.assertTrue(t["offload: 0 flows with a wrong verdict"])
+        self.assertTrue(t["offload: re-plan ≤ 100 ms, committed in place"])
+        t = {label: met for label, _, met in gate.targets(gate.figures(
+            doc(deny_drop=0.96, replan_mode="full")))}
+        self.assertTrue(t["offload: ≥ 95% of denied packets dropped in hardware"])
+        self.assertFalse(t["offload: re-plan ≤ 100 ms, committed in place"])
+        # A share that falls is capo's regression.
+        names = [r[0] for r in gate.regressions(gate.figures(doc(deny_drop=0.5)), fig, 0.15)]
+        self.assertIn("w-k8s offload mlx5 denied packets dropped in hardware", names)
+
     def test_missing_sources_are_not_measured(self):
         d = doc()
-        d["rows"] = [r for r in d["rows"] if r["source"] != "vpp"]
+        d["rows"] = [r for r in d["rows"] if r["source"] not in ("vpp", "offload")]
         t = {label: met for label, _, met in gate.targets(gate.figures(d))}
         self.assertIsNone(t["capo node vs npol_match_func: ≥ 20× fewer cycles"])
+        self.assertIsNone(t["offload: 0 flows with a wrong verdict"])
         self.assertIsNone(t["established flows through capo ≤ 1.3× forwarding"])
 
 
