@@ -166,6 +166,10 @@ pub struct NicFront<B: FlowBackend> {
     shrinks: usize,
     /// The capacity the commit under way started from, once it shrank.
     shrunk_from: Option<u32>,
+    /// The table's size as the device's capabilities give it: a capacity shrunk
+    /// after ENOMEM (the previous generation took the room, or other users do) comes
+    /// back to it once the previous generation is retired.
+    table: u32,
 }
 
 /// What a plan is made from, taken from a [`NicFront`] by [`NicFront::plan_job`]:
@@ -200,7 +204,8 @@ pub struct Planned {
 pub enum Committed {
     /// Committed (or refused in a way another plan would not mend): the summary.
     Done(String),
-    /// The NIC ran out of entries part-way: plan again for the capacity that fit.
+    /// The NIC ran out of entries part-way, or a commit in place would not fit
+    /// beside the installed plan: plan again for less room.
     Shrink,
     /// The plan was made for a commit in place, and its generation is no longer
     /// live: plan again.
@@ -329,6 +334,7 @@ impl SimulatedNic {
 impl<B: FlowBackend> NicFront<B> {
     /// A NIC front over `nic`, planning with its capabilities.
     pub fn with_backend(name: String, nic: B) -> Self {
+        let table = nic.caps().capacity;
         NicFront {
             name,
             caps: nic.caps().clone(),
@@ -348,6 +354,7 @@ impl<B: FlowBackend> NicFront<B> {
             device_gone: false,
             shrinks: 0,
             shrunk_from: None,
+            table,
         }
     }
 
@@ -730,6 +737,9 @@ impl<B: FlowBackend> NicFront<B> {
         let retired = self
             .committer
             .retire(&mut self.nic, &mut |_, view| between(view));
+        // The room the retired generation held is free again: the next plan may use
+        // the whole table (if others hold part of it, ENOMEM shrinks it again).
+        self.caps.capacity = self.table;
         for r in retired {
             for (i, c) in r.counts {
                 if let Some(Some(id)) = old_ids.get(i) {
@@ -1181,6 +1191,13 @@ mod tests {
         assert!(nic.caps().capacity <= 3, "{}", nic.caps().capacity);
         assert!(nic.nic.installed() <= 3);
         assert!(!nic.device_gone());
+        // Once the previous generation is retired, the next plan may use the whole
+        // table again; the table is still small (the fault stays), so the next
+        // generation's commit shrinks again.
+        nic.retire_previous();
+        assert_eq!(nic.caps().capacity, 64);
+        let summary = nic.commit_plan(&state, &ids, 2);
+        assert!(summary.contains("ran out of entries"), "{summary}");
     }
 
     /// A re-plan of the same policy version plans the kept lowering (the plan equals
