@@ -341,7 +341,7 @@ fn last_commit_line(c: &api::NicCommit) -> String {
     };
     let mut line = format!(
         "last commit: {how} (NIC generation {}): {} rules created, {} kept, {} removed; \
-         {} in place and {} as new generations so far",
+         commits so far: {} in place, {} as a new generation",
         c.nic_generation, c.created, c.kept, c.removed, c.in_place_total, c.new_generation_total
     );
     if !c.refusal.is_empty() {
