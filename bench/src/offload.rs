@@ -287,26 +287,24 @@ pub struct Evaluation {
     pub same_window: Vec<PairResult>,
 }
 
-/// Plans every window of `t` with `planner`, fed that window's counters only, and
-/// measures the plans on their own and the next window.
+/// Plans every window of `t` with `planner`, fed that window's counters only (and
+/// the plan of the window before, which a re-plan starts from), and measures the
+/// plans on their own and the next window.
 pub fn evaluate(
     t: &Traffic,
     caps: &NicCaps,
-    planner: &mut dyn FnMut(&HitCounters) -> OffloadPlan,
+    planner: &mut dyn FnMut(&HitCounters, Option<&OffloadPlan>) -> OffloadPlan,
 ) -> Evaluation {
-    let plans: Vec<TimedPlan> = t
-        .windows
-        .iter()
-        .map(|w| {
-            let hits = window_hits(w);
-            let t0 = Instant::now();
-            let plan = planner(&hits);
-            TimedPlan {
-                plan,
-                ms: t0.elapsed().as_secs_f64() * 1e3,
-            }
-        })
-        .collect();
+    let mut plans: Vec<TimedPlan> = Vec::with_capacity(t.windows.len());
+    for w in &t.windows {
+        let hits = window_hits(w);
+        let t0 = Instant::now();
+        let plan = planner(&hits, plans.last().map(|p| &p.plan));
+        plans.push(TimedPlan {
+            plan,
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+        });
+    }
     let pair = |planned_on: usize, measured_on: usize| -> Option<PairResult> {
         let p = plans.get(planned_on)?;
         let w = t.windows.get(measured_on)?;
@@ -425,20 +423,17 @@ pub fn run(o: &OffloadOptions) -> OffloadReport {
     let program = lower(&t.state, &t.ids, 1);
     let lower_ms = t0.elapsed().as_secs_f64() * 1e3;
     let cfg = PlanConfig::default();
-    let mut installed: Option<OffloadPlan> = None;
     // Per plan: whether it is a re-plan of the one before, to be committed in place.
     let mut in_place: Vec<bool> = Vec::new();
-    let e = evaluate(&t, &caps, &mut |hits| {
-        let again = match (&installed, o.replan) {
+    let e = evaluate(&t, &caps, &mut |hits, installed| {
+        let again = match (installed, o.replan) {
             (Some(before), Replan::Incremental) => {
                 replan(&t.state, &program, &caps, hits, &cfg, before)
             }
             _ => None,
         };
         in_place.push(again.is_some());
-        let p = again.unwrap_or_else(|| plan(&t.state, &program, &caps, hits, &cfg));
-        installed = Some(p.clone());
-        p
+        again.unwrap_or_else(|| plan(&t.state, &program, &caps, hits, &cfg))
     });
     report(o, &caps, &t, &program, &e, lower_ms, &in_place)
 }

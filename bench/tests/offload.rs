@@ -103,7 +103,7 @@ fn held_out_plans_never_see_the_window_they_are_measured_on() {
     let caps = NicCaps::mlx5(256);
     let program = lower(&t.state, &t.ids, 1);
     let mut fed: Vec<HitCounters> = Vec::new();
-    let e = evaluate(&t, &caps, &mut |hits| {
+    let e = evaluate(&t, &caps, &mut |hits, _| {
         fed.push(hits.clone());
         plan(&t.state, &program, &caps, hits, &PlanConfig::default())
     });

@@ -615,7 +615,12 @@ fn the_nic_share_follows_each_generation_the_old_one_out_first() {
             .unwrap();
         assert_eq!(mark.gen_tag, capo_vpp_plugin::mark::gen_tag(1));
     }
-    wait("the status", &|| handle.status().share_generation == 1);
+    // The empty first share already set generation 1: wait for the sampled one's
+    // acknowledgement (the plugin holds it before the agent's status says so).
+    wait("the status", &|| {
+        let s = handle.status();
+        s.share_generation == 1 && s.share_rules == 1
+    });
     let status = handle.status();
     assert_eq!(status.share_rules, 1);
     // Every policed interface and the known uplink report; `eth9` is unknown.

@@ -133,6 +133,18 @@ struct LiveGen {
 }
 
 impl LiveGen {
+    /// The same generation without the rules marked `gone` (by handle position).
+    fn without(self, gone: &[bool]) -> Self {
+        let handles = self
+            .handles
+            .into_iter()
+            .zip(gone)
+            .filter(|(_, g)| !**g)
+            .map(|(x, _)| x)
+            .collect();
+        LiveGen { handles, ..self }
+    }
+
     fn of(plan: &OffloadPlan, group: Group, handles: Vec<(usize, FlowHandle, FlowRule)>) -> Self {
         LiveGen {
             generation: plan.generation,
@@ -469,7 +481,7 @@ impl Committer {
         let live_here = self.live.as_ref().is_some_and(|l| {
             l.generation == plan.generation && plan.mode == OffloadMode::VersionedGroups
         });
-        let Some(mut live) = self.live.take().filter(|_| live_here) else {
+        let Some(live) = self.live.take().filter(|_| live_here) else {
             return RefreshOutcome::NotLive;
         };
         let group = live.group;
@@ -544,15 +556,21 @@ impl Committer {
             match final_count(nic, *h, r) {
                 Ok(count) => destroyed.push((*i, count)),
                 Err(error) => {
-                    return self.fail_safe(nic, live, &gone, Vec::new(), error, destroyed, observe)
+                    let left = live.without(&gone);
+                    return self.fail_safe(nic, left, Vec::new(), error, destroyed, observe);
                 }
             }
             gone[k] = true;
             observe(nic, &self.sw);
         }
-        // Step 2.
+        // Step 2. `next` holds the new plan's rules, kept or created, in its order.
         let mut next: Vec<(usize, FlowHandle, FlowRule)> = Vec::with_capacity(plan.rules.len());
-        let mut created: Vec<(usize, FlowHandle, FlowRule)> = Vec::new();
+        let mut inserted = 0;
+        let created = |next: Vec<(usize, FlowHandle, FlowRule)>| {
+            next.into_iter()
+                .filter(|(j, _, _)| claims[*j].is_none())
+                .collect::<Vec<_>>()
+        };
         for (i, (pr, claim)) in plan.rules.iter().zip(&claims).enumerate() {
             if let Some(k) = claim {
                 let (_, h, r) = &live.handles[*k];
@@ -562,32 +580,28 @@ impl Committer {
             let rule = in_group(pr);
             match nic.validate(&rule).and_then(|()| nic.create(&rule)) {
                 Ok(h) => {
-                    next.push((i, h, rule.clone()));
-                    created.push((i, h, rule));
+                    next.push((i, h, rule));
+                    inserted += 1;
                     observe(nic, &self.sw);
                 }
                 Err(error) if error.kind.is_fatal() => {
-                    return self.fail_safe(nic, live, &gone, created, error, destroyed, observe)
+                    let left = live.without(&gone);
+                    return self.fail_safe(nic, left, created(next), error, destroyed, observe);
                 }
                 Err(error) => {
-                    let held = n - early.len() + dispatcher + created.len();
+                    let held = n - early.len() + dispatcher + inserted;
                     // Back to the installed plan's rules that are left: everything
                     // they rely on is among them.
-                    while let Some((j, h, r)) = created.pop() {
+                    let mut made = created(next);
+                    while let Some((j, h, r)) = made.pop() {
                         if let Err(e) = nic.destroy(h) {
-                            created.push((j, h, r));
-                            return self
-                                .fail_safe(nic, live, &gone, created, e, destroyed, observe);
+                            made.push((j, h, r));
+                            let left = live.without(&gone);
+                            return self.fail_safe(nic, left, made, e, destroyed, observe);
                         }
                         observe(nic, &self.sw);
                     }
-                    live.handles = std::mem::take(&mut live.handles)
-                        .into_iter()
-                        .zip(&gone)
-                        .filter(|(_, g)| !**g)
-                        .map(|(x, _)| x)
-                        .collect();
-                    self.live = Some(live);
+                    self.live = Some(live.without(&gone));
                     return RefreshOutcome::Refused {
                         error,
                         rule: i,
@@ -608,13 +622,13 @@ impl Committer {
             match final_count(nic, *h, r) {
                 Ok(count) => destroyed.push((*i, count)),
                 Err(error) => {
-                    return self.fail_safe(nic, live, &gone, created, error, destroyed, observe)
+                    let left = live.without(&gone);
+                    return self.fail_safe(nic, left, created(next), error, destroyed, observe);
                 }
             }
             gone[k] = true;
             observe(nic, &self.sw);
         }
-        let inserted = created.len();
         self.live = Some(LiveGen::of(plan, group, next));
         RefreshOutcome::Refreshed {
             inserted,
@@ -628,39 +642,19 @@ impl Committer {
     /// if the device lets it, and the group's rules left (the installed plan's not
     /// yet destroyed, and those created, which count for no plan entry) are retired
     /// later.
-    #[allow(clippy::too_many_arguments)]
     fn fail_safe<B: FlowBackend>(
         &mut self,
         nic: &mut B,
-        live: LiveGen,
-        gone: &[bool],
+        mut left: LiveGen,
         created: Vec<(usize, FlowHandle, FlowRule)>,
         error: FlowError,
         destroyed: Vec<(usize, Option<FlowCount>)>,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> RefreshOutcome {
         self.remove_dispatcher(nic, observe);
-        let LiveGen {
-            generation,
-            group,
-            handles,
-            relies,
-            pinned,
-        } = live;
-        let mut left: Vec<(usize, FlowHandle, FlowRule)> = handles
-            .into_iter()
-            .zip(gone)
-            .filter(|(_, g)| !**g)
-            .map(|(x, _)| x)
-            .collect();
-        left.extend(created.into_iter().map(|(_, h, r)| (usize::MAX, h, r)));
-        self.retiring.push(LiveGen {
-            generation,
-            group,
-            handles: left,
-            relies,
-            pinned,
-        });
+        left.handles
+            .extend(created.into_iter().map(|(_, h, r)| (usize::MAX, h, r)));
+        self.retiring.push(left);
         RefreshOutcome::Failed {
             error,
             dispatcher_removed: self.dispatcher.is_none(),

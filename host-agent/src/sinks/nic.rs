@@ -137,7 +137,8 @@ pub struct NicFront<B: FlowBackend> {
     caps: NicCaps,
     nic: B,
     committer: Committer,
-    plan: Option<OffloadPlan>,
+    /// The live plan, shared with the plan jobs that re-plan it.
+    plan: Option<Arc<OffloadPlan>>,
     /// The plan's rule ids by plan rule index (decide rules only).
     plan_rule_ids: Vec<Option<u32>>,
     /// The previous plan's rule ids, until its generation is retired.
@@ -184,7 +185,7 @@ pub struct PlanJob {
     lowered: Option<(u64, OffloadProgram)>,
     /// The live plan (on a device with groups) and the policy version it is of: a
     /// plan of the same version is made for a commit in place.
-    installed: Option<(u64, OffloadPlan)>,
+    installed: Option<(u64, Arc<OffloadPlan>)>,
 }
 
 /// A plan made by [`PlanJob::run`], for [`NicFront::commit_planned`].
@@ -197,6 +198,25 @@ pub struct Planned {
     rule_ids: Vec<Option<u32>>,
     /// A re-plan of the live generation, to be committed in place.
     in_place: bool,
+}
+
+/// How a plan went into the NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitKind {
+    /// A re-plan of the policy in force, only the differing rules changed.
+    InPlace,
+    /// The whole plan, into the other group.
+    NewGeneration,
+}
+
+impl CommitKind {
+    /// The name the offload view and the metrics use.
+    fn name(self) -> &'static str {
+        match self {
+            CommitKind::InPlace => "in-place",
+            CommitKind::NewGeneration => "new-generation",
+        }
+    }
 }
 
 /// What [`NicFront::commit_planned`] came to.
@@ -411,12 +431,13 @@ impl<B: FlowBackend> NicFront<B> {
 
     /// The live plan and its policy version, when a re-plan can go in place: a
     /// device with groups holds it as the newest generation.
-    fn live_plan(&self) -> Option<(u64, OffloadPlan)> {
+    fn live_plan(&self) -> Option<(u64, Arc<OffloadPlan>)> {
         let p = self.plan.as_ref()?;
         let live = p.mode == capo_offload::OffloadMode::VersionedGroups
             && self.committer.nic_generation() == Some(p.generation)
             && !self.device_gone;
-        live.then(|| Some((self.plan_policy?, p.clone()))).flatten()
+        live.then(|| Some((self.plan_policy?, Arc::clone(p))))
+            .flatten()
     }
 
     /// Commits a plan made from [`NicFront::plan_job`] (see
@@ -546,8 +567,15 @@ impl<B: FlowBackend> NicFront<B> {
                 )),
             ),
         };
-        self.record_commit("new-generation", p.generation, created, 0, 0, refusal);
-        self.plan = Some(p);
+        self.record_commit(
+            CommitKind::NewGeneration,
+            p.generation,
+            created,
+            0,
+            0,
+            refusal,
+        );
+        self.plan = Some(Arc::new(p));
         self.plan_policy = Some(policy);
         Committed::Done(summary)
     }
@@ -555,7 +583,7 @@ impl<B: FlowBackend> NicFront<B> {
     /// Keeps what the offload view says about the last commit.
     fn record_commit(
         &mut self,
-        kind: &str,
+        kind: CommitKind,
         nic_generation: u64,
         created: usize,
         kept: usize,
@@ -566,14 +594,13 @@ impl<B: FlowBackend> NicFront<B> {
             .last_commit
             .as_ref()
             .map_or((0, 0), |c| (c.in_place_total, c.new_generation_total));
-        if kind == "in-place" {
-            in_place += 1;
-        } else {
-            new_generation += 1;
+        match kind {
+            CommitKind::InPlace => in_place += 1,
+            CommitKind::NewGeneration => new_generation += 1,
         }
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         self.last_commit = Some(api::NicCommit {
-            kind: kind.to_string(),
+            kind: kind.name().to_string(),
             nic_generation,
             created: n(created),
             kept: n(kept),
@@ -585,8 +612,9 @@ impl<B: FlowBackend> NicFront<B> {
     }
 
     /// Keeps the final counts of live rules removed (by plan index) under their
-    /// `rule#`s.
-    fn fold_counts(&mut self, destroyed: Vec<(usize, Option<capo_offload::FlowCount>)>) {
+    /// `rule#`s; returns how many were removed.
+    fn fold_counts(&mut self, destroyed: Vec<(usize, Option<capo_offload::FlowCount>)>) -> usize {
+        let removed = destroyed.len();
         for (i, count) in destroyed {
             if let (Some(Some(id)), Some(c)) = (self.plan_rule_ids.get(i), count) {
                 let e = self.retired_counts.entry(*id).or_default();
@@ -594,6 +622,7 @@ impl<B: FlowBackend> NicFront<B> {
                 e.1 += c.bytes;
             }
         }
+        removed
     }
 
     /// Commits a re-plan of the live generation in place: the final counts of the
@@ -614,18 +643,25 @@ impl<B: FlowBackend> NicFront<B> {
             .committer
             .refresh(&mut self.nic, &p, capacity, &mut |_, view| between(view));
         self.lowered = Some((policy, program));
-        let installed_generation = self.plan.as_ref().map_or(0, |p| p.generation);
+        // The plan is of the installed generation, refused or not.
+        let generation = p.generation;
         match outcome {
             RefreshOutcome::Refreshed {
                 inserted,
                 kept,
                 destroyed,
             } => {
-                let removed = destroyed.len();
-                self.fold_counts(destroyed);
-                self.record_commit("in-place", p.generation, inserted, kept, removed, None);
+                let removed = self.fold_counts(destroyed);
+                self.record_commit(
+                    CommitKind::InPlace,
+                    generation,
+                    inserted,
+                    kept,
+                    removed,
+                    None,
+                );
                 self.plan_rule_ids = rule_ids;
-                self.plan = Some(p);
+                self.plan = Some(Arc::new(p));
                 self.plan_policy = Some(policy);
                 self.shrinks = 0;
                 self.refresh_budget = None;
@@ -642,8 +678,7 @@ impl<B: FlowBackend> NicFront<B> {
                 held,
                 ..
             } => {
-                let removed = destroyed.len();
-                self.fold_counts(destroyed);
+                let removed = self.fold_counts(destroyed);
                 if error.kind == FlowErrorKind::NoMem && needed > held && self.shrinks < MAX_SHRINKS
                 {
                     // Plan in place again for a table smaller by what did not fit.
@@ -655,8 +690,8 @@ impl<B: FlowBackend> NicFront<B> {
                 self.refresh_budget = None;
                 let refusal = format!("rule {rule} refused ({error:?}): the installed plan stays");
                 self.record_commit(
-                    "in-place",
-                    installed_generation,
+                    CommitKind::InPlace,
+                    generation,
                     0,
                     0,
                     removed,
@@ -669,8 +704,7 @@ impl<B: FlowBackend> NicFront<B> {
                 dispatcher_removed,
                 destroyed,
             } => {
-                let removed = destroyed.len();
-                self.fold_counts(destroyed);
+                let removed = self.fold_counts(destroyed);
                 self.device_gone = error.kind == FlowErrorKind::Io;
                 // What is left of the group is retired with the plan's rule ids.
                 self.retiring_rule_ids = std::mem::take(&mut self.plan_rule_ids);
@@ -692,8 +726,8 @@ impl<B: FlowBackend> NicFront<B> {
                     )
                 };
                 self.record_commit(
-                    "in-place",
-                    installed_generation,
+                    CommitKind::InPlace,
+                    generation,
                     0,
                     0,
                     removed,
@@ -1218,11 +1252,11 @@ mod tests {
             plan(state, &program, &nic.caps, &hits, &PlanConfig::default())
         };
         nic.commit(&state, &ids, 1);
-        assert_eq!(nic.plan, Some(fresh(&nic, &state, &ids)));
+        assert_eq!(nic.plan.as_deref(), Some(&fresh(&nic, &state, &ids)));
         // New counters, the same policy: planned again on the kept lowering.
         nic.record(&to_port(443), Some(0x02));
         nic.commit(&state, &ids, 1);
-        let replanned = nic.plan.clone().unwrap();
+        let replanned = nic.plan.as_deref().cloned().unwrap();
         assert_eq!(
             replanned.generation, 1,
             "in place: the NIC generation stays"
@@ -1243,7 +1277,7 @@ mod tests {
             .unwrap();
         closed_ids.sync(&closed);
         nic.commit(&closed, &closed_ids, 2);
-        let after = nic.plan.clone().unwrap();
+        let after = nic.plan.as_deref().cloned().unwrap();
         assert_eq!(after, fresh(&nic, &closed, &closed_ids));
         assert_ne!(
             after.rules, replanned.rules,

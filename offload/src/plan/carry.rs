@@ -93,10 +93,10 @@ pub fn carry_over(
     let mut fresh = 0u32;
     let mut rules = Vec::with_capacity(next.rules.len());
     for r in &next.rules {
-        let Some(_) = r.flow.slot(mark_bits) else {
+        if r.flow.slot(mark_bits).is_none() {
             rules.push(r.clone());
             continue;
-        };
+        }
         let kept = by_identity
             .get_mut(&identity(r, mark_bits))
             .and_then(Vec::pop);
