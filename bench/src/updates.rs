@@ -18,6 +18,10 @@
 //! - `member-cidr`: a `/24` into or out of a CIDR set;
 //! - `member-named-port`: an `ip,tcp:port` member into or out of a named-port set;
 //! - `policy`: a policy's rules changed (one port moved) and restored;
+//! - `policy-add-remove`: a new policy added and removed the way Felix sends it, one
+//!   message at a time: the policy, then an endpoint listing it in one of its tiers,
+//!   then the endpoint without it, then the policy's removal (each message timed on
+//!   its own);
 //! - `endpoint`: a local endpoint removed and re-added;
 //! - `rejected`: a delta naming an IP set the state lacks, which must fail.
 //!
@@ -95,11 +99,12 @@ fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
 }
 
 /// The update kinds, in the order they run.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "member-host",
     "member-cidr",
     "member-named-port",
     "policy",
+    "policy-add-remove",
     "endpoint",
     "rejected",
 ];
@@ -114,7 +119,9 @@ fn sets_of(state: &State, want: fn(&capo_policy::IpSet) -> bool) -> Vec<IpSetId>
         .collect()
 }
 
-/// The `i`-th update of `kind` (even: a change; odd: its undo, from `undo`).
+/// The `i`-th update of `kind`: the next step still owed on `undo` (a stack of the
+/// updates that lead back to the workload's state), else a new change whose way back
+/// goes onto `undo`.
 fn next_update(
     kind: &str,
     i: usize,
@@ -123,10 +130,8 @@ fn next_update(
     undo: &mut Vec<Update>,
     sets: &[IpSetId],
 ) -> Option<Update> {
-    if i % 2 == 1 {
-        if let Some(u) = undo.pop() {
-            return Some(u);
-        }
+    if let Some(u) = undo.pop() {
+        return Some(u);
     }
     let pick_set = |rng: &mut Rng| sets.get(rng.below(sets.len().max(1))).cloned();
     let delta = |id: IpSetId, m: Member, undo: &mut Vec<Update>| {
@@ -176,6 +181,27 @@ fn next_update(
             rule.dst.ports = vec![capo_policy::PortRange::single(port)];
             undo.push(Update::PolicyUpdate(key.clone(), p.clone()));
             Some(Update::PolicyUpdate(key.clone(), changed))
+        }
+        "policy-add-remove" => {
+            // Felix's order: the policy before the endpoint that lists it; the
+            // endpoint without it before the policy's removal.
+            let n = state.workloads().len();
+            let (key, wep) = state.workloads().get_index(rng.below(n.max(1)))?;
+            let tier = wep.tiers.first()?;
+            let (_, model) = state.policies().iter().find(|(_, p)| p.tier == tier.name)?;
+            let added = capo_policy::PolicyKey {
+                kind: "NetworkPolicy".into(),
+                namespace: "capo-bench".into(),
+                name: format!("added-{i}"),
+            };
+            let mut listed = wep.clone();
+            let first = listed.tiers.first_mut()?;
+            first.ingress.insert(0, added.clone());
+            first.egress.insert(0, added.clone());
+            undo.push(Update::PolicyRemove(added.clone()));
+            undo.push(Update::WorkloadUpdate(key.clone(), wep.clone()));
+            undo.push(Update::WorkloadUpdate(key.clone(), listed));
+            Some(Update::PolicyUpdate(added, model.clone()))
         }
         "endpoint" => {
             let n = state.workloads().len();
@@ -501,6 +527,44 @@ mod tests {
             assert_eq!((r.applied, r.failed), want, "{r:?}");
         }
         assert!(rows.iter().map(|r| r.classified_meanwhile).sum::<u64>() > 0);
+    }
+
+    /// A policy's add and removal goes in Felix's order (the policy before an endpoint
+    /// lists it, the endpoint without it before the removal), every message changes
+    /// the state, and the fourth leaves the workload's state as it was.
+    #[test]
+    fn policy_add_remove_follows_felix_order_and_returns_to_the_workload() {
+        let w = generate(Kind::K8s);
+        let (mut state, _) = w.state();
+        let original = state.clone();
+        let (mut rng, mut undo) = (Rng::new(7), Vec::new());
+        let mut steps = Vec::new();
+        for i in 0..4 {
+            let u = next_update("policy-add-remove", i, &state, &mut rng, &mut undo, &[]).unwrap();
+            steps.push(u.clone());
+            assert_eq!(
+                state.apply(u).unwrap(),
+                capo_policy::Applied::Changed,
+                "step {i}"
+            );
+            if i == 1 {
+                let Some(Update::PolicyUpdate(added, _)) = steps.first() else {
+                    panic!("the first step adds the policy: {steps:?}");
+                };
+                let listing: Vec<_> = state
+                    .workloads()
+                    .values()
+                    .filter(|w| w.tiers.iter().any(|t| t.ingress.contains(added)))
+                    .collect();
+                assert_eq!(listing.len(), 1, "one endpoint lists the new policy");
+            }
+        }
+        assert!(undo.is_empty());
+        assert!(matches!(steps.last(), Some(Update::PolicyRemove(_))));
+        assert!(
+            state.policies() == original.policies() && state.workloads() == original.workloads(),
+            "the cycle ends where it began"
+        );
     }
 
     /// `--kinds` runs only the kinds named, in the benchmark's order.

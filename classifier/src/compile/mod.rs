@@ -197,7 +197,11 @@ impl Builder {
                 }
                 self.fragments.forget_policy(&key);
                 ids.sync_after(state, Changed::Policy(&key));
-                self.recompile_dependents(state, ids, |i| i.policies.contains(&key));
+                // A policy no endpoint names (just added, or removed) is in no program:
+                // no interface needs asking.
+                if state.policy_is_used(&key) {
+                    self.recompile_dependents(state, ids, |i| i.policies.contains(&key));
+                }
             }
             Update::ProfileUpdate(name, _) | Update::ProfileRemove(name) => {
                 let name = name.clone();
