@@ -141,6 +141,9 @@ pub struct NicFront<B: FlowBackend> {
     plan: Option<Arc<OffloadPlan>>,
     /// The plan's rule ids by plan rule index (decide rules only).
     plan_rule_ids: Vec<Option<u32>>,
+    /// Rules of the live plan that a refused commit in place removed (nothing left
+    /// relied on them): the offload view counts them out.
+    plan_rules_gone: usize,
     /// The previous plan's rule ids, until its generation is retired.
     retiring_rule_ids: Vec<Option<u32>>,
     /// Per `rule#`: packets and bytes counted by retired NIC generations.
@@ -362,6 +365,7 @@ impl<B: FlowBackend> NicFront<B> {
             committer: Committer::new(),
             plan: None,
             plan_rule_ids: Vec::new(),
+            plan_rules_gone: 0,
             retiring_rule_ids: Vec::new(),
             retired_counts: HashMap::new(),
             samples: HashMap::new(),
@@ -576,6 +580,7 @@ impl<B: FlowBackend> NicFront<B> {
             refusal,
         );
         self.plan = Some(Arc::new(p));
+        self.plan_rules_gone = 0;
         self.plan_policy = Some(policy);
         Committed::Done(summary)
     }
@@ -661,6 +666,7 @@ impl<B: FlowBackend> NicFront<B> {
                     None,
                 );
                 self.plan_rule_ids = rule_ids;
+                self.plan_rules_gone = 0;
                 self.plan = Some(Arc::new(p));
                 self.plan_policy = Some(policy);
                 self.shrinks = 0;
@@ -678,7 +684,16 @@ impl<B: FlowBackend> NicFront<B> {
                 held,
                 ..
             } => {
+                // The installed plan stays, less what step 1 removed: those rules'
+                // counts are folded and they no longer count as NIC entries.
+                let gone: Vec<usize> = destroyed.iter().map(|(i, _)| *i).collect();
                 let removed = self.fold_counts(destroyed);
+                for i in gone {
+                    if let Some(id) = self.plan_rule_ids.get_mut(i) {
+                        *id = None;
+                    }
+                }
+                self.plan_rules_gone += removed;
                 if error.kind == FlowErrorKind::NoMem && needed > held && self.shrinks < MAX_SHRINKS
                 {
                     // Plan in place again for a table smaller by what did not fit.
@@ -708,6 +723,7 @@ impl<B: FlowBackend> NicFront<B> {
                 self.device_gone = error.kind == FlowErrorKind::Io;
                 // What is left of the group is retired with the plan's rule ids.
                 self.retiring_rule_ids = std::mem::take(&mut self.plan_rule_ids);
+                self.plan_rules_gone = 0;
                 self.plan = None;
                 self.plan_policy = None;
                 self.shrinks = 0;
@@ -941,10 +957,10 @@ impl<B: FlowBackend> NicFront<B> {
             generation: 0,
             nic: self.name.clone(),
             offload_available: self.caps.flow_api,
-            entries_used: self
-                .plan
-                .as_ref()
-                .map_or(0, |p| u32::try_from(p.entries_used()).unwrap_or(u32::MAX)),
+            entries_used: self.plan.as_ref().map_or(0, |p| {
+                u32::try_from(p.entries_used().saturating_sub(self.plan_rules_gone))
+                    .unwrap_or(u32::MAX)
+            }),
             entries_capacity: self.caps.capacity,
             rules,
             last_commit: self.last_commit.clone(),
@@ -1436,6 +1452,45 @@ mod tests {
         let summary = nic.commit_plan(&state, &ids, 1);
         assert!(summary.contains("failed part-way"), "{summary}");
         assert!(nic.device_gone());
+    }
+
+    /// A refresh refused part-way leaves the installed plan less what its first step
+    /// removed: the offload view counts what the NIC holds, not the plan as it was.
+    #[test]
+    fn a_refused_refresh_shows_what_the_nic_still_holds() {
+        let (state, ids) = web();
+        let http = web_packet(40000, 80);
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        nic.record(&http, Some(0x10));
+        record_syns_to_81(&mut nic, 20);
+        nic.commit(&state, &ids, 1);
+        let overhead = nic.nic.installed() - nic.plan_reply(&[]).entries_used as usize;
+        assert_eq!(
+            nic.receive(&http, 0x10, 100, &mut || Verdict::Deny),
+            (Verdict::Allow, true)
+        );
+        // Only refused SYNs now: what nothing relies on any more goes in step 1, then
+        // the device refuses the first new rule.
+        nic.samples.clear();
+        for port in 0..20 {
+            nic.record(&web_packet(40000 + port, 82), Some(0x02));
+        }
+        nic.nic.set_faults(capo_offload::Faults {
+            create_fails_every: Some(1),
+            ..Default::default()
+        });
+        let before = nic.nic.installed();
+        let summary = nic.commit_plan(&state, &ids, 1);
+        assert!(summary.contains("refused"), "{summary}");
+        assert!(nic.nic.installed() < before, "step 1 removed nothing");
+        let reply = nic.plan_reply(&[]);
+        assert_eq!(
+            nic.nic.installed() - reply.entries_used as usize,
+            overhead,
+            "the view counts removed rules"
+        );
+        let last = reply.last_commit.unwrap();
+        assert!(last.removed > 0 && !last.refusal.is_empty(), "{last:?}");
     }
 
     /// EIO: software decides everything, and the NIC says it is worth trying again.
