@@ -58,5 +58,5 @@ pub use model::{
     SideMatch, TierDefault, TierInfo, WorkloadEndpoint, WorkloadKey,
 };
 pub use net::{Cidr, IpFamily, ParseError, PortRange, Protocol};
-pub use state::{Applied, State, StateError, Update};
+pub use state::{Applied, State, StateError, StateMap, Update};
 pub use views::Views;

@@ -117,16 +117,20 @@ pub enum StateError {
     },
 }
 
+/// The state's maps: insertion-ordered, hashed with `foldhash` (every update looks
+/// up names Felix chose; SipHash was a tenth of an endpoint update).
+pub type StateMap<K, V> = IndexMap<K, V, foldhash::quality::RandomState>;
+
 /// Everything Felix has sent, consistent by construction.
 #[derive(Debug, Clone, Default)]
 pub struct State {
     config: FelixConfig,
-    ipsets: IndexMap<IpSetId, IpSet>,
-    policies: IndexMap<PolicyKey, Policy>,
-    profiles: IndexMap<String, Profile>,
-    workloads: IndexMap<WorkloadKey, WorkloadEndpoint>,
-    host_endpoints: IndexMap<HostEndpointKey, HostEndpoint>,
-    hosts: IndexMap<String, HostMetadata>,
+    ipsets: StateMap<IpSetId, IpSet>,
+    policies: StateMap<PolicyKey, Policy>,
+    profiles: StateMap<String, Profile>,
+    workloads: StateMap<WorkloadKey, WorkloadEndpoint>,
+    host_endpoints: StateMap<HostEndpointKey, HostEndpoint>,
+    hosts: StateMap<String, HostMetadata>,
     /// How often the endpoints' tiers name each policy.
     policy_refs: RefCounts<PolicyKey>,
     /// How often the policies' and profiles' rules name each IP set.
@@ -480,7 +484,7 @@ impl State {
     /// Applies an update to the objects (the reference counts already follow it).
     fn commit_objects(&mut self, update: Update) -> Applied {
         fn put<K: std::hash::Hash + Eq, V: PartialEq>(
-            m: &mut IndexMap<K, V>,
+            m: &mut StateMap<K, V>,
             k: K,
             v: V,
         ) -> Applied {
@@ -496,7 +500,7 @@ impl State {
                 }
             }
         }
-        fn del<K: std::hash::Hash + Eq, V>(m: &mut IndexMap<K, V>, k: &K) -> Applied {
+        fn del<K: std::hash::Hash + Eq, V>(m: &mut StateMap<K, V>, k: &K) -> Applied {
             match m.shift_remove(k) {
                 Some(_) => Applied::Changed,
                 None => Applied::Unchanged,
@@ -554,32 +558,32 @@ impl State {
     }
 
     /// IP sets in arrival order.
-    pub fn ipsets(&self) -> &IndexMap<IpSetId, IpSet> {
+    pub fn ipsets(&self) -> &StateMap<IpSetId, IpSet> {
         &self.ipsets
     }
 
     /// Policies in arrival order.
-    pub fn policies(&self) -> &IndexMap<PolicyKey, Policy> {
+    pub fn policies(&self) -> &StateMap<PolicyKey, Policy> {
         &self.policies
     }
 
     /// Profiles in arrival order.
-    pub fn profiles(&self) -> &IndexMap<String, Profile> {
+    pub fn profiles(&self) -> &StateMap<String, Profile> {
         &self.profiles
     }
 
     /// Local workload endpoints in arrival order.
-    pub fn workloads(&self) -> &IndexMap<WorkloadKey, WorkloadEndpoint> {
+    pub fn workloads(&self) -> &StateMap<WorkloadKey, WorkloadEndpoint> {
         &self.workloads
     }
 
     /// Local host endpoints in arrival order.
-    pub fn host_endpoints(&self) -> &IndexMap<HostEndpointKey, HostEndpoint> {
+    pub fn host_endpoints(&self) -> &StateMap<HostEndpointKey, HostEndpoint> {
         &self.host_endpoints
     }
 
     /// Host metadata of every node.
-    pub fn hosts(&self) -> &IndexMap<String, HostMetadata> {
+    pub fn hosts(&self) -> &StateMap<String, HostMetadata> {
         &self.hosts
     }
 
