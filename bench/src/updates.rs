@@ -22,6 +22,8 @@
 //!   message at a time: the policy, then an endpoint listing it in one of its tiers,
 //!   then the endpoint without it, then the policy's removal (each message timed on
 //!   its own);
+//! - `set-add-remove`: a new IP set of 64 addresses added, then removed (Felix sends
+//!   a set before the policies that name it, and removes it after them);
 //! - `endpoint`: a local endpoint removed and re-added;
 //! - `rejected`: a delta naming an IP set the state lacks, which must fail.
 //!
@@ -99,12 +101,13 @@ fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
 }
 
 /// The update kinds, in the order they run.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "member-host",
     "member-cidr",
     "member-named-port",
     "policy",
     "policy-add-remove",
+    "set-add-remove",
     "endpoint",
     "rejected",
 ];
@@ -202,6 +205,21 @@ fn next_update(
             undo.push(Update::WorkloadUpdate(key.clone(), wep.clone()));
             undo.push(Update::WorkloadUpdate(key.clone(), listed));
             Some(Update::PolicyUpdate(added, model.clone()))
+        }
+        "set-add-remove" => {
+            let id = IpSetId::new(format!("s:capo-bench-added-{i}"))?;
+            let members = (0..64u32)
+                .map(|k| {
+                    let addr = Ipv4Addr::from(0x6600_0000u32 + ((i as u32) << 6) + k);
+                    Member::Net(Cidr::host(IpAddr::V4(addr)))
+                })
+                .collect();
+            undo.push(Update::IpSetRemove(id.clone()));
+            Some(Update::IpSetReplace {
+                id,
+                kind: IpSetKind::Net,
+                members,
+            })
         }
         "endpoint" => {
             let n = state.workloads().len();

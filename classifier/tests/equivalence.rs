@@ -42,6 +42,10 @@ proptest! {
         updates in scenario(),
         later in prop::collection::vec(prop_oneof![
             (0..NSETS).prop_flat_map(set_update),
+            // Sets no rule names, added and removed (a removal of a named set is
+            // refused).
+            (NSETS..NSETS + 2).prop_flat_map(set_update),
+            (0..NSETS + 2).prop_map(|i| Update::IpSetRemove(set_id(i))),
             (0..NSETS, prop::collection::vec(member(), 0..3), prop::collection::vec(member(), 0..3))
                 .prop_map(|(i, added, removed)| Update::IpSetDelta { id: set_id(i), added, removed }),
             (0..NPOL, policy()).prop_map(|(i, p)| Update::PolicyUpdate(pkey(i), p)),

@@ -443,6 +443,18 @@ impl IdTable {
         self.sync_inner(state, Some(changed));
     }
 
+    /// [`IdTable::sync`] after IP set `id` was added or removed, which changes no
+    /// other id (a set is added before and removed after the rules naming it): a
+    /// new set is numbered as the full sync numbers it, a removed one forgotten.
+    pub fn sync_ipset(&mut self, state: &State, id: &IpSetId) {
+        if !state.ipsets().contains_key(id) {
+            self.ipsets.remove(id);
+        } else if !self.ipsets.contains_key(id) {
+            self.ipsets.insert(id.clone(), self.next_ipset);
+            self.next_ipset += 1;
+        }
+    }
+
     fn sync_inner(&mut self, state: &State, only: Option<Changed<'_>>) {
         if only.is_none() {
             // IP sets.

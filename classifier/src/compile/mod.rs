@@ -187,7 +187,7 @@ impl Builder {
                 let new = index::set_members(state, &id);
                 self.index_replace(&id, &old, &new);
                 if is_new || !state.ipsets().contains_key(&id) {
-                    ids.sync(state);
+                    ids.sync_ipset(state, &id);
                 }
             }
             Update::PolicyUpdate(key, _) | Update::PolicyRemove(key) => {
