@@ -24,6 +24,8 @@
 //!   its own);
 //! - `set-add-remove`: a new IP set of 64 addresses added, then removed (Felix sends
 //!   a set before the policies that name it, and removes it after them);
+//! - `host-metadata`: another node's addresses added, then removed (Felix sends every
+//!   node's, as nodes join and leave the cluster);
 //! - `endpoint`: a local endpoint removed and re-added;
 //! - `rejected`: a delta naming an IP set the state lacks, which must fail.
 //!
@@ -101,13 +103,14 @@ fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
 }
 
 /// The update kinds, in the order they run.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "member-host",
     "member-cidr",
     "member-named-port",
     "policy",
     "policy-add-remove",
     "set-add-remove",
+    "host-metadata",
     "endpoint",
     "rejected",
 ];
@@ -220,6 +223,17 @@ fn next_update(
                 kind: IpSetKind::Net,
                 members,
             })
+        }
+        "host-metadata" => {
+            let host = format!("capo-bench-node-{i}");
+            undo.push(Update::HostMetadataRemove(host.clone()));
+            Some(Update::HostMetadataUpdate(
+                host,
+                capo_policy::HostMetadata {
+                    ipv4: Some(IpAddr::V4(Ipv4Addr::from(0xc0a8_0000u32 + i as u32))),
+                    ipv6: None,
+                },
+            ))
         }
         "endpoint" => {
             let n = state.workloads().len();

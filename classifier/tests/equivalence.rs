@@ -57,6 +57,7 @@ proptest! {
             Just(Update::WorkloadRemove(wkey(2))),
             hep(1),
             config(),
+            host_metadata(),
         ], 1..6),
         pkts in prop::collection::vec(packet(), 1..16),
     ) {

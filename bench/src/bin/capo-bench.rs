@@ -37,7 +37,7 @@ fn update_kind(s: &str) -> Result<&'static str, UnknownName> {
         .ok_or_else(|| {
             UnknownName(
                 s.into(),
-                "member-host, member-cidr, member-named-port, policy, policy-add-remove, set-add-remove, endpoint, rejected",
+                "member-host, member-cidr, member-named-port, policy, policy-add-remove, set-add-remove, host-metadata, endpoint, rejected",
             )
         })
 }

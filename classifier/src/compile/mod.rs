@@ -233,6 +233,14 @@ impl Builder {
                 // Host programs choose between "from a workload" and not by atom, so
                 // they need no recompile; the views' interface numbering may change.
             }
+            Update::HostMetadataUpdate(host, _) | Update::HostMetadataRemove(host)
+                if *host != state.config().hostname =>
+            {
+                // Another node's addresses: no program and no id depends on them
+                // (only this node's own are the host's addresses).
+                state.apply(update)?;
+                return Ok(self.current_or_publish());
+            }
             Update::HostEndpointUpdate(..)
             | Update::HostEndpointRemove(_)
             | Update::Config(_)

@@ -338,6 +338,29 @@ pub(crate) fn config() -> impl Strategy<Value = Update> {
     })
 }
 
+/// A node's host metadata (`node` is this one, whose addresses are the host's), or
+/// its removal.
+pub(crate) fn host_metadata() -> impl Strategy<Value = Update> {
+    (
+        prop_oneof![Just("node"), Just("other-node")],
+        prop::option::of(0..ADDRS.len()),
+        any::<bool>(),
+    )
+        .prop_map(|(host, addr, remove)| {
+            if remove {
+                Update::HostMetadataRemove(host.into())
+            } else {
+                Update::HostMetadataUpdate(
+                    host.into(),
+                    HostMetadata {
+                        ipv4: addr.map(ip).filter(|a| a.is_ipv4()),
+                        ipv6: addr.map(ip).filter(|a| a.is_ipv6()),
+                    },
+                )
+            }
+        })
+}
+
 /// Updates that build a whole state, in an order the state accepts.
 pub(crate) fn scenario() -> impl Strategy<Value = Vec<Update>> {
     (
