@@ -190,20 +190,32 @@ fn next_update(
         }
         "policy-add-remove" => {
             // Felix's order: the policy before the endpoint that lists it; the
-            // endpoint without it before the policy's removal.
+            // endpoint without it before the policy's removal. The endpoint: the
+            // first from a random start whose first tier holds a policy, the model
+            // for the new one's rules.
             let n = state.workloads().len();
-            let (key, wep) = state.workloads().get_index(rng.below(n.max(1)))?;
-            let tier = wep.tiers.first()?;
-            let (_, model) = state.policies().iter().find(|(_, p)| p.tier == tier.name)?;
+            let start = rng.below(n.max(1));
+            let (key, wep, model) = (0..n).find_map(|k| {
+                let (key, wep) = state.workloads().get_index((start + k) % n)?;
+                let tier = wep.tiers.first()?;
+                let (_, model) = state.policies().iter().find(|(_, p)| p.tier == tier.name)?;
+                Some((key, wep, model))
+            })?;
             let added = capo_policy::PolicyKey {
                 kind: "NetworkPolicy".into(),
                 namespace: "capo-bench".into(),
                 name: format!("added-{i}"),
             };
+            // Listed in the directions it has rules for, as Felix lists a policy by
+            // its types.
             let mut listed = wep.clone();
             let first = listed.tiers.first_mut()?;
-            first.ingress.insert(0, added.clone());
-            first.egress.insert(0, added.clone());
+            if !model.inbound.is_empty() {
+                first.ingress.insert(0, added.clone());
+            }
+            if !model.outbound.is_empty() {
+                first.egress.insert(0, added.clone());
+            }
             undo.push(Update::PolicyRemove(added.clone()));
             undo.push(Update::WorkloadUpdate(key.clone(), wep.clone()));
             undo.push(Update::WorkloadUpdate(key.clone(), listed));
@@ -597,6 +609,17 @@ mod tests {
             state.policies() == original.policies() && state.workloads() == original.workloads(),
             "the cycle ends where it began"
         );
+    }
+
+    /// The new kinds run on every workload, W-seed's endpoint without tiers included.
+    #[test]
+    fn new_kinds_run_on_the_seed_workload() {
+        let kinds = ["policy-add-remove", "set-add-remove", "host-metadata"];
+        let rows = run(Kind::Seed, 8, &kinds, UpdatePath::Builder, &mut |_| {}).unwrap();
+        for r in &rows {
+            assert_eq!((r.applied, r.failed), (8, 0), "{r:?}");
+        }
+        assert_eq!(rows.len(), 3);
     }
 
     /// `--kinds` runs only the kinds named, in the benchmark's order.
