@@ -100,6 +100,10 @@ fn names_endpoint(binding: &str, name: &str, kind: &IfaceKind) -> bool {
     }
 }
 
+/// Up to this many endpoints, [`bind`] scans VPP's interfaces for each instead of
+/// indexing them first.
+const FEW_TO_SCAN: usize = 8;
+
 /// Binds each policed endpoint (`(interface name, kind)`) to a VPP interface.
 /// Endpoints left out of the result are unknown to VPP.
 pub fn bind<'a>(
@@ -107,14 +111,38 @@ pub fn bind<'a>(
     explicit: &[ExplicitBinding],
     vpp: &[VppInterface],
 ) -> Bindings {
-    let by_name: HashMap<&str, SwIfIndex> = vpp
-        .iter()
-        .map(|i| (i.name.as_str(), i.sw_if_index))
-        .collect();
-    let by_index: HashMap<SwIfIndex, &str> = vpp
-        .iter()
-        .map(|i| (i.sw_if_index, i.name.as_str()))
-        .collect();
+    let policed: Vec<(&str, &IfaceKind)> = policed.into_iter().collect();
+    // A delta binds an endpoint or two: a scan of VPP's interfaces each is cheaper
+    // than hashing every interface's name into maps first.
+    let few = policed.len() <= FEW_TO_SCAN;
+    let (by_name, by_index): (HashMap<&str, SwIfIndex>, HashMap<SwIfIndex, &str>) = if few {
+        (HashMap::new(), HashMap::new())
+    } else {
+        (
+            vpp.iter()
+                .map(|i| (i.name.as_str(), i.sw_if_index))
+                .collect(),
+            vpp.iter()
+                .map(|i| (i.sw_if_index, i.name.as_str()))
+                .collect(),
+        )
+    };
+    let index_of = |name: &str| -> Option<SwIfIndex> {
+        if few {
+            vpp.iter().find(|i| i.name == name).map(|i| i.sw_if_index)
+        } else {
+            by_name.get(name).copied()
+        }
+    };
+    let name_of = |idx: SwIfIndex| -> Option<&str> {
+        if few {
+            vpp.iter()
+                .find(|i| i.sw_if_index == idx)
+                .map(|i| i.name.as_str())
+        } else {
+            by_index.get(&idx).copied()
+        }
+    };
     let mut out = Bindings::new();
     for (name, kind) in policed {
         // An explicit binding is authoritative: its interface or none.
@@ -122,11 +150,11 @@ pub fn bind<'a>(
             .iter()
             .find(|b| names_endpoint(&b.endpoint, name, kind))
         {
-            if let Some(i) = by_name.get(b.vpp_interface.as_str()) {
+            if let Some(i) = index_of(b.vpp_interface.as_str()) {
                 out.insert(
                     name.to_string(),
                     Bound {
-                        sw_if_index: *i,
+                        sw_if_index: i,
                         vpp_name: b.vpp_interface.clone(),
                         how: How::Explicit,
                     },
@@ -134,11 +162,11 @@ pub fn bind<'a>(
             }
             continue;
         }
-        let by_own_name = || by_name.get(name).map(|i| (*i, name.to_string(), How::Name));
+        let by_own_name = || index_of(name).map(|i| (i, name.to_string(), How::Name));
         let calicovpp = || {
             let idx: u32 = name.strip_prefix(CALICOVPP_PREFIX)?.parse().ok()?;
-            let vpp_name = by_index.get(&SwIfIndex(idx))?;
-            Some((SwIfIndex(idx), (*vpp_name).to_string(), How::CalicoVpp))
+            let vpp_name = name_of(SwIfIndex(idx))?;
+            Some((SwIfIndex(idx), vpp_name.to_string(), How::CalicoVpp))
         };
         if let Some((sw_if_index, vpp_name, how)) = by_own_name().or_else(calicovpp) {
             out.insert(
@@ -234,6 +262,36 @@ mod tests {
             &vpp(),
         );
         assert_eq!(b["eth0"].sw_if_index, SwIfIndex(1));
+    }
+
+    /// Many endpoints (VPP's interfaces indexed) bind as a few do (scanned).
+    #[test]
+    fn many_endpoints_bind_as_few_do() {
+        let (ts2, ts3, host) = (pod("default/ts2"), pod("default/ts3"), IfaceKind::Host);
+        let others: Vec<String> = (0..FEW_TO_SCAN).map(|i| format!("cali{i}")).collect();
+        let few = [
+            ("tun3", &ts2),
+            ("vpp-tun-1", &ts3),
+            ("tap0", &host),
+            ("vpp-tun-9", &ts3),
+        ];
+        let explicit = [ExplicitBinding {
+            endpoint: "default/ts3".into(),
+            vpp_interface: "tun3".into(),
+        }];
+        let many: Vec<(&str, &IfaceKind)> = few
+            .iter()
+            .copied()
+            .chain(others.iter().map(|n| (n.as_str(), &ts2)))
+            .collect();
+        assert!(many.len() > FEW_TO_SCAN);
+        for explicit in [&explicit[..], &[]] {
+            let one_by_one: Bindings = few
+                .iter()
+                .flat_map(|p| bind([*p], explicit, &vpp()))
+                .collect();
+            assert_eq!(bind(many.iter().copied(), explicit, &vpp()), one_by_one);
+        }
     }
 
     #[test]

@@ -1062,7 +1062,12 @@ impl<C: VppContext> ControlCore<C> {
         state: &State,
         only: &HashSet<String>,
     ) -> Result<(Vec<String>, Bindings), ContextError> {
-        self.bind_where(state, |name| only.contains(name))
+        // A handful of names: compared in turn, not hashed for each of the endpoints.
+        if only.len() <= 8 {
+            self.bind_where(state, |name| only.iter().any(|o| o == name))
+        } else {
+            self.bind_where(state, |name| only.contains(name))
+        }
     }
 
     fn bind_where(
