@@ -214,6 +214,31 @@ fn changed_middle<'l, 'k>(
     )
 }
 
+/// A policy's rule lists: inbound, outbound.
+fn policy_lists(p: &Policy) -> [&[crate::model::Rule]; 2] {
+    [&p.inbound, &p.outbound]
+}
+
+/// A profile's rule lists: inbound, outbound.
+fn profile_lists(p: &Profile) -> [&[crate::model::Rule]; 2] {
+    [&p.inbound, &p.outbound]
+}
+
+/// Moves a policy's or profile's IP-set references from its previous rule lists
+/// (inbound, outbound) to its new ones.
+fn follow_rules(
+    refs: &mut RefCounts<IpSetId>,
+    before: Option<[&[crate::model::Rule]; 2]>,
+    after: Option<[&[crate::model::Rule]; 2]>,
+) {
+    if let Some([inbound, outbound]) = before {
+        refs.remove(rule_sets(inbound, outbound));
+    }
+    if let Some([inbound, outbound]) = after {
+        refs.add(rule_sets(inbound, outbound));
+    }
+}
+
 /// Moves an endpoint's references from its previous tiers to its new ones.
 fn follow_endpoint<'a>(
     refs: &mut RefCounts<PolicyKey>,
@@ -431,32 +456,40 @@ impl State {
     fn commit(&mut self, update: Update) -> Applied {
         match &update {
             Update::PolicyUpdate(k, p) => {
-                if let Some(old) = self.policies.get(k) {
-                    if old == p {
-                        return Applied::Unchanged;
-                    }
-                    self.set_refs.remove(rule_sets(&old.inbound, &old.outbound));
+                let old = self.policies.get(k);
+                if old == Some(p) {
+                    return Applied::Unchanged;
                 }
-                self.set_refs.add(rule_sets(&p.inbound, &p.outbound));
+                follow_rules(
+                    &mut self.set_refs,
+                    old.map(policy_lists),
+                    Some(policy_lists(p)),
+                );
             }
             Update::PolicyRemove(k) => {
-                if let Some(old) = self.policies.get(k) {
-                    self.set_refs.remove(rule_sets(&old.inbound, &old.outbound));
-                }
+                follow_rules(
+                    &mut self.set_refs,
+                    self.policies.get(k).map(policy_lists),
+                    None,
+                );
             }
             Update::ProfileUpdate(k, p) => {
-                if let Some(old) = self.profiles.get(k) {
-                    if old == p {
-                        return Applied::Unchanged;
-                    }
-                    self.set_refs.remove(rule_sets(&old.inbound, &old.outbound));
+                let old = self.profiles.get(k);
+                if old == Some(p) {
+                    return Applied::Unchanged;
                 }
-                self.set_refs.add(rule_sets(&p.inbound, &p.outbound));
+                follow_rules(
+                    &mut self.set_refs,
+                    old.map(profile_lists),
+                    Some(profile_lists(p)),
+                );
             }
             Update::ProfileRemove(k) => {
-                if let Some(old) = self.profiles.get(k) {
-                    self.set_refs.remove(rule_sets(&old.inbound, &old.outbound));
-                }
+                follow_rules(
+                    &mut self.set_refs,
+                    self.profiles.get(k).map(profile_lists),
+                    None,
+                );
             }
             Update::WorkloadUpdate(k, w) => {
                 let old = self.workloads.get(k).map(|o| o.tiers.iter());
