@@ -102,7 +102,7 @@ fn names_endpoint(binding: &str, name: &str, kind: &IfaceKind) -> bool {
 
 /// Up to this many endpoints, [`bind`] scans VPP's interfaces for each instead of
 /// indexing them first.
-const FEW_TO_SCAN: usize = 8;
+pub(crate) const FEW_TO_SCAN: usize = 8;
 
 /// Binds each policed endpoint (`(interface name, kind)`) to a VPP interface.
 /// Endpoints left out of the result are unknown to VPP.

@@ -1063,7 +1063,7 @@ impl<C: VppContext> ControlCore<C> {
         only: &HashSet<String>,
     ) -> Result<(Vec<String>, Bindings), ContextError> {
         // A handful of names: compared in turn, not hashed for each of the endpoints.
-        if only.len() <= 8 {
+        if only.len() <= crate::binding::FEW_TO_SCAN {
             self.bind_where(state, |name| only.iter().any(|o| o == name))
         } else {
             self.bind_where(state, |name| only.contains(name))

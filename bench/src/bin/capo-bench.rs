@@ -17,29 +17,24 @@ use capo_bench::workload::Kind;
 /// A name that is not one of the choices.
 #[derive(Debug, thiserror::Error)]
 #[error("{0:?} is not one of: {1}")]
-struct UnknownName(String, &'static str);
+struct UnknownName(String, std::borrow::Cow<'static, str>);
 
 fn workload(s: &str) -> Result<Kind, UnknownName> {
-    Kind::parse(s).ok_or_else(|| UnknownName(s.into(), "w-seed, w-k8s, w-large"))
+    Kind::parse(s).ok_or_else(|| UnknownName(s.into(), "w-seed, w-k8s, w-large".into()))
 }
 
 fn cluster_workload(s: &str) -> Result<Kind, UnknownName> {
     workload(s)
         .ok()
         .filter(|k| *k != Kind::Seed)
-        .ok_or_else(|| UnknownName(s.into(), "w-k8s, w-large"))
+        .ok_or_else(|| UnknownName(s.into(), "w-k8s, w-large".into()))
 }
 
 fn update_kind(s: &str) -> Result<&'static str, UnknownName> {
     capo_bench::updates::KINDS
         .into_iter()
         .find(|k| *k == s)
-        .ok_or_else(|| {
-            UnknownName(
-                s.into(),
-                "member-host, member-cidr, member-named-port, policy, policy-add-remove, set-add-remove, host-metadata, endpoint, rejected",
-            )
-        })
+        .ok_or_else(|| UnknownName(s.into(), capo_bench::updates::KINDS.join(", ").into()))
 }
 
 /// `--engines`: which of `capo-bench vpp`'s engines to measure.
@@ -48,7 +43,7 @@ fn vpp_engine(s: &str) -> Result<String, UnknownName> {
         .into_iter()
         .find(|e| *e == s)
         .map(String::from)
-        .ok_or_else(|| UnknownName(s.into(), "forward, acl, capo, capo-nic, npol"))
+        .ok_or_else(|| UnknownName(s.into(), capo_bench::vpp::ENGINES.join(", ").into()))
 }
 
 /// `--path`: the update paths to time.
@@ -72,16 +67,16 @@ fn update_paths(s: &str) -> Result<UpdatePaths, UnknownName> {
         "builder" => Ok(UpdatePaths::One(UpdatePath::Builder)),
         "plugin" => Ok(UpdatePaths::One(UpdatePath::Plugin)),
         "both" => Ok(UpdatePaths::Both),
-        _ => Err(UnknownName(s.into(), "builder, plugin, both")),
+        _ => Err(UnknownName(s.into(), "builder, plugin, both".into())),
     }
 }
 
 fn nic(s: &str) -> Result<NicProfile, UnknownName> {
-    NicProfile::parse(s).ok_or_else(|| UnknownName(s.into(), "mlx5, e810, cnxk"))
+    NicProfile::parse(s).ok_or_else(|| UnknownName(s.into(), "mlx5, e810, cnxk".into()))
 }
 
 fn replan_mode(s: &str) -> Result<Replan, UnknownName> {
-    Replan::parse(s).ok_or_else(|| UnknownName(s.into(), "incremental, full"))
+    Replan::parse(s).ok_or_else(|| UnknownName(s.into(), "incremental, full".into()))
 }
 
 #[derive(Parser)]
