@@ -103,10 +103,14 @@ pub(crate) struct Iface {
     pub(crate) sw_if_index: Option<u32>,
     /// `[ingress, egress]`.
     pub(crate) entries: [Entry; 2],
+    /// What each `Entry::Single` program was laid out from, where a policy change
+    /// may patch it (workloads' programs).
+    pub(crate) specs: [Option<Arc<crate::compile::ProgSpec>>; 2],
     /// Policies and profiles the programs were compiled from (sets: an update asks
-    /// every interface whether it uses the changed one).
-    pub(crate) policies: crate::compile::FastSet<capo_policy::PolicyKey>,
-    pub(crate) profiles: crate::compile::FastSet<String>,
+    /// every interface whether it uses the changed one; shared by the interface's
+    /// patched versions).
+    pub(crate) policies: Arc<crate::compile::FastSet<capo_policy::PolicyKey>>,
+    pub(crate) profiles: Arc<crate::compile::FastSet<String>>,
 }
 
 fn dir_index(dir: Direction) -> usize {

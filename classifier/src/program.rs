@@ -100,6 +100,55 @@ pub(crate) fn port_table(
     pos: &[(usize, PortRange)],
     neg: &[(usize, PortRange)],
 ) -> (Vec<u64>, usize) {
+    let starts = port_starts(pos, neg);
+    let mut out = empty_port_table(words, &starts);
+    set_port_ranges(&mut out, words, &starts, pos, neg);
+    (out, starts.len())
+}
+
+/// The [`port_table`] of interval `starts` (0 and every rule's bounds, sorted)
+/// made from `old`, the table of `old_n` intervals before the rules in `changed`
+/// (sorted) changed their ranges to `pos` and `neg`: each interval's bitmaps copied
+/// from the old interval holding its start, with the changed rules' bits cleared,
+/// then set from their new ranges. A bound the old table had and no rule has now
+/// joined two intervals whose bitmaps differed only in changed rules' bits, so
+/// copying either is right.
+pub(crate) fn port_table_patched(
+    words: usize,
+    old: &[u64],
+    old_n: usize,
+    starts: &[u16],
+    changed: &[usize],
+    pos: &[(usize, PortRange)],
+    neg: &[(usize, PortRange)],
+) -> (Vec<u64>, usize) {
+    let mut out = empty_port_table(words, starts);
+    let (old_sw, sw) = (
+        old_n.div_ceil(STARTS_PER_WORD),
+        starts.len().div_ceil(STARTS_PER_WORD),
+    );
+    let row = 2 * words;
+    let old_starts = old.get(..old_sw).unwrap_or(&[]);
+    for (k, start) in starts.iter().enumerate() {
+        let from = port_interval(old_starts, old_n, *start);
+        let (src, dst) = (old_sw + from * row, sw + k * row);
+        if let (Some(d), Some(s)) = (out.get_mut(dst..dst + row), old.get(src..src + row)) {
+            d.copy_from_slice(s);
+            for i in changed {
+                for half in [0, words] {
+                    if let Some(word) = d.get_mut(half + i / 64) {
+                        *word &= !(1u64 << (i % 64));
+                    }
+                }
+            }
+        }
+    }
+    set_port_ranges(&mut out, words, starts, pos, neg);
+    (out, starts.len())
+}
+
+/// The interval starts of a table over `pos` and `neg`: 0 and every range's bounds.
+fn port_starts(pos: &[(usize, PortRange)], neg: &[(usize, PortRange)]) -> Vec<u16> {
     let mut starts: Vec<u16> = vec![0];
     for (_, r) in pos.iter().chain(neg) {
         starts.push(r.first());
@@ -109,6 +158,11 @@ pub(crate) fn port_table(
     }
     starts.sort_unstable();
     starts.dedup();
+    starts
+}
+
+/// A table of `starts` with every bitmap empty.
+fn empty_port_table(words: usize, starts: &[u16]) -> Vec<u64> {
     let n = starts.len();
     let sw = n.div_ceil(STARTS_PER_WORD);
     let mut out: Vec<u64> = starts
@@ -122,6 +176,18 @@ pub(crate) fn port_table(
         })
         .collect();
     out.resize(sw + n * 2 * words, 0);
+    out
+}
+
+/// Sets each range's rule bit in the intervals it covers.
+fn set_port_ranges(
+    out: &mut [u64],
+    words: usize,
+    starts: &[u16],
+    pos: &[(usize, PortRange)],
+    neg: &[(usize, PortRange)],
+) {
+    let sw = starts.len().div_ceil(STARTS_PER_WORD);
     // Each range covers a run of whole intervals: from the one it starts to the one
     // holding its last port (every bound is an interval start).
     for (rules, half) in [(pos, 0), (neg, words)] {
@@ -136,7 +202,6 @@ pub(crate) fn port_table(
             }
         }
     }
-    (out, n)
 }
 
 /// The interval of a [`port_table`] holding `port`, from its `n` packed starts.
@@ -195,7 +260,9 @@ pub(crate) struct Program {
     pub(crate) proto_class: [u8; 256],
     pub(crate) rules: Vec<CRule>,
     pub(crate) segments: Vec<Segment>,
-    pub(crate) deciders: DeciderTable,
+    /// Shared by the program's patched versions (a patch keeps every rule's
+    /// decider: a policy's deciders name its rules by position).
+    pub(crate) deciders: Arc<DeciderTable>,
     /// Verdict, decider and rule id when nothing decided.
     pub(crate) fallback: (Verdict, u32, Option<u32>),
     pub(crate) icmp_rules: Vec<(u32, Option<IcmpMatch>, Option<IcmpMatch>)>,
@@ -366,7 +433,7 @@ pub(crate) fn atom_table(slots: &[(AtomId, u32)]) -> Vec<u64> {
 impl Program {
     /// Arena offset of `atom`'s bitmaps, if the program uses it.
     #[inline]
-    fn slot(&self, atom: AtomId) -> Option<usize> {
+    pub(crate) fn slot(&self, atom: AtomId) -> Option<usize> {
         let (word, bit) = Program::bloom_bit(atom);
         if self.bloom.get(word).is_none_or(|b| b & bit == 0) {
             return None;
@@ -383,6 +450,76 @@ impl Program {
                 return Some(e as u32 as usize);
             }
             i = (i + 1) & mask;
+        }
+    }
+
+    /// Words of a port table of `n` intervals.
+    fn port_table_len(&self, n: u32) -> usize {
+        (n as usize).div_ceil(STARTS_PER_WORD) + n as usize * 2 * self.words as usize
+    }
+
+    /// The source (`[0]`) and destination (`[1]`) port tables, each with its number
+    /// of intervals.
+    pub(crate) fn port_tables(&self) -> [(&[u64], usize); 2] {
+        let lay = &self.lay;
+        let table = |at: u32, n: u32| {
+            let at = at as usize;
+            let words = self
+                .arena
+                .get(at..at + self.port_table_len(n))
+                .unwrap_or(&[]);
+            (words, n as usize)
+        };
+        [
+            table(lay.sports, lay.sports_n),
+            table(lay.dports, lay.dports_n),
+        ]
+    }
+
+    /// A copy of the program with the source (`[0]`) and destination (`[1]`) port
+    /// tables given, each as [`port_table`] made it (words, intervals), its arena
+    /// written once. Tables of another length move the atom slots after them, and
+    /// the atom table's offsets with them.
+    pub(crate) fn with_port_tables(&self, tables: [Option<(Vec<u64>, usize)>; 2]) -> Program {
+        let mut lay = self.lay;
+        let (sports, dports) = (lay.sports as usize, lay.dports as usize);
+        let old_end = dports + self.port_table_len(lay.dports_n);
+        let [old_src, old_dst] = self.port_tables();
+        let [src, dst] = tables;
+        let src = src.as_ref().map_or(old_src, |(t, n)| (t.as_slice(), *n));
+        let dst = dst.as_ref().map_or(old_dst, |(t, n)| (t.as_slice(), *n));
+        let slots = self.arena.get(old_end..).unwrap_or(&[]);
+        let mut arena = Vec::with_capacity(sports + src.0.len() + dst.0.len() + slots.len());
+        arena.extend_from_slice(self.arena.get(..sports).unwrap_or(&[]));
+        arena.extend_from_slice(src.0);
+        lay.dports = arena.len() as u32;
+        arena.extend_from_slice(dst.0);
+        let shift = arena.len() as i64 - old_end as i64;
+        arena.extend_from_slice(slots);
+        if shift != 0 {
+            let atab = lay.atab as usize;
+            let entries = atab..atab + lay.atab_mask as usize + 1;
+            for e in arena.get_mut(entries).unwrap_or(&mut []) {
+                if *e != EMPTY_ENTRY {
+                    let off = (i64::from(*e as u32) + shift) as u32;
+                    *e = (*e & !u64::from(u32::MAX)) | u64::from(off);
+                }
+            }
+        }
+        lay.sports_n = src.1 as u32;
+        lay.dports_n = dst.1 as u32;
+        Program {
+            arena: arena.into_boxed_slice(),
+            words: self.words,
+            flags: self.flags,
+            lay,
+            bloom: self.bloom,
+            proto_class: self.proto_class,
+            rules: self.rules.clone(),
+            segments: self.segments.clone(),
+            deciders: self.deciders.clone(),
+            fallback: self.fallback,
+            icmp_rules: self.icmp_rules.clone(),
         }
     }
 
@@ -821,7 +958,7 @@ mod tests {
             proto_class: [0; 256],
             rules: Vec::new(),
             segments: Vec::new(),
-            deciders: DeciderTable::default(),
+            deciders: Arc::default(),
             fallback: (Verdict::Deny, 0, None),
             icmp_rules: Vec::new(),
         };
@@ -881,6 +1018,49 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    fn range() -> impl proptest::strategy::Strategy<Value = PortRange> {
+        use proptest::prelude::*;
+        // Few distinct bounds, so ranges share them and edits remove some.
+        (0u16..12, 0u16..4).prop_map(|(a, len)| {
+            let first = a * 1000;
+            PortRange::new(first.into(), (first + len * 1500).into())
+                .unwrap_or(PortRange::single(first))
+        })
+    }
+
+    proptest::proptest! {
+        /// A table patched for some rules' new ranges is the table laid out from
+        /// scratch for the new ranges (bounds no rule uses any more dropped).
+        #[test]
+        fn patched_port_table_equals_a_fresh_one(
+            before in proptest::collection::vec((0usize..150, range(), proptest::bool::ANY), 0..40),
+            edits in proptest::collection::btree_map(0usize..150, proptest::collection::vec((range(), proptest::bool::ANY), 0..3), 0..6),
+        ) {
+            let w = 3;
+            let split = |list: &[(usize, PortRange, bool)]| {
+                let pos: Vec<(usize, PortRange)> = list.iter().filter(|x| !x.2).map(|x| (x.0, x.1)).collect();
+                let neg: Vec<(usize, PortRange)> = list.iter().filter(|x| x.2).map(|x| (x.0, x.1)).collect();
+                (pos, neg)
+            };
+            let (pos, neg) = split(&before);
+            let (old, old_n) = port_table(w, &pos, &neg);
+            let mut after: Vec<(usize, PortRange, bool)> =
+                before.iter().filter(|x| !edits.contains_key(&x.0)).copied().collect();
+            let mut edited = Vec::new();
+            for (rule, ranges) in &edits {
+                edited.extend(ranges.iter().map(|(r, negated)| (*rule, *r, *negated)));
+            }
+            after.extend(&edited);
+            let (pos, neg) = split(&after);
+            let want = port_table(w, &pos, &neg);
+            let starts = port_starts(&pos, &neg);
+            let changed: Vec<usize> = edits.keys().copied().collect();
+            let (epos, eneg) = split(&edited);
+            let got = port_table_patched(w, &old, old_n, &starts, &changed, &epos, &eneg);
+            proptest::prop_assert_eq!(got, want);
         }
     }
 }

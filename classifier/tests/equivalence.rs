@@ -92,6 +92,105 @@ proptest! {
     }
 }
 
+/// One edit of a policy rule that keeps the policy's rule count.
+#[derive(Debug, Clone)]
+enum Edit {
+    /// New destination (or source) ports.
+    Ports(bool, Vec<capo_policy::PortRange>),
+    /// Another action.
+    Action(capo_policy::Action),
+    /// Other IP sets a side must match (from those the programs likely use).
+    Sets(bool, Vec<capo_policy::IpSetId>),
+    /// Another protocol.
+    Protocol(Option<capo_policy::Protocol>),
+    /// Rule `k`'s (of the same list) source sets, destination sets or protocol
+    /// (0, 1, 2): atoms and protocols the program already has, so a patch applies.
+    Borrow(usize, u8),
+    /// Another rule altogether (sets, protocols, ICMP, nets...).
+    Rule(Box<capo_policy::Rule>),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    use capo_policy::Action;
+    prop_oneof![
+        3 => (any::<bool>(), prop::collection::vec(range(), 0..3)).prop_map(|(src, r)| Edit::Ports(src, r)),
+        1 => prop_oneof![Just(Action::Allow), Just(Action::Deny), Just(Action::Log), Just(Action::Pass)]
+            .prop_map(Edit::Action),
+        2 => (any::<bool>(), prop::collection::vec((0..NSETS).prop_map(set_id), 0..2))
+            .prop_map(|(src, sets)| Edit::Sets(src, sets)),
+        1 => prop::option::of((0..PROTOS.len()).prop_map(|i| capo_policy::Protocol(PROTOS[i])))
+            .prop_map(Edit::Protocol),
+        3 => (0..4usize, 0..3u8).prop_map(|(k, what)| Edit::Borrow(k, what)),
+        2 => rule().prop_map(|r| Edit::Rule(Box::new(r))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Policies edited rule by rule, their rule counts kept (what the compiler
+    /// patches into programs in place where it can): after every edit the new
+    /// generation matches the reference and a fresh build's rule ids, and the one
+    /// before still matches the state before; dense, wide and sparse programs.
+    #[test]
+    fn policy_edits_patched_in_place_equal_reference(
+        updates in scenario(),
+        edits in prop::collection::vec((0..NPOL, any::<bool>(), 0..4usize, edit()), 1..8),
+        pkts in prop::collection::vec(packet(), 1..16),
+        words in prop_oneof![Just(1usize), Just(3usize), Just(6usize)],
+    ) {
+        let mut state = capo_policy::State::new();
+        let mut ids = capo_policy::IdTable::default();
+        let mut b = Builder::with_min_words(words);
+        for u in updates {
+            let _ = b.apply(&mut state, &mut ids, u);
+        }
+        let mut g = b.build(&state, &ids);
+        for (i, inbound, j, edit) in edits {
+            let Some(policy) = state.policies().get(&pkey(i)) else {
+                continue;
+            };
+            let mut policy = policy.clone();
+            let rules = if inbound { &mut policy.inbound } else { &mut policy.outbound };
+            let n = rules.len();
+            let lender = match &edit {
+                Edit::Borrow(k, _) => rules.get(k % n.max(1)).cloned(),
+                _ => None,
+            };
+            let Some(rule) = rules.get_mut(j % n.max(1)) else {
+                continue;
+            };
+            match edit {
+                Edit::Ports(true, ports) => rule.src.ports = ports,
+                Edit::Ports(false, ports) => rule.dst.ports = ports,
+                Edit::Action(action) => rule.action = action,
+                Edit::Sets(true, sets) => rule.src.ip_sets = sets,
+                Edit::Sets(false, sets) => rule.dst.ip_sets = sets,
+                Edit::Protocol(protocol) => rule.protocol = protocol,
+                Edit::Borrow(_, what) => {
+                    let Some(lender) = lender else { continue };
+                    match what {
+                        0 => rule.src.ip_sets = lender.src.ip_sets,
+                        1 => rule.dst.ip_sets = lender.dst.ip_sets,
+                        _ => rule.protocol = lender.protocol,
+                    }
+                }
+                Edit::Rule(r) => *rule = *r,
+            }
+            let before_state = state.clone();
+            let before = g.clone();
+            match b.apply(&mut state, &mut ids, Update::PolicyUpdate(pkey(i), policy)) {
+                Ok(next) => g = next,
+                Err(_) => prop_assert_eq!(b.current().map(|c| c.id()), Some(g.id())),
+            }
+            prop_assert_eq!(b.check_programs_against_specs(), Ok(()));
+            check(&state, &g, &pkts)?;
+            same_rule_ids(&state, &ids, &g, &pkts)?;
+            check(&before_state, &before, &pkts)?;
+        }
+    }
+}
+
 /// A policy update recompiles programs but moves no interface: the interface maps
 /// carry over; an index fixed since (`set_interface_index`) is found after the next
 /// update that recompiles an interface.
@@ -412,5 +511,93 @@ proptest! {
             .any(|key| !key.kind.starts_with("Staged"));
         prop_assert!(!wide || sparse > 0, "no program took the sparse layout");
         check(&state, &g, &pkts)?;
+    }
+}
+
+/// A policy three endpoints list, edited in place: each edit that keeps its rule
+/// count patches the three interfaces' programs (dense and sparse layouts), which
+/// equal programs laid out afresh and give the new verdicts; an edit that adds a
+/// rule compiles them again.
+#[test]
+fn port_edits_patch_every_endpoint_listing_the_policy() {
+    use capo_policy::*;
+    for words in [1, 6] {
+        let mut state = State::new();
+        let mut ids = IdTable::default();
+        let mut b = Builder::with_min_words(words);
+        let policy = |ports: &[u16]| {
+            let rules = ports
+                .iter()
+                .map(|p| {
+                    let mut rule = Rule::any(Action::Allow);
+                    rule.protocol = Some(Protocol::TCP);
+                    rule.dst.ports = vec![PortRange::single(*p)];
+                    rule
+                })
+                .collect();
+            common::t1_policy(rules)
+        };
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::PolicyUpdate(common::pkey(0), policy(&[80, 443])),
+        )
+        .unwrap();
+        for i in 0..3 {
+            let addr = format!("10.0.0.{}/32", i + 1);
+            let wl = common::t1_workload(&format!("tun{i}"), &addr);
+            b.apply(
+                &mut state,
+                &mut ids,
+                Update::WorkloadUpdate(common::wkey(i), wl),
+            )
+            .unwrap();
+        }
+        let tcp_to = |port: u16| Packet {
+            src: "10.9.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: 40000,
+                dst: port,
+            },
+        };
+        let verdict = |g: &capo_classifier::Generation, port: u16| {
+            let iface = g.interface("tun1").unwrap();
+            g.classify(
+                iface,
+                Direction::Ingress,
+                &tcp_to(port),
+                &mut Scratch::default(),
+            )
+            .unwrap()
+            .verdict
+        };
+        let before = b.patched_interfaces();
+        let g = b
+            .apply(
+                &mut state,
+                &mut ids,
+                Update::PolicyUpdate(common::pkey(0), policy(&[8080, 443])),
+            )
+            .unwrap();
+        assert_eq!(b.patched_interfaces(), before + 3, "{words} words");
+        assert_eq!(b.check_programs_against_specs(), Ok(()));
+        assert_eq!(verdict(&g, 8080), Verdict::Allow);
+        assert_eq!(verdict(&g, 80), Verdict::Deny);
+        let g = b
+            .apply(
+                &mut state,
+                &mut ids,
+                Update::PolicyUpdate(common::pkey(0), policy(&[22, 8080, 443])),
+            )
+            .unwrap();
+        assert_eq!(
+            b.patched_interfaces(),
+            before + 3,
+            "a rule added: compiled again"
+        );
+        assert_eq!(b.check_programs_against_specs(), Ok(()));
+        assert_eq!(verdict(&g, 22), Verdict::Allow);
     }
 }

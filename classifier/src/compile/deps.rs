@@ -2,6 +2,8 @@
 //! programs were built from, so a change to one recompiles only the interfaces that
 //! use it.
 
+use std::sync::Arc;
+
 use capo_policy::{IdTable, PolicyKey, State};
 
 use super::{Builder, FastSet};
@@ -25,8 +27,8 @@ impl Deps {
     }
 
     /// The interface's `policies` and `profiles`.
-    pub(super) fn into_sets(self) -> (FastSet<PolicyKey>, FastSet<String>) {
-        (self.policies, self.profiles)
+    pub(super) fn into_sets(self) -> (Arc<FastSet<PolicyKey>>, Arc<FastSet<String>>) {
+        (Arc::new(self.policies), Arc::new(self.profiles))
     }
 }
 

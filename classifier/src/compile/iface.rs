@@ -45,6 +45,7 @@ impl Builder {
         let wep = state.workloads().get(key)?;
         let mut deps = Deps::default();
         let mut entries = Vec::new();
+        let mut specs = Vec::new();
         for dir in Direction::BOTH {
             let mut spec = ProgSpec::new();
             // Neighbour discovery on the workload's link never meets policy.
@@ -76,7 +77,9 @@ impl Builder {
             }
             self.tiers_into(&mut spec, state, ids, &wep.tiers, dir, true, &mut deps);
             self.profiles_into(&mut spec, state, ids, &wep.profile_ids, dir, &mut deps);
-            entries.push(Entry::Single(Arc::new(finish(spec, self.min_words))));
+            entries.push(Entry::Single(Arc::new(finish(&spec, self.min_words))));
+            spec.tally();
+            specs.push(Some(Arc::new(spec)));
         }
         let (policies, profiles) = deps.into_sets();
         Some(Iface {
@@ -84,6 +87,7 @@ impl Builder {
             kind: IfaceKind::Workload(key.clone()),
             sw_if_index: ids.interface(&wep.name),
             entries: two(entries)?,
+            specs: two(specs)?,
             policies,
             profiles,
         })
@@ -101,7 +105,7 @@ impl Builder {
                     Verdict::Deny
                 };
                 finish(
-                    ProgSpec::with_fallback(
+                    &ProgSpec::with_fallback(
                         verdict,
                         Decider::Internal {
                             policy: InternalPolicy::WorkloadsToHost,
@@ -134,6 +138,7 @@ impl Builder {
                 },
                 Entry::Single(Arc::new(egress)),
             ],
+            specs: [None, None],
             policies,
             profiles,
         }
@@ -149,7 +154,7 @@ impl Builder {
     ) -> Program {
         let Some(hep) = hep else {
             return finish(
-                ProgSpec::with_fallback(Verdict::Allow, Decider::NoHostEndpoint, None),
+                &ProgSpec::with_fallback(Verdict::Allow, Decider::NoHostEndpoint, None),
                 self.min_words,
             );
         };
@@ -205,7 +210,7 @@ impl Builder {
         }
         self.tiers_into(&mut spec, state, ids, &hep.tiers, dir, true, deps);
         self.profiles_into(&mut spec, state, ids, &hep.profile_ids, dir, deps);
-        finish(spec, self.min_words)
+        finish(&spec, self.min_words)
     }
 
     fn forward_iface(
@@ -250,7 +255,7 @@ impl Builder {
                     &mut deps,
                 );
             }
-            entries.push(Entry::Single(Arc::new(finish(spec, self.min_words))));
+            entries.push(Entry::Single(Arc::new(finish(&spec, self.min_words))));
         }
         let [a, b] = match two(entries) {
             Some(e) => e,
@@ -262,6 +267,7 @@ impl Builder {
             name: hep.name.clone(),
             kind: IfaceKind::Forward(key),
             entries: [a, b],
+            specs: [None, None],
             policies,
             profiles,
         }

@@ -1,20 +1,22 @@
 //! Arena layout: a lowered program's rules become per-rule bitmaps (masks, protocol
 //! classes, port tables, atom slots) in one arena (see [`Layout`]).
 
+use std::sync::Arc;
+
 use capo_policy::{IpFamily, PortRange};
 
-use super::lower::{LRule, LSide, ProgSpec, SegSpec};
+use super::lower::{Fragment, LRule, LSide, ProgSpec, SegSpec};
 use crate::bits;
 use crate::index::AtomId;
 use crate::program::{
-    atom_table, port_table, CRule, DeciderTable, Layout, Program, SegKind, Segment, Verify,
-    BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP,
-    K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO,
-    SPARSE_MIN_WORDS,
+    atom_table, port_table, port_table_patched, CRule, DeciderTable, Layout, Program, SegKind,
+    Segment, Verify, BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS, K_DST_NEG,
+    K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO,
+    M_SVC_REQ, SPARSE_MIN_WORDS,
 };
 
 /// Turns a spec into a program.
-pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
+pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
     let n = spec.rule_count();
     let w = bits::words_for(n).max(min_words);
     let sparse = w >= SPARSE_MIN_WORDS;
@@ -24,9 +26,9 @@ pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
     let mut deciders = DeciderTable::default();
     let mut rules = Vec::with_capacity(n);
     let mut bounds = Vec::with_capacity(spec.segments.len());
-    for (fragments, kind) in spec.segments {
+    for (fragments, kind) in &spec.segments {
         let start = rules.len();
-        for fragment in &fragments {
+        for fragment in fragments {
             deciders.push_rules(fragment.deciders.clone());
             for (j, r) in fragment.rules.iter().enumerate() {
                 let i = rules.len();
@@ -38,11 +40,11 @@ pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
                 });
             }
         }
-        bounds.push((start, rules.len(), kind));
+        bounds.push((start, rules.len(), kind.clone()));
     }
     let segments = segments(bounds, &mut deciders);
-    let (fv, fd, fr) = spec.fallback;
-    let fallback = (fv, deciders.push_tail(fd), fr);
+    let (fv, fd, fr) = &spec.fallback;
+    let fallback = (*fv, deciders.push_tail(fd.clone()), *fr);
     let flags = masks.flags() | if sparse { F_SPARSE } else { 0 };
     let (slots, atom_bits) = slots.compact(sparse);
     let bloom = bloom(&slots);
@@ -56,7 +58,7 @@ pub(super) fn finish(spec: ProgSpec, min_words: usize) -> Program {
         proto_class: protos.class,
         rules,
         segments,
-        deciders,
+        deciders: Arc::new(deciders),
         fallback,
         icmp_rules: masks.icmp_rules,
     }
@@ -258,6 +260,21 @@ impl RuleMasks {
         flags
     }
 
+    /// The masks in `M_*` order.
+    fn rows(&self) -> [&[u64]; M_PROTO] {
+        [
+            &self.family[0],
+            &self.family[1],
+            &self.need_ports,
+            &self.need_icmp,
+            &self.src.req,
+            &self.dst.req,
+            &self.src.port_req,
+            &self.dst.port_req,
+            &self.svc_req,
+        ]
+    }
+
     /// The arena: the masks (in `M_*` order), the protocol classes, the atom table,
     /// the port tables, then the compacted atom slots (`slots` offsets relative to
     /// `atom_bits`).
@@ -273,17 +290,7 @@ impl RuleMasks {
             .map(|(a, o)| (*a, (atom_base + *o as usize) as u32))
             .collect();
         let mut arena = Vec::with_capacity(atom_base + atom_bits.len());
-        for m in [
-            &self.family[0],
-            &self.family[1],
-            &self.need_ports,
-            &self.need_icmp,
-            &self.src.req,
-            &self.dst.req,
-            &self.src.port_req,
-            &self.dst.port_req,
-            &self.svc_req,
-        ] {
+        for m in self.rows() {
             arena.extend_from_slice(m);
         }
         arena.extend_from_slice(&self.proto);
@@ -300,6 +307,196 @@ impl RuleMasks {
         arena.extend_from_slice(&dports);
         arena.extend_from_slice(atom_bits);
         (arena, lay)
+    }
+}
+
+/// One fragment of a program swapped for another with as many rules: where its
+/// rules start, the fragment the program holds, its replacement.
+pub(super) struct Swap {
+    pub(super) start: usize,
+    pub(super) old: Arc<Fragment>,
+    pub(super) new: Arc<Fragment>,
+}
+
+/// `program` with fragments swapped in place, `spec` being its spec after the
+/// swaps: each changed rule's bits rewritten where they are, the port tables laid
+/// out again when ports changed. `None` when a changed rule needs what the layout
+/// lacks (a protocol without a class of its own, an atom or an atom kind the
+/// program does not use, a word a sparse list does not hold): the caller lays the
+/// program out anew.
+pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Option<Program> {
+    let w = program.words as usize;
+    let classes = LaidClasses::of(&program.proto_class);
+    let mut new_masks = RuleMasks::new(w, classes.reps.len());
+    let mut new_slots = AtomSlots::new(w);
+    let mut old_masks = RuleMasks::new(w, classes.reps.len());
+    let mut old_slots = AtomSlots::new(w);
+    // Changed rules, by position, with their new lowering.
+    let mut changed: Vec<(usize, &LRule)> = Vec::new();
+    let mut ports_changed = [false; 2];
+    // The changed rules' port ranges per side: positive, negated.
+    let mut changed_ports: [[Vec<(usize, PortRange)>; 2]; 2] = Default::default();
+    for swap in swaps {
+        for (j, (old, new)) in swap.old.rules.iter().zip(&swap.new.rules).enumerate() {
+            if old == new {
+                continue;
+            }
+            let named = new.protocol.into_iter().chain(new.not_protocol);
+            if !named.into_iter().all(|x| classes.own(x)) {
+                return None;
+            }
+            let i = swap.start + j;
+            changed.push((i, new));
+            new_masks.add(i, new, &classes.reps, &mut new_slots);
+            old_masks.add(i, old, &classes.reps, &mut old_slots);
+            let sides = [(&old.src, &new.src), (&old.dst, &new.dst)];
+            for ((o, n), (moved, [pos, neg])) in sides
+                .into_iter()
+                .zip(ports_changed.iter_mut().zip(&mut changed_ports))
+            {
+                *moved |= o.ports != n.ports || o.not_ports != n.not_ports;
+                pos.extend(n.ports.iter().map(|r| (i, *r)));
+                neg.extend(n.not_ports.iter().map(|r| (i, *r)));
+            }
+        }
+    }
+    changed.sort_unstable_by_key(|(i, _)| *i);
+    let positions: Vec<usize> = changed.iter().map(|(i, _)| *i).collect();
+    // The port tables first, so the arena is written once.
+    let old_tables = program.port_tables();
+    let mut tables = [None, None];
+    for (side, table) in tables.iter_mut().enumerate() {
+        if !ports_changed.get(side).copied().unwrap_or(false) {
+            continue;
+        }
+        let (old, old_n) = old_tables.get(side).copied()?;
+        let [pos, neg] = changed_ports.get(side)?;
+        let starts = spec.port_starts(side);
+        *table = Some(port_table_patched(
+            w, old, old_n, &starts, &positions, pos, neg,
+        ));
+    }
+    let mut p = program.with_port_tables(tables);
+    for swap in swaps {
+        for (rule, id) in p.rules.iter_mut().skip(swap.start).zip(&swap.new.rule_ids) {
+            rule.rule_id = *id;
+        }
+    }
+    for (i, new) in &changed {
+        let rule = p.rules.get_mut(*i)?;
+        rule.act = new.act;
+        rule.verify = verify(new);
+    }
+    let arena = &mut p.arena;
+    let rows = new_masks.rows();
+    for i in &positions {
+        for (r, row) in rows.iter().enumerate() {
+            copy_bit(arena.get_mut(r * w..(r + 1) * w)?, row, *i);
+        }
+        for c in 0..classes.reps.len() {
+            let row = new_masks.proto.get(c * w..(c + 1) * w)?;
+            let at = (M_PROTO + c) * w;
+            copy_bit(arena.get_mut(at..at + w)?, row, *i);
+        }
+    }
+    // Old bits cleared before new ones set: a rule keeping an atom keeps its bit.
+    for (uses, on) in [(&old_slots.uses, false), (&new_slots.uses, true)] {
+        for (atom, kind, i) in uses {
+            let word = atom_word(&mut p, *atom, usize::from(*kind), *i as usize)?;
+            let bit = 1u64 << (*i % 64);
+            *word = if on { *word | bit } else { *word & !bit };
+        }
+    }
+    p.icmp_rules
+        .retain(|(r, _, _)| positions.binary_search(&(*r as usize)).is_err());
+    p.icmp_rules.extend(new_masks.icmp_rules);
+    p.icmp_rules.sort_unstable_by_key(|(r, _, _)| *r);
+    let named_ports = |side: usize| spec.named_ports.get(side).is_none_or(|n| *n > 0);
+    let svc = p
+        .arena
+        .get(M_SVC_REQ * w..(M_SVC_REQ + 1) * w)
+        .is_some_and(|row| row.iter().any(|x| *x != 0));
+    let mut flags = p.flags & F_SPARSE;
+    for (on, f) in [
+        (named_ports(0), F_SRC_NP),
+        (named_ports(1), F_DST_NP),
+        (svc, F_SVC),
+        (!p.icmp_rules.is_empty(), F_ICMP),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    p.flags = flags;
+    Some(p)
+}
+
+/// Rule `i`'s bit of `src` into `dst`.
+fn copy_bit(dst: &mut [u64], src: &[u64], i: usize) {
+    let bit = 1u64 << (i % 64);
+    if let (Some(d), Some(s)) = (dst.get_mut(i / 64), src.get(i / 64)) {
+        *d = (*d & !bit) | (s & bit);
+    }
+}
+
+/// The arena word holding rule `i`'s bit in `atom`'s bitmap of `kind`, when the
+/// program has one.
+fn atom_word(p: &mut Program, atom: AtomId, kind: usize, i: usize) -> Option<&mut u64> {
+    let w = p.words as usize;
+    let off = p.slot(atom)?;
+    let mask = *p.arena.get(off)?;
+    if mask & (1 << kind) == 0 {
+        return None;
+    }
+    let below = mask & ((1u64 << kind) - 1);
+    if p.flags & F_SPARSE == 0 {
+        return p
+            .arena
+            .get_mut(off + 1 + below.count_ones() as usize * w + i / 64);
+    }
+    // Sparse: skip the lists of the kinds before, then find the word's pair.
+    let mut at = off + 1;
+    for _ in 0..below.count_ones() {
+        at += 1 + 2 * usize::try_from(*p.arena.get(at)?).ok()?;
+    }
+    let n = usize::try_from(*p.arena.get(at)?).ok()?;
+    let pair = (0..n).find(|k| p.arena.get(at + 1 + 2 * k) == Some(&((i / 64) as u64)))?;
+    p.arena.get_mut(at + 2 + 2 * pair)
+}
+
+/// A laid-out program's protocol classes, as [`ProtoClasses`] made them: a
+/// representative per class, and which protocols have a class of their own.
+struct LaidClasses {
+    reps: Vec<u8>,
+    size: [u16; 256],
+    class: [u8; 256],
+}
+
+impl LaidClasses {
+    fn of(class: &[u8; 256]) -> Self {
+        let mut size = [0u16; 256];
+        let mut first: [Option<u8>; 256] = [None; 256];
+        for p in 0..=255u8 {
+            let c = usize::from(class[usize::from(p)]);
+            if let (Some(n), Some(f)) = (size.get_mut(c), first.get_mut(c)) {
+                *n += 1;
+                f.get_or_insert(p);
+            }
+        }
+        // Classes are numbered from 0 without gaps; each one's first protocol
+        // stands for it, as it did when the program was laid out.
+        LaidClasses {
+            reps: first.iter().map_while(|f| *f).collect(),
+            size,
+            class: *class,
+        }
+    }
+
+    /// Whether protocol `x` is alone in its class (a rule naming it can be laid out
+    /// in the classes as they are).
+    fn own(&self, x: u8) -> bool {
+        let c = usize::from(self.class[usize::from(x)]);
+        self.size.get(c) == Some(&1)
     }
 }
 
@@ -423,6 +620,103 @@ fn segments(specs: Vec<(usize, usize, SegSpec)>, deciders: &mut DeciderTable) ->
     segments
 }
 
+/// What a program decides from, in a form any two layouts of the same rules share:
+/// the masks and protocol classes as laid out, each atom's non-empty bitmaps by
+/// kind (whatever the slot order, density or unused slots), the port tables,
+/// rules, segments, deciders and flags. A patched program must have the form of
+/// the program laid out afresh from its spec.
+pub(super) struct Canonical {
+    head: Vec<u64>,
+    atoms: std::collections::BTreeMap<(AtomId, usize), Vec<u64>>,
+    ports: [(Vec<u64>, usize); 2],
+    rest: String,
+}
+
+impl Canonical {
+    /// The first part where `self` differs from `other`, shown.
+    pub(super) fn differs_from(&self, other: &Canonical) -> Option<String> {
+        let parts = [
+            (
+                "masks",
+                format!("{:?}", self.head),
+                format!("{:?}", other.head),
+            ),
+            (
+                "atoms",
+                format!("{:?}", self.atoms),
+                format!("{:?}", other.atoms),
+            ),
+            (
+                "ports",
+                format!("{:?}", self.ports),
+                format!("{:?}", other.ports),
+            ),
+            ("rules", self.rest.clone(), other.rest.clone()),
+        ];
+        parts
+            .into_iter()
+            .find(|(_, a, b)| a != b)
+            .map(|(part, a, b)| format!("{part}: {a} != {b}"))
+    }
+
+    pub(super) fn of(p: &Program) -> Canonical {
+        let w = p.words as usize;
+        let mut head = p.arena.get(..M_PROTO * w).unwrap_or(&[]).to_vec();
+        // Each protocol's row, whatever the classes (a patch keeps the class of a
+        // protocol no rule names any more).
+        for class in p.proto_class {
+            let at = (M_PROTO + usize::from(class)) * w;
+            head.extend_from_slice(p.arena.get(at..at + w).unwrap_or(&[]));
+        }
+        let mut atoms = std::collections::BTreeMap::new();
+        let atab = p.lay.atab as usize;
+        for e in p
+            .arena
+            .get(atab..atab + p.lay.atab_mask as usize + 1)
+            .unwrap_or(&[])
+        {
+            if *e == u64::MAX {
+                continue;
+            }
+            let atom = (*e >> 32) as AtomId;
+            let off = *e as u32 as usize;
+            let mask = p.arena.get(off).copied().unwrap_or(0);
+            let mut at = off + 1;
+            for kind in (0..KINDS).filter(|k| mask & (1 << k) != 0) {
+                let mut bitmap = vec![0u64; w];
+                if p.flags & F_SPARSE == 0 {
+                    bitmap.copy_from_slice(p.arena.get(at..at + w).unwrap_or(&vec![0; w]));
+                    at += w;
+                } else {
+                    let n = p.arena.get(at).copied().unwrap_or(0) as usize;
+                    for pair in p.arena.get(at + 1..at + 1 + 2 * n).unwrap_or(&[]).chunks(2) {
+                        if let (Some(word), Some(bits)) = (pair.first(), pair.get(1)) {
+                            if let Some(b) = bitmap.get_mut(*word as usize) {
+                                *b |= *bits;
+                            }
+                        }
+                    }
+                    at += 1 + 2 * n;
+                }
+                if bitmap.iter().any(|x| *x != 0) {
+                    atoms.insert((atom, kind), bitmap);
+                }
+            }
+        }
+        let [src, dst] = p.port_tables();
+        let flags = p.flags;
+        Canonical {
+            head,
+            atoms,
+            ports: [(src.0.to_vec(), src.1), (dst.0.to_vec(), dst.1)],
+            rest: format!(
+                "{flags} {:?} {:?} {:?} {:?} {:?}",
+                p.rules, p.segments, p.deciders, p.fallback, p.icmp_rules
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::lower::OwnRule;
@@ -517,7 +811,7 @@ mod tests {
     fn test_arena_puts_masks_then_protocols_then_tables() {
         let mut spec = ProgSpec::with_fallback(Verdict::Allow, Decider::NoHostEndpoint, None);
         spec.segment(vec![own_rule(Some(6), None)], SegSpec::Plain);
-        let p = finish(spec, 1);
+        let p = finish(&spec, 1);
         // Nine masks and two protocol classes of one word, then the atom table.
         assert_eq!(p.lay.atab as usize, M_PROTO + 2);
         assert_eq!(p.arena[0], 1, "IPv4 mask");

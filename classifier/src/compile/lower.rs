@@ -16,6 +16,7 @@ use crate::index::AtomId;
 use crate::program::Act;
 
 /// A rule lowered to atoms: what it matches and what it does.
+#[derive(PartialEq)]
 pub(super) struct LRule {
     pub(super) act: Act,
     pub(super) family: Option<IpFamily>,
@@ -28,7 +29,7 @@ pub(super) struct LRule {
     pub(super) svc: Vec<AtomId>,
 }
 
-#[derive(Default)]
+#[derive(Default, PartialEq)]
 pub(super) struct LSide {
     pub(super) pos: Vec<AtomId>,
     pub(super) neg: Vec<AtomId>,
@@ -45,6 +46,46 @@ pub(super) struct Fragment {
     pub(super) rules: Vec<LRule>,
     pub(super) deciders: Arc<[Decider]>,
     pub(super) rule_ids: Vec<Option<u32>>,
+    /// Per side (source, destination), the bounds its rules' port ranges put in a
+    /// port table (sorted), and whether a rule names named ports: what a patch
+    /// needs of every fragment of a program without reading their rules.
+    pub(super) port_bounds: [Vec<u16>; 2],
+    pub(super) named_ports: [bool; 2],
+}
+
+impl Fragment {
+    pub(super) fn new(
+        rules: Vec<LRule>,
+        deciders: Arc<[Decider]>,
+        rule_ids: Vec<Option<u32>>,
+    ) -> Self {
+        let mut port_bounds = [Vec::new(), Vec::new()];
+        let mut named_ports = [false; 2];
+        for r in &rules {
+            for ((bounds, named), side) in port_bounds
+                .iter_mut()
+                .zip(&mut named_ports)
+                .zip([&r.src, &r.dst])
+            {
+                for range in side.ports.iter().chain(&side.not_ports) {
+                    bounds.push(range.first());
+                    bounds.extend(range.last().checked_add(1));
+                }
+                *named |= !side.np.is_empty() || !side.nnp.is_empty();
+            }
+        }
+        for bounds in &mut port_bounds {
+            bounds.sort_unstable();
+            bounds.dedup();
+        }
+        Fragment {
+            rules,
+            deciders,
+            rule_ids,
+            port_bounds,
+            named_ports,
+        }
+    }
 }
 
 /// An internal rule before it joins a program: the rule, what names it, its `rule#`.
@@ -66,9 +107,31 @@ pub(super) struct Fragments {
 }
 
 impl Fragments {
-    /// Forgets a changed policy's fragments.
-    pub(super) fn forget_policy(&mut self, key: &PolicyKey) {
-        self.policies.remove(key);
+    /// Forgets a changed policy's fragments, returning them: (tier, direction,
+    /// fragment).
+    pub(super) fn take_policy(
+        &mut self,
+        key: &PolicyKey,
+    ) -> Vec<(String, Direction, Arc<Fragment>)> {
+        self.policies.remove(key).unwrap_or_default()
+    }
+
+    /// Makes `fragment` policy `key`'s fragment for `tier` and `dir` again (one the
+    /// change left as it was: programs holding it need nothing).
+    pub(super) fn keep_policy(
+        &mut self,
+        key: &PolicyKey,
+        tier: &str,
+        dir: Direction,
+        fragment: Arc<Fragment>,
+    ) {
+        if let Some(list) = self.policies.get_mut(key) {
+            for (t, d, f) in list.iter_mut() {
+                if *d == dir && t == tier {
+                    *f = fragment.clone();
+                }
+            }
+        }
     }
 
     /// Forgets a changed profile's fragments.
@@ -78,16 +141,34 @@ impl Fragments {
 }
 
 /// A program being assembled: segments of shared fragments in evaluation order,
-/// fallback.
-pub(super) struct ProgSpec {
+/// fallback. Kept with a workload's programs, so a policy change can patch them
+/// (see `patch`).
+#[derive(Clone)]
+pub(crate) struct ProgSpec {
     pub(super) segments: Vec<(Vec<Arc<Fragment>>, SegSpec)>,
     pub(super) fallback: (Verdict, Decider, Option<u32>),
+    /// What a patch needs of every fragment, tallied over them ([`ProgSpec::tally`])
+    /// so it reads one list, not each fragment: per side, each port bound with the
+    /// number of fragments putting it in the table (sorted by bound), and the
+    /// number of fragments naming named ports.
+    pub(super) port_bounds: [Vec<(u16, u32)>; 2],
+    pub(super) named_ports: [u32; 2],
 }
 
+#[derive(Clone)]
 pub(super) enum SegSpec {
     Plain,
     Tier(Option<(Decider, Option<u32>)>),
     Profile,
+}
+
+impl std::fmt::Debug for ProgSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgSpec")
+            .field("segments", &self.segments.len())
+            .field("rules", &self.rule_count())
+            .finish()
+    }
 }
 
 impl ProgSpec {
@@ -95,7 +176,79 @@ impl ProgSpec {
         ProgSpec {
             segments: Vec::new(),
             fallback: (Verdict::Deny, Decider::NoProfileMatched, None),
+            port_bounds: [Vec::new(), Vec::new()],
+            named_ports: [0; 2],
         }
+    }
+
+    /// Tallies the fragments' port bounds and named ports (a spec kept for
+    /// patching).
+    pub(super) fn tally(&mut self) {
+        let mut all: [Vec<u16>; 2] = [Vec::new(), Vec::new()];
+        let mut named = [0u32; 2];
+        for f in self.fragments() {
+            for ((list, n), (bounds, has)) in all
+                .iter_mut()
+                .zip(&mut named)
+                .zip(f.port_bounds.iter().zip(f.named_ports))
+            {
+                list.extend(bounds);
+                *n += u32::from(has);
+            }
+        }
+        for (tally, mut list) in self.port_bounds.iter_mut().zip(all) {
+            list.sort_unstable();
+            *tally = list
+                .chunk_by(|a, b| a == b)
+                .filter_map(|run| Some((*run.first()?, run.len() as u32)))
+                .collect();
+        }
+        self.named_ports = named;
+    }
+
+    /// Moves the tallies from fragment `old` to `new`, which replaced it.
+    pub(super) fn retally(&mut self, old: &Fragment, new: &Fragment) {
+        for side in 0..2 {
+            let (Some(tally), Some(n)) = (
+                self.port_bounds.get_mut(side),
+                self.named_ports.get_mut(side),
+            ) else {
+                continue;
+            };
+            for b in old.port_bounds.get(side).into_iter().flatten() {
+                if let Ok(at) = tally.binary_search_by_key(b, |(x, _)| *x) {
+                    if let Some((_, count)) = tally.get_mut(at) {
+                        *count -= 1;
+                        if *count == 0 {
+                            tally.remove(at);
+                        }
+                    }
+                }
+            }
+            for b in new.port_bounds.get(side).into_iter().flatten() {
+                match tally.binary_search_by_key(b, |(x, _)| *x) {
+                    Ok(at) => {
+                        if let Some((_, count)) = tally.get_mut(at) {
+                            *count += 1;
+                        }
+                    }
+                    Err(at) => tally.insert(at, (*b, 1)),
+                }
+            }
+            let has = |f: &Fragment| u32::from(f.named_ports.get(side).copied().unwrap_or(false));
+            *n = *n + has(new) - has(old);
+        }
+    }
+
+    /// A side's port-table interval starts: 0 and every bound.
+    pub(super) fn port_starts(&self, side: usize) -> Vec<u16> {
+        let tally = self.port_bounds.get(side).map(Vec::as_slice).unwrap_or(&[]);
+        let mut starts = Vec::with_capacity(tally.len() + 1);
+        if tally.first().is_none_or(|(b, _)| *b != 0) {
+            starts.push(0);
+        }
+        starts.extend(tally.iter().map(|(b, _)| *b));
+        starts
     }
 
     pub(super) fn with_fallback(verdict: Verdict, decider: Decider, rule_id: Option<u32>) -> Self {
@@ -115,12 +268,15 @@ impl ProgSpec {
             deciders.push(r.decider);
             rule_ids.push(r.rule_id);
         }
-        let fragment = Arc::new(Fragment {
-            rules: lowered,
-            deciders: deciders.into(),
-            rule_ids,
-        });
+        let fragment = Arc::new(Fragment::new(lowered, deciders.into(), rule_ids));
         self.segments.push((vec![fragment], kind));
+    }
+
+    /// The fragments in evaluation order.
+    pub(super) fn fragments(&self) -> impl Iterator<Item = &Arc<Fragment>> {
+        self.segments
+            .iter()
+            .flat_map(|(fragments, _)| fragments.iter())
     }
 
     /// The rules in evaluation order.
@@ -230,7 +386,7 @@ impl Builder {
 
     /// Policy `key`'s rules for `dir` in `tier`, lowered once (none when the policy
     /// does not exist).
-    fn policy_fragment(
+    pub(super) fn policy_fragment(
         &mut self,
         state: &State,
         ids: &IdTable,
@@ -303,11 +459,12 @@ impl Builder {
         deciders: Arc<[Decider]>,
         rule_ids: impl Iterator<Item = u32>,
     ) -> Arc<Fragment> {
-        Arc::new(Fragment {
-            rules: rules.iter().map(|r| self.lower(r)).collect(),
+        let lowered = rules.iter().map(|r| self.lower(r)).collect();
+        Arc::new(Fragment::new(
+            lowered,
             deciders,
-            rule_ids: rule_ids.map(Some).collect(),
-        })
+            rule_ids.map(Some).collect(),
+        ))
     }
 
     fn lower(&mut self, rule: &Rule) -> LRule {

@@ -39,6 +39,9 @@ mod iface;
 mod index;
 mod layout;
 mod lower;
+mod patch;
+
+pub(crate) use lower::ProgSpec;
 
 /// Maps and sets the compiler hashes names into on every update: `foldhash` (seeded
 /// per map) is several times faster than SipHash on these short keys, which come
@@ -81,6 +84,8 @@ pub struct Builder {
     /// Tests: pad every program's bitmaps to at least this many words, so the
     /// wider code paths run on small random policies.
     min_words: usize,
+    /// Interfaces whose programs a policy change patched rather than compiled.
+    patched: u64,
 }
 
 impl std::fmt::Debug for Builder {
@@ -118,6 +123,7 @@ impl Builder {
             prefixes: [PrefixSource::new(32), PrefixSource::new(128)],
             current: None,
             min_words: 1,
+            patched: 0,
         }
     }
 
@@ -130,6 +136,13 @@ impl Builder {
             min_words: words.max(1),
             ..Builder::new()
         }
+    }
+
+    /// How many times a policy change patched an interface's programs in place
+    /// instead of compiling them again (tests and benchmarks check the patch path
+    /// is the one taken).
+    pub fn patched_interfaces(&self) -> u64 {
+        self.patched
     }
 
     /// The last generation built.
@@ -195,12 +208,12 @@ impl Builder {
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
-                self.fragments.forget_policy(&key);
+                let old = self.fragments.take_policy(&key);
                 ids.sync_after(state, Changed::Policy(&key));
                 // A policy no endpoint names (just added, or removed) is in no program:
                 // no interface needs asking.
                 if state.policy_is_used(&key) {
-                    self.recompile_dependents(state, ids, |i| i.policies.contains(&key));
+                    self.update_policy_users(state, ids, &key, &old);
                 }
             }
             Update::ProfileUpdate(name, _) | Update::ProfileRemove(name) => {

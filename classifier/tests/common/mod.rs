@@ -132,7 +132,7 @@ pub(crate) fn set_update(i: usize) -> impl Strategy<Value = Update> {
     })
 }
 
-fn range() -> impl Strategy<Value = PortRange> {
+pub(crate) fn range() -> impl Strategy<Value = PortRange> {
     prop_oneof![
         (0..PORTS.len()).prop_map(|i| PortRange::single(PORTS[i])),
         (0..PORTS.len(), 0..PORTS.len()).prop_map(|(a, b)| {

@@ -1,0 +1,167 @@
+//! Policy changes patched into programs: when a policy's rules keep their number (a
+//! port edited, an action flipped, a set swapped for one the program already
+//! names), each program listing it has those rules' bits rewritten in a copy of
+//! its arena (see `layout::patch`), instead of being laid out again from all its
+//! rules. A policy many endpoints list would otherwise cost a full layout per
+//! endpoint and direction. Anything a patch cannot express falls back to the full
+//! compile.
+
+use std::sync::Arc;
+
+use capo_policy::{Direction, IdTable, PolicyKey, State};
+
+use super::layout::{finish, patch, Canonical, Swap};
+use super::lower::{Fragment, ProgSpec};
+use super::Builder;
+use crate::generation::{Entry, Iface, IfaceKind};
+
+impl Builder {
+    /// Brings the interfaces using policy `key` up to date after it changed: each
+    /// patched where it can be, compiled again otherwise. `old`: the policy's
+    /// fragments before the change (tier, direction, fragment).
+    pub(super) fn update_policy_users(
+        &mut self,
+        state: &State,
+        ids: &IdTable,
+        key: &PolicyKey,
+        old: &[(String, Direction, Arc<Fragment>)],
+    ) {
+        // A fragment that came out the same (the direction the change left alone)
+        // stays the one programs hold, so they need nothing.
+        for (tier, dir, held) in old {
+            let Some(new) = self.policy_fragment(state, ids, key, tier, *dir) else {
+                continue;
+            };
+            if new.rules == held.rules && new.rule_ids == held.rule_ids {
+                self.fragments.keep_policy(key, tier, *dir, held.clone());
+            }
+        }
+        let affected: Vec<IfaceKind> = self
+            .ifaces
+            .iter()
+            .filter(|(_, i)| i.policies.contains(key))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for kind in affected {
+            if old.is_empty() || !self.patch_iface(state, ids, &kind, key, old) {
+                self.compile_iface(state, ids, kind);
+            }
+        }
+    }
+
+    /// Patches a workload's programs for policy `key`'s new rules; false (nothing
+    /// changed) when they need compiling again.
+    fn patch_iface(
+        &mut self,
+        state: &State,
+        ids: &IdTable,
+        kind: &IfaceKind,
+        key: &PolicyKey,
+        old: &[(String, Direction, Arc<Fragment>)],
+    ) -> bool {
+        if !matches!(kind, IfaceKind::Workload(_)) {
+            return false;
+        }
+        let Some(iface) = self.ifaces.get(kind).cloned() else {
+            return false;
+        };
+        let mut entries = iface.entries.clone();
+        let mut specs = iface.specs.clone();
+        let mut patched = false;
+        for d in 0..2 {
+            let (Some(Some(spec)), Some(Entry::Single(program))) =
+                (iface.specs.get(d), iface.entries.get(d))
+            else {
+                return false;
+            };
+            // Every program listing the policy holds its fragments from the map:
+            // each compile since the policy's last change took them from there, and
+            // that change brought every program listing it up to date (one compiled
+            // while the policy was missing is compiled again, as `old` is empty).
+            let mut swaps = Vec::new();
+            let mut start = 0;
+            for fragment in spec.fragments() {
+                let held = old.iter().find(|(_, _, f)| Arc::ptr_eq(f, fragment));
+                if let Some((tier, dir, _)) = held {
+                    let Some(new) = self.policy_fragment(state, ids, key, tier, *dir) else {
+                        return false;
+                    };
+                    if new.rules.len() != fragment.rules.len() {
+                        return false;
+                    }
+                    if !Arc::ptr_eq(&new, fragment) {
+                        swaps.push(Swap {
+                            start,
+                            old: fragment.clone(),
+                            new,
+                        });
+                    }
+                }
+                start += fragment.rules.len();
+            }
+            if swaps.is_empty() {
+                continue;
+            }
+            let mut next = ProgSpec::clone(spec);
+            for f in next.segments.iter_mut().flat_map(|(f, _)| f.iter_mut()) {
+                if let Some(s) = swaps.iter().find(|s| Arc::ptr_eq(&s.old, f)) {
+                    *f = s.new.clone();
+                }
+            }
+            for s in &swaps {
+                next.retally(&s.old, &s.new);
+            }
+            let Some(program) = patch(program, &next, &swaps) else {
+                return false;
+            };
+            if let (Some(e), Some(s)) = (entries.get_mut(d), specs.get_mut(d)) {
+                *e = Entry::Single(Arc::new(program));
+                *s = Some(Arc::new(next));
+            }
+            patched = true;
+        }
+        if patched {
+            let iface = Iface {
+                name: iface.name.clone(),
+                kind: iface.kind.clone(),
+                sw_if_index: ids.interface(&iface.name),
+                entries,
+                specs,
+                policies: iface.policies.clone(),
+                profiles: iface.profiles.clone(),
+            };
+            self.ifaces.insert(kind.clone(), Arc::new(iface));
+            self.patched += 1;
+        }
+        true
+    }
+}
+
+impl Builder {
+    /// Tests: every workload program against the program laid out afresh from its
+    /// spec (what a patched program must equal, up to layout); the first
+    /// difference found.
+    #[doc(hidden)]
+    pub fn check_programs_against_specs(&self) -> Result<(), String> {
+        for (kind, iface) in &self.ifaces {
+            for (entry, spec) in iface.entries.iter().zip(&iface.specs) {
+                let (Entry::Single(program), Some(spec)) = (entry, spec) else {
+                    continue;
+                };
+                let fresh = finish(spec, self.min_words);
+                let (got, want) = (Canonical::of(program), Canonical::of(&fresh));
+                if let Some(part) = got.differs_from(&want) {
+                    return Err(format!("{kind:?}: {part}"));
+                }
+                let mut tallied = ProgSpec::clone(spec);
+                tallied.tally();
+                if (tallied.port_bounds != spec.port_bounds)
+                    || (tallied.named_ports != spec.named_ports)
+                {
+                    return Err(format!("{kind:?}: tallies moved apart from a recount"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
