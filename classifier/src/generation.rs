@@ -111,6 +111,7 @@ pub(crate) struct Iface {
     /// patched versions).
     pub(crate) policies: Arc<crate::compile::FastSet<capo_policy::PolicyKey>>,
     pub(crate) profiles: Arc<crate::compile::FastSet<String>>,
+    pub(crate) policy_filter: crate::compile::PolicyFilter,
 }
 
 fn dir_index(dir: Direction) -> usize {

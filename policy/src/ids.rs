@@ -787,6 +787,28 @@ impl IdTable {
     pub fn interface(&self, name: &str) -> Option<u32> {
         self.interfaces.get(name).copied()
     }
+
+    /// The interface indexes as they stand, as a handle: while a caller holds it,
+    /// any index added or changed leaves the table with another one, so
+    /// [`InterfaceIndexes::same_as`] tells a caller whether to look its indexes up
+    /// again.
+    pub fn interface_indexes(&self) -> InterfaceIndexes {
+        InterfaceIndexes(self.interfaces.clone())
+    }
+}
+
+/// A handle on an [`IdTable`]'s interface indexes at one time (see
+/// [`IdTable::interface_indexes`]).
+#[derive(Debug, Clone)]
+pub struct InterfaceIndexes(Arc<HashMap<String, u32>>);
+
+impl InterfaceIndexes {
+    /// Whether both handles were taken with no index added or changed between
+    /// them (the table copies its indexes before changing them while a handle is
+    /// held).
+    pub fn same_as(&self, other: &InterfaceIndexes) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 #[cfg(test)]
@@ -857,6 +879,30 @@ mod id_tests {
         ids.forget(&refs[1]);
         assert_eq!(ids.profile_rule_ids("p", Direction::Egress).count(), 0);
         assert_eq!(ids.rule_lists().count(), 4);
+    }
+
+    /// A handle on the interface indexes stays the same as a later one until an
+    /// index is fixed to another value or a new interface is numbered.
+    #[test]
+    fn interface_index_handles_change_with_the_indexes() {
+        let mut ids = IdTable::default();
+        let mut s = State::new();
+        ids.sync(&s);
+        ids.set_interface_index("tun0", 3);
+        let seen = ids.interface_indexes();
+        ids.set_interface_index("tun0", 3);
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80])))
+            .unwrap();
+        ids.sync(&s);
+        assert!(seen.same_as(&ids.interface_indexes()), "nothing renumbered");
+        ids.set_interface_index("tun0", 4);
+        let after_fix = ids.interface_indexes();
+        assert!(!seen.same_as(&after_fix));
+        ids.set_interface_index("tun1", 5);
+        assert!(
+            !after_fix.same_as(&ids.interface_indexes()),
+            "a new interface"
+        );
     }
 
     /// A copy shares every map with the original; a policy update then copies the

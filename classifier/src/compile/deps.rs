@@ -2,6 +2,7 @@
 //! programs were built from, so a change to one recompiles only the interfaces that
 //! use it.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use capo_policy::{IdTable, PolicyKey, State};
@@ -26,9 +27,48 @@ impl Deps {
         self.profiles.insert(name.to_string());
     }
 
-    /// The interface's `policies` and `profiles`.
-    pub(super) fn into_sets(self) -> (Arc<FastSet<PolicyKey>>, Arc<FastSet<String>>) {
-        (Arc::new(self.policies), Arc::new(self.profiles))
+    /// The interface's `policies` and `profiles`, and the filter of its policies.
+    pub(super) fn into_sets(self) -> (Arc<FastSet<PolicyKey>>, Arc<FastSet<String>>, PolicyFilter) {
+        let mut filter = PolicyFilter::default();
+        for key in &self.policies {
+            filter.insert(key);
+        }
+        (Arc::new(self.policies), Arc::new(self.profiles), filter)
+    }
+}
+
+/// A 512-bit filter of the policies an interface's programs read: the builder
+/// keeps the listed interfaces' filters side by side, so finding a policy's users
+/// reads one contiguous table instead of every interface's set (two bits per
+/// policy: with W-large's ~45 policies per interface, about 3% of interfaces pass
+/// the filter without listing the policy, and the set then says no).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PolicyFilter([u64; 8]);
+
+impl PolicyFilter {
+    fn bits(key: &PolicyKey) -> [(usize, u64); 2] {
+        let h = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key);
+        let bit = |b: u64| ((b >> 6) as usize % 8, 1u64 << (b % 64));
+        [bit(h & 511), bit((h >> 9) & 511)]
+    }
+
+    fn insert(&mut self, key: &PolicyKey) {
+        for (word, bit) in Self::bits(key) {
+            if let Some(w) = self.0.get_mut(word) {
+                *w |= bit;
+            }
+        }
+    }
+
+    /// False when the interface surely does not read `key`.
+    pub(super) fn may_hold(&self, bits: &[(usize, u64); 2]) -> bool {
+        bits.iter()
+            .all(|(word, bit)| self.0.get(*word).is_some_and(|w| w & bit != 0))
+    }
+
+    /// The bits [`PolicyFilter::may_hold`] looks for.
+    pub(super) fn key_bits(key: &PolicyKey) -> [(usize, u64); 2] {
+        Self::bits(key)
     }
 }
 

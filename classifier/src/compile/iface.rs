@@ -81,7 +81,7 @@ impl Builder {
             spec.tally();
             specs.push(Some(Arc::new(spec)));
         }
-        let (policies, profiles) = deps.into_sets();
+        let (policies, profiles, policy_filter) = deps.into_sets();
         Some(Iface {
             name: wep.name.clone(),
             kind: IfaceKind::Workload(key.clone()),
@@ -90,6 +90,7 @@ impl Builder {
             specs: two(specs)?,
             policies,
             profiles,
+            policy_filter,
         })
     }
 
@@ -125,7 +126,7 @@ impl Builder {
         let other = self.host_program(state, ids, hep.as_ref(), Direction::Ingress, &mut deps);
         let egress = self.host_program(state, ids, hep.as_ref(), Direction::Egress, &mut deps);
         let name = ids.host_interface().to_string();
-        let (policies, profiles) = deps.into_sets();
+        let (policies, profiles, policy_filter) = deps.into_sets();
         Iface {
             sw_if_index: ids.interface(&name),
             name,
@@ -141,6 +142,7 @@ impl Builder {
             specs: [None, None],
             policies,
             profiles,
+            policy_filter,
         }
     }
 
@@ -261,7 +263,7 @@ impl Builder {
             Some(e) => e,
             None => unreachable!("two directions were pushed"),
         };
-        let (policies, profiles) = deps.into_sets();
+        let (policies, profiles, policy_filter) = deps.into_sets();
         Iface {
             sw_if_index: ids.interface(&hep.name),
             name: hep.name.clone(),
@@ -270,6 +272,7 @@ impl Builder {
             specs: [None, None],
             policies,
             profiles,
+            policy_filter,
         }
     }
 }

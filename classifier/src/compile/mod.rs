@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use capo_policy::ids::Changed;
+use capo_policy::ids::{Changed, InterfaceIndexes};
 use capo_policy::{Applied, Cidr, IdTable, IpSetId, State, StateError, Update};
 
 use crate::generation::{
@@ -41,6 +41,7 @@ mod layout;
 mod lower;
 mod patch;
 
+pub(crate) use deps::PolicyFilter;
 pub(crate) use lower::ProgSpec;
 
 /// Maps and sets the compiler hashes names into on every update: `foldhash` (seeded
@@ -71,10 +72,14 @@ pub struct Builder {
     fragments: lower::Fragments,
     ifaces: BTreeMap<IfaceKind, Arc<Iface>>,
     list: Arc<Vec<Arc<Iface>>>,
+    /// Each listed interface's policy filter, in list order.
+    filters: Vec<PolicyFilter>,
     direct: Arc<Vec<[Option<Arc<Program>>; 2]>>,
     maps: Arc<IfaceMaps>,
     /// Each listed interface's index when the maps were made.
     list_sw: Vec<Option<u32>>,
+    /// The ids' interface indexes `list_sw` was read from.
+    indexes_seen: Option<InterfaceIndexes>,
     next_id: u64,
     members: usize,
     /// The non-host prefixes of each family (IPv4, IPv6) the index's tables are
@@ -115,9 +120,11 @@ impl Builder {
             fragments: lower::Fragments::default(),
             ifaces: BTreeMap::new(),
             list: Arc::new(Vec::new()),
+            filters: Vec::new(),
             direct: Arc::new(Vec::new()),
             maps: Arc::new(IfaceMaps::default()),
             list_sw: Vec::new(),
+            indexes_seen: None,
             next_id: 1,
             members: 0,
             prefixes: [PrefixSource::new(32), PrefixSource::new(128)],
@@ -313,14 +320,26 @@ impl Builder {
 
     fn relist(&mut self, ids: &IdTable) {
         let list: Vec<Arc<Iface>> = self.ifaces.values().cloned().collect();
-        // Each position's index as the ids have it now: an index fixed since the last
-        // relist (`set_interface_index`) moves its interface in the maps.
-        let sw: Vec<Option<u32>> = list.iter().map(|i| ids.interface(&i.name)).collect();
         let same_names = list.len() == self.list.len()
             && list
                 .iter()
                 .zip(self.list.iter())
                 .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
+        // Each position's index as the ids have it now: an index fixed since the last
+        // relist (`set_interface_index`) moves its interface in the maps. Same names
+        // and no index changed: the last relist's.
+        let indexes = ids.interface_indexes();
+        let unchanged = same_names
+            && self
+                .indexes_seen
+                .as_ref()
+                .is_some_and(|seen| seen.same_as(&indexes));
+        let sw: Vec<Option<u32>> = if unchanged {
+            self.list_sw.clone()
+        } else {
+            list.iter().map(|i| ids.interface(&i.name)).collect()
+        };
+        self.indexes_seen = Some(indexes);
         // The maps name positions: they stand when only programs changed (a policy
         // update). Otherwise the index table is rebuilt from `sw` (integers only) and
         // the names follow one interface added or removed without a sort.
@@ -349,6 +368,7 @@ impl Builder {
                 .map(|i| [single(&i.entries[0]), single(&i.entries[1])])
                 .collect(),
         );
+        self.filters = list.iter().map(|i| i.policy_filter).collect();
         self.list = Arc::new(list);
     }
 

@@ -12,7 +12,7 @@ use capo_policy::{Direction, IdTable, PolicyKey, State};
 
 use super::layout::{finish, patch, Canonical, Swap};
 use super::lower::{Fragment, ProgSpec};
-use super::Builder;
+use super::{Builder, PolicyFilter};
 use crate::generation::{Entry, Iface, IfaceKind};
 
 impl Builder {
@@ -36,11 +36,14 @@ impl Builder {
                 self.fragments.keep_policy(key, tier, *dir, held.clone());
             }
         }
+        // The published list is the compiled interfaces as an update starts.
+        let bits = PolicyFilter::key_bits(key);
         let affected: Vec<IfaceKind> = self
-            .ifaces
+            .list
             .iter()
-            .filter(|(_, i)| i.policies.contains(key))
-            .map(|(k, _)| k.clone())
+            .zip(&self.filters)
+            .filter(|(i, f)| f.may_hold(&bits) && i.policies.contains(key))
+            .map(|(i, _)| i.kind.clone())
             .collect();
         for kind in affected {
             if old.is_empty() || !self.patch_iface(state, ids, &kind, key, old) {
@@ -129,6 +132,7 @@ impl Builder {
                 specs,
                 policies: iface.policies.clone(),
                 profiles: iface.profiles.clone(),
+                policy_filter: iface.policy_filter,
             };
             self.ifaces.insert(kind.clone(), Arc::new(iface));
             self.patched += 1;
