@@ -37,16 +37,37 @@ pub(crate) enum Act {
     Pass,
 }
 
-/// One compiled rule.
-#[derive(Debug, Clone)]
+/// One compiled rule, eight bytes: the scan reads one per candidate, and a patch
+/// copies them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CRule {
+    /// The views' `rule#`, for counters ([`NO_RULE_ID`]: none).
+    pub(crate) rule_id: u32,
     pub(crate) act: Act,
-    /// The views' `rule#`, for counters.
-    pub(crate) rule_id: Option<u32>,
-    /// Atoms that must *all* hold (source, destination, service) when the rule is
-    /// marked for verification.
-    pub(crate) verify: Option<Box<Verify>>,
+    /// The rule's atoms must *all* hold (source, destination, service): its
+    /// [`Verify`] is in the program's `verifies`.
+    pub(crate) verify: bool,
 }
+
+/// A [`CRule`] without a `rule#`.
+pub(crate) const NO_RULE_ID: u32 = u32::MAX;
+
+impl CRule {
+    pub(crate) fn new(act: Act, rule_id: Option<u32>, verify: bool) -> Self {
+        CRule {
+            rule_id: rule_id.unwrap_or(NO_RULE_ID),
+            act,
+            verify,
+        }
+    }
+
+    pub(crate) fn rule_id(&self) -> Option<u32> {
+        Some(self.rule_id).filter(|id| *id != NO_RULE_ID)
+    }
+}
+
+// The size the scan and the patches count on.
+const _: () = assert!(std::mem::size_of::<CRule>() == 8);
 
 /// Criteria checked rule by rule.
 #[derive(Debug, Clone, Default)]
@@ -259,6 +280,8 @@ pub(crate) struct Program {
     /// Protocol → class.
     pub(crate) proto_class: [u8; 256],
     pub(crate) rules: Vec<CRule>,
+    /// The [`Verify`] of each rule marked `verify`, by rule (sorted).
+    pub(crate) verifies: Vec<(u32, Verify)>,
     pub(crate) segments: Vec<Segment>,
     /// Shared by the program's patched versions (a patch keeps every rule's
     /// decider: a policy's deciders name its rules by position).
@@ -516,6 +539,7 @@ impl Program {
             bloom: self.bloom,
             proto_class: self.proto_class,
             rules: self.rules.clone(),
+            verifies: self.verifies.clone(),
             segments: self.segments.clone(),
             deciders: self.deciders.clone(),
             fallback: self.fallback,
@@ -865,15 +889,13 @@ impl Program {
                 s += 1;
                 continue;
             };
-            if let Some(v) = &rule.verify {
-                if !atoms.holds(v) {
-                    continue;
-                }
+            if rule.verify && !self.verified(i, atoms) {
+                continue;
             }
             match rule.act {
                 // Rule `i`'s decider is decider `i`.
-                Act::Allow => return self.decision(Verdict::Allow, i as u32, rule.rule_id),
-                Act::Deny => return self.decision(Verdict::Deny, i as u32, rule.rule_id),
+                Act::Allow => return self.decision(Verdict::Allow, i as u32, rule.rule_id()),
+                Act::Deny => return self.decision(Verdict::Deny, i as u32, rule.rule_id()),
                 Act::Log => {}
                 Act::Pass => {
                     // Leaves the tier (or profile) without its end-of-tier drop.
@@ -881,6 +903,15 @@ impl Program {
                     s += 1;
                 }
             }
+        }
+    }
+
+    /// Whether all of rule `i`'s atoms hold (a rule marked `verify`).
+    #[cold]
+    fn verified(&self, i: usize, atoms: &PacketAtoms<'_>) -> bool {
+        match self.verifies.binary_search_by_key(&(i as u32), |(r, _)| *r) {
+            Ok(at) => self.verifies.get(at).is_some_and(|(_, v)| atoms.holds(v)),
+            Err(_) => false,
         }
     }
 
@@ -897,8 +928,12 @@ impl Program {
     pub(crate) fn bytes(&self) -> usize {
         std::mem::size_of::<Program>()
             + self.rules.capacity() * std::mem::size_of::<CRule>()
-            + self.rules.iter().filter(|r| r.verify.is_some()).count()
-                * std::mem::size_of::<Verify>()
+            + self.verifies.capacity() * std::mem::size_of::<(u32, Verify)>()
+            + self
+                .verifies
+                .iter()
+                .map(|(_, v)| (v.src_all.len() + v.dst_all.len() + v.svc_all.len()) * 4)
+                .sum::<usize>()
             + self.segments.capacity() * std::mem::size_of::<Segment>()
             + self.deciders.bytes()
             + self.icmp_rules.capacity() * 16
@@ -957,6 +992,7 @@ mod tests {
             bloom,
             proto_class: [0; 256],
             rules: Vec::new(),
+            verifies: Vec::new(),
             segments: Vec::new(),
             deciders: Arc::default(),
             fallback: (Verdict::Deny, 0, None),

@@ -25,6 +25,7 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
     let mut slots = AtomSlots::new(w);
     let mut deciders = DeciderTable::default();
     let mut rules = Vec::with_capacity(n);
+    let mut verifies = Vec::new();
     let mut bounds = Vec::with_capacity(spec.segments.len());
     for (fragments, kind) in &spec.segments {
         let start = rules.len();
@@ -33,11 +34,13 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
             for (j, r) in fragment.rules.iter().enumerate() {
                 let i = rules.len();
                 masks.add(i, r, &protos.reps, &mut slots);
-                rules.push(CRule {
-                    act: r.act,
-                    rule_id: fragment.rule_ids.get(j).copied().flatten(),
-                    verify: verify(r),
-                });
+                let check = verify(r);
+                rules.push(CRule::new(
+                    r.act,
+                    fragment.rule_ids.get(j).copied().flatten(),
+                    check.is_some(),
+                ));
+                verifies.extend(check.map(|v| (i as u32, v)));
             }
         }
         bounds.push((start, rules.len(), kind.clone()));
@@ -57,6 +60,7 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
         bloom,
         proto_class: protos.class,
         rules,
+        verifies,
         segments,
         deciders: Arc::new(deciders),
         fallback,
@@ -149,15 +153,9 @@ impl SideMasks {
         }
     }
 
-    fn add(&mut self, i: usize, side: &LSide, kinds: &SideKinds, slots: &mut AtomSlots) {
+    fn add(&mut self, i: usize, side: &LSide) {
         if !side.pos.is_empty() {
             bits::set(&mut self.req, i);
-        }
-        for a in &side.pos {
-            slots.set(*a, kinds.pos, i);
-        }
-        for a in &side.neg {
-            slots.set(*a, kinds.neg, i);
         }
         if !side.ports.is_empty() || !side.np.is_empty() {
             bits::set(&mut self.port_req, i);
@@ -165,14 +163,7 @@ impl SideMasks {
         self.ports.extend(side.ports.iter().map(|p| (i, *p)));
         self.not_ports
             .extend(side.not_ports.iter().map(|p| (i, *p)));
-        for a in &side.np {
-            self.named_ports = true;
-            slots.set(*a, kinds.np, i);
-        }
-        for a in &side.nnp {
-            self.named_ports = true;
-            slots.set(*a, kinds.nnp, i);
-        }
+        self.named_ports |= !side.np.is_empty() || !side.nnp.is_empty();
     }
 }
 
@@ -211,6 +202,12 @@ impl RuleMasks {
 
     /// Sets rule `i`'s bits (`reps`: a protocol per class); its atoms go to `slots`.
     fn add(&mut self, i: usize, r: &LRule, reps: &[u8], slots: &mut AtomSlots) {
+        self.add_masks(i, r, reps);
+        slots.add_rule(i, r);
+    }
+
+    /// Sets rule `i`'s bits (`reps`: a protocol per class).
+    fn add_masks(&mut self, i: usize, r: &LRule, reps: &[u8]) {
         let w = self.w;
         for (f, fam) in [IpFamily::V4, IpFamily::V6].iter().enumerate() {
             if r.family.is_none_or(|x| x == *fam) {
@@ -233,13 +230,10 @@ impl RuleMasks {
             bits::set(&mut self.need_icmp, i);
             self.icmp_rules.push((i as u32, r.icmp, r.not_icmp));
         }
-        self.src.add(i, &r.src, &SRC_KINDS, slots);
-        self.dst.add(i, &r.dst, &DST_KINDS, slots);
+        self.src.add(i, &r.src);
+        self.dst.add(i, &r.dst);
         if !r.svc.is_empty() {
             bits::set(&mut self.svc_req, i);
-        }
-        for a in &r.svc {
-            slots.set(*a, K_SVC, i);
         }
     }
 
@@ -329,7 +323,6 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
     let classes = LaidClasses::of(&program.proto_class);
     let mut new_masks = RuleMasks::new(w, classes.reps.len());
     let mut new_slots = AtomSlots::new(w);
-    let mut old_masks = RuleMasks::new(w, classes.reps.len());
     let mut old_slots = AtomSlots::new(w);
     // Changed rules, by position, with their new lowering.
     let mut changed: Vec<(usize, &LRule)> = Vec::new();
@@ -348,7 +341,7 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
             let i = swap.start + j;
             changed.push((i, new));
             new_masks.add(i, new, &classes.reps, &mut new_slots);
-            old_masks.add(i, old, &classes.reps, &mut old_slots);
+            old_slots.add_rule(i, old);
             let sides = [(&old.src, &new.src), (&old.dst, &new.dst)];
             for ((o, n), (moved, [pos, neg])) in sides
                 .into_iter()
@@ -379,13 +372,21 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
     let mut p = program.with_port_tables(tables);
     for swap in swaps {
         for (rule, id) in p.rules.iter_mut().skip(swap.start).zip(&swap.new.rule_ids) {
-            rule.rule_id = *id;
+            *rule = CRule::new(rule.act, *id, rule.verify);
         }
     }
     for (i, new) in &changed {
+        let check = verify(new);
         let rule = p.rules.get_mut(*i)?;
         rule.act = new.act;
-        rule.verify = verify(new);
+        rule.verify = check.is_some();
+        let at = p.verifies.partition_point(|(r, _)| (*r as usize) < *i);
+        if p.verifies.get(at).is_some_and(|(r, _)| *r as usize == *i) {
+            p.verifies.remove(at);
+        }
+        if let Some(v) = check {
+            p.verifies.insert(at, (*i as u32, v));
+        }
     }
     let arena = &mut p.arena;
     let rows = new_masks.rows();
@@ -525,6 +526,26 @@ impl AtomSlots {
         self.uses.push((atom, kind as u8, i as u32));
     }
 
+    /// Marks the atoms rule `i` (`r`) uses, each as its kind.
+    fn add_rule(&mut self, i: usize, r: &LRule) {
+        for (side, kinds) in [(&r.src, &SRC_KINDS), (&r.dst, &DST_KINDS)] {
+            let lists = [
+                (&side.pos, kinds.pos),
+                (&side.neg, kinds.neg),
+                (&side.np, kinds.np),
+                (&side.nnp, kinds.nnp),
+            ];
+            for (atoms, kind) in lists {
+                for a in atoms {
+                    self.set(*a, kind, i);
+                }
+            }
+        }
+        for a in &r.svc {
+            self.set(*a, K_SVC, i);
+        }
+    }
+
     /// Each slot as a mask of the kinds in use followed by only their bitmaps
     /// (`sparse`: their sparse lists), atoms in the order of their first use by a
     /// rule: the atoms with their offsets into the compacted bits, and the bits.
@@ -589,13 +610,11 @@ fn bloom(slots: &[(AtomId, u32)]) -> [u64; BLOOM_WORDS] {
 
 /// Rules with more than one positive atom on a side (or service) need every one of
 /// them checked, not only the one a bitmap says matched.
-fn verify(r: &LRule) -> Option<Box<Verify>> {
-    (r.src.pos.len() > 1 || r.dst.pos.len() > 1 || r.svc.len() > 1).then(|| {
-        Box::new(Verify {
-            src_all: r.src.pos.clone(),
-            dst_all: r.dst.pos.clone(),
-            svc_all: r.svc.clone(),
-        })
+fn verify(r: &LRule) -> Option<Verify> {
+    (r.src.pos.len() > 1 || r.dst.pos.len() > 1 || r.svc.len() > 1).then(|| Verify {
+        src_all: r.src.pos.clone(),
+        dst_all: r.dst.pos.clone(),
+        svc_all: r.svc.clone(),
     })
 }
 
@@ -710,8 +729,8 @@ impl Canonical {
             atoms,
             ports: [(src.0.to_vec(), src.1), (dst.0.to_vec(), dst.1)],
             rest: format!(
-                "{flags} {:?} {:?} {:?} {:?} {:?}",
-                p.rules, p.segments, p.deciders, p.fallback, p.icmp_rules
+                "{flags} {:?} {:?} {:?} {:?} {:?} {:?}",
+                p.rules, p.verifies, p.segments, p.deciders, p.fallback, p.icmp_rules
             ),
         }
     }
