@@ -266,8 +266,12 @@ pub(crate) const SPARSE_MIN_WORDS: usize = STACK_WORDS + 1;
 #[derive(Debug, Clone)]
 #[repr(C)]
 pub(crate) struct Program {
-    /// Every bitmap and table of the program in one allocation (see [`Layout`]).
+    /// The masks and port tables of the program in one allocation (see
+    /// [`Layout`]).
     pub(crate) arena: Box<[u64]>,
+    /// The atom table and the atom slots (see [`Layout`]), in an allocation of
+    /// their own: a patch that leaves the rules' atoms alone shares it.
+    pub(crate) atoms: Arc<[u64]>,
     pub(crate) words: u32,
     pub(crate) flags: u8,
     pub(crate) lay: Layout,
@@ -291,17 +295,17 @@ pub(crate) struct Program {
     pub(crate) icmp_rules: Vec<(u32, Option<IcmpMatch>, Option<IcmpMatch>)>,
 }
 
-/// Where things are in [`Program::arena`] (offsets in words). In order: the `M_*`
-/// masks, one bitmap per protocol class, the atom table (open addressing, linear
-/// probing, `atom << 32 | offset` per entry, `u64::MAX` empty), the source and
-/// destination port tables ([`port_table`]), then the atom slots: each a mask of
-/// the kinds (`K_*`) the program uses the atom for, then one bitmap per such kind
-/// (most atoms have one or two of the [`KINDS`]); with [`F_SPARSE`], one sparse
-/// list per such kind instead (its length, then (word index, word) pairs).
+/// Where things are (offsets in words). In [`Program::arena`]: the `M_*` masks,
+/// one bitmap per protocol class, the source and destination port tables
+/// ([`port_table`]). In [`Program::atoms`]: the atom table (`atab_mask + 1`
+/// entries; open addressing, linear probing, `atom << 32 | offset` per entry,
+/// `u64::MAX` empty), then the atom slots: each a mask of the kinds (`K_*`) the
+/// program uses the atom for, then one bitmap per such kind (most atoms have one
+/// or two of the [`KINDS`]); with [`F_SPARSE`], one sparse list per such kind
+/// instead (its length, then (word index, word) pairs).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub(crate) struct Layout {
-    pub(crate) atab: u32,
     pub(crate) atab_mask: u32,
     pub(crate) sports: u32,
     pub(crate) sports_n: u32,
@@ -436,7 +440,8 @@ fn atom_hash(atom: AtomId) -> u32 {
     atom.wrapping_mul(0x9e37_79b9)
 }
 
-/// The atom table's entries for `slots` (atom, arena offset), `cap` a power of two.
+/// The atom table's entries for `slots` (atom, offset in [`Program::atoms`]), `cap`
+/// a power of two.
 pub(crate) fn atom_table(slots: &[(AtomId, u32)]) -> Vec<u64> {
     let cap = (slots.len() * 2).next_power_of_two().max(2);
     let mut t = vec![EMPTY_ENTRY; cap];
@@ -454,18 +459,17 @@ pub(crate) fn atom_table(slots: &[(AtomId, u32)]) -> Vec<u64> {
 }
 
 impl Program {
-    /// Arena offset of `atom`'s bitmaps, if the program uses it.
+    /// Offset of `atom`'s slot in [`Program::atoms`], if the program uses it.
     #[inline]
     pub(crate) fn slot(&self, atom: AtomId) -> Option<usize> {
         let (word, bit) = Program::bloom_bit(atom);
         if self.bloom.get(word).is_none_or(|b| b & bit == 0) {
             return None;
         }
-        let base = self.lay.atab as usize;
         let mask = self.lay.atab_mask as usize;
         let mut i = (atom_hash(atom) as usize) & mask;
         loop {
-            let e = *self.arena.get(base + i)?;
+            let e = *self.atoms.get(i)?;
             if e == EMPTY_ENTRY {
                 return None;
             }
@@ -501,38 +505,24 @@ impl Program {
 
     /// A copy of the program with the source (`[0]`) and destination (`[1]`) port
     /// tables given, each as [`port_table`] made it (words, intervals), its arena
-    /// written once. Tables of another length move the atom slots after them, and
-    /// the atom table's offsets with them.
+    /// written once; the atoms shared.
     pub(crate) fn with_port_tables(&self, tables: [Option<(Vec<u64>, usize)>; 2]) -> Program {
         let mut lay = self.lay;
-        let (sports, dports) = (lay.sports as usize, lay.dports as usize);
-        let old_end = dports + self.port_table_len(lay.dports_n);
+        let sports = lay.sports as usize;
         let [old_src, old_dst] = self.port_tables();
         let [src, dst] = tables;
         let src = src.as_ref().map_or(old_src, |(t, n)| (t.as_slice(), *n));
         let dst = dst.as_ref().map_or(old_dst, |(t, n)| (t.as_slice(), *n));
-        let slots = self.arena.get(old_end..).unwrap_or(&[]);
-        let mut arena = Vec::with_capacity(sports + src.0.len() + dst.0.len() + slots.len());
+        let mut arena = Vec::with_capacity(sports + src.0.len() + dst.0.len());
         arena.extend_from_slice(self.arena.get(..sports).unwrap_or(&[]));
         arena.extend_from_slice(src.0);
         lay.dports = arena.len() as u32;
         arena.extend_from_slice(dst.0);
-        let shift = arena.len() as i64 - old_end as i64;
-        arena.extend_from_slice(slots);
-        if shift != 0 {
-            let atab = lay.atab as usize;
-            let entries = atab..atab + lay.atab_mask as usize + 1;
-            for e in arena.get_mut(entries).unwrap_or(&mut []) {
-                if *e != EMPTY_ENTRY {
-                    let off = (i64::from(*e as u32) + shift) as u32;
-                    *e = (*e & !u64::from(u32::MAX)) | u64::from(off);
-                }
-            }
-        }
         lay.sports_n = src.1 as u32;
         lay.dports_n = dst.1 as u32;
         Program {
             arena: arena.into_boxed_slice(),
+            atoms: self.atoms.clone(),
             words: self.words,
             flags: self.flags,
             lay,
@@ -585,6 +575,12 @@ impl Program {
         self.arena.get(off..off + w).unwrap_or(&[])
     }
 
+    /// `w` words of the atom slots at `off`.
+    #[inline(always)]
+    fn atom_bm(&self, off: usize, w: usize) -> &[u64] {
+        self.atoms.get(off..off + w).unwrap_or(&[])
+    }
+
     #[inline(always)]
     fn or_atoms(
         &self,
@@ -602,15 +598,15 @@ impl Program {
         for a in atoms {
             if let Some(off) = self.slot(*a) {
                 // A slot is its kind mask, then the bitmaps of the kinds it has.
-                let mask = self.arena.get(off).copied().unwrap_or(0);
+                let mask = self.atoms.get(off).copied().unwrap_or(0);
                 let at = |k: usize| off + 1 + (mask & ((1u64 << k) - 1)).count_ones() as usize * w;
                 if mask & (1 << kpos) != 0 {
-                    for (p, x) in pos.iter_mut().zip(self.bm(at(kpos), w)) {
+                    for (p, x) in pos.iter_mut().zip(self.atom_bm(at(kpos), w)) {
                         *p |= *x;
                     }
                 }
                 if mask & (1 << kneg) != 0 {
-                    for (q, y) in neg.iter_mut().zip(self.bm(at(kneg), w)) {
+                    for (q, y) in neg.iter_mut().zip(self.atom_bm(at(kneg), w)) {
                         *q |= *y;
                     }
                 }
@@ -631,8 +627,8 @@ impl Program {
     /// into `dst`.
     #[inline(always)]
     fn or_list(&self, off: usize, dst: &mut [u64]) {
-        let n = self.arena.get(off).copied().unwrap_or(0) as usize;
-        let pairs = self.arena.get(off + 1..off + 1 + 2 * n).unwrap_or(&[]);
+        let n = self.atoms.get(off).copied().unwrap_or(0) as usize;
+        let pairs = self.atoms.get(off + 1..off + 1 + 2 * n).unwrap_or(&[]);
         for pair in pairs.chunks_exact(2) {
             if let (Some(word), Some(bits)) = (pair.first(), pair.get(1)) {
                 if let Some(d) = dst.get_mut(*word as usize) {
@@ -658,7 +654,7 @@ impl Program {
             let Some(off) = self.slot(*a) else {
                 continue;
             };
-            let mut mask = self.arena.get(off).copied().unwrap_or(0);
+            let mut mask = self.atoms.get(off).copied().unwrap_or(0);
             let mut at = off + 1;
             while mask & wanted != 0 {
                 let k = mask.trailing_zeros() as usize;
@@ -669,7 +665,7 @@ impl Program {
                 if k == kneg {
                     self.or_list(at, neg);
                 }
-                at += 1 + 2 * self.arena.get(at).copied().unwrap_or(0) as usize;
+                at += 1 + 2 * self.atoms.get(at).copied().unwrap_or(0) as usize;
             }
         }
     }
@@ -938,6 +934,7 @@ impl Program {
             + self.deciders.bytes()
             + self.icmp_rules.capacity() * 16
             + self.arena.len() * 8
+            + self.atoms.len() * 8
     }
 }
 
@@ -982,11 +979,11 @@ mod tests {
         let table = atom_table(&used);
         let p = Program {
             lay: Layout {
-                atab: 0,
                 atab_mask: (table.len() - 1) as u32,
                 ..Layout::default()
             },
-            arena: table.into_boxed_slice(),
+            arena: Box::default(),
+            atoms: table.into(),
             words: 1,
             flags: 0,
             bloom,

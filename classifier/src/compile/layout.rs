@@ -51,9 +51,10 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
     let flags = masks.flags() | if sparse { F_SPARSE } else { 0 };
     let (slots, atom_bits) = slots.compact(sparse);
     let bloom = bloom(&slots);
-    let (arena, lay) = masks.arena(&slots, &atom_bits);
+    let (arena, atoms, lay) = masks.arena(&slots, &atom_bits);
     Program {
         arena: arena.into_boxed_slice(),
+        atoms: atoms.into(),
         words: w as u32,
         flags,
         lay,
@@ -269,47 +270,48 @@ impl RuleMasks {
         ]
     }
 
-    /// The arena: the masks (in `M_*` order), the protocol classes, the atom table,
+    /// The arena and the atoms (see [`Layout`]). The arena: the masks (in `M_*` order), the protocol classes, the atom table,
     /// the port tables, then the compacted atom slots (`slots` offsets relative to
     /// `atom_bits`).
-    fn arena(&self, slots: &[(AtomId, u32)], atom_bits: &[u64]) -> (Vec<u64>, Layout) {
+    fn arena(&self, slots: &[(AtomId, u32)], atom_bits: &[u64]) -> (Vec<u64>, Vec<u64>, Layout) {
         let w = self.w;
         let (sports, sports_n) = port_table(w, &self.src.ports, &self.src.not_ports);
         let (dports, dports_n) = port_table(w, &self.dst.ports, &self.dst.not_ports);
         let atab_len = (slots.len() * 2).next_power_of_two().max(2);
-        let head = M_PROTO * w + self.proto.len();
-        let atom_base = head + atab_len + sports.len() + dports.len();
         let slots: Vec<(AtomId, u32)> = slots
             .iter()
-            .map(|(a, o)| (*a, (atom_base + *o as usize) as u32))
+            .map(|(a, o)| (*a, (atab_len + *o as usize) as u32))
             .collect();
-        let mut arena = Vec::with_capacity(atom_base + atom_bits.len());
+        let head = M_PROTO * w + self.proto.len();
+        let mut arena = Vec::with_capacity(head + sports.len() + dports.len());
         for m in self.rows() {
             arena.extend_from_slice(m);
         }
         arena.extend_from_slice(&self.proto);
         let lay = Layout {
-            atab: arena.len() as u32,
             atab_mask: (atab_len - 1) as u32,
-            sports: (arena.len() + atab_len) as u32,
+            sports: arena.len() as u32,
             sports_n: sports_n as u32,
-            dports: (arena.len() + atab_len + sports.len()) as u32,
+            dports: (arena.len() + sports.len()) as u32,
             dports_n: dports_n as u32,
         };
-        arena.extend_from_slice(&atom_table(&slots));
         arena.extend_from_slice(&sports);
         arena.extend_from_slice(&dports);
-        arena.extend_from_slice(atom_bits);
-        (arena, lay)
+        let mut atoms = atom_table(&slots);
+        atoms.extend_from_slice(atom_bits);
+        (arena, atoms, lay)
     }
 }
 
 /// One fragment of a program swapped for another with as many rules: where its
-/// rules start, the fragment the program holds, its replacement.
+/// rules start, the fragment the program holds, its replacement, and the rules
+/// (by index in the fragment) that differ.
+#[derive(Clone)]
 pub(super) struct Swap {
     pub(super) start: usize,
     pub(super) old: Arc<Fragment>,
     pub(super) new: Arc<Fragment>,
+    pub(super) changed: Arc<[usize]>,
 }
 
 /// `program` with fragments swapped in place, `spec` being its spec after the
@@ -330,10 +332,10 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
     // The changed rules' port ranges per side: positive, negated.
     let mut changed_ports: [[Vec<(usize, PortRange)>; 2]; 2] = Default::default();
     for swap in swaps {
-        for (j, (old, new)) in swap.old.rules.iter().zip(&swap.new.rules).enumerate() {
-            if old == new {
-                continue;
-            }
+        for j in swap.changed.iter().copied() {
+            let (Some(old), Some(new)) = (swap.old.rules.get(j), swap.new.rules.get(j)) else {
+                return None;
+            };
             let named = new.protocol.into_iter().chain(new.not_protocol);
             if !named.into_iter().all(|x| classes.own(x)) {
                 return None;
@@ -401,12 +403,18 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
         }
     }
     // Old bits cleared before new ones set: a rule keeping an atom keeps its bit.
-    for (uses, on) in [(&old_slots.uses, false), (&new_slots.uses, true)] {
-        for (atom, kind, i) in uses {
-            let word = atom_word(&mut p, *atom, usize::from(*kind), *i as usize)?;
-            let bit = 1u64 << (*i % 64);
-            *word = if on { *word | bit } else { *word & !bit };
+    // Rules whose atoms all stayed leave the atoms shared with the old program.
+    if old_slots.uses != new_slots.uses {
+        let mut atoms = p.atoms.to_vec();
+        for (uses, on) in [(&old_slots.uses, false), (&new_slots.uses, true)] {
+            for (atom, kind, i) in uses {
+                let at = atom_word(&p, &atoms, *atom, usize::from(*kind), *i as usize)?;
+                let word = atoms.get_mut(at)?;
+                let bit = 1u64 << (*i % 64);
+                *word = if on { *word | bit } else { *word & !bit };
+            }
         }
+        p.atoms = atoms.into();
     }
     p.icmp_rules
         .retain(|(r, _, _)| positions.binary_search(&(*r as usize)).is_err());
@@ -440,29 +448,27 @@ fn copy_bit(dst: &mut [u64], src: &[u64], i: usize) {
     }
 }
 
-/// The arena word holding rule `i`'s bit in `atom`'s bitmap of `kind`, when the
-/// program has one.
-fn atom_word(p: &mut Program, atom: AtomId, kind: usize, i: usize) -> Option<&mut u64> {
+/// Where in `atoms` (the program's atoms, being patched) rule `i`'s bit of `atom`'s
+/// bitmap of `kind` is, when the program has one.
+fn atom_word(p: &Program, atoms: &[u64], atom: AtomId, kind: usize, i: usize) -> Option<usize> {
     let w = p.words as usize;
     let off = p.slot(atom)?;
-    let mask = *p.arena.get(off)?;
+    let mask = *atoms.get(off)?;
     if mask & (1 << kind) == 0 {
         return None;
     }
     let below = mask & ((1u64 << kind) - 1);
     if p.flags & F_SPARSE == 0 {
-        return p
-            .arena
-            .get_mut(off + 1 + below.count_ones() as usize * w + i / 64);
+        return Some(off + 1 + below.count_ones() as usize * w + i / 64);
     }
     // Sparse: skip the lists of the kinds before, then find the word's pair.
     let mut at = off + 1;
     for _ in 0..below.count_ones() {
-        at += 1 + 2 * usize::try_from(*p.arena.get(at)?).ok()?;
+        at += 1 + 2 * usize::try_from(*atoms.get(at)?).ok()?;
     }
-    let n = usize::try_from(*p.arena.get(at)?).ok()?;
-    let pair = (0..n).find(|k| p.arena.get(at + 1 + 2 * k) == Some(&((i / 64) as u64)))?;
-    p.arena.get_mut(at + 2 + 2 * pair)
+    let n = usize::try_from(*atoms.get(at)?).ok()?;
+    let pair = (0..n).find(|k| atoms.get(at + 1 + 2 * k) == Some(&((i / 64) as u64)))?;
+    Some(at + 2 + 2 * pair)
 }
 
 /// A laid-out program's protocol classes, as [`ProtoClasses`] made them: a
@@ -688,27 +694,22 @@ impl Canonical {
             head.extend_from_slice(p.arena.get(at..at + w).unwrap_or(&[]));
         }
         let mut atoms = std::collections::BTreeMap::new();
-        let atab = p.lay.atab as usize;
-        for e in p
-            .arena
-            .get(atab..atab + p.lay.atab_mask as usize + 1)
-            .unwrap_or(&[])
-        {
+        for e in p.atoms.get(..p.lay.atab_mask as usize + 1).unwrap_or(&[]) {
             if *e == u64::MAX {
                 continue;
             }
             let atom = (*e >> 32) as AtomId;
             let off = *e as u32 as usize;
-            let mask = p.arena.get(off).copied().unwrap_or(0);
+            let mask = p.atoms.get(off).copied().unwrap_or(0);
             let mut at = off + 1;
             for kind in (0..KINDS).filter(|k| mask & (1 << k) != 0) {
                 let mut bitmap = vec![0u64; w];
                 if p.flags & F_SPARSE == 0 {
-                    bitmap.copy_from_slice(p.arena.get(at..at + w).unwrap_or(&vec![0; w]));
+                    bitmap.copy_from_slice(p.atoms.get(at..at + w).unwrap_or(&vec![0; w]));
                     at += w;
                 } else {
-                    let n = p.arena.get(at).copied().unwrap_or(0) as usize;
-                    for pair in p.arena.get(at + 1..at + 1 + 2 * n).unwrap_or(&[]).chunks(2) {
+                    let n = p.atoms.get(at).copied().unwrap_or(0) as usize;
+                    for pair in p.atoms.get(at + 1..at + 1 + 2 * n).unwrap_or(&[]).chunks(2) {
                         if let (Some(word), Some(bits)) = (pair.first(), pair.get(1)) {
                             if let Some(b) = bitmap.get_mut(*word as usize) {
                                 *b |= *bits;
@@ -831,8 +832,10 @@ mod tests {
         let mut spec = ProgSpec::with_fallback(Verdict::Allow, Decider::NoHostEndpoint, None);
         spec.segment(vec![own_rule(Some(6), None)], SegSpec::Plain);
         let p = finish(&spec, 1);
-        // Nine masks and two protocol classes of one word, then the atom table.
-        assert_eq!(p.lay.atab as usize, M_PROTO + 2);
+        // Nine masks and two protocol classes of one word, then the port tables;
+        // the atom table apart (no atoms: its two empty entries).
+        assert_eq!(p.lay.sports as usize, M_PROTO + 2);
+        assert_eq!(&p.atoms[..], &[u64::MAX; 2]);
         assert_eq!(p.arena[0], 1, "IPv4 mask");
         assert_eq!(p.arena[M_PROTO], 0, "other protocols");
         assert_eq!(p.arena[M_PROTO + 1], 1, "TCP");

@@ -26,14 +26,34 @@ impl Builder {
         key: &PolicyKey,
         old: &[(String, Direction, Arc<Fragment>)],
     ) {
-        // A fragment that came out the same (the direction the change left alone)
-        // stays the one programs hold, so they need nothing.
+        // Each old fragment with its replacement and the rules that differ, found
+        // once for every program. A fragment that came out the same (the direction
+        // the change left alone) stays the one programs hold, so they need nothing.
+        let mut swaps: Vec<Swap> = Vec::new();
+        let mut patchable = !old.is_empty();
         for (tier, dir, held) in old {
             let Some(new) = self.policy_fragment(state, ids, key, tier, *dir) else {
+                patchable = false;
                 continue;
             };
-            if new.rules == held.rules && new.rule_ids == held.rule_ids {
+            if new.rules.len() != held.rules.len() {
+                patchable = false;
+                continue;
+            }
+            let changed: Vec<usize> = (held.rules.iter().zip(&new.rules))
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(j, _)| j)
+                .collect();
+            if changed.is_empty() && new.rule_ids == held.rule_ids {
                 self.fragments.keep_policy(key, tier, *dir, held.clone());
+            } else {
+                swaps.push(Swap {
+                    start: 0,
+                    old: held.clone(),
+                    new,
+                    changed: changed.into(),
+                });
             }
         }
         // The published list is the compiled interfaces as an update starts.
@@ -46,22 +66,15 @@ impl Builder {
             .map(|(i, _)| i.kind.clone())
             .collect();
         for kind in affected {
-            if old.is_empty() || !self.patch_iface(state, ids, &kind, key, old) {
+            if !patchable || !self.patch_iface(ids, &kind, &swaps) {
                 self.compile_iface(state, ids, kind);
             }
         }
     }
 
-    /// Patches a workload's programs for policy `key`'s new rules; false (nothing
-    /// changed) when they need compiling again.
-    fn patch_iface(
-        &mut self,
-        state: &State,
-        ids: &IdTable,
-        kind: &IfaceKind,
-        key: &PolicyKey,
-        old: &[(String, Direction, Arc<Fragment>)],
-    ) -> bool {
+    /// Patches a workload's programs with the policy's `swaps` (their `start`
+    /// unset); false (nothing changed) when they need compiling again.
+    fn patch_iface(&mut self, ids: &IdTable, kind: &IfaceKind, swaps: &[Swap]) -> bool {
         if !matches!(kind, IfaceKind::Workload(_)) {
             return false;
         }
@@ -81,40 +94,27 @@ impl Builder {
             // each compile since the policy's last change took them from there, and
             // that change brought every program listing it up to date (one compiled
             // while the policy was missing is compiled again, as `old` is empty).
-            let mut swaps = Vec::new();
+            let mut here = Vec::new();
             let mut start = 0;
             for fragment in spec.fragments() {
-                let held = old.iter().find(|(_, _, f)| Arc::ptr_eq(f, fragment));
-                if let Some((tier, dir, _)) = held {
-                    let Some(new) = self.policy_fragment(state, ids, key, tier, *dir) else {
-                        return false;
-                    };
-                    if new.rules.len() != fragment.rules.len() {
-                        return false;
-                    }
-                    if !Arc::ptr_eq(&new, fragment) {
-                        swaps.push(Swap {
-                            start,
-                            old: fragment.clone(),
-                            new,
-                        });
-                    }
+                if let Some(s) = swaps.iter().find(|s| Arc::ptr_eq(&s.old, fragment)) {
+                    here.push(Swap { start, ..s.clone() });
                 }
                 start += fragment.rules.len();
             }
-            if swaps.is_empty() {
+            if here.is_empty() {
                 continue;
             }
             let mut next = ProgSpec::clone(spec);
             for f in next.segments.iter_mut().flat_map(|(f, _)| f.iter_mut()) {
-                if let Some(s) = swaps.iter().find(|s| Arc::ptr_eq(&s.old, f)) {
+                if let Some(s) = here.iter().find(|s| Arc::ptr_eq(&s.old, f)) {
                     *f = s.new.clone();
                 }
             }
-            for s in &swaps {
+            for s in &here {
                 next.retally(&s.old, &s.new);
             }
-            let Some(program) = patch(program, &next, &swaps) else {
+            let Some(program) = patch(program, &next, &here) else {
                 return false;
             };
             if let (Some(e), Some(s)) = (entries.get_mut(d), specs.get_mut(d)) {
