@@ -192,11 +192,8 @@ fn tier_policies<'a>(
 
 /// The parts of two lists that differ once their common prefix and suffix are
 /// trimmed: an endpoint update usually adds or removes a policy or two of the many
-/// its tiers name.
-fn changed_middle<'l, 'k>(
-    old: &'l [&'k PolicyKey],
-    new: &'l [&'k PolicyKey],
-) -> (&'l [&'k PolicyKey], &'l [&'k PolicyKey]) {
+/// its tiers name, a policy update changes the sets of a rule or two.
+fn changed_middle<'l, T: PartialEq>(old: &'l [T], new: &'l [T]) -> (&'l [T], &'l [T]) {
     let prefix = old.iter().zip(new).take_while(|(a, b)| a == b).count();
     let (old, new) = (
         old.get(prefix..).unwrap_or_default(),
@@ -231,12 +228,17 @@ fn follow_rules(
     before: Option<[&[crate::model::Rule]; 2]>,
     after: Option<[&[crate::model::Rule]; 2]>,
 ) {
-    if let Some([inbound, outbound]) = before {
-        refs.remove(rule_sets(inbound, outbound));
-    }
-    if let Some([inbound, outbound]) = after {
-        refs.add(rule_sets(inbound, outbound));
-    }
+    let (old, new) = (lists_sets(before), lists_sets(after));
+    let (gone, came) = changed_middle(&old, &new);
+    refs.remove(gone.iter().copied());
+    refs.add(came.iter().copied());
+}
+
+/// The IP sets rule lists (inbound, outbound) name, in order, repeats included.
+fn lists_sets(lists: Option<[&[crate::model::Rule]; 2]>) -> Vec<&IpSetId> {
+    lists.map_or_else(Vec::new, |[inbound, outbound]| {
+        rule_sets(inbound, outbound).collect()
+    })
 }
 
 /// Moves an endpoint's references from its previous tiers to its new ones.
@@ -299,12 +301,14 @@ impl State {
             }
             Update::IpSetRemove(id) => self.check_set_unused(id),
             Update::PolicyUpdate(key, p) => self.check_sets_known(
-                &format!("policy {key}"),
-                p.inbound.iter().chain(&p.outbound),
+                &format_args!("policy {key}"),
+                self.policies.get(key).map(policy_lists),
+                policy_lists(p),
             ),
             Update::ProfileUpdate(name, p) => self.check_sets_known(
-                &format!("profile {name}"),
-                p.inbound.iter().chain(&p.outbound),
+                &format_args!("profile {name}"),
+                self.profiles.get(name).map(profile_lists),
+                profile_lists(p),
             ),
             Update::PolicyRemove(key) => self.check_policy_unused(key),
             Update::ProfileRemove(name) => self.check_profile_unused(name),
@@ -324,20 +328,24 @@ impl State {
         }
     }
 
-    fn check_sets_known<'a>(
+    /// Checks that the sets rule lists name exist. Sets the lists' previous version
+    /// (`before`) names at the same place exist already (a named set cannot be
+    /// removed), so only the changed middle of the list is looked up.
+    fn check_sets_known(
         &self,
-        owner: &str,
-        rules: impl Iterator<Item = &'a crate::model::Rule>,
+        owner: &dyn std::fmt::Display,
+        before: Option<[&[crate::model::Rule]; 2]>,
+        after: [&[crate::model::Rule]; 2],
     ) -> Result<(), StateError> {
-        for rule in rules {
-            if let Some(set) = rule.set_ids().find(|s| !self.ipsets.contains_key(*s)) {
-                return Err(StateError::UnknownIpSet {
-                    owner: owner.to_string(),
-                    set: set.clone(),
-                });
-            }
+        let (old, new) = (lists_sets(before), lists_sets(Some(after)));
+        let (_, came) = changed_middle(&old, &new);
+        match came.iter().find(|s| !self.ipsets.contains_key(**s)) {
+            Some(set) => Err(StateError::UnknownIpSet {
+                owner: owner.to_string(),
+                set: (*set).clone(),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Checks that an endpoint's profiles and policies exist. Policies its previous
@@ -837,6 +845,13 @@ mod tests {
                 if n(2) % 2 == 0 {
                     p.inbound.push(p.inbound[0].clone());
                 }
+                // Sometimes a second set, ahead of or behind the first.
+                let other = policy_using(sets[n(2) / 2 % 3]).inbound;
+                match n(2) / 6 % 3 {
+                    0 => p.inbound.extend(other),
+                    1 => p.inbound.splice(0..0, other).for_each(drop),
+                    _ => {}
+                }
                 Update::PolicyUpdate(key(&format!("p{}", n(3) % 4)), p)
             }
             3 => Update::PolicyRemove(key(&format!("p{}", n(3) % 4))),
@@ -905,6 +920,13 @@ mod tests {
                     Update::IpSetRemove(id) => Some(
                         s.policies.values().any(|p| rule_sets(&p.inbound, &p.outbound).any(|x| x == id))
                             || s.profiles.values().any(|p| rule_sets(&p.inbound, &p.outbound).any(|x| x == id)),
+                    ),
+                    // Refused exactly when it names a set the state lacks.
+                    Update::PolicyUpdate(_, p) => Some(
+                        rule_sets(&p.inbound, &p.outbound).any(|id| !s.ipsets.contains_key(id)),
+                    ),
+                    Update::ProfileUpdate(_, p) => Some(
+                        rule_sets(&p.inbound, &p.outbound).any(|id| !s.ipsets.contains_key(id)),
                     ),
                     // Refused exactly when it names a policy the state lacks.
                     Update::WorkloadUpdate(_, w) => Some(
