@@ -18,6 +18,8 @@
 //! - `member-cidr`: a `/24` into or out of a CIDR set;
 //! - `member-named-port`: an `ip,tcp:port` member into or out of a named-port set;
 //! - `policy`: a policy's rules changed (one port moved) and restored;
+//! - `profile`: a profile's first inbound rule narrowed to TCP to one port, and
+//!   restored (a namespace's profile: every endpoint of the namespace uses it);
 //! - `policy-add-remove`: a new policy added and removed the way Felix sends it, one
 //!   message at a time: the policy, then an endpoint listing it in one of its tiers,
 //!   then the endpoint without it, then the policy's removal (each message timed on
@@ -103,11 +105,12 @@ fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
 }
 
 /// The update kinds, in the order they run.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 10] = [
     "member-host",
     "member-cidr",
     "member-named-port",
     "policy",
+    "profile",
     "policy-add-remove",
     "set-add-remove",
     "host-metadata",
@@ -187,6 +190,16 @@ fn next_update(
             rule.dst.ports = vec![capo_policy::PortRange::single(port)];
             undo.push(Update::PolicyUpdate(key.clone(), p.clone()));
             Some(Update::PolicyUpdate(key.clone(), changed))
+        }
+        "profile" => {
+            let n = state.profiles().len();
+            let (name, p) = state.profiles().get_index(rng.below(n.max(1)))?;
+            let mut changed = p.clone();
+            let rule = changed.inbound.first_mut()?;
+            rule.protocol = Some(capo_policy::Protocol::TCP);
+            rule.dst.ports = vec![capo_policy::PortRange::single(40_000 + (i % 20_000) as u16)];
+            undo.push(Update::ProfileUpdate(name.clone(), p.clone()));
+            Some(Update::ProfileUpdate(name.clone(), changed))
         }
         "policy-add-remove" => {
             // Felix's order: the policy before the endpoint that lists it; the

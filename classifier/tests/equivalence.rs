@@ -128,14 +128,15 @@ fn edit() -> impl Strategy<Value = Edit> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
-    /// Policies edited rule by rule, their rule counts kept (what the compiler
-    /// patches into programs in place where it can): after every edit the new
-    /// generation matches the reference and a fresh build's rule ids, and the one
-    /// before still matches the state before; dense, wide and sparse programs.
+    /// Policies and profiles edited rule by rule, their rule counts kept (what the
+    /// compiler patches into programs in place where it can): after every edit the
+    /// new generation matches the reference and a fresh build's rule ids, and the
+    /// one before still matches the state before; dense, wide and sparse programs.
     #[test]
     fn policy_edits_patched_in_place_equal_reference(
         updates in scenario(),
-        edits in prop::collection::vec((0..NPOL, any::<bool>(), 0..4usize, edit()), 1..8),
+        // Policies 0..NPOL, then profiles prof0 and prof1.
+        edits in prop::collection::vec((0..NPOL + 2, any::<bool>(), 0..4usize, edit()), 1..8),
         pkts in prop::collection::vec(packet(), 1..16),
         words in prop_oneof![Just(1usize), Just(3usize), Just(6usize)],
     ) {
@@ -147,11 +148,18 @@ proptest! {
         }
         let mut g = b.build(&state, &ids);
         for (i, inbound, j, edit) in edits {
-            let Some(policy) = state.policies().get(&pkey(i)) else {
-                continue;
+            let profile = i.checked_sub(NPOL).map(|p| format!("prof{p}"));
+            let (mut inbound_rules, mut outbound_rules, policy) = match &profile {
+                Some(name) => {
+                    let Some(p) = state.profiles().get(name) else { continue };
+                    (p.inbound.clone(), p.outbound.clone(), None)
+                }
+                None => {
+                    let Some(p) = state.policies().get(&pkey(i)) else { continue };
+                    (p.inbound.clone(), p.outbound.clone(), Some(p.clone()))
+                }
             };
-            let mut policy = policy.clone();
-            let rules = if inbound { &mut policy.inbound } else { &mut policy.outbound };
+            let rules = if inbound { &mut inbound_rules } else { &mut outbound_rules };
             let n = rules.len();
             let lender = match &edit {
                 Edit::Borrow(k, _) => rules.get(k % n.max(1)).cloned(),
@@ -177,9 +185,20 @@ proptest! {
                 }
                 Edit::Rule(r) => *rule = *r,
             }
+            let update = match (profile, policy) {
+                (Some(name), _) => Update::ProfileUpdate(
+                    name,
+                    capo_policy::Profile { inbound: inbound_rules, outbound: outbound_rules },
+                ),
+                (None, Some(p)) => Update::PolicyUpdate(
+                    pkey(i),
+                    capo_policy::Policy { inbound: inbound_rules, outbound: outbound_rules, ..p },
+                ),
+                (None, None) => continue,
+            };
             let before_state = state.clone();
             let before = g.clone();
-            match b.apply(&mut state, &mut ids, Update::PolicyUpdate(pkey(i), policy)) {
+            match b.apply(&mut state, &mut ids, update) {
                 Ok(next) => g = next,
                 Err(_) => prop_assert_eq!(b.current().map(|c| c.id()), Some(g.id())),
             }
@@ -600,4 +619,68 @@ fn port_edits_patch_every_endpoint_listing_the_policy() {
         assert_eq!(b.check_programs_against_specs(), Ok(()));
         assert_eq!(verdict(&g, 22), Verdict::Allow);
     }
+}
+
+/// A profile three endpoints use, edited in place: its port edit patches the three
+/// interfaces' programs, which equal programs laid out afresh and give the new
+/// verdicts.
+#[test]
+fn profile_edits_patch_every_endpoint_using_the_profile() {
+    use capo_policy::*;
+    let mut state = State::new();
+    let mut ids = IdTable::default();
+    let mut b = Builder::new();
+    let profile = |port: u16| {
+        let mut rule = Rule::any(Action::Allow);
+        rule.protocol = Some(Protocol::TCP);
+        rule.dst.ports = vec![PortRange::single(port)];
+        Profile {
+            inbound: vec![rule],
+            outbound: vec![Rule::any(Action::Allow)],
+        }
+    };
+    b.apply(
+        &mut state,
+        &mut ids,
+        Update::ProfileUpdate("kns".into(), profile(80)),
+    )
+    .unwrap();
+    for i in 0..3 {
+        let mut wl = common::t1_workload(&format!("tun{i}"), &format!("10.0.0.{}/32", i + 1));
+        wl.tiers.clear();
+        wl.profile_ids = vec!["kns".into()];
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::WorkloadUpdate(common::wkey(i), wl),
+        )
+        .unwrap();
+    }
+    let before = b.patched_interfaces();
+    let g = b
+        .apply(
+            &mut state,
+            &mut ids,
+            Update::ProfileUpdate("kns".into(), profile(8080)),
+        )
+        .unwrap();
+    assert_eq!(b.patched_interfaces(), before + 3);
+    assert_eq!(b.check_programs_against_specs(), Ok(()));
+    let verdict = |port: u16| {
+        let pkt = Packet {
+            src: "10.9.0.1".parse().unwrap(),
+            dst: "10.0.0.3".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: 40000,
+                dst: port,
+            },
+        };
+        let iface = g.interface("tun2").unwrap();
+        g.classify(iface, Direction::Ingress, &pkt, &mut Scratch::default())
+            .unwrap()
+            .verdict
+    };
+    assert_eq!(verdict(8080), Verdict::Allow);
+    assert_eq!(verdict(80), Verdict::Deny);
 }

@@ -5,10 +5,10 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use capo_policy::{IdTable, PolicyKey, State};
+use capo_policy::PolicyKey;
 
-use super::{Builder, FastSet};
-use crate::generation::{Iface, IfaceKind};
+use super::patch::Owner;
+use super::FastSet;
 
 /// The policies and profiles an interface's programs read (named ones included even
 /// when absent from the state: their arrival must recompile the interface).
@@ -31,63 +31,52 @@ impl Deps {
     pub(super) fn into_sets(self) -> (Arc<FastSet<PolicyKey>>, Arc<FastSet<String>>, PolicyFilter) {
         let mut filter = PolicyFilter::default();
         for key in &self.policies {
-            filter.insert(key);
+            filter.insert(Owner::Policy(key));
+        }
+        for name in &self.profiles {
+            filter.insert(Owner::Profile(name));
         }
         (Arc::new(self.policies), Arc::new(self.profiles), filter)
     }
 }
 
-/// A 512-bit filter of the policies an interface's programs read: the builder
-/// keeps the listed interfaces' filters side by side, so finding a policy's users
-/// reads one contiguous table instead of every interface's set (two bits per
-/// policy: with W-large's ~45 policies per interface, about 3% of interfaces pass
-/// the filter without listing the policy, and the set then says no).
+/// A 512-bit filter of the policies and profiles an interface's programs read: the
+/// builder keeps the listed interfaces' filters side by side, so finding a
+/// policy's or profile's users reads one contiguous table instead of every
+/// interface's set (two bits each: with W-large's ~45 policies per interface,
+/// about 3% of interfaces pass the filter without listing the policy, and the set
+/// then says no).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct PolicyFilter([u64; 8]);
 
 impl PolicyFilter {
-    fn bits(key: &PolicyKey) -> [(usize, u64); 2] {
-        let h = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key);
+    fn bits(owner: Owner<'_>) -> [(usize, u64); 2] {
+        let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
+        let h = match owner {
+            Owner::Policy(key) => hasher.hash_one((0u8, key)),
+            Owner::Profile(name) => hasher.hash_one((1u8, name)),
+        };
         let bit = |b: u64| ((b >> 6) as usize % 8, 1u64 << (b % 64));
         [bit(h & 511), bit((h >> 9) & 511)]
     }
 
-    fn insert(&mut self, key: &PolicyKey) {
-        for (word, bit) in Self::bits(key) {
+    fn insert(&mut self, owner: Owner<'_>) {
+        for (word, bit) in Self::bits(owner) {
             if let Some(w) = self.0.get_mut(word) {
                 *w |= bit;
             }
         }
     }
 
-    /// False when the interface surely does not read `key`.
+    /// False when the interface surely does not read the policy or profile whose
+    /// bits these are.
     pub(super) fn may_hold(&self, bits: &[(usize, u64); 2]) -> bool {
         bits.iter()
             .all(|(word, bit)| self.0.get(*word).is_some_and(|w| w & bit != 0))
     }
 
     /// The bits [`PolicyFilter::may_hold`] looks for.
-    pub(super) fn key_bits(key: &PolicyKey) -> [(usize, u64); 2] {
-        Self::bits(key)
-    }
-}
-
-impl Builder {
-    /// Recompiles the interfaces whose programs `uses`.
-    pub(super) fn recompile_dependents(
-        &mut self,
-        state: &State,
-        ids: &IdTable,
-        uses: impl Fn(&Iface) -> bool,
-    ) {
-        let affected: Vec<IfaceKind> = self
-            .ifaces
-            .iter()
-            .filter(|(_, i)| uses(i))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in affected {
-            self.compile_iface(state, ids, k);
-        }
+    pub(super) fn owner_bits(owner: Owner<'_>) -> [(usize, u64); 2] {
+        Self::bits(owner)
     }
 }

@@ -11,6 +11,7 @@ use capo_policy::{
 };
 
 use super::deps::Deps;
+use super::patch::{OldFragment, Owner};
 use super::{Builder, FastMap};
 use crate::index::AtomId;
 use crate::program::Act;
@@ -107,42 +108,58 @@ pub(super) struct Fragments {
 }
 
 impl Fragments {
-    /// Forgets a changed policy's fragments, returning them: (tier, direction,
-    /// fragment).
-    pub(super) fn take_policy(
-        &mut self,
-        key: &PolicyKey,
-    ) -> Vec<(String, Direction, Arc<Fragment>)> {
-        self.policies.remove(key).unwrap_or_default()
+    /// Forgets a changed policy's or profile's fragments, returning them.
+    pub(super) fn take(&mut self, owner: Owner<'_>) -> Vec<OldFragment> {
+        match owner {
+            Owner::Policy(key) => self
+                .policies
+                .remove(key)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(tier, dir, f)| (Some(tier), dir, f))
+                .collect(),
+            Owner::Profile(name) => self
+                .profiles
+                .remove(name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(dir, f)| (None, dir, f))
+                .collect(),
+        }
     }
 
-    /// Makes `fragment` policy `key`'s fragment for `tier` and `dir` again (one the
-    /// change left as it was: programs holding it need nothing).
-    pub(super) fn keep_policy(
+    /// Makes `fragment` the policy's (listed in `tier`) or profile's fragment for
+    /// `dir` again (one the change left as it was: programs holding it need
+    /// nothing).
+    pub(super) fn keep(
         &mut self,
-        key: &PolicyKey,
-        tier: &str,
+        owner: Owner<'_>,
+        tier: Option<&str>,
         dir: Direction,
         fragment: Arc<Fragment>,
     ) {
-        if let Some(list) = self.policies.get_mut(key) {
-            for (t, d, f) in list.iter_mut() {
-                if *d == dir && t == tier {
-                    *f = fragment.clone();
+        match owner {
+            Owner::Policy(key) => {
+                for (t, d, f) in self.policies.get_mut(key).into_iter().flatten() {
+                    if *d == dir && Some(t.as_str()) == tier {
+                        *f = fragment.clone();
+                    }
+                }
+            }
+            Owner::Profile(name) => {
+                for (d, f) in self.profiles.get_mut(name).into_iter().flatten() {
+                    if *d == dir {
+                        *f = fragment.clone();
+                    }
                 }
             }
         }
     }
-
-    /// Forgets a changed profile's fragments.
-    pub(super) fn forget_profile(&mut self, name: &str) {
-        self.profiles.remove(name);
-    }
 }
 
 /// A program being assembled: segments of shared fragments in evaluation order,
-/// fallback. Kept with a workload's programs, so a policy change can patch them
-/// (see `patch`).
+/// fallback. Kept with a workload's programs, so a policy or profile change can
+/// patch them (see `patch`).
 #[derive(Clone)]
 pub(crate) struct ProgSpec {
     pub(super) segments: Vec<(Vec<Arc<Fragment>>, SegSpec)>,
@@ -421,7 +438,7 @@ impl Builder {
     }
 
     /// Profile `name`'s rules for `dir`, lowered once (none when it does not exist).
-    fn profile_fragment(
+    pub(super) fn profile_fragment(
         &mut self,
         state: &State,
         ids: &IdTable,

@@ -8,9 +8,11 @@
 //!
 //! - IP-set changes touch the index entries of the changed members and nothing else
 //!   (programs refer to sets by atom, never to their members);
-//! - a policy or profile change recompiles the interfaces that use it; every other
-//!   policy's rules come lowered from the builder's fragments, one per policy (or
-//!   profile), tier and direction, whose deciders the programs share;
+//! - a policy or profile change patches the programs of the interfaces that use
+//!   it where its rules keep their number (`patch`), and recompiles them
+//!   otherwise; every other policy's rules come lowered from the builder's
+//!   fragments, one per policy (or profile), tier and direction, whose deciders the
+//!   programs share;
 //! - an endpoint change recompiles that endpoint's interface (host endpoints and
 //!   configuration: the host-facing and host-endpoint interfaces), and updates the
 //!   virtual sets of local workload and host addresses.
@@ -18,8 +20,9 @@
 //! By concern: `index` keeps the atom registry and the address indexes, `deps`
 //! which interfaces use which policies and profiles, `lower` turns rules, tiers and
 //! profiles into rules over atoms in evaluation order, `iface` builds each kind of
-//! interface's programs, and `layout` lays a program's bitmaps and tables out in
-//! one arena.
+//! interface's programs, `layout` lays a program's bitmaps and tables out (and
+//! patches them), and `patch` finds the programs a policy or profile change can
+//! patch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -40,6 +43,8 @@ mod index;
 mod layout;
 mod lower;
 mod patch;
+
+use patch::Owner;
 
 pub(crate) use deps::PolicyFilter;
 pub(crate) use lower::ProgSpec;
@@ -215,12 +220,12 @@ impl Builder {
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
-                let old = self.fragments.take_policy(&key);
+                let old = self.fragments.take(Owner::Policy(&key));
                 ids.sync_after(state, Changed::Policy(&key));
                 // A policy no endpoint names (just added, or removed) is in no program:
                 // no interface needs asking.
                 if state.policy_is_used(&key) {
-                    self.update_policy_users(state, ids, &key, &old);
+                    self.update_users(state, ids, Owner::Policy(&key), &old);
                 }
             }
             Update::ProfileUpdate(name, _) | Update::ProfileRemove(name) => {
@@ -228,9 +233,9 @@ impl Builder {
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
-                self.fragments.forget_profile(&name);
+                let old = self.fragments.take(Owner::Profile(&name));
                 ids.sync_after(state, Changed::Profile(&name));
-                self.recompile_dependents(state, ids, |i| i.profiles.contains(&name));
+                self.update_users(state, ids, Owner::Profile(&name), &old);
             }
             Update::WorkloadUpdate(key, _) | Update::WorkloadRemove(key) => {
                 let key = key.clone();

@@ -15,16 +15,27 @@ use super::lower::{Fragment, ProgSpec};
 use super::{Builder, PolicyFilter};
 use crate::generation::{Entry, Iface, IfaceKind};
 
+/// What changed: a policy or a profile.
+#[derive(Clone, Copy)]
+pub(super) enum Owner<'a> {
+    Policy(&'a PolicyKey),
+    Profile(&'a str),
+}
+
+/// A changed policy's or profile's fragment before the change: the tier it was
+/// listed in (policies), its direction, the fragment.
+pub(super) type OldFragment = (Option<String>, Direction, Arc<Fragment>);
+
 impl Builder {
-    /// Brings the interfaces using policy `key` up to date after it changed: each
-    /// patched where it can be, compiled again otherwise. `old`: the policy's
-    /// fragments before the change (tier, direction, fragment).
-    pub(super) fn update_policy_users(
+    /// Brings the interfaces using a policy or profile up to date after it changed:
+    /// each patched where it can be, compiled again otherwise. `old`: its fragments
+    /// before the change.
+    pub(super) fn update_users(
         &mut self,
         state: &State,
         ids: &IdTable,
-        key: &PolicyKey,
-        old: &[(String, Direction, Arc<Fragment>)],
+        owner: Owner<'_>,
+        old: &[OldFragment],
     ) {
         // Each old fragment with its replacement and the rules that differ, found
         // once for every program. A fragment that came out the same (the direction
@@ -32,7 +43,14 @@ impl Builder {
         let mut swaps: Vec<Swap> = Vec::new();
         let mut patchable = !old.is_empty();
         for (tier, dir, held) in old {
-            let Some(new) = self.policy_fragment(state, ids, key, tier, *dir) else {
+            let new = match (owner, tier) {
+                (Owner::Policy(key), Some(tier)) => {
+                    self.policy_fragment(state, ids, key, tier, *dir)
+                }
+                (Owner::Profile(name), _) => self.profile_fragment(state, ids, name, *dir),
+                (Owner::Policy(_), None) => None,
+            };
+            let Some(new) = new else {
                 patchable = false;
                 continue;
             };
@@ -46,7 +64,8 @@ impl Builder {
                 .map(|(j, _)| j)
                 .collect();
             if changed.is_empty() && new.rule_ids == held.rule_ids {
-                self.fragments.keep_policy(key, tier, *dir, held.clone());
+                self.fragments
+                    .keep(owner, tier.as_deref(), *dir, held.clone());
             } else {
                 swaps.push(Swap {
                     start: 0,
@@ -57,12 +76,16 @@ impl Builder {
             }
         }
         // The published list is the compiled interfaces as an update starts.
-        let bits = PolicyFilter::key_bits(key);
+        let bits = PolicyFilter::owner_bits(owner);
+        let uses = |i: &Iface| match owner {
+            Owner::Policy(key) => i.policies.contains(key),
+            Owner::Profile(name) => i.profiles.contains(name),
+        };
         let affected: Vec<IfaceKind> = self
             .list
             .iter()
             .zip(&self.filters)
-            .filter(|(i, f)| f.may_hold(&bits) && i.policies.contains(key))
+            .filter(|(i, f)| f.may_hold(&bits) && uses(i))
             .map(|(i, _)| i.kind.clone())
             .collect();
         for kind in affected {
