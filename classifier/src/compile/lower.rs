@@ -253,7 +253,7 @@ impl ProgSpec {
                 }
             }
             let has = |f: &Fragment| u32::from(f.named_ports.get(side).copied().unwrap_or(false));
-            *n = *n + has(new) - has(old);
+            *n = (*n + has(new)).saturating_sub(has(old));
         }
     }
 

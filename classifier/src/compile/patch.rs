@@ -89,7 +89,7 @@ impl Builder {
             .map(|(i, _)| i.kind.clone())
             .collect();
         for kind in affected {
-            if !patchable || !self.patch_iface(ids, &kind, &swaps) {
+            if !patchable || !self.patch_iface(ids, &kind, &swaps, old) {
                 self.compile_iface(state, ids, kind);
             }
         }
@@ -97,7 +97,13 @@ impl Builder {
 
     /// Patches a workload's programs with the policy's `swaps` (their `start`
     /// unset); false (nothing changed) when they need compiling again.
-    fn patch_iface(&mut self, ids: &IdTable, kind: &IfaceKind, swaps: &[Swap]) -> bool {
+    fn patch_iface(
+        &mut self,
+        ids: &IdTable,
+        kind: &IfaceKind,
+        swaps: &[Swap],
+        old: &[OldFragment],
+    ) -> bool {
         if !matches!(kind, IfaceKind::Workload(_)) {
             return false;
         }
@@ -107,6 +113,7 @@ impl Builder {
         let mut entries = iface.entries.clone();
         let mut specs = iface.specs.clone();
         let mut patched = false;
+        let mut holds_old = false;
         for d in 0..2 {
             let (Some(Some(spec)), Some(Entry::Single(program))) =
                 (iface.specs.get(d), iface.entries.get(d))
@@ -123,6 +130,7 @@ impl Builder {
                 if let Some(s) = swaps.iter().find(|s| Arc::ptr_eq(&s.old, fragment)) {
                     here.push(Swap { start, ..s.clone() });
                 }
+                holds_old |= old.iter().any(|(_, _, f)| Arc::ptr_eq(f, fragment));
                 start += fragment.rules.len();
             }
             if here.is_empty() {
@@ -145,6 +153,11 @@ impl Builder {
                 *s = Some(Arc::new(next));
             }
             patched = true;
+        }
+        // An interface using the changed policy or profile holds one of its old
+        // fragments (the invariant above); one that does not is compiled, not left.
+        if !holds_old {
+            return false;
         }
         if patched {
             let iface = Iface {
