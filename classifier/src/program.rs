@@ -172,14 +172,17 @@ pub(crate) fn port_table_patched(
 fn port_starts(pos: &[(usize, PortRange)], neg: &[(usize, PortRange)]) -> Vec<u16> {
     let mut starts: Vec<u16> = vec![0];
     for (_, r) in pos.iter().chain(neg) {
-        starts.push(r.first());
-        if let Some(n) = r.last().checked_add(1) {
-            starts.push(n);
-        }
+        starts.extend(range_bounds(r));
     }
     starts.sort_unstable();
     starts.dedup();
     starts
+}
+
+/// The interval starts a port range puts in a table: its first port, and the one
+/// after its last (none after 65535).
+pub(crate) fn range_bounds(r: &PortRange) -> impl Iterator<Item = u16> {
+    std::iter::once(r.first()).chain(r.last().checked_add(1))
 }
 
 /// A table of `starts` with every bitmap empty.
@@ -433,7 +436,8 @@ impl std::fmt::Debug for Decision<'_> {
     }
 }
 
-const EMPTY_ENTRY: u64 = u64::MAX;
+/// An empty entry of the atom table.
+pub(crate) const EMPTY_ENTRY: u64 = u64::MAX;
 
 #[inline(always)]
 fn atom_hash(atom: AtomId) -> u32 {

@@ -50,7 +50,9 @@ impl Deps {
 pub(crate) struct PolicyFilter([u64; 8]);
 
 impl PolicyFilter {
-    fn bits(owner: Owner<'_>) -> [(usize, u64); 2] {
+    /// The two bits of a policy or profile, which [`PolicyFilter::may_hold`] looks
+    /// for.
+    pub(super) fn bits(owner: Owner<'_>) -> [(usize, u64); 2] {
         let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
         let h = match owner {
             Owner::Policy(key) => hasher.hash_one((0u8, key)),
@@ -73,10 +75,5 @@ impl PolicyFilter {
     pub(super) fn may_hold(&self, bits: &[(usize, u64); 2]) -> bool {
         bits.iter()
             .all(|(word, bit)| self.0.get(*word).is_some_and(|w| w & bit != 0))
-    }
-
-    /// The bits [`PolicyFilter::may_hold`] looks for.
-    pub(super) fn owner_bits(owner: Owner<'_>) -> [(usize, u64); 2] {
-        Self::bits(owner)
     }
 }

@@ -10,9 +10,9 @@ use crate::bits;
 use crate::index::AtomId;
 use crate::program::{
     atom_table, port_table, port_table_patched, CRule, DeciderTable, Layout, Program, SegKind,
-    Segment, Verify, BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS, K_DST_NEG,
-    K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO,
-    M_SVC_REQ, SPARSE_MIN_WORDS,
+    Segment, Verify, BLOOM_WORDS, EMPTY_ENTRY, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS,
+    K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC,
+    M_PROTO, M_SVC_REQ, SPARSE_MIN_WORDS,
 };
 
 /// Turns a spec into a program.
@@ -695,7 +695,7 @@ impl Canonical {
         }
         let mut atoms = std::collections::BTreeMap::new();
         for e in p.atoms.get(..p.lay.atab_mask as usize + 1).unwrap_or(&[]) {
-            if *e == u64::MAX {
+            if *e == EMPTY_ENTRY {
                 continue;
             }
             let atom = (*e >> 32) as AtomId;

@@ -14,7 +14,7 @@ use super::deps::Deps;
 use super::patch::{OldFragment, Owner};
 use super::{Builder, FastMap};
 use crate::index::AtomId;
-use crate::program::Act;
+use crate::program::{range_bounds, Act};
 
 /// A rule lowered to atoms: what it matches and what it does.
 #[derive(PartialEq)]
@@ -69,8 +69,7 @@ impl Fragment {
                 .zip([&r.src, &r.dst])
             {
                 for range in side.ports.iter().chain(&side.not_ports) {
-                    bounds.push(range.first());
-                    bounds.extend(range.last().checked_add(1));
+                    bounds.extend(range_bounds(range));
                 }
                 *named |= !side.np.is_empty() || !side.nnp.is_empty();
             }
@@ -298,18 +297,11 @@ impl ProgSpec {
 
     /// The rules in evaluation order.
     pub(super) fn rules(&self) -> impl Iterator<Item = &LRule> {
-        self.segments
-            .iter()
-            .flat_map(|(fragments, _)| fragments.iter())
-            .flat_map(|f| f.rules.iter())
+        self.fragments().flat_map(|f| f.rules.iter())
     }
 
     pub(super) fn rule_count(&self) -> usize {
-        self.segments
-            .iter()
-            .flat_map(|(fragments, _)| fragments.iter())
-            .map(|f| f.rules.len())
-            .sum()
+        self.fragments().map(|f| f.rules.len()).sum()
     }
 }
 

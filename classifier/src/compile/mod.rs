@@ -94,7 +94,8 @@ pub struct Builder {
     /// Tests: pad every program's bitmaps to at least this many words, so the
     /// wider code paths run on small random policies.
     min_words: usize,
-    /// Interfaces whose programs a policy change patched rather than compiled.
+    /// Interfaces whose programs a policy or profile change patched rather than
+    /// compiled.
     patched: u64,
 }
 
@@ -150,9 +151,9 @@ impl Builder {
         }
     }
 
-    /// How many times a policy change patched an interface's programs in place
-    /// instead of compiling them again (tests and benchmarks check the patch path
-    /// is the one taken).
+    /// How many times a policy or profile change patched an interface's programs
+    /// instead of compiling them again (tests check the patch path is the one
+    /// taken).
     pub fn patched_interfaces(&self) -> u64 {
         self.patched
     }

@@ -76,7 +76,7 @@ impl Builder {
             }
         }
         // The published list is the compiled interfaces as an update starts.
-        let bits = PolicyFilter::owner_bits(owner);
+        let bits = PolicyFilter::bits(owner);
         let uses = |i: &Iface| match owner {
             Owner::Policy(key) => i.policies.contains(key),
             Owner::Profile(name) => i.profiles.contains(name),
