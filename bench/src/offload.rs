@@ -27,7 +27,9 @@ use capo_offload::commit::{Committer, RefreshOutcome};
 use capo_offload::flow::Action;
 use capo_offload::lower::{attribute, lower, EntryKind, OffloadProgram};
 pub use capo_offload::plan::rules_changed;
-use capo_offload::plan::{plan, replan, FlowSample, HitCounters, OffloadPlan, PlanConfig, Role};
+use capo_offload::plan::{
+    plan, replan, FlowSample, HitCounters, OffloadPlan, PlanConfig, Role, StatelessDrops,
+};
 use capo_offload::sim::SimNic;
 use capo_offload::verdict::{combine, DecidedBy, Probe};
 use capo_policy::{Packet, State, Verdict};
@@ -124,6 +126,10 @@ pub struct OffloadOptions {
     pub traffic: TrafficOptions,
     /// How windows after the first are planned.
     pub replan: Replan,
+    /// Let denies of protocols other than TCP go down (sparing the flows software
+    /// holds), as the embedded dataplane does; off, as a VPP plugin's or a DPDK
+    /// port's planner is.
+    pub stateless_drops: bool,
 }
 
 /// What one plan did on one window's packets (wire packets only).
@@ -190,7 +196,9 @@ pub struct PairResult {
 }
 
 /// The hit counters of one window: wire packets per 5-tuple and TCP flags, hottest
-/// first (ties in order of first appearance).
+/// first (ties in order of first appearance), and stateless drops sparing the
+/// window's allowed connections (the flows software's table holds at its end, as
+/// the embedded dataplane hands them to its NIC's planner).
 pub fn window_hits(w: &Window) -> HitCounters {
     let mut index: HashMap<(Packet, Option<u8>), usize> = HashMap::new();
     let mut flows: Vec<FlowSample> = Vec::new();
@@ -218,9 +226,17 @@ pub fn window_hits(w: &Window) -> HitCounters {
         }
     }
     flows.sort_by_key(|f| std::cmp::Reverse(f.hits));
+    let held = w
+        .connections
+        .iter()
+        .filter(|c| c.allowed)
+        .filter_map(|c| c.segments.first())
+        .map(|s| s.probe.reference_packet())
+        .collect();
     HitCounters {
         flows,
         rules: Default::default(),
+        stateless: StatelessDrops::Sparing(held),
     }
 }
 
@@ -371,6 +387,9 @@ pub struct OffloadReport {
     /// and committed in place (what the agent does while the policy is unchanged);
     /// `full`: planned from scratch and committed as a new generation.
     pub replan_mode: String,
+    /// Denies of protocols other than TCP could go down (sparing the flows software
+    /// holds).
+    pub stateless_drops: bool,
     /// Re-plans that could be committed in place (incremental mode).
     pub replans_in_place: usize,
     /// NIC rules inserted plus destroyed between consecutive plans (mean;
@@ -426,6 +445,16 @@ pub fn run(o: &OffloadOptions) -> OffloadReport {
     // Per plan: whether it is a re-plan of the one before, to be committed in place.
     let mut in_place: Vec<bool> = Vec::new();
     let e = evaluate(&t, &caps, &mut |hits, installed| {
+        let off;
+        let hits = if o.stateless_drops {
+            hits
+        } else {
+            off = HitCounters {
+                stateless: StatelessDrops::Off,
+                ..hits.clone()
+            };
+            &off
+        };
         let again = match (installed, o.replan) {
             (Some(before), Replan::Incremental) => {
                 replan(&t.state, &program, &caps, hits, &cfg, before)
@@ -509,6 +538,7 @@ fn report(
         plan_ms: lower_ms + e.plans.first().map_or(0.0, |p| p.ms),
         replan_ms: mean(&later),
         replan_mode: o.replan.name().to_string(),
+        stateless_drops: o.stateless_drops,
         replans_in_place: in_place.iter().filter(|x| **x).count(),
         rules_changed: changed,
         entries_per_commit: mean(&created),

@@ -151,6 +151,7 @@ fn json_row_has_every_field_and_no_mismatches() {
             capacity: 256,
             traffic: TrafficOptions::small(1.1, 1),
             replan: Replan::Full,
+            stateless_drops: true,
         });
         assert_eq!(r.mismatches, 0);
         assert_eq!(r.flow_mismatches, 0);
@@ -167,6 +168,7 @@ fn json_row_has_every_field_and_no_mismatches() {
             "plan_ms",
             "replan_ms",
             "replan_mode",
+            "stateless_drops",
             "replans_in_place",
             "rules_changed",
             "entries_per_commit",
@@ -210,6 +212,7 @@ fn incremental_replans_commit_in_place_and_create_less() {
         capacity: 256,
         traffic: TrafficOptions::small(1.1, 1),
         replan,
+        stateless_drops: true,
     };
     let full = run(&opts(NicProfile::Mlx5, Replan::Full));
     let inc = run(&opts(NicProfile::Mlx5, Replan::Incremental));
@@ -231,4 +234,31 @@ fn incremental_replans_commit_in_place_and_create_less() {
     // Without groups every commit already changes only the difference.
     let e810 = run(&opts(NicProfile::E810, Replan::Incremental));
     assert_eq!(e810.replans_in_place, 0);
+}
+
+/// Denies of UDP and ICMP go down as exact-flow drops when the planner may spare
+/// the flows software holds: more denied packets are dropped in hardware than with
+/// them kept in software, and no connection gets a wrong verdict either way.
+#[test]
+fn stateless_drops_drop_more_denied_packets_and_break_no_flow() {
+    let opts = |stateless_drops| OffloadOptions {
+        kind: Kind::K8s,
+        nic: NicProfile::Mlx5,
+        capacity: 256,
+        traffic: TrafficOptions::small(1.1, 1),
+        replan: Replan::Incremental,
+        stateless_drops,
+    };
+    let off = run(&opts(false));
+    let on = run(&opts(true));
+    for r in [&off, &on] {
+        assert_eq!((r.mismatches, r.flow_mismatches), (0, 0));
+    }
+    assert!(!off.stateless_drops && on.stateless_drops);
+    assert!(
+        on.deny_drop_fraction > off.deny_drop_fraction,
+        "denied packets dropped in hardware: {} with stateless drops, {} without",
+        on.deny_drop_fraction,
+        off.deny_drop_fraction
+    );
 }

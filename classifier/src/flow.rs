@@ -592,6 +592,18 @@ impl FlowTable {
         c.flow(FlowEvent::Created, 1);
     }
 
+    /// The first packet of every flow held (expired ones not yet removed included),
+    /// most recently queued first: what the offload planner must spare when the NIC
+    /// drops without connection state.
+    pub fn first_packets(&self) -> impl Iterator<Item = &Packet> + '_ {
+        let mut slot = self.head;
+        std::iter::from_fn(move || {
+            let f = self.flow(slot)?;
+            slot = f.next;
+            Some(&f.first)
+        })
+    }
+
     /// Removes up to `budget` expired flows from the least recently queued end;
     /// returns how many were removed.
     pub fn expire(&mut self, now: Timestamp, budget: usize, c: &WorkerCounters) -> usize {

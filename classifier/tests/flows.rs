@@ -190,6 +190,34 @@ fn flows_expire_after_their_timeout() {
     assert_eq!(w.expire(Timestamp::from_secs(2 + 24 * 3600 + 1), 10), 1);
 }
 
+/// The table lists the first packet of every flow it holds, and of no flow it has
+/// let go (expired) or never made (denied).
+#[test]
+fn first_packets_list_the_flows_held() {
+    let (_, ids, b) = setup(80);
+    let g = b.current().unwrap().clone();
+    let counters = Counters::new();
+    let mut w = Worker::new(FlowConfig::default(), &counters);
+    let at = |s| Timestamp::from_secs(s);
+    for (sport, dport, t) in [(1000, 80, 0), (1001, 80, 150), (1002, 81, 150)] {
+        w.process_one(
+            &g,
+            &input(&ids, Direction::Ingress, syn(sport, dport)),
+            at(t),
+        );
+    }
+    let held = |w: &Worker| {
+        let mut v: Vec<Packet> = w.flows().first_packets().copied().collect();
+        v.sort_by_key(|p| format!("{p:?}"));
+        v
+    };
+    // The one to port 81 was denied: no flow.
+    assert_eq!(held(&w), vec![syn(1000, 80).packet, syn(1001, 80).packet]);
+    // The first (transient TCP, 120 s) expires.
+    assert_eq!(w.expire(at(200), 10), 1);
+    assert_eq!(held(&w), vec![syn(1001, 80).packet]);
+}
+
 #[test]
 fn full_table_evicts_lru_or_refuses() {
     let (_, ids, b) = setup(80);

@@ -98,7 +98,7 @@ fn small_hits(denied: bool) -> HitCounters {
     }
     HitCounters {
         flows,
-        rules: Default::default(),
+        ..HitCounters::default()
     }
 }
 

@@ -834,7 +834,7 @@ mod tests {
         };
         let hits = |samples: Vec<FlowSample>| HitCounters {
             flows: samples,
-            rules: Default::default(),
+            ..HitCounters::default()
         };
         let denied = fixture::tcp_sample([172, 16, 0, 9], 80, 100);
         let allowed = fixture::tcp_sample([172, 16, 5, 9], 80, 100);

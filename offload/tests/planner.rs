@@ -48,7 +48,7 @@ fn hits(probes: &[Probe]) -> HitCounters {
                 hits: 100,
             })
             .collect(),
-        rules: Default::default(),
+        ..HitCounters::default()
     }
 }
 

@@ -16,7 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use capo_offload::commit::{Committer, RefreshOutcome, SoftwareView};
 use capo_offload::lower::{ContinueReason, EntryKind};
-use capo_offload::plan::{plan, replan, FlowSample, HitCounters, OffloadPlan, PlanConfig};
+use capo_offload::plan::{
+    plan, replan, FlowSample, HitCounters, OffloadPlan, PlanConfig, StatelessDrops,
+};
 use capo_offload::sim::{Faults, SimNic};
 use capo_offload::testutils::{Below as _, Rng};
 use capo_offload::verdict::{combine, Fragment, Probe};
@@ -343,7 +345,19 @@ fn hits_from(probes: &[Probe], seed: u64) -> HitCounters {
                 hits: rng.below(1000),
             })
             .collect(),
-        rules: Default::default(),
+        ..HitCounters::default()
+    }
+}
+
+/// `hits` with stateless drops sparing `held` when `on`, else off.
+fn sparing(hits: HitCounters, on: bool, held: Vec<Packet>) -> HitCounters {
+    HitCounters {
+        stateless: if on {
+            StatelessDrops::Sparing(held)
+        } else {
+            StatelessDrops::Off
+        },
+        ..hits
     }
 }
 
@@ -404,11 +418,12 @@ proptest! {
 
     /// NIC where it decides, software otherwise, equals the reference.
     #[test]
-    fn prop_nic_plus_software_equals_reference(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..6, exact in any::<bool>()) {
+    fn prop_nic_plus_software_equals_reference(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..6, exact in any::<bool>(), stateless in any::<bool>()) {
         let (state, ids) = random_state(seed);
         let probes = random_probes(seed, 120);
         let caps = caps_for(profile, capacity);
-        let p = make_plan(&state, &ids, 1, &caps, &hits_from(&probes, seed), exact);
+        let hits = sparing(hits_from(&probes, seed), stateless, Vec::new());
+        let p = make_plan(&state, &ids, 1, &caps, &hits, exact);
         prop_assert!(p.entries_used() <= capacity as usize);
         let mut nic = SimNic::new(caps.clone());
         let mut c = Committer::new();
@@ -481,8 +496,8 @@ proptest! {
     /// Per flow: first packets get the reference verdict; an allowed connection's
     /// replies and later packets pass (conntrack), NIC or not.
     #[test]
-    fn prop_flows_keep_conntrack_semantics(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..6, exact in any::<bool>()) {
-        check_flows(seed, capacity, profile, exact)?;
+    fn prop_flows_keep_conntrack_semantics(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..6, exact in any::<bool>(), stateless in any::<bool>()) {
+        check_flows(seed, capacity, profile, exact, stateless)?;
     }
 
     /// During a commit (and the retire after it) every packet gets the verdict of the
@@ -599,11 +614,20 @@ fn capo_verdict(
     combine(out, sw, caps.mark_bits, &mut |_| software).0
 }
 
-fn check_flows(seed: u64, capacity: u32, profile: u8, exact: bool) -> Result<(), TestCaseError> {
+/// `stateless`: plan with stateless drops, sparing the flows software holds (none
+/// before the first generation; the connections the first one allowed before the
+/// second).
+fn check_flows(
+    seed: u64,
+    capacity: u32,
+    profile: u8,
+    exact: bool,
+    stateless: bool,
+) -> Result<(), TestCaseError> {
     let (state, ids) = random_state(seed);
     let flows = random_flows(seed, 60);
     let caps = caps_for(profile, capacity);
-    let hits = hits_from(&flows, seed);
+    let hits = sparing(hits_from(&flows, seed), stateless, Vec::new());
     let p = make_plan(&state, &ids, 1, &caps, &hits, exact);
     let mut nic = SimNic::new(caps.clone());
     let mut c = Committer::new();
@@ -637,7 +661,19 @@ fn check_flows(seed: u64, capacity: u32, profile: u8, exact: bool) -> Result<(),
     // A new generation: connections established under the old one keep passing
     // (Calico's conntrack accepts established traffic before policy).
     let (next, next_ids) = random_state(seed.wrapping_add(1));
-    let p2 = make_plan(&next, &next_ids, 2, &caps, &hits, exact);
+    let held: Vec<Packet> = flows
+        .iter()
+        .map(Probe::reference_packet)
+        .filter(|p| trace(&state, p).verdict == Verdict::Allow)
+        .collect();
+    let p2 = make_plan(
+        &next,
+        &next_ids,
+        2,
+        &caps,
+        &sparing(hits, stateless, held),
+        exact,
+    );
     c.commit(&mut nic, &p2, &mut |_, _| {});
     c.retire(&mut nic, &mut |_, _| {});
     let sw = c.software().clone();

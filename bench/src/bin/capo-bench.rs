@@ -75,6 +75,14 @@ fn nic(s: &str) -> Result<NicProfile, UnknownName> {
     NicProfile::parse(s).ok_or_else(|| UnknownName(s.into(), "mlx5, e810, cnxk".into()))
 }
 
+fn on_off(s: &str) -> Result<bool, UnknownName> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(UnknownName(s.into(), "on, off".into())),
+    }
+}
+
 fn replan_mode(s: &str) -> Result<Replan, UnknownName> {
     Replan::parse(s).ok_or_else(|| UnknownName(s.into(), "incremental, full".into()))
 }
@@ -135,6 +143,12 @@ enum Command {
         /// scratch, a new generation each).
         #[arg(long, value_parser = replan_mode, default_value = "incremental")]
         replan: Replan,
+        /// Denies of protocols other than TCP (UDP, ICMP): `on` lets them go down
+        /// as exact-flow drops sparing the flows software holds (the embedded
+        /// dataplane's planner), `off` keeps them in software (a VPP plugin's or a
+        /// DPDK port's planner).
+        #[arg(long, value_parser = on_off, default_value = "on", action = clap::ArgAction::Set)]
+        stateless_drops: bool,
         #[arg(long)]
         json: bool,
     },
@@ -225,6 +239,7 @@ fn main() -> ExitCode {
             traffic,
             windows,
             replan,
+            stateless_drops,
             json,
         } => {
             let mut t = TrafficOptions::standard(traffic.zipf, traffic.seed);
@@ -238,6 +253,7 @@ fn main() -> ExitCode {
                     capacity: nic_capacity,
                     traffic: t,
                     replan,
+                    stateless_drops,
                 },
                 json,
             )

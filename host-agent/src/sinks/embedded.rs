@@ -332,7 +332,8 @@ impl Embedded {
         );
         if let Some(nic) = &self.nic {
             msg += "; ";
-            msg += &nic_lock(nic).commit(state, ids, self.policy_version);
+            let held = held_flows(&self.worker);
+            msg += &nic_lock(nic).commit_sparing(state, ids, self.policy_version, held);
         }
         Committed::new(msg)
     }
@@ -533,12 +534,25 @@ impl Embedded {
         // flows move to the NIC.
         if replan {
             if let Some(nic) = nic.as_ref() {
-                let outcome = nic_lock(nic).commit(&self.state, &self.ids, self.policy_version);
+                let held = held_flows(worker);
+                let outcome =
+                    nic_lock(nic).commit_sparing(&self.state, &self.ids, self.policy_version, held);
                 tracing::info!(%outcome, "NIC plan refreshed from measured flows");
             }
         }
         Ok(reply)
     }
+}
+
+/// The first packets of the flows `worker` holds that a stateless NIC drop could
+/// meet (every protocol but TCP, whose drops are connection attempts only).
+fn held_flows(worker: &Worker) -> Vec<capo_policy::Packet> {
+    worker
+        .flows()
+        .first_packets()
+        .filter(|p| p.protocol != capo_policy::Protocol::TCP)
+        .copied()
+        .collect()
 }
 
 /// The embedded dataplane shared between the daemon (which hands it generations) and
@@ -656,6 +670,74 @@ mod tests {
         let r = reply.rules.iter().find(|r| r.rule_id == rule).unwrap();
         assert_eq!((r.nic_packets, r.nic_bytes), (7, 700));
         assert_eq!(r.placement, api::Placement::Nic as i32);
+    }
+
+    /// The simulated NIC drops UDP and ICMP that the policy refuses once software
+    /// has seen them, but never a flow software holds: a DNS flow the first
+    /// generation allowed keeps passing after the second refuses DNS, while another
+    /// peer's DNS is dropped by the NIC.
+    #[test]
+    fn stateless_nic_drops_spare_the_flows_software_holds() {
+        let (refusing, ids) = web();
+        let mut allowing = refusing.clone();
+        let mut dns = capo_policy::Rule::any(capo_policy::Action::Allow);
+        dns.protocol = Some(Protocol::UDP);
+        dns.dst.ports = vec![capo_policy::PortRange::single(53)];
+        let key = refusing.policies().keys().next().unwrap().clone();
+        let mut policy = refusing.policies().get(&key).unwrap().clone();
+        policy.inbound.push(dns);
+        allowing
+            .apply(capo_policy::Update::PolicyUpdate(key, policy))
+            .unwrap();
+        let frame = |src: &str, protocol: Protocol, l4: L4| {
+            capo_classifier::build::frame(
+                &Packet {
+                    src: src.parse().unwrap(),
+                    dst: "11.0.0.67".parse().unwrap(),
+                    protocol,
+                    l4,
+                },
+                0,
+            )
+        };
+        let dns_from = |src: &str| {
+            frame(
+                src,
+                Protocol::UDP,
+                L4::Ports {
+                    src: 40000,
+                    dst: 53,
+                },
+            )
+        };
+        let ping = frame(
+            "11.0.0.9",
+            Protocol::ICMP,
+            L4::Icmp {
+                icmp_type: 8,
+                code: 0,
+            },
+        );
+        let mut e = Embedded::with_nic(crate::sinks::nic::SimulatedNic::new("mlx5", 64));
+        let send = |e: &mut Embedded, f: &Vec<u8>| {
+            let r = e
+                .inject("tun3", Direction::Ingress, std::slice::from_ref(f))
+                .unwrap();
+            (r.allowed, r.nic_decided)
+        };
+        e.commit(&allowing, &ids, None);
+        let held = dns_from("11.0.0.5");
+        assert_eq!(send(&mut e, &held), (1, 0));
+        // Refused by software, then dropped by the NIC (re-planned from the flow).
+        assert_eq!(send(&mut e, &ping), (0, 0));
+        assert_eq!(send(&mut e, &ping), (0, 1));
+        e.commit(&refusing, &ids, None);
+        let other = dns_from("11.0.0.6");
+        assert_eq!(send(&mut e, &other), (0, 0));
+        assert_eq!(send(&mut e, &other), (0, 1));
+        // The flow the first generation allowed: software still holds it.
+        assert_eq!(send(&mut e, &held), (1, 0));
+        assert_eq!(send(&mut e, &ping), (0, 1));
     }
 
     /// What the port's NIC allowed leaves a flow, as in the inject path: the

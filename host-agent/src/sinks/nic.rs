@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capo_offload::lower::{OffloadProgram, Origin};
-use capo_offload::plan::{FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role};
+use capo_offload::plan::{
+    FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role, StatelessDrops,
+};
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
 use capo_offload::{
     lower, plan, CommitOutcome, Committer, FlowBackend, FlowErrorKind, NicCaps, NicOutcome,
@@ -329,6 +331,29 @@ impl SimulatedNic {
         summary
     }
 
+    /// [`SimulatedNic::commit`] for a caller that holds its software dataplane
+    /// still meanwhile: `held` are the first packets of every flow software holds
+    /// (allowed by this or an earlier generation). Denies of protocols other than TCP
+    /// may then go down where they meet none of them: no packet is classified between
+    /// this list and the NIC's switch to the plan, so no flow it lacks can be allowed
+    /// by another generation. Only when no other generation is installed.
+    pub fn commit_sparing(
+        &mut self,
+        state: &State,
+        ids: &IdTable,
+        policy: u64,
+        held: Vec<Packet>,
+    ) -> String {
+        let stateless = if self.retiring() {
+            StatelessDrops::Off
+        } else {
+            StatelessDrops::Sparing(held)
+        };
+        let summary = self.commit_plan_with(state, ids, policy, &stateless);
+        self.retire_previous();
+        summary
+    }
+
     /// Passes a packet from the wire through the NIC; `software` classifies it when
     /// the NIC does not decide. Returns the verdict and whether the NIC decided.
     pub(crate) fn receive(
@@ -406,8 +431,21 @@ impl<B: FlowBackend> NicFront<B> {
     /// [`NicFront::commit_planned`] in turn, which a packet path uses to plan on
     /// another thread.
     pub fn commit_plan(&mut self, state: &State, ids: &IdTable, policy: u64) -> String {
+        self.commit_plan_with(state, ids, policy, &StatelessDrops::Off)
+    }
+
+    /// [`NicFront::commit_plan`], with `stateless` for the planner.
+    fn commit_plan_with(
+        &mut self,
+        state: &State,
+        ids: &IdTable,
+        policy: u64,
+        stateless: &StatelessDrops,
+    ) -> String {
         loop {
-            let planned = self.plan_job().run(state, ids, policy);
+            let planned = self
+                .plan_job_with(stateless.clone())
+                .run(state, ids, policy);
             if let Committed::Done(summary) = self.commit_planned(planned) {
                 return summary;
             }
@@ -416,7 +454,15 @@ impl<B: FlowBackend> NicFront<B> {
 
     /// What the next plan is made from: the hit counters seen so far, the
     /// capabilities and the kept lowering (handed over until the plan comes back).
+    /// Denies of protocols other than TCP stay in software: the packets keep flowing
+    /// while the plan is made and committed, so software may meanwhile hold flows
+    /// another generation allowed that such a drop would cut.
     pub fn plan_job(&mut self) -> PlanJob {
+        self.plan_job_with(StatelessDrops::Off)
+    }
+
+    /// [`NicFront::plan_job`] with `stateless` as the planner's stateless-drop input.
+    fn plan_job_with(&mut self, stateless: StatelessDrops) -> PlanJob {
         let mut caps = self.caps.clone();
         if let Some(budget) = self.refresh_budget {
             caps.capacity = caps.capacity.min(budget);
@@ -427,6 +473,7 @@ impl<B: FlowBackend> NicFront<B> {
             hits: HitCounters {
                 flows: self.samples.values().cloned().collect(),
                 rules: HashMap::new(),
+                stateless,
             },
             lowered: self.lowered.take(),
             installed: self.live_plan(),
@@ -1261,7 +1308,7 @@ mod tests {
         let fresh = |nic: &SimulatedNic, state: &State, ids: &IdTable| {
             let hits = HitCounters {
                 flows: nic.samples.values().cloned().collect(),
-                rules: HashMap::new(),
+                ..HitCounters::default()
             };
             let generation = nic.plan.as_ref().map_or(0, |p| p.generation);
             let program = lower(state, ids, generation);

@@ -151,7 +151,7 @@ mod tests {
         let caps = NicCaps::mlx5(64);
         let hits = |samples: Vec<crate::plan::FlowSample>| HitCounters {
             flows: samples,
-            rules: Default::default(),
+            ..HitCounters::default()
         };
         let a = plan(
             &state,

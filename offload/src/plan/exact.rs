@@ -5,13 +5,15 @@
 
 use std::collections::HashMap;
 
-use capo_policy::{Packet, State};
+use std::net::IpAddr;
 
-use crate::atom::{exact_atom, Atom, FlagClass};
+use capo_policy::{Packet, Protocol, State, L4};
+
+use crate::atom::{atom_match, exact_atom, Atom, FlagClass};
 use crate::caps::NicCaps;
-use crate::lower::{OffloadProgram, TcpFlags};
+use crate::lower::{Domain, OffloadProgram, TcpFlags};
 
-use super::{FastHash, FlowResults, HitCounters};
+use super::{FastHash, FlowResults, HitCounters, StatelessDrops};
 
 /// A candidate exact-flow entry.
 #[derive(Debug, Clone)]
@@ -33,8 +35,10 @@ pub(super) struct FlowCand {
 /// - allow: every packet of the tuple (software would allow them too: by policy, or
 ///   as part of a flow);
 /// - TCP deny: connection attempts only (SYN without ACK);
-/// - other denies: none (the NIC has no connection state; software keeps flows an
-///   earlier generation allowed, as Calico's conntrack does);
+/// - other denies: every packet, only where the caller allows stateless drops and
+///   they meet no flow software holds and no reply of a flow the endpoint's egress
+///   policy may allow ([`StatelessDrops`]; software keeps flows an earlier
+///   generation allowed, as Calico's conntrack does);
 /// - no entry when a `log` rule matches the tuple (software must record it), when
 ///   the device cannot express it, or (drop-only mode) for allows.
 pub(super) fn exact_flow_candidates(
@@ -46,6 +50,7 @@ pub(super) fn exact_flow_candidates(
     groups: bool,
 ) -> Vec<FlowCand> {
     let conversations = results.blind(state);
+    let spared = SparedFlows::of(&hits.stateless);
     let mut by_tuple: HashMap<Packet, Vec<usize>, FastHash> = HashMap::default();
     let mut order: Vec<Packet> = Vec::new();
     for (i, s) in hits.flows.iter().enumerate() {
@@ -108,9 +113,10 @@ pub(super) fn exact_flow_candidates(
                 })
                 .collect();
             (FlagClass::SynOnly, syn)
+        } else if spared.is_some() {
+            (FlagClass::Any, samples.clone())
         } else {
-            // Non-TCP denies stay in software: without connection state a drop
-            // would cut flows an earlier generation allowed (conntrack keeps them).
+            // Without connection state a drop would cut flows software keeps.
             continue;
         };
         if samples.is_empty() {
@@ -122,6 +128,14 @@ pub(super) fn exact_flow_candidates(
         if conversations {
             atom.sport = None;
         }
+        if !allow && !tcp {
+            let Some(spared) = &spared else {
+                continue;
+            };
+            if spared.meets(&pkt, &atom) || meets_replies(dom, &atom) {
+                continue;
+            }
+        }
         out.push(FlowCand {
             domain: d,
             packet: pkt,
@@ -131,6 +145,70 @@ pub(super) fn exact_flow_candidates(
         });
     }
     out
+}
+
+/// The flows a stateless drop must spare, by the (source, destination) of their
+/// packets in either direction.
+struct SparedFlows {
+    by_ends: HashMap<(IpAddr, IpAddr), Vec<Packet>, FastHash>,
+}
+
+impl SparedFlows {
+    /// `None` when stateless drops are off.
+    fn of(stateless: &StatelessDrops) -> Option<Self> {
+        let StatelessDrops::Sparing(flows) = stateless else {
+            return None;
+        };
+        let mut by_ends: HashMap<(IpAddr, IpAddr), Vec<Packet>, FastHash> = HashMap::default();
+        // A TCP flow meets no stateless drop: those are of other protocols.
+        for first in flows.iter().filter(|p| p.protocol != Protocol::TCP) {
+            for p in [*first, reply_packet(first)] {
+                by_ends.entry((p.src, p.dst)).or_default().push(p);
+            }
+        }
+        Some(SparedFlows { by_ends })
+    }
+
+    /// Whether a packet of a spared flow (either way) matches `atom`, an entry for
+    /// packets from `pkt`'s source to its destination.
+    fn meets(&self, pkt: &Packet, atom: &Atom) -> bool {
+        self.by_ends
+            .get(&(pkt.src, pkt.dst))
+            .is_some_and(|v| v.iter().any(|p| atom.contains(p, None)))
+    }
+}
+
+/// The reply software's flow table relates to a flow's first packet `p` (the flow
+/// table's `reply_of`): addresses and ports swapped, ICMP echo request and reply
+/// exchanged.
+fn reply_packet(p: &Packet) -> Packet {
+    let l4 = match p.l4 {
+        L4::Ports { src, dst } => L4::Ports { src: dst, dst: src },
+        L4::Icmp { icmp_type, code } => L4::Icmp {
+            icmp_type: match icmp_type {
+                8 => 0,
+                0 => 8,
+                128 => 129,
+                129 => 128,
+                t => t,
+            },
+            code,
+        },
+        L4::None => L4::None,
+    };
+    Packet {
+        src: p.dst,
+        dst: p.src,
+        protocol: p.protocol,
+        l4,
+    }
+}
+
+/// Whether a reply of a flow the domain's egress policy may allow could match
+/// `atom` (a drop towards the endpoint).
+fn meets_replies(dom: &Domain, atom: &Atom) -> bool {
+    let m = atom_match(atom);
+    dom.egress_allow.iter().any(|a| a.replies().overlaps(&m))
 }
 
 /// Whether no rule of the policy looks at source ports. Then every packet of a
@@ -157,8 +235,8 @@ pub(super) fn source_port_blind(state: &State) -> bool {
 /// A packet's conversation: the same with source port 0.
 pub(super) fn conversation(pkt: &Packet) -> Packet {
     match pkt.l4 {
-        capo_policy::L4::Ports { dst, .. } => Packet {
-            l4: capo_policy::L4::Ports { src: 0, dst },
+        L4::Ports { dst, .. } => Packet {
+            l4: L4::Ports { src: 0, dst },
             ..*pkt
         },
         _ => *pkt,
@@ -222,6 +300,102 @@ mod tests {
         assert!(!c[0].allow);
         assert_eq!(c[0].samples, vec![0]);
         assert_eq!(c[0].atom.flags, FlagClass::SynOnly);
+    }
+
+    /// An ICMP echo request from `src` to the workload.
+    fn ping(src: [u8; 4]) -> super::super::FlowSample {
+        let mut s = udp_sample(src, 0, 10);
+        s.packet.protocol = capo_policy::Protocol::ICMP;
+        s.packet.l4 = L4::Icmp {
+            icmp_type: 8,
+            code: 0,
+        };
+        s
+    }
+
+    fn sparing(flows: Vec<super::super::FlowSample>, held: Vec<Packet>) -> HitCounters {
+        HitCounters {
+            flows,
+            stateless: StatelessDrops::Sparing(held),
+            ..HitCounters::default()
+        }
+    }
+
+    /// Allows UDP or ICMP (the egress rules' protocol) to anywhere.
+    fn egress(protocol: capo_policy::Protocol, icmp_type: Option<u8>) -> capo_policy::Rule {
+        let mut r = Rule::any(Action::Allow);
+        r.protocol = Some(protocol);
+        r.icmp = icmp_type.map(|t| capo_policy::IcmpMatch {
+            icmp_type: t,
+            code: None,
+        });
+        r
+    }
+
+    #[test]
+    fn test_stateless_denies_go_down_where_they_cut_no_flow_software_holds() {
+        let (s, program) = fixture::program(vec![], vec![]);
+        let caps = NicCaps::mlx5(64);
+        let udp = udp_sample([172, 16, 0, 1], 53, 10);
+        // Off (the default): software keeps them.
+        let off = HitCounters {
+            flows: vec![udp.clone(), ping([172, 16, 0, 2])],
+            ..HitCounters::default()
+        };
+        assert!(candidates(&s, &program, &caps, &off, true).is_empty());
+        // Sparing no flow: both go down as drops of every packet of the tuple.
+        let on = sparing(off.flows.clone(), vec![]);
+        let c = candidates(&s, &program, &caps, &on, true);
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|c| !c.allow && c.atom.flags == FlagClass::Any));
+        // A flow software holds (allowed by an earlier generation), either way round,
+        // keeps the drop that would meet it in software.
+        for held in [udp.packet, reply_packet(&udp.packet)] {
+            let c = candidates(
+                &s,
+                &program,
+                &caps,
+                &sparing(vec![udp.clone()], vec![held]),
+                true,
+            );
+            assert!(c.is_empty(), "{held:?}");
+        }
+        // A held flow elsewhere does not.
+        let mut other = udp.packet;
+        other.src = "172.16.0.99".parse().unwrap();
+        let c = candidates(&s, &program, &caps, &sparing(vec![udp], vec![other]), true);
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn test_stateless_denies_spare_replies_of_flows_the_endpoint_may_open() {
+        let caps = NicCaps::mlx5(64);
+        let flows = vec![udp_sample([172, 16, 0, 1], 53, 10), ping([172, 16, 0, 2])];
+        let kept = |outbound: Vec<capo_policy::Rule>| {
+            let (s, program) = fixture::program(vec![], outbound);
+            let c = candidates(&s, &program, &caps, &sparing(flows.clone(), vec![]), true);
+            c.iter().map(|c| c.packet.protocol.0).collect::<Vec<_>>()
+        };
+        // The endpoint may send UDP to anywhere: a reply from port 53 to its port 53
+        // would meet the conversation's drop (any source port).
+        assert_eq!(
+            kept(vec![egress(capo_policy::Protocol::UDP, None)]),
+            vec![1]
+        );
+        // Its pings' replies are echo replies, not the requests dropped.
+        assert_eq!(
+            kept(vec![egress(capo_policy::Protocol::ICMP, Some(8))]),
+            vec![17, 1]
+        );
+        // An echo reply it sends first has echo requests as replies; any ICMP too.
+        assert_eq!(
+            kept(vec![egress(capo_policy::Protocol::ICMP, Some(0))]),
+            vec![17]
+        );
+        assert_eq!(
+            kept(vec![egress(capo_policy::Protocol::ICMP, None)]),
+            vec![17]
+        );
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! by a **cover** (`approx(e) ∩ r` → MARK(punt)+RSS) above `r`. The planner works per
 //! **atom** (one NIC entry of a rule's disjoint expansion), so the hottest members of
 //! a big IP set go down without the cold ones. Denies of TCP are lowered to SYN-only;
-//! other denies go down only when no flow the endpoint's egress policy may allow can
-//! have replies matching them.
+//! other denies go down only as exact-flow entries, where the caller allows them
+//! ([`StatelessDrops`]), and only when no flow the endpoint's egress policy may allow
+//! can have replies matching them.
 //!
 //! Hotness is hits per NIC entry: an atom's value is its measured (or synthetic) hits
 //! divided by what it costs, itself plus the covers it needs. The greedy choice keeps
@@ -72,6 +73,27 @@ pub struct HitCounters {
     /// Per rule and workload (`rule#` from the capo views), spread evenly over a
     /// rule's entries when no flow samples fall into it.
     pub rules: HashMap<(WorkloadKey, u32), u64>,
+    /// Whether denies of protocols other than TCP may go down.
+    pub stateless: StatelessDrops,
+}
+
+/// Whether the NIC may drop protocols other than TCP. It has no connection state: a
+/// TCP deny goes down as connection attempts only (SYN without ACK), but a UDP or
+/// ICMP drop meets every packet of a flow, and software keeps flows an earlier
+/// generation allowed (Calico's conntrack does) and the replies of flows the
+/// endpoint opened. Only the caller knows which flows software holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StatelessDrops {
+    /// None go down: software may hold flows the planner cannot see.
+    #[default]
+    Off,
+    /// They go down where they meet none of these flows (their first packets, as
+    /// software's flow table holds them; replies are checked too) and no reply of a
+    /// flow the endpoint's egress policy may allow. Sound when no flow missing from
+    /// the list can be allowed by another generation before the plan is replaced:
+    /// the list is taken, and the plan committed, while no other generation decides
+    /// packets.
+    Sparing(Vec<Packet>),
 }
 
 /// Why a rule (or part of it) stays in software.
