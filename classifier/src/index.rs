@@ -198,6 +198,9 @@ impl<K: MapKey> Leaf<K> {
             .filter(|s| s.len as usize > INLINE)
             .map(|s| s.len as usize)
             .sum();
+        if atoms.is_empty() && self.pool.len() <= 2 * pooled + 64 {
+            return self.without(key, h);
+        }
         let rebuild = atoms.is_empty()
             || (self.len as usize + 1) * 2 > self.slots.len()
             || self.pool.len() > 2 * pooled + 64;
@@ -244,6 +247,51 @@ impl<K: MapKey> Leaf<K> {
                 _ => self.pool.clone(),
             },
             len,
+        }
+    }
+
+    /// A copy of the leaf without `key`: one plain copy of the slots, the key's slot
+    /// emptied and the later slots of its probe run moved back into the hole (so
+    /// every key stays reachable from its home slot). A pooled list's atoms stay in
+    /// the shared pool until a rebuild compacts it.
+    fn without(&self, key: K, h: u64) -> Leaf<K> {
+        let Some(mask) = self.slots.len().checked_sub(1) else {
+            return self.clone();
+        };
+        let mut hole = (h as usize) & mask;
+        loop {
+            match self.slots.get(hole) {
+                Some(s) if s.len == 0 => return self.clone(),
+                Some(s) if s.key == key => break,
+                Some(_) => hole = (hole + 1) & mask,
+                None => return self.clone(),
+            }
+        }
+        let mut slots: Vec<Slot<K>> = self.slots.to_vec();
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let Some(&next) = slots.get(j) else { break };
+            if next.len == 0 {
+                break;
+            }
+            let home = (next.key.hash64() as usize) & mask;
+            // `next` may fill the hole when the hole lies on its probe path: at
+            // least as far from its home as its own slot is.
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                if let Some(h) = slots.get_mut(hole) {
+                    *h = next;
+                }
+                hole = j;
+            }
+        }
+        if let Some(h) = slots.get_mut(hole) {
+            *h = Slot::default();
+        }
+        Leaf {
+            slots: Arc::from(slots),
+            pool: self.pool.clone(),
+            len: self.len.saturating_sub(1),
         }
     }
 
@@ -615,6 +663,54 @@ impl AddrIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A key whose hash sends every key to one leaf, onto one of eight home slots:
+    /// long probe runs that wrap round the leaf's end.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+    struct Crowded(u16);
+
+    impl MapKey for Crowded {
+        fn hash64(&self) -> u64 {
+            u64::from(self.0 % 8) * 5
+        }
+    }
+
+    proptest! {
+        /// Adds and removes, in any order and with every key in one leaf, leave the
+        /// map answering as a plain map does, and never change a copy taken before.
+        #[test]
+        fn prop_sharded_map_equals_a_plain_map(
+            ops in proptest::collection::vec((any::<bool>(), 0u16..40, 0u32..10), 1..300),
+        ) {
+            let mut m: ShardedMap<Crowded> = ShardedMap::default();
+            let mut model: std::collections::BTreeMap<u16, std::collections::BTreeSet<u32>> =
+                std::collections::BTreeMap::new();
+            for (i, (add, key, atom)) in ops.into_iter().enumerate() {
+                let before = m.clone();
+                let frozen: Vec<Vec<AtomId>> =
+                    (0..40).map(|k| before.get(&Crowded(k)).to_vec()).collect();
+                let set = model.entry(key).or_default();
+                let changed = if add { set.insert(atom) } else { set.remove(&atom) };
+                if set.is_empty() {
+                    model.remove(&key);
+                }
+                let did = if add {
+                    m.add(Crowded(key), atom)
+                } else {
+                    m.remove(Crowded(key), atom)
+                };
+                prop_assert_eq!(did, changed, "step {}", i);
+                for k in 0..40u16 {
+                    let want: Vec<AtomId> =
+                        model.get(&k).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                    prop_assert_eq!(m.get(&Crowded(k)), want.as_slice(), "key {} at step {}", k, i);
+                    prop_assert_eq!(before.get(&Crowded(k)), frozen[usize::from(k)].as_slice());
+                }
+                prop_assert_eq!(m.len(), model.len());
+            }
+        }
+    }
 
     #[test]
     fn sharded_map_add_remove_and_share() {
