@@ -228,27 +228,6 @@ impl Match {
             || self.tcp != TcpFlags::Any
     }
 
-    /// The packets software's flow table passes as replies of flows whose first
-    /// packets this match describes: addresses and ports swapped, an ICMP echo
-    /// request's type for an echo reply's and back, other ICMP types as they are
-    /// (the flow table's `reply_of`).
-    pub fn replies(&self) -> Match {
-        let icmp = self.icmp.map(|(t, code)| {
-            let reply = match t {
-                8 => 0,
-                0 => 8,
-                128 => 129,
-                129 => 128,
-                other => other,
-            };
-            (reply, code)
-        });
-        Match {
-            icmp,
-            ..self.reversed()
-        }
-    }
-
     /// The match of the replies to flows this match describes (addresses and ports
     /// swapped; ICMP replies are not modelled, so ICMP fields are dropped).
     pub fn reversed(&self) -> Match {

@@ -308,9 +308,13 @@ fn random_probes(seed: u64, n: usize) -> Vec<Probe> {
                 5 => (
                     if v6 { Protocol::ICMPV6 } else { Protocol::ICMP },
                     L4::Icmp {
-                        // Echo, echo reply, and (over IPv6) neighbour discovery,
-                        // which no NIC rule of a workload's may drop.
-                        icmp_type: [8, 0, 135, 136][rng.below(4) as usize],
+                        // Echo request and reply, and (over IPv6) neighbour
+                        // discovery, which no NIC rule of a workload's may drop.
+                        icmp_type: if v6 {
+                            [128, 129, 135, 136]
+                        } else {
+                            [8, 0, 135, 136]
+                        }[rng.below(4) as usize],
                         code: rng.below(2) as u8,
                     },
                 ),
@@ -562,6 +566,13 @@ fn reply_to(p: &Probe) -> Option<Probe> {
     let l4 = match q.l4 {
         L4::Ports { src, dst } => L4::Ports { src: dst, dst: src },
         L4::Icmp { icmp_type: 8, code } => L4::Icmp { icmp_type: 0, code },
+        L4::Icmp {
+            icmp_type: 128,
+            code,
+        } => L4::Icmp {
+            icmp_type: 129,
+            code,
+        },
         L4::Icmp { .. } => return None,
         L4::None => L4::None,
     };
@@ -588,13 +599,39 @@ fn random_flows(seed: u64, n: usize) -> Vec<Probe> {
             let back = reply_to(&p).map(|mut r| {
                 r.tcp_flags = 0x02;
                 if let L4::Icmp { icmp_type, .. } = &mut r.packet.l4 {
-                    *icmp_type = 8;
+                    *icmp_type = echo_request(r.packet.protocol);
                 }
                 r
             });
             std::iter::once(p).chain(back)
         })
         .collect()
+}
+
+/// The echo request type of an ICMP protocol.
+fn echo_request(protocol: Protocol) -> u8 {
+    if protocol == Protocol::ICMPV6 {
+        128
+    } else {
+        8
+    }
+}
+
+/// For an echo flow, an echo request the other way with the flow's identifier: the
+/// flow table keys echo flows by address pair and identifier, not by type, so it
+/// passes such a request as part of the flow.
+fn echo_back(first: &Probe) -> Option<Probe> {
+    let echo = echo_request(first.packet.protocol);
+    match first.packet.l4 {
+        L4::Icmp { icmp_type, .. } if icmp_type == echo => reply_to(first).map(|mut r| {
+            r.packet.l4 = L4::Icmp {
+                icmp_type: echo,
+                code: 0,
+            };
+            r
+        }),
+        _ => None,
+    }
 }
 
 /// Capo's verdict for `p` when it arrives from the wire (NIC, then software) or from
@@ -657,6 +694,16 @@ fn check_flows(
         later.tcp_flags = 0x10;
         let got = capo_verdict(&mut nic, &sw, &caps, &later, Verdict::Allow);
         prop_assert_eq!(got, Verdict::Allow, "later packet {:?}", later);
+        if let Some(back) = echo_back(first) {
+            let got = capo_verdict(&mut nic, &sw, &caps, &back, Verdict::Allow);
+            prop_assert_eq!(
+                got,
+                Verdict::Allow,
+                "echo request {:?} of {:?}",
+                back,
+                first
+            );
+        }
     }
     // A new generation: connections established under the old one keep passing
     // (Calico's conntrack accepts established traffic before policy).
@@ -698,6 +745,15 @@ fn check_flows(
                 Verdict::Allow,
                 "reply {:?} after a new generation",
                 reply
+            );
+        }
+        if let Some(back) = echo_back(first) {
+            let got = capo_verdict(&mut nic, &sw, &caps, &back, Verdict::Allow);
+            prop_assert_eq!(
+                got,
+                Verdict::Allow,
+                "echo request {:?} after a new generation",
+                back
             );
         }
     }

@@ -544,15 +544,28 @@ impl Embedded {
     }
 }
 
+/// Most flows a plan is handed to spare: past this many, the plan keeps stateless
+/// drops off rather than copy the table under the dataplane's lock.
+const MAX_HELD_FLOWS: usize = 65_536;
+
 /// The first packets of the flows `worker` holds that a stateless NIC drop could
-/// meet (every protocol but TCP, whose drops are connection attempts only).
-fn held_flows(worker: &Worker) -> Vec<capo_policy::Packet> {
-    worker
+/// meet (every protocol but TCP, whose drops are connection attempts only); `None`
+/// past [`MAX_HELD_FLOWS`].
+fn held_flows(worker: &Worker) -> Option<Vec<capo_policy::Packet>> {
+    let held: Vec<capo_policy::Packet> = worker
         .flows()
         .first_packets()
         .filter(|p| p.protocol != capo_policy::Protocol::TCP)
+        .take(MAX_HELD_FLOWS + 1)
         .copied()
-        .collect()
+        .collect();
+    if held.len() > MAX_HELD_FLOWS {
+        tracing::debug!(
+            "over {MAX_HELD_FLOWS} UDP and ICMP flows held: stateless NIC drops off for this plan"
+        );
+        return None;
+    }
+    Some(held)
 }
 
 /// The embedded dataplane shared between the daemon (which hands it generations) and

@@ -333,21 +333,21 @@ impl SimulatedNic {
 
     /// [`SimulatedNic::commit`] for a caller that holds its software dataplane
     /// still meanwhile: `held` are the first packets of every flow software holds
-    /// (allowed by this or an earlier generation). Denies of protocols other than TCP
-    /// may then go down where they meet none of them: no packet is classified between
-    /// this list and the NIC's switch to the plan, so no flow it lacks can be allowed
-    /// by another generation. Only when no other generation is installed.
+    /// (allowed by this or an earlier generation; `None` when the caller did not
+    /// list them). Denies of protocols other than TCP may then go down where they
+    /// meet none of them: no packet is classified between this list and the NIC's
+    /// switch to the plan, so no flow it lacks can be allowed by another generation.
+    /// Only when no other generation is installed.
     pub fn commit_sparing(
         &mut self,
         state: &State,
         ids: &IdTable,
         policy: u64,
-        held: Vec<Packet>,
+        held: Option<Vec<Packet>>,
     ) -> String {
-        let stateless = if self.retiring() {
-            StatelessDrops::Off
-        } else {
-            StatelessDrops::Sparing(held)
+        let stateless = match held {
+            Some(held) if !self.retiring() => StatelessDrops::Sparing(held),
+            _ => StatelessDrops::Off,
         };
         let summary = self.commit_plan_with(state, ids, policy, &stateless);
         self.retire_previous();

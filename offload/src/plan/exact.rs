@@ -148,7 +148,10 @@ pub(super) fn exact_flow_candidates(
 }
 
 /// The flows a stateless drop must spare, by the (source, destination) of their
-/// packets in either direction.
+/// packets in either direction. The flow table keys an ICMP flow by its address
+/// pair and the echo identifier (or type and code), which the planner's packets do
+/// not carry: any held ICMP flow between two addresses spares every ICMP drop
+/// between them.
 struct SparedFlows {
     by_ends: HashMap<(IpAddr, IpAddr), Vec<Packet>, FastHash>,
 }
@@ -169,32 +172,26 @@ impl SparedFlows {
         Some(SparedFlows { by_ends })
     }
 
-    /// Whether a packet of a spared flow (either way) matches `atom`, an entry for
+    /// Whether a packet of a spared flow (either way) may match `atom`, an entry for
     /// packets from `pkt`'s source to its destination.
     fn meets(&self, pkt: &Packet, atom: &Atom) -> bool {
-        self.by_ends
-            .get(&(pkt.src, pkt.dst))
-            .is_some_and(|v| v.iter().any(|p| atom.contains(p, None)))
+        self.by_ends.get(&(pkt.src, pkt.dst)).is_some_and(|v| {
+            v.iter().any(|p| {
+                atom.contains(p, None) || (is_icmp(p.protocol) && atom.proto == Some(p.protocol.0))
+            })
+        })
     }
 }
 
-/// The reply software's flow table relates to a flow's first packet `p` (the flow
-/// table's `reply_of`): addresses and ports swapped, ICMP echo request and reply
-/// exchanged.
+fn is_icmp(p: Protocol) -> bool {
+    p == Protocol::ICMP || p == Protocol::ICMPV6
+}
+
+/// The packets of flow `p` the other way: addresses and ports swapped.
 fn reply_packet(p: &Packet) -> Packet {
     let l4 = match p.l4 {
         L4::Ports { src, dst } => L4::Ports { src: dst, dst: src },
-        L4::Icmp { icmp_type, code } => L4::Icmp {
-            icmp_type: match icmp_type {
-                8 => 0,
-                0 => 8,
-                128 => 129,
-                129 => 128,
-                t => t,
-            },
-            code,
-        },
-        L4::None => L4::None,
+        other => other,
     };
     Packet {
         src: p.dst,
@@ -204,11 +201,13 @@ fn reply_packet(p: &Packet) -> Packet {
     }
 }
 
-/// Whether a reply of a flow the domain's egress policy may allow could match
-/// `atom` (a drop towards the endpoint).
+/// Whether a packet of a flow the domain's egress policy may allow could match
+/// `atom` (a drop towards the endpoint) on its way back. The reversed match leaves
+/// ICMP types out: the flow table relates an echo flow's packets by identifier, not
+/// by type, so any ICMP the endpoint may send meets any ICMP drop.
 fn meets_replies(dom: &Domain, atom: &Atom) -> bool {
     let m = atom_match(atom);
-    dom.egress_allow.iter().any(|a| a.replies().overlaps(&m))
+    dom.egress_allow.iter().any(|a| a.reversed().overlaps(&m))
 }
 
 /// Whether no rule of the policy looks at source ports. Then every packet of a
@@ -360,6 +359,19 @@ mod tests {
             );
             assert!(c.is_empty(), "{held:?}");
         }
+        // An echo flow the endpoint opened towards the peer (a request, or even a
+        // reply: the flow table keys echo flows by identifier, not by type) keeps
+        // the peer's pings in software.
+        for icmp_type in [8, 0] {
+            let mut opened = ping([172, 16, 0, 2]).packet;
+            (opened.src, opened.dst) = (opened.dst, opened.src);
+            opened.l4 = L4::Icmp { icmp_type, code: 0 };
+            let held = sparing(vec![ping([172, 16, 0, 2])], vec![opened]);
+            assert!(
+                candidates(&s, &program, &caps, &held, true).is_empty(),
+                "{icmp_type}"
+            );
+        }
         // A held flow elsewhere does not.
         let mut other = udp.packet;
         other.src = "172.16.0.99".parse().unwrap();
@@ -382,20 +394,16 @@ mod tests {
             kept(vec![egress(capo_policy::Protocol::UDP, None)]),
             vec![1]
         );
-        // Its pings' replies are echo replies, not the requests dropped.
-        assert_eq!(
-            kept(vec![egress(capo_policy::Protocol::ICMP, Some(8))]),
-            vec![17, 1]
-        );
-        // An echo reply it sends first has echo requests as replies; any ICMP too.
-        assert_eq!(
-            kept(vec![egress(capo_policy::Protocol::ICMP, Some(0))]),
-            vec![17]
-        );
-        assert_eq!(
-            kept(vec![egress(capo_policy::Protocol::ICMP, None)]),
-            vec![17]
-        );
+        // Pings it may send: the flow table passes every echo packet of the flow
+        // (requests included) by identifier, which a NIC entry cannot see.
+        for icmp_type in [Some(8), Some(0), None] {
+            assert_eq!(
+                kept(vec![egress(capo_policy::Protocol::ICMP, icmp_type)]),
+                vec![17]
+            );
+        }
+        // TCP it may open leaves both.
+        assert_eq!(kept(vec![fixture::allow_tcp("0.0.0.0/0", 80)]), vec![17, 1]);
     }
 
     #[test]

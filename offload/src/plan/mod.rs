@@ -78,8 +78,8 @@ pub struct HitCounters {
 }
 
 /// Whether the NIC may drop protocols other than TCP. It has no connection state: a
-/// TCP deny goes down as connection attempts only (SYN without ACK), but a UDP or
-/// ICMP drop meets every packet of a flow, and software keeps flows an earlier
+/// TCP deny goes down as connection attempts only (SYN without ACK), but a UDP, SCTP
+/// or ICMP drop meets every packet of a flow, and software keeps flows an earlier
 /// generation allowed (Calico's conntrack does) and the replies of flows the
 /// endpoint opened. Only the caller knows which flows software holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
