@@ -198,12 +198,12 @@ impl<K: MapKey> Leaf<K> {
             .filter(|s| s.len as usize > INLINE)
             .map(|s| s.len as usize)
             .sum();
-        if atoms.is_empty() && self.pool.len() <= 2 * pooled + 64 {
+        let wasteful = self.pool.len() > 2 * pooled + 64;
+        if atoms.is_empty() && !wasteful {
             return self.without(key, h);
         }
-        let rebuild = atoms.is_empty()
-            || (self.len as usize + 1) * 2 > self.slots.len()
-            || self.pool.len() > 2 * pooled + 64;
+        // A removal that gets here compacts a wasteful pool.
+        let rebuild = wasteful || (self.len as usize + 1) * 2 > self.slots.len();
         if rebuild {
             let mut entries: Vec<(K, Vec<AtomId>)> = self
                 .entries()

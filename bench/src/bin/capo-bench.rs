@@ -143,7 +143,7 @@ enum Command {
         /// scratch, a new generation each).
         #[arg(long, value_parser = replan_mode, default_value = "incremental")]
         replan: Replan,
-        /// Denies of protocols other than TCP (UDP, ICMP): `on` lets them go down
+        /// Denies of protocols other than TCP (UDP, SCTP, ICMP): `on` lets them go down
         /// as exact-flow drops sparing the flows software holds (the embedded
         /// dataplane's planner), `off` keeps them in software (a VPP plugin's or a
         /// DPDK port's planner).

@@ -128,13 +128,9 @@ pub(super) fn exact_flow_candidates(
         if conversations {
             atom.sport = None;
         }
-        if !allow && !tcp {
-            let Some(spared) = &spared else {
-                continue;
-            };
-            if spared.meets(&pkt, &atom) || meets_replies(dom, &atom) {
-                continue;
-            }
+        let stateless_unsafe = |s: &SparedFlows| s.meets(&pkt, &atom) || meets_replies(dom, &atom);
+        if !allow && !tcp && spared.as_ref().is_none_or(stateless_unsafe) {
+            continue;
         }
         out.push(FlowCand {
             domain: d,
