@@ -23,12 +23,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use capo_offload::caps::{NicCaps, OffloadMode};
-use capo_offload::commit::{Committer, RefreshOutcome};
+use capo_offload::commit::{Committer, LearnOutcome, RefreshOutcome};
 use capo_offload::flow::Action;
 use capo_offload::lower::{attribute, lower, EntryKind, OffloadProgram};
 pub use capo_offload::plan::rules_changed;
 use capo_offload::plan::{
-    plan, replan, FlowSample, HitCounters, OffloadPlan, PlanConfig, Role, StatelessDrops,
+    plan, replan, DropLearner, FlowSample, HitCounters, OffloadPlan, PlanConfig, Role,
+    StatelessDrops,
 };
 use capo_offload::sim::SimNic;
 use capo_offload::verdict::{combine, DecidedBy, Probe};
@@ -130,6 +131,29 @@ pub struct OffloadOptions {
     /// holds), as the embedded dataplane does; off, as a VPP plugin's or a DPDK
     /// port's planner is.
     pub stateless_drops: bool,
+    /// Drops learned between plans kept at once (0: none), set aside from the
+    /// table the planner fills ([`Learning`]).
+    pub learned_drops: u32,
+}
+
+/// Drops learned while a plan is live: the first packet of a refused conversation
+/// that software denies makes an exact-flow drop ([`DropLearner`]), installed at
+/// once ([`Committer::learn_drop`]), so the conversation's next packets meet it.
+/// The traffic has no clock: a learned drop is taken to be in place before the
+/// conversation's next packet, which holds when the insert (microseconds to a
+/// millisecond on rte_flow drivers) beats TCP's first SYN retransmission (1 s, RFC
+/// 6298) and a ping's interval (1 s by default).
+#[derive(Debug, Clone, Copy)]
+pub struct Learning<'a> {
+    /// The policy.
+    pub state: &'a State,
+    /// Its lowering (the plans' generation).
+    pub program: &'a OffloadProgram,
+    /// Learned drops kept at once.
+    pub room: usize,
+    /// Whether drops of protocols other than TCP may be learned (sparing the
+    /// window's allowed connections).
+    pub stateless: bool,
 }
 
 /// What one plan did on one window's packets (wire packets only).
@@ -151,10 +175,13 @@ pub struct Measured {
     pub connections: u64,
     /// Two matching NIC rules at one priority (must be 0).
     pub conflicts: u64,
+    /// Drops learned (installed) while measuring.
+    pub learned: u64,
 }
 
 impl Measured {
     fn add(&mut self, o: &Measured) {
+        self.learned += o.learned;
         self.packets += o.packets;
         self.hardware += o.hardware;
         self.denied += o.denied;
@@ -226,26 +253,41 @@ pub fn window_hits(w: &Window) -> HitCounters {
         }
     }
     flows.sort_by_key(|f| std::cmp::Reverse(f.hits));
-    let held = w
-        .connections
+    HitCounters {
+        flows,
+        rules: Default::default(),
+        stateless: StatelessDrops::Sparing(allowed_connections(w)),
+    }
+}
+
+/// The first packets of the window's allowed connections: the flows software's
+/// table holds by its end.
+fn allowed_connections(w: &Window) -> Vec<Packet> {
+    w.connections
         .iter()
         .filter(|c| c.allowed)
         .filter_map(|c| c.segments.first())
         .map(|s| s.probe.reference_packet())
-        .collect();
-    HitCounters {
-        flows,
-        rules: Default::default(),
-        stateless: StatelessDrops::Sparing(held),
-    }
+        .collect()
 }
 
-/// Commits `plan` to a fresh simulated NIC and replays `w`'s wire packets through it.
-pub fn measure(plan: &OffloadPlan, caps: &NicCaps, w: &Window) -> Measured {
+/// Commits `plan` to a fresh simulated NIC and replays `w`'s wire packets through
+/// it, learning drops as it goes when `learning` says so.
+pub fn measure(
+    plan: &OffloadPlan,
+    caps: &NicCaps,
+    w: &Window,
+    learning: Option<&Learning<'_>>,
+) -> Measured {
     let mut nic = SimNic::new(caps.clone());
     let mut committer = Committer::new();
     committer.commit(&mut nic, plan, &mut |_, _| {});
     let sw = committer.software().clone();
+    let mut learner = DropLearner::new();
+    let stateless = match learning {
+        Some(l) if l.stateless => StatelessDrops::Sparing(allowed_connections(w)),
+        _ => StatelessDrops::Off,
+    };
     let mut m = Measured::default();
     for conn in &w.connections {
         // Software's verdict for every packet of the connection: the policy's for the
@@ -257,21 +299,48 @@ pub fn measure(plan: &OffloadPlan, caps: &NicCaps, w: &Window) -> Measured {
         };
         let mut broken = false;
         for s in conn.segments.iter().filter(|s| s.from_wire) {
-            let out = nic.receive(&s.probe.headers(), 64);
-            let (v, by) = combine(out, &sw, caps.mark_bits, &mut |_| expected);
-            m.packets += s.count;
-            if by == DecidedBy::Hardware {
-                m.hardware += s.count;
-            }
-            if !conn.allowed {
-                m.denied += s.count;
-                if by == DecidedBy::Hardware && v == Verdict::Deny {
-                    m.denied_in_hardware += s.count;
+            let mut left = s.count;
+            while left > 0 {
+                let out = nic.receive(&s.probe.headers(), 64);
+                let (v, by) = combine(out, &sw, caps.mark_bits, &mut |_| expected);
+                // A packet that teaches the NIC a drop is counted alone: the rest of
+                // the segment meets the drop.
+                let learned = learning.is_some_and(|l| {
+                    by != DecidedBy::Hardware
+                        && v == Verdict::Deny
+                        && learner
+                            .drop_for(
+                                l.state,
+                                l.program,
+                                caps,
+                                &s.probe.reference_packet(),
+                                s.probe.flags(),
+                                &stateless,
+                            )
+                            .is_some_and(|d| {
+                                matches!(
+                                    committer.learn_drop(&mut nic, &d, l.room, caps.counters),
+                                    LearnOutcome::Installed { .. }
+                                )
+                            })
+                });
+                let n = if learned { 1 } else { left };
+                left -= n;
+                m.learned += u64::from(learned);
+                m.packets += n;
+                if by == DecidedBy::Hardware {
+                    m.hardware += n;
                 }
-            }
-            if v != expected {
-                m.mismatches += s.count;
-                broken = true;
+                if !conn.allowed {
+                    m.denied += n;
+                    if by == DecidedBy::Hardware && v == Verdict::Deny {
+                        m.denied_in_hardware += n;
+                    }
+                }
+                if v != expected {
+                    m.mismatches += n;
+                    broken = true;
+                }
             }
         }
         m.connections += 1;
@@ -297,6 +366,8 @@ pub struct Evaluation {
     pub plans: Vec<TimedPlan>,
     /// Plan `k` on window `k+1`.
     pub held_out: Vec<PairResult>,
+    /// The same without learned drops (the plans alone), when drops were learned.
+    pub held_out_planned: Vec<PairResult>,
     /// Plan `k+1` on window `k+1`.
     pub oracle: Vec<PairResult>,
     /// Plan `k` on window `k`, for `k` before the last window.
@@ -309,6 +380,7 @@ pub struct Evaluation {
 pub fn evaluate(
     t: &Traffic,
     caps: &NicCaps,
+    learning: Option<&Learning<'_>>,
     planner: &mut dyn FnMut(&HitCounters, Option<&OffloadPlan>) -> OffloadPlan,
 ) -> Evaluation {
     let mut plans: Vec<TimedPlan> = Vec::with_capacity(t.windows.len());
@@ -321,20 +393,27 @@ pub fn evaluate(
             ms: t0.elapsed().as_secs_f64() * 1e3,
         });
     }
-    let pair = |planned_on: usize, measured_on: usize| -> Option<PairResult> {
+    let pair = |planned_on: usize, measured_on: usize, learning| -> Option<PairResult> {
         let p = plans.get(planned_on)?;
         let w = t.windows.get(measured_on)?;
         Some(PairResult {
             planned_on,
             measured_on,
-            measured: measure(&p.plan, caps, w),
+            measured: measure(&p.plan, caps, w, learning),
         })
     };
     let next = 1..t.windows.len();
     Evaluation {
-        held_out: next.clone().filter_map(|k| pair(k - 1, k)).collect(),
-        oracle: next.clone().filter_map(|k| pair(k, k)).collect(),
-        same_window: next.filter_map(|k| pair(k - 1, k - 1)).collect(),
+        held_out: next
+            .clone()
+            .filter_map(|k| pair(k - 1, k, learning))
+            .collect(),
+        held_out_planned: match learning {
+            Some(_) => next.clone().filter_map(|k| pair(k - 1, k, None)).collect(),
+            None => Vec::new(),
+        },
+        oracle: next.clone().filter_map(|k| pair(k, k, learning)).collect(),
+        same_window: next.filter_map(|k| pair(k - 1, k - 1, learning)).collect(),
         plans,
     }
 }
@@ -374,6 +453,13 @@ pub struct OffloadReport {
     pub deny_drop_fraction: f64,
     /// The same for the oracle.
     pub oracle_deny_drop_fraction: f64,
+    /// Drops learned between plans kept at once (0: none learned).
+    pub learned_drops: u32,
+    /// Held-out share of refused connections' packets dropped by the plans' own
+    /// rules (learned drops left out).
+    pub planned_deny_drop_fraction: f64,
+    /// Held-out: drops learned per window (mean).
+    pub learned_per_window: f64,
     /// Packets with a wrong final verdict, over every measurement (must be 0).
     pub mismatches: u64,
     /// Connections with such a packet, over every measurement (must be 0).
@@ -441,10 +527,19 @@ pub fn run(o: &OffloadOptions) -> OffloadReport {
     let t0 = Instant::now();
     let program = lower(&t.state, &t.ids, 1);
     let lower_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let cfg = PlanConfig::default();
+    let mut cfg = PlanConfig::default();
+    // Room for the learned drops is set aside from what the planner fills.
+    cfg.reserve += o.learned_drops;
+    let learning = Learning {
+        state: &t.state,
+        program: &program,
+        room: o.learned_drops as usize,
+        stateless: o.stateless_drops,
+    };
     // Per plan: whether it is a re-plan of the one before, to be committed in place.
     let mut in_place: Vec<bool> = Vec::new();
-    let e = evaluate(&t, &caps, &mut |hits, installed| {
+    let learning = (o.learned_drops > 0).then_some(&learning);
+    let e = evaluate(&t, &caps, learning, &mut |hits, installed| {
         let off;
         let hits = if o.stateless_drops {
             hits
@@ -533,6 +628,17 @@ fn report(
         },
         deny_drop_fraction: held.deny_drop_fraction(),
         oracle_deny_drop_fraction: oracle.deny_drop_fraction(),
+        learned_drops: o.learned_drops,
+        planned_deny_drop_fraction: if e.held_out_planned.is_empty() {
+            held.deny_drop_fraction()
+        } else {
+            pooled(&e.held_out_planned).deny_drop_fraction()
+        },
+        learned_per_window: if e.held_out.is_empty() {
+            0.0
+        } else {
+            held.learned as f64 / e.held_out.len() as f64
+        },
         mismatches: all.mismatches,
         flow_mismatches: all.flow_mismatches,
         plan_ms: lower_ms + e.plans.first().map_or(0.0, |p| p.ms),

@@ -103,7 +103,7 @@ fn held_out_plans_never_see_the_window_they_are_measured_on() {
     let caps = NicCaps::mlx5(256);
     let program = lower(&t.state, &t.ids, 1);
     let mut fed: Vec<HitCounters> = Vec::new();
-    let e = evaluate(&t, &caps, &mut |hits, _| {
+    let e = evaluate(&t, &caps, None, &mut |hits, _| {
         fed.push(hits.clone());
         plan(&t.state, &program, &caps, hits, &PlanConfig::default())
     });
@@ -152,6 +152,7 @@ fn json_row_has_every_field_and_no_mismatches() {
             traffic: TrafficOptions::small(1.1, 1),
             replan: Replan::Full,
             stateless_drops: true,
+            learned_drops: 16,
         });
         assert_eq!(r.mismatches, 0);
         assert_eq!(r.flow_mismatches, 0);
@@ -169,6 +170,9 @@ fn json_row_has_every_field_and_no_mismatches() {
             "replan_ms",
             "replan_mode",
             "stateless_drops",
+            "learned_drops",
+            "planned_deny_drop_fraction",
+            "learned_per_window",
             "replans_in_place",
             "rules_changed",
             "entries_per_commit",
@@ -213,6 +217,7 @@ fn incremental_replans_commit_in_place_and_create_less() {
         traffic: TrafficOptions::small(1.1, 1),
         replan,
         stateless_drops: true,
+        learned_drops: 0,
     };
     let full = run(&opts(NicProfile::Mlx5, Replan::Full));
     let inc = run(&opts(NicProfile::Mlx5, Replan::Incremental));
@@ -248,6 +253,7 @@ fn stateless_drops_drop_more_denied_packets_and_break_no_flow() {
         traffic: TrafficOptions::small(1.1, 1),
         replan: Replan::Incremental,
         stateless_drops,
+        learned_drops: 0,
     };
     let off = run(&opts(false));
     let on = run(&opts(true));
@@ -261,4 +267,40 @@ fn stateless_drops_drop_more_denied_packets_and_break_no_flow() {
         on.deny_drop_fraction,
         off.deny_drop_fraction
     );
+}
+
+/// Drops learned between plans: software's first deny of a refused conversation
+/// installs a drop its next packets meet. More denied packets are dropped in
+/// hardware than by the plans alone (which the report gives beside it, equal to a
+/// run that learns nothing), and no connection gets a wrong verdict.
+#[test]
+fn learned_drops_drop_what_the_plans_left_to_software_and_break_no_flow() {
+    let opts = |stateless_drops, learned_drops| OffloadOptions {
+        kind: Kind::K8s,
+        nic: NicProfile::Mlx5,
+        capacity: 256,
+        traffic: TrafficOptions::small(1.1, 1),
+        replan: Replan::Incremental,
+        stateless_drops,
+        learned_drops,
+    };
+    for stateless in [false, true] {
+        let none = run(&opts(stateless, 0));
+        // The same table: the plans of the learning run are made for 32 fewer entries.
+        let learned = run(&opts(stateless, 32));
+        for r in [&none, &learned] {
+            assert_eq!((r.mismatches, r.flow_mismatches), (0, 0));
+            assert_eq!(r.same_priority_conflicts, 0);
+        }
+        assert_eq!(none.learned_per_window, 0.0);
+        assert_eq!(none.planned_deny_drop_fraction, none.deny_drop_fraction);
+        assert!(learned.learned_per_window > 0.0);
+        assert!(
+            learned.deny_drop_fraction > learned.planned_deny_drop_fraction,
+            "stateless {stateless}: {} with learned drops, {} by the plans",
+            learned.deny_drop_fraction,
+            learned.planned_deny_drop_fraction
+        );
+        assert!(learned.entries_used + 32 <= 256, "{}", learned.entries_used);
+    }
 }

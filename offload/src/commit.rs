@@ -19,13 +19,15 @@
 //! is called after every NIC operation, so tests can send packets at every
 //! intermediate state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
+use crate::atom::Atom;
 use crate::backend::{FlowBackend, FlowCount, FlowHandle};
 use crate::caps::OffloadMode;
 use crate::error::FlowError;
 use crate::flow::{Action, Attr, FlowRule, Group, Item, Priority};
-use crate::plan::{OffloadPlan, Role};
+use crate::plan::{LearnedDrop, OffloadPlan, Role};
+use capo_policy::Packet;
 
 /// What software holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -165,6 +167,36 @@ impl LiveGen {
     }
 }
 
+/// How [`Committer::learn_drop`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LearnOutcome {
+    /// The drop is in the live generation's table; the oldest learned drop made room
+    /// for it when `evicted` holds one (its packet and final count).
+    Installed {
+        /// The learned drop evicted, with its count when it had a counter.
+        evicted: Option<(Packet, Option<FlowCount>)>,
+    },
+    /// The same drop is installed already.
+    Known,
+    /// Its generation is not the one the NIC applies and software classifies with,
+    /// or the NIC decides nothing now (no dispatcher): nothing was installed.
+    NotLive,
+    /// No room is set aside for learned drops.
+    NoRoom,
+    /// The device refused it (table full, or a match it cannot take): nothing was
+    /// installed.
+    Refused(FlowError),
+}
+
+/// One learned drop in the table.
+#[derive(Debug, Clone)]
+struct Learned {
+    atom: Atom,
+    packet: Packet,
+    handle: FlowHandle,
+    counts: bool,
+}
+
 /// Drives generation commits on one port.
 #[derive(Debug, Clone, Default)]
 pub struct Committer {
@@ -172,6 +204,12 @@ pub struct Committer {
     live: Option<LiveGen>,
     retiring: Vec<LiveGen>,
     dispatcher: Option<(FlowHandle, Priority)>,
+    /// Drops learned for the live generation ([`Committer::learn_drop`]), oldest
+    /// first. A commit removes them first; a refresh keeps those that fit and that
+    /// the new plan does not hold itself.
+    learned: VecDeque<Learned>,
+    /// What those removals counted, until [`Committer::take_forgotten`].
+    forgotten: Vec<(Packet, Option<FlowCount>)>,
 }
 
 /// Reads a rule's final count (rules with a COUNT action) and destroys it.
@@ -222,6 +260,9 @@ impl Committer {
         plan: &OffloadPlan,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> CommitOutcome {
+        // Learned drops are the live plan's; the commit works on the plans alone.
+        let forgotten = self.forget_learned(nic);
+        self.forgotten.extend(forgotten);
         match plan.mode {
             OffloadMode::VersionedGroups => self.commit_groups(nic, plan, observe),
             // Flat marks commit as drops do: a mark names its generation, so the old
@@ -477,6 +518,40 @@ impl Committer {
         capacity: u32,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> RefreshOutcome {
+        let out = self.refresh_plan(nic, plan, capacity, observe);
+        if matches!(out, RefreshOutcome::Refreshed { .. }) {
+            // Learned drops stay (the same policy decides); one the new plan holds
+            // as an exact flow goes, so no two rules match at one priority.
+            let held: Vec<Vec<Item>> = plan
+                .rules
+                .iter()
+                .filter(|r| matches!(r.role, Role::ExactFlow { .. }))
+                .map(|r| r.flow.pattern().to_vec())
+                .collect();
+            let (dup, keep): (VecDeque<Learned>, VecDeque<Learned>) =
+                std::mem::take(&mut self.learned)
+                    .into_iter()
+                    .partition(|l| held.iter().any(|p| p[..] == l.atom.pattern()[..]));
+            self.learned = dup;
+            let forgotten = self.forget_learned(nic);
+            self.forgotten.extend(forgotten);
+            self.learned.extend(keep);
+        } else {
+            let forgotten = self.forget_learned(nic);
+            self.forgotten.extend(forgotten);
+        }
+        out
+    }
+
+    /// [`Committer::refresh`] of the plan's rules; learned drops are kept while they
+    /// fit beside the commit's peak.
+    fn refresh_plan<B: FlowBackend>(
+        &mut self,
+        nic: &mut B,
+        plan: &OffloadPlan,
+        capacity: u32,
+        observe: &mut dyn FnMut(&B, &SoftwareView),
+    ) -> RefreshOutcome {
         let dispatcher = usize::from(self.dispatcher.is_some());
         let live_here = self.live.as_ref().is_some_and(|l| {
             l.generation == plan.generation && plan.mode == OffloadMode::VersionedGroups
@@ -533,7 +608,12 @@ impl Committer {
         // rules to remove them again.
         let room = nic.caps().capacity.min(capacity) as usize;
         let peak = n - early.len() + dispatcher + new_only;
-        if new_only > 0 && peak > room {
+        if peak + self.learned.len() > room {
+            // Learned drops give way to the plan.
+            let forgotten = self.forget_learned(nic);
+            self.forgotten.extend(forgotten);
+        }
+        if new_only > 0 && peak + self.learned.len() > room {
             let first = claims.iter().position(Option::is_none).unwrap_or(0);
             self.live = Some(live);
             return RefreshOutcome::Refused {
@@ -691,6 +771,139 @@ impl Committer {
             });
         }
         out
+    }
+
+    /// Adds `drop` (learned from a packet software denied under its generation) to
+    /// the live generation's table, above the plan's decisions (it decides its tuple
+    /// as the whole policy does, so it needs no covers: [`crate::plan::DropLearner`]),
+    /// with a COUNT action when `count`. At most `room` learned drops are kept: past
+    /// that the oldest goes first. Only while the NIC applies that generation and
+    /// software classifies with it.
+    pub fn learn_drop<B: FlowBackend>(
+        &mut self,
+        nic: &mut B,
+        drop: &LearnedDrop,
+        room: usize,
+        count: bool,
+    ) -> LearnOutcome {
+        let Some(live) = self
+            .live
+            .as_ref()
+            .filter(|l| l.generation == drop.generation && self.sw.active == Some(drop.generation))
+        else {
+            return LearnOutcome::NotLive;
+        };
+        // With groups, the live group is reached through the dispatcher only.
+        let groups = live.group != Group::ROOT;
+        if groups && self.dispatcher.is_none() {
+            return LearnOutcome::NotLive;
+        }
+        if room == 0 {
+            return LearnOutcome::NoRoom;
+        }
+        if self.learned.iter().any(|l| l.atom == drop.atom) {
+            return LearnOutcome::Known;
+        }
+        // Under the fragment punt, beside the plan's exact flows (disjoint from them:
+        // the packet met none of them), above every decision and cover.
+        let prio = Priority(u32::from(groups));
+        let mut actions: Vec<Action> = Vec::new();
+        if count {
+            actions.push(Action::Count(0));
+        }
+        actions.push(Action::Drop);
+        let rule = match FlowRule::new(
+            Attr::ingress(live.group, prio),
+            &drop.atom.pattern(),
+            &actions,
+        ) {
+            Ok(r) => r,
+            Err(_) => {
+                return LearnOutcome::Refused(FlowError::new(
+                    crate::error::FlowErrorKind::Invalid,
+                    "learned drop rule",
+                ))
+            }
+        };
+        let mut evicted = None;
+        if self.learned.len() >= room {
+            if let Some(old) = self.learned.pop_front() {
+                match self.forget(nic, &old) {
+                    Ok(c) => evicted = Some((old.packet, c)),
+                    Err(e) => {
+                        self.learned.push_front(old);
+                        return LearnOutcome::Refused(e);
+                    }
+                }
+            }
+        }
+        match nic.validate(&rule).and_then(|()| nic.create(&rule)) {
+            Ok(handle) => {
+                self.learned.push_back(Learned {
+                    atom: drop.atom,
+                    packet: drop.packet,
+                    handle,
+                    counts: count,
+                });
+                LearnOutcome::Installed { evicted }
+            }
+            Err(e) => LearnOutcome::Refused(e),
+        }
+    }
+
+    /// The packets and final counts of the learned drops the last commits and
+    /// refreshes removed.
+    pub fn take_forgotten(&mut self) -> Vec<(Packet, Option<FlowCount>)> {
+        std::mem::take(&mut self.forgotten)
+    }
+
+    /// Counters of the learned drops that have one, by the packet each was learned
+    /// from.
+    pub fn learned_counts<B: FlowBackend>(&self, nic: &mut B) -> Vec<(Packet, FlowCount)> {
+        self.learned
+            .iter()
+            .filter(|l| l.counts)
+            .filter_map(|l| Some((l.packet, nic.query_count(l.handle, false).ok()?)))
+            .collect()
+    }
+
+    /// Learned drops in the table.
+    pub fn learned_drops(&self) -> usize {
+        self.learned.len()
+    }
+
+    /// Removes every learned drop, returning each one's packet and final count (those
+    /// with a counter); one the device fails to destroy stays listed, and the next
+    /// call tries again.
+    pub fn forget_learned<B: FlowBackend>(
+        &mut self,
+        nic: &mut B,
+    ) -> Vec<(Packet, Option<FlowCount>)> {
+        let mut out = Vec::new();
+        let mut left = VecDeque::new();
+        for l in std::mem::take(&mut self.learned) {
+            match self.forget(nic, &l) {
+                Ok(c) => out.push((l.packet, c)),
+                Err(e) if e.kind == crate::error::FlowErrorKind::Io => {}
+                Err(_) => left.push_back(l),
+            }
+        }
+        self.learned = left;
+        out
+    }
+
+    fn forget<B: FlowBackend>(
+        &self,
+        nic: &mut B,
+        l: &Learned,
+    ) -> Result<Option<FlowCount>, FlowError> {
+        let c = if l.counts {
+            nic.query_count(l.handle, false).ok()
+        } else {
+            None
+        };
+        nic.destroy(l.handle)?;
+        Ok(c)
     }
 
     /// Counters of the live generation's rules, by plan index.
@@ -900,5 +1113,232 @@ mod tests {
             staying_decision_relied_on_a_removed_rule,
             "{before:#?}\n{after:#?}"
         );
+    }
+
+    /// A plan of one workload where port 80 from 172.16.0.0/24 is allowed and the
+    /// rest refused, committed on a simulated mlx5 of 64 entries.
+    fn live_plan() -> (
+        capo_policy::State,
+        crate::lower::OffloadProgram,
+        SimNic,
+        Committer,
+    ) {
+        let (state, program) =
+            fixture::program(vec![fixture::allow_tcp("172.16.0.0/24", 80)], vec![]);
+        let caps = crate::caps::NicCaps::mlx5(64);
+        let p = plan(
+            &state,
+            &program,
+            &caps,
+            &HitCounters::default(),
+            &PlanConfig::default(),
+        );
+        let mut nic = SimNic::new(caps);
+        let mut c = Committer::new();
+        c.commit(&mut nic, &p, &mut |_, _| {});
+        (state, program, nic, c)
+    }
+
+    fn syn_from(src: [u8; 4], sport: u16) -> Probe {
+        let mut packet = fixture::tcp_sample(src, 80, 1).packet;
+        packet.l4 = capo_policy::L4::Ports {
+            src: sport,
+            dst: 80,
+        };
+        Probe {
+            packet,
+            tcp_flags: crate::flow::TCP_SYN,
+            fragment: Fragment::No,
+        }
+    }
+
+    fn learned(
+        state: &capo_policy::State,
+        program: &crate::lower::OffloadProgram,
+        nic: &SimNic,
+        src: [u8; 4],
+    ) -> crate::plan::LearnedDrop {
+        crate::plan::DropLearner::new()
+            .drop_for(
+                state,
+                program,
+                nic.caps(),
+                &syn_from(src, 40_000).reference_packet(),
+                Some(crate::flow::TCP_SYN),
+                &crate::plan::StatelessDrops::Off,
+            )
+            .expect("a refused SYN is learned")
+    }
+
+    #[test]
+    fn a_learned_drop_takes_the_conversation_until_the_next_commit() {
+        let (state, program, mut nic, mut c) = live_plan();
+        let refused = syn_from([172, 16, 1, 1], 40_000);
+        let established = Probe {
+            tcp_flags: crate::flow::TCP_ACK,
+            ..refused
+        };
+        // Before: the plan leaves the refused conversation to software.
+        assert!(!matches!(
+            nic.peek(&refused.headers()),
+            crate::sim::NicOutcome::Dropped
+        ));
+        let d = learned(&state, &program, &nic, [172, 16, 1, 1]);
+        let before = nic.installed();
+        assert_eq!(
+            c.learn_drop(&mut nic, &d, 8, true),
+            LearnOutcome::Installed { evicted: None }
+        );
+        assert_eq!((nic.installed(), c.learned_drops()), (before + 1, 1));
+        // The next connection of the conversation (another source port) meets it; a
+        // packet of an established flow does not, nor does an allowed peer.
+        for p in [refused, syn_from([172, 16, 1, 1], 51_000)] {
+            assert_eq!(
+                nic.receive(&p.headers(), 60),
+                crate::sim::NicOutcome::Dropped,
+                "{p:?}"
+            );
+        }
+        assert!(!matches!(
+            nic.peek(&established.headers()),
+            crate::sim::NicOutcome::Dropped
+        ));
+        assert!(!matches!(
+            nic.peek(&syn_from([172, 16, 0, 1], 40_000).headers()),
+            crate::sim::NicOutcome::Dropped
+        ));
+        assert_eq!(nic.same_priority_conflicts(), 0);
+        // Learned once.
+        assert_eq!(c.learn_drop(&mut nic, &d, 8, true), LearnOutcome::Known);
+        // Not for another generation's policy, nor without room.
+        let other = crate::plan::LearnedDrop {
+            generation: 7,
+            ..d.clone()
+        };
+        assert_eq!(
+            c.learn_drop(&mut nic, &other, 8, true),
+            LearnOutcome::NotLive
+        );
+        let d2 = learned(&state, &program, &nic, [172, 16, 2, 2]);
+        assert_eq!(c.learn_drop(&mut nic, &d2, 0, true), LearnOutcome::NoRoom);
+        // A refresh keeps it (the same policy decides)...
+        let p = plan(
+            &state,
+            &program,
+            nic.caps(),
+            &HitCounters::default(),
+            &PlanConfig::default(),
+        );
+        let again = replan(
+            &state,
+            &program,
+            nic.caps(),
+            &HitCounters::default(),
+            &PlanConfig::default(),
+            &p,
+        )
+        .expect("same generation");
+        assert!(matches!(
+            c.refresh(&mut nic, &again, u32::MAX, &mut |_, _| {}),
+            RefreshOutcome::Refreshed { .. }
+        ));
+        assert_eq!(c.learned_drops(), 1);
+        assert!(c.take_forgotten().is_empty());
+        assert_eq!(
+            nic.peek(&refused.headers()),
+            crate::sim::NicOutcome::Dropped
+        );
+        // ...unless the new plan holds the same drop itself: then the plan's rule
+        // decides, and the learned one goes with its count.
+        let counted = HitCounters {
+            flows: vec![FlowSample {
+                packet: refused.reference_packet(),
+                tcp_flags: Some(crate::flow::TCP_SYN),
+                hits: 10,
+            }],
+            ..HitCounters::default()
+        };
+        let with_it = replan(
+            &state,
+            &program,
+            nic.caps(),
+            &counted,
+            &PlanConfig::default(),
+            &p,
+        )
+        .expect("same generation");
+        assert!(with_it
+            .rules
+            .iter()
+            .any(|r| matches!(r.role, Role::ExactFlow { allow: false, .. })));
+        assert!(matches!(
+            c.refresh(&mut nic, &with_it, u32::MAX, &mut |_, _| {}),
+            RefreshOutcome::Refreshed { .. }
+        ));
+        assert_eq!(c.learned_drops(), 0);
+        let forgotten = c.take_forgotten();
+        assert_eq!(forgotten.len(), 1);
+        assert_eq!(forgotten[0].0, d.packet);
+        assert_eq!(forgotten[0].1.map(|n| n.hits), Some(2));
+        assert_eq!(
+            nic.receive(&refused.headers(), 60),
+            crate::sim::NicOutcome::Dropped
+        );
+        assert_eq!(nic.same_priority_conflicts(), 0);
+        // A commit of a new generation removes every learned drop first.
+        let d2 = learned(&state, &program, &nic, [172, 16, 2, 2]);
+        assert!(matches!(
+            c.learn_drop(&mut nic, &d2, 8, true),
+            LearnOutcome::Installed { .. }
+        ));
+        let mut next = p.clone();
+        next.generation = 2;
+        c.commit(&mut nic, &next, &mut |_, _| {});
+        assert_eq!(c.learned_drops(), 0);
+        assert_eq!(c.take_forgotten().len(), 1);
+        assert!(!matches!(
+            nic.peek(&syn_from([172, 16, 2, 2], 1).headers()),
+            crate::sim::NicOutcome::Dropped
+        ));
+    }
+
+    #[test]
+    fn learned_drops_past_their_room_evict_the_oldest() {
+        let (state, program, mut nic, mut c) = live_plan();
+        let first = learned(&state, &program, &nic, [172, 16, 1, 1]);
+        let second = learned(&state, &program, &nic, [172, 16, 2, 2]);
+        assert!(matches!(
+            c.learn_drop(&mut nic, &first, 1, false),
+            LearnOutcome::Installed { evicted: None }
+        ));
+        let installed = nic.installed();
+        assert_eq!(
+            c.learn_drop(&mut nic, &second, 1, false),
+            LearnOutcome::Installed {
+                evicted: Some((first.packet, None))
+            }
+        );
+        assert_eq!((nic.installed(), c.learned_drops()), (installed, 1));
+        assert!(!matches!(
+            nic.peek(&syn_from([172, 16, 1, 1], 1).headers()),
+            crate::sim::NicOutcome::Dropped
+        ));
+        assert_eq!(
+            nic.peek(&syn_from([172, 16, 2, 2], 1).headers()),
+            crate::sim::NicOutcome::Dropped
+        );
+        // A full table refuses one, and nothing changes.
+        let refusal = (3u8..=250).find_map(|k| {
+            let d = learned(&state, &program, &nic, [172, 16, k, 1]);
+            let before = (nic.installed(), c.learned_drops());
+            match c.learn_drop(&mut nic, &d, 1_000, false) {
+                LearnOutcome::Refused(e) => Some((e, before)),
+                _ => None,
+            }
+        });
+        let (error, before) = refusal.expect("a table of 64 fills up");
+        assert_eq!(error.kind, crate::error::FlowErrorKind::NoMem);
+        assert_eq!((nic.installed(), c.learned_drops()), before);
+        assert_eq!(nic.installed(), 64);
     }
 }

@@ -99,7 +99,7 @@ pub use error::{ErrorTarget, FlowError, FlowErrorKind};
 pub use flow::{Action, Attr, FlowRule, Group, Headers, Item, Priority, RuleError, Spec};
 
 #[cfg(feature = "std")]
-pub use commit::{CommitOutcome, Committer, RefreshOutcome, SoftwareView};
+pub use commit::{CommitOutcome, Committer, LearnOutcome, RefreshOutcome, SoftwareView};
 #[cfg(feature = "std")]
 pub use lower::{lower, OffloadProgram};
 #[cfg(feature = "std")]

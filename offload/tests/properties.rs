@@ -17,11 +17,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use capo_offload::commit::{Committer, RefreshOutcome, SoftwareView};
 use capo_offload::lower::{ContinueReason, EntryKind};
 use capo_offload::plan::{
-    plan, replan, FlowSample, HitCounters, OffloadPlan, PlanConfig, StatelessDrops,
+    plan, replan, DropLearner, FlowSample, HitCounters, OffloadPlan, PlanConfig, StatelessDrops,
 };
 use capo_offload::sim::{Faults, SimNic};
 use capo_offload::testutils::{Below as _, Rng};
-use capo_offload::verdict::{combine, Fragment, Probe};
+use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
 use capo_offload::{lower, NicCaps};
 use capo_policy::eval::L4;
 use capo_policy::{
@@ -500,8 +500,8 @@ proptest! {
     /// Per flow: first packets get the reference verdict; an allowed connection's
     /// replies and later packets pass (conntrack), NIC or not.
     #[test]
-    fn prop_flows_keep_conntrack_semantics(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..6, exact in any::<bool>(), stateless in any::<bool>()) {
-        check_flows(seed, capacity, profile, exact, stateless)?;
+    fn prop_flows_keep_conntrack_semantics(seed in any::<u64>(), capacity in 1u32..120, profile in 0u8..6, exact in any::<bool>(), stateless in any::<bool>(), learn in any::<bool>()) {
+        check_flows(seed, capacity, profile, exact, stateless, learn)?;
     }
 
     /// During a commit (and the retire after it) every packet gets the verdict of the
@@ -644,22 +644,37 @@ fn capo_verdict(
     p: &Probe,
     software: Verdict,
 ) -> Verdict {
+    capo_decision(nic, sw, caps, p, software).0
+}
+
+/// [`capo_verdict`], and whether the NIC decided.
+fn capo_decision(
+    nic: &mut SimNic,
+    sw: &SoftwareView,
+    caps: &NicCaps,
+    p: &Probe,
+    software: Verdict,
+) -> (Verdict, bool) {
     if is_local(p.packet.src) {
-        return software;
+        return (software, false);
     }
     let out = nic.receive(&p.headers(), 64);
-    combine(out, sw, caps.mark_bits, &mut |_| software).0
+    let (v, by) = combine(out, sw, caps.mark_bits, &mut |_| software);
+    (v, by == DecidedBy::Hardware)
 }
 
 /// `stateless`: plan with stateless drops, sparing the flows software holds (none
 /// before the first generation; the connections the first one allowed before the
-/// second).
+/// second). `learn`: each first packet software denies teaches the NIC a drop
+/// ([`DropLearner`], sparing the connections allowed so far), which every later
+/// packet meets until the second generation's commit removes it.
 fn check_flows(
     seed: u64,
     capacity: u32,
     profile: u8,
     exact: bool,
     stateless: bool,
+    learn: bool,
 ) -> Result<(), TestCaseError> {
     let (state, ids) = random_state(seed);
     let flows = random_flows(seed, 60);
@@ -670,13 +685,30 @@ fn check_flows(
     let mut c = Committer::new();
     c.commit(&mut nic, &p, &mut |_, _| {});
     let sw = c.software().clone();
+    let program = lower(&state, &ids, 1);
+    let mut learner = DropLearner::new();
+    let mut allowed_so_far: Vec<Packet> = Vec::new();
     for first in &flows {
         let reference = trace(&state, &first.reference_packet()).verdict;
-        let got = capo_verdict(&mut nic, &sw, &caps, first, reference);
+        let (got, by_nic) = capo_decision(&mut nic, &sw, &caps, first, reference);
         prop_assert_eq!(got, reference, "first packet {:?}", first);
         if reference != Verdict::Allow {
+            if learn && !by_nic && !is_local(first.packet.src) {
+                let spare = sparing(HitCounters::default(), stateless, allowed_so_far.clone());
+                if let Some(d) = learner.drop_for(
+                    &state,
+                    &program,
+                    &caps,
+                    &first.reference_packet(),
+                    first.flags(),
+                    &spare.stateless,
+                ) {
+                    c.learn_drop(&mut nic, &d, 1_000, caps.counters);
+                }
+            }
             continue;
         }
+        allowed_so_far.push(first.reference_packet());
         // Conntrack: the connection is established; its replies and later packets
         // pass whatever the policy says of them.
         if let Some(reply) = reply_to(first) {
@@ -705,6 +737,46 @@ fn check_flows(
             );
         }
     }
+    if learn {
+        // A re-plan of the same policy, committed in place, keeps the learned drops
+        // that fit and that it does not hold itself: every packet still gets its
+        // verdict, and no two rules match at one priority.
+        let cfg = PlanConfig {
+            exact_flows: exact,
+            ..PlanConfig::default()
+        };
+        let hits = sparing(
+            hits_from(&flows, seed.wrapping_add(7)),
+            stateless,
+            allowed_so_far.clone(),
+        );
+        if let Some(again) = replan(&state, &program, &caps, &hits, &cfg, &p) {
+            c.refresh(&mut nic, &again, caps.capacity, &mut |_, _| {});
+        }
+        let sw = c.software().clone();
+        for first in &flows {
+            let reference = trace(&state, &first.reference_packet()).verdict;
+            let got = capo_verdict(&mut nic, &sw, &caps, first, reference);
+            prop_assert_eq!(got, reference, "first packet {:?} after a refresh", first);
+            if reference != Verdict::Allow {
+                continue;
+            }
+            let mut later = *first;
+            later.tcp_flags = 0x10;
+            let replies = [reply_to(first), echo_back(first), Some(later)];
+            for p in replies.into_iter().flatten() {
+                let got = capo_verdict(&mut nic, &sw, &caps, &p, Verdict::Allow);
+                prop_assert_eq!(
+                    got,
+                    Verdict::Allow,
+                    "{:?} of {:?} after a refresh",
+                    p,
+                    first
+                );
+            }
+        }
+        prop_assert_eq!(nic.same_priority_conflicts(), 0);
+    }
     // A new generation: connections established under the old one keep passing
     // (Calico's conntrack accepts established traffic before policy).
     let (next, next_ids) = random_state(seed.wrapping_add(1));
@@ -723,6 +795,7 @@ fn check_flows(
     );
     c.commit(&mut nic, &p2, &mut |_, _| {});
     c.retire(&mut nic, &mut |_, _| {});
+    prop_assert_eq!(c.learned_drops(), 0);
     let sw = c.software().clone();
     for first in &flows {
         if trace(&state, &first.reference_packet()).verdict != Verdict::Allow {

@@ -149,6 +149,11 @@ enum Command {
         /// DPDK port's planner).
         #[arg(long, value_parser = on_off, default_value = "on", action = clap::ArgAction::Set)]
         stateless_drops: bool,
+        /// Drops learned between plans kept at once (0: none): software's first deny
+        /// of a refused conversation installs an exact-flow drop at once, taken from
+        /// the table the planner fills.
+        #[arg(long, default_value_t = 256)]
+        learned_drops: u32,
         #[arg(long)]
         json: bool,
     },
@@ -240,6 +245,7 @@ fn main() -> ExitCode {
             windows,
             replan,
             stateless_drops,
+            learned_drops,
             json,
         } => {
             let mut t = TrafficOptions::standard(traffic.zipf, traffic.seed);
@@ -254,6 +260,7 @@ fn main() -> ExitCode {
                     traffic: t,
                     replan,
                     stateless_drops,
+                    learned_drops,
                 },
                 json,
             )

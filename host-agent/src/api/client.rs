@@ -250,6 +250,10 @@ pub fn offload(
                     "in_place_total": c.in_place_total,
                     "new_generation_total": c.new_generation_total,
                 })),
+                "learned_drops": p.learned_drops.as_ref().map(|l| serde_json::json!({
+                    "installed": l.installed, "room": l.room,
+                    "learned_total": l.learned_total, "refused_total": l.refused_total,
+                })),
                 "flow_layer": p.flow_layer.iter().map(|i| serde_json::json!({
                     "interface": i.interface, "sw_if_index": i.sw_if_index, "driver": i.driver,
                     "takes_flows": i.takes_flows, "installed": i.installed, "refused": i.refused,
@@ -276,6 +280,13 @@ pub fn offload(
         }
         if let Some(c) = &p.last_commit {
             let _ = writeln!(out, "  {}", last_commit_line(c));
+        }
+        if let Some(l) = p.learned_drops.as_ref().filter(|l| l.room > 0) {
+            let _ = writeln!(
+                out,
+                "  learned drops: {} of {} in the table; {} learned, {} refused by the NIC since start",
+                l.installed, l.room, l.learned_total, l.refused_total
+            );
         }
         if !p.flow_layer.is_empty() {
             out.push_str("  VPP's flow layer, per hardware interface:\n");

@@ -234,6 +234,9 @@ struct PortNic<'n, 'p> {
     shrink: bool,
     /// When the NIC's rule counters were last read.
     counted_at: std::time::Instant,
+    /// The policy of the live NIC plan: software's denies under it teach the NIC
+    /// drops.
+    policy: Option<PolicyVersion>,
 }
 
 /// How long after EIO the port's NIC is committed to again.
@@ -355,9 +358,31 @@ impl PortNic<'_, '_> {
             tracing::warn!("the port's NIC is gone (EIO): committing again in 5 s");
             self.replan_at = Some(std::time::Instant::now() + RECOMMIT_AFTER_EIO);
         }
+        self.policy = policy_version(path.daemon).filter(|v| v.version == result.version);
         self.report.plan = Some(self.nic.plan_reply(&result.rules));
         self.report.software_only_reason.clear();
         crate::core::daemon::lock(path.daemon).set_port_report(self.report.clone());
+    }
+
+    /// Learns drops from the packets software denied under `generation`, while
+    /// the live plan is of that policy. TCP only: the port's planner thread plans
+    /// while packets flow, so drops of other protocols stay in software as in its
+    /// plans.
+    fn learn(&mut self, generation: u64, denied: &[capo_classifier::ParsedPacket]) {
+        let Some(v) = self.policy.as_ref().filter(|v| v.version == generation) else {
+            return;
+        };
+        for p in denied
+            .iter()
+            .filter(|p| p.packet.protocol == capo_policy::Protocol::TCP)
+        {
+            self.nic.learn_drop(
+                (&v.state, &v.ids, v.version),
+                &p.packet,
+                Some(p.tcp_flags),
+                &capo_offload::plan::StatelessDrops::Off,
+            );
+        }
     }
 
     /// Records the packets software decided as flows for the next plan.
@@ -490,6 +515,7 @@ fn poll(
         replan_at: None,
         shrink: false,
         counted_at: std::time::Instant::now(),
+        policy: None,
     };
     // Bursts are classified by the embedded dataplane under its own lock, never the
     // daemon's (Felix's updates and the API go on meanwhile).
@@ -518,6 +544,10 @@ fn poll(
         }
         idle = 0;
         port_nic.record(&seen);
+        if let Some(e) = path.embedded.as_ref().filter(|_| path.offloads) {
+            let (generation, denied) = crate::sinks::embedded::lock_embedded(e).take_wire_denied();
+            port_nic.learn(generation, &denied);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use capo_classifier::{
     parse_ethernet, Builder, Counters, FlowConfig, GenerationCell, Input, ParsedPacket, Timestamp,
     Worker,
 };
+use capo_offload::plan::StatelessDrops;
 use capo_policy::views::NumberedRule;
 use capo_policy::{Direction, IdTable, Packet, State, Update, Verdict, Views};
 use capo_proto::capo::agent::v1 as api;
@@ -41,7 +42,16 @@ pub struct Embedded {
     nic_verdicts: std::collections::HashMap<(u32, Direction), capo_classifier::VerdictCount>,
     /// The agent's DPDK port's NIC, as its thread reports it.
     port_nic: PortNicCounts,
+    /// The daemon's generation of the policy in force (what the port's NIC plans
+    /// are made of).
+    daemon_generation: u64,
+    /// Packets from the wire software denied behind the port's NIC, for the port
+    /// thread to learn drops from (at most [`MAX_WIRE_DENIED`] between two takes).
+    wire_denied: Vec<ParsedPacket>,
 }
+
+/// Software-denied wire packets kept for the port thread between two takes.
+const MAX_WIRE_DENIED: usize = 256;
 
 /// What the DPDK port's thread reports of its NIC.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +82,8 @@ impl Embedded {
             policy_version: 0,
             nic_verdicts: std::collections::HashMap::new(),
             port_nic: PortNicCounts::default(),
+            daemon_generation: 0,
+            wire_denied: Vec::new(),
         }
     }
 
@@ -429,11 +441,25 @@ impl Embedded {
                 }
                 None => {
                     seen.push(packet);
-                    self.worker.process_one(&generation, &input, now)
+                    let v = self.worker.process_one(&generation, &input, now);
+                    if v == Verdict::Deny && self.wire_denied.len() < MAX_WIRE_DENIED {
+                        self.wire_denied.push(packet);
+                    }
+                    v
                 }
             });
         }
         Some(out)
+    }
+
+    /// The wire packets software denied since the last take, and the daemon's
+    /// generation of the policy that denied them.
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    pub(crate) fn take_wire_denied(&mut self) -> (u64, Vec<ParsedPacket>) {
+        (
+            self.daemon_generation,
+            std::mem::take(&mut self.wire_denied),
+        )
     }
 
     /// Classifies raw frames as arriving at `interface`/`dir`.
@@ -473,6 +499,9 @@ impl Embedded {
             scratch,
             nic,
             nic_verdicts,
+            state,
+            ids,
+            policy_version,
             ..
         } = self;
         match nic.as_ref().filter(|_| on_wire) {
@@ -502,9 +531,21 @@ impl Embedded {
                             .add(v, u64::from(input.len));
                     }
                     if by_software {
-                        let flags = (input.packet.packet.protocol == capo_policy::Protocol::TCP)
+                        let pkt = &input.packet.packet;
+                        let flags = (pkt.protocol == capo_policy::Protocol::TCP)
                             .then_some(input.packet.tcp_flags);
-                        replan |= nic.record(&input.packet.packet, flags);
+                        replan |= nic.record(pkt, flags);
+                        if v == Verdict::Deny {
+                            // Its conversation's next packets are dropped by the NIC
+                            // (UDP and ICMP only sparing the flows held now).
+                            let stateless = if pkt.protocol == capo_policy::Protocol::TCP {
+                                StatelessDrops::Off
+                            } else {
+                                held_flows(worker)
+                                    .map_or(StatelessDrops::Off, StatelessDrops::Sparing)
+                            };
+                            nic.learn_drop((state, ids, *policy_version), pkt, flags, &stateless);
+                        }
                     }
                     scratch.push(v);
                 }
@@ -535,8 +576,7 @@ impl Embedded {
         if replan {
             if let Some(nic) = nic.as_ref() {
                 let held = held_flows(worker);
-                let outcome =
-                    nic_lock(nic).commit_sparing(&self.state, &self.ids, self.policy_version, held);
+                let outcome = nic_lock(nic).commit_sparing(state, ids, *policy_version, held);
                 tracing::info!(%outcome, "NIC plan refreshed from measured flows");
             }
         }
@@ -596,12 +636,17 @@ impl PolicySink for EmbeddedSink {
 
     fn commit(
         &mut self,
-        _generation: u64,
+        generation: u64,
         state: &State,
         ids: &IdTable,
         delta: Option<&[Update]>,
     ) -> Result<Committed, SinkError> {
-        Ok(lock_embedded(&self.0).commit(state, ids, delta))
+        let mut e = lock_embedded(&self.0);
+        let committed = e.commit(state, ids, delta);
+        e.daemon_generation = generation;
+        // Denied by the policy before: not this generation's to learn.
+        e.wire_denied.clear();
+        Ok(committed)
     }
 
     fn dataplane(&self) -> Dataplane {
@@ -751,6 +796,143 @@ mod tests {
         // The flow the first generation allowed: software still holds it.
         assert_eq!(send(&mut e, &held), (1, 0));
         assert_eq!(send(&mut e, &ping), (0, 1));
+    }
+
+    /// A refused connection attempt that software denies teaches the NIC a drop:
+    /// its retry and the conversation's next connection, in the same burst, are
+    /// dropped by the NIC before any plan has counted them. A ping whose echo flow
+    /// software holds is not learned. The offload view reports the learned drops.
+    #[test]
+    fn software_denies_teach_the_nic_drops_for_the_conversation() {
+        let (state, ids) = web();
+        let frame = |src: &str, protocol: Protocol, l4: L4, flags: u8| {
+            capo_classifier::build::frame(
+                &Packet {
+                    src: src.parse().unwrap(),
+                    dst: "11.0.0.67".parse().unwrap(),
+                    protocol,
+                    l4,
+                },
+                flags,
+            )
+        };
+        let syn = |sport| {
+            frame(
+                "11.0.0.9",
+                Protocol::TCP,
+                L4::Ports {
+                    src: sport,
+                    dst: 22,
+                },
+                0x02,
+            )
+        };
+        let mut e = Embedded::with_nic(crate::sinks::nic::SimulatedNic::new("mlx5", 64));
+        e.commit(&state, &ids, None);
+        // Port 22 is refused: the first SYN by software, its retry and the next
+        // connection (another source port) by the learned drop.
+        let r = e
+            .inject(
+                "tun3",
+                Direction::Ingress,
+                &[syn(40000), syn(40000), syn(40001)],
+            )
+            .unwrap();
+        assert_eq!((r.denied, r.nic_decided), (3, 2));
+        let view = e.offload_plan(&state, &ids).unwrap();
+        let learned = view.learned_drops.unwrap();
+        assert_eq!((learned.learned_total, learned.room), (1, 4));
+        // Allowed traffic is not learned, and still passes.
+        let http = frame(
+            "11.0.0.9",
+            Protocol::TCP,
+            L4::Ports {
+                src: 40002,
+                dst: 80,
+            },
+            0x02,
+        );
+        let r = e.inject("tun3", Direction::Ingress, &[http]).unwrap();
+        assert_eq!(r.allowed, 1);
+        // Under a policy that opens the workload's egress it pings the peer; the
+        // echo flow stays when the next generation closes egress again. The peer's
+        // ICMP to the workload is refused now, but a NIC drop of it could meet that
+        // flow (the flow table relates echo packets by identifier): not learned.
+        let mut open = state.clone();
+        let key = open.policies().keys().next().unwrap().clone();
+        let mut policy = open.policies().get(&key).unwrap().clone();
+        policy
+            .outbound
+            .push(capo_policy::Rule::any(capo_policy::Action::Allow));
+        open.apply(capo_policy::Update::PolicyUpdate(key.clone(), policy))
+            .unwrap();
+        let (wkey, mut endpoint) = open
+            .workloads()
+            .iter()
+            .next()
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .unwrap();
+        endpoint.tiers[0].egress = vec![key];
+        open.apply(capo_policy::Update::WorkloadUpdate(wkey, endpoint))
+            .unwrap();
+        let mut open_ids = ids.clone();
+        open_ids.sync(&open);
+        e.commit(&open, &open_ids, None);
+        let out = capo_classifier::build::frame(
+            &Packet {
+                src: "11.0.0.67".parse().unwrap(),
+                dst: "11.0.0.9".parse().unwrap(),
+                protocol: Protocol::ICMP,
+                l4: L4::Icmp {
+                    icmp_type: 8,
+                    code: 0,
+                },
+            },
+            0,
+        );
+        let r = e.inject("tun3", Direction::Egress, &[out]).unwrap();
+        assert_eq!(r.allowed, 1);
+        e.commit(&state, &ids, None);
+        let before = e
+            .offload_plan(&state, &ids)
+            .unwrap()
+            .learned_drops
+            .unwrap()
+            .learned_total;
+        let ping = frame(
+            "11.0.0.9",
+            Protocol::ICMP,
+            L4::Icmp {
+                icmp_type: 13,
+                code: 0,
+            },
+            0,
+        );
+        let r = e
+            .inject("tun3", Direction::Ingress, &[ping.clone(), ping.clone()])
+            .unwrap();
+        assert_eq!((r.denied, r.nic_decided), (2, 0));
+        let after = e
+            .offload_plan(&state, &ids)
+            .unwrap()
+            .learned_drops
+            .unwrap()
+            .learned_total;
+        assert_eq!(after, before);
+        // From a peer the workload holds no flow with, it is learned.
+        let stranger = frame(
+            "11.0.0.10",
+            Protocol::ICMP,
+            L4::Icmp {
+                icmp_type: 13,
+                code: 0,
+            },
+            0,
+        );
+        let r = e
+            .inject("tun3", Direction::Ingress, &[stranger.clone(), stranger])
+            .unwrap();
+        assert_eq!((r.denied, r.nic_decided), (2, 1));
     }
 
     /// What the port's NIC allowed leaves a flow, as in the inject path: the

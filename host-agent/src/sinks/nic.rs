@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use capo_offload::lower::{OffloadProgram, Origin};
 use capo_offload::plan::{
-    FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role, StatelessDrops,
+    DropLearner, FlowSample, HitCounters, KeepReason, OffloadPlan, PlanConfig, Role, StatelessDrops,
 };
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
 use capo_offload::{
-    lower, plan, CommitOutcome, Committer, FlowBackend, FlowErrorKind, NicCaps, NicOutcome,
-    RefreshOutcome, SimNic, SoftwareView,
+    lower, plan, CommitOutcome, Committer, FlowBackend, FlowCount, FlowErrorKind, LearnOutcome,
+    NicCaps, NicOutcome, RefreshOutcome, SimNic, SoftwareView,
 };
 use capo_policy::{IdTable, Packet, Protocol, State, Verdict, L4};
 use capo_proto::capo::agent::v1 as api;
@@ -27,6 +27,15 @@ const MAX_SAMPLES: usize = 16_384;
 
 /// Default table size of a simulated NIC.
 pub const DEFAULT_SIM_CAPACITY: u32 = 4096;
+
+/// Most drops learned between plans kept at once ([`NicFront::learn_drop`]).
+const MAX_LEARNED_DROPS: u32 = 256;
+
+/// The room a table of `capacity` entries sets aside for learned drops: a
+/// sixteenth, at most 256.
+pub fn learned_drop_room(capacity: u32) -> u32 {
+    (capacity / 16).min(MAX_LEARNED_DROPS)
+}
 
 /// Which NIC, from `--nic`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +185,15 @@ pub struct NicFront<B: FlowBackend> {
     /// after ENOMEM (the previous generation took the room, or other users do) comes
     /// back to it once the previous generation is retired.
     table: u32,
+    /// Turns packets software denies into drops for the live plan.
+    learner: DropLearner,
+    /// Learned drops kept at once: the room the live plan left them.
+    learned_room: u32,
+    /// The `rule#` deciding each learned drop, by the packet it was learned from.
+    learned_rule_ids: HashMap<Packet, Option<u32>>,
+    /// Drops learned, and learned drops the device refused, since the start.
+    learned_total: u64,
+    learn_refused: u64,
 }
 
 /// What a plan is made from, taken from a [`NicFront`] by [`NicFront::plan_job`]:
@@ -191,6 +209,8 @@ pub struct PlanJob {
     /// The live plan (on a device with groups) and the policy version it is of: a
     /// plan of the same version is made for a commit in place.
     installed: Option<(u64, Arc<OffloadPlan>)>,
+    /// Entries set aside for learned drops.
+    learned_room: u32,
 }
 
 /// A plan made by [`PlanJob::run`], for [`NicFront::commit_planned`].
@@ -203,6 +223,8 @@ pub struct Planned {
     rule_ids: Vec<Option<u32>>,
     /// A re-plan of the live generation, to be committed in place.
     in_place: bool,
+    /// Entries the plan left for learned drops.
+    learned_room: u32,
 }
 
 /// How a plan went into the NIC.
@@ -245,7 +267,8 @@ impl PlanJob {
             Some((version, program)) if version == policy => program,
             _ => lower(state, ids, self.generation),
         };
-        let cfg = PlanConfig::default();
+        let mut cfg = PlanConfig::default();
+        cfg.reserve += self.learned_room;
         // The same policy as the live plan: plan it again for the live generation,
         // committed in place (only the rules that differ change).
         let again = self
@@ -282,6 +305,7 @@ impl PlanJob {
             plan: p,
             rule_ids,
             in_place,
+            learned_room: self.learned_room,
         }
     }
 
@@ -404,6 +428,11 @@ impl<B: FlowBackend> NicFront<B> {
             shrinks: 0,
             shrunk_from: None,
             table,
+            learner: DropLearner::new(),
+            learned_room: 0,
+            learned_rule_ids: HashMap::new(),
+            learned_total: 0,
+            learn_refused: 0,
         }
     }
 
@@ -469,6 +498,7 @@ impl<B: FlowBackend> NicFront<B> {
         }
         PlanJob {
             generation: self.plans + 1,
+            learned_room: learned_drop_room(caps.capacity),
             caps,
             hits: HitCounters {
                 flows: self.samples.values().cloned().collect(),
@@ -511,9 +541,78 @@ impl<B: FlowBackend> NicFront<B> {
         every: Duration,
         serve: &mut dyn FnMut(&NicVerdicts<'_>),
     ) -> Committed {
-        self.serving(every, serve, |front, between| {
+        let committed = self.serving(every, serve, |front, between| {
             front.commit_steps(planned, between)
-        })
+        });
+        // The commit removed the learned drops first: their counts stay with their
+        // rules.
+        for (packet, count) in self.committer.take_forgotten() {
+            self.fold_learned(packet, count);
+        }
+        committed
+    }
+
+    /// Learns a drop from a packet software just denied under policy version
+    /// `policy` ([`DropLearner`]): its conversation's next packets are dropped by
+    /// the NIC until the next plan is committed, which counts them. Only while the
+    /// live plan is of that version (lowered for it, nothing planning it away), and
+    /// only as many as the room the plans leave ([`learned_drop_room`]), the oldest
+    /// replaced first. `stateless` as for planning: drops of protocols other than
+    /// TCP are learned only sparing the flows software holds now. Returns whether a
+    /// drop was installed.
+    pub(crate) fn learn_drop(
+        &mut self,
+        version: (&State, &IdTable, u64),
+        pkt: &Packet,
+        tcp_flags: Option<u8>,
+        stateless: &StatelessDrops,
+    ) -> bool {
+        let (state, ids, policy) = version;
+        if self.learned_room == 0 || self.plan_policy != Some(policy) || self.device_gone {
+            return false;
+        }
+        let Some((_, program)) = self.lowered.as_ref().filter(|(v, _)| *v == policy) else {
+            return false;
+        };
+        let Some(drop) = self
+            .learner
+            .drop_for(state, program, &self.caps, pkt, tcp_flags, stateless)
+        else {
+            return false;
+        };
+        let outcome = self.committer.learn_drop(
+            &mut self.nic,
+            &drop,
+            self.learned_room as usize,
+            self.caps.counters,
+        );
+        match outcome {
+            LearnOutcome::Installed { evicted } => {
+                if let Some((packet, count)) = evicted {
+                    self.fold_learned(packet, count);
+                }
+                self.learned_rule_ids
+                    .insert(drop.packet, decider_rule_id(state, ids, &drop.packet));
+                self.learned_total += 1;
+                tracing::debug!(packet = ?drop.packet, "NIC drop learned");
+                true
+            }
+            LearnOutcome::Refused(error) => {
+                self.learn_refused += 1;
+                tracing::debug!(?error, "the NIC refused a learned drop");
+                false
+            }
+            LearnOutcome::Known | LearnOutcome::NotLive | LearnOutcome::NoRoom => false,
+        }
+    }
+
+    /// Keeps a removed learned drop's final count under its `rule#`.
+    fn fold_learned(&mut self, packet: Packet, count: Option<FlowCount>) {
+        if let (Some(Some(id)), Some(c)) = (self.learned_rule_ids.remove(&packet), count) {
+            let e = self.retired_counts.entry(id).or_default();
+            e.0 += c.hits;
+            e.1 += c.bytes;
+        }
     }
 
     /// Runs `steps` (a commit's or a retirement's NIC calls), handing `serve` the
@@ -557,7 +656,10 @@ impl<B: FlowBackend> NicFront<B> {
             plan: p,
             rule_ids,
             in_place,
+            learned_room,
         } = planned;
+        // Learned drops get the room this plan left them.
+        self.learned_room = learned_room;
         if in_place {
             return self.refresh_steps(policy, program, p, rule_ids, between);
         }
@@ -935,6 +1037,13 @@ impl<B: FlowBackend> NicFront<B> {
                 e.1 += c.bytes;
             }
         }
+        for (packet, c) in self.committer.learned_counts(&mut self.nic) {
+            if let Some(Some(id)) = self.learned_rule_ids.get(&packet) {
+                let e = out.entry(*id).or_default();
+                e.0 += c.hits;
+                e.1 += c.bytes;
+            }
+        }
         out
     }
 
@@ -1011,6 +1120,12 @@ impl<B: FlowBackend> NicFront<B> {
             entries_capacity: self.caps.capacity,
             rules,
             last_commit: self.last_commit.clone(),
+            learned_drops: self.plan.as_ref().map(|_| api::LearnedDrops {
+                installed: u32::try_from(self.committer.learned_drops()).unwrap_or(u32::MAX),
+                room: self.learned_room,
+                learned_total: self.learned_total,
+                refused_total: self.learn_refused,
+            }),
             ..Default::default()
         }
     }
@@ -1262,6 +1377,39 @@ mod tests {
         for port in 0..count {
             nic.record(&web_packet(40000 + port, 81), Some(0x02));
         }
+    }
+
+    /// A learned drop counts under the rule that decides its conversation (here the
+    /// tier's end), while installed and after a new generation removed it; it is
+    /// learned only for the policy version of the live plan.
+    #[test]
+    fn learned_drops_count_under_their_rule_and_go_with_their_policy() {
+        let (state, ids) = web();
+        let mut nic = SimulatedNic::new("mlx5", 64);
+        nic.commit(&state, &ids, 1);
+        let ssh = web_packet(40000, 22);
+        let rule = decider_rule_id(&state, &ids, &ssh).expect("the tier's end decides");
+        // Another policy version than the live plan's: not learned.
+        assert!(!nic.learn_drop((&state, &ids, 2), &ssh, Some(0x02), &StatelessDrops::Off));
+        assert!(nic.learn_drop((&state, &ids, 1), &ssh, Some(0x02), &StatelessDrops::Off));
+        let next = web_packet(40001, 22);
+        let software = &mut || Verdict::Allow;
+        assert_eq!(
+            nic.receive(&next, 0x02, 60, software),
+            (Verdict::Deny, true)
+        );
+        assert_eq!(nic.rule_counts().get(&rule), Some(&(1, 60)));
+        let view = nic.plan_reply(&[]).learned_drops.unwrap();
+        assert_eq!((view.installed, view.learned_total, view.room), (1, 1, 4));
+        // A new policy version goes in as a new generation: the drop goes, its count
+        // stays with the rule.
+        nic.commit(&state, &ids, 2);
+        assert_eq!(nic.plan_reply(&[]).learned_drops.unwrap().installed, 0);
+        assert_eq!(nic.rule_counts().get(&rule), Some(&(1, 60)));
+        assert_eq!(
+            nic.receive(&next, 0x02, 60, software),
+            (Verdict::Allow, false)
+        );
     }
 
     /// A table smaller than the profile says: ENOMEM part-way makes the NIC plan

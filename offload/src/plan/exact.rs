@@ -96,14 +96,13 @@ pub(super) fn exact_flow_candidates(
         }
         let first_flags = samples.first().and_then(|&i| hits.flows[i].tcp_flags);
         let allow = results.allowed(state, program, &pkt, first_flags);
-        let tcp = pkt.protocol.0 == 6;
-        let (flags, samples): (FlagClass, Vec<usize>) = if allow {
+        let samples: Vec<usize> = if allow {
             if !groups && caps.mode() != crate::caps::OffloadMode::FlatMarks {
                 continue;
             }
-            (FlagClass::Any, samples.clone())
-        } else if tcp {
-            let syn: Vec<usize> = samples
+            samples.clone()
+        } else if pkt.protocol == Protocol::TCP {
+            samples
                 .iter()
                 .copied()
                 .filter(|&i| {
@@ -111,27 +110,16 @@ pub(super) fn exact_flow_candidates(
                         .tcp_flags
                         .is_some_and(|f| TcpFlags::SynOnly.accepts(f))
                 })
-                .collect();
-            (FlagClass::SynOnly, syn)
-        } else if spared.is_some() {
-            (FlagClass::Any, samples.clone())
+                .collect()
         } else {
-            // Without connection state a drop would cut flows software keeps.
-            continue;
+            samples.clone()
         };
         if samples.is_empty() {
             continue;
         }
-        let Some(mut atom) = exact_atom(&pkt, flags, caps) else {
+        let Some(atom) = entry_atom(&pkt, allow, dom, caps, conversations, spared.as_ref()) else {
             continue;
         };
-        if conversations {
-            atom.sport = None;
-        }
-        let stateless_unsafe = |s: &SparedFlows| s.meets(&pkt, &atom) || meets_replies(dom, &atom);
-        if !allow && !tcp && spared.as_ref().is_none_or(stateless_unsafe) {
-            continue;
-        }
         out.push(FlowCand {
             domain: d,
             packet: pkt,
@@ -143,18 +131,50 @@ pub(super) fn exact_flow_candidates(
     out
 }
 
+/// The NIC match of an exact-flow entry for `pkt` (of domain `dom`), which the full
+/// policy allows (`allow`) or denies: every packet of the tuple for an allow, TCP
+/// connection attempts only for a TCP deny, and for other denies every packet, only
+/// where stateless drops are on (`spared`) and meet no flow software holds and no
+/// reply of a flow the endpoint may open. With `conversations` the source port is
+/// wildcarded. `None` when the device cannot express it or the drop is unsafe.
+pub(super) fn entry_atom(
+    pkt: &Packet,
+    allow: bool,
+    dom: &Domain,
+    caps: &NicCaps,
+    conversations: bool,
+    spared: Option<&SparedFlows>,
+) -> Option<Atom> {
+    let tcp = pkt.protocol == Protocol::TCP;
+    let flags = if allow || !tcp {
+        FlagClass::Any
+    } else {
+        FlagClass::SynOnly
+    };
+    let mut atom = exact_atom(pkt, flags, caps)?;
+    if conversations {
+        atom.sport = None;
+    }
+    // Without connection state a drop would cut flows software keeps.
+    let stateless_unsafe = |s: &SparedFlows| s.meets(pkt, &atom) || meets_replies(dom, &atom);
+    if !allow && !tcp && spared.is_none_or(stateless_unsafe) {
+        return None;
+    }
+    Some(atom)
+}
+
 /// The flows a stateless drop must spare, by the (source, destination) of their
 /// packets in either direction. The flow table keys an ICMP flow by its address
 /// pair and the echo identifier (or type and code), which the planner's packets do
 /// not carry: any held ICMP flow between two addresses spares every ICMP drop
 /// between them.
-struct SparedFlows {
+pub(super) struct SparedFlows {
     by_ends: HashMap<(IpAddr, IpAddr), Vec<Packet>, FastHash>,
 }
 
 impl SparedFlows {
     /// `None` when stateless drops are off.
-    fn of(stateless: &StatelessDrops) -> Option<Self> {
+    pub(super) fn of(stateless: &StatelessDrops) -> Option<Self> {
         let StatelessDrops::Sparing(flows) = stateless else {
             return None;
         };

@@ -30,6 +30,9 @@
 //!    hold and what relied on it;
 //! 6. `emit`: the NIC rules in installation order, with marks and counters;
 //! 7. `kept_entries`: every decision entry not wholly offloaded, with its reason.
+//!
+//! Between plans, `learn` turns a conversation software has just refused into an
+//! exact-flow drop ([`DropLearner`]), which the committer adds to the live plan.
 
 use std::collections::{HashMap, HashSet};
 
@@ -46,9 +49,11 @@ mod emit;
 mod exact;
 mod fixed;
 mod layers;
+mod learn;
 mod select;
 
 pub use carry::{carry_over, identity, rules_changed, RuleIdentity};
+pub use learn::{DropLearner, LearnedDrop};
 
 /// Most NIC entries one policy rule may expand into (offload.md §6.1 item 2); only its
 /// hot entries are installed, so the cap bounds planning work, not the table.
@@ -357,6 +362,11 @@ struct FlowResults {
 }
 
 impl FlowResults {
+    /// Conversations whose results are kept.
+    fn remembered(&self) -> usize {
+        self.first_entry.len() + self.allowed.len() + self.logged.len()
+    }
+
     fn blind(&mut self, state: &State) -> bool {
         *self
             .source_port_blind
