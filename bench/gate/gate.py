@@ -187,6 +187,8 @@ def figures(doc):
                 ("oracle_fraction", "oracle NIC share", "%", False),
                 ("held_out_vs_oracle", "held-out vs oracle", "%", False),
                 ("deny_drop_fraction", "denied packets dropped in hardware", "%", False),
+                ("planned_deny_drop_fraction", "denied packets dropped by the plans alone",
+                 "%", False),
                 ("flow_mismatches", "flows with a wrong verdict", "", True),
                 ("replan_ms", "re-plan ms", "ms", True),
                 ("entries_per_commit", "rules created per re-plan", "", True),
@@ -275,8 +277,11 @@ def targets(fig):
                 f"{ratio:.0f}% ({get(pre + 'held-out NIC share'):.1f}% / "
                 f"{get(pre + 'oracle NIC share'):.1f}%)", ratio >= 90))
     drop = get(pre + "denied packets dropped in hardware")
+    planned = get(pre + "denied packets dropped by the plans alone")
+    how = "" if planned is None or planned == drop else \
+        f" (learned drops included; the plans alone {planned:.1f}%)"
     res.append(("offload: ≥ 95% of denied packets dropped in hardware",
-                f"{drop:.1f}%", drop >= 95))
+                f"{drop:.1f}%{how}", drop >= 95))
     wrong = get(pre + "flows with a wrong verdict")
     res.append(("offload: 0 flows with a wrong verdict", f"{wrong:,.0f}", wrong == 0))
     replan, in_place = get(pre + "re-plan ms"), get(pre + "re-plans committed in place")
