@@ -151,8 +151,8 @@ pub struct Learning<'a> {
     pub program: &'a OffloadProgram,
     /// Learned drops kept at once.
     pub room: usize,
-    /// Whether drops of protocols other than TCP may be learned (sparing the
-    /// window's allowed connections).
+    /// Whether drops of protocols other than TCP may be learned (sparing the flows
+    /// software holds: [`measure`]).
     pub stateless: bool,
 }
 
@@ -272,11 +272,15 @@ fn allowed_connections(w: &Window) -> Vec<Packet> {
 }
 
 /// Commits `plan` to a fresh simulated NIC and replays `w`'s wire packets through
-/// it, learning drops as it goes when `learning` says so.
+/// it, learning drops as it goes when `learning` says so. A drop of a protocol
+/// other than TCP is learned sparing the flows software holds at that point: the
+/// allowed connections of `earlier` (the window before, whose flows may not have
+/// expired) and those of `w` opened so far.
 pub fn measure(
     plan: &OffloadPlan,
     caps: &NicCaps,
     w: &Window,
+    earlier: Option<&Window>,
     learning: Option<&Learning<'_>>,
 ) -> Measured {
     let mut nic = SimNic::new(caps.clone());
@@ -284,12 +288,15 @@ pub fn measure(
     committer.commit(&mut nic, plan, &mut |_, _| {});
     let sw = committer.software().clone();
     let mut learner = DropLearner::new();
-    let stateless = match learning {
-        Some(l) if l.stateless => StatelessDrops::Sparing(allowed_connections(w)),
-        _ => StatelessDrops::Off,
-    };
+    let stateless = learning.is_some_and(|l| l.stateless);
+    let mut held: Vec<Packet> = earlier.map(allowed_connections).unwrap_or_default();
     let mut m = Measured::default();
     for conn in &w.connections {
+        if conn.allowed {
+            if let Some(first) = conn.segments.first() {
+                held.push(first.probe.reference_packet());
+            }
+        }
         // Software's verdict for every packet of the connection: the policy's for the
         // opening packet and its retries, then its flow table (replies included).
         let expected = if conn.allowed {
@@ -315,7 +322,11 @@ pub fn measure(
                                 caps,
                                 &s.probe.reference_packet(),
                                 s.probe.flags(),
-                                &stateless,
+                                &if stateless {
+                                    StatelessDrops::Sparing(held.clone())
+                                } else {
+                                    StatelessDrops::Off
+                                },
                             )
                             .is_some_and(|d| {
                                 matches!(
@@ -399,7 +410,13 @@ pub fn evaluate(
         Some(PairResult {
             planned_on,
             measured_on,
-            measured: measure(&p.plan, caps, w, learning),
+            measured: measure(
+                &p.plan,
+                caps,
+                w,
+                measured_on.checked_sub(1).and_then(|k| t.windows.get(k)),
+                learning,
+            ),
         })
     };
     let next = 1..t.windows.len();

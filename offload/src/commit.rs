@@ -184,8 +184,14 @@ pub enum LearnOutcome {
     /// No room is set aside for learned drops.
     NoRoom,
     /// The device refused it (table full, or a match it cannot take): nothing was
-    /// installed.
-    Refused(FlowError),
+    /// installed; `evicted` as for [`LearnOutcome::Installed`] (the oldest learned
+    /// drop went to make room before the refusal).
+    Refused {
+        /// The refusal.
+        error: FlowError,
+        /// The learned drop evicted, with its count when it had a counter.
+        evicted: Option<(Packet, Option<FlowCount>)>,
+    },
 }
 
 /// One learned drop in the table.
@@ -194,7 +200,7 @@ struct Learned {
     atom: Atom,
     packet: Packet,
     handle: FlowHandle,
-    counts: bool,
+    rule: FlowRule,
 }
 
 /// Drives generation commits on one port.
@@ -518,25 +524,24 @@ impl Committer {
         capacity: u32,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> RefreshOutcome {
+        // Learned drops may stay (the same policy decides), but one the new plan
+        // holds as an exact flow goes first, so no two rules match at one priority
+        // (removing a drop only leaves its packets to software).
+        let planned: Vec<Vec<Item>> = plan
+            .rules
+            .iter()
+            .filter(|r| matches!(r.role, Role::ExactFlow { .. }))
+            .map(|r| r.flow.pattern().to_vec())
+            .collect();
+        let (dup, keep): (VecDeque<Learned>, VecDeque<Learned>) = std::mem::take(&mut self.learned)
+            .into_iter()
+            .partition(|l| planned.iter().any(|p| p[..] == l.atom.pattern()[..]));
+        self.learned = dup;
+        let forgotten = self.forget_learned(nic);
+        self.forgotten.extend(forgotten);
+        self.learned.extend(keep);
         let out = self.refresh_plan(nic, plan, capacity, observe);
-        if matches!(out, RefreshOutcome::Refreshed { .. }) {
-            // Learned drops stay (the same policy decides); one the new plan holds
-            // as an exact flow goes, so no two rules match at one priority.
-            let held: Vec<Vec<Item>> = plan
-                .rules
-                .iter()
-                .filter(|r| matches!(r.role, Role::ExactFlow { .. }))
-                .map(|r| r.flow.pattern().to_vec())
-                .collect();
-            let (dup, keep): (VecDeque<Learned>, VecDeque<Learned>) =
-                std::mem::take(&mut self.learned)
-                    .into_iter()
-                    .partition(|l| held.iter().any(|p| p[..] == l.atom.pattern()[..]));
-            self.learned = dup;
-            let forgotten = self.forget_learned(nic);
-            self.forgotten.extend(forgotten);
-            self.learned.extend(keep);
-        } else {
+        if !matches!(out, RefreshOutcome::Refreshed { .. }) {
             let forgotten = self.forget_learned(nic);
             self.forgotten.extend(forgotten);
         }
@@ -819,23 +824,34 @@ impl Committer {
         ) {
             Ok(r) => r,
             Err(_) => {
-                return LearnOutcome::Refused(FlowError::new(
-                    crate::error::FlowErrorKind::Invalid,
-                    "learned drop rule",
-                ))
+                return LearnOutcome::Refused {
+                    error: FlowError::new(
+                        crate::error::FlowErrorKind::Invalid,
+                        "learned drop rule",
+                    ),
+                    evicted: None,
+                }
             }
         };
+        // Room first: the oldest goes (one per drop learned, so a room smaller than
+        // before is reached over the next ones).
         let mut evicted = None;
         if self.learned.len() >= room {
             if let Some(old) = self.learned.pop_front() {
                 match self.forget(nic, &old) {
                     Ok(c) => evicted = Some((old.packet, c)),
-                    Err(e) => {
+                    Err(error) => {
                         self.learned.push_front(old);
-                        return LearnOutcome::Refused(e);
+                        return LearnOutcome::Refused {
+                            error,
+                            evicted: None,
+                        };
                     }
                 }
             }
+        }
+        if self.learned.len() >= room {
+            return LearnOutcome::NoRoom;
         }
         match nic.validate(&rule).and_then(|()| nic.create(&rule)) {
             Ok(handle) => {
@@ -843,11 +859,11 @@ impl Committer {
                     atom: drop.atom,
                     packet: drop.packet,
                     handle,
-                    counts: count,
+                    rule,
                 });
                 LearnOutcome::Installed { evicted }
             }
-            Err(e) => LearnOutcome::Refused(e),
+            Err(error) => LearnOutcome::Refused { error, evicted },
         }
     }
 
@@ -862,7 +878,7 @@ impl Committer {
     pub fn learned_counts<B: FlowBackend>(&self, nic: &mut B) -> Vec<(Packet, FlowCount)> {
         self.learned
             .iter()
-            .filter(|l| l.counts)
+            .filter(|l| l.rule.counts())
             .filter_map(|l| Some((l.packet, nic.query_count(l.handle, false).ok()?)))
             .collect()
     }
@@ -873,22 +889,36 @@ impl Committer {
     }
 
     /// Removes every learned drop, returning each one's packet and final count (those
-    /// with a counter); one the device fails to destroy stays listed, and the next
-    /// call tries again.
+    /// with a counter). One the device fails to destroy goes with the generation
+    /// whose group holds it: it is destroyed again when that generation is retired
+    /// (or, without groups, when the next commit removes the drops it does not
+    /// make), and until then its group is not reused.
     pub fn forget_learned<B: FlowBackend>(
         &mut self,
         nic: &mut B,
     ) -> Vec<(Packet, Option<FlowCount>)> {
         let mut out = Vec::new();
-        let mut left = VecDeque::new();
+        let mut left = Vec::new();
         for l in std::mem::take(&mut self.learned) {
             match self.forget(nic, &l) {
                 Ok(c) => out.push((l.packet, c)),
-                Err(e) if e.kind == crate::error::FlowErrorKind::Io => {}
-                Err(_) => left.push_back(l),
+                // A device that is gone took it along.
+                Err(e) if e.kind == crate::error::FlowErrorKind::Io => out.push((l.packet, None)),
+                Err(_) => {
+                    out.push((l.packet, None));
+                    left.push(l);
+                }
             }
         }
-        self.learned = left;
+        if !left.is_empty() {
+            match self.live.as_mut().or_else(|| self.retiring.last_mut()) {
+                // Not a plan rule: no plan index, and nothing relies on it.
+                Some(g) => g
+                    .handles
+                    .extend(left.into_iter().map(|l| (usize::MAX, l.handle, l.rule))),
+                None => self.learned.extend(left),
+            }
+        }
         out
     }
 
@@ -897,7 +927,7 @@ impl Committer {
         nic: &mut B,
         l: &Learned,
     ) -> Result<Option<FlowCount>, FlowError> {
-        let c = if l.counts {
+        let c = if l.rule.counts() {
             nic.query_count(l.handle, false).ok()
         } else {
             None
@@ -1332,7 +1362,10 @@ mod tests {
             let d = learned(&state, &program, &nic, [172, 16, k, 1]);
             let before = (nic.installed(), c.learned_drops());
             match c.learn_drop(&mut nic, &d, 1_000, false) {
-                LearnOutcome::Refused(e) => Some((e, before)),
+                LearnOutcome::Refused {
+                    error,
+                    evicted: None,
+                } => Some((error, before)),
                 _ => None,
             }
         });
@@ -1340,5 +1373,63 @@ mod tests {
         assert_eq!(error.kind, crate::error::FlowErrorKind::NoMem);
         assert_eq!((nic.installed(), c.learned_drops()), before);
         assert_eq!(nic.installed(), 64);
+    }
+
+    /// A learned drop the device fails to destroy when a new generation goes in
+    /// stays with the old generation's group: the new generation does not meet it,
+    /// the group is not reused until it is retired, and the retirement destroys it.
+    #[test]
+    fn a_learned_drop_that_will_not_go_is_retired_with_its_generation() {
+        let (state, program, mut nic, mut c) = live_plan();
+        let d = learned(&state, &program, &nic, [172, 16, 1, 1]);
+        assert!(matches!(
+            c.learn_drop(&mut nic, &d, 8, false),
+            LearnOutcome::Installed { .. }
+        ));
+        let refused = syn_from([172, 16, 1, 1], 1);
+        assert_eq!(
+            nic.peek(&refused.headers()),
+            crate::sim::NicOutcome::Dropped
+        );
+        // The device refuses to destroy it (as a commit's first step would ask).
+        nic.set_faults(crate::sim::Faults {
+            destroy_fails_after: Some(0),
+            ..Default::default()
+        });
+        assert_eq!(c.forget_learned(&mut nic), vec![(d.packet, None)]);
+        assert_eq!(c.learned_drops(), 0);
+        nic.set_faults(crate::sim::Faults::default());
+        let p = plan(
+            &state,
+            &program,
+            nic.caps(),
+            &HitCounters::default(),
+            &PlanConfig::default(),
+        );
+        let mut next = p.clone();
+        next.generation = 2;
+        assert!(matches!(
+            c.commit(&mut nic, &next, &mut |_, _| {}),
+            CommitOutcome::Offloaded { .. }
+        ));
+        assert!(c.take_forgotten().is_empty());
+        assert!(c.has_retiring());
+        // Generation 2 leaves the conversation to software.
+        assert!(!matches!(
+            nic.peek(&refused.headers()),
+            crate::sim::NicOutcome::Dropped
+        ));
+        let group = |nic: &SimNic| {
+            nic.rules()
+                .filter(|(_, r)| {
+                    r.fate() == Some(&Action::Drop) && r.attr().priority == Priority(1)
+                })
+                .map(|(_, r)| r.attr().group)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(group(&nic).len(), 1, "the learned drop is still installed");
+        c.retire(&mut nic, &mut |_, _| {});
+        assert!(!c.has_retiring());
+        assert!(group(&nic).is_empty());
     }
 }

@@ -535,7 +535,7 @@ impl Embedded {
                         let flags = (pkt.protocol == capo_policy::Protocol::TCP)
                             .then_some(input.packet.tcp_flags);
                         replan |= nic.record(pkt, flags);
-                        if v == Verdict::Deny {
+                        if v == Verdict::Deny && nic.may_learn(*policy_version) {
                             // Its conversation's next packets are dropped by the NIC
                             // (UDP and ICMP only sparing the flows held now).
                             let stateless = if pkt.protocol == capo_policy::Protocol::TCP {

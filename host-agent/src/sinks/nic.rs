@@ -194,6 +194,40 @@ pub struct NicFront<B: FlowBackend> {
     /// Drops learned, and learned drops the device refused, since the start.
     learned_total: u64,
     learn_refused: u64,
+    /// Attempts to learn a drop left this second.
+    learn_budget: LearnBudget,
+}
+
+/// Most attempts to learn a drop per second (each may cost a NIC insert and an
+/// eviction).
+pub const MAX_LEARNED_PER_SECOND: u32 = 1_000;
+
+/// Attempts to learn a drop left in the current second.
+#[derive(Debug)]
+struct LearnBudget {
+    second: Instant,
+    left: u32,
+}
+
+impl LearnBudget {
+    fn new() -> Self {
+        LearnBudget {
+            second: Instant::now(),
+            left: MAX_LEARNED_PER_SECOND,
+        }
+    }
+
+    fn available(&mut self) -> bool {
+        if self.second.elapsed() >= Duration::from_secs(1) {
+            self.second = Instant::now();
+            self.left = MAX_LEARNED_PER_SECOND;
+        }
+        self.left > 0
+    }
+
+    fn spend(&mut self) {
+        self.left = self.left.saturating_sub(1);
+    }
 }
 
 /// What a plan is made from, taken from a [`NicFront`] by [`NicFront::plan_job`]:
@@ -433,6 +467,7 @@ impl<B: FlowBackend> NicFront<B> {
             learned_rule_ids: HashMap::new(),
             learned_total: 0,
             learn_refused: 0,
+            learn_budget: LearnBudget::new(),
         }
     }
 
@@ -568,12 +603,13 @@ impl<B: FlowBackend> NicFront<B> {
         stateless: &StatelessDrops,
     ) -> bool {
         let (state, ids, policy) = version;
-        if self.learned_room == 0 || self.plan_policy != Some(policy) || self.device_gone {
+        if !self.may_learn(policy) {
             return false;
         }
         let Some((_, program)) = self.lowered.as_ref().filter(|(v, _)| *v == policy) else {
             return false;
         };
+        self.learn_budget.spend();
         let Some(drop) = self
             .learner
             .drop_for(state, program, &self.caps, pkt, tcp_flags, stateless)
@@ -597,13 +633,29 @@ impl<B: FlowBackend> NicFront<B> {
                 tracing::debug!(packet = ?drop.packet, "NIC drop learned");
                 true
             }
-            LearnOutcome::Refused(error) => {
+            LearnOutcome::Refused { error, evicted } => {
+                if let Some((packet, count)) = evicted {
+                    self.fold_learned(packet, count);
+                }
                 self.learn_refused += 1;
                 tracing::debug!(?error, "the NIC refused a learned drop");
                 false
             }
             LearnOutcome::Known | LearnOutcome::NotLive | LearnOutcome::NoRoom => false,
         }
+    }
+
+    /// Whether a packet denied under policy version `policy` may teach the NIC a
+    /// drop now: room is left for them, the live plan is of that version and its
+    /// lowering is here (no plan job holds it), and the rate allows another (a
+    /// flood of refused conversations costs the thread at most
+    /// [`MAX_LEARNED_PER_SECOND`] NIC inserts a second).
+    pub(crate) fn may_learn(&mut self, policy: u64) -> bool {
+        self.learned_room > 0
+            && self.plan_policy == Some(policy)
+            && !self.device_gone
+            && self.lowered.as_ref().is_some_and(|(v, _)| *v == policy)
+            && self.learn_budget.available()
     }
 
     /// Keeps a removed learned drop's final count under its `rule#`.
