@@ -170,11 +170,12 @@ impl LiveGen {
 /// How [`Committer::learn_drop`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LearnOutcome {
-    /// The drop is in the live generation's table; the oldest learned drop made room
-    /// for it when `evicted` holds one (its packet and final count).
+    /// The drop is in the live generation's table; the oldest learned drops made
+    /// room for it (`evicted`: their packets and final counts; more than one when
+    /// the room shrank).
     Installed {
-        /// The learned drop evicted, with its count when it had a counter.
-        evicted: Option<(Packet, Option<FlowCount>)>,
+        /// The learned drops evicted, with their counts when they had a counter.
+        evicted: Vec<(Packet, Option<FlowCount>)>,
     },
     /// The same drop is installed already.
     Known,
@@ -184,13 +185,13 @@ pub enum LearnOutcome {
     /// No room is set aside for learned drops.
     NoRoom,
     /// The device refused it (table full, or a match it cannot take): nothing was
-    /// installed; `evicted` as for [`LearnOutcome::Installed`] (the oldest learned
-    /// drop went to make room before the refusal).
+    /// installed; `evicted` as for [`LearnOutcome::Installed`] (learned drops that
+    /// went to make room before the refusal).
     Refused {
         /// The refusal.
         error: FlowError,
-        /// The learned drop evicted, with its count when it had a counter.
-        evicted: Option<(Packet, Option<FlowCount>)>,
+        /// The learned drops evicted, with their counts when they had a counter.
+        evicted: Vec<(Packet, Option<FlowCount>)>,
     },
 }
 
@@ -439,15 +440,27 @@ impl Committer {
         // 1. Remove hardware drops the new generation does not make.
         let mut keep: Vec<(usize, FlowHandle, FlowRule)> = Vec::new();
         if let Some(old) = self.live.take() {
-            for (i, h, r) in old.handles.into_iter().rev() {
-                if wanted.iter().any(|w| same(w, &r)) {
-                    keep.push((i, h, r));
+            let mut stuck = Vec::new();
+            for (i, h, r) in old.handles.iter().rev() {
+                if wanted.iter().any(|w| same(w, r)) {
+                    keep.push((*i, *h, r.clone()));
                 } else {
-                    let _ = nic.destroy(h);
+                    if let Err(e) = nic.destroy(*h) {
+                        if e.kind != crate::error::FlowErrorKind::Io {
+                            stuck.push((*i, *h, r.clone()));
+                        }
+                    }
                     observe(nic, &self.sw);
                 }
             }
             keep.reverse();
+            // What the device would not destroy is destroyed again on retirement.
+            if !stuck.is_empty() {
+                self.retiring.push(LiveGen {
+                    handles: stuck,
+                    ..old
+                });
+            }
         }
         // 2. Software switches.
         let old_gen = self.sw.active;
@@ -614,8 +627,9 @@ impl Committer {
         let room = nic.caps().capacity.min(capacity) as usize;
         let peak = n - early.len() + dispatcher + new_only;
         if peak + self.learned.len() > room {
-            // Learned drops give way to the plan.
-            let forgotten = self.forget_learned(nic);
+            // Learned drops give way to the plan (the live generation is taken out
+            // here: one that will not go stays a learned drop of its group).
+            let forgotten = self.forget_learned_keeping(nic, true);
             self.forgotten.extend(forgotten);
         }
         if new_only > 0 && peak + self.learned.len() > room {
@@ -639,7 +653,9 @@ impl Committer {
         for &k in early.iter().rev() {
             let (i, h, r) = &live.handles[k];
             match final_count(nic, *h, r) {
-                Ok(count) => destroyed.push((*i, count)),
+                // A learned drop handed over to the group is no plan rule.
+                Ok(count) if *i != usize::MAX => destroyed.push((*i, count)),
+                Ok(_) => {}
                 Err(error) => {
                     let left = live.without(&gone);
                     return self.fail_safe(nic, left, Vec::new(), error, destroyed, observe);
@@ -705,7 +721,9 @@ impl Committer {
             }
             let (i, h, r) = &live.handles[k];
             match final_count(nic, *h, r) {
-                Ok(count) => destroyed.push((*i, count)),
+                // A learned drop handed over to the group is no plan rule.
+                Ok(count) if *i != usize::MAX => destroyed.push((*i, count)),
+                Ok(_) => {}
                 Err(error) => {
                     let left = live.without(&gone);
                     return self.fail_safe(nic, left, created(next), error, destroyed, observe);
@@ -757,14 +775,30 @@ impl Committer {
         let mut out = Vec::new();
         for old in std::mem::take(&mut self.retiring) {
             let mut counts = Vec::new();
+            let mut stuck = Vec::new();
             for (i, h, r) in old.handles.iter().rev() {
-                if r.counts() {
-                    if let Ok(c) = nic.query_count(*h, false) {
-                        counts.push((*i, c));
+                let count = if r.counts() {
+                    nic.query_count(*h, false).ok()
+                } else {
+                    None
+                };
+                match nic.destroy(*h) {
+                    Err(e) if e.kind != crate::error::FlowErrorKind::Io => {
+                        // Counted when a later retirement destroys it.
+                        stuck.push((*i, *h, r.clone()));
                     }
+                    _ => counts.extend(count.map(|c| (*i, c))),
                 }
-                let _ = nic.destroy(*h);
                 observe(nic, &self.sw);
+            }
+            // A rule the device would not destroy keeps its group busy (no later
+            // generation is built in it) until a retirement destroys it.
+            if !stuck.is_empty() {
+                stuck.reverse();
+                self.retiring.push(LiveGen {
+                    handles: stuck,
+                    ..old.clone()
+                });
             }
             if self.sw.active != Some(old.generation) {
                 self.sw.resident.remove(&old.generation);
@@ -829,29 +863,23 @@ impl Committer {
                         crate::error::FlowErrorKind::Invalid,
                         "learned drop rule",
                     ),
-                    evicted: None,
+                    evicted: Vec::new(),
                 }
             }
         };
-        // Room first: the oldest goes (one per drop learned, so a room smaller than
-        // before is reached over the next ones).
-        let mut evicted = None;
-        if self.learned.len() >= room {
-            if let Some(old) = self.learned.pop_front() {
-                match self.forget(nic, &old) {
-                    Ok(c) => evicted = Some((old.packet, c)),
-                    Err(error) => {
-                        self.learned.push_front(old);
-                        return LearnOutcome::Refused {
-                            error,
-                            evicted: None,
-                        };
-                    }
+        // Room first: the oldest go.
+        let mut evicted = Vec::new();
+        while self.learned.len() >= room {
+            let Some(old) = self.learned.pop_front() else {
+                break;
+            };
+            match self.forget(nic, &old) {
+                Ok(c) => evicted.push((old.packet, c)),
+                Err(error) => {
+                    self.learned.push_front(old);
+                    return LearnOutcome::Refused { error, evicted };
                 }
             }
-        }
-        if self.learned.len() >= room {
-            return LearnOutcome::NoRoom;
         }
         match nic.validate(&rule).and_then(|()| nic.create(&rule)) {
             Ok(handle) => {
@@ -897,6 +925,17 @@ impl Committer {
         &mut self,
         nic: &mut B,
     ) -> Vec<(Packet, Option<FlowCount>)> {
+        self.forget_learned_keeping(nic, false)
+    }
+
+    /// [`Committer::forget_learned`]; with `keep`, those the device fails to destroy
+    /// stay listed as learned drops (a commit in place, whose live generation is
+    /// taken out meanwhile, keeps them in its group that way).
+    fn forget_learned_keeping<B: FlowBackend>(
+        &mut self,
+        nic: &mut B,
+        keep: bool,
+    ) -> Vec<(Packet, Option<FlowCount>)> {
         let mut out = Vec::new();
         let mut left = Vec::new();
         for l in std::mem::take(&mut self.learned) {
@@ -910,7 +949,9 @@ impl Committer {
                 }
             }
         }
-        if !left.is_empty() {
+        if keep {
+            self.learned.extend(left);
+        } else if !left.is_empty() {
             match self.live.as_mut().or_else(|| self.retiring.last_mut()) {
                 // Not a plan rule: no plan index, and nothing relies on it.
                 Some(g) => g
@@ -1217,7 +1258,9 @@ mod tests {
         let before = nic.installed();
         assert_eq!(
             c.learn_drop(&mut nic, &d, 8, true),
-            LearnOutcome::Installed { evicted: None }
+            LearnOutcome::Installed {
+                evicted: Vec::new()
+            }
         );
         assert_eq!((nic.installed(), c.learned_drops()), (before + 1, 1));
         // The next connection of the conversation (another source port) meets it; a
@@ -1337,15 +1380,23 @@ mod tests {
         let (state, program, mut nic, mut c) = live_plan();
         let first = learned(&state, &program, &nic, [172, 16, 1, 1]);
         let second = learned(&state, &program, &nic, [172, 16, 2, 2]);
-        assert!(matches!(
+        assert_eq!(
             c.learn_drop(&mut nic, &first, 1, false),
-            LearnOutcome::Installed { evicted: None }
-        ));
+            LearnOutcome::Installed {
+                evicted: Vec::new()
+            }
+        );
         let installed = nic.installed();
+        // A room of 2 holds both; back at 1, the oldest goes.
+        let third = learned(&state, &program, &nic, [172, 16, 4, 4]);
+        assert!(matches!(
+            c.learn_drop(&mut nic, &third, 2, false),
+            LearnOutcome::Installed { evicted } if evicted.is_empty()
+        ));
         assert_eq!(
             c.learn_drop(&mut nic, &second, 1, false),
             LearnOutcome::Installed {
-                evicted: Some((first.packet, None))
+                evicted: vec![(first.packet, None), (third.packet, None)]
             }
         );
         assert_eq!((nic.installed(), c.learned_drops()), (installed, 1));
@@ -1362,10 +1413,9 @@ mod tests {
             let d = learned(&state, &program, &nic, [172, 16, k, 1]);
             let before = (nic.installed(), c.learned_drops());
             match c.learn_drop(&mut nic, &d, 1_000, false) {
-                LearnOutcome::Refused {
-                    error,
-                    evicted: None,
-                } => Some((error, before)),
+                LearnOutcome::Refused { error, evicted } if evicted.is_empty() => {
+                    Some((error, before))
+                }
                 _ => None,
             }
         });
@@ -1431,5 +1481,48 @@ mod tests {
         c.retire(&mut nic, &mut |_, _| {});
         assert!(!c.has_retiring());
         assert!(group(&nic).is_empty());
+    }
+
+    /// A rule the device will not destroy on retirement keeps its generation
+    /// retiring: its group is not built into again, and a later retirement
+    /// destroys it and reads its count once.
+    #[test]
+    fn a_rule_that_will_not_go_keeps_its_group_retiring() {
+        let (state, program, mut nic, mut c) = live_plan();
+        let p = plan(
+            &state,
+            &program,
+            nic.caps(),
+            &HitCounters::default(),
+            &PlanConfig::default(),
+        );
+        let group_of = |c: &Committer| c.live.as_ref().map(|l| l.group);
+        let first = group_of(&c);
+        let mut next = p.clone();
+        next.generation = 2;
+        c.commit(&mut nic, &next, &mut |_, _| {});
+        nic.set_faults(crate::sim::Faults {
+            destroy_fails_after: Some(0),
+            ..Default::default()
+        });
+        c.retire(&mut nic, &mut |_, _| {});
+        assert!(c.has_retiring());
+        nic.set_faults(crate::sim::Faults::default());
+        let mut third = p.clone();
+        third.generation = 3;
+        // Generation 2 is live; 1's group still holds its rules: 3 takes another.
+        let mut busy = c.retiring.iter().map(|l| l.group).collect::<Vec<_>>();
+        busy.extend(group_of(&c));
+        c.commit(&mut nic, &third, &mut |_, _| {});
+        assert!(
+            !busy.contains(&group_of(&c).unwrap()),
+            "{busy:?} {:?}",
+            group_of(&c)
+        );
+        assert!(busy.contains(&first.unwrap()));
+        let before = nic.installed();
+        c.retire(&mut nic, &mut |_, _| {});
+        assert!(!c.has_retiring());
+        assert!(nic.installed() < before);
     }
 }

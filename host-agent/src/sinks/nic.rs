@@ -624,7 +624,7 @@ impl<B: FlowBackend> NicFront<B> {
         );
         match outcome {
             LearnOutcome::Installed { evicted } => {
-                if let Some((packet, count)) = evicted {
+                for (packet, count) in evicted {
                     self.fold_learned(packet, count);
                 }
                 self.learned_rule_ids
@@ -634,7 +634,7 @@ impl<B: FlowBackend> NicFront<B> {
                 true
             }
             LearnOutcome::Refused { error, evicted } => {
-                if let Some((packet, count)) = evicted {
+                for (packet, count) in evicted {
                     self.fold_learned(packet, count);
                 }
                 self.learn_refused += 1;
