@@ -1186,6 +1186,16 @@ mod tests {
         );
     }
 
+    /// A plan of `program` (default configuration) from `hits`.
+    fn plan_of(
+        state: &capo_policy::State,
+        program: &crate::lower::OffloadProgram,
+        nic: &SimNic,
+        hits: &HitCounters,
+    ) -> OffloadPlan {
+        plan(state, program, nic.caps(), hits, &PlanConfig::default())
+    }
+
     /// A plan of one workload where port 80 from 172.16.0.0/24 is allowed and the
     /// rest refused, committed on a simulated mlx5 of 64 entries.
     fn live_plan() -> (
@@ -1295,13 +1305,7 @@ mod tests {
         let d2 = learned(&state, &program, &nic, [172, 16, 2, 2]);
         assert_eq!(c.learn_drop(&mut nic, &d2, 0, true), LearnOutcome::NoRoom);
         // A refresh keeps it (the same policy decides)...
-        let p = plan(
-            &state,
-            &program,
-            nic.caps(),
-            &HitCounters::default(),
-            &PlanConfig::default(),
-        );
+        let p = plan_of(&state, &program, &nic, &HitCounters::default());
         let again = replan(
             &state,
             &program,
@@ -1449,13 +1453,7 @@ mod tests {
         assert_eq!(c.forget_learned(&mut nic), vec![(d.packet, None)]);
         assert_eq!(c.learned_drops(), 0);
         nic.set_faults(crate::sim::Faults::default());
-        let p = plan(
-            &state,
-            &program,
-            nic.caps(),
-            &HitCounters::default(),
-            &PlanConfig::default(),
-        );
+        let p = plan_of(&state, &program, &nic, &HitCounters::default());
         let mut next = p.clone();
         next.generation = 2;
         assert!(matches!(
@@ -1489,13 +1487,7 @@ mod tests {
     #[test]
     fn a_rule_that_will_not_go_keeps_its_group_retiring() {
         let (state, program, mut nic, mut c) = live_plan();
-        let p = plan(
-            &state,
-            &program,
-            nic.caps(),
-            &HitCounters::default(),
-            &PlanConfig::default(),
-        );
+        let p = plan_of(&state, &program, &nic, &HitCounters::default());
         let group_of = |c: &Committer| c.live.as_ref().map(|l| l.group);
         let first = group_of(&c);
         let mut next = p.clone();

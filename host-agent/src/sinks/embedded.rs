@@ -805,17 +805,21 @@ mod tests {
     #[test]
     fn software_denies_teach_the_nic_drops_for_the_conversation() {
         let (state, ids) = web();
-        let frame = |src: &str, protocol: Protocol, l4: L4, flags: u8| {
+        let between = |src: &str, dst: &str, protocol: Protocol, l4: L4, flags: u8| {
             capo_classifier::build::frame(
                 &Packet {
                     src: src.parse().unwrap(),
-                    dst: "11.0.0.67".parse().unwrap(),
+                    dst: dst.parse().unwrap(),
                     protocol,
                     l4,
                 },
                 flags,
             )
         };
+        let frame = |src: &str, protocol: Protocol, l4: L4, flags: u8| {
+            between(src, "11.0.0.67", protocol, l4, flags)
+        };
+        let icmp = |icmp_type| L4::Icmp { icmp_type, code: 0 };
         let syn = |sport| {
             frame(
                 "11.0.0.9",
@@ -878,18 +882,7 @@ mod tests {
         let mut open_ids = ids.clone();
         open_ids.sync(&open);
         e.commit(&open, &open_ids, None);
-        let out = capo_classifier::build::frame(
-            &Packet {
-                src: "11.0.0.67".parse().unwrap(),
-                dst: "11.0.0.9".parse().unwrap(),
-                protocol: Protocol::ICMP,
-                l4: L4::Icmp {
-                    icmp_type: 8,
-                    code: 0,
-                },
-            },
-            0,
-        );
+        let out = between("11.0.0.67", "11.0.0.9", Protocol::ICMP, icmp(8), 0);
         let r = e.inject("tun3", Direction::Egress, &[out]).unwrap();
         assert_eq!(r.allowed, 1);
         e.commit(&state, &ids, None);
@@ -899,15 +892,7 @@ mod tests {
             .learned_drops
             .unwrap()
             .learned_total;
-        let ping = frame(
-            "11.0.0.9",
-            Protocol::ICMP,
-            L4::Icmp {
-                icmp_type: 13,
-                code: 0,
-            },
-            0,
-        );
+        let ping = frame("11.0.0.9", Protocol::ICMP, icmp(13), 0);
         let r = e
             .inject("tun3", Direction::Ingress, &[ping.clone(), ping.clone()])
             .unwrap();
@@ -920,15 +905,7 @@ mod tests {
             .learned_total;
         assert_eq!(after, before);
         // From a peer the workload holds no flow with, it is learned.
-        let stranger = frame(
-            "11.0.0.10",
-            Protocol::ICMP,
-            L4::Icmp {
-                icmp_type: 13,
-                code: 0,
-            },
-            0,
-        );
+        let stranger = frame("11.0.0.10", Protocol::ICMP, icmp(13), 0);
         let r = e
             .inject("tun3", Direction::Ingress, &[stranger.clone(), stranger])
             .unwrap();
