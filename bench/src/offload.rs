@@ -288,7 +288,6 @@ pub fn measure(
     committer.commit(&mut nic, plan, &mut |_, _| {});
     let sw = committer.software().clone();
     let mut learner = DropLearner::new();
-    let stateless = learning.is_some_and(|l| l.stateless);
     let mut held: Vec<Packet> = earlier.map(allowed_connections).unwrap_or_default();
     let mut m = Measured::default();
     for conn in &w.connections {
@@ -312,29 +311,24 @@ pub fn measure(
                 let (v, by) = combine(out, &sw, caps.mark_bits, &mut |_| expected);
                 // A packet that teaches the NIC a drop is counted alone: the rest of
                 // the segment meets the drop.
-                let learned = learning.is_some_and(|l| {
-                    by != DecidedBy::Hardware
-                        && v == Verdict::Deny
-                        && learner
-                            .drop_for(
-                                l.state,
-                                l.program,
-                                caps,
-                                &s.probe.reference_packet(),
-                                s.probe.flags(),
-                                &if stateless {
-                                    StatelessDrops::Sparing(held.clone())
-                                } else {
-                                    StatelessDrops::Off
-                                },
-                            )
+                let learned = match learning {
+                    Some(l) if by != DecidedBy::Hardware && v == Verdict::Deny => {
+                        let spare = if l.stateless {
+                            StatelessDrops::Sparing(held.clone())
+                        } else {
+                            StatelessDrops::Off
+                        };
+                        let pkt = s.probe.reference_packet();
+                        learner
+                            .drop_for(l.state, l.program, caps, &pkt, s.probe.flags(), &spare)
                             .is_some_and(|d| {
-                                matches!(
-                                    committer.learn_drop(&mut nic, &d, l.room, caps.counters),
-                                    LearnOutcome::Installed { .. }
-                                )
+                                let outcome =
+                                    committer.learn_drop(&mut nic, &d, l.room, caps.counters);
+                                matches!(outcome, LearnOutcome::Installed { .. })
                             })
-                });
+                    }
+                    _ => false,
+                };
                 let n = if learned { 1 } else { left };
                 left -= n;
                 m.learned += u64::from(learned);

@@ -241,20 +241,25 @@ fn incremental_replans_commit_in_place_and_create_less() {
     assert_eq!(e810.replans_in_place, 0);
 }
 
-/// Denies of UDP and ICMP go down as exact-flow drops when the planner may spare
-/// the flows software holds: more denied packets are dropped in hardware than with
-/// them kept in software, and no connection gets a wrong verdict either way.
-#[test]
-fn stateless_drops_drop_more_denied_packets_and_break_no_flow() {
-    let opts = |stateless_drops| OffloadOptions {
+/// W-k8s's small traffic on a simulated mlx5 of 256 entries, re-planned in place.
+fn small_mlx5(stateless_drops: bool, learned_drops: u32) -> OffloadOptions {
+    OffloadOptions {
         kind: Kind::K8s,
         nic: NicProfile::Mlx5,
         capacity: 256,
         traffic: TrafficOptions::small(1.1, 1),
         replan: Replan::Incremental,
         stateless_drops,
-        learned_drops: 0,
-    };
+        learned_drops,
+    }
+}
+
+/// Denies of UDP and ICMP go down as exact-flow drops when the planner may spare
+/// the flows software holds: more denied packets are dropped in hardware than with
+/// them kept in software, and no connection gets a wrong verdict either way.
+#[test]
+fn stateless_drops_drop_more_denied_packets_and_break_no_flow() {
+    let opts = |stateless_drops| small_mlx5(stateless_drops, 0);
     let off = run(&opts(false));
     let on = run(&opts(true));
     for r in [&off, &on] {
@@ -275,15 +280,7 @@ fn stateless_drops_drop_more_denied_packets_and_break_no_flow() {
 /// run that learns nothing), and no connection gets a wrong verdict.
 #[test]
 fn learned_drops_drop_what_the_plans_left_to_software_and_break_no_flow() {
-    let opts = |stateless_drops, learned_drops| OffloadOptions {
-        kind: Kind::K8s,
-        nic: NicProfile::Mlx5,
-        capacity: 256,
-        traffic: TrafficOptions::small(1.1, 1),
-        replan: Replan::Incremental,
-        stateless_drops,
-        learned_drops,
-    };
+    let opts = small_mlx5;
     for stateless in [false, true] {
         let none = run(&opts(stateless, 0));
         // The same table: the plans of the learning run are made for 32 fewer entries.

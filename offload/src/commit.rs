@@ -268,8 +268,7 @@ impl Committer {
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> CommitOutcome {
         // Learned drops are the live plan's; the commit works on the plans alone.
-        let forgotten = self.forget_learned(nic);
-        self.forgotten.extend(forgotten);
+        self.set_learned_aside(nic, false);
         match plan.mode {
             OffloadMode::VersionedGroups => self.commit_groups(nic, plan, observe),
             // Flat marks commit as drops do: a mark names its generation, so the old
@@ -548,15 +547,13 @@ impl Committer {
             .collect();
         let (dup, keep): (VecDeque<Learned>, VecDeque<Learned>) = std::mem::take(&mut self.learned)
             .into_iter()
-            .partition(|l| planned.iter().any(|p| p[..] == l.atom.pattern()[..]));
+            .partition(|l| planned.iter().any(|p| p[..] == *l.rule.pattern()));
         self.learned = dup;
-        let forgotten = self.forget_learned(nic);
-        self.forgotten.extend(forgotten);
+        self.set_learned_aside(nic, false);
         self.learned.extend(keep);
         let out = self.refresh_plan(nic, plan, capacity, observe);
         if !matches!(out, RefreshOutcome::Refreshed { .. }) {
-            let forgotten = self.forget_learned(nic);
-            self.forgotten.extend(forgotten);
+            self.set_learned_aside(nic, false);
         }
         out
     }
@@ -629,8 +626,7 @@ impl Committer {
         if peak + self.learned.len() > room {
             // Learned drops give way to the plan (the live generation is taken out
             // here: one that will not go stays a learned drop of its group).
-            let forgotten = self.forget_learned_keeping(nic, true);
-            self.forgotten.extend(forgotten);
+            self.set_learned_aside(nic, true);
         }
         if new_only > 0 && peak + self.learned.len() > room {
             let first = claims.iter().position(Option::is_none).unwrap_or(0);
@@ -777,17 +773,13 @@ impl Committer {
             let mut counts = Vec::new();
             let mut stuck = Vec::new();
             for (i, h, r) in old.handles.iter().rev() {
-                let count = if r.counts() {
-                    nic.query_count(*h, false).ok()
-                } else {
-                    None
-                };
-                match nic.destroy(*h) {
+                match final_count(nic, *h, r) {
+                    Ok(count) => counts.extend(count.map(|c| (*i, c))),
+                    // Counted when a later retirement destroys it.
                     Err(e) if e.kind != crate::error::FlowErrorKind::Io => {
-                        // Counted when a later retirement destroys it.
                         stuck.push((*i, *h, r.clone()));
                     }
-                    _ => counts.extend(count.map(|c| (*i, c))),
+                    Err(_) => {}
                 }
                 observe(nic, &self.sw);
             }
@@ -873,7 +865,7 @@ impl Committer {
             let Some(old) = self.learned.pop_front() else {
                 break;
             };
-            match self.forget(nic, &old) {
+            match final_count(nic, old.handle, &old.rule) {
                 Ok(c) => evicted.push((old.packet, c)),
                 Err(error) => {
                     self.learned.push_front(old);
@@ -928,6 +920,14 @@ impl Committer {
         self.forget_learned_keeping(nic, false)
     }
 
+    /// Removes every learned drop, keeping their counts for
+    /// [`Committer::take_forgotten`] (`keep` as for
+    /// [`Committer::forget_learned_keeping`]).
+    fn set_learned_aside<B: FlowBackend>(&mut self, nic: &mut B, keep: bool) {
+        let forgotten = self.forget_learned_keeping(nic, keep);
+        self.forgotten.extend(forgotten);
+    }
+
     /// [`Committer::forget_learned`]; with `keep`, those the device fails to destroy
     /// stay listed as learned drops (a commit in place, whose live generation is
     /// taken out meanwhile, keeps them in its group that way).
@@ -939,7 +939,7 @@ impl Committer {
         let mut out = Vec::new();
         let mut left = Vec::new();
         for l in std::mem::take(&mut self.learned) {
-            match self.forget(nic, &l) {
+            match final_count(nic, l.handle, &l.rule) {
                 Ok(c) => out.push((l.packet, c)),
                 // A device that is gone took it along.
                 Err(e) if e.kind == crate::error::FlowErrorKind::Io => out.push((l.packet, None)),
@@ -961,20 +961,6 @@ impl Committer {
             }
         }
         out
-    }
-
-    fn forget<B: FlowBackend>(
-        &self,
-        nic: &mut B,
-        l: &Learned,
-    ) -> Result<Option<FlowCount>, FlowError> {
-        let c = if l.rule.counts() {
-            nic.query_count(l.handle, false).ok()
-        } else {
-            None
-        };
-        nic.destroy(l.handle)?;
-        Ok(c)
     }
 
     /// Counters of the live generation's rules, by plan index.

@@ -364,18 +364,15 @@ impl PortNic<'_, '_> {
         crate::core::daemon::lock(path.daemon).set_port_report(self.report.clone());
     }
 
-    /// Learns drops from the packets software denied under `generation`, while
-    /// the live plan is of that policy. TCP only: the port's planner thread plans
+    /// Learns drops from the TCP packets software denied under `generation`, while
+    /// the live plan is of that policy (TCP only: the port's planner thread plans
     /// while packets flow, so drops of other protocols stay in software as in its
-    /// plans.
+    /// plans; the embedded dataplane lists TCP denies only).
     fn learn(&mut self, generation: u64, denied: &[capo_classifier::ParsedPacket]) {
         let Some(v) = self.policy.as_ref().filter(|v| v.version == generation) else {
             return;
         };
-        for p in denied
-            .iter()
-            .filter(|p| p.packet.protocol == capo_policy::Protocol::TCP)
-        {
+        for p in denied {
             self.nic.learn_drop(
                 (&v.state, &v.ids, v.version),
                 &p.packet,
@@ -544,7 +541,12 @@ fn poll(
         }
         idle = 0;
         port_nic.record(&seen);
-        if let Some(e) = path.embedded.as_ref().filter(|_| path.offloads) {
+        // Only packets software decided (`seen`) can have been denied by it.
+        if let Some(e) = path
+            .embedded
+            .as_ref()
+            .filter(|_| path.offloads && !seen.is_empty())
+        {
             let (generation, denied) = crate::sinks::embedded::lock_embedded(e).take_wire_denied();
             port_nic.learn(generation, &denied);
         }

@@ -45,8 +45,9 @@ pub struct Embedded {
     /// The daemon's generation of the policy in force (what the port's NIC plans
     /// are made of).
     daemon_generation: u64,
-    /// Packets from the wire software denied behind the port's NIC, for the port
-    /// thread to learn drops from (at most [`MAX_WIRE_DENIED`] between two takes).
+    /// TCP packets from the wire software denied behind the port's NIC, for the
+    /// port thread to learn drops from (at most [`MAX_WIRE_DENIED`] between two
+    /// takes).
     wire_denied: Vec<ParsedPacket>,
 }
 
@@ -442,7 +443,12 @@ impl Embedded {
                 None => {
                     seen.push(packet);
                     let v = self.worker.process_one(&generation, &input, now);
-                    if v == Verdict::Deny && self.wire_denied.len() < MAX_WIRE_DENIED {
+                    // TCP only: what the port's NIC learns (its plans keep other
+                    // protocols' denies in software).
+                    if v == Verdict::Deny
+                        && packet.packet.protocol == capo_policy::Protocol::TCP
+                        && self.wire_denied.len() < MAX_WIRE_DENIED
+                    {
                         self.wire_denied.push(packet);
                     }
                     v

@@ -28,6 +28,13 @@ const MAX_SAMPLES: usize = 16_384;
 /// Default table size of a simulated NIC.
 pub const DEFAULT_SIM_CAPACITY: u32 = 4096;
 
+/// Adds a NIC rule's count to `rule#` `id`'s packets and bytes.
+fn add_count(counts: &mut HashMap<u32, (u64, u64)>, id: u32, c: FlowCount) {
+    let e = counts.entry(id).or_default();
+    e.0 += c.hits;
+    e.1 += c.bytes;
+}
+
 /// Most drops learned between plans kept at once ([`NicFront::learn_drop`]).
 const MAX_LEARNED_DROPS: u32 = 256;
 
@@ -606,7 +613,8 @@ impl<B: FlowBackend> NicFront<B> {
         if !self.may_learn(policy) {
             return false;
         }
-        let Some((_, program)) = self.lowered.as_ref().filter(|(v, _)| *v == policy) else {
+        // `may_learn` found the lowering of `policy` here.
+        let Some((_, program)) = self.lowered.as_ref() else {
             return false;
         };
         self.learn_budget.spend();
@@ -661,9 +669,7 @@ impl<B: FlowBackend> NicFront<B> {
     /// Keeps a removed learned drop's final count under its `rule#`.
     fn fold_learned(&mut self, packet: Packet, count: Option<FlowCount>) {
         if let (Some(Some(id)), Some(c)) = (self.learned_rule_ids.remove(&packet), count) {
-            let e = self.retired_counts.entry(id).or_default();
-            e.0 += c.hits;
-            e.1 += c.bytes;
+            add_count(&mut self.retired_counts, id, c);
         }
     }
 
@@ -823,9 +829,7 @@ impl<B: FlowBackend> NicFront<B> {
         let removed = destroyed.len();
         for (i, count) in destroyed {
             if let (Some(Some(id)), Some(c)) = (self.plan_rule_ids.get(i), count) {
-                let e = self.retired_counts.entry(*id).or_default();
-                e.0 += c.hits;
-                e.1 += c.bytes;
+                add_count(&mut self.retired_counts, *id, c);
             }
         }
         removed
@@ -994,9 +998,7 @@ impl<B: FlowBackend> NicFront<B> {
         for r in retired {
             for (i, c) in r.counts {
                 if let Some(Some(id)) = old_ids.get(i) {
-                    let e = self.retired_counts.entry(*id).or_default();
-                    e.0 += c.hits;
-                    e.1 += c.bytes;
+                    add_count(&mut self.retired_counts, *id, c);
                 }
             }
         }
@@ -1084,16 +1086,12 @@ impl<B: FlowBackend> NicFront<B> {
         let mut out = self.retired_counts.clone();
         for (i, c) in live {
             if let Some(Some(id)) = self.plan_rule_ids.get(i) {
-                let e = out.entry(*id).or_default();
-                e.0 += c.hits;
-                e.1 += c.bytes;
+                add_count(&mut out, *id, c);
             }
         }
         for (packet, c) in self.committer.learned_counts(&mut self.nic) {
             if let Some(Some(id)) = self.learned_rule_ids.get(&packet) {
-                let e = out.entry(*id).or_default();
-                e.0 += c.hits;
-                e.1 += c.bytes;
+                add_count(&mut out, *id, c);
             }
         }
         out

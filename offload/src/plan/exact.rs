@@ -77,16 +77,9 @@ pub(super) fn exact_flow_candidates(
         let Some(pkt) = samples.first().map(|&i| hits.flows[i].packet) else {
             continue;
         };
-        if program.local_sources.contains(&pkt.src) {
-            continue;
-        }
-        let Some(d) = program.domain_of(&pkt.dst) else {
+        let Some((d, dom)) = wire_domain(program, &pkt) else {
             continue;
         };
-        let dom = &program.domains[d];
-        if dom.skipped.is_some() {
-            continue;
-        }
         let logged = samples.iter().any(|&i| {
             let f = &hits.flows[i];
             results.logged(state, dom, &f.packet, f.tcp_flags)
@@ -129,6 +122,21 @@ pub(super) fn exact_flow_candidates(
         });
     }
     out
+}
+
+/// The domain an exact-flow entry for `pkt` belongs to: the workload its destination
+/// is, when the packet comes from the wire (not a local source) and the workload
+/// has an address of its own.
+pub(super) fn wire_domain<'p>(
+    program: &'p OffloadProgram,
+    pkt: &Packet,
+) -> Option<(usize, &'p Domain)> {
+    if program.local_sources.contains(&pkt.src) {
+        return None;
+    }
+    let d = program.domain_of(&pkt.dst)?;
+    let dom = program.domains.get(d)?;
+    dom.skipped.is_none().then_some((d, dom))
 }
 
 /// The NIC match of an exact-flow entry for `pkt` (of domain `dom`), which the full

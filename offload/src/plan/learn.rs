@@ -16,7 +16,7 @@ use crate::atom::Atom;
 use crate::caps::{NicCaps, OffloadMode};
 use crate::lower::{OffloadProgram, TcpFlags};
 
-use super::exact::{entry_atom, SparedFlows};
+use super::exact::{entry_atom, wire_domain, SparedFlows};
 use super::{FlowResults, StatelessDrops};
 
 /// A drop the NIC may learn.
@@ -78,13 +78,8 @@ impl DropLearner {
         if tcp && !tcp_flags.is_some_and(|f| TcpFlags::SynOnly.accepts(f)) {
             return None;
         }
-        if program.local_sources.contains(&pkt.src) {
-            return None;
-        }
-        let domain = program.domain_of(&pkt.dst)?;
-        let dom = program.domains.get(domain)?;
-        if dom.skipped.is_some()
-            || self.results.logged(state, dom, pkt, tcp_flags)
+        let (domain, dom) = wire_domain(program, pkt)?;
+        if self.results.logged(state, dom, pkt, tcp_flags)
             || self.results.allowed(state, program, pkt, tcp_flags)
         {
             return None;
