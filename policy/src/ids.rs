@@ -211,6 +211,9 @@ pub enum Changed<'a> {
     Profile(&'a str),
     /// Workload endpoints changed (their tiers, profiles and interfaces).
     Workloads,
+    /// One workload endpoint was updated or removed: only its tiers and its
+    /// interface can be new.
+    Workload(&'a crate::model::WorkloadKey),
 }
 
 /// A policy or profile being synced: its ref, its tier, its inbound and outbound rules.
@@ -512,7 +515,7 @@ impl IdTable {
                     None => self.forget(&r),
                 }
             }
-            Some(Changed::Workloads) => {}
+            Some(Changed::Workloads | Changed::Workload(_)) => {}
         }
         // A policy or profile change can add only its own tier (numbered below) and
         // can only drop the last reference to a tier: the other tiers stay as they are.
@@ -526,6 +529,15 @@ impl IdTable {
                 // new, numbered in the order a full sync would meet them.
                 self.drop_unreferenced_tiers(state);
                 endpoint_tiers(state).collect()
+            }
+            Some(Changed::Workload(key)) => {
+                // Every other endpoint's tiers are numbered already.
+                self.drop_unreferenced_tiers(state);
+                state
+                    .workloads()
+                    .get(key)
+                    .map(|w| w.tiers.iter().map(|t| t.name.as_str()).collect())
+                    .unwrap_or_default()
             }
             None => {
                 let names: Vec<&str> = referenced_tiers(state).collect();
@@ -563,8 +575,14 @@ impl IdTable {
         if only.is_none() {
             self.sync_failsafe(state);
         }
-        if matches!(only, None | Some(Changed::Workloads)) {
-            self.sync_interfaces(state);
+        match only {
+            None | Some(Changed::Workloads) => self.sync_interfaces(state),
+            Some(Changed::Workload(key)) => {
+                if let Some(w) = state.workloads().get(key) {
+                    self.number_interface(&w.name);
+                }
+            }
+            Some(Changed::Policy(_) | Changed::Profile(_)) => {}
         }
     }
 
@@ -681,14 +699,19 @@ impl IdTable {
             )
             .chain(state.workloads().values().map(|w| w.name.as_str()));
         for name in names {
-            if !self.interfaces.contains_key(name) {
-                // The lowest index not fixed by a preset.
-                while self.interfaces.values().any(|i| *i == self.next_interface) {
-                    self.next_interface += 1;
-                }
-                Arc::make_mut(&mut self.interfaces).insert(name.to_string(), self.next_interface);
+            self.number_interface(name);
+        }
+    }
+
+    /// Numbers interface `name` unless it has a number.
+    fn number_interface(&mut self, name: &str) {
+        if !self.interfaces.contains_key(name) {
+            // The lowest index not fixed by a preset.
+            while self.interfaces.values().any(|i| *i == self.next_interface) {
                 self.next_interface += 1;
             }
+            Arc::make_mut(&mut self.interfaces).insert(name.to_string(), self.next_interface);
+            self.next_interface += 1;
         }
     }
 
@@ -1087,9 +1110,20 @@ mod id_tests {
         let t = |ids: &IdTable, name: &str| ids.tier_rule(name);
         assert!(t(&ids, "t1") < t(&ids, "t2") && t(&ids, "t2") < t(&ids, "t3"));
         assert!(t(&ids, "t3") < t(&ids, "t4"));
+        // One endpoint at a time: its new tier and its interface are numbered as the
+        // full sync numbers them.
+        let (k3, e3) = endpoint(3, &["t5", "t1"]);
+        s.apply(Update::WorkloadUpdate(k3.clone(), e3)).unwrap();
+        ids.sync_after(&s, Changed::Workload(&k3));
+        check(&s, &ids);
+        assert!(t(&ids, "t4") < t(&ids, "t5"));
+        s.apply(Update::WorkloadRemove(k3.clone())).unwrap();
+        ids.sync_after(&s, Changed::Workload(&k3));
+        check(&s, &ids);
+        assert_eq!(t(&ids, "t5"), None);
         // t3 loses its only reference; t1 and t2 keep one; "late" (a policy's) stays.
-        s.apply(Update::WorkloadRemove(k1)).unwrap();
-        ids.sync_after(&s, Changed::Workloads);
+        s.apply(Update::WorkloadRemove(k1.clone())).unwrap();
+        ids.sync_after(&s, Changed::Workload(&k1));
         check(&s, &ids);
         assert_eq!(t(&ids, "t3"), None);
         assert!(t(&ids, "t1").is_some() && t(&ids, "late").is_some());

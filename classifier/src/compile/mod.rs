@@ -251,7 +251,7 @@ impl Builder {
                 if state.apply(update)? == Applied::Unchanged {
                     return Ok(self.current_or_publish());
                 }
-                ids.sync_after(state, Changed::Workloads);
+                ids.sync_after(state, Changed::Workload(&key));
                 let kind = IfaceKind::Workload(key.clone());
                 self.ifaces.remove(&kind);
                 self.compile_iface(state, ids, kind);
