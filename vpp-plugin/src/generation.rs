@@ -252,6 +252,10 @@ impl Policed {
     }
 }
 
+/// Changed endpoints [`Generation::interfaces_after`] compares names with one by
+/// one rather than hashing every endpoint's name.
+const FEW_CHANGED: usize = 8;
+
 /// A generation's policed interfaces after an endpoint delta, built before the
 /// generation they go into ([`Generation::interfaces_after`]).
 #[derive(Debug)]
@@ -313,28 +317,59 @@ impl Generation {
         changed: &HashSet<String>,
         bound: &Bindings,
     ) -> Option<ChangedInterfaces> {
-        let before: HashMap<&str, &Arc<Iface>> = prev
-            .policed
-            .ifaces
-            .iter()
-            .map(|f| (f.name.as_str(), f))
-            .collect();
-        let unknown_before: HashSet<&str> =
-            prev.policed.unknown.iter().map(String::as_str).collect();
-        let mut ifaces = Vec::with_capacity(prev.policed.ifaces.len() + changed.len());
+        // A delta changes a few endpoints: asking the set about every endpoint would
+        // hash every name.
+        let few: Vec<&str> = if changed.len() <= FEW_CHANGED {
+            changed.iter().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        };
+        let is_changed = |name: &str| {
+            if changed.len() <= FEW_CHANGED {
+                few.contains(&name)
+            } else {
+                changed.contains(name)
+            }
+        };
+        // `prev`'s entries come in the order `policed` gives, which a delta keeps
+        // for every endpoint it does not change: they are met walking both lists,
+        // and looked up by name (a map made then) only where the orders part.
+        let old = &prev.policed.ifaces;
+        let mut next_old = 0;
+        let mut by_name: Option<HashMap<&str, &Arc<Iface>>> = None;
+        let mut unknown_before: Option<HashSet<&str>> = None;
+        let mut ifaces = Vec::with_capacity(old.len() + changed.len());
         let mut unknown = Vec::new();
         for p in policed(state, host_interface) {
-            if changed.contains(p.name) {
+            if is_changed(p.name) {
                 match bound.get(p.name) {
                     Some(b) => ifaces.push(Arc::new(Iface::new(p, b))),
                     None => unknown.push(p.name.to_string()),
                 }
-            } else if let Some(f) = before.get(p.name) {
+                continue;
+            }
+            while old.get(next_old).is_some_and(|f| is_changed(&f.name)) {
+                next_old += 1;
+            }
+            let found = match old.get(next_old) {
+                Some(f) if f.name == p.name => {
+                    next_old += 1;
+                    Some(f)
+                }
+                _ => by_name
+                    .get_or_insert_with(|| old.iter().map(|f| (f.name.as_str(), f)).collect())
+                    .get(p.name)
+                    .copied(),
+            };
+            if let Some(f) = found {
                 if !p.kind.is(&f.kind) || p.inverted != f.inverted {
                     return None;
                 }
                 ifaces.push(Arc::clone(f));
-            } else if unknown_before.contains(p.name) {
+            } else if unknown_before
+                .get_or_insert_with(|| prev.policed.unknown.iter().map(String::as_str).collect())
+                .contains(p.name)
+            {
                 unknown.push(p.name.to_string());
             } else {
                 return None;
@@ -614,5 +649,72 @@ mod tests {
             .interface(SwIfIndex(SwIfIndexMap::<u32>::DENSE + 5))
             .is_some());
         assert!(g.interface(SwIfIndex(5)).is_none());
+    }
+
+    /// Endpoints in another order than the generation before lists them (the
+    /// walk over both lists parts): each still gets the very entry it had, and the
+    /// table is the one binding every endpoint again gives.
+    #[test]
+    fn interfaces_after_finds_entries_out_of_order() {
+        use capo_policy::{Cidr, Update, WorkloadEndpoint, WorkloadKey};
+        let key = |n: u32| WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: format!("default/pod{n}"),
+            endpoint: "eth0".into(),
+        };
+        let endpoint = |n: u32| WorkloadEndpoint {
+            name: format!("tun{n}"),
+            profile_ids: vec![],
+            ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, 0, n as u8]))],
+            ipv6_nets: vec![],
+            tiers: vec![],
+        };
+        let state_of = |order: &[u32]| {
+            let mut state = State::new();
+            for n in order {
+                state
+                    .apply(Update::WorkloadUpdate(key(*n), endpoint(*n)))
+                    .unwrap();
+            }
+            state
+        };
+        let bindings: Bindings = (1..=4u32)
+            .map(|n| {
+                let bound = crate::binding::Bound {
+                    sw_if_index: SwIfIndex(10 + n),
+                    vpp_name: format!("tun{n}"),
+                    how: How::Name,
+                };
+                (format!("tun{n}"), bound)
+            })
+            .collect();
+        let build = |state: State| {
+            let mut ids = IdTable::new("tap0");
+            ids.sync(&state);
+            let classifier = capo_classifier::Builder::new().build(&state, &ids);
+            Generation::build(1, Arc::new(Snapshot { state, ids }), classifier, &bindings)
+        };
+        let prev = build(state_of(&[1, 2, 3]));
+        // pod3 first now, pod2 changed, pod4 new.
+        let next = state_of(&[3, 1, 2, 4]);
+        let changed: HashSet<String> = ["tun2".to_string(), "tun4".to_string()].into();
+        let after = Generation::interfaces_after(&prev, &next, "tap0", &changed, &bindings)
+            .expect("every unchanged endpoint has its entry");
+        let rows = |ifaces: &[Arc<Iface>]| {
+            ifaces
+                .iter()
+                .map(|i| (i.name.clone(), i.sw_if_index, i.kind.clone()))
+                .collect::<Vec<_>>()
+        };
+        let again = build(next.clone());
+        assert_eq!(rows(&after.0.ifaces), rows(again.interfaces()));
+        for name in ["tun1", "tun3"] {
+            let find =
+                |ifaces: &[Arc<Iface>]| ifaces.iter().find(|i| i.name == name).cloned().unwrap();
+            assert!(
+                Arc::ptr_eq(&find(&after.0.ifaces), &find(prev.interfaces())),
+                "{name}"
+            );
+        }
     }
 }

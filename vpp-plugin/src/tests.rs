@@ -1693,9 +1693,11 @@ fn seed_workload(workload: &str, name: &str) -> pb::ToDataplane {
 #[test]
 fn endpoint_deltas_bind_only_the_endpoints_they_change() {
     let (plugin, mut core) = seeded();
-    core.context_mut()
-        .interfaces
-        .insert("tun9".into(), SwIfIndex(19));
+    for (name, index) in [("tun9", 19), ("tun5", 15), ("tun4", 14)] {
+        core.context_mut()
+            .interfaces
+            .insert(name.into(), SwIfIndex(index));
+    }
     let table = |g: &crate::generation::Generation| {
         let rows = g
             .interfaces()
@@ -1737,6 +1739,17 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
             Arc::ptr_eq(&find(a), &find(b))
         };
     let g1 = plugin.cell.load().unwrap();
+    let remove = |workload: &str, name: &str| pb::ToDataplane {
+        sequence_number: 0,
+        payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
+            pb::WorkloadEndpointRemove {
+                id: match seed_workload(workload, name).payload {
+                    Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => u.id,
+                    _ => None,
+                },
+            },
+        )),
+    };
     let steps = [
         // Two new endpoints: one VPP has, one it does not.
         vec![
@@ -1744,18 +1757,16 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
             seed_workload("default/ts8", "tun8"),
         ],
         // One removed.
-        vec![pb::ToDataplane {
-            sequence_number: 0,
-            payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
-                pb::WorkloadEndpointRemove {
-                    id: match seed_workload("default/ts9", "tun9").payload {
-                        Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => u.id,
-                        _ => None,
-                    },
-                },
-            )),
-        }],
+        vec![remove("default/ts9", "tun9")],
         // The unknown one renamed to the interface VPP has.
+        vec![seed_workload("default/ts8", "tun9")],
+        // Two more after it, then it leaves and comes back (last now: the order
+        // the generation before had parts from the state's).
+        vec![
+            seed_workload("default/ts5", "tun5"),
+            seed_workload("default/ts4", "tun4"),
+        ],
+        vec![remove("default/ts8", "tun9")],
         vec![seed_workload("default/ts8", "tun9")],
     ];
     let mut before = g1;
@@ -1780,5 +1791,5 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
         g.unknown_interfaces()
     );
     let s = plugin.status.lock().unwrap().compiled;
-    assert_eq!((s.full, s.incremental), (1, 3), "{s:?}");
+    assert_eq!((s.full, s.incremental), (1, 6), "{s:?}");
 }
