@@ -329,6 +329,7 @@ impl Target {
                             bindings: vec![],
                             // As capo-agent asks.
                             interfaces_when_changed: true,
+                            interfaces_as_changes: true,
                         })),
                     },
                     0,

@@ -449,8 +449,10 @@ fn chunks_follow_the_plugins_caps() {
     assert_eq!(plugin.cell.active_id(), 1);
 }
 
-/// The agent asks to be sent the policed interfaces only when they change: after a
-/// delta that leaves them (the plugin says "unchanged"), its status still lists them.
+/// The agent asks to be sent the policed interfaces only when they change, and only
+/// what changed: after a delta that leaves them (the plugin says "unchanged"), its
+/// status still lists them; after an endpoint leaves (its name alone is sent), it
+/// lists the others.
 #[test]
 fn the_agent_keeps_the_interfaces_across_deltas() {
     use capo_agent::core::daemon::{Daemon, FelixOptions};
@@ -490,6 +492,24 @@ fn the_agent_keeps_the_interfaces_across_deltas() {
     wait("the delta", &|| handle.status().confirmed > confirmed);
     assert!(plugin.show(Show::Ipsets, 0).contains("11.0.0.199/32"));
     assert_eq!(policed(), first);
+    // The seed's endpoint leaves: the plugin sends its name alone, and the agent's
+    // list follows.
+    let removal = seed()
+        .into_iter()
+        .find_map(|m| match m.payload {
+            Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => Some(pb::ToDataplane {
+                sequence_number: 0,
+                payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
+                    pb::WorkloadEndpointRemove { id: u.id },
+                )),
+            }),
+            _ => None,
+        })
+        .unwrap();
+    let confirmed = handle.status().confirmed;
+    assert!(capo_agent::inputs::felix_stream::feed(&daemon, &[removal]));
+    wait("the removal", &|| handle.status().confirmed > confirmed);
+    assert_eq!(policed(), ["tap0=1"]);
 }
 
 /// `n` packets of the flow 11.0.0.196:40000 → 11.0.0.67:`dport` (TCP), towards the

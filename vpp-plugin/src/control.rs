@@ -81,7 +81,7 @@ use prost::Message;
 use crate::binding::{self, Bindings, ExplicitBinding, VppInterface};
 use crate::config::PluginConfig;
 use crate::generation::{
-    ChangedInterfaces, Generation, GenerationCell, IfaceKind, InterfacesSeen, Snapshot, SwIfIndex,
+    ChangedInterfaces, Generation, GenerationCell, Iface, IfaceKind, InterfacesSeen, Snapshot, SwIfIndex,
     UNRESOLVED,
 };
 use crate::share::FlowLayerRule;
@@ -563,6 +563,9 @@ pub struct ControlCore<C: VppContext> {
     /// The connected agent keeps the interfaces it was last sent
     /// (`Hello.interfaces_when_changed`).
     interfaces_when_changed: bool,
+    /// The connected agent applies the interfaces as changes to those it was last
+    /// sent (`Hello.interfaces_as_changes`).
+    interfaces_as_changes: bool,
     /// The interface table the connected agent was last sent.
     interfaces_sent: InterfacesSeen,
 }
@@ -605,6 +608,7 @@ impl<C: VppContext> ControlCore<C> {
             limits: ChannelLimits::default(),
             assembly: None,
             interfaces_when_changed: false,
+            interfaces_as_changes: false,
             interfaces_sent: InterfacesSeen::default(),
         }
     }
@@ -642,6 +646,7 @@ impl<C: VppContext> ControlCore<C> {
                 self.conn_epoch = h.epoch;
                 self.assembly = None;
                 self.interfaces_when_changed = h.interfaces_when_changed;
+                self.interfaces_as_changes = h.interfaces_as_changes;
                 self.interfaces_sent = InterfacesSeen::default();
                 self.explicit = h
                     .bindings
@@ -807,7 +812,7 @@ impl<C: VppContext> ControlCore<C> {
         let (id, full, base_id) = (g.id, g.full, g.base_id);
         match self.apply(g) {
             Ok(unknown) => {
-                let (interfaces, interfaces_unchanged) = self.interfaces_reply();
+                let reply = self.interfaces_reply();
                 let mut s = lock(&self.status);
                 s.applied += 1;
                 s.active_epoch = self.active_epoch;
@@ -817,8 +822,7 @@ impl<C: VppContext> ControlCore<C> {
                     ok: true,
                     error: String::new(),
                     unknown_interfaces: unknown,
-                    interfaces,
-                    interfaces_unchanged,
+                    ..reply
                 }
             }
             Err(e) => self.refused(id, full, base_id, e, now),
@@ -827,7 +831,7 @@ impl<C: VppContext> ControlCore<C> {
 
     /// Records and answers a refusal (the active generation stays).
     fn refused(&mut self, id: u64, full: bool, base_id: u64, e: RefusedError, now: u64) -> Applied {
-        let (interfaces, interfaces_unchanged) = self.interfaces_reply();
+        let reply = self.interfaces_reply();
         let mut s = lock(&self.status);
         s.refused += 1;
         let error = e.to_string();
@@ -845,8 +849,7 @@ impl<C: VppContext> ControlCore<C> {
             ok: false,
             error,
             unknown_interfaces: Vec::new(),
-            interfaces,
-            interfaces_unchanged,
+            ..reply
         }
     }
 
@@ -872,31 +875,38 @@ impl<C: VppContext> ControlCore<C> {
         }
     }
 
-    /// Where the active generation polices each endpoint, for an `Applied`; to an agent
-    /// that keeps them, nothing while they are what it was last sent (then `true`).
-    fn interfaces_reply(&mut self) -> (Vec<BoundInterface>, bool) {
-        if let Some(active) = self.cell.load() {
-            if self.interfaces_when_changed && self.interfaces_sent.still(&active) {
-                return (Vec::new(), true);
-            }
-            self.interfaces_sent = InterfacesSeen::of(&active);
+    /// Where the active generation polices each endpoint, for an `Applied` (its
+    /// interface fields only): to an agent that keeps them, nothing while they are
+    /// what it was last sent (`interfaces_unchanged`), and to one that applies
+    /// changes, only what changed since (`interfaces_changes`).
+    fn interfaces_reply(&mut self) -> Applied {
+        let Some(active) = self.cell.load() else {
+            return Applied::default();
+        };
+        if self.interfaces_when_changed && self.interfaces_sent.still(&active) {
+            return Applied {
+                interfaces_unchanged: true,
+                ..Applied::default()
+            };
         }
-        (self.bound_interfaces(), false)
-    }
-
-    /// Where the active generation polices each endpoint.
-    fn bound_interfaces(&self) -> Vec<BoundInterface> {
-        self.cell.load().map_or_else(Vec::new, |g| {
-            g.interfaces()
-                .iter()
-                .map(|i| BoundInterface {
-                    endpoint: i.name.clone(),
-                    vpp_interface: i.vpp_name.clone(),
-                    sw_if_index: i.sw_if_index.0,
-                    how: i.how.as_str().to_string(),
-                })
-                .collect()
-        })
+        let reply = match self
+            .interfaces_sent
+            .changes(&active)
+            .filter(|_| self.interfaces_as_changes)
+        {
+            Some(changes) => Applied {
+                interfaces: changes.changed.into_iter().map(bound_interface).collect(),
+                interfaces_changes: true,
+                interfaces_gone: changes.gone,
+                ..Applied::default()
+            },
+            None => Applied {
+                interfaces: active.interfaces().iter().map(|i| bound_interface(i)).collect(),
+                ..Applied::default()
+            },
+        };
+        self.interfaces_sent = InterfacesSeen::of(&active);
+        reply
     }
 
     fn stats(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -1321,6 +1331,16 @@ impl<C: VppContext> ControlCore<C> {
             state,
             ids,
         });
+    }
+}
+
+/// Where one endpoint is policed, as an `Applied` says it.
+fn bound_interface(i: &Iface) -> BoundInterface {
+    BoundInterface {
+        endpoint: i.name.clone(),
+        vpp_interface: i.vpp_name.clone(),
+        sw_if_index: i.sw_if_index.0,
+        how: i.how.as_str().to_string(),
     }
 }
 

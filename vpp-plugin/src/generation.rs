@@ -22,7 +22,7 @@
 //! either is honoured (DESIGN.md §4).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 pub use capo_classifier::IfaceKind;
@@ -200,20 +200,75 @@ pub struct Generation {
     policed: Arc<Policed>,
 }
 
-/// Which interface table a generation polices, remembered without keeping it alive
-/// (the table's allocation is, so no later table can be mistaken for it).
+/// Which interface table a generation polices, kept (its entries only) so that a
+/// later table can be told apart from it and compared with it.
 #[derive(Debug, Clone, Default)]
-pub struct InterfacesSeen(Weak<Policed>);
+pub struct InterfacesSeen(Option<Arc<Policed>>);
+
+/// Whether two entries police their endpoint at the same place, bound the same way.
+fn same_place(a: &Iface, b: &Iface) -> bool {
+    std::ptr::eq(a, b)
+        || (a.sw_if_index == b.sw_if_index && a.how == b.how && a.vpp_name == b.vpp_name)
+}
+
+/// What a generation polices differently from an [`InterfacesSeen`] table.
+#[derive(Debug, Default)]
+pub struct InterfaceChanges<'g> {
+    /// Endpoints new to the table, or policed elsewhere than it says, in the
+    /// generation's order.
+    pub changed: Vec<&'g Iface>,
+    /// Endpoints of the table the generation does not police.
+    pub gone: Vec<String>,
+}
 
 impl InterfacesSeen {
     /// `g`'s table.
     pub fn of(g: &Generation) -> Self {
-        InterfacesSeen(Arc::downgrade(&g.policed))
+        InterfacesSeen(Some(Arc::clone(&g.policed)))
     }
 
     /// Whether `g` polices that very table.
     pub fn still(&self, g: &Generation) -> bool {
-        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(&g.policed))
+        self.0.as_ref().is_some_and(|t| Arc::ptr_eq(t, &g.policed))
+    }
+
+    /// How `g`'s table differs from this one (`None` without one): where each
+    /// endpoint is policed (its VPP interface, index and binding). Tables share the
+    /// entries of endpoints a delta did not change, so those are found by pointer,
+    /// walking both lists (names are hashed only where their orders part); a table
+    /// bound again is compared entry by entry.
+    pub fn changes<'g>(&self, g: &'g Generation) -> Option<InterfaceChanges<'g>> {
+        let old = &self.0.as_ref()?.ifaces;
+        let mut next_old = 0;
+        let mut by_name: Option<HashMap<&str, &Arc<Iface>>> = None;
+        let mut kept = 0;
+        let mut changes = InterfaceChanges::default();
+        for f in &g.policed.ifaces {
+            let same = match old.get(next_old) {
+                Some(o) if Arc::ptr_eq(o, f) || (o.name == f.name && same_place(o, f)) => {
+                    next_old += 1;
+                    true
+                }
+                _ => by_name
+                    .get_or_insert_with(|| old.iter().map(|o| (o.name.as_str(), o)).collect())
+                    .get(f.name.as_str())
+                    .is_some_and(|o| same_place(o, f)),
+            };
+            if same {
+                kept += 1;
+            } else {
+                changes.changed.push(f);
+            }
+        }
+        if kept < old.len() {
+            let now: HashSet<&str> = g.policed.ifaces.iter().map(|f| f.name.as_str()).collect();
+            changes.gone = old
+                .iter()
+                .filter(|o| !now.contains(o.name.as_str()))
+                .map(|o| o.name.clone())
+                .collect();
+        }
+        Some(changes)
     }
 }
 

@@ -1056,6 +1056,7 @@ fn hello(epoch: u64, bindings: &[(&str, &str)]) -> ToPlugin {
             agent_version: "test".into(),
             epoch,
             interfaces_when_changed: false,
+            interfaces_as_changes: false,
             bindings: bindings
                 .iter()
                 .map(|(e, v)| InterfaceBinding {
@@ -1631,6 +1632,109 @@ fn interfaces_are_sent_when_changed_to_agents_that_keep_them() {
         let a = applied(core.on_message(delta(id), 6));
         assert!(!a.interfaces_unchanged && a.interfaces.len() == 2, "{a:?}");
     }
+}
+
+/// An agent that applies changes gets the whole list once per connection, then
+/// only the endpoints that are new or moved and the names that left: applied in
+/// turn to the list it holds, they give the active generation's table after every
+/// generation, a rebinding's move included.
+#[test]
+fn interfaces_are_sent_as_changes_to_agents_that_apply_them() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[("tap0", 1), ("tun3", 7), ("tun9", 19)]));
+    let applying = ToPlugin {
+        msg: Some(to_plugin::Msg::Hello(Hello {
+            agent_version: "test".into(),
+            epoch: 1,
+            interfaces_when_changed: true,
+            interfaces_as_changes: true,
+            ..Hello::default()
+        })),
+    };
+    core.on_message(applying, 0);
+    // The agent's side: endpoint → VPP index, as the replies say.
+    let mut held: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut follow = |a: &Applied| {
+        if !a.interfaces_changes && !a.interfaces_unchanged {
+            held.clear();
+        }
+        for name in &a.interfaces_gone {
+            held.remove(name);
+        }
+        for i in &a.interfaces {
+            held.insert(i.endpoint.clone(), i.sw_if_index);
+        }
+        held.clone()
+    };
+    let table = |plugin: &Plugin| -> std::collections::BTreeMap<String, u32> {
+        let g = plugin.cell.load().unwrap();
+        g.interfaces()
+            .iter()
+            .map(|i| (i.name.clone(), i.sw_if_index.0))
+            .collect()
+    };
+    let a = applied(core.on_message(generation(1, true, 0, seed_updates()), 0));
+    assert!(a.ok && !a.interfaces_changes && a.interfaces.len() == 2, "{a:?}");
+    assert_eq!(follow(&a), table(&plugin));
+    // A new endpoint: only it.
+    let a = applied(core.on_message(
+        generation(2, false, 1, vec![seed_workload("default/ts9", "tun9")]),
+        0,
+    ));
+    assert!(a.ok && a.interfaces_changes, "{a:?}");
+    assert_eq!(
+        a.interfaces.iter().map(|i| i.endpoint.as_str()).collect::<Vec<_>>(),
+        ["tun9"]
+    );
+    assert!(a.interfaces_gone.is_empty(), "{a:?}");
+    assert_eq!(follow(&a), table(&plugin));
+    // Nothing moved: said unchanged.
+    let a = applied(core.on_message(
+        generation(3, false, 2, vec![member_delta(&["11.0.0.200/32"], &[])]),
+        0,
+    ));
+    assert!(a.interfaces_unchanged && a.interfaces.is_empty(), "{a:?}");
+    // VPP moves tun3; the rebinder republishes; the next reply carries the move.
+    core.context_mut().delete("tun3");
+    core.context_mut().create("tun3", 9);
+    assert!(!core.rebind(1).unwrap().is_empty());
+    let a = applied(core.on_message(
+        generation(4, false, 3, vec![member_delta(&["11.0.0.201/32"], &[])]),
+        0,
+    ));
+    assert!(a.interfaces_changes, "{a:?}");
+    assert_eq!(
+        a.interfaces
+            .iter()
+            .map(|i| (i.endpoint.as_str(), i.sw_if_index))
+            .collect::<Vec<_>>(),
+        [("tun3", 9)]
+    );
+    assert_eq!(follow(&a), table(&plugin));
+    // The endpoint leaves: its name only.
+    let gone = pb::ToDataplane {
+        sequence_number: 0,
+        payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
+            pb::WorkloadEndpointRemove {
+                id: match seed_workload("default/ts9", "tun9").payload {
+                    Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => u.id,
+                    _ => None,
+                },
+            },
+        )),
+    };
+    let a = applied(core.on_message(generation(5, false, 4, vec![gone]), 0));
+    assert!(a.interfaces_changes && a.interfaces.is_empty(), "{a:?}");
+    assert_eq!(a.interfaces_gone, ["tun9"]);
+    assert_eq!(follow(&a), table(&plugin));
+    // A new connection gets the whole list again.
+    core.on_disconnect(6);
+    core.on_message(hello(1, &[]), 6);
+    let a = applied(core.on_message(
+        generation(6, false, 5, vec![member_delta(&["11.0.0.202/32"], &[])]),
+        6,
+    ));
+    assert!(!a.interfaces_changes && a.interfaces.len() == 2, "{a:?}");
 }
 
 /// A generation's bindings build its interface table again as it is.

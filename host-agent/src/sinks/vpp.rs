@@ -15,7 +15,7 @@
 //! The channel is blocking and owns its socket; a broken connection is an error and the
 //! caller reconnects (the plugin keeps enforcing its last generation meanwhile).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -167,6 +167,7 @@ impl VppChannel {
             epoch,
             bindings: bindings.to_vec(),
             interfaces_when_changed: true,
+            interfaces_as_changes: true,
         }))?;
         match reply {
             from_plugin::Msg::Hello(h) => {
@@ -1059,8 +1060,11 @@ impl SinkThread {
                 let mut s = self.status();
                 s.confirmed = generation;
                 s.unknown_interfaces = a.unknown_interfaces;
-                // Left out while they stay as last sent on this connection.
-                if !a.interfaces_unchanged {
+                // Left out while they stay as last sent on this connection, and
+                // sent as changes to that after the first whole list.
+                if a.interfaces_changes {
+                    apply_interface_changes(&mut s.interfaces, a.interfaces, &a.interfaces_gone);
+                } else if !a.interfaces_unchanged {
                     s.interfaces = a.interfaces;
                 }
                 drop(s);
@@ -1310,9 +1314,61 @@ pub fn release(socket: &Path) -> Result<(String, usize), VppError> {
     Ok((ch.plugin_version().to_string(), before))
 }
 
+/// Applies an `Applied`'s interface changes to the list last got: an endpoint
+/// policed elsewhere keeps its place, a new one comes last, a gone one leaves.
+fn apply_interface_changes(
+    list: &mut Vec<BoundInterface>,
+    changed: Vec<BoundInterface>,
+    gone: &[String],
+) {
+    let mut at: HashMap<String, usize> = list
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.endpoint.clone(), i))
+        .collect();
+    for b in changed {
+        match at.get(&b.endpoint).and_then(|i| list.get_mut(*i)) {
+            Some(held) => *held = b,
+            None => {
+                at.insert(b.endpoint.clone(), list.len());
+                list.push(b);
+            }
+        }
+    }
+    if !gone.is_empty() {
+        let gone: HashSet<&str> = gone.iter().map(String::as_str).collect();
+        list.retain(|b| !gone.contains(b.endpoint.as_str()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Changes keep the list's order: an endpoint policed elsewhere stays where it
+    /// was, a new one comes last, a gone one leaves.
+    #[test]
+    fn interface_changes_apply_in_place() {
+        let b = |endpoint: &str, sw_if_index: u32| BoundInterface {
+            endpoint: endpoint.into(),
+            vpp_interface: endpoint.into(),
+            sw_if_index,
+            how: "name".into(),
+        };
+        let mut list = vec![b("tap0", 1), b("tun3", 7), b("tun4", 8)];
+        apply_interface_changes(
+            &mut list,
+            vec![b("tun9", 19), b("tun3", 9)],
+            &["tun4".to_string()],
+        );
+        let got: Vec<(&str, u32)> = list
+            .iter()
+            .map(|i| (i.endpoint.as_str(), i.sw_if_index))
+            .collect();
+        assert_eq!(got, [("tap0", 1), ("tun3", 9), ("tun9", 19)]);
+        apply_interface_changes(&mut list, vec![], &[]);
+        assert_eq!(list.len(), 3);
+    }
 
     fn ipset_update(id: &str, members: Vec<String>) -> pb::ToDataplane {
         pb::ToDataplane {
