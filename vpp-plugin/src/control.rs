@@ -81,8 +81,8 @@ use prost::Message;
 use crate::binding::{self, Bindings, ExplicitBinding, VppInterface};
 use crate::config::PluginConfig;
 use crate::generation::{
-    ChangedInterfaces, Generation, GenerationCell, Iface, IfaceKind, InterfacesSeen, Snapshot, SwIfIndex,
-    UNRESOLVED,
+    ChangedInterfaces, Generation, GenerationCell, Iface, IfaceKind, InterfacesSeen, Snapshot,
+    SwIfIndex, UNRESOLVED,
 };
 use crate::share::FlowLayerRule;
 use capo_proto::capo::agent::v1 as api;
@@ -503,28 +503,25 @@ impl SnapshotPool {
         }
     }
 
-    /// A free retired snapshot brought forward to generation `base`, if one is free.
+    /// A free retired snapshot brought forward to generation `base`, if one is free:
+    /// the newest, which has the fewest deltas to replay.
     fn reclaim(&mut self, base: u64) -> Option<State> {
-        let mut i = 0;
-        while i < self.held.len() {
+        let mut i = self.held.len();
+        while i > 0 {
+            i -= 1;
+            if self.held.get(i).is_none_or(|(id, _)| *id >= base) {
+                continue;
+            }
             let Some((id, snap)) = self.held.remove(i) else {
                 break;
             };
-            if id >= base {
-                self.held.insert(i, (id, snap));
-                i += 1;
-                continue;
-            }
             match Arc::try_unwrap(snap) {
                 Ok(snap) => {
                     if let Some(state) = self.replay(snap.state, id, base) {
                         return Some(state);
                     }
                 }
-                Err(snap) => {
-                    self.held.insert(i, (id, snap));
-                    i += 1;
-                }
+                Err(snap) => self.held.insert(i, (id, snap)),
             }
         }
         None
@@ -901,7 +898,11 @@ impl<C: VppContext> ControlCore<C> {
                 ..Applied::default()
             },
             None => Applied {
-                interfaces: active.interfaces().iter().map(|i| bound_interface(i)).collect(),
+                interfaces: active
+                    .interfaces()
+                    .iter()
+                    .map(|i| bound_interface(i))
+                    .collect(),
                 ..Applied::default()
             },
         };
@@ -1788,5 +1789,47 @@ impl VppContext for FakeVpp {
             after_commits: self.commits.len(),
         });
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    /// A retired snapshot is brought forward from the newest free one (fewest
+    /// deltas to replay); one still in use is passed over, and the older ones stay.
+    #[test]
+    fn reclaim_takes_the_newest_free_snapshot() {
+        let snapshot = || {
+            Arc::new(Snapshot {
+                state: State::new(),
+                ids: IdTable::new("tap0"),
+            })
+        };
+        let mut pool = SnapshotPool::default();
+        pool.published(1, snapshot(), None);
+        let mut in_use = Vec::new();
+        for id in 2..=4 {
+            let s = snapshot();
+            if id == 3 {
+                in_use.push(Arc::clone(&s));
+            }
+            pool.published(id, s, Some(Vec::new()));
+        }
+        pool.spares = None;
+        let held = |pool: &SnapshotPool| pool.held.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+        assert_eq!(held(&pool), [1, 2, 3, 4]);
+        assert!(pool.reclaim(4).is_some());
+        assert_eq!(
+            held(&pool),
+            [1, 3, 4],
+            "2 taken: 3 is in use, 4 is not older"
+        );
+        assert!(pool.reclaim(4).is_some());
+        assert_eq!(held(&pool), [3, 4]);
+        assert!(pool.reclaim(4).is_none(), "3 is in use");
+        drop(in_use);
+        assert!(pool.reclaim(4).is_some());
+        assert_eq!(held(&pool), [4]);
     }
 }

@@ -1674,7 +1674,10 @@ fn interfaces_are_sent_as_changes_to_agents_that_apply_them() {
             .collect()
     };
     let a = applied(core.on_message(generation(1, true, 0, seed_updates()), 0));
-    assert!(a.ok && !a.interfaces_changes && a.interfaces.len() == 2, "{a:?}");
+    assert!(
+        a.ok && !a.interfaces_changes && a.interfaces.len() == 2,
+        "{a:?}"
+    );
     assert_eq!(follow(&a), table(&plugin));
     // A new endpoint: only it.
     let a = applied(core.on_message(
@@ -1683,7 +1686,10 @@ fn interfaces_are_sent_as_changes_to_agents_that_apply_them() {
     ));
     assert!(a.ok && a.interfaces_changes, "{a:?}");
     assert_eq!(
-        a.interfaces.iter().map(|i| i.endpoint.as_str()).collect::<Vec<_>>(),
+        a.interfaces
+            .iter()
+            .map(|i| i.endpoint.as_str())
+            .collect::<Vec<_>>(),
         ["tun9"]
     );
     assert!(a.interfaces_gone.is_empty(), "{a:?}");
