@@ -241,7 +241,6 @@ impl InterfacesSeen {
         let old = &self.0.as_ref()?.ifaces;
         let mut next_old = 0;
         let mut by_name: Option<HashMap<&str, &Arc<Iface>>> = None;
-        let mut kept = 0;
         let mut changes = InterfaceChanges::default();
         for f in &g.policed.ifaces {
             let same = match old.get(next_old) {
@@ -249,18 +248,20 @@ impl InterfacesSeen {
                     next_old += 1;
                     true
                 }
+                // The whole table met in order: `f` is new (the usual end of an
+                // endpoint added).
+                _ if by_name.is_none() && next_old == old.len() => false,
                 _ => by_name
                     .get_or_insert_with(|| old.iter().map(|o| (o.name.as_str(), o)).collect())
                     .get(f.name.as_str())
                     .is_some_and(|o| same_place(o, f)),
             };
-            if same {
-                kept += 1;
-            } else {
+            if !same {
                 changes.changed.push(f);
             }
         }
-        if kept < old.len() {
+        // Unless the walk met the whole table, some of its names may be gone.
+        if by_name.is_some() || next_old < old.len() {
             let now: HashSet<&str> = g.policed.ifaces.iter().map(|f| f.name.as_str()).collect();
             changes.gone = old
                 .iter()
@@ -771,5 +772,25 @@ mod tests {
                 "{name}"
             );
         }
+        // What an agent is sent: tun4 (new) only, tun2 being bound again where it
+        // was; nothing gone. Then tun1 leaves from the middle.
+        let seen = InterfacesSeen::of(&prev);
+        let next = Generation::with_changed_interfaces(
+            2,
+            Arc::clone(&again.snapshot),
+            Arc::clone(&again.classifier),
+            after,
+        );
+        let changes = seen.changes(&next).unwrap();
+        let names =
+            |c: &InterfaceChanges<'_>| c.changed.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&changes), ["tun4"]);
+        assert!(changes.gone.is_empty());
+        let without_1 = build(state_of(&[3, 2, 4]));
+        let changes = InterfacesSeen::of(&next).changes(&without_1).unwrap();
+        // Bound again from scratch: the same places, so nothing changed but the gone.
+        assert!(names(&changes).is_empty(), "{:?}", names(&changes));
+        assert_eq!(changes.gone, ["tun1"]);
+        assert!(InterfacesSeen::default().changes(&next).is_none());
     }
 }
