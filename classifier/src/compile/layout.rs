@@ -562,9 +562,15 @@ impl AtomSlots {
         let mut slots = Vec::new();
         let mut compact: Vec<u64> = Vec::new();
         let mut bitmap = vec![0u64; w];
-        let mut groups: Vec<&[(AtomId, u8, u32)]> = self.uses.chunk_by(|a, b| a.0 == b.0).collect();
-        groups.sort_by_key(|g| g.iter().map(|u| u.2).min());
-        for atom_uses in groups {
+        // Each atom's uses with its first rule, the key the slots are ordered by
+        // (computed once per atom, not per comparison).
+        let mut groups: Vec<(Option<u32>, &[(AtomId, u8, u32)])> = self
+            .uses
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|g| (g.iter().map(|u| u.2).min(), g))
+            .collect();
+        groups.sort_by_key(|(first, _)| *first);
+        for (_, atom_uses) in groups {
             let Some(&(atom, _, _)) = atom_uses.first() else {
                 continue;
             };
