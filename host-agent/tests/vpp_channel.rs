@@ -451,8 +451,7 @@ fn chunks_follow_the_plugins_caps() {
 
 /// The agent asks to be sent the policed interfaces only when they change, and only
 /// what changed: after a delta that leaves them (the plugin says "unchanged"), its
-/// status still lists them; after an endpoint leaves (its name alone is sent), it
-/// lists the others.
+/// status still lists them; after an endpoint leaves, it lists the others.
 #[test]
 fn the_agent_keeps_the_interfaces_across_deltas() {
     use capo_agent::core::daemon::{Daemon, FelixOptions};
@@ -492,8 +491,8 @@ fn the_agent_keeps_the_interfaces_across_deltas() {
     wait("the delta", &|| handle.status().confirmed > confirmed);
     assert!(plugin.show(Show::Ipsets, 0).contains("11.0.0.199/32"));
     assert_eq!(policed(), first);
-    // The seed's endpoint leaves: the plugin sends its name alone, and the agent's
-    // list follows.
+    // The seed's endpoint leaves (the plugin sends it as gone): the agent's list
+    // loses it.
     let removal = seed()
         .into_iter()
         .find_map(|m| match m.payload {

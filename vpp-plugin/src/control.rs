@@ -826,9 +826,15 @@ impl<C: VppContext> ControlCore<C> {
         }
     }
 
-    /// Records and answers a refusal (the active generation stays).
+    /// Records and answers a refusal (the active generation stays). An agent that
+    /// keeps the interfaces takes none from a refusal, so none are sent to it (nor
+    /// counted as sent); others get the whole list, as always.
     fn refused(&mut self, id: u64, full: bool, base_id: u64, e: RefusedError, now: u64) -> Applied {
-        let reply = self.interfaces_reply();
+        let reply = if self.interfaces_when_changed || self.interfaces_as_changes {
+            Applied::default()
+        } else {
+            self.interfaces_reply()
+        };
         let mut s = lock(&self.status);
         s.refused += 1;
         let error = e.to_string();

@@ -1651,7 +1651,7 @@ fn interfaces_are_sent_as_changes_to_agents_that_apply_them() {
             ..Hello::default()
         })),
     };
-    core.on_message(applying, 0);
+    core.on_message(applying.clone(), 0);
     // The agent's side: endpoint → VPP index, as the replies say.
     let mut held: std::collections::BTreeMap<String, u32> = Default::default();
     let mut follow = |a: &Applied| {
@@ -1704,6 +1704,19 @@ fn interfaces_are_sent_as_changes_to_agents_that_apply_them() {
     core.context_mut().delete("tun3");
     core.context_mut().create("tun3", 9);
     assert!(!core.rebind(1).unwrap().is_empty());
+    // A refusal in between carries no interfaces (the agent takes none from it),
+    // so the move is still sent with the next generation applied.
+    let refused = applied(core.on_message(
+        generation(4, false, 1, vec![member_delta(&["11.0.0.201/32"], &[])]),
+        0,
+    ));
+    assert!(!refused.ok, "{refused:?}");
+    assert!(
+        refused.interfaces.is_empty()
+            && !refused.interfaces_changes
+            && !refused.interfaces_unchanged,
+        "{refused:?}"
+    );
     let a = applied(core.on_message(
         generation(4, false, 3, vec![member_delta(&["11.0.0.201/32"], &[])]),
         0,
@@ -1733,14 +1746,21 @@ fn interfaces_are_sent_as_changes_to_agents_that_apply_them() {
     assert!(a.interfaces_changes && a.interfaces.is_empty(), "{a:?}");
     assert_eq!(a.interfaces_gone, ["tun9"]);
     assert_eq!(follow(&a), table(&plugin));
-    // A new connection gets the whole list again.
+    // A new connection gets the whole list again, then changes.
     core.on_disconnect(6);
-    core.on_message(hello(1, &[]), 6);
+    core.on_message(applying, 6);
     let a = applied(core.on_message(
         generation(6, false, 5, vec![member_delta(&["11.0.0.202/32"], &[])]),
         6,
     ));
     assert!(!a.interfaces_changes && a.interfaces.len() == 2, "{a:?}");
+    assert_eq!(follow(&a), table(&plugin));
+    let a = applied(core.on_message(
+        generation(7, false, 6, vec![seed_workload("default/ts9", "tun9")]),
+        6,
+    ));
+    assert!(a.interfaces_changes && a.interfaces.len() == 1, "{a:?}");
+    assert_eq!(follow(&a), table(&plugin));
 }
 
 /// A generation's bindings build its interface table again as it is.
@@ -1870,8 +1890,8 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
         vec![remove("default/ts9", "tun9")],
         // The unknown one renamed to the interface VPP has.
         vec![seed_workload("default/ts8", "tun9")],
-        // Two more after it, then it leaves and comes back (last now: the order
-        // the generation before had parts from the state's).
+        // Two more after it, then it leaves and comes back (last in the state
+        // then).
         vec![
             seed_workload("default/ts5", "tun5"),
             seed_workload("default/ts4", "tun4"),

@@ -1065,7 +1065,7 @@ impl SinkThread {
                 if a.interfaces_changes {
                     apply_interface_changes(&mut s.interfaces, a.interfaces, &a.interfaces_gone);
                 } else if !a.interfaces_unchanged {
-                    s.interfaces = a.interfaces;
+                    s.interfaces = one_per_endpoint(a.interfaces);
                 }
                 drop(s);
                 self.send_planned_share();
@@ -1314,8 +1314,19 @@ pub fn release(socket: &Path) -> Result<(String, usize), VppError> {
     Ok((ch.plugin_version().to_string(), before))
 }
 
-/// Applies an `Applied`'s interface changes to the list last got: an endpoint
-/// policed elsewhere keeps its place, a new one comes last, a gone one leaves.
+/// A whole list of interfaces, one entry per endpoint name: endpoints that share a
+/// name are policed at one place (VPP binds by name), and changes name endpoints by
+/// their names.
+fn one_per_endpoint(list: Vec<BoundInterface>) -> Vec<BoundInterface> {
+    let mut seen = HashSet::new();
+    list.into_iter()
+        .filter(|b| seen.insert(b.endpoint.clone()))
+        .collect()
+}
+
+/// Applies an `Applied`'s interface changes to the list last got (one entry per
+/// endpoint name): an endpoint policed elsewhere keeps its place, a new one comes
+/// last, a gone one leaves.
 fn apply_interface_changes(
     list: &mut Vec<BoundInterface>,
     changed: Vec<BoundInterface>,
@@ -1368,6 +1379,16 @@ mod tests {
         assert_eq!(got, [("tap0", 1), ("tun3", 9), ("tun9", 19)]);
         apply_interface_changes(&mut list, vec![], &[]);
         assert_eq!(list.len(), 3);
+        // Two endpoints of one name are one entry, in a whole list and in changes
+        // (a move names it twice).
+        let mut list = one_per_endpoint(vec![b("tap0", 1), b("tun5", 5), b("tun5", 5)]);
+        assert_eq!(list.len(), 2);
+        apply_interface_changes(&mut list, vec![b("tun5", 6), b("tun5", 6)], &[]);
+        let got: Vec<(&str, u32)> = list
+            .iter()
+            .map(|i| (i.endpoint.as_str(), i.sw_if_index))
+            .collect();
+        assert_eq!(got, [("tap0", 1), ("tun5", 6)]);
     }
 
     fn ipset_update(id: &str, members: Vec<String>) -> pb::ToDataplane {
