@@ -515,9 +515,11 @@ const _: () = assert!(KINDS <= 64);
 /// zeroed bitmap per atom and kind.
 struct AtomSlots {
     w: usize,
-    /// (atom, kind, rule).
-    uses: Vec<(AtomId, u8, u32)>,
+    uses: Vec<AtomUse>,
 }
+
+/// A rule's use of an atom: (atom, kind, rule).
+type AtomUse = (AtomId, u8, u32);
 
 impl AtomSlots {
     fn new(w: usize) -> Self {
@@ -564,7 +566,7 @@ impl AtomSlots {
         let mut bitmap = vec![0u64; w];
         // Each atom's uses with its first rule, the key the slots are ordered by
         // (computed once per atom, not per comparison).
-        let mut groups: Vec<(Option<u32>, &[(AtomId, u8, u32)])> = self
+        let mut groups: Vec<(Option<u32>, &[AtomUse])> = self
             .uses
             .chunk_by(|a, b| a.0 == b.0)
             .map(|g| (g.iter().map(|u| u.2).min(), g))
