@@ -892,11 +892,12 @@ impl<C: VppContext> ControlCore<C> {
                 ..Applied::default()
             };
         }
-        let reply = match self
-            .interfaces_sent
-            .changes(&active)
-            .filter(|_| self.interfaces_as_changes)
-        {
+        let changes = if self.interfaces_as_changes {
+            self.interfaces_sent.changes(&active)
+        } else {
+            None
+        };
+        let reply = match changes {
             Some(changes) => Applied {
                 interfaces: changes.changed.into_iter().map(bound_interface).collect(),
                 interfaces_changes: true,

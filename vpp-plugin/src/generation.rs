@@ -205,10 +205,76 @@ pub struct Generation {
 #[derive(Debug, Clone, Default)]
 pub struct InterfacesSeen(Option<Arc<Policed>>);
 
-/// Whether two entries police their endpoint at the same place, bound the same way.
+/// Whether two entries police one endpoint name at the same place, bound the same
+/// way.
 fn same_place(a: &Iface, b: &Iface) -> bool {
     std::ptr::eq(a, b)
-        || (a.sw_if_index == b.sw_if_index && a.how == b.how && a.vpp_name == b.vpp_name)
+        || (a.name == b.name
+            && a.sw_if_index == b.sw_if_index
+            && a.how == b.how
+            && a.vpp_name == b.vpp_name)
+}
+
+/// Finds a table's entries by name for endpoints met in the table's order but for
+/// a few: walking the table, with a name map made only where the orders part.
+struct TableWalk<'a> {
+    old: &'a [Arc<Iface>],
+    next: usize,
+    /// Entries the walk stepped over (a removed endpoint's, usually).
+    passed: Vec<&'a Arc<Iface>>,
+    by_name: Option<HashMap<&'a str, &'a Arc<Iface>>>,
+}
+
+impl<'a> TableWalk<'a> {
+    fn new(old: &'a [Arc<Iface>]) -> Self {
+        TableWalk {
+            old,
+            next: 0,
+            passed: Vec::new(),
+            by_name: None,
+        }
+    }
+
+    /// The entry named `name`, passing over the entries `skip` says in the walk.
+    fn find(&mut self, name: &str, skip: impl Fn(&Iface) -> bool) -> Option<&'a Arc<Iface>> {
+        let old = self.old;
+        while let Some(f) = old.get(self.next).filter(|f| skip(f)) {
+            self.passed.push(f);
+            self.next += 1;
+        }
+        match old.get(self.next) {
+            Some(f) if f.name == name => {
+                self.next += 1;
+                Some(f)
+            }
+            // One entry stepped over (an endpoint removed from the middle).
+            Some(f)
+                if self.by_name.is_none()
+                    && old.get(self.next + 1).is_some_and(|g| g.name == name) =>
+            {
+                self.passed.push(f);
+                self.next += 2;
+                old.get(self.next - 1)
+            }
+            // The whole table met in order: nothing of it is left to find (the
+            // usual end of an endpoint added).
+            None if self.by_name.is_none() => None,
+            _ => self
+                .by_name
+                .get_or_insert_with(|| old.iter().map(|f| (f.name.as_str(), f)).collect())
+                .get(name)
+                .copied(),
+        }
+    }
+
+    /// The entries the walk did not meet, when it met the others in order without
+    /// the name map (`None` once the map was made).
+    fn unmet(&self) -> Option<impl Iterator<Item = &'a Arc<Iface>> + '_> {
+        let rest = self.old.get(self.next..).unwrap_or_default();
+        self.by_name
+            .is_none()
+            .then(|| self.passed.iter().copied().chain(rest))
+    }
 }
 
 /// What a generation polices differently from an [`InterfacesSeen`] table.
@@ -239,36 +305,32 @@ impl InterfacesSeen {
     /// bound again is compared entry by entry.
     pub fn changes<'g>(&self, g: &'g Generation) -> Option<InterfaceChanges<'g>> {
         let old = &self.0.as_ref()?.ifaces;
-        let mut next_old = 0;
-        let mut by_name: Option<HashMap<&str, &Arc<Iface>>> = None;
+        let mut walk = TableWalk::new(old);
         let mut changes = InterfaceChanges::default();
         for f in &g.policed.ifaces {
-            let same = match old.get(next_old) {
-                Some(o) if Arc::ptr_eq(o, f) || (o.name == f.name && same_place(o, f)) => {
-                    next_old += 1;
-                    true
-                }
-                // The whole table met in order: `f` is new (the usual end of an
-                // endpoint added).
-                _ if by_name.is_none() && next_old == old.len() => false,
-                _ => by_name
-                    .get_or_insert_with(|| old.iter().map(|o| (o.name.as_str(), o)).collect())
-                    .get(f.name.as_str())
-                    .is_some_and(|o| same_place(o, f)),
-            };
-            if !same {
+            if !walk
+                .find(&f.name, |_| false)
+                .is_some_and(|o| same_place(o, f))
+            {
                 changes.changed.push(f);
             }
         }
-        // Unless the walk met the whole table, some of its names may be gone.
-        if by_name.is_some() || next_old < old.len() {
-            let now: HashSet<&str> = g.policed.ifaces.iter().map(|f| f.name.as_str()).collect();
-            changes.gone = old
-                .iter()
-                .filter(|o| !now.contains(o.name.as_str()))
+        // A name is gone when no entry of `g` has it: of the entries the walk did
+        // not meet (few), or of the whole table once the orders parted.
+        let new = &g.policed.ifaces;
+        changes.gone = match walk.unmet() {
+            Some(unmet) => unmet
+                .filter(|o| !new.iter().any(|f| f.name == o.name))
                 .map(|o| o.name.clone())
-                .collect();
-        }
+                .collect(),
+            None => {
+                let now: HashSet<&str> = new.iter().map(|f| f.name.as_str()).collect();
+                old.iter()
+                    .filter(|o| !now.contains(o.name.as_str()))
+                    .map(|o| o.name.clone())
+                    .collect()
+            }
+        };
         Some(changes)
     }
 }
@@ -375,24 +437,16 @@ impl Generation {
     ) -> Option<ChangedInterfaces> {
         // A delta changes a few endpoints: asking the set about every endpoint would
         // hash every name.
-        let few: Vec<&str> = if changed.len() <= FEW_CHANGED {
-            changed.iter().map(String::as_str).collect()
-        } else {
-            Vec::new()
-        };
-        let is_changed = |name: &str| {
-            if changed.len() <= FEW_CHANGED {
-                few.contains(&name)
-            } else {
-                changed.contains(name)
-            }
+        let few: Option<Vec<&str>> =
+            (changed.len() <= FEW_CHANGED).then(|| changed.iter().map(String::as_str).collect());
+        let is_changed = |name: &str| match &few {
+            Some(few) => few.contains(&name),
+            None => changed.contains(name),
         };
         // `prev`'s entries come in the order `policed` gives, which a delta keeps
-        // for every endpoint it does not change: they are met walking both lists,
-        // and looked up by name (a map made then) only where the orders part.
+        // for every endpoint it does not change.
         let old = &prev.policed.ifaces;
-        let mut next_old = 0;
-        let mut by_name: Option<HashMap<&str, &Arc<Iface>>> = None;
+        let mut walk = TableWalk::new(old);
         let mut unknown_before: Option<HashSet<&str>> = None;
         let mut ifaces = Vec::with_capacity(old.len() + changed.len());
         let mut unknown = Vec::new();
@@ -404,20 +458,7 @@ impl Generation {
                 }
                 continue;
             }
-            while old.get(next_old).is_some_and(|f| is_changed(&f.name)) {
-                next_old += 1;
-            }
-            let found = match old.get(next_old) {
-                Some(f) if f.name == p.name => {
-                    next_old += 1;
-                    Some(f)
-                }
-                _ => by_name
-                    .get_or_insert_with(|| old.iter().map(|f| (f.name.as_str(), f)).collect())
-                    .get(p.name)
-                    .copied(),
-            };
-            if let Some(f) = found {
+            if let Some(f) = walk.find(p.name, |f| is_changed(&f.name)) {
                 if !p.kind.is(&f.kind) || p.inverted != f.inverted {
                     return None;
                 }
