@@ -96,7 +96,7 @@ impl Default for FlowConfig {
 /// A flow's key: interface, protocol, and the two endpoints in canonical order.
 /// Addresses are widened to 128 bits with their families beside them, so a key is
 /// plain integers: one comparison and a few multiplies to hash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FlowKey {
     a: u128,
     b: u128,
@@ -106,6 +106,22 @@ struct FlowKey {
     proto: u8,
     /// Bit 0: `a` is IPv6; bit 1: `b` is IPv6.
     families: u8,
+}
+
+impl std::hash::Hash for FlowKey {
+    /// Three 128-bit words (the addresses, then the rest packed into one), each a
+    /// single multiply in the flow table's hasher; the fields written one by one
+    /// cost four partial-word writes more.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(self.a);
+        state.write_u128(self.b);
+        state.write_u128(
+            u128::from(self.ports) << 64
+                | u128::from(self.sw_if_index) << 32
+                | u128::from(self.proto) << 8
+                | u128::from(self.families),
+        );
+    }
 }
 
 /// An endpoint as the key orders it: family, address, port.
@@ -464,6 +480,7 @@ impl FlowTable {
         self.free.push(slot);
     }
 
+    #[inline(always)]
     fn lookup(&mut self, k: &Keyed, dir: Direction, now: u64, c: &WorkerCounters) -> Lookup {
         let Some(slot) = self.find(k) else {
             return Lookup::Miss(None);
@@ -486,6 +503,7 @@ impl FlowTable {
         }
     }
 
+    #[inline(always)]
     fn touch(&mut self, slot: u32, reply: bool, flags: u8, now: u64) {
         if let Some(f) = self.flow_mut(slot) {
             f.last_seen = now;
@@ -763,15 +781,12 @@ impl Worker {
         self.decide(generation, input, &k, now.0)
     }
 
+    /// Decides one packet: a flow-table hit here, inlined into the frame loop (most
+    /// packets of a busy link), the rest in [`Worker::classify_miss`].
+    #[inline(always)]
     fn decide(&mut self, generation: &Generation, input: &Input, k: &Keyed, now: u64) -> Verdict {
         let c = &*self.counters;
-        let Input {
-            sw_if_index,
-            dir,
-            packet,
-            len,
-        } = *input;
-        let stale = match self.flows.lookup(k, dir, now, c) {
+        let stale = match self.flows.lookup(k, input.dir, now, c) {
             Lookup::Miss(stale) => stale,
             Lookup::Hit(slot, reply) => {
                 if self.flows.cfg.established_flows == EstablishedFlows::Revalidate {
@@ -786,12 +801,38 @@ impl Worker {
                         return v;
                     }
                 }
-                self.flows.touch(slot, reply, packet.tcp_flags, now);
+                self.flows.touch(slot, reply, input.packet.tcp_flags, now);
                 c.flow(FlowEvent::Hit, 1);
-                c.verdict(sw_if_index, dir, Verdict::Allow, u64::from(len));
+                c.verdict(
+                    input.sw_if_index,
+                    input.dir,
+                    Verdict::Allow,
+                    u64::from(input.len),
+                );
                 return Verdict::Allow;
             }
         };
+        self.classify_miss(generation, input, k, stale, now)
+    }
+
+    /// A packet no flow allows: classified, and an allowed one opens a flow
+    /// (replacing `stale`, a flow of the same key it could not use).
+    #[inline(never)]
+    fn classify_miss(
+        &mut self,
+        generation: &Generation,
+        input: &Input,
+        k: &Keyed,
+        stale: Option<u32>,
+        now: u64,
+    ) -> Verdict {
+        let c = &*self.counters;
+        let Input {
+            sw_if_index,
+            dir,
+            packet,
+            len,
+        } = *input;
         c.flow(FlowEvent::Classified, 1);
         let Some(iface) = generation.interface_by_sw_if_index(sw_if_index) else {
             c.flow(FlowEvent::NoInterface, 1);
