@@ -113,7 +113,7 @@ fn full_then_delta_then_reconnect() {
     // The plugin compiled the full generation once and each delta incrementally.
     let gens = plugin.show(Show::Generations, 0);
     assert!(
-        gens.contains("compiled: 2 incremental, 1 from scratch"),
+        gens.contains("compiled: 2 incremental, 0 re-indexed, 1 from scratch"),
         "{gens}"
     );
 }

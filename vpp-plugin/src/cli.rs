@@ -310,9 +310,9 @@ fn generations(ctx: &CliCtx<'_>) -> String {
     let c = s.compiled;
     let _ = writeln!(
         out,
-        "compiled: {} incremental, {} from scratch; state copies: {} (replayed instead: {}, \
-         {} of them from copies made in the background)",
-        c.incremental, c.full, c.state_copies, c.replayed, c.background_copies
+        "compiled: {} incremental, {} re-indexed, {} from scratch; state copies: {} \
+         (replayed instead: {}, {} of them from copies made in the background)",
+        c.incremental, c.reindexed, c.full, c.state_copies, c.replayed, c.background_copies
     );
     for r in s.history.iter().rev() {
         let kind = if r.full {

@@ -17,8 +17,8 @@
 //! 3. Compile incrementally: the validated updates go one by one through
 //!    `Builder::apply`, on the builder's own copy of the state, which recompiles only
 //!    what each update touches (an IP-set member change touches index entries only).
-//!    Only when an already known interface changes its VPP index (the classifier's
-//!    interface table must be rebuilt) does it compile from scratch.
+//!    When an already known interface changes its VPP index, the classifier's
+//!    interface tables are redrawn with no program compiled (`Builder::reindex`).
 //! 4. Commit under VPP's barrier. If VPP refuses, the builder is rebuilt from the
 //!    active generation, so it always mirrors what workers run.
 //!
@@ -61,7 +61,7 @@
 //!   agent epoch;
 //! - `(epoch, id)` strictly increases; a full generation must end with `InSync`.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, BufReader};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -176,6 +176,13 @@ pub struct Commit {
     pub enable: Vec<SwIfIndex>,
     /// Interfaces that lose them.
     pub disable: Vec<SwIfIndex>,
+}
+
+/// `v` sorted, each index once.
+fn sorted_unique(mut v: Vec<SwIfIndex>) -> Vec<SwIfIndex> {
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// What the control path needs from VPP.
@@ -310,11 +317,14 @@ pub struct Status {
 /// How generations were compiled (`show capo generations`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompileStats {
-    /// Generations compiled from scratch (full generations, interface renumbering,
-    /// recovery after a refused commit).
+    /// Generations compiled from scratch (full generations, recovery after a refused
+    /// commit).
     pub full: u64,
     /// Deltas compiled incrementally (`Builder::apply`).
     pub incremental: u64,
+    /// Generations whose interfaces moved to other VPP indexes, published with their
+    /// interface tables redrawn and no program compiled (`Builder::reindex`).
+    pub reindexed: u64,
     /// Whole-state copies made (full generations, or no retired snapshot free).
     pub state_copies: u64,
     /// Views' copies brought forward by replaying deltas instead.
@@ -1123,18 +1133,30 @@ impl<C: VppContext> ControlCore<C> {
                 disable: Vec::new(),
             });
         }
-        let before: BTreeSet<SwIfIndex> = before
-            .iter()
-            .flat_map(|a| a.interfaces().iter().map(|i| i.sw_if_index))
-            .collect();
-        let after: BTreeSet<SwIfIndex> = next.interfaces().iter().map(|i| i.sw_if_index).collect();
-        let mut enable: BTreeSet<SwIfIndex> = after.difference(&before).copied().collect();
-        enable.extend(restore.iter().filter(|i| after.contains(i)));
+        // Sorted lists, not tree sets: an endpoint delta compares two lists of every
+        // policed interface, and a tree allocates a node per few entries.
+        let before = sorted_unique(
+            before
+                .iter()
+                .flat_map(|a| a.interfaces().iter().map(|i| i.sw_if_index))
+                .collect(),
+        );
+        let after = sorted_unique(next.interfaces().iter().map(|i| i.sw_if_index).collect());
+        let has = |set: &[SwIfIndex], i: &SwIfIndex| set.binary_search(i).is_ok();
+        let enable = sorted_unique(
+            after
+                .iter()
+                .filter(|i| !has(&before, i))
+                .chain(restore.iter().filter(|i| has(&after, i)))
+                .copied()
+                .collect(),
+        );
+        let disable = before.iter().filter(|i| !has(&after, i)).copied().collect();
         self.ctx.commit(Commit {
             cell: Arc::clone(&self.cell),
             next,
-            enable: enable.into_iter().collect(),
-            disable: before.difference(&after).copied().collect(),
+            enable,
+            disable,
         })
     }
 
@@ -1275,20 +1297,9 @@ impl<C: VppContext> ControlCore<C> {
             c.ids
                 .set_interface_shown_name(name, bound.map_or(name, |b| b.vpp_name.as_str()));
         }
-        let generation = if full || renumbered {
-            if full {
-                c.state = v.state.clone();
-                self.stats().compiled.state_copies += 1;
-            } else {
-                for (index, u) in v.updates.iter().enumerate() {
-                    // Validated on the same state: cannot fail; if it does, refuse.
-                    if let Err(source) = c.state.apply(u.clone()) {
-                        self.compiled = Some(c);
-                        self.recompile_active();
-                        return Err(RefusedError::Compile { index, source });
-                    }
-                }
-            }
+        let generation = if full {
+            c.state = v.state.clone();
+            self.stats().compiled.state_copies += 1;
             c.ids.sync(&c.state);
             self.stats().compiled.full += 1;
             c.builder.build(&c.state, &c.ids)
@@ -1304,10 +1315,18 @@ impl<C: VppContext> ControlCore<C> {
                     }
                 }
             }
-            self.stats().compiled.incremental += 1;
-            match last {
-                Some(g) => g,
-                None => c.builder.build(&c.state, &c.ids),
+            if !renumbered || !v.updates.is_empty() {
+                self.stats().compiled.incremental += 1;
+            }
+            if renumbered && c.builder.current().is_some() {
+                // An endpoint's interface moved: its tables redrawn, nothing compiled.
+                self.stats().compiled.reindexed += 1;
+                c.builder.reindex(&c.ids)
+            } else {
+                match last {
+                    Some(g) => g,
+                    None => c.builder.build(&c.state, &c.ids),
+                }
             }
         };
         let ids = c.ids.clone();
@@ -1667,7 +1686,7 @@ pub struct FakeVpp {
     /// Interfaces VPP "has".
     pub interfaces: HashMap<String, SwIfIndex>,
     /// Interfaces with the capo features enabled.
-    pub enabled: BTreeSet<SwIfIndex>,
+    pub enabled: std::collections::BTreeSet<SwIfIndex>,
     /// `(generation, enabled, disabled)` per commit.
     pub commits: Vec<(u64, Vec<SwIfIndex>, Vec<SwIfIndex>)>,
     /// Refuse commits (as VPP does when a feature cannot be enabled).
@@ -1699,7 +1718,7 @@ impl FakeVpp {
                 .iter()
                 .map(|(n, i)| (n.to_string(), SwIfIndex(*i)))
                 .collect(),
-            enabled: BTreeSet::new(),
+            enabled: std::collections::BTreeSet::new(),
             commits: Vec::new(),
             fail_commits: false,
             shares: Vec::new(),

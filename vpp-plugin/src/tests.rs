@@ -697,8 +697,8 @@ fn deltas_compile_incrementally_and_reuse_retired_snapshots() {
     let gens = plugin.show(Show::Generations, 0);
     assert!(
         gens.contains(
-            "compiled: 6 incremental, 1 from scratch; state copies: 1 (replayed instead: 6, \
-             2 of them from copies made in the background)"
+            "compiled: 6 incremental, 0 re-indexed, 1 from scratch; state copies: 1 \
+             (replayed instead: 6, 2 of them from copies made in the background)"
         ),
         "{gens}"
     );
@@ -1272,6 +1272,52 @@ fn a_recreated_interface_gets_its_features_back() {
     let g = plugin.cell.load().unwrap();
     assert!(g.interface(SwIfIndex(11)).is_none());
     assert_eq!(g.unknown_interfaces(), ["tun3".to_string()]);
+}
+
+/// A pod's interface created again under another index (CalicoVPP makes a new tap)
+/// moves its endpoint: the classifier's interface tables are redrawn, no program is
+/// compiled, and the endpoint is policed at the new index as it was at the old one.
+#[test]
+fn a_moved_interface_is_reindexed_not_compiled() {
+    let (plugin, mut core) = seeded();
+    let from = |a: &str, port: u16| ip_bytes(&tcp(a, "11.0.0.67", 40000, port));
+    let probes = [
+        from("11.0.0.196", 5978),
+        from("11.0.0.196", 5979),
+        from("11.0.0.9", 5978),
+    ];
+    let before: Vec<Next> = probes
+        .iter()
+        .map(|b| verdict_at(&plugin, b, SwIfIndex(11)))
+        .collect();
+    assert!(before.contains(&Next::Drop) && before.contains(&Next::NextFeature));
+    core.context_mut().delete("tun3");
+    core.context_mut().create("tun3", 12);
+    let changes = core.rebind(5).unwrap();
+    assert_eq!(changes, vec!["tun3 -> tun3 sw_if_index 12".to_string()]);
+    let s = plugin.status.lock().unwrap().compiled;
+    assert_eq!((s.full, s.reindexed), (1, 1), "{s:?}");
+    let after: Vec<Next> = probes
+        .iter()
+        .map(|b| verdict_at(&plugin, b, SwIfIndex(12)))
+        .collect();
+    assert_eq!(after, before);
+    let g = plugin.cell.load().unwrap();
+    assert!(g.interface(SwIfIndex(11)).is_none());
+    assert!(core.context().enabled.contains(&SwIfIndex(12)));
+    assert!(plugin
+        .show(Show::Interfaces, 6)
+        .contains("[tun3 sw_if_index=12  addr=11.0.0.67"));
+    // The next delta compiles on the moved tables.
+    let a = applied(core.on_message(
+        generation(2, false, 1, vec![member_delta(&["11.0.0.9/32"], &[])]),
+        7,
+    ));
+    assert!(a.ok, "{}", a.error);
+    let s = plugin.status.lock().unwrap().compiled;
+    assert_eq!((s.full, s.incremental, s.reindexed), (1, 1, 1), "{s:?}");
+    let g = plugin.cell.load().unwrap();
+    assert!(g.interface(SwIfIndex(12)).is_some() && g.interface(SwIfIndex(11)).is_none());
 }
 
 #[test]

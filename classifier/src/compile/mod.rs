@@ -180,6 +180,22 @@ impl Builder {
         self.publish()
     }
 
+    /// Publishes the next generation with every interface at the `sw_if_index` `ids`
+    /// gives it now (VPP created an endpoint's interface again under another index,
+    /// or deleted it): the interface tables are redrawn, no program is compiled.
+    pub fn reindex(&mut self, ids: &IdTable) -> Arc<Generation> {
+        for iface in self.ifaces.values_mut() {
+            let now = ids.interface(&iface.name);
+            if iface.sw_if_index != now {
+                let mut moved = Iface::clone(iface);
+                moved.sw_if_index = now;
+                *iface = Arc::new(moved);
+            }
+        }
+        self.relist(ids);
+        self.publish()
+    }
+
     /// Validates and applies `update` to `state` (re-syncing `ids` when rules or
     /// endpoints change), then builds the next generation from what changed. On a
     /// rejected update nothing changes and the error is returned; an update that
@@ -544,5 +560,61 @@ mod tests {
             incremental > 300,
             "names unique around {incremental} updates of 600"
         );
+    }
+
+    /// An interface VPP created again under another index is found there after a
+    /// re-index, and nowhere else; the maps are a full rebuild's; every program is
+    /// the one before (nothing compiled), so packets get the same decisions.
+    #[test]
+    fn reindex_moves_interfaces_and_compiles_nothing() {
+        let mut state = State::new();
+        let mut ids = IdTable::default();
+        let mut b = Builder::new();
+        let key = |n: u32| WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: format!("ns/pod{n}"),
+            endpoint: "eth0".into(),
+        };
+        for n in 0..3u32 {
+            let endpoint = WorkloadEndpoint {
+                name: format!("tun{n}"),
+                profile_ids: vec![],
+                ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, 0, n as u8 + 1]))],
+                ipv6_nets: vec![],
+                tiers: vec![],
+            };
+            b.apply(
+                &mut state,
+                &mut ids,
+                Update::WorkloadUpdate(key(n), endpoint),
+            )
+            .unwrap();
+        }
+        let before = b.current().unwrap().clone();
+        let old = ids.interface("tun1").unwrap();
+        ids.set_interface_index("tun1", 500);
+        let after = b.reindex(&ids);
+        assert!(after.id() > before.id());
+        assert_eq!(*b.maps, rebuilt(&b, &ids));
+        let tun1 = after.interface("tun1").unwrap();
+        assert_eq!(after.interface_by_sw_if_index(500), Some(tun1));
+        assert_eq!(after.interface_by_sw_if_index(old), None);
+        assert_eq!(after.interface_info(tun1).map(|i| i.2), Some(Some(500)));
+        for n in [0, 2] {
+            let name = format!("tun{n}");
+            let sw = ids.interface(&name).unwrap();
+            assert_eq!(after.interface_by_sw_if_index(sw), after.interface(&name));
+        }
+        // The same programs, direction by direction: nothing was compiled.
+        assert_eq!(before.direct.len(), after.direct.len());
+        for (a, z) in before.direct.iter().zip(after.direct.iter()) {
+            for (p, q) in a.iter().zip(z) {
+                match (p, q) {
+                    (Some(p), Some(q)) => assert!(Arc::ptr_eq(p, q)),
+                    (None, None) => {}
+                    _ => panic!("a direction gained or lost its program"),
+                }
+            }
+        }
     }
 }
