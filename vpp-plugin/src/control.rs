@@ -1117,7 +1117,9 @@ impl<C: VppContext> ControlCore<C> {
     }
 
     /// Publishes `next` with the features it needs: enabled on its interfaces that
-    /// `before` did not police and on `restore`, disabled on those it no longer polices.
+    /// `before` did not police, on `restore`, and on indexes `before` policed for
+    /// another endpoint where VPP no longer has them; disabled on those it no longer
+    /// polices.
     fn flip(
         &mut self,
         before: Option<&Generation>,
@@ -1133,6 +1135,7 @@ impl<C: VppContext> ControlCore<C> {
                 disable: Vec::new(),
             });
         }
+        let before_generation = before;
         // Sorted lists, not tree sets: an endpoint delta compares two lists of every
         // policed interface, and a tree allocates a node per few entries.
         let before = sorted_unique(
@@ -1143,11 +1146,32 @@ impl<C: VppContext> ControlCore<C> {
         );
         let after = sorted_unique(next.interfaces().iter().map(|i| i.sw_if_index).collect());
         let has = |set: &[SwIfIndex], i: &SwIfIndex| set.binary_search(i).is_ok();
+        // An index policed before and after for different endpoints: VPP may have
+        // deleted the first one's interface (clearing its features) and given the
+        // index to the next one's. Its features are checked, not assumed.
+        let reused: Vec<SwIfIndex> = match before_generation {
+            Some(b) => next
+                .interfaces()
+                .iter()
+                .filter(|i| {
+                    b.interface(i.sw_if_index)
+                        .is_some_and(|old| old.name != i.name || old.kind != i.kind)
+                })
+                .map(|i| i.sw_if_index)
+                .collect(),
+            None => Vec::new(),
+        };
+        let missing = if reused.is_empty() {
+            Vec::new()
+        } else {
+            self.ctx.without_features(&reused)?
+        };
         let enable = sorted_unique(
             after
                 .iter()
                 .filter(|i| !has(&before, i))
                 .chain(restore.iter().filter(|i| has(&after, i)))
+                .chain(&missing)
                 .copied()
                 .collect(),
         );

@@ -1320,6 +1320,75 @@ fn a_moved_interface_is_reindexed_not_compiled() {
     assert!(g.interface(SwIfIndex(12)).is_some() && g.interface(SwIfIndex(11)).is_none());
 }
 
+/// VPP gives a freed index to the next interface it creates. When one re-binding
+/// sees both (tun3 deleted and created again at 12, a pod's tun9 created at 11, where
+/// tun3 was), the index stays policed but its interface is new and has no features:
+/// they are enabled, so tun9's packets reach capo's nodes.
+#[test]
+fn a_reused_index_gets_its_features_in_a_rebinding() {
+    let (plugin, mut core) = seeded();
+    let a = applied(core.on_message(
+        generation(2, false, 1, vec![seed_workload("default/ts9", "tun9")]),
+        0,
+    ));
+    assert!(a.ok, "{}", a.error);
+    assert!(a.unknown_interfaces.contains(&"tun9".to_string()), "{a:?}");
+    core.context_mut().delete("tun3");
+    core.context_mut().create("tun3", 12);
+    core.context_mut().create("tun9", 11);
+    assert!(!core.context().enabled.contains(&SwIfIndex(11)));
+    let changes = core.rebind(5).unwrap();
+    assert!(
+        changes.contains(&"tun9 -> tun9 sw_if_index 11".to_string()),
+        "{changes:?}"
+    );
+    assert!(core.context().enabled.contains(&SwIfIndex(11)));
+    assert!(core.context().enabled.contains(&SwIfIndex(12)));
+    let g = plugin.cell.load().unwrap();
+    assert_eq!(
+        g.interface(SwIfIndex(11)).map(|i| i.name.as_str()),
+        Some("tun9")
+    );
+}
+
+/// The same in a delta: VPP deleted tun3's interface and gave its index to tun9's
+/// before the rebinder ran; the delta that removes tun3's endpoint and adds tun9's
+/// polices index 11 for another endpoint, and enables the features the new
+/// interface lacks.
+#[test]
+fn a_reused_index_gets_its_features_in_a_delta() {
+    let (plugin, mut core) = seeded();
+    core.context_mut().delete("tun3");
+    core.context_mut().create("tun9", 11);
+    let gone = pb::ToDataplane {
+        sequence_number: 0,
+        payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
+            pb::WorkloadEndpointRemove {
+                id: match seed_workload("default/ts2", "tun3").payload {
+                    Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => u.id,
+                    _ => None,
+                },
+            },
+        )),
+    };
+    let a = applied(core.on_message(
+        generation(
+            2,
+            false,
+            1,
+            vec![gone, seed_workload("default/ts9", "tun9")],
+        ),
+        0,
+    ));
+    assert!(a.ok, "{}", a.error);
+    let g = plugin.cell.load().unwrap();
+    assert_eq!(
+        g.interface(SwIfIndex(11)).map(|i| i.name.as_str()),
+        Some("tun9")
+    );
+    assert!(core.context().enabled.contains(&SwIfIndex(11)));
+}
+
 #[test]
 fn explicit_bindings_from_the_agent_are_used_and_shown() {
     let plugin = Plugin::new(PluginConfig::default());
