@@ -489,8 +489,18 @@ impl SnapshotPool {
         let made = std::thread::Builder::new()
             .name("capo-spare".into())
             .spawn(move || {
-                for _ in 0..SPARES {
-                    if tx.send(source.state.clone()).is_err() {
+                let mut source = Some(source);
+                for made in 1..=SPARES {
+                    let Some(copy) = source.as_ref().map(|s| s.state.clone()) else {
+                        return;
+                    };
+                    if made == SPARES {
+                        // Let go of the snapshot before the last copy is taken: a
+                        // delta after it finds the snapshot free to bring forward,
+                        // however late this thread runs.
+                        source = None;
+                    }
+                    if tx.send(copy).is_err() {
                         return;
                     }
                 }
