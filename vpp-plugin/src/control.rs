@@ -323,7 +323,9 @@ pub struct CompileStats {
     /// Deltas compiled incrementally (`Builder::apply`).
     pub incremental: u64,
     /// Generations whose interfaces moved to other VPP indexes, published with their
-    /// interface tables redrawn and no program compiled (`Builder::reindex`).
+    /// interface tables redrawn and no program compiled for the move
+    /// (`Builder::reindex`); a delta that also changed policy counts as incremental
+    /// too.
     pub reindexed: u64,
     /// Whole-state copies made (full generations, or no retired snapshot free).
     pub state_copies: u64,
