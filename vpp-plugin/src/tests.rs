@@ -1360,17 +1360,7 @@ fn a_reused_index_gets_its_features_in_a_delta() {
     let (plugin, mut core) = seeded();
     core.context_mut().delete("tun3");
     core.context_mut().create("tun9", 11);
-    let gone = pb::ToDataplane {
-        sequence_number: 0,
-        payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
-            pb::WorkloadEndpointRemove {
-                id: match seed_workload("default/ts2", "tun3").payload {
-                    Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => u.id,
-                    _ => None,
-                },
-            },
-        )),
-    };
+    let gone = remove_workload("default/ts2", "tun3");
     let a = applied(core.on_message(
         generation(
             2,
@@ -1846,17 +1836,7 @@ fn interfaces_are_sent_as_changes_to_agents_that_apply_them() {
     );
     assert_eq!(follow(&a), table(&plugin));
     // The endpoint leaves: its name only.
-    let gone = pb::ToDataplane {
-        sequence_number: 0,
-        payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
-            pb::WorkloadEndpointRemove {
-                id: match seed_workload("default/ts9", "tun9").payload {
-                    Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => u.id,
-                    _ => None,
-                },
-            },
-        )),
-    };
+    let gone = remove_workload("default/ts9", "tun9");
     let a = applied(core.on_message(generation(5, false, 4, vec![gone]), 0));
     assert!(a.interfaces_changes && a.interfaces.is_empty(), "{a:?}");
     assert_eq!(a.interfaces_gone, ["tun9"]);
@@ -1911,6 +1891,21 @@ fn a_generations_bindings_build_its_interface_table_again() {
 
 /// A seed workload endpoint, renamed `name` (a new endpoint when `workload` differs
 /// from the seed's).
+/// Felix's removal of the endpoint [`seed_workload`] makes.
+fn remove_workload(workload: &str, name: &str) -> pb::ToDataplane {
+    pb::ToDataplane {
+        sequence_number: 0,
+        payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
+            pb::WorkloadEndpointRemove {
+                id: match seed_workload(workload, name).payload {
+                    Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => u.id,
+                    _ => None,
+                },
+            },
+        )),
+    }
+}
+
 fn seed_workload(workload: &str, name: &str) -> pb::ToDataplane {
     let mut m = seed_updates()
         .into_iter()
@@ -1984,17 +1979,6 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
             Arc::ptr_eq(&find(a), &find(b))
         };
     let g1 = plugin.cell.load().unwrap();
-    let remove = |workload: &str, name: &str| pb::ToDataplane {
-        sequence_number: 0,
-        payload: Some(pb::to_dataplane::Payload::WorkloadEndpointRemove(
-            pb::WorkloadEndpointRemove {
-                id: match seed_workload(workload, name).payload {
-                    Some(pb::to_dataplane::Payload::WorkloadEndpointUpdate(u)) => u.id,
-                    _ => None,
-                },
-            },
-        )),
-    };
     let steps = [
         // Two new endpoints: one VPP has, one it does not.
         vec![
@@ -2002,7 +1986,7 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
             seed_workload("default/ts8", "tun8"),
         ],
         // One removed.
-        vec![remove("default/ts9", "tun9")],
+        vec![remove_workload("default/ts9", "tun9")],
         // The unknown one renamed to the interface VPP has.
         vec![seed_workload("default/ts8", "tun9")],
         // Two more after it, then it leaves and comes back (last in the state
@@ -2011,7 +1995,7 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
             seed_workload("default/ts5", "tun5"),
             seed_workload("default/ts4", "tun4"),
         ],
-        vec![remove("default/ts8", "tun9")],
+        vec![remove_workload("default/ts8", "tun9")],
         vec![seed_workload("default/ts8", "tun9")],
     ];
     let mut before = g1;
