@@ -56,10 +56,7 @@ def node_phases(calls):
     if est is None:
         raise ValueError("no repeating established pass at the end of the calls")
     rest = list(calls)
-    while len(rest) >= 2 * est and rest[-est:] == calls[-est:]:
-        rest = rest[:-est]
-    # One established block is left only if the first loop ran once; drop it too.
-    if rest[-est:] == calls[-est:]:
+    while len(rest) > est and rest[-est:] == calls[-est:]:
         rest = rest[:-est]
     first = smallest_period(rest)
     if first is None:

@@ -491,21 +491,17 @@ impl SnapshotPool {
         let made = std::thread::Builder::new()
             .name("capo-spare".into())
             .spawn(move || {
-                let mut source = Some(source);
-                for made in 1..=SPARES {
-                    let Some(copy) = source.as_ref().map(|s| s.state.clone()) else {
-                        return;
-                    };
-                    if made == SPARES {
-                        // Let go of the snapshot before the last copy is taken: a
-                        // delta after it finds the snapshot free to bring forward,
-                        // however late this thread runs.
-                        source = None;
-                    }
-                    if tx.send(copy).is_err() {
+                for _ in 1..SPARES {
+                    if tx.send(source.state.clone()).is_err() {
                         return;
                     }
                 }
+                // Let go of the snapshot before the last copy is taken: a delta
+                // after it finds the snapshot free to bring forward, however late
+                // this thread runs.
+                let last = source.state.clone();
+                drop(source);
+                let _ = tx.send(last);
             });
         self.spares = made.ok().map(|maker| Spares { id, copies, maker });
     }
@@ -1147,47 +1143,43 @@ impl<C: VppContext> ControlCore<C> {
                 disable: Vec::new(),
             });
         }
-        let before_generation = before;
         // Sorted lists, not tree sets: an endpoint delta compares two lists of every
         // policed interface, and a tree allocates a node per few entries.
-        let before = sorted_unique(
+        let was = sorted_unique(
             before
                 .iter()
-                .flat_map(|a| a.interfaces().iter().map(|i| i.sw_if_index))
+                .flat_map(|b| b.interfaces().iter().map(|i| i.sw_if_index))
                 .collect(),
         );
-        let after = sorted_unique(next.interfaces().iter().map(|i| i.sw_if_index).collect());
+        let now = sorted_unique(next.interfaces().iter().map(|i| i.sw_if_index).collect());
         let has = |set: &[SwIfIndex], i: &SwIfIndex| set.binary_search(i).is_ok();
         // An index policed before and after for different endpoints: VPP may have
         // deleted the first one's interface (clearing its features) and given the
         // index to the next one's. Its features are checked, not assumed.
-        let reused: Vec<SwIfIndex> = match before_generation {
-            Some(b) => next
-                .interfaces()
+        let reused: Vec<SwIfIndex> = before.map_or_else(Vec::new, |b| {
+            next.interfaces()
                 .iter()
                 .filter(|i| {
                     b.interface(i.sw_if_index)
                         .is_some_and(|old| old.name != i.name || old.kind != i.kind)
                 })
                 .map(|i| i.sw_if_index)
-                .collect(),
-            None => Vec::new(),
-        };
+                .collect()
+        });
         let missing = if reused.is_empty() {
             Vec::new()
         } else {
             self.ctx.without_features(&reused)?
         };
         let enable = sorted_unique(
-            after
-                .iter()
-                .filter(|i| !has(&before, i))
-                .chain(restore.iter().filter(|i| has(&after, i)))
+            now.iter()
+                .filter(|i| !has(&was, i))
+                .chain(restore.iter().filter(|i| has(&now, i)))
                 .chain(&missing)
                 .copied()
                 .collect(),
         );
-        let disable = before.iter().filter(|i| !has(&after, i)).copied().collect();
+        let disable = was.iter().filter(|i| !has(&now, i)).copied().collect();
         self.ctx.commit(Commit {
             cell: Arc::clone(&self.cell),
             next,
