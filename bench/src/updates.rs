@@ -180,7 +180,7 @@ fn next_update(
         "policy" => {
             let n = state.policies().len();
             let (key, p) = state.policies().get_index(rng.below(n.max(1)))?;
-            let mut changed = p.clone();
+            let mut changed = capo_policy::Policy::clone(p);
             let rule = changed
                 .inbound
                 .iter_mut()
@@ -189,17 +189,17 @@ fn next_update(
             let port = 40_000 + (i % 20_000) as u16;
             rule.dst.ports = vec![capo_policy::PortRange::single(port)];
             undo.push(Update::PolicyUpdate(key.clone(), p.clone()));
-            Some(Update::PolicyUpdate(key.clone(), changed))
+            Some(Update::PolicyUpdate(key.clone(), changed.into()))
         }
         "profile" => {
             let n = state.profiles().len();
             let (name, p) = state.profiles().get_index(rng.below(n.max(1)))?;
-            let mut changed = p.clone();
+            let mut changed = capo_policy::Profile::clone(p);
             let rule = changed.inbound.first_mut()?;
             rule.protocol = Some(capo_policy::Protocol::TCP);
             rule.dst.ports = vec![capo_policy::PortRange::single(40_000 + (i % 20_000) as u16)];
             undo.push(Update::ProfileUpdate(name.clone(), p.clone()));
-            Some(Update::ProfileUpdate(name.clone(), changed))
+            Some(Update::ProfileUpdate(name.clone(), changed.into()))
         }
         "policy-add-remove" => {
             // Felix's order: the policy before the endpoint that lists it; the
@@ -221,7 +221,7 @@ fn next_update(
             };
             // Listed in the directions it has rules for, as Felix lists a policy by
             // its types.
-            let mut listed = wep.clone();
+            let mut listed = capo_policy::WorkloadEndpoint::clone(wep);
             let first = listed.tiers.first_mut()?;
             if !model.inbound.is_empty() {
                 first.ingress.insert(0, added.clone());
@@ -231,7 +231,7 @@ fn next_update(
             }
             undo.push(Update::PolicyRemove(added.clone()));
             undo.push(Update::WorkloadUpdate(key.clone(), wep.clone()));
-            undo.push(Update::WorkloadUpdate(key.clone(), listed));
+            undo.push(Update::WorkloadUpdate(key.clone(), listed.into()));
             Some(Update::PolicyUpdate(added, model.clone()))
         }
         "set-add-remove" => {

@@ -281,14 +281,16 @@ fn seed() -> Workload {
                 untracked: false,
                 pre_dnat: false,
                 tier: "default".into(),
-            },
+            }
+            .into(),
         ),
         Update::ProfileUpdate(
             "kns.default".into(),
             Profile {
                 inbound: vec![Rule::any(Action::Allow)],
                 outbound: vec![Rule::any(Action::Allow)],
-            },
+            }
+            .into(),
         ),
     ];
     for (k, addr, name, tiers) in [
@@ -313,7 +315,8 @@ fn seed() -> Workload {
                 ipv4_nets: addr.parse::<Cidr>().into_iter().collect(),
                 ipv6_nets: vec![],
                 tiers,
-            },
+            }
+            .into(),
         ));
     }
     let mut rng = Rng::new(7);
@@ -551,7 +554,8 @@ fn cluster(kind: Kind, s: Shape) -> Workload {
                 } else {
                     "default".into()
                 },
-            },
+            }
+            .into(),
         ));
         keys.push((key, security, ns));
     }
@@ -561,7 +565,8 @@ fn cluster(kind: Kind, s: Shape) -> Workload {
             Profile {
                 inbound: vec![Rule::any(Action::Allow)],
                 outbound: vec![Rule::any(Action::Allow)],
-            },
+            }
+            .into(),
         ));
     }
 
@@ -603,7 +608,8 @@ fn cluster(kind: Kind, s: Shape) -> Workload {
                 ipv4_nets: vec![Cidr::host(pod_addr(e))],
                 ipv6_nets: vec![],
                 tiers: vec![sec, def],
-            },
+            }
+            .into(),
         ));
         weps.push(key);
     }

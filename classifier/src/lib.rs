@@ -28,14 +28,14 @@
 //! let policy = Policy { inbound: vec![allow], outbound: vec![], untracked: false, pre_dnat: false, tier: "default".into() };
 //! let ts2 = WorkloadKey { orchestrator: "k8s".into(), workload: "default/ts2".into(), endpoint: "eth0".into() };
 //! let mut state = State::new();
-//! state.apply(Update::PolicyUpdate(key.clone(), policy)).unwrap();
+//! state.apply(Update::PolicyUpdate(key.clone(), policy.into())).unwrap();
 //! state.apply(Update::WorkloadUpdate(ts2.clone(), WorkloadEndpoint {
 //!     name: "tun3".into(),
 //!     profile_ids: vec![],
 //!     ipv4_nets: vec!["11.0.0.67/32".parse().unwrap()],
 //!     ipv6_nets: vec![],
 //!     tiers: vec![TierInfo { name: "default".into(), ingress: vec![key], egress: vec![], default_action: TierDefault::Deny }],
-//! })).unwrap();
+//! }.into())).unwrap();
 //! let mut ids = IdTable::default();
 //! ids.sync(&state);
 //!

@@ -48,9 +48,9 @@ proptest! {
             (0..NSETS + 2).prop_map(|i| Update::IpSetRemove(set_id(i))),
             (0..NSETS, prop::collection::vec(member(), 0..3), prop::collection::vec(member(), 0..3))
                 .prop_map(|(i, added, removed)| Update::IpSetDelta { id: set_id(i), added, removed }),
-            (0..NPOL, policy()).prop_map(|(i, p)| Update::PolicyUpdate(pkey(i), p)),
+            (0..NPOL, policy()).prop_map(|(i, p)| Update::PolicyUpdate(pkey(i), p.into())),
             (0..NPOL).prop_map(|i| Update::PolicyRemove(pkey(i))),
-            profile().prop_map(|p| Update::ProfileUpdate("prof1".into(), p)),
+            profile().prop_map(|p| Update::ProfileUpdate("prof1".into(), p.into())),
             Just(Update::ProfileRemove("prof1".into())),
             workload(1),
             workload(2),
@@ -156,7 +156,7 @@ proptest! {
                 }
                 None => {
                     let Some(p) = state.policies().get(&pkey(i)) else { continue };
-                    (p.inbound.clone(), p.outbound.clone(), Some(p.clone()))
+                    (p.inbound.clone(), p.outbound.clone(), Some(capo_policy::Policy::clone(p)))
                 }
             };
             let rules = if inbound { &mut inbound_rules } else { &mut outbound_rules };
@@ -188,11 +188,11 @@ proptest! {
             let update = match (profile, policy) {
                 (Some(name), _) => Update::ProfileUpdate(
                     name,
-                    capo_policy::Profile { inbound: inbound_rules, outbound: outbound_rules },
+                    capo_policy::Profile { inbound: inbound_rules, outbound: outbound_rules }.into(),
                 ),
                 (None, Some(p)) => Update::PolicyUpdate(
                     pkey(i),
-                    capo_policy::Policy { inbound: inbound_rules, outbound: outbound_rules, ..p },
+                    capo_policy::Policy { inbound: inbound_rules, outbound: outbound_rules, ..p }.into(),
                 ),
                 (None, None) => continue,
             };
@@ -226,9 +226,9 @@ fn interface_maps_follow_policy_updates_and_new_indexes() {
     };
     let workload = common::t1_workload;
     for u in [
-        Update::PolicyUpdate(common::pkey(0), policy(80)),
-        Update::WorkloadUpdate(common::wkey(0), workload("tun0", "10.0.0.1/32")),
-        Update::WorkloadUpdate(common::wkey(1), workload("tun1", "10.0.0.2/32")),
+        Update::PolicyUpdate(common::pkey(0), policy(80).into()),
+        Update::WorkloadUpdate(common::wkey(0), workload("tun0", "10.0.0.1/32").into()),
+        Update::WorkloadUpdate(common::wkey(1), workload("tun1", "10.0.0.2/32").into()),
     ] {
         b.apply(&mut state, &mut ids, u).unwrap();
     }
@@ -239,7 +239,7 @@ fn interface_maps_follow_policy_updates_and_new_indexes() {
         b.apply(
             &mut state,
             ids,
-            Update::PolicyUpdate(common::pkey(0), policy(port)),
+            Update::PolicyUpdate(common::pkey(0), policy(port).into()),
         )
         .unwrap()
     };
@@ -272,8 +272,11 @@ fn member_add_changes_verdict_without_recompiling_programs() {
             kind: IpSetKind::Net,
             members: vec![],
         },
-        Update::PolicyUpdate(common::pkey(0), common::t1_policy(vec![rule])),
-        Update::WorkloadUpdate(key.clone(), common::t1_workload("tun0", "10.0.0.1/32")),
+        Update::PolicyUpdate(common::pkey(0), common::t1_policy(vec![rule]).into()),
+        Update::WorkloadUpdate(
+            key.clone(),
+            common::t1_workload("tun0", "10.0.0.1/32").into(),
+        ),
     ];
     for u in ups {
         b.apply(&mut state, &mut ids, u).unwrap();
@@ -352,7 +355,8 @@ fn updates_racing_classification_see_one_generation_or_the_other() {
                 untracked: false,
                 pre_dnat: false,
                 tier: "t1".into(),
-            },
+            }
+            .into(),
         ),
         Update::WorkloadUpdate(
             common::wkey(0),
@@ -367,7 +371,8 @@ fn updates_racing_classification_see_one_generation_or_the_other() {
                     egress: vec![],
                     default_action: TierDefault::Deny,
                 }],
-            },
+            }
+            .into(),
         ),
     ];
     for u in ups {
@@ -511,6 +516,7 @@ proptest! {
                 Update::PolicyUpdate(key, mut p) => {
                     if let Some((inbound, outbound)) = extra.next() {
                         // The random rules first, then the policy's own.
+                        let p = std::sync::Arc::make_mut(&mut p);
                         p.inbound.splice(0..0, inbound);
                         p.outbound.splice(0..0, outbound);
                     }
@@ -559,7 +565,7 @@ fn port_edits_patch_every_endpoint_listing_the_policy() {
         b.apply(
             &mut state,
             &mut ids,
-            Update::PolicyUpdate(common::pkey(0), policy(&[80, 443])),
+            Update::PolicyUpdate(common::pkey(0), policy(&[80, 443]).into()),
         )
         .unwrap();
         for i in 0..3 {
@@ -568,7 +574,7 @@ fn port_edits_patch_every_endpoint_listing_the_policy() {
             b.apply(
                 &mut state,
                 &mut ids,
-                Update::WorkloadUpdate(common::wkey(i), wl),
+                Update::WorkloadUpdate(common::wkey(i), wl.into()),
             )
             .unwrap();
         }
@@ -597,7 +603,7 @@ fn port_edits_patch_every_endpoint_listing_the_policy() {
             .apply(
                 &mut state,
                 &mut ids,
-                Update::PolicyUpdate(common::pkey(0), policy(&[8080, 443])),
+                Update::PolicyUpdate(common::pkey(0), policy(&[8080, 443]).into()),
             )
             .unwrap();
         assert_eq!(b.patched_interfaces(), before + 3, "{words} words");
@@ -608,7 +614,7 @@ fn port_edits_patch_every_endpoint_listing_the_policy() {
             .apply(
                 &mut state,
                 &mut ids,
-                Update::PolicyUpdate(common::pkey(0), policy(&[22, 8080, 443])),
+                Update::PolicyUpdate(common::pkey(0), policy(&[22, 8080, 443]).into()),
             )
             .unwrap();
         assert_eq!(
@@ -642,7 +648,7 @@ fn profile_edits_patch_every_endpoint_using_the_profile() {
     b.apply(
         &mut state,
         &mut ids,
-        Update::ProfileUpdate("kns".into(), profile(80)),
+        Update::ProfileUpdate("kns".into(), profile(80).into()),
     )
     .unwrap();
     for i in 0..3 {
@@ -652,7 +658,7 @@ fn profile_edits_patch_every_endpoint_using_the_profile() {
         b.apply(
             &mut state,
             &mut ids,
-            Update::WorkloadUpdate(common::wkey(i), wl),
+            Update::WorkloadUpdate(common::wkey(i), wl.into()),
         )
         .unwrap();
     }
@@ -661,7 +667,7 @@ fn profile_edits_patch_every_endpoint_using_the_profile() {
         .apply(
             &mut state,
             &mut ids,
-            Update::ProfileUpdate("kns".into(), profile(8080)),
+            Update::ProfileUpdate("kns".into(), profile(8080).into()),
         )
         .unwrap();
     assert_eq!(b.patched_interfaces(), before + 3);

@@ -26,7 +26,8 @@ fn setup(allow_port: u16) -> (State, IdTable, Builder) {
                 untracked: false,
                 pre_dnat: false,
                 tier: "t1".into(),
-            },
+            }
+            .into(),
         ),
         Update::WorkloadUpdate(
             common::wkey(0),
@@ -41,7 +42,8 @@ fn setup(allow_port: u16) -> (State, IdTable, Builder) {
                     egress: vec![common::pkey(0)],
                     default_action: TierDefault::Deny,
                 }],
-            },
+            }
+            .into(),
         ),
     ] {
         b.apply(&mut state, &mut ids, u).unwrap();
@@ -68,7 +70,8 @@ fn replace_policy(
                 untracked: false,
                 pre_dnat: false,
                 tier: "t1".into(),
-            },
+            }
+            .into(),
         ),
     )
     .unwrap()

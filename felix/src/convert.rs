@@ -114,7 +114,8 @@ pub fn convert_with(
                 Profile {
                     inbound: rules(&p.inbound_rules, &format!("{f}.profile.inbound_rules"))?,
                     outbound: rules(&p.outbound_rules, &format!("{f}.profile.outbound_rules"))?,
-                },
+                }
+                .into(),
             )
         }
         P::ActiveProfileRemove(u) => Update::ProfileRemove(profile_name(
@@ -133,7 +134,8 @@ pub fn convert_with(
                     untracked: p.untracked,
                     pre_dnat: p.pre_dnat,
                     tier: p.tier,
-                },
+                }
+                .into(),
             )
         }
         P::ActivePolicyRemove(u) => {
@@ -152,7 +154,8 @@ pub fn convert_with(
                     ipv4_nets: cidrs(&e.ipv4_nets, &format!("{ef}.ipv4_nets"))?,
                     ipv6_nets: cidrs(&e.ipv6_nets, &format!("{ef}.ipv6_nets"))?,
                     tiers: tiers(&e.tiers, &format!("{ef}.tiers"))?,
-                },
+                }
+                .into(),
             )
         }
         P::WorkloadEndpointRemove(u) => {

@@ -85,7 +85,8 @@ pub fn one_workload(
             untracked: false,
             pre_dnat: false,
             tier: "default".into(),
-        },
+        }
+        .into(),
     ))
     .unwrap();
     let profile_ids = match profile_egress {
@@ -95,7 +96,8 @@ pub fn one_workload(
                 Profile {
                     inbound: vec![],
                     outbound,
-                },
+                }
+                .into(),
             ))
             .unwrap();
             vec!["kns.ns".to_string()]
@@ -119,7 +121,8 @@ pub fn one_workload(
                 egress: vec![key],
                 default_action: TierDefault::Deny,
             }],
-        },
+        }
+        .into(),
     ))
     .unwrap();
     let mut ids = IdTable::default();

@@ -428,7 +428,8 @@ fn test_rules_that_need_named_ports_stay_in_software() {
             untracked: false,
             pre_dnat: false,
             tier: "default".into(),
-        },
+        }
+        .into(),
     ))
     .unwrap();
     let mut ids = IdTable::default();
@@ -503,9 +504,10 @@ fn test_domain_of_follows_domain_order_with_overlapping_ranges() {
     let wide = WorkloadEndpoint {
         name: "cali2".into(),
         ipv4_nets: vec![net("10.244.0.0/30")],
-        ..a.clone()
+        ..WorkloadEndpoint::clone(&a)
     };
-    s.apply(Update::WorkloadUpdate(key("ns/b"), wide)).unwrap();
+    s.apply(Update::WorkloadUpdate(key("ns/b"), wide.into()))
+        .unwrap();
     let host: IpAddr = "10.244.0.1".parse().unwrap();
     let other: IpAddr = "10.244.0.2".parse().unwrap();
     let outside: IpAddr = "10.244.0.9".parse().unwrap();

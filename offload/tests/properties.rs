@@ -183,7 +183,8 @@ fn random_state(seed: u64) -> (State, IdTable) {
                 pre_dnat: false,
                 tier: format!("tier{t}"),
             };
-            s.apply(Update::PolicyUpdate(key.clone(), policy)).unwrap();
+            s.apply(Update::PolicyUpdate(key.clone(), policy.into()))
+                .unwrap();
             keys.push(key);
         }
         tiers.push(TierInfo {
@@ -203,7 +204,7 @@ fn random_state(seed: u64) -> (State, IdTable) {
             .collect(),
         outbound: vec![Rule::any(Action::Allow)],
     };
-    s.apply(Update::ProfileUpdate("kns.ns".into(), profile))
+    s.apply(Update::ProfileUpdate("kns.ns".into(), profile.into()))
         .unwrap();
     for i in 1..=2u8 {
         let tiers = if i == 2 && rng.below(3) == 0 {
@@ -227,7 +228,7 @@ fn random_state(seed: u64) -> (State, IdTable) {
             workload: format!("ns/pod{i}"),
             endpoint: "eth0".into(),
         };
-        s.apply(Update::WorkloadUpdate(key, wep)).unwrap();
+        s.apply(Update::WorkloadUpdate(key, wep.into())).unwrap();
     }
     if rng.below(5) == 0 {
         let key = PolicyKey {
@@ -244,7 +245,8 @@ fn random_state(seed: u64) -> (State, IdTable) {
             pre_dnat: false,
             tier: "default".into(),
         };
-        s.apply(Update::PolicyUpdate(key.clone(), policy)).unwrap();
+        s.apply(Update::PolicyUpdate(key.clone(), policy.into()))
+            .unwrap();
         let hep = HostEndpoint {
             name: "eth0".into(),
             profile_ids: vec![],

@@ -914,7 +914,7 @@ mod id_tests {
         ids.set_interface_index("tun0", 3);
         let seen = ids.interface_indexes();
         ids.set_interface_index("tun0", 3);
-        s.apply(Update::PolicyUpdate(key("a"), policy(&[80])))
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80]).into()))
             .unwrap();
         ids.sync(&s);
         assert!(seen.same_as(&ids.interface_indexes()), "nothing renumbered");
@@ -933,7 +933,7 @@ mod id_tests {
     #[test]
     fn copies_share_maps_until_one_changes() {
         let mut s = State::new();
-        s.apply(Update::PolicyUpdate(key("a"), policy(&[80])))
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80]).into()))
             .unwrap();
         let mut ids = IdTable::default();
         ids.sync(&s);
@@ -941,7 +941,7 @@ mod id_tests {
         let copy = ids.clone();
         ids.set_interface_index("tun1", 5);
         ids.set_interface_shown_name("tun1", "tun1");
-        s.apply(Update::PolicyUpdate(key("a"), policy(&[81])))
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[81]).into()))
             .unwrap();
         ids.sync_after(&s, Changed::Policy(&key("a")));
         // One shard of rule lists copied, the others shared.
@@ -972,13 +972,16 @@ mod id_tests {
     fn a_policy_added_or_removed_copies_one_shard() {
         let mut s = State::new();
         for n in 0..200 {
-            s.apply(Update::PolicyUpdate(key(&format!("p{n}")), policy(&[80])))
-                .unwrap();
+            s.apply(Update::PolicyUpdate(
+                key(&format!("p{n}")),
+                policy(&[80]).into(),
+            ))
+            .unwrap();
         }
         let mut ids = IdTable::default();
         ids.sync(&s);
         let copy = ids.clone();
-        s.apply(Update::PolicyUpdate(key("new"), policy(&[81])))
+        s.apply(Update::PolicyUpdate(key("new"), policy(&[81]).into()))
             .unwrap();
         ids.sync_after(&s, Changed::Policy(&key("new")));
         assert_eq!(ids.policies.shards_apart_from(&copy.policies), 1);
@@ -1012,7 +1015,7 @@ mod id_tests {
     #[test]
     fn unchanged_rules_keep_their_ids_and_removed_objects_free_theirs() {
         let mut s = State::new();
-        s.apply(Update::PolicyUpdate(key("a"), policy(&[80, 443])))
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80, 443]).into()))
             .unwrap();
         let mut ids = IdTable::default();
         ids.sync(&s);
@@ -1025,8 +1028,11 @@ mod id_tests {
         ids.sync(&s);
         assert_eq!(ids.rule(&pa, Direction::Ingress, 0), Some(r80));
         // A new rule in front: the old ones keep their ids at their new positions.
-        s.apply(Update::PolicyUpdate(key("a"), policy(&[22, 80, 443])))
-            .unwrap();
+        s.apply(Update::PolicyUpdate(
+            key("a"),
+            policy(&[22, 80, 443]).into(),
+        ))
+        .unwrap();
         ids.sync(&s);
         assert_eq!(ids.rule(&pa, Direction::Ingress, 1), Some(r80));
         assert_eq!(ids.rule(&pa, Direction::Ingress, 2), Some(r443));
@@ -1038,7 +1044,7 @@ mod id_tests {
         assert_eq!(ids.policy(&pa), None);
         assert_eq!(ids.rule(&pa, Direction::Ingress, 0), None);
         // The same policy back is a new object with new ids.
-        s.apply(Update::PolicyUpdate(key("a"), policy(&[80])))
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[80]).into()))
             .unwrap();
         ids.sync(&s);
         assert!(ids.policy(&pa).unwrap() > policy_id);
@@ -1082,17 +1088,18 @@ mod id_tests {
         for n in 0..40 {
             s.apply(Update::PolicyUpdate(
                 key(&format!("p{n:02}")),
-                policy(&[80]),
+                policy(&[80]).into(),
             ))
             .unwrap();
         }
         let mut late = policy(&[81]);
         late.tier = "late".into();
-        s.apply(Update::PolicyUpdate(key("zz"), late)).unwrap();
-        s.apply(Update::PolicyUpdate(key("a"), policy(&[22])))
+        s.apply(Update::PolicyUpdate(key("zz"), late.into()))
+            .unwrap();
+        s.apply(Update::PolicyUpdate(key("a"), policy(&[22]).into()))
             .unwrap();
         let (k0, e0) = endpoint(0, &["default"]);
-        s.apply(Update::WorkloadUpdate(k0, e0)).unwrap();
+        s.apply(Update::WorkloadUpdate(k0, e0.into())).unwrap();
         let mut ids = IdTable::default();
         ids.sync(&s);
         let check = |s: &State, ids: &IdTable| {
@@ -1103,8 +1110,10 @@ mod id_tests {
         // Several new tiers at once, repeated across endpoints, numbered in order.
         let (k1, e1) = endpoint(1, &["t1", "t2", "default", "t3"]);
         let (k2, e2) = endpoint(2, &["t2", "t1", "t4"]);
-        s.apply(Update::WorkloadUpdate(k1.clone(), e1)).unwrap();
-        s.apply(Update::WorkloadUpdate(k2.clone(), e2)).unwrap();
+        s.apply(Update::WorkloadUpdate(k1.clone(), e1.into()))
+            .unwrap();
+        s.apply(Update::WorkloadUpdate(k2.clone(), e2.into()))
+            .unwrap();
         ids.sync_after(&s, Changed::Workloads);
         check(&s, &ids);
         let t = |ids: &IdTable, name: &str| ids.tier_rule(name);
@@ -1113,7 +1122,8 @@ mod id_tests {
         // One endpoint at a time: its new tier and its interface are numbered as the
         // full sync numbers them.
         let (k3, e3) = endpoint(3, &["t5", "t1"]);
-        s.apply(Update::WorkloadUpdate(k3.clone(), e3)).unwrap();
+        s.apply(Update::WorkloadUpdate(k3.clone(), e3.into()))
+            .unwrap();
         ids.sync_after(&s, Changed::Workload(&k3));
         check(&s, &ids);
         assert!(t(&ids, "t4") < t(&ids, "t5"));

@@ -26,8 +26,8 @@
 //! };
 //! let id = WorkloadKey { orchestrator: "k8s".into(), workload: "default/ts2".into(), endpoint: "eth0".into() };
 //! let mut state = State::new();
-//! state.apply(Update::PolicyUpdate(key, policy)).unwrap();
-//! state.apply(Update::WorkloadUpdate(id, pod)).unwrap();
+//! state.apply(Update::PolicyUpdate(key, policy.into())).unwrap();
+//! state.apply(Update::WorkloadUpdate(id, pod.into())).unwrap();
 //!
 //! let to = |port| Packet {
 //!     src: "11.0.0.196".parse().unwrap(),

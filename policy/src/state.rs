@@ -4,6 +4,8 @@
 //! changes anything, so a rejected update leaves the state exactly as it was.
 //! Objects keep their arrival order (the order the views allocate ids in).
 
+use std::sync::Arc;
+
 use indexmap::IndexMap;
 
 use crate::config::{FelixConfig, HostMetadata};
@@ -39,15 +41,15 @@ pub enum Update {
     /// `IPSetRemove`.
     IpSetRemove(IpSetId),
     /// `ActivePolicyUpdate`.
-    PolicyUpdate(PolicyKey, Policy),
+    PolicyUpdate(PolicyKey, Arc<Policy>),
     /// `ActivePolicyRemove`.
     PolicyRemove(PolicyKey),
     /// `ActiveProfileUpdate`.
-    ProfileUpdate(String, Profile),
+    ProfileUpdate(String, Arc<Profile>),
     /// `ActiveProfileRemove`.
     ProfileRemove(String),
     /// `WorkloadEndpointUpdate`.
-    WorkloadUpdate(WorkloadKey, WorkloadEndpoint),
+    WorkloadUpdate(WorkloadKey, Arc<WorkloadEndpoint>),
     /// `WorkloadEndpointRemove`.
     WorkloadRemove(WorkloadKey),
     /// `HostEndpointUpdate`.
@@ -126,9 +128,9 @@ pub type StateMap<K, V> = IndexMap<K, V, foldhash::quality::RandomState>;
 pub struct State {
     config: FelixConfig,
     ipsets: StateMap<IpSetId, IpSet>,
-    policies: StateMap<PolicyKey, Policy>,
-    profiles: StateMap<String, Profile>,
-    workloads: StateMap<WorkloadKey, WorkloadEndpoint>,
+    policies: StateMap<PolicyKey, Arc<Policy>>,
+    profiles: StateMap<String, Arc<Profile>>,
+    workloads: StateMap<WorkloadKey, Arc<WorkloadEndpoint>>,
     host_endpoints: StateMap<HostEndpointKey, HostEndpoint>,
     hosts: StateMap<String, HostMetadata>,
     /// How often the endpoints' tiers name each policy.
@@ -302,12 +304,12 @@ impl State {
             Update::IpSetRemove(id) => self.check_set_unused(id),
             Update::PolicyUpdate(key, p) => self.check_sets_known(
                 &format_args!("policy {key}"),
-                self.policies.get(key).map(policy_lists),
+                self.policies.get(key).map(|p| policy_lists(p)),
                 policy_lists(p),
             ),
             Update::ProfileUpdate(name, p) => self.check_sets_known(
                 &format_args!("profile {name}"),
-                self.profiles.get(name).map(profile_lists),
+                self.profiles.get(name).map(|p| profile_lists(p)),
                 profile_lists(p),
             ),
             Update::PolicyRemove(key) => self.check_policy_unused(key),
@@ -470,14 +472,14 @@ impl State {
                 }
                 follow_rules(
                     &mut self.set_refs,
-                    old.map(policy_lists),
+                    old.map(|p| policy_lists(p)),
                     Some(policy_lists(p)),
                 );
             }
             Update::PolicyRemove(k) => {
                 follow_rules(
                     &mut self.set_refs,
-                    self.policies.get(k).map(policy_lists),
+                    self.policies.get(k).map(|p| policy_lists(p)),
                     None,
                 );
             }
@@ -488,14 +490,14 @@ impl State {
                 }
                 follow_rules(
                     &mut self.set_refs,
-                    old.map(profile_lists),
+                    old.map(|p| profile_lists(p)),
                     Some(profile_lists(p)),
                 );
             }
             Update::ProfileRemove(k) => {
                 follow_rules(
                     &mut self.set_refs,
-                    self.profiles.get(k).map(profile_lists),
+                    self.profiles.get(k).map(|p| profile_lists(p)),
                     None,
                 );
             }
@@ -604,17 +606,17 @@ impl State {
     }
 
     /// Policies in arrival order.
-    pub fn policies(&self) -> &StateMap<PolicyKey, Policy> {
+    pub fn policies(&self) -> &StateMap<PolicyKey, Arc<Policy>> {
         &self.policies
     }
 
     /// Profiles in arrival order.
-    pub fn profiles(&self) -> &StateMap<String, Profile> {
+    pub fn profiles(&self) -> &StateMap<String, Arc<Profile>> {
         &self.profiles
     }
 
     /// Local workload endpoints in arrival order.
-    pub fn workloads(&self) -> &StateMap<WorkloadKey, WorkloadEndpoint> {
+    pub fn workloads(&self) -> &StateMap<WorkloadKey, Arc<WorkloadEndpoint>> {
         &self.workloads
     }
 
@@ -651,7 +653,10 @@ impl State {
         &self,
         addr: &std::net::IpAddr,
     ) -> Option<(&WorkloadKey, &WorkloadEndpoint)> {
-        self.workloads.iter().find(|(_, w)| w.owns(addr))
+        self.workloads
+            .iter()
+            .find(|(_, w)| w.owns(addr))
+            .map(|(k, w)| (k, &**w))
     }
 }
 
@@ -751,7 +756,10 @@ mod tests {
     fn policy_with_unknown_set_and_endpoint_with_unknown_policy_are_violations() {
         let mut s = State::new();
         let err = s
-            .apply(Update::PolicyUpdate(key("p"), policy_using("s:missing")))
+            .apply(Update::PolicyUpdate(
+                key("p"),
+                policy_using("s:missing").into(),
+            ))
             .unwrap_err();
         assert!(matches!(err, StateError::UnknownIpSet { .. }));
         assert!(s.policies().is_empty());
@@ -773,9 +781,65 @@ mod tests {
             workload: "ns/pod".into(),
             endpoint: "eth0".into(),
         };
-        let err = s.apply(Update::WorkloadUpdate(wkey, wep)).unwrap_err();
+        let err = s
+            .apply(Update::WorkloadUpdate(wkey, wep.into()))
+            .unwrap_err();
         assert!(matches!(err, StateError::UnknownPolicy { .. }));
         assert!(s.workloads().is_empty());
+    }
+
+    /// A copy of the state (the plugin keeps several: the views', the compiler's, the
+    /// retired snapshots it brings forward) shares its policies and endpoints with
+    /// the original, and a copied update shares them with the state it went into;
+    /// a change to one copy leaves the other as it was.
+    #[test]
+    fn copies_share_policies_and_endpoints() {
+        let mut s = State::new();
+        s.apply(Update::IpSetReplace {
+            id: set_id("s:a"),
+            kind: IpSetKind::Net,
+            members: vec![],
+        })
+        .unwrap();
+        let added = Update::PolicyUpdate(key("p"), policy_using("s:a").into());
+        s.apply(added.clone()).unwrap();
+        let wkey = WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: "ns/pod".into(),
+            endpoint: "eth0".into(),
+        };
+        let wep = WorkloadEndpoint {
+            name: "tun0".into(),
+            profile_ids: vec![],
+            ipv4_nets: vec![],
+            ipv6_nets: vec![],
+            tiers: vec![TierInfo {
+                name: "default".into(),
+                ingress: vec![key("p")],
+                egress: vec![],
+                default_action: TierDefault::Deny,
+            }],
+        };
+        s.apply(Update::WorkloadUpdate(wkey.clone(), wep.into()))
+            .unwrap();
+        let Update::PolicyUpdate(_, sent) = &added else {
+            unreachable!()
+        };
+        assert!(Arc::ptr_eq(&s.policies()[&key("p")], sent));
+
+        let mut copy = s.clone();
+        assert!(Arc::ptr_eq(
+            &copy.policies()[&key("p")],
+            &s.policies()[&key("p")]
+        ));
+        assert!(Arc::ptr_eq(&copy.workloads()[&wkey], &s.workloads()[&wkey]));
+
+        let mut widened = policy_using("s:a");
+        widened.outbound.push(Rule::any(Action::Allow));
+        copy.apply(Update::PolicyUpdate(key("p"), widened.into()))
+            .unwrap();
+        assert_eq!(copy.policies()[&key("p")].outbound.len(), 1);
+        assert!(s.policies()[&key("p")].outbound.is_empty());
     }
 
     #[test]
@@ -787,7 +851,7 @@ mod tests {
             members: vec![],
         })
         .unwrap();
-        s.apply(Update::PolicyUpdate(key("p"), policy_using("s:a")))
+        s.apply(Update::PolicyUpdate(key("p"), policy_using("s:a").into()))
             .unwrap();
         assert!(matches!(
             s.apply(Update::IpSetRemove(set_id("s:a"))),
@@ -852,7 +916,7 @@ mod tests {
                     1 => p.inbound.splice(0..0, other).for_each(drop),
                     _ => {}
                 }
-                Update::PolicyUpdate(key(&format!("p{}", n(3) % 4)), p)
+                Update::PolicyUpdate(key(&format!("p{}", n(3) % 4)), p.into())
             }
             3 => Update::PolicyRemove(key(&format!("p{}", n(3) % 4))),
             4 => Update::ProfileUpdate(format!("prof{choice}"), {
@@ -861,6 +925,7 @@ mod tests {
                     inbound: p.inbound,
                     outbound: vec![],
                 }
+                .into()
             }),
             5 => Update::ProfileRemove(format!("prof{choice}")),
             6 => Update::WorkloadUpdate(
@@ -875,7 +940,8 @@ mod tests {
                     ipv4_nets: vec![],
                     ipv6_nets: vec![],
                     tiers: vec![tiered(&[n(2) % 4, n(3) % 4])],
-                },
+                }
+                .into(),
             ),
             7 => Update::WorkloadRemove(WorkloadKey {
                 orchestrator: "k8s".into(),

@@ -186,13 +186,13 @@ impl World {
             tier: tier.into(),
         };
         f(&mut p);
-        self.apply(Update::PolicyUpdate(key.clone(), p));
+        self.apply(Update::PolicyUpdate(key.clone(), p.into()));
     }
 
     fn profile(&mut self, name: &str, inbound: Vec<Rule>, outbound: Vec<Rule>) {
         self.apply(Update::ProfileUpdate(
             name.into(),
-            Profile { inbound, outbound },
+            Profile { inbound, outbound }.into(),
         ));
     }
 
@@ -216,7 +216,7 @@ impl World {
             ipv6_nets: nets.iter().copied().filter(|c| !c.is_ipv4()).collect(),
             tiers,
         };
-        self.apply(Update::WorkloadUpdate(key.clone(), wep));
+        self.apply(Update::WorkloadUpdate(key.clone(), wep.into()));
         key
     }
 

@@ -770,7 +770,7 @@ mod tests {
             let mut state = State::new();
             for n in order {
                 state
-                    .apply(Update::WorkloadUpdate(key(*n), endpoint(*n)))
+                    .apply(Update::WorkloadUpdate(key(*n), endpoint(*n).into()))
                     .unwrap();
             }
             state

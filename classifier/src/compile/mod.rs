@@ -538,7 +538,8 @@ mod tests {
                         ipv4_nets: vec![Cidr::host(addr)],
                         ipv6_nets: vec![],
                         tiers: vec![],
-                    },
+                    }
+                    .into(),
                 )
             };
             let unique_before = b.maps.names_unique;
@@ -586,7 +587,7 @@ mod tests {
             b.apply(
                 &mut state,
                 &mut ids,
-                Update::WorkloadUpdate(key(n), endpoint),
+                Update::WorkloadUpdate(key(n), endpoint.into()),
             )
             .unwrap();
         }

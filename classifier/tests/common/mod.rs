@@ -277,7 +277,8 @@ pub(crate) fn workload(i: usize) -> impl Strategy<Value = Update> {
                     ipv4_nets: v4,
                     ipv6_nets: v6,
                     tiers,
-                },
+                }
+                .into(),
             )
         })
 }
@@ -383,10 +384,10 @@ pub(crate) fn scenario() -> impl Strategy<Value = Vec<Update>> {
             ));
             v.extend(sets);
             for (i, p) in pols.into_iter().enumerate() {
-                v.push(Update::PolicyUpdate(pkey(i), p));
+                v.push(Update::PolicyUpdate(pkey(i), p.into()));
             }
-            v.push(Update::ProfileUpdate("prof0".into(), pr0));
-            v.push(Update::ProfileUpdate("prof1".into(), pr1));
+            v.push(Update::ProfileUpdate("prof0".into(), pr0.into()));
+            v.push(Update::ProfileUpdate("prof1".into(), pr1.into()));
             v.push(w0);
             v.push(w1);
             for (i, h) in heps.into_iter().enumerate() {

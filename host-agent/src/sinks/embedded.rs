@@ -748,10 +748,10 @@ mod tests {
         dns.protocol = Some(Protocol::UDP);
         dns.dst.ports = vec![capo_policy::PortRange::single(53)];
         let key = refusing.policies().keys().next().unwrap().clone();
-        let mut policy = refusing.policies().get(&key).unwrap().clone();
+        let mut policy = capo_policy::Policy::clone(&refusing.policies()[&key]);
         policy.inbound.push(dns);
         allowing
-            .apply(capo_policy::Update::PolicyUpdate(key, policy))
+            .apply(capo_policy::Update::PolicyUpdate(key, policy.into()))
             .unwrap();
         let frame = |src: &str, protocol: Protocol, l4: L4| {
             capo_classifier::build::frame(
@@ -870,20 +870,23 @@ mod tests {
         // flow (the flow table relates echo packets by identifier): not learned.
         let mut open = state.clone();
         let key = open.policies().keys().next().unwrap().clone();
-        let mut policy = open.policies().get(&key).unwrap().clone();
+        let mut policy = capo_policy::Policy::clone(&open.policies()[&key]);
         policy
             .outbound
             .push(capo_policy::Rule::any(capo_policy::Action::Allow));
-        open.apply(capo_policy::Update::PolicyUpdate(key.clone(), policy))
-            .unwrap();
+        open.apply(capo_policy::Update::PolicyUpdate(
+            key.clone(),
+            policy.into(),
+        ))
+        .unwrap();
         let (wkey, mut endpoint) = open
             .workloads()
             .iter()
             .next()
-            .map(|(k, w)| (k.clone(), w.clone()))
+            .map(|(k, w)| (k.clone(), capo_policy::WorkloadEndpoint::clone(w)))
             .unwrap();
         endpoint.tiers[0].egress = vec![key];
-        open.apply(capo_policy::Update::WorkloadUpdate(wkey, endpoint))
+        open.apply(capo_policy::Update::WorkloadUpdate(wkey, endpoint.into()))
             .unwrap();
         let mut open_ids = ids.clone();
         open_ids.sync(&open);

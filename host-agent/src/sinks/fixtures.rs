@@ -23,7 +23,8 @@ pub(crate) fn web() -> (State, IdTable) {
                 untracked: false,
                 pre_dnat: false,
                 tier: "default".into(),
-            },
+            }
+            .into(),
         ))
         .unwrap();
     state
@@ -44,7 +45,8 @@ pub(crate) fn web() -> (State, IdTable) {
                     egress: vec![],
                     default_action: TierDefault::Deny,
                 }],
-            },
+            }
+            .into(),
         ))
         .unwrap();
     let mut ids = IdTable::default();

@@ -1531,10 +1531,10 @@ mod tests {
         // The policy changes (443 open instead of 80): version 2 is lowered again.
         let (mut closed, mut closed_ids) = web();
         let (key, policy) = closed.policies().iter().next().unwrap();
-        let (key, mut policy) = (key.clone(), policy.clone());
+        let (key, mut policy) = (key.clone(), capo_policy::Policy::clone(policy));
         policy.inbound[0].dst.ports = vec![capo_policy::PortRange::single(443)];
         closed
-            .apply(capo_policy::Update::PolicyUpdate(key, policy))
+            .apply(capo_policy::Update::PolicyUpdate(key, policy.into()))
             .unwrap();
         closed_ids.sync(&closed);
         nic.commit(&closed, &closed_ids, 2);
