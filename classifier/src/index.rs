@@ -117,6 +117,9 @@ struct Leaf<K> {
     slots: Arc<[Slot<K>]>,
     pool: Arc<[AtomId]>,
     len: u32,
+    /// Atoms of the lists held in the pool (the rest of it is left by lists since
+    /// replaced): kept, not summed over the slots on every change.
+    pooled: u32,
 }
 
 impl<K> Default for Leaf<K> {
@@ -125,6 +128,7 @@ impl<K> Default for Leaf<K> {
             slots: Arc::from(Vec::new()),
             pool: Arc::from(Vec::new()),
             len: 0,
+            pooled: 0,
         }
     }
 }
@@ -192,19 +196,12 @@ impl<K: MapKey> Leaf<K> {
 
     /// A copy of the leaf with `key` mapped to `atoms` (removed when empty).
     fn with(&self, key: K, h: u64, atoms: &[AtomId]) -> Leaf<K> {
-        let pooled: usize = self
-            .slots
-            .iter()
-            .filter(|s| s.len as usize > INLINE)
-            .map(|s| s.len as usize)
-            .sum();
-        let wasteful = self.pool.len() > 2 * pooled + 64;
+        let wasteful = self.pool.len() > 2 * self.pooled as usize + 64;
         if atoms.is_empty() && !wasteful {
             return self.without(key, h);
         }
         // A removal that gets here compacts a wasteful pool.
-        let rebuild = wasteful || (self.len as usize + 1) * 2 > self.slots.len();
-        if rebuild {
+        let rebuilt = || {
             let mut entries: Vec<(K, Vec<AtomId>)> = self
                 .entries()
                 .filter(|(k, _)| *k != key)
@@ -213,22 +210,32 @@ impl<K: MapKey> Leaf<K> {
             if !atoms.is_empty() {
                 entries.push((key, atoms.to_vec()));
             }
-            return Leaf::build(entries);
+            Leaf::build(entries)
+        };
+        if wasteful || (self.len as usize + 1) * 2 > self.slots.len() {
+            return rebuilt();
         }
+        let mut slots = copy_of(&self.slots);
+        let Some(all) = Arc::get_mut(&mut slots) else {
+            return rebuilt();
+        };
         // Common case: one plain copy, then the slot rewritten in place (the pool
         // is copied only when the new list does not fit inline).
-        let mut slots: Vec<Slot<K>> = self.slots.to_vec();
         let mut len = self.len;
+        let mut pooled = self.pooled;
         let mut pool: Option<Vec<AtomId>> = None;
-        let mask = slots.len() - 1;
+        let mask = all.len() - 1;
         let mut i = (h as usize) & mask;
-        while let Some(s) = slots.get_mut(i) {
+        while let Some(s) = all.get_mut(i) {
             if s.len != 0 && s.key != key {
                 i = (i + 1) & mask;
                 continue;
             }
             if s.len == 0 {
                 len += 1;
+            }
+            if s.len as usize > INLINE {
+                pooled = pooled.saturating_sub(s.len);
             }
             let p = pool.get_or_insert_with(|| {
                 if atoms.len() > INLINE {
@@ -238,15 +245,19 @@ impl<K: MapKey> Leaf<K> {
                 }
             });
             Leaf::fill(s, p, key, atoms);
+            if atoms.len() > INLINE {
+                pooled += atoms.len() as u32;
+            }
             break;
         }
         Leaf {
-            slots: Arc::from(slots),
+            slots,
             pool: match pool {
                 Some(p) if atoms.len() > INLINE => Arc::from(p),
                 _ => self.pool.clone(),
             },
             len,
+            pooled,
         }
     }
 
@@ -267,7 +278,11 @@ impl<K: MapKey> Leaf<K> {
                 None => return self.clone(),
             }
         }
-        let mut slots: Vec<Slot<K>> = self.slots.to_vec();
+        let mut copy = copy_of(&self.slots);
+        let Some(slots) = Arc::get_mut(&mut copy) else {
+            return self.clone();
+        };
+        let removed = slots.get(hole).map_or(0, |s| s.len);
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
@@ -289,9 +304,14 @@ impl<K: MapKey> Leaf<K> {
             *h = Slot::default();
         }
         Leaf {
-            slots: Arc::from(slots),
+            slots: copy,
             pool: self.pool.clone(),
             len: self.len.saturating_sub(1),
+            pooled: if removed as usize > INLINE {
+                self.pooled.saturating_sub(removed)
+            } else {
+                self.pooled
+            },
         }
     }
 
@@ -315,6 +335,7 @@ impl<K: MapKey> Leaf<K> {
         }
         Leaf {
             slots: Arc::from(slots),
+            pooled: pool.len() as u32,
             pool: Arc::from(pool),
             len,
         }
@@ -323,6 +344,12 @@ impl<K: MapKey> Leaf<K> {
     fn bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<Slot<K>>() + self.pool.len() * 4
     }
+}
+
+/// An unshared copy of `slots`, made straight into its `Arc` (a `Vec` turned into one
+/// would be copied twice).
+fn copy_of<K: Copy>(slots: &Arc<[Slot<K>]>) -> Arc<[Slot<K>]> {
+    Arc::from(&**slots)
 }
 
 type Mid<K> = Arc<[Leaf<K>; FANOUT]>;
@@ -708,6 +735,18 @@ mod tests {
                     prop_assert_eq!(before.get(&Crowded(k)), frozen[usize::from(k)].as_slice());
                 }
                 prop_assert_eq!(m.len(), model.len());
+                // The kept count of pooled atoms is exact, so the pool is compacted
+                // when half of it is left over.
+                for leaf in m.top.iter().flat_map(|mid| mid.iter()) {
+                    let pooled: u32 = leaf
+                        .slots
+                        .iter()
+                        .filter(|s| s.len as usize > INLINE)
+                        .map(|s| s.len)
+                        .sum();
+                    prop_assert_eq!(leaf.pooled, pooled, "step {}", i);
+                    prop_assert!(leaf.pool.len() <= 2 * pooled as usize + 64 + 10, "step {}", i);
+                }
             }
         }
     }
