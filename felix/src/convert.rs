@@ -25,10 +25,40 @@ pub struct ConvertError {
     pub reason: String,
 }
 
-fn err(field: impl Into<String>, reason: impl ToString) -> ConvertError {
+fn err(field: impl std::fmt::Display, reason: impl ToString) -> ConvertError {
     ConvertError {
-        field: field.into(),
+        field: field.to_string(),
         reason: reason.to_string(),
+    }
+}
+
+/// Where a field sits inside the message. Written out only when an error names
+/// it: a policy's rules have a score of fields each, and formatting every path up
+/// front was a quarter of a whole snapshot's conversion.
+#[derive(Debug, Clone, Copy)]
+enum At<'a> {
+    Root(&'a str),
+    Field(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl<'a> At<'a> {
+    fn field(&'a self, name: &'a str) -> At<'a> {
+        At::Field(self, name)
+    }
+
+    fn index(&'a self, i: usize) -> At<'a> {
+        At::Index(self, i)
+    }
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Root(name) => f.write_str(name),
+            At::Field(parent, name) => write!(f, "{parent}.{name}"),
+            At::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
     }
 }
 
@@ -78,59 +108,65 @@ pub fn convert_with(
             Update::Config(cfg)
         }
         P::IpsetUpdate(u) => {
-            let f = "ipset_update";
+            let f = At::Root("ipset_update");
             let kind = match pb::ip_set_update::IpSetType::try_from(u.r#type) {
                 Ok(pb::ip_set_update::IpSetType::Ip) => IpSetKind::Ip,
                 Ok(pb::ip_set_update::IpSetType::IpAndPort) => IpSetKind::IpAndPort,
                 Ok(pb::ip_set_update::IpSetType::Net) => IpSetKind::Net,
                 Err(_) => {
                     return Err(err(
-                        format!("{f}.type"),
+                        f.field("type"),
                         format!("unknown IP set type {}", u.r#type),
                     ))
                 }
             };
             Update::IpSetReplace {
-                id: set_id(&u.id, &format!("{f}.id"))?,
+                id: set_id(&u.id, &f.field("id"))?,
                 kind,
-                members: members(&u.members, &format!("{f}.members"))?,
+                members: members(&u.members, &f.field("members"))?,
             }
         }
         P::IpsetDeltaUpdate(u) => {
-            let f = "ipset_delta_update";
+            let f = At::Root("ipset_delta_update");
             Update::IpSetDelta {
-                id: set_id(&u.id, &format!("{f}.id"))?,
-                added: members(&u.added_members, &format!("{f}.added_members"))?,
-                removed: members(&u.removed_members, &format!("{f}.removed_members"))?,
+                id: set_id(&u.id, &f.field("id"))?,
+                added: members(&u.added_members, &f.field("added_members"))?,
+                removed: members(&u.removed_members, &f.field("removed_members"))?,
             }
         }
-        P::IpsetRemove(u) => Update::IpSetRemove(set_id(&u.id, "ipset_remove.id")?),
+        P::IpsetRemove(u) => Update::IpSetRemove(set_id(&u.id, &At::Root("ipset_remove.id"))?),
         P::ActiveProfileUpdate(u) => {
-            let f = "active_profile_update";
-            let name = profile_name(u.id.as_ref(), &format!("{f}.id.name"))?;
+            let f = At::Root("active_profile_update");
+            let name = profile_name(u.id.as_ref(), &f.field("id").field("name"))?;
             let p = u.profile.unwrap_or_default();
             Update::ProfileUpdate(
                 name,
                 Profile {
-                    inbound: rules(&p.inbound_rules, &format!("{f}.profile.inbound_rules"))?,
-                    outbound: rules(&p.outbound_rules, &format!("{f}.profile.outbound_rules"))?,
+                    inbound: rules(&p.inbound_rules, &f.field("profile").field("inbound_rules"))?,
+                    outbound: rules(
+                        &p.outbound_rules,
+                        &f.field("profile").field("outbound_rules"),
+                    )?,
                 }
                 .into(),
             )
         }
         P::ActiveProfileRemove(u) => Update::ProfileRemove(profile_name(
             u.id.as_ref(),
-            "active_profile_remove.id.name",
+            &At::Root("active_profile_remove.id.name"),
         )?),
         P::ActivePolicyUpdate(u) => {
-            let f = "active_policy_update";
-            let key = policy_key(u.id.as_ref(), &format!("{f}.id"))?;
+            let f = At::Root("active_policy_update");
+            let key = policy_key(u.id.as_ref(), &f.field("id"))?;
             let p = u.policy.unwrap_or_default();
             Update::PolicyUpdate(
                 key,
                 Policy {
-                    inbound: rules(&p.inbound_rules, &format!("{f}.policy.inbound_rules"))?,
-                    outbound: rules(&p.outbound_rules, &format!("{f}.policy.outbound_rules"))?,
+                    inbound: rules(&p.inbound_rules, &f.field("policy").field("inbound_rules"))?,
+                    outbound: rules(
+                        &p.outbound_rules,
+                        &f.field("policy").field("outbound_rules"),
+                    )?,
                     untracked: p.untracked,
                     pre_dnat: p.pre_dnat,
                     tier: p.tier,
@@ -138,41 +174,43 @@ pub fn convert_with(
                 .into(),
             )
         }
-        P::ActivePolicyRemove(u) => {
-            Update::PolicyRemove(policy_key(u.id.as_ref(), "active_policy_remove.id")?)
-        }
+        P::ActivePolicyRemove(u) => Update::PolicyRemove(policy_key(
+            u.id.as_ref(),
+            &At::Root("active_policy_remove.id"),
+        )?),
         P::WorkloadEndpointUpdate(u) => {
-            let f = "workload_endpoint_update";
-            let key = workload_key(u.id.as_ref(), &format!("{f}.id"))?;
+            let f = At::Root("workload_endpoint_update");
+            let key = workload_key(u.id.as_ref(), &f.field("id"))?;
             let e = u.endpoint.unwrap_or_default();
-            let ef = format!("{f}.endpoint");
+            let ef = f.field("endpoint");
             Update::WorkloadUpdate(
                 key,
                 WorkloadEndpoint {
                     name: e.name,
                     profile_ids: e.profile_ids,
-                    ipv4_nets: cidrs(&e.ipv4_nets, &format!("{ef}.ipv4_nets"))?,
-                    ipv6_nets: cidrs(&e.ipv6_nets, &format!("{ef}.ipv6_nets"))?,
-                    tiers: tiers(&e.tiers, &format!("{ef}.tiers"))?,
+                    ipv4_nets: cidrs(&e.ipv4_nets, &ef.field("ipv4_nets"))?,
+                    ipv6_nets: cidrs(&e.ipv6_nets, &ef.field("ipv6_nets"))?,
+                    tiers: tiers(&e.tiers, &ef.field("tiers"))?,
                 }
                 .into(),
             )
         }
-        P::WorkloadEndpointRemove(u) => {
-            Update::WorkloadRemove(workload_key(u.id.as_ref(), "workload_endpoint_remove.id")?)
-        }
+        P::WorkloadEndpointRemove(u) => Update::WorkloadRemove(workload_key(
+            u.id.as_ref(),
+            &At::Root("workload_endpoint_remove.id"),
+        )?),
         P::HostEndpointUpdate(u) => {
-            let f = "host_endpoint_update";
-            let key = host_endpoint_key(u.id.as_ref(), &format!("{f}.id"))?;
+            let f = At::Root("host_endpoint_update");
+            let key = host_endpoint_key(u.id.as_ref(), &f.field("id"))?;
             let e = u.endpoint.unwrap_or_default();
-            let ef = format!("{f}.endpoint");
+            let ef = f.field("endpoint");
             let mut expected_addrs = Vec::new();
             for (list, name) in [
                 (&e.expected_ipv4_addrs, "expected_ipv4_addrs"),
                 (&e.expected_ipv6_addrs, "expected_ipv6_addrs"),
             ] {
                 for (i, a) in list.iter().enumerate() {
-                    let c: Cidr = a.parse().map_err(|e| err(format!("{ef}.{name}[{i}]"), e))?;
+                    let c: Cidr = a.parse().map_err(|e| err(ef.field(name).index(i), e))?;
                     expected_addrs.push(c.net().addr());
                 }
             }
@@ -181,21 +219,22 @@ pub fn convert_with(
                 HostEndpoint {
                     name: e.name,
                     profile_ids: e.profile_ids,
-                    tiers: tiers(&e.tiers, &format!("{ef}.tiers"))?,
-                    untracked_tiers: tiers(&e.untracked_tiers, &format!("{ef}.untracked_tiers"))?,
-                    pre_dnat_tiers: tiers(&e.pre_dnat_tiers, &format!("{ef}.pre_dnat_tiers"))?,
-                    forward_tiers: tiers(&e.forward_tiers, &format!("{ef}.forward_tiers"))?,
+                    tiers: tiers(&e.tiers, &ef.field("tiers"))?,
+                    untracked_tiers: tiers(&e.untracked_tiers, &ef.field("untracked_tiers"))?,
+                    pre_dnat_tiers: tiers(&e.pre_dnat_tiers, &ef.field("pre_dnat_tiers"))?,
+                    forward_tiers: tiers(&e.forward_tiers, &ef.field("forward_tiers"))?,
                     expected_addrs,
                 },
             )
         }
-        P::HostEndpointRemove(u) => {
-            Update::HostEndpointRemove(host_endpoint_key(u.id.as_ref(), "host_endpoint_remove.id")?)
-        }
+        P::HostEndpointRemove(u) => Update::HostEndpointRemove(host_endpoint_key(
+            u.id.as_ref(),
+            &At::Root("host_endpoint_remove.id"),
+        )?),
         P::HostMetadataUpdate(u) => {
-            let f = "host_metadata_update";
-            let ipv4 = opt_addr(&u.ipv4_addr, &format!("{f}.ipv4_addr"))?;
-            let ipv6 = opt_addr(&u.ipv6_addr, &format!("{f}.ipv6_addr"))?;
+            let f = At::Root("host_metadata_update");
+            let ipv4 = opt_addr(&u.ipv4_addr, &f.field("ipv4_addr"))?;
+            let ipv6 = opt_addr(&u.ipv6_addr, &f.field("ipv6_addr"))?;
             let ipv6 = match (ipv6, opts.split_host_metadata) {
                 (None, true) => host(&u.hostname).ipv6,
                 (v6, _) => v6,
@@ -204,7 +243,7 @@ pub fn convert_with(
         }
         P::HostMetadataV6Update(u) => {
             let mut h = host(&u.hostname);
-            h.ipv6 = opt_addr(&u.ipv6_addr, "host_metadata_v6_update.ipv6_addr")?;
+            h.ipv6 = opt_addr(&u.ipv6_addr, &At::Root("host_metadata_v6_update.ipv6_addr"))?;
             Update::HostMetadataUpdate(u.hostname, h)
         }
         P::HostMetadataV6Remove(u) => {
@@ -213,12 +252,12 @@ pub fn convert_with(
             Update::HostMetadataUpdate(u.hostname, h)
         }
         P::HostMetadataV4v6Update(u) => {
-            let f = "host_metadata_v4v6_update";
+            let f = At::Root("host_metadata_v4v6_update");
             Update::HostMetadataUpdate(
                 u.hostname,
                 HostMetadata {
-                    ipv4: opt_addr(&u.ipv4_addr, &format!("{f}.ipv4_addr"))?,
-                    ipv6: opt_addr(&u.ipv6_addr, &format!("{f}.ipv6_addr"))?,
+                    ipv4: opt_addr(&u.ipv4_addr, &f.field("ipv4_addr"))?,
+                    ipv6: opt_addr(&u.ipv6_addr, &f.field("ipv6_addr"))?,
                 },
             )
         }
@@ -254,32 +293,32 @@ pub fn convert_with(
     Ok(Converted::Update(update))
 }
 
-fn set_id(id: &str, field: &str) -> Result<IpSetId, ConvertError> {
+fn set_id(id: &str, field: &At<'_>) -> Result<IpSetId, ConvertError> {
     IpSetId::new(id).ok_or_else(|| err(field, "empty IP set id"))
 }
 
-fn set_ids(ids: &[String], field: &str) -> Result<Vec<IpSetId>, ConvertError> {
+fn set_ids(ids: &[String], field: &At<'_>) -> Result<Vec<IpSetId>, ConvertError> {
     ids.iter()
         .enumerate()
-        .map(|(i, id)| set_id(id, &format!("{field}[{i}]")))
+        .map(|(i, id)| set_id(id, &field.index(i)))
         .collect()
 }
 
-fn members(list: &[String], field: &str) -> Result<Vec<Member>, ConvertError> {
+fn members(list: &[String], field: &At<'_>) -> Result<Vec<Member>, ConvertError> {
     list.iter()
         .enumerate()
-        .map(|(i, m)| m.parse().map_err(|e| err(format!("{field}[{i}]"), e)))
+        .map(|(i, m)| m.parse().map_err(|e| err(field.index(i), e)))
         .collect()
 }
 
-fn cidrs(list: &[String], field: &str) -> Result<Vec<Cidr>, ConvertError> {
+fn cidrs(list: &[String], field: &At<'_>) -> Result<Vec<Cidr>, ConvertError> {
     list.iter()
         .enumerate()
-        .map(|(i, m)| m.parse().map_err(|e| err(format!("{field}[{i}]"), e)))
+        .map(|(i, m)| m.parse().map_err(|e| err(field.index(i), e)))
         .collect()
 }
 
-fn opt_addr(s: &str, field: &str) -> Result<Option<std::net::IpAddr>, ConvertError> {
+fn opt_addr(s: &str, field: &At<'_>) -> Result<Option<std::net::IpAddr>, ConvertError> {
     if s.is_empty() {
         return Ok(None);
     }
@@ -290,30 +329,30 @@ fn opt_addr(s: &str, field: &str) -> Result<Option<std::net::IpAddr>, ConvertErr
         .map_err(|_| err(field, format!("{s:?} is not an address or address/prefix")))
 }
 
-fn ports(list: &[pb::PortRange], field: &str) -> Result<Vec<PortRange>, ConvertError> {
+fn ports(list: &[pb::PortRange], field: &At<'_>) -> Result<Vec<PortRange>, ConvertError> {
     list.iter()
         .enumerate()
         .map(|(i, p)| {
             PortRange::new(i64::from(p.first), i64::from(p.last))
-                .map_err(|e| err(format!("{field}[{i}]"), e))
+                .map_err(|e| err(field.index(i), e))
         })
         .collect()
 }
 
-fn protocol(p: Option<&pb::Protocol>, field: &str) -> Result<Option<Protocol>, ConvertError> {
+fn protocol(p: Option<&pb::Protocol>, field: &At<'_>) -> Result<Option<Protocol>, ConvertError> {
     use pb::protocol::NumberOrName as N;
     match p.and_then(|p| p.number_or_name.as_ref()) {
         None => Ok(None),
         Some(N::Number(n)) => Protocol::from_number(i64::from(*n))
             .map(Some)
-            .map_err(|e| err(format!("{field}.number"), e)),
+            .map_err(|e| err(field.field("number"), e)),
         Some(N::Name(s)) => Protocol::from_name(s)
             .map(Some)
-            .map_err(|e| err(format!("{field}.name"), e)),
+            .map_err(|e| err(field.field("name"), e)),
     }
 }
 
-fn icmp_byte(v: i32, what: &'static str, field: &str) -> Result<u8, ConvertError> {
+fn icmp_byte(v: i32, what: &'static str, field: &At<'_>) -> Result<u8, ConvertError> {
     u8::try_from(v).map_err(|_| {
         err(
             field,
@@ -325,36 +364,37 @@ fn icmp_byte(v: i32, what: &'static str, field: &str) -> Result<u8, ConvertError
     })
 }
 
-fn icmp_type_code(tc: &pb::IcmpTypeAndCode, field: &str) -> Result<IcmpMatch, ConvertError> {
+fn icmp_type_code(tc: &pb::IcmpTypeAndCode, field: &At<'_>) -> Result<IcmpMatch, ConvertError> {
     Ok(IcmpMatch {
-        icmp_type: icmp_byte(tc.r#type, "type", &format!("{field}.type"))?,
-        code: Some(icmp_byte(tc.code, "code", &format!("{field}.code"))?),
+        icmp_type: icmp_byte(tc.r#type, "type", &field.field("type"))?,
+        code: Some(icmp_byte(tc.code, "code", &field.field("code"))?),
     })
 }
 
-fn rules(list: &[pb::Rule], field: &str) -> Result<Vec<Rule>, ConvertError> {
+fn rules(list: &[pb::Rule], field: &At<'_>) -> Result<Vec<Rule>, ConvertError> {
     list.iter()
         .enumerate()
-        .map(|(i, r)| rule(r, &format!("{field}[{i}]")))
+        .map(|(i, r)| rule_at(r, &field.index(i)))
         .collect()
 }
 
-/// Converts one rule, every field of Felix's `Rule` that matters for L3/L4 policy.
-pub fn rule(r: &pb::Rule, f: &str) -> Result<Rule, ConvertError> {
+/// Converts one rule, every field of Felix's `Rule` that matters for L3/L4 policy;
+/// errors name its fields under `field`.
+pub fn rule(r: &pb::Rule, field: &str) -> Result<Rule, ConvertError> {
+    rule_at(r, &At::Root(field))
+}
+
+fn rule_at(r: &pb::Rule, f: &At<'_>) -> Result<Rule, ConvertError> {
     use pb::rule::{Icmp, NotIcmp};
-    let action = Action::from_felix(&r.action).ok_or_else(|| {
-        err(
-            format!("{f}.action"),
-            format!("unknown action {:?}", r.action),
-        )
-    })?;
+    let action = Action::from_felix(&r.action)
+        .ok_or_else(|| err(f.field("action"), format!("unknown action {:?}", r.action)))?;
     let ip_version = match pb::IpVersion::try_from(r.ip_version) {
         Ok(pb::IpVersion::Any) => None,
         Ok(pb::IpVersion::Ipv4) => Some(IpFamily::V4),
         Ok(pb::IpVersion::Ipv6) => Some(IpFamily::V6),
         Err(_) => {
             return Err(err(
-                format!("{f}.ip_version"),
+                f.field("ip_version"),
                 format!("unknown IP version {}", r.ip_version),
             ))
         }
@@ -362,76 +402,76 @@ pub fn rule(r: &pb::Rule, f: &str) -> Result<Rule, ConvertError> {
     let icmp = match &r.icmp {
         None => None,
         Some(Icmp::IcmpType(t)) => Some(IcmpMatch {
-            icmp_type: icmp_byte(*t, "type", &format!("{f}.icmp_type"))?,
+            icmp_type: icmp_byte(*t, "type", &f.field("icmp_type"))?,
             code: None,
         }),
-        Some(Icmp::IcmpTypeCode(tc)) => Some(icmp_type_code(tc, &format!("{f}.icmp_type_code"))?),
+        Some(Icmp::IcmpTypeCode(tc)) => Some(icmp_type_code(tc, &f.field("icmp_type_code"))?),
     };
     let not_icmp = match &r.not_icmp {
         None => None,
         Some(NotIcmp::NotIcmpType(t)) => Some(IcmpMatch {
-            icmp_type: icmp_byte(*t, "type", &format!("{f}.not_icmp_type"))?,
+            icmp_type: icmp_byte(*t, "type", &f.field("not_icmp_type"))?,
             code: None,
         }),
         Some(NotIcmp::NotIcmpTypeCode(tc)) => {
-            Some(icmp_type_code(tc, &format!("{f}.not_icmp_type_code"))?)
+            Some(icmp_type_code(tc, &f.field("not_icmp_type_code"))?)
         }
     };
     Ok(Rule {
         action,
         ip_version,
-        protocol: protocol(r.protocol.as_ref(), &format!("{f}.protocol"))?,
-        not_protocol: protocol(r.not_protocol.as_ref(), &format!("{f}.not_protocol"))?,
+        protocol: protocol(r.protocol.as_ref(), &f.field("protocol"))?,
+        not_protocol: protocol(r.not_protocol.as_ref(), &f.field("not_protocol"))?,
         src: SideMatch {
-            nets: cidrs(&r.src_net, &format!("{f}.src_net"))?,
-            not_nets: cidrs(&r.not_src_net, &format!("{f}.not_src_net"))?,
-            ports: ports(&r.src_ports, &format!("{f}.src_ports"))?,
-            not_ports: ports(&r.not_src_ports, &format!("{f}.not_src_ports"))?,
+            nets: cidrs(&r.src_net, &f.field("src_net"))?,
+            not_nets: cidrs(&r.not_src_net, &f.field("not_src_net"))?,
+            ports: ports(&r.src_ports, &f.field("src_ports"))?,
+            not_ports: ports(&r.not_src_ports, &f.field("not_src_ports"))?,
             named_port_sets: set_ids(
                 &r.src_named_port_ip_set_ids,
-                &format!("{f}.src_named_port_ip_set_ids"),
+                &f.field("src_named_port_ip_set_ids"),
             )?,
             not_named_port_sets: set_ids(
                 &r.not_src_named_port_ip_set_ids,
-                &format!("{f}.not_src_named_port_ip_set_ids"),
+                &f.field("not_src_named_port_ip_set_ids"),
             )?,
-            ip_sets: set_ids(&r.src_ip_set_ids, &format!("{f}.src_ip_set_ids"))?,
-            not_ip_sets: set_ids(&r.not_src_ip_set_ids, &format!("{f}.not_src_ip_set_ids"))?,
+            ip_sets: set_ids(&r.src_ip_set_ids, &f.field("src_ip_set_ids"))?,
+            not_ip_sets: set_ids(&r.not_src_ip_set_ids, &f.field("not_src_ip_set_ids"))?,
         },
         dst: SideMatch {
-            nets: cidrs(&r.dst_net, &format!("{f}.dst_net"))?,
-            not_nets: cidrs(&r.not_dst_net, &format!("{f}.not_dst_net"))?,
-            ports: ports(&r.dst_ports, &format!("{f}.dst_ports"))?,
-            not_ports: ports(&r.not_dst_ports, &format!("{f}.not_dst_ports"))?,
+            nets: cidrs(&r.dst_net, &f.field("dst_net"))?,
+            not_nets: cidrs(&r.not_dst_net, &f.field("not_dst_net"))?,
+            ports: ports(&r.dst_ports, &f.field("dst_ports"))?,
+            not_ports: ports(&r.not_dst_ports, &f.field("not_dst_ports"))?,
             named_port_sets: set_ids(
                 &r.dst_named_port_ip_set_ids,
-                &format!("{f}.dst_named_port_ip_set_ids"),
+                &f.field("dst_named_port_ip_set_ids"),
             )?,
             not_named_port_sets: set_ids(
                 &r.not_dst_named_port_ip_set_ids,
-                &format!("{f}.not_dst_named_port_ip_set_ids"),
+                &f.field("not_dst_named_port_ip_set_ids"),
             )?,
-            ip_sets: set_ids(&r.dst_ip_set_ids, &format!("{f}.dst_ip_set_ids"))?,
-            not_ip_sets: set_ids(&r.not_dst_ip_set_ids, &format!("{f}.not_dst_ip_set_ids"))?,
+            ip_sets: set_ids(&r.dst_ip_set_ids, &f.field("dst_ip_set_ids"))?,
+            not_ip_sets: set_ids(&r.not_dst_ip_set_ids, &f.field("not_dst_ip_set_ids"))?,
         },
-        dst_ip_port_sets: set_ids(&r.dst_ip_port_set_ids, &format!("{f}.dst_ip_port_set_ids"))?,
+        dst_ip_port_sets: set_ids(&r.dst_ip_port_set_ids, &f.field("dst_ip_port_set_ids"))?,
         icmp,
         not_icmp,
         rule_id: r.rule_id.clone(),
     })
 }
 
-fn profile_name(id: Option<&pb::ProfileId>, field: &str) -> Result<String, ConvertError> {
+fn profile_name(id: Option<&pb::ProfileId>, field: &At<'_>) -> Result<String, ConvertError> {
     match id {
         Some(id) if !id.name.is_empty() => Ok(id.name.clone()),
         _ => Err(err(field, "missing profile name")),
     }
 }
 
-fn policy_key(id: Option<&pb::PolicyId>, field: &str) -> Result<PolicyKey, ConvertError> {
+fn policy_key(id: Option<&pb::PolicyId>, field: &At<'_>) -> Result<PolicyKey, ConvertError> {
     match id {
         Some(id) if !id.name.is_empty() => Ok(policy_key_of(id)),
-        _ => Err(err(format!("{field}.name"), "missing policy name")),
+        _ => Err(err(field.field("name"), "missing policy name")),
     }
 }
 
@@ -445,11 +485,11 @@ fn policy_key_of(id: &pb::PolicyId) -> PolicyKey {
 
 fn workload_key(
     id: Option<&pb::WorkloadEndpointId>,
-    field: &str,
+    field: &At<'_>,
 ) -> Result<WorkloadKey, ConvertError> {
     let id = id.ok_or_else(|| err(field, "missing workload endpoint id"))?;
     if id.workload_id.is_empty() {
-        return Err(err(format!("{field}.workload_id"), "empty workload id"));
+        return Err(err(field.field("workload_id"), "empty workload id"));
     }
     Ok(WorkloadKey {
         orchestrator: id.orchestrator_id.clone(),
@@ -460,28 +500,25 @@ fn workload_key(
 
 fn host_endpoint_key(
     id: Option<&pb::HostEndpointId>,
-    field: &str,
+    field: &At<'_>,
 ) -> Result<HostEndpointKey, ConvertError> {
     match id {
         Some(id) if !id.endpoint_id.is_empty() => Ok(HostEndpointKey(id.endpoint_id.clone())),
-        _ => Err(err(
-            format!("{field}.endpoint_id"),
-            "missing host endpoint id",
-        )),
+        _ => Err(err(field.field("endpoint_id"), "missing host endpoint id")),
     }
 }
 
-fn tiers(list: &[pb::TierInfo], field: &str) -> Result<Vec<TierInfo>, ConvertError> {
+fn tiers(list: &[pb::TierInfo], field: &At<'_>) -> Result<Vec<TierInfo>, ConvertError> {
     list.iter()
         .enumerate()
         .map(|(i, t)| {
-            let f = format!("{field}[{i}]");
+            let f = field.index(i);
             let default_action = match t.default_action.as_str() {
                 "" | "Deny" | "deny" => TierDefault::Deny,
                 "Pass" | "pass" => TierDefault::Pass,
                 other => {
                     return Err(err(
-                        format!("{f}.default_action"),
+                        f.field("default_action"),
                         format!("{other:?} is not Deny or Pass"),
                     ))
                 }
@@ -491,7 +528,10 @@ fn tiers(list: &[pb::TierInfo], field: &str) -> Result<Vec<TierInfo>, ConvertErr
                     .enumerate()
                     .map(|(j, id)| {
                         if id.name.is_empty() {
-                            Err(err(format!("{f}.{name}[{j}].name"), "missing policy name"))
+                            Err(err(
+                                f.field(name).index(j).field("name"),
+                                "missing policy name",
+                            ))
                         } else {
                             Ok(policy_key_of(id))
                         }
@@ -509,7 +549,7 @@ fn tiers(list: &[pb::TierInfo], field: &str) -> Result<Vec<TierInfo>, ConvertErr
 }
 
 /// Re-encodes a message of one schema as the wire-identical message of the other.
-fn transcode<A: Message, B: Message + Default>(a: &A, field: &str) -> Result<B, ConvertError> {
+fn transcode<A: Message, B: Message + Default>(a: &A, field: &At<'_>) -> Result<B, ConvertError> {
     B::decode(a.encode_to_vec().as_slice())
         .map_err(|e| err(field, format!("cannot carry over: {e}")))
 }
@@ -557,11 +597,11 @@ pub fn upgrade_v3_31(msg: v3_31::ToDataplane, state: &State) -> Result<Converted
     let host = |name: &str| state.hosts().get(name).cloned().unwrap_or_default();
     let payload = match payload {
         O::ActivePolicyUpdate(u) => {
-            let f = "active_policy_update";
+            let f = At::Root("active_policy_update");
             let id =
-                u.id.ok_or_else(|| err(format!("{f}.id"), "missing policy id"))?;
+                u.id.ok_or_else(|| err(f.field("id"), "missing policy id"))?;
             let mut policy: pb::Policy = match &u.policy {
-                Some(p) => transcode(p, &format!("{f}.policy"))?,
+                Some(p) => transcode(p, &f.field("policy"))?,
                 None => pb::Policy::default(),
             };
             policy.tier = id.tier.clone();
@@ -591,7 +631,8 @@ pub fn upgrade_v3_31(msg: v3_31::ToDataplane, state: &State) -> Result<Converted
             if let Some(e) = u.endpoint.as_mut() {
                 e.tiers.clear();
             }
-            let mut up: pb::WorkloadEndpointUpdate = transcode(&u, "workload_endpoint_update")?;
+            let mut up: pb::WorkloadEndpointUpdate =
+                transcode(&u, &At::Root("workload_endpoint_update"))?;
             if let Some(e) = up.endpoint.as_mut() {
                 e.tiers = tiers;
             }
@@ -612,7 +653,7 @@ pub fn upgrade_v3_31(msg: v3_31::ToDataplane, state: &State) -> Result<Converted
                 e.pre_dnat_tiers.clear();
                 e.forward_tiers.clear();
             }
-            let mut up: pb::HostEndpointUpdate = transcode(&u, "host_endpoint_update")?;
+            let mut up: pb::HostEndpointUpdate = transcode(&u, &At::Root("host_endpoint_update"))?;
             if let (Some(e), Some([t, ut, pt, ft])) = (up.endpoint.as_mut(), lists) {
                 e.tiers = t;
                 e.untracked_tiers = ut;
@@ -622,22 +663,22 @@ pub fn upgrade_v3_31(msg: v3_31::ToDataplane, state: &State) -> Result<Converted
             P::HostEndpointUpdate(up)
         }
         O::HostMetadataUpdate(u) => {
-            let f = "host_metadata_update";
+            let f = At::Root("host_metadata_update");
             let mut h = host(&u.hostname);
-            h.ipv4 = opt_addr(&u.ipv4_addr, &format!("{f}.ipv4_addr"))?;
+            h.ipv4 = opt_addr(&u.ipv4_addr, &f.field("ipv4_addr"))?;
             return Ok(Converted::Update(Update::HostMetadataUpdate(u.hostname, h)));
         }
         O::HostMetadataV6Update(u) => {
-            let f = "host_metadata_v6_update";
+            let f = At::Root("host_metadata_v6_update");
             let mut h = host(&u.hostname);
-            h.ipv6 = opt_addr(&u.ipv6_addr, &format!("{f}.ipv6_addr"))?;
+            h.ipv6 = opt_addr(&u.ipv6_addr, &f.field("ipv6_addr"))?;
             return Ok(Converted::Update(Update::HostMetadataUpdate(u.hostname, h)));
         }
         O::HostMetadataV4v6Update(u) => {
-            let f = "host_metadata_v4v6_update";
+            let f = At::Root("host_metadata_v4v6_update");
             let h = HostMetadata {
-                ipv4: opt_addr(&u.ipv4_addr, &format!("{f}.ipv4_addr"))?,
-                ipv6: opt_addr(&u.ipv6_addr, &format!("{f}.ipv6_addr"))?,
+                ipv4: opt_addr(&u.ipv4_addr, &f.field("ipv4_addr"))?,
+                ipv6: opt_addr(&u.ipv6_addr, &f.field("ipv6_addr"))?,
             };
             return Ok(Converted::Update(Update::HostMetadataUpdate(u.hostname, h)));
         }
@@ -656,7 +697,7 @@ pub fn upgrade_v3_31(msg: v3_31::ToDataplane, state: &State) -> Result<Converted
                 sequence_number: seq,
                 payload: Some(other),
             };
-            let up: pb::ToDataplane = transcode(&env, "payload")?;
+            let up: pb::ToDataplane = transcode(&env, &At::Root("payload"))?;
             return convert(up, state);
         }
     };
@@ -667,4 +708,125 @@ pub fn upgrade_v3_31(msg: v3_31::ToDataplane, state: &State) -> Result<Converted
         },
         state,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::to_dataplane::Payload as P;
+
+    fn field_of(payload: P) -> String {
+        let msg = pb::ToDataplane {
+            payload: Some(payload),
+            ..Default::default()
+        };
+        match convert(msg, &State::new()) {
+            Err(e) => e.field,
+            Ok(c) => format!("converted: {c:?}"),
+        }
+    }
+
+    fn policy_id(name: &str) -> pb::PolicyId {
+        pb::PolicyId {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Errors name the bad field by its whole path, however deep it sits.
+    #[test]
+    fn errors_name_the_field_path() {
+        let allow = pb::Rule {
+            action: "allow".into(),
+            ..Default::default()
+        };
+        let bad_net = pb::Rule {
+            src_net: vec!["10.0.0.0/8".into(), "10.1.0.0/99".into()],
+            ..allow.clone()
+        };
+        let bad_set = pb::Rule {
+            dst_ip_set_ids: vec!["s:a".into(), String::new()],
+            ..allow.clone()
+        };
+        let bad_icmp = pb::Rule {
+            not_icmp: Some(pb::rule::NotIcmp::NotIcmpTypeCode(pb::IcmpTypeAndCode {
+                r#type: 8,
+                code: 300,
+            })),
+            ..allow.clone()
+        };
+        let policy = |inbound: Vec<pb::Rule>, outbound: Vec<pb::Rule>| {
+            P::ActivePolicyUpdate(pb::ActivePolicyUpdate {
+                id: Some(policy_id("p")),
+                policy: Some(pb::Policy {
+                    inbound_rules: inbound,
+                    outbound_rules: outbound,
+                    ..Default::default()
+                }),
+            })
+        };
+        assert_eq!(
+            field_of(policy(vec![allow.clone(), allow.clone(), bad_net], vec![])),
+            "active_policy_update.policy.inbound_rules[2].src_net[1]"
+        );
+        assert_eq!(
+            field_of(policy(vec![], vec![bad_set])),
+            "active_policy_update.policy.outbound_rules[0].dst_ip_set_ids[1]"
+        );
+        assert_eq!(
+            field_of(policy(vec![bad_icmp], vec![])),
+            "active_policy_update.policy.inbound_rules[0].not_icmp_type_code.code"
+        );
+        let endpoint = |tiers: Vec<pb::TierInfo>| {
+            P::WorkloadEndpointUpdate(pb::WorkloadEndpointUpdate {
+                id: Some(pb::WorkloadEndpointId {
+                    orchestrator_id: "k8s".into(),
+                    workload_id: "ns/pod".into(),
+                    endpoint_id: "eth0".into(),
+                }),
+                endpoint: Some(pb::WorkloadEndpoint {
+                    tiers,
+                    ..Default::default()
+                }),
+            })
+        };
+        assert_eq!(
+            field_of(endpoint(vec![
+                pb::TierInfo {
+                    name: "default".into(),
+                    ..Default::default()
+                },
+                pb::TierInfo {
+                    name: "security".into(),
+                    egress_policies: vec![policy_id("a"), policy_id("")],
+                    ..Default::default()
+                },
+            ])),
+            "workload_endpoint_update.endpoint.tiers[1].egress_policies[1].name"
+        );
+        assert_eq!(
+            field_of(endpoint(vec![pb::TierInfo {
+                name: "default".into(),
+                default_action: "Allow".into(),
+                ..Default::default()
+            }])),
+            "workload_endpoint_update.endpoint.tiers[0].default_action"
+        );
+        assert_eq!(
+            field_of(P::HostEndpointUpdate(pb::HostEndpointUpdate {
+                id: Some(pb::HostEndpointId {
+                    endpoint_id: "eth0".into(),
+                }),
+                endpoint: Some(pb::HostEndpoint {
+                    expected_ipv6_addrs: vec!["fd00::1".into(), "not-an-address".into()],
+                    ..Default::default()
+                }),
+            })),
+            "host_endpoint_update.endpoint.expected_ipv6_addrs[1]"
+        );
+        assert_eq!(
+            field_of(P::IpsetRemove(pb::IpSetRemove { id: String::new() })),
+            "ipset_remove.id"
+        );
+    }
 }
