@@ -119,6 +119,21 @@ pub enum StateError {
     },
 }
 
+/// Puts `v` at `k`: a new key goes last, a known one keeps its place.
+fn put<K: std::hash::Hash + Eq, V: PartialEq>(m: &mut StateMap<K, V>, k: K, v: V) -> Applied {
+    match m.get_mut(&k) {
+        Some(old) if *old == v => Applied::Unchanged,
+        Some(old) => {
+            *old = v;
+            Applied::Changed
+        }
+        None => {
+            m.insert(k, v);
+            Applied::Changed
+        }
+    }
+}
+
 /// The state's maps: insertion-ordered, hashed with `foldhash` (every update looks
 /// up names Felix chose; SipHash was a tenth of an endpoint update).
 pub type StateMap<K, V> = IndexMap<K, V, foldhash::quality::RandomState>;
@@ -272,6 +287,14 @@ impl State {
 
     /// Validates `update` against the state and applies it; on error nothing changed.
     pub fn apply(&mut self, update: Update) -> Result<Applied, StateError> {
+        if let Update::IpSetReplace { id, kind, members } = update {
+            // Building the set is its check: built once, kept.
+            let set = IpSet::new(kind, members).map_err(|source| StateError::WrongMember {
+                id: id.clone(),
+                source,
+            })?;
+            return Ok(put(&mut self.ipsets, id, set));
+        }
         self.check(&update)?;
         Ok(self.commit(update))
     }
@@ -526,23 +549,6 @@ impl State {
 
     /// Applies an update to the objects (the reference counts already follow it).
     fn commit_objects(&mut self, update: Update) -> Applied {
-        fn put<K: std::hash::Hash + Eq, V: PartialEq>(
-            m: &mut StateMap<K, V>,
-            k: K,
-            v: V,
-        ) -> Applied {
-            match m.get_mut(&k) {
-                Some(old) if *old == v => Applied::Unchanged,
-                Some(old) => {
-                    *old = v;
-                    Applied::Changed
-                }
-                None => {
-                    m.insert(k, v);
-                    Applied::Changed
-                }
-            }
-        }
         fn del<K: std::hash::Hash + Eq, V>(m: &mut StateMap<K, V>, k: &K) -> Applied {
             match m.shift_remove(k) {
                 Some(_) => Applied::Changed,
@@ -840,6 +846,26 @@ mod tests {
             .unwrap();
         assert_eq!(copy.policies()[&key("p")].outbound.len(), 1);
         assert!(s.policies()[&key("p")].outbound.is_empty());
+    }
+
+    /// A set replaced by members of the wrong kind is refused, and keeps what it
+    /// held; the same members again change nothing.
+    #[test]
+    fn a_replacement_of_the_wrong_kind_changes_nothing() {
+        let mut s = State::new();
+        let net: Member = "10.0.0.1/32".parse().unwrap();
+        let replace = |members| Update::IpSetReplace {
+            id: set_id("s:a"),
+            kind: IpSetKind::Net,
+            members,
+        };
+        assert_eq!(s.apply(replace(vec![net])).unwrap(), Applied::Changed);
+        assert_eq!(s.apply(replace(vec![net])).unwrap(), Applied::Unchanged);
+        let port: Member = "10.0.0.2,tcp:80".parse().unwrap();
+        let err = s.apply(replace(vec![net, port])).unwrap_err();
+        assert!(matches!(err, StateError::WrongMember { .. }), "{err}");
+        let held: Vec<Member> = s.ipsets()[&set_id("s:a")].members().copied().collect();
+        assert_eq!(held, vec![net]);
     }
 
     #[test]
