@@ -687,6 +687,42 @@ mod tests {
         }
     }
 
+    /// A state holding only an empty `NET` set.
+    fn with_empty_set(id: &str) -> State {
+        let mut s = State::new();
+        s.apply(Update::IpSetReplace {
+            id: set_id(id),
+            kind: IpSetKind::Net,
+            members: vec![],
+        })
+        .unwrap();
+        s
+    }
+
+    fn pod() -> WorkloadKey {
+        WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: "ns/pod".into(),
+            endpoint: "eth0".into(),
+        }
+    }
+
+    /// A pod whose default tier lists `policy` for ingress.
+    fn pod_listing(policy: &str) -> WorkloadEndpoint {
+        WorkloadEndpoint {
+            name: "tun0".into(),
+            profile_ids: vec![],
+            ipv4_nets: vec![],
+            ipv6_nets: vec![],
+            tiers: vec![TierInfo {
+                name: "default".into(),
+                ingress: vec![key(policy)],
+                egress: vec![],
+                default_action: TierDefault::Deny,
+            }],
+        }
+    }
+
     fn key(name: &str) -> PolicyKey {
         PolicyKey {
             kind: "NetworkPolicy".into(),
@@ -770,23 +806,8 @@ mod tests {
         assert!(matches!(err, StateError::UnknownIpSet { .. }));
         assert!(s.policies().is_empty());
 
-        let wep = WorkloadEndpoint {
-            name: "tun0".into(),
-            profile_ids: vec![],
-            ipv4_nets: vec![],
-            ipv6_nets: vec![],
-            tiers: vec![TierInfo {
-                name: "default".into(),
-                ingress: vec![key("p")],
-                egress: vec![],
-                default_action: TierDefault::Deny,
-            }],
-        };
-        let wkey = WorkloadKey {
-            orchestrator: "k8s".into(),
-            workload: "ns/pod".into(),
-            endpoint: "eth0".into(),
-        };
+        let wep = pod_listing("p");
+        let wkey = pod();
         let err = s
             .apply(Update::WorkloadUpdate(wkey, wep.into()))
             .unwrap_err();
@@ -800,32 +821,11 @@ mod tests {
     /// a change to one copy leaves the other as it was.
     #[test]
     fn copies_share_policies_and_endpoints() {
-        let mut s = State::new();
-        s.apply(Update::IpSetReplace {
-            id: set_id("s:a"),
-            kind: IpSetKind::Net,
-            members: vec![],
-        })
-        .unwrap();
+        let mut s = with_empty_set("s:a");
         let added = Update::PolicyUpdate(key("p"), policy_using("s:a").into());
         s.apply(added.clone()).unwrap();
-        let wkey = WorkloadKey {
-            orchestrator: "k8s".into(),
-            workload: "ns/pod".into(),
-            endpoint: "eth0".into(),
-        };
-        let wep = WorkloadEndpoint {
-            name: "tun0".into(),
-            profile_ids: vec![],
-            ipv4_nets: vec![],
-            ipv6_nets: vec![],
-            tiers: vec![TierInfo {
-                name: "default".into(),
-                ingress: vec![key("p")],
-                egress: vec![],
-                default_action: TierDefault::Deny,
-            }],
-        };
+        let wkey = pod();
+        let wep = pod_listing("p");
         s.apply(Update::WorkloadUpdate(wkey.clone(), wep.into()))
             .unwrap();
         let Update::PolicyUpdate(_, sent) = &added else {
@@ -870,13 +870,7 @@ mod tests {
 
     #[test]
     fn referenced_set_cannot_be_removed() {
-        let mut s = State::new();
-        s.apply(Update::IpSetReplace {
-            id: set_id("s:a"),
-            kind: IpSetKind::Net,
-            members: vec![],
-        })
-        .unwrap();
+        let mut s = with_empty_set("s:a");
         s.apply(Update::PolicyUpdate(key("p"), policy_using("s:a").into()))
             .unwrap();
         assert!(matches!(
