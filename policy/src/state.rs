@@ -134,6 +134,14 @@ fn put<K: std::hash::Hash + Eq, V: PartialEq>(m: &mut StateMap<K, V>, k: K, v: V
     }
 }
 
+/// Removes `k`, the later keys moving up (the order the views number by).
+fn del<K: std::hash::Hash + Eq, V>(m: &mut StateMap<K, V>, k: &K) -> Applied {
+    match m.shift_remove(k) {
+        Some(_) => Applied::Changed,
+        None => Applied::Unchanged,
+    }
+}
+
 /// The state's maps: insertion-ordered, hashed with `foldhash` (every update looks
 /// up names Felix chose; SipHash was a tenth of an endpoint update).
 pub type StateMap<K, V> = IndexMap<K, V, foldhash::quality::RandomState>;
@@ -549,12 +557,6 @@ impl State {
 
     /// Applies an update to the objects (the reference counts already follow it).
     fn commit_objects(&mut self, update: Update) -> Applied {
-        fn del<K: std::hash::Hash + Eq, V>(m: &mut StateMap<K, V>, k: &K) -> Applied {
-            match m.shift_remove(k) {
-                Some(_) => Applied::Changed,
-                None => Applied::Unchanged,
-            }
-        }
         match update {
             Update::Config(c) => {
                 if self.config == c {
@@ -564,10 +566,10 @@ impl State {
                     Applied::Changed
                 }
             }
-            Update::IpSetReplace { id, kind, members } => match IpSet::new(kind, members) {
-                Ok(set) => put(&mut self.ipsets, id, set),
-                Err(_) => unreachable!("checked by State::check"),
-            },
+            // `State::apply` builds and puts a replaced set itself; kept whole here so
+            // the arm is never a panic.
+            Update::IpSetReplace { id, kind, members } => IpSet::new(kind, members)
+                .map_or(Applied::Unchanged, |set| put(&mut self.ipsets, id, set)),
             Update::IpSetDelta { id, added, removed } => match self.ipsets.get_mut(&id) {
                 Some(set) => {
                     let before = set.len();
