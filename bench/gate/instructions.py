@@ -6,14 +6,15 @@ anything (instruction counts do not depend on the neighbours).
     bench/gate/instructions.py node --bin target/release/capo-bench [--workload w-k8s]
     bench/gate/instructions.py updates --bin target/release/capo-bench
                                [--workload w-large] [--kind endpoint]
-                               [--path builder|plugin] [--count 12]
+                               [--path builder|plugin] [--count 12] [--period 2]
 
 `node` runs `capo-bench classify --fast-only --quick` with one callgrind dump per call
 of the VPP plugin's frame logic (`capo_vpp_plugin::batch::classify_batch`) and prints
 the instructions per first and per established packet, from one pass over each
 phase's frames. `updates` dumps once per applied update (the builder's
 `Builder::apply`, or the plugin's control core taking a generation message) and
-prints each update's instructions. Both print one JSON row per figure. The counts
+prints each update's instructions, with the median of each step of the kind's round
+(`steps`: a change, then its undos). Both print one JSON row per figure. The counts
 move by a few instructions between runs (the flow table's hash seed is random).
 """
 
@@ -62,6 +63,19 @@ def node_phases(calls):
     if first is None:
         raise ValueError("no repeating first pass before the established passes")
     return rest[-first:], calls[-est:]
+
+
+def step_medians(each, period):
+    """Per step of a round of `period` messages (a change, then its undos), the
+    median, least and most of that step's counts; `each` starts at a round.
+
+    A kind's messages differ in kind (an endpoint's removal, then its re-adding):
+    one median over all of them falls between the steps and says nothing.
+    """
+    if period < 1 or not each or len(each) % period:
+        raise ValueError(f"{len(each)} counts are not whole rounds of {period}")
+    return [{"median": statistics.median(each[j::period]), "min": min(each[j::period]),
+             "max": max(each[j::period])} for j in range(period)]
 
 
 def packets_of(log):
@@ -121,7 +135,7 @@ def updates(args, workdir):
     each = calls[-args.count:]
     return [{"workload": args.workload, "figure": f"{args.path} update {args.kind} instructions",
              "median": statistics.median(each), "min": min(each), "max": max(each),
-             "each": each}]
+             "steps": step_medians(each, args.period), "each": each}]
 
 
 def main(argv=None):
@@ -136,7 +150,15 @@ def main(argv=None):
     u.add_argument("--kind", default="endpoint")
     u.add_argument("--path", choices=["builder", "plugin"], default="builder")
     u.add_argument("--count", type=int, default=12)
+    u.add_argument("--period", type=int, default=None,
+                   help="messages in one round of the kind (a change and its undos): "
+                        "4 for policy-add-remove, else 2")
     args = p.parse_args(argv)
+    if args.mode == "updates":
+        if args.period is None:
+            args.period = 4 if args.kind == "policy-add-remove" else 2
+        if args.count % args.period:
+            p.error(f"--count {args.count} is not whole rounds of {args.period} messages")
     with tempfile.TemporaryDirectory(prefix="capo-instructions.") as workdir:
         rows = node(args, workdir) if args.mode == "node" else updates(args, workdir)
     for row in rows:

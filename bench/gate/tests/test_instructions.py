@@ -45,6 +45,20 @@ class Phases(unittest.TestCase):
 
 
 class Parsing(unittest.TestCase):
+    def test_step_medians_split_a_round(self):
+        # An endpoint removed (about 1.2M) and re-added (about 2.2M), three times.
+        each = [1200, 2200, 1300, 2100, 1250, 2300]
+        steps = instructions.step_medians(each, 2)
+        self.assertEqual(steps, [{"median": 1250, "min": 1200, "max": 1300},
+                                 {"median": 2200, "min": 2100, "max": 2300}])
+        self.assertEqual([s["median"] for s in instructions.step_medians(each, 1)], [1700.0])
+
+    def test_step_medians_want_whole_rounds(self):
+        with self.assertRaises(ValueError):
+            instructions.step_medians([1, 2, 3], 2)
+        with self.assertRaises(ValueError):
+            instructions.step_medians([], 2)
+
     def test_packets_from_the_node_line(self):
         log = ("node: the plugin's node logic: first 12.0 ns/packet, established 3.2 "
                "ns/packet (1523 of 10000 allowed; 0 verdicts differ from fast)")
