@@ -194,6 +194,20 @@ impl<K: MapKey> Leaf<K> {
         }
     }
 
+    /// The leaf laid out anew, compact, with `key` mapped to `atoms` (removed when
+    /// empty).
+    fn rebuilt(&self, key: K, atoms: &[AtomId]) -> Leaf<K> {
+        let mut entries: Vec<(K, Vec<AtomId>)> = self
+            .entries()
+            .filter(|(k, _)| *k != key)
+            .map(|(k, a)| (k, a.to_vec()))
+            .collect();
+        if !atoms.is_empty() {
+            entries.push((key, atoms.to_vec()));
+        }
+        Leaf::build(entries)
+    }
+
     /// A copy of the leaf with `key` mapped to `atoms` (removed when empty).
     fn with(&self, key: K, h: u64, atoms: &[AtomId]) -> Leaf<K> {
         let wasteful = self.pool.len() > 2 * self.pooled as usize + 64;
@@ -201,23 +215,12 @@ impl<K: MapKey> Leaf<K> {
             return self.without(key, h);
         }
         // A removal that gets here compacts a wasteful pool.
-        let rebuilt = || {
-            let mut entries: Vec<(K, Vec<AtomId>)> = self
-                .entries()
-                .filter(|(k, _)| *k != key)
-                .map(|(k, a)| (k, a.to_vec()))
-                .collect();
-            if !atoms.is_empty() {
-                entries.push((key, atoms.to_vec()));
-            }
-            Leaf::build(entries)
-        };
         if wasteful || (self.len as usize + 1) * 2 > self.slots.len() {
-            return rebuilt();
+            return self.rebuilt(key, atoms);
         }
         let mut slots = copy_of(&self.slots);
         let Some(all) = Arc::get_mut(&mut slots) else {
-            return rebuilt();
+            return self.rebuilt(key, atoms);
         };
         // Common case: one plain copy, then the slot rewritten in place (the pool
         // is copied only when the new list does not fit inline).
@@ -281,12 +284,7 @@ impl<K: MapKey> Leaf<K> {
         }
         let mut copy = copy_of(&self.slots);
         let Some(slots) = Arc::get_mut(&mut copy) else {
-            return Leaf::build(
-                self.entries()
-                    .filter(|(k, _)| *k != key)
-                    .map(|(k, a)| (k, a.to_vec()))
-                    .collect(),
-            );
+            return self.rebuilt(key, &[]);
         };
         let removed = slots.get(hole).map_or(0, |s| s.len);
         let mut j = hole;
