@@ -106,11 +106,10 @@ pub(crate) struct Iface {
     /// What each `Entry::Single` program was laid out from, where a policy change
     /// may patch it (workloads' programs).
     pub(crate) specs: [Option<Arc<crate::compile::ProgSpec>>; 2],
-    /// Policies and profiles the programs were compiled from (sets: an update asks
-    /// every interface whether it uses the changed one; shared by the interface's
-    /// patched versions).
-    pub(crate) policies: Arc<crate::compile::FastSet<capo_policy::PolicyKey>>,
-    pub(crate) profiles: Arc<crate::compile::FastSet<String>>,
+    /// The policies and profiles the programs were compiled from, by hash (an
+    /// update asks every interface whether it uses the changed one; shared by the
+    /// interface's patched versions).
+    pub(crate) owners: Arc<crate::compile::FastSet<u64>>,
     pub(crate) policy_filter: crate::compile::PolicyFilter,
 }
 
@@ -179,6 +178,19 @@ impl<V: Copy> SwIfIndexMap<V> {
         } else {
             self.sparse.insert(sw_if_index, value);
         }
+    }
+
+    /// The indexes filed, ascending: a walk of the flat table (no sort), then the
+    /// few large ones sorted.
+    pub fn keys(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut large: Vec<u32> = self.sparse.keys().copied().collect();
+        large.sort_unstable();
+        self.dense
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_some())
+            .map(|(i, _)| i as u32)
+            .chain(large)
     }
 }
 
@@ -284,6 +296,15 @@ impl Generation {
     ) -> Option<Decision<'g>> {
         let keys = [AddrKey::of(&pkt.src), AddrKey::of(&pkt.dst)];
         self.classify_keyed(iface, dir, pkt, &keys, scratch)
+    }
+
+    /// Whether two interfaces classify `dir` with one program (laid out once for
+    /// both: their specs are the same).
+    pub fn shares_program(&self, a: IfaceId, b: IfaceId, dir: Direction) -> bool {
+        match (self.direct_program(a, dir), self.direct_program(b, dir)) {
+            (Some(x), Some(y)) => std::ptr::eq(x, y),
+            _ => false,
+        }
     }
 
     #[inline(always)]
@@ -498,5 +519,8 @@ mod tests {
         for sw in [0, 1, 2, 3, 4, 65_535, 65_536, 70_000, 70_001, u32::MAX] {
             assert_eq!(m.get(sw), model.get(&sw).copied(), "sw_if_index {sw}");
         }
+        let mut filed: Vec<u32> = model.keys().copied().collect();
+        filed.sort_unstable();
+        assert_eq!(m.keys().collect::<Vec<_>>(), filed);
     }
 }

@@ -497,6 +497,37 @@ fn explicit_and_calicovpp_bindings_on_vpp() {
         seed_block(&ts2.vpp_if, idx),
         "{view}"
     );
+
+    // The endpoint renamed while the agent runs: a delta, which binds the changed
+    // endpoint by looking its names up in VPP (vnet's name hash, or the index),
+    // not by listing VPP's interfaces. By VPP's name, then by CalicoVPP's again.
+    // The delta itself must have bound it (not recorded unknown with it): a later
+    // rebinding pass would bind it too, and hide a failed look-up.
+    let delta_bound = |endpoint: &str, how: &str| {
+        wait_for(WAIT, how, || {
+            let gens = vpp.ctl("show capo generations");
+            let mut history = gens
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with("[generation"));
+            let newest = history.next().unwrap_or_default();
+            let with_it: Vec<&str> = history
+                .take_while(|l| !l.trim_start().starts_with("[generation"))
+                .collect();
+            gens.contains(&format!(
+                "{endpoint} on {} sw_if_index={idx} (bound by {how})",
+                ts2.vpp_if
+            )) && newest.contains("delta on")
+                && newest.contains("applied")
+                && !with_it.iter().any(|l| {
+                    l.contains("unknown interfaces:") && l.split_whitespace().any(|w| w == endpoint)
+                })
+        });
+        assert_seed_enforced(&ts1, &ts2, &dir, false);
+    };
+    write_seed(&manifests, &ts2.vpp_if, 5978);
+    delta_bound(&ts2.vpp_if, "name");
+    write_seed(&manifests, &format!("vpp-tun-{idx}"), 5978);
+    delta_bound(&format!("vpp-tun-{idx}"), "calicovpp");
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,6 +33,37 @@ capo_vnet_sw_if_name (u32 sw_if_index, u8 *buf, u32 cap)
   return (int) n;
 }
 
+/* Writes the index of the software interface VPP names `name` (`len` bytes) to
+ * `*sw_if_index`; returns 0, or -1 when none is found. The name is parsed as VPP's CLI
+ * parses interface names (a hash look-up, not a walk of every interface), and what it
+ * finds counts only if VPP formats that interface's name as exactly `name`. */
+int
+capo_vnet_sw_if_by_name (const u8 *name, u32 len, u32 *sw_if_index)
+{
+  vnet_main_t *vnm = vnet_get_main ();
+  unformat_input_t in;
+  u8 *copy = 0;
+  u32 found = ~0;
+  int ok;
+  if (len == 0)
+    return -1;
+  vec_add (copy, name, len);
+  /* The input owns `copy` from here; unformat_free frees it. */
+  unformat_init_vector (&in, copy);
+  ok = unformat_user (&in, unformat_vnet_sw_interface, vnm, &found) &&
+       unformat_check_input (&in) == UNFORMAT_END_OF_INPUT;
+  unformat_free (&in);
+  if (!ok || pool_is_free_index (vnm->interface_main.sw_interfaces, found))
+    return -1;
+  u8 *s = format (0, "%U", format_vnet_sw_if_index_name, vnm, found);
+  ok = vec_len (s) == len && memcmp (s, name, len) == 0;
+  vec_free (s);
+  if (!ok)
+    return -1;
+  *sw_if_index = found;
+  return 0;
+}
+
 /* 1 when `node` is enabled on `arc` for the interface. */
 int
 capo_vnet_feature_enabled (const char *arc, const char *node, u32 sw_if_index)

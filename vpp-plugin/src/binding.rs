@@ -100,6 +100,36 @@ fn names_endpoint(binding: &str, name: &str, kind: &IfaceKind) -> bool {
     }
 }
 
+/// The names and indexes [`bind`] looks up among VPP's interfaces to bind these
+/// endpoints: an explicit binding's interface, else the endpoint's own name and, for
+/// a CalicoVPP name, its index. Binding them against only the interfaces VPP has
+/// among these binds them as against all of VPP's.
+pub fn lookups<'a>(
+    policed: impl IntoIterator<Item = (&'a str, &'a IfaceKind)>,
+    explicit: &[ExplicitBinding],
+) -> (Vec<String>, Vec<SwIfIndex>) {
+    let (mut names, mut indexes) = (Vec::new(), Vec::new());
+    for (name, kind) in policed {
+        if let Some(b) = explicit
+            .iter()
+            .find(|b| names_endpoint(&b.endpoint, name, kind))
+        {
+            names.push(b.vpp_interface.clone());
+            continue;
+        }
+        names.push(name.to_string());
+        if let Some(idx) = calicovpp_index(name) {
+            indexes.push(SwIfIndex(idx));
+        }
+    }
+    (names, indexes)
+}
+
+/// The `sw_if_index` a CalicoVPP pod interface name (`vpp-tun-<N>`) carries.
+fn calicovpp_index(name: &str) -> Option<u32> {
+    name.strip_prefix(CALICOVPP_PREFIX)?.parse().ok()
+}
+
 /// Up to this many endpoints, [`bind`] scans VPP's interfaces for each instead of
 /// indexing them first.
 pub(crate) const FEW_TO_SCAN: usize = 8;
@@ -164,7 +194,7 @@ pub fn bind<'a>(
         }
         let by_own_name = || index_of(name).map(|i| (i, name.to_string(), How::Name));
         let calicovpp = || {
-            let idx: u32 = name.strip_prefix(CALICOVPP_PREFIX)?.parse().ok()?;
+            let idx = calicovpp_index(name)?;
             let vpp_name = name_of(SwIfIndex(idx))?;
             Some((SwIfIndex(idx), vpp_name.to_string(), How::CalicoVpp))
         };
@@ -307,5 +337,50 @@ mod tests {
             &vpp(),
         );
         assert!(b.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Binding endpoints against only the interfaces VPP has among their
+        /// look-ups binds them as against every interface VPP has: random VPP
+        /// tables, endpoint names (own names, CalicoVPP names, absent ones) and
+        /// explicit bindings.
+        #[test]
+        fn binding_against_the_lookups_is_binding_against_all(
+            vpp_names in proptest::collection::btree_map(0u32..12, 0usize..8, 0..10),
+            endpoints in proptest::collection::vec((0usize..8, 0u32..14, proptest::bool::ANY), 1..6),
+            explicit in proptest::collection::vec((0usize..3, 0usize..8), 0..3),
+        ) {
+            let name_pool = |k: usize| ["tun0", "tun1", "tap0", "tap1", "cali-a", "cali-b", "host-if", "eth9"][k % 8];
+            let mut seen = std::collections::HashSet::new();
+            let vpp: Vec<VppInterface> = vpp_names
+                .iter()
+                .filter(|(_, n)| seen.insert(**n))
+                .map(|(i, n)| VppInterface { sw_if_index: SwIfIndex(*i), name: name_pool(*n).into() })
+                .collect();
+            let kinds: Vec<IfaceKind> = (0..3).map(|k| pod(&format!("default/w{k}"))).collect();
+            let names: Vec<String> = endpoints
+                .iter()
+                .map(|(n, idx, calico)| if *calico { format!("{CALICOVPP_PREFIX}{idx}") } else { name_pool(*n).into() })
+                .collect();
+            let policed: Vec<(&str, &IfaceKind)> = names
+                .iter()
+                .enumerate()
+                .map(|(k, n)| (n.as_str(), &kinds[k % 3]))
+                .collect();
+            let explicit: Vec<ExplicitBinding> = explicit
+                .iter()
+                .map(|(w, n)| ExplicitBinding { endpoint: format!("default/w{w}"), vpp_interface: name_pool(*n).into() })
+                .collect();
+            let (want_names, want_indexes) = lookups(policed.iter().copied(), &explicit);
+            let among: Vec<VppInterface> = vpp
+                .iter()
+                .filter(|i| want_names.contains(&i.name) || want_indexes.contains(&i.sw_if_index))
+                .cloned()
+                .collect();
+            proptest::prop_assert_eq!(
+                bind(policed.iter().copied(), &explicit, &among),
+                bind(policed.iter().copied(), &explicit, &vpp)
+            );
+        }
     }
 }

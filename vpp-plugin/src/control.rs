@@ -185,6 +185,19 @@ fn sorted_unique(mut v: Vec<SwIfIndex>) -> Vec<SwIfIndex> {
     v
 }
 
+/// The items of sorted `a` that sorted `b` lacks, in one merge pass.
+fn sorted_difference(a: &[SwIfIndex], b: &[SwIfIndex]) -> Vec<SwIfIndex> {
+    let mut out = Vec::new();
+    let mut rest = b.iter().peekable();
+    for x in a {
+        while rest.next_if(|y| *y < x).is_some() {}
+        if rest.peek() != Some(&x) {
+            out.push(*x);
+        }
+    }
+    out
+}
+
 /// What the control path needs from VPP.
 pub trait VppContext: Send {
     /// Every software interface VPP has.
@@ -193,6 +206,19 @@ pub trait VppContext: Send {
     ///
     /// [`ContextError::Unavailable`] when VPP cannot be asked.
     fn interfaces(&mut self) -> Result<Vec<VppInterface>, ContextError>;
+
+    /// The interfaces VPP has among these names and indexes (more are allowed):
+    /// what binding a few endpoints reads ([`binding::lookups`]), looked up rather
+    /// than listing every interface VPP has.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError::Unavailable`] when VPP cannot be asked.
+    fn interfaces_among(
+        &mut self,
+        names: &[String],
+        indexes: &[SwIfIndex],
+    ) -> Result<Vec<VppInterface>, ContextError>;
 
     /// Those of `policed` on which the capo features are not enabled (VPP clears an
     /// interface's features when it deletes it).
@@ -1089,7 +1115,16 @@ impl<C: VppContext> ControlCore<C> {
 
     /// The policed endpoint names of `state` and where VPP has them.
     fn bind(&mut self, state: &State) -> Result<(Vec<String>, Bindings), ContextError> {
-        self.bind_where(state, |_| true)
+        let policed: Vec<(&str, IfaceKind)> =
+            crate::generation::policed(state, &self.host_interface)
+                .map(|p| (p.name, p.kind.to_owned()))
+                .collect();
+        let vpp = self.ctx.interfaces()?;
+        let resolved = binding::bind(policed.iter().map(|(n, k)| (*n, k)), &self.explicit, &vpp);
+        Ok((
+            policed.into_iter().map(|(n, _)| n.to_string()).collect(),
+            resolved,
+        ))
     }
 
     /// [`Self::bind`] for the names in `only`.
@@ -1099,24 +1134,23 @@ impl<C: VppContext> ControlCore<C> {
         only: &HashSet<String>,
     ) -> Result<(Vec<String>, Bindings), ContextError> {
         // A handful of names: compared in turn, not hashed for each of the endpoints.
-        if only.len() <= crate::binding::FEW_TO_SCAN {
-            self.bind_where(state, |name| only.iter().any(|o| o == name))
-        } else {
-            self.bind_where(state, |name| only.contains(name))
-        }
-    }
-
-    fn bind_where(
-        &mut self,
-        state: &State,
-        keep: impl Fn(&str) -> bool,
-    ) -> Result<(Vec<String>, Bindings), ContextError> {
         let policed: Vec<(&str, IfaceKind)> =
             crate::generation::policed(state, &self.host_interface)
-                .filter(|p| keep(p.name))
+                .filter(|p| {
+                    // A handful of names: compared in turn, not hashed for each of
+                    // the endpoints.
+                    if only.len() <= crate::binding::FEW_TO_SCAN {
+                        only.iter().any(|o| o == p.name)
+                    } else {
+                        only.contains(p.name)
+                    }
+                })
                 .map(|p| (p.name, p.kind.to_owned()))
                 .collect();
-        let vpp = self.ctx.interfaces()?;
+        // Binding these reads only the interfaces they name: looked up, not listed.
+        let (names, indexes) =
+            binding::lookups(policed.iter().map(|(n, k)| (*n, k)), &self.explicit);
+        let vpp = self.ctx.interfaces_among(&names, &indexes)?;
         let resolved = binding::bind(policed.iter().map(|(n, k)| (*n, k)), &self.explicit, &vpp);
         Ok((
             policed.into_iter().map(|(n, _)| n.to_string()).collect(),
@@ -1144,24 +1178,22 @@ impl<C: VppContext> ControlCore<C> {
             });
         }
         // Sorted lists, not tree sets: an endpoint delta compares two lists of every
-        // policed interface, and a tree allocates a node per few entries.
-        let was = sorted_unique(
-            before
-                .iter()
-                .flat_map(|b| b.interfaces().iter().map(|i| i.sw_if_index))
-                .collect(),
-        );
-        let now = sorted_unique(next.interfaces().iter().map(|i| i.sw_if_index).collect());
+        // policed interface, and a tree allocates a node per few entries. The
+        // generations keep their indexes in order, so neither list is sorted here.
+        let was: Vec<SwIfIndex> = before.map_or_else(Vec::new, |b| b.policed_indexes().collect());
+        let now: Vec<SwIfIndex> = next.policed_indexes().collect();
         let has = |set: &[SwIfIndex], i: &SwIfIndex| set.binary_search(i).is_ok();
         // An index policed before and after for different endpoints: VPP may have
         // deleted the first one's interface (clearing its features) and given the
-        // index to the next one's. Its features are checked, not assumed.
+        // index to the next one's. Its features are checked, not assumed. An entry
+        // the delta carried over is the very same one.
         let reused: Vec<SwIfIndex> = before.map_or_else(Vec::new, |b| {
             next.interfaces()
                 .iter()
                 .filter(|i| {
-                    b.interface(i.sw_if_index)
-                        .is_some_and(|old| old.name != i.name || old.kind != i.kind)
+                    b.interface(i.sw_if_index).is_some_and(|old| {
+                        !std::ptr::eq(old, &***i) && (old.name != i.name || old.kind != i.kind)
+                    })
                 })
                 .map(|i| i.sw_if_index)
                 .collect()
@@ -1172,14 +1204,13 @@ impl<C: VppContext> ControlCore<C> {
             self.ctx.without_features(&reused)?
         };
         let enable = sorted_unique(
-            now.iter()
-                .filter(|i| !has(&was, i))
-                .chain(restore.iter().filter(|i| has(&now, i)))
-                .chain(&missing)
-                .copied()
+            sorted_difference(&now, &was)
+                .into_iter()
+                .chain(restore.iter().filter(|i| has(&now, i)).copied())
+                .chain(missing)
                 .collect(),
         );
-        let disable = was.iter().filter(|i| !has(&now, i)).copied().collect();
+        let disable = sorted_difference(&was, &now);
         self.ctx.commit(Commit {
             cell: Arc::clone(&self.cell),
             next,
@@ -1780,6 +1811,35 @@ impl VppContext for FakeVpp {
             .collect())
     }
 
+    fn interfaces_among(
+        &mut self,
+        names: &[String],
+        indexes: &[SwIfIndex],
+    ) -> Result<Vec<VppInterface>, ContextError> {
+        let mut out: Vec<VppInterface> = names
+            .iter()
+            .filter_map(|n| {
+                self.interfaces.get(n).map(|i| VppInterface {
+                    sw_if_index: *i,
+                    name: n.clone(),
+                })
+            })
+            .collect();
+        if !indexes.is_empty() {
+            // VPP finds a name by index directly; the fake keeps names only.
+            out.extend(
+                self.interfaces
+                    .iter()
+                    .filter(|(_, i)| indexes.contains(i))
+                    .map(|(n, i)| VppInterface {
+                        sw_if_index: *i,
+                        name: n.clone(),
+                    }),
+            );
+        }
+        Ok(out)
+    }
+
     fn without_features(&mut self, policed: &[SwIfIndex]) -> Result<Vec<SwIfIndex>, ContextError> {
         Ok(policed
             .iter()
@@ -1884,5 +1944,49 @@ mod pool_tests {
         drop(in_use);
         assert!(pool.reclaim(4).is_some());
         assert_eq!(held(&pool), [4]);
+    }
+}
+
+#[cfg(test)]
+mod flip_tests {
+    use super::*;
+
+    /// The merge pass agrees with asking `b` about each item of `a`, on empty lists,
+    /// lists that interleave, share a prefix or a suffix, and random ones.
+    #[test]
+    fn sorted_difference_is_a_set_difference() {
+        let ids = |v: &[u32]| v.iter().copied().map(SwIfIndex).collect::<Vec<_>>();
+        let model = |a: &[SwIfIndex], b: &[SwIfIndex]| -> Vec<SwIfIndex> {
+            a.iter().filter(|x| !b.contains(x)).copied().collect()
+        };
+        let mut cases: Vec<(Vec<SwIfIndex>, Vec<SwIfIndex>)> = vec![
+            (ids(&[]), ids(&[])),
+            (ids(&[1, 2, 3]), ids(&[])),
+            (ids(&[]), ids(&[1, 2])),
+            (ids(&[1, 3, 5, 7]), ids(&[2, 3, 4, 7, 9])),
+            (ids(&[0, 1, 2]), ids(&[0, 1])),
+            (ids(&[5, 6]), ids(&[1, 2, 5, 6])),
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200 {
+            let mut pick = |n: usize| {
+                let mut v: Vec<u32> = (0..n)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x % 40) as u32
+                    })
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                ids(&v)
+            };
+            let (a, b) = (pick(12), pick(12));
+            cases.push((a, b));
+        }
+        for (a, b) in &cases {
+            assert_eq!(sorted_difference(a, b), model(a, b), "{a:?} minus {b:?}");
+        }
     }
 }

@@ -538,6 +538,11 @@ impl Generation {
         &self.policed.ifaces
     }
 
+    /// The indexes of the policed interfaces, ascending and each once.
+    pub fn policed_indexes(&self) -> impl Iterator<Item = SwIfIndex> + '_ {
+        self.policed.by_sw_if_index.keys().map(SwIfIndex)
+    }
+
     /// The interface with this index, if policed.
     #[inline]
     pub fn interface(&self, sw_if_index: SwIfIndex) -> Option<&Iface> {

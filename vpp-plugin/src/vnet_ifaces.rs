@@ -17,6 +17,7 @@ use crate::share::{FlowAction, FlowAddrs, FlowLayer, FlowLayerRule, Target};
 extern "C" {
     fn capo_vnet_sw_if_limit() -> u32;
     fn capo_vnet_sw_if_name(sw_if_index: u32, buf: *mut u8, cap: u32) -> i32;
+    fn capo_vnet_sw_if_by_name(name: *const u8, len: u32, sw_if_index: *mut u32) -> i32;
     fn capo_vnet_feature_enabled(
         arc: *const std::ffi::c_char,
         node: *const std::ffi::c_char,
@@ -102,23 +103,60 @@ impl CapoFlowRule {
 const NAME_CAP: usize = 256;
 
 /// Every software interface VPP has.
-pub(crate) fn list(_vm: &MainRef) -> Vec<VppInterface> {
+pub(crate) fn list(vm: &MainRef) -> Vec<VppInterface> {
     // SAFETY: main thread (the `MainRef`); reads the interface pool's length.
     let limit = unsafe { capo_vnet_sw_if_limit() };
     let mut out = Vec::new();
     let mut buf = [0u8; NAME_CAP];
     for i in 0..limit {
-        // SAFETY: main thread; `buf` is valid for `NAME_CAP` bytes, the C side writes
-        // at most that many and checks the index against the pool's free list.
-        let n = unsafe { capo_vnet_sw_if_name(i, buf.as_mut_ptr(), NAME_CAP as u32) };
-        let Ok(n) = usize::try_from(n) else {
+        if let Some(name) = name_of(vm, i, &mut buf) {
+            out.push(VppInterface {
+                sw_if_index: SwIfIndex(i),
+                name,
+            });
+        }
+    }
+    out
+}
+
+/// The name of interface `sw_if_index`, if VPP has it.
+fn name_of(_vm: &MainRef, sw_if_index: u32, buf: &mut [u8; NAME_CAP]) -> Option<String> {
+    // SAFETY: main thread (the `MainRef`); `buf` is valid for `NAME_CAP`
+    // bytes, the C side writes at most that many and checks the index against the
+    // pool's free list.
+    let n = unsafe { capo_vnet_sw_if_name(sw_if_index, buf.as_mut_ptr(), NAME_CAP as u32) };
+    let n = usize::try_from(n).ok()?;
+    Some(String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned())
+}
+
+/// The interfaces VPP has among `names` and `indexes`, each looked up (no walk of
+/// every interface). A name is found as VPP's CLI finds an interface name: through
+/// vnet's name hash, which vnet keeps for every interface it creates or renames.
+pub(crate) fn among(vm: &MainRef, names: &[String], indexes: &[SwIfIndex]) -> Vec<VppInterface> {
+    let mut out = Vec::with_capacity(names.len() + indexes.len());
+    for name in names {
+        let Ok(len) = u32::try_from(name.len()) else {
             continue;
         };
-        let name = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
-        out.push(VppInterface {
-            sw_if_index: SwIfIndex(i),
-            name,
-        });
+        let mut found = 0u32;
+        // SAFETY: main thread; `name` is valid for `len` bytes and the C side copies
+        // them before parsing; `found` is a valid out-pointer.
+        let rc = unsafe { capo_vnet_sw_if_by_name(name.as_ptr(), len, &mut found) };
+        if rc == 0 {
+            out.push(VppInterface {
+                sw_if_index: SwIfIndex(found),
+                name: name.clone(),
+            });
+        }
+    }
+    let mut buf = [0u8; NAME_CAP];
+    for idx in indexes {
+        if let Some(name) = name_of(vm, idx.0, &mut buf) {
+            out.push(VppInterface {
+                sw_if_index: *idx,
+                name,
+            });
+        }
     }
     out
 }

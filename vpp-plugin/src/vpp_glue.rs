@@ -384,6 +384,15 @@ impl VppContext for MainThread {
         self.run(|vm| crate::vnet_ifaces::list(vm))
     }
 
+    fn interfaces_among(
+        &mut self,
+        names: &[String],
+        indexes: &[SwIfIndex],
+    ) -> Result<Vec<VppInterface>, ContextError> {
+        let (names, indexes) = (names.to_vec(), indexes.to_vec());
+        self.run(move |vm| crate::vnet_ifaces::among(vm, &names, &indexes))
+    }
+
     fn without_features(&mut self, policed: &[SwIfIndex]) -> Result<Vec<SwIfIndex>, ContextError> {
         let policed = policed.to_vec();
         self.run(move |vm| {
