@@ -29,6 +29,12 @@
 //! - `host-metadata`: another node's addresses added, then removed (Felix sends every
 //!   node's, as nodes join and leave the cluster);
 //! - `endpoint`: a local endpoint removed and re-added;
+//! - `endpoint-replica`: a new local endpoint listing what an existing one lists (a
+//!   pod of a deployment scaled up), added, then removed;
+//! - `endpoint-unique`: a new local endpoint whose policy lists no endpoint has (an
+//!   existing one's, each tier reversed), added, then removed: its programs are
+//!   laid out afresh, where `endpoint`'s re-added endpoint may take the programs
+//!   the generation before its removal still holds;
 //! - `rejected`: a delta naming an IP set the state lacks, which must fail.
 //!
 //! A failed apply is counted in `failed` and kept out of the timings; a kind other
@@ -105,7 +111,7 @@ fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
 }
 
 /// The update kinds, in the order they run.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 12] = [
     "member-host",
     "member-cidr",
     "member-named-port",
@@ -115,8 +121,18 @@ pub const KINDS: [&str; 10] = [
     "set-add-remove",
     "host-metadata",
     "endpoint",
+    "endpoint-replica",
+    "endpoint-unique",
     "rejected",
 ];
+
+/// Interface names the `endpoint-replica` and `endpoint-unique` kinds give their
+/// endpoints in turn (one at a time exists; VPP has an interface of each).
+const REPLICA_NAMES: usize = 16;
+
+fn replica_name(i: usize) -> String {
+    format!("capo-bench-replica-{}", i % REPLICA_NAMES)
+}
 
 /// The sets of one kind: selector sets of host members, CIDR sets, named-port sets.
 fn sets_of(state: &State, want: fn(&capo_policy::IpSet) -> bool) -> Vec<IpSetId> {
@@ -266,6 +282,47 @@ fn next_update(
             undo.push(Update::WorkloadUpdate(key.clone(), wep.clone()));
             Some(Update::WorkloadRemove(key.clone()))
         }
+        "endpoint-replica" => {
+            // A deployment scaled up: a new pod with an existing pod's labels, hence
+            // its policies and profiles, on a new interface and address; then gone.
+            let n = state.workloads().len();
+            let (key, wep) = state.workloads().get_index(rng.below(n.max(1)))?;
+            let mut replica = capo_policy::WorkloadEndpoint::clone(wep);
+            replica.name = replica_name(i);
+            replica.ipv4_nets = vec![Cidr::host(IpAddr::V4(Ipv4Addr::from(
+                0x6700_0000u32 + i as u32,
+            )))];
+            replica.ipv6_nets = vec![];
+            let replica_key = capo_policy::WorkloadKey {
+                workload: format!("{}-replica-{i}", key.workload),
+                ..key.clone()
+            };
+            undo.push(Update::WorkloadRemove(replica_key.clone()));
+            Some(Update::WorkloadUpdate(replica_key, replica.into()))
+        }
+        "endpoint-unique" => {
+            // A new pod that no other pod's policy lists match: an existing pod's
+            // policies, each tier's in reverse order, so its programs are laid out
+            // afresh (as large as that pod's), not shared.
+            let n = state.workloads().len();
+            let (key, wep) = state.workloads().get_index(rng.below(n.max(1)))?;
+            let mut unique = capo_policy::WorkloadEndpoint::clone(wep);
+            for tier in &mut unique.tiers {
+                tier.ingress.reverse();
+                tier.egress.reverse();
+            }
+            unique.name = replica_name(i);
+            unique.ipv4_nets = vec![Cidr::host(IpAddr::V4(Ipv4Addr::from(
+                0x6700_0000u32 + i as u32,
+            )))];
+            unique.ipv6_nets = vec![];
+            let unique_key = capo_policy::WorkloadKey {
+                workload: format!("{}-unique-{i}", key.workload),
+                ..key.clone()
+            };
+            undo.push(Update::WorkloadRemove(unique_key.clone()));
+            Some(Update::WorkloadUpdate(unique_key, unique.into()))
+        }
         "rejected" => Some(Update::IpSetDelta {
             id: IpSetId::new(format!("s:no-such-set-{i}"))?,
             added: vec![Member::Net(Cidr::host(IpAddr::V4(Ipv4Addr::LOCALHOST)))],
@@ -305,10 +362,12 @@ impl Target {
             }
             UpdatePath::Plugin => {
                 let plugin = Arc::new(Plugin::new(PluginConfig::default()));
-                // VPP has an interface for every endpoint and the host.
+                // VPP has an interface for every endpoint, the host and the
+                // replicas to come.
                 let names: Vec<String> = policed_interfaces(state, &plugin.config.host_interface)
                     .into_iter()
                     .map(|(name, _, _)| name)
+                    .chain((0..REPLICA_NAMES).map(replica_name))
                     .collect();
                 let table: Vec<(&str, u32)> = names
                     .iter()
@@ -585,6 +644,69 @@ mod tests {
             assert_eq!((r.applied, r.failed), want, "{r:?}");
         }
         assert!(rows.iter().map(|r| r.classified_meanwhile).sum::<u64>() > 0);
+    }
+
+    /// A replica lists what the endpoint it copies lists, so it classifies with that
+    /// endpoint's programs (laid out once); its removal returns to the workload.
+    #[test]
+    fn a_replica_shares_the_programs_of_the_endpoint_it_copies() {
+        let w = generate(Kind::K8s);
+        let (mut state, mut ids) = w.state();
+        let original = state.clone();
+        let mut builder = Builder::new();
+        builder.build(&state, &ids);
+        let (mut rng, mut undo) = (Rng::new(3), Vec::new());
+        let add = next_update("endpoint-replica", 0, &state, &mut rng, &mut undo, &[]).unwrap();
+        let Update::WorkloadUpdate(_, replica) = &add else {
+            panic!("{add:?}")
+        };
+        let copied = state
+            .workloads()
+            .values()
+            .find(|w| w.tiers == replica.tiers && w.profile_ids == replica.profile_ids)
+            .map(|w| w.name.clone())
+            .unwrap();
+        let name = replica.name.clone();
+        let g = builder.apply(&mut state, &mut ids, add).unwrap();
+        let (a, b) = (g.interface(&name).unwrap(), g.interface(&copied).unwrap());
+        for dir in capo_policy::Direction::BOTH {
+            assert!(g.shares_program(a, b, dir), "{name} and {copied}, {dir:?}");
+        }
+        let back = next_update("endpoint-replica", 1, &state, &mut rng, &mut undo, &[]).unwrap();
+        builder.apply(&mut state, &mut ids, back).unwrap();
+        assert!(state.workloads() == original.workloads());
+    }
+
+    /// A unique endpoint's programs are its own: no other interface classifies with
+    /// them.
+    #[test]
+    fn a_unique_endpoint_shares_no_program() {
+        let w = generate(Kind::K8s);
+        let (mut state, mut ids) = w.state();
+        let mut builder = Builder::new();
+        builder.build(&state, &ids);
+        let (mut rng, mut undo) = (Rng::new(5), Vec::new());
+        let add = next_update("endpoint-unique", 0, &state, &mut rng, &mut undo, &[]).unwrap();
+        let Update::WorkloadUpdate(_, unique) = &add else {
+            panic!("{add:?}")
+        };
+        assert!(unique.tiers.iter().any(|t| t.ingress.len() > 1));
+        let name = unique.name.clone();
+        let g = builder.apply(&mut state, &mut ids, add).unwrap();
+        let own = g.interface(&name).unwrap();
+        let others: Vec<_> = state
+            .workloads()
+            .values()
+            .filter(|w| w.name != name)
+            .filter_map(|w| g.interface(&w.name))
+            .collect();
+        assert_eq!(others.len(), state.workloads().len() - 1);
+        for dir in capo_policy::Direction::BOTH {
+            assert!(
+                others.iter().all(|o| !g.shares_program(own, *o, dir)),
+                "{dir:?}"
+            );
+        }
     }
 
     /// A policy's add and removal goes in Felix's order (the policy before an endpoint

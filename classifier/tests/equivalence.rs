@@ -690,3 +690,124 @@ fn profile_edits_patch_every_endpoint_using_the_profile() {
     assert_eq!(verdict(8080), Verdict::Allow);
     assert_eq!(verdict(80), Verdict::Deny);
 }
+
+/// Replicas (endpoints listing the same policies) classify with one program per
+/// direction, laid out once: a policy edit patches it once and they keep sharing
+/// it, a replica added or re-added later takes it, and an endpoint whose list
+/// differs (even by a policy of the same shape) never shares it. Verdicts stay each
+/// endpoint's own throughout.
+#[test]
+fn replicas_share_one_program_through_edits_and_churn() {
+    use capo_policy::*;
+    let mut state = State::new();
+    let mut ids = IdTable::default();
+    let mut b = Builder::new();
+    let policy = |port: u16| {
+        let mut rule = Rule::any(Action::Allow);
+        rule.protocol = Some(Protocol::TCP);
+        rule.dst.ports = vec![PortRange::single(port)];
+        common::t1_policy(vec![rule])
+    };
+    let replica =
+        |i: usize| common::t1_workload(&format!("tun{i}"), &format!("10.0.0.{}/32", i + 1));
+    let listing_p1 = |i: usize| {
+        let mut w = replica(i);
+        w.tiers[0].ingress = vec![common::pkey(1)];
+        w
+    };
+    let mut apply = |b: &mut Builder, u: Update| b.apply(&mut state, &mut ids, u).unwrap();
+    apply(
+        &mut b,
+        Update::PolicyUpdate(common::pkey(0), policy(80).into()),
+    );
+    apply(
+        &mut b,
+        Update::PolicyUpdate(common::pkey(1), policy(81).into()),
+    );
+    for i in 0..3 {
+        apply(
+            &mut b,
+            Update::WorkloadUpdate(common::wkey(i), replica(i).into()),
+        );
+    }
+    let mut g = apply(
+        &mut b,
+        Update::WorkloadUpdate(common::wkey(3), listing_p1(3).into()),
+    );
+
+    let shared = |g: &capo_classifier::Generation, x: usize, y: usize| {
+        let id = |i: usize| g.interface(&format!("tun{i}")).unwrap();
+        g.shares_program(id(x), id(y), Direction::Ingress)
+    };
+    let verdict = |g: &capo_classifier::Generation, i: usize, port: u16| {
+        let pkt = Packet {
+            src: "10.9.0.1".parse().unwrap(),
+            dst: format!("10.0.0.{}", i + 1).parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: 40000,
+                dst: port,
+            },
+        };
+        let iface = g.interface(&format!("tun{i}")).unwrap();
+        g.classify(iface, Direction::Ingress, &pkt, &mut Scratch::default())
+            .unwrap()
+            .verdict
+    };
+    assert!(shared(&g, 0, 1) && shared(&g, 0, 2));
+    assert!(!shared(&g, 0, 3), "another policy of the same shape");
+    for i in 0..3 {
+        assert_eq!(
+            (verdict(&g, i, 80), verdict(&g, i, 81)),
+            (Verdict::Allow, Verdict::Deny)
+        );
+    }
+    assert_eq!(
+        (verdict(&g, 3, 80), verdict(&g, 3, 81)),
+        (Verdict::Deny, Verdict::Allow)
+    );
+
+    // The replicas' policy edited: patched once, for all three.
+    let patched = b.patched_interfaces();
+    g = apply(
+        &mut b,
+        Update::PolicyUpdate(common::pkey(0), policy(8080).into()),
+    );
+    assert_eq!(b.patched_interfaces(), patched + 3);
+    assert_eq!(b.check_programs_against_specs(), Ok(()));
+    assert!(shared(&g, 0, 1) && shared(&g, 0, 2) && !shared(&g, 0, 3));
+    for i in 0..3 {
+        assert_eq!(
+            (verdict(&g, i, 8080), verdict(&g, i, 80)),
+            (Verdict::Allow, Verdict::Deny)
+        );
+    }
+    assert_eq!(verdict(&g, 3, 81), Verdict::Allow);
+
+    // A replica added after the edit, and one removed and added again, take the
+    // patched program.
+    g = apply(
+        &mut b,
+        Update::WorkloadUpdate(common::wkey(4), replica(4).into()),
+    );
+    assert!(shared(&g, 4, 0));
+    apply(&mut b, Update::WorkloadRemove(common::wkey(1)));
+    g = apply(
+        &mut b,
+        Update::WorkloadUpdate(common::wkey(1), replica(1).into()),
+    );
+    assert!(shared(&g, 1, 0));
+    assert_eq!(verdict(&g, 4, 8080), Verdict::Allow);
+
+    // A replica moved to the other policy shares the other endpoint's program.
+    g = apply(
+        &mut b,
+        Update::WorkloadUpdate(common::wkey(2), listing_p1(2).into()),
+    );
+    assert!(shared(&g, 2, 3) && !shared(&g, 2, 0));
+    assert_eq!(
+        (verdict(&g, 2, 81), verdict(&g, 2, 8080)),
+        (Verdict::Allow, Verdict::Deny)
+    );
+    assert_eq!(b.check_programs_against_specs(), Ok(()));
+}

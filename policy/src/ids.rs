@@ -17,6 +17,7 @@
 //!   traffic is not policed and failsafe has nothing to do).
 //!
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
@@ -362,7 +363,7 @@ pub struct IdTable {
     rules: RuleIds,
     tiers: Arc<HashMap<String, u32>>,
     failsafe_rules: Vec<(FailsafeRule, u32)>,
-    interfaces: Arc<HashMap<String, u32>>,
+    interfaces: InterfaceMap,
     /// The name a dataplane knows an interface by, where it differs from the
     /// endpoint's (a VPP interface bound to the endpoint).
     shown_names: Arc<HashMap<String, String>>,
@@ -394,7 +395,7 @@ impl IdTable {
             rules: RuleIds::default(),
             tiers: Arc::default(),
             failsafe_rules: Vec::new(),
-            interfaces: Arc::default(),
+            interfaces: InterfaceMap::default(),
             shown_names: Arc::default(),
             next_ipset: FIRST_FELIX_SET,
             next_policy: FIRST_FELIX_POLICY,
@@ -406,8 +407,8 @@ impl IdTable {
 
     /// Fixes an interface's index (VPP's `sw_if_index`), before or after a sync.
     pub fn set_interface_index(&mut self, name: &str, index: u32) {
-        if self.interfaces.get(name) != Some(&index) {
-            Arc::make_mut(&mut self.interfaces).insert(name.to_string(), index);
+        if self.interfaces.by_name.get(name) != Some(&index) {
+            self.interfaces.change().insert(name.to_string(), index);
         }
     }
 
@@ -705,12 +706,18 @@ impl IdTable {
 
     /// Numbers interface `name` unless it has a number.
     fn number_interface(&mut self, name: &str) {
-        if !self.interfaces.contains_key(name) {
+        if !self.interfaces.by_name.contains_key(name) {
             // The lowest index not fixed by a preset.
-            while self.interfaces.values().any(|i| *i == self.next_interface) {
+            while self
+                .interfaces
+                .by_name
+                .values()
+                .any(|i| *i == self.next_interface)
+            {
                 self.next_interface += 1;
             }
-            Arc::make_mut(&mut self.interfaces).insert(name.to_string(), self.next_interface);
+            let next = self.next_interface;
+            self.interfaces.change().insert(name.to_string(), next);
             self.next_interface += 1;
         }
     }
@@ -808,29 +815,64 @@ impl IdTable {
 
     /// `sw_if_index` of an interface.
     pub fn interface(&self, name: &str) -> Option<u32> {
-        self.interfaces.get(name).copied()
+        self.interfaces.by_name.get(name).copied()
     }
 
-    /// The interface indexes as they stand, as a handle: while a caller holds it,
-    /// any index added or changed leaves the table with another one, so
-    /// [`InterfaceIndexes::same_as`] tells a caller whether to look its indexes up
-    /// again.
+    /// The interface indexes as they stand, as a handle: any index added or changed
+    /// since leaves the table with another one, so [`InterfaceIndexes::same_as`]
+    /// tells a caller whether to look its indexes up again.
     pub fn interface_indexes(&self) -> InterfaceIndexes {
-        InterfaceIndexes(self.interfaces.clone())
+        InterfaceIndexes(self.interfaces.revision)
+    }
+}
+
+/// Interface indexes by name, at a revision: every change takes a revision no
+/// table has had before (copies keep theirs until they change), so two tables at one
+/// revision hold the same indexes. A handle is a revision, not a reference to the
+/// map: holding one does not make the next change copy the map.
+#[derive(Debug, Clone)]
+struct InterfaceMap {
+    by_name: Arc<HashMap<String, u32>>,
+    revision: u64,
+}
+
+/// The revision the next change of any table's interface indexes takes.
+static NEXT_INTERFACE_REVISION: AtomicU64 = AtomicU64::new(1);
+
+impl Default for InterfaceMap {
+    fn default() -> Self {
+        InterfaceMap {
+            by_name: Arc::default(),
+            revision: NEXT_INTERFACE_REVISION.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+impl InterfaceMap {
+    /// The map to change, at a new revision.
+    fn change(&mut self) -> &mut HashMap<String, u32> {
+        self.revision = NEXT_INTERFACE_REVISION.fetch_add(1, Ordering::Relaxed);
+        Arc::make_mut(&mut self.by_name)
+    }
+}
+
+/// The indexes are the map's value; the revision only names a state of it.
+impl PartialEq for InterfaceMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_name == other.by_name
     }
 }
 
 /// A handle on an [`IdTable`]'s interface indexes at one time (see
 /// [`IdTable::interface_indexes`]).
-#[derive(Debug, Clone)]
-pub struct InterfaceIndexes(Arc<HashMap<String, u32>>);
+#[derive(Debug, Clone, Copy)]
+pub struct InterfaceIndexes(u64);
 
 impl InterfaceIndexes {
     /// Whether both handles were taken with no index added or changed between
-    /// them (the table copies its indexes before changing them while a handle is
-    /// held).
+    /// them.
     pub fn same_as(&self, other: &InterfaceIndexes) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        self.0 == other.0
     }
 }
 
@@ -926,6 +968,22 @@ mod id_tests {
             !after_fix.same_as(&ids.interface_indexes()),
             "a new interface"
         );
+        // A handle holds no reference to the map: a change made while one is held
+        // changes the map in place.
+        let held = ids.interface_indexes();
+        let map = Arc::as_ptr(&ids.interfaces.by_name);
+        ids.set_interface_index("tun2", 6);
+        assert_eq!(Arc::as_ptr(&ids.interfaces.by_name), map);
+        assert!(!held.same_as(&ids.interface_indexes()));
+        // A copy and its original changed apart never meet at one revision.
+        let mut copy = ids.clone();
+        assert!(copy.interface_indexes().same_as(&ids.interface_indexes()));
+        copy.set_interface_index("tun3", 7);
+        ids.set_interface_index("tun3", 8);
+        assert!(!copy.interface_indexes().same_as(&ids.interface_indexes()));
+        assert_ne!(copy, ids);
+        ids.set_interface_index("tun3", 7);
+        assert_eq!(copy, ids, "the revision is no part of the table's value");
     }
 
     /// A copy shares every map with the original; a policy update then copies the
@@ -956,7 +1014,10 @@ mod id_tests {
         assert_eq!(ids.policies.shards_apart_from(&copy.policies), 0);
         assert!(Arc::ptr_eq(&ids.tiers, &copy.tiers));
         assert_eq!(ids.ipsets.shards_apart_from(&copy.ipsets), 0);
-        assert!(Arc::ptr_eq(&ids.interfaces, &copy.interfaces));
+        assert!(Arc::ptr_eq(
+            &ids.interfaces.by_name,
+            &copy.interfaces.by_name
+        ));
         assert!(Arc::ptr_eq(&ids.shown_names, &copy.shown_names));
         // The copy still has the old rule's id; the original a new one.
         let pa = PolicyRef::Policy(key("a"));

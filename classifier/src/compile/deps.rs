@@ -11,32 +11,41 @@ use super::patch::Owner;
 use super::FastSet;
 
 /// The policies and profiles an interface's programs read (named ones included even
-/// when absent from the state: their arrival must recompile the interface).
+/// when absent from the state: their arrival must recompile the interface), each
+/// by a 64-bit hash ([`owner_hash`]). Two owners of one hash make an interface look
+/// like a user of both: a change to the one it does not read then recompiles it
+/// (no patch finds its fragments there), which is wasted work, never a stale program.
 #[derive(Default)]
 pub(super) struct Deps {
-    policies: FastSet<PolicyKey>,
-    profiles: FastSet<String>,
+    owners: FastSet<u64>,
 }
 
 impl Deps {
     pub(super) fn uses_policy(&mut self, key: &PolicyKey) {
-        self.policies.insert(key.clone());
+        self.owners.insert(owner_hash(Owner::Policy(key)));
     }
 
     pub(super) fn uses_profile(&mut self, name: &str) {
-        self.profiles.insert(name.to_string());
+        self.owners.insert(owner_hash(Owner::Profile(name)));
     }
 
-    /// The interface's `policies` and `profiles`, and the filter of its policies.
-    pub(super) fn into_sets(self) -> (Arc<FastSet<PolicyKey>>, Arc<FastSet<String>>, PolicyFilter) {
+    /// The interface's owners, and their filter.
+    pub(super) fn into_sets(self) -> (Arc<FastSet<u64>>, PolicyFilter) {
         let mut filter = PolicyFilter::default();
-        for key in &self.policies {
-            filter.insert(Owner::Policy(key));
+        for h in &self.owners {
+            filter.insert(*h);
         }
-        for name in &self.profiles {
-            filter.insert(Owner::Profile(name));
-        }
-        (Arc::new(self.policies), Arc::new(self.profiles), filter)
+        (Arc::new(self.owners), filter)
+    }
+}
+
+/// A policy's or profile's hash, as interfaces file the ones they read: fixed, so
+/// every interface and update agree on it.
+pub(super) fn owner_hash(owner: Owner<'_>) -> u64 {
+    let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
+    match owner {
+        Owner::Policy(key) => hasher.hash_one((0u8, key)),
+        Owner::Profile(name) => hasher.hash_one((1u8, name)),
     }
 }
 
@@ -50,20 +59,15 @@ impl Deps {
 pub(crate) struct PolicyFilter([u64; 8]);
 
 impl PolicyFilter {
-    /// The two bits of a policy or profile, which [`PolicyFilter::may_hold`] looks
-    /// for.
-    pub(super) fn bits(owner: Owner<'_>) -> [(usize, u64); 2] {
-        let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
-        let h = match owner {
-            Owner::Policy(key) => hasher.hash_one((0u8, key)),
-            Owner::Profile(name) => hasher.hash_one((1u8, name)),
-        };
+    /// The two bits of a policy's or profile's hash ([`owner_hash`]), which
+    /// [`PolicyFilter::may_hold`] looks for.
+    pub(super) fn bits(h: u64) -> [(usize, u64); 2] {
         let bit = |b: u64| ((b >> 6) as usize % 8, 1u64 << (b % 64));
         [bit(h & 511), bit((h >> 9) & 511)]
     }
 
-    fn insert(&mut self, owner: Owner<'_>) {
-        for (word, bit) in Self::bits(owner) {
+    fn insert(&mut self, h: u64) {
+        for (word, bit) in Self::bits(h) {
             if let Some(w) = self.0.get_mut(word) {
                 *w |= bit;
             }

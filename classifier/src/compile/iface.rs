@@ -77,19 +77,18 @@ impl Builder {
             }
             self.tiers_into(&mut spec, state, ids, &wep.tiers, dir, true, &mut deps);
             self.profiles_into(&mut spec, state, ids, &wep.profile_ids, dir, &mut deps);
-            entries.push(Entry::Single(Arc::new(finish(&spec, self.min_words))));
-            spec.tally();
-            specs.push(Some(Arc::new(spec)));
+            let (program, spec) = self.shared_program(spec);
+            entries.push(Entry::Single(program));
+            specs.push(Some(spec));
         }
-        let (policies, profiles, policy_filter) = deps.into_sets();
+        let (owners, policy_filter) = deps.into_sets();
         Some(Iface {
             name: wep.name.clone(),
             kind: IfaceKind::Workload(key.clone()),
             sw_if_index: ids.interface(&wep.name),
             entries: two(entries)?,
             specs: two(specs)?,
-            policies,
-            profiles,
+            owners,
             policy_filter,
         })
     }
@@ -126,7 +125,7 @@ impl Builder {
         let other = self.host_program(state, ids, hep.as_ref(), Direction::Ingress, &mut deps);
         let egress = self.host_program(state, ids, hep.as_ref(), Direction::Egress, &mut deps);
         let name = ids.host_interface().to_string();
-        let (policies, profiles, policy_filter) = deps.into_sets();
+        let (owners, policy_filter) = deps.into_sets();
         Iface {
             sw_if_index: ids.interface(&name),
             name,
@@ -140,8 +139,7 @@ impl Builder {
                 Entry::Single(Arc::new(egress)),
             ],
             specs: [None, None],
-            policies,
-            profiles,
+            owners,
             policy_filter,
         }
     }
@@ -263,15 +261,14 @@ impl Builder {
             Some(e) => e,
             None => unreachable!("two directions were pushed"),
         };
-        let (policies, profiles, policy_filter) = deps.into_sets();
+        let (owners, policy_filter) = deps.into_sets();
         Iface {
             sw_if_index: ids.interface(&hep.name),
             name: hep.name.clone(),
             kind: IfaceKind::Forward(key),
             entries: [a, b],
             specs: [None, None],
-            policies,
-            profiles,
+            owners,
             policy_filter,
         }
     }

@@ -171,7 +171,7 @@ pub(crate) struct ProgSpec {
     pub(super) named_ports: [u32; 2],
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub(super) enum SegSpec {
     Plain,
     Tier(Option<(Decider, Option<u32>)>),

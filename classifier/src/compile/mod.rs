@@ -43,6 +43,7 @@ mod index;
 mod layout;
 mod lower;
 mod patch;
+mod shared;
 
 use patch::Owner;
 
@@ -75,6 +76,9 @@ pub struct Builder {
     virtual_members: [Vec<Cidr>; 2],
     /// Policies' and profiles' rules as lowered, shared between programs.
     fragments: lower::Fragments,
+    /// Workload programs by the spec they were laid out from, for interfaces with
+    /// the same spec to share.
+    shared: shared::SharedPrograms,
     ifaces: BTreeMap<IfaceKind, Arc<Iface>>,
     list: Arc<Vec<Arc<Iface>>>,
     /// Each listed interface's policy filter, in list order.
@@ -124,6 +128,7 @@ impl Builder {
             index: AddrIndex::default(),
             virtual_members: [Vec::new(), Vec::new()],
             fragments: lower::Fragments::default(),
+            shared: shared::SharedPrograms::default(),
             ifaces: BTreeMap::new(),
             list: Arc::new(Vec::new()),
             filters: Vec::new(),

@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use capo_policy::{Direction, IdTable, PolicyKey, State};
 
+use super::deps::owner_hash;
 use super::layout::{finish, patch, Canonical, Swap};
 use super::lower::{Fragment, ProgSpec};
-use super::{Builder, PolicyFilter};
+use super::{Builder, FastMap, PolicyFilter};
 use crate::generation::{Entry, Iface, IfaceKind};
+use crate::program::Program;
 
 /// What changed: a policy or a profile.
 #[derive(Clone, Copy)]
@@ -21,6 +23,9 @@ pub(super) enum Owner<'a> {
     Policy(&'a PolicyKey),
     Profile(&'a str),
 }
+
+/// Programs patched in one update, by the address of the program they replace.
+type Patched = FastMap<usize, (Arc<Program>, Arc<ProgSpec>)>;
 
 /// A changed policy's or profile's fragment before the change: the tier it was
 /// listed in (policies), its direction, the fragment.
@@ -76,11 +81,9 @@ impl Builder {
             }
         }
         // The published list is the compiled interfaces as an update starts.
-        let bits = PolicyFilter::bits(owner);
-        let uses = |i: &Iface| match owner {
-            Owner::Policy(key) => i.policies.contains(key),
-            Owner::Profile(name) => i.profiles.contains(name),
-        };
+        let hash = owner_hash(owner);
+        let bits = PolicyFilter::bits(hash);
+        let uses = |i: &Iface| i.owners.contains(&hash);
         let affected: Vec<IfaceKind> = self
             .list
             .iter()
@@ -88,8 +91,10 @@ impl Builder {
             .filter(|(i, f)| f.may_hold(&bits) && uses(i))
             .map(|(i, _)| i.kind.clone())
             .collect();
+        // Interfaces sharing a program share its patched copy, made once.
+        let mut patched = Patched::default();
         for kind in affected {
-            if !patchable || !self.patch_iface(ids, &kind, &swaps, old) {
+            if !patchable || !self.patch_iface(ids, &kind, &swaps, old, &mut patched) {
                 self.compile_iface(state, ids, kind);
             }
         }
@@ -103,6 +108,7 @@ impl Builder {
         kind: &IfaceKind,
         swaps: &[Swap],
         old: &[OldFragment],
+        done: &mut Patched,
     ) -> bool {
         if !matches!(kind, IfaceKind::Workload(_)) {
             return false;
@@ -136,21 +142,33 @@ impl Builder {
             if here.is_empty() {
                 continue;
             }
-            let mut next = ProgSpec::clone(spec);
-            for f in next.segments.iter_mut().flat_map(|(f, _)| f.iter_mut()) {
-                if let Some(s) = here.iter().find(|s| Arc::ptr_eq(&s.old, f)) {
-                    *f = s.new.clone();
+            // A shared program comes with its spec (`shared`): its patched copy,
+            // made for another interface in this update, is this one's too. The old
+            // program lives through the update, so its address names it.
+            let (program, next) = match done.get(&(Arc::as_ptr(program) as usize)) {
+                Some(found) => found.clone(),
+                None => {
+                    let mut next = ProgSpec::clone(spec);
+                    for f in next.segments.iter_mut().flat_map(|(f, _)| f.iter_mut()) {
+                        if let Some(s) = here.iter().find(|s| Arc::ptr_eq(&s.old, f)) {
+                            *f = s.new.clone();
+                        }
+                    }
+                    for s in &here {
+                        next.retally(&s.old, &s.new);
+                    }
+                    let Some(laid) = patch(program, &next, &here) else {
+                        return false;
+                    };
+                    let made = (Arc::new(laid), Arc::new(next));
+                    self.shared.insert(&made.1, &made.0);
+                    done.insert(Arc::as_ptr(program) as usize, made.clone());
+                    made
                 }
-            }
-            for s in &here {
-                next.retally(&s.old, &s.new);
-            }
-            let Some(program) = patch(program, &next, &here) else {
-                return false;
             };
             if let (Some(e), Some(s)) = (entries.get_mut(d), specs.get_mut(d)) {
-                *e = Entry::Single(Arc::new(program));
-                *s = Some(Arc::new(next));
+                *e = Entry::Single(program);
+                *s = Some(next);
             }
             patched = true;
         }
@@ -166,8 +184,7 @@ impl Builder {
                 sw_if_index: ids.interface(&iface.name),
                 entries,
                 specs,
-                policies: iface.policies.clone(),
-                profiles: iface.profiles.clone(),
+                owners: iface.owners.clone(),
                 policy_filter: iface.policy_filter,
             };
             self.ifaces.insert(kind.clone(), Arc::new(iface));

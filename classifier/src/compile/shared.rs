@@ -1,0 +1,209 @@
+//! Programs shared between interfaces. Endpoints whose programs come from the same
+//! spec (the same policies' and profiles' fragments in the same tiers, the same
+//! internal rules: the replicas of one workload, which the same selectors pick) get
+//! one program, laid out once, and a policy change patches it once for all of them.
+//!
+//! A spec is told by the identity of its policies' and profiles' fragments (the
+//! builder's shared `Arc`s, replaced whenever their policy or profile changes, and
+//! kept alive here so no new fragment takes an old one's address), the content of
+//! its internal rules and of its tiers' end-of-tier rules, and its fallback. A
+//! program is a pure function of its spec ([`super::layout::finish`]), so sharing
+//! changes no verdict.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Weak};
+
+use super::layout::finish;
+use super::lower::{Fragment, ProgSpec, SegSpec};
+use super::{Builder, FastMap};
+use crate::program::Program;
+
+/// The programs laid out from specs, by a hash of the spec's identity.
+#[derive(Clone, Default)]
+pub(super) struct SharedPrograms {
+    by_key: FastMap<u64, Vec<Laid>>,
+    /// Entries held, and held after the last sweep of dead ones.
+    entries: usize,
+    swept_to: usize,
+}
+
+/// A program and the spec it was laid out from. The program is weak: it lives as
+/// long as an interface (or a published generation) holds it.
+#[derive(Clone)]
+struct Laid {
+    spec: Arc<ProgSpec>,
+    program: Weak<Program>,
+}
+
+/// Dead entries are swept when the entries reach twice those left by the last
+/// sweep, plus this.
+const SWEEP_SLACK: usize = 256;
+
+impl SharedPrograms {
+    /// A live program laid out from a spec the same as `spec`, with that spec.
+    pub(super) fn find(&self, spec: &ProgSpec) -> Option<(Arc<Program>, Arc<ProgSpec>)> {
+        self.by_key
+            .get(&key(spec))?
+            .iter()
+            .find(|l| same(&l.spec, spec))
+            .and_then(|l| Some((l.program.upgrade()?, Arc::clone(&l.spec))))
+    }
+
+    /// Files `program`, laid out from `spec`.
+    pub(super) fn insert(&mut self, spec: &Arc<ProgSpec>, program: &Arc<Program>) {
+        let bucket = self.by_key.entry(key(spec)).or_default();
+        let before = bucket.len();
+        bucket.retain(|l| l.program.strong_count() > 0 && !same(&l.spec, spec));
+        self.entries = self.entries - (before - bucket.len()) + 1;
+        bucket.push(Laid {
+            spec: Arc::clone(spec),
+            program: Arc::downgrade(program),
+        });
+        if self.entries > 2 * self.swept_to + SWEEP_SLACK {
+            self.by_key.retain(|_, bucket| {
+                bucket.retain(|l| l.program.strong_count() > 0);
+                !bucket.is_empty()
+            });
+            self.entries = self.by_key.values().map(Vec::len).sum();
+            self.swept_to = self.entries;
+        }
+    }
+
+    /// Entries held (live or not yet swept).
+    #[cfg(test)]
+    pub(super) fn held(&self) -> usize {
+        self.entries
+    }
+}
+
+impl Builder {
+    /// The program of `spec`: one already laid out from the same spec, or laid out
+    /// now and filed for the next interface with this spec.
+    pub(super) fn shared_program(&mut self, mut spec: ProgSpec) -> (Arc<Program>, Arc<ProgSpec>) {
+        if let Some(found) = self.shared.find(&spec) {
+            return found;
+        }
+        let program = Arc::new(finish(&spec, self.min_words));
+        spec.tally();
+        let spec = Arc::new(spec);
+        self.shared.insert(&spec, &program);
+        (program, spec)
+    }
+}
+
+/// Whether two fragments of a segment of kind `kind` are the same: the very same
+/// policy or profile fragment, or internal rules alike.
+fn same_fragment(kind: &SegSpec, a: &Arc<Fragment>, b: &Arc<Fragment>) -> bool {
+    Arc::ptr_eq(a, b)
+        || (matches!(kind, SegSpec::Plain)
+            && a.rules == b.rules
+            && a.deciders == b.deciders
+            && a.rule_ids == b.rule_ids)
+}
+
+/// Whether programs laid out from `a` and from `b` are the same program.
+fn same(a: &ProgSpec, b: &ProgSpec) -> bool {
+    a.fallback == b.fallback
+        && a.segments.len() == b.segments.len()
+        && a.segments
+            .iter()
+            .zip(&b.segments)
+            .all(|((fa, ka), (fb, kb))| {
+                ka == kb
+                    && fa.len() == fb.len()
+                    && fa.iter().zip(fb).all(|(x, y)| same_fragment(ka, x, y))
+            })
+}
+
+/// A hash that agrees with [`same`]: fragment addresses where `same` compares
+/// them, rule counts where it compares content.
+fn key(spec: &ProgSpec) -> u64 {
+    let mut h = foldhash::fast::FixedState::with_seed(0x5ca1_ab1e).build_hasher();
+    for (fragments, kind) in &spec.segments {
+        match kind {
+            SegSpec::Plain => 0u8.hash(&mut h),
+            SegSpec::Tier(end) => {
+                1u8.hash(&mut h);
+                end.as_ref().map(|(_, rule)| *rule).hash(&mut h);
+            }
+            SegSpec::Profile => 2u8.hash(&mut h),
+        }
+        fragments.len().hash(&mut h);
+        for f in fragments {
+            if matches!(kind, SegSpec::Plain) {
+                f.rules.len().hash(&mut h);
+            } else {
+                (Arc::as_ptr(f) as usize).hash(&mut h);
+            }
+        }
+    }
+    spec.fallback.0.hash(&mut h);
+    spec.fallback.2.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::lower::{LRule, LSide, OwnRule};
+    use crate::program::Act;
+    use capo_policy::eval::InternalPolicy;
+    use capo_policy::Decider;
+
+    /// A spec of two plain segments of `a` and `b` allow-all rules.
+    fn spec(a: usize, b: usize) -> ProgSpec {
+        let mut s = ProgSpec::new();
+        for n in [a, b] {
+            let rules = (0..n)
+                .map(|index| OwnRule {
+                    rule: LRule {
+                        act: Act::Allow,
+                        family: None,
+                        protocol: None,
+                        not_protocol: None,
+                        icmp: None,
+                        not_icmp: None,
+                        src: LSide::default(),
+                        dst: LSide::default(),
+                        svc: Vec::new(),
+                    },
+                    decider: Decider::Internal {
+                        policy: InternalPolicy::AllowFromHost,
+                        index,
+                    },
+                    rule_id: None,
+                })
+                .collect();
+            s.segment(rules, SegSpec::Plain);
+        }
+        s
+    }
+
+    /// Programs no interface holds any more are swept as others are filed: the
+    /// entries stay within twice the live ones plus the slack, and a live one is
+    /// still found. Internal rules alike make the same spec, whatever their
+    /// fragments' addresses.
+    #[test]
+    fn dead_programs_are_swept() {
+        let mut shared = SharedPrograms::default();
+        let keep = Arc::new(finish(&spec(1, 1), 1));
+        shared.insert(&Arc::new(spec(1, 1)), &keep);
+        let mut most = 0;
+        for round in 1..20 * SWEEP_SLACK {
+            let (a, b) = (1 + round % 80, 1 + round / 80);
+            let program = Arc::new(finish(&spec(a, b), 1));
+            shared.insert(&Arc::new(spec(a, b)), &program);
+            assert!(
+                shared.find(&spec(a, b)).is_some(),
+                "a live program is found"
+            );
+            drop(program);
+            assert!(shared.find(&spec(a, b)).is_none(), "a dead one is not");
+            most = most.max(shared.held());
+        }
+        assert!(most > SWEEP_SLACK, "the sweep had work: {most}");
+        assert!(most <= 2 * 2 + SWEEP_SLACK + 1, "{most}");
+        let (found, _) = shared.find(&spec(1, 1)).expect("the live one stays");
+        assert!(Arc::ptr_eq(&found, &keep));
+    }
+}
