@@ -304,8 +304,17 @@ fn next_update(
             // A new pod that no other pod's policy lists match: an existing pod's
             // policies, each tier's in reverse order, so its programs are laid out
             // afresh (as large as that pod's), not shared.
+            // The first from a random start with a tier of two policies or more in
+            // a direction (reversing fewer changes nothing).
             let n = state.workloads().len();
-            let (key, wep) = state.workloads().get_index(rng.below(n.max(1)))?;
+            let start = rng.below(n.max(1));
+            let (key, wep) = (0..n).find_map(|k| {
+                let (key, wep) = state.workloads().get_index((start + k) % n)?;
+                wep.tiers
+                    .iter()
+                    .any(|t| t.ingress.len() > 1 || t.egress.len() > 1)
+                    .then_some((key, wep))
+            })?;
             let mut unique = capo_policy::WorkloadEndpoint::clone(wep);
             for tier in &mut unique.tiers {
                 tier.ingress.reverse();
@@ -690,7 +699,10 @@ mod tests {
         let Update::WorkloadUpdate(_, unique) = &add else {
             panic!("{add:?}")
         };
-        assert!(unique.tiers.iter().any(|t| t.ingress.len() > 1));
+        assert!(unique
+            .tiers
+            .iter()
+            .any(|t| t.ingress.len() > 1 || t.egress.len() > 1));
         let name = unique.name.clone();
         let g = builder.apply(&mut state, &mut ids, add).unwrap();
         let own = g.interface(&name).unwrap();

@@ -502,8 +502,10 @@ fn explicit_and_calicovpp_bindings_on_vpp() {
     // endpoint by looking its names up in VPP (vnet's name hash, or the index),
     // not by listing VPP's interfaces. By VPP's name, then by CalicoVPP's again.
     // The delta itself must have bound it (not recorded unknown with it): a later
-    // rebinding pass would bind it too, and hide a failed look-up.
-    let delta_bound = |endpoint: &str, how: &str| {
+    // rebinding pass would bind it too, and hide a failed look-up; and it must have
+    // bound it by look-up, not against the list of every interface, which a miss
+    // falls back to.
+    let delta_bound = |endpoint: &str, how: &str, deltas: u64| {
         wait_for(WAIT, how, || {
             let gens = vpp.ctl("show capo generations");
             let mut history = gens
@@ -522,12 +524,24 @@ fn explicit_and_calicovpp_bindings_on_vpp() {
                     l.contains("unknown interfaces:") && l.split_whitespace().any(|w| w == endpoint)
                 })
         });
+        let gens = vpp.ctl("show capo generations");
+        let counts: Vec<u64> = gens
+            .lines()
+            .find(|l| l.starts_with("deltas that changed endpoints:"))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(counts.get(1), Some(&0), "none bound from the list:\n{gens}");
+        assert!(counts.first().is_some_and(|n| *n >= deltas), "{gens}");
         assert_seed_enforced(&ts1, &ts2, &dir, false);
     };
     write_seed(&manifests, &ts2.vpp_if, 5978);
-    delta_bound(&ts2.vpp_if, "name");
+    delta_bound(&ts2.vpp_if, "name", 1);
     write_seed(&manifests, &format!("vpp-tun-{idx}"), 5978);
-    delta_bound(&format!("vpp-tun-{idx}"), "calicovpp");
+    delta_bound(&format!("vpp-tun-{idx}"), "calicovpp", 2);
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,9 +34,11 @@ capo_vnet_sw_if_name (u32 sw_if_index, u8 *buf, u32 cap)
 }
 
 /* Writes the index of the software interface VPP names `name` (`len` bytes) to
- * `*sw_if_index`; returns 0, or -1 when none is found. The name is parsed as VPP's CLI
- * parses interface names (a hash look-up, not a walk of every interface), and what it
- * finds counts only if VPP formats that interface's name as exactly `name`. */
+ * `*sw_if_index`; returns 0, or -1 when none is found. The whole name is looked up in
+ * the hardware interfaces' name hash, then parsed as VPP's CLI parses interface names
+ * (sub-interfaces); no walk of every interface. What either finds counts only if VPP
+ * formats that interface's name as exactly `name`. A miss is not proof of absence:
+ * the caller lists every interface for a name still unbound. */
 int
 capo_vnet_sw_if_by_name (const u8 *name, u32 len, u32 *sw_if_index)
 {
@@ -48,11 +50,21 @@ capo_vnet_sw_if_by_name (const u8 *name, u32 len, u32 *sw_if_index)
   if (len == 0)
     return -1;
   vec_add (copy, name, len);
-  /* The input owns `copy` from here; unformat_free frees it. */
-  unformat_init_vector (&in, copy);
-  ok = unformat_user (&in, unformat_vnet_sw_interface, vnm, &found) &&
-       unformat_check_input (&in) == UNFORMAT_END_OF_INPUT;
-  unformat_free (&in);
+  uword *hw = hash_get_mem (vnm->interface_main.hw_interface_by_name, copy);
+  if (hw)
+    {
+      found = vnet_get_hw_interface (vnm, hw[0])->sw_if_index;
+      vec_free (copy);
+      ok = 1;
+    }
+  else
+    {
+      /* The input owns `copy` from here; unformat_free frees it. */
+      unformat_init_vector (&in, copy);
+      ok = unformat_user (&in, unformat_vnet_sw_interface, vnm, &found) &&
+	   unformat_check_input (&in) == UNFORMAT_END_OF_INPUT;
+      unformat_free (&in);
+    }
   if (!ok || pool_is_free_index (vnm->interface_main.sw_interfaces, found))
     return -1;
   u8 *s = format (0, "%U", format_vnet_sw_if_index_name, vnm, found);

@@ -102,8 +102,9 @@ fn names_endpoint(binding: &str, name: &str, kind: &IfaceKind) -> bool {
 
 /// The names and indexes [`bind`] looks up among VPP's interfaces to bind these
 /// endpoints: an explicit binding's interface, else the endpoint's own name and, for
-/// a CalicoVPP name, its index. Binding them against only the interfaces VPP has
-/// among these binds them as against all of VPP's.
+/// a CalicoVPP name, its index. Binding them against exactly the interfaces VPP has
+/// among these binds them as against all of VPP's (a look-up in VPP that misses one
+/// leaves its endpoint unbound; the plugin then lists every interface).
 pub fn lookups<'a>(
     policed: impl IntoIterator<Item = (&'a str, &'a IfaceKind)>,
     explicit: &[ExplicitBinding],

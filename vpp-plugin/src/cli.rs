@@ -282,6 +282,14 @@ fn generations(ctx: &CliCtx<'_>) -> String {
             }
         }
     }
+    let d = s.delta_binds;
+    if d.looked_up + d.listed > 0 {
+        let _ = writeln!(
+            out,
+            "deltas that changed endpoints: {} bound them by look-up, {} against the list of every interface",
+            d.looked_up, d.listed
+        );
+    }
     if let Some(p) = ctx.cell.previous_id() {
         let _ = writeln!(out, "previous generation: {p} (NIC marks still honoured)");
     }

@@ -209,7 +209,9 @@ pub trait VppContext: Send {
 
     /// The interfaces VPP has among these names and indexes (more are allowed):
     /// what binding a few endpoints reads ([`binding::lookups`]), looked up rather
-    /// than listing every interface VPP has.
+    /// than listing every interface VPP has. It may miss a name VPP has (its name
+    /// parser does not read every name the listing gives); the caller lists every
+    /// interface for an endpoint left unbound.
     ///
     /// # Errors
     ///
@@ -338,6 +340,17 @@ pub struct Status {
     pub rebinds: u64,
     /// The last of them.
     pub last_rebind: Option<RebindRecord>,
+    /// How deltas found the VPP interfaces of the endpoints they changed.
+    pub delta_binds: DeltaBinds,
+}
+
+/// How deltas that change endpoints bound them (`show capo generations`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeltaBinds {
+    /// Every changed endpoint bound through VPP's look-ups by name and index.
+    pub looked_up: u64,
+    /// One left unbound by them, bound against the list of every interface.
+    pub listed: u64,
 }
 
 /// How generations were compiled (`show capo generations`).
@@ -373,6 +386,7 @@ impl Default for Status {
             active_epoch: 0,
             rebinds: 0,
             last_rebind: None,
+            delta_binds: DeltaBinds::default(),
         }
     }
 }
@@ -1133,7 +1147,6 @@ impl<C: VppContext> ControlCore<C> {
         state: &State,
         only: &HashSet<String>,
     ) -> Result<(Vec<String>, Bindings), ContextError> {
-        // A handful of names: compared in turn, not hashed for each of the endpoints.
         let policed: Vec<(&str, IfaceKind)> =
             crate::generation::policed(state, &self.host_interface)
                 .filter(|p| {
@@ -1151,7 +1164,19 @@ impl<C: VppContext> ControlCore<C> {
         let (names, indexes) =
             binding::lookups(policed.iter().map(|(n, k)| (*n, k)), &self.explicit);
         let vpp = self.ctx.interfaces_among(&names, &indexes)?;
-        let resolved = binding::bind(policed.iter().map(|(n, k)| (*n, k)), &self.explicit, &vpp);
+        let mut resolved =
+            binding::bind(policed.iter().map(|(n, k)| (*n, k)), &self.explicit, &vpp);
+        // VPP's name parser does not read every name its listing gives (a dot in a
+        // name, hidden interfaces): an endpoint the look-ups left unbound is bound
+        // against the list of every interface, as a full binding would.
+        let unbound = policed.iter().any(|(n, _)| !resolved.contains_key(*n));
+        if unbound {
+            let vpp = self.ctx.interfaces()?;
+            resolved = binding::bind(policed.iter().map(|(n, k)| (*n, k)), &self.explicit, &vpp);
+            self.stats().delta_binds.listed += 1;
+        } else {
+            self.stats().delta_binds.looked_up += 1;
+        }
         Ok((
             policed.into_iter().map(|(n, _)| n.to_string()).collect(),
             resolved,
@@ -1752,6 +1777,9 @@ pub struct FakeVpp {
     pub fail_commits: bool,
     /// Every NIC share, in order.
     pub shares: Vec<FakeShare>,
+    /// Names the look-up by name misses although VPP has them (as VPP's parser
+    /// misses some of the names its listing gives).
+    pub unparsed: std::collections::BTreeSet<String>,
 }
 
 /// A NIC share [`FakeVpp`] was handed.
@@ -1781,6 +1809,7 @@ impl FakeVpp {
             commits: Vec::new(),
             fail_commits: false,
             shares: Vec::new(),
+            unparsed: std::collections::BTreeSet::new(),
         }
     }
 
@@ -1818,6 +1847,7 @@ impl VppContext for FakeVpp {
     ) -> Result<Vec<VppInterface>, ContextError> {
         let mut out: Vec<VppInterface> = names
             .iter()
+            .filter(|n| !self.unparsed.contains(*n))
             .filter_map(|n| {
                 self.interfaces.get(n).map(|i| VppInterface {
                     sw_if_index: *i,

@@ -1379,6 +1379,47 @@ fn a_reused_index_gets_its_features_in_a_delta() {
     assert!(core.context().enabled.contains(&SwIfIndex(11)));
 }
 
+/// A delta binds the endpoints it changes by look-up; one the look-up misses
+/// (VPP's parser does not read every name its listing gives) is bound against the
+/// list of every interface, and `show capo generations` counts both.
+#[test]
+fn a_name_the_look_up_misses_is_bound_from_the_list() {
+    let (plugin, mut core) = seeded();
+    core.context_mut().create("tun9", 12);
+    core.context_mut().create("host-eth0.100", 13);
+    core.context_mut().unparsed.insert("host-eth0.100".into());
+    let binds = |plugin: &Plugin| {
+        let s = plugin.status.lock().unwrap().delta_binds;
+        (s.looked_up, s.listed)
+    };
+    let a = applied(core.on_message(
+        generation(2, false, 1, vec![seed_workload("default/ts9", "tun9")]),
+        0,
+    ));
+    assert!(a.ok, "{}", a.error);
+    assert_eq!(binds(&plugin), (1, 0));
+    let a = applied(core.on_message(
+        generation(
+            3,
+            false,
+            2,
+            vec![seed_workload("default/ts8", "host-eth0.100")],
+        ),
+        0,
+    ));
+    assert!(a.ok, "{}", a.error);
+    assert_eq!(binds(&plugin), (1, 1));
+    let g = plugin.cell.load().unwrap();
+    for (idx, name) in [(12, "tun9"), (13, "host-eth0.100")] {
+        assert_eq!(
+            g.interface(SwIfIndex(idx)).map(|i| i.name.as_str()),
+            Some(name)
+        );
+        assert!(core.context().enabled.contains(&SwIfIndex(idx)));
+    }
+    assert!(a.unknown_interfaces.is_empty(), "{a:?}");
+}
+
 #[test]
 fn explicit_bindings_from_the_agent_are_used_and_shown() {
     let plugin = Plugin::new(PluginConfig::default());

@@ -130,8 +130,9 @@ fn name_of(_vm: &MainRef, sw_if_index: u32, buf: &mut [u8; NAME_CAP]) -> Option<
 }
 
 /// The interfaces VPP has among `names` and `indexes`, each looked up (no walk of
-/// every interface). A name is found as VPP's CLI finds an interface name: through
-/// vnet's name hash, which vnet keeps for every interface it creates or renames.
+/// every interface). A name is found through vnet's hardware-interface name hash,
+/// else as VPP's CLI parses an interface name; one neither finds is left out,
+/// although VPP may have it (the caller then lists every interface).
 pub(crate) fn among(vm: &MainRef, names: &[String], indexes: &[SwIfIndex]) -> Vec<VppInterface> {
     let mut out = Vec::with_capacity(names.len() + indexes.len());
     for name in names {

@@ -24,8 +24,9 @@ pub(super) enum Owner<'a> {
     Profile(&'a str),
 }
 
-/// Programs patched in one update, by the address of the program they replace.
-type Patched = FastMap<usize, (Arc<Program>, Arc<ProgSpec>)>;
+/// Programs patched in one update, by the address of the program they replace
+/// (`None`: it cannot be patched, its interfaces are compiled).
+type Patched = FastMap<usize, Option<(Arc<Program>, Arc<ProgSpec>)>>;
 
 /// A changed policy's or profile's fragment before the change: the tier it was
 /// listed in (policies), its direction, the fragment.
@@ -146,7 +147,8 @@ impl Builder {
             // made for another interface in this update, is this one's too. The old
             // program lives through the update, so its address names it.
             let (program, next) = match done.get(&(Arc::as_ptr(program) as usize)) {
-                Some(found) => found.clone(),
+                Some(Some(found)) => found.clone(),
+                Some(None) => return false,
                 None => {
                     let mut next = ProgSpec::clone(spec);
                     for f in next.segments.iter_mut().flat_map(|(f, _)| f.iter_mut()) {
@@ -158,11 +160,12 @@ impl Builder {
                         next.retally(&s.old, &s.new);
                     }
                     let Some(laid) = patch(program, &next, &here) else {
+                        done.insert(Arc::as_ptr(program) as usize, None);
                         return false;
                     };
                     let made = (Arc::new(laid), Arc::new(next));
                     self.shared.insert(&made.1, &made.0);
-                    done.insert(Arc::as_ptr(program) as usize, made.clone());
+                    done.insert(Arc::as_ptr(program) as usize, Some(made.clone()));
                     made
                 }
             };
