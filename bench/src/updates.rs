@@ -144,6 +144,31 @@ fn sets_of(state: &State, want: fn(&capo_policy::IpSet) -> bool) -> Vec<IpSetId>
         .collect()
 }
 
+/// The `i`-th new local endpoint: a copy of `wep` (the endpoint of `key`) changed by
+/// `change`, on its own interface and address; its removal goes onto `undo`.
+fn new_endpoint(
+    i: usize,
+    key: &capo_policy::WorkloadKey,
+    wep: &capo_policy::WorkloadEndpoint,
+    tag: &str,
+    change: impl FnOnce(&mut capo_policy::WorkloadEndpoint),
+    undo: &mut Vec<Update>,
+) -> Update {
+    let mut new = capo_policy::WorkloadEndpoint::clone(wep);
+    change(&mut new);
+    new.name = replica_name(i);
+    new.ipv4_nets = vec![Cidr::host(IpAddr::V4(Ipv4Addr::from(
+        0x6700_0000u32 + i as u32,
+    )))];
+    new.ipv6_nets = vec![];
+    let new_key = capo_policy::WorkloadKey {
+        workload: format!("{}-{tag}-{i}", key.workload),
+        ..key.clone()
+    };
+    undo.push(Update::WorkloadRemove(new_key.clone()));
+    Update::WorkloadUpdate(new_key, new.into())
+}
+
 /// The `i`-th update of `kind`: the next step still owed on `undo` (a stack of the
 /// updates that lead back to the workload's state), else a new change whose way back
 /// goes onto `undo`.
@@ -287,25 +312,14 @@ fn next_update(
             // its policies and profiles, on a new interface and address; then gone.
             let n = state.workloads().len();
             let (key, wep) = state.workloads().get_index(rng.below(n.max(1)))?;
-            let mut replica = capo_policy::WorkloadEndpoint::clone(wep);
-            replica.name = replica_name(i);
-            replica.ipv4_nets = vec![Cidr::host(IpAddr::V4(Ipv4Addr::from(
-                0x6700_0000u32 + i as u32,
-            )))];
-            replica.ipv6_nets = vec![];
-            let replica_key = capo_policy::WorkloadKey {
-                workload: format!("{}-replica-{i}", key.workload),
-                ..key.clone()
-            };
-            undo.push(Update::WorkloadRemove(replica_key.clone()));
-            Some(Update::WorkloadUpdate(replica_key, replica.into()))
+            Some(new_endpoint(i, key, wep, "replica", |_| {}, undo))
         }
         "endpoint-unique" => {
             // A new pod that no other pod's policy lists match: an existing pod's
             // policies, each tier's in reverse order, so its programs are laid out
-            // afresh (as large as that pod's), not shared.
-            // The first from a random start with a tier of two policies or more in
-            // a direction (reversing fewer changes nothing).
+            // afresh (as large as that pod's), not shared. The pod copied: the first
+            // from a random start with a tier of two policies or more in a direction
+            // (reversing fewer changes nothing).
             let n = state.workloads().len();
             let start = rng.below(n.max(1));
             let (key, wep) = (0..n).find_map(|k| {
@@ -315,22 +329,13 @@ fn next_update(
                     .any(|t| t.ingress.len() > 1 || t.egress.len() > 1)
                     .then_some((key, wep))
             })?;
-            let mut unique = capo_policy::WorkloadEndpoint::clone(wep);
-            for tier in &mut unique.tiers {
-                tier.ingress.reverse();
-                tier.egress.reverse();
-            }
-            unique.name = replica_name(i);
-            unique.ipv4_nets = vec![Cidr::host(IpAddr::V4(Ipv4Addr::from(
-                0x6700_0000u32 + i as u32,
-            )))];
-            unique.ipv6_nets = vec![];
-            let unique_key = capo_policy::WorkloadKey {
-                workload: format!("{}-unique-{i}", key.workload),
-                ..key.clone()
+            let reversed = |w: &mut capo_policy::WorkloadEndpoint| {
+                for tier in &mut w.tiers {
+                    tier.ingress.reverse();
+                    tier.egress.reverse();
+                }
             };
-            undo.push(Update::WorkloadRemove(unique_key.clone()));
-            Some(Update::WorkloadUpdate(unique_key, unique.into()))
+            Some(new_endpoint(i, key, wep, "unique", reversed, undo))
         }
         "rejected" => Some(Update::IpSetDelta {
             id: IpSetId::new(format!("s:no-such-set-{i}"))?,

@@ -145,33 +145,17 @@ fn key(spec: &ProgSpec) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::lower::{LRule, LSide, OwnRule};
     use crate::program::Act;
     use capo_policy::eval::InternalPolicy;
-    use capo_policy::Decider;
 
     /// A spec of two plain segments of `a` and `b` allow-all rules.
     fn spec(a: usize, b: usize) -> ProgSpec {
+        let builder = Builder::new();
         let mut s = ProgSpec::new();
         for n in [a, b] {
             let rules = (0..n)
-                .map(|index| OwnRule {
-                    rule: LRule {
-                        act: Act::Allow,
-                        family: None,
-                        protocol: None,
-                        not_protocol: None,
-                        icmp: None,
-                        not_icmp: None,
-                        src: LSide::default(),
-                        dst: LSide::default(),
-                        svc: Vec::new(),
-                    },
-                    decider: Decider::Internal {
-                        policy: InternalPolicy::AllowFromHost,
-                        index,
-                    },
-                    rule_id: None,
+                .map(|index| {
+                    builder.internal_rule(Act::Allow, InternalPolicy::AllowFromHost, index, None)
                 })
                 .collect();
             s.segment(rules, SegSpec::Plain);
