@@ -111,10 +111,7 @@ pub fn lookups<'a>(
 ) -> (Vec<String>, Vec<SwIfIndex>) {
     let (mut names, mut indexes) = (Vec::new(), Vec::new());
     for (name, kind) in policed {
-        if let Some(b) = explicit
-            .iter()
-            .find(|b| names_endpoint(&b.endpoint, name, kind))
-        {
+        if let Some(b) = explicit_for(explicit, name, kind) {
             names.push(b.vpp_interface.clone());
             continue;
         }
@@ -124,6 +121,17 @@ pub fn lookups<'a>(
         }
     }
     (names, indexes)
+}
+
+/// The operator's binding of this policed endpoint, if one names it.
+fn explicit_for<'b>(
+    explicit: &'b [ExplicitBinding],
+    name: &str,
+    kind: &IfaceKind,
+) -> Option<&'b ExplicitBinding> {
+    explicit
+        .iter()
+        .find(|b| names_endpoint(&b.endpoint, name, kind))
 }
 
 /// The `sw_if_index` a CalicoVPP pod interface name (`vpp-tun-<N>`) carries.
@@ -177,10 +185,7 @@ pub fn bind<'a>(
     let mut out = Bindings::new();
     for (name, kind) in policed {
         // An explicit binding is authoritative: its interface or none.
-        if let Some(b) = explicit
-            .iter()
-            .find(|b| names_endpoint(&b.endpoint, name, kind))
-        {
+        if let Some(b) = explicit_for(explicit, name, kind) {
             if let Some(i) = index_of(b.vpp_interface.as_str()) {
                 out.insert(
                     name.to_string(),

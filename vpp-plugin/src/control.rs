@@ -185,6 +185,23 @@ fn sorted_unique(mut v: Vec<SwIfIndex>) -> Vec<SwIfIndex> {
     v
 }
 
+/// The endpoints `state` polices whose interface names `keep` takes, with their kinds.
+fn policed_where<'s>(
+    state: &'s State,
+    host_interface: &'s str,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(&'s str, IfaceKind)> {
+    crate::generation::policed(state, host_interface)
+        .filter(|p| keep(p.name))
+        .map(|p| (p.name, p.kind.to_owned()))
+        .collect()
+}
+
+/// The interface names of `policed`, owned.
+fn names_of(policed: Vec<(&str, IfaceKind)>) -> Vec<String> {
+    policed.into_iter().map(|(n, _)| n.to_string()).collect()
+}
+
 /// The items of sorted `a` that sorted `b` lacks, in one merge pass.
 fn sorted_difference(a: &[SwIfIndex], b: &[SwIfIndex]) -> Vec<SwIfIndex> {
     let mut out = Vec::new();
@@ -1129,16 +1146,10 @@ impl<C: VppContext> ControlCore<C> {
 
     /// The policed endpoint names of `state` and where VPP has them.
     fn bind(&mut self, state: &State) -> Result<(Vec<String>, Bindings), ContextError> {
-        let policed: Vec<(&str, IfaceKind)> =
-            crate::generation::policed(state, &self.host_interface)
-                .map(|p| (p.name, p.kind.to_owned()))
-                .collect();
+        let policed = policed_where(state, &self.host_interface, |_| true);
         let vpp = self.ctx.interfaces()?;
         let resolved = binding::bind(policed.iter().map(|(n, k)| (*n, k)), &self.explicit, &vpp);
-        Ok((
-            policed.into_iter().map(|(n, _)| n.to_string()).collect(),
-            resolved,
-        ))
+        Ok((names_of(policed), resolved))
     }
 
     /// [`Self::bind`] for the names in `only`.
@@ -1147,19 +1158,15 @@ impl<C: VppContext> ControlCore<C> {
         state: &State,
         only: &HashSet<String>,
     ) -> Result<(Vec<String>, Bindings), ContextError> {
-        let policed: Vec<(&str, IfaceKind)> =
-            crate::generation::policed(state, &self.host_interface)
-                .filter(|p| {
-                    // A handful of names: compared in turn, not hashed for each of
-                    // the endpoints.
-                    if only.len() <= crate::binding::FEW_TO_SCAN {
-                        only.iter().any(|o| o == p.name)
-                    } else {
-                        only.contains(p.name)
-                    }
-                })
-                .map(|p| (p.name, p.kind.to_owned()))
-                .collect();
+        // A handful of names: compared in turn, not hashed for each of the endpoints.
+        let few = only.len() <= crate::binding::FEW_TO_SCAN;
+        let policed = policed_where(state, &self.host_interface, |name| {
+            if few {
+                only.iter().any(|o| o == name)
+            } else {
+                only.contains(name)
+            }
+        });
         // Binding these reads only the interfaces they name: looked up, not listed.
         let (names, indexes) =
             binding::lookups(policed.iter().map(|(n, k)| (*n, k)), &self.explicit);
@@ -1177,10 +1184,7 @@ impl<C: VppContext> ControlCore<C> {
         } else {
             self.stats().delta_binds.looked_up += 1;
         }
-        Ok((
-            policed.into_iter().map(|(n, _)| n.to_string()).collect(),
-            resolved,
-        ))
+        Ok((names_of(policed), resolved))
     }
 
     /// Publishes `next` with the features it needs: enabled on its interfaces that

@@ -146,7 +146,8 @@ impl Builder {
             // A shared program comes with its spec (`shared`): its patched copy,
             // made for another interface in this update, is this one's too. The old
             // program lives through the update, so its address names it.
-            let (program, next) = match done.get(&(Arc::as_ptr(program) as usize)) {
+            let at = Arc::as_ptr(program) as usize;
+            let (program, next) = match done.get(&at) {
                 Some(Some(found)) => found.clone(),
                 Some(None) => return false,
                 None => {
@@ -160,12 +161,12 @@ impl Builder {
                         next.retally(&s.old, &s.new);
                     }
                     let Some(laid) = patch(program, &next, &here) else {
-                        done.insert(Arc::as_ptr(program) as usize, None);
+                        done.insert(at, None);
                         return false;
                     };
                     let made = (Arc::new(laid), Arc::new(next));
                     self.shared.insert(&made.1, &made.0);
-                    done.insert(Arc::as_ptr(program) as usize, Some(made.clone()));
+                    done.insert(at, Some(made.clone()));
                     made
                 }
             };

@@ -40,10 +40,11 @@ struct Laid {
 const SWEEP_SLACK: usize = 256;
 
 impl SharedPrograms {
-    /// A live program laid out from a spec the same as `spec`, with that spec.
-    pub(super) fn find(&self, spec: &ProgSpec) -> Option<(Arc<Program>, Arc<ProgSpec>)> {
+    /// A live program laid out from a spec the same as `spec` (whose [`key`] is
+    /// `at`), with that spec.
+    fn find_at(&self, at: u64, spec: &ProgSpec) -> Option<(Arc<Program>, Arc<ProgSpec>)> {
         self.by_key
-            .get(&key(spec))?
+            .get(&at)?
             .iter()
             .find(|l| same(&l.spec, spec))
             .and_then(|l| Some((l.program.upgrade()?, Arc::clone(&l.spec))))
@@ -51,7 +52,12 @@ impl SharedPrograms {
 
     /// Files `program`, laid out from `spec`.
     pub(super) fn insert(&mut self, spec: &Arc<ProgSpec>, program: &Arc<Program>) {
-        let bucket = self.by_key.entry(key(spec)).or_default();
+        self.insert_at(key(spec), spec, program);
+    }
+
+    /// [`Self::insert`] with the spec's [`key`] known.
+    fn insert_at(&mut self, at: u64, spec: &Arc<ProgSpec>, program: &Arc<Program>) {
+        let bucket = self.by_key.entry(at).or_default();
         let before = bucket.len();
         bucket.retain(|l| l.program.strong_count() > 0 && !same(&l.spec, spec));
         self.entries = self.entries - (before - bucket.len()) + 1;
@@ -80,13 +86,14 @@ impl Builder {
     /// The program of `spec`: one already laid out from the same spec, or laid out
     /// now and filed for the next interface with this spec.
     pub(super) fn shared_program(&mut self, mut spec: ProgSpec) -> (Arc<Program>, Arc<ProgSpec>) {
-        if let Some(found) = self.shared.find(&spec) {
+        let at = key(&spec);
+        if let Some(found) = self.shared.find_at(at, &spec) {
             return found;
         }
         let program = Arc::new(finish(&spec, self.min_words));
         spec.tally();
         let spec = Arc::new(spec);
-        self.shared.insert(&spec, &program);
+        self.shared.insert_at(at, &spec, &program);
         (program, spec)
     }
 }
@@ -178,16 +185,21 @@ mod tests {
             let program = Arc::new(finish(&spec(a, b), 1));
             shared.insert(&Arc::new(spec(a, b)), &program);
             assert!(
-                shared.find(&spec(a, b)).is_some(),
+                shared.find_at(key(&spec(a, b)), &spec(a, b)).is_some(),
                 "a live program is found"
             );
             drop(program);
-            assert!(shared.find(&spec(a, b)).is_none(), "a dead one is not");
+            assert!(
+                shared.find_at(key(&spec(a, b)), &spec(a, b)).is_none(),
+                "a dead one is not"
+            );
             most = most.max(shared.held());
         }
         assert!(most > SWEEP_SLACK, "the sweep had work: {most}");
         assert!(most <= 2 * 2 + SWEEP_SLACK + 1, "{most}");
-        let (found, _) = shared.find(&spec(1, 1)).expect("the live one stays");
+        let (found, _) = shared
+            .find_at(key(&spec(1, 1)), &spec(1, 1))
+            .expect("the live one stays");
         assert!(Arc::ptr_eq(&found, &keep));
     }
 }
