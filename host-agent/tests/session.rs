@@ -78,7 +78,14 @@ fn config_first_then_snapshot_then_in_sync() {
     );
     assert_eq!(s.phase(), Phase::InSync);
     assert_eq!(s.schema(), Schema::V3_32);
-    assert_eq!(s.state().ipsets()[&IpSetId::new("s:a").unwrap()].len(), 2);
+    assert_eq!(
+        s.state()
+            .ipsets()
+            .get(&IpSetId::new("s:a").unwrap())
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]
@@ -133,7 +140,11 @@ fn repeats_and_unknown_removes_are_tolerated() {
         Event::Unchanged,
         "a second InSync changes nothing"
     );
-    let set = &s.state().ipsets()[&IpSetId::new("s:a").unwrap()];
+    let set = &s
+        .state()
+        .ipsets()
+        .get(&IpSetId::new("s:a").unwrap())
+        .unwrap();
     assert_eq!(
         set.members()
             .map(|m| m.view(set.kind()))
@@ -254,7 +265,7 @@ fn host_meta(name: &str, v4: &str, v6: &str) -> P {
 }
 
 fn host_of(s: &Session, name: &str) -> (Option<String>, Option<String>) {
-    let h = &s.state().hosts()[name];
+    let h = s.state().hosts().get(name).unwrap();
     (h.ipv4.map(|a| a.to_string()), h.ipv6.map(|a| a.to_string()))
 }
 

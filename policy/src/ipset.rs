@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use indexmap::IndexSet;
+use crate::ordered::OrderedMap;
 
 use crate::net::{Cidr, ParseError, Protocol};
 
@@ -140,7 +140,8 @@ fn is_full_length(cidr: &Cidr) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpSet {
     kind: IpSetKind,
-    members: IndexSet<Member>,
+    /// The members (a map to nothing: a removal anywhere in a large set is O(1)).
+    members: OrderedMap<Member, ()>,
     /// Members shorter than one address: only they need a scan to test an address.
     prefixes: usize,
 }
@@ -170,12 +171,12 @@ impl IpSet {
     ) -> Result<Self, WrongMemberKind> {
         let mut set = IpSet {
             kind,
-            members: IndexSet::new(),
+            members: OrderedMap::default(),
             prefixes: 0,
         };
         for m in members {
             set.check(&m)?;
-            if set.members.insert(m) {
+            if set.members.insert(m, ()).is_none() {
                 set.prefixes += prefix_count(&m);
             }
         }
@@ -203,7 +204,7 @@ impl IpSet {
     /// Adds members (already checked with [`IpSet::check_all`]); existing ones stay.
     pub fn add(&mut self, members: impl IntoIterator<Item = Member>) {
         for m in members {
-            if self.members.insert(m) {
+            if self.members.insert(m, ()).is_none() {
                 self.prefixes += prefix_count(&m);
             }
         }
@@ -212,7 +213,7 @@ impl IpSet {
     /// Removes members; absent ones are ignored.
     pub fn remove<'a>(&mut self, members: impl IntoIterator<Item = &'a Member>) {
         for m in members {
-            if self.members.shift_remove(m) {
+            if self.members.remove(m).is_some() {
                 self.prefixes -= prefix_count(m);
             }
         }
@@ -225,7 +226,7 @@ impl IpSet {
 
     /// Members in arrival order.
     pub fn members(&self) -> impl ExactSizeIterator<Item = &Member> {
-        self.members.iter()
+        self.members.keys()
     }
 
     /// Number of members.
@@ -241,13 +242,13 @@ impl IpSet {
     /// Whether some member covers `addr`: the host member equal to it (a hash
     /// look-up), else a scan of the members when the set holds prefixes.
     pub fn contains_addr(&self, addr: &IpAddr) -> bool {
-        self.members.contains(&Member::Net(Cidr::host(*addr)))
-            || (self.prefixes > 0 && self.members.iter().any(|m| m.covers_addr(addr)))
+        self.members.contains_key(&Member::Net(Cidr::host(*addr)))
+            || (self.prefixes > 0 && self.members.keys().any(|m| m.covers_addr(addr)))
     }
 
     /// Whether an `ip,proto:port` member equals the triple (a hash look-up).
     pub fn contains_endpoint(&self, addr: &IpAddr, protocol: Protocol, port: u16) -> bool {
-        self.members.contains(&Member::IpPort {
+        self.members.contains_key(&Member::IpPort {
             addr: *addr,
             protocol,
             port,

@@ -46,6 +46,7 @@ pub mod ids;
 pub mod ipset;
 pub mod model;
 pub mod net;
+pub mod ordered;
 pub mod state;
 pub mod views;
 
@@ -58,5 +59,6 @@ pub use model::{
     SideMatch, TierDefault, TierInfo, WorkloadEndpoint, WorkloadKey,
 };
 pub use net::{Cidr, IpFamily, ParseError, PortRange, Protocol};
+pub use ordered::OrderedMap;
 pub use state::{Applied, State, StateError, StateMap, Update};
 pub use views::Views;

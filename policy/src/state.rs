@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use indexmap::IndexMap;
+use crate::ordered::OrderedMap;
 
 use crate::config::{FelixConfig, HostMetadata};
 use crate::ipset::{IpSet, IpSetId, IpSetKind, Member, WrongMemberKind};
@@ -134,17 +134,18 @@ fn put<K: std::hash::Hash + Eq, V: PartialEq>(m: &mut StateMap<K, V>, k: K, v: V
     }
 }
 
-/// Removes `k`, the later keys moving up (the order the views number by).
+/// Removes `k`; the other keys keep their order (the order the views number by).
 fn del<K: std::hash::Hash + Eq, V>(m: &mut StateMap<K, V>, k: &K) -> Applied {
-    match m.shift_remove(k) {
+    match m.remove(k) {
         Some(_) => Applied::Changed,
         None => Applied::Unchanged,
     }
 }
 
-/// The state's maps: insertion-ordered, hashed with `foldhash` (every update looks
-/// up names Felix chose; SipHash was a tenth of an endpoint update).
-pub type StateMap<K, V> = IndexMap<K, V, foldhash::quality::RandomState>;
+/// The state's maps: insertion-ordered, removals O(1) wherever the key sits
+/// ([`OrderedMap`]), hashed with `foldhash` (every update looks up names Felix
+/// chose; SipHash was a tenth of an endpoint update).
+pub type StateMap<K, V> = OrderedMap<K, V, foldhash::quality::RandomState>;
 
 /// Everything Felix has sent, consistent by construction.
 #[derive(Debug, Clone, Default)]
@@ -763,7 +764,7 @@ mod tests {
             members: vec![m("10.0.0.3/32")],
         })
         .unwrap();
-        let set = &s.ipsets()[&set_id("s:a")];
+        let set = s.ipsets().get(&set_id("s:a")).unwrap();
         assert_eq!(
             set.members().copied().collect::<Vec<_>>(),
             vec![m("10.0.0.3/32")]
@@ -833,21 +834,24 @@ mod tests {
         let Update::PolicyUpdate(_, sent) = &added else {
             unreachable!()
         };
-        assert!(Arc::ptr_eq(&s.policies()[&key("p")], sent));
+        assert!(Arc::ptr_eq(s.policies().get(&key("p")).unwrap(), sent));
 
         let mut copy = s.clone();
         assert!(Arc::ptr_eq(
-            &copy.policies()[&key("p")],
-            &s.policies()[&key("p")]
+            copy.policies().get(&key("p")).unwrap(),
+            s.policies().get(&key("p")).unwrap()
         ));
-        assert!(Arc::ptr_eq(&copy.workloads()[&wkey], &s.workloads()[&wkey]));
+        assert!(Arc::ptr_eq(
+            copy.workloads().get(&wkey).unwrap(),
+            s.workloads().get(&wkey).unwrap()
+        ));
 
         let mut widened = policy_using("s:a");
         widened.outbound.push(Rule::any(Action::Allow));
         copy.apply(Update::PolicyUpdate(key("p"), widened.into()))
             .unwrap();
-        assert_eq!(copy.policies()[&key("p")].outbound.len(), 1);
-        assert!(s.policies()[&key("p")].outbound.is_empty());
+        assert_eq!(copy.policies().get(&key("p")).unwrap().outbound.len(), 1);
+        assert!(s.policies().get(&key("p")).unwrap().outbound.is_empty());
     }
 
     /// A set replaced by members of the wrong kind is refused, and keeps what it
@@ -866,7 +870,13 @@ mod tests {
         let port: Member = "10.0.0.2,tcp:80".parse().unwrap();
         let err = s.apply(replace(vec![net, port])).unwrap_err();
         assert!(matches!(err, StateError::WrongMember { .. }), "{err}");
-        let held: Vec<Member> = s.ipsets()[&set_id("s:a")].members().copied().collect();
+        let held: Vec<Member> = s
+            .ipsets()
+            .get(&set_id("s:a"))
+            .unwrap()
+            .members()
+            .copied()
+            .collect();
         assert_eq!(held, vec![net]);
     }
 

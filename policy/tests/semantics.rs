@@ -254,7 +254,11 @@ impl World {
     }
 
     fn fwd(&self, key: &HostEndpointKey, dir: Direction, pkt: &Packet) -> Outcome {
-        let hep = &self.state.host_endpoints()[key];
+        let hep = self
+            .state
+            .host_endpoints()
+            .get(key)
+            .expect("a host endpoint the world holds");
         evaluate_forward(&self.state, hep, dir, pkt)
     }
 }
@@ -1574,7 +1578,12 @@ fn untracked_and_pre_dnat_tiers_have_no_end_of_tier_drop_and_no_profiles() {
         by_rule("filter", &n, Egress, 0),
     );
     // Normal tiers undecided (default Pass) → the profiles, which deny.
-    let mut hep2 = w.state.host_endpoints()[&HostEndpointKey("eth0".into())].clone();
+    let mut hep2 = w
+        .state
+        .host_endpoints()
+        .get(&HostEndpointKey("eth0".into()))
+        .unwrap()
+        .clone();
     hep2.tiers = vec![pass_tier("filter", &[&n], &[&n])];
     w.host_endpoint("eth0", hep2);
     expect(
@@ -1640,7 +1649,7 @@ fn forward_tiers_drop_at_end_of_tier_and_no_forward_policy_allows() {
     expect(&t.steps[0].outcome, Deny, end_of_tier("fwd"));
 
     // Forward tiers that all pass (default Pass): allowed, still no profiles.
-    let mut passing = w.state.host_endpoints()[&eth0].clone();
+    let mut passing = w.state.host_endpoints().get(&eth0).unwrap().clone();
     passing.forward_tiers = vec![pass_tier("fwd", &[&f], &[])];
     w.host_endpoint("eth0", passing);
     expect(
@@ -1930,7 +1939,11 @@ impl Negative {
                 L4::Ports { dst, .. } => pr.contains(dst),
                 _ => true,
             },
-            Negative::SrcSet(s) => state.ipsets()[s].contains_addr(&pkt.src),
+            Negative::SrcSet(s) => state
+                .ipsets()
+                .get(s)
+                .expect("a set the state holds")
+                .contains_addr(&pkt.src),
         }
     }
 }

@@ -748,7 +748,7 @@ mod tests {
         dns.protocol = Some(Protocol::UDP);
         dns.dst.ports = vec![capo_policy::PortRange::single(53)];
         let key = refusing.policies().keys().next().unwrap().clone();
-        let mut policy = capo_policy::Policy::clone(&refusing.policies()[&key]);
+        let mut policy = capo_policy::Policy::clone(refusing.policies().get(&key).unwrap());
         policy.inbound.push(dns);
         allowing
             .apply(capo_policy::Update::PolicyUpdate(key, policy.into()))
@@ -870,7 +870,7 @@ mod tests {
         // flow (the flow table relates echo packets by identifier): not learned.
         let mut open = state.clone();
         let key = open.policies().keys().next().unwrap().clone();
-        let mut policy = capo_policy::Policy::clone(&open.policies()[&key]);
+        let mut policy = capo_policy::Policy::clone(open.policies().get(&key).unwrap());
         policy
             .outbound
             .push(capo_policy::Rule::any(capo_policy::Action::Allow));
