@@ -190,7 +190,7 @@ pub fn convert_with(
                     profile_ids: e.profile_ids,
                     ipv4_nets: cidrs(&e.ipv4_nets, &ef.field("ipv4_nets"))?,
                     ipv6_nets: cidrs(&e.ipv6_nets, &ef.field("ipv6_nets"))?,
-                    tiers: tiers(&e.tiers, &ef.field("tiers"))?,
+                    tiers: tiers(e.tiers, &ef.field("tiers"))?,
                 }
                 .into(),
             )
@@ -219,10 +219,10 @@ pub fn convert_with(
                 HostEndpoint {
                     name: e.name,
                     profile_ids: e.profile_ids,
-                    tiers: tiers(&e.tiers, &ef.field("tiers"))?,
-                    untracked_tiers: tiers(&e.untracked_tiers, &ef.field("untracked_tiers"))?,
-                    pre_dnat_tiers: tiers(&e.pre_dnat_tiers, &ef.field("pre_dnat_tiers"))?,
-                    forward_tiers: tiers(&e.forward_tiers, &ef.field("forward_tiers"))?,
+                    tiers: tiers(e.tiers, &ef.field("tiers"))?,
+                    untracked_tiers: tiers(e.untracked_tiers, &ef.field("untracked_tiers"))?,
+                    pre_dnat_tiers: tiers(e.pre_dnat_tiers, &ef.field("pre_dnat_tiers"))?,
+                    forward_tiers: tiers(e.forward_tiers, &ef.field("forward_tiers"))?,
                     expected_addrs,
                 },
             )
@@ -508,8 +508,10 @@ fn host_endpoint_key(
     }
 }
 
-fn tiers(list: &[pb::TierInfo], field: &At<'_>) -> Result<Vec<TierInfo>, ConvertError> {
-    list.iter()
+/// The tiers of an endpoint, its policy names moved out of the message (an endpoint
+/// lists dozens: copying each name was most of converting it).
+fn tiers(list: Vec<pb::TierInfo>, field: &At<'_>) -> Result<Vec<TierInfo>, ConvertError> {
+    list.into_iter()
         .enumerate()
         .map(|(i, t)| {
             let f = field.index(i);
@@ -523,8 +525,8 @@ fn tiers(list: &[pb::TierInfo], field: &At<'_>) -> Result<Vec<TierInfo>, Convert
                     ))
                 }
             };
-            let keys = |ids: &[pb::PolicyId], name: &str| {
-                ids.iter()
+            let keys = |ids: Vec<pb::PolicyId>, name: &str| {
+                ids.into_iter()
                     .enumerate()
                     .map(|(j, id)| {
                         if id.name.is_empty() {
@@ -533,15 +535,19 @@ fn tiers(list: &[pb::TierInfo], field: &At<'_>) -> Result<Vec<TierInfo>, Convert
                                 "missing policy name",
                             ))
                         } else {
-                            Ok(policy_key_of(id))
+                            Ok(PolicyKey {
+                                kind: id.kind,
+                                namespace: id.namespace,
+                                name: id.name,
+                            })
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()
             };
             Ok(TierInfo {
-                name: t.name.clone(),
-                ingress: keys(&t.ingress_policies, "ingress_policies")?,
-                egress: keys(&t.egress_policies, "egress_policies")?,
+                name: t.name,
+                ingress: keys(t.ingress_policies, "ingress_policies")?,
+                egress: keys(t.egress_policies, "egress_policies")?,
                 default_action,
             })
         })

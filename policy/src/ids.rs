@@ -17,6 +17,7 @@
 //!   traffic is not policed and failsafe has nothing to do).
 //!
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -408,7 +409,7 @@ impl IdTable {
     /// Fixes an interface's index (VPP's `sw_if_index`), before or after a sync.
     pub fn set_interface_index(&mut self, name: &str, index: u32) {
         if self.interfaces.by_name.get(name) != Some(&index) {
-            self.interfaces.change().insert(name.to_string(), index);
+            self.interfaces.set(name, index);
         }
     }
 
@@ -717,7 +718,7 @@ impl IdTable {
                 self.next_interface += 1;
             }
             let next = self.next_interface;
-            self.interfaces.change().insert(name.to_string(), next);
+            self.interfaces.set(name, next);
             self.next_interface += 1;
         }
     }
@@ -824,6 +825,16 @@ impl IdTable {
     pub fn interface_indexes(&self) -> InterfaceIndexes {
         InterfaceIndexes(self.interfaces.revision)
     }
+
+    /// The names whose index was set since `seen` was taken (a name may come more
+    /// than once), or `None` when the table does not remember that far back (or
+    /// `seen` is another table's).
+    pub fn interfaces_set_since(
+        &self,
+        seen: &InterfaceIndexes,
+    ) -> Option<impl Iterator<Item = &str>> {
+        self.interfaces.set_since(seen.0)
+    }
 }
 
 /// Interface indexes by name, at a revision: every change takes a revision no
@@ -834,7 +845,14 @@ impl IdTable {
 struct InterfaceMap {
     by_name: Arc<HashMap<String, u32>>,
     revision: u64,
+    /// The last changes, oldest first: the revision each started from and the name
+    /// it set, so a reader of the indexes at one of those revisions looks up only
+    /// what changed since (an endpoint added renumbers one name of hundreds).
+    recent: Arc<VecDeque<(u64, Arc<str>)>>,
 }
+
+/// How many changes [`InterfaceMap::recent`] remembers.
+const RECENT_INTERFACE_CHANGES: usize = 8;
 
 /// The revision the next change of any table's interface indexes takes.
 static NEXT_INTERFACE_REVISION: AtomicU64 = AtomicU64::new(1);
@@ -844,15 +862,31 @@ impl Default for InterfaceMap {
         InterfaceMap {
             by_name: Arc::default(),
             revision: NEXT_INTERFACE_REVISION.fetch_add(1, Ordering::Relaxed),
+            recent: Arc::default(),
         }
     }
 }
 
 impl InterfaceMap {
-    /// The map to change, at a new revision.
-    fn change(&mut self) -> &mut HashMap<String, u32> {
+    /// Sets `name`'s index, at a new revision.
+    fn set(&mut self, name: &str, index: u32) {
+        let recent = Arc::make_mut(&mut self.recent);
+        if recent.len() == RECENT_INTERFACE_CHANGES {
+            recent.pop_front();
+        }
+        recent.push_back((self.revision, Arc::from(name)));
         self.revision = NEXT_INTERFACE_REVISION.fetch_add(1, Ordering::Relaxed);
-        Arc::make_mut(&mut self.by_name)
+        Arc::make_mut(&mut self.by_name).insert(name.to_string(), index);
+    }
+
+    /// The names set since revision `seen`, if the recent changes reach back to it.
+    fn set_since(&self, seen: u64) -> Option<impl Iterator<Item = &str>> {
+        let from = if seen == self.revision {
+            self.recent.len()
+        } else {
+            self.recent.iter().position(|(r, _)| *r == seen)?
+        };
+        Some(self.recent.iter().skip(from).map(|(_, n)| &**n))
     }
 }
 
@@ -984,6 +1018,48 @@ mod id_tests {
         assert_ne!(copy, ids);
         ids.set_interface_index("tun3", 7);
         assert_eq!(copy, ids, "the revision is no part of the table's value");
+    }
+
+    /// The names set since a handle: what changed after it, in order; nothing at the
+    /// handle's own revision; `None` past what the table remembers, and for a
+    /// handle of a copy that changed apart.
+    #[test]
+    fn names_set_since_a_handle() {
+        let set_since = |ids: &IdTable, seen: &InterfaceIndexes| {
+            ids.interfaces_set_since(seen)
+                .map(|names| names.map(str::to_string).collect::<Vec<_>>())
+        };
+        let mut ids = IdTable::default();
+        let start = ids.interface_indexes();
+        assert_eq!(set_since(&ids, &start), Some(vec![]));
+        ids.set_interface_index("tun0", 3);
+        ids.set_interface_index("tun0", 3);
+        let one = ids.interface_indexes();
+        ids.set_interface_index("tun1", 4);
+        ids.set_interface_index("tun0", 5);
+        assert_eq!(
+            set_since(&ids, &start),
+            Some(vec!["tun0".into(), "tun1".into(), "tun0".into()])
+        );
+        assert_eq!(
+            set_since(&ids, &one),
+            Some(vec!["tun1".into(), "tun0".into()])
+        );
+        // A copy changed apart: the common past is known to both, the other's
+        // later revisions to neither.
+        let mut copy = ids.clone();
+        let common = ids.interface_indexes();
+        copy.set_interface_index("tun2", 6);
+        ids.set_interface_index("tun3", 7);
+        assert_eq!(set_since(&copy, &common), Some(vec!["tun2".into()]));
+        assert_eq!(set_since(&ids, &common), Some(vec!["tun3".into()]));
+        assert_eq!(set_since(&ids, &copy.interface_indexes()), None);
+        // Beyond the remembered changes.
+        for k in 0..RECENT_INTERFACE_CHANGES as u32 {
+            ids.set_interface_index(&format!("x{k}"), 100 + k);
+        }
+        assert_eq!(set_since(&ids, &start), None);
+        assert_eq!(set_since(&ids, &common), None);
     }
 
     /// A copy shares every map with the original; a policy update then copies the

@@ -267,6 +267,19 @@ impl<'a> TableWalk<'a> {
         }
     }
 
+    /// [`TableWalk::find`] for an entry of the next table: the very entry the walk
+    /// is at when the two tables share it (the usual case), found without comparing
+    /// names.
+    fn find_entry(&mut self, entry: &Arc<Iface>) -> Option<&'a Arc<Iface>> {
+        match self.old.get(self.next) {
+            Some(o) if Arc::ptr_eq(o, entry) => {
+                self.next += 1;
+                Some(o)
+            }
+            _ => self.find(&entry.name, |_| false),
+        }
+    }
+
     /// The entries the walk did not meet, when it met the others in order without
     /// the name map (`None` once the map was made).
     fn unmet(&self) -> Option<impl Iterator<Item = &'a Arc<Iface>> + '_> {
@@ -308,10 +321,7 @@ impl InterfacesSeen {
         let mut walk = TableWalk::new(old);
         let mut changes = InterfaceChanges::default();
         for f in &g.policed.ifaces {
-            if !walk
-                .find(&f.name, |_| false)
-                .is_some_and(|o| same_place(o, f))
-            {
+            if !walk.find_entry(f).is_some_and(|o| same_place(o, f)) {
                 changes.changed.push(f);
             }
         }

@@ -352,6 +352,11 @@ impl Builder {
                 .iter()
                 .zip(self.list.iter())
                 .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
+        let change = if same_names {
+            None
+        } else {
+            one_change(&self.list, &list)
+        };
         // Each position's index as the ids have it now: an index fixed since the last
         // relist (`set_interface_index`) moves its interface in the maps. Same names
         // and no index changed: the last relist's.
@@ -364,7 +369,8 @@ impl Builder {
         let sw: Vec<Option<u32>> = if unchanged {
             self.list_sw.clone()
         } else {
-            list.iter().map(|i| ids.interface(&i.name)).collect()
+            self.indexes_patched(&list, ids, same_names, change)
+                .unwrap_or_else(|| list.iter().map(|i| ids.interface(&i.name)).collect())
         };
         self.indexes_seen = Some(indexes);
         // The maps name positions: they stand when only programs changed (a policy
@@ -374,7 +380,7 @@ impl Builder {
             let (by_name, names_unique) = if same_names {
                 (self.maps.by_name.clone(), self.maps.names_unique)
             } else {
-                match self.names_after_one_change(&list) {
+                match change.and_then(|c| self.names_after_one_change(&list, c)) {
                     Some(by_name) => (by_name, true),
                     None => Self::names_of(&list),
                 }
@@ -399,55 +405,75 @@ impl Builder {
         self.list = Arc::new(list);
     }
 
+    /// `list`'s indexes from the last relist's, when the list kept its names (or
+    /// took `change`) and the ids remember which names they set since: only the
+    /// interface added and those names are looked up (an endpoint added looked up
+    /// all of its hundreds of neighbours again).
+    fn indexes_patched(
+        &self,
+        list: &[Arc<Iface>],
+        ids: &IdTable,
+        same_names: bool,
+        change: Option<OneChange>,
+    ) -> Option<Vec<Option<u32>>> {
+        let set = ids.interfaces_set_since(self.indexes_seen.as_ref()?)?;
+        let mut sw = self.list_sw.clone();
+        let mut added = None;
+        match change {
+            _ if same_names => {}
+            Some(OneChange::Added(at)) if at <= sw.len() => {
+                let name = &list.get(at)?.name;
+                sw.insert(at, ids.interface(name));
+                added = Some(name.as_str());
+            }
+            Some(OneChange::Removed(at)) if at < sw.len() => {
+                sw.remove(at);
+            }
+            _ => return None,
+        }
+        for name in set.filter(|n| Some(*n) != added) {
+            for (i, iface) in list.iter().enumerate() {
+                if iface.name == name {
+                    *sw.get_mut(i)? = ids.interface(name);
+                }
+            }
+        }
+        Some(sw)
+    }
+
     /// The maps' names for `list` when it is the published list with one interface
-    /// added or removed (or renamed in place: none), and every name is unique.
-    fn names_after_one_change(&self, list: &[Arc<Iface>]) -> Option<Vec<IfaceId>> {
-        let old = self.list.as_slice();
+    /// added or removed (`change`), and every name is unique.
+    fn names_after_one_change(
+        &self,
+        list: &[Arc<Iface>],
+        change: OneChange,
+    ) -> Option<Vec<IfaceId>> {
         if !self.maps.names_unique {
             return None;
         }
-        let same = |a: &Arc<Iface>, b: &Arc<Iface>| Arc::ptr_eq(a, b) || a.name == b.name;
         let name = |id: &IfaceId| list.get(id.0 as usize).map(|i| i.name.as_str());
-        let (short, long) = if list.len() > old.len() {
-            (old, list)
-        } else {
-            (list, old)
-        };
-        if long.len() != short.len() + 1 {
-            return None;
-        }
-        let p = short
-            .iter()
-            .zip(long)
-            .position(|(a, b)| !same(a, b))
-            .unwrap_or(short.len());
-        let rest_same = short
-            .get(p..)?
-            .iter()
-            .zip(long.get(p + 1..)?)
-            .all(|(a, b)| same(a, b));
-        if !rest_same {
-            return None;
-        }
         let mut by_name = self.maps.by_name.clone();
-        if list.len() > old.len() {
-            for id in &mut by_name {
-                if id.0 as usize >= p {
-                    id.0 += 1;
+        match change {
+            OneChange::Added(p) => {
+                for id in &mut by_name {
+                    if id.0 as usize >= p {
+                        id.0 += 1;
+                    }
+                }
+                let added = list.get(p)?;
+                if is_named(added) {
+                    let at = by_name
+                        .binary_search_by(|id| name(id).cmp(&Some(added.name.as_str())))
+                        .err()?;
+                    by_name.insert(at, IfaceId(p as u32));
                 }
             }
-            let added = list.get(p)?;
-            if is_named(added) {
-                let at = by_name
-                    .binary_search_by(|id| name(id).cmp(&Some(added.name.as_str())))
-                    .err()?;
-                by_name.insert(at, IfaceId(p as u32));
-            }
-        } else {
-            by_name.retain(|id| id.0 as usize != p);
-            for id in &mut by_name {
-                if id.0 as usize > p {
-                    id.0 -= 1;
+            OneChange::Removed(p) => {
+                by_name.retain(|id| id.0 as usize != p);
+                for id in &mut by_name {
+                    if id.0 as usize > p {
+                        id.0 -= 1;
+                    }
                 }
             }
         }
@@ -480,6 +506,44 @@ fn by_index(sw: &[Option<u32>]) -> SwIfIndexMap<IfaceId> {
         }
     }
     map
+}
+
+/// How a list differs from the one before it by a single interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OneChange {
+    /// An interface inserted at this position.
+    Added(usize),
+    /// The interface at this position removed.
+    Removed(usize),
+}
+
+/// Whether `list` is `old` with one interface added or removed (the others the same
+/// ones, by identity or name, in the same order), and where.
+fn one_change(old: &[Arc<Iface>], list: &[Arc<Iface>]) -> Option<OneChange> {
+    let same = |a: &Arc<Iface>, b: &Arc<Iface>| Arc::ptr_eq(a, b) || a.name == b.name;
+    let (short, long) = if list.len() > old.len() {
+        (old, list)
+    } else {
+        (list, old)
+    };
+    if long.len() != short.len() + 1 {
+        return None;
+    }
+    let p = short
+        .iter()
+        .zip(long)
+        .position(|(a, b)| !same(a, b))
+        .unwrap_or(short.len());
+    let rest_same = short
+        .get(p..)?
+        .iter()
+        .zip(long.get(p + 1..)?)
+        .all(|(a, b)| same(a, b));
+    match (rest_same, list.len() > old.len()) {
+        (false, _) => None,
+        (true, true) => Some(OneChange::Added(p)),
+        (true, false) => Some(OneChange::Removed(p)),
+    }
 }
 
 /// Whether the maps list an interface by name (`*` names every interface).
@@ -550,6 +614,9 @@ mod tests {
             let unique_before = b.maps.names_unique;
             let g = b.apply(&mut state, &mut ids, update).unwrap();
             assert_eq!(*b.maps, rebuilt(&b, &ids), "step {step}");
+            let looked_up: Vec<Option<u32>> =
+                b.list.iter().map(|i| ids.interface(&i.name)).collect();
+            assert_eq!(b.list_sw, looked_up, "step {step}");
             incremental += usize::from(unique_before && b.maps.names_unique);
             for (i, iface) in b.list.iter().enumerate() {
                 if b.maps.names_unique {
@@ -557,8 +624,19 @@ mod tests {
                 }
                 assert_eq!(g.interface_of(&iface.kind), Some(IfaceId(i as u32)));
             }
+            // Indexes fixed between updates (VPP's, as the plugin binds them): of
+            // this endpoint, of another, or of two (beyond what the ids remember
+            // when many pile up).
             if step % 37 == 0 {
                 ids.set_interface_index(&format!("tun{n}"), 1_000 + step);
+            }
+            if step % 5 == 0 {
+                ids.set_interface_index(&format!("tun{}", (n + 7) % 40), 2_000 + step);
+            }
+            if step % 97 == 0 {
+                for k in 0..12 {
+                    ids.set_interface_index(&format!("tun{k}"), 3_000 + step + k);
+                }
             }
         }
         // Most updates meet unique names, where the names are updated in place.
