@@ -17,6 +17,9 @@
 //! - `member-host`: a `/32` into or out of a selector set;
 //! - `member-cidr`: a `/24` into or out of a CIDR set;
 //! - `member-named-port`: an `ip,tcp:port` member into or out of a named-port set;
+//! - `member-remove`: a member a selector set already holds removed, then added back
+//!   (a pod deleted: its address may sit anywhere in a set of thousands); the pairs
+//!   are drawn uniformly, so a set comes up in proportion to its size;
 //! - `policy`: a policy's rules changed (one port moved) and restored;
 //! - `profile`: a profile's first inbound rule narrowed to TCP to one port, and
 //!   restored (a namespace's profile: every endpoint of the namespace uses it);
@@ -111,10 +114,11 @@ fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
 }
 
 /// The update kinds, in the order they run.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
     "member-host",
     "member-cidr",
     "member-named-port",
+    "member-remove",
     "policy",
     "profile",
     "policy-add-remove",
@@ -217,6 +221,35 @@ fn next_update(
                 port: 20_000 + (i % 10_000) as u16,
             };
             Some(delta(id, m, undo))
+        }
+        "member-remove" => {
+            // A (set, member) pair drawn uniformly, as pod deletions send them: a
+            // set in proportion to its size, so large sets come up as often as
+            // their members.
+            let sized: Vec<(&IpSetId, &capo_policy::IpSet)> = sets
+                .iter()
+                .filter_map(|id| Some((id, state.ipsets().get(id)?)))
+                .collect();
+            let total: usize = sized.iter().map(|(_, s)| s.len()).sum();
+            let mut at = rng.below(total.max(1));
+            let (id, set) = sized.into_iter().find(|(_, s)| {
+                let here = at < s.len();
+                if !here {
+                    at -= s.len();
+                }
+                here
+            })?;
+            let (id, m) = (id.clone(), *set.members().nth(at)?);
+            undo.push(Update::IpSetDelta {
+                id: id.clone(),
+                added: vec![m],
+                removed: vec![],
+            });
+            Some(Update::IpSetDelta {
+                id,
+                added: vec![],
+                removed: vec![m],
+            })
         }
         "policy" => {
             let n = state.policies().len();
@@ -569,7 +602,7 @@ pub fn run(
     let mut rng = Rng::new(99);
     for name in KINDS.into_iter().filter(|k| kinds.contains(k)) {
         let sets: &[IpSetId] = match name {
-            "member-host" => &selector,
+            "member-host" | "member-remove" => &selector,
             "member-cidr" => &cidr,
             "member-named-port" => &named,
             _ => &[],
