@@ -431,7 +431,22 @@ impl Builder {
             }
             _ => return None,
         }
-        for name in set.filter(|n| Some(*n) != added) {
+        // The added interface's own entry is fresh; another entry of its name (a name
+        // two endpoints share) is not, if the old list had one.
+        let in_old = |name: &str| {
+            !is_named_str(name)
+                || self
+                    .maps
+                    .by_name
+                    .binary_search_by(|id| {
+                        self.list
+                            .get(id.0 as usize)
+                            .map(|i| i.name.as_str())
+                            .cmp(&Some(name))
+                    })
+                    .is_ok()
+        };
+        for name in set.filter(|n| Some(*n) != added || in_old(n)) {
             for (i, iface) in list.iter().enumerate() {
                 if iface.name == name {
                     *sw.get_mut(i)? = ids.interface(name);
@@ -548,7 +563,12 @@ fn one_change(old: &[Arc<Iface>], list: &[Arc<Iface>]) -> Option<OneChange> {
 
 /// Whether the maps list an interface by name (`*` names every interface).
 fn is_named(i: &Iface) -> bool {
-    !i.name.is_empty() && i.name != "*"
+    is_named_str(&i.name)
+}
+
+/// [`is_named`] for a name.
+fn is_named_str(name: &str) -> bool {
+    !name.is_empty() && name != "*"
 }
 
 #[cfg(test)]
@@ -593,7 +613,7 @@ mod tests {
                 Update::WorkloadRemove(key)
             } else {
                 present.insert(n);
-                let name = if (x >> 30) % 64 == 0 {
+                let name = if (x >> 30) % 32 == 0 {
                     "shared".to_string()
                 } else {
                     format!("tun{n}")
@@ -637,6 +657,11 @@ mod tests {
                 for k in 0..12 {
                     ids.set_interface_index(&format!("tun{k}"), 3_000 + step + k);
                 }
+            }
+            // The name two endpoints may share: its index moves under the one
+            // listed while the other comes.
+            if step % 3 == 0 {
+                ids.set_interface_index("shared", 4_000 + step);
             }
         }
         // Most updates meet unique names, where the names are updated in place.
