@@ -89,21 +89,22 @@ impl<K, V, S> OrderedMap<K, V, S> {
 }
 
 impl<K: Hash + Eq, V, S: BuildHasher> OrderedMap<K, V, S> {
-    fn find<Q>(&self, key: &Q) -> Option<(u64, usize)>
+    /// Where `key` (of hash `hash`) sits in `places`.
+    fn position<Q>(&self, hash: u64, key: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let places = &self.places;
+        self.table.find(hash, |&at| is_at(places, at, key)).copied()
+    }
+
+    fn find<Q>(&self, key: &Q) -> Option<usize>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hasher.hash_one(key);
-        let places = &self.places;
-        self.table
-            .find(hash, |&at| {
-                places
-                    .get(at)
-                    .and_then(|p| p.entry.as_ref())
-                    .is_some_and(|(k, _)| k.borrow() == key)
-            })
-            .map(|&at| (hash, at))
+        self.position(self.hasher.hash_one(key), key)
     }
 
     /// The value at `key`.
@@ -112,7 +113,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> OrderedMap<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let (_, at) = self.find(key)?;
+        let at = self.find(key)?;
         self.places
             .get(at)
             .and_then(|p| p.entry.as_ref())
@@ -125,7 +126,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> OrderedMap<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let (_, at) = self.find(key)?;
+        let at = self.find(key)?;
         self.places
             .get_mut(at)
             .and_then(|p| p.entry.as_mut())
@@ -144,10 +145,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> OrderedMap<K, V, S> {
     /// Puts `value` at `key`: a new key goes last, a held one keeps its place. The
     /// value it replaced, if any.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        if let Some(old) = self.get_mut(&key) {
+        let hash = self.hasher.hash_one(&key);
+        if let Some(at) = self.position(hash, &key) {
+            let (_, old) = self.places.get_mut(at)?.entry.as_mut()?;
             return Some(std::mem::replace(old, value));
         }
-        let hash = self.hasher.hash_one(&key);
         let places = &self.places;
         self.table
             .insert_unique(hash, places.len(), |&i| places.get(i).map_or(0, |p| p.hash));
@@ -165,10 +167,13 @@ impl<K: Hash + Eq, V, S: BuildHasher> OrderedMap<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let (hash, at) = self.find(key)?;
-        if let Ok(slot) = self.table.find_entry(hash, |&i| i == at) {
-            slot.remove();
-        }
+        let hash = self.hasher.hash_one(key);
+        let places = &self.places;
+        let (at, _) = self
+            .table
+            .find_entry(hash, |&at| is_at(places, at, key))
+            .ok()?
+            .remove();
         let (_, value) = self.places.get_mut(at)?.entry.take()?;
         self.live -= 1;
         if self.live == 0 {
@@ -189,6 +194,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> OrderedMap<K, V, S> {
         }
         self.table = table;
     }
+}
+
+/// Whether the entry at `at` holds `key`.
+fn is_at<K: Borrow<Q>, V, Q: Eq + ?Sized>(places: &[Place<K, V>], at: usize, key: &Q) -> bool {
+    places
+        .get(at)
+        .and_then(|p| p.entry.as_ref())
+        .is_some_and(|(k, _)| k.borrow() == key)
 }
 
 /// The entries of an [`OrderedMap`] in arrival order.

@@ -434,17 +434,7 @@ impl Builder {
         // The added interface's own entry is fresh; another entry of its name (a name
         // two endpoints share) is not, if the old list had one.
         let in_old = |name: &str| {
-            !is_named_str(name)
-                || self
-                    .maps
-                    .by_name
-                    .binary_search_by(|id| {
-                        self.list
-                            .get(id.0 as usize)
-                            .map(|i| i.name.as_str())
-                            .cmp(&Some(name))
-                    })
-                    .is_ok()
+            !is_named_str(name) || search_by_name(&self.maps.by_name, &self.list, name).is_ok()
         };
         for name in set.filter(|n| Some(*n) != added || in_old(n)) {
             for (i, iface) in list.iter().enumerate() {
@@ -466,7 +456,6 @@ impl Builder {
         if !self.maps.names_unique {
             return None;
         }
-        let name = |id: &IfaceId| list.get(id.0 as usize).map(|i| i.name.as_str());
         let mut by_name = self.maps.by_name.clone();
         match change {
             OneChange::Added(p) => {
@@ -477,9 +466,7 @@ impl Builder {
                 }
                 let added = list.get(p)?;
                 if is_named(added) {
-                    let at = by_name
-                        .binary_search_by(|id| name(id).cmp(&Some(added.name.as_str())))
-                        .err()?;
+                    let at = search_by_name(&by_name, list, &added.name).err()?;
                     by_name.insert(at, IfaceId(p as u32));
                 }
             }
@@ -559,6 +546,16 @@ fn one_change(old: &[Arc<Iface>], list: &[Arc<Iface>]) -> Option<OneChange> {
         (true, true) => Some(OneChange::Added(p)),
         (true, false) => Some(OneChange::Removed(p)),
     }
+}
+
+/// Where `name` is (or would go) in `by_name`, the named interfaces of `list` sorted
+/// by name.
+fn search_by_name(by_name: &[IfaceId], list: &[Arc<Iface>], name: &str) -> Result<usize, usize> {
+    by_name.binary_search_by(|id| {
+        list.get(id.0 as usize)
+            .map(|i| i.name.as_str())
+            .cmp(&Some(name))
+    })
 }
 
 /// Whether the maps list an interface by name (`*` names every interface).
