@@ -8,9 +8,10 @@
 //! address, never on how many members the sets have.
 //!
 //! - Host members (`/32`, `/128`) live in [`ShardedMap`]: a hash table split into
-//!   4096 leaves behind two levels of `Arc`s. Adding or removing one member copies
-//!   one leaf and two 64-pointer arrays (copy-on-write through `Arc::make_mut`), so
-//!   a generation that still reads the old index keeps it intact.
+//!   4096 leaves behind two levels of `Arc`s (256 mid-level arrays of 16 leaves).
+//!   Adding or removing one member copies one leaf, the top array and one mid-level
+//!   array (copy-on-write through `Arc::make_mut`), so a generation that still reads
+//!   the old index keeps it intact.
 //! - Shorter prefixes live in a [`PrefixTable`]: the elementary intervals of the
 //!   (laminar) prefix family, each with the union of the atoms of every prefix
 //!   covering it, found by binary search; a change recomputes only the changed
@@ -93,8 +94,16 @@ pub(crate) fn addr_key(addr: &IpAddr) -> (u128, bool) {
     }
 }
 
-const FANOUT_BITS: u32 = 6;
-const FANOUT: usize = 1 << FANOUT_BITS;
+/// The levels' fan-outs: 256 mid-level arrays of 16 leaves each. Copying a
+/// mid-level array changes a reference count in each of its leaves' two slices
+/// (atomic increments, each on a line of its own), and an update of many keys (an IP
+/// set of 64 addresses) copies one array per distinct array its keys fall in: a
+/// narrow mid level makes those copies cheap, at the price of a wider top array,
+/// which every update copies once (see `docs/benchmarks.md`).
+const TOP_BITS: u32 = 8;
+const TOP: usize = 1 << TOP_BITS;
+const MID_BITS: u32 = 4;
+const MID: usize = 1 << MID_BITS;
 
 /// Atom lists up to this long live inside the slot (one cache line per lookup).
 const INLINE: usize = 6;
@@ -357,12 +366,12 @@ fn copy_of<K: Copy>(slots: &Arc<[Slot<K>]>) -> Arc<[Slot<K>]> {
     Arc::from(&**slots)
 }
 
-type Mid<K> = Arc<[Leaf<K>; FANOUT]>;
+type Mid<K> = Arc<[Leaf<K>; MID]>;
 
 /// A persistent hash map from keys to sorted atom lists (see the module doc).
 #[derive(Clone)]
 pub(crate) struct ShardedMap<K> {
-    top: Arc<[Mid<K>; FANOUT]>,
+    top: Arc<[Mid<K>; TOP]>,
     len: usize,
 }
 
@@ -378,8 +387,8 @@ impl<K: MapKey> Default for ShardedMap<K> {
 
 #[inline]
 fn shard(h: u64) -> (usize, usize) {
-    let t = (h >> (64 - FANOUT_BITS)) as usize;
-    let m = ((h >> (64 - 2 * FANOUT_BITS)) as usize) & (FANOUT - 1);
+    let t = (h >> (64 - TOP_BITS)) as usize;
+    let m = ((h >> (64 - TOP_BITS - MID_BITS)) as usize) & (MID - 1);
     (t, m)
 }
 
@@ -476,7 +485,7 @@ impl<K: MapKey> ShardedMap<K> {
     {
         pairs.sort_unstable();
         pairs.dedup();
-        let mut shards: Vec<Vec<(K, Vec<AtomId>)>> = vec![Vec::new(); FANOUT * FANOUT];
+        let mut shards: Vec<Vec<(K, Vec<AtomId>)>> = vec![Vec::new(); TOP * MID];
         let mut len = 0;
         let mut i = 0;
         while let Some((k, _)) = pairs.get(i) {
@@ -490,15 +499,15 @@ impl<K: MapKey> ShardedMap<K> {
                 i += 1;
             }
             let (t, m) = shard(k.hash64());
-            if let Some(s) = shards.get_mut(t * FANOUT + m) {
+            if let Some(s) = shards.get_mut(t * MID + m) {
                 s.push((k, atoms));
                 len += 1;
             }
         }
         let empty = Leaf::default();
         let mut it = shards.into_iter();
-        // Fixed-size levels: a shard index (6 bits of the hash) needs no bounds check.
-        let top: [Mid<K>; FANOUT] = std::array::from_fn(|_| {
+        // Fixed-size levels: a shard index (bits of the hash) needs no bounds check.
+        let top: [Mid<K>; TOP] = std::array::from_fn(|_| {
             Arc::new(std::array::from_fn(|_| {
                 let entries = it.next().unwrap_or_default();
                 if entries.is_empty() {
@@ -522,9 +531,9 @@ impl<K: MapKey> ShardedMap<K> {
 
     /// Heap bytes used.
     pub(crate) fn bytes(&self) -> usize {
-        let mut n = FANOUT * 16;
+        let mut n = TOP * 16;
         for mid in self.top.iter() {
-            n += FANOUT * std::mem::size_of::<Leaf<K>>();
+            n += MID * std::mem::size_of::<Leaf<K>>();
             for leaf in mid.iter() {
                 n += leaf.bytes();
             }
