@@ -13,6 +13,12 @@
 //!   order); the dispatcher is removed so the NIC decides nothing, software runs N+1
 //!   complete, and the old group is retired. Software is always complete, so the NIC
 //!   only ever loses its share. `rte_flow_flush` is never used.
+//! - **A dispatcher the device will not destroy** may go on sending packets to its
+//!   group, and what a group without a matching rule does with a packet is up to the
+//!   driver. So that group is not built into again, its retirement keeps its
+//!   catch-all (packets it takes go to software, which decides them with the active
+//!   generation), no later dispatcher takes its root priority, and every commit and
+//!   retirement tries the destroy again; once it succeeds the group retires whole.
 //!
 //! The committer also keeps the software side's view ([`SoftwareView`]): which
 //! generations are resident (their marks are trusted) and which is active. An observer
@@ -92,8 +98,8 @@ pub enum RefreshOutcome {
     },
     /// The device failed to destroy a rule, or failed fatally (gone, EIO). The refresh
     /// stops where it is, which is a safe state, and takes the NIC out of the
-    /// decision: the dispatcher is removed (if the device refuses that too, it stays
-    /// until the next commit replaces it, and the rules it leads to are safe as they
+    /// decision: the dispatcher is removed (if the device refuses that too, it is
+    /// stuck, as the module doc says, and the rules it leads to are safe as they
     /// are), software decides everything with the same generation, and what is left
     /// of the group is retired with [`Committer::retire`].
     Failed {
@@ -204,13 +210,32 @@ struct Learned {
     rule: FlowRule,
 }
 
+/// A dispatcher rule: group 0, `eth → JUMP group` at a root priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dispatcher {
+    handle: FlowHandle,
+    priority: Priority,
+    group: Group,
+}
+
+/// Whether a rule is a catch-all: it takes every packet of its group to software.
+fn is_catch_all(rule: &FlowRule) -> bool {
+    rule.pattern() == [Item::Eth(None)]
+        && !matches!(rule.fate(), Some(Action::Drop) | Some(Action::Jump(_)))
+}
+
 /// Drives generation commits on one port.
 #[derive(Debug, Clone, Default)]
 pub struct Committer {
     sw: SoftwareView,
     live: Option<LiveGen>,
     retiring: Vec<LiveGen>,
-    dispatcher: Option<(FlowHandle, Priority)>,
+    dispatcher: Option<Dispatcher>,
+    /// Dispatchers the device refused to destroy (it is still there): each may
+    /// still send packets to its group, so that group keeps a catch-all and is not
+    /// built into again, and no new dispatcher takes its priority, until a later
+    /// try destroys it.
+    stuck: Vec<Dispatcher>,
     /// Drops learned for the live generation ([`Committer::learn_drop`]), oldest
     /// first. A commit removes them first; a refresh keeps those that fit and that
     /// the new plan does not hold itself.
@@ -304,21 +329,51 @@ impl Committer {
         observe(nic, &self.sw);
     }
 
+    /// Takes the NIC out of the decision; false when the device kept the dispatcher
+    /// (it is then stuck).
     fn remove_dispatcher<B: FlowBackend>(
         &mut self,
         nic: &mut B,
         observe: &mut dyn FnMut(&B, &SoftwareView),
-    ) {
-        if let Some((h, p)) = self.dispatcher.take() {
-            // A device that is gone took it along; one that refuses keeps it, and
-            // the next commit replaces it.
-            if let Err(e) = nic.destroy(h) {
-                if e.kind != crate::error::FlowErrorKind::Io {
-                    self.dispatcher = Some((h, p));
-                }
+    ) -> bool {
+        match self.dispatcher.take() {
+            Some(d) => {
+                let gone = self.destroy_dispatcher(nic, d);
+                observe(nic, &self.sw);
+                gone
             }
-            observe(nic, &self.sw);
+            None => true,
         }
+    }
+
+    /// Destroys a dispatcher; one the device refuses joins the stuck ones (a device
+    /// that is gone took it along). Whether it is gone.
+    fn destroy_dispatcher<B: FlowBackend>(&mut self, nic: &mut B, d: Dispatcher) -> bool {
+        match nic.destroy(d.handle) {
+            Err(e) if e.kind != crate::error::FlowErrorKind::Io => {
+                self.stuck.push(d);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Tries again to destroy the dispatchers the device refused before.
+    fn retry_stuck<B: FlowBackend>(
+        &mut self,
+        nic: &mut B,
+        observe: &mut dyn FnMut(&B, &SoftwareView),
+    ) {
+        for d in std::mem::take(&mut self.stuck) {
+            if self.destroy_dispatcher(nic, d) {
+                observe(nic, &self.sw);
+            }
+        }
+    }
+
+    /// Dispatchers the device refused to destroy, still installed.
+    pub fn stuck_dispatchers(&self) -> usize {
+        self.stuck.len()
     }
 
     fn commit_groups<B: FlowBackend>(
@@ -327,15 +382,18 @@ impl Committer {
         plan: &OffloadPlan,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> CommitOutcome {
+        self.retry_stuck(nic, observe);
         // Step 2: software loads N+1 beside N.
         self.sw.resident.insert(plan.generation);
         observe(nic, &self.sw);
-        // A group neither live nor still holding a retiring generation.
+        // A group neither live, nor still holding a retiring generation, nor where a
+        // stuck dispatcher leads.
         let busy: Vec<Group> = self
             .live
             .iter()
             .chain(&self.retiring)
             .map(|l| l.group)
+            .chain(self.stuck.iter().map(|d| d.group))
             .collect();
         let group = (1u32..)
             .map(Group)
@@ -362,10 +420,28 @@ impl Committer {
                 }
             }
         }
-        // Step 4: flip the dispatcher, make-before-break.
-        let prio = match self.dispatcher {
-            Some((_, Priority(p))) if p == DISPATCH_PRIORITIES[0] => DISPATCH_PRIORITIES[1],
-            _ => DISPATCH_PRIORITIES[0],
+        // Step 4: flip the dispatcher, make-before-break: the new one at a root
+        // priority no other dispatcher holds (two at one priority would both match
+        // every packet, which rte_flow leaves undefined).
+        let held: Vec<Priority> = self
+            .dispatcher
+            .iter()
+            .chain(&self.stuck)
+            .map(|d| d.priority)
+            .collect();
+        let Some(prio) = DISPATCH_PRIORITIES
+            .into_iter()
+            .find(|p| !held.contains(&Priority(*p)))
+        else {
+            self.abort(nic, created, plan.generation, observe);
+            return CommitOutcome::SoftwareOnly {
+                error: FlowError::new(
+                    crate::error::FlowErrorKind::Busy,
+                    "every dispatcher priority is held by a rule the device will not destroy",
+                ),
+                rule: plan.rules.len(),
+                role: Role::CatchAll,
+            };
         };
         let dispatch = FlowRule::new(
             Attr::ingress(Group::ROOT, Priority(prio)),
@@ -391,8 +467,13 @@ impl Committer {
             }
         };
         observe(nic, &self.sw);
-        if let Some((old, _)) = self.dispatcher.replace((new_dispatch, Priority(prio))) {
-            let _ = nic.destroy(old);
+        let new_dispatcher = Dispatcher {
+            handle: new_dispatch,
+            priority: Priority(prio),
+            group,
+        };
+        if let Some(old) = self.dispatcher.replace(new_dispatcher) {
+            self.destroy_dispatcher(nic, old);
             observe(nic, &self.sw);
         }
         self.activate(plan.generation, observe, nic);
@@ -567,7 +648,7 @@ impl Committer {
         capacity: u32,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> RefreshOutcome {
-        let dispatcher = usize::from(self.dispatcher.is_some());
+        let dispatcher = usize::from(self.dispatcher.is_some()) + self.stuck.len();
         let live_here = self.live.as_ref().is_some_and(|l| {
             l.generation == plan.generation && plan.mode == OffloadMode::VersionedGroups
         });
@@ -750,13 +831,13 @@ impl Committer {
         destroyed: Vec<(usize, Option<FlowCount>)>,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> RefreshOutcome {
-        self.remove_dispatcher(nic, observe);
+        let dispatcher_removed = self.remove_dispatcher(nic, observe);
         left.handles
             .extend(created.into_iter().map(|(_, h, r)| (usize::MAX, h, r)));
         self.retiring.push(left);
         RefreshOutcome::Failed {
             error,
-            dispatcher_removed: self.dispatcher.is_none(),
+            dispatcher_removed,
             destroyed,
         }
     }
@@ -768,11 +849,19 @@ impl Committer {
         nic: &mut B,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> Vec<Retired> {
+        self.retry_stuck(nic, observe);
         let mut out = Vec::new();
         for old in std::mem::take(&mut self.retiring) {
             let mut counts = Vec::new();
             let mut stuck = Vec::new();
+            // Where a stuck dispatcher leads, the catch-all stays (with the rules the
+            // device would not destroy), so no packet meets an empty group.
+            let led_to = self.stuck.iter().any(|d| d.group == old.group);
             for (i, h, r) in old.handles.iter().rev() {
+                if led_to && is_catch_all(r) {
+                    stuck.push((*i, *h, r.clone()));
+                    continue;
+                }
                 match final_count(nic, *h, r) {
                     Ok(count) => counts.extend(count.map(|c| (*i, c))),
                     // Counted when a later retirement destroys it.
@@ -783,8 +872,9 @@ impl Committer {
                 }
                 observe(nic, &self.sw);
             }
-            // A rule the device would not destroy keeps its group busy (no later
-            // generation is built in it) until a retirement destroys it.
+            // A rule the device would not destroy, or a catch-all kept, keeps its group
+            // busy (no later generation is built in it) until a retirement destroys
+            // it.
             if !stuck.is_empty() {
                 stuck.reverse();
                 self.retiring.push(LiveGen {

@@ -5,7 +5,10 @@
 //!
 //! Two rules of one group that match the same packet at the same priority are
 //! "undefined" in rte_flow; the simulator counts such packets
-//! ([`SimNic::same_priority_conflicts`]) so tests can require zero.
+//! ([`SimNic::same_priority_conflicts`]) so tests can require zero. What a packet
+//! that a JUMP sent to a group where no rule matches it meets is up to the driver
+//! (this simulator delivers it unmarked); [`SimNic::group_miss`] names such a group,
+//! so tests can require that none is met.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +30,8 @@ pub struct Faults {
     /// `destroy` fails with EBUSY (the rule stays) after this many successful
     /// destroys, counted from when the faults are set.
     pub destroy_fails_after: Option<u64>,
+    /// `destroy` of this one rule fails with EBUSY (it stays); the others go.
+    pub destroy_refused: Option<FlowHandle>,
 }
 
 /// What the NIC did with a packet.
@@ -102,9 +107,21 @@ impl SimNic {
         self.conflicts
     }
 
+    /// The group a packet reaches through a JUMP and matches no rule of, if any
+    /// (what happens next is the driver's choice on a real device).
+    pub fn group_miss(&self, h: &Headers) -> Option<Group> {
+        self.walk(h).3
+    }
+
+    /// Whether a packet meets two matching rules at one priority of a group on its
+    /// way (without counting it in [`SimNic::same_priority_conflicts`]).
+    pub fn same_priority_conflict(&self, h: &Headers) -> bool {
+        self.walk(h).2 > 0
+    }
+
     /// Classifies a packet and counts it (`bytes` for COUNT).
     pub fn receive(&mut self, h: &Headers, bytes: u64) -> NicOutcome {
-        let (outcome, hit, conflicts) = self.walk(h);
+        let (outcome, hit, conflicts, _) = self.walk(h);
         self.conflicts += conflicts;
         for id in hit {
             if let Some(r) = self.rules.get_mut(&id) {
@@ -122,7 +139,7 @@ impl SimNic {
         self.walk(h).0
     }
 
-    fn walk(&self, h: &Headers) -> (NicOutcome, Vec<u64>, u64) {
+    fn walk(&self, h: &Headers) -> (NicOutcome, Vec<u64>, u64, Option<Group>) {
         let mut group = Group::ROOT;
         let mut hit = Vec::new();
         let mut conflicts = 0;
@@ -151,7 +168,8 @@ impl SimNic {
                 conflicts += 1;
             }
             let Some((_, id)) = best else {
-                return (NicOutcome::Delivered { mark }, hit, conflicts);
+                let missed = Some(group).filter(|g| *g != Group::ROOT);
+                return (NicOutcome::Delivered { mark }, hit, conflicts, missed);
             };
             hit.push(id);
             let Some(r) = self.rules.get(&id) else { break };
@@ -159,12 +177,12 @@ impl SimNic {
                 mark = Some(m);
             }
             match r.rule.fate() {
-                Some(Action::Drop) => return (NicOutcome::Dropped, hit, conflicts),
+                Some(Action::Drop) => return (NicOutcome::Dropped, hit, conflicts, None),
                 Some(Action::Jump(g)) => group = *g,
-                _ => return (NicOutcome::Delivered { mark }, hit, conflicts),
+                _ => return (NicOutcome::Delivered { mark }, hit, conflicts, None),
             }
         }
-        (NicOutcome::Delivered { mark }, hit, conflicts)
+        (NicOutcome::Delivered { mark }, hit, conflicts, None)
     }
 
     /// Port masks the device takes: any, or only "any port" and exact ports.
@@ -393,12 +411,12 @@ impl FlowBackend for SimNic {
             self.rules.remove(&handle.0);
             return Err(FlowError::new(FlowErrorKind::Io, "device removed"));
         }
-        if self
+        let refused = self
             .faults
             .destroy_fails_after
             .is_some_and(|n| self.destroys >= n)
-            && self.rules.contains_key(&handle.0)
-        {
+            || self.faults.destroy_refused == Some(handle);
+        if refused && self.rules.contains_key(&handle.0) {
             return Err(FlowError {
                 kind: FlowErrorKind::Busy,
                 target: ErrorTarget::Handle,

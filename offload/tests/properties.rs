@@ -14,7 +14,8 @@
 use rand::SeedableRng as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use capo_offload::commit::{Committer, RefreshOutcome, SoftwareView};
+use capo_offload::commit::{CommitOutcome, Committer, RefreshOutcome, SoftwareView};
+use capo_offload::flow::{Action as FlowAction, Group};
 use capo_offload::lower::{ContinueReason, EntryKind};
 use capo_offload::plan::{
     plan, replan, DropLearner, FlowSample, HitCounters, OffloadPlan, PlanConfig, StatelessDrops,
@@ -22,7 +23,7 @@ use capo_offload::plan::{
 use capo_offload::sim::{Faults, SimNic};
 use capo_offload::testutils::{Below as _, Rng};
 use capo_offload::verdict::{combine, DecidedBy, Fragment, Probe};
-use capo_offload::{lower, NicCaps};
+use capo_offload::{lower, FlowErrorKind, NicCaps};
 use capo_policy::eval::L4;
 use capo_policy::{
     trace, Action, Cidr, FelixConfig, HostEndpoint, HostEndpointKey, HostMetadata, IcmpMatch,
@@ -551,8 +552,23 @@ proptest! {
         every in proptest::option::of(1u64..6),
         exact in any::<bool>(),
     ) {
-        let faults = Faults { enomem_after: enomem, eio_after_creates: eio, create_fails_every: every, destroy_fails_after: None };
+        let faults = Faults { enomem_after: enomem, eio_after_creates: eio, create_fails_every: every, ..Faults::default() };
         check_commit(seed, capacity, profile, exact, Some(faults))?;
+    }
+
+    /// A dispatcher the device will not destroy, through four commits and their
+    /// retirements: every packet gets one of the generations in play, none meets a
+    /// group where no rule matches it or two dispatchers at one priority, and once
+    /// the device lets go nothing of the old groups is left.
+    #[test]
+    fn prop_a_stuck_dispatcher_never_strands_packets(
+        seed in any::<u64>(),
+        capacity in 8u32..120,
+        profile in prop_oneof![Just(0u8), Just(3u8)],
+        exact in any::<bool>(),
+    ) {
+        let met = check_stuck_dispatcher(seed, capacity, profile, exact)?;
+        prop_assume!(met.is_some(), "the first generation put no dispatcher down");
     }
 }
 
@@ -1070,6 +1086,10 @@ fn check_commit(
                     ref_a[i], ref_b[i]
                 ));
             }
+            // `verdict` peeks, which `same_priority_conflicts` does not count.
+            if nic.same_priority_conflict(&p.headers()) && failure.is_none() {
+                failure = Some(format!("probe {p:?} met two rules at one priority"));
+            }
         }
     };
     c.commit(&mut nic, &plan_b, &mut check);
@@ -1088,6 +1108,146 @@ fn check_commit(
     }
     prop_assert_eq!(nic.same_priority_conflicts(), 0);
     Ok(())
+}
+
+/// The dispatchers installed (group 0 rules that jump), by handle.
+fn dispatchers(nic: &SimNic) -> Vec<capo_offload::FlowHandle> {
+    nic.rules()
+        .filter(|(_, r)| {
+            r.attr().group == Group::ROOT && matches!(r.fate(), Some(FlowAction::Jump(_)))
+        })
+        .map(|(h, _)| h)
+        .collect()
+}
+
+/// What the commits after the refusal met: how generation 3's commit ended, and the
+/// dispatchers installed after generation 4's. `None` when the first generation
+/// put no dispatcher down (nothing to offload).
+type StuckCase = Option<(CommitOutcome, usize)>;
+
+fn check_stuck_dispatcher(
+    seed: u64,
+    capacity: u32,
+    profile: u8,
+    exact: bool,
+) -> Result<StuckCase, TestCaseError> {
+    let probes = random_probes(seed, 60);
+    let caps = caps_for(profile, capacity);
+    let hits = hits_from(&probes, seed);
+    // Generations 1 to 4 over three policies (4 repeats 3's).
+    let states: Vec<(State, IdTable)> =
+        (0..3).map(|k| random_state(seed.wrapping_add(k))).collect();
+    let of = |g: u64| &states[(g as usize - 1).min(2)];
+    let plans: Vec<OffloadPlan> = (1..=4u64)
+        .map(|g| make_plan(&of(g).0, &of(g).1, g, &caps, &hits, exact))
+        .collect();
+    let refs: Vec<Vec<Verdict>> = (1..=4u64)
+        .map(|g| {
+            probes
+                .iter()
+                .map(|p| trace(&of(g).0, &p.reference_packet()).verdict)
+                .collect()
+        })
+        .collect();
+    let mut nic = SimNic::new(caps.clone());
+    let mut c = Committer::new();
+    c.commit(&mut nic, &plans[0], &mut |_, _| {});
+    let first = dispatchers(&nic);
+    if first.is_empty() {
+        return Ok(None);
+    }
+    prop_assert_eq!(first.len(), 1, "one dispatcher");
+    nic.set_faults(Faults {
+        destroy_refused: first.first().copied(),
+        ..Faults::default()
+    });
+    let mut failure: Option<String> = None;
+    let mut misses = 0usize;
+    // Every state: each probe gets generation `a`'s or `b`'s verdict, and no probe
+    // reaches a group where no rule matches it or two rules at one priority.
+    let mut steps =
+        |c: &mut Committer, nic: &mut SimNic, a: usize, b: usize, commit: Option<usize>| {
+            let mut check = |nic: &SimNic, sw: &SoftwareView| {
+                for (i, p) in probes.iter().enumerate() {
+                    let at = |g: u64| refs[(g as usize).clamp(1, 4) - 1][i];
+                    let v = verdict(nic, sw, &caps, p, &at);
+                    if v != refs[a][i] && v != refs[b][i] && failure.is_none() {
+                        failure = Some(format!("probe {p:?}: {v:?} (sw {sw:?})"));
+                    }
+                    if nic.same_priority_conflict(&p.headers()) && failure.is_none() {
+                        failure = Some(format!(
+                            "probe {p:?} met two rules at one priority (sw {sw:?})"
+                        ));
+                    }
+                    if let Some(g) = nic.group_miss(&p.headers()) {
+                        misses += 1;
+                        if failure.is_none() {
+                            failure = Some(format!("probe {p:?} met no rule in {g:?} (sw {sw:?})"));
+                        }
+                    }
+                }
+            };
+            let outcome = commit.map(|k| c.commit(nic, &plans[k], &mut check));
+            let installed = dispatchers(nic).len();
+            c.retire(nic, &mut check);
+            (outcome, installed)
+        };
+    // 2 goes in; 1's dispatcher stays. Then 3 and 4, each with its retirement.
+    steps(&mut c, &mut nic, 0, 1, Some(1));
+    prop_assert_eq!(c.stuck_dispatchers(), 1);
+    let (third, _) = steps(&mut c, &mut nic, 1, 2, Some(2));
+    let (_, after_fourth) = steps(&mut c, &mut nic, 2, 3, Some(3));
+    prop_assert!(
+        dispatchers(&nic).contains(&first[0]),
+        "the refused dispatcher is still there"
+    );
+    // The device lets go: the next retirement clears the old group.
+    nic.set_faults(Faults::default());
+    steps(&mut c, &mut nic, 3, 3, None);
+    if let Some(f) = failure {
+        return Err(TestCaseError::fail(f));
+    }
+    prop_assert_eq!(misses, 0);
+    prop_assert_eq!(c.stuck_dispatchers(), 0);
+    prop_assert!(!c.has_retiring());
+    for (i, p) in probes.iter().enumerate() {
+        let at = |_: u64| refs[3][i];
+        prop_assert_eq!(verdict(&nic, c.software(), &caps, p, &at), refs[3][i]);
+    }
+    // Only the live generation's group and its dispatcher are left.
+    let live: Vec<Group> = nic
+        .rules()
+        .map(|(_, r)| r.attr().group)
+        .filter(|g| *g != Group::ROOT)
+        .collect();
+    prop_assert!(live.windows(2).all(|w| w[0] == w[1]), "{:?}", live);
+    prop_assert!(dispatchers(&nic).len() <= 1);
+    prop_assert_eq!(nic.same_priority_conflicts(), 0);
+    Ok(third.map(|t| (t, after_fourth)))
+}
+
+/// Guards the stuck-dispatcher property against vacuity: most seeds put a
+/// dispatcher down, and across them a later generation finds both root priorities
+/// held (the live dispatcher's and the stuck one's) and goes to software, and one
+/// puts a dispatcher down beside the stuck one.
+#[test]
+fn test_stuck_dispatcher_cases_are_met() {
+    let met: Vec<(CommitOutcome, usize)> = (0..16u64)
+        .filter_map(|seed| check_stuck_dispatcher(seed, 100, 0, seed % 2 == 0).unwrap())
+        .collect();
+    assert!(met.len() >= 10, "{} of 16 seeds", met.len());
+    let busy = met
+        .iter()
+        .filter(|(third, _)| {
+            matches!(third, CommitOutcome::SoftwareOnly { error, .. } if error.kind == FlowErrorKind::Busy)
+        })
+        .count();
+    let beside = met.iter().filter(|(_, after)| *after == 2).count();
+    assert!(
+        busy * 4 >= met.len() * 3 && beside * 4 >= met.len() * 3,
+        "{busy} busy, {beside} beside, of {}",
+        met.len()
+    );
 }
 
 #[test]

@@ -763,6 +763,13 @@ impl<B: FlowBackend> NicFront<B> {
                 self.caps.capacity
             );
         }
+        let stuck = self.committer.stuck_dispatchers();
+        if stuck > 0 {
+            summary += &format!(
+                " ({stuck} dispatcher rule(s) the NIC would not destroy: their groups keep \
+                 only a catch-all to software; tried again at every commit)"
+            );
+        }
         self.shrinks = 0;
         self.shrunk_from = None;
         self.refresh_budget = None;
@@ -942,8 +949,9 @@ impl<B: FlowBackend> NicFront<B> {
                 } else {
                     format!(
                         "the NIC failed part-way ({error:?}) and kept its dispatcher: the \
-                         rules left decide (each with what it relies on) until the next \
-                         plan goes in as a new generation"
+                         rules left decide (each with what it relies on) until they are \
+                         retired, then the group's catch-all sends every packet to software \
+                         until the NIC lets the dispatcher go (tried again at every commit)"
                     )
                 };
                 self.record_commit(
