@@ -17,8 +17,10 @@
 //!   group, and what a group without a matching rule does with a packet is up to the
 //!   driver. So that group is not built into again, its retirement keeps its
 //!   catch-all (packets it takes go to software, which decides them with the active
-//!   generation), no later dispatcher takes its root priority, and every commit and
-//!   retirement tries the destroy again; once it succeeds the group retires whole.
+//!   generation), and every commit and retirement tries the destroy again; once it
+//!   succeeds the group retires whole. A new dispatcher must outrank every stuck one
+//!   and share no priority with any: where no root priority is left for it, the
+//!   commit leaves the NIC out and software decides.
 //!
 //! The committer also keeps the software side's view ([`SoftwareView`]): which
 //! generations are resident (their marks are trusted) and which is active. An observer
@@ -294,6 +296,7 @@ impl Committer {
     ) -> CommitOutcome {
         // Learned drops are the live plan's; the commit works on the plans alone.
         self.set_learned_aside(nic, false);
+        self.retry_stuck(nic, observe);
         match plan.mode {
             OffloadMode::VersionedGroups => self.commit_groups(nic, plan, observe),
             // Flat marks commit as drops do: a mark names its generation, so the old
@@ -382,7 +385,30 @@ impl Committer {
         plan: &OffloadPlan,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> CommitOutcome {
-        self.retry_stuck(nic, observe);
+        // The new dispatcher's root priority, chosen first: one no other dispatcher
+        // holds (two at one priority would both match every packet, which rte_flow
+        // leaves undefined) and above every stuck one (below one, it would never see
+        // a packet). With none, the NIC is left out before anything is built.
+        let held: Vec<Priority> = self
+            .dispatcher
+            .iter()
+            .chain(&self.stuck)
+            .map(|d| d.priority)
+            .collect();
+        let prio = DISPATCH_PRIORITIES.into_iter().find(|p| {
+            !held.contains(&Priority(*p)) && self.stuck.iter().all(|d| *p < d.priority.0)
+        });
+        let Some(prio) = prio else {
+            self.abort(nic, Vec::new(), Group::ROOT, plan.generation, observe);
+            return CommitOutcome::SoftwareOnly {
+                error: FlowError::new(
+                    crate::error::FlowErrorKind::Busy,
+                    "a dispatcher rule the device will not destroy holds the root priority a new one needs",
+                ),
+                rule: plan.rules.len(),
+                role: Role::CatchAll,
+            };
+        };
         // Step 2: software loads N+1 beside N.
         self.sw.resident.insert(plan.generation);
         observe(nic, &self.sw);
@@ -411,7 +437,7 @@ impl Committer {
                     observe(nic, &self.sw);
                 }
                 Err(error) => {
-                    self.abort(nic, created, plan.generation, observe);
+                    self.abort(nic, created, group, plan.generation, observe);
                     return CommitOutcome::SoftwareOnly {
                         error,
                         rule: i,
@@ -420,29 +446,7 @@ impl Committer {
                 }
             }
         }
-        // Step 4: flip the dispatcher, make-before-break: the new one at a root
-        // priority no other dispatcher holds (two at one priority would both match
-        // every packet, which rte_flow leaves undefined).
-        let held: Vec<Priority> = self
-            .dispatcher
-            .iter()
-            .chain(&self.stuck)
-            .map(|d| d.priority)
-            .collect();
-        let Some(prio) = DISPATCH_PRIORITIES
-            .into_iter()
-            .find(|p| !held.contains(&Priority(*p)))
-        else {
-            self.abort(nic, created, plan.generation, observe);
-            return CommitOutcome::SoftwareOnly {
-                error: FlowError::new(
-                    crate::error::FlowErrorKind::Busy,
-                    "every dispatcher priority is held by a rule the device will not destroy",
-                ),
-                rule: plan.rules.len(),
-                role: Role::CatchAll,
-            };
-        };
+        // Step 4: flip the dispatcher, make-before-break, at the priority chosen above.
         let dispatch = FlowRule::new(
             Attr::ingress(Group::ROOT, Priority(prio)),
             &[Item::Eth(None)],
@@ -458,7 +462,7 @@ impl Committer {
         let new_dispatch = match res {
             Ok(h) => h,
             Err(error) => {
-                self.abort(nic, created, plan.generation, observe);
+                self.abort(nic, created, group, plan.generation, observe);
                 return CommitOutcome::SoftwareOnly {
                     error,
                     rule: plan.rules.len(),
@@ -473,8 +477,22 @@ impl Committer {
             group,
         };
         if let Some(old) = self.dispatcher.replace(new_dispatcher) {
-            self.destroy_dispatcher(nic, old);
+            let gone = self.destroy_dispatcher(nic, old);
             observe(nic, &self.sw);
+            if !gone && old.priority.0 < prio {
+                // The old dispatcher stays and outranks the new one: packets still
+                // go to the old group, which retires to its catch-all. The new one
+                // and its group come out again, and software decides.
+                self.abort(nic, created, group, plan.generation, observe);
+                return CommitOutcome::SoftwareOnly {
+                    error: FlowError::new(
+                        crate::error::FlowErrorKind::Busy,
+                        "the old dispatcher rule would not go and outranks the new one",
+                    ),
+                    rule: plan.rules.len(),
+                    role: Role::CatchAll,
+                };
+            }
         }
         self.activate(plan.generation, observe, nic);
         let installed = created.len();
@@ -489,20 +507,38 @@ impl Committer {
 
     /// Rolls back a partial build, takes the NIC out of the decision, and runs the
     /// generation in software.
+    /// `created` are the new generation's rules, in `group`: one the device will
+    /// not destroy keeps the group busy, retiring, until a retirement destroys it.
     fn abort<B: FlowBackend>(
         &mut self,
         nic: &mut B,
         created: Vec<(usize, FlowHandle, FlowRule)>,
+        group: Group,
         generation: u64,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) {
-        for (_, h, _) in created.into_iter().rev() {
-            let _ = nic.destroy(h);
+        self.remove_dispatcher(nic, observe);
+        let mut left = Vec::new();
+        for (i, h, r) in created.into_iter().rev() {
+            if let Err(e) = nic.destroy(h) {
+                if e.kind != crate::error::FlowErrorKind::Io {
+                    left.push((i, h, r));
+                }
+            }
             observe(nic, &self.sw);
         }
-        self.remove_dispatcher(nic, observe);
         if let Some(old) = self.live.take() {
             self.retiring.push(old);
+        }
+        if !left.is_empty() {
+            left.reverse();
+            self.retiring.push(LiveGen {
+                generation,
+                group,
+                handles: left,
+                relies: Vec::new(),
+                pinned: Vec::new(),
+            });
         }
         self.activate(generation, observe, nic);
     }
@@ -859,7 +895,9 @@ impl Committer {
             let led_to = self.stuck.iter().any(|d| d.group == old.group);
             for (i, h, r) in old.handles.iter().rev() {
                 if led_to && is_catch_all(r) {
-                    stuck.push((*i, *h, r.clone()));
+                    // Counted for no plan rule when it goes: a later retirement maps
+                    // plan indexes through a later plan.
+                    stuck.push((usize::MAX, *h, r.clone()));
                     continue;
                 }
                 match final_count(nic, *h, r) {
@@ -1555,6 +1593,54 @@ mod tests {
         c.retire(&mut nic, &mut |_, _| {});
         assert!(!c.has_retiring());
         assert!(group(&nic).is_empty());
+    }
+
+    /// A commit that fails part-way on a device that then refuses every destroy:
+    /// the rules it created, and the dispatcher, stay. They are kept (retiring, and
+    /// stuck): a later commit builds in another group, and a retirement once the
+    /// device lets go leaves only that generation's rules and dispatcher.
+    #[test]
+    fn rules_an_aborted_commit_cannot_remove_keep_their_group_busy() {
+        let (state, program, mut nic, mut c) = live_plan();
+        let p = plan_of(&state, &program, &nic, &HitCounters::default());
+        let first = c.live.as_ref().map(|l| l.group);
+        let installed = nic.installed();
+        nic.set_faults(crate::sim::Faults {
+            enomem_after: Some(installed + 3),
+            destroy_fails_after: Some(0),
+            ..Default::default()
+        });
+        let mut second = p.clone();
+        second.generation = 2;
+        let out = c.commit(&mut nic, &second, &mut |_, _| {});
+        assert!(
+            matches!(&out, CommitOutcome::SoftwareOnly { error, .. } if error.kind == crate::error::FlowErrorKind::NoMem),
+            "{out:?}"
+        );
+        assert_eq!(nic.installed(), installed + 3, "nothing could be destroyed");
+        assert_eq!(c.stuck_dispatchers(), 1);
+        let orphans: Vec<Group> = nic
+            .rules()
+            .map(|(_, r)| r.attr().group)
+            .filter(|g| *g != Group::ROOT && Some(*g) != first)
+            .collect();
+        assert_eq!(orphans.len(), 3);
+        assert!(c.retiring.iter().any(|l| l.group == orphans[0]));
+        nic.set_faults(crate::sim::Faults::default());
+        let mut third = p.clone();
+        third.generation = 3;
+        assert!(matches!(
+            c.commit(&mut nic, &third, &mut |_, _| {}),
+            CommitOutcome::Offloaded { .. }
+        ));
+        let live = c.live.as_ref().map(|l| l.group);
+        assert!(live.is_some() && live != Some(orphans[0]) && live != first);
+        c.retire(&mut nic, &mut |_, _| {});
+        assert!(!c.has_retiring());
+        assert!(nic
+            .rules()
+            .all(|(_, r)| r.attr().group == Group::ROOT || Some(r.attr().group) == live));
+        assert_eq!(nic.installed(), p.rules.len() + 1);
     }
 
     /// A rule the device will not destroy on retirement keeps its generation

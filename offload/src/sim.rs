@@ -113,6 +113,17 @@ impl SimNic {
         self.walk(h).3
     }
 
+    /// The groups other than group 0 whose rules a packet meets, in order.
+    pub fn groups_met(&self, h: &Headers) -> Vec<Group> {
+        self.walk(h)
+            .1
+            .iter()
+            .filter_map(|id| self.rules.get(id))
+            .map(|r| r.rule.attr().group)
+            .filter(|g| *g != Group::ROOT)
+            .collect()
+    }
+
     /// Whether a packet meets two matching rules at one priority of a group on its
     /// way (without counting it in [`SimNic::same_priority_conflicts`]).
     pub fn same_priority_conflict(&self, h: &Headers) -> bool {

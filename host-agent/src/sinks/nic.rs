@@ -766,8 +766,9 @@ impl<B: FlowBackend> NicFront<B> {
         let stuck = self.committer.stuck_dispatchers();
         if stuck > 0 {
             summary += &format!(
-                " ({stuck} dispatcher rule(s) the NIC would not destroy: their groups keep \
-                 only a catch-all to software; tried again at every commit)"
+                " ({stuck} dispatcher rule(s) the NIC would not destroy: once retired, their \
+                 groups keep only a catch-all to software; tried again at every commit and \
+                 retirement)"
             );
         }
         self.shrinks = 0;
