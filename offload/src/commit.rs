@@ -17,10 +17,10 @@
 //!   group, and what a group without a matching rule does with a packet is up to the
 //!   driver. So that group is not built into again, its retirement keeps its
 //!   catch-all (packets it takes go to software, which decides them with the active
-//!   generation), and every commit and retirement tries the destroy again; once it
-//!   succeeds the group retires whole. A new dispatcher must outrank every stuck one
-//!   and share no priority with any: where no root priority is left for it, the
-//!   commit leaves the NIC out and software decides.
+//!   generation), and every commit (in place too) and retirement tries the destroy
+//!   again; once it succeeds the group retires whole. A new dispatcher must outrank
+//!   every stuck one and share no priority with any: where no root priority is left
+//!   for it, the commit leaves the NIC out and software decides.
 //!
 //! The committer also keeps the software side's view ([`SoftwareView`]): which
 //! generations are resident (their marks are trusted) and which is active. An observer
@@ -653,6 +653,8 @@ impl Committer {
         capacity: u32,
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) -> RefreshOutcome {
+        // A stuck dispatcher that goes now hands its packets to the live one.
+        self.retry_stuck(nic, observe);
         // Learned drops may stay (the same policy decides), but one the new plan
         // holds as an exact flow goes first, so no two rules match at one priority
         // (removing a drop only leaves its packets to software).
