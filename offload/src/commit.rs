@@ -261,6 +261,15 @@ fn final_count<B: FlowBackend>(
     Ok(count)
 }
 
+/// How a commit ends that a stuck dispatcher left no working place for a new one.
+fn no_dispatcher(plan: &OffloadPlan, why: &'static str) -> CommitOutcome {
+    CommitOutcome::SoftwareOnly {
+        error: FlowError::new(crate::error::FlowErrorKind::Busy, why),
+        rule: plan.rules.len(),
+        role: Role::CatchAll,
+    }
+}
+
 /// Root priorities the dispatcher alternates between.
 const DISPATCH_PRIORITIES: [u32; 2] = [0, 1];
 
@@ -400,14 +409,10 @@ impl Committer {
         });
         let Some(prio) = prio else {
             self.abort(nic, Vec::new(), Group::ROOT, plan.generation, observe);
-            return CommitOutcome::SoftwareOnly {
-                error: FlowError::new(
-                    crate::error::FlowErrorKind::Busy,
-                    "a dispatcher rule the device will not destroy holds the root priority a new one needs",
-                ),
-                rule: plan.rules.len(),
-                role: Role::CatchAll,
-            };
+            return no_dispatcher(
+                plan,
+                "a dispatcher rule the device will not destroy holds the root priority a new one needs",
+            );
         };
         // Step 2: software loads N+1 beside N.
         self.sw.resident.insert(plan.generation);
@@ -484,14 +489,10 @@ impl Committer {
                 // go to the old group, which retires to its catch-all. The new one
                 // and its group come out again, and software decides.
                 self.abort(nic, created, group, plan.generation, observe);
-                return CommitOutcome::SoftwareOnly {
-                    error: FlowError::new(
-                        crate::error::FlowErrorKind::Busy,
-                        "the old dispatcher rule would not go and outranks the new one",
-                    ),
-                    rule: plan.rules.len(),
-                    role: Role::CatchAll,
-                };
+                return no_dispatcher(
+                    plan,
+                    "the old dispatcher rule would not go and outranks the new one",
+                );
             }
         }
         self.activate(plan.generation, observe, nic);
