@@ -509,7 +509,8 @@ impl Committer {
     /// Rolls back a partial build, takes the NIC out of the decision, and runs the
     /// generation in software.
     /// `created` are the new generation's rules, in `group`: one the device will
-    /// not destroy keeps the group busy, retiring, until a retirement destroys it.
+    /// not destroy keeps the group busy, retiring, until a retirement destroys it
+    /// (all of them, where a stuck dispatcher leads to the group).
     fn abort<B: FlowBackend>(
         &mut self,
         nic: &mut B,
@@ -519,8 +520,16 @@ impl Committer {
         observe: &mut dyn FnMut(&B, &SoftwareView),
     ) {
         self.remove_dispatcher(nic, observe);
+        // A stuck dispatcher that leads to the new group keeps it whole (retiring,
+        // its catch-all kept): emptied, the group would take packets it has no rule
+        // for once an older dispatcher above goes.
+        let led_to = self.stuck.iter().any(|d| d.group == group);
         let mut left = Vec::new();
         for (i, h, r) in created.into_iter().rev() {
+            if led_to {
+                left.push((i, h, r));
+                continue;
+            }
             if let Err(e) = nic.destroy(h) {
                 if e.kind != crate::error::FlowErrorKind::Io {
                     left.push((i, h, r));
@@ -1644,6 +1653,45 @@ mod tests {
             .rules()
             .all(|(_, r)| r.attr().group == Group::ROOT || Some(r.attr().group) == live));
         assert_eq!(nic.installed(), p.rules.len() + 1);
+    }
+
+    /// Both dispatchers stuck at a flip (the old one outranks the new): the new
+    /// group stays whole, so when the old dispatcher goes first and the new one then
+    /// leads packets there, they meet its rules, never an emptied group.
+    #[test]
+    fn a_group_a_stuck_new_dispatcher_leads_to_is_not_emptied() {
+        let (state, program, mut nic, mut c) = live_plan();
+        let p = plan_of(&state, &program, &nic, &HitCounters::default());
+        nic.set_faults(crate::sim::Faults {
+            dispatcher_destroys_refused: true,
+            ..Default::default()
+        });
+        let mut second = p.clone();
+        second.generation = 2;
+        let out = c.commit(&mut nic, &second, &mut |_, _| {});
+        assert!(
+            matches!(&out, CommitOutcome::SoftwareOnly { error, .. } if error.kind == crate::error::FlowErrorKind::Busy),
+            "{out:?}"
+        );
+        assert_eq!(c.stuck_dispatchers(), 2);
+        let probes = [
+            syn_from([172, 16, 0, 1], 40_000),
+            syn_from([10, 9, 9, 9], 40_001),
+        ];
+        let mut misses = Vec::new();
+        let mut check = |nic: &SimNic, _: &SoftwareView| {
+            for pr in &probes {
+                misses.extend(nic.group_miss(&pr.headers()));
+            }
+        };
+        c.retire(&mut nic, &mut check);
+        nic.set_faults(crate::sim::Faults::default());
+        c.retire(&mut nic, &mut check);
+        c.retire(&mut nic, &mut check);
+        assert!(misses.is_empty(), "{misses:?}");
+        assert_eq!(c.stuck_dispatchers(), 0);
+        assert!(!c.has_retiring());
+        assert_eq!(nic.installed(), 0);
     }
 
     /// A rule the device will not destroy on retirement keeps its generation

@@ -32,6 +32,8 @@ pub struct Faults {
     pub destroy_fails_after: Option<u64>,
     /// `destroy` of this one rule fails with EBUSY (it stays); the others go.
     pub destroy_refused: Option<FlowHandle>,
+    /// `destroy` of every group-0 rule that jumps (a dispatcher) fails with EBUSY.
+    pub dispatcher_destroys_refused: bool,
 }
 
 /// What the NIC did with a packet.
@@ -426,7 +428,12 @@ impl FlowBackend for SimNic {
             .faults
             .destroy_fails_after
             .is_some_and(|n| self.destroys >= n)
-            || self.faults.destroy_refused == Some(handle);
+            || self.faults.destroy_refused == Some(handle)
+            || (self.faults.dispatcher_destroys_refused
+                && self.rules.get(&handle.0).is_some_and(|r| {
+                    r.rule.attr().group == Group::ROOT
+                        && matches!(r.rule.fate(), Some(Action::Jump(_)))
+                }));
         if refused && self.rules.contains_key(&handle.0) {
             return Err(FlowError {
                 kind: FlowErrorKind::Busy,
