@@ -398,15 +398,10 @@ impl Committer {
         // holds (two at one priority would both match every packet, which rte_flow
         // leaves undefined) and above every stuck one (below one, it would never see
         // a packet). With none, the NIC is left out before anything is built.
-        let held: Vec<Priority> = self
-            .dispatcher
-            .iter()
-            .chain(&self.stuck)
-            .map(|d| d.priority)
-            .collect();
-        let prio = DISPATCH_PRIORITIES.into_iter().find(|p| {
-            !held.contains(&Priority(*p)) && self.stuck.iter().all(|d| *p < d.priority.0)
-        });
+        let live = self.dispatcher.map(|d| d.priority.0);
+        let prio = DISPATCH_PRIORITIES
+            .into_iter()
+            .find(|p| Some(*p) != live && self.stuck.iter().all(|d| *p < d.priority.0));
         let Some(prio) = prio else {
             self.abort(nic, Vec::new(), Group::ROOT, plan.generation, observe);
             return no_dispatcher(
@@ -508,6 +503,7 @@ impl Committer {
 
     /// Rolls back a partial build, takes the NIC out of the decision, and runs the
     /// generation in software.
+    ///
     /// `created` are the new generation's rules, in `group`: one the device will
     /// not destroy keeps the group busy, retiring, until a retirement destroys it
     /// (all of them, where a stuck dispatcher leads to the group).
@@ -523,25 +519,25 @@ impl Committer {
         // A stuck dispatcher that leads to the new group keeps it whole (retiring,
         // its catch-all kept): emptied, the group would take packets it has no rule
         // for once an older dispatcher above goes.
-        let led_to = self.stuck.iter().any(|d| d.group == group);
-        let mut left = Vec::new();
-        for (i, h, r) in created.into_iter().rev() {
-            if led_to {
-                left.push((i, h, r));
-                continue;
-            }
-            if let Err(e) = nic.destroy(h) {
-                if e.kind != crate::error::FlowErrorKind::Io {
-                    left.push((i, h, r));
+        let left = if self.stuck.iter().any(|d| d.group == group) {
+            created
+        } else {
+            let mut left = Vec::new();
+            for (i, h, r) in created.into_iter().rev() {
+                if let Err(e) = nic.destroy(h) {
+                    if e.kind != crate::error::FlowErrorKind::Io {
+                        left.push((i, h, r));
+                    }
                 }
+                observe(nic, &self.sw);
             }
-            observe(nic, &self.sw);
-        }
+            left.reverse();
+            left
+        };
         if let Some(old) = self.live.take() {
             self.retiring.push(old);
         }
         if !left.is_empty() {
-            left.reverse();
             self.retiring.push(LiveGen {
                 generation,
                 group,
@@ -1324,6 +1320,11 @@ mod tests {
 
     /// A plan of one workload where port 80 from 172.16.0.0/24 is allowed and the
     /// rest refused, committed on a simulated mlx5 of 64 entries.
+    /// Whether a commit went to software on a refusal of `kind`.
+    fn refused_with(out: &CommitOutcome, kind: crate::error::FlowErrorKind) -> bool {
+        matches!(out, CommitOutcome::SoftwareOnly { error, .. } if error.kind == kind)
+    }
+
     fn live_plan() -> (
         capo_policy::State,
         crate::lower::OffloadProgram,
@@ -1626,7 +1627,7 @@ mod tests {
         second.generation = 2;
         let out = c.commit(&mut nic, &second, &mut |_, _| {});
         assert!(
-            matches!(&out, CommitOutcome::SoftwareOnly { error, .. } if error.kind == crate::error::FlowErrorKind::NoMem),
+            refused_with(&out, crate::error::FlowErrorKind::NoMem),
             "{out:?}"
         );
         assert_eq!(nic.installed(), installed + 3, "nothing could be destroyed");
@@ -1670,7 +1671,7 @@ mod tests {
         second.generation = 2;
         let out = c.commit(&mut nic, &second, &mut |_, _| {});
         assert!(
-            matches!(&out, CommitOutcome::SoftwareOnly { error, .. } if error.kind == crate::error::FlowErrorKind::Busy),
+            refused_with(&out, crate::error::FlowErrorKind::Busy),
             "{out:?}"
         );
         assert_eq!(c.stuck_dispatchers(), 2);

@@ -379,6 +379,15 @@ impl FlowRule {
         self.actions.iter().find(|a| a.is_fate())
     }
 
+    /// The group a dispatcher rule (group 0, `JUMP`) leads to; `None` for any other
+    /// rule.
+    pub fn dispatch_target(&self) -> Option<Group> {
+        match self.fate() {
+            Some(Action::Jump(g)) if self.attr.group == Group::ROOT => Some(*g),
+            _ => None,
+        }
+    }
+
     /// Whether the rule carries a COUNT action.
     pub fn counts(&self) -> bool {
         self.actions.iter().any(|a| matches!(a, Action::Count(_)))

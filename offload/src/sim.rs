@@ -48,6 +48,28 @@ pub enum NicOutcome {
     },
 }
 
+/// A packet's way through the rules.
+struct Walk {
+    outcome: NicOutcome,
+    /// The rules it met, by id, in order.
+    hit: Vec<u64>,
+    /// Groups where two matching rules had its highest priority.
+    conflicts: u64,
+    /// The group a JUMP sent it to where no rule matched it.
+    missed: Option<Group>,
+}
+
+impl Walk {
+    fn ends(outcome: NicOutcome, hit: Vec<u64>, conflicts: u64, missed: Option<Group>) -> Walk {
+        Walk {
+            outcome,
+            hit,
+            conflicts,
+            missed,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Installed {
     rule: FlowRule,
@@ -112,13 +134,13 @@ impl SimNic {
     /// The group a packet reaches through a JUMP and matches no rule of, if any
     /// (what happens next is the driver's choice on a real device).
     pub fn group_miss(&self, h: &Headers) -> Option<Group> {
-        self.walk(h).3
+        self.walk(h).missed
     }
 
     /// The groups other than group 0 whose rules a packet meets, in order.
     pub fn groups_met(&self, h: &Headers) -> Vec<Group> {
         self.walk(h)
-            .1
+            .hit
             .iter()
             .filter_map(|id| self.rules.get(id))
             .map(|r| r.rule.attr().group)
@@ -129,12 +151,17 @@ impl SimNic {
     /// Whether a packet meets two matching rules at one priority of a group on its
     /// way (without counting it in [`SimNic::same_priority_conflicts`]).
     pub fn same_priority_conflict(&self, h: &Headers) -> bool {
-        self.walk(h).2 > 0
+        self.walk(h).conflicts > 0
     }
 
     /// Classifies a packet and counts it (`bytes` for COUNT).
     pub fn receive(&mut self, h: &Headers, bytes: u64) -> NicOutcome {
-        let (outcome, hit, conflicts, _) = self.walk(h);
+        let Walk {
+            outcome,
+            hit,
+            conflicts,
+            ..
+        } = self.walk(h);
         self.conflicts += conflicts;
         for id in hit {
             if let Some(r) = self.rules.get_mut(&id) {
@@ -149,10 +176,10 @@ impl SimNic {
 
     /// Classifies a packet without counting.
     pub fn peek(&self, h: &Headers) -> NicOutcome {
-        self.walk(h).0
+        self.walk(h).outcome
     }
 
-    fn walk(&self, h: &Headers) -> (NicOutcome, Vec<u64>, u64, Option<Group>) {
+    fn walk(&self, h: &Headers) -> Walk {
         let mut group = Group::ROOT;
         let mut hit = Vec::new();
         let mut conflicts = 0;
@@ -182,7 +209,7 @@ impl SimNic {
             }
             let Some((_, id)) = best else {
                 let missed = Some(group).filter(|g| *g != Group::ROOT);
-                return (NicOutcome::Delivered { mark }, hit, conflicts, missed);
+                return Walk::ends(NicOutcome::Delivered { mark }, hit, conflicts, missed);
             };
             hit.push(id);
             let Some(r) = self.rules.get(&id) else { break };
@@ -190,12 +217,12 @@ impl SimNic {
                 mark = Some(m);
             }
             match r.rule.fate() {
-                Some(Action::Drop) => return (NicOutcome::Dropped, hit, conflicts, None),
+                Some(Action::Drop) => return Walk::ends(NicOutcome::Dropped, hit, conflicts, None),
                 Some(Action::Jump(g)) => group = *g,
-                _ => return (NicOutcome::Delivered { mark }, hit, conflicts, None),
+                _ => return Walk::ends(NicOutcome::Delivered { mark }, hit, conflicts, None),
             }
         }
-        (NicOutcome::Delivered { mark }, hit, conflicts, None)
+        Walk::ends(NicOutcome::Delivered { mark }, hit, conflicts, None)
     }
 
     /// Port masks the device takes: any, or only "any port" and exact ports.
@@ -430,10 +457,10 @@ impl FlowBackend for SimNic {
             .is_some_and(|n| self.destroys >= n)
             || self.faults.destroy_refused == Some(handle)
             || (self.faults.dispatcher_destroys_refused
-                && self.rules.get(&handle.0).is_some_and(|r| {
-                    r.rule.attr().group == Group::ROOT
-                        && matches!(r.rule.fate(), Some(Action::Jump(_)))
-                }));
+                && self
+                    .rules
+                    .get(&handle.0)
+                    .is_some_and(|r| r.rule.dispatch_target().is_some()));
         if refused && self.rules.contains_key(&handle.0) {
             return Err(FlowError {
                 kind: FlowErrorKind::Busy,

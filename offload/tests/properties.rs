@@ -15,7 +15,7 @@ use rand::SeedableRng as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use capo_offload::commit::{CommitOutcome, Committer, RefreshOutcome, SoftwareView};
-use capo_offload::flow::{Action as FlowAction, Group};
+use capo_offload::flow::Group;
 use capo_offload::lower::{ContinueReason, EntryKind};
 use capo_offload::plan::{
     plan, replan, DropLearner, FlowSample, HitCounters, OffloadPlan, PlanConfig, StatelessDrops,
@@ -1113,26 +1113,21 @@ fn check_commit(
     Ok(())
 }
 
-/// The dispatchers installed (group 0 rules that jump), by handle.
-fn dispatchers(nic: &SimNic) -> Vec<capo_offload::FlowHandle> {
+/// The dispatchers installed, by handle, with the group each leads to.
+fn dispatch_rules(nic: &SimNic) -> Vec<(capo_offload::FlowHandle, Group)> {
     nic.rules()
-        .filter(|(_, r)| {
-            r.attr().group == Group::ROOT && matches!(r.fate(), Some(FlowAction::Jump(_)))
-        })
-        .map(|(h, _)| h)
+        .filter_map(|(h, r)| Some((h, r.dispatch_target()?)))
         .collect()
+}
+
+/// The dispatchers installed, by handle.
+fn dispatchers(nic: &SimNic) -> Vec<capo_offload::FlowHandle> {
+    dispatch_rules(nic).into_iter().map(|(h, _)| h).collect()
 }
 
 /// The group the newest dispatcher leads to.
 fn newest_dispatch(nic: &SimNic) -> Option<Group> {
-    nic.rules()
-        .filter(|(_, r)| r.attr().group == Group::ROOT)
-        .filter_map(|(h, r)| match r.fate() {
-            Some(FlowAction::Jump(g)) => Some((h, *g)),
-            _ => None,
-        })
-        .max()
-        .map(|(_, g)| g)
+    dispatch_rules(nic).into_iter().max().map(|(_, g)| g)
 }
 
 /// What the commits after the refusal met: how each ended, and the dispatchers
