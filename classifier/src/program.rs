@@ -122,8 +122,19 @@ pub(crate) fn port_table(
     neg: &[(usize, PortRange)],
 ) -> (Vec<u64>, usize) {
     let starts = port_starts(pos, neg);
-    let mut out = empty_port_table(words, &starts);
-    set_port_ranges(&mut out, words, &starts, pos, neg);
+    port_table_over(words, &starts, pos, neg)
+}
+
+/// [`port_table`] with its interval starts known (0 and every range's bounds,
+/// sorted, each once).
+pub(crate) fn port_table_over(
+    words: usize,
+    starts: &[u16],
+    pos: &[(usize, PortRange)],
+    neg: &[(usize, PortRange)],
+) -> (Vec<u64>, usize) {
+    let mut out = empty_port_table(words, starts);
+    set_port_ranges(&mut out, words, starts, pos, neg);
     (out, starts.len())
 }
 
@@ -446,9 +457,22 @@ fn atom_hash(atom: AtomId) -> u32 {
 
 /// The atom table's entries for `slots` (atom, offset in [`Program::atoms`]), `cap`
 /// a power of two.
+#[cfg(test)]
 pub(crate) fn atom_table(slots: &[(AtomId, u32)]) -> Vec<u64> {
+    let mut t = Vec::new();
+    atom_table_into(&mut t, slots);
+    t
+}
+
+/// Appends the atom table of `slots` to `out`: a program's atoms are the table and
+/// then the bitmaps, in one allocation.
+pub(crate) fn atom_table_into(out: &mut Vec<u64>, slots: &[(AtomId, u32)]) {
     let cap = (slots.len() * 2).next_power_of_two().max(2);
-    let mut t = vec![EMPTY_ENTRY; cap];
+    let at = out.len();
+    out.resize(at + cap, EMPTY_ENTRY);
+    let Some(t) = out.get_mut(at..) else {
+        return;
+    };
     let mask = cap - 1;
     for (atom, off) in slots {
         let mut i = (atom_hash(*atom) as usize) & mask;
@@ -459,7 +483,6 @@ pub(crate) fn atom_table(slots: &[(AtomId, u32)]) -> Vec<u64> {
             *e = (u64::from(*atom) << 32) | u64::from(*off);
         }
     }
-    t
 }
 
 impl Program {

@@ -9,10 +9,10 @@ use super::lower::{Fragment, LRule, LSide, ProgSpec, SegSpec};
 use crate::bits;
 use crate::index::AtomId;
 use crate::program::{
-    atom_table, port_table, port_table_patched, CRule, DeciderTable, Layout, Program, SegKind,
-    Segment, Verify, BLOOM_WORDS, EMPTY_ENTRY, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS,
-    K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC,
-    M_PROTO, M_SVC_REQ, SPARSE_MIN_WORDS,
+    atom_table_into, port_table, port_table_over, port_table_patched, CRule, DeciderTable, Layout,
+    Program, SegKind, Segment, Verify, BLOOM_WORDS, EMPTY_ENTRY, F_DST_NP, F_ICMP, F_SPARSE,
+    F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP,
+    K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO, M_SVC_REQ, SPARSE_MIN_WORDS,
 };
 
 /// Turns a spec into a program.
@@ -21,8 +21,12 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
     let w = bits::words_for(n).max(min_words);
     let sparse = w >= SPARSE_MIN_WORDS;
     let protos = ProtoClasses::of(spec.rules());
+    let sizes = Sizes::of(spec);
     let mut masks = RuleMasks::new(w, protos.reps.len());
+    masks.src.reserve(sizes.ports[0]);
+    masks.dst.reserve(sizes.ports[1]);
     let mut slots = AtomSlots::new(w);
+    slots.uses.reserve(sizes.atom_uses);
     let mut deciders = DeciderTable::default();
     let mut rules = Vec::with_capacity(n);
     let mut verifies = Vec::new();
@@ -51,7 +55,11 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
     let flags = masks.flags() | if sparse { F_SPARSE } else { 0 };
     let (slots, atom_bits) = slots.compact(sparse);
     let bloom = bloom(&slots);
-    let (arena, atoms, lay) = masks.arena(&slots, &atom_bits);
+    // A tallied spec has its port tables' bounds sorted already.
+    let starts = spec
+        .tallied
+        .then(|| [spec.port_starts(0), spec.port_starts(1)]);
+    let (arena, atoms, lay) = masks.arena(&slots, &atom_bits, starts.as_ref());
     Program {
         arena: arena.into_boxed_slice(),
         atoms: atoms.into(),
@@ -69,6 +77,31 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
     }
 }
 
+/// How many port ranges (positive, negated; per side) and atom uses a spec's rules
+/// hold: the lists filled per rule are sized once.
+struct Sizes {
+    ports: [[usize; 2]; 2],
+    atom_uses: usize,
+}
+
+impl Sizes {
+    fn of(spec: &ProgSpec) -> Self {
+        let mut sizes = Sizes {
+            ports: [[0; 2]; 2],
+            atom_uses: 0,
+        };
+        for r in spec.rules() {
+            for (counts, side) in sizes.ports.iter_mut().zip([&r.src, &r.dst]) {
+                counts[0] += side.ports.len();
+                counts[1] += side.not_ports.len();
+                sizes.atom_uses += side.pos.len() + side.neg.len() + side.np.len() + side.nnp.len();
+            }
+            sizes.atom_uses += r.svc.len();
+        }
+        sizes
+    }
+}
+
 /// Protocol classes: each protocol a rule names, plus one for all others (every
 /// protocol its own class when rules name 255 or more).
 struct ProtoClasses {
@@ -80,14 +113,24 @@ struct ProtoClasses {
 
 impl ProtoClasses {
     fn of<'a>(rules: impl Iterator<Item = &'a LRule>) -> Self {
-        let mut named: Vec<u8> = rules
-            .flat_map(|r| r.protocol.into_iter().chain(r.not_protocol))
-            .collect();
-        named.sort_unstable();
-        named.dedup();
+        // The named protocols as a 256-bit set: no list to sort per program.
+        let mut named = [0u64; 4];
+        for r in rules {
+            for p in r.protocol.into_iter().chain(r.not_protocol) {
+                if let Some(w) = named.get_mut(usize::from(p) / 64) {
+                    *w |= 1 << (p % 64);
+                }
+            }
+        }
+        let is_named = |p: u8| {
+            named
+                .get(usize::from(p) / 64)
+                .is_some_and(|w| w & 1 << (p % 64) != 0)
+        };
+        let count: u32 = named.iter().map(|w| w.count_ones()).sum();
         let mut class = [0u8; 256];
         let mut reps: Vec<u8> = Vec::new();
-        if named.len() >= 255 {
+        if count >= 255 {
             for p in 0..=255u8 {
                 if let Some(c) = class.get_mut(usize::from(p)) {
                     *c = p;
@@ -95,15 +138,13 @@ impl ProtoClasses {
                 reps.push(p);
             }
         } else {
-            let other = (0..=255u8)
-                .find(|p| named.binary_search(p).is_err())
-                .unwrap_or(0);
+            let other = (0..=255u8).find(|p| !is_named(*p)).unwrap_or(0);
             reps.push(other);
-            for (i, p) in named.iter().enumerate() {
-                if let Some(c) = class.get_mut(usize::from(*p)) {
-                    *c = (i + 1) as u8;
+            for p in (0..=255u8).filter(|p| is_named(*p)) {
+                if let Some(c) = class.get_mut(usize::from(p)) {
+                    *c = reps.len() as u8;
                 }
-                reps.push(*p);
+                reps.push(p);
             }
         }
         ProtoClasses { class, reps }
@@ -154,6 +195,12 @@ impl SideMasks {
         }
     }
 
+    /// Room for `[positive, negated]` port ranges.
+    fn reserve(&mut self, [ports, not_ports]: [usize; 2]) {
+        self.ports.reserve_exact(ports);
+        self.not_ports.reserve_exact(not_ports);
+    }
+
     fn add(&mut self, i: usize, side: &LSide) {
         if !side.pos.is_empty() {
             bits::set(&mut self.req, i);
@@ -161,9 +208,12 @@ impl SideMasks {
         if !side.ports.is_empty() || !side.np.is_empty() {
             bits::set(&mut self.port_req, i);
         }
-        self.ports.extend(side.ports.iter().map(|p| (i, *p)));
-        self.not_ports
-            .extend(side.not_ports.iter().map(|p| (i, *p)));
+        for p in &side.ports {
+            self.ports.push((i, *p));
+        }
+        for p in &side.not_ports {
+            self.not_ports.push((i, *p));
+        }
         self.named_ports |= !side.np.is_empty() || !side.nnp.is_empty();
     }
 }
@@ -272,11 +322,20 @@ impl RuleMasks {
 
     /// The arena and the atoms (see [`Layout`]). The arena: the masks (in `M_*` order), the protocol classes, the atom table,
     /// the port tables, then the compacted atom slots (`slots` offsets relative to
-    /// `atom_bits`).
-    fn arena(&self, slots: &[(AtomId, u32)], atom_bits: &[u64]) -> (Vec<u64>, Vec<u64>, Layout) {
+    /// `atom_bits`). `starts`: each side's port-table interval starts, where known.
+    fn arena(
+        &self,
+        slots: &[(AtomId, u32)],
+        atom_bits: &[u64],
+        starts: Option<&[Vec<u16>; 2]>,
+    ) -> (Vec<u64>, Vec<u64>, Layout) {
         let w = self.w;
-        let (sports, sports_n) = port_table(w, &self.src.ports, &self.src.not_ports);
-        let (dports, dports_n) = port_table(w, &self.dst.ports, &self.dst.not_ports);
+        let table = |side: &SideMasks, starts: Option<&Vec<u16>>| match starts {
+            Some(starts) => port_table_over(w, starts, &side.ports, &side.not_ports),
+            None => port_table(w, &side.ports, &side.not_ports),
+        };
+        let (sports, sports_n) = table(&self.src, starts.map(|[s, _]| s));
+        let (dports, dports_n) = table(&self.dst, starts.map(|[_, d]| d));
         let atab_len = (slots.len() * 2).next_power_of_two().max(2);
         let slots: Vec<(AtomId, u32)> = slots
             .iter()
@@ -297,7 +356,8 @@ impl RuleMasks {
         };
         arena.extend_from_slice(&sports);
         arena.extend_from_slice(&dports);
-        let mut atoms = atom_table(&slots);
+        let mut atoms = Vec::with_capacity(atab_len + atom_bits.len());
+        atom_table_into(&mut atoms, &slots);
         atoms.extend_from_slice(atom_bits);
         (arena, atoms, lay)
     }
@@ -407,10 +467,10 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
     if old_slots.uses != new_slots.uses {
         let mut atoms = p.atoms.to_vec();
         for (uses, on) in [(&old_slots.uses, false), (&new_slots.uses, true)] {
-            for (atom, kind, i) in uses {
-                let at = atom_word(&p, &atoms, *atom, usize::from(*kind), *i as usize)?;
+            for (atom, kind, i) in uses.iter().map(|u| u.parts()) {
+                let at = atom_word(&p, &atoms, atom, usize::from(kind), i as usize)?;
                 let word = atoms.get_mut(at)?;
-                let bit = 1u64 << (*i % 64);
+                let bit = 1u64 << (i % 64);
                 *word = if on { *word | bit } else { *word & !bit };
             }
         }
@@ -518,8 +578,32 @@ struct AtomSlots {
     uses: Vec<AtomUse>,
 }
 
-/// A rule's use of an atom: (atom, kind, rule).
-type AtomUse = (AtomId, u8, u32);
+/// A rule's use of an atom: (atom, kind, rule) packed into one integer, so a sort
+/// compares one primitive rather than three fields in turn.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct AtomUse(u128);
+
+impl AtomUse {
+    fn new(atom: AtomId, kind: u8, rule: u32) -> Self {
+        AtomUse(u128::from(atom) << 64 | u128::from(kind) << 32 | u128::from(rule))
+    }
+
+    fn atom(self) -> AtomId {
+        (self.0 >> 64) as AtomId
+    }
+
+    fn kind(self) -> u8 {
+        (self.0 >> 32) as u8
+    }
+
+    fn rule(self) -> u32 {
+        self.0 as u32
+    }
+
+    fn parts(self) -> (AtomId, u8, u32) {
+        (self.atom(), self.kind(), self.rule())
+    }
+}
 
 impl AtomSlots {
     fn new(w: usize) -> Self {
@@ -531,7 +615,7 @@ impl AtomSlots {
 
     /// Marks rule `i` as using `atom` as `kind`.
     fn set(&mut self, atom: AtomId, kind: usize, i: usize) {
-        self.uses.push((atom, kind as u8, i as u32));
+        self.uses.push(AtomUse::new(atom, kind as u8, i as u32));
     }
 
     /// Marks the atoms rule `i` (`r`) uses, each as its kind.
@@ -561,27 +645,33 @@ impl AtomSlots {
         let w = self.w;
         self.uses.sort_unstable();
         self.uses.dedup();
-        let mut slots = Vec::new();
-        let mut compact: Vec<u64> = Vec::new();
-        let mut bitmap = vec![0u64; w];
         // Each atom's uses with its first rule, the key the slots are ordered by
-        // (computed once per atom, not per comparison).
-        let mut groups: Vec<(Option<u32>, &[AtomUse])> = self
+        // (computed once per atom, not per comparison); atoms first used by the same
+        // rule keep their ascending order.
+        let mut groups: Vec<(u64, &[AtomUse])> = self
             .uses
-            .chunk_by(|a, b| a.0 == b.0)
-            .map(|g| (g.iter().map(|u| u.2).min(), g))
+            .chunk_by(|a, b| a.atom() == b.atom())
+            .map(|g| {
+                let first = g.iter().map(|u| u.rule()).min().unwrap_or(0);
+                let atom = g.first().map_or(0, |u| u.atom());
+                (u64::from(first) << 32 | u64::from(atom), g)
+            })
             .collect();
-        groups.sort_by_key(|(first, _)| *first);
+        groups.sort_unstable_by_key(|(key, _)| *key);
+        let mut slots = Vec::with_capacity(groups.len());
+        let mut compact: Vec<u64> =
+            Vec::with_capacity(groups.len() * (1 + if sparse { 3 } else { w }));
+        let mut bitmap = vec![0u64; w];
         for (_, atom_uses) in groups {
-            let Some(&(atom, _, _)) = atom_uses.first() else {
+            let Some(atom) = atom_uses.first().map(|u| u.atom()) else {
                 continue;
             };
             slots.push((atom, compact.len() as u32));
-            compact.push(atom_uses.iter().fold(0u64, |m, u| m | 1 << u.1));
-            for kind_uses in atom_uses.chunk_by(|a, b| a.1 == b.1) {
+            compact.push(atom_uses.iter().fold(0u64, |m, u| m | 1 << u.kind()));
+            for kind_uses in atom_uses.chunk_by(|a, b| a.kind() == b.kind()) {
                 bitmap.fill(0);
-                for (_, _, i) in kind_uses {
-                    bits::set(&mut bitmap, *i as usize);
+                for u in kind_uses {
+                    bits::set(&mut bitmap, u.rule() as usize);
                 }
                 if sparse {
                     push_sparse(&mut compact, &bitmap);
@@ -807,6 +897,62 @@ mod tests {
         assert_eq!(bits[0], (1 << K_SRC_POS) | (1 << K_DST_NEG));
         // Source: two words (0 and 4); destination negated: one word (1).
         assert_eq!(&bits[1..], &[2, 0, 1 << 3, 4, 1 << 44, 1, 1, 1 << 6]);
+    }
+
+    #[test]
+    fn test_slots_come_in_the_order_of_first_use_then_of_atom() {
+        let mut slots = AtomSlots::new(1);
+        slots.set(9, K_DST_POS, 2);
+        slots.set(5, K_SRC_POS, 1);
+        slots.set(3, K_SRC_POS, 1);
+        slots.set(9, K_SRC_POS, 0);
+        slots.set(3, K_SRC_POS, 1);
+        let (atoms, bits) = slots.compact(false);
+        // Atom 9 first (rule 0), then 3 and 5 (rule 1, by id); the repeated use of
+        // atom 3 sets its bit once.
+        assert_eq!(atoms, vec![(9, 0), (3, 3), (5, 5)]);
+        assert_eq!(
+            &bits[..3],
+            &[(1 << K_SRC_POS) | (1 << K_DST_POS), 1, 1 << 2]
+        );
+        assert_eq!(
+            &bits[3..],
+            &[1 << K_SRC_POS, 1 << 1, 1 << K_SRC_POS, 1 << 1]
+        );
+    }
+
+    #[test]
+    fn test_a_tallied_spec_lays_out_the_same_program() {
+        let ported = |ports: Vec<PortRange>, not_ports: Vec<PortRange>| {
+            let mut r = own_rule(Some(6), None);
+            r.rule.dst.ports = ports;
+            r.rule.dst.not_ports = not_ports;
+            r.rule.src.ports = vec![PortRange::single(0)];
+            r
+        };
+        let range = |a, b| PortRange::new(a, b).expect("a range");
+        let mut spec = ProgSpec::with_fallback(Verdict::Allow, Decider::NoHostEndpoint, None);
+        spec.segment(
+            vec![
+                ported(vec![range(80, 90), PortRange::single(443)], vec![]),
+                ported(vec![range(85, 65535)], vec![PortRange::single(88)]),
+            ],
+            SegSpec::Plain,
+        );
+        spec.segment(
+            vec![ported(vec![PortRange::single(53)], vec![])],
+            SegSpec::Plain,
+        );
+        let plain = finish(&spec, 1);
+        spec.tally();
+        let tallied = finish(&spec, 1);
+        assert_eq!(
+            Canonical::of(&plain).differs_from(&Canonical::of(&tallied)),
+            None
+        );
+        assert_eq!(plain.port_tables(), tallied.port_tables());
+        // Destination starts: 0, 53, 54, 80, 85, 88, 89, 91, 443, 444.
+        assert_eq!(tallied.port_tables()[1].1, 10);
     }
 
     #[test]

@@ -169,6 +169,8 @@ pub(crate) struct ProgSpec {
     /// number of fragments naming named ports.
     pub(super) port_bounds: [Vec<(u16, u32)>; 2],
     pub(super) named_ports: [u32; 2],
+    /// Whether the tallies are made (and kept: [`ProgSpec::retally`]).
+    pub(super) tallied: bool,
 }
 
 #[derive(Clone, PartialEq)]
@@ -194,6 +196,7 @@ impl ProgSpec {
             fallback: (Verdict::Deny, Decider::NoProfileMatched, None),
             port_bounds: [Vec::new(), Vec::new()],
             named_ports: [0; 2],
+            tallied: false,
         }
     }
 
@@ -220,6 +223,7 @@ impl ProgSpec {
                 .collect();
         }
         self.named_ports = named;
+        self.tallied = true;
     }
 
     /// Moves the tallies from fragment `old` to `new`, which replaced it.

@@ -90,8 +90,9 @@ impl Builder {
         if let Some(found) = self.shared.find_at(at, &spec) {
             return found;
         }
-        let program = Arc::new(finish(&spec, self.min_words));
+        // Tallied first: the layout reads the port tables' bounds from the tally.
         spec.tally();
+        let program = Arc::new(finish(&spec, self.min_words));
         let spec = Arc::new(spec);
         self.shared.insert_at(at, &spec, &program);
         (program, spec)
