@@ -154,18 +154,29 @@ pub(crate) fn port_table_patched(
     pos: &[(usize, PortRange)],
     neg: &[(usize, PortRange)],
 ) -> (Vec<u64>, usize) {
-    let mut out = empty_port_table(words, starts);
-    let (old_sw, sw) = (
-        old_n.div_ceil(STARTS_PER_WORD),
-        starts.len().div_ceil(STARTS_PER_WORD),
-    );
+    let n = starts.len();
     let row = 2 * words;
-    let old_starts = old.get(..old_sw).unwrap_or(&[]);
-    for (k, start) in starts.iter().enumerate() {
-        let from = port_interval(old_starts, old_n, *start);
-        let (src, dst) = (old_sw + from * row, sw + k * row);
-        if let (Some(d), Some(s)) = (out.get_mut(dst..dst + row), old.get(src..src + row)) {
-            d.copy_from_slice(s);
+    let old_sw = old_n.div_ceil(STARTS_PER_WORD);
+    let old_starts = <[u16]>::ref_from_bytes(old.get(..old_sw).unwrap_or(&[]).as_bytes())
+        .ok()
+        .and_then(|s| s.get(..old_n))
+        .unwrap_or(&[]);
+    // Every row is copied, so none is zeroed first; the old interval holding each
+    // start is found walking both sorted lists together.
+    let mut out = Vec::with_capacity(n.div_ceil(STARTS_PER_WORD) + n * row);
+    out.extend(packed_starts(starts));
+    let mut from = 0;
+    for start in starts {
+        while old_starts.get(from + 1).is_some_and(|s| s <= start) {
+            from += 1;
+        }
+        let src = old_sw + from * row;
+        let at = out.len();
+        match old.get(src..src + row) {
+            Some(s) => out.extend_from_slice(s),
+            None => out.resize(at + row, 0),
+        }
+        if let Some(d) = out.get_mut(at..) {
             for i in changed {
                 for half in [0, words] {
                     if let Some(word) = d.get_mut(half + i / 64) {
@@ -176,7 +187,7 @@ pub(crate) fn port_table_patched(
         }
     }
     set_port_ranges(&mut out, words, starts, pos, neg);
-    (out, starts.len())
+    (out, n)
 }
 
 /// The interval starts of a table over `pos` and `neg`: 0 and every range's bounds.
@@ -200,18 +211,21 @@ pub(crate) fn range_bounds(r: &PortRange) -> impl Iterator<Item = u16> {
 fn empty_port_table(words: usize, starts: &[u16]) -> Vec<u64> {
     let n = starts.len();
     let sw = n.div_ceil(STARTS_PER_WORD);
-    let mut out: Vec<u64> = starts
-        .chunks(STARTS_PER_WORD)
-        .map(|c| {
-            let mut b = [0u8; 8];
-            for (d, s) in b.chunks_mut(2).zip(c) {
-                d.copy_from_slice(&s.to_ne_bytes());
-            }
-            u64::from_ne_bytes(b)
-        })
-        .collect();
+    let mut out = Vec::with_capacity(sw + n * 2 * words);
+    out.extend(packed_starts(starts));
     out.resize(sw + n * 2 * words, 0);
     out
+}
+
+/// A table's interval starts, [`STARTS_PER_WORD`] to a word.
+fn packed_starts(starts: &[u16]) -> impl Iterator<Item = u64> + '_ {
+    starts.chunks(STARTS_PER_WORD).map(|c| {
+        let mut b = [0u8; 8];
+        for (d, s) in b.chunks_mut(2).zip(c) {
+            d.copy_from_slice(&s.to_ne_bytes());
+        }
+        u64::from_ne_bytes(b)
+    })
 }
 
 /// Sets each range's rule bit in the intervals it covers.
