@@ -1,6 +1,7 @@
 //! Arena layout: a lowered program's rules become per-rule bitmaps (masks, protocol
 //! classes, port tables, atom slots) in one arena (see [`Layout`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use capo_policy::{IpFamily, PortRange};
@@ -639,38 +640,67 @@ impl AtomSlots {
     }
 
     /// Each slot as a mask of the kinds in use followed by only their bitmaps
-    /// (`sparse`: their sparse lists), atoms in the order of their first use by a
-    /// rule: the atoms with their offsets into the compacted bits, and the bits.
-    fn compact(mut self, sparse: bool) -> (Vec<(AtomId, u32)>, Vec<u64>) {
+    /// (`sparse`: their sparse lists), atoms in the order of their first use (rules
+    /// are added in order, each rule's atoms as [`AtomSlots::add_rule`] meets
+    /// them): the atoms with their offsets into the compacted bits, and the bits.
+    fn compact(self, sparse: bool) -> (Vec<(AtomId, u32)>, Vec<u64>) {
         let w = self.w;
-        self.uses.sort_unstable();
-        self.uses.dedup();
-        // Each atom's uses with its first rule, the key the slots are ordered by
-        // (computed once per atom, not per comparison); atoms first used by the same
-        // rule keep their ascending order.
-        let mut groups: Vec<(u64, &[AtomUse])> = self
+        // Each atom numbered as first met, and its uses gathered by number with a
+        // counting sort: no comparison sort, and each atom's uses stay in rule
+        // order. A repeated use sets a bit twice, which is harmless.
+        let mut number: HashMap<AtomId, u32, foldhash::fast::FixedState> =
+            HashMap::with_capacity_and_hasher(self.uses.len(), Default::default());
+        let mut atoms: Vec<AtomId> = Vec::new();
+        let mut ends: Vec<usize> = Vec::new();
+        let numbers: Vec<u32> = self
             .uses
-            .chunk_by(|a, b| a.atom() == b.atom())
-            .map(|g| {
-                let first = g.iter().map(|u| u.rule()).min().unwrap_or(0);
-                let atom = g.first().map_or(0, |u| u.atom());
-                (u64::from(first) << 32 | u64::from(atom), g)
+            .iter()
+            .map(|u| {
+                let n = *number.entry(u.atom()).or_insert_with(|| {
+                    atoms.push(u.atom());
+                    ends.push(0);
+                    (atoms.len() - 1) as u32
+                });
+                if let Some(e) = ends.get_mut(n as usize) {
+                    *e += 1;
+                }
+                n
             })
             .collect();
-        groups.sort_unstable_by_key(|(key, _)| *key);
-        let mut slots = Vec::with_capacity(groups.len());
+        let mut next: Vec<usize> = Vec::with_capacity(ends.len());
+        let mut total = 0;
+        for e in &mut ends {
+            next.push(total);
+            total += *e;
+            *e = total;
+        }
+        let mut by_atom = vec![AtomUse(0); self.uses.len()];
+        for (u, n) in self.uses.iter().zip(&numbers) {
+            if let Some(at) = next.get_mut(*n as usize) {
+                if let Some(slot) = by_atom.get_mut(*at) {
+                    *slot = *u;
+                }
+                *at += 1;
+            }
+        }
+        let mut slots = Vec::with_capacity(atoms.len());
         let mut compact: Vec<u64> =
-            Vec::with_capacity(groups.len() * (1 + if sparse { 3 } else { w }));
+            Vec::with_capacity(atoms.len() * (1 + if sparse { 3 } else { w }));
         let mut bitmap = vec![0u64; w];
-        for (_, atom_uses) in groups {
-            let Some(atom) = atom_uses.first().map(|u| u.atom()) else {
-                continue;
-            };
-            slots.push((atom, compact.len() as u32));
-            compact.push(atom_uses.iter().fold(0u64, |m, u| m | 1 << u.kind()));
-            for kind_uses in atom_uses.chunk_by(|a, b| a.kind() == b.kind()) {
+        let mut begin = 0;
+        for (atom, end) in atoms.iter().zip(&ends) {
+            let atom_uses = by_atom.get(begin..*end).unwrap_or(&[]);
+            begin = *end;
+            let kinds = atom_uses.iter().fold(0u64, |m, u| m | 1 << u.kind());
+            slots.push((*atom, compact.len() as u32));
+            compact.push(kinds);
+            // Each kind's bitmap, kinds ascending (the mask's order).
+            let mut left = kinds;
+            while left != 0 {
+                let kind = left.trailing_zeros() as u8;
+                left &= left - 1;
                 bitmap.fill(0);
-                for u in kind_uses {
+                for u in atom_uses.iter().filter(|u| u.kind() == kind) {
                     bits::set(&mut bitmap, u.rule() as usize);
                 }
                 if sparse {
@@ -900,24 +930,26 @@ mod tests {
     }
 
     #[test]
-    fn test_slots_come_in_the_order_of_first_use_then_of_atom() {
+    fn test_slots_come_in_the_order_atoms_are_first_met() {
         let mut slots = AtomSlots::new(1);
-        slots.set(9, K_DST_POS, 2);
-        slots.set(5, K_SRC_POS, 1);
-        slots.set(3, K_SRC_POS, 1);
         slots.set(9, K_SRC_POS, 0);
-        slots.set(3, K_SRC_POS, 1);
+        slots.set(5, K_SRC_POS, 1);
+        slots.set(3, K_DST_NEG, 1);
+        slots.set(9, K_DST_POS, 2);
+        slots.set(3, K_SRC_POS, 2);
+        slots.set(3, K_DST_NEG, 1);
         let (atoms, bits) = slots.compact(false);
-        // Atom 9 first (rule 0), then 3 and 5 (rule 1, by id); the repeated use of
-        // atom 3 sets its bit once.
-        assert_eq!(atoms, vec![(9, 0), (3, 3), (5, 5)]);
+        // Atom 9 (rule 0), then 5 and 3 (rule 1, as met), each with its kinds'
+        // bitmaps in ascending kind order; the repeated use of atom 3 sets one bit.
+        assert_eq!(atoms, vec![(9, 0), (5, 3), (3, 5)]);
         assert_eq!(
             &bits[..3],
             &[(1 << K_SRC_POS) | (1 << K_DST_POS), 1, 1 << 2]
         );
+        assert_eq!(&bits[3..5], &[1 << K_SRC_POS, 1 << 1]);
         assert_eq!(
-            &bits[3..],
-            &[1 << K_SRC_POS, 1 << 1, 1 << K_SRC_POS, 1 << 1]
+            &bits[5..],
+            &[(1 << K_SRC_POS) | (1 << K_DST_NEG), 1 << 2, 1 << 1]
         );
     }
 
