@@ -85,18 +85,19 @@ impl Builder {
         let hash = owner_hash(owner);
         let bits = PolicyFilter::bits(hash);
         let uses = |i: &Iface| i.owners.contains(&hash);
-        let affected: Vec<IfaceKind> = self
+        // The interfaces themselves, not their kinds: no names copied, none looked up.
+        let affected: Vec<Arc<Iface>> = self
             .list
             .iter()
             .zip(&self.filters)
             .filter(|(i, f)| f.may_hold(&bits) && uses(i))
-            .map(|(i, _)| i.kind.clone())
+            .map(|(i, _)| Arc::clone(i))
             .collect();
         // Interfaces sharing a program share its patched copy, made once.
         let mut patched = Patched::default();
-        for kind in affected {
-            if !patchable || !self.patch_iface(ids, &kind, &swaps, old, &mut patched) {
-                self.compile_iface(state, ids, kind);
+        for iface in affected {
+            if !patchable || !self.patch_iface(ids, &iface, &swaps, old, &mut patched) {
+                self.compile_iface(state, ids, iface.kind.clone());
             }
         }
     }
@@ -106,17 +107,14 @@ impl Builder {
     fn patch_iface(
         &mut self,
         ids: &IdTable,
-        kind: &IfaceKind,
+        iface: &Iface,
         swaps: &[Swap],
         old: &[OldFragment],
         done: &mut Patched,
     ) -> bool {
-        if !matches!(kind, IfaceKind::Workload(_)) {
+        if !matches!(iface.kind, IfaceKind::Workload(_)) {
             return false;
         }
-        let Some(iface) = self.ifaces.get(kind).cloned() else {
-            return false;
-        };
         let mut entries = iface.entries.clone();
         let mut specs = iface.specs.clone();
         let mut patched = false;
@@ -191,7 +189,10 @@ impl Builder {
                 owners: iface.owners.clone(),
                 policy_filter: iface.policy_filter,
             };
-            self.ifaces.insert(kind.clone(), Arc::new(iface));
+            let Some(held) = self.ifaces.get_mut(&iface.kind) else {
+                return false;
+            };
+            *held = Arc::new(iface);
             self.patched += 1;
         }
         true
