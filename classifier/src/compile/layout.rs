@@ -13,7 +13,8 @@ use crate::program::{
     atom_table_into, port_table, port_table_over, port_table_patched, CRule, DeciderTable, Layout,
     Program, SegKind, Segment, Verify, BLOOM_WORDS, EMPTY_ENTRY, F_DST_NP, F_ICMP, F_SPARSE,
     F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP,
-    K_SRC_NP, K_SRC_POS, K_SVC, M_PROTO, M_SVC_REQ, SPARSE_MIN_WORDS,
+    K_SRC_NP, K_SRC_POS, K_SVC, M_DPORT_REQ, M_DST_REQ, M_FAM4, M_FAM6, M_NEED_ICMP, M_NEED_PORTS,
+    M_PROTO, M_SPORT_REQ, M_SRC_REQ, M_SVC_REQ, SPARSE_MIN_WORDS,
 };
 
 /// Turns a spec into a program.
@@ -60,6 +61,7 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
     let starts = spec
         .tallied
         .then(|| [spec.port_starts(0), spec.port_starts(1)]);
+    let icmp_rules = std::mem::take(&mut masks.icmp_rules);
     let (arena, atoms, lay) = masks.arena(&slots, &atom_bits, starts.as_ref());
     Program {
         arena: arena.into_boxed_slice(),
@@ -74,7 +76,7 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
         segments,
         deciders: Arc::new(deciders),
         fallback,
-        icmp_rules: masks.icmp_rules,
+        icmp_rules,
     }
 }
 
@@ -173,23 +175,17 @@ const DST_KINDS: SideKinds = SideKinds {
     nnp: K_DST_NNP,
 };
 
-/// One side's masks and port lists.
-struct SideMasks {
-    /// Rules with a positive address criterion.
-    req: Vec<u64>,
-    /// Rules with a positive port criterion.
-    port_req: Vec<u64>,
+/// One side's port lists.
+struct SidePorts {
     ports: Vec<(usize, PortRange)>,
     not_ports: Vec<(usize, PortRange)>,
     /// Some rule uses named ports on this side.
     named_ports: bool,
 }
 
-impl SideMasks {
-    fn new(w: usize) -> Self {
-        SideMasks {
-            req: vec![0; w],
-            port_req: vec![0; w],
+impl SidePorts {
+    fn new() -> Self {
+        SidePorts {
             ports: Vec::new(),
             not_ports: Vec::new(),
             named_ports: false,
@@ -203,12 +199,6 @@ impl SideMasks {
     }
 
     fn add(&mut self, i: usize, side: &LSide) {
-        if !side.pos.is_empty() {
-            bits::set(&mut self.req, i);
-        }
-        if !side.ports.is_empty() || !side.np.is_empty() {
-            bits::set(&mut self.port_req, i);
-        }
         for p in &side.ports {
             self.ports.push((i, *p));
         }
@@ -222,14 +212,11 @@ impl SideMasks {
 /// The per-rule bitmaps of a program, `w` words each.
 struct RuleMasks {
     w: usize,
-    family: [Vec<u64>; 2],
-    need_ports: Vec<u64>,
-    need_icmp: Vec<u64>,
-    src: SideMasks,
-    dst: SideMasks,
-    svc_req: Vec<u64>,
-    /// One bitmap per protocol class.
-    proto: Vec<u64>,
+    /// The masks (in `M_*` order), then one bitmap per protocol class: the head of
+    /// the arena, as it lays them out.
+    head: Vec<u64>,
+    src: SidePorts,
+    dst: SidePorts,
     icmp_rules: Vec<(
         u32,
         Option<capo_policy::IcmpMatch>,
@@ -241,15 +228,25 @@ impl RuleMasks {
     fn new(w: usize, proto_classes: usize) -> Self {
         RuleMasks {
             w,
-            family: [vec![0; w], vec![0; w]],
-            need_ports: vec![0; w],
-            need_icmp: vec![0; w],
-            src: SideMasks::new(w),
-            dst: SideMasks::new(w),
-            svc_req: vec![0; w],
-            proto: vec![0; proto_classes * w],
+            head: vec![0; (M_PROTO + proto_classes) * w],
+            src: SidePorts::new(),
+            dst: SidePorts::new(),
             icmp_rules: Vec::new(),
         }
+    }
+
+    /// Sets rule `i`'s bit in row `row` of the head.
+    fn set(&mut self, row: usize, i: usize) {
+        if let Some(word) = self.head.get_mut(row * self.w + i / 64) {
+            *word |= 1 << (i % 64);
+        }
+    }
+
+    /// Row `row` of the head.
+    fn row(&self, row: usize) -> &[u64] {
+        self.head
+            .get(row * self.w..(row + 1) * self.w)
+            .unwrap_or(&[])
     }
 
     /// Sets rule `i`'s bits (`reps`: a protocol per class); its atoms go to `slots`.
@@ -260,38 +257,44 @@ impl RuleMasks {
 
     /// Sets rule `i`'s bits (`reps`: a protocol per class).
     fn add_masks(&mut self, i: usize, r: &LRule, reps: &[u8]) {
-        let w = self.w;
-        for (f, fam) in [IpFamily::V4, IpFamily::V6].iter().enumerate() {
-            if r.family.is_none_or(|x| x == *fam) {
-                if let Some(b) = self.family.get_mut(f) {
-                    bits::set(b, i);
-                }
+        for (row, fam) in [(M_FAM4, IpFamily::V4), (M_FAM6, IpFamily::V6)] {
+            if r.family.is_none_or(|x| x == fam) {
+                self.set(row, i);
             }
         }
         for (c, p) in reps.iter().enumerate() {
             if r.protocol.is_none_or(|x| x == *p) && r.not_protocol.is_none_or(|x| x != *p) {
-                if let Some(b) = self.proto.get_mut(c * w..(c + 1) * w) {
-                    bits::set(b, i);
-                }
+                self.set(M_PROTO + c, i);
             }
         }
         if r.src.uses_ports || r.dst.uses_ports || !r.svc.is_empty() {
-            bits::set(&mut self.need_ports, i);
+            self.set(M_NEED_PORTS, i);
         }
         if r.icmp.is_some() || r.not_icmp.is_some() {
-            bits::set(&mut self.need_icmp, i);
+            self.set(M_NEED_ICMP, i);
             self.icmp_rules.push((i as u32, r.icmp, r.not_icmp));
+        }
+        for (side, req, port_req) in [
+            (&r.src, M_SRC_REQ, M_SPORT_REQ),
+            (&r.dst, M_DST_REQ, M_DPORT_REQ),
+        ] {
+            if !side.pos.is_empty() {
+                self.set(req, i);
+            }
+            if !side.ports.is_empty() || !side.np.is_empty() {
+                self.set(port_req, i);
+            }
         }
         self.src.add(i, &r.src);
         self.dst.add(i, &r.dst);
         if !r.svc.is_empty() {
-            bits::set(&mut self.svc_req, i);
+            self.set(M_SVC_REQ, i);
         }
     }
 
     /// The program's `F_*` flags.
     fn flags(&self) -> u8 {
-        let has_svc = self.svc_req.iter().any(|x| *x != 0);
+        let has_svc = self.row(M_SVC_REQ).iter().any(|x| *x != 0);
         let mut flags = 0;
         for (on, f) in [
             (self.src.named_ports, F_SRC_NP),
@@ -306,32 +309,18 @@ impl RuleMasks {
         flags
     }
 
-    /// The masks in `M_*` order.
-    fn rows(&self) -> [&[u64]; M_PROTO] {
-        [
-            &self.family[0],
-            &self.family[1],
-            &self.need_ports,
-            &self.need_icmp,
-            &self.src.req,
-            &self.dst.req,
-            &self.src.port_req,
-            &self.dst.port_req,
-            &self.svc_req,
-        ]
-    }
-
-    /// The arena and the atoms (see [`Layout`]). The arena: the masks (in `M_*` order), the protocol classes, the atom table,
-    /// the port tables, then the compacted atom slots (`slots` offsets relative to
+    /// The arena and the atoms (see [`Layout`]). The arena: the head (the masks in
+    /// `M_*` order, the protocol classes), then the port tables; the atoms: the atom
+    /// table, then the compacted atom slots (`slots` offsets relative to
     /// `atom_bits`). `starts`: each side's port-table interval starts, where known.
     fn arena(
-        &self,
+        self,
         slots: &[(AtomId, u32)],
         atom_bits: &[u64],
         starts: Option<&[Vec<u16>; 2]>,
     ) -> (Vec<u64>, Vec<u64>, Layout) {
         let w = self.w;
-        let table = |side: &SideMasks, starts: Option<&Vec<u16>>| match starts {
+        let table = |side: &SidePorts, starts: Option<&Vec<u16>>| match starts {
             Some(starts) => port_table_over(w, starts, &side.ports, &side.not_ports),
             None => port_table(w, &side.ports, &side.not_ports),
         };
@@ -342,12 +331,8 @@ impl RuleMasks {
             .iter()
             .map(|(a, o)| (*a, (atab_len + *o as usize) as u32))
             .collect();
-        let head = M_PROTO * w + self.proto.len();
-        let mut arena = Vec::with_capacity(head + sports.len() + dports.len());
-        for m in self.rows() {
-            arena.extend_from_slice(m);
-        }
-        arena.extend_from_slice(&self.proto);
+        let mut arena = self.head;
+        arena.reserve_exact(sports.len() + dports.len());
         let lay = Layout {
             atab_mask: (atab_len - 1) as u32,
             sports: arena.len() as u32,
@@ -451,16 +436,11 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
             p.verifies.insert(at, (*i as u32, v));
         }
     }
+    // The head rows: the masks, then the protocol classes, as the arena has them.
     let arena = &mut p.arena;
-    let rows = new_masks.rows();
     for i in &positions {
-        for (r, row) in rows.iter().enumerate() {
-            copy_bit(arena.get_mut(r * w..(r + 1) * w)?, row, *i);
-        }
-        for c in 0..classes.reps.len() {
-            let row = new_masks.proto.get(c * w..(c + 1) * w)?;
-            let at = (M_PROTO + c) * w;
-            copy_bit(arena.get_mut(at..at + w)?, row, *i);
+        for r in 0..M_PROTO + classes.reps.len() {
+            copy_bit(arena.get_mut(r * w..(r + 1) * w)?, new_masks.row(r), *i);
         }
     }
     // Old bits cleared before new ones set: a rule keeping an atom keeps its bit.
