@@ -392,17 +392,31 @@ impl Builder {
             });
         }
         self.list_sw = sw;
-        let single = |e: &Entry| match e {
-            Entry::Single(p) => Some(p.clone()),
-            Entry::BySrcAtom { .. } => None,
-        };
-        self.direct = Arc::new(
-            list.iter()
-                .map(|i| [single(&i.entries[0]), single(&i.entries[1])])
-                .collect(),
-        );
+        self.direct = Arc::new(list.iter().map(|i| direct_programs(i)).collect());
         self.filters = list.iter().map(|i| i.policy_filter).collect();
         self.list = Arc::new(list);
+    }
+
+    /// Puts patched interfaces (each with its position) in the published list, as a
+    /// relist would: the same names and indexes, other programs. Only while the
+    /// ids' indexes are the ones the list was read with; otherwise the list is left
+    /// stale, for a relist to read them.
+    pub(super) fn replace_listed(&mut self, ids: &IdTable, patched: Vec<(usize, Arc<Iface>)>) {
+        let indexes_kept = self
+            .indexes_seen
+            .as_ref()
+            .is_some_and(|seen| seen.same_as(&ids.interface_indexes()));
+        if patched.is_empty() || !indexes_kept {
+            return;
+        }
+        let list = Arc::make_mut(&mut self.list);
+        let direct = Arc::make_mut(&mut self.direct);
+        for (at, iface) in patched {
+            if let (Some(l), Some(d)) = (list.get_mut(at), direct.get_mut(at)) {
+                *d = direct_programs(&iface);
+                *l = iface;
+            }
+        }
     }
 
     /// `list`'s indexes from the last relist's, when the list kept its names (or
@@ -500,6 +514,15 @@ impl Builder {
 }
 
 /// Each position by its index (of two positions with one index, the later).
+/// An interface's program per direction, where it has one of its own.
+fn direct_programs(i: &Iface) -> [Option<Arc<Program>>; 2] {
+    let single = |e: &Entry| match e {
+        Entry::Single(p) => Some(p.clone()),
+        Entry::BySrcAtom { .. } => None,
+    };
+    [single(&i.entries[0]), single(&i.entries[1])]
+}
+
 fn by_index(sw: &[Option<u32>]) -> SwIfIndexMap<IfaceId> {
     let mut map = SwIfIndexMap::default();
     for (i, sw) in sw.iter().enumerate() {
@@ -666,6 +689,92 @@ mod tests {
             incremental > 300,
             "names unique around {incremental} updates of 600"
         );
+    }
+
+    /// A policy change that patches every program listing it puts the patched
+    /// interfaces in the published list where they were, with their programs in
+    /// the per-direction table the classifier prefetches from: what a relist gives.
+    #[test]
+    fn patched_interfaces_replace_their_list_entries_in_place() {
+        use capo_policy::{
+            Action, Policy, PolicyKey, PortRange, Protocol, Rule, TierDefault, TierInfo,
+        };
+        let mut state = State::new();
+        let mut ids = IdTable::default();
+        let mut b = Builder::new();
+        let pkey = PolicyKey {
+            kind: "NetworkPolicy".into(),
+            namespace: "ns".into(),
+            name: "web".into(),
+        };
+        let policy = |port: u16| {
+            let mut allow = Rule::any(Action::Allow);
+            allow.protocol = Some(Protocol::TCP);
+            allow.dst.ports = vec![PortRange::single(port)];
+            Update::PolicyUpdate(
+                pkey.clone(),
+                Policy {
+                    inbound: vec![allow],
+                    outbound: vec![],
+                    untracked: false,
+                    pre_dnat: false,
+                    tier: "t1".into(),
+                }
+                .into(),
+            )
+        };
+        b.apply(&mut state, &mut ids, policy(80)).unwrap();
+        for n in 0..4u8 {
+            let key = WorkloadKey {
+                orchestrator: "k8s".into(),
+                workload: format!("ns/pod{n}"),
+                endpoint: "eth0".into(),
+            };
+            // Pods 0 and 1 list the policy inbound, 2 and 3 both ways: two specs
+            // a direction, each program shared by two interfaces.
+            let endpoint = WorkloadEndpoint {
+                name: format!("tun{n}"),
+                profile_ids: vec![],
+                ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, 0, n + 1]))],
+                ipv6_nets: vec![],
+                tiers: vec![TierInfo {
+                    name: "t1".into(),
+                    ingress: vec![pkey.clone()],
+                    egress: if n < 2 { vec![] } else { vec![pkey.clone()] },
+                    default_action: TierDefault::Deny,
+                }],
+            };
+            b.apply(
+                &mut state,
+                &mut ids,
+                Update::WorkloadUpdate(key, endpoint.into()),
+            )
+            .unwrap();
+        }
+        for port in [443, 8080, 80] {
+            let before = b.current().unwrap().clone();
+            let patched = b.patched;
+            let g = b.apply(&mut state, &mut ids, policy(port)).unwrap();
+            assert_eq!(b.patched, patched + 4, "every interface patched");
+            assert!(!b.list_is_stale(), "the list is the map's");
+            assert!(!Arc::ptr_eq(&before.ifaces, &g.ifaces), "a new list");
+            for (i, iface) in g.ifaces.iter().enumerate() {
+                let want = direct_programs(iface);
+                let got = &g.direct[i];
+                for d in 0..2 {
+                    match (&got[d], &want[d]) {
+                        (Some(x), Some(y)) => assert!(Arc::ptr_eq(x, y), "{i} {d}"),
+                        (None, None) => {}
+                        _ => panic!("{i} {d}: a direction gained or lost its program"),
+                    }
+                }
+            }
+            // The generation before keeps its own entries; the host's is shared.
+            for (old, new) in before.ifaces.iter().zip(g.ifaces.iter()) {
+                let workload = matches!(new.kind, IfaceKind::Workload(_));
+                assert_eq!(Arc::ptr_eq(old, new), !workload, "{}", new.name);
+            }
+        }
     }
 
     /// An interface VPP created again under another index is found there after a

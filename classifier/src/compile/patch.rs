@@ -85,25 +85,45 @@ impl Builder {
         let hash = owner_hash(owner);
         let bits = PolicyFilter::bits(hash);
         let uses = |i: &Iface| i.owners.contains(&hash);
-        // The interfaces themselves, not their kinds: no names copied, none looked up.
-        let affected: Vec<Arc<Iface>> = self
+        // The interfaces themselves, with their positions in the list, not their
+        // kinds: no names copied, none looked up.
+        let affected: Vec<(usize, Arc<Iface>)> = self
             .list
             .iter()
             .zip(&self.filters)
-            .filter(|(i, f)| f.may_hold(&bits) && uses(i))
-            .map(|(i, _)| Arc::clone(i))
+            .enumerate()
+            .filter(|(_, (i, f))| f.may_hold(&bits) && uses(i))
+            .map(|(at, (i, _))| (at, Arc::clone(i)))
             .collect();
         // Interfaces sharing a program share its patched copy, made once.
         let mut patched = Patched::default();
-        for iface in affected {
-            if !patchable || !self.patch_iface(ids, &iface, &swaps, old, &mut patched) {
-                self.compile_iface(state, ids, iface.kind.clone());
+        let mut in_place: Vec<(usize, Arc<Iface>)> = Vec::new();
+        let mut compiled = false;
+        for (at, iface) in affected {
+            let outcome = if patchable {
+                self.patch_iface(ids, &iface, &swaps, old, &mut patched)
+            } else {
+                None
+            };
+            match outcome {
+                Some(Some(new)) => in_place.push((at, new)),
+                Some(None) => {}
+                None => {
+                    compiled = true;
+                    self.compile_iface(state, ids, iface.kind.clone());
+                }
             }
+        }
+        // Every interface patched (none compiled anew, so none came or went): the
+        // patched ones replace their entries in the list, which needs no rebuild.
+        if !compiled {
+            self.replace_listed(ids, in_place);
         }
     }
 
     /// Patches a workload's programs with the policy's `swaps` (their `start`
-    /// unset); false (nothing changed) when they need compiling again.
+    /// unset): the patched interface, now in the map (`Some(None)`: nothing needed
+    /// patching), or `None` (nothing changed) when they need compiling again.
     fn patch_iface(
         &mut self,
         ids: &IdTable,
@@ -111,9 +131,9 @@ impl Builder {
         swaps: &[Swap],
         old: &[OldFragment],
         done: &mut Patched,
-    ) -> bool {
+    ) -> Option<Option<Arc<Iface>>> {
         if !matches!(iface.kind, IfaceKind::Workload(_)) {
-            return false;
+            return None;
         }
         let mut entries = iface.entries.clone();
         let mut specs = iface.specs.clone();
@@ -123,7 +143,7 @@ impl Builder {
             let (Some(Some(spec)), Some(Entry::Single(program))) =
                 (iface.specs.get(d), iface.entries.get(d))
             else {
-                return false;
+                return None;
             };
             // Every program listing the policy holds its fragments from the map:
             // each compile since the policy's last change took them from there, and
@@ -147,7 +167,7 @@ impl Builder {
             let at = Arc::as_ptr(program) as usize;
             let (program, next) = match done.get(&at) {
                 Some(Some(found)) => found.clone(),
-                Some(None) => return false,
+                Some(None) => return None,
                 None => {
                     let mut next = ProgSpec::clone(spec);
                     for f in next.segments.iter_mut().flat_map(|(f, _)| f.iter_mut()) {
@@ -160,7 +180,7 @@ impl Builder {
                     }
                     let Some(laid) = patch(program, &next, &here) else {
                         done.insert(at, None);
-                        return false;
+                        return None;
                     };
                     let made = (Arc::new(laid), Arc::new(next));
                     self.shared.insert(&made.1, &made.0);
@@ -177,7 +197,7 @@ impl Builder {
         // An interface using the changed policy or profile holds one of its old
         // fragments (the invariant above); one that does not is compiled, not left.
         if !holds_old {
-            return false;
+            return None;
         }
         if patched {
             let iface = Iface {
@@ -190,12 +210,14 @@ impl Builder {
                 policy_filter: iface.policy_filter,
             };
             let Some(held) = self.ifaces.get_mut(&iface.kind) else {
-                return false;
+                return None;
             };
-            *held = Arc::new(iface);
+            let iface = Arc::new(iface);
+            *held = Arc::clone(&iface);
             self.patched += 1;
+            return Some(Some(iface));
         }
-        true
+        Some(None)
     }
 }
 
