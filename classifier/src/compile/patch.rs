@@ -209,9 +209,7 @@ impl Builder {
                 owners: iface.owners.clone(),
                 policy_filter: iface.policy_filter,
             };
-            let Some(held) = self.ifaces.get_mut(&iface.kind) else {
-                return None;
-            };
+            let held = self.ifaces.get_mut(&iface.kind)?;
             let iface = Arc::new(iface);
             *held = Arc::clone(&iface);
             self.patched += 1;
