@@ -157,10 +157,7 @@ pub(crate) fn port_table_patched(
     let n = starts.len();
     let row = 2 * words;
     let old_sw = old_n.div_ceil(STARTS_PER_WORD);
-    let old_starts = <[u16]>::ref_from_bytes(old.get(..old_sw).unwrap_or(&[]).as_bytes())
-        .ok()
-        .and_then(|s| s.get(..old_n))
-        .unwrap_or(&[]);
+    let old_starts = unpacked_starts(old.get(..old_sw).unwrap_or(&[]), old_n);
     // Every row is copied, so none is zeroed first; the old interval holding each
     // start is found walking both sorted lists together.
     let mut out = Vec::with_capacity(n.div_ceil(STARTS_PER_WORD) + n * row);
@@ -256,10 +253,7 @@ fn set_port_ranges(
 /// The interval of a [`port_table`] holding `port`, from its `n` packed starts.
 #[inline(always)]
 fn port_interval(packed: &[u64], n: usize, port: u16) -> usize {
-    let starts = <[u16]>::ref_from_bytes(packed.as_bytes())
-        .ok()
-        .and_then(|s| s.get(..n))
-        .unwrap_or(&[]);
+    let starts = unpacked_starts(packed, n);
     // A few dozen starts at most in practice: a branch-free count (vectorised, eight
     // 16-bit starts per SSE2 compare, 16-bit lanes throughout: at most 64 ones, no
     // overflow) beats a binary search's dependent, unpredictable steps.
@@ -269,6 +263,15 @@ fn port_interval(packed: &[u64], n: usize, port: u16) -> usize {
         starts.partition_point(|s| *s <= port)
     }
     .saturating_sub(1)
+}
+
+/// The first `n` interval starts of a table's packed starts ([`packed_starts`]).
+#[inline(always)]
+fn unpacked_starts(packed: &[u64], n: usize) -> &[u16] {
+    <[u16]>::ref_from_bytes(packed.as_bytes())
+        .ok()
+        .and_then(|s| s.get(..n))
+        .unwrap_or(&[])
 }
 
 /// Words of a program's atom filter.
@@ -469,17 +472,9 @@ fn atom_hash(atom: AtomId) -> u32 {
     atom.wrapping_mul(0x9e37_79b9)
 }
 
-/// The atom table's entries for `slots` (atom, offset in [`Program::atoms`]), `cap`
-/// a power of two.
-#[cfg(test)]
-pub(crate) fn atom_table(slots: &[(AtomId, u32)]) -> Vec<u64> {
-    let mut t = Vec::new();
-    atom_table_into(&mut t, slots);
-    t
-}
-
-/// Appends the atom table of `slots` to `out`: a program's atoms are the table and
-/// then the bitmaps, in one allocation.
+/// Appends the atom table of `slots` (atom, offset in [`Program::atoms`]) to `out`,
+/// a power of two of entries: a program's atoms are the table and then the bitmaps,
+/// in one allocation.
 pub(crate) fn atom_table_into(out: &mut Vec<u64>, slots: &[(AtomId, u32)]) {
     let cap = (slots.len() * 2).next_power_of_two().max(2);
     let at = out.len();
@@ -1017,7 +1012,8 @@ mod tests {
             let (word, bit) = Program::bloom_bit(*a);
             bloom[word] |= bit;
         }
-        let table = atom_table(&used);
+        let mut table = Vec::new();
+        atom_table_into(&mut table, &used);
         let p = Program {
             lay: Layout {
                 atab_mask: (table.len() - 1) as u32,

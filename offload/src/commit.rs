@@ -1318,13 +1318,13 @@ mod tests {
         plan(state, program, nic.caps(), hits, &PlanConfig::default())
     }
 
-    /// A plan of one workload where port 80 from 172.16.0.0/24 is allowed and the
-    /// rest refused, committed on a simulated mlx5 of 64 entries.
     /// Whether a commit went to software on a refusal of `kind`.
     fn refused_with(out: &CommitOutcome, kind: crate::error::FlowErrorKind) -> bool {
         matches!(out, CommitOutcome::SoftwareOnly { error, .. } if error.kind == kind)
     }
 
+    /// A plan of one workload where port 80 from 172.16.0.0/24 is allowed and the
+    /// rest refused, committed on a simulated mlx5 of 64 entries.
     fn live_plan() -> (
         capo_policy::State,
         crate::lower::OffloadProgram,

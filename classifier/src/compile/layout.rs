@@ -448,10 +448,10 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
     if old_slots.uses != new_slots.uses {
         let mut atoms = p.atoms.to_vec();
         for (uses, on) in [(&old_slots.uses, false), (&new_slots.uses, true)] {
-            for (atom, kind, i) in uses.iter().map(|u| u.parts()) {
-                let at = atom_word(&p, &atoms, atom, usize::from(kind), i as usize)?;
+            for (atom, kind, i) in uses {
+                let at = atom_word(&p, &atoms, *atom, usize::from(*kind), *i as usize)?;
                 let word = atoms.get_mut(at)?;
-                let bit = 1u64 << (i % 64);
+                let bit = 1u64 << (*i % 64);
                 *word = if on { *word | bit } else { *word & !bit };
             }
         }
@@ -559,32 +559,8 @@ struct AtomSlots {
     uses: Vec<AtomUse>,
 }
 
-/// A rule's use of an atom: (atom, kind, rule) packed into one integer, so a sort
-/// compares one primitive rather than three fields in turn.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct AtomUse(u128);
-
-impl AtomUse {
-    fn new(atom: AtomId, kind: u8, rule: u32) -> Self {
-        AtomUse(u128::from(atom) << 64 | u128::from(kind) << 32 | u128::from(rule))
-    }
-
-    fn atom(self) -> AtomId {
-        (self.0 >> 64) as AtomId
-    }
-
-    fn kind(self) -> u8 {
-        (self.0 >> 32) as u8
-    }
-
-    fn rule(self) -> u32 {
-        self.0 as u32
-    }
-
-    fn parts(self) -> (AtomId, u8, u32) {
-        (self.atom(), self.kind(), self.rule())
-    }
-}
+/// A rule's use of an atom: (atom, kind, rule).
+type AtomUse = (AtomId, u8, u32);
 
 impl AtomSlots {
     fn new(w: usize) -> Self {
@@ -596,7 +572,7 @@ impl AtomSlots {
 
     /// Marks rule `i` as using `atom` as `kind`.
     fn set(&mut self, atom: AtomId, kind: usize, i: usize) {
-        self.uses.push(AtomUse::new(atom, kind as u8, i as u32));
+        self.uses.push((atom, kind as u8, i as u32));
     }
 
     /// Marks the atoms rule `i` (`r`) uses, each as its kind.
@@ -636,8 +612,8 @@ impl AtomSlots {
             .uses
             .iter()
             .map(|u| {
-                let n = *number.entry(u.atom()).or_insert_with(|| {
-                    atoms.push(u.atom());
+                let n = *number.entry(u.0).or_insert_with(|| {
+                    atoms.push(u.0);
                     ends.push(0);
                     (atoms.len() - 1) as u32
                 });
@@ -654,7 +630,7 @@ impl AtomSlots {
             total += *e;
             *e = total;
         }
-        let mut by_atom = vec![AtomUse(0); self.uses.len()];
+        let mut by_atom: Vec<AtomUse> = vec![(0, 0, 0); self.uses.len()];
         for (u, n) in self.uses.iter().zip(&numbers) {
             if let Some(at) = next.get_mut(*n as usize) {
                 if let Some(slot) = by_atom.get_mut(*at) {
@@ -671,7 +647,7 @@ impl AtomSlots {
         for (atom, end) in atoms.iter().zip(&ends) {
             let atom_uses = by_atom.get(begin..*end).unwrap_or(&[]);
             begin = *end;
-            let kinds = atom_uses.iter().fold(0u64, |m, u| m | 1 << u.kind());
+            let kinds = atom_uses.iter().fold(0u64, |m, u| m | 1 << u.1);
             slots.push((*atom, compact.len() as u32));
             compact.push(kinds);
             // Each kind's bitmap, kinds ascending (the mask's order).
@@ -680,8 +656,8 @@ impl AtomSlots {
                 let kind = left.trailing_zeros() as u8;
                 left &= left - 1;
                 bitmap.fill(0);
-                for u in atom_uses.iter().filter(|u| u.kind() == kind) {
-                    bits::set(&mut bitmap, u.rule() as usize);
+                for (_, _, i) in atom_uses.iter().filter(|u| u.1 == kind) {
+                    bits::set(&mut bitmap, *i as usize);
                 }
                 if sparse {
                     push_sparse(&mut compact, &bitmap);

@@ -513,7 +513,6 @@ impl Builder {
     }
 }
 
-/// Each position by its index (of two positions with one index, the later).
 /// An interface's program per direction, where it has one of its own.
 fn direct_programs(i: &Iface) -> [Option<Arc<Program>>; 2] {
     let single = |e: &Entry| match e {
@@ -523,6 +522,7 @@ fn direct_programs(i: &Iface) -> [Option<Arc<Program>>; 2] {
     [single(&i.entries[0]), single(&i.entries[1])]
 }
 
+/// Each position by its index (of two positions with one index, the later).
 fn by_index(sw: &[Option<u32>]) -> SwIfIndexMap<IfaceId> {
     let mut map = SwIfIndexMap::default();
     for (i, sw) in sw.iter().enumerate() {
