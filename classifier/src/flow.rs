@@ -113,6 +113,18 @@ impl std::hash::Hash for FlowKey {
     /// single multiply in the flow table's hasher; the fields written one by one
     /// cost four partial-word writes more.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if self.families == 0 {
+            // Both sides IPv4 (the addresses below 2^32): one word. The protocol
+            // shares the interface's word (indexes stay below 2^24), which only the
+            // hash's spread depends on, not a lookup's result.
+            state.write_u128(
+                self.a
+                    | self.b << 32
+                    | u128::from(self.ports) << 64
+                    | u128::from(self.sw_if_index ^ u32::from(self.proto) << 24) << 96,
+            );
+            return;
+        }
         state.write_u128(self.a);
         state.write_u128(self.b);
         state.write_u128(
@@ -133,7 +145,33 @@ fn side(addr: IpAddr, port: u16) -> (u8, u128, u16) {
 }
 
 /// The key of a packet, and whether its source is the key's `a` side.
+#[inline(always)]
 fn key_of(sw_if_index: u32, p: &ParsedPacket) -> (FlowKey, bool) {
+    let (src_port, dst_port) = p.flow_ports;
+    if let (IpAddr::V4(src), IpAddr::V4(dst)) = (p.packet.src, p.packet.dst) {
+        // Both IPv4 (most packets): address and port as one integer order the sides
+        // as `side` does, in one compare.
+        let s = u64::from(u32::from(src)) << 16 | u64::from(src_port);
+        let d = u64::from(u32::from(dst)) << 16 | u64::from(dst_port);
+        let src_is_a = s <= d;
+        let (a, b) = if src_is_a { (s, d) } else { (d, s) };
+        return (
+            FlowKey {
+                a: u128::from(a >> 16),
+                b: u128::from(b >> 16),
+                ports: (a as u32 & 0xffff) << 16 | (b as u32 & 0xffff),
+                sw_if_index,
+                proto: p.packet.protocol.0,
+                families: 0,
+            },
+            src_is_a,
+        );
+    }
+    key_by_sides(sw_if_index, p)
+}
+
+/// [`key_of`] for every family: both sides as [`side`] orders them.
+fn key_by_sides(sw_if_index: u32, p: &ParsedPacket) -> (FlowKey, bool) {
     let s = side(p.packet.src, p.flow_ports.0);
     let d = side(p.packet.dst, p.flow_ports.1);
     let src_is_a = s <= d;
@@ -242,6 +280,7 @@ impl FlowIndex {
     }
 
     /// The slots whose entries carry `hash`, in probe order.
+    #[cfg(test)]
     fn candidates(&self, hash: u32) -> impl Iterator<Item = u32> + '_ {
         let mask = self.mask();
         let start = self.home(hash);
@@ -376,6 +415,7 @@ impl FlowTable {
         (self.hasher.hash_one(key) >> 32) as u32
     }
 
+    #[inline(always)]
     fn keyed(&self, sw_if_index: u32, p: &ParsedPacket) -> Keyed {
         let (key, src_is_a) = key_of(sw_if_index, p);
         Keyed {
@@ -418,14 +458,26 @@ impl FlowTable {
     /// Hints the CPU to fetch the flow looking up `k` will compare with. Returns
     /// false when no index entry carries `k`'s hash: the packet is certainly no
     /// flow's, and the caller prefetches for its classification instead.
+    /// The probe is written out as in [`FlowTable::find`]: it runs for every packet.
     fn prefetch_flow(&self, k: &Keyed) -> bool {
-        let Some(slot) = self.index.candidates(k.hash).next() else {
-            return false;
-        };
-        if let Some(f) = self.flow(slot) {
-            crate::prefetch::read(std::ptr::from_ref(f).cast());
+        let entries = &self.index.entries;
+        let mask = self.index.mask();
+        let mut i = self.index.home(k.hash);
+        loop {
+            let Some(&e) = entries.get(i) else {
+                return false;
+            };
+            if e == 0 {
+                return false;
+            }
+            if (e >> 32) as u32 == k.hash {
+                if let Some(f) = self.flow((e as u32).wrapping_sub(1)) {
+                    crate::prefetch::read(std::ptr::from_ref(f).cast());
+                }
+                return true;
+            }
+            i = (i + 1) & mask;
         }
-        true
     }
 
     fn timeout(&self, f: &Flow) -> u64 {
@@ -1163,6 +1215,32 @@ mod tests {
             },
             tcp_flags: if tcp { tcp_flags::ACK } else { 0 },
             flow_ports: (src_port, 80),
+        }
+    }
+
+    proptest! {
+        /// Two IPv4 sides take the one-compare path to the key every family's
+        /// path gives: same sides, same order, same fields (equal addresses too,
+        /// where only the ports order them).
+        #[test]
+        fn ipv4_keys_equal_the_keys_by_sides(
+            src in any::<u32>(), dst in any::<u32>(), same_address in any::<bool>(),
+            src_port in any::<u16>(), dst_port in any::<u16>(), same_port in any::<bool>(),
+            proto in any::<u8>(), sw_if_index in any::<u32>(),
+        ) {
+            let dst = if same_address { src } else { dst };
+            let dst_port = if same_port { src_port } else { dst_port };
+            let p = ParsedPacket {
+                packet: Packet {
+                    src: IpAddr::from(src.to_be_bytes()),
+                    dst: IpAddr::from(dst.to_be_bytes()),
+                    protocol: Protocol(proto),
+                    l4: L4::Ports { src: src_port, dst: dst_port },
+                },
+                tcp_flags: 0,
+                flow_ports: (src_port, dst_port),
+            };
+            prop_assert_eq!(key_of(sw_if_index, &p), key_by_sides(sw_if_index, &p));
         }
     }
 
