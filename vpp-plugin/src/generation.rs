@@ -27,7 +27,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 pub use capo_classifier::IfaceKind;
 use capo_classifier::{IfaceId, SwIfIndexMap};
-use capo_policy::{Direction, IdTable, State};
+use capo_policy::{Direction, IdTable, State, WorkloadEndpoint};
 
 use crate::binding::{Bindings, Bound, How};
 use crate::mark::gen_tag;
@@ -71,6 +71,19 @@ pub struct Iface {
     /// `invert_rx_tx` (reference/capo-upstream.md §2.1): set on uplinks and tunnels,
     /// where a packet VPP receives is Calico ingress.
     pub inverted: bool,
+    /// The workload endpoint it was made for (the state's very object, held so that
+    /// its address cannot be reused while the entry lives): a later state holding
+    /// the same object has this endpoint unchanged.
+    source: Option<Arc<WorkloadEndpoint>>,
+    /// [`name_hash`] of `name`.
+    name_hash: u64,
+}
+
+/// A fixed hash of an interface name: an entry's is kept, so telling it from a
+/// delta's few changed names compares integers, not strings.
+fn name_hash(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0).hash_one(name)
 }
 
 impl Iface {
@@ -82,6 +95,8 @@ impl Iface {
             kind: p.kind.to_owned(),
             sw_if_index: bound.sw_if_index,
             inverted: p.inverted,
+            source: p.source.cloned(),
+            name_hash: name_hash(p.name),
         }
     }
 
@@ -119,6 +134,8 @@ pub struct PolicedRef<'a> {
     pub kind: KindRef<'a>,
     /// `invert_rx_tx`.
     pub inverted: bool,
+    /// The workload endpoint object, for a workload.
+    pub source: Option<&'a Arc<WorkloadEndpoint>>,
 }
 
 /// An [`IfaceKind`] borrowed from the state.
@@ -163,11 +180,13 @@ pub fn policed<'a>(
         name: host_interface,
         kind: KindRef::Host,
         inverted: false,
+        source: None,
     };
     let workloads = state.workloads().iter().map(|(key, wep)| PolicedRef {
         name: &wep.name,
         kind: KindRef::Workload(key),
         inverted: false,
+        source: Some(wep),
     });
     let hosts = state
         .host_endpoints()
@@ -177,6 +196,7 @@ pub fn policed<'a>(
             name: &hep.name,
             kind: KindRef::Forward(key),
             inverted: true,
+            source: None,
         });
     std::iter::once(host).chain(workloads).chain(hosts)
 }
@@ -265,6 +285,16 @@ impl<'a> TableWalk<'a> {
                 .get(name)
                 .copied(),
         }
+    }
+
+    /// The entry the walk is at.
+    fn at(&self) -> Option<&'a Arc<Iface>> {
+        self.old.get(self.next)
+    }
+
+    /// Steps past the entry the walk is at (met in order).
+    fn step(&mut self) {
+        self.next += 1;
     }
 
     /// [`TableWalk::find`] for an entry of the next table: the very entry the walk
@@ -453,6 +483,14 @@ impl Generation {
             Some(few) => few.contains(&name),
             None => changed.contains(name),
         };
+        let few_hashes: Option<Vec<u64>> = few
+            .as_ref()
+            .map(|few| few.iter().map(|n| name_hash(n)).collect());
+        // Whether an entry's name may be a changed one (true: compare the names).
+        let may_be_changed = |f: &Iface| match &few_hashes {
+            Some(hashes) => hashes.contains(&f.name_hash),
+            None => changed.contains(f.name.as_str()),
+        };
         // `prev`'s entries come in the order `policed` gives, which a delta keeps
         // for every endpoint it does not change.
         let old = &prev.policed.ifaces;
@@ -461,6 +499,16 @@ impl Generation {
         let mut ifaces = Vec::with_capacity(old.len() + changed.len());
         let mut unknown = Vec::new();
         for p in policed(state, host_interface) {
+            // The usual endpoint: the walk is at the entry made for this very
+            // workload object (so name, key and direction are the entry's), and no
+            // changed name can be its name.
+            if let (Some(source), Some(f)) = (p.source, walk.at()) {
+                if f.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, source)) && !may_be_changed(f) {
+                    walk.step();
+                    ifaces.push(Arc::clone(f));
+                    continue;
+                }
+            }
             if is_changed(p.name) {
                 match bound.get(p.name) {
                     Some(b) => ifaces.push(Arc::new(Iface::new(p, b))),
@@ -706,6 +754,8 @@ mod tests {
             kind: IfaceKind::Host,
             sw_if_index: SwIfIndex(11),
             inverted: false,
+            source: None,
+            name_hash: name_hash("tun3"),
         };
         assert_eq!(f.calico_dir(VppDir::Rx), Direction::Egress);
         assert_eq!(f.calico_dir(VppDir::Tx), Direction::Ingress);
@@ -848,5 +898,104 @@ mod tests {
         assert!(names(&changes).is_empty(), "{:?}", names(&changes));
         assert_eq!(changes.gone, ["tun1"]);
         assert!(InterfacesSeen::default().changes(&next).is_none());
+    }
+
+    /// A delta's next state shares the endpoint objects it did not change with the
+    /// state before. An entry is taken over for such an object only while no
+    /// changed name is its name: an unchanged endpoint sharing its interface name
+    /// with a changed one is bound again, and an object moved to another key gets
+    /// that key. Each case's table is the one binding every endpoint again gives.
+    #[test]
+    fn interfaces_after_binds_again_what_shares_a_changed_name() {
+        use capo_policy::{Cidr, Update, WorkloadEndpoint, WorkloadKey};
+        let key = |pod: &str| WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: format!("default/{pod}"),
+            endpoint: "eth0".into(),
+        };
+        let endpoint = |name: &str, n: u8| {
+            Arc::new(WorkloadEndpoint {
+                name: name.into(),
+                profile_ids: vec![],
+                ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, 0, n]))],
+                ipv6_nets: vec![],
+                tiers: vec![],
+            })
+        };
+        let bindings = |tun1: u32| -> Bindings {
+            [("tun1", tun1), ("tun2", 12), ("tun3", 13)]
+                .into_iter()
+                .map(|(name, index)| {
+                    let bound = crate::binding::Bound {
+                        sw_if_index: SwIfIndex(index),
+                        vpp_name: name.into(),
+                        how: How::Name,
+                    };
+                    (name.to_string(), bound)
+                })
+                .collect()
+        };
+        let build = |state: State, bound: &Bindings| {
+            let mut ids = IdTable::new("tap0");
+            ids.sync(&state);
+            let classifier = capo_classifier::Builder::new().build(&state, &ids);
+            Generation::build(1, Arc::new(Snapshot { state, ids }), classifier, bound)
+        };
+        let rows = |ifaces: &[Arc<Iface>]| {
+            ifaces
+                .iter()
+                .map(|i| (i.name.clone(), i.sw_if_index, i.kind.clone()))
+                .collect::<Vec<_>>()
+        };
+        let moved = endpoint("tun3", 4);
+        let mut before = State::new();
+        for (pod, wep) in [
+            ("a", endpoint("tun1", 1)),
+            ("b", endpoint("tun1", 2)),
+            ("c", endpoint("tun2", 3)),
+            ("d", Arc::clone(&moved)),
+        ] {
+            before.apply(Update::WorkloadUpdate(key(pod), wep)).unwrap();
+        }
+        let prev = build(before.clone(), &bindings(11));
+        // Each case's updates, its changed names, and where VPP has tun1 then.
+        let cases: [(Vec<Update>, &[&str], u32); 2] = [
+            // Pod a changes; VPP now has tun1 at another index. Pod b, unchanged,
+            // shares the name: it must move to the new index too.
+            (
+                vec![Update::WorkloadUpdate(key("a"), endpoint("tun1", 5))],
+                &["tun1"],
+                21,
+            ),
+            // Pod d's very object now under key e.
+            (
+                vec![
+                    Update::WorkloadRemove(key("d")),
+                    Update::WorkloadUpdate(key("e"), Arc::clone(&moved)),
+                ],
+                &["tun3"],
+                11,
+            ),
+        ];
+        for (k, (updates, changed, tun1)) in cases.into_iter().enumerate() {
+            let mut next = before.clone();
+            for u in updates {
+                next.apply(u).unwrap();
+            }
+            let changed: HashSet<String> = changed.iter().map(|n| n.to_string()).collect();
+            let bound = bindings(tun1);
+            let after = Generation::interfaces_after(&prev, &next, "tap0", &changed, &bound)
+                .expect("every unchanged endpoint has its entry");
+            let again = build(next, &bound);
+            assert_eq!(rows(&after.0.ifaces), rows(again.interfaces()), "case {k}");
+            // Pod c's entry is the very one before.
+            let find = |ifaces: &[Arc<Iface>]| ifaces.iter().find(|i| i.name == "tun2").cloned();
+            assert!(
+                find(&after.0.ifaces)
+                    .zip(find(prev.interfaces()))
+                    .is_some_and(|(a, b)| Arc::ptr_eq(&a, &b)),
+                "case {k}"
+            );
+        }
     }
 }
