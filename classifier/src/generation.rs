@@ -165,18 +165,16 @@ impl<V: Copy> SwIfIndexMap<V> {
         }
     }
 
-    /// Files `value` under `sw_if_index`, replacing what was there.
-    pub fn insert(&mut self, sw_if_index: u32, value: V) {
+    /// Files `value` under `sw_if_index`, replacing what was there (returned).
+    pub fn insert(&mut self, sw_if_index: u32, value: V) -> Option<V> {
         if sw_if_index < Self::DENSE {
             let at = sw_if_index as usize;
             if self.dense.len() <= at {
                 self.dense.resize(at + 1, None);
             }
-            if let Some(e) = self.dense.get_mut(at) {
-                *e = Some(value);
-            }
+            self.dense.get_mut(at).and_then(|e| e.replace(value))
         } else {
-            self.sparse.insert(sw_if_index, value);
+            self.sparse.insert(sw_if_index, value)
         }
     }
 

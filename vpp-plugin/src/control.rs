@@ -81,8 +81,8 @@ use prost::Message;
 use crate::binding::{self, Bindings, ExplicitBinding, VppInterface};
 use crate::config::PluginConfig;
 use crate::generation::{
-    ChangedInterfaces, Generation, GenerationCell, Iface, IfaceKind, InterfacesSeen, Snapshot,
-    SwIfIndex, UNRESOLVED,
+    ChangedInterfaces, Generation, GenerationCell, Iface, IfaceKind, IndexChanges, InterfacesSeen,
+    Snapshot, SwIfIndex, UNRESOLVED,
 };
 use crate::share::FlowLayerRule;
 use capo_proto::capo::agent::v1 as api;
@@ -213,6 +213,36 @@ fn sorted_difference(a: &[SwIfIndex], b: &[SwIfIndex]) -> Vec<SwIfIndex> {
         }
     }
     out
+}
+
+/// How the indexes `next` polices differ from those `before` does, comparing the
+/// two tables whole ([`Generation::index_changes_from`] for a table an endpoint
+/// delta made).
+pub(crate) fn index_changes(before: Option<&Generation>, next: &Generation) -> IndexChanges {
+    // Sorted lists, not tree sets: a tree allocates a node per few entries. The
+    // generations keep their indexes in order, so neither list is sorted here.
+    let was: Vec<SwIfIndex> = before.map_or_else(Vec::new, |b| b.policed_indexes().collect());
+    let now: Vec<SwIfIndex> = next.policed_indexes().collect();
+    // An index policed before and after for different endpoints. An entry carried
+    // over is the very same one.
+    let reused = before.map_or_else(Vec::new, |b| {
+        sorted_unique(
+            next.interfaces()
+                .iter()
+                .filter(|i| {
+                    b.interface(i.sw_if_index).is_some_and(|old| {
+                        !std::ptr::eq(old, &***i) && (old.name != i.name || old.kind != i.kind)
+                    })
+                })
+                .map(|i| i.sw_if_index)
+                .collect(),
+        )
+    });
+    IndexChanges {
+        added: sorted_difference(&now, &was),
+        removed: sorted_difference(&was, &now),
+        reused,
+    }
 }
 
 /// What the control path needs from VPP.
@@ -1206,40 +1236,31 @@ impl<C: VppContext> ControlCore<C> {
                 disable: Vec::new(),
             });
         }
-        // Sorted lists, not tree sets: an endpoint delta compares two lists of every
-        // policed interface, and a tree allocates a node per few entries. The
-        // generations keep their indexes in order, so neither list is sorted here.
-        let was: Vec<SwIfIndex> = before.map_or_else(Vec::new, |b| b.policed_indexes().collect());
-        let now: Vec<SwIfIndex> = next.policed_indexes().collect();
-        let has = |set: &[SwIfIndex], i: &SwIfIndex| set.binary_search(i).is_ok();
-        // An index policed before and after for different endpoints: VPP may have
-        // deleted the first one's interface (clearing its features) and given the
-        // index to the next one's. Its features are checked, not assumed. An entry
-        // the delta carried over is the very same one.
-        let reused: Vec<SwIfIndex> = before.map_or_else(Vec::new, |b| {
-            next.interfaces()
-                .iter()
-                .filter(|i| {
-                    b.interface(i.sw_if_index).is_some_and(|old| {
-                        !std::ptr::eq(old, &***i) && (old.name != i.name || old.kind != i.kind)
-                    })
-                })
-                .map(|i| i.sw_if_index)
-                .collect()
-        });
-        let missing = if reused.is_empty() {
+        // An endpoint delta knows what it changed; other generations are compared
+        // whole.
+        let changes = before
+            .and_then(|b| next.index_changes_from(b))
+            .unwrap_or_else(|| index_changes(before, &next));
+        // A reused index's features are checked, not assumed.
+        let missing = if changes.reused.is_empty() {
             Vec::new()
         } else {
-            self.ctx.without_features(&reused)?
+            self.ctx.without_features(&changes.reused)?
         };
         let enable = sorted_unique(
-            sorted_difference(&now, &was)
+            changes
+                .added
                 .into_iter()
-                .chain(restore.iter().filter(|i| has(&now, i)).copied())
+                .chain(
+                    restore
+                        .iter()
+                        .filter(|i| next.interface(**i).is_some())
+                        .copied(),
+                )
                 .chain(missing)
                 .collect(),
         );
-        let disable = sorted_difference(&was, &now);
+        let disable = changes.removed;
         self.ctx.commit(Commit {
             cell: Arc::clone(&self.cell),
             next,

@@ -22,7 +22,7 @@
 //! either is honoured (DESIGN.md §4).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwapOption;
 pub use capo_classifier::IfaceKind;
@@ -242,7 +242,8 @@ struct TableWalk<'a> {
     next: usize,
     /// Entries the walk stepped over (a removed endpoint's, usually).
     passed: Vec<&'a Arc<Iface>>,
-    by_name: Option<HashMap<&'a str, &'a Arc<Iface>>>,
+    /// Positions by name.
+    by_name: Option<HashMap<&'a str, usize>>,
 }
 
 impl<'a> TableWalk<'a> {
@@ -255,8 +256,13 @@ impl<'a> TableWalk<'a> {
         }
     }
 
-    /// The entry named `name`, passing over the entries `skip` says in the walk.
-    fn find(&mut self, name: &str, skip: impl Fn(&Iface) -> bool) -> Option<&'a Arc<Iface>> {
+    /// The entry named `name` and its position, passing over the entries `skip`
+    /// says in the walk.
+    fn find(
+        &mut self,
+        name: &str,
+        skip: impl Fn(&Iface) -> bool,
+    ) -> Option<(usize, &'a Arc<Iface>)> {
         let old = self.old;
         while let Some(f) = old.get(self.next).filter(|f| skip(f)) {
             self.passed.push(f);
@@ -265,7 +271,7 @@ impl<'a> TableWalk<'a> {
         match old.get(self.next) {
             Some(f) if f.name == name => {
                 self.next += 1;
-                Some(f)
+                Some((self.next - 1, f))
             }
             // One entry stepped over (an endpoint removed from the middle).
             Some(f)
@@ -274,16 +280,21 @@ impl<'a> TableWalk<'a> {
             {
                 self.passed.push(f);
                 self.next += 2;
-                old.get(self.next - 1)
+                old.get(self.next - 1).map(|g| (self.next - 1, g))
             }
             // The whole table met in order: nothing of it is left to find (the
             // usual end of an endpoint added).
             None if self.by_name.is_none() => None,
             _ => self
                 .by_name
-                .get_or_insert_with(|| old.iter().map(|f| (f.name.as_str(), f)).collect())
+                .get_or_insert_with(|| {
+                    old.iter()
+                        .enumerate()
+                        .map(|(at, f)| (f.name.as_str(), at))
+                        .collect()
+                })
                 .get(name)
-                .copied(),
+                .and_then(|&at| old.get(at).map(|f| (at, f))),
         }
     }
 
@@ -292,9 +303,10 @@ impl<'a> TableWalk<'a> {
         self.old.get(self.next)
     }
 
-    /// Steps past the entry the walk is at (met in order).
-    fn step(&mut self) {
+    /// Steps past the entry the walk is at (met in order); its position.
+    fn step(&mut self) -> usize {
         self.next += 1;
+        self.next - 1
     }
 
     /// [`TableWalk::find`] for an entry of the next table: the very entry the walk
@@ -306,7 +318,7 @@ impl<'a> TableWalk<'a> {
                 self.next += 1;
                 Some(o)
             }
-            _ => self.find(&entry.name, |_| false),
+            _ => self.find(&entry.name, |_| false).map(|(_, o)| o),
         }
     }
 
@@ -347,6 +359,17 @@ impl InterfacesSeen {
     /// walking both lists (names are hashed only where their orders part); a table
     /// bound again is compared entry by entry.
     pub fn changes<'g>(&self, g: &'g Generation) -> Option<InterfaceChanges<'g>> {
+        let seen = self.0.as_ref()?;
+        match &g.policed.delta {
+            Some(d) if std::ptr::eq(d.from.as_ptr(), Arc::as_ptr(seen)) => {
+                Some(d.changes(&g.policed.ifaces))
+            }
+            _ => self.changes_by_walk(g),
+        }
+    }
+
+    /// [`InterfacesSeen::changes`] by walking both tables.
+    pub(crate) fn changes_by_walk<'g>(&self, g: &'g Generation) -> Option<InterfaceChanges<'g>> {
         let old = &self.0.as_ref()?.ifaces;
         let mut walk = TableWalk::new(old);
         let mut changes = InterfaceChanges::default();
@@ -375,6 +398,46 @@ impl InterfacesSeen {
     }
 }
 
+impl TableDelta {
+    /// [`InterfacesSeen::changes`] from the table the delta was made from to
+    /// `ifaces` (the table the delta describes). A fresh entry is a change unless
+    /// it polices its name where the first dropped entry of that name did (an
+    /// endpoint changed in what VPP does not see).
+    fn changes<'g>(&self, ifaces: &'g [Arc<Iface>]) -> InterfaceChanges<'g> {
+        let fresh = || self.fresh.iter().filter_map(|&at| ifaces.get(at));
+        let changed = fresh()
+            .filter(|f| {
+                !self
+                    .dropped
+                    .iter()
+                    .find(|o| o.name == f.name)
+                    .is_some_and(|o| same_place(o, f))
+            })
+            .map(|f| &**f)
+            .collect();
+        let gone = self
+            .dropped
+            .iter()
+            .filter(|o| !fresh().any(|f| f.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        InterfaceChanges { changed, gone }
+    }
+}
+
+/// How the indexes a generation polices differ from another's
+/// ([`Generation::index_changes_from`]); each list ascending, each index once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexChanges {
+    /// Policed now, not before.
+    pub added: Vec<SwIfIndex>,
+    /// Policed before, not now.
+    pub removed: Vec<SwIfIndex>,
+    /// Policed before and now for another endpoint (VPP may have deleted the first
+    /// one's interface and given its index to the next one's).
+    pub reused: Vec<SwIfIndex>,
+}
+
 /// A generation's policed interfaces, shared with the next generation when that one
 /// changes no endpoint; one that changes some shares the other endpoints' entries.
 #[derive(Debug)]
@@ -383,7 +446,26 @@ struct Policed {
     /// Position in `ifaces` and `invert_rx_tx` by `sw_if_index`: what the node needs
     /// of an interface per packet, without a load from the shared entry.
     by_sw_if_index: SwIfIndexMap<PolicedAt>,
+    /// Whether no two entries share an index.
+    indexes_unique: bool,
     unknown: Vec<String>,
+    /// How it differs from the table it was made from, for one an endpoint delta
+    /// made.
+    delta: Option<TableDelta>,
+}
+
+/// How a table [`Generation::interfaces_after`] made differs from the one it was
+/// made from: what an agent is told after the delta, found without walking both.
+#[derive(Debug)]
+struct TableDelta {
+    /// The table it was made from: compared by address only (the `Weak` keeps the
+    /// address from being reused).
+    from: Weak<Policed>,
+    /// Positions of the entries made anew; every other entry is one of `from`'s.
+    fresh: Vec<usize>,
+    /// `from`'s entries no endpoint took over, in its order; each has the name of
+    /// a changed endpoint.
+    dropped: Vec<Arc<Iface>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,17 +477,20 @@ struct PolicedAt {
 impl Policed {
     fn new(ifaces: Vec<Arc<Iface>>, unknown: Vec<String>) -> Policed {
         let mut by_sw_if_index = SwIfIndexMap::default();
+        let mut indexes_unique = true;
         for (i, f) in ifaces.iter().enumerate() {
             let at = PolicedAt {
                 pos: i as u32,
                 inverted: f.inverted,
             };
-            by_sw_if_index.insert(f.sw_if_index.0, at);
+            indexes_unique &= by_sw_if_index.insert(f.sw_if_index.0, at).is_none();
         }
         Policed {
             ifaces,
             by_sw_if_index,
+            indexes_unique,
             unknown,
+            delta: None,
         }
     }
 }
@@ -498,27 +583,38 @@ impl Generation {
         let mut unknown_before: Option<HashSet<&str>> = None;
         let mut ifaces = Vec::with_capacity(old.len() + changed.len());
         let mut unknown = Vec::new();
+        // Positions of the entries made anew, and of `prev`'s entries taken over.
+        let mut fresh = Vec::new();
+        let mut taken = vec![false; old.len()];
         for p in policed(state, host_interface) {
             // The usual endpoint: the walk is at the entry made for this very
             // workload object (so name, key and direction are the entry's), and no
             // changed name can be its name.
             if let (Some(source), Some(f)) = (p.source, walk.at()) {
                 if f.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, source)) && !may_be_changed(f) {
-                    walk.step();
+                    if let Some(t) = taken.get_mut(walk.step()) {
+                        *t = true;
+                    }
                     ifaces.push(Arc::clone(f));
                     continue;
                 }
             }
             if is_changed(p.name) {
                 match bound.get(p.name) {
-                    Some(b) => ifaces.push(Arc::new(Iface::new(p, b))),
+                    Some(b) => {
+                        fresh.push(ifaces.len());
+                        ifaces.push(Arc::new(Iface::new(p, b)));
+                    }
                     None => unknown.push(p.name.to_string()),
                 }
                 continue;
             }
-            if let Some(f) = walk.find(p.name, |f| is_changed(&f.name)) {
+            if let Some((at, f)) = walk.find(p.name, |f| is_changed(&f.name)) {
                 if !p.kind.is(&f.kind) || p.inverted != f.inverted {
                     return None;
+                }
+                if let Some(t) = taken.get_mut(at) {
+                    *t = true;
                 }
                 ifaces.push(Arc::clone(f));
             } else if unknown_before
@@ -530,7 +626,22 @@ impl Generation {
                 return None;
             }
         }
-        Some(ChangedInterfaces(Policed::new(ifaces, unknown)))
+        let dropped: Vec<Arc<Iface>> = old
+            .iter()
+            .zip(&taken)
+            .filter(|(_, &t)| !t)
+            .map(|(f, _)| Arc::clone(f))
+            .collect();
+        // The delta tells the tables apart exactly while no name of a dropped entry
+        // is also an entry's taken over (only endpoints sharing a name do that).
+        let exact = dropped.iter().all(|o| is_changed(&o.name));
+        let mut policed = Policed::new(ifaces, unknown);
+        policed.delta = exact.then(|| TableDelta {
+            from: Arc::downgrade(&prev.policed),
+            fresh,
+            dropped,
+        });
+        Some(ChangedInterfaces(policed))
     }
 
     /// Generation `id` policing `interfaces` ([`Generation::interfaces_after`]).
@@ -594,6 +705,57 @@ impl Generation {
     /// The policed interfaces.
     pub fn interfaces(&self) -> &[Arc<Iface>] {
         &self.policed.ifaces
+    }
+
+    /// What publishing this generation after `before` changes in the indexes
+    /// policed, from the endpoint delta that made its table out of `before`'s:
+    /// `None` when no delta did, or when `before` polices an index for two
+    /// endpoints (then the tables are compared whole).
+    pub fn index_changes_from(&self, before: &Generation) -> Option<IndexChanges> {
+        let delta = self.policed.delta.as_ref()?;
+        let made_from_before = std::ptr::eq(delta.from.as_ptr(), Arc::as_ptr(&before.policed));
+        if !made_from_before || !before.policed.indexes_unique {
+            return None;
+        }
+        // Every other entry is one of `before`'s, at the index it had there.
+        let fresh: Vec<&Arc<Iface>> = delta
+            .fresh
+            .iter()
+            .filter_map(|&at| self.policed.ifaces.get(at))
+            .collect();
+        let sorted = |mut v: Vec<SwIfIndex>| {
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        Some(IndexChanges {
+            added: sorted(
+                fresh
+                    .iter()
+                    .map(|f| f.sw_if_index)
+                    .filter(|&i| before.interface(i).is_none())
+                    .collect(),
+            ),
+            removed: sorted(
+                delta
+                    .dropped
+                    .iter()
+                    .map(|o| o.sw_if_index)
+                    .filter(|&i| self.interface(i).is_none())
+                    .collect(),
+            ),
+            reused: sorted(
+                fresh
+                    .iter()
+                    .filter(|f| {
+                        before
+                            .interface(f.sw_if_index)
+                            .is_some_and(|old| old.name != f.name || old.kind != f.kind)
+                    })
+                    .map(|f| f.sw_if_index)
+                    .collect(),
+            ),
+        })
     }
 
     /// The indexes of the policed interfaces, ascending and each once.

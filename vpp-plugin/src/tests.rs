@@ -2036,6 +2036,8 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
             seed_workload("default/ts5", "tun5"),
             seed_workload("default/ts4", "tun4"),
         ],
+        // One sent again as it is: bound again where it was, so nothing to tell.
+        vec![seed_workload("default/ts5", "tun5")],
         vec![remove_workload("default/ts8", "tun9")],
         vec![seed_workload("default/ts8", "tun9")],
     ];
@@ -2048,6 +2050,26 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
         assert_eq!(table(&g), table(&bound_again(&mut core, &g)), "step {id}");
         // tun3's endpoint did not change: its entry is the one before.
         assert!(shared(&before, &g, "tun3"), "step {id}");
+        // What an agent is told: the delta's record, as walking both tables says.
+        let seen = crate::generation::InterfacesSeen::of(&before);
+        let told = |c: crate::generation::InterfaceChanges<'_>| {
+            let changed: Vec<String> = c.changed.iter().map(|i| i.name.clone()).collect();
+            (changed, c.gone)
+        };
+        let (by_delta, by_walk) = (
+            seen.changes(&g).map(told),
+            seen.changes_by_walk(&g).map(told),
+        );
+        assert_eq!(by_delta, by_walk, "step {id}");
+        // What VPP's features follow: the delta's record, as comparing the two
+        // tables whole says.
+        let indexes = g.index_changes_from(&before);
+        assert!(indexes.is_some(), "step {id}");
+        assert_eq!(
+            indexes,
+            Some(crate::control::index_changes(Some(&before), &g)),
+            "step {id}"
+        );
         before = g;
     }
     let g = plugin.cell.load().unwrap();
@@ -2061,5 +2083,5 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
         g.unknown_interfaces()
     );
     let s = plugin.status.lock().unwrap().compiled;
-    assert_eq!((s.full, s.incremental), (1, 6), "{s:?}");
+    assert_eq!((s.full, s.incremental), (1, 7), "{s:?}");
 }
