@@ -81,8 +81,8 @@ use prost::Message;
 use crate::binding::{self, Bindings, ExplicitBinding, VppInterface};
 use crate::config::PluginConfig;
 use crate::generation::{
-    ChangedInterfaces, Generation, GenerationCell, Iface, IfaceKind, IndexChanges, InterfacesSeen,
-    Snapshot, SwIfIndex, UNRESOLVED,
+    sorted_unique, ChangedInterfaces, Generation, GenerationCell, Iface, IfaceKind, IndexChanges,
+    InterfacesSeen, Snapshot, SwIfIndex, UNRESOLVED,
 };
 use crate::share::FlowLayerRule;
 use capo_proto::capo::agent::v1 as api;
@@ -176,13 +176,6 @@ pub struct Commit {
     pub enable: Vec<SwIfIndex>,
     /// Interfaces that lose them.
     pub disable: Vec<SwIfIndex>,
-}
-
-/// `v` sorted, each index once.
-fn sorted_unique(mut v: Vec<SwIfIndex>) -> Vec<SwIfIndex> {
-    v.sort_unstable();
-    v.dedup();
-    v
 }
 
 /// The endpoints `state` polices whose interface names `keep` takes, with their kinds.

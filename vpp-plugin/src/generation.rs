@@ -425,6 +425,13 @@ impl TableDelta {
     }
 }
 
+/// `v` sorted, each index once.
+pub(crate) fn sorted_unique(mut v: Vec<SwIfIndex>) -> Vec<SwIfIndex> {
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// How the indexes a generation polices differ from another's
 /// ([`Generation::index_changes_from`]); each list ascending, each index once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -723,20 +730,15 @@ impl Generation {
             .iter()
             .filter_map(|&at| self.policed.ifaces.get(at))
             .collect();
-        let sorted = |mut v: Vec<SwIfIndex>| {
-            v.sort_unstable();
-            v.dedup();
-            v
-        };
         Some(IndexChanges {
-            added: sorted(
+            added: sorted_unique(
                 fresh
                     .iter()
                     .map(|f| f.sw_if_index)
                     .filter(|&i| before.interface(i).is_none())
                     .collect(),
             ),
-            removed: sorted(
+            removed: sorted_unique(
                 delta
                     .dropped
                     .iter()
@@ -744,7 +746,7 @@ impl Generation {
                     .filter(|&i| self.interface(i).is_none())
                     .collect(),
             ),
-            reused: sorted(
+            reused: sorted_unique(
                 fresh
                     .iter()
                     .filter(|f| {
