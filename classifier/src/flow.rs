@@ -109,9 +109,9 @@ struct FlowKey {
 }
 
 impl std::hash::Hash for FlowKey {
-    /// Three 128-bit words (the addresses, then the rest packed into one), each a
-    /// single multiply in the flow table's hasher; the fields written one by one
-    /// cost four partial-word writes more.
+    /// 128-bit words, each a single multiply in the flow table's hasher: one for a
+    /// key of two IPv4 sides, else three (the addresses, then the rest packed into
+    /// one). The fields written one by one would cost partial-word writes more.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         if self.families == 0 {
             // Both sides IPv4 (the addresses below 2^32): one word. The protocol
@@ -433,21 +433,22 @@ impl FlowTable {
         self.flows.get_mut(slot as usize)
     }
 
-    /// The slot of `k`'s flow. The probe loop is written out (not
-    /// [`FlowIndex::candidates`]): it runs for every packet.
-    fn find(&self, k: &Keyed) -> Option<u32> {
+    /// The first slot, in probe order, whose entry carries `hash` and that `accept`
+    /// takes. A loop written out, not an iterator chain: it runs twice a packet.
+    #[inline(always)]
+    fn probe(&self, hash: u32, mut accept: impl FnMut(u32) -> bool) -> Option<u32> {
         let entries = &self.index.entries;
         let mask = self.index.mask();
-        let mut i = self.index.home(k.hash);
+        let mut i = self.index.home(hash);
         // The index is at most half full, so the probe meets an empty entry.
         loop {
             let e = *entries.get(i)?;
             if e == 0 {
                 return None;
             }
-            if (e >> 32) as u32 == k.hash {
+            if (e >> 32) as u32 == hash {
                 let slot = (e as u32).wrapping_sub(1);
-                if self.flow(slot).is_some_and(|f| f.key == k.key) {
+                if accept(slot) {
                     return Some(slot);
                 }
             }
@@ -455,29 +456,24 @@ impl FlowTable {
         }
     }
 
+    /// The slot of `k`'s flow.
+    fn find(&self, k: &Keyed) -> Option<u32> {
+        self.probe(k.hash, |slot| {
+            self.flow(slot).is_some_and(|f| f.key == k.key)
+        })
+    }
+
     /// Hints the CPU to fetch the flow looking up `k` will compare with. Returns
     /// false when no index entry carries `k`'s hash: the packet is certainly no
     /// flow's, and the caller prefetches for its classification instead.
-    /// The probe is written out as in [`FlowTable::find`]: it runs for every packet.
     fn prefetch_flow(&self, k: &Keyed) -> bool {
-        let entries = &self.index.entries;
-        let mask = self.index.mask();
-        let mut i = self.index.home(k.hash);
-        loop {
-            let Some(&e) = entries.get(i) else {
-                return false;
-            };
-            if e == 0 {
-                return false;
-            }
-            if (e >> 32) as u32 == k.hash {
-                if let Some(f) = self.flow((e as u32).wrapping_sub(1)) {
-                    crate::prefetch::read(std::ptr::from_ref(f).cast());
-                }
-                return true;
-            }
-            i = (i + 1) & mask;
+        let Some(slot) = self.probe(k.hash, |_| true) else {
+            return false;
+        };
+        if let Some(f) = self.flow(slot) {
+            crate::prefetch::read(std::ptr::from_ref(f).cast());
         }
+        true
     }
 
     fn timeout(&self, f: &Flow) -> u64 {

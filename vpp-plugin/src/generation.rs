@@ -354,10 +354,9 @@ impl InterfacesSeen {
     }
 
     /// How `g`'s table differs from this one (`None` without one): where each
-    /// endpoint is policed (its VPP interface, index and binding). Tables share the
-    /// entries of endpoints a delta did not change, so those are found by pointer,
-    /// walking both lists (names are hashed only where their orders part); a table
-    /// bound again is compared entry by entry.
+    /// endpoint is policed (its VPP interface, index and binding). From the record
+    /// of the endpoint delta that made `g`'s table out of this one, else by walking
+    /// both tables.
     pub fn changes<'g>(&self, g: &'g Generation) -> Option<InterfaceChanges<'g>> {
         let seen = self.0.as_ref()?;
         match &g.policed.delta {
@@ -368,7 +367,11 @@ impl InterfacesSeen {
         }
     }
 
-    /// [`InterfacesSeen::changes`] by walking both tables.
+    /// [`InterfacesSeen::changes`] by walking both tables. Tables share the entries
+    /// of endpoints a delta did not change, so those are found by pointer, walking
+    /// both lists (names are hashed only where their orders part); a table bound
+    /// again is compared entry by entry. Where the orders part, an entry the walk
+    /// meets out of place may be told as changed though it is not.
     pub(crate) fn changes_by_walk<'g>(&self, g: &'g Generation) -> Option<InterfaceChanges<'g>> {
         let old = &self.0.as_ref()?.ifaces;
         let mut walk = TableWalk::new(old);
@@ -402,23 +405,45 @@ impl TableDelta {
     /// [`InterfacesSeen::changes`] from the table the delta was made from to
     /// `ifaces` (the table the delta describes). A fresh entry is a change unless
     /// it polices its name where the first dropped entry of that name did (an
-    /// endpoint changed in what VPP does not see).
+    /// endpoint changed in what VPP does not see); a dropped entry's name is gone
+    /// unless a fresh entry has it (no entry taken over has a dropped one's name).
     fn changes<'g>(&self, ifaces: &'g [Arc<Iface>]) -> InterfaceChanges<'g> {
-        let fresh = || self.fresh.iter().filter_map(|&at| ifaces.get(at));
-        let changed = fresh()
-            .filter(|f| {
-                !self
-                    .dropped
-                    .iter()
-                    .find(|o| o.name == f.name)
-                    .is_some_and(|o| same_place(o, f))
-            })
-            .map(|f| &**f)
+        let fresh: Vec<&'g Arc<Iface>> =
+            self.fresh.iter().filter_map(|&at| ifaces.get(at)).collect();
+        // A few of each (a pod's churn) are compared in turn; a delta changing many
+        // endpoints looks names up.
+        let few = fresh.len() <= FEW_CHANGED && self.dropped.len() <= FEW_CHANGED;
+        let mut first_dropped: HashMap<&str, &Iface> = HashMap::new();
+        let mut fresh_names: HashSet<&str> = HashSet::new();
+        if !few {
+            for o in &self.dropped {
+                first_dropped.entry(o.name.as_str()).or_insert(o);
+            }
+            fresh_names.extend(fresh.iter().map(|f| f.name.as_str()));
+        }
+        let dropped_named = |name: &str| -> Option<&Iface> {
+            if few {
+                self.dropped.iter().find(|o| o.name == name).map(|o| &**o)
+            } else {
+                first_dropped.get(name).copied()
+            }
+        };
+        let is_fresh_name = |name: &str| {
+            if few {
+                fresh.iter().any(|f| f.name == name)
+            } else {
+                fresh_names.contains(name)
+            }
+        };
+        let changed = fresh
+            .iter()
+            .filter(|f| !dropped_named(&f.name).is_some_and(|o| same_place(o, f)))
+            .map(|f| &***f)
             .collect();
         let gone = self
             .dropped
             .iter()
-            .filter(|o| !fresh().any(|f| f.name == o.name))
+            .filter(|o| !is_fresh_name(&o.name))
             .map(|o| o.name.clone())
             .collect();
         InterfaceChanges { changed, gone }
@@ -639,8 +664,10 @@ impl Generation {
             .filter(|(_, &t)| !t)
             .map(|(f, _)| Arc::clone(f))
             .collect();
-        // The delta tells the tables apart exactly while no name of a dropped entry
-        // is also an entry's taken over (only endpoints sharing a name do that).
+        // The record's changes rely on every dropped entry having a changed name.
+        // That holds whenever the walk gets here (an endpoint it did not change
+        // takes its own entry, or the tables are bound again); checked, as a table
+        // without a record is only compared whole.
         let exact = dropped.iter().all(|o| is_changed(&o.name));
         let mut policed = Policed::new(ifaces, unknown);
         policed.delta = exact.then(|| TableDelta {
@@ -1056,6 +1083,10 @@ mod tests {
             |c: &InterfaceChanges<'_>| c.changed.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&changes), ["tun4"]);
         assert!(changes.gone.is_empty());
+        // Walking both tables (the orders part) tells the same.
+        let walked = seen.changes_by_walk(&next).unwrap();
+        assert_eq!(names(&walked), ["tun4"]);
+        assert!(walked.gone.is_empty());
         let without_1 = build(state_of(&[3, 2, 4]));
         let changes = InterfacesSeen::of(&next).changes(&without_1).unwrap();
         // Bound again from scratch: the same places, so nothing changed but the gone.
@@ -1160,6 +1191,80 @@ mod tests {
                     .is_some_and(|(a, b)| Arc::ptr_eq(&a, &b)),
                 "case {k}"
             );
+        }
+    }
+
+    /// What an agent is told after a delta, from the delta's record, for a pod's
+    /// churn and for a delta sending every endpoint again (names looked up, not
+    /// compared in turn): the endpoint new to VPP's interfaces, and the one gone;
+    /// endpoints bound again where they were are not told.
+    #[test]
+    fn a_delta_record_tells_what_moved_for_few_and_many_endpoints() {
+        use capo_policy::{Cidr, Update, WorkloadEndpoint, WorkloadKey};
+        let key = |n: u32| WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: format!("default/pod{n}"),
+            endpoint: "eth0".into(),
+        };
+        let endpoint = |n: u32, label: u8| {
+            Arc::new(WorkloadEndpoint {
+                name: format!("tun{n}"),
+                profile_ids: vec![],
+                ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, label, n as u8]))],
+                ipv6_nets: vec![],
+                tiers: vec![],
+            })
+        };
+        let bindings: Bindings = (0..=20u32)
+            .map(|n| {
+                let bound = crate::binding::Bound {
+                    sw_if_index: SwIfIndex(100 + n),
+                    vpp_name: format!("tun{n}"),
+                    how: How::Name,
+                };
+                (format!("tun{n}"), bound)
+            })
+            .collect();
+        let build = |state: State| {
+            let mut ids = IdTable::new("tap0");
+            ids.sync(&state);
+            let classifier = capo_classifier::Builder::new().build(&state, &ids);
+            Generation::build(1, Arc::new(Snapshot { state, ids }), classifier, &bindings)
+        };
+        let mut before = State::new();
+        for n in 1..=12 {
+            before
+                .apply(Update::WorkloadUpdate(key(n), endpoint(n, 0)))
+                .unwrap();
+        }
+        let prev = build(before.clone());
+        // Pod 3 leaves and pod 13 comes; with `again`, every other pod is sent again.
+        for again in [false, true] {
+            let mut next = before.clone();
+            let mut changed: HashSet<String> = ["tun3", "tun13"].map(String::from).into();
+            next.apply(Update::WorkloadRemove(key(3))).unwrap();
+            next.apply(Update::WorkloadUpdate(key(13), endpoint(13, 0)))
+                .unwrap();
+            if again {
+                for n in (1..=12).filter(|n| *n != 3) {
+                    next.apply(Update::WorkloadUpdate(key(n), endpoint(n, 1)))
+                        .unwrap();
+                    changed.insert(format!("tun{n}"));
+                }
+            }
+            let after = Generation::interfaces_after(&prev, &next, "tap0", &changed, &bindings)
+                .expect("every unchanged endpoint has its entry");
+            assert!(after.0.delta.is_some(), "again: {again}");
+            let g = Generation::with_changed_interfaces(
+                2,
+                Arc::clone(&prev.snapshot),
+                Arc::clone(&prev.classifier),
+                after,
+            );
+            let changes = InterfacesSeen::of(&prev).changes(&g).unwrap();
+            let names: Vec<&str> = changes.changed.iter().map(|i| i.name.as_str()).collect();
+            assert_eq!(names, ["tun13"], "again: {again}");
+            assert_eq!(changes.gone, ["tun3"], "again: {again}");
         }
     }
 }
