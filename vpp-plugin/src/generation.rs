@@ -1004,61 +1004,83 @@ mod tests {
         assert!(g.interface(SwIfIndex(5)).is_none());
     }
 
+    /// Workload `pod`'s key (namespace `default`).
+    fn pod_key(pod: &str) -> capo_policy::WorkloadKey {
+        capo_policy::WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: format!("default/{pod}"),
+            endpoint: "eth0".into(),
+        }
+    }
+
+    /// A workload endpoint on interface `name`, at 10.0.`subnet`.`host`.
+    fn tun_endpoint(name: &str, subnet: u8, host: u8) -> Arc<WorkloadEndpoint> {
+        Arc::new(WorkloadEndpoint {
+            name: name.into(),
+            profile_ids: vec![],
+            ipv4_nets: vec![capo_policy::Cidr::host(std::net::IpAddr::from([
+                10, 0, subnet, host,
+            ]))],
+            ipv6_nets: vec![],
+            tiers: vec![],
+        })
+    }
+
+    /// Each named interface bound by its name at its index.
+    fn bound_by_name(at: impl IntoIterator<Item = (String, u32)>) -> Bindings {
+        at.into_iter()
+            .map(|(name, index)| {
+                let bound = crate::binding::Bound {
+                    sw_if_index: SwIfIndex(index),
+                    vpp_name: name.clone(),
+                    how: How::Name,
+                };
+                (name, bound)
+            })
+            .collect()
+    }
+
+    /// A generation compiled from `state`, its endpoints bound as `bound` says.
+    fn built(state: State, bound: &Bindings) -> Generation {
+        let mut ids = IdTable::new("tap0");
+        ids.sync(&state);
+        let classifier = capo_classifier::Builder::new().build(&state, &ids);
+        Generation::build(1, Arc::new(Snapshot { state, ids }), classifier, bound)
+    }
+
+    /// Each entry's name, index and kind.
+    fn rows(ifaces: &[Arc<Iface>]) -> Vec<(String, SwIfIndex, IfaceKind)> {
+        ifaces
+            .iter()
+            .map(|i| (i.name.clone(), i.sw_if_index, i.kind.clone()))
+            .collect()
+    }
+
     /// Endpoints in another order than the generation before lists them (the
     /// walk over both lists parts): each still gets the very entry it had, and the
     /// table is the one binding every endpoint again gives.
     #[test]
     fn interfaces_after_finds_entries_out_of_order() {
-        use capo_policy::{Cidr, Update, WorkloadEndpoint, WorkloadKey};
-        let key = |n: u32| WorkloadKey {
-            orchestrator: "k8s".into(),
-            workload: format!("default/pod{n}"),
-            endpoint: "eth0".into(),
-        };
-        let endpoint = |n: u32| WorkloadEndpoint {
-            name: format!("tun{n}"),
-            profile_ids: vec![],
-            ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, 0, n as u8]))],
-            ipv6_nets: vec![],
-            tiers: vec![],
-        };
+        use capo_policy::Update;
+        // Each state makes its endpoint objects anew: only names match.
         let state_of = |order: &[u32]| {
             let mut state = State::new();
-            for n in order {
+            for &n in order {
+                let wep = tun_endpoint(&format!("tun{n}"), 0, n as u8);
                 state
-                    .apply(Update::WorkloadUpdate(key(*n), endpoint(*n).into()))
+                    .apply(Update::WorkloadUpdate(pod_key(&format!("pod{n}")), wep))
                     .unwrap();
             }
             state
         };
-        let bindings: Bindings = (1..=4u32)
-            .map(|n| {
-                let bound = crate::binding::Bound {
-                    sw_if_index: SwIfIndex(10 + n),
-                    vpp_name: format!("tun{n}"),
-                    how: How::Name,
-                };
-                (format!("tun{n}"), bound)
-            })
-            .collect();
-        let build = |state: State| {
-            let mut ids = IdTable::new("tap0");
-            ids.sync(&state);
-            let classifier = capo_classifier::Builder::new().build(&state, &ids);
-            Generation::build(1, Arc::new(Snapshot { state, ids }), classifier, &bindings)
-        };
+        let bindings = bound_by_name((1..=4u32).map(|n| (format!("tun{n}"), 10 + n)));
+        let build = |state: State| built(state, &bindings);
         let prev = build(state_of(&[1, 2, 3]));
         // pod3 first now, pod2 changed, pod4 new.
         let next = state_of(&[3, 1, 2, 4]);
         let changed: HashSet<String> = ["tun2".to_string(), "tun4".to_string()].into();
         let after = Generation::interfaces_after(&prev, &next, "tap0", &changed, &bindings)
             .expect("every unchanged endpoint has its entry");
-        let rows = |ifaces: &[Arc<Iface>]| {
-            ifaces
-                .iter()
-                .map(|i| (i.name.clone(), i.sw_if_index, i.kind.clone()))
-                .collect::<Vec<_>>()
-        };
         let again = build(next.clone());
         assert_eq!(rows(&after.0.ifaces), rows(again.interfaces()));
         for name in ["tun1", "tun3"] {
@@ -1102,46 +1124,15 @@ mod tests {
     /// that key. Each case's table is the one binding every endpoint again gives.
     #[test]
     fn interfaces_after_binds_again_what_shares_a_changed_name() {
-        use capo_policy::{Cidr, Update, WorkloadEndpoint, WorkloadKey};
-        let key = |pod: &str| WorkloadKey {
-            orchestrator: "k8s".into(),
-            workload: format!("default/{pod}"),
-            endpoint: "eth0".into(),
+        use capo_policy::Update;
+        let key = pod_key;
+        let endpoint = |name: &str, n: u8| tun_endpoint(name, 0, n);
+        let bindings = |tun1: u32| {
+            bound_by_name(
+                [("tun1", tun1), ("tun2", 12), ("tun3", 13)].map(|(n, i)| (n.to_string(), i)),
+            )
         };
-        let endpoint = |name: &str, n: u8| {
-            Arc::new(WorkloadEndpoint {
-                name: name.into(),
-                profile_ids: vec![],
-                ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, 0, n]))],
-                ipv6_nets: vec![],
-                tiers: vec![],
-            })
-        };
-        let bindings = |tun1: u32| -> Bindings {
-            [("tun1", tun1), ("tun2", 12), ("tun3", 13)]
-                .into_iter()
-                .map(|(name, index)| {
-                    let bound = crate::binding::Bound {
-                        sw_if_index: SwIfIndex(index),
-                        vpp_name: name.into(),
-                        how: How::Name,
-                    };
-                    (name.to_string(), bound)
-                })
-                .collect()
-        };
-        let build = |state: State, bound: &Bindings| {
-            let mut ids = IdTable::new("tap0");
-            ids.sync(&state);
-            let classifier = capo_classifier::Builder::new().build(&state, &ids);
-            Generation::build(1, Arc::new(Snapshot { state, ids }), classifier, bound)
-        };
-        let rows = |ifaces: &[Arc<Iface>]| {
-            ifaces
-                .iter()
-                .map(|i| (i.name.clone(), i.sw_if_index, i.kind.clone()))
-                .collect::<Vec<_>>()
-        };
+        let build = built;
         let moved = endpoint("tun3", 4);
         let mut before = State::new();
         for (pod, wep) in [
@@ -1200,37 +1191,11 @@ mod tests {
     /// endpoints bound again where they were are not told.
     #[test]
     fn a_delta_record_tells_what_moved_for_few_and_many_endpoints() {
-        use capo_policy::{Cidr, Update, WorkloadEndpoint, WorkloadKey};
-        let key = |n: u32| WorkloadKey {
-            orchestrator: "k8s".into(),
-            workload: format!("default/pod{n}"),
-            endpoint: "eth0".into(),
-        };
-        let endpoint = |n: u32, label: u8| {
-            Arc::new(WorkloadEndpoint {
-                name: format!("tun{n}"),
-                profile_ids: vec![],
-                ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, label, n as u8]))],
-                ipv6_nets: vec![],
-                tiers: vec![],
-            })
-        };
-        let bindings: Bindings = (0..=20u32)
-            .map(|n| {
-                let bound = crate::binding::Bound {
-                    sw_if_index: SwIfIndex(100 + n),
-                    vpp_name: format!("tun{n}"),
-                    how: How::Name,
-                };
-                (format!("tun{n}"), bound)
-            })
-            .collect();
-        let build = |state: State| {
-            let mut ids = IdTable::new("tap0");
-            ids.sync(&state);
-            let classifier = capo_classifier::Builder::new().build(&state, &ids);
-            Generation::build(1, Arc::new(Snapshot { state, ids }), classifier, &bindings)
-        };
+        use capo_policy::Update;
+        let key = |n: u32| pod_key(&format!("pod{n}"));
+        let endpoint = |n: u32, subnet: u8| tun_endpoint(&format!("tun{n}"), subnet, n as u8);
+        let bindings = bound_by_name((0..=20u32).map(|n| (format!("tun{n}"), 100 + n)));
+        let build = |state: State| built(state, &bindings);
         let mut before = State::new();
         for n in 1..=12 {
             before
