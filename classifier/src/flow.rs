@@ -95,44 +95,54 @@ impl Default for FlowConfig {
 
 /// A flow's key: interface, protocol, and the two endpoints in canonical order.
 /// Addresses are widened to 128 bits with their families beside them, so a key is
-/// plain integers: one comparison and a few multiplies to hash.
+/// three 128-bit words: compared with one branch, hashed with one to three
+/// multiplies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FlowKey {
     a: u128,
     b: u128,
-    /// `a`'s port in the high half, `b`'s in the low half.
-    ports: u32,
-    sw_if_index: u32,
-    proto: u8,
-    /// Bit 0: `a` is IPv6; bit 1: `b` is IPv6.
-    families: u8,
+    /// `a`'s port (bits 80..96), `b`'s (64..80), the interface (32..64), the
+    /// protocol (8..16); bit 0: `a` is IPv6, bit 1: `b` is IPv6.
+    rest: u128,
+}
+
+impl FlowKey {
+    fn new(a: u128, b: u128, ports: u32, sw_if_index: u32, proto: u8, families: u8) -> Self {
+        FlowKey {
+            a,
+            b,
+            rest: u128::from(ports) << 64
+                | u128::from(sw_if_index) << 32
+                | u128::from(proto) << 8
+                | u128::from(families),
+        }
+    }
+
+    fn proto(&self) -> u8 {
+        (self.rest >> 8) as u8
+    }
+
+    /// Both sides IPv4: the addresses are below 2^32.
+    fn both_ipv4(&self) -> bool {
+        self.rest & 0b11 == 0
+    }
 }
 
 impl std::hash::Hash for FlowKey {
     /// 128-bit words, each a single multiply in the flow table's hasher: one for a
-    /// key of two IPv4 sides, else three (the addresses, then the rest packed into
-    /// one). The fields written one by one would cost partial-word writes more.
+    /// key of two IPv4 sides, else all three.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        if self.families == 0 {
-            // Both sides IPv4 (the addresses below 2^32): one word. The protocol
-            // shares the interface's word (indexes stay below 2^24), which only the
-            // hash's spread depends on, not a lookup's result.
-            state.write_u128(
-                self.a
-                    | self.b << 32
-                    | u128::from(self.ports) << 64
-                    | u128::from(self.sw_if_index ^ u32::from(self.proto) << 24) << 96,
-            );
+        if self.both_ipv4() {
+            // The ports and the interface, with the protocol in the interface's top
+            // byte (indexes stay below 2^24), beside the two addresses. Only the
+            // hash's spread depends on that, not a lookup's result.
+            let ports_iface = (self.rest >> 32) as u64 ^ u64::from(self.proto()) << 24;
+            state.write_u128(self.a | self.b << 32 | u128::from(ports_iface) << 64);
             return;
         }
         state.write_u128(self.a);
         state.write_u128(self.b);
-        state.write_u128(
-            u128::from(self.ports) << 64
-                | u128::from(self.sw_if_index) << 32
-                | u128::from(self.proto) << 8
-                | u128::from(self.families),
-        );
+        state.write_u128(self.rest);
     }
 }
 
@@ -156,14 +166,14 @@ fn key_of(sw_if_index: u32, p: &ParsedPacket) -> (FlowKey, bool) {
         let src_is_a = s <= d;
         let (a, b) = if src_is_a { (s, d) } else { (d, s) };
         return (
-            FlowKey {
-                a: u128::from(a >> 16),
-                b: u128::from(b >> 16),
-                ports: (a as u32 & 0xffff) << 16 | (b as u32 & 0xffff),
+            FlowKey::new(
+                u128::from(a >> 16),
+                u128::from(b >> 16),
+                (a as u32 & 0xffff) << 16 | (b as u32 & 0xffff),
                 sw_if_index,
-                proto: p.packet.protocol.0,
-                families: 0,
-            },
+                p.packet.protocol.0,
+                0,
+            ),
             src_is_a,
         );
     }
@@ -177,14 +187,14 @@ fn key_by_sides(sw_if_index: u32, p: &ParsedPacket) -> (FlowKey, bool) {
     let src_is_a = s <= d;
     let (a, b) = if src_is_a { (s, d) } else { (d, s) };
     (
-        FlowKey {
-            a: a.1,
-            b: b.1,
-            ports: u32::from(a.2) << 16 | u32::from(b.2),
+        FlowKey::new(
+            a.1,
+            b.1,
+            u32::from(a.2) << 16 | u32::from(b.2),
             sw_if_index,
-            proto: p.packet.protocol.0,
-            families: a.0 | b.0 << 1,
-        },
+            p.packet.protocol.0,
+            a.0 | b.0 << 1,
+        ),
         src_is_a,
     )
 }
@@ -477,7 +487,7 @@ impl FlowTable {
     }
 
     fn timeout(&self, f: &Flow) -> u64 {
-        if f.key.proto == Protocol::TCP.0 {
+        if f.key.proto() == Protocol::TCP.0 {
             if f.has(state::ESTABLISHED) && !f.has(state::CLOSING) {
                 self.cfg.tcp_established_ns
             } else {

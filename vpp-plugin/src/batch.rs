@@ -29,7 +29,7 @@ use capo_policy::{Direction, Verdict};
 use crate::generation::{Generation, GenerationCell, SwIfIndex, VppDir};
 use crate::mark::{MarkKind, NicMarks};
 use crate::trace::{How, TraceData};
-use crate::worker::WorkerSlot;
+use crate::worker::{FrameBufs, WorkerSlot};
 
 /// One packet as the node sees it.
 #[derive(Debug, Clone, Copy)]
@@ -222,8 +222,17 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
     frame.admitted.clear();
 
     // 1. Everything decided without the classifier; the rest joins the batch.
+    // Tracing is rare: a frame without traced packets skips the per-packet check.
+    let mut any_traced = false;
+    // While every packet joins the batch (most frames), the k-th input is the frame's
+    // k-th packet: `at` stays empty and `out` is filled in order when the batch is
+    // decided. The first packet decided here writes both out for the inputs before
+    // it (`spread`).
+    let mut dense = true;
     for (i, p) in pkts.iter().enumerate() {
+        any_traced |= p.traced;
         let Some(calico_dir) = g.calico_dir(p.sw_if_index, dir) else {
+            spread(&mut dense, &mut frame, out);
             out.push(pass(p, dir, g.id(), &mut counts));
             continue;
         };
@@ -247,6 +256,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                             len: u32::try_from(p.bytes.len()).unwrap_or(u32::MAX),
                         });
                     }
+                    spread(&mut dense, &mut frame, out);
                     let t = if p.traced {
                         let line = format!(
                             "NIC allow, generation tag {}, plan entry {}",
@@ -268,6 +278,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
             Ok(parsed) => parsed,
             Err(e) => {
                 counts.malformed += 1;
+                spread(&mut dense, &mut frame, out);
                 out.push(PacketOut::drop(
                     DropReason::Malformed,
                     How::Malformed,
@@ -282,9 +293,10 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
             packet: parsed,
             len: u32::try_from(p.bytes.len()).unwrap_or(u32::MAX),
         });
-        frame.at.push(i);
-        // Placeholder, replaced below.
-        out.push(PacketOut::allow(How::Classified, None));
+        if !dense {
+            frame.at.push(i);
+            out.push(PLACEHOLDER);
+        }
     }
 
     // The flows of what the NIC allowed; sampled too, so that what the share decides
@@ -300,26 +312,23 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
     //    once, traced packets one by one.
     if !frame.inputs.is_empty() {
         let hits_before = flow_hits(&slot.counters.flows());
-        // Tracing is rare: a frame without traced packets skips the per-packet check.
-        let any_traced = pkts.iter().any(|p| p.traced);
-        let traced = |k: usize| {
-            any_traced
-                && frame
-                    .at
-                    .get(k)
-                    .and_then(|i| pkts.get(*i))
-                    .is_some_and(|p| p.traced)
+        let at = |k: usize| {
+            if dense {
+                Some(k)
+            } else {
+                frame.at.get(k).copied()
+            }
         };
+        let traced =
+            |k: usize| any_traced && at(k).and_then(|i| pkts.get(i)).is_some_and(|p| p.traced);
         let mut start = 0;
         while start < frame.inputs.len() {
             let traced_at = traced(start);
             if traced_at {
-                if let (Some(input), Some(&i)) = (frame.inputs.get(start), frame.at.get(start)) {
+                if let (Some(input), Some(i)) = (frame.inputs.get(start), at(start)) {
                     let o = decide_traced(slot, &g, input, pkts.get(i), dir, ctx.now);
                     tally(&o, &mut counts);
-                    if let Some(slot_out) = out.get_mut(i) {
-                        *slot_out = o;
-                    }
+                    put(out, dense, i, o);
                 }
                 start += 1;
                 continue;
@@ -335,14 +344,20 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                     slot.samples.record_run(run);
                 }
             }
-            for (k, v) in frame.verdicts.iter().enumerate() {
+            let mut decided = |v: &Verdict| {
                 let o = match v {
                     Verdict::Allow => PacketOut::allow(How::Classified, None),
                     Verdict::Deny => PacketOut::drop(DropReason::Denied, How::Classified, None),
                 };
                 tally(&o, &mut counts);
-                if let Some(slot_out) = frame.at.get(start + k).and_then(|i| out.get_mut(*i)) {
-                    *slot_out = o;
+                o
+            };
+            if dense {
+                out.extend(frame.verdicts.iter().map(decided));
+            } else {
+                let at = frame.at.get(start..end).unwrap_or_default();
+                for (v, &i) in frame.verdicts.iter().zip(at) {
+                    put(out, false, i, decided(v));
                 }
             }
             start = end;
@@ -352,6 +367,34 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
     slot.frame = frame;
     slot.worker.expire(ctx.now, EXPIRE_PER_FRAME);
     counts
+}
+
+/// What a packet joining the batch holds in `out` until the batch is decided.
+const PLACEHOLDER: PacketOut = PacketOut {
+    next: Next::NextFeature,
+    drop: None,
+    how: How::Classified,
+    trace: None,
+};
+
+/// Ends a frame's dense run (every packet so far joined the batch): `at` and the
+/// placeholders of the inputs so far are written out, so that the packet decided
+/// next takes its own place in `out`.
+fn spread(dense: &mut bool, frame: &mut FrameBufs, out: &mut Vec<PacketOut>) {
+    if std::mem::take(dense) {
+        frame.at.extend(0..frame.inputs.len());
+        out.resize(frame.inputs.len(), PLACEHOLDER);
+    }
+}
+
+/// Puts a decided packet in its place: appended while the frame is dense (its
+/// packets are decided in order), else over its placeholder.
+fn put(out: &mut Vec<PacketOut>, dense: bool, i: usize, o: PacketOut) {
+    if dense {
+        out.push(o);
+    } else if let Some(slot_out) = out.get_mut(i) {
+        *slot_out = o;
+    }
 }
 
 /// Expired flows removed per frame, besides those met on lookup.

@@ -1035,15 +1035,22 @@ mod reference {
                         (true, true) => classify_batch::<true, true>(&mut c, pkts, out),
                     }
                 };
+                // Each packet's next node, how it was decided, and whether it has a
+                // trace record (traced packets only, in their own places).
+                let seen = |o: &PacketOut| (o.next, o.how, o.trace.is_some());
                 let mut one_by_one = Vec::new();
                 let mut counts = crate::batch::BatchCounts::default();
                 for p in &frame {
                     let c = run(&mut singles, std::slice::from_ref(p), &mut out);
                     counts.add(&c);
-                    one_by_one.push(out[0].next);
+                    one_by_one.push(seen(&out[0]));
                 }
+                prop_assert_eq!(
+                    one_by_one.iter().map(|s| s.2).collect::<Vec<_>>(),
+                    frame.iter().map(|p| p.traced).collect::<Vec<_>>()
+                );
                 let c = run(&mut batched, &frame, &mut out);
-                prop_assert_eq!(out.iter().map(|o| o.next).collect::<Vec<_>>(), one_by_one);
+                prop_assert_eq!(out.iter().map(seen).collect::<Vec<_>>(), one_by_one);
                 prop_assert_eq!(c, counts);
             }
         }

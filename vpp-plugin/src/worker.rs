@@ -101,7 +101,8 @@ impl Samples {
 pub(crate) struct FrameBufs {
     /// The packets the classifier decides, in frame order.
     pub(crate) inputs: Vec<Input>,
-    /// For each input: its position in the frame.
+    /// For each input: its position in the frame (empty while every packet of the
+    /// frame joins the batch: the positions are then the inputs' own).
     pub(crate) at: Vec<usize>,
     /// Packets the NIC allowed (their flows are admitted as a batch).
     pub(crate) admitted: Vec<Input>,
