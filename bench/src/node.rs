@@ -141,7 +141,7 @@ pub fn node_logic(
         &bindings,
     ));
     let cell = GenerationCell::new();
-    cell.publish(g.clone());
+    let _ = cell.publish(g.clone());
     let mut scratch = Scratch::default();
     let packets: Vec<NodePacket> = w
         .packets

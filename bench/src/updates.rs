@@ -10,7 +10,10 @@
 //!   update from the agent: `ControlCore::on_message` on the encoded generation
 //!   (decode and validate on the views' copy of the state, bind endpoints to VPP
 //!   interfaces, compile, snapshot state and ids for the views, flip), with a
-//!   stand-in for VPP's interface table and feature commits (`FakeVpp`).
+//!   stand-in for VPP's interface table and feature commits (`FakeVpp`); then, timed
+//!   apart, `ControlCore::after_reply`, what the plugin's connection does once the
+//!   reply is written (free the generation the flip let go of, make the next
+//!   delta's state ready).
 //!
 //! Kinds, each alternating a change and its undo so the state stays the workload's:
 //!
@@ -100,6 +103,14 @@ pub struct UpdateRow {
     pub p99_us: Option<f64>,
     /// Largest.
     pub max_us: Option<f64>,
+    /// The plugin's work after each reply ([`ControlCore::after_reply`]: freeing what
+    /// the flip let go of, making the next delta's state ready), timed apart from
+    /// the reply: median, 99th percentile, largest (`None` for the builder).
+    pub after_reply_p50_us: Option<f64>,
+    /// 99th percentile.
+    pub after_reply_p99_us: Option<f64>,
+    /// Largest.
+    pub after_reply_max_us: Option<f64>,
     /// Packets the other thread classified while this kind ran.
     pub classified_meanwhile: u64,
 }
@@ -446,6 +457,7 @@ impl Target {
                     reply = Some(core.on_message(chunk, 0));
                 }
                 applied(reply.unwrap_or_default())?;
+                core.after_reply();
                 Ok(Target::Plugin {
                     plugin,
                     core,
@@ -456,8 +468,13 @@ impl Target {
     }
 
     /// Applies one update; how long the path took (the plugin's: from the encoded
-    /// generation to its reply), or why it was refused.
-    fn apply(&mut self, state: &mut State, update: Update) -> Result<Duration, String> {
+    /// generation to its reply) and the plugin's work after its reply, or why it was
+    /// refused.
+    fn apply(
+        &mut self,
+        state: &mut State,
+        update: Update,
+    ) -> Result<(Duration, Option<Duration>), String> {
         match self {
             Target::Builder { builder, ids, cell } => {
                 let t = Instant::now();
@@ -465,7 +482,7 @@ impl Target {
                     .apply(state, ids, update)
                     .map_err(|e| e.to_string())?;
                 cell.publish(g);
-                Ok(t.elapsed())
+                Ok((t.elapsed(), None))
             }
             Target::Plugin {
                 core, generation, ..
@@ -481,11 +498,15 @@ impl Target {
                 let t = Instant::now();
                 let reply = core.on_message(msg, 0);
                 let took = t.elapsed();
+                // What the plugin's connection does once the reply is written.
+                let t = Instant::now();
+                core.after_reply();
+                let after = t.elapsed();
                 applied(reply)?;
                 *generation = next;
                 // The bench's own copy follows, to draw the next updates from.
                 state.apply(update).map_err(|e| e.to_string())?;
-                Ok(took)
+                Ok((took, Some(after)))
             }
         }
     }
@@ -609,6 +630,7 @@ pub fn run(
         };
         let before = classified.load(Ordering::Relaxed);
         let mut samples = Vec::with_capacity(count);
+        let mut after = Vec::with_capacity(count);
         let mut failed = 0usize;
         let mut undo = Vec::new();
         for i in 0..count {
@@ -616,7 +638,10 @@ pub fn run(
                 break;
             };
             match target.apply(&mut state, update) {
-                Ok(took) => samples.push(took.as_secs_f64() * 1e6),
+                Ok((took, after_reply)) => {
+                    samples.push(took.as_secs_f64() * 1e6);
+                    after.extend(after_reply.map(|d| d.as_secs_f64() * 1e6));
+                }
                 Err(_) => failed += 1,
             }
         }
@@ -625,6 +650,7 @@ pub fn run(
             let _ = target.apply(&mut state, u);
         }
         samples.sort_by(f64::total_cmp);
+        after.sort_by(f64::total_cmp);
         let row = UpdateRow {
             engine: path.engine(),
             workload: kind.name(),
@@ -634,15 +660,21 @@ pub fn run(
             p50_us: percentile(&samples, 50),
             p99_us: percentile(&samples, 99),
             max_us: samples.last().copied(),
+            after_reply_p50_us: percentile(&after, 50),
+            after_reply_p99_us: percentile(&after, 99),
+            after_reply_max_us: after.last().copied(),
             classified_meanwhile: classified.load(Ordering::Relaxed) - before,
         };
         log(&format!(
-            "updates ({}): {name}: {} applied, {failed} failed, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; {} packets classified meanwhile",
+            "updates ({}): {name}: {} applied, {failed} failed, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs{}; {} packets classified meanwhile",
             path.engine(),
             row.applied,
             row.p50_us.unwrap_or(f64::NAN),
             row.p99_us.unwrap_or(f64::NAN),
             row.max_us.unwrap_or(f64::NAN),
+            row.after_reply_p99_us
+                .map(|p99| format!(" (after the reply: p99 {p99:.1} µs)"))
+                .unwrap_or_default(),
             row.classified_meanwhile
         ));
         rows.push(row);
@@ -689,6 +721,15 @@ mod tests {
                 (10, 0)
             };
             assert_eq!((r.applied, r.failed), want, "{r:?}");
+            // The work after each reply is timed apart, for every applied update.
+            if r.applied > 0 {
+                let (p50, p99, max) = (
+                    r.after_reply_p50_us.unwrap(),
+                    r.after_reply_p99_us.unwrap(),
+                    r.after_reply_max_us.unwrap(),
+                );
+                assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r:?}");
+            }
         }
         assert!(rows.iter().map(|r| r.classified_meanwhile).sum::<u64>() > 0);
     }

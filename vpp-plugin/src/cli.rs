@@ -319,8 +319,15 @@ fn generations(ctx: &CliCtx<'_>) -> String {
     let _ = writeln!(
         out,
         "compiled: {} incremental, {} re-indexed, {} from scratch; state copies: {} \
-         (replayed instead: {}, {} of them from copies made in the background)",
-        c.incremental, c.reindexed, c.full, c.state_copies, c.replayed, c.background_copies
+         (replayed instead: {}, {} of them from copies made in the background, {} made \
+         ready after a reply)",
+        c.incremental,
+        c.reindexed,
+        c.full,
+        c.state_copies,
+        c.replayed,
+        c.background_copies,
+        c.ready_after_reply
     );
     for r in s.history.iter().rev() {
         let kind = if r.full {

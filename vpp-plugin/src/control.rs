@@ -276,7 +276,9 @@ pub trait VppContext: Send {
     /// # Errors
     ///
     /// [`ContextError`] if a feature cannot be changed; then nothing was published.
-    fn commit(&mut self, commit: Commit) -> Result<(), ContextError>;
+    /// Otherwise the generation the cell let go of ([`GenerationCell::publish`]),
+    /// which the core frees after its reply.
+    fn commit(&mut self, commit: Commit) -> Result<Option<Arc<Generation>>, ContextError>;
 
     /// Installs a NIC share (planned on `generation`) through VPP's flow layer on the
     /// hardware under the `policed` interfaces, under VPP's worker barrier, replacing
@@ -412,6 +414,9 @@ pub struct CompileStats {
     pub replayed: u64,
     /// Of those, copies made in the background after a full generation.
     pub background_copies: u64,
+    /// Of those, copies brought forward after the previous reply
+    /// ([`ControlCore::after_reply`]), before the delta came.
+    pub ready_after_reply: u64,
 }
 
 impl Default for Status {
@@ -663,6 +668,21 @@ pub struct ControlCore<C: VppContext> {
     interfaces_as_changes: bool,
     /// The interface table the connected agent was last sent.
     interfaces_sent: InterfacesSeen,
+    /// Generations the cell let go of, freed after the reply ([`Self::after_reply`]).
+    released: Vec<Arc<Generation>>,
+    /// The active generation's state, made ready after the reply for the next delta
+    /// to start from.
+    ready: Option<ReadyState>,
+}
+
+/// A copy of one generation's state that no generation holds, for the next delta on
+/// it to apply its updates to.
+struct ReadyState {
+    epoch: u64,
+    id: u64,
+    state: State,
+    /// Made from a copy taken in the background (else a retired snapshot).
+    spare: bool,
 }
 
 impl<C: VppContext> std::fmt::Debug for ControlCore<C> {
@@ -705,6 +725,8 @@ impl<C: VppContext> ControlCore<C> {
             interfaces_when_changed: false,
             interfaces_as_changes: false,
             interfaces_sent: InterfacesSeen::default(),
+            released: Vec::new(),
+            ready: None,
         }
     }
 
@@ -732,6 +754,8 @@ impl<C: VppContext> ControlCore<C> {
 
     /// Handles one message; `now` is unix seconds.
     pub fn on_message(&mut self, msg: ToPlugin, now: u64) -> FromPlugin {
+        // What the last reply left to free, if `after_reply` did not run.
+        self.released.clear();
         let reply = match msg.msg {
             Some(to_plugin::Msg::Hello(h)) => {
                 lock(&self.status).agent = AgentState::Connected {
@@ -1073,15 +1097,22 @@ impl<C: VppContext> ControlCore<C> {
         let start = match (full, &active) {
             (true, _) => State::new(),
             (false, Some(a)) if same_run && a.id() == base_id && self.compiled.is_some() => {
-                let reclaimed = match self.pool.reclaim(base_id) {
-                    Some(state) => Some((state, false)),
-                    None => self.pool.spare(base_id).map(|state| (state, true)),
+                let ready = self
+                    .ready
+                    .take()
+                    .filter(|r| (r.epoch, r.id) == (epoch, base_id));
+                let reclaimed = match ready {
+                    Some(r) => Some((r.state, r.spare, true)),
+                    None => self
+                        .free_state(base_id)
+                        .map(|(state, spare)| (state, spare, false)),
                 };
                 match reclaimed {
-                    Some((state, spare)) => {
+                    Some((state, spare, ready)) => {
                         let mut s = self.stats();
                         s.compiled.replayed += 1;
                         s.compiled.background_copies += u64::from(spare);
+                        s.compiled.ready_after_reply += u64::from(ready);
                         state
                     }
                     None => {
@@ -1167,6 +1198,43 @@ impl<C: VppContext> ControlCore<C> {
         Ok(unknown)
     }
 
+    /// A state of generation `base` that no generation holds: a retired snapshot
+    /// brought forward, else a copy made in the background (`true`).
+    fn free_state(&mut self, base: u64) -> Option<(State, bool)> {
+        match self.pool.reclaim(base) {
+            Some(state) => Some((state, false)),
+            None => self.pool.spare(base).map(|state| (state, true)),
+        }
+    }
+
+    /// The work a reply need not wait for, done after it is sent: the generations
+    /// the cell let go of are freed, and the active generation's state is made
+    /// ready for the next delta (a retired snapshot brought forward, as the delta
+    /// would otherwise do first). The plugin's connection calls it once each reply
+    /// is written. Nothing depends on it: a message frees what is left to free
+    /// first, and a delta that finds no ready state makes one itself.
+    pub fn after_reply(&mut self) {
+        self.released.clear();
+        let Some(active) = self.cell.load() else {
+            return;
+        };
+        let (epoch, id) = (self.active_epoch, active.id());
+        if self.compiled.is_none()
+            || self
+                .ready
+                .as_ref()
+                .is_some_and(|r| (r.epoch, r.id) == (epoch, id))
+        {
+            return;
+        }
+        self.ready = self.free_state(id).map(|(state, spare)| ReadyState {
+            epoch,
+            id,
+            state,
+            spare,
+        });
+    }
+
     /// The policed endpoint names of `state` and where VPP has them.
     fn bind(&mut self, state: &State) -> Result<(Vec<String>, Bindings), ContextError> {
         let policed = policed_where(state, &self.host_interface, |_| true);
@@ -1213,16 +1281,29 @@ impl<C: VppContext> ControlCore<C> {
     /// Publishes `next` with the features it needs: enabled on its interfaces that
     /// `before` did not police, on `restore`, and on indexes `before` policed for
     /// another endpoint where VPP no longer has them; disabled on those it no longer
-    /// polices.
+    /// polices. The generation the cell lets go of waits for [`Self::after_reply`].
     fn flip(
         &mut self,
         before: Option<&Generation>,
         next: Arc<Generation>,
         restore: &[SwIfIndex],
     ) -> Result<(), ContextError> {
+        let commit = self.commit_for(before, next, restore)?;
+        let released = self.ctx.commit(commit)?;
+        self.released.extend(released);
+        Ok(())
+    }
+
+    /// What [`Self::flip`] commits.
+    fn commit_for(
+        &mut self,
+        before: Option<&Generation>,
+        next: Arc<Generation>,
+        restore: &[SwIfIndex],
+    ) -> Result<Commit, ContextError> {
         if before.is_some_and(|b| b.shares_interfaces_with(&next)) && restore.is_empty() {
             // The same interfaces: no feature to enable or disable.
-            return self.ctx.commit(Commit {
+            return Ok(Commit {
                 cell: Arc::clone(&self.cell),
                 next,
                 enable: Vec::new(),
@@ -1254,7 +1335,7 @@ impl<C: VppContext> ControlCore<C> {
                 .collect(),
         );
         let disable = changes.removed;
-        self.ctx.commit(Commit {
+        Ok(Commit {
             cell: Arc::clone(&self.cell),
             next,
             enable,
@@ -1635,6 +1716,14 @@ pub fn serve_connection<C: VppContext>(
                     source,
                 }
             })?;
+            let for_core = !matches!(
+                msg.msg,
+                Some(
+                    to_plugin::Msg::Show(_)
+                        | to_plugin::Msg::Counters(_)
+                        | to_plugin::Msg::FlowSamples(_)
+                )
+            );
             let reply = match msg.msg {
                 Some(to_plugin::Msg::Show(req)) => FromPlugin {
                     msg: Some(from_plugin::Msg::Show(plugin.show(&req))),
@@ -1651,6 +1740,11 @@ pub fn serve_connection<C: VppContext>(
                     .on_message(msg, unix_now()),
             };
             writer.write_message(&reply)?;
+            if for_core {
+                core.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .after_reply();
+            }
         }
         Ok(())
     })();
@@ -1896,7 +1990,7 @@ impl VppContext for FakeVpp {
             .collect())
     }
 
-    fn commit(&mut self, c: Commit) -> Result<(), ContextError> {
+    fn commit(&mut self, c: Commit) -> Result<Option<Arc<Generation>>, ContextError> {
         if self.fail_commits {
             return Err(ContextError::Feature {
                 arc: "ip4-unicast",
@@ -1909,8 +2003,7 @@ impl VppContext for FakeVpp {
             self.enabled.remove(i);
         }
         self.commits.push((c.next.id(), c.enable, c.disable));
-        c.cell.publish(c.next);
-        Ok(())
+        Ok(c.cell.publish(c.next))
     }
 
     /// Records the share; every policed interface and known uplink "takes" every

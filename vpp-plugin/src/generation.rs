@@ -875,10 +875,14 @@ impl GenerationCell {
     }
 
     /// Makes `next` active; the formerly active one stays readable as the previous
-    /// generation (for NIC marks) until the next publish.
-    pub fn publish(&self, next: Arc<Generation>) {
+    /// generation (for NIC marks) until the next publish. Returns the generation
+    /// the cell no longer holds (the previous one until now), for the caller to
+    /// release where freeing it delays nobody: the flip runs under VPP's worker
+    /// barrier.
+    #[must_use = "dropping the released generation here frees it where the flip runs"]
+    pub fn publish(&self, next: Arc<Generation>) -> Option<Arc<Generation>> {
         let old = self.active.swap(Some(next));
-        self.previous.store(old);
+        self.previous.swap(old)
     }
 
     /// Whether a NIC mark's generation tag is that of a generation software holds.
@@ -961,13 +965,13 @@ mod tests {
         assert_eq!(cell.active_id(), 0);
         assert!(cell.load().is_none());
         let none = HashMap::new();
-        cell.publish(generation(1, &none));
-        cell.publish(generation(2, &none));
+        let _ = cell.publish(generation(1, &none));
+        let _ = cell.publish(generation(2, &none));
         assert_eq!(cell.active_id(), 2);
         assert_eq!(cell.previous_id(), Some(1));
         assert!(cell.holds_tag(gen_tag(1)) && cell.holds_tag(gen_tag(2)));
         assert!(!cell.holds_tag(gen_tag(3)));
-        cell.publish(generation(3, &none));
+        let _ = cell.publish(generation(3, &none));
         assert!(!cell.holds_tag(gen_tag(1)));
     }
 

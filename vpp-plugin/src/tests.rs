@@ -698,7 +698,8 @@ fn deltas_compile_incrementally_and_reuse_retired_snapshots() {
     assert!(
         gens.contains(
             "compiled: 6 incremental, 0 re-indexed, 1 from scratch; state copies: 1 \
-             (replayed instead: 6, 2 of them from copies made in the background)"
+             (replayed instead: 6, 2 of them from copies made in the background, 0 made \
+             ready after a reply)"
         ),
         "{gens}"
     );
@@ -1099,6 +1100,69 @@ fn seed_with_port(port: u16) -> Vec<pb::ToDataplane> {
         }
     }
     msgs
+}
+
+#[test]
+fn work_after_the_reply_frees_released_generations_and_readies_the_next_state() {
+    let (plugin, mut core) = seeded();
+    core.after_reply();
+    let from = |a: &str| ip_bytes(&tcp(a, "11.0.0.67", 40000, 5978));
+    let first = Arc::downgrade(&plugin.cell.load().unwrap());
+    for id in 2..=7u64 {
+        let member = format!("11.0.0.{}/32", 200 + id);
+        let a = applied(core.on_message(
+            generation(id, false, id - 1, vec![member_delta(&[&member], &[])]),
+            0,
+        ));
+        assert!(a.ok, "{}", a.error);
+        if id == 3 {
+            // This flip let go of generation 1: the core holds it until its reply
+            // is written, then frees it.
+            assert!(first.upgrade().is_some());
+            core.after_reply();
+            assert!(first.upgrade().is_none());
+        } else {
+            core.after_reply();
+        }
+        // Every member so far is allowed: each delta started from the state of the
+        // generation before it.
+        for m in 2..=id {
+            let allowed = verdict_alone(&plugin, &from(&format!("11.0.0.{}", 200 + m)));
+            assert_eq!(allowed, Next::NextFeature, "member {m} at {id}");
+        }
+    }
+    let s = plugin.status.lock().unwrap().compiled;
+    // Each delta found its state made ready after the reply before it (the first
+    // from a copy made in the background after the full generation).
+    assert_eq!(
+        (s.replayed, s.ready_after_reply, s.state_copies),
+        (6, 6, 1),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn a_state_made_ready_for_one_run_is_not_taken_by_another() {
+    let plugin = Plugin::new(PluginConfig::default());
+    let mut core = plugin.control_core(FakeVpp::with(&[("tun3", 11), ("tap0", 1)]));
+    hello_reply(core.on_message(hello(100, &[]), 0));
+    assert!(applied(core.on_message(generation(1, true, 0, seed_with_port(5978)), 0)).ok);
+    assert!(applied(core.on_message(generation(2, false, 1, vec![]), 0)).ok);
+    // Generation 2's state (port 5978) made ready for the next delta.
+    core.after_reply();
+    // Another run's generation 2 (port 5979), with no reply work between, then a
+    // delta on it: that run's state, not the one made ready for the first run.
+    core.on_disconnect(1);
+    hello_reply(core.on_message(hello(200, &[]), 1));
+    assert!(applied(core.on_message(generation(2, true, 0, seed_with_port(5979)), 1)).ok);
+    let a = applied(core.on_message(generation(3, false, 2, vec![]), 1));
+    assert!(a.ok, "{}", a.error);
+    let rules = plugin.show(Show::Rules, 1);
+    assert!(
+        rules.contains("dst==5979") && !rules.contains("dst==5978"),
+        "{rules}"
+    );
+    assert_eq!(plugin.status.lock().unwrap().compiled.ready_after_reply, 0);
 }
 
 #[test]

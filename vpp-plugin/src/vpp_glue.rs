@@ -33,7 +33,7 @@ use crate::config::PluginConfig;
 use crate::control::{
     self, Commit, ContextError, RebindSignal, ShareOutcome, ShareTargets, VppContext,
 };
-use crate::generation::{SwIfIndex, VppDir};
+use crate::generation::{Generation, SwIfIndex, VppDir};
 use crate::peer;
 use crate::share::{FlowLayerRule, ShareState};
 use crate::Plugin;
@@ -407,7 +407,7 @@ impl VppContext for MainThread {
         })
     }
 
-    fn commit(&mut self, c: Commit) -> Result<(), ContextError> {
+    fn commit(&mut self, c: Commit) -> Result<Option<Arc<Generation>>, ContextError> {
         self.run(move |vm| {
             let mut enabled = Vec::new();
             for idx in &c.enable {
@@ -420,12 +420,13 @@ impl VppContext for MainThread {
                 enabled.push(*idx);
             }
             // Flip while workers are stopped: features and generation change together.
-            c.cell.publish(c.next);
+            // The generation let go of is freed on the control thread, not here.
+            let released = c.cell.publish(c.next);
             for idx in &c.disable {
                 // An interface that went away in VPP cannot be disabled; not an error.
                 let _ = crate::node::feature::set(vm, *idx, false);
             }
-            Ok(())
+            Ok(released)
         })?
     }
 
