@@ -95,8 +95,7 @@ impl Default for FlowConfig {
 
 /// A flow's key: interface, protocol, and the two endpoints in canonical order.
 /// Addresses are widened to 128 bits with their families beside them, so a key is
-/// three 128-bit words: compared with one branch, hashed with one to three
-/// multiplies.
+/// three 128-bit words: compared word by word, hashed with one to three multiplies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FlowKey {
     a: u128,

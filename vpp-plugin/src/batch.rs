@@ -81,7 +81,7 @@ pub struct PacketOut {
 }
 
 impl PacketOut {
-    fn allow(how: How, trace: Option<TraceData>) -> Self {
+    const fn allow(how: How, trace: Option<TraceData>) -> Self {
         PacketOut {
             next: Next::NextFeature,
             drop: None,
@@ -352,12 +352,16 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                 tally(&o, &mut counts);
                 o
             };
+            // One verdict per input of the run (`Worker::process`), in order.
+            debug_assert_eq!(frame.verdicts.len(), end - start);
             if dense {
                 out.extend(frame.verdicts.iter().map(decided));
             } else {
                 let at = frame.at.get(start..end).unwrap_or_default();
                 for (v, &i) in frame.verdicts.iter().zip(at) {
-                    put(out, false, i, decided(v));
+                    if let Some(slot_out) = out.get_mut(i) {
+                        *slot_out = decided(v);
+                    }
                 }
             }
             start = end;
@@ -370,12 +374,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
 }
 
 /// What a packet joining the batch holds in `out` until the batch is decided.
-const PLACEHOLDER: PacketOut = PacketOut {
-    next: Next::NextFeature,
-    drop: None,
-    how: How::Classified,
-    trace: None,
-};
+const PLACEHOLDER: PacketOut = PacketOut::allow(How::Classified, None);
 
 /// Ends a frame's dense run (every packet so far joined the batch): `at` and the
 /// placeholders of the inputs so far are written out, so that the packet decided
@@ -391,6 +390,7 @@ fn spread(dense: &mut bool, frame: &mut FrameBufs, out: &mut Vec<PacketOut>) {
 /// packets are decided in order), else over its placeholder.
 fn put(out: &mut Vec<PacketOut>, dense: bool, i: usize, o: PacketOut) {
     if dense {
+        debug_assert_eq!(out.len(), i);
         out.push(o);
     } else if let Some(slot_out) = out.get_mut(i) {
         *slot_out = o;

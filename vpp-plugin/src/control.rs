@@ -592,14 +592,25 @@ impl SnapshotPool {
     }
 
     /// A spare copy brought forward to generation `base`, if one is (or is being)
-    /// made and the log reaches from it to `base`. Waits for a copy in the making:
-    /// it is further along than a copy started now.
-    fn spare(&mut self, base: u64) -> Option<State> {
+    /// made and the log reaches from it to `base`. With `wait`, waits for a copy in
+    /// the making (it is further along than a copy started now); without, takes
+    /// only a copy already made.
+    fn spare(&mut self, base: u64, wait: bool) -> Option<State> {
+        use std::sync::mpsc::TryRecvError;
         let spares = self.spares.as_ref().filter(|s| s.id <= base)?;
         let id = spares.id;
-        match spares.copies.recv() {
-            Ok(state) => self.replay(state, id, base),
-            Err(_) => {
+        let copy = if wait {
+            spares.copies.recv().ok()
+        } else {
+            match spares.copies.try_recv() {
+                Ok(state) => Some(state),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        match copy {
+            Some(state) => self.replay(state, id, base),
+            None => {
                 self.spares = None;
                 None
             }
@@ -675,14 +686,20 @@ pub struct ControlCore<C: VppContext> {
     ready: Option<ReadyState>,
 }
 
-/// A copy of one generation's state that no generation holds, for the next delta on
-/// it to apply its updates to.
-struct ReadyState {
-    epoch: u64,
-    id: u64,
+/// A copy of one generation's state that no generation holds, for a delta on it to
+/// apply its updates to.
+struct FreeState {
     state: State,
     /// Made from a copy taken in the background (else a retired snapshot).
     spare: bool,
+}
+
+/// The active generation's [`FreeState`], made after a reply, for the agent run
+/// (`epoch`) and generation (`id`) it was made for.
+struct ReadyState {
+    epoch: u64,
+    id: u64,
+    free: FreeState,
 }
 
 impl<C: VppContext> std::fmt::Debug for ControlCore<C> {
@@ -867,6 +884,7 @@ impl<C: VppContext> ControlCore<C> {
 
     /// Records that the agent connection ended (fail-static: nothing else changes).
     pub fn on_disconnect(&mut self, now: u64) {
+        self.released.clear();
         self.assembly = None;
         self.interfaces_sent = InterfacesSeen::default();
         let mut s = lock(&self.status);
@@ -1101,19 +1119,17 @@ impl<C: VppContext> ControlCore<C> {
                     .ready
                     .take()
                     .filter(|r| (r.epoch, r.id) == (epoch, base_id));
-                let reclaimed = match ready {
-                    Some(r) => Some((r.state, r.spare, true)),
-                    None => self
-                        .free_state(base_id)
-                        .map(|(state, spare)| (state, spare, false)),
+                let (free, ready) = match ready {
+                    Some(r) => (Some(r.free), true),
+                    None => (self.free_state(base_id, true), false),
                 };
-                match reclaimed {
-                    Some((state, spare, ready)) => {
+                match free {
+                    Some(free) => {
                         let mut s = self.stats();
                         s.compiled.replayed += 1;
-                        s.compiled.background_copies += u64::from(spare);
+                        s.compiled.background_copies += u64::from(free.spare);
                         s.compiled.ready_after_reply += u64::from(ready);
-                        state
+                        free.state
                     }
                     None => {
                         self.stats().compiled.state_copies += 1;
@@ -1199,27 +1215,37 @@ impl<C: VppContext> ControlCore<C> {
     }
 
     /// A state of generation `base` that no generation holds: a retired snapshot
-    /// brought forward, else a copy made in the background (`true`).
-    fn free_state(&mut self, base: u64) -> Option<(State, bool)> {
+    /// brought forward, else a copy made in the background (waiting for one in the
+    /// making with `wait`).
+    fn free_state(&mut self, base: u64, wait: bool) -> Option<FreeState> {
         match self.pool.reclaim(base) {
-            Some(state) => Some((state, false)),
-            None => self.pool.spare(base).map(|state| (state, true)),
+            Some(state) => Some(FreeState {
+                state,
+                spare: false,
+            }),
+            None => self
+                .pool
+                .spare(base, wait)
+                .map(|state| FreeState { state, spare: true }),
         }
     }
 
-    /// The work a reply need not wait for, done after it is sent: the generations
-    /// the cell let go of are freed, and the active generation's state is made
-    /// ready for the next delta (a retired snapshot brought forward, as the delta
-    /// would otherwise do first). The plugin's connection calls it once each reply
-    /// is written. Nothing depends on it: a message frees what is left to free
-    /// first, and a delta that finds no ready state makes one itself.
+    /// The work a reply need not wait for, done after it is written: the
+    /// generations the cell let go of are freed, and the active generation's state
+    /// is made ready for the next delta (a retired snapshot brought forward, or a
+    /// background copy already made; this never waits for one). The plugin's
+    /// connection calls it once each reply is written, before it reads the next
+    /// message. Nothing depends on it: a message frees what is left to free first,
+    /// and a delta that finds no ready state makes one itself.
     pub fn after_reply(&mut self) {
         self.released.clear();
         let Some(active) = self.cell.load() else {
             return;
         };
         let (epoch, id) = (self.active_epoch, active.id());
+        // No delta of another agent run starts from this generation.
         if self.compiled.is_none()
+            || self.conn_epoch != epoch
             || self
                 .ready
                 .as_ref()
@@ -1227,12 +1253,9 @@ impl<C: VppContext> ControlCore<C> {
         {
             return;
         }
-        self.ready = self.free_state(id).map(|(state, spare)| ReadyState {
-            epoch,
-            id,
-            state,
-            spare,
-        });
+        self.ready = self
+            .free_state(id, false)
+            .map(|free| ReadyState { epoch, id, free });
     }
 
     /// The policed endpoint names of `state` and where VPP has them.
@@ -1357,6 +1380,8 @@ impl<C: VppContext> ControlCore<C> {
             return Ok(Vec::new());
         };
         let result = self.rebind_active(&active);
+        // No reply follows a rebinding: what its flip let go of is freed now.
+        self.released.clear();
         match &result {
             Ok(changes) if changes.is_empty() => {}
             Ok(changes) => {
@@ -1716,31 +1741,35 @@ pub fn serve_connection<C: VppContext>(
                     source,
                 }
             })?;
-            let for_core = !matches!(
-                msg.msg,
-                Some(
-                    to_plugin::Msg::Show(_)
-                        | to_plugin::Msg::Counters(_)
-                        | to_plugin::Msg::FlowSamples(_)
-                )
-            );
-            let reply = match msg.msg {
-                Some(to_plugin::Msg::Show(req)) => FromPlugin {
-                    msg: Some(from_plugin::Msg::Show(plugin.show(&req))),
-                },
-                Some(to_plugin::Msg::Counters(_)) => FromPlugin {
-                    msg: Some(from_plugin::Msg::Counters(plugin.counters())),
-                },
-                Some(to_plugin::Msg::FlowSamples(_)) => FromPlugin {
-                    msg: Some(from_plugin::Msg::FlowSamples(plugin.flow_samples())),
-                },
-                _ => core
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .on_message(msg, unix_now()),
+            // (the reply, whether the core answered it)
+            let (reply, by_core) = match msg.msg {
+                Some(to_plugin::Msg::Show(req)) => (
+                    FromPlugin {
+                        msg: Some(from_plugin::Msg::Show(plugin.show(&req))),
+                    },
+                    false,
+                ),
+                Some(to_plugin::Msg::Counters(_)) => (
+                    FromPlugin {
+                        msg: Some(from_plugin::Msg::Counters(plugin.counters())),
+                    },
+                    false,
+                ),
+                Some(to_plugin::Msg::FlowSamples(_)) => (
+                    FromPlugin {
+                        msg: Some(from_plugin::Msg::FlowSamples(plugin.flow_samples())),
+                    },
+                    false,
+                ),
+                _ => (
+                    core.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .on_message(msg, unix_now()),
+                    true,
+                ),
             };
             writer.write_message(&reply)?;
-            if for_core {
+            if by_core {
                 core.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .after_reply();

@@ -420,7 +420,8 @@ impl VppContext for MainThread {
                 enabled.push(*idx);
             }
             // Flip while workers are stopped: features and generation change together.
-            // The generation let go of is freed on the control thread, not here.
+            // The generation let go of goes back to the control thread to be freed
+            // there (here only if the control thread stopped waiting for this job).
             let released = c.cell.publish(c.next);
             for idx in &c.disable {
                 // An interface that went away in VPP cannot be disabled; not an error.

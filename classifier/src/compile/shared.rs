@@ -25,6 +25,9 @@ pub(super) struct SharedPrograms {
     /// Entries held, and held after the last sweep of dead ones.
     entries: usize,
     swept_to: usize,
+    /// Entries a sweep found dead, freed a few at a time as programs are filed:
+    /// freeing a sweep's worth of specs at once held one update for milliseconds.
+    dead: Vec<Laid>,
 }
 
 /// A program and the spec it was laid out from. The program is weak: it lives as
@@ -38,6 +41,10 @@ struct Laid {
 /// Dead entries are swept when the entries reach twice those left by the last
 /// sweep, plus this.
 const SWEEP_SLACK: usize = 256;
+
+/// Dead entries freed per program filed, besides one in [`SWEEP_SLACK`] of those
+/// waiting (so that a large sweep is freed before the next).
+const FREED_PER_FILING: usize = 2;
 
 impl SharedPrograms {
     /// A live program laid out from a spec the same as `spec` (whose [`key`] is
@@ -65,9 +72,20 @@ impl SharedPrograms {
             spec: Arc::clone(spec),
             program: Arc::downgrade(program),
         });
+        let freed = FREED_PER_FILING + self.dead.len() / SWEEP_SLACK;
+        self.dead.truncate(self.dead.len().saturating_sub(freed));
         if self.entries > 2 * self.swept_to + SWEEP_SLACK {
+            let dead = &mut self.dead;
             self.by_key.retain(|_, bucket| {
-                bucket.retain(|l| l.program.strong_count() > 0);
+                bucket.retain(|l| {
+                    let live = l.program.strong_count() > 0;
+                    if !live {
+                        // Kept aside (a second reference): dropping this one frees
+                        // nothing.
+                        dead.push(l.clone());
+                    }
+                    live
+                });
                 !bucket.is_empty()
             });
             self.entries = self.by_key.values().map(Vec::len).sum();
@@ -79,6 +97,12 @@ impl SharedPrograms {
     #[cfg(test)]
     pub(super) fn held(&self) -> usize {
         self.entries
+    }
+
+    /// Swept entries not freed yet.
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.dead.len()
     }
 }
 
@@ -171,16 +195,16 @@ mod tests {
         s
     }
 
-    /// Programs no interface holds any more are swept as others are filed: the
-    /// entries stay within twice the live ones plus the slack, and a live one is
-    /// still found. Internal rules alike make the same spec, whatever their
+    /// Programs no interface holds any more are swept as others are filed, and
+    /// freed a few at a time after: the entries stay within twice the live ones
+    /// plus the slack, and a live one is still found. Internal rules alike make the same spec, whatever their
     /// fragments' addresses.
     #[test]
     fn dead_programs_are_swept() {
         let mut shared = SharedPrograms::default();
         let keep = Arc::new(finish(&spec(1, 1), 1));
         shared.insert(&Arc::new(spec(1, 1)), &keep);
-        let mut most = 0;
+        let (mut most, mut most_waiting) = (0, 0);
         for round in 1..20 * SWEEP_SLACK {
             let (a, b) = (1 + round % 80, 1 + round / 80);
             let program = Arc::new(finish(&spec(a, b), 1));
@@ -195,9 +219,14 @@ mod tests {
                 "a dead one is not"
             );
             most = most.max(shared.held());
+            most_waiting = most_waiting.max(shared.waiting());
         }
         assert!(most > SWEEP_SLACK, "the sweep had work: {most}");
         assert!(most <= 2 * 2 + SWEEP_SLACK + 1, "{most}");
+        // A sweep's dead entries are freed a few at a time, each before the next
+        // sweep.
+        assert!(most_waiting >= SWEEP_SLACK, "{most_waiting}");
+        assert!(most_waiting <= SWEEP_SLACK + 3, "{most_waiting}");
         let (found, _) = shared
             .find_at(key(&spec(1, 1)), &spec(1, 1))
             .expect("the live one stays");
