@@ -197,8 +197,8 @@ mod tests {
 
     /// Programs no interface holds any more are swept as others are filed, and
     /// freed a few at a time after: the entries stay within twice the live ones
-    /// plus the slack, and a live one is still found. Internal rules alike make the same spec, whatever their
-    /// fragments' addresses.
+    /// plus the slack, and a live one is still found. Internal rules alike make the
+    /// same spec, whatever their fragments' addresses.
     #[test]
     fn dead_programs_are_swept() {
         let mut shared = SharedPrograms::default();
