@@ -277,6 +277,37 @@ fn unpacked_starts(packed: &[u64], n: usize) -> &[u16] {
 /// Words of a program's atom filter.
 pub(crate) const BLOOM_WORDS: usize = 64;
 
+/// Keeps in `cand` the rules whose criteria on one field, both sides, hold: a rule
+/// requiring a side (`req`: source, destination) needs a hit in that side's
+/// positive bitmap, and no rule may hit a side's negated one (`hits`: source
+/// positive, negated, destination positive, negated). All `cand.len()` words.
+#[inline(always)]
+fn keep_matching(cand: &mut [u64], req: [&[u64]; 2], hits: [&mut [u64]; 4]) {
+    let [sreq, dreq] = req;
+    let [spos, sneg, dpos, dneg] = hits;
+    for (((((c, sr), sp), sn), dr), (dp, dn)) in cand
+        .iter_mut()
+        .zip(sreq)
+        .zip(&*spos)
+        .zip(&*sneg)
+        .zip(dreq)
+        .zip(dpos.iter().zip(&*dneg))
+    {
+        *c &= !(sr & !sp) & !sn & !(dr & !dp) & !dn;
+    }
+}
+
+/// Copies `src` into `dst`, or zeroes `dst` when `src` is missing (a port table
+/// outside the arena).
+#[inline(always)]
+fn copy_or_zero(dst: &mut [u64], src: &[u64]) {
+    if dst.len() == src.len() {
+        dst.copy_from_slice(src);
+    } else {
+        dst.fill(0);
+    }
+}
+
 /// Flags of a program.
 pub(crate) const F_SRC_NP: u8 = 1;
 pub(crate) const F_DST_NP: u8 = 2;
@@ -764,6 +795,10 @@ impl Program {
         let (neg, rest) = rest.split_at_mut(w);
         let (pos2, rest) = rest.split_at_mut(w);
         let (neg2, _) = rest.split_at_mut(w);
+        // The masks below the protocol classes are `w` words each (checked above),
+        // so the passes below zip slices of one length: no bounds check per word,
+        // and the compiler vectorises them (wide programs spend most of their time
+        // here).
         let m = |k: usize| self.bm(k * w, w);
 
         // Family, protocol, L4 presence.
@@ -781,10 +816,18 @@ impl Program {
         let drop_ports = if has_ports { 0 } else { !0 };
         let drop_icmp = if icmp.is_some() { 0 } else { !0 };
         let (need_ports, need_icmp) = (m(M_NEED_PORTS), m(M_NEED_ICMP));
-        for i in 0..w {
-            let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
-            if let Some(c) = cand.get_mut(i) {
-                *c = g(fam) & g(pb) & !(g(need_ports) & drop_ports) & !(g(need_icmp) & drop_icmp);
+        if pb.len() != w {
+            // A protocol class outside the arena: no rule is a candidate.
+            cand.fill(0);
+        } else {
+            for ((((c, f), p), np), ni) in cand
+                .iter_mut()
+                .zip(fam)
+                .zip(pb)
+                .zip(need_ports)
+                .zip(need_icmp)
+            {
+                *c = f & p & !(np & drop_ports) & !(ni & drop_icmp);
             }
         }
         if let Some((t, c)) = icmp {
@@ -809,13 +852,7 @@ impl Program {
         neg2.fill(0);
         self.or_atoms(w, d_host, K_DST_POS, K_DST_NEG, pos2, neg2);
         self.or_atoms(w, d_pre, K_DST_POS, K_DST_NEG, pos2, neg2);
-        let (src_req, dst_req) = (m(M_SRC_REQ), m(M_DST_REQ));
-        for i in 0..w {
-            let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
-            if let Some(c) = cand.get_mut(i) {
-                *c &= !(g(src_req) & !g(pos)) & !g(neg) & !(g(dst_req) & !g(pos2)) & !g(neg2);
-            }
-        }
+        keep_matching(cand, [m(M_SRC_REQ), m(M_DST_REQ)], [pos, neg, pos2, neg2]);
 
         // Ports (only packets with ports reach rules with port criteria).
         let mut svc_atoms: &[AtomId] = &[];
@@ -826,20 +863,10 @@ impl Program {
         {
             let (spos, sneg) = self.port_lookup(w, self.lay.sports, self.lay.sports_n, sport);
             let (dpos, dneg) = self.port_lookup(w, self.lay.dports, self.lay.dports_n, dport);
-            for i in 0..w {
-                let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
-                if let (Some(p), Some(q), Some(p2), Some(q2)) = (
-                    pos.get_mut(i),
-                    neg.get_mut(i),
-                    pos2.get_mut(i),
-                    neg2.get_mut(i),
-                ) {
-                    *p = g(spos);
-                    *q = g(sneg);
-                    *p2 = g(dpos);
-                    *q2 = g(dneg);
-                }
-            }
+            copy_or_zero(pos, spos);
+            copy_or_zero(neg, sneg);
+            copy_or_zero(pos2, dpos);
+            copy_or_zero(neg2, dneg);
             if self.flags & F_SRC_NP != 0 {
                 let atoms = idx.ep_get(&pkt.src, pkt.protocol.0, sport);
                 self.or_atoms(w, atoms, K_SRC_NP, K_SRC_NNP, pos, neg);
@@ -850,24 +877,17 @@ impl Program {
             if self.flags & F_DST_NP != 0 {
                 self.or_atoms(w, svc_atoms, K_DST_NP, K_DST_NNP, pos2, neg2);
             }
-            let (sport_req, dport_req) = (m(M_SPORT_REQ), m(M_DPORT_REQ));
-            for i in 0..w {
-                let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
-                if let Some(c) = cand.get_mut(i) {
-                    *c &=
-                        !(g(sport_req) & !g(pos)) & !g(neg) & !(g(dport_req) & !g(pos2)) & !g(neg2);
-                }
-            }
+            keep_matching(
+                cand,
+                [m(M_SPORT_REQ), m(M_DPORT_REQ)],
+                [pos, neg, pos2, neg2],
+            );
             if self.flags & F_SVC != 0 {
-                let svc_req = m(M_SVC_REQ);
                 pos.fill(0);
                 neg.fill(0);
                 self.or_atoms(w, svc_atoms, K_SVC, K_SVC, pos, neg);
-                for i in 0..w {
-                    let g = |s: &[u64]| s.get(i).copied().unwrap_or(0);
-                    if let Some(c) = cand.get_mut(i) {
-                        *c &= !(g(svc_req) & !g(pos));
-                    }
+                for ((c, r), p) in cand.iter_mut().zip(m(M_SVC_REQ)).zip(&*pos) {
+                    *c &= !(r & !p);
                 }
             }
         }
