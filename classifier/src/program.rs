@@ -355,6 +355,11 @@ pub(crate) struct Program {
     /// Verdict, decider and rule id when nothing decided.
     pub(crate) fallback: (Verdict, u32, Option<u32>),
     pub(crate) icmp_rules: Vec<(u32, Option<IcmpMatch>, Option<IcmpMatch>)>,
+    /// Sparse programs only: per family, protocol class and kind of L4 header
+    /// ([`Program::base_at`]), the rules those alone leave, `words` each: one row
+    /// read per packet instead of four. Derived from the masks
+    /// ([`Program::combine_bases`]) after every layout and patch.
+    pub(crate) bases: Box<[u64]>,
 }
 
 /// Where things are (offsets in words). In [`Program::arena`]: the `M_*` masks,
@@ -601,6 +606,7 @@ impl Program {
             deciders: self.deciders.clone(),
             fallback: self.fallback,
             icmp_rules: self.icmp_rules.clone(),
+            bases: self.bases.clone(),
         }
     }
 
@@ -616,6 +622,49 @@ impl Program {
         crate::prefetch::read(p.wrapping_add((M_PROTO + pc) * w).cast::<u8>());
         crate::prefetch::read(p.wrapping_add(self.lay.sports as usize).cast::<u8>());
         crate::prefetch::read(p.wrapping_add(self.lay.dports as usize).cast::<u8>());
+    }
+
+    /// The number of protocol classes.
+    fn classes(&self) -> usize {
+        usize::from(self.proto_class.iter().copied().max().unwrap_or(0)) + 1
+    }
+
+    /// The base row of a family, protocol class and L4 kind (0: ports, 1: ICMP, 2:
+    /// neither); empty for dense programs.
+    #[inline(always)]
+    fn base_at(&self, family: IpFamily, class: usize, kind: usize) -> &[u64] {
+        let w = self.words as usize;
+        let fam = usize::from(family == IpFamily::V6);
+        let at = ((class * 2 + fam) * 3 + kind) * w;
+        self.bases.get(at..at + w).unwrap_or(&[])
+    }
+
+    /// Computes [`Program::bases`] from the masks (sparse programs; others keep
+    /// none, their four rows sitting in one or two lines).
+    pub(crate) fn combine_bases(&mut self) {
+        let w = self.words as usize;
+        let classes = self.classes();
+        if self.flags & F_SPARSE == 0 || self.arena.len() < (M_PROTO + classes) * w {
+            self.bases = Box::default();
+            return;
+        }
+        let row = |k: usize| self.arena.get(k * w..(k + 1) * w).unwrap_or(&[]);
+        let mut bases = Vec::with_capacity(2 * classes * 3 * w);
+        for class in 0..classes {
+            for fam in [M_FAM4, M_FAM6] {
+                // Ports: no ICMP criterion; ICMP: no port criterion; neither: none.
+                for (drop_ports, drop_icmp) in [(0, !0), (!0, 0), (!0, !0)] {
+                    let rows = row(fam).iter().zip(row(M_PROTO + class));
+                    let needs = row(M_NEED_PORTS).iter().zip(row(M_NEED_ICMP));
+                    bases.extend(
+                        rows.zip(needs).map(|((f, p), (np, ni))| {
+                            f & p & !(np & drop_ports) & !(ni & drop_icmp)
+                        }),
+                    );
+                }
+            }
+        }
+        self.bases = bases.into_boxed_slice();
     }
 
     /// Address of the program's header, for the first prefetch stage.
@@ -816,7 +865,15 @@ impl Program {
         let drop_ports = if has_ports { 0 } else { !0 };
         let drop_icmp = if icmp.is_some() { 0 } else { !0 };
         let (need_ports, need_icmp) = (m(M_NEED_PORTS), m(M_NEED_ICMP));
-        if pb.len() != w {
+        let kind = match (has_ports, icmp) {
+            (true, _) => 0,
+            (false, Some(_)) => 1,
+            (false, None) => 2,
+        };
+        let base = self.base_at(pkt.family(), pc, kind);
+        if base.len() == w {
+            cand.copy_from_slice(base);
+        } else if pb.len() != w {
             // A protocol class outside the arena: no rule is a candidate.
             cand.fill(0);
         } else {
@@ -991,6 +1048,7 @@ impl Program {
             + self.icmp_rules.capacity() * 16
             + self.arena.len() * 8
             + self.atoms.len() * 8
+            + self.bases.len() * 8
     }
 }
 
@@ -1051,6 +1109,7 @@ mod tests {
             deciders: Arc::default(),
             fallback: (Verdict::Deny, 0, None),
             icmp_rules: Vec::new(),
+            bases: Box::default(),
         };
         for (a, off) in &used {
             assert_eq!(p.slot(*a), Some(*off as usize));

@@ -63,7 +63,7 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
         .then(|| [spec.port_starts(0), spec.port_starts(1)]);
     let icmp_rules = std::mem::take(&mut masks.icmp_rules);
     let (arena, atoms, lay) = masks.arena(&slots, &atom_bits, starts.as_ref());
-    Program {
+    let mut program = Program {
         arena: arena.into_boxed_slice(),
         atoms: atoms.into(),
         words: w as u32,
@@ -77,7 +77,10 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
         deciders: Arc::new(deciders),
         fallback,
         icmp_rules,
-    }
+        bases: Box::default(),
+    };
+    program.combine_bases();
+    program
 }
 
 /// How many port ranges (positive, negated; per side) and atom uses a spec's rules
@@ -478,6 +481,7 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
         }
     }
     p.flags = flags;
+    p.combine_bases();
     Some(p)
 }
 
@@ -736,6 +740,7 @@ fn segments(specs: Vec<(usize, usize, SegSpec)>, deciders: &mut DeciderTable) ->
 /// the program laid out afresh from its spec.
 pub(super) struct Canonical {
     head: Vec<u64>,
+    bases: Vec<u64>,
     atoms: std::collections::BTreeMap<(AtomId, usize), Vec<u64>>,
     ports: [(Vec<u64>, usize); 2],
     rest: String,
@@ -749,6 +754,11 @@ impl Canonical {
                 "masks",
                 format!("{:?}", self.head),
                 format!("{:?}", other.head),
+            ),
+            (
+                "bases",
+                format!("{:?}", self.bases),
+                format!("{:?}", other.bases),
             ),
             (
                 "atoms",
@@ -771,11 +781,15 @@ impl Canonical {
     pub(super) fn of(p: &Program) -> Canonical {
         let w = p.words as usize;
         let mut head = p.arena.get(..M_PROTO * w).unwrap_or(&[]).to_vec();
-        // Each protocol's row, whatever the classes (a patch keeps the class of a
+        let mut bases = Vec::new();
+        // Each protocol's rows, whatever the classes (a patch keeps the class of a
         // protocol no rule names any more).
         for class in p.proto_class {
-            let at = (M_PROTO + usize::from(class)) * w;
+            let class = usize::from(class);
+            let at = (M_PROTO + class) * w;
             head.extend_from_slice(p.arena.get(at..at + w).unwrap_or(&[]));
+            let at = class * 6 * w;
+            bases.extend_from_slice(p.bases.get(at..at + 6 * w).unwrap_or(&[]));
         }
         let mut atoms = std::collections::BTreeMap::new();
         for e in p.atoms.get(..p.lay.atab_mask as usize + 1).unwrap_or(&[]) {
@@ -811,6 +825,7 @@ impl Canonical {
         let flags = p.flags;
         Canonical {
             head,
+            bases,
             atoms,
             ports: [(src.0.to_vec(), src.1), (dst.0.to_vec(), dst.1)],
             rest: format!(
