@@ -639,9 +639,44 @@ impl Program {
         self.bases.get(at..at + w).unwrap_or(&[])
     }
 
+    /// What a laid-out or patched program derives from its masks: each port
+    /// interval's positive bitmap also holds the rules without a port criterion on
+    /// that side (so a packet reads no requirement row), and the bases.
+    pub(crate) fn derive(&mut self) {
+        self.fold_port_requirements();
+        self.combine_bases();
+    }
+
+    /// ORs into each interval's positive bitmap the rules the side's requirement
+    /// row (`M_SPORT_REQ`, `M_DPORT_REQ`) leaves out. Idempotent: a patch's tables
+    /// copied from the old program are folded already, and a patch re-cuts a side
+    /// whose rules gained or lost a port criterion.
+    fn fold_port_requirements(&mut self) {
+        let w = self.words as usize;
+        for (req_row, at, n) in [
+            (M_SPORT_REQ, self.lay.sports, self.lay.sports_n),
+            (M_DPORT_REQ, self.lay.dports, self.lay.dports_n),
+        ] {
+            let free: Vec<u64> = match self.arena.get(req_row * w..(req_row + 1) * w) {
+                Some(req) => req.iter().map(|r| !r).collect(),
+                None => continue,
+            };
+            let (at, n) = (at as usize, n as usize);
+            let first = at + n.div_ceil(STARTS_PER_WORD);
+            for iv in 0..n {
+                let off = first + iv * 2 * w;
+                if let Some(pos) = self.arena.get_mut(off..off + w) {
+                    for (p, f) in pos.iter_mut().zip(&free) {
+                        *p |= f;
+                    }
+                }
+            }
+        }
+    }
+
     /// Computes [`Program::bases`] from the masks (sparse programs; others keep
     /// none, their four rows sitting in one or two lines).
-    pub(crate) fn combine_bases(&mut self) {
+    fn combine_bases(&mut self) {
         let w = self.words as usize;
         let classes = self.classes();
         if self.flags & F_SPARSE == 0 || self.arena.len() < (M_PROTO + classes) * w {
@@ -934,11 +969,17 @@ impl Program {
             if self.flags & F_DST_NP != 0 {
                 self.or_atoms(w, svc_atoms, K_DST_NP, K_DST_NNP, pos2, neg2);
             }
-            keep_matching(
-                cand,
-                [m(M_SPORT_REQ), m(M_DPORT_REQ)],
-                [pos, neg, pos2, neg2],
-            );
+            // A positive interval bitmap holds the side's rules without a port
+            // criterion too ([`Program::derive`]): no requirement row to read.
+            for ((((c, sp), sn), dp), dn) in cand
+                .iter_mut()
+                .zip(&*pos)
+                .zip(&*neg)
+                .zip(&*pos2)
+                .zip(&*neg2)
+            {
+                *c &= sp & !sn & dp & !dn;
+            }
             if self.flags & F_SVC != 0 {
                 pos.fill(0);
                 neg.fill(0);

@@ -679,6 +679,90 @@ fn port_edits_patch_every_endpoint_listing_the_policy() {
     }
 }
 
+/// A rule without port criteria that gains a named-port criterion (its numeric
+/// ranges staying none) is patched in place: a port interval's positive bitmap
+/// holds the rules without a port criterion, so the patch must take the rule's bits
+/// out of every interval, and packets to other ports no longer match it.
+#[test]
+fn a_rule_gaining_a_named_port_leaves_the_other_ports() {
+    use capo_policy::*;
+    for words in [1, 6] {
+        let mut state = State::new();
+        let mut ids = IdTable::default();
+        let mut b = Builder::with_min_words(words);
+        let named = common::set_id(0);
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::IpSetReplace {
+                id: named.clone(),
+                kind: IpSetKind::IpAndPort,
+                members: vec![Member::IpPort {
+                    addr: "10.0.0.1".parse().unwrap(),
+                    protocol: Protocol::TCP,
+                    port: 8080,
+                }],
+            },
+        )
+        .unwrap();
+        let tcp = |action: Action, named_ports: bool| {
+            let mut rule = Rule::any(action);
+            rule.protocol = Some(Protocol::TCP);
+            if named_ports {
+                rule.dst.named_port_sets = vec![named.clone()];
+            }
+            rule
+        };
+        // The second rule names the set, so the first can take it in place.
+        let policy = |first_named: bool| {
+            common::t1_policy(vec![
+                tcp(Action::Allow, first_named),
+                tcp(Action::Deny, true),
+            ])
+        };
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::PolicyUpdate(common::pkey(0), policy(false).into()),
+        )
+        .unwrap();
+        let wl = common::t1_workload("tun0", "10.0.0.1/32");
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::WorkloadUpdate(common::wkey(0), wl.into()),
+        )
+        .unwrap();
+        let verdict = |g: &capo_classifier::Generation, port: u16| {
+            let packet = Packet {
+                src: "10.9.0.1".parse().unwrap(),
+                dst: "10.0.0.1".parse().unwrap(),
+                protocol: Protocol::TCP,
+                l4: L4::Ports {
+                    src: 40000,
+                    dst: port,
+                },
+            };
+            let iface = g.interface("tun0").unwrap();
+            g.classify(iface, Direction::Ingress, &packet, &mut Scratch::default())
+                .unwrap()
+                .verdict
+        };
+        let before = b.patched_interfaces();
+        let g = b
+            .apply(
+                &mut state,
+                &mut ids,
+                Update::PolicyUpdate(common::pkey(0), policy(true).into()),
+            )
+            .unwrap();
+        assert_eq!(b.patched_interfaces(), before + 1, "{words} words: patched");
+        assert_eq!(b.check_programs_against_specs(), Ok(()), "{words} words");
+        assert_eq!(verdict(&g, 8080), Verdict::Allow, "{words} words");
+        assert_eq!(verdict(&g, 80), Verdict::Deny, "{words} words");
+    }
+}
+
 /// A profile three endpoints use, edited in place: its port edit patches the three
 /// interfaces' programs, which equal programs laid out afresh and give the new
 /// verdicts.

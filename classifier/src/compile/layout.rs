@@ -79,7 +79,7 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
         icmp_rules,
         bases: Box::default(),
     };
-    program.combine_bases();
+    program.derive();
     program
 }
 
@@ -398,7 +398,11 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
                 .into_iter()
                 .zip(ports_changed.iter_mut().zip(&mut changed_ports))
             {
-                *moved |= o.ports != n.ports || o.not_ports != n.not_ports;
+                // A rule gaining or losing a port criterion re-cuts the side too:
+                // its bits in the positive bitmaps go with it ([`Program::derive`]).
+                let requires = |s: &LSide| !s.ports.is_empty() || !s.np.is_empty();
+                *moved |=
+                    o.ports != n.ports || o.not_ports != n.not_ports || requires(o) != requires(n);
                 pos.extend(n.ports.iter().map(|r| (i, *r)));
                 neg.extend(n.not_ports.iter().map(|r| (i, *r)));
             }
@@ -481,7 +485,7 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
         }
     }
     p.flags = flags;
-    p.combine_bases();
+    p.derive();
     Some(p)
 }
 
