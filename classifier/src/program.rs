@@ -297,6 +297,14 @@ fn keep_matching(cand: &mut [u64], req: [&[u64]; 2], hits: [&mut [u64]; 4]) {
     }
 }
 
+/// Keeps in `cand` the rules a side's hits leave: in `pos`, not in `neg`.
+#[inline(always)]
+fn keep_hits(cand: &mut [u64], pos: &[u64], neg: &[u64]) {
+    for ((c, p), n) in cand.iter_mut().zip(pos).zip(neg) {
+        *c &= p & !n;
+    }
+}
+
 /// Copies `src` into `dst`, or zeroes `dst` when `src` is missing (a port table
 /// outside the arena).
 #[inline(always)]
@@ -318,6 +326,9 @@ pub(crate) const F_ICMP: u8 = 8;
 /// rules, so a dense bitmap per atom would grow every program by its width times
 /// its atoms (memory per rule growing with the rules).
 pub(crate) const F_SPARSE: u8 = 16;
+/// No rule has a source port criterion (named or not): every packet passes the
+/// source port side, which is skipped. Set by [`Program::derive`].
+pub(crate) const F_ANY_SRC_PORT: u8 = 32;
 
 /// The narrowest program with sparse atom slots.
 pub(crate) const SPARSE_MIN_WORDS: usize = STACK_WORDS + 1;
@@ -641,10 +652,26 @@ impl Program {
 
     /// What a laid-out or patched program derives from its masks: each port
     /// interval's positive bitmap also holds the rules without a port criterion on
-    /// that side (so a packet reads no requirement row), and the bases.
+    /// that side (so a packet reads no requirement row), the bases, and whether the
+    /// source port side can be skipped ([`F_ANY_SRC_PORT`]).
     pub(crate) fn derive(&mut self) {
         self.fold_port_requirements();
         self.combine_bases();
+        let w = self.words as usize;
+        let [(src, n), _] = self.port_tables();
+        let sw = n.div_ceil(STARTS_PER_WORD);
+        let any_src_port = n == 1
+            && self.flags & F_SRC_NP == 0
+            && src
+                .get(sw..sw + w)
+                .is_some_and(|p| p.iter().all(|x| *x == !0))
+            && src
+                .get(sw + w..sw + 2 * w)
+                .is_some_and(|n| n.iter().all(|x| *x == 0));
+        self.flags &= !F_ANY_SRC_PORT;
+        if any_src_port {
+            self.flags |= F_ANY_SRC_PORT;
+        }
     }
 
     /// ORs into each interval's positive bitmap the rules the side's requirement
@@ -953,33 +980,29 @@ impl Program {
             dst: dport,
         } = pkt.l4
         {
-            let (spos, sneg) = self.port_lookup(w, self.lay.sports, self.lay.sports_n, sport);
-            let (dpos, dneg) = self.port_lookup(w, self.lay.dports, self.lay.dports_n, dport);
-            copy_or_zero(pos, spos);
-            copy_or_zero(neg, sneg);
-            copy_or_zero(pos2, dpos);
-            copy_or_zero(neg2, dneg);
-            if self.flags & F_SRC_NP != 0 {
-                let atoms = idx.ep_get(&pkt.src, pkt.protocol.0, sport);
-                self.or_atoms(w, atoms, K_SRC_NP, K_SRC_NNP, pos, neg);
+            // A positive interval bitmap holds the side's rules without a port
+            // criterion too ([`Program::derive`]): no requirement row to read. The
+            // source side is skipped where no rule has a source port criterion.
+            if self.flags & F_ANY_SRC_PORT == 0 {
+                let (spos, sneg) = self.port_lookup(w, self.lay.sports, self.lay.sports_n, sport);
+                copy_or_zero(pos, spos);
+                copy_or_zero(neg, sneg);
+                if self.flags & F_SRC_NP != 0 {
+                    let atoms = idx.ep_get(&pkt.src, pkt.protocol.0, sport);
+                    self.or_atoms(w, atoms, K_SRC_NP, K_SRC_NNP, pos, neg);
+                }
+                keep_hits(cand, pos, neg);
             }
             if self.uses_ep() {
                 svc_atoms = idx.ep_get(&pkt.dst, pkt.protocol.0, dport);
             }
+            let (dpos, dneg) = self.port_lookup(w, self.lay.dports, self.lay.dports_n, dport);
+            copy_or_zero(pos2, dpos);
+            copy_or_zero(neg2, dneg);
             if self.flags & F_DST_NP != 0 {
                 self.or_atoms(w, svc_atoms, K_DST_NP, K_DST_NNP, pos2, neg2);
             }
-            // A positive interval bitmap holds the side's rules without a port
-            // criterion too ([`Program::derive`]): no requirement row to read.
-            for ((((c, sp), sn), dp), dn) in cand
-                .iter_mut()
-                .zip(&*pos)
-                .zip(&*neg)
-                .zip(&*pos2)
-                .zip(&*neg2)
-            {
-                *c &= sp & !sn & dp & !dn;
-            }
+            keep_hits(cand, pos2, neg2);
             if self.flags & F_SVC != 0 {
                 pos.fill(0);
                 neg.fill(0);

@@ -763,6 +763,69 @@ fn a_rule_gaining_a_named_port_leaves_the_other_ports() {
     }
 }
 
+/// A rule whose only source criterion is a negated named-port set: no rule has a
+/// source port range, yet the source side is not skipped (the set's atoms must
+/// still be looked up).
+#[test]
+fn a_negated_source_named_port_is_checked() {
+    use capo_policy::*;
+    for words in [1, 6] {
+        let mut state = State::new();
+        let mut ids = IdTable::default();
+        let mut b = Builder::with_min_words(words);
+        let named = common::set_id(0);
+        let updates = [
+            Update::IpSetReplace {
+                id: named.clone(),
+                kind: IpSetKind::IpAndPort,
+                members: vec![Member::IpPort {
+                    addr: "10.9.0.1".parse().unwrap(),
+                    protocol: Protocol::TCP,
+                    port: 40000,
+                }],
+            },
+            Update::PolicyUpdate(
+                common::pkey(0),
+                common::t1_policy(vec![Rule {
+                    protocol: Some(Protocol::TCP),
+                    src: SideMatch {
+                        not_named_port_sets: vec![named.clone()],
+                        ..SideMatch::default()
+                    },
+                    ..Rule::any(Action::Allow)
+                }])
+                .into(),
+            ),
+            Update::WorkloadUpdate(
+                common::wkey(0),
+                common::t1_workload("tun0", "10.0.0.1/32").into(),
+            ),
+        ];
+        let mut g = None;
+        for u in updates {
+            g = Some(b.apply(&mut state, &mut ids, u).unwrap());
+        }
+        let g = g.unwrap();
+        let verdict = |sport: u16| {
+            let packet = Packet {
+                src: "10.9.0.1".parse().unwrap(),
+                dst: "10.0.0.1".parse().unwrap(),
+                protocol: Protocol::TCP,
+                l4: L4::Ports {
+                    src: sport,
+                    dst: 80,
+                },
+            };
+            let iface = g.interface("tun0").unwrap();
+            g.classify(iface, Direction::Ingress, &packet, &mut Scratch::default())
+                .unwrap()
+                .verdict
+        };
+        assert_eq!(verdict(40000), Verdict::Deny, "{words} words");
+        assert_eq!(verdict(40001), Verdict::Allow, "{words} words");
+    }
+}
+
 /// A profile three endpoints use, edited in place: its port edit patches the three
 /// interfaces' programs, which equal programs laid out afresh and give the new
 /// verdicts.
