@@ -412,7 +412,7 @@ impl Generation {
             crate::prefetch::read(self.index.slot_ptr(a));
         }
         if let Some(p) = self.direct_program(*iface, *dir) {
-            p.prefetch_arena(pkt.protocol.0);
+            p.prefetch_arena(pkt);
         }
     }
 

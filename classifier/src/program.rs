@@ -297,6 +297,16 @@ fn keep_matching(cand: &mut [u64], req: [&[u64]; 2], hits: [&mut [u64]; 4]) {
     }
 }
 
+/// The kind of L4 header a base row is for: 0 ports, 1 ICMP, 2 neither.
+#[inline(always)]
+fn l4_kind(l4: &L4) -> usize {
+    match l4 {
+        L4::Ports { .. } => 0,
+        L4::Icmp { .. } => 1,
+        L4::None => 2,
+    }
+}
+
 /// Keeps in `cand` the rules a side's hits leave: in `pos`, not in `neg`.
 #[inline(always)]
 fn keep_hits(cand: &mut [u64], pos: &[u64], neg: &[u64]) {
@@ -621,17 +631,33 @@ impl Program {
         }
     }
 
-    /// Hints the CPU to fetch what every packet reads in the arena: the masks and
-    /// the port tables' starts (second stage of the batch prefetch).
+    /// Hints the CPU to fetch the first line of what classifying `pkt` reads in
+    /// the program: its base row (or the family and protocol rows), the address
+    /// requirement rows, the service row where rules have services, and the port
+    /// tables' starts (the source one unless skipped).
     #[inline]
-    pub(crate) fn prefetch_arena(&self, proto: u8) {
+    pub(crate) fn prefetch_arena(&self, pkt: &Packet) {
         let p = self.arena.as_ptr();
         let w = self.words as usize;
-        crate::prefetch::read(p.cast::<u8>());
-        crate::prefetch::read(p.wrapping_add(M_SVC_REQ * w).cast::<u8>());
-        let pc = usize::from(self.proto_class[usize::from(proto)]);
-        crate::prefetch::read(p.wrapping_add((M_PROTO + pc) * w).cast::<u8>());
-        crate::prefetch::read(p.wrapping_add(self.lay.sports as usize).cast::<u8>());
+        let fetch = |row: usize| crate::prefetch::read(p.wrapping_add(row * w).cast::<u8>());
+        let pc = usize::from(self.proto_class[usize::from(pkt.protocol.0)]);
+        if self.bases.is_empty() {
+            fetch(M_FAM4);
+            fetch(M_PROTO + pc);
+        } else {
+            let base = self.base_at(pkt.family(), pc, l4_kind(&pkt.l4));
+            crate::prefetch::read(base.as_ptr().cast::<u8>());
+        }
+        fetch(M_SRC_REQ);
+        if w > STACK_WORDS {
+            fetch(M_DST_REQ);
+        }
+        if self.flags & F_SVC != 0 {
+            fetch(M_SVC_REQ);
+        }
+        if self.flags & F_ANY_SRC_PORT == 0 {
+            crate::prefetch::read(p.wrapping_add(self.lay.sports as usize).cast::<u8>());
+        }
         crate::prefetch::read(p.wrapping_add(self.lay.dports as usize).cast::<u8>());
     }
 
@@ -640,8 +666,8 @@ impl Program {
         usize::from(self.proto_class.iter().copied().max().unwrap_or(0)) + 1
     }
 
-    /// The base row of a family, protocol class and L4 kind (0: ports, 1: ICMP, 2:
-    /// neither); empty for dense programs.
+    /// The base row of a family, protocol class and L4 kind ([`l4_kind`]); empty
+    /// for dense programs.
     #[inline(always)]
     fn base_at(&self, family: IpFamily, class: usize, kind: usize) -> &[u64] {
         let w = self.words as usize;
@@ -927,12 +953,7 @@ impl Program {
         let drop_ports = if has_ports { 0 } else { !0 };
         let drop_icmp = if icmp.is_some() { 0 } else { !0 };
         let (need_ports, need_icmp) = (m(M_NEED_PORTS), m(M_NEED_ICMP));
-        let kind = match (has_ports, icmp) {
-            (true, _) => 0,
-            (false, Some(_)) => 1,
-            (false, None) => 2,
-        };
-        let base = self.base_at(pkt.family(), pc, kind);
+        let base = self.base_at(pkt.family(), pc, l4_kind(&pkt.l4));
         if base.len() == w {
             cand.copy_from_slice(base);
         } else if pb.len() != w {
