@@ -40,24 +40,35 @@ pub(crate) fn next_set(bits: &[u64], from: usize, end: usize) -> Option<usize> {
     }
 }
 
-/// The first set bit at or after `from`, or `usize::MAX` when there is none.
+/// The first set bit at or after `from`, or `usize::MAX` when there is none. Runs
+/// of empty words (a wide program's candidates are mostly zero) are passed four
+/// at a time.
 #[inline]
 pub(crate) fn first_set_from(bits: &[u64], from: usize) -> usize {
     let mut wi = from / 64;
     let Some(first) = bits.get(wi) else {
         return usize::MAX;
     };
-    let mut w = first & (!0u64 << (from % 64));
-    loop {
-        if w != 0 {
-            return wi * 64 + w.trailing_zeros() as usize;
+    let w = first & (!0u64 << (from % 64));
+    if w != 0 {
+        return wi * 64 + w.trailing_zeros() as usize;
+    }
+    wi += 1;
+    let rest = bits.get(wi..).unwrap_or(&[]);
+    let mut blocks = rest.chunks_exact(4);
+    for block in blocks.by_ref() {
+        if block.iter().fold(0, |acc, x| acc | x) != 0 {
+            break;
+        }
+        wi += 4;
+    }
+    for x in bits.get(wi..).unwrap_or(&[]) {
+        if *x != 0 {
+            return wi * 64 + x.trailing_zeros() as usize;
         }
         wi += 1;
-        match bits.get(wi) {
-            Some(x) => w = *x,
-            None => return usize::MAX,
-        }
     }
+    usize::MAX
 }
 
 #[cfg(test)]
@@ -80,5 +91,23 @@ mod tests {
         assert_eq!(first_set_from(&b, 4), 64);
         assert_eq!(first_set_from(&b, 131), usize::MAX);
         assert_eq!(first_set_from(&b, 192), usize::MAX);
+    }
+
+    proptest::proptest! {
+        /// Over wide, mostly empty bitmaps (runs of empty words passed four at a
+        /// time), the first set bit from any position is the bit-by-bit answer.
+        #[test]
+        fn first_set_from_finds_the_next_bit(
+            set_bits in proptest::collection::vec(0usize..22 * 64, 0..4),
+            from in 0usize..22 * 64 + 70,
+            words in 1usize..23,
+        ) {
+            let mut b = vec![0u64; words];
+            for i in &set_bits {
+                set(&mut b, *i);
+            }
+            let want = next_set(&b, from, words * 64).unwrap_or(usize::MAX);
+            proptest::prop_assert_eq!(first_set_from(&b, from), want);
+        }
     }
 }
