@@ -376,6 +376,11 @@ pub(crate) struct Program {
     /// Verdict, decider and rule id when nothing decided.
     pub(crate) fallback: (Verdict, u32, Option<u32>),
     pub(crate) icmp_rules: Vec<(u32, Option<IcmpMatch>, Option<IcmpMatch>)>,
+    /// The ICMP criteria of `icmp_rules`, each once, with the bitmap of the rules
+    /// holding it (`words` each, in `icmp_bits`): an ICMP packet checks each
+    /// criterion once, not each rule. Derived by [`Program::derive`].
+    pub(crate) icmp_criteria: Vec<(Option<IcmpMatch>, Option<IcmpMatch>)>,
+    pub(crate) icmp_bits: Box<[u64]>,
     /// Sparse programs only: per family, protocol class and kind of L4 header
     /// ([`Program::base_at`]), the rules those alone leave, `words` each: one row
     /// read per packet instead of four. Derived from the masks
@@ -627,6 +632,8 @@ impl Program {
             deciders: self.deciders.clone(),
             fallback: self.fallback,
             icmp_rules: self.icmp_rules.clone(),
+            icmp_criteria: self.icmp_criteria.clone(),
+            icmp_bits: self.icmp_bits.clone(),
             bases: self.bases.clone(),
         }
     }
@@ -678,11 +685,13 @@ impl Program {
 
     /// What a laid-out or patched program derives from its masks: each port
     /// interval's positive bitmap also holds the rules without a port criterion on
-    /// that side (so a packet reads no requirement row), the bases, and whether the
-    /// source port side can be skipped ([`F_ANY_SRC_PORT`]).
+    /// that side (so a packet reads no requirement row), the bases, the ICMP
+    /// criteria grouped, and whether the source port side can be skipped
+    /// ([`F_ANY_SRC_PORT`]).
     pub(crate) fn derive(&mut self) {
         self.fold_port_requirements();
         self.combine_bases();
+        self.group_icmp_criteria();
         let w = self.words as usize;
         let [(src, n), _] = self.port_tables();
         let sw = n.div_ceil(STARTS_PER_WORD);
@@ -698,6 +707,29 @@ impl Program {
         if any_src_port {
             self.flags |= F_ANY_SRC_PORT;
         }
+    }
+
+    /// Computes [`Program::icmp_criteria`] and [`Program::icmp_bits`] from
+    /// `icmp_rules`.
+    fn group_icmp_criteria(&mut self) {
+        let w = self.words as usize;
+        let mut criteria: Vec<(Option<IcmpMatch>, Option<IcmpMatch>)> = Vec::new();
+        let mut bits = Vec::new();
+        for (rule, mt, nm) in &self.icmp_rules {
+            let at = match criteria.iter().position(|c| *c == (*mt, *nm)) {
+                Some(at) => at,
+                None => {
+                    criteria.push((*mt, *nm));
+                    bits.resize(criteria.len() * w, 0);
+                    criteria.len() - 1
+                }
+            };
+            if let Some(row) = bits.get_mut(at * w..(at + 1) * w) {
+                bits::set(row, *rule as usize);
+            }
+        }
+        self.icmp_criteria = criteria;
+        self.icmp_bits = bits.into_boxed_slice();
     }
 
     /// ORs into each interval's positive bitmap the rules the side's requirement
@@ -971,11 +1003,16 @@ impl Program {
             }
         }
         if let Some((t, c)) = icmp {
-            for (r, mt, nm) in &self.icmp_rules {
+            let w = cand.len();
+            for ((mt, nm), rules) in self
+                .icmp_criteria
+                .iter()
+                .zip(self.icmp_bits.chunks_exact(w.max(1)))
+            {
                 let ok = mt.is_none_or(|m| m.matches(t, c)) && !nm.is_some_and(|m| m.matches(t, c));
                 if !ok {
-                    if let Some(word) = cand.get_mut(*r as usize / 64) {
-                        *word &= !(1u64 << (*r % 64));
+                    for (x, r) in cand.iter_mut().zip(rules) {
+                        *x &= !r;
                     }
                 }
             }
@@ -1131,6 +1168,8 @@ impl Program {
             + self.segments.capacity() * std::mem::size_of::<Segment>()
             + self.deciders.bytes()
             + self.icmp_rules.capacity() * 16
+            + self.icmp_criteria.capacity() * 8
+            + self.icmp_bits.len() * 8
             + self.arena.len() * 8
             + self.atoms.len() * 8
             + self.bases.len() * 8
@@ -1194,6 +1233,8 @@ mod tests {
             deciders: Arc::default(),
             fallback: (Verdict::Deny, 0, None),
             icmp_rules: Vec::new(),
+            icmp_criteria: Vec::new(),
+            icmp_bits: Box::default(),
             bases: Box::default(),
         };
         for (a, off) in &used {

@@ -77,6 +77,8 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
         deciders: Arc::new(deciders),
         fallback,
         icmp_rules,
+        icmp_criteria: Vec::new(),
+        icmp_bits: Box::default(),
         bases: Box::default(),
     };
     program.derive();
