@@ -307,6 +307,14 @@ fn l4_kind(l4: &L4) -> usize {
     }
 }
 
+/// [`keep_matching`] for one side's criterion.
+#[inline(always)]
+fn keep_side(cand: &mut [u64], req: &[u64], pos: &[u64], neg: &[u64]) {
+    for (((c, r), p), n) in cand.iter_mut().zip(req).zip(pos).zip(neg) {
+        *c &= !(r & !p) & !n;
+    }
+}
+
 /// Keeps in `cand` the rules a side's hits leave: in `pos`, not in `neg`.
 #[inline(always)]
 fn keep_hits(cand: &mut [u64], pos: &[u64], neg: &[u64]) {
@@ -339,6 +347,11 @@ pub(crate) const F_SPARSE: u8 = 16;
 /// No rule has a source port criterion (named or not): every packet passes the
 /// source port side, which is skipped. Set by [`Program::derive`].
 pub(crate) const F_ANY_SRC_PORT: u8 = 32;
+/// No rule has a source (destination) address criterion, positive or negated:
+/// every packet passes that side, whose address is not looked up. Set by
+/// [`Program::derive`].
+pub(crate) const F_ANY_SRC_ADDR: u8 = 64;
+pub(crate) const F_ANY_DST_ADDR: u8 = 128;
 
 /// The narrowest program with sparse atom slots.
 pub(crate) const SPARSE_MIN_WORDS: usize = STACK_WORDS + 1;
@@ -686,8 +699,8 @@ impl Program {
     /// What a laid-out or patched program derives from its masks: each port
     /// interval's positive bitmap also holds the rules without a port criterion on
     /// that side (so a packet reads no requirement row), the bases, the ICMP
-    /// criteria grouped, and whether the source port side can be skipped
-    /// ([`F_ANY_SRC_PORT`]).
+    /// criteria grouped, and which sides a packet can skip ([`F_ANY_SRC_PORT`],
+    /// [`F_ANY_SRC_ADDR`], [`F_ANY_DST_ADDR`]).
     pub(crate) fn derive(&mut self) {
         self.fold_port_requirements();
         self.combine_bases();
@@ -703,10 +716,59 @@ impl Program {
             && src
                 .get(sw + w..sw + 2 * w)
                 .is_some_and(|n| n.iter().all(|x| *x == 0));
-        self.flags &= !F_ANY_SRC_PORT;
-        if any_src_port {
-            self.flags |= F_ANY_SRC_PORT;
+        let kinds = self.used_kinds();
+        let row_empty = |k: usize| {
+            self.arena
+                .get(k * w..(k + 1) * w)
+                .is_some_and(|r| r.iter().all(|x| *x == 0))
+        };
+        let any_src_addr = row_empty(M_SRC_REQ) && kinds & (1 << K_SRC_POS | 1 << K_SRC_NEG) == 0;
+        let any_dst_addr = row_empty(M_DST_REQ) && kinds & (1 << K_DST_POS | 1 << K_DST_NEG) == 0;
+        self.flags &= !(F_ANY_SRC_PORT | F_ANY_SRC_ADDR | F_ANY_DST_ADDR);
+        for (on, f) in [
+            (any_src_port, F_ANY_SRC_PORT),
+            (any_src_addr, F_ANY_SRC_ADDR),
+            (any_dst_addr, F_ANY_DST_ADDR),
+        ] {
+            if on {
+                self.flags |= f;
+            }
         }
+    }
+
+    /// The kinds of atom use (bit `K_*`) some rule of the program makes: those with
+    /// a bit set in some atom's bitmap (a patch may leave a kind's bitmap empty).
+    fn used_kinds(&self) -> u64 {
+        let w = self.words as usize;
+        let sparse = self.flags & F_SPARSE != 0;
+        let mut kinds = 0u64;
+        for e in self
+            .atoms
+            .get(..=self.lay.atab_mask as usize)
+            .unwrap_or(&[])
+        {
+            if *e == EMPTY_ENTRY {
+                continue;
+            }
+            let off = *e as u32 as usize;
+            let mask = self.atoms.get(off).copied().unwrap_or(0);
+            let mut at = off + 1;
+            for k in (0..KINDS).filter(|k| mask & (1 << k) != 0) {
+                let (bits, len) = if sparse {
+                    let n = self.atoms.get(at).copied().unwrap_or(0) as usize;
+                    let pairs = self.atoms.get(at + 1..at + 1 + 2 * n).unwrap_or(&[]);
+                    (pairs.iter().skip(1).step_by(2).any(|x| *x != 0), 1 + 2 * n)
+                } else {
+                    let bitmap = self.atoms.get(at..at + w).unwrap_or(&[]);
+                    (bitmap.iter().any(|x| *x != 0), w)
+                };
+                if bits {
+                    kinds |= 1 << k;
+                }
+                at += len;
+            }
+        }
+        kinds
     }
 
     /// Computes [`Program::icmp_criteria`] and [`Program::icmp_bits`] from
@@ -1018,18 +1080,32 @@ impl Program {
             }
         }
 
-        // Addresses.
-        let (s_host, s_pre) = idx.lookup_key(&keys[0]);
-        let (d_host, d_pre) = idx.lookup_key(&keys[1]);
-        pos.fill(0);
-        neg.fill(0);
-        self.or_atoms(w, s_host, K_SRC_POS, K_SRC_NEG, pos, neg);
-        self.or_atoms(w, s_pre, K_SRC_POS, K_SRC_NEG, pos, neg);
-        pos2.fill(0);
-        neg2.fill(0);
-        self.or_atoms(w, d_host, K_DST_POS, K_DST_NEG, pos2, neg2);
-        self.or_atoms(w, d_pre, K_DST_POS, K_DST_NEG, pos2, neg2);
-        keep_matching(cand, [m(M_SRC_REQ), m(M_DST_REQ)], [pos, neg, pos2, neg2]);
+        // Addresses: a side no rule has a criterion on (most programs have one:
+        // ingress rules name sources, egress rules destinations) is not looked up.
+        let src = self.flags & F_ANY_SRC_ADDR == 0;
+        let dst = self.flags & F_ANY_DST_ADDR == 0;
+        if src {
+            let (host, pre) = idx.lookup_key(&keys[0]);
+            pos.fill(0);
+            neg.fill(0);
+            self.or_atoms(w, host, K_SRC_POS, K_SRC_NEG, pos, neg);
+            self.or_atoms(w, pre, K_SRC_POS, K_SRC_NEG, pos, neg);
+        }
+        if dst {
+            let (host, pre) = idx.lookup_key(&keys[1]);
+            pos2.fill(0);
+            neg2.fill(0);
+            self.or_atoms(w, host, K_DST_POS, K_DST_NEG, pos2, neg2);
+            self.or_atoms(w, pre, K_DST_POS, K_DST_NEG, pos2, neg2);
+        }
+        match (src, dst) {
+            (true, true) => {
+                keep_matching(cand, [m(M_SRC_REQ), m(M_DST_REQ)], [pos, neg, pos2, neg2]);
+            }
+            (true, false) => keep_side(cand, m(M_SRC_REQ), pos, neg),
+            (false, true) => keep_side(cand, m(M_DST_REQ), pos2, neg2),
+            (false, false) => {}
+        }
 
         // Ports (only packets with ports reach rules with port criteria).
         let mut svc_atoms: &[AtomId] = &[];

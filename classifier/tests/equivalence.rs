@@ -763,6 +763,67 @@ fn a_rule_gaining_a_named_port_leaves_the_other_ports() {
     }
 }
 
+/// A program whose last destination criterion a patch takes away skips the
+/// destination side like a program laid out without one (the patched program
+/// keeps the atom's slot, its bitmap empty).
+#[test]
+fn a_patch_dropping_the_last_destination_criterion_skips_the_side() {
+    use capo_policy::*;
+    for words in [1, 6] {
+        let mut state = State::new();
+        let mut ids = IdTable::default();
+        let mut b = Builder::with_min_words(words);
+        let policy = |dst_net: bool| {
+            let mut first = Rule::any(Action::Allow);
+            first.protocol = Some(Protocol::TCP);
+            first.dst.ports = vec![PortRange::single(80)];
+            if dst_net {
+                first.dst.nets = vec!["10.0.0.1/32".parse().unwrap()];
+            }
+            common::t1_policy(vec![first, Rule::any(Action::Deny)])
+        };
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::PolicyUpdate(common::pkey(0), policy(true).into()),
+        )
+        .unwrap();
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::WorkloadUpdate(
+                common::wkey(0),
+                common::t1_workload("tun0", "10.0.0.1/32").into(),
+            ),
+        )
+        .unwrap();
+        let before = b.patched_interfaces();
+        let g = b
+            .apply(
+                &mut state,
+                &mut ids,
+                Update::PolicyUpdate(common::pkey(0), policy(false).into()),
+            )
+            .unwrap();
+        assert_eq!(b.patched_interfaces(), before + 1, "{words} words: patched");
+        assert_eq!(b.check_programs_against_specs(), Ok(()), "{words} words");
+        let packet = Packet {
+            src: "10.9.0.1".parse().unwrap(),
+            dst: "10.0.0.1".parse().unwrap(),
+            protocol: Protocol::TCP,
+            l4: L4::Ports {
+                src: 40000,
+                dst: 80,
+            },
+        };
+        let iface = g.interface("tun0").unwrap();
+        let d = g
+            .classify(iface, Direction::Ingress, &packet, &mut Scratch::default())
+            .unwrap();
+        assert_eq!(d.verdict, Verdict::Allow, "{words} words");
+    }
+}
+
 /// A rule whose only source criterion is a negated named-port set: no rule has a
 /// source port range, yet the source side is not skipped (the set's atoms must
 /// still be looked up).
