@@ -630,25 +630,9 @@ fn port_edits_patch_every_endpoint_listing_the_policy() {
             )
             .unwrap();
         }
-        let tcp_to = |port: u16| Packet {
-            src: "10.9.0.1".parse().unwrap(),
-            dst: "10.0.0.2".parse().unwrap(),
-            protocol: Protocol::TCP,
-            l4: L4::Ports {
-                src: 40000,
-                dst: port,
-            },
-        };
         let verdict = |g: &capo_classifier::Generation, port: u16| {
-            let iface = g.interface("tun1").unwrap();
-            g.classify(
-                iface,
-                Direction::Ingress,
-                &tcp_to(port),
-                &mut Scratch::default(),
-            )
-            .unwrap()
-            .verdict
+            let packet = common::tcp("10.9.0.1", 40000, "10.0.0.2", port);
+            common::ingress_verdict(g, "tun1", &packet)
         };
         let before = b.patched_interfaces();
         let g = b
@@ -686,80 +670,47 @@ fn port_edits_patch_every_endpoint_listing_the_policy() {
 #[test]
 fn a_rule_gaining_a_named_port_leaves_the_other_ports() {
     use capo_policy::*;
+    let named = common::set_id(0);
+    let tcp = |action: Action, named_ports: bool| {
+        let mut rule = Rule::any(action);
+        rule.protocol = Some(Protocol::TCP);
+        if named_ports {
+            rule.dst.named_port_sets = vec![named.clone()];
+        }
+        rule
+    };
+    // The second rule names the set, so the first can take it in place.
+    let policy = |first_named: bool| {
+        let rules = vec![tcp(Action::Allow, first_named), tcp(Action::Deny, true)];
+        Update::PolicyUpdate(common::pkey(0), common::t1_policy(rules).into())
+    };
     for words in [1, 6] {
-        let mut state = State::new();
-        let mut ids = IdTable::default();
+        let (mut state, mut ids) = (State::new(), IdTable::default());
         let mut b = Builder::with_min_words(words);
-        let named = common::set_id(0);
-        b.apply(
-            &mut state,
-            &mut ids,
-            Update::IpSetReplace {
-                id: named.clone(),
-                kind: IpSetKind::IpAndPort,
-                members: vec![Member::IpPort {
-                    addr: "10.0.0.1".parse().unwrap(),
-                    protocol: Protocol::TCP,
-                    port: 8080,
-                }],
-            },
-        )
-        .unwrap();
-        let tcp = |action: Action, named_ports: bool| {
-            let mut rule = Rule::any(action);
-            rule.protocol = Some(Protocol::TCP);
-            if named_ports {
-                rule.dst.named_port_sets = vec![named.clone()];
-            }
-            rule
-        };
-        // The second rule names the set, so the first can take it in place.
-        let policy = |first_named: bool| {
-            common::t1_policy(vec![
-                tcp(Action::Allow, first_named),
-                tcp(Action::Deny, true),
-            ])
-        };
-        b.apply(
-            &mut state,
-            &mut ids,
-            Update::PolicyUpdate(common::pkey(0), policy(false).into()),
-        )
-        .unwrap();
-        let wl = common::t1_workload("tun0", "10.0.0.1/32");
-        b.apply(
-            &mut state,
-            &mut ids,
-            Update::WorkloadUpdate(common::wkey(0), wl.into()),
-        )
-        .unwrap();
-        let verdict = |g: &capo_classifier::Generation, port: u16| {
-            let packet = Packet {
-                src: "10.9.0.1".parse().unwrap(),
-                dst: "10.0.0.1".parse().unwrap(),
+        let set = Update::IpSetReplace {
+            id: named.clone(),
+            kind: IpSetKind::IpAndPort,
+            members: vec![Member::IpPort {
+                addr: "10.0.0.1".parse().unwrap(),
                 protocol: Protocol::TCP,
-                l4: L4::Ports {
-                    src: 40000,
-                    dst: port,
-                },
-            };
-            let iface = g.interface("tun0").unwrap();
-            g.classify(iface, Direction::Ingress, &packet, &mut Scratch::default())
-                .unwrap()
-                .verdict
+                port: 8080,
+            }],
         };
-        let before = b.patched_interfaces();
-        let g = b
-            .apply(
-                &mut state,
-                &mut ids,
-                Update::PolicyUpdate(common::pkey(0), policy(true).into()),
-            )
-            .unwrap();
-        assert_eq!(b.patched_interfaces(), before + 1, "{words} words: patched");
-        assert_eq!(b.check_programs_against_specs(), Ok(()), "{words} words");
-        assert_eq!(verdict(&g, 8080), Verdict::Allow, "{words} words");
-        assert_eq!(verdict(&g, 80), Verdict::Deny, "{words} words");
+        let wl = common::t1_workload("tun0", "10.0.0.1/32");
+        let endpoint = Update::WorkloadUpdate(common::wkey(0), wl.into());
+        common::apply_all(
+            &mut b,
+            &mut state,
+            &mut ids,
+            vec![set, policy(false), endpoint],
+        );
+        let g = common::apply_patched(&mut b, &mut state, &mut ids, policy(true));
+        let verdict = |port: u16| {
+            let packet = common::tcp("10.9.0.1", 40000, "10.0.0.1", port);
+            common::ingress_verdict(&g, "tun0", &packet)
+        };
+        assert_eq!(verdict(8080), Verdict::Allow, "{words} words");
+        assert_eq!(verdict(80), Verdict::Deny, "{words} words");
     }
 }
 
@@ -769,58 +720,26 @@ fn a_rule_gaining_a_named_port_leaves_the_other_ports() {
 #[test]
 fn a_patch_dropping_the_last_destination_criterion_skips_the_side() {
     use capo_policy::*;
+    let policy = |dst_net: bool| {
+        let mut first = Rule::any(Action::Allow);
+        first.protocol = Some(Protocol::TCP);
+        first.dst.ports = vec![PortRange::single(80)];
+        if dst_net {
+            first.dst.nets = vec!["10.0.0.1/32".parse().unwrap()];
+        }
+        let rules = vec![first, Rule::any(Action::Deny)];
+        Update::PolicyUpdate(common::pkey(0), common::t1_policy(rules).into())
+    };
     for words in [1, 6] {
-        let mut state = State::new();
-        let mut ids = IdTable::default();
+        let (mut state, mut ids) = (State::new(), IdTable::default());
         let mut b = Builder::with_min_words(words);
-        let policy = |dst_net: bool| {
-            let mut first = Rule::any(Action::Allow);
-            first.protocol = Some(Protocol::TCP);
-            first.dst.ports = vec![PortRange::single(80)];
-            if dst_net {
-                first.dst.nets = vec!["10.0.0.1/32".parse().unwrap()];
-            }
-            common::t1_policy(vec![first, Rule::any(Action::Deny)])
-        };
-        b.apply(
-            &mut state,
-            &mut ids,
-            Update::PolicyUpdate(common::pkey(0), policy(true).into()),
-        )
-        .unwrap();
-        b.apply(
-            &mut state,
-            &mut ids,
-            Update::WorkloadUpdate(
-                common::wkey(0),
-                common::t1_workload("tun0", "10.0.0.1/32").into(),
-            ),
-        )
-        .unwrap();
-        let before = b.patched_interfaces();
-        let g = b
-            .apply(
-                &mut state,
-                &mut ids,
-                Update::PolicyUpdate(common::pkey(0), policy(false).into()),
-            )
-            .unwrap();
-        assert_eq!(b.patched_interfaces(), before + 1, "{words} words: patched");
-        assert_eq!(b.check_programs_against_specs(), Ok(()), "{words} words");
-        let packet = Packet {
-            src: "10.9.0.1".parse().unwrap(),
-            dst: "10.0.0.1".parse().unwrap(),
-            protocol: Protocol::TCP,
-            l4: L4::Ports {
-                src: 40000,
-                dst: 80,
-            },
-        };
-        let iface = g.interface("tun0").unwrap();
-        let d = g
-            .classify(iface, Direction::Ingress, &packet, &mut Scratch::default())
-            .unwrap();
-        assert_eq!(d.verdict, Verdict::Allow, "{words} words");
+        let wl = common::t1_workload("tun0", "10.0.0.1/32");
+        let endpoint = Update::WorkloadUpdate(common::wkey(0), wl.into());
+        common::apply_all(&mut b, &mut state, &mut ids, vec![policy(true), endpoint]);
+        let g = common::apply_patched(&mut b, &mut state, &mut ids, policy(false));
+        let packet = common::tcp("10.9.0.1", 40000, "10.0.0.1", 80);
+        let verdict = common::ingress_verdict(&g, "tun0", &packet);
+        assert_eq!(verdict, Verdict::Allow, "{words} words");
     }
 }
 
@@ -830,12 +749,19 @@ fn a_patch_dropping_the_last_destination_criterion_skips_the_side() {
 #[test]
 fn a_negated_source_named_port_is_checked() {
     use capo_policy::*;
+    let named = common::set_id(0);
+    let rule = Rule {
+        protocol: Some(Protocol::TCP),
+        src: SideMatch {
+            not_named_port_sets: vec![named.clone()],
+            ..SideMatch::default()
+        },
+        ..Rule::any(Action::Allow)
+    };
     for words in [1, 6] {
-        let mut state = State::new();
-        let mut ids = IdTable::default();
+        let (mut state, mut ids) = (State::new(), IdTable::default());
         let mut b = Builder::with_min_words(words);
-        let named = common::set_id(0);
-        let updates = [
+        let updates = vec![
             Update::IpSetReplace {
                 id: named.clone(),
                 kind: IpSetKind::IpAndPort,
@@ -847,40 +773,17 @@ fn a_negated_source_named_port_is_checked() {
             },
             Update::PolicyUpdate(
                 common::pkey(0),
-                common::t1_policy(vec![Rule {
-                    protocol: Some(Protocol::TCP),
-                    src: SideMatch {
-                        not_named_port_sets: vec![named.clone()],
-                        ..SideMatch::default()
-                    },
-                    ..Rule::any(Action::Allow)
-                }])
-                .into(),
+                common::t1_policy(vec![rule.clone()]).into(),
             ),
             Update::WorkloadUpdate(
                 common::wkey(0),
                 common::t1_workload("tun0", "10.0.0.1/32").into(),
             ),
         ];
-        let mut g = None;
-        for u in updates {
-            g = Some(b.apply(&mut state, &mut ids, u).unwrap());
-        }
-        let g = g.unwrap();
+        let g = common::apply_all(&mut b, &mut state, &mut ids, updates);
         let verdict = |sport: u16| {
-            let packet = Packet {
-                src: "10.9.0.1".parse().unwrap(),
-                dst: "10.0.0.1".parse().unwrap(),
-                protocol: Protocol::TCP,
-                l4: L4::Ports {
-                    src: sport,
-                    dst: 80,
-                },
-            };
-            let iface = g.interface("tun0").unwrap();
-            g.classify(iface, Direction::Ingress, &packet, &mut Scratch::default())
-                .unwrap()
-                .verdict
+            let packet = common::tcp("10.9.0.1", sport, "10.0.0.1", 80);
+            common::ingress_verdict(&g, "tun0", &packet)
         };
         assert_eq!(verdict(40000), Verdict::Deny, "{words} words");
         assert_eq!(verdict(40001), Verdict::Allow, "{words} words");
@@ -933,19 +836,8 @@ fn profile_edits_patch_every_endpoint_using_the_profile() {
     assert_eq!(b.patched_interfaces(), before + 3);
     assert_eq!(b.check_programs_against_specs(), Ok(()));
     let verdict = |port: u16| {
-        let pkt = Packet {
-            src: "10.9.0.1".parse().unwrap(),
-            dst: "10.0.0.3".parse().unwrap(),
-            protocol: Protocol::TCP,
-            l4: L4::Ports {
-                src: 40000,
-                dst: port,
-            },
-        };
-        let iface = g.interface("tun2").unwrap();
-        g.classify(iface, Direction::Ingress, &pkt, &mut Scratch::default())
-            .unwrap()
-            .verdict
+        let packet = common::tcp("10.9.0.1", 40000, "10.0.0.3", port);
+        common::ingress_verdict(&g, "tun2", &packet)
     };
     assert_eq!(verdict(8080), Verdict::Allow);
     assert_eq!(verdict(80), Verdict::Deny);

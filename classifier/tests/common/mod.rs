@@ -90,6 +90,56 @@ pub(crate) fn t1_workload(name: &str, addr: &str) -> WorkloadEndpoint {
     }
 }
 
+/// Applies `updates` in order (each must apply); the last generation.
+pub(crate) fn apply_all(
+    b: &mut capo_classifier::Builder,
+    state: &mut State,
+    ids: &mut IdTable,
+    updates: Vec<Update>,
+) -> std::sync::Arc<Generation> {
+    let mut last = None;
+    for u in updates {
+        last = Some(b.apply(state, ids, u).unwrap());
+    }
+    last.expect("no updates")
+}
+
+/// Applies `u`, which the builder must patch into one interface's programs (not
+/// compile them again) equal to programs laid out afresh; the new generation.
+pub(crate) fn apply_patched(
+    b: &mut capo_classifier::Builder,
+    state: &mut State,
+    ids: &mut IdTable,
+    u: Update,
+) -> std::sync::Arc<Generation> {
+    let before = b.patched_interfaces();
+    let g = b.apply(state, ids, u).unwrap();
+    assert_eq!(b.patched_interfaces(), before + 1, "not patched in place");
+    assert_eq!(b.check_programs_against_specs(), Ok(()));
+    g
+}
+
+/// A TCP packet from `src`:`sport` to `dst`:`dport`.
+pub(crate) fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Packet {
+    Packet {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        protocol: Protocol::TCP,
+        l4: L4::Ports {
+            src: sport,
+            dst: dport,
+        },
+    }
+}
+
+/// The verdict of `pkt` entering the endpoint of interface `iface`.
+pub(crate) fn ingress_verdict(g: &Generation, iface: &str, pkt: &Packet) -> capo_policy::Verdict {
+    let iface = g.interface(iface).unwrap();
+    g.classify(iface, Direction::Ingress, pkt, &mut Scratch::default())
+        .unwrap()
+        .verdict
+}
+
 pub(crate) fn wkey(i: usize) -> WorkloadKey {
     WorkloadKey {
         orchestrator: "k8s".into(),
