@@ -10,8 +10,8 @@
 //!   "hits a negated criterion" bitmaps;
 //! - ports: an interval table per side (binary search over range bounds), plus the
 //!   named-port atoms holding (address, protocol, port);
-//! - ICMP: the few rules with ICMP criteria are checked one by one, for ICMP
-//!   packets only.
+//! - ICMP: for ICMP packets only, each distinct ICMP criterion once, the rules
+//!   holding one the packet misses cleared by their bitmap.
 //!
 //! The AND of those bitmaps is scanned for the first rule in evaluation order, with
 //! tiers, `pass`, `log`, end-of-tier drops and profiles as control flow over rule
@@ -144,7 +144,9 @@ pub(crate) fn port_table_over(
 /// from the old interval holding its start, with the changed rules' bits cleared,
 /// then set from their new ranges. A bound the old table had and no rule has now
 /// joined two intervals whose bitmaps differed only in changed rules' bits, so
-/// copying either is right.
+/// copying either is right. The old table is a program's, folded
+/// ([`Program::derive`]): the result is folded but for the changed rules, until the
+/// patched program is derived again.
 pub(crate) fn port_table_patched(
     words: usize,
     old: &[u64],
@@ -282,28 +284,18 @@ pub(crate) const BLOOM_WORDS: usize = 64;
 /// positive bitmap, and no rule may hit a side's negated one (`hits`: source
 /// positive, negated, destination positive, negated). All `cand.len()` words.
 #[inline(always)]
-fn keep_matching(cand: &mut [u64], req: [&[u64]; 2], hits: [&mut [u64]; 4]) {
+fn keep_matching(cand: &mut [u64], req: [&[u64]; 2], hits: [&[u64]; 4]) {
     let [sreq, dreq] = req;
     let [spos, sneg, dpos, dneg] = hits;
     for (((((c, sr), sp), sn), dr), (dp, dn)) in cand
         .iter_mut()
         .zip(sreq)
-        .zip(&*spos)
-        .zip(&*sneg)
+        .zip(spos)
+        .zip(sneg)
         .zip(dreq)
-        .zip(dpos.iter().zip(&*dneg))
+        .zip(dpos.iter().zip(dneg))
     {
         *c &= !(sr & !sp) & !sn & !(dr & !dp) & !dn;
-    }
-}
-
-/// The kind of L4 header a base row is for: 0 ports, 1 ICMP, 2 neither.
-#[inline(always)]
-fn l4_kind(l4: &L4) -> usize {
-    match l4 {
-        L4::Ports { .. } => 0,
-        L4::Icmp { .. } => 1,
-        L4::None => 2,
     }
 }
 
@@ -320,6 +312,16 @@ fn keep_side(cand: &mut [u64], req: &[u64], pos: &[u64], neg: &[u64]) {
 fn keep_hits(cand: &mut [u64], pos: &[u64], neg: &[u64]) {
     for ((c, p), n) in cand.iter_mut().zip(pos).zip(neg) {
         *c &= p & !n;
+    }
+}
+
+/// The kind of L4 header a base row is for: 0 ports, 1 ICMP, 2 neither.
+#[inline(always)]
+fn l4_kind(l4: &L4) -> usize {
+    match l4 {
+        L4::Ports { .. } => 0,
+        L4::Icmp { .. } => 1,
+        L4::None => 2,
     }
 }
 
@@ -344,8 +346,9 @@ pub(crate) const F_ICMP: u8 = 8;
 /// rules, so a dense bitmap per atom would grow every program by its width times
 /// its atoms (memory per rule growing with the rules).
 pub(crate) const F_SPARSE: u8 = 16;
-/// No rule has a source port criterion (named or not): every packet passes the
-/// source port side, which is skipped. Set by [`Program::derive`].
+/// Every packet passes the source port side, which is skipped: no rule has a
+/// source port criterion, named or not, other than the whole range. Set by
+/// [`Program::derive`].
 pub(crate) const F_ANY_SRC_PORT: u8 = 32;
 /// No rule has a source (destination) address criterion, positive or negated:
 /// every packet passes that side, whose address is not looked up. Set by
@@ -356,9 +359,10 @@ pub(crate) const F_ANY_DST_ADDR: u8 = 128;
 /// The narrowest program with sparse atom slots.
 pub(crate) const SPARSE_MIN_WORDS: usize = STACK_WORDS + 1;
 
-/// A compiled program. The fields every packet reads come first and sit next to
-/// each other in the program's allocation (`repr(C)`): the batch path prefetches
-/// them a few packets ahead, then the arena lines they point to.
+/// A compiled program. The header fields every packet reads come first and sit next
+/// to each other in the program's allocation (`repr(C)`): the batch path prefetches
+/// them a few packets ahead, then the arena lines they point to. What
+/// [`Program::derive`] adds (bases, ICMP groups) sits in allocations of its own.
 #[derive(Debug, Clone)]
 #[repr(C)]
 pub(crate) struct Program {
@@ -616,7 +620,9 @@ impl Program {
 
     /// A copy of the program with the source (`[0]`) and destination (`[1]`) port
     /// tables given, each as [`port_table`] made it (words, intervals), its arena
-    /// written once; the atoms shared.
+    /// written once; the atoms shared. What [`Program::derive`] made is the old
+    /// program's: the caller derives the copy again once its masks are final (the
+    /// new tables are not folded yet).
     pub(crate) fn with_port_tables(&self, tables: [Option<(Vec<u64>, usize)>; 2]) -> Program {
         let mut lay = self.lay;
         let sports = lay.sports as usize;
@@ -652,9 +658,9 @@ impl Program {
     }
 
     /// Hints the CPU to fetch the first line of what classifying `pkt` reads in
-    /// the program: its base row (or the family and protocol rows), the address
-    /// requirement rows, the service row where rules have services, and the port
-    /// tables' starts (the source one unless skipped).
+    /// the program: its base row (or the first rows and the protocol row), the
+    /// requirement rows of the address sides it does not skip, the service row
+    /// where rules have services, and the starts of the port tables it looks up.
     #[inline]
     pub(crate) fn prefetch_arena(&self, pkt: &Packet) {
         let p = self.arena.as_ptr();
@@ -668,8 +674,10 @@ impl Program {
             let base = self.base_at(pkt.family(), pc, l4_kind(&pkt.l4));
             crate::prefetch::read(base.as_ptr().cast::<u8>());
         }
-        fetch(M_SRC_REQ);
-        if w > STACK_WORDS {
+        if self.flags & F_ANY_SRC_ADDR == 0 {
+            fetch(M_SRC_REQ);
+        }
+        if self.flags & F_ANY_DST_ADDR == 0 {
             fetch(M_DST_REQ);
         }
         if self.flags & F_SVC != 0 {
@@ -821,8 +829,8 @@ impl Program {
         }
     }
 
-    /// Computes [`Program::bases`] from the masks (sparse programs; others keep
-    /// none, their four rows sitting in one or two lines).
+    /// Computes [`Program::bases`] from the masks (sparse programs; dense ones keep
+    /// none, their rows being a few words each).
     fn combine_bases(&mut self) {
         let w = self.words as usize;
         let classes = self.classes();
@@ -1065,12 +1073,8 @@ impl Program {
             }
         }
         if let Some((t, c)) = icmp {
-            let w = cand.len();
-            for ((mt, nm), rules) in self
-                .icmp_criteria
-                .iter()
-                .zip(self.icmp_bits.chunks_exact(w.max(1)))
-            {
+            let rows = self.icmp_bits.chunks_exact(w.max(1));
+            for ((mt, nm), rules) in self.icmp_criteria.iter().zip(rows) {
                 let ok = mt.is_none_or(|m| m.matches(t, c)) && !nm.is_some_and(|m| m.matches(t, c));
                 if !ok {
                     for (x, r) in cand.iter_mut().zip(rules) {
@@ -1100,7 +1104,8 @@ impl Program {
         }
         match (src, dst) {
             (true, true) => {
-                keep_matching(cand, [m(M_SRC_REQ), m(M_DST_REQ)], [pos, neg, pos2, neg2]);
+                let hits = [&*pos, &*neg, &*pos2, &*neg2];
+                keep_matching(cand, [m(M_SRC_REQ), m(M_DST_REQ)], hits);
             }
             (true, false) => keep_side(cand, m(M_SRC_REQ), pos, neg),
             (false, true) => keep_side(cand, m(M_DST_REQ), pos2, neg2),
@@ -1244,7 +1249,8 @@ impl Program {
             + self.segments.capacity() * std::mem::size_of::<Segment>()
             + self.deciders.bytes()
             + self.icmp_rules.capacity() * 16
-            + self.icmp_criteria.capacity() * 8
+            + self.icmp_criteria.capacity()
+                * std::mem::size_of::<(Option<IcmpMatch>, Option<IcmpMatch>)>()
             + self.icmp_bits.len() * 8
             + self.arena.len() * 8
             + self.atoms.len() * 8

@@ -741,8 +741,9 @@ fn segments(specs: Vec<(usize, usize, SegSpec)>, deciders: &mut DeciderTable) ->
 
 /// What a program decides from, in a form any two layouts of the same rules share:
 /// the masks and protocol classes as laid out, each atom's non-empty bitmaps by
-/// kind (whatever the slot order, density or unused slots), the port tables,
-/// rules, segments, deciders and flags. A patched program must have the form of
+/// kind (whatever the slot order, density or unused slots), the bases, the port
+/// tables, rules, segments, deciders and flags (the ICMP groups are made from the
+/// rules' ICMP criteria, which it compares). A patched program must have the form of
 /// the program laid out afresh from its spec.
 pub(super) struct Canonical {
     head: Vec<u64>,
