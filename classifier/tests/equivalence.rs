@@ -790,6 +790,50 @@ fn a_negated_source_named_port_is_checked() {
     }
 }
 
+/// A patch taking away a program's only negated source named-port criterion: the
+/// program then skips the source port side, as a fresh layout of the new rules
+/// does, and the packet the criterion excluded is allowed.
+#[test]
+fn a_patch_dropping_the_last_source_named_port_skips_the_side() {
+    use capo_policy::*;
+    let named = common::set_id(0);
+    let policy = |negated: bool| {
+        let mut rule = Rule::any(Action::Allow);
+        rule.protocol = Some(Protocol::TCP);
+        rule.dst.ports = vec![PortRange::single(80)];
+        if negated {
+            rule.src.not_named_port_sets = vec![named.clone()];
+        }
+        Update::PolicyUpdate(common::pkey(0), common::t1_policy(vec![rule]).into())
+    };
+    for words in [1, 6] {
+        let (mut state, mut ids) = (State::new(), IdTable::default());
+        let mut b = Builder::with_min_words(words);
+        let set = Update::IpSetReplace {
+            id: named.clone(),
+            kind: IpSetKind::IpAndPort,
+            members: vec![Member::IpPort {
+                addr: "10.9.0.1".parse().unwrap(),
+                protocol: Protocol::TCP,
+                port: 40000,
+            }],
+        };
+        let wl = common::t1_workload("tun0", "10.0.0.1/32");
+        let endpoint = Update::WorkloadUpdate(common::wkey(0), wl.into());
+        let packet = common::tcp("10.9.0.1", 40000, "10.0.0.1", 80);
+        let g = common::apply_all(
+            &mut b,
+            &mut state,
+            &mut ids,
+            vec![set, policy(true), endpoint],
+        );
+        assert_eq!(common::ingress_verdict(&g, "tun0", &packet), Verdict::Deny);
+        let g = common::apply_patched(&mut b, &mut state, &mut ids, policy(false));
+        let verdict = common::ingress_verdict(&g, "tun0", &packet);
+        assert_eq!(verdict, Verdict::Allow, "{words} words");
+    }
+}
+
 /// A profile three endpoints use, edited in place: its port edit patches the three
 /// interfaces' programs, which equal programs laid out afresh and give the new
 /// verdicts.
