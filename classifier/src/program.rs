@@ -315,6 +315,18 @@ fn keep_hits(cand: &mut [u64], pos: &[u64], neg: &[u64]) {
     }
 }
 
+/// The rows a packet of an L4 kind ([`l4_kind`]) drops by, as masks: rules that
+/// need ports (`drop_ports`) unless it has ports, rules that need ICMP unless it
+/// is ICMP.
+#[inline(always)]
+fn l4_drops(kind: usize) -> (u64, u64) {
+    match kind {
+        0 => (0, !0),
+        1 => (!0, 0),
+        _ => (!0, !0),
+    }
+}
+
 /// The kind of L4 header a base row is for: 0 ports, 1 ICMP, 2 neither.
 #[inline(always)]
 fn l4_kind(l4: &L4) -> usize {
@@ -403,6 +415,31 @@ pub(crate) struct Program {
     /// read per packet instead of four. Derived from the masks
     /// ([`Program::combine_bases`]) after every layout and patch.
     pub(crate) bases: Box<[u64]>,
+}
+
+/// One kind of an atom's use in a program: its bitmap, as the program's layout
+/// holds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AtomBits<'a> {
+    /// The program's width of words.
+    Dense(&'a [u64]),
+    /// `(word index, bits)` pairs of the non-zero words.
+    Sparse(&'a [u64]),
+}
+
+impl<'a> AtomBits<'a> {
+    /// The words held, with their indexes.
+    pub(crate) fn words(self) -> impl Iterator<Item = (usize, u64)> + 'a {
+        let (dense, pairs) = match self {
+            AtomBits::Dense(d) => (d, &[][..]),
+            AtomBits::Sparse(p) => (&[][..], p),
+        };
+        dense.iter().copied().enumerate().chain(
+            pairs
+                .chunks_exact(2)
+                .filter_map(|p| Some((*p.first()? as usize, *p.get(1)?))),
+        )
+    }
 }
 
 /// Where things are (offsets in words). In [`Program::arena`]: the `M_*` masks,
@@ -747,9 +784,20 @@ impl Program {
     /// The kinds of atom use (bit `K_*`) some rule of the program makes: those with
     /// a bit set in some atom's bitmap (a patch may leave a kind's bitmap empty).
     fn used_kinds(&self) -> u64 {
+        let mut kinds = 0u64;
+        self.each_atom_use(|_, kind, bits| {
+            if bits.words().any(|(_, x)| x != 0) {
+                kinds |= 1 << kind;
+            }
+        });
+        kinds
+    }
+
+    /// Calls `f(atom, kind, bitmap)` for each kind of use of each atom the program
+    /// holds, whichever layout its slots have.
+    pub(crate) fn each_atom_use(&self, mut f: impl FnMut(AtomId, usize, AtomBits<'_>)) {
         let w = self.words as usize;
         let sparse = self.flags & F_SPARSE != 0;
-        let mut kinds = 0u64;
         for e in self
             .atoms
             .get(..=self.lay.atab_mask as usize)
@@ -758,25 +806,22 @@ impl Program {
             if *e == EMPTY_ENTRY {
                 continue;
             }
+            let atom = (*e >> 32) as AtomId;
             let off = *e as u32 as usize;
             let mask = self.atoms.get(off).copied().unwrap_or(0);
             let mut at = off + 1;
-            for k in (0..KINDS).filter(|k| mask & (1 << k) != 0) {
-                let (bits, len) = if sparse {
+            for kind in (0..KINDS).filter(|k| mask & (1 << k) != 0) {
+                let bits = if sparse {
                     let n = self.atoms.get(at).copied().unwrap_or(0) as usize;
-                    let pairs = self.atoms.get(at + 1..at + 1 + 2 * n).unwrap_or(&[]);
-                    (pairs.iter().skip(1).step_by(2).any(|x| *x != 0), 1 + 2 * n)
+                    at += 1 + 2 * n;
+                    AtomBits::Sparse(self.atoms.get(at - 2 * n..at).unwrap_or(&[]))
                 } else {
-                    let bitmap = self.atoms.get(at..at + w).unwrap_or(&[]);
-                    (bitmap.iter().any(|x| *x != 0), w)
+                    at += w;
+                    AtomBits::Dense(self.atoms.get(at - w..at).unwrap_or(&[]))
                 };
-                if bits {
-                    kinds |= 1 << k;
-                }
-                at += len;
+                f(atom, kind, bits);
             }
         }
-        kinds
     }
 
     /// Computes [`Program::icmp_criteria`] and [`Program::icmp_bits`] from
@@ -842,8 +887,7 @@ impl Program {
         let mut bases = Vec::with_capacity(2 * classes * 3 * w);
         for class in 0..classes {
             for fam in [M_FAM4, M_FAM6] {
-                // Ports: no ICMP criterion; ICMP: no port criterion; neither: none.
-                for (drop_ports, drop_icmp) in [(0, !0), (!0, 0), (!0, !0)] {
+                for (drop_ports, drop_icmp) in (0..3).map(l4_drops) {
                     let rows = row(fam).iter().zip(row(M_PROTO + class));
                     let needs = row(M_NEED_PORTS).iter().zip(row(M_NEED_ICMP));
                     bases.extend(
@@ -1052,10 +1096,11 @@ impl Program {
             L4::Icmp { icmp_type, code } => (false, Some((icmp_type, code))),
             L4::None => (false, None),
         };
+        let kind = l4_kind(&pkt.l4);
         let drop_ports = if has_ports { 0 } else { !0 };
         let drop_icmp = if icmp.is_some() { 0 } else { !0 };
         let (need_ports, need_icmp) = (m(M_NEED_PORTS), m(M_NEED_ICMP));
-        let base = self.base_at(pkt.family(), pc, l4_kind(&pkt.l4));
+        let base = self.base_at(pkt.family(), pc, kind);
         if base.len() == w {
             cand.copy_from_slice(base);
         } else if pb.len() != w {

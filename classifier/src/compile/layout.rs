@@ -11,10 +11,10 @@ use crate::bits;
 use crate::index::AtomId;
 use crate::program::{
     atom_table_into, port_table, port_table_over, port_table_patched, CRule, DeciderTable, Layout,
-    Program, SegKind, Segment, Verify, BLOOM_WORDS, EMPTY_ENTRY, F_DST_NP, F_ICMP, F_SPARSE,
-    F_SRC_NP, F_SVC, KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP,
-    K_SRC_NP, K_SRC_POS, K_SVC, M_DPORT_REQ, M_DST_REQ, M_FAM4, M_FAM6, M_NEED_ICMP, M_NEED_PORTS,
-    M_PROTO, M_SPORT_REQ, M_SRC_REQ, M_SVC_REQ, SPARSE_MIN_WORDS,
+    Program, SegKind, Segment, Verify, BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC,
+    KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS,
+    K_SVC, M_DPORT_REQ, M_DST_REQ, M_FAM4, M_FAM6, M_NEED_ICMP, M_NEED_PORTS, M_PROTO, M_SPORT_REQ,
+    M_SRC_REQ, M_SVC_REQ, SPARSE_MIN_WORDS,
 };
 
 /// Turns a spec into a program.
@@ -799,35 +799,17 @@ impl Canonical {
             bases.extend_from_slice(p.bases.get(at..at + 6 * w).unwrap_or(&[]));
         }
         let mut atoms = std::collections::BTreeMap::new();
-        for e in p.atoms.get(..p.lay.atab_mask as usize + 1).unwrap_or(&[]) {
-            if *e == EMPTY_ENTRY {
-                continue;
-            }
-            let atom = (*e >> 32) as AtomId;
-            let off = *e as u32 as usize;
-            let mask = p.atoms.get(off).copied().unwrap_or(0);
-            let mut at = off + 1;
-            for kind in (0..KINDS).filter(|k| mask & (1 << k) != 0) {
-                let mut bitmap = vec![0u64; w];
-                if p.flags & F_SPARSE == 0 {
-                    bitmap.copy_from_slice(p.atoms.get(at..at + w).unwrap_or(&vec![0; w]));
-                    at += w;
-                } else {
-                    let n = p.atoms.get(at).copied().unwrap_or(0) as usize;
-                    for pair in p.atoms.get(at + 1..at + 1 + 2 * n).unwrap_or(&[]).chunks(2) {
-                        if let (Some(word), Some(bits)) = (pair.first(), pair.get(1)) {
-                            if let Some(b) = bitmap.get_mut(*word as usize) {
-                                *b |= *bits;
-                            }
-                        }
-                    }
-                    at += 1 + 2 * n;
-                }
-                if bitmap.iter().any(|x| *x != 0) {
-                    atoms.insert((atom, kind), bitmap);
+        p.each_atom_use(|atom, kind, bits| {
+            let mut bitmap = vec![0u64; w];
+            for (word, x) in bits.words() {
+                if let Some(b) = bitmap.get_mut(word) {
+                    *b |= x;
                 }
             }
-        }
+            if bitmap.iter().any(|x| *x != 0) {
+                atoms.insert((atom, kind), bitmap);
+            }
+        });
         let [src, dst] = p.port_tables();
         let flags = p.flags;
         Canonical {
