@@ -17,7 +17,7 @@ use capo_vpp_plugin::generation::{policed_interfaces, Snapshot};
 use capo_vpp_plugin::mark::NicMarks;
 use capo_vpp_plugin::worker::WorkerSlot;
 use capo_vpp_plugin::{
-    classify_batch, BatchCtx, Generation, GenerationCell, Next, PacketIn, PacketOut, PluginConfig,
+    classify_batch, BatchCtx, FrameOut, Generation, GenerationCell, Next, PacketIn, PluginConfig,
     SwIfIndex, VppDir,
 };
 
@@ -90,7 +90,7 @@ fn run_call<'a>(
     ctx: &mut BatchCtx<'_>,
     call: &'a Call,
     views: &mut Vec<PacketIn<'a>>,
-    out: &mut Vec<PacketOut>,
+    out: &mut FrameOut,
 ) -> usize {
     views.clear();
     views.extend(call.packets.iter().map(|p| PacketIn {
@@ -172,7 +172,7 @@ pub fn node_logic(
     let now = Timestamp::from_secs(1);
     let long_after = Timestamp::from_secs(1_000_000_000);
     let first_calls = calls(&packets);
-    let mut out = Vec::with_capacity(MAX_BATCH);
+    let mut out = FrameOut::with_capacity(MAX_BATCH);
     let mut views = Vec::with_capacity(MAX_BATCH);
     let mut allowed = Vec::new();
     let mut disagree = 0;
@@ -189,7 +189,7 @@ pub fn node_logic(
         disagree += call
             .packets
             .iter()
-            .zip(&out)
+            .zip(out.iter())
             .filter(|(p, o)| {
                 let got = match o.next {
                     Next::NextFeature => Verdict::Allow,
@@ -201,7 +201,7 @@ pub fn node_logic(
         allowed.extend(
             call.packets
                 .iter()
-                .zip(&out)
+                .zip(out.iter())
                 .filter(|(_, o)| o.next == Next::NextFeature)
                 .map(|(p, _)| p.clone()),
         );

@@ -125,6 +125,12 @@ impl FlowKey {
     fn both_ipv4(&self) -> bool {
         self.rest & 0b11 == 0
     }
+
+    /// What a removed flow's key becomes: bit 127 of `rest` is set in no packet's
+    /// key, so a slot found before its flow was removed never matches.
+    fn retire(&mut self) {
+        self.rest |= 1 << 127;
+    }
 }
 
 impl std::hash::Hash for FlowKey {
@@ -205,6 +211,10 @@ struct Keyed {
     key: FlowKey,
     src_is_a: bool,
     hash: u32,
+    /// The slot the batch's prefetch found first under `hash` ([`NIL`]: none), tried
+    /// before the index: the lookup then reads the index only when that slot's flow
+    /// has another key (a hash collision, or the slot changed hands since).
+    candidate: u32,
 }
 
 /// Bits of [`Flow::state`].
@@ -431,6 +441,7 @@ impl FlowTable {
             key,
             src_is_a,
             hash: self.hash(&key),
+            candidate: NIL,
         }
     }
 
@@ -465,23 +476,30 @@ impl FlowTable {
         }
     }
 
-    /// The slot of `k`'s flow.
+    /// The slot of `k`'s flow. Keys are unique among the flows held, and a removed
+    /// flow's key is retired, so a candidate slot holding `k`'s key is its flow.
+    #[inline(always)]
     fn find(&self, k: &Keyed) -> Option<u32> {
+        if self.flow(k.candidate).is_some_and(|f| f.key == k.key) {
+            return Some(k.candidate);
+        }
         self.probe(k.hash, |slot| {
             self.flow(slot).is_some_and(|f| f.key == k.key)
         })
     }
 
-    /// Hints the CPU to fetch the flow looking up `k` will compare with. Returns
-    /// false when no index entry carries `k`'s hash: the packet is certainly no
-    /// flow's, and the caller prefetches for its classification instead.
-    fn prefetch_flow(&self, k: &Keyed) -> bool {
+    /// Hints the CPU to fetch the flow looking up `k` will compare with, and keeps
+    /// its slot as `k`'s candidate. Returns false when no index entry carries `k`'s
+    /// hash: the packet is certainly no flow's, and the caller prefetches for its
+    /// classification instead.
+    fn prefetch_flow(&self, k: &mut Keyed) -> bool {
         let Some(slot) = self.probe(k.hash, |_| true) else {
             return false;
         };
         if let Some(f) = self.flow(slot) {
             crate::prefetch::read(std::ptr::from_ref(f).cast());
         }
+        k.candidate = slot;
         true
     }
 
@@ -534,6 +552,9 @@ impl FlowTable {
         let hash = self.hash(&f.key);
         self.unlink(slot);
         self.index.remove(hash, slot);
+        if let Some(f) = self.flow_mut(slot) {
+            f.key.retire();
+        }
         self.free.push(slot);
     }
 
@@ -766,16 +787,19 @@ impl Worker {
     ) {
         let batch = batch.get(..batch.len().min(MAX_BATCH)).unwrap_or(batch);
         out.clear();
-        let keyed = self.key_batch(batch);
-        for (i, (input, k)) in batch.iter().zip(&keyed).enumerate() {
-            if let (Some(ahead), Some(ka)) =
-                (batch.get(i + PREFETCH_AHEAD), keyed.get(i + PREFETCH_AHEAD))
-            {
+        let mut keyed = self.key_batch(batch);
+        for (i, input) in batch.iter().enumerate() {
+            if let (Some(ahead), Some(ka)) = (
+                batch.get(i + PREFETCH_AHEAD),
+                keyed.get_mut(i + PREFETCH_AHEAD),
+            ) {
                 if !self.flows.prefetch_flow(ka) {
                     generation.prefetch(&ahead.packet.packet);
                 }
             }
-            out.push(self.decide(generation, input, k, now.0));
+            if let Some(k) = keyed.get(i) {
+                out.push(self.decide(generation, input, k, now.0));
+            }
         }
         self.keyed = keyed;
     }
@@ -796,12 +820,14 @@ impl Worker {
     /// every one.
     pub fn admit_batch(&mut self, generation: &Generation, batch: &[Input], now: Timestamp) {
         let batch = batch.get(..batch.len().min(MAX_BATCH)).unwrap_or(batch);
-        let keyed = self.key_batch(batch);
-        for (i, (input, k)) in batch.iter().zip(&keyed).enumerate() {
-            if let Some(ka) = keyed.get(i + PREFETCH_AHEAD) {
+        let mut keyed = self.key_batch(batch);
+        for (i, input) in batch.iter().enumerate() {
+            if let Some(ka) = keyed.get_mut(i + PREFETCH_AHEAD) {
                 self.flows.prefetch_flow(ka);
             }
-            self.admit_keyed(generation, input, k, now.0);
+            if let Some(k) = keyed.get(i) {
+                self.admit_keyed(generation, input, k, now.0);
+            }
         }
         self.keyed = keyed;
     }

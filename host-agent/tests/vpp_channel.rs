@@ -514,7 +514,7 @@ fn the_agent_keeps_the_interfaces_across_deltas() {
 /// `n` packets of the flow 11.0.0.196:40000 → 11.0.0.67:`dport` (TCP), towards the
 /// seed's pod on tun3, through the plugin's node logic (sampled when the agent asks).
 fn traffic_to_ts2(plugin: &Plugin, dport: u16, n: usize) {
-    use capo_vpp_plugin::{classify_batch, BatchCtx, PacketIn, SwIfIndex};
+    use capo_vpp_plugin::{classify_batch, BatchCtx, FrameOut, PacketIn, SwIfIndex};
     let pkt = capo_policy::Packet {
         src: "11.0.0.196".parse().unwrap(),
         dst: "11.0.0.67".parse().unwrap(),
@@ -543,7 +543,7 @@ fn traffic_to_ts2(plugin: &Plugin, dport: u16, n: usize) {
         })
         .collect();
     for chunk in frame.chunks(64) {
-        let mut out = Vec::new();
+        let mut out = FrameOut::default();
         classify_batch::<false, true>(&mut ctx, chunk, &mut out);
     }
 }

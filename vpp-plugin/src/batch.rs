@@ -65,7 +65,8 @@ pub enum DropReason {
     Unclassified,
 }
 
-/// The decision for one packet.
+/// The decision for one packet: 4 bytes, so a frame's decisions fit in a few cache
+/// lines (trace records, 200 bytes each, are kept apart in [`FrameOut`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PacketOut {
     /// Next node.
@@ -76,27 +77,114 @@ pub struct PacketOut {
     /// packets: for the others [`How::Classified`] covers flow-table hits too (the
     /// frame's [`BatchCounts::flow_hits`] counts them).
     pub how: How,
-    /// The trace record, for traced buffers.
-    pub trace: Option<TraceData>,
 }
 
+const _: () = assert!(std::mem::size_of::<PacketOut>() <= 4);
+
 impl PacketOut {
-    const fn allow(how: How, trace: Option<TraceData>) -> Self {
+    const fn allow(how: How) -> Self {
         PacketOut {
             next: Next::NextFeature,
             drop: None,
             how,
+        }
+    }
+
+    const fn drop(reason: DropReason, how: How) -> Self {
+        PacketOut {
+            next: Next::Drop,
+            drop: Some(reason),
+            how,
+        }
+    }
+}
+
+/// A decision and, for a traced buffer, its trace record.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided {
+    /// The decision.
+    pub out: PacketOut,
+    /// The trace record (traced buffers only).
+    pub trace: Option<TraceData>,
+}
+
+impl Decided {
+    fn allow(how: How, trace: Option<TraceData>) -> Self {
+        Decided {
+            out: PacketOut::allow(how),
             trace,
         }
     }
 
     fn drop(reason: DropReason, how: How, trace: Option<TraceData>) -> Self {
-        PacketOut {
-            next: Next::Drop,
-            drop: Some(reason),
-            how,
+        Decided {
+            out: PacketOut::drop(reason, how),
             trace,
         }
+    }
+}
+
+/// A frame's decisions, one per packet in frame order (the slice it derefs to), and
+/// the traced packets' records beside them.
+#[derive(Debug, Default)]
+pub struct FrameOut {
+    decisions: Vec<PacketOut>,
+    /// `(position in the frame, record)`, in the order the packets were decided.
+    traces: Vec<(usize, TraceData)>,
+}
+
+impl FrameOut {
+    /// Room for `n` decisions.
+    pub fn with_capacity(n: usize) -> Self {
+        FrameOut {
+            decisions: Vec::with_capacity(n),
+            traces: Vec::new(),
+        }
+    }
+
+    /// The trace record of the frame's `i`-th packet, if it was traced.
+    pub fn trace(&self, i: usize) -> Option<&TraceData> {
+        self.traces.iter().find(|(at, _)| *at == i).map(|(_, t)| t)
+    }
+
+    /// Every trace record, with the position of its packet in the frame.
+    pub fn traces(&self) -> &[(usize, TraceData)] {
+        &self.traces
+    }
+
+    /// Forgets every decision and record.
+    pub fn clear(&mut self) {
+        self.decisions.clear();
+        self.traces.clear();
+    }
+
+    /// Appends the decision of the frame's next packet, `i`.
+    pub fn push(&mut self, i: usize, d: Decided) {
+        debug_assert_eq!(self.decisions.len(), i);
+        self.decisions.push(d.out);
+        self.keep_trace(i, d.trace);
+    }
+
+    /// Puts packet `i`'s decision over its placeholder.
+    fn set(&mut self, i: usize, d: Decided) {
+        if let Some(o) = self.decisions.get_mut(i) {
+            *o = d.out;
+        }
+        self.keep_trace(i, d.trace);
+    }
+
+    fn keep_trace(&mut self, i: usize, trace: Option<TraceData>) {
+        if let Some(t) = trace {
+            self.traces.push((i, t));
+        }
+    }
+}
+
+impl std::ops::Deref for FrameOut {
+    type Target = [PacketOut];
+
+    fn deref(&self) -> &[PacketOut] {
+        &self.decisions
     }
 }
 
@@ -169,7 +257,7 @@ pub fn unclassified(
     dir: VppDir,
     policy: Unclassified,
     counts: &mut BatchCounts,
-) -> PacketOut {
+) -> Decided {
     counts.unclassified += 1;
     let trace = |verdict| {
         p.traced.then(|| {
@@ -184,14 +272,14 @@ pub fn unclassified(
         })
     };
     match policy {
-        Unclassified::Drop => PacketOut::drop(
+        Unclassified::Drop => Decided::drop(
             DropReason::Unclassified,
             How::Unclassified,
             trace(Verdict::Deny),
         ),
         Unclassified::Pass => {
             counts.allowed += 1;
-            PacketOut::allow(How::Unclassified, trace(Verdict::Allow))
+            Decided::allow(How::Unclassified, trace(Verdict::Allow))
         }
     }
 }
@@ -201,17 +289,16 @@ pub fn unclassified(
 pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
     ctx: &mut BatchCtx<'_>,
     pkts: &[PacketIn<'_>],
-    out: &mut Vec<PacketOut>,
+    out: &mut FrameOut,
 ) -> BatchCounts {
     out.clear();
     let dir = if OUTPUT { VppDir::Tx } else { VppDir::Rx };
     let mut counts = BatchCounts::default();
     let Some(g) = ctx.cell.load() else {
         let policy = ctx.unclassified;
-        out.extend(
-            pkts.iter()
-                .map(|p| unclassified(p, dir, policy, &mut counts)),
-        );
+        for (i, p) in pkts.iter().enumerate() {
+            out.push(i, unclassified(p, dir, policy, &mut counts));
+        }
         return counts;
     };
     let held = ctx.cell.held_tags();
@@ -233,7 +320,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
         any_traced |= p.traced;
         let Some(calico_dir) = g.calico_dir(p.sw_if_index, dir) else {
             spread(&mut dense, &mut frame, out);
-            out.push(pass(p, dir, g.id(), &mut counts));
+            out.push(i, pass(p, dir, g.id(), &mut counts));
             continue;
         };
         let trace = |verdict, how, line: &str| {
@@ -266,7 +353,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
                     } else {
                         None
                     };
-                    out.push(PacketOut::allow(How::NicAllow, t));
+                    out.push(i, Decided::allow(How::NicAllow, t));
                     continue;
                 }
                 // A punt: the NIC leaves the packet to software.
@@ -279,11 +366,14 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
             Err(e) => {
                 counts.malformed += 1;
                 spread(&mut dense, &mut frame, out);
-                out.push(PacketOut::drop(
-                    DropReason::Malformed,
-                    How::Malformed,
-                    trace(Verdict::Deny, How::Malformed, &e.to_string()),
-                ));
+                out.push(
+                    i,
+                    Decided::drop(
+                        DropReason::Malformed,
+                        How::Malformed,
+                        trace(Verdict::Deny, How::Malformed, &e.to_string()),
+                    ),
+                );
                 continue;
             }
         };
@@ -295,7 +385,7 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
         });
         if !dense {
             frame.at.push(i);
-            out.push(PLACEHOLDER);
+            out.decisions.push(PLACEHOLDER);
         }
     }
 
@@ -326,9 +416,9 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
             let traced_at = traced(start);
             if traced_at {
                 if let (Some(input), Some(i)) = (frame.inputs.get(start), at(start)) {
-                    let o = decide_traced(slot, &g, input, pkts.get(i), dir, ctx.now);
-                    tally(&o, &mut counts);
-                    put(out, dense, i, o);
+                    let d = decide_traced(slot, &g, input, pkts.get(i), dir, ctx.now);
+                    tally(&d.out, &mut counts);
+                    put(out, dense, i, d);
                 }
                 start += 1;
                 continue;
@@ -346,8 +436,8 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
             }
             let mut decided = |v: &Verdict| {
                 let o = match v {
-                    Verdict::Allow => PacketOut::allow(How::Classified, None),
-                    Verdict::Deny => PacketOut::drop(DropReason::Denied, How::Classified, None),
+                    Verdict::Allow => PacketOut::allow(How::Classified),
+                    Verdict::Deny => PacketOut::drop(DropReason::Denied, How::Classified),
                 };
                 tally(&o, &mut counts);
                 o
@@ -355,11 +445,11 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
             // One verdict per input of the run (`Worker::process`), in order.
             debug_assert_eq!(frame.verdicts.len(), end - start);
             if dense {
-                out.extend(frame.verdicts.iter().map(decided));
+                out.decisions.extend(frame.verdicts.iter().map(decided));
             } else {
                 let at = frame.at.get(start..end).unwrap_or_default();
                 for (v, &i) in frame.verdicts.iter().zip(at) {
-                    if let Some(slot_out) = out.get_mut(i) {
+                    if let Some(slot_out) = out.decisions.get_mut(i) {
                         *slot_out = decided(v);
                     }
                 }
@@ -374,26 +464,25 @@ pub fn classify_batch<const IP6: bool, const OUTPUT: bool>(
 }
 
 /// What a packet joining the batch holds in `out` until the batch is decided.
-const PLACEHOLDER: PacketOut = PacketOut::allow(How::Classified, None);
+const PLACEHOLDER: PacketOut = PacketOut::allow(How::Classified);
 
 /// Ends a frame's dense run (every packet so far joined the batch): `at` and the
 /// placeholders of the inputs so far are written out, so that the packet decided
 /// next takes its own place in `out`.
-fn spread(dense: &mut bool, frame: &mut FrameBufs, out: &mut Vec<PacketOut>) {
+fn spread(dense: &mut bool, frame: &mut FrameBufs, out: &mut FrameOut) {
     if std::mem::take(dense) {
         frame.at.extend(0..frame.inputs.len());
-        out.resize(frame.inputs.len(), PLACEHOLDER);
+        out.decisions.resize(frame.inputs.len(), PLACEHOLDER);
     }
 }
 
 /// Puts a decided packet in its place: appended while the frame is dense (its
 /// packets are decided in order), else over its placeholder.
-fn put(out: &mut Vec<PacketOut>, dense: bool, i: usize, o: PacketOut) {
+fn put(out: &mut FrameOut, dense: bool, i: usize, d: Decided) {
     if dense {
-        debug_assert_eq!(out.len(), i);
-        out.push(o);
-    } else if let Some(slot_out) = out.get_mut(i) {
-        *slot_out = o;
+        out.push(i, d);
+    } else {
+        out.set(i, d);
     }
 }
 
@@ -451,7 +540,7 @@ fn decide_traced(
     p: Option<&PacketIn<'_>>,
     dir: VppDir,
     now: Timestamp,
-) -> PacketOut {
+) -> Decided {
     let before = flow_hits(&slot.counters.flows());
     let verdict = slot.worker.process_one(g.classifier(), input, now);
     let hit = flow_hits(&slot.counters.flows()) > before;
@@ -494,8 +583,8 @@ fn decide_traced(
     };
     let trace = p.map(|p| TraceData::new(p.sw_if_index.0, dir, g.id(), verdict, how, &line));
     match verdict {
-        Verdict::Allow => PacketOut::allow(how, trace),
-        Verdict::Deny => PacketOut::drop(DropReason::Denied, how, trace),
+        Verdict::Allow => Decided::allow(how, trace),
+        Verdict::Deny => Decided::drop(DropReason::Denied, how, trace),
     }
 }
 
@@ -506,9 +595,9 @@ fn opposite(d: Direction) -> Direction {
     }
 }
 
-fn pass(p: &PacketIn<'_>, dir: VppDir, generation: u64, counts: &mut BatchCounts) -> PacketOut {
+fn pass(p: &PacketIn<'_>, dir: VppDir, generation: u64, counts: &mut BatchCounts) -> Decided {
     counts.not_policed += 1;
-    PacketOut::allow(
+    Decided::allow(
         How::NotPoliced,
         p.traced.then(|| {
             TraceData::new(

@@ -72,7 +72,9 @@ use capo_policy::Direction;
 use capo_proto::capo::agent::v1 as api;
 use capo_proto::capo::dataplane::v1::{ShowReply, ShowRequest};
 
-pub use batch::{classify_batch, BatchCounts, BatchCtx, Counters, Next, PacketIn, PacketOut};
+pub use batch::{
+    classify_batch, BatchCounts, BatchCtx, Counters, Decided, FrameOut, Next, PacketIn, PacketOut,
+};
 pub use config::PluginConfig;
 pub use control::{ControlCore, VppContext};
 pub use generation::{Generation, GenerationCell, SwIfIndex, VppDir};

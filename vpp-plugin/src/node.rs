@@ -26,7 +26,7 @@ use vpp_plugin::{vlib_node, vnet_feature_init, ErrorCounters, NextNodes};
 use capo_classifier::Timestamp;
 
 use crate::batch::{
-    classify_batch, unclassified, BatchCounts, BatchCtx, DropReason, Next, PacketIn, PacketOut,
+    classify_batch, unclassified, BatchCounts, BatchCtx, DropReason, FrameOut, Next, PacketIn,
     Unclassified,
 };
 use crate::generation::VppDir;
@@ -86,7 +86,7 @@ pub(crate) enum CapoError {
 
 thread_local! {
     /// Per-thread output buffer, reused across frames (no allocation per frame).
-    static OUT: RefCell<Vec<PacketOut>> = RefCell::new(Vec::with_capacity(FRAME_SIZE));
+    static OUT: RefCell<FrameOut> = RefCell::new(FrameOut::with_capacity(FRAME_SIZE));
 }
 
 /// The worker shared by the four nodes.
@@ -174,11 +174,9 @@ where
                     // No worker for this thread: as configured (default: drop).
                     out.clear();
                     let policy = plugin.config.unclassified;
-                    out.extend(
-                        views
-                            .iter()
-                            .map(|p| unclassified(p, dir, policy, &mut counts)),
-                    );
+                    for (i, p) in views.iter().enumerate() {
+                        out.push(i, unclassified(p, dir, policy, &mut counts));
+                    }
                 }
             }
             plugin.counters.add(&counts);
@@ -222,7 +220,9 @@ where
                 );
                 *next = CapoNext::Drop as u16;
             }
-            if let Some(t) = o.trace {
+        }
+        for &(i, t) in out.traces() {
+            if let Some(b) = bufs.get_mut(i) {
                 b.add_trace(vm, node).write(t);
             }
         }

@@ -17,7 +17,7 @@ use capo_proto::capo::dataplane::v1::{
 use capo_proto::felix::v3_32 as pb;
 use prost::Message;
 
-use crate::batch::{classify_batch, BatchCtx, DropReason, Next, PacketIn, PacketOut};
+use crate::batch::{classify_batch, BatchCtx, DropReason, FrameOut, Next, PacketIn};
 use crate::cli::Show;
 use crate::config::{EstablishedFlows, PluginConfig};
 use crate::control::{
@@ -243,7 +243,7 @@ fn node_batch_over_byte_buffers() {
         p(&malformed, 11, false),
         p(&denied, 99, false),
     ];
-    let mut out = Vec::new();
+    let mut out = FrameOut::default();
     let c = classify_batch::<false, true>(&mut ctx, &frame, &mut out);
     assert_eq!(
         out.iter().map(|o| o.next).collect::<Vec<_>>(),
@@ -255,13 +255,13 @@ fn node_batch_over_byte_buffers() {
         (c.allowed, c.denied, c.malformed, c.not_policed),
         (1, 1, 1, 1)
     );
-    let t0 = out[0].trace.unwrap().to_string();
+    let t0 = out.trace(0).unwrap().to_string();
     assert_eq!(
         t0,
         "capo: sw_if_index 11 tx generation 1 allow (classified): tier default: [policy#12] \
          [rule#18;allow][proto==TCP,dst==5978,src==[ipset#1;prefix;11.0.0.196/32,fd20::58fd:b191:5c13:9cc3/128,],]"
     );
-    let t1 = out[1].trace.unwrap().to_string();
+    let t1 = out.trace(1).unwrap().to_string();
     assert!(
         t1.contains("deny (classified): tier default: end of tier"),
         "{t1}"
@@ -275,7 +275,7 @@ fn node_batch_over_byte_buffers() {
     let c = classify_batch::<false, false>(&mut ctx, &[p(&reply, 11, true)], &mut out);
     assert_eq!((c.allowed, c.flow_hits), (1, 1));
     assert_eq!(out[0].how, How::FlowHit);
-    assert!(out[0].trace.unwrap().to_string().contains("rule#18"));
+    assert!(out.trace(0).unwrap().to_string().contains("rule#18"));
 
     // NIC marks: an allow from a held generation skips classification even for a
     // packet policy denies; one from an unknown generation is counted and classified.
@@ -310,8 +310,8 @@ fn node_batch_over_byte_buffers() {
     let c = classify_batch::<false, true>(&mut ctx, &frame, &mut out);
     assert_eq!(out[0].next, Next::NextFeature);
     assert_eq!(out[0].how, How::NicAllow);
-    assert!(out[0]
-        .trace
+    assert!(out
+        .trace(0)
         .unwrap()
         .to_string()
         .contains("NIC allow, generation tag 1, plan entry 3"));
@@ -353,7 +353,7 @@ fn flows_software_decides_are_sampled_while_the_agent_asks() {
         };
         for bytes in [&allowed, &denied] {
             let frame: Vec<PacketIn<'_>> = (0..256).map(|_| p(bytes)).collect();
-            let mut out = Vec::new();
+            let mut out = FrameOut::default();
             classify_batch::<false, true>(&mut ctx, &frame, &mut out);
         }
     };
@@ -409,7 +409,7 @@ fn flows_software_decides_are_sampled_while_the_agent_asks() {
                 traced: false,
             })
             .collect();
-        let mut out = Vec::new();
+        let mut out = FrameOut::default();
         let c = classify_batch::<false, true>(&mut ctx, &marked, &mut out);
         assert_eq!(c.nic_accepted, 64);
     }
@@ -457,7 +457,7 @@ fn revalidate_redecides_established_flows_on_a_new_generation() {
         flow_id: 0,
         traced: false,
     }];
-    let mut out = Vec::new();
+    let mut out = FrameOut::default();
     for (mode, new_member) in [
         (EstablishedFlows::Keep, "11.0.0.198/32"),
         (EstablishedFlows::Revalidate, "11.0.0.199/32"),
@@ -662,7 +662,7 @@ fn verdict_alone(plugin: &Plugin, bytes: &[u8]) -> Next {
 /// The node's decision for `bytes` arriving alone on `sw_if_index` (a fresh flow table).
 fn verdict_at(plugin: &Plugin, bytes: &[u8], sw_if_index: SwIfIndex) -> Next {
     let mut slot = new_slot(EstablishedFlows::Keep);
-    let mut out = Vec::new();
+    let mut out = FrameOut::default();
     let pkt = [PacketIn {
         bytes,
         sw_if_index,
@@ -798,7 +798,7 @@ fn previous_generation_marks_are_honoured_after_a_flip() {
         traced: false,
     };
     let mut slot = new_slot(EstablishedFlows::Keep);
-    let mut out = Vec::new();
+    let mut out = FrameOut::default();
     let frame = [marked(1), marked(2), marked(3)];
     let c = classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &frame, &mut out);
     assert_eq!(
@@ -818,7 +818,7 @@ fn rule_counters_are_shown_and_cleared() {
         flow_id: 0,
         traced: false,
     }];
-    let mut out = Vec::new();
+    let mut out = FrameOut::default();
     {
         let mut guard = plugin.workers.for_thread(0).unwrap();
         let slot = guard.slot().unwrap();
@@ -981,7 +981,7 @@ mod reference {
 
             let mut slot = new_slot(EstablishedFlows::Keep);
             let mut flows: HashMap<FlowKey, (bool, Direction)> = HashMap::new();
-            let mut out: Vec<PacketOut> = Vec::new();
+            let mut out = FrameOut::default();
             for (bytes, sw, output, traced, p, flow_id) in &pkts {
                 // Each packet in a frame of its own family and arc, in order; frames
                 // of several packets are checked below against these verdicts.
@@ -1034,7 +1034,7 @@ mod reference {
                 };
                 prop_assert_eq!(got, expected, "{:?} on {} {:?} mark {}", p, sw, dir, flow_id);
                 if *traced && reference.is_some() {
-                    let t = out[0].trace.unwrap().to_string();
+                    let t = out.trace(0).unwrap().to_string();
                     prop_assert!(t.contains(if got == Verdict::Allow { " allow (" } else { " deny (" }), "{}", t);
                 }
             }
@@ -1054,7 +1054,7 @@ mod reference {
                         traced: *t,
                     })
                     .collect();
-                let run = |slot: &mut WorkerSlot, pkts: &[PacketIn<'_>], out: &mut Vec<PacketOut>| {
+                let run = |slot: &mut WorkerSlot, pkts: &[PacketIn<'_>], out: &mut FrameOut| {
                     let mut c = ctx(&plugin, slot, 0);
                     match (v6, output) {
                         (false, false) => classify_batch::<false, false>(&mut c, pkts, out),
@@ -1065,7 +1065,7 @@ mod reference {
                 };
                 // Each packet's next node, how it was decided, and whether it has a
                 // trace record (traced packets only, in their own places).
-                let seen = |o: &PacketOut| (o.next, o.how, o.trace.is_some());
+                let seen = |out: &FrameOut, i: usize| (out[i].next, out[i].how, out.trace(i).is_some());
                 // A frame admits the flows of the packets the NIC allowed first, then
                 // decides the rest in order: one at a time in that order, each
                 // compared in its own place.
@@ -1077,7 +1077,7 @@ mod reference {
                 for k in order {
                     let c = run(&mut singles, std::slice::from_ref(&frame[k]), &mut out);
                     counts.add(&c);
-                    one_by_one[k] = Some(seen(&out[0]));
+                    one_by_one[k] = Some(seen(&out, 0));
                 }
                 let one_by_one: Vec<_> = one_by_one.into_iter().flatten().collect();
                 prop_assert_eq!(
@@ -1085,7 +1085,7 @@ mod reference {
                     frame.iter().map(|p| p.traced).collect::<Vec<_>>()
                 );
                 let c = run(&mut batched, &frame, &mut out);
-                prop_assert_eq!(out.iter().map(seen).collect::<Vec<_>>(), one_by_one);
+                prop_assert_eq!((0..out.len()).map(|i| seen(&out, i)).collect::<Vec<_>>(), one_by_one);
                 prop_assert_eq!(c, counts);
             }
         }
@@ -1569,7 +1569,7 @@ fn no_generation_means_dropped_unless_configured_to_pass() {
             ..PluginConfig::default()
         });
         let mut slot = new_slot(EstablishedFlows::Keep);
-        let mut out = Vec::new();
+        let mut out = FrameOut::default();
         let counts = classify_batch::<false, true>(&mut ctx(&plugin, &mut slot, 0), &pkt, &mut out);
         assert_eq!(out[0].next, want, "{mode:?}");
         assert_eq!(counts.unclassified, 1);
@@ -1625,7 +1625,7 @@ fn replies_of_connections_the_nic_allowed_pass() {
     let a = applied(core.on_message(generation(1, true, 0, seed_isolating_egress()), 0));
     assert!(a.ok, "{}", a.error);
     let mut slot = new_slot(EstablishedFlows::Keep);
-    let mut out = Vec::new();
+    let mut out = FrameOut::default();
     let syn = ip_bytes(&tcp("11.0.0.196", "11.0.0.67", 41000, 5978));
     let reply = ip_bytes_with(
         &tcp("11.0.0.67", "11.0.0.196", 5978, 41000),
