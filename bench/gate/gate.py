@@ -10,8 +10,10 @@ docs/benchmarks.md.
 
 `check` exits 1 when a figure regressed beyond the tolerance against the previous
 file (and, with --require-targets, when a target is missed); it prints every target
-with its measured value either way. Figures are medians over the runs with their
-min and max; the file records the machine, its load and the date.
+with its measured value either way. Timings are compared only with a previous file
+from the same machine (CPU model and count); sizes, shares and counts always.
+Figures are medians over the runs with their min and max; the file records the
+machine, its load and the date.
 """
 
 import argparse
@@ -297,12 +299,25 @@ def targets(fig):
 PEERS = ("vpp acl ", "vpp npol ", "vpp forward ")
 
 
-def regressions(fig, previous, tolerance):
+# Units of figures that depend on the machine's speed.
+TIMINGS = ("ns", "µs", "ms", "clocks")
+
+
+def machine_of(doc):
+    """What makes two results files' timings comparable: CPU model and count."""
+    m = doc.get("machine", {})
+    return (m.get("cpu"), m.get("cpus"))
+
+
+def regressions(fig, previous, tolerance, timings=True):
     """capo's figures worse than the previous file's by more than `tolerance` (a
-    fraction)."""
+    fraction); with `timings` false (another machine), only sizes, shares and
+    counts."""
     out = []
     for name, (med, _, _, unit, lower) in fig.items():
         if name not in previous or name.startswith(PEERS):
+            continue
+        if not timings and unit in TIMINGS:
             continue
         old = previous[name][0]
         if old <= 0:
@@ -329,8 +344,14 @@ def check(opts):
         if met is False and opts.require_targets:
             ok = False
     if opts.previous:
-        prev = figures(load(opts.previous))
-        bad = regressions(fig, prev, opts.tolerance)
+        old = load(opts.previous)
+        prev = figures(old)
+        same = machine_of(old) == machine_of(doc)
+        bad = regressions(fig, prev, opts.tolerance, timings=same)
+        if not same:
+            cpu, cpus = machine_of(old)
+            print(f"{opts.previous} ran on another machine ({cpu}, {cpus} CPUs): "
+                  "timings are not compared, sizes and shares are")
         print(f"against {opts.previous} (tolerance {opts.tolerance:.0%}): "
               f"{len(bad)} regressions")
         for name, old, new, unit, change in bad:
@@ -358,6 +379,13 @@ def render(doc, previous=None):
     ]
     for label, measured, met in targets(fig):
         lines.append(f"| {label} | {measured} | {dict([(True, 'met'), (False, '**missed**'), (None, 'not measured')])[met]} |")
+    if previous:
+        cpu, cpus = machine_of(previous)
+        where = ("the same machine" if machine_of(previous) == machine_of(doc)
+                 else f"another machine ({cpu}, {cpus} CPUs; its timings are not "
+                      "comparable with these)")
+        lines += ["", f"The previous column is the results of {previous['date']}, "
+                      f"from {where}."]
     lines += ["", "| figure | median | min–max | previous |", "| --- | ---: | ---: | ---: |"]
     for name in sorted(fig):
         med, lo, hi, unit, _ = fig[name]

@@ -149,6 +149,25 @@ class Regressions(unittest.TestCase):
         self.assertEqual([r for r in gate.regressions(faster, old, 0.15)
                           if r[0].startswith("w-k8s production")], [])
 
+    def test_timings_are_compared_on_the_same_machine_only(self):
+        old = gate.figures(doc())
+        slower = gate.figures(doc(production_first=500.0, deny_drop=0.5))
+        names = [r[0] for r in gate.regressions(slower, old, 0.15, timings=False)]
+        self.assertNotIn("w-k8s production first ns/packet", names)
+        self.assertIn("w-k8s offload mlx5 denied packets dropped in hardware", names)
+        with tempfile.TemporaryDirectory() as d:
+            new, other = os.path.join(d, "new.json"), os.path.join(d, "other.json")
+            elsewhere = doc()
+            elsewhere["machine"]["cpu"] = "Other CPU"
+            with open(other, "w") as f:
+                json.dump(elsewhere, f)
+            with open(new, "w") as f:
+                json.dump(doc(production_first=600.0), f)
+            self.assertEqual(gate.main(["check", new, "--previous", other]), 0)
+            with open(new, "w") as f:
+                json.dump(doc(deny_drop=0.5), f)
+            self.assertEqual(gate.main(["check", new, "--previous", other]), 1)
+
     def test_check_exit_codes(self):
         with tempfile.TemporaryDirectory() as d:
             new, old = os.path.join(d, "new.json"), os.path.join(d, "old.json")
@@ -184,6 +203,15 @@ class Markdown(unittest.TestCase):
                 twice = f.read()
             self.assertEqual(twice.count(gate.BEGIN), 1)
             self.assertNotEqual(once, twice)  # the previous column is filled
+            self.assertIn("from the same machine", twice)
+            elsewhere = os.path.join(d, "elsewhere.json")
+            other = doc()
+            other["machine"]["cpu"] = "Other CPU"
+            with open(elsewhere, "w") as f:
+                json.dump(other, f)
+            gate.main(["markdown", results, "--doc", md, "--previous", elsewhere])
+            with open(md) as f:
+                self.assertIn("another machine (Other CPU, 2 CPUs", f.read())
 
 
 if __name__ == "__main__":
