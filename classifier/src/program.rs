@@ -786,7 +786,9 @@ impl Program {
     fn used_kinds(&self) -> u64 {
         let mut kinds = 0u64;
         self.each_atom_use(|_, kind, bits| {
-            if bits.words().any(|(_, x)| x != 0) {
+            // A kind found in use needs no further scan (a patch of a wide program
+            // walks thousands of atoms here).
+            if kinds & (1 << kind) == 0 && bits.words().any(|(_, x)| x != 0) {
                 kinds |= 1 << kind;
             }
         });
@@ -810,7 +812,12 @@ impl Program {
             let off = *e as u32 as usize;
             let mask = self.atoms.get(off).copied().unwrap_or(0);
             let mut at = off + 1;
-            for kind in (0..KINDS).filter(|k| mask & (1 << k) != 0) {
+            // The mask's set bits, lowest first: the kinds the slot holds, in the
+            // order their bitmaps follow it.
+            let mut left = mask & ((1 << KINDS) - 1);
+            while left != 0 {
+                let kind = left.trailing_zeros() as usize;
+                left &= left - 1;
                 let bits = if sparse {
                     let n = self.atoms.get(at).copied().unwrap_or(0) as usize;
                     at += 1 + 2 * n;
