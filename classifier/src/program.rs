@@ -458,6 +458,10 @@ pub(crate) struct Layout {
     pub(crate) sports_n: u32,
     pub(crate) dports: u32,
     pub(crate) dports_n: u32,
+    /// Every slot's kind mask ORed: the kinds (`K_*`) some slot holds. A patch
+    /// rewrites bits within the slots and never adds a slot or a kind, so this
+    /// stays true of a patched program (a kind may then have empty bitmaps only).
+    pub(crate) kinds: u32,
 }
 
 /// Masks at the start of [`Program::arena`], `words` each.
@@ -761,14 +765,21 @@ impl Program {
             && src
                 .get(sw + w..sw + 2 * w)
                 .is_some_and(|n| n.iter().all(|x| *x == 0));
-        let kinds = self.used_kinds();
         let row_empty = |k: usize| {
             self.arena
                 .get(k * w..(k + 1) * w)
                 .is_some_and(|r| r.iter().all(|x| *x == 0))
         };
-        let any_src_addr = row_empty(M_SRC_REQ) && kinds & (1 << K_SRC_POS | 1 << K_SRC_NEG) == 0;
-        let any_dst_addr = row_empty(M_DST_REQ) && kinds & (1 << K_DST_POS | 1 << K_DST_NEG) == 0;
+        const SRC: u64 = 1 << K_SRC_POS | 1 << K_SRC_NEG;
+        const DST: u64 = 1 << K_DST_POS | 1 << K_DST_NEG;
+        let (src_free, dst_free) = (row_empty(M_SRC_REQ), row_empty(M_DST_REQ));
+        // Only a side without required addresses asks which of its kinds are in
+        // use, and only for kinds some slot holds: most programs walk no slot.
+        let wanted = (if src_free { SRC } else { 0 } | if dst_free { DST } else { 0 })
+            & u64::from(self.lay.kinds);
+        let kinds = self.used_kinds(wanted);
+        let any_src_addr = src_free && kinds & SRC == 0;
+        let any_dst_addr = dst_free && kinds & DST == 0;
         self.flags &= !(F_ANY_SRC_PORT | F_ANY_SRC_ADDR | F_ANY_DST_ADDR);
         for (on, f) in [
             (any_src_port, F_ANY_SRC_PORT),
@@ -781,15 +792,20 @@ impl Program {
         }
     }
 
-    /// The kinds of atom use (bit `K_*`) some rule of the program makes: those with
-    /// a bit set in some atom's bitmap (a patch may leave a kind's bitmap empty).
-    fn used_kinds(&self) -> u64 {
+    /// Of the kinds of atom use `wanted` (bits `K_*`), those some rule of the
+    /// program makes: with a bit set in some atom's bitmap (a patch may leave a
+    /// kind's bitmaps empty).
+    fn used_kinds(&self, wanted: u64) -> u64 {
         let mut kinds = 0u64;
+        if wanted == 0 {
+            return kinds;
+        }
         self.each_atom_use(|_, kind, bits| {
             // A kind found in use needs no further scan (a patch of a wide program
             // walks thousands of atoms here).
-            if kinds & (1 << kind) == 0 && bits.words().any(|(_, x)| x != 0) {
-                kinds |= 1 << kind;
+            let bit = 1 << kind;
+            if wanted & bit != 0 && kinds & bit == 0 && bits.words().any(|(_, x)| x != 0) {
+                kinds |= bit;
             }
         });
         kinds

@@ -344,6 +344,10 @@ impl RuleMasks {
             sports_n: sports_n as u32,
             dports: (arena.len() + sports.len()) as u32,
             dports_n: dports_n as u32,
+            kinds: slots
+                .iter()
+                .filter_map(|(_, o)| atom_bits.get(*o as usize - atab_len))
+                .fold(0, |k, mask| k | *mask as u32),
         };
         arena.extend_from_slice(&sports);
         arena.extend_from_slice(&dports);
