@@ -11,7 +11,7 @@ docs/benchmarks.md.
 `check` exits 1 when a figure regressed beyond the tolerance against the previous
 file (and, with --require-targets, when a target is missed); it prints every target
 with its measured value either way. Timings are compared only with a previous file
-from the same machine (CPU model and count); sizes, shares and counts always.
+from the same machine (CPU model, count and kernel); sizes, shares and counts always.
 Figures are medians over the runs with their min and max; the file records the
 machine, its load and the date.
 """
@@ -304,9 +304,10 @@ TIMINGS = ("ns", "µs", "ms", "clocks")
 
 
 def machine_of(doc):
-    """What makes two results files' timings comparable: CPU model and count."""
+    """What makes two results files' timings comparable: CPU model, CPU count and
+    kernel (guests of one cloud report one CPU model)."""
     m = doc.get("machine", {})
-    return (m.get("cpu"), m.get("cpus"))
+    return (m.get("cpu"), m.get("cpus"), m.get("kernel"))
 
 
 def regressions(fig, previous, tolerance, timings=True):
@@ -349,9 +350,9 @@ def check(opts):
         same = machine_of(old) == machine_of(doc)
         bad = regressions(fig, prev, opts.tolerance, timings=same)
         if not same:
-            cpu, cpus = machine_of(old)
-            print(f"{opts.previous} ran on another machine ({cpu}, {cpus} CPUs): "
-                  "timings are not compared, sizes and shares are")
+            cpu, cpus, kernel = machine_of(old)
+            print(f"{opts.previous} ran on another machine ({cpu}, {cpus} CPUs, kernel "
+                  f"{kernel}): timings are not compared, sizes and shares are")
         print(f"against {opts.previous} (tolerance {opts.tolerance:.0%}): "
               f"{len(bad)} regressions")
         for name, old, new, unit, change in bad:
@@ -380,10 +381,10 @@ def render(doc, previous=None):
     for label, measured, met in targets(fig):
         lines.append(f"| {label} | {measured} | {dict([(True, 'met'), (False, '**missed**'), (None, 'not measured')])[met]} |")
     if previous:
-        cpu, cpus = machine_of(previous)
+        cpu, cpus, kernel = machine_of(previous)
         where = ("the same machine" if machine_of(previous) == machine_of(doc)
-                 else f"another machine ({cpu}, {cpus} CPUs; its timings are not "
-                      "comparable with these)")
+                 else f"another machine ({cpu}, {cpus} CPUs, kernel {kernel}; its "
+                      "timings are not comparable with these)")
         lines += ["", f"The previous column is the results of {previous['date']}, "
                       f"from {where}."]
     lines += ["", "| figure | median | min–max | previous |", "| --- | ---: | ---: | ---: |"]

@@ -65,8 +65,8 @@ pub enum DropReason {
     Unclassified,
 }
 
-/// The decision for one packet: 4 bytes, so a frame's decisions fit in a few cache
-/// lines (trace records, 200 bytes each, are kept apart in [`FrameOut`]).
+/// The decision for one packet: 3 bytes, so a frame's decisions fit in a few cache
+/// lines (trace records, 208 bytes each, are kept apart in [`FrameOut`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PacketOut {
     /// Next node.
@@ -79,7 +79,7 @@ pub struct PacketOut {
     pub how: How,
 }
 
-const _: () = assert!(std::mem::size_of::<PacketOut>() <= 4);
+const _: () = assert!(std::mem::size_of::<PacketOut>() <= 3);
 
 impl PacketOut {
     const fn allow(how: How) -> Self {

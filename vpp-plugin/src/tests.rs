@@ -1086,6 +1086,8 @@ mod reference {
                 );
                 let c = run(&mut batched, &frame, &mut out);
                 prop_assert_eq!((0..out.len()).map(|i| seen(&out, i)).collect::<Vec<_>>(), one_by_one);
+                // One record per traced packet: the node writes each record it holds.
+                prop_assert_eq!(out.traces().len(), frame.iter().filter(|p| p.traced).count());
                 prop_assert_eq!(c, counts);
             }
         }

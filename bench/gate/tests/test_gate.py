@@ -167,6 +167,18 @@ class Regressions(unittest.TestCase):
             with open(new, "w") as f:
                 json.dump(doc(deny_drop=0.5), f)
             self.assertEqual(gate.main(["check", new, "--previous", other]), 1)
+            # One CPU model on another kernel (a guest elsewhere) is another machine.
+            rebooted = doc()
+            rebooted["machine"]["kernel"] = "6.2"
+            with open(other, "w") as f:
+                json.dump(rebooted, f)
+            with open(new, "w") as f:
+                json.dump(doc(production_first=600.0), f)
+            self.assertEqual(gate.main(["check", new, "--previous", other]), 0)
+            self.assertEqual(gate.main(["check", new, "--previous", new]), 0)
+            with open(other, "w") as f:
+                json.dump(doc(), f)
+            self.assertEqual(gate.main(["check", new, "--previous", other]), 1)
 
     def test_check_exit_codes(self):
         with tempfile.TemporaryDirectory() as d:
@@ -211,7 +223,7 @@ class Markdown(unittest.TestCase):
                 json.dump(other, f)
             gate.main(["markdown", results, "--doc", md, "--previous", elsewhere])
             with open(md) as f:
-                self.assertIn("another machine (Other CPU, 2 CPUs", f.read())
+                self.assertIn("another machine (Other CPU, 2 CPUs, kernel 6.1", f.read())
 
 
 if __name__ == "__main__":
