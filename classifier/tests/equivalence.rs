@@ -687,17 +687,8 @@ fn a_rule_gaining_a_named_port_leaves_the_other_ports() {
     for words in [1, 6] {
         let (mut state, mut ids) = (State::new(), IdTable::default());
         let mut b = Builder::with_min_words(words);
-        let set = Update::IpSetReplace {
-            id: named.clone(),
-            kind: IpSetKind::IpAndPort,
-            members: vec![Member::IpPort {
-                addr: "10.0.0.1".parse().unwrap(),
-                protocol: Protocol::TCP,
-                port: 8080,
-            }],
-        };
-        let wl = common::t1_workload("tun0", "10.0.0.1/32");
-        let endpoint = Update::WorkloadUpdate(common::wkey(0), wl.into());
+        let set = common::tcp_port_set(&named, "10.0.0.1", 8080);
+        let endpoint = common::tun0_endpoint();
         common::apply_all(
             &mut b,
             &mut state,
@@ -733,8 +724,7 @@ fn a_patch_dropping_the_last_destination_criterion_skips_the_side() {
     for words in [1, 6] {
         let (mut state, mut ids) = (State::new(), IdTable::default());
         let mut b = Builder::with_min_words(words);
-        let wl = common::t1_workload("tun0", "10.0.0.1/32");
-        let endpoint = Update::WorkloadUpdate(common::wkey(0), wl.into());
+        let endpoint = common::tun0_endpoint();
         common::apply_all(&mut b, &mut state, &mut ids, vec![policy(true), endpoint]);
         let g = common::apply_patched(&mut b, &mut state, &mut ids, policy(false));
         let packet = common::tcp("10.9.0.1", 40000, "10.0.0.1", 80);
@@ -762,23 +752,12 @@ fn a_negated_source_named_port_is_checked() {
         let (mut state, mut ids) = (State::new(), IdTable::default());
         let mut b = Builder::with_min_words(words);
         let updates = vec![
-            Update::IpSetReplace {
-                id: named.clone(),
-                kind: IpSetKind::IpAndPort,
-                members: vec![Member::IpPort {
-                    addr: "10.9.0.1".parse().unwrap(),
-                    protocol: Protocol::TCP,
-                    port: 40000,
-                }],
-            },
+            common::tcp_port_set(&named, "10.9.0.1", 40000),
             Update::PolicyUpdate(
                 common::pkey(0),
                 common::t1_policy(vec![rule.clone()]).into(),
             ),
-            Update::WorkloadUpdate(
-                common::wkey(0),
-                common::t1_workload("tun0", "10.0.0.1/32").into(),
-            ),
+            common::tun0_endpoint(),
         ];
         let g = common::apply_all(&mut b, &mut state, &mut ids, updates);
         let verdict = |sport: u16| {
@@ -809,17 +788,8 @@ fn a_patch_dropping_the_last_source_named_port_skips_the_side() {
     for words in [1, 6] {
         let (mut state, mut ids) = (State::new(), IdTable::default());
         let mut b = Builder::with_min_words(words);
-        let set = Update::IpSetReplace {
-            id: named.clone(),
-            kind: IpSetKind::IpAndPort,
-            members: vec![Member::IpPort {
-                addr: "10.9.0.1".parse().unwrap(),
-                protocol: Protocol::TCP,
-                port: 40000,
-            }],
-        };
-        let wl = common::t1_workload("tun0", "10.0.0.1/32");
-        let endpoint = Update::WorkloadUpdate(common::wkey(0), wl.into());
+        let set = common::tcp_port_set(&named, "10.9.0.1", 40000);
+        let endpoint = common::tun0_endpoint();
         let packet = common::tcp("10.9.0.1", 40000, "10.0.0.1", 80);
         let g = common::apply_all(
             &mut b,

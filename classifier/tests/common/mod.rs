@@ -119,6 +119,24 @@ pub(crate) fn apply_patched(
     g
 }
 
+/// An IP-and-port set holding one member, `addr` on TCP port `port`.
+pub(crate) fn tcp_port_set(id: &IpSetId, addr: &str, port: u16) -> Update {
+    Update::IpSetReplace {
+        id: id.clone(),
+        kind: IpSetKind::IpAndPort,
+        members: vec![Member::IpPort {
+            addr: addr.parse().unwrap(),
+            protocol: Protocol::TCP,
+            port,
+        }],
+    }
+}
+
+/// Workload 0 on interface `tun0` at 10.0.0.1, the endpoint of the one-program tests.
+pub(crate) fn tun0_endpoint() -> Update {
+    Update::WorkloadUpdate(wkey(0), t1_workload("tun0", "10.0.0.1/32").into())
+}
+
 /// A TCP packet from `src`:`sport` to `dst`:`dport`.
 pub(crate) fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Packet {
     Packet {
