@@ -138,9 +138,10 @@ pub(crate) fn port_table_over(
     (out, starts.len())
 }
 
-/// The [`port_table`] of interval `starts` (0 and every rule's bounds, sorted)
-/// made from `old`, the table of `old_n` intervals before the rules in `changed`
-/// (sorted) changed their ranges to `pos` and `neg`: each interval's bitmaps copied
+/// Appends to `out` the [`port_table`] of the patch's interval `starts` (0 and
+/// every rule's bounds, sorted) made from `old`, the table of `old_n` intervals
+/// before the rules in `changed` (sorted) changed their ranges to `pos` and `neg`,
+/// and returns its number of intervals: each interval's bitmaps copied
 /// from the old interval holding its start, with the changed rules' bits cleared,
 /// then set from their new ranges. A bound the old table had and no rule has now
 /// joined two intervals whose bitmaps differed only in changed rules' bits, so
@@ -148,21 +149,21 @@ pub(crate) fn port_table_over(
 /// ([`Program::derive`]): the result is folded but for the changed rules, until the
 /// patched program is derived again.
 pub(crate) fn port_table_patched(
+    out: &mut Vec<u64>,
     words: usize,
     old: &[u64],
     old_n: usize,
-    starts: &[u16],
-    changed: &[usize],
-    pos: &[(usize, PortRange)],
-    neg: &[(usize, PortRange)],
-) -> (Vec<u64>, usize) {
+    patch: &TablePatch<'_>,
+) -> usize {
+    let starts = patch.starts;
     let n = starts.len();
     let row = 2 * words;
     let old_sw = old_n.div_ceil(STARTS_PER_WORD);
     let old_starts = unpacked_starts(old.get(..old_sw).unwrap_or(&[]), old_n);
     // Every row is copied, so none is zeroed first; the old interval holding each
     // start is found walking both sorted lists together.
-    let mut out = Vec::with_capacity(n.div_ceil(STARTS_PER_WORD) + n * row);
+    let table = out.len();
+    out.reserve(n.div_ceil(STARTS_PER_WORD) + n * row);
     out.extend(packed_starts(starts));
     let mut from = 0;
     for start in starts {
@@ -176,7 +177,7 @@ pub(crate) fn port_table_patched(
             None => out.resize(at + row, 0),
         }
         if let Some(d) = out.get_mut(at..) {
-            for i in changed {
+            for i in patch.changed {
                 for half in [0, words] {
                     if let Some(word) = d.get_mut(half + i / 64) {
                         *word &= !(1u64 << (i % 64));
@@ -185,8 +186,20 @@ pub(crate) fn port_table_patched(
             }
         }
     }
-    set_port_ranges(&mut out, words, starts, pos, neg);
-    (out, n)
+    if let Some(t) = out.get_mut(table..) {
+        set_port_ranges(t, words, starts, patch.pos, patch.neg);
+    }
+    n
+}
+
+/// What a patch changes in one port table: its interval starts after the patch,
+/// the changed rules (their bits cleared everywhere) and their new ranges,
+/// positive and negated.
+pub(crate) struct TablePatch<'a> {
+    pub(crate) starts: &'a [u16],
+    pub(crate) changed: &'a [usize],
+    pub(crate) pos: &'a [(usize, PortRange)],
+    pub(crate) neg: &'a [(usize, PortRange)],
 }
 
 /// The interval starts of a table over `pos` and `neg`: 0 and every range's bounds.
@@ -395,27 +408,35 @@ pub(crate) struct Program {
     pub(crate) bloom: [u64; BLOOM_WORDS],
     /// Protocol → class.
     pub(crate) proto_class: [u8; 256],
-    pub(crate) rules: Vec<CRule>,
+    // The lists below are shared with the program's patched versions until a
+    // patch changes them: a patch copies only what it rewrites.
+    pub(crate) rules: Arc<[CRule]>,
     /// The [`Verify`] of each rule marked `verify`, by rule (sorted).
-    pub(crate) verifies: Vec<(u32, Verify)>,
-    pub(crate) segments: Vec<Segment>,
+    pub(crate) verifies: Arc<[(u32, Verify)]>,
+    pub(crate) segments: Arc<[Segment]>,
     /// Shared by the program's patched versions (a patch keeps every rule's
     /// decider: a policy's deciders name its rules by position).
     pub(crate) deciders: Arc<DeciderTable>,
     /// Verdict, decider and rule id when nothing decided.
     pub(crate) fallback: (Verdict, u32, Option<u32>),
-    pub(crate) icmp_rules: Vec<(u32, Option<IcmpMatch>, Option<IcmpMatch>)>,
+    pub(crate) icmp_rules: Arc<[IcmpRule]>,
     /// The ICMP criteria of `icmp_rules`, each once, with the bitmap of the rules
     /// holding it (`words` each, in `icmp_bits`): an ICMP packet checks each
     /// criterion once, not each rule. Derived by [`Program::derive`].
-    pub(crate) icmp_criteria: Vec<(Option<IcmpMatch>, Option<IcmpMatch>)>,
-    pub(crate) icmp_bits: Box<[u64]>,
+    pub(crate) icmp_criteria: Arc<[IcmpCriterion]>,
+    pub(crate) icmp_bits: Arc<[u64]>,
     /// Sparse programs only: per family, protocol class and kind of L4 header
     /// ([`Program::base_at`]), the rules those alone leave, `words` each: one row
     /// read per packet instead of four. Derived from the masks
     /// ([`Program::combine_bases`]) after every layout and patch.
-    pub(crate) bases: Box<[u64]>,
+    pub(crate) bases: Arc<[u64]>,
 }
+
+/// A rule's ICMP criterion: the type (and code) it must match, the one it must not.
+pub(crate) type IcmpCriterion = (Option<IcmpMatch>, Option<IcmpMatch>);
+
+/// A rule with an ICMP criterion: its position, the criterion.
+pub(crate) type IcmpRule = (u32, Option<IcmpMatch>, Option<IcmpMatch>);
 
 /// One kind of an atom's use in a program: its bitmap, as the program's layout
 /// holds it.
@@ -660,24 +681,38 @@ impl Program {
     }
 
     /// A copy of the program with the source (`[0]`) and destination (`[1]`) port
-    /// tables given, each as [`port_table`] made it (words, intervals), its arena
-    /// written once; the atoms shared. What [`Program::derive`] made is the old
-    /// program's: the caller derives the copy again once its masks are final (the
-    /// new tables are not folded yet).
-    pub(crate) fn with_port_tables(&self, tables: [Option<(Vec<u64>, usize)>; 2]) -> Program {
+    /// tables patched where a patch is given ([`port_table_patched`]), written
+    /// straight into the copy's arena; everything else shared or copied as it is.
+    /// What [`Program::derive`] made is the old program's: the caller derives the
+    /// copy again once its masks are final (the new tables are not folded yet).
+    pub(crate) fn with_port_tables(&self, patches: [Option<TablePatch<'_>>; 2]) -> Program {
+        let w = self.words as usize;
         let mut lay = self.lay;
         let sports = lay.sports as usize;
-        let [old_src, old_dst] = self.port_tables();
-        let [src, dst] = tables;
-        let src = src.as_ref().map_or(old_src, |(t, n)| (t.as_slice(), *n));
-        let dst = dst.as_ref().map_or(old_dst, |(t, n)| (t.as_slice(), *n));
-        let mut arena = Vec::with_capacity(sports + src.0.len() + dst.0.len());
+        let old = self.port_tables();
+        let size = |side: usize| match patches.get(side) {
+            Some(Some(p)) => self.port_table_len(p.starts.len() as u32),
+            _ => old.get(side).map_or(0, |(t, _)| t.len()),
+        };
+        let mut arena = Vec::with_capacity(sports + size(0) + size(1));
         arena.extend_from_slice(self.arena.get(..sports).unwrap_or(&[]));
-        arena.extend_from_slice(src.0);
-        lay.dports = arena.len() as u32;
-        arena.extend_from_slice(dst.0);
-        lay.sports_n = src.1 as u32;
-        lay.dports_n = dst.1 as u32;
+        let mut n = [0u32; 2];
+        for (side, (patch, (table, old_n))) in patches.iter().zip(old).enumerate() {
+            if side == 1 {
+                lay.dports = arena.len() as u32;
+            }
+            let count = match patch {
+                Some(p) => port_table_patched(&mut arena, w, table, old_n, p),
+                None => {
+                    arena.extend_from_slice(table);
+                    old_n
+                }
+            };
+            if let Some(x) = n.get_mut(side) {
+                *x = count as u32;
+            }
+        }
+        [lay.sports_n, lay.dports_n] = n;
         Program {
             arena: arena.into_boxed_slice(),
             atoms: self.atoms.clone(),
@@ -751,9 +786,20 @@ impl Program {
     /// criteria grouped, and which sides a packet can skip ([`F_ANY_SRC_PORT`],
     /// [`F_ANY_SRC_ADDR`], [`F_ANY_DST_ADDR`]).
     pub(crate) fn derive(&mut self) {
+        self.derive_patched(true, true);
+    }
+
+    /// [`Program::derive`] after a patch: the bases made again only where the head
+    /// rows changed, the ICMP groups only where the ICMP rules did (otherwise the
+    /// old program's are shared).
+    pub(crate) fn derive_patched(&mut self, head_changed: bool, icmp_changed: bool) {
         self.fold_port_requirements();
-        self.combine_bases();
-        self.group_icmp_criteria();
+        if head_changed {
+            self.combine_bases();
+        }
+        if icmp_changed {
+            self.group_icmp_criteria();
+        }
         let w = self.words as usize;
         let [(src, n), _] = self.port_tables();
         let sw = n.div_ceil(STARTS_PER_WORD);
@@ -851,9 +897,9 @@ impl Program {
     /// `icmp_rules`.
     fn group_icmp_criteria(&mut self) {
         let w = self.words as usize;
-        let mut criteria: Vec<(Option<IcmpMatch>, Option<IcmpMatch>)> = Vec::new();
+        let mut criteria: Vec<IcmpCriterion> = Vec::new();
         let mut bits = Vec::new();
-        for (rule, mt, nm) in &self.icmp_rules {
+        for (rule, mt, nm) in self.icmp_rules.iter() {
             let at = match criteria.iter().position(|c| *c == (*mt, *nm)) {
                 Some(at) => at,
                 None => {
@@ -866,8 +912,8 @@ impl Program {
                 bits::set(row, *rule as usize);
             }
         }
-        self.icmp_criteria = criteria;
-        self.icmp_bits = bits.into_boxed_slice();
+        self.icmp_criteria = criteria.into();
+        self.icmp_bits = bits.into();
     }
 
     /// ORs into each interval's positive bitmap the rules the side's requirement
@@ -903,7 +949,7 @@ impl Program {
         let w = self.words as usize;
         let classes = self.classes();
         if self.flags & F_SPARSE == 0 || self.arena.len() < (M_PROTO + classes) * w {
-            self.bases = Box::default();
+            self.bases = Arc::default();
             return;
         }
         let row = |k: usize| self.arena.get(k * w..(k + 1) * w).unwrap_or(&[]);
@@ -921,7 +967,7 @@ impl Program {
                 }
             }
         }
-        self.bases = bases.into_boxed_slice();
+        self.bases = bases.into();
     }
 
     /// Address of the program's header, for the first prefetch stage.
@@ -1236,7 +1282,7 @@ impl Program {
     /// end-of-tier drop) instead of a search each.
     #[inline(always)]
     fn scan<'g>(&'g self, cand: &[u64], atoms: &PacketAtoms<'_>) -> Decision<'g> {
-        let segs = self.segments.as_slice();
+        let segs = &*self.segments;
         let mut s = 0usize;
         let mut from = 0usize;
         loop {
@@ -1307,18 +1353,17 @@ impl Program {
     /// Heap bytes used (the program's own allocation included).
     pub(crate) fn bytes(&self) -> usize {
         std::mem::size_of::<Program>()
-            + self.rules.capacity() * std::mem::size_of::<CRule>()
-            + self.verifies.capacity() * std::mem::size_of::<(u32, Verify)>()
+            + self.rules.len() * std::mem::size_of::<CRule>()
+            + self.verifies.len() * std::mem::size_of::<(u32, Verify)>()
             + self
                 .verifies
                 .iter()
                 .map(|(_, v)| (v.src_all.len() + v.dst_all.len() + v.svc_all.len()) * 4)
                 .sum::<usize>()
-            + self.segments.capacity() * std::mem::size_of::<Segment>()
+            + self.segments.len() * std::mem::size_of::<Segment>()
             + self.deciders.bytes()
-            + self.icmp_rules.capacity() * 16
-            + self.icmp_criteria.capacity()
-                * std::mem::size_of::<(Option<IcmpMatch>, Option<IcmpMatch>)>()
+            + self.icmp_rules.len() * 16
+            + self.icmp_criteria.len() * std::mem::size_of::<IcmpCriterion>()
             + self.icmp_bits.len() * 8
             + self.arena.len() * 8
             + self.atoms.len() * 8
@@ -1377,15 +1422,15 @@ mod tests {
             flags: 0,
             bloom,
             proto_class: [0; 256],
-            rules: Vec::new(),
-            verifies: Vec::new(),
-            segments: Vec::new(),
+            rules: Arc::default(),
+            verifies: Arc::default(),
+            segments: Arc::default(),
             deciders: Arc::default(),
             fallback: (Verdict::Deny, 0, None),
-            icmp_rules: Vec::new(),
-            icmp_criteria: Vec::new(),
-            icmp_bits: Box::default(),
-            bases: Box::default(),
+            icmp_rules: Arc::default(),
+            icmp_criteria: Arc::default(),
+            icmp_bits: Arc::default(),
+            bases: Arc::default(),
         };
         for (a, off) in &used {
             assert_eq!(p.slot(*a), Some(*off as usize));
@@ -1484,8 +1529,17 @@ mod tests {
             let starts = port_starts(&pos, &neg);
             let changed: Vec<usize> = edits.keys().copied().collect();
             let (epos, eneg) = split(&edited);
-            let got = port_table_patched(w, &old, old_n, &starts, &changed, &epos, &eneg);
-            proptest::prop_assert_eq!(got, want);
+            // Written after what the buffer holds, which it leaves alone.
+            let mut got = vec![7u64; 3];
+            let patch = TablePatch {
+                starts: &starts,
+                changed: &changed,
+                pos: &epos,
+                neg: &eneg,
+            };
+            let n = port_table_patched(&mut got, w, &old, old_n, &patch);
+            proptest::prop_assert_eq!(&got[..3], &[7u64; 3][..]);
+            proptest::prop_assert_eq!((got[3..].to_vec(), n), want);
         }
     }
 }

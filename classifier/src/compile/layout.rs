@@ -1,6 +1,7 @@
 //! Arena layout: a lowered program's rules become per-rule bitmaps (masks, protocol
 //! classes, port tables, atom slots) in one arena (see [`Layout`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -10,10 +11,10 @@ use super::lower::{Fragment, LRule, LSide, ProgSpec, SegSpec};
 use crate::bits;
 use crate::index::AtomId;
 use crate::program::{
-    atom_table_into, port_table, port_table_over, port_table_patched, CRule, DeciderTable, Layout,
-    Program, SegKind, Segment, Verify, BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC,
-    KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS,
-    K_SVC, M_DPORT_REQ, M_DST_REQ, M_FAM4, M_FAM6, M_NEED_ICMP, M_NEED_PORTS, M_PROTO, M_SPORT_REQ,
+    atom_table_into, port_table, port_table_over, CRule, DeciderTable, Layout, Program, SegKind,
+    Segment, TablePatch, Verify, BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS,
+    K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC,
+    M_DPORT_REQ, M_DST_REQ, M_FAM4, M_FAM6, M_NEED_ICMP, M_NEED_PORTS, M_PROTO, M_SPORT_REQ,
     M_SRC_REQ, M_SVC_REQ, SPARSE_MIN_WORDS,
 };
 
@@ -71,15 +72,15 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
         lay,
         bloom,
         proto_class: protos.class,
-        rules,
-        verifies,
-        segments,
+        rules: rules.into(),
+        verifies: verifies.into(),
+        segments: segments.into(),
         deciders: Arc::new(deciders),
         fallback,
-        icmp_rules,
-        icmp_criteria: Vec::new(),
-        icmp_bits: Box::default(),
-        bases: Box::default(),
+        icmp_rules: icmp_rules.into(),
+        icmp_criteria: Arc::default(),
+        icmp_bits: Arc::default(),
+        bases: Arc::default(),
     };
     program.derive();
     program
@@ -417,45 +418,75 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
     changed.sort_unstable_by_key(|(i, _)| *i);
     let positions: Vec<usize> = changed.iter().map(|(i, _)| *i).collect();
     // The port tables first, so the arena is written once.
-    let old_tables = program.port_tables();
-    let mut tables = [None, None];
-    for (side, table) in tables.iter_mut().enumerate() {
-        if !ports_changed.get(side).copied().unwrap_or(false) {
+    let starts = [0, 1].map(|side| {
+        ports_changed
+            .get(side)
+            .is_some_and(|c| *c)
+            .then(|| spec.port_starts(side))
+    });
+    let mut patches = [None, None];
+    for (side, (patch, starts)) in patches.iter_mut().zip(&starts).enumerate() {
+        let (Some(starts), Some([pos, neg])) = (starts, changed_ports.get(side)) else {
             continue;
-        }
-        let (old, old_n) = old_tables.get(side).copied()?;
-        let [pos, neg] = changed_ports.get(side)?;
-        let starts = spec.port_starts(side);
-        *table = Some(port_table_patched(
-            w, old, old_n, &starts, &positions, pos, neg,
-        ));
+        };
+        *patch = Some(TablePatch {
+            starts,
+            changed: &positions,
+            pos,
+            neg,
+        });
     }
-    let mut p = program.with_port_tables(tables);
+    let mut p = program.with_port_tables(patches);
+    // The rule list, the checks and the ICMP rules are shared with the old program
+    // unless the patch changes them (a port moved changes none).
+    let mut rules = Cow::Borrowed(&*program.rules);
+    let set_rule = |rules: &mut Cow<'_, [CRule]>, i: usize, rule: CRule| {
+        if rules.get(i).is_some_and(|r| *r != rule) {
+            if let Some(r) = rules.to_mut().get_mut(i) {
+                *r = rule;
+            }
+        }
+    };
     for swap in swaps {
-        for (rule, id) in p.rules.iter_mut().skip(swap.start).zip(&swap.new.rule_ids) {
-            *rule = CRule::new(rule.act, *id, rule.verify);
+        for (k, id) in swap.new.rule_ids.iter().enumerate() {
+            let i = swap.start + k;
+            if let Some(r) = program.rules.get(i) {
+                set_rule(&mut rules, i, CRule::new(r.act, *id, r.verify));
+            }
         }
     }
+    let mut verifies = Cow::Borrowed(&*program.verifies);
     for (i, new) in &changed {
         let check = verify(new);
-        let rule = p.rules.get_mut(*i)?;
-        rule.act = new.act;
-        rule.verify = check.is_some();
-        let at = p.verifies.partition_point(|(r, _)| (*r as usize) < *i);
-        if p.verifies.get(at).is_some_and(|(r, _)| *r as usize == *i) {
-            p.verifies.remove(at);
-        }
-        if let Some(v) = check {
-            p.verifies.insert(at, (*i as u32, v));
+        let id = rules.get(*i)?.rule_id();
+        set_rule(&mut rules, *i, CRule::new(new.act, id, check.is_some()));
+        let at = verifies.partition_point(|(r, _)| (*r as usize) < *i);
+        let held = verifies.get(at).is_some_and(|(r, _)| *r as usize == *i);
+        if held || check.is_some() {
+            let list = verifies.to_mut();
+            if held {
+                list.remove(at);
+            }
+            if let Some(v) = check {
+                list.insert(at, (*i as u32, v));
+            }
         }
     }
+    if let Cow::Owned(r) = rules {
+        p.rules = r.into();
+    }
+    if let Cow::Owned(v) = verifies {
+        p.verifies = v.into();
+    }
     // The head rows: the masks, then the protocol classes, as the arena has them.
+    let head = (M_PROTO + classes.reps.len()) * w;
     let arena = &mut p.arena;
     for i in &positions {
         for r in 0..M_PROTO + classes.reps.len() {
             copy_bit(arena.get_mut(r * w..(r + 1) * w)?, new_masks.row(r), *i);
         }
     }
+    let head_changed = p.arena.get(..head) != program.arena.get(..head);
     // Old bits cleared before new ones set: a rule keeping an atom keeps its bit.
     // Rules whose atoms all stayed leave the atoms shared with the old program.
     if old_slots.uses != new_slots.uses {
@@ -470,10 +501,20 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
         }
         p.atoms = atoms.into();
     }
-    p.icmp_rules
-        .retain(|(r, _, _)| positions.binary_search(&(*r as usize)).is_err());
-    p.icmp_rules.extend(new_masks.icmp_rules);
-    p.icmp_rules.sort_unstable_by_key(|(r, _, _)| *r);
+    let changed_icmp = |r: &u32| positions.binary_search(&(*r as usize)).is_ok();
+    let icmp_changed =
+        !new_masks.icmp_rules.is_empty() || p.icmp_rules.iter().any(|(r, _, _)| changed_icmp(r));
+    if icmp_changed {
+        let mut icmp: Vec<_> = p
+            .icmp_rules
+            .iter()
+            .filter(|(r, _, _)| !changed_icmp(r))
+            .copied()
+            .collect();
+        icmp.extend(new_masks.icmp_rules);
+        icmp.sort_unstable_by_key(|(r, _, _)| *r);
+        p.icmp_rules = icmp.into();
+    }
     let named_ports = |side: usize| spec.named_ports.get(side).is_none_or(|n| *n > 0);
     let svc = p
         .arena
@@ -491,7 +532,7 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
         }
     }
     p.flags = flags;
-    p.derive();
+    p.derive_patched(head_changed, icmp_changed);
     Some(p)
 }
 
@@ -822,8 +863,15 @@ impl Canonical {
             atoms,
             ports: [(src.0.to_vec(), src.1), (dst.0.to_vec(), dst.1)],
             rest: format!(
-                "{flags} {:?} {:?} {:?} {:?} {:?} {:?}",
-                p.rules, p.verifies, p.segments, p.deciders, p.fallback, p.icmp_rules
+                "{flags} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                p.rules,
+                p.verifies,
+                p.segments,
+                p.deciders,
+                p.fallback,
+                p.icmp_rules,
+                p.icmp_criteria,
+                p.icmp_bits
             ),
         }
     }

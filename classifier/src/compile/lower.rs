@@ -169,6 +169,10 @@ pub(crate) struct ProgSpec {
     /// number of fragments naming named ports.
     pub(super) port_bounds: [Vec<(u16, u32)>; 2],
     pub(super) named_ports: [u32; 2],
+    /// Per fragment in evaluation order, the position of its first rule: a patch
+    /// finds its fragments' rules without reading every fragment (each a cold line
+    /// of its own). Made with the tallies; a patch keeps every fragment's length.
+    pub(super) fragment_starts: Arc<[u32]>,
     /// Whether the tallies are made (and kept: [`ProgSpec::retally`]).
     pub(super) tallied: bool,
 }
@@ -196,6 +200,7 @@ impl ProgSpec {
             fallback: (Verdict::Deny, Decider::NoProfileMatched, None),
             port_bounds: [Vec::new(), Vec::new()],
             named_ports: [0; 2],
+            fragment_starts: Arc::default(),
             tallied: false,
         }
     }
@@ -205,7 +210,11 @@ impl ProgSpec {
     pub(super) fn tally(&mut self) {
         let mut all: [Vec<u16>; 2] = [Vec::new(), Vec::new()];
         let mut named = [0u32; 2];
+        let mut starts = Vec::new();
+        let mut next = 0;
         for f in self.fragments() {
+            starts.push(next);
+            next += f.rules.len() as u32;
             for ((list, n), (bounds, has)) in all
                 .iter_mut()
                 .zip(&mut named)
@@ -223,6 +232,7 @@ impl ProgSpec {
                 .collect();
         }
         self.named_ports = named;
+        self.fragment_starts = starts.into();
         self.tallied = true;
     }
 
@@ -297,6 +307,25 @@ impl ProgSpec {
         self.segments
             .iter()
             .flat_map(|(fragments, _)| fragments.iter())
+    }
+
+    /// The fragments in evaluation order, each with the position of its first rule:
+    /// from the tallies where they are made, counted otherwise.
+    pub(super) fn fragments_at(&self) -> impl Iterator<Item = (&Arc<Fragment>, usize)> {
+        let count = self.segments.iter().map(|(f, _)| f.len()).sum::<usize>();
+        let stored = self.tallied && self.fragment_starts.len() == count;
+        self.fragments()
+            .enumerate()
+            .scan(0usize, move |next, (k, f)| {
+                let at = match self.fragment_starts.get(k) {
+                    Some(s) if stored => *s as usize,
+                    _ => *next,
+                };
+                if !stored {
+                    *next = at + f.rules.len();
+                }
+                Some((f, at))
+            })
     }
 
     /// The rules in evaluation order.

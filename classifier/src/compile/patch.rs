@@ -150,13 +150,11 @@ impl Builder {
             // that change brought every program listing it up to date (one compiled
             // while the policy was missing is compiled again, as `old` is empty).
             let mut here = Vec::new();
-            let mut start = 0;
-            for fragment in spec.fragments() {
+            for (fragment, start) in spec.fragments_at() {
                 if let Some(s) = swaps.iter().find(|s| Arc::ptr_eq(&s.old, fragment)) {
                     here.push(Swap { start, ..s.clone() });
                 }
                 holds_old |= old.iter().any(|(_, _, f)| Arc::ptr_eq(f, fragment));
-                start += fragment.rules.len();
             }
             if here.is_empty() {
                 continue;
@@ -243,6 +241,7 @@ impl Builder {
                 tallied.tally();
                 if (tallied.port_bounds != spec.port_bounds)
                     || (tallied.named_ports != spec.named_ports)
+                    || (tallied.fragment_starts != spec.fragment_starts)
                 {
                     return Err(format!("{kind:?}: tallies moved apart from a recount"));
                 }
