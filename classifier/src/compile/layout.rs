@@ -36,7 +36,7 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
     let mut bounds = Vec::with_capacity(spec.segments.len());
     for (fragments, kind) in &spec.segments {
         let start = rules.len();
-        for fragment in fragments {
+        for fragment in fragments.iter() {
             deciders.push_rules(fragment.deciders.clone());
             for (j, r) in fragment.rules.iter().enumerate() {
                 let i = rules.len();
@@ -479,14 +479,13 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
         p.verifies = v.into();
     }
     // The head rows: the masks, then the protocol classes, as the arena has them.
-    let head = (M_PROTO + classes.reps.len()) * w;
     let arena = &mut p.arena;
+    let mut head_changed = false;
     for i in &positions {
         for r in 0..M_PROTO + classes.reps.len() {
-            copy_bit(arena.get_mut(r * w..(r + 1) * w)?, new_masks.row(r), *i);
+            head_changed |= copy_bit(arena.get_mut(r * w..(r + 1) * w)?, new_masks.row(r), *i);
         }
     }
-    let head_changed = p.arena.get(..head) != program.arena.get(..head);
     // Old bits cleared before new ones set: a rule keeping an atom keeps its bit.
     // Rules whose atoms all stayed leave the atoms shared with the old program.
     if old_slots.uses != new_slots.uses {
@@ -536,11 +535,16 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
     Some(p)
 }
 
-/// Rule `i`'s bit of `src` into `dst`.
-fn copy_bit(dst: &mut [u64], src: &[u64], i: usize) {
+/// Rule `i`'s bit of `src` into `dst`; whether it changed.
+fn copy_bit(dst: &mut [u64], src: &[u64], i: usize) -> bool {
     let bit = 1u64 << (i % 64);
-    if let (Some(d), Some(s)) = (dst.get_mut(i / 64), src.get(i / 64)) {
-        *d = (*d & !bit) | (s & bit);
+    match (dst.get_mut(i / 64), src.get(i / 64)) {
+        (Some(d), Some(s)) => {
+            let was = *d;
+            *d = (*d & !bit) | (s & bit);
+            *d != was
+        }
+        _ => false,
     }
 }
 

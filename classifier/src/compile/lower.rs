@@ -161,7 +161,10 @@ impl Fragments {
 /// patch them (see `patch`).
 #[derive(Clone)]
 pub(crate) struct ProgSpec {
-    pub(super) segments: Vec<(Vec<Arc<Fragment>>, SegSpec)>,
+    /// Each segment's fragments in a list of their own, shared by the spec's patched
+    /// copies: a patch makes anew only the lists holding a changed fragment (a
+    /// copy of every list touched every fragment, a cold line each).
+    pub(super) segments: Vec<(Arc<[Arc<Fragment>]>, SegSpec)>,
     pub(super) fallback: (Verdict, Decider, Option<u32>),
     /// What a patch needs of every fragment, tallied over them ([`ProgSpec::tally`])
     /// so it reads one list, not each fragment: per side, each port bound with the
@@ -299,7 +302,7 @@ impl ProgSpec {
             rule_ids.push(r.rule_id);
         }
         let fragment = Arc::new(Fragment::new(lowered, deciders.into(), rule_ids));
-        self.segments.push((vec![fragment], kind));
+        self.segments.push((Arc::new([fragment]), kind));
     }
 
     /// The fragments in evaluation order.
@@ -404,7 +407,8 @@ impl Builder {
                     ids.tier_rule(&tier.name),
                 )
             });
-            spec.segments.push((fragments, SegSpec::Tier(end_drop)));
+            spec.segments
+                .push((fragments.into(), SegSpec::Tier(end_drop)));
         }
     }
 
@@ -422,7 +426,7 @@ impl Builder {
             let Some(fragment) = self.profile_fragment(state, ids, name, dir) else {
                 continue;
             };
-            spec.segments.push((vec![fragment], SegSpec::Profile));
+            spec.segments.push((Arc::new([fragment]), SegSpec::Profile));
         }
     }
 

@@ -168,9 +168,15 @@ impl Builder {
                 Some(None) => return None,
                 None => {
                     let mut next = ProgSpec::clone(spec);
-                    for f in next.segments.iter_mut().flat_map(|(f, _)| f.iter_mut()) {
-                        if let Some(s) = here.iter().find(|s| Arc::ptr_eq(&s.old, f)) {
-                            *f = s.new.clone();
+                    for (fragments, _) in &mut next.segments {
+                        let swapped = |f: &Arc<Fragment>| {
+                            here.iter().find(|s| Arc::ptr_eq(&s.old, f)).map(|s| &s.new)
+                        };
+                        if fragments.iter().any(|f| swapped(f).is_some()) {
+                            *fragments = fragments
+                                .iter()
+                                .map(|f| swapped(f).unwrap_or(f).clone())
+                                .collect();
                         }
                     }
                     for s in &here {

@@ -143,7 +143,10 @@ fn same(a: &ProgSpec, b: &ProgSpec) -> bool {
             .all(|((fa, ka), (fb, kb))| {
                 ka == kb
                     && fa.len() == fb.len()
-                    && fa.iter().zip(fb).all(|(x, y)| same_fragment(ka, x, y))
+                    && fa
+                        .iter()
+                        .zip(fb.iter())
+                        .all(|(x, y)| same_fragment(ka, x, y))
             })
 }
 
@@ -161,7 +164,7 @@ fn key(spec: &ProgSpec) -> u64 {
             SegSpec::Profile => 2u8.hash(&mut h),
         }
         fragments.len().hash(&mut h);
-        for f in fragments {
+        for f in fragments.iter() {
             if matches!(kind, SegSpec::Plain) {
                 f.rules.len().hash(&mut h);
             } else {
