@@ -115,7 +115,9 @@ const STARTS_PER_WORD: usize = 4;
 /// An interval table over one side's port ranges, as it is laid out in the
 /// program's arena: `n` interval starts (16 bits each, packed four per `u64` in
 /// native byte order, so they read back as a `[u16]`), then per interval the
-/// positive-range bitmap and the negated-range bitmap.
+/// positive-range bitmap and, where some rule has a negated range
+/// ([`table_rows`] 2), the negated-range bitmap. Most sides have none: their
+/// tables are half the size, for packets to read and patches to copy.
 pub(crate) fn port_table(
     words: usize,
     pos: &[(usize, PortRange)],
@@ -123,6 +125,16 @@ pub(crate) fn port_table(
 ) -> (Vec<u64>, usize) {
     let starts = port_starts(pos, neg);
     port_table_over(words, &starts, pos, neg)
+}
+
+/// Bitmaps per interval of a port table over the negated ranges `neg`: the
+/// positive one, and the negated one where there is a negated range.
+pub(crate) fn table_rows<T>(neg: &[T]) -> usize {
+    if neg.is_empty() {
+        1
+    } else {
+        2
+    }
 }
 
 /// [`port_table`] with its interval starts known (0 and every range's bounds,
@@ -133,8 +145,9 @@ pub(crate) fn port_table_over(
     pos: &[(usize, PortRange)],
     neg: &[(usize, PortRange)],
 ) -> (Vec<u64>, usize) {
-    let mut out = empty_port_table(words, starts);
-    set_port_ranges(&mut out, words, starts, pos, neg);
+    let rows = table_rows(neg);
+    let mut out = empty_port_table(words, rows, starts);
+    set_port_ranges(&mut out, words, rows, starts, pos, neg);
     (out, starts.len())
 }
 
@@ -153,11 +166,13 @@ pub(crate) fn port_table_patched(
     words: usize,
     old: &[u64],
     old_n: usize,
+    old_rows: usize,
     patch: &TablePatch<'_>,
 ) -> usize {
     let starts = patch.starts;
     let n = starts.len();
-    let row = 2 * words;
+    let row = patch.rows * words;
+    let old_row = old_rows * words;
     let old_sw = old_n.div_ceil(STARTS_PER_WORD);
     let old_starts = unpacked_starts(old.get(..old_sw).unwrap_or(&[]), old_n);
     // Every row is copied, so none is zeroed first; the old interval holding each
@@ -170,15 +185,18 @@ pub(crate) fn port_table_patched(
         while old_starts.get(from + 1).is_some_and(|s| s <= start) {
             from += 1;
         }
-        let src = old_sw + from * row;
+        // The old interval's bitmaps, as many as the new table has (a negated
+        // bitmap the old table lacks is empty).
+        let src = old_sw + from * old_row;
         let at = out.len();
-        match old.get(src..src + row) {
+        match old.get(src..src + row.min(old_row)) {
             Some(s) => out.extend_from_slice(s),
-            None => out.resize(at + row, 0),
+            None => out.resize(at + row.min(old_row), 0),
         }
+        out.resize(at + row, 0);
         if let Some(d) = out.get_mut(at..) {
             for i in patch.changed {
-                for half in [0, words] {
+                for half in (0..patch.rows).map(|r| r * words) {
                     if let Some(word) = d.get_mut(half + i / 64) {
                         *word &= !(1u64 << (i % 64));
                     }
@@ -187,16 +205,18 @@ pub(crate) fn port_table_patched(
         }
     }
     if let Some(t) = out.get_mut(table..) {
-        set_port_ranges(t, words, starts, patch.pos, patch.neg);
+        set_port_ranges(t, words, patch.rows, starts, patch.pos, patch.neg);
     }
     n
 }
 
-/// What a patch changes in one port table: its interval starts after the patch,
-/// the changed rules (their bits cleared everywhere) and their new ranges,
-/// positive and negated.
+/// What a patch changes in one port table: its interval starts and bitmaps per
+/// interval ([`table_rows`] of the side's negated ranges) after the patch, the
+/// changed rules (their bits cleared everywhere) and their new ranges, positive
+/// and negated.
 pub(crate) struct TablePatch<'a> {
     pub(crate) starts: &'a [u16],
+    pub(crate) rows: usize,
     pub(crate) changed: &'a [usize],
     pub(crate) pos: &'a [(usize, PortRange)],
     pub(crate) neg: &'a [(usize, PortRange)],
@@ -219,13 +239,13 @@ pub(crate) fn range_bounds(r: &PortRange) -> impl Iterator<Item = u16> {
     std::iter::once(r.first()).chain(r.last().checked_add(1))
 }
 
-/// A table of `starts` with every bitmap empty.
-fn empty_port_table(words: usize, starts: &[u16]) -> Vec<u64> {
+/// A table of `starts` with every bitmap empty, `rows` bitmaps per interval.
+fn empty_port_table(words: usize, rows: usize, starts: &[u16]) -> Vec<u64> {
     let n = starts.len();
     let sw = n.div_ceil(STARTS_PER_WORD);
-    let mut out = Vec::with_capacity(sw + n * 2 * words);
+    let mut out = Vec::with_capacity(sw + n * rows * words);
     out.extend(packed_starts(starts));
-    out.resize(sw + n * 2 * words, 0);
+    out.resize(sw + n * rows * words, 0);
     out
 }
 
@@ -240,15 +260,18 @@ fn packed_starts(starts: &[u16]) -> impl Iterator<Item = u64> + '_ {
     })
 }
 
-/// Sets each range's rule bit in the intervals it covers.
+/// Sets each range's rule bit in the intervals it covers, in a table of `rows`
+/// bitmaps per interval (2 where `neg` has ranges).
 fn set_port_ranges(
     out: &mut [u64],
     words: usize,
+    rows: usize,
     starts: &[u16],
     pos: &[(usize, PortRange)],
     neg: &[(usize, PortRange)],
 ) {
     let sw = starts.len().div_ceil(STARTS_PER_WORD);
+    let neg = if rows > 1 { neg } else { &[] };
     // Each range covers a run of whole intervals: from the one it starts to the one
     // holding its last port (every bound is an interval start).
     for (rules, half) in [(pos, 0), (neg, words)] {
@@ -256,7 +279,7 @@ fn set_port_ranges(
             let first = starts.partition_point(|s| *s < r.first());
             let end = starts.partition_point(|s| *s <= r.last());
             for iv in first..end {
-                let off = sw + iv * 2 * words + half;
+                let off = sw + iv * rows * words + half;
                 if let Some(b) = out.get_mut(off..off + words) {
                     bits::set(b, *rule);
                 }
@@ -351,7 +374,7 @@ fn l4_kind(l4: &L4) -> usize {
 }
 
 /// Copies `src` into `dst`, or zeroes `dst` when `src` is missing (a port table
-/// outside the arena).
+/// without negated bitmaps, or outside the arena).
 #[inline(always)]
 fn copy_or_zero(dst: &mut [u64], src: &[u64]) {
     if dst.len() == src.len() {
@@ -479,6 +502,9 @@ pub(crate) struct Layout {
     pub(crate) sports_n: u32,
     pub(crate) dports: u32,
     pub(crate) dports_n: u32,
+    /// Bitmaps per interval of the source and destination port tables
+    /// ([`table_rows`]): 2 where some rule has a negated range on that side.
+    pub(crate) rows: [u32; 2],
     /// Every slot's kind mask ORed: the kinds (`K_*`) some slot holds. A patch
     /// rewrites bits within the slots and never adds a slot or a kind, so this
     /// stays true of a patched program (a kind may then have empty bitmaps only).
@@ -658,25 +684,25 @@ impl Program {
     }
 
     /// Words of a port table of `n` intervals.
-    fn port_table_len(&self, n: u32) -> usize {
-        (n as usize).div_ceil(STARTS_PER_WORD) + n as usize * 2 * self.words as usize
+    fn port_table_len(&self, n: u32, rows: u32) -> usize {
+        (n as usize).div_ceil(STARTS_PER_WORD) + n as usize * rows as usize * self.words as usize
     }
 
     /// The source (`[0]`) and destination (`[1]`) port tables, each with its number
     /// of intervals.
     pub(crate) fn port_tables(&self) -> [(&[u64], usize); 2] {
         let lay = &self.lay;
-        let table = |at: u32, n: u32| {
+        let table = |at: u32, n: u32, rows: u32| {
             let at = at as usize;
             let words = self
                 .arena
-                .get(at..at + self.port_table_len(n))
+                .get(at..at + self.port_table_len(n, rows))
                 .unwrap_or(&[]);
             (words, n as usize)
         };
         [
-            table(lay.sports, lay.sports_n),
-            table(lay.dports, lay.dports_n),
+            table(lay.sports, lay.sports_n, lay.rows[0]),
+            table(lay.dports, lay.dports_n, lay.rows[1]),
         ]
     }
 
@@ -691,7 +717,7 @@ impl Program {
         let sports = lay.sports as usize;
         let old = self.port_tables();
         let size = |side: usize| match patches.get(side) {
-            Some(Some(p)) => self.port_table_len(p.starts.len() as u32),
+            Some(Some(p)) => self.port_table_len(p.starts.len() as u32, p.rows as u32),
             _ => old.get(side).map_or(0, |(t, _)| t.len()),
         };
         let mut arena = Vec::with_capacity(sports + size(0) + size(1));
@@ -701,8 +727,9 @@ impl Program {
             if side == 1 {
                 lay.dports = arena.len() as u32;
             }
+            let old_rows = self.lay.rows.get(side).copied().unwrap_or(2) as usize;
             let count = match patch {
-                Some(p) => port_table_patched(&mut arena, w, table, old_n, p),
+                Some(p) => port_table_patched(&mut arena, w, table, old_n, old_rows, p),
                 None => {
                     arena.extend_from_slice(table);
                     old_n
@@ -710,6 +737,9 @@ impl Program {
             };
             if let Some(x) = n.get_mut(side) {
                 *x = count as u32;
+            }
+            if let (Some(r), Some(p)) = (lay.rows.get_mut(side), patch) {
+                *r = p.rows as u32;
             }
         }
         [lay.sports_n, lay.dports_n] = n;
@@ -808,9 +838,10 @@ impl Program {
             && src
                 .get(sw..sw + w)
                 .is_some_and(|p| p.iter().all(|x| *x == !0))
-            && src
-                .get(sw + w..sw + 2 * w)
-                .is_some_and(|n| n.iter().all(|x| *x == 0));
+            && (self.lay.rows[0] < 2
+                || src
+                    .get(sw + w..sw + 2 * w)
+                    .is_some_and(|n| n.iter().all(|x| *x == 0)));
         let row_empty = |k: usize| {
             self.arena
                 .get(k * w..(k + 1) * w)
@@ -922,9 +953,19 @@ impl Program {
     /// whose rules gained or lost a port criterion.
     fn fold_port_requirements(&mut self) {
         let w = self.words as usize;
-        for (req_row, at, n) in [
-            (M_SPORT_REQ, self.lay.sports, self.lay.sports_n),
-            (M_DPORT_REQ, self.lay.dports, self.lay.dports_n),
+        for (req_row, at, n, rows) in [
+            (
+                M_SPORT_REQ,
+                self.lay.sports,
+                self.lay.sports_n,
+                self.lay.rows[0],
+            ),
+            (
+                M_DPORT_REQ,
+                self.lay.dports,
+                self.lay.dports_n,
+                self.lay.rows[1],
+            ),
         ] {
             let free: Vec<u64> = match self.arena.get(req_row * w..(req_row + 1) * w) {
                 Some(req) => req.iter().map(|r| !r).collect(),
@@ -933,7 +974,7 @@ impl Program {
             let (at, n) = (at as usize, n as usize);
             let first = at + n.div_ceil(STARTS_PER_WORD);
             for iv in 0..n {
-                let off = first + iv * 2 * w;
+                let off = first + iv * rows as usize * w;
                 if let Some(pos) = self.arena.get_mut(off..off + w) {
                     for (p, f) in pos.iter_mut().zip(&free) {
                         *p |= f;
@@ -1034,12 +1075,19 @@ impl Program {
     }
 
     #[inline(always)]
-    fn port_lookup(&self, w: usize, off: u32, n: u32, port: u16) -> (&[u64], &[u64]) {
+    fn port_lookup(&self, w: usize, side: usize, port: u16) -> (&[u64], &[u64]) {
+        let lay = &self.lay;
+        let (off, n, rows) = match side {
+            0 => (lay.sports, lay.sports_n, lay.rows[0]),
+            _ => (lay.dports, lay.dports_n, lay.rows[1]),
+        };
         let (off, n) = (off as usize, n as usize);
         let sw = n.div_ceil(STARTS_PER_WORD);
         let iv = port_interval(self.arena.get(off..off + sw).unwrap_or(&[]), n, port);
-        let base = off + sw + iv * 2 * w;
-        (self.bm(base, w), self.bm(base + w, w))
+        let base = off + sw + iv * rows as usize * w;
+        // A table without negated bitmaps answers an empty one (read as zeros).
+        let neg = if rows > 1 { self.bm(base + w, w) } else { &[] };
+        (self.bm(base, w), neg)
     }
 
     /// ORs a sparse list at `off` (its length, then `(word index, bits)` pairs)
@@ -1237,7 +1285,7 @@ impl Program {
             // criterion too ([`Program::derive`]): no requirement row to read. The
             // source side is skipped where no rule has a source port criterion.
             if self.flags & F_ANY_SRC_PORT == 0 {
-                let (spos, sneg) = self.port_lookup(w, self.lay.sports, self.lay.sports_n, sport);
+                let (spos, sneg) = self.port_lookup(w, 0, sport);
                 copy_or_zero(pos, spos);
                 copy_or_zero(neg, sneg);
                 if self.flags & F_SRC_NP != 0 {
@@ -1249,7 +1297,7 @@ impl Program {
             if self.uses_ep() {
                 svc_atoms = idx.ep_get(&pkt.dst, pkt.protocol.0, dport);
             }
-            let (dpos, dneg) = self.port_lookup(w, self.lay.dports, self.lay.dports_n, dport);
+            let (dpos, dneg) = self.port_lookup(w, 1, dport);
             copy_or_zero(pos2, dpos);
             copy_or_zero(neg2, dneg);
             if self.flags & F_DST_NP != 0 {
@@ -1503,7 +1551,8 @@ mod tests {
 
     proptest::proptest! {
         /// A table patched for some rules' new ranges is the table laid out from
-        /// scratch for the new ranges (bounds no rule uses any more dropped).
+        /// scratch for the new ranges (bounds no rule uses any more dropped, the
+        /// negated bitmaps gained or dropped with the side's negated ranges).
         #[test]
         fn patched_port_table_equals_a_fresh_one(
             before in proptest::collection::vec((0usize..150, range(), proptest::bool::ANY), 0..40),
@@ -1517,6 +1566,7 @@ mod tests {
             };
             let (pos, neg) = split(&before);
             let (old, old_n) = port_table(w, &pos, &neg);
+            let old_rows = table_rows(&neg);
             let mut after: Vec<(usize, PortRange, bool)> =
                 before.iter().filter(|x| !edits.contains_key(&x.0)).copied().collect();
             let mut edited = Vec::new();
@@ -1531,13 +1581,15 @@ mod tests {
             let (epos, eneg) = split(&edited);
             // Written after what the buffer holds, which it leaves alone.
             let mut got = vec![7u64; 3];
+            // Negated bitmaps come and go with the side's last negated range.
             let patch = TablePatch {
                 starts: &starts,
+                rows: table_rows(&neg),
                 changed: &changed,
                 pos: &epos,
                 neg: &eneg,
             };
-            let n = port_table_patched(&mut got, w, &old, old_n, &patch);
+            let n = port_table_patched(&mut got, w, &old, old_n, old_rows, &patch);
             proptest::prop_assert_eq!(&got[..3], &[7u64; 3][..]);
             proptest::prop_assert_eq!((got[3..].to_vec(), n), want);
         }

@@ -11,10 +11,10 @@ use super::lower::{Fragment, LRule, LSide, ProgSpec, SegSpec};
 use crate::bits;
 use crate::index::AtomId;
 use crate::program::{
-    atom_table_into, port_table, port_table_over, CRule, DeciderTable, Layout, Program, SegKind,
-    Segment, TablePatch, Verify, BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC, KINDS,
-    K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS, K_SVC,
-    M_DPORT_REQ, M_DST_REQ, M_FAM4, M_FAM6, M_NEED_ICMP, M_NEED_PORTS, M_PROTO, M_SPORT_REQ,
+    atom_table_into, port_table, port_table_over, table_rows, CRule, DeciderTable, Layout, Program,
+    SegKind, Segment, TablePatch, Verify, BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC,
+    KINDS, K_DST_NEG, K_DST_NNP, K_DST_NP, K_DST_POS, K_SRC_NEG, K_SRC_NNP, K_SRC_NP, K_SRC_POS,
+    K_SVC, M_DPORT_REQ, M_DST_REQ, M_FAM4, M_FAM6, M_NEED_ICMP, M_NEED_PORTS, M_PROTO, M_SPORT_REQ,
     M_SRC_REQ, M_SVC_REQ, SPARSE_MIN_WORDS,
 };
 
@@ -345,6 +345,7 @@ impl RuleMasks {
             sports_n: sports_n as u32,
             dports: (arena.len() + sports.len()) as u32,
             dports_n: dports_n as u32,
+            rows: [&self.src, &self.dst].map(|side| table_rows(&side.not_ports) as u32),
             kinds: slots
                 .iter()
                 .filter_map(|(_, o)| atom_bits.get(*o as usize - atab_len))
@@ -431,6 +432,7 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
         };
         *patch = Some(TablePatch {
             starts,
+            rows: spec.table_rows(side),
             changed: &positions,
             pos,
             neg,

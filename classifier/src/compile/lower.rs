@@ -52,6 +52,9 @@ pub(super) struct Fragment {
     /// needs of every fragment of a program without reading their rules.
     pub(super) port_bounds: [Vec<u16>; 2],
     pub(super) named_ports: [bool; 2],
+    /// Per side, whether a rule has a negated port range (the side's port table
+    /// then holds negated bitmaps).
+    pub(super) negated_ports: [bool; 2],
 }
 
 impl Fragment {
@@ -62,16 +65,19 @@ impl Fragment {
     ) -> Self {
         let mut port_bounds = [Vec::new(), Vec::new()];
         let mut named_ports = [false; 2];
+        let mut negated_ports = [false; 2];
         for r in &rules {
-            for ((bounds, named), side) in port_bounds
+            for (((bounds, named), negated), side) in port_bounds
                 .iter_mut()
                 .zip(&mut named_ports)
+                .zip(&mut negated_ports)
                 .zip([&r.src, &r.dst])
             {
                 for range in side.ports.iter().chain(&side.not_ports) {
                     bounds.extend(range_bounds(range));
                 }
                 *named |= !side.np.is_empty() || !side.nnp.is_empty();
+                *negated |= !side.not_ports.is_empty();
             }
         }
         for bounds in &mut port_bounds {
@@ -84,6 +90,7 @@ impl Fragment {
             rule_ids,
             port_bounds,
             named_ports,
+            negated_ports,
         }
     }
 }
@@ -172,6 +179,8 @@ pub(crate) struct ProgSpec {
     /// number of fragments naming named ports.
     pub(super) port_bounds: [Vec<(u16, u32)>; 2],
     pub(super) named_ports: [u32; 2],
+    /// Per side, the number of fragments with a negated port range.
+    pub(super) negated_ports: [u32; 2],
     /// Per fragment in evaluation order, the position of its first rule: a patch
     /// finds its fragments' rules without reading every fragment (each a cold line
     /// of its own). Made with the tallies; a patch keeps every fragment's length.
@@ -203,6 +212,7 @@ impl ProgSpec {
             fallback: (Verdict::Deny, Decider::NoProfileMatched, None),
             port_bounds: [Vec::new(), Vec::new()],
             named_ports: [0; 2],
+            negated_ports: [0; 2],
             fragment_starts: Arc::default(),
             tallied: false,
         }
@@ -213,11 +223,15 @@ impl ProgSpec {
     pub(super) fn tally(&mut self) {
         let mut all: [Vec<u16>; 2] = [Vec::new(), Vec::new()];
         let mut named = [0u32; 2];
+        let mut negated = [0u32; 2];
         let mut starts = Vec::new();
         let mut next = 0;
         for f in self.fragments() {
             starts.push(next);
             next += f.rules.len() as u32;
+            for (n, has) in negated.iter_mut().zip(f.negated_ports) {
+                *n += u32::from(has);
+            }
             for ((list, n), (bounds, has)) in all
                 .iter_mut()
                 .zip(&mut named)
@@ -235,6 +249,7 @@ impl ProgSpec {
                 .collect();
         }
         self.named_ports = named;
+        self.negated_ports = negated;
         self.fragment_starts = starts.into();
         self.tallied = true;
     }
@@ -270,6 +285,23 @@ impl ProgSpec {
             }
             let has = |f: &Fragment| u32::from(f.named_ports.get(side).copied().unwrap_or(false));
             *n = (*n + has(new)).saturating_sub(has(old));
+            if let Some(neg) = self.negated_ports.get_mut(side) {
+                let has =
+                    |f: &Fragment| u32::from(f.negated_ports.get(side).copied().unwrap_or(false));
+                *neg = (*neg + has(new)).saturating_sub(has(old));
+            }
+        }
+    }
+
+    /// Bitmaps per interval of a side's port table ([`table_rows`]), from the
+    /// tallies.
+    ///
+    /// [`table_rows`]: crate::program::table_rows
+    pub(super) fn table_rows(&self, side: usize) -> usize {
+        if self.negated_ports.get(side).is_some_and(|n| *n > 0) {
+            2
+        } else {
+            1
         }
     }
 

@@ -247,6 +247,7 @@ impl Builder {
                 tallied.tally();
                 if (tallied.port_bounds != spec.port_bounds)
                     || (tallied.named_ports != spec.named_ports)
+                    || (tallied.negated_ports != spec.negated_ports)
                     || (tallied.fragment_starts != spec.fragment_starts)
                 {
                     return Err(format!("{kind:?}: tallies moved apart from a recount"));
