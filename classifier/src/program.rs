@@ -38,7 +38,7 @@ pub(crate) enum Act {
 }
 
 /// One compiled rule, eight bytes: the scan reads one per candidate, and a patch
-/// copies them all.
+/// changing a rule copies them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CRule {
     /// The views' `rule#`, for counters ([`NO_RULE_ID`]: none).
@@ -451,7 +451,8 @@ pub(crate) struct Program {
     /// Sparse programs only: per family, protocol class and kind of L4 header
     /// ([`Program::base_at`]), the rules those alone leave, `words` each: one row
     /// read per packet instead of four. Derived from the masks
-    /// ([`Program::combine_bases`]) after every layout and patch.
+    /// ([`Program::combine_bases`]) after every layout, and after a patch that
+    /// changes them.
     pub(crate) bases: Arc<[u64]>,
 }
 
@@ -494,7 +495,9 @@ impl<'a> AtomBits<'a> {
 /// program uses the atom for, then one bitmap per such kind (most atoms have one
 /// or two of the [`KINDS`]); with [`F_SPARSE`], one sparse list per such kind
 /// instead (its length, then (word index, word) pairs).
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// 24 bytes: with the fields before it, the program's header fits one cache line.
+#[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub(crate) struct Layout {
     pub(crate) atab_mask: u32,
@@ -502,13 +505,30 @@ pub(crate) struct Layout {
     pub(crate) sports_n: u32,
     pub(crate) dports: u32,
     pub(crate) dports_n: u32,
-    /// Bitmaps per interval of the source and destination port tables
-    /// ([`table_rows`]): 2 where some rule has a negated range on that side.
-    pub(crate) rows: [u32; 2],
     /// Every slot's kind mask ORed: the kinds (`K_*`) some slot holds. A patch
     /// rewrites bits within the slots and never adds a slot or a kind, so this
     /// stays true of a patched program (a kind may then have empty bitmaps only).
-    pub(crate) kinds: u32,
+    pub(crate) kinds: u16,
+    /// Bitmaps per interval of the source and destination port tables
+    /// ([`table_rows`]): 2 where some rule has a negated range on that side.
+    pub(crate) rows: [u8; 2],
+}
+
+const _: () = assert!(std::mem::size_of::<Layout>() == 24 && KINDS <= 16);
+
+impl Default for Layout {
+    /// Empty tables of one bitmap per interval.
+    fn default() -> Self {
+        Layout {
+            atab_mask: 0,
+            sports: 0,
+            sports_n: 0,
+            dports: 0,
+            dports_n: 0,
+            kinds: 0,
+            rows: [1, 1],
+        }
+    }
 }
 
 /// Masks at the start of [`Program::arena`], `words` each.
@@ -683,7 +703,7 @@ impl Program {
         }
     }
 
-    /// Words of a port table of `n` intervals.
+    /// Words of a port table of `n` intervals of `rows` bitmaps each.
     fn port_table_len(&self, n: u32, rows: u32) -> usize {
         (n as usize).div_ceil(STARTS_PER_WORD) + n as usize * rows as usize * self.words as usize
     }
@@ -701,8 +721,8 @@ impl Program {
             (words, n as usize)
         };
         [
-            table(lay.sports, lay.sports_n, lay.rows[0]),
-            table(lay.dports, lay.dports_n, lay.rows[1]),
+            table(lay.sports, lay.sports_n, u32::from(lay.rows[0])),
+            table(lay.dports, lay.dports_n, u32::from(lay.rows[1])),
         ]
     }
 
@@ -739,7 +759,7 @@ impl Program {
                 *x = count as u32;
             }
             if let (Some(r), Some(p)) = (lay.rows.get_mut(side), patch) {
-                *r = p.rows as u32;
+                *r = p.rows as u8;
             }
         }
         [lay.sports_n, lay.dports_n] = n;
@@ -1521,7 +1541,7 @@ mod tests {
             }
             for port in ports {
                 let iv = port_interval(&table[..sw], n, port);
-                let base = sw + iv * 2 * w;
+                let base = sw + iv * table_rows(&neg) * w;
                 for (rules, off) in [(&pos, base), (&neg, base + w)] {
                     let mut want = vec![0u64; w];
                     for (rule, r) in rules.iter() {

@@ -345,11 +345,11 @@ impl RuleMasks {
             sports_n: sports_n as u32,
             dports: (arena.len() + sports.len()) as u32,
             dports_n: dports_n as u32,
-            rows: [&self.src, &self.dst].map(|side| table_rows(&side.not_ports) as u32),
+            rows: [&self.src, &self.dst].map(|side| table_rows(&side.not_ports) as u8),
             kinds: slots
                 .iter()
                 .filter_map(|(_, o)| atom_bits.get(*o as usize - atab_len))
-                .fold(0, |k, mask| k | *mask as u32),
+                .fold(0, |k, mask| k | *mask as u16),
         };
         arena.extend_from_slice(&sports);
         arena.extend_from_slice(&dports);
