@@ -127,13 +127,13 @@ pub(crate) fn port_table(
     port_table_over(words, &starts, pos, neg)
 }
 
-/// Bitmaps per interval of a port table over the negated ranges `neg`: the
-/// positive one, and the negated one where there is a negated range.
-pub(crate) fn table_rows<T>(neg: &[T]) -> usize {
-    if neg.is_empty() {
-        1
-    } else {
+/// Bitmaps per interval of a port table: the positive one, and the negated one
+/// where the side has a negated range.
+pub(crate) fn table_rows(negated: bool) -> usize {
+    if negated {
         2
+    } else {
+        1
     }
 }
 
@@ -145,7 +145,7 @@ pub(crate) fn port_table_over(
     pos: &[(usize, PortRange)],
     neg: &[(usize, PortRange)],
 ) -> (Vec<u64>, usize) {
-    let rows = table_rows(neg);
+    let rows = table_rows(!neg.is_empty());
     let mut out = empty_port_table(words, rows, starts);
     set_port_ranges(&mut out, words, rows, starts, pos, neg);
     (out, starts.len())
@@ -1541,7 +1541,7 @@ mod tests {
             }
             for port in ports {
                 let iv = port_interval(&table[..sw], n, port);
-                let base = sw + iv * table_rows(&neg) * w;
+                let base = sw + iv * table_rows(!neg.is_empty()) * w;
                 for (rules, off) in [(&pos, base), (&neg, base + w)] {
                     let mut want = vec![0u64; w];
                     for (rule, r) in rules.iter() {
@@ -1586,7 +1586,7 @@ mod tests {
             };
             let (pos, neg) = split(&before);
             let (old, old_n) = port_table(w, &pos, &neg);
-            let old_rows = table_rows(&neg);
+            let old_rows = table_rows(!neg.is_empty());
             let mut after: Vec<(usize, PortRange, bool)> =
                 before.iter().filter(|x| !edits.contains_key(&x.0)).copied().collect();
             let mut edited = Vec::new();
@@ -1604,7 +1604,7 @@ mod tests {
             // Negated bitmaps come and go with the side's last negated range.
             let patch = TablePatch {
                 starts: &starts,
-                rows: table_rows(&neg),
+                rows: table_rows(!neg.is_empty()),
                 changed: &changed,
                 pos: &epos,
                 neg: &eneg,

@@ -345,7 +345,7 @@ impl RuleMasks {
             sports_n: sports_n as u32,
             dports: (arena.len() + sports.len()) as u32,
             dports_n: dports_n as u32,
-            rows: [&self.src, &self.dst].map(|side| table_rows(&side.not_ports) as u8),
+            rows: [&self.src, &self.dst].map(|side| table_rows(!side.not_ports.is_empty()) as u8),
             kinds: slots
                 .iter()
                 .filter_map(|(_, o)| atom_bits.get(*o as usize - atab_len))

@@ -14,7 +14,7 @@ use super::deps::Deps;
 use super::patch::{OldFragment, Owner};
 use super::{Builder, FastMap};
 use crate::index::AtomId;
-use crate::program::{range_bounds, Act};
+use crate::program::{range_bounds, table_rows, Act};
 
 /// A rule lowered to atoms: what it matches and what it does.
 #[derive(PartialEq)]
@@ -295,14 +295,8 @@ impl ProgSpec {
 
     /// Bitmaps per interval of a side's port table ([`table_rows`]), from the
     /// tallies.
-    ///
-    /// [`table_rows`]: crate::program::table_rows
     pub(super) fn table_rows(&self, side: usize) -> usize {
-        if self.negated_ports.get(side).is_some_and(|n| *n > 0) {
-            2
-        } else {
-            1
-        }
+        table_rows(self.negated_ports.get(side).is_some_and(|n| *n > 0))
     }
 
     /// A side's port-table interval starts: 0 and every bound.

@@ -168,10 +168,10 @@ impl Builder {
                 Some(None) => return None,
                 None => {
                     let mut next = ProgSpec::clone(spec);
+                    let swapped = |f: &Arc<Fragment>| {
+                        here.iter().find(|s| Arc::ptr_eq(&s.old, f)).map(|s| &s.new)
+                    };
                     for (fragments, _) in &mut next.segments {
-                        let swapped = |f: &Arc<Fragment>| {
-                            here.iter().find(|s| Arc::ptr_eq(&s.old, f)).map(|s| &s.new)
-                        };
                         if fragments.iter().any(|f| swapped(f).is_some()) {
                             *fragments = fragments
                                 .iter()
