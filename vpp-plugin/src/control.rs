@@ -1230,8 +1230,15 @@ impl<C: VppContext> ControlCore<C> {
         }
     }
 
+    /// Tests: the compiler's builder, once a generation was compiled.
+    #[cfg(test)]
+    pub(crate) fn builder(&self) -> Option<&Builder> {
+        self.compiled.as_ref().map(|c| &c.builder)
+    }
+
     /// The work a reply need not wait for, done after it is written: the
-    /// generations the cell let go of are freed, and the active generation's state
+    /// generations the cell let go of are freed (and the builder's spare interface
+    /// list brought forward, `Builder::settle`), and the active generation's state
     /// is made ready for the next delta (a retired snapshot brought forward, or a
     /// background copy already made; this never waits for one). The plugin's
     /// connection calls it once each reply is written, before it reads the next
@@ -1239,6 +1246,11 @@ impl<C: VppContext> ControlCore<C> {
     /// and a delta that finds no ready state makes one itself.
     pub fn after_reply(&mut self) {
         self.released.clear();
+        // The replaced generations are gone: the builder's spare interface list is
+        // free to bring forward.
+        if let Some(c) = &mut self.compiled {
+            c.builder.settle();
+        }
         let Some(active) = self.cell.load() else {
             return;
         };

@@ -2074,6 +2074,33 @@ fn seed_workload(workload: &str, name: &str) -> pb::ToDataplane {
     m
 }
 
+/// Endpoint deltas edit the builder's interface list in place: the cell holds the
+/// active and the previous generation, so after the first changes each finds the
+/// copy of two generations back free, brings it forward and edits it, and copies
+/// no list.
+#[test]
+fn endpoint_deltas_edit_a_spare_interface_list() {
+    let (plugin, mut core) = seeded();
+    core.after_reply();
+    let before = core.builder().unwrap().interface_list_changes();
+    for id in 2..=13u64 {
+        let msg = if id % 2 == 0 {
+            seed_workload("k8s/added", "tun9")
+        } else {
+            remove_workload("k8s/added", "tun9")
+        };
+        let a = applied(core.on_message(generation(id, false, id - 1, vec![msg]), 0));
+        assert!(a.ok, "{}", a.error);
+        core.after_reply();
+        let shown = plugin.show(Show::Interfaces, 1);
+        assert_eq!(shown.contains("tun9"), id % 2 == 0, "{id}: {shown}");
+    }
+    let (on_spare, copied) = core.builder().unwrap().interface_list_changes();
+    let (on_spare, copied) = (on_spare - before.0, copied - before.1);
+    assert_eq!(on_spare + copied, 12, "one change a delta");
+    assert!(copied <= 2, "{copied} copies, {on_spare} on a spare");
+}
+
 /// A delta that adds, renames or removes endpoints binds only those: every other
 /// endpoint keeps the very entry the generation before had, and the table is the
 /// one binding every endpoint again gives.

@@ -31,20 +31,21 @@ use capo_policy::ids::{Changed, InterfaceIndexes};
 use capo_policy::{Applied, Cidr, IdTable, IpSetId, State, StateError, Update};
 
 use crate::generation::{
-    Entry, Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps, SwIfIndexMap,
+    Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps, SwIfIndexMap,
 };
 use crate::index::{AddrIndex, AtomId};
 use crate::prefix::PrefixSource;
-use crate::program::Program;
 
 mod deps;
 mod iface;
 mod index;
 mod layout;
+mod listing;
 mod lower;
 mod patch;
 mod shared;
 
+use listing::{Edit, Listing};
 use patch::Owner;
 
 pub(crate) use deps::PolicyFilter;
@@ -80,10 +81,8 @@ pub struct Builder {
     /// the same spec to share.
     shared: shared::SharedPrograms,
     ifaces: BTreeMap<IfaceKind, Arc<Iface>>,
-    list: Arc<Vec<Arc<Iface>>>,
-    /// Each listed interface's policy filter, in list order.
-    filters: Vec<PolicyFilter>,
-    direct: Arc<Vec<[Option<Arc<Program>>; 2]>>,
+    /// `ifaces` as the generations list them, with their programs and filters.
+    listing: Listing,
     maps: Arc<IfaceMaps>,
     /// Each listed interface's index when the maps were made.
     list_sw: Vec<Option<u32>>,
@@ -101,6 +100,9 @@ pub struct Builder {
     /// Interfaces whose programs a policy or profile change patched rather than
     /// compiled.
     patched: u64,
+    /// Lists made anew from every compiled interface (tests check an endpoint's
+    /// change edits the list instead).
+    relisted: u64,
 }
 
 impl std::fmt::Debug for Builder {
@@ -130,9 +132,7 @@ impl Builder {
             fragments: lower::Fragments::default(),
             shared: shared::SharedPrograms::default(),
             ifaces: BTreeMap::new(),
-            list: Arc::new(Vec::new()),
-            filters: Vec::new(),
-            direct: Arc::new(Vec::new()),
+            listing: Listing::default(),
             maps: Arc::new(IfaceMaps::default()),
             list_sw: Vec::new(),
             indexes_seen: None,
@@ -142,6 +142,7 @@ impl Builder {
             current: None,
             min_words: 1,
             patched: 0,
+            relisted: 0,
         }
     }
 
@@ -163,9 +164,26 @@ impl Builder {
         self.patched
     }
 
+    /// How many changes to the published interface list edited a spare copy in
+    /// place, and how many copied the list (tests check the plugin's path finds a
+    /// spare no generation holds).
+    pub fn interface_list_changes(&self) -> (u64, u64) {
+        self.listing.changes_on_spare_and_copied()
+    }
+
     /// The last generation built.
     pub fn current(&self) -> Option<&Arc<Generation>> {
         self.current.as_ref()
+    }
+
+    /// Work the last update left that no reply need wait for: the builder's spare
+    /// copy of the interface list is brought up to the published one, if no
+    /// generation holds it any more, so the interfaces and programs only it held
+    /// are let go of now and the next endpoint or policy change edits it in place.
+    /// Call it once the generations the last publish replaced are released;
+    /// nothing depends on it.
+    pub fn settle(&mut self) {
+        self.listing.settle();
     }
 
     /// Compiles the whole state from scratch (the builder's previous contents are
@@ -216,6 +234,8 @@ impl Builder {
             ids.sync(state);
             return Ok(self.build(state, ids));
         }
+        // Whether the list is known to be the compiled interfaces after the branch.
+        let mut listed = false;
         match &update {
             Update::IpSetDelta { id, added, removed } => {
                 let (id, added, removed) = (id.clone(), added.clone(), removed.clone());
@@ -223,6 +243,7 @@ impl Builder {
                     return Ok(self.current_or_publish());
                 }
                 self.index_delta(&id, &added, &removed);
+                listed = true;
             }
             Update::IpSetReplace { id, .. } | Update::IpSetRemove(id) => {
                 let id = id.clone();
@@ -236,6 +257,7 @@ impl Builder {
                 if is_new || !state.ipsets().contains_key(&id) {
                     ids.sync_ipset(state, &id);
                 }
+                listed = true;
             }
             Update::PolicyUpdate(key, _) | Update::PolicyRemove(key) => {
                 let key = key.clone();
@@ -246,9 +268,8 @@ impl Builder {
                 ids.sync_after(state, Changed::Policy(&key));
                 // A policy no endpoint names (just added, or removed) is in no program:
                 // no interface needs asking.
-                if state.policy_is_used(&key) {
-                    self.update_users(state, ids, Owner::Policy(&key), &old);
-                }
+                listed = !state.policy_is_used(&key)
+                    || self.update_users(state, ids, Owner::Policy(&key), &old);
             }
             Update::ProfileUpdate(name, _) | Update::ProfileRemove(name) => {
                 let name = name.clone();
@@ -257,7 +278,7 @@ impl Builder {
                 }
                 let old = self.fragments.take(Owner::Profile(&name));
                 ids.sync_after(state, Changed::Profile(&name));
-                self.update_users(state, ids, Owner::Profile(&name), &old);
+                listed = self.update_users(state, ids, Owner::Profile(&name), &old);
             }
             Update::WorkloadUpdate(key, _) | Update::WorkloadRemove(key) => {
                 let key = key.clone();
@@ -275,7 +296,11 @@ impl Builder {
                 ids.sync_after(state, Changed::Workload(&key));
                 let kind = IfaceKind::Workload(key.clone());
                 self.ifaces.remove(&kind);
-                self.compile_iface(state, ids, kind);
+                self.compile_iface(state, ids, kind.clone());
+                // The list was the compiled interfaces as the update started (every
+                // apply ends with them listed): only this one's entry moves.
+                self.relist_one(ids, &kind);
+                listed = true;
                 self.sync_workload_addrs(&old_nets, &nets(state));
                 // Host programs choose between "from a workload" and not by atom, so
                 // they need no recompile; the views' interface numbering may change.
@@ -307,17 +332,20 @@ impl Builder {
                 self.sync_virtual(state);
             }
         }
-        if self.list_is_stale() {
+        // Where the branch did not put the interfaces it changed in the list, the
+        // list is read anew if it differs.
+        if !listed && self.list_is_stale() {
             self.relist(ids);
         }
+        debug_assert!(!self.list_is_stale(), "the list is the compiled interfaces");
         Ok(self.publish())
     }
 
     /// Whether the published interface list differs from the compiled interfaces.
     fn list_is_stale(&self) -> bool {
-        self.ifaces.len() != self.list.len()
-            || self
-                .list
+        let list = self.listing.ifaces();
+        self.ifaces.len() != list.len()
+            || list
                 .iter()
                 .zip(self.ifaces.values())
                 .any(|(a, b)| !Arc::ptr_eq(a, b))
@@ -335,8 +363,8 @@ impl Builder {
         let g = Arc::new(Generation {
             id: GenerationId(self.next_id),
             index: self.index.clone(),
-            ifaces: self.list.clone(),
-            direct: self.direct.clone(),
+            ifaces: self.listing.ifaces().clone(),
+            direct: self.listing.direct().clone(),
             maps: self.maps.clone(),
             members: self.members,
         });
@@ -345,18 +373,64 @@ impl Builder {
         g
     }
 
+    /// The list made anew from the compiled interfaces.
     fn relist(&mut self, ids: &IdTable) {
+        self.relisted += 1;
         let list: Vec<Arc<Iface>> = self.ifaces.values().cloned().collect();
-        let same_names = list.len() == self.list.len()
+        let old = self.listing.ifaces().clone();
+        let same_names = list.len() == old.len()
             && list
                 .iter()
-                .zip(self.list.iter())
+                .zip(old.iter())
                 .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
         let change = if same_names {
             None
         } else {
-            one_change(&self.list, &list)
+            one_change(&old, &list)
         };
+        self.listing.reset(list);
+        self.relist_indexes(ids, &old, same_names, change);
+    }
+
+    /// The list after `kind`'s interface alone was compiled, removed, or both,
+    /// from a list that was the compiled interfaces before: edited at the
+    /// interface's position (found by kind, the list's order), not made anew.
+    fn relist_one(&mut self, ids: &IdTable, kind: &IfaceKind) {
+        let old = self.listing.ifaces().clone();
+        let now = self.ifaces.get(kind);
+        let (edit, same_names, change) = match (old.binary_search_by(|i| i.kind.cmp(kind)), now) {
+            (Ok(at), Some(iface)) => {
+                if Arc::ptr_eq(&old[at], iface) {
+                    return;
+                }
+                let same = old[at].name == iface.name;
+                (Edit::Set(at, iface.clone()), same, None)
+            }
+            (Ok(at), None) => (Edit::Remove(at), false, Some(OneChange::Removed(at))),
+            (Err(at), Some(iface)) => (
+                Edit::Insert(at, iface.clone()),
+                false,
+                Some(OneChange::Added(at)),
+            ),
+            (Err(_), None) => return,
+        };
+        if !self.listing.edit(vec![edit]) {
+            return self.relist(ids);
+        }
+        self.relist_indexes(ids, &old, same_names, change);
+    }
+
+    /// The indexes and maps of the list just made from `old`: kept where the names
+    /// and indexes are, followed where one interface came or went (`change`),
+    /// looked up otherwise.
+    fn relist_indexes(
+        &mut self,
+        ids: &IdTable,
+        old: &[Arc<Iface>],
+        same_names: bool,
+        change: Option<OneChange>,
+    ) {
+        let list = self.listing.ifaces().clone();
         // Each position's index as the ids have it now: an index fixed since the last
         // relist (`set_interface_index`) moves its interface in the maps. Same names
         // and no index changed: the last relist's.
@@ -369,7 +443,7 @@ impl Builder {
         let sw: Vec<Option<u32>> = if unchanged {
             self.list_sw.clone()
         } else {
-            self.indexes_patched(&list, ids, same_names, change)
+            self.indexes_patched(&list, old, ids, same_names, change)
                 .unwrap_or_else(|| list.iter().map(|i| ids.interface(&i.name)).collect())
         };
         self.indexes_seen = Some(indexes);
@@ -392,31 +466,30 @@ impl Builder {
             });
         }
         self.list_sw = sw;
-        self.direct = Arc::new(list.iter().map(|i| direct_programs(i)).collect());
-        self.filters = list.iter().map(|i| i.policy_filter).collect();
-        self.list = Arc::new(list);
     }
 
     /// Puts patched interfaces (each with its position) in the published list, as a
     /// relist would: the same names and indexes, other programs. Only while the
     /// ids' indexes are the ones the list was read with; otherwise the list is left
-    /// stale, for a relist to read them.
-    pub(super) fn replace_listed(&mut self, ids: &IdTable, patched: Vec<(usize, Arc<Iface>)>) {
+    /// stale, for a relist to read them. True when the list is the interfaces'.
+    pub(super) fn replace_listed(
+        &mut self,
+        ids: &IdTable,
+        patched: Vec<(usize, Arc<Iface>)>,
+    ) -> bool {
         let indexes_kept = self
             .indexes_seen
             .as_ref()
             .is_some_and(|seen| seen.same_as(&ids.interface_indexes()));
-        if patched.is_empty() || !indexes_kept {
-            return;
+        if !indexes_kept {
+            return false;
         }
-        let list = Arc::make_mut(&mut self.list);
-        let direct = Arc::make_mut(&mut self.direct);
-        for (at, iface) in patched {
-            if let (Some(l), Some(d)) = (list.get_mut(at), direct.get_mut(at)) {
-                *d = direct_programs(&iface);
-                *l = iface;
-            }
-        }
+        let edits = patched
+            .into_iter()
+            .map(|(at, iface)| Edit::Set(at, iface))
+            .collect();
+        // A position out of the list leaves it stale, for the relist to follow.
+        self.listing.edit(edits)
     }
 
     /// `list`'s indexes from the last relist's, when the list kept its names (or
@@ -426,6 +499,7 @@ impl Builder {
     fn indexes_patched(
         &self,
         list: &[Arc<Iface>],
+        old: &[Arc<Iface>],
         ids: &IdTable,
         same_names: bool,
         change: Option<OneChange>,
@@ -448,7 +522,7 @@ impl Builder {
         // The added interface's own entry is fresh; another entry of its name (a name
         // two endpoints share) is not, if the old list had one.
         let in_old = |name: &str| {
-            !is_named_str(name) || search_by_name(&self.maps.by_name, &self.list, name).is_ok()
+            !is_named_str(name) || search_by_name(&self.maps.by_name, old, name).is_ok()
         };
         for name in set.filter(|n| Some(*n) != added || in_old(n)) {
             for (i, iface) in list.iter().enumerate() {
@@ -511,15 +585,6 @@ impl Builder {
         let unique = by_name.len() == named;
         (by_name, unique)
     }
-}
-
-/// An interface's program per direction, where it has one of its own.
-fn direct_programs(i: &Iface) -> [Option<Arc<Program>>; 2] {
-    let single = |e: &Entry| match e {
-        Entry::Single(p) => Some(p.clone()),
-        Entry::BySrcAtom { .. } => None,
-    };
-    [single(&i.entries[0]), single(&i.entries[1])]
 }
 
 /// Each position by its index (of two positions with one index, the later).
@@ -593,13 +658,20 @@ fn is_named_str(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::listing::direct_programs;
     use super::*;
+    use crate::program::Program;
     use capo_policy::{WorkloadEndpoint, WorkloadKey};
 
     /// The maps as a full rebuild makes them from the published list.
     fn rebuilt(b: &Builder, ids: &IdTable) -> IfaceMaps {
-        let (by_name, names_unique) = Builder::names_of(&b.list);
-        let sw: Vec<Option<u32>> = b.list.iter().map(|i| ids.interface(&i.name)).collect();
+        let (by_name, names_unique) = Builder::names_of(b.listing.ifaces());
+        let sw: Vec<Option<u32>> = b
+            .listing
+            .ifaces()
+            .iter()
+            .map(|i| ids.interface(&i.name))
+            .collect();
         IfaceMaps {
             by_name,
             names_unique,
@@ -609,7 +681,10 @@ mod tests {
 
     /// Endpoints come, go, move address, share a name now and then, and get their
     /// indexes fixed: after every update the maps are what a full rebuild gives, and
-    /// every uniquely named interface is found by its name.
+    /// every uniquely named interface is found by its name. The list is edited in
+    /// place (on the builder's spare copy) or on a copy, as old generations are
+    /// held or let go of: every generation keeps the list it was published with,
+    /// and the builder's list, program table and filters are the interfaces'.
     #[test]
     fn interface_maps_follow_endpoint_churn_as_a_full_rebuild() {
         let mut state = State::new();
@@ -618,6 +693,18 @@ mod tests {
         let mut present = std::collections::BTreeSet::new();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut incremental = 0;
+        // Generations still held, with the interfaces and programs each was
+        // published with.
+        type Listed = (Vec<*const Iface>, Vec<[Option<*const Program>; 2]>);
+        let listed = |g: &Generation| -> Listed {
+            let ptr = |p: &Option<Arc<Program>>| p.as_ref().map(Arc::as_ptr);
+            (
+                g.ifaces.iter().map(Arc::as_ptr).collect(),
+                g.direct.iter().map(|[i, e]| [ptr(i), ptr(e)]).collect(),
+            )
+        };
+        let mut held: std::collections::VecDeque<(Arc<Generation>, Listed)> =
+            std::collections::VecDeque::new();
         for step in 0..600u32 {
             x ^= x << 13;
             x ^= x >> 7;
@@ -653,12 +740,45 @@ mod tests {
             };
             let unique_before = b.maps.names_unique;
             let g = b.apply(&mut state, &mut ids, update).unwrap();
+            assert!(
+                !b.list_is_stale(),
+                "step {step}: the list is the compiled interfaces"
+            );
+            assert!(
+                b.listing.consistent(),
+                "step {step}: table and filters follow the list"
+            );
+            assert!(b.listing.spares_replay_to_current(), "step {step}");
+            for (old, was) in &held {
+                assert!(
+                    listed(old) == *was,
+                    "step {step}: a held generation's list changed"
+                );
+            }
+            // Some generations held across later updates (as a worker still
+            // classifying with one does), some let go of; now and then the
+            // builder settles between updates.
+            match (x >> 40) % 4 {
+                0 => held.push_back((g.clone(), listed(&g))),
+                1 => held.clear(),
+                _ => {}
+            }
+            if held.len() > 3 {
+                held.pop_front();
+            }
+            if (x >> 44) % 3 == 0 {
+                b.settle();
+            }
             assert_eq!(*b.maps, rebuilt(&b, &ids), "step {step}");
-            let looked_up: Vec<Option<u32>> =
-                b.list.iter().map(|i| ids.interface(&i.name)).collect();
+            let looked_up: Vec<Option<u32>> = b
+                .listing
+                .ifaces()
+                .iter()
+                .map(|i| ids.interface(&i.name))
+                .collect();
             assert_eq!(b.list_sw, looked_up, "step {step}");
             incremental += usize::from(unique_before && b.maps.names_unique);
-            for (i, iface) in b.list.iter().enumerate() {
+            for (i, iface) in b.listing.ifaces().iter().enumerate() {
                 if b.maps.names_unique {
                     assert_eq!(g.interface(&iface.name), Some(IfaceId(i as u32)));
                 }
@@ -688,6 +808,13 @@ mod tests {
         assert!(
             incremental > 300,
             "names unique around {incremental} updates of 600"
+        );
+        // Every endpoint's change edited the list; only the first made it.
+        assert_eq!(b.relisted, 1, "lists made anew");
+        let (on_spare, copied) = b.listing.changes_on_spare_and_copied();
+        assert!(
+            on_spare > 200 && copied > 20,
+            "changes on the spare {on_spare}, on a copy {copied}"
         );
     }
 

@@ -35,14 +35,15 @@ pub(super) type OldFragment = (Option<String>, Direction, Arc<Fragment>);
 impl Builder {
     /// Brings the interfaces using a policy or profile up to date after it changed:
     /// each patched where it can be, compiled again otherwise. `old`: its fragments
-    /// before the change.
+    /// before the change. True when the published list has the interfaces as they
+    /// are now (every one patched, and put in its place).
     pub(super) fn update_users(
         &mut self,
         state: &State,
         ids: &IdTable,
         owner: Owner<'_>,
         old: &[OldFragment],
-    ) {
+    ) -> bool {
         // Each old fragment with its replacement and the rules that differ, found
         // once for every program. A fragment that came out the same (the direction
         // the change left alone) stays the one programs hold, so they need nothing.
@@ -88,9 +89,10 @@ impl Builder {
         // The interfaces themselves, with their positions in the list, not their
         // kinds: no names copied, none looked up.
         let affected: Vec<(usize, Arc<Iface>)> = self
-            .list
+            .listing
+            .ifaces()
             .iter()
-            .zip(&self.filters)
+            .zip(self.listing.filters())
             .enumerate()
             .filter(|(_, (i, f))| f.may_hold(&bits) && uses(i))
             .map(|(at, (i, _))| (at, Arc::clone(i)))
@@ -116,9 +118,7 @@ impl Builder {
         }
         // Every interface patched (none compiled anew, so none came or went): the
         // patched ones replace their entries in the list, which needs no rebuild.
-        if !compiled {
-            self.replace_listed(ids, in_place);
-        }
+        !compiled && self.replace_listed(ids, in_place)
     }
 
     /// Patches a workload's programs with the policy's `swaps` (their `start`
