@@ -68,7 +68,7 @@ mod prefetch;
 mod prefix;
 mod program;
 
-pub use compile::Builder;
+pub use compile::{Builder, ListChanges};
 pub use counters::{Counters, FlowStats, RuleCount, VerdictCount, WorkerCounters};
 pub use flow::{
     reply_of, EstablishedFlows, FlowConfig, FlowTable, FullPolicy, Input, Timestamp, Worker,

@@ -43,17 +43,30 @@ pub(super) struct Listing {
     direct: Arc<Vec<Direct>>,
     /// Each listed interface's policy filter, in list order (the builder's own).
     filters: Vec<PolicyFilter>,
-    /// Counts the lists: each change that copies or brings a spare forward makes
-    /// the next.
+    /// Counts the lists: every change and every list made anew makes the next.
     version: u64,
     /// Older lists, oldest first.
     spares: VecDeque<Spare>,
     /// The edits that made each list since the oldest spare's: `(version made,
     /// edits)`, oldest first.
     log: VecDeque<(u64, Vec<Edit>)>,
-    /// Changes made on a spare, and on a fresh copy.
+    /// Changes made on a spare, on a fresh copy, and spares brought forward by
+    /// [`Listing::settle`].
     on_spare: u64,
     copied: u64,
+    settled: u64,
+}
+
+/// How the interface list was changed since the builder last compiled everything
+/// ([`super::Builder::interface_list_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListChanges {
+    /// Changes that edited a spare copy no generation held.
+    pub on_spare: u64,
+    /// Changes that copied the list.
+    pub copied: u64,
+    /// Spares brought up to the current list by `Builder::settle`.
+    pub settled: u64,
 }
 
 /// An older list and table.
@@ -102,16 +115,15 @@ impl Listing {
         for e in &edits {
             edit_filters(&mut self.filters, e);
         }
-        // Not published since the last change: edited where it is, as part of it.
+        // Held by no generation (none published it since it was made): edited
+        // where it is, as the next version, which the spares replay like any other.
         if let (Some(ifaces), Some(direct)) = unique(&mut self.ifaces, &mut self.direct) {
             for e in &edits {
                 apply(ifaces, direct, e);
             }
-            match self.log.back_mut() {
-                Some((version, last)) if *version == self.version => last.extend(edits),
-                // Nothing older kept: nothing to replay it onto.
-                _ => debug_assert!(self.spares.is_empty()),
-            }
+            self.version += 1;
+            self.log.push_back((self.version, edits));
+            self.prune();
             return true;
         }
         // The newest spare no generation holds, brought forward; else a copy.
@@ -160,6 +172,7 @@ impl Listing {
         for spare in &mut self.spares {
             if spare.version != current {
                 replay(spare, &self.log);
+                self.settled += u64::from(spare.version == current);
             }
         }
         self.prune();
@@ -176,9 +189,14 @@ impl Listing {
         }
     }
 
-    /// How many changes were made on a spare, and how many on a copy.
-    pub(super) fn changes_on_spare_and_copied(&self) -> (u64, u64) {
-        (self.on_spare, self.copied)
+    /// How many changes were made on a spare and how many on a copy, and how many
+    /// spares [`Listing::settle`] brought forward.
+    pub(super) fn counts(&self) -> ListChanges {
+        ListChanges {
+            on_spare: self.on_spare,
+            copied: self.copied,
+            settled: self.settled,
+        }
     }
 
     /// Tests: whether every spare, with the logged edits since it replayed, is the
@@ -316,4 +334,115 @@ pub(super) fn direct_programs(i: &Iface) -> Direct {
         Entry::BySrcAtom { .. } => None,
     };
     [single(&i.entries[0]), single(&i.entries[1])]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::Builder;
+    use capo_policy::{Cidr, IdTable, State, Update, WorkloadEndpoint, WorkloadKey};
+
+    /// A builder's interfaces for `n` endpoints (and the host's), to list.
+    fn some_ifaces(n: u8) -> Vec<Arc<Iface>> {
+        let mut state = State::new();
+        for i in 0..n {
+            let key = WorkloadKey {
+                orchestrator: "k8s".into(),
+                workload: format!("ns/pod{i}"),
+                endpoint: "eth0".into(),
+            };
+            let endpoint = WorkloadEndpoint {
+                name: format!("tun{i}"),
+                profile_ids: vec![],
+                ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, 0, i + 1]))],
+                ipv6_nets: vec![],
+                tiers: vec![],
+            };
+            state
+                .apply(Update::WorkloadUpdate(key, endpoint.into()))
+                .unwrap();
+        }
+        let mut ids = IdTable::default();
+        ids.sync(&state);
+        let mut b = Builder::new();
+        b.build(&state, &ids);
+        b.listing.ifaces().to_vec()
+    }
+
+    fn same(a: &[Arc<Iface>], b: &[Arc<Iface>]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+    }
+
+    /// Random edits, one or two a change, while the lists made are held for a
+    /// while (as generations hold them) or let go of at once, settled now and
+    /// then, and edited again before anything holds them: the list is always what
+    /// the same edits make of a plain vector, every spare replays to it, and no
+    /// held list ever changes.
+    #[test]
+    fn edits_equal_a_plain_vector_whatever_is_held() {
+        let pool = some_ifaces(12);
+        let mut listing = Listing::default();
+        let mut model: Vec<Arc<Iface>> = pool[..4].to_vec();
+        listing.reset(model.clone());
+        // Lists held, each with what it held when made.
+        type Held = (Arc<Vec<Arc<Iface>>>, Vec<Arc<Iface>>);
+        let mut held: Vec<Held> = Vec::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 0..3_000 {
+            let mut edits = Vec::new();
+            for _ in 0..1 + (x >> 50) % 2 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let iface = pool[(x % pool.len() as u64) as usize].clone();
+                let len = model.len();
+                let at = |n: usize| ((x >> 8) % n.max(1) as u64) as usize;
+                let edit = match (x >> 32) % 3 {
+                    0 if len > 0 => Edit::Set(at(len), iface),
+                    1 if len > 2 => Edit::Remove(at(len)),
+                    _ => Edit::Insert(at(len + 1), iface),
+                };
+                match &edit {
+                    Edit::Set(at, i) => model[*at] = i.clone(),
+                    Edit::Insert(at, i) => model.insert(*at, i.clone()),
+                    Edit::Remove(at) => {
+                        model.remove(*at);
+                    }
+                }
+                edits.push(edit);
+            }
+            assert!(listing.edit(edits), "step {step}");
+            assert!(same(listing.ifaces(), &model), "step {step}");
+            assert!(listing.consistent(), "step {step}");
+            assert!(listing.spares_replay_to_current(), "step {step}");
+            for (list, was) in &held {
+                assert!(same(list, was), "step {step}: a held list changed");
+            }
+            match (x >> 40) % 4 {
+                0 => held.push((listing.ifaces().clone(), model.clone())),
+                1 => held.clear(),
+                _ => {}
+            }
+            if held.len() > 3 {
+                held.remove(0);
+            }
+            if (x >> 44) % 3 == 0 {
+                listing.settle();
+                assert!(listing.spares_replay_to_current(), "step {step}");
+            }
+        }
+        // An edit out of the list is refused and changes nothing.
+        let len = model.len();
+        assert!(!listing.edit(vec![Edit::Remove(len)]));
+        assert!(!listing.edit(vec![
+            Edit::Insert(0, pool[0].clone()),
+            Edit::Set(len + 1, pool[0].clone())
+        ]));
+        assert!(same(listing.ifaces(), &model));
+        let counts = listing.counts();
+        assert!(
+            counts.on_spare > 300 && counts.copied > 100 && counts.settled > 100,
+            "{counts:?}"
+        );
+    }
 }

@@ -45,6 +45,7 @@ mod lower;
 mod patch;
 mod shared;
 
+pub use listing::ListChanges;
 use listing::{Edit, Listing};
 use patch::Owner;
 
@@ -164,11 +165,12 @@ impl Builder {
         self.patched
     }
 
-    /// How many changes to the published interface list edited a spare copy in
-    /// place, and how many copied the list (tests check the plugin's path finds a
-    /// spare no generation holds).
-    pub fn interface_list_changes(&self) -> (u64, u64) {
-        self.listing.changes_on_spare_and_copied()
+    /// How the published interface list was changed since the last full compile
+    /// (which restarts the counts): edits of a spare copy no generation held,
+    /// copies, and spares [`Builder::settle`] brought forward. Tests check the
+    /// plugin's path finds a free spare.
+    pub fn interface_list_changes(&self) -> ListChanges {
+        self.listing.counts()
     }
 
     /// The last generation built.
@@ -177,11 +179,13 @@ impl Builder {
     }
 
     /// Work the last update left that no reply need wait for: the builder's spare
-    /// copy of the interface list is brought up to the published one, if no
-    /// generation holds it any more, so the interfaces and programs only it held
-    /// are let go of now and the next endpoint or policy change edits it in place.
-    /// Call it once the generations the last publish replaced are released;
-    /// nothing depends on it.
+    /// copies of the interface list (up to two) are brought up to the published
+    /// one where no generation holds them any more, so the interfaces and programs
+    /// only they held are let go of now and the next endpoint or policy change
+    /// edits one in place. Call it once the generations the last publish replaced
+    /// are released; nothing depends on it. A builder never settled keeps replaced
+    /// interfaces (and their programs) until two more changes of the list, or a
+    /// full compile.
     pub fn settle(&mut self) {
         self.listing.settle();
     }
@@ -298,7 +302,8 @@ impl Builder {
                 self.ifaces.remove(&kind);
                 self.compile_iface(state, ids, kind.clone());
                 // The list was the compiled interfaces as the update started (every
-                // apply ends with them listed): only this one's entry moves.
+                // apply ends with them listed; a debug assertion checks it): only
+                // this one's entry moves.
                 self.relist_one(ids, &kind);
                 listed = true;
                 self.sync_workload_addrs(&old_nets, &nets(state));
@@ -811,7 +816,9 @@ mod tests {
         );
         // Every endpoint's change edited the list; only the first made it.
         assert_eq!(b.relisted, 1, "lists made anew");
-        let (on_spare, copied) = b.listing.changes_on_spare_and_copied();
+        let ListChanges {
+            on_spare, copied, ..
+        } = b.listing.counts();
         assert!(
             on_spare > 200 && copied > 20,
             "changes on the spare {on_spare}, on a copy {copied}"
