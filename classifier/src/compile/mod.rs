@@ -668,15 +668,19 @@ mod tests {
     use crate::program::Program;
     use capo_policy::{WorkloadEndpoint, WorkloadKey};
 
-    /// The maps as a full rebuild makes them from the published list.
-    fn rebuilt(b: &Builder, ids: &IdTable) -> IfaceMaps {
-        let (by_name, names_unique) = Builder::names_of(b.listing.ifaces());
-        let sw: Vec<Option<u32>> = b
-            .listing
+    /// Each listed interface's index, looked up.
+    fn looked_up(b: &Builder, ids: &IdTable) -> Vec<Option<u32>> {
+        b.listing
             .ifaces()
             .iter()
             .map(|i| ids.interface(&i.name))
-            .collect();
+            .collect()
+    }
+
+    /// The maps as a full rebuild makes them from the published list.
+    fn rebuilt(b: &Builder, ids: &IdTable) -> IfaceMaps {
+        let (by_name, names_unique) = Builder::names_of(b.listing.ifaces());
+        let sw = looked_up(b, ids);
         IfaceMaps {
             by_name,
             names_unique,
@@ -775,13 +779,7 @@ mod tests {
                 b.settle();
             }
             assert_eq!(*b.maps, rebuilt(&b, &ids), "step {step}");
-            let looked_up: Vec<Option<u32>> = b
-                .listing
-                .ifaces()
-                .iter()
-                .map(|i| ids.interface(&i.name))
-                .collect();
-            assert_eq!(b.list_sw, looked_up, "step {step}");
+            assert_eq!(b.list_sw, looked_up(&b, &ids), "step {step}");
             incremental += usize::from(unique_before && b.maps.names_unique);
             for (i, iface) in b.listing.ifaces().iter().enumerate() {
                 if b.maps.names_unique {
