@@ -112,25 +112,47 @@ impl Listing {
         if edits.is_empty() {
             return true;
         }
+        // A list a generation holds stays as it is, kept as a spare; the change is
+        // made on the newest spare none holds, brought forward, else on a copy. A
+        // list none holds yet is edited where it is.
+        if !unheld(&mut self.ifaces, &mut self.direct) {
+            let (ifaces, direct) = self.writable();
+            let replaced = Spare {
+                ifaces: std::mem::replace(&mut self.ifaces, ifaces),
+                direct: std::mem::replace(&mut self.direct, direct),
+                version: self.version,
+            };
+            self.spares.push_back(replaced);
+            if self.spares.len() > SPARES {
+                self.spares.pop_front();
+            }
+        }
+        if let (Some(l), Some(d)) = (
+            Arc::get_mut(&mut self.ifaces),
+            Arc::get_mut(&mut self.direct),
+        ) {
+            for e in &edits {
+                apply(l, d, e);
+            }
+        }
         for e in &edits {
             edit_filters(&mut self.filters, e);
         }
-        // Held by no generation (none published it since it was made): edited
-        // where it is, as the next version, which the spares replay like any other.
-        if let (Some(ifaces), Some(direct)) = unique(&mut self.ifaces, &mut self.direct) {
-            for e in &edits {
-                apply(ifaces, direct, e);
-            }
-            self.version += 1;
-            self.log.push_back((self.version, edits));
-            self.prune();
-            return true;
-        }
-        // The newest spare no generation holds, brought forward; else a copy.
-        let free = self.spares.iter_mut().rposition(|s| {
-            Arc::get_mut(&mut s.ifaces).is_some() && Arc::get_mut(&mut s.direct).is_some()
-        });
-        let (mut ifaces, mut direct) = match free.and_then(|at| self.spares.remove(at)) {
+        // Every change is the next version, which the spares replay.
+        self.version += 1;
+        self.log.push_back((self.version, edits));
+        self.prune();
+        true
+    }
+
+    /// The newest spare no generation holds, brought up to the current list, else a
+    /// copy of it.
+    fn writable(&mut self) -> (Arc<Vec<Arc<Iface>>>, Arc<Vec<Direct>>) {
+        let free = self
+            .spares
+            .iter_mut()
+            .rposition(|s| unheld(&mut s.ifaces, &mut s.direct));
+        match free.and_then(|at| self.spares.remove(at)) {
             Some(mut spare) => {
                 replay(&mut spare, &self.log);
                 self.on_spare += 1;
@@ -143,25 +165,7 @@ impl Listing {
                     Arc::new(Vec::clone(&self.direct)),
                 )
             }
-        };
-        if let (Some(l), Some(d)) = unique(&mut ifaces, &mut direct) {
-            for e in &edits {
-                apply(l, d, e);
-            }
         }
-        let replaced = Spare {
-            ifaces: std::mem::replace(&mut self.ifaces, ifaces),
-            direct: std::mem::replace(&mut self.direct, direct),
-            version: self.version,
-        };
-        self.version += 1;
-        self.spares.push_back(replaced);
-        if self.spares.len() > SPARES {
-            self.spares.pop_front();
-        }
-        self.log.push_back((self.version, edits));
-        self.prune();
-        true
     }
 
     /// Brings the spares no generation holds up to the current list now: the
@@ -228,7 +232,10 @@ impl Listing {
 /// The logged edits since `spare`'s version applied to it, if no generation holds
 /// it (else it is left as it was).
 fn replay(spare: &mut Spare, log: &VecDeque<(u64, Vec<Edit>)>) {
-    let (Some(l), Some(d)) = unique(&mut spare.ifaces, &mut spare.direct) else {
+    let (Some(l), Some(d)) = (
+        Arc::get_mut(&mut spare.ifaces),
+        Arc::get_mut(&mut spare.direct),
+    ) else {
         return;
     };
     for (version, edits) in log {
@@ -262,12 +269,9 @@ fn same_entries(
             .all(|(x, y)| x.iter().zip(y).all(|(p, q)| same_program(p, q)))
 }
 
-/// Both vectors, where nothing else holds them.
-fn unique<'a>(
-    ifaces: &'a mut Arc<Vec<Arc<Iface>>>,
-    direct: &'a mut Arc<Vec<Direct>>,
-) -> (Option<&'a mut Vec<Arc<Iface>>>, Option<&'a mut Vec<Direct>>) {
-    (Arc::get_mut(ifaces), Arc::get_mut(direct))
+/// Whether nothing else (no generation) holds either vector.
+fn unheld(ifaces: &mut Arc<Vec<Arc<Iface>>>, direct: &mut Arc<Vec<Direct>>) -> bool {
+    Arc::get_mut(ifaces).is_some() && Arc::get_mut(direct).is_some()
 }
 
 /// Whether every edit's position is in the list the edits before it leave.
