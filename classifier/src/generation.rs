@@ -165,6 +165,15 @@ impl<V: Copy> SwIfIndexMap<V> {
         }
     }
 
+    /// A map about to be filed indexes up to `largest`: its flat table made at
+    /// once, not grown with each insert.
+    pub fn for_indexes_up_to(largest: u32) -> Self {
+        SwIfIndexMap {
+            dense: vec![None; largest.min(Self::DENSE - 1) as usize + 1],
+            sparse: HashMap::new(),
+        }
+    }
+
     /// Files `value` under `sw_if_index`, replacing what was there (returned).
     pub fn insert(&mut self, sw_if_index: u32, value: V) -> Option<V> {
         if sw_if_index < Self::DENSE {
@@ -508,17 +517,23 @@ mod tests {
     /// a rebinding all answer as a map would.
     #[test]
     fn sw_if_index_map_answers_as_a_map() {
-        let mut m = SwIfIndexMap::default();
-        let mut model = HashMap::new();
-        for (sw, id) in [(3, 0), (0, 1), (70_000, 2), (3, 4), (u32::MAX, 5)] {
-            m.insert(sw, IfaceId(id));
-            model.insert(sw, IfaceId(id));
+        // Grown with each insert, and made for the largest index (within the flat
+        // table, and past it) first.
+        for mut m in [
+            SwIfIndexMap::default(),
+            SwIfIndexMap::for_indexes_up_to(3),
+            SwIfIndexMap::for_indexes_up_to(u32::MAX),
+        ] {
+            let mut model = HashMap::new();
+            for (sw, id) in [(3, 0), (0, 1), (70_000, 2), (3, 4), (u32::MAX, 5)] {
+                assert_eq!(m.insert(sw, IfaceId(id)), model.insert(sw, IfaceId(id)));
+            }
+            for sw in [0, 1, 2, 3, 4, 65_535, 65_536, 70_000, 70_001, u32::MAX] {
+                assert_eq!(m.get(sw), model.get(&sw).copied(), "sw_if_index {sw}");
+            }
+            let mut filed: Vec<u32> = model.keys().copied().collect();
+            filed.sort_unstable();
+            assert_eq!(m.keys().collect::<Vec<_>>(), filed);
         }
-        for sw in [0, 1, 2, 3, 4, 65_535, 65_536, 70_000, 70_001, u32::MAX] {
-            assert_eq!(m.get(sw), model.get(&sw).copied(), "sw_if_index {sw}");
-        }
-        let mut filed: Vec<u32> = model.keys().copied().collect();
-        filed.sort_unstable();
-        assert_eq!(m.keys().collect::<Vec<_>>(), filed);
     }
 }

@@ -536,6 +536,9 @@ fn explicit_and_calicovpp_bindings_on_vpp() {
             .unwrap_or_default();
         assert_eq!(counts.get(1), Some(&0), "none bound from the list:\n{gens}");
         assert!(counts.first().is_some_and(|n| *n >= deltas), "{gens}");
+        // A rename changes one workload whose names VPP has: its entry is found
+        // and replaced without walking every endpoint.
+        assert!(counts.get(2).is_some_and(|n| *n >= deltas), "{gens}");
         assert_seed_enforced(&ts1, &ts2, &dir, false);
     };
     write_seed(&manifests, &ts2.vpp_if, 5978);

@@ -120,6 +120,20 @@ impl<K: Hash + Eq, V, S: BuildHasher> OrderedMap<K, V, S> {
             .map(|(_, v)| v)
     }
 
+    /// The key held equal to `key`, and its value (the map's own key, borrowed for
+    /// as long as the map).
+    pub fn get_key_value<Q>(&self, key: &Q) -> Option<(&K, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let at = self.find(key)?;
+        self.places
+            .get(at)
+            .and_then(|p| p.entry.as_ref())
+            .map(|(k, v)| (k, v))
+    }
+
     /// The value at `key`, to change in place.
     pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
     where
@@ -302,6 +316,7 @@ mod tests {
                 prop_assert!(ours.iter().eq(model.iter()));
                 for k in 0..64u8 {
                     prop_assert_eq!(ours.get(&k), model.get(&k));
+                    prop_assert_eq!(ours.get_key_value(&k), model.get_key_value(&k));
                     prop_assert_eq!(ours.contains_key(&k), model.contains_key(&k));
                 }
                 let i = model.len() / 2;

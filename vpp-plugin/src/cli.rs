@@ -286,8 +286,8 @@ fn generations(ctx: &CliCtx<'_>) -> String {
     if d.looked_up + d.listed > 0 {
         let _ = writeln!(
             out,
-            "deltas that changed endpoints: {} bound them by look-up, {} against the list of every interface",
-            d.looked_up, d.listed
+            "deltas that changed endpoints: {} bound them by look-up, {} against the list of every interface; {} found them from their own entries",
+            d.looked_up, d.listed, d.planned
         );
     }
     if let Some(p) = ctx.cell.previous_id() {

@@ -190,6 +190,23 @@ fn policed_where<'s>(
         .collect()
 }
 
+/// The endpoints of `state` whose names are in `only`, by walking them all.
+fn policed_named<'s>(
+    state: &'s State,
+    host_interface: &'s str,
+    only: &HashSet<String>,
+) -> Vec<(&'s str, IfaceKind)> {
+    // A handful of names: compared in turn, not hashed for each of the endpoints.
+    let few = only.len() <= crate::binding::FEW_TO_SCAN;
+    policed_where(state, host_interface, |name| {
+        if few {
+            only.iter().any(|o| o == name)
+        } else {
+            only.contains(name)
+        }
+    })
+}
+
 /// The interface names of `policed`, owned.
 fn names_of(policed: Vec<(&str, IfaceKind)>) -> Vec<String> {
     policed.into_iter().map(|(n, _)| n.to_string()).collect()
@@ -393,6 +410,9 @@ pub struct DeltaBinds {
     pub looked_up: u64,
     /// One left unbound by them, bound against the list of every interface.
     pub listed: u64,
+    /// Its endpoints found, and its table made, from the entries of the names it
+    /// changes alone (not a walk over every endpoint).
+    pub planned: u64,
 }
 
 /// How generations were compiled (`show capo generations`).
@@ -1156,15 +1176,35 @@ impl<C: VppContext> ControlCore<C> {
             Some(a) if !validated.updates.iter().any(changes_endpoints) => Binding::Kept(a),
             Some(a) => {
                 let changed = changed_endpoint_names(&validated.updates, a.state());
-                let (names, resolved) = self.bind_only(&validated.state, &changed)?;
-                match Generation::interfaces_after(
-                    a,
-                    &validated.state,
-                    &self.host_interface,
-                    &changed,
-                    &resolved,
-                ) {
-                    Some(ifaces) => Binding::Changed(names, resolved, ifaces),
+                let host = self.host_interface.clone();
+                // A pod's churn: the endpoints to bind and their places found from
+                // the changed entries alone; otherwise by walking every endpoint.
+                let plan =
+                    Generation::plan_delta(a, &validated.state, &changed, &validated.updates);
+                let policed = match &plan {
+                    Some(plan) => (plan.policed.iter())
+                        .map(|p| (p.name, p.kind.to_owned()))
+                        .collect(),
+                    None => policed_named(&validated.state, &host, &changed),
+                };
+                let (names, resolved) = self.bind_only(policed)?;
+                let planned = plan
+                    .as_ref()
+                    .and_then(|plan| Generation::interfaces_after_plan(a, plan, &resolved));
+                if planned.is_some() {
+                    self.stats().delta_binds.planned += 1;
+                }
+                let ifaces = planned.or_else(|| {
+                    Generation::interfaces_after(
+                        a,
+                        &validated.state,
+                        &self.host_interface,
+                        &changed,
+                        &resolved,
+                    )
+                });
+                match ifaces {
+                    Some(ifaces) => Binding::Changed(names, resolved, Box::new(ifaces)),
                     None => {
                         let (names, resolved) = self.bind(&validated.state)?;
                         Binding::New(names, resolved)
@@ -1199,7 +1239,7 @@ impl<C: VppContext> ControlCore<C> {
                 Generation::with_interfaces_of(id, Arc::clone(&snapshot), classifier, a)
             }
             Binding::Changed(_, _, ifaces) => {
-                Generation::with_changed_interfaces(id, Arc::clone(&snapshot), classifier, ifaces)
+                Generation::with_changed_interfaces(id, Arc::clone(&snapshot), classifier, *ifaces)
             }
         });
         // 4. Flip: features and pointer together, under the barrier.
@@ -1278,21 +1318,11 @@ impl<C: VppContext> ControlCore<C> {
         Ok((names_of(policed), resolved))
     }
 
-    /// [`Self::bind`] for the names in `only`.
+    /// [`Self::bind`] for the endpoints `policed` (a delta's).
     fn bind_only(
         &mut self,
-        state: &State,
-        only: &HashSet<String>,
+        policed: Vec<(&str, IfaceKind)>,
     ) -> Result<(Vec<String>, Bindings), ContextError> {
-        // A handful of names: compared in turn, not hashed for each of the endpoints.
-        let few = only.len() <= crate::binding::FEW_TO_SCAN;
-        let policed = policed_where(state, &self.host_interface, |name| {
-            if few {
-                only.iter().any(|o| o == name)
-            } else {
-                only.contains(name)
-            }
-        });
         // Binding these reads only the interfaces they name: looked up, not listed.
         let (names, indexes) =
             binding::lookups(policed.iter().map(|(n, k)| (*n, k)), &self.explicit);
@@ -1606,12 +1636,12 @@ enum Binding<'a> {
     New(Vec<String>, Bindings),
     /// The endpoints a delta changed bound now (their names and where VPP has
     /// them), the others as the active generation has them: the interfaces.
-    Changed(Vec<String>, Bindings, ChangedInterfaces),
+    Changed(Vec<String>, Bindings, Box<ChangedInterfaces>),
 }
 
 /// The interface names, before (in `before`) and after them, of the endpoints
 /// `updates` add, change or remove.
-fn changed_endpoint_names(updates: &[Update], before: &State) -> HashSet<String> {
+pub(crate) fn changed_endpoint_names(updates: &[Update], before: &State) -> HashSet<String> {
     let mut names = HashSet::new();
     for u in updates {
         let (old, new) = match u {

@@ -2228,4 +2228,9 @@ fn endpoint_deltas_bind_only_the_endpoints_they_change() {
     );
     let s = plugin.status.lock().unwrap().compiled;
     assert_eq!((s.full, s.incremental), (1, 7), "{s:?}");
+    // The single removals, re-adding and sending again took their places from the
+    // changed entries alone; two new endpoints at once, and a name VPP lacked
+    // before, walked every endpoint.
+    let binds = plugin.status.lock().unwrap().delta_binds;
+    assert_eq!(binds.planned, 4, "{binds:?}");
 }

@@ -594,7 +594,13 @@ impl Builder {
 
 /// Each position by its index (of two positions with one index, the later).
 fn by_index(sw: &[Option<u32>]) -> SwIfIndexMap<IfaceId> {
-    let mut map = SwIfIndexMap::default();
+    let mut map = sw
+        .iter()
+        .flatten()
+        .max()
+        .map_or_else(SwIfIndexMap::default, |&m| {
+            SwIfIndexMap::for_indexes_up_to(m)
+        });
     for (i, sw) in sw.iter().enumerate() {
         if let Some(sw) = sw {
             map.insert(*sw, IfaceId(i as u32));
