@@ -343,6 +343,10 @@ impl Embedded {
             "classifier generation {id:?} in {}us",
             t0.elapsed().as_micros()
         );
+        // The cell let go of the generation before: the builder's spare interface
+        // list is free to bring forward (and what only it held is freed now, not
+        // during the next change).
+        self.builder.settle();
         if let Some(nic) = &self.nic {
             msg += "; ";
             let held = held_flows(&self.worker);
@@ -672,7 +676,50 @@ pub fn counters(e: &SharedEmbedded, state: &State, ids: &IdTable) -> api::Counte
 mod tests {
     use super::*;
     use crate::sinks::fixtures::web;
-    use capo_policy::{Protocol, L4};
+    use capo_policy::{Protocol, WorkloadEndpoint, WorkloadKey, L4};
+
+    /// Endpoint deltas edit the builder's spare interface list in place: the
+    /// commit settles it once the cell has let go of the generation before, so
+    /// only the first changes copy the list.
+    #[test]
+    fn endpoint_deltas_settle_the_interface_list() {
+        let (mut state, ids) = web();
+        let mut e = Embedded::new();
+        e.commit(&state, &ids, None);
+        let (key, wep) = state
+            .workloads()
+            .iter()
+            .next()
+            .map(|(k, w)| (k.clone(), Arc::clone(w)))
+            .unwrap();
+        let mut other = WorkloadEndpoint::clone(&wep);
+        other.name = "tun4".into();
+        other.ipv4_nets = vec!["11.0.0.68/32".parse().unwrap()];
+        let other_key = WorkloadKey {
+            workload: "default/web2".into(),
+            ..key
+        };
+        for n in 0..12 {
+            let update = if n % 2 == 0 {
+                Update::WorkloadUpdate(other_key.clone(), Arc::new(other.clone()))
+            } else {
+                Update::WorkloadRemove(other_key.clone())
+            };
+            state.apply(update.clone()).unwrap();
+            let mut synced = ids.clone();
+            synced.sync(&state);
+            let done = e.commit(&state, &synced, Some(&[update]));
+            assert!(
+                done.detail.contains("classifier generation"),
+                "{n}: {}",
+                done.detail
+            );
+        }
+        let changes = e.builder.interface_list_changes();
+        assert_eq!(changes.on_spare + changes.copied, 12, "{changes:?}");
+        assert!(changes.copied <= 2, "{changes:?}");
+        assert!(changes.settled >= 9, "{changes:?}");
+    }
 
     /// Packets the port's NIC decided count at their endpoint and in the totals as
     /// NIC-decided, and the rules carry the NIC's counts.
