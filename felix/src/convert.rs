@@ -297,25 +297,33 @@ fn set_id(id: &str, field: &At<'_>) -> Result<IpSetId, ConvertError> {
     IpSetId::new(id).ok_or_else(|| err(field, "empty IP set id"))
 }
 
-fn set_ids(ids: &[String], field: &At<'_>) -> Result<Vec<IpSetId>, ConvertError> {
-    ids.iter()
+/// Each item of a message's list converted by `one` (given the item and its
+/// field path), the first error returned.
+fn each<T, U>(
+    list: &[T],
+    field: &At<'_>,
+    one: impl Fn(&T, &At<'_>) -> Result<U, ConvertError>,
+) -> Result<Vec<U>, ConvertError> {
+    // Most of a rule's lists are empty: no collecting machinery for them.
+    if list.is_empty() {
+        return Ok(Vec::new());
+    }
+    list.iter()
         .enumerate()
-        .map(|(i, id)| set_id(id, &field.index(i)))
+        .map(|(i, item)| one(item, &field.index(i)))
         .collect()
+}
+
+fn set_ids(ids: &[String], field: &At<'_>) -> Result<Vec<IpSetId>, ConvertError> {
+    each(ids, field, |id, at| set_id(id, at))
 }
 
 fn members(list: &[String], field: &At<'_>) -> Result<Vec<Member>, ConvertError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, m)| m.parse().map_err(|e| err(field.index(i), e)))
-        .collect()
+    each(list, field, |m, at| m.parse().map_err(|e| err(at, e)))
 }
 
 fn cidrs(list: &[String], field: &At<'_>) -> Result<Vec<Cidr>, ConvertError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, m)| m.parse().map_err(|e| err(field.index(i), e)))
-        .collect()
+    each(list, field, |m, at| m.parse().map_err(|e| err(at, e)))
 }
 
 fn opt_addr(s: &str, field: &At<'_>) -> Result<Option<std::net::IpAddr>, ConvertError> {
@@ -330,13 +338,9 @@ fn opt_addr(s: &str, field: &At<'_>) -> Result<Option<std::net::IpAddr>, Convert
 }
 
 fn ports(list: &[pb::PortRange], field: &At<'_>) -> Result<Vec<PortRange>, ConvertError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, p)| {
-            PortRange::new(i64::from(p.first), i64::from(p.last))
-                .map_err(|e| err(field.index(i), e))
-        })
-        .collect()
+    each(list, field, |p, at| {
+        PortRange::new(i64::from(p.first), i64::from(p.last)).map_err(|e| err(at, e))
+    })
 }
 
 fn protocol(p: Option<&pb::Protocol>, field: &At<'_>) -> Result<Option<Protocol>, ConvertError> {

@@ -27,13 +27,19 @@ impl Action {
     /// Parses Felix's action strings: `allow`, `deny`, `log`, `next-tier`, `pass`, and
     /// `""` which Felix's own renderer treats as allow.
     pub fn from_felix(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "" | "allow" => Some(Action::Allow),
-            "deny" => Some(Action::Deny),
-            "log" => Some(Action::Log),
-            "next-tier" | "pass" => Some(Action::Pass),
-            _ => None,
-        }
+        // Compared without case, and without a lowered copy of every rule's action.
+        let names: [(&str, Action); 6] = [
+            ("", Action::Allow),
+            ("allow", Action::Allow),
+            ("deny", Action::Deny),
+            ("log", Action::Log),
+            ("next-tier", Action::Pass),
+            ("pass", Action::Pass),
+        ];
+        names
+            .into_iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|(_, a)| a)
     }
 }
 
@@ -393,5 +399,29 @@ impl HostEndpoint {
             .chain(&self.untracked_tiers)
             .chain(&self.pre_dnat_tiers)
             .chain(&self.forward_tiers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Felix's action names in any case, the empty one as allow, and nothing else.
+    #[test]
+    fn felix_actions_parse_without_case() {
+        for (name, want) in [
+            ("", Some(Action::Allow)),
+            ("allow", Some(Action::Allow)),
+            ("Allow", Some(Action::Allow)),
+            ("DENY", Some(Action::Deny)),
+            ("log", Some(Action::Log)),
+            ("Next-Tier", Some(Action::Pass)),
+            ("pass", Some(Action::Pass)),
+            ("passed", None),
+            ("allo", None),
+            ("next_tier", None),
+        ] {
+            assert_eq!(Action::from_felix(name), want, "{name:?}");
+        }
     }
 }
