@@ -263,10 +263,10 @@ impl RuleIds {
             .map(Arc::make_mut)
     }
 
-    fn remove(&mut self, q: &ListQuery<'_>) -> Option<NumberedRules> {
+    fn remove(&mut self, q: &ListQuery<'_>) -> Option<Arc<NumberedRules>> {
         // Absent: no shard copied.
         self.get(q)?;
-        self.shard_mut(q)?.swap_remove(q).map(Arc::unwrap_or_clone)
+        self.shard_mut(q)?.swap_remove(q)
     }
 
     fn insert(&mut self, key: ListKey, rules: NumberedRules) {
@@ -626,20 +626,21 @@ impl IdTable {
                 return;
             }
         }
-        let old = self
-            .rules
-            .remove(&ListQuery::new(&pref, dir))
-            .unwrap_or_default();
-        let mut unused: Vec<Option<(Rule, u32)>> = old.into_iter().map(Some).collect();
+        // The old list is read where it is (earlier ids may share it), not copied.
+        let old = self.rules.remove(&ListQuery::new(&pref, dir));
+        let old: &[(Rule, u32)] = old.as_deref().map_or(&[], Vec::as_slice);
+        let mut taken = vec![false; old.len()];
         let mut new = Vec::with_capacity(rules.len());
         for rule in rules {
             // An unchanged rule keeps its id (and its counters downstream).
-            let kept = unused
-                .iter_mut()
-                .find(|slot| slot.as_ref().is_some_and(|(r, _)| r == rule))
-                .and_then(Option::take);
+            let kept = (old.iter().zip(&mut taken))
+                .find(|((r, _), taken)| !**taken && r == rule)
+                .map(|((_, id), taken)| {
+                    *taken = true;
+                    *id
+                });
             let id = match kept {
-                Some((_, id)) => id,
+                Some(id) => id,
                 None => {
                     self.next_rule += 1;
                     self.next_rule - 1
@@ -1175,6 +1176,28 @@ mod id_tests {
         assert_eq!(ids.rule(&pa, Direction::Ingress, 2), Some(r443));
         let r22 = ids.rule(&pa, Direction::Ingress, 0).unwrap();
         assert!(r22 > r443, "new ids are fresh, never reused");
+        // Two equal rules are two rules: each keeps an id of its own, and an equal
+        // third one is new.
+        s.apply(Update::PolicyUpdate(
+            key("a"),
+            policy(&[22, 80, 443, 80]).into(),
+        ))
+        .unwrap();
+        ids.sync(&s);
+        let r80b = ids.rule(&pa, Direction::Ingress, 3).unwrap();
+        assert!(r80b > r22, "a second equal rule is a new one");
+        s.apply(Update::PolicyUpdate(
+            key("a"),
+            policy(&[80, 80, 80, 443]).into(),
+        ))
+        .unwrap();
+        ids.sync(&s);
+        let now: Vec<u32> = (0..4)
+            .filter_map(|i| ids.rule(&pa, Direction::Ingress, i))
+            .collect();
+        assert_eq!(now.get(..2), Some(&[r80, r80b][..]));
+        assert!(now.get(2).is_some_and(|r| *r > r80b), "{now:?}");
+        assert_eq!(now.get(3), Some(&r443));
         let policy_id = ids.policy(&pa).unwrap();
         s.apply(Update::PolicyRemove(key("a"))).unwrap();
         ids.sync(&s);
