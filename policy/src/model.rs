@@ -373,7 +373,7 @@ impl fmt::Display for HostEndpointKey {
 }
 
 /// A host endpoint of this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostEndpoint {
     /// Interface name, `*` for all interfaces, empty when matched by address.
     pub name: String,

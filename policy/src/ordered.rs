@@ -113,11 +113,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> OrderedMap<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let at = self.find(key)?;
-        self.places
-            .get(at)
-            .and_then(|p| p.entry.as_ref())
-            .map(|(_, v)| v)
+        self.get_key_value(key).map(|(_, v)| v)
     }
 
     /// The key held equal to `key`, and its value (the map's own key, borrowed for

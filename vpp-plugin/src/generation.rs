@@ -1495,12 +1495,7 @@ mod tests {
             if draw(3) == 0 {
                 let hep = HostEndpoint {
                     name: name(&mut draw, 9).to_string(),
-                    profile_ids: vec![],
-                    tiers: vec![],
-                    untracked_tiers: vec![],
-                    pre_dnat_tiers: vec![],
-                    forward_tiers: vec![],
-                    expected_addrs: vec![],
+                    ..HostEndpoint::default()
                 };
                 let key = HostEndpointKey("hep".into());
                 before.apply(Update::HostEndpointUpdate(key, hep)).unwrap();
