@@ -165,11 +165,13 @@ impl<V: Copy> SwIfIndexMap<V> {
         }
     }
 
-    /// A map about to be filed indexes up to `largest`: its flat table made at
-    /// once, not grown with each insert.
-    pub fn for_indexes_up_to(largest: u32) -> Self {
+    /// A map about to be filed `indexes`: its flat table made at once for the
+    /// largest of them it holds, not grown with each insert (larger ones, such as
+    /// `~0` for an interface VPP lacks, go to the hash map as ever).
+    pub fn for_indexes(indexes: impl Iterator<Item = u32>) -> Self {
+        let flat = indexes.filter(|i| *i < Self::DENSE).max();
         SwIfIndexMap {
-            dense: vec![None; largest.min(Self::DENSE - 1) as usize + 1],
+            dense: flat.map_or_else(Vec::new, |i| vec![None; i as usize + 1]),
             sparse: HashMap::new(),
         }
     }
@@ -521,8 +523,8 @@ mod tests {
         // table, and past it) first.
         for mut m in [
             SwIfIndexMap::default(),
-            SwIfIndexMap::for_indexes_up_to(3),
-            SwIfIndexMap::for_indexes_up_to(u32::MAX),
+            SwIfIndexMap::for_indexes([3, 0].into_iter()),
+            SwIfIndexMap::for_indexes([3, 0, 70_000, u32::MAX].into_iter()),
         ] {
             let mut model = HashMap::new();
             for (sw, id) in [(3, 0), (0, 1), (70_000, 2), (3, 4), (u32::MAX, 5)] {
@@ -534,6 +536,9 @@ mod tests {
             let mut filed: Vec<u32> = model.keys().copied().collect();
             filed.sort_unstable();
             assert_eq!(m.keys().collect::<Vec<_>>(), filed);
+            // The flat table reaches the largest small index, whatever large ones
+            // were filed.
+            assert_eq!(m.dense.len(), 4);
         }
     }
 }

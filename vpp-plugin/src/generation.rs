@@ -541,8 +541,7 @@ impl Policed {
 
     /// The table of `ifaces`, whose [`EntryMeta`] `meta` holds in their order.
     fn with_meta(ifaces: Vec<Arc<Iface>>, meta: Vec<EntryMeta>, unknown: Vec<String>) -> Policed {
-        let mut by_sw_if_index = (meta.iter().map(|m| m.sw_if_index.0).max())
-            .map_or_else(SwIfIndexMap::default, SwIfIndexMap::for_indexes_up_to);
+        let mut by_sw_if_index = SwIfIndexMap::for_indexes(meta.iter().map(|m| m.sw_if_index.0));
         let mut indexes_unique = true;
         for (i, m) in meta.iter().enumerate() {
             let at = PolicedAt {
@@ -589,6 +588,37 @@ impl<'a> DeltaPlan<'a> {
         match at {
             Some(at) => self.edits.push((at, Some(i))),
             None => self.appended = Some(i),
+        }
+    }
+
+    /// The plan with its endpoints in the order of the table (the state's), as the
+    /// walk lists them: binding takes, of two endpoints with one name, the later
+    /// one's explicit binding. The new workload goes at `forwards_from`.
+    fn in_table_order(self, forwards_from: usize) -> Self {
+        let mut at: Vec<usize> = vec![forwards_from; self.policed.len()];
+        for &(pos, i) in &self.edits {
+            if let Some(slot) = i.and_then(|i| at.get_mut(i)) {
+                *slot = pos;
+            }
+        }
+        let mut order: Vec<usize> = (0..self.policed.len()).collect();
+        order.sort_by_key(|&i| at.get(i).copied());
+        // Where each endpoint went.
+        let mut moved = vec![0; order.len()];
+        for (to, &from) in order.iter().enumerate() {
+            if let Some(m) = moved.get_mut(from) {
+                *m = to;
+            }
+        }
+        let renumber = |i: usize| moved.get(i).copied().unwrap_or(i);
+        DeltaPlan {
+            policed: (order.iter())
+                .filter_map(|&i| self.policed.get(i).copied())
+                .collect(),
+            edits: (self.edits.iter())
+                .map(|&(pos, i)| (pos, i.map(renumber)))
+                .collect(),
+            appended: self.appended.map(renumber),
         }
     }
 }
@@ -838,7 +868,7 @@ impl Generation {
                 (None, None) => {}
             }
         }
-        (new_keys <= 1).then_some(plan)
+        (new_keys <= 1).then(|| plan.in_table_order(table.forwards_from))
     }
 
     /// `prev`'s table with `plan`'s edits, the endpoints it names bound as `bound`
@@ -1537,10 +1567,6 @@ mod tests {
                 unplanned += 1;
                 continue;
             };
-            let sorted = |mut v: Vec<(String, IfaceKind)>| {
-                v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-                v
-            };
             let walked: Vec<_> = policed(&next, "tap0")
                 .filter(|p| changed.contains(p.name))
                 .map(|p| (p.name.to_string(), p.kind.to_owned()))
@@ -1548,11 +1574,9 @@ mod tests {
             let from_plan: Vec<_> = (plan.policed.iter())
                 .map(|p| (p.name.to_string(), p.kind.to_owned()))
                 .collect();
-            assert_eq!(
-                sorted(from_plan),
-                sorted(walked),
-                "case {case}: {updates:?}"
-            );
+            // In the walk's order: binding takes, of two endpoints with one name,
+            // the later one's explicit binding.
+            assert_eq!(from_plan, walked, "case {case}: {updates:?}");
             let Some(after) = Generation::interfaces_after_plan(&prev, &plan, &bound_after) else {
                 unplaced += 1;
                 continue;

@@ -594,13 +594,7 @@ impl Builder {
 
 /// Each position by its index (of two positions with one index, the later).
 fn by_index(sw: &[Option<u32>]) -> SwIfIndexMap<IfaceId> {
-    let mut map = sw
-        .iter()
-        .flatten()
-        .max()
-        .map_or_else(SwIfIndexMap::default, |&m| {
-            SwIfIndexMap::for_indexes_up_to(m)
-        });
+    let mut map = SwIfIndexMap::for_indexes(sw.iter().flatten().copied());
     for (i, sw) in sw.iter().enumerate() {
         if let Some(sw) = sw {
             map.insert(*sw, IfaceId(i as u32));
