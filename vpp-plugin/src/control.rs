@@ -1182,7 +1182,7 @@ impl<C: VppContext> ControlCore<C> {
                 let plan =
                     Generation::plan_delta(a, &validated.state, &changed, &validated.updates);
                 let policed = match &plan {
-                    Some(plan) => (plan.policed.iter())
+                    Some(plan) => (plan.endpoints())
                         .map(|p| (p.name, p.kind.to_owned()))
                         .collect(),
                     None => policed_named(&validated.state, &host, &changed),

@@ -568,58 +568,29 @@ impl Policed {
 const FEW_CHANGED: usize = 8;
 
 /// How a delta of a few workload updates changes a table
-/// ([`Generation::plan_delta`]): the endpoints to bind, and where each goes.
+/// ([`Generation::plan_delta`]): the places it changes, in the table's order.
 #[derive(Debug, Default)]
 pub struct DeltaPlan<'a> {
-    /// Every endpoint of the next state holding a changed name: what to bind.
-    pub policed: Vec<PolicedRef<'a>>,
-    /// Entries of the table before, each replaced by an endpoint of `policed` (by
-    /// its position there) or dropped.
-    edits: Vec<(usize, Option<usize>)>,
-    /// The endpoint of `policed` new to the state, if any: after every workload.
-    appended: Option<usize>,
+    places: Vec<Place<'a>>,
+}
+
+/// One place of the table a planned delta changes.
+#[derive(Debug, Clone, Copy)]
+struct Place<'a> {
+    /// A position in the table before.
+    at: usize,
+    /// Whether the entry there goes (replaced by `endpoint`, or dropped); else
+    /// `endpoint` goes in before it.
+    replaces: bool,
+    endpoint: Option<PolicedRef<'a>>,
 }
 
 impl<'a> DeltaPlan<'a> {
-    /// `p` bound at `at`, or appended after the workloads.
-    fn edit(&mut self, at: Option<usize>, p: PolicedRef<'a>) {
-        let i = self.policed.len();
-        self.policed.push(p);
-        match at {
-            Some(at) => self.edits.push((at, Some(i))),
-            None => self.appended = Some(i),
-        }
-    }
-
-    /// The plan with its endpoints in the order of the table (the state's), as the
-    /// walk lists them: binding takes, of two endpoints with one name, the later
-    /// one's explicit binding. The new workload goes at `forwards_from`.
-    fn in_table_order(self, forwards_from: usize) -> Self {
-        let mut at: Vec<usize> = vec![forwards_from; self.policed.len()];
-        for &(pos, i) in &self.edits {
-            if let Some(slot) = i.and_then(|i| at.get_mut(i)) {
-                *slot = pos;
-            }
-        }
-        let mut order: Vec<usize> = (0..self.policed.len()).collect();
-        order.sort_by_key(|&i| at.get(i).copied());
-        // Where each endpoint went.
-        let mut moved = vec![0; order.len()];
-        for (to, &from) in order.iter().enumerate() {
-            if let Some(m) = moved.get_mut(from) {
-                *m = to;
-            }
-        }
-        let renumber = |i: usize| moved.get(i).copied().unwrap_or(i);
-        DeltaPlan {
-            policed: (order.iter())
-                .filter_map(|&i| self.policed.get(i).copied())
-                .collect(),
-            edits: (self.edits.iter())
-                .map(|&(pos, i)| (pos, i.map(renumber)))
-                .collect(),
-            appended: self.appended.map(renumber),
-        }
+    /// Every endpoint of the next state holding a changed name, what to bind, in
+    /// the table's order (the state's), as the walk lists them: binding takes, of
+    /// two endpoints with one name, the later one's explicit binding.
+    pub fn endpoints(&self) -> impl Iterator<Item = &PolicedRef<'a>> + '_ {
+        self.places.iter().filter_map(|p| p.endpoint.as_ref())
     }
 }
 
@@ -829,7 +800,12 @@ impl Generation {
                     .is_some_and(|f| changed.contains(&f.name))
             })
             .collect();
-        let mut plan = DeltaPlan::default();
+        let mut places = Vec::new();
+        let replace = |at, endpoint| Place {
+            at,
+            replaces: true,
+            endpoint,
+        };
         let mut kind_at = Vec::with_capacity(olds.len());
         for &at in &olds {
             let f = table.ifaces.get(at)?;
@@ -846,7 +822,7 @@ impl Generation {
             if wep.name != f.name {
                 return None;
             }
-            plan.edit(Some(at), workload_ref(key, wep));
+            places.push(replace(at, Some(workload_ref(key, wep))));
         }
         let mut new_keys = 0;
         for k in keys {
@@ -858,17 +834,24 @@ impl Generation {
                 .find(|(held, _)| *held == k)
                 .map(|&(_, at)| at);
             match (state.workloads().get_key_value(k), old) {
-                (Some((key, wep)), Some(at)) => plan.edit(Some(at), workload_ref(key, wep)),
+                (Some((key, wep)), Some(at)) => {
+                    places.push(replace(at, Some(workload_ref(key, wep))));
+                }
                 // A key new to the state goes after every other workload.
                 (Some((key, wep)), None) => {
                     new_keys += 1;
-                    plan.edit(None, workload_ref(key, wep));
+                    places.push(Place {
+                        at: table.forwards_from,
+                        replaces: false,
+                        endpoint: Some(workload_ref(key, wep)),
+                    });
                 }
-                (None, Some(at)) => plan.edits.push((at, None)),
+                (None, Some(at)) => places.push(replace(at, None)),
                 (None, None) => {}
             }
         }
-        (new_keys <= 1).then(|| plan.in_table_order(table.forwards_from))
+        places.sort_unstable_by_key(|p| (p.at, p.replaces));
+        (new_keys <= 1).then_some(DeltaPlan { places })
     }
 
     /// `prev`'s table with `plan`'s edits, the endpoints it names bound as `bound`
@@ -881,36 +864,26 @@ impl Generation {
         bound: &Bindings,
     ) -> Option<ChangedInterfaces> {
         let table = &prev.policed;
-        let made: Vec<Arc<Iface>> = (plan.policed.iter())
-            .map(|p| bound.get(p.name).map(|b| Arc::new(Iface::new(*p, b))))
-            .collect::<Option<_>>()?;
-        // Where the table changes, in its order: the new workload's place (before
-        // the entry there), then the edited entries.
-        let appended = plan.appended.and_then(|i| made.get(i));
-        let mut stops: Vec<(usize, bool, Option<&Arc<Iface>>)> = (plan.edits.iter())
-            .map(|&(at, edit)| (at, true, edit.and_then(|i| made.get(i))))
-            .chain(appended.map(|a| (table.forwards_from, false, Some(a))))
-            .collect();
-        stops.sort_unstable_by_key(|&(at, edits, _)| (at, edits));
-        let len = table.ifaces.len() + usize::from(appended.is_some());
+        let len = table.ifaces.len() + 1;
         let mut ifaces = Vec::with_capacity(len);
         let mut meta = Vec::with_capacity(len);
         let mut fresh = Vec::new();
         let mut dropped = Vec::new();
         // The entries between two places, copied as runs.
         let mut copied = 0;
-        for (at, edits, new) in stops {
-            ifaces.extend_from_slice(table.ifaces.get(copied..at)?);
-            meta.extend_from_slice(table.meta.get(copied..at)?);
-            copied = at;
-            if edits {
-                dropped.push(Arc::clone(table.ifaces.get(at)?));
-                copied = at + 1;
+        for place in &plan.places {
+            ifaces.extend_from_slice(table.ifaces.get(copied..place.at)?);
+            meta.extend_from_slice(table.meta.get(copied..place.at)?);
+            copied = place.at;
+            if place.replaces {
+                dropped.push(Arc::clone(table.ifaces.get(place.at)?));
+                copied = place.at + 1;
             }
-            if let Some(f) = new {
+            if let Some(p) = place.endpoint {
+                let f = Arc::new(Iface::new(p, bound.get(p.name)?));
                 fresh.push(ifaces.len());
-                meta.push(EntryMeta::of(f));
-                ifaces.push(Arc::clone(f));
+                meta.push(EntryMeta::of(&f));
+                ifaces.push(f);
             }
         }
         ifaces.extend_from_slice(table.ifaces.get(copied..)?);
@@ -1571,7 +1544,8 @@ mod tests {
                 .filter(|p| changed.contains(p.name))
                 .map(|p| (p.name.to_string(), p.kind.to_owned()))
                 .collect();
-            let from_plan: Vec<_> = (plan.policed.iter())
+            let from_plan: Vec<_> = plan
+                .endpoints()
                 .map(|p| (p.name.to_string(), p.kind.to_owned()))
                 .collect();
             // In the walk's order: binding takes, of two endpoints with one name,

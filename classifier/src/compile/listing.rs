@@ -127,10 +127,7 @@ impl Listing {
                 self.spares.pop_front();
             }
         }
-        if let (Some(l), Some(d)) = (
-            Arc::get_mut(&mut self.ifaces),
-            Arc::get_mut(&mut self.direct),
-        ) {
+        if let Some((l, d)) = both_mut(&mut self.ifaces, &mut self.direct) {
             for e in &edits {
                 apply(l, d, e);
             }
@@ -232,10 +229,7 @@ impl Listing {
 /// The logged edits since `spare`'s version applied to it, if no generation holds
 /// it (else it is left as it was).
 fn replay(spare: &mut Spare, log: &VecDeque<(u64, Vec<Edit>)>) {
-    let (Some(l), Some(d)) = (
-        Arc::get_mut(&mut spare.ifaces),
-        Arc::get_mut(&mut spare.direct),
-    ) else {
+    let Some((l, d)) = both_mut(&mut spare.ifaces, &mut spare.direct) else {
         return;
     };
     for (version, edits) in log {
@@ -269,9 +263,17 @@ fn same_entries(
             .all(|(x, y)| x.iter().zip(y).all(|(p, q)| same_program(p, q)))
 }
 
+/// Both vectors, where nothing else (no generation) holds either.
+fn both_mut<'a>(
+    ifaces: &'a mut Arc<Vec<Arc<Iface>>>,
+    direct: &'a mut Arc<Vec<Direct>>,
+) -> Option<(&'a mut Vec<Arc<Iface>>, &'a mut Vec<Direct>)> {
+    Arc::get_mut(ifaces).zip(Arc::get_mut(direct))
+}
+
 /// Whether nothing else (no generation) holds either vector.
 fn unheld(ifaces: &mut Arc<Vec<Arc<Iface>>>, direct: &mut Arc<Vec<Direct>>) -> bool {
-    Arc::get_mut(ifaces).is_some() && Arc::get_mut(direct).is_some()
+    both_mut(ifaces, direct).is_some()
 }
 
 /// Whether every edit's position is in the list the edits before it leave.
