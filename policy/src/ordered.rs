@@ -26,13 +26,33 @@ struct Place<K, V> {
 
 /// An insertion-ordered map: a new key goes last, a replaced one keeps its place,
 /// a removed one leaves the order of the rest unchanged.
-#[derive(Clone)]
 pub struct OrderedMap<K, V, S = foldhash::quality::RandomState> {
     /// Positions in `places` of the live keys.
     table: HashTable<usize>,
     places: Vec<Place<K, V>>,
     live: usize,
     hasher: S,
+}
+
+/// A copy's entry list keeps room for this fraction of its length more (and
+/// [`COPY_ROOM_MIN`]): a copy made exactly full copies the whole list again at its
+/// first addition. The plugin's state copies are made whole and then take one
+/// update at a time, so each set's first new member after a copy paid that.
+const COPY_ROOM_DIVISOR: usize = 8;
+const COPY_ROOM_MIN: usize = 4;
+
+impl<K: Clone, V: Clone, S: Clone> Clone for OrderedMap<K, V, S> {
+    fn clone(&self) -> Self {
+        let room = self.places.len() / COPY_ROOM_DIVISOR + COPY_ROOM_MIN;
+        let mut places = Vec::with_capacity(self.places.len() + room);
+        places.extend_from_slice(&self.places);
+        OrderedMap {
+            table: self.table.clone(),
+            places,
+            live: self.live,
+            hasher: self.hasher.clone(),
+        }
+    }
 }
 
 impl<K, V, S: Default> Default for OrderedMap<K, V, S> {
@@ -341,6 +361,26 @@ mod tests {
         assert_eq!(map.get_index(0), Some((&1, &9)));
         assert_eq!(map.iter().last(), Some((&0, &7)));
         assert_eq!(map.get(&0), Some(&7));
+    }
+
+    #[test]
+    fn a_copy_takes_new_entries_without_growing_its_list() {
+        let mut map: OrderedMap<u32, u32> = (0..1_000).map(|k| (k, k)).collect();
+        map.remove(&500);
+        let mut copy = map.clone();
+        assert!(copy.iter().eq(map.iter()));
+        assert_eq!(copy.places.len(), map.places.len());
+        // A removal and its key added back, an eighth of the list over: the list
+        // is not grown (grown, it is copied, unless the allocator can extend it).
+        let room = copy.places.capacity();
+        copy.insert(500, 1);
+        for k in 1_000..1_000 + 1_000 / COPY_ROOM_DIVISOR as u32 {
+            copy.insert(k, k);
+        }
+        assert_eq!(copy.places.capacity(), room);
+        assert_eq!(copy.iter().nth(999), Some((&500, &1)));
+        assert_eq!(copy.len(), 1_000 + 1_000 / COPY_ROOM_DIVISOR);
+        assert_eq!(map.len(), 999);
     }
 
     #[test]
