@@ -302,7 +302,7 @@ fn next_update(
             let added = capo_policy::PolicyKey {
                 kind: "NetworkPolicy".into(),
                 namespace: "capo-bench".into(),
-                name: format!("added-{i}"),
+                name: format!("added-{i}").into(),
             };
             // Listed in the directions it has rules for, as Felix lists a policy by
             // its types.

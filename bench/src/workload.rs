@@ -454,11 +454,11 @@ fn cluster(kind: Kind, s: Shape) -> Workload {
                 "NetworkPolicy".into()
             },
             namespace: if security {
-                String::new()
+                Default::default()
             } else {
-                format!("ns{ns}")
+                format!("ns{ns}").into()
             },
-            name: format!("policy-{i}"),
+            name: format!("policy-{i}").into(),
         };
         let mk = |rng: &mut Rng, j: usize| -> Rule {
             let pick = rng.below(sel_sets.len().max(1));

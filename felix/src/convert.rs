@@ -481,9 +481,9 @@ fn policy_key(id: Option<&pb::PolicyId>, field: &At<'_>) -> Result<PolicyKey, Co
 
 fn policy_key_of(id: &pb::PolicyId) -> PolicyKey {
     PolicyKey {
-        kind: id.kind.clone(),
-        namespace: id.namespace.clone(),
-        name: id.name.clone(),
+        kind: id.kind.as_str().into(),
+        namespace: id.namespace.as_str().into(),
+        name: id.name.as_str().into(),
     }
 }
 
@@ -540,16 +540,16 @@ fn tiers(list: Vec<pb::TierInfo>, field: &At<'_>) -> Result<Vec<TierInfo>, Conve
                             ))
                         } else {
                             Ok(PolicyKey {
-                                kind: id.kind,
-                                namespace: id.namespace,
-                                name: id.name,
+                                kind: id.kind.into(),
+                                namespace: id.namespace.into(),
+                                name: id.name.into(),
                             })
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()
             };
             Ok(TierInfo {
-                name: t.name,
+                name: t.name.into(),
                 ingress: keys(t.ingress_policies, "ingress_policies")?,
                 egress: keys(t.egress_policies, "egress_policies")?,
                 default_action,
@@ -568,9 +568,9 @@ fn v31_policy_key(id: &v3_31::PolicyId) -> PolicyKey {
     // v3.31 names policies in Calico's v1 form (`default/knp.default.x`): the kind
     // and namespace are part of the name.
     PolicyKey {
-        kind: String::new(),
-        namespace: String::new(),
-        name: id.name.clone(),
+        kind: Default::default(),
+        namespace: Default::default(),
+        name: id.name.as_str().into(),
     }
 }
 
@@ -618,9 +618,9 @@ pub fn upgrade_v3_31(msg: v3_31::ToDataplane, state: &State) -> Result<Converted
             let key = v31_policy_key(&id);
             P::ActivePolicyUpdate(pb::ActivePolicyUpdate {
                 id: Some(pb::PolicyId {
-                    name: key.name,
-                    namespace: key.namespace,
-                    kind: key.kind,
+                    name: key.name.into(),
+                    namespace: key.namespace.into(),
+                    kind: key.kind.into(),
                 }),
                 policy: Some(policy),
             })

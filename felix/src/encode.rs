@@ -208,9 +208,9 @@ fn member(m: &Member) -> String {
 
 fn policy_id(k: &PolicyKey) -> pb::PolicyId {
     pb::PolicyId {
-        name: k.name.clone(),
-        namespace: k.namespace.clone(),
-        kind: k.kind.clone(),
+        name: k.name.to_string(),
+        namespace: k.namespace.to_string(),
+        kind: k.kind.to_string(),
     }
 }
 
@@ -344,7 +344,7 @@ pub fn rule(r: &Rule) -> pb::Rule {
 fn tiers(list: &[TierInfo]) -> Vec<pb::TierInfo> {
     list.iter()
         .map(|t| pb::TierInfo {
-            name: t.name.clone(),
+            name: t.name.to_string(),
             ingress_policies: t.ingress.iter().map(policy_id).collect(),
             egress_policies: t.egress.iter().map(policy_id).collect(),
             default_action: match t.default_action {

@@ -616,7 +616,7 @@ impl<'a> Flattener<'a, '_> {
             }
             if end_of_tier_drop && tier.drops_at_end(dir) {
                 let origin = Origin::EndOfTier {
-                    tier: tier.name.clone(),
+                    tier: tier.name.to_string(),
                     rule_id: self.ids.tier_rule(&tier.name),
                 };
                 self.push_deny_all(origin);

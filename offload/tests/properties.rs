@@ -169,7 +169,7 @@ fn random_state(seed: u64) -> (State, IdTable) {
             let key = PolicyKey {
                 kind: "NetworkPolicy".into(),
                 namespace: "ns".into(),
-                name: format!("t{t}p{p}"),
+                name: format!("t{t}p{p}").into(),
             };
             let n_in = rng.below(5) as usize;
             let n_out = rng.below(3) as usize;
@@ -189,7 +189,7 @@ fn random_state(seed: u64) -> (State, IdTable) {
             keys.push(key);
         }
         tiers.push(TierInfo {
-            name: format!("tier{t}"),
+            name: format!("tier{t}").into(),
             ingress: keys.clone(),
             egress: keys,
             default_action: if rng.below(4) == 0 {
@@ -234,7 +234,7 @@ fn random_state(seed: u64) -> (State, IdTable) {
     if rng.below(5) == 0 {
         let key = PolicyKey {
             kind: "GlobalNetworkPolicy".into(),
-            namespace: String::new(),
+            namespace: Default::default(),
             name: "fwd".into(),
         };
         let policy = Policy {

@@ -22,6 +22,8 @@
 
 use std::net::IpAddr;
 
+use compact_str::CompactString;
+
 use crate::config::EndpointToHostAction;
 use crate::model::{
     Action, Direction, HostEndpoint, HostEndpointKey, PolicyKey, Rule, SideMatch, TierInfo,
@@ -139,7 +141,7 @@ pub enum Decider {
     /// A rule of a policy in a tier.
     PolicyRule {
         /// Tier name.
-        tier: String,
+        tier: CompactString,
         /// The policy.
         #[serde(serialize_with = "ser_display")]
         policy: PolicyKey,
@@ -151,7 +153,7 @@ pub enum Decider {
     /// A tier ended undecided and its default action is Deny.
     EndOfTier {
         /// Tier name.
-        tier: String,
+        tier: CompactString,
     },
     /// A profile rule.
     ProfileRule {

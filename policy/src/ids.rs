@@ -953,8 +953,8 @@ mod id_tests {
             PolicyRef::Internal(InternalPolicyId::Failsafe),
             PolicyRef::Profile("p".into()),
             PolicyRef::Policy(PolicyKey {
-                kind: String::new(),
-                namespace: String::new(),
+                kind: Default::default(),
+                namespace: Default::default(),
                 name: "p".into(),
             }),
         ];

@@ -50,6 +50,7 @@ pub mod ordered;
 pub mod state;
 pub mod views;
 
+pub use compact_str::CompactString;
 pub use config::{EndpointToHostAction, FailsafePort, FelixConfig, HostMetadata};
 pub use eval::{trace, Decider, Outcome, Packet, Trace, Verdict, L4};
 pub use ids::IdTable;

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use compact_str::CompactString;
+
 use crate::ipset::IpSetId;
 use crate::net::{Cidr, IpFamily, PortRange, Protocol};
 
@@ -197,14 +199,19 @@ impl fmt::Display for Direction {
 
 /// Identity of a policy: `(kind, namespace, name)` since v3.32; v3.31's
 /// `(tier, name)` maps onto it with an empty kind and namespace.
+///
+/// The parts are compact strings: up to 24 bytes are held in the key itself, so
+/// looking a key up in a map compares and hashes it without reading three more
+/// allocations (an endpoint lists dozens of policies, each looked up several times
+/// when it is compiled), and copying a key allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyKey {
     /// `NetworkPolicy`, `GlobalNetworkPolicy`, `KubernetesNetworkPolicy`, `Staged…`; may be empty (v3.31).
-    pub kind: String,
+    pub kind: CompactString,
     /// Namespace of namespaced kinds.
-    pub namespace: String,
+    pub namespace: CompactString,
     /// Name.
-    pub name: String,
+    pub name: CompactString,
 }
 
 impl PolicyKey {
@@ -285,8 +292,8 @@ pub enum TierDefault {
 /// One tier as listed on an endpoint: its policies for this endpoint, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TierInfo {
-    /// Tier name.
-    pub name: String,
+    /// Tier name (compact, as [`PolicyKey`]'s parts).
+    pub name: CompactString,
     /// Policies applying to traffic towards the endpoint, in evaluation order.
     pub ingress: Vec<PolicyKey>,
     /// Policies applying to traffic from the endpoint, in evaluation order.
@@ -405,6 +412,48 @@ impl HostEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys whose parts are held in the key (up to 24 bytes) and outside it order,
+    /// compare and name themselves as their text does.
+    #[test]
+    fn policy_keys_short_and_long_behave_as_their_text() {
+        let parts = [
+            "",
+            "ns",
+            "twenty-four-bytes-long-x",
+            "twenty-five-bytes-long-xy",
+        ];
+        let mut keys = Vec::new();
+        for kind in ["", "KubernetesNetworkPolicy"] {
+            for namespace in parts {
+                for name in parts {
+                    keys.push(PolicyKey {
+                        kind: kind.into(),
+                        namespace: namespace.into(),
+                        name: name.into(),
+                    });
+                }
+            }
+        }
+        let text = |k: &PolicyKey| {
+            (
+                k.kind.to_string(),
+                k.namespace.to_string(),
+                k.name.to_string(),
+            )
+        };
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(a == b, text(a) == text(b));
+                assert_eq!(a.cmp(b), text(a).cmp(&text(b)));
+            }
+        }
+        let long = keys.last().map(|k| k.to_string());
+        assert_eq!(
+            long.as_deref(),
+            Some("KubernetesNetworkPolicy twenty-five-bytes-long-xy/twenty-five-bytes-long-xy")
+        );
+    }
 
     /// Felix's action names in any case, the empty one as allow, and nothing else.
     #[test]

@@ -53,7 +53,7 @@ fn set_id(s: &str) -> IpSetId {
 fn gnp(name: &str) -> PolicyKey {
     PolicyKey {
         kind: "GlobalNetworkPolicy".into(),
-        namespace: String::new(),
+        namespace: Default::default(),
         name: name.into(),
     }
 }
@@ -62,7 +62,7 @@ fn gnp(name: &str) -> PolicyKey {
 fn staged(name: &str) -> PolicyKey {
     PolicyKey {
         kind: "StagedGlobalNetworkPolicy".into(),
-        namespace: String::new(),
+        namespace: Default::default(),
         name: name.into(),
     }
 }
@@ -611,8 +611,8 @@ fn staged_policies_are_never_enforced_and_a_staged_only_tier_has_no_end_of_tier_
         gnp("p"),
     );
     let v331 = PolicyKey {
-        kind: String::new(),
-        namespace: String::new(),
+        kind: Default::default(),
+        namespace: Default::default(),
         name: "staged:legacy-deny".into(),
     };
     w.policy(&s_deny, "t", vec![deny()], vec![]);

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use capo_policy::eval::InternalPolicy;
 use capo_policy::{
-    Action, Decider, Direction, IcmpMatch, IdTable, IpFamily, PolicyKey, PortRange, Rule,
-    SideMatch, State, TierInfo, Verdict,
+    Action, CompactString, Decider, Direction, IcmpMatch, IdTable, IpFamily, PolicyKey, PortRange,
+    Rule, SideMatch, State, TierInfo, Verdict,
 };
+use smallvec::SmallVec;
 
 use super::deps::Deps;
 use super::patch::{OldFragment, Owner};
@@ -102,14 +103,19 @@ pub(super) struct OwnRule {
     pub(super) rule_id: Option<u32>,
 }
 
+/// A policy's fragment for one direction, with the tier it was listed in.
+type TierFragment = (CompactString, Direction, Arc<Fragment>);
+
 /// Policies' and profiles' rule lists as lowered, shared by every program that
 /// includes them. Atoms never change meaning within a builder, and a list's
 /// `rule#`s change only with the list (`IdTable::sync` keeps an unchanged list's
 /// ids), so an entry stands until its policy or profile changes.
 #[derive(Clone, Default)]
 pub(super) struct Fragments {
-    /// Per policy: (tier, direction, fragment); the tier names the deciders.
-    policies: FastMap<PolicyKey, Vec<(String, Direction, Arc<Fragment>)>>,
+    /// Per policy: (tier, direction, fragment); the tier names the deciders. Held
+    /// in the map's own entry (a policy is lowered for its two directions in one
+    /// tier), so finding an endpoint's fragments reads no list elsewhere.
+    policies: FastMap<PolicyKey, SmallVec<[TierFragment; 2]>>,
     profiles: FastMap<String, Vec<(Direction, Arc<Fragment>)>>,
 }
 
@@ -475,9 +481,10 @@ impl Builder {
             return held;
         }
         let rules = state.policies().get(key)?.rules(dir);
+        let tier = CompactString::from(tier);
         let deciders = (0..rules.len())
             .map(|index| Decider::PolicyRule {
-                tier: tier.to_string(),
+                tier: tier.clone(),
                 policy: key.clone(),
                 direction: dir,
                 index,
@@ -488,7 +495,7 @@ impl Builder {
             .policies
             .entry(key.clone())
             .or_default()
-            .push((tier.to_string(), dir, fragment.clone()));
+            .push((tier, dir, fragment.clone()));
         Some(fragment)
     }
 

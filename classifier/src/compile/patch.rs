@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use capo_policy::{Direction, IdTable, PolicyKey, State};
+use capo_policy::{CompactString, Direction, IdTable, PolicyKey, State};
 
 use super::deps::owner_hash;
 use super::layout::{finish, patch, Canonical, Swap};
@@ -30,7 +30,7 @@ type Patched = FastMap<usize, Option<(Arc<Program>, Arc<ProgSpec>)>>;
 
 /// A changed policy's or profile's fragment before the change: the tier it was
 /// listed in (policies), its direction, the fragment.
-pub(super) type OldFragment = (Option<String>, Direction, Arc<Fragment>);
+pub(super) type OldFragment = (Option<CompactString>, Direction, Arc<Fragment>);
 
 impl Builder {
     /// Brings the interfaces using a policy or profile up to date after it changed:

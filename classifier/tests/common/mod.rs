@@ -58,8 +58,8 @@ pub(crate) fn pkey(i: usize) -> PolicyKey {
         } else {
             "GlobalNetworkPolicy".into()
         },
-        namespace: String::new(),
-        name: format!("p{i}"),
+        namespace: Default::default(),
+        name: format!("p{i}").into(),
     }
 }
 /// A policy in tier `t1` with these inbound rules.
