@@ -13,13 +13,16 @@ use capo_policy::{
 
 use super::deps::Deps;
 use super::layout::finish;
-use super::lower::{ProgSpec, SegSpec};
+use super::lower::{Fragment, ProgSpec, SegSpec};
 use super::{
     Builder, HOST_ADDRS, LOCAL_WORKLOADS, RULE_ALLOW_FROM_HOST_IN, RULE_ALLOW_FROM_HOST_OUT,
     RULE_WORKLOADS_TO_HOST,
 };
 use crate::generation::{Entry, Iface, IfaceKind};
 use crate::program::{Act, Program};
+
+/// Segments every workload program of one direction starts with.
+pub(super) type Preamble = Arc<[(Arc<[Arc<Fragment>]>, SegSpec)]>;
 
 impl Builder {
     pub(super) fn compile_iface(&mut self, state: &State, ids: &IdTable, kind: IfaceKind) {
@@ -41,40 +44,52 @@ impl Builder {
         }
     }
 
+    /// The internal rules every workload program starts with in direction `dir`:
+    /// neighbour discovery, and on ingress the allow-from-host rule. They depend on
+    /// nothing an update changes, so the builder makes them once and every
+    /// workload's spec shares them: specs compare them by identity, not by their
+    /// rules, when they are matched with the programs already laid out.
+    pub(super) fn workload_preamble(&self, dir: Direction) -> Preamble {
+        let mut spec = ProgSpec::new();
+        // Neighbour discovery on the workload's link never meets policy.
+        let nd = capo_policy::eval::NEIGHBOUR_DISCOVERY_ICMPV6_TYPES
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut r =
+                    self.internal_rule(Act::Allow, InternalPolicy::NeighbourDiscovery, i, None);
+                r.rule.family = Some(IpFamily::V6);
+                r.rule.protocol = Some(capo_policy::Protocol::ICMPV6.0);
+                r.rule.icmp = Some(IcmpMatch {
+                    icmp_type: *t,
+                    code: None,
+                });
+                r
+            })
+            .collect();
+        spec.segment(nd, SegSpec::Plain);
+        if dir == Direction::Ingress {
+            let mut r = self.internal_rule(
+                Act::Allow,
+                InternalPolicy::AllowFromHost,
+                0,
+                Some(RULE_ALLOW_FROM_HOST_IN),
+            );
+            r.rule.src.pos.push(HOST_ADDRS);
+            spec.segment(vec![r], SegSpec::Plain);
+        }
+        spec.segments.into()
+    }
+
     fn workload_iface(&mut self, state: &State, ids: &IdTable, key: &WorkloadKey) -> Option<Iface> {
         let wep = state.workloads().get(key)?;
         let mut deps = Deps::default();
         let mut entries = Vec::new();
         let mut specs = Vec::new();
-        for dir in Direction::BOTH {
+        let preambles = self.preamble.clone();
+        for (dir, preamble) in Direction::BOTH.into_iter().zip(preambles) {
             let mut spec = ProgSpec::new();
-            // Neighbour discovery on the workload's link never meets policy.
-            let nd = capo_policy::eval::NEIGHBOUR_DISCOVERY_ICMPV6_TYPES
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let mut r =
-                        self.internal_rule(Act::Allow, InternalPolicy::NeighbourDiscovery, i, None);
-                    r.rule.family = Some(IpFamily::V6);
-                    r.rule.protocol = Some(capo_policy::Protocol::ICMPV6.0);
-                    r.rule.icmp = Some(IcmpMatch {
-                        icmp_type: *t,
-                        code: None,
-                    });
-                    r
-                })
-                .collect();
-            spec.segment(nd, SegSpec::Plain);
-            if dir == Direction::Ingress {
-                let mut r = self.internal_rule(
-                    Act::Allow,
-                    InternalPolicy::AllowFromHost,
-                    0,
-                    Some(RULE_ALLOW_FROM_HOST_IN),
-                );
-                r.rule.src.pos.push(HOST_ADDRS);
-                spec.segment(vec![r], SegSpec::Plain);
-            }
+            spec.segments.extend(preamble.iter().cloned());
             self.tiers_into(&mut spec, state, ids, &wep.tiers, dir, true, &mut deps);
             self.profiles_into(&mut spec, state, ids, &wep.profile_ids, dir, &mut deps);
             let (program, spec) = self.shared_program(spec);

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use capo_policy::ids::{Changed, InterfaceIndexes};
-use capo_policy::{Applied, Cidr, IdTable, IpSetId, State, StateError, Update};
+use capo_policy::{Applied, Cidr, Direction, IdTable, IpSetId, State, StateError, Update};
 
 use crate::generation::{
     Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps, SwIfIndexMap,
@@ -81,6 +81,8 @@ pub struct Builder {
     /// Workload programs by the spec they were laid out from, for interfaces with
     /// the same spec to share.
     shared: shared::SharedPrograms,
+    /// The internal rules each workload program starts with, per direction.
+    preamble: [iface::Preamble; 2],
     ifaces: BTreeMap<IfaceKind, Arc<Iface>>,
     /// `ifaces` as the generations list them, with their programs and filters.
     listing: Listing,
@@ -124,7 +126,7 @@ impl Default for Builder {
 impl Builder {
     /// An empty builder.
     pub fn new() -> Self {
-        Builder {
+        let mut builder = Builder {
             sets: FastMap::default(),
             anon: FastMap::default(),
             next_atom: FIRST_ATOM,
@@ -144,7 +146,10 @@ impl Builder {
             min_words: 1,
             patched: 0,
             relisted: 0,
-        }
+            preamble: [Arc::from([]), Arc::from([])],
+        };
+        builder.preamble = Direction::BOTH.map(|dir| builder.workload_preamble(dir));
+        builder
     }
 
     /// Tests only: a builder whose programs use bitmaps of at least `words` 64-bit
@@ -882,6 +887,16 @@ mod tests {
                 Update::WorkloadUpdate(key, endpoint.into()),
             )
             .unwrap();
+        }
+        // Unlike specs (one direction's program differs) hold the same internal
+        // rules, the builder's, not copies made per endpoint.
+        for d in 0..2 {
+            let firsts: Vec<Arc<lower::Fragment>> = (b.ifaces.values())
+                .filter(|i| matches!(i.kind, IfaceKind::Workload(_)))
+                .filter_map(|i| i.specs.get(d)?.as_ref()?.fragments().next().cloned())
+                .collect();
+            assert_eq!(firsts.len(), 4);
+            assert!(firsts.iter().all(|f| Arc::ptr_eq(f, &firsts[0])), "{d}");
         }
         for port in [443, 8080, 80] {
             let before = b.current().unwrap().clone();
