@@ -34,12 +34,22 @@ impl Builder {
                 .get(key)
                 .map(|hep| self.forward_iface(state, ids, key.clone(), hep)),
         };
-        match built {
-            Some(i) => {
-                self.ifaces.insert(kind, Arc::new(i));
-            }
-            None => {
-                self.ifaces.remove(&kind);
+        let replaced = match built {
+            Some(i) => self.ifaces.insert(kind, Arc::new(i)),
+            None => self.ifaces.remove(&kind),
+        };
+        self.retire(replaced);
+    }
+
+    /// Keeps the programs of a workload interface that was removed or replaced
+    /// alive for a while: a pod deleted and made again (a restart, a single
+    /// replica rolled) finds its programs still laid out.
+    pub(super) fn retire(&mut self, old: Option<Arc<Iface>>) {
+        if let Some(old) = old.filter(|i| matches!(i.kind, IfaceKind::Workload(_))) {
+            for entry in &old.entries {
+                if let Entry::Single(program) = entry {
+                    self.shared.retire(program);
+                }
             }
         }
     }

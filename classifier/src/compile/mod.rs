@@ -190,9 +190,11 @@ impl Builder {
     /// edits one in place. Call it once the generations the last publish replaced
     /// are released; nothing depends on it. A builder never settled keeps replaced
     /// interfaces (and their programs) until two more changes of the list, or a
-    /// full compile.
+    /// full compile. The programs that stopped being kept for endpoints made again
+    /// are let go of here too.
     pub fn settle(&mut self) {
         self.listing.settle();
+        self.shared.settle();
     }
 
     /// Compiles the whole state from scratch (the builder's previous contents are
@@ -304,7 +306,8 @@ impl Builder {
                 }
                 ids.sync_after(state, Changed::Workload(&key));
                 let kind = IfaceKind::Workload(key.clone());
-                self.ifaces.remove(&kind);
+                let old = self.ifaces.remove(&kind);
+                self.retire(old);
                 self.compile_iface(state, ids, kind.clone());
                 // The list was the compiled interfaces as the update started (every
                 // apply ends with them listed; a debug assertion checks it): only
@@ -922,6 +925,105 @@ mod tests {
                 assert_eq!(Arc::ptr_eq(old, new), !workload, "{}", new.name);
             }
         }
+    }
+
+    /// A pod deleted and made again with the same policies (a restart) gets the
+    /// programs laid out for it before, even once the builder settled and no
+    /// generation holds them, until enough other endpoints went since.
+    #[test]
+    fn an_endpoint_made_again_finds_its_programs_still_laid_out() {
+        use capo_policy::{Action, Policy, PolicyKey, Rule, TierDefault, TierInfo};
+        let mut state = State::new();
+        let mut ids = IdTable::default();
+        let mut b = Builder::new();
+        let endpoint = |n: usize| {
+            let key = WorkloadKey {
+                orchestrator: "k8s".into(),
+                workload: format!("ns/pod{n}"),
+                endpoint: "eth0".into(),
+            };
+            // Each pod its own policy: no other endpoint shares its programs.
+            let policy = PolicyKey {
+                kind: "NetworkPolicy".into(),
+                namespace: "ns".into(),
+                name: format!("p{n}").into(),
+            };
+            let wep = WorkloadEndpoint {
+                name: format!("tun{n}"),
+                profile_ids: vec![],
+                ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, 1, n as u8]))],
+                ipv6_nets: vec![],
+                tiers: vec![TierInfo {
+                    name: "t1".into(),
+                    ingress: vec![policy.clone()],
+                    egress: vec![],
+                    default_action: TierDefault::Deny,
+                }],
+            };
+            (key, wep, policy)
+        };
+        let programs = |b: &Builder, key: &WorkloadKey| -> Vec<Arc<Program>> {
+            let iface = b.ifaces.get(&IfaceKind::Workload(key.clone())).unwrap();
+            (iface.entries.iter())
+                .filter_map(|e| match e {
+                    crate::generation::Entry::Single(p) => Some(Arc::clone(p)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let pods = shared::RETIRED_KEPT + 2;
+        for n in 0..pods {
+            let (key, wep, policy) = endpoint(n);
+            let mut allow = Rule::any(Action::Allow);
+            allow.dst.ports = vec![capo_policy::PortRange::single(1_000 + n as u16)];
+            let p = Policy {
+                inbound: vec![allow],
+                outbound: vec![],
+                untracked: false,
+                pre_dnat: false,
+                tier: "t1".into(),
+            };
+            b.apply(&mut state, &mut ids, Update::PolicyUpdate(policy, p.into()))
+                .unwrap();
+            b.apply(
+                &mut state,
+                &mut ids,
+                Update::WorkloadUpdate(key, wep.into()),
+            )
+            .unwrap();
+        }
+        // Its ingress program, its own (every pod's egress program is the same).
+        let (first, _, _) = endpoint(0);
+        let before = programs(&b, &first);
+        let weak: Vec<_> = before.iter().take(1).map(Arc::downgrade).collect();
+        drop(before);
+        let remove = |b: &mut Builder, state: &mut State, ids: &mut IdTable, n: usize| {
+            let (key, _, _) = endpoint(n);
+            b.apply(state, ids, Update::WorkloadRemove(key)).unwrap();
+            b.settle();
+            b.settle();
+        };
+        remove(&mut b, &mut state, &mut ids, 0);
+        assert!(weak.iter().all(|w| w.strong_count() > 0), "kept");
+        let (key, wep, _) = endpoint(0);
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::WorkloadUpdate(key.clone(), wep.into()),
+        )
+        .unwrap();
+        let again = programs(&b, &key);
+        assert_eq!((again.len(), weak.len()), (2, 1));
+        for (p, w) in again.iter().zip(&weak) {
+            assert!(std::ptr::eq(Arc::as_ptr(p), w.as_ptr()), "the same program");
+        }
+        drop(again);
+        // Removed again, then enough others after it: its programs are let go of.
+        remove(&mut b, &mut state, &mut ids, 0);
+        for n in 1..pods {
+            remove(&mut b, &mut state, &mut ids, n);
+        }
+        assert!(weak.iter().all(|w| w.strong_count() == 0), "let go of");
     }
 
     /// An interface VPP created again under another index is found there after a

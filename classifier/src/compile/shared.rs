@@ -10,6 +10,7 @@
 //! program is a pure function of its spec ([`super::layout::finish`]), so sharing
 //! changes no verdict.
 
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Weak};
 
@@ -28,7 +29,18 @@ pub(super) struct SharedPrograms {
     /// Entries a sweep found dead, freed a few at a time as programs are filed:
     /// freeing a sweep's worth of specs at once held one update for milliseconds.
     dead: Vec<Laid>,
+    /// The programs of the last [`RETIRED_KEPT`] workload interfaces removed or
+    /// changed, newest last, kept alive so that an endpoint made again finds them.
+    retired: VecDeque<Arc<Program>>,
+    /// Programs that left `retired`, dropped by [`SharedPrograms::settle`] rather
+    /// than during the update that pushed them out.
+    leaving: Vec<Arc<Program>>,
 }
+
+/// How many retired workload programs are kept alive. On W-large a program is
+/// about 40 KiB, so the whole ring holds a few MiB at most where programs are that
+/// size; programs of 1,400 rules (about 300 KiB) make it about 10 MiB.
+pub(super) const RETIRED_KEPT: usize = 32;
 
 /// A program and the spec it was laid out from. The program is weak: it lives as
 /// long as an interface (or a published generation) holds it.
@@ -91,6 +103,21 @@ impl SharedPrograms {
             self.entries = self.by_key.values().map(Vec::len).sum();
             self.swept_to = self.entries;
         }
+    }
+
+    /// Keeps `program`, which an interface let go of, alive until
+    /// [`RETIRED_KEPT`] more have been retired.
+    pub(super) fn retire(&mut self, program: &Arc<Program>) {
+        self.retired.push_back(Arc::clone(program));
+        while self.retired.len() > RETIRED_KEPT {
+            self.leaving.extend(self.retired.pop_front());
+        }
+    }
+
+    /// Drops the programs that left the retired ones (those no one else holds are
+    /// freed here).
+    pub(super) fn settle(&mut self) {
+        self.leaving.clear();
     }
 
     /// Entries held (live or not yet swept).
