@@ -204,7 +204,7 @@ impl fmt::Display for Direction {
 /// looking a key up in a map compares and hashes it without reading three more
 /// allocations (an endpoint lists dozens of policies, each looked up several times
 /// when it is compiled), and copying a key allocates nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PolicyKey {
     /// `NetworkPolicy`, `GlobalNetworkPolicy`, `KubernetesNetworkPolicy`, `Staged…`; may be empty (v3.31).
     pub kind: CompactString,
@@ -214,13 +214,23 @@ pub struct PolicyKey {
     pub name: CompactString,
 }
 
+/// Hashes the namespace and the name only: keys that differ in kind alone are rare
+/// (a policy and its staged form), and an endpoint's compile hashes each of its
+/// dozens of keys several times.
+impl std::hash::Hash for PolicyKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.namespace.hash(state);
+        self.name.hash(state);
+    }
+}
+
 impl PolicyKey {
     /// Whether Felix's own dataplanes skip this policy: staged kinds (v3.32+) and
     /// v3.31 names in their `staged:` form.
     pub fn is_staged(&self) -> bool {
         self.kind.starts_with("Staged")
             || self.name.starts_with("staged:")
-            || self.name.contains("/staged:")
+            || (self.name.as_bytes().contains(&b'/') && self.name.contains("/staged:"))
     }
 }
 
@@ -412,6 +422,38 @@ impl HostEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Staged kinds and v3.31's staged names are told from the rest; keys that
+    /// differ in kind alone (hashed alike) are still two keys.
+    #[test]
+    fn staged_policies_are_told_and_kinds_kept_apart() {
+        let key = |kind: &str, name: &str| PolicyKey {
+            kind: kind.into(),
+            namespace: "ns".into(),
+            name: name.into(),
+        };
+        for (kind, name, staged) in [
+            ("StagedNetworkPolicy", "p", true),
+            ("StagedKubernetesNetworkPolicy", "p", true),
+            ("", "staged:p", true),
+            ("", "default/staged:p", true),
+            ("NetworkPolicy", "p", false),
+            ("", "default/p", false),
+            ("", "default/staged", false),
+            ("", "stagedp", false),
+        ] {
+            assert_eq!(key(kind, name).is_staged(), staged, "{kind} {name}");
+        }
+        let map: std::collections::HashMap<PolicyKey, u8> = [
+            (key("NetworkPolicy", "p"), 1),
+            (key("StagedNetworkPolicy", "p"), 2),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(map.len(), 2);
+        assert_eq!(map.get(&key("StagedNetworkPolicy", "p")), Some(&2));
+        assert_eq!(map.get(&key("NetworkPolicy", "p")), Some(&1));
+    }
 
     /// Keys whose parts are held in the key (up to 24 bytes) and outside it order,
     /// compare and name themselves as their text does.
