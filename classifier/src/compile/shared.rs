@@ -110,6 +110,11 @@ impl SharedPrograms {
     pub(super) fn retire(&mut self, program: &Arc<Program>) {
         self.retired.push_back(Arc::clone(program));
         while self.retired.len() > RETIRED_KEPT {
+            // A builder no one settles drops them here instead, a ring's worth at
+            // a time, so they cannot pile up.
+            if self.leaving.len() >= RETIRED_KEPT {
+                self.leaving.clear();
+            }
             self.leaving.extend(self.retired.pop_front());
         }
     }
@@ -223,6 +228,35 @@ mod tests {
             s.segment(rules, SegSpec::Plain);
         }
         s
+    }
+
+    /// Retired programs stay alive until a ring's worth more were retired; those
+    /// pushed out wait for the settle, but no more than a ring's worth of them.
+    #[test]
+    fn retired_programs_are_kept_for_a_while_and_never_pile_up() {
+        let mut shared = SharedPrograms::default();
+        let programs: Vec<Arc<Program>> = (1..=3 * RETIRED_KEPT)
+            .map(|n| Arc::new(finish(&spec(n, 1), 1)))
+            .collect();
+        let weak: Vec<_> = programs.iter().map(Arc::downgrade).collect();
+        for p in &programs {
+            shared.retire(p);
+            assert!(shared.leaving.len() <= RETIRED_KEPT);
+        }
+        drop(programs);
+        let alive =
+            |w: &[std::sync::Weak<Program>]| w.iter().filter(|w| w.strong_count() > 0).count();
+        assert_eq!(
+            alive(weak.get(2 * RETIRED_KEPT..).unwrap()),
+            RETIRED_KEPT,
+            "the newest kept"
+        );
+        assert!(
+            alive(&weak) < 3 * RETIRED_KEPT,
+            "the oldest let go of unsettled"
+        );
+        shared.settle();
+        assert_eq!(alive(&weak), RETIRED_KEPT, "the settle drops the rest");
     }
 
     /// Programs no interface holds any more are swept as others are filed, and
