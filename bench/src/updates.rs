@@ -470,8 +470,8 @@ impl Target {
     }
 
     /// Applies one update; how long the path took (the plugin's: from the encoded
-    /// generation to its reply) and the plugin's work after its reply, or why it was
-    /// refused.
+    /// generation to its reply) and the work after it (the plugin's after its
+    /// reply, the builder's settle after its publish), or why it was refused.
     fn apply(
         &mut self,
         state: &mut State,

@@ -201,9 +201,10 @@ impl fmt::Display for Direction {
 /// `(tier, name)` maps onto it with an empty kind and namespace.
 ///
 /// The parts are compact strings: up to 24 bytes are held in the key itself, so
-/// looking a key up in a map compares and hashes it without reading three more
+/// looking such a key up in a map compares and hashes it without reading three more
 /// allocations (an endpoint lists dozens of policies, each looked up several times
-/// when it is compiled), and copying a key allocates nothing.
+/// when it is compiled), and copying it allocates nothing. Longer parts are held
+/// apart, as a `String` would hold them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PolicyKey {
     /// `NetworkPolicy`, `GlobalNetworkPolicy`, `KubernetesNetworkPolicy`, `Staged…`; may be empty (v3.31).
@@ -214,9 +215,10 @@ pub struct PolicyKey {
     pub name: CompactString,
 }
 
-/// Hashes the namespace and the name only: keys that differ in kind alone are rare
-/// (a policy and its staged form), and an endpoint's compile hashes each of its
-/// dozens of keys several times.
+/// Hashes the namespace and the name only (an endpoint's compile hashes each of
+/// its dozens of keys several times): a policy and its staged form share a hash,
+/// which costs a map one more comparison. Where a hash must tell every key apart
+/// (the builder's owner hashes), hash the parts.
 impl std::hash::Hash for PolicyKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.namespace.hash(state);

@@ -35,15 +35,18 @@ pub struct OrderedMap<K, V, S = foldhash::quality::RandomState> {
 }
 
 /// A copy's entry list keeps room for this fraction of its length more (and
-/// [`COPY_ROOM_MIN`]): a copy made exactly full copies the whole list again at its
-/// first addition. The plugin's state copies are made whole and then take one
+/// [`COPY_ROOM_MIN`]; an empty one none): a copy made exactly full copies the whole
+/// list again at its first addition. The plugin's state copies are made whole and then take one
 /// update at a time, so each set's first new member after a copy paid that.
 const COPY_ROOM_DIVISOR: usize = 8;
 const COPY_ROOM_MIN: usize = 4;
 
 impl<K: Clone, V: Clone, S: Clone> Clone for OrderedMap<K, V, S> {
     fn clone(&self) -> Self {
-        let room = self.places.len() / COPY_ROOM_DIVISOR + COPY_ROOM_MIN;
+        let room = match self.places.len() {
+            0 => 0,
+            n => n / COPY_ROOM_DIVISOR + COPY_ROOM_MIN,
+        };
         let mut places = Vec::with_capacity(self.places.len() + room);
         places.extend_from_slice(&self.places);
         OrderedMap {

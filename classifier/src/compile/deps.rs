@@ -44,7 +44,14 @@ impl Deps {
 pub(super) fn owner_hash(owner: Owner<'_>) -> u64 {
     let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
     match owner {
-        Owner::Policy(key) => hasher.hash_one((0u8, key)),
+        // Every part of the key: `PolicyKey`'s own hash leaves the kind out, and a
+        // staged policy must not look like its enforced twin.
+        Owner::Policy(key) => hasher.hash_one((
+            0u8,
+            key.kind.as_str(),
+            key.namespace.as_str(),
+            key.name.as_str(),
+        )),
         Owner::Profile(name) => hasher.hash_one((1u8, name)),
     }
 }

@@ -34,20 +34,35 @@ impl Builder {
                 .get(key)
                 .map(|hep| self.forward_iface(state, ids, key.clone(), hep)),
         };
-        let replaced = match built {
-            Some(i) => self.ifaces.insert(kind, Arc::new(i)),
-            None => self.ifaces.remove(&kind),
-        };
-        self.retire(replaced);
+        match built {
+            Some(i) => {
+                self.ifaces.insert(kind, Arc::new(i));
+            }
+            None => {
+                self.ifaces.remove(&kind);
+            }
+        }
     }
 
-    /// Keeps the programs of a workload interface that was removed or replaced
-    /// alive for a while: a pod deleted and made again (a restart, a single
-    /// replica rolled) finds its programs still laid out.
-    pub(super) fn retire(&mut self, old: Option<Arc<Iface>>) {
-        if let Some(old) = old.filter(|i| matches!(i.kind, IfaceKind::Workload(_))) {
-            for entry in &old.entries {
-                if let Entry::Single(program) = entry {
+    /// Keeps the programs of a workload interface an endpoint update removed or
+    /// changed (`old`) alive for a while, those its interface now (at `kind`) does
+    /// not hold: a pod deleted and made again (a restart, a single replica rolled)
+    /// finds its programs still laid out. (A policy change that compiles an
+    /// interface anew retires nothing: its old programs hold fragments no spec will
+    /// hold again.)
+    pub(super) fn retire(&mut self, old: Option<Arc<Iface>>, kind: &IfaceKind) {
+        let Some(old) = old.filter(|i| matches!(i.kind, IfaceKind::Workload(_))) else {
+            return;
+        };
+        let now = self.ifaces.get(kind).cloned();
+        let held = |p: &Arc<Program>| {
+            now.iter()
+                .flat_map(|i| i.entries.iter())
+                .any(|e| matches!(e, Entry::Single(q) if Arc::ptr_eq(p, q)))
+        };
+        for entry in &old.entries {
+            if let Entry::Single(program) = entry {
+                if !held(program) {
                     self.shared.retire(program);
                 }
             }

@@ -191,7 +191,8 @@ impl Builder {
     /// are released; nothing depends on it. A builder never settled keeps replaced
     /// interfaces (and their programs) until two more changes of the list, or a
     /// full compile. The programs that stopped being kept for endpoints made again
-    /// are let go of here too.
+    /// are let go of here too (a builder never settled lets them go a few dozen at
+    /// a time as more are retired).
     pub fn settle(&mut self) {
         self.listing.settle();
         self.shared.settle();
@@ -307,8 +308,8 @@ impl Builder {
                 ids.sync_after(state, Changed::Workload(&key));
                 let kind = IfaceKind::Workload(key.clone());
                 let old = self.ifaces.remove(&kind);
-                self.retire(old);
                 self.compile_iface(state, ids, kind.clone());
+                self.retire(old, &kind);
                 // The list was the compiled interfaces as the update started (every
                 // apply ends with them listed; a debug assertion checks it): only
                 // this one's entry moves.
@@ -927,6 +928,75 @@ mod tests {
         }
     }
 
+    /// A staged policy's change leaves the endpoints of its enforced twin (the same
+    /// namespace and name) as they are: the two do not share an owner hash, though
+    /// `PolicyKey`'s own hash leaves the kind out.
+    #[test]
+    fn a_staged_policys_change_leaves_its_enforced_twins_users_alone() {
+        use capo_policy::{Action, Policy, PolicyKey, PortRange, Rule, TierDefault, TierInfo};
+        let mut state = State::new();
+        let mut ids = IdTable::default();
+        let mut b = Builder::new();
+        let key = |kind: &str| PolicyKey {
+            kind: kind.into(),
+            namespace: "ns".into(),
+            name: "web".into(),
+        };
+        let (enforced, staged) = (key("NetworkPolicy"), key("StagedNetworkPolicy"));
+        let policy = |k: &PolicyKey, port: u16| {
+            let mut allow = Rule::any(Action::Allow);
+            allow.dst.ports = vec![PortRange::single(port)];
+            let p = Policy {
+                inbound: vec![allow],
+                outbound: vec![],
+                untracked: false,
+                pre_dnat: false,
+                tier: "t1".into(),
+            };
+            Update::PolicyUpdate(k.clone(), p.into())
+        };
+        b.apply(&mut state, &mut ids, policy(&enforced, 80))
+            .unwrap();
+        b.apply(&mut state, &mut ids, policy(&staged, 81)).unwrap();
+        let wkey = WorkloadKey {
+            orchestrator: "k8s".into(),
+            workload: "ns/pod".into(),
+            endpoint: "eth0".into(),
+        };
+        let wep = WorkloadEndpoint {
+            name: "tun0".into(),
+            profile_ids: vec![],
+            ipv4_nets: vec![Cidr::host(std::net::IpAddr::from([10, 0, 2, 1]))],
+            ipv6_nets: vec![],
+            tiers: vec![TierInfo {
+                name: "t1".into(),
+                ingress: vec![staged.clone(), enforced.clone()],
+                egress: vec![],
+                default_action: TierDefault::Deny,
+            }],
+        };
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::WorkloadUpdate(wkey.clone(), wep.into()),
+        )
+        .unwrap();
+        let kind = IfaceKind::Workload(wkey);
+        let before = Arc::clone(b.ifaces.get(&kind).unwrap());
+        b.apply(&mut state, &mut ids, policy(&staged, 82)).unwrap();
+        assert!(
+            Arc::ptr_eq(&before, b.ifaces.get(&kind).unwrap()),
+            "left alone"
+        );
+        // The enforced one's change still reaches it.
+        b.apply(&mut state, &mut ids, policy(&enforced, 83))
+            .unwrap();
+        assert!(
+            !Arc::ptr_eq(&before, b.ifaces.get(&kind).unwrap()),
+            "patched"
+        );
+    }
+
     /// A pod deleted and made again with the same policies (a restart) gets the
     /// programs laid out for it before, even once the builder settled and no
     /// generation holds them, until enough other endpoints went since.
@@ -992,6 +1062,17 @@ mod tests {
             )
             .unwrap();
         }
+        // An endpoint changed without changing its programs (another address)
+        // retires nothing.
+        let (key, mut wep, _) = endpoint(1);
+        wep.ipv4_nets = vec![Cidr::host(std::net::IpAddr::from([10, 0, 3, 1]))];
+        b.apply(
+            &mut state,
+            &mut ids,
+            Update::WorkloadUpdate(key, wep.into()),
+        )
+        .unwrap();
+        assert_eq!(b.shared.retired_count(), 0);
         // Its ingress program, its own (every pod's egress program is the same).
         let (first, _, _) = endpoint(0);
         let before = programs(&b, &first);

@@ -29,18 +29,22 @@ pub(super) struct SharedPrograms {
     /// Entries a sweep found dead, freed a few at a time as programs are filed:
     /// freeing a sweep's worth of specs at once held one update for milliseconds.
     dead: Vec<Laid>,
-    /// The programs of the last [`RETIRED_KEPT`] workload interfaces removed or
-    /// changed, newest last, kept alive so that an endpoint made again finds them.
+    /// The last [`RETIRED_KEPT`] programs retired (workload interfaces removed or
+    /// changed let go of them), newest last, kept alive so that an endpoint made
+    /// again finds them.
     retired: VecDeque<Arc<Program>>,
     /// Programs that left `retired`, dropped by [`SharedPrograms::settle`] rather
-    /// than during the update that pushed them out.
+    /// than during the update that pushed them out (or, in a builder no one
+    /// settles, a ring's worth at a time by [`SharedPrograms::retire`]).
     leaving: Vec<Arc<Program>>,
 }
 
-/// How many retired workload programs are kept alive. On W-large a program is
-/// about 40 KiB, so the whole ring holds a few MiB at most where programs are that
-/// size; programs of 1,400 rules (about 300 KiB) make it about 10 MiB.
-pub(super) const RETIRED_KEPT: usize = 32;
+/// How many retired workload programs are kept alive: a workload interface has
+/// two, so this is the last 32 interfaces' worth. With those waiting for the
+/// settle, up to twice as many are held: on W-large, where a program is about
+/// 40 KiB, about 5 MiB at most; with programs of 1,400 rules (about 300 KiB),
+/// about 38 MiB.
+pub(super) const RETIRED_KEPT: usize = 64;
 
 /// A program and the spec it was laid out from. The program is weak: it lives as
 /// long as an interface (or a published generation) holds it.
@@ -108,6 +112,11 @@ impl SharedPrograms {
     /// Keeps `program`, which an interface let go of, alive until
     /// [`RETIRED_KEPT`] more have been retired.
     pub(super) fn retire(&mut self, program: &Arc<Program>) {
+        // Replicas going one by one retire their shared program each time: once is
+        // enough.
+        if self.retired.iter().any(|p| Arc::ptr_eq(p, program)) {
+            return;
+        }
         self.retired.push_back(Arc::clone(program));
         while self.retired.len() > RETIRED_KEPT {
             // A builder no one settles drops them here instead, a ring's worth at
@@ -123,6 +132,12 @@ impl SharedPrograms {
     /// freed here).
     pub(super) fn settle(&mut self) {
         self.leaving.clear();
+    }
+
+    /// Programs kept retired.
+    #[cfg(test)]
+    pub(super) fn retired_count(&self) -> usize {
+        self.retired.len()
     }
 
     /// Entries held (live or not yet swept).
@@ -239,6 +254,11 @@ mod tests {
             .map(|n| Arc::new(finish(&spec(n, 1), 1)))
             .collect();
         let weak: Vec<_> = programs.iter().map(Arc::downgrade).collect();
+        // A program retired again (a replica's shared one) takes one place.
+        for p in programs.iter().take(1).cycle().take(3) {
+            shared.retire(p);
+        }
+        assert_eq!(shared.retired_count(), 1);
         for p in &programs {
             shared.retire(p);
             assert!(shared.leaving.len() <= RETIRED_KEPT);
@@ -251,8 +271,9 @@ mod tests {
             RETIRED_KEPT,
             "the newest kept"
         );
-        assert!(
-            alive(&weak) < 3 * RETIRED_KEPT,
+        assert_eq!(
+            alive(&weak),
+            2 * RETIRED_KEPT,
             "the oldest let go of unsettled"
         );
         shared.settle();
