@@ -928,12 +928,27 @@ mod tests {
         }
     }
 
+    /// Policy `key` in tier `t1`: one inbound rule allowing destination port `port`.
+    fn allow_port_in_t1(key: &capo_policy::PolicyKey, port: u16) -> Update {
+        use capo_policy::{Action, Policy, PortRange, Rule};
+        let mut allow = Rule::any(Action::Allow);
+        allow.dst.ports = vec![PortRange::single(port)];
+        let p = Policy {
+            inbound: vec![allow],
+            outbound: vec![],
+            untracked: false,
+            pre_dnat: false,
+            tier: "t1".into(),
+        };
+        Update::PolicyUpdate(key.clone(), p.into())
+    }
+
     /// A staged policy's change leaves the endpoints of its enforced twin (the same
     /// namespace and name) as they are: the two do not share an owner hash, though
     /// `PolicyKey`'s own hash leaves the kind out.
     #[test]
     fn a_staged_policys_change_leaves_its_enforced_twins_users_alone() {
-        use capo_policy::{Action, Policy, PolicyKey, PortRange, Rule, TierDefault, TierInfo};
+        use capo_policy::{PolicyKey, TierDefault, TierInfo};
         let mut state = State::new();
         let mut ids = IdTable::default();
         let mut b = Builder::new();
@@ -943,18 +958,7 @@ mod tests {
             name: "web".into(),
         };
         let (enforced, staged) = (key("NetworkPolicy"), key("StagedNetworkPolicy"));
-        let policy = |k: &PolicyKey, port: u16| {
-            let mut allow = Rule::any(Action::Allow);
-            allow.dst.ports = vec![PortRange::single(port)];
-            let p = Policy {
-                inbound: vec![allow],
-                outbound: vec![],
-                untracked: false,
-                pre_dnat: false,
-                tier: "t1".into(),
-            };
-            Update::PolicyUpdate(k.clone(), p.into())
-        };
+        let policy = allow_port_in_t1;
         b.apply(&mut state, &mut ids, policy(&enforced, 80))
             .unwrap();
         b.apply(&mut state, &mut ids, policy(&staged, 81)).unwrap();
@@ -1002,7 +1006,7 @@ mod tests {
     /// generation holds them, until enough other endpoints went since.
     #[test]
     fn an_endpoint_made_again_finds_its_programs_still_laid_out() {
-        use capo_policy::{Action, Policy, PolicyKey, Rule, TierDefault, TierInfo};
+        use capo_policy::{PolicyKey, TierDefault, TierInfo};
         let mut state = State::new();
         let mut ids = IdTable::default();
         let mut b = Builder::new();
@@ -1044,17 +1048,8 @@ mod tests {
         let pods = shared::RETIRED_KEPT + 2;
         for n in 0..pods {
             let (key, wep, policy) = endpoint(n);
-            let mut allow = Rule::any(Action::Allow);
-            allow.dst.ports = vec![capo_policy::PortRange::single(1_000 + n as u16)];
-            let p = Policy {
-                inbound: vec![allow],
-                outbound: vec![],
-                untracked: false,
-                pre_dnat: false,
-                tier: "t1".into(),
-            };
-            b.apply(&mut state, &mut ids, Update::PolicyUpdate(policy, p.into()))
-                .unwrap();
+            let p = allow_port_in_t1(&policy, 1_000 + n as u16);
+            b.apply(&mut state, &mut ids, p).unwrap();
             b.apply(
                 &mut state,
                 &mut ids,
