@@ -559,6 +559,18 @@ impl Vpp {
         })
     }
 
+    /// What capo's plugin said about VPP's main heap's pages at start.
+    fn heap_advice(&self) -> String {
+        std::fs::read_to_string(self.run.join("vpp.out"))
+            .ok()
+            .and_then(|out| {
+                out.lines()
+                    .find(|l| l.starts_with("capo: ") && l.contains("main heap"))
+                    .map(|l| l.trim_start_matches("capo: ").to_string())
+            })
+            .unwrap_or_else(|| "capo's plugin said nothing about the main heap".to_string())
+    }
+
     fn rss_bytes(&self) -> u64 {
         crate::measure::resident_bytes_of(&self.child.id().to_string())
     }
@@ -661,6 +673,9 @@ fn run_in(
         let run = dir.join(name);
         std::fs::create_dir_all(&run).map_err(io(format!("creating {}", run.display())))?;
         let vpp = Vpp::start(&o.vpp_root, &run)?;
+        // capo's plugin is loaded in every VPP of the run, so the peers' tables in the
+        // main heap are on the pages it chose for capo's.
+        log(&format!("vpp: {name}: {}", vpp.heap_advice()));
         vpp.ctl("create packet-generator interface pg0")?;
         vpp.ctl("set interface mac address pg0 02:00:00:00:00:02")?;
         vpp.ctl("set interface ip address pg0 192.0.2.1/24")?;

@@ -71,6 +71,40 @@ fn start_with(name: &str, seed: &std::path::Path, extra: &[&str]) -> Agent {
     agent
 }
 
+/// The agent asks for transparent huge pages for its heap where the kernel and C
+/// library allow, by executing itself again with glibc's tunable first thing: the
+/// same process (the tunable is in its environment), logging once, serving as ever.
+#[test]
+fn the_agent_asks_once_for_huge_pages_for_its_heap() {
+    let expected = capo_heap::decide(&capo_heap::Start {
+        switch: None,
+        ..capo_heap::observe()
+    });
+    let agent = start("heap", &[]);
+    let log = std::fs::read_to_string(agent.dir.join("agent.log")).unwrap();
+    let environ = std::fs::read(format!("/proc/{}/environ", agent.child.id())).unwrap();
+    let tunables = environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"GLIBC_TUNABLES="))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(log.matches("heap: ").count(), 1, "{log}");
+    match expected {
+        capo_heap::Decision::Reexecute(want) => {
+            assert_eq!(tunables.as_deref(), Some(want.as_str()));
+            assert!(
+                log.contains("heap: transparent huge pages (glibc.malloc.hugetlb=1)"),
+                "{log}"
+            );
+        }
+        capo_heap::Decision::Keep(pages) => {
+            eprintln!(
+                "nothing to ask for on this machine ({pages}): checked that the agent says so"
+            );
+            assert!(log.contains(&format!("heap: {pages}")), "{log}");
+        }
+    }
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

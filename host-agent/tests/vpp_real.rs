@@ -103,6 +103,37 @@ fn seed_rig(name: &str, workers: u32) -> (std::path::PathBuf, Vpp, Pod, Pod) {
     (dir, vpp, ts1, ts2)
 }
 
+/// capo's plugin asked the kernel for transparent huge pages on VPP's main heap (the
+/// mapping it names carries the `hg` flag), or said why not.
+fn assert_main_heap_advised(vpp: &Vpp) {
+    let log = vpp.log();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("capo: ") && l.contains("main heap"))
+        .unwrap_or_else(|| panic!("the plugin said nothing about the main heap: {log}"));
+    let Some(at) = line
+        .split(" at 0x")
+        .nth(1)
+        .filter(|_| line.contains("advised for transparent huge pages"))
+    else {
+        eprintln!("the main heap was not advised on this machine: {line}");
+        assert!(line.contains("left on its pages"), "{line}");
+        return;
+    };
+    let start = at.split(')').next().unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", vpp.pid())).unwrap();
+    // The mapping's own VmFlags line is the first after its header.
+    let flags = smaps
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("{start}-")))
+        .find(|l| l.starts_with("VmFlags:"))
+        .unwrap_or_else(|| panic!("no mapping at 0x{start} in VPP's smaps"));
+    assert!(
+        flags.split_whitespace().any(|f| f == "hg"),
+        "VPP's main heap at 0x{start}: {flags}"
+    );
+}
+
 #[test]
 fn seed_netcat_test_views_and_counters_on_vpp() {
     require_vpp!();
@@ -123,6 +154,7 @@ fn seed_netcat_test_views_and_counters_on_vpp() {
         vpp.ctl("show capo interfaces").contains(&ts2.vpp_if)
     });
     assert_seed_enforced(&ts1, &ts2, &dir, true);
+    assert_main_heap_advised(&vpp);
 
     // The rig's af_packet interfaces have no flow offload: VPP's flow layer refuses
     // the canary flow, and capo says the interface runs fallback-only.

@@ -63,6 +63,9 @@ pub struct PluginConfig {
     pub max_frame_bytes: u64,
     /// The largest generation held, over all its chunks.
     pub max_generation_bytes: u64,
+    /// Whether the plugin asks the kernel for transparent huge pages on VPP's main
+    /// heap, where the programs and the address index live.
+    pub main_heap_huge_pages: bool,
 }
 
 impl PluginConfig {
@@ -89,6 +92,7 @@ impl Default for PluginConfig {
             unclassified: crate::batch::Unclassified::Drop,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_generation_bytes: DEFAULT_MAX_GENERATION_BYTES,
+            main_heap_huge_pages: true,
         }
     }
 }
@@ -209,6 +213,20 @@ impl PluginConfig {
                     cfg.max_generation_bytes =
                         mebibytes("max-generation-mb", value("max-generation-mb")?)?;
                 }
+                "main-heap-huge-pages" => {
+                    let v = value("main-heap-huge-pages")?;
+                    cfg.main_heap_huge_pages = match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => {
+                            return Err(ConfigError::BadValue {
+                                key: "main-heap-huge-pages",
+                                value: v.to_string(),
+                                reason: "expected on or off",
+                            })
+                        }
+                    };
+                }
                 other => return Err(ConfigError::UnknownKey(other.to_string())),
             }
         }
@@ -251,13 +269,15 @@ mod tests {
         let cfg = PluginConfig::parse(
             "socket /tmp/c.sock\n socket-mode 0600 socket-gid 998\nhost-interface tap9 \
              established-flows revalidate flow-table-size 4096 nic-mark-bits 16 \
-             unclassified pass max-frame-mb 8 max-generation-mb 100",
+             unclassified pass max-frame-mb 8 max-generation-mb 100 main-heap-huge-pages off",
         )
         .unwrap();
         assert_eq!(cfg.socket, PathBuf::from("/tmp/c.sock"));
         assert_eq!(cfg.socket_mode, 0o600);
         assert_eq!(cfg.socket_gid, Some(998));
         assert_eq!(cfg.host_interface, "tap9");
+        assert!(!cfg.main_heap_huge_pages);
+        assert!(PluginConfig::default().main_heap_huge_pages);
         assert_eq!(cfg.established_flows, EstablishedFlows::Revalidate);
         assert_eq!(cfg.flow_table_size, 4096);
         assert_eq!(cfg.nic_marks.bits(), 16);
@@ -291,6 +311,7 @@ mod tests {
         assert!(PluginConfig::parse("unclassified maybe").is_err());
         assert!(PluginConfig::parse("max-frame-mb 0").is_err());
         assert!(PluginConfig::parse("max-generation-mb lots").is_err());
+        assert!(PluginConfig::parse("main-heap-huge-pages yes").is_err());
         let e = PluginConfig::parse("max-frame-mb 64 max-generation-mb 32").unwrap_err();
         assert!(e.to_string().contains("at least max-frame-mb"), "{e}");
     }

@@ -46,6 +46,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod generation;
+pub mod heap;
 pub mod mark;
 pub mod peer;
 pub mod share;

@@ -467,6 +467,52 @@ static CAPO_CONTROL: CapoControl = CapoControl {
 };
 
 /// `capo-control`: starts the plugin, then runs main-thread jobs.
+/// Asks the kernel for transparent huge pages on the mapping that holds VPP's main
+/// heap (`crate::heap`), before the first generation is allocated there; says what
+/// it did.
+fn advise_main_heap() -> String {
+    // Any allocation of ours is in the heap: VPP's malloc serves the plugin.
+    let probe = Box::new(0_u64);
+    let address = std::ptr::from_ref::<u64>(&probe) as usize;
+    let maps = match std::fs::read_to_string("/proc/self/maps") {
+        Ok(t) => t,
+        Err(e) => return format!("main heap left on its pages: reading /proc/self/maps: {e}"),
+    };
+    let Some(heap) = crate::heap::mapping_holding(&maps, address) else {
+        return format!("main heap left on its pages: no mapping holds {address:#x}");
+    };
+    if let Err(why) = crate::heap::advisable(&heap) {
+        return format!("main heap left on its pages: {why}");
+    }
+    // SAFETY: the range is one whole mapping of this process (just read from
+    // /proc/self/maps, holding a live allocation, so it stays mapped); MADV_HUGEPAGE
+    // changes how the kernel backs it, never its contents.
+    let rc = unsafe {
+        libc::madvise(
+            heap.start as *mut libc::c_void,
+            heap.len(),
+            libc::MADV_HUGEPAGE,
+        )
+    };
+    let mode =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if rc == 0 {
+        format!(
+            "VPP's main heap ({} MiB at {:#x}) advised for transparent huge pages (the kernel's THP modes: {})",
+            heap.len() >> 20,
+            heap.start,
+            mode.trim()
+        )
+    } else {
+        format!(
+            "main heap left on its pages: madvise(MADV_HUGEPAGE) on {} MiB at {:#x}: {}",
+            heap.len() >> 20,
+            heap.start,
+            std::io::Error::last_os_error()
+        )
+    }
+}
+
 #[vlib_process_node(name = "capo-control", instance = CAPO_CONTROL)]
 struct CapoControl {
     channel: LazyLock<JobChannel>,
@@ -498,6 +544,9 @@ impl ProcessNode for CapoControl {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .unwrap_or_default();
+        if config.main_heap_huge_pages {
+            eprintln!("capo: {}", advise_main_heap());
+        }
         let plugin = PLUGIN.get_or_init(|| Plugin::new(config));
         match control::bind(&plugin.config) {
             Ok(listener) => {

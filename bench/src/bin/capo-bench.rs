@@ -224,6 +224,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, as in the agent: the production paths' heap is on huge pages where the
+    // kernel allows (it may execute this binary again).
+    let heap = capo_heap::huge_page_heap();
+    eprintln!("capo-bench: heap: {heap}");
     match Cli::parse().command {
         Command::Classify {
             workloads,

@@ -137,6 +137,8 @@ fn remove(path: Option<PathBuf>) {
 }
 
 fn main() -> ExitCode {
+    // First: it may execute this binary again (capo_heap).
+    let heap = capo_heap::huge_page_heap();
     let known: Vec<String> = Args::command()
         .get_arguments()
         .filter_map(|a| a.get_long().map(str::to_string))
@@ -159,6 +161,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     logging::init(args.log_format, "info");
+    tracing::info!("heap: {heap}");
     let opts = FelixOptions {
         schema: args.schema,
         max_frame_len: args.max_frame_len,

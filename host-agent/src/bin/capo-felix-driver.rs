@@ -74,11 +74,14 @@ fn main() -> ExitCode {
         println!("capo-felix-driver {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    // It may execute this binary again (capo_heap); Felix's fds 3 and 4 stay.
+    let heap = capo_heap::huge_page_heap();
     let format = match env("CAPO_LOG_FORMAT").as_deref() {
         Some("json") => LogFormat::Json,
         _ => LogFormat::Text,
     };
     logging::init(format, "info");
+    tracing::info!("heap: {heap}");
     let opts = match options() {
         Ok(o) => o,
         Err(e) => {

@@ -216,6 +216,11 @@ impl Vpp {
             .unwrap_or_else(|| panic!("vppctl {cmd} failed; log: {}", self.log()))
     }
 
+    /// VPP's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// VPP's stdout/stderr so far.
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.run_dir.join("vpp.out")).unwrap_or_default()
