@@ -7,19 +7,26 @@
 //! `glibc.malloc.hugetlb=1` is set (glibc 2.35 and later; the kernel's THP mode
 //! `madvise` or `always`). Tunables are read when the program is loaded, so a
 //! binary started without it executes itself again with it added, first thing in
-//! `main`, before any thread or file exists. The process keeps its id, arguments
-//! and inherited descriptors (Felix's fds 3 and 4 included). `CAPO_HUGE_PAGES=off`
-//! leaves the heap as it is.
+//! `main`, before any thread or file exists. The process keeps its id, name,
+//! arguments and inherited descriptors (Felix's fds 3 and 4 included); once loaded
+//! it puts `GLIBC_TUNABLES` back as it found it, so the processes it starts get the
+//! environment it got. `CAPO_HUGE_PAGES=off` asks for nothing.
 
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 
 mod glibc;
 
-/// Set to `off` to keep the heap on the kernel's default pages.
+/// Set to `off` to ask for nothing (a `GLIBC_TUNABLES` set by whoever started the
+/// binary still applies).
 pub const HUGE_PAGES_VAR: &str = "CAPO_HUGE_PAGES";
-/// glibc's tunable: 1 asks for transparent huge pages (`madvise`) on the heap.
+/// glibc's tunable: 1 asks for transparent huge pages (`madvise`) on the heap, 2
+/// for hugetlbfs pages.
 pub const TUNABLE: &str = "glibc.malloc.hugetlb";
+/// Set on the re-execution to the `GLIBC_TUNABLES` the binary was started with (empty
+/// when unset): put back once loaded, and never a second re-execution while set.
+pub const STARTED_WITH_VAR: &str = "CAPO_HEAP_STARTED_WITH_GLIBC_TUNABLES";
 /// The kernel's transparent huge page mode.
 const THP_MODE_FILE: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 /// The first glibc with [`TUNABLE`].
@@ -28,8 +35,9 @@ const FIRST_GLIBC: (u32, u32) = (2, 35);
 /// What backs the heap, as decided at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeapPages {
-    /// glibc asks for transparent huge pages on its heap.
-    Huge,
+    /// glibc backs its heap with huge pages: [`TUNABLE`]'s value (1 transparent,
+    /// 2 hugetlbfs).
+    Huge(String),
     /// The kernel gives every anonymous mapping transparent huge pages (THP
     /// `always`); nothing to ask for.
     KernelAlways,
@@ -40,7 +48,10 @@ pub enum HeapPages {
 impl fmt::Display for HeapPages {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HeapPages::Huge => write!(f, "transparent huge pages ({TUNABLE}=1)"),
+            HeapPages::Huge(v) if v == "1" => {
+                write!(f, "transparent huge pages ({TUNABLE}=1)")
+            }
+            HeapPages::Huge(v) => write!(f, "huge pages ({TUNABLE}={v})"),
             HeapPages::KernelAlways => {
                 write!(
                     f,
@@ -57,8 +68,13 @@ impl fmt::Display for HeapPages {
 pub struct Start {
     /// [`HUGE_PAGES_VAR`].
     pub switch: Option<String>,
-    /// `GLIBC_TUNABLES`.
-    pub tunables: Option<String>,
+    /// `GLIBC_TUNABLES`: unset, its text, or not UTF-8 (`Err`).
+    pub tunables: Result<Option<String>, ()>,
+    /// [`STARTED_WITH_VAR`]: set when this process is the re-execution.
+    pub started_with: Option<String>,
+    /// Secure-execution mode (`AT_SECURE`: setuid, file capabilities), where
+    /// glibc ignores the tunable.
+    pub secure: bool,
     /// glibc's version (`gnu_get_libc_version`), none on another C library.
     pub glibc: Option<String>,
     /// The contents of the kernel's THP mode file, or why it could not be read.
@@ -76,54 +92,63 @@ pub enum Decision {
 
 /// The decision for a process that found `start` (pure: every input is in it).
 pub fn decide(start: &Start) -> Decision {
+    let keep_default = |why: String| Decision::Keep(HeapPages::Default(why));
+    match start.glibc.as_deref() {
+        None => return keep_default("the C library is not glibc".to_string()),
+        Some(v) if !at_least(v, FIRST_GLIBC) => {
+            return keep_default(format!("glibc {v} has no {TUNABLE} (2.35 and later)"))
+        }
+        Some(_) => {}
+    }
+    let Ok(tunables) = start.tunables.as_ref() else {
+        return keep_default("GLIBC_TUNABLES is not UTF-8; left as it is".to_string());
+    };
+    let mode = match &start.thp_mode {
+        Ok(text) => selected_mode(text),
+        Err(why) => Err(why.clone()),
+    };
+    if let Some(value) = tunables.as_deref().and_then(tunable_value) {
+        // Set by whoever started us, or by our own re-execution: respected.
+        return Decision::Keep(match (value, mode.as_deref()) {
+            ("1", Ok("never")) => HeapPages::Default("the kernel's THP mode is never".to_string()),
+            ("1", Err(why)) => HeapPages::Default(why.clone()),
+            ("1" | "2", _) => HeapPages::Huge(value.to_string()),
+            (_, Ok("always")) => HeapPages::KernelAlways,
+            (other, _) => HeapPages::Default(format!("GLIBC_TUNABLES sets {TUNABLE}={other}")),
+        });
+    }
+    if start.started_with.is_some() {
+        return keep_default(format!(
+            "{TUNABLE} did not survive this binary's re-execution (the loader dropped it)"
+        ));
+    }
     if start
         .switch
         .as_deref()
         .is_some_and(|v| v.eq_ignore_ascii_case("off"))
     {
-        return Decision::Keep(HeapPages::Default(format!("{HUGE_PAGES_VAR}=off")));
+        return keep_default(format!("{HUGE_PAGES_VAR}=off"));
     }
-    let mode = match &start.thp_mode {
-        Ok(text) => match selected_mode(text) {
-            Some(mode) => mode,
-            None => {
-                return Decision::Keep(HeapPages::Default(format!(
-                    "no THP mode selected in {THP_MODE_FILE}"
-                )))
-            }
-        },
-        Err(why) => return Decision::Keep(HeapPages::Default(why.clone())),
-    };
-    if mode == "never" {
-        return Decision::Keep(HeapPages::Default(
-            "the kernel's THP mode is never".to_string(),
-        ));
-    }
-    if let Some(value) = start.tunables.as_deref().and_then(tunable_value) {
-        // Set by whoever started us (or by our own re-execution): respected.
-        return Decision::Keep(match value {
-            "1" => HeapPages::Huge,
-            _ if mode == "always" => HeapPages::KernelAlways,
-            other => HeapPages::Default(format!("GLIBC_TUNABLES sets {TUNABLE}={other}")),
-        });
-    }
-    if mode == "always" {
-        return Decision::Keep(HeapPages::KernelAlways);
-    }
-    match start.glibc.as_deref() {
-        None => Decision::Keep(HeapPages::Default("the C library is not glibc".to_string())),
-        Some(v) if !at_least(v, FIRST_GLIBC) => Decision::Keep(HeapPages::Default(format!(
-            "glibc {v} has no {TUNABLE} (2.35 and later)"
-        ))),
-        Some(_) => Decision::Reexecute(with_tunable(start.tunables.as_deref())),
+    match mode.as_deref() {
+        Err(why) => keep_default(why.clone()),
+        Ok("never") => keep_default("the kernel's THP mode is never".to_string()),
+        Ok("always") => Decision::Keep(HeapPages::KernelAlways),
+        Ok(_) if start.secure => keep_default(
+            "secure-execution mode (setuid or file capabilities): glibc ignores its tunables"
+                .to_string(),
+        ),
+        Ok(_) => Decision::Reexecute(with_tunable(tunables.as_deref())),
     }
 }
 
 /// The mode in brackets (`always [madvise] never` → `madvise`).
-fn selected_mode(text: &str) -> Option<&str> {
-    let open = text.find('[')?;
-    let close = open + text[open..].find(']')?;
-    Some(&text[open + 1..close])
+fn selected_mode(text: &str) -> Result<String, String> {
+    let open = text.find('[');
+    let close = open.and_then(|o| text[o..].find(']').map(|c| o + c));
+    match (open, close) {
+        (Some(o), Some(c)) => Ok(text[o + 1..c].to_string()),
+        _ => Err(format!("no THP mode selected in {THP_MODE_FILE}")),
+    }
 }
 
 /// [`TUNABLE`]'s value in a `GLIBC_TUNABLES` string (`a=1:b=2`), the last one
@@ -157,37 +182,141 @@ fn at_least(v: &str, min: (u32, u32)) -> bool {
 pub fn observe() -> Start {
     Start {
         switch: std::env::var(HUGE_PAGES_VAR).ok(),
-        tunables: std::env::var("GLIBC_TUNABLES").ok(),
+        tunables: match std::env::var("GLIBC_TUNABLES") {
+            Ok(t) => Ok(Some(t)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(()),
+        },
+        started_with: std::env::var(STARTED_WITH_VAR).ok(),
+        secure: glibc::secure_execution(),
         glibc: glibc::version(),
         thp_mode: std::fs::read_to_string(THP_MODE_FILE)
             .map_err(|e| format!("reading {THP_MODE_FILE}: {e}")),
     }
 }
 
+/// Set on the re-execution: how many times the binary has been started with the
+/// tunable (see [`huge_page_heap`]).
+pub const STARTS_VAR: &str = "CAPO_HEAP_STARTS";
+/// Starts with the tunable before giving up on glibc applying it.
+const MOST_STARTS: u32 = 10;
+/// A block this large comes from a mapping of its own (glibc serves requests above
+/// its largest mmap threshold, 32 MiB, with `mmap`), which glibc advises when it
+/// applies the tunable. Reserved, never touched.
+const PROBE_BYTES: usize = 33 << 20;
+
 /// Puts the heap on transparent huge pages where it can, executing this binary
 /// again when that takes glibc's tunable. Call it first in `main`, before any
 /// thread starts; it returns only when the process carries on as it is (a failed
 /// re-execution is reported in the result). Log the result once logging is up.
+///
+/// Some glibc releases (2.36, Debian 12's, among them; fixed upstream since) check
+/// the kernel's THP mode by comparing a buffer they do not terminate, so a process
+/// given the tunable applies it or not by chance (about one start in three for a
+/// debug build here). The re-executed process therefore checks that glibc advises
+/// its large blocks, and starts again if not, ten times at most.
 pub fn huge_page_heap() -> HeapPages {
-    match decide(&observe()) {
-        Decision::Keep(pages) => pages,
-        Decision::Reexecute(tunables) => reexecute(&tunables),
+    let start = observe();
+    match decide(&start) {
+        Decision::Reexecute(tunables) => {
+            let started_with = start.tunables.ok().flatten().unwrap_or_default();
+            reexecute(&tunables, &started_with, 1)
+        }
+        Decision::Keep(HeapPages::Huge(v)) if v == "1" && !glibc_advises_its_blocks() => {
+            let starts: u32 = std::env::var(STARTS_VAR)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            match (&start.started_with, &start.tunables) {
+                (Some(started_with), Ok(Some(tunables))) if starts < MOST_STARTS => {
+                    reexecute(tunables, started_with, starts + 1)
+                }
+                _ => {
+                    restore_environment(start.started_with);
+                    HeapPages::Default(format!(
+                        "glibc did not apply {TUNABLE}=1 in {starts} starts (some releases apply it by chance)"
+                    ))
+                }
+            }
+        }
+        Decision::Keep(pages) => {
+            restore_environment(start.started_with);
+            pages
+        }
     }
 }
 
-fn reexecute(tunables: &str) -> HeapPages {
+/// In the re-executed process, once the loader has read the tunables: the
+/// processes this one starts get the environment it was started with.
+fn restore_environment(started_with: Option<String>) {
+    let Some(started_with) = started_with else {
+        return;
+    };
+    std::env::remove_var(STARTED_WITH_VAR);
+    std::env::remove_var(STARTS_VAR);
+    if started_with.is_empty() {
+        std::env::remove_var("GLIBC_TUNABLES");
+    } else {
+        std::env::set_var("GLIBC_TUNABLES", started_with);
+    }
+}
+
+/// Whether glibc advises its large blocks for transparent huge pages: the mapping
+/// of a fresh one carries the `hg` flag in `/proc/self/smaps`.
+fn glibc_advises_its_blocks() -> bool {
+    let probe = vec![0_u8; PROBE_BYTES];
+    std::fs::read_to_string("/proc/self/smaps").is_ok_and(|smaps| {
+        vm_flags_at(&smaps, probe.as_ptr() as usize)
+            .is_some_and(|flags| flags.split_whitespace().any(|f| f == "hg"))
+    })
+}
+
+/// The `VmFlags` of the mapping in `smaps` (the text of `/proc/PID/smaps`) that
+/// holds `address`.
+fn vm_flags_at(smaps: &str, address: usize) -> Option<&str> {
+    let mut inside = false;
+    for line in smaps.lines() {
+        let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+        if let Some((Ok(start), Ok(end))) =
+            range.map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)))
+        {
+            inside = (start..end).contains(&address);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
+            return Some(flags.trim());
+        }
+    }
+    None
+}
+
+fn reexecute(tunables: &str, started_with: &str, starts: u32) -> HeapPages {
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| OsString::from("capo"));
-    // /proc/self/exe is this very file even when the path was relative, a link,
-    // or has been replaced on disk since.
-    let err = std::process::Command::new("/proc/self/exe")
-        .arg0(argv0)
-        .args(args)
-        .env("GLIBC_TUNABLES", tunables)
-        .exec();
+    let rest: Vec<OsString> = args.collect();
+    // The binary's own path first: the kernel names a process after the file it
+    // executes, and /proc/self/exe would name it `exe`. /proc/self/exe when that
+    // path is gone (the binary replaced on disk since).
+    let mut failures = Vec::new();
+    for exe in [
+        std::env::current_exe().ok(),
+        Some(PathBuf::from("/proc/self/exe")),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let err = std::process::Command::new(&exe)
+            .arg0(&argv0)
+            .args(&rest)
+            .env("GLIBC_TUNABLES", tunables)
+            .env(STARTED_WITH_VAR, started_with)
+            .env(STARTS_VAR, starts.to_string())
+            .exec();
+        failures.push(format!("{}: {err}", exe.display()));
+    }
+    restore_environment(Some(started_with.to_string()).filter(|_| starts > 1));
     HeapPages::Default(format!(
-        "executing /proc/self/exe again with {TUNABLE}=1 failed: {err}"
+        "executing this binary again with {TUNABLE}=1 failed: {}",
+        failures.join("; ")
     ))
 }
 
@@ -198,10 +327,16 @@ mod tests {
     fn start(thp: &str) -> Start {
         Start {
             switch: None,
-            tunables: None,
+            tunables: Ok(None),
+            started_with: None,
+            secure: false,
             glibc: Some("2.36".to_string()),
             thp_mode: Ok(format!("{thp}\n")),
         }
+    }
+
+    fn default_because(why: &str) -> Decision {
+        Decision::Keep(HeapPages::Default(why.to_string()))
     }
 
     #[test]
@@ -212,7 +347,7 @@ mod tests {
             Decision::Reexecute("glibc.malloc.hugetlb=1".to_string())
         );
         let others = Start {
-            tunables: Some("glibc.malloc.arena_max=2".to_string()),
+            tunables: Ok(Some("glibc.malloc.arena_max=2".to_string())),
             ..s
         };
         assert_eq!(
@@ -224,26 +359,54 @@ mod tests {
     #[test]
     fn the_tunable_once_set_is_kept_so_the_reexecution_happens_once() {
         let s = Start {
-            tunables: Some(with_tunable(None)),
+            tunables: Ok(Some(with_tunable(None))),
+            started_with: Some(String::new()),
             ..start("always [madvise] never")
         };
-        assert_eq!(decide(&s), Decision::Keep(HeapPages::Huge));
+        assert_eq!(decide(&s), Decision::Keep(HeapPages::Huge("1".to_string())));
+        // The loader dropped it (secure-execution mode): never a second time.
+        let dropped = Start {
+            tunables: Ok(None),
+            ..s.clone()
+        };
+        assert!(matches!(
+            decide(&dropped),
+            Decision::Keep(HeapPages::Default(w)) if w.contains("did not survive")
+        ));
         // Whoever started us chose otherwise: respected, the last setting winning.
         let zero = Start {
-            tunables: Some("glibc.malloc.hugetlb=1:glibc.malloc.hugetlb=0".to_string()),
+            tunables: Ok(Some(
+                "glibc.malloc.hugetlb=1:glibc.malloc.hugetlb=0".to_string(),
+            )),
+            started_with: None,
             ..s.clone()
         };
         assert_eq!(
             decide(&zero),
-            Decision::Keep(HeapPages::Default(
-                "GLIBC_TUNABLES sets glibc.malloc.hugetlb=0".to_string()
-            ))
+            default_because("GLIBC_TUNABLES sets glibc.malloc.hugetlb=0")
         );
         let always = Start {
             thp_mode: Ok("[always] madvise never".to_string()),
             ..zero
         };
         assert_eq!(decide(&always), Decision::Keep(HeapPages::KernelAlways));
+        // hugetlbfs pages need no THP; transparent ones do.
+        let two = Start {
+            tunables: Ok(Some("glibc.malloc.hugetlb=2".to_string())),
+            ..start("always madvise [never]")
+        };
+        assert_eq!(
+            decide(&two),
+            Decision::Keep(HeapPages::Huge("2".to_string()))
+        );
+        let one_never = Start {
+            tunables: Ok(Some("glibc.malloc.hugetlb=1".to_string())),
+            ..two
+        };
+        assert_eq!(
+            decide(&one_never),
+            default_because("the kernel's THP mode is never")
+        );
     }
 
     #[test]
@@ -254,12 +417,11 @@ mod tests {
         );
         assert_eq!(
             decide(&start("always madvise [never]")),
-            Decision::Keep(HeapPages::Default(
-                "the kernel's THP mode is never".to_string()
-            ))
+            default_because("the kernel's THP mode is never")
         );
         let old = Start {
             glibc: Some("2.31".to_string()),
+            tunables: Ok(Some("glibc.malloc.hugetlb=1".to_string())),
             ..start("always [madvise] never")
         };
         assert!(
@@ -269,9 +431,14 @@ mod tests {
             glibc: None,
             ..start("always [madvise] never")
         };
+        assert_eq!(decide(&musl), default_because("the C library is not glibc"));
+        let secure = Start {
+            secure: true,
+            ..start("always [madvise] never")
+        };
         assert!(matches!(
-            decide(&musl),
-            Decision::Keep(HeapPages::Default(_))
+            decide(&secure),
+            Decision::Keep(HeapPages::Default(w)) if w.contains("secure-execution")
         ));
         let unreadable = Start {
             thp_mode: Err("reading it: no such file".to_string()),
@@ -279,23 +446,36 @@ mod tests {
         };
         assert_eq!(
             decide(&unreadable),
-            Decision::Keep(HeapPages::Default("reading it: no such file".to_string()))
+            default_because("reading it: no such file")
         );
         assert!(matches!(
             decide(&start("no brackets here")),
-            Decision::Keep(HeapPages::Default(_))
+            Decision::Keep(HeapPages::Default(w)) if w.contains("no THP mode")
+        ));
+        let not_utf8 = Start {
+            tunables: Err(()),
+            ..start("always [madvise] never")
+        };
+        assert!(matches!(
+            decide(&not_utf8),
+            Decision::Keep(HeapPages::Default(w)) if w.contains("not UTF-8")
         ));
     }
 
     #[test]
-    fn the_switch_turns_it_off_whatever_else_holds() {
+    fn the_switch_asks_for_nothing_but_keeps_what_was_set() {
         let s = Start {
             switch: Some("OFF".to_string()),
             ..start("always [madvise] never")
         };
+        assert_eq!(decide(&s), default_because("CAPO_HUGE_PAGES=off"));
+        let set = Start {
+            tunables: Ok(Some("glibc.malloc.hugetlb=1".to_string())),
+            ..s.clone()
+        };
         assert_eq!(
-            decide(&s),
-            Decision::Keep(HeapPages::Default("CAPO_HUGE_PAGES=off".to_string()))
+            decide(&set),
+            Decision::Keep(HeapPages::Huge("1".to_string()))
         );
         let on = Start {
             switch: Some("on".to_string()),
@@ -312,5 +492,35 @@ mod tests {
         assert!(!at_least("2.9", (2, 35)));
         assert!(!at_least("2.34", (2, 35)));
         assert!(!at_least("unknown", (2, 35)));
+    }
+
+    #[test]
+    fn vm_flags_are_those_of_the_mapping_holding_the_address() {
+        let smaps = "\
+7f0000000000-7f0004000000 rw-p 00000000 00:00 0 
+Size:              65536 kB
+VmFlags: rd wr mr mw me ac hg 
+7f0004000000-7f0004001000 r--p 00000000 fe:01 12 /usr/lib/libc.so.6
+Size:                  4 kB
+VmFlags: rd mr mw me 
+";
+        assert_eq!(
+            vm_flags_at(smaps, 0x7f00_0000_1000),
+            Some("rd wr mr mw me ac hg")
+        );
+        assert_eq!(vm_flags_at(smaps, 0x7f00_0400_0000), Some("rd mr mw me"));
+        assert_eq!(vm_flags_at(smaps, 0x1000), None);
+    }
+
+    #[test]
+    fn the_log_line_names_the_pages() {
+        assert_eq!(
+            HeapPages::Huge("1".to_string()).to_string(),
+            "transparent huge pages (glibc.malloc.hugetlb=1)"
+        );
+        assert_eq!(
+            HeapPages::Huge("2".to_string()).to_string(),
+            "huge pages (glibc.malloc.hugetlb=2)"
+        );
     }
 }

@@ -46,14 +46,24 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let mut fields = line.split_whitespace();
     let (start, end) = fields.next()?.split_once('-')?;
     let perms = fields.next()?;
-    // offset, device, inode, then the path if any.
-    let path = fields.nth(3).unwrap_or("").to_string();
+    // offset, device and inode, then the path if any, which may hold spaces.
+    let path = after_fields(line, 5).to_string();
     Some(Mapping {
         start: usize::from_str_radix(start, 16).ok()?,
         end: usize::from_str_radix(end, 16).ok()?,
         private_rw: perms.starts_with("rw") && perms.ends_with('p'),
         path,
     })
+}
+
+/// What follows the first `n` whitespace-separated fields of `line`, trimmed.
+fn after_fields(line: &str, n: usize) -> &str {
+    let mut rest = line;
+    for _ in 0..n {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(char::is_whitespace).unwrap_or(rest.len())..];
+    }
+    rest.trim()
 }
 
 /// Whether the heap's mapping is one to advise: private anonymous memory; the
@@ -106,6 +116,7 @@ mod tests {
     fn file_and_shared_mappings_are_not_advised() {
         let memfd = mapping_holding(MAPS, 0x7f15_6030_0000).unwrap();
         assert!(!memfd.private_rw);
+        assert_eq!(memfd.path, "/memfd:main heap (deleted)");
         assert!(advisable(&memfd).unwrap_err().contains("not private"));
         let code = mapping_holding(MAPS, 0x7f15_7000_0010).unwrap();
         assert!(advisable(&code).is_err());

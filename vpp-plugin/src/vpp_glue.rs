@@ -466,7 +466,6 @@ static CAPO_CONTROL: CapoControl = CapoControl {
     }),
 };
 
-/// `capo-control`: starts the plugin, then runs main-thread jobs.
 /// Asks the kernel for transparent huge pages on the mapping that holds VPP's main
 /// heap (`crate::heap`), before the first generation is allocated there; says what
 /// it did.
@@ -484,9 +483,10 @@ fn advise_main_heap() -> String {
     if let Err(why) = crate::heap::advisable(&heap) {
         return format!("main heap left on its pages: {why}");
     }
-    // SAFETY: the range is one whole mapping of this process (just read from
-    // /proc/self/maps, holding a live allocation, so it stays mapped); MADV_HUGEPAGE
-    // changes how the kernel backs it, never its contents.
+    // SAFETY: the range is one mapping of this process as /proc/self/maps gave it
+    // (holding a live allocation of ours, so it stays mapped; the kernel may have
+    // merged a neighbouring anonymous mapping into it); MADV_HUGEPAGE changes how the
+    // kernel backs memory, never its contents.
     let rc = unsafe {
         libc::madvise(
             heap.start as *mut libc::c_void,
@@ -494,25 +494,26 @@ fn advise_main_heap() -> String {
             libc::MADV_HUGEPAGE,
         )
     };
+    // Taken before anything else can set errno.
+    let error = (rc != 0).then(std::io::Error::last_os_error);
     let mode =
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    if rc == 0 {
-        format!(
-            "VPP's main heap ({} MiB at {:#x}) advised for transparent huge pages (the kernel's THP modes: {})",
+    match error {
+        None => format!(
+            "the mapping that holds VPP's main heap ({} MiB at {:#x}) advised for transparent huge pages (the kernel's THP modes: {})",
             heap.len() >> 20,
             heap.start,
             mode.trim()
-        )
-    } else {
-        format!(
-            "main heap left on its pages: madvise(MADV_HUGEPAGE) on {} MiB at {:#x}: {}",
+        ),
+        Some(e) => format!(
+            "main heap left on its pages: madvise(MADV_HUGEPAGE) on {} MiB at {:#x}: {e}",
             heap.len() >> 20,
-            heap.start,
-            std::io::Error::last_os_error()
-        )
+            heap.start
+        ),
     }
 }
 
+/// `capo-control`: starts the plugin, then runs main-thread jobs.
 #[vlib_process_node(name = "capo-control", instance = CAPO_CONTROL)]
 struct CapoControl {
     channel: LazyLock<JobChannel>,

@@ -1,0 +1,113 @@
+//! The re-execution for real: this test runs its own binary, which executes itself
+//! again with the tunable, and reports what the second incarnation found.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+const OUT_VAR: &str = "CAPO_HEAP_TEST_OUT";
+const TEST: &str = "the_binary_executes_itself_once_and_hands_on_the_environment_it_got";
+const STARTED: &str = "glibc.malloc.arena_max=4";
+
+/// The `VmFlags` of the mapping holding `address`, from `/proc/self/smaps`.
+fn flags_of_mapping_holding(address: usize) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+        if let Some((Ok(start), Ok(end))) =
+            range.map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)))
+        {
+            inside = (start..end).contains(&address);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
+            return flags.trim().to_string();
+        }
+    }
+    String::new()
+}
+
+#[test]
+fn the_binary_executes_itself_once_and_hands_on_the_environment_it_got() {
+    if let Some(out) = std::env::var_os(OUT_VAR) {
+        // The child, in its first incarnation (which executes itself again and never
+        // comes back here) or its second.
+        let pages = capo_heap::huge_page_heap();
+        // glibc serves a block this large from a mapping of its own, which it advises
+        // for transparent huge pages when the tunable took (the `hg` flag).
+        let block = vec![1_u8; 64 << 20];
+        let flags = flags_of_mapping_holding(block.as_ptr() as usize);
+        let report = [
+            format!("pages={pages}"),
+            format!("pid={}", std::process::id()),
+            format!(
+                "comm={}",
+                std::fs::read_to_string("/proc/self/comm").unwrap().trim()
+            ),
+            format!("flags={flags}"),
+            format!(
+                "now={}",
+                std::env::var("GLIBC_TUNABLES").unwrap_or_default()
+            ),
+            format!(
+                "marker={}",
+                std::env::var_os(capo_heap::STARTED_WITH_VAR).is_some()
+                    || std::env::var_os(capo_heap::STARTS_VAR).is_some()
+            ),
+        ];
+        std::fs::write(out, report.join("\n")).unwrap();
+        return;
+    }
+    let expected = capo_heap::decide(&capo_heap::Start {
+        switch: None,
+        tunables: Ok(Some(STARTED.to_string())),
+        started_with: None,
+        ..capo_heap::observe()
+    });
+    let out = std::env::temp_dir().join(format!("capo-heap-reexec-{}", std::process::id()));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--test-threads", "1"])
+        .env(OUT_VAR, &out)
+        .env("GLIBC_TUNABLES", STARTED)
+        .env_remove("CAPO_HUGE_PAGES")
+        .env_remove(capo_heap::STARTED_WITH_VAR)
+        .env_remove(capo_heap::STARTS_VAR)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    let report = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    let field = |name: &str| {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+            .to_string()
+    };
+    // One process all along, the tunable handed to the children no further.
+    assert_eq!(field("pid"), pid.to_string(), "{report}");
+    assert_eq!(field("now"), STARTED, "{report}");
+    assert_eq!(field("marker"), "false", "{report}");
+    match expected {
+        capo_heap::Decision::Reexecute(_) => {
+            assert_eq!(
+                field("pages"),
+                "transparent huge pages (glibc.malloc.hugetlb=1)"
+            );
+            // glibc read the tunable: its large blocks are advised for huge pages.
+            assert!(
+                field("flags").split_whitespace().any(|f| f == "hg"),
+                "{report}"
+            );
+            // The kernel names a process after the file it executes: still this one's.
+            let exe = std::env::current_exe().unwrap();
+            let name = exe.file_name().unwrap().to_string_lossy();
+            let comm: String = name.chars().take(15).collect();
+            assert_eq!(field("comm"), comm, "{report}");
+        }
+        capo_heap::Decision::Keep(pages) => {
+            eprintln!("nothing to ask for on this machine ({pages}): checked that the binary says so and carries on");
+            assert_eq!(field("pages"), pages.to_string(), "{report}");
+        }
+    }
+}
