@@ -273,7 +273,7 @@ fn glibc_advises_its_blocks() -> bool {
 
 /// The `VmFlags` of the mapping in `smaps` (the text of `/proc/PID/smaps`) that
 /// holds `address`.
-fn vm_flags_at(smaps: &str, address: usize) -> Option<&str> {
+pub fn vm_flags_at(smaps: &str, address: usize) -> Option<&str> {
     let mut inside = false;
     for line in smaps.lines() {
         let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));

@@ -9,23 +9,6 @@ const OUT_VAR: &str = "CAPO_HEAP_TEST_OUT";
 const TEST: &str = "the_binary_executes_itself_once_and_hands_on_the_environment_it_got";
 const STARTED: &str = "glibc.malloc.arena_max=4";
 
-/// The `VmFlags` of the mapping holding `address`, from `/proc/self/smaps`.
-fn flags_of_mapping_holding(address: usize) -> String {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = false;
-    for line in smaps.lines() {
-        let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
-        if let Some((Ok(start), Ok(end))) =
-            range.map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)))
-        {
-            inside = (start..end).contains(&address);
-        } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
-            return flags.trim().to_string();
-        }
-    }
-    String::new()
-}
-
 #[test]
 fn the_binary_executes_itself_once_and_hands_on_the_environment_it_got() {
     if let Some(out) = std::env::var_os(OUT_VAR) {
@@ -35,7 +18,8 @@ fn the_binary_executes_itself_once_and_hands_on_the_environment_it_got() {
         // glibc serves a block this large from a mapping of its own, which it advises
         // for transparent huge pages when the tunable took (the `hg` flag).
         let block = vec![1_u8; 64 << 20];
-        let flags = flags_of_mapping_holding(block.as_ptr() as usize);
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let flags = capo_heap::vm_flags_at(&smaps, block.as_ptr() as usize).unwrap_or_default();
         let report = [
             format!("pages={pages}"),
             format!("pid={}", std::process::id()),
