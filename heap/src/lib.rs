@@ -24,8 +24,9 @@ pub const HUGE_PAGES_VAR: &str = "CAPO_HUGE_PAGES";
 /// glibc's tunable: 1 asks for transparent huge pages (`madvise`) on the heap, 2
 /// for hugetlbfs pages.
 pub const TUNABLE: &str = "glibc.malloc.hugetlb";
-/// Set on the re-execution to the `GLIBC_TUNABLES` the binary was started with (empty
-/// when unset): put back once loaded, and never a second re-execution while set.
+/// Set on the re-execution to how the binary found `GLIBC_TUNABLES` (`+` and its
+/// value, or `-` when unset), put back once glibc has read ours; while it is set, a
+/// tunable the loader dropped is not asked for again.
 pub const STARTED_WITH_VAR: &str = "CAPO_HEAP_STARTED_WITH_GLIBC_TUNABLES";
 /// The kernel's transparent huge page mode.
 const THP_MODE_FILE: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
@@ -111,6 +112,8 @@ pub fn decide(start: &Start) -> Decision {
         // Set by whoever started us, or by our own re-execution: respected.
         return Decision::Keep(match (value, mode.as_deref()) {
             ("1", Ok("never")) => HeapPages::Default("the kernel's THP mode is never".to_string()),
+            // glibc advises nothing then; the kernel backs the heap all the same.
+            ("1", Ok("always")) => HeapPages::KernelAlways,
             ("1", Err(why)) => HeapPages::Default(why.clone()),
             ("1" | "2", _) => HeapPages::Huge(value.to_string()),
             (_, Ok("always")) => HeapPages::KernelAlways,
@@ -212,63 +215,80 @@ const PROBE_BYTES: usize = 33 << 20;
 ///
 /// Some glibc releases (2.36, Debian 12's, among them; fixed upstream since) check
 /// the kernel's THP mode by comparing a buffer they do not terminate, so a process
-/// given the tunable applies it or not by chance (about one start in three for a
-/// debug build here). The re-executed process therefore checks that glibc advises
-/// its large blocks, and starts again if not, ten times at most.
+/// given the tunable fails to apply it by chance (about one start in three for a
+/// debug build here). A process given the tunable (by its own re-execution or by
+/// whoever started it) therefore checks that glibc advises its large blocks, and
+/// starts again if not, ten times in all at most.
 pub fn huge_page_heap() -> HeapPages {
     let start = observe();
     match decide(&start) {
         Decision::Reexecute(tunables) => {
-            let started_with = start.tunables.ok().flatten().unwrap_or_default();
-            reexecute(&tunables, &started_with, 1)
+            let found = found_as(start.tunables.ok().flatten().as_deref());
+            reexecute(&tunables, &found, 1)
         }
-        Decision::Keep(HeapPages::Huge(v)) if v == "1" && !glibc_advises_its_blocks() => {
+        Decision::Keep(HeapPages::Huge(v))
+            if v == "1" && glibc_advises_its_blocks() == Some(false) =>
+        {
             let starts: u32 = std::env::var(STARTS_VAR)
                 .ok()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(1);
-            match (&start.started_with, &start.tunables) {
-                (Some(started_with), Ok(Some(tunables))) if starts < MOST_STARTS => {
-                    reexecute(tunables, started_with, starts + 1)
+            match &start.tunables {
+                Ok(Some(tunables)) if starts < MOST_STARTS => {
+                    // Set by whoever started us: found as it is, handed on as it was.
+                    let found = start
+                        .started_with
+                        .clone()
+                        .unwrap_or_else(|| found_as(Some(tunables)));
+                    reexecute(tunables, &found, starts + 1)
                 }
                 _ => {
-                    restore_environment(start.started_with);
+                    restore_environment(start.started_with.as_deref());
                     HeapPages::Default(format!(
-                        "glibc did not apply {TUNABLE}=1 in {starts} starts (some releases apply it by chance)"
+                        "glibc did not apply {TUNABLE}=1 in {starts} starts (some releases fail to by chance)"
                     ))
                 }
             }
         }
         Decision::Keep(pages) => {
-            restore_environment(start.started_with);
+            restore_environment(start.started_with.as_deref());
             pages
         }
     }
 }
 
+/// How [`STARTED_WITH_VAR`] records `GLIBC_TUNABLES` as the binary found it.
+fn found_as(tunables: Option<&str>) -> String {
+    tunables.map_or_else(|| "-".to_string(), |t| format!("+{t}"))
+}
+
+/// `GLIBC_TUNABLES` as [`STARTED_WITH_VAR`] recorded it (none: unset).
+fn as_found(recorded: &str) -> Option<&str> {
+    recorded.strip_prefix('+')
+}
+
 /// In the re-executed process, once the loader has read the tunables: the
 /// processes this one starts get the environment it was started with.
-fn restore_environment(started_with: Option<String>) {
-    let Some(started_with) = started_with else {
+fn restore_environment(started_with: Option<&str>) {
+    let Some(recorded) = started_with else {
         return;
     };
     std::env::remove_var(STARTED_WITH_VAR);
     std::env::remove_var(STARTS_VAR);
-    if started_with.is_empty() {
-        std::env::remove_var("GLIBC_TUNABLES");
-    } else {
-        std::env::set_var("GLIBC_TUNABLES", started_with);
+    match as_found(recorded) {
+        Some(tunables) => std::env::set_var("GLIBC_TUNABLES", tunables),
+        None => std::env::remove_var("GLIBC_TUNABLES"),
     }
 }
 
 /// Whether glibc advises its large blocks for transparent huge pages: the mapping
-/// of a fresh one carries the `hg` flag in `/proc/self/smaps`.
-fn glibc_advises_its_blocks() -> bool {
+/// of a fresh one carries the `hg` flag in `/proc/self/smaps`. None when that
+/// cannot be read (no check, so no re-execution on its account).
+fn glibc_advises_its_blocks() -> Option<bool> {
     let probe = vec![0_u8; PROBE_BYTES];
-    std::fs::read_to_string("/proc/self/smaps").is_ok_and(|smaps| {
-        vm_flags_at(&smaps, probe.as_ptr() as usize)
-            .is_some_and(|flags| flags.split_whitespace().any(|f| f == "hg"))
-    })
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let flags = vm_flags_at(&smaps, probe.as_ptr() as usize)?;
+    Some(flags.split_whitespace().any(|f| f == "hg"))
 }
 
 /// The `VmFlags` of the mapping in `smaps` (the text of `/proc/PID/smaps`) that
@@ -313,7 +333,8 @@ fn reexecute(tunables: &str, started_with: &str, starts: u32) -> HeapPages {
             .exec();
         failures.push(format!("{}: {err}", exe.display()));
     }
-    restore_environment(Some(started_with.to_string()).filter(|_| starts > 1));
+    // A re-executed process that could not go on again puts back what it found.
+    restore_environment(Some(started_with).filter(|_| starts > 1));
     HeapPages::Default(format!(
         "executing this binary again with {TUNABLE}=1 failed: {}",
         failures.join("; ")
@@ -360,7 +381,7 @@ mod tests {
     fn the_tunable_once_set_is_kept_so_the_reexecution_happens_once() {
         let s = Start {
             tunables: Ok(Some(with_tunable(None))),
-            started_with: Some(String::new()),
+            started_with: Some("-".to_string()),
             ..start("always [madvise] never")
         };
         assert_eq!(decide(&s), Decision::Keep(HeapPages::Huge("1".to_string())));
@@ -390,6 +411,11 @@ mod tests {
             ..zero
         };
         assert_eq!(decide(&always), Decision::Keep(HeapPages::KernelAlways));
+        let one_always = Start {
+            tunables: Ok(Some("glibc.malloc.hugetlb=1".to_string())),
+            ..always
+        };
+        assert_eq!(decide(&one_always), Decision::Keep(HeapPages::KernelAlways));
         // hugetlbfs pages need no THP; transparent ones do.
         let two = Start {
             tunables: Ok(Some("glibc.malloc.hugetlb=2".to_string())),
@@ -510,6 +536,17 @@ VmFlags: rd mr mw me
         );
         assert_eq!(vm_flags_at(smaps, 0x7f00_0400_0000), Some("rd mr mw me"));
         assert_eq!(vm_flags_at(smaps, 0x1000), None);
+    }
+
+    #[test]
+    fn the_tunables_found_are_recorded_set_or_unset() {
+        assert_eq!(found_as(None), "-");
+        assert_eq!(as_found(&found_as(None)), None);
+        assert_eq!(as_found(&found_as(Some(""))), Some(""));
+        assert_eq!(
+            as_found(&found_as(Some("glibc.malloc.arena_max=4"))),
+            Some("glibc.malloc.arena_max=4")
+        );
     }
 
     #[test]

@@ -6,11 +6,10 @@
 use std::process::Command;
 
 const OUT_VAR: &str = "CAPO_HEAP_TEST_OUT";
-const TEST: &str = "the_binary_executes_itself_once_and_hands_on_the_environment_it_got";
-const STARTED: &str = "glibc.malloc.arena_max=4";
+const TEST: &str = "the_binary_executes_itself_again_and_hands_on_the_environment_it_got";
 
 #[test]
-fn the_binary_executes_itself_once_and_hands_on_the_environment_it_got() {
+fn the_binary_executes_itself_again_and_hands_on_the_environment_it_got() {
     if let Some(out) = std::env::var_os(OUT_VAR) {
         // The child, in its first incarnation (which executes itself again and never
         // comes back here) or its second.
@@ -41,9 +40,19 @@ fn the_binary_executes_itself_once_and_hands_on_the_environment_it_got() {
         std::fs::write(out, report.join("\n")).unwrap();
         return;
     }
+    // Started without the tunable (the binary asks for it), and with it set by
+    // whoever started the binary (the binary checks that glibc applied it).
+    for started in ["glibc.malloc.arena_max=4", "glibc.malloc.hugetlb=1"] {
+        run_child(started);
+    }
+}
+
+/// Runs this test's binary as a child started with `GLIBC_TUNABLES=started` and
+/// checks what it reported.
+fn run_child(started: &str) {
     let expected = capo_heap::decide(&capo_heap::Start {
         switch: None,
-        tunables: Ok(Some(STARTED.to_string())),
+        tunables: Ok(Some(started.to_string())),
         started_with: None,
         ..capo_heap::observe()
     });
@@ -51,7 +60,7 @@ fn the_binary_executes_itself_once_and_hands_on_the_environment_it_got() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", TEST, "--test-threads", "1"])
         .env(OUT_VAR, &out)
-        .env("GLIBC_TUNABLES", STARTED)
+        .env("GLIBC_TUNABLES", started)
         .env_remove("CAPO_HUGE_PAGES")
         .env_remove(capo_heap::STARTED_WITH_VAR)
         .env_remove(capo_heap::STARTS_VAR)
@@ -68,26 +77,40 @@ fn the_binary_executes_itself_once_and_hands_on_the_environment_it_got() {
             .unwrap_or_else(|| panic!("no {name} in {report}"))
             .to_string()
     };
-    // One process all along, the tunable handed to the children no further.
+    // One process all along, under its own name, the environment handed on as it came.
     assert_eq!(field("pid"), pid.to_string(), "{report}");
-    assert_eq!(field("now"), STARTED, "{report}");
+    assert_eq!(field("now"), started, "{report}");
     assert_eq!(field("marker"), "false", "{report}");
+    let exe = std::env::current_exe().unwrap();
+    let comm: String = exe
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .take(15)
+        .collect();
+    assert_eq!(field("comm"), comm, "{report}");
     match expected {
-        capo_heap::Decision::Reexecute(_) => {
-            assert_eq!(
-                field("pages"),
-                "transparent huge pages (glibc.malloc.hugetlb=1)"
-            );
-            // glibc read the tunable: its large blocks are advised for huge pages.
-            assert!(
-                field("flags").split_whitespace().any(|f| f == "hg"),
-                "{report}"
-            );
-            // The kernel names a process after the file it executes: still this one's.
-            let exe = std::env::current_exe().unwrap();
-            let name = exe.file_name().unwrap().to_string_lossy();
-            let comm: String = name.chars().take(15).collect();
-            assert_eq!(field("comm"), comm, "{report}");
+        capo_heap::Decision::Reexecute(_)
+        | capo_heap::Decision::Keep(capo_heap::HeapPages::Huge(_)) => {
+            // glibc read the tunable: its large blocks are advised for huge pages. Or,
+            // about once in a thousand runs of a binary glibc 2.36 fails half the
+            // time, it failed in all ten starts and the binary says so.
+            let advised = field("flags").split_whitespace().any(|f| f == "hg");
+            if advised {
+                assert_eq!(
+                    field("pages"),
+                    "transparent huge pages (glibc.malloc.hugetlb=1)",
+                    "{report}"
+                );
+            } else {
+                assert!(
+                    field("pages").starts_with(
+                        "default pages: glibc did not apply glibc.malloc.hugetlb=1 in 10 starts"
+                    ),
+                    "{report}"
+                );
+            }
         }
         capo_heap::Decision::Keep(pages) => {
             eprintln!("nothing to ask for on this machine ({pages}): checked that the binary says so and carries on");

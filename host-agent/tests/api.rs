@@ -75,7 +75,7 @@ fn start_with(name: &str, seed: &std::path::Path, extra: &[&str]) -> Agent {
 /// library allow, by executing itself again with glibc's tunable first thing: the
 /// same process (the tunable is in its environment), logging once, serving as ever.
 #[test]
-fn the_agent_asks_once_for_huge_pages_for_its_heap() {
+fn the_agent_asks_for_huge_pages_for_its_heap_and_says_so_once() {
     // The agent inherits this process's environment and kernel.
     let expected = capo_heap::decide(&capo_heap::observe());
     let agent = start("heap", &[]);
