@@ -17,6 +17,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 mod glibc;
+pub mod maps;
+
+pub use maps::vm_flags_at;
 
 /// Set to `off` to ask for nothing (a `GLIBC_TUNABLES` set by whoever started the
 /// binary still applies).
@@ -291,23 +294,6 @@ fn glibc_advises_its_blocks() -> Option<bool> {
     Some(flags.split_whitespace().any(|f| f == "hg"))
 }
 
-/// The `VmFlags` of the mapping in `smaps` (the text of `/proc/PID/smaps`) that
-/// holds `address`.
-pub fn vm_flags_at(smaps: &str, address: usize) -> Option<&str> {
-    let mut inside = false;
-    for line in smaps.lines() {
-        let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
-        if let Some((Ok(start), Ok(end))) =
-            range.map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)))
-        {
-            inside = (start..end).contains(&address);
-        } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
-            return Some(flags.trim());
-        }
-    }
-    None
-}
-
 fn reexecute(tunables: &str, started_with: &str, starts: u32) -> HeapPages {
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();
@@ -518,24 +504,6 @@ mod tests {
         assert!(!at_least("2.9", (2, 35)));
         assert!(!at_least("2.34", (2, 35)));
         assert!(!at_least("unknown", (2, 35)));
-    }
-
-    #[test]
-    fn vm_flags_are_those_of_the_mapping_holding_the_address() {
-        let smaps = "\
-7f0000000000-7f0004000000 rw-p 00000000 00:00 0 
-Size:              65536 kB
-VmFlags: rd wr mr mw me ac hg 
-7f0004000000-7f0004001000 r--p 00000000 fe:01 12 /usr/lib/libc.so.6
-Size:                  4 kB
-VmFlags: rd mr mw me 
-";
-        assert_eq!(
-            vm_flags_at(smaps, 0x7f00_0000_1000),
-            Some("rd wr mr mw me ac hg")
-        );
-        assert_eq!(vm_flags_at(smaps, 0x7f00_0400_0000), Some("rd mr mw me"));
-        assert_eq!(vm_flags_at(smaps, 0x1000), None);
     }
 
     #[test]

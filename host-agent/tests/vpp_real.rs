@@ -126,12 +126,9 @@ fn assert_main_heap_advised(vpp: &Vpp) {
         return;
     };
     let start = at.split(')').next().unwrap();
+    let address = usize::from_str_radix(start, 16).unwrap();
     let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", vpp.pid())).unwrap();
-    // The mapping's own VmFlags line is the first after its header.
-    let flags = smaps
-        .lines()
-        .skip_while(|l| !l.starts_with(&format!("{start}-")))
-        .find(|l| l.starts_with("VmFlags:"))
+    let flags = capo_heap::vm_flags_at(&smaps, address)
         .unwrap_or_else(|| panic!("no mapping at 0x{start} in VPP's smaps"));
     assert!(
         flags.split_whitespace().any(|f| f == "hg"),

@@ -9,66 +9,11 @@
 //! kernel back with 2 MiB pages where the THP mode is `madvise` or `always`. A heap
 //! already on hugetlbfs pages (`main-heap-page-size 2m`) is left alone.
 
-/// One line of `/proc/self/maps`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mapping {
-    /// First address.
-    pub start: usize,
-    /// One past the last address.
-    pub end: usize,
-    /// Readable and writable, private.
-    pub private_rw: bool,
-    /// The file or pseudo-file mapped (`/memfd:…`, `[heap]`), empty for anonymous
-    /// memory.
-    pub path: String,
-}
-
-impl Mapping {
-    /// Its size in bytes.
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    /// Whether it is empty (never, for a line the kernel wrote).
-    pub fn is_empty(&self) -> bool {
-        self.end == self.start
-    }
-}
-
-/// The mapping of `maps` (the text of `/proc/self/maps`) holding `address`.
-pub fn mapping_holding(maps: &str, address: usize) -> Option<Mapping> {
-    maps.lines()
-        .filter_map(parse_line)
-        .find(|m| (m.start..m.end).contains(&address))
-}
-
-fn parse_line(line: &str) -> Option<Mapping> {
-    let mut fields = line.split_whitespace();
-    let (start, end) = fields.next()?.split_once('-')?;
-    let perms = fields.next()?;
-    // offset, device and inode, then the path if any, which may hold spaces.
-    let path = after_fields(line, 5).to_string();
-    Some(Mapping {
-        start: usize::from_str_radix(start, 16).ok()?,
-        end: usize::from_str_radix(end, 16).ok()?,
-        private_rw: perms.starts_with("rw") && perms.ends_with('p'),
-        path,
-    })
-}
-
-/// What follows the first `n` whitespace-separated fields of `line`, trimmed.
-fn after_fields(line: &str, n: usize) -> &str {
-    let mut rest = line;
-    for _ in 0..n {
-        rest = rest.trim_start();
-        rest = &rest[rest.find(char::is_whitespace).unwrap_or(rest.len())..];
-    }
-    rest.trim()
-}
+use capo_heap::maps::Mapping;
 
 /// Whether the heap's mapping is one to advise: private anonymous memory; the
 /// reason otherwise (a hugetlbfs heap is a file mapping).
-pub fn advisable(heap: &Mapping) -> Result<(), String> {
+pub fn advisable(heap: &Mapping<'_>) -> Result<(), String> {
     if !heap.private_rw {
         return Err(format!(
             "VPP's main heap ({} MiB at {:#x}) is not private writable memory",
@@ -90,6 +35,7 @@ pub fn advisable(heap: &Mapping) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use capo_heap::maps::mapping_holding;
 
     const MAPS: &str = "\
 55d0c0a00000-55d0c0a21000 r--p 00000000 fe:01 1234 /opt/vpp/bin/vpp

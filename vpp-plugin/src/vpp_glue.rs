@@ -477,7 +477,7 @@ fn advise_main_heap() -> String {
         Ok(t) => t,
         Err(e) => return format!("main heap left on its pages: reading /proc/self/maps: {e}"),
     };
-    let Some(heap) = crate::heap::mapping_holding(&maps, address) else {
+    let Some(heap) = capo_heap::maps::mapping_holding(&maps, address) else {
         return format!("main heap left on its pages: no mapping holds {address:#x}");
     };
     if let Err(why) = crate::heap::advisable(&heap) {

@@ -958,10 +958,10 @@ mod tests {
             name: "web".into(),
         };
         let (enforced, staged) = (key("NetworkPolicy"), key("StagedNetworkPolicy"));
-        let policy = allow_port_in_t1;
-        b.apply(&mut state, &mut ids, policy(&enforced, 80))
+        b.apply(&mut state, &mut ids, allow_port_in_t1(&enforced, 80))
             .unwrap();
-        b.apply(&mut state, &mut ids, policy(&staged, 81)).unwrap();
+        b.apply(&mut state, &mut ids, allow_port_in_t1(&staged, 81))
+            .unwrap();
         let wkey = WorkloadKey {
             orchestrator: "k8s".into(),
             workload: "ns/pod".into(),
@@ -987,13 +987,14 @@ mod tests {
         .unwrap();
         let kind = IfaceKind::Workload(wkey);
         let before = Arc::clone(b.ifaces.get(&kind).unwrap());
-        b.apply(&mut state, &mut ids, policy(&staged, 82)).unwrap();
+        b.apply(&mut state, &mut ids, allow_port_in_t1(&staged, 82))
+            .unwrap();
         assert!(
             Arc::ptr_eq(&before, b.ifaces.get(&kind).unwrap()),
             "left alone"
         );
         // The enforced one's change still reaches it.
-        b.apply(&mut state, &mut ids, policy(&enforced, 83))
+        b.apply(&mut state, &mut ids, allow_port_in_t1(&enforced, 83))
             .unwrap();
         assert!(
             !Arc::ptr_eq(&before, b.ifaces.get(&kind).unwrap()),
