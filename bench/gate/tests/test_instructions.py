@@ -72,5 +72,16 @@ class Parsing(unittest.TestCase):
         self.assertEqual(instructions.summary_of("events: Ir\n"), 0)
 
 
+class Command(unittest.TestCase):
+    def test_the_counted_program_does_not_execute_itself_again(self):
+        full, env = instructions.callgrind_command(
+            ["capo-bench", "classify"], "f", "/out", {"PATH": "/bin", "CAPO_HUGE_PAGES": "on"})
+        self.assertEqual(env["CAPO_HUGE_PAGES"], "off")
+        self.assertEqual(env["PATH"], "/bin")
+        self.assertEqual(full[0], "valgrind")
+        self.assertEqual(full[-2:], ["capo-bench", "classify"])
+        self.assertIn("--toggle-collect=f", full)
+
+
 if __name__ == "__main__":
     unittest.main()
