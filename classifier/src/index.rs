@@ -21,6 +21,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::arc_copy::arc_copy;
 use crate::prefix::PrefixTable;
 
 /// Index of an atom in a generation.
@@ -361,9 +362,9 @@ impl<K: MapKey> Leaf<K> {
 }
 
 /// An unshared copy of `slots`, made straight into its `Arc` (a `Vec` turned into one
-/// would be copied twice).
+/// would be copied twice) with one block move.
 fn copy_of<K: Copy>(slots: &Arc<[Slot<K>]>) -> Arc<[Slot<K>]> {
-    Arc::from(&**slots)
+    arc_copy(slots)
 }
 
 type Mid<K> = Arc<[Leaf<K>; MID]>;

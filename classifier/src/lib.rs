@@ -12,7 +12,8 @@
 //!   batches of parsed packets ([`parse_ethernet`], [`parse_ip`]).
 //!
 //! Everything is pure: no I/O, no clock (time is a [`Timestamp`] parameter), no
-//! threads. Nothing panics on input; the only `unsafe` is the CPU prefetch hint.
+//! threads. Nothing panics on input; the only `unsafe` is the CPU prefetch hint and
+//! one initialisation of a slice copied with one block move (`arc_copy`).
 //!
 //! How a program works and why it is built this way: `docs/architecture.md`
 //! ("Fast classifier").
@@ -57,12 +58,14 @@
 //! ```
 #![warn(missing_docs)]
 
+mod arc_copy;
 mod bits;
 mod compile;
 mod counters;
 mod flow;
 mod generation;
 mod index;
+mod overlay;
 mod packet;
 mod prefetch;
 mod prefix;

@@ -1,4 +1,4 @@
-//! The one place this crate uses `unsafe`: the CPU's prefetch hint.
+//! The CPU's prefetch hint, one of the two places this crate uses `unsafe`.
 #![allow(unsafe_code)]
 
 /// Hints the CPU to fetch the cache line at `p`. Never faults, reads nothing.

@@ -25,8 +25,10 @@ use capo_policy::{Decider, IcmpMatch, IpFamily, Packet, PortRange, Verdict, L4};
 
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::arc_copy::arc_copy;
 use crate::bits;
 use crate::index::{AddrIndex, AddrKey, AtomId};
+use crate::overlay::{Lookups, Overlay};
 
 /// What a rule does when it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,8 +417,8 @@ pub(crate) const SPARSE_MIN_WORDS: usize = STACK_WORDS + 1;
 #[repr(C)]
 pub(crate) struct Program {
     /// The masks and port tables of the program in one allocation (see
-    /// [`Layout`]).
-    pub(crate) arena: Box<[u64]>,
+    /// [`Layout`]), shared with the program's overlaid copies.
+    pub(crate) arena: Arc<[u64]>,
     /// The atom table and the atom slots (see [`Layout`]), in an allocation of
     /// their own: a patch that leaves the rules' atoms alone shares it.
     pub(crate) atoms: Arc<[u64]>,
@@ -434,6 +436,9 @@ pub(crate) struct Program {
     // The lists below are shared with the program's patched versions until a
     // patch changes them: a patch copies only what it rewrites.
     pub(crate) rules: Arc<[CRule]>,
+    /// Rules whose bits in the arena are stale, with their criteria now (see
+    /// [`crate::overlay`]); none in a program laid out or patched.
+    pub(crate) overlay: Option<Arc<Overlay>>,
     /// The [`Verify`] of each rule marked `verify`, by rule (sorted).
     pub(crate) verifies: Arc<[(u32, Verify)]>,
     pub(crate) segments: Arc<[Segment]>,
@@ -764,7 +769,7 @@ impl Program {
         }
         [lay.sports_n, lay.dports_n] = n;
         Program {
-            arena: arena.into_boxed_slice(),
+            arena: arc_copy(&arena),
             atoms: self.atoms.clone(),
             words: self.words,
             flags: self.flags,
@@ -772,6 +777,7 @@ impl Program {
             bloom: self.bloom,
             proto_class: self.proto_class,
             rules: self.rules.clone(),
+            overlay: None,
             verifies: self.verifies.clone(),
             segments: self.segments.clone(),
             deciders: self.deciders.clone(),
@@ -995,7 +1001,7 @@ impl Program {
             let first = at + n.div_ceil(STARTS_PER_WORD);
             for iv in 0..n {
                 let off = first + iv * rows as usize * w;
-                if let Some(pos) = self.arena.get_mut(off..off + w) {
+                if let Some(pos) = Arc::make_mut(&mut self.arena).get_mut(off..off + w) {
                     for (p, f) in pos.iter_mut().zip(&free) {
                         *p |= f;
                     }
@@ -1334,6 +1340,11 @@ impl Program {
             }
         }
 
+        // Rules held apart from the bitmaps decide their own bits.
+        if let Some(overlay) = &self.overlay {
+            overlay.apply(cand, pkt, &Lookups { idx, keys });
+        }
+
         // Control flow over the candidates. The address atom lists are looked up
         // again only for the rare rules marked for verification.
         let atoms = PacketAtoms {
@@ -1436,6 +1447,7 @@ impl Program {
             + self.arena.len() * 8
             + self.atoms.len() * 8
             + self.bases.len() * 8
+            + self.overlay.as_ref().map_or(0, |o| o.bytes())
     }
 }
 
@@ -1484,13 +1496,14 @@ mod tests {
                 atab_mask: (table.len() - 1) as u32,
                 ..Layout::default()
             },
-            arena: Box::default(),
+            arena: Arc::from(Vec::new()),
             atoms: table.into(),
             words: 1,
             flags: 0,
             bloom,
             proto_class: [0; 256],
             rules: Arc::default(),
+            overlay: None,
             verifies: Arc::default(),
             segments: Arc::default(),
             deciders: Arc::default(),

@@ -977,3 +977,156 @@ fn replicas_share_one_program_through_edits_and_churn() {
     );
     assert_eq!(b.check_programs_against_specs(), Ok(()));
 }
+
+/// A policy's rules edited one at a time are held in its users' overlays, not
+/// rewritten in their bitmaps: each edit one more overlaid rule, the verdicts those
+/// of the new rules. An edit undone leaves the overlay; the edit that would take
+/// it past eight rules lays the program out anew, with no overlay.
+#[test]
+fn edits_are_held_in_an_overlay_up_to_its_bound() {
+    use capo_policy::*;
+    let allow_port = |port: u16| Rule {
+        protocol: Some(Protocol::TCP),
+        dst: SideMatch {
+            ports: vec![PortRange::single(port)],
+            ..SideMatch::default()
+        },
+        ..Rule::any(Action::Allow)
+    };
+    let policy = |ports: &[u16]| {
+        let mut rules: Vec<Rule> = ports.iter().map(|p| allow_port(*p)).collect();
+        rules.push(Rule::any(Action::Deny));
+        Update::PolicyUpdate(common::pkey(0), common::t1_policy(rules).into())
+    };
+    for words in [1, 6] {
+        let (mut state, mut ids) = (State::new(), IdTable::default());
+        let mut b = Builder::with_min_words(words);
+        let mut ports: Vec<u16> = (1000..1012).collect();
+        let endpoint = common::tun0_endpoint();
+        common::apply_all(&mut b, &mut state, &mut ids, vec![policy(&ports), endpoint]);
+        assert_eq!(b.overlaid_rules(), 0);
+        let verdict = |g: &capo_classifier::Generation, port: u16| {
+            let packet = common::tcp("10.9.0.1", 40000, "10.0.0.1", port);
+            common::ingress_verdict(g, "tun0", &packet)
+        };
+        // Rule 0 edited, then back: the overlay holds it, then lets it go.
+        ports[0] = 2000;
+        let g = common::apply_patched(&mut b, &mut state, &mut ids, policy(&ports));
+        assert_eq!(b.overlaid_rules(), 1, "{words} words");
+        assert_eq!(verdict(&g, 2000), Verdict::Allow);
+        assert_eq!(verdict(&g, 1000), Verdict::Deny);
+        ports[0] = 1000;
+        let g = common::apply_patched(&mut b, &mut state, &mut ids, policy(&ports));
+        assert_eq!(b.overlaid_rules(), 0, "{words} words");
+        assert_eq!(verdict(&g, 1000), Verdict::Allow);
+        assert_eq!(verdict(&g, 2000), Verdict::Deny);
+        // Eight rules edited: eight overlaid; the ninth lays the program out.
+        for k in 0..9 {
+            ports[k] = 3000 + k as u16;
+            let g = common::apply_patched(&mut b, &mut state, &mut ids, policy(&ports));
+            let overlaid = if k < 8 { k + 1 } else { 0 };
+            assert_eq!(b.overlaid_rules(), overlaid, "edit {k}, {words} words");
+            for (j, port) in ports.iter().enumerate() {
+                assert_eq!(
+                    verdict(&g, *port),
+                    Verdict::Allow,
+                    "rule {j} after edit {k}"
+                );
+            }
+            assert_eq!(verdict(&g, 1000 + k as u16), Verdict::Deny, "edit {k}");
+        }
+    }
+}
+
+/// Overlaid rules with ICMP criteria and negated named ports, checked packet by
+/// packet: each edit's verdicts are the new rule's, and the reference evaluator's.
+#[test]
+fn overlaid_icmp_and_negated_named_port_rules_decide_as_laid_out_ones() {
+    use capo_policy::*;
+    let named = common::set_id(0);
+    let echo = |t: u8| {
+        Some(IcmpMatch {
+            icmp_type: t,
+            code: None,
+        })
+    };
+    let icmp_rule = |icmp: Option<IcmpMatch>, not_icmp: Option<IcmpMatch>| Rule {
+        protocol: Some(Protocol::ICMP),
+        icmp,
+        not_icmp,
+        ..Rule::any(Action::Allow)
+    };
+    let nnp_rule = |negated: bool| Rule {
+        protocol: Some(Protocol::TCP),
+        src: SideMatch {
+            not_named_port_sets: if negated { vec![named.clone()] } else { vec![] },
+            ports: if negated {
+                vec![]
+            } else {
+                vec![PortRange::single(7)]
+            },
+            ..SideMatch::default()
+        },
+        ..Rule::any(Action::Allow)
+    };
+    let policy = |first: Rule, second: Rule| {
+        let rules = vec![first, second, Rule::any(Action::Deny)];
+        Update::PolicyUpdate(common::pkey(0), common::t1_policy(rules).into())
+    };
+    let ping = |t: u8| Packet {
+        src: "10.9.0.1".parse().unwrap(),
+        dst: "10.0.0.1".parse().unwrap(),
+        protocol: Protocol::ICMP,
+        l4: L4::Icmp {
+            icmp_type: t,
+            code: 0,
+        },
+    };
+    let from = |sport: u16| common::tcp("10.9.0.1", sport, "10.0.0.1", 80);
+    let packets = [ping(8), ping(0), ping(3), from(40000), from(40001), from(7)];
+    let steps = [
+        (
+            icmp_rule(echo(0), None),
+            nnp_rule(true),
+            [false, true, false, false, true, true],
+        ),
+        (
+            icmp_rule(None, echo(8)),
+            nnp_rule(true),
+            [false, true, true, false, true, true],
+        ),
+        (
+            icmp_rule(echo(8), echo(8)),
+            nnp_rule(false),
+            [false, false, false, false, false, true],
+        ),
+    ];
+    for words in [1, 6] {
+        let (mut state, mut ids) = (State::new(), IdTable::default());
+        let mut b = Builder::with_min_words(words);
+        let set = common::tcp_port_set(&named, "10.9.0.1", 40000);
+        let first = policy(icmp_rule(echo(8), None), nnp_rule(false));
+        common::apply_all(
+            &mut b,
+            &mut state,
+            &mut ids,
+            vec![set, first, common::tun0_endpoint()],
+        );
+        for (step, (icmp, nnp, allowed)) in steps.iter().enumerate() {
+            let update = policy(icmp.clone(), nnp.clone());
+            let g = common::apply_patched(&mut b, &mut state, &mut ids, update);
+            assert!(b.overlaid_rules() > 0, "step {step}: not overlaid");
+            for (pkt, allowed) in packets.iter().zip(allowed) {
+                let want = if *allowed {
+                    Verdict::Allow
+                } else {
+                    Verdict::Deny
+                };
+                let got = common::ingress_verdict(&g, "tun0", pkt);
+                assert_eq!(got, want, "step {step}, {pkt:?}, {words} words");
+            }
+            // Every interface and direction, deciders too, one by one and batched.
+            common::check(&state, &g, &packets).expect("the reference agrees");
+        }
+    }
+}

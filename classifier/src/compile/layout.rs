@@ -10,6 +10,7 @@ use capo_policy::{IpFamily, PortRange};
 use super::lower::{Fragment, LRule, LSide, ProgSpec, SegSpec};
 use crate::bits;
 use crate::index::AtomId;
+use crate::overlay::ExactRule;
 use crate::program::{
     atom_table_into, port_table, port_table_over, table_rows, CRule, DeciderTable, Layout, Program,
     SegKind, Segment, TablePatch, Verify, BLOOM_WORDS, F_DST_NP, F_ICMP, F_SPARSE, F_SRC_NP, F_SVC,
@@ -65,7 +66,7 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
     let icmp_rules = std::mem::take(&mut masks.icmp_rules);
     let (arena, atoms, lay) = masks.arena(&slots, &atom_bits, starts.as_ref());
     let mut program = Program {
-        arena: arena.into_boxed_slice(),
+        arena: arena.into(),
         atoms: atoms.into(),
         words: w as u32,
         flags,
@@ -73,6 +74,7 @@ pub(super) fn finish(spec: &ProgSpec, min_words: usize) -> Program {
         bloom,
         proto_class: protos.class,
         rules: rules.into(),
+        overlay: None,
         verifies: verifies.into(),
         segments: segments.into(),
         deciders: Arc::new(deciders),
@@ -369,6 +371,9 @@ pub(super) struct Swap {
     pub(super) old: Arc<Fragment>,
     pub(super) new: Arc<Fragment>,
     pub(super) changed: Arc<[usize]>,
+    /// Per changed rule, its criteria after and before, as an overlay holds them
+    /// (made once for every program).
+    pub(super) exact: Arc<[(Arc<ExactRule>, Arc<ExactRule>)]>,
 }
 
 /// `program` with fragments swapped in place, `spec` being its spec after the
@@ -481,7 +486,7 @@ pub(super) fn patch(program: &Program, spec: &ProgSpec, swaps: &[Swap]) -> Optio
         p.verifies = v.into();
     }
     // The head rows: the masks, then the protocol classes, as the arena has them.
-    let arena = &mut p.arena;
+    let arena = Arc::make_mut(&mut p.arena);
     let mut head_changed = false;
     for i in &positions {
         for r in 0..M_PROTO + classes.reps.len() {

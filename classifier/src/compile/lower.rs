@@ -15,6 +15,7 @@ use super::deps::Deps;
 use super::patch::{OldFragment, Owner};
 use super::{Builder, FastMap};
 use crate::index::AtomId;
+use crate::overlay::{ExactRule, ExactSide};
 use crate::program::{range_bounds, table_rows, Act};
 
 /// A rule lowered to atoms: what it matches and what it does.
@@ -29,6 +30,36 @@ pub(super) struct LRule {
     pub(super) src: LSide,
     pub(super) dst: LSide,
     pub(super) svc: Vec<AtomId>,
+}
+
+impl LRule {
+    /// The rule's criteria as a program's overlay checks them.
+    pub(super) fn exact(&self) -> ExactRule {
+        ExactRule {
+            family: self.family,
+            protocol: self.protocol,
+            not_protocol: self.not_protocol,
+            icmp: self.icmp,
+            not_icmp: self.not_icmp,
+            needs_ports: self.src.uses_ports || self.dst.uses_ports || !self.svc.is_empty(),
+            src: self.src.exact(),
+            dst: self.dst.exact(),
+            svc: self.svc.as_slice().into(),
+        }
+    }
+}
+
+impl LSide {
+    fn exact(&self) -> ExactSide {
+        ExactSide {
+            pos: self.pos.as_slice().into(),
+            neg: self.neg.as_slice().into(),
+            ports: self.ports.as_slice().into(),
+            np: self.np.as_slice().into(),
+            not_ports: self.not_ports.as_slice().into(),
+            nnp: self.nnp.as_slice().into(),
+        }
+    }
 }
 
 #[derive(Default, PartialEq)]

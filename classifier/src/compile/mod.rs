@@ -8,9 +8,9 @@
 //!
 //! - IP-set changes touch the index entries of the changed members and nothing else
 //!   (programs refer to sets by atom, never to their members);
-//! - a policy or profile change patches the programs of the interfaces that use
-//!   it where its rules keep their number (`patch`), and recompiles them
-//!   otherwise; every other policy's rules come lowered from the builder's
+//! - a policy or profile change overlays (or patches) the programs of the
+//!   interfaces that use it where its rules keep their number (`patch`), and
+//!   recompiles them otherwise; every other policy's rules come lowered from the builder's
 //!   fragments, one per policy (or profile), tier and direction, whose deciders the
 //!   programs share;
 //! - an endpoint change recompiles that endpoint's interface (host endpoints and
@@ -22,7 +22,7 @@
 //! profiles into rules over atoms in evaluation order, `iface` builds each kind of
 //! interface's programs, `layout` lays a program's bitmaps and tables out (and
 //! patches them), and `patch` finds the programs a policy or profile change can
-//! patch.
+//! overlay or patch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use capo_policy::ids::{Changed, InterfaceIndexes};
 use capo_policy::{Applied, Cidr, Direction, IdTable, IpSetId, State, StateError, Update};
 
 use crate::generation::{
-    Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps, SwIfIndexMap,
+    Entry, Generation, GenerationId, Iface, IfaceId, IfaceKind, IfaceMaps, SwIfIndexMap,
 };
 use crate::index::{AddrIndex, AtomId};
 use crate::prefix::PrefixSource;
@@ -168,6 +168,20 @@ impl Builder {
     /// taken).
     pub fn patched_interfaces(&self) -> u64 {
         self.patched
+    }
+
+    /// Rules the interfaces' programs hold in overlays rather than in their
+    /// bitmaps (`crate::overlay`), summed over interfaces and directions: tests
+    /// check which way an edit went.
+    #[doc(hidden)]
+    pub fn overlaid_rules(&self) -> usize {
+        let overlaid = |e: &Entry| match e {
+            Entry::Single(p) => p.overlay.as_ref().map_or(0, |o| o.rules.len()),
+            _ => 0,
+        };
+        (self.ifaces.values())
+            .map(|i| i.entries.iter().map(overlaid).sum::<usize>())
+            .sum()
     }
 
     /// How the published interface list was changed since the last full compile
@@ -1041,7 +1055,7 @@ mod tests {
             let iface = b.ifaces.get(&IfaceKind::Workload(key.clone())).unwrap();
             (iface.entries.iter())
                 .filter_map(|e| match e {
-                    crate::generation::Entry::Single(p) => Some(Arc::clone(p)),
+                    Entry::Single(p) => Some(Arc::clone(p)),
                     _ => None,
                 })
                 .collect()

@@ -1,10 +1,11 @@
-//! Policy changes patched into programs: when a policy's rules keep their number (a
-//! port edited, an action flipped, a set swapped for one the program already
-//! names), each program listing it has those rules' bits rewritten in a copy of
-//! its arena (see `layout::patch`), instead of being laid out again from all its
-//! rules. A policy many endpoints list would otherwise cost a full layout per
-//! endpoint and direction. Anything a patch cannot express falls back to the full
-//! compile.
+//! Policy changes taken by programs in place: when a policy's rules keep their
+//! number (a port edited, an action flipped, a rule replaced), each program listing
+//! it is published as a shallow copy holding the changed rules in an overlay
+//! (`crate::overlay`), its bitmaps untouched. Past an overlay's bound a program
+//! without one has those rules' bits rewritten in a copy of its arena (see
+//! `layout::patch`), and one with one is laid out anew. A policy many endpoints
+//! list would otherwise cost a full layout per endpoint and direction. Anything a
+//! patch cannot express falls back to the full compile.
 
 use std::sync::Arc;
 
@@ -15,7 +16,8 @@ use super::layout::{finish, patch, Canonical, Swap};
 use super::lower::{Fragment, ProgSpec};
 use super::{Builder, FastMap, PolicyFilter};
 use crate::generation::{Entry, Iface, IfaceKind};
-use crate::program::Program;
+use crate::overlay::{ExactRule, Overlay, MAX_OVERLAID};
+use crate::program::{CRule, Program};
 
 /// What changed: a policy or a profile.
 #[derive(Clone, Copy)]
@@ -74,11 +76,16 @@ impl Builder {
                 self.fragments
                     .keep(owner, tier.as_deref(), *dir, held.clone());
             } else {
+                let exact = (changed.iter())
+                    .filter_map(|j| Some((new.rules.get(*j)?, held.rules.get(*j)?)))
+                    .map(|(now, was)| (Arc::new(now.exact()), Arc::new(was.exact())))
+                    .collect();
                 swaps.push(Swap {
                     start: 0,
                     old: held.clone(),
                     new,
                     changed: changed.into(),
+                    exact,
                 });
             }
         }
@@ -182,12 +189,21 @@ impl Builder {
                     for s in &here {
                         next.retally(&s.old, &s.new);
                     }
-                    let Some(laid) = patch(program, &next, &here) else {
-                        done.insert(at, None);
-                        return None;
+                    // Held in the program's overlay where it fits; past the bound, a
+                    // program without one is patched, one with one laid out anew.
+                    let laid = match overlaid(program, spec, &here) {
+                        Some(p) => p,
+                        None if program.overlay.is_some() => finish(&next, self.min_words),
+                        None => {
+                            let Some(p) = patch(program, &next, &here) else {
+                                done.insert(at, None);
+                                return None;
+                            };
+                            p
+                        }
                     };
                     let made = (Arc::new(laid), Arc::new(next));
-                    self.shared.insert(&made.1, &made.0);
+                    self.shared.file_later(&made.1, &made.0);
                     done.insert(at, Some(made.clone()));
                     made
                 }
@@ -223,6 +239,139 @@ impl Builder {
     }
 }
 
+/// `program` with the rules `swaps` change held in its overlay instead of rewritten
+/// in its bitmaps (see [`crate::overlay`]): a shallow copy, the arena and atoms
+/// shared. `spec`: the program's spec before the swaps. `None` when the overlay
+/// would hold more than [`MAX_OVERLAID`] rules.
+fn overlaid(program: &Program, spec: &Arc<ProgSpec>, swaps: &[Swap]) -> Option<Program> {
+    let held = program.overlay.as_deref();
+    // (position, criteria now, criteria the arena has), by position.
+    type Entry = (u32, Arc<ExactRule>, Arc<ExactRule>);
+    let mut entries: Vec<Entry> = held
+        .map(|o| {
+            (o.rules.iter().zip(o.laid.iter()))
+                .map(|((i, now), laid)| (*i, now.clone(), laid.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let laid_rules = held.map_or_else(|| program.rules.clone(), |o| o.laid_rules.clone());
+    let mut rules = program.rules.to_vec();
+    for swap in swaps {
+        if swap.exact.len() != swap.changed.len() {
+            return None;
+        }
+        for (k, id) in swap.new.rule_ids.iter().enumerate() {
+            let r = rules.get_mut(swap.start + k)?;
+            *r = CRule::new(r.act, *id, r.verify);
+        }
+        for (j, (now, was)) in swap.changed.iter().zip(swap.exact.iter()) {
+            let i = u32::try_from(swap.start + j).ok()?;
+            let new = swap.new.rules.get(*j)?;
+            let at = entries.partition_point(|e| e.0 < i);
+            match entries.get_mut(at) {
+                Some(e) if e.0 == i => e.1 = now.clone(),
+                _ => entries.insert(at, (i, now.clone(), was.clone())),
+            }
+            // Checked exactly: never `verify`.
+            let r = rules.get_mut(i as usize)?;
+            *r = CRule::new(new.act, r.rule_id(), false);
+        }
+    }
+    // A rule edited back to the criteria the arena has is the arena's again.
+    let mut restored = Vec::new();
+    entries.retain(|(i, now, laid)| {
+        let back = Arc::ptr_eq(now, laid) || now == laid;
+        if back {
+            restored.push(*i as usize);
+        }
+        !back
+    });
+    for i in restored {
+        // The arena's bits stand for criteria, not actions: the action stays.
+        let (r, laid) = (rules.get_mut(i)?, laid_rules.get(i)?);
+        *r = CRule::new(r.act, r.rule_id(), laid.verify);
+    }
+    if entries.len() > MAX_OVERLAID {
+        return None;
+    }
+    let mut copy = program.clone();
+    copy.rules = rules.into();
+    copy.overlay = (!entries.is_empty()).then(|| {
+        let laid_spec = held.map_or_else(|| spec.clone(), |o| o.laid_spec.clone());
+        let (rules, laid): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .map(|(i, now, laid)| ((i, now), laid))
+            .unzip();
+        Arc::new(Overlay {
+            rules: rules.into(),
+            laid: laid.into(),
+            laid_rules,
+            laid_spec,
+        })
+    });
+    Some(copy)
+}
+
+/// An overlaid program against its specs: its arena and atoms are the layout of the
+/// spec the overlay records, its rules the current spec's, the overlaid positions
+/// exactly those whose criteria differ between the two specs, each with the current
+/// spec's criteria.
+fn check_overlay(
+    program: &Program,
+    overlay: &Overlay,
+    spec: &ProgSpec,
+    fresh_from: &dyn Fn(&ProgSpec) -> Program,
+) -> Result<(), String> {
+    let mut laid_out = program.clone();
+    laid_out.rules = overlay.laid_rules.clone();
+    laid_out.overlay = None;
+    let want = Canonical::of(&fresh_from(&overlay.laid_spec));
+    if let Some(part) = Canonical::of(&laid_out).differs_from(&want) {
+        return Err(format!("the arena is not its spec's layout: {part}"));
+    }
+    let by_position = |spec: &ProgSpec| {
+        let mut rules = Vec::new();
+        for (fragment, start) in spec.fragments_at() {
+            for (k, rule) in fragment.rules.iter().enumerate() {
+                rules.push((start + k, rule.exact()));
+            }
+        }
+        rules.sort_by_key(|(i, _)| *i);
+        rules
+    };
+    let (now, laid) = (by_position(spec), by_position(&overlay.laid_spec));
+    let differing: Vec<(u32, ExactRule)> = (now.iter().zip(&laid))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((i, a), _)| (*i as u32, a.clone()))
+        .collect();
+    let overlaid: Vec<(u32, ExactRule)> = (overlay.rules.iter())
+        .map(|(i, r)| (*i, ExactRule::clone(r)))
+        .collect();
+    if now.len() != laid.len() || differing != overlaid {
+        return Err(format!(
+            "overlaid {:?}, the specs differ at {:?}",
+            overlay.rules.iter().map(|(i, _)| i).collect::<Vec<_>>(),
+            differing.iter().map(|(i, _)| i).collect::<Vec<_>>()
+        ));
+    }
+    let fresh = fresh_from(spec);
+    for (i, (got, want)) in program.rules.iter().zip(fresh.rules.iter()).enumerate() {
+        let overlaid = overlay.rules.iter().any(|(at, _)| *at as usize == i);
+        let expected = if overlaid {
+            CRule::new(want.act, want.rule_id(), false)
+        } else {
+            *want
+        };
+        if *got != expected {
+            return Err(format!("rule {i}: {got:?} != {expected:?}"));
+        }
+    }
+    if program.rules.len() != fresh.rules.len() {
+        return Err("rule counts differ".into());
+    }
+    Ok(())
+}
+
 impl Builder {
     /// Tests: every workload program against the program laid out afresh from its
     /// spec (what a patched program must equal, up to layout); the first
@@ -236,12 +385,23 @@ impl Builder {
                 };
                 // Laid out from the rules' own port bounds, not the tally (which
                 // is checked against a recount below).
-                let mut untallied = ProgSpec::clone(spec);
-                untallied.tallied = false;
-                let fresh = finish(&untallied, self.min_words);
-                let (got, want) = (Canonical::of(program), Canonical::of(&fresh));
-                if let Some(part) = got.differs_from(&want) {
-                    return Err(format!("{kind:?}: {part}"));
+                let fresh_from = |spec: &ProgSpec| {
+                    let mut untallied = spec.clone();
+                    untallied.tallied = false;
+                    finish(&untallied, self.min_words)
+                };
+                match &program.overlay {
+                    None => {
+                        let fresh = fresh_from(spec);
+                        let (got, want) = (Canonical::of(program), Canonical::of(&fresh));
+                        if let Some(part) = got.differs_from(&want) {
+                            return Err(format!("{kind:?}: {part}"));
+                        }
+                    }
+                    Some(overlay) => {
+                        check_overlay(program, overlay, spec, &fresh_from)
+                            .map_err(|e| format!("{kind:?}: overlay: {e}"))?;
+                    }
                 }
                 let mut tallied = ProgSpec::clone(spec);
                 tallied.tally();

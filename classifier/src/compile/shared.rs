@@ -37,6 +37,11 @@ pub(super) struct SharedPrograms {
     /// than during the update that pushed them out (or, in a builder no one
     /// settles, a ring's worth at a time by [`SharedPrograms::retire`]).
     leaving: Vec<Arc<Program>>,
+    /// Programs a policy or profile change patched, filed by the next
+    /// [`SharedPrograms::settle`] (after the update is published) or the next
+    /// look-up, whichever comes first: filing reads the bucket's other programs
+    /// and frees swept entries, cold memory an update need not wait for.
+    pending: Vec<(Arc<ProgSpec>, Weak<Program>)>,
 }
 
 /// How many retired workload programs are kept alive: a workload interface has
@@ -74,8 +79,24 @@ impl SharedPrograms {
     }
 
     /// Files `program`, laid out from `spec`.
-    pub(super) fn insert(&mut self, spec: &Arc<ProgSpec>, program: &Arc<Program>) {
+    #[cfg(test)]
+    fn insert(&mut self, spec: &Arc<ProgSpec>, program: &Arc<Program>) {
         self.insert_at(key(spec), spec, program);
+    }
+
+    /// Files `program`, laid out from `spec`, before the next look-up.
+    pub(super) fn file_later(&mut self, spec: &Arc<ProgSpec>, program: &Arc<Program>) {
+        self.pending
+            .push((Arc::clone(spec), Arc::downgrade(program)));
+    }
+
+    /// Files the programs [`SharedPrograms::file_later`] was given that still live.
+    fn file_pending(&mut self) {
+        for (spec, program) in std::mem::take(&mut self.pending) {
+            if let Some(program) = program.upgrade() {
+                self.insert_at(key(&spec), &spec, &program);
+            }
+        }
     }
 
     /// [`Self::insert`] with the spec's [`key`] known.
@@ -132,6 +153,7 @@ impl SharedPrograms {
     /// freed here).
     pub(super) fn settle(&mut self) {
         self.leaving.clear();
+        self.file_pending();
     }
 
     /// Programs kept retired.
@@ -157,6 +179,7 @@ impl Builder {
     /// The program of `spec`: one already laid out from the same spec, or laid out
     /// now and filed for the next interface with this spec.
     pub(super) fn shared_program(&mut self, mut spec: ProgSpec) -> (Arc<Program>, Arc<ProgSpec>) {
+        self.shared.file_pending();
         let at = key(&spec);
         if let Some(found) = self.shared.find_at(at, &spec) {
             return found;
@@ -278,6 +301,26 @@ mod tests {
         );
         shared.settle();
         assert_eq!(alive(&weak), RETIRED_KEPT, "the settle drops the rest");
+    }
+
+    /// A program filed later is filed by the settle (a dead one not at all), and
+    /// found only from then on.
+    #[test]
+    fn programs_filed_later_are_filed_by_the_settle() {
+        let mut shared = SharedPrograms::default();
+        let live = Arc::new(finish(&spec(1, 1), 1));
+        let dead = Arc::new(finish(&spec(2, 1), 1));
+        shared.file_later(&Arc::new(spec(1, 1)), &live);
+        shared.file_later(&Arc::new(spec(2, 1)), &dead);
+        drop(dead);
+        assert_eq!(shared.held(), 0);
+        assert!(shared.find_at(key(&spec(1, 1)), &spec(1, 1)).is_none());
+        shared.settle();
+        assert_eq!(shared.held(), 1, "the live one only");
+        let (found, _) = shared
+            .find_at(key(&spec(1, 1)), &spec(1, 1))
+            .expect("filed");
+        assert!(Arc::ptr_eq(&found, &live));
     }
 
     /// Programs no interface holds any more are swept as others are filed, and

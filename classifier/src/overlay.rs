@@ -1,0 +1,200 @@
+//! Rules a program holds apart from its bitmaps.
+//!
+//! A policy edit that keeps its rule count (a port moved, an action flipped, a rule
+//! replaced) used to rewrite those rules' bits in a copy of every program listing the
+//! policy before the update could be published: tens of microseconds a program, and
+//! a policy that many endpoints list patches dozens. Now each such program is
+//! published as a shallow copy (the arena and atoms shared) with an [`Overlay`]: the
+//! edited rules' new criteria. Classification computes the candidate bitmap as
+//! before, then clears each overlaid rule's stale bit and sets it again where the
+//! rule's new criteria hold for the packet ([`ExactRule::matches`]), before the scan.
+//! The result is the bitmap a program laid out from the new rules would have, so the
+//! verdict is the same; the property tests hold both to the reference evaluator.
+//!
+//! An overlay is bounded ([`MAX_OVERLAID`]): an edit that would take it past the
+//! bound lays the program out again, and an edit that restores a rule's laid-out
+//! criteria drops it from the overlay.
+
+use std::sync::Arc;
+
+use capo_policy::{IcmpMatch, IpFamily, Packet, PortRange, L4};
+
+use crate::compile::ProgSpec;
+use crate::index::{AddrIndex, AddrKey, AtomId};
+use crate::program::CRule;
+
+/// Most rules a program holds in its overlay: each costs every first packet of the
+/// program a check, and beyond a few the layout is the better buy.
+pub(crate) const MAX_OVERLAID: usize = 8;
+
+/// One side of an [`ExactRule`]: its address atoms and its ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ExactSide {
+    /// Atoms that must all hold the address (nets, IP sets).
+    pub(crate) pos: Box<[AtomId]>,
+    /// Atoms none of which may hold it (`not_nets`, `not_ip_sets`).
+    pub(crate) neg: Box<[AtomId]>,
+    /// The port must be in one of these or in a named-port atom of `np`, where
+    /// either is given.
+    pub(crate) ports: Box<[PortRange]>,
+    pub(crate) np: Box<[AtomId]>,
+    /// The port must be in none of these, nor in a named-port atom of `nnp`.
+    pub(crate) not_ports: Box<[PortRange]>,
+    pub(crate) nnp: Box<[AtomId]>,
+}
+
+impl ExactSide {
+    fn names_address(&self) -> bool {
+        !(self.pos.is_empty() && self.neg.is_empty())
+    }
+
+    fn names_ports(&self) -> bool {
+        !(self.ports.is_empty() && self.np.is_empty())
+    }
+
+    /// Whether the side's port criteria hold for `port`; `named`: the named-port
+    /// atoms holding (address, protocol, port), sorted.
+    fn ports_hold(&self, port: u16, named: &[AtomId]) -> bool {
+        let in_named = |atoms: &[AtomId]| atoms.iter().any(|a| named.binary_search(a).is_ok());
+        let allowed = !self.names_ports()
+            || self.ports.iter().any(|r| r.contains(port))
+            || in_named(&self.np);
+        allowed && !self.not_ports.iter().any(|r| r.contains(port)) && !in_named(&self.nnp)
+    }
+}
+
+/// A rule's criteria, checked against one packet at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ExactRule {
+    pub(crate) family: Option<IpFamily>,
+    pub(crate) protocol: Option<u8>,
+    pub(crate) not_protocol: Option<u8>,
+    pub(crate) icmp: Option<IcmpMatch>,
+    pub(crate) not_icmp: Option<IcmpMatch>,
+    /// A side has a port criterion or the rule a service: only packets with ports
+    /// can match.
+    pub(crate) needs_ports: bool,
+    pub(crate) src: ExactSide,
+    pub(crate) dst: ExactSide,
+    /// Service atoms that must all hold (destination address, protocol, port).
+    pub(crate) svc: Box<[AtomId]>,
+}
+
+/// What classifying one packet looked up, and where to look up the rest.
+pub(crate) struct Lookups<'a> {
+    pub(crate) idx: &'a AddrIndex,
+    pub(crate) keys: &'a [AddrKey; 2],
+}
+
+impl ExactRule {
+    /// Whether the rule matches `pkt`: the same meaning as the rule's bits in a
+    /// laid-out program (and a `verify` check where it has several atoms a side).
+    pub(crate) fn matches(&self, pkt: &Packet, look: &Lookups<'_>) -> bool {
+        if self.family.is_some_and(|f| f != pkt.family()) {
+            return false;
+        }
+        let proto = pkt.protocol.0;
+        if self.protocol.is_some_and(|p| p != proto) || self.not_protocol == Some(proto) {
+            return false;
+        }
+        let ports = match pkt.l4 {
+            L4::Ports { src, dst } => Some((src, dst)),
+            _ => None,
+        };
+        if self.needs_ports && ports.is_none() {
+            return false;
+        }
+        if self.icmp.is_some() || self.not_icmp.is_some() {
+            let L4::Icmp { icmp_type, code } = pkt.l4 else {
+                return false;
+            };
+            if !self.icmp.is_none_or(|m| m.matches(icmp_type, code))
+                || self.not_icmp.is_some_and(|m| m.matches(icmp_type, code))
+            {
+                return false;
+            }
+        }
+        for (side, key) in [(&self.src, &look.keys[0]), (&self.dst, &look.keys[1])] {
+            if !side.names_address() {
+                continue;
+            }
+            let (host, prefixes) = look.idx.lookup_key(key);
+            let holds =
+                |a: &AtomId| host.binary_search(a).is_ok() || prefixes.binary_search(a).is_ok();
+            if !side.pos.iter().all(holds) || side.neg.iter().any(holds) {
+                return false;
+            }
+        }
+        let Some((sport, dport)) = ports else {
+            return true;
+        };
+        let named = |side: &ExactSide, addr, port| {
+            if side.np.is_empty() && side.nnp.is_empty() {
+                &[][..]
+            } else {
+                look.idx.ep_get(addr, proto, port)
+            }
+        };
+        if !self
+            .src
+            .ports_hold(sport, named(&self.src, &pkt.src, sport))
+            || !self
+                .dst
+                .ports_hold(dport, named(&self.dst, &pkt.dst, dport))
+        {
+            return false;
+        }
+        if self.svc.is_empty() {
+            return true;
+        }
+        let services = look.idx.ep_get(&pkt.dst, proto, dport);
+        self.svc.iter().all(|a| services.binary_search(a).is_ok())
+    }
+}
+
+/// A program's overlaid rules (see the module doc).
+pub(crate) struct Overlay {
+    /// Positions, ascending, each with the rule's criteria now.
+    pub(crate) rules: Box<[(u32, Arc<ExactRule>)]>,
+    /// The criteria each position's bits in the arena stand for, in the same order:
+    /// an edit bringing a rule back to them drops it from the overlay.
+    pub(crate) laid: Box<[Arc<ExactRule>]>,
+    /// The rule list the arena was laid out with (actions, `verify` marks).
+    pub(crate) laid_rules: Arc<[CRule]>,
+    /// The spec the arena was laid out from (for the compiler's consistency check).
+    pub(crate) laid_spec: Arc<ProgSpec>,
+}
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Overlay {
+    /// Heap bytes held (what it shares with the program's other versions and with
+    /// other programs counted as its own).
+    pub(crate) fn bytes(&self) -> usize {
+        std::mem::size_of::<Overlay>()
+            + (self.rules.len() + self.laid.len()) * std::mem::size_of::<(u32, ExactRule)>()
+    }
+
+    /// Replaces each overlaid rule's bit in `cand` by whether it matches `pkt`.
+    /// Out of line and cold: most programs hold no overlay, and their packets'
+    /// path should not make room for this one.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn apply(&self, cand: &mut [u64], pkt: &Packet, look: &Lookups<'_>) {
+        for (i, rule) in self.rules.iter() {
+            let (word, bit) = ((*i / 64) as usize, 1u64 << (*i % 64));
+            if let Some(w) = cand.get_mut(word) {
+                *w &= !bit;
+                if rule.matches(pkt, look) {
+                    *w |= bit;
+                }
+            }
+        }
+    }
+}
