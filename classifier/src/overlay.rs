@@ -12,9 +12,13 @@
 //! verdict is the same; the property tests hold both to the reference evaluator.
 //!
 //! An overlay is bounded ([`MAX_OVERLAID`]): an edit that would take it past the
-//! bound lays the program out again, and an edit that restores a rule's laid-out
-//! criteria drops it from the overlay.
+//! bound patches a program that has none and lays one that has one out again, and
+//! an edit that restores a rule's laid-out criteria drops it from the overlay. The
+//! overlay keeps the spec its program's arena was laid out from, for the
+//! compiler's consistency check: it shares every fragment with the current spec but
+//! the edited policies' old ones.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use capo_policy::{IcmpMatch, IpFamily, Packet, PortRange, L4};
@@ -80,10 +84,31 @@ pub(crate) struct ExactRule {
     pub(crate) svc: Box<[AtomId]>,
 }
 
-/// What classifying one packet looked up, and where to look up the rest.
+/// Where a packet's atoms are looked up: each side's address atoms once per packet,
+/// however many overlaid rules name them.
 pub(crate) struct Lookups<'a> {
-    pub(crate) idx: &'a AddrIndex,
-    pub(crate) keys: &'a [AddrKey; 2],
+    idx: &'a AddrIndex,
+    keys: &'a [AddrKey; 2],
+    /// Per side: the atoms holding the address exactly, and by prefix.
+    sides: [OnceCell<(&'a [AtomId], &'a [AtomId])>; 2],
+}
+
+impl<'a> Lookups<'a> {
+    pub(crate) fn new(idx: &'a AddrIndex, keys: &'a [AddrKey; 2]) -> Self {
+        Lookups {
+            idx,
+            keys,
+            sides: [OnceCell::new(), OnceCell::new()],
+        }
+    }
+
+    /// Side `side`'s (0: source, 1: destination) address atoms.
+    fn address(&self, side: usize) -> (&'a [AtomId], &'a [AtomId]) {
+        match (self.sides.get(side), self.keys.get(side)) {
+            (Some(cell), Some(key)) => *cell.get_or_init(|| self.idx.lookup_key(key)),
+            _ => (&[], &[]),
+        }
+    }
 }
 
 impl ExactRule {
@@ -114,11 +139,11 @@ impl ExactRule {
                 return false;
             }
         }
-        for (side, key) in [(&self.src, &look.keys[0]), (&self.dst, &look.keys[1])] {
+        for (at, side) in [&self.src, &self.dst].into_iter().enumerate() {
             if !side.names_address() {
                 continue;
             }
-            let (host, prefixes) = look.idx.lookup_key(key);
+            let (host, prefixes) = look.address(at);
             let holds =
                 |a: &AtomId| host.binary_search(a).is_ok() || prefixes.binary_search(a).is_ok();
             if !side.pos.iter().all(holds) || side.neg.iter().any(holds) {
@@ -174,11 +199,26 @@ impl std::fmt::Debug for Overlay {
 }
 
 impl Overlay {
-    /// Heap bytes held (what it shares with the program's other versions and with
-    /// other programs counted as its own).
+    /// Heap bytes held: the criteria, both ways, and the laid-out rule list (which
+    /// it shares with the program it was made from) counted as its own; the laid-out
+    /// spec not counted (its fragments are the current spec's but for the edited
+    /// policies' old ones).
     pub(crate) fn bytes(&self) -> usize {
+        let criteria = |r: &ExactRule| {
+            let atoms = |s: &ExactSide| s.pos.len() + s.neg.len() + s.np.len() + s.nnp.len();
+            let ranges = |s: &ExactSide| s.ports.len() + s.not_ports.len();
+            std::mem::size_of::<ExactRule>()
+                + (atoms(&r.src) + atoms(&r.dst) + r.svc.len()) * std::mem::size_of::<AtomId>()
+                + (ranges(&r.src) + ranges(&r.dst)) * std::mem::size_of::<PortRange>()
+        };
         std::mem::size_of::<Overlay>()
-            + (self.rules.len() + self.laid.len()) * std::mem::size_of::<(u32, ExactRule)>()
+            + self
+                .rules
+                .iter()
+                .map(|(_, r)| 4 + criteria(r))
+                .sum::<usize>()
+            + self.laid.iter().map(|r| criteria(r)).sum::<usize>()
+            + self.laid_rules.len() * std::mem::size_of::<CRule>()
     }
 
     /// Replaces each overlaid rule's bit in `cand` by whether it matches `pkt`.

@@ -1342,7 +1342,7 @@ impl Program {
 
         // Rules held apart from the bitmaps decide their own bits.
         if let Some(overlay) = &self.overlay {
-            overlay.apply(cand, pkt, &Lookups { idx, keys });
+            overlay.apply(cand, pkt, &Lookups::new(idx, keys));
         }
 
         // Control flow over the candidates. The address atom lists are looked up

@@ -202,11 +202,13 @@ impl Builder {
     /// one where no generation holds them any more, so the interfaces and programs
     /// only they held are let go of now and the next endpoint or policy change
     /// edits one in place. Call it once the generations the last publish replaced
-    /// are released; nothing depends on it. A builder never settled keeps replaced
-    /// interfaces (and their programs) until two more changes of the list, or a
-    /// full compile. The programs that stopped being kept for endpoints made again
-    /// are let go of here too (a builder never settled lets them go a few dozen at
-    /// a time as more are retired).
+    /// are released; no verdict depends on it. A builder never settled keeps
+    /// replaced interfaces (and their programs) until two more changes of the list,
+    /// or a full compile. The programs that stopped being kept for endpoints made
+    /// again are let go of here too (a builder never settled lets them go a few
+    /// dozen at a time as more are retired), and the programs a policy edit made
+    /// are filed for sharing (a builder never settled files them before its next
+    /// look-up, or a thousand at a time).
     pub fn settle(&mut self) {
         self.listing.settle();
         self.shared.settle();

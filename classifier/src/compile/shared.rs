@@ -59,6 +59,11 @@ struct Laid {
     program: Weak<Program>,
 }
 
+/// Most programs waiting to be filed (each keeps its spec, and so its fragments,
+/// alive): more than one edit's worth on W-large, where a policy is listed by up to
+/// a few dozen interfaces.
+const PENDING_MOST: usize = 1024;
+
 /// Dead entries are swept when the entries reach twice those left by the last
 /// sweep, plus this.
 const SWEEP_SLACK: usize = 256;
@@ -84,8 +89,12 @@ impl SharedPrograms {
         self.insert_at(key(spec), spec, program);
     }
 
-    /// Files `program`, laid out from `spec`, before the next look-up.
+    /// Files `program`, laid out from `spec`, before the next look-up (now, when
+    /// [`PENDING_MOST`] wait already: a builder never settled files them as it goes).
     pub(super) fn file_later(&mut self, spec: &Arc<ProgSpec>, program: &Arc<Program>) {
+        if self.pending.len() >= PENDING_MOST {
+            self.file_pending();
+        }
         self.pending
             .push((Arc::clone(spec), Arc::downgrade(program)));
     }
@@ -321,6 +330,21 @@ mod tests {
             .find_at(key(&spec(1, 1)), &spec(1, 1))
             .expect("filed");
         assert!(Arc::ptr_eq(&found, &live));
+    }
+
+    /// A builder never settled files the programs waiting once too many wait.
+    #[test]
+    fn programs_filed_later_never_pile_up() {
+        let mut shared = SharedPrograms::default();
+        let mut programs = Vec::new();
+        for n in 0..=PENDING_MOST {
+            let (a, b) = (1 + n % 40, 1 + n / 40);
+            let program = Arc::new(finish(&spec(a, b), 1));
+            shared.file_later(&Arc::new(spec(a, b)), &program);
+            programs.push(program);
+        }
+        assert_eq!(shared.held(), PENDING_MOST, "filed when the next came");
+        assert_eq!(shared.pending.len(), 1);
     }
 
     /// Programs no interface holds any more are swept as others are filed, and
