@@ -177,13 +177,29 @@ impl ExactRule {
     }
 }
 
+/// One rule held in an overlay.
+#[derive(Debug, Clone)]
+pub(crate) struct Overlaid {
+    /// Its position in the program.
+    pub(crate) at: u32,
+    /// Its criteria now.
+    pub(crate) now: Arc<ExactRule>,
+    /// The criteria its bits in the arena stand for: an edit bringing the rule back
+    /// to them drops it from the overlay.
+    pub(crate) laid: Arc<ExactRule>,
+}
+
+impl Overlaid {
+    /// Whether the arena's bits are the rule's again.
+    pub(crate) fn is_laid_out(&self) -> bool {
+        Arc::ptr_eq(&self.now, &self.laid) || self.now == self.laid
+    }
+}
+
 /// A program's overlaid rules (see the module doc).
 pub(crate) struct Overlay {
-    /// Positions, ascending, each with the rule's criteria now.
-    pub(crate) rules: Box<[(u32, Arc<ExactRule>)]>,
-    /// The criteria each position's bits in the arena stand for, in the same order:
-    /// an edit bringing a rule back to them drops it from the overlay.
-    pub(crate) laid: Box<[Arc<ExactRule>]>,
+    /// By position, ascending.
+    pub(crate) rules: Box<[Overlaid]>,
     /// The rule list the arena was laid out with (actions, `verify` marks).
     pub(crate) laid_rules: Arc<[CRule]>,
     /// The spec the arena was laid out from (for the compiler's consistency check).
@@ -212,12 +228,9 @@ impl Overlay {
                 + (ranges(&r.src) + ranges(&r.dst)) * std::mem::size_of::<PortRange>()
         };
         std::mem::size_of::<Overlay>()
-            + self
-                .rules
-                .iter()
-                .map(|(_, r)| 4 + criteria(r))
+            + (self.rules.iter())
+                .map(|e| std::mem::size_of::<Overlaid>() + criteria(&e.now) + criteria(&e.laid))
                 .sum::<usize>()
-            + self.laid.iter().map(|r| criteria(r)).sum::<usize>()
             + self.laid_rules.len() * std::mem::size_of::<CRule>()
     }
 
@@ -227,11 +240,11 @@ impl Overlay {
     #[cold]
     #[inline(never)]
     pub(crate) fn apply(&self, cand: &mut [u64], pkt: &Packet, look: &Lookups<'_>) {
-        for (i, rule) in self.rules.iter() {
-            let (word, bit) = ((*i / 64) as usize, 1u64 << (*i % 64));
+        for e in self.rules.iter() {
+            let (word, bit) = ((e.at / 64) as usize, 1u64 << (e.at % 64));
             if let Some(w) = cand.get_mut(word) {
                 *w &= !bit;
-                if rule.matches(pkt, look) {
+                if e.now.matches(pkt, look) {
                     *w |= bit;
                 }
             }

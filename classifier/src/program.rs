@@ -25,7 +25,6 @@ use capo_policy::{Decider, IcmpMatch, IpFamily, Packet, PortRange, Verdict, L4};
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::arc_copy::arc_copy;
 use crate::bits;
 use crate::index::{AddrIndex, AddrKey, AtomId};
 use crate::overlay::{Lookups, Overlay};
@@ -769,7 +768,7 @@ impl Program {
         }
         [lay.sports_n, lay.dports_n] = n;
         Program {
-            arena: arc_copy(&arena),
+            arena: arena.into(),
             atoms: self.atoms.clone(),
             words: self.words,
             flags: self.flags,
@@ -999,9 +998,10 @@ impl Program {
             };
             let (at, n) = (at as usize, n as usize);
             let first = at + n.div_ceil(STARTS_PER_WORD);
+            let arena = Arc::make_mut(&mut self.arena);
             for iv in 0..n {
                 let off = first + iv * rows as usize * w;
-                if let Some(pos) = Arc::make_mut(&mut self.arena).get_mut(off..off + w) {
+                if let Some(pos) = arena.get_mut(off..off + w) {
                     for (p, f) in pos.iter_mut().zip(&free) {
                         *p |= f;
                     }

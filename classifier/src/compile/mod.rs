@@ -10,9 +10,9 @@
 //!   (programs refer to sets by atom, never to their members);
 //! - a policy or profile change overlays (or patches) the programs of the
 //!   interfaces that use it where its rules keep their number (`patch`), and
-//!   recompiles them otherwise; every other policy's rules come lowered from the builder's
-//!   fragments, one per policy (or profile), tier and direction, whose deciders the
-//!   programs share;
+//!   recompiles them otherwise; every other policy's rules come lowered from the
+//!   builder's fragments, one per policy (or profile), tier and direction, whose
+//!   deciders the programs share;
 //! - an endpoint change recompiles that endpoint's interface (host endpoints and
 //!   configuration: the host-facing and host-endpoint interfaces), and updates the
 //!   virtual sets of local workload and host addresses.

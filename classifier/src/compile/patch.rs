@@ -16,7 +16,7 @@ use super::layout::{finish, patch, Canonical, Swap};
 use super::lower::{Fragment, ProgSpec};
 use super::{Builder, FastMap, PolicyFilter};
 use crate::generation::{Entry, Iface, IfaceKind};
-use crate::overlay::{ExactRule, Overlay, MAX_OVERLAID};
+use crate::overlay::{ExactRule, Overlaid, Overlay, MAX_OVERLAID};
 use crate::program::{CRule, Program};
 
 /// What changed: a policy or a profile.
@@ -67,25 +67,22 @@ impl Builder {
                 patchable = false;
                 continue;
             }
-            let changed: Vec<usize> = (held.rules.iter().zip(&new.rules))
+            // The rules that differ, each with its criteria after and before.
+            let (changed, exact): (Vec<usize>, Vec<_>) = (held.rules.iter().zip(&new.rules))
                 .enumerate()
-                .filter(|(_, (a, b))| a != b)
-                .map(|(j, _)| j)
-                .collect();
+                .filter(|(_, (was, now))| was != now)
+                .map(|(j, (was, now))| (j, (Arc::new(now.exact()), Arc::new(was.exact()))))
+                .unzip();
             if changed.is_empty() && new.rule_ids == held.rule_ids {
                 self.fragments
                     .keep(owner, tier.as_deref(), *dir, held.clone());
             } else {
-                let exact = (changed.iter())
-                    .filter_map(|j| Some((new.rules.get(*j)?, held.rules.get(*j)?)))
-                    .map(|(now, was)| (Arc::new(now.exact()), Arc::new(was.exact())))
-                    .collect();
                 swaps.push(Swap {
                     start: 0,
                     old: held.clone(),
                     new,
                     changed: changed.into(),
-                    exact,
+                    exact: exact.into(),
                 });
             }
         }
@@ -245,68 +242,54 @@ impl Builder {
 /// would hold more than [`MAX_OVERLAID`] rules.
 fn overlaid(program: &Program, spec: &Arc<ProgSpec>, swaps: &[Swap]) -> Option<Program> {
     let held = program.overlay.as_deref();
-    // (position, criteria now, criteria the arena has), by position.
-    type Entry = (u32, Arc<ExactRule>, Arc<ExactRule>);
-    let mut entries: Vec<Entry> = held
-        .map(|o| {
-            (o.rules.iter().zip(o.laid.iter()))
-                .map(|((i, now), laid)| (*i, now.clone(), laid.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut entries: Vec<Overlaid> = held.map(|o| o.rules.to_vec()).unwrap_or_default();
     let laid_rules = held.map_or_else(|| program.rules.clone(), |o| o.laid_rules.clone());
     let mut rules = program.rules.to_vec();
     for swap in swaps {
-        if swap.exact.len() != swap.changed.len() {
-            return None;
-        }
         for (k, id) in swap.new.rule_ids.iter().enumerate() {
             let r = rules.get_mut(swap.start + k)?;
             *r = CRule::new(r.act, *id, r.verify);
         }
         for (j, (now, was)) in swap.changed.iter().zip(swap.exact.iter()) {
-            let i = u32::try_from(swap.start + j).ok()?;
+            let at = u32::try_from(swap.start + j).ok()?;
             let new = swap.new.rules.get(*j)?;
-            let at = entries.partition_point(|e| e.0 < i);
-            match entries.get_mut(at) {
-                Some(e) if e.0 == i => e.1 = now.clone(),
-                _ => entries.insert(at, (i, now.clone(), was.clone())),
+            let k = entries.partition_point(|e| e.at < at);
+            match entries.get_mut(k) {
+                Some(e) if e.at == at => e.now = now.clone(),
+                _ => entries.insert(
+                    k,
+                    Overlaid {
+                        at,
+                        now: now.clone(),
+                        laid: was.clone(),
+                    },
+                ),
             }
             // Checked exactly: never `verify`.
-            let r = rules.get_mut(i as usize)?;
+            let r = rules.get_mut(at as usize)?;
             *r = CRule::new(new.act, r.rule_id(), false);
         }
     }
-    // A rule edited back to the criteria the arena has is the arena's again.
-    let mut restored = Vec::new();
-    entries.retain(|(i, now, laid)| {
-        let back = Arc::ptr_eq(now, laid) || now == laid;
-        if back {
-            restored.push(*i as usize);
-        }
-        !back
-    });
-    for i in restored {
-        // The arena's bits stand for criteria, not actions: the action stays.
-        let (r, laid) = (rules.get_mut(i)?, laid_rules.get(i)?);
+    // A rule edited back to the criteria the arena has is the arena's again (the
+    // arena's bits stand for criteria, not actions: the action stays).
+    for e in entries.iter().filter(|e| e.is_laid_out()) {
+        let (r, laid) = (
+            rules.get_mut(e.at as usize)?,
+            laid_rules.get(e.at as usize)?,
+        );
         *r = CRule::new(r.act, r.rule_id(), laid.verify);
     }
+    entries.retain(|e| !e.is_laid_out());
     if entries.len() > MAX_OVERLAID {
         return None;
     }
     let mut copy = program.clone();
     copy.rules = rules.into();
     copy.overlay = (!entries.is_empty()).then(|| {
-        let laid_spec = held.map_or_else(|| spec.clone(), |o| o.laid_spec.clone());
-        let (rules, laid): (Vec<_>, Vec<_>) = entries
-            .into_iter()
-            .map(|(i, now, laid)| ((i, now), laid))
-            .unzip();
         Arc::new(Overlay {
-            rules: rules.into(),
-            laid: laid.into(),
+            rules: entries.into(),
             laid_rules,
-            laid_spec,
+            laid_spec: held.map_or_else(|| spec.clone(), |o| o.laid_spec.clone()),
         })
     });
     Some(copy)
@@ -345,18 +328,18 @@ fn check_overlay(
         .map(|((i, a), _)| (*i as u32, a.clone()))
         .collect();
     let overlaid: Vec<(u32, ExactRule)> = (overlay.rules.iter())
-        .map(|(i, r)| (*i, ExactRule::clone(r)))
+        .map(|e| (e.at, ExactRule::clone(&e.now)))
         .collect();
     if now.len() != laid.len() || differing != overlaid {
         return Err(format!(
             "overlaid {:?}, the specs differ at {:?}",
-            overlay.rules.iter().map(|(i, _)| i).collect::<Vec<_>>(),
+            overlay.rules.iter().map(|e| e.at).collect::<Vec<_>>(),
             differing.iter().map(|(i, _)| i).collect::<Vec<_>>()
         ));
     }
     let fresh = fresh_from(spec);
     for (i, (got, want)) in program.rules.iter().zip(fresh.rules.iter()).enumerate() {
-        let overlaid = overlay.rules.iter().any(|(at, _)| *at as usize == i);
+        let overlaid = overlay.rules.iter().any(|e| e.at as usize == i);
         let expected = if overlaid {
             CRule::new(want.act, want.rule_id(), false)
         } else {
